@@ -1,0 +1,142 @@
+import { SafetensorsError } from '../errors';
+
+/** Element sizes of every dtype name the safetensors format defines. */
+export const DTYPE_SIZES: Readonly<Record<string, number>> = {
+  BOOL: 1, U8: 1, I8: 1, F8_E4M3: 1, F8_E5M2: 1, F8_E8M0: 1,
+  I16: 2, U16: 2, F16: 2, BF16: 2,
+  I32: 4, U32: 4, F32: 4,
+  I64: 8, U64: 8, F64: 8,
+};
+
+export type FloatDtype = 'F32' | 'F16' | 'BF16';
+export const FLOAT_DTYPES: readonly FloatDtype[] = ['F32', 'F16', 'BF16'];
+
+export function dtypeSize(dtype: string): number {
+  const s = DTYPE_SIZES[dtype];
+  if (s === undefined) throw new SafetensorsError('unknown_dtype', `unknown dtype "${dtype}" (known: ${Object.keys(DTYPE_SIZES).join(', ')})`);
+  return s;
+}
+
+/** Recipe/config dtype names (torch style) to safetensors names. */
+export function dtypeFromName(name: string): FloatDtype {
+  const n = name.replace(/^torch\./, '');
+  switch (n) {
+    case 'float32': case 'float': return 'F32';
+    case 'float16': case 'half': return 'F16';
+    case 'bfloat16': return 'BF16';
+    default:
+      throw new SafetensorsError('unknown_dtype', `unknown dtype "${name}": expected bfloat16, float16 or float32`);
+  }
+}
+
+export function dtypeToTorchName(d: FloatDtype): string {
+  return d === 'F32' ? 'float32' : d === 'F16' ? 'float16' : 'bfloat16';
+}
+
+const f32 = new Float32Array(1);
+const u32 = new Uint32Array(f32.buffer);
+
+/** float32 -> bfloat16 bits, round to nearest even; NaN stays a quiet NaN. */
+export function f32ToBf16Bits(x: number): number {
+  f32[0] = x;
+  const b = u32[0]!;
+  if ((b & 0x7fffffff) > 0x7f800000) return ((b >>> 16) | 0x40) & 0xffff;
+  return ((b + 0x7fff + ((b >>> 16) & 1)) >>> 16) & 0xffff;
+}
+
+export function bf16BitsToF32(h: number): number {
+  u32[0] = h << 16;
+  return f32[0]!;
+}
+
+/** float32 -> IEEE half bits, round to nearest even, overflow to infinity, subnormals kept. */
+export function f32ToF16Bits(x: number): number {
+  f32[0] = x;
+  const b = u32[0]!;
+  const sign = (b >>> 16) & 0x8000;
+  const exp = (b >>> 23) & 0xff;
+  let mant = b & 0x7fffff;
+  if (exp === 0xff) return sign | 0x7c00 | (mant ? 0x200 | (mant >>> 13) : 0);
+  const e = exp - 127 + 15;
+  if (e >= 0x1f) return sign | 0x7c00;
+  if (e <= 0) {
+    if (e < -10) return sign;
+    mant |= 0x800000;
+    const shift = 14 - e;
+    const half = 1 << (shift - 1);
+    const rest = mant & ((1 << shift) - 1);
+    let r = mant >>> shift;
+    if (rest > half || (rest === half && (r & 1))) r++;
+    return sign | r;
+  }
+  let r = (e << 10) | (mant >>> 13);
+  const rest = mant & 0x1fff;
+  if (rest > 0x1000 || (rest === 0x1000 && (r & 1))) r++;
+  return sign | r;
+}
+
+export function f16BitsToF32(h: number): number {
+  const sign = h & 0x8000 ? -1 : 1;
+  const exp = (h >>> 10) & 0x1f;
+  const mant = h & 0x3ff;
+  if (exp === 0) return sign * mant * 2 ** -24;
+  if (exp === 0x1f) return mant ? NaN : sign * Infinity;
+  return sign * (1 + mant / 1024) * 2 ** (exp - 15);
+}
+
+/** Decode little-endian float bytes of `dtype` into float32 values. */
+export function decodeFloats(buf: Uint8Array, dtype: FloatDtype | string): Float32Array {
+  const dv = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
+  if (dtype === 'F32') {
+    const out = new Float32Array(buf.byteLength / 4);
+    for (let i = 0; i < out.length; i++) out[i] = dv.getFloat32(i * 4, true);
+    return out;
+  }
+  if (dtype === 'F16' || dtype === 'BF16') {
+    const out = new Float32Array(buf.byteLength / 2);
+    const conv = dtype === 'F16' ? f16BitsToF32 : bf16BitsToF32;
+    for (let i = 0; i < out.length; i++) out[i] = conv(dv.getUint16(i * 2, true));
+    return out;
+  }
+  if (dtype === 'F64') {
+    const out = new Float32Array(buf.byteLength / 8);
+    for (let i = 0; i < out.length; i++) out[i] = dv.getFloat64(i * 8, true);
+    return out;
+  }
+  throw new SafetensorsError('unsupported_dtype', `cannot read ${dtype} as floating point`);
+}
+
+/** Encode float values (already float32-representable or not) as `dtype` little-endian bytes. */
+export function encodeFloats(values: ArrayLike<number>, dtype: FloatDtype): Buffer {
+  const n = values.length;
+  if (dtype === 'F32') {
+    const out = Buffer.allocUnsafe(n * 4);
+    for (let i = 0; i < n; i++) out.writeFloatLE(values[i]!, i * 4);
+    return out;
+  }
+  const out = Buffer.allocUnsafe(n * 2);
+  const conv = dtype === 'F16' ? f32ToF16Bits : f32ToBf16Bits;
+  for (let i = 0; i < n; i++) out.writeUInt16LE(conv(values[i]!), i * 2);
+  return out;
+}
+
+/** Convert raw bytes between float dtypes without going through JS arrays when not needed. */
+export function convertBytes(buf: Buffer, from: string, to: FloatDtype): Buffer {
+  if (from === to) return buf;
+  if (from === 'F32' && to === 'BF16') {
+    const out = Buffer.allocUnsafe(buf.length / 2);
+    for (let i = 0, j = 0; i < buf.length; i += 4, j += 2) out.writeUInt16LE(f32BitsToBf16(buf.readUInt32LE(i)), j);
+    return out;
+  }
+  if (from === 'BF16' && to === 'F32') {
+    const out = Buffer.alloc(buf.length * 2);
+    for (let i = 0, j = 0; i < buf.length; i += 2, j += 4) out.writeUInt16LE(buf.readUInt16LE(i), j + 2);
+    return out;
+  }
+  return encodeFloats(decodeFloats(buf, from), to);
+}
+
+function f32BitsToBf16(b: number): number {
+  if ((b & 0x7fffffff) > 0x7f800000) return ((b >>> 16) | 0x40) & 0xffff;
+  return ((b + 0x7fff + ((b >>> 16) & 1)) >>> 16) & 0xffff;
+}

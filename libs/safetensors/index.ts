@@ -1,0 +1,4 @@
+export * from './dtype';
+export * from './header';
+export * from './reader';
+export * from './writer';

@@ -1,0 +1,108 @@
+import { open } from 'node:fs/promises';
+import { SafetensorsError } from '../errors';
+import { dtypeSize } from './dtype';
+
+export interface OutputTensorSpec {
+  name: string;
+  dtype: string;
+  shape: number[];
+}
+
+export interface ShardPlan {
+  /** Final file name once all shards are known (model.safetensors or model-0000i-of-0000N.safetensors). */
+  file: string;
+  tensors: OutputTensorSpec[];
+  bytes: number;
+}
+
+export function tensorBytes(t: OutputTensorSpec): number {
+  return t.shape.reduce((a, b) => a * b, 1) * dtypeSize(t.dtype);
+}
+
+/**
+ * The reference's shard rule: tensors in write order; before adding one, flush if the shard is non-empty
+ * and would exceed `maxShardBytes` (so an oversized tensor gets a shard of its own). One shard is named
+ * model.safetensors, several model-0000i-of-0000N.safetensors.
+ */
+export function planShards(tensors: OutputTensorSpec[], maxShardBytes: number): ShardPlan[] {
+  const groups: { tensors: OutputTensorSpec[]; bytes: number }[] = [];
+  let cur: { tensors: OutputTensorSpec[]; bytes: number } = { tensors: [], bytes: 0 };
+  for (const t of tensors) {
+    const b = tensorBytes(t);
+    if (cur.tensors.length > 0 && maxShardBytes > 0 && cur.bytes + b > maxShardBytes) {
+      groups.push(cur);
+      cur = { tensors: [], bytes: 0 };
+    }
+    cur.tensors.push(t);
+    cur.bytes += b;
+  }
+  if (cur.tensors.length > 0 || groups.length === 0) groups.push(cur);
+  const n = groups.length;
+  const pad = (i: number) => String(i).padStart(5, '0');
+  return groups.map((g, i) => ({ ...g, file: n === 1 ? 'model.safetensors' : `model-${pad(i + 1)}-of-${pad(n)}.safetensors` }));
+}
+
+/** Header bytes (length prefix + JSON padded with spaces to a multiple of 8). */
+export function encodeHeader(tensors: OutputTensorSpec[], metadata: Record<string, string> = { format: 'pt' }): Buffer {
+  const obj: Record<string, unknown> = { __metadata__: metadata };
+  let offset = 0;
+  for (const t of tensors) {
+    const n = tensorBytes(t);
+    obj[t.name] = { dtype: t.dtype, shape: t.shape, data_offsets: [offset, offset + n] };
+    offset += n;
+  }
+  let json = Buffer.from(JSON.stringify(obj), 'utf8');
+  const padded = Math.ceil(json.length / 8) * 8;
+  if (padded !== json.length) json = Buffer.concat([json, Buffer.alloc(padded - json.length, 0x20)]);
+  const prefix = Buffer.alloc(8);
+  prefix.writeBigUInt64LE(BigInt(json.length));
+  return Buffer.concat([prefix, json]);
+}
+
+export type TensorProducer = (t: OutputTensorSpec) => AsyncIterable<Buffer> | Iterable<Buffer>;
+
+/**
+ * Writes one shard, a tensor at a time: the header is known up front from the plan, then each tensor's
+ * bytes are pulled from `produce` in chunks and appended. Memory is bounded by the producer's chunks.
+ */
+export async function writeShard(path: string, tensors: OutputTensorSpec[], produce: TensorProducer): Promise<number> {
+  const fh = await open(path, 'w');
+  try {
+    const header = encodeHeader(tensors);
+    await fh.write(header, 0, header.length, 0);
+    let pos = header.length;
+    for (const t of tensors) {
+      const expected = tensorBytes(t);
+      let got = 0;
+      for await (const chunk of produce(t)) {
+        got += chunk.length;
+        if (got > expected) break;
+        let done = 0;
+        while (done < chunk.length) {
+          const { bytesWritten } = await fh.write(chunk, done, chunk.length - done, pos);
+          done += bytesWritten;
+          pos += bytesWritten;
+        }
+      }
+      if (got !== expected) {
+        throw new SafetensorsError('size_mismatch', `produced ${got} bytes, expected ${expected} for ${t.dtype} [${t.shape.join(', ')}]`, { file: path, tensor: t.name });
+      }
+    }
+    await fh.sync();
+    return pos;
+  } finally {
+    await fh.close();
+  }
+}
+
+export function indexJson(shards: ShardPlan[]): string {
+  const weightMap: Record<string, string> = {};
+  let total = 0;
+  for (const s of shards) {
+    for (const t of s.tensors) {
+      weightMap[t.name] = s.file;
+      total += tensorBytes(t);
+    }
+  }
+  return JSON.stringify({ metadata: { total_size: total }, weight_map: weightMap }, null, 2) + '\n';
+}
