@@ -1,0 +1,54 @@
+import { resolve } from 'node:path';
+import cacache from 'cacache';
+
+/**
+ * The one door to cacache: content-addressed entries with integrity checks. Corrupt or truncated
+ * entries read back as a miss (and are removed), so callers recompute instead of failing.
+ */
+export const CACHE_ENV = 'MOE_FORGE_CACHE';
+
+export function defaultCacheDir(workspaceRoot: string = process.cwd()): string {
+  return process.env[CACHE_ENV] ? resolve(process.env[CACHE_ENV]!) : resolve(workspaceRoot, '.moe-cache');
+}
+
+export class ContentCache {
+  constructor(readonly dir: string) {}
+
+  async getBuffer(key: string): Promise<Buffer | null> {
+    try {
+      const { data } = await cacache.get(this.dir, key);
+      return data;
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code;
+      if (code === 'ENOENT') return null;
+      if (code === 'EINTEGRITY' || code === 'EBADSIZE') {
+        await this.remove(key);
+        return null;
+      }
+      throw e;
+    }
+  }
+
+  async putBuffer(key: string, data: Buffer, metadata?: unknown): Promise<void> {
+    await cacache.put(this.dir, key, data, { metadata });
+  }
+
+  async getJson<T>(key: string): Promise<T | null> {
+    const b = await this.getBuffer(key);
+    if (!b) return null;
+    try {
+      return JSON.parse(b.toString('utf8')) as T;
+    } catch {
+      await this.remove(key);
+      return null;
+    }
+  }
+
+  async putJson(key: string, value: unknown): Promise<void> {
+    await this.putBuffer(key, Buffer.from(JSON.stringify(value), 'utf8'));
+  }
+
+  async remove(key: string): Promise<void> {
+    await cacache.rm.entry(this.dir, key, { removeFully: true }).catch(() => undefined);
+  }
+}
