@@ -49,6 +49,6 @@ export class ContentCache {
   }
 
   async remove(key: string): Promise<void> {
-    await cacache.rm.entry(this.dir, key, { removeFully: true }).catch(() => undefined);
+    await cacache.rm.entry(this.dir, key).catch(() => undefined);
   }
 }
