@@ -1,0 +1,100 @@
+import { ModelError } from '../errors';
+import type { PlanPart, PlanTensor, SourcePart } from '../plan/types';
+import type { ArchContext, ExpertSource, ModelSource } from './types';
+
+export const MLP_PROJS = ['gate_proj', 'up_proj', 'down_proj'] as const;
+export type MlpProj = (typeof MLP_PROJS)[number];
+
+export function sourcePart(model: ModelSource, tensor: string): SourcePart {
+  if (!model.weights.has(tensor)) {
+    const loc = (() => {
+      try {
+        return model.weights.get(tensor);
+      } catch (e) {
+        return e as Error;
+      }
+    })();
+    throw loc instanceof Error ? loc : new ModelError('missing_tensor', `tensor missing from model ${model.ref}`, { file: model.dir, tensor });
+  }
+  const loc = model.weights.get(tensor);
+  return { kind: 'source', model: model.key, tensor, file: loc.file, offset: loc.offset, byteLength: loc.byteLength, dtype: loc.dtype, shape: loc.shape };
+}
+
+export function outDtypeFor(ctx: ArchContext, srcDtype: string): string {
+  return ctx.outDtype ?? srcDtype;
+}
+
+/** A base tensor copied unchanged except for the dtype cast. */
+export function copied(ctx: ArchContext, name: string, outName = name): PlanTensor {
+  const p = sourcePart(ctx.base, name);
+  return { name: outName, dtype: outDtypeFor(ctx, p.dtype), shape: p.shape, parts: [p] };
+}
+
+/** Optional base tensor (lm_head with tied embeddings): skipped when absent, as the reference does. */
+export function copiedIfPresent(ctx: ArchContext, name: string): PlanTensor[] {
+  return ctx.base.weights.has(name) ? [copied(ctx, name)] : [];
+}
+
+/** One expert's MLP tensor with noise (every projection) and residual_scale (down_proj only), spec 3.6. */
+export function expertPart(ctx: ArchContext, ex: ExpertSource, layer: number, proj: MlpProj): SourcePart {
+  const p = sourcePart(ex.model, `model.layers.${layer}.mlp.${proj}.weight`);
+  if (ex.spec.noise_scale !== null && ex.spec.noise_scale !== undefined) {
+    p.noise = { scale: ex.spec.noise_scale, seed: ctx.seed, stream: `noise/${ex.shared ? 'shared' : 'expert'}/${ex.index}/${layer}/${proj}` };
+  }
+  if (proj === 'down_proj' && ex.spec.residual_scale !== null && ex.spec.residual_scale !== undefined) p.scale = ex.spec.residual_scale;
+  return p;
+}
+
+export function expertTensor(ctx: ArchContext, ex: ExpertSource, layer: number, proj: MlpProj, outName: string): PlanTensor {
+  const p = expertPart(ctx, ex, layer, proj);
+  return { name: outName, dtype: outDtypeFor(ctx, p.dtype), shape: p.shape, parts: [p] };
+}
+
+/** Fused layout (transformers 5): gate_up_proj [E, 2I, H] and down_proj [E, H, I], stacked over experts. */
+export function fusedExperts(ctx: ArchContext, layer: number, prefix: string): PlanTensor[] {
+  const gu: PlanPart[] = [];
+  const down: PlanPart[] = [];
+  for (const ex of ctx.experts) {
+    gu.push(expertPart(ctx, ex, layer, 'gate_proj'), expertPart(ctx, ex, layer, 'up_proj'));
+    down.push(expertPart(ctx, ex, layer, 'down_proj'));
+  }
+  const first = gu[0] as SourcePart;
+  const d0 = down[0] as SourcePart;
+  const E = ctx.experts.length;
+  const [I, H] = first.shape as [number, number];
+  return [
+    { name: `${prefix}.gate_up_proj`, dtype: outDtypeFor(ctx, first.dtype), shape: [E, 2 * I, H], parts: gu },
+    { name: `${prefix}.down_proj`, dtype: outDtypeFor(ctx, d0.dtype), shape: [E, H, I], parts: down },
+  ];
+}
+
+/** Router of one layer: rows 0..E-1 of G[layer]. */
+export function router(ctx: ArchContext, layer: number, name: string, rows?: number[]): PlanTensor {
+  const E = ctx.experts.length;
+  const r = rows ?? Array.from({ length: E }, (_, i) => i);
+  return { name, dtype: ctx.outDtype ?? 'F32', shape: [r.length, ctx.base.config.hiddenSize], parts: [{ kind: 'gates', layer, rows: r }] };
+}
+
+export const ATTN_PROJS = ['q_proj', 'k_proj', 'v_proj', 'o_proj'] as const;
+
+/** Same model_type for every input, and one of `allowed`; otherwise why not (naming the models). */
+export function modelTypeProblem(ctx: ArchContext, allowed: readonly string[]): string | null {
+  const all = [ctx.base, ...ctx.experts.map((e) => e.model), ...ctx.shared.map((e) => e.model)];
+  const types = new Map<string, string[]>();
+  for (const m of all) types.set(m.config.modelType, [...(types.get(m.config.modelType) ?? []), m.ref]);
+  if (types.size > 1) {
+    return `models have different model_type: ${[...types].map(([t, refs]) => `${t} (${[...new Set(refs)].join(', ')})`).join(' vs ')}`;
+  }
+  const t = ctx.base.config.modelType;
+  return allowed.includes(t) ? null : `model_type ${t} is not accepted (needs ${allowed.join(' or ')})`;
+}
+
+export function configDtype(ctx: ArchContext, out: Record<string, unknown>): void {
+  const name = ctx.outDtype === null ? null : ctx.outDtype === 'F32' ? 'float32' : ctx.outDtype === 'F16' ? 'float16' : 'bfloat16';
+  const key = 'dtype' in ctx.base.config.raw && !('torch_dtype' in ctx.base.config.raw) ? 'dtype' : 'torch_dtype';
+  out[key] = name;
+}
+
+export function sortedKeys(o: Record<string, unknown>): Record<string, unknown> {
+  return Object.fromEntries(Object.keys(o).sort().map((k) => [k, o[k]]));
+}

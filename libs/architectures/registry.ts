@@ -1,0 +1,37 @@
+import { RecipeError } from '../errors';
+import { mixtral } from './mixtral';
+import type { ArchContext, OutputArchitecture } from './types';
+
+/** Candidates in the reference's order (spec 3.1); later issues append DeepSeek, Qwen and Qwen3 MoE. */
+export const ARCHITECTURES: OutputArchitecture[] = [mixtral];
+
+export interface Selection {
+  arch: OutputArchitecture;
+  warnings: string[];
+}
+
+/**
+ * Spec 3.1: filter by case-insensitive prefix of `architecture`, then by what each accepts; prefer
+ * Mixtral, else the first. Unlike the reference, the reasons for every rejection are always shown.
+ */
+export function selectArchitecture(ctx: ArchContext, file?: string, registry: OutputArchitecture[] = ARCHITECTURES): Selection {
+  const wanted = ctx.recipe.architecture ?? null;
+  const list = `All supported output architectures:\n${registry.map((a) => `  * ${a.name}`).join('\n')}`;
+  const named = wanted === null ? registry : registry.filter((a) => a.name.toLowerCase().startsWith(wanted.toLowerCase()));
+  if (named.length === 0) {
+    throw new RecipeError('no_architecture', `No output architecture found that matches the given architecture: ${wanted}\n${list}`, { file, field: 'architecture' });
+  }
+  const reasons: string[] = [];
+  const ok = named.filter((a) => {
+    const why = a.rejects(ctx);
+    if (why) reasons.push(`  ${a.name}: ${why}`);
+    return !why;
+  });
+  if (ok.length === 0) {
+    throw new RecipeError('incompatible_architecture', `No output architecture found that is compatible with the given models.\n${list}\nWhy each was rejected:\n${reasons.join('\n')}`, { file, field: wanted === null ? undefined : 'architecture' });
+  }
+  const m = ok.find((a) => a.name === 'Mixtral');
+  if (m) return { arch: m, warnings: [] };
+  const warnings = ok.length > 1 ? [`Multiple output architectures found (${ok.map((a) => a.name).join(', ')}). Defaulting to ${ok[0]!.name}.`] : [];
+  return { arch: ok[0]!, warnings };
+}

@@ -1,0 +1,53 @@
+import type { ModelConfig } from '../model-folder/config';
+import type { TensorLocation } from '../safetensors/reader';
+import type { Expert, GateMode, Recipe } from '../recipe/schema';
+import type { PlanTensor } from '../plan/types';
+
+/** What a merge can read from one model: its config and its tensors by name. */
+export interface TensorSource {
+  has(name: string): boolean;
+  get(name: string): TensorLocation;
+}
+
+export interface ModelSource {
+  key: string;
+  /** The reference as the user wrote it, for messages. */
+  ref: string;
+  dir: string;
+  config: ModelConfig;
+  weights: TensorSource;
+  contentId?: string;
+}
+
+export interface ExpertSource {
+  spec: Expert;
+  model: ModelSource;
+  /** Position among routed experts, or among shared experts. */
+  index: number;
+  shared: boolean;
+}
+
+export interface ArchContext {
+  recipe: Recipe;
+  gateMode: GateMode;
+  base: ModelSource;
+  experts: ExpertSource[];
+  shared: ExpertSource[];
+  /** Output dtype (safetensors name) or null to keep each source's dtype. */
+  outDtype: string | null;
+  layout: 'classic' | 'fused';
+  seed: number;
+}
+
+export interface OutputArchitecture {
+  /** The reference's name(), matched by case-insensitive prefix against `architecture`. */
+  name: string;
+  /** Null when this architecture can be written from these inputs, else why not. */
+  rejects(ctx: ArchContext): string | null;
+  /** Which shared experts get a gate row (appended after the routed experts' rows). */
+  gatedSharedExperts(ctx: ArchContext): number;
+  warnExpertCount: boolean;
+  config(ctx: ArchContext): Record<string, unknown>;
+  /** Every output tensor in write order. */
+  tensors(ctx: ArchContext): PlanTensor[];
+}

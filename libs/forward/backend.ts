@@ -1,0 +1,96 @@
+/** The one place in the project that imports onnxruntime-node. */
+import * as ort from 'onnxruntime-node';
+import { existsSync } from 'node:fs';
+import { writeFile, unlink } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
+import { createHash } from 'node:crypto';
+import { ForgeError } from '../errors';
+
+export type Device = 'cpu' | 'cuda' | 'webgpu';
+export const DEVICES: readonly Device[] = ['cpu', 'cuda', 'webgpu'];
+
+export type Session = ort.InferenceSession;
+
+function nativeFolder(): string {
+  return join(dirname(require.resolve('onnxruntime-node/package.json')), 'bin', 'napi-v6', process.platform, process.arch);
+}
+
+/** Backends this install can run: bundled ones, plus CUDA when its provider library was installed. */
+export function availableBackends(): string[] {
+  const out: string[] = [];
+  for (const b of ort.listSupportedBackends()) {
+    if (b.bundled) out.push(b.name);
+    else if (b.name === 'cuda' && existsSync(join(nativeFolder(), 'libonnxruntime_providers_cuda.so'))) out.push(b.name);
+  }
+  return out;
+}
+
+/** The execution providers for a device, or a ForgeError naming what this install offers. */
+export function executionProviders(device: string): string[] {
+  if (!(DEVICES as readonly string[]).includes(device)) {
+    throw new ForgeError('unknown_device', `unknown device "${device}" (expected one of: ${DEVICES.join(', ')})`, { field: 'device' });
+  }
+  const available = availableBackends();
+  if (!available.includes(device)) {
+    const hint = device === 'cuda'
+      ? ' CUDA needs onnxruntime-node installed with its CUDA 12 binaries: run its install script with ' +
+        'ONNXRUNTIME_NODE_INSTALL=cuda12 (or `npm install onnxruntime-node --onnxruntime-node-install=cuda12`; ' +
+        'the older ONNXRUNTIME_NODE_INSTALL_CUDA=v12 also works), and allow that script to run (package.json "allowScripts").'
+      : '';
+    throw new ForgeError('device_unavailable', `device "${device}" is not available in this onnxruntime-node install (available: ${available.join(', ')}).${hint}`, { field: 'device' });
+  }
+  return device === 'cpu' ? ['cpu'] : [device, 'cpu'];
+}
+
+export interface SessionSettings {
+  device: Device;
+  threads: number;
+}
+
+function options(s: SessionSettings): ort.InferenceSession.SessionOptions {
+  return {
+    executionProviders: executionProviders(s.device),
+    intraOpNumThreads: s.threads,
+    interOpNumThreads: 1,
+    graphOptimizationLevel: 'all',
+    enableCpuMemArena: false, // memory goes back when the layer's session is released
+  };
+}
+
+/** A session from model bytes whose weights are embedded. */
+export async function sessionFromBytes(bytes: Uint8Array, s: SessionSettings): Promise<Session> {
+  return ort.InferenceSession.create(bytes, options(s));
+}
+
+let fileCounter = 0;
+
+/**
+ * A session from a model whose weights are external data in `folder`: ORT resolves `location` against
+ * the .onnx file's own folder, so the small file is written there and removed once the session exists.
+ * Returns null when the folder cannot be written (the caller then embeds the weights).
+ */
+export async function sessionFromFolder(
+  folder: string,
+  bytes: Uint8Array,
+  s: SessionSettings,
+  write: (path: string, data: Uint8Array) => Promise<void> = (p, d) => writeFile(p, d, { flag: 'wx' }),
+): Promise<Session | null> {
+  const hash = createHash('sha256').update(bytes).digest('hex').slice(0, 16);
+  const path = join(folder, `.moe-forge-layer-${hash}-${process.pid}-${fileCounter++}.onnx`);
+  try {
+    await write(path, bytes);
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === 'EACCES' || code === 'EROFS' || code === 'EPERM' || code === 'ENOSPC' || code === 'EDQUOT') return null;
+    throw e;
+  }
+  try {
+    return await ort.InferenceSession.create(path, options(s));
+  } finally {
+    await unlink(path).catch(() => undefined);
+  }
+}
+
+export function floatTensor(data: Float32Array, dims: number[]): ort.Tensor {
+  return new ort.Tensor('float32', data, dims);
+}

@@ -1,0 +1,180 @@
+import { ModelError } from '../errors';
+import type { ModelConfig } from '../model-folder/config';
+import type { SafetensorsWeights, TensorLocation } from '../safetensors';
+import { OnnxDtype, type OnnxModel, type OnnxNode, type OnnxTensor, type TensorData } from './onnx-proto';
+
+/** Graph inputs of one decoder layer; T is the prompt length. */
+export const LAYER_INPUTS = {
+  hidden: 'hidden', // [T, H] residual stream entering the layer
+  cos: 'rope_cos', // [T, headDim]
+  sin: 'rope_sin', // [T, headDim]
+  mask: 'attn_mask', // [T, T] additive
+  gate: 'attn_gate', // [T, 1]: 1 for tokens, 0 for the attention-free pad state (spec 10)
+} as const;
+export const LAYER_OUTPUT = 'hidden_out';
+
+const STORED_DTYPES: Record<string, number> = { F32: OnnxDtype.FLOAT, F16: OnnxDtype.FLOAT16, BF16: OnnxDtype.BFLOAT16 };
+
+export interface LayerTensor {
+  role: string;
+  loc: TensorLocation;
+}
+
+/** Roles of one layer's tensors, validated against the config: present, float, and the expected shape. */
+export function planLayerTensors(cfg: ModelConfig, weights: SafetensorsWeights, layer: number): Map<string, LayerTensor> {
+  const H = cfg.hiddenSize, D = cfg.headDim, I = cfg.intermediateSize;
+  const qDim = cfg.numHeads * D, kvDim = cfg.numKvHeads * D;
+  const p = `model.layers.${layer}.`;
+  const want: [string, string, number[], 'required' | 'optional'][] = [
+    ['ln1', 'input_layernorm.weight', [H], 'required'],
+    ['ln2', 'post_attention_layernorm.weight', [H], 'required'],
+    ['q', 'self_attn.q_proj.weight', [qDim, H], 'required'],
+    ['k', 'self_attn.k_proj.weight', [kvDim, H], 'required'],
+    ['v', 'self_attn.v_proj.weight', [kvDim, H], 'required'],
+    ['o', 'self_attn.o_proj.weight', [H, qDim], 'required'],
+    ['q_bias', 'self_attn.q_proj.bias', [qDim], cfg.modelType === 'qwen2' ? 'required' : 'optional'],
+    ['k_bias', 'self_attn.k_proj.bias', [kvDim], cfg.modelType === 'qwen2' ? 'required' : 'optional'],
+    ['v_bias', 'self_attn.v_proj.bias', [kvDim], cfg.modelType === 'qwen2' ? 'required' : 'optional'],
+    ['o_bias', 'self_attn.o_proj.bias', [H], 'optional'],
+    ['q_norm', 'self_attn.q_norm.weight', [D], cfg.modelType === 'qwen3' ? 'required' : 'optional'],
+    ['k_norm', 'self_attn.k_norm.weight', [D], cfg.modelType === 'qwen3' ? 'required' : 'optional'],
+    ['gate', 'mlp.gate_proj.weight', [I, H], 'required'],
+    ['up', 'mlp.up_proj.weight', [I, H], 'required'],
+    ['down', 'mlp.down_proj.weight', [H, I], 'required'],
+    ['gate_bias', 'mlp.gate_proj.bias', [I], 'optional'],
+    ['up_bias', 'mlp.up_proj.bias', [I], 'optional'],
+    ['down_bias', 'mlp.down_proj.bias', [H], 'optional'],
+  ];
+  const out = new Map<string, LayerTensor>();
+  for (const [role, suffix, shape, need] of want) {
+    const name = p + suffix;
+    if (need === 'optional' && !weights.has(name)) continue;
+    const loc = weights.get(name); // throws naming the tensor and file
+    checkTensor(loc, shape);
+    out.set(role, { role, loc });
+  }
+  return out;
+}
+
+export function checkTensor(loc: TensorLocation, shape: number[]): void {
+  if (STORED_DTYPES[loc.dtype] === undefined) {
+    throw new ModelError('unsupported_dtype', `dtype ${loc.dtype} is not supported by the forward pass (F32, F16, BF16)`, { file: loc.file, tensor: loc.name });
+  }
+  if (loc.shape.length !== shape.length || loc.shape.some((d, i) => d !== shape[i])) {
+    throw new ModelError('shape_mismatch', `shape [${loc.shape.join(', ')}] does not match the config, expected [${shape.join(', ')}]`, { file: loc.file, tensor: loc.name });
+  }
+}
+
+/** Builds the nodes of a graph with fresh value names. */
+class Builder {
+  readonly nodes: OnnxNode[] = [];
+  readonly initializers: OnnxTensor[] = [];
+  private n = 0;
+
+  op(op: string, inputs: string[], attrs?: OnnxNode['attrs'], outName?: string): string {
+    const out = outName ?? `${op.toLowerCase()}_${this.n++}`;
+    this.nodes.push({ op, inputs, outputs: [out], name: `${op}_${this.n++}`, attrs });
+    return out;
+  }
+
+  ops(op: string, inputs: string[], outputs: number, attrs?: OnnxNode['attrs']): string[] {
+    const outs = Array.from({ length: outputs }, () => `${op.toLowerCase()}_${this.n++}`);
+    this.nodes.push({ op, inputs, outputs: outs, name: `${op}_${this.n++}`, attrs });
+    return outs;
+  }
+
+  constF(name: string, v: number): string {
+    this.initializers.push({ name, dtype: OnnxDtype.FLOAT, dims: [], data: { float: [v] } });
+    return name;
+  }
+
+  constI64(name: string, v: number[]): string {
+    this.initializers.push({ name, dtype: OnnxDtype.INT64, dims: [v.length], data: { int64: v } });
+    return name;
+  }
+}
+
+/**
+ * One decoder layer (llama, mistral, qwen2, qwen3) as an ONNX graph over [T, H] activations.
+ * Weights keep their stored dtype and get a Cast to float32 (CPU kernels have no bf16 MatMul;
+ * ORT folds the Cast at session creation). Projections are Gemm(transB=1) on the [out, in] weights,
+ * which avoids a transposed copy and is the fastest form to prepack.
+ */
+export function buildLayerModel(cfg: ModelConfig, tensors: Map<string, LayerTensor>, dataOf: (loc: TensorLocation) => TensorData): OnnxModel {
+  const b = new Builder();
+  const H = cfg.hiddenSize, D = cfg.headDim;
+  const nH = cfg.numHeads, nKV = cfg.numKvHeads;
+  if (nH % nKV !== 0) {
+    throw new ModelError('bad_config', `num_attention_heads ${nH} is not a multiple of num_key_value_heads ${nKV}`, { file: cfg.file, field: 'num_key_value_heads' });
+  }
+  if (D % 2 !== 0) throw new ModelError('bad_config', `head_dim ${D} must be even for RoPE`, { file: cfg.file, field: 'head_dim' });
+  const g = nH / nKV;
+
+  const w = (role: string): string | null => {
+    const t = tensors.get(role);
+    if (!t) return null;
+    const name = t.loc.name;
+    b.initializers.push({ name, dtype: STORED_DTYPES[t.loc.dtype]!, dims: t.loc.shape, data: dataOf(t.loc) });
+    return t.loc.dtype === 'F32' ? name : b.op('Cast', [name], { to: OnnxDtype.FLOAT });
+  };
+  const need = (role: string): string => w(role)!;
+  const eps = b.constF('eps', cfg.rmsNormEps);
+  const rmsNorm = (x: string, weight: string): string => {
+    const ms = b.op('ReduceMean', [b.op('Mul', [x, x])], { axes: [-1], keepdims: 1 });
+    const normed = b.op('Div', [x, b.op('Sqrt', [b.op('Add', [ms, eps])])]);
+    return b.op('Mul', [normed, weight]);
+  };
+  const linear = (x: string, weight: string, bias: string | null): string =>
+    b.op('Gemm', bias ? [x, weight, bias] : [x, weight], { transB: 1 });
+  const rope = (x: string): string => {
+    const [x1, x2] = b.ops('Split', [x], 2, { axis: -1 }) as [string, string];
+    const rotated = b.op('Concat', [b.op('Neg', [x2]), x1], { axis: -1 });
+    return b.op('Add', [b.op('Mul', [x, LAYER_INPUTS.cos]), b.op('Mul', [rotated, LAYER_INPUTS.sin])]);
+  };
+
+  const x = LAYER_INPUTS.hidden;
+  const xn = rmsNorm(x, need('ln1'));
+  // Queries as [nKV, g, T, D] and keys/values as [nKV, 1, T, D]: MatMul broadcasting does the
+  // grouped-query repeat (query head h uses KV head floor(h / g), as transformers' repeat_kv).
+  let q = b.op('Reshape', [linear(xn, need('q'), w('q_bias')), b.constI64('q_shape', [-1, nKV, g, D])]);
+  let k = b.op('Reshape', [linear(xn, need('k'), w('k_bias')), b.constI64('kv_shape', [-1, nKV, 1, D])]);
+  const v0 = b.op('Reshape', [linear(xn, need('v'), w('v_bias')), 'kv_shape']);
+  const qNorm = w('q_norm'), kNorm = w('k_norm');
+  if (qNorm) q = rmsNorm(q, qNorm); // qwen3: per-head RMSNorm before RoPE
+  if (kNorm) k = rmsNorm(k, kNorm);
+  q = rope(b.op('Transpose', [q], { perm: [1, 2, 0, 3] }));
+  k = rope(b.op('Transpose', [k], { perm: [1, 2, 0, 3] }));
+  const v = b.op('Transpose', [v0], { perm: [1, 2, 0, 3] });
+  const kT = b.op('Transpose', [k], { perm: [0, 1, 3, 2] });
+  const scale = b.constF('attn_scale', 1 / Math.sqrt(D));
+  const scores = b.op('Add', [b.op('Mul', [b.op('MatMul', [q, kT]), scale]), LAYER_INPUTS.mask]);
+  const ctx = b.op('MatMul', [b.op('Softmax', [scores], { axis: -1 }), v]);
+  const ctx2 = b.op('Reshape', [b.op('Transpose', [ctx], { perm: [2, 0, 1, 3] }), b.constI64('ctx_shape', [-1, nH * D])]);
+  const attn = b.op('Mul', [linear(ctx2, need('o'), w('o_bias')), LAYER_INPUTS.gate]);
+  const h1 = b.op('Add', [x, attn]);
+
+  const hn = rmsNorm(h1, need('ln2'));
+  const gt = linear(hn, need('gate'), w('gate_bias'));
+  const up = linear(hn, need('up'), w('up_bias'));
+  const act = b.op('Mul', [b.op('Mul', [gt, b.op('Sigmoid', [gt])]), up]);
+  const down = linear(act, need('down'), w('down_bias'));
+  b.op('Add', [h1, down], undefined, LAYER_OUTPUT);
+
+  const F = OnnxDtype.FLOAT;
+  return {
+    opset: 17,
+    graph: {
+      name: 'decoder_layer',
+      nodes: b.nodes,
+      initializers: b.initializers,
+      inputs: [
+        { name: LAYER_INPUTS.hidden, dtype: F, shape: ['T', H] },
+        { name: LAYER_INPUTS.cos, dtype: F, shape: ['T', D] },
+        { name: LAYER_INPUTS.sin, dtype: F, shape: ['T', D] },
+        { name: LAYER_INPUTS.mask, dtype: F, shape: ['T', 'T'] },
+        { name: LAYER_INPUTS.gate, dtype: F, shape: ['T', 1] },
+      ],
+      outputs: [{ name: LAYER_OUTPUT, dtype: F, shape: ['T', H] }],
+    },
+  };
+}

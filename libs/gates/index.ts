@@ -1,0 +1,148 @@
+import { Rng } from './rng';
+import { conditionNumber } from './linalg';
+
+export { Rng } from './rng';
+export { conditionNumber } from './linalg';
+
+/** Gate vectors G of shape [layers, experts, hidden] (spec 2), row-major float32. */
+export interface GateTensor {
+  layers: number;
+  experts: number;
+  hidden: number;
+  data: Float32Array;
+}
+
+export function newGates(layers: number, experts: number, hidden: number): GateTensor {
+  return { layers, experts, hidden, data: new Float32Array(layers * experts * hidden) };
+}
+
+export function gateRow(g: GateTensor, layer: number, expert: number): Float32Array {
+  const o = (layer * g.experts + expert) * g.hidden;
+  return g.data.subarray(o, o + g.hidden);
+}
+
+/** `random`: i.i.d. standard normal, not normalised (spec 2.5). Our own seeded stream. */
+export function randomGates(layers: number, experts: number, hidden: number, seed: number): GateTensor {
+  const g = newGates(layers, experts, hidden);
+  const rng = new Rng(seed, 'gates/random');
+  for (let i = 0; i < g.data.length; i++) g.data[i] = rng.normal();
+  return g;
+}
+
+/** `uniform_random`: uniform on [-1/sqrt(H), 1/sqrt(H)) like nn.Linear's default init (spec 2.6). */
+export function uniformRandomGates(layers: number, experts: number, hidden: number, seed: number): GateTensor {
+  const g = newGates(layers, experts, hidden);
+  const rng = new Rng(seed, 'gates/uniform_random');
+  const s = Math.fround(Math.sqrt(1 / hidden));
+  for (let i = 0; i < g.data.length; i++) g.data[i] = Math.fround(Math.fround(rng.uniform()) * 2 * s - s);
+  return g;
+}
+
+/** v / max(|v|, 1e-8), in float64. */
+export function normalize(v: Float64Array): Float64Array {
+  let n = 0;
+  for (let i = 0; i < v.length; i++) n += v[i]! * v[i]!;
+  const d = Math.max(Math.sqrt(n), 1e-8);
+  const out = new Float64Array(v.length);
+  for (let i = 0; i < v.length; i++) out[i] = v[i]! / d;
+  return out;
+}
+
+/**
+ * `cheap_embed` for one expert (spec 2.4): normalize(Σ embeddings of every real token of every prompt),
+ * and with negative prompts normalize(that − normalize(Σ negative)). The same vector for every layer.
+ */
+export function cheapEmbedVector(
+  embedRow: (id: number) => ArrayLike<number>,
+  hidden: number,
+  positive: number[][],
+  negative: number[][],
+): Float64Array {
+  const sum = (prompts: number[][]) => {
+    const acc = new Float64Array(hidden);
+    for (const ids of prompts) for (const id of ids) {
+      const row = embedRow(id);
+      for (let k = 0; k < hidden; k++) acc[k] += row[k]!;
+    }
+    return acc;
+  };
+  let v = normalize(sum(positive));
+  if (negative.length > 0) {
+    const n = normalize(sum(negative));
+    for (let k = 0; k < hidden; k++) v[k] -= n[k]!;
+    v = normalize(v);
+  }
+  return v;
+}
+
+/** One prompt's states per layer input (layer 0 = embeddings): last token, sum over tokens, token count. */
+export interface PromptStates {
+  last: Float32Array[];
+  sum: Float32Array[];
+  count: number;
+}
+
+export type HiddenReduction = 'last' | 'avg';
+
+/**
+ * The per-layer vector of a prompt batch (spec 2.2): the plain mean over prompts of each prompt's last
+ * token, or (avg) of the reference's padded mean (sum + (T − n)·pad) / T, T being the batch's longest prompt.
+ */
+export function batchVector(states: PromptStates[], padStates: Float32Array[] | null, layer: number, reduction: HiddenReduction, hidden: number): Float64Array {
+  const out = new Float64Array(hidden);
+  const T = Math.max(...states.map((s) => s.count));
+  for (const s of states) {
+    if (reduction === 'last') {
+      const v = s.last[layer]!;
+      for (let k = 0; k < hidden; k++) out[k] += v[k]!;
+    } else {
+      const sum = s.sum[layer]!;
+      const pad = padStates![layer]!;
+      const padCount = T - s.count;
+      for (let k = 0; k < hidden; k++) out[k] += (sum[k]! + padCount * pad[k]!) / T;
+    }
+  }
+  for (let k = 0; k < hidden; k++) out[k] /= states.length;
+  return out;
+}
+
+/** Hidden-mode gate vector of one expert for one layer: normalize(f(pos) − f(neg)) (spec 2.3). */
+export function hiddenVector(
+  positive: PromptStates[],
+  negative: PromptStates[],
+  padStates: Float32Array[] | null,
+  layer: number,
+  reduction: HiddenReduction,
+  hidden: number,
+): Float64Array {
+  const v = batchVector(positive, padStates, layer, reduction, hidden);
+  if (negative.length > 0) {
+    const n = batchVector(negative, padStates, layer, reduction, hidden);
+    for (let k = 0; k < hidden; k++) v[k] -= n[k]!;
+  }
+  return normalize(v);
+}
+
+/** Layers whose gate matrix has a condition number over 5 (spec 2.7), and the reference's warning text. */
+export function degenerateLayers(g: GateTensor, threshold = 5): { conditionNumbers: number[]; flagged: number[]; warning: string | null } {
+  const conditionNumbers: number[] = [];
+  const flagged: number[] = [];
+  for (let l = 0; l < g.layers; l++) {
+    const rows = Array.from({ length: g.experts }, (_, e) => gateRow(g, l, e));
+    const c = conditionNumber(rows);
+    conditionNumbers.push(c);
+    if (c > threshold) flagged.push(l);
+  }
+  if (flagged.length === 0) return { conditionNumbers, flagged, warning: null };
+  let which: string;
+  if (flagged.length === g.layers && flagged.length > 2) which = 'ALL layers';
+  else if (flagged.length === 1) which = `layer ${flagged[0]}`;
+  else if (flagged.length === 2) which = `layers ${flagged[0]} and ${flagged[1]}`;
+  else which = `layers ${flagged.slice(0, -1).join(', ')}, and ${flagged[flagged.length - 1]}`;
+  const verb = flagged.length === 1 ? 'has' : 'have';
+  return {
+    conditionNumbers,
+    flagged,
+    warning: `${which} ${verb} degenerate routing parameters - your prompts may be too similar. One or more experts will be underutilized in your model.`,
+  };
+}

@@ -1,0 +1,3 @@
+export * from './zip';
+export * from './unpickler';
+export * from './checkpoint';

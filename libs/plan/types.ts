@@ -1,0 +1,63 @@
+/** plan.json: every output tensor in write order, with where its bytes come from. */
+
+export interface NoiseTransform {
+  scale: number;
+  /** Named stream of our seeded generator, so each tensor's noise is independent of write order. */
+  stream: string;
+  seed: number;
+}
+
+export interface SourcePart {
+  kind: 'source';
+  /** Key of the model in the plan's model table. */
+  model: string;
+  tensor: string;
+  file: string;
+  offset: number;
+  byteLength: number;
+  dtype: string;
+  shape: number[];
+  noise?: NoiseTransform;
+  /** Multiply by this after noise (residual_scale on down_proj). */
+  scale?: number;
+}
+
+export interface GatePart {
+  kind: 'gates';
+  layer: number;
+  /** Rows of the gate tensor G[layer] to emit, in order. */
+  rows: number[];
+}
+
+export interface ZerosPart {
+  kind: 'zeros';
+  elements: number;
+}
+
+export type PlanPart = SourcePart | GatePart | ZerosPart;
+
+export interface PlanTensor {
+  name: string;
+  dtype: string;
+  shape: number[];
+  parts: PlanPart[];
+}
+
+export interface PlanModel {
+  key: string;
+  ref: string;
+  dir: string;
+  contentId?: string;
+}
+
+export interface MergePlan {
+  version: 1;
+  architecture: string;
+  layout: 'classic' | 'fused';
+  outDtype: string | null;
+  config: Record<string, unknown>;
+  models: PlanModel[];
+  tensors: PlanTensor[];
+  maxShardBytes: number;
+  warnings: string[];
+}

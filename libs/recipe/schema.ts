@@ -1,0 +1,54 @@
+import { z } from 'zod';
+
+/** The six gate modes of the reference (spec 1.1). */
+export const GATE_MODES = ['hidden', 'hidden_avg', 'hidden_last', 'cheap_embed', 'random', 'uniform_random'] as const;
+export type GateMode = (typeof GATE_MODES)[number];
+
+export const HIDDEN_MODES: readonly GateMode[] = ['hidden', 'hidden_avg', 'hidden_last'];
+export const RANDOM_MODES: readonly GateMode[] = ['random', 'uniform_random'];
+
+/** dtype names the reference accepts (dtype_from_name), with or without a `torch.` prefix. */
+export const DTYPE_NAMES = ['bfloat16', 'float16', 'float32', 'int64'] as const;
+
+const modelPath = z.string().min(1, 'must be a non-empty model path or Hub id');
+
+/** `path`, `org/name`, `org/name@rev`, or the mapping form `{model: {path, revision}, lora, override_architecture}`. */
+export const ModelReferenceSchema = z.union([
+  modelPath,
+  z.strictObject({
+    model: z.strictObject({ path: modelPath, revision: z.string().nullish() }),
+    lora: z.unknown().nullish(),
+    override_architecture: z.string().nullish(),
+  }),
+]);
+export type ModelReferenceInput = z.infer<typeof ModelReferenceSchema>;
+
+const promptList = z.array(z.string()).nullish();
+
+export const ExpertSchema = z.strictObject({
+  source_model: ModelReferenceSchema,
+  positive_prompts: promptList,
+  negative_prompts: promptList,
+  noise_scale: z.number().nullish(),
+  residual_scale: z.number().nullish(),
+});
+export type Expert = z.infer<typeof ExpertSchema>;
+
+export const RecipeSchema = z.strictObject({
+  base_model: ModelReferenceSchema,
+  experts: z.array(ExpertSchema),
+  gate_mode: z.enum(GATE_MODES).default('hidden'),
+  dtype: z
+    .string()
+    .refine((s) => (DTYPE_NAMES as readonly string[]).includes(s.replace(/^torch\./, '')), {
+      message: `expected one of ${DTYPE_NAMES.join(', ')} (optionally prefixed with "torch.")`,
+    })
+    .nullish(),
+  experts_per_token: z.number().int('must be an integer').default(2),
+  shared_experts: z.array(ExpertSchema).nullish(),
+  architecture: z.string().nullish(),
+});
+export type Recipe = z.infer<typeof RecipeSchema>;
+
+export const TOP_LEVEL_KEYS = Object.keys(RecipeSchema.shape);
+export const EXPERT_KEYS = Object.keys(ExpertSchema.shape);

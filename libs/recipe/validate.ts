@@ -1,0 +1,47 @@
+import { RecipeError } from '../errors';
+import type { ParsedRecipe } from './parse';
+import { parseModelRef, refKey } from './reference';
+
+export interface ValidateOptions {
+  /** --i-understand-this-is-not-useful-without-training */
+  allowIdenticalModels?: boolean;
+}
+
+/** The reference's is_bad_config checks (spec 1.3, rows 2-6 and 9), with the same conditions. */
+export function checkRecipe(parsed: ParsedRecipe, opts: ValidateOptions = {}): void {
+  const { recipe, file } = parsed;
+  const problems: { message: string; field: string; path: (string | number)[] }[] = [];
+  const fail = (message: string, path: (string | number)[]) =>
+    problems.push({ message, path, field: path.map((p) => (typeof p === 'number' ? `[${p}]` : p)).join('.').replace(/\.\[/g, '[') });
+
+  if (recipe.experts_per_token < 1) fail(`Experts per token must be >= 1 (got ${recipe.experts_per_token})`, ['experts_per_token']);
+  else if (recipe.experts.length < recipe.experts_per_token) {
+    fail(`Must include at least as many experts as experts_per_token (${recipe.experts.length} experts, experts_per_token ${recipe.experts_per_token}).`, ['experts']);
+  }
+  if (problems.length === 0 && recipe.gate_mode !== 'random') {
+    recipe.experts.forEach((e, i) => {
+      if (!e.positive_prompts || e.positive_prompts.length === 0) {
+        fail(`Expert ${i} has no positive prompts (gate_mode ${recipe.gate_mode} needs them; only "random" does without).`, ['experts', i]);
+      }
+    });
+    const sig = (e: (typeof recipe.experts)[number]) => JSON.stringify([e.positive_prompts ?? [], e.negative_prompts ?? []]);
+    if (problems.length === 0 && recipe.experts.length > 0 && recipe.experts.every((e) => sig(e) === sig(recipe.experts[0]!))) {
+      fail('Your positive and negative prompts are identical for all experts. This will not produce a functioning MoE: each expert needs its own positive prompts.', ['experts']);
+    }
+    const key = (i: number) => refKey(parseModelRef(recipe.experts[i]!.source_model, `experts[${i}].source_model`, file));
+    if (!opts.allowIdenticalModels && recipe.experts.length > 0 && recipe.experts.every((_, i) => key(i) === key(0))) {
+      fail('All of your expert models are the same. This will produce a model that uses more resources but gives the exact same output. If you plan to train the model after merging, proceed with the --i-understand-this-is-not-useful-without-training flag.', ['experts']);
+    }
+  }
+  const shared = recipe.shared_experts ?? [];
+  const withPrompts = shared.filter((e) => e.positive_prompts && e.positive_prompts.length > 0).length;
+  if (withPrompts > 0 && withPrompts < shared.length) {
+    fail('Must specify prompts for all shared experts or none, not a mix.', ['shared_experts']);
+  }
+  if (problems.length > 0) {
+    const first = problems[0]!;
+    const pos = parsed.position(first.path);
+    const rest = problems.slice(1).map((p) => `\n  field ${p.field}: ${p.message}`).join('');
+    throw new RecipeError('bad_config', first.message + rest, { file, field: first.field, ...pos });
+  }
+}

@@ -1,0 +1,40 @@
+import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { createHash } from 'node:crypto';
+import type { MergePlan } from '../plan/types';
+import type { MergeContext } from './context';
+
+export interface AssembleOptions {
+  maxShardBytes: number;
+  extraWarnings?: string[];
+}
+
+/** Stage 4: the output architecture's config.json and every output tensor with its sources, in write order. */
+export async function runAssemble(merge: MergeContext, outDir: string, opts: AssembleOptions): Promise<MergePlan> {
+  const { ctx, arch } = merge;
+  const plan: MergePlan = {
+    version: 1,
+    architecture: arch.name,
+    layout: ctx.layout,
+    outDtype: ctx.outDtype,
+    config: arch.config(ctx),
+    models: [ctx.base, ...ctx.experts.map((e) => e.model), ...ctx.shared.map((e) => e.model)]
+      .filter((m, i, all) => all.findIndex((x) => x.key === m.key) === i)
+      .map((m) => ({ key: m.key, ref: m.ref, dir: m.dir, ...(m.contentId ? { contentId: m.contentId } : {}) })),
+    tensors: arch.tensors(ctx),
+    maxShardBytes: opts.maxShardBytes,
+    warnings: [...merge.warnings, ...(opts.extraWarnings ?? [])],
+  };
+  await mkdir(outDir, { recursive: true });
+  await writeFile(join(outDir, 'plan.json'), JSON.stringify(plan) + '\n');
+  return plan;
+}
+
+export async function readPlan(dir: string): Promise<MergePlan> {
+  return JSON.parse(await readFile(join(dir, 'plan.json'), 'utf8')) as MergePlan;
+}
+
+/** Hash of everything that decides the output bytes (the write stage skips when it is unchanged). */
+export function planHash(plan: MergePlan, extra: unknown): string {
+  return createHash('sha256').update(JSON.stringify(plan)).update(JSON.stringify(extra)).digest('hex');
+}

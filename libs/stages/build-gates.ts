@@ -1,0 +1,66 @@
+import { mkdir, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { degenerateLayers, newGates, normalize, randomGates, uniformRandomGates, type GateTensor } from '../gates';
+import { encodeHeader } from '../safetensors/writer';
+import { decodeFloats } from '../safetensors/dtype';
+import { readTensorBytes, SafetensorsWeights } from '../safetensors/reader';
+import type { MergeContext } from './context';
+import { readPromptStates } from './embed-prompts';
+
+export interface GatesInfo {
+  layers: number;
+  experts: number;
+  hidden: number;
+  gateMode: string;
+  conditionNumbers: number[];
+  warnings: string[];
+}
+
+/** Stage 3: the gate tensor G [layers, gated experts, hidden] (spec 2) and the degenerate-router check. */
+export async function runBuildGates(merge: MergeContext, statesDir: string, outDir: string): Promise<{ gates: GateTensor; info: GatesInfo }> {
+  const { ctx } = merge;
+  const L = ctx.base.config.numLayers;
+  const H = ctx.base.config.hiddenSize;
+  const N = merge.gatedExperts.length;
+  let g: GateTensor;
+  if (ctx.gateMode === 'random') g = randomGates(L, N, H, ctx.seed);
+  else if (ctx.gateMode === 'uniform_random') g = uniformRandomGates(L, N, H, ctx.seed);
+  else {
+    const states = await readPromptStates(statesDir);
+    const byText = new Map(states.index.prompts.map((p, i) => [p.text, i]));
+    const sumOf = async (prompts: string[]) => {
+      const acc = new Float64Array(H);
+      for (const p of prompts) {
+        const v = await states.tensor(`p${byText.get(p)}.sum`);
+        for (let k = 0; k < H; k++) acc[k] += v[k]!;
+      }
+      return acc;
+    };
+    g = newGates(L, N, H);
+    for (let e = 0; e < N; e++) {
+      const spec = merge.gatedExperts[e]!.spec;
+      // cheap_embed: normalize(normalize(Σpos) − normalize(Σneg)), the same row for every layer (spec 2.4).
+      let v = normalize(await sumOf(spec.positive_prompts ?? []));
+      const neg = spec.negative_prompts ?? [];
+      if (neg.length > 0) {
+        const n = normalize(await sumOf(neg));
+        for (let k = 0; k < H; k++) v[k] -= n[k]!;
+        v = normalize(v);
+      }
+      for (let l = 0; l < L; l++) g.data.set(v, (l * N + e) * H);
+    }
+  }
+  const { conditionNumbers, warning } = degenerateLayers(g);
+  const info: GatesInfo = { layers: L, experts: N, hidden: H, gateMode: ctx.gateMode, conditionNumbers, warnings: warning ? [warning] : [] };
+  await mkdir(outDir, { recursive: true });
+  await writeFile(join(outDir, 'gates.safetensors'), Buffer.concat([encodeHeader([{ name: 'gates', dtype: 'F32', shape: [L, N, H] }]), Buffer.from(g.data.buffer, g.data.byteOffset, g.data.byteLength)]));
+  await writeFile(join(outDir, 'gates.json'), JSON.stringify(info, (_, v) => (v === Infinity ? 'Infinity' : v), 2) + '\n');
+  return { gates: g, info };
+}
+
+export async function readGates(dir: string): Promise<GateTensor> {
+  const w = await SafetensorsWeights.openFiles(dir, [join(dir, 'gates.safetensors')]);
+  const loc = w.get('gates');
+  const [layers, experts, hidden] = loc.shape as [number, number, number];
+  return { layers, experts, hidden, data: decodeFloats(await readTensorBytes(loc), 'F32') };
+}

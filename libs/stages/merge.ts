@@ -1,0 +1,51 @@
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { readRecipe } from '../recipe/parse';
+import { runFetch } from './fetch';
+import { runEmbedPrompts } from './embed-prompts';
+import { runBuildGates } from './build-gates';
+import { runAssemble } from './assemble';
+import { runWrite, type WriteResult } from './write';
+
+export interface MergeOptions {
+  recipeFile: string;
+  outPath: string;
+  /** Relative model paths resolve against this (the CLI: the working directory; Nx: the recipe's folder). */
+  modelBaseDir: string;
+  seed?: number;
+  layout?: 'classic' | 'fused';
+  maxShardBytes?: number;
+  allowIdenticalModels?: boolean;
+  copyTokenizer?: boolean;
+  overwrite?: boolean;
+  device?: string;
+  log?: (line: string) => void;
+  warn?: (line: string) => void;
+}
+
+export const DEFAULT_SHARD_BYTES = 5_000_000_000;
+
+/** The whole pipeline in one process, the stages' outputs in a temporary work folder. */
+export async function mergeRecipe(opts: MergeOptions): Promise<WriteResult> {
+  const parsed = await readRecipe(opts.recipeFile);
+  const work = await mkdtemp(join(tmpdir(), 'moe-forge-'));
+  try {
+    const { merge } = await runFetch(parsed, join(work, 'fetch'), { modelBaseDir: opts.modelBaseDir, allowIdenticalModels: opts.allowIdenticalModels, layout: opts.layout, seed: opts.seed, log: opts.log });
+    await runEmbedPrompts(merge, join(work, 'embed-prompts'));
+    const { gates, info } = await runBuildGates(merge, join(work, 'embed-prompts'), join(work, 'build-gates'));
+    const plan = await runAssemble(merge, join(work, 'assemble-experts'), { maxShardBytes: opts.maxShardBytes ?? DEFAULT_SHARD_BYTES, extraWarnings: info.warnings });
+    for (const w of plan.warnings) opts.warn?.(w);
+    return await runWrite(plan, {
+      outPath: opts.outPath,
+      gates,
+      recipeText: parsed.text,
+      tokenizerDir: merge.ctx.base.dir,
+      copyTokenizer: opts.copyTokenizer ?? true,
+      overwrite: opts.overwrite ?? false,
+      log: opts.log,
+    });
+  } finally {
+    await rm(work, { recursive: true, force: true });
+  }
+}
