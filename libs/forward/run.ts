@@ -3,7 +3,7 @@ import { basename, dirname } from 'node:path';
 import { ForgeError, ModelError } from '../errors';
 import { readModelConfig, type ModelConfig } from '../model-folder/config';
 import { SafetensorsWeights, decodeFloats, readTensorBytes, type TensorLocation } from '../safetensors';
-import { floatTensor, sessionFromBytes, sessionFromFolder, type Device, type Session, type SessionSettings } from './backend';
+import { executionProviders, floatTensor, sessionFromBytes, sessionFromFolder, type Device, type Session, type SessionSettings } from './backend';
 import { encodeModel, type TensorData } from './onnx-proto';
 import { LAYER_INPUTS, LAYER_OUTPUT, buildLayerModel, checkTensor, planLayerTensors } from './layer-graph';
 import { attentionMask, ropeTables } from './rope';
@@ -123,10 +123,13 @@ async function layerSession(m: Model, layer: number, settings: SessionSettings, 
 async function runLayers(m: Model, seqs: Sequence[], upTo: number, opts: ForwardOptions, visit: Visit): Promise<void> {
   const { cfg } = m;
   const H = cfg.hiddenSize;
+  executionProviders(opts.device ?? 'cpu'); // an unavailable device fails before any weight is read
   if (upTo < 0 || upTo > cfg.numLayers) throw new RangeError(`upTo ${upTo} outside 0..${cfg.numLayers}`);
   for (const [i, s] of seqs.entries()) {
     if (s.ids.length === 0) throw new ForgeError('empty_prompt', `prompt ${i} has no tokens`, { field: `prompts[${i}]` });
   }
+  // Names, dtypes and shapes of every layer are checked before any layer runs.
+  for (let l = 0; l < cfg.numLayers; l++) planLayerTensors(cfg, m.weights, l);
   const rows = await embedRows(m, seqs.flatMap((s) => s.ids));
   let states: Float32Array[] = seqs.map((s) => {
     const h = new Float32Array(s.ids.length * H);

@@ -18,6 +18,8 @@ export interface MergeOptions {
   maxShardBytes?: number;
   allowIdenticalModels?: boolean;
   copyTokenizer?: boolean;
+  /** Write mergekit_moe_config.yml (the reference's --write-model-card). */
+  writeRecipe?: boolean;
   overwrite?: boolean;
   device?: string;
   log?: (line: string) => void;
@@ -42,6 +44,7 @@ export async function mergeRecipe(opts: MergeOptions): Promise<WriteResult> {
       recipeText: parsed.text,
       tokenizerDir: merge.ctx.base.dir,
       copyTokenizer: opts.copyTokenizer ?? true,
+      writeRecipe: opts.writeRecipe ?? true,
       overwrite: opts.overwrite ?? false,
       log: opts.log,
     });

@@ -21,6 +21,7 @@ export interface WriteOptions {
   /** Base model folder whose tokenizer is copied. */
   tokenizerDir: string;
   copyTokenizer: boolean;
+  writeRecipe?: boolean;
   overwrite: boolean;
   /** Extra files (name → text) written into the folder, e.g. the model card. */
   extraFiles?: Record<string, string>;
@@ -135,7 +136,7 @@ async function intact(dir: string, stamp: Stamp): Promise<boolean> {
  */
 export async function runWrite(plan: MergePlan, opts: WriteOptions): Promise<WriteResult> {
   const out = opts.outPath;
-  const hash = planHash(plan, { recipe: opts.recipeText, copyTokenizer: opts.copyTokenizer, extra: opts.extraFiles ?? {}, gates: Buffer.from(opts.gates.data.buffer, opts.gates.data.byteOffset, opts.gates.data.byteLength).toString('base64') });
+  const hash = planHash(plan, { recipe: opts.recipeText, copyTokenizer: opts.copyTokenizer, writeRecipe: opts.writeRecipe, extra: opts.extraFiles ?? {}, gates: Buffer.from(opts.gates.data.buffer, opts.gates.data.byteOffset, opts.gates.data.byteLength).toString('base64') });
   let existing: Stamp | null = null;
   if (existsSync(out)) {
     const entries = await readdir(out);
@@ -164,7 +165,7 @@ export async function runWrite(plan: MergePlan, opts: WriteOptions): Promise<Wri
     if (shards.length > 1) await writeFile(join(tmp, 'model.safetensors.index.json'), indexJson(shards));
     await writeFile(join(tmp, 'config.json'), JSON.stringify(plan.config, null, 2) + '\n');
     if (opts.copyTokenizer) await writeTokenizer(opts.tokenizerDir, tmp);
-    await writeFile(join(tmp, 'mergekit_moe_config.yml'), opts.recipeText);
+    if (opts.writeRecipe !== false) await writeFile(join(tmp, 'mergekit_moe_config.yml'), opts.recipeText);
     for (const [name, text] of Object.entries(opts.extraFiles ?? {})) await writeFile(join(tmp, name), text);
     const files: Record<string, number> = {};
     for (const f of (await readdir(tmp)).sort()) files[f] = (await stat(join(tmp, f))).size;

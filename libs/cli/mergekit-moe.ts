@@ -1,0 +1,110 @@
+import { existsSync, statSync } from 'node:fs';
+import { resolve } from 'node:path';
+import { isForgeError, ForgeError } from '../errors';
+import { mergeRecipe, DEFAULT_SHARD_BYTES } from '../stages/merge';
+import { parseArgs, parseKmb, type FlagSpec } from './args';
+
+const FLAGS: FlagSpec[] = [
+  { name: 'out-shard-size', kind: 'value', help: 'Maximum shard size in bytes; k/m/b suffixes (default 5B).' },
+  { name: 'random-seed', kind: 'value', help: 'Seed for random gates and expert noise (default 0: runs are reproducible).' },
+  { name: 'i-understand-this-is-not-useful-without-training', kind: 'bool', help: 'Allow experts that are all the same model.' },
+  { name: 'copy-tokenizer', kind: 'negatable', help: "Save the base model's tokenizer to the output (default on)." },
+  { name: 'write-model-card', kind: 'negatable', help: 'Write mergekit_moe_config.yml (default on).' },
+  { name: 'device', kind: 'value', help: 'Execution provider for hidden-state gates: cpu (default), cuda, webgpu or auto.' },
+  { name: 'cuda', kind: 'negatable', help: 'Same as --device cuda.' },
+  { name: 'load-in-4bit', kind: 'bool', noEffect: true, help: 'Accepted; unnecessary: the forward pass holds one layer at a time.' },
+  { name: 'load-in-8bit', kind: 'bool', noEffect: true, help: 'Accepted; unnecessary: the forward pass holds one layer at a time.' },
+  { name: 'layout', kind: 'value', help: 'Expert tensor layout: classic (per-expert, default) or fused (transformers 5).' },
+  { name: 'overwrite', kind: 'bool', help: 'Replace an existing non-empty output folder that moe-forge did not write.' },
+  { name: 'verbose', kind: 'count', short: 'v', help: 'More output (-v info, -vv debug).' },
+  { name: 'help', kind: 'bool', short: 'h', help: 'Show this help.' },
+  { name: 'trust-remote-code', kind: 'negatable', noEffect: true, help: 'Accepted; model code is never run.' },
+  { name: 'clone-tensors', kind: 'negatable', noEffect: true, help: 'No effect (output is identical).' },
+  { name: 'lazy-unpickle', kind: 'negatable', noEffect: true, help: 'No effect (.bin files are always read lazily and safely).' },
+  { name: 'safe-serialization', kind: 'negatable', help: 'Output is always safetensors; --no-safe-serialization is refused.' },
+  { name: 'num-threads', kind: 'value', short: 'j', noEffect: true, help: 'No effect.' },
+  { name: 'transformers-cache', kind: 'value', noEffect: true, help: 'No effect (the Hugging Face cache is HF_HUB_CACHE / HF_HOME).' },
+  { name: 'async-write', kind: 'negatable', noEffect: true, help: 'No effect (output is identical).' },
+  { name: 'write-threads', kind: 'value', noEffect: true, help: 'No effect.' },
+  { name: 'allow-crimes', kind: 'negatable', noEffect: true, help: 'No effect for MoE merges.' },
+  { name: 'lora-merge-cache', kind: 'value', noEffect: true, help: 'No effect for MoE merges.' },
+  { name: 'lora-merge-dtype', kind: 'value', noEffect: true, help: 'No effect for MoE merges.' },
+  { name: 'low-cpu-memory', kind: 'negatable', noEffect: true, help: 'No effect: memory is bounded by one tensor anyway.' },
+  { name: 'quiet', kind: 'negatable', noEffect: true, help: 'No effect.' },
+  { name: 'read-to-gpu', kind: 'negatable', noEffect: true, help: 'No effect.' },
+  { name: 'multi-gpu', kind: 'negatable', noEffect: true, help: 'No effect.' },
+  { name: 'gpu-rich', kind: 'negatable', noEffect: true, help: 'Same as --device cuda.' },
+];
+
+export function helpText(): string {
+  const lines = FLAGS.map((f) => {
+    const flag = f.kind === 'negatable' ? `--${f.name}/--no-${f.name}` : `--${f.name}${f.kind === 'value' ? ' VALUE' : ''}${f.short ? `, -${f.short}` : ''}`;
+    return `  ${flag.padEnd(54)} ${f.help}`;
+  });
+  return `Usage: mergekit-moe CONFIG_PATH OUT_PATH [options]\n\nMerge dense models into a Mixture-of-Experts checkpoint from a mergekit-moe YAML recipe.\n\nOptions:\n${lines.join('\n')}\n`;
+}
+
+interface Io {
+  out: (s: string) => void;
+  err: (s: string) => void;
+}
+
+const defaultIo: Io = { out: (s) => process.stdout.write(s + '\n'), err: (s) => process.stderr.write(s + '\n') };
+
+export async function main(argv: string[], io: Io = defaultIo): Promise<number> {
+  try {
+    const args = parseArgs(argv, FLAGS);
+    const v = args.values;
+    if (v.help) {
+      io.out(helpText());
+      return 0;
+    }
+    if (args.positionals.length !== 2) {
+      throw new ForgeError('usage', `expected CONFIG_PATH and OUT_PATH, got ${args.positionals.length} argument(s)\n\n${helpText()}`);
+    }
+    const [config, out] = args.positionals as [string, string];
+    if (!existsSync(config) || !statSync(config).isFile()) throw new ForgeError('usage', 'CONFIG_PATH does not exist or is not a file', { file: config });
+    const verbose = (v.verbose as number) ?? 0;
+    const info = verbose > 0 ? io.err : () => undefined;
+    for (const name of new Set(args.given)) {
+      const spec = FLAGS.find((f) => f.name === name)!;
+      if (spec.noEffect) info(`--${name} has no effect in moe-forge: ${spec.help}`);
+    }
+    if (v['safe-serialization'] === false) throw new ForgeError('bad_flag', '--no-safe-serialization is not supported: moe-forge writes safetensors only (pickle files can run code when loaded)');
+    if (v['load-in-4bit'] || v['load-in-8bit']) {
+      info('--load-in-4bit/--load-in-8bit are unnecessary: hidden states are computed one decoder layer at a time, so a model larger than memory still fits; full precision is kept.');
+    }
+    const layout = (v.layout as string | undefined) ?? 'classic';
+    if (layout !== 'classic' && layout !== 'fused') throw new ForgeError('bad_flag', `--layout must be classic or fused, got "${layout}"`, { field: '--layout' });
+    let seed = 0;
+    if (v['random-seed'] !== undefined) {
+      seed = Number(v['random-seed']);
+      if (!Number.isSafeInteger(seed) || seed < 0) throw new ForgeError('bad_flag', `--random-seed must be a non-negative integer, got "${v['random-seed']}"`, { field: '--random-seed' });
+    }
+    const device = (v.device as string | undefined) ?? (v.cuda || v['gpu-rich'] ? 'cuda' : 'cpu');
+    const result = await mergeRecipe({
+      recipeFile: resolve(config),
+      outPath: resolve(out),
+      modelBaseDir: process.cwd(),
+      seed,
+      layout,
+      maxShardBytes: v['out-shard-size'] !== undefined ? parseKmb(String(v['out-shard-size'])) : DEFAULT_SHARD_BYTES,
+      allowIdenticalModels: v['i-understand-this-is-not-useful-without-training'] === true,
+      copyTokenizer: v['copy-tokenizer'] !== false,
+      writeRecipe: v['write-model-card'] !== false,
+      overwrite: v.overwrite === true,
+      device,
+      log: info,
+      warn: (s) => io.err(`WARNING: ${s}`),
+    });
+    io.out(`${result.skipped ? 'unchanged' : 'wrote'} ${result.outPath} (${result.shards} shard${result.shards === 1 ? '' : 's'})`);
+    return 0;
+  } catch (e) {
+    if (isForgeError(e)) {
+      io.err(`error: ${e.message}`);
+      return 1;
+    }
+    io.err(`internal error: ${(e as Error).stack ?? e}`);
+    return 2;
+  }
+}

@@ -1,0 +1,53 @@
+import { dirname, basename } from 'node:path';
+import type { CreateNodesV2, TargetConfiguration } from '@nx/devkit';
+
+/**
+ * Every workspace-models/<name>/moe.yml is a project <name> with the stage targets chained by dependsOn.
+ * Options are forwarded down the chain, so `nx run x:build --random-seed=1` reaches every stage.
+ */
+export const STAGES = ['fetch', 'embed-prompts', 'build-gates', 'assemble-experts', 'write'] as const;
+
+const DESCRIPTIONS: Record<(typeof STAGES)[number], string> = {
+  fetch: 'Resolve the models, validate recipe and models, write models.json (never cached: looks outside the workspace).',
+  'embed-prompts': 'Tokenize prompts and compute their states; per-prompt states are cached by content.',
+  'build-gates': 'Compute router weights from prompt states (gates.safetensors, gates.json).',
+  'assemble-experts': 'Plan the output: architecture, config.json, every tensor with its sources (plan.json).',
+  write: 'Stream the model folder from the plan; skipped when the plan and the folder are unchanged.',
+};
+
+export function recipeTargets(projectRoot: string, projectName: string): Record<string, TargetConfiguration> {
+  const stageDir = (s: string) => `{workspaceRoot}/dist/stages/${projectName}/${s}`;
+  const targets: Record<string, TargetConfiguration> = {};
+  STAGES.forEach((stage, i) => {
+    const prev = i > 0 ? STAGES[i - 1] : undefined;
+    targets[stage] = {
+      executor: `./tools/executors:${stage}`,
+      options: {},
+      dependsOn: prev ? [{ target: prev, params: 'forward' }] : [],
+      cache: stage !== 'fetch' && stage !== 'write',
+      inputs: ['recipe', 'forgeCode', ...(prev ? [{ dependentTasksOutputFiles: '**/*.json', transitive: true }] : [])],
+      outputs: stage === 'write' ? [] : [stageDir(stage)],
+      metadata: { description: DESCRIPTIONS[stage] },
+    };
+  });
+  targets.build = {
+    executor: 'nx:noop',
+    dependsOn: [{ target: 'write', params: 'forward' }],
+    cache: false,
+    metadata: { description: `Build the MoE model folder dist/models/${projectName} (runs every stage).` },
+  };
+  void projectRoot;
+  return targets;
+}
+
+export const createNodesV2: CreateNodesV2 = [
+  'workspace-models/*/moe.yml',
+  (files) =>
+    files.map((file) => {
+      const root = dirname(file);
+      const name = basename(root);
+      return [file, { projects: { [root]: { root, name, projectType: 'application', tags: ['moe-recipe'], targets: recipeTargets(root, name) } } }] as const;
+    }),
+];
+
+export const createNodes = createNodesV2;

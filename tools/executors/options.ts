@@ -1,0 +1,56 @@
+import { join, resolve } from 'node:path';
+import type { ExecutorContext } from '@nx/devkit';
+import { z } from 'zod';
+import { parseKmb } from '../../libs/cli/args';
+import { DEFAULT_SHARD_BYTES } from '../../libs/stages/merge';
+
+/**
+ * Options outside the mergekit YAML, shared by every stage so that `nx run x:build --random-seed=1`
+ * forwards them down the chain. One zod schema is the source of truth; schema.json mirrors it for Nx.
+ */
+export const StageOptionsSchema = z.object({
+  recipe: z.string().optional(),
+  outputPath: z.string().optional(),
+  stagesDir: z.string().optional(),
+  randomSeed: z.coerce.number().int().nonnegative().default(0),
+  layout: z.enum(['classic', 'fused']).default('classic'),
+  outShardSize: z.union([z.string(), z.number()]).default(String(DEFAULT_SHARD_BYTES)),
+  device: z.enum(['cpu', 'cuda', 'webgpu', 'auto']).default('cpu'),
+  overwrite: z.boolean().default(false),
+  allowIdenticalModels: z.boolean().default(false),
+  copyTokenizer: z.boolean().default(true),
+  cacheDir: z.string().optional(),
+});
+export type StageOptions = z.infer<typeof StageOptionsSchema>;
+
+export interface StagePaths {
+  workspaceRoot: string;
+  projectRoot: string;
+  recipe: string;
+  stage(name: string): string;
+  output: string;
+  maxShardBytes: number;
+}
+
+export function stagePaths(raw: unknown, context: ExecutorContext): { options: StageOptions; paths: StagePaths } {
+  const parsed = StageOptionsSchema.safeParse(raw);
+  if (!parsed.success) {
+    const i = parsed.error.issues[0]!;
+    throw new Error(`invalid executor option ${i.path.join('.')}: ${i.message}`);
+  }
+  const options = parsed.data;
+  const name = context.projectName!;
+  const projectRoot = resolve(context.root, context.projectsConfigurations!.projects[name]!.root);
+  const stagesDir = resolve(context.root, options.stagesDir ?? join('dist', 'stages', name));
+  return {
+    options,
+    paths: {
+      workspaceRoot: context.root,
+      projectRoot,
+      recipe: resolve(projectRoot, options.recipe ?? 'moe.yml'),
+      stage: (s) => join(stagesDir, s),
+      output: resolve(context.root, options.outputPath ?? join('dist', 'models', name)),
+      maxShardBytes: typeof options.outShardSize === 'number' ? options.outShardSize : parseKmb(options.outShardSize),
+    },
+  };
+}

@@ -1,0 +1,39 @@
+import { readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { logger, type ExecutorContext } from '@nx/devkit';
+import { isForgeError } from '../../libs/errors';
+import { readRecipe } from '../../libs/recipe/parse';
+import { loadMergeContext, readModelsFile, type MergeContext } from '../../libs/stages/context';
+import { stagePaths, type StageOptions, type StagePaths } from './options';
+
+export interface StageEnv {
+  options: StageOptions;
+  paths: StagePaths;
+  /** The recipe and models as the fetch stage resolved them (not for fetch itself). */
+  merge(): Promise<MergeContext>;
+}
+
+/** Runs one stage: shared option parsing, the merge context, and errors printed without stack traces. */
+export async function runStage(raw: unknown, context: ExecutorContext, body: (env: StageEnv) => Promise<void>): Promise<{ success: boolean }> {
+  try {
+    const { options, paths } = stagePaths(raw, context);
+    const env: StageEnv = {
+      options,
+      paths,
+      async merge() {
+        const parsed = await readRecipe(paths.recipe);
+        const models = await readModelsFile(join(paths.stage('fetch'), 'models.json'));
+        return loadMergeContext(parsed, models.models, { modelBaseDir: paths.projectRoot, allowIdenticalModels: options.allowIdenticalModels, layout: options.layout, seed: options.randomSeed });
+      },
+    };
+    await body(env);
+    return { success: true };
+  } catch (e) {
+    logger.error(isForgeError(e) ? `error: ${e.message}` : `internal error: ${(e as Error).stack ?? e}`);
+    return { success: false };
+  }
+}
+
+export async function readJson<T>(file: string): Promise<T> {
+  return JSON.parse(await readFile(file, 'utf8')) as T;
+}

@@ -1,0 +1,24 @@
+import { readFile } from 'node:fs/promises';
+import { logger, type ExecutorContext } from '@nx/devkit';
+import { readPlan } from '../../../libs/stages/assemble';
+import { readGates } from '../../../libs/stages/build-gates';
+import { runWrite } from '../../../libs/stages/write';
+import { runStage } from '../run-stage';
+
+export default function writeExecutor(options: unknown, context: ExecutorContext) {
+  return runStage(options, context, async ({ options: o, paths }) => {
+    const plan = await readPlan(paths.stage('assemble-experts'));
+    const gates = await readGates(paths.stage('build-gates'));
+    const base = plan.models[0]!;
+    const result = await runWrite(plan, {
+      outPath: paths.output,
+      gates,
+      recipeText: await readFile(paths.recipe, 'utf8'),
+      tokenizerDir: base.dir,
+      copyTokenizer: o.copyTokenizer,
+      overwrite: o.overwrite,
+      log: (l) => logger.info(l),
+    });
+    logger.info(`${result.skipped ? 'unchanged' : 'wrote'} ${result.outPath} (${result.shards} shard${result.shards === 1 ? '' : 's'})`);
+  });
+}
