@@ -4,7 +4,7 @@ import { basename, join } from 'node:path';
 import type { TensorLocation } from '../safetensors';
 import { ModelError } from '../errors';
 import { entryDataOffset, fileSource, readStoredEntry, readZipDirectory, ZipError, type RangeSource } from './zip';
-import { describe, PickleError, PyGlobal, PyTuple, StorageRef, TensorRef, unpickle, STORAGE_DTYPES, type PyValue } from './unpickler';
+import { describePy, PickleError, PyGlobal, PyTuple, StorageRef, TensorRef, unpickle, STORAGE_DTYPES, type PyValue } from './unpickler';
 
 /**
  * PyTorch `.bin` checkpoints (the zip format of torch >= 1.6) as tensor locations, the same shape the safetensors
@@ -56,9 +56,9 @@ export async function readBinTensors(src: RangeSource): Promise<BinFileContents>
     file,
     persistentLoad(pid: PyValue): PyValue {
       const t = pid instanceof PyTuple ? pid.items : null;
-      if (!t || t.length !== 5 || t[0] !== 'storage') throw new PickleError('pickle_bad', `unexpected persistent id (${describe(pid)}); expected ('storage', type, key, location, numel)`, { file });
+      if (!t || t.length !== 5 || t[0] !== 'storage') throw new PickleError('pickle_bad', `unexpected persistent id (${describePy(pid)}); expected ('storage', type, key, location, numel)`, { file });
       const [, type, key, location, numel] = t;
-      if (!(type instanceof PyGlobal) || STORAGE_DTYPES[type.name] === undefined) throw new PickleError('pickle_bad', `persistent id names ${describe(type)} instead of a storage type`, { file });
+      if (!(type instanceof PyGlobal) || STORAGE_DTYPES[type.name] === undefined) throw new PickleError('pickle_bad', `persistent id names ${describePy(type)} instead of a storage type`, { file });
       if (typeof key !== 'string' || typeof numel !== 'number') throw new PickleError('pickle_bad', 'persistent id key must be a string and numel an integer', { file });
       const [dtype, size] = STORAGE_DTYPES[type.name]!;
       const prior = storages.get(key);
@@ -72,12 +72,12 @@ export async function readBinTensors(src: RangeSource): Promise<BinFileContents>
     },
   });
 
-  if (!(root instanceof Map)) throw new PickleError('bin_not_state_dict', `checkpoint holds a ${describe(root)}, expected a dict of tensors (a state_dict)`, { file });
+  if (!(root instanceof Map)) throw new PickleError('bin_not_state_dict', `checkpoint holds a ${describePy(root)}, expected a dict of tensors (a state_dict)`, { file });
   const dataOffsets = new Map<string, number>();
   const tensors: BinTensorLocation[] = [];
   const skipped: string[] = [];
   for (const [k, v] of root) {
-    if (typeof k !== 'string') throw new PickleError('bin_not_state_dict', `state_dict key ${describe(k)} is not a string`, { file });
+    if (typeof k !== 'string') throw new PickleError('bin_not_state_dict', `state_dict key ${describePy(k)} is not a string`, { file });
     if (!(v instanceof TensorRef)) {
       skipped.push(k);
       continue;

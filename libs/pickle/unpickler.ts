@@ -60,17 +60,17 @@ export interface UnpickleOptions {
 }
 
 function toInt(v: PyValue, what: string, file: string): number {
-  if (typeof v !== 'number' || !Number.isSafeInteger(v)) throw new PickleError('pickle_bad', `${what} must be an integer, got ${describe(v)}`, { file });
+  if (typeof v !== 'number' || !Number.isSafeInteger(v)) throw new PickleError('pickle_bad', `${what} must be an integer, got ${describePy(v)}`, { file });
   return v;
 }
 
 function intList(v: PyValue, what: string, file: string): number[] {
   const items = v instanceof PyTuple ? v.items : Array.isArray(v) ? v : null;
-  if (!items) throw new PickleError('pickle_bad', `${what} must be a tuple of integers, got ${describe(v)}`, { file });
+  if (!items) throw new PickleError('pickle_bad', `${what} must be a tuple of integers, got ${describePy(v)}`, { file });
   return items.map((x) => toInt(x, what, file));
 }
 
-export function describe(v: PyValue | undefined): string {
+export function describePy(v: PyValue | undefined): string {
   if (v === null || v === undefined) return 'None';
   if (typeof v === 'number' || typeof v === 'boolean') return `${typeof v} ${v}`;
   if (typeof v === 'string') return 'str';
@@ -143,28 +143,28 @@ export function unpickle(data: Uint8Array, opts: UnpickleOptions & { persistentL
     return new PyGlobal(module, name);
   };
   const setItems = (target: PyValue, kv: PyValue[]) => {
-    if (!(target instanceof Map)) fail(`SETITEM on ${describe(target)}`);
+    if (!(target instanceof Map)) fail(`SETITEM on ${describePy(target)}`);
     for (let i = 0; i + 1 < kv.length; i += 2) (target as Map<PyValue, PyValue>).set(kv[i]!, kv[i + 1]!);
   };
   const appendItems = (target: PyValue, items: PyValue[]) => {
-    if (!Array.isArray(target)) fail(`APPEND on ${describe(target)}`);
+    if (!Array.isArray(target)) fail(`APPEND on ${describePy(target)}`);
     (target as PyValue[]).push(...items);
   };
 
   const call = (fn: PyValue, argsV: PyValue): PyValue => {
-    if (!(fn instanceof PyGlobal)) return fail(`REDUCE on ${describe(fn)}`);
-    if (!(argsV instanceof PyTuple)) return fail(`REDUCE arguments must be a tuple, got ${describe(argsV)}`);
+    if (!(fn instanceof PyGlobal)) return fail(`REDUCE on ${describePy(fn)}`);
+    if (!(argsV instanceof PyTuple)) return fail(`REDUCE arguments must be a tuple, got ${describePy(argsV)}`);
     const args = argsV.items;
     switch (fn.qualified) {
       case 'torch._utils._rebuild_tensor_v2':
       case 'torch._utils._rebuild_tensor': {
         const [storage, offset, size, stride] = args;
-        if (!(storage instanceof StorageRef)) return fail(`${fn.qualified} expects a storage first, got ${describe(storage)}`);
+        if (!(storage instanceof StorageRef)) return fail(`${fn.qualified} expects a storage first, got ${describePy(storage)}`);
         return new TensorRef(storage, toInt(offset ?? null, 'storage offset', file), intList(size ?? null, 'size', file), intList(stride ?? null, 'stride', file));
       }
       case 'torch._utils._rebuild_parameter': {
         const t = args[0];
-        if (!(t instanceof TensorRef)) return fail(`_rebuild_parameter expects a tensor, got ${describe(t)}`);
+        if (!(t instanceof TensorRef)) return fail(`_rebuild_parameter expects a tensor, got ${describePy(t)}`);
         return t;
       }
       case 'collections.OrderedDict': {
@@ -177,7 +177,7 @@ export function unpickle(data: Uint8Array, opts: UnpickleOptions & { persistentL
             m.set(kv[0]!, kv[1]!);
           }
         } else if (init !== undefined) {
-          return fail(`OrderedDict expects no arguments or a list of pairs, got ${describe(init)}`);
+          return fail(`OrderedDict expects no arguments or a list of pairs, got ${describePy(init)}`);
         }
         return m;
       }
@@ -271,7 +271,7 @@ export function unpickle(data: Uint8Array, opts: UnpickleOptions & { persistentL
       case 0x62: { // BUILD: only an OrderedDict's instance state (e.g. state_dict()._metadata), which is dropped
         const state = pop();
         const target = top();
-        if (!(target instanceof Map)) fail(`BUILD on ${describe(target)} is not allowed`);
+        if (!(target instanceof Map)) fail(`BUILD on ${describePy(target)} is not allowed`);
         void state;
         break;
       }

@@ -54,8 +54,8 @@ function describeIssue(issue: z.core.$ZodIssue): { message: string; key?: string
     const s = typeof got === 'string' ? suggest(got, GATE_MODES) : null;
     return { message: `unknown gate_mode ${JSON.stringify(got)}${s ? ` (did you mean "${s}"?)` : ''}; expected one of ${GATE_MODES.join(', ')}` };
   }
-  if (issue.code === 'invalid_type' && (issue as { input?: unknown }).input === undefined) {
-    return { message: `is required (${issue.expected})` };
+  if ((issue as { input?: unknown }).input === undefined) {
+    return { message: `is required${issue.code === 'invalid_type' ? ` (${issue.expected})` : ''}` };
   }
   if (issue.code === 'invalid_union' && (path[path.length - 1] === 'source_model' || path[path.length - 1] === 'base_model')) {
     return { message: 'must be a model path or Hub id (string), or a mapping {model: {path, revision}}' };
@@ -77,7 +77,7 @@ export function parseRecipeText(text: string, file: string): ParsedRecipe {
   if (data === null || typeof data !== 'object' || Array.isArray(data) || !isMap(doc.contents)) {
     throw new RecipeError('recipe_shape', 'a recipe must be a YAML mapping with at least base_model and experts', { file, line: 1 });
   }
-  const result = RecipeSchema.safeParse(data);
+  const result = RecipeSchema.safeParse(data, { reportInput: true });
   if (!result.success) {
     const problems = result.error.issues.map((issue) => {
       const { message, key } = describeIssue(issue);

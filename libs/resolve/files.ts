@@ -77,14 +77,21 @@ export async function weightsOnDisk(dir: string): Promise<WeightLayout | null> {
   return chooseWeights(candidates, (n) => readFile(join(dir, n), 'utf8'));
 }
 
+const NO_WEIGHTS = 'weights (model.safetensors, or model.safetensors.index.json and its shards, or pytorch_model.bin)';
+
 /** Files a complete model folder lacks: config.json and the weight files (named by the index, or the single file). */
 export async function missingModelFiles(dir: string): Promise<string[]> {
-  if (!existsSync(dir)) return [CONFIG_FILE, 'weights (model.safetensors or model.safetensors.index.json)'];
+  if (!existsSync(dir)) return [CONFIG_FILE, NO_WEIGHTS];
   const missing: string[] = [];
   if (!isFile(join(dir, CONFIG_FILE))) missing.push(CONFIG_FILE);
   const layout = await weightsOnDisk(dir);
-  if (!layout) missing.push('weights (model.safetensors or model.safetensors.index.json)');
-  else for (const f of layout.files) if (!isFile(join(dir, f))) missing.push(f);
+  if (layout) {
+    for (const f of layout.files) if (!isFile(join(dir, f))) missing.push(f);
+    return missing;
+  }
+  // Weight names that exist only as dangling links (a cache whose blob was removed) are named as missing.
+  const dangling = readdirSync(dir).filter((n) => /\.(safetensors|bin)$|\.index\.json$/.test(n) && !isFile(join(dir, n)));
+  missing.push(...(dangling.length ? dangling : [NO_WEIGHTS]));
   return missing;
 }
 

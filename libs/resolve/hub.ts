@@ -113,12 +113,10 @@ export async function fetchIntoCache(snap: RemoteSnapshot, file: RemoteFile, s: 
     throw hubFailure(e, refText, s, `download ${file.path}`);
   }
   if (!info) throw new ModelError('hub_not_found', `${file.path} is listed for ${refText} at ${snap.sha} but the hub does not serve it`);
-  // The tree's LFS oid is the expected sha256; the X-Linked-Etag header is the fallback for what it does not give.
+  // The tree's LFS oid is the expected sha256; the X-Linked-Etag header only fills in where the tree gives none
+  // (after a CDN redirect the ETag may be some other 64-hex value, e.g. a xet hash, so it never overrides the tree).
   const headerEtag = stripEtag(info.etag);
-  const sha256 = file.sha256 ?? (SHA256.test(headerEtag) ? headerEtag : null);
-  if (file.sha256 && SHA256.test(headerEtag) && headerEtag !== file.sha256) {
-    throw new ModelError('hash_mismatch', `${file.path} of ${refText}: the hub's file listing says sha256 ${file.sha256} but its download header says ${headerEtag}; refusing the file`);
-  }
+  const sha256 = file.sha256 ?? (!file.gitOid && SHA256.test(headerEtag) ? headerEtag : null);
   const gitOid = sha256 ? null : file.gitOid;
   const etag = sha256 ?? gitOid;
   if (!etag) throw new ModelError('hash_unknown', `${file.path} of ${refText}: the hub reports no hash for it, so it cannot be verified`);

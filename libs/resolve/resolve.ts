@@ -3,7 +3,7 @@ import { readFile } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import { isAbsolute, join, resolve } from 'node:path';
 import { ModelError } from '../errors';
-import { readSafetensorsHeader } from '../safetensors';
+import { readSafetensorsHeader, type SafetensorsHeader } from '../safetensors';
 import { readBinFile, readBinTensors } from '../pickle';
 import { contentIdDetails } from './content-id';
 import { CONFIG_FILE, TOKENIZER_FILES, chooseWeights, missingModelFiles, weightsOnDisk, type WeightFormat, type WeightLayout } from './files';
@@ -54,7 +54,8 @@ export interface ModelInspection {
   /** config.json as read, with `architectures` replaced when the reference overrides it. */
   config: Record<string, unknown>;
   weightFormat: WeightFormat;
-  weightFiles: { name: string; size: number }[];
+  /** Each weight file with its safetensors header (null for .bin files). */
+  weightFiles: { name: string; size: number; header: SafetensorsHeader | null }[];
   tensors: Map<string, InspectedTensor>;
   warnings: string[];
 }
@@ -189,7 +190,9 @@ export async function resolveModel(input: ModelReferenceInput | ModelReference, 
   const layout = (await weightsOnDisk(dir))!;
   const config = await readConfig(dir, refText);
   const id = await contentIdDetails(dir, { cache: opts.cache, ref: refText });
-  return { ref: ref.raw, reference: ref, dir, revision, source, bytes: id.bytes, downloadedBytes: downloaded, contentId: id.contentId, weightFormat: layout.format, warnings: customCodeWarnings(config, refText) };
+  const warnings = customCodeWarnings(config, refText);
+  if (source === 'local' && ref.revision) warnings.push(`revision ${ref.revision} of ${refText} is ignored: it names a local folder, not a hub repo`);
+  return { ref: ref.raw, reference: ref, dir, revision, source, bytes: id.bytes, downloadedBytes: downloaded, contentId: id.contentId, weightFormat: layout.format, warnings };
 }
 
 function identity(ref: ModelReference, opts: ResolveOptions): string {
@@ -230,8 +233,9 @@ async function inspectFolder(dir: string, ref: ModelReference, source: 'local' |
   for (const name of layout.files) {
     const file = join(dir, name);
     if (!existsSync(file)) throw new ModelError('missing_file', `${name} is missing from the model folder of ${refText}`, { file });
-    weightFiles.push({ name, size: statSync(file).size });
-    const list = layout.format === 'safetensors' ? [...(await readSafetensorsHeader(file)).tensors.values()] : (await readBinFile(file)).tensors;
+    const header = layout.format === 'safetensors' ? await readSafetensorsHeader(file) : null;
+    weightFiles.push({ name, size: statSync(file).size, header });
+    const list = header ? [...header.tensors.values()] : (await readBinFile(file)).tensors;
     for (const t of list) addTensor(tensors, { name: t.name, dtype: t.dtype, shape: t.shape, file: name }, refText);
   }
   return { ref: ref.raw, reference: ref, source, revision, dir, config: applyOverride(config, ref), weightFormat: layout.format, weightFiles, tensors, warnings: customCodeWarnings(config, refText) };
@@ -274,9 +278,10 @@ export async function inspectModels(inputs: readonly (ModelReferenceInput | Mode
         const weightFiles: ModelInspection['weightFiles'] = [];
         for (const name of got.layout.files) {
           const rf = got.snap.files.get(name)!;
-          weightFiles.push({ name, size: rf.size });
           const src = remoteRangeSource(got.snap, rf, s, refText);
-          const list = got.layout.format === 'safetensors' ? [...(await fetchRemoteSafetensorsHeader(src)).tensors.values()] : (await readBinTensors(src)).tensors;
+          const header = got.layout.format === 'safetensors' ? await fetchRemoteSafetensorsHeader(src) : null;
+          weightFiles.push({ name, size: rf.size, header });
+          const list = header ? [...header.tensors.values()] : (await readBinTensors(src)).tensors;
           for (const t of list) addTensor(tensors, { name: t.name, dtype: t.dtype, shape: t.shape, file: name }, refText);
         }
         result = { ref: ref.raw, reference: ref, source: 'hub', revision: got.sha, dir: got.dir, config: applyOverride(config, ref), weightFormat: got.layout.format, weightFiles, tensors, warnings: customCodeWarnings(config, refText) };
