@@ -57,9 +57,21 @@ function options(s: SessionSettings): ort.InferenceSession.SessionOptions {
   };
 }
 
+/** A GPU provider that is installed but cannot start (no adapter, no driver) is the user's to fix: say so. */
+async function create(model: string | Uint8Array, s: SessionSettings): Promise<Session> {
+  const opts = options(s);
+  try {
+    return typeof model === 'string' ? await ort.InferenceSession.create(model, opts) : await ort.InferenceSession.create(model, opts);
+  } catch (e) {
+    if (s.device === 'cpu') throw e;
+    const first = String((e as Error).message ?? e).split('\n')[0];
+    throw new ForgeError('device_failed', `device "${s.device}" could not start an onnxruntime session: ${first}`, { field: 'device' });
+  }
+}
+
 /** A session from model bytes whose weights are embedded. */
 export async function sessionFromBytes(bytes: Uint8Array, s: SessionSettings): Promise<Session> {
-  return ort.InferenceSession.create(bytes, options(s));
+  return create(bytes, s);
 }
 
 let fileCounter = 0;
@@ -85,7 +97,7 @@ export async function sessionFromFolder(
     throw e;
   }
   try {
-    return await ort.InferenceSession.create(path, options(s));
+    return await create(path, s);
   } finally {
     await unlink(path).catch(() => undefined);
   }

@@ -50,12 +50,16 @@ type Visit = (seq: number, entry: number, states: Float32Array) => void;
 interface Model {
   cfg: ModelConfig;
   weights: SafetensorsWeights;
+  /** Weight file -> its real path (symlinks resolved), for placing the .onnx beside the real bytes. */
+  real: Map<string, string>;
+  /** Set once writing beside the weights failed, so later layers go straight to embedding. */
+  readOnly?: boolean;
 }
 
 async function openModel(dir: string): Promise<Model> {
   const cfg = await readModelConfig(dir);
   const weights = await SafetensorsWeights.openFolder(dir);
-  return { cfg, weights };
+  return { cfg, weights, real: new Map() };
 }
 
 /** Reads and decodes only the embedding rows that the sequences use. */
@@ -84,12 +88,11 @@ async function embedRows(m: Model, ids: Iterable<number>): Promise<Map<number, F
   return rows;
 }
 
-const realCache = new Map<string, string>();
-async function realFile(file: string): Promise<string> {
-  let r = realCache.get(file);
+async function realFile(m: Model, file: string): Promise<string> {
+  let r = m.real.get(file);
   if (!r) {
     r = await realpath(file);
-    realCache.set(file, r);
+    m.real.set(file, r);
   }
   return r;
 }
@@ -97,23 +100,34 @@ async function realFile(file: string): Promise<string> {
 /** One layer's session. External data must name plain files in the .onnx file's real folder. */
 async function layerSession(m: Model, layer: number, settings: SessionSettings, mode: 'auto' | 'external' | 'memory'): Promise<{ session: Session; weights: 'external' | 'memory' }> {
   const tensors = planLayerTensors(m.cfg, m.weights, layer);
-  if (mode !== 'memory') {
-    const reals = await Promise.all([...tensors.values()].map((t) => realFile(t.loc.file)));
+  if (mode === 'external' || (mode === 'auto' && !m.readOnly)) {
+    const reals = await Promise.all([...tensors.values()].map((t) => realFile(m, t.loc.file)));
     const folders = new Set(reals.map((r) => dirname(r)));
     if (folders.size === 1) {
       const realOf = new Map([...tensors.values()].map((t, i) => [t.loc.file, reals[i]!]));
       const model = buildLayerModel(m.cfg, tensors, (loc) => ({ external: { location: basename(realOf.get(loc.file)!), offset: loc.offset, length: loc.byteLength } }));
       const session = await sessionFromFolder([...folders][0]!, encodeModel(model), settings);
       if (session) return { session, weights: 'external' };
+      m.readOnly = true;
     }
     if (mode === 'external') {
       throw new ForgeError('external_weights_unavailable', `cannot point onnxruntime at the weights of layer ${layer} in place (folder not writable or shards in different folders)`, { file: m.weights.dir });
     }
   }
+  return { session: await sessionFromBytes(await embeddedLayer(m, layer, tensors), settings), weights: 'memory' };
+}
+
+/** The layer with its weights embedded; the per-tensor buffers die with this call, only the model bytes stay. */
+async function embeddedLayer(m: Model, layer: number, tensors: ReturnType<typeof planLayerTensors>): Promise<Uint8Array> {
   const bytes = new Map<TensorLocation, Uint8Array>();
   for (const t of tensors.values()) bytes.set(t.loc, await readTensorBytes(t.loc));
   const model = buildLayerModel(m.cfg, tensors, (loc): TensorData => ({ raw: bytes.get(loc)! }));
-  return { session: await sessionFromBytes(encodeModel(model), settings), weights: 'memory' };
+  try {
+    return encodeModel(model);
+  } catch (e) {
+    if (!(e instanceof RangeError)) throw e;
+    throw new ForgeError('layer_too_large', `layer ${layer} is too large to embed in one ONNX model (${e.message}); make the folder holding the weights writable so they can be used in place`, { file: m.weights.dir });
+  }
 }
 
 /**
@@ -128,6 +142,7 @@ async function runLayers(m: Model, seqs: Sequence[], upTo: number, opts: Forward
   for (const [i, s] of seqs.entries()) {
     if (s.ids.length === 0) throw new ForgeError('empty_prompt', `prompt ${i} has no tokens`, { field: `prompts[${i}]` });
   }
+  if (seqs.length === 0) return;
   // Names, dtypes and shapes of every layer are checked before any layer runs.
   for (let l = 0; l < cfg.numLayers; l++) planLayerTensors(cfg, m.weights, l);
   const rows = await embedRows(m, seqs.flatMap((s) => s.ids));
