@@ -98,3 +98,26 @@ export function configDtype(ctx: ArchContext, out: Record<string, unknown>): voi
 export function sortedKeys(o: Record<string, unknown>): Record<string, unknown> {
   return Object.fromEntries(Object.keys(o).sort().map((k) => [k, o[k]]));
 }
+
+/** A tensor of zeros (Qwen2-MoE's attention biases for bases that have none). */
+export function zerosTensor(name: string, dtype: string, elements: number): PlanTensor {
+  return { name, dtype, shape: [elements], parts: [{ kind: 'zeros', elements }] };
+}
+
+/** Sets the keys of `defaults` that `out` lacks, as a config class fills its constructor defaults. */
+export function fillDefaults(out: Record<string, unknown>, defaults: Record<string, unknown>): void {
+  for (const [k, v] of Object.entries(defaults)) if (!(k in out)) out[k] = v;
+}
+
+/** The base config.json as save_pretrained would pass it through (its own version key and a null pad id dropped). */
+export function baseConfigCopy(ctx: ArchContext): Record<string, unknown> {
+  const out: Record<string, unknown> = structuredClone(ctx.base.config.raw);
+  delete out.transformers_version;
+  if (out.pad_token_id === null) delete out.pad_token_id;
+  return out;
+}
+
+/** Python truthiness of a prompt list (the reference tests `if expert.positive_prompts`). */
+export function hasPrompts(list: string[] | null | undefined): boolean {
+  return Array.isArray(list) && list.length > 0;
+}

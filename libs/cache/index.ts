@@ -22,6 +22,9 @@ export class ContentCache {
       const code = (e as NodeJS.ErrnoException).code;
       if (code === 'ENOENT') return null;
       if (code === 'EINTEGRITY' || code === 'EBADSIZE') {
+        // Drop the bad content too: a later put of the same bytes would otherwise keep the corrupt file.
+        const info = await cacache.get.info(this.dir, key).catch(() => null);
+        if (info) await cacache.rm.content(this.dir, info.integrity).catch(() => undefined);
         await this.remove(key);
         return null;
       }

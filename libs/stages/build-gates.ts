@@ -1,6 +1,6 @@
 import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { degenerateLayers, newGates, normalize, randomGates, uniformRandomGates, type GateTensor } from '../gates';
+import { degenerateLayers, hiddenVector, newGates, normalize, randomGates, uniformRandomGates, type GateTensor, type PromptStates } from '../gates';
 import { encodeHeader } from '../safetensors/writer';
 import { decodeFloats } from '../safetensors/dtype';
 import { readTensorBytes, SafetensorsWeights } from '../safetensors/reader';
@@ -25,31 +25,8 @@ export async function runBuildGates(merge: MergeContext, statesDir: string, outD
   let g: GateTensor;
   if (ctx.gateMode === 'random') g = randomGates(L, N, H, ctx.seed);
   else if (ctx.gateMode === 'uniform_random') g = uniformRandomGates(L, N, H, ctx.seed);
-  else {
-    const states = await readPromptStates(statesDir);
-    const byText = new Map(states.index.prompts.map((p, i) => [p.text, i]));
-    const sumOf = async (prompts: string[]) => {
-      const acc = new Float64Array(H);
-      for (const p of prompts) {
-        const v = await states.tensor(`p${byText.get(p)}.sum`);
-        for (let k = 0; k < H; k++) acc[k] += v[k]!;
-      }
-      return acc;
-    };
-    g = newGates(L, N, H);
-    for (let e = 0; e < N; e++) {
-      const spec = merge.gatedExperts[e]!.spec;
-      // cheap_embed: normalize(normalize(Σpos) − normalize(Σneg)), the same row for every layer (spec 2.4).
-      let v = normalize(await sumOf(spec.positive_prompts ?? []));
-      const neg = spec.negative_prompts ?? [];
-      if (neg.length > 0) {
-        const n = normalize(await sumOf(neg));
-        for (let k = 0; k < H; k++) v[k] -= n[k]!;
-        v = normalize(v);
-      }
-      for (let l = 0; l < L; l++) g.data.set(v, (l * N + e) * H);
-    }
-  }
+  else if (ctx.gateMode === 'cheap_embed') g = await cheapEmbedGates(merge, statesDir);
+  else g = await hiddenGates(merge, statesDir);
   const { conditionNumbers, warning } = degenerateLayers(g);
   const info: GatesInfo = { layers: L, experts: N, hidden: H, gateMode: ctx.gateMode, conditionNumbers, warnings: warning ? [warning] : [] };
   await mkdir(outDir, { recursive: true });
@@ -63,4 +40,57 @@ export async function readGates(dir: string): Promise<GateTensor> {
   const loc = w.get('gates');
   const [layers, experts, hidden] = loc.shape as [number, number, number];
   return { layers, experts, hidden, data: decodeFloats(await readTensorBytes(loc), 'F32') };
+}
+
+async function cheapEmbedGates(merge: MergeContext, statesDir: string): Promise<GateTensor> {
+  const L = merge.ctx.base.config.numLayers;
+  const H = merge.ctx.base.config.hiddenSize;
+  const N = merge.gatedExperts.length;
+  const states = await readPromptStates(statesDir);
+  const byText = new Map(states.index.prompts.map((p, i) => [p.text, i]));
+  const sumOf = async (prompts: string[]) => {
+    const acc = new Float64Array(H);
+    for (const p of prompts) {
+      const v = await states.tensor(`p${byText.get(p)}.sum`);
+      for (let k = 0; k < H; k++) acc[k] += v[k]!;
+    }
+    return acc;
+  };
+  const g = newGates(L, N, H);
+  for (let e = 0; e < N; e++) {
+    const spec = merge.gatedExperts[e]!.spec;
+    // normalize(normalize(Σpos) − normalize(Σneg)), the same row for every layer (spec 2.4).
+    let v = normalize(await sumOf(spec.positive_prompts ?? []));
+    const neg = spec.negative_prompts ?? [];
+    if (neg.length > 0) {
+      const n = normalize(await sumOf(neg));
+      for (let k = 0; k < H; k++) v[k] -= n[k]!;
+      v = normalize(v);
+    }
+    for (let l = 0; l < L; l++) g.data.set(v, (l * N + e) * H);
+  }
+  return g;
+}
+
+/** hidden / hidden_last: mean of last-token states; hidden_avg: mean of the reference's padded means (spec 2.2-2.3). */
+async function hiddenGates(merge: MergeContext, statesDir: string): Promise<GateTensor> {
+  const L = merge.ctx.base.config.numLayers;
+  const H = merge.ctx.base.config.hiddenSize;
+  const N = merge.gatedExperts.length;
+  const states = await readPromptStates(statesDir);
+  const reduction = merge.ctx.gateMode === 'hidden_avg' ? 'avg' : 'last';
+  const split = (x: Float32Array) => Array.from({ length: L }, (_, l) => x.subarray(l * H, (l + 1) * H));
+  const byText = new Map<string, PromptStates>();
+  for (const [i, p] of states.index.prompts.entries()) {
+    byText.set(p.text, { last: split(await states.tensor(`p${i}.last`)), sum: split(await states.tensor(`p${i}.sum`)), count: p.count });
+  }
+  const pad = reduction === 'avg' ? split(await states.tensor('pad')) : null;
+  const g = newGates(L, N, H);
+  for (let e = 0; e < N; e++) {
+    const spec = merge.gatedExperts[e]!.spec;
+    const pos = (spec.positive_prompts ?? []).map((t) => byText.get(t)!);
+    const neg = (spec.negative_prompts ?? []).map((t) => byText.get(t)!);
+    for (let l = 0; l < L; l++) g.data.set(hiddenVector(pos, neg, pad, l, reduction, H), (l * N + e) * H);
+  }
+  return g;
 }

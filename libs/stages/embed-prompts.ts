@@ -7,6 +7,11 @@ import { loadTokenizer } from '../tokenizer';
 import { ModelError } from '../errors';
 import type { ModelSource } from '../architectures/types';
 import type { MergeContext } from './context';
+import { ContentCache } from '../cache';
+import { contentId } from '../resolve/content-id';
+import { availableBackends, computePadStates, computePromptStates, type Device } from '../forward';
+import { decodeLayers, encodeLayers, encodeState, getPromptState, padStateKey, promptStateKey, type CachedPromptState } from '../prompt-cache';
+import type { Progress } from './progress';
 
 /** One distinct prompt text with its token ids and reduced states per layer input. */
 export interface PromptStateEntry {
@@ -50,16 +55,26 @@ export async function embeddingTable(base: ModelSource): Promise<(id: number) =>
   };
 }
 
+export interface EmbedOptions {
+  /** Prompt-state cache folder (cacache). */
+  cacheDir: string;
+  device?: string;
+  log?: (line: string) => void;
+  progress?: Progress;
+}
+
 /**
- * Stage 2: per distinct prompt, token ids and reduced states. For cheap_embed the state is the sum of
- * the prompt's token embeddings (one "layer"); random modes need none.
+ * Stage 2: per distinct prompt, token ids and reduced states. cheap_embed keeps the sum of the prompt's
+ * token embeddings (one "layer"). Hidden modes keep, per layer input, the last token's state and the sum
+ * over tokens, cached per prompt by content so that only prompts never seen with this base are computed.
  */
-export async function runEmbedPrompts(merge: MergeContext, outDir: string): Promise<PromptStatesIndex> {
+export async function runEmbedPrompts(merge: MergeContext, outDir: string, opts: EmbedOptions): Promise<PromptStatesIndex> {
   const { ctx } = merge;
   await mkdir(outDir, { recursive: true });
   const H = ctx.base.config.hiddenSize;
+  const L = ctx.base.config.numLayers;
   const mode = ctx.gateMode === 'cheap_embed' ? 'cheap_embed' : ctx.gateMode.startsWith('hidden') ? 'hidden' : 'none';
-  const index: PromptStatesIndex = { version: 1, mode, layers: mode === 'cheap_embed' ? 1 : 0, hidden: H, prompts: [], computed: 0, fromCache: 0 };
+  const index: PromptStatesIndex = { version: 1, mode, layers: mode === 'cheap_embed' ? 1 : mode === 'hidden' ? L : 0, hidden: H, prompts: [], computed: 0, fromCache: 0 };
   const tensors: { name: string; data: Float32Array }[] = [];
   if (mode === 'cheap_embed') {
     const tok = await loadTokenizer(ctx.base.dir);
@@ -75,11 +90,73 @@ export async function runEmbedPrompts(merge: MergeContext, outDir: string): Prom
       index.prompts.push({ text, ids, count: ids.length });
       index.computed++;
     }
+  } else if (mode === 'hidden') {
+    await hiddenStates(merge, index, tensors, opts);
   }
-  await writeStates(join(outDir, 'prompt-states.safetensors'), tensors, 1);
+  await writeStates(join(outDir, 'prompt-states.safetensors'), tensors, Math.max(index.layers, 1));
   await writeFile(join(outDir, 'prompt-states.json'), JSON.stringify(index, null, 2) + '\n');
   await writeFile(join(outDir, 'stats.json'), JSON.stringify({ computed: index.computed, fromCache: index.fromCache }, null, 2) + '\n');
+  opts.log?.(`prompt states: ${index.computed} computed, ${index.fromCache} from cache`);
   return index;
+}
+
+const flat = (layers: Float32Array[]) => {
+  const out = new Float32Array(layers.length * (layers[0]?.length ?? 0));
+  layers.forEach((l, i) => out.set(l, i * l.length));
+  return out;
+};
+
+async function hiddenStates(merge: MergeContext, index: PromptStatesIndex, tensors: { name: string; data: Float32Array }[], opts: EmbedOptions): Promise<void> {
+  // auto, as the reference resolves it: the GPU when there is one, else the CPU.
+  const device = (opts.device === 'auto' ? (availableBackends().includes('cuda') ? 'cuda' : 'cpu') : opts.device ?? 'cpu') as Device;
+  const { base } = merge.ctx;
+  const L = base.config.numLayers;
+  const H = base.config.hiddenSize;
+  const cache = new ContentCache(opts.cacheDir);
+  const baseId = base.contentId ?? (await contentId(base.dir, { cache }));
+  const tok = await loadTokenizer(base.dir);
+  const texts = distinctPrompts(merge);
+  const states: (CachedPromptState | null)[] = [];
+  for (const text of texts) states.push(await getPromptState(cache, promptStateKey(baseId, tok.contentId, text)));
+  const missing = texts.map((t, i) => i).filter((i) => states[i] === null);
+  if (missing.length > 0) {
+    const ids = missing.map((i) => tok.encodePrompt(texts[i]!));
+    const started = Date.now();
+    const tokens = ids.reduce((a, x) => a + x.length, 0);
+    const computed = await computePromptStates(base.dir, ids, {
+      device,
+      onProgress: (p) => {
+        const secs = (Date.now() - started) / 1000;
+        const done = p.layer * p.prompts + p.promptsDone;
+        opts.progress?.update(done, p.layers * p.prompts, `layer ${p.layer + 1}/${p.layers}, ${(done / Math.max(secs, 1e-3)).toFixed(1)} prompt-layers/s`);
+      },
+    });
+    opts.progress?.end();
+    opts.log?.(`forward pass: ${missing.length} prompts, ${tokens} tokens in ${((Date.now() - started) / 1000).toFixed(1)} s`);
+    for (const [j, i] of missing.entries()) {
+      const per = computed[j]!;
+      const s: CachedPromptState = { ids: ids[j]!, count: per[0]!.count, layers: L, hidden: H, last: per.map((x) => x.last), sum: per.map((x) => x.sum) };
+      states[i] = s;
+      await cache.putBuffer(promptStateKey(baseId, tok.contentId, texts[i]!), encodeState(s));
+    }
+  }
+  index.computed = missing.length;
+  index.fromCache = texts.length - missing.length;
+  states.forEach((s, i) => {
+    index.prompts.push({ text: texts[i]!, ids: s!.ids, count: s!.count });
+    tensors.push({ name: `p${i}.last`, data: flat(s!.last) }, { name: `p${i}.sum`, data: flat(s!.sum) });
+  });
+  if (merge.ctx.gateMode === 'hidden_avg') {
+    // The reference's padded mean needs the state of a pad position (spec 10); it depends only on the base.
+    const key = padStateKey(baseId, tok.padTokenId);
+    const hit = await cache.getBuffer(key);
+    let pad = hit ? decodeLayers(hit, L, H) : null;
+    if (!pad) {
+      pad = await computePadStates(base.dir, tok.padTokenId, { device });
+      await cache.putBuffer(key, encodeLayers(pad));
+    }
+    tensors.push({ name: 'pad', data: flat(pad) });
+  }
 }
 
 async function writeStates(file: string, tensors: { name: string; data: Float32Array }[], layers: number): Promise<void> {

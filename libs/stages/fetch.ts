@@ -2,7 +2,6 @@ import { mkdir, writeFile } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { ModelError } from '../errors';
-import { HIDDEN_MODES } from '../recipe/schema';
 import type { ParsedRecipe } from '../recipe/parse';
 import { loadMergeContext, recipeModelRefs, type LoadOptions, type MergeContext, type ModelsFile, type ResolvedModel } from './context';
 
@@ -26,9 +25,6 @@ export async function resolveModels(parsed: ParsedRecipe, opts: FetchOptions): P
 export async function runFetch(parsed: ParsedRecipe, outDir: string, opts: FetchOptions): Promise<{ models: ModelsFile; merge: MergeContext }> {
   const resolved = await resolveModels(parsed, opts);
   const merge = await loadMergeContext(parsed, resolved, opts);
-  if ((HIDDEN_MODES as readonly string[]).includes(parsed.recipe.gate_mode)) {
-    throw new ModelError('gate_mode_unavailable', `gate_mode ${parsed.recipe.gate_mode} needs the hidden-state forward pass, which is not available yet; use cheap_embed, random or uniform_random`, { file: parsed.file, field: 'gate_mode', ...parsed.position(['gate_mode']) });
-  }
   const models: ModelsFile = { version: 1, models: resolved };
   await mkdir(outDir, { recursive: true });
   await writeFile(join(outDir, 'models.json'), JSON.stringify(models, null, 2) + '\n');

@@ -7,6 +7,15 @@ import { runEmbedPrompts } from './embed-prompts';
 import { runBuildGates } from './build-gates';
 import { runAssemble } from './assemble';
 import { runWrite, type WriteResult } from './write';
+import { progressReporter } from './progress';
+import { CACHE_ENV } from '../cache';
+import { homedir } from 'node:os';
+import { resolve } from 'node:path';
+
+/** The command line has no workspace: its cache lives with the user's other caches. */
+export function userCacheDir(): string {
+  return process.env[CACHE_ENV] ? resolve(process.env[CACHE_ENV]!) : join(process.env.XDG_CACHE_HOME ?? join(homedir(), '.cache'), 'moe-forge');
+}
 
 export interface MergeOptions {
   recipeFile: string;
@@ -22,6 +31,8 @@ export interface MergeOptions {
   writeRecipe?: boolean;
   overwrite?: boolean;
   device?: string;
+  /** Prompt-state cache (default $MOE_FORGE_CACHE, else ~/.cache/moe-forge). */
+  cacheDir?: string;
   log?: (line: string) => void;
   warn?: (line: string) => void;
 }
@@ -34,7 +45,7 @@ export async function mergeRecipe(opts: MergeOptions): Promise<WriteResult> {
   const work = await mkdtemp(join(tmpdir(), 'moe-forge-'));
   try {
     const { merge } = await runFetch(parsed, join(work, 'fetch'), { modelBaseDir: opts.modelBaseDir, allowIdenticalModels: opts.allowIdenticalModels, layout: opts.layout, seed: opts.seed, log: opts.log });
-    await runEmbedPrompts(merge, join(work, 'embed-prompts'));
+    await runEmbedPrompts(merge, join(work, 'embed-prompts'), { cacheDir: opts.cacheDir ?? userCacheDir(), device: opts.device, log: opts.log, progress: progressReporter('prompt states') });
     const { gates, info } = await runBuildGates(merge, join(work, 'embed-prompts'), join(work, 'build-gates'));
     const plan = await runAssemble(merge, join(work, 'assemble-experts'), { maxShardBytes: opts.maxShardBytes ?? DEFAULT_SHARD_BYTES, extraWarnings: info.warnings });
     for (const w of plan.warnings) opts.warn?.(w);

@@ -43,7 +43,6 @@ test('recipe errors stop the merge before any output', async () => {
   await failsWith(recipe().replace('    positive_prompts: ["code"]\n', ''), /Expert 1 has no positive prompts/);
   await failsWith(recipe({ prompt2: 'math' }), /prompts are identical for all experts/);
   await failsWith(recipe({ b: join(models, 'a') }), /All of your expert models are the same/);
-  await failsWith(recipe({ gate: 'hidden' }), /field gate_mode: gate_mode hidden needs the hidden-state forward pass/);
 });
 
 test('model errors name the model and what differs', async () => {

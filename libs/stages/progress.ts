@@ -1,0 +1,29 @@
+/** Progress of long work: a bar redrawn in place on a terminal, else a plain line every few seconds. */
+export interface Progress {
+  update(done: number, total: number, detail: string): void;
+  end(): void;
+}
+
+export function progressReporter(label: string, stream: NodeJS.WriteStream = process.stderr, intervalMs = 5000): Progress {
+  const tty = stream.isTTY === true && !process.env.CI;
+  const started = Date.now();
+  let last = 0;
+  let drawn = false;
+  return {
+    update(done, total, detail) {
+      const now = Date.now();
+      if (tty) {
+        const width = 24;
+        const filled = total > 0 ? Math.round((done / total) * width) : 0;
+        stream.write(`\r${label} [${'#'.repeat(filled)}${'.'.repeat(width - filled)}] ${detail}`);
+        drawn = true;
+      } else if (now - last >= intervalMs || done === total) {
+        stream.write(`${label}: ${detail} (${((now - started) / 1000).toFixed(1)} s)\n`);
+        last = now;
+      }
+    },
+    end() {
+      if (tty && drawn) stream.write('\n');
+    },
+  };
+}

@@ -1,0 +1,114 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { readFileSync, writeFileSync, readdirSync, statSync } from 'node:fs';
+import { join } from 'node:path';
+import { mergeRecipe } from '../../libs/stages/merge';
+import { SafetensorsWeights, readTensorBytes, decodeFloats } from '../../libs/safetensors';
+import { assertMatchesManifest, manifest } from '../helpers/manifest';
+import { FIXTURES, tempDir } from '../helpers/tmp';
+
+const PARITY = join(FIXTURES, 'parity');
+const refJson = JSON.parse(readFileSync(join(PARITY, 'mixtral-hidden.reference.json'), 'utf8'));
+const refFile = join(PARITY, 'mixtral-hidden.reference.safetensors');
+
+async function refTensor(name: string): Promise<{ data: Float32Array; shape: number[] }> {
+  const w = await SafetensorsWeights.openFiles(PARITY, [refFile]);
+  const loc = w.get(name);
+  return { data: decodeFloats(await readTensorBytes(loc), 'F32'), shape: loc.shape };
+}
+
+async function routers(out: string, L: number): Promise<Float32Array[]> {
+  const w = await SafetensorsWeights.openFolder(out);
+  const res: Float32Array[] = [];
+  for (let l = 0; l < L; l++) res.push(decodeFloats(await readTensorBytes(w.get(`model.layers.${l}.block_sparse_moe.gate.weight`)), 'F32'));
+  return res;
+}
+
+function maxDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  let m = 0;
+  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i]! - b[i]!));
+  return m;
+}
+
+async function merge(recipe: string, out: string, cacheDir: string, gateMode?: string) {
+  const lines: string[] = [];
+  const d = tempDir();
+  const file = join(d, 'moe.yml');
+  let text = readFileSync(recipe, 'utf8').replace(/\.\.\/tiny-llama/g, join(FIXTURES, 'tiny-llama'));
+  if (gateMode) text = text.replace('gate_mode: hidden', `gate_mode: ${gateMode}`);
+  writeFileSync(file, text);
+  await mergeRecipe({ recipeFile: file, outPath: out, modelBaseDir: d, cacheDir, overwrite: true, log: (l) => lines.push(l) });
+  const stat = lines.find((l) => l.startsWith('prompt states:'))!;
+  const [, computed, cached] = /(\d+) computed, (\d+) from cache/.exec(stat)!;
+  return { computed: Number(computed), cached: Number(cached), text, file };
+}
+
+test('hidden merge: routers match the reference (float32 within 1e-4, its bf16 run within 3e-3), every other tensor bit-identical', async () => {
+  const out = join(tempDir(), 'out');
+  await merge(join(PARITY, 'mixtral-hidden.yml'), out, tempDir());
+  await assertMatchesManifest(out, manifest('mixtral-hidden.classic.manifest.json'), 3e-3);
+  const want = await refTensor('gates.hidden.float32');
+  const got = await routers(out, 2);
+  for (let l = 0; l < 2; l++) assert.ok(maxDiff(got[l]!, want.data.subarray(l * 3 * 64, (l + 1) * 3 * 64)) < 1e-4, `layer ${l}`);
+});
+
+test("hidden_avg equals the reference's padded mean computed from its own padded batches", async () => {
+  const out = join(tempDir(), 'out');
+  await merge(join(PARITY, 'mixtral-hidden.yml'), out, tempDir(), 'hidden_avg');
+  const got = await routers(out, 2);
+  const L = 2;
+  const H = 64;
+  // Independently: mean over all T positions (pads included) of the reference's hidden states, then over prompts.
+  const batchMean = async (name: string) => {
+    const { data, shape } = await refTensor(`${name}.hidden_states.float32`);
+    const [, B, T] = shape as [number, number, number, number];
+    return Array.from({ length: L }, (_, l) => {
+      const v = new Float64Array(H);
+      for (let b = 0; b < B; b++) for (let t = 0; t < T; t++) for (let k = 0; k < H; k++) v[k] += data[((l * B + b) * T + t) * H + k]! / T / B;
+      return v;
+    });
+  };
+  for (let e = 0; e < 3; e++) {
+    const pos = await batchMean(`e${e}.positive_prompts`);
+    const neg = refJson.experts[e].negative_prompts ? await batchMean(`e${e}.negative_prompts`) : null;
+    for (let l = 0; l < L; l++) {
+      const v = pos[l]!.map((x, k) => x - (neg ? neg[l]![k]! : 0));
+      const n = Math.hypot(...v);
+      assert.ok(maxDiff(v.map((x) => x / n), got[l]!.subarray(e * H, (e + 1) * H)) < 1e-4, `expert ${e} layer ${l}`);
+    }
+  }
+});
+
+test('prompt states are cached by content: unchanged → 0 computed, one prompt added → 1, corrupt entry → recomputed, shared across recipes', async () => {
+  const cache = tempDir();
+  const recipe = join(PARITY, 'mixtral-hidden.yml');
+  const first = await merge(recipe, join(tempDir(), 'o'), cache);
+  assert.deepEqual([first.computed, first.cached], [6, 0]);
+  const again = await merge(recipe, join(tempDir(), 'o'), cache);
+  assert.deepEqual([again.computed, again.cached], [0, 6]);
+  const d = tempDir();
+  const added = join(d, 'added.yml');
+  writeFileSync(added, readFileSync(recipe, 'utf8').replace('      - "Once upon a time there was a model"', '      - "Once upon a time there was a model"\n      - "A brand new prompt about dragons"'));
+  const plusOne = await merge(added, join(tempDir(), 'o'), cache);
+  assert.deepEqual([plusOne.computed, plusOne.cached], [1, 6]);
+  // A second recipe with the same base and a different expert list shares every prompt state.
+  const other = join(d, 'other.yml');
+  writeFileSync(other, readFileSync(recipe, 'utf8').replace('tiny-llama/tiny-c', 'tiny-llama/tiny-b').replace('residual_scale: 0.5', 'residual_scale: 0.25'));
+  const shared = await merge(other, join(tempDir(), 'o'), cache);
+  assert.deepEqual([shared.computed, shared.cached], [0, 6]);
+  // Corrupt every stored content file: cacache's integrity check catches it and the states are recomputed.
+  const walk = (p: string): string[] => (statSync(p).isDirectory() ? readdirSync(p).flatMap((f) => walk(join(p, f))) : [p]);
+  const contents = walk(join(cache, 'content-v2'));
+  assert.ok(contents.length >= 7);
+  for (const f of contents) {
+    const b = readFileSync(f);
+    b[b.length - 1] ^= 0xff;
+    writeFileSync(f, b);
+  }
+  const out = join(tempDir(), 'o');
+  const repaired = await merge(recipe, out, cache);
+  assert.deepEqual([repaired.computed, repaired.cached], [6, 0]);
+  const again2 = await merge(recipe, join(tempDir(), 'o'), cache);
+  assert.deepEqual([again2.computed, again2.cached], [0, 6]);
+  await assertMatchesManifest(out, manifest('mixtral-hidden.classic.manifest.json'), 3e-3);
+});
