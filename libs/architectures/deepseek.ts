@@ -1,6 +1,6 @@
 import { ATTN_PROJS, copied, copiedIfPresent, expertTensor, hasPrompts, modelTypeProblem, router, type MlpProj } from './common';
 import type { PlanTensor } from '../plan/types';
-import type { ArchContext, OutputArchitecture } from './types';
+import type { OutputArchitecture } from './types';
 
 const DEEPSEEK_REPO = 'deepseek-ai/deepseek-moe-16b-base';
 
@@ -71,5 +71,3 @@ export const deepseek: OutputArchitecture = {
     return out;
   },
 };
-
-export type { ArchContext };

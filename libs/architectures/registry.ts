@@ -1,9 +1,17 @@
 import { RecipeError } from '../errors';
 import { mixtral } from './mixtral';
+import { deepseek } from './deepseek';
+import { qwen2Moe } from './qwen2-moe';
+import { qwen3Moe } from './qwen3-moe';
 import type { ArchContext, OutputArchitecture } from './types';
 
-/** Candidates in the reference's order (spec 3.1); later issues append DeepSeek, Qwen and Qwen3 MoE. */
-export const ARCHITECTURES: OutputArchitecture[] = [mixtral];
+/** Candidates in the reference's order (spec 3.1). */
+export const ARCHITECTURES: OutputArchitecture[] = [mixtral, deepseek, qwen2Moe, qwen3Moe];
+
+/** The names `architecture:` is matched against, in candidate order. */
+export const ARCHITECTURE_NAMES: readonly string[] = ARCHITECTURES.map((a) => a.name);
+
+export { mixtral, deepseek, qwen2Moe, qwen3Moe };
 
 export interface Selection {
   arch: OutputArchitecture;

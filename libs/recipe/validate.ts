@@ -1,6 +1,6 @@
 import { RecipeError } from '../errors';
 import type { ParsedRecipe } from './parse';
-import { parseModelRef, refKey } from './reference';
+import { formatReference, parseModelReference } from '../resolve/reference';
 
 export interface ValidateOptions {
   /** --i-understand-this-is-not-useful-without-training */
@@ -28,7 +28,7 @@ export function checkRecipe(parsed: ParsedRecipe, opts: ValidateOptions = {}): v
     if (problems.length === 0 && recipe.experts.length > 0 && recipe.experts.every((e) => sig(e) === sig(recipe.experts[0]!))) {
       fail('Your positive and negative prompts are identical for all experts. This will not produce a functioning MoE: each expert needs its own positive prompts.', ['experts']);
     }
-    const key = (i: number) => refKey(parseModelRef(recipe.experts[i]!.source_model, `experts[${i}].source_model`, file));
+    const key = (i: number) => formatReference(parseModelReference(recipe.experts[i]!.source_model));
     if (!opts.allowIdenticalModels && recipe.experts.length > 0 && recipe.experts.every((_, i) => key(i) === key(0))) {
       fail('All of your expert models are the same. This will produce a model that uses more resources but gives the exact same output. If you plan to train the model after merging, proceed with the --i-understand-this-is-not-useful-without-training flag.', ['experts']);
     }

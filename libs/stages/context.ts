@@ -2,7 +2,8 @@ import { readFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { ModelError, RecipeError } from '../errors';
 import { readRecipe, type ParsedRecipe } from '../recipe/parse';
-import { parseModelRef, refKey, resolveLocal } from '../recipe/reference';
+import { formatReference, parseModelReference, type ModelReference, type ModelReferenceInput } from '../resolve/reference';
+import { locateReference } from '../resolve/resolve';
 import { checkRecipe } from '../recipe/validate';
 import { dtypeFromName } from '../safetensors/dtype';
 import { selectArchitecture } from '../architectures/registry';
@@ -16,6 +17,7 @@ export interface ResolvedModel {
   source: 'local' | 'cache' | 'download';
   revision: string | null;
   contentId?: string;
+  bytes?: number;
 }
 
 export interface ModelsFile {
@@ -40,25 +42,43 @@ export interface MergeContext {
   gatedExperts: ExpertSource[];
 }
 
-/** Every distinct model reference of a recipe, keyed as the reference compares them. */
-export function recipeModelRefs(parsed: ParsedRecipe, modelBaseDir: string): { key: string; ref: string; path: string; revision: string | null }[] {
+export interface RecipeModelRef {
+  key: string;
+  ref: string;
+  reference: ModelReference;
+  /** The local folder, or null for a Hub repo. */
+  localDir: string | null;
+}
+
+/** Where a reference points: a local folder (as mergekit: an existing path wins) or a Hub repo@revision. */
+export function modelKey(input: ModelReferenceInput, modelBaseDir: string): RecipeModelRef {
+  const reference = parseModelReference(input);
+  const loc = locateReference(reference, modelBaseDir);
+  return loc.kind === 'local'
+    ? { key: `local:${loc.dir}`, ref: formatReference(reference), reference, localDir: loc.dir }
+    : { key: `hub:${loc.repo}@${reference.revision ?? 'main'}`, ref: formatReference(reference), reference, localDir: null };
+}
+
+/** Every distinct model of a recipe, base first, then experts and shared experts in order. */
+export function recipeModelRefs(parsed: ParsedRecipe, modelBaseDir: string): RecipeModelRef[] {
   const r = parsed.recipe;
   const all = [
     { input: r.base_model, field: 'base_model' },
     ...r.experts.map((e, i) => ({ input: e.source_model, field: `experts[${i}].source_model` })),
     ...(r.shared_experts ?? []).map((e, i) => ({ input: e.source_model, field: `shared_experts[${i}].source_model` })),
   ];
-  const seen = new Map<string, { key: string; ref: string; path: string; revision: string | null }>();
+  const seen = new Map<string, RecipeModelRef>();
   for (const { input, field } of all) {
-    const m = resolveLocal(parseModelRef(input, field, parsed.file), modelBaseDir);
-    const key = refKey(m);
-    if (!seen.has(key)) seen.set(key, { key, ref: m.display, path: m.path, revision: m.revision });
+    let m: RecipeModelRef;
+    try {
+      m = modelKey(input, modelBaseDir);
+    } catch (e) {
+      if (e instanceof ModelError) throw new ModelError(e.code, e.message, { file: parsed.file, field, ...parsed.position(field.replace(/\[(\d+)\]/g, '.$1').split('.').map((x) => (/^\d+$/.test(x) ? Number(x) : x))) });
+      throw e;
+    }
+    if (!seen.has(m.key)) seen.set(m.key, m);
   }
   return [...seen.values()];
-}
-
-export function modelKeyOf(parsed: ParsedRecipe, input: Parameters<typeof parseModelRef>[0], field: string, modelBaseDir: string): string {
-  return refKey(resolveLocal(parseModelRef(input, field, parsed.file), modelBaseDir));
 }
 
 export function outputDtype(parsed: ParsedRecipe, base: ModelSource): string | null {
@@ -85,11 +105,20 @@ export function outputDtype(parsed: ParsedRecipe, base: ModelSource): string | n
  */
 export async function loadMergeContext(parsed: ParsedRecipe, models: ResolvedModel[], opts: LoadOptions): Promise<MergeContext> {
   checkRecipe(parsed, { allowIdenticalModels: opts.allowIdenticalModels });
-  const r = parsed.recipe;
   const byKey = new Map<string, ModelSource>();
   for (const m of models) byKey.set(m.key, { ...(await openModel(m.key, m.ref, m.dir)), contentId: m.contentId });
-  const get = (input: Parameters<typeof parseModelRef>[0], field: string) => {
-    const key = modelKeyOf(parsed, input, field, opts.modelBaseDir);
+  return buildMergeContext(parsed, byKey, opts);
+}
+
+/**
+ * Checks the recipe (spec 1.3), the models' agreement and the output architecture, and plans every
+ * tensor once (which checks every tensor name): everything that can fail does so here, before heavy work.
+ */
+export function buildMergeContext(parsed: ParsedRecipe, byKey: Map<string, ModelSource>, opts: LoadOptions): MergeContext {
+  checkRecipe(parsed, { allowIdenticalModels: opts.allowIdenticalModels });
+  const r = parsed.recipe;
+  const get = (input: ModelReferenceInput, field: string) => {
+    const key = modelKey(input, opts.modelBaseDir).key;
     const m = byKey.get(key);
     if (!m) throw new ModelError('unresolved_model', `model ${key} was not resolved by the fetch stage (re-run fetch)`, { file: parsed.file, field });
     return m;
@@ -112,6 +141,7 @@ export async function loadMergeContext(parsed: ParsedRecipe, models: ResolvedMod
     seed: opts.seed ?? 0,
   };
   const { arch, warnings } = selectArchitecture(ctx, parsed.file);
+  arch.tensors(ctx);
   const nShared = arch.gatedSharedExperts(ctx);
   const gatedExperts = [...experts, ...shared.slice(0, nShared)];
   const E = experts.length;

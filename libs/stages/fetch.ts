@@ -1,33 +1,68 @@
 import { mkdir, writeFile } from 'node:fs/promises';
-import { existsSync } from 'node:fs';
 import { join } from 'node:path';
-import { ModelError } from '../errors';
+import { ContentCache } from '../cache';
+import { parseModelConfig } from '../model-folder/config';
+import { checkRecipe } from '../recipe/validate';
 import type { ParsedRecipe } from '../recipe/parse';
-import { loadMergeContext, recipeModelRefs, type LoadOptions, type MergeContext, type ModelsFile, type ResolvedModel } from './context';
+import { inspectModels, resolveModels, type ModelInspection } from '../resolve/resolve';
+import type { HubEnv } from '../resolve/settings';
+import { locate } from '../safetensors/reader';
+import { ModelError } from '../errors';
+import type { ModelSource, TensorSource } from '../architectures/types';
+import { buildMergeContext, loadMergeContext, recipeModelRefs, type LoadOptions, type MergeContext, type ModelsFile, type ResolvedModel } from './context';
 
 export interface FetchOptions extends LoadOptions {
+  /** Folder of the content-id memo (cacache). */
+  cacheDir: string;
+  env?: HubEnv;
+  fetch?: typeof fetch;
   log?: (line: string) => void;
 }
 
-/** Resolves every model reference to a folder. Local folders only until Hub resolution lands. */
-export async function resolveModels(parsed: ParsedRecipe, opts: FetchOptions): Promise<ResolvedModel[]> {
-  const out: ResolvedModel[] = [];
-  for (const m of recipeModelRefs(parsed, opts.modelBaseDir)) {
-    if (!existsSync(m.path)) {
-      throw new ModelError('missing_model', `model ${m.ref} not found: no folder at ${m.path} (Hugging Face Hub downloads are not supported yet)`, { file: parsed.file });
-    }
-    out.push({ key: m.key, ref: m.ref, dir: m.path, source: 'local', revision: m.revision });
-  }
-  return out;
+/** A model known from its config and safetensors headers only (nothing downloaded yet). */
+function inspectedSource(key: string, ins: ModelInspection): ModelSource {
+  const config = parseModelConfig(ins.config, join(ins.dir, 'config.json'));
+  const headers = new Map(ins.weightFiles.map((f) => [f.name, f.header]));
+  const weights: TensorSource = {
+    has: (name) => ins.tensors.has(name),
+    get(name) {
+      const t = ins.tensors.get(name);
+      if (!t) {
+        const files = ins.weightFiles.map((f) => f.name);
+        const where = files.length === 1 ? join(ins.dir, files[0]!) : ins.dir;
+        throw new ModelError('missing_tensor', `tensor is missing from model ${ins.ref}${files.length > 1 ? ` (none of ${files.join(', ')} holds it)` : ''}`, { file: where, tensor: name });
+      }
+      const header = headers.get(t.file);
+      const info = header?.tensors.get(name);
+      if (header && info) return locate(join(ins.dir, t.file), header, info);
+      return { name, dtype: t.dtype, shape: t.shape, begin: 0, end: 0, file: join(ins.dir, t.file), offset: -1, byteLength: 0 };
+    },
+  };
+  return { key, ref: ins.ref, dir: ins.dir, config, weights };
 }
 
-/** Stage 1: resolve the models, check everything that can be checked, write models.json. */
+const size = (bytes: number) => (bytes >= 1e9 ? `${(bytes / 1e9).toFixed(2)} GB` : bytes >= 1e6 ? `${(bytes / 1e6).toFixed(1)} MB` : `${(bytes / 1e3).toFixed(1)} kB`);
+
+/**
+ * Stage 1: every model's config.json and safetensors headers first (range requests for Hub models), every
+ * check of the recipe against them, and only then the weights; writes models.json with content ids.
+ */
 export async function runFetch(parsed: ParsedRecipe, outDir: string, opts: FetchOptions): Promise<{ models: ModelsFile; merge: MergeContext }> {
-  const resolved = await resolveModels(parsed, opts);
-  const merge = await loadMergeContext(parsed, resolved, opts);
-  const models: ModelsFile = { version: 1, models: resolved };
+  checkRecipe(parsed, { allowIdenticalModels: opts.allowIdenticalModels });
+  const refs = recipeModelRefs(parsed, opts.modelBaseDir);
+  const cache = new ContentCache(opts.cacheDir);
+  const resolveOpts = { baseDir: opts.modelBaseDir, cache, env: opts.env, fetch: opts.fetch };
+  const inspections = await inspectModels(refs.map((r) => r.reference), resolveOpts);
+  buildMergeContext(parsed, new Map(refs.map((r, i) => [r.key, inspectedSource(r.key, inspections[i]!)])), opts);
+  const resolved = await resolveModels(refs.map((r) => r.reference), resolveOpts);
+  const models: ResolvedModel[] = resolved.map((m, i) => ({ key: refs[i]!.key, ref: refs[i]!.ref, dir: m.dir, source: m.source, revision: m.revision, contentId: m.contentId, bytes: m.bytes }));
+  for (const [i, m] of resolved.entries()) {
+    opts.log?.(`model ${refs[i]!.ref}: ${m.source === 'download' ? `downloaded ${size(m.downloadedBytes)}` : m.source}, ${size(m.bytes)}, ${m.dir}`);
+    for (const w of m.warnings) opts.log?.(`WARNING: ${w}`);
+  }
+  const merge = await loadMergeContext(parsed, models, opts);
+  const file: ModelsFile = { version: 1, models };
   await mkdir(outDir, { recursive: true });
-  await writeFile(join(outDir, 'models.json'), JSON.stringify(models, null, 2) + '\n');
-  for (const m of resolved) opts.log?.(`model ${m.ref}: ${m.source} ${m.dir}`);
-  return { models, merge };
+  await writeFile(join(outDir, 'models.json'), JSON.stringify(file, null, 2) + '\n');
+  return { models: file, merge };
 }

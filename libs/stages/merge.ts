@@ -33,6 +33,8 @@ export interface MergeOptions {
   device?: string;
   /** Prompt-state cache (default $MOE_FORGE_CACHE, else ~/.cache/moe-forge). */
   cacheDir?: string;
+  /** Hugging Face settings (HF_ENDPOINT, HF_TOKEN, HF_HUB_CACHE, HF_HUB_OFFLINE); default process.env. */
+  env?: Record<string, string | undefined>;
   log?: (line: string) => void;
   warn?: (line: string) => void;
 }
@@ -44,8 +46,9 @@ export async function mergeRecipe(opts: MergeOptions): Promise<WriteResult> {
   const parsed = await readRecipe(opts.recipeFile);
   const work = await mkdtemp(join(tmpdir(), 'moe-forge-'));
   try {
-    const { merge } = await runFetch(parsed, join(work, 'fetch'), { modelBaseDir: opts.modelBaseDir, allowIdenticalModels: opts.allowIdenticalModels, layout: opts.layout, seed: opts.seed, log: opts.log });
-    await runEmbedPrompts(merge, join(work, 'embed-prompts'), { cacheDir: opts.cacheDir ?? userCacheDir(), device: opts.device, log: opts.log, progress: progressReporter('prompt states') });
+    const cacheDir = opts.cacheDir ?? userCacheDir();
+    const { merge } = await runFetch(parsed, join(work, 'fetch'), { cacheDir, env: opts.env, modelBaseDir: opts.modelBaseDir, allowIdenticalModels: opts.allowIdenticalModels, layout: opts.layout, seed: opts.seed, log: opts.log });
+    await runEmbedPrompts(merge, join(work, 'embed-prompts'), { cacheDir, device: opts.device, log: opts.log, progress: progressReporter('prompt states') });
     const { gates, info } = await runBuildGates(merge, join(work, 'embed-prompts'), join(work, 'build-gates'));
     const plan = await runAssemble(merge, join(work, 'assemble-experts'), { maxShardBytes: opts.maxShardBytes ?? DEFAULT_SHARD_BYTES, extraWarnings: info.warnings });
     for (const w of plan.warnings) opts.warn?.(w);

@@ -3,6 +3,7 @@ import { join } from 'node:path';
 import { ModelError } from '../errors';
 import { readModelConfig } from '../model-folder/config';
 import { SafetensorsWeights } from '../safetensors/reader';
+import { openBinCheckpoint } from '../pickle';
 import type { ModelSource, TensorSource } from '../architectures/types';
 
 /** Weight discovery as the reference: safetensors (single or index) first, then PyTorch .bin. */
@@ -11,7 +12,7 @@ export async function openWeights(dir: string, ref: string): Promise<TensorSourc
     return SafetensorsWeights.openFolder(dir);
   }
   if (existsSync(join(dir, 'pytorch_model.bin')) || existsSync(join(dir, 'pytorch_model.bin.index.json'))) {
-    throw new ModelError('bin_unsupported', `${ref} has only PyTorch .bin weights, which this version cannot read yet; convert it to safetensors`, { file: dir });
+    return openBinCheckpoint(dir);
   }
   throw new ModelError('no_weights', `Unable to find model files for ${ref}: expected model.safetensors, model.safetensors.index.json or pytorch_model.bin`, { file: dir });
 }

@@ -46,7 +46,7 @@ test('recipe errors stop the merge before any output', async () => {
 });
 
 test('model errors name the model and what differs', async () => {
-  await failsWith(recipe({ b: join(models, 'nope') }), /model .*nope not found: no folder at/);
+  await failsWith(recipe({ b: join(models, 'nope') }), /r\d+\.yml:6:\d+, field experts\[1\]\.source_model: model reference ".*nope": local folder .*nope does not exist/);
   const wide = copyModel(TINY('b'), join(dir, 'wide'));
   const cfg = JSON.parse(readFileSync(join(wide, 'config.json'), 'utf8'));
   cfg.intermediate_size = 256;

@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { parseRecipeText, checkRecipe, suggest, parseModelRef } from '../../libs/recipe';
+import { parseRecipeText, checkRecipe, suggest } from '../../libs/recipe';
 
 const F = '/recipes/moe.yml';
 const good = `base_model: m/base
@@ -82,12 +82,6 @@ test("the reference's is_bad_config checks, same conditions", () => {
   assert.match(errorOf(noPrompts.replace('random', 'uniform_random')).message, /Expert 0 has no positive prompts/);
   const mix = good + 'shared_experts:\n  - source_model: m/s\n    positive_prompts: [x]\n  - source_model: m/t\n';
   assert.match(errorOf(mix).message, /field shared_experts: Must specify prompts for all shared experts or none, not a mix/);
-});
-
-test('model references: @revision, mapping form, multiple @ and LoRA refused', () => {
-  assert.deepEqual(parseModelRef('org/name@v2', 'f'), { path: 'org/name', revision: 'v2', display: 'org/name@v2' });
-  assert.throws(() => parseModelRef('a@b@c', 'base_model', F), /Invalid model path - multiple @/);
-  assert.throws(() => parseModelRef('org/m+org/lora', 'base_model', F), /LoRA references .* are not supported/);
 });
 
 test('suggestions only for plausible typos', () => {

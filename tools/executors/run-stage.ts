@@ -1,5 +1,6 @@
 import { readFile } from 'node:fs/promises';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
+import { defaultCacheDir } from '../../libs/cache';
 import { logger, type ExecutorContext } from '@nx/devkit';
 import { isForgeError } from '../../libs/errors';
 import { readRecipe } from '../../libs/recipe/parse';
@@ -36,4 +37,9 @@ export async function runStage(raw: unknown, context: ExecutorContext, body: (en
 
 export async function readJson<T>(file: string): Promise<T> {
   return JSON.parse(await readFile(file, 'utf8')) as T;
+}
+
+/** The prompt-state and content-id cache: executor option, else $MOE_FORGE_CACHE, else .moe-cache in the workspace. */
+export function cacheDirOf(options: StageOptions, paths: StagePaths): string {
+  return options.cacheDir ? resolve(paths.workspaceRoot, options.cacheDir) : defaultCacheDir(paths.workspaceRoot);
 }

@@ -1,11 +1,11 @@
 import { logger, type ExecutorContext } from '@nx/devkit';
 import { readRecipe } from '../../../libs/recipe/parse';
 import { runFetch } from '../../../libs/stages/fetch';
-import { runStage } from '../run-stage';
+import { cacheDirOf, runStage } from '../run-stage';
 
 export default function fetchExecutor(options: unknown, context: ExecutorContext) {
   return runStage(options, context, async ({ options: o, paths }) => {
     const parsed = await readRecipe(paths.recipe);
-    await runFetch(parsed, paths.stage('fetch'), { modelBaseDir: paths.projectRoot, allowIdenticalModels: o.allowIdenticalModels, layout: o.layout, seed: o.randomSeed, log: (l) => logger.info(l) });
+    await runFetch(parsed, paths.stage('fetch'), { cacheDir: cacheDirOf(o, paths), modelBaseDir: paths.projectRoot, allowIdenticalModels: o.allowIdenticalModels, layout: o.layout, seed: o.randomSeed, log: (l) => logger.info(l) });
   });
 }

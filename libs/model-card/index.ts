@@ -1,0 +1,133 @@
+import { stringify } from 'yaml';
+import type { MergePlan, PlanTensor } from '../plan/types';
+import type { Expert, ModelReferenceInput, Recipe } from '../recipe/schema';
+
+export interface ModelCardInput {
+  plan: MergePlan;
+  recipe: Recipe;
+  /** The recipe exactly as written. */
+  recipeText: string;
+  gateMode: string;
+}
+
+export interface ParameterCounts {
+  total: number;
+  /** Parameters one token uses: everything but the routed experts it is not sent to. */
+  activePerToken: number;
+  routedExperts: number;
+  sharedExperts: number;
+  routers: number;
+}
+
+const elements = (t: PlanTensor) => t.shape.reduce((a, b) => a * b, 1);
+
+/** Per-expert MLP tensor, classic layout: `…layers.L.(mlp|block_sparse_moe).experts.E.…`. */
+const CLASSIC = /\.layers\.(\d+)\.[^.]+\.experts\.(\d+)\./;
+/** Fused layout: `…layers.L.mlp.experts.gate_up_proj` / `.down_proj`, stacked over experts on dim 0. */
+const FUSED = /\.layers\.(\d+)\.[^.]+\.experts\.(gate_up_proj|down_proj)$/;
+const SHARED = /\.shared_experts?\./;
+const ROUTER = /\.(gate|shared_expert_gate)\.weight$/;
+
+/**
+ * Counts over the plan's tensors. Active per token: per layer, the top-k largest routed experts' MLP
+ * elements stand in for the ones a token is sent to (the experts of a merge all have one size).
+ */
+export function parameterCounts(plan: MergePlan, topK: number): ParameterCounts {
+  let total = 0, shared = 0, routers = 0, routed = 0;
+  const perLayer = new Map<number, number[]>();
+  const addExpert = (layer: number, e: number, n: number) => {
+    const row = perLayer.get(layer) ?? [];
+    row[e] = (row[e] ?? 0) + n;
+    perLayer.set(layer, row);
+  };
+  for (const t of plan.tensors) {
+    const n = elements(t);
+    total += n;
+    const c = CLASSIC.exec(t.name);
+    const f = FUSED.exec(t.name);
+    if (c) {
+      addExpert(Number(c[1]), Number(c[2]), n);
+      routed += n;
+    } else if (f) {
+      const E = t.shape[0]!;
+      for (let e = 0; e < E; e++) addExpert(Number(f[1]), e, n / E);
+      routed += n;
+    } else if (SHARED.test(t.name)) shared += n;
+    else if (t.parts.some((p) => p.kind === 'gates') || ROUTER.test(t.name)) routers += n;
+  }
+  let unused = 0;
+  for (const row of perLayer.values()) {
+    const sizes = row.map((x) => x ?? 0).sort((a, b) => b - a);
+    unused += sizes.slice(topK).reduce((a, b) => a + b, 0);
+  }
+  return { total, activePerToken: total - unused, routedExperts: routed, sharedExperts: shared, routers };
+}
+
+function refText(r: ModelReferenceInput): string {
+  if (typeof r === 'string') return r;
+  return r.model.revision ? `${r.model.path}@${r.model.revision}` : r.model.path;
+}
+
+/** A table cell: pipes escaped, line breaks flattened. */
+const cell = (s: string) => s.replace(/\\/g, '\\\\').replace(/\|/g, '\\|').replace(/\r?\n/g, ' ');
+const prompts = (list: string[] | null | undefined) => (list && list.length > 0 ? list.map((p) => `"${cell(p)}"`).join('<br>') : '—');
+
+function human(n: number): string {
+  for (const [div, unit] of [[1e12, 'T'], [1e9, 'B'], [1e6, 'M'], [1e3, 'K']] as const) if (n >= div) return `${(n / div).toFixed(2)}${unit}`;
+  return String(n);
+}
+
+/** A fence longer than any run of backticks in the text, so the recipe cannot close it early. */
+function fence(text: string): string {
+  const longest = Math.max(0, ...(text.match(/`+/g) ?? []).map((m) => m.length));
+  return '`'.repeat(Math.max(3, longest + 1));
+}
+
+/** README.md for a merged model: front matter for the Hub, then what was merged and how. */
+export function modelCard(input: ModelCardInput): string {
+  const { plan, recipe, recipeText, gateMode } = input;
+  const topK = recipe.experts_per_token;
+  const counts = parameterCounts(plan, topK);
+  const refs = [...new Set(plan.models.map((m) => m.ref))];
+  const front = stringify({ base_model: refs, tags: ['moe', 'frankenmoe', 'merge', 'mergekit', 'moe-forge'], library_name: 'transformers' }).trimEnd();
+  const rows = (kind: string, list: Expert[]) =>
+    list.map((e, i) => `| ${kind} ${i} | ${cell(refText(e.source_model))} | ${prompts(e.positive_prompts)} | ${prompts(e.negative_prompts)} |`);
+  const shared = recipe.shared_experts ?? [];
+  const f = fence(recipeText);
+  const lines = [
+    '---',
+    front,
+    '---',
+    '',
+    `# ${plan.architecture} merge`,
+    '',
+    `A Mixture-of-Experts model built with moe-forge (a TypeScript mergekit-moe) from ${refs.length} source model${refs.length === 1 ? '' : 's'}.`,
+    '',
+    `- Architecture: ${plan.architecture} (${String((plan.config.architectures as string[] | undefined)?.[0] ?? '')}), ${plan.layout} layout`,
+    `- Base model: ${refText(recipe.base_model)}`,
+    `- Experts: ${recipe.experts.length} routed, ${topK} per token${shared.length > 0 ? `, ${shared.length} shared` : ''}`,
+    `- Gate mode: ${gateMode}`,
+    `- Output dtype: ${plan.outDtype ?? 'as the sources'}`,
+    '',
+    '## Experts',
+    '',
+    '| expert | source model | positive prompts | negative prompts |',
+    '|---|---|---|---|',
+    ...rows('routed', recipe.experts),
+    ...rows('shared', shared),
+    '',
+    '## Parameters',
+    '',
+    `- Total: ${counts.total} (${human(counts.total)})`,
+    `- Active per token: ${counts.activePerToken} (${human(counts.activePerToken)})`,
+    `- Routed experts: ${counts.routedExperts}; shared experts: ${counts.sharedExperts}; routers: ${counts.routers}`,
+    '',
+    '## Recipe',
+    '',
+    f + 'yaml',
+    recipeText.replace(/\n$/, ''),
+    f,
+    '',
+  ];
+  return lines.join('\n');
+}

@@ -1,0 +1,81 @@
+import { test, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { readFileSync, writeFileSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { join } from 'node:path';
+import { mergeRecipe } from '../../libs/stages/merge';
+import { startHubServer } from '../helpers/hub-server';
+import { FIXTURES, TINY, tempDir } from '../helpers/tmp';
+
+const files = (dir: string, patch?: (cfg: Record<string, unknown>) => void) => {
+  const cfg = JSON.parse(readFileSync(join(dir, 'config.json'), 'utf8'));
+  patch?.(cfg);
+  return {
+    'config.json': Buffer.from(JSON.stringify(cfg)),
+    'tokenizer.json': readFileSync(join(dir, 'tokenizer.json')),
+    'tokenizer_config.json': readFileSync(join(dir, 'tokenizer_config.json')),
+    'model.safetensors': readFileSync(join(dir, 'model.safetensors')),
+  };
+};
+
+const recipe = (base: string, a: string, b: string) => `base_model: ${base}
+gate_mode: cheap_embed
+experts:
+  - source_model: ${a}
+    positive_prompts: ["How do I merge two models with mergekit?"]
+  - source_model: ${b}
+    positive_prompts: ["Once upon a time there was a model"]
+`;
+
+const sha = (f: string) => createHash('sha256').update(readFileSync(f)).digest('hex');
+
+test('Hub models: validated from headers before any weight download, then merged from the cache offline', async () => {
+  const server = await startHubServer([
+    { id: 'org/tiny-a', files: files(TINY('a')) },
+    { id: 'org/tiny-b', files: files(TINY('b')) },
+    { id: 'org/wide', files: files(TINY('c'), (c) => { c.hidden_size = 128; }) },
+  ]);
+  let closed = false;
+  after(() => (closed ? undefined : server.close()));
+  const d = tempDir();
+  const env = { HF_HUB_CACHE: join(d, 'hub'), HF_ENDPOINT: server.url, HF_HUB_OFFLINE: undefined, HF_TOKEN: undefined };
+  writeFileSync(join(d, 'bad.yml'), recipe('org/tiny-a', 'org/tiny-b', 'org/wide'));
+  await assert.rejects(
+    mergeRecipe({ recipeFile: join(d, 'bad.yml'), outPath: join(d, 'bad-out'), modelBaseDir: d, cacheDir: join(d, 'c'), env }),
+    /experts\[1\] org\/wide has hidden_size 128 but the base model org\/tiny-a has 64/,
+  );
+  const weightGets = server.requests.filter((r) => r.path.endsWith('model.safetensors') && r.method === 'GET');
+  assert.ok(weightGets.length > 0, 'headers were read');
+  for (const r of weightGets) {
+    assert.ok(r.range !== null && r.bytes < 100_000, `only header ranges before validation: ${r.method} ${r.path} ${r.range} ${r.bytes} bytes`);
+  }
+
+  writeFileSync(join(d, 'good.yml'), recipe('org/tiny-a', 'org/tiny-a', 'org/tiny-b'));
+  const out = join(d, 'out');
+  const logs: string[] = [];
+  await mergeRecipe({ recipeFile: join(d, 'good.yml'), outPath: out, modelBaseDir: d, cacheDir: join(d, 'c'), env, log: (l) => logs.push(l) });
+  assert.ok(logs.some((l) => /model org\/tiny-a: downloaded/.test(l)), logs.join('\n'));
+  // The same merge from local folders gives the same bytes.
+  writeFileSync(join(d, 'local.yml'), recipe(TINY('a'), TINY('a'), TINY('b')));
+  await mergeRecipe({ recipeFile: join(d, 'local.yml'), outPath: join(d, 'local-out'), modelBaseDir: d, cacheDir: join(d, 'c') });
+  assert.equal(sha(join(out, 'model.safetensors')), sha(join(d, 'local-out', 'model.safetensors')));
+  await server.close();
+  closed = true;
+  const logs2: string[] = [];
+  await mergeRecipe({ recipeFile: join(d, 'good.yml'), outPath: join(d, 'out2'), modelBaseDir: d, cacheDir: join(d, 'c'), env: { ...env, HF_HUB_OFFLINE: '1' }, log: (l) => logs2.push(l) });
+  assert.ok(logs2.some((l) => /model org\/tiny-a: cache/.test(l)), logs2.join('\n'));
+  assert.equal(sha(join(d, 'out2', 'model.safetensors')), sha(join(out, 'model.safetensors')));
+});
+
+test('a PyTorch .bin model merges to the same output as its safetensors twin; an unknown global is refused', async () => {
+  const d = tempDir();
+  const bin = join(FIXTURES, 'tiny-llama-bin', 'tiny-a');
+  writeFileSync(join(d, 'bin.yml'), recipe(bin, bin, TINY('b')));
+  writeFileSync(join(d, 'st.yml'), recipe(TINY('a'), TINY('a'), TINY('b')));
+  await mergeRecipe({ recipeFile: join(d, 'bin.yml'), outPath: join(d, 'bin-out'), modelBaseDir: d, cacheDir: join(d, 'c') });
+  await mergeRecipe({ recipeFile: join(d, 'st.yml'), outPath: join(d, 'st-out'), modelBaseDir: d, cacheDir: join(d, 'c') });
+  assert.equal(sha(join(d, 'bin-out', 'model.safetensors')), sha(join(d, 'st-out', 'model.safetensors')));
+  const evil = join(FIXTURES, 'tiny-llama-bin', 'unknown-global');
+  writeFileSync(join(d, 'evil.yml'), recipe(TINY('a'), evil, TINY('b')));
+  await assert.rejects(mergeRecipe({ recipeFile: join(d, 'evil.yml'), outPath: join(d, 'evil-out'), modelBaseDir: d, cacheDir: join(d, 'c') }), /__main__\.NotATensor/);
+});
