@@ -1,0 +1,25 @@
+import { cpSync, mkdirSync, symlinkSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { run } from './cli';
+import { ROOT, tempDir } from './tmp';
+
+/** A throwaway Nx workspace with this repository's plugin, libraries and installed packages. */
+export function throwawayWorkspace(): string {
+  const ws = tempDir('moe-forge-ws-');
+  for (const f of ['nx.json', 'package.json', 'tsconfig.base.json']) cpSync(join(ROOT, f), join(ws, f));
+  for (const d of ['libs', 'tools']) cpSync(join(ROOT, d), join(ws, d), { recursive: true });
+  symlinkSync(join(ROOT, 'node_modules'), join(ws, 'node_modules'), 'dir');
+  mkdirSync(join(ws, 'workspace-models'));
+  return ws;
+}
+
+export function addRecipe(ws: string, name: string, yaml: string, projectJson?: object): void {
+  const dir = join(ws, 'workspace-models', name);
+  mkdirSync(dir, { recursive: true });
+  writeFileSync(join(dir, 'moe.yml'), yaml);
+  if (projectJson) writeFileSync(join(dir, 'project.json'), JSON.stringify(projectJson, null, 2));
+}
+
+export function nx(ws: string, args: string[], env: Record<string, string> = {}) {
+  return run(process.execPath, [join(ws, 'node_modules', 'nx', 'dist', 'bin', 'nx.js'), ...args], ws, { NX_DAEMON: 'false', NX_NO_CLOUD: 'true', CI: 'true', NX_TUI: 'false', MOE_FORGE_CACHE: join(ws, '.moe-cache'), ...env });
+}

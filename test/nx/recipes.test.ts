@@ -1,0 +1,50 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { cpSync, readFileSync, existsSync } from 'node:fs';
+import { join } from 'node:path';
+import { assertMatchesManifest, manifest } from '../helpers/manifest';
+import { FIXTURES } from '../helpers/tmp';
+import { addRecipe, nx, throwawayWorkspace } from '../helpers/workspace';
+
+const ws = throwawayWorkspace();
+cpSync(join(FIXTURES, 'tiny-llama'), join(ws, 'models'), { recursive: true });
+// Relative model paths in an Nx recipe resolve against the recipe's folder.
+const recipe = readFileSync(join(FIXTURES, 'parity', 'mixtral-cheap_embed.yml'), 'utf8').replace(/\.\.\/tiny-llama\//g, '../../models/');
+addRecipe(ws, 'parity', recipe);
+addRecipe(ws, 'custom', recipe, { targets: { write: { options: { outputPath: 'out/custom-model', layout: 'fused' } }, 'assemble-experts': { options: { layout: 'fused' } } } });
+
+test('a recipe folder is an Nx project with the five stages and build, each described', async () => {
+  const r = await nx(ws, ['show', 'project', 'parity', '--json']);
+  assert.equal(r.exitCode, 0, r.stderr + r.stdout);
+  const p = JSON.parse(r.stdout);
+  assert.deepEqual(Object.keys(p.targets).sort(), ['assemble-experts', 'build', 'build-gates', 'embed-prompts', 'fetch', 'write']);
+  assert.deepEqual(p.targets['build-gates'].dependsOn, [{ target: 'embed-prompts', params: 'forward' }]);
+  for (const t of Object.values<{ metadata?: { description?: string } }>(p.targets)) assert.ok(t.metadata?.description);
+});
+
+test('nx run parity:build reproduces the reference merge; a second run is served from the Nx cache', async () => {
+  const r = await nx(ws, ['run', 'parity:build']);
+  assert.equal(r.exitCode, 0, r.stdout + r.stderr);
+  await assertMatchesManifest(join(ws, 'dist', 'models', 'parity'), manifest('mixtral-cheap_embed.classic.manifest.json'), 1e-6);
+  const again = await nx(ws, ['run', 'parity:build']);
+  assert.equal(again.exitCode, 0, again.stdout);
+  assert.match(again.stdout, /embed-prompts\s+\[local cache\]/);
+  assert.match(again.stdout, /output unchanged/);
+});
+
+test('options forwarded from the command line and set in project.json reach the stages', async () => {
+  const r = await nx(ws, ['run', 'parity:build', '--layout=fused', '--outputPath=out/fused']);
+  assert.equal(r.exitCode, 0, r.stdout + r.stderr);
+  await assertMatchesManifest(join(ws, 'out', 'fused'), manifest('mixtral-cheap_embed.fused.manifest.json'), 1e-6);
+  const c = await nx(ws, ['run', 'custom:build']);
+  assert.equal(c.exitCode, 0, c.stdout + c.stderr);
+  await assertMatchesManifest(join(ws, 'out', 'custom-model'), manifest('mixtral-cheap_embed.fused.manifest.json'), 1e-6);
+});
+
+test('a bad recipe fails its fetch stage with the message and no output', async () => {
+  addRecipe(ws, 'broken', recipe.replace('experts_per_token: 2', 'experts_per_tokn: 2'));
+  const r = await nx(ws, ['run', 'broken:build']);
+  assert.notEqual(r.exitCode, 0);
+  assert.match(r.stdout + r.stderr, /moe\.yml:4:1, field experts_per_tokn: unknown key "experts_per_tokn" \(did you mean "experts_per_token"\?\)/);
+  assert.ok(!existsSync(join(ws, 'dist', 'models', 'broken')));
+});
