@@ -44,8 +44,9 @@ export const qwen2Moe: OutputArchitecture = {
       use_cache: true,
       tie_word_embeddings: false,
       num_key_value_heads: c.numKvHeads,
+      // From the parsed config, so a transformers-5 base's rope_parameters are not lost to the class defaults.
       rope_theta: c.ropeTheta,
-      rope_scaling: null,
+      rope_scaling: c.ropeScaling,
       max_window_layers: 28,
       attention_dropout: 0.0,
       output_router_logits: false,

@@ -29,8 +29,9 @@ export const qwen3Moe: OutputArchitecture = {
       use_cache: true,
       tie_word_embeddings: false,
       num_key_value_heads: c.numKvHeads,
+      // From the parsed config, so a transformers-5 base's rope_parameters are not lost to the class defaults.
       rope_theta: c.ropeTheta,
-      rope_scaling: null,
+      rope_scaling: c.ropeScaling,
       attention_bias: false,
       use_sliding_window: false,
       max_window_layers: 28,

@@ -55,3 +55,40 @@ export class ContentCache {
     await cacache.rm.entry(this.dir, key).catch(() => undefined);
   }
 }
+
+/**
+ * A cross-process lock (an atomically created folder holding the owner's pid) so that concurrent merges
+ * sharing a base compute each prompt state once: the second waits, then finds the states cached.
+ */
+export async function withLock<T>(cacheDir: string, name: string, body: () => Promise<T>, pollMs = 100): Promise<T> {
+  const { mkdir, rm, writeFile, readFile } = await import('node:fs/promises');
+  const { join } = await import('node:path');
+  const dir = join(cacheDir, 'locks', name);
+  await mkdir(join(cacheDir, 'locks'), { recursive: true });
+  for (;;) {
+    try {
+      await mkdir(dir);
+      break;
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
+      const pid = Number(await readFile(join(dir, 'pid'), 'utf8').catch(() => 'NaN'));
+      if (Number.isInteger(pid) && !alive(pid)) await rm(dir, { recursive: true, force: true });
+      else await new Promise((r) => setTimeout(r, pollMs));
+    }
+  }
+  try {
+    await writeFile(join(dir, 'pid'), String(process.pid));
+    return await body();
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+}
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}

@@ -19,6 +19,8 @@ export interface ParameterCounts {
   routers: number;
 }
 
+const DTYPE_NAME: Record<string, string> = { F32: 'float32', F16: 'float16', BF16: 'bfloat16' };
+
 const elements = (t: PlanTensor) => t.shape.reduce((a, b) => a * b, 1);
 
 /** Per-expert MLP tensor, classic layout: `…layers.L.(mlp|block_sparse_moe).experts.E.…`. */
@@ -107,7 +109,7 @@ export function modelCard(input: ModelCardInput): string {
     `- Base model: ${refText(recipe.base_model)}`,
     `- Experts: ${recipe.experts.length} routed, ${topK} per token${shared.length > 0 ? `, ${shared.length} shared` : ''}`,
     `- Gate mode: ${gateMode}`,
-    `- Output dtype: ${plan.outDtype ?? 'as the sources'}`,
+    `- Output dtype: ${plan.outDtype === null ? 'as the sources' : (DTYPE_NAME[plan.outDtype] ?? plan.outDtype)}`,
     '',
     '## Experts',
     '',

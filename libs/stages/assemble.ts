@@ -3,10 +3,14 @@ import { join } from 'node:path';
 import { createHash } from 'node:crypto';
 import type { MergePlan } from '../plan/types';
 import type { MergeContext } from './context';
+import type { GateTensor } from '../gates';
+import { writeGates } from './build-gates';
 
 export interface AssembleOptions {
   maxShardBytes: number;
   extraWarnings?: string[];
+  /** Router weights; saved beside the plan so the write stage reads one stage's output. */
+  gates?: GateTensor;
 }
 
 /** Stage 4: the output architecture's config.json and every output tensor with its sources, in write order. */
@@ -27,6 +31,7 @@ export async function runAssemble(merge: MergeContext, outDir: string, opts: Ass
   };
   await mkdir(outDir, { recursive: true });
   await writeFile(join(outDir, 'plan.json'), JSON.stringify(plan) + '\n');
+  if (opts.gates) await writeGates(join(outDir, 'gates.safetensors'), opts.gates);
   return plan;
 }
 

@@ -1,4 +1,4 @@
-import { mkdir, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { degenerateLayers, hiddenVector, newGates, normalize, randomGates, uniformRandomGates, type GateTensor, type PromptStates } from '../gates';
 import { encodeHeader } from '../safetensors/writer';
@@ -14,23 +14,30 @@ export interface GatesInfo {
   gateMode: string;
   conditionNumbers: number[];
   warnings: string[];
+  /** Random modes: the gates are drawn by assemble-experts from its seed. */
+  deferred?: boolean;
 }
 
 /** Stage 3: the gate tensor G [layers, gated experts, hidden] (spec 2) and the degenerate-router check. */
-export async function runBuildGates(merge: MergeContext, statesDir: string, outDir: string): Promise<{ gates: GateTensor; info: GatesInfo }> {
+export async function runBuildGates(merge: MergeContext, statesDir: string, outDir: string): Promise<{ gates: GateTensor | null; info: GatesInfo }> {
   const { ctx } = merge;
   const L = ctx.base.config.numLayers;
   const H = ctx.base.config.hiddenSize;
   const N = merge.gatedExperts.length;
   let g: GateTensor;
-  if (ctx.gateMode === 'random') g = randomGates(L, N, H, ctx.seed);
-  else if (ctx.gateMode === 'uniform_random') g = uniformRandomGates(L, N, H, ctx.seed);
-  else if (ctx.gateMode === 'cheap_embed') g = await cheapEmbedGates(merge, statesDir);
+  if (isRandomMode(ctx.gateMode)) {
+    // Drawn from the seed where the seed is known (assemble-experts), so a new seed leaves this stage cached.
+    const info: GatesInfo = { layers: L, experts: N, hidden: H, gateMode: ctx.gateMode, conditionNumbers: [], warnings: [], deferred: true };
+    await mkdir(outDir, { recursive: true });
+    await writeFile(join(outDir, 'gates.json'), JSON.stringify(info, null, 2) + '\n');
+    return { gates: null, info };
+  }
+  if (ctx.gateMode === 'cheap_embed') g = await cheapEmbedGates(merge, statesDir);
   else g = await hiddenGates(merge, statesDir);
   const { conditionNumbers, warning } = degenerateLayers(g);
   const info: GatesInfo = { layers: L, experts: N, hidden: H, gateMode: ctx.gateMode, conditionNumbers, warnings: warning ? [warning] : [] };
   await mkdir(outDir, { recursive: true });
-  await writeFile(join(outDir, 'gates.safetensors'), Buffer.concat([encodeHeader([{ name: 'gates', dtype: 'F32', shape: [L, N, H] }]), Buffer.from(g.data.buffer, g.data.byteOffset, g.data.byteLength)]));
+  await writeGates(join(outDir, 'gates.safetensors'), g);
   await writeFile(join(outDir, 'gates.json'), JSON.stringify(info, (_, v) => (v === Infinity ? 'Infinity' : v), 2) + '\n');
   return { gates: g, info };
 }
@@ -93,4 +100,26 @@ async function hiddenGates(merge: MergeContext, statesDir: string): Promise<Gate
     for (let l = 0; l < L; l++) g.data.set(hiddenVector(pos, neg, pad, l, reduction, H), (l * N + e) * H);
   }
   return g;
+}
+
+export function isRandomMode(mode: string): boolean {
+  return mode === 'random' || mode === 'uniform_random';
+}
+
+/** The gate tensor for assembly: drawn from the seed in random modes, else the build-gates output. */
+export async function gatesForAssembly(merge: MergeContext, buildGatesDir: string): Promise<{ gates: GateTensor; warnings: string[] }> {
+  const { ctx } = merge;
+  if (isRandomMode(ctx.gateMode)) {
+    const [L, N, H] = [ctx.base.config.numLayers, merge.gatedExperts.length, ctx.base.config.hiddenSize];
+    const gates = ctx.gateMode === 'random' ? randomGates(L, N, H, ctx.seed) : uniformRandomGates(L, N, H, ctx.seed);
+    const { warning } = degenerateLayers(gates);
+    return { gates, warnings: warning ? [warning] : [] };
+  }
+  const info = JSON.parse(await readFile(join(buildGatesDir, 'gates.json'), 'utf8')) as GatesInfo;
+  return { gates: await readGates(buildGatesDir), warnings: info.warnings };
+}
+
+export async function writeGates(file: string, g: GateTensor): Promise<void> {
+  const header = encodeHeader([{ name: 'gates', dtype: 'F32', shape: [g.layers, g.experts, g.hidden] }]);
+  await writeFile(file, Buffer.concat([header, Buffer.from(g.data.buffer, g.data.byteOffset, g.data.byteLength)]));
 }

@@ -7,7 +7,7 @@ import { loadTokenizer } from '../tokenizer';
 import { ModelError } from '../errors';
 import type { ModelSource } from '../architectures/types';
 import type { MergeContext } from './context';
-import { ContentCache } from '../cache';
+import { ContentCache, withLock } from '../cache';
 import { contentId } from '../resolve/content-id';
 import { availableBackends, computePadStates, computePromptStates, type Device } from '../forward';
 import { decodeLayers, encodeLayers, encodeState, getPromptState, padStateKey, promptStateKey, type CachedPromptState } from '../prompt-cache';
@@ -117,29 +117,32 @@ async function hiddenStates(merge: MergeContext, index: PromptStatesIndex, tenso
   const tok = await loadTokenizer(base.dir);
   const texts = distinctPrompts(merge);
   const states: (CachedPromptState | null)[] = [];
-  for (const text of texts) states.push(await getPromptState(cache, promptStateKey(baseId, tok.contentId, text)));
-  const missing = texts.map((t, i) => i).filter((i) => states[i] === null);
-  if (missing.length > 0) {
-    const ids = missing.map((i) => tok.encodePrompt(texts[i]!));
-    const started = Date.now();
-    const tokens = ids.reduce((a, x) => a + x.length, 0);
-    const computed = await computePromptStates(base.dir, ids, {
-      device,
-      onProgress: (p) => {
-        const secs = (Date.now() - started) / 1000;
-        const done = p.layer * p.prompts + p.promptsDone;
-        opts.progress?.update(done, p.layers * p.prompts, `layer ${p.layer + 1}/${p.layers}, ${(done / Math.max(secs, 1e-3)).toFixed(1)} prompt-layers/s`);
-      },
-    });
-    opts.progress?.end();
-    opts.log?.(`forward pass: ${missing.length} prompts, ${tokens} tokens in ${((Date.now() - started) / 1000).toFixed(1)} s`);
-    for (const [j, i] of missing.entries()) {
-      const per = computed[j]!;
-      const s: CachedPromptState = { ids: ids[j]!, count: per[0]!.count, layers: L, hidden: H, last: per.map((x) => x.last), sum: per.map((x) => x.sum) };
-      states[i] = s;
-      await cache.putBuffer(promptStateKey(baseId, tok.contentId, texts[i]!), encodeState(s));
+  const missing = await withLock(opts.cacheDir, `base-${baseId.slice(0, 32)}`, async () => {
+    for (const text of texts) states.push(await getPromptState(cache, promptStateKey(baseId, tok.contentId, text)));
+    const missing = texts.map((t, i) => i).filter((i) => states[i] === null);
+    if (missing.length > 0) {
+      const ids = missing.map((i) => tok.encodePrompt(texts[i]!));
+      const started = Date.now();
+      const tokens = ids.reduce((a, x) => a + x.length, 0);
+      const computed = await computePromptStates(base.dir, ids, {
+        device,
+        onProgress: (p) => {
+          const secs = (Date.now() - started) / 1000;
+          const done = p.layer * p.prompts + p.promptsDone;
+          opts.progress?.update(done, p.layers * p.prompts, `layer ${p.layer + 1}/${p.layers}, ${(done / Math.max(secs, 1e-3)).toFixed(1)} prompt-layers/s`);
+        },
+      });
+      opts.progress?.end();
+      opts.log?.(`forward pass: ${missing.length} prompts, ${tokens} tokens in ${((Date.now() - started) / 1000).toFixed(1)} s`);
+      for (const [j, i] of missing.entries()) {
+        const per = computed[j]!;
+        const s: CachedPromptState = { ids: ids[j]!, count: per[0]!.count, layers: L, hidden: H, last: per.map((x) => x.last), sum: per.map((x) => x.sum) };
+        states[i] = s;
+        await cache.putBuffer(promptStateKey(baseId, tok.contentId, texts[i]!), encodeState(s));
+      }
     }
-  }
+    return missing;
+  });
   index.computed = missing.length;
   index.fromCache = texts.length - missing.length;
   states.forEach((s, i) => {

@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { readRecipe } from '../recipe/parse';
 import { runFetch } from './fetch';
 import { runEmbedPrompts } from './embed-prompts';
-import { runBuildGates } from './build-gates';
+import { gatesForAssembly, runBuildGates } from './build-gates';
 import { runAssemble } from './assemble';
 import { runWrite, type WriteResult } from './write';
 import { progressReporter } from './progress';
@@ -49,8 +49,9 @@ export async function mergeRecipe(opts: MergeOptions): Promise<WriteResult> {
     const cacheDir = opts.cacheDir ?? userCacheDir();
     const { merge } = await runFetch(parsed, join(work, 'fetch'), { cacheDir, env: opts.env, modelBaseDir: opts.modelBaseDir, allowIdenticalModels: opts.allowIdenticalModels, layout: opts.layout, seed: opts.seed, log: opts.log });
     await runEmbedPrompts(merge, join(work, 'embed-prompts'), { cacheDir, device: opts.device, log: opts.log, progress: progressReporter('prompt states') });
-    const { gates, info } = await runBuildGates(merge, join(work, 'embed-prompts'), join(work, 'build-gates'));
-    const plan = await runAssemble(merge, join(work, 'assemble-experts'), { maxShardBytes: opts.maxShardBytes ?? DEFAULT_SHARD_BYTES, extraWarnings: info.warnings });
+    await runBuildGates(merge, join(work, 'embed-prompts'), join(work, 'build-gates'));
+    const { gates, warnings } = await gatesForAssembly(merge, join(work, 'build-gates'));
+    const plan = await runAssemble(merge, join(work, 'assemble-experts'), { maxShardBytes: opts.maxShardBytes ?? DEFAULT_SHARD_BYTES, extraWarnings: warnings, gates });
     for (const w of plan.warnings) opts.warn?.(w);
     return await runWrite(plan, {
       outPath: opts.outPath,

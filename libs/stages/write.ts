@@ -1,7 +1,7 @@
-import { mkdir, readdir, readFile, rename, rm, stat, writeFile, copyFile } from 'node:fs/promises';
+import { link, mkdir, readdir, readFile, rename, rm, stat, writeFile, copyFile } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { ForgeError } from '../errors';
 import { Rng, gateRow, type GateTensor } from '../gates';
 import { bf16BitsToF32, decodeFloats, encodeFloats, f16BitsToF32, f32ToBf16Bits, f32ToF16Bits, convertBytes, dtypeSize, type FloatDtype } from '../safetensors/dtype';
@@ -10,6 +10,8 @@ import { indexJson, planShards, writeShard, type OutputTensorSpec } from '../saf
 import { loadTokenizer, TOKENIZER_FILES } from '../tokenizer';
 import type { MergePlan, PlanTensor, SourcePart } from '../plan/types';
 import { planHash } from './assemble';
+import { modelCard } from '../model-card';
+import { parseRecipeText } from '../recipe/parse';
 
 export const STAMP_FILE = '.moe-forge.json';
 const CHUNK_BYTES = 16 << 20;
@@ -21,10 +23,9 @@ export interface WriteOptions {
   /** Base model folder whose tokenizer is copied. */
   tokenizerDir: string;
   copyTokenizer: boolean;
+  /** mergekit_moe_config.yml and the README model card (the reference's --write-model-card). */
   writeRecipe?: boolean;
   overwrite: boolean;
-  /** Extra files (name → text) written into the folder, e.g. the model card. */
-  extraFiles?: Record<string, string>;
   log?: (line: string) => void;
 }
 
@@ -32,6 +33,9 @@ export interface WriteResult {
   outPath: string;
   files: string[];
   shards: number;
+  /** Shards written now, and shards moved over unchanged from the previous output. */
+  written: number;
+  kept: number;
   skipped: boolean;
   hash: string;
 }
@@ -107,6 +111,23 @@ interface Stamp {
   tool: 'moe-forge';
   hash: string;
   files: Record<string, number>;
+  /** Per shard file: a hash of its planned content, so an unchanged shard is kept on a re-plan. */
+  shards?: Record<string, string>;
+}
+
+/** What decides a shard's bytes: tensor specs, sources by content id, transforms and router rows. */
+function shardHash(plan: MergePlan, tensors: PlanTensor[], gates: GateTensor): string {
+  const ids = new Map(plan.models.map((m) => [m.key, m.contentId ?? m.dir]));
+  const h = createHash('sha256');
+  for (const t of tensors) {
+    h.update(JSON.stringify([t.name, t.dtype, t.shape]));
+    for (const p of t.parts) {
+      if (p.kind === 'source') h.update(JSON.stringify([ids.get(p.model), p.tensor, p.dtype, p.shape, p.noise ?? null, p.scale ?? null]));
+      else if (p.kind === 'zeros') h.update(JSON.stringify(['zeros', p.elements]));
+      else for (const r of p.rows) h.update(gateRow(gates, p.layer, r));
+    }
+  }
+  return h.digest('hex');
 }
 
 async function readStamp(dir: string): Promise<Stamp | null> {
@@ -136,7 +157,7 @@ async function intact(dir: string, stamp: Stamp): Promise<boolean> {
  */
 export async function runWrite(plan: MergePlan, opts: WriteOptions): Promise<WriteResult> {
   const out = opts.outPath;
-  const hash = planHash(plan, { recipe: opts.recipeText, copyTokenizer: opts.copyTokenizer, writeRecipe: opts.writeRecipe, extra: opts.extraFiles ?? {}, gates: Buffer.from(opts.gates.data.buffer, opts.gates.data.byteOffset, opts.gates.data.byteLength).toString('base64') });
+  const hash = planHash(plan, { recipe: opts.recipeText, copyTokenizer: opts.copyTokenizer, writeRecipe: opts.writeRecipe, gates: Buffer.from(opts.gates.data.buffer, opts.gates.data.byteOffset, opts.gates.data.byteLength).toString('base64') });
   let existing: Stamp | null = null;
   if (existsSync(out)) {
     const entries = await readdir(out);
@@ -146,7 +167,8 @@ export async function runWrite(plan: MergePlan, opts: WriteOptions): Promise<Wri
     }
     if (existing && existing.hash === hash && (await intact(out, existing))) {
       opts.log?.(`output unchanged: ${out}`);
-      return { outPath: out, files: Object.keys(existing.files), shards: Object.keys(existing.files).filter((f) => f.endsWith('.safetensors')).length, skipped: true, hash };
+      const n = Object.keys(existing.files).filter((f) => f.endsWith('.safetensors')).length;
+      return { outPath: out, files: Object.keys(existing.files), shards: n, written: 0, kept: n, skipped: true, hash };
     }
   }
   const parent = dirname(out);
@@ -158,7 +180,19 @@ export async function runWrite(plan: MergePlan, opts: WriteOptions): Promise<Wri
     const shards = planShards(specs, plan.maxShardBytes);
     const byName = new Map(plan.tensors.map((t) => [t.name, t]));
     const produce = tensorProducer(opts.gates);
+    const shardHashes: Record<string, string> = {};
+    let kept = 0;
     for (const [i, s] of shards.entries()) {
+      const sh = shardHash(plan, s.tensors.map((t) => byName.get(t.name)!), opts.gates);
+      shardHashes[s.file] = sh;
+      const prior = existing?.shards?.[s.file] === sh ? join(out, s.file) : null;
+      if (prior && (await stat(prior).then((st) => st.size === existing!.files[s.file], () => false))) {
+        // Same planned content as the shard already there: hard-link it (the old folder stays whole until the swap).
+        await link(prior, join(tmp, s.file)).catch(() => copyFile(prior, join(tmp, s.file)));
+        kept++;
+        opts.log?.(`kept ${s.file} (unchanged)`);
+        continue;
+      }
       opts.log?.(`writing ${s.file} (${i + 1}/${shards.length}, ${s.tensors.length} tensors, ${s.bytes} bytes)`);
       await writeShard(join(tmp, s.file), s.tensors, (t) => produce(byName.get(t.name)!));
     }
@@ -166,10 +200,14 @@ export async function runWrite(plan: MergePlan, opts: WriteOptions): Promise<Wri
     await writeFile(join(tmp, 'config.json'), JSON.stringify(plan.config, null, 2) + '\n');
     if (opts.copyTokenizer) await writeTokenizer(opts.tokenizerDir, tmp);
     if (opts.writeRecipe !== false) await writeFile(join(tmp, 'mergekit_moe_config.yml'), opts.recipeText);
-    for (const [name, text] of Object.entries(opts.extraFiles ?? {})) await writeFile(join(tmp, name), text);
+    if (opts.writeRecipe !== false) {
+      // The reference writes no model card; a README with front matter makes the output findable on the Hub.
+      const { recipe } = parseRecipeText(opts.recipeText, 'mergekit_moe_config.yml');
+      await writeFile(join(tmp, 'README.md'), modelCard({ plan, recipe, recipeText: opts.recipeText, gateMode: recipe.gate_mode }));
+    }
     const files: Record<string, number> = {};
     for (const f of (await readdir(tmp)).sort()) files[f] = (await stat(join(tmp, f))).size;
-    await writeFile(join(tmp, STAMP_FILE), JSON.stringify({ tool: 'moe-forge', hash, files } satisfies Stamp, null, 2) + '\n');
+    await writeFile(join(tmp, STAMP_FILE), JSON.stringify({ tool: 'moe-forge', hash, files, shards: shardHashes } satisfies Stamp, null, 2) + '\n');
     if (existsSync(out)) {
       const old = join(parent, `.${basename(out)}.old-${process.pid}-${randomBytes(4).toString('hex')}`);
       await rename(out, old);
@@ -178,7 +216,7 @@ export async function runWrite(plan: MergePlan, opts: WriteOptions): Promise<Wri
     } else {
       await rename(tmp, out);
     }
-    return { outPath: out, files: Object.keys(files), shards: shards.length, skipped: false, hash };
+    return { outPath: out, files: Object.keys(files), shards: shards.length, written: shards.length - kept, kept, skipped: false, hash };
   } catch (e) {
     await rm(tmp, { recursive: true, force: true });
     throw e;

@@ -20,6 +20,9 @@ test('mergekit-moe reproduces the reference cheap_embed merge (classic layout)',
   assert.equal(tc.pad_token, '<s>');
   assert.equal(tc.padding_side, 'left');
   assert.ok(!existsSync(join(out, 'model.safetensors.index.json')));
+  const card = readFileSync(join(out, 'README.md'), 'utf8');
+  assert.match(card, /^---\nbase_model:\n  - \.\.\/tiny-llama\/tiny-a\n/);
+  assert.match(card, /Mixtral/);
 });
 
 test('--layout fused reproduces the reference fused layout', async () => {

@@ -18,7 +18,8 @@ test('a recipe folder is an Nx project with the five stages and build, each desc
   assert.equal(r.exitCode, 0, r.stderr + r.stdout);
   const p = JSON.parse(r.stdout);
   assert.deepEqual(Object.keys(p.targets).sort(), ['assemble-experts', 'build', 'build-gates', 'embed-prompts', 'fetch', 'write']);
-  assert.deepEqual(p.targets['build-gates'].dependsOn, [{ target: 'embed-prompts', params: 'forward' }]);
+  assert.deepEqual(p.targets.write.dependsOn, [{ target: 'assemble-experts', params: 'forward' }]);
+  assert.deepEqual(p.targets['assemble-experts'].dependsOn, [{ target: 'build-gates', params: 'ignore' }]);
   for (const t of Object.values<{ metadata?: { description?: string } }>(p.targets)) assert.ok(t.metadata?.description);
 });
 

@@ -23,7 +23,9 @@ export function recipeTargets(projectRoot: string, projectName: string): Record<
     targets[stage] = {
       executor: `./tools/executors:${stage}`,
       options: {},
-      dependsOn: prev ? [{ target: prev, params: 'forward' }] : [],
+      // Command-line options reach write and assemble-experts, the stages they change (random gates are
+      // drawn there); the earlier stages ignore them so that, e.g., a new seed or shard size keeps their cache.
+      dependsOn: prev ? [{ target: prev, params: stage === 'write' ? 'forward' : 'ignore' }] : [],
       cache: stage !== 'fetch' && stage !== 'write',
       inputs: ['recipe', 'forgeCode', ...(prev ? [{ dependentTasksOutputFiles: '**/*.json', transitive: true }] : [])],
       outputs: stage === 'write' ? [] : [stageDir(stage)],

@@ -1,4 +1,5 @@
-import { readFile } from 'node:fs/promises';
+import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
 import { logger, type ExecutorContext } from '@nx/devkit';
 import { readPlan } from '../../../libs/stages/assemble';
 import { readGates } from '../../../libs/stages/build-gates';
@@ -8,7 +9,7 @@ import { runStage } from '../run-stage';
 export default function writeExecutor(options: unknown, context: ExecutorContext) {
   return runStage(options, context, async ({ options: o, paths }) => {
     const plan = await readPlan(paths.stage('assemble-experts'));
-    const gates = await readGates(paths.stage('build-gates'));
+    const gates = await readGates(paths.stage('assemble-experts'));
     const base = plan.models[0]!;
     const result = await runWrite(plan, {
       outPath: paths.output,
@@ -19,6 +20,8 @@ export default function writeExecutor(options: unknown, context: ExecutorContext
       overwrite: o.overwrite,
       log: (l) => logger.info(l),
     });
-    logger.info(`${result.skipped ? 'unchanged' : 'wrote'} ${result.outPath} (${result.shards} shard${result.shards === 1 ? '' : 's'})`);
+    logger.info(`${result.skipped ? 'unchanged' : 'wrote'} ${result.outPath} (${result.shards} shard${result.shards === 1 ? '' : 's'}: ${result.written} written, ${result.kept} kept)`);
+    await mkdir(paths.stage('write'), { recursive: true });
+    await writeFile(join(paths.stage('write'), 'stats.json'), JSON.stringify({ skipped: result.skipped, shards: result.shards, written: result.written, kept: result.kept }, null, 2) + '\n');
   });
 }

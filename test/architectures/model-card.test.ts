@@ -1,0 +1,87 @@
+/** The README.md model card, built from the plan of a real merge. */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { parse } from 'yaml';
+import { modelCard, parameterCounts } from '../../libs/model-card';
+import { readRecipe } from '../../libs/recipe/parse';
+import { loadMergeContext, recipeModelRefs } from '../../libs/stages/context';
+import { runAssemble } from '../../libs/stages/assemble';
+import type { MergePlan } from '../../libs/plan/types';
+import { recipeYaml, tinyFamilyModel, TINY_SIZE, type ExpertYaml, type Family } from '../helpers/arch-models';
+import { tempDir } from '../helpers/tmp';
+
+const dir = tempDir('moe-forge-card-');
+const { layers: L, hidden: H, intermediate: I } = TINY_SIZE;
+
+async function planOf(name: string, family: Family, experts: ExpertYaml[], shared: ExpertYaml[] | undefined, topK: number, layout?: 'fused') {
+  const file = join(dir, `${name}.yml`);
+  const text = recipeYaml({ base: await tinyFamilyModel(join(dir, `${name}-base`), family, 1), experts, shared, gate: 'cheap_embed', topK });
+  writeFileSync(file, text);
+  const parsed = await readRecipe(file);
+  const models = recipeModelRefs(parsed, dir).map((m) => ({ key: m.key, ref: m.ref, dir: m.localDir!, source: 'local' as const, revision: null }));
+  const merge = await loadMergeContext(parsed, models, { modelBaseDir: dir, layout, allowIdenticalModels: true });
+  const plan = await runAssemble(merge, join(dir, `${name}-plan`), { maxShardBytes: 0 });
+  return { plan, parsed };
+}
+
+const elements = (plan: MergePlan) => plan.tensors.reduce((a, t) => a + t.shape.reduce((x, y) => x * y, 1), 0);
+
+test('DeepSeek card: front matter, experts table, recipe, and parameter counts from the plan', async () => {
+  const a = await tinyFamilyModel(join(dir, 'ds-a'), 'llama', 2);
+  const b = await tinyFamilyModel(join(dir, 'ds-b'), 'llama', 3);
+  const c = await tinyFamilyModel(join(dir, 'ds-c'), 'llama', 4);
+  const { plan, parsed } = await planOf('ds', 'llama', [{ model: a, prompts: ['math | sums'] }, { model: b, prompts: ['code'], negative: ['prose'] }, { model: c, prompts: ['poems'] }], [{ model: c, residual: 0.1 }], 2);
+  const card = modelCard({ plan, recipe: parsed.recipe, recipeText: parsed.text, gateMode: parsed.recipe.gate_mode });
+
+  const m = /^---\n([\s\S]*?)\n---\n/.exec(card);
+  assert.ok(m, 'front matter');
+  const front = parse(m[1]!);
+  assert.deepEqual(new Set(front.base_model), new Set(plan.models.map((x) => x.ref)));
+  assert.equal(front.base_model.length, 4);
+  assert.deepEqual(front.tags, ['moe', 'frankenmoe', 'merge', 'mergekit', 'moe-forge']);
+  assert.equal(front.library_name, 'transformers');
+
+  assert.match(card, /DeepSeek MoE/);
+  assert.match(card, /Experts: 3 routed, 2 per token, 1 shared/);
+  assert.match(card, /Gate mode: cheap_embed/);
+  assert.ok(card.includes(`| routed 0 | ${a} | "math \\| sums" | — |`), 'a pipe in a prompt is escaped');
+  assert.ok(card.includes(`| routed 1 | ${b} | "code" | "prose" |`));
+  assert.ok(card.includes(`| shared 0 | ${c} | — | — |`));
+  assert.ok(card.includes('```yaml\n' + parsed.text.replace(/\n$/, '') + '\n```\n'), 'the recipe itself');
+
+  const total = elements(plan);
+  const perExpert = L * 3 * I * H;
+  const active = total - (3 - 2) * perExpert; // one routed expert per layer is not used by a token
+  assert.match(card, new RegExp(`Total: ${total} \\(`));
+  assert.match(card, new RegExp(`Active per token: ${active} \\(`));
+  const counts = parameterCounts(plan, 2);
+  assert.deepEqual(counts, { total, activePerToken: active, routedExperts: 3 * perExpert, sharedExperts: perExpert, routers: L * 3 * H });
+});
+
+test('Qwen MoE and fused Qwen3 MoE counts: shared expert and its gate always active, fused stacks split per expert', async () => {
+  const a = await tinyFamilyModel(join(dir, 'q-a'), 'qwen2', 2);
+  const q = await planOf('q', 'qwen2', [{ model: a, prompts: ['x'] }, { model: a, prompts: ['y'] }], [{ model: a, prompts: ['z'] }], 1);
+  const qTotal = elements(q.plan);
+  const perExpert = L * 3 * I * H;
+  assert.deepEqual(parameterCounts(q.plan, 1), { total: qTotal, activePerToken: qTotal - perExpert, routedExperts: 2 * perExpert, sharedExperts: perExpert, routers: L * 3 * H });
+
+  const r = await tinyFamilyModel(join(dir, 'r-a'), 'qwen3', 2);
+  const f = await planOf('r', 'qwen3', [{ model: r, prompts: ['x'] }, { model: r, prompts: ['y'] }, { model: r, prompts: ['z'] }, { model: r, prompts: ['w'] }], undefined, 2, 'fused');
+  assert.ok(f.plan.tensors.some((t) => t.name.endsWith('mlp.experts.gate_up_proj')));
+  const fTotal = elements(f.plan);
+  assert.deepEqual(parameterCounts(f.plan, 2), { total: fTotal, activePerToken: fTotal - 2 * perExpert, routedExperts: 4 * perExpert, sharedExperts: 0, routers: L * 4 * H });
+  const card = modelCard({ plan: f.plan, recipe: f.parsed.recipe, recipeText: f.parsed.text, gateMode: 'cheap_embed' });
+  assert.match(card, /Qwen3 MoE/);
+  assert.match(card, /fused layout/);
+  assert.deepEqual(parse(/^---\n([\s\S]*?)\n---\n/.exec(card)![1]!).base_model.length, 2);
+});
+
+test('a recipe holding backticks gets a longer fence', async () => {
+  const a = await tinyFamilyModel(join(dir, 'bt-a'), 'llama', 2);
+  const b = await tinyFamilyModel(join(dir, 'bt-b'), 'llama', 3);
+  const { plan, parsed } = await planOf('bt', 'llama', [{ model: a, prompts: ['```code```'] }, { model: b, prompts: ['text'] }], undefined, 1);
+  const card = modelCard({ plan, recipe: parsed.recipe, recipeText: parsed.text, gateMode: 'cheap_embed' });
+  assert.ok(card.includes('````yaml\n' + parsed.text.replace(/\n$/, '') + '\n````\n'));
+});

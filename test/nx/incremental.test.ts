@@ -1,0 +1,122 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { cpSync, readFileSync, writeFileSync, existsSync } from 'node:fs';
+import { join } from 'node:path';
+import { run } from '../helpers/cli';
+import { FIXTURES } from '../helpers/tmp';
+import { addRecipe, nx, throwawayWorkspace } from '../helpers/workspace';
+
+const ws = throwawayWorkspace();
+cpSync(join(FIXTURES, 'tiny-llama'), join(ws, 'models'), { recursive: true });
+const base = `base_model: ../../models/tiny-a
+gate_mode: hidden
+dtype: float32
+experts:
+  - source_model: ../../models/tiny-a
+    positive_prompts: ["How do I merge two models with mergekit?", "Explain the configuration file format"]
+  - source_model: ../../models/tiny-b
+    positive_prompts: ["Write a python function that adds numbers"]
+    negative_prompts: ["The weather is nice today."]
+`;
+const shardOpts = (size: number) => ({ targets: { 'assemble-experts': { options: { outShardSize: size } } } });
+addRecipe(ws, 'm', base, shardOpts(300_000));
+
+type Stage = 'fetch' | 'embed-prompts' | 'build-gates' | 'assemble-experts' | 'write';
+interface Build {
+  ran: Record<Stage, 'run' | 'cache'>;
+  computed: number;
+  written: number;
+  kept: number;
+  skipped: boolean;
+}
+
+async function build(project = 'm', args: string[] = []): Promise<Build> {
+  const r = await nx(ws, ['run', `${project}:build`, ...args]);
+  assert.equal(r.exitCode, 0, r.stdout + r.stderr);
+  const ran = {} as Build['ran'];
+  for (const s of ['fetch', 'embed-prompts', 'build-gates', 'assemble-experts', 'write'] as Stage[]) {
+    const line = r.stdout.split('\n').find((l) => l.includes(`nx run ${project}:${s}`));
+    assert.ok(line, `${s} appears in the output`);
+    ran[s] = /\[(local|remote) cache\]|existing outputs match the cache/.test(line) ? 'cache' : 'run';
+  }
+  const m = /prompt states: (\d+) computed, (\d+) from cache/.exec(r.stdout);
+  const stats = JSON.parse(readFileSync(join(ws, 'dist', 'stages', project, 'write', 'stats.json'), 'utf8'));
+  return { ran, computed: ran['embed-prompts'] === 'run' ? Number(m![1]) : 0, written: stats.written, kept: stats.kept, skipped: stats.skipped };
+}
+
+const recipeFile = join(ws, 'workspace-models', 'm', 'moe.yml');
+const edit = (from: string, to: string) => writeFileSync(recipeFile, readFileSync(recipeFile, 'utf8').replace(from, to));
+
+test('the edit matrix: each edit recomputes only what it changes', async () => {
+  const cold = await build();
+  assert.equal(cold.computed, 4);
+  assert.ok(cold.written >= 3, `several shards written: ${cold.written}`);
+
+  const none = await build();
+  assert.deepEqual(none.ran, { fetch: 'run', 'embed-prompts': 'cache', 'build-gates': 'cache', 'assemble-experts': 'cache', write: 'run' });
+  assert.ok(none.skipped && none.written === 0, 'no-op build writes nothing');
+
+  edit('dtype: float32', 'dtype: bfloat16');
+  const dtype = await build();
+  assert.equal(dtype.computed, 0);
+  assert.equal(dtype.ran['assemble-experts'], 'run');
+  assert.ok(dtype.written > 0 && dtype.kept === 0, 'every shard changes dtype');
+
+  edit('"Write a python function that adds numbers"]', '"Write a python function that adds numbers", "Fix this failing unit test"]');
+  const prompt = await build();
+  assert.equal(prompt.computed, 1);
+  assert.equal(prompt.ran['build-gates'], 'run');
+  assert.ok(prompt.written >= 1 && prompt.kept >= 1, `only the router shard is rewritten: ${prompt.written} written, ${prompt.kept} kept`);
+
+  edit('  - source_model: ../../models/tiny-b', '  - source_model: ../../models/tiny-c');
+  const expert = await build();
+  assert.equal(expert.computed, 0);
+  assert.equal(expert.ran['build-gates'], 'run');
+  assert.ok(expert.written >= 1);
+
+  edit('base_model: ../../models/tiny-a', 'base_model: ../../models/tiny-b');
+  const rebased = await build();
+  assert.equal(rebased.computed, 5);
+
+  // Nx hashes every target of a project with its whole configuration, so this edit comes from the command line.
+  const shards = await build('m', ['--outShardSize=200000']);
+  assert.deepEqual([shards.ran['embed-prompts'], shards.ran['build-gates'], shards.ran['assemble-experts']], ['cache', 'cache', 'run']);
+  assert.ok(shards.written >= 1);
+  assert.ok(existsSync(join(ws, 'dist', 'models', 'm', 'model.safetensors.index.json')));
+});
+
+test('run-many over recipes sharing a base computes each (base, prompt) state once; affected lists only the edited recipe', async () => {
+  const shared = (p: string) => `base_model: ../../models/tiny-a
+gate_mode: hidden
+experts:
+  - source_model: ../../models/tiny-b
+    positive_prompts: ["A prompt both recipes share", "${p}"]
+  - source_model: ../../models/tiny-c
+    positive_prompts: ["Another shared prompt"]
+`;
+  addRecipe(ws, 'r1', shared('Only in r1'));
+  addRecipe(ws, 'r2', shared('Only in r2'));
+  const r = await nx(ws, ['run-many', '-t', 'build', '-p', 'r1', 'r2']);
+  assert.equal(r.exitCode, 0, r.stdout + r.stderr);
+  const counts = ['r1', 'r2'].map((p) => JSON.parse(readFileSync(join(ws, 'dist', 'stages', p, 'embed-prompts', 'stats.json'), 'utf8')).computed as number);
+  assert.equal(counts.reduce((a, b) => a + b, 0), 4, `4 distinct prompts computed once in all: ${counts}`);
+
+  const git = (args: string[]) => run('git', args, ws);
+  await git(['init', '-q', '-b', 'main']);
+  await git(['-c', 'user.email=t@t', '-c', 'user.name=t', 'add', '-A']);
+  await git(['-c', 'user.email=t@t', '-c', 'user.name=t', 'commit', '-qm', 'recipes']);
+  writeFileSync(join(ws, 'workspace-models', 'r2', 'moe.yml'), shared('Edited prompt'));
+  const a = await nx(ws, ['show', 'projects', '--affected', '--base=HEAD']);
+  assert.equal(a.exitCode, 0, a.stderr);
+  assert.deepEqual(a.stdout.trim().split('\n').filter(Boolean), ['r2']);
+});
+
+test('the recipe generator writes a commented recipe that builds as a project', async () => {
+  const r = await nx(ws, ['g', './tools/executors:recipe', 'gen-moe', '--base=../../models/tiny-a', '--experts=../../models/tiny-b,../../models/tiny-c', '--gateMode=cheap_embed']);
+  assert.equal(r.exitCode, 0, r.stdout + r.stderr);
+  const text = readFileSync(join(ws, 'workspace-models', 'gen-moe', 'moe.yml'), 'utf8');
+  assert.match(text, /# Routers: hidden/);
+  const b = await nx(ws, ['run', 'gen-moe:build']);
+  assert.equal(b.exitCode, 0, b.stdout + b.stderr);
+  assert.ok(existsSync(join(ws, 'dist', 'models', 'gen-moe', 'model.safetensors')));
+});

@@ -1,0 +1,61 @@
+import { formatFiles, type Tree } from '@nx/devkit';
+import { parseRecipeText } from '../../../libs/recipe/parse';
+import { checkRecipe } from '../../../libs/recipe/validate';
+
+export interface RecipeGeneratorOptions {
+  name: string;
+  base: string;
+  experts: string;
+  gateMode?: string;
+  dtype?: string;
+  expertsPerToken?: number;
+}
+
+const q = (s: string) => JSON.stringify(s);
+
+/** Writes workspace-models/<name>/moe.yml: a valid mergekit-moe recipe with each field explained. */
+export function recipeText(o: RecipeGeneratorOptions): string {
+  const experts = o.experts.split(',').map((e) => e.trim()).filter(Boolean);
+  const mode = o.gateMode ?? 'hidden';
+  const lines = [
+    '# Model paths are relative to this folder, or Hugging Face ids (org/name, org/name@revision).',
+    '# Base model: embeddings, attention, norms, lm_head and the tokenizer come from it.',
+    `base_model: ${q(o.base)}`,
+    '# Routers: hidden (last-token hidden states, the default), hidden_avg, hidden_last,',
+    '# cheap_embed (token embeddings), random or uniform_random (no prompts needed for random).',
+    `gate_mode: ${mode}`,
+    '# Output dtype: bfloat16, float16 or float32 (default: the base model\'s).',
+    `dtype: ${o.dtype ?? 'bfloat16'}`,
+    '# Experts active per token (top-k).',
+    `experts_per_token: ${o.expertsPerToken ?? 2}`,
+    '# Routed experts, in order; each contributes its MLP weights.',
+    'experts:',
+    ...experts.flatMap((e, i) => [
+      `  - source_model: ${q(e)}`,
+      '    # Prompts that should route to this expert (write a few that are typical of it).',
+      '    positive_prompts:',
+      `      - ${q(`Replace me: a prompt typical of expert ${i} (${e})`)}`,
+      '    # Optional: prompts that should not route here.',
+      '    # negative_prompts: []',
+      '    # Optional: Gaussian noise on this expert\'s MLP weights, and a scale on its output (down_proj).',
+      '    # noise_scale: 0.01',
+      '    # residual_scale: 1.0',
+    ]),
+    '# Optional: always-active experts (DeepSeek: one, ungated; Qwen MoE: exactly one, with prompts).',
+    '# shared_experts: []',
+    '# Optional: output architecture by name prefix (mixtral, deepseek, qwen, qwen3).',
+    '# architecture: mixtral',
+    '',
+  ];
+  return lines.join('\n');
+}
+
+export default async function recipeGenerator(tree: Tree, options: RecipeGeneratorOptions): Promise<void> {
+  const file = `workspace-models/${options.name}/moe.yml`;
+  if (tree.exists(file)) throw new Error(`${file} already exists`);
+  const text = recipeText(options);
+  // The generated recipe must pass our own checks (each expert gets distinct placeholder prompts).
+  checkRecipe(parseRecipeText(text, file), { allowIdenticalModels: true });
+  tree.write(file, text);
+  await formatFiles(tree);
+}
