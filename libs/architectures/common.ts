@@ -1,3 +1,4 @@
+import type { ModelConfig } from '../model-folder/config';
 import { ModelError } from '../errors';
 import type { PlanPart, PlanTensor, SourcePart } from '../plan/types';
 import type { ArchContext, ExpertSource, ModelSource } from './types';
@@ -120,4 +121,25 @@ export function baseConfigCopy(ctx: ArchContext): Record<string, unknown> {
 /** Python truthiness of a prompt list (the reference tests `if expert.positive_prompts`). */
 export function hasPrompts(list: string[] | null | undefined): boolean {
   return Array.isArray(list) && list.length > 0;
+}
+
+/** Constructor defaults shared by Qwen2MoeConfig and Qwen3MoeConfig (transformers 4.57), which save_pretrained writes. */
+export function qwenMoeDefaults(c: ModelConfig): Record<string, unknown> {
+  return {
+    hidden_act: 'silu',
+    max_position_embeddings: 32768,
+    initializer_range: 0.02,
+    rms_norm_eps: 1e-6,
+    use_cache: true,
+    tie_word_embeddings: false,
+    num_key_value_heads: c.numKvHeads,
+    // From the parsed config, so a transformers-5 base's rope_parameters are not lost to the class defaults.
+    rope_theta: c.ropeTheta,
+    rope_scaling: c.ropeScaling,
+    max_window_layers: 28,
+    attention_dropout: 0.0,
+    output_router_logits: false,
+    router_aux_loss_coef: 0.001,
+    mlp_only_layers: [],
+  };
 }

@@ -1,4 +1,4 @@
-import { configDtype, copied, copiedIfPresent, expertTensor, fillDefaults, baseConfigCopy, hasPrompts, modelTypeProblem, router, sortedKeys, zerosTensor, type MlpProj } from './common';
+import { configDtype, copied, copiedIfPresent, expertTensor, fillDefaults, baseConfigCopy, hasPrompts, modelTypeProblem, router, sortedKeys, zerosTensor, type MlpProj, qwenMoeDefaults } from './common';
 import type { PlanTensor } from '../plan/types';
 import type { ArchContext, OutputArchitecture } from './types';
 
@@ -37,21 +37,7 @@ export const qwen2Moe: OutputArchitecture = {
     const out = baseConfigCopy(ctx);
     // Qwen2MoeConfig (transformers 4.57) constructor defaults, which save_pretrained always writes.
     fillDefaults(out, {
-      hidden_act: 'silu',
-      max_position_embeddings: 32768,
-      initializer_range: 0.02,
-      rms_norm_eps: 1e-6,
-      use_cache: true,
-      tie_word_embeddings: false,
-      num_key_value_heads: c.numKvHeads,
-      // From the parsed config, so a transformers-5 base's rope_parameters are not lost to the class defaults.
-      rope_theta: c.ropeTheta,
-      rope_scaling: c.ropeScaling,
-      max_window_layers: 28,
-      attention_dropout: 0.0,
-      output_router_logits: false,
-      router_aux_loss_coef: 0.001,
-      mlp_only_layers: [],
+      ...qwenMoeDefaults(c),
       qkv_bias: true,
     });
     out.architectures = ['Qwen2MoeForCausalLM'];

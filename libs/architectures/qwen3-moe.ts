@@ -1,4 +1,4 @@
-import { baseConfigCopy, configDtype, copied, copiedIfPresent, expertTensor, fillDefaults, fusedExperts, modelTypeProblem, router, sortedKeys, type MlpProj } from './common';
+import { baseConfigCopy, configDtype, copied, copiedIfPresent, expertTensor, fillDefaults, fusedExperts, modelTypeProblem, router, sortedKeys, type MlpProj, qwenMoeDefaults } from './common';
 import type { PlanTensor } from '../plan/types';
 import type { OutputArchitecture } from './types';
 
@@ -22,23 +22,9 @@ export const qwen3Moe: OutputArchitecture = {
     const out = baseConfigCopy(ctx);
     // Qwen3MoeConfig (transformers 4.57) constructor defaults, which save_pretrained always writes.
     fillDefaults(out, {
-      hidden_act: 'silu',
-      max_position_embeddings: 32768,
-      initializer_range: 0.02,
-      rms_norm_eps: 1e-6,
-      use_cache: true,
-      tie_word_embeddings: false,
-      num_key_value_heads: c.numKvHeads,
-      // From the parsed config, so a transformers-5 base's rope_parameters are not lost to the class defaults.
-      rope_theta: c.ropeTheta,
-      rope_scaling: c.ropeScaling,
+      ...qwenMoeDefaults(c),
       attention_bias: false,
       use_sliding_window: false,
-      max_window_layers: 28,
-      attention_dropout: 0.0,
-      output_router_logits: false,
-      router_aux_loss_coef: 0.001,
-      mlp_only_layers: [],
     });
     // The class keeps sliding_window only when use_sliding_window is set; the reference does not override it.
     out.sliding_window = out.use_sliding_window === true ? (out.sliding_window ?? 4096) : null;
