@@ -78,6 +78,13 @@ test('the edit matrix: each edit recomputes only what it changes', async () => {
   const rebased = await build();
   assert.equal(rebased.computed, 5);
 
+  // The base's files change in place (same path): content ids, not paths, key every stage.
+  const cfgFile = join(ws, 'models', 'tiny-b', 'config.json');
+  writeFileSync(cfgFile, JSON.stringify({ ...JSON.parse(readFileSync(cfgFile, 'utf8')), note: 'retrained' }));
+  const changed = await build();
+  assert.equal(changed.ran['embed-prompts'], 'run');
+  assert.equal(changed.computed, 5);
+
   // Nx hashes every target of a project with its whole configuration, so this edit comes from the command line.
   const shards = await build('m', ['--outShardSize=200000']);
   assert.deepEqual([shards.ran['embed-prompts'], shards.ran['build-gates'], shards.ran['assemble-experts']], ['cache', 'cache', 'run']);

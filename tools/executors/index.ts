@@ -27,7 +27,8 @@ export function recipeTargets(projectRoot: string, projectName: string): Record<
       // drawn there); the earlier stages ignore them so that, e.g., a new seed or shard size keeps their cache.
       dependsOn: prev ? [{ target: prev, params: stage === 'write' ? 'forward' : 'ignore' }] : [],
       cache: stage !== 'fetch' && stage !== 'write',
-      inputs: ['recipe', 'forgeCode', ...(prev ? [{ dependentTasksOutputFiles: '**/*.json', transitive: true }] : [])],
+      // Upstream results, not their run statistics (stats.json), so a cache hit upstream keeps this stage cached.
+      inputs: ['recipe', 'forgeCode', ...(prev ? [{ dependentTasksOutputFiles: '**/{models,prompt-states,gates,plan}.json', transitive: true }] : [])],
       outputs: stage === 'write' ? [] : [stageDir(stage)],
       metadata: { description: DESCRIPTIONS[stage] },
     };
