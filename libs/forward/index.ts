@@ -5,3 +5,4 @@ export type { Device } from './backend';
 export { ropeInvFreq, ropeTables, attentionMask } from './rope';
 export { buildLayerModel, planLayerTensors } from './layer-graph';
 export { encodeModel } from './onnx-proto';
+export { computePromptStatesIsolated, computePadStatesIsolated } from './isolated';

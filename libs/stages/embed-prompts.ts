@@ -9,7 +9,7 @@ import type { ModelSource } from '../architectures/types';
 import type { MergeContext } from './context';
 import { ContentCache, withLock } from '../cache';
 import { contentId } from '../resolve/content-id';
-import { availableBackends, computePadStates, computePromptStates, type Device } from '../forward';
+import { availableBackends, computePadStatesIsolated as computePadStates, computePromptStatesIsolated as computePromptStates, type Device } from '../forward';
 import { decodeLayers, encodeLayers, encodeState, getPromptState, padStateKey, promptStateKey, type CachedPromptState } from '../prompt-cache';
 import type { Progress } from './progress';
 

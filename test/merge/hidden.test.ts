@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { readFileSync, writeFileSync, readdirSync, statSync } from 'node:fs';
+import { readFileSync, writeFileSync, readdirSync, statSync, existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { mergeRecipe } from '../../libs/stages/merge';
 import { SafetensorsWeights, readTensorBytes, decodeFloats } from '../../libs/safetensors';
@@ -111,4 +111,18 @@ test('prompt states are cached by content: unchanged → 0 computed, one prompt 
   const again2 = await merge(recipe, join(tempDir(), 'o'), cache);
   assert.deepEqual([again2.computed, again2.cached], [0, 6]);
   await assertMatchesManifest(out, manifest('mixtral-hidden.classic.manifest.json'), 3e-3);
+});
+
+test('the forward pass runs in a child process and its errors reach the merge with their message', async () => {
+  const d = tempDir();
+  const file = join(d, 'moe.yml');
+  writeFileSync(file, readFileSync(join(PARITY, 'mixtral-hidden.yml'), 'utf8').replace(/\.\.\/tiny-llama/g, join(FIXTURES, 'tiny-llama')));
+  const out = join(d, 'out');
+  await assert.rejects(mergeRecipe({ recipeFile: file, outPath: out, modelBaseDir: d, cacheDir: tempDir(), device: 'cuda' }), (e: Error) => {
+    assert.match(e.message, /cuda/i);
+    assert.match(e.message, /cpu/);
+    assert.match(e.message, /ONNXRUNTIME_NODE_INSTALL/);
+    return true;
+  });
+  assert.ok(!existsSync(out));
 });

@@ -1,0 +1,52 @@
+import { fork } from 'node:child_process';
+import { join } from 'node:path';
+import { pathToFileURL } from 'node:url';
+import { ForgeError, ModelError } from '../errors';
+import type { ForwardOptions, ForwardProgress, LayerState } from './run';
+
+/**
+ * The forward pass in a child process: onnxruntime's native memory goes back to the OS when it exits, and
+ * a native crash becomes an error for this merge instead of killing the build.
+ */
+function runIsolated<T>(request: Record<string, unknown>, onProgress?: (p: ForwardProgress) => void): Promise<T> {
+  return new Promise((resolve, reject) => {
+    const child = fork(join(__dirname, 'worker-main.ts'), [], {
+      execArgv: ['--import', pathToFileURL(require.resolve('tsx')).href],
+      serialization: 'advanced',
+      stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+    });
+    let settled = false;
+    const done = (fn: () => void) => {
+      if (!settled) {
+        settled = true;
+        fn();
+      }
+    };
+    child.on('message', (m: { kind: string; progress?: ForwardProgress; result?: T; error?: { message: string; code?: string; place?: object; name: string } }) => {
+      if (m.kind === 'progress') onProgress?.(m.progress!);
+      else if (m.kind === 'result') done(() => resolve(m.result as T));
+      else if (m.kind === 'error') {
+        const e = m.error!;
+        // Forge errors keep their message (which already names file and tensor); others stay internal errors.
+        done(() => reject(e.name === 'ForgeError' || e.code ? Object.assign(new ForgeError(e.code ?? 'forward_failed', ''), { message: e.message }) : new Error(e.message)));
+      }
+    });
+    child.on('error', (e) => done(() => reject(e)));
+    child.on('exit', (code, signal) => {
+      done(() => reject(new ModelError('forward_crashed', `the forward pass process ended without a result (${signal ? `signal ${signal}` : `exit code ${code}`}); this is a crash in onnxruntime or out of memory`)));
+    });
+    child.send(request);
+  });
+}
+
+type Opts = Omit<ForwardOptions, 'onProgress'> & { onProgress?: (p: ForwardProgress) => void };
+
+export function computePromptStatesIsolated(modelDir: string, prompts: number[][], opts: Opts = {}): Promise<LayerState[][]> {
+  const { onProgress, ...options } = opts;
+  return runIsolated({ kind: 'prompts', modelDir, prompts, options }, onProgress);
+}
+
+export function computePadStatesIsolated(modelDir: string, padTokenId: number, opts: Opts = {}): Promise<Float32Array[]> {
+  const { onProgress, ...options } = opts;
+  return runIsolated({ kind: 'pad', modelDir, padTokenId, options }, onProgress);
+}
