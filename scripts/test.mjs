@@ -2,6 +2,8 @@
 import { readdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { spawnSync } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 
 function collect(dir, out) {
   for (const name of readdirSync(dir).sort()) {
@@ -14,5 +16,8 @@ function collect(dir, out) {
 const filter = process.argv.slice(2);
 let files = collect('test', []);
 if (filter.length) files = files.filter((f) => filter.some((s) => f.includes(s)));
-const r = spawnSync(process.execPath, ['--import', 'tsx', '--test', '--test-concurrency=2', ...files], { stdio: 'inherit' });
+// Tests never write to the user's cache: one throwaway cache for the run (tests that count use their own).
+const cache = mkdtempSync(join(tmpdir(), 'moe-forge-test-cache-'));
+const r = spawnSync(process.execPath, ['--import', 'tsx', '--test', '--test-concurrency=2', ...files], { stdio: 'inherit', env: { ...process.env, MOE_FORGE_CACHE: cache } });
+rmSync(cache, { recursive: true, force: true });
 process.exit(r.status ?? 1);

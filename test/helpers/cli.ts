@@ -1,5 +1,10 @@
 import { join } from 'node:path';
+import { mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { ROOT } from './tmp';
+
+// Keep the command's caches out of the user's home during tests.
+const testCache = mkdtempSync(join(tmpdir(), 'moe-forge-cli-cache-'));
 
 // execa is ESM-only and its dependencies export no CommonJS entry: load it with a real dynamic import.
 const execaModule = import('execa');
@@ -12,5 +17,5 @@ export async function run(cmd: string, args: string[], cwd: string, env: Record<
 
 /** The real `mergekit-moe` command. */
 export async function mergekitMoe(args: string[], cwd: string, env: Record<string, string | undefined> = {}) {
-  return run(process.execPath, [join(ROOT, 'bin', 'mergekit-moe.js'), ...args], cwd, env);
+  return run(process.execPath, [join(ROOT, 'bin', 'mergekit-moe.js'), ...args], cwd, { MOE_FORGE_CACHE: testCache, ...env });
 }

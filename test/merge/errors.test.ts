@@ -26,7 +26,7 @@ async function failsWith(text: string, re: RegExp) {
   const f = join(dir, `r${n++}.yml`);
   writeFileSync(f, text);
   const out = join(dir, `out${n}`);
-  await assert.rejects(mergeRecipe({ recipeFile: f, outPath: out, modelBaseDir: dir }), (e: Error) => {
+  await assert.rejects(mergeRecipe({ recipeFile: f, outPath: out, modelBaseDir: dir, cacheDir: join(dir, 'cache') }), (e: Error) => {
     assert.match(e.message, re);
     return true;
   });
