@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import * as ort from 'onnxruntime-node';
 import { computePromptStates, encodeModel, type ForwardProgress } from '../libs/forward';
 import { OnnxDtype, type OnnxNode, type OnnxTensor } from '../libs/forward/onnx-proto';
-import { writeTinyModel, type TinyModelSpec } from '../test/helpers/forward-models';
+import { writeTinyModel, type TinyModelSpec } from './models';
 
 const SPEC: TinyModelSpec = { modelType: 'llama', hidden: 1024, layers: 8, heads: 16, kvHeads: 4, intermediate: 2816, vocab: 2000, dtype: 'BF16', seed: 7 };
 const PROMPTS = 24;

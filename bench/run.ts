@@ -1,0 +1,339 @@
+/**
+ * `npm run bench`: every figure beside a baseline measured in the same run, printed as one table and written
+ * to bench/out/results.json. Generated models and workspaces live in one temporary folder, removed at the end.
+ *
+ *   write     write-stage throughput and peak RSS on a generated ≥ 2 GB merge, against a plain stream copy
+ *   nx        a hidden-mode Nx build: cold, one prompt added, no-op, against forward + write + Nx overhead
+ *   many      `nx run-many -t build` over 20 recipes sharing a base, against 20 × one recipe's cold build
+ *   forward   the forward pass against plain onnxruntime Gemms (bench/forward.ts)
+ *
+ * `npm run bench -- write nx` runs only the named sections.
+ */
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { cpus, freemem, loadavg, totalmem, tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { readRecipe } from '../libs/recipe/parse';
+import { runFetch } from '../libs/stages/fetch';
+import { runEmbedPrompts } from '../libs/stages/embed-prompts';
+import { gatesForAssembly, runBuildGates } from '../libs/stages/build-gates';
+import { runAssemble } from '../libs/stages/assemble';
+import { DEFAULT_SHARD_BYTES } from '../libs/stages/merge';
+import { computePromptStates } from '../libs/forward';
+import { loadTokenizer } from '../libs/tokenizer';
+import { benchForward } from './forward';
+import { writeFastModel, type TinyModelSpec } from './models';
+import { ROOT, addRecipe, nx, nxProfiled, throwawayWorkspace, timed, type TaskTiming } from './workspace';
+import type { ChildResult } from './write-child';
+
+type Spec = Omit<TinyModelSpec, 'dtype' | 'seed'>;
+
+/** ~1.34 GB dense bf16 (with lm_head); its 2-expert Mixtral is ~2.2 GB. */
+const BIG: Spec = { modelType: 'llama', hidden: 2048, layers: 12, heads: 16, kvHeads: 4, intermediate: 5632, vocab: 32000 };
+/** The forward benchmark's shape (~190 MB bf16): prompts cost real forward time. */
+const MEDIUM: Spec = { modelType: 'llama', hidden: 1024, layers: 8, heads: 16, kvHeads: 4, intermediate: 2816, vocab: 2000 };
+/** ~6 MB: 20 outputs fit anywhere. */
+const SMALL: Spec = { modelType: 'llama', hidden: 256, layers: 4, heads: 4, kvHeads: 2, intermediate: 688, vocab: 512 };
+const RECIPES = 20;
+
+interface Row {
+  section: string;
+  measure: string;
+  value: number;
+  unit: string;
+  baseline: number | null;
+  baselineLabel: string;
+  /** value / baseline */
+  ratio: number | null;
+  goal: string;
+  met?: boolean;
+}
+
+const rows: Row[] = [];
+/** What each figure times, printed under the table. */
+const notes: string[] = [];
+const details: Record<string, unknown> = {};
+const log = (s: string) => process.stderr.write(`[bench] ${s}\n`);
+const r2 = (x: number, d = 2) => +x.toFixed(d);
+
+function row(r: Omit<Row, 'ratio'> & { ratio?: number | null }): void {
+  rows.push({ ...r, value: r2(r.value, 3), baseline: r.baseline === null ? null : r2(r.baseline, 3), ratio: r.ratio !== undefined ? r.ratio : r.baseline ? r2(r.value / r.baseline, 3) : null });
+}
+
+// ---------------------------------------------------------------------------------------------- helpers
+
+/** fetch → embed-prompts → build-gates → assemble-experts with the stage functions; returns the plan folder. */
+async function planStages(recipeFile: string, work: string, cacheDir: string): Promise<{ assembleDir: string; seconds: number }> {
+  const t0 = performance.now();
+  const parsed = await readRecipe(recipeFile);
+  const { merge } = await runFetch(parsed, join(work, 'fetch'), { cacheDir, modelBaseDir: dirname(recipeFile), allowIdenticalModels: true, seed: 0 });
+  await runEmbedPrompts(merge, join(work, 'embed-prompts'), { cacheDir });
+  await runBuildGates(merge, join(work, 'embed-prompts'), join(work, 'build-gates'));
+  const { gates, warnings } = await gatesForAssembly(merge, join(work, 'build-gates'));
+  const assembleDir = join(work, 'assemble-experts');
+  await runAssemble(merge, assembleDir, { maxShardBytes: DEFAULT_SHARD_BYTES, extraWarnings: warnings, gates });
+  return { assembleDir, seconds: (performance.now() - t0) / 1000 };
+}
+
+/** bench/write-child.ts in a fresh process: its JSON line. */
+async function child(args: string[]): Promise<ChildResult> {
+  const r = await timed(process.execPath, ['--import', 'tsx', join(__dirname, 'write-child.ts'), ...args]);
+  if (r.code !== 0) throw new Error(`write-child ${args[0]} failed (${r.code}):\n${r.stdout}\n${r.stderr}`);
+  return JSON.parse(r.stdout.trim().split('\n').pop()!) as ChildResult;
+}
+
+/** Seconds inside tasks (the build's targets run one after another, so their sum is the time spent in them). */
+const taskSeconds = (tasks: TaskTiming[]) => tasks.reduce((a, t) => a + t.seconds, 0);
+const taskSummary = (tasks: TaskTiming[]) => tasks.map((t) => `${t.target} ${t.seconds.toFixed(2)}${/cache/.test(t.status) ? ' (cache)' : ''}`).join(', ');
+
+const mbps = (c: ChildResult) => c.bytes / 1e6 / c.seconds;
+const mib = (kib: number) => kib / 1024;
+
+// ---------------------------------------------------------------------------------------------- sections
+
+async function benchWrite(tmp: string): Promise<void> {
+  const dir = join(tmp, 'write');
+  const model = join(dir, 'dense');
+  const tg = performance.now();
+  const { bytes: inBytes } = await writeFastModel(model, BIG);
+  log(`generated ${(inBytes / 1e9).toFixed(2)} GB dense bf16 model in ${((performance.now() - tg) / 1000).toFixed(1)} s`);
+  const recipe = (dtype: string | null) => `base_model: ${model}
+gate_mode: random
+${dtype ? `dtype: ${dtype}\n` : ''}experts:
+  - source_model: ${model}
+  - source_model: ${model}
+`;
+  const cacheDir = join(dir, 'cache');
+  const plans: Record<string, { assembleDir: string; recipeFile: string }> = {};
+  for (const [key, dtype] of [['bf16', null], ['fp16', 'float16']] as const) {
+    const recipeFile = join(dir, `${key}.yml`);
+    writeFileSync(recipeFile, recipe(dtype));
+    const p = await planStages(recipeFile, join(dir, `stages-${key}`), cacheDir);
+    plans[key] = { assembleDir: p.assembleDir, recipeFile };
+    log(`planned ${key} (fetch..assemble-experts, not timed in the figures) in ${p.seconds.toFixed(1)} s`);
+  }
+  const out = join(dir, 'out');
+  const copyOut = join(dir, 'copy.bin');
+  const copies: ChildResult[] = [];
+  const writes: Record<string, ChildResult[]> = { bf16: [], fp16: [] };
+  // The first large write after generating the model runs slow whatever it is (fresh disk blocks, writeback):
+  // an untimed warm-up copy takes that hit, then baseline and write alternate; best time of the rounds.
+  const warmup = await child(['copy', plans.bf16!.assembleDir, copyOut]);
+  rmSync(copyOut, { force: true });
+  log(`warm-up copy (not counted): ${warmup.seconds.toFixed(2)} s = ${mbps(warmup).toFixed(0)} MB/s`);
+  const schedule: ('copy' | 'bf16' | 'fp16')[] = ['copy', 'bf16', 'copy', 'bf16', 'copy', 'bf16', 'fp16'];
+  for (const what of schedule) {
+    let c: ChildResult;
+    if (what === 'copy') {
+      c = await child(['copy', plans.bf16!.assembleDir, copyOut]);
+      copies.push(c);
+      rmSync(copyOut, { force: true });
+    } else {
+      c = await child(['write', plans[what]!.assembleDir, plans[what]!.recipeFile, out]);
+      writes[what]!.push(c);
+      rmSync(out, { recursive: true, force: true });
+    }
+    log(`${what}: ${(c.bytes / 1e9).toFixed(2)} GB in ${c.seconds.toFixed(2)} s = ${mbps(c).toFixed(0)} MB/s, peak RSS ${mib(c.peakRssKiB).toFixed(0)} MiB (maxRSS ${mib(c.maxRssKiB).toFixed(0)} MiB)`);
+  }
+  const best = (xs: ChildResult[]) => xs.reduce((a, b) => (b.seconds < a.seconds ? b : a));
+  const maxRss = (xs: ChildResult[]) => Math.max(...xs.map((x) => x.peakRssKiB));
+  const copy = best(copies);
+  const bf16 = best(writes.bf16!), fp16 = best(writes.fp16!);
+  const copyLabel = 'stream copy + fsync, MB/s';
+  const rBf16 = mbps(bf16) / mbps(copy);
+  row({ section: 'write', measure: `write bf16→bf16 (runWrite), ${(bf16.bytes / 1e9).toFixed(2)} GB, MB/s`, value: mbps(bf16), unit: 'MB/s', baseline: mbps(copy), baselineLabel: copyLabel, goal: '≥ 0.8', met: rBf16 >= 0.8 });
+  row({ section: 'write', measure: `write bf16→fp16 (runWrite), ${(fp16.bytes / 1e9).toFixed(2)} GB, MB/s`, value: mbps(fp16), unit: 'MB/s', baseline: mbps(copy), baselineLabel: copyLabel, goal: 'info' });
+  row({ section: 'write', measure: 'write bf16→bf16 peak RSS (child VmHWM), MiB', value: mib(maxRss(writes.bf16!)), unit: 'MiB', baseline: mib(maxRss(copies)), baselineLabel: 'stream copy child, MiB', goal: '< 256 MiB', met: mib(maxRss(writes.bf16!)) < 256 });
+  row({ section: 'write', measure: 'write bf16→fp16 peak RSS (child VmHWM), MiB', value: mib(maxRss(writes.fp16!)), unit: 'MiB', baseline: mib(maxRss(copies)), baselineLabel: 'stream copy child, MiB', goal: '< 256 MiB', met: mib(maxRss(writes.fp16!)) < 256 });
+  notes.push(`write: runWrite only, in a child process (plan and gates read first; fetch..assemble-experts run before, untimed); best of ${copies.length} runs; the baseline pipes the plan's source byte ranges through createReadStream → createWriteStream into one file, then fsyncs (the writer fsyncs each shard); RSS: the child's own peak (VmHWM; its resourceUsage().maxRSS, kept in the JSON, includes this parent's RSS copied at fork), both children load the same tsx runtime.`);
+  details.write = {
+    model: { ...BIG, dtype: 'bf16', bytes: inBytes },
+    recipe: 'gate_mode: random, 2 experts = the same model (allowIdenticalModels), one output shard',
+    timed: 'runWrite only (plan and gates read before the clock starts), in a child process; baseline: a plain createReadStream → createWriteStream pipeline of the plan\'s source byte ranges in plan order into one file, then fsync (the writer syncs each shard)',
+    warmup,
+    copies,
+    writes,
+  };
+  rmSync(dir, { recursive: true, force: true });
+}
+
+const TOPICS = ['python', 'rust', 'sql', 'poetry', 'history', 'algebra', 'biology', 'cooking', 'travel', 'law', 'music', 'physics', 'chess', 'finance', 'medicine', 'geology'];
+const prompt = (topic: string, i: number) => `Question ${i} about ${topic}: explain the main idea to a curious beginner, step by step.`;
+
+function hiddenRecipe(models: string, experts: string[][]): string {
+  const names = ['a', 'b', 'c'];
+  return `base_model: ${models}/a
+gate_mode: hidden
+experts:
+${experts.map((ps, e) => `  - source_model: ${models}/${names[e % 3]}\n    positive_prompts:\n${ps.map((p) => `      - "${p}"`).join('\n')}`).join('\n')}
+`;
+}
+
+async function benchNx(tmp: string): Promise<void> {
+  const ws = throwawayWorkspace(join(tmp, 'ws-hidden'));
+  for (const m of ['a', 'b', 'c']) await writeFastModel(join(ws, 'models', m), MEDIUM);
+  const experts = [0, 1, 2].map((e) => [0, 1, 2, 3].map((i) => prompt(TOPICS[e]!, i)));
+  const recipeFile = addRecipe(ws, 'm', hiddenRecipe('../../models', experts));
+  const showCold = await nx(ws, ['show', 'projects']);
+  log(`nx show projects (first, builds the project graph): ${showCold.seconds.toFixed(2)} s`);
+
+  const cold = await nxProfiled(ws, ['run', 'm:build']);
+  log(`cold build: ${cold.seconds.toFixed(2)} s; tasks: ${taskSummary(cold.tasks)}`);
+  const added = prompt(TOPICS[0]!, 99);
+  writeFileSync(recipeFile, hiddenRecipe('../../models', [[...experts[0]!, added], experts[1]!, experts[2]!]));
+  const plus = await nxProfiled(ws, ['run', 'm:build']);
+  const plusStats = JSON.parse(readFileSync(join(ws, 'dist', 'stages', 'm', 'embed-prompts', 'stats.json'), 'utf8'));
+  log(`one prompt added: ${plus.seconds.toFixed(2)} s (${plusStats.computed} computed); tasks: ${taskSummary(plus.tasks)}`);
+  const noop = await nxProfiled(ws, ['run', 'm:build']);
+  const noopWrite = JSON.parse(readFileSync(join(ws, 'dist', 'stages', 'm', 'write', 'stats.json'), 'utf8'));
+  log(`no-op build: ${noop.seconds.toFixed(2)} s (write skipped: ${noopWrite.skipped}); tasks: ${taskSummary(noop.tasks)}`);
+  const shows: number[] = [];
+  for (let i = 0; i < 2; i++) shows.push((await nx(ws, ['show', 'projects'])).seconds);
+  const show = Math.min(...shows);
+  log(`nx show projects (warm): ${show.toFixed(2)} s`);
+
+  // Baselines: the added prompt's forward pass alone, and the write of this plan alone.
+  const tok = await loadTokenizer(join(ws, 'models', 'a'));
+  const ids = tok.encodePrompt(added);
+  const fwds: number[] = [];
+  for (let i = 0; i < 2; i++) {
+    const t0 = performance.now();
+    await computePromptStates(join(ws, 'models', 'a'), [ids]);
+    fwds.push((performance.now() - t0) / 1000);
+  }
+  const fwd = Math.min(...fwds);
+  const out = join(tmp, 'hidden-out');
+  const write = await child(['write', join(ws, 'dist', 'stages', 'm', 'assemble-experts'), recipeFile, out]);
+  rmSync(out, { recursive: true, force: true });
+  log(`baselines: forward of one prompt (${ids.length} tokens) ${fwd.toFixed(2)} s, write ${write.seconds.toFixed(2)} s (${(write.bytes / 1e6).toFixed(0)} MB)`);
+
+  const expected = fwd + write.seconds;
+  row({ section: 'nx', measure: 'nx cold build (hidden, 3 experts × 4 prompts), s', value: cold.seconds, unit: 's', baseline: null, baselineLabel: '', goal: 'info' });
+  row({ section: 'nx', measure: 'nx build after adding 1 prompt, s', value: plus.seconds, unit: 's', baseline: expected, baselineLabel: `forward 1 prompt ${fwd.toFixed(2)} s + write ${write.seconds.toFixed(2)} s`, goal: `≈ 1 (+ Nx ${show.toFixed(1)} s)`, met: plus.seconds <= expected + show + 1 });
+  row({ section: 'nx', measure: '  of which inside the stage tasks (NX_PROFILE), s', value: taskSeconds(plus.tasks), unit: 's', baseline: expected, baselineLabel: 'forward 1 prompt + write', goal: 'info' });
+  row({ section: 'nx', measure: 'nx no-op build, s', value: noop.seconds, unit: 's', baseline: show, baselineLabel: 'bare `nx show projects`, s', goal: '< 2 s', met: noop.seconds < 2 });
+  row({ section: 'nx', measure: '  of which inside the stage tasks (NX_PROFILE), s', value: taskSeconds(noop.tasks), unit: 's', baseline: show, baselineLabel: 'bare `nx show projects`, s', goal: 'info' });
+  row({ section: 'nx', measure: 'forward pass, 1 prompt, s', value: fwd, unit: 's', baseline: null, baselineLabel: `${ids.length} tokens, in process`, goal: 'baseline' });
+  row({ section: 'nx', measure: `write stage alone, ${(write.bytes / 1e6).toFixed(0)} MB, s`, value: write.seconds, unit: 's', baseline: null, baselineLabel: 'runWrite in a child process', goal: 'baseline' });
+  row({ section: 'nx', measure: 'bare `nx show projects` (Nx overhead), s', value: show, unit: 's', baseline: null, baselineLabel: `first call ${showCold.seconds.toFixed(2)} s`, goal: 'baseline' });
+  notes.push('nx: wall time of `nx run m:build` as a subprocess (NX_DAEMON=false, CI=true); "inside the stage tasks" is the sum of the tasks\' durations from NX_PROFILE, the rest is Nx startup, graph and hashing; forward: computePromptStates of the added prompt alone (best of 2); write: runWrite of the same plan in a child process.');
+  details.nx = {
+    model: { ...MEDIUM, dtype: 'bf16' },
+    prompts: experts.flat().length,
+    coldSeconds: cold.seconds,
+    coldTasks: cold.tasks,
+    plusOnePromptTasks: plus.tasks,
+    noopTasks: noop.tasks,
+    plusOnePromptSeconds: plus.seconds,
+    plusOnePromptComputed: plusStats.computed,
+    noopSeconds: noop.seconds,
+    noopWriteSkipped: noopWrite.skipped,
+    showProjectsSeconds: shows,
+    showProjectsFirstSeconds: showCold.seconds,
+    forwardOnePromptSeconds: fwds,
+    forwardOnePromptTokens: ids.length,
+    write,
+  };
+  rmSync(ws, { recursive: true, force: true });
+}
+
+async function benchMany(tmp: string): Promise<void> {
+  const models = join(tmp, 'small-models');
+  for (const m of ['a', 'b', 'c']) await writeFastModel(join(models, m), SMALL);
+  const shared = [prompt('python', 0), prompt('poetry', 0), prompt('history', 0)];
+  const recipe = (own: string) => hiddenRecipe(models, [[shared[0]!, shared[1]!, prompt(own, 1)], [shared[2]!, prompt(own, 2)]]);
+
+  const one = throwawayWorkspace(join(tmp, 'ws-one'));
+  addRecipe(one, 'solo', recipe('solo'));
+  const single = await nxProfiled(one, ['run', 'solo:build']);
+  log(`one recipe, cold: ${single.seconds.toFixed(2)} s; tasks: ${taskSummary(single.tasks)}`);
+  rmSync(one, { recursive: true, force: true });
+
+  const many = throwawayWorkspace(join(tmp, 'ws-many'));
+  const names = Array.from({ length: RECIPES }, (_, i) => `r${String(i).padStart(2, '0')}`);
+  for (const n of names) addRecipe(many, n, recipe(n));
+  const all = await nxProfiled(many, ['run-many', '-t', 'build']);
+  const byTarget: Record<string, number> = {};
+  for (const t of all.tasks) byTarget[t.target] = r2((byTarget[t.target] ?? 0) + t.seconds);
+  log(`run-many over ${RECIPES} recipes: ${all.seconds.toFixed(2)} s; task seconds by target: ${JSON.stringify(byTarget)}`);
+  let computed = 0, fromCache = 0;
+  for (const n of names) {
+    const s = JSON.parse(readFileSync(join(many, 'dist', 'stages', n, 'embed-prompts', 'stats.json'), 'utf8'));
+    computed += s.computed;
+    fromCache += s.fromCache;
+  }
+  const distinct = new Set(names.flatMap((n) => [...shared, prompt(n, 1), prompt(n, 2)])).size;
+  row({ section: 'many', measure: `nx run-many -t build, ${RECIPES} recipes sharing a base, s`, value: all.seconds, unit: 's', baseline: RECIPES * single.seconds, baselineLabel: `${RECIPES} × one recipe's cold build (${single.seconds.toFixed(2)} s)`, goal: '< 1' });
+  rows[rows.length - 1]!.met = all.seconds < RECIPES * single.seconds;
+  row({ section: 'many', measure: 'prompt states computed over the run-many', value: computed, unit: 'states', baseline: distinct, baselineLabel: `distinct prompts (${fromCache} read from cache)`, goal: '= 1', met: computed === distinct });
+  notes.push(`many: wall time of \`nx run-many -t build\` (parallel ${JSON.parse(readFileSync(join(ROOT, 'nx.json'), 'utf8')).parallel}) in a fresh workspace; baseline: one recipe of the same shape built cold in its own fresh workspace, times ${RECIPES}; states: the sum of dist/stages/*/embed-prompts/stats.json "computed".`);
+  details.many = { model: { ...SMALL, dtype: 'bf16' }, recipes: RECIPES, singleColdSeconds: single.seconds, runManySeconds: all.seconds, singleTasks: single.tasks, runManyTaskSecondsByTarget: byTarget, computed, fromCache, distinct, parallel: JSON.parse(readFileSync(join(ROOT, 'nx.json'), 'utf8')).parallel };
+  rmSync(many, { recursive: true, force: true });
+  rmSync(models, { recursive: true, force: true });
+}
+
+async function benchForwardSection(): Promise<void> {
+  const f = (await benchForward()) as Record<string, number>;
+  row({ section: 'forward', measure: `forward pass tokens/s (${f.prompts}, ${f.threads} threads)`, value: f.tokensPerSecond!, unit: 'tok/s', baseline: null, baselineLabel: `${f.gflopsOverall} GFLOP/s`, goal: 'info' });
+  row({ section: 'forward', measure: 'forward pass GFLOP/s vs plain ORT Gemm, overall', value: f.gflopsOverall!, unit: 'GFLOP/s', baseline: f.gflopsGemmBaseline!, baselineLabel: 'ORT Gemm, same shapes, GFLOP/s', goal: 'fraction' });
+  row({ section: 'forward', measure: 'forward pass GFLOP/s vs plain ORT Gemm, steady state', value: f.gflopsSteady!, unit: 'GFLOP/s', baseline: f.gflopsGemmBaseline!, baselineLabel: 'ORT Gemm, same shapes, GFLOP/s', goal: 'fraction' });
+  notes.push('forward: benchForward() (bench/forward.ts): computePromptStates over 24 × 64 tokens, best of 2, against the same projections as plain ORT Gemms (best of 3), same process.');
+  details.forward = f;
+}
+
+// ---------------------------------------------------------------------------------------------- table
+
+function table(): string {
+  const fmt = (x: number | null) => (x === null ? '' : Number.isInteger(x) ? String(x) : Math.abs(x) >= 100 ? x.toFixed(0) : Math.abs(x) >= 10 ? x.toFixed(1) : x.toFixed(2));
+  const lines = rows.map((r) => [
+    r.measure,
+    fmt(r.value),
+    r.baseline === null ? r.baselineLabel : `${fmt(r.baseline)}  (${r.baselineLabel})`,
+    [r.ratio === null ? '' : r.ratio.toFixed(2), r.goal, r.met === undefined ? '' : r.met ? 'ok' : 'MISSED'].filter(Boolean).join('  '),
+  ]);
+  const head = ['measure', 'value', 'baseline', 'ratio / goal'];
+  const widths = head.map((h, i) => Math.max(h.length, ...lines.map((l) => l[i]!.length)));
+  const line = (cells: string[]) => cells.map((c, i) => (i === 1 ? c.padStart(widths[i]!) : c.padEnd(widths[i]!))).join(' | ').trimEnd();
+  return [line(head), widths.map((w) => '-'.repeat(w)).join('-|-'), ...lines.map(line)].join('\n');
+}
+
+async function main(): Promise<void> {
+  const all = ['forward', 'write', 'nx', 'many'];
+  const chosen = process.argv.slice(2).filter((a) => all.includes(a));
+  const sections = chosen.length ? chosen : all;
+  const t0 = performance.now();
+  const tmp = mkdtempSync(join(tmpdir(), 'moe-forge-bench-'));
+  const cleanup = () => rmSync(tmp, { recursive: true, force: true });
+  process.once('SIGINT', () => {
+    cleanup();
+    process.exit(130);
+  });
+  try {
+    for (const s of sections) {
+      const ts = performance.now();
+      details[`${s}LoadAverage`] = loadavg().map((x) => r2(x));
+      log(`section ${s} (load average ${loadavg().map((x) => x.toFixed(2)).join(' ')}) ...`);
+      if (s === 'forward') await benchForwardSection();
+      if (s === 'write') await benchWrite(tmp);
+      if (s === 'nx') await benchNx(tmp);
+      if (s === 'many') await benchMany(tmp);
+      details[`${s}SectionSeconds`] = r2((performance.now() - ts) / 1000);
+      log(`section ${s} done in ${((performance.now() - ts) / 1000).toFixed(1)} s`);
+    }
+  } finally {
+    cleanup();
+  }
+  const seconds = (performance.now() - t0) / 1000;
+  const outDir = join(__dirname, 'out');
+  mkdirSync(outDir, { recursive: true });
+  const file = join(outDir, 'results.json');
+  const machine = { cpus: cpus().length, cpuModel: cpus()[0]?.model, memGiB: r2(totalmem() / 2 ** 30, 1), freeGiB: r2(freemem() / 2 ** 30, 1), node: process.version, platform: process.platform };
+  writeFileSync(file, JSON.stringify({ date: new Date().toISOString(), seconds: r2(seconds, 1), sections, machine, rows, notes, details }, null, 2) + '\n');
+  console.log(table());
+  console.log('\n' + notes.map((n) => `- ${n}`).join('\n'));
+  console.log(`\n${sections.join(', ')} in ${seconds.toFixed(1)} s; results: ${file}`);
+}
+
+main().catch((e) => {
+  console.error(e);
+  process.exit(1);
+});

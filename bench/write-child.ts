@@ -1,0 +1,84 @@
+/**
+ * One measured write in its own process, so that its peak RSS is the write's alone:
+ *   write <assemble-experts dir> <recipe file> <output folder>   the write stage (runWrite), as the Nx write executor runs it
+ *   copy  <assemble-experts dir> <output file>                   baseline: a plain stream copy of the plan's source byte
+ *                                                                ranges, in plan order, into one file, then fsync
+ * Prints one JSON line: { seconds, bytes, peakRssKiB, maxRssKiB } (seconds: the write or copy only, not process
+ * start or imports).
+ *
+ * peakRssKiB is this process image's high-water mark (VmHWM in /proc/self/status). process.resourceUsage().maxRSS
+ * is kept beside it but is not the child's own figure on Linux: the fork that spawns a child copies the parent's
+ * resident pages and exec carries that high-water mark over, so maxRSS is at least the parent's RSS at spawn time.
+ */
+import { createReadStream, createWriteStream, readFileSync } from 'node:fs';
+import { open, readdir, readFile, stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import { Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import { readPlan } from '../libs/stages/assemble';
+import { readGates } from '../libs/stages/build-gates';
+import { runWrite } from '../libs/stages/write';
+import type { SourcePart } from '../libs/plan/types';
+
+export interface ChildResult {
+  seconds: number;
+  bytes: number;
+  /** VmHWM of this process image (maxRSS where /proc is missing). */
+  peakRssKiB: number;
+  /** process.resourceUsage().maxRSS: includes the spawning parent's RSS on Linux. */
+  maxRssKiB: number;
+}
+
+function memory(): { peakRssKiB: number; maxRssKiB: number } {
+  const maxRssKiB = process.resourceUsage().maxRSS;
+  let peakRssKiB = maxRssKiB;
+  try {
+    const m = /^VmHWM:\s+(\d+) kB/m.exec(readFileSync('/proc/self/status', 'utf8'));
+    if (m) peakRssKiB = Number(m[1]);
+  } catch {
+    // not Linux: maxRSS is the best there is
+  }
+  return { peakRssKiB, maxRssKiB };
+}
+
+async function writeStage(assembleDir: string, recipeFile: string, out: string): Promise<ChildResult> {
+  const plan = await readPlan(assembleDir);
+  const gates = await readGates(assembleDir);
+  const recipeText = await readFile(recipeFile, 'utf8');
+  const t0 = performance.now();
+  await runWrite(plan, { outPath: out, gates, recipeText, tokenizerDir: plan.models[0]!.dir, copyTokenizer: true, overwrite: false });
+  const seconds = (performance.now() - t0) / 1000;
+  let bytes = 0;
+  for (const f of await readdir(out)) bytes += (await stat(join(out, f))).size;
+  return { seconds, bytes, ...memory() };
+}
+
+async function streamCopy(assembleDir: string, outFile: string): Promise<ChildResult> {
+  const plan = await readPlan(assembleDir);
+  const ranges = plan.tensors.flatMap((t) => t.parts.filter((p): p is SourcePart => p.kind === 'source'));
+  const bytes = ranges.reduce((a, p) => a + p.byteLength, 0);
+  const t0 = performance.now();
+  async function* chunks() {
+    for (const p of ranges) if (p.byteLength > 0) yield* createReadStream(p.file, { start: p.offset, end: p.offset + p.byteLength - 1 });
+  }
+  await pipeline(Readable.from(chunks()), createWriteStream(outFile));
+  // The write stage syncs each shard before it returns; the baseline does the same so both end on disk.
+  const fh = await open(outFile, 'r+');
+  await fh.sync();
+  await fh.close();
+  return { seconds: (performance.now() - t0) / 1000, bytes, ...memory() };
+}
+
+async function main(): Promise<void> {
+  const [mode, ...args] = process.argv.slice(2);
+  let r: ChildResult;
+  if (mode === 'write' && args.length === 3) r = await writeStage(args[0]!, args[1]!, args[2]!);
+  else if (mode === 'copy' && args.length === 2) r = await streamCopy(args[0]!, args[1]!);
+  else throw new Error('usage: write-child.ts write <assemble dir> <recipe> <out> | copy <assemble dir> <out file>');
+  process.stdout.write(JSON.stringify(r) + '\n');
+}
+
+main().catch((e) => {
+  console.error(e);
+  process.exit(1);
+});
