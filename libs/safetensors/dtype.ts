@@ -120,22 +120,96 @@ export function encodeFloats(values: ArrayLike<number>, dtype: FloatDtype): Buff
   return out;
 }
 
-/** Convert raw bytes between float dtypes without going through JS arrays when not needed. */
+/** float32 bits -> IEEE half bits with integer ops only (round to nearest even), for the bulk paths. */
+function f32BitsToF16(b: number): number {
+  const sign = (b >>> 16) & 0x8000;
+  const exp = (b >>> 23) & 0xff;
+  let mant = b & 0x7fffff;
+  if (exp === 0xff) return sign | 0x7c00 | (mant ? 0x200 | (mant >>> 13) : 0);
+  const e = exp - 112;
+  if (e >= 0x1f) return sign | 0x7c00;
+  if (e <= 0) {
+    if (e < -10) return sign;
+    mant |= 0x800000;
+    const shift = 14 - e;
+    const half = 1 << (shift - 1);
+    const rest = mant & ((1 << shift) - 1);
+    let r = mant >>> shift;
+    if (rest > half || (rest === half && (r & 1))) r++;
+    return sign | r;
+  }
+  let r = (e << 10) | (mant >>> 13);
+  const rest = mant & 0x1fff;
+  if (rest > 0x1000 || (rest === 0x1000 && (r & 1))) r++;
+  return sign | r;
+}
+
+let f16ToF32Table: Uint32Array | null = null;
+/** float32 bits of every half value (256 KiB, built once). */
+function f16Table(): Uint32Array {
+  if (!f16ToF32Table) {
+    const t = new Float32Array(65536);
+    for (let h = 0; h < 65536; h++) t[h] = f16BitsToF32(h);
+    f16ToF32Table = new Uint32Array(t.buffer);
+  }
+  return f16ToF32Table;
+}
+
+/** Typed-array views need aligned offsets; copy the rare unaligned chunk. */
+function aligned(buf: Buffer, size: number): Buffer {
+  return buf.byteOffset % size === 0 ? buf : Buffer.from(buf);
+}
+
+function u16View(buf: Buffer): Uint16Array {
+  const b = aligned(buf, 2);
+  return new Uint16Array(b.buffer, b.byteOffset, b.byteLength / 2);
+}
+
+function u32View(buf: Buffer): Uint32Array {
+  const b = aligned(buf, 4);
+  return new Uint32Array(b.buffer, b.byteOffset, b.byteLength / 4);
+}
+
+/**
+ * Convert raw little-endian bytes between float dtypes with integer bit operations on typed arrays
+ * (the bulk of a merge's casts). Round to nearest even; NaN and infinities kept.
+ */
 export function convertBytes(buf: Buffer, from: string, to: FloatDtype): Buffer {
   if (from === to) return buf;
-  if (from === 'F32' && to === 'BF16') {
-    const out = Buffer.allocUnsafe(buf.length / 2);
-    for (let i = 0, j = 0; i < buf.length; i += 4, j += 2) out.writeUInt16LE(f32BitsToBf16(buf.readUInt32LE(i)), j);
+  const n = buf.length / dtypeSize(from);
+  const out = Buffer.allocUnsafeSlow(n * dtypeSize(to));
+  if (from === 'F32' && to !== 'F32') {
+    const src = u32View(buf);
+    const dst = u16View(out);
+    if (to === 'BF16') for (let i = 0; i < n; i++) dst[i] = f32BitsToBf16(src[i]!);
+    else for (let i = 0; i < n; i++) dst[i] = f32BitsToF16(src[i]!);
     return out;
   }
-  if (from === 'BF16' && to === 'F32') {
-    const out = Buffer.alloc(buf.length * 2);
-    for (let i = 0, j = 0; i < buf.length; i += 2, j += 4) out.writeUInt16LE(buf.readUInt16LE(i), j + 2);
+  if (from === 'BF16') {
+    const src = u16View(buf);
+    if (to === 'F32') {
+      const dst = u32View(out);
+      for (let i = 0; i < n; i++) dst[i] = src[i]! << 16;
+    } else {
+      const dst = u16View(out);
+      for (let i = 0; i < n; i++) dst[i] = f32BitsToF16(src[i]! << 16);
+    }
+    return out;
+  }
+  if (from === 'F16') {
+    const src = u16View(buf);
+    const table = f16Table();
+    if (to === 'F32') {
+      const dst = u32View(out);
+      for (let i = 0; i < n; i++) dst[i] = table[src[i]!]!;
+    } else {
+      const dst = u16View(out);
+      for (let i = 0; i < n; i++) dst[i] = f32BitsToBf16(table[src[i]!]!);
+    }
     return out;
   }
   return encodeFloats(decodeFloats(buf, from), to);
 }
-
 function f32BitsToBf16(b: number): number {
   if ((b & 0x7fffffff) > 0x7f800000) return ((b >>> 16) | 0x40) & 0xffff;
   return ((b + 0x7fff + ((b >>> 16) & 1)) >>> 16) & 0xffff;

@@ -1,7 +1,8 @@
 import { readFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { defaultCacheDir } from '../../libs/cache';
-import { logger, type ExecutorContext } from '@nx/devkit';
+import type { ExecutorContext } from '@nx/devkit';
+import { logger } from './log';
 import { isForgeError } from '../../libs/errors';
 import { readRecipe } from '../../libs/recipe/parse';
 import { loadMergeContext, readModelsFile, type MergeContext } from '../../libs/stages/context';

@@ -1,4 +1,5 @@
-import { logger, type ExecutorContext } from '@nx/devkit';
+import type { ExecutorContext } from '@nx/devkit';
+import { logger } from '../log';
 import { runAssemble } from '../../../libs/stages/assemble';
 import { gatesForAssembly } from '../../../libs/stages/build-gates';
 import { runStage } from '../run-stage';

@@ -1,4 +1,5 @@
-import { logger, type ExecutorContext } from '@nx/devkit';
+import type { ExecutorContext } from '@nx/devkit';
+import { logger } from '../log';
 import { runBuildGates } from '../../../libs/stages/build-gates';
 import { runStage } from '../run-stage';
 

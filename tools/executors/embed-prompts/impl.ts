@@ -1,4 +1,5 @@
-import { logger, type ExecutorContext } from '@nx/devkit';
+import type { ExecutorContext } from '@nx/devkit';
+import { logger } from '../log';
 import { runEmbedPrompts } from '../../../libs/stages/embed-prompts';
 import { cacheDirOf, runStage } from '../run-stage';
 import { progressReporter } from '../../../libs/stages/progress';

@@ -1,4 +1,5 @@
-import { logger, type ExecutorContext } from '@nx/devkit';
+import type { ExecutorContext } from '@nx/devkit';
+import { logger } from '../log';
 import { readRecipe } from '../../../libs/recipe/parse';
 import { runFetch } from '../../../libs/stages/fetch';
 import { cacheDirOf, runStage } from '../run-stage';

@@ -1,6 +1,7 @@
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { logger, type ExecutorContext } from '@nx/devkit';
+import type { ExecutorContext } from '@nx/devkit';
+import { logger } from '../log';
 import { readPlan } from '../../../libs/stages/assemble';
 import { readGates } from '../../../libs/stages/build-gates';
 import { runWrite } from '../../../libs/stages/write';
