@@ -39,19 +39,28 @@ export function distinctPrompts(merge: MergeContext): string[] {
   return [...seen];
 }
 
-/** Reads embedding rows on demand from `model.embed_tokens.weight` (never lm_head, as the reference). */
-export async function embeddingTable(base: ModelSource): Promise<(id: number) => Float32Array> {
+/**
+ * Reads embedding rows on demand from `model.embed_tokens.weight` (never lm_head, as the reference): only
+ * the rows of tokens that occur are read, never the whole table (a 128k-token vocabulary is ~1 GB).
+ */
+export async function embeddingTable(base: ModelSource): Promise<(id: number) => Promise<Float32Array>> {
   const name = 'model.embed_tokens.weight';
   if (!base.weights.has(name)) {
     throw new ModelError('missing_tensor', `cheap_embed needs the base model's token embeddings, which ${base.ref} lacks`, { file: base.dir, tensor: name });
   }
   const loc = base.weights.get(name);
   const [V, H] = loc.shape as [number, number];
-  const bytes = await readTensorBytes(loc);
-  const el = bytes.length / (V * H);
-  return (id: number) => {
-    if (id < 0 || id >= V) throw new ModelError('bad_token', `token id ${id} is outside the embedding table (${V} rows)`, { file: loc.file, tensor: name });
-    return decodeFloats(bytes.subarray(id * H * el, (id + 1) * H * el), loc.dtype);
+  const rowBytes = loc.byteLength / V;
+  const rows = new Map<number, Float32Array>();
+  return async (id: number) => {
+    if (!Number.isInteger(id) || id < 0 || id >= V) throw new ModelError('bad_token', `token id ${id} is outside the embedding table (${V} rows)`, { file: loc.file, tensor: name });
+    let row = rows.get(id);
+    if (!row) {
+      const bytes = await readTensorBytes({ ...loc, offset: loc.offset + id * rowBytes, byteLength: rowBytes, shape: [H] });
+      row = decodeFloats(bytes, loc.dtype);
+      rows.set(id, row);
+    }
+    return row;
   };
 }
 
@@ -83,7 +92,7 @@ export async function runEmbedPrompts(merge: MergeContext, outDir: string, opts:
       const ids = tok.encodePrompt(text);
       const sum = new Float64Array(H);
       for (const id of ids) {
-        const r = row(id);
+        const r = await row(id);
         for (let k = 0; k < H; k++) sum[k] += r[k]!;
       }
       tensors.push({ name: `p${index.prompts.length}.sum`, data: Float32Array.from(sum) });
