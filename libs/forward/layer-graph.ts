@@ -1,6 +1,6 @@
 import { ModelError } from '../errors';
 import type { ModelConfig } from '../model-folder/config';
-import type { SafetensorsWeights, TensorLocation } from '../safetensors';
+import type { TensorIndex, TensorLocation } from '../safetensors';
 import { OnnxDtype, type OnnxModel, type OnnxNode, type OnnxTensor, type TensorData } from './onnx-proto';
 
 /** Graph inputs of one decoder layer; T is the prompt length. */
@@ -21,7 +21,7 @@ export interface LayerTensor {
 }
 
 /** Roles of one layer's tensors, validated against the config: present, float, and the expected shape. */
-export function planLayerTensors(cfg: ModelConfig, weights: SafetensorsWeights, layer: number): Map<string, LayerTensor> {
+export function planLayerTensors(cfg: ModelConfig, weights: TensorIndex, layer: number): Map<string, LayerTensor> {
   const H = cfg.hiddenSize, D = cfg.headDim, I = cfg.intermediateSize;
   const qDim = cfg.numHeads * D, kvDim = cfg.numKvHeads * D;
   const p = `model.layers.${layer}.`;

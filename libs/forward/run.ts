@@ -1,8 +1,10 @@
+import { existsSync } from 'node:fs';
 import { open, realpath } from 'node:fs/promises';
-import { basename, dirname } from 'node:path';
+import { basename, dirname, join } from 'node:path';
 import { ForgeError, ModelError } from '../errors';
 import { readModelConfig, type ModelConfig } from '../model-folder/config';
-import { SafetensorsWeights, decodeFloats, readTensorBytes, type TensorLocation } from '../safetensors';
+import { SafetensorsWeights, decodeFloats, readTensorBytes, type TensorIndex, type TensorLocation } from '../safetensors';
+import { openBinCheckpoint } from '../pickle';
 import { executionProviders, floatTensor, sessionFromBytes, sessionFromFolder, type Device, type Session, type SessionSettings } from './backend';
 import { encodeModel, type TensorData } from './onnx-proto';
 import { LAYER_INPUTS, LAYER_OUTPUT, buildLayerModel, checkTensor, planLayerTensors } from './layer-graph';
@@ -49,7 +51,7 @@ type Visit = (seq: number, entry: number, states: Float32Array) => void;
 
 interface Model {
   cfg: ModelConfig;
-  weights: SafetensorsWeights;
+  weights: TensorIndex;
   /** Weight file -> its real path (symlinks resolved), for placing the .onnx beside the real bytes. */
   real: Map<string, string>;
   /** Set once writing beside the weights failed, so later layers go straight to embedding. */
@@ -58,7 +60,9 @@ interface Model {
 
 async function openModel(dir: string): Promise<Model> {
   const cfg = await readModelConfig(dir);
-  const weights = await SafetensorsWeights.openFolder(dir);
+  // Safetensors first, as the reference; a .bin checkpoint's stored tensors are read in place just the same.
+  const hasSafetensors = existsSync(join(dir, 'model.safetensors')) || existsSync(join(dir, 'model.safetensors.index.json'));
+  const weights: TensorIndex = hasSafetensors ? await SafetensorsWeights.openFolder(dir) : await openBinCheckpoint(dir);
   return { cfg, weights, real: new Map() };
 }
 

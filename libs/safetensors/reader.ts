@@ -31,6 +31,13 @@ export function locate(file: string, header: SafetensorsHeader, info: TensorInfo
   return { ...info, file, offset: header.dataStart + info.begin, byteLength: info.end - info.begin };
 }
 
+/** Where a model's tensors are: a safetensors folder, or a PyTorch .bin checkpoint read without unpickling code. */
+export interface TensorIndex {
+  readonly dir: string;
+  has(name: string): boolean;
+  get(name: string): TensorLocation;
+}
+
 /** Reads one tensor's bytes. */
 export async function readTensorBytes(loc: TensorLocation): Promise<Buffer> {
   const fh = await open(loc.file, 'r');

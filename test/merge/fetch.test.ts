@@ -75,6 +75,12 @@ test('a PyTorch .bin model merges to the same output as its safetensors twin; an
   await mergeRecipe({ recipeFile: join(d, 'bin.yml'), outPath: join(d, 'bin-out'), modelBaseDir: d, cacheDir: join(d, 'c') });
   await mergeRecipe({ recipeFile: join(d, 'st.yml'), outPath: join(d, 'st-out'), modelBaseDir: d, cacheDir: join(d, 'c') });
   assert.equal(sha(join(d, 'bin-out', 'model.safetensors')), sha(join(d, 'st-out', 'model.safetensors')));
+  // Hidden states of a .bin base: the forward pass reads the checkpoint's stored tensors in place too.
+  writeFileSync(join(d, 'bin-h.yml'), recipe(bin, bin, TINY('b')).replace('cheap_embed', 'hidden'));
+  writeFileSync(join(d, 'st-h.yml'), recipe(TINY('a'), TINY('a'), TINY('b')).replace('cheap_embed', 'hidden'));
+  await mergeRecipe({ recipeFile: join(d, 'bin-h.yml'), outPath: join(d, 'bin-h'), modelBaseDir: d, cacheDir: join(d, 'c1') });
+  await mergeRecipe({ recipeFile: join(d, 'st-h.yml'), outPath: join(d, 'st-h'), modelBaseDir: d, cacheDir: join(d, 'c2') });
+  assert.equal(sha(join(d, 'bin-h', 'model.safetensors')), sha(join(d, 'st-h', 'model.safetensors')));
   const evil = join(FIXTURES, 'tiny-llama-bin', 'unknown-global');
   writeFileSync(join(d, 'evil.yml'), recipe(TINY('a'), evil, TINY('b')));
   await assert.rejects(mergeRecipe({ recipeFile: join(d, 'evil.yml'), outPath: join(d, 'evil-out'), modelBaseDir: d, cacheDir: join(d, 'c') }), /__main__\.NotATensor/);
