@@ -6,6 +6,7 @@ import type { OutputArchitecture } from './types';
 export const mixtral: OutputArchitecture = {
   name: 'Mixtral',
   warnExpertCount: true,
+  fusedLayout: true,
   rejects(ctx) {
     if (ctx.shared.length > 0) return 'Mixtral has no shared experts';
     return modelTypeProblem(ctx, ['llama', 'mistral']);

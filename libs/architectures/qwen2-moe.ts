@@ -22,6 +22,7 @@ function bias(ctx: ArchContext, layer: number, proj: 'q_proj' | 'k_proj' | 'v_pr
 export const qwen2Moe: OutputArchitecture = {
   name: 'Qwen MoE',
   warnExpertCount: true,
+  fusedLayout: false,
   rejects(ctx) {
     if (ctx.shared.length !== 1) return `Qwen MoE needs exactly one shared expert (got ${ctx.shared.length})`;
     // uniform_random is not exempt here (unlike "random"), as in the reference.

@@ -47,6 +47,8 @@ export interface OutputArchitecture {
   /** Which shared experts get a gate row (appended after the routed experts' rows). */
   gatedSharedExperts(ctx: ArchContext): number;
   warnExpertCount: boolean;
+  /** Whether the fused (transformers 5) expert layout exists for this architecture. */
+  fusedLayout: boolean;
   config(ctx: ArchContext): Record<string, unknown>;
   /** Every output tensor in write order. */
   tensors(ctx: ArchContext): PlanTensor[];

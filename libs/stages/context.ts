@@ -141,6 +141,9 @@ export function buildMergeContext(parsed: ParsedRecipe, byKey: Map<string, Model
     seed: opts.seed ?? 0,
   };
   const { arch, warnings } = selectArchitecture(ctx, parsed.file);
+  if (ctx.layout === 'fused' && !arch.fusedLayout) {
+    warnings.push(`${arch.name} has no fused expert layout; writing its classic per-expert layout (as mergekit-moe does).`);
+  }
   arch.tensors(ctx);
   const nShared = arch.gatedSharedExperts(ctx);
   const gatedExperts = [...experts, ...shared.slice(0, nShared)];

@@ -86,3 +86,13 @@ test('a small shard size gives several shards whose index lists every tensor onc
   }
   assert.equal(index.metadata.total_size, total);
 });
+
+test('--layout fused on an architecture without a fused layout warns and writes the classic layout', async () => {
+  const f = join(d, 'deepseek.yml');
+  writeFileSync(f, recipe('random').replace('    noise_scale: 0.01\n', '') + `shared_experts:\n  - source_model: ${TINY('a')}\n    residual_scale: 0.1\n`);
+  const warnings: string[] = [];
+  await mergeRecipe({ recipeFile: f, outPath: join(d, 'ds'), modelBaseDir: d, cacheDir: join(d, 'cache'), layout: 'fused', warn: (w) => warnings.push(w) });
+  assert.ok(warnings.includes('DeepSeek MoE has no fused expert layout; writing its classic per-expert layout (as mergekit-moe does).'), warnings.join('\n'));
+  const w = await SafetensorsWeights.openFolder(join(d, 'ds'));
+  assert.ok(w.has('model.layers.0.mlp.experts.1.gate_proj.weight') && w.has('model.layers.0.mlp.shared_experts.down_proj.weight'));
+});
