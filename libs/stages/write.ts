@@ -107,6 +107,24 @@ async function writeTokenizer(srcDir: string, outDir: string): Promise<string[]>
   return written;
 }
 
+/** Temporary folders left by a killed run (their process is gone) are removed before a new write. */
+async function removeStaleTemporaries(parent: string, name: string): Promise<void> {
+  const pattern = new RegExp(`^\\.${name.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}\\.(tmp|old)-(\\d+)-[0-9a-f]+$`);
+  for (const entry of await readdir(parent)) {
+    const m = pattern.exec(entry);
+    if (m && !processAlive(Number(m[2]))) await rm(join(parent, entry), { recursive: true, force: true });
+  }
+}
+
+function processAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
 interface Stamp {
   tool: 'moe-forge';
   hash: string;
@@ -173,6 +191,7 @@ export async function runWrite(plan: MergePlan, opts: WriteOptions): Promise<Wri
   }
   const parent = dirname(out);
   await mkdir(parent, { recursive: true });
+  await removeStaleTemporaries(parent, basename(out));
   const tmp = join(parent, `.${basename(out)}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`);
   await mkdir(tmp);
   try {
