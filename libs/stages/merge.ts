@@ -62,6 +62,7 @@ export async function mergeRecipe(opts: MergeOptions): Promise<WriteResult> {
       writeRecipe: opts.writeRecipe ?? true,
       overwrite: opts.overwrite ?? false,
       log: opts.log,
+      progress: progressReporter('writing'),
     });
   } finally {
     await rm(work, { recursive: true, force: true });

@@ -7,7 +7,8 @@ export interface Progress {
 export function progressReporter(label: string, stream: NodeJS.WriteStream = process.stderr, intervalMs = 5000): Progress {
   const tty = stream.isTTY === true && !process.env.CI;
   const started = Date.now();
-  let last = 0;
+  // Off a terminal, short work prints nothing: the first line comes after one interval, the last closes it.
+  let last = started;
   let drawn = false;
   return {
     update(done, total, detail) {
@@ -17,13 +18,15 @@ export function progressReporter(label: string, stream: NodeJS.WriteStream = pro
         const filled = total > 0 ? Math.round((done / total) * width) : 0;
         stream.write(`\r${label} [${'#'.repeat(filled)}${'.'.repeat(width - filled)}] ${detail}`);
         drawn = true;
-      } else if (now - last >= intervalMs || done === total) {
+      } else if (now - last >= intervalMs || (done === total && drawn)) {
         stream.write(`${label}: ${detail} (${((now - started) / 1000).toFixed(1)} s)\n`);
         last = now;
+        drawn = done !== total;
       }
     },
     end() {
       if (tty && drawn) stream.write('\n');
+      drawn = false;
     },
   };
 }

@@ -10,6 +10,7 @@ import { indexJson, planShards, writeShard, type OutputTensorSpec } from '../saf
 import { loadTokenizer, TOKENIZER_FILES } from '../tokenizer';
 import type { MergePlan, PlanTensor, SourcePart } from '../plan/types';
 import { planHash } from './assemble';
+import type { Progress } from './progress';
 import { modelCard } from '../model-card';
 import { parseRecipeText } from '../recipe/parse';
 
@@ -27,6 +28,7 @@ export interface WriteOptions {
   writeRecipe?: boolean;
   overwrite: boolean;
   log?: (line: string) => void;
+  progress?: Progress;
 }
 
 export interface WriteResult {
@@ -199,6 +201,17 @@ export async function runWrite(plan: MergePlan, opts: WriteOptions): Promise<Wri
     const shards = planShards(specs, plan.maxShardBytes);
     const byName = new Map(plan.tensors.map((t) => [t.name, t]));
     const produce = tensorProducer(opts.gates);
+    const total = shards.reduce((a, x) => a + x.bytes, 0);
+    const started = Date.now();
+    let done = 0;
+    const counted = async function* (chunks: AsyncIterable<Buffer>): AsyncGenerator<Buffer> {
+      for await (const c of chunks) {
+        done += c.length;
+        const secs = Math.max((Date.now() - started) / 1000, 1e-3);
+        opts.progress?.update(done, total, `${(done / 1e9).toFixed(2)}/${(total / 1e9).toFixed(2)} GB, ${(done / 1e6 / secs).toFixed(0)} MB/s`);
+        yield c;
+      }
+    };
     const shardHashes: Record<string, string> = {};
     let kept = 0;
     for (const [i, s] of shards.entries()) {
@@ -213,8 +226,9 @@ export async function runWrite(plan: MergePlan, opts: WriteOptions): Promise<Wri
         continue;
       }
       opts.log?.(`writing ${s.file} (${i + 1}/${shards.length}, ${s.tensors.length} tensors, ${s.bytes} bytes)`);
-      await writeShard(join(tmp, s.file), s.tensors, (t) => produce(byName.get(t.name)!));
+      await writeShard(join(tmp, s.file), s.tensors, (t) => counted(produce(byName.get(t.name)!)));
     }
+    opts.progress?.end();
     if (shards.length > 1) await writeFile(join(tmp, 'model.safetensors.index.json'), indexJson(shards));
     await writeFile(join(tmp, 'config.json'), JSON.stringify(plan.config, null, 2) + '\n');
     if (opts.copyTokenizer) await writeTokenizer(opts.tokenizerDir, tmp);

@@ -56,10 +56,13 @@ test('progress: a bar redrawn in place on a terminal, a line every few seconds e
     tty.end();
     assert.deepEqual(writes, ['\rstates [######..................] layer 1/2', '\rstates [########################] layer 2/2', '\n']);
     writes.length = 0;
-    const plain = progressReporter('states', stream(false), 60_000);
-    plain.update(1, 4, 'a');
-    plain.update(2, 4, 'b');
-    plain.update(4, 4, 'c');
+    const quick = progressReporter('states', stream(false), 60_000);
+    quick.update(1, 4, 'a');
+    quick.update(4, 4, 'b');
+    assert.deepEqual(writes, [], 'short work prints nothing off a terminal');
+    const slow = progressReporter('states', stream(false), 0);
+    slow.update(1, 4, 'a');
+    slow.update(4, 4, 'c');
     assert.equal(writes.length, 2);
     assert.match(writes[0]!, /^states: a \(\d+\.\d s\)\n$/);
     assert.match(writes[1]!, /^states: c /);

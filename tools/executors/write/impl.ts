@@ -6,6 +6,7 @@ import { readPlan } from '../../../libs/stages/assemble';
 import { readGates } from '../../../libs/stages/build-gates';
 import { runWrite } from '../../../libs/stages/write';
 import { runStage } from '../run-stage';
+import { progressReporter } from '../../../libs/stages/progress';
 
 export default function writeExecutor(options: unknown, context: ExecutorContext) {
   return runStage(options, context, async ({ options: o, paths }) => {
@@ -20,6 +21,7 @@ export default function writeExecutor(options: unknown, context: ExecutorContext
       copyTokenizer: o.copyTokenizer,
       overwrite: o.overwrite,
       log: (l) => logger.info(l),
+      progress: progressReporter('writing'),
     });
     logger.info(`${result.skipped ? 'unchanged' : 'wrote'} ${result.outPath} (${result.shards} shard${result.shards === 1 ? '' : 's'}: ${result.written} written, ${result.kept} kept)`);
     await mkdir(paths.stage('write'), { recursive: true });
