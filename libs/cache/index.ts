@@ -1,5 +1,6 @@
 import { resolve } from 'node:path';
 import cacache from 'cacache';
+import { processAlive } from '../util/process';
 
 /**
  * The one door to cacache: content-addressed entries with integrity checks. Corrupt or truncated
@@ -72,7 +73,7 @@ export async function withLock<T>(cacheDir: string, name: string, body: () => Pr
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
       const pid = Number(await readFile(join(dir, 'pid'), 'utf8').catch(() => 'NaN'));
-      if (Number.isInteger(pid) && !alive(pid)) await rm(dir, { recursive: true, force: true });
+      if (Number.isInteger(pid) && !processAlive(pid)) await rm(dir, { recursive: true, force: true });
       else await new Promise((r) => setTimeout(r, pollMs));
     }
   }
@@ -84,11 +85,3 @@ export async function withLock<T>(cacheDir: string, name: string, body: () => Pr
   }
 }
 
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (e) {
-    return (e as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}

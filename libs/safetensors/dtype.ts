@@ -39,9 +39,7 @@ const u32 = new Uint32Array(f32.buffer);
 /** float32 -> bfloat16 bits, round to nearest even; NaN stays a quiet NaN. */
 export function f32ToBf16Bits(x: number): number {
   f32[0] = x;
-  const b = u32[0]!;
-  if ((b & 0x7fffffff) > 0x7f800000) return ((b >>> 16) | 0x40) & 0xffff;
-  return ((b + 0x7fff + ((b >>> 16) & 1)) >>> 16) & 0xffff;
+  return f32BitsToBf16(u32[0]!);
 }
 
 export function bf16BitsToF32(h: number): number {
@@ -52,27 +50,7 @@ export function bf16BitsToF32(h: number): number {
 /** float32 -> IEEE half bits, round to nearest even, overflow to infinity, subnormals kept. */
 export function f32ToF16Bits(x: number): number {
   f32[0] = x;
-  const b = u32[0]!;
-  const sign = (b >>> 16) & 0x8000;
-  const exp = (b >>> 23) & 0xff;
-  let mant = b & 0x7fffff;
-  if (exp === 0xff) return sign | 0x7c00 | (mant ? 0x200 | (mant >>> 13) : 0);
-  const e = exp - 127 + 15;
-  if (e >= 0x1f) return sign | 0x7c00;
-  if (e <= 0) {
-    if (e < -10) return sign;
-    mant |= 0x800000;
-    const shift = 14 - e;
-    const half = 1 << (shift - 1);
-    const rest = mant & ((1 << shift) - 1);
-    let r = mant >>> shift;
-    if (rest > half || (rest === half && (r & 1))) r++;
-    return sign | r;
-  }
-  let r = (e << 10) | (mant >>> 13);
-  const rest = mant & 0x1fff;
-  if (rest > 0x1000 || (rest === 0x1000 && (r & 1))) r++;
-  return sign | r;
+  return f32BitsToF16(u32[0]!);
 }
 
 export function f16BitsToF32(h: number): number {
@@ -120,7 +98,7 @@ export function encodeFloats(values: ArrayLike<number>, dtype: FloatDtype): Buff
   return out;
 }
 
-/** float32 bits -> IEEE half bits with integer ops only (round to nearest even), for the bulk paths. */
+/** float32 bits -> IEEE half bits with integer ops only (round to nearest even). */
 function f32BitsToF16(b: number): number {
   const sign = (b >>> 16) & 0x8000;
   const exp = (b >>> 23) & 0xff;

@@ -13,6 +13,7 @@ import { planHash } from './assemble';
 import type { Progress } from './progress';
 import { modelCard } from '../model-card';
 import { parseRecipeText } from '../recipe/parse';
+import { processAlive } from '../util/process';
 
 export const STAMP_FILE = '.moe-forge.json';
 const CHUNK_BYTES = 16 << 20;
@@ -118,14 +119,6 @@ async function removeStaleTemporaries(parent: string, name: string): Promise<voi
   }
 }
 
-function processAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (e) {
-    return (e as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
 
 interface Stamp {
   tool: 'moe-forge';

@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { availableBackends, computeAllHiddenStates, computePromptStates, type ForwardProgress } from '../../libs/forward';
 import { sessionFromFolder } from '../../libs/forward/backend';
 import { ForgeError } from '../../libs/errors';
-import { writeTinyModel, type TinyModelSpec } from '../helpers/forward-models';
+import { writeTinyModel, type TinyModelSpec } from '../../tools/testing/tiny-models';
 import { FIXTURES } from '../helpers/forward-fixtures';
 import { maxAbsDiff } from '../helpers/forward-reference';
 

@@ -4,7 +4,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { computeAllHiddenStates, computePadStates, computePromptStates } from '../../libs/forward';
-import { writeTinyModel, type TinyModelSpec } from '../helpers/forward-models';
+import { writeTinyModel, type TinyModelSpec } from '../../tools/testing/tiny-models';
 import { referenceHiddenStates, maxAbsDiff } from '../helpers/forward-reference';
 
 // Random models generated here cover what the five fixtures do not: more layers, other head layouts,

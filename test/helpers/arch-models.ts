@@ -2,7 +2,7 @@
 import { copyFileSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { SafetensorsWeights, decodeFloats, encodeFloats, readTensorBytes } from '../../libs/safetensors';
-import { writeTinyModel, type TinyModelSpec } from './forward-models';
+import { writeTinyModel, type TinyModelSpec } from '../../tools/testing/tiny-models';
 import { FIXTURES } from './tmp';
 
 export type Family = TinyModelSpec['modelType'];

@@ -1,4 +1,4 @@
-/** Tiny random dense checkpoints (config.json + safetensors) for forward-pass tests and the benchmark. */
+/** Tiny random dense checkpoints (config.json + safetensors), shared by the tests and the benchmark. */
 import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { writeShard, encodeFloats, type OutputTensorSpec } from '../../libs/safetensors';
@@ -88,8 +88,8 @@ function* values(t: GenTensor, next: () => number): Generator<Buffer> {
   }
 }
 
-export async function writeTinyModel(dir: string, spec: TinyModelSpec): Promise<string> {
-  await mkdir(dir, { recursive: true });
+/** The config.json of a generated model. */
+export function configJson(spec: TinyModelSpec): Record<string, unknown> {
   const D = spec.headDim ?? spec.hidden / spec.heads;
   const dtypeName = { F32: 'float32', F16: 'float16', BF16: 'bfloat16' }[spec.dtype ?? 'F32'];
   const config: Record<string, unknown> = {
@@ -112,7 +112,12 @@ export async function writeTinyModel(dir: string, spec: TinyModelSpec): Promise<
   };
   if (spec.ropeScaling) config.rope_scaling = spec.ropeScaling;
   if (spec.modelType === 'mistral') config.sliding_window = spec.slidingWindow ?? null;
-  await writeFile(join(dir, 'config.json'), JSON.stringify(config, null, 2));
+  return config;
+}
+
+export async function writeTinyModel(dir: string, spec: TinyModelSpec): Promise<string> {
+  await mkdir(dir, { recursive: true });
+  await writeFile(join(dir, 'config.json'), JSON.stringify(configJson(spec), null, 2));
   const tensors = tinyTensors(spec);
   const next = rng(spec.seed ?? 1);
   const gen = (t: OutputTensorSpec) => values(t as GenTensor, next);
