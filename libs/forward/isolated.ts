@@ -8,9 +8,13 @@ import type { ForwardOptions, ForwardProgress, LayerState } from './run';
  * The forward pass in a child process: onnxruntime's native memory goes back to the OS when it exits, and
  * a native crash becomes an error for this merge instead of killing the build.
  */
+// Set when the code runs from an executor bundle, whose own folder holds no worker source.
+declare const __FORWARD_WORKER__: string | undefined;
+const WORKER = typeof __FORWARD_WORKER__ === 'string' ? __FORWARD_WORKER__ : join(__dirname, 'worker-main.ts');
+
 function runIsolated<T>(request: Record<string, unknown>, onProgress?: (p: ForwardProgress) => void): Promise<T> {
   return new Promise((resolve, reject) => {
-    const child = fork(join(__dirname, 'worker-main.ts'), [], {
+    const child = fork(WORKER, [], {
       execArgv: ['--import', pathToFileURL(require.resolve('tsx')).href],
       serialization: 'advanced',
       stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
