@@ -18,7 +18,7 @@ const FLAGS: FlagSpec[] = [
   { name: 'overwrite', kind: 'bool', help: 'Replace an existing non-empty output folder that moe-forge did not write.' },
   { name: 'verbose', kind: 'count', short: 'v', help: 'More output (-v info, -vv debug).' },
   { name: 'help', kind: 'bool', short: 'h', help: 'Show this help.' },
-  { name: 'trust-remote-code', kind: 'negatable', noEffect: true, help: 'Accepted; model code is never run.' },
+  { name: 'trust-remote-code', kind: 'negatable', help: 'Accepted and refused: model code is never run.' },
   { name: 'clone-tensors', kind: 'negatable', noEffect: true, help: 'No effect (output is identical).' },
   { name: 'lazy-unpickle', kind: 'negatable', noEffect: true, help: 'No effect (.bin files are always read lazily and safely).' },
   { name: 'safe-serialization', kind: 'negatable', help: 'Output is always safetensors; --no-safe-serialization is refused.' },
@@ -69,6 +69,9 @@ export async function main(argv: string[], io: Io = defaultIo): Promise<number> 
     for (const name of new Set(args.given)) {
       const spec = FLAGS.find((f) => f.name === name)!;
       if (spec.noEffect) info(`--${name} has no effect in moe-forge: ${spec.help}`);
+    }
+    if (v['trust-remote-code'] === true) {
+      io.err('WARNING: --trust-remote-code is refused: moe-forge never downloads or runs model code; it reads config.json and the weights only, which is all a merge needs.');
     }
     if (v['safe-serialization'] === false) throw new ForgeError('bad_flag', '--no-safe-serialization is not supported: moe-forge writes safetensors only (pickle files can run code when loaded)');
     if (v['load-in-4bit'] || v['load-in-8bit']) {

@@ -128,4 +128,7 @@ test('command-line errors', async () => {
   assert.match(v.stderr, /--allow-crimes has no effect/);
   assert.match(v.stderr, /--load-in-4bit\/--load-in-8bit are unnecessary/);
   assert.match((await mergekitMoe(['--help'], d)).stdout, /Usage: mergekit-moe CONFIG_PATH OUT_PATH/);
+  const trust = await mergekitMoe(['moe.yml', 'out', '--trust-remote-code'], d);
+  assert.equal(trust.exitCode, 0, trust.stderr);
+  assert.match(trust.stderr, /--trust-remote-code is refused: moe-forge never downloads or runs model code/);
 });
