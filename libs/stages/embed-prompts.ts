@@ -23,6 +23,8 @@ export interface PromptStateEntry {
 export interface PromptStatesIndex {
   version: 1;
   mode: 'cheap_embed' | 'hidden' | 'none';
+  /** Execution provider asked for the forward pass (hidden modes), for provenance and option checks. */
+  device: string | null;
   layers: number;
   hidden: number;
   prompts: PromptStateEntry[];
@@ -83,7 +85,7 @@ export async function runEmbedPrompts(merge: MergeContext, outDir: string, opts:
   const H = ctx.base.config.hiddenSize;
   const L = ctx.base.config.numLayers;
   const mode = ctx.gateMode === 'cheap_embed' ? 'cheap_embed' : ctx.gateMode.startsWith('hidden') ? 'hidden' : 'none';
-  const index: PromptStatesIndex = { version: 1, mode, layers: mode === 'cheap_embed' ? 1 : mode === 'hidden' ? L : 0, hidden: H, prompts: [], computed: 0, fromCache: 0 };
+  const index: PromptStatesIndex = { version: 1, mode, device: mode === 'hidden' ? opts.device ?? 'cpu' : null, layers: mode === 'cheap_embed' ? 1 : mode === 'hidden' ? L : 0, hidden: H, prompts: [], computed: 0, fromCache: 0 };
   const tensors: { name: string; data: Float32Array }[] = [];
   if (mode === 'cheap_embed') {
     const tok = await loadTokenizer(ctx.base.dir);

@@ -90,6 +90,11 @@ test('the edit matrix: each edit recomputes only what it changes', async () => {
   assert.deepEqual([shards.ran['embed-prompts'], shards.ran['build-gates'], shards.ran['assemble-experts']], ['cache', 'cache', 'run']);
   assert.ok(shards.written >= 1);
   assert.ok(existsSync(join(ws, 'dist', 'models', 'm', 'model.safetensors.index.json')));
+
+  // A device given on the command line stops before the forward pass: the build says where it belongs.
+  const dev = await nx(ws, ['run', 'm:build', '--device=webgpu']);
+  assert.equal(dev.exitCode, 0, dev.stdout + dev.stderr);
+  assert.match(dev.stdout + dev.stderr, /--device webgpu does not reach embed-prompts, which ran on cpu/);
 });
 
 test('run-many over recipes sharing a base computes each (base, prompt) state once; affected lists only the edited recipe', async () => {

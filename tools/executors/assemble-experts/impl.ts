@@ -3,10 +3,18 @@ import { logger } from '../log';
 import { runAssemble } from '../../../libs/stages/assemble';
 import { gatesForAssembly } from '../../../libs/stages/build-gates';
 import { runStage } from '../run-stage';
+import { readFile } from 'node:fs/promises';
+import { join } from 'node:path';
 
 export default function assembleExpertsExecutor(options: unknown, context: ExecutorContext) {
   return runStage(options, context, async (env) => {
     const merge = await env.merge();
+    // Command-line options stop at this stage (earlier stages stay cached); a device meant for the forward
+    // pass would be lost silently, so say where it belongs.
+    const states = JSON.parse(await readFile(join(env.paths.stage('embed-prompts'), 'prompt-states.json'), 'utf8')) as { device: string | null };
+    if (states.device !== null && states.device !== env.options.device) {
+      logger.warn(`WARNING: --device ${env.options.device} does not reach embed-prompts, which ran on ${states.device}: set it there (nx run <recipe>:embed-prompts --device=${env.options.device}, or "device" in its options in nx.json or project.json).`);
+    }
     const { gates, warnings } = await gatesForAssembly(merge, env.paths.stage('build-gates'));
     const plan = await runAssemble(merge, env.paths.stage('assemble-experts'), { maxShardBytes: env.paths.maxShardBytes, extraWarnings: warnings, gates });
     for (const w of plan.warnings) logger.warn(`WARNING: ${w}`);
