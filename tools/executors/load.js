@@ -1,7 +1,7 @@
 // Loads an executor as one esbuild bundle of its TypeScript sources, rebuilt when a source changes.
 // Nx starts a process per task; transpiling ~60 files there on each start cost ~0.25 s a stage.
 'use strict';
-const { existsSync, mkdirSync, readdirSync, renameSync, statSync } = require('node:fs');
+const { existsSync, mkdirSync, readdirSync, renameSync, rmSync, statSync } = require('node:fs');
 const { createHash } = require('node:crypto');
 const { join, resolve } = require('node:path');
 
@@ -23,7 +23,8 @@ function fingerprint() {
 }
 
 module.exports = function load(name) {
-  const out = join(ROOT, 'node_modules', '.cache', 'moe-forge', 'executors', `${name}-${fingerprint()}.js`);
+  // In the workspace's own (git-ignored) .nx folder: workspaces sharing a node_modules stay apart.
+  const out = join(ROOT, '.nx', 'moe-forge', 'executors', `${name}-${fingerprint()}.js`);
   if (!existsSync(out)) {
     mkdirSync(join(out, '..'), { recursive: true });
     const tmp = `${out}.${process.pid}.tmp`;
@@ -41,6 +42,10 @@ module.exports = function load(name) {
       define: { __FORWARD_WORKER__: JSON.stringify(join(ROOT, 'libs', 'forward', 'worker-main.ts')) },
     });
     renameSync(tmp, out);
+    // Bundles of older sources are never loaded again.
+    const dir = join(out, '..');
+    const mine = new RegExp(`^${name}-[0-9a-f]{16}\\.js$`);
+    for (const f of readdirSync(dir)) if (mine.test(f) && join(dir, f) !== out) rmSync(join(dir, f), { force: true });
   }
   const mod = require(out);
   return mod.default ?? mod;
