@@ -6,29 +6,9 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { SafetensorsWeights, decodeFloats, readTensorBytes } from '../../libs/safetensors';
+import { linear, rmsNorm } from './forward-reference';
 
 type Vec = Float64Array;
-
-function linear(x: Vec, T: number, W: Vec, out: number, inn: number): Vec {
-  const y = new Float64Array(T * out);
-  for (let t = 0; t < T; t++) for (let o = 0; o < out; o++) {
-    let s = 0;
-    for (let i = 0; i < inn; i++) s += x[t * inn + i]! * W[o * inn + i]!;
-    y[t * out + o] = s;
-  }
-  return y;
-}
-
-function rmsNorm(x: Vec, n: number, w: Vec, eps: number): Vec {
-  const y = new Float64Array(x.length);
-  for (let r = 0; r < x.length / n; r++) {
-    let ss = 0;
-    for (let i = 0; i < n; i++) ss += x[r * n + i]! ** 2;
-    const inv = 1 / Math.sqrt(ss / n + eps);
-    for (let i = 0; i < n; i++) y[r * n + i] = x[r * n + i]! * inv * w[i]!;
-  }
-  return y;
-}
 
 function rope(x: Vec, T: number, heads: number, d: number, theta: number): void {
   const half = d / 2;

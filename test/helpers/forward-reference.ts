@@ -17,7 +17,7 @@ async function loadOpt(w: SafetensorsWeights, name: string): Promise<Float64Arra
 }
 
 /** y[T, out] = x[T, in] · W[out, in]^T + b */
-function linear(x: Mat, T: number, W: Float64Array, out: number, inn: number, b: Float64Array | null): Mat {
+export function linear(x: Mat, T: number, W: Float64Array, out: number, inn: number, b: Float64Array | null = null): Mat {
   const y = new Float64Array(T * out);
   for (let t = 0; t < T; t++) {
     for (let o = 0; o < out; o++) {
@@ -31,7 +31,7 @@ function linear(x: Mat, T: number, W: Float64Array, out: number, inn: number, b:
 }
 
 /** RMSNorm over consecutive groups of `n` values. */
-function rmsNorm(x: Mat, n: number, w: Float64Array, eps: number): Mat {
+export function rmsNorm(x: Mat, n: number, w: Float64Array, eps: number): Mat {
   const y = new Float64Array(x.length);
   for (let r = 0; r < x.length / n; r++) {
     let ss = 0;
