@@ -1,13 +1,7 @@
 import type { ModelConfig } from '../model-folder/config';
-import type { TensorLocation } from '../safetensors/reader';
+import type { TensorIndex } from '../safetensors/reader';
 import type { Expert, GateMode, Recipe } from '../recipe/schema';
 import type { PlanTensor } from '../plan/types';
-
-/** What a merge can read from one model: its config and its tensors by name. */
-export interface TensorSource {
-  has(name: string): boolean;
-  get(name: string): TensorLocation;
-}
 
 export interface ModelSource {
   key: string;
@@ -15,7 +9,8 @@ export interface ModelSource {
   ref: string;
   dir: string;
   config: ModelConfig;
-  weights: TensorSource;
+  /** A merge reads tensors by name only (a folder's index, or headers seen over HTTP). */
+  weights: Pick<TensorIndex, 'has' | 'get'>;
   contentId?: string;
 }
 

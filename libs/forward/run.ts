@@ -1,10 +1,9 @@
-import { existsSync } from 'node:fs';
-import { open, realpath } from 'node:fs/promises';
-import { basename, dirname, join } from 'node:path';
-import { ForgeError, ModelError } from '../errors';
+import { realpath } from 'node:fs/promises';
+import { basename, dirname } from 'node:path';
+import { ForgeError } from '../errors';
 import { readModelConfig, type ModelConfig } from '../model-folder/config';
-import { SafetensorsWeights, decodeFloats, readTensorBytes, type TensorIndex, type TensorLocation } from '../safetensors';
-import { openBinCheckpoint } from '../pickle';
+import { decodeFloats, readRows, readTensorBytes, type TensorIndex, type TensorLocation } from '../safetensors';
+import { openWeights } from '../model-folder/weights';
 import { executionProviders, floatTensor, sessionFromBytes, sessionFromFolder, type Device, type Session, type SessionSettings } from './backend';
 import { encodeModel, type TensorData } from './onnx-proto';
 import { LAYER_INPUTS, LAYER_OUTPUT, buildLayerModel, checkTensor, planLayerTensors } from './layer-graph';
@@ -60,36 +59,15 @@ interface Model {
 
 async function openModel(dir: string): Promise<Model> {
   const cfg = await readModelConfig(dir);
-  // Safetensors first, as the reference; a .bin checkpoint's stored tensors are read in place just the same.
-  const hasSafetensors = existsSync(join(dir, 'model.safetensors')) || existsSync(join(dir, 'model.safetensors.index.json'));
-  const weights: TensorIndex = hasSafetensors ? await SafetensorsWeights.openFolder(dir) : await openBinCheckpoint(dir);
-  return { cfg, weights, real: new Map() };
+  // A .bin checkpoint's stored tensors are read in place just like safetensors.
+  return { cfg, weights: await openWeights(dir), real: new Map() };
 }
 
 /** Reads and decodes only the embedding rows that the sequences use. */
 async function embedRows(m: Model, ids: Iterable<number>): Promise<Map<number, Float32Array>> {
   const loc = m.weights.get('model.embed_tokens.weight');
-  const H = m.cfg.hiddenSize;
-  checkTensor(loc, [loc.shape[0] ?? 0, H]);
-  const V = loc.shape[0]!;
-  const rowBytes = loc.byteLength / V;
-  const rows = new Map<number, Float32Array>();
-  const fh = await open(loc.file, 'r');
-  try {
-    for (const id of ids) {
-      if (rows.has(id)) continue;
-      if (!Number.isInteger(id) || id < 0 || id >= V) {
-        throw new ModelError('bad_token_id', `token id ${id} is outside the embedding table (0..${V - 1})`, { file: loc.file, tensor: loc.name });
-      }
-      const buf = Buffer.allocUnsafe(rowBytes);
-      const { bytesRead } = await fh.read(buf, 0, rowBytes, loc.offset + id * rowBytes);
-      if (bytesRead !== rowBytes) throw new ModelError('truncated', `file ended while reading embedding row ${id}`, { file: loc.file, tensor: loc.name });
-      rows.set(id, decodeFloats(buf, loc.dtype));
-    }
-  } finally {
-    await fh.close();
-  }
-  return rows;
+  checkTensor(loc, [loc.shape[0] ?? 0, m.cfg.hiddenSize]);
+  return readRows(loc, ids);
 }
 
 async function realFile(m: Model, file: string): Promise<string> {

@@ -48,33 +48,6 @@ export function normalize(v: Float64Array): Float64Array {
   return out;
 }
 
-/**
- * `cheap_embed` for one expert (spec 2.4): normalize(Σ embeddings of every real token of every prompt),
- * and with negative prompts normalize(that − normalize(Σ negative)). The same vector for every layer.
- */
-export function cheapEmbedVector(
-  embedRow: (id: number) => ArrayLike<number>,
-  hidden: number,
-  positive: number[][],
-  negative: number[][],
-): Float64Array {
-  const sum = (prompts: number[][]) => {
-    const acc = new Float64Array(hidden);
-    for (const ids of prompts) for (const id of ids) {
-      const row = embedRow(id);
-      for (let k = 0; k < hidden; k++) acc[k] += row[k]!;
-    }
-    return acc;
-  };
-  let v = normalize(sum(positive));
-  if (negative.length > 0) {
-    const n = normalize(sum(negative));
-    for (let k = 0; k < hidden; k++) v[k] -= n[k]!;
-    v = normalize(v);
-  }
-  return v;
-}
-
 /** One prompt's states per layer input (layer 0 = embeddings): last token, sum over tokens, token count. */
 export interface PromptStates {
   last: Float32Array[];

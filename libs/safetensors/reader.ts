@@ -2,6 +2,7 @@ import { open, stat, readFile } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
 import { join, basename } from 'node:path';
 import { SafetensorsError } from '../errors';
+import { decodeFloats } from './dtype';
 import { headerLengthFrom, parseHeader, type SafetensorsHeader, type TensorInfo } from './header';
 
 /** One tensor of one file, located on disk: everything needed to stream its bytes later. */
@@ -53,6 +54,32 @@ export async function readTensorBytes(loc: TensorLocation): Promise<Buffer> {
   } finally {
     await fh.close();
   }
+}
+
+/**
+ * Reads rows of a 2-D float tensor (an embedding table) decoded to float32, each distinct row once: only
+ * the rows asked for are read, never the whole table.
+ */
+export async function readRows(loc: TensorLocation, ids: Iterable<number>): Promise<Map<number, Float32Array>> {
+  const V = loc.shape[0] ?? 0;
+  const rowBytes = V > 0 ? loc.byteLength / V : 0;
+  const rows = new Map<number, Float32Array>();
+  const fh = await open(loc.file, 'r');
+  try {
+    for (const id of ids) {
+      if (rows.has(id)) continue;
+      if (!Number.isInteger(id) || id < 0 || id >= V) {
+        throw new SafetensorsError('bad_row', `token id ${id} is outside the embedding table (0..${V - 1})`, { file: loc.file, tensor: loc.name });
+      }
+      const buf = Buffer.allocUnsafe(rowBytes);
+      const { bytesRead } = await fh.read(buf, 0, rowBytes, loc.offset + id * rowBytes);
+      if (bytesRead !== rowBytes) throw new SafetensorsError('truncated', `file ended while reading row ${id}`, { file: loc.file, tensor: loc.name });
+      rows.set(id, decodeFloats(buf, loc.dtype));
+    }
+  } finally {
+    await fh.close();
+  }
+  return rows;
 }
 
 /** Streams a tensor in chunks of at most `chunk` bytes (a multiple of `align`). */

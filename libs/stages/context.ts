@@ -1,7 +1,6 @@
 import { readFile } from 'node:fs/promises';
-import { dirname, join } from 'node:path';
 import { ModelError, RecipeError } from '../errors';
-import { readRecipe, type ParsedRecipe } from '../recipe/parse';
+import type { ParsedRecipe } from '../recipe/parse';
 import { formatReference, parseModelReference, type ModelReference, type ModelReferenceInput } from '../resolve/reference';
 import { locateReference } from '../resolve/resolve';
 import { checkRecipe } from '../recipe/validate';
@@ -105,17 +104,21 @@ export function outputDtype(parsed: ParsedRecipe, base: ModelSource): string | n
  */
 export async function loadMergeContext(parsed: ParsedRecipe, models: ResolvedModel[], opts: LoadOptions): Promise<MergeContext> {
   checkRecipe(parsed, { allowIdenticalModels: opts.allowIdenticalModels });
+  return buildMergeContext(parsed, await openSources(models), opts);
+}
+
+/** The resolved models opened: configs and tensor tables (headers only). */
+export async function openSources(models: ResolvedModel[]): Promise<Map<string, ModelSource>> {
   const byKey = new Map<string, ModelSource>();
   for (const m of models) byKey.set(m.key, { ...(await openModel(m.key, m.ref, m.dir)), contentId: m.contentId });
-  return buildMergeContext(parsed, byKey, opts);
+  return byKey;
 }
 
 /**
- * Checks the recipe (spec 1.3), the models' agreement and the output architecture, and plans every
- * tensor once (which checks every tensor name): everything that can fail does so here, before heavy work.
+ * Checks the models' agreement and the output architecture, and plans every tensor once (which checks
+ * every tensor name), for a recipe already checked: everything that can fail does so before heavy work.
  */
 export function buildMergeContext(parsed: ParsedRecipe, byKey: Map<string, ModelSource>, opts: LoadOptions): MergeContext {
-  checkRecipe(parsed, { allowIdenticalModels: opts.allowIdenticalModels });
   const r = parsed.recipe;
   const get = (input: ModelReferenceInput, field: string) => {
     const key = modelKey(input, opts.modelBaseDir).key;
@@ -162,4 +165,3 @@ export async function readModelsFile(file: string): Promise<ModelsFile> {
   }
 }
 
-export { readRecipe, dirname, join };

@@ -1,7 +1,7 @@
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { decodeFloats } from '../safetensors/dtype';
-import { readTensorBytes, SafetensorsWeights } from '../safetensors/reader';
+import { readRows, readTensorBytes, SafetensorsWeights, type TensorLocation } from '../safetensors/reader';
 import { encodeHeader } from '../safetensors/writer';
 import { loadTokenizer } from '../tokenizer';
 import { ModelError } from '../errors';
@@ -41,29 +41,13 @@ export function distinctPrompts(merge: MergeContext): string[] {
   return [...seen];
 }
 
-/**
- * Reads embedding rows on demand from `model.embed_tokens.weight` (never lm_head, as the reference): only
- * the rows of tokens that occur are read, never the whole table (a 128k-token vocabulary is ~1 GB).
- */
-export async function embeddingTable(base: ModelSource): Promise<(id: number) => Promise<Float32Array>> {
+/** The base's `model.embed_tokens.weight` (never lm_head, as the reference). */
+function embeddingTensor(base: ModelSource): TensorLocation {
   const name = 'model.embed_tokens.weight';
   if (!base.weights.has(name)) {
     throw new ModelError('missing_tensor', `cheap_embed needs the base model's token embeddings, which ${base.ref} lacks`, { file: base.dir, tensor: name });
   }
-  const loc = base.weights.get(name);
-  const [V, H] = loc.shape as [number, number];
-  const rowBytes = loc.byteLength / V;
-  const rows = new Map<number, Float32Array>();
-  return async (id: number) => {
-    if (!Number.isInteger(id) || id < 0 || id >= V) throw new ModelError('bad_token', `token id ${id} is outside the embedding table (${V} rows)`, { file: loc.file, tensor: name });
-    let row = rows.get(id);
-    if (!row) {
-      const bytes = await readTensorBytes({ ...loc, offset: loc.offset + id * rowBytes, byteLength: rowBytes, shape: [H] });
-      row = decodeFloats(bytes, loc.dtype);
-      rows.set(id, row);
-    }
-    return row;
-  };
+  return base.weights.get(name);
 }
 
 export interface EmbedOptions {
@@ -89,12 +73,14 @@ export async function runEmbedPrompts(merge: MergeContext, outDir: string, opts:
   const tensors: { name: string; data: Float32Array }[] = [];
   if (mode === 'cheap_embed') {
     const tok = await loadTokenizer(ctx.base.dir);
-    const row = await embeddingTable(ctx.base);
-    for (const text of distinctPrompts(merge)) {
-      const ids = tok.encodePrompt(text);
+    const texts = distinctPrompts(merge);
+    const idsOf = texts.map((t) => tok.encodePrompt(t));
+    const rows = await readRows(embeddingTensor(ctx.base), idsOf.flat());
+    for (const [i, text] of texts.entries()) {
+      const ids = idsOf[i]!;
       const sum = new Float64Array(H);
       for (const id of ids) {
-        const r = await row(id);
+        const r = rows.get(id)!;
         for (let k = 0; k < H; k++) sum[k] += r[k]!;
       }
       tensors.push({ name: `p${index.prompts.length}.sum`, data: Float32Array.from(sum) });

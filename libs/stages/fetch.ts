@@ -8,8 +8,8 @@ import { inspectModels, resolveModels, type ModelInspection } from '../resolve/r
 import type { HubEnv } from '../resolve/settings';
 import { locate } from '../safetensors/reader';
 import { ModelError } from '../errors';
-import type { ModelSource, TensorSource } from '../architectures/types';
-import { buildMergeContext, loadMergeContext, recipeModelRefs, type LoadOptions, type MergeContext, type ModelsFile, type ResolvedModel } from './context';
+import type { ModelSource } from '../architectures/types';
+import { buildMergeContext, openSources, recipeModelRefs, type LoadOptions, type MergeContext, type ModelsFile, type ResolvedModel } from './context';
 
 export interface FetchOptions extends LoadOptions {
   /** Folder of the content-id memo (cacache). */
@@ -23,7 +23,7 @@ export interface FetchOptions extends LoadOptions {
 function inspectedSource(key: string, ins: ModelInspection): ModelSource {
   const config = parseModelConfig(ins.config, join(ins.dir, 'config.json'));
   const headers = new Map(ins.weightFiles.map((f) => [f.name, f.header]));
-  const weights: TensorSource = {
+  const weights: ModelSource['weights'] = {
     has: (name) => ins.tensors.has(name),
     get(name) {
       const t = ins.tensors.get(name);
@@ -60,7 +60,7 @@ export async function runFetch(parsed: ParsedRecipe, outDir: string, opts: Fetch
     opts.log?.(`model ${refs[i]!.ref}: ${m.source === 'download' ? `downloaded ${size(m.downloadedBytes)}` : m.source}, ${size(m.bytes)}, ${m.dir}`);
     for (const w of m.warnings) opts.log?.(`WARNING: ${w}`);
   }
-  const merge = await loadMergeContext(parsed, models, opts);
+  const merge = buildMergeContext(parsed, await openSources(models), opts);
   const file: ModelsFile = { version: 1, models };
   await mkdir(outDir, { recursive: true });
   await writeFile(join(outDir, 'models.json'), JSON.stringify(file, null, 2) + '\n');

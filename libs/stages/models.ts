@@ -1,21 +1,8 @@
 import { existsSync, statSync } from 'node:fs';
-import { join } from 'node:path';
 import { ModelError } from '../errors';
 import { readModelConfig } from '../model-folder/config';
-import { SafetensorsWeights } from '../safetensors/reader';
-import { openBinCheckpoint } from '../pickle';
-import type { ModelSource, TensorSource } from '../architectures/types';
-
-/** Weight discovery as the reference: safetensors (single or index) first, then PyTorch .bin. */
-export async function openWeights(dir: string, ref: string): Promise<TensorSource> {
-  if (existsSync(join(dir, 'model.safetensors')) || existsSync(join(dir, 'model.safetensors.index.json'))) {
-    return SafetensorsWeights.openFolder(dir);
-  }
-  if (existsSync(join(dir, 'pytorch_model.bin')) || existsSync(join(dir, 'pytorch_model.bin.index.json'))) {
-    return openBinCheckpoint(dir);
-  }
-  throw new ModelError('no_weights', `Unable to find model files for ${ref}: expected model.safetensors, model.safetensors.index.json or pytorch_model.bin`, { file: dir });
-}
+import { openWeights } from '../model-folder/weights';
+import type { ModelSource } from '../architectures/types';
 
 export async function openModel(key: string, ref: string, dir: string): Promise<ModelSource> {
   if (!existsSync(dir) || !statSync(dir).isDirectory()) {
