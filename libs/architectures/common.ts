@@ -1,3 +1,4 @@
+import { dtypeToTorchName, type FloatDtype } from '../safetensors/dtype';
 import type { ModelConfig } from '../model-folder/config';
 import { ModelError } from '../errors';
 import type { PlanPart, PlanTensor, SourcePart } from '../plan/types';
@@ -91,7 +92,7 @@ export function modelTypeProblem(ctx: ArchContext, allowed: readonly string[]): 
 }
 
 export function configDtype(ctx: ArchContext, out: Record<string, unknown>): void {
-  const name = ctx.outDtype === null ? null : ctx.outDtype === 'F32' ? 'float32' : ctx.outDtype === 'F16' ? 'float16' : 'bfloat16';
+  const name = ctx.outDtype === null ? null : dtypeToTorchName(ctx.outDtype as FloatDtype);
   const key = 'dtype' in ctx.base.config.raw && !('torch_dtype' in ctx.base.config.raw) ? 'dtype' : 'torch_dtype';
   out[key] = name;
 }

@@ -1,3 +1,4 @@
+import { dtypeToTorchName, type FloatDtype } from '../safetensors/dtype';
 import { ATTN_PROJS, copied, copiedIfPresent, expertTensor, hasPrompts, modelTypeProblem, router, type MlpProj } from './common';
 import type { PlanTensor } from '../plan/types';
 import type { OutputArchitecture } from './types';
@@ -7,7 +8,6 @@ const DEEPSEEK_REPO = 'deepseek-ai/deepseek-moe-16b-base';
 /** The Llama/Mistral weight list's MLP order. */
 const LLAMA_MLP: readonly MlpProj[] = ['up_proj', 'gate_proj', 'down_proj'];
 
-const DTYPE_NAME: Record<string, string> = { F32: 'float32', F16: 'float16', BF16: 'bfloat16' };
 
 /**
  * DeepSeek MoE (spec 3.3): per-expert `mlp.experts.E.*` plus an optional ungated `mlp.shared_experts.*`.
@@ -48,7 +48,7 @@ export const deepseek: OutputArchitecture = {
       AutoModelForCausalLM: `${DEEPSEEK_REPO}--modeling_deepseek.DeepseekForCausalLM`,
     };
     if (ctx.outDtype !== null) {
-      out.torch_dtype = DTYPE_NAME[ctx.outDtype] ?? ctx.outDtype;
+      out.torch_dtype = dtypeToTorchName(ctx.outDtype as FloatDtype);
       // Our addition: a transformers-5 base's `dtype` key would otherwise contradict torch_dtype.
       if ('dtype' in out) out.dtype = out.torch_dtype;
     }

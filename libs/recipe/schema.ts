@@ -4,7 +4,6 @@ import { z } from 'zod';
 export const GATE_MODES = ['hidden', 'hidden_avg', 'hidden_last', 'cheap_embed', 'random', 'uniform_random'] as const;
 export type GateMode = (typeof GATE_MODES)[number];
 
-export const HIDDEN_MODES: readonly GateMode[] = ['hidden', 'hidden_avg', 'hidden_last'];
 export const RANDOM_MODES: readonly GateMode[] = ['random', 'uniform_random'];
 
 /** dtype names the reference accepts (dtype_from_name), with or without a `torch.` prefix. */

@@ -9,7 +9,6 @@ export const DTYPE_SIZES: Readonly<Record<string, number>> = {
 };
 
 export type FloatDtype = 'F32' | 'F16' | 'BF16';
-export const FLOAT_DTYPES: readonly FloatDtype[] = ['F32', 'F16', 'BF16'];
 
 export function dtypeSize(dtype: string): number {
   const s = DTYPE_SIZES[dtype];

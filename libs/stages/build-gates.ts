@@ -1,3 +1,4 @@
+import { RANDOM_MODES } from '../recipe/schema';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { degenerateLayers, hiddenVector, newGates, normalize, randomGates, uniformRandomGates, type GateTensor, type PromptStates } from '../gates';
@@ -103,7 +104,7 @@ async function hiddenGates(merge: MergeContext, statesDir: string): Promise<Gate
 }
 
 export function isRandomMode(mode: string): boolean {
-  return mode === 'random' || mode === 'uniform_random';
+  return (RANDOM_MODES as readonly string[]).includes(mode);
 }
 
 /** The gate tensor for assembly: drawn from the seed in random modes, else the build-gates output. */

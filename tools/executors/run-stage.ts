@@ -1,4 +1,3 @@
-import { readFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { defaultCacheDir } from '../../libs/cache';
 import type { ExecutorContext } from '@nx/devkit';
@@ -36,9 +35,6 @@ export async function runStage(raw: unknown, context: ExecutorContext, body: (en
   }
 }
 
-export async function readJson<T>(file: string): Promise<T> {
-  return JSON.parse(await readFile(file, 'utf8')) as T;
-}
 
 /** The prompt-state and content-id cache: executor option, else $MOE_FORGE_CACHE, else .moe-cache in the workspace. */
 export function cacheDirOf(options: StageOptions, paths: StagePaths): string {
