@@ -128,8 +128,9 @@ export interface LockOptions {
   pollMs?: number;
   /** A lock whose owner cannot be checked (another machine) is stale when not refreshed for this long. */
   staleMs?: number;
-  /** Said once when the lock is held by someone else, and when a stale lock is reclaimed. */
+  /** Said when a stale lock is reclaimed. */
   log?: (line: string) => void;
+  /** Said once when the lock is held by a live merge (so a wait is never silent), and when the cache is unusable. */
   warn?: (line: string) => void;
 }
 
@@ -205,7 +206,7 @@ export async function withLock<T>(cacheDir: string, name: string, body: () => Pr
     }
     if (!told) {
       const owner = await readFile(join(dir, 'owner.json'), 'utf8').then((t) => JSON.parse(t) as LockOwner, () => null);
-      opts.log?.(`waiting for ${dir}, held by ${owner ? `pid ${owner.pid} on ${owner.host} since ${new Date(owner.since).toISOString()}` : 'another merge'} (computing prompt states of the same base)`);
+      (opts.warn ?? opts.log)?.(`waiting for ${dir}, held by ${owner ? `pid ${owner.pid} on ${owner.host} since ${new Date(owner.since).toISOString()}` : 'another merge'} (computing prompt states of the same base)`);
       told = true;
     }
     await new Promise((r) => setTimeout(r, pollMs));

@@ -1,6 +1,6 @@
 import { existsSync, statSync } from 'node:fs';
 import { resolve } from 'node:path';
-import { isForgeError, ForgeError } from '../errors';
+import { describeError, ForgeError } from '../errors';
 import { mergeRecipe, DEFAULT_SHARD_BYTES } from '../stages/merge';
 import { parseArgs, parseKmb, type FlagSpec } from './args';
 
@@ -108,18 +108,4 @@ export async function main(argv: string[], io: Io = defaultIo): Promise<number> 
     if (verbose) io.err((e as Error).stack ?? String(e));
     return 1;
   }
-}
-
-/**
- * One line for any error: ours name their place; a system error (disk full, permission) names its path;
- * anything else is a bug, said in one line too (the stack comes with -v).
- */
-export function describeError(e: unknown): string {
-  if (isForgeError(e)) return e.message;
-  const err = e as NodeJS.ErrnoException;
-  if (typeof err?.code === 'string' && typeof err.syscall === 'string') {
-    const what: Record<string, string> = { ENOSPC: 'the disk is full', EDQUOT: 'disk quota exceeded', EACCES: 'permission denied', EPERM: 'operation not permitted', EROFS: 'read-only file system', ENOTDIR: 'a part of the path is a file, not a folder', EISDIR: 'is a folder, not a file', EMFILE: 'too many open files' };
-    return `${err.path ?? ''}${err.path ? ': ' : ''}${what[err.code] ?? err.message} (${err.code} on ${err.syscall})`;
-  }
-  return `internal error: ${(e as Error)?.message ?? String(e)} (run with -v for the stack; please report it)`;
 }

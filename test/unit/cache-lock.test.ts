@@ -73,7 +73,7 @@ test('a waiting merge says what it waits for, and takes the lock within seconds 
   const child = spawn(process.execPath, ['--import', 'tsx', '-e', script], { cwd: ROOT, stdio: ['ignore', 'pipe', 'inherit'] });
   await new Promise<void>((r) => child.stdout!.once('data', () => r()));
   const logs: string[] = [];
-  const waiting = timed(() => withLock(cache, 'base-y', async () => 'mine', { log: (l) => logs.push(l) }));
+  const waiting = timed(() => withLock(cache, 'base-y', async () => 'mine', { log: (l) => logs.push(l), warn: (l) => logs.push(l) }));
   await new Promise((r) => setTimeout(r, 500));
   assert.match(logs.join('\n'), new RegExp(`waiting for .*base-y, held by pid ${child.pid} on ${hostname()} since \\d{4}-`));
   child.kill('SIGKILL');
