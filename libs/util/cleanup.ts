@@ -21,8 +21,10 @@ function install(): void {
   for (const [sig, n] of Object.entries(SIGNALS)) {
     process.on(sig, () => {
       removeAll();
-      // Another handler (Nx's) may want to run its own shutdown; when we are the only one, exit as the signal would.
+      // Another handler (Nx's) may want to finish its own shutdown first; when we are the only one, exit as the
+      // signal would. Either way the process does not carry on working for long after a signal.
       if (process.listenerCount(sig) <= 1) process.exit(128 + n);
+      setTimeout(() => process.exit(128 + n), 5000).unref();
     });
   }
 }

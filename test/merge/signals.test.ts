@@ -129,3 +129,20 @@ test('SIGTERM of an Nx build leaves no temporary folder and no output', async ()
   for (let i = 0; i < 50 && r.kids.some(alive); i++) await new Promise((res) => setTimeout(res, 100));
   assert.deepEqual(r.kids.filter(alive), [], 'no process of the build survives');
 });
+
+test('SIGTERM in the middle of writing the output leaves no half-written folder beside it', async () => {
+  const d = tempDir();
+  const out = join(d, 'out');
+  // A plan of 256 MB of zeros: long enough to be stopped while its shard is being written.
+  const script = `
+    const { runWrite } = require(${JSON.stringify(join(ROOT, 'libs', 'stages', 'write'))});
+    const { newGates } = require(${JSON.stringify(join(ROOT, 'libs', 'gates'))});
+    const n = 64 << 20;
+    const plan = { version: 1, architecture: 'Mixtral', layout: 'classic', outDtype: null, config: {}, models: [], maxShardBytes: 0, warnings: [],
+      tensors: Array.from({ length: 4 }, (_, i) => ({ name: 't' + i, dtype: 'F32', shape: [n / 4], parts: [{ kind: 'zeros', elements: n / 4 }] })) };
+    runWrite(plan, { outPath: ${JSON.stringify(out)}, gates: newGates(1, 1, 1), recipeText: '', tokenizerDir: '', copyTokenizer: false, overwrite: false, writeRecipe: false,
+      log: (l) => console.log(l), progress: { update: (done) => { if (done > (8 << 20)) console.log('progress'); }, end() {} } });`;
+  const r = await interrupt(['--import', 'tsx', '-e', script], ROOT, {}, /progress/, 'SIGTERM');
+  assert.equal(r.code, 143, r.output);
+  assert.deepEqual(readdirSync(d), [], 'neither the output nor its temporary sibling');
+});
