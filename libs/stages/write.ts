@@ -139,10 +139,17 @@ async function intact(dir: string, stamp: Stamp): Promise<boolean> {
   return true;
 }
 
+function inTheWay(names: string[], out: string): void {
+  if (names.length === 0) return;
+  throw new ForgeError('output_exists', `files you added to the output folder are in the way of this build: ${names.join(', ')}; move them away, or pass --overwrite to replace them`, { file: out });
+}
+
 /**
  * Stage 5: the model folder. Written into a temporary sibling and renamed into place when complete, so
  * a killed run never leaves a folder that looks finished; a folder we did not write is never replaced
- * without `overwrite`, and an unchanged plan over an intact folder is skipped.
+ * without `overwrite`, files a user added to one we wrote move into the new one, an output path that is
+ * or holds an input is refused, a symlinked one is written through, and an unchanged plan over an intact
+ * folder is skipped.
  */
 export async function runWrite(plan: MergePlan, opts: WriteOptions): Promise<WriteResult> {
   const hash = planHash(plan, { recipe: opts.recipeText, copyTokenizer: opts.copyTokenizer, writeRecipe: opts.writeRecipe, gates: Buffer.from(opts.gates.data.buffer, opts.gates.data.byteOffset, opts.gates.data.byteLength).toString('base64') });
@@ -176,6 +183,9 @@ export async function runWrite(plan: MergePlan, opts: WriteOptions): Promise<Wri
   const shardHashes: Record<string, string> = {};
   const reusable = (file: string) => existing?.shards?.[file] === shardHashes[file];
   for (const s of shards) shardHashes[s.file] = shardHash(plan, s.tensors.map((t) => byName.get(t.name)!), opts.gates);
+  // Names this build will write, known now: a file the user added under one of them stops the build before any work.
+  const planned = [...shards.map((s) => s.file), ...(shards.length > 1 ? ['model.safetensors.index.json'] : []), 'config.json', ...(opts.writeRecipe !== false ? ['mergekit_moe_config.yml', 'README.md'] : []), ...(opts.copyTokenizer ? [...TOKENIZER_FILES.filter((f) => existsSync(join(opts.tokenizerDir, f))), 'tokenizer_config.json', 'special_tokens_map.json'] : [])];
+  if (!opts.overwrite) inTheWay(keep.filter((e) => planned.includes(e)), opts.outPath);
   const needed = shards.reduce((a, s) => a + (reusable(s.file) ? 0 : s.bytes), 0) + (1 << 20);
   checkFreeSpace(dirname(out), needed);
   const tag = randomBytes(4).toString('hex');
@@ -221,10 +231,7 @@ export async function runWrite(plan: MergePlan, opts: WriteOptions): Promise<Wri
     const files: Record<string, number> = {};
     for (const f of (await readdir(tmp)).sort()) files[f] = (await stat(join(tmp, f))).size;
     // A file the user added under a name we now write would be lost: stop and name it, unless --overwrite.
-    const inTheWay = keep.filter((e) => e in files);
-    if (inTheWay.length > 0 && !opts.overwrite) {
-      throw new ForgeError('output_exists', `files you added to the output folder are in the way of this build: ${inTheWay.join(', ')}; move them away, or pass --overwrite to replace them`, { file: opts.outPath });
-    }
+    if (!opts.overwrite) inTheWay(keep.filter((e) => e in files), opts.outPath);
     await writeFile(join(tmp, STAMP_FILE), JSON.stringify({ tool: 'moe-forge', hash, files, shards: shardHashes } satisfies Stamp, null, 2) + '\n');
     forget();
     swapIntoPlace(tmp, out, tag, keep.filter((e) => !(e in files)));
