@@ -1,6 +1,6 @@
 import { mkdtemp, readdir, rm } from 'node:fs/promises';
-import { removeOnExit } from '../util/cleanup';
-import { processAlive } from '../util/process';
+import { inUse, removeOnExit } from '../util/cleanup';
+import { leftByDeadProcess } from '../util/process';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { readRecipe } from '../recipe/parse';
@@ -83,6 +83,6 @@ async function removeDeadWorkFolders(): Promise<void> {
   const entries = await readdir(tmpdir()).catch(() => [] as string[]);
   for (const e of entries) {
     const m = /^moe-forge-(\d+)-[A-Za-z0-9]{6}$/.exec(e);
-    if (m && Number(m[1]) !== process.pid && !processAlive(Number(m[1]))) await rm(join(tmpdir(), e), { recursive: true, force: true }).catch(() => undefined);
+    if (m && leftByDeadProcess(Number(m[1]), join(tmpdir(), e), inUse)) await rm(join(tmpdir(), e), { recursive: true, force: true }).catch(() => undefined);
   }
 }

@@ -1,7 +1,8 @@
 import { existsSync, lstatSync, readdirSync, readFileSync, readlinkSync, realpathSync, renameSync, rmSync, statSync, statfsSync } from 'node:fs';
 import { basename, dirname, isAbsolute, join, resolve, sep } from 'node:path';
 import { ForgeError } from '../errors';
-import { processAlive } from '../util/process';
+import { leftByDeadProcess } from '../util/process';
+import { inUse } from '../util/cleanup';
 
 /**
  * The output folder's lifecycle: where it really is (symlinks written through), what it must never be
@@ -126,8 +127,8 @@ export function recoverStaleTemporaries(out: string, log?: (line: string) => voi
   const pattern = new RegExp(`^\\.${escape(basename(out))}\\.(tmp|old)-(\\d+)-[0-9a-f]+$`);
   for (const entry of readdirSync(parent)) {
     const m = pattern.exec(entry);
-    if (!m || processAlive(Number(m[2]))) continue;
     const p = join(parent, entry);
+    if (!m || !leftByDeadProcess(Number(m[2]), p, inUse)) continue;
     if (m[1] === 'tmp') {
       rmSync(p, { recursive: true, force: true });
       log?.(`removed ${p}, left by a run that was stopped`);

@@ -35,3 +35,8 @@ export function removeOnExit(path: string): () => void {
   paths.add(path);
   return () => void paths.delete(path);
 }
+
+/** Whether this process has `path` registered now (a temporary path in use, not one left by an earlier run). */
+export function inUse(path: string): boolean {
+  return paths.has(path);
+}
