@@ -146,3 +146,24 @@ test('SIGTERM in the middle of writing the output leaves no half-written folder 
   assert.equal(r.code, 143, r.output);
   assert.deepEqual(readdirSync(d), [], 'neither the output nor its temporary sibling');
 });
+
+test('a forward-pass worker whose parent dies exits quietly, without an EPIPE stack', async () => {
+  const worker = join(ROOT, 'libs', 'forward', 'worker-main.ts');
+  const script = `
+    const { fork } = require('node:child_process');
+    const { pathToFileURL } = require('node:url');
+    const child = fork(${JSON.stringify(worker)}, [], { execArgv: ['--import', pathToFileURL(require.resolve('tsx')).href], serialization: 'advanced', stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+    console.log('worker ' + child.pid);
+    child.send({ kind: 'prompts', modelDir: ${JSON.stringify(TINY('a'))}, prompts: [[1, 2, 3, 4]], options: {} });
+    setTimeout(() => process.exit(0), 30);`;
+  const parent = spawn(process.execPath, ['-e', script], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  parent.stdout!.on('data', (b) => (out += b));
+  parent.stderr!.on('data', (b) => (out += b));
+  // The pipes close when the worker, which shares them, is gone too.
+  await new Promise<void>((r) => parent.stdout!.on('close', () => r()));
+  const pid = Number(/worker (\d+)/.exec(out)?.[1]);
+  for (let i = 0; i < 100 && alive(pid); i++) await new Promise((r) => setTimeout(r, 100));
+  assert.ok(!alive(pid), 'the worker is gone');
+  assert.doesNotMatch(out, /EPIPE|ERR_IPC|Error|\n\s+at /, out);
+});
