@@ -36,6 +36,8 @@ export interface MergeOptions {
   /** Hugging Face settings (HF_ENDPOINT, HF_TOKEN, HF_HUB_CACHE, HF_HUB_OFFLINE); default process.env. */
   env?: Record<string, string | undefined>;
   log?: (line: string) => void;
+  /** -vv: inputs, the chosen architecture and why, prompt-state cache hits, per-shard decisions. */
+  debug?: (line: string) => void;
   warn?: (line: string) => void;
 }
 
@@ -47,8 +49,9 @@ export async function mergeRecipe(opts: MergeOptions): Promise<WriteResult> {
   const work = await mkdtemp(join(tmpdir(), 'moe-forge-'));
   try {
     const cacheDir = opts.cacheDir ?? userCacheDir();
-    const { merge } = await runFetch(parsed, join(work, 'fetch'), { cacheDir, env: opts.env, modelBaseDir: opts.modelBaseDir, allowIdenticalModels: opts.allowIdenticalModels, layout: opts.layout, seed: opts.seed, log: opts.log });
-    await runEmbedPrompts(merge, join(work, 'embed-prompts'), { cacheDir, device: opts.device, log: opts.log, progress: progressReporter('prompt states') });
+    const { merge } = await runFetch(parsed, join(work, 'fetch'), { cacheDir, env: opts.env, modelBaseDir: opts.modelBaseDir, allowIdenticalModels: opts.allowIdenticalModels, layout: opts.layout, seed: opts.seed, log: opts.log, debug: opts.debug });
+    opts.debug?.(`architecture ${merge.arch.name}: ${merge.archWhy}`);
+    await runEmbedPrompts(merge, join(work, 'embed-prompts'), { cacheDir, device: opts.device, log: opts.log, debug: opts.debug, progress: progressReporter('prompt states') });
     await runBuildGates(merge, join(work, 'embed-prompts'), join(work, 'build-gates'));
     const { gates, warnings } = await gatesForAssembly(merge, join(work, 'build-gates'));
     const plan = await runAssemble(merge, join(work, 'assemble-experts'), { maxShardBytes: opts.maxShardBytes ?? DEFAULT_SHARD_BYTES, extraWarnings: warnings, gates });
@@ -62,6 +65,7 @@ export async function mergeRecipe(opts: MergeOptions): Promise<WriteResult> {
       writeRecipe: opts.writeRecipe ?? true,
       overwrite: opts.overwrite ?? false,
       log: opts.log,
+      debug: opts.debug,
       progress: progressReporter('writing'),
     });
   } finally {

@@ -29,6 +29,8 @@ export interface WriteOptions {
   writeRecipe?: boolean;
   overwrite: boolean;
   log?: (line: string) => void;
+  /** Per-shard decisions with their hashes. */
+  debug?: (line: string) => void;
   progress?: Progress;
 }
 
@@ -210,6 +212,8 @@ export async function runWrite(plan: MergePlan, opts: WriteOptions): Promise<Wri
     for (const [i, s] of shards.entries()) {
       const sh = shardHash(plan, s.tensors.map((t) => byName.get(t.name)!), opts.gates);
       shardHashes[s.file] = sh;
+      const was = existing?.shards?.[s.file];
+      opts.debug?.(`${s.file}: ${s.tensors.length} tensors, ${s.bytes} bytes, content ${sh.slice(0, 12)}; ${was === undefined ? 'no shard of that name before' : was === sh ? 'the existing shard has the same content' : `the existing shard had ${was.slice(0, 12)}`}`);
       const prior = existing?.shards?.[s.file] === sh ? join(out, s.file) : null;
       if (prior && (await stat(prior).then((st) => st.size === existing!.files[s.file], () => false))) {
         // Same planned content as the shard already there: hard-link it (the old folder stays whole until the swap).
