@@ -143,9 +143,13 @@ test('a second workspace at another path builds from the remote cache: every cac
     for (const [f, bytes] of files(join(second, 'dist', 'stages', 'shared', stage))) assert.ok(!bytes.includes(first), `${stage}/${f} does not name the first workspace`);
   }
 
-  // The server down: NX_SKIP_REMOTE_CACHE=true builds from the local cache and the stages.
+  // The server down: Nx 24 stops at the first task it has to look up; NX_SKIP_REMOTE_CACHE=true builds locally.
   const down = { ...env, NX_SELF_HOSTED_REMOTE_CACHE_SERVER: `http://127.0.0.1:${await freePort()}` };
-  const skip = await nx(second, ['run', 'shared:build'], { ...down, NX_SKIP_REMOTE_CACHE: 'true' });
+  const aborted = await nx(second, ['run', 'shared:build', '--random-seed=5'], down);
+  assert.notEqual(aborted.exitCode, 0, 'Nx stops when the remote cache cannot be reached');
+  assert.match(aborted.stdout + aborted.stderr, /Failed to send request/);
+  const skip = await nx(second, ['run', 'shared:build', '--random-seed=5'], { ...down, NX_SKIP_REMOTE_CACHE: 'true' });
   assert.equal(skip.exitCode, 0, skip.stdout + skip.stderr);
-  assert.match(skip.stdout, /nx run shared:assemble-experts\s+\[(local cache|existing outputs match the cache, left as is)\]/);
+  assert.match(skip.stdout, /nx run shared:embed-prompts\s+\[local cache\]/);
+  assert.match(skip.stdout, /nx run shared:assemble-experts --random-seed=5\s*\n/, 'the stage a new seed changes runs');
 });
