@@ -26,7 +26,10 @@ export interface FetchOptions extends LoadOptions {
   log?: (line: string) => void;
   /** Refuse the recipe generator's placeholder prompts (default true). */
   refusePlaceholders?: boolean;
-  /** -vv detail: downloads, content ids, paths. */
+  /** What this run did (downloaded or found in the cache, and where); default: log. Nx replays a cached
+   * stage's output on any machine, where this would be stale, so the executor sends it to debug output. */
+  stats?: (line: string) => void;
+  /** -vv detail. */
   debug?: (line: string) => void;
 }
 
@@ -72,8 +75,7 @@ export async function runFetch(parsed: ParsedRecipe, outDir: string, opts: Fetch
   // Nx replays this output on a cache hit, on any machine: it says what the models are, not what this run did.
   for (const [i, m] of resolved.entries()) {
     opts.log?.(`model ${refs[i]!.ref}: ${m.source === 'local' ? portablePath(m.dir, roots) : `hub commit ${m.revision}`}, ${size(m.bytes)}, content ${m.contentId.slice(0, 12)}`);
-    if (m.source === 'download') opts.debug?.(`  downloaded ${size(m.downloadedBytes)} into ${m.dir}`);
-    else opts.debug?.(`  read from ${m.dir}`);
+    (opts.stats ?? opts.log)?.(`model ${refs[i]!.ref}: ${m.source === 'download' ? `downloaded ${size(m.downloadedBytes)} into` : m.source === 'cache' ? 'cache,' : 'local,'} ${m.dir}`);
     for (const w of m.warnings) opts.log?.(`WARNING: ${w}`);
   }
   const merge = buildMergeContext(parsed, await openSources(models), opts);

@@ -49,7 +49,7 @@ export async function mergeRecipe(opts: MergeOptions): Promise<WriteResult> {
   const work = await mkdtemp(join(tmpdir(), 'moe-forge-'));
   try {
     const cacheDir = opts.cacheDir ?? userCacheDir();
-    const { merge } = await runFetch(parsed, join(work, 'fetch'), { cacheDir, env: opts.env, modelBaseDir: opts.modelBaseDir, allowIdenticalModels: opts.allowIdenticalModels, layout: opts.layout, seed: opts.seed, log: opts.log, debug: opts.debug });
+    const { merge } = await runFetch(parsed, join(work, 'fetch'), { cacheDir, env: opts.env, modelBaseDir: opts.modelBaseDir, allowIdenticalModels: opts.allowIdenticalModels, layout: opts.layout, seed: opts.seed, log: opts.log, stats: opts.debug ?? opts.log, debug: opts.debug });
     opts.debug?.(`architecture ${merge.arch.name}: ${merge.archWhy}`);
     await runEmbedPrompts(merge, join(work, 'embed-prompts'), { cacheDir, device: opts.device, log: opts.log, debug: opts.debug, progress: progressReporter('prompt states') });
     await runBuildGates(merge, join(work, 'embed-prompts'), join(work, 'build-gates'));

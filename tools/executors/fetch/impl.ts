@@ -16,6 +16,7 @@ export default function fetchExecutor(options: unknown, context: ExecutorContext
       seed: o.randomSeed,
       refusePlaceholders: true,
       log: (l) => logger.info(l),
+      stats: (l) => logger.debug(l),
       debug: (l) => logger.debug(l),
     });
   });
