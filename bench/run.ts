@@ -209,7 +209,7 @@ async function benchNx(tmp: string): Promise<void> {
   }
   const fwd = Math.min(...fwds);
   const out = join(tmp, 'hidden-out');
-  const write = await child(['write', join(ws, 'dist', 'stages', 'm', 'assemble-experts'), recipeFile, out]);
+  const write = await child(['write', join(ws, 'dist', 'stages', 'm', 'assemble-experts'), recipeFile, out, ws]);
   rmSync(out, { recursive: true, force: true });
   log(`baselines: forward of one prompt (${ids.length} tokens) ${fwd.toFixed(2)} s, write ${write.seconds.toFixed(2)} s (${(write.bytes / 1e6).toFixed(0)} MB)`);
 
