@@ -99,6 +99,7 @@ export async function main(argv: string[], io: Io = defaultIo): Promise<number> 
       overwrite: v.overwrite === true,
       device,
       log: info,
+      debug: ((v.verbose as number) ?? 0) > 1 ? (s) => io.err(`debug: ${s}`) : undefined,
       warn: (s) => io.err(`WARNING: ${s}`),
     });
     io.out(`${result.skipped ? 'unchanged' : 'wrote'} ${result.outPath} (${result.shards} shard${result.shards === 1 ? '' : 's'})`);

@@ -41,6 +41,8 @@ export interface MergeOptions {
   /** Hugging Face settings (HF_ENDPOINT, HF_TOKEN, HF_HUB_CACHE, HF_HUB_OFFLINE); default process.env. */
   env?: Record<string, string | undefined>;
   log?: (line: string) => void;
+  /** -vv: inputs, the chosen architecture and why, prompt-state cache hits, per-shard decisions. */
+  debug?: (line: string) => void;
   warn?: (line: string) => void;
 }
 
@@ -54,8 +56,9 @@ export async function mergeRecipe(opts: MergeOptions): Promise<WriteResult> {
   const forget = removeOnExit(work);
   try {
     const cacheDir = opts.cacheDir ?? userCacheDir();
-    const { merge } = await runFetch(parsed, join(work, 'fetch'), { cacheDir, env: opts.env, modelBaseDir: opts.modelBaseDir, allowIdenticalModels: opts.allowIdenticalModels, layout: opts.layout, seed: opts.seed, log: opts.log, warn: opts.warn, output: { path: opts.outPath, recipeFile: opts.recipeFile } });
-    await runEmbedPrompts(merge, join(work, 'embed-prompts'), { cacheDir, device: opts.device, log: opts.log, warn: opts.warn, progress: progressReporter('prompt states') });
+    const { merge } = await runFetch(parsed, join(work, 'fetch'), { cacheDir, env: opts.env, modelBaseDir: opts.modelBaseDir, allowIdenticalModels: opts.allowIdenticalModels, layout: opts.layout, seed: opts.seed, log: opts.log, warn: opts.warn, stats: opts.debug ?? opts.log, debug: opts.debug, output: { path: opts.outPath, recipeFile: opts.recipeFile } });
+    opts.debug?.(`architecture ${merge.arch.name}: ${merge.archWhy}`);
+    await runEmbedPrompts(merge, join(work, 'embed-prompts'), { cacheDir, device: opts.device, log: opts.log, warn: opts.warn, debug: opts.debug, progress: progressReporter('prompt states') });
     await runBuildGates(merge, join(work, 'embed-prompts'), join(work, 'build-gates'));
     const { gates, warnings } = await gatesForAssembly(merge, join(work, 'build-gates'));
     const plan = await runAssemble(merge, join(work, 'assemble-experts'), { maxShardBytes: opts.maxShardBytes ?? DEFAULT_SHARD_BYTES, extraWarnings: warnings, gates });
@@ -70,6 +73,7 @@ export async function mergeRecipe(opts: MergeOptions): Promise<WriteResult> {
       overwrite: opts.overwrite ?? false,
       recipeFile: opts.recipeFile,
       log: opts.log,
+      debug: opts.debug,
       progress: progressReporter('writing'),
     });
   } finally {

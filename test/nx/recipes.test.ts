@@ -17,9 +17,10 @@ test('a recipe folder is an Nx project with the five stages and build, each desc
   const r = await nx(ws, ['show', 'project', 'parity', '--json']);
   assert.equal(r.exitCode, 0, r.stderr + r.stdout);
   const p = JSON.parse(r.stdout);
-  assert.deepEqual(Object.keys(p.targets).sort(), ['assemble-experts', 'build', 'build-gates', 'embed-prompts', 'fetch', 'write']);
-  assert.deepEqual(p.targets.write.dependsOn, [{ target: 'assemble-experts', params: 'forward' }]);
-  assert.deepEqual(p.targets['assemble-experts'].dependsOn, [{ target: 'build-gates', params: 'ignore' }]);
+  assert.deepEqual(Object.keys(p.targets).sort(), ['assemble-experts', 'build', 'build-gates', 'check-options', 'embed-prompts', 'fetch', 'write']);
+  const check = { target: 'check-options', params: 'forward' };
+  assert.deepEqual(p.targets.write.dependsOn, [check, { target: 'assemble-experts', params: 'forward' }]);
+  assert.deepEqual(p.targets['assemble-experts'].dependsOn, [check, { target: 'build-gates', params: 'ignore' }]);
   for (const t of Object.values<{ metadata?: { description?: string } }>(p.targets)) assert.ok(t.metadata?.description);
 });
 
