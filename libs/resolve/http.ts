@@ -146,14 +146,15 @@ export async function backoff(s: HubSettings, n: number, e: unknown): Promise<vo
   await sleep(ms);
 }
 
-function describe(e: unknown): string {
+function describe(e: unknown, url: string): string {
   if (e instanceof HttpTimeout || e instanceof TransientStatus || e instanceof ShortBody) return e.message;
-  const err = e as { cause?: { code?: string; message?: string }; message?: string };
-  return oneLine(err?.cause?.code ?? err?.cause?.message ?? err?.message ?? String(e));
+  const err = e as { code?: string; cause?: { code?: string; message?: string }; message?: string };
+  const why = [err?.cause?.message ?? err?.message, err?.cause?.code ?? err?.code].filter(Boolean).join(', ');
+  return `the connection to ${urlPlace(url)} broke (${oneLine(why || String(e))})`;
 }
 
 export function gaveUp(e: unknown, url: string, attempts: number): NetworkGaveUp {
-  const what = describe(e);
+  const what = describe(e, url);
   const where = what.includes(urlPlace(url)) ? '' : ` (${urlPlace(url)})`;
   const hint = e instanceof HttpTimeout ? `; ${TIMEOUT_ENV} sets the timeout in seconds` : '';
   return new NetworkGaveUp(`${what}${where}, ${attempts} attempt${attempts === 1 ? '' : 's'}${hint}`, e);

@@ -48,7 +48,8 @@ export function hubFailure(e: unknown, refText: string, s: HubSettings, what: st
     return new ModelError('hub_error', `cannot ${what} for model ${refText}: the hub at ${s.hubUrl} answered HTTP ${e.statusCode} (${detail})`);
   }
   if (e instanceof NetworkGaveUp) {
-    return new ModelError('hub_unreachable', `cannot ${what} for model ${refText}: ${e.message}. Set HF_HUB_OFFLINE=1 to use only local folders and the cache`);
+    const hint = what.startsWith('download') ? 'running again resumes the download' : 'set HF_HUB_OFFLINE=1 to use only local folders and the cache';
+    return new ModelError('hub_unreachable', `cannot ${what} for model ${refText}: ${e.message}; ${hint}`);
   }
   const err = e as Error & { cause?: { code?: string; message?: string } };
   const cause = oneLine(String(err?.cause?.code ?? err?.cause?.message ?? err?.message ?? e));
