@@ -1,4 +1,5 @@
 import { setTimeout as sleep } from 'node:timers/promises';
+import { ModelError } from '../errors';
 import { TIMEOUT_ENV, type HubSettings } from './settings';
 
 /** Network access counted per process, so tests and the CLI can report what a run fetched. */
@@ -181,6 +182,24 @@ export async function requestWithRetries<T>(s: HubSettings, url: string, init: R
   }
 }
 
+/** A body read whole, refusing one longer than `max` bytes (a hub answer is small; a broken or hostile one may not be). */
+export async function readCapped(res: Response, max: number, what: string): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  let n = 0;
+  if (!res.body) return Buffer.alloc(0);
+  for await (const chunk of res.body as unknown as AsyncIterable<Uint8Array>) {
+    n += chunk.length;
+    if (n > max) {
+      await res.body.cancel().catch(() => undefined);
+      throw new ModelError('hub_answer_too_large', `${what}: the answer is larger than ${max} bytes; refusing it`);
+    }
+    chunks.push(Buffer.from(chunk));
+  }
+  return Buffer.concat(chunks);
+}
+
+const MAX_API_ANSWER = 256 << 20;
+
 /**
  * The fetch handed to @huggingface/hub: token for the hub's origin (any token, not only `hf_` ones), timeouts,
  * retries, and the body read within the retry loop (its answers are small JSON). A 429/5xx that outlasts the
@@ -194,7 +213,7 @@ export function hubFetch(s: HubSettings): typeof fetch {
     const once = { ...s, retries: retry ? s.retries : 0 };
     try {
       return await requestWithRetries(once, url, init ?? {}, async (res) => {
-        const buf = res.body ? Buffer.from(await res.arrayBuffer()) : null;
+        const buf = res.body ? await readCapped(res, MAX_API_ANSWER, urlPlace(url)) : null;
         const out = new Response(buf && res.status !== 204 && res.status !== 304 ? buf : null, { status: res.status, statusText: res.statusText, headers: res.headers });
         Object.defineProperty(out, 'url', { value: res.url });
         return out;

@@ -7,7 +7,7 @@ import { ModelError } from '../errors';
 import { headerLengthFrom, parseHeader, type SafetensorsHeader } from '../safetensors';
 import type { RangeSource } from '../pickle';
 import { linkSnapshotFile, pathInside, repoStorage, snapshotDir, unsafePathReason } from './hf-cache';
-import { backoff, gaveUp, hubFetch, hubStats, isTransient, NetworkGaveUp, oneLine, requestWithRetries, ShortBody, timedRequest, hubHeaders, isTransientStatus, retryAfterMs, TransientStatus, urlPlace } from './http';
+import { backoff, gaveUp, hubFetch, hubStats, isTransient, NetworkGaveUp, oneLine, readCapped, requestWithRetries, ShortBody, timedRequest, hubHeaders, isTransientStatus, retryAfterMs, TransientStatus, urlPlace } from './http';
 import type { HubSettings } from './settings';
 
 /** One file of a hub revision, with the hashes the hub reports for it. */
@@ -34,6 +34,8 @@ export { hubStats };
 /** Turns hub and network failures into one-line ModelErrors that name the reference, host and file, and say what to do. */
 export function hubFailure(e: unknown, refText: string, s: HubSettings, what: string): ModelError {
   if (e instanceof ModelError) return e;
+  const fsError = cacheWriteFailure(e, s, refText);
+  if (fsError) return fsError;
   if (e instanceof HubApiError) {
     const detail = oneLine(e.message.replace(/\. URL: .*$/s, '')) || `HTTP ${e.statusCode}`;
     if (e.statusCode === 401 || e.statusCode === 403) {
@@ -54,6 +56,15 @@ export function hubFailure(e: unknown, refText: string, s: HubSettings, what: st
   const err = e as Error & { cause?: { code?: string; message?: string } };
   const cause = oneLine(String(err?.cause?.code ?? err?.cause?.message ?? err?.message ?? e));
   return new ModelError('hub_unreachable', `cannot ${what} for model ${refText}: the hub at ${s.hubUrl} could not be reached (${cause}). Set HF_HUB_OFFLINE=1 to use only local folders and the cache`);
+}
+
+const FS_WHY: Record<string, string> = { ENOSPC: 'the disk is full', EDQUOT: 'the disk quota is used up', EACCES: 'permission denied', EPERM: 'permission denied', EROFS: 'the file system is read-only', ENOTDIR: 'a file stands where a folder should be', EEXIST: 'a file is in the way', EISDIR: 'a folder stands where a file should be' };
+
+/** A file-system failure while writing into the Hugging Face cache, as one line naming the path; null for other errors. */
+export function cacheWriteFailure(e: unknown, s: HubSettings, refText: string): ModelError | null {
+  const err = e as NodeJS.ErrnoException | null;
+  if (!err || typeof err !== 'object' || !err.syscall || !err.code || !(err.code in FS_WHY)) return null;
+  return new ModelError('cache_unwritable', `cannot store model ${refText} in the Hugging Face cache ${s.cacheDir} (HF_HUB_CACHE): ${FS_WHY[err.code]} (${err.code}, ${err.syscall}${err.path ? ` ${err.path}` : ''})`);
 }
 
 /** The commit a revision names, and its top-level files with their hashes. */
@@ -273,6 +284,14 @@ async function downloadResumable(s: HubSettings, url: string, part: string, tota
  * bytes downloaded (0 when cached).
  */
 export async function fetchIntoCache(snap: RemoteSnapshot, file: RemoteFile, s: HubSettings, refText: string): Promise<number> {
+  try {
+    return await fetchFile(snap, file, s, refText);
+  } catch (e) {
+    throw cacheWriteFailure(e, s, refText) ?? e;
+  }
+}
+
+async function fetchFile(snap: RemoteSnapshot, file: RemoteFile, s: HubSettings, refText: string): Promise<number> {
   const why = unsafePathReason(file.path);
   if (why) throw new ModelError('unsafe_path', `the hub at ${s.hubUrl} lists a file named ${oneLine(JSON.stringify(file.path), 120)} for ${refText}; refusing to write it, ${why}`);
   const pointer = pathInside(snapshotDir(s.cacheDir, snap.repo, snap.sha), file.path);
@@ -342,7 +361,7 @@ export function remoteRangeSource(snap: RemoteSnapshot, file: RemoteFile, s: Hub
             await res.body?.cancel().catch(() => undefined);
             throw new ModelError('hub_no_range', `${file.path} of ${refText}: the hub at ${s.hubUrl} answered HTTP ${res.status} to a range request; header-only validation needs range support`);
           }
-          return Buffer.from(await res.arrayBuffer());
+          return readCapped(res, length, `${file.path} of ${refText} at ${s.hubUrl}, bytes ${offset}-${offset + length - 1}`);
         });
       } catch (e) {
         throw hubFailure(e, refText, s, `read ${file.path}`);

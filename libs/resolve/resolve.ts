@@ -8,7 +8,7 @@ import { readBinFile, readBinTensors } from '../pickle';
 import { contentIdDetails } from './content-id';
 import { CONFIG_FILE, TOKENIZER_FILES, chooseWeights, missingModelFiles, weightsOnDisk, type WeightFormat, type WeightLayout } from './files';
 import { cachedCommit, snapshotDir, unsafePathReason, writeRef } from './hf-cache';
-import { fetchIntoCache, fetchRemoteSafetensorsHeader, remoteRangeSource, remoteSnapshot, type RemoteSnapshot } from './hub';
+import { cacheWriteFailure, fetchIntoCache, fetchRemoteSafetensorsHeader, remoteRangeSource, remoteSnapshot, type RemoteSnapshot } from './hub';
 import { formatReference, looksLikeRepoId, parseModelReference, type ModelReference, type ModelReferenceInput } from './reference';
 import { hubSettings, type HubSettings, type ResolveOptions } from './settings';
 
@@ -142,7 +142,9 @@ async function fetchHubModel(repo: string, ref: ModelReference, s: HubSettings, 
   if (s.offline) throw offlineError(refText, repo, ref.revision, s, missing);
 
   const snap = await remoteSnapshot(repo, ref.revision, s, refText);
-  await writeRef(s.cacheDir, repo, ref.revision ?? 'main', snap.sha);
+  await writeRef(s.cacheDir, repo, ref.revision ?? 'main', snap.sha).catch((e) => {
+    throw cacheWriteFailure(e, s, refText) ?? e;
+  });
   const dir = snapshotDir(s.cacheDir, repo, snap.sha);
   let downloaded = 0;
   const get = async (name: string) => {

@@ -213,3 +213,26 @@ test('the command line reports a stalled hub in one line with exit code 1', { ti
   assert.equal(r.stderr.trim().split('\n').length, 1, r.stderr);
   assert.ok(!existsSync(join(d, 'out')));
 });
+
+test('a cache that cannot be written gives one line naming the path, not a stack trace', async () => {
+  const d = await temp();
+  await writeFile(join(d, 'not-a-folder'), 'x');
+  const cache = join(d, 'not-a-folder', 'hub');
+  await assert.rejects(resolveModel('org/progress', { env: envFor(cache) }), (e: Error & { code?: string }) => {
+    assert.equal(e.code, 'cache_unwritable');
+    assert.match(e.message, /^cannot store model org\/progress in the Hugging Face cache .*not-a-folder\/hub \(HF_HUB_CACHE\): a file stands where a folder should be \(ENOTDIR, mkdir .*not-a-folder/);
+    return true;
+  });
+});
+
+test('an answer far larger than asked for is refused', async () => {
+  // A range request for a safetensors header answered with more bytes than asked: the read stops at the limit.
+  const { remoteRangeSource } = await import('../../libs/resolve/hub');
+  const { hubSettings } = await import('../../libs/resolve/settings');
+  const s = hubSettings({ env: envFor(await temp()) });
+  const snap = { repo: 'org/progress', sha: commitFor('org/progress'), files: new Map() };
+  const src = remoteRangeSource(snap, { path: 'model.safetensors', size: WEIGHTS.length, sha256: null, gitOid: null }, s, 'org/progress');
+  assert.ok((await src.read(0, 8)).equals(WEIGHTS.subarray(0, 8)));
+  server.faults.push({ match: /org\/progress\/resolve/, kind: 'status', status: 206, times: 1 });
+  await assert.rejects(src.read(0, 8), /model\.safetensors of org\/progress at http:\/\/127\.0\.0\.1:\d+, bytes 0-7: the answer is larger than 8 bytes; refusing it/);
+});
