@@ -164,6 +164,8 @@ async function claimPartial(blobsDir: string, etag: string): Promise<string> {
 
 const size = (b: number) => (b >= 1e9 ? `${(b / 1e9).toFixed(2)} GB` : b >= 1e6 ? `${(b / 1e6).toFixed(1)} MB` : `${(b / 1e3).toFixed(1)} kB`);
 
+const PROGRESS_MIN_BYTES = 100_000;
+
 interface Expected {
   algo: 'sha256' | 'sha1';
   hex: string;
@@ -190,7 +192,8 @@ async function downloadResumable(s: HubSettings, url: string, part: string, tota
       hashed = have;
     }
   };
-  const progress = s.progress?.(label) ?? null;
+  // Small files (config, tokenizer settings) would only add noise.
+  const progress = total >= PROGRESS_MIN_BYTES ? (s.progress?.(label) ?? null) : null;
   const started = Date.now();
   let fetched = 0;
   let lastDraw = 0;

@@ -118,8 +118,8 @@ export async function startHubServer(repos: HubRepoSpec[]): Promise<HubServer> {
         const part = buf.subarray(0, Math.min(fault.at ?? 0, buf.length));
         log.bytes = part.length;
         res.write(part, () => {
-          // A clean close (FIN) after the bytes: the client gets exactly `at` bytes of a longer body.
-          if (fault.kind === 'cut') res.socket?.end();
+          // Closed a moment after the bytes left, so the client has usually read them all (it may lose the tail).
+          if (fault.kind === 'cut') setTimeout(() => res.socket?.destroy(), 200);
         });
         return;
       }
