@@ -119,7 +119,7 @@ export async function startHubServer(repos: HubRepoSpec[]): Promise<HubServer> {
         log.bytes = part.length;
         res.write(part, () => {
           // Closed a moment after the bytes left, so the client has usually read them all (it may lose the tail).
-          if (fault.kind === 'cut') setTimeout(() => res.socket?.destroy(), 200);
+          if (fault.kind === 'cut') setTimeout(() => res.socket?.destroy(), 500);
         });
         return;
       }
