@@ -331,8 +331,17 @@ async function fetchFile(snap: RemoteSnapshot, file: RemoteFile, s: HubSettings,
   await mkdir(blobsDir, { recursive: true });
   const part = await claimPartial(blobsDir, expected.hex);
   let got: number;
+  const label = `downloading ${snap.repo} ${file.path}`;
   try {
-    got = await downloadResumable(s, url, part, file.size, expected, `downloading ${snap.repo} ${file.path}`);
+    const inherited = (await stat(part).catch(() => null))?.size ?? 0;
+    try {
+      got = await downloadResumable(s, url, part, file.size, expected, label);
+    } catch (e) {
+      // Bytes left by an earlier run may be what spoiled the hash: once more from zero before giving up.
+      if (!(e instanceof BadContent && e.code === 'hash_mismatch' && inherited > 0)) throw e;
+      await truncate(part, 0);
+      got = await downloadResumable(s, url, part, file.size, expected, label);
+    }
     await rename(part, blob);
   } catch (e) {
     if (e instanceof BadContent) {

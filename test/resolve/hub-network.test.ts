@@ -243,3 +243,17 @@ test('an answer far larger than asked for is refused', async () => {
   server.faults.push({ match: /org\/progress\/resolve/, kind: 'status', status: 206, times: 1 });
   await assert.rejects(src.read(0, 8), /model\.safetensors of org\/progress at http:\/\/127\.0\.0\.1:\d+, bytes 0-7: the answer is larger than 8 bytes; refusing it/);
 });
+
+test('a partial left by an earlier run whose bytes are wrong is downloaded again from zero', async () => {
+  const cache = await temp();
+  const blobsDir = join(cache, repoFolderName('org/progress'), 'blobs');
+  await mkdir(blobsDir, { recursive: true });
+  // A dead writer's partial (pid 2**22 + 1 is above Linux's pid limit) holding wrong bytes.
+  const stale = join(blobsDir, `${sha256(WEIGHTS)}.${2 ** 22 + 1}-0badc0de.incomplete`);
+  await writeFile(stale, Buffer.alloc(1000, 7));
+  const before = weightGets('org/progress').length;
+  const r = await resolveModel('org/progress', { env: envFor(cache) });
+  assert.ok((await readFile(join(r.dir, 'model.safetensors'))).equals(WEIGHTS));
+  assert.deepEqual(weightGets('org/progress').slice(before).map((q) => q.range), ['bytes=1000-', null]);
+  assert.deepEqual((await readdir(blobsDir)).filter((b) => b.endsWith('.incomplete')), []);
+});
