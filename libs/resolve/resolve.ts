@@ -7,8 +7,8 @@ import { readSafetensorsHeader, type SafetensorsHeader } from '../safetensors';
 import { readBinFile, readBinTensors } from '../pickle';
 import { contentIdDetails } from './content-id';
 import { CONFIG_FILE, TOKENIZER_FILES, chooseWeights, missingModelFiles, weightsOnDisk, type WeightFormat, type WeightLayout } from './files';
-import { cachedCommit, snapshotDir, writeRef } from './hf-cache';
-import { fetchIntoCache, fetchRemoteSafetensorsHeader, remoteRangeSource, remoteSnapshot, type RemoteSnapshot } from './hub';
+import { cachedCommit, snapshotDir, unsafePathReason, writeRef } from './hf-cache';
+import { cacheWriteFailure, fetchIntoCache, fetchRemoteSafetensorsHeader, remoteRangeSource, remoteSnapshot, type RemoteSnapshot } from './hub';
 import { formatReference, looksLikeRepoId, parseModelReference, type ModelReference, type ModelReferenceInput } from './reference';
 import { hubSettings, type HubSettings, type ResolveOptions } from './settings';
 
@@ -129,6 +129,9 @@ interface HubFetch {
  */
 async function fetchHubModel(repo: string, ref: ModelReference, s: HubSettings, want: 'full' | 'meta'): Promise<HubFetch> {
   const refText = formatReference(ref);
+  const unsafe = ref.revision === null ? null : unsafePathReason(ref.revision);
+  // The revision names a file under refs/ in the cache: it must stay a plain relative name.
+  if (unsafe) throw new ModelError('bad_revision', `model reference "${ref.raw}": revision ${JSON.stringify(ref.revision)} is not a branch, tag or commit name (${unsafe})`, { field: 'revision' });
   const cachedSha = await cachedCommit(s.cacheDir, repo, ref.revision);
   let missing: string[] | null = null;
   if (cachedSha) {
@@ -139,7 +142,9 @@ async function fetchHubModel(repo: string, ref: ModelReference, s: HubSettings, 
   if (s.offline) throw offlineError(refText, repo, ref.revision, s, missing);
 
   const snap = await remoteSnapshot(repo, ref.revision, s, refText);
-  await writeRef(s.cacheDir, repo, ref.revision ?? 'main', snap.sha);
+  await writeRef(s.cacheDir, repo, ref.revision ?? 'main', snap.sha).catch((e) => {
+    throw cacheWriteFailure(e, s, refText) ?? e;
+  });
   const dir = snapshotDir(s.cacheDir, repo, snap.sha);
   let downloaded = 0;
   const get = async (name: string) => {

@@ -1,6 +1,8 @@
 import { homedir } from 'node:os';
 import { join, resolve } from 'node:path';
 import type { ContentCache } from '../cache';
+import { ModelError } from '../errors';
+import { progressReporter, type Progress } from '../stages/progress';
 
 /** The Hugging Face environment variables we honour, read from an explicit env (tests pass their own). */
 export type HubEnv = Readonly<Record<string, string | undefined>>;
@@ -19,6 +21,8 @@ export interface ResolveOptions {
   fetch?: typeof fetch;
   /** Memo for content ids; without it every id is computed from the bytes. */
   cache?: ContentCache;
+  /** Download progress, one reporter per file (default: a bar on stderr); false: none. */
+  progress?: ((label: string) => Progress) | false;
 }
 
 export interface HubSettings {
@@ -27,6 +31,26 @@ export interface HubSettings {
   token: string | undefined;
   offline: boolean;
   fetch: typeof fetch;
+  /** No connection, answer or body bytes for this long fails the request (MOE_FORGE_HTTP_TIMEOUT, seconds). */
+  timeoutMs: number;
+  /** Transient failures (timeouts, resets, 429, 5xx) are retried this many times (MOE_FORGE_HTTP_RETRIES). */
+  retries: number;
+  progress: ((label: string) => Progress) | null;
+}
+
+export const TIMEOUT_ENV = 'MOE_FORGE_HTTP_TIMEOUT';
+export const RETRIES_ENV = 'MOE_FORGE_HTTP_RETRIES';
+const DEFAULT_TIMEOUT_S = 30;
+const DEFAULT_RETRIES = 5;
+
+function envNumber(env: HubEnv, name: string, fallback: number, integer: boolean): number {
+  const raw = env[name]?.trim();
+  if (!raw) return fallback;
+  const v = Number(raw);
+  if (!Number.isFinite(v) || v < 0 || (integer && !Number.isInteger(v)) || (!integer && v === 0)) {
+    throw new ModelError('bad_env', `${name}=${JSON.stringify(raw)} is not ${integer ? 'a whole number >= 0' : 'a number of seconds > 0'}`, { field: name });
+  }
+  return v;
 }
 
 const TRUE = new Set(['1', 'true', 'yes', 'on']);
@@ -48,5 +72,9 @@ export function hubSettings(opts: ResolveOptions = {}): HubSettings {
     token: opts.token ?? (env.HF_TOKEN || env.HUGGING_FACE_HUB_TOKEN || undefined),
     offline: opts.offline ?? TRUE.has(offlineVar),
     fetch: opts.fetch ?? globalThis.fetch,
+    // HF_HUB_DOWNLOAD_TIMEOUT is huggingface_hub's name for the same thing.
+    timeoutMs: Math.round(envNumber(env, TIMEOUT_ENV, envNumber(env, 'HF_HUB_DOWNLOAD_TIMEOUT', DEFAULT_TIMEOUT_S, false), false) * 1000),
+    retries: envNumber(env, RETRIES_ENV, DEFAULT_RETRIES, true),
+    progress: opts.progress === false ? null : (opts.progress ?? ((label) => progressReporter(label))),
   };
 }

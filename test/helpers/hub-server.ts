@@ -8,7 +8,9 @@ import { createHash } from 'node:crypto';
  *   GET  /api/models/{repo}/tree/{rev}[/{path}]    file listing with oids and LFS sha256
  *   POST /api/models/{repo}/paths-info/{rev}       the same for named paths
  *   GET|HEAD /{repo}/resolve/{rev}/{file}          content, with Range, ETag, X-Repo-Commit, X-Linked-Etag/-Size
- * Every request is logged with the bytes of body sent, so tests can check what was fetched.
+ * Every request is logged with the bytes of body sent, so tests can check what was fetched. `faults` make it
+ * misbehave as real networks do: stall (accept and never answer, or stop mid-body), cut the connection mid-body,
+ * or answer an error status.
  */
 export interface HubRepoSpec {
   id: string;
@@ -19,12 +21,28 @@ export interface HubRepoSpec {
   gatedToken?: string;
   /** Files whose reported LFS sha256 is wrong (the served bytes do not match the metadata). */
   wrongSha256?: string[];
+  /** A careless mirror: any unknown revision is answered with main's commit. */
+  anyRevision?: boolean;
+  /** File content is not served here but redirected (302) to this base URL + the same path (a CDN). */
+  redirectTo?: string;
+}
+
+/** A misbehaviour for requests whose path (decoded) matches: applied `times` times (default: always). */
+export interface HubFault {
+  match: RegExp;
+  /** stall: never answer (or, with `at`, stop after `at` body bytes); cut: close the connection after `at` body bytes; status: answer it. */
+  kind: 'stall' | 'cut' | 'status';
+  at?: number;
+  status?: number;
+  times?: number;
 }
 
 export interface HubRequest {
   method: string;
   path: string;
   range: string | null;
+  /** The Authorization header as received. */
+  authorization: string | null;
   status: number;
   bytes: number;
 }
@@ -32,6 +50,10 @@ export interface HubRequest {
 export interface HubServer {
   url: string;
   requests: HubRequest[];
+  /** Faults to apply, first match wins; tests may change the list at any time. */
+  faults: HubFault[];
+  /** Body bytes sent for paths ending with `suffix`. */
+  bytesServed(suffix: string): number;
   close(): Promise<void>;
 }
 
@@ -70,21 +92,41 @@ export function commitFor(id: string, salt = ''): string {
 export async function startHubServer(repos: HubRepoSpec[]): Promise<HubServer> {
   const byId = new Map(repos.map((r) => [r.id, { spec: r, entries: entriesOf(r), revisions: { main: commitFor(r.id), ...r.revisions } as Record<string, string> }]));
   const requests: HubRequest[] = [];
+  const faults: HubFault[] = [];
+
+  const takeFault = (path: string): HubFault | null => {
+    const f = faults.find((x) => x.match.test(path) && (x.times === undefined || x.times > 0));
+    if (f && f.times !== undefined) f.times--;
+    return f ?? null;
+  };
 
   const handle = async (req: IncomingMessage, res: ServerResponse) => {
     const url = new URL(req.url ?? '/', 'http://x');
     const parts = url.pathname.split('/').filter(Boolean).map(decodeURIComponent);
-    const log: HubRequest = { method: req.method ?? 'GET', path: url.pathname, range: (req.headers.range as string) ?? null, status: 200, bytes: 0 };
+    const log: HubRequest = { method: req.method ?? 'GET', path: url.pathname, range: (req.headers.range as string) ?? null, authorization: req.headers.authorization ?? null, status: 200, bytes: 0 };
     requests.push(log);
+    const fault = takeFault(decodeURIComponent(url.pathname));
+    if (fault?.kind === 'stall' && fault.at === undefined) return; // accepted, never answered
     const send = (status: number, body: Buffer | string | object, headers: Record<string, string | number> = {}) => {
       log.status = status;
       const isJson = typeof body === 'object' && !Buffer.isBuffer(body);
       const buf = Buffer.isBuffer(body) ? body : Buffer.from(isJson ? JSON.stringify(body) : String(body));
       res.writeHead(status, { 'Content-Type': isJson ? 'application/json' : 'text/plain', 'Content-Length': buf.length, ...headers });
       if (req.method === 'HEAD') return res.end();
+      if (fault && (fault.kind === 'cut' || fault.kind === 'stall')) {
+        // The announced length is kept: the client sees a body that stops short.
+        const part = buf.subarray(0, Math.min(fault.at ?? 0, buf.length));
+        log.bytes = part.length;
+        res.write(part, () => {
+          // Closed a moment after the bytes left, so the client has usually read them all (it may lose the tail).
+          if (fault.kind === 'cut') setTimeout(() => res.socket?.destroy(), 500);
+        });
+        return;
+      }
       log.bytes = buf.length;
       res.end(buf);
     };
+    if (fault?.kind === 'status') return send(fault.status ?? 503, { error: `injected HTTP ${fault.status ?? 503}` });
     const notFound = (code: string, msg: string) => send(404, { error: msg }, { 'X-Error-Code': code, 'X-Error-Message': msg });
 
     const isApi = parts[0] === 'api' && parts[1] === 'models';
@@ -93,7 +135,7 @@ export async function startHubServer(repos: HubRepoSpec[]): Promise<HubServer> {
     if (!repo) return notFound('RepositoryNotFound', 'Repository not found');
     const rest = isApi ? parts.slice(4) : parts.slice(2);
     const rev = rest[1] === 'HEAD' ? 'main' : rest[1] ?? 'main';
-    const sha = /^[0-9a-f]{40}$/.test(rev) && Object.values(repo.revisions).includes(rev) ? rev : repo.revisions[rev];
+    const sha = /^[0-9a-f]{40}$/.test(rev) && Object.values(repo.revisions).includes(rev) ? rev : (repo.revisions[rev] ?? (repo.spec.anyRevision ? repo.revisions.main : undefined));
     if (!sha) return notFound('RevisionNotFound', `Invalid rev id: ${rev}`);
     const listEntry = (e: Entry) => ({ type: 'file', oid: e.oid, size: e.size, path: e.path, ...(e.lfs ? { lfs: e.lfs } : {}) });
 
@@ -127,6 +169,7 @@ export async function startHubServer(repos: HubRepoSpec[]): Promise<HubServer> {
       }
       const e = repo.entries.get(rest.slice(2).join('/'));
       if (!e) return notFound('EntryNotFound', 'Entry not found');
+      if (repo.spec.redirectTo) return send(302, '', { Location: `${repo.spec.redirectTo}${url.pathname}`, 'X-Repo-Commit': sha });
       const etag = e.lfs ? e.lfs.oid : e.oid;
       const headers: Record<string, string | number> = {
         ETag: `"${etag}"`, 'X-Repo-Commit': sha, 'Accept-Ranges': 'bytes',
@@ -156,6 +199,8 @@ export async function startHubServer(repos: HubRepoSpec[]): Promise<HubServer> {
   return {
     url: `http://127.0.0.1:${port}`,
     requests,
+    faults,
+    bytesServed: (suffix) => requests.filter((r) => r.path.endsWith(suffix)).reduce((a, r) => a + r.bytes, 0),
     close: () =>
       new Promise<void>((ok) => {
         server.closeAllConnections();
