@@ -1,4 +1,4 @@
-import { ATTN_PROJS, configDtype, copied, copiedIfPresent, expertTensor, fusedExperts, modelTypeProblem, router, sortedKeys } from './common';
+import { ATTN_PROJS, CONFIG_FLOATS, configDtype, copied, copiedIfPresent, expertTensor, fusedExperts, modelTypeProblem, router, sortedKeys } from './common';
 import type { PlanTensor } from '../plan/types';
 import type { OutputArchitecture } from './types';
 
@@ -12,6 +12,7 @@ export const mixtral: OutputArchitecture = {
     return modelTypeProblem(ctx, ['llama', 'mistral']);
   },
   gatedSharedExperts: () => 0,
+  floatKeys: [...CONFIG_FLOATS, 'router_jitter_noise'],
   config(ctx) {
     const out: Record<string, unknown> = { ...ctx.base.config.raw };
     delete out.transformers_version;

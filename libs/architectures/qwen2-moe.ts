@@ -1,4 +1,4 @@
-import { configDtype, copied, copiedIfPresent, expertTensor, fillDefaults, baseConfigCopy, hasPrompts, modelTypeProblem, router, sortedKeys, zerosTensor, type MlpProj, qwenMoeDefaults } from './common';
+import { CONFIG_FLOATS, configDtype, copied, copiedIfPresent, expertTensor, fillDefaults, baseConfigCopy, hasPrompts, modelTypeProblem, router, sortedKeys, zerosTensor, type MlpProj, qwenMoeDefaults } from './common';
 import type { PlanTensor } from '../plan/types';
 import type { ArchContext, OutputArchitecture } from './types';
 
@@ -33,6 +33,7 @@ export const qwen2Moe: OutputArchitecture = {
   },
   // The shared expert's gate row follows the routed ones in G and becomes shared_expert_gate.
   gatedSharedExperts: () => 1,
+  floatKeys: CONFIG_FLOATS,
   config(ctx) {
     const c = ctx.base.config;
     const out = baseConfigCopy(ctx);

@@ -1,4 +1,4 @@
-import { baseConfigCopy, configDtype, copied, copiedIfPresent, expertTensor, fillDefaults, fusedExperts, modelTypeProblem, router, sortedKeys, type MlpProj, qwenMoeDefaults } from './common';
+import { CONFIG_FLOATS, baseConfigCopy, configDtype, copied, copiedIfPresent, expertTensor, fillDefaults, fusedExperts, modelTypeProblem, router, sortedKeys, type MlpProj, qwenMoeDefaults } from './common';
 import type { PlanTensor } from '../plan/types';
 import type { OutputArchitecture } from './types';
 
@@ -18,6 +18,7 @@ export const qwen3Moe: OutputArchitecture = {
     return modelTypeProblem(ctx, ['qwen3']);
   },
   gatedSharedExperts: () => 0,
+  floatKeys: CONFIG_FLOATS,
   config(ctx) {
     const c = ctx.base.config;
     const out = baseConfigCopy(ctx);

@@ -45,6 +45,8 @@ export interface OutputArchitecture {
   /** Whether the fused (transformers 5) expert layout exists for this architecture. */
   fusedLayout: boolean;
   config(ctx: ArchContext): Record<string, unknown>;
+  /** Top-level config keys the consumer's config class types as float (written `0.0`, never `0`). */
+  floatKeys: readonly string[];
   /** Every output tensor in write order. */
   tensors(ctx: ArchContext): PlanTensor[];
 }

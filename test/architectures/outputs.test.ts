@@ -11,6 +11,19 @@ import { mergeRecipe } from '../../libs/stages/merge';
 import { CACHE_ENV } from '../../libs/cache';
 import { readAll, recipeYaml, rowNorms, tinyFamilyModel, writeOrder, expectedBytes, TINY_SIZE, type ExpertYaml, type Family, type ReadTensor } from '../helpers/arch-models';
 import { tempDir } from '../helpers/tmp';
+import { numberKinds, typedJson } from '../helpers/json-types';
+
+/**
+ * Keys the consumer's config class types as float (transformers 5.17's MixtralConfig / Qwen2MoeConfig /
+ * Qwen3MoeConfig, DeepSeek's DeepseekConfig), plus rope_theta: written as an int, transformers 5 refuses them.
+ */
+const COMMON_FLOATS = ['attention_dropout', 'initializer_range', 'rms_norm_eps', 'rope_theta'];
+const FLOATS: Record<string, string[]> = {
+  Mixtral: [...COMMON_FLOATS, 'router_aux_loss_coef', 'router_jitter_noise'],
+  'DeepSeek MoE': [...COMMON_FLOATS, 'aux_loss_alpha'],
+  'Qwen MoE': [...COMMON_FLOATS, 'router_aux_loss_coef'],
+  'Qwen3 MoE': [...COMMON_FLOATS, 'router_aux_loss_coef'],
+};
 
 const dir = tempDir('moe-forge-arch-');
 // Hidden modes cache prompt states: keep them out of the user's cache.
@@ -310,6 +323,12 @@ async function check(c: Case, gate: string) {
   const expected = c.config(raw, c);
   assert.deepEqual(cfg, expected, `${label}: config.json`);
   assert.deepEqual(Object.keys(cfg), Object.keys(expected), `${label}: config.json key order`);
+  // The generated bases write every number as JSON.stringify does (rope_theta 10000, no fractions): the output
+  // must still say 10000.0 where the consumer wants a float.
+  const kinds = numberKinds(typedJson(readFileSync(join(out, 'config.json'), 'utf8')));
+  for (const k of FLOATS[c.arch]!) if (k in cfg) assert.equal(kinds.get(k), 'float', `${label}: config.json ${k} must be written as a float`);
+  for (const k of ['rms_norm_eps', 'rope_theta']) assert.ok(k in cfg, `${label}: config.json has ${k}`);
+  for (const k of ['num_hidden_layers', 'hidden_size', 'vocab_size']) assert.equal(kinds.get(k), 'int', `${label}: config.json ${k}`);
 }
 
 for (const c of CASES) {
