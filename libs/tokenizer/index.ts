@@ -17,7 +17,10 @@ export interface PromptTokenizer {
   padToken: string;
   /** sha256 over the tokenizer files, so cached prompt states follow tokenizer content, not paths. */
   contentId: string;
-  /** The reference's tokenisation: the string `bos_token + prompt`, without special tokens added. */
+  /**
+   * The reference's tokenisation, as transformers 5's AutoTokenizer gives it: the string `bos_token + prompt`,
+   * without special tokens added.
+   */
   encodePrompt(prompt: string): number[];
 }
 
@@ -35,6 +38,51 @@ async function readJson(file: string): Promise<Record<string, unknown>> {
   }
 }
 
+/** Bump when encodePrompt changes for some tokenizer files (it is part of contentId). */
+const PIPELINE_VERSION = 'transformers5-v1';
+
+/** Python class defaults of the special tokens, for a tokenizer_config.json that does not name them. */
+interface ClassDefaults {
+  bos: string | null;
+  eos: string | null;
+}
+
+/**
+ * Tokenizer classes that transformers 5 builds from their own definition, taking only the vocabulary, merges and
+ * added tokens from tokenizer.json (TokenizersBackend.convert_to_native_format, for a class with its own
+ * __init__): tokenizer.json's normalizer and pre-tokenizer are not what their text goes through. Returns the
+ * tokenizer.json that describes the pipeline transformers 5 runs, and the class's special-token defaults.
+ */
+function transformers5Pipeline(tokenizerJson: Record<string, unknown>, config: Record<string, unknown>): { json: Record<string, unknown>; defaults: ClassDefaults } {
+  const cls = typeof config.tokenizer_class === 'string' ? config.tokenizer_class.replace(/Fast$/, '') : null;
+  const model = tokenizerJson.model as Record<string, unknown> | undefined;
+  const metaspace = (prependScheme: 'always' | 'first' | 'never') => ({
+    json: {
+      ...tokenizerJson,
+      normalizer: null,
+      pre_tokenizer: { type: 'Metaspace', replacement: '\u2581', prepend_scheme: prependScheme, split: false },
+      model: { ...model, fuse_unk: true, byte_fallback: true },
+    },
+    defaults: { bos: '<s>', eos: '</s>' },
+  });
+  if (model?.type === 'BPE') {
+    // LlamaTokenizer (Llama-2, Mistral-7B vocabularies): no normalizer; Metaspace that prepends to every section
+    // with `legacy: true`, else only to the text's start, and never with `add_prefix_space: false`.
+    if (cls === 'LlamaTokenizer') return metaspace(config.add_prefix_space === false ? 'never' : config.legacy === true ? 'always' : 'first');
+    if (cls === 'CodeLlamaTokenizer') return metaspace(config.add_prefix_space === false ? 'never' : 'first');
+  }
+  // Qwen2Tokenizer rebuilds a pipeline equal to its tokenizer.json's; only its defaults matter here.
+  if (cls === 'Qwen2Tokenizer') return { json: tokenizerJson, defaults: { bos: null, eos: '<|endoftext|>' } };
+  return { json: tokenizerJson, defaults: { bos: null, eos: null } };
+}
+
+/** A special token as transformers 5 resolves it: the config's (null included), else special_tokens_map.json's, else the class default. */
+function specialToken(key: 'bos_token' | 'eos_token', config: Record<string, unknown>, stm: Record<string, unknown>, fallback: string | null): string | null {
+  if (key in config) return tokenText(config[key]);
+  if (key in stm) return tokenText(stm[key]);
+  return fallback;
+}
+
 export async function loadTokenizer(dir: string): Promise<PromptTokenizer> {
   const tjFile = join(dir, 'tokenizer.json');
   if (!existsSync(tjFile)) {
@@ -45,11 +93,12 @@ export async function loadTokenizer(dir: string): Promise<PromptTokenizer> {
   const config = existsSync(cfgFile) ? await readJson(cfgFile) : {};
   const stmFile = join(dir, 'special_tokens_map.json');
   const stm = existsSync(stmFile) ? await readJson(stmFile) : {};
-  const bosToken = tokenText(config.bos_token) ?? tokenText(stm.bos_token);
-  const eosToken = tokenText(config.eos_token) ?? tokenText(stm.eos_token);
+  const pipeline = transformers5Pipeline(tokenizerJson, config);
+  const bosToken = specialToken('bos_token', config, stm, pipeline.defaults.bos);
+  const eosToken = specialToken('eos_token', config, stm, pipeline.defaults.eos);
   let tok: Tokenizer;
   try {
-    tok = new Tokenizer(tokenizerJson, config);
+    tok = new Tokenizer(pipeline.json, config);
   } catch (e) {
     throw new ModelError('bad_tokenizer', `cannot load tokenizer (${(e as Error).message})`, { file: tjFile });
   }
@@ -59,7 +108,8 @@ export async function loadTokenizer(dir: string): Promise<PromptTokenizer> {
   }
   const padTokenId = tok.token_to_id(padToken);
   if (padTokenId === undefined) throw new ModelError('bad_tokenizer', `special token ${JSON.stringify(padToken)} is not in the vocabulary`, { file: tjFile });
-  const h = createHash('sha256');
+  // The pipeline's version too: cached prompt states made with another tokenisation of the same files must miss.
+  const h = createHash('sha256').update(`${PIPELINE_VERSION}\0`);
   for (const f of TOKENIZER_FILES) {
     const p = join(dir, f);
     if (existsSync(p)) h.update(f).update('\0').update(await readFile(p)).update('\0');
