@@ -15,9 +15,8 @@ const LLAMA_MLP: readonly MlpProj[] = ['up_proj', 'gate_proj', 'down_proj'];
  */
 export const deepseek: OutputArchitecture = {
   name: 'DeepSeek MoE',
-  // The reference gives the power-of-two warning for every architecture but this one.
-  warnExpertCount: false,
   fusedLayout: false,
+  llamaCppReadsFused: false,
   rejects(ctx) {
     if (ctx.shared.length > 1) return `DeepSeek MoE supports at most one shared expert (got ${ctx.shared.length})`;
     const s = ctx.shared[0];

@@ -5,8 +5,8 @@ import type { OutputArchitecture } from './types';
 /** Mixtral (spec 3.2): classic `block_sparse_moe.experts.E.w1/w2/w3` by default, fused on request. */
 export const mixtral: OutputArchitecture = {
   name: 'Mixtral',
-  warnExpertCount: true,
   fusedLayout: true,
+  llamaCppReadsFused: false,
   rejects(ctx) {
     if (ctx.shared.length > 0) return 'Mixtral has no shared experts';
     return modelTypeProblem(ctx, ['llama', 'mistral']);

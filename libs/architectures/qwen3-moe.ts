@@ -11,8 +11,8 @@ const QWEN3_MLP: readonly MlpProj[] = ['down_proj', 'gate_proj', 'up_proj'];
  */
 export const qwen3Moe: OutputArchitecture = {
   name: 'Qwen3 MoE',
-  warnExpertCount: true,
   fusedLayout: true,
+  llamaCppReadsFused: true,
   rejects(ctx) {
     if (ctx.shared.length > 0) return `Qwen3 MoE does not support shared experts (got ${ctx.shared.length})`;
     return modelTypeProblem(ctx, ['qwen3']);
