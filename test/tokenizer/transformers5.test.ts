@@ -6,7 +6,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { loadTokenizer } from '../../libs/tokenizer';
+import { loadTokenizer, transformers5Class } from '../../libs/tokenizer';
 import { FIXTURES, ROOT, copyModel, tempDir } from '../helpers/tmp';
 
 interface Fixture {
@@ -72,4 +72,24 @@ test('a LlamaTokenizer config without bos_token still gets "<s>", the class defa
   assert.equal(plain.bosToken, null);
   assert.equal(plain.padToken, '</s>');
   assert.deepEqual(EXTRA.map((p) => plain.encodePrompt(p)), [[22557], [28705, 22557, 28705, 1526], [264, 2, 287, 28705, 1, 28705, 277]]);
+});
+
+test("the class AutoTokenizer picks follows the model folder's config.json model_type, as in transformers 5", async () => {
+  // The same Mistral-vocabulary files (tokenizer_class LlamaTokenizer) beside a config.json of each model type.
+  const text = ' Hello  world 12345';
+  const want: Record<string, number[]> = {
+    mistral: [1, 28705, 22557, 28705, 1526, 28705, 28740, 28750, 28770, 28781, 28782], // generic backend: tokenizer.json's pipeline
+    llama: [1, 22557, 28705, 1526, 28705, 28740, 28750, 28770, 28781, 28782], // LlamaTokenizer
+    qwen3: [1, 22557, 28705, 1526, 28705, 28740, 28750, 28770, 28781, 28782], // qwen3 trusts tokenizer_class
+    qwen2: [1, 16230, 9471, 28740, 28750, 28770, 28781, 28782], // qwen2 always gets Qwen2Tokenizer's pipeline
+  };
+  for (const [modelType, ids] of Object.entries(want)) {
+    const d = llama2With(() => {});
+    writeFileSync(join(d, 'config.json'), JSON.stringify({ model_type: modelType }));
+    assert.deepEqual((await loadTokenizer(d)).encodePrompt(text), ids, modelType);
+  }
+  assert.equal(transformers5Class('qwen3', 'PreTrainedTokenizerFast'), 'TokenizersBackend');
+  assert.equal(transformers5Class('qwen3', null), 'Qwen2Tokenizer');
+  assert.equal(transformers5Class('mistral', 'LlamaTokenizerFast'), 'TokenizersBackend');
+  assert.equal(transformers5Class(null, 'LlamaTokenizerFast'), 'LlamaTokenizer');
 });
