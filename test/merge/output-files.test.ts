@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { mergekitMoe } from '../helpers/cli';
-import { FIXTURES, TINY, copyModel, tempDir } from '../helpers/tmp';
+import { FIXTURES, ROOT, TINY, copyModel, tempDir } from '../helpers/tmp';
 import { numberKinds, typedJson } from '../helpers/json-types';
 
 const PARITY = join(FIXTURES, 'parity');
@@ -80,4 +80,13 @@ test('a chat base: chat template, generation config (eos list) and tokenizer num
   const files = readdirSync(bare);
   assert.ok(!files.includes('chat_template.jinja') && !files.includes('tokenizer_config.json'), files.join(', '));
   assert.equal(readFileSync(join(bare, 'generation_config.json'), 'utf8'), gen);
+});
+
+test('the tiny-clowncar example: config.json has every float-typed key as a float', async () => {
+  const out = join(tempDir(), 'out');
+  const r = await mergekitMoe(['moe.yml', out], join(ROOT, 'workspace-models', 'tiny-clowncar'));
+  assert.equal(r.exitCode, 0, r.stderr);
+  const kinds = numberKinds(typedFile(join(out, 'config.json')));
+  for (const k of [...MIXTRAL_FLOATS, 'rope_theta', 'rope_parameters.rope_theta']) assert.equal(kinds.get(k), 'float', `config.json ${k}`);
+  for (const [k, kind] of kinds) if (kind === 'float') assert.ok([...MIXTRAL_FLOATS, 'rope_theta', 'rope_parameters.rope_theta'].includes(k), `unexpected float ${k}`);
 });
