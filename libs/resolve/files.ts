@@ -102,11 +102,15 @@ export async function missingModelFiles(dir: string): Promise<string[]> {
   return missing;
 }
 
-/** Every file the merge reads from a complete folder, as names relative to it: config, tokenizer and companion files present, index, weights. */
+/**
+ * Every file the merge reads from a complete folder, as names relative to it: config, tokenizer files present,
+ * index, weights. The companion files are left out, so an edited chat template keeps cached prompt states; the
+ * write stage hashes them itself.
+ */
 export async function modelFiles(dir: string, ref = dir): Promise<string[]> {
   const layout = await weightsOnDisk(dir);
   if (!layout) throw new ModelError('no_weights', `Unable to find model files at ${dir} (no model.safetensors, model.safetensors.index.json, pytorch_model.bin or pytorch_model.bin.index.json) for ${ref}`, { file: dir });
-  const names = [CONFIG_FILE, ...[...TOKENIZER_FILES, ...COMPANION_FILES].filter((n) => isFile(join(dir, n))), ...(layout.index ? [layout.index] : []), ...layout.files];
+  const names = [CONFIG_FILE, ...TOKENIZER_FILES.filter((n) => isFile(join(dir, n))), ...(layout.index ? [layout.index] : []), ...layout.files];
   for (const n of names) {
     if (!isFile(join(dir, n))) throw new ModelError('missing_file', `${n} is missing from the model folder of ${ref}`, { file: join(dir, n) });
   }

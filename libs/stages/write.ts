@@ -8,7 +8,7 @@ import { bf16BitsToF32, decodeFloats, encodeFloats, f16BitsToF32, f32ToBf16Bits,
 import { streamTensorBytes } from '../safetensors/reader';
 import { indexJson, planShards, writeShard, type OutputTensorSpec } from '../safetensors/writer';
 import { loadTokenizer } from '../tokenizer';
-import { CHAT_TEMPLATE_FILES, GENERATION_CONFIG, TOKENIZER_FILES } from '../resolve/files';
+import { CHAT_TEMPLATE_FILES, COMPANION_FILES, GENERATION_CONFIG, TOKENIZER_FILES } from '../resolve/files';
 import { jsonText, parseJsonLossless, type LosslessJson } from '../json';
 import type { MergePlan, PlanTensor, SourcePart } from '../plan/types';
 import { planHash } from './assemble';
@@ -123,6 +123,15 @@ async function writeTokenizer(srcDir: string, outDir: string): Promise<string[]>
   return written;
 }
 
+/** The base's chat template and generation settings, which the base's content id does not cover (small files). */
+async function companionHashes(dir: string): Promise<Record<string, string>> {
+  const out: Record<string, string> = {};
+  for (const f of COMPANION_FILES) {
+    if (existsSync(join(dir, f))) out[f] = createHash('sha256').update(await readFile(join(dir, f))).digest('hex');
+  }
+  return out;
+}
+
 /** Temporary folders left by a killed run (their process is gone) are removed before a new write. */
 async function removeStaleTemporaries(parent: string, name: string): Promise<void> {
   const pattern = new RegExp(`^\\.${name.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}\\.(tmp|old)-(\\d+)-[0-9a-f]+$`);
@@ -183,7 +192,13 @@ async function intact(dir: string, stamp: Stamp): Promise<boolean> {
  */
 export async function runWrite(plan: MergePlan, opts: WriteOptions): Promise<WriteResult> {
   const out = opts.outPath;
-  const hash = planHash(plan, { recipe: opts.recipeText, copyTokenizer: opts.copyTokenizer, writeRecipe: opts.writeRecipe, gates: Buffer.from(opts.gates.data.buffer, opts.gates.data.byteOffset, opts.gates.data.byteLength).toString('base64') });
+  const hash = planHash(plan, {
+    recipe: opts.recipeText,
+    copyTokenizer: opts.copyTokenizer,
+    writeRecipe: opts.writeRecipe,
+    gates: Buffer.from(opts.gates.data.buffer, opts.gates.data.byteOffset, opts.gates.data.byteLength).toString('base64'),
+    companions: await companionHashes(opts.tokenizerDir),
+  });
   let existing: Stamp | null = null;
   if (existsSync(out)) {
     const entries = await readdir(out);
