@@ -3,6 +3,7 @@ import type { ModelConfig } from '../model-folder/config';
 import { ModelError } from '../errors';
 import type { PlanPart, PlanTensor, SourcePart } from '../plan/types';
 import type { ArchContext, ExpertSource, ModelSource } from './types';
+import type { JsonPath } from '../json';
 
 export const MLP_PROJS = ['gate_proj', 'up_proj', 'down_proj'] as const;
 export type MlpProj = (typeof MLP_PROJS)[number];
@@ -117,6 +118,26 @@ export function baseConfigCopy(ctx: ArchContext): Record<string, unknown> {
   delete out.transformers_version;
   if (out.pad_token_id === null) delete out.pad_token_id;
   return out;
+}
+
+/**
+ * Float-typed keys of transformers 5.17's MixtralConfig, Qwen2MoeConfig and Qwen3MoeConfig (attention_dropout is
+ * `float | int` there; transformers writes its 0.0), plus rope_theta, a float in transformers 4's classes and in
+ * RopeParameters. transformers 5 refuses an int for a float field.
+ */
+export const CONFIG_FLOATS = ['attention_dropout', 'initializer_range', 'rms_norm_eps', 'rope_theta', 'router_aux_loss_coef'] as const;
+
+/** RopeParameters' float fields, inside rope_parameters or rope_scaling (short/long_factor are lists of floats). */
+const ROPE_FLOATS = new Set(['rope_theta', 'partial_rotary_factor', 'factor', 'attention_factor', 'beta_fast', 'beta_slow', 'low_freq_factor', 'high_freq_factor', 'short_factor', 'long_factor']);
+
+/** Whether the number at `path` of an output config.json is a float for its consumer. */
+export function configFloatTest(floatKeys: readonly string[]): (path: JsonPath) => boolean {
+  const top = new Set(floatKeys);
+  return (path) => {
+    if (path.length === 1) return top.has(String(path[0]));
+    const [outer, inner] = path;
+    return (outer === 'rope_parameters' || outer === 'rope_scaling') && ROPE_FLOATS.has(String(inner));
+  };
 }
 
 /** Python truthiness of a prompt list (the reference tests `if expert.positive_prompts`). */

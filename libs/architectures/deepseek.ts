@@ -1,5 +1,5 @@
 import { dtypeToTorchName, type FloatDtype } from '../safetensors/dtype';
-import { ATTN_PROJS, copied, copiedIfPresent, expertTensor, hasPrompts, modelTypeProblem, router, type MlpProj } from './common';
+import { ATTN_PROJS, CONFIG_FLOATS, copied, copiedIfPresent, expertTensor, hasPrompts, modelTypeProblem, router, type MlpProj } from './common';
 import type { PlanTensor } from '../plan/types';
 import type { OutputArchitecture } from './types';
 
@@ -15,9 +15,8 @@ const LLAMA_MLP: readonly MlpProj[] = ['up_proj', 'gate_proj', 'down_proj'];
  */
 export const deepseek: OutputArchitecture = {
   name: 'DeepSeek MoE',
-  // The reference gives the power-of-two warning for every architecture but this one.
-  warnExpertCount: false,
   fusedLayout: false,
+  llamaCppReadsFused: false,
   rejects(ctx) {
     if (ctx.shared.length > 1) return `DeepSeek MoE supports at most one shared expert (got ${ctx.shared.length})`;
     const s = ctx.shared[0];
@@ -29,6 +28,8 @@ export const deepseek: OutputArchitecture = {
   // The shared expert is never gated, but in the random modes the reference still draws its row (spec 0 step 6),
   // which the degenerate-gate check then sees; non-random modes have no prompts to build one from.
   gatedSharedExperts: (ctx) => (ctx.gateMode === 'random' || ctx.gateMode === 'uniform_random' ? ctx.shared.length : 0),
+  // DeepseekConfig of deepseek-ai/deepseek-moe-16b-base (its remote code): aux_loss_alpha is a float too.
+  floatKeys: [...CONFIG_FLOATS, 'aux_loss_alpha'],
   config(ctx) {
     // json.dump of the base config's dict: keys keep their place, new ones are appended in this order.
     const out: Record<string, unknown> = structuredClone(ctx.base.config.raw);

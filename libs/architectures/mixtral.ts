@@ -1,17 +1,18 @@
-import { ATTN_PROJS, configDtype, copied, copiedIfPresent, expertTensor, fusedExperts, modelTypeProblem, router, sortedKeys } from './common';
+import { ATTN_PROJS, CONFIG_FLOATS, configDtype, copied, copiedIfPresent, expertTensor, fusedExperts, modelTypeProblem, router, sortedKeys } from './common';
 import type { PlanTensor } from '../plan/types';
 import type { OutputArchitecture } from './types';
 
 /** Mixtral (spec 3.2): classic `block_sparse_moe.experts.E.w1/w2/w3` by default, fused on request. */
 export const mixtral: OutputArchitecture = {
   name: 'Mixtral',
-  warnExpertCount: true,
   fusedLayout: true,
+  llamaCppReadsFused: false,
   rejects(ctx) {
     if (ctx.shared.length > 0) return 'Mixtral has no shared experts';
     return modelTypeProblem(ctx, ['llama', 'mistral']);
   },
   gatedSharedExperts: () => 0,
+  floatKeys: [...CONFIG_FLOATS, 'router_jitter_noise'],
   config(ctx) {
     const out: Record<string, unknown> = { ...ctx.base.config.raw };
     delete out.transformers_version;

@@ -1,4 +1,4 @@
-import { configDtype, copied, copiedIfPresent, expertTensor, fillDefaults, baseConfigCopy, hasPrompts, modelTypeProblem, router, sortedKeys, zerosTensor, type MlpProj, qwenMoeDefaults } from './common';
+import { CONFIG_FLOATS, configDtype, copied, expertTensor, fillDefaults, baseConfigCopy, hasPrompts, modelTypeProblem, router, sortedKeys, zerosTensor, type MlpProj, qwenMoeDefaults } from './common';
 import type { PlanTensor } from '../plan/types';
 import type { ArchContext, OutputArchitecture } from './types';
 
@@ -21,8 +21,8 @@ function bias(ctx: ArchContext, layer: number, proj: 'q_proj' | 'k_proj' | 'v_pr
 /** Qwen MoE / Qwen2-MoE (spec 3.4): exactly one shared expert, gated by `mlp.shared_expert_gate` [1, H]. */
 export const qwen2Moe: OutputArchitecture = {
   name: 'Qwen MoE',
-  warnExpertCount: true,
   fusedLayout: false,
+  llamaCppReadsFused: false,
   rejects(ctx) {
     if (ctx.shared.length !== 1) return `Qwen MoE needs exactly one shared expert (got ${ctx.shared.length})`;
     // uniform_random is not exempt here (unlike "random"), as in the reference.
@@ -33,6 +33,7 @@ export const qwen2Moe: OutputArchitecture = {
   },
   // The shared expert's gate row follows the routed ones in G and becomes shared_expert_gate.
   gatedSharedExperts: () => 1,
+  floatKeys: CONFIG_FLOATS,
   config(ctx) {
     const c = ctx.base.config;
     const out = baseConfigCopy(ctx);
@@ -51,6 +52,8 @@ export const qwen2Moe: OutputArchitecture = {
     out.use_sliding_window = false;
     out.shared_expert_intermediate_size = c.intermediateSize;
     out.moe_intermediate_size = c.intermediateSize;
+    // The head is always written (see tensors), so it is never tied.
+    out.tie_word_embeddings = false;
     configDtype(ctx, out);
     return sortedKeys(out);
   },
@@ -75,7 +78,8 @@ export const qwen2Moe: OutputArchitecture = {
         copied(ctx, `${p}.self_attn.v_proj.weight`),
       );
     }
-    out.push(copied(ctx, 'model.norm.weight'), ...copiedIfPresent(ctx, 'lm_head.weight'));
+    // llama.cpp's qwen2moe loader requires output.weight: a tied base gets its embeddings written as the head.
+    out.push(copied(ctx, 'model.norm.weight'), ctx.base.weights.has('lm_head.weight') ? copied(ctx, 'lm_head.weight') : copied(ctx, 'model.embed_tokens.weight', 'lm_head.weight'));
     const E = ctx.experts.length;
     for (let l = 0; l < L; l++) {
       out.push(router(ctx, l, `model.layers.${l}.mlp.gate.weight`), router(ctx, l, `model.layers.${l}.mlp.shared_expert_gate.weight`, [E]));

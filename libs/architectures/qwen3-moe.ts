@@ -1,4 +1,4 @@
-import { baseConfigCopy, configDtype, copied, copiedIfPresent, expertTensor, fillDefaults, fusedExperts, modelTypeProblem, router, sortedKeys, type MlpProj, qwenMoeDefaults } from './common';
+import { CONFIG_FLOATS, baseConfigCopy, configDtype, copied, copiedIfPresent, expertTensor, fillDefaults, fusedExperts, modelTypeProblem, router, sortedKeys, type MlpProj, qwenMoeDefaults } from './common';
 import type { PlanTensor } from '../plan/types';
 import type { OutputArchitecture } from './types';
 
@@ -11,13 +11,14 @@ const QWEN3_MLP: readonly MlpProj[] = ['down_proj', 'gate_proj', 'up_proj'];
  */
 export const qwen3Moe: OutputArchitecture = {
   name: 'Qwen3 MoE',
-  warnExpertCount: true,
   fusedLayout: true,
+  llamaCppReadsFused: true,
   rejects(ctx) {
     if (ctx.shared.length > 0) return `Qwen3 MoE does not support shared experts (got ${ctx.shared.length})`;
     return modelTypeProblem(ctx, ['qwen3']);
   },
   gatedSharedExperts: () => 0,
+  floatKeys: CONFIG_FLOATS,
   config(ctx) {
     const c = ctx.base.config;
     const out = baseConfigCopy(ctx);

@@ -41,10 +41,13 @@ export interface OutputArchitecture {
   rejects(ctx: ArchContext): string | null;
   /** Which shared experts get a gate row (appended after the routed experts' rows). */
   gatedSharedExperts(ctx: ArchContext): number;
-  warnExpertCount: boolean;
   /** Whether the fused (transformers 5) expert layout exists for this architecture. */
   fusedLayout: boolean;
+  /** Whether llama.cpp's convert_hf_to_gguf.py reads the fused layout of this architecture. */
+  llamaCppReadsFused: boolean;
   config(ctx: ArchContext): Record<string, unknown>;
+  /** Top-level config keys the consumer's config class types as float (written `0.0`, never `0`). */
+  floatKeys: readonly string[];
   /** Every output tensor in write order. */
   tensors(ctx: ArchContext): PlanTensor[];
 }

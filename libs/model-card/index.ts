@@ -1,5 +1,5 @@
 import { stringify } from 'yaml';
-import type { MergePlan, PlanTensor } from '../plan/types';
+import type { MergePlan, PlanModel, PlanTensor } from '../plan/types';
 import type { Expert, ModelReferenceInput, Recipe } from '../recipe/schema';
 
 export interface ModelCardInput {
@@ -65,6 +65,23 @@ export function parameterCounts(plan: MergePlan, topK: number): ParameterCounts 
   return { total, activePerToken: total - unused, routedExperts: routed, sharedExperts: shared, routers };
 }
 
+/** A Hub repo id: `name` or `org/name`, no `--` or `..` (the Hub refuses them). */
+const REPO_ID = /^(?:[\w.-]+\/)?[\w.-]+$/;
+
+/**
+ * The Hub id of a source model, or null for a plain local folder: a model resolved from a Hub id lives in the
+ * Hugging Face cache, as does a local folder that is a snapshot there (`…/models--org--name/snapshots/<rev>`).
+ */
+export function hubRepoId(m: PlanModel): string | null {
+  const parts = m.dir.split(/[\\/]+/).filter(Boolean);
+  const storage = parts[parts.length - 3];
+  if (storage?.startsWith('models--') && parts[parts.length - 2] === 'snapshots') {
+    const id = storage.slice('models--'.length).split('--').join('/');
+    if (REPO_ID.test(id) && !id.includes('..')) return id;
+  }
+  return null;
+}
+
 function refText(r: ModelReferenceInput): string {
   if (typeof r === 'string') return r;
   return r.model.revision ? `${r.model.path}@${r.model.revision}` : r.model.path;
@@ -91,7 +108,11 @@ export function modelCard(input: ModelCardInput): string {
   const topK = recipe.experts_per_token;
   const counts = parameterCounts(plan, topK);
   const refs = [...new Set(plan.models.map((m) => m.ref))];
-  const front = stringify({ base_model: refs, tags: ['moe', 'frankenmoe', 'merge', 'mergekit', 'moe-forge'], library_name: 'transformers' }).trimEnd();
+  // The Hub accepts only repo ids in base_model (and llama.cpp copies them into GGUF metadata as URLs):
+  // local folders are named in the body instead.
+  const hubIds = [...new Set(plan.models.map(hubRepoId).filter((x): x is string => x !== null))];
+  const localDirs = [...new Set(plan.models.filter((m) => hubRepoId(m) === null).map((m) => m.dir))];
+  const front = stringify({ ...(hubIds.length > 0 ? { base_model: hubIds } : {}), tags: ['moe', 'frankenmoe', 'merge', 'mergekit', 'moe-forge'], library_name: 'transformers' }).trimEnd();
   const rows = (kind: string, list: Expert[]) =>
     list.map((e, i) => `| ${kind} ${i} | ${cell(refText(e.source_model))} | ${prompts(e.positive_prompts)} | ${prompts(e.negative_prompts)} |`);
   const shared = recipe.shared_experts ?? [];
@@ -110,6 +131,7 @@ export function modelCard(input: ModelCardInput): string {
     `- Experts: ${recipe.experts.length} routed, ${topK} per token${shared.length > 0 ? `, ${shared.length} shared` : ''}`,
     `- Gate mode: ${gateMode}`,
     `- Output dtype: ${plan.outDtype === null ? 'as the sources' : (DTYPE_NAME[plan.outDtype] ?? plan.outDtype)}`,
+    ...(localDirs.length > 0 ? [`- Local source models (not on the Hub): ${localDirs.map((d) => `\`${cell(d)}\``).join(', ')}`] : []),
     '',
     '## Experts',
     '',

@@ -1,6 +1,7 @@
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { ModelError } from '../errors';
+import { parseJsonLossless } from '../json';
 
 export const SUPPORTED_MODEL_TYPES = ['llama', 'mistral', 'qwen2', 'qwen3'] as const;
 export type ModelType = (typeof SUPPORTED_MODEL_TYPES)[number];
@@ -18,6 +19,8 @@ export interface RopeScaling {
 export interface ModelConfig {
   /** config.json exactly as read (key order kept), for output configs that pass keys through. */
   raw: Record<string, unknown>;
+  /** Each number's literal text in config.json by JSON path (`10000.0` stays a float in output configs). */
+  literals: Record<string, string>;
   file: string;
   modelType: ModelType;
   architectures: string[];
@@ -52,7 +55,7 @@ function num(raw: Record<string, unknown>, key: string, file: string, fallback?:
   return v;
 }
 
-export function parseModelConfig(raw: Record<string, unknown>, file: string): ModelConfig {
+export function parseModelConfig(raw: Record<string, unknown>, file: string, literals: Record<string, string> = {}): ModelConfig {
   const modelType = raw.model_type;
   if (typeof modelType !== 'string') {
     throw new ModelError('config_missing_key', 'missing "model_type"', { file, field: 'model_type' });
@@ -79,6 +82,7 @@ export function parseModelConfig(raw: Record<string, unknown>, file: string): Mo
   const dt = (raw.torch_dtype ?? raw.dtype ?? null) as string | null;
   return {
     raw,
+    literals,
     file,
     modelType: modelType as ModelType,
     architectures: Array.isArray(raw.architectures) ? (raw.architectures as string[]) : [],
@@ -109,11 +113,12 @@ export async function readModelConfig(dir: string): Promise<ModelConfig> {
     throw new ModelError('missing_config', 'model folder has no config.json', { file });
   }
   let raw: unknown;
+  let literals: Record<string, string>;
   try {
-    raw = JSON.parse(text);
+    ({ value: raw, literals } = parseJsonLossless(text));
   } catch (e) {
     throw new ModelError('bad_config', `config.json is not valid JSON (${(e as Error).message})`, { file });
   }
   if (raw === null || typeof raw !== 'object' || Array.isArray(raw)) throw new ModelError('bad_config', 'config.json must hold a JSON object', { file });
-  return parseModelConfig(raw as Record<string, unknown>, file);
+  return parseModelConfig(raw as Record<string, unknown>, file, literals);
 }

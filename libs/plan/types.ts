@@ -56,6 +56,11 @@ export interface MergePlan {
   layout: 'classic' | 'fused';
   outDtype: string | null;
   config: Record<string, unknown>;
+  /**
+   * How each number of `config` is written, by JSON path (libs/json pathKey): the base's literal when copied
+   * unchanged, else as the output's config class types it, so config.json says `0.0` where transformers wants a float.
+   */
+  configNumbers?: Record<string, string>;
   models: PlanModel[];
   tensors: PlanTensor[];
   maxShardBytes: number;

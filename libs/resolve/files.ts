@@ -6,6 +6,13 @@ import { ModelError } from '../errors';
 /** What a merge reads from a model folder, and nothing else (no code, no READMEs, no other formats). */
 export const CONFIG_FILE = 'config.json';
 export const TOKENIZER_FILES = ['tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json', 'tokenizer.model', 'added_tokens.json', 'vocab.json', 'merges.txt'] as const;
+/**
+ * Non-weight files a model folder carries besides the tokenizer, copied to the output as save_pretrained would
+ * keep them: the chat template (transformers 5 keeps it in its own file) and the generation settings.
+ */
+export const CHAT_TEMPLATE_FILES = ['chat_template.jinja', 'chat_template.json'] as const;
+export const GENERATION_CONFIG = 'generation_config.json';
+export const COMPANION_FILES = [...CHAT_TEMPLATE_FILES, GENERATION_CONFIG] as const;
 export const SAFETENSORS_INDEX = 'model.safetensors.index.json';
 export const SAFETENSORS_SINGLE = 'model.safetensors';
 export const BIN_INDEX = 'pytorch_model.bin.index.json';
@@ -95,7 +102,11 @@ export async function missingModelFiles(dir: string): Promise<string[]> {
   return missing;
 }
 
-/** Every file the merge reads from a complete folder, as names relative to it: config, tokenizer files present, index, weights. */
+/**
+ * Every file the merge reads from a complete folder, as names relative to it: config, tokenizer files present,
+ * index, weights. The companion files are left out, so an edited chat template keeps cached prompt states; the
+ * write stage hashes them itself.
+ */
 export async function modelFiles(dir: string, ref = dir): Promise<string[]> {
   const layout = await weightsOnDisk(dir);
   if (!layout) throw new ModelError('no_weights', `Unable to find model files at ${dir} (no model.safetensors, model.safetensors.index.json, pytorch_model.bin or pytorch_model.bin.index.json) for ${ref}`, { file: dir });

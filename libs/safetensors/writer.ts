@@ -1,5 +1,6 @@
 import { open } from 'node:fs/promises';
 import { SafetensorsError } from '../errors';
+import { jsonText } from '../json';
 import { dtypeSize } from './dtype';
 
 export interface OutputTensorSpec {
@@ -104,5 +105,5 @@ export function indexJson(shards: ShardPlan[]): string {
       total += tensorBytes(t);
     }
   }
-  return JSON.stringify({ metadata: { total_size: total }, weight_map: weightMap }, null, 2) + '\n';
+  return jsonText({ metadata: { total_size: total }, weight_map: weightMap });
 }

@@ -7,6 +7,8 @@ import type { MergePlan } from '../plan/types';
 import type { MergeContext } from './context';
 import type { GateTensor } from '../gates';
 import { writeGates } from './build-gates';
+import { numberForms } from '../json';
+import { configFloatTest } from '../architectures/common';
 
 export interface AssembleOptions {
   maxShardBytes: number;
@@ -35,12 +37,14 @@ function portablePlan(plan: MergePlan, dirOf: (dir: string) => string | undefine
 /** Stage 4: the output architecture's config.json and every output tensor with its sources, in write order. */
 export async function runAssemble(merge: MergeContext, outDir: string, opts: AssembleOptions): Promise<MergePlan> {
   const { ctx, arch } = merge;
+  const config = arch.config(ctx);
   const plan: MergePlan = {
     version: 1,
     architecture: arch.name,
     layout: ctx.layout,
     outDtype: ctx.outDtype,
-    config: arch.config(ctx),
+    config,
+    configNumbers: numberForms(config, { literals: ctx.base.config.literals, isFloat: configFloatTest(arch.floatKeys) }),
     models: [ctx.base, ...ctx.experts.map((e) => e.model), ...ctx.shared.map((e) => e.model)]
       .filter((m, i, all) => all.findIndex((x) => x.key === m.key) === i)
       .map((m) => ({ key: m.key, ref: m.ref, dir: m.dir, ...(m.contentId ? { contentId: m.contentId } : {}) })),

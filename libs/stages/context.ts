@@ -170,14 +170,16 @@ export function buildMergeContext(parsed: ParsedRecipe, byKey: Map<string, Model
   const { arch, warnings, why: archWhy } = selectArchitecture(ctx, parsed.file);
   if (ctx.layout === 'fused' && !arch.fusedLayout) {
     warnings.push(`${arch.name} has no fused expert layout; writing its classic per-expert layout (as mergekit-moe does).`);
+  } else if (ctx.layout === 'fused') {
+    warnings.push(
+      `--layout fused writes transformers 5's stacked expert tensors (mlp.experts.gate_up_proj/down_proj): transformers 4 does not read them ` +
+        `(it initialises the experts at random, with no error)${arch.llamaCppReadsFused ? '' : ` and llama.cpp's convert_hf_to_gguf.py cannot convert a fused ${arch.name}`}; ` +
+        `the default classic layout is read by transformers 4 and 5, llama.cpp and vLLM.`,
+    );
   }
   arch.tensors(ctx);
   const nShared = arch.gatedSharedExperts(ctx);
   const gatedExperts = [...experts, ...shared.slice(0, nShared)];
-  const E = experts.length;
-  if (arch.warnExpertCount && (E & (E - 1)) !== 0) {
-    warnings.push(`Your model has ${E} experts, which is not a power of two. The model will not be usable in llama.cpp.`);
-  }
   return { parsed, ctx, arch, warnings, archWhy, gatedExperts };
 }
 

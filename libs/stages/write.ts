@@ -7,7 +7,9 @@ import { Rng, gateRow, type GateTensor } from '../gates';
 import { bf16BitsToF32, decodeFloats, encodeFloats, f16BitsToF32, f32ToBf16Bits, f32ToF16Bits, convertBytes, dtypeSize, type FloatDtype } from '../safetensors/dtype';
 import { streamTensorBytes } from '../safetensors/reader';
 import { indexJson, planShards, writeShard, type OutputTensorSpec } from '../safetensors/writer';
-import { loadTokenizer, TOKENIZER_FILES } from '../tokenizer';
+import { loadTokenizer } from '../tokenizer';
+import { CHAT_TEMPLATE_FILES, COMPANION_FILES, GENERATION_CONFIG, TOKENIZER_FILES } from '../resolve/files';
+import { jsonText, parseJsonLossless, type LosslessJson } from '../json';
 import type { MergePlan, PlanTensor, SourcePart } from '../plan/types';
 import { planHash } from './assemble';
 import type { Progress } from './progress';
@@ -23,7 +25,7 @@ export interface WriteOptions {
   outPath: string;
   gates: GateTensor;
   recipeText: string;
-  /** Base model folder whose tokenizer is copied. */
+  /** Base model folder whose tokenizer, chat template and generation_config.json are copied. */
   tokenizerDir: string;
   copyTokenizer: boolean;
   /** mergekit_moe_config.yml and the README model card (the reference's --write-model-card). */
@@ -91,28 +93,48 @@ function tensorProducer(gates: GateTensor) {
   };
 }
 
-/** Copies the base tokenizer with pad = BOS (else EOS) and left padding, as the reference saves it (spec 5.4). */
+/** A JSON object file read keeping its numbers' literals (an absent file is an empty object). */
+async function readJsonObject(file: string): Promise<LosslessJson & { value: Record<string, unknown> }> {
+  if (!existsSync(file)) return { value: {}, literals: {} };
+  const doc = parseJsonLossless(await readFile(file, 'utf8'));
+  if (!doc.value || typeof doc.value !== 'object' || Array.isArray(doc.value)) throw new ForgeError('bad_json', 'must hold a JSON object', { file });
+  return doc as LosslessJson & { value: Record<string, unknown> };
+}
+
+/**
+ * Copies the base tokenizer and its chat template, with pad = BOS (else EOS) and left padding, as the reference
+ * saves it (spec 5.4). The two files we change keep every other key and number as the base wrote them.
+ */
 async function writeTokenizer(srcDir: string, outDir: string): Promise<string[]> {
   const tok = await loadTokenizer(srcDir);
   const written: string[] = [];
-  for (const f of TOKENIZER_FILES) {
+  for (const f of [...TOKENIZER_FILES, ...CHAT_TEMPLATE_FILES]) {
     if (existsSync(join(srcDir, f))) {
       await copyFile(join(srcDir, f), join(outDir, f));
       written.push(f);
     }
   }
   const cfgPath = join(outDir, 'tokenizer_config.json');
-  const cfg = existsSync(cfgPath) ? JSON.parse(await readFile(cfgPath, 'utf8')) : {};
-  cfg.pad_token = tok.padToken;
-  cfg.padding_side = 'left';
-  await writeFile(cfgPath, JSON.stringify(cfg, null, 2) + '\n');
+  const cfg = await readJsonObject(cfgPath);
+  cfg.value.pad_token = tok.padToken;
+  cfg.value.padding_side = 'left';
+  await writeFile(cfgPath, jsonText(cfg.value, { literals: cfg.literals }));
   const stmPath = join(outDir, 'special_tokens_map.json');
-  const stm = existsSync(stmPath) ? JSON.parse(await readFile(stmPath, 'utf8')) : {};
-  for (const k of ['bos_token', 'eos_token', 'unk_token'] as const) if (stm[k] === undefined && typeof cfg[k] === 'string') stm[k] = cfg[k];
-  stm.pad_token = tok.padToken;
-  await writeFile(stmPath, JSON.stringify(stm, null, 2) + '\n');
+  const stm = await readJsonObject(stmPath);
+  for (const k of ['bos_token', 'eos_token', 'unk_token'] as const) if (stm.value[k] === undefined && typeof cfg.value[k] === 'string') stm.value[k] = cfg.value[k];
+  stm.value.pad_token = tok.padToken;
+  await writeFile(stmPath, jsonText(stm.value, { literals: stm.literals }));
   for (const f of ['tokenizer_config.json', 'special_tokens_map.json']) if (!written.includes(f)) written.push(f);
   return written;
+}
+
+/** The base's chat template and generation settings, which the base's content id does not cover (small files). */
+async function companionHashes(dir: string): Promise<Record<string, string>> {
+  const out: Record<string, string> = {};
+  for (const f of COMPANION_FILES) {
+    if (existsSync(join(dir, f))) out[f] = createHash('sha256').update(await readFile(join(dir, f))).digest('hex');
+  }
+  return out;
 }
 
 /** What decides a shard's bytes: tensor specs, sources by content id, transforms and router rows. */
@@ -154,7 +176,13 @@ function inTheWay(names: string[], out: string): void {
  * folder is skipped.
  */
 export async function runWrite(plan: MergePlan, opts: WriteOptions): Promise<WriteResult> {
-  const hash = planHash(plan, { recipe: opts.recipeText, copyTokenizer: opts.copyTokenizer, writeRecipe: opts.writeRecipe, gates: Buffer.from(opts.gates.data.buffer, opts.gates.data.byteOffset, opts.gates.data.byteLength).toString('base64') });
+  const hash = planHash(plan, {
+    recipe: opts.recipeText,
+    copyTokenizer: opts.copyTokenizer,
+    writeRecipe: opts.writeRecipe,
+    gates: Buffer.from(opts.gates.data.buffer, opts.gates.data.byteOffset, opts.gates.data.byteLength).toString('base64'),
+    companions: await companionHashes(opts.tokenizerDir),
+  });
   const inputs: OutputInput[] = [
     ...plan.models.map((m) => ({ label: `model folder of ${m.ref}`, path: m.dir })),
     ...(opts.recipeFile ? [{ label: 'recipe', path: opts.recipeFile }] : []),
@@ -186,7 +214,7 @@ export async function runWrite(plan: MergePlan, opts: WriteOptions): Promise<Wri
   const reusable = (file: string) => existing?.shards?.[file] === shardHashes[file];
   for (const s of shards) shardHashes[s.file] = shardHash(plan, s.tensors.map((t) => byName.get(t.name)!), opts.gates);
   // Names this build will write, known now: a file the user added under one of them stops the build before any work.
-  const planned = [...shards.map((s) => s.file), ...(shards.length > 1 ? ['model.safetensors.index.json'] : []), 'config.json', ...(opts.writeRecipe !== false ? ['mergekit_moe_config.yml', 'README.md'] : []), ...(opts.copyTokenizer ? [...TOKENIZER_FILES.filter((f) => existsSync(join(opts.tokenizerDir, f))), 'tokenizer_config.json', 'special_tokens_map.json'] : [])];
+  const planned = [...shards.map((s) => s.file), ...(shards.length > 1 ? ['model.safetensors.index.json'] : []), 'config.json', ...(opts.writeRecipe !== false ? ['mergekit_moe_config.yml', 'README.md'] : []), ...(opts.copyTokenizer ? [...TOKENIZER_FILES, ...CHAT_TEMPLATE_FILES].filter((f) => existsSync(join(opts.tokenizerDir, f))).concat('tokenizer_config.json', 'special_tokens_map.json') : []), ...(existsSync(join(opts.tokenizerDir, GENERATION_CONFIG)) ? [GENERATION_CONFIG] : [])];
   if (!opts.overwrite) inTheWay(keep.filter((e) => planned.includes(e)), opts.outPath);
   const needed = shards.reduce((a, s) => a + (reusable(s.file) ? 0 : s.bytes), 0) + (1 << 20);
   checkFreeSpace(dirname(out), needed);
@@ -225,7 +253,9 @@ export async function runWrite(plan: MergePlan, opts: WriteOptions): Promise<Wri
     }
     opts.progress?.end();
     if (shards.length > 1) await writeFile(join(tmp, 'model.safetensors.index.json'), indexJson(shards));
-    await writeFile(join(tmp, 'config.json'), JSON.stringify(plan.config, null, 2) + '\n');
+    await writeFile(join(tmp, 'config.json'), jsonText(plan.config, { literals: plan.configNumbers }));
+    // The model's generation settings (an eos list, sampling defaults), as save_pretrained keeps them.
+    if (existsSync(join(opts.tokenizerDir, GENERATION_CONFIG))) await copyFile(join(opts.tokenizerDir, GENERATION_CONFIG), join(tmp, GENERATION_CONFIG));
     if (opts.copyTokenizer) await writeTokenizer(opts.tokenizerDir, tmp);
     if (opts.writeRecipe !== false) await writeFile(join(tmp, 'mergekit_moe_config.yml'), opts.recipeText);
     if (opts.writeRecipe !== false) {
@@ -237,7 +267,7 @@ export async function runWrite(plan: MergePlan, opts: WriteOptions): Promise<Wri
     for (const f of (await readdir(tmp)).sort()) files[f] = (await stat(join(tmp, f))).size;
     // A file the user added under a name we now write would be lost: stop and name it, unless --overwrite.
     if (!opts.overwrite) inTheWay(keep.filter((e) => e in files), opts.outPath);
-    await writeFile(join(tmp, STAMP_FILE), JSON.stringify({ tool: 'moe-forge', hash, files, shards: shardHashes } satisfies Stamp, null, 2) + '\n');
+    await writeFile(join(tmp, STAMP_FILE), jsonText({ tool: 'moe-forge', hash, files, shards: shardHashes } satisfies Stamp));
     forget();
     swapIntoPlace(tmp, out, tag, keep.filter((e) => !(e in files)));
     if (keep.length > 0) opts.log?.(`kept files you added: ${keep.join(', ')}`);

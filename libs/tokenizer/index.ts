@@ -17,7 +17,10 @@ export interface PromptTokenizer {
   padToken: string;
   /** sha256 over the tokenizer files, so cached prompt states follow tokenizer content, not paths. */
   contentId: string;
-  /** The reference's tokenisation: the string `bos_token + prompt`, without special tokens added. */
+  /**
+   * The reference's tokenisation, as transformers 5's AutoTokenizer gives it: the string `bos_token + prompt`,
+   * without special tokens added.
+   */
   encodePrompt(prompt: string): number[];
 }
 
@@ -35,6 +38,98 @@ async function readJson(file: string): Promise<Record<string, unknown>> {
   }
 }
 
+/** Bump when encodePrompt changes for some tokenizer files (it is part of contentId). */
+const PIPELINE_VERSION = 'transformers5-v2';
+
+/** Python class defaults of the special tokens, for a tokenizer_config.json that does not name them. */
+interface ClassDefaults {
+  bos: string | null;
+  eos: string | null;
+}
+
+/**
+ * The tokenizer class transformers 5.17's AutoTokenizer picks for a model folder (tokenization_auto.py), for
+ * the model types we read: the class registered for config.json's model_type (none for llama, the generic
+ * backend for mistral, Qwen2Tokenizer for qwen2/qwen3) wins over tokenizer_config.json's `tokenizer_class`
+ * when they differ, except that qwen3 trusts the file and a generic registered class means the generic backend.
+ */
+export function transformers5Class(modelType: string | null, tokenizerClass: string | null): string {
+  const REGISTERED: Record<string, string> = { mistral: 'TokenizersBackend', qwen2: 'Qwen2Tokenizer', qwen3: 'Qwen2Tokenizer' };
+  const named = tokenizerClass?.replace(/Fast$/, '') ?? null;
+  const hub = named === 'PreTrainedTokenizer' || named === 'PythonBackend' ? 'TokenizersBackend' : named;
+  const registered = modelType ? REGISTERED[modelType] : undefined;
+  if (registered && hub && hub !== registered) {
+    if (registered === 'TokenizersBackend') return 'TokenizersBackend';
+    // qwen2 is in transformers' list of model types whose Hub tokenizer_class is wrong.
+    return modelType === 'qwen2' ? registered : hub;
+  }
+  return hub ?? registered ?? 'TokenizersBackend';
+}
+
+/** A BPE model with the vocabulary and merges of tokenizer.json and the options a Python class sets. */
+function bpe(model: Record<string, unknown>, options: Record<string, unknown>): Record<string, unknown> {
+  return { type: 'BPE', vocab: model.vocab, merges: model.merges, dropout: null, unk_token: null, continuing_subword_prefix: null, end_of_word_suffix: null, fuse_unk: false, byte_fallback: false, ignore_merges: false, ...options };
+}
+
+/** Qwen2Tokenizer's split pattern (tokenization_qwen2.py). */
+const QWEN2_PATTERN = "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
+
+/**
+ * Tokenizer classes that transformers 5 builds from their own definition, taking only the vocabulary, merges and
+ * added tokens from tokenizer.json (TokenizersBackend.convert_to_native_format, for a class with its own
+ * __init__): tokenizer.json's normalizer and pre-tokenizer are not what their text goes through. Returns the
+ * tokenizer.json that describes the pipeline transformers 5 runs, and the class's special-token defaults.
+ */
+function transformers5Pipeline(cls: string, tokenizerJson: Record<string, unknown>, config: Record<string, unknown>): { json: Record<string, unknown>; defaults: ClassDefaults } {
+  const model = tokenizerJson.model as Record<string, unknown> | undefined;
+  if (model?.type !== 'BPE') return { json: tokenizerJson, defaults: { bos: null, eos: null } };
+  const metaspace = (prependScheme: 'always' | 'first' | 'never', options: Record<string, unknown>) => ({
+    json: {
+      ...tokenizerJson,
+      normalizer: null,
+      pre_tokenizer: { type: 'Metaspace', replacement: '\u2581', prepend_scheme: prependScheme, split: false },
+      model: bpe(model, { fuse_unk: true, byte_fallback: true, ...options }),
+    },
+    defaults: { bos: '<s>', eos: '</s>' },
+  });
+  const prefix = config.add_prefix_space !== false;
+  // LlamaTokenizer (Llama-2, Mistral-7B vocabularies): no normalizer; a Metaspace that prepends to every section
+  // with `legacy: true`, else only at the text's start, and never with `add_prefix_space: false`.
+  if (cls === 'LlamaTokenizer') return metaspace(!prefix ? 'never' : config.legacy === true ? 'always' : 'first', {});
+  if (cls === 'CodeLlamaTokenizer') return metaspace(prefix ? 'first' : 'never', { unk_token: typeof config.unk_token === 'string' ? config.unk_token : '<unk>' });
+  if (cls === 'Qwen2Tokenizer') {
+    return {
+      json: {
+        ...tokenizerJson,
+        normalizer: { type: 'NFC' },
+        pre_tokenizer: {
+          type: 'Sequence',
+          pretokenizers: [
+            { type: 'Split', pattern: { Regex: QWEN2_PATTERN }, behavior: 'Isolated', invert: false },
+            { type: 'ByteLevel', add_prefix_space: config.add_prefix_space === true, trim_offsets: false, use_regex: false },
+          ],
+        },
+        model: bpe(model, { continuing_subword_prefix: '', end_of_word_suffix: '' }),
+      },
+      defaults: { bos: null, eos: '<|endoftext|>' },
+    };
+  }
+  return { json: tokenizerJson, defaults: { bos: null, eos: null } };
+}
+
+/** A special token as transformers 5 resolves it: the config's (null included), else special_tokens_map.json's, else the class default. */
+function specialToken(key: 'bos_token' | 'eos_token', config: Record<string, unknown>, stm: Record<string, unknown>, fallback: string | null): string | null {
+  if (key in config) return tokenText(config[key]);
+  if (key in stm) return tokenText(stm[key]);
+  return fallback;
+}
+
+async function readModelType(file: string): Promise<string | null> {
+  if (!existsSync(file)) return null;
+  const cfg = await readJson(file);
+  return typeof cfg.model_type === 'string' ? cfg.model_type : null;
+}
+
 export async function loadTokenizer(dir: string): Promise<PromptTokenizer> {
   const tjFile = join(dir, 'tokenizer.json');
   if (!existsSync(tjFile)) {
@@ -45,11 +140,15 @@ export async function loadTokenizer(dir: string): Promise<PromptTokenizer> {
   const config = existsSync(cfgFile) ? await readJson(cfgFile) : {};
   const stmFile = join(dir, 'special_tokens_map.json');
   const stm = existsSync(stmFile) ? await readJson(stmFile) : {};
-  const bosToken = tokenText(config.bos_token) ?? tokenText(stm.bos_token);
-  const eosToken = tokenText(config.eos_token) ?? tokenText(stm.eos_token);
+  // AutoTokenizer's choice of class depends on the model folder's config.json (a bare tokenizer folder has none).
+  const modelType = await readModelType(join(dir, 'config.json'));
+  const cls = transformers5Class(modelType, typeof config.tokenizer_class === 'string' ? config.tokenizer_class : null);
+  const pipeline = transformers5Pipeline(cls, tokenizerJson, config);
+  const bosToken = specialToken('bos_token', config, stm, pipeline.defaults.bos);
+  const eosToken = specialToken('eos_token', config, stm, pipeline.defaults.eos);
   let tok: Tokenizer;
   try {
-    tok = new Tokenizer(tokenizerJson, config);
+    tok = new Tokenizer(pipeline.json, config);
   } catch (e) {
     throw new ModelError('bad_tokenizer', `cannot load tokenizer (${(e as Error).message})`, { file: tjFile });
   }
@@ -59,7 +158,8 @@ export async function loadTokenizer(dir: string): Promise<PromptTokenizer> {
   }
   const padTokenId = tok.token_to_id(padToken);
   if (padTokenId === undefined) throw new ModelError('bad_tokenizer', `special token ${JSON.stringify(padToken)} is not in the vocabulary`, { file: tjFile });
-  const h = createHash('sha256');
+  // The pipeline's version too: cached prompt states made with another tokenisation of the same files must miss.
+  const h = createHash('sha256').update(`${PIPELINE_VERSION}\0${cls}\0`);
   for (const f of TOKENIZER_FILES) {
     const p = join(dir, f);
     if (existsSync(p)) h.update(f).update('\0').update(await readFile(p)).update('\0');

@@ -4,7 +4,7 @@ import assert from 'node:assert/strict';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parse } from 'yaml';
-import { modelCard, parameterCounts } from '../../libs/model-card';
+import { hubRepoId, modelCard, parameterCounts } from '../../libs/model-card';
 import { readRecipe } from '../../libs/recipe/parse';
 import { loadMergeContext, recipeModelRefs } from '../../libs/stages/context';
 import { runAssemble } from '../../libs/stages/assemble';
@@ -38,8 +38,10 @@ test('DeepSeek card: front matter, experts table, recipe, and parameter counts f
   const m = /^---\n([\s\S]*?)\n---\n/.exec(card);
   assert.ok(m, 'front matter');
   const front = parse(m[1]!);
-  assert.deepEqual(new Set(front.base_model), new Set(plan.models.map((x) => x.ref)));
-  assert.equal(front.base_model.length, 4);
+  // Local folders only: no base_model (the Hub accepts repo ids only); the folders are named in the body.
+  assert.equal(front.base_model, undefined);
+  assert.ok(!m[1]!.includes(dir), 'no local path in the front matter');
+  for (const x of plan.models) assert.ok(card.includes(`\`${x.dir}\``), `${x.dir} named in the body`);
   assert.deepEqual(front.tags, ['moe', 'frankenmoe', 'merge', 'mergekit', 'moe-forge']);
   assert.equal(front.library_name, 'transformers');
 
@@ -75,7 +77,24 @@ test('Qwen MoE and fused Qwen3 MoE counts: shared expert and its gate always act
   const card = modelCard({ plan: f.plan, recipe: f.parsed.recipe, recipeText: f.parsed.text, gateMode: 'cheap_embed' });
   assert.match(card, /Qwen3 MoE/);
   assert.match(card, /fused layout/);
-  assert.deepEqual(parse(/^---\n([\s\S]*?)\n---\n/.exec(card)![1]!).base_model.length, 2);
+  assert.equal(parse(/^---\n([\s\S]*?)\n---\n/.exec(card)![1]!).base_model, undefined);
+});
+
+test('front matter base_model: a snapshot folder in the Hugging Face cache is listed by its Hub id, a plain folder is not', async () => {
+  const snap = join(dir, 'hf', 'hub', 'models--acme--tiny-qwen3', 'snapshots', 'a'.repeat(40));
+  await tinyFamilyModel(snap, 'qwen3', 5);
+  const local = await tinyFamilyModel(join(dir, 'plain-qwen3'), 'qwen3', 6);
+  const { plan, parsed } = await planOf('snap', 'qwen3', [{ model: snap, prompts: ['x'] }, { model: local, prompts: ['y'] }], undefined, 1);
+  const card = modelCard({ plan, recipe: parsed.recipe, recipeText: parsed.text, gateMode: 'cheap_embed' });
+  const m = /^---\n([\s\S]*?)\n---\n/.exec(card)!;
+  assert.deepEqual(parse(m[1]!).base_model, ['acme/tiny-qwen3']);
+  assert.ok(!m[1]!.includes(dir), 'no local path in the front matter');
+  assert.ok(card.includes(`\`${local}\``) && card.includes(`\`${join(dir, 'snap-base')}\``), 'local folders named in the body');
+  assert.ok(!card.slice(m[0].length).includes(`\`${snap}\``), 'the snapshot is not called a local folder');
+  // A model resolved from a Hub id lives in the cache too; a name the Hub would refuse is not listed.
+  assert.equal(hubRepoId({ key: 'hub:gpt2@main', ref: 'gpt2', dir: join(dir, 'models--gpt2', 'snapshots', 'b'.repeat(40)) }), 'gpt2');
+  assert.equal(hubRepoId({ key: 'local:x', ref: 'x', dir: join(dir, 'models--a--b--c', 'snapshots', 'c'.repeat(40)) }), null);
+  assert.equal(hubRepoId({ key: 'local:x', ref: 'x', dir: join(dir, 'models--org--name', 'other', 'c'.repeat(40)) }), null);
 });
 
 test('a recipe holding backticks gets a longer fence', async () => {

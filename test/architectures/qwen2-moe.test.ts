@@ -1,12 +1,12 @@
 /** Qwen2-MoE specifics: zero attention biases sized by the config's head_dim, the shared expert's gate and noise. */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { writeFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { mergeRecipe } from '../../libs/stages/merge';
 import { loadTokenizer } from '../../libs/tokenizer';
 import { readAll, recipeYaml, tinyFamilyModel } from '../helpers/arch-models';
-import { tempDir } from '../helpers/tmp';
+import { TINY, tempDir } from '../helpers/tmp';
 
 const dir = tempDir('moe-forge-qwen2-');
 
@@ -71,4 +71,25 @@ test('shared_expert_gate [1, H] is the shared expert\'s own gate row; noise and 
   }
   // The routed copy of the same model is not noised.
   assert.ok(t.get('model.layers.0.mlp.experts.0.up_proj.weight')!.bytes.equals(src.get('model.layers.0.mlp.up_proj.weight')!.bytes));
+});
+
+test('a tied base gets an explicit lm_head (its embeddings) and tie_word_embeddings false; an untied base keeps its own head', async () => {
+  const base = await tinyFamilyModel(join(dir, 't-base'), 'qwen2', 1, {}, { tie_word_embeddings: true });
+  const a = await tinyFamilyModel(join(dir, 't-a'), 'qwen2', 2);
+  const recipe = join(dir, 't.yml');
+  writeFileSync(recipe, recipeYaml({ base, gate: 'random', topK: 1, experts: [{ model: a }, { model: base }], shared: [{ model: a }] }));
+  const out = join(dir, 't-out');
+  await mergeRecipe({ recipeFile: recipe, outPath: out, modelBaseDir: dir });
+  const t = await readAll(out);
+  assert.ok(t.get('lm_head.weight')!.bytes.equals(t.get('model.embed_tokens.weight')!.bytes), 'lm_head is the embedding matrix');
+  assert.equal(JSON.parse(readFileSync(join(out, 'config.json'), 'utf8')).tie_word_embeddings, false);
+
+  // tiny-a has an untied lm_head of its own.
+  const untied = join(dir, 'u.yml');
+  writeFileSync(untied, recipeYaml({ base: TINY('a'), gate: 'random', architecture: 'qwen', experts: [{ model: TINY('b') }, { model: TINY('c') }], shared: [{ model: TINY('a') }] }));
+  await mergeRecipe({ recipeFile: untied, outPath: join(dir, 'u-out'), modelBaseDir: dir });
+  const u = await readAll(join(dir, 'u-out'));
+  const src = await readAll(TINY('a'));
+  assert.ok(u.get('lm_head.weight')!.bytes.equals(src.get('lm_head.weight')!.bytes));
+  assert.ok(!u.get('lm_head.weight')!.bytes.equals(src.get('model.embed_tokens.weight')!.bytes));
 });

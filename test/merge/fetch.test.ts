@@ -27,11 +27,14 @@ experts:
     positive_prompts: ["Once upon a time there was a model"]
 `;
 
+const CHAT = '{% for m in messages %}{{ m.content }}{% endfor %}';
+const GEN = '{\n  "eos_token_id": [\n    1,\n    3\n  ],\n  "temperature": 0.7\n}\n';
+
 const sha = (f: string) => createHash('sha256').update(readFileSync(f)).digest('hex');
 
 test('Hub models: validated from headers before any weight download, then merged from the cache offline', async () => {
   const server = await startHubServer([
-    { id: 'org/tiny-a', files: files(TINY('a')) },
+    { id: 'org/tiny-a', files: { ...files(TINY('a')), 'chat_template.jinja': Buffer.from(CHAT), 'generation_config.json': Buffer.from(GEN) } },
     { id: 'org/tiny-b', files: files(TINY('b')) },
     { id: 'org/wide', files: files(TINY('c'), (c) => { c.hidden_size = 128; }) },
   ]);
@@ -55,6 +58,10 @@ test('Hub models: validated from headers before any weight download, then merged
   const logs: string[] = [];
   await mergeRecipe({ recipeFile: join(d, 'good.yml'), outPath: out, modelBaseDir: d, cacheDir: join(d, 'c'), env, log: (l) => logs.push(l) });
   assert.ok(logs.some((l) => /model org\/tiny-a: downloaded/.test(l)), logs.join('\n'));
+  // The base's chat template and generation settings come down with it and into the output; the card names Hub ids.
+  assert.equal(readFileSync(join(out, 'chat_template.jinja'), 'utf8'), CHAT);
+  assert.equal(readFileSync(join(out, 'generation_config.json'), 'utf8'), GEN);
+  assert.match(readFileSync(join(out, 'README.md'), 'utf8'), /^---\nbase_model:\n  - org\/tiny-a\n  - org\/tiny-b\ntags:/);
   // The same merge from local folders gives the same bytes.
   writeFileSync(join(d, 'local.yml'), recipe(TINY('a'), TINY('a'), TINY('b')));
   await mergeRecipe({ recipeFile: join(d, 'local.yml'), outPath: join(d, 'local-out'), modelBaseDir: d, cacheDir: join(d, 'c') });

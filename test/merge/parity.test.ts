@@ -13,7 +13,7 @@ test('mergekit-moe reproduces the reference cheap_embed merge (classic layout)',
   const out = join(tempDir(), 'out');
   const r = await mergekitMoe(['mixtral-cheap_embed.yml', out], PARITY);
   assert.equal(r.exitCode, 0, r.stderr);
-  assert.match(r.stderr, /WARNING: Your model has 3 experts, which is not a power of two/);
+  assert.doesNotMatch(r.stderr, /power of two/);
   await assertMatchesManifest(out, manifest('mixtral-cheap_embed.classic.manifest.json'), 1e-6);
   assert.equal(readFileSync(join(out, 'mergekit_moe_config.yml'), 'utf8'), readFileSync(join(PARITY, 'mixtral-cheap_embed.yml'), 'utf8'));
   const tc = JSON.parse(readFileSync(join(out, 'tokenizer_config.json'), 'utf8'));
@@ -21,7 +21,9 @@ test('mergekit-moe reproduces the reference cheap_embed merge (classic layout)',
   assert.equal(tc.padding_side, 'left');
   assert.ok(!existsSync(join(out, 'model.safetensors.index.json')));
   const card = readFileSync(join(out, 'README.md'), 'utf8');
-  assert.match(card, /^---\nbase_model:\n  - \.\.\/tiny-llama\/tiny-a\n/);
+  // Local models: no base_model in the front matter (the Hub takes repo ids only); the folders are in the body.
+  assert.match(card, /^---\ntags:\n/);
+  assert.ok(card.includes(`\`${join(FIXTURES, 'tiny-llama', 'tiny-a')}\``), card);
   assert.match(card, /Mixtral/);
 });
 
@@ -29,6 +31,7 @@ test('--layout fused reproduces the reference fused layout', async () => {
   const out = join(tempDir(), 'out');
   const r = await mergekitMoe(['mixtral-cheap_embed.yml', out, '--layout', 'fused'], PARITY);
   assert.equal(r.exitCode, 0, r.stderr);
+  assert.match(r.stderr, /WARNING: --layout fused .*transformers 4 does not read them.*llama\.cpp's convert_hf_to_gguf\.py cannot convert a fused Mixtral/);
   await assertMatchesManifest(out, manifest('mixtral-cheap_embed.fused.manifest.json'), 1e-6);
 });
 
