@@ -18,6 +18,8 @@ export const deepseek: OutputArchitecture = {
   // The reference gives the power-of-two warning for every architecture but this one.
   warnExpertCount: false,
   fusedLayout: false,
+  // Its write order: the base's weight list (up, gate, down), routed experts then the shared one.
+  noiseDrawOrder: { perExpert: false, projs: LLAMA_MLP },
   rejects(ctx) {
     if (ctx.shared.length > 1) return `DeepSeek MoE supports at most one shared expert (got ${ctx.shared.length})`;
     const s = ctx.shared[0];

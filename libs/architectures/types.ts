@@ -32,6 +32,19 @@ export interface ArchContext {
   outDtype: string | null;
   layout: 'classic' | 'fused';
   seed: number;
+  /** Random draws: our per-tensor streams (default), or PyTorch's generator in the reference's order. */
+  rng?: RngKind;
+}
+
+export type RngKind = 'stream' | 'torch';
+
+/**
+ * The order in which the reference draws expert noise within a layer (spec 6, HEAD): per expert, its
+ * projections in `projs` order; or per projection, every routed expert then the shared ones.
+ */
+export interface NoiseDrawOrder {
+  perExpert: boolean;
+  projs: readonly ('gate_proj' | 'up_proj' | 'down_proj')[];
 }
 
 export interface OutputArchitecture {
@@ -44,6 +57,8 @@ export interface OutputArchitecture {
   warnExpertCount: boolean;
   /** Whether the fused (transformers 5) expert layout exists for this architecture. */
   fusedLayout: boolean;
+  /** Where `rng: torch` takes each noised tensor's draw from the reference's one generator. */
+  noiseDrawOrder: NoiseDrawOrder;
   config(ctx: ArchContext): Record<string, unknown>;
   /** Every output tensor in write order. */
   tensors(ctx: ArchContext): PlanTensor[];

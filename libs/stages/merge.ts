@@ -10,6 +10,7 @@ import { runWrite, type WriteResult } from './write';
 import { progressReporter } from './progress';
 import { CACHE_ENV } from '../cache';
 import { homedir } from 'node:os';
+import type { RngKind } from '../architectures/types';
 import { resolve } from 'node:path';
 
 /** The command line has no workspace: its cache lives with the user's other caches. */
@@ -24,6 +25,8 @@ export interface MergeOptions {
   modelBaseDir: string;
   seed?: number;
   layout?: 'classic' | 'fused';
+  /** `torch`: random routers and noise as the reference draws them (PyTorch's CPU generator). */
+  rng?: RngKind;
   maxShardBytes?: number;
   allowIdenticalModels?: boolean;
   copyTokenizer?: boolean;
@@ -47,7 +50,7 @@ export async function mergeRecipe(opts: MergeOptions): Promise<WriteResult> {
   const work = await mkdtemp(join(tmpdir(), 'moe-forge-'));
   try {
     const cacheDir = opts.cacheDir ?? userCacheDir();
-    const { merge } = await runFetch(parsed, join(work, 'fetch'), { cacheDir, env: opts.env, modelBaseDir: opts.modelBaseDir, allowIdenticalModels: opts.allowIdenticalModels, layout: opts.layout, seed: opts.seed, log: opts.log });
+    const { merge } = await runFetch(parsed, join(work, 'fetch'), { cacheDir, env: opts.env, modelBaseDir: opts.modelBaseDir, allowIdenticalModels: opts.allowIdenticalModels, layout: opts.layout, seed: opts.seed, rng: opts.rng, log: opts.log });
     await runEmbedPrompts(merge, join(work, 'embed-prompts'), { cacheDir, device: opts.device, log: opts.log, progress: progressReporter('prompt states') });
     await runBuildGates(merge, join(work, 'embed-prompts'), join(work, 'build-gates'));
     const { gates, warnings } = await gatesForAssembly(merge, join(work, 'build-gates'));

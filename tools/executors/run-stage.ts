@@ -24,7 +24,7 @@ export async function runStage(raw: unknown, context: ExecutorContext, body: (en
       async merge() {
         const parsed = await readRecipe(paths.recipe);
         const models = await readModelsFile(join(paths.stage('fetch'), 'models.json'));
-        return loadMergeContext(parsed, models.models, { modelBaseDir: paths.projectRoot, allowIdenticalModels: options.allowIdenticalModels, layout: options.layout, seed: options.randomSeed });
+        return loadMergeContext(parsed, models.models, { modelBaseDir: paths.projectRoot, allowIdenticalModels: options.allowIdenticalModels, layout: options.layout, seed: options.randomSeed, rng: options.rng });
       },
     };
     await body(env);
