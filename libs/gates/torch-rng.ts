@@ -1,3 +1,4 @@
+import { wasmNormals, WASM_BLOCKS } from './torch-normal-wasm';
 import { bf16BitsToF32, f16BitsToF32, f32ToBf16Bits, f32ToF16Bits, type FloatDtype } from '../safetensors/dtype';
 
 /**
@@ -253,16 +254,20 @@ export function wordsOf(fn: 'randn' | 'rand', n: number, dtype: FloatDtype, cach
 
 /**
  * A stream of `randn` values of one call of n ≥ 16 values, read front to back in chunks, so a tensor of
- * billions of values needs no buffer of its size. Reads words from `mt` as the kernel does.
+ * billions of values needs no buffer of its size. Reads words from `mt` as the kernel does; blocks are
+ * computed many at a time by the WebAssembly kernel where there is one.
  */
 export class LargeNormalStream {
   private pos = 0;
-  private readonly words = new Int32Array(16);
-  private readonly block = new Float32Array(16);
-  /** Index of the first value of `block`, or -1. */
-  private blockAt = -1;
   private readonly tailFrom: number;
   private readonly start: number;
+  /** Blocks of the regular part (the ones that start before tailFrom). */
+  private readonly regularBlocks: number;
+  private readonly buf: Float32Array;
+  private readonly words: Int32Array;
+  /** Positions held in buf. */
+  private bufFrom = 0;
+  private bufTo = 0;
 
   constructor(
     private readonly mt: Mt19937,
@@ -272,40 +277,58 @@ export class LargeNormalStream {
     if (n < TORCH_SMALL_NORMAL) throw new Error(`LargeNormalStream needs 16 values or more, got ${n}`);
     this.tailFrom = n % 16 ? n - 16 : n;
     this.start = mt.offset;
+    this.regularBlocks = Math.ceil(this.tailFrom / 16);
+    const blocks = Math.min(WASM_BLOCKS, this.regularBlocks + 1);
+    this.buf = new Float32Array(blocks * 16);
+    this.words = new Int32Array(blocks * 16);
+  }
+
+  /** Computes the next regular blocks, from the one holding position p, into buf. */
+  private fillRegular(p: number): void {
+    const first = p >> 4;
+    const k = Math.min(this.buf.length >> 4, this.regularBlocks - first);
+    const wasm = wasmNormals();
+    if (wasm) {
+      this.mt.fill(wasm.words, 0, k * 16);
+      wasm.run(k);
+      this.buf.set(wasm.out.subarray(0, k * 16));
+      // A flagged block has a float64 sum halfway between two floats: redo it with exact fused multiply-adds.
+      for (let b = 0; b < k; b++) if (wasm.flags[b]) block16(wasm.words, b * 16, this.buf, b * 16);
+    } else {
+      this.mt.fill(this.words, 0, k * 16);
+      for (let b = 0; b < k; b++) block16(this.words, b * 16, this.buf, b * 16);
+    }
+    this.bufFrom = first * 16;
+    this.bufTo = (first + k) * 16;
+  }
+
+  /** The last 16 values when n is not a multiple of 16: redrawn from 16 more words. */
+  private fillTail(): void {
+    // float32 draws every uniform first, so the partial block's words are drawn but unused; the 16-bit
+    // types draw block by block. Either way the last 16 values come from 16 more words.
+    if (this.dtype === 'F32') this.mt.skip(this.start + this.n - this.mt.offset);
+    this.mt.fill(this.words, 0, 16);
+    block16(this.words, 0, this.buf, 0);
+    this.bufFrom = this.tailFrom;
+    this.bufTo = this.n;
   }
 
   /** Writes the next out.length values (float32 numbers, already rounded to the dtype). */
   read(out: Float32Array): void {
     const want = out.length;
     if (this.pos + want > this.n) throw new Error(`read past the end of a ${this.n}-value draw`);
-    const mt = this.mt;
     let o = 0;
-    // Whole blocks straight into the output.
     while (o < want) {
       const p = this.pos;
-      if (p < this.tailFrom) {
-        const b = p & ~15;
-        if (this.blockAt !== b) {
-          mt.fill(this.words, 0, 16);
-          block16(this.words, 0, this.block, 0);
-          this.blockAt = b;
-        }
-        const end = Math.min(b + 16, this.tailFrom, p + (want - o));
-        for (let q = p; q < end; q++) out[o++] = this.block[q - b]!;
-        this.pos = end;
-      } else {
-        if (this.blockAt !== this.tailFrom) {
-          // float32 draws every uniform first, so the partial block's words are drawn but unused; the 16-bit
-          // types draw block by block. Either way the last 16 values come from 16 more words.
-          if (this.dtype === 'F32') mt.skip(this.start + this.n - mt.offset);
-          mt.fill(this.words, 0, 16);
-          block16(this.words, 0, this.block, 0);
-          this.blockAt = this.tailFrom;
-        }
-        const end = Math.min(this.n, p + (want - o));
-        for (let q = p; q < end; q++) out[o++] = this.block[q - this.tailFrom]!;
-        this.pos = end;
+      const inTail = p >= this.tailFrom;
+      if (p < this.bufFrom || p >= this.bufTo || (inTail && this.bufFrom !== this.tailFrom)) {
+        if (inTail) this.fillTail();
+        else this.fillRegular(p);
       }
+      const end = Math.min(inTail ? this.n : Math.min(this.bufTo, this.tailFrom), p + (want - o));
+      out.set(this.buf.subarray(p - this.bufFrom, end - this.bufFrom), o);
+      o += end - p;
+      this.pos = end;
     }
     if (this.dtype !== 'F32') for (let i = 0; i < want; i++) out[i] = roundTo(this.dtype, out[i]!);
   }

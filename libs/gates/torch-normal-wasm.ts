@@ -1,0 +1,251 @@
+/**
+ * The AVX2 Box-Muller kernel of torch-rng.ts as a WebAssembly SIMD function, four pairs per vector, built
+ * here from a small instruction list (no toolchain, no binary in the repository). float32 operations map
+ * one to one; each fused multiply-add is computed in float64 (the product is exact) and rounded to float32,
+ * and a lane whose float64 sum lands exactly halfway between two floats (the one case where that can round
+ * differently from a true fused multiply-add) flags its block for the exact JavaScript path.
+ */
+
+type Code = number[];
+
+const uleb = (n: number): number[] => {
+  const out: number[] = [];
+  do {
+    let b = n & 0x7f;
+    n >>>= 7;
+    if (n) b |= 0x80;
+    out.push(b);
+  } while (n);
+  return out;
+};
+const sleb = (n: number): number[] => {
+  const out: number[] = [];
+  for (;;) {
+    const b = n & 0x7f;
+    n >>= 7;
+    if ((n === 0 && !(b & 0x40)) || (n === -1 && b & 0x40)) {
+      out.push(b);
+      return out;
+    }
+    out.push(b | 0x80);
+  }
+};
+const simd = (op: number): Code => [0xfd, ...uleb(op)];
+
+// Instructions (WebAssembly core + fixed-width SIMD).
+const I = {
+  localGet: (i: number): Code => [0x20, ...uleb(i)],
+  localSet: (i: number): Code => [0x21, ...uleb(i)],
+  i32Const: (v: number): Code => [0x41, ...sleb(v | 0)],
+  i32Add: [0x6a],
+  i32Shl: [0x74],
+  i32LtU: [0x49],
+  i32Store: (offset: number): Code => [0x36, 2, ...uleb(offset)],
+  v128Load: (offset: number): Code => [...simd(0x00), 4, ...uleb(offset)],
+  v128Store: (offset: number): Code => [...simd(0x0b), 4, ...uleb(offset)],
+  v128Const: (bytes: Uint8Array): Code => [...simd(0x0c), ...bytes],
+  shuffle: (lanes: number[]): Code => [...simd(0x0d), ...lanes],
+  f32x4Lt: simd(0x43),
+  and: simd(0x4e),
+  andnot: simd(0x4f),
+  or: simd(0x50),
+  xor: simd(0x51),
+  anyTrue: simd(0x53),
+  demote: simd(0x5e),
+  promote: simd(0x5f),
+  i32x4Eq: simd(0x37),
+  i32x4Shl: simd(0xab),
+  i32x4ShrU: simd(0xad),
+  i32x4Add: simd(0xae),
+  i32x4Sub: simd(0xb1),
+  i64x2Eq: simd(0xd6),
+  f32x4Neg: simd(0xe1),
+  f32x4Sqrt: simd(0xe3),
+  f32x4Add: simd(0xe4),
+  f32x4Sub: simd(0xe5),
+  f32x4Mul: simd(0xe6),
+  f64x2Add: simd(0xf0),
+  f64x2Mul: simd(0xf2),
+  truncSat: simd(0xf8),
+  convert: simd(0xfa),
+};
+
+function splatF32(x: number): Code {
+  return I.v128Const(new Uint8Array(new Float32Array([x, x, x, x]).buffer));
+}
+function splatI32(x: number): Code {
+  return I.v128Const(new Uint8Array(new Int32Array([x, x, x, x]).buffer));
+}
+function splatI64(lo: number, hi: number): Code {
+  return I.v128Const(new Uint8Array(new Int32Array([lo, hi, lo, hi]).buffer));
+}
+
+const LOW_TO_LOW = [0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23];
+const HIGH_TO_LOW = [8, 9, 10, 11, 12, 13, 14, 15, 8, 9, 10, 11, 12, 13, 14, 15];
+
+const f = Math.fround;
+const C = {
+  logP: [7.0376836292e-2, -1.151461031e-1, 1.167699874e-1, -1.2420140846e-1, 1.4249322787e-1, -1.6668057665e-1, 2.0000714765e-1, -2.4999993993e-1, 3.3333331174e-1].map(f),
+  q1: f(-2.1219444e-4),
+  q2: f(0.693359375),
+  sqrthf: f(0.707106781186547524),
+  dp1: f(-0.78515625),
+  dp2: f(-2.4187564849853515625e-4),
+  dp3: f(-3.77489497744594108e-8),
+  sinP: [-1.9515295891e-4, 8.3321608736e-3, -1.6666654611e-1].map(f),
+  cosP: [2.443315711809948e-5, -1.388731625493765e-3, 4.166664568298827e-2].map(f),
+  fopi: f(1.27323954473516),
+  twoPi: f(2 * Math.PI),
+};
+
+/** Function body: (param nBlocks i32); words at 0, normals at OUT, per-block flags at FLAGS. */
+function kernelBody(OUT: number, FLAGS: number): { locals: number; code: Code } {
+  // Locals: 0 = nBlocks (param), 1 = block index b, 2 = byte offset p, then v128 scratch.
+  let next = 3;
+  const v = () => next++;
+  const code: Code = [];
+  const emit = (...parts: Code[]) => {
+    for (const p of parts) code.push(...p);
+  };
+  const set = (dst: number, ...expr: Code[]) => emit(...expr, I.localSet(dst));
+  const get = I.localGet;
+  const flag = v();
+  const aL = v(), bL = v(), cL = v(), sL = v(), sH = v();
+  const MASK29 = splatI64(0x1fffffff, 0);
+  const HALF29 = splatI64(0x10000000, 0);
+
+  /** dst = fma(a, b, c) on four float32 lanes, flagging halfway float64 sums. */
+  const fma = (dst: number, a: Code, b: Code, c: Code) => {
+    set(aL, a);
+    set(bL, b);
+    set(cL, c);
+    set(sL, get(aL), I.promote, get(bL), I.promote, I.f64x2Mul, get(cL), I.promote, I.f64x2Add);
+    set(sH, get(aL), get(aL), I.shuffle(HIGH_TO_LOW), I.promote, get(bL), get(bL), I.shuffle(HIGH_TO_LOW), I.promote, I.f64x2Mul, get(cL), get(cL), I.shuffle(HIGH_TO_LOW), I.promote, I.f64x2Add);
+    set(flag, get(flag), get(sL), MASK29, I.and, HALF29, I.i64x2Eq, I.or, get(sH), MASK29, I.and, HALF29, I.i64x2Eq, I.or);
+    set(dst, get(sL), I.demote, get(sH), I.demote, I.shuffle(LOW_TO_LOW));
+  };
+
+  const one = splatF32(1);
+  const k1 = v(), k2 = v(), x = v(), e = v(), m = v(), z = v(), y = v(), radius = v();
+  const th = v(), j = v(), jf = v(), r = v(), zz = v(), c = v(), s = v(), ps = v(), pc = v(), n1 = v(), n2 = v();
+
+  // loop over blocks: p = b * 64
+  emit([0x02, 0x40], [0x03, 0x40]); // block, loop
+  emit(get(1), get(0), I.i32LtU, [0x45], [0x0d, 1]); // if !(b < n) break
+  emit(get(1), I.i32Const(6), I.i32Shl, I.localSet(2));
+  set(flag, splatI32(0));
+  for (const g of [0, 16]) {
+    // k1 = words[j], k2 = words[j + 8] for the four pairs j = g/4 .. g/4 + 3
+    set(k1, get(2), I.v128Load(g), splatI32(0xffffff), I.and);
+    set(k2, get(2), I.v128Load(g + 32), splatI32(0xffffff), I.and);
+    // log(1 - u1), the kernel's log256_ps
+    set(x, one, get(k1), I.convert, splatF32(2 ** -24), I.f32x4Mul, I.f32x4Sub);
+    set(e, get(x), I.i32Const(23), I.i32x4ShrU, splatI32(127), I.i32x4Sub, I.convert, one, I.f32x4Add);
+    set(x, get(x), splatI32(~0x7f800000), I.and, splatF32(0.5), I.or);
+    set(m, get(x), splatF32(C.sqrthf), I.f32x4Lt);
+    set(e, get(e), one, get(m), I.and, I.f32x4Sub);
+    set(x, get(x), one, I.f32x4Sub, get(x), get(m), I.and, I.f32x4Add);
+    set(z, get(x), get(x), I.f32x4Mul);
+    fma(y, splatF32(C.logP[0]!), get(x), splatF32(C.logP[1]!));
+    for (let k = 2; k < 9; k++) fma(y, get(y), get(x), splatF32(C.logP[k]!));
+    set(y, get(y), get(x), I.f32x4Mul);
+    fma(y, get(y), get(z), [...get(e), ...splatF32(C.q1), ...I.f32x4Mul]);
+    set(y, get(y), get(z), splatF32(0.5), I.f32x4Mul, I.f32x4Sub);
+    // e·Q2 is exact, so the kernel's fused add rounds once.
+    set(radius, get(x), get(y), I.f32x4Add, get(e), splatF32(C.q2), I.f32x4Mul, I.f32x4Add, splatF32(-2), I.f32x4Mul, I.f32x4Sqrt);
+    // sincos256_ps of theta = 2π·u2 (theta >= 0)
+    set(th, splatF32(C.twoPi), get(k2), I.convert, splatF32(2 ** -24), I.f32x4Mul, I.f32x4Mul);
+    set(j, get(th), splatF32(C.fopi), I.f32x4Mul, I.truncSat, splatI32(1), I.i32x4Add, splatI32(~1), I.and);
+    set(jf, get(j), I.convert);
+    set(r, get(th), get(jf), splatF32(C.dp1), I.f32x4Mul, I.f32x4Add);
+    set(r, get(r), get(jf), splatF32(C.dp2), I.f32x4Mul, I.f32x4Add);
+    fma(r, get(jf), splatF32(C.dp3), get(r));
+    set(zz, get(r), get(r), I.f32x4Mul);
+    fma(c, splatF32(C.cosP[0]!), get(zz), splatF32(C.cosP[1]!));
+    fma(c, get(c), get(zz), splatF32(C.cosP[2]!));
+    set(c, get(c), get(zz), I.f32x4Mul);
+    fma(c, get(c), get(zz), [...get(zz), ...splatF32(0.5), ...I.f32x4Mul, ...I.f32x4Neg]);
+    set(c, get(c), one, I.f32x4Add);
+    fma(s, splatF32(C.sinP[0]!), get(zz), splatF32(C.sinP[1]!));
+    fma(s, get(s), get(zz), splatF32(C.sinP[2]!));
+    set(s, get(s), get(zz), I.f32x4Mul);
+    fma(s, get(s), get(r), get(r));
+    // polynomial choice: m = (j & 2) == 0 selects the sine polynomial for the sine
+    set(m, get(j), splatI32(2), I.and, splatI32(0), I.i32x4Eq);
+    set(ps, get(m), get(s), I.and); // ysin2
+    set(pc, get(c), get(m), I.andnot); // ysin1
+    // sine: (ysin1 + ysin2) ^ sign, sign = (j & 4) << 29
+    set(n2, get(pc), get(ps), I.f32x4Add, get(j), splatI32(4), I.and, I.i32Const(29), I.i32x4Shl, I.xor);
+    // cosine: ((c - ysin1) + (s - ysin2)) ^ sign, sign = (~(j - 2) & 4) << 29
+    set(n1, get(c), get(pc), I.f32x4Sub, get(s), get(ps), I.f32x4Sub, I.f32x4Add, splatI32(4), get(j), splatI32(2), I.i32x4Sub, I.andnot, I.i32Const(29), I.i32x4Shl, I.xor);
+    // n·std + mean with std 1, mean 0 (fmadd turns -0 into +0)
+    emit(get(2), get(radius), get(n1), I.f32x4Mul, splatF32(0), I.f32x4Add, I.v128Store(OUT + g));
+    emit(get(2), get(radius), get(n2), I.f32x4Mul, splatF32(0), I.f32x4Add, I.v128Store(OUT + g + 32));
+  }
+  emit(get(1), I.i32Const(2), I.i32Shl, get(flag), I.anyTrue, I.i32Store(FLAGS));
+  emit(get(1), I.i32Const(1), I.i32Add, I.localSet(1), [0x0c, 0]); // b++, continue
+  emit([0x0b, 0x0b]); // end loop, end block
+  return { locals: next - 3, code };
+}
+
+/** Blocks per call: words and normals take 64 bytes a block each. */
+export const WASM_BLOCKS = 2048;
+
+function moduleBytes(): Uint8Array {
+  const OUT = WASM_BLOCKS * 64;
+  const FLAGS = OUT * 2;
+  const pages = Math.ceil((FLAGS + WASM_BLOCKS * 4) / 65536);
+  const { locals, code } = kernelBody(OUT, FLAGS);
+  const section = (id: number, body: number[]) => [id, ...uleb(body.length), ...body];
+  const vec = (items: number[][]) => [...uleb(items.length), ...items.flat()];
+  const name = (s: string) => [...uleb(s.length), ...Buffer.from(s)];
+  const localDecl = vec([[...uleb(2), 0x7f], [...uleb(locals), 0x7b]]); // 2 i32, n v128
+  const fn = [...localDecl, ...code, 0x0b];
+  return new Uint8Array([
+    0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00,
+    ...section(1, vec([[0x60, 1, 0x7f, 0]])), // type: (i32) -> ()
+    ...section(3, vec([[0]])),
+    ...section(5, vec([[0x00, ...uleb(pages)]])),
+    ...section(7, vec([[...name('memory'), 0x02, 0], [...name('normals'), 0x00, 0]])),
+    ...section(10, vec([[...uleb(fn.length), ...fn]])),
+  ]);
+}
+
+export interface WasmNormals {
+  /** 16 words per block, written by the caller. */
+  words: Int32Array;
+  /** 16 normals per block. */
+  out: Float32Array;
+  /** Non-zero where a block must be recomputed exactly. */
+  flags: Int32Array;
+  run(blocks: number): void;
+}
+
+/** The part of the WebAssembly API used here (the project's type libraries do not declare it). */
+interface WasmApi {
+  Module: new (bytes: Uint8Array) => object;
+  Instance: new (module: object, imports: object) => { exports: Record<string, unknown> };
+}
+
+let instance: WasmNormals | null | undefined;
+
+/** The kernel, or null where WebAssembly SIMD is unavailable (the JavaScript path is then used). */
+export function wasmNormals(): WasmNormals | null {
+  if (instance !== undefined) return instance;
+  try {
+    const wa = (globalThis as unknown as { WebAssembly: WasmApi }).WebAssembly;
+    const inst = new wa.Instance(new wa.Module(moduleBytes()), {});
+    const mem = inst.exports.memory as { buffer: ArrayBuffer };
+    const fn = inst.exports.normals as (n: number) => void;
+    const OUT = WASM_BLOCKS * 64;
+    instance = {
+      words: new Int32Array(mem.buffer, 0, WASM_BLOCKS * 16),
+      out: new Float32Array(mem.buffer, OUT, WASM_BLOCKS * 16),
+      flags: new Int32Array(mem.buffer, OUT * 2, WASM_BLOCKS),
+      run: fn,
+    };
+  } catch {
+    instance = null;
+  }
+  return instance;
+}
