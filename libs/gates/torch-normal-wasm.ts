@@ -114,20 +114,38 @@ function kernelBody(OUT: number, FLAGS: number): { locals: number; code: Code } 
   const MASK29 = splatI64(0x1fffffff, 0);
   const HALF29 = splatI64(0x10000000, 0);
 
-  /** dst = fma(a, b, c) on four float32 lanes, flagging halfway float64 sums. */
-  const fma = (dst: number, a: Code, b: Code, c: Code) => {
-    set(aL, a);
-    set(bL, b);
-    set(cL, c);
-    set(sL, get(aL), I.promote, get(bL), I.promote, I.f64x2Mul, get(cL), I.promote, I.f64x2Add);
-    set(sH, get(aL), get(aL), I.shuffle(HIGH_TO_LOW), I.promote, get(bL), get(bL), I.shuffle(HIGH_TO_LOW), I.promote, I.f64x2Mul, get(cL), get(cL), I.shuffle(HIGH_TO_LOW), I.promote, I.f64x2Add);
-    set(flag, get(flag), get(sL), MASK29, I.and, HALF29, I.i64x2Eq, I.or, get(sH), MASK29, I.and, HALF29, I.i64x2Eq, I.or);
-    set(dst, get(sL), I.demote, get(sH), I.demote, I.shuffle(LOW_TO_LOW));
+  // Values of the multiply-add chains are kept as two float64x2 halves holding float32 values: a product of
+  // two floats is exact in float64, and demote + promote rounds a lane to float32.
+  type Pair = readonly [number, number];
+  const pair = (): Pair => [v(), v()];
+  const tmp = v();
+  const halves = (dst: Pair, f32: Code) => {
+    set(tmp, f32);
+    set(dst[0], get(tmp), I.promote);
+    set(dst[1], get(tmp), get(tmp), I.shuffle(HIGH_TO_LOW), I.promote);
   };
+  const joined = (d: Pair): Code => [...get(d[0]), ...I.demote, ...get(d[1]), ...I.demote, ...I.shuffle(LOW_TO_LOW)];
+  type Operand = Pair | number;
+  const half = (o: Operand, h: number): Code => (typeof o === 'number' ? I.v128Const(new Uint8Array(new Float64Array([o, o]).buffer)) : get(o[h]!));
+  const ROUND = [...I.demote, ...I.promote];
+  /** dst = a·b rounded to float32. */
+  const mul = (dst: Pair, a: Operand, b: Operand) => {
+    for (const h of [0, 1]) set(dst[h]!, half(a, h), half(b, h), I.f64x2Mul, ROUND);
+  };
+  /** dst = fma(a, b, c) rounded once to float32; a float64 sum halfway between two floats flags the block. */
+  const fma = (dst: Pair, a: Operand, b: Operand, c: Operand) => {
+    for (const h of [0, 1]) {
+      set(sL, half(a, h), half(b, h), I.f64x2Mul, half(c, h), I.f64x2Add);
+      set(flag, get(flag), get(sL), MASK29, I.and, HALF29, I.i64x2Eq, I.or);
+      set(dst[h]!, get(sL), ROUND);
+    }
+  };
+  void aL; void bL; void cL; void sH;
 
   const one = splatF32(1);
-  const k1 = v(), k2 = v(), x = v(), e = v(), m = v(), z = v(), y = v(), radius = v();
-  const th = v(), j = v(), jf = v(), r = v(), zz = v(), c = v(), s = v(), ps = v(), pc = v(), n1 = v(), n2 = v();
+  const k1 = v(), k2 = v(), x = v(), e = v(), m = v(), y = v(), radius = v();
+  const th = v(), j = v(), jf = v(), r = v(), c = v(), s = v(), ps = v(), pc = v(), n1 = v(), n2 = v();
+  const xD = pair(), zD = pair(), yD = pair(), tD = pair(), rD = pair(), zzD = pair(), cD = pair(), sD = pair();
 
   // loop over blocks: p = b * 64
   emit([0x02, 0x40], [0x03, 0x40]); // block, loop
@@ -145,12 +163,16 @@ function kernelBody(OUT: number, FLAGS: number): { locals: number; code: Code } 
     set(m, get(x), splatF32(C.sqrthf), I.f32x4Lt);
     set(e, get(e), one, get(m), I.and, I.f32x4Sub);
     set(x, get(x), one, I.f32x4Sub, get(x), get(m), I.and, I.f32x4Add);
-    set(z, get(x), get(x), I.f32x4Mul);
-    fma(y, splatF32(C.logP[0]!), get(x), splatF32(C.logP[1]!));
-    for (let k = 2; k < 9; k++) fma(y, get(y), get(x), splatF32(C.logP[k]!));
-    set(y, get(y), get(x), I.f32x4Mul);
-    fma(y, get(y), get(z), [...get(e), ...splatF32(C.q1), ...I.f32x4Mul]);
-    set(y, get(y), get(z), splatF32(0.5), I.f32x4Mul, I.f32x4Sub);
+    halves(xD, get(x));
+    mul(zD, xD, xD);
+    fma(yD, C.logP[0]!, xD, C.logP[1]!);
+    for (let k = 2; k < 9; k++) fma(yD, yD, xD, C.logP[k]!);
+    mul(yD, yD, xD);
+    halves(tD, [...get(e), ...splatF32(C.q1), ...I.f32x4Mul]);
+    fma(yD, yD, zD, tD);
+    set(y, joined(yD));
+    // y - z·0.5 (exact product, one rounding)
+    set(y, get(y), joined(zD), splatF32(0.5), I.f32x4Mul, I.f32x4Sub);
     // e·Q2 is exact, so the kernel's fused add rounds once.
     set(radius, get(x), get(y), I.f32x4Add, get(e), splatF32(C.q2), I.f32x4Mul, I.f32x4Add, splatF32(-2), I.f32x4Mul, I.f32x4Sqrt);
     // sincos256_ps of theta = 2π·u2 (theta >= 0)
@@ -159,17 +181,21 @@ function kernelBody(OUT: number, FLAGS: number): { locals: number; code: Code } 
     set(jf, get(j), I.convert);
     set(r, get(th), get(jf), splatF32(C.dp1), I.f32x4Mul, I.f32x4Add);
     set(r, get(r), get(jf), splatF32(C.dp2), I.f32x4Mul, I.f32x4Add);
-    fma(r, get(jf), splatF32(C.dp3), get(r));
-    set(zz, get(r), get(r), I.f32x4Mul);
-    fma(c, splatF32(C.cosP[0]!), get(zz), splatF32(C.cosP[1]!));
-    fma(c, get(c), get(zz), splatF32(C.cosP[2]!));
-    set(c, get(c), get(zz), I.f32x4Mul);
-    fma(c, get(c), get(zz), [...get(zz), ...splatF32(0.5), ...I.f32x4Mul, ...I.f32x4Neg]);
-    set(c, get(c), one, I.f32x4Add);
-    fma(s, splatF32(C.sinP[0]!), get(zz), splatF32(C.sinP[1]!));
-    fma(s, get(s), get(zz), splatF32(C.sinP[2]!));
-    set(s, get(s), get(zz), I.f32x4Mul);
-    fma(s, get(s), get(r), get(r));
+    halves(rD, get(r));
+    halves(tD, get(jf));
+    fma(rD, tD, C.dp3, rD);
+    mul(zzD, rD, rD);
+    fma(cD, C.cosP[0]!, zzD, C.cosP[1]!);
+    fma(cD, cD, zzD, C.cosP[2]!);
+    mul(cD, cD, zzD);
+    for (const h of [0, 1]) set(tD[h]!, get(zzD[h]!), I.v128Const(new Uint8Array(new Float64Array([-0.5, -0.5]).buffer)), I.f64x2Mul);
+    fma(cD, cD, zzD, tD);
+    set(c, joined(cD), one, I.f32x4Add);
+    fma(sD, C.sinP[0]!, zzD, C.sinP[1]!);
+    fma(sD, sD, zzD, C.sinP[2]!);
+    mul(sD, sD, zzD);
+    fma(sD, sD, rD, rD);
+    set(s, joined(sD));
     // polynomial choice: m = (j & 2) == 0 selects the sine polynomial for the sine
     set(m, get(j), splatI32(2), I.and, splatI32(0), I.i32x4Eq);
     set(ps, get(m), get(s), I.and); // ysin2
@@ -188,26 +214,73 @@ function kernelBody(OUT: number, FLAGS: number): { locals: number; code: Code } 
   return { locals: next - 3, code };
 }
 
+/**
+ * Function body: (param n i32): the next n tempered mt19937 words into the words area, from the state
+ * (624 words, then the next index) at STATE; twists as the engine does when the index reaches 624.
+ */
+function mtFillBody(STATE: number): Code {
+  const POS = STATE + 624 * 4;
+  const [n, i, pos, y, k] = [0, 1, 2, 3, 4];
+  const ld = (off: number): Code => [0x28, 2, ...uleb(off)];
+  const st = (off: number): Code => [0x36, 2, ...uleb(off)];
+  const get = I.localGet;
+  const set = I.localSet;
+  const c = I.i32Const;
+  const [AND, OR, XOR, SHL, SHRU, SUB, ADD, GEU, EQ] = [[0x71], [0x72], [0x73], [0x74], [0x76], [0x6b], [0x6a], [0x4f], [0x46]];
+  // mt[a] = mt[src] ^ (y >>> 1) ^ (-(y & 1) & MATRIX_A), y from mt[a] and mt[next] (byte addresses on the stack)
+  const twistStep = (addr: Code, src: Code, nextAddr: Code): Code => [
+    ...addr, ...ld(0), ...c(0x80000000), ...AND, ...nextAddr, ...ld(0), ...c(0x7fffffff), ...AND, ...OR, ...set(y),
+    ...addr,
+    ...src, ...ld(0), ...get(y), ...c(1), ...SHRU, ...XOR, ...c(0), ...get(y), ...c(1), ...AND, ...SUB, ...c(0x9908b0df), ...AND, ...XOR,
+    ...st(0),
+  ];
+  const loop = (cond: Code, body: Code): Code => [0x02, 0x40, 0x03, 0x40, ...cond, 0x0d, 1, ...body, 0x0c, 0, 0x0b, 0x0b];
+  const a = [...c(STATE), ...get(k), ...ADD];
+  const twist: Code = [
+    ...c(0), ...set(k),
+    ...loop([...get(k), ...c(227 * 4), ...GEU], [...twistStep(a, [...a, ...c(397 * 4), ...ADD], [...a, ...c(4), ...ADD]), ...get(k), ...c(4), ...ADD, ...set(k)]),
+    ...loop([...get(k), ...c(623 * 4), ...GEU], [...twistStep(a, [...a, ...c(227 * 4), ...SUB], [...a, ...c(4), ...ADD]), ...get(k), ...c(4), ...ADD, ...set(k)]),
+    ...twistStep(c(STATE + 623 * 4), c(STATE + 396 * 4), c(STATE)),
+  ];
+  return [
+    ...c(0), ...ld(POS), ...set(pos),
+    ...loop([...get(i), ...get(n), ...GEU], [
+      ...get(pos), ...c(624), ...EQ, 0x04, 0x40, ...twist, ...c(0), ...set(pos), 0x0b,
+      ...c(STATE), ...get(pos), ...c(2), ...SHL, ...ADD, ...ld(0), ...set(y),
+      ...get(y), ...get(y), ...c(11), ...SHRU, ...XOR, ...set(y),
+      ...get(y), ...get(y), ...c(7), ...SHL, ...c(0x9d2c5680), ...AND, ...XOR, ...set(y),
+      ...get(y), ...get(y), ...c(15), ...SHL, ...c(0xefc60000), ...AND, ...XOR, ...set(y),
+      ...get(y), ...get(y), ...c(18), ...SHRU, ...XOR, ...set(y),
+      ...get(i), ...c(2), ...SHL, ...get(y), ...st(0),
+      ...get(pos), ...c(1), ...ADD, ...set(pos),
+      ...get(i), ...c(1), ...ADD, ...set(i),
+    ]),
+    ...c(0), ...get(pos), ...st(POS),
+  ];
+}
+
 /** Blocks per call: words and normals take 64 bytes a block each. */
 export const WASM_BLOCKS = 2048;
 
 function moduleBytes(): Uint8Array {
   const OUT = WASM_BLOCKS * 64;
   const FLAGS = OUT * 2;
-  const pages = Math.ceil((FLAGS + WASM_BLOCKS * 4) / 65536);
+  const STATE = FLAGS + WASM_BLOCKS * 4;
+  const pages = Math.ceil((STATE + 625 * 4) / 65536);
   const { locals, code } = kernelBody(OUT, FLAGS);
   const section = (id: number, body: number[]) => [id, ...uleb(body.length), ...body];
   const vec = (items: number[][]) => [...uleb(items.length), ...items.flat()];
   const name = (s: string) => [...uleb(s.length), ...Buffer.from(s)];
   const localDecl = vec([[...uleb(2), 0x7f], [...uleb(locals), 0x7b]]); // 2 i32, n v128
   const fn = [...localDecl, ...code, 0x0b];
+  const mtCode = [...vec([[...uleb(4), 0x7f]]), ...mtFillBody(STATE), 0x0b];
   return new Uint8Array([
     0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00,
     ...section(1, vec([[0x60, 1, 0x7f, 0]])), // type: (i32) -> ()
-    ...section(3, vec([[0]])),
+    ...section(3, vec([[0], [0]])),
     ...section(5, vec([[0x00, ...uleb(pages)]])),
-    ...section(7, vec([[...name('memory'), 0x02, 0], [...name('normals'), 0x00, 0]])),
-    ...section(10, vec([[...uleb(fn.length), ...fn]])),
+    ...section(7, vec([[...name('memory'), 0x02, 0], [...name('normals'), 0x00, 0], [...name('mtFill'), 0x00, 1]])),
+    ...section(10, vec([[...uleb(fn.length), ...fn], [...uleb(mtCode.length), ...mtCode]])),
   ]);
 }
 
@@ -219,6 +292,10 @@ export interface WasmNormals {
   /** Non-zero where a block must be recomputed exactly. */
   flags: Int32Array;
   run(blocks: number): void;
+  /** mt19937 state (624 words, then the next index) for `mtFill`. */
+  mtState: Int32Array;
+  /** Writes the next n words of the engine in `mtState` to `words`. */
+  mtFill(n: number): void;
 }
 
 /** The part of the WebAssembly API used here (the project's type libraries do not declare it). */
@@ -243,6 +320,8 @@ export function wasmNormals(): WasmNormals | null {
       out: new Float32Array(mem.buffer, OUT, WASM_BLOCKS * 16),
       flags: new Int32Array(mem.buffer, OUT * 2, WASM_BLOCKS),
       run: fn,
+      mtState: new Int32Array(mem.buffer, OUT * 2 + WASM_BLOCKS * 4, 625),
+      mtFill: inst.exports.mtFill as (n: number) => void,
     };
   } catch {
     instance = null;
