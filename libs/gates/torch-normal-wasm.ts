@@ -305,9 +305,19 @@ interface WasmApi {
 }
 
 let instance: WasmNormals | null | undefined;
+let enabled = true;
 
-/** The kernel, or null where WebAssembly SIMD is unavailable (the JavaScript path is then used). */
+/** Turns the WebAssembly kernel off or on (tests and the benchmark compare it with the JavaScript path). */
+export function useWasmNormals(on: boolean): void {
+  enabled = on;
+}
+
+/** Blocks redone on the exact JavaScript path since the start (the kernel's halfway float64 sums). */
+export const wasmStats = { blocks: 0, redone: 0 };
+
+/** The kernel, or null where WebAssembly SIMD is unavailable or turned off (the JavaScript path is used). */
 export function wasmNormals(): WasmNormals | null {
+  if (!enabled) return null;
   if (instance !== undefined) return instance;
   try {
     const wa = (globalThis as unknown as { WebAssembly: WasmApi }).WebAssembly;

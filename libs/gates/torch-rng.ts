@@ -1,4 +1,4 @@
-import { wasmNormals, WASM_BLOCKS, type WasmNormals } from './torch-normal-wasm';
+import { wasmNormals, wasmStats, WASM_BLOCKS, type WasmNormals } from './torch-normal-wasm';
 import { bf16BitsToF32, f16BitsToF32, f32ToBf16Bits, f32ToF16Bits, type FloatDtype } from '../safetensors/dtype';
 
 /**
@@ -305,7 +305,13 @@ export class LargeNormalStream {
       wasm.run(k);
       this.buf.set(wasm.out.subarray(0, k * 16));
       // A flagged block has a float64 sum halfway between two floats: redo it with exact fused multiply-adds.
-      for (let b = 0; b < k; b++) if (wasm.flags[b]) block16(wasm.words, b * 16, this.buf, b * 16);
+      wasmStats.blocks += k;
+      for (let b = 0; b < k; b++) {
+        if (wasm.flags[b]) {
+          block16(wasm.words, b * 16, this.buf, b * 16);
+          wasmStats.redone++;
+        }
+      }
     } else {
       this.mt.fill(this.words, 0, k * 16);
       for (let b = 0; b < k; b++) block16(this.words, b * 16, this.buf, b * 16);

@@ -7,6 +7,8 @@ import { advanceTorchState, noiseApplier, TorchDrawSeeker } from '../../libs/sta
 import { bf16BitsToF32, f16BitsToF32, f32ToBf16Bits, f32ToF16Bits, type FloatDtype } from '../../libs/safetensors/dtype';
 import type { SourcePart } from '../../libs/plan/types';
 import { FIXTURES } from '../helpers/tmp';
+import { createHash } from 'node:crypto';
+import { useWasmNormals, wasmNormals, wasmStats } from '../../libs/gates/torch-normal-wasm';
 
 interface Draw {
   fn: 'randn' | 'rand';
@@ -148,4 +150,36 @@ test('the seeker gives the same draws in any order of requests', () => {
   });
   const seeker = new TorchDrawSeeker(11);
   for (const i of [0, 2, 1, 3, 0, 2]) assert.deepEqual(Array.from(seeker.at(states[i]!).randn(64)), fresh[i]);
+});
+
+const large = JSON.parse(readFileSync(join(FIXTURES, 'torch-rng', 'large.json'), 'utf8')) as {
+  cases: { seed: number; fn: 'randn' | 'rand'; n: number; dtype: string; sha256: string; after_bits: number[] }[];
+};
+
+test('large draws match PyTorch in every value (sha256), halfway cases and the cached small normal included', () => {
+  assert.ok(wasmNormals(), 'WebAssembly SIMD kernel available');
+  const before = wasmStats.redone;
+  for (const c of large.cases) {
+    const dtype = DT[c.dtype]!;
+    const g = new TorchGenerator(c.seed);
+    g.randn(5);
+    const v = c.fn === 'randn' ? g.randn(c.n, dtype) : g.rand(c.n, dtype);
+    const bits = dtype === 'F32' ? new Int32Array(v.buffer) : Int16Array.from(bitsOf(v, dtype));
+    assert.equal(createHash('sha256').update(new Uint8Array(bits.buffer)).digest('hex'), c.sha256, `${c.fn} ${c.n} ${c.dtype} seed ${c.seed}`);
+    assert.deepEqual(bitsOf(g.randn(3), 'F32'), c.after_bits);
+  }
+  assert.ok(wasmStats.redone > before, 'some blocks took the exact path');
+});
+
+test('the JavaScript path gives the WebAssembly kernel\'s values', () => {
+  const n = 300_001;
+  const a = new TorchGenerator(3).randn(n);
+  useWasmNormals(false);
+  try {
+    assert.equal(wasmNormals(), null);
+    const b = new TorchGenerator(3).randn(n);
+    assert.deepEqual(new Int32Array(b.buffer), new Int32Array(a.buffer));
+  } finally {
+    useWasmNormals(true);
+  }
 });
