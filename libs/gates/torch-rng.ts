@@ -348,7 +348,17 @@ export class LargeNormalStream {
       o += end - p;
       this.pos = end;
     }
-    if (this.dtype !== 'F32') for (let i = 0; i < want; i++) out[i] = roundTo(this.dtype, out[i]!);
+    if (this.dtype === 'BF16') roundBf16InPlace(out);
+    else if (this.dtype === 'F16') for (let i = 0; i < want; i++) out[i] = roundTo(this.dtype, out[i]!);
+  }
+}
+
+/** Rounds float32 values to bfloat16 (to nearest even) in place; the values here are finite. */
+function roundBf16InPlace(v: Float32Array): void {
+  const u = new Uint32Array(v.buffer, v.byteOffset, v.length);
+  for (let i = 0; i < u.length; i++) {
+    const b = u[i]!;
+    u[i] = (b + 0x7fff + ((b >>> 16) & 1)) & 0xffff0000;
   }
 }
 
