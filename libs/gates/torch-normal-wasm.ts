@@ -216,17 +216,22 @@ function kernelBody(OUT: number, FLAGS: number): { locals: number; code: Code } 
 
 /**
  * Function body: (param n i32): the next n tempered mt19937 words into the words area, from the state
- * (624 words, then the next index) at STATE; twists as the engine does when the index reaches 624.
+ * (624 words, then the next index) at STATE. The engine's twist and tempering run four words at a time; the
+ * tempered block at TEMPERED is recomputed on entry, so the caller may move the state between calls.
  */
 function mtFillBody(STATE: number): Code {
+  const TEMPERED = STATE + 625 * 4;
   const POS = STATE + 624 * 4;
   const [n, i, pos, y, k] = [0, 1, 2, 3, 4];
+  const vy = 5;
   const ld = (off: number): Code => [0x28, 2, ...uleb(off)];
   const st = (off: number): Code => [0x36, 2, ...uleb(off)];
+  const vld = (off: number): Code => [...simd(0x00), 0, ...uleb(off)];
+  const vst = (off: number): Code => [...simd(0x0b), 0, ...uleb(off)];
   const get = I.localGet;
   const set = I.localSet;
   const c = I.i32Const;
-  const [AND, OR, XOR, SHL, SHRU, SUB, ADD, GEU, EQ] = [[0x71], [0x72], [0x73], [0x74], [0x76], [0x6b], [0x6a], [0x4f], [0x46]];
+  const [AND, OR, XOR, SHL, SHRU, SUB, ADD, GEU, EQ, LTU] = [[0x71], [0x72], [0x73], [0x74], [0x76], [0x6b], [0x6a], [0x4f], [0x46], [0x49]];
   // mt[a] = mt[src] ^ (y >>> 1) ^ (-(y & 1) & MATRIX_A), y from mt[a] and mt[next] (byte addresses on the stack)
   const twistStep = (addr: Code, src: Code, nextAddr: Code): Code => [
     ...addr, ...ld(0), ...c(0x80000000), ...AND, ...nextAddr, ...ld(0), ...c(0x7fffffff), ...AND, ...OR, ...set(y),
@@ -234,26 +239,48 @@ function mtFillBody(STATE: number): Code {
     ...src, ...ld(0), ...get(y), ...c(1), ...SHRU, ...XOR, ...c(0), ...get(y), ...c(1), ...AND, ...SUB, ...c(0x9908b0df), ...AND, ...XOR,
     ...st(0),
   ];
+  // The same on four words: k is the byte offset of the first, src the byte distance of mt[src] from mt[a].
+  const twist4 = (srcDelta: number): Code => [
+    ...get(k), ...vld(STATE), ...splatI32(0x80000000), ...I.and, ...get(k), ...vld(STATE + 4), ...splatI32(0x7fffffff), ...I.and, ...I.or, ...set(vy),
+    ...get(k),
+    ...(srcDelta >= 0 ? [...get(k), ...vld(STATE + srcDelta)] : [...get(k), ...c(-srcDelta), ...SUB, ...vld(STATE)]),
+    ...get(vy), ...c(1), ...I.i32x4ShrU, ...I.xor,
+    ...splatI32(0), ...get(vy), ...splatI32(1), ...I.and, ...I.i32x4Sub, ...splatI32(0x9908b0df), ...I.and, ...I.xor,
+    ...vst(STATE),
+  ];
   const loop = (cond: Code, body: Code): Code => [0x02, 0x40, 0x03, 0x40, ...cond, 0x0d, 1, ...body, 0x0c, 0, 0x0b, 0x0b];
+  const step = (d: number): Code => [...get(k), ...c(d), ...ADD, ...set(k)];
   const a = [...c(STATE), ...get(k), ...ADD];
   const twist: Code = [
     ...c(0), ...set(k),
-    ...loop([...get(k), ...c(227 * 4), ...GEU], [...twistStep(a, [...a, ...c(397 * 4), ...ADD], [...a, ...c(4), ...ADD]), ...get(k), ...c(4), ...ADD, ...set(k)]),
-    ...loop([...get(k), ...c(623 * 4), ...GEU], [...twistStep(a, [...a, ...c(227 * 4), ...SUB], [...a, ...c(4), ...ADD]), ...get(k), ...c(4), ...ADD, ...set(k)]),
+    ...loop([...get(k), ...c(224 * 4), ...GEU], [...twist4(397 * 4), ...step(16)]),
+    ...loop([...get(k), ...c(227 * 4), ...GEU], [...twistStep(a, [...a, ...c(397 * 4), ...ADD], [...a, ...c(4), ...ADD]), ...step(4)]),
+    ...loop([...get(k), ...c(623 * 4), ...GEU], [...twist4(-227 * 4), ...step(16)]),
     ...twistStep(c(STATE + 623 * 4), c(STATE + 396 * 4), c(STATE)),
   ];
+  const temper: Code = [
+    ...c(0), ...set(k),
+    ...loop([...get(k), ...c(624 * 4), ...GEU], [
+      ...get(k), ...vld(STATE), ...set(vy),
+      ...get(vy), ...get(vy), ...c(11), ...I.i32x4ShrU, ...I.xor, ...set(vy),
+      ...get(vy), ...get(vy), ...c(7), ...I.i32x4Shl, ...splatI32(0x9d2c5680), ...I.and, ...I.xor, ...set(vy),
+      ...get(vy), ...get(vy), ...c(15), ...I.i32x4Shl, ...splatI32(0xefc60000 | 0), ...I.and, ...I.xor, ...set(vy),
+      ...get(k), ...get(vy), ...get(vy), ...c(18), ...I.i32x4ShrU, ...I.xor, ...vst(TEMPERED),
+      ...step(16),
+    ]),
+  ];
+  // words to copy now: min(624 - pos, n - i)
+  const take: Code = [...c(624), ...get(pos), ...SUB, ...get(n), ...get(i), ...SUB, ...c(624), ...get(pos), ...SUB, ...get(n), ...get(i), ...SUB, ...LTU, 0x1b];
   return [
     ...c(0), ...ld(POS), ...set(pos),
+    ...get(pos), ...c(624), ...LTU, 0x04, 0x40, ...temper, 0x0b,
     ...loop([...get(i), ...get(n), ...GEU], [
-      ...get(pos), ...c(624), ...EQ, 0x04, 0x40, ...twist, ...c(0), ...set(pos), 0x0b,
-      ...c(STATE), ...get(pos), ...c(2), ...SHL, ...ADD, ...ld(0), ...set(y),
-      ...get(y), ...get(y), ...c(11), ...SHRU, ...XOR, ...set(y),
-      ...get(y), ...get(y), ...c(7), ...SHL, ...c(0x9d2c5680), ...AND, ...XOR, ...set(y),
-      ...get(y), ...get(y), ...c(15), ...SHL, ...c(0xefc60000), ...AND, ...XOR, ...set(y),
-      ...get(y), ...get(y), ...c(18), ...SHRU, ...XOR, ...set(y),
-      ...get(i), ...c(2), ...SHL, ...get(y), ...st(0),
-      ...get(pos), ...c(1), ...ADD, ...set(pos),
-      ...get(i), ...c(1), ...ADD, ...set(i),
+      ...get(pos), ...c(624), ...EQ, 0x04, 0x40, ...twist, ...temper, ...c(0), ...set(pos), 0x0b,
+      ...take, ...set(y),
+      // memory.copy(words + 4i, TEMPERED + 4pos, 4y)
+      ...get(i), ...c(2), ...SHL, ...c(TEMPERED), ...get(pos), ...c(2), ...SHL, ...ADD, ...get(y), ...c(2), ...SHL, 0xfc, 0x0a, 0, 0,
+      ...get(pos), ...get(y), ...ADD, ...set(pos),
+      ...get(i), ...get(y), ...ADD, ...set(i),
     ]),
     ...c(0), ...get(pos), ...st(POS),
   ];
@@ -266,14 +293,14 @@ function moduleBytes(): Uint8Array {
   const OUT = WASM_BLOCKS * 64;
   const FLAGS = OUT * 2;
   const STATE = FLAGS + WASM_BLOCKS * 4;
-  const pages = Math.ceil((STATE + 625 * 4) / 65536);
+  const pages = Math.ceil((STATE + (625 + 624) * 4) / 65536);
   const { locals, code } = kernelBody(OUT, FLAGS);
   const section = (id: number, body: number[]) => [id, ...uleb(body.length), ...body];
   const vec = (items: number[][]) => [...uleb(items.length), ...items.flat()];
   const name = (s: string) => [...uleb(s.length), ...Buffer.from(s)];
   const localDecl = vec([[...uleb(2), 0x7f], [...uleb(locals), 0x7b]]); // 2 i32, n v128
   const fn = [...localDecl, ...code, 0x0b];
-  const mtCode = [...vec([[...uleb(4), 0x7f]]), ...mtFillBody(STATE), 0x0b];
+  const mtCode = [...vec([[...uleb(4), 0x7f], [1, 0x7b]]), ...mtFillBody(STATE), 0x0b];
   return new Uint8Array([
     0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00,
     ...section(1, vec([[0x60, 1, 0x7f, 0]])), // type: (i32) -> ()
