@@ -110,7 +110,7 @@ function kernelBody(OUT: number, FLAGS: number): { locals: number; code: Code } 
   const set = (dst: number, ...expr: Code[]) => emit(...expr, I.localSet(dst));
   const get = I.localGet;
   const flag = v();
-  const aL = v(), bL = v(), cL = v(), sL = v(), sH = v();
+  const sL = v();
   const MASK29 = splatI64(0x1fffffff, 0);
   const HALF29 = splatI64(0x10000000, 0);
 
@@ -144,7 +144,6 @@ function kernelBody(OUT: number, FLAGS: number): { locals: number; code: Code } 
       set(dst[h]!, get(sL), ROUND);
     }
   };
-  void aL; void bL; void cL; void sH;
 
   const one = splatF32(1);
   const k1 = v(), k2 = v(), x = v(), e = v(), m = v(), y = v(), radius = v();

@@ -144,7 +144,6 @@ export class Mt19937 {
 // ------------------------------------------------------------------------------------------ float maths
 
 const f = Math.fround;
-const scratch64 = new Float64Array(1);
 
 /** float32 fused multiply-add, correctly rounded (a, b, c float32 values). */
 export function fmaf(a: number, b: number, c: number): number {
@@ -160,7 +159,6 @@ export function fmaf(a: number, b: number, c: number): number {
   const other = s + d;
   return err > 0 === other > r ? other : r;
 }
-void scratch64;
 
 // Constants of the AVX2 kernel (avx_mathfun.h), as float32.
 const LOG_P = [7.0376836292e-2, -1.151461031e-1, 1.167699874e-1, -1.2420140846e-1, 1.4249322787e-1, -1.6668057665e-1, 2.0000714765e-1, -2.4999993993e-1, 3.3333331174e-1].map(f);
@@ -182,8 +180,6 @@ const TWO_PI = f(2 * Math.PI);
 const TWO_M24 = 2 ** -24;
 /** 2^-i, for the mantissa of 1 - u. */
 const INV_POW2 = Float64Array.from({ length: 33 }, (_, i) => 2 ** -i);
-
-/** Sign flips of the kernel's sincos, by j = (trunc(x·4/π) + 1) & ~1: sine swaps for j & 4, cosine for (j − 2) & 4 clear. */
 
 /**
  * One Box-Muller pair of the AVX2 kernel from two 24-bit integers (u = k·2^-24): writes cos and sin
