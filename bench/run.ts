@@ -6,6 +6,7 @@
  *   nx        a hidden-mode Nx build: cold, one prompt added, no-op, against forward + write + Nx overhead
  *   many      `nx run-many -t build` over 20 recipes sharing a base, against 20 × one recipe's cold build
  *   forward   the forward pass against plain onnxruntime Gemms (bench/forward.ts)
+ *   rng       normals per second of --rng torch's generator against the default stream generator (bench/rng.ts)
  *
  * `npm run bench -- write nx` runs only the named sections.
  */
@@ -21,6 +22,7 @@ import { DEFAULT_SHARD_BYTES } from '../libs/stages/merge';
 import { computePromptStates } from '../libs/forward';
 import { loadTokenizer } from '../libs/tokenizer';
 import { benchForward } from './forward';
+import { benchRng } from './rng';
 import { writeFastModel, type TinyModelSpec } from './models';
 import { ROOT, addRecipe, nx, nxProfiled, throwawayWorkspace, timed, type TaskTiming } from './workspace';
 import type { ChildResult } from './write-child';
@@ -304,8 +306,19 @@ function table(): string {
   return [line(head), widths.map((w) => '-'.repeat(w)).join('-|-'), ...lines.map(line)].join('\n');
 }
 
+function benchRngSection(): void {
+  const f = benchRng();
+  const base = `stream generator (default rng), ${f.stream.wall.toFixed(1)} M/s`;
+  row({ section: 'rng', measure: `--rng torch normals/s, float32, ${f.wasm ? 'WebAssembly' : 'JavaScript (no WebAssembly SIMD)'}, M/s`, value: f.torchWasm.wall, unit: 'M/s', baseline: f.stream.wall, baselineLabel: base, goal: '≥ 100 M/s', met: f.torchWasm.wall >= 100 });
+  row({ section: 'rng', measure: '--rng torch normals/s, bfloat16, M/s', value: f.torchWasmBf16.wall, unit: 'M/s', baseline: f.stream.wall, baselineLabel: base, goal: 'info' });
+  row({ section: 'rng', measure: '--rng torch normals/s, float32, JavaScript path, M/s', value: f.torchJs.wall, unit: 'M/s', baseline: f.stream.wall, baselineLabel: base, goal: 'info' });
+  row({ section: 'rng', measure: '--rng torch normals per CPU second of this process, float32, M/s', value: f.torchWasm.cpu, unit: 'M/s', baseline: f.stream.cpu, baselineLabel: `stream generator per CPU second, ${f.stream.cpu.toFixed(1)} M/s`, goal: 'info' });
+  notes.push(`rng: ${f.torchWasm.n} float32 normals of one tensor read in 4 Mi chunks (the writer's way), one thread; per-CPU-second figures discount other processes on a busy machine.`);
+  details.rng = f;
+}
+
 async function main(): Promise<void> {
-  const all = ['forward', 'write', 'nx', 'many'];
+  const all = ['rng', 'forward', 'write', 'nx', 'many'];
   const chosen = process.argv.slice(2).filter((a) => all.includes(a));
   const sections = chosen.length ? chosen : all;
   const t0 = performance.now();
@@ -320,6 +333,7 @@ async function main(): Promise<void> {
       const ts = performance.now();
       details[`${s}LoadAverage`] = loadavg().map((x) => r2(x));
       log(`section ${s} (load average ${loadavg().map((x) => x.toFixed(2)).join(' ')}) ...`);
+      if (s === 'rng') benchRngSection();
       if (s === 'forward') await benchForwardSection();
       if (s === 'write') await benchWrite(tmp);
       if (s === 'nx') await benchNx(tmp);

@@ -17,6 +17,8 @@ export const deepseek: OutputArchitecture = {
   name: 'DeepSeek MoE',
   fusedLayout: false,
   llamaCppReadsFused: false,
+  // Its write order: the base's weight list (up, gate, down), routed experts then the shared one.
+  noiseDrawOrder: { perExpert: false, projs: LLAMA_MLP },
   rejects(ctx) {
     if (ctx.shared.length > 1) return `DeepSeek MoE supports at most one shared expert (got ${ctx.shared.length})`;
     const s = ctx.shared[0];

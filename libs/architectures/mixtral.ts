@@ -7,6 +7,7 @@ export const mixtral: OutputArchitecture = {
   name: 'Mixtral',
   fusedLayout: true,
   llamaCppReadsFused: false,
+  noiseDrawOrder: { perExpert: true, projs: ['gate_proj', 'down_proj', 'up_proj'] },
   rejects(ctx) {
     if (ctx.shared.length > 0) return 'Mixtral has no shared experts';
     return modelTypeProblem(ctx, ['llama', 'mistral']);

@@ -23,6 +23,7 @@ export const qwen2Moe: OutputArchitecture = {
   name: 'Qwen MoE',
   fusedLayout: false,
   llamaCppReadsFused: false,
+  noiseDrawOrder: { perExpert: false, projs: QWEN2_MLP },
   rejects(ctx) {
     if (ctx.shared.length !== 1) return `Qwen MoE needs exactly one shared expert (got ${ctx.shared.length})`;
     // uniform_random is not exempt here (unlike "random"), as in the reference.

@@ -13,6 +13,7 @@ export const qwen3Moe: OutputArchitecture = {
   name: 'Qwen3 MoE',
   fusedLayout: true,
   llamaCppReadsFused: true,
+  noiseDrawOrder: { perExpert: true, projs: ['gate_proj', 'up_proj', 'down_proj'] },
   rejects(ctx) {
     if (ctx.shared.length > 0) return `Qwen3 MoE does not support shared experts (got ${ctx.shared.length})`;
     return modelTypeProblem(ctx, ['qwen3']);

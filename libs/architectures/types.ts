@@ -32,6 +32,19 @@ export interface ArchContext {
   outDtype: string | null;
   layout: 'classic' | 'fused';
   seed: number;
+  /** Random draws: our per-tensor streams (default), or PyTorch's generator in the reference's order. */
+  rng?: RngKind;
+}
+
+export type RngKind = 'stream' | 'torch';
+
+/**
+ * The order in which the reference draws expert noise within a layer (spec 6, HEAD): per expert, its
+ * projections in `projs` order; or per projection, every routed expert then the shared ones.
+ */
+export interface NoiseDrawOrder {
+  perExpert: boolean;
+  projs: readonly ('gate_proj' | 'up_proj' | 'down_proj')[];
 }
 
 export interface OutputArchitecture {
@@ -45,6 +58,8 @@ export interface OutputArchitecture {
   fusedLayout: boolean;
   /** Whether llama.cpp's convert_hf_to_gguf.py reads the fused layout of this architecture. */
   llamaCppReadsFused: boolean;
+  /** Where `rng: torch` takes each noised tensor's draw from the reference's one generator. */
+  noiseDrawOrder: NoiseDrawOrder;
   config(ctx: ArchContext): Record<string, unknown>;
   /** Top-level config keys the consumer's config class types as float (written `0.0`, never `0`). */
   floatKeys: readonly string[];

@@ -7,6 +7,7 @@ import { parseArgs, parseKmb, type FlagSpec } from './args';
 const FLAGS: FlagSpec[] = [
   { name: 'out-shard-size', kind: 'value', help: 'Maximum shard size in bytes; k/m/b suffixes (default 5B).' },
   { name: 'random-seed', kind: 'value', help: 'Seed for random gates and expert noise (default 0: runs are reproducible).' },
+  { name: 'rng', kind: 'value', help: "Random gates and noise: stream (default; per tensor) or torch (PyTorch's CPU generator: the reference's output for the same seed)." },
   { name: 'i-understand-this-is-not-useful-without-training', kind: 'bool', help: 'Allow experts that are all the same model.' },
   { name: 'copy-tokenizer', kind: 'negatable', help: "Save the base model's tokenizer to the output (default on)." },
   { name: 'write-model-card', kind: 'negatable', help: 'Write mergekit_moe_config.yml (default on).' },
@@ -80,6 +81,8 @@ export async function main(argv: string[], io: Io = defaultIo): Promise<number> 
     }
     const layout = (v.layout as string | undefined) ?? 'classic';
     if (layout !== 'classic' && layout !== 'fused') throw new ForgeError('bad_flag', `--layout must be classic or fused, got "${layout}"`, { field: '--layout' });
+    const rng = (v.rng as string | undefined) ?? 'stream';
+    if (rng !== 'stream' && rng !== 'torch') throw new ForgeError('bad_flag', `--rng must be stream or torch, got "${rng}"`, { field: '--rng' });
     let seed = 0;
     if (v['random-seed'] !== undefined) {
       seed = Number(v['random-seed']);
@@ -91,6 +94,7 @@ export async function main(argv: string[], io: Io = defaultIo): Promise<number> 
       outPath: resolve(out),
       modelBaseDir: process.cwd(),
       seed,
+      rng,
       layout,
       maxShardBytes: v['out-shard-size'] !== undefined ? parseKmb(String(v['out-shard-size'])) : DEFAULT_SHARD_BYTES,
       allowIdenticalModels: v['i-understand-this-is-not-useful-without-training'] === true,

@@ -1,4 +1,5 @@
 import { Rng } from './rng';
+import { TorchGenerator } from './torch-rng';
 import { conditionNumber } from './linalg';
 
 export { Rng } from './rng';
@@ -36,6 +37,20 @@ export function uniformRandomGates(layers: number, experts: number, hidden: numb
   const s = Math.fround(Math.sqrt(1 / hidden));
   for (let i = 0; i < g.data.length; i++) g.data[i] = Math.fround(Math.fround(rng.uniform()) * 2 * s - s);
   return g;
+}
+
+/**
+ * The reference's `random` / `uniform_random` routers with PyTorch's generator after `manual_seed(seed)`
+ * (spec 2.5, 2.6): `randn(L, N, H)`, or `rand(L, N, H) * 2 * s - s` with s = sqrt(1/H), each operation in
+ * float32 as torch does it (the Python scalar cast to float32).
+ */
+export function torchRandomGates(mode: 'random' | 'uniform_random', layers: number, experts: number, hidden: number, gen: TorchGenerator): GateTensor {
+  const n = layers * experts * hidden;
+  if (mode === 'random') return { layers, experts, hidden, data: gen.randn(n, 'F32') };
+  const u = gen.rand(n, 'F32');
+  const s = Math.fround(Math.sqrt(1 / hidden));
+  for (let i = 0; i < n; i++) u[i] = Math.fround(Math.fround(u[i]! * 2 * s) - s);
+  return { layers, experts, hidden, data: u };
 }
 
 /** v / max(|v|, 1e-8), in float64. */

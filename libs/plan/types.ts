@@ -5,6 +5,12 @@ export interface NoiseTransform {
   /** Named stream of our seeded generator, so each tensor's noise is independent of write order. */
   stream: string;
   seed: number;
+  /**
+   * rng torch: the state of PyTorch's generator when the reference draws this tensor's `randn_like`
+   * (32-bit words drawn since the seed, and the normal its small-draw path holds), so the noise depends
+   * on every draw before it, as in the reference.
+   */
+  torch?: { offset: number; cachedNormal: number | null };
 }
 
 export interface SourcePart {

@@ -9,6 +9,7 @@ import type { GateTensor } from '../gates';
 import { writeGates } from './build-gates';
 import { numberForms } from '../json';
 import { configFloatTest } from '../architectures/common';
+import { assignTorchNoise, torchStateAfterGates } from './noise';
 
 export interface AssembleOptions {
   maxShardBytes: number;
@@ -38,6 +39,11 @@ function portablePlan(plan: MergePlan, dirOf: (dir: string) => string | undefine
 export async function runAssemble(merge: MergeContext, outDir: string, opts: AssembleOptions): Promise<MergePlan> {
   const { ctx, arch } = merge;
   const config = arch.config(ctx);
+  const tensors = arch.tensors(ctx);
+  if (ctx.rng === 'torch') {
+    // Noise continues the reference's one generator after its router draw (spec 6).
+    assignTorchNoise(ctx, arch, tensors, torchStateAfterGates(ctx.seed, ctx.gateMode, ctx.base.config.numLayers * merge.gatedExperts.length * ctx.base.config.hiddenSize));
+  }
   const plan: MergePlan = {
     version: 1,
     architecture: arch.name,
@@ -48,7 +54,7 @@ export async function runAssemble(merge: MergeContext, outDir: string, opts: Ass
     models: [ctx.base, ...ctx.experts.map((e) => e.model), ...ctx.shared.map((e) => e.model)]
       .filter((m, i, all) => all.findIndex((x) => x.key === m.key) === i)
       .map((m) => ({ key: m.key, ref: m.ref, dir: m.dir, ...(m.contentId ? { contentId: m.contentId } : {}) })),
-    tensors: arch.tensors(ctx),
+    tensors,
     maxShardBytes: opts.maxShardBytes,
     warnings: [...merge.warnings, ...(opts.extraWarnings ?? [])],
   };

@@ -1,7 +1,8 @@
 import { RANDOM_MODES } from '../recipe/schema';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { degenerateLayers, hiddenVector, newGates, normalize, randomGates, uniformRandomGates, type GateTensor, type PromptStates } from '../gates';
+import { degenerateLayers, hiddenVector, newGates, normalize, randomGates, torchRandomGates, uniformRandomGates, type GateTensor, type PromptStates } from '../gates';
+import { TorchGenerator } from '../gates/torch-rng';
 import { encodeHeader } from '../safetensors/writer';
 import { decodeFloats } from '../safetensors/dtype';
 import { readTensorBytes, SafetensorsWeights } from '../safetensors/reader';
@@ -121,7 +122,12 @@ export async function gatesForAssembly(merge: MergeContext, buildGatesDir: strin
   const { ctx } = merge;
   if (isRandomMode(ctx.gateMode)) {
     const [L, N, H] = [ctx.base.config.numLayers, merge.gatedExperts.length, ctx.base.config.hiddenSize];
-    const gates = ctx.gateMode === 'random' ? randomGates(L, N, H, ctx.seed) : uniformRandomGates(L, N, H, ctx.seed);
+    const gates =
+      ctx.rng === 'torch'
+        ? torchRandomGates(ctx.gateMode as 'random' | 'uniform_random', L, N, H, new TorchGenerator(ctx.seed))
+        : ctx.gateMode === 'random'
+          ? randomGates(L, N, H, ctx.seed)
+          : uniformRandomGates(L, N, H, ctx.seed);
     const { warning } = degenerateLayers(gates);
     return { gates, warnings: warning ? [warning] : [] };
   }

@@ -8,7 +8,7 @@ import { locateReference } from '../resolve/resolve';
 import { checkRecipe } from '../recipe/validate';
 import { dtypeFromName } from '../safetensors/dtype';
 import { selectArchitecture } from '../architectures/registry';
-import type { ArchContext, ExpertSource, ModelSource, OutputArchitecture } from '../architectures/types';
+import type { ArchContext, ExpertSource, ModelSource, OutputArchitecture, RngKind } from '../architectures/types';
 import { checkModelsAgree, openModel } from './models';
 import { checkModelTensors } from '../model-folder/shapes';
 import { localPath, portablePath, type PathRoots } from './portable';
@@ -43,6 +43,8 @@ export interface LoadOptions {
   allowIdenticalModels?: boolean;
   layout?: 'classic' | 'fused';
   seed?: number;
+  /** Random draws: our per-tensor streams (default) or PyTorch's generator as the reference draws. */
+  rng?: RngKind;
 }
 
 export interface MergeContext {
@@ -166,6 +168,7 @@ export function buildMergeContext(parsed: ParsedRecipe, byKey: Map<string, Model
     outDtype: outputDtype(parsed, base),
     layout: opts.layout ?? 'classic',
     seed: opts.seed ?? 0,
+    rng: opts.rng ?? 'stream',
   };
   const { arch, warnings, why: archWhy } = selectArchitecture(ctx, parsed.file);
   if (ctx.layout === 'fused' && !arch.fusedLayout) {

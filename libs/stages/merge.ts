@@ -12,6 +12,7 @@ import { runWrite, type WriteResult } from './write';
 import { progressReporter } from './progress';
 import { CACHE_ENV } from '../cache';
 import { homedir } from 'node:os';
+import type { RngKind } from '../architectures/types';
 import { isAbsolute, resolve } from 'node:path';
 
 /** The command line has no workspace: its cache lives with the user's other caches. */
@@ -29,6 +30,8 @@ export interface MergeOptions {
   modelBaseDir: string;
   seed?: number;
   layout?: 'classic' | 'fused';
+  /** `torch`: random routers and noise as the reference draws them (PyTorch's CPU generator). */
+  rng?: RngKind;
   maxShardBytes?: number;
   allowIdenticalModels?: boolean;
   copyTokenizer?: boolean;
@@ -56,7 +59,7 @@ export async function mergeRecipe(opts: MergeOptions): Promise<WriteResult> {
   const forget = removeOnExit(work);
   try {
     const cacheDir = opts.cacheDir ?? userCacheDir();
-    const { merge } = await runFetch(parsed, join(work, 'fetch'), { cacheDir, env: opts.env, modelBaseDir: opts.modelBaseDir, allowIdenticalModels: opts.allowIdenticalModels, layout: opts.layout, seed: opts.seed, log: opts.log, warn: opts.warn, stats: opts.debug ?? opts.log, debug: opts.debug, output: { path: opts.outPath, recipeFile: opts.recipeFile } });
+    const { merge } = await runFetch(parsed, join(work, 'fetch'), { cacheDir, env: opts.env, modelBaseDir: opts.modelBaseDir, allowIdenticalModels: opts.allowIdenticalModels, layout: opts.layout, seed: opts.seed, rng: opts.rng, log: opts.log, warn: opts.warn, stats: opts.debug ?? opts.log, debug: opts.debug, output: { path: opts.outPath, recipeFile: opts.recipeFile } });
     opts.debug?.(`architecture ${merge.arch.name}: ${merge.archWhy}`);
     await runEmbedPrompts(merge, join(work, 'embed-prompts'), { cacheDir, device: opts.device, log: opts.log, warn: opts.warn, debug: opts.debug, progress: progressReporter('prompt states') });
     await runBuildGates(merge, join(work, 'embed-prompts'), join(work, 'build-gates'));

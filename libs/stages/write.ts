@@ -3,7 +3,8 @@ import { existsSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { createHash, randomBytes } from 'node:crypto';
 import { ForgeError } from '../errors';
-import { Rng, gateRow, type GateTensor } from '../gates';
+import { gateRow, type GateTensor } from '../gates';
+import { noiseApplier, TorchDrawSeeker } from './noise';
 import { bf16BitsToF32, decodeFloats, encodeFloats, f16BitsToF32, f32ToBf16Bits, f32ToF16Bits, convertBytes, dtypeSize, type FloatDtype } from '../safetensors/dtype';
 import { streamTensorBytes } from '../safetensors/reader';
 import { indexJson, planShards, writeShard, type OutputTensorSpec } from '../safetensors/writer';
@@ -57,33 +58,31 @@ function roundTo(dtype: string, x: number): number {
 }
 
 /** A source tensor's bytes, chunk by chunk: raw when nothing changes, else noise, scale and cast per element. */
-async function* sourceBytes(part: SourcePart, outDtype: string): AsyncGenerator<Buffer> {
+async function* sourceBytes(part: SourcePart, outDtype: string, seeker: () => TorchDrawSeeker): AsyncGenerator<Buffer> {
   const loc = { ...part, name: part.tensor, begin: 0, end: part.byteLength };
   const transform = part.noise !== undefined || part.scale !== undefined;
   if (!transform) {
     for await (const chunk of streamTensorBytes(loc, CHUNK_BYTES, dtypeSize(part.dtype))) yield convertBytes(chunk, part.dtype, outDtype as FloatDtype);
     return;
   }
-  const rng = part.noise ? new Rng(part.noise.seed, part.noise.stream) : null;
-  const noiseScale = part.noise ? Math.fround(part.noise.scale) : 0;
+  const noise = noiseApplier(part, seeker);
   const scale = part.scale !== undefined ? Math.fround(part.scale) : 1;
   for await (const chunk of streamTensorBytes(loc, CHUNK_BYTES, dtypeSize(part.dtype))) {
     const v = decodeFloats(chunk, part.dtype);
-    for (let i = 0; i < v.length; i++) {
-      let x = v[i]!;
-      // As the reference: noise in the source dtype, then residual_scale, then the output cast.
-      if (rng) x = roundTo(part.dtype, x + noiseScale * roundTo(part.dtype, rng.normal()));
-      if (part.scale !== undefined) x = roundTo(part.dtype, x * scale);
-      v[i] = x;
-    }
+    // As the reference: noise in the source dtype, then residual_scale, then the output cast.
+    noise?.apply(v);
+    if (part.scale !== undefined) for (let i = 0; i < v.length; i++) v[i] = roundTo(part.dtype, v[i]! * scale);
     yield encodeFloats(v, outDtype as FloatDtype);
   }
 }
 
 function tensorProducer(gates: GateTensor) {
+  // One seeker per write, so tensors written out of the reference's draw order seek from saved states.
+  const seekers = new Map<number, TorchDrawSeeker>();
+  const seeker = (seed: number) => () => seekers.get(seed) ?? seekers.set(seed, new TorchDrawSeeker(seed)).get(seed)!;
   return async function* (t: PlanTensor): AsyncGenerator<Buffer> {
     for (const part of t.parts) {
-      if (part.kind === 'source') yield* sourceBytes(part, t.dtype);
+      if (part.kind === 'source') yield* sourceBytes(part, t.dtype, seeker(part.noise?.seed ?? 0));
       else if (part.kind === 'gates') {
         for (const r of part.rows) yield encodeFloats(gateRow(gates, part.layer, r), t.dtype as FloatDtype);
       } else {

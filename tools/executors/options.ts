@@ -18,6 +18,7 @@ export const StageOptionsSchema = z.object({
   stagesDir: z.string().optional(),
   randomSeed: z.coerce.number().int().nonnegative().default(0),
   layout: z.enum(['classic', 'fused']).default('classic'),
+  rng: z.enum(['stream', 'torch']).default('stream'),
   outShardSize: z.union([z.string(), z.number()]).default(String(DEFAULT_SHARD_BYTES)),
   device: z.enum(['cpu', 'cuda', 'webgpu', 'auto']).default('cpu'),
   overwrite: z.boolean().default(false),

@@ -37,7 +37,7 @@ export async function runStage(raw: unknown, context: ExecutorContext, body: (en
       },
       async merge() {
         const parsed = await readRecipe(paths.recipe);
-        const merge = await loadMergeContext(parsed, await env.models(), { modelBaseDir: paths.projectRoot, allowIdenticalModels: options.allowIdenticalModels, layout: options.layout, seed: options.randomSeed });
+        const merge = await loadMergeContext(parsed, await env.models(), { modelBaseDir: paths.projectRoot, allowIdenticalModels: options.allowIdenticalModels, layout: options.layout, seed: options.randomSeed, rng: options.rng });
         logger.debug(`architecture ${merge.arch.name}: ${merge.archWhy}`);
         return merge;
       },

@@ -14,6 +14,7 @@ export default function fetchExecutor(options: unknown, context: ExecutorContext
       allowIdenticalModels: o.allowIdenticalModels,
       layout: o.layout,
       seed: o.randomSeed,
+      rng: o.rng,
       refusePlaceholders: true,
       log: (l) => logger.info(l),
       stats: (l) => logger.debug(l),

@@ -1,0 +1,370 @@
+/**
+ * The AVX2 Box-Muller kernel of torch-rng.ts as a WebAssembly SIMD function, four pairs per vector, built
+ * here from a small instruction list (no toolchain, no binary in the repository). float32 operations map
+ * one to one; each fused multiply-add is computed in float64 (the product is exact) and rounded to float32,
+ * and a lane whose float64 sum lands exactly halfway between two floats (the one case where that can round
+ * differently from a true fused multiply-add) flags its block for the exact JavaScript path.
+ */
+
+type Code = number[];
+
+const uleb = (n: number): number[] => {
+  const out: number[] = [];
+  do {
+    let b = n & 0x7f;
+    n >>>= 7;
+    if (n) b |= 0x80;
+    out.push(b);
+  } while (n);
+  return out;
+};
+const sleb = (n: number): number[] => {
+  const out: number[] = [];
+  for (;;) {
+    const b = n & 0x7f;
+    n >>= 7;
+    if ((n === 0 && !(b & 0x40)) || (n === -1 && b & 0x40)) {
+      out.push(b);
+      return out;
+    }
+    out.push(b | 0x80);
+  }
+};
+const simd = (op: number): Code => [0xfd, ...uleb(op)];
+
+// Instructions (WebAssembly core + fixed-width SIMD).
+const I = {
+  localGet: (i: number): Code => [0x20, ...uleb(i)],
+  localSet: (i: number): Code => [0x21, ...uleb(i)],
+  i32Const: (v: number): Code => [0x41, ...sleb(v | 0)],
+  i32Add: [0x6a],
+  i32Shl: [0x74],
+  i32LtU: [0x49],
+  i32Store: (offset: number): Code => [0x36, 2, ...uleb(offset)],
+  v128Load: (offset: number): Code => [...simd(0x00), 4, ...uleb(offset)],
+  v128Store: (offset: number): Code => [...simd(0x0b), 4, ...uleb(offset)],
+  v128Const: (bytes: Uint8Array): Code => [...simd(0x0c), ...bytes],
+  shuffle: (lanes: number[]): Code => [...simd(0x0d), ...lanes],
+  f32x4Lt: simd(0x43),
+  and: simd(0x4e),
+  andnot: simd(0x4f),
+  or: simd(0x50),
+  xor: simd(0x51),
+  anyTrue: simd(0x53),
+  demote: simd(0x5e),
+  promote: simd(0x5f),
+  i32x4Eq: simd(0x37),
+  i32x4Shl: simd(0xab),
+  i32x4ShrU: simd(0xad),
+  i32x4Add: simd(0xae),
+  i32x4Sub: simd(0xb1),
+  i64x2Eq: simd(0xd6),
+  f32x4Neg: simd(0xe1),
+  f32x4Sqrt: simd(0xe3),
+  f32x4Add: simd(0xe4),
+  f32x4Sub: simd(0xe5),
+  f32x4Mul: simd(0xe6),
+  f64x2Add: simd(0xf0),
+  f64x2Mul: simd(0xf2),
+  truncSat: simd(0xf8),
+  convert: simd(0xfa),
+};
+
+function splatF32(x: number): Code {
+  return I.v128Const(new Uint8Array(new Float32Array([x, x, x, x]).buffer));
+}
+function splatI32(x: number): Code {
+  return I.v128Const(new Uint8Array(new Int32Array([x, x, x, x]).buffer));
+}
+function splatI64(lo: number, hi: number): Code {
+  return I.v128Const(new Uint8Array(new Int32Array([lo, hi, lo, hi]).buffer));
+}
+
+const LOW_TO_LOW = [0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23];
+const HIGH_TO_LOW = [8, 9, 10, 11, 12, 13, 14, 15, 8, 9, 10, 11, 12, 13, 14, 15];
+
+const f = Math.fround;
+const C = {
+  logP: [7.0376836292e-2, -1.151461031e-1, 1.167699874e-1, -1.2420140846e-1, 1.4249322787e-1, -1.6668057665e-1, 2.0000714765e-1, -2.4999993993e-1, 3.3333331174e-1].map(f),
+  q1: f(-2.1219444e-4),
+  q2: f(0.693359375),
+  sqrthf: f(0.707106781186547524),
+  dp1: f(-0.78515625),
+  dp2: f(-2.4187564849853515625e-4),
+  dp3: f(-3.77489497744594108e-8),
+  sinP: [-1.9515295891e-4, 8.3321608736e-3, -1.6666654611e-1].map(f),
+  cosP: [2.443315711809948e-5, -1.388731625493765e-3, 4.166664568298827e-2].map(f),
+  fopi: f(1.27323954473516),
+  twoPi: f(2 * Math.PI),
+};
+
+/** Function body: (param nBlocks i32); words at 0, normals at OUT, per-block flags at FLAGS. */
+function kernelBody(OUT: number, FLAGS: number): { locals: number; code: Code } {
+  // Locals: 0 = nBlocks (param), 1 = block index b, 2 = byte offset p, then v128 scratch.
+  let next = 3;
+  const v = () => next++;
+  const code: Code = [];
+  const emit = (...parts: Code[]) => {
+    for (const p of parts) code.push(...p);
+  };
+  const set = (dst: number, ...expr: Code[]) => emit(...expr, I.localSet(dst));
+  const get = I.localGet;
+  const flag = v();
+  const sL = v();
+  const MASK29 = splatI64(0x1fffffff, 0);
+  const HALF29 = splatI64(0x10000000, 0);
+
+  // Values of the multiply-add chains are kept as two float64x2 halves holding float32 values: a product of
+  // two floats is exact in float64, and demote + promote rounds a lane to float32.
+  type Pair = readonly [number, number];
+  const pair = (): Pair => [v(), v()];
+  const tmp = v();
+  const halves = (dst: Pair, f32: Code) => {
+    set(tmp, f32);
+    set(dst[0], get(tmp), I.promote);
+    set(dst[1], get(tmp), get(tmp), I.shuffle(HIGH_TO_LOW), I.promote);
+  };
+  const joined = (d: Pair): Code => [...get(d[0]), ...I.demote, ...get(d[1]), ...I.demote, ...I.shuffle(LOW_TO_LOW)];
+  type Operand = Pair | number;
+  const half = (o: Operand, h: number): Code => (typeof o === 'number' ? I.v128Const(new Uint8Array(new Float64Array([o, o]).buffer)) : get(o[h]!));
+  const ROUND = [...I.demote, ...I.promote];
+  /** dst = a·b rounded to float32. */
+  const mul = (dst: Pair, a: Operand, b: Operand) => {
+    for (const h of [0, 1]) set(dst[h]!, half(a, h), half(b, h), I.f64x2Mul, ROUND);
+  };
+  /**
+   * dst = fma(a, b, c) rounded once to float32; a float64 sum halfway between two floats flags the block.
+   * `exact`: the float64 sum is exact for every input (checked over all 2^24 inputs of the chain, see
+   * test/unit/torch-rng.test.ts), so it needs no flag.
+   */
+  const fma = (dst: Pair, a: Operand, b: Operand, c: Operand, exact = false) => {
+    for (const h of [0, 1]) {
+      set(sL, half(a, h), half(b, h), I.f64x2Mul, half(c, h), I.f64x2Add);
+      if (!exact) set(flag, get(flag), get(sL), MASK29, I.and, HALF29, I.i64x2Eq, I.or);
+      set(dst[h]!, get(sL), ROUND);
+    }
+  };
+
+  const one = splatF32(1);
+  const k1 = v(), k2 = v(), x = v(), e = v(), m = v(), y = v(), radius = v();
+  const th = v(), j = v(), jf = v(), r = v(), c = v(), s = v(), ps = v(), pc = v(), n1 = v(), n2 = v();
+  const xD = pair(), zD = pair(), yD = pair(), tD = pair(), rD = pair(), zzD = pair(), cD = pair(), sD = pair();
+
+  // loop over blocks: p = b * 64
+  emit([0x02, 0x40], [0x03, 0x40]); // block, loop
+  emit(get(1), get(0), I.i32LtU, [0x45], [0x0d, 1]); // if !(b < n) break
+  emit(get(1), I.i32Const(6), I.i32Shl, I.localSet(2));
+  set(flag, splatI32(0));
+  for (const g of [0, 16]) {
+    // k1 = words[j], k2 = words[j + 8] for the four pairs j = g/4 .. g/4 + 3
+    set(k1, get(2), I.v128Load(g), splatI32(0xffffff), I.and);
+    set(k2, get(2), I.v128Load(g + 32), splatI32(0xffffff), I.and);
+    // log(1 - u1), the kernel's log256_ps
+    set(x, one, get(k1), I.convert, splatF32(2 ** -24), I.f32x4Mul, I.f32x4Sub);
+    set(e, get(x), I.i32Const(23), I.i32x4ShrU, splatI32(127), I.i32x4Sub, I.convert, one, I.f32x4Add);
+    set(x, get(x), splatI32(~0x7f800000), I.and, splatF32(0.5), I.or);
+    set(m, get(x), splatF32(C.sqrthf), I.f32x4Lt);
+    set(e, get(e), one, get(m), I.and, I.f32x4Sub);
+    set(x, get(x), one, I.f32x4Sub, get(x), get(m), I.and, I.f32x4Add);
+    halves(xD, get(x));
+    mul(zD, xD, xD);
+    fma(yD, C.logP[0]!, xD, C.logP[1]!, true);
+    for (let k = 2; k < 9; k++) fma(yD, yD, xD, C.logP[k]!, true);
+    mul(yD, yD, xD);
+    halves(tD, [...get(e), ...splatF32(C.q1), ...I.f32x4Mul]);
+    fma(yD, yD, zD, tD);
+    set(y, joined(yD));
+    // y - z·0.5 (exact product, one rounding)
+    set(y, get(y), joined(zD), splatF32(0.5), I.f32x4Mul, I.f32x4Sub);
+    // e·Q2 is exact, so the kernel's fused add rounds once.
+    set(radius, get(x), get(y), I.f32x4Add, get(e), splatF32(C.q2), I.f32x4Mul, I.f32x4Add, splatF32(-2), I.f32x4Mul, I.f32x4Sqrt);
+    // sincos256_ps of theta = 2π·u2 (theta >= 0)
+    set(th, splatF32(C.twoPi), get(k2), I.convert, splatF32(2 ** -24), I.f32x4Mul, I.f32x4Mul);
+    set(j, get(th), splatF32(C.fopi), I.f32x4Mul, I.truncSat, splatI32(1), I.i32x4Add, splatI32(~1), I.and);
+    set(jf, get(j), I.convert);
+    set(r, get(th), get(jf), splatF32(C.dp1), I.f32x4Mul, I.f32x4Add);
+    set(r, get(r), get(jf), splatF32(C.dp2), I.f32x4Mul, I.f32x4Add);
+    halves(rD, get(r));
+    halves(tD, get(jf));
+    fma(rD, tD, C.dp3, rD, true);
+    mul(zzD, rD, rD);
+    fma(cD, C.cosP[0]!, zzD, C.cosP[1]!);
+    fma(cD, cD, zzD, C.cosP[2]!);
+    mul(cD, cD, zzD);
+    for (const h of [0, 1]) set(tD[h]!, get(zzD[h]!), I.v128Const(new Uint8Array(new Float64Array([-0.5, -0.5]).buffer)), I.f64x2Mul);
+    fma(cD, cD, zzD, tD);
+    set(c, joined(cD), one, I.f32x4Add);
+    fma(sD, C.sinP[0]!, zzD, C.sinP[1]!);
+    fma(sD, sD, zzD, C.sinP[2]!);
+    mul(sD, sD, zzD);
+    fma(sD, sD, rD, rD);
+    set(s, joined(sD));
+    // polynomial choice: m = (j & 2) == 0 selects the sine polynomial for the sine
+    set(m, get(j), splatI32(2), I.and, splatI32(0), I.i32x4Eq);
+    set(ps, get(m), get(s), I.and); // ysin2
+    set(pc, get(c), get(m), I.andnot); // ysin1
+    // sine: (ysin1 + ysin2) ^ sign, sign = (j & 4) << 29
+    set(n2, get(pc), get(ps), I.f32x4Add, get(j), splatI32(4), I.and, I.i32Const(29), I.i32x4Shl, I.xor);
+    // cosine: ((c - ysin1) + (s - ysin2)) ^ sign, sign = (~(j - 2) & 4) << 29
+    set(n1, get(c), get(pc), I.f32x4Sub, get(s), get(ps), I.f32x4Sub, I.f32x4Add, splatI32(4), get(j), splatI32(2), I.i32x4Sub, I.andnot, I.i32Const(29), I.i32x4Shl, I.xor);
+    // n·std + mean with std 1, mean 0 (fmadd turns -0 into +0)
+    emit(get(2), get(radius), get(n1), I.f32x4Mul, splatF32(0), I.f32x4Add, I.v128Store(OUT + g));
+    emit(get(2), get(radius), get(n2), I.f32x4Mul, splatF32(0), I.f32x4Add, I.v128Store(OUT + g + 32));
+  }
+  emit(get(1), I.i32Const(2), I.i32Shl, get(flag), I.anyTrue, I.i32Store(FLAGS));
+  emit(get(1), I.i32Const(1), I.i32Add, I.localSet(1), [0x0c, 0]); // b++, continue
+  emit([0x0b, 0x0b]); // end loop, end block
+  return { locals: next - 3, code };
+}
+
+/**
+ * Function body: (param n i32): the next n tempered mt19937 words into the words area, from the state
+ * (624 words, then the next index) at STATE. The engine's twist and tempering run four words at a time; the
+ * tempered block at TEMPERED is recomputed on entry, so the caller may move the state between calls.
+ */
+function mtFillBody(STATE: number): Code {
+  const TEMPERED = STATE + 625 * 4;
+  const POS = STATE + 624 * 4;
+  const [n, i, pos, y, k] = [0, 1, 2, 3, 4];
+  const vy = 5;
+  const ld = (off: number): Code => [0x28, 2, ...uleb(off)];
+  const st = (off: number): Code => [0x36, 2, ...uleb(off)];
+  const vld = (off: number): Code => [...simd(0x00), 0, ...uleb(off)];
+  const vst = (off: number): Code => [...simd(0x0b), 0, ...uleb(off)];
+  const get = I.localGet;
+  const set = I.localSet;
+  const c = I.i32Const;
+  const [AND, OR, XOR, SHL, SHRU, SUB, ADD, GEU, EQ, LTU] = [[0x71], [0x72], [0x73], [0x74], [0x76], [0x6b], [0x6a], [0x4f], [0x46], [0x49]];
+  // mt[a] = mt[src] ^ (y >>> 1) ^ (-(y & 1) & MATRIX_A), y from mt[a] and mt[next] (byte addresses on the stack)
+  const twistStep = (addr: Code, src: Code, nextAddr: Code): Code => [
+    ...addr, ...ld(0), ...c(0x80000000), ...AND, ...nextAddr, ...ld(0), ...c(0x7fffffff), ...AND, ...OR, ...set(y),
+    ...addr,
+    ...src, ...ld(0), ...get(y), ...c(1), ...SHRU, ...XOR, ...c(0), ...get(y), ...c(1), ...AND, ...SUB, ...c(0x9908b0df), ...AND, ...XOR,
+    ...st(0),
+  ];
+  // The same on four words: k is the byte offset of the first, src the byte distance of mt[src] from mt[a].
+  const twist4 = (srcDelta: number): Code => [
+    ...get(k), ...vld(STATE), ...splatI32(0x80000000), ...I.and, ...get(k), ...vld(STATE + 4), ...splatI32(0x7fffffff), ...I.and, ...I.or, ...set(vy),
+    ...get(k),
+    ...(srcDelta >= 0 ? [...get(k), ...vld(STATE + srcDelta)] : [...get(k), ...c(-srcDelta), ...SUB, ...vld(STATE)]),
+    ...get(vy), ...c(1), ...I.i32x4ShrU, ...I.xor,
+    ...splatI32(0), ...get(vy), ...splatI32(1), ...I.and, ...I.i32x4Sub, ...splatI32(0x9908b0df), ...I.and, ...I.xor,
+    ...vst(STATE),
+  ];
+  const loop = (cond: Code, body: Code): Code => [0x02, 0x40, 0x03, 0x40, ...cond, 0x0d, 1, ...body, 0x0c, 0, 0x0b, 0x0b];
+  const step = (d: number): Code => [...get(k), ...c(d), ...ADD, ...set(k)];
+  const a = [...c(STATE), ...get(k), ...ADD];
+  const twist: Code = [
+    ...c(0), ...set(k),
+    ...loop([...get(k), ...c(224 * 4), ...GEU], [...twist4(397 * 4), ...step(16)]),
+    ...loop([...get(k), ...c(227 * 4), ...GEU], [...twistStep(a, [...a, ...c(397 * 4), ...ADD], [...a, ...c(4), ...ADD]), ...step(4)]),
+    ...loop([...get(k), ...c(623 * 4), ...GEU], [...twist4(-227 * 4), ...step(16)]),
+    ...twistStep(c(STATE + 623 * 4), c(STATE + 396 * 4), c(STATE)),
+  ];
+  const temper: Code = [
+    ...c(0), ...set(k),
+    ...loop([...get(k), ...c(624 * 4), ...GEU], [
+      ...get(k), ...vld(STATE), ...set(vy),
+      ...get(vy), ...get(vy), ...c(11), ...I.i32x4ShrU, ...I.xor, ...set(vy),
+      ...get(vy), ...get(vy), ...c(7), ...I.i32x4Shl, ...splatI32(0x9d2c5680), ...I.and, ...I.xor, ...set(vy),
+      ...get(vy), ...get(vy), ...c(15), ...I.i32x4Shl, ...splatI32(0xefc60000 | 0), ...I.and, ...I.xor, ...set(vy),
+      ...get(k), ...get(vy), ...get(vy), ...c(18), ...I.i32x4ShrU, ...I.xor, ...vst(TEMPERED),
+      ...step(16),
+    ]),
+  ];
+  // words to copy now: min(624 - pos, n - i)
+  const take: Code = [...c(624), ...get(pos), ...SUB, ...get(n), ...get(i), ...SUB, ...c(624), ...get(pos), ...SUB, ...get(n), ...get(i), ...SUB, ...LTU, 0x1b];
+  return [
+    ...c(0), ...ld(POS), ...set(pos),
+    ...get(pos), ...c(624), ...LTU, 0x04, 0x40, ...temper, 0x0b,
+    ...loop([...get(i), ...get(n), ...GEU], [
+      ...get(pos), ...c(624), ...EQ, 0x04, 0x40, ...twist, ...temper, ...c(0), ...set(pos), 0x0b,
+      ...take, ...set(y),
+      // memory.copy(words + 4i, TEMPERED + 4pos, 4y)
+      ...get(i), ...c(2), ...SHL, ...c(TEMPERED), ...get(pos), ...c(2), ...SHL, ...ADD, ...get(y), ...c(2), ...SHL, 0xfc, 0x0a, 0, 0,
+      ...get(pos), ...get(y), ...ADD, ...set(pos),
+      ...get(i), ...get(y), ...ADD, ...set(i),
+    ]),
+    ...c(0), ...get(pos), ...st(POS),
+  ];
+}
+
+/** Blocks per call: words and normals take 64 bytes a block each. */
+export const WASM_BLOCKS = 2048;
+
+function moduleBytes(): Uint8Array {
+  const OUT = WASM_BLOCKS * 64;
+  const FLAGS = OUT * 2;
+  const STATE = FLAGS + WASM_BLOCKS * 4;
+  const pages = Math.ceil((STATE + (625 + 624) * 4) / 65536);
+  const { locals, code } = kernelBody(OUT, FLAGS);
+  const section = (id: number, body: number[]) => [id, ...uleb(body.length), ...body];
+  const vec = (items: number[][]) => [...uleb(items.length), ...items.flat()];
+  const name = (s: string) => [...uleb(s.length), ...Buffer.from(s)];
+  const localDecl = vec([[...uleb(2), 0x7f], [...uleb(locals), 0x7b]]); // 2 i32, n v128
+  const fn = [...localDecl, ...code, 0x0b];
+  const mtCode = [...vec([[...uleb(4), 0x7f], [1, 0x7b]]), ...mtFillBody(STATE), 0x0b];
+  return new Uint8Array([
+    0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00,
+    ...section(1, vec([[0x60, 1, 0x7f, 0]])), // type: (i32) -> ()
+    ...section(3, vec([[0], [0]])),
+    ...section(5, vec([[0x00, ...uleb(pages)]])),
+    ...section(7, vec([[...name('memory'), 0x02, 0], [...name('normals'), 0x00, 0], [...name('mtFill'), 0x00, 1]])),
+    ...section(10, vec([[...uleb(fn.length), ...fn], [...uleb(mtCode.length), ...mtCode]])),
+  ]);
+}
+
+export interface WasmNormals {
+  /** 16 words per block, written by the caller. */
+  words: Int32Array;
+  /** 16 normals per block. */
+  out: Float32Array;
+  /** Non-zero where a block must be recomputed exactly. */
+  flags: Int32Array;
+  run(blocks: number): void;
+  /** mt19937 state (624 words, then the next index) for `mtFill`. */
+  mtState: Int32Array;
+  /** Writes the next n words of the engine in `mtState` to `words`. */
+  mtFill(n: number): void;
+}
+
+/** The part of the WebAssembly API used here (the project's type libraries do not declare it). */
+interface WasmApi {
+  Module: new (bytes: Uint8Array) => object;
+  Instance: new (module: object, imports: object) => { exports: Record<string, unknown> };
+}
+
+let instance: WasmNormals | null | undefined;
+let enabled = true;
+
+/** Turns the WebAssembly kernel off or on (tests and the benchmark compare it with the JavaScript path). */
+export function useWasmNormals(on: boolean): void {
+  enabled = on;
+}
+
+/** Blocks redone on the exact JavaScript path since the start (the kernel's halfway float64 sums). */
+export const wasmStats = { blocks: 0, redone: 0 };
+
+/** The kernel, or null where WebAssembly SIMD is unavailable or turned off (the JavaScript path is used). */
+export function wasmNormals(): WasmNormals | null {
+  if (!enabled) return null;
+  if (instance !== undefined) return instance;
+  try {
+    const wa = (globalThis as unknown as { WebAssembly: WasmApi }).WebAssembly;
+    const inst = new wa.Instance(new wa.Module(moduleBytes()), {});
+    const mem = inst.exports.memory as { buffer: ArrayBuffer };
+    const fn = inst.exports.normals as (n: number) => void;
+    const OUT = WASM_BLOCKS * 64;
+    instance = {
+      words: new Int32Array(mem.buffer, 0, WASM_BLOCKS * 16),
+      out: new Float32Array(mem.buffer, OUT, WASM_BLOCKS * 16),
+      flags: new Int32Array(mem.buffer, OUT * 2, WASM_BLOCKS),
+      run: fn,
+      mtState: new Int32Array(mem.buffer, OUT * 2 + WASM_BLOCKS * 4, 625),
+      mtFill: inst.exports.mtFill as (n: number) => void,
+    };
+  } catch {
+    instance = null;
+  }
+  return instance;
+}

@@ -1,0 +1,212 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { TorchGenerator, fmaf, wordsOf, Mt19937 } from '../../libs/gates/torch-rng';
+import { advanceTorchState, noiseApplier, TorchDrawSeeker } from '../../libs/stages/noise';
+import { bf16BitsToF32, f16BitsToF32, f32ToBf16Bits, f32ToF16Bits, type FloatDtype } from '../../libs/safetensors/dtype';
+import type { SourcePart } from '../../libs/plan/types';
+import { FIXTURES } from '../helpers/tmp';
+import { createHash } from 'node:crypto';
+import { useWasmNormals, wasmNormals, wasmStats } from '../../libs/gates/torch-normal-wasm';
+
+interface Draw {
+  fn: 'randn' | 'rand';
+  shape: number[];
+  dtype: 'float32' | 'bfloat16' | 'float16';
+  bits: number[];
+}
+const streams = JSON.parse(readFileSync(join(FIXTURES, 'torch-rng', 'streams.json'), 'utf8')) as { cases: { seed: number; name: string; draws: Draw[] }[] };
+const DT: Record<string, FloatDtype> = { float32: 'F32', bfloat16: 'BF16', float16: 'F16' };
+const numel = (s: number[]) => s.reduce((a, b) => a * b, 1);
+
+const f32 = new Float32Array(1);
+const i32 = new Int32Array(f32.buffer);
+function bitsOf(v: Float32Array, dtype: FloatDtype): number[] {
+  return Array.from(v, (x) => {
+    if (dtype === 'BF16') return f32ToBf16Bits(x);
+    if (dtype === 'F16') return f32ToF16Bits(x);
+    f32[0] = x;
+    return i32[0]!;
+  });
+}
+
+for (const c of streams.cases) {
+  test(`torch generator, seed ${c.seed}: ${c.name}: every draw bit for bit, in sequence`, () => {
+    const g = new TorchGenerator(c.seed);
+    for (const [k, d] of c.draws.entries()) {
+      const dtype = DT[d.dtype]!;
+      const v = d.fn === 'randn' ? g.randn(numel(d.shape), dtype) : g.rand(numel(d.shape), dtype);
+      const got = bitsOf(v, dtype);
+      const bad = got.findIndex((b, i) => b !== d.bits[i]);
+      assert.equal(bad, -1, `draw ${k} (${d.fn} ${d.shape.join('x')} ${d.dtype}): value ${bad} has bits ${got[bad]}, torch ${d.bits[bad]}`);
+    }
+  });
+}
+
+test('a large randn read in uneven chunks equals the one-shot draw, and takes the words wordsOf says', () => {
+  for (const dtype of ['F32', 'BF16', 'F16'] as const) {
+    for (const n of [16, 17, 31, 48, 1000, 4099]) {
+      const whole = new TorchGenerator(5).randn(n, dtype);
+      const g = new TorchGenerator(5);
+      const s = g.randnStream(n, dtype);
+      const parts: number[] = [];
+      for (let at = 0, k = 1; at < n; k = (k * 7) % 23 + 1) {
+        const out = new Float32Array(Math.min(k, n - at));
+        s.read(out);
+        parts.push(...out);
+        at += out.length;
+      }
+      assert.deepEqual(parts, Array.from(whole), `${dtype} n=${n}`);
+      assert.equal(g.mt.offset, wordsOf('randn', n, dtype, false).words, `${dtype} n=${n} words`);
+      assert.throws(() => s.read(new Float32Array(1)), /read past the end/);
+    }
+  }
+});
+
+test('small randn keeps the second normal of each pair for the next small draw; the state planner follows it', () => {
+  const g = new TorchGenerator(9);
+  g.randn(3);
+  const cached = g.cachedNormal;
+  assert.notEqual(cached, null);
+  const b = g.randn(2);
+  assert.equal(b[0], Math.fround(cached!));
+  let st = advanceTorchState(9, { offset: 0, cachedNormal: null }, 'randn', 3, 'F32');
+  assert.deepEqual(st, { offset: 8, cachedNormal: cached });
+  st = advanceTorchState(9, st, 'randn', 2, 'F32');
+  assert.deepEqual(st, g.state());
+  // A large draw in between leaves the cached value alone.
+  st = advanceTorchState(9, st, 'randn', 40, 'F32');
+  assert.equal(st.offset, g.state().offset + 56);
+});
+
+test('mt19937 skip and clone agree with drawing', () => {
+  const a = new Mt19937(3);
+  for (let i = 0; i < 2000; i++) a.next();
+  const b = new Mt19937(3);
+  b.skip(1500);
+  const c = b.clone();
+  b.skip(500);
+  const x = a.next();
+  assert.equal(b.next(), x);
+  c.skip(500);
+  assert.equal(c.next(), x);
+  assert.equal(c.offset, 2001);
+  // 5489 is std::mt19937's default seed; its 10000th output is the value the C++ standard fixes.
+  const d = new Mt19937(5489);
+  d.skip(9999);
+  assert.equal(d.next(), 4123659995);
+});
+
+test('fmaf rounds once: a double sum that lands halfway between two floats is resolved by its lost bits', () => {
+  // (1 + 2^-12) * (1 - 2^-12 + 2^-24) * 2^-24 = 2^-24 + 2^-60: plus 1, the double sum is the halfway point
+  // 1 + 2^-24 (ties to 1), but the exact sum lies above it.
+  const a = 1 + 2 ** -12;
+  const b = (1 - 2 ** -12 + 2 ** -24) * 2 ** -24;
+  assert.equal(Math.fround(a), a);
+  assert.equal(Math.fround(b), b);
+  assert.equal(Math.fround(a * b + 1), 1, 'the naive double route rounds the wrong way');
+  assert.equal(fmaf(a, b, 1), 1 + 2 ** -23);
+  assert.equal(fmaf(a, -b, -1), -1 - 2 ** -23);
+  assert.equal(fmaf(2 ** -12, 2 ** -12, 1), 1, 'a true tie still rounds to even');
+  assert.equal(fmaf(3, 0.5, 0.25), 1.75);
+});
+
+test('noise on bfloat16 / float16 weights is the reference\'s w + randn_like(w) * noise_scale in that dtype', () => {
+  const fx = JSON.parse(readFileSync(join(FIXTURES, 'torch-rng', 'noise-16bit.json'), 'utf8')) as {
+    cases: { dtype: string; shape: number[]; seed: number; noise_scale: number; residual_scale: number | null; w_bits: number[]; out_bits: number[] }[];
+  };
+  for (const c of fx.cases) {
+    const dtype = DT[c.dtype]!;
+    const dec = dtype === 'BF16' ? bf16BitsToF32 : f16BitsToF32;
+    const enc = dtype === 'BF16' ? f32ToBf16Bits : f32ToF16Bits;
+    const round = (x: number) => dec(enc(x));
+    const part: SourcePart = {
+      kind: 'source', model: 'm', tensor: 't', file: 'f', offset: 0, byteLength: 0, dtype, shape: c.shape,
+      noise: { scale: c.noise_scale, seed: c.seed, stream: 'noise/expert/0/0/gate_proj', torch: { offset: 0, cachedNormal: null } },
+    };
+    const applier = noiseApplier(part, () => new TorchDrawSeeker(c.seed))!;
+    const v = Float32Array.from(c.w_bits, (b) => dec(b & 0xffff));
+    // In two chunks, as the writer streams them.
+    const cut = Math.floor(v.length / 3);
+    applier.apply(v.subarray(0, cut));
+    applier.apply(v.subarray(cut));
+    // residual_scale as the writer applies it after the noise: float32 product, rounded to the dtype.
+    if (c.residual_scale !== null) for (let i = 0; i < v.length; i++) v[i] = round(v[i]! * Math.fround(c.residual_scale));
+    const got = Array.from(v, (x) => enc(x));
+    const want = c.out_bits.map((b) => b & 0xffff);
+    const bad = got.findIndex((b, i) => b !== want[i]);
+    assert.equal(bad, -1, `${c.dtype} ${c.shape.join('x')}: value ${bad} is ${got[bad]}, torch ${want[bad]}`);
+  }
+});
+
+test('the seeker gives the same draws in any order of requests', () => {
+  const states = [0, 640, 5000, 1300].map((offset) => ({ offset, cachedNormal: null }));
+  const fresh = states.map((s) => {
+    const g = new TorchGenerator(11);
+    g.mt.skip(s.offset);
+    return Array.from(g.randn(64));
+  });
+  const seeker = new TorchDrawSeeker(11);
+  for (const i of [0, 2, 1, 3, 0, 2]) assert.deepEqual(Array.from(seeker.at(states[i]!).randn(64)), fresh[i]);
+});
+
+const large = JSON.parse(readFileSync(join(FIXTURES, 'torch-rng', 'large.json'), 'utf8')) as {
+  cases: { seed: number; fn: 'randn' | 'rand'; n: number; dtype: string; sha256: string; after_bits: number[] }[];
+};
+
+test('large draws match PyTorch in every value (sha256), halfway cases and the cached small normal included', () => {
+  assert.ok(wasmNormals(), 'WebAssembly SIMD kernel available');
+  const before = wasmStats.redone;
+  for (const c of large.cases) {
+    const dtype = DT[c.dtype]!;
+    const g = new TorchGenerator(c.seed);
+    g.randn(5);
+    const v = c.fn === 'randn' ? g.randn(c.n, dtype) : g.rand(c.n, dtype);
+    const bits = dtype === 'F32' ? new Int32Array(v.buffer) : Int16Array.from(bitsOf(v, dtype));
+    assert.equal(createHash('sha256').update(new Uint8Array(bits.buffer)).digest('hex'), c.sha256, `${c.fn} ${c.n} ${c.dtype} seed ${c.seed}`);
+    assert.deepEqual(bitsOf(g.randn(3), 'F32'), c.after_bits);
+  }
+  assert.ok(wasmStats.redone > before, 'some blocks took the exact path');
+});
+
+test('the JavaScript path gives the WebAssembly kernel\'s values', () => {
+  const n = 300_001;
+  const a = new TorchGenerator(3).randn(n);
+  useWasmNormals(false);
+  try {
+    assert.equal(wasmNormals(), null);
+    const b = new TorchGenerator(3).randn(n);
+    assert.deepEqual(new Int32Array(b.buffer), new Int32Array(a.buffer));
+  } finally {
+    useWasmNormals(true);
+  }
+});
+
+test('the kernel multiply-adds run unflagged are exact in float64 (log polynomial, the DP3 step)', () => {
+  // Each chain depends on one 24-bit integer; the whole range was checked once (stride 1, about 10 s of CPU);
+  // the test walks a stride of it. A non-zero TwoSum error would mean float64 rounding before float32.
+  const f = Math.fround;
+  const P = [7.0376836292e-2, -1.151461031e-1, 1.167699874e-1, -1.2420140846e-1, 1.4249322787e-1, -1.6668057665e-1, 2.0000714765e-1, -2.4999993993e-1, 3.3333331174e-1].map(f);
+  const [SQRTHF, DP1, DP2, DP3, FOPI, TWO_PI] = [0.707106781186547524, -0.78515625, -2.4187564849853515625e-4, -3.77489497744594108e-8, 1.27323954473516, 2 * Math.PI].map(f) as number[];
+  const inexact: string[] = [];
+  const exactSum = (a: number, b: number, c: number) => {
+    const p = a * b;
+    const s = p + c;
+    const bv = s - p;
+    if (p - (s - bv) + (c - bv) !== 0) inexact.push(`${a} * ${b} + ${c}`);
+    return f(s);
+  };
+  for (let k = 0; k < 1 << 24; k += 89) {
+    const m = 0x1000000 - k;
+    const bl = 32 - Math.clz32(m);
+    let x = m * 2 ** -bl;
+    x = x < SQRTHF! ? x + x - 1 : x - 1;
+    let y = exactSum(P[0]!, x, P[1]!);
+    for (let i = 2; i < 9; i++) y = exactSum(y, x, P[i]!);
+    const th = f(TWO_PI! * (k * 2 ** -24));
+    const j = (Math.trunc(f(th * FOPI!)) + 1) & ~1;
+    exactSum(j, DP3!, f(f(th + j * DP1!) + j * DP2!));
+  }
+  assert.deepEqual(inexact.slice(0, 5), []);
+});
