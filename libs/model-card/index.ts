@@ -109,9 +109,10 @@ export function modelCard(input: ModelCardInput): string {
   const counts = parameterCounts(plan, topK);
   const refs = [...new Set(plan.models.map((m) => m.ref))];
   // The Hub accepts only repo ids in base_model (and llama.cpp copies them into GGUF metadata as URLs):
-  // local folders are named in the body instead.
+  // local folders are named in the body instead, as the recipe names them: the card must not depend on (or
+  // publish) where the models lie on this machine.
   const hubIds = [...new Set(plan.models.map(hubRepoId).filter((x): x is string => x !== null))];
-  const localDirs = [...new Set(plan.models.filter((m) => hubRepoId(m) === null).map((m) => m.dir))];
+  const localDirs = [...new Set(plan.models.filter((m) => hubRepoId(m) === null).map((m) => m.ref))];
   const front = stringify({ ...(hubIds.length > 0 ? { base_model: hubIds } : {}), tags: ['moe', 'frankenmoe', 'merge', 'mergekit', 'moe-forge'], library_name: 'transformers' }).trimEnd();
   const rows = (kind: string, list: Expert[]) =>
     list.map((e, i) => `| ${kind} ${i} | ${cell(refText(e.source_model))} | ${prompts(e.positive_prompts)} | ${prompts(e.negative_prompts)} |`);
