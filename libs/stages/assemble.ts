@@ -1,13 +1,15 @@
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { createHash } from 'node:crypto';
-import type { MergePlan } from '../plan/types';
+import type { MergePlan, ShardOrder } from '../plan/types';
 import type { MergeContext } from './context';
 import type { GateTensor } from '../gates';
 import { writeGates } from './build-gates';
 
 export interface AssembleOptions {
   maxShardBytes: number;
+  /** Default 'grouped'. */
+  shardOrder?: ShardOrder;
   extraWarnings?: string[];
   /** Router weights; saved beside the plan so the write stage reads one stage's output. */
   gates?: GateTensor;
@@ -27,6 +29,7 @@ export async function runAssemble(merge: MergeContext, outDir: string, opts: Ass
       .map((m) => ({ key: m.key, ref: m.ref, dir: m.dir, ...(m.contentId ? { contentId: m.contentId } : {}) })),
     tensors: arch.tensors(ctx),
     maxShardBytes: opts.maxShardBytes,
+    shardOrder: opts.shardOrder ?? 'grouped',
     warnings: [...merge.warnings, ...(opts.extraWarnings ?? [])],
   };
   await mkdir(outDir, { recursive: true });

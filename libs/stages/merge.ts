@@ -9,6 +9,7 @@ import { runAssemble } from './assemble';
 import { runWrite, type WriteResult } from './write';
 import { progressReporter } from './progress';
 import { CACHE_ENV } from '../cache';
+import type { ShardOrder } from '../plan/types';
 import { homedir } from 'node:os';
 import { resolve } from 'node:path';
 
@@ -25,6 +26,8 @@ export interface MergeOptions {
   seed?: number;
   layout?: 'classic' | 'fused';
   maxShardBytes?: number;
+  /** 'grouped' (default): routers, base and each expert in shards of their own; 'reference': the reference's split. */
+  shardOrder?: ShardOrder;
   allowIdenticalModels?: boolean;
   copyTokenizer?: boolean;
   /** Write mergekit_moe_config.yml (the reference's --write-model-card). */
@@ -51,7 +54,7 @@ export async function mergeRecipe(opts: MergeOptions): Promise<WriteResult> {
     await runEmbedPrompts(merge, join(work, 'embed-prompts'), { cacheDir, device: opts.device, log: opts.log, progress: progressReporter('prompt states') });
     await runBuildGates(merge, join(work, 'embed-prompts'), join(work, 'build-gates'));
     const { gates, warnings } = await gatesForAssembly(merge, join(work, 'build-gates'));
-    const plan = await runAssemble(merge, join(work, 'assemble-experts'), { maxShardBytes: opts.maxShardBytes ?? DEFAULT_SHARD_BYTES, extraWarnings: warnings, gates });
+    const plan = await runAssemble(merge, join(work, 'assemble-experts'), { maxShardBytes: opts.maxShardBytes ?? DEFAULT_SHARD_BYTES, shardOrder: opts.shardOrder, extraWarnings: warnings, gates });
     for (const w of plan.warnings) opts.warn?.(w);
     return await runWrite(plan, {
       outPath: opts.outPath,

@@ -190,8 +190,8 @@ export async function runWrite(plan: MergePlan, opts: WriteOptions): Promise<Wri
   const tmp = join(parent, `.${basename(out)}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`);
   await mkdir(tmp);
   try {
-    const specs: OutputTensorSpec[] = plan.tensors.map((t) => ({ name: t.name, dtype: t.dtype, shape: t.shape }));
-    const shards = planShards(specs, plan.maxShardBytes);
+    const specs: OutputTensorSpec[] = plan.tensors.map((t) => ({ name: t.name, dtype: t.dtype, shape: t.shape, group: t.group }));
+    const shards = planShards(specs, plan.maxShardBytes, plan.shardOrder ?? 'reference');
     const byName = new Map(plan.tensors.map((t) => [t.name, t]));
     const produce = tensorProducer(opts.gates);
     const total = shards.reduce((a, x) => a + x.bytes, 0);

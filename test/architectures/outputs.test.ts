@@ -274,8 +274,8 @@ async function check(c: Case, gate: string) {
   writeFileSync(recipeFile, recipeYaml({ base, experts, shared: c.shared ? shared : undefined, gate, topK: c.topK, dtype: c.dtype }));
   const out = join(dir, `out${runs++}`);
   const warnings: string[] = [];
-  // One tensor per shard, so the index's weight_map records the write order.
-  await mergeRecipe({ recipeFile, outPath: out, modelBaseDir: dir, layout: c.layout, maxShardBytes: 1, seed: 7, warn: (w) => warnings.push(w) });
+  // One tensor per shard in the reference's order, so the index's weight_map records the write order.
+  await mergeRecipe({ recipeFile, outPath: out, modelBaseDir: dir, layout: c.layout, maxShardBytes: 1, shardOrder: 'reference', seed: 7, warn: (w) => warnings.push(w) });
   const label = `${c.arch}${c.layout ? ' fused' : ''} (${gate})`;
   assert.equal(warnings.some((w) => /which is not a power of two/.test(w)), c.warnsPowerOfTwo, `${label}: power-of-two warning`);
 

@@ -19,7 +19,8 @@ test('mergekit-moe reproduces the reference cheap_embed merge (classic layout)',
   const tc = JSON.parse(readFileSync(join(out, 'tokenizer_config.json'), 'utf8'));
   assert.equal(tc.pad_token, '<s>');
   assert.equal(tc.padding_side, 'left');
-  assert.ok(!existsSync(join(out, 'model.safetensors.index.json')));
+  // Grouped shards by default (routers, base, each expert); --shard-order reference gives the single file (shards.test.ts).
+  assert.ok(existsSync(join(out, 'model.safetensors.index.json')));
   const card = readFileSync(join(out, 'README.md'), 'utf8');
   assert.match(card, /^---\nbase_model:\n  - \.\.\/tiny-llama\/tiny-a\n/);
   assert.match(card, /Mixtral/);

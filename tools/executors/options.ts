@@ -15,6 +15,7 @@ export const StageOptionsSchema = z.object({
   randomSeed: z.coerce.number().int().nonnegative().default(0),
   layout: z.enum(['classic', 'fused']).default('classic'),
   outShardSize: z.union([z.string(), z.number()]).default(String(DEFAULT_SHARD_BYTES)),
+  shardOrder: z.enum(['grouped', 'reference']).default('grouped'),
   device: z.enum(['cpu', 'cuda', 'webgpu', 'auto']).default('cpu'),
   overwrite: z.boolean().default(false),
   allowIdenticalModels: z.boolean().default(false),

@@ -16,7 +16,7 @@ export default function assembleExpertsExecutor(options: unknown, context: Execu
       logger.warn(`WARNING: --device ${env.options.device} does not reach embed-prompts, which ran on ${states.device}: set it there (nx run <recipe>:embed-prompts --device=${env.options.device}, or "device" in its options in nx.json or project.json).`);
     }
     const { gates, warnings } = await gatesForAssembly(merge, env.paths.stage('build-gates'));
-    const plan = await runAssemble(merge, env.paths.stage('assemble-experts'), { maxShardBytes: env.paths.maxShardBytes, extraWarnings: warnings, gates });
+    const plan = await runAssemble(merge, env.paths.stage('assemble-experts'), { maxShardBytes: env.paths.maxShardBytes, shardOrder: env.options.shardOrder, extraWarnings: warnings, gates });
     for (const w of plan.warnings) logger.warn(`WARNING: ${w}`);
     logger.info(`${plan.architecture}: ${plan.tensors.length} tensors planned`);
   });
