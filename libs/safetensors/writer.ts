@@ -84,7 +84,8 @@ export type TensorProducer = (t: OutputTensorSpec) => AsyncIterable<Buffer> | It
 
 /**
  * Writes one shard, a tensor at a time: the header is known up front from the plan, then each tensor's
- * bytes are pulled from `produce` in chunks and appended. Memory is bounded by the producer's chunks.
+ * bytes are pulled from `produce` in chunks and appended. The next chunk is produced (read, cast) while the
+ * current one is written, across tensor boundaries too; memory is bounded by two of the producer's chunks.
  */
 export async function writeShard(path: string, tensors: OutputTensorSpec[], produce: TensorProducer): Promise<number> {
   const fh = await open(path, 'w');
@@ -92,27 +93,41 @@ export async function writeShard(path: string, tensors: OutputTensorSpec[], prod
     const header = encodeHeader(tensors);
     await fh.write(header, 0, header.length, 0);
     let pos = header.length;
-    for (const t of tensors) {
-      const expected = tensorBytes(t);
-      let got = 0;
-      for await (const chunk of produce(t)) {
-        got += chunk.length;
-        if (got > expected) break;
-        let done = 0;
-        while (done < chunk.length) {
-          const { bytesWritten } = await fh.write(chunk, done, chunk.length - done, pos);
-          done += bytesWritten;
-          pos += bytesWritten;
-        }
-      }
-      if (got !== expected) {
-        throw new SafetensorsError('size_mismatch', `produced ${got} bytes, expected ${expected} for ${t.dtype} [${t.shape.join(', ')}]`, { file: path, tensor: t.name });
+    const it = checkedChunks(path, tensors, produce)[Symbol.asyncIterator]();
+    let next = it.next();
+    for (;;) {
+      const r = await next;
+      if (r.done) break;
+      next = it.next();
+      next.catch(() => undefined); // awaited next round; a failure during this write must not go unhandled
+      const chunk = r.value;
+      let done = 0;
+      while (done < chunk.length) {
+        const { bytesWritten } = await fh.write(chunk, done, chunk.length - done, pos);
+        done += bytesWritten;
+        pos += bytesWritten;
       }
     }
     await fh.sync();
     return pos;
   } finally {
     await fh.close();
+  }
+}
+
+/** Every tensor's chunks in order, each tensor checked to produce exactly its planned byte count. */
+async function* checkedChunks(path: string, tensors: OutputTensorSpec[], produce: TensorProducer): AsyncGenerator<Buffer> {
+  for (const t of tensors) {
+    const expected = tensorBytes(t);
+    let got = 0;
+    for await (const chunk of produce(t)) {
+      got += chunk.length;
+      if (got > expected) break;
+      if (chunk.length > 0) yield chunk;
+    }
+    if (got !== expected) {
+      throw new SafetensorsError('size_mismatch', `produced ${got} bytes, expected ${expected} for ${t.dtype} [${t.shape.join(', ')}]`, { file: path, tensor: t.name });
+    }
   }
 }
 
