@@ -1,3 +1,4 @@
+import { open } from 'node:fs/promises';
 import { ForgeError } from '../errors';
 import { readModelConfig, type ModelConfig } from '../model-folder/config';
 import { convertBytes, decodeFloats, readRows, readTensorBytes, type TensorIndex } from '../safetensors';
@@ -62,16 +63,68 @@ async function embedRows(m: Model, ids: Iterable<number>): Promise<Map<number, F
   return readRows(loc, ids);
 }
 
-/** One layer's weights as float32 feeds, read from the weight files (never written anywhere). */
-async function layerFeeds(tensors: Map<string, LayerTensor>): Promise<Record<string, ReturnType<typeof floatTensor>>> {
+/** Float32 buffers by role, reused every other layer so that no layer pays for fresh memory. */
+type BufferPool = Map<string, Float32Array>;
+
+/**
+ * One layer's weights as float32 feeds, read from the weight files (never written anywhere) straight into
+ * `pool`'s buffers: 16-bit weights land in the upper half of their float32 buffer and widen in place.
+ */
+async function layerFeeds(tensors: Map<string, LayerTensor>, pool: BufferPool): Promise<Record<string, ReturnType<typeof floatTensor>>> {
   const feeds: Record<string, ReturnType<typeof floatTensor>> = {};
   for (const t of tensors.values()) {
-    const raw = await readTensorBytes(t.loc);
-    const f32 = convertBytes(raw, t.loc.dtype, 'F32');
-    const aligned = f32.byteOffset % 4 === 0 ? f32 : Buffer.from(f32);
-    feeds[weightInput(t.role)] = floatTensor(new Float32Array(aligned.buffer, aligned.byteOffset, aligned.byteLength / 4), t.loc.shape);
+    const n = t.loc.shape.reduce((a, b) => a * b, 1);
+    let buf = pool.get(t.role);
+    if (!buf || buf.length !== n) pool.set(t.role, (buf = new Float32Array(n)));
+    const bytes = Buffer.from(buf.buffer, buf.byteOffset, buf.byteLength);
+    if (t.loc.dtype === 'F32') await readTensorInto(t.loc, bytes);
+    else {
+      await readTensorInto(t.loc, bytes.subarray(2 * n));
+      widenInPlace(buf, t.loc.dtype);
+    }
+    feeds[weightInput(t.role)] = floatTensor(buf, t.loc.shape);
   }
   return feeds;
+}
+
+async function readTensorInto(loc: LayerTensor['loc'], into: Buffer): Promise<void> {
+  const fh = await open(loc.file, 'r');
+  try {
+    let done = 0;
+    while (done < loc.byteLength) {
+      const { bytesRead } = await fh.read(into, done, loc.byteLength - done, loc.offset + done);
+      if (bytesRead === 0) throw new ForgeError('truncated', `file ended while reading ${loc.byteLength} bytes`, { file: loc.file, tensor: loc.name });
+      done += bytesRead;
+    }
+  } finally {
+    await fh.close();
+  }
+}
+
+/**
+ * 16-bit values held in the upper half of `buf` become float32 in place. Going forward is safe: element i is
+ * read (bytes 2n+2i) before its float lands at bytes 4i..4i+3, which lie below every value still to be read.
+ */
+function widenInPlace(buf: Float32Array, dtype: string): void {
+  const n = buf.length;
+  const src = new Uint16Array(buf.buffer, buf.byteOffset, 2 * n);
+  const dst = new Uint32Array(buf.buffer, buf.byteOffset, n);
+  if (dtype === 'BF16') for (let i = 0; i < n; i++) dst[i] = src[n + i]! << 16;
+  else {
+    const table = f16Widen();
+    for (let i = 0; i < n; i++) dst[i] = table[src[n + i]!]!;
+  }
+}
+
+let f16Table: Uint32Array | null = null;
+/** float32 bits of every half-precision value, built once. */
+function f16Widen(): Uint32Array {
+  if (!f16Table) {
+    const all = Uint16Array.from({ length: 65536 }, (_, h) => h);
+    const f32 = convertBytes(Buffer.from(all.buffer), 'F16', 'F32');
+    f16Table = new Uint32Array(f32.buffer, f32.byteOffset, 65536);
+  }
+  return f16Table;
 }
 
 /** Prompts packed one after another into runs of at most `budget` tokens (a longer prompt runs alone). */
@@ -147,12 +200,13 @@ async function runLayers(m: Model, seqs: Sequence[], upTo: number, opts: Forward
   const fixed = groups.map((g) => packInputs(cfg, g.map((i) => seqs[i]!)));
   const sessions = new Map<string, Session>();
   try {
-    let next = layerFeeds(layers[0]!);
+    const pools: BufferPool[] = [new Map(), new Map()];
+    let next = layerFeeds(layers[0]!, pools[0]!);
     for (let layer = 0; layer < upTo; layer++) {
       const weights = await next;
       // Read the next layer's weights while this one runs.
       if (layer + 1 < upTo) {
-        next = layerFeeds(layers[layer + 1]!);
+        next = layerFeeds(layers[layer + 1]!, pools[(layer + 1) % 2]!);
         next.catch(() => undefined); // awaited next round; a failure now must not go unhandled
       }
       const key = layerSignature(layers[layer]!);

@@ -1,7 +1,8 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { cpSync, mkdtempSync, rmSync } from 'node:fs';
+import { SafetensorsWeights, convertBytes, readTensorBytes, writeShard } from '../../libs/safetensors';
 import { tmpdir } from 'node:os';
 import { writeTinyModel } from '../../tools/testing/tiny-models';
 import { availableBackends, computeAllHiddenStates, computePromptStates, type ForwardProgress } from '../../libs/forward';
@@ -44,6 +45,30 @@ test('packed prompts give the states of prompts run one at a time (within 1e-5),
           }
         }
       }
+    }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('bf16 and f16 weights give exactly the states of their float32 values', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'moe-forge-dtypes-'));
+  try {
+    for (const dtype of ['BF16', 'F16'] as const) {
+      const narrow = join(dir, dtype);
+      await writeTinyModel(narrow, { modelType: 'qwen2', hidden: 32, layers: 3, heads: 4, kvHeads: 2, intermediate: 48, vocab: 512, dtype });
+      // The same values widened to float32, written as a float32 model.
+      const wide = join(dir, `${dtype}-as-F32`);
+      cpSync(narrow, wide, { recursive: true });
+      const w = await SafetensorsWeights.openFolder(narrow);
+      const specs = w.names().map((name) => ({ name, dtype: 'F32', shape: w.get(name).shape }));
+      await writeShard(join(wide, 'model.safetensors'), specs, async function* (t) {
+        yield convertBytes(await readTensorBytes(w.get(t.name)), dtype, 'F32');
+      });
+      const ids = [[0, 42, 506, 359, 81], [0, 9]];
+      const a = await computeAllHiddenStates(narrow, ids);
+      const b = await computeAllHiddenStates(wide, ids);
+      for (let p = 0; p < ids.length; p++) for (let e = 0; e < a[p]!.length; e++) assert.equal(maxAbsDiff(a[p]![e]!, b[p]![e]!), 0, `${dtype} prompt ${p} entry ${e}`);
     }
   } finally {
     rmSync(dir, { recursive: true, force: true });
