@@ -55,6 +55,8 @@ export interface EmbedOptions {
   cacheDir: string;
   device?: string;
   log?: (line: string) => void;
+  /** Problems the merge goes on from (an unusable cache); default: the log. */
+  warn?: (line: string) => void;
   progress?: Progress;
 }
 
@@ -109,10 +111,12 @@ async function hiddenStates(merge: MergeContext, index: PromptStatesIndex, tenso
   const { base } = merge.ctx;
   const L = base.config.numLayers;
   const H = base.config.hiddenSize;
-  const cache = new ContentCache(opts.cacheDir);
+  const warn = opts.warn ?? opts.log;
+  const cache = new ContentCache(opts.cacheDir, warn);
   const baseId = base.contentId ?? (await contentId(base.dir, { cache }));
   const tok = await loadTokenizer(base.dir);
   const texts = distinctPrompts(merge);
+  checkPromptLengths(merge, texts.map((t) => tok.encodePrompt(t)), texts);
   const states: (CachedPromptState | null)[] = [];
   const missing = await withLock(opts.cacheDir, `base-${baseId.slice(0, 32)}`, async () => {
     for (const text of texts) states.push(await getPromptState(cache, promptStateKey(baseId, tok.contentId, text)));
@@ -139,7 +143,7 @@ async function hiddenStates(merge: MergeContext, index: PromptStatesIndex, tenso
       }
     }
     return missing;
-  });
+  }, { log: opts.log, warn });
   index.computed = missing.length;
   index.fromCache = texts.length - missing.length;
   states.forEach((s, i) => {
@@ -156,6 +160,20 @@ async function hiddenStates(merge: MergeContext, index: PromptStatesIndex, tenso
       await cache.putBuffer(key, encodeLayers(pad));
     }
     tensors.push({ name: 'pad', data: flat(pad) });
+  }
+}
+
+/** A prompt longer than the base's context cannot be run through it: name the expert, prompt, count and limit. */
+function checkPromptLengths(merge: MergeContext, ids: number[][], texts: string[]): void {
+  const limit = merge.ctx.base.config.raw.max_position_embeddings;
+  if (typeof limit !== 'number') return;
+  for (const [i, t] of ids.entries()) {
+    if (t.length <= limit) continue;
+    const text = texts[i]!;
+    const ex = merge.gatedExperts.find((e) => [...(e.spec.positive_prompts ?? []), ...(e.spec.negative_prompts ?? [])].includes(text))!;
+    const field = `${ex.shared ? 'shared_experts' : 'experts'}[${ex.index}]`;
+    const short = text.length > 60 ? `${text.slice(0, 57)}...` : text;
+    throw new ModelError('prompt_too_long', `prompt ${JSON.stringify(short)} of ${field} (${ex.model.ref}) is ${t.length} tokens long, more than the ${limit} of the base model ${merge.ctx.base.ref} (max_position_embeddings): shorten it`, { file: merge.parsed.file, field, ...merge.parsed.position([ex.shared ? 'shared_experts' : 'experts', ex.index]) });
   }
 }
 
