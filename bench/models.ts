@@ -14,6 +14,10 @@ const FAST_CHUNK_BYTES = 16 << 20;
  * range, ±[2^-7, 2^-3) for matrices and [1, 2) for norm weights. Not reproducible (no seed): only sizes matter.
  */
 function* fastBf16(t: OutputTensorSpec): Generator<Buffer> {
+  if (t.dtype === 'F32') {
+    yield* fastF32(t);
+    return;
+  }
   const total = t.shape.reduce((a, b) => a * b, 1) * 2;
   const norm = t.shape.length === 1;
   for (let done = 0; done < total; done += FAST_CHUNK_BYTES) {
@@ -32,13 +36,27 @@ function* fastBf16(t: OutputTensorSpec): Generator<Buffer> {
   }
 }
 
+/** The float32 twin of fastBf16: ±[2^-7, 2^-3) for matrices, [1, 2) for norm weights. */
+function* fastF32(t: OutputTensorSpec): Generator<Buffer> {
+  const total = t.shape.reduce((a, b) => a * b, 1) * 4;
+  const norm = t.shape.length === 1;
+  for (let done = 0; done < total; done += FAST_CHUNK_BYTES) {
+    const buf = Buffer.allocUnsafe(Math.min(FAST_CHUNK_BYTES, total - done));
+    randomFillSync(buf);
+    const words = new Uint32Array(buf.buffer, buf.byteOffset, buf.length >>> 2);
+    if (norm) for (let i = 0; i < words.length; i++) words[i] = (words[i]! & 0x007fffff) | 0x3f800000;
+    else for (let i = 0; i < words.length; i++) words[i] = (words[i]! & 0x81ffffff) | 0x3c000000;
+    yield buf;
+  }
+}
+
 /** A llama-like bf16 model written tensor by tensor with the library's shard writer, plus a tokenizer. */
-export async function writeFastModel(dir: string, spec: Omit<TinyModelSpec, 'dtype' | 'seed'>): Promise<{ dir: string; bytes: number }> {
+export async function writeFastModel(dir: string, spec: Omit<TinyModelSpec, 'dtype' | 'seed'>, dtype: 'BF16' | 'F32' = 'BF16'): Promise<{ dir: string; bytes: number }> {
   await mkdir(dir, { recursive: true });
-  const full: TinyModelSpec = { ...spec, dtype: 'BF16' };
+  const full: TinyModelSpec = { ...spec, dtype };
   await writeFile(join(dir, 'config.json'), JSON.stringify(configJson(full), null, 2));
   // Untied embeddings, as the config says: an lm_head of its own, like most real checkpoints.
-  const tensors = [...tinyTensors(full), { name: 'lm_head.weight', dtype: 'BF16', shape: [spec.vocab, spec.hidden] }];
+  const tensors = [...tinyTensors(full), { name: 'lm_head.weight', dtype, shape: [spec.vocab, spec.hidden] }];
   const bytes = await writeShard(join(dir, 'model.safetensors'), tensors, fastBf16);
   await writeByteTokenizer(dir);
   return { dir, bytes };

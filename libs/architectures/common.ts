@@ -30,7 +30,7 @@ export function outDtypeFor(ctx: ArchContext, srcDtype: string): string {
 /** A base tensor copied unchanged except for the dtype cast. */
 export function copied(ctx: ArchContext, name: string, outName = name): PlanTensor {
   const p = sourcePart(ctx.base, name);
-  return { name: outName, dtype: outDtypeFor(ctx, p.dtype), shape: p.shape, parts: [p] };
+  return { name: outName, dtype: outDtypeFor(ctx, p.dtype), shape: p.shape, parts: [p], group: 'base' };
 }
 
 /** Optional base tensor (lm_head with tied embeddings): skipped when absent, as the reference does. */
@@ -50,7 +50,11 @@ export function expertPart(ctx: ArchContext, ex: ExpertSource, layer: number, pr
 
 export function expertTensor(ctx: ArchContext, ex: ExpertSource, layer: number, proj: MlpProj, outName: string): PlanTensor {
   const p = expertPart(ctx, ex, layer, proj);
-  return { name: outName, dtype: outDtypeFor(ctx, p.dtype), shape: p.shape, parts: [p] };
+  return { name: outName, dtype: outDtypeFor(ctx, p.dtype), shape: p.shape, parts: [p], group: expertGroup(ex) };
+}
+
+export function expertGroup(ex: ExpertSource): string {
+  return `${ex.shared ? 'shared' : 'expert'}/${ex.index}`;
 }
 
 /** Fused layout (transformers 5): gate_up_proj [E, 2I, H] and down_proj [E, H, I], stacked over experts. */
@@ -66,8 +70,8 @@ export function fusedExperts(ctx: ArchContext, layer: number, prefix: string): P
   const E = ctx.experts.length;
   const [I, H] = first.shape as [number, number];
   return [
-    { name: `${prefix}.gate_up_proj`, dtype: outDtypeFor(ctx, first.dtype), shape: [E, 2 * I, H], parts: gu },
-    { name: `${prefix}.down_proj`, dtype: outDtypeFor(ctx, d0.dtype), shape: [E, H, I], parts: down },
+    { name: `${prefix}.gate_up_proj`, dtype: outDtypeFor(ctx, first.dtype), shape: [E, 2 * I, H], parts: gu, group: 'experts' },
+    { name: `${prefix}.down_proj`, dtype: outDtypeFor(ctx, d0.dtype), shape: [E, H, I], parts: down, group: 'experts' },
   ];
 }
 
@@ -75,7 +79,7 @@ export function fusedExperts(ctx: ArchContext, layer: number, prefix: string): P
 export function router(ctx: ArchContext, layer: number, name: string, rows?: number[]): PlanTensor {
   const E = ctx.experts.length;
   const r = rows ?? Array.from({ length: E }, (_, i) => i);
-  return { name, dtype: ctx.outDtype ?? 'F32', shape: [r.length, ctx.base.config.hiddenSize], parts: [{ kind: 'gates', layer, rows: r }] };
+  return { name, dtype: ctx.outDtype ?? 'F32', shape: [r.length, ctx.base.config.hiddenSize], parts: [{ kind: 'gates', layer, rows: r }], group: 'router' };
 }
 
 export const ATTN_PROJS = ['q_proj', 'k_proj', 'v_proj', 'o_proj'] as const;
@@ -104,7 +108,7 @@ export function sortedKeys(o: Record<string, unknown>): Record<string, unknown> 
 
 /** A tensor of zeros (Qwen2-MoE's attention biases for bases that have none). */
 export function zerosTensor(name: string, dtype: string, elements: number): PlanTensor {
-  return { name, dtype, shape: [elements], parts: [{ kind: 'zeros', elements }] };
+  return { name, dtype, shape: [elements], parts: [{ kind: 'zeros', elements }], group: 'base' };
 }
 
 /** Sets the keys of `defaults` that `out` lacks, as a config class fills its constructor defaults. */

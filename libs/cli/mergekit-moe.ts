@@ -3,9 +3,11 @@ import { resolve } from 'node:path';
 import { describeError, ForgeError } from '../errors';
 import { mergeRecipe, DEFAULT_SHARD_BYTES } from '../stages/merge';
 import { parseArgs, parseKmb, type FlagSpec } from './args';
+import { SHARD_ORDERS, type ShardOrder } from '../plan/types';
 
 const FLAGS: FlagSpec[] = [
   { name: 'out-shard-size', kind: 'value', help: 'Maximum shard size in bytes; k/m/b suffixes (default 5B).' },
+  { name: 'shard-order', kind: 'value', help: 'grouped (default: routers, base and each expert in shards of their own, so an edit rewrites only its shards) or reference (the reference\'s file split).' },
   { name: 'random-seed', kind: 'value', help: 'Seed for random gates and expert noise (default 0: runs are reproducible).' },
   { name: 'rng', kind: 'value', help: "Random gates and noise: stream (default; per tensor) or torch (PyTorch's CPU generator: the reference's output for the same seed)." },
   { name: 'i-understand-this-is-not-useful-without-training', kind: 'bool', help: 'Allow experts that are all the same model.' },
@@ -83,6 +85,8 @@ export async function main(argv: string[], io: Io = defaultIo): Promise<number> 
     if (layout !== 'classic' && layout !== 'fused') throw new ForgeError('bad_flag', `--layout must be classic or fused, got "${layout}"`, { field: '--layout' });
     const rng = (v.rng as string | undefined) ?? 'stream';
     if (rng !== 'stream' && rng !== 'torch') throw new ForgeError('bad_flag', `--rng must be stream or torch, got "${rng}"`, { field: '--rng' });
+    const shardOrder = (v['shard-order'] as string | undefined) ?? 'grouped';
+    if (!(SHARD_ORDERS as readonly string[]).includes(shardOrder)) throw new ForgeError('bad_flag', `--shard-order must be grouped or reference, got "${shardOrder}"`, { field: '--shard-order' });
     let seed = 0;
     if (v['random-seed'] !== undefined) {
       seed = Number(v['random-seed']);
@@ -97,6 +101,7 @@ export async function main(argv: string[], io: Io = defaultIo): Promise<number> 
       rng,
       layout,
       maxShardBytes: v['out-shard-size'] !== undefined ? parseKmb(String(v['out-shard-size'])) : DEFAULT_SHARD_BYTES,
+      shardOrder: shardOrder as ShardOrder,
       allowIdenticalModels: v['i-understand-this-is-not-useful-without-training'] === true,
       copyTokenizer: v['copy-tokenizer'] !== false,
       writeRecipe: v['write-model-card'] !== false,

@@ -1,9 +1,7 @@
 /** The one place in the project that imports onnxruntime-node. */
 import * as ort from 'onnxruntime-node';
 import { existsSync } from 'node:fs';
-import { writeFile, unlink } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
-import { createHash } from 'node:crypto';
 import { ForgeError } from '../errors';
 
 export type Device = 'cpu' | 'cuda' | 'webgpu';
@@ -72,35 +70,6 @@ async function create(model: string | Uint8Array, s: SessionSettings): Promise<S
 /** A session from model bytes whose weights are embedded. */
 export async function sessionFromBytes(bytes: Uint8Array, s: SessionSettings): Promise<Session> {
   return create(bytes, s);
-}
-
-let fileCounter = 0;
-
-/**
- * A session from a model whose weights are external data in `folder`: ORT resolves `location` against
- * the .onnx file's own folder, so the small file is written there and removed once the session exists.
- * Returns null when the folder cannot be written (the caller then embeds the weights).
- */
-export async function sessionFromFolder(
-  folder: string,
-  bytes: Uint8Array,
-  s: SessionSettings,
-  write: (path: string, data: Uint8Array) => Promise<void> = (p, d) => writeFile(p, d, { flag: 'wx' }),
-): Promise<Session | null> {
-  const hash = createHash('sha256').update(bytes).digest('hex').slice(0, 16);
-  const path = join(folder, `.moe-forge-layer-${hash}-${process.pid}-${fileCounter++}.onnx`);
-  try {
-    await write(path, bytes);
-  } catch (e) {
-    const code = (e as NodeJS.ErrnoException).code;
-    if (code === 'EACCES' || code === 'EROFS' || code === 'EPERM' || code === 'ENOSPC' || code === 'EDQUOT') return null;
-    throw e;
-  }
-  try {
-    return await create(path, s);
-  } finally {
-    await unlink(path).catch(() => undefined);
-  }
 }
 
 export function floatTensor(data: Float32Array, dims: number[]): ort.Tensor {

@@ -1,16 +1,18 @@
 import { ModelError } from '../errors';
 import type { ModelConfig } from '../model-folder/config';
 import type { TensorIndex, TensorLocation } from '../safetensors';
-import { OnnxDtype, type OnnxModel, type OnnxNode, type OnnxTensor, type TensorData } from './onnx-proto';
+import { OnnxDtype, type OnnxModel, type OnnxNode, type OnnxTensor, type OnnxValueInfo } from './onnx-proto';
 
-/** Graph inputs of one decoder layer; T is the prompt length. */
+/** Graph inputs of one decoder layer; T is the number of tokens (several prompts packed one after another). */
 export const LAYER_INPUTS = {
   hidden: 'hidden', // [T, H] residual stream entering the layer
-  cos: 'rope_cos', // [T, headDim]
+  cos: 'rope_cos', // [T, headDim], each token at its own position in its prompt
   sin: 'rope_sin', // [T, headDim]
-  mask: 'attn_mask', // [T, T] additive
+  mask: 'attn_mask', // [T, T] additive: block-diagonal causal, so packed prompts never see each other
   gate: 'attn_gate', // [T, 1]: 1 for tokens, 0 for the attention-free pad state (spec 10)
 } as const;
+/** The graph input that carries a weight (float32, the tensor's shape). */
+export const weightInput = (role: string) => `w_${role}`;
 export const LAYER_OUTPUT = 'hidden_out';
 
 const STORED_DTYPES: Record<string, number> = { F32: OnnxDtype.FLOAT, F16: OnnxDtype.FLOAT16, BF16: OnnxDtype.BFLOAT16 };
@@ -94,13 +96,18 @@ class Builder {
   }
 }
 
+/** What decides a layer's graph: the roles present and their shapes (same key, same session). */
+export function layerSignature(tensors: Map<string, LayerTensor>): string {
+  return [...tensors.values()].map((t) => `${t.role}:${t.loc.shape.join('x')}`).join(',');
+}
+
 /**
- * One decoder layer (llama, mistral, qwen2, qwen3) as an ONNX graph over [T, H] activations.
- * Weights keep their stored dtype and get a Cast to float32 (CPU kernels have no bf16 MatMul;
- * ORT folds the Cast at session creation). Projections are Gemm(transB=1) on the [out, in] weights,
- * which avoids a transposed copy and is the fastest form to prepack.
+ * One decoder layer (llama, mistral, qwen2, qwen3) as an ONNX graph over [T, H] activations. The weights
+ * are float32 graph inputs, not initializers, so one session serves every layer of the same shape and no
+ * file is needed to point onnxruntime at them. Projections are Gemm(transB=1) on the [out, in] weights,
+ * which avoids a transposed copy.
  */
-export function buildLayerModel(cfg: ModelConfig, tensors: Map<string, LayerTensor>, dataOf: (loc: TensorLocation) => TensorData): OnnxModel {
+export function buildLayerModel(cfg: ModelConfig, tensors: Map<string, LayerTensor>): OnnxModel {
   const b = new Builder();
   const H = cfg.hiddenSize, D = cfg.headDim;
   const nH = cfg.numHeads, nKV = cfg.numKvHeads;
@@ -110,12 +117,12 @@ export function buildLayerModel(cfg: ModelConfig, tensors: Map<string, LayerTens
   if (D % 2 !== 0) throw new ModelError('bad_config', `head_dim ${D} must be even for RoPE`, { file: cfg.file, field: 'head_dim' });
   const g = nH / nKV;
 
+  const weightInputs: OnnxValueInfo[] = [];
   const w = (role: string): string | null => {
     const t = tensors.get(role);
     if (!t) return null;
-    const name = t.loc.name;
-    b.initializers.push({ name, dtype: STORED_DTYPES[t.loc.dtype]!, dims: t.loc.shape, data: dataOf(t.loc) });
-    return t.loc.dtype === 'F32' ? name : b.op('Cast', [name], { to: OnnxDtype.FLOAT });
+    weightInputs.push({ name: weightInput(role), dtype: OnnxDtype.FLOAT, shape: t.loc.shape });
+    return weightInput(role);
   };
   const need = (role: string): string => w(role)!;
   const eps = b.constF('eps', cfg.rmsNormEps);
@@ -173,6 +180,7 @@ export function buildLayerModel(cfg: ModelConfig, tensors: Map<string, LayerTens
         { name: LAYER_INPUTS.sin, dtype: F, shape: ['T', D] },
         { name: LAYER_INPUTS.mask, dtype: F, shape: ['T', 'T'] },
         { name: LAYER_INPUTS.gate, dtype: F, shape: ['T', 1] },
+        ...weightInputs,
       ],
       outputs: [{ name: LAYER_OUTPUT, dtype: F, shape: ['T', H] }],
     },

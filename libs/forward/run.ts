@@ -1,12 +1,11 @@
-import { realpath } from 'node:fs/promises';
-import { basename, dirname } from 'node:path';
+import { open } from 'node:fs/promises';
 import { ForgeError } from '../errors';
 import { readModelConfig, type ModelConfig } from '../model-folder/config';
-import { decodeFloats, readRows, readTensorBytes, type TensorIndex, type TensorLocation } from '../safetensors';
+import { convertBytes, decodeFloats, readRows, readTensorBytes, type TensorIndex } from '../safetensors';
 import { openWeights } from '../model-folder/weights';
-import { executionProviders, floatTensor, sessionFromBytes, sessionFromFolder, type Device, type Session, type SessionSettings } from './backend';
-import { encodeModel, type TensorData } from './onnx-proto';
-import { LAYER_INPUTS, LAYER_OUTPUT, buildLayerModel, checkTensor, planLayerTensors } from './layer-graph';
+import { executionProviders, floatTensor, sessionFromBytes, type Device, type Session, type SessionSettings } from './backend';
+import { encodeModel } from './onnx-proto';
+import { LAYER_INPUTS, LAYER_OUTPUT, buildLayerModel, checkTensor, layerSignature, planLayerTensors, weightInput, type LayerTensor } from './layer-graph';
 import { attentionMask, ropeTables } from './rope';
 
 export interface ForwardProgress {
@@ -16,8 +15,6 @@ export interface ForwardProgress {
   layers: number;
   promptsDone: number;
   prompts: number;
-  /** How this layer's weights reached onnxruntime. */
-  weights: 'external' | 'memory';
 }
 
 export interface ForwardOptions {
@@ -26,10 +23,10 @@ export interface ForwardOptions {
   /** intra-op threads per session (default 2). */
   threads?: number;
   /**
-   * 'external' points the graph at the safetensors bytes (a small .onnx is written beside them),
-   * 'memory' embeds them, 'auto' (default) tries external and falls back when the folder is read-only.
+   * Most tokens run together (default 1024): prompts are packed one after another up to this many, with a
+   * block-diagonal causal mask; 1 runs every prompt alone.
    */
-  weights?: 'auto' | 'external' | 'memory';
+  packTokens?: number;
 }
 
 /** One prompt's state at one layer input: last token, sum over tokens (float64-accumulated), token count. */
@@ -51,16 +48,12 @@ type Visit = (seq: number, entry: number, states: Float32Array) => void;
 interface Model {
   cfg: ModelConfig;
   weights: TensorIndex;
-  /** Weight file -> its real path (symlinks resolved), for placing the .onnx beside the real bytes. */
-  real: Map<string, string>;
-  /** Set once writing beside the weights failed, so later layers go straight to embedding. */
-  readOnly?: boolean;
 }
 
 async function openModel(dir: string): Promise<Model> {
   const cfg = await readModelConfig(dir);
   // A .bin checkpoint's stored tensors are read in place just like safetensors.
-  return { cfg, weights: await openWeights(dir), real: new Map() };
+  return { cfg, weights: await openWeights(dir) };
 }
 
 /** Reads and decodes only the embedding rows that the sequences use. */
@@ -70,51 +63,118 @@ async function embedRows(m: Model, ids: Iterable<number>): Promise<Map<number, F
   return readRows(loc, ids);
 }
 
-async function realFile(m: Model, file: string): Promise<string> {
-  let r = m.real.get(file);
-  if (!r) {
-    r = await realpath(file);
-    m.real.set(file, r);
+/** Float32 buffers by role, reused every other layer so that no layer pays for fresh memory. */
+type BufferPool = Map<string, Float32Array>;
+
+/**
+ * One layer's weights as float32 feeds, read from the weight files (never written anywhere) straight into
+ * `pool`'s buffers: 16-bit weights land in the upper half of their float32 buffer and widen in place.
+ */
+async function layerFeeds(tensors: Map<string, LayerTensor>, pool: BufferPool): Promise<Record<string, ReturnType<typeof floatTensor>>> {
+  const feeds: Record<string, ReturnType<typeof floatTensor>> = {};
+  for (const t of tensors.values()) {
+    const n = t.loc.shape.reduce((a, b) => a * b, 1);
+    let buf = pool.get(t.role);
+    if (!buf || buf.length !== n) pool.set(t.role, (buf = new Float32Array(n)));
+    const bytes = Buffer.from(buf.buffer, buf.byteOffset, buf.byteLength);
+    if (t.loc.dtype === 'F32') await readTensorInto(t.loc, bytes);
+    else {
+      await readTensorInto(t.loc, bytes.subarray(2 * n));
+      widenInPlace(buf, t.loc.dtype);
+    }
+    feeds[weightInput(t.role)] = floatTensor(buf, t.loc.shape);
   }
-  return r;
+  return feeds;
 }
 
-/** One layer's session. External data must name plain files in the .onnx file's real folder. */
-async function layerSession(m: Model, layer: number, settings: SessionSettings, mode: 'auto' | 'external' | 'memory'): Promise<{ session: Session; weights: 'external' | 'memory' }> {
-  const tensors = planLayerTensors(m.cfg, m.weights, layer);
-  if (mode === 'external' || (mode === 'auto' && !m.readOnly)) {
-    const reals = await Promise.all([...tensors.values()].map((t) => realFile(m, t.loc.file)));
-    const folders = new Set(reals.map((r) => dirname(r)));
-    if (folders.size === 1) {
-      const realOf = new Map([...tensors.values()].map((t, i) => [t.loc.file, reals[i]!]));
-      const model = buildLayerModel(m.cfg, tensors, (loc) => ({ external: { location: basename(realOf.get(loc.file)!), offset: loc.offset, length: loc.byteLength } }));
-      const session = await sessionFromFolder([...folders][0]!, encodeModel(model), settings);
-      if (session) return { session, weights: 'external' };
-      m.readOnly = true;
-    }
-    if (mode === 'external') {
-      throw new ForgeError('external_weights_unavailable', `cannot point onnxruntime at the weights of layer ${layer} in place (folder not writable or shards in different folders)`, { file: m.weights.dir });
-    }
-  }
-  return { session: await sessionFromBytes(await embeddedLayer(m, layer, tensors), settings), weights: 'memory' };
-}
-
-/** The layer with its weights embedded; the per-tensor buffers die with this call, only the model bytes stay. */
-async function embeddedLayer(m: Model, layer: number, tensors: ReturnType<typeof planLayerTensors>): Promise<Uint8Array> {
-  const bytes = new Map<TensorLocation, Uint8Array>();
-  for (const t of tensors.values()) bytes.set(t.loc, await readTensorBytes(t.loc));
-  const model = buildLayerModel(m.cfg, tensors, (loc): TensorData => ({ raw: bytes.get(loc)! }));
+async function readTensorInto(loc: LayerTensor['loc'], into: Buffer): Promise<void> {
+  const fh = await open(loc.file, 'r');
   try {
-    return encodeModel(model);
-  } catch (e) {
-    if (!(e instanceof RangeError)) throw e;
-    throw new ForgeError('layer_too_large', `layer ${layer} is too large to embed in one ONNX model (${e.message}); make the folder holding the weights writable so they can be used in place`, { file: m.weights.dir });
+    let done = 0;
+    while (done < loc.byteLength) {
+      const { bytesRead } = await fh.read(into, done, loc.byteLength - done, loc.offset + done);
+      if (bytesRead === 0) throw new ForgeError('truncated', `file ended while reading ${loc.byteLength} bytes`, { file: loc.file, tensor: loc.name });
+      done += bytesRead;
+    }
+  } finally {
+    await fh.close();
   }
 }
 
 /**
- * Runs the sequences layer by layer: one session per layer, every sequence through it, then the
- * session is released, so only one layer's weights are held. Calls `visit` for entries 0..upTo.
+ * 16-bit values held in the upper half of `buf` become float32 in place. Going forward is safe: element i is
+ * read (bytes 2n+2i) before its float lands at bytes 4i..4i+3, which lie below every value still to be read.
+ */
+function widenInPlace(buf: Float32Array, dtype: string): void {
+  const n = buf.length;
+  const src = new Uint16Array(buf.buffer, buf.byteOffset, 2 * n);
+  const dst = new Uint32Array(buf.buffer, buf.byteOffset, n);
+  if (dtype === 'BF16') for (let i = 0; i < n; i++) dst[i] = src[n + i]! << 16;
+  else {
+    const table = f16Widen();
+    for (let i = 0; i < n; i++) dst[i] = table[src[n + i]!]!;
+  }
+}
+
+let f16Table: Uint32Array | null = null;
+/** float32 bits of every half-precision value, built once. */
+function f16Widen(): Uint32Array {
+  if (!f16Table) {
+    const all = Uint16Array.from({ length: 65536 }, (_, h) => h);
+    const f32 = convertBytes(Buffer.from(all.buffer), 'F16', 'F32');
+    f16Table = new Uint32Array(f32.buffer, f32.byteOffset, 65536);
+  }
+  return f16Table;
+}
+
+/** Prompts packed one after another into runs of at most `budget` tokens (a longer prompt runs alone). */
+function packs(seqs: Sequence[], budget: number): number[][] {
+  const out: number[][] = [];
+  let cur: number[] = [], tokens = 0;
+  for (const [i, s] of seqs.entries()) {
+    if (cur.length > 0 && tokens + s.ids.length > budget) {
+      out.push(cur);
+      cur = [];
+      tokens = 0;
+    }
+    cur.push(i);
+    tokens += s.ids.length;
+  }
+  if (cur.length > 0) out.push(cur);
+  return out;
+}
+
+/** RoPE tables, mask and attention gate of a pack: each prompt at positions 0..T-1, seeing only itself. */
+function packInputs(cfg: ModelConfig, seqs: Sequence[]): Record<string, ReturnType<typeof floatTensor>> {
+  const N = seqs.reduce((a, s) => a + s.ids.length, 0);
+  const D = cfg.headDim;
+  const cos = new Float32Array(N * D), sin = new Float32Array(N * D);
+  const mask = new Float32Array(N * N).fill(-Infinity);
+  const gate = new Float32Array(N);
+  let at = 0;
+  for (const s of seqs) {
+    const T = s.ids.length;
+    const r = ropeTables(cfg, T); // per prompt: dynamic NTK scaling depends on its length
+    cos.set(r.cos, at * D);
+    sin.set(r.sin, at * D);
+    // The pad state has no attention term; any finite mask keeps its (discarded) softmax finite.
+    const own = s.attnGate ? attentionMask(T, cfg.slidingWindow) : new Float32Array(T * T);
+    for (let i = 0; i < T; i++) mask.set(own.subarray(i * T, (i + 1) * T), (at + i) * N + at);
+    gate.fill(s.attnGate, at, at + T);
+    at += T;
+  }
+  return {
+    [LAYER_INPUTS.cos]: floatTensor(cos, [N, D]),
+    [LAYER_INPUTS.sin]: floatTensor(sin, [N, D]),
+    [LAYER_INPUTS.mask]: floatTensor(mask, [N, N]),
+    [LAYER_INPUTS.gate]: floatTensor(gate, [N, 1]),
+  };
+}
+
+/**
+ * Runs the sequences layer by layer: one session per distinct layer shape (the weights are inputs), every
+ * pack of prompts through it in one run each, while the next layer's weights are read. Only two layers'
+ * weights are held, and nothing is written beside the model. Calls `visit` for entries 0..upTo.
  */
 async function runLayers(m: Model, seqs: Sequence[], upTo: number, opts: ForwardOptions, visit: Visit): Promise<void> {
   const { cfg } = m;
@@ -126,7 +186,7 @@ async function runLayers(m: Model, seqs: Sequence[], upTo: number, opts: Forward
   }
   if (seqs.length === 0) return;
   // Names, dtypes and shapes of every layer are checked before any layer runs.
-  for (let l = 0; l < cfg.numLayers; l++) planLayerTensors(cfg, m.weights, l);
+  const layers = Array.from({ length: cfg.numLayers }, (_, l) => planLayerTensors(cfg, m.weights, l));
   const rows = await embedRows(m, seqs.flatMap((s) => s.ids));
   let states: Float32Array[] = seqs.map((s) => {
     const h = new Float32Array(s.ids.length * H);
@@ -134,44 +194,56 @@ async function runLayers(m: Model, seqs: Sequence[], upTo: number, opts: Forward
     return h;
   });
   states.forEach((h, i) => visit(i, 0, h));
+  if (upTo === 0) return;
   const settings: SessionSettings = { device: opts.device ?? 'cpu', threads: opts.threads ?? 2 };
-  const inputsByLen = new Map<string, Record<string, ReturnType<typeof floatTensor>>>();
-  const fixedInputs = (T: number, gate: 0 | 1) => {
-    const key = `${T}:${gate}`;
-    let r = inputsByLen.get(key);
-    if (!r) {
-      const { cos, sin } = ropeTables(cfg, T);
-      // The pad state has no attention term; any finite mask keeps its (discarded) softmax finite.
-      const mask = gate ? attentionMask(T, cfg.slidingWindow) : new Float32Array(T * T);
-      r = {
-        [LAYER_INPUTS.cos]: floatTensor(cos, [T, cfg.headDim]),
-        [LAYER_INPUTS.sin]: floatTensor(sin, [T, cfg.headDim]),
-        [LAYER_INPUTS.mask]: floatTensor(mask, [T, T]),
-        [LAYER_INPUTS.gate]: floatTensor(new Float32Array(T).fill(gate), [T, 1]),
-      };
-      inputsByLen.set(key, r);
-    }
-    return r;
-  };
-  for (let layer = 0; layer < upTo; layer++) {
-    const { session, weights } = await layerSession(m, layer, settings, opts.weights ?? 'auto');
-    try {
-      const next: Float32Array[] = [];
-      for (const [i, s] of seqs.entries()) {
-        const T = s.ids.length;
-        const feeds = { ...fixedInputs(T, s.attnGate), [LAYER_INPUTS.hidden]: floatTensor(states[i]!, [T, H]) };
-        const out = await session.run(feeds);
-        const t = out[LAYER_OUTPUT]!;
-        // Copy out of ORT's buffer, then free the native tensor now rather than at GC.
-        next.push(new Float32Array(t.data as Float32Array));
-        t.dispose();
-        visit(i, layer + 1, next[i]!);
-        opts.onProgress?.({ layer, layers: upTo, promptsDone: i + 1, prompts: seqs.length, weights });
+  const groups = packs(seqs, Math.max(1, opts.packTokens ?? 1024));
+  const fixed = groups.map((g) => packInputs(cfg, g.map((i) => seqs[i]!)));
+  const sessions = new Map<string, Session>();
+  try {
+    const pools: BufferPool[] = [new Map(), new Map()];
+    let next = layerFeeds(layers[0]!, pools[0]!);
+    for (let layer = 0; layer < upTo; layer++) {
+      const weights = await next;
+      // Read the next layer's weights while this one runs.
+      if (layer + 1 < upTo) {
+        next = layerFeeds(layers[layer + 1]!, pools[(layer + 1) % 2]!);
+        next.catch(() => undefined); // awaited next round; a failure now must not go unhandled
       }
-      states = next;
-    } finally {
-      await session.release();
+      const key = layerSignature(layers[layer]!);
+      let session = sessions.get(key);
+      if (!session) {
+        session = await sessionFromBytes(encodeModel(buildLayerModel(cfg, layers[layer]!)), settings);
+        sessions.set(key, session);
+      }
+      const out: Float32Array[] = new Array(seqs.length);
+      let done = 0;
+      for (const [g, members] of groups.entries()) {
+        const N = members.reduce((a, i) => a + seqs[i]!.ids.length, 0);
+        const hidden = new Float32Array(N * H);
+        let at = 0;
+        for (const i of members) {
+          hidden.set(states[i]!, at * H);
+          at += seqs[i]!.ids.length;
+        }
+        const result = await session.run({ ...weights, ...fixed[g]!, [LAYER_INPUTS.hidden]: floatTensor(hidden, [N, H]) });
+        const t = result[LAYER_OUTPUT]!;
+        const data = t.data as Float32Array;
+        at = 0;
+        for (const i of members) {
+          const T = seqs[i]!.ids.length;
+          // Copy out of ORT's buffer, then free the native tensor now rather than at GC.
+          out[i] = data.slice(at * H, (at + T) * H);
+          at += T;
+        }
+        t.dispose();
+        for (const i of members) visit(i, layer + 1, out[i]!);
+        done += members.length;
+        opts.onProgress?.({ layer, layers: upTo, promptsDone: done, prompts: seqs.length });
+      }
+      states = out;
     }
+  } finally {
+    for (const s of sessions.values()) await s.release();
   }
 }
 
@@ -180,7 +252,7 @@ function checkPrompts(prompts: number[][]): void {
 }
 
 /**
- * Per prompt (token ids, run one at a time at positions 0..T-1, no padding) and per layer input
+ * Per prompt (token ids, each at positions 0..T-1, no padding; prompts are packed but never see each other) and per layer input
  * l = 0..L-1 (0 = embeddings, l = output of layer l-1): the last token's state, the sum over tokens,
  * and the token count. The last layer itself never runs: the reference drops its output (spec 2.2).
  */

@@ -47,7 +47,16 @@ export interface PlanTensor {
   dtype: string;
   shape: number[];
   parts: PlanPart[];
+  /**
+   * What the tensor's bytes change with, so the grouped shard order keeps each group in shards of its own:
+   * 'router' (gates, Qwen's shared_expert_gate), 'base', 'expert/<i>', 'shared/<i>', 'experts' (fused stacks).
+   */
+  group: string;
 }
+
+/** 'grouped': routers, then base, then each expert, each group in shards of its own; 'reference': the reference's split. */
+export type ShardOrder = 'grouped' | 'reference';
+export const SHARD_ORDERS: readonly ShardOrder[] = ['grouped', 'reference'];
 
 export interface PlanModel {
   key: string;
@@ -70,5 +79,6 @@ export interface MergePlan {
   models: PlanModel[];
   tensors: PlanTensor[];
   maxShardBytes: number;
+  shardOrder: ShardOrder;
   warnings: string[];
 }

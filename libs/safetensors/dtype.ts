@@ -147,46 +147,65 @@ function u32View(buf: Buffer): Uint32Array {
   return new Uint32Array(b.buffer, b.byteOffset, b.byteLength / 4);
 }
 
+const tables = new Map<string, Uint16Array>();
+/** Every 16-bit value's conversion (128 KiB, built once per pair): the cast becomes one lookup per element. */
+function table16(from: 'BF16' | 'F16', to: 'BF16' | 'F16'): Uint16Array {
+  const key = `${from}>${to}`;
+  let t = tables.get(key);
+  if (!t) {
+    t = new Uint16Array(65536);
+    const f16 = f16Table();
+    for (let h = 0; h < 65536; h++) t[h] = from === 'BF16' ? f32BitsToF16(h << 16) : f32BitsToBf16(f16[h]!);
+    tables.set(key, t);
+  }
+  return t;
+}
+
 /**
- * Convert raw little-endian bytes between float dtypes with integer bit operations on typed arrays
- * (the bulk of a merge's casts). Round to nearest even; NaN and infinities kept.
+ * Convert raw little-endian bytes between float dtypes with integer operations on typed arrays (the bulk
+ * of a merge's casts): 16-bit to 16-bit by table lookup, the rest in tight loops without calls. Round to
+ * nearest even; NaN and infinities kept.
  */
 export function convertBytes(buf: Buffer, from: string, to: FloatDtype): Buffer {
   if (from === to) return buf;
   const n = buf.length / dtypeSize(from);
   const out = Buffer.allocUnsafeSlow(n * dtypeSize(to));
-  if (from === 'F32' && to !== 'F32') {
+  if (from === 'F32' && to === 'BF16') {
+    f32ToBf16Loop(u32View(buf), u16View(out), n);
+    return out;
+  }
+  if (from === 'F32' && to === 'F16') {
     const src = u32View(buf);
     const dst = u16View(out);
-    if (to === 'BF16') for (let i = 0; i < n; i++) dst[i] = f32BitsToBf16(src[i]!);
-    else for (let i = 0; i < n; i++) dst[i] = f32BitsToF16(src[i]!);
+    for (let i = 0; i < n; i++) dst[i] = f32BitsToF16(src[i]!);
     return out;
   }
-  if (from === 'BF16') {
+  if ((from === 'BF16' || from === 'F16') && to === 'F32') {
     const src = u16View(buf);
-    if (to === 'F32') {
-      const dst = u32View(out);
-      for (let i = 0; i < n; i++) dst[i] = src[i]! << 16;
-    } else {
-      const dst = u16View(out);
-      for (let i = 0; i < n; i++) dst[i] = f32BitsToF16(src[i]! << 16);
-    }
+    const dst = u32View(out);
+    if (from === 'BF16') for (let i = 0; i < n; i++) dst[i] = src[i]! << 16;
+    else lookupLoop(src, dst, f16Table(), n);
     return out;
   }
-  if (from === 'F16') {
-    const src = u16View(buf);
-    const table = f16Table();
-    if (to === 'F32') {
-      const dst = u32View(out);
-      for (let i = 0; i < n; i++) dst[i] = table[src[i]!]!;
-    } else {
-      const dst = u16View(out);
-      for (let i = 0; i < n; i++) dst[i] = f32BitsToBf16(table[src[i]!]!);
-    }
+  if ((from === 'BF16' || from === 'F16') && (to === 'BF16' || to === 'F16')) {
+    lookupLoop(u16View(buf), u16View(out), table16(from, to), n);
     return out;
   }
   return encodeFloats(decodeFloats(buf, from), to);
 }
+
+function lookupLoop(src: Uint16Array, dst: Uint16Array | Uint32Array, table: Uint16Array | Uint32Array, n: number): void {
+  for (let i = 0; i < n; i++) dst[i] = table[src[i]!]!;
+}
+
+function f32ToBf16Loop(src: Uint32Array, dst: Uint16Array, n: number): void {
+  for (let i = 0; i < n; i++) {
+    const b = src[i]!;
+    // NaN keeps its sign and becomes quiet; everything else rounds to nearest even (inf stays inf).
+    dst[i] = (b & 0x7fffffff) > 0x7f800000 ? ((b >>> 16) | 0x40) & 0xffff : ((b + 0x7fff + ((b >>> 16) & 1)) >>> 16) & 0xffff;
+  }
+}
+
 function f32BitsToBf16(b: number): number {
   if ((b & 0x7fffffff) > 0x7f800000) return ((b >>> 16) | 0x40) & 0xffff;
   return ((b + 0x7fff + ((b >>> 16) & 1)) >>> 16) & 0xffff;

@@ -7,6 +7,8 @@ export interface OutputTensorSpec {
   name: string;
   dtype: string;
   shape: number[];
+  /** Tensors of one group change together; the grouped order gives each group shards of its own. */
+  group?: string;
 }
 
 export interface ShardPlan {
@@ -21,26 +23,45 @@ export function tensorBytes(t: OutputTensorSpec): number {
 }
 
 /**
- * The reference's shard rule: tensors in write order; before adding one, flush if the shard is non-empty
- * and would exceed `maxShardBytes` (so an oversized tensor gets a shard of its own). One shard is named
- * model.safetensors, several model-0000i-of-0000N.safetensors.
+ * Shard split. 'reference': the reference's rule, tensors in write order; before adding one, flush if the shard
+ * is non-empty and would exceed `maxShardBytes` (so an oversized tensor gets a shard of its own).
+ * 'grouped': the same rule per group, each group starting a new shard: the routers first, then the base's
+ * tensors, then each other group in order of first appearance, so an edit rewrites only the shards of the
+ * groups it changes. One shard is named model.safetensors, several model-0000i-of-0000N.safetensors.
  */
-export function planShards(tensors: OutputTensorSpec[], maxShardBytes: number): ShardPlan[] {
+export function planShards(tensors: OutputTensorSpec[], maxShardBytes: number, order: 'grouped' | 'reference' = 'reference'): ShardPlan[] {
   const groups: { tensors: OutputTensorSpec[]; bytes: number }[] = [];
   let cur: { tensors: OutputTensorSpec[]; bytes: number } = { tensors: [], bytes: 0 };
-  for (const t of tensors) {
-    const b = tensorBytes(t);
-    if (cur.tensors.length > 0 && maxShardBytes > 0 && cur.bytes + b > maxShardBytes) {
-      groups.push(cur);
-      cur = { tensors: [], bytes: 0 };
+  const flush = () => {
+    if (cur.tensors.length > 0) groups.push(cur);
+    cur = { tensors: [], bytes: 0 };
+  };
+  const ordered = order === 'grouped' ? groupedOrder(tensors) : [tensors];
+  for (const run of ordered) {
+    flush();
+    for (const t of run) {
+      const b = tensorBytes(t);
+      if (cur.tensors.length > 0 && maxShardBytes > 0 && cur.bytes + b > maxShardBytes) flush();
+      cur.tensors.push(t);
+      cur.bytes += b;
     }
-    cur.tensors.push(t);
-    cur.bytes += b;
   }
   if (cur.tensors.length > 0 || groups.length === 0) groups.push(cur);
   const n = groups.length;
   const pad = (i: number) => String(i).padStart(5, '0');
   return groups.map((g, i) => ({ ...g, file: n === 1 ? 'model.safetensors' : `model-${pad(i + 1)}-of-${pad(n)}.safetensors` }));
+}
+
+/** Tensors by group (write order kept inside each): 'router', 'base', then the rest as they first appear. */
+function groupedOrder(tensors: OutputTensorSpec[]): OutputTensorSpec[][] {
+  const byGroup = new Map<string, OutputTensorSpec[]>([['router', []], ['base', []]]);
+  for (const t of tensors) {
+    const g = t.group ?? 'base';
+    let list = byGroup.get(g);
+    if (!list) byGroup.set(g, (list = []));
+    list.push(t);
+  }
+  return [...byGroup.values()].filter((l) => l.length > 0);
 }
 
 /** Header bytes (length prefix + JSON padded with spaces to a multiple of 8). */
@@ -64,7 +85,8 @@ export type TensorProducer = (t: OutputTensorSpec) => AsyncIterable<Buffer> | It
 
 /**
  * Writes one shard, a tensor at a time: the header is known up front from the plan, then each tensor's
- * bytes are pulled from `produce` in chunks and appended. Memory is bounded by the producer's chunks.
+ * bytes are pulled from `produce` in chunks and appended. The next chunk is produced (read, cast) while the
+ * current one is written, across tensor boundaries too; memory is bounded by two of the producer's chunks.
  */
 export async function writeShard(path: string, tensors: OutputTensorSpec[], produce: TensorProducer): Promise<number> {
   const fh = await open(path, 'w');
@@ -72,27 +94,41 @@ export async function writeShard(path: string, tensors: OutputTensorSpec[], prod
     const header = encodeHeader(tensors);
     await fh.write(header, 0, header.length, 0);
     let pos = header.length;
-    for (const t of tensors) {
-      const expected = tensorBytes(t);
-      let got = 0;
-      for await (const chunk of produce(t)) {
-        got += chunk.length;
-        if (got > expected) break;
-        let done = 0;
-        while (done < chunk.length) {
-          const { bytesWritten } = await fh.write(chunk, done, chunk.length - done, pos);
-          done += bytesWritten;
-          pos += bytesWritten;
-        }
-      }
-      if (got !== expected) {
-        throw new SafetensorsError('size_mismatch', `produced ${got} bytes, expected ${expected} for ${t.dtype} [${t.shape.join(', ')}]`, { file: path, tensor: t.name });
+    const it = checkedChunks(path, tensors, produce)[Symbol.asyncIterator]();
+    let next = it.next();
+    for (;;) {
+      const r = await next;
+      if (r.done) break;
+      next = it.next();
+      next.catch(() => undefined); // awaited next round; a failure during this write must not go unhandled
+      const chunk = r.value;
+      let done = 0;
+      while (done < chunk.length) {
+        const { bytesWritten } = await fh.write(chunk, done, chunk.length - done, pos);
+        done += bytesWritten;
+        pos += bytesWritten;
       }
     }
     await fh.sync();
     return pos;
   } finally {
     await fh.close();
+  }
+}
+
+/** Every tensor's chunks in order, each tensor checked to produce exactly its planned byte count. */
+async function* checkedChunks(path: string, tensors: OutputTensorSpec[], produce: TensorProducer): AsyncGenerator<Buffer> {
+  for (const t of tensors) {
+    const expected = tensorBytes(t);
+    let got = 0;
+    for await (const chunk of produce(t)) {
+      got += chunk.length;
+      if (got > expected) break;
+      if (chunk.length > 0) yield chunk;
+    }
+    if (got !== expected) {
+      throw new SafetensorsError('size_mismatch', `produced ${got} bytes, expected ${expected} for ${t.dtype} [${t.shape.join(', ')}]`, { file: path, tensor: t.name });
+    }
   }
 }
 

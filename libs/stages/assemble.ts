@@ -3,7 +3,7 @@ import { isAbsolute, join } from 'node:path';
 import { hubCacheDir } from '../resolve/settings';
 import { localPath, portablePath, relativeToModel, type PathRoots } from './portable';
 import { createHash } from 'node:crypto';
-import type { MergePlan } from '../plan/types';
+import type { MergePlan, ShardOrder } from '../plan/types';
 import type { MergeContext } from './context';
 import type { GateTensor } from '../gates';
 import { writeGates } from './build-gates';
@@ -13,6 +13,8 @@ import { assignTorchNoise, torchStateAfterGates } from './noise';
 
 export interface AssembleOptions {
   maxShardBytes: number;
+  /** Default 'grouped'. */
+  shardOrder?: ShardOrder;
   extraWarnings?: string[];
   /** Router weights; saved beside the plan so the write stage reads one stage's output. */
   gates?: GateTensor;
@@ -56,6 +58,7 @@ export async function runAssemble(merge: MergeContext, outDir: string, opts: Ass
       .map((m) => ({ key: m.key, ref: m.ref, dir: m.dir, ...(m.contentId ? { contentId: m.contentId } : {}) })),
     tensors,
     maxShardBytes: opts.maxShardBytes,
+    shardOrder: opts.shardOrder ?? 'grouped',
     warnings: [...merge.warnings, ...(opts.extraWarnings ?? [])],
   };
   await mkdir(outDir, { recursive: true });

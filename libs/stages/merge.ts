@@ -11,6 +11,7 @@ import { runAssemble } from './assemble';
 import { runWrite, type WriteResult } from './write';
 import { progressReporter } from './progress';
 import { CACHE_ENV } from '../cache';
+import type { ShardOrder } from '../plan/types';
 import { homedir } from 'node:os';
 import type { RngKind } from '../architectures/types';
 import { isAbsolute, resolve } from 'node:path';
@@ -33,6 +34,8 @@ export interface MergeOptions {
   /** `torch`: random routers and noise as the reference draws them (PyTorch's CPU generator). */
   rng?: RngKind;
   maxShardBytes?: number;
+  /** 'grouped' (default): routers, base and each expert in shards of their own; 'reference': the reference's split. */
+  shardOrder?: ShardOrder;
   allowIdenticalModels?: boolean;
   copyTokenizer?: boolean;
   /** Write mergekit_moe_config.yml (the reference's --write-model-card). */
@@ -64,7 +67,7 @@ export async function mergeRecipe(opts: MergeOptions): Promise<WriteResult> {
     await runEmbedPrompts(merge, join(work, 'embed-prompts'), { cacheDir, device: opts.device, log: opts.log, warn: opts.warn, debug: opts.debug, progress: progressReporter('prompt states') });
     await runBuildGates(merge, join(work, 'embed-prompts'), join(work, 'build-gates'));
     const { gates, warnings } = await gatesForAssembly(merge, join(work, 'build-gates'));
-    const plan = await runAssemble(merge, join(work, 'assemble-experts'), { maxShardBytes: opts.maxShardBytes ?? DEFAULT_SHARD_BYTES, extraWarnings: warnings, gates });
+    const plan = await runAssemble(merge, join(work, 'assemble-experts'), { maxShardBytes: opts.maxShardBytes ?? DEFAULT_SHARD_BYTES, shardOrder: opts.shardOrder, extraWarnings: warnings, gates });
     for (const w of plan.warnings) opts.warn?.(w);
     return await runWrite(plan, {
       outPath: opts.outPath,

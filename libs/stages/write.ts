@@ -206,8 +206,8 @@ export async function runWrite(plan: MergePlan, opts: WriteOptions): Promise<Wri
     // Files the user added to a folder we wrote (notes, checkpoints) move into the new folder.
     if (existing) keep = userEntries(out, existing);
   }
-  const specs: OutputTensorSpec[] = plan.tensors.map((t) => ({ name: t.name, dtype: t.dtype, shape: t.shape }));
-  const shards = planShards(specs, plan.maxShardBytes);
+  const specs: OutputTensorSpec[] = plan.tensors.map((t) => ({ name: t.name, dtype: t.dtype, shape: t.shape, group: t.group }));
+  const shards = planShards(specs, plan.maxShardBytes, plan.shardOrder ?? 'reference');
   const byName = new Map(plan.tensors.map((t) => [t.name, t]));
   const shardHashes: Record<string, string> = {};
   const reusable = (file: string) => existing?.shards?.[file] === shardHashes[file];

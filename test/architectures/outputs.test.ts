@@ -282,8 +282,8 @@ async function check(c: Case, gate: string) {
   writeFileSync(recipeFile, recipeYaml({ base, experts, shared: c.shared ? shared : undefined, gate, topK: c.topK, dtype: c.dtype }));
   const out = join(dir, `out${runs++}`);
   const warnings: string[] = [];
-  // One tensor per shard, so the index's weight_map records the write order.
-  await mergeRecipe({ recipeFile, outPath: out, modelBaseDir: dir, layout: c.layout, maxShardBytes: 1, seed: 7, warn: (w) => warnings.push(w) });
+  // One tensor per shard in the reference's order, so the index's weight_map records the write order.
+  await mergeRecipe({ recipeFile, outPath: out, modelBaseDir: dir, layout: c.layout, maxShardBytes: 1, shardOrder: 'reference', seed: 7, warn: (w) => warnings.push(w) });
   const label = `${c.arch}${c.layout ? ' fused' : ''} (${gate})`;
   // The reference's power-of-two warning is out of date (llama.cpp runs 3-expert Mixtral and Qwen3-MoE).
   assert.ok(!warnings.some((w) => /power of two/.test(w)), `${label}: no power-of-two warning`);

@@ -4,6 +4,7 @@ import assert from 'node:assert/strict';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { mergeRecipe } from '../../libs/stages/merge';
+import { weightSplit } from '../helpers/manifest';
 import { loadTokenizer } from '../../libs/tokenizer';
 import { readAll, recipeYaml, tinyFamilyModel } from '../helpers/arch-models';
 import { TINY, tempDir } from '../helpers/tmp';
@@ -58,6 +59,13 @@ test('shared_expert_gate [1, H] is the shared expert\'s own gate row; noise and 
     for (let k = 0; k < H; k++) assert.ok(Math.abs(g.values[k]! - sum[k]! / norm) < 1e-6, `layer ${l} shared gate [${k}]`);
     assert.deepEqual(t.get(`model.layers.${l}.mlp.gate.weight`)!.shape, [2, H]);
   }
+  // Grouped shards: the routers, shared_expert_gate included, alone in the first shard; the shared expert in its own.
+  const split = weightSplit(out);
+  const files = Object.keys(split);
+  assert.deepEqual(split[files[0]!]!.sort(), [0, 1].flatMap((l) => [`model.layers.${l}.mlp.gate.weight`, `model.layers.${l}.mlp.shared_expert_gate.weight`]));
+  const sharedShard = files.filter((f) => split[f]!.some((n) => n.includes('.shared_expert.')));
+  assert.equal(sharedShard.length, 1);
+  assert.ok(split[sharedShard[0]!]!.every((n) => n.includes('.shared_expert.')), 'the shared expert\'s shard holds only its tensors');
 
   // noise_scale 0.01 on every projection, then ×2 on down_proj only.
   for (const proj of ['gate_proj', 'up_proj', 'down_proj']) {

@@ -22,7 +22,7 @@ for (const family of FAMILIES) {
       assert.deepEqual(ids[i], await ref.i64(`p${i}.input_ids`));
     }
     // Read-only fixtures in a real install: embed the weights (the external path is tested elsewhere).
-    const states = await computeAllHiddenStates(model, ids, { weights: 'memory' });
+    const states = await computeAllHiddenStates(model, ids);
     const H = 64;
     for (let i = 0; i < 3; i++) {
       const want = await ref.f32(`p${i}.hidden_states`);
@@ -33,7 +33,7 @@ for (const family of FAMILIES) {
         assert.ok(d < 1e-4, `prompt ${i} entry ${e}: max abs diff ${d}`);
       }
     }
-    const reduced = await computePromptStates(model, ids, { weights: 'memory' });
+    const reduced = await computePromptStates(model, ids);
     for (let i = 0; i < 3; i++) {
       const want = await ref.f32(`p${i}.hidden_states`);
       const T = ids[i]!.length;

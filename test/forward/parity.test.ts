@@ -31,7 +31,7 @@ test('mixtral-hidden parity: ids, and every real token of the left-padded batche
   for (const { key, set } of sets) {
     const ids = set.prompts.map((p) => tok.encodePrompt(p));
     assert.deepEqual(ids, set.ids_unpadded, key);
-    const ours = await computeAllHiddenStates(BASE, ids, { weights: 'memory' });
+    const ours = await computeAllHiddenStates(BASE, ids);
     const want = await ref.f32(`${key}.hidden_states.float32`);
     const [E, B, T] = ref.shape(`${key}.hidden_states.float32`) as [number, number, number, number];
     assert.equal(E, L + 1);
@@ -50,13 +50,13 @@ test('mixtral-hidden parity: ids, and every real token of the left-padded batche
 
 test('pad state equals the reference pad positions, and per-prompt sums reproduce the padded mean (hidden_avg)', async () => {
   const { sets, ref } = await load();
-  const pad = await computePadStates(BASE, 0, { weights: 'memory' });
+  const pad = await computePadStates(BASE, 0);
   assert.equal(pad.length, L);
   let padPositions = 0;
   for (const { key, set } of sets) {
     const want = await ref.f32(`${key}.hidden_states.float32`);
     const [, B, T] = ref.shape(`${key}.hidden_states.float32`) as [number, number, number, number];
-    const states = await computePromptStates(BASE, set.ids_unpadded, { weights: 'memory' });
+    const states = await computePromptStates(BASE, set.ids_unpadded);
     for (let b = 0; b < B; b++) {
       const n = set.ids_unpadded[b]!.length;
       for (let l = 0; l < L; l++) {
@@ -81,7 +81,7 @@ test('pad state equals the reference pad positions, and per-prompt sums reproduc
 test('mean of the last-token states equals the reference gatevec_last', async () => {
   const { sets, ref } = await load();
   for (const { key, set } of sets) {
-    const states = await computePromptStates(BASE, set.ids_unpadded, { weights: 'memory' });
+    const states = await computePromptStates(BASE, set.ids_unpadded);
     const want = await ref.f32(`${key}.gatevec_last.float32`);
     for (let l = 0; l < L; l++) {
       const mean = new Float64Array(H);

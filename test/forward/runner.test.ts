@@ -1,36 +1,90 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
-import { availableBackends, computePromptStates, type ForwardProgress } from '../../libs/forward';
+import { cpSync, mkdtempSync, rmSync } from 'node:fs';
+import { SafetensorsWeights, convertBytes, readTensorBytes, writeShard } from '../../libs/safetensors';
+import { tmpdir } from 'node:os';
+import { writeTinyModel } from '../../tools/testing/tiny-models';
+import { availableBackends, computeAllHiddenStates, computePromptStates, type ForwardProgress } from '../../libs/forward';
 import { ForgeError } from '../../libs/errors';
 import { FIXTURES } from '../helpers/forward-fixtures';
 import { maxAbsDiff } from '../helpers/forward-reference';
 
 const TINY_A = join(FIXTURES, 'tiny-llama', 'tiny-a');
 
-test('progress reports each prompt of each layer that runs (L-1 of them: the last output is not a layer input)', async () => {
+test('progress reports each layer that runs (L-1 of them: the last output is not a layer input), per pack of prompts', async () => {
   const seen: ForwardProgress[] = [];
-  const states = await computePromptStates(TINY_A, [[0, 5, 6], [0, 9]], { weights: 'memory', onProgress: (p) => seen.push(p) });
-  assert.deepEqual(seen, [
-    { layer: 0, layers: 1, promptsDone: 1, prompts: 2, weights: 'memory' },
-    { layer: 0, layers: 1, promptsDone: 2, prompts: 2, weights: 'memory' },
-  ]);
+  const states = await computePromptStates(TINY_A, [[0, 5, 6], [0, 9]], { onProgress: (p) => seen.push(p) });
+  assert.deepEqual(seen, [{ layer: 0, layers: 1, promptsDone: 2, prompts: 2 }]);
   assert.equal(states.length, 2);
   assert.equal(states[0]!.length, 2);
   assert.equal(states[1]![0]!.count, 2);
   assert.equal(states[1]![0]!.last.length, 64);
+  seen.length = 0;
+  await computePromptStates(TINY_A, [[0, 5, 6], [0, 9]], { onProgress: (p) => seen.push(p), packTokens: 1 });
+  assert.deepEqual(seen.map((p) => p.promptsDone), [1, 2], 'one prompt at a time');
+});
+
+test('packed prompts give the states of prompts run one at a time (within 1e-5), sliding window and dynamic RoPE included', async () => {
+  const prompts = [[0, 42, 506, 359, 81, 393, 7, 7, 12], [0, 9], [0, 300, 301], [0, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15]];
+  const dir = mkdtempSync(join(tmpdir(), 'moe-forge-pack-'));
+  try {
+    const models = [TINY_A];
+    for (const [name, extra] of [['window', { slidingWindow: 4 }], ['dynamic', { ropeScaling: { rope_type: 'dynamic', factor: 2, original_max_position_embeddings: 8 }, dtype: 'BF16' }]] as const) {
+      await writeTinyModel(join(dir, name), { modelType: name === 'window' ? 'mistral' : 'llama', hidden: 32, layers: 3, heads: 4, kvHeads: 2, intermediate: 48, vocab: 512, ...extra });
+      models.push(join(dir, name));
+    }
+    for (const model of models) {
+      const alone = await computeAllHiddenStates(model, prompts, { packTokens: 1 });
+      for (const budget of [1024, 12]) {
+        const packed = await computeAllHiddenStates(model, prompts, { packTokens: budget });
+        for (let p = 0; p < prompts.length; p++) {
+          for (let e = 0; e < alone[p]!.length; e++) {
+            const d = maxAbsDiff(packed[p]![e]!, alone[p]![e]!);
+            assert.ok(d <= 1e-5, `${model} prompt ${p} entry ${e} (budget ${budget}): ${d}`);
+          }
+        }
+      }
+    }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('bf16 and f16 weights give exactly the states of their float32 values', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'moe-forge-dtypes-'));
+  try {
+    for (const dtype of ['BF16', 'F16'] as const) {
+      const narrow = join(dir, dtype);
+      await writeTinyModel(narrow, { modelType: 'qwen2', hidden: 32, layers: 3, heads: 4, kvHeads: 2, intermediate: 48, vocab: 512, dtype });
+      // The same values widened to float32, written as a float32 model.
+      const wide = join(dir, `${dtype}-as-F32`);
+      cpSync(narrow, wide, { recursive: true });
+      const w = await SafetensorsWeights.openFolder(narrow);
+      const specs = w.names().map((name) => ({ name, dtype: 'F32', shape: w.get(name).shape }));
+      await writeShard(join(wide, 'model.safetensors'), specs, async function* (t) {
+        yield convertBytes(await readTensorBytes(w.get(t.name)), dtype, 'F32');
+      });
+      const ids = [[0, 42, 506, 359, 81], [0, 9]];
+      const a = await computeAllHiddenStates(narrow, ids);
+      const b = await computeAllHiddenStates(wide, ids);
+      for (let p = 0; p < ids.length; p++) for (let e = 0; e < a[p]!.length; e++) assert.equal(maxAbsDiff(a[p]![e]!, b[p]![e]!), 0, `${dtype} prompt ${p} entry ${e}`);
+    }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 });
 
 test('no prompts: one empty result per prompt, no session', async () => {
-  assert.deepEqual(await computePromptStates(TINY_A, [], { weights: 'memory' }), []);
+  assert.deepEqual(await computePromptStates(TINY_A, []), []);
 });
 
 test('webgpu, where bundled: either it runs and agrees with the CPU, or it fails as a ForgeError naming the device', async (t) => {
   if (!availableBackends().includes('webgpu')) return t.skip('webgpu not bundled on this platform');
   const ids = [[0, 42, 506, 359, 81]];
-  const cpu = await computePromptStates(TINY_A, ids, { weights: 'memory' });
+  const cpu = await computePromptStates(TINY_A, ids);
   try {
-    const gpu = await computePromptStates(TINY_A, ids, { weights: 'memory', device: 'webgpu' });
+    const gpu = await computePromptStates(TINY_A, ids, { device: 'webgpu' });
     assert.ok(maxAbsDiff(gpu[0]![1]!.last, cpu[0]![1]!.last) < 1e-3);
   } catch (e) {
     assert.ok(e instanceof ForgeError, String(e));

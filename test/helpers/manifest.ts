@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { readFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import assert from 'node:assert/strict';
 import { SafetensorsWeights, readTensorBytes, decodeFloats } from '../../libs/safetensors';
@@ -45,5 +45,25 @@ export async function assertMatchesManifest(outDir: string, m: Manifest, gateTol
     if (versionKeys.has(k) && (!(k in cfg) || !(k in m.config_json))) continue;
     if (k !== 'transformers_version') assert.deepEqual(cfg[k], m.config_json[k], `config.json key ${k}`);
   }
-  for (const f of m.files) assert.ok(readFileSync(join(outDir, f)), `output has ${f}`);
+  // Weight files follow the shard order (grouped by default, so they differ from the reference's single file).
+  for (const f of m.files.filter((f) => !isWeightFile(f))) assert.ok(readFileSync(join(outDir, f)), `output has ${f}`);
+}
+
+export const isWeightFile = (f: string) => f.endsWith('.safetensors') || f === 'model.safetensors.index.json';
+
+/** Weight files of an output folder, and which tensors each holds (through the index when there is one). */
+export function weightSplit(outDir: string): Record<string, string[]> {
+  const files = readdirSync(outDir).filter((f) => f.endsWith('.safetensors')).sort();
+  if (!existsSync(join(outDir, 'model.safetensors.index.json'))) return Object.fromEntries(files.map((f) => [f, tensorNames(join(outDir, f))]));
+  const map = JSON.parse(readFileSync(join(outDir, 'model.safetensors.index.json'), 'utf8')).weight_map as Record<string, string>;
+  const out: Record<string, string[]> = Object.fromEntries(files.map((f) => [f, []]));
+  for (const [name, f] of Object.entries(map)) (out[f] ??= []).push(name);
+  for (const f of files) assert.deepEqual([...out[f]!].sort(), tensorNames(join(outDir, f)).sort(), `${f}: the index and the shard's header agree`);
+  return out;
+}
+
+function tensorNames(file: string): string[] {
+  const b = readFileSync(file);
+  const n = Number(b.readBigUInt64LE(0));
+  return Object.keys(JSON.parse(b.subarray(8, 8 + n).toString('utf8'))).filter((k) => k !== '__metadata__');
 }

@@ -55,7 +55,7 @@ test('an unusable prompt cache (a file where its folder should be) is a warning;
   const r = await mergekitMoe(['hidden.yml', 'out-nocache'], dir, { MOE_FORGE_CACHE: join(dir, 'cache-file') });
   assert.equal(r.exitCode, 0, r.stderr);
   assert.match(r.stderr, /WARNING: the cache .*cache-file cannot be used \(ENOTDIR/);
-  assert.ok(existsSync(join(dir, 'out-nocache', 'model.safetensors')));
+  assert.ok(existsSync(join(dir, 'out-nocache', 'model.safetensors.index.json')));
 });
 
 test('XDG_CACHE_HOME set but empty never puts the cache in the working directory', async () => {

@@ -107,7 +107,7 @@ test('an existing folder we did not write is kept unless --overwrite', async () 
   assert.equal(readFileSync(join(out, 'precious.txt'), 'utf8'), 'keep me');
   const r2 = await mergekitMoe(['moe.yml', 'out', '--overwrite'], d);
   assert.equal(r2.exitCode, 0, r2.stderr);
-  assert.ok(existsSync(join(out, 'model.safetensors')) && !existsSync(join(out, 'precious.txt')));
+  assert.ok(existsSync(join(out, 'model.safetensors.index.json')) && !existsSync(join(out, 'precious.txt')));
   // A folder we wrote is replaced without the flag.
   const r3 = await mergekitMoe(['moe.yml', 'out', '--random-seed', '3'], d);
   assert.equal(r3.exitCode, 0, r3.stderr);

@@ -1,6 +1,6 @@
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { createHash } from 'node:crypto';
 import { join } from 'node:path';
 import { mergeRecipe } from '../../libs/stages/merge';
@@ -31,6 +31,8 @@ const CHAT = '{% for m in messages %}{{ m.content }}{% endfor %}';
 const GEN = '{\n  "eos_token_id": [\n    1,\n    3\n  ],\n  "temperature": 0.7\n}\n';
 
 const sha = (f: string) => createHash('sha256').update(readFileSync(f)).digest('hex');
+/** Every weight file of an output folder, by name and content. */
+const weights = (dir: string) => readdirSync(dir).filter((f) => f.endsWith('.safetensors') || f.endsWith('.index.json')).sort().map((f) => `${f} ${sha(join(dir, f))}`);
 
 test('Hub models: validated from headers before any weight download, then merged from the cache offline', async () => {
   const server = await startHubServer([
@@ -65,13 +67,13 @@ test('Hub models: validated from headers before any weight download, then merged
   // The same merge from local folders gives the same bytes.
   writeFileSync(join(d, 'local.yml'), recipe(TINY('a'), TINY('a'), TINY('b')));
   await mergeRecipe({ recipeFile: join(d, 'local.yml'), outPath: join(d, 'local-out'), modelBaseDir: d, cacheDir: join(d, 'c') });
-  assert.equal(sha(join(out, 'model.safetensors')), sha(join(d, 'local-out', 'model.safetensors')));
+  assert.deepEqual(weights(out), weights(join(d, 'local-out')));
   await server.close();
   closed = true;
   const logs2: string[] = [];
   await mergeRecipe({ recipeFile: join(d, 'good.yml'), outPath: join(d, 'out2'), modelBaseDir: d, cacheDir: join(d, 'c'), env: { ...env, HF_HUB_OFFLINE: '1' }, log: (l) => logs2.push(l) });
   assert.ok(logs2.some((l) => /model org\/tiny-a: cache/.test(l)), logs2.join('\n'));
-  assert.equal(sha(join(d, 'out2', 'model.safetensors')), sha(join(out, 'model.safetensors')));
+  assert.deepEqual(weights(join(d, 'out2')), weights(out));
 });
 
 test('a PyTorch .bin model merges to the same output as its safetensors twin; an unknown global is refused', async () => {
@@ -81,13 +83,13 @@ test('a PyTorch .bin model merges to the same output as its safetensors twin; an
   writeFileSync(join(d, 'st.yml'), recipe(TINY('a'), TINY('a'), TINY('b')));
   await mergeRecipe({ recipeFile: join(d, 'bin.yml'), outPath: join(d, 'bin-out'), modelBaseDir: d, cacheDir: join(d, 'c') });
   await mergeRecipe({ recipeFile: join(d, 'st.yml'), outPath: join(d, 'st-out'), modelBaseDir: d, cacheDir: join(d, 'c') });
-  assert.equal(sha(join(d, 'bin-out', 'model.safetensors')), sha(join(d, 'st-out', 'model.safetensors')));
+  assert.deepEqual(weights(join(d, 'bin-out')), weights(join(d, 'st-out')));
   // Hidden states of a .bin base: the forward pass reads the checkpoint's stored tensors in place too.
   writeFileSync(join(d, 'bin-h.yml'), recipe(bin, bin, TINY('b')).replace('cheap_embed', 'hidden'));
   writeFileSync(join(d, 'st-h.yml'), recipe(TINY('a'), TINY('a'), TINY('b')).replace('cheap_embed', 'hidden'));
   await mergeRecipe({ recipeFile: join(d, 'bin-h.yml'), outPath: join(d, 'bin-h'), modelBaseDir: d, cacheDir: join(d, 'c1') });
   await mergeRecipe({ recipeFile: join(d, 'st-h.yml'), outPath: join(d, 'st-h'), modelBaseDir: d, cacheDir: join(d, 'c2') });
-  assert.equal(sha(join(d, 'bin-h', 'model.safetensors')), sha(join(d, 'st-h', 'model.safetensors')));
+  assert.deepEqual(weights(join(d, 'bin-h')), weights(join(d, 'st-h')));
   const evil = join(FIXTURES, 'tiny-llama-bin', 'unknown-global');
   writeFileSync(join(d, 'evil.yml'), recipe(TINY('a'), evil, TINY('b')));
   await assert.rejects(mergeRecipe({ recipeFile: join(d, 'evil.yml'), outPath: join(d, 'evil-out'), modelBaseDir: d, cacheDir: join(d, 'c') }), /__main__\.NotATensor/);

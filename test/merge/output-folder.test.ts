@@ -38,8 +38,9 @@ function snapshot(d: string): Map<string, string> {
   return out;
 }
 
+// The reference's shard split (one model.safetensors for these tiny models), so the folder's files are simple to follow.
 const merge = (out: string, extra: Partial<Parameters<typeof mergeRecipe>[0]> = {}) =>
-  mergeRecipe({ recipeFile: join(dir, 'moe.yml'), outPath: out, modelBaseDir: dir, cacheDir: join(dir, 'cache'), ...extra });
+  mergeRecipe({ recipeFile: join(dir, 'moe.yml'), outPath: out, modelBaseDir: dir, cacheDir: join(dir, 'cache'), shardOrder: 'reference', ...extra });
 
 /** A pid that existed and is gone now. */
 const deadPid = () => spawnSync(process.execPath, ['-e', '0']).pid!;
@@ -154,8 +155,8 @@ test('a disk without room for the output is refused before writing, naming the d
   const plan: MergePlan = {
     version: 1, architecture: 'Mixtral', layout: 'classic', outDtype: null, config: { model_type: 'mixtral' },
     models: [{ key: 'k', ref: 'base', dir: TINY('a') }],
-    tensors: [{ name: 'zeros', dtype: 'F32', shape: [huge / 4], parts: [{ kind: 'zeros', elements: huge / 4 }] }],
-    maxShardBytes: 0, warnings: [],
+    tensors: [{ name: 'zeros', dtype: 'F32', shape: [huge / 4], parts: [{ kind: 'zeros', elements: huge / 4 }], group: 'base' }],
+    maxShardBytes: 0, shardOrder: 'grouped', warnings: [],
   };
   await assert.rejects(
     runWrite(plan, { outPath: join(d, 'out'), gates: newGates(1, 1, 1), recipeText: 'x: 1\n', tokenizerDir: TINY('a'), copyTokenizer: false, overwrite: false, writeRecipe: false }),

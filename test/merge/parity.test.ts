@@ -19,7 +19,8 @@ test('mergekit-moe reproduces the reference cheap_embed merge (classic layout)',
   const tc = JSON.parse(readFileSync(join(out, 'tokenizer_config.json'), 'utf8'));
   assert.equal(tc.pad_token, '<s>');
   assert.equal(tc.padding_side, 'left');
-  assert.ok(!existsSync(join(out, 'model.safetensors.index.json')));
+  // Grouped shards by default (routers, base, each expert); --shard-order reference gives the single file (shards.test.ts).
+  assert.ok(existsSync(join(out, 'model.safetensors.index.json')));
   const card = readFileSync(join(out, 'README.md'), 'utf8');
   // Local models: no base_model in the front matter (the Hub takes repo ids only); the folders are in the body.
   assert.match(card, /^---\ntags:\n/);

@@ -97,6 +97,39 @@ test('bf16 and f16 conversion round to nearest even', () => {
   assert.deepEqual([...decodeFloats(convertBytes(encodeFloats([0.5, 65504], 'BF16'), 'BF16', 'F16'), 'F16')], [0.5, Infinity]);
 });
 
+test('the bulk casts (tables, loops) agree with the scalar conversions on every 16-bit value and on special floats', () => {
+  const all = Buffer.alloc(65536 * 2);
+  for (let h = 0; h < 65536; h++) all.writeUInt16LE(h, h * 2);
+  const cases: [string, 'F32' | 'F16' | 'BF16', (h: number) => number][] = [
+    ['BF16', 'F16', (h) => f32ToF16Bits(bf16BitsToF32(h))],
+    ['F16', 'BF16', (h) => f32ToBf16Bits(f16BitsToF32(h))],
+  ];
+  for (const [from, to, scalar] of cases) {
+    const out = convertBytes(all, from, to);
+    for (let h = 0; h < 65536; h++) {
+      const want = scalar(h);
+      const got = out.readUInt16LE(h * 2);
+      // NaN payloads may differ; NaN must stay NaN.
+      if (got !== want && !(Number.isNaN(decodeFloats(Buffer.from([want & 0xff, want >> 8]), to)[0]) && Number.isNaN(decodeFloats(out.subarray(h * 2, h * 2 + 2), to)[0]))) {
+        assert.fail(`${from}->${to} of 0x${h.toString(16)}: 0x${got.toString(16)}, expected 0x${want.toString(16)}`);
+      }
+    }
+    const wide = decodeFloats(convertBytes(all, from, 'F32'), 'F32');
+    for (let h = 0; h < 65536; h++) {
+      const want = from === 'BF16' ? bf16BitsToF32(h) : f16BitsToF32(h);
+      if (!Object.is(wide[h], want) && !(Number.isNaN(wide[h]) && Number.isNaN(want))) assert.fail(`${from}->F32 of 0x${h.toString(16)}: ${wide[h]} vs ${want}`);
+    }
+  }
+  const specials = [0, -0, 1, -1, 1 + 2 ** -8, 1 + 3 * 2 ** -9, 3.4e38, -3.4e38, Infinity, -Infinity, NaN, 1e-40, 65504, 65520, 2 ** -24, 2 ** -25];
+  const src = encodeFloats(specials, 'F32');
+  const bf = convertBytes(src, 'F32', 'BF16');
+  const hf = convertBytes(src, 'F32', 'F16');
+  specials.forEach((x, i) => {
+    assert.equal(bf.readUInt16LE(i * 2), f32ToBf16Bits(x), `bf16 of ${x}`);
+    assert.equal(hf.readUInt16LE(i * 2), f32ToF16Bits(x), `f16 of ${x}`);
+  });
+});
+
 test('sharded folders are read through model.safetensors.index.json', async () => {
   const d = tempDir();
   const specs = [{ name: 'x', dtype: 'F32', shape: [2] }, { name: 'y', dtype: 'F32', shape: [2] }];

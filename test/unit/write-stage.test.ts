@@ -18,10 +18,11 @@ const plan = (file: string): MergePlan => ({
   config: { model_type: 'mixtral' },
   models: [{ key: 'k', ref: 'base', dir: TINY('a') }],
   tensors: [
-    { name: 'zeros', dtype: 'F32', shape: [4], parts: [{ kind: 'zeros', elements: 4 }] },
-    { name: 'broken', dtype: 'F32', shape: [4], parts: [{ kind: 'source', model: 'k', tensor: 't', file, offset: 0, byteLength: 16, dtype: 'F32', shape: [4] }] },
+    { name: 'zeros', dtype: 'F32', shape: [4], parts: [{ kind: 'zeros', elements: 4 }], group: 'base' },
+    { name: 'broken', dtype: 'F32', shape: [4], parts: [{ kind: 'source', model: 'k', tensor: 't', file, offset: 0, byteLength: 16, dtype: 'F32', shape: [4] }], group: 'base' },
   ],
   maxShardBytes: 1,
+  shardOrder: 'reference',
   warnings: [],
 });
 

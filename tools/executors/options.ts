@@ -20,6 +20,7 @@ export const StageOptionsSchema = z.object({
   layout: z.enum(['classic', 'fused']).default('classic'),
   rng: z.enum(['stream', 'torch']).default('stream'),
   outShardSize: z.union([z.string(), z.number()]).default(String(DEFAULT_SHARD_BYTES)),
+  shardOrder: z.enum(['grouped', 'reference']).default('grouped'),
   device: z.enum(['cpu', 'cuda', 'webgpu', 'auto']).default('cpu'),
   overwrite: z.boolean().default(false),
   allowIdenticalModels: z.boolean().default(false),

@@ -16,7 +16,7 @@ export default function assembleExpertsExecutor(options: unknown, context: Execu
       logger.warn(`WARNING: --device ${env.options.device} does not reach embed-prompts, which ran on ${states.device}: set it there (nx run <recipe>:embed-prompts --device=${env.options.device}, or "device" in its options in nx.json or project.json).`);
     }
     const { gates, warnings: gateWarnings } = await gatesForAssembly(merge, env.paths.stage('build-gates'));
-    const plan = await runAssemble(merge, env.paths.stage('assemble-experts'), { maxShardBytes: env.paths.maxShardBytes, extraWarnings: gateWarnings, gates, roots: env.paths.roots });
+    const plan = await runAssemble(merge, env.paths.stage('assemble-experts'), { maxShardBytes: env.paths.maxShardBytes, shardOrder: env.options.shardOrder, extraWarnings: gateWarnings, gates, roots: env.paths.roots });
     // build-gates already printed its routing warnings; random gates are drawn here, so theirs are new.
     const printed = isRandomMode(merge.ctx.gateMode) ? [] : gateWarnings;
     for (const w of plan.warnings) if (!printed.includes(w)) logger.warn(`WARNING: ${w}`);
