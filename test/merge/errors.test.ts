@@ -132,7 +132,7 @@ test('command-line errors', async () => {
   assert.equal(vv.exitCode, 0, vv.stderr);
   assert.match(vv.stderr, /debug: architecture Mixtral: the recipe names no architecture; compatible: .*Mixtral/);
   assert.match(vv.stderr, /debug: model \S*models[/\\]a: local, \S*models[/\\]a\n/);
-  assert.match(vv.stderr, /debug: model\.safetensors: 29 tensors, \d+ bytes, content [0-9a-f]{12}; no shard of that name before/);
+  assert.match(vv.stderr, /debug: model-00001-of-00004\.safetensors: 2 tensors, \d+ bytes, content [0-9a-f]{12}; no shard of that name before/);
   assert.match((await mergekitMoe(['--help'], d)).stdout, /Usage: mergekit-moe CONFIG_PATH OUT_PATH/);
   const trust = await mergekitMoe(['moe.yml', 'out', '--trust-remote-code'], d);
   assert.equal(trust.exitCode, 0, trust.stderr);
