@@ -1,4 +1,4 @@
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { readRecipe } from '../recipe/parse';
@@ -10,7 +10,10 @@ import { runWrite, type WriteResult } from './write';
 import { progressReporter } from './progress';
 import { CACHE_ENV } from '../cache';
 import { homedir } from 'node:os';
-import { resolve } from 'node:path';
+import { basename, dirname, relative, resolve, isAbsolute } from 'node:path';
+import { runReport, writeWhole } from './report';
+import { ForgeError } from '../errors';
+import type { MergeContext } from './context';
 
 /** The command line has no workspace: its cache lives with the user's other caches. */
 export function userCacheDir(): string {
@@ -37,6 +40,8 @@ export interface MergeOptions {
   env?: Record<string, string | undefined>;
   log?: (line: string) => void;
   warn?: (line: string) => void;
+  /** Write the routing report: `file` ends in .html or .json, the other file goes beside it. */
+  report?: { file: string; evalPrompts?: string };
 }
 
 export const DEFAULT_SHARD_BYTES = 5_000_000_000;
@@ -50,6 +55,15 @@ export async function mergeRecipe(opts: MergeOptions): Promise<WriteResult> {
     const { merge } = await runFetch(parsed, join(work, 'fetch'), { cacheDir, env: opts.env, modelBaseDir: opts.modelBaseDir, allowIdenticalModels: opts.allowIdenticalModels, layout: opts.layout, seed: opts.seed, log: opts.log });
     await runEmbedPrompts(merge, join(work, 'embed-prompts'), { cacheDir, device: opts.device, log: opts.log, progress: progressReporter('prompt states') });
     await runBuildGates(merge, join(work, 'embed-prompts'), join(work, 'build-gates'));
+    const routing = opts.report ? await runReport(merge, join(work, 'embed-prompts'), join(work, 'build-gates'), join(work, 'report'), { name: basename(opts.recipeFile).replace(/\.ya?ml$/, ''), cacheDir, device: opts.device, evalPrompts: opts.report.evalPrompts, log: opts.log, progress: progressReporter('report prompt states') }) : null;
+    if (routing) {
+      const { html, json } = reportPaths(opts.report!.file);
+      refuseInsideModels(merge, html);
+      await mkdir(dirname(html), { recursive: true });
+      await writeWhole(json, JSON.stringify(routing.report) + '\n');
+      await writeWhole(html, routing.html);
+      opts.log?.(`routing report: ${html}`);
+    }
     const { gates, warnings } = await gatesForAssembly(merge, join(work, 'build-gates'));
     const plan = await runAssemble(merge, join(work, 'assemble-experts'), { maxShardBytes: opts.maxShardBytes ?? DEFAULT_SHARD_BYTES, extraWarnings: warnings, gates });
     for (const w of plan.warnings) opts.warn?.(w);
@@ -63,8 +77,25 @@ export async function mergeRecipe(opts: MergeOptions): Promise<WriteResult> {
       overwrite: opts.overwrite ?? false,
       log: opts.log,
       progress: progressReporter('writing'),
+      routing: routing ?? undefined,
     });
   } finally {
     await rm(work, { recursive: true, force: true });
+  }
+}
+
+/** `--report FILE`: FILE ends in .html or .json; the other file is written beside it with the same stem. */
+export function reportPaths(file: string): { html: string; json: string } {
+  const m = /^(.*)\.(html?|json)$/i.exec(file);
+  if (!m) throw new ForgeError('bad_flag', `--report needs a file name ending in .html or .json (the other is written beside it), got "${file}"`, { field: '--report' });
+  return { html: /^html?$/i.test(m[2]!) ? file : `${m[1]}.html`, json: m[2]!.toLowerCase() === 'json' ? file : `${m[1]}.json` };
+}
+
+/** Input model folders are read-only to us. */
+function refuseInsideModels(merge: MergeContext, file: string): void {
+  const dirs = [merge.ctx.base.dir, ...merge.ctx.experts.map((e) => e.model.dir), ...merge.ctx.shared.map((e) => e.model.dir)];
+  for (const d of dirs) {
+    const rel = relative(resolve(d), resolve(file));
+    if (!rel.startsWith('..') && !isAbsolute(rel)) throw new ForgeError('report_in_model', `the routing report would be written inside the input model folder ${d}; input folders are never written to`, { file, field: '--report' });
   }
 }

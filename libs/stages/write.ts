@@ -14,6 +14,7 @@ import type { Progress } from './progress';
 import { modelCard } from '../model-card';
 import { parseRecipeText } from '../recipe/parse';
 import { processAlive } from '../util/process';
+import type { RoutingReport } from '../report/types';
 
 export const STAMP_FILE = '.moe-forge.json';
 const CHUNK_BYTES = 16 << 20;
@@ -30,6 +31,8 @@ export interface WriteOptions {
   overwrite: boolean;
   log?: (line: string) => void;
   progress?: Progress;
+  /** The routing report: routing.html beside the model card, and a Routing section in it. */
+  routing?: { report: RoutingReport; html: string };
 }
 
 export interface WriteResult {
@@ -170,7 +173,7 @@ async function intact(dir: string, stamp: Stamp): Promise<boolean> {
  */
 export async function runWrite(plan: MergePlan, opts: WriteOptions): Promise<WriteResult> {
   const out = opts.outPath;
-  const hash = planHash(plan, { recipe: opts.recipeText, copyTokenizer: opts.copyTokenizer, writeRecipe: opts.writeRecipe, gates: Buffer.from(opts.gates.data.buffer, opts.gates.data.byteOffset, opts.gates.data.byteLength).toString('base64') });
+  const hash = planHash(plan, { recipe: opts.recipeText, copyTokenizer: opts.copyTokenizer, writeRecipe: opts.writeRecipe, gates: Buffer.from(opts.gates.data.buffer, opts.gates.data.byteOffset, opts.gates.data.byteLength).toString('base64'), ...(opts.routing ? { routing: createHash('sha256').update(opts.routing.html).digest('hex') } : {}) });
   let existing: Stamp | null = null;
   if (existsSync(out)) {
     const entries = await readdir(out);
@@ -229,7 +232,8 @@ export async function runWrite(plan: MergePlan, opts: WriteOptions): Promise<Wri
     if (opts.writeRecipe !== false) {
       // The reference writes no model card; a README with front matter makes the output findable on the Hub.
       const { recipe } = parseRecipeText(opts.recipeText, 'mergekit_moe_config.yml');
-      await writeFile(join(tmp, 'README.md'), modelCard({ plan, recipe, recipeText: opts.recipeText, gateMode: recipe.gate_mode }));
+      await writeFile(join(tmp, 'README.md'), modelCard({ plan, recipe, recipeText: opts.recipeText, gateMode: recipe.gate_mode, routing: opts.routing?.report }));
+      if (opts.routing) await writeFile(join(tmp, 'routing.html'), opts.routing.html);
     }
     const files: Record<string, number> = {};
     for (const f of (await readdir(tmp)).sort()) files[f] = (await stat(join(tmp, f))).size;

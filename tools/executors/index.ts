@@ -18,6 +18,7 @@ const DESCRIPTIONS: Record<(typeof STAGES)[number], string> = {
 export function recipeTargets(projectRoot: string, projectName: string): Record<string, TargetConfiguration> {
   const stageDir = (s: string) => `{workspaceRoot}/dist/stages/${projectName}/${s}`;
   const targets: Record<string, TargetConfiguration> = {};
+  const REPORT_INPUTS = ['{projectRoot}/**/*.yml', '{projectRoot}/**/*.yaml', '{projectRoot}/**/*.jsonl'];
   STAGES.forEach((stage, i) => {
     const prev = i > 0 ? STAGES[i - 1] : undefined;
     targets[stage] = {
@@ -25,7 +26,7 @@ export function recipeTargets(projectRoot: string, projectName: string): Record<
       options: {},
       // Command-line options reach write and assemble-experts, the stages they change (random gates are
       // drawn there); the earlier stages ignore them so that, e.g., a new seed or shard size keeps their cache.
-      dependsOn: prev ? [{ target: prev, params: stage === 'write' ? 'forward' : 'ignore' }] : [],
+      dependsOn: prev ? [{ target: prev, params: stage === 'write' ? 'forward' : 'ignore' }, ...(stage === 'write' ? [{ target: 'report', params: 'forward' as const }] : [])] : [],
       cache: stage !== 'fetch' && stage !== 'write',
       // Upstream results, not their run statistics (stats.json), so a cache hit upstream keeps this stage cached.
       inputs: ['recipe', 'forgeCode', ...(prev ? [{ dependentTasksOutputFiles: '**/{models,prompt-states,gates,plan}.json', transitive: true }] : [])],
@@ -33,6 +34,17 @@ export function recipeTargets(projectRoot: string, projectName: string): Record<
       metadata: { description: DESCRIPTIONS[stage] },
     };
   });
+  // After build-gates, beside the chain: write puts its summary in the model card. Command-line options reach it
+  // (a new seed draws new random gates); held-out prompt files in the recipe's folder are among its inputs.
+  targets.report = {
+    executor: './tools/executors:report',
+    options: {},
+    dependsOn: [{ target: 'build-gates', params: 'ignore' }],
+    cache: true,
+    inputs: ['recipe', 'forgeCode', ...REPORT_INPUTS, { dependentTasksOutputFiles: '**/{models,prompt-states,gates}.json', transitive: true }],
+    outputs: [stageDir('report')],
+    metadata: { description: 'Routing report (routing.json, routing.html): which expert each prompt reaches in each layer, accuracy, load, starving experts and why.' },
+  };
   targets.build = {
     executor: 'nx:noop',
     dependsOn: [{ target: 'write', params: 'forward' }],

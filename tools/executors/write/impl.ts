@@ -7,12 +7,14 @@ import { readGates } from '../../../libs/stages/build-gates';
 import { runWrite } from '../../../libs/stages/write';
 import { runStage } from '../run-stage';
 import { progressReporter } from '../../../libs/stages/progress';
+import { readReport } from '../../../libs/stages/report';
 
 export default function writeExecutor(options: unknown, context: ExecutorContext) {
   return runStage(options, context, async ({ options: o, paths }) => {
     const plan = await readPlan(paths.stage('assemble-experts'));
     const gates = await readGates(paths.stage('assemble-experts'));
     const base = plan.models[0]!;
+    const routing = await readReport(paths.stage('report'));
     const result = await runWrite(plan, {
       outPath: paths.output,
       gates,
@@ -22,6 +24,7 @@ export default function writeExecutor(options: unknown, context: ExecutorContext
       overwrite: o.overwrite,
       log: (l) => logger.info(l),
       progress: progressReporter('writing'),
+      routing: routing ?? undefined,
     });
     logger.info(`${result.skipped ? 'unchanged' : 'wrote'} ${result.outPath} (${result.shards} shard${result.shards === 1 ? '' : 's'}: ${result.written} written, ${result.kept} kept)`);
     await mkdir(paths.stage('write'), { recursive: true });
