@@ -67,7 +67,12 @@ export function winner(p: number[]): number | null {
 }
 
 const mean = (xs: number[]) => (xs.length ? xs.reduce((a, b) => a + b, 0) / xs.length : null);
-const finite = (v: ArrayLike<number>) => Array.prototype.every.call(v, (x: number) => Number.isFinite(x));
+function finite(v: ArrayLike<number>): boolean {
+  // x − x is 0 for finite x and NaN for ±Inf and NaN.
+  let s = 0;
+  for (let k = 0; k < v.length; k++) s += v[k]! - v[k]!;
+  return s === 0;
+}
 
 function meanVector(vs: ArrayLike<number>[], H: number): Float64Array | null {
   if (vs.length === 0) return null;
