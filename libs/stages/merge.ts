@@ -11,7 +11,7 @@ import { progressReporter } from './progress';
 import { CACHE_ENV } from '../cache';
 import { homedir } from 'node:os';
 import { basename, dirname, relative, resolve, isAbsolute } from 'node:path';
-import { runReport, writeWhole } from './report';
+import { readEvalPrompts, runReport, writeWhole } from './report';
 import { ForgeError } from '../errors';
 import type { MergeContext } from './context';
 
@@ -53,21 +53,17 @@ export async function mergeRecipe(opts: MergeOptions): Promise<WriteResult> {
   try {
     const cacheDir = opts.cacheDir ?? userCacheDir();
     const { merge } = await runFetch(parsed, join(work, 'fetch'), { cacheDir, env: opts.env, modelBaseDir: opts.modelBaseDir, allowIdenticalModels: opts.allowIdenticalModels, layout: opts.layout, seed: opts.seed, log: opts.log });
+    const reportFiles = opts.report ? reportPaths(opts.report.file) : null;
+    if (reportFiles) refuseInsideModels(merge, reportFiles.html);
+    // Held-out prompts are checked before the forward pass, not after it.
+    if (opts.report?.evalPrompts) await readEvalPrompts(opts.report.evalPrompts, merge.ctx.experts.length);
     await runEmbedPrompts(merge, join(work, 'embed-prompts'), { cacheDir, device: opts.device, log: opts.log, progress: progressReporter('prompt states') });
     await runBuildGates(merge, join(work, 'embed-prompts'), join(work, 'build-gates'));
     const routing = opts.report ? await runReport(merge, join(work, 'embed-prompts'), join(work, 'build-gates'), join(work, 'report'), { name: basename(opts.recipeFile).replace(/\.ya?ml$/, ''), cacheDir, device: opts.device, evalPrompts: opts.report.evalPrompts, log: opts.log, progress: progressReporter('report prompt states') }) : null;
-    if (routing) {
-      const { html, json } = reportPaths(opts.report!.file);
-      refuseInsideModels(merge, html);
-      await mkdir(dirname(html), { recursive: true });
-      await writeWhole(json, JSON.stringify(routing.report) + '\n');
-      await writeWhole(html, routing.html);
-      opts.log?.(`routing report: ${html}`);
-    }
     const { gates, warnings } = await gatesForAssembly(merge, join(work, 'build-gates'));
     const plan = await runAssemble(merge, join(work, 'assemble-experts'), { maxShardBytes: opts.maxShardBytes ?? DEFAULT_SHARD_BYTES, extraWarnings: warnings, gates });
     for (const w of plan.warnings) opts.warn?.(w);
-    return await runWrite(plan, {
+    const result = await runWrite(plan, {
       outPath: opts.outPath,
       gates,
       recipeText: parsed.text,
@@ -79,6 +75,14 @@ export async function mergeRecipe(opts: MergeOptions): Promise<WriteResult> {
       progress: progressReporter('writing'),
       routing: routing ?? undefined,
     });
+    // After the model: a failed merge leaves no report that looks like the merge's.
+    if (routing && reportFiles) {
+      await mkdir(dirname(reportFiles.html), { recursive: true });
+      await writeWhole(reportFiles.json, JSON.stringify(routing.report) + '\n');
+      await writeWhole(reportFiles.html, routing.html);
+      opts.log?.(`routing report: ${reportFiles.html}`);
+    }
+    return result;
   } finally {
     await rm(work, { recursive: true, force: true });
   }
