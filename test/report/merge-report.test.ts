@@ -112,6 +112,12 @@ experts:
   assert.equal(badName.exitCode, 1);
   assert.match(badName.stderr, /--report needs a file name ending in \.html or \.json/);
   assert.ok(!existsSync(join(dir, 'cli-out2')), 'nothing written');
+  const badEval = join(dir, 'cli-bad.yml');
+  writeFileSync(badEval, '- expert: 9\n  prompts: ["x"]\n');
+  const badHeld = await mergekitMoe([file, join(dir, 'cli-out2'), '--report', join(dir, 'r2.html'), '--eval-prompts', badEval], dir);
+  assert.equal(badHeld.exitCode, 1);
+  assert.match(badHeld.stderr, /cli-bad\.yml:1, field \[0\]\.expert: expert 9 does not exist/);
+  assert.ok(!existsSync(join(dir, 'cli-out2')) && !existsSync(join(dir, 'r2.html')), 'nothing written');
   const inModel = await mergekitMoe([file, join(dir, 'cli-out3'), '--report', join(TINY('b'), 'routing.html')], dir);
   assert.equal(inModel.exitCode, 1);
   assert.match(inModel.stderr, /inside the input model folder/);
