@@ -99,7 +99,7 @@ h1{font-size:22px;margin:0 0 4px}h2{font-size:17px;margin:28px 0 8px;border-bott
 .card.alert{border-color:#cf222e;background:#fff5f5}
 table{border-collapse:collapse;margin:6px 0 10px}th,td{border:1px solid #d8dee4;padding:3px 7px;text-align:left;vertical-align:top}
 th{background:#f6f8fa;font-weight:600}td.num,td.c{text-align:right}td.c{text-align:center}
-table.summary td.why{max-width:760px}
+table.summary td.why{max-width:760px}table.summary ul{margin:0;padding-left:18px}
 .ok{color:#1a7f37;font-weight:700}.bad{color:#cf222e;font-weight:700}
 ul.warn{color:#9a6700;margin:4px 0;padding-left:18px}
 .grid{display:flex;flex-wrap:wrap;gap:14px}
