@@ -13,12 +13,13 @@ const recipe = readFileSync(join(FIXTURES, 'parity', 'mixtral-cheap_embed.yml'),
 addRecipe(ws, 'parity', recipe);
 addRecipe(ws, 'custom', recipe, { targets: { write: { options: { outputPath: 'out/custom-model', layout: 'fused' } }, 'assemble-experts': { options: { layout: 'fused' } } } });
 
-test('a recipe folder is an Nx project with the five stages and build, each described', async () => {
+test('a recipe folder is an Nx project with the five stages, the report and build, each described', async () => {
   const r = await nx(ws, ['show', 'project', 'parity', '--json']);
   assert.equal(r.exitCode, 0, r.stderr + r.stdout);
   const p = JSON.parse(r.stdout);
-  assert.deepEqual(Object.keys(p.targets).sort(), ['assemble-experts', 'build', 'build-gates', 'embed-prompts', 'fetch', 'write']);
-  assert.deepEqual(p.targets.write.dependsOn, [{ target: 'assemble-experts', params: 'forward' }]);
+  assert.deepEqual(Object.keys(p.targets).sort(), ['assemble-experts', 'build', 'build-gates', 'embed-prompts', 'fetch', 'report', 'write']);
+  assert.deepEqual(p.targets.write.dependsOn, [{ target: 'assemble-experts', params: 'forward' }, { target: 'report', params: 'forward' }]);
+  assert.deepEqual(p.targets.report.dependsOn, [{ target: 'build-gates', params: 'ignore' }]);
   assert.deepEqual(p.targets['assemble-experts'].dependsOn, [{ target: 'build-gates', params: 'ignore' }]);
   for (const t of Object.values<{ metadata?: { description?: string } }>(p.targets)) assert.ok(t.metadata?.description);
 });
