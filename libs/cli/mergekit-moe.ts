@@ -1,6 +1,6 @@
 import { existsSync, statSync } from 'node:fs';
 import { resolve } from 'node:path';
-import { isForgeError, ForgeError } from '../errors';
+import { describeError, ForgeError } from '../errors';
 import { mergeRecipe, reportPaths, DEFAULT_SHARD_BYTES } from '../stages/merge';
 import { parseArgs, parseKmb, type FlagSpec } from './args';
 
@@ -54,6 +54,8 @@ interface Io {
 const defaultIo: Io = { out: (s) => process.stdout.write(s + '\n'), err: (s) => process.stderr.write(s + '\n') };
 
 export async function main(argv: string[], io: Io = defaultIo): Promise<number> {
+  // Known before parsing, so even a parse error can show its stack.
+  const verbose = argv.some((a) => a === '--verbose' || /^-v+$/.test(a));
   try {
     const args = parseArgs(argv, FLAGS);
     const v = args.values;
@@ -66,8 +68,7 @@ export async function main(argv: string[], io: Io = defaultIo): Promise<number> 
     }
     const [config, out] = args.positionals as [string, string];
     if (!existsSync(config) || !statSync(config).isFile()) throw new ForgeError('usage', 'CONFIG_PATH does not exist or is not a file', { file: config });
-    const verbose = (v.verbose as number) ?? 0;
-    const info = verbose > 0 ? io.err : () => undefined;
+    const info = ((v.verbose as number) ?? 0) > 0 ? io.err : () => undefined;
     for (const name of new Set(args.given)) {
       const spec = FLAGS.find((f) => f.name === name)!;
       if (spec.noEffect) info(`--${name} has no effect in moe-forge: ${spec.help}`);
@@ -111,11 +112,8 @@ export async function main(argv: string[], io: Io = defaultIo): Promise<number> 
     io.out(`${result.skipped ? 'unchanged' : 'wrote'} ${result.outPath} (${result.shards} shard${result.shards === 1 ? '' : 's'})`);
     return 0;
   } catch (e) {
-    if (isForgeError(e)) {
-      io.err(`error: ${e.message}`);
-      return 1;
-    }
-    io.err(`internal error: ${(e as Error).stack ?? e}`);
-    return 2;
+    io.err(`error: ${describeError(e)}`);
+    if (verbose) io.err((e as Error).stack ?? String(e));
+    return 1;
   }
 }

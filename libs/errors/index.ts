@@ -38,3 +38,17 @@ export class ModelError extends ForgeError {}
 export function isForgeError(e: unknown): e is ForgeError {
   return e instanceof ForgeError;
 }
+
+/**
+ * One line for any error: ours name their place; a system error (disk full, permission) names its path;
+ * anything else is a bug, said in one line too (the stack comes with -v).
+ */
+export function describeError(e: unknown): string {
+  if (isForgeError(e)) return e.message;
+  const err = e as NodeJS.ErrnoException;
+  if (typeof err?.code === 'string' && typeof err.syscall === 'string') {
+    const what: Record<string, string> = { ENOSPC: 'the disk is full', EDQUOT: 'disk quota exceeded', EACCES: 'permission denied', EPERM: 'operation not permitted', EROFS: 'read-only file system', ENOTDIR: 'a part of the path is a file, not a folder', EISDIR: 'is a folder, not a file', EMFILE: 'too many open files' };
+    return `${err.path ?? ''}${err.path ? ': ' : ''}${what[err.code] ?? err.message} (${err.code} on ${err.syscall})`;
+  }
+  return `internal error: ${(e as Error)?.message ?? String(e)} (run with -v for the stack; please report it)`;
+}

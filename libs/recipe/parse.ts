@@ -1,5 +1,5 @@
 import { readFile } from 'node:fs/promises';
-import { isMap, isSeq, LineCounter, parseDocument, type Document } from 'yaml';
+import { isMap, isSeq, LineCounter, parseDocument, visit, type Document } from 'yaml';
 import type { z } from 'zod';
 import { RecipeError } from '../errors';
 import { EXPERT_KEYS, GATE_MODES, RecipeSchema, TOP_LEVEL_KEYS, type Recipe } from './schema';
@@ -73,7 +73,21 @@ export function parseRecipeText(text: string, file: string): ParsedRecipe {
     throw new RecipeError('yaml_syntax', `invalid YAML: ${e.message.split('\n')[0]}`, { file, line, column: col });
   }
   const at = locator(doc, lc);
-  const data = doc.toJS({ maxAliasCount: 100 }) as unknown;
+  let data: unknown;
+  try {
+    data = doc.toJS({ maxAliasCount: 100 });
+  } catch (e) {
+    // An alias bomb ("billion laughs"): each alias expands to a node full of aliases.
+    let line: number | undefined;
+    let column: number | undefined;
+    visit(doc, {
+      Alias(_, node) {
+        if (node.range) ({ line, col: column } = lc.linePos(node.range[0]));
+        return visit.BREAK;
+      },
+    });
+    throw new RecipeError('yaml_aliases', `too many aliases: the YAML's anchors and aliases expand beyond what a recipe needs (${(e as Error).message.split('\n')[0]})`, { file, line, column });
+  }
   if (data === null || typeof data !== 'object' || Array.isArray(data) || !isMap(doc.contents)) {
     throw new RecipeError('recipe_shape', 'a recipe must be a YAML mapping with at least base_model and experts', { file, line: 1 });
   }

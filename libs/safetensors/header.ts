@@ -84,13 +84,15 @@ export function parseHeader(json: Uint8Array, headerLength: number, fileSize: nu
     }
     tensors.set(name, { name, dtype: t.dtype, shape, begin, end });
   }
-  const sorted = [...tensors.values()].sort((a, b) => a.begin - b.begin || a.end - b.end);
-  for (let i = 1; i < sorted.length; i++) {
-    const prev = sorted[i - 1]!;
-    const cur = sorted[i]!;
-    if (cur.begin < prev.end && cur.end > cur.begin) {
-      throw new SafetensorsError('overlap', `data_offsets [${cur.begin}, ${cur.end}] overlap tensor ${prev.name} [${prev.begin}, ${prev.end}]`, { file, tensor: cur.name });
+  // Zero-size tensors own no bytes; among the rest, each must start at or after the furthest end so far
+  // (comparing with the previous tensor only would let a zero-size entry hide an overlap).
+  const sorted = [...tensors.values()].filter((t) => t.end > t.begin).sort((a, b) => a.begin - b.begin || a.end - b.end);
+  let reach: TensorInfo | null = null;
+  for (const cur of sorted) {
+    if (reach && cur.begin < reach.end) {
+      throw new SafetensorsError('overlap', `data_offsets [${cur.begin}, ${cur.end}] overlap tensor ${reach.name} [${reach.begin}, ${reach.end}]`, { file, tensor: cur.name });
     }
+    if (!reach || cur.end > reach.end) reach = cur;
   }
   return { headerLength, dataStart, metadata, tensors };
 }

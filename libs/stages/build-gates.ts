@@ -7,6 +7,7 @@ import { decodeFloats } from '../safetensors/dtype';
 import { readTensorBytes, SafetensorsWeights } from '../safetensors/reader';
 import type { MergeContext } from './context';
 import { readPromptStates } from './embed-prompts';
+import { ModelError } from '../errors';
 
 export interface GatesInfo {
   layers: number;
@@ -35,6 +36,7 @@ export async function runBuildGates(merge: MergeContext, statesDir: string, outD
   }
   if (ctx.gateMode === 'cheap_embed') g = await cheapEmbedGates(merge, statesDir);
   else g = await hiddenGates(merge, statesDir);
+  checkGatesFinite(merge, g);
   const { conditionNumbers, warning } = degenerateLayers(g);
   const info: GatesInfo = { layers: L, experts: N, hidden: H, gateMode: ctx.gateMode, conditionNumbers, warnings: warning ? [warning] : [] };
   await mkdir(outDir, { recursive: true });
@@ -60,6 +62,7 @@ async function cheapEmbedGates(merge: MergeContext, statesDir: string): Promise<
     const acc = new Float64Array(H);
     for (const p of prompts) {
       const v = await states.tensor(`p${byText.get(p)}.sum`);
+    checkStatesFinite(merge, v, 1, p, 'token embeddings');
       for (let k = 0; k < H; k++) acc[k] += v[k]!;
     }
     return acc;
@@ -90,9 +93,15 @@ async function hiddenGates(merge: MergeContext, statesDir: string): Promise<Gate
   const split = (x: Float32Array) => Array.from({ length: L }, (_, l) => x.subarray(l * H, (l + 1) * H));
   const byText = new Map<string, PromptStates>();
   for (const [i, p] of states.index.prompts.entries()) {
-    byText.set(p.text, { last: split(await states.tensor(`p${i}.last`)), sum: split(await states.tensor(`p${i}.sum`)), count: p.count });
+    const last = await states.tensor(`p${i}.last`);
+    const sum = await states.tensor(`p${i}.sum`);
+    checkStatesFinite(merge, last, L, p.text, 'hidden states');
+    checkStatesFinite(merge, sum, L, p.text, 'hidden states');
+    byText.set(p.text, { last: split(last), sum: split(sum), count: p.count });
   }
-  const pad = reduction === 'avg' ? split(await states.tensor('pad')) : null;
+  const padStates = reduction === 'avg' ? await states.tensor('pad') : null;
+  if (padStates) checkStatesFinite(merge, padStates, L, '(pad token)', 'hidden states');
+  const pad = padStates ? split(padStates) : null;
   const g = newGates(L, N, H);
   for (let e = 0; e < N; e++) {
     const spec = merge.gatedExperts[e]!.spec;
@@ -123,4 +132,26 @@ export async function gatesForAssembly(merge: MergeContext, buildGatesDir: strin
 export async function writeGates(file: string, g: GateTensor): Promise<void> {
   const header = encodeHeader([{ name: 'gates', dtype: 'F32', shape: [g.layers, g.experts, g.hidden] }]);
   await writeFile(file, Buffer.concat([header, Buffer.from(g.data.buffer, g.data.byteOffset, g.data.byteLength)]));
+}
+
+/**
+ * NaN or Inf in a prompt's states comes from the base's weights (a NaN would otherwise reach the routers and
+ * be blamed on prompts that are too similar): name the model and the first layer where it appears.
+ */
+function checkStatesFinite(merge: MergeContext, v: Float32Array, layers: number, prompt: string, what: string): void {
+  const at = v.findIndex((x) => !Number.isFinite(x));
+  if (at < 0) return;
+  const base = merge.ctx.base;
+  const layer = Math.floor(at / (v.length / layers));
+  const where = what === 'token embeddings' ? 'the token embeddings (model.embed_tokens.weight)' : layer === 0 ? 'the input of layer 0 (the token embeddings)' : `the output of layer ${layer - 1} (input of layer ${layer})`;
+  throw new ModelError('non_finite', `${what} of base model ${base.ref} for prompt ${JSON.stringify(prompt)} hold NaN or Inf at ${where}: its weights are not finite`, { file: base.dir });
+}
+
+function checkGatesFinite(merge: MergeContext, g: GateTensor): void {
+  const at = g.data.findIndex((x) => !Number.isFinite(x));
+  if (at < 0) return;
+  const layer = Math.floor(at / (g.experts * g.hidden));
+  const e = Math.floor((at % (g.experts * g.hidden)) / g.hidden);
+  const ex = merge.gatedExperts[e]!;
+  throw new ModelError('non_finite', `router of layer ${layer} for ${ex.shared ? 'shared_experts' : 'experts'}[${ex.index}] (${ex.model.ref}) holds NaN or Inf, computed from base model ${merge.ctx.base.ref}`, { file: merge.parsed.file });
 }

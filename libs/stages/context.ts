@@ -8,6 +8,7 @@ import { dtypeFromName } from '../safetensors/dtype';
 import { selectArchitecture } from '../architectures/registry';
 import type { ArchContext, ExpertSource, ModelSource, OutputArchitecture } from '../architectures/types';
 import { checkModelsAgree, openModel } from './models';
+import { checkModelTensors } from '../model-folder/shapes';
 
 export interface ResolvedModel {
   key: string;
@@ -133,6 +134,7 @@ export function buildMergeContext(parsed: ParsedRecipe, byKey: Map<string, Model
     ...experts.map((e) => ({ model: e.model, role: `experts[${e.index}]` })),
     ...shared.map((e) => ({ model: e.model, role: `shared_experts[${e.index}]` })),
   ]);
+  for (const m of new Set([base, ...experts.map((e) => e.model), ...shared.map((e) => e.model)])) checkModelTensors(m.ref, m.config, m.weights);
   const ctx: ArchContext = {
     recipe: r,
     gateMode: r.gate_mode,

@@ -55,7 +55,11 @@ export interface EmbedOptions {
   cacheDir: string;
   device?: string;
   log?: (line: string) => void;
+  /** Problems the merge goes on from (an unusable cache); default: the log. */
+  warn?: (line: string) => void;
   progress?: Progress;
+  /** Called with the token ids of every text before any forward pass: throws for a prompt the base cannot take. */
+  checkIds?: (ids: number[][]) => void;
 }
 
 /**
@@ -97,7 +101,7 @@ const flat = (layers: Float32Array[]) => {
 async function hiddenStates(merge: MergeContext, index: PromptStatesIndex, tensors: { name: string; data: Float32Array }[], opts: EmbedOptions): Promise<void> {
   const { base } = merge.ctx;
   const texts = distinctPrompts(merge);
-  const { states, computed, fromCache, baseId, padTokenId, device } = await cachedHiddenStates(base, texts, opts);
+  const { states, computed, fromCache, baseId, padTokenId, device } = await cachedHiddenStates(base, texts, { ...opts, checkIds: (ids) => checkPromptLengths(merge, ids, texts) });
   index.computed = computed;
   index.fromCache = fromCache;
   states.forEach((s, i) => {
@@ -105,7 +109,7 @@ async function hiddenStates(merge: MergeContext, index: PromptStatesIndex, tenso
     tensors.push({ name: `p${i}.last`, data: flat(s.last) }, { name: `p${i}.sum`, data: flat(s.sum) });
   });
   if (merge.ctx.gateMode === 'hidden_avg') {
-    const cache = new ContentCache(opts.cacheDir);
+    const cache = new ContentCache(opts.cacheDir, opts.warn ?? opts.log);
     const L = base.config.numLayers;
     const H = base.config.hiddenSize;
     // The reference's padded mean needs the state of a pad position (spec 10); it depends only on the base.
@@ -139,9 +143,11 @@ export async function cachedHiddenStates(base: ModelSource, texts: string[], opt
   const device = (opts.device === 'auto' ? (availableBackends().includes('cuda') ? 'cuda' : 'cpu') : opts.device ?? 'cpu') as Device;
   const L = base.config.numLayers;
   const H = base.config.hiddenSize;
-  const cache = new ContentCache(opts.cacheDir);
+  const warn = opts.warn ?? opts.log;
+  const cache = new ContentCache(opts.cacheDir, warn);
   const baseId = base.contentId ?? (await contentId(base.dir, { cache }));
   const tok = await loadTokenizer(base.dir);
+  opts.checkIds?.(texts.map((t) => tok.encodePrompt(t)));
   const states: (CachedPromptState | null)[] = [];
   const missing = await withLock(opts.cacheDir, `base-${baseId.slice(0, 32)}`, async () => {
     for (const text of texts) states.push(await getPromptState(cache, promptStateKey(baseId, tok.contentId, text)));
@@ -168,7 +174,7 @@ export async function cachedHiddenStates(base: ModelSource, texts: string[], opt
       }
     }
     return missing;
-  });
+  }, { log: opts.log, warn });
   return { states: states as CachedPromptState[], computed: missing.length, fromCache: texts.length - missing.length, baseId, padTokenId: tok.padTokenId, device };
 }
 
@@ -186,6 +192,20 @@ export async function embeddingSums(base: ModelSource, texts: string[]): Promise
     }
     return { ids, sum: Float32Array.from(sum) };
   });
+}
+
+/** A prompt longer than the base's context cannot be run through it: name the expert, prompt, count and limit. */
+function checkPromptLengths(merge: MergeContext, ids: number[][], texts: string[]): void {
+  const limit = merge.ctx.base.config.raw.max_position_embeddings;
+  if (typeof limit !== 'number') return;
+  for (const [i, t] of ids.entries()) {
+    if (t.length <= limit) continue;
+    const text = texts[i]!;
+    const ex = merge.gatedExperts.find((e) => [...(e.spec.positive_prompts ?? []), ...(e.spec.negative_prompts ?? [])].includes(text))!;
+    const field = `${ex.shared ? 'shared_experts' : 'experts'}[${ex.index}]`;
+    const short = text.length > 60 ? `${text.slice(0, 57)}...` : text;
+    throw new ModelError('prompt_too_long', `prompt ${JSON.stringify(short)} of ${field} (${ex.model.ref}) is ${t.length} tokens long, more than the ${limit} of the base model ${merge.ctx.base.ref} (max_position_embeddings): shorten it`, { file: merge.parsed.file, field, ...merge.parsed.position([ex.shared ? 'shared_experts' : 'experts', ex.index]) });
+  }
 }
 
 async function writeStates(file: string, tensors: { name: string; data: Float32Array }[], layers: number): Promise<void> {

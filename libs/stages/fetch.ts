@@ -9,6 +9,7 @@ import type { HubEnv } from '../resolve/settings';
 import { locate } from '../safetensors/reader';
 import { ModelError } from '../errors';
 import type { ModelSource } from '../architectures/types';
+import { checkOutputPath } from './output-folder';
 import { buildMergeContext, openSources, recipeModelRefs, type LoadOptions, type MergeContext, type ModelsFile, type ResolvedModel } from './context';
 
 export interface FetchOptions extends LoadOptions {
@@ -17,6 +18,10 @@ export interface FetchOptions extends LoadOptions {
   env?: HubEnv;
   fetch?: typeof fetch;
   log?: (line: string) => void;
+  /** Problems the merge goes on from (an unusable cache); default: stderr. */
+  warn?: (line: string) => void;
+  /** The output folder the write stage will fill, checked here (before any download or forward pass). */
+  output?: { path: string; recipeFile: string };
 }
 
 /** A model known from its config and safetensors headers only (nothing downloaded yet). */
@@ -50,9 +55,15 @@ const size = (bytes: number) => (bytes >= 1e9 ? `${(bytes / 1e9).toFixed(2)} GB`
 export async function runFetch(parsed: ParsedRecipe, outDir: string, opts: FetchOptions): Promise<{ models: ModelsFile; merge: MergeContext }> {
   checkRecipe(parsed, { allowIdenticalModels: opts.allowIdenticalModels });
   const refs = recipeModelRefs(parsed, opts.modelBaseDir);
-  const cache = new ContentCache(opts.cacheDir);
+  const cache = new ContentCache(opts.cacheDir, opts.warn);
   const resolveOpts = { baseDir: opts.modelBaseDir, cache, env: opts.env, fetch: opts.fetch };
   const inspections = await inspectModels(refs.map((r) => r.reference), resolveOpts);
+  if (opts.output) {
+    checkOutputPath(opts.output.path, [
+      ...inspections.map((ins) => ({ label: `model folder of ${ins.ref}`, path: ins.dir })),
+      { label: 'recipe', path: opts.output.recipeFile },
+    ]);
+  }
   buildMergeContext(parsed, new Map(refs.map((r, i) => [r.key, inspectedSource(r.key, inspections[i]!)])), opts);
   const resolved = await resolveModels(refs.map((r) => r.reference), resolveOpts);
   const models: ResolvedModel[] = resolved.map((m, i) => ({ key: refs[i]!.key, ref: refs[i]!.ref, dir: m.dir, source: m.source, revision: m.revision, contentId: m.contentId, bytes: m.bytes }));

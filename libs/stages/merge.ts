@@ -1,4 +1,6 @@
-import { mkdir, mkdtemp, rm } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, rm } from 'node:fs/promises';
+import { inUse, removeOnExit } from '../util/cleanup';
+import { leftByDeadProcess } from '../util/process';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { readRecipe } from '../recipe/parse';
@@ -10,14 +12,17 @@ import { runWrite, type WriteResult } from './write';
 import { progressReporter } from './progress';
 import { CACHE_ENV } from '../cache';
 import { homedir } from 'node:os';
-import { basename, dirname, relative, resolve, isAbsolute } from 'node:path';
+import { basename, dirname, isAbsolute, relative, resolve } from 'node:path';
 import { readEvalPrompts, runReport, writeWhole } from './report';
 import { ForgeError } from '../errors';
 import type { MergeContext } from './context';
 
 /** The command line has no workspace: its cache lives with the user's other caches. */
 export function userCacheDir(): string {
-  return process.env[CACHE_ENV] ? resolve(process.env[CACHE_ENV]!) : join(process.env.XDG_CACHE_HOME ?? join(homedir(), '.cache'), 'moe-forge');
+  if (process.env[CACHE_ENV]) return resolve(process.env[CACHE_ENV]!);
+  // As the XDG spec says: an empty or relative XDG_CACHE_HOME is ignored (never a cache in the working directory).
+  const xdg = process.env.XDG_CACHE_HOME;
+  return join(xdg && isAbsolute(xdg) ? xdg : join(homedir(), '.cache'), 'moe-forge');
 }
 
 export interface MergeOptions {
@@ -49,17 +54,19 @@ export const DEFAULT_SHARD_BYTES = 5_000_000_000;
 /** The whole pipeline in one process, the stages' outputs in a temporary work folder. */
 export async function mergeRecipe(opts: MergeOptions): Promise<WriteResult> {
   const parsed = await readRecipe(opts.recipeFile);
-  const work = await mkdtemp(join(tmpdir(), 'moe-forge-'));
+  await removeDeadWorkFolders();
+  const work = await mkdtemp(join(tmpdir(), `moe-forge-${process.pid}-`));
+  const forget = removeOnExit(work);
   try {
     const cacheDir = opts.cacheDir ?? userCacheDir();
-    const { merge } = await runFetch(parsed, join(work, 'fetch'), { cacheDir, env: opts.env, modelBaseDir: opts.modelBaseDir, allowIdenticalModels: opts.allowIdenticalModels, layout: opts.layout, seed: opts.seed, log: opts.log });
+    const { merge } = await runFetch(parsed, join(work, 'fetch'), { cacheDir, env: opts.env, modelBaseDir: opts.modelBaseDir, allowIdenticalModels: opts.allowIdenticalModels, layout: opts.layout, seed: opts.seed, log: opts.log, warn: opts.warn, output: { path: opts.outPath, recipeFile: opts.recipeFile } });
     const reportFiles = opts.report ? reportPaths(opts.report.file) : null;
     if (reportFiles) refuseInsideModels(merge, reportFiles.html);
     // Held-out prompts are checked before the forward pass, not after it.
     if (opts.report?.evalPrompts) await readEvalPrompts(opts.report.evalPrompts, merge.ctx.experts.length);
-    await runEmbedPrompts(merge, join(work, 'embed-prompts'), { cacheDir, device: opts.device, log: opts.log, progress: progressReporter('prompt states') });
+    await runEmbedPrompts(merge, join(work, 'embed-prompts'), { cacheDir, device: opts.device, log: opts.log, warn: opts.warn, progress: progressReporter('prompt states') });
     await runBuildGates(merge, join(work, 'embed-prompts'), join(work, 'build-gates'));
-    const routing = opts.report ? await runReport(merge, join(work, 'embed-prompts'), join(work, 'build-gates'), join(work, 'report'), { name: basename(opts.recipeFile).replace(/\.ya?ml$/, ''), cacheDir, device: opts.device, evalPrompts: opts.report.evalPrompts, log: opts.log, progress: progressReporter('report prompt states') }) : null;
+    const routing = opts.report ? await runReport(merge, join(work, 'embed-prompts'), join(work, 'build-gates'), join(work, 'report'), { name: basename(opts.recipeFile).replace(/\.ya?ml$/, ''), cacheDir, device: opts.device, evalPrompts: opts.report.evalPrompts, log: opts.log, warn: opts.warn, progress: progressReporter('report prompt states') }) : null;
     const { gates, warnings } = await gatesForAssembly(merge, join(work, 'build-gates'));
     const plan = await runAssemble(merge, join(work, 'assemble-experts'), { maxShardBytes: opts.maxShardBytes ?? DEFAULT_SHARD_BYTES, extraWarnings: warnings, gates });
     for (const w of plan.warnings) opts.warn?.(w);
@@ -71,6 +78,7 @@ export async function mergeRecipe(opts: MergeOptions): Promise<WriteResult> {
       copyTokenizer: opts.copyTokenizer ?? true,
       writeRecipe: opts.writeRecipe ?? true,
       overwrite: opts.overwrite ?? false,
+      recipeFile: opts.recipeFile,
       log: opts.log,
       progress: progressReporter('writing'),
       routing: routing ?? undefined,
@@ -84,7 +92,17 @@ export async function mergeRecipe(opts: MergeOptions): Promise<WriteResult> {
     }
     return result;
   } finally {
+    forget();
     await rm(work, { recursive: true, force: true });
+  }
+}
+
+/** Work folders of runs killed by SIGKILL (their pid is gone); other signals and crashes remove their own. */
+async function removeDeadWorkFolders(): Promise<void> {
+  const entries = await readdir(tmpdir()).catch(() => [] as string[]);
+  for (const e of entries) {
+    const m = /^moe-forge-(\d+)-[A-Za-z0-9]{6}$/.exec(e);
+    if (m && leftByDeadProcess(Number(m[1]), join(tmpdir(), e), inUse)) await rm(join(tmpdir(), e), { recursive: true, force: true }).catch(() => undefined);
   }
 }
 

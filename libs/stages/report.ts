@@ -17,6 +17,7 @@ export interface ReportOptions {
   /** Held-out prompts file (.yml/.yaml/.jsonl), already resolved. */
   evalPrompts?: string;
   log?: (line: string) => void;
+  warn?: (line: string) => void;
   progress?: Progress;
 }
 
@@ -85,7 +86,12 @@ export async function runReport(merge: MergeContext, statesDir: string, gatesDir
       for (const [i, s] of (await embeddingSums(ctx.base, missing)).entries()) states.set(missing[i]!, [s.sum]);
       stats.computed = missing.length;
     } else {
-      const r = await cachedHiddenStates(ctx.base, missing, { cacheDir: opts.cacheDir, device: opts.device, log: opts.log, progress: opts.progress });
+      const limit = ctx.base.config.raw.max_position_embeddings;
+      const checkIds = (ids: number[][]) => {
+        const i = typeof limit === 'number' ? ids.findIndex((t) => t.length > limit) : -1;
+        if (i >= 0) throw new ForgeError('prompt_too_long', `prompt ${JSON.stringify(missing[i]!.slice(0, 60))} is ${ids[i]!.length} tokens long, more than the ${limit} of the base model ${ctx.base.ref} (max_position_embeddings): shorten it`, { file: prompts.some((p) => p.set === 'train' && p.text === missing[i]) ? merge.parsed.file : opts.evalPrompts });
+      };
+      const r = await cachedHiddenStates(ctx.base, missing, { cacheDir: opts.cacheDir, device: opts.device, log: opts.log, warn: opts.warn, progress: opts.progress, checkIds });
       r.states.forEach((s, i) => states.set(missing[i]!, mode === 'hidden_avg' ? s.sum.map((v) => v.map((x) => x / s.count)) : s.last));
       stats.computed = r.computed;
       stats.fromCache = r.fromCache;

@@ -1,6 +1,6 @@
-import { link, mkdir, readdir, readFile, rename, rm, stat, writeFile, copyFile } from 'node:fs/promises';
+import { link, mkdir, readdir, readFile, rm, stat, writeFile, copyFile } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
-import { basename, dirname, join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { createHash, randomBytes } from 'node:crypto';
 import { ForgeError } from '../errors';
 import { Rng, gateRow, type GateTensor } from '../gates';
@@ -13,10 +13,11 @@ import { planHash } from './assemble';
 import type { Progress } from './progress';
 import { modelCard } from '../model-card';
 import { parseRecipeText } from '../recipe/parse';
-import { processAlive } from '../util/process';
+import { removeOnExit } from '../util/cleanup';
 import type { RoutingReport } from '../report/types';
+import { checkFreeSpace, checkOutputPath, noSpaceError, readStampSync, recoverStaleTemporaries, STAMP_FILE, swapIntoPlace, tempName, userEntries, type OutputInput, type Stamp } from './output-folder';
 
-export const STAMP_FILE = '.moe-forge.json';
+export { STAMP_FILE };
 const CHUNK_BYTES = 16 << 20;
 
 export interface WriteOptions {
@@ -29,6 +30,8 @@ export interface WriteOptions {
   /** mergekit_moe_config.yml and the README model card (the reference's --write-model-card). */
   writeRecipe?: boolean;
   overwrite: boolean;
+  /** The recipe file, which the output path must not be or contain (the plan names the model folders). */
+  recipeFile?: string;
   log?: (line: string) => void;
   progress?: Progress;
   /** The routing report: routing.html beside the model card, and a Routing section in it. */
@@ -113,24 +116,6 @@ async function writeTokenizer(srcDir: string, outDir: string): Promise<string[]>
   return written;
 }
 
-/** Temporary folders left by a killed run (their process is gone) are removed before a new write. */
-async function removeStaleTemporaries(parent: string, name: string): Promise<void> {
-  const pattern = new RegExp(`^\\.${name.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}\\.(tmp|old)-(\\d+)-[0-9a-f]+$`);
-  for (const entry of await readdir(parent)) {
-    const m = pattern.exec(entry);
-    if (m && !processAlive(Number(m[2]))) await rm(join(parent, entry), { recursive: true, force: true });
-  }
-}
-
-
-interface Stamp {
-  tool: 'moe-forge';
-  hash: string;
-  files: Record<string, number>;
-  /** Per shard file: a hash of its planned content, so an unchanged shard is kept on a re-plan. */
-  shards?: Record<string, string>;
-}
-
 /** What decides a shard's bytes: tensor specs, sources by content id, transforms and router rows. */
 function shardHash(plan: MergePlan, tensors: PlanTensor[], gates: GateTensor): string {
   const ids = new Map(plan.models.map((m) => [m.key, m.contentId ?? m.dir]));
@@ -146,15 +131,6 @@ function shardHash(plan: MergePlan, tensors: PlanTensor[], gates: GateTensor): s
   return h.digest('hex');
 }
 
-async function readStamp(dir: string): Promise<Stamp | null> {
-  try {
-    const s = JSON.parse(await readFile(join(dir, STAMP_FILE), 'utf8')) as Stamp;
-    return s.tool === 'moe-forge' ? s : null;
-  } catch {
-    return null;
-  }
-}
-
 async function intact(dir: string, stamp: Stamp): Promise<boolean> {
   for (const [f, size] of Object.entries(stamp.files)) {
     try {
@@ -166,36 +142,60 @@ async function intact(dir: string, stamp: Stamp): Promise<boolean> {
   return true;
 }
 
+function inTheWay(names: string[], out: string): void {
+  if (names.length === 0) return;
+  throw new ForgeError('output_exists', `files you added to the output folder are in the way of this build: ${names.join(', ')}; move them away, or pass --overwrite to replace them`, { file: out });
+}
+
 /**
  * Stage 5: the model folder. Written into a temporary sibling and renamed into place when complete, so
  * a killed run never leaves a folder that looks finished; a folder we did not write is never replaced
- * without `overwrite`, and an unchanged plan over an intact folder is skipped.
+ * without `overwrite`, files a user added to one we wrote move into the new one, an output path that is
+ * or holds an input is refused, a symlinked one is written through, and an unchanged plan over an intact
+ * folder is skipped.
  */
 export async function runWrite(plan: MergePlan, opts: WriteOptions): Promise<WriteResult> {
-  const out = opts.outPath;
   const hash = planHash(plan, { recipe: opts.recipeText, copyTokenizer: opts.copyTokenizer, writeRecipe: opts.writeRecipe, gates: Buffer.from(opts.gates.data.buffer, opts.gates.data.byteOffset, opts.gates.data.byteLength).toString('base64'), ...(opts.routing ? { routing: createHash('sha256').update(opts.routing.html).digest('hex') } : {}) });
+  const inputs: OutputInput[] = [
+    ...plan.models.map((m) => ({ label: `model folder of ${m.ref}`, path: m.dir })),
+    ...(opts.recipeFile ? [{ label: 'recipe', path: opts.recipeFile }] : []),
+  ];
+  // Where the output really goes: a symlinked output path is written through and the link kept.
+  const out = checkOutputPath(opts.outPath, inputs);
+  await mkdir(dirname(out), { recursive: true });
+  recoverStaleTemporaries(out, opts.log);
   let existing: Stamp | null = null;
+  let keep: string[] = [];
   if (existsSync(out)) {
     const entries = await readdir(out);
-    existing = await readStamp(out);
+    existing = readStampSync(out);
     if (entries.length > 0 && !existing && !opts.overwrite) {
-      throw new ForgeError('output_exists', `output folder exists, is not empty and was not written by moe-forge; pass --overwrite to replace it`, { file: out });
+      throw new ForgeError('output_exists', `output folder exists, is not empty and was not written by moe-forge; pass --overwrite to replace it`, { file: opts.outPath });
     }
     if (existing && existing.hash === hash && (await intact(out, existing))) {
-      opts.log?.(`output unchanged: ${out}`);
+      opts.log?.(`output unchanged: ${opts.outPath}`);
       const n = Object.keys(existing.files).filter((f) => f.endsWith('.safetensors')).length;
-      return { outPath: out, files: Object.keys(existing.files), shards: n, written: 0, kept: n, skipped: true, hash };
+      return { outPath: opts.outPath, files: Object.keys(existing.files), shards: n, written: 0, kept: n, skipped: true, hash };
     }
+    // Files the user added to a folder we wrote (notes, checkpoints) move into the new folder.
+    if (existing) keep = userEntries(out, existing);
   }
-  const parent = dirname(out);
-  await mkdir(parent, { recursive: true });
-  await removeStaleTemporaries(parent, basename(out));
-  const tmp = join(parent, `.${basename(out)}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`);
+  const specs: OutputTensorSpec[] = plan.tensors.map((t) => ({ name: t.name, dtype: t.dtype, shape: t.shape }));
+  const shards = planShards(specs, plan.maxShardBytes);
+  const byName = new Map(plan.tensors.map((t) => [t.name, t]));
+  const shardHashes: Record<string, string> = {};
+  const reusable = (file: string) => existing?.shards?.[file] === shardHashes[file];
+  for (const s of shards) shardHashes[s.file] = shardHash(plan, s.tensors.map((t) => byName.get(t.name)!), opts.gates);
+  // Names this build will write, known now: a file the user added under one of them stops the build before any work.
+  const planned = [...shards.map((s) => s.file), ...(shards.length > 1 ? ['model.safetensors.index.json'] : []), 'config.json', ...(opts.writeRecipe !== false ? ['mergekit_moe_config.yml', 'README.md', ...(opts.routing ? ['routing.html'] : [])] : []), ...(opts.copyTokenizer ? [...TOKENIZER_FILES.filter((f) => existsSync(join(opts.tokenizerDir, f))), 'tokenizer_config.json', 'special_tokens_map.json'] : [])];
+  if (!opts.overwrite) inTheWay(keep.filter((e) => planned.includes(e)), opts.outPath);
+  const needed = shards.reduce((a, s) => a + (reusable(s.file) ? 0 : s.bytes), 0) + (1 << 20);
+  checkFreeSpace(dirname(out), needed);
+  const tag = randomBytes(4).toString('hex');
+  const tmp = tempName(out, 'tmp', tag);
   await mkdir(tmp);
+  const forget = removeOnExit(tmp);
   try {
-    const specs: OutputTensorSpec[] = plan.tensors.map((t) => ({ name: t.name, dtype: t.dtype, shape: t.shape }));
-    const shards = planShards(specs, plan.maxShardBytes);
-    const byName = new Map(plan.tensors.map((t) => [t.name, t]));
     const produce = tensorProducer(opts.gates);
     const total = shards.reduce((a, x) => a + x.bytes, 0);
     const started = Date.now();
@@ -208,12 +208,9 @@ export async function runWrite(plan: MergePlan, opts: WriteOptions): Promise<Wri
         yield c;
       }
     };
-    const shardHashes: Record<string, string> = {};
     let kept = 0;
     for (const [i, s] of shards.entries()) {
-      const sh = shardHash(plan, s.tensors.map((t) => byName.get(t.name)!), opts.gates);
-      shardHashes[s.file] = sh;
-      const prior = existing?.shards?.[s.file] === sh ? join(out, s.file) : null;
+      const prior = reusable(s.file) ? join(out, s.file) : null;
       if (prior && (await stat(prior).then((st) => st.size === existing!.files[s.file], () => false))) {
         // Same planned content as the shard already there: hard-link it (the old folder stays whole until the swap).
         await link(prior, join(tmp, s.file)).catch(() => copyFile(prior, join(tmp, s.file)));
@@ -237,18 +234,16 @@ export async function runWrite(plan: MergePlan, opts: WriteOptions): Promise<Wri
     }
     const files: Record<string, number> = {};
     for (const f of (await readdir(tmp)).sort()) files[f] = (await stat(join(tmp, f))).size;
+    // A file the user added under a name we now write would be lost: stop and name it, unless --overwrite.
+    if (!opts.overwrite) inTheWay(keep.filter((e) => e in files), opts.outPath);
     await writeFile(join(tmp, STAMP_FILE), JSON.stringify({ tool: 'moe-forge', hash, files, shards: shardHashes } satisfies Stamp, null, 2) + '\n');
-    if (existsSync(out)) {
-      const old = join(parent, `.${basename(out)}.old-${process.pid}-${randomBytes(4).toString('hex')}`);
-      await rename(out, old);
-      await rename(tmp, out);
-      await rm(old, { recursive: true, force: true });
-    } else {
-      await rename(tmp, out);
-    }
-    return { outPath: out, files: Object.keys(files), shards: shards.length, written: shards.length - kept, kept, skipped: false, hash };
+    forget();
+    swapIntoPlace(tmp, out, tag, keep.filter((e) => !(e in files)));
+    if (keep.length > 0) opts.log?.(`kept files you added: ${keep.join(', ')}`);
+    return { outPath: opts.outPath, files: Object.keys(files), shards: shards.length, written: shards.length - kept, kept, skipped: false, hash };
   } catch (e) {
+    forget();
     await rm(tmp, { recursive: true, force: true });
-    throw e;
+    throw noSpaceError(e, dirname(out), needed) ?? e;
   }
 }

@@ -1,10 +1,8 @@
 import { join } from 'node:path';
-import { mkdtempSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { ROOT } from './tmp';
+import { ROOT, tempDir } from './tmp';
 
-// Keep the command's caches out of the user's home during tests.
-const testCache = mkdtempSync(join(tmpdir(), 'moe-forge-cli-cache-'));
+// Keep the command's caches out of the user's home during tests (removed when the test file ends).
+const testCache = tempDir('moe-forge-cli-cache-');
 
 // execa is ESM-only and its dependencies export no CommonJS entry: load it with a real dynamic import.
 const execaModule = import('execa');

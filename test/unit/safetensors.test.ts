@@ -36,6 +36,9 @@ test('header validation errors name the file, the tensor and the expectation', a
     ['dtype.safetensors', rawFile({ t: { dtype: 'F17', shape: [2], data_offsets: [0, 8] } }, 8), /tensor t: unknown dtype "F17"/],
     ['size.safetensors', rawFile({ t: { dtype: 'F32', shape: [3], data_offsets: [0, 8] } }, 8), /tensor t: shape \[3\] × F32 needs 12 bytes but data_offsets span 8/],
     ['overlap.safetensors', rawFile({ a: { dtype: 'F32', shape: [2], data_offsets: [0, 8] }, b: { dtype: 'F32', shape: [2], data_offsets: [4, 12] } }, 12), /tensor b: data_offsets \[4, 12\] overlap tensor a/],
+    // A zero-size tensor between them must not hide that b starts inside a.
+    ['hidden-overlap.safetensors', rawFile({ a: { dtype: 'F32', shape: [4], data_offsets: [0, 16] }, z: { dtype: 'F32', shape: [0], data_offsets: [8, 8] }, b: { dtype: 'F32', shape: [2], data_offsets: [12, 20] } }, 20), /tensor b: data_offsets \[12, 20\] overlap tensor a/],
+    ['nested-overlap.safetensors', rawFile({ a: { dtype: 'F32', shape: [8], data_offsets: [0, 32] }, b: { dtype: 'F32', shape: [1], data_offsets: [4, 8] }, c: { dtype: 'F32', shape: [2], data_offsets: [16, 24] } }, 32), /tensor b: data_offsets \[4, 8\] overlap tensor a/],
     ['outside.safetensors', rawFile({ a: { dtype: 'F32', shape: [4], data_offsets: [0, 16] } }, 8), /tensor a: data_offsets \[0, 16\] run past the end of the data \(8 bytes/],
   ];
   for (const [name, bytes, re] of cases) {

@@ -1,6 +1,8 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync, mkdirSync, readdirSync, writeFileSync } from 'node:fs';
+import { spawn } from 'node:child_process';
+import { existsSync, mkdirSync, readdirSync, utimesSync, writeFileSync } from 'node:fs';
+import { processStartedAt } from '../../libs/util/process';
 import { join } from 'node:path';
 import { runWrite } from '../../libs/stages/write';
 import { newGates } from '../../libs/gates';
@@ -37,11 +39,25 @@ test("a dead run's temporary folders are removed by the next write; a live one's
   const d = tempDir();
   const src = join(d, 'src.bin');
   writeFileSync(src, Buffer.alloc(16));
-  mkdirSync(join(d, '.out.tmp-999999999-abcd1234'));
-  mkdirSync(join(d, `.out.tmp-${process.pid}-abcd1234`));
-  const r = await runWrite(plan(src), { ...base, outPath: join(d, 'out') });
-  assert.equal(r.shards, 2);
-  assert.deepEqual(readdirSync(d).sort(), [`.out.tmp-${process.pid}-abcd1234`, 'out', 'src.bin']);
+  // Another live process (a writer running now), a dead one, this process (left by an earlier run with the same
+  // pid: in a container both are often pid 1), and a live pid that started after its folder was made (reused).
+  const other = spawn(process.execPath, ['-e', 'setTimeout(() => {}, 60000)'], { stdio: 'ignore' });
+  await new Promise((r) => setTimeout(r, 300));
+  try {
+    mkdirSync(join(d, `.out.tmp-${other.pid}-abcd1234`));
+    mkdirSync(join(d, '.out.tmp-999999999-abcd1234'));
+    mkdirSync(join(d, `.out.tmp-${process.pid}-abcd1234`));
+    if (processStartedAt(other.pid!) !== null) {
+      mkdirSync(join(d, `.out.tmp-${other.pid}-0123abcd`));
+      const old = new Date(Date.now() - 3_600_000);
+      utimesSync(join(d, `.out.tmp-${other.pid}-0123abcd`), old, old);
+    }
+    const r = await runWrite(plan(src), { ...base, outPath: join(d, 'out') });
+    assert.equal(r.shards, 2);
+    assert.deepEqual(readdirSync(d).sort(), [`.out.tmp-${other.pid}-abcd1234`, 'out', 'src.bin']);
+  } finally {
+    other.kill();
+  }
 });
 
 test('progress: a bar redrawn in place on a terminal, a line every few seconds elsewhere', () => {

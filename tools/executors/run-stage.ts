@@ -2,7 +2,7 @@ import { join, resolve } from 'node:path';
 import { defaultCacheDir } from '../../libs/cache';
 import type { ExecutorContext } from '@nx/devkit';
 import { logger } from './log';
-import { isForgeError } from '../../libs/errors';
+import { describeError } from '../../libs/errors';
 import { readRecipe } from '../../libs/recipe/parse';
 import { loadMergeContext, readModelsFile, type MergeContext } from '../../libs/stages/context';
 import { stagePaths, type StageOptions, type StagePaths } from './options';
@@ -30,7 +30,8 @@ export async function runStage(raw: unknown, context: ExecutorContext, body: (en
     await body(env);
     return { success: true };
   } catch (e) {
-    logger.error(isForgeError(e) ? `error: ${e.message}` : `internal error: ${(e as Error).stack ?? e}`);
+    logger.error(`error: ${describeError(e)}`);
+    if (process.env.NX_VERBOSE_LOGGING === 'true') logger.error((e as Error)?.stack ?? String(e));
     return { success: false };
   }
 }

@@ -22,6 +22,7 @@ export default function writeExecutor(options: unknown, context: ExecutorContext
       tokenizerDir: base.dir,
       copyTokenizer: o.copyTokenizer,
       overwrite: o.overwrite,
+      recipeFile: paths.recipe,
       log: (l) => logger.info(l),
       progress: progressReporter('writing'),
       routing: routing ?? undefined,

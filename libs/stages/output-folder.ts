@@ -1,0 +1,196 @@
+import { existsSync, lstatSync, readdirSync, readFileSync, readlinkSync, realpathSync, renameSync, rmSync, statSync, statfsSync } from 'node:fs';
+import { basename, dirname, isAbsolute, join, resolve, sep } from 'node:path';
+import { ForgeError } from '../errors';
+import { leftByDeadProcess } from '../util/process';
+import { inUse } from '../util/cleanup';
+
+/**
+ * The output folder's lifecycle: where it really is (symlinks written through), what it must never be
+ * (an input, or a file), what a killed run left next to it, and the swap that keeps files a user added.
+ */
+
+export const STAMP_FILE = '.moe-forge.json';
+
+export interface OutputInput {
+  /** What the path is, for the message: "base model x", "recipe". */
+  label: string;
+  path: string;
+}
+
+const inside = (child: string, parent: string) => child === parent || child.startsWith(parent.endsWith(sep) ? parent : parent + sep);
+
+/** The path with every symlink resolved, including a final link whose target does not exist yet. */
+export function realOutputPath(out: string): string {
+  let p = resolve(out);
+  for (let hops = 0; hops < 40; hops++) {
+    let st;
+    try {
+      st = lstatSync(p);
+    } catch {
+      // Not there: resolve the deepest existing folder above it and keep the rest as written.
+      const parent = dirname(p);
+      return parent === p ? p : join(realOutputPath(parent), basename(p));
+    }
+    if (!st.isSymbolicLink()) return realpathSync(p);
+    const link = readlinkSync(p);
+    p = isAbsolute(link) ? link : resolve(dirname(p), link);
+  }
+  throw new ForgeError('output_path', 'output path is a loop of symbolic links', { file: out });
+}
+
+/**
+ * Refuses, even with --overwrite, an output path that is a file, lies under a file, or is or contains an
+ * input (a model folder, a file a model folder links to, the recipe): replacing it would destroy that input.
+ * Returns the real folder to write (a symlinked output is written through, so the link survives).
+ */
+export function checkOutputPath(out: string, inputs: OutputInput[]): string {
+  for (let p = resolve(out); ; p = dirname(p)) {
+    let st;
+    try {
+      st = statSync(p);
+    } catch (e) {
+      // Not there (ENOTDIR: an ancestor is a file, found further up).
+      if (!['ENOENT', 'ENOTDIR'].includes((e as NodeJS.ErrnoException).code ?? '')) throw e;
+    }
+    if (st && !st.isDirectory()) {
+      throw new ForgeError('output_path', p === resolve(out) ? 'output path is a file, not a folder' : `output path ${out} lies under ${p}, which is a file`, { file: p === resolve(out) ? out : p });
+    }
+    if (st || dirname(p) === p) break;
+  }
+  const real = realOutputPath(out);
+  for (const input of inputs) {
+    for (const p of inputPaths(input.path)) {
+      if (inside(p, real)) {
+        const what = p === real ? 'is' : 'contains';
+        throw new ForgeError('output_is_input', `output path ${what} the ${input.label} (${input.path}); writing there would destroy it, so it is refused even with --overwrite: choose another output folder`, { file: out });
+      }
+    }
+  }
+  return real;
+}
+
+/** An input's real path, and for a folder the real paths of its entries (a Hub snapshot links into blobs/). */
+function inputPaths(p: string): string[] {
+  let real: string;
+  try {
+    real = realpathSync(p);
+  } catch {
+    return [resolve(p)];
+  }
+  const out = [real];
+  if (statSync(real).isDirectory()) {
+    for (const e of readdirSync(real)) {
+      try {
+        if (lstatSync(join(real, e)).isSymbolicLink()) out.push(realpathSync(join(real, e)));
+      } catch {
+        // a dangling link points nowhere we could overwrite
+      }
+    }
+  }
+  return out;
+}
+
+export interface Stamp {
+  tool: 'moe-forge';
+  hash: string;
+  files: Record<string, number>;
+  /** Per shard file: a hash of its planned content, so an unchanged shard is kept on a re-plan. */
+  shards?: Record<string, string>;
+}
+
+export function readStampSync(dir: string): Stamp | null {
+  try {
+    const s = JSON.parse(readFileSync(join(dir, STAMP_FILE), 'utf8')) as Stamp;
+    return s.tool === 'moe-forge' && s.files && typeof s.files === 'object' ? s : null;
+  } catch {
+    return null;
+  }
+}
+
+/** Entries of a folder we wrote that are not ours: the user added them and they must survive a rebuild. */
+export function userEntries(dir: string, stamp: Stamp): string[] {
+  return readdirSync(dir).filter((e) => e !== STAMP_FILE && !(e in stamp.files));
+}
+
+const escape = (s: string) => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+
+export const tempName = (out: string, kind: 'tmp' | 'old', tag: string) => join(dirname(out), `.${basename(out)}.${kind}-${process.pid}-${tag}`);
+
+/**
+ * What a killed run left beside the output (its process is gone): a half-written `.tmp-` folder is removed;
+ * an `.old-` folder (a swap cut short) is put back when the output is missing, else the files a user had
+ * added are moved into the output and the rest removed. Runs before anything else, even an unchanged output.
+ */
+export function recoverStaleTemporaries(out: string, log?: (line: string) => void): void {
+  const parent = dirname(out);
+  if (!existsSync(parent)) return;
+  const pattern = new RegExp(`^\\.${escape(basename(out))}\\.(tmp|old)-(\\d+)-[0-9a-f]+$`);
+  for (const entry of readdirSync(parent)) {
+    const m = pattern.exec(entry);
+    const p = join(parent, entry);
+    if (!m || !leftByDeadProcess(Number(m[2]), p, inUse)) continue;
+    if (m[1] === 'tmp') {
+      rmSync(p, { recursive: true, force: true });
+      log?.(`removed ${p}, left by a run that was stopped`);
+      continue;
+    }
+    if (!existsSync(out)) {
+      renameSync(p, out);
+      log?.(`restored ${out} from ${p}, left by a run that was stopped while replacing it`);
+      continue;
+    }
+    const stamp = readStampSync(p);
+    if (stamp) for (const e of userEntries(p, stamp)) if (!existsSync(join(out, e))) renameSync(join(p, e), join(out, e));
+    rmSync(p, { recursive: true, force: true });
+    log?.(`finished replacing ${out} (a run was stopped while replacing it)`);
+  }
+}
+
+/**
+ * Puts a complete `tmp` folder in place of `out` with synchronous renames (no signal handler runs in
+ * between). Files a user added to an output we wrote earlier are moved into the new folder; a folder we
+ * did not write is replaced whole (the caller only gets here for it with --overwrite).
+ */
+export function swapIntoPlace(tmp: string, out: string, tag: string, keep: string[]): void {
+  if (!existsSync(out)) {
+    renameSync(tmp, out);
+    return;
+  }
+  const old = tempName(out, 'old', tag);
+  renameSync(out, old);
+  renameSync(tmp, out);
+  for (const e of keep) if (!existsSync(join(out, e))) renameSync(join(old, e), join(out, e));
+  rmSync(old, { recursive: true, force: true });
+}
+
+const gb = (n: number) => (n >= 1e9 ? `${(n / 1e9).toFixed(2)} GB` : `${(n / 1e6).toFixed(1)} MB`);
+
+/** The mount point holding `dir` (the last folder above it on the same device), to say which disk is full. */
+function mountOf(dir: string): string {
+  const dev = statSync(dir).dev;
+  let p = dir;
+  while (dirname(p) !== p && statSync(dirname(p)).dev === dev) p = dirname(p);
+  return p;
+}
+
+/** Refuses before writing when the disk holding `dir` has less free space than the output needs. */
+export function checkFreeSpace(dir: string, needed: number): void {
+  const fs = statfsSync(dir);
+  const free = Number(fs.bavail) * Number(fs.bsize);
+  if (needed > free) {
+    throw new ForgeError('no_space', `not enough free space for the output on the disk mounted at ${mountOf(dir)}: ${gb(needed)} needed, ${gb(free)} free`, { file: dir });
+  }
+}
+
+/** A write that ran out of space anyway (another writer filled the disk): one line naming disk and size. */
+export function noSpaceError(e: unknown, dir: string, needed: number): ForgeError | null {
+  if ((e as NodeJS.ErrnoException)?.code !== 'ENOSPC') return null;
+  let free = '';
+  try {
+    const fs = statfsSync(dir);
+    free = `, ${gb(Number(fs.bavail) * Number(fs.bsize))} free now`;
+  } catch {
+    // the message is still right without the free space
+  }
+  return new ForgeError('no_space', `the disk mounted at ${mountOf(dir)} is full: the output needs ${gb(needed)}${free}; nothing was replaced`, { file: dir });
+}

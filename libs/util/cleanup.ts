@@ -1,0 +1,42 @@
+import { rmSync } from 'node:fs';
+
+/**
+ * Temporary paths removed on any exit: normal, a crash, or SIGINT/SIGTERM/SIGHUP (whose default action
+ * would skip every `finally`). SIGKILL cannot be caught; the next run cleans what it leaves.
+ */
+const paths = new Set<string>();
+let installed = false;
+
+const SIGNALS = { SIGINT: 2, SIGTERM: 15, SIGHUP: 1 } as const;
+
+function removeAll(): void {
+  for (const p of paths) rmSync(p, { recursive: true, force: true });
+  paths.clear();
+}
+
+function install(): void {
+  if (installed) return;
+  installed = true;
+  process.on('exit', removeAll);
+  for (const [sig, n] of Object.entries(SIGNALS)) {
+    process.on(sig, () => {
+      removeAll();
+      // Another handler (Nx's) may want to finish its own shutdown first; when we are the only one, exit as the
+      // signal would. Either way the process does not carry on working for long after a signal.
+      if (process.listenerCount(sig) <= 1) process.exit(128 + n);
+      setTimeout(() => process.exit(128 + n), 5000).unref();
+    });
+  }
+}
+
+/** Removes `path` when the process ends unless the returned function is called first (the path was kept). */
+export function removeOnExit(path: string): () => void {
+  install();
+  paths.add(path);
+  return () => void paths.delete(path);
+}
+
+/** Whether this process has `path` registered now (a temporary path in use, not one left by an earlier run). */
+export function inUse(path: string): boolean {
+  return paths.has(path);
+}
