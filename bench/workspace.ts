@@ -8,7 +8,7 @@ export const ROOT = resolve(__dirname, '..');
 /** A workspace with this repository's plugin, libraries and installed packages (node_modules linked). */
 export function throwawayWorkspace(dir: string): string {
   mkdirSync(dir, { recursive: true });
-  for (const f of ['nx.json', 'package.json', 'tsconfig.base.json']) cpSync(join(ROOT, f), join(dir, f));
+  for (const f of ['nx.json', 'package.json', 'package-lock.json', 'tsconfig.base.json']) cpSync(join(ROOT, f), join(dir, f));
   for (const d of ['libs', 'tools']) cpSync(join(ROOT, d), join(dir, d), { recursive: true });
   symlinkSync(join(ROOT, 'node_modules'), join(dir, 'node_modules'), 'dir');
   mkdirSync(join(dir, 'workspace-models'));

@@ -16,6 +16,7 @@ import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { readPlan } from '../libs/stages/assemble';
+import { hubCacheDir } from '../libs/resolve/settings';
 import { readGates } from '../libs/stages/build-gates';
 import { runWrite } from '../libs/stages/write';
 import type { SourcePart } from '../libs/plan/types';
@@ -41,8 +42,9 @@ function memory(): { peakRssKiB: number; maxRssKiB: number } {
   return { peakRssKiB, maxRssKiB };
 }
 
-async function writeStage(assembleDir: string, recipeFile: string, out: string): Promise<ChildResult> {
-  const plan = await readPlan(assembleDir);
+async function writeStage(assembleDir: string, recipeFile: string, out: string, workspace?: string): Promise<ChildResult> {
+  // plan.json's paths are relative to the workspace that planned it (an Nx workspace, or this process's folder).
+  const plan = await readPlan(assembleDir, workspace ? { workspace, hubCache: hubCacheDir() } : undefined);
   const gates = await readGates(assembleDir);
   const recipeText = await readFile(recipeFile, 'utf8');
   const t0 = performance.now();
@@ -72,9 +74,9 @@ async function streamCopy(assembleDir: string, outFile: string): Promise<ChildRe
 async function main(): Promise<void> {
   const [mode, ...args] = process.argv.slice(2);
   let r: ChildResult;
-  if (mode === 'write' && args.length === 3) r = await writeStage(args[0]!, args[1]!, args[2]!);
+  if (mode === 'write' && (args.length === 3 || args.length === 4)) r = await writeStage(args[0]!, args[1]!, args[2]!, args[3]);
   else if (mode === 'copy' && args.length === 2) r = await streamCopy(args[0]!, args[1]!);
-  else throw new Error('usage: write-child.ts write <assemble dir> <recipe> <out> | copy <assemble dir> <out file>');
+  else throw new Error('usage: write-child.ts write <assemble dir> <recipe> <out> [<workspace>] | copy <assemble dir> <out file>');
   process.stdout.write(JSON.stringify(r) + '\n');
 }
 

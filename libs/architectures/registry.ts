@@ -16,6 +16,8 @@ export { mixtral, deepseek, qwen2Moe, qwen3Moe };
 export interface Selection {
   arch: OutputArchitecture;
   warnings: string[];
+  /** Why this one: what the recipe asked, which fit and why the others did not (debug output). */
+  why: string;
 }
 
 /**
@@ -38,8 +40,9 @@ export function selectArchitecture(ctx: ArchContext, file?: string, registry: Ou
   if (ok.length === 0) {
     throw new RecipeError('incompatible_architecture', `No output architecture found that is compatible with the given models.\n${list}\nWhy each was rejected:\n${reasons.join('\n')}`, { file, field: wanted === null ? undefined : 'architecture' });
   }
+  const why = `${wanted === null ? 'the recipe names no architecture' : `the recipe asks for "${wanted}"`}; compatible: ${ok.map((a) => a.name).join(', ')}${reasons.length ? `; rejected: ${reasons.map((r) => r.trim()).join('; ')}` : ''}`;
   const m = ok.find((a) => a.name === 'Mixtral');
-  if (m) return { arch: m, warnings: [] };
+  if (m) return { arch: m, warnings: [], why: `${why}; Mixtral is preferred when it fits` };
   const warnings = ok.length > 1 ? [`Multiple output architectures found (${ok.map((a) => a.name).join(', ')}). Defaulting to ${ok[0]!.name}.`] : [];
-  return { arch: ok[0]!, warnings };
+  return { arch: ok[0]!, warnings, why: ok.length > 1 ? `${why}; the first compatible one` : why };
 }

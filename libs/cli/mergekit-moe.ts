@@ -106,6 +106,7 @@ export async function main(argv: string[], io: Io = defaultIo): Promise<number> 
       overwrite: v.overwrite === true,
       device,
       log: info,
+      debug: ((v.verbose as number) ?? 0) > 1 ? (s) => io.err(`debug: ${s}`) : undefined,
       warn: (s) => io.err(`WARNING: ${s}`),
       report: reportFile !== undefined ? { file: resolve(reportFile), evalPrompts: evalPrompts !== undefined ? resolve(evalPrompts) : undefined } : undefined,
     });

@@ -1,4 +1,6 @@
 import { readFile } from 'node:fs/promises';
+import { homedir } from 'node:os';
+import { isAbsolute, relative, sep } from 'node:path';
 import { ModelError, RecipeError } from '../errors';
 import type { ParsedRecipe } from '../recipe/parse';
 import { formatReference, parseModelReference, type ModelReference, type ModelReferenceInput } from '../resolve/reference';
@@ -9,6 +11,7 @@ import { selectArchitecture } from '../architectures/registry';
 import type { ArchContext, ExpertSource, ModelSource, OutputArchitecture } from '../architectures/types';
 import { checkModelsAgree, openModel } from './models';
 import { checkModelTensors } from '../model-folder/shapes';
+import { localPath, portablePath, type PathRoots } from './portable';
 
 export interface ResolvedModel {
   key: string;
@@ -25,6 +28,15 @@ export interface ModelsFile {
   models: ResolvedModel[];
 }
 
+/**
+ * models.json as written: every path portable (see portable.ts), and hub models' source 'hub' whether this run
+ * downloaded them or found them cached, so the file (an input of every later stage) is the same on any machine.
+ */
+export interface ModelsFileOnDisk {
+  version: 2;
+  models: (Omit<ResolvedModel, 'source'> & { source: 'local' | 'hub' })[];
+}
+
 export interface LoadOptions {
   /** Relative local model paths are resolved against this folder. */
   modelBaseDir: string;
@@ -38,6 +50,8 @@ export interface MergeContext {
   ctx: ArchContext;
   arch: OutputArchitecture;
   warnings: string[];
+  /** Why this output architecture (debug output). */
+  archWhy: string;
   /** Gate rows: routed experts, then the shared experts that are gated. */
   gatedExperts: ExpertSource[];
 }
@@ -55,8 +69,16 @@ export function modelKey(input: ModelReferenceInput, modelBaseDir: string): Reci
   const reference = parseModelReference(input);
   const loc = locateReference(reference, modelBaseDir);
   return loc.kind === 'local'
-    ? { key: `local:${loc.dir}`, ref: formatReference(reference), reference, localDir: loc.dir }
+    ? { key: `local:${localKeyPath(reference.path, loc.dir, modelBaseDir)}`, ref: formatReference(reference), reference, localDir: loc.dir }
     : { key: `hub:${loc.repo}@${reference.revision ?? 'main'}`, ref: formatReference(reference), reference, localDir: null };
+}
+
+/** A local model's key names it as the recipe does (relative to the recipe), never by the checkout's location. */
+function localKeyPath(written: string, dir: string, modelBaseDir: string): string {
+  const posix = (p: string) => p.split(sep).join('/');
+  if (written.startsWith('~/')) return `~/${posix(relative(homedir(), dir))}`;
+  if (isAbsolute(written)) return dir;
+  return posix(relative(modelBaseDir, dir)) || '.';
 }
 
 /** Every distinct model of a recipe, base first, then experts and shared experts in order. */
@@ -145,7 +167,7 @@ export function buildMergeContext(parsed: ParsedRecipe, byKey: Map<string, Model
     layout: opts.layout ?? 'classic',
     seed: opts.seed ?? 0,
   };
-  const { arch, warnings } = selectArchitecture(ctx, parsed.file);
+  const { arch, warnings, why: archWhy } = selectArchitecture(ctx, parsed.file);
   if (ctx.layout === 'fused' && !arch.fusedLayout) {
     warnings.push(`${arch.name} has no fused expert layout; writing its classic per-expert layout (as mergekit-moe does).`);
   }
@@ -156,14 +178,21 @@ export function buildMergeContext(parsed: ParsedRecipe, byKey: Map<string, Model
   if (arch.warnExpertCount && (E & (E - 1)) !== 0) {
     warnings.push(`Your model has ${E} experts, which is not a power of two. The model will not be usable in llama.cpp.`);
   }
-  return { parsed, ctx, arch, warnings, gatedExperts };
+  return { parsed, ctx, arch, warnings, archWhy, gatedExperts };
 }
 
-export async function readModelsFile(file: string): Promise<ModelsFile> {
+/** models.json with its paths made local to this machine (`roots`: see portable.ts). */
+export async function readModelsFile(file: string, roots: PathRoots): Promise<ModelsFile> {
+  let disk: ModelsFileOnDisk | ModelsFile;
   try {
-    return JSON.parse(await readFile(file, 'utf8')) as ModelsFile;
+    disk = JSON.parse(await readFile(file, 'utf8')) as ModelsFileOnDisk | ModelsFile;
   } catch (e) {
     throw new ModelError('missing_stage_output', `cannot read the fetch stage's output (${(e as Error).message}); run the fetch stage first`, { file });
   }
+  if (disk.version !== 2) throw new ModelError('stale_stage_output', `${file} was written by an older moe-forge; run the fetch stage again`, { file });
+  return { version: 1, models: disk.models.map((m) => ({ ...m, dir: localPath(m.dir, roots), source: m.source === 'hub' ? 'cache' : 'local' })) };
 }
 
+export function modelsFileOnDisk(models: ResolvedModel[], roots: PathRoots): ModelsFileOnDisk {
+  return { version: 2, models: models.map((m) => ({ ...m, dir: portablePath(m.dir, roots), source: m.source === 'local' ? 'local' : 'hub' })) };
+}

@@ -57,6 +57,11 @@ export interface EmbedOptions {
   log?: (line: string) => void;
   /** Problems the merge goes on from (an unusable cache); default: the log. */
   warn?: (line: string) => void;
+  /** What this run did (computed vs. from the cache, forward-pass time); default: log. Nx replays a cached
+   * stage's output later, where these numbers would be stale, so the executor sends them to debug output. */
+  stats?: (line: string) => void;
+  /** Per-prompt cache hits and misses. */
+  debug?: (line: string) => void;
   progress?: Progress;
   /** Called with the token ids of every text before any forward pass: throws for a prompt the base cannot take. */
   checkIds?: (ids: number[][]) => void;
@@ -88,7 +93,7 @@ export async function runEmbedPrompts(merge: MergeContext, outDir: string, opts:
   await writeStates(join(outDir, 'prompt-states.safetensors'), tensors, Math.max(index.layers, 1));
   await writeFile(join(outDir, 'prompt-states.json'), JSON.stringify(index, null, 2) + '\n');
   await writeFile(join(outDir, 'stats.json'), JSON.stringify({ computed: index.computed, fromCache: index.fromCache }, null, 2) + '\n');
-  opts.log?.(`prompt states: ${index.computed} computed, ${index.fromCache} from cache`);
+  (opts.stats ?? opts.log)?.(`prompt states: ${index.computed} computed, ${index.fromCache} from cache`);
   return index;
 }
 
@@ -152,6 +157,7 @@ export async function cachedHiddenStates(base: ModelSource, texts: string[], opt
   const missing = await withLock(opts.cacheDir, `base-${baseId.slice(0, 32)}`, async () => {
     for (const text of texts) states.push(await getPromptState(cache, promptStateKey(baseId, tok.contentId, text)));
     const missing = texts.map((t, i) => i).filter((i) => states[i] === null);
+    for (const [i, t] of texts.entries()) opts.debug?.(`prompt-state cache ${states[i] ? 'hit' : 'miss'}: ${JSON.stringify(t.length > 60 ? `${t.slice(0, 57)}...` : t)}`);
     if (missing.length > 0) {
       const ids = missing.map((i) => tok.encodePrompt(texts[i]!));
       const started = Date.now();
@@ -165,7 +171,7 @@ export async function cachedHiddenStates(base: ModelSource, texts: string[], opt
         },
       });
       opts.progress?.end();
-      opts.log?.(`forward pass: ${missing.length} prompts, ${tokens} tokens in ${((Date.now() - started) / 1000).toFixed(1)} s`);
+      (opts.stats ?? opts.log)?.(`forward pass: ${missing.length} prompts, ${tokens} tokens in ${((Date.now() - started) / 1000).toFixed(1)} s`);
       for (const [j, i] of missing.entries()) {
         const per = computed[j]!;
         const s: CachedPromptState = { ids: ids[j]!, count: per[0]!.count, layers: L, hidden: H, last: per.map((x) => x.last), sum: per.map((x) => x.sum) };

@@ -3,16 +3,23 @@ import { join } from 'node:path';
 import { ContentCache } from '../cache';
 import { parseModelConfig } from '../model-folder/config';
 import { checkRecipe } from '../recipe/validate';
+import { refusePlaceholders } from '../recipe/placeholders';
 import type { ParsedRecipe } from '../recipe/parse';
-import { inspectModels, resolveModels, type ModelInspection } from '../resolve/resolve';
+import { inspectModels, resolveModel, resolveModels, type ModelInspection } from '../resolve/resolve';
+import { parseModelReference } from '../resolve/reference';
+import { existsSync } from 'node:fs';
 import type { HubEnv } from '../resolve/settings';
 import { locate } from '../safetensors/reader';
 import { ModelError } from '../errors';
 import type { ModelSource } from '../architectures/types';
 import { checkOutputPath } from './output-folder';
-import { buildMergeContext, openSources, recipeModelRefs, type LoadOptions, type MergeContext, type ModelsFile, type ResolvedModel } from './context';
+import { hubSettings } from '../resolve/settings';
+import { portablePath } from './portable';
+import { buildMergeContext, modelsFileOnDisk, openSources, recipeModelRefs, type LoadOptions, type MergeContext, type ModelsFile, type ResolvedModel } from './context';
 
 export interface FetchOptions extends LoadOptions {
+  /** Where models.json's paths are relative to (default: modelBaseDir); see portable.ts. */
+  root?: string;
   /** Folder of the content-id memo (cacache). */
   cacheDir: string;
   env?: HubEnv;
@@ -22,6 +29,13 @@ export interface FetchOptions extends LoadOptions {
   warn?: (line: string) => void;
   /** The output folder the write stage will fill, checked here (before any download or forward pass). */
   output?: { path: string; recipeFile: string };
+  /** Refuse the recipe generator's placeholder prompts (default true). */
+  refusePlaceholders?: boolean;
+  /** What this run did (downloaded or found in the cache, and where); default: log. Nx replays a cached
+   * stage's output on any machine, where this would be stale, so the executor sends it to debug output. */
+  stats?: (line: string) => void;
+  /** -vv detail. */
+  debug?: (line: string) => void;
 }
 
 /** A model known from its config and safetensors headers only (nothing downloaded yet). */
@@ -54,6 +68,7 @@ const size = (bytes: number) => (bytes >= 1e9 ? `${(bytes / 1e9).toFixed(2)} GB`
  */
 export async function runFetch(parsed: ParsedRecipe, outDir: string, opts: FetchOptions): Promise<{ models: ModelsFile; merge: MergeContext }> {
   checkRecipe(parsed, { allowIdenticalModels: opts.allowIdenticalModels });
+  if (opts.refusePlaceholders !== false) refusePlaceholders(parsed);
   const refs = recipeModelRefs(parsed, opts.modelBaseDir);
   const cache = new ContentCache(opts.cacheDir, opts.warn);
   const resolveOpts = { baseDir: opts.modelBaseDir, cache, env: opts.env, fetch: opts.fetch };
@@ -67,13 +82,33 @@ export async function runFetch(parsed: ParsedRecipe, outDir: string, opts: Fetch
   buildMergeContext(parsed, new Map(refs.map((r, i) => [r.key, inspectedSource(r.key, inspections[i]!)])), opts);
   const resolved = await resolveModels(refs.map((r) => r.reference), resolveOpts);
   const models: ResolvedModel[] = resolved.map((m, i) => ({ key: refs[i]!.key, ref: refs[i]!.ref, dir: m.dir, source: m.source, revision: m.revision, contentId: m.contentId, bytes: m.bytes }));
+  const roots = { workspace: opts.root ?? opts.modelBaseDir, hubCache: hubSettings({ env: opts.env }).cacheDir };
+  // Nx replays this output on a cache hit, on any machine: it says what the models are, not what this run did.
   for (const [i, m] of resolved.entries()) {
-    opts.log?.(`model ${refs[i]!.ref}: ${m.source === 'download' ? `downloaded ${size(m.downloadedBytes)}` : m.source}, ${size(m.bytes)}, ${m.dir}`);
+    opts.log?.(`model ${refs[i]!.ref}: ${m.source === 'local' ? portablePath(m.dir, roots) : `hub commit ${m.revision}`}, ${size(m.bytes)}, content ${m.contentId.slice(0, 12)}`);
+    (opts.stats ?? opts.log)?.(`model ${refs[i]!.ref}: ${m.source === 'download' ? `downloaded ${size(m.downloadedBytes)} into` : m.source === 'cache' ? 'cache,' : 'local,'} ${m.dir}`);
     for (const w of m.warnings) opts.log?.(`WARNING: ${w}`);
   }
   const merge = buildMergeContext(parsed, await openSources(models), opts);
   const file: ModelsFile = { version: 1, models };
   await mkdir(outDir, { recursive: true });
-  await writeFile(join(outDir, 'models.json'), JSON.stringify(file, null, 2) + '\n');
+  await writeFile(join(outDir, 'models.json'), JSON.stringify(modelsFileOnDisk(models, roots), null, 2) + '\n');
   return { models: file, merge };
+}
+
+/**
+ * Hub models of a models.json restored from a cache (another machine's fetch) may be missing from this
+ * machine's Hugging Face cache: download them at the recorded commit and check they are the same content.
+ */
+export async function ensureModelsPresent(models: ResolvedModel[], opts: { cacheDir: string; env?: HubEnv; fetch?: typeof fetch; log?: (line: string) => void }): Promise<void> {
+  for (const m of models) {
+    if (m.source === 'local' || existsSync(m.dir)) continue;
+    const reference = { ...parseModelReference(m.ref), revision: m.revision };
+    const got = await resolveModel(reference, { cache: new ContentCache(opts.cacheDir), env: opts.env, fetch: opts.fetch });
+    if (m.contentId && got.contentId !== m.contentId) {
+      throw new ModelError('content_changed', `model ${m.ref} at commit ${m.revision} has content ${got.contentId.slice(0, 12)} here but ${m.contentId.slice(0, 12)} in models.json; run the fetch stage again`, { file: got.dir });
+    }
+    opts.log?.(`model ${m.ref}: downloaded commit ${m.revision} (it was not in this machine's Hugging Face cache)`);
+    m.dir = got.dir;
+  }
 }

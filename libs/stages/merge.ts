@@ -44,6 +44,8 @@ export interface MergeOptions {
   /** Hugging Face settings (HF_ENDPOINT, HF_TOKEN, HF_HUB_CACHE, HF_HUB_OFFLINE); default process.env. */
   env?: Record<string, string | undefined>;
   log?: (line: string) => void;
+  /** -vv: inputs, the chosen architecture and why, prompt-state cache hits, per-shard decisions. */
+  debug?: (line: string) => void;
   warn?: (line: string) => void;
   /** Write the routing report: `file` ends in .html or .json, the other file goes beside it. */
   report?: { file: string; evalPrompts?: string };
@@ -59,12 +61,13 @@ export async function mergeRecipe(opts: MergeOptions): Promise<WriteResult> {
   const forget = removeOnExit(work);
   try {
     const cacheDir = opts.cacheDir ?? userCacheDir();
-    const { merge } = await runFetch(parsed, join(work, 'fetch'), { cacheDir, env: opts.env, modelBaseDir: opts.modelBaseDir, allowIdenticalModels: opts.allowIdenticalModels, layout: opts.layout, seed: opts.seed, log: opts.log, warn: opts.warn, output: { path: opts.outPath, recipeFile: opts.recipeFile } });
+    const { merge } = await runFetch(parsed, join(work, 'fetch'), { cacheDir, env: opts.env, modelBaseDir: opts.modelBaseDir, allowIdenticalModels: opts.allowIdenticalModels, layout: opts.layout, seed: opts.seed, log: opts.log, warn: opts.warn, stats: opts.debug ?? opts.log, debug: opts.debug, output: { path: opts.outPath, recipeFile: opts.recipeFile } });
+    opts.debug?.(`architecture ${merge.arch.name}: ${merge.archWhy}`);
     const reportFiles = opts.report ? reportPaths(opts.report.file) : null;
     if (reportFiles) refuseInsideModels(merge, reportFiles.html);
     // Held-out prompts are checked before the forward pass, not after it.
     if (opts.report?.evalPrompts) await readEvalPrompts(opts.report.evalPrompts, merge.ctx.experts.length);
-    await runEmbedPrompts(merge, join(work, 'embed-prompts'), { cacheDir, device: opts.device, log: opts.log, warn: opts.warn, progress: progressReporter('prompt states') });
+    await runEmbedPrompts(merge, join(work, 'embed-prompts'), { cacheDir, device: opts.device, log: opts.log, warn: opts.warn, debug: opts.debug, progress: progressReporter('prompt states') });
     await runBuildGates(merge, join(work, 'embed-prompts'), join(work, 'build-gates'));
     const routing = opts.report ? await runReport(merge, join(work, 'embed-prompts'), join(work, 'build-gates'), join(work, 'report'), { name: basename(opts.recipeFile).replace(/\.ya?ml$/, ''), cacheDir, device: opts.device, evalPrompts: opts.report.evalPrompts, log: opts.log, warn: opts.warn, progress: progressReporter('report prompt states') }) : null;
     const { gates, warnings } = await gatesForAssembly(merge, join(work, 'build-gates'));
@@ -80,6 +83,7 @@ export async function mergeRecipe(opts: MergeOptions): Promise<WriteResult> {
       overwrite: opts.overwrite ?? false,
       recipeFile: opts.recipeFile,
       log: opts.log,
+      debug: opts.debug,
       progress: progressReporter('writing'),
       routing: routing ?? undefined,
     });

@@ -33,6 +33,8 @@ export interface WriteOptions {
   /** The recipe file, which the output path must not be or contain (the plan names the model folders). */
   recipeFile?: string;
   log?: (line: string) => void;
+  /** Per-shard decisions with their hashes. */
+  debug?: (line: string) => void;
   progress?: Progress;
   /** The routing report: routing.html beside the model card, and a Routing section in it. */
   routing?: { report: RoutingReport; html: string };
@@ -210,6 +212,9 @@ export async function runWrite(plan: MergePlan, opts: WriteOptions): Promise<Wri
     };
     let kept = 0;
     for (const [i, s] of shards.entries()) {
+      const sh = shardHashes[s.file]!;
+      const was = existing?.shards?.[s.file];
+      opts.debug?.(`${s.file}: ${s.tensors.length} tensors, ${s.bytes} bytes, content ${sh.slice(0, 12)}; ${was === undefined ? 'no shard of that name before' : was === sh ? 'the existing shard has the same content' : `the existing shard had ${was.slice(0, 12)}`}`);
       const prior = reusable(s.file) ? join(out, s.file) : null;
       if (prior && (await stat(prior).then((st) => st.size === existing!.files[s.file], () => false))) {
         // Same planned content as the shard already there: hard-link it (the old folder stays whole until the swap).

@@ -4,9 +4,9 @@ import { run } from './cli';
 import { ROOT, tempDir } from './tmp';
 
 /** A throwaway Nx workspace with this repository's plugin, libraries and installed packages. */
-export function throwawayWorkspace(): string {
-  const ws = tempDir('moe-forge-ws-');
-  for (const f of ['nx.json', 'package.json', 'tsconfig.base.json']) cpSync(join(ROOT, f), join(ws, f));
+export function throwawayWorkspace(prefix = 'moe-forge-ws-'): string {
+  const ws = tempDir(prefix);
+  for (const f of ['nx.json', 'package.json', 'package-lock.json', 'tsconfig.base.json']) cpSync(join(ROOT, f), join(ws, f));
   for (const d of ['libs', 'tools']) cpSync(join(ROOT, d), join(ws, d), { recursive: true });
   symlinkSync(join(ROOT, 'node_modules'), join(ws, 'node_modules'), 'dir');
   mkdirSync(join(ws, 'workspace-models'));

@@ -127,6 +127,12 @@ test('command-line errors', async () => {
   assert.match(v.stderr, /--clone-tensors has no effect/);
   assert.match(v.stderr, /--allow-crimes has no effect/);
   assert.match(v.stderr, /--load-in-4bit\/--load-in-8bit are unnecessary/);
+  assert.doesNotMatch(v.stderr, /debug:/);
+  const vv = await mergekitMoe(['moe.yml', 'out-vv', '-vv'], d);
+  assert.equal(vv.exitCode, 0, vv.stderr);
+  assert.match(vv.stderr, /debug: architecture Mixtral: the recipe names no architecture; compatible: .*Mixtral/);
+  assert.match(vv.stderr, /debug: model \S*models[/\\]a: local, \S*models[/\\]a\n/);
+  assert.match(vv.stderr, /debug: model\.safetensors: 29 tensors, \d+ bytes, content [0-9a-f]{12}; no shard of that name before/);
   assert.match((await mergekitMoe(['--help'], d)).stdout, /Usage: mergekit-moe CONFIG_PATH OUT_PATH/);
   const trust = await mergekitMoe(['moe.yml', 'out', '--trust-remote-code'], d);
   assert.equal(trust.exitCode, 0, trust.stderr);

@@ -39,9 +39,11 @@ async function build(project = 'm', args: string[] = []): Promise<Build> {
     assert.ok(line, `${s} appears in the output`);
     ran[s] = /\[(local|remote) cache\]|existing outputs match the cache/.test(line) ? 'cache' : 'run';
   }
-  const m = /prompt states: (\d+) computed, (\d+) from cache/.exec(r.stdout);
+  // A cached stage's output is replayed by Nx: counts of work done are in stats.json (and -v), not in its log.
+  assert.doesNotMatch(r.stdout, /\d+ computed, \d+ from cache/);
+  const embedStats = JSON.parse(readFileSync(join(ws, 'dist', 'stages', project, 'embed-prompts', 'stats.json'), 'utf8'));
   const stats = JSON.parse(readFileSync(join(ws, 'dist', 'stages', project, 'write', 'stats.json'), 'utf8'));
-  return { ran, computed: ran['embed-prompts'] === 'run' ? Number(m![1]) : 0, written: stats.written, kept: stats.kept, skipped: stats.skipped };
+  return { ran, computed: ran['embed-prompts'] === 'run' ? embedStats.computed : 0, written: stats.written, kept: stats.kept, skipped: stats.skipped };
 }
 
 const recipeFile = join(ws, 'workspace-models', 'm', 'moe.yml');
@@ -52,8 +54,10 @@ test('the edit matrix: each edit recomputes only what it changes', async () => {
   assert.equal(cold.computed, 4);
   assert.ok(cold.written >= 3, `several shards written: ${cold.written}`);
 
+  // A no-op build: every cacheable stage (fetch included: its input is the models' content ids) is a cache hit,
+  // and write, never Nx-cached (its output can be tens of GB), finds the folder complete and skips.
   const none = await build();
-  assert.deepEqual(none.ran, { fetch: 'run', 'embed-prompts': 'cache', 'build-gates': 'cache', 'assemble-experts': 'cache', write: 'run' });
+  assert.deepEqual(none.ran, { fetch: 'cache', 'embed-prompts': 'cache', 'build-gates': 'cache', 'assemble-experts': 'cache', write: 'run' });
   assert.ok(none.skipped && none.written === 0, 'no-op build writes nothing');
 
   edit('dtype: float32', 'dtype: bfloat16');
@@ -82,6 +86,7 @@ test('the edit matrix: each edit recomputes only what it changes', async () => {
   const cfgFile = join(ws, 'models', 'tiny-b', 'config.json');
   writeFileSync(cfgFile, JSON.stringify({ ...JSON.parse(readFileSync(cfgFile, 'utf8')), note: 'retrained' }));
   const changed = await build();
+  assert.equal(changed.ran.fetch, 'run');
   assert.equal(changed.ran['embed-prompts'], 'run');
   assert.equal(changed.computed, 5);
 
@@ -123,12 +128,24 @@ experts:
   assert.deepEqual(a.stdout.trim().split('\n').filter(Boolean), ['r2']);
 });
 
-test('the recipe generator writes a commented recipe that builds as a project', async () => {
+test('the recipe generator writes a commented recipe that refuses to build until its placeholder prompts are replaced', async () => {
   const r = await nx(ws, ['g', './tools/executors:recipe', 'gen-moe', '--base=../../models/tiny-a', '--experts=../../models/tiny-b,../../models/tiny-c', '--gateMode=cheap_embed']);
   assert.equal(r.exitCode, 0, r.stdout + r.stderr);
-  const text = readFileSync(join(ws, 'workspace-models', 'gen-moe', 'moe.yml'), 'utf8');
+  const file = join(ws, 'workspace-models', 'gen-moe', 'moe.yml');
+  const text = readFileSync(file, 'utf8');
   assert.match(text, /# Routers: hidden/);
+  const refused = await nx(ws, ['run', 'gen-moe:build']);
+  assert.notEqual(refused.exitCode, 0);
+  assert.match(refused.stdout + refused.stderr, /moe\.yml:\d+:\d+, field experts\[0\]\.positive_prompts\[0\]: still the generator's placeholder/);
+  assert.doesNotMatch(refused.stdout + refused.stderr, /internal error|\n\s+at /);
+  assert.ok(!existsSync(join(ws, 'dist', 'stages', 'gen-moe', 'fetch', 'models.json')));
+  writeFileSync(file, text.replace(/"Replace me: a prompt typical of expert 0[^"]*"/, '"Write a python function"').replace(/"Replace me: a prompt typical of expert 1[^"]*"/, '"Solve this equation"'));
   const b = await nx(ws, ['run', 'gen-moe:build']);
   assert.equal(b.exitCode, 0, b.stdout + b.stderr);
   assert.ok(existsSync(join(ws, 'dist', 'models', 'gen-moe', 'model.safetensors')));
+
+  // Prompts given as an option: the recipe builds at once.
+  const g = await nx(ws, ['g', './tools/executors:recipe', 'gen-2', '--base=../../models/tiny-a', '--experts=../../models/tiny-b,../../models/tiny-c', '--gateMode=cheap_embed', '--prompts=Write a python function|Fix this test;Solve this equation']);
+  assert.equal(g.exitCode, 0, g.stdout + g.stderr);
+  assert.match(readFileSync(join(ws, 'workspace-models', 'gen-2', 'moe.yml'), 'utf8'), /- "Fix this test"/);
 });

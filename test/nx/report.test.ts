@@ -74,5 +74,5 @@ test('build runs the report before write; it is a cache hit when nothing it read
   const show = await nx(ws, ['show', 'project', 'm', '--json']);
   const targets = JSON.parse(show.stdout).targets;
   assert.match(targets.report.metadata.description, /Routing report/);
-  assert.deepEqual(targets.write.dependsOn.map((d: { target: string }) => d.target), ['assemble-experts', 'report']);
+  assert.deepEqual(targets.write.dependsOn.map((d: { target: string }) => d.target), ['check-options', 'assemble-experts', 'report']);
 });

@@ -1,67 +1,204 @@
-import { dirname, basename } from 'node:path';
+import { existsSync, readFileSync, statSync } from 'node:fs';
+import { basename, dirname, isAbsolute, join, relative, resolve, sep } from 'node:path';
 import type { CreateNodesV2, TargetConfiguration } from '@nx/devkit';
+import { parse } from 'yaml';
 
 /**
  * Every workspace-models/<name>/moe.yml is a project <name> with the stage targets chained by dependsOn.
- * Options are forwarded down the chain, so `nx run x:build --random-seed=1` reaches every stage.
+ * Options are forwarded down the chain, so `nx run x:build --random-seed=1` reaches the stages it changes.
+ * Every local model folder inside the workspace that a recipe uses is a project too (tag moe-model), and the
+ * recipe depends on it: `nx affected` then marks exactly the recipes whose models changed.
  */
 export const STAGES = ['fetch', 'embed-prompts', 'build-gates', 'assemble-experts', 'write'] as const;
+type Stage = (typeof STAGES)[number];
 
-const DESCRIPTIONS: Record<(typeof STAGES)[number], string> = {
-  fetch: 'Resolve the models, validate recipe and models, write models.json (never cached: looks outside the workspace).',
+/** Plugin options, in nx.json: `{ "plugin": "./tools/executors", "options": { ... } }` (as @nx/vite takes them). */
+export interface MoeForgePluginOptions {
+  /** Target names, by stage: e.g. `{ "build": "merge" }`. */
+  targetNames?: Partial<Record<Stage | 'build' | 'check-options' | 'report', string>>;
+  /** Stage outputs go to <stagesDir>/<project>/<stage> (default dist/stages). */
+  stagesDir?: string;
+  /** Model folders go to <modelsDir>/<project> (default dist/models). */
+  modelsDir?: string;
+}
+
+const DESCRIPTIONS: Record<Stage, string> = {
+  fetch: 'Resolve the models, validate recipe and models, write models.json (content ids; cached unless a Hub model is named by a branch).',
   'embed-prompts': 'Tokenize prompts and compute their states; per-prompt states are cached by content.',
   'build-gates': 'Compute router weights from prompt states (gates.safetensors, gates.json).',
   'assemble-experts': 'Plan the output: architecture, config.json, every tensor with its sources (plan.json).',
   write: 'Stream the model folder from the plan; skipped when the plan and the folder are unchanged.',
 };
 
-export function recipeTargets(projectRoot: string, projectName: string): Record<string, TargetConfiguration> {
-  const stageDir = (s: string) => `{workspaceRoot}/dist/stages/${projectName}/${s}`;
+/**
+ * The packages whose code each stage runs (their versions are hashed from the lockfile), instead of the whole
+ * lockfile: a bump of an unrelated package keeps every recipe cached.
+ */
+export const STAGE_PACKAGES: Record<Stage, string[]> = {
+  fetch: ['yaml', 'zod', 'cacache', '@huggingface/hub'],
+  'embed-prompts': ['yaml', 'zod', 'cacache', '@huggingface/tokenizers', 'onnxruntime-node'],
+  'build-gates': ['yaml', 'zod'],
+  'assemble-experts': ['yaml', 'zod'],
+  write: ['yaml', 'zod', '@huggingface/tokenizers'],
+};
+
+/** The report computes held-out prompts' states (tokenizer, forward pass, cache). */
+export const REPORT_PACKAGES = ['yaml', 'zod', 'cacache', '@huggingface/tokenizers', 'onnxruntime-node'];
+
+const COMMIT = /^[0-9a-f]{40}$/;
+const REPO_ID = /^[A-Za-z0-9][\w.-]*(\/[\w.-]+)?$/;
+
+interface RecipeModels {
+  /** Workspace-relative folders of local models inside the workspace. */
+  workspaceModels: string[];
+  /** Hub references not pinned to a commit (a branch can move: fetch is then not cached). */
+  floatingHubRefs: string[];
+}
+
+function referencePath(input: unknown): { path: string; revision: string | null } | null {
+  const split = (s: string) => {
+    const [path, revision] = s.split('@');
+    return { path: path!.trim(), revision: revision?.trim() || null };
+  };
+  if (typeof input === 'string') return split(input);
+  if (input && typeof input === 'object' && 'model' in input) {
+    const m = (input as { model: unknown }).model;
+    if (typeof m === 'string') return split(m);
+    if (m && typeof m === 'object' && typeof (m as { path?: unknown }).path === 'string') {
+      const r = split((m as { path: string }).path);
+      const rev = (m as { revision?: unknown }).revision;
+      return { path: r.path, revision: typeof rev === 'string' ? rev : r.revision };
+    }
+  }
+  return null;
+}
+
+/** What the plugin needs from a recipe; a recipe that does not parse gets no extras (fetch reports the error). */
+export function recipeModels(workspaceRoot: string, recipeFile: string): RecipeModels {
+  const out: RecipeModels = { workspaceModels: [], floatingHubRefs: [] };
+  let doc: Record<string, unknown>;
+  try {
+    doc = parse(readFileSync(join(workspaceRoot, recipeFile), 'utf8')) as Record<string, unknown>;
+  } catch {
+    return out;
+  }
+  if (!doc || typeof doc !== 'object') return out;
+  const list = (v: unknown) => (Array.isArray(v) ? v : []).map((e) => (e && typeof e === 'object' ? (e as { source_model?: unknown }).source_model : undefined));
+  const inputs = [doc.base_model, ...list(doc.experts), ...list(doc.shared_experts)];
+  const recipeDir = join(workspaceRoot, dirname(recipeFile));
+  for (const input of inputs) {
+    const ref = referencePath(input);
+    if (!ref || !ref.path) continue;
+    const abs = resolve(recipeDir, ref.path.startsWith('~/') ? join(process.env.HOME ?? '/', ref.path.slice(2)) : ref.path);
+    if (existsSync(abs)) {
+      const rel = relative(workspaceRoot, abs);
+      const usable = rel && !rel.startsWith('..') && !isAbsolute(rel) && !/^(node_modules|dist|\.nx)(\/|\\|$)/.test(rel);
+      if (usable && statSync(abs).isDirectory() && !out.workspaceModels.includes(rel)) out.workspaceModels.push(rel.split(sep).join('/'));
+    } else if (REPO_ID.test(ref.path) && !(ref.revision && COMMIT.test(ref.revision))) {
+      out.floatingHubRefs.push(`${ref.path}@${ref.revision ?? 'main'}`);
+    }
+  }
+  return out;
+}
+
+export const modelProjectName = (folder: string) => folder.replace(/[/\\]/g, '-');
+
+export function recipeTargets(projectRoot: string, projectName: string, options: MoeForgePluginOptions = {}, models: RecipeModels = { workspaceModels: [], floatingHubRefs: [] }): Record<string, TargetConfiguration> {
+  const name = (t: Stage | 'build' | 'check-options' | 'report') => options.targetNames?.[t] ?? t;
+  const stagesDir = `${options.stagesDir ?? 'dist/stages'}/${projectName}`;
+  const outputPath = `${options.modelsDir ?? 'dist/models'}/${projectName}`;
+  const check = { target: name('check-options'), params: 'forward' as const };
   const targets: Record<string, TargetConfiguration> = {};
-  const REPORT_INPUTS = ['{projectRoot}/**/*.yml', '{projectRoot}/**/*.yaml', '{projectRoot}/**/*.jsonl'];
+  // Nx checks options against a schema in the process that runs the task; the first stage to run never gets the
+  // command line's options (they stop at the stages they change), so this cheap cached target checks them first.
+  // It comes first in every dependsOn: Nx creates a task once, with the options of the first path that reaches it.
+  targets[name('check-options')] = {
+    executor: './tools/executors:check-options',
+    options: {},
+    cache: true,
+    inputs: ['{workspaceRoot}/tools/executors/stage-options.json'],
+    outputs: [],
+    metadata: {
+      description: 'Check the options given on the command line against the stages\' schema, before any stage runs.',
+      technologies: ['moe-forge'],
+    },
+  };
   STAGES.forEach((stage, i) => {
     const prev = i > 0 ? STAGES[i - 1] : undefined;
-    targets[stage] = {
+    const inputs: TargetConfiguration['inputs'] = ['recipe', 'forgeCode', { externalDependencies: STAGE_PACKAGES[stage] }];
+    if (stage === 'fetch') {
+      // The models' content ids (memoised by path, size, mtime and inode: milliseconds), so a model edited in place,
+      // inside or outside the workspace, re-runs fetch; a Hub model pinned to a commit is its own content.
+      inputs.push({ runtime: `node tools/executors/model-ids.js ${join(projectRoot, 'moe.yml').split(sep).join('/')}` });
+    } else {
+      // Upstream results, not their run statistics (stats.json), so a cache hit upstream keeps this stage cached.
+      inputs.push({ dependentTasksOutputFiles: '**/{models,prompt-states,gates,plan}.json', transitive: true });
+    }
+    targets[name(stage)] = {
       executor: `./tools/executors:${stage}`,
-      options: {},
+      options: stage === 'write' ? { stagesDir, outputPath } : { stagesDir },
       // Command-line options reach write and assemble-experts, the stages they change (random gates are
       // drawn there); the earlier stages ignore them so that, e.g., a new seed or shard size keeps their cache.
-      dependsOn: prev ? [{ target: prev, params: stage === 'write' ? 'forward' : 'ignore' }, ...(stage === 'write' ? [{ target: 'report', params: 'forward' as const }] : [])] : [],
-      cache: stage !== 'fetch' && stage !== 'write',
-      // Upstream results, not their run statistics (stats.json), so a cache hit upstream keeps this stage cached.
-      inputs: ['recipe', 'forgeCode', ...(prev ? [{ dependentTasksOutputFiles: '**/{models,prompt-states,gates,plan}.json', transitive: true }] : [])],
-      outputs: stage === 'write' ? [] : [stageDir(stage)],
-      metadata: { description: DESCRIPTIONS[stage] },
+      dependsOn: [check, ...(prev ? [{ target: name(prev), params: stage === 'write' ? ('forward' as const) : ('ignore' as const) }] : []), ...(stage === 'write' ? [{ target: name('report'), params: 'forward' as const }] : [])],
+      // write is not cached: its output can be tens of GB and Nx would copy it; it skips unchanged work itself.
+      cache: stage === 'write' ? false : stage === 'fetch' ? models.floatingHubRefs.length === 0 : true,
+      inputs,
+      outputs: stage === 'write' ? [] : [`{workspaceRoot}/${stagesDir}/${stage}`],
+      metadata: {
+        description: DESCRIPTIONS[stage] + (stage === 'fetch' && models.floatingHubRefs.length ? ` Not cached here: ${models.floatingHubRefs.join(', ')} name a branch; pin a commit (org/name@<sha>) to cache it.` : ''),
+        technologies: ['moe-forge'],
+        help: { command: `npx nx run ${projectName}:${name(stage)} --help`, example: { options: stage === 'write' ? { outputPath: `out/${projectName}` } : stage === 'assemble-experts' ? { randomSeed: 1 } : {} } },
+      },
     };
   });
   // After build-gates, beside the chain: write puts its summary in the model card. Command-line options reach it
   // (a new seed draws new random gates); held-out prompt files in the recipe's folder are among its inputs.
-  targets.report = {
+  targets[name('report')] = {
     executor: './tools/executors:report',
-    options: {},
-    dependsOn: [{ target: 'build-gates', params: 'ignore' }],
+    options: { stagesDir },
+    dependsOn: [check, { target: name('build-gates'), params: 'ignore' }],
     cache: true,
-    inputs: ['recipe', 'forgeCode', ...REPORT_INPUTS, { dependentTasksOutputFiles: '**/{models,prompt-states,gates}.json', transitive: true }],
-    outputs: [stageDir('report')],
-    metadata: { description: 'Routing report (routing.json, routing.html): which expert each prompt reaches in each layer, accuracy, load, starving experts and why.' },
+    inputs: [
+      'recipe',
+      'forgeCode',
+      '{projectRoot}/**/*.yml',
+      '{projectRoot}/**/*.yaml',
+      '{projectRoot}/**/*.jsonl',
+      { externalDependencies: REPORT_PACKAGES },
+      { dependentTasksOutputFiles: '**/{models,prompt-states,gates}.json', transitive: true },
+    ],
+    outputs: [`{workspaceRoot}/${stagesDir}/report`],
+    metadata: {
+      description: 'Routing report (routing.json, routing.html): which expert each prompt reaches in each layer, accuracy, load, starving experts and why.',
+      technologies: ['moe-forge'],
+      help: { command: `npx nx run ${projectName}:${name('report')} --help`, example: { options: { evalPrompts: 'held-out.yml' } } },
+    },
   };
-  targets.build = {
+  targets[name('build')] = {
     executor: 'nx:noop',
-    dependsOn: [{ target: 'write', params: 'forward' }],
+    dependsOn: [check, { target: name('write'), params: 'forward' }],
     cache: false,
-    metadata: { description: `Build the MoE model folder dist/models/${projectName} (runs every stage).` },
+    metadata: {
+      description: `Build the MoE model folder ${outputPath} (runs every stage).`,
+      technologies: ['moe-forge'],
+      help: { command: `npx nx run ${projectName}:${name('write')} --help`, example: { options: { randomSeed: 1, outShardSize: '2b' } } },
+    },
   };
-  void projectRoot;
   return targets;
 }
 
-export const createNodesV2: CreateNodesV2 = [
+export const createNodesV2: CreateNodesV2<MoeForgePluginOptions> = [
   'workspace-models/*/moe.yml',
-  (files) =>
+  (files, options, context) =>
     files.map((file) => {
       const root = dirname(file);
       const name = basename(root);
-      return [file, { projects: { [root]: { root, name, projectType: 'application', tags: ['moe-recipe'], targets: recipeTargets(root, name) } } }] as const;
+      const models = recipeModels(context.workspaceRoot, file);
+      const projects: Record<string, { root: string; name: string; projectType: 'application' | 'library'; tags: string[]; targets: Record<string, TargetConfiguration>; implicitDependencies?: string[] }> = {
+        [root]: { root, name, projectType: 'application', tags: ['moe-recipe'], targets: recipeTargets(root, name, options ?? {}, models), implicitDependencies: models.workspaceModels.map(modelProjectName) },
+      };
+      for (const m of models.workspaceModels) if (m !== root) projects[m] = { root: m, name: modelProjectName(m), projectType: 'library', tags: ['moe-model'], targets: {} };
+      return [file, { projects }] as const;
     }),
 ];
 

@@ -3,10 +3,14 @@ import type { ExecutorContext } from '@nx/devkit';
 import { z } from 'zod';
 import { parseKmb } from '../../libs/cli/args';
 import { DEFAULT_SHARD_BYTES } from '../../libs/stages/merge';
+import { hubCacheDir } from '../../libs/resolve/settings';
+import type { PathRoots } from '../../libs/stages/portable';
 
 /**
  * Options outside the mergekit YAML, shared by every stage so that `nx run x:build --random-seed=1`
- * forwards them down the chain. One zod schema is the source of truth; schema.json mirrors it for Nx.
+ * forwards them down the chain. stage-options.json is the one schema Nx checks (types, ranges, enums, and no
+ * unknown option); this zod schema gives the executors their types and defaults. To add an option, add it to
+ * both (test/nx/schema.test.ts checks that they list the same options).
  */
 export const StageOptionsSchema = z.object({
   recipe: z.string().optional(),
@@ -31,6 +35,8 @@ export interface StagePaths {
   stage(name: string): string;
   output: string;
   maxShardBytes: number;
+  /** What stage outputs' paths are relative to (see libs/stages/portable.ts). */
+  roots: PathRoots;
 }
 
 export function stagePaths(raw: unknown, context: ExecutorContext): { options: StageOptions; paths: StagePaths } {
@@ -52,6 +58,7 @@ export function stagePaths(raw: unknown, context: ExecutorContext): { options: S
       stage: (s) => join(stagesDir, s),
       output: resolve(context.root, options.outputPath ?? join('dist', 'models', name)),
       maxShardBytes: typeof options.outShardSize === 'number' ? options.outShardSize : parseKmb(options.outShardSize),
+      roots: { workspace: context.root, hubCache: hubCacheDir() },
     },
   };
 }

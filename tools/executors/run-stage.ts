@@ -1,15 +1,18 @@
-import { join, resolve } from 'node:path';
+import { join, relative, resolve } from 'node:path';
 import { defaultCacheDir } from '../../libs/cache';
 import type { ExecutorContext } from '@nx/devkit';
 import { logger } from './log';
 import { describeError } from '../../libs/errors';
 import { readRecipe } from '../../libs/recipe/parse';
-import { loadMergeContext, readModelsFile, type MergeContext } from '../../libs/stages/context';
+import { loadMergeContext, readModelsFile, type MergeContext, type ResolvedModel } from '../../libs/stages/context';
+import { ensureModelsPresent } from '../../libs/stages/fetch';
 import { stagePaths, type StageOptions, type StagePaths } from './options';
 
 export interface StageEnv {
   options: StageOptions;
   paths: StagePaths;
+  /** The models as the fetch stage resolved them, present on this machine (not for fetch itself). */
+  models(): Promise<ResolvedModel[]>;
   /** The recipe and models as the fetch stage resolved them (not for fetch itself). */
   merge(): Promise<MergeContext>;
 }
@@ -18,13 +21,25 @@ export interface StageEnv {
 export async function runStage(raw: unknown, context: ExecutorContext, body: (env: StageEnv) => Promise<void>): Promise<{ success: boolean }> {
   try {
     const { options, paths } = stagePaths(raw, context);
+    const rel = (p: string) => relative(paths.workspaceRoot, p) || '.';
+    logger.debug(`${context.targetName}: recipe ${rel(paths.recipe)}, stage outputs ${rel(paths.stage(''))}, options ${JSON.stringify(options)}`);
+    let models: ResolvedModel[] | undefined;
     const env: StageEnv = {
       options,
       paths,
+      async models() {
+        if (!models) {
+          models = (await readModelsFile(join(paths.stage('fetch'), 'models.json'), paths.roots)).models;
+          await ensureModelsPresent(models, { cacheDir: cacheDirOf(options, paths), log: (l) => logger.info(l) });
+          for (const m of models) logger.debug(`input model ${m.ref}: content ${m.contentId}, ${m.source === 'local' ? rel(m.dir) : `hub commit ${m.revision}`}`);
+        }
+        return models;
+      },
       async merge() {
         const parsed = await readRecipe(paths.recipe);
-        const models = await readModelsFile(join(paths.stage('fetch'), 'models.json'));
-        return loadMergeContext(parsed, models.models, { modelBaseDir: paths.projectRoot, allowIdenticalModels: options.allowIdenticalModels, layout: options.layout, seed: options.randomSeed });
+        const merge = await loadMergeContext(parsed, await env.models(), { modelBaseDir: paths.projectRoot, allowIdenticalModels: options.allowIdenticalModels, layout: options.layout, seed: options.randomSeed });
+        logger.debug(`architecture ${merge.arch.name}: ${merge.archWhy}`);
+        return merge;
       },
     };
     await body(env);
@@ -35,7 +50,6 @@ export async function runStage(raw: unknown, context: ExecutorContext, body: (en
     return { success: false };
   }
 }
-
 
 /** The prompt-state and content-id cache: executor option, else $MOE_FORGE_CACHE, else .moe-cache in the workspace. */
 export function cacheDirOf(options: StageOptions, paths: StagePaths): string {

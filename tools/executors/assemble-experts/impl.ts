@@ -1,7 +1,7 @@
 import type { ExecutorContext } from '@nx/devkit';
 import { logger } from '../log';
 import { runAssemble } from '../../../libs/stages/assemble';
-import { gatesForAssembly } from '../../../libs/stages/build-gates';
+import { gatesForAssembly, isRandomMode } from '../../../libs/stages/build-gates';
 import { runStage } from '../run-stage';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -15,9 +15,12 @@ export default function assembleExpertsExecutor(options: unknown, context: Execu
     if (states.device !== null && states.device !== env.options.device) {
       logger.warn(`WARNING: --device ${env.options.device} does not reach embed-prompts, which ran on ${states.device}: set it there (nx run <recipe>:embed-prompts --device=${env.options.device}, or "device" in its options in nx.json or project.json).`);
     }
-    const { gates, warnings } = await gatesForAssembly(merge, env.paths.stage('build-gates'));
-    const plan = await runAssemble(merge, env.paths.stage('assemble-experts'), { maxShardBytes: env.paths.maxShardBytes, extraWarnings: warnings, gates });
-    for (const w of plan.warnings) logger.warn(`WARNING: ${w}`);
-    logger.info(`${plan.architecture}: ${plan.tensors.length} tensors planned`);
+    const { gates, warnings: gateWarnings } = await gatesForAssembly(merge, env.paths.stage('build-gates'));
+    const plan = await runAssemble(merge, env.paths.stage('assemble-experts'), { maxShardBytes: env.paths.maxShardBytes, extraWarnings: gateWarnings, gates, roots: env.paths.roots });
+    // build-gates already printed its routing warnings; random gates are drawn here, so theirs are new.
+    const printed = isRandomMode(merge.ctx.gateMode) ? [] : gateWarnings;
+    for (const w of plan.warnings) if (!printed.includes(w)) logger.warn(`WARNING: ${w}`);
+    logger.info(`${plan.architecture} (${plan.layout} layout, ${plan.outDtype ?? 'base dtype'}): ${plan.tensors.length} tensors planned`);
+    logger.debug(`architecture ${plan.architecture}: ${merge.archWhy}`);
   });
 }

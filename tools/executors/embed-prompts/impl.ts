@@ -6,11 +6,15 @@ import { progressReporter } from '../../../libs/stages/progress';
 
 export default function embedPromptsExecutor(options: unknown, context: ExecutorContext) {
   return runStage(options, context, async (env) => {
-    await runEmbedPrompts(await env.merge(), env.paths.stage('embed-prompts'), {
+    const index = await runEmbedPrompts(await env.merge(), env.paths.stage('embed-prompts'), {
       cacheDir: cacheDirOf(env.options, env.paths),
       device: env.options.device,
       log: (l) => logger.info(l),
+      // Replayed by Nx on a cache hit, counts of this run would read as if computed again: debug only.
+      stats: (l) => logger.debug(l),
+      debug: (l) => logger.debug(l),
       progress: progressReporter('prompt states'),
     });
+    logger.info(index.mode === 'none' ? 'no prompt states needed (random gates)' : `prompt states of ${index.prompts.length} prompt${index.prompts.length === 1 ? '' : 's'} (${index.mode === 'hidden' ? `${index.layers} layers, ${index.device}` : 'token embeddings'})`);
   });
 }

@@ -7,6 +7,18 @@ import { cacheDirOf, runStage } from '../run-stage';
 export default function fetchExecutor(options: unknown, context: ExecutorContext) {
   return runStage(options, context, async ({ options: o, paths }) => {
     const parsed = await readRecipe(paths.recipe);
-    await runFetch(parsed, paths.stage('fetch'), { cacheDir: cacheDirOf(o, paths), modelBaseDir: paths.projectRoot, allowIdenticalModels: o.allowIdenticalModels, layout: o.layout, seed: o.randomSeed, log: (l) => logger.info(l), output: { path: paths.output, recipeFile: paths.recipe } });
+    await runFetch(parsed, paths.stage('fetch'), {
+      cacheDir: cacheDirOf(o, paths),
+      modelBaseDir: paths.projectRoot,
+      root: paths.workspaceRoot,
+      allowIdenticalModels: o.allowIdenticalModels,
+      layout: o.layout,
+      seed: o.randomSeed,
+      refusePlaceholders: true,
+      log: (l) => logger.info(l),
+      stats: (l) => logger.debug(l),
+      debug: (l) => logger.debug(l),
+      output: { path: paths.output, recipeFile: paths.recipe },
+    });
   });
 }

@@ -1,6 +1,8 @@
 import { formatFiles, type Tree } from '@nx/devkit';
 import { parseRecipeText } from '../../../libs/recipe/parse';
 import { checkRecipe } from '../../../libs/recipe/validate';
+import { PLACEHOLDER_PROMPT } from '../../../libs/recipe/placeholders';
+import { RANDOM_MODES } from '../../../libs/recipe/schema';
 
 export interface RecipeGeneratorOptions {
   name: string;
@@ -9,6 +11,8 @@ export interface RecipeGeneratorOptions {
   gateMode?: string;
   dtype?: string;
   expertsPerToken?: number;
+  /** Per expert, `;`-separated groups of `|`-separated positive prompts. */
+  prompts?: string;
 }
 
 const q = (s: string) => JSON.stringify(s);
@@ -17,6 +21,10 @@ const q = (s: string) => JSON.stringify(s);
 export function recipeText(o: RecipeGeneratorOptions): string {
   const experts = o.experts.split(',').map((e) => e.trim()).filter(Boolean);
   const mode = o.gateMode ?? 'hidden';
+  const random = (RANDOM_MODES as readonly string[]).includes(mode);
+  const given = (o.prompts ?? '').split(';').map((g) => g.split('|').map((p) => p.trim()).filter(Boolean));
+  // Placeholders make the build fail (fetch refuses them) until real prompts replace them.
+  const promptsOf = (i: number, e: string) => (given[i]?.length ? given[i]! : [`${PLACEHOLDER_PROMPT} a prompt typical of expert ${i} (${e})`]);
   const lines = [
     '# Model paths are relative to this folder, or Hugging Face ids (org/name, org/name@revision).',
     '# Base model: embeddings, attention, norms, lm_head and the tokenizer come from it.',
@@ -32,11 +40,15 @@ export function recipeText(o: RecipeGeneratorOptions): string {
     'experts:',
     ...experts.flatMap((e, i) => [
       `  - source_model: ${q(e)}`,
-      '    # Prompts that should route to this expert (write a few that are typical of it).',
-      '    positive_prompts:',
-      `      - ${q(`Replace me: a prompt typical of expert ${i} (${e})`)}`,
-      '    # Optional: prompts that should not route here.',
-      '    # negative_prompts: []',
+      ...(random
+        ? ['    # Routers are random in this gate mode: prompts are not needed.']
+        : [
+            '    # Prompts that should route to this expert (write a few that are typical of it).',
+            '    positive_prompts:',
+            ...promptsOf(i, e).map((p) => `      - ${q(p)}`),
+            '    # Optional: prompts that should not route here.',
+            '    # negative_prompts: []',
+          ]),
       '    # Optional: Gaussian noise on this expert\'s MLP weights, and a scale on its output (down_proj).',
       '    # noise_scale: 0.01',
       '    # residual_scale: 1.0',
@@ -53,6 +65,9 @@ export function recipeText(o: RecipeGeneratorOptions): string {
 export default async function recipeGenerator(tree: Tree, options: RecipeGeneratorOptions): Promise<void> {
   const file = `workspace-models/${options.name}/moe.yml`;
   if (tree.exists(file)) throw new Error(`${file} already exists`);
+  const groups = options.prompts ? options.prompts.split(';').length : 0;
+  const experts = options.experts.split(',').map((e) => e.trim()).filter(Boolean).length;
+  if (options.prompts && groups !== experts) throw new Error(`--prompts has ${groups} group(s) (separated by ';') for ${experts} expert(s)`);
   const text = recipeText(options);
   // The generated recipe must pass our own checks (each expert gets distinct placeholder prompts).
   checkRecipe(parseRecipeText(text, file), { allowIdenticalModels: true });

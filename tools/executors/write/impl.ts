@@ -1,5 +1,5 @@
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
-import { join } from 'node:path';
+import { join, relative } from 'node:path';
 import type { ExecutorContext } from '@nx/devkit';
 import { logger } from '../log';
 import { readPlan } from '../../../libs/stages/assemble';
@@ -10,8 +10,9 @@ import { progressReporter } from '../../../libs/stages/progress';
 import { readReport } from '../../../libs/stages/report';
 
 export default function writeExecutor(options: unknown, context: ExecutorContext) {
-  return runStage(options, context, async ({ options: o, paths }) => {
-    const plan = await readPlan(paths.stage('assemble-experts'));
+  return runStage(options, context, async (env) => {
+    const { options: o, paths } = env;
+    const plan = await readPlan(paths.stage('assemble-experts'), paths.roots, await env.models());
     const gates = await readGates(paths.stage('assemble-experts'));
     const base = plan.models[0]!;
     const routing = await readReport(paths.stage('report'));
@@ -24,10 +25,12 @@ export default function writeExecutor(options: unknown, context: ExecutorContext
       overwrite: o.overwrite,
       recipeFile: paths.recipe,
       log: (l) => logger.info(l),
+      debug: (l) => logger.debug(l),
       progress: progressReporter('writing'),
       routing: routing ?? undefined,
     });
-    logger.info(`${result.skipped ? 'unchanged' : 'wrote'} ${result.outPath} (${result.shards} shard${result.shards === 1 ? '' : 's'}: ${result.written} written, ${result.kept} kept)`);
+    const out = relative(paths.workspaceRoot, result.outPath) || '.';
+    logger.info(`${result.skipped ? 'unchanged' : 'wrote'} ${out} (${result.shards} shard${result.shards === 1 ? '' : 's'}: ${result.written} written, ${result.kept} kept)`);
     await mkdir(paths.stage('write'), { recursive: true });
     await writeFile(join(paths.stage('write'), 'stats.json'), JSON.stringify({ skipped: result.skipped, shards: result.shards, written: result.written, kept: result.kept }, null, 2) + '\n');
   });

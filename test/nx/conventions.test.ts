@@ -1,0 +1,101 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { cpSync, existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { run } from '../helpers/cli';
+import { FIXTURES, ROOT } from '../helpers/tmp';
+import { addRecipe, nx, throwawayWorkspace } from '../helpers/workspace';
+import { StageOptionsSchema } from '../../tools/executors/options';
+import { STAGES } from '../../tools/executors';
+
+const ws = throwawayWorkspace();
+cpSync(join(FIXTURES, 'tiny-llama'), join(ws, 'models'), { recursive: true });
+const recipe = (expert: string) => `base_model: ../../models/tiny-a
+gate_mode: cheap_embed
+dtype: float32
+experts:
+  - source_model: ../../models/tiny-a
+    positive_prompts: ["How do I merge two models with mergekit?"]
+  - source_model: ../../models/${expert}
+    positive_prompts: ["Write a python function that adds numbers"]
+`;
+addRecipe(ws, 'uses-b', recipe('tiny-b'));
+addRecipe(ws, 'uses-c', recipe('tiny-c'));
+const git = (args: string[]) => run('git', ['-c', 'user.email=t@t', '-c', 'user.name=t', ...args], ws);
+
+test('stage-options.json and the executors\' zod schema list the same options; the schema is strict', () => {
+  const schema = JSON.parse(readFileSync(join(ROOT, 'tools', 'executors', 'stage-options.json'), 'utf8'));
+  assert.equal(schema.additionalProperties, false);
+  assert.deepEqual(Object.keys(schema.properties).sort(), Object.keys(StageOptionsSchema.shape).sort());
+  for (const [k, p] of Object.entries<{ description?: string }>(schema.properties)) assert.ok(p.description, `${k} has a description`);
+  const executors = JSON.parse(readFileSync(join(ROOT, 'tools', 'executors', 'executors.json'), 'utf8')).executors;
+  for (const s of STAGES) assert.equal(executors[s].schema, './stage-options.json');
+  const gen = JSON.parse(readFileSync(join(ROOT, 'tools', 'executors', 'recipe', 'schema.json'), 'utf8'));
+  for (const [k, p] of Object.entries<{ description?: string }>(gen.properties)) assert.ok(p.description, `generator option ${k} has a description`);
+  for (const k of ['name', 'base', 'experts', 'gateMode']) assert.ok(gen.properties[k]['x-prompt'], `generator option ${k} prompts`);
+});
+
+test('an unknown or out-of-range option fails with Nx\'s schema message before any stage runs', async () => {
+  for (const [arg, message] of [
+    ['--random-sed=1', /'random-sed' is not found in schema/],
+    ['--random-seed=-1', /Property 'randomSeed' does not match the schema\. -1 should be at least 0/],
+    ['--layout=stacked', /'stacked' should be one of classic,fused/],
+  ] as const) {
+    const r = await nx(ws, ['run', 'uses-b:build', arg]);
+    const out = r.stdout + r.stderr;
+    assert.notEqual(r.exitCode, 0, arg);
+    assert.match(out, message);
+    assert.doesNotMatch(out, /\n\s+at .+:\d+:\d+/, `no stack trace for ${arg}`);
+    assert.doesNotMatch(out, /nx run uses-b:fetch/, `no stage ran for ${arg}`);
+    assert.ok(!existsSync(join(ws, 'dist', 'stages', 'uses-b', 'fetch')));
+  }
+});
+
+test('every stage target carries technologies and help; models in the workspace are projects the recipes depend on', async () => {
+  const r = await nx(ws, ['show', 'project', 'uses-b', '--json']);
+  assert.equal(r.exitCode, 0, r.stderr);
+  const p = JSON.parse(r.stdout);
+  for (const t of [...STAGES, 'build']) {
+    assert.deepEqual(p.targets[t].metadata.technologies, ['moe-forge'], t);
+    assert.match(p.targets[t].metadata.help.command, /nx run uses-b:\S+ --help/, t);
+  }
+  assert.deepEqual(p.targets['embed-prompts'].inputs.find((i: { externalDependencies?: string[] }) => i.externalDependencies).externalDependencies, ['yaml', 'zod', 'cacache', '@huggingface/tokenizers', 'onnxruntime-node']);
+  assert.ok(!JSON.stringify(p.targets).includes('package-lock.json'), 'no stage hashes the whole lockfile');
+  assert.equal(p.targets.fetch.cache, true);
+  assert.deepEqual(p.implicitDependencies.sort(), ['models-tiny-a', 'models-tiny-b']);
+  const help = await nx(ws, ['run', 'uses-b:assemble-experts', '--help']);
+  assert.match(help.stdout, /Seed \(an integer >= 0\)/);
+});
+
+test('editing a model in the workspace makes exactly the recipes that use it affected, and re-runs their fetch', async () => {
+  writeFileSync(join(ws, '.gitignore'), 'node_modules\ndist\n.nx\n.moe-cache\n');
+  const first = await nx(ws, ['run-many', '-t', 'build', '-p', 'uses-b', 'uses-c']);
+  assert.equal(first.exitCode, 0, first.stdout + first.stderr);
+  await git(['init', '-q', '-b', 'main']);
+  await git(['add', '-A']);
+  await git(['commit', '-qm', 'workspace']);
+  const cfg = join(ws, 'models', 'tiny-c', 'config.json');
+  writeFileSync(cfg, JSON.stringify({ ...JSON.parse(readFileSync(cfg, 'utf8')), note: 'retrained' }));
+  const a = await nx(ws, ['show', 'projects', '--affected', '--base=HEAD', '--type=app']);
+  assert.equal(a.exitCode, 0, a.stderr);
+  assert.deepEqual(a.stdout.trim().split('\n'), ['uses-c']);
+  const b = await nx(ws, ['run-many', '-t', 'build', '-p', 'uses-b', 'uses-c']);
+  assert.equal(b.exitCode, 0, b.stdout + b.stderr);
+  assert.match(b.stdout, /nx run uses-b:fetch\s+\[local cache\]/);
+  assert.match(b.stdout, /nx run uses-c:fetch\s*\n/, 'uses-c fetch ran again');
+});
+
+test('plugin options in nx.json rename targets and move stage outputs', async () => {
+  const nxJson = JSON.parse(readFileSync(join(ws, 'nx.json'), 'utf8'));
+  nxJson.plugins = [{ plugin: './tools/executors', options: { targetNames: { build: 'merge', fetch: 'resolve-models' }, stagesDir: 'out/stages' } }];
+  writeFileSync(join(ws, 'nx.json'), JSON.stringify(nxJson, null, 2));
+  const r = await nx(ws, ['show', 'project', 'uses-b', '--json']);
+  assert.equal(r.exitCode, 0, r.stderr);
+  const p = JSON.parse(r.stdout);
+  assert.ok(p.targets.merge && !p.targets.build && p.targets['resolve-models'] && !p.targets.fetch);
+  assert.deepEqual(p.targets['embed-prompts'].dependsOn[1], { target: 'resolve-models', params: 'ignore' });
+  assert.deepEqual(p.targets['resolve-models'].outputs, ['{workspaceRoot}/out/stages/uses-b/fetch']);
+  const b = await nx(ws, ['run', 'uses-b:merge']);
+  assert.equal(b.exitCode, 0, b.stdout + b.stderr);
+  assert.ok(existsSync(join(ws, 'out', 'stages', 'uses-b', 'fetch', 'models.json')));
+});
