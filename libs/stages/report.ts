@@ -18,6 +18,8 @@ export interface ReportOptions {
   evalPrompts?: string;
   log?: (line: string) => void;
   warn?: (line: string) => void;
+  /** Counts of this run's work (default: the log); Nx replays a cached log, so executors send them to debug. */
+  stats?: (line: string) => void;
   progress?: Progress;
 }
 
@@ -103,7 +105,7 @@ export async function runReport(merge: MergeContext, statesDir: string, gatesDir
   await writeWhole(join(outDir, 'routing.json'), JSON.stringify(report) + '\n');
   await writeWhole(join(outDir, 'routing.html'), html);
   await writeFile(join(outDir, 'stats.json'), JSON.stringify(stats, null, 2) + '\n');
-  opts.log?.(`report prompt states: ${stats.computed} computed, ${stats.fromCache} from cache`);
+  (opts.stats ?? opts.log)?.(`report prompt states: ${stats.computed} computed, ${stats.fromCache} from cache`);
   return { report, html, stats };
 }
 

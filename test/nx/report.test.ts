@@ -61,7 +61,8 @@ test('build runs the report before write; it is a cache hit when nothing it read
   writeFileSync(recipe, readFileSync(recipe, 'utf8').replace('"Once upon a time"', '"Once upon a midnight dreary"'));
   const edited = await nx(ws, ['run', 'm:report']);
   assert.equal(edited.exitCode, 0, edited.stderr);
-  assert.match(edited.stdout, /prompt states: 1 computed, 2 from cache/);
+  const embed = JSON.parse(readFileSync(join(ws, 'dist', 'stages', 'm', 'embed-prompts', 'stats.json'), 'utf8'));
+  assert.deepEqual([embed.computed, embed.fromCache], [1, 2]);
   assert.equal(ranFrom(edited.stdout, 'report'), 'run');
   assert.deepEqual(stats(), { computed: 0, fromCache: 3 });
   assert.ok(report().prompts.some((p) => p.set === 'train' && p.text === 'Once upon a midnight dreary'));

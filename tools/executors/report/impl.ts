@@ -23,6 +23,7 @@ export default function reportExecutor(options: unknown, context: ExecutorContex
       device: env.options.device,
       evalPrompts,
       log: (l) => logger.info(l),
+      stats: (l) => logger.debug(l),
       progress: progressReporter('report prompt states'),
     });
     const s = report.summary;
