@@ -1,7 +1,7 @@
 import { existsSync, statSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { describeError, ForgeError } from '../errors';
-import { mergeRecipe, DEFAULT_SHARD_BYTES } from '../stages/merge';
+import { mergeRecipe, reportPaths, DEFAULT_SHARD_BYTES } from '../stages/merge';
 import { parseArgs, parseKmb, type FlagSpec } from './args';
 import { SHARD_ORDERS, type ShardOrder } from '../plan/types';
 
@@ -18,6 +18,8 @@ const FLAGS: FlagSpec[] = [
   { name: 'load-in-4bit', kind: 'bool', noEffect: true, help: 'Accepted; unnecessary: the forward pass holds one layer at a time.' },
   { name: 'load-in-8bit', kind: 'bool', noEffect: true, help: 'Accepted; unnecessary: the forward pass holds one layer at a time.' },
   { name: 'layout', kind: 'value', help: 'Expert tensor layout: classic (per-expert, default) or fused (transformers 5).' },
+  { name: 'report', kind: 'value', help: 'Write the routing report: FILE.html and FILE.json (which expert each prompt reaches, per layer).' },
+  { name: 'eval-prompts', kind: 'value', help: 'Held-out prompts for the report: YAML list of {expert, prompts} or JSONL {"expert", "prompt"}.' },
   { name: 'overwrite', kind: 'bool', help: 'Replace an existing non-empty output folder that moe-forge did not write.' },
   { name: 'verbose', kind: 'count', short: 'v', help: 'More output (-v info, -vv debug).' },
   { name: 'help', kind: 'bool', short: 'h', help: 'Show this help.' },
@@ -92,6 +94,11 @@ export async function main(argv: string[], io: Io = defaultIo): Promise<number> 
       seed = Number(v['random-seed']);
       if (!Number.isSafeInteger(seed) || seed < 0) throw new ForgeError('bad_flag', `--random-seed must be a non-negative integer, got "${v['random-seed']}"`, { field: '--random-seed' });
     }
+    const reportFile = v.report as string | undefined;
+    const evalPrompts = v['eval-prompts'] as string | undefined;
+    if (evalPrompts !== undefined && reportFile === undefined) throw new ForgeError('bad_flag', '--eval-prompts needs --report FILE: held-out prompts are reported, not used to build the gates', { field: '--eval-prompts' });
+    if (reportFile !== undefined) reportPaths(reportFile);
+    if (evalPrompts !== undefined && (!existsSync(evalPrompts) || !statSync(evalPrompts).isFile())) throw new ForgeError('bad_flag', '--eval-prompts: the file does not exist', { file: evalPrompts, field: '--eval-prompts' });
     const device = (v.device as string | undefined) ?? (v.cuda || v['gpu-rich'] ? 'cuda' : 'cpu');
     const result = await mergeRecipe({
       recipeFile: resolve(config),
@@ -110,6 +117,7 @@ export async function main(argv: string[], io: Io = defaultIo): Promise<number> 
       log: info,
       debug: ((v.verbose as number) ?? 0) > 1 ? (s) => io.err(`debug: ${s}`) : undefined,
       warn: (s) => io.err(`WARNING: ${s}`),
+      report: reportFile !== undefined ? { file: resolve(reportFile), evalPrompts: evalPrompts !== undefined ? resolve(evalPrompts) : undefined } : undefined,
     });
     io.out(`${result.skipped ? 'unchanged' : 'wrote'} ${result.outPath} (${result.shards} shard${result.shards === 1 ? '' : 's'})`);
     return 0;

@@ -3,7 +3,7 @@ import { TorchGenerator } from './torch-rng';
 import { conditionNumber } from './linalg';
 
 export { Rng } from './rng';
-export { conditionNumber } from './linalg';
+export { conditionNumber, singularValues } from './linalg';
 
 /** Gate vectors G of shape [layers, experts, hidden] (spec 2), row-major float32. */
 export interface GateTensor {

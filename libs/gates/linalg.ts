@@ -53,3 +53,20 @@ export function conditionNumber(rows: ArrayLike<number>[]): number {
   if (lo <= hi * 1e-14) return Infinity;
   return Math.sqrt(hi / lo);
 }
+
+/** Singular values of an N×H matrix given as rows (N <= H), descending, via the Gram matrix's eigenvalues. */
+export function singularValues(rows: ArrayLike<number>[]): number[] {
+  const n = rows.length;
+  const gram: number[][] = Array.from({ length: n }, () => new Array<number>(n).fill(0));
+  for (let i = 0; i < n; i++) {
+    for (let j = i; j < n; j++) {
+      let s = 0;
+      const a = rows[i]!;
+      const b = rows[j]!;
+      for (let k = 0; k < a.length; k++) s += a[k]! * b[k]!;
+      gram[i]![j] = s;
+      gram[j]![i] = s;
+    }
+  }
+  return symmetricEigenvalues(gram).map((x) => Math.sqrt(Math.max(x, 0))).reverse();
+}

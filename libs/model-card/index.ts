@@ -1,6 +1,8 @@
 import { stringify } from 'yaml';
 import type { MergePlan, PlanModel, PlanTensor } from '../plan/types';
 import type { Expert, ModelReferenceInput, Recipe } from '../recipe/schema';
+import type { RoutingReport } from '../report/types';
+import { routingSection } from './routing';
 
 export interface ModelCardInput {
   plan: MergePlan;
@@ -8,6 +10,8 @@ export interface ModelCardInput {
   /** The recipe exactly as written. */
   recipeText: string;
   gateMode: string;
+  /** Routing report written beside the card (routing.html): adds a Routing section. */
+  routing?: RoutingReport;
 }
 
 export interface ParameterCounts {
@@ -147,6 +151,7 @@ export function modelCard(input: ModelCardInput): string {
     `- Active per token: ${counts.activePerToken} (${human(counts.activePerToken)})`,
     `- Routed experts: ${counts.routedExperts}; shared experts: ${counts.sharedExperts}; routers: ${counts.routers}`,
     '',
+    ...(input.routing ? [routingSection(input.routing)] : []),
     '## Recipe',
     '',
     f + 'yaml',

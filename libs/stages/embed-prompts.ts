@@ -63,6 +63,8 @@ export interface EmbedOptions {
   /** Per-prompt cache hits and misses. */
   debug?: (line: string) => void;
   progress?: Progress;
+  /** Called with the token ids of every text before any forward pass: throws for a prompt the base cannot take. */
+  checkIds?: (ids: number[][]) => void;
 }
 
 /**
@@ -79,19 +81,10 @@ export async function runEmbedPrompts(merge: MergeContext, outDir: string, opts:
   const index: PromptStatesIndex = { version: 1, mode, device: mode === 'hidden' ? opts.device ?? 'cpu' : null, layers: mode === 'cheap_embed' ? 1 : mode === 'hidden' ? L : 0, hidden: H, prompts: [], computed: 0, fromCache: 0 };
   const tensors: { name: string; data: Float32Array }[] = [];
   if (mode === 'cheap_embed') {
-    const tok = await loadTokenizer(ctx.base.dir);
     const texts = distinctPrompts(merge);
-    const idsOf = texts.map((t) => tok.encodePrompt(t));
-    const rows = await readRows(embeddingTensor(ctx.base), idsOf.flat());
-    for (const [i, text] of texts.entries()) {
-      const ids = idsOf[i]!;
-      const sum = new Float64Array(H);
-      for (const id of ids) {
-        const r = rows.get(id)!;
-        for (let k = 0; k < H; k++) sum[k] += r[k]!;
-      }
-      tensors.push({ name: `p${index.prompts.length}.sum`, data: Float32Array.from(sum) });
-      index.prompts.push({ text, ids, count: ids.length });
+    for (const [i, { ids, sum }] of (await embeddingSums(ctx.base, texts)).entries()) {
+      tensors.push({ name: `p${index.prompts.length}.sum`, data: sum });
+      index.prompts.push({ text: texts[i]!, ids, count: ids.length });
       index.computed++;
     }
   } else if (mode === 'hidden') {
@@ -111,17 +104,55 @@ const flat = (layers: Float32Array[]) => {
 };
 
 async function hiddenStates(merge: MergeContext, index: PromptStatesIndex, tensors: { name: string; data: Float32Array }[], opts: EmbedOptions): Promise<void> {
+  const { base } = merge.ctx;
+  const texts = distinctPrompts(merge);
+  const { states, computed, fromCache, baseId, padTokenId, device } = await cachedHiddenStates(base, texts, { ...opts, checkIds: (ids) => checkPromptLengths(merge, ids, texts) });
+  index.computed = computed;
+  index.fromCache = fromCache;
+  states.forEach((s, i) => {
+    index.prompts.push({ text: texts[i]!, ids: s.ids, count: s.count });
+    tensors.push({ name: `p${i}.last`, data: flat(s.last) }, { name: `p${i}.sum`, data: flat(s.sum) });
+  });
+  if (merge.ctx.gateMode === 'hidden_avg') {
+    const cache = new ContentCache(opts.cacheDir, opts.warn ?? opts.log);
+    const L = base.config.numLayers;
+    const H = base.config.hiddenSize;
+    // The reference's padded mean needs the state of a pad position (spec 10); it depends only on the base.
+    const key = padStateKey(baseId, padTokenId);
+    const hit = await cache.getBuffer(key);
+    let pad = hit ? decodeLayers(hit, L, H) : null;
+    if (!pad) {
+      pad = await computePadStates(base.dir, padTokenId, { device });
+      await cache.putBuffer(key, encodeLayers(pad));
+    }
+    tensors.push({ name: 'pad', data: flat(pad) });
+  }
+}
+
+export interface HiddenStatesResult {
+  /** One per text, in order. */
+  states: CachedPromptState[];
+  computed: number;
+  fromCache: number;
+  baseId: string;
+  padTokenId: number;
+  device: Device;
+}
+
+/**
+ * Per-layer states of prompts through the base, each read from the content-addressed cache or computed
+ * (all misses in one forward pass) and stored there: the one path for gate prompts and report prompts alike.
+ */
+export async function cachedHiddenStates(base: ModelSource, texts: string[], opts: EmbedOptions): Promise<HiddenStatesResult> {
   // auto, as the reference resolves it: the GPU when there is one, else the CPU.
   const device = (opts.device === 'auto' ? (availableBackends().includes('cuda') ? 'cuda' : 'cpu') : opts.device ?? 'cpu') as Device;
-  const { base } = merge.ctx;
   const L = base.config.numLayers;
   const H = base.config.hiddenSize;
   const warn = opts.warn ?? opts.log;
   const cache = new ContentCache(opts.cacheDir, warn);
   const baseId = base.contentId ?? (await contentId(base.dir, { cache }));
   const tok = await loadTokenizer(base.dir);
-  const texts = distinctPrompts(merge);
-  checkPromptLengths(merge, texts.map((t) => tok.encodePrompt(t)), texts);
+  opts.checkIds?.(texts.map((t) => tok.encodePrompt(t)));
   const states: (CachedPromptState | null)[] = [];
   const missing = await withLock(opts.cacheDir, `base-${baseId.slice(0, 32)}`, async () => {
     for (const text of texts) states.push(await getPromptState(cache, promptStateKey(baseId, tok.contentId, text)));
@@ -150,23 +181,23 @@ async function hiddenStates(merge: MergeContext, index: PromptStatesIndex, tenso
     }
     return missing;
   }, { log: opts.log, warn });
-  index.computed = missing.length;
-  index.fromCache = texts.length - missing.length;
-  states.forEach((s, i) => {
-    index.prompts.push({ text: texts[i]!, ids: s!.ids, count: s!.count });
-    tensors.push({ name: `p${i}.last`, data: flat(s!.last) }, { name: `p${i}.sum`, data: flat(s!.sum) });
-  });
-  if (merge.ctx.gateMode === 'hidden_avg') {
-    // The reference's padded mean needs the state of a pad position (spec 10); it depends only on the base.
-    const key = padStateKey(baseId, tok.padTokenId);
-    const hit = await cache.getBuffer(key);
-    let pad = hit ? decodeLayers(hit, L, H) : null;
-    if (!pad) {
-      pad = await computePadStates(base.dir, tok.padTokenId, { device });
-      await cache.putBuffer(key, encodeLayers(pad));
+  return { states: states as CachedPromptState[], computed: missing.length, fromCache: texts.length - missing.length, baseId, padTokenId: tok.padTokenId, device };
+}
+
+/** cheap_embed states: per text, its token ids and the sum of their embedding rows (float64 sum, stored float32). */
+export async function embeddingSums(base: ModelSource, texts: string[]): Promise<{ ids: number[]; sum: Float32Array }[]> {
+  const H = base.config.hiddenSize;
+  const tok = await loadTokenizer(base.dir);
+  const idsOf = texts.map((t) => tok.encodePrompt(t));
+  const rows = await readRows(embeddingTensor(base), idsOf.flat());
+  return idsOf.map((ids) => {
+    const sum = new Float64Array(H);
+    for (const id of ids) {
+      const r = rows.get(id)!;
+      for (let k = 0; k < H; k++) sum[k] += r[k]!;
     }
-    tensors.push({ name: 'pad', data: flat(pad) });
-  }
+    return { ids, sum: Float32Array.from(sum) };
+  });
 }
 
 /** A prompt longer than the base's context cannot be run through it: name the expert, prompt, count and limit. */

@@ -1,4 +1,4 @@
-import { mkdtemp, readdir, rm } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, rm } from 'node:fs/promises';
 import { inUse, removeOnExit } from '../util/cleanup';
 import { leftByDeadProcess } from '../util/process';
 import { tmpdir } from 'node:os';
@@ -14,7 +14,10 @@ import { CACHE_ENV } from '../cache';
 import type { ShardOrder } from '../plan/types';
 import { homedir } from 'node:os';
 import type { RngKind } from '../architectures/types';
-import { isAbsolute, resolve } from 'node:path';
+import { basename, dirname, isAbsolute, relative, resolve } from 'node:path';
+import { readEvalPrompts, runReport, writeWhole } from './report';
+import { ForgeError } from '../errors';
+import type { MergeContext } from './context';
 
 /** The command line has no workspace: its cache lives with the user's other caches. */
 export function userCacheDir(): string {
@@ -50,6 +53,8 @@ export interface MergeOptions {
   /** -vv: inputs, the chosen architecture and why, prompt-state cache hits, per-shard decisions. */
   debug?: (line: string) => void;
   warn?: (line: string) => void;
+  /** Write the routing report: `file` ends in .html or .json, the other file goes beside it. */
+  report?: { file: string; evalPrompts?: string };
 }
 
 export const DEFAULT_SHARD_BYTES = 5_000_000_000;
@@ -64,12 +69,17 @@ export async function mergeRecipe(opts: MergeOptions): Promise<WriteResult> {
     const cacheDir = opts.cacheDir ?? userCacheDir();
     const { merge } = await runFetch(parsed, join(work, 'fetch'), { cacheDir, env: opts.env, modelBaseDir: opts.modelBaseDir, allowIdenticalModels: opts.allowIdenticalModels, layout: opts.layout, seed: opts.seed, rng: opts.rng, log: opts.log, warn: opts.warn, stats: opts.debug ?? opts.log, debug: opts.debug, output: { path: opts.outPath, recipeFile: opts.recipeFile } });
     opts.debug?.(`architecture ${merge.arch.name}: ${merge.archWhy}`);
+    const reportFiles = opts.report ? reportPaths(opts.report.file) : null;
+    if (reportFiles) refuseInsideModels(merge, reportFiles.html);
+    // Held-out prompts are checked before the forward pass, not after it.
+    if (opts.report?.evalPrompts) await readEvalPrompts(opts.report.evalPrompts, merge.ctx.experts.length);
     await runEmbedPrompts(merge, join(work, 'embed-prompts'), { cacheDir, device: opts.device, log: opts.log, warn: opts.warn, debug: opts.debug, progress: progressReporter('prompt states') });
     await runBuildGates(merge, join(work, 'embed-prompts'), join(work, 'build-gates'));
+    const routing = opts.report ? await runReport(merge, join(work, 'embed-prompts'), join(work, 'build-gates'), join(work, 'report'), { name: basename(opts.recipeFile).replace(/\.ya?ml$/, ''), cacheDir, device: opts.device, evalPrompts: opts.report.evalPrompts, log: opts.log, warn: opts.warn, progress: progressReporter('report prompt states') }) : null;
     const { gates, warnings } = await gatesForAssembly(merge, join(work, 'build-gates'));
     const plan = await runAssemble(merge, join(work, 'assemble-experts'), { maxShardBytes: opts.maxShardBytes ?? DEFAULT_SHARD_BYTES, shardOrder: opts.shardOrder, extraWarnings: warnings, gates });
     for (const w of plan.warnings) opts.warn?.(w);
-    return await runWrite(plan, {
+    const result = await runWrite(plan, {
       outPath: opts.outPath,
       gates,
       recipeText: parsed.text,
@@ -81,7 +91,16 @@ export async function mergeRecipe(opts: MergeOptions): Promise<WriteResult> {
       log: opts.log,
       debug: opts.debug,
       progress: progressReporter('writing'),
+      routing: routing ?? undefined,
     });
+    // After the model: a failed merge leaves no report that looks like the merge's.
+    if (routing && reportFiles) {
+      await mkdir(dirname(reportFiles.html), { recursive: true });
+      await writeWhole(reportFiles.json, JSON.stringify(routing.report) + '\n');
+      await writeWhole(reportFiles.html, routing.html);
+      opts.log?.(`routing report: ${reportFiles.html}`);
+    }
+    return result;
   } finally {
     forget();
     await rm(work, { recursive: true, force: true });
@@ -94,5 +113,21 @@ async function removeDeadWorkFolders(): Promise<void> {
   for (const e of entries) {
     const m = /^moe-forge-(\d+)-[A-Za-z0-9]{6}$/.exec(e);
     if (m && leftByDeadProcess(Number(m[1]), join(tmpdir(), e), inUse)) await rm(join(tmpdir(), e), { recursive: true, force: true }).catch(() => undefined);
+  }
+}
+
+/** `--report FILE`: FILE ends in .html or .json; the other file is written beside it with the same stem. */
+export function reportPaths(file: string): { html: string; json: string } {
+  const m = /^(.*)\.(html?|json)$/i.exec(file);
+  if (!m) throw new ForgeError('bad_flag', `--report needs a file name ending in .html or .json (the other is written beside it), got "${file}"`, { field: '--report' });
+  return { html: /^html?$/i.test(m[2]!) ? file : `${m[1]}.html`, json: m[2]!.toLowerCase() === 'json' ? file : `${m[1]}.json` };
+}
+
+/** Input model folders are read-only to us. */
+function refuseInsideModels(merge: MergeContext, file: string): void {
+  const dirs = [merge.ctx.base.dir, ...merge.ctx.experts.map((e) => e.model.dir), ...merge.ctx.shared.map((e) => e.model.dir)];
+  for (const d of dirs) {
+    const rel = relative(resolve(d), resolve(file));
+    if (!rel.startsWith('..') && !isAbsolute(rel)) throw new ForgeError('report_in_model', `the routing report would be written inside the input model folder ${d}; input folders are never written to`, { file, field: '--report' });
   }
 }

@@ -17,6 +17,7 @@ import type { Progress } from './progress';
 import { modelCard } from '../model-card';
 import { parseRecipeText } from '../recipe/parse';
 import { removeOnExit } from '../util/cleanup';
+import type { RoutingReport } from '../report/types';
 import { checkFreeSpace, checkOutputPath, noSpaceError, readStampSync, recoverStaleTemporaries, STAMP_FILE, swapIntoPlace, tempName, userEntries, type OutputInput, type Stamp } from './output-folder';
 
 export { STAMP_FILE };
@@ -38,6 +39,8 @@ export interface WriteOptions {
   /** Per-shard decisions with their hashes. */
   debug?: (line: string) => void;
   progress?: Progress;
+  /** The routing report: routing.html beside the model card, and a Routing section in it. */
+  routing?: { report: RoutingReport; html: string };
 }
 
 export interface WriteResult {
@@ -181,6 +184,7 @@ export async function runWrite(plan: MergePlan, opts: WriteOptions): Promise<Wri
     writeRecipe: opts.writeRecipe,
     gates: Buffer.from(opts.gates.data.buffer, opts.gates.data.byteOffset, opts.gates.data.byteLength).toString('base64'),
     companions: await companionHashes(opts.tokenizerDir),
+    ...(opts.routing ? { routing: createHash('sha256').update(opts.routing.html).digest('hex') } : {}),
   });
   const inputs: OutputInput[] = [
     ...plan.models.map((m) => ({ label: `model folder of ${m.ref}`, path: m.dir })),
@@ -213,7 +217,7 @@ export async function runWrite(plan: MergePlan, opts: WriteOptions): Promise<Wri
   const reusable = (file: string) => existing?.shards?.[file] === shardHashes[file];
   for (const s of shards) shardHashes[s.file] = shardHash(plan, s.tensors.map((t) => byName.get(t.name)!), opts.gates);
   // Names this build will write, known now: a file the user added under one of them stops the build before any work.
-  const planned = [...shards.map((s) => s.file), ...(shards.length > 1 ? ['model.safetensors.index.json'] : []), 'config.json', ...(opts.writeRecipe !== false ? ['mergekit_moe_config.yml', 'README.md'] : []), ...(opts.copyTokenizer ? [...TOKENIZER_FILES, ...CHAT_TEMPLATE_FILES].filter((f) => existsSync(join(opts.tokenizerDir, f))).concat('tokenizer_config.json', 'special_tokens_map.json') : []), ...(existsSync(join(opts.tokenizerDir, GENERATION_CONFIG)) ? [GENERATION_CONFIG] : [])];
+  const planned = [...shards.map((s) => s.file), ...(shards.length > 1 ? ['model.safetensors.index.json'] : []), 'config.json', ...(opts.writeRecipe !== false ? ['mergekit_moe_config.yml', 'README.md', ...(opts.routing ? ['routing.html'] : [])] : []), ...(opts.copyTokenizer ? [...TOKENIZER_FILES, ...CHAT_TEMPLATE_FILES].filter((f) => existsSync(join(opts.tokenizerDir, f))).concat('tokenizer_config.json', 'special_tokens_map.json') : []), ...(existsSync(join(opts.tokenizerDir, GENERATION_CONFIG)) ? [GENERATION_CONFIG] : [])];
   if (!opts.overwrite) inTheWay(keep.filter((e) => planned.includes(e)), opts.outPath);
   const needed = shards.reduce((a, s) => a + (reusable(s.file) ? 0 : s.bytes), 0) + (1 << 20);
   checkFreeSpace(dirname(out), needed);
@@ -260,7 +264,8 @@ export async function runWrite(plan: MergePlan, opts: WriteOptions): Promise<Wri
     if (opts.writeRecipe !== false) {
       // The reference writes no model card; a README with front matter makes the output findable on the Hub.
       const { recipe } = parseRecipeText(opts.recipeText, 'mergekit_moe_config.yml');
-      await writeFile(join(tmp, 'README.md'), modelCard({ plan, recipe, recipeText: opts.recipeText, gateMode: recipe.gate_mode }));
+      await writeFile(join(tmp, 'README.md'), modelCard({ plan, recipe, recipeText: opts.recipeText, gateMode: recipe.gate_mode, routing: opts.routing?.report }));
+      if (opts.routing) await writeFile(join(tmp, 'routing.html'), opts.routing.html);
     }
     const files: Record<string, number> = {};
     for (const f of (await readdir(tmp)).sort()) files[f] = (await stat(join(tmp, f))).size;

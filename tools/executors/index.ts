@@ -15,7 +15,7 @@ type Stage = (typeof STAGES)[number];
 /** Plugin options, in nx.json: `{ "plugin": "./tools/executors", "options": { ... } }` (as @nx/vite takes them). */
 export interface MoeForgePluginOptions {
   /** Target names, by stage: e.g. `{ "build": "merge" }`. */
-  targetNames?: Partial<Record<Stage | 'build' | 'check-options', string>>;
+  targetNames?: Partial<Record<Stage | 'build' | 'check-options' | 'report', string>>;
   /** Stage outputs go to <stagesDir>/<project>/<stage> (default dist/stages). */
   stagesDir?: string;
   /** Model folders go to <modelsDir>/<project> (default dist/models). */
@@ -41,6 +41,9 @@ export const STAGE_PACKAGES: Record<Stage, string[]> = {
   'assemble-experts': ['yaml', 'zod'],
   write: ['yaml', 'zod', '@huggingface/tokenizers'],
 };
+
+/** The report computes held-out prompts' states (tokenizer, forward pass, cache). */
+export const REPORT_PACKAGES = ['yaml', 'zod', 'cacache', '@huggingface/tokenizers', 'onnxruntime-node'];
 
 const COMMIT = /^[0-9a-f]{40}$/;
 const REPO_ID = /^[A-Za-z0-9][\w.-]*(\/[\w.-]+)?$/;
@@ -101,7 +104,7 @@ export function recipeModels(workspaceRoot: string, recipeFile: string): RecipeM
 export const modelProjectName = (folder: string) => folder.replace(/[/\\]/g, '-');
 
 export function recipeTargets(projectRoot: string, projectName: string, options: MoeForgePluginOptions = {}, models: RecipeModels = { workspaceModels: [], floatingHubRefs: [] }): Record<string, TargetConfiguration> {
-  const name = (t: Stage | 'build' | 'check-options') => options.targetNames?.[t] ?? t;
+  const name = (t: Stage | 'build' | 'check-options' | 'report') => options.targetNames?.[t] ?? t;
   const stagesDir = `${options.stagesDir ?? 'dist/stages'}/${projectName}`;
   const outputPath = `${options.modelsDir ?? 'dist/models'}/${projectName}`;
   const check = { target: name('check-options'), params: 'forward' as const };
@@ -136,7 +139,7 @@ export function recipeTargets(projectRoot: string, projectName: string, options:
       options: stage === 'write' ? { stagesDir, outputPath } : { stagesDir },
       // Command-line options reach write and assemble-experts, the stages they change (random gates are
       // drawn there); the earlier stages ignore them so that, e.g., a new seed or shard size keeps their cache.
-      dependsOn: [check, ...(prev ? [{ target: name(prev), params: stage === 'write' ? ('forward' as const) : ('ignore' as const) }] : [])],
+      dependsOn: [check, ...(prev ? [{ target: name(prev), params: stage === 'write' ? ('forward' as const) : ('ignore' as const) }] : []), ...(stage === 'write' ? [{ target: name('report'), params: 'forward' as const }] : [])],
       // write is not cached: its output can be tens of GB and Nx would copy it; it skips unchanged work itself.
       cache: stage === 'write' ? false : stage === 'fetch' ? models.floatingHubRefs.length === 0 : true,
       inputs,
@@ -148,6 +151,29 @@ export function recipeTargets(projectRoot: string, projectName: string, options:
       },
     };
   });
+  // After build-gates, beside the chain: write puts its summary in the model card. Command-line options reach it
+  // (a new seed draws new random gates); held-out prompt files in the recipe's folder are among its inputs.
+  targets[name('report')] = {
+    executor: './tools/executors:report',
+    options: { stagesDir },
+    dependsOn: [check, { target: name('build-gates'), params: 'ignore' }],
+    cache: true,
+    inputs: [
+      'recipe',
+      'forgeCode',
+      '{projectRoot}/**/*.yml',
+      '{projectRoot}/**/*.yaml',
+      '{projectRoot}/**/*.jsonl',
+      { externalDependencies: REPORT_PACKAGES },
+      { dependentTasksOutputFiles: '**/{models,prompt-states,gates}.json', transitive: true },
+    ],
+    outputs: [`{workspaceRoot}/${stagesDir}/report`],
+    metadata: {
+      description: 'Routing report (routing.json, routing.html): which expert each prompt reaches in each layer, accuracy, load, starving experts and why.',
+      technologies: ['moe-forge'],
+      help: { command: `npx nx run ${projectName}:${name('report')} --help`, example: { options: { evalPrompts: 'held-out.yml' } } },
+    },
+  };
   targets[name('build')] = {
     executor: 'nx:noop',
     dependsOn: [check, { target: name('write'), params: 'forward' }],

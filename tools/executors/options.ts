@@ -26,6 +26,7 @@ export const StageOptionsSchema = z.object({
   allowIdenticalModels: z.boolean().default(false),
   copyTokenizer: z.boolean().default(true),
   cacheDir: z.string().optional(),
+  evalPrompts: z.string().optional(),
 });
 export type StageOptions = z.infer<typeof StageOptionsSchema>;
 

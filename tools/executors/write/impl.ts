@@ -7,6 +7,7 @@ import { readGates } from '../../../libs/stages/build-gates';
 import { runWrite } from '../../../libs/stages/write';
 import { runStage } from '../run-stage';
 import { progressReporter } from '../../../libs/stages/progress';
+import { readReport } from '../../../libs/stages/report';
 
 export default function writeExecutor(options: unknown, context: ExecutorContext) {
   return runStage(options, context, async (env) => {
@@ -14,6 +15,7 @@ export default function writeExecutor(options: unknown, context: ExecutorContext
     const plan = await readPlan(paths.stage('assemble-experts'), paths.roots, await env.models());
     const gates = await readGates(paths.stage('assemble-experts'));
     const base = plan.models[0]!;
+    const routing = await readReport(paths.stage('report'));
     const result = await runWrite(plan, {
       outPath: paths.output,
       gates,
@@ -25,6 +27,7 @@ export default function writeExecutor(options: unknown, context: ExecutorContext
       log: (l) => logger.info(l),
       debug: (l) => logger.debug(l),
       progress: progressReporter('writing'),
+      routing: routing ?? undefined,
     });
     const out = relative(paths.workspaceRoot, result.outPath) || '.';
     logger.info(`${result.skipped ? 'unchanged' : 'wrote'} ${out} (${result.shards} shard${result.shards === 1 ? '' : 's'}: ${result.written} written, ${result.kept} kept)`);

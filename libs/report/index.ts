@@ -1,0 +1,4 @@
+export * from './types';
+export { buildReport, softmax, topK, winner, cosine, layerRanges, rangesOf, PARALLEL_COSINE, CANCEL_RATIO, DEGENERATE_CONDITION, type ReportInput } from './routing';
+export { renderHtml, esc } from './html';
+export { parseEvalPrompts, type EvalPrompt } from './eval-prompts';

@@ -1,0 +1,127 @@
+import { mkdir, readFile, rename, writeFile } from 'node:fs/promises';
+import { randomBytes } from 'node:crypto';
+import { join } from 'node:path';
+import { ForgeError } from '../errors';
+import { buildReport, parseEvalPrompts, renderHtml, type EvalPrompt, type ReportExpert, type ReportPrompt, type RoutingReport } from '../report';
+import type { MergeContext } from './context';
+import { cachedHiddenStates, embeddingSums, readPromptStates } from './embed-prompts';
+import { gatesForAssembly, isRandomMode } from './build-gates';
+import type { Progress } from './progress';
+
+export interface ReportOptions {
+  /** Shown in the report's title (the Nx project, or the recipe's file name). */
+  name: string;
+  /** Prompt-state cache, for held-out prompts and for random gates (built without prompt states). */
+  cacheDir: string;
+  device?: string;
+  /** Held-out prompts file (.yml/.yaml/.jsonl), already resolved. */
+  evalPrompts?: string;
+  log?: (line: string) => void;
+  warn?: (line: string) => void;
+  /** Counts of this run's work (default: the log); Nx replays a cached log, so executors send them to debug. */
+  stats?: (line: string) => void;
+  progress?: Progress;
+}
+
+export interface ReportStats {
+  /** Prompt states the report itself needed (held-out prompts; every prompt for random gates). */
+  computed: number;
+  fromCache: number;
+}
+
+export const REPORT_FILES = ['routing.json', 'routing.html'] as const;
+
+/** What each gate mode routes: the state its gates were built from. */
+export function routedState(gateMode: string): string {
+  if (gateMode === 'cheap_embed') return 'sum of the token embeddings (cheap_embed)';
+  if (gateMode === 'hidden_avg') return "mean over the prompt's tokens of the hidden state entering each layer (hidden_avg)";
+  if (gateMode === 'random' || gateMode === 'uniform_random') return 'last token’s hidden state entering each layer (the gates are random)';
+  return 'last token’s hidden state entering each layer';
+}
+
+export async function readEvalPrompts(file: string, experts: number): Promise<EvalPrompt[]> {
+  let text: string;
+  try {
+    text = await readFile(file, 'utf8');
+  } catch (e) {
+    throw new ForgeError('bad_eval_prompts', `cannot read the held-out prompts file (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`, { file });
+  }
+  return parseEvalPrompts(text, file, experts);
+}
+
+/**
+ * Stage report: what the routers do with each prompt, layer by layer, from the states the gates were built
+ * from (read from embed-prompts), plus held-out prompts through the same cached forward pass. Writes
+ * routing.json and routing.html into outDir, each whole or not at all.
+ */
+export async function runReport(merge: MergeContext, statesDir: string, gatesDir: string, outDir: string, opts: ReportOptions): Promise<{ report: RoutingReport; html: string; stats: ReportStats }> {
+  const { ctx } = merge;
+  const mode = ctx.gateMode;
+  const random = isRandomMode(mode);
+  const { gates, warnings } = await gatesForAssembly(merge, gatesDir);
+  const R = ctx.experts.length;
+  const experts: ReportExpert[] = merge.gatedExperts.map((e, i) => ({ index: i, label: e.shared ? `shared ${e.index}` : `expert ${e.index}`, model: e.model.ref, shared: e.shared }));
+  const prompts: ReportPrompt[] = [];
+  merge.gatedExperts.forEach((e, i) => {
+    for (const text of e.spec.positive_prompts ?? []) prompts.push({ text, set: 'train', role: 'positive', expert: i });
+    for (const text of e.spec.negative_prompts ?? []) prompts.push({ text, set: 'train', role: 'negative', expert: i });
+  });
+  if (opts.evalPrompts) for (const p of await readEvalPrompts(opts.evalPrompts, R)) prompts.push({ text: p.prompt, set: 'heldout', role: 'positive', expert: p.expert });
+
+  const L = ctx.base.config.numLayers;
+  const H = ctx.base.config.hiddenSize;
+  const states = new Map<string, Float32Array[]>();
+  const split = (x: Float32Array, n: number) => Array.from({ length: n }, (_, l) => x.subarray(l * H, (l + 1) * H));
+  if (!random) {
+    // The states build-gates read, as it read them.
+    const stored = await readPromptStates(statesDir);
+    for (const [i, p] of stored.index.prompts.entries()) {
+      if (mode === 'cheap_embed') states.set(p.text, [await stored.tensor(`p${i}.sum`)]);
+      else if (mode === 'hidden_avg') states.set(p.text, split((await stored.tensor(`p${i}.sum`)).map((x) => x / p.count), L));
+      else states.set(p.text, split(await stored.tensor(`p${i}.last`), L));
+    }
+  }
+  const missing = [...new Set(prompts.map((p) => p.text))].filter((t) => !states.has(t));
+  const stats: ReportStats = { computed: 0, fromCache: 0 };
+  if (missing.length > 0) {
+    if (mode === 'cheap_embed') {
+      for (const [i, s] of (await embeddingSums(ctx.base, missing)).entries()) states.set(missing[i]!, [s.sum]);
+      stats.computed = missing.length;
+    } else {
+      const limit = ctx.base.config.raw.max_position_embeddings;
+      const checkIds = (ids: number[][]) => {
+        const i = typeof limit === 'number' ? ids.findIndex((t) => t.length > limit) : -1;
+        if (i >= 0) throw new ForgeError('prompt_too_long', `prompt ${JSON.stringify(missing[i]!.slice(0, 60))} is ${ids[i]!.length} tokens long, more than the ${limit} of the base model ${ctx.base.ref} (max_position_embeddings): shorten it`, { file: prompts.some((p) => p.set === 'train' && p.text === missing[i]) ? merge.parsed.file : opts.evalPrompts });
+      };
+      const r = await cachedHiddenStates(ctx.base, missing, { cacheDir: opts.cacheDir, device: opts.device, log: opts.log, warn: opts.warn, progress: opts.progress, checkIds });
+      r.states.forEach((s, i) => states.set(missing[i]!, mode === 'hidden_avg' ? s.sum.map((v) => v.map((x) => x / s.count)) : s.last));
+      stats.computed = r.computed;
+      stats.fromCache = r.fromCache;
+    }
+  }
+  const report = buildReport({ name: opts.name, gateMode: mode, topK: ctx.recipe.experts_per_token, state: routedState(mode), gates, experts, prompts, states, randomGates: random, warnings });
+  const html = renderHtml(report);
+  await mkdir(outDir, { recursive: true });
+  await writeWhole(join(outDir, 'routing.json'), JSON.stringify(report) + '\n');
+  await writeWhole(join(outDir, 'routing.html'), html);
+  await writeFile(join(outDir, 'stats.json'), JSON.stringify(stats, null, 2) + '\n');
+  (opts.stats ?? opts.log)?.(`report prompt states: ${stats.computed} computed, ${stats.fromCache} from cache`);
+  return { report, html, stats };
+}
+
+/** A temporary sibling renamed into place: a reader never sees half a report. */
+export async function writeWhole(file: string, text: string): Promise<void> {
+  const tmp = `${file}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`;
+  await writeFile(tmp, text);
+  await rename(tmp, file);
+}
+
+/** The report stage's output, or null when it was not run (its summary and page then stay out of the card). */
+export async function readReport(dir: string): Promise<{ report: RoutingReport; html: string } | null> {
+  try {
+    return { report: JSON.parse(await readFile(join(dir, 'routing.json'), 'utf8')) as RoutingReport, html: await readFile(join(dir, 'routing.html'), 'utf8') };
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return null;
+    throw e;
+  }
+}

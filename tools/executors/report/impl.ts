@@ -1,0 +1,34 @@
+import { isAbsolute, relative, resolve } from 'node:path';
+import type { ExecutorContext } from '@nx/devkit';
+import { logger } from '../log';
+import { ForgeError } from '../../../libs/errors';
+import { runReport } from '../../../libs/stages/report';
+import { progressReporter } from '../../../libs/stages/progress';
+import { cacheDirOf, runStage } from '../run-stage';
+
+export default function reportExecutor(options: unknown, context: ExecutorContext) {
+  return runStage(options, context, async (env) => {
+    let evalPrompts: string | undefined;
+    if (env.options.evalPrompts) {
+      evalPrompts = resolve(env.paths.projectRoot, env.options.evalPrompts);
+      // Nx hashes the files of the project folder, not a path named in an option: a file elsewhere would be edited unseen.
+      const rel = relative(env.paths.projectRoot, evalPrompts);
+      if (rel.startsWith('..') || isAbsolute(rel)) {
+        throw new ForgeError('bad_option', `evalPrompts must be a file inside the recipe's folder ${env.paths.projectRoot}, so that editing it re-runs the report`, { file: evalPrompts, field: 'evalPrompts' });
+      }
+    }
+    const { report } = await runReport(await env.merge(), env.paths.stage('embed-prompts'), env.paths.stage('build-gates'), env.paths.stage('report'), {
+      name: context.projectName!,
+      cacheDir: cacheDirOf(env.options, env.paths),
+      device: env.options.device,
+      evalPrompts,
+      log: (l) => logger.info(l),
+      stats: (l) => logger.debug(l),
+      progress: progressReporter('report prompt states'),
+    });
+    const s = report.summary;
+    const pct = (x: number | null) => (x === null ? '—' : `${(100 * x).toFixed(0)}%`);
+    logger.info(`routing accuracy ${pct(s.accuracy)}${s.heldOutAccuracy !== null ? `, held-out ${pct(s.heldOutAccuracy)}` : ''}; ${s.starving.length} starving expert${s.starving.length === 1 ? '' : 's'}: ${env.paths.stage('report')}/routing.html`);
+    for (const x of s.starving) logger.warn(`WARNING: ${report.experts[x.expert]!.label} starves in ${x.layers.length} of ${report.layers} layers: ${x.reasons[0]}`);
+  });
+}
