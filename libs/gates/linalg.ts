@@ -32,8 +32,8 @@ export function symmetricEigenvalues(a: number[][]): number[] {
   return m.map((r, i) => r[i]!).sort((x, y) => x - y);
 }
 
-/** 2-norm condition number σmax/σmin of an N×H matrix given as rows (N <= H), via the Gram matrix. */
-export function conditionNumber(rows: ArrayLike<number>[]): number {
+/** Gram matrix R·Rᵀ of an N×H matrix given as rows. */
+function gramOf(rows: ArrayLike<number>[]): number[][] {
   const n = rows.length;
   const gram: number[][] = Array.from({ length: n }, () => new Array<number>(n).fill(0));
   for (let i = 0; i < n; i++) {
@@ -46,7 +46,12 @@ export function conditionNumber(rows: ArrayLike<number>[]): number {
       gram[j]![i] = s;
     }
   }
-  const ev = symmetricEigenvalues(gram);
+  return gram;
+}
+
+/** 2-norm condition number σmax/σmin of an N×H matrix given as rows (N <= H), via the Gram matrix. */
+export function conditionNumber(rows: ArrayLike<number>[]): number {
+  const ev = symmetricEigenvalues(gramOf(rows));
   const lo = ev[0]!;
   const hi = ev[ev.length - 1]!;
   if (!(hi > 0)) return Infinity;
@@ -56,17 +61,5 @@ export function conditionNumber(rows: ArrayLike<number>[]): number {
 
 /** Singular values of an N×H matrix given as rows (N <= H), descending, via the Gram matrix's eigenvalues. */
 export function singularValues(rows: ArrayLike<number>[]): number[] {
-  const n = rows.length;
-  const gram: number[][] = Array.from({ length: n }, () => new Array<number>(n).fill(0));
-  for (let i = 0; i < n; i++) {
-    for (let j = i; j < n; j++) {
-      let s = 0;
-      const a = rows[i]!;
-      const b = rows[j]!;
-      for (let k = 0; k < a.length; k++) s += a[k]! * b[k]!;
-      gram[i]![j] = s;
-      gram[j]![i] = s;
-    }
-  }
-  return symmetricEigenvalues(gram).map((x) => Math.sqrt(Math.max(x, 0))).reverse();
+  return symmetricEigenvalues(gramOf(rows)).map((x) => Math.sqrt(Math.max(x, 0))).reverse();
 }
