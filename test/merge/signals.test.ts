@@ -100,7 +100,8 @@ for (const signal of ['SIGINT', 'SIGTERM'] as const) {
     mkdirSync(tmp);
     const { writeFileSync } = await import('node:fs');
     writeFileSync(join(d, 'moe.yml'), recipe('models'));
-    const r = await interrupt([join(ROOT, 'bin', 'mergekit-moe.js'), 'moe.yml', 'out', '-v'], d, { TMPDIR: tmp, MOE_FORGE_CACHE: join(d, 'cache') }, /prompt states|forward pass/, signal);
+    // The last line before the forward pass starts (its own lines come only when it is done, ~100 ms before exit).
+    const r = await interrupt([join(ROOT, 'bin', 'mergekit-moe.js'), 'moe.yml', 'out', '-v'], d, { TMPDIR: tmp, MOE_FORGE_CACHE: join(d, 'cache') }, /model \S*b: local/, signal);
     assert.equal(r.code, signal === 'SIGINT' ? 130 : 143, r.output);
     // tsx and onnxruntime keep their own files under TMPDIR; ours start with moe-forge.
     assert.deepEqual(readdirSync(tmp).filter((e) => e.startsWith('moe-forge')), [], 'no work folder left in TMPDIR');
