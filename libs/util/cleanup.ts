@@ -10,7 +10,14 @@ let installed = false;
 const SIGNALS = { SIGINT: 2, SIGTERM: 15, SIGHUP: 1 } as const;
 
 function removeAll(): void {
-  for (const p of paths) rmSync(p, { recursive: true, force: true });
+  for (const p of paths) {
+    try {
+      // An async write still in flight on libuv's thread pool can add a file while we remove: retry (ENOTEMPTY).
+      rmSync(p, { recursive: true, force: true, maxRetries: 10, retryDelay: 20 });
+    } catch {
+      // Never a stack trace on the way out; the next run removes work folders whose process is gone.
+    }
+  }
   paths.clear();
 }
 
