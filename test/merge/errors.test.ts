@@ -1,11 +1,11 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync, readFileSync, writeFileSync, mkdirSync, readdirSync } from 'node:fs';
+import { existsSync, readFileSync, writeFileSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { mergeRecipe } from '../../libs/stages/merge';
 import { SafetensorsWeights, readTensorBytes, writeShard } from '../../libs/safetensors';
 import { mergekitMoe } from '../helpers/cli';
 import { copyModel, tempDir, TINY } from '../helpers/tmp';
+import { mergeRefused } from '../helpers/refused';
 
 const dir = tempDir();
 const models = join(dir, 'models');
@@ -21,18 +21,7 @@ experts:
     positive_prompts: ["${over.prompt2 ?? 'code'}"]
 ${over.extra ?? ''}`;
 
-let n = 0;
-async function failsWith(text: string, re: RegExp) {
-  const f = join(dir, `r${n++}.yml`);
-  writeFileSync(f, text);
-  const out = join(dir, `out${n}`);
-  await assert.rejects(mergeRecipe({ recipeFile: f, outPath: out, modelBaseDir: dir, cacheDir: join(dir, 'cache') }), (e: Error) => {
-    assert.match(e.message, re);
-    return true;
-  });
-  assert.ok(!existsSync(out), 'no output folder appears');
-  assert.deepEqual(readdirSync(dir).filter((x) => x.includes('.tmp-')), [], 'no temporary folder is left');
-}
+const failsWith = (text: string, re: RegExp) => mergeRefused(dir, text, re);
 
 test('recipe errors stop the merge before any output', async () => {
   await failsWith('base_model: [x\n', /r\d+\.yml:\d+:\d+: invalid YAML/);

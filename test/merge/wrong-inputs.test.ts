@@ -1,10 +1,11 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync, readFileSync, writeFileSync, mkdirSync, readdirSync } from 'node:fs';
+import { readFileSync, writeFileSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { mergeRecipe } from '../../libs/stages/merge';
 import { SafetensorsWeights, readTensorBytes, writeShard } from '../../libs/safetensors';
 import { copyModel, tempDir, TINY } from '../helpers/tmp';
+import { mergeRefused } from '../helpers/refused';
 
 // Inputs that would give a wrong model with exit 0 if they were not refused before any output.
 const dir = tempDir();
@@ -37,18 +38,7 @@ async function altered(src: string, name: string, edit: (t: T) => T): Promise<st
   return m;
 }
 
-let n = 0;
-async function refused(text: string, re: RegExp) {
-  const f = join(dir, `r${n++}.yml`);
-  writeFileSync(f, text);
-  const out = join(dir, `out${n}`);
-  await assert.rejects(mergeRecipe({ recipeFile: f, outPath: out, modelBaseDir: dir, cacheDir: join(dir, 'cache') }), (e: Error) => {
-    assert.match(e.message, re);
-    return true;
-  });
-  assert.ok(!existsSync(out), 'no output folder appears');
-  assert.deepEqual(readdirSync(dir).filter((x) => x.includes('.tmp-')), [], 'no temporary folder is left');
-}
+const refused = (text: string, re: RegExp) => mergeRefused(dir, text, re);
 
 test('a tensor whose shape disagrees with config.json is refused before output, naming file, tensor, expected and actual', async () => {
   const transposed = await altered(TINY('b'), 'transposed', (t) => (t.name === 'model.layers.1.mlp.gate_proj.weight' ? { ...t, shape: [t.shape[1]!, t.shape[0]!] } : t));
