@@ -41,6 +41,8 @@ export interface WriteOptions {
   progress?: Progress;
   /** The routing report: routing.html beside the model card, and a Routing section in it. */
   routing?: { report: RoutingReport; html: string };
+  /** Files of the existing output known to have changed since they were written (rewritten, never kept). */
+  suspect?: string[];
 }
 
 export interface WriteResult {
@@ -202,7 +204,8 @@ export async function runWrite(plan: MergePlan, opts: WriteOptions): Promise<Wri
     if (entries.length > 0 && !existing && !opts.overwrite) {
       throw new ForgeError('output_exists', `output folder exists, is not empty and was not written by moe-forge; pass --overwrite to replace it`, { file: opts.outPath });
     }
-    if (existing && existing.hash === hash && (await intact(out, existing))) {
+    const suspect = new Set(opts.suspect ?? []);
+    if (existing && existing.hash === hash && suspect.size === 0 && (await intact(out, existing))) {
       opts.log?.(`output unchanged: ${opts.outPath}`);
       const n = Object.keys(existing.files).filter((f) => f.endsWith('.safetensors')).length;
       return { outPath: opts.outPath, files: Object.keys(existing.files), shards: n, written: 0, kept: n, skipped: true, hash };
@@ -214,7 +217,7 @@ export async function runWrite(plan: MergePlan, opts: WriteOptions): Promise<Wri
   const shards = planShards(specs, plan.maxShardBytes, plan.shardOrder ?? 'reference');
   const byName = new Map(plan.tensors.map((t) => [t.name, t]));
   const shardHashes: Record<string, string> = {};
-  const reusable = (file: string) => existing?.shards?.[file] === shardHashes[file];
+  const reusable = (file: string) => existing?.shards?.[file] === shardHashes[file] && !opts.suspect?.includes(file);
   for (const s of shards) shardHashes[s.file] = shardHash(plan, s.tensors.map((t) => byName.get(t.name)!), opts.gates);
   // Names this build will write, known now: a file the user added under one of them stops the build before any work.
   const planned = [...shards.map((s) => s.file), ...(shards.length > 1 ? ['model.safetensors.index.json'] : []), 'config.json', ...(opts.writeRecipe !== false ? ['mergekit_moe_config.yml', 'README.md', ...(opts.routing ? ['routing.html'] : [])] : []), ...(opts.copyTokenizer ? [...TOKENIZER_FILES, ...CHAT_TEMPLATE_FILES].filter((f) => existsSync(join(opts.tokenizerDir, f))).concat('tokenizer_config.json', 'special_tokens_map.json') : []), ...(existsSync(join(opts.tokenizerDir, GENERATION_CONFIG)) ? [GENERATION_CONFIG] : [])];

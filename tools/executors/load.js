@@ -15,7 +15,7 @@ function fingerprint() {
       const p = join(dir, name);
       const st = statSync(p);
       if (st.isDirectory()) walk(p);
-      else if (name.endsWith('.ts') || name.endsWith('.json')) h.update(`${p}\0${st.size}\0${st.mtimeMs}\0`);
+      else if (name.endsWith('.ts') || name.endsWith('.js') || name.endsWith('.json')) h.update(`${p}\0${st.size}\0${st.mtimeMs}\0`);
     }
   };
   SOURCES.forEach(walk);
