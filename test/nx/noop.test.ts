@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { cpSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { cpSync, existsSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { FIXTURES } from '../helpers/tmp';
 import { addRecipe, nx, throwawayWorkspace } from '../helpers/workspace';
@@ -101,4 +101,25 @@ test('an untouched workspace builds from the cache alone; a deleted, edited or r
   assert.equal(forgot.write, 'unchanged');
   assert.deepEqual(snapshot(), f32);
   assert.ok(statSync(out).isDirectory());
+});
+
+test("fetch's runtime input answers from its memo without loading the stages' code, and recomputes when a model file changes", async () => {
+  const { run } = await import('../helpers/cli');
+  const ids = () => run(process.execPath, ['tools/executors/model-ids.js', 'workspace-models/n/moe.yml'], ws);
+  const bundles = join(ws, '.nx', 'moe-forge', 'executors');
+  const first = await ids();
+  assert.match(first.stdout, /^\.\.\/\.\.\/models\/tiny-a [0-9a-f]{64}$/m);
+  rmSync(bundles, { recursive: true, force: true });
+  const memo = await ids();
+  assert.equal(memo.stdout, first.stdout);
+  assert.ok(!existsSync(bundles), 'no bundle built: the memo answered');
+  // A tokenizer file edited in place (size kept): the memo misses and the content id changes.
+  const file = join(ws, 'models', 'tiny-b', 'tokenizer_config.json');
+  const text = readFileSync(file, 'utf8');
+  writeFileSync(file, text.slice(0, -1) + (text.endsWith(' ') ? '\n' : ' '));
+  const changed = await ids();
+  assert.ok(existsSync(bundles), 'the ids were computed again');
+  assert.notEqual(changed.stdout, first.stdout);
+  assert.equal(changed.stdout.split('\n')[0], first.stdout.split('\n')[0], 'tiny-a keeps its id');
+  writeFileSync(file, text);
 });
