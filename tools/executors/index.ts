@@ -23,7 +23,7 @@ export interface MoeForgePluginOptions {
 }
 
 const DESCRIPTIONS: Record<Stage, string> = {
-  fetch: 'Resolve the models, validate recipe and models, write models.json (content ids; cached unless a Hub model is named by a branch).',
+  fetch: 'Resolve the models, validate recipe and models, write models.json (cached on the models\' content ids and Hub commits).',
   'embed-prompts': 'Tokenize prompts and compute their states; per-prompt states are cached by content.',
   'build-gates': 'Compute router weights from prompt states (gates.safetensors, gates.json).',
   'assemble-experts': 'Plan the output: architecture, config.json, every tensor with its sources (plan.json).',
@@ -51,7 +51,7 @@ const REPO_ID = /^[A-Za-z0-9][\w.-]*(\/[\w.-]+)?$/;
 interface RecipeModels {
   /** Workspace-relative folders of local models inside the workspace. */
   workspaceModels: string[];
-  /** Hub references not pinned to a commit (a branch can move: fetch is then not cached). */
+  /** Hub references not pinned to a commit (a branch can move: model-ids resolves it on every build). */
   floatingHubRefs: string[];
 }
 
@@ -147,11 +147,11 @@ export function recipeTargets(projectRoot: string, projectName: string, options:
       // drawn there); the earlier stages ignore them so that, e.g., a new seed or shard size keeps their cache.
       dependsOn: [check, ...(prev ? [{ target: name(prev), params: stage === 'write' ? ('forward' as const) : ('ignore' as const) }] : []), ...(stage === 'write' ? [{ target: name('report'), params: 'forward' as const }] : [])],
       // write's Nx output is its small stats file, never the model folder (tens of GB Nx would copy).
-      cache: stage === 'fetch' ? models.floatingHubRefs.length === 0 : true,
+      cache: true,
       inputs,
       outputs: [`{workspaceRoot}/${stagesDir}/${stage}`],
       metadata: {
-        description: DESCRIPTIONS[stage] + (stage === 'fetch' && models.floatingHubRefs.length ? ` Not cached here: ${models.floatingHubRefs.join(', ')} name a branch; pin a commit (org/name@<sha>) to cache it.` : ''),
+        description: DESCRIPTIONS[stage] + (stage === 'fetch' && models.floatingHubRefs.length ? ` ${models.floatingHubRefs.join(', ')} name a branch: each build asks the hub for its commit (offline: the cached one).` : ''),
         technologies: ['moe-forge'],
         help: { command: `npx nx run ${projectName}:${name(stage)} --help`, example: { options: stage === 'write' ? { outputPath: `out/${projectName}` } : stage === 'assemble-experts' ? { randomSeed: 1 } : {} } },
       },
