@@ -22,14 +22,14 @@ function fingerprint() {
   return h.digest('hex').slice(0, 16);
 }
 
-module.exports = function load(name) {
+module.exports = function load(name, entry = join(__dirname, name, 'impl.ts')) {
   // In the workspace's own (git-ignored) .nx folder: workspaces sharing a node_modules stay apart.
   const out = join(ROOT, '.nx', 'moe-forge', 'executors', `${name}-${fingerprint()}.js`);
   if (!existsSync(out)) {
     mkdirSync(join(out, '..'), { recursive: true });
     const tmp = `${out}.${process.pid}.tmp`;
     require('esbuild').buildSync({
-      entryPoints: [join(__dirname, name, 'impl.ts')],
+      entryPoints: [entry],
       outfile: tmp,
       bundle: true,
       platform: 'node',
