@@ -30,7 +30,8 @@ export default function writeExecutor(options: unknown, context: ExecutorContext
       copyTokenizer: o.copyTokenizer,
       overwrite: o.overwrite,
       recipeFile: paths.recipe,
-      log: (l) => logger.info(l),
+      // Per-shard lines describe this run, not the result: debug, so a cache hit does not replay them as news.
+      log: (l) => (/^(writing|kept) /.test(l) ? logger.debug(l) : logger.info(l)),
       debug: (l) => logger.debug(l),
       progress: progressReporter('writing'),
       routing: routing ?? undefined,
@@ -39,7 +40,8 @@ export default function writeExecutor(options: unknown, context: ExecutorContext
     // What the next build's hash stands on (see output-state.js): this folder as written now.
     recordWrite(paths.workspaceRoot, project, paths.output, [...result.files, STAMP_FILE], !result.skipped);
     const out = relative(paths.workspaceRoot, result.outPath) || '.';
-    logger.info(`${result.skipped ? 'unchanged' : 'wrote'} ${out} (${result.shards} shard${result.shards === 1 ? '' : 's'}: ${result.written} written, ${result.kept} kept)`);
+    logger.info(`model folder ${out}: ${result.shards} shard${result.shards === 1 ? '' : 's'}`);
+    logger.debug(`${result.skipped ? 'unchanged' : 'wrote'} ${out}: ${result.written} shards written, ${result.kept} kept`);
     await mkdir(paths.stage('write'), { recursive: true });
     await writeFile(join(paths.stage('write'), 'stats.json'), JSON.stringify({ skipped: result.skipped, shards: result.shards, written: result.written, kept: result.kept }, null, 2) + '\n');
   });
