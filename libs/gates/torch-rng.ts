@@ -1,5 +1,6 @@
 import { wasmNormals, wasmStats, WASM_BLOCKS, type WasmNormals } from './torch-normal-wasm';
 import { bf16BitsToF32, f16BitsToF32, f32ToBf16Bits, f32ToF16Bits, type FloatDtype } from '../safetensors/dtype';
+import { floatKernels, roundThrough } from '../safetensors/float-wasm';
 
 /**
  * PyTorch's CPU generator, reproduced bit for bit: what `torch.manual_seed(seed)` followed by `randn` /
@@ -46,6 +47,11 @@ export class Mt19937 {
       const p = st[j - 1]!;
       st[j] = Math.imul(1812433253, p ^ (p >>> 30)) + j;
     }
+  }
+
+  /** Mixes more seed words into the state (32 bits of seed alone give only 2^32 streams). */
+  mix(words: ArrayLike<number>): void {
+    for (let i = 0; i < words.length && i + 1 < N; i++) this.state[i + 1] = this.state[i + 1]! ^ words[i]!;
   }
 
   private twist(): void {
@@ -329,6 +335,16 @@ export class LargeNormalStream {
 
   /** Writes the next out.length values (float32 numbers, already rounded to the dtype). */
   read(out: Float32Array): void {
+    this.readRaw(out);
+    if (this.dtype === 'F32') return;
+    const k = floatKernels();
+    if (k) roundThrough(k, out, this.dtype);
+    else if (this.dtype === 'BF16') roundBf16InPlace(out);
+    else for (let i = 0; i < out.length; i++) out[i] = roundTo(this.dtype, out[i]!);
+  }
+
+  /** Writes the next out.length values as the kernel computes them in float32, before any cast to the dtype. */
+  readRaw(out: Float32Array): void {
     const want = out.length;
     if (this.pos + want > this.n) throw new Error(`read past the end of a ${this.n}-value draw`);
     let o = 0;
@@ -344,8 +360,6 @@ export class LargeNormalStream {
       o += end - p;
       this.pos = end;
     }
-    if (this.dtype === 'BF16') roundBf16InPlace(out);
-    else if (this.dtype === 'F16') for (let i = 0; i < want; i++) out[i] = roundTo(this.dtype, out[i]!);
   }
 }
 

@@ -70,11 +70,15 @@ async function* sourceBytes(part: SourcePart, outDtype: string, seeker: () => To
   }
   const noise = noiseApplier(part, seeker);
   const scale = part.scale !== undefined ? Math.fround(part.scale) : 1;
-  for await (const chunk of streamTensorBytes(loc, CHUNK_BYTES, dtypeSize(part.dtype))) {
-    const v = decodeFloats(chunk, part.dtype);
+  for await (const raw of streamTensorBytes(loc, CHUNK_BYTES, dtypeSize(part.dtype))) {
     // As the reference: noise in the source dtype, then residual_scale, then the output cast.
-    noise?.apply(v);
-    if (part.scale !== undefined) for (let i = 0; i < v.length; i++) v[i] = roundTo(part.dtype, v[i]! * scale);
+    const chunk = noise ? noise.applyBytes(raw) : raw;
+    if (part.scale === undefined) {
+      yield convertBytes(chunk, part.dtype, outDtype as FloatDtype);
+      continue;
+    }
+    const v = decodeFloats(chunk, part.dtype);
+    for (let i = 0; i < v.length; i++) v[i] = roundTo(part.dtype, v[i]! * scale);
     yield encodeFloats(v, outDtype as FloatDtype);
   }
 }
