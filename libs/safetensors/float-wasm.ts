@@ -39,8 +39,11 @@ const i32c = (v: number): Code => [0x41, ...sleb(v | 0)];
 const splat = (v: number): Code => [...simd(0x0c), ...new Uint8Array(new Int32Array([v, v, v, v]).buffer)];
 const V = {
   load: [...simd(0x00), 0, 0],
+  loadAt: (off: number): Code => [...simd(0x00), 0, ...uleb(off)],
   load16x4u: [...simd(0x04), 0, 0],
+  load16x4uAt: (off: number): Code => [...simd(0x04), 0, ...uleb(off)],
   store: [...simd(0x0b), 0, 0],
+  storeAt: (off: number): Code => [...simd(0x0b), 0, ...uleb(off)],
   /** The low 64 bits (four 16-bit values after a narrow). */
   store64: [...simd(0x5b), 0, 0, 0],
   narrowU: simd(0x86),
@@ -76,11 +79,11 @@ class Scratch {
   }
 }
 
-/** float32 bits of four values of `dt` loaded from the address on the stack. */
-function loadBits(dt: Dt, s: Scratch): Code {
-  if (dt === 'F32') return V.load;
-  if (dt === 'BF16') return [...V.load16x4u, ...i32c(16), ...V.shl];
-  return [...V.load16x4u, ...f16ToF32(s)];
+/** float32 bits of four values of `dt` loaded from the address on the stack (+ `at` values). */
+function loadBits(dt: Dt, s: Scratch, at = 0): Code {
+  if (dt === 'F32') return V.loadAt(at * 4);
+  if (dt === 'BF16') return [...V.load16x4uAt(at * 2), ...i32c(16), ...V.shl];
+  return [...V.load16x4uAt(at * 2), ...f16ToF32(s)];
 }
 
 /** Stores four values of `dt` (bits on the stack: float32 bits for F32, 16-bit values otherwise). */
@@ -147,24 +150,28 @@ function fromF32Bits(dt: Dt, s: Scratch): Code {
   return dt === 'F32' ? [] : dt === 'BF16' ? f32ToBf16(s) : f32ToF16(s);
 }
 
-/** float32 bits rounded to `dt` and back. */
-function roundBits(dt: Dt, s: Scratch): Code {
+/** float32 bits rounded to `dt` and back; `finite`: the values are never NaN (no NaN case needed). */
+function roundBits(dt: Dt, s: Scratch, finite = false): Code {
   if (dt === 'F32') return [];
-  if (dt === 'BF16') return [...f32ToBf16(s), ...i32c(16), ...V.shl];
+  if (dt === 'BF16') {
+    if (!finite) return [...f32ToBf16(s), ...i32c(16), ...V.shl];
+    const b = s.get();
+    return [...set(b), ...get(b), ...splat(0x7fff), ...V.add, ...get(b), ...i32c(16), ...V.shrU, ...splat(1), ...V.and, ...V.add, ...splat(0xffff0000 | 0), ...V.and];
+  }
   return [...f32ToF16(s), ...f16ToF32(s)];
 }
 
 const size = (dt: Dt) => (dt === 'F32' ? 4 : 2);
 
-/** A loop over n values four at a time; `ptrs` are i32 locals advanced by their step each round. */
-function loop4(n: number, ptrs: [number, number][], body: Code): Code {
-  const adv = ptrs.flatMap(([p, step]) => [...get(p), ...i32c(step * 4), 0x6a, ...set(p)]);
+/** A loop over n values `lanes` at a time; `ptrs` are i32 locals advanced by their element size each round. */
+function loop4(n: number, ptrs: [number, number][], body: Code, lanes = 4): Code {
+  const adv = ptrs.flatMap(([p, step]) => [...get(p), ...i32c(step * lanes), 0x6a, ...set(p)]);
   return [
     0x02, 0x40, 0x03, 0x40,
     ...get(n), ...i32c(0), 0x4c, 0x0d, 1, // n <= 0: done
     ...body,
     ...adv,
-    ...get(n), ...i32c(4), 0x6b, ...set(n),
+    ...get(n), ...i32c(lanes), 0x6b, ...set(n),
     0x0c, 0, 0x0b, 0x0b,
   ];
 }
@@ -193,16 +200,18 @@ function roundFn(dt: Dt): Fn {
 /** noise(n, scale, src, norm, dst): w + round(round(n)·scale), each op in float32 rounded to `dt` (the reference's W + randn_like(W)·s in W's dtype). */
 function noiseFn(dt: Dt): Fn {
   // params: 0 n, 1 scale (f32), 2 src, 3 norm, 4 dst
+  // Eight values a round: two halves of four. Normals and their products are finite (no NaN case).
   const s = new Scratch(5);
-  const body = [
-    ...get(4),
-    ...get(2), ...loadBits(dt, s),
-    ...get(3), ...V.load, ...roundBits(dt, s), ...get(1), ...V.fsplat, ...V.fmul, ...roundBits(dt, s),
+  const half = (h: number): Code => [
+    ...get(2), ...loadBits(dt, s, h * 4),
+    ...get(3), ...V.loadAt(h * 16), ...roundBits(dt, s, true), ...get(1), ...V.fsplat, ...V.fmul, ...roundBits(dt, s, true),
     ...V.fadd,
     ...fromF32Bits(dt, s),
-    ...storeBits(dt, s),
   ];
-  return { name: `noise_${dt}`, type: 1, vLocals: s.count, code: loop4(0, [[2, size(dt)], [3, 4], [4, size(dt)]], body) };
+  const body = dt === 'F32'
+    ? [...get(4), ...half(0), ...V.storeAt(0), ...get(4), ...half(1), ...V.storeAt(16)]
+    : [...get(4), ...half(0), ...half(1), ...V.narrowU, ...V.store];
+  return { name: `noise_${dt}`, type: 1, vLocals: s.count, code: loop4(0, [[2, size(dt)], [3, 4], [4, size(dt)]], body, 8) };
 }
 
 const DTS: Dt[] = ['F32', 'BF16', 'F16'];
@@ -210,9 +219,35 @@ const DTS: Dt[] = ['F32', 'BF16', 'F16'];
 /** Values per call: the caller copies at most this many into `src` at a time. */
 export const FLOAT_CAP = 1 << 16;
 
+/** src, norm, dst regions of FLOAT_CAP float32 values each (+64 bytes: the last round may pass n). */
+const REGION = FLOAT_CAP * 4 + 64;
+/** Where the torch generator's kernel (torch-normal-wasm.ts) puts its buffers in the shared memory. */
+export const FLOAT_END = 3 * REGION;
+/** Both modules share one memory, so the noise kernel reads the normals where the generator wrote them. */
+const SHARED_PAGES = Math.ceil(FLOAT_END / 65536) + 64;
+
+export interface WasmMemory {
+  buffer: ArrayBuffer;
+}
+export interface WasmApi {
+  Module: new (bytes: Uint8Array) => object;
+  Instance: new (module: object, imports: object) => { exports: Record<string, unknown> };
+  Memory: new (desc: { initial: number }) => WasmMemory;
+}
+export const wasmApi = (): WasmApi => (globalThis as unknown as { WebAssembly: WasmApi }).WebAssembly;
+
+let memory: WasmMemory | undefined;
+/** The memory both modules import as env.memory (SHARED_PAGES pages, never grown). */
+export function sharedMemory(): WasmMemory {
+  return (memory ??= new (wasmApi().Memory)({ initial: SHARED_PAGES }));
+}
+/** The import section entry for the shared memory. */
+export function memoryImport(): number[] {
+  const name = (s: string) => [...uleb(s.length), ...Buffer.from(s)];
+  return [...name('env'), ...name('memory'), 0x02, 0x00, ...uleb(SHARED_PAGES)];
+}
+
 function moduleBytes(fns: Fn[]): Uint8Array {
-  // src, norm, dst regions of FLOAT_CAP float32 values each (+16 bytes: the last step may read past n)
-  const pages = Math.ceil((3 * (FLOAT_CAP * 4 + 64)) / 65536);
   const section = (id: number, body: number[]) => [id, ...uleb(body.length), ...body];
   const vec = (items: number[][]) => [...uleb(items.length), ...items.flat()];
   const name = (s: string) => [...uleb(s.length), ...Buffer.from(s)];
@@ -225,9 +260,9 @@ function moduleBytes(fns: Fn[]): Uint8Array {
     0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00,
     // type 0: (i32 n, i32 src, i32 dst); type 1: (i32 n, f32 scale, i32 src, i32 norm, i32 dst)
     ...section(1, vec([[0x60, 3, 0x7f, 0x7f, 0x7f, 0], [0x60, 5, 0x7f, 0x7d, 0x7f, 0x7f, 0x7f, 0]])),
+    ...section(2, vec([memoryImport()])),
     ...section(3, vec(fns.map((f) => [f.type]))),
-    ...section(5, vec([[0x00, ...uleb(pages)]])),
-    ...section(7, vec([[...name('memory'), 0x02, 0], ...fns.map((f, i) => [...name(f.name), 0x00, ...uleb(i)])])),
+    ...section(7, vec(fns.map((f, i) => [...name(f.name), 0x00, ...uleb(i)]))),
     ...section(10, vec(bodies)),
   ]);
 }
@@ -243,13 +278,18 @@ export interface FloatKernels {
   cast(from: Dt, to: Dt, n: number): void;
   /** float32 values in src rounded to dt, into dst as float32. */
   round(dt: Dt, n: number): void;
+  /** The same at byte addresses of the shared memory. */
+  roundAt(dt: Dt, n: number, src: number, dst: number): void;
+  /** dst as float32 values. */
+  dstF32: Float32Array;
   /** dst = src + round(round(norm)·scale), in dt. */
   noise(dt: Dt, n: number, scale: number): void;
-}
-
-interface WasmApi {
-  Module: new (bytes: Uint8Array) => object;
-  Instance: new (module: object, imports: object) => { exports: Record<string, unknown> };
+  /** The same at byte addresses of the shared memory (normals written by the torch generator's kernel). */
+  noiseAt(dt: Dt, n: number, scale: number, src: number, norm: number, dst: number): void;
+  /** Byte addresses of src, norm and dst. */
+  SRC: number;
+  NORM: number;
+  DST: number;
 }
 
 let instance: FloatKernels | null | undefined;
@@ -268,10 +308,10 @@ export function floatKernels(): FloatKernels | null {
     const fns: Fn[] = [];
     for (const a of DTS) for (const b of DTS) if (a !== b) fns.push(castFn(a, b));
     for (const d of DTS) fns.push(roundFn(d), noiseFn(d));
-    const wa = (globalThis as unknown as { WebAssembly: WasmApi }).WebAssembly;
-    const inst = new wa.Instance(new wa.Module(moduleBytes(fns)), {});
-    const mem = (inst.exports.memory as { buffer: ArrayBuffer }).buffer;
-    const region = FLOAT_CAP * 4 + 64;
+    const wa = wasmApi();
+    const inst = new wa.Instance(new wa.Module(moduleBytes(fns)), { env: { memory: sharedMemory() } });
+    const mem = sharedMemory().buffer;
+    const region = REGION;
     const SRC = 0, NORM = region, DST = 2 * region;
     const ex = inst.exports as Record<string, (...a: number[]) => void>;
     instance = {
@@ -280,7 +320,13 @@ export function floatKernels(): FloatKernels | null {
       dst: new Uint8Array(mem, DST, region),
       cast: (from, to, n) => ex[`cast_${from}_${to}`]!(n, SRC, DST),
       round: (dt, n) => ex[`round_${dt}`]!(n, SRC, DST),
+      roundAt: (dt, n, src, dst) => ex[`round_${dt}`]!(n, src, dst),
+      dstF32: new Float32Array(mem, DST, region / 4),
       noise: (dt, n, scale) => ex[`noise_${dt}`]!(n, scale, SRC, NORM, DST),
+      noiseAt: (dt, n, scale, src, norm, dst) => ex[`noise_${dt}`]!(n, scale, src, norm, dst),
+      SRC,
+      NORM,
+      DST,
     };
   } catch (e) {
     if (process.env.MOE_FORGE_DEBUG_WASM) console.error(e);
@@ -300,16 +346,5 @@ export function castThrough(k: FloatKernels, src: Uint8Array, from: Dt, to: Dt, 
     k.src.set(src.subarray(off * a, (off + m) * a));
     k.cast(from, to, m);
     out.set(k.dst.subarray(0, m * b), off * b);
-  }
-}
-
-/** Rounds float32 values to `dt` in place through the kernels. */
-export function roundThrough(k: FloatKernels, v: Float32Array, dt: Dt): void {
-  const bytes = new Uint8Array(v.buffer, v.byteOffset, v.byteLength);
-  for (let off = 0; off < v.length; off += FLOAT_CAP) {
-    const m = Math.min(FLOAT_CAP, v.length - off);
-    k.src.set(bytes.subarray(off * 4, (off + m) * 4));
-    k.round(dt, m);
-    bytes.set(k.dst.subarray(0, m * 4), off * 4);
   }
 }

@@ -95,6 +95,8 @@ export class TorchDrawSeeker {
 /** Reads a tensor's unit normals front to back, as float32 values before any cast to the tensor's dtype. */
 interface NormalSource {
   read(out: Float32Array): void;
+  /** Where the generator's kernel left them (see LargeNormalStream.span); absent: read() into the kernels' norm. */
+  span?(max: number, spare: Float32Array, spareAddress: number): { address: number; count: number };
 }
 
 /**
@@ -108,7 +110,8 @@ export function streamNormals(seed: number | bigint | string, stream: string, n:
   const mt = new Mt19937(words[0]!);
   mt.mix(words.slice(1));
   // A whole number of blocks (no torch-style tail): chunks of any size read the same values.
-  return new LargeNormalStream(mt, Math.max(16, Math.ceil(n / 16) * 16), 'F32');
+  const draws = new LargeNormalStream(mt, Math.max(16, Math.ceil(n / 16) * 16), 'F32');
+  return { read: (out) => draws.readRaw(out), span: (max, spare, at) => draws.span(max, spare, at) };
 }
 
 /** Adds a tensor's noise to its values chunk by chunk (front to back). */
@@ -138,7 +141,7 @@ export function noiseApplier(part: SourcePart, seeker: () => TorchDrawSeeker): N
     if (n >= TORCH_SMALL_NORMAL) {
       // Unrounded: the noise kernel casts them to the dtype.
       const stream = gen.randnStream(n, dtype);
-      normals = { read: (out) => stream.readRaw(out) };
+      normals = { read: (out) => stream.readRaw(out), span: (max, spare, at) => stream.span(max, spare, at) };
     }
     else {
       // Already rounded to the dtype; rounding again changes nothing.
@@ -160,9 +163,18 @@ export function noiseApplier(part: SourcePart, seeker: () => TorchDrawSeeker): N
       const count = src.length / size;
       for (let off = 0; off < count; off += FLOAT_CAP) {
         const m = Math.min(FLOAT_CAP, count - off);
-        normals.read(k.norm.subarray(0, m));
         k.src.set(src.subarray(off * size, (off + m) * size));
-        k.noise(dtype, m, scale);
+        if (normals.span) {
+          // The normals are read where the generator's kernel wrote them (no copy).
+          for (let done = 0; done < m; ) {
+            const s = normals.span(m - done, k.norm, k.NORM);
+            k.noiseAt(dtype, s.count, scale, k.SRC + done * size, s.address, k.DST + done * size);
+            done += s.count;
+          }
+        } else {
+          normals.read(k.norm.subarray(0, m));
+          k.noise(dtype, m, scale);
+        }
         out.set(k.dst.subarray(0, m * size), off * size);
       }
       return out;
