@@ -106,13 +106,18 @@ function kernelBody(WORDS: number, OUT: number, FLAGS: number): { locals: number
   let next = 3;
   const v = () => next++;
   const code: Code = [];
+  // Statements of one group go to its own list; the groups' lists are interleaved statement by statement
+  // (independent dependency chains side by side keep the CPU's pipelines full).
+  let stmts: Code[] | null = null;
   const emit = (...parts: Code[]) => {
-    for (const p of parts) code.push(...p);
+    const c = parts.flat();
+    if (stmts) stmts.push(c);
+    else code.push(...c);
   };
   const set = (dst: number, ...expr: Code[]) => emit(...expr, I.localSet(dst));
   const get = I.localGet;
   const flag = v();
-  const sL = v();
+  let sL = v();
   const MASK29 = splatI64(0x1fffffff, 0);
   const HALF29 = splatI64(0x10000000, 0);
 
@@ -120,7 +125,7 @@ function kernelBody(WORDS: number, OUT: number, FLAGS: number): { locals: number
   // two floats is exact in float64, and demote + promote rounds a lane to float32.
   type Pair = readonly [number, number];
   const pair = (): Pair => [v(), v()];
-  const tmp = v();
+  let tmp = v();
   const halves = (dst: Pair, f32: Code) => {
     set(tmp, f32);
     set(dst[0], get(tmp), I.promote);
@@ -148,9 +153,10 @@ function kernelBody(WORDS: number, OUT: number, FLAGS: number): { locals: number
   };
 
   const one = splatF32(1);
-  const k1 = v(), k2 = v(), x = v(), e = v(), m = v(), y = v(), radius = v();
-  const th = v(), j = v(), jf = v(), r = v(), c = v(), s = v(), ps = v(), pc = v(), n1 = v(), n2 = v();
-  const xD = pair(), zD = pair(), yD = pair(), tD = pair(), rD = pair(), zzD = pair(), cD = pair(), sD = pair();
+  let k1 = 0, k2 = 0, x = 0, e = 0, m = 0, y = 0, radius = 0;
+  let th = 0, j = 0, jf = 0, r = 0, c = 0, s = 0, ps = 0, pc = 0, n1 = 0, n2 = 0;
+  let xD = pair(), zD = pair(), yD = pair(), tD = pair(), rD = pair(), zzD = pair(), cD = pair(), sD = pair();
+  const groups: Code[][] = [];
 
   // loop over blocks: p = b * 64
   emit([0x02, 0x40], [0x03, 0x40]); // block, loop
@@ -158,6 +164,12 @@ function kernelBody(WORDS: number, OUT: number, FLAGS: number): { locals: number
   emit(get(1), I.i32Const(6), I.i32Shl, I.localSet(2));
   set(flag, splatI32(0));
   for (const g of [0, 16]) {
+    stmts = [];
+    groups.push(stmts);
+    // Fresh locals per group.
+    [sL, tmp, k1, k2, x, e, m, y, radius] = [v(), v(), v(), v(), v(), v(), v(), v(), v()];
+    [th, j, jf, r, c, s, ps, pc, n1, n2] = [v(), v(), v(), v(), v(), v(), v(), v(), v(), v()];
+    [xD, zD, yD, tD, rD, zzD, cD, sD] = [pair(), pair(), pair(), pair(), pair(), pair(), pair(), pair()];
     // k1 = words[j], k2 = words[j + 8] for the four pairs j = g/4 .. g/4 + 3
     set(k1, get(2), I.v128Load(WORDS + g), splatI32(0xffffff), I.and);
     set(k2, get(2), I.v128Load(WORDS + g + 32), splatI32(0xffffff), I.and);
@@ -213,6 +225,9 @@ function kernelBody(WORDS: number, OUT: number, FLAGS: number): { locals: number
     emit(get(2), get(radius), get(n1), I.f32x4Mul, splatF32(0), I.f32x4Add, I.v128Store(OUT + g));
     emit(get(2), get(radius), get(n2), I.f32x4Mul, splatF32(0), I.f32x4Add, I.v128Store(OUT + g + 32));
   }
+  stmts = null;
+  const longest = Math.max(...groups.map((l) => l.length));
+  for (let i = 0; i < longest; i++) for (const l of groups) if (l[i]) code.push(...l[i]!);
   emit(get(1), I.i32Const(2), I.i32Shl, get(flag), I.anyTrue, I.i32Store(FLAGS));
   emit(get(1), I.i32Const(1), I.i32Add, I.localSet(1), [0x0c, 0]); // b++, continue
   emit([0x0b, 0x0b]); // end loop, end block
