@@ -214,6 +214,17 @@ function noiseFn(dt: Dt): Fn {
   return { name: `noise_${dt}`, type: 1, vLocals: s.count, code: loop4(0, [[2, size(dt)], [3, 4], [4, size(dt)]], body, 8) };
 }
 
+/** scale(n, s, src, dst): round(w·s) in `dt` (residual_scale), eight values a round. */
+function scaleFn(dt: Dt): Fn {
+  // params: 0 n, 1 s (f32), 2 src, 3 unused, 4 dst (the noise function's type)
+  const sc = new Scratch(5);
+  const half = (h: number): Code => [...get(2), ...loadBits(dt, sc, h * 4), ...get(1), ...V.fsplat, ...V.fmul, ...fromF32Bits(dt, sc)];
+  const body = dt === 'F32'
+    ? [...get(4), ...half(0), ...V.storeAt(0), ...get(4), ...half(1), ...V.storeAt(16)]
+    : [...get(4), ...half(0), ...half(1), ...V.narrowU, ...V.store];
+  return { name: `scale_${dt}`, type: 1, vLocals: sc.count, code: loop4(0, [[2, size(dt)], [4, size(dt)]], body, 8) };
+}
+
 const DTS: Dt[] = ['F32', 'BF16', 'F16'];
 
 /** Values per call: the caller copies at most this many into `src` at a time. */
@@ -286,6 +297,8 @@ export interface FloatKernels {
   noise(dt: Dt, n: number, scale: number): void;
   /** The same at byte addresses of the shared memory (normals written by the torch generator's kernel). */
   noiseAt(dt: Dt, n: number, scale: number, src: number, norm: number, dst: number): void;
+  /** dst = round(src·s) in dt. */
+  scale(dt: Dt, n: number, s: number): void;
   /** Byte addresses of src, norm and dst. */
   SRC: number;
   NORM: number;
@@ -307,7 +320,7 @@ export function floatKernels(): FloatKernels | null {
   try {
     const fns: Fn[] = [];
     for (const a of DTS) for (const b of DTS) if (a !== b) fns.push(castFn(a, b));
-    for (const d of DTS) fns.push(roundFn(d), noiseFn(d));
+    for (const d of DTS) fns.push(roundFn(d), noiseFn(d), scaleFn(d));
     const wa = wasmApi();
     const inst = new wa.Instance(new wa.Module(moduleBytes(fns)), { env: { memory: sharedMemory() } });
     const mem = sharedMemory().buffer;
@@ -324,6 +337,7 @@ export function floatKernels(): FloatKernels | null {
       dstF32: new Float32Array(mem, DST, region / 4),
       noise: (dt, n, scale) => ex[`noise_${dt}`]!(n, scale, SRC, NORM, DST),
       noiseAt: (dt, n, scale, src, norm, dst) => ex[`noise_${dt}`]!(n, scale, src, norm, dst),
+      scale: (dt, n, s) => ex[`scale_${dt}`]!(n, s, SRC, 0, DST),
       SRC,
       NORM,
       DST,
@@ -347,4 +361,18 @@ export function castThrough(k: FloatKernels, src: Uint8Array, from: Dt, to: Dt, 
     k.cast(from, to, m);
     out.set(k.dst.subarray(0, m * b), off * b);
   }
+}
+
+/** Raw bytes of `dt` times s (a float32), rounded to `dt`, through the kernels. */
+export function scaleThrough(k: FloatKernels, src: Uint8Array, dt: Dt, s: number): Buffer {
+  const b = bytesOf(dt);
+  const n = src.length / b;
+  const out = Buffer.allocUnsafe(src.length);
+  for (let off = 0; off < n; off += FLOAT_CAP) {
+    const m = Math.min(FLOAT_CAP, n - off);
+    k.src.set(src.subarray(off * b, (off + m) * b));
+    k.scale(dt, m, s);
+    out.set(k.dst.subarray(0, m * b), off * b);
+  }
+  return out;
 }

@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto';
 import { LargeNormalStream, Mt19937, TorchGenerator, wordsOf, TORCH_SMALL_NORMAL, type TorchRngState } from '../gates/torch-rng';
 import { bf16BitsToF32, decodeFloats, dtypeSize, encodeFloats, f16BitsToF32, f32ToBf16Bits, f32ToF16Bits, type FloatDtype } from '../safetensors/dtype';
-import { floatKernels, FLOAT_CAP } from '../safetensors/float-wasm';
+import { floatKernels, FLOAT_CAP, scaleThrough } from '../safetensors/float-wasm';
 import type { ArchContext, OutputArchitecture } from '../architectures/types';
 import type { PlanTensor, SourcePart } from '../plan/types';
 
@@ -195,4 +195,13 @@ export function noiseApplier(part: SourcePart, seeker: () => TorchDrawSeeker): N
       values.set(noised);
     },
   };
+}
+
+/** residual_scale: raw bytes of `dtype` times s (a float32), each product rounded to `dtype` (float32 arithmetic). */
+export function scaleBytes(src: Buffer, dtype: FloatDtype, s: number): Buffer {
+  const k = floatKernels();
+  if (k) return scaleThrough(k, src, dtype, s);
+  const v = decodeFloats(src, dtype);
+  for (let i = 0; i < v.length; i++) v[i] = roundTo(dtype, v[i]! * s);
+  return encodeFloats(v, dtype);
 }

@@ -4,7 +4,7 @@ import { createHash } from 'node:crypto';
 import { bf16BitsToF32, convertBytes, decodeFloats, encodeFloats, f16BitsToF32, f32ToBf16Bits, f32ToF16Bits, type FloatDtype } from '../../libs/safetensors/dtype';
 import { floatKernels, FLOAT_CAP, useFloatWasm } from '../../libs/safetensors/float-wasm';
 import { useWasmNormals, wasmNormals } from '../../libs/gates/torch-normal-wasm';
-import { noiseApplier, streamNormals, TorchDrawSeeker } from '../../libs/stages/noise';
+import { noiseApplier, scaleBytes, streamNormals, TorchDrawSeeker } from '../../libs/stages/noise';
 import type { SourcePart } from '../../libs/plan/types';
 
 const sha = (b: Uint8Array) => createHash('sha256').update(b).digest('hex');
@@ -189,3 +189,20 @@ test('default noise: one stream per tensor label and seed, standard normal, pinn
 });
 
 const PINNED_STREAM_SHA = 'a0d60e4ef5f07e1abac2c8311c1bb59d08e24ea580ce1bcda7840eb9f3ab768d';
+
+test('residual_scale on raw bytes: the kernel gives the scalar float32 product rounded to the dtype, edge cases included', () => {
+  const bits = edgeFloats();
+  for (const dtype of ['F32', 'BF16', 'F16'] as const) {
+    const src = convertBytes(Buffer.from(bits.buffer), 'F32', dtype);
+    for (const s of [0.5, Math.fround(0.7071), 3, Math.fround(1e-3)]) {
+      const fast = scaleBytes(src, dtype, s);
+      const slow = withoutWasm(() => scaleBytes(src, dtype, s));
+      const a = decodeFloats(fast, dtype), b = decodeFloats(slow, dtype), w = decodeFloats(src, dtype);
+      for (let i = 0; i < a.length; i++) {
+        if (Number.isNaN(a[i]) && Number.isNaN(b[i])) continue;
+        if (!Object.is(a[i], b[i])) assert.fail(`${dtype} ${w[i]} * ${s}: ${a[i]} vs ${b[i]}`);
+      }
+      assert.ok(!fast.equals(src) || s === 1, 'the values changed');
+    }
+  }
+});
