@@ -158,7 +158,21 @@ function roundBits(dt: Dt, s: Scratch, finite = false): Code {
     const b = s.get();
     return [...set(b), ...get(b), ...splat(0x7fff), ...V.add, ...get(b), ...i32c(16), ...V.shrU, ...splat(1), ...V.and, ...V.add, ...splat(0xffff0000 | 0), ...V.and];
   }
-  return [...f32ToF16(s), ...f16ToF32(s)];
+  if (!finite) return [...f32ToF16(s), ...f16ToF32(s)];
+  // Finite values rounded to half's precision without leaving float32: 13 bits dropped (to nearest even) in
+  // half's normal range, a multiple of 2^-24 below it (adding and subtracting 0.5 rounds there), infinity
+  // from 65520 up.
+  const b = s.get(), a = s.get(), r = s.get();
+  return [
+    ...set(b),
+    ...get(b), ...splat(0x7fffffff), ...V.and, ...set(a),
+    ...get(a), ...splat(0xfff), ...V.add, ...get(a), ...i32c(13), ...V.shrU, ...splat(1), ...V.and, ...V.add, ...splat(~0x1fff), ...V.and,
+    ...get(a), ...splat(126 << 23), ...V.fadd, ...splat(126 << 23), ...V.fsub,
+    ...get(a), ...splat(113 << 23), ...V.geS,
+    ...V.bitselect, ...set(r),
+    ...splat(0x7f800000), ...get(r), ...get(r), ...splat(143 << 23), ...V.geS, ...V.bitselect,
+    ...get(b), ...splat(0x80000000 | 0), ...V.and, ...V.or,
+  ];
 }
 
 const size = (dt: Dt) => (dt === 'F32' ? 4 : 2);

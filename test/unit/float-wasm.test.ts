@@ -97,10 +97,10 @@ test('the WebAssembly casts between 16-bit types and to float32 match the JavaSc
   assert.ok(convertBytes(wide, 'F32', 'BF16').equals(withoutWasm(() => convertBytes(wide, 'F32', 'BF16'))));
 });
 
-function part(dtype: FloatDtype, n: number, torch: boolean, stream = 'noise/expert/1/0/w1', seed = 42): SourcePart {
+function part(dtype: FloatDtype, n: number, torch: boolean, stream = 'noise/expert/1/0/w1', seed = 42, scale = 0.02): SourcePart {
   return {
     kind: 'source', model: 'm', tensor: 't', file: 'f', offset: 0, byteLength: n * (dtype === 'F32' ? 4 : 2), dtype, shape: [n],
-    noise: { scale: 0.02, seed, stream, ...(torch ? { torch: { offset: 640, cachedNormal: null } } : {}) },
+    noise: { scale, seed, stream, ...(torch ? { torch: { offset: 640, cachedNormal: null } } : {}) },
   };
 }
 
@@ -138,6 +138,12 @@ test('noise: the WebAssembly kernels and the JavaScript path give the same bytes
       assert.ok(noised(part(dtype, n, torch), src, [1, 4099, 17, 65536, 33333]).equals(whole), `${dtype} torch=${torch}: chunking changes nothing`);
       const js = withoutWasm(() => noised(part(dtype, n, torch), src, [12345, 7]));
       assert.ok(js.equals(whole), `${dtype} torch=${torch}: JavaScript path gives the kernel's bytes`);
+      // Huge and tiny scales: products past half's range (infinity) and in its subnormals.
+      for (const scale of [30000, 1e-6]) {
+        const p = part(dtype, 5000, torch, 'noise/expert/1/0/w1', 42, scale);
+        const w = src.subarray(0, 5000 * (dtype === 'F32' ? 4 : 2));
+        assert.ok(noised(p, w, [5000]).equals(withoutWasm(() => noised(p, w, [5000]))), `${dtype} torch=${torch} scale ${scale}`);
+      }
       // The infinities stay infinities.
       const back = decodeFloats(whole, dtype);
       assert.equal(back[n >> 1], Infinity);
