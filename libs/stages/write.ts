@@ -74,6 +74,15 @@ async function* sourceBytes(part: SourcePart, outDtype: string, seeker: () => To
   }
 }
 
+/**
+ * Which algorithm drew a tensor's noise: shards and stamps written with the default noise of an earlier
+ * moe-forge (xoshiro128**, double Box-Muller) are not taken for ones written with today's draws.
+ */
+const STREAM_NOISE_DRAWS = 'mt19937-boxmuller-f32';
+function noiseDraws(p: SourcePart): string {
+  return p.noise?.torch ? 'torch' : STREAM_NOISE_DRAWS;
+}
+
 function tensorProducer(gates: GateTensor) {
   // One seeker per write, so tensors written out of the reference's draw order seek from saved states.
   const seekers = new Map<number, TorchDrawSeeker>();
@@ -141,7 +150,7 @@ function shardHash(plan: MergePlan, tensors: PlanTensor[], gates: GateTensor): s
   for (const t of tensors) {
     h.update(JSON.stringify([t.name, t.dtype, t.shape]));
     for (const p of t.parts) {
-      if (p.kind === 'source') h.update(JSON.stringify([ids.get(p.model), p.tensor, p.dtype, p.shape, p.noise ?? null, p.scale ?? null]));
+      if (p.kind === 'source') h.update(JSON.stringify([ids.get(p.model), p.tensor, p.dtype, p.shape, p.noise ? { ...p.noise, draws: noiseDraws(p) } : null, p.scale ?? null]));
       else if (p.kind === 'zeros') h.update(JSON.stringify(['zeros', p.elements]));
       else for (const r of p.rows) h.update(gateRow(gates, p.layer, r));
     }
@@ -174,6 +183,7 @@ function inTheWay(names: string[], out: string): void {
  */
 export async function runWrite(plan: MergePlan, opts: WriteOptions): Promise<WriteResult> {
   const hash = planHash(plan, {
+    noiseDraws: STREAM_NOISE_DRAWS,
     recipe: opts.recipeText,
     copyTokenizer: opts.copyTokenizer,
     writeRecipe: opts.writeRecipe,
