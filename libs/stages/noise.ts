@@ -116,8 +116,11 @@ export function streamNormals(seed: number | bigint | string, stream: string, n:
 
 /** Adds a tensor's noise to its values chunk by chunk (front to back). */
 export interface NoiseApplier {
-  /** Raw little-endian bytes of the tensor's dtype in, the noised bytes (same dtype) out. */
-  applyBytes(src: Uint8Array): Buffer;
+  /**
+   * Raw little-endian bytes of the tensor's dtype in, the noised bytes (same dtype) out; `inPlace`: into src
+   * itself (no new buffer to allocate and fault in), for a caller that owns src and is done with it.
+   */
+  applyBytes(src: Uint8Array, inPlace?: boolean): Buffer;
   /** The same on float32 values that hold values of the dtype. */
   apply(values: Float32Array): void;
 }
@@ -156,8 +159,8 @@ export function noiseApplier(part: SourcePart, seeker: () => TorchDrawSeeker): N
     }
   }
   const size = dtypeSize(dtype);
-  const applyBytes = (src: Uint8Array): Buffer => {
-    const out = Buffer.allocUnsafe(src.length);
+  const applyBytes = (src: Uint8Array, inPlace = false): Buffer => {
+    const out = inPlace ? Buffer.from(src.buffer, src.byteOffset, src.byteLength) : Buffer.allocUnsafe(src.length);
     const k = floatKernels();
     if (k) {
       const count = src.length / size;

@@ -69,7 +69,8 @@ async function* sourceBytes(part: SourcePart, outDtype: string, seeker: () => To
   for await (const raw of streamTensorBytes(loc, CHUNK_BYTES, dtypeSize(part.dtype))) {
     const src = convertBytes(raw, part.dtype, dt);
     // As the reference: noise in the source dtype, then residual_scale, then the output cast.
-    const chunk = noise ? noise.applyBytes(src) : src;
+    // src is this loop's own buffer (the reader allocates one per chunk): noise it in place.
+    const chunk = noise ? noise.applyBytes(src, true) : src;
     yield convertBytes(part.scale === undefined ? chunk : scaleBytes(chunk, dt, scale), dt, outDtype as FloatDtype);
   }
 }
