@@ -1,3 +1,5 @@
+import { FLOAT_END, memoryImport, sharedMemory, wasmApi } from '../safetensors/float-wasm';
+
 /**
  * The AVX2 Box-Muller kernel of torch-rng.ts as a WebAssembly SIMD function, four pairs per vector, built
  * here from a small instruction list (no toolchain, no binary in the repository). float32 operations map
@@ -98,19 +100,24 @@ const C = {
   twoPi: f(2 * Math.PI),
 };
 
-/** Function body: (param nBlocks i32); words at 0, normals at OUT, per-block flags at FLAGS. */
-function kernelBody(OUT: number, FLAGS: number): { locals: number; code: Code } {
+/** Function body: (param nBlocks i32); words at WORDS, normals at OUT, per-block flags at FLAGS. */
+function kernelBody(WORDS: number, OUT: number, FLAGS: number): { locals: number; code: Code } {
   // Locals: 0 = nBlocks (param), 1 = block index b, 2 = byte offset p, then v128 scratch.
   let next = 3;
   const v = () => next++;
   const code: Code = [];
+  // Statements of one group go to its own list; the groups' lists are interleaved statement by statement
+  // (independent dependency chains side by side keep the CPU's pipelines full).
+  let stmts: Code[] | null = null;
   const emit = (...parts: Code[]) => {
-    for (const p of parts) code.push(...p);
+    const c = parts.flat();
+    if (stmts) stmts.push(c);
+    else code.push(...c);
   };
   const set = (dst: number, ...expr: Code[]) => emit(...expr, I.localSet(dst));
   const get = I.localGet;
   const flag = v();
-  const sL = v();
+  let sL = v();
   const MASK29 = splatI64(0x1fffffff, 0);
   const HALF29 = splatI64(0x10000000, 0);
 
@@ -118,7 +125,7 @@ function kernelBody(OUT: number, FLAGS: number): { locals: number; code: Code } 
   // two floats is exact in float64, and demote + promote rounds a lane to float32.
   type Pair = readonly [number, number];
   const pair = (): Pair => [v(), v()];
-  const tmp = v();
+  let tmp = v();
   const halves = (dst: Pair, f32: Code) => {
     set(tmp, f32);
     set(dst[0], get(tmp), I.promote);
@@ -146,9 +153,10 @@ function kernelBody(OUT: number, FLAGS: number): { locals: number; code: Code } 
   };
 
   const one = splatF32(1);
-  const k1 = v(), k2 = v(), x = v(), e = v(), m = v(), y = v(), radius = v();
-  const th = v(), j = v(), jf = v(), r = v(), c = v(), s = v(), ps = v(), pc = v(), n1 = v(), n2 = v();
-  const xD = pair(), zD = pair(), yD = pair(), tD = pair(), rD = pair(), zzD = pair(), cD = pair(), sD = pair();
+  let k1 = 0, k2 = 0, x = 0, e = 0, m = 0, y = 0, radius = 0;
+  let th = 0, j = 0, jf = 0, r = 0, c = 0, s = 0, ps = 0, pc = 0, n1 = 0, n2 = 0;
+  let xD = pair(), zD = pair(), yD = pair(), tD = pair(), rD = pair(), zzD = pair(), cD = pair(), sD = pair();
+  const groups: Code[][] = [];
 
   // loop over blocks: p = b * 64
   emit([0x02, 0x40], [0x03, 0x40]); // block, loop
@@ -156,9 +164,15 @@ function kernelBody(OUT: number, FLAGS: number): { locals: number; code: Code } 
   emit(get(1), I.i32Const(6), I.i32Shl, I.localSet(2));
   set(flag, splatI32(0));
   for (const g of [0, 16]) {
+    stmts = [];
+    groups.push(stmts);
+    // Fresh locals per group.
+    [sL, tmp, k1, k2, x, e, m, y, radius] = [v(), v(), v(), v(), v(), v(), v(), v(), v()];
+    [th, j, jf, r, c, s, ps, pc, n1, n2] = [v(), v(), v(), v(), v(), v(), v(), v(), v(), v()];
+    [xD, zD, yD, tD, rD, zzD, cD, sD] = [pair(), pair(), pair(), pair(), pair(), pair(), pair(), pair()];
     // k1 = words[j], k2 = words[j + 8] for the four pairs j = g/4 .. g/4 + 3
-    set(k1, get(2), I.v128Load(g), splatI32(0xffffff), I.and);
-    set(k2, get(2), I.v128Load(g + 32), splatI32(0xffffff), I.and);
+    set(k1, get(2), I.v128Load(WORDS + g), splatI32(0xffffff), I.and);
+    set(k2, get(2), I.v128Load(WORDS + g + 32), splatI32(0xffffff), I.and);
     // log(1 - u1), the kernel's log256_ps
     set(x, one, get(k1), I.convert, splatF32(2 ** -24), I.f32x4Mul, I.f32x4Sub);
     set(e, get(x), I.i32Const(23), I.i32x4ShrU, splatI32(127), I.i32x4Sub, I.convert, one, I.f32x4Add);
@@ -211,6 +225,9 @@ function kernelBody(OUT: number, FLAGS: number): { locals: number; code: Code } 
     emit(get(2), get(radius), get(n1), I.f32x4Mul, splatF32(0), I.f32x4Add, I.v128Store(OUT + g));
     emit(get(2), get(radius), get(n2), I.f32x4Mul, splatF32(0), I.f32x4Add, I.v128Store(OUT + g + 32));
   }
+  stmts = null;
+  const longest = Math.max(...groups.map((l) => l.length));
+  for (let i = 0; i < longest; i++) for (const l of groups) if (l[i]) code.push(...l[i]!);
   emit(get(1), I.i32Const(2), I.i32Shl, get(flag), I.anyTrue, I.i32Store(FLAGS));
   emit(get(1), I.i32Const(1), I.i32Add, I.localSet(1), [0x0c, 0]); // b++, continue
   emit([0x0b, 0x0b]); // end loop, end block
@@ -222,7 +239,7 @@ function kernelBody(OUT: number, FLAGS: number): { locals: number; code: Code } 
  * (624 words, then the next index) at STATE. The engine's twist and tempering run four words at a time; the
  * tempered block at TEMPERED is recomputed on entry, so the caller may move the state between calls.
  */
-function mtFillBody(STATE: number): Code {
+function mtFillBody(WORDS: number, STATE: number): Code {
   const TEMPERED = STATE + 625 * 4;
   const POS = STATE + 624 * 4;
   const [n, i, pos, y, k] = [0, 1, 2, 3, 4];
@@ -281,7 +298,7 @@ function mtFillBody(STATE: number): Code {
       ...get(pos), ...c(624), ...EQ, 0x04, 0x40, ...twist, ...temper, ...c(0), ...set(pos), 0x0b,
       ...take, ...set(y),
       // memory.copy(words + 4i, TEMPERED + 4pos, 4y)
-      ...get(i), ...c(2), ...SHL, ...c(TEMPERED), ...get(pos), ...c(2), ...SHL, ...ADD, ...get(y), ...c(2), ...SHL, 0xfc, 0x0a, 0, 0,
+      ...get(i), ...c(2), ...SHL, ...c(WORDS), ...ADD, ...c(TEMPERED), ...get(pos), ...c(2), ...SHL, ...ADD, ...get(y), ...c(2), ...SHL, 0xfc, 0x0a, 0, 0,
       ...get(pos), ...get(y), ...ADD, ...set(pos),
       ...get(i), ...get(y), ...ADD, ...set(i),
     ]),
@@ -292,24 +309,31 @@ function mtFillBody(STATE: number): Code {
 /** Blocks per call: words and normals take 64 bytes a block each. */
 export const WASM_BLOCKS = 2048;
 
-function moduleBytes(): Uint8Array {
-  const OUT = WASM_BLOCKS * 64;
-  const FLAGS = OUT * 2;
+/** Byte addresses in the memory shared with float-wasm.ts: words, normals, flags, mt19937 state (+ its tempered block). */
+export function layout() {
+  const WORDS = FLOAT_END;
+  const OUT = WORDS + WASM_BLOCKS * 64;
+  const FLAGS = OUT + WASM_BLOCKS * 64;
   const STATE = FLAGS + WASM_BLOCKS * 4;
-  const pages = Math.ceil((STATE + (625 + 624) * 4) / 65536);
-  const { locals, code } = kernelBody(OUT, FLAGS);
+  const END = STATE + (625 + 624) * 4;
+  return { WORDS, OUT, FLAGS, STATE, END };
+}
+
+function moduleBytes(): Uint8Array {
+  const { WORDS, OUT, FLAGS, STATE } = layout();
+  const { locals, code } = kernelBody(WORDS, OUT, FLAGS);
   const section = (id: number, body: number[]) => [id, ...uleb(body.length), ...body];
   const vec = (items: number[][]) => [...uleb(items.length), ...items.flat()];
   const name = (s: string) => [...uleb(s.length), ...Buffer.from(s)];
   const localDecl = vec([[...uleb(2), 0x7f], [...uleb(locals), 0x7b]]); // 2 i32, n v128
   const fn = [...localDecl, ...code, 0x0b];
-  const mtCode = [...vec([[...uleb(4), 0x7f], [1, 0x7b]]), ...mtFillBody(STATE), 0x0b];
+  const mtCode = [...vec([[...uleb(4), 0x7f], [1, 0x7b]]), ...mtFillBody(WORDS, STATE), 0x0b];
   return new Uint8Array([
     0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00,
     ...section(1, vec([[0x60, 1, 0x7f, 0]])), // type: (i32) -> ()
+    ...section(2, vec([memoryImport()])),
     ...section(3, vec([[0], [0]])),
-    ...section(5, vec([[0x00, ...uleb(pages)]])),
-    ...section(7, vec([[...name('memory'), 0x02, 0], [...name('normals'), 0x00, 0], [...name('mtFill'), 0x00, 1]])),
+    ...section(7, vec([[...name('normals'), 0x00, 0], [...name('mtFill'), 0x00, 1]])),
     ...section(10, vec([[...uleb(fn.length), ...fn], [...uleb(mtCode.length), ...mtCode]])),
   ]);
 }
@@ -319,6 +343,10 @@ export interface WasmNormals {
   words: Int32Array;
   /** 16 normals per block. */
   out: Float32Array;
+  /** Byte address of `out` in the shared memory. */
+  outAddress: number;
+  /** The stream whose values `out` holds now; it saves what it still needs before another one refills `out`. */
+  owner: { evict(): void } | null;
   /** Non-zero where a block must be recomputed exactly. */
   flags: Int32Array;
   run(blocks: number): void;
@@ -328,11 +356,6 @@ export interface WasmNormals {
   mtFill(n: number): void;
 }
 
-/** The part of the WebAssembly API used here (the project's type libraries do not declare it). */
-interface WasmApi {
-  Module: new (bytes: Uint8Array) => object;
-  Instance: new (module: object, imports: object) => { exports: Record<string, unknown> };
-}
 
 let instance: WasmNormals | null | undefined;
 let enabled = true;
@@ -350,17 +373,20 @@ export function wasmNormals(): WasmNormals | null {
   if (!enabled) return null;
   if (instance !== undefined) return instance;
   try {
-    const wa = (globalThis as unknown as { WebAssembly: WasmApi }).WebAssembly;
-    const inst = new wa.Instance(new wa.Module(moduleBytes()), {});
-    const mem = inst.exports.memory as { buffer: ArrayBuffer };
+    const wa = wasmApi();
+    const mem = sharedMemory();
+    const { WORDS, OUT, FLAGS, STATE, END } = layout();
+    if (END > mem.buffer.byteLength) throw new Error('internal: shared WebAssembly memory too small');
+    const inst = new wa.Instance(new wa.Module(moduleBytes()), { env: { memory: mem } });
     const fn = inst.exports.normals as (n: number) => void;
-    const OUT = WASM_BLOCKS * 64;
     instance = {
-      words: new Int32Array(mem.buffer, 0, WASM_BLOCKS * 16),
+      words: new Int32Array(mem.buffer, WORDS, WASM_BLOCKS * 16),
       out: new Float32Array(mem.buffer, OUT, WASM_BLOCKS * 16),
-      flags: new Int32Array(mem.buffer, OUT * 2, WASM_BLOCKS),
+      outAddress: OUT,
+      owner: null,
+      flags: new Int32Array(mem.buffer, FLAGS, WASM_BLOCKS),
       run: fn,
-      mtState: new Int32Array(mem.buffer, OUT * 2 + WASM_BLOCKS * 4, 625),
+      mtState: new Int32Array(mem.buffer, STATE, 625),
       mtFill: inst.exports.mtFill as (n: number) => void,
     };
   } catch {

@@ -1,5 +1,6 @@
 import { wasmNormals, wasmStats, WASM_BLOCKS, type WasmNormals } from './torch-normal-wasm';
 import { bf16BitsToF32, f16BitsToF32, f32ToBf16Bits, f32ToF16Bits, type FloatDtype } from '../safetensors/dtype';
+import { floatKernels, FLOAT_CAP } from '../safetensors/float-wasm';
 
 /**
  * PyTorch's CPU generator, reproduced bit for bit: what `torch.manual_seed(seed)` followed by `randn` /
@@ -46,6 +47,11 @@ export class Mt19937 {
       const p = st[j - 1]!;
       st[j] = Math.imul(1812433253, p ^ (p >>> 30)) + j;
     }
+  }
+
+  /** Mixes more seed words into the state (32 bits of seed alone give only 2^32 streams). */
+  mix(words: ArrayLike<number>): void {
+    for (let i = 0; i < words.length && i + 1 < N; i++) this.state[i + 1] = this.state[i + 1]! ^ words[i]!;
   }
 
   private twist(): void {
@@ -273,9 +279,11 @@ export class LargeNormalStream {
   private readonly regularBlocks: number;
   private readonly buf: Float32Array;
   private readonly words: Int32Array;
-  /** Positions held in buf. */
+  /** Positions held in `held`: this stream's buf, or the kernel's output in WebAssembly memory. */
   private bufFrom = 0;
   private bufTo = 0;
+  private held: Float32Array;
+  private heldIn: WasmNormals | null = null;
 
   constructor(
     private readonly mt: Mt19937,
@@ -288,7 +296,24 @@ export class LargeNormalStream {
     this.regularBlocks = Math.ceil(this.tailFrom / 16);
     const blocks = Math.min(WASM_BLOCKS, this.regularBlocks + 1);
     this.buf = new Float32Array(blocks * 16);
+    this.held = this.buf;
     this.words = new Int32Array(blocks * 16);
+  }
+
+  /** Another stream is about to refill the kernel's output: keep the values still to be read. */
+  evict(): void {
+    const w = this.heldIn;
+    if (!w) return;
+    this.buf.set(w.out.subarray(0, this.bufTo - this.bufFrom));
+    this.held = this.buf;
+    this.heldIn = null;
+    if (w.owner === this) w.owner = null;
+  }
+
+  private release(): void {
+    if (this.heldIn?.owner === this) this.heldIn.owner = null;
+    this.held = this.buf;
+    this.heldIn = null;
   }
 
   /** Computes the next regular blocks, from the one holding position p, into buf. */
@@ -297,18 +322,23 @@ export class LargeNormalStream {
     const k = Math.min(this.buf.length >> 4, this.regularBlocks - first);
     const wasm = wasmNormals();
     if (wasm) {
+      if (wasm.owner && wasm.owner !== this) wasm.owner.evict();
       this.mt.fillWasm(wasm, k * 16);
       wasm.run(k);
-      this.buf.set(wasm.out.subarray(0, k * 16));
+      // The values stay in WebAssembly memory, where the noise kernel reads them.
+      wasm.owner = this;
+      this.held = wasm.out;
+      this.heldIn = wasm;
       // A flagged block has a float64 sum halfway between two floats: redo it with exact fused multiply-adds.
       wasmStats.blocks += k;
       for (let b = 0; b < k; b++) {
         if (wasm.flags[b]) {
-          block16(wasm.words, b * 16, this.buf, b * 16);
+          block16(wasm.words, b * 16, wasm.out, b * 16);
           wasmStats.redone++;
         }
       }
     } else {
+      this.release();
       this.mt.fill(this.words, 0, k * 16);
       for (let b = 0; b < k; b++) block16(this.words, b * 16, this.buf, b * 16);
     }
@@ -321,6 +351,7 @@ export class LargeNormalStream {
     // float32 draws every uniform first, so the partial block's words are drawn but unused; the 16-bit
     // types draw block by block. Either way the last 16 values come from 16 more words.
     if (this.dtype === 'F32') this.mt.skip(this.start + this.n - this.mt.offset);
+    this.release();
     this.mt.fill(this.words, 0, 16);
     block16(this.words, 0, this.buf, 0);
     this.bufFrom = this.tailFrom;
@@ -329,23 +360,62 @@ export class LargeNormalStream {
 
   /** Writes the next out.length values (float32 numbers, already rounded to the dtype). */
   read(out: Float32Array): void {
+    const k = this.dtype === 'F32' ? null : floatKernels();
+    if (k) {
+      if (this.pos + out.length > this.n) throw new Error(`read past the end of a ${this.n}-value draw`);
+      // Rounded by the kernels from where the generator left them.
+      for (let o = 0; o < out.length; ) {
+        const s = this.span(Math.min(out.length - o, FLOAT_CAP), k.norm, k.NORM);
+        k.roundAt(this.dtype, s.count, s.address, k.DST);
+        out.set(k.dstF32.subarray(0, s.count), o);
+        o += s.count;
+      }
+      return;
+    }
+    this.readRaw(out);
+    if (this.dtype === 'F32') return;
+    if (this.dtype === 'BF16') roundBf16InPlace(out);
+    else for (let i = 0; i < out.length; i++) out[i] = roundTo(this.dtype, out[i]!);
+  }
+
+  /** Writes the next out.length values as the kernel computes them in float32, before any cast to the dtype. */
+  readRaw(out: Float32Array): void {
     const want = out.length;
     if (this.pos + want > this.n) throw new Error(`read past the end of a ${this.n}-value draw`);
     let o = 0;
     while (o < want) {
       const p = this.pos;
-      const inTail = p >= this.tailFrom;
-      if (p < this.bufFrom || p >= this.bufTo || (inTail && this.bufFrom !== this.tailFrom)) {
-        if (inTail) this.fillTail();
-        else this.fillRegular(p);
-      }
-      const end = Math.min(inTail ? this.n : Math.min(this.bufTo, this.tailFrom), p + (want - o));
-      out.set(this.buf.subarray(p - this.bufFrom, end - this.bufFrom), o);
+      const end = this.advance(want - o);
+      out.set(this.held.subarray(p - this.bufFrom, end - this.bufFrom), o);
       o += end - p;
-      this.pos = end;
     }
-    if (this.dtype === 'BF16') roundBf16InPlace(out);
-    else if (this.dtype === 'F16') for (let i = 0; i < want; i++) out[i] = roundTo(this.dtype, out[i]!);
+  }
+
+  /** Makes the values from pos on available, and moves pos past at most `max` of them: the new pos. */
+  private advance(max: number): number {
+    const p = this.pos;
+    const inTail = p >= this.tailFrom;
+    if (p < this.bufFrom || p >= this.bufTo || (inTail && this.bufFrom !== this.tailFrom)) {
+      if (inTail) this.fillTail();
+      else this.fillRegular(p);
+    }
+    const end = Math.min(inTail ? this.n : Math.min(this.bufTo, this.tailFrom), p + max);
+    this.pos = end;
+    return end;
+  }
+
+  /**
+   * The next values (at most max, at least one) as float32 before any cast, where they lie in the shared
+   * WebAssembly memory: their byte address and count. Values held in JavaScript memory (the tail, the
+   * JavaScript path, an evicted buffer) are copied to `spare` (a view of that memory at `spareAddress`).
+   */
+  span(max: number, spare: Float32Array, spareAddress: number): { address: number; count: number } {
+    if (max <= 0 || this.pos >= this.n) throw new Error(`read past the end of a ${this.n}-value draw`);
+    const p = this.pos;
+    const end = this.advance(Math.min(max, spare.length));
+    if (this.heldIn) return { address: this.heldIn.outAddress + (p - this.bufFrom) * 4, count: end - p };
+    spare.set(this.held.subarray(p - this.bufFrom, end - this.bufFrom));
+    return { address: spareAddress, count: end - p };
   }
 }
 

@@ -1,4 +1,5 @@
 import { SafetensorsError } from '../errors';
+import { castThrough, floatKernels } from './float-wasm';
 
 /** Element sizes of every dtype name the safetensors format defines. */
 export const DTYPE_SIZES: Readonly<Record<string, number>> = {
@@ -162,14 +163,20 @@ function table16(from: 'BF16' | 'F16', to: 'BF16' | 'F16'): Uint16Array {
 }
 
 /**
- * Convert raw little-endian bytes between float dtypes with integer operations on typed arrays (the bulk
- * of a merge's casts): 16-bit to 16-bit by table lookup, the rest in tight loops without calls. Round to
- * nearest even; NaN and infinities kept.
+ * Convert raw little-endian bytes between float dtypes (the bulk of a merge's casts): with the WebAssembly
+ * SIMD kernels of float-wasm.ts where there are, else with integer operations on typed arrays (16-bit to
+ * 16-bit by table lookup, the rest in tight loops without calls). Round to nearest even; NaN and infinities
+ * kept (a NaN's payload may differ between the two paths).
  */
 export function convertBytes(buf: Buffer, from: string, to: FloatDtype): Buffer {
   if (from === to) return buf;
   const n = buf.length / dtypeSize(from);
   const out = Buffer.allocUnsafeSlow(n * dtypeSize(to));
+  const k = from === 'F32' || from === 'BF16' || from === 'F16' ? floatKernels() : null;
+  if (k) {
+    castThrough(k, buf, from as FloatDtype, to, out);
+    return out;
+  }
   if (from === 'F32' && to === 'BF16') {
     f32ToBf16Loop(u32View(buf), u16View(out), n);
     return out;

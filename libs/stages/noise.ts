@@ -1,6 +1,7 @@
-import { Rng } from '../gates/rng';
-import { Mt19937, TorchGenerator, wordsOf, TORCH_SMALL_NORMAL, type TorchRngState } from '../gates/torch-rng';
-import { bf16BitsToF32, f16BitsToF32, f32ToBf16Bits, f32ToF16Bits, type FloatDtype } from '../safetensors/dtype';
+import { createHash } from 'node:crypto';
+import { LargeNormalStream, Mt19937, TorchGenerator, wordsOf, TORCH_SMALL_NORMAL, type TorchRngState } from '../gates/torch-rng';
+import { bf16BitsToF32, decodeFloats, dtypeSize, encodeFloats, f16BitsToF32, f32ToBf16Bits, f32ToF16Bits, type FloatDtype } from '../safetensors/dtype';
+import { floatKernels, FLOAT_CAP, scaleThrough } from '../safetensors/float-wasm';
 import type { ArchContext, OutputArchitecture } from '../architectures/types';
 import type { PlanTensor, SourcePart } from '../plan/types';
 
@@ -91,51 +92,119 @@ export class TorchDrawSeeker {
   }
 }
 
-/** Adds a tensor's noise to its values chunk by chunk (values in the source dtype, front to back). */
+/** Reads a tensor's unit normals front to back, as float32 values before any cast to the tensor's dtype. */
+interface NormalSource {
+  read(out: Float32Array): void;
+  /** Where the generator's kernel left them (see LargeNormalStream.span); absent: read() into the kernels' norm. */
+  span?(max: number, spare: Float32Array, spareAddress: number): { address: number; count: number };
+}
+
+/**
+ * The default noise (rng `stream`): one stream per tensor, an mt19937 seeded from sha256(seed, stream label)
+ * feeding the float32 Box-Muller kernel of the torch generator (16 words a block, in order). Integer state
+ * and the kernel's exactly rounded float32 steps give the same values on every machine, WebAssembly or not.
+ */
+export function streamNormals(seed: number | bigint | string, stream: string, n: number): NormalSource {
+  const h = createHash('sha256').update(`moe-forge-noise\0${String(seed)}\0${stream}`).digest();
+  const words = Array.from({ length: 8 }, (_, i) => h.readUInt32LE(i * 4));
+  const mt = new Mt19937(words[0]!);
+  mt.mix(words.slice(1));
+  // A whole number of blocks (no torch-style tail): chunks of any size read the same values.
+  const draws = new LargeNormalStream(mt, Math.max(16, Math.ceil(n / 16) * 16), 'F32');
+  return { read: (out) => draws.readRaw(out), span: (max, spare, at) => draws.span(max, spare, at) };
+}
+
+/** Adds a tensor's noise to its values chunk by chunk (front to back). */
 export interface NoiseApplier {
+  /**
+   * Raw little-endian bytes of the tensor's dtype in, the noised bytes (same dtype) out; `inPlace`: into src
+   * itself (no new buffer to allocate and fault in), for a caller that owns src and is done with it.
+   */
+  applyBytes(src: Uint8Array, inPlace?: boolean): Buffer;
+  /** The same on float32 values that hold values of the dtype. */
   apply(values: Float32Array): void;
 }
 
-/** One noise applier per source part; `seeker` is shared by the parts of one write. */
+/**
+ * One noise applier per source part; `seeker` is shared by the parts of one write. Both generators add
+ * noise as the reference does, W + randn_like(W) * noise_scale with each op in W's dtype: the normal cast to
+ * the dtype, times the scale in float32 rounded to the dtype, plus W rounded to the dtype.
+ */
 export function noiseApplier(part: SourcePart, seeker: () => TorchDrawSeeker): NoiseApplier | null {
   const noise = part.noise;
   if (!noise) return null;
-  const dtype = part.dtype;
+  const dtype = part.dtype as FloatDtype;
+  if (dtype !== 'F32' && dtype !== 'BF16' && dtype !== 'F16') throw new Error(`internal: noise on a ${part.dtype} tensor`);
   const scale = Math.fround(noise.scale);
-  if (!noise.torch) {
-    const rng = new Rng(noise.seed, noise.stream);
-    return {
-      apply(v) {
-        for (let i = 0; i < v.length; i++) v[i] = roundTo(dtype, v[i]! + scale * roundTo(dtype, rng.normal()));
-      },
-    };
-  }
-  // The reference: W + randn_like(W) * noise_scale, each op in W's dtype (float32 arithmetic, rounded).
   const n = part.shape.reduce((a, b) => a * b, 1);
-  const gen = seeker().at(noise.torch);
-  const fd = dtype as FloatDtype;
-  let read: (out: Float32Array) => void;
-  if (n >= TORCH_SMALL_NORMAL) {
-    const s = gen.randnStream(n, fd);
-    read = (out) => s.read(out);
-  } else {
-    const all = gen.randn(n, fd);
-    let at = 0;
-    read = (out) => {
-      out.set(all.subarray(at, at + out.length));
-      at += out.length;
-    };
+  let normals: NormalSource;
+  if (!noise.torch) normals = streamNormals(noise.seed, noise.stream, n);
+  else {
+    const gen = seeker().at(noise.torch);
+    if (n >= TORCH_SMALL_NORMAL) {
+      // Unrounded: the noise kernel casts them to the dtype.
+      const stream = gen.randnStream(n, dtype);
+      normals = { read: (out) => stream.readRaw(out), span: (max, spare, at) => stream.span(max, spare, at) };
+    }
+    else {
+      // Already rounded to the dtype; rounding again changes nothing.
+      const all = gen.randn(n, dtype);
+      let at = 0;
+      normals = {
+        read(out) {
+          out.set(all.subarray(at, at + out.length));
+          at += out.length;
+        },
+      };
+    }
   }
-  let buf = new Float32Array(0);
-  return {
-    apply(v) {
-      if (buf.length !== v.length) buf = new Float32Array(v.length);
-      read(buf);
-      if (fd === 'F32') {
-        for (let i = 0; i < v.length; i++) v[i] = Math.fround(v[i]! + Math.fround(buf[i]! * scale));
-      } else {
-        for (let i = 0; i < v.length; i++) v[i] = roundTo(fd, v[i]! + roundTo(fd, buf[i]! * scale));
+  const size = dtypeSize(dtype);
+  const applyBytes = (src: Uint8Array, inPlace = false): Buffer => {
+    const out = inPlace ? Buffer.from(src.buffer, src.byteOffset, src.byteLength) : Buffer.allocUnsafe(src.length);
+    const k = floatKernels();
+    if (k) {
+      const count = src.length / size;
+      for (let off = 0; off < count; off += FLOAT_CAP) {
+        const m = Math.min(FLOAT_CAP, count - off);
+        k.src.set(src.subarray(off * size, (off + m) * size));
+        if (normals.span) {
+          // The normals are read where the generator's kernel wrote them (no copy).
+          for (let done = 0; done < m; ) {
+            const s = normals.span(m - done, k.norm, k.NORM);
+            k.noiseAt(dtype, s.count, scale, k.SRC + done * size, s.address, k.DST + done * size);
+            done += s.count;
+          }
+        } else {
+          normals.read(k.norm.subarray(0, m));
+          k.noise(dtype, m, scale);
+        }
+        out.set(k.dst.subarray(0, m * size), off * size);
       }
+      return out;
+    }
+    // Without WebAssembly: the same steps one value at a time (float64 sums and products of two float32
+    // values round to float32 exactly as float32 arithmetic does).
+    const v = decodeFloats(Buffer.from(src.buffer, src.byteOffset, src.byteLength), dtype);
+    const nrm = new Float32Array(v.length);
+    normals.read(nrm);
+    for (let i = 0; i < v.length; i++) v[i] = roundTo(dtype, v[i]! + roundTo(dtype, roundTo(dtype, nrm[i]!) * scale));
+    out.set(encodeFloats(v, dtype));
+    return out;
+  };
+  return {
+    applyBytes,
+    apply(values) {
+      const noised = decodeFloats(applyBytes(encodeFloats(values, dtype)), dtype);
+      values.set(noised);
     },
   };
+}
+
+/** residual_scale: raw bytes of `dtype` times s (a float32), each product rounded to `dtype` (float32 arithmetic). */
+export function scaleBytes(src: Buffer, dtype: FloatDtype, s: number): Buffer {
+  const k = floatKernels();
+  if (k) return scaleThrough(k, src, dtype, s);
+  const v = decodeFloats(src, dtype);
+  for (let i = 0; i < v.length; i++) v[i] = roundTo(dtype, v[i]! * s);
+  return encodeFloats(v, dtype);
 }

@@ -4,8 +4,8 @@ import { dirname, join } from 'node:path';
 import { createHash, randomBytes } from 'node:crypto';
 import { ForgeError } from '../errors';
 import { gateRow, type GateTensor } from '../gates';
-import { noiseApplier, TorchDrawSeeker } from './noise';
-import { bf16BitsToF32, decodeFloats, encodeFloats, f16BitsToF32, f32ToBf16Bits, f32ToF16Bits, convertBytes, dtypeSize, type FloatDtype } from '../safetensors/dtype';
+import { noiseApplier, scaleBytes, TorchDrawSeeker } from './noise';
+import { encodeFloats, convertBytes, dtypeSize, type FloatDtype } from '../safetensors/dtype';
 import { streamTensorBytes } from '../safetensors/reader';
 import { indexJson, planShards, writeShard, type OutputTensorSpec } from '../safetensors/writer';
 import { loadTokenizer } from '../tokenizer';
@@ -56,12 +56,6 @@ export interface WriteResult {
   hash: string;
 }
 
-function roundTo(dtype: string, x: number): number {
-  if (dtype === 'BF16') return bf16BitsToF32(f32ToBf16Bits(x));
-  if (dtype === 'F16') return f16BitsToF32(f32ToF16Bits(x));
-  return Math.fround(x);
-}
-
 /** A source tensor's bytes, chunk by chunk: raw when nothing changes, else noise, scale and cast per element. */
 async function* sourceBytes(part: SourcePart, outDtype: string, seeker: () => TorchDrawSeeker): AsyncGenerator<Buffer> {
   const loc = { ...part, name: part.tensor, begin: 0, end: part.byteLength };
@@ -70,15 +64,26 @@ async function* sourceBytes(part: SourcePart, outDtype: string, seeker: () => To
     for await (const chunk of streamTensorBytes(loc, CHUNK_BYTES, dtypeSize(part.dtype))) yield convertBytes(chunk, part.dtype, outDtype as FloatDtype);
     return;
   }
-  const noise = noiseApplier(part, seeker);
+  // float64 sources are noised and scaled in float32 (as before: the transforms work on float32 values).
+  const dt: FloatDtype = part.dtype === 'BF16' || part.dtype === 'F16' ? part.dtype : 'F32';
+  const noise = noiseApplier(dt === part.dtype ? part : { ...part, dtype: dt }, seeker);
   const scale = part.scale !== undefined ? Math.fround(part.scale) : 1;
-  for await (const chunk of streamTensorBytes(loc, CHUNK_BYTES, dtypeSize(part.dtype))) {
-    const v = decodeFloats(chunk, part.dtype);
+  for await (const raw of streamTensorBytes(loc, CHUNK_BYTES, dtypeSize(part.dtype))) {
+    const src = convertBytes(raw, part.dtype, dt);
     // As the reference: noise in the source dtype, then residual_scale, then the output cast.
-    noise?.apply(v);
-    if (part.scale !== undefined) for (let i = 0; i < v.length; i++) v[i] = roundTo(part.dtype, v[i]! * scale);
-    yield encodeFloats(v, outDtype as FloatDtype);
+    // src is this loop's own buffer (the reader allocates one per chunk): noise it in place.
+    const chunk = noise ? noise.applyBytes(src, true) : src;
+    yield convertBytes(part.scale === undefined ? chunk : scaleBytes(chunk, dt, scale), dt, outDtype as FloatDtype);
   }
+}
+
+/**
+ * Which algorithm drew a tensor's noise: shards and stamps written with the default noise of an earlier
+ * moe-forge (xoshiro128**, double Box-Muller) are not taken for ones written with today's draws.
+ */
+const STREAM_NOISE_DRAWS = 'mt19937-boxmuller-f32';
+function noiseDraws(p: SourcePart): string {
+  return p.noise?.torch ? 'torch' : STREAM_NOISE_DRAWS;
 }
 
 function tensorProducer(gates: GateTensor) {
@@ -148,7 +153,7 @@ function shardHash(plan: MergePlan, tensors: PlanTensor[], gates: GateTensor): s
   for (const t of tensors) {
     h.update(JSON.stringify([t.name, t.dtype, t.shape]));
     for (const p of t.parts) {
-      if (p.kind === 'source') h.update(JSON.stringify([ids.get(p.model), p.tensor, p.dtype, p.shape, p.noise ?? null, p.scale ?? null]));
+      if (p.kind === 'source') h.update(JSON.stringify([ids.get(p.model), p.tensor, p.dtype, p.shape, p.noise ? { ...p.noise, draws: noiseDraws(p) } : null, p.scale ?? null]));
       else if (p.kind === 'zeros') h.update(JSON.stringify(['zeros', p.elements]));
       else for (const r of p.rows) h.update(gateRow(gates, p.layer, r));
     }
@@ -181,6 +186,7 @@ function inTheWay(names: string[], out: string): void {
  */
 export async function runWrite(plan: MergePlan, opts: WriteOptions): Promise<WriteResult> {
   const hash = planHash(plan, {
+    noiseDraws: STREAM_NOISE_DRAWS,
     recipe: opts.recipeText,
     copyTokenizer: opts.copyTokenizer,
     writeRecipe: opts.writeRecipe,

@@ -1,0 +1,392 @@
+/**
+ * Elementwise float kernels as WebAssembly SIMD, four values per step, built here from an instruction list (no
+ * toolchain, no binary in the repository): casts between float32, bfloat16 and float16, rounding float32 values
+ * to a 16-bit type, and expert noise `w + round(round(n) * scale)` in a tensor's own dtype. Every result is
+ * the bits the scalar functions of dtype.ts give (round to nearest even, infinities, subnormals, NaN kept
+ * quiet with its sign); the tests compare them value by value, the edge cases included.
+ */
+
+export type Code = number[];
+export type Dt = 'F32' | 'BF16' | 'F16';
+
+export const uleb = (n: number): number[] => {
+  const out: number[] = [];
+  do {
+    let b = n & 0x7f;
+    n >>>= 7;
+    if (n) b |= 0x80;
+    out.push(b);
+  } while (n);
+  return out;
+};
+const sleb = (n: number): number[] => {
+  const out: number[] = [];
+  for (;;) {
+    const b = n & 0x7f;
+    n >>= 7;
+    if ((n === 0 && !(b & 0x40)) || (n === -1 && b & 0x40)) {
+      out.push(b);
+      return out;
+    }
+    out.push(b | 0x80);
+  }
+};
+const simd = (op: number): Code => [0xfd, ...uleb(op)];
+
+const get = (i: number): Code => [0x20, ...uleb(i)];
+const set = (i: number): Code => [0x21, ...uleb(i)];
+const i32c = (v: number): Code => [0x41, ...sleb(v | 0)];
+const splat = (v: number): Code => [...simd(0x0c), ...new Uint8Array(new Int32Array([v, v, v, v]).buffer)];
+const V = {
+  load: [...simd(0x00), 0, 0],
+  loadAt: (off: number): Code => [...simd(0x00), 0, ...uleb(off)],
+  load16x4u: [...simd(0x04), 0, 0],
+  load16x4uAt: (off: number): Code => [...simd(0x04), 0, ...uleb(off)],
+  store: [...simd(0x0b), 0, 0],
+  storeAt: (off: number): Code => [...simd(0x0b), 0, ...uleb(off)],
+  /** The low 64 bits (four 16-bit values after a narrow). */
+  store64: [...simd(0x5b), 0, 0, 0],
+  narrowU: simd(0x86),
+  and: simd(0x4e),
+  andnot: simd(0x4f),
+  or: simd(0x50),
+  xor: simd(0x51),
+  bitselect: simd(0x52),
+  eq: simd(0x37),
+  gtS: simd(0x3b),
+  geS: simd(0x3f),
+  shl: simd(0xab),
+  shrU: simd(0xad),
+  add: simd(0xae),
+  sub: simd(0xb1),
+  fadd: simd(0xe4),
+  fsub: simd(0xe5),
+  fmul: simd(0xe6),
+  fsplat: simd(0x13),
+};
+
+/** Scratch v128 locals of one function body. */
+class Scratch {
+  next: number;
+  constructor(readonly first: number) {
+    this.next = first;
+  }
+  get(): number {
+    return this.next++;
+  }
+  get count(): number {
+    return this.next - this.first;
+  }
+}
+
+/** float32 bits of four values of `dt` loaded from the address on the stack (+ `at` values). */
+function loadBits(dt: Dt, s: Scratch, at = 0): Code {
+  if (dt === 'F32') return V.loadAt(at * 4);
+  if (dt === 'BF16') return [...V.load16x4uAt(at * 2), ...i32c(16), ...V.shl];
+  return [...V.load16x4uAt(at * 2), ...f16ToF32(s)];
+}
+
+/** Stores four values of `dt` (bits on the stack: float32 bits for F32, 16-bit values otherwise). */
+function storeBits(dt: Dt, s: Scratch): Code {
+  if (dt === 'F32') return V.store;
+  const t = s.get();
+  return [...set(t), ...get(t), ...get(t), ...V.narrowU, ...V.store64];
+}
+
+/** half bits (i32 lanes) -> float32 bits, exact. */
+function f16ToF32(s: Scratch): Code {
+  const h = s.get(), a = s.get(), e = s.get(), o = s.get();
+  return [
+    ...set(h),
+    // magnitude moved to float32's place, exponent rebased by 127 - 15
+    ...get(h), ...splat(0x7fff), ...V.and, ...i32c(13), ...V.shl, ...set(a),
+    ...get(a), ...splat(0x0f800000), ...V.and, ...set(e),
+    ...get(a), ...splat(112 << 23), ...V.add, ...set(o),
+    // infinity / NaN: exponent all ones
+    ...get(o), ...get(e), ...splat(0x0f800000), ...V.eq, ...splat(112 << 23), ...V.and, ...V.add, ...set(o),
+    // zero / subnormal: renormalise through a float subtraction (exact)
+    ...get(o), ...splat(1 << 23), ...V.add, ...splat(113 << 23), ...V.fsub,
+    ...get(o),
+    ...get(e), ...splat(0), ...V.eq,
+    ...V.bitselect,
+    ...get(h), ...splat(0x8000), ...V.and, ...i32c(16), ...V.shl, ...V.or,
+  ];
+}
+
+/** float32 bits -> bfloat16 bits (i32 lanes), round to nearest even; NaN keeps its sign and becomes quiet. */
+function f32ToBf16(s: Scratch): Code {
+  const b = s.get();
+  return [
+    ...set(b),
+    ...get(b), ...i32c(16), ...V.shrU, ...splat(0x40), ...V.or,
+    ...get(b), ...splat(0x7fff), ...V.add, ...get(b), ...i32c(16), ...V.shrU, ...splat(1), ...V.and, ...V.add, ...i32c(16), ...V.shrU,
+    ...get(b), ...splat(0x7fffffff), ...V.and, ...splat(0x7f800000), ...V.gtS,
+    ...V.bitselect,
+  ];
+}
+
+/** float32 bits -> half bits (i32 lanes), round to nearest even, overflow to infinity, subnormals kept. */
+function f32ToF16(s: Scratch): Code {
+  const b = s.get(), a = s.get(), r = s.get();
+  return [
+    ...set(b),
+    ...get(b), ...splat(0x7fffffff), ...V.and, ...set(a),
+    // normal: rebase the exponent, round the 13 dropped bits to nearest even
+    ...get(a), ...splat(-(112 << 23) + 0xfff), ...V.add, ...get(a), ...i32c(13), ...V.shrU, ...splat(1), ...V.and, ...V.add, ...i32c(13), ...V.shrU,
+    // below half's normal range: adding 0.5 leaves the half subnormal's bits at the bottom, rounded by the FPU
+    ...get(a), ...splat(126 << 23), ...V.fadd, ...splat(126 << 23), ...V.sub,
+    ...get(a), ...splat(113 << 23), ...V.geS,
+    ...V.bitselect, ...set(r),
+    ...splat(0x7c00), ...get(r), ...get(a), ...splat(143 << 23), ...V.geS, ...V.bitselect, ...set(r),
+    ...get(a), ...i32c(13), ...V.shrU, ...splat(0x3ff), ...V.and, ...splat(0x7e00), ...V.or,
+    ...get(r),
+    ...get(a), ...splat(0x7f800000), ...V.gtS,
+    ...V.bitselect,
+    ...get(b), ...i32c(16), ...V.shrU, ...splat(0x8000), ...V.and, ...V.or,
+  ];
+}
+
+function fromF32Bits(dt: Dt, s: Scratch): Code {
+  return dt === 'F32' ? [] : dt === 'BF16' ? f32ToBf16(s) : f32ToF16(s);
+}
+
+/** float32 bits rounded to `dt` and back; `finite`: the values are never NaN (no NaN case needed). */
+function roundBits(dt: Dt, s: Scratch, finite = false): Code {
+  if (dt === 'F32') return [];
+  if (dt === 'BF16') {
+    if (!finite) return [...f32ToBf16(s), ...i32c(16), ...V.shl];
+    const b = s.get();
+    return [...set(b), ...get(b), ...splat(0x7fff), ...V.add, ...get(b), ...i32c(16), ...V.shrU, ...splat(1), ...V.and, ...V.add, ...splat(0xffff0000 | 0), ...V.and];
+  }
+  if (!finite) return [...f32ToF16(s), ...f16ToF32(s)];
+  // Finite values rounded to half's precision without leaving float32: 13 bits dropped (to nearest even) in
+  // half's normal range, a multiple of 2^-24 below it (adding and subtracting 0.5 rounds there), infinity
+  // from 65520 up.
+  const b = s.get(), a = s.get(), r = s.get();
+  return [
+    ...set(b),
+    ...get(b), ...splat(0x7fffffff), ...V.and, ...set(a),
+    ...get(a), ...splat(0xfff), ...V.add, ...get(a), ...i32c(13), ...V.shrU, ...splat(1), ...V.and, ...V.add, ...splat(~0x1fff), ...V.and,
+    ...get(a), ...splat(126 << 23), ...V.fadd, ...splat(126 << 23), ...V.fsub,
+    ...get(a), ...splat(113 << 23), ...V.geS,
+    ...V.bitselect, ...set(r),
+    ...splat(0x7f800000), ...get(r), ...get(r), ...splat(143 << 23), ...V.geS, ...V.bitselect,
+    ...get(b), ...splat(0x80000000 | 0), ...V.and, ...V.or,
+  ];
+}
+
+const size = (dt: Dt) => (dt === 'F32' ? 4 : 2);
+
+/** A loop over n values `lanes` at a time; `ptrs` are i32 locals advanced by their element size each round. */
+function loop4(n: number, ptrs: [number, number][], body: Code, lanes = 4): Code {
+  const adv = ptrs.flatMap(([p, step]) => [...get(p), ...i32c(step * lanes), 0x6a, ...set(p)]);
+  return [
+    0x02, 0x40, 0x03, 0x40,
+    ...get(n), ...i32c(0), 0x4c, 0x0d, 1, // n <= 0: done
+    ...body,
+    ...adv,
+    ...get(n), ...i32c(lanes), 0x6b, ...set(n),
+    0x0c, 0, 0x0b, 0x0b,
+  ];
+}
+
+interface Fn {
+  name: string;
+  type: number;
+  vLocals: number;
+  code: Code;
+}
+
+/** cast(n, src, dst): n values of `from` at src to `to` at dst. */
+function castFn(from: Dt, to: Dt): Fn {
+  const s = new Scratch(3);
+  const body = [...get(2), ...get(1), ...loadBits(from, s), ...fromF32Bits(to, s), ...storeBits(to, s)];
+  return { name: `cast_${from}_${to}`, type: 0, vLocals: s.count, code: loop4(0, [[1, size(from)], [2, size(to)]], body) };
+}
+
+/** round(n, src, dst): float32 values rounded to `dt` (still float32). */
+function roundFn(dt: Dt): Fn {
+  const s = new Scratch(3);
+  const body = [...get(2), ...get(1), ...V.load, ...roundBits(dt, s), ...V.store];
+  return { name: `round_${dt}`, type: 0, vLocals: s.count, code: loop4(0, [[1, 4], [2, 4]], body) };
+}
+
+/** noise(n, scale, src, norm, dst): w + round(round(n)·scale), each op in float32 rounded to `dt` (the reference's W + randn_like(W)·s in W's dtype). */
+function noiseFn(dt: Dt): Fn {
+  // params: 0 n, 1 scale (f32), 2 src, 3 norm, 4 dst
+  // Eight values a round: two halves of four. Normals and their products are finite (no NaN case).
+  const s = new Scratch(5);
+  const half = (h: number): Code => [
+    ...get(2), ...loadBits(dt, s, h * 4),
+    ...get(3), ...V.loadAt(h * 16), ...roundBits(dt, s, true), ...get(1), ...V.fsplat, ...V.fmul, ...roundBits(dt, s, true),
+    ...V.fadd,
+    ...fromF32Bits(dt, s),
+  ];
+  const body = dt === 'F32'
+    ? [...get(4), ...half(0), ...V.storeAt(0), ...get(4), ...half(1), ...V.storeAt(16)]
+    : [...get(4), ...half(0), ...half(1), ...V.narrowU, ...V.store];
+  return { name: `noise_${dt}`, type: 1, vLocals: s.count, code: loop4(0, [[2, size(dt)], [3, 4], [4, size(dt)]], body, 8) };
+}
+
+/** scale(n, s, src, dst): round(w·s) in `dt` (residual_scale), eight values a round. */
+function scaleFn(dt: Dt): Fn {
+  // params: 0 n, 1 s (f32), 2 src, 3 unused, 4 dst (the noise function's type)
+  const sc = new Scratch(5);
+  const half = (h: number): Code => [...get(2), ...loadBits(dt, sc, h * 4), ...get(1), ...V.fsplat, ...V.fmul, ...fromF32Bits(dt, sc)];
+  const body = dt === 'F32'
+    ? [...get(4), ...half(0), ...V.storeAt(0), ...get(4), ...half(1), ...V.storeAt(16)]
+    : [...get(4), ...half(0), ...half(1), ...V.narrowU, ...V.store];
+  return { name: `scale_${dt}`, type: 1, vLocals: sc.count, code: loop4(0, [[2, size(dt)], [4, size(dt)]], body, 8) };
+}
+
+const DTS: Dt[] = ['F32', 'BF16', 'F16'];
+
+/** Values per call: the caller copies at most this many into `src` at a time. */
+export const FLOAT_CAP = 1 << 16;
+
+/** src, norm, dst regions of FLOAT_CAP float32 values each (+64 bytes: the last round may pass n). */
+const REGION = FLOAT_CAP * 4 + 64;
+/** Where the torch generator's kernel (torch-normal-wasm.ts) puts its buffers in the shared memory. */
+export const FLOAT_END = 3 * REGION;
+/** Both modules share one memory, so the noise kernel reads the normals where the generator wrote them. */
+const SHARED_PAGES = Math.ceil(FLOAT_END / 65536) + 64;
+
+export interface WasmMemory {
+  buffer: ArrayBuffer;
+}
+export interface WasmApi {
+  Module: new (bytes: Uint8Array) => object;
+  Instance: new (module: object, imports: object) => { exports: Record<string, unknown> };
+  Memory: new (desc: { initial: number }) => WasmMemory;
+}
+export const wasmApi = (): WasmApi => (globalThis as unknown as { WebAssembly: WasmApi }).WebAssembly;
+
+let memory: WasmMemory | undefined;
+/** The memory both modules import as env.memory (SHARED_PAGES pages, never grown). */
+export function sharedMemory(): WasmMemory {
+  return (memory ??= new (wasmApi().Memory)({ initial: SHARED_PAGES }));
+}
+/** The import section entry for the shared memory. */
+export function memoryImport(): number[] {
+  const name = (s: string) => [...uleb(s.length), ...Buffer.from(s)];
+  return [...name('env'), ...name('memory'), 0x02, 0x00, ...uleb(SHARED_PAGES)];
+}
+
+function moduleBytes(fns: Fn[]): Uint8Array {
+  const section = (id: number, body: number[]) => [id, ...uleb(body.length), ...body];
+  const vec = (items: number[][]) => [...uleb(items.length), ...items.flat()];
+  const name = (s: string) => [...uleb(s.length), ...Buffer.from(s)];
+  const bodies = fns.map((f) => {
+    const decl = vec([[...uleb(f.vLocals), 0x7b]]);
+    const b = [...decl, ...f.code, 0x0b];
+    return [...uleb(b.length), ...b];
+  });
+  return new Uint8Array([
+    0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00,
+    // type 0: (i32 n, i32 src, i32 dst); type 1: (i32 n, f32 scale, i32 src, i32 norm, i32 dst)
+    ...section(1, vec([[0x60, 3, 0x7f, 0x7f, 0x7f, 0], [0x60, 5, 0x7f, 0x7d, 0x7f, 0x7f, 0x7f, 0]])),
+    ...section(2, vec([memoryImport()])),
+    ...section(3, vec(fns.map((f) => [f.type]))),
+    ...section(7, vec(fns.map((f, i) => [...name(f.name), 0x00, ...uleb(i)]))),
+    ...section(10, vec(bodies)),
+  ]);
+}
+
+export interface FloatKernels {
+  /** Input values (raw little-endian bytes of the source dtype). */
+  src: Uint8Array;
+  /** float32 normals for `noise`. */
+  norm: Float32Array;
+  /** Output values. */
+  dst: Uint8Array;
+  /** n values (n ≤ FLOAT_CAP) of `from` in src to `to` in dst. */
+  cast(from: Dt, to: Dt, n: number): void;
+  /** float32 values in src rounded to dt, into dst as float32. */
+  round(dt: Dt, n: number): void;
+  /** The same at byte addresses of the shared memory. */
+  roundAt(dt: Dt, n: number, src: number, dst: number): void;
+  /** dst as float32 values. */
+  dstF32: Float32Array;
+  /** dst = src + round(round(norm)·scale), in dt. */
+  noise(dt: Dt, n: number, scale: number): void;
+  /** The same at byte addresses of the shared memory (normals written by the torch generator's kernel). */
+  noiseAt(dt: Dt, n: number, scale: number, src: number, norm: number, dst: number): void;
+  /** dst = round(src·s) in dt. */
+  scale(dt: Dt, n: number, s: number): void;
+  /** Byte addresses of src, norm and dst. */
+  SRC: number;
+  NORM: number;
+  DST: number;
+}
+
+let instance: FloatKernels | null | undefined;
+let enabled = true;
+
+/** Turns the WebAssembly kernels off or on (tests compare them with the scalar JavaScript path). */
+export function useFloatWasm(on: boolean): void {
+  enabled = on;
+}
+
+/** The kernels, or null where WebAssembly SIMD is unavailable or turned off. */
+export function floatKernels(): FloatKernels | null {
+  if (!enabled) return null;
+  if (instance !== undefined) return instance;
+  try {
+    const fns: Fn[] = [];
+    for (const a of DTS) for (const b of DTS) if (a !== b) fns.push(castFn(a, b));
+    for (const d of DTS) fns.push(roundFn(d), noiseFn(d), scaleFn(d));
+    const wa = wasmApi();
+    const inst = new wa.Instance(new wa.Module(moduleBytes(fns)), { env: { memory: sharedMemory() } });
+    const mem = sharedMemory().buffer;
+    const region = REGION;
+    const SRC = 0, NORM = region, DST = 2 * region;
+    const ex = inst.exports as Record<string, (...a: number[]) => void>;
+    instance = {
+      src: new Uint8Array(mem, SRC, region),
+      norm: new Float32Array(mem, NORM, region / 4),
+      dst: new Uint8Array(mem, DST, region),
+      cast: (from, to, n) => ex[`cast_${from}_${to}`]!(n, SRC, DST),
+      round: (dt, n) => ex[`round_${dt}`]!(n, SRC, DST),
+      roundAt: (dt, n, src, dst) => ex[`round_${dt}`]!(n, src, dst),
+      dstF32: new Float32Array(mem, DST, region / 4),
+      noise: (dt, n, scale) => ex[`noise_${dt}`]!(n, scale, SRC, NORM, DST),
+      noiseAt: (dt, n, scale, src, norm, dst) => ex[`noise_${dt}`]!(n, scale, src, norm, dst),
+      scale: (dt, n, s) => ex[`scale_${dt}`]!(n, s, SRC, 0, DST),
+      SRC,
+      NORM,
+      DST,
+    };
+  } catch (e) {
+    if (process.env.MOE_FORGE_DEBUG_WASM) console.error(e);
+    instance = null;
+  }
+  return instance;
+}
+
+const bytesOf = (dt: Dt) => (dt === 'F32' ? 4 : 2);
+
+/** Casts raw bytes of `from` into `out` (bytes of `to`) through the kernels, FLOAT_CAP values at a time. */
+export function castThrough(k: FloatKernels, src: Uint8Array, from: Dt, to: Dt, out: Uint8Array): void {
+  const a = bytesOf(from), b = bytesOf(to);
+  const n = src.length / a;
+  for (let off = 0; off < n; off += FLOAT_CAP) {
+    const m = Math.min(FLOAT_CAP, n - off);
+    k.src.set(src.subarray(off * a, (off + m) * a));
+    k.cast(from, to, m);
+    out.set(k.dst.subarray(0, m * b), off * b);
+  }
+}
+
+/** Raw bytes of `dt` times s (a float32), rounded to `dt`, through the kernels. */
+export function scaleThrough(k: FloatKernels, src: Uint8Array, dt: Dt, s: number): Buffer {
+  const b = bytesOf(dt);
+  const n = src.length / b;
+  const out = Buffer.allocUnsafe(src.length);
+  for (let off = 0; off < n; off += FLOAT_CAP) {
+    const m = Math.min(FLOAT_CAP, n - off);
+    k.src.set(src.subarray(off * b, (off + m) * b));
+    k.scale(dt, m, s);
+    out.set(k.dst.subarray(0, m * b), off * b);
+  }
+  return out;
+}
