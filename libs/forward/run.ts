@@ -3,7 +3,7 @@ import { ForgeError } from '../errors';
 import { readModelConfig, type ModelConfig } from '../model-folder/config';
 import { convertBytes, decodeFloats, readRows, readTensorBytes, type TensorIndex } from '../safetensors';
 import { openWeights } from '../model-folder/weights';
-import { executionProviders, floatTensor, sessionFromBytes, type Device, type Session, type SessionSettings } from './backend';
+import { executionProviders, floatTensor, int64Tensor, sessionFromBytes, type Device, type Session, type SessionSettings } from './backend';
 import { encodeModel } from './onnx-proto';
 import { LAYER_INPUTS, LAYER_OUTPUT, buildLayerModel, checkTensor, layerSignature, planLayerTensors, weightInput, type LayerTensor } from './layer-graph';
 import { attentionMask, ropeTables } from './rope';
@@ -70,8 +70,8 @@ type BufferPool = Map<string, Float32Array>;
  * One layer's weights as float32 feeds, read from the weight files (never written anywhere) straight into
  * `pool`'s buffers: 16-bit weights land in the upper half of their float32 buffer and widen in place.
  */
-async function layerFeeds(tensors: Map<string, LayerTensor>, pool: BufferPool): Promise<Record<string, ReturnType<typeof floatTensor>>> {
-  const feeds: Record<string, ReturnType<typeof floatTensor>> = {};
+async function layerFeeds(tensors: Map<string, LayerTensor>, pool: BufferPool): Promise<Record<string, Feed>> {
+  const feeds: Record<string, Feed> = {};
   for (const t of tensors.values()) {
     const n = t.loc.shape.reduce((a, b) => a * b, 1);
     let buf = pool.get(t.role);
@@ -127,47 +127,69 @@ function f16Widen(): Uint32Array {
   return f16Table;
 }
 
-/** Prompts packed one after another into runs of at most `budget` tokens (a longer prompt runs alone). */
+/**
+ * Prompts packed into runs of at most `budget` tokens (a longer prompt runs alone), shortest first, so that
+ * the prompts of a run have similar lengths and their attention blocks little padding.
+ */
 function packs(seqs: Sequence[], budget: number): number[][] {
+  const order = seqs.map((_, i) => i).sort((a, b) => seqs[a]!.ids.length - seqs[b]!.ids.length || a - b);
   const out: number[][] = [];
   let cur: number[] = [], tokens = 0;
-  for (const [i, s] of seqs.entries()) {
-    if (cur.length > 0 && tokens + s.ids.length > budget) {
+  for (const i of order) {
+    const n = seqs[i]!.ids.length;
+    if (cur.length > 0 && tokens + n > budget) {
       out.push(cur);
       cur = [];
       tokens = 0;
     }
     cur.push(i);
-    tokens += s.ids.length;
+    tokens += n;
   }
   if (cur.length > 0) out.push(cur);
   return out;
 }
 
-/** RoPE tables, mask and attention gate of a pack: each prompt at positions 0..T-1, seeing only itself. */
-function packInputs(cfg: ModelConfig, seqs: Sequence[]): Record<string, ReturnType<typeof floatTensor>> {
+type Feed = ReturnType<typeof floatTensor>;
+
+/**
+ * RoPE tables, attention blocks and gate of a pack: each prompt at positions 0..T-1, its attention in a block
+ * of its own (C slots, C the pack's longest prompt), so it sees only itself.
+ */
+function packInputs(cfg: ModelConfig, seqs: Sequence[]): Record<string, Feed> {
   const N = seqs.reduce((a, s) => a + s.ids.length, 0);
+  const B = seqs.length, C = Math.max(...seqs.map((s) => s.ids.length));
   const D = cfg.headDim;
   const cos = new Float32Array(N * D), sin = new Float32Array(N * D);
-  const mask = new Float32Array(N * N).fill(-Infinity);
+  const mask = new Float32Array(B * C * C).fill(-Infinity);
+  const slots = new BigInt64Array(B * C); // padding slots read row 0; their outputs are never gathered back
+  const rows = new BigInt64Array(N);
   const gate = new Float32Array(N);
   let at = 0;
-  for (const s of seqs) {
+  for (const [b, s] of seqs.entries()) {
     const T = s.ids.length;
     const r = ropeTables(cfg, T); // per prompt: dynamic NTK scaling depends on its length
     cos.set(r.cos, at * D);
     sin.set(r.sin, at * D);
     // The pad state has no attention term; any finite mask keeps its (discarded) softmax finite.
     const own = s.attnGate ? attentionMask(T, cfg.slidingWindow) : new Float32Array(T * T);
-    for (let i = 0; i < T; i++) mask.set(own.subarray(i * T, (i + 1) * T), (at + i) * N + at);
+    const block = b * C * C;
+    for (let i = 0; i < T; i++) mask.set(own.subarray(i * T, (i + 1) * T), block + i * C);
+    // A padding slot attends to itself only, so its softmax stays finite too.
+    for (let i = T; i < C; i++) mask[block + i * C + i] = 0;
+    for (let t = 0; t < T; t++) {
+      slots[b * C + t] = BigInt(at + t);
+      rows[at + t] = BigInt(b * C + t);
+    }
     gate.fill(s.attnGate, at, at + T);
     at += T;
   }
   return {
     [LAYER_INPUTS.cos]: floatTensor(cos, [N, D]),
     [LAYER_INPUTS.sin]: floatTensor(sin, [N, D]),
-    [LAYER_INPUTS.mask]: floatTensor(mask, [N, N]),
+    [LAYER_INPUTS.mask]: floatTensor(mask, [B, C, C]),
     [LAYER_INPUTS.gate]: floatTensor(gate, [N, 1]),
+    [LAYER_INPUTS.slots]: int64Tensor(slots, [B * C]),
+    [LAYER_INPUTS.rows]: int64Tensor(rows, [N]),
   };
 }
 
