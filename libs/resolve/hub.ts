@@ -1,7 +1,7 @@
 import { createHash, randomBytes } from 'node:crypto';
-import { createReadStream } from 'node:fs';
-import { mkdir, open, readdir, rename, rm, stat, truncate } from 'node:fs/promises';
-import { join } from 'node:path';
+import { createReadStream, existsSync } from 'node:fs';
+import { mkdir, open, readdir, rename, rm, stat, statfs, truncate } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
 import { HubApiError, listFiles, modelInfo } from '@huggingface/hub';
 import { ModelError } from '../errors';
 import { headerLengthFrom, parseHeader, type SafetensorsHeader } from '../safetensors';
@@ -278,6 +278,43 @@ async function downloadResumable(s: HubSettings, url: string, part: string, tota
     throw new BadContent('hash_mismatch', `downloaded content has ${expected.algo === 'sha256' ? 'sha256' : 'git oid'} ${actual}, the hub said ${expected.hex}; refusing the file (nothing was kept)`);
   }
   return fetched;
+}
+
+/** Bytes still to download for these files: not in the snapshot or blobs yet, less what a partial holds. */
+async function bytesToFetch(snap: RemoteSnapshot, files: RemoteFile[], s: HubSettings): Promise<number> {
+  const blobsDir = join(repoStorage(s.cacheDir, snap.repo), 'blobs');
+  const names = await readdir(blobsDir).catch(() => [] as string[]);
+  let need = 0;
+  for (const f of files) {
+    const have = await stat(pathInside(snapshotDir(s.cacheDir, snap.repo, snap.sha), f.path)).catch(() => null);
+    if (have?.isFile() && have.size === f.size) continue;
+    const hex = f.sha256 ?? f.gitOid;
+    if (hex && (await stat(join(blobsDir, hex)).catch(() => null))?.size === f.size) continue;
+    let partial = 0;
+    for (const n of names) {
+      const m = PARTIAL.exec(n);
+      if (m && m[1] === hex) partial = Math.max(partial, (await stat(join(blobsDir, n)).catch(() => null))?.size ?? 0);
+    }
+    need += Math.max(0, f.size - partial);
+  }
+  return need;
+}
+
+/**
+ * Refuses before the first byte when the cache's disk cannot hold the weights still to download, rather than
+ * filling it and failing hours in (a 7B model is ~15 GB). A little room is kept for the rest of the system.
+ */
+export async function checkCacheSpace(snap: RemoteSnapshot, files: RemoteFile[], s: HubSettings, refText: string): Promise<void> {
+  const need = await bytesToFetch(snap, files, s);
+  if (need === 0) return;
+  let at = s.cacheDir;
+  while (!existsSync(at) && dirname(at) !== at) at = dirname(at);
+  const fs = await statfs(at);
+  const free = Number(fs.bavail) * Number(fs.bsize);
+  const margin = 64 << 20;
+  if (need + margin > free) {
+    throw new ModelError('no_space', `not enough free space to download model ${refText} into the Hugging Face cache ${s.cacheDir} (HF_HUB_CACHE): ${size(need)} to download, ${size(free)} free; free some space or point HF_HUB_CACHE at a larger disk`);
+  }
 }
 
 /**

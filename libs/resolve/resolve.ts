@@ -8,7 +8,7 @@ import { readBinFile, readBinTensors } from '../pickle';
 import { contentIdDetails } from './content-id';
 import { COMPANION_FILES, CONFIG_FILE, TOKENIZER_FILES, chooseWeights, missingModelFiles, weightsOnDisk, type WeightFormat, type WeightLayout } from './files';
 import { cachedCommit, snapshotDir, unsafePathReason, writeRef } from './hf-cache';
-import { cacheWriteFailure, fetchIntoCache, fetchRemoteSafetensorsHeader, remoteRangeSource, remoteSnapshot, type RemoteSnapshot } from './hub';
+import { cacheWriteFailure, checkCacheSpace, fetchIntoCache, fetchRemoteSafetensorsHeader, remoteRangeSource, remoteSnapshot, type RemoteSnapshot } from './hub';
 import { formatReference, looksLikeRepoId, parseModelReference, type ModelReference, type ModelReferenceInput } from './reference';
 import { hubSettings, type HubSettings, type ResolveOptions } from './settings';
 
@@ -160,7 +160,10 @@ async function fetchHubModel(repo: string, ref: ModelReference, s: HubSettings, 
   if (!layout) throw new ModelError('no_weights', `Unable to find model files for ${refText} on the hub (commit ${snap.sha}): no model.safetensors, model.safetensors.index.json, pytorch_model.bin or pytorch_model.bin.index.json`);
   for (const t of [...TOKENIZER_FILES, ...COMPANION_FILES]) if (snap.files.has(t)) await get(t);
   for (const w of layout.files) if (!snap.files.has(w)) throw new ModelError('hub_missing_file', `model ${refText} (commit ${snap.sha}): ${layout.index ?? 'the weights'} names ${w}, which the repo does not have`);
-  if (want === 'full') for (const w of layout.files) await get(w);
+  if (want === 'full') {
+    await checkCacheSpace(snap, layout.files.map((w) => snap.files.get(w)!), s, refText);
+    for (const w of layout.files) await get(w);
+  }
   return { dir, sha: snap.sha, source: downloaded > 0 ? 'download' : 'cache', downloaded, snap, layout };
 }
 

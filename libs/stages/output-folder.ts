@@ -1,4 +1,4 @@
-import { existsSync, lstatSync, readdirSync, readFileSync, readlinkSync, realpathSync, renameSync, rmSync, statSync, statfsSync } from 'node:fs';
+import { existsSync, lstatSync, readdirSync, readFileSync, readlinkSync, realpathSync, renameSync, rmSync, statSync, statfsSync, writeFileSync } from 'node:fs';
 import { basename, dirname, isAbsolute, join, resolve, sep } from 'node:path';
 import { ForgeError } from '../errors';
 import { leftByDeadProcess } from '../util/process';
@@ -107,9 +107,47 @@ export function readStampSync(dir: string): Stamp | null {
   }
 }
 
+/** Our work folder inside an output that is a mount point (see `replaceInPlace`). */
+const IN_PLACE_TMP = /^\.moe-forge\.tmp-(\d+)-[0-9a-f]+$/;
+export const inPlaceTempName = (out: string, tag: string) => join(out, `.moe-forge.tmp-${process.pid}-${tag}`);
+
+/** Entries that are neither the user's nor a model's: our stamp and work folders, a file system's lost+found. */
+const notContent = (e: string) => e === STAMP_FILE || IN_PLACE_TMP.test(e) || e === 'lost+found';
+
+/** What a folder holds besides our bookkeeping (an empty volume's lost+found counts as empty). */
+export function contentEntries(dir: string): string[] {
+  return readdirSync(dir).filter((e) => !notContent(e));
+}
+
 /** Entries of a folder we wrote that are not ours: the user added them and they must survive a rebuild. */
 export function userEntries(dir: string, stamp: Stamp): string[] {
-  return readdirSync(dir).filter((e) => e !== STAMP_FILE && !(e in stamp.files));
+  return readdirSync(dir).filter((e) => !notContent(e) && !(e in stamp.files));
+}
+
+/** Mount points, from /proc/self/mountinfo (Linux; its field 5, with spaces and the like octal-escaped). */
+function mountPoints(): Set<string> | null {
+  try {
+    const text = readFileSync('/proc/self/mountinfo', 'utf8');
+    return new Set(text.split('\n').filter(Boolean).map((l) => l.split(' ')[4]!.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)))));
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * Whether the (real) folder is a mount point: a volume mounted at the output path (a Docker `-v host:/out`, a
+ * dedicated disk) cannot be renamed, so the output is replaced inside it. A bind mount of a folder on the same
+ * device shows only in mountinfo; elsewhere a device change from the parent tells.
+ */
+export function isMountPoint(dir: string): boolean {
+  if (dirname(dir) === dir) return true;
+  const mounts = mountPoints();
+  if (mounts?.has(dir)) return true;
+  try {
+    return statSync(dir).dev !== statSync(dirname(dir)).dev;
+  } catch {
+    return false;
+  }
 }
 
 const escape = (s: string) => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
@@ -125,6 +163,16 @@ export function recoverStaleTemporaries(out: string, log?: (line: string) => voi
   const parent = dirname(out);
   if (!existsSync(parent)) return;
   const pattern = new RegExp(`^\\.${escape(basename(out))}\\.(tmp|old)-(\\d+)-[0-9a-f]+$`);
+  if (existsSync(out) && statSync(out).isDirectory()) {
+    // Work folders of the in-place mode (the output is a mount point), left by a run that was stopped.
+    for (const entry of readdirSync(out)) {
+      const m = IN_PLACE_TMP.exec(entry);
+      const p = join(out, entry);
+      if (!m || !leftByDeadProcess(Number(m[1]), p, inUse)) continue;
+      rmSync(p, { recursive: true, force: true });
+      log?.(`removed ${p}, left by a run that was stopped`);
+    }
+  }
   for (const entry of readdirSync(parent)) {
     const m = pattern.exec(entry);
     const p = join(parent, entry);
@@ -161,6 +209,26 @@ export function swapIntoPlace(tmp: string, out: string, tag: string, keep: strin
   renameSync(tmp, out);
   for (const e of keep) if (!existsSync(join(out, e))) renameSync(join(old, e), join(out, e));
   rmSync(old, { recursive: true, force: true });
+}
+
+/**
+ * The swap for an output that is a mount point, where the folder itself cannot be renamed: the new files,
+ * written in a work folder inside it, replace ours one rename at a time. First the stamp is rewritten as
+ * unfinished (naming old and new files, so a stopped swap is recognised as ours and redone by the next run,
+ * never taken as complete), then files we wrote before and no longer write are removed, the new files moved
+ * in (config.json last), and the finished stamp put in place. Entries we did not write are never touched.
+ */
+export function replaceInPlace(tmp: string, out: string, old: Stamp | null, stamp: Stamp): void {
+  const unfinished: Stamp = { tool: 'moe-forge', hash: 'unfinished', files: { ...(old?.files ?? {}), ...stamp.files } };
+  const stampTmp = join(tmp, `${STAMP_FILE}.unfinished`);
+  writeFileSync(stampTmp, JSON.stringify(unfinished));
+  renameSync(stampTmp, join(out, STAMP_FILE));
+  for (const f of Object.keys(old?.files ?? {})) if (!(f in stamp.files)) rmSync(join(out, f), { force: true });
+  const names = Object.keys(stamp.files).sort((a, b) => Number(a === 'config.json') - Number(b === 'config.json') || (a < b ? -1 : 1));
+  for (const f of names) renameSync(join(tmp, f), join(out, f));
+  renameSync(join(tmp, STAMP_FILE), join(out, STAMP_FILE));
+  // A kept shard was hard-linked into the work folder: renaming a link onto its own file leaves the link.
+  rmSync(tmp, { recursive: true, force: true });
 }
 
 const gb = (n: number) => (n >= 1e9 ? `${(n / 1e9).toFixed(2)} GB` : `${(n / 1e6).toFixed(1)} MB`);

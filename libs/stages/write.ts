@@ -18,7 +18,7 @@ import { modelCard } from '../model-card';
 import { parseRecipeText } from '../recipe/parse';
 import { removeOnExit } from '../util/cleanup';
 import type { RoutingReport } from '../report/types';
-import { checkFreeSpace, checkOutputPath, noSpaceError, readStampSync, recoverStaleTemporaries, STAMP_FILE, swapIntoPlace, tempName, userEntries, type OutputInput, type Stamp } from './output-folder';
+import { checkFreeSpace, checkOutputPath, contentEntries, inPlaceTempName, isMountPoint, noSpaceError, readStampSync, recoverStaleTemporaries, replaceInPlace, STAMP_FILE, swapIntoPlace, tempName, userEntries, type OutputInput, type Stamp } from './output-folder';
 
 export { STAMP_FILE };
 const CHUNK_BYTES = 16 << 20;
@@ -196,8 +196,10 @@ export async function runWrite(plan: MergePlan, opts: WriteOptions): Promise<Wri
   recoverStaleTemporaries(out, opts.log);
   let existing: Stamp | null = null;
   let keep: string[] = [];
+  // A volume mounted at the output path cannot be renamed: its files are replaced inside it.
+  const inPlace = existsSync(out) && isMountPoint(out);
   if (existsSync(out)) {
-    const entries = await readdir(out);
+    const entries = contentEntries(out);
     existing = readStampSync(out);
     if (entries.length > 0 && !existing && !opts.overwrite) {
       throw new ForgeError('output_exists', `output folder exists, is not empty and was not written by moe-forge; pass --overwrite to replace it`, { file: opts.outPath });
@@ -220,9 +222,10 @@ export async function runWrite(plan: MergePlan, opts: WriteOptions): Promise<Wri
   const planned = [...shards.map((s) => s.file), ...(shards.length > 1 ? ['model.safetensors.index.json'] : []), 'config.json', ...(opts.writeRecipe !== false ? ['mergekit_moe_config.yml', 'README.md', ...(opts.routing ? ['routing.html'] : [])] : []), ...(opts.copyTokenizer ? [...TOKENIZER_FILES, ...CHAT_TEMPLATE_FILES].filter((f) => existsSync(join(opts.tokenizerDir, f))).concat('tokenizer_config.json', 'special_tokens_map.json') : []), ...(existsSync(join(opts.tokenizerDir, GENERATION_CONFIG)) ? [GENERATION_CONFIG] : [])];
   if (!opts.overwrite) inTheWay(keep.filter((e) => planned.includes(e)), opts.outPath);
   const needed = shards.reduce((a, s) => a + (reusable(s.file) ? 0 : s.bytes), 0) + (1 << 20);
-  checkFreeSpace(dirname(out), needed);
+  const disk = inPlace ? out : dirname(out);
+  checkFreeSpace(disk, needed);
   const tag = randomBytes(4).toString('hex');
-  const tmp = tempName(out, 'tmp', tag);
+  const tmp = inPlace ? inPlaceTempName(out, tag) : tempName(out, 'tmp', tag);
   await mkdir(tmp);
   const forget = removeOnExit(tmp);
   try {
@@ -271,14 +274,16 @@ export async function runWrite(plan: MergePlan, opts: WriteOptions): Promise<Wri
     for (const f of (await readdir(tmp)).sort()) files[f] = (await stat(join(tmp, f))).size;
     // A file the user added under a name we now write would be lost: stop and name it, unless --overwrite.
     if (!opts.overwrite) inTheWay(keep.filter((e) => e in files), opts.outPath);
-    await writeFile(join(tmp, STAMP_FILE), jsonText({ tool: 'moe-forge', hash, files, shards: shardHashes } satisfies Stamp));
+    const stamp: Stamp = { tool: 'moe-forge', hash, files, shards: shardHashes };
+    await writeFile(join(tmp, STAMP_FILE), jsonText(stamp));
+    if (inPlace) replaceInPlace(tmp, out, existing, stamp);
     forget();
-    swapIntoPlace(tmp, out, tag, keep.filter((e) => !(e in files)));
+    if (!inPlace) swapIntoPlace(tmp, out, tag, keep.filter((e) => !(e in files)));
     if (keep.length > 0) opts.log?.(`kept files you added: ${keep.join(', ')}`);
     return { outPath: opts.outPath, files: Object.keys(files), shards: shards.length, written: shards.length - kept, kept, skipped: false, hash };
   } catch (e) {
     forget();
     await rm(tmp, { recursive: true, force: true });
-    throw noSpaceError(e, dirname(out), needed) ?? e;
+    throw noSpaceError(e, disk, needed) ?? e;
   }
 }

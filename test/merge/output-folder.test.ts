@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, realpathSync, renameSync, symlinkSync, writeFileSync } from 'node:fs';
+import { existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, realpathSync, renameSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { mergeRecipe } from '../../libs/stages/merge';
 import { runWrite } from '../../libs/stages/write';
@@ -163,4 +163,73 @@ test('a disk without room for the output is refused before writing, naming the d
     /: not enough free space for the output on the disk mounted at \/\S*: 1125899\.91 GB needed, [\d.]+ [GM]B free/,
   );
   assert.deepEqual(readdirSync(d), []);
+});
+
+/** Mounts a small tmpfs at `at` (root only); null where this machine does not allow it. */
+function mountTmpfs(at: string): (() => void) | null {
+  mkdirSync(at, { recursive: true });
+  const r = spawnSync('mount', ['-t', 'tmpfs', '-o', 'size=64m', 'tmpfs', at]);
+  if (r.status !== 0) return null;
+  return () => void spawnSync('umount', ['-l', at]);
+}
+
+test('an output path that is a mount point (a Docker volume, a dedicated disk) is written inside it, never renamed', async (t) => {
+  const out = join(dir, 'volume');
+  const unmount = mountTmpfs(out);
+  if (!unmount) return t.skip('mounting a tmpfs needs root');
+  try {
+    writeFileSync(join(out, 'notes.md'), 'mine');
+    // Not ours and not empty: refused as for any folder.
+    await assert.rejects(merge(out), /output folder exists, is not empty and was not written by moe-forge/);
+    rmSync(join(out, 'notes.md'));
+    mkdirSync(join(out, 'lost+found'));
+    await merge(out, { maxShardBytes: 100_000, shardOrder: 'grouped' });
+    const shards = readdirSync(out).filter((f) => f.endsWith('.safetensors'));
+    assert.ok(shards.length > 2, shards.join(' '));
+    assert.ok(existsSync(join(out, 'lost+found')), "the volume's lost+found is left alone");
+    writeFileSync(join(out, 'notes.md'), 'mine');
+    const ino = (f: string) => statSync(join(out, f)).ino;
+    const before = new Map(shards.map((f) => [f, ino(f)]));
+    const bytes = readFileSync(join(out, 'model.safetensors.index.json'));
+    await merge(out, { maxShardBytes: 100_000, shardOrder: 'grouped', seed: 5 });
+    assert.notDeepEqual(readFileSync(join(out, 'model.safetensors.index.json')), Buffer.alloc(0));
+    assert.deepEqual(readFileSync(join(out, 'model.safetensors.index.json')), bytes, 'same tensor layout');
+    const after = readdirSync(out).filter((f) => f.endsWith('.safetensors'));
+    assert.deepEqual(after.sort(), shards.sort());
+    // Random routers changed with the seed: the router shard was replaced, the expert shards kept.
+    assert.ok(after.some((f) => ino(f) !== before.get(f)), 'the router shard was rewritten');
+    assert.ok(after.some((f) => ino(f) === before.get(f)), 'unchanged shards were kept');
+    assert.equal(readFileSync(join(out, 'notes.md'), 'utf8'), 'mine');
+    assert.deepEqual(readdirSync(out).filter((e) => e.startsWith('.') && e !== '.moe-forge.json'), [], 'no work folder left inside');
+    assert.deepEqual(readdirSync(dir).filter((e) => e.startsWith('.volume.')), [], 'nothing written beside the mount point');
+    const logs: string[] = [];
+    await merge(out, { maxShardBytes: 100_000, shardOrder: 'grouped', seed: 5, log: (l) => logs.push(l) });
+    assert.ok(logs.some((l) => /output unchanged/.test(l)), logs.join('\n'));
+  } finally {
+    unmount();
+  }
+});
+
+test('a stopped in-place swap is never taken as complete: the next run redoes it and removes the work folder', async (t) => {
+  const out = join(dir, 'volume2');
+  const unmount = mountTmpfs(out);
+  if (!unmount) return t.skip('mounting a tmpfs needs root');
+  try {
+    await merge(out);
+    const good = readFileSync(join(out, 'model.safetensors'));
+    // What a run killed mid-swap leaves: the stamp marked unfinished, a work folder, a half-moved file.
+    const stamp = JSON.parse(readFileSync(join(out, '.moe-forge.json'), 'utf8'));
+    writeFileSync(join(out, '.moe-forge.json'), JSON.stringify({ ...stamp, hash: 'unfinished' }));
+    writeFileSync(join(out, 'model.safetensors'), 'half');
+    const work = join(out, `.moe-forge.tmp-${deadPid()}-abcd1234`);
+    mkdirSync(work);
+    writeFileSync(join(work, 'config.json'), '{}');
+    const logs: string[] = [];
+    await merge(out, { log: (l) => logs.push(l) });
+    assert.ok(!logs.some((l) => /output unchanged/.test(l)), 'an unfinished swap is rebuilt');
+    assert.ok(!existsSync(work), 'the stale work folder is gone');
+    assert.deepEqual(readFileSync(join(out, 'model.safetensors')), good);
+  } finally {
+    unmount();
+  }
 });

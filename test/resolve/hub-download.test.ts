@@ -193,3 +193,18 @@ test('a repo with only .bin weights downloads the .bin, and header-only inspecti
   // The safetensors repo also holds a .bin, which is never fetched.
   assert.ok(!server.requests.some((q) => q.path === '/org/tiny-a/resolve/' + commitFor('org/tiny-a') + '/pytorch_model.bin'));
 });
+
+test('a cache disk without room for the weights is refused before their download, naming the cache and the sizes', async (t) => {
+  const cache = await freshCache();
+  // A small file system of its own (tmpfs; root only): the weights plus the kept margin do not fit.
+  const { spawnSync } = await import('node:child_process');
+  if (spawnSync('mount', ['-t', 'tmpfs', '-o', 'size=16m', 'tmpfs', cache]).status !== 0) return t.skip('mounting a tmpfs needs root');
+  try {
+    await assert.rejects(resolveModel('org/tiny-a', { env: envFor(cache) }), /not enough free space to download model org\/tiny-a into the Hugging Face cache .* \(HF_HUB_CACHE\): [\d.]+ kB to download, [\d.]+ (kB|MB) free; free some space or point HF_HUB_CACHE at a larger disk/);
+    const blobs = await readdir(join(cache, repoFolderName('org/tiny-a'), 'blobs'));
+    assert.ok(!blobs.includes(sha256(tiny['model.safetensors'])), 'no weights downloaded');
+    assert.ok(!blobs.some((b) => b.includes('incomplete')), 'no partial download');
+  } finally {
+    spawnSync('umount', ['-l', cache]);
+  }
+});
