@@ -55,6 +55,11 @@ test('build runs the report before write; it is a cache hit when nothing it read
   assert.deepEqual([ranFrom(held.stdout, 'embed-prompts'), ranFrom(held.stdout, 'report')], ['cache', 'run']);
   assert.deepEqual(stats(), { computed: 1, fromCache: 2 });
   assert.ok(report().prompts.some((p) => p.set === 'heldout' && p.text === 'A knight tale'));
+  // write is cached on the report's files too (nothing else changed): the model folder gets the new page.
+  const built = await nx(ws, ['run', 'm:build']);
+  assert.equal(built.exitCode, 0, built.stderr);
+  assert.deepEqual([ranFrom(built.stdout, 'assemble-experts'), ranFrom(built.stdout, 'write')], ['cache', 'run']);
+  assert.match(readFileSync(join(ws, 'dist', 'models', 'm', 'routing.html'), 'utf8'), /A knight tale/);
 
   // A recipe prompt edited: embed-prompts computes it alone, and the report routes it from there.
   const recipe = join(project, 'moe.yml');

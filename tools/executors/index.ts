@@ -23,11 +23,11 @@ export interface MoeForgePluginOptions {
 }
 
 const DESCRIPTIONS: Record<Stage, string> = {
-  fetch: 'Resolve the models, validate recipe and models, write models.json (content ids; cached unless a Hub model is named by a branch).',
+  fetch: 'Resolve the models, validate recipe and models, write models.json (cached on the models\' content ids and Hub commits).',
   'embed-prompts': 'Tokenize prompts and compute their states; per-prompt states are cached by content.',
   'build-gates': 'Compute router weights from prompt states (gates.safetensors, gates.json).',
   'assemble-experts': 'Plan the output: architecture, config.json, every tensor with its sources (plan.json).',
-  write: 'Stream the model folder from the plan; skipped when the plan and the folder are unchanged.',
+  write: 'Stream the model folder from the plan; a cache hit when neither the inputs nor the folder changed (the folder itself is not an Nx output).',
 };
 
 /**
@@ -51,7 +51,7 @@ const REPO_ID = /^[A-Za-z0-9][\w.-]*(\/[\w.-]+)?$/;
 interface RecipeModels {
   /** Workspace-relative folders of local models inside the workspace. */
   workspaceModels: string[];
-  /** Hub references not pinned to a commit (a branch can move: fetch is then not cached). */
+  /** Hub references not pinned to a commit (a branch can move: model-ids resolves it on every build). */
   floatingHubRefs: string[];
 }
 
@@ -130,6 +130,12 @@ export function recipeTargets(projectRoot: string, projectName: string, options:
       // The models' content ids (memoised by path, size, mtime and inode: milliseconds), so a model edited in place,
       // inside or outside the workspace, re-runs fetch; a Hub model pinned to a commit is its own content.
       inputs.push({ runtime: `node tools/executors/model-ids.js ${join(projectRoot, 'moe.yml').split(sep).join('/')}` });
+    } else if (stage === 'write') {
+      // Everything write reads from the stages before it (the plan, the gates, the report), and a token standing
+      // for "the model folders this workspace wrote are as written" plus the base's chat template (see
+      // output-state.js): an untouched workspace's build is a cache hit, a deleted or edited folder is written again.
+      inputs.push({ dependentTasksOutputFiles: '**/{models.json,prompt-states.json,gates.json,gates.safetensors,plan.json,routing.json,routing.html}', transitive: true });
+      inputs.push({ runtime: `node tools/executors/output-state.js ${projectName} ${stagesDir}` });
     } else {
       // Upstream results, not their run statistics (stats.json), so a cache hit upstream keeps this stage cached.
       inputs.push({ dependentTasksOutputFiles: '**/{models,prompt-states,gates,plan}.json', transitive: true });
@@ -140,12 +146,12 @@ export function recipeTargets(projectRoot: string, projectName: string, options:
       // Command-line options reach write and assemble-experts, the stages they change (random gates are
       // drawn there); the earlier stages ignore them so that, e.g., a new seed or shard size keeps their cache.
       dependsOn: [check, ...(prev ? [{ target: name(prev), params: stage === 'write' ? ('forward' as const) : ('ignore' as const) }] : []), ...(stage === 'write' ? [{ target: name('report'), params: 'forward' as const }] : [])],
-      // write is not cached: its output can be tens of GB and Nx would copy it; it skips unchanged work itself.
-      cache: stage === 'write' ? false : stage === 'fetch' ? models.floatingHubRefs.length === 0 : true,
+      // write's Nx output is its small stats file, never the model folder (tens of GB Nx would copy).
+      cache: true,
       inputs,
-      outputs: stage === 'write' ? [] : [`{workspaceRoot}/${stagesDir}/${stage}`],
+      outputs: [`{workspaceRoot}/${stagesDir}/${stage}`],
       metadata: {
-        description: DESCRIPTIONS[stage] + (stage === 'fetch' && models.floatingHubRefs.length ? ` Not cached here: ${models.floatingHubRefs.join(', ')} name a branch; pin a commit (org/name@<sha>) to cache it.` : ''),
+        description: DESCRIPTIONS[stage] + (stage === 'fetch' && models.floatingHubRefs.length ? ` ${models.floatingHubRefs.join(', ')} name a branch: each build asks the hub for its commit (offline: the cached one).` : ''),
         technologies: ['moe-forge'],
         help: { command: `npx nx run ${projectName}:${name(stage)} --help`, example: { options: stage === 'write' ? { outputPath: `out/${projectName}` } : stage === 'assemble-experts' ? { randomSeed: 1 } : {} } },
       },

@@ -15,21 +15,21 @@ function fingerprint() {
       const p = join(dir, name);
       const st = statSync(p);
       if (st.isDirectory()) walk(p);
-      else if (name.endsWith('.ts') || name.endsWith('.json')) h.update(`${p}\0${st.size}\0${st.mtimeMs}\0`);
+      else if (name.endsWith('.ts') || name.endsWith('.js') || name.endsWith('.json')) h.update(`${p}\0${st.size}\0${st.mtimeMs}\0`);
     }
   };
   SOURCES.forEach(walk);
   return h.digest('hex').slice(0, 16);
 }
 
-module.exports = function load(name) {
+module.exports = function load(name, entry = join(__dirname, name, 'impl.ts')) {
   // In the workspace's own (git-ignored) .nx folder: workspaces sharing a node_modules stay apart.
   const out = join(ROOT, '.nx', 'moe-forge', 'executors', `${name}-${fingerprint()}.js`);
   if (!existsSync(out)) {
     mkdirSync(join(out, '..'), { recursive: true });
     const tmp = `${out}.${process.pid}.tmp`;
     require('esbuild').buildSync({
-      entryPoints: [join(__dirname, name, 'impl.ts')],
+      entryPoints: [entry],
       outfile: tmp,
       bundle: true,
       platform: 'node',

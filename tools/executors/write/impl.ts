@@ -8,6 +8,8 @@ import { runWrite } from '../../../libs/stages/write';
 import { runStage } from '../run-stage';
 import { progressReporter } from '../../../libs/stages/progress';
 import { readReport } from '../../../libs/stages/report';
+import { STAMP_FILE } from '../../../libs/stages/output-folder';
+import { recordWrite, suspectFiles } from '../output-state';
 
 export default function writeExecutor(options: unknown, context: ExecutorContext) {
   return runStage(options, context, async (env) => {
@@ -16,6 +18,10 @@ export default function writeExecutor(options: unknown, context: ExecutorContext
     const gates = await readGates(paths.stage('assemble-experts'));
     const base = plan.models[0]!;
     const routing = await readReport(paths.stage('report'));
+    // Files of the folder that changed since this workspace wrote them (an edit that kept the size included).
+    const project = context.projectName!;
+    const suspect = suspectFiles(paths.workspaceRoot, project, paths.output);
+    if (suspect.length) logger.info(`changed since written: ${suspect.join(', ')}`);
     const result = await runWrite(plan, {
       outPath: paths.output,
       gates,
@@ -24,13 +30,18 @@ export default function writeExecutor(options: unknown, context: ExecutorContext
       copyTokenizer: o.copyTokenizer,
       overwrite: o.overwrite,
       recipeFile: paths.recipe,
-      log: (l) => logger.info(l),
+      // Per-shard lines describe this run, not the result: debug, so a cache hit does not replay them as news.
+      log: (l) => (/^(writing|kept) /.test(l) ? logger.debug(l) : logger.info(l)),
       debug: (l) => logger.debug(l),
       progress: progressReporter('writing'),
       routing: routing ?? undefined,
+      suspect,
     });
+    // What the next build's hash stands on (see output-state.js): this folder as written now.
+    recordWrite(paths.workspaceRoot, project, paths.output, [...result.files, STAMP_FILE], !result.skipped);
     const out = relative(paths.workspaceRoot, result.outPath) || '.';
-    logger.info(`${result.skipped ? 'unchanged' : 'wrote'} ${out} (${result.shards} shard${result.shards === 1 ? '' : 's'}: ${result.written} written, ${result.kept} kept)`);
+    logger.info(`model folder ${out}: ${result.shards} shard${result.shards === 1 ? '' : 's'}`);
+    logger.debug(`${result.skipped ? 'unchanged' : 'wrote'} ${out}: ${result.written} shards written, ${result.kept} kept`);
     await mkdir(paths.stage('write'), { recursive: true });
     await writeFile(join(paths.stage('write'), 'stats.json'), JSON.stringify({ skipped: result.skipped, shards: result.shards, written: result.written, kept: result.kept }, null, 2) + '\n');
   });

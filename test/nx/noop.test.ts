@@ -1,0 +1,125 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { cpSync, existsSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { FIXTURES } from '../helpers/tmp';
+import { addRecipe, nx, throwawayWorkspace } from '../helpers/workspace';
+
+const ws = throwawayWorkspace('moe-forge-ws-noop-');
+cpSync(join(FIXTURES, 'tiny-llama'), join(ws, 'models'), { recursive: true });
+const recipe = `base_model: ../../models/tiny-a
+gate_mode: hidden
+dtype: bfloat16
+experts:
+  - source_model: ../../models/tiny-a
+    positive_prompts: ["How do I merge two models with mergekit?"]
+  - source_model: ../../models/tiny-b
+    positive_prompts: ["Write a python function that adds numbers"]
+`;
+addRecipe(ws, 'n', recipe);
+const out = join(ws, 'dist', 'models', 'n');
+const recipeFile = join(ws, 'workspace-models', 'n', 'moe.yml');
+const TARGETS = ['check-options', 'fetch', 'embed-prompts', 'build-gates', 'report', 'assemble-experts', 'write'];
+
+/** Which targets Nx ran (not restored from its cache), and what write did when it ran. */
+async function build(): Promise<{ ran: string[]; write: string }> {
+  const r = await nx(ws, ['run', 'n:build']);
+  assert.equal(r.exitCode, 0, r.stdout + r.stderr);
+  const ran: string[] = [];
+  for (const t of TARGETS) {
+    const line = r.stdout.split('\n').find((l) => l.includes(`nx run n:${t}`));
+    assert.ok(line, `${t} appears in the output:\n${r.stdout}`);
+    if (!/\[(local|remote) cache\]|existing outputs match the cache/.test(line)) ran.push(t);
+  }
+  // The summary counts every task: all of them from the cache, or some run.
+  if (ran.length === 0) assert.match(r.stdout, /Nx read the output from the cache instead of running the command for \d+ out of \d+ tasks/);
+  return { ran, write: /output unchanged/.test(r.stdout) && ran.includes('write') ? 'unchanged' : ran.includes('write') ? 'wrote' : 'cache' };
+}
+
+function snapshot(): Map<string, Buffer> {
+  return new Map(readdirSync(out).map((f) => [f, readFileSync(join(out, f))]));
+}
+
+test('an untouched workspace builds from the cache alone; a deleted, edited or replaced model folder is written again', async () => {
+  const first = await build();
+  assert.ok(first.ran.includes('write'));
+  const written = snapshot();
+
+  // (b) Right after the first build: every task a cache hit, no stage runs, the folder as it was.
+  assert.deepEqual((await build()).ran, []);
+  assert.deepEqual(snapshot(), written);
+
+  // (c) The folder deleted: write runs and writes it again, byte for byte; the next build is a cache hit.
+  rmSync(out, { recursive: true });
+  const again = await build();
+  assert.deepEqual(again.ran, ['write']);
+  assert.deepEqual(snapshot(), written);
+  assert.deepEqual((await build()).ran, []);
+
+  // (d) One file edited in place, size kept (a byte of a shard flipped): write repairs that file.
+  const shard = readdirSync(out).find((f) => f.endsWith('.safetensors'))!;
+  const bytes = readFileSync(join(out, shard));
+  bytes[bytes.length - 1] ^= 0xff;
+  writeFileSync(join(out, shard), bytes);
+  const repaired = await build();
+  assert.deepEqual(repaired.ran, ['write']);
+  assert.deepEqual(snapshot(), written);
+  assert.deepEqual((await build()).ran, []);
+  // The model card edited (its size changes): repaired too.
+  writeFileSync(join(out, 'README.md'), 'my notes');
+  assert.deepEqual((await build()).ran, ['write']);
+  assert.deepEqual(snapshot(), written);
+  // A file the user adds is theirs: kept, and no reason to write again.
+  writeFileSync(join(out, 'NOTES.txt'), 'mine');
+  assert.deepEqual((await build()).ran, []);
+  rmSync(join(out, 'NOTES.txt'));
+
+  // An edit that changes the model: write replaces the folder; the next build runs write once more to confirm
+  // (it writes nothing), and from then on no stage runs.
+  writeFileSync(recipeFile, recipe.replace('dtype: bfloat16', 'dtype: float32'));
+  assert.equal((await build()).write, 'wrote');
+  const f32 = snapshot();
+  assert.notDeepEqual(f32, written);
+  const confirm = await build();
+  assert.deepEqual(confirm.ran, ['write']);
+  assert.equal(confirm.write, 'unchanged');
+  assert.deepEqual((await build()).ran, []);
+  // Back to the first recipe: the earlier stages come from the cache, but write must not (the folder holds float32).
+  writeFileSync(recipeFile, recipe);
+  const back = await build();
+  assert.equal(back.write, 'wrote');
+  assert.deepEqual(snapshot(), written);
+  // And forth again: write runs, the float32 folder returns.
+  writeFileSync(recipeFile, recipe.replace('dtype: bfloat16', 'dtype: float32'));
+  assert.equal((await build()).write, 'wrote');
+  assert.deepEqual(snapshot(), f32);
+
+  // The record is forgotten (an `rm -rf .nx/moe-forge`): write runs once and writes nothing.
+  rmSync(join(ws, '.nx', 'moe-forge', 'outputs'), { recursive: true });
+  const forgot = await build();
+  assert.deepEqual(forgot.ran, ['write']);
+  assert.equal(forgot.write, 'unchanged');
+  assert.deepEqual(snapshot(), f32);
+  assert.ok(statSync(out).isDirectory());
+});
+
+test("fetch's runtime input answers from its memo without loading the stages' code, and recomputes when a model file changes", async () => {
+  const { run } = await import('../helpers/cli');
+  const ids = () => run(process.execPath, ['tools/executors/model-ids.js', 'workspace-models/n/moe.yml'], ws);
+  const bundles = join(ws, '.nx', 'moe-forge', 'executors');
+  const first = await ids();
+  assert.match(first.stdout, /^\.\.\/\.\.\/models\/tiny-a [0-9a-f]{64}$/m);
+  rmSync(bundles, { recursive: true, force: true });
+  const memo = await ids();
+  assert.equal(memo.stdout, first.stdout);
+  assert.ok(!existsSync(bundles), 'no bundle built: the memo answered');
+  // A tokenizer file edited in place (size kept): the memo misses and the content id changes.
+  const file = join(ws, 'models', 'tiny-b', 'tokenizer_config.json');
+  const text = readFileSync(file, 'utf8');
+  writeFileSync(file, text.slice(0, -1) + (text.endsWith(' ') ? '\n' : ' '));
+  const changed = await ids();
+  assert.ok(existsSync(bundles), 'the ids were computed again');
+  assert.notEqual(changed.stdout, first.stdout);
+  assert.equal(changed.stdout.split('\n')[0], first.stdout.split('\n')[0], 'tiny-a keeps its id');
+  writeFileSync(file, text);
+});

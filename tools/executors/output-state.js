@@ -1,0 +1,145 @@
+#!/usr/bin/env node
+// The write target's runtime input, and the record the write executor keeps. Plain node (no tsx, no bundle):
+// Nx runs it on every build.
+//
+// Nx hashes a task before it runs, so an input that described the model folder would differ before and after
+// the write that creates it, and a no-op build would never be a cache hit. Instead this prints a token that
+// stands for "every model folder this workspace recorded is as it was written":
+// - a write into a folder with no live record (first build, a folder deleted or edited) keeps the token, so
+//   the cache entry it stores is hit by the next, untouched build;
+// - a folder found deleted or edited (size, mtime or inode of a file it was written with) rotates the token:
+//   every entry stored under the old one is dead, so the next build writes again;
+// - a write that replaces a live folder's content (an edited recipe) rotates it too, or going back to the old
+//   recipe would hit the old entry over the new content; the build after such a write runs write once more
+//   (it finds the folder complete and writes nothing) before no-op builds are cache hits again.
+// The record lives in the workspace's .nx folder, never in a cache: a random token per workspace means another
+// machine never skips its own write on a remote-cache hit. The output folders are never Nx outputs.
+'use strict';
+const { createHash, randomBytes } = require('node:crypto');
+const { mkdirSync, readFileSync, renameSync, statSync, writeFileSync } = require('node:fs');
+const { homedir } = require('node:os');
+const { isAbsolute, join, resolve } = require('node:path');
+
+const COMPANIONS = ['chat_template.jinja', 'chat_template.json', 'generation_config.json'];
+
+function stateFile(root, project) {
+  return join(root, '.nx', 'moe-forge', 'outputs', `${project.replace(/[^\w.-]/g, '_')}.json`);
+}
+
+function readState(root, project) {
+  try {
+    const s = JSON.parse(readFileSync(stateFile(root, project), 'utf8'));
+    if (s && typeof s.token === 'string' && s.outputs && typeof s.outputs === 'object') return s;
+  } catch {
+    // absent or unreadable: a new token (every cache entry of write misses once)
+  }
+  return { token: null, outputs: {} };
+}
+
+function saveState(root, project, state) {
+  const file = stateFile(root, project);
+  mkdirSync(join(file, '..'), { recursive: true });
+  const tmp = `${file}.${process.pid}.tmp`;
+  writeFileSync(tmp, JSON.stringify(state, null, 1) + '\n');
+  renameSync(tmp, file);
+}
+
+const newToken = () => randomBytes(12).toString('hex');
+
+/** [size, mtimeMs, ino] of a file through the output path (a symlinked output is followed), or null. */
+function fileStat(p) {
+  try {
+    const st = statSync(p);
+    return st.isFile() ? [st.size, st.mtimeMs, st.ino] : null;
+  } catch {
+    return null;
+  }
+}
+
+/** Names of recorded files that are missing or whose size, mtime or inode changed since they were written. */
+function changedFiles(dir, files) {
+  const out = [];
+  for (const [name, was] of Object.entries(files)) {
+    const now = fileStat(join(dir, name));
+    if (!now || now[0] !== was[0] || now[1] !== was[1] || now[2] !== was[2]) out.push(name);
+  }
+  return out;
+}
+
+/** The token for the write target's hash (rotated when a live folder is found changed). */
+function currentToken(root, project) {
+  const state = readState(root, project);
+  let rotate = state.token === null;
+  for (const rec of Object.values(state.outputs)) {
+    if (rec.token === state.token && changedFiles(rec.dir, rec.files).length > 0) {
+      rec.token = null;
+      rotate = true;
+    }
+  }
+  if (rotate) {
+    const t = newToken();
+    for (const rec of Object.values(state.outputs)) if (rec.token === state.token && rec.token !== null) rec.token = t;
+    state.token = t;
+    saveState(root, project, state);
+  }
+  return state.token;
+}
+
+/** Files of the folder at `dir` that changed since this workspace wrote it ([] when it has no record). */
+function suspectFiles(root, project, dir) {
+  const rec = readState(root, project).outputs[dir];
+  return rec ? changedFiles(dir, rec.files) : [];
+}
+
+/** After a successful write: record the folder's files; rotate the token when live content was replaced. */
+function recordWrite(root, project, dir, names, replaced) {
+  const state = readState(root, project);
+  const prev = state.outputs[dir];
+  if (state.token === null || (replaced && prev && prev.token === state.token)) {
+    const t = newToken();
+    for (const rec of Object.values(state.outputs)) if (rec.token === state.token && rec.token !== null) rec.token = t;
+    state.token = t;
+  }
+  const files = {};
+  for (const n of names) {
+    const st = fileStat(join(dir, n));
+    if (st) files[n] = st;
+  }
+  state.outputs[dir] = { dir, token: state.token, files };
+  saveState(root, project, state);
+}
+
+/** Chat template and generation settings of the local models fetch resolved: write copies them, and the models' content ids leave them out. */
+function companionLines(root, stagesDir) {
+  let models;
+  try {
+    models = JSON.parse(readFileSync(resolve(root, stagesDir, 'fetch', 'models.json'), 'utf8')).models;
+  } catch {
+    return [];
+  }
+  const lines = [];
+  for (const m of Array.isArray(models) ? models : []) {
+    // Hub snapshots are fixed by their commit (in models.json).
+    if (!m || m.source !== 'local' || typeof m.dir !== 'string') continue;
+    const dir = m.dir.startsWith('~/') ? join(homedir(), m.dir.slice(2)) : isAbsolute(m.dir) ? m.dir : resolve(root, m.dir);
+    for (const f of COMPANIONS) {
+      let bytes;
+      try {
+        bytes = readFileSync(join(dir, f));
+      } catch {
+        continue;
+      }
+      lines.push(`companion ${m.dir} ${f} ${createHash('sha256').update(bytes).digest('hex')}`);
+    }
+  }
+  return [...new Set(lines)];
+}
+
+module.exports = { currentToken, suspectFiles, recordWrite, stateFile };
+
+if (require.main === module) {
+  const [project, stagesDir] = process.argv.slice(2);
+  const root = process.cwd();
+  const lines = [`write-token ${currentToken(root, project)}`, ...companionLines(root, stagesDir)];
+  process.stdout.write(lines.join('\n') + '\n');
+}
