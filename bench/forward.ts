@@ -60,9 +60,9 @@ async function gemmBaseline(s: TinyModelSpec, T: number, runs: number): Promise<
     a: new ort.Tensor('float32', new Float32Array(T * s.intermediate).fill(0.01), [T, s.intermediate]),
   };
   await session.run(feeds); // warm-up (prepacks the weights)
-  // Best of three rounds: the ceiling should not be lowered by a noisy neighbour.
+  // Best of two rounds, as the forward pass: the ceiling should not be lowered by a noisy neighbour.
   let seconds = Infinity;
-  for (let round = 0; round < 3; round++) {
+  for (let round = 0; round < 2; round++) {
     const t0 = performance.now();
     for (let r = 0; r < runs; r++) await session.run(feeds);
     seconds = Math.min(seconds, (performance.now() - t0) / 1000);
@@ -97,7 +97,7 @@ export async function benchForward(o: ForwardBenchOptions = {}): Promise<Record<
     const layersRun = spec.layers - 1; // the last layer's output is not a layer input
 
     const rssBefore = process.memoryUsage().rss;
-    // Best of two runs, like the baseline's best of three: other processes on the machine add noise.
+    // Best of two runs, as the baseline's: other processes on the machine add noise.
     let seconds = Infinity;
     for (let round = 0; round < 2; round++) {
       const t0 = performance.now();
@@ -114,7 +114,9 @@ export async function benchForward(o: ForwardBenchOptions = {}): Promise<Record<
 
     const per = layerFlops(spec, tokens);
     const totalFlops = (per.gemm + per.attention) * nPrompts * layersRun;
-    const baseline = await gemmBaseline(spec, tokens * nPrompts, 1);
+    // As many Gemm runs as the forward runs layers: both sides last about as long, so a noisy neighbour
+    // weighs on them alike (a short baseline's best-of-3 would pick a quiet moment the forward cannot).
+    const baseline = await gemmBaseline(spec, tokens * nPrompts, layersRun);
     const baselineRate = baseline.flops / baseline.seconds;
 
     const layerParams = projShapes(spec).reduce((a, [, o2, i]) => a + o2 * i, 0) + 2 * spec.hidden;

@@ -310,7 +310,7 @@ async function benchMany(tmp: string): Promise<void> {
 async function benchForwardSection(): Promise<void> {
   const f = (await benchForward()) as Record<string, number>;
   forwardRows('forward', f);
-  notes.push('forward: benchForward() (bench/forward.ts): computePromptStates over 24 × 64 tokens, best of 2, against the same projections as plain ORT Gemms on all tokens at once (weights as prepacked initializers, best of 3), same process; fixed cost: a 1-token prompt\'s time per layer.');
+  notes.push('forward: benchForward() (bench/forward.ts): computePromptStates over 24 × 64 tokens, best of 2, against the same projections as plain ORT Gemms on all tokens at once, as many runs as the forward runs layers (weights as prepacked initializers, best of 2), same process; fixed cost: a 1-token prompt\'s time per layer.');
   details.forward = f;
 }
 

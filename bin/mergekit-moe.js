@@ -1,6 +1,12 @@
 #!/usr/bin/env node
-// The sources are TypeScript; tsx compiles them on load so the command runs from a plain checkout.
-require('tsx/cjs');
-require('../libs/cli/mergekit-moe.ts')
-  .main(process.argv.slice(2))
-  .then((code) => { process.exitCode = code; });
+'use strict';
+// The sources are TypeScript: run them from an esbuild bundle (bin/bundle.js); where none can be built or
+// written (a read-only install), tsx compiles them on load, so the command still runs from a plain checkout.
+let cli;
+try {
+  cli = require('./bundle.js').loadCli();
+} catch {
+  require('tsx/cjs');
+  cli = require('../libs/cli/mergekit-moe.ts');
+}
+cli.main(process.argv.slice(2)).then((code) => { process.exitCode = code; });

@@ -75,3 +75,7 @@ export async function sessionFromBytes(bytes: Uint8Array, s: SessionSettings): P
 export function floatTensor(data: Float32Array, dims: number[]): ort.Tensor {
   return new ort.Tensor('float32', data, dims);
 }
+
+export function int64Tensor(data: BigInt64Array, dims: number[]): ort.Tensor {
+  return new ort.Tensor('int64', data, dims);
+}

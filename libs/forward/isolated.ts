@@ -15,7 +15,8 @@ const WORKER = typeof __FORWARD_WORKER__ === 'string' ? __FORWARD_WORKER__ : joi
 function runIsolated<T>(request: Record<string, unknown>, onProgress?: (p: ForwardProgress) => void): Promise<T> {
   return new Promise((resolve, reject) => {
     const child = fork(WORKER, [], {
-      execArgv: ['--import', pathToFileURL(require.resolve('tsx')).href],
+      // A bundled worker is plain JavaScript: the child then skips loading tsx.
+      execArgv: WORKER.endsWith('.ts') ? ['--import', pathToFileURL(require.resolve('tsx')).href] : [],
       serialization: 'advanced',
       stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
     });

@@ -8,8 +8,10 @@ export const LAYER_INPUTS = {
   hidden: 'hidden', // [T, H] residual stream entering the layer
   cos: 'rope_cos', // [T, headDim], each token at its own position in its prompt
   sin: 'rope_sin', // [T, headDim]
-  mask: 'attn_mask', // [T, T] additive: block-diagonal causal, so packed prompts never see each other
+  mask: 'attn_mask', // [B, C, C] additive causal mask of each attention block (one prompt, padded to C slots)
   gate: 'attn_gate', // [T, 1]: 1 for tokens, 0 for the attention-free pad state (spec 10)
+  slots: 'attn_slots', // int64 [B * C]: the token row each block slot reads (a padding slot reads any row)
+  rows: 'attn_rows', // int64 [T]: the block slot each token's attention output comes from
 } as const;
 /** The graph input that carries a weight (float32, the tensor's shape). */
 export const weightInput = (role: string) => `w_${role}`;
@@ -133,15 +135,9 @@ export function buildLayerModel(cfg: ModelConfig, tensors: Map<string, LayerTens
   };
   const linear = (x: string, weight: string, bias: string | null): string =>
     b.op('Gemm', bias ? [x, weight, bias] : [x, weight], { transB: 1 });
-  const rope = (x: string): string => {
-    const [x1, x2] = b.ops('Split', [x], 2, { axis: -1 }) as [string, string];
-    const rotated = b.op('Concat', [b.op('Neg', [x2]), x1], { axis: -1 });
-    return b.op('Add', [b.op('Mul', [x, LAYER_INPUTS.cos]), b.op('Mul', [rotated, LAYER_INPUTS.sin])]);
-  };
-
   const x = LAYER_INPUTS.hidden;
   const xn = rmsNorm(x, need('ln1'));
-  // Queries as [nKV, g, T, D] and keys/values as [nKV, 1, T, D]: MatMul broadcasting does the
+  // Queries as [T, nKV, g, D] and keys/values as [T, nKV, 1, D]: in attention, MatMul broadcasting does the
   // grouped-query repeat (query head h uses KV head floor(h / g), as transformers' repeat_kv).
   let q = b.op('Reshape', [linear(xn, need('q'), w('q_bias')), b.constI64('q_shape', [-1, nKV, g, D])]);
   let k = b.op('Reshape', [linear(xn, need('k'), w('k_bias')), b.constI64('kv_shape', [-1, nKV, 1, D])]);
@@ -149,14 +145,31 @@ export function buildLayerModel(cfg: ModelConfig, tensors: Map<string, LayerTens
   const qNorm = w('q_norm'), kNorm = w('k_norm');
   if (qNorm) q = rmsNorm(q, qNorm); // qwen3: per-head RMSNorm before RoPE
   if (kNorm) k = rmsNorm(k, kNorm);
-  q = rope(b.op('Transpose', [q], { perm: [1, 2, 0, 3] }));
-  k = rope(b.op('Transpose', [k], { perm: [1, 2, 0, 3] }));
-  const v = b.op('Transpose', [v0], { perm: [1, 2, 0, 3] });
-  const kT = b.op('Transpose', [k], { perm: [0, 1, 3, 2] });
+  const cos = b.op('Unsqueeze', [LAYER_INPUTS.cos, b.constI64('axes_12', [1, 2])]);
+  const sin = b.op('Unsqueeze', [LAYER_INPUTS.sin, 'axes_12']);
+  const rope = (x: string): string => {
+    const [x1, x2] = b.ops('Split', [x], 2, { axis: -1 }) as [string, string];
+    const rotated = b.op('Concat', [b.op('Neg', [x2]), x1], { axis: -1 });
+    return b.op('Add', [b.op('Mul', [x, cos]), b.op('Mul', [rotated, sin])]);
+  };
+  q = rope(q);
+  k = rope(k);
+  // Attention runs per block (one prompt each, padded to the pack's longest): [B, C, ...] gathered from the
+  // token rows, so packing prompts costs the sum of their T^2, not (sum of T)^2, and no padding enters a Gemm.
+  const blockDims = b.op('Shape', [LAYER_INPUTS.mask], { start: 0, end: 2 }); // [B, C]
+  const qBlocks = b.op('Concat', [blockDims, b.constI64('q_heads', [nKV, g, D])], { axis: 0 });
+  const kvBlocks = b.op('Concat', [blockDims, b.constI64('kv_heads', [nKV, 1, D])], { axis: 0 });
+  const toBlocks = (x: string, shape: string, perm: number[]): string =>
+    b.op('Transpose', [b.op('Reshape', [b.op('Gather', [x, LAYER_INPUTS.slots], { axis: 0 }), shape])], { perm });
+  const qb = toBlocks(q, qBlocks, [0, 2, 3, 1, 4]); // [B, nKV, g, C, D]
+  const kT = toBlocks(k, kvBlocks, [0, 2, 3, 4, 1]); // [B, nKV, 1, D, C]
+  const vb = toBlocks(v0, kvBlocks, [0, 2, 3, 1, 4]); // [B, nKV, 1, C, D]
   const scale = b.constF('attn_scale', 1 / Math.sqrt(D));
-  const scores = b.op('Add', [b.op('Mul', [b.op('MatMul', [q, kT]), scale]), LAYER_INPUTS.mask]);
-  const ctx = b.op('MatMul', [b.op('Softmax', [scores], { axis: -1 }), v]);
-  const ctx2 = b.op('Reshape', [b.op('Transpose', [ctx], { perm: [2, 0, 1, 3] }), b.constI64('ctx_shape', [-1, nH * D])]);
+  const mask = b.op('Unsqueeze', [LAYER_INPUTS.mask, 'axes_12']); // [B, 1, 1, C, C]
+  const scores = b.op('Add', [b.op('Mul', [b.op('MatMul', [qb, kT]), scale]), mask]);
+  const ctx = b.op('MatMul', [b.op('Softmax', [scores], { axis: -1 }), vb]); // [B, nKV, g, C, D]
+  const ctxSlots = b.op('Reshape', [b.op('Transpose', [ctx], { perm: [0, 3, 1, 2, 4] }), b.constI64('ctx_shape', [-1, nH * D])]);
+  const ctx2 = b.op('Gather', [ctxSlots, LAYER_INPUTS.rows], { axis: 0 });
   const attn = b.op('Mul', [linear(ctx2, need('o'), w('o_bias')), LAYER_INPUTS.gate]);
   const h1 = b.op('Add', [x, attn]);
 
@@ -178,8 +191,10 @@ export function buildLayerModel(cfg: ModelConfig, tensors: Map<string, LayerTens
         { name: LAYER_INPUTS.hidden, dtype: F, shape: ['T', H] },
         { name: LAYER_INPUTS.cos, dtype: F, shape: ['T', D] },
         { name: LAYER_INPUTS.sin, dtype: F, shape: ['T', D] },
-        { name: LAYER_INPUTS.mask, dtype: F, shape: ['T', 'T'] },
+        { name: LAYER_INPUTS.mask, dtype: F, shape: ['B', 'C', 'C'] },
         { name: LAYER_INPUTS.gate, dtype: F, shape: ['T', 1] },
+        { name: LAYER_INPUTS.slots, dtype: OnnxDtype.INT64, shape: ['S'] },
+        { name: LAYER_INPUTS.rows, dtype: OnnxDtype.INT64, shape: ['T'] },
         ...weightInputs,
       ],
       outputs: [{ name: LAYER_OUTPUT, dtype: F, shape: ['T', H] }],

@@ -3,7 +3,7 @@ import { ForgeError } from '../errors';
 import { readModelConfig, type ModelConfig } from '../model-folder/config';
 import { convertBytes, decodeFloats, readRows, readTensorBytes, type TensorIndex } from '../safetensors';
 import { openWeights } from '../model-folder/weights';
-import { executionProviders, floatTensor, sessionFromBytes, type Device, type Session, type SessionSettings } from './backend';
+import { executionProviders, floatTensor, int64Tensor, sessionFromBytes, type Device, type Session, type SessionSettings } from './backend';
 import { encodeModel } from './onnx-proto';
 import { LAYER_INPUTS, LAYER_OUTPUT, buildLayerModel, checkTensor, layerSignature, planLayerTensors, weightInput, type LayerTensor } from './layer-graph';
 import { attentionMask, ropeTables } from './rope';
@@ -23,8 +23,9 @@ export interface ForwardOptions {
   /** intra-op threads per session (default 2). */
   threads?: number;
   /**
-   * Most tokens run together (default 1024): prompts are packed one after another up to this many, with a
-   * block-diagonal causal mask; 1 runs every prompt alone.
+   * Most tokens run together (default 2048): prompts are packed one after another up to this many, each
+   * attending only to itself; 1 runs every prompt alone. Larger runs keep the Gemms efficient (each run also
+   * repacks every weight); activations grow with it (at hidden 2048 / intermediate 5632, about 0.2 GB).
    */
   packTokens?: number;
 }
@@ -70,8 +71,8 @@ type BufferPool = Map<string, Float32Array>;
  * One layer's weights as float32 feeds, read from the weight files (never written anywhere) straight into
  * `pool`'s buffers: 16-bit weights land in the upper half of their float32 buffer and widen in place.
  */
-async function layerFeeds(tensors: Map<string, LayerTensor>, pool: BufferPool): Promise<Record<string, ReturnType<typeof floatTensor>>> {
-  const feeds: Record<string, ReturnType<typeof floatTensor>> = {};
+async function layerFeeds(tensors: Map<string, LayerTensor>, pool: BufferPool): Promise<Record<string, Feed>> {
+  const feeds: Record<string, Feed> = {};
   for (const t of tensors.values()) {
     const n = t.loc.shape.reduce((a, b) => a * b, 1);
     let buf = pool.get(t.role);
@@ -105,12 +106,22 @@ async function readTensorInto(loc: LayerTensor['loc'], into: Buffer): Promise<vo
  * 16-bit values held in the upper half of `buf` become float32 in place. Going forward is safe: element i is
  * read (bytes 2n+2i) before its float lands at bytes 4i..4i+3, which lie below every value still to be read.
  */
-function widenInPlace(buf: Float32Array, dtype: string): void {
+export function widenInPlace(buf: Float32Array, dtype: string): void {
   const n = buf.length;
   const src = new Uint16Array(buf.buffer, buf.byteOffset, 2 * n);
   const dst = new Uint32Array(buf.buffer, buf.byteOffset, n);
-  if (dtype === 'BF16') for (let i = 0; i < n; i++) dst[i] = src[n + i]! << 16;
-  else {
+  if (dtype === 'BF16') {
+    // Two values per 32-bit read (about 2.5x faster than one at a time): the low half is the earlier value.
+    // Still safe in place: pair k is read (bytes 2n+4k..) before its floats land at bytes 8k..8k+7.
+    let i = 0;
+    if (n % 2 === 1) dst[i++] = src[n]! << 16; // then the pairs start 4-byte aligned
+    const pairs = new Uint32Array(buf.buffer, buf.byteOffset + 2 * (n + i), (n - i) / 2);
+    for (let k = 0; k < pairs.length; k++) {
+      const w = pairs[k]!;
+      dst[i + 2 * k] = w << 16;
+      dst[i + 2 * k + 1] = w & 0xffff0000;
+    }
+  } else {
     const table = f16Widen();
     for (let i = 0; i < n; i++) dst[i] = table[src[n + i]!]!;
   }
@@ -127,47 +138,69 @@ function f16Widen(): Uint32Array {
   return f16Table;
 }
 
-/** Prompts packed one after another into runs of at most `budget` tokens (a longer prompt runs alone). */
+/**
+ * Prompts packed into runs of at most `budget` tokens (a longer prompt runs alone), shortest first, so that
+ * the prompts of a run have similar lengths and their attention blocks little padding.
+ */
 function packs(seqs: Sequence[], budget: number): number[][] {
+  const order = seqs.map((_, i) => i).sort((a, b) => seqs[a]!.ids.length - seqs[b]!.ids.length || a - b);
   const out: number[][] = [];
   let cur: number[] = [], tokens = 0;
-  for (const [i, s] of seqs.entries()) {
-    if (cur.length > 0 && tokens + s.ids.length > budget) {
+  for (const i of order) {
+    const n = seqs[i]!.ids.length;
+    if (cur.length > 0 && tokens + n > budget) {
       out.push(cur);
       cur = [];
       tokens = 0;
     }
     cur.push(i);
-    tokens += s.ids.length;
+    tokens += n;
   }
   if (cur.length > 0) out.push(cur);
   return out;
 }
 
-/** RoPE tables, mask and attention gate of a pack: each prompt at positions 0..T-1, seeing only itself. */
-function packInputs(cfg: ModelConfig, seqs: Sequence[]): Record<string, ReturnType<typeof floatTensor>> {
+type Feed = ReturnType<typeof floatTensor>;
+
+/**
+ * RoPE tables, attention blocks and gate of a pack: each prompt at positions 0..T-1, its attention in a block
+ * of its own (C slots, C the pack's longest prompt), so it sees only itself.
+ */
+function packInputs(cfg: ModelConfig, seqs: Sequence[]): Record<string, Feed> {
   const N = seqs.reduce((a, s) => a + s.ids.length, 0);
+  const B = seqs.length, C = Math.max(...seqs.map((s) => s.ids.length));
   const D = cfg.headDim;
   const cos = new Float32Array(N * D), sin = new Float32Array(N * D);
-  const mask = new Float32Array(N * N).fill(-Infinity);
+  const mask = new Float32Array(B * C * C).fill(-Infinity);
+  const slots = new BigInt64Array(B * C); // padding slots read row 0; their outputs are never gathered back
+  const rows = new BigInt64Array(N);
   const gate = new Float32Array(N);
   let at = 0;
-  for (const s of seqs) {
+  for (const [b, s] of seqs.entries()) {
     const T = s.ids.length;
     const r = ropeTables(cfg, T); // per prompt: dynamic NTK scaling depends on its length
     cos.set(r.cos, at * D);
     sin.set(r.sin, at * D);
     // The pad state has no attention term; any finite mask keeps its (discarded) softmax finite.
     const own = s.attnGate ? attentionMask(T, cfg.slidingWindow) : new Float32Array(T * T);
-    for (let i = 0; i < T; i++) mask.set(own.subarray(i * T, (i + 1) * T), (at + i) * N + at);
+    const block = b * C * C;
+    for (let i = 0; i < T; i++) mask.set(own.subarray(i * T, (i + 1) * T), block + i * C);
+    // A padding slot attends to itself only, so its softmax stays finite too.
+    for (let i = T; i < C; i++) mask[block + i * C + i] = 0;
+    for (let t = 0; t < T; t++) {
+      slots[b * C + t] = BigInt(at + t);
+      rows[at + t] = BigInt(b * C + t);
+    }
     gate.fill(s.attnGate, at, at + T);
     at += T;
   }
   return {
     [LAYER_INPUTS.cos]: floatTensor(cos, [N, D]),
     [LAYER_INPUTS.sin]: floatTensor(sin, [N, D]),
-    [LAYER_INPUTS.mask]: floatTensor(mask, [N, N]),
+    [LAYER_INPUTS.mask]: floatTensor(mask, [B, C, C]),
     [LAYER_INPUTS.gate]: floatTensor(gate, [N, 1]),
+    [LAYER_INPUTS.slots]: int64Tensor(slots, [B * C]),
+    [LAYER_INPUTS.rows]: int64Tensor(rows, [N]),
   };
 }
 
@@ -196,7 +229,7 @@ async function runLayers(m: Model, seqs: Sequence[], upTo: number, opts: Forward
   states.forEach((h, i) => visit(i, 0, h));
   if (upTo === 0) return;
   const settings: SessionSettings = { device: opts.device ?? 'cpu', threads: opts.threads ?? 2 };
-  const groups = packs(seqs, Math.max(1, opts.packTokens ?? 1024));
+  const groups = packs(seqs, Math.max(1, opts.packTokens ?? 2048));
   const fixed = groups.map((g) => packInputs(cfg, g.map((i) => seqs[i]!)));
   const sessions = new Map<string, Session>();
   try {

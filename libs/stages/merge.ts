@@ -8,7 +8,7 @@ import { runFetch } from './fetch';
 import { runEmbedPrompts } from './embed-prompts';
 import { gatesForAssembly, runBuildGates } from './build-gates';
 import { runAssemble } from './assemble';
-import { runWrite, type WriteResult } from './write';
+import { writeOutput, type LateInputs, type WriteResult } from './write';
 import { progressReporter } from './progress';
 import { CACHE_ENV } from '../cache';
 import type { ShardOrder } from '../plan/types';
@@ -73,26 +73,39 @@ export async function mergeRecipe(opts: MergeOptions): Promise<WriteResult> {
     if (reportFiles) refuseInsideModels(merge, reportFiles.html);
     // Held-out prompts are checked before the forward pass, not after it.
     if (opts.report?.evalPrompts) await readEvalPrompts(opts.report.evalPrompts, merge.ctx.experts.length);
-    await runEmbedPrompts(merge, join(work, 'embed-prompts'), { cacheDir, device: opts.device, log: opts.log, warn: opts.warn, debug: opts.debug, progress: progressReporter('prompt states') });
-    await runBuildGates(merge, join(work, 'embed-prompts'), join(work, 'build-gates'));
-    const routing = opts.report ? await runReport(merge, join(work, 'embed-prompts'), join(work, 'build-gates'), join(work, 'report'), { name: basename(opts.recipeFile).replace(/\.ya?ml$/, ''), cacheDir, device: opts.device, evalPrompts: opts.report.evalPrompts, log: opts.log, warn: opts.warn, progress: progressReporter('report prompt states') }) : null;
-    const { gates, warnings } = await gatesForAssembly(merge, join(work, 'build-gates'));
-    const plan = await runAssemble(merge, join(work, 'assemble-experts'), { maxShardBytes: opts.maxShardBytes ?? DEFAULT_SHARD_BYTES, shardOrder: opts.shardOrder, extraWarnings: warnings, gates });
-    for (const w of plan.warnings) opts.warn?.(w);
-    const result = await runWrite(plan, {
-      outPath: opts.outPath,
-      gates,
-      recipeText: parsed.text,
-      tokenizerDir: merge.ctx.base.dir,
-      copyTokenizer: opts.copyTokenizer ?? true,
-      writeRecipe: opts.writeRecipe ?? true,
-      overwrite: opts.overwrite ?? false,
-      recipeFile: opts.recipeFile,
-      log: opts.log,
-      debug: opts.debug,
-      progress: progressReporter('writing'),
-      routing: routing ?? undefined,
-    });
+    // The routers need the forward pass; the base's and experts' tensors do not: their shards are written
+    // meanwhile from a plan made now (the final plan differs only in the routers' warnings).
+    const early = await runAssemble(merge, join(work, 'assemble-early'), { maxShardBytes: opts.maxShardBytes ?? DEFAULT_SHARD_BYTES, shardOrder: opts.shardOrder });
+    const late = (async (): Promise<LateInputs & { routingReport: Awaited<ReturnType<typeof runReport>> | null }> => {
+      await runEmbedPrompts(merge, join(work, 'embed-prompts'), { cacheDir, device: opts.device, log: opts.log, warn: opts.warn, debug: opts.debug, progress: progressReporter('prompt states') });
+      await runBuildGates(merge, join(work, 'embed-prompts'), join(work, 'build-gates'));
+      const routing = opts.report ? await runReport(merge, join(work, 'embed-prompts'), join(work, 'build-gates'), join(work, 'report'), { name: basename(opts.recipeFile).replace(/\.ya?ml$/, ''), cacheDir, device: opts.device, evalPrompts: opts.report.evalPrompts, log: opts.log, warn: opts.warn, progress: progressReporter('report prompt states') }) : null;
+      const { gates, warnings } = await gatesForAssembly(merge, join(work, 'build-gates'));
+      const plan = await runAssemble(merge, join(work, 'assemble-experts'), { maxShardBytes: opts.maxShardBytes ?? DEFAULT_SHARD_BYTES, shardOrder: opts.shardOrder, extraWarnings: warnings, gates });
+      for (const w of plan.warnings) opts.warn?.(w);
+      return { plan, gates, routing: routing ?? undefined, routingReport: routing };
+    })();
+    let result: WriteResult;
+    try {
+      result = await writeOutput(early, late, {
+        outPath: opts.outPath,
+        recipeText: parsed.text,
+        tokenizerDir: merge.ctx.base.dir,
+        copyTokenizer: opts.copyTokenizer ?? true,
+        writeRecipe: opts.writeRecipe ?? true,
+        overwrite: opts.overwrite ?? false,
+        recipeFile: opts.recipeFile,
+        log: opts.log,
+        debug: opts.debug,
+        progress: progressReporter('writing'),
+      });
+    } catch (e) {
+      // The write failed on its own: the forward pass finishes (its work folder is removed below) and, as
+      // before the two ran together, its error is the one reported when both failed.
+      const settled = await late.then(() => null, (le: unknown) => ({ le }));
+      throw settled ? settled.le : e;
+    }
+    const routing = (await late).routingReport;
     // After the model: a failed merge leaves no report that looks like the merge's.
     if (routing && reportFiles) {
       await mkdir(dirname(reportFiles.html), { recursive: true });

@@ -86,7 +86,7 @@ function noiseDraws(p: SourcePart): string {
   return p.noise?.torch ? 'torch' : STREAM_NOISE_DRAWS;
 }
 
-function tensorProducer(gates: GateTensor) {
+function tensorProducer(gates: GateTensor | null) {
   // One seeker per write, so tensors written out of the reference's draw order seek from saved states.
   const seekers = new Map<number, TorchDrawSeeker>();
   const seeker = (seed: number) => () => seekers.get(seed) ?? seekers.set(seed, new TorchDrawSeeker(seed)).get(seed)!;
@@ -94,7 +94,7 @@ function tensorProducer(gates: GateTensor) {
     for (const part of t.parts) {
       if (part.kind === 'source') yield* sourceBytes(part, t.dtype, seeker(part.noise?.seed ?? 0));
       else if (part.kind === 'gates') {
-        for (const r of part.rows) yield encodeFloats(gateRow(gates, part.layer, r), t.dtype as FloatDtype);
+        for (const r of part.rows) yield encodeFloats(gateRow(gates!, part.layer, r), t.dtype as FloatDtype);
       } else {
         yield Buffer.alloc(part.elements * dtypeSize(t.dtype));
       }
@@ -147,7 +147,7 @@ async function companionHashes(dir: string): Promise<Record<string, string>> {
 }
 
 /** What decides a shard's bytes: tensor specs, sources by content id, transforms and router rows. */
-function shardHash(plan: MergePlan, tensors: PlanTensor[], gates: GateTensor): string {
+function shardHash(plan: MergePlan, tensors: PlanTensor[], gates: GateTensor | null): string {
   const ids = new Map(plan.models.map((m) => [m.key, m.contentId ?? m.dir]));
   const h = createHash('sha256');
   for (const t of tensors) {
@@ -155,7 +155,7 @@ function shardHash(plan: MergePlan, tensors: PlanTensor[], gates: GateTensor): s
     for (const p of t.parts) {
       if (p.kind === 'source') h.update(JSON.stringify([ids.get(p.model), p.tensor, p.dtype, p.shape, p.noise ? { ...p.noise, draws: noiseDraws(p) } : null, p.scale ?? null]));
       else if (p.kind === 'zeros') h.update(JSON.stringify(['zeros', p.elements]));
-      else for (const r of p.rows) h.update(gateRow(gates, p.layer, r));
+      else for (const r of p.rows) h.update(gateRow(gates!, p.layer, r));
     }
   }
   return h.digest('hex');
@@ -177,6 +177,13 @@ function inTheWay(names: string[], out: string): void {
   throw new ForgeError('output_exists', `files you added to the output folder are in the way of this build: ${names.join(', ')}; move them away, or pass --overwrite to replace them`, { file: out });
 }
 
+/** What a write learns only once the forward pass is done: the routers, the final plan (its warnings), the report. */
+export interface LateInputs {
+  plan: MergePlan;
+  gates: GateTensor;
+  routing?: { report: RoutingReport; html: string };
+}
+
 /**
  * Stage 5: the model folder. Written into a temporary sibling and renamed into place when complete, so
  * a killed run never leaves a folder that looks finished; a folder we did not write is never replaced
@@ -185,17 +192,24 @@ function inTheWay(names: string[], out: string): void {
  * folder is skipped.
  */
 export async function runWrite(plan: MergePlan, opts: WriteOptions): Promise<WriteResult> {
-  const hash = planHash(plan, {
-    noiseDraws: STREAM_NOISE_DRAWS,
-    recipe: opts.recipeText,
-    copyTokenizer: opts.copyTokenizer,
-    writeRecipe: opts.writeRecipe,
-    gates: Buffer.from(opts.gates.data.buffer, opts.gates.data.byteOffset, opts.gates.data.byteLength).toString('base64'),
-    companions: await companionHashes(opts.tokenizerDir),
-    ...(opts.routing ? { routing: createHash('sha256').update(opts.routing.html).digest('hex') } : {}),
-  });
+  const { gates, routing, ...rest } = opts;
+  return writeOutput(plan, Promise.resolve({ plan, gates, routing }), rest, false);
+}
+
+/** A shard whose bytes depend on the routers (the forward pass's result). */
+const holdsGates = (tensors: PlanTensor[]) => tensors.some((t) => t.parts.some((p) => p.kind === 'gates'));
+
+/**
+ * runWrite while the routers are still being computed: the shards that do not hold them (base and experts,
+ * most of the bytes) are written into the temporary folder now, from `early` (the plan without the gates'
+ * warnings); the router shards, the stamp and the swap wait for `late`. If `late` fails, the temporary folder
+ * goes and its error is thrown; nothing is moved into place before everything is written.
+ */
+export async function writeOutput(early: MergePlan, late: Promise<LateInputs>, opts: Omit<WriteOptions, 'gates' | 'routing'>, writeAhead = true): Promise<WriteResult> {
+  let lateFailed: { error: unknown } | null = null;
+  late.catch((error: unknown) => (lateFailed = { error }));
   const inputs: OutputInput[] = [
-    ...plan.models.map((m) => ({ label: `model folder of ${m.ref}`, path: m.dir })),
+    ...early.models.map((m) => ({ label: `model folder of ${m.ref}`, path: m.dir })),
     ...(opts.recipeFile ? [{ label: 'recipe', path: opts.recipeFile }] : []),
   ];
   // Where the output really goes: a symlinked output path is written through and the link kept.
@@ -212,33 +226,93 @@ export async function runWrite(plan: MergePlan, opts: WriteOptions): Promise<Wri
     if (entries.length > 0 && !existing && !opts.overwrite) {
       throw new ForgeError('output_exists', `output folder exists, is not empty and was not written by moe-forge; pass --overwrite to replace it`, { file: opts.outPath });
     }
-    const suspect = new Set(opts.suspect ?? []);
-    if (existing && existing.hash === hash && suspect.size === 0 && (await intact(out, existing))) {
-      opts.log?.(`output unchanged: ${opts.outPath}`);
-      const n = Object.keys(existing.files).filter((f) => f.endsWith('.safetensors')).length;
-      return { outPath: opts.outPath, files: Object.keys(existing.files), shards: n, written: 0, kept: n, skipped: true, hash };
-    }
     // Files the user added to a folder we wrote (notes, checkpoints) move into the new folder.
     if (existing) keep = userEntries(out, existing);
   }
-  const specs: OutputTensorSpec[] = plan.tensors.map((t) => ({ name: t.name, dtype: t.dtype, shape: t.shape, group: t.group }));
-  const shards = planShards(specs, plan.maxShardBytes, plan.shardOrder ?? 'reference');
-  const byName = new Map(plan.tensors.map((t) => [t.name, t]));
-  const shardHashes: Record<string, string> = {};
-  const reusable = (file: string) => existing?.shards?.[file] === shardHashes[file] && !opts.suspect?.includes(file);
-  for (const s of shards) shardHashes[s.file] = shardHash(plan, s.tensors.map((t) => byName.get(t.name)!), opts.gates);
-  // Names this build will write, known now: a file the user added under one of them stops the build before any work.
-  const planned = [...shards.map((s) => s.file), ...(shards.length > 1 ? ['model.safetensors.index.json'] : []), 'config.json', ...(opts.writeRecipe !== false ? ['mergekit_moe_config.yml', 'README.md', ...(opts.routing ? ['routing.html'] : [])] : []), ...(opts.copyTokenizer ? [...TOKENIZER_FILES, ...CHAT_TEMPLATE_FILES].filter((f) => existsSync(join(opts.tokenizerDir, f))).concat('tokenizer_config.json', 'special_tokens_map.json') : []), ...(existsSync(join(opts.tokenizerDir, GENERATION_CONFIG)) ? [GENERATION_CONFIG] : [])];
-  if (!opts.overwrite) inTheWay(keep.filter((e) => planned.includes(e)), opts.outPath);
-  const needed = shards.reduce((a, s) => a + (reusable(s.file) ? 0 : s.bytes), 0) + (1 << 20);
+  const shardsOf = (plan: MergePlan) => planShards(plan.tensors.map((t) => ({ name: t.name, dtype: t.dtype, shape: t.shape, group: t.group }) satisfies OutputTensorSpec), plan.maxShardBytes, plan.shardOrder ?? 'reference');
+  // Written ahead: shards without routers whose content the existing folder does not already hold. An existing
+  // stamp without shard hashes (an older build) may still be the same merge: then nothing is written ahead.
+  const earlyByName = new Map(early.tensors.map((t) => [t.name, t]));
+  const ahead = writeAhead && (!existing || existing.shards)
+    ? shardsOf(early).map((s) => ({ s, tensors: s.tensors.map((t) => earlyByName.get(t.name)!) }))
+      .filter(({ tensors }) => !holdsGates(tensors))
+      .map((x) => ({ ...x, hash: shardHash(early, x.tensors, null) }))
+      .filter(({ s, hash }) => existing?.shards?.[s.file] !== hash || opts.suspect?.includes(s.file))
+    : [];
+  const plannedFiles = (shardFiles: string[], routing: boolean) => [...shardFiles, ...(shardFiles.length > 1 ? ['model.safetensors.index.json'] : []), 'config.json', ...(opts.writeRecipe !== false ? ['mergekit_moe_config.yml', 'README.md', ...(routing ? ['routing.html'] : [])] : []), ...(opts.copyTokenizer ? [...TOKENIZER_FILES, ...CHAT_TEMPLATE_FILES].filter((f) => existsSync(join(opts.tokenizerDir, f))).concat('tokenizer_config.json', 'special_tokens_map.json') : []), ...(existsSync(join(opts.tokenizerDir, GENERATION_CONFIG)) ? [GENERATION_CONFIG] : [])];
   const disk = inPlace ? out : dirname(out);
-  checkFreeSpace(disk, needed);
   const tag = randomBytes(4).toString('hex');
   const tmp = inPlace ? inPlaceTempName(out, tag) : tempName(out, 'tmp', tag);
-  await mkdir(tmp);
-  const forget = removeOnExit(tmp);
+  let forget: (() => void) | null = null;
+  let needed = 0;
+  const written = new Map<string, string>(); // shard file -> content hash, written ahead
   try {
-    const produce = tensorProducer(opts.gates);
+    if (ahead.length > 0) {
+      // Names this build will write, known now: a file the user added under one of them stops the build before any work.
+      if (!opts.overwrite) inTheWay(keep.filter((e) => plannedFiles(shardsOf(early).map((s) => s.file), false).includes(e)), opts.outPath);
+      // The shards written now and the router shards (whose content is not known yet).
+      needed = shardsOf(early).filter((s) => ahead.some((x) => x.s.file === s.file) || holdsGates(s.tensors.map((t) => earlyByName.get(t.name)!))).reduce((a, s) => a + s.bytes, 0) + (1 << 20);
+      checkFreeSpace(disk, needed);
+      await mkdir(tmp);
+      forget = removeOnExit(tmp);
+      const produce = tensorProducer(null);
+      for (const { s, tensors, hash } of ahead) {
+        const byName = new Map(tensors.map((t) => [t.name, t]));
+        opts.log?.(`writing ${s.file} (${s.tensors.length} tensors, ${s.bytes} bytes) while the routers are computed`);
+        // The forward pass failed: stop now rather than after gigabytes nobody will keep.
+        const unlessFailed = async function* (chunks: AsyncIterable<Buffer>): AsyncGenerator<Buffer> {
+          for await (const c of chunks) {
+            if (lateFailed) throw lateFailed.error;
+            yield c;
+          }
+        };
+        await writeShard(join(tmp, s.file), s.tensors, (t) => unlessFailed(produce(byName.get(t.name)!)));
+        written.set(s.file, hash);
+      }
+    }
+    const { plan, gates, routing } = await late;
+    const hash = planHash(plan, {
+      noiseDraws: STREAM_NOISE_DRAWS,
+      recipe: opts.recipeText,
+      copyTokenizer: opts.copyTokenizer,
+      writeRecipe: opts.writeRecipe,
+      gates: Buffer.from(gates.data.buffer, gates.data.byteOffset, gates.data.byteLength).toString('base64'),
+      companions: await companionHashes(opts.tokenizerDir),
+      ...(routing ? { routing: createHash('sha256').update(routing.html).digest('hex') } : {}),
+    });
+    if (existing && existing.hash === hash && (opts.suspect ?? []).length === 0 && (await intact(out, existing))) {
+      opts.log?.(`output unchanged: ${opts.outPath}`);
+      if (forget) {
+        forget();
+        await rm(tmp, { recursive: true, force: true });
+      }
+      const n = Object.keys(existing.files).filter((f) => f.endsWith('.safetensors')).length;
+      return { outPath: opts.outPath, files: Object.keys(existing.files), shards: n, written: 0, kept: n, skipped: true, hash };
+    }
+    return await writeRest(plan, gates, routing, hash);
+  } catch (e) {
+    forget?.();
+    await rm(tmp, { recursive: true, force: true });
+    throw noSpaceError(e, disk, needed) ?? e;
+  }
+
+  async function writeRest(plan: MergePlan, gates: GateTensor, routing: LateInputs['routing'], hash: string): Promise<WriteResult> {
+    const shards = shardsOf(plan);
+    const byName = new Map(plan.tensors.map((t) => [t.name, t]));
+    const shardHashes: Record<string, string> = {};
+    const reusable = (file: string) => existing?.shards?.[file] === shardHashes[file] && !opts.suspect?.includes(file);
+    for (const s of shards) shardHashes[s.file] = shardHash(plan, s.tensors.map((t) => byName.get(t.name)!), gates);
+    // Names this build will write, known now: a file the user added under one of them stops the build before any work.
+    const planned = plannedFiles(shards.map((s) => s.file), routing !== undefined);
+    if (!opts.overwrite) inTheWay(keep.filter((e) => planned.includes(e)), opts.outPath);
+    // What is left to write (shards written ahead are on the disk already).
+    needed = shards.reduce((a, s) => a + (reusable(s.file) || written.get(s.file) === shardHashes[s.file] ? 0 : s.bytes), 0) + (1 << 20);
+    checkFreeSpace(disk, needed);
+    if (!forget) {
+      await mkdir(tmp);
+      forget = removeOnExit(tmp);
+    }
+    const produce = tensorProducer(gates);
     const total = shards.reduce((a, x) => a + x.bytes, 0);
     const started = Date.now();
     let done = 0;
@@ -255,6 +329,8 @@ export async function runWrite(plan: MergePlan, opts: WriteOptions): Promise<Wri
       const sh = shardHashes[s.file]!;
       const was = existing?.shards?.[s.file];
       opts.debug?.(`${s.file}: ${s.tensors.length} tensors, ${s.bytes} bytes, content ${sh.slice(0, 12)}; ${was === undefined ? 'no shard of that name before' : was === sh ? 'the existing shard has the same content' : `the existing shard had ${was.slice(0, 12)}`}`);
+      if (written.get(s.file) === sh) continue; // written while the routers were computed
+      if (written.has(s.file)) await rm(join(tmp, s.file), { force: true }); // the final plan differs: rewrite it
       const prior = reusable(s.file) ? join(out, s.file) : null;
       if (prior && (await stat(prior).then((st) => st.size === existing!.files[s.file], () => false))) {
         // Same planned content as the shard already there: hard-link it (the old folder stays whole until the swap).
@@ -276,8 +352,8 @@ export async function runWrite(plan: MergePlan, opts: WriteOptions): Promise<Wri
     if (opts.writeRecipe !== false) {
       // The reference writes no model card; a README with front matter makes the output findable on the Hub.
       const { recipe } = parseRecipeText(opts.recipeText, 'mergekit_moe_config.yml');
-      await writeFile(join(tmp, 'README.md'), modelCard({ plan, recipe, recipeText: opts.recipeText, gateMode: recipe.gate_mode, routing: opts.routing?.report }));
-      if (opts.routing) await writeFile(join(tmp, 'routing.html'), opts.routing.html);
+      await writeFile(join(tmp, 'README.md'), modelCard({ plan, recipe, recipeText: opts.recipeText, gateMode: recipe.gate_mode, routing: routing?.report }));
+      if (routing) await writeFile(join(tmp, 'routing.html'), routing.html);
     }
     const files: Record<string, number> = {};
     for (const f of (await readdir(tmp)).sort()) files[f] = (await stat(join(tmp, f))).size;
@@ -286,13 +362,9 @@ export async function runWrite(plan: MergePlan, opts: WriteOptions): Promise<Wri
     const stamp: Stamp = { tool: 'moe-forge', hash, files, shards: shardHashes };
     await writeFile(join(tmp, STAMP_FILE), jsonText(stamp));
     if (inPlace) replaceInPlace(tmp, out, existing, stamp);
-    forget();
+    forget!();
     if (!inPlace) swapIntoPlace(tmp, out, tag, keep.filter((e) => !(e in files)));
     if (keep.length > 0) opts.log?.(`kept files you added: ${keep.join(', ')}`);
     return { outPath: opts.outPath, files: Object.keys(files), shards: shards.length, written: shards.length - kept, kept, skipped: false, hash };
-  } catch (e) {
-    forget();
-    await rm(tmp, { recursive: true, force: true });
-    throw noSpaceError(e, disk, needed) ?? e;
   }
 }

@@ -1,0 +1,72 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { mergeRecipe } from '../../libs/stages/merge';
+import { readRecipe } from '../../libs/recipe/parse';
+import { runFetch } from '../../libs/stages/fetch';
+import { runEmbedPrompts } from '../../libs/stages/embed-prompts';
+import { gatesForAssembly, runBuildGates } from '../../libs/stages/build-gates';
+import { runAssemble } from '../../libs/stages/assemble';
+import { runWrite, writeOutput } from '../../libs/stages/write';
+import { newGates } from '../../libs/gates';
+import type { MergePlan } from '../../libs/plan/types';
+import { FIXTURES, tempDir } from '../helpers/tmp';
+
+const recipeText = readFileSync(join(FIXTURES, 'parity', 'mixtral-hidden.yml'), 'utf8').replace(/\.\.\/tiny-llama/g, join(FIXTURES, 'tiny-llama'));
+
+test('mergekit-moe writes the base and expert shards while the forward pass runs, the router shard after it, and the same bytes as the stages one after another', async () => {
+  const d = tempDir();
+  const file = join(d, 'moe.yml');
+  writeFileSync(file, recipeText);
+  const lines: string[] = [];
+  await mergeRecipe({ recipeFile: file, outPath: join(d, 'out'), modelBaseDir: d, cacheDir: join(d, 'cache'), maxShardBytes: 100_000, log: (l) => lines.push(l) });
+  const ahead = lines.filter((l) => l.includes('while the routers are computed'));
+  const shards = readdirSync(join(d, 'out')).filter((f) => f.endsWith('.safetensors')).sort();
+  assert.equal(ahead.length, shards.length - 1, `every shard but the routers' written ahead:\n${lines.join('\n')}`);
+  assert.ok(!ahead.some((l) => l.includes(shards[0]!)), 'the router shard (first in the grouped order) waits for the routers');
+  assert.ok(lines.some((l) => l.startsWith(`writing ${shards[0]}`)), 'the router shard is written after');
+
+  // The same recipe through the stage functions, one after another (as the Nx targets run them).
+  const work = join(d, 'work');
+  const parsed = await readRecipe(file);
+  const { merge } = await runFetch(parsed, join(work, 'fetch'), { cacheDir: join(d, 'cache2'), modelBaseDir: d, seed: 0 });
+  await runEmbedPrompts(merge, join(work, 'embed'), { cacheDir: join(d, 'cache2') });
+  await runBuildGates(merge, join(work, 'embed'), join(work, 'gates'));
+  const { gates, warnings } = await gatesForAssembly(merge, join(work, 'gates'));
+  const plan = await runAssemble(merge, join(work, 'plan'), { maxShardBytes: 100_000, extraWarnings: warnings, gates });
+  await runWrite(plan, { outPath: join(d, 'seq'), gates, recipeText: parsed.text, tokenizerDir: merge.ctx.base.dir, copyTokenizer: true, overwrite: false, recipeFile: file });
+  const names = readdirSync(join(d, 'seq')).sort();
+  assert.deepEqual(readdirSync(join(d, 'out')).sort(), names);
+  for (const f of names) {
+    if (f === '.moe-forge.json') {
+      // The stamp's plan hash covers how the stages were called (it differs between these two paths without
+      // writing ahead too); its files and shard hashes must agree.
+      const stamp = (dir: string) => {
+        const { hash: _hash, ...rest } = JSON.parse(readFileSync(join(dir, f), 'utf8')) as Record<string, unknown>;
+        return rest;
+      };
+      assert.deepEqual(stamp(join(d, 'out')), stamp(join(d, 'seq')));
+    } else assert.ok(readFileSync(join(d, 'out', f)).equals(readFileSync(join(d, 'seq', f))), `${f} differs`);
+  }
+});
+
+test('a forward pass that fails while shards are written ahead stops the write: its error, no output, no temporary folder', async () => {
+  const d = tempDir();
+  const n = 16 << 20; // elements: 64 MB shards of zeros, long enough to still be writing when the failure comes
+  const plan = { version: 1, architecture: 'Mixtral', layout: 'classic', outDtype: null, config: {}, models: [], maxShardBytes: 4 * n, warnings: [], shardOrder: 'reference',
+    tensors: Array.from({ length: 6 }, (_, i) => ({ name: `t${i}`, dtype: 'F32', shape: [n], parts: [{ kind: 'zeros', elements: n }] })) } as unknown as MergePlan;
+  const lines: string[] = [];
+  let fail!: (e: Error) => void;
+  const late = new Promise<never>((_, reject) => (fail = reject));
+  const log = (l: string) => {
+    lines.push(l);
+    if (lines.length === 1) setImmediate(() => fail(new Error('the forward pass failed')));
+  };
+  await assert.rejects(writeOutput(plan, late, { outPath: join(d, 'out'), recipeText: '', tokenizerDir: '', copyTokenizer: false, overwrite: false, writeRecipe: false, log }), /the forward pass failed/);
+  assert.ok(lines.length < 6, `stopped early: ${lines.join('; ')}`);
+  assert.deepEqual(readdirSync(d), [], 'neither the output nor its temporary sibling');
+  // And with the routers there, the same plan writes: the plain path still works.
+  await runWrite(plan, { outPath: join(d, 'out'), gates: newGates(1, 1, 1), recipeText: '', tokenizerDir: '', copyTokenizer: false, overwrite: false, writeRecipe: false });
+  assert.equal(readdirSync(join(d, 'out')).filter((f) => f.endsWith('.safetensors')).length, 6);
+});
