@@ -80,7 +80,7 @@ function noise(chunks: Buffer[], torchRng: boolean): Rate {
   });
 }
 
-export function benchRng(): RngFigures {
+function oneRound(): RngFigures {
   const wasm = wasmNormals() !== null;
   torch(1 << 22, 'F32'); // warm-up (compiles the kernel)
   const torchWasm = torch(1 << 25, 'F32');
@@ -110,4 +110,20 @@ export function benchRng(): RngFigures {
   const noiseStreamBf16 = noise(chunks, false);
   const noiseTorchBf16 = noise(chunks, true);
   return { torchWasm, torchWasmBf16, torchJs, stream, gateRng, noiseStreamBf16, noiseTorchBf16, copyBf16, wasm };
+}
+
+/**
+ * Best of three rounds per figure (baselines too): this VM's speed swings by ±15% from one second to the next
+ * (the same kernel measured 89 and 121 M/s a minute apart), so one round says more about the neighbours.
+ */
+export function benchRng(rounds = 3): RngFigures {
+  const all = Array.from({ length: rounds }, oneRound);
+  const best = { ...all[0]! };
+  for (const r of all.slice(1)) {
+    for (const k of Object.keys(best) as (keyof RngFigures)[]) {
+      const a = best[k], b = r[k];
+      if (typeof a === 'object' && typeof b === 'object' && b.wall > a.wall) (best as Record<string, unknown>)[k] = b;
+    }
+  }
+  return best;
 }

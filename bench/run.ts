@@ -373,7 +373,7 @@ function benchRngSection(): void {
   row({ section: 'rng', measure: 'noise applied to a bf16 tensor, default rng, M values/s', value: f.noiseStreamBf16.wall, unit: 'M/s', baseline: f.copyBf16.wall, baselineLabel: copy, goal: '≥ 100 M/s', met: f.noiseStreamBf16.wall >= 100 });
   row({ section: 'rng', measure: 'noise applied to a bf16 tensor, --rng torch, M values/s', value: f.noiseTorchBf16.wall, unit: 'M/s', baseline: f.copyBf16.wall, baselineLabel: copy, goal: '≥ 100 M/s', met: f.noiseTorchBf16.wall >= 100 });
   row({ section: 'rng', measure: 'noise applied to a bf16 tensor per CPU second, --rng torch / default, M values/s', value: f.noiseTorchBf16.cpu, unit: 'M/s', baseline: f.noiseStreamBf16.cpu, baselineLabel: 'default rng per CPU second', goal: 'info' });
-  notes.push(`rng: ${f.torchWasm.n} float32 normals of one tensor read in 4 Mi chunks (the writer's way), one thread; noise: ${f.noiseTorchBf16.n} bf16 values in the writer's 16 MiB chunks, source bytes to noised bytes (Buffer.from of each chunk is the copy baseline); per-CPU-second figures discount other processes on a busy machine.`);
+  notes.push(`rng: ${f.torchWasm.n} float32 normals of one tensor read in 4 Mi chunks (the writer's way), one thread, best of 3 rounds per figure (baselines too); noise: ${f.noiseTorchBf16.n} bf16 values in the writer's 16 MiB chunks, source bytes to noised bytes (Buffer.from of each chunk is the copy baseline); per-CPU-second figures discount other processes on a busy machine.`);
   details.rng = f;
 }
 
