@@ -3,6 +3,7 @@ import { ForgeError } from '../errors';
 import { readModelConfig, type ModelConfig } from '../model-folder/config';
 import { convertBytes, decodeFloats, readRows, readTensorBytes, type TensorIndex } from '../safetensors';
 import { openWeights } from '../model-folder/weights';
+import { castThrough, floatKernels } from '../safetensors/float-wasm';
 import { executionProviders, floatTensor, int64Tensor, sessionFromBytes, type Device, type Session, type SessionSettings } from './backend';
 import { encodeModel } from './onnx-proto';
 import { LAYER_INPUTS, LAYER_OUTPUT, buildLayerModel, checkTensor, layerSignature, planLayerTensors, weightInput, type LayerTensor } from './layer-graph';
@@ -73,16 +74,20 @@ type BufferPool = Map<string, Float32Array>;
  */
 async function layerFeeds(tensors: Map<string, LayerTensor>, pool: BufferPool): Promise<Record<string, Feed>> {
   const feeds: Record<string, Feed> = {};
-  for (const t of tensors.values()) {
+  // Every read is started at once (libuv's pool reads them side by side) and each tensor is widened as soon as
+  // its bytes are in, so the widening of one overlaps the reading of the others.
+  const jobs = [...tensors.values()].map((t) => {
     const n = t.loc.shape.reduce((a, b) => a * b, 1);
     let buf = pool.get(t.role);
     if (!buf || buf.length !== n) pool.set(t.role, (buf = new Float32Array(n)));
     const bytes = Buffer.from(buf.buffer, buf.byteOffset, buf.byteLength);
-    if (t.loc.dtype === 'F32') await readTensorInto(t.loc, bytes);
-    else {
-      await readTensorInto(t.loc, bytes.subarray(2 * n));
-      widenInPlace(buf, t.loc.dtype);
-    }
+    const read = readTensorInto(t.loc, t.loc.dtype === 'F32' ? bytes : bytes.subarray(2 * n));
+    read.catch(() => undefined); // awaited below in turn; an earlier failure must not leave this one unhandled
+    return { t, buf, read };
+  });
+  for (const { t, buf, read } of jobs) {
+    await read;
+    if (t.loc.dtype !== 'F32') widenInPlace(buf, t.loc.dtype);
     feeds[weightInput(t.role)] = floatTensor(buf, t.loc.shape);
   }
   return feeds;
@@ -108,6 +113,14 @@ async function readTensorInto(loc: LayerTensor['loc'], into: Buffer): Promise<vo
  */
 export function widenInPlace(buf: Float32Array, dtype: string): void {
   const n = buf.length;
+  const k = dtype === 'BF16' || dtype === 'F16' ? floatKernels() : null;
+  if (k) {
+    // The SIMD kernels (several times the loop below): each block's 16-bit source is copied out before its
+    // floats land, and block [i, i+m) writes bytes below 4(i+m) <= 2n + 2(i+m), where unread values start.
+    const bytes = new Uint8Array(buf.buffer, buf.byteOffset, 4 * n);
+    castThrough(k, bytes.subarray(2 * n), dtype as 'BF16' | 'F16', 'F32', bytes);
+    return;
+  }
   const src = new Uint16Array(buf.buffer, buf.byteOffset, 2 * n);
   const dst = new Uint32Array(buf.buffer, buf.byteOffset, n);
   if (dtype === 'BF16') {

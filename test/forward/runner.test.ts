@@ -7,6 +7,7 @@ import { tmpdir } from 'node:os';
 import { writeTinyModel } from '../../tools/testing/tiny-models';
 import { availableBackends, computeAllHiddenStates, computePromptStates, type ForwardProgress } from '../../libs/forward';
 import { widenInPlace } from '../../libs/forward/run';
+import { FLOAT_CAP, useFloatWasm } from '../../libs/safetensors/float-wasm';
 import { ForgeError } from '../../libs/errors';
 import { FIXTURES } from '../helpers/forward-fixtures';
 import { maxAbsDiff } from '../helpers/forward-reference';
@@ -95,14 +96,17 @@ test('webgpu, where bundled: either it runs and agrees with the CPU, or it fails
 });
 
 test('16-bit weights widen in place to their float32 values, odd and even lengths alike', () => {
-  for (const dtype of ['BF16', 'F16'] as const) {
-    for (const n of [1, 2, 5, 6, 7, 1000, 1001]) {
+  // Both the SIMD kernels (blocks of FLOAT_CAP values: lengths across several blocks) and the JavaScript loop.
+  for (const [dtype, wasm] of [['BF16', true], ['F16', true], ['BF16', false], ['F16', false]] as const) {
+    useFloatWasm(wasm);
+    for (const n of [1, 2, 5, 6, 7, 1000, 1001, 2 * FLOAT_CAP + 3]) {
       const bits = Uint16Array.from({ length: n }, (_, i) => (dtype === 'BF16' ? 0x3f80 : 0x3c00) + ((i * 37) % 200) - (i % 3 === 0 ? 0x8000 - 0x7f00 : 0));
       const want = convertBytes(Buffer.from(bits.buffer), dtype, 'F32');
       const buf = new Float32Array(n);
       new Uint16Array(buf.buffer).set(bits, n); // the upper half, as the weight reader leaves it
       widenInPlace(buf, dtype);
-      assert.deepEqual(Buffer.from(buf.buffer), want, `${dtype} n=${n}`);
+      assert.deepEqual(Buffer.from(buf.buffer), want, `${dtype} n=${n} wasm=${wasm}`);
     }
   }
+  useFloatWasm(true);
 });
