@@ -2,25 +2,13 @@
 // again whenever a source changes; compiling ~60 files through tsx on every start cost ~0.5 s. The bundle lives
 // in the checkout's git-ignored .nx folder, as the Nx executors' bundles do (tools/executors/load.js).
 'use strict';
-const { existsSync, mkdirSync, readdirSync, renameSync, rmSync, statSync } = require('node:fs');
-const { createHash } = require('node:crypto');
+const { existsSync, mkdirSync, readdirSync, renameSync, rmSync } = require('node:fs');
 const { join, resolve } = require('node:path');
+const sourceFingerprint = require('../libs/util/source-fingerprint');
 
 const ROOT = resolve(__dirname, '..');
 
-function fingerprint() {
-  const h = createHash('sha256');
-  const walk = (dir) => {
-    for (const name of readdirSync(dir).sort()) {
-      const p = join(dir, name);
-      const st = statSync(p);
-      if (st.isDirectory()) walk(p);
-      else if (name.endsWith('.ts') || name.endsWith('.json')) h.update(`${p}\0${st.size}\0${st.mtimeMs}\0`);
-    }
-  };
-  walk(join(ROOT, 'libs'));
-  return h.digest('hex').slice(0, 16);
-}
+const fingerprint = () => sourceFingerprint([join(ROOT, 'libs')], ['.ts', '.json']);
 
 /** The CLI module from its bundle; throws when no bundle can be built or written (the caller falls back to tsx). */
 function loadCli() {

@@ -1,4 +1,4 @@
-import { FLOAT_END, memoryImport, sharedMemory, wasmApi } from '../safetensors/float-wasm';
+import { FLOAT_END, memoryImport, sharedMemory, simd, sleb, uleb, wasmApi, type Code } from '../safetensors/float-wasm';
 
 /**
  * The AVX2 Box-Muller kernel of torch-rng.ts as a WebAssembly SIMD function, four pairs per vector, built
@@ -7,32 +7,6 @@ import { FLOAT_END, memoryImport, sharedMemory, wasmApi } from '../safetensors/f
  * and a lane whose float64 sum lands exactly halfway between two floats (the one case where that can round
  * differently from a true fused multiply-add) flags its block for the exact JavaScript path.
  */
-
-type Code = number[];
-
-const uleb = (n: number): number[] => {
-  const out: number[] = [];
-  do {
-    let b = n & 0x7f;
-    n >>>= 7;
-    if (n) b |= 0x80;
-    out.push(b);
-  } while (n);
-  return out;
-};
-const sleb = (n: number): number[] => {
-  const out: number[] = [];
-  for (;;) {
-    const b = n & 0x7f;
-    n >>= 7;
-    if ((n === 0 && !(b & 0x40)) || (n === -1 && b & 0x40)) {
-      out.push(b);
-      return out;
-    }
-    out.push(b | 0x80);
-  }
-};
-const simd = (op: number): Code => [0xfd, ...uleb(op)];
 
 // Instructions (WebAssembly core + fixed-width SIMD).
 const I = {

@@ -19,7 +19,7 @@ export const uleb = (n: number): number[] => {
   } while (n);
   return out;
 };
-const sleb = (n: number): number[] => {
+export const sleb = (n: number): number[] => {
   const out: number[] = [];
   for (;;) {
     const b = n & 0x7f;
@@ -31,7 +31,7 @@ const sleb = (n: number): number[] => {
     out.push(b | 0x80);
   }
 };
-const simd = (op: number): Code => [0xfd, ...uleb(op)];
+export const simd = (op: number): Code => [0xfd, ...uleb(op)];
 
 const get = (i: number): Code => [0x20, ...uleb(i)];
 const set = (i: number): Code => [0x21, ...uleb(i)];

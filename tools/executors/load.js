@@ -1,26 +1,14 @@
 // Loads an executor as one esbuild bundle of its TypeScript sources, rebuilt when a source changes.
 // Nx starts a process per task; transpiling ~60 files there on each start cost ~0.25 s a stage.
 'use strict';
-const { existsSync, mkdirSync, readdirSync, renameSync, rmSync, statSync } = require('node:fs');
-const { createHash } = require('node:crypto');
+const { existsSync, mkdirSync, readdirSync, renameSync, rmSync } = require('node:fs');
 const { join, resolve } = require('node:path');
+const sourceFingerprint = require('../../libs/util/source-fingerprint');
 
 const ROOT = resolve(__dirname, '..', '..');
 const SOURCES = [join(ROOT, 'libs'), join(ROOT, 'tools', 'executors')];
 
-function fingerprint() {
-  const h = createHash('sha256');
-  const walk = (dir) => {
-    for (const name of readdirSync(dir).sort()) {
-      const p = join(dir, name);
-      const st = statSync(p);
-      if (st.isDirectory()) walk(p);
-      else if (name.endsWith('.ts') || name.endsWith('.js') || name.endsWith('.json')) h.update(`${p}\0${st.size}\0${st.mtimeMs}\0`);
-    }
-  };
-  SOURCES.forEach(walk);
-  return h.digest('hex').slice(0, 16);
-}
+const fingerprint = () => sourceFingerprint(SOURCES, ['.ts', '.js', '.json']);
 
 module.exports = function load(name, entry = join(__dirname, name, 'impl.ts')) {
   // In the workspace's own (git-ignored) .nx folder: workspaces sharing a node_modules stay apart.
