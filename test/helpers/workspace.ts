@@ -23,3 +23,14 @@ export function addRecipe(ws: string, name: string, yaml: string, projectJson?: 
 export function nx(ws: string, args: string[], env: Record<string, string> = {}) {
   return run(process.execPath, [join(ws, 'node_modules', 'nx', 'dist', 'bin', 'nx.js'), ...args], ws, { NX_DAEMON: 'false', NX_NO_CLOUD: 'true', CI: 'true', NX_TUI: 'false', MOE_FORGE_CACHE: join(ws, '.moe-cache'), ...env });
 }
+
+/** A hidden-gate recipe over the workspace's tiny fixture models (under models/), written in bfloat16. */
+export const TINY_BF16_RECIPE = `base_model: ../../models/tiny-a
+gate_mode: hidden
+dtype: bfloat16
+experts:
+  - source_model: ../../models/tiny-a
+    positive_prompts: ["How do I merge two models with mergekit?"]
+  - source_model: ../../models/tiny-b
+    positive_prompts: ["Write a python function that adds numbers"]
+`;

@@ -3,19 +3,11 @@ import assert from 'node:assert/strict';
 import { cpSync, existsSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { FIXTURES } from '../helpers/tmp';
-import { addRecipe, nx, throwawayWorkspace } from '../helpers/workspace';
+import { addRecipe, nx, throwawayWorkspace, TINY_BF16_RECIPE } from '../helpers/workspace';
 
 const ws = throwawayWorkspace('moe-forge-ws-noop-');
 cpSync(join(FIXTURES, 'tiny-llama'), join(ws, 'models'), { recursive: true });
-const recipe = `base_model: ../../models/tiny-a
-gate_mode: hidden
-dtype: bfloat16
-experts:
-  - source_model: ../../models/tiny-a
-    positive_prompts: ["How do I merge two models with mergekit?"]
-  - source_model: ../../models/tiny-b
-    positive_prompts: ["Write a python function that adds numbers"]
-`;
+const recipe = TINY_BF16_RECIPE;
 addRecipe(ws, 'n', recipe);
 const out = join(ws, 'dist', 'models', 'n');
 const recipeFile = join(ws, 'workspace-models', 'n', 'moe.yml');

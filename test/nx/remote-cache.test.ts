@@ -6,7 +6,7 @@ import { createServer } from 'node:net';
 import { userInfo } from 'node:os';
 import { join, relative } from 'node:path';
 import { FIXTURES, ROOT, tempDir } from '../helpers/tmp';
-import { addRecipe, nx, throwawayWorkspace } from '../helpers/workspace';
+import { addRecipe, nx, throwawayWorkspace, TINY_BF16_RECIPE } from '../helpers/workspace';
 
 // Debian's nginx-light + libnginx-mod-http-lua (.ci/run installs them when missing).
 const NGINX = ['/usr/sbin/nginx', '/usr/bin/nginx'].find((p) => existsSync(p));
@@ -91,15 +91,7 @@ function files(dir: string): Map<string, Buffer> {
   return out;
 }
 
-const recipe = `base_model: ../../models/tiny-a
-gate_mode: hidden
-dtype: bfloat16
-experts:
-  - source_model: ../../models/tiny-a
-    positive_prompts: ["How do I merge two models with mergekit?"]
-  - source_model: ../../models/tiny-b
-    positive_prompts: ["Write a python function that adds numbers"]
-`;
+const recipe = TINY_BF16_RECIPE;
 
 test('the nginx config speaks the protocol Nx 24 expects: 200 stored, 409 exists, 404 miss, 401 text/plain', { skip: missing ?? false }, async () => {
   const { url } = await startNginx();
