@@ -278,14 +278,16 @@ async function runLayers(m: Model, seqs: Sequence[], upTo: number, opts: Forward
   const sessions = new Map<string, Session>();
   try {
     const pools: BufferPool[] = [new Map(), new Map()];
-    let next = layerFeeds(layers[0]!, pools[0]!);
+    let current = layerFeeds(layers[0]!, pools[0]!);
     for (let layer = 0; layer < upTo; layer++) {
-      const weights = await next;
-      // Read the next layer's weights while this one runs.
+      // The other pool is free once the layer before this one has run: the next layer's reads start now,
+      // queued behind this layer's, so the disk never waits for this layer's widening or run.
+      let next: Promise<Record<string, Feed>> | null = null;
       if (layer + 1 < upTo) {
         next = layerFeeds(layers[layer + 1]!, pools[(layer + 1) % 2]!);
         next.catch(() => undefined); // awaited next round; a failure now must not go unhandled
       }
+      const weights = await current;
       const key = layerSignature(layers[layer]!);
       let session = sessions.get(key);
       if (!session) {
@@ -318,6 +320,7 @@ async function runLayers(m: Model, seqs: Sequence[], upTo: number, opts: Forward
         opts.onProgress?.({ layer, layers: upTo, promptsDone: done, prompts: seqs.length });
       }
       states = out;
+      if (next) current = next;
     }
   } finally {
     for (const s of sessions.values()) await s.release();
