@@ -88,13 +88,6 @@ function loadBits(dt: Dt, s: Scratch, at = 0): Code {
   return [...V.load16x4uAt(at * 2), ...f16ToF32(s)];
 }
 
-/** Stores four values of `dt` (bits on the stack: float32 bits for F32, 16-bit values otherwise). */
-function storeBits(dt: Dt, s: Scratch): Code {
-  if (dt === 'F32') return V.store;
-  const t = s.get();
-  return [...set(t), ...get(t), ...get(t), ...V.narrowU, ...V.store64];
-}
-
 /** half bits (i32 lanes) -> float32 bits, exact. */
 function f16ToF32(s: Scratch): Code {
   const h = s.get(), a = s.get(), e = s.get(), o = s.get();
@@ -199,11 +192,14 @@ interface Fn {
   code: Code;
 }
 
-/** cast(n, src, dst): n values of `from` at src to `to` at dst. */
+/** cast(n, src, dst): n values of `from` at src to `to` at dst, eight a round (16-bit results fill one store). */
 function castFn(from: Dt, to: Dt): Fn {
   const s = new Scratch(3);
-  const body = [...get(2), ...get(1), ...loadBits(from, s), ...fromF32Bits(to, s), ...storeBits(to, s)];
-  return { name: `cast_${from}_${to}`, type: 0, vLocals: s.count, code: loop4(0, [[1, size(from)], [2, size(to)]], body) };
+  const half = (h: number): Code => [...get(1), ...loadBits(from, s, h * 4), ...fromF32Bits(to, s)];
+  const body = to === 'F32'
+    ? [...get(2), ...half(0), ...V.storeAt(0), ...get(2), ...half(1), ...V.storeAt(16)]
+    : [...get(2), ...half(0), ...half(1), ...V.narrowU, ...V.store];
+  return { name: `cast_${from}_${to}`, type: 0, vLocals: s.count, code: loop4(0, [[1, size(from)], [2, size(to)]], body, 8) };
 }
 
 /** round(n, src, dst): float32 values rounded to `dt` (still float32). */
@@ -398,11 +394,10 @@ export function castThrough(k: FloatKernels, src: Uint8Array, from: Dt, to: Dt, 
   }
 }
 
-/** Raw bytes of `dt` times s (a float32), rounded to `dt`, through the kernels. */
-export function scaleThrough(k: FloatKernels, src: Uint8Array, dt: Dt, s: number): Buffer {
+/** Raw bytes of `dt` times s (a float32), rounded to `dt`, through the kernels; `out` may be `src` itself. */
+export function scaleThrough(k: FloatKernels, src: Uint8Array, dt: Dt, s: number, out: Buffer = Buffer.allocUnsafe(src.length)): Buffer {
   const b = bytesOf(dt);
   const n = src.length / b;
-  const out = Buffer.allocUnsafe(src.length);
   for (let off = 0; off < n; off += FLOAT_CAP) {
     const m = Math.min(FLOAT_CAP, n - off);
     k.src.set(src.subarray(off * b, (off + m) * b));
