@@ -238,21 +238,34 @@ function scaleFn(dt: Dt): Fn {
 }
 
 /**
- * widen_BF16(n, src, dst): n bfloat16 values (n a multiple of 16) to float32, sixteen a round: two 16-byte loads,
- * each interleaved with zero words (a bfloat16 is the upper half of its float32). All of a round's loads come
- * before its stores, so it also runs in place with src = dst + 2n (see WasmFloatBuffer.widen).
+ * widen_<dt>(n, src, dst): n 16-bit values (n a multiple of 16) to float32, sixteen a round. All of a round's
+ * loads come before its stores, so it also runs in place with src = dst + 2n (see WasmFloatBuffer.widen).
  */
-function widenBf16Fn(): Fn {
-  const zero = 3, a = 4, b = 5; // v128 locals start zeroed
-  const low = [0, 1, 16, 17, 2, 3, 18, 19, 4, 5, 20, 21, 6, 7, 22, 23];
-  const high = [8, 9, 24, 25, 10, 11, 26, 27, 12, 13, 28, 29, 14, 15, 30, 31];
-  const put = (v: number, lanes: number[], at: number): Code => [...get(2), ...get(zero), ...get(v), ...simd(0x0d), ...lanes, ...V.storeAt(at)];
-  const body = [
-    ...get(1), ...V.loadAt(0), ...set(a),
-    ...get(1), ...V.loadAt(16), ...set(b),
-    ...put(a, low, 0), ...put(a, high, 16), ...put(b, low, 32), ...put(b, high, 48),
-  ];
-  return { name: 'widen_BF16', type: 0, vLocals: 3, code: loop4(0, [[1, 2], [2, 4]], body, 16) };
+function widenFn(dt: 'BF16' | 'F16'): Fn {
+  let body: Code;
+  let vLocals: number;
+  if (dt === 'BF16') {
+    // Two 16-byte loads, each interleaved with zero words: a bfloat16 is the upper half of its float32.
+    const zero = 3, a = 4, b = 5; // v128 locals start zeroed
+    const low = [0, 1, 16, 17, 2, 3, 18, 19, 4, 5, 20, 21, 6, 7, 22, 23];
+    const high = [8, 9, 24, 25, 10, 11, 26, 27, 12, 13, 28, 29, 14, 15, 30, 31];
+    const put = (v: number, lanes: number[], at: number): Code => [...get(2), ...get(zero), ...get(v), ...simd(0x0d), ...lanes, ...V.storeAt(at)];
+    body = [
+      ...get(1), ...V.loadAt(0), ...set(a),
+      ...get(1), ...V.loadAt(16), ...set(b),
+      ...put(a, low, 0), ...put(a, high, 16), ...put(b, low, 32), ...put(b, high, 48),
+    ];
+    vLocals = 3;
+  } else {
+    const s = new Scratch(3);
+    const quads = [0, 1, 2, 3].map(() => s.get());
+    body = [
+      ...quads.flatMap((r, q) => [...get(1), ...loadBits('F16', s, 4 * q), ...set(r)]),
+      ...quads.flatMap((r, q) => [...get(2), ...get(r), ...V.storeAt(16 * q)]),
+    ];
+    vLocals = s.count;
+  }
+  return { name: `widen_${dt}`, type: 0, vLocals, code: loop4(0, [[1, 2], [2, 4]], body, 16) };
 }
 
 const DTS: Dt[] = ['F32', 'BF16', 'F16'];
@@ -428,7 +441,7 @@ export class WasmFloatBuffer {
     if (!enabled || widenModule === null) return null;
     const wa = wasmApi();
     try {
-      widenModule ??= new wa.Module(moduleBytes([widenBf16Fn(), castFn('F16', 'F32')], 0));
+      widenModule ??= new wa.Module(moduleBytes([widenFn('BF16'), widenFn('F16')], 0));
     } catch (e) {
       if (process.env.MOE_FORGE_DEBUG_WASM) console.error(e);
       widenModule = null; // no SIMD here: never again
@@ -437,7 +450,7 @@ export class WasmFloatBuffer {
     try {
       const memory = new wa.Memory({ initial: 0, maximum: MAX_PAGES });
       const ex = new wa.Instance(widenModule, { env: { memory } }).exports as Record<string, (n: number, src: number, dst: number) => void>;
-      return new WasmFloatBuffer(memory, { BF16: ex.widen_BF16!, F16: ex.cast_F16_F32! });
+      return new WasmFloatBuffer(memory, { BF16: ex.widen_BF16!, F16: ex.widen_F16! });
     } catch (e) {
       if (process.env.MOE_FORGE_DEBUG_WASM) console.error(e);
       return null; // no address space for another memory now: this buffer is a plain one
@@ -465,9 +478,9 @@ export class WasmFloatBuffer {
   /** The n 16-bit values in bytes [2n, 4n) become float32 values [0, n), in place. */
   widen(n: number, dtype: 'BF16' | 'F16'): void {
     if (4 * n > this.memory.buffer.byteLength) throw new RangeError(`widen of ${n} values past the buffer (${this.capacity})`);
-    // The kernels move 16 (BF16) or 4 (F16) values a round and must not run past n: the last few are
-    // widened here, read first (they lie above every byte the kernels write: 4m <= 2n + 2m).
-    const m = n - (n % (dtype === 'BF16' ? 16 : 4));
+    // The kernels move 16 values a round and must not run past n: the last few are widened here, read
+    // first (they lie above every byte the kernels write: 4m <= 2n + 2m).
+    const m = n - (n % 16);
     const tail = convertBytes(Buffer.from(this.memory.buffer, 2 * n + 2 * m, 2 * (n - m)), dtype, 'F32');
     // In place going forward: a round of k values at i reads bytes 2n + 2i .. 2n + 2(i + k) before it writes
     // 4i .. 4(i + k), which lies below the next round's bytes (4(i + k) <= 2n + 2(i + k) while i + k <= n).
