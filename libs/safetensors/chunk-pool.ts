@@ -10,7 +10,7 @@ export class ChunkPool {
   constructor(
     readonly chunkBytes: number,
     /** Free buffers kept for reuse; more given back than this are left to the garbage collector. */
-    private readonly keep = 4,
+    private readonly keep = 6,
   ) {}
 
   /** A buffer of n bytes (contents undefined); larger than a chunk: a one-off allocation the pool never takes back. */

@@ -84,6 +84,8 @@ export function encodeHeader(tensors: OutputTensorSpec[], metadata: Record<strin
 
 /** Bytes written between two background flushes of a shard. */
 const FLUSH_BYTES = 64 << 20;
+/** Chunks produced ahead of the one being written: two ride out a write that waits on a flush. */
+const AHEAD = 2;
 
 /**
  * A tensor's bytes in chunks. A chunk taken from the pool passed to writeShard is handed to the writer, which
@@ -102,8 +104,8 @@ export interface WriteShardOptions {
 
 /**
  * Writes one shard, a tensor at a time: the header is known up front from the plan, then each tensor's
- * bytes are pulled from `produce` in chunks and appended. The next chunk is produced (read, cast) while the
- * current one is written, across tensor boundaries too; memory is bounded by two of the producer's chunks.
+ * bytes are pulled from `produce` in chunks and appended. The next two chunks are produced (read, cast) while the
+ * current one is written, across tensor boundaries too; memory is bounded by a few of the producer's chunks.
  * Written data is flushed to the disk in the background as the write goes, and fsynced at the end.
  */
 export async function writeShard(path: string, tensors: OutputTensorSpec[], produce: TensorProducer, opts: WriteShardOptions = {}): Promise<number> {
@@ -120,12 +122,17 @@ export async function writeShard(path: string, tensors: OutputTensorSpec[], prod
     await fh.write(header, 0, header.length, 0);
     let pos = header.length;
     const it = checkedChunks(path, tensors, produce)[Symbol.asyncIterator]();
-    let next = it.next();
+    const pending: Promise<IteratorResult<Buffer>>[] = [];
+    const ask = () => {
+      const p = it.next();
+      p.catch(() => undefined); // awaited in a later round; a failure during this write must not go unhandled
+      pending.push(p);
+    };
+    for (let i = 0; i < AHEAD; i++) ask();
     for (;;) {
-      const r = await next;
+      const r = await pending.shift()!;
       if (r.done) break;
-      next = it.next();
-      next.catch(() => undefined); // awaited next round; a failure during this write must not go unhandled
+      ask();
       const chunk = r.value;
       let done = 0;
       while (done < chunk.length) {
