@@ -264,6 +264,18 @@ async function runLayers(m: Model, seqs: Sequence[], upTo: number, opts: Forward
   if (seqs.length === 0) return;
   // Names, dtypes and shapes of every layer are checked before any layer runs.
   const layers = Array.from({ length: cfg.numLayers }, (_, l) => planLayerTensors(cfg, m.weights, l));
+  // The first two layers' reads start before anything else: the embedding rows, the first session and the
+  // kernels' compilation are done while the disk (and libuv's threads faulting in fresh pages) work.
+  const pools: BufferPool[] = [new Map(), new Map()];
+  const feeds: (Promise<Record<string, Feed>> | undefined)[] = [];
+  const startFeeds = (l: number) => {
+    if (l >= upTo || feeds[l]) return;
+    const p = layerFeeds(layers[l]!, pools[l % 2]!);
+    p.catch(() => undefined); // awaited in its turn; a failure before then must not go unhandled
+    feeds[l] = p;
+  };
+  startFeeds(0);
+  startFeeds(1);
   const rows = await embedRows(m, seqs.flatMap((s) => s.ids));
   let states: Float32Array[] = seqs.map((s) => {
     const h = new Float32Array(s.ids.length * H);
@@ -277,23 +289,18 @@ async function runLayers(m: Model, seqs: Sequence[], upTo: number, opts: Forward
   const fixed = groups.map((g) => packInputs(cfg, g.map((i) => seqs[i]!)));
   const sessions = new Map<string, Session>();
   try {
-    const pools: BufferPool[] = [new Map(), new Map()];
-    let current = layerFeeds(layers[0]!, pools[0]!);
     for (let layer = 0; layer < upTo; layer++) {
       // The other pool is free once the layer before this one has run: the next layer's reads start now,
       // queued behind this layer's, so the disk never waits for this layer's widening or run.
-      let next: Promise<Record<string, Feed>> | null = null;
-      if (layer + 1 < upTo) {
-        next = layerFeeds(layers[layer + 1]!, pools[(layer + 1) % 2]!);
-        next.catch(() => undefined); // awaited next round; a failure now must not go unhandled
-      }
-      const weights = await current;
+      startFeeds(layer + 1);
       const key = layerSignature(layers[layer]!);
       let session = sessions.get(key);
       if (!session) {
         session = await sessionFromBytes(encodeModel(buildLayerModel(cfg, layers[layer]!)), settings);
         sessions.set(key, session);
       }
+      const weights = await feeds[layer]!;
+      feeds[layer] = undefined;
       const out: Float32Array[] = new Array(seqs.length);
       let done = 0;
       for (const [g, members] of groups.entries()) {
@@ -320,7 +327,6 @@ async function runLayers(m: Model, seqs: Sequence[], upTo: number, opts: Forward
         opts.onProgress?.({ layer, layers: upTo, promptsDone: done, prompts: seqs.length });
       }
       states = out;
-      if (next) current = next;
     }
   } finally {
     for (const s of sessions.values()) await s.release();

@@ -6,8 +6,6 @@
  * quiet with its sign); the tests compare them value by value, the edge cases included.
  */
 
-import { convertBytes } from './dtype';
-
 export type Code = number[];
 export type Dt = 'F32' | 'BF16' | 'F16';
 
@@ -424,6 +422,32 @@ const PAGE = 65536;
 /** A 32-bit memory addresses at most 4 GiB: 2^30 float32 values. */
 const MAX_PAGES = 65536;
 let widenModule: object | null | undefined;
+type WidenKernels = Record<'BF16' | 'F16', (n: number, src: number, dst: number) => void>;
+
+/** float32 bits of a half, exact (NaN payloads kept, as the kernels keep them). */
+function halfBits(h: number): number {
+  const sign = (h & 0x8000) << 16;
+  const e = (h >>> 10) & 0x1f;
+  let m = h & 0x3ff;
+  if (e === 0x1f) return (sign | 0x7f800000 | (m << 13)) >>> 0;
+  if (e !== 0) return (sign | ((e + 112) << 23) | (m << 13)) >>> 0;
+  if (m === 0) return sign >>> 0;
+  let exp = 113; // subnormal: normalised by shifting its leading one up to the implicit bit
+  while (!(m & 0x400)) {
+    m <<= 1;
+    exp--;
+  }
+  return (sign | (exp << 23) | ((m & 0x3ff) << 13)) >>> 0;
+}
+
+/** Values [from, n) of the in-place layout widened one at a time (kernel tails; no SIMD at all). */
+function widenScalar(mem: ArrayBuffer, n: number, from: number, dtype: 'BF16' | 'F16'): void {
+  // Going forward in place is safe here too: value i is read at bytes 2n + 2i before bytes 4i.. are written.
+  const src = new Uint16Array(mem, 2 * n, n);
+  const dst = new Uint32Array(mem, 0, n);
+  if (dtype === 'BF16') for (let i = from; i < n; i++) dst[i] = src[i]! << 16;
+  else for (let i = from; i < n; i++) dst[i] = halfBits(src[i]!);
+}
 
 /**
  * A float32 buffer in a WebAssembly memory of its own, so that the SIMD kernels widen 16-bit values where they
@@ -431,30 +455,39 @@ let widenModule: object | null | undefined;
  * or out of the kernels' memory. The Float32Array views it hands out can back onnxruntime tensors directly.
  */
 export class WasmFloatBuffer {
-  private constructor(
-    private readonly memory: WasmMemory,
-    private readonly kernels: Record<'BF16' | 'F16', (n: number, src: number, dst: number) => void>,
-  ) {}
+  /** undefined until the first widen: the module compiles then, once per process, while reads run. */
+  private kernels: WidenKernels | null | undefined;
 
-  /** A buffer, or null where WebAssembly SIMD is unavailable or the kernels are turned off. */
-  static create(): WasmFloatBuffer | null {
+  private constructor(private readonly memory: WasmMemory, simd: boolean) {
+    if (!simd) this.kernels = null;
+  }
+
+  /**
+   * A buffer, or null where the kernels are turned off or WebAssembly SIMD proved unavailable. `simd: false`
+   * widens in JavaScript (the path taken where the kernels fail to compile).
+   */
+  static create(simd = true): WasmFloatBuffer | null {
     if (!enabled || widenModule === null) return null;
+    try {
+      return new WasmFloatBuffer(new (wasmApi().Memory)({ initial: 0, maximum: MAX_PAGES }), simd);
+    } catch (e) {
+      if (process.env.MOE_FORGE_DEBUG_WASM) console.error(e);
+      return null; // no address space for another memory now: this buffer is a plain one
+    }
+  }
+
+  private widenKernels(): WidenKernels | null {
+    if (this.kernels !== undefined) return this.kernels;
     const wa = wasmApi();
     try {
       widenModule ??= new wa.Module(moduleBytes([widenFn('BF16'), widenFn('F16')], 0));
     } catch (e) {
       if (process.env.MOE_FORGE_DEBUG_WASM) console.error(e);
-      widenModule = null; // no SIMD here: never again
-      return null;
+      widenModule = null; // no SIMD here: later buffers are plain ones
     }
-    try {
-      const memory = new wa.Memory({ initial: 0, maximum: MAX_PAGES });
-      const ex = new wa.Instance(widenModule, { env: { memory } }).exports as Record<string, (n: number, src: number, dst: number) => void>;
-      return new WasmFloatBuffer(memory, { BF16: ex.widen_BF16!, F16: ex.widen_F16! });
-    } catch (e) {
-      if (process.env.MOE_FORGE_DEBUG_WASM) console.error(e);
-      return null; // no address space for another memory now: this buffer is a plain one
-    }
+    if (!widenModule) return (this.kernels = null);
+    const ex = new wa.Instance(widenModule, { env: { memory: this.memory } }).exports as Record<string, (n: number, src: number, dst: number) => void>;
+    return (this.kernels = { BF16: ex.widen_BF16!, F16: ex.widen_F16! });
   }
 
   /** Float32 values the memory holds now. */
@@ -478,13 +511,13 @@ export class WasmFloatBuffer {
   /** The n 16-bit values in bytes [2n, 4n) become float32 values [0, n), in place. */
   widen(n: number, dtype: 'BF16' | 'F16'): void {
     if (4 * n > this.memory.buffer.byteLength) throw new RangeError(`widen of ${n} values past the buffer (${this.capacity})`);
-    // The kernels move 16 values a round and must not run past n: the last few are widened here, read
-    // first (they lie above every byte the kernels write: 4m <= 2n + 2m).
-    const m = n - (n % 16);
-    const tail = convertBytes(Buffer.from(this.memory.buffer, 2 * n + 2 * m, 2 * (n - m)), dtype, 'F32');
+    const k = this.widenKernels();
+    // The kernels move 16 values a round and must not run past n: the last few are widened after them, in
+    // JavaScript (their source lies above every byte the kernels write: 4m <= 2n + 2m).
+    const m = k ? n - (n % 16) : 0;
     // In place going forward: a round of k values at i reads bytes 2n + 2i .. 2n + 2(i + k) before it writes
     // 4i .. 4(i + k), which lies below the next round's bytes (4(i + k) <= 2n + 2(i + k) while i + k <= n).
-    if (m > 0) this.kernels[dtype](m, 2 * n, 0);
-    new Uint8Array(this.memory.buffer, 4 * m, tail.length).set(tail);
+    if (m > 0) k![dtype](m, 2 * n, 0);
+    widenScalar(this.memory.buffer, n, m, dtype);
   }
 }

@@ -260,3 +260,27 @@ test('residual_scale on raw bytes: the kernel gives the scalar float32 product r
     }
   }
 });
+
+test('every 16-bit value widens to convertBytes\'s float32 bits in the kernels\' tails and in the JavaScript fallback', () => {
+  // 15 values a call: all of them lie in the tail the kernels leave to JavaScript; the fallback does all.
+  for (const simd of [true, false]) {
+    const buf = WasmFloatBuffer.create(simd)!;
+    for (const dtype of ['BF16', 'F16'] as const) {
+      for (const n of simd ? [15] : [15, 65536]) {
+        for (let first = 0; first < 65536; first += n) {
+          const m = Math.min(n, 65536 - first);
+          const src = Buffer.alloc(2 * m);
+          for (let i = 0; i < m; i++) src.writeUInt16LE(first + i, 2 * i);
+          const view = buf.floats(m);
+          Buffer.from(view.buffer, 2 * m, 2 * m).set(src);
+          buf.widen(m, dtype);
+          const got = Buffer.from(view.buffer, 0, 4 * m), want = convertBytes(src, dtype, 'F32');
+          if (!got.equals(want)) {
+            const i = new Uint32Array(got.buffer, got.byteOffset, m).findIndex((v, j) => v !== want.readUInt32LE(4 * j));
+            assert.fail(`${dtype} simd=${simd}: 0x${(first + i).toString(16)} widened to 0x${got.readUInt32LE(4 * i).toString(16)}, want 0x${want.readUInt32LE(4 * i).toString(16)}`);
+          }
+        }
+      }
+    }
+  }
+});
