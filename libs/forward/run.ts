@@ -116,6 +116,7 @@ async function layerFeeds(tensors: Map<string, LayerTensor>, pool: BufferPool): 
     read.catch(() => undefined); // awaited below in turn; an earlier failure must not leave this one unhandled
     return { t, slot, buf, read };
   });
+  await WasmFloatBuffer.prepare(); // compiled off this thread while the reads run (once per process)
   for (const { t, slot, buf, read } of jobs) {
     await read;
     if (t.loc.dtype !== 'F32') slot.widen(buf, t.loc.dtype);

@@ -286,6 +286,7 @@ export interface WasmApi {
   Module: new (bytes: Uint8Array) => object;
   Instance: new (module: object, imports: object) => { exports: Record<string, unknown> };
   Memory: new (desc: { initial: number; maximum?: number }) => WasmMemory;
+  compile(bytes: Uint8Array): Promise<object>;
 }
 export const wasmApi = (): WasmApi => (globalThis as unknown as { WebAssembly: WasmApi }).WebAssembly;
 
@@ -422,6 +423,8 @@ const PAGE = 65536;
 /** A 32-bit memory addresses at most 4 GiB: 2^30 float32 values. */
 const MAX_PAGES = 65536;
 let widenModule: object | null | undefined;
+let widenCompile: Promise<void> | undefined;
+const widenBytes = () => moduleBytes([widenFn('BF16'), widenFn('F16')], 0);
 type WidenKernels = Record<'BF16' | 'F16', (n: number, src: number, dst: number) => void>;
 
 /** float32 bits of a half, exact (NaN payloads kept, as the kernels keep them). */
@@ -476,11 +479,28 @@ export class WasmFloatBuffer {
     }
   }
 
+  /**
+   * Compiles the widening kernels on V8's background threads, so that the first widen() finds them ready
+   * (it compiles them itself, on the calling thread, if they are not).
+   */
+  static prepare(): Promise<void> {
+    return (widenCompile ??= (async () => {
+      if (widenModule !== undefined || !enabled) return;
+      try {
+        const compiled = await wasmApi().compile(widenBytes());
+        widenModule ??= compiled;
+      } catch (e) {
+        if (process.env.MOE_FORGE_DEBUG_WASM) console.error(e);
+        widenModule ??= null;
+      }
+    })());
+  }
+
   private widenKernels(): WidenKernels | null {
     if (this.kernels !== undefined) return this.kernels;
     const wa = wasmApi();
     try {
-      widenModule ??= new wa.Module(moduleBytes([widenFn('BF16'), widenFn('F16')], 0));
+      widenModule ??= new wa.Module(widenBytes());
     } catch (e) {
       if (process.env.MOE_FORGE_DEBUG_WASM) console.error(e);
       widenModule = null; // no SIMD here: later buffers are plain ones

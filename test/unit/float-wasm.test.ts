@@ -1,6 +1,8 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
+import { execFileSync } from 'node:child_process';
+import { join } from 'node:path';
 import { bf16BitsToF32, convertBytes, decodeFloats, encodeFloats, f16BitsToF32, f32ToBf16Bits, f32ToF16Bits, type FloatDtype } from '../../libs/safetensors/dtype';
 import { floatKernels, FLOAT_CAP, useFloatWasm, WasmFloatBuffer } from '../../libs/safetensors/float-wasm';
 import { useWasmNormals, wasmNormals } from '../../libs/gates/torch-normal-wasm';
@@ -283,4 +285,20 @@ test('every 16-bit value widens to convertBytes\'s float32 bits in the kernels\'
       }
     }
   }
+});
+
+test('the widening kernels compiled ahead by prepare() are the ones the first widen uses (nothing compiled on the calling thread)', () => {
+  // A fresh process: this file's other tests have compiled the kernels already.
+  const code = `
+    const { WasmFloatBuffer } = require(${JSON.stringify(join(__dirname, '../../libs/safetensors/float-wasm.ts'))});
+    WasmFloatBuffer.prepare().then(() => {
+      WebAssembly.Module = function () { throw new Error('compiled on the calling thread'); };
+      const b = WasmFloatBuffer.create();
+      const v = b.floats(40);
+      new Uint16Array(v.buffer, 80, 40).fill(0xbfc0); // bfloat16 -1.5
+      b.widen(40, 'BF16');
+      console.log(JSON.stringify({ kernels: WasmFloatBuffer.create() !== null, values: v.every((x) => x === -1.5) }));
+    });`;
+  const out = execFileSync(process.execPath, ['--import', 'tsx', '-e', code], { encoding: 'utf8' });
+  assert.deepEqual(JSON.parse(out.trim()), { kernels: true, values: true });
 });
