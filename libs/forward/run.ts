@@ -98,12 +98,17 @@ export class WeightBuffer {
 /** Weight buffers by role. */
 type BufferPool = Map<string, WeightBuffer>;
 
+/** One layer's weight feeds, and when its reads (not the widening) are done. */
+interface LayerFeeds {
+  read: Promise<void>;
+  feeds: Promise<Record<string, Feed>>;
+}
+
 /**
  * One layer's weights as float32 feeds, read from the weight files (never written anywhere) straight into
  * `pool`'s buffers: 16-bit weights land in the upper half of their float32 buffer and widen in place.
  */
-async function layerFeeds(tensors: Map<string, LayerTensor>, pool: BufferPool): Promise<Record<string, Feed>> {
-  const feeds: Record<string, Feed> = {};
+function layerFeeds(tensors: Map<string, LayerTensor>, pool: BufferPool): LayerFeeds {
   // Every read is started at once (libuv's pool reads them side by side) and each tensor is widened as soon as
   // its bytes are in, so the widening of one overlaps the reading of the others.
   const jobs = [...tensors.values()].map((t) => {
@@ -116,13 +121,20 @@ async function layerFeeds(tensors: Map<string, LayerTensor>, pool: BufferPool): 
     read.catch(() => undefined); // awaited below in turn; an earlier failure must not leave this one unhandled
     return { t, slot, buf, read };
   });
-  await WasmFloatBuffer.prepare(); // compiled off this thread while the reads run (once per process)
-  for (const { t, slot, buf, read } of jobs) {
-    await read;
-    if (t.loc.dtype !== 'F32') slot.widen(buf, t.loc.dtype);
-    feeds[weightInput(t.role)] = floatTensor(buf, t.loc.shape);
-  }
-  return feeds;
+  const read = Promise.all(jobs.map((j) => j.read)).then(() => undefined);
+  read.catch(() => undefined); // the same failure reaches the caller through `feeds`
+  const feeds = (async () => {
+    const out: Record<string, Feed> = {};
+    await WasmFloatBuffer.prepare(); // compiled off this thread while the reads run (once per process)
+    for (const { t, slot, buf, read } of jobs) {
+      await read;
+      if (t.loc.dtype !== 'F32') slot.widen(buf, t.loc.dtype);
+      out[weightInput(t.role)] = floatTensor(buf, t.loc.shape);
+    }
+    return out;
+  })();
+  feeds.catch(() => undefined); // awaited in its turn; a failure before then must not go unhandled
+  return { read, feeds };
 }
 
 async function readTensorInto(loc: LayerTensor['loc'], into: Buffer): Promise<void> {
@@ -265,18 +277,7 @@ async function runLayers(m: Model, seqs: Sequence[], upTo: number, opts: Forward
   if (seqs.length === 0) return;
   // Names, dtypes and shapes of every layer are checked before any layer runs.
   const layers = Array.from({ length: cfg.numLayers }, (_, l) => planLayerTensors(cfg, m.weights, l));
-  // The first two layers' reads start before anything else: the embedding rows, the first session and the
-  // kernels' compilation are done while the disk (and libuv's threads faulting in fresh pages) work.
-  const pools: BufferPool[] = [new Map(), new Map()];
-  const feeds: (Promise<Record<string, Feed>> | undefined)[] = [];
-  const startFeeds = (l: number) => {
-    if (l >= upTo || feeds[l]) return;
-    const p = layerFeeds(layers[l]!, pools[l % 2]!);
-    p.catch(() => undefined); // awaited in its turn; a failure before then must not go unhandled
-    feeds[l] = p;
-  };
-  startFeeds(0);
-  startFeeds(1);
+  // The embedding rows are read first: queued behind a layer's reads in libuv's pool, they would wait for them.
   const rows = await embedRows(m, seqs.flatMap((s) => s.ids));
   let states: Float32Array[] = seqs.map((s) => {
     const h = new Float32Array(s.ids.length * H);
@@ -285,23 +286,34 @@ async function runLayers(m: Model, seqs: Sequence[], upTo: number, opts: Forward
   });
   states.forEach((h, i) => visit(i, 0, h));
   if (upTo === 0) return;
+  // Then the first layer's reads, alone, so that it is ready soonest; the first session is made and the kernels
+  // are compiled while they run. Layer l + 1's reads start once layer l's are done and its pool is free (the
+  // layer before l has run), so the disk never waits for widening or a run.
+  const pools: BufferPool[] = [new Map(), new Map()];
+  const feeds: (LayerFeeds | undefined)[] = [];
+  const startFeeds = (l: number) => {
+    if (l < upTo && !feeds[l]) feeds[l] = layerFeeds(layers[l]!, pools[l % 2]!);
+  };
+  const startAfterReads = (l: number) => {
+    void feeds[l - 1]!.read.then(() => startFeeds(l), () => undefined); // a failed read surfaces through feeds
+  };
+  startFeeds(0);
+  startAfterReads(1);
   const settings: SessionSettings = { device: opts.device ?? 'cpu', threads: opts.threads ?? 2 };
   const groups = packs(seqs, Math.max(1, opts.packTokens ?? 2048));
   const fixed = groups.map((g) => packInputs(cfg, g.map((i) => seqs[i]!)));
   const sessions = new Map<string, Session>();
   try {
     for (let layer = 0; layer < upTo; layer++) {
-      // The other pool is free once the layer before this one has run: the next layer's reads start now,
-      // queued behind this layer's, so the disk never waits for this layer's widening or run.
-      startFeeds(layer + 1);
+      if (layer > 0) startAfterReads(layer + 1); // its pool is free: the layer before this one has run
       const key = layerSignature(layers[layer]!);
       let session = sessions.get(key);
       if (!session) {
         session = await sessionFromBytes(encodeModel(buildLayerModel(cfg, layers[layer]!)), settings);
         sessions.set(key, session);
       }
-      const weights = await feeds[layer]!;
-      feeds[layer] = undefined;
+      startFeeds(layer); // already started unless its predecessor's reads were done a moment ago
+      const weights = await feeds[layer]!.feeds;
       const out: Float32Array[] = new Array(seqs.length);
       let done = 0;
       for (const [g, members] of groups.entries()) {

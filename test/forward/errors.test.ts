@@ -1,7 +1,9 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { cp, mkdir, mkdtemp, readdir, rm, stat, symlink } from 'node:fs/promises';
+import { truncateSync } from 'node:fs';
 import { tmpdir } from 'node:os';
+import { openWeights } from '../../libs/model-folder/weights';
 import { join } from 'node:path';
 import { availableBackends, computeAllHiddenStates, computePromptStates } from '../../libs/forward';
 import { ForgeError } from '../../libs/errors';
@@ -82,5 +84,23 @@ test('the forward pass writes nothing into the model folder, not even for a mome
     const linked = await computeAllHiddenStates(snap, ids);
     assert.deepEqual(await Promise.all([model, blobs, snap].map(look)), before);
     assert.equal(maxAbsDiff(linked[0]![2]!, plain[0]![2]!), 0);
+  });
+});
+
+test('a weight file cut short while the forward pass runs: the later layer whose read fails names its tensor and file', async () => {
+  await withTemp(async (dir) => {
+    await writeTinyModel(dir, { ...spec, layers: 4, dtype: 'BF16' });
+    const file = join(dir, 'model.safetensors');
+    const victim = (await openWeights(dir)).get('model.layers.2.mlp.down_proj.weight');
+    // Layer 2's reads start only after layer 0 has run (its buffers are layer 0's): cut the file then.
+    await assert.rejects(computePromptStates(dir, [[1, 2, 3]], { onProgress: (p) => {
+      if (p.layer === 0) truncateSync(file, victim.offset + 6);
+    } }), (e: unknown) => {
+      assert.ok(e instanceof ForgeError);
+      assert.equal(e.code, 'truncated');
+      assert.equal(e.place.tensor, 'model.layers.2.mlp.down_proj.weight');
+      assert.equal(e.place.file, file);
+      return true;
+    });
   });
 });
