@@ -2,7 +2,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { ChunkPool, writeShard, readSafetensorsHeader, streamTensorBytes } from '../../libs/safetensors';
+import { ChunkPool, convertBytes, writeShard, readSafetensorsHeader, streamTensorBytes, type FloatDtype } from '../../libs/safetensors';
 import { tempDir } from '../helpers/tmp';
 
 test('a chunk pool hands a given-back buffer out again, ignores buffers it did not lend, and keeps at most its limit', () => {
@@ -93,4 +93,34 @@ test('streamTensorBytes reads ahead: every chunk in order, a truncated file an e
     assert.equal(c.length, 64);
     break;
   }
+});
+
+test('a pooled chunk casts in place to a dtype no wider, exactly as convertBytes, up to the chunk\'s last byte', () => {
+  const chunkBytes = 4096;
+  const pool = new ChunkPool(chunkBytes);
+  const rnd = (n: number) => {
+    const b = Buffer.allocUnsafe(n);
+    let x = 12345;
+    for (let i = 0; i < n; i++) b[i] = (x = (x * 1103515245 + 12345) >>> 0) >>> 24;
+    return b;
+  };
+  const pairs: [string, string][] = [['F32', 'BF16'], ['F32', 'F16'], ['BF16', 'F16'], ['F16', 'BF16']];
+  for (const [from, to] of pairs) {
+    const size = from === 'F32' ? 4 : 2;
+    for (const n of [1, 7, 8, 9, 333, chunkBytes / size]) {
+      const src = rnd(n * size);
+      const buf = pool.take(src.length);
+      src.copy(buf);
+      const out = pool.castInPlace(buf, from, to);
+      assert.ok(out, `${from} → ${to} runs in place`);
+      assert.equal(out.buffer, buf.buffer, 'in the same memory');
+      assert.ok(out.equals(convertBytes(src, from, to as FloatDtype)), `${from} → ${to}, ${n} values`);
+      pool.give(out);
+    }
+  }
+  const b = pool.take(64);
+  assert.equal(pool.castInPlace(b, 'BF16', 'F32'), null, 'widening needs another buffer');
+  assert.equal(pool.castInPlace(b.subarray(8), 'F32', 'BF16'), null, 'only a whole chunk from its start');
+  assert.equal(pool.castInPlace(Buffer.alloc(64), 'F32', 'BF16'), null, 'not a pooled chunk');
+  assert.equal(new ChunkPool(64, 2, { wasm: false }).castInPlace(Buffer.alloc(64), 'F32', 'BF16'), null);
 });
