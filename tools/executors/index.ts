@@ -2,6 +2,7 @@ import { existsSync, readFileSync, statSync } from 'node:fs';
 import { basename, dirname, isAbsolute, join, relative, resolve, sep } from 'node:path';
 import type { CreateNodesV2, TargetConfiguration } from '@nx/devkit';
 import { parse } from 'yaml';
+import { runtimeCommand } from './fast-input';
 
 /**
  * Every workspace-models/<name>/moe.yml is a project <name> with the stage targets chained by dependsOn.
@@ -129,13 +130,13 @@ export function recipeTargets(projectRoot: string, projectName: string, options:
     if (stage === 'fetch') {
       // The models' content ids (memoised by path, size, mtime and inode: milliseconds), so a model edited in place,
       // inside or outside the workspace, re-runs fetch; a Hub model pinned to a commit is its own content.
-      inputs.push({ runtime: `node tools/executors/model-ids.js ${join(projectRoot, 'moe.yml').split(sep).join('/')}` });
+      inputs.push({ runtime: runtimeCommand('model-ids', [join(projectRoot, 'moe.yml').split(sep).join('/')]) });
     } else if (stage === 'write') {
       // Everything write reads from the stages before it (the plan, the gates, the report), and a token standing
       // for "the model folders this workspace wrote are as written" plus the base's chat template (see
       // output-state.js): an untouched workspace's build is a cache hit, a deleted or edited folder is written again.
       inputs.push({ dependentTasksOutputFiles: '**/{models.json,prompt-states.json,gates.json,gates.safetensors,plan.json,routing.json,routing.html}', transitive: true });
-      inputs.push({ runtime: `node tools/executors/output-state.js ${projectName} ${stagesDir}` });
+      inputs.push({ runtime: runtimeCommand('output-state', [projectName, stagesDir]) });
     } else {
       // Upstream results, not their run statistics (stats.json), so a cache hit upstream keeps this stage cached.
       inputs.push({ dependentTasksOutputFiles: '**/{models,prompt-states,gates,plan}.json', transitive: true });
