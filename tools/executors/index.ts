@@ -142,7 +142,8 @@ export function recipeTargets(projectRoot: string, projectName: string, options:
       inputs.push({ dependentTasksOutputFiles: '**/{models,prompt-states,gates,plan}.json', transitive: true });
     }
     targets[name(stage)] = {
-      executor: `./tools/executors:${stage}`,
+      // One executor for every stage (tools/executors/stage): Nx's batch mode runs a chain in one process.
+      executor: './tools/executors:stage',
       options: stage === 'write' ? { stagesDir, outputPath } : { stagesDir },
       // Command-line options reach write and assemble-experts, the stages they change (random gates are
       // drawn there); the earlier stages ignore them so that, e.g., a new seed or shard size keeps their cache.
@@ -154,6 +155,7 @@ export function recipeTargets(projectRoot: string, projectName: string, options:
       metadata: {
         description: DESCRIPTIONS[stage] + (stage === 'fetch' && models.floatingHubRefs.length ? ` ${models.floatingHubRefs.join(', ')} name a branch: each build asks the hub for its commit (offline: the cached one).` : ''),
         technologies: ['moe-forge'],
+        moeForgeStage: stage,
         help: { command: `npx nx run ${projectName}:${name(stage)} --help`, example: { options: stage === 'write' ? { outputPath: `out/${projectName}` } : stage === 'assemble-experts' ? { randomSeed: 1 } : {} } },
       },
     };
@@ -161,7 +163,7 @@ export function recipeTargets(projectRoot: string, projectName: string, options:
   // After build-gates, beside the chain: write puts its summary in the model card. Command-line options reach it
   // (a new seed draws new random gates); held-out prompt files in the recipe's folder are among its inputs.
   targets[name('report')] = {
-    executor: './tools/executors:report',
+    executor: './tools/executors:stage',
     options: { stagesDir },
     dependsOn: [check, { target: name('build-gates'), params: 'ignore' }],
     cache: true,
@@ -178,6 +180,7 @@ export function recipeTargets(projectRoot: string, projectName: string, options:
     metadata: {
       description: 'Routing report (routing.json, routing.html): which expert each prompt reaches in each layer, accuracy, load, starving experts and why.',
       technologies: ['moe-forge'],
+      moeForgeStage: 'report',
       help: { command: `npx nx run ${projectName}:${name('report')} --help`, example: { options: { evalPrompts: 'held-out.yml' } } },
     },
   };
