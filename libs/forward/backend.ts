@@ -52,6 +52,8 @@ function options(s: SessionSettings): ort.InferenceSession.SessionOptions {
     interOpNumThreads: 1,
     graphOptimizationLevel: 'all',
     enableCpuMemArena: false, // memory goes back when the layer's session is released
+    // Spinning workers keep a core busy after each run, which the next layer's reading and widening need.
+    extra: { session: { intra_op: { allow_spinning: '0' } } },
   };
 }
 

@@ -3,7 +3,7 @@ import { ForgeError } from '../errors';
 import { readModelConfig, type ModelConfig } from '../model-folder/config';
 import { convertBytes, decodeFloats, readRows, readTensorBytes, type TensorIndex } from '../safetensors';
 import { openWeights } from '../model-folder/weights';
-import { castThrough, floatKernels } from '../safetensors/float-wasm';
+import { WasmFloatBuffer, castThrough, floatKernels } from '../safetensors/float-wasm';
 import { executionProviders, floatTensor, int64Tensor, sessionFromBytes, type Device, type Session, type SessionSettings } from './backend';
 import { encodeModel } from './onnx-proto';
 import { LAYER_INPUTS, LAYER_OUTPUT, buildLayerModel, checkTensor, layerSignature, planLayerTensors, weightInput, type LayerTensor } from './layer-graph';
@@ -65,8 +65,38 @@ async function embedRows(m: Model, ids: Iterable<number>): Promise<Map<number, F
   return readRows(loc, ids);
 }
 
-/** Float32 buffers by role, reused every other layer so that no layer pays for fresh memory. */
-type BufferPool = Map<string, Float32Array>;
+/**
+ * Where one role's weights land, reused every other layer so that no layer pays for fresh memory: a WebAssembly
+ * memory of its own where the SIMD kernels run (16-bit weights widen where they were read, and onnxruntime reads
+ * the floats from there), else a plain Float32Array widened in JavaScript.
+ */
+export class WeightBuffer {
+  private wasm = WasmFloatBuffer.create();
+  private plain: Float32Array | null = null;
+
+  /** n float32 values; all n must be written before use (a reused buffer holds the last layer's values). */
+  floats(n: number): Float32Array {
+    if (this.wasm) {
+      try {
+        return this.wasm.floats(n);
+      } catch (e) {
+        if (!(e instanceof RangeError)) throw e;
+        this.wasm = null; // larger than a WebAssembly memory holds, or it cannot grow: plain memory
+      }
+    }
+    if (!this.plain || this.plain.length < n) this.plain = new Float32Array(n);
+    return this.plain.subarray(0, n);
+  }
+
+  /** `view` (from floats()) holds 16-bit values in its upper half: they become its float32 values. */
+  widen(view: Float32Array, dtype: string): void {
+    if (this.wasm && (dtype === 'BF16' || dtype === 'F16')) this.wasm.widen(view.length, dtype);
+    else widenInPlace(view, dtype);
+  }
+}
+
+/** Weight buffers by role. */
+type BufferPool = Map<string, WeightBuffer>;
 
 /**
  * One layer's weights as float32 feeds, read from the weight files (never written anywhere) straight into
@@ -78,16 +108,17 @@ async function layerFeeds(tensors: Map<string, LayerTensor>, pool: BufferPool): 
   // its bytes are in, so the widening of one overlaps the reading of the others.
   const jobs = [...tensors.values()].map((t) => {
     const n = t.loc.shape.reduce((a, b) => a * b, 1);
-    let buf = pool.get(t.role);
-    if (!buf || buf.length !== n) pool.set(t.role, (buf = new Float32Array(n)));
+    let slot = pool.get(t.role);
+    if (!slot) pool.set(t.role, (slot = new WeightBuffer()));
+    const buf = slot.floats(n);
     const bytes = Buffer.from(buf.buffer, buf.byteOffset, buf.byteLength);
     const read = readTensorInto(t.loc, t.loc.dtype === 'F32' ? bytes : bytes.subarray(2 * n));
     read.catch(() => undefined); // awaited below in turn; an earlier failure must not leave this one unhandled
-    return { t, buf, read };
+    return { t, slot, buf, read };
   });
-  for (const { t, buf, read } of jobs) {
+  for (const { t, slot, buf, read } of jobs) {
     await read;
-    if (t.loc.dtype !== 'F32') widenInPlace(buf, t.loc.dtype);
+    if (t.loc.dtype !== 'F32') slot.widen(buf, t.loc.dtype);
     feeds[weightInput(t.role)] = floatTensor(buf, t.loc.shape);
   }
   return feeds;
@@ -247,14 +278,16 @@ async function runLayers(m: Model, seqs: Sequence[], upTo: number, opts: Forward
   const sessions = new Map<string, Session>();
   try {
     const pools: BufferPool[] = [new Map(), new Map()];
-    let next = layerFeeds(layers[0]!, pools[0]!);
+    let current = layerFeeds(layers[0]!, pools[0]!);
     for (let layer = 0; layer < upTo; layer++) {
-      const weights = await next;
-      // Read the next layer's weights while this one runs.
+      // The other pool is free once the layer before this one has run: the next layer's reads start now,
+      // queued behind this layer's, so the disk never waits for this layer's widening or run.
+      let next: Promise<Record<string, Feed>> | null = null;
       if (layer + 1 < upTo) {
         next = layerFeeds(layers[layer + 1]!, pools[(layer + 1) % 2]!);
         next.catch(() => undefined); // awaited next round; a failure now must not go unhandled
       }
+      const weights = await current;
       const key = layerSignature(layers[layer]!);
       let session = sessions.get(key);
       if (!session) {
@@ -287,6 +320,7 @@ async function runLayers(m: Model, seqs: Sequence[], upTo: number, opts: Forward
         opts.onProgress?.({ layer, layers: upTo, promptsDone: done, prompts: seqs.length });
       }
       states = out;
+      if (next) current = next;
     }
   } finally {
     for (const s of sessions.values()) await s.release();

@@ -1,4 +1,5 @@
 import { SafetensorsError } from '../errors';
+import type { ChunkPool } from './chunk-pool';
 import { castThrough, floatKernels } from './float-wasm';
 
 /** Element sizes of every dtype name the safetensors format defines. */
@@ -166,12 +167,12 @@ function table16(from: 'BF16' | 'F16', to: 'BF16' | 'F16'): Uint16Array {
  * Convert raw little-endian bytes between float dtypes (the bulk of a merge's casts): with the WebAssembly
  * SIMD kernels of float-wasm.ts where there are, else with integer operations on typed arrays (16-bit to
  * 16-bit by table lookup, the rest in tight loops without calls). Round to nearest even; NaN and infinities
- * kept (a NaN's payload may differ between the two paths).
+ * kept (a NaN's payload may differ between the two paths). A new buffer unless from === to: from `pool` if given.
  */
-export function convertBytes(buf: Buffer, from: string, to: FloatDtype): Buffer {
+export function convertBytes(buf: Buffer, from: string, to: FloatDtype, pool?: ChunkPool): Buffer {
   if (from === to) return buf;
   const n = buf.length / dtypeSize(from);
-  const out = Buffer.allocUnsafeSlow(n * dtypeSize(to));
+  const out = pool ? pool.take(n * dtypeSize(to)) : Buffer.allocUnsafeSlow(n * dtypeSize(to));
   const k = from === 'F32' || from === 'BF16' || from === 'F16' ? floatKernels() : null;
   if (k) {
     castThrough(k, buf, from as FloatDtype, to, out);
@@ -198,6 +199,7 @@ export function convertBytes(buf: Buffer, from: string, to: FloatDtype): Buffer 
     lookupLoop(u16View(buf), u16View(out), table16(from, to), n);
     return out;
   }
+  pool?.give(out);
   return encodeFloats(decodeFloats(buf, from), to);
 }
 

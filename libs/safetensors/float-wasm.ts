@@ -6,6 +6,8 @@
  * quiet with its sign); the tests compare them value by value, the edge cases included.
  */
 
+import { convertBytes } from './dtype';
+
 export type Code = number[];
 export type Dt = 'F32' | 'BF16' | 'F16';
 
@@ -84,13 +86,6 @@ function loadBits(dt: Dt, s: Scratch, at = 0): Code {
   if (dt === 'F32') return V.loadAt(at * 4);
   if (dt === 'BF16') return [...V.load16x4uAt(at * 2), ...i32c(16), ...V.shl];
   return [...V.load16x4uAt(at * 2), ...f16ToF32(s)];
-}
-
-/** Stores four values of `dt` (bits on the stack: float32 bits for F32, 16-bit values otherwise). */
-function storeBits(dt: Dt, s: Scratch): Code {
-  if (dt === 'F32') return V.store;
-  const t = s.get();
-  return [...set(t), ...get(t), ...get(t), ...V.narrowU, ...V.store64];
 }
 
 /** half bits (i32 lanes) -> float32 bits, exact. */
@@ -197,11 +192,14 @@ interface Fn {
   code: Code;
 }
 
-/** cast(n, src, dst): n values of `from` at src to `to` at dst. */
+/** cast(n, src, dst): n values of `from` at src to `to` at dst, eight a round (16-bit results fill one store). */
 function castFn(from: Dt, to: Dt): Fn {
   const s = new Scratch(3);
-  const body = [...get(2), ...get(1), ...loadBits(from, s), ...fromF32Bits(to, s), ...storeBits(to, s)];
-  return { name: `cast_${from}_${to}`, type: 0, vLocals: s.count, code: loop4(0, [[1, size(from)], [2, size(to)]], body) };
+  const half = (h: number): Code => [...get(1), ...loadBits(from, s, h * 4), ...fromF32Bits(to, s)];
+  const body = to === 'F32'
+    ? [...get(2), ...half(0), ...V.storeAt(0), ...get(2), ...half(1), ...V.storeAt(16)]
+    : [...get(2), ...half(0), ...half(1), ...V.narrowU, ...V.store];
+  return { name: `cast_${from}_${to}`, type: 0, vLocals: s.count, code: loop4(0, [[1, size(from)], [2, size(to)]], body, 8) };
 }
 
 /** round(n, src, dst): float32 values rounded to `dt` (still float32). */
@@ -239,6 +237,37 @@ function scaleFn(dt: Dt): Fn {
   return { name: `scale_${dt}`, type: 1, vLocals: sc.count, code: loop4(0, [[2, size(dt)], [4, size(dt)]], body, 8) };
 }
 
+/**
+ * widen_<dt>(n, src, dst): n 16-bit values (n a multiple of 16) to float32, sixteen a round. All of a round's
+ * loads come before its stores, so it also runs in place with src = dst + 2n (see WasmFloatBuffer.widen).
+ */
+function widenFn(dt: 'BF16' | 'F16'): Fn {
+  let body: Code;
+  let vLocals: number;
+  if (dt === 'BF16') {
+    // Two 16-byte loads, each interleaved with zero words: a bfloat16 is the upper half of its float32.
+    const zero = 3, a = 4, b = 5; // v128 locals start zeroed
+    const low = [0, 1, 16, 17, 2, 3, 18, 19, 4, 5, 20, 21, 6, 7, 22, 23];
+    const high = [8, 9, 24, 25, 10, 11, 26, 27, 12, 13, 28, 29, 14, 15, 30, 31];
+    const put = (v: number, lanes: number[], at: number): Code => [...get(2), ...get(zero), ...get(v), ...simd(0x0d), ...lanes, ...V.storeAt(at)];
+    body = [
+      ...get(1), ...V.loadAt(0), ...set(a),
+      ...get(1), ...V.loadAt(16), ...set(b),
+      ...put(a, low, 0), ...put(a, high, 16), ...put(b, low, 32), ...put(b, high, 48),
+    ];
+    vLocals = 3;
+  } else {
+    const s = new Scratch(3);
+    const quads = [0, 1, 2, 3].map(() => s.get());
+    body = [
+      ...quads.flatMap((r, q) => [...get(1), ...loadBits('F16', s, 4 * q), ...set(r)]),
+      ...quads.flatMap((r, q) => [...get(2), ...get(r), ...V.storeAt(16 * q)]),
+    ];
+    vLocals = s.count;
+  }
+  return { name: `widen_${dt}`, type: 0, vLocals, code: loop4(0, [[1, 2], [2, 4]], body, 16) };
+}
+
 const DTS: Dt[] = ['F32', 'BF16', 'F16'];
 
 /** Values per call: the caller copies at most this many into `src` at a time. */
@@ -253,11 +282,12 @@ const SHARED_PAGES = Math.ceil(FLOAT_END / 65536) + 64;
 
 export interface WasmMemory {
   buffer: ArrayBuffer;
+  grow(pages: number): number;
 }
 export interface WasmApi {
   Module: new (bytes: Uint8Array) => object;
   Instance: new (module: object, imports: object) => { exports: Record<string, unknown> };
-  Memory: new (desc: { initial: number }) => WasmMemory;
+  Memory: new (desc: { initial: number; maximum?: number }) => WasmMemory;
 }
 export const wasmApi = (): WasmApi => (globalThis as unknown as { WebAssembly: WasmApi }).WebAssembly;
 
@@ -266,13 +296,13 @@ let memory: WasmMemory | undefined;
 export function sharedMemory(): WasmMemory {
   return (memory ??= new (wasmApi().Memory)({ initial: SHARED_PAGES }));
 }
-/** The import section entry for the shared memory. */
-export function memoryImport(): number[] {
+/** The import section entry for the shared memory (or any memory of at least `pages` pages). */
+export function memoryImport(pages = SHARED_PAGES): number[] {
   const name = (s: string) => [...uleb(s.length), ...Buffer.from(s)];
-  return [...name('env'), ...name('memory'), 0x02, 0x00, ...uleb(SHARED_PAGES)];
+  return [...name('env'), ...name('memory'), 0x02, 0x00, ...uleb(pages)];
 }
 
-function moduleBytes(fns: Fn[]): Uint8Array {
+function moduleBytes(fns: Fn[], pages = SHARED_PAGES): Uint8Array {
   const section = (id: number, body: number[]) => [id, ...uleb(body.length), ...body];
   const vec = (items: number[][]) => [...uleb(items.length), ...items.flat()];
   const name = (s: string) => [...uleb(s.length), ...Buffer.from(s)];
@@ -285,7 +315,7 @@ function moduleBytes(fns: Fn[]): Uint8Array {
     0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00,
     // type 0: (i32 n, i32 src, i32 dst); type 1: (i32 n, f32 scale, i32 src, i32 norm, i32 dst)
     ...section(1, vec([[0x60, 3, 0x7f, 0x7f, 0x7f, 0], [0x60, 5, 0x7f, 0x7d, 0x7f, 0x7f, 0x7f, 0]])),
-    ...section(2, vec([memoryImport()])),
+    ...section(2, vec([memoryImport(pages)])),
     ...section(3, vec(fns.map((f) => [f.type]))),
     ...section(7, vec(fns.map((f, i) => [...name(f.name), 0x00, ...uleb(i)]))),
     ...section(10, vec(bodies)),
@@ -377,11 +407,10 @@ export function castThrough(k: FloatKernels, src: Uint8Array, from: Dt, to: Dt, 
   }
 }
 
-/** Raw bytes of `dt` times s (a float32), rounded to `dt`, through the kernels. */
-export function scaleThrough(k: FloatKernels, src: Uint8Array, dt: Dt, s: number): Buffer {
+/** Raw bytes of `dt` times s (a float32), rounded to `dt`, through the kernels; `out` may be `src` itself. */
+export function scaleThrough(k: FloatKernels, src: Uint8Array, dt: Dt, s: number, out: Buffer = Buffer.allocUnsafe(src.length)): Buffer {
   const b = bytesOf(dt);
   const n = src.length / b;
-  const out = Buffer.allocUnsafe(src.length);
   for (let off = 0; off < n; off += FLOAT_CAP) {
     const m = Math.min(FLOAT_CAP, n - off);
     k.src.set(src.subarray(off * b, (off + m) * b));
@@ -389,4 +418,73 @@ export function scaleThrough(k: FloatKernels, src: Uint8Array, dt: Dt, s: number
     out.set(k.dst.subarray(0, m * b), off * b);
   }
   return out;
+}
+
+const PAGE = 65536;
+/** A 32-bit memory addresses at most 4 GiB: 2^30 float32 values. */
+const MAX_PAGES = 65536;
+let widenModule: object | null | undefined;
+
+/**
+ * A float32 buffer in a WebAssembly memory of its own, so that the SIMD kernels widen 16-bit values where they
+ * lie: bytes read into the upper half of the first n values become those n float32 values, with no copy into
+ * or out of the kernels' memory. The Float32Array views it hands out can back onnxruntime tensors directly.
+ */
+export class WasmFloatBuffer {
+  private constructor(
+    private readonly memory: WasmMemory,
+    private readonly kernels: Record<'BF16' | 'F16', (n: number, src: number, dst: number) => void>,
+  ) {}
+
+  /** A buffer, or null where WebAssembly SIMD is unavailable or the kernels are turned off. */
+  static create(): WasmFloatBuffer | null {
+    if (!enabled || widenModule === null) return null;
+    const wa = wasmApi();
+    try {
+      widenModule ??= new wa.Module(moduleBytes([widenFn('BF16'), widenFn('F16')], 0));
+    } catch (e) {
+      if (process.env.MOE_FORGE_DEBUG_WASM) console.error(e);
+      widenModule = null; // no SIMD here: never again
+      return null;
+    }
+    try {
+      const memory = new wa.Memory({ initial: 0, maximum: MAX_PAGES });
+      const ex = new wa.Instance(widenModule, { env: { memory } }).exports as Record<string, (n: number, src: number, dst: number) => void>;
+      return new WasmFloatBuffer(memory, { BF16: ex.widen_BF16!, F16: ex.widen_F16! });
+    } catch (e) {
+      if (process.env.MOE_FORGE_DEBUG_WASM) console.error(e);
+      return null; // no address space for another memory now: this buffer is a plain one
+    }
+  }
+
+  /** Float32 values the memory holds now. */
+  get capacity(): number {
+    return this.memory.buffer.byteLength / 4;
+  }
+
+  /**
+   * The first n values, the memory grown to hold them (which invalidates views handed out before). Values
+   * past what the last user wrote are stale: callers overwrite all n. RangeError beyond 2^30 values or when
+   * the memory cannot grow.
+   */
+  floats(n: number): Float32Array {
+    const pages = Math.ceil((4 * n) / PAGE);
+    const have = this.memory.buffer.byteLength / PAGE;
+    if (pages > MAX_PAGES) throw new RangeError(`${n} float32 values exceed a WebAssembly memory`);
+    if (pages > have) this.memory.grow(pages - have);
+    return new Float32Array(this.memory.buffer, 0, n);
+  }
+
+  /** The n 16-bit values in bytes [2n, 4n) become float32 values [0, n), in place. */
+  widen(n: number, dtype: 'BF16' | 'F16'): void {
+    if (4 * n > this.memory.buffer.byteLength) throw new RangeError(`widen of ${n} values past the buffer (${this.capacity})`);
+    // The kernels move 16 values a round and must not run past n: the last few are widened here, read
+    // first (they lie above every byte the kernels write: 4m <= 2n + 2m).
+    const m = n - (n % 16);
+    const tail = convertBytes(Buffer.from(this.memory.buffer, 2 * n + 2 * m, 2 * (n - m)), dtype, 'F32');
+    // In place going forward: a round of k values at i reads bytes 2n + 2i .. 2n + 2(i + k) before it writes
+    // 4i .. 4(i + k), which lies below the next round's bytes (4(i + k) <= 2n + 2(i + k) while i + k <= n).
+    if (m > 0) this.kernels[dtype](m, 2 * n, 0);
+    new Uint8Array(this.memory.buffer, 4 * m, tail.length).set(tail);
+  }
 }

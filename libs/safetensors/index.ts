@@ -2,3 +2,4 @@ export * from './dtype';
 export * from './header';
 export * from './reader';
 export * from './writer';
+export * from './chunk-pool';

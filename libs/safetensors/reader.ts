@@ -2,6 +2,7 @@ import { open, stat, readFile } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
 import { join, basename } from 'node:path';
 import { SafetensorsError } from '../errors';
+import type { ChunkPool } from './chunk-pool';
 import { decodeFloats } from './dtype';
 import { headerLengthFrom, parseHeader, type SafetensorsHeader, type TensorInfo } from './header';
 
@@ -82,15 +83,18 @@ export async function readRows(loc: TensorLocation, ids: Iterable<number>): Prom
   return rows;
 }
 
-/** Streams a tensor in chunks of at most `chunk` bytes (a multiple of `align`). */
-export async function* streamTensorBytes(loc: TensorLocation, chunk = 16 << 20, align = 8): AsyncGenerator<Buffer> {
+/**
+ * Streams a tensor in chunks of at most `chunk` bytes (a multiple of `align`). With a pool, each chunk is a
+ * buffer taken from it and handed to the consumer, who gives it back once done with it.
+ */
+export async function* streamTensorBytes(loc: TensorLocation, chunk = 16 << 20, align = 8, pool?: ChunkPool): AsyncGenerator<Buffer> {
   const size = Math.max(align, chunk - (chunk % align));
   const fh = await open(loc.file, 'r');
   try {
     let pos = 0;
     while (pos < loc.byteLength) {
       const n = Math.min(size, loc.byteLength - pos);
-      const buf = Buffer.allocUnsafe(n);
+      const buf = pool ? pool.take(n) : Buffer.allocUnsafe(n);
       let done = 0;
       while (done < n) {
         const { bytesRead } = await fh.read(buf, done, n - done, loc.offset + pos + done);

@@ -1,6 +1,7 @@
 import { open } from 'node:fs/promises';
 import { SafetensorsError } from '../errors';
 import { jsonText } from '../json';
+import type { ChunkPool } from './chunk-pool';
 import { dtypeSize } from './dtype';
 
 export interface OutputTensorSpec {
@@ -81,26 +82,57 @@ export function encodeHeader(tensors: OutputTensorSpec[], metadata: Record<strin
   return Buffer.concat([prefix, json]);
 }
 
+/** Bytes written between two background flushes of a shard. */
+const FLUSH_BYTES = 64 << 20;
+/** Chunks produced ahead of the one being written: two ride out a write that waits on a flush. */
+const AHEAD = 2;
+
+/**
+ * A tensor's bytes in chunks. A chunk taken from the pool passed to writeShard is handed to the writer, which
+ * gives it back once written (so a producer must not yield two views of one pool buffer).
+ */
 export type TensorProducer = (t: OutputTensorSpec) => AsyncIterable<Buffer> | Iterable<Buffer>;
+
+export interface WriteShardOptions {
+  /** Where the producer's chunks come from: each is given back once written. */
+  pool?: ChunkPool;
+  /** Bytes written between two background flushes (default 64 MiB). */
+  flushBytes?: number;
+  /** Filled in as the write goes (for tests and debug output). */
+  stats?: { flushes: number };
+}
 
 /**
  * Writes one shard, a tensor at a time: the header is known up front from the plan, then each tensor's
- * bytes are pulled from `produce` in chunks and appended. The next chunk is produced (read, cast) while the
- * current one is written, across tensor boundaries too; memory is bounded by two of the producer's chunks.
+ * bytes are pulled from `produce` in chunks and appended. The next two chunks are produced (read, cast) while the
+ * current one is written, across tensor boundaries too; memory is bounded by a few of the producer's chunks.
+ * Written data is flushed to the disk in the background as the write goes, and fsynced at the end.
  */
-export async function writeShard(path: string, tensors: OutputTensorSpec[], produce: TensorProducer): Promise<number> {
+export async function writeShard(path: string, tensors: OutputTensorSpec[], produce: TensorProducer, opts: WriteShardOptions = {}): Promise<number> {
+  const flushBytes = opts.flushBytes ?? FLUSH_BYTES;
   const fh = await open(path, 'w');
+  // Left to itself the kernel starts writeback only past its dirty threshold (10% of RAM), so a shard of a
+  // few GB would reach the disk only in the final fsync, after all the reading and casting: flushing as we go
+  // keeps the disk busy meanwhile. One flush at a time; its error is kept, as the next fsync may not see it.
+  let flushing: Promise<void> | undefined;
+  let flushError: unknown;
+  let flushedAt = 0;
   try {
     const header = encodeHeader(tensors);
     await fh.write(header, 0, header.length, 0);
     let pos = header.length;
     const it = checkedChunks(path, tensors, produce)[Symbol.asyncIterator]();
-    let next = it.next();
+    const pending: Promise<IteratorResult<Buffer>>[] = [];
+    const ask = () => {
+      const p = it.next();
+      p.catch(() => undefined); // awaited in a later round; a failure during this write must not go unhandled
+      pending.push(p);
+    };
+    for (let i = 0; i < AHEAD; i++) ask();
     for (;;) {
-      const r = await next;
+      const r = await pending.shift()!;
       if (r.done) break;
-      next = it.next();
-      next.catch(() => undefined); // awaited next round; a failure during this write must not go unhandled
+      ask();
       const chunk = r.value;
       let done = 0;
       while (done < chunk.length) {
@@ -108,10 +140,23 @@ export async function writeShard(path: string, tensors: OutputTensorSpec[], prod
         done += bytesWritten;
         pos += bytesWritten;
       }
+      opts.pool?.give(chunk);
+      if (flushError !== undefined) throw flushError;
+      if (!flushing && pos - flushedAt >= flushBytes) {
+        flushedAt = pos;
+        if (opts.stats) opts.stats.flushes++;
+        flushing = fh.datasync().then(
+          () => void (flushing = undefined),
+          (e: unknown) => void ((flushError = e), (flushing = undefined)),
+        );
+      }
     }
+    await flushing;
+    if (flushError !== undefined) throw flushError;
     await fh.sync();
     return pos;
   } finally {
+    await flushing;
     await fh.close();
   }
 }

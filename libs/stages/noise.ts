@@ -200,11 +200,17 @@ export function noiseApplier(part: SourcePart, seeker: () => TorchDrawSeeker): N
   };
 }
 
-/** residual_scale: raw bytes of `dtype` times s (a float32), each product rounded to `dtype` (float32 arithmetic). */
-export function scaleBytes(src: Buffer, dtype: FloatDtype, s: number): Buffer {
+/**
+ * residual_scale: raw bytes of `dtype` times s (a float32), each product rounded to `dtype` (float32
+ * arithmetic); in place for a caller that owns src and is done with it.
+ */
+export function scaleBytes(src: Buffer, dtype: FloatDtype, s: number, inPlace = false): Buffer {
   const k = floatKernels();
-  if (k) return scaleThrough(k, src, dtype, s);
+  if (k) return scaleThrough(k, src, dtype, s, inPlace ? src : undefined);
   const v = decodeFloats(src, dtype);
   for (let i = 0; i < v.length; i++) v[i] = roundTo(dtype, v[i]! * s);
-  return encodeFloats(v, dtype);
+  const out = encodeFloats(v, dtype);
+  if (!inPlace) return out;
+  out.copy(src);
+  return src;
 }

@@ -7,6 +7,7 @@ import { gateRow, type GateTensor } from '../gates';
 import { noiseApplier, scaleBytes, TorchDrawSeeker } from './noise';
 import { encodeFloats, convertBytes, dtypeSize, type FloatDtype } from '../safetensors/dtype';
 import { streamTensorBytes } from '../safetensors/reader';
+import { ChunkPool } from '../safetensors/chunk-pool';
 import { indexJson, planShards, writeShard, type OutputTensorSpec } from '../safetensors/writer';
 import { loadTokenizer } from '../tokenizer';
 import { CHAT_TEMPLATE_FILES, COMPANION_FILES, GENERATION_CONFIG, TOKENIZER_FILES } from '../resolve/files';
@@ -56,24 +57,36 @@ export interface WriteResult {
   hash: string;
 }
 
-/** A source tensor's bytes, chunk by chunk: raw when nothing changes, else noise, scale and cast per element. */
-async function* sourceBytes(part: SourcePart, outDtype: string, seeker: () => TorchDrawSeeker): AsyncGenerator<Buffer> {
+/**
+ * A source tensor's bytes, chunk by chunk: raw when nothing changes, else noise, scale and cast per element.
+ * Every buffer is the pool's; each yielded chunk passes to the writer, the rest go back here.
+ */
+async function* sourceBytes(part: SourcePart, outDtype: string, seeker: () => TorchDrawSeeker, pool: ChunkPool): AsyncGenerator<Buffer> {
   const loc = { ...part, name: part.tensor, begin: 0, end: part.byteLength };
+  const out = outDtype as FloatDtype;
   const transform = part.noise !== undefined || part.scale !== undefined;
-  if (!transform) {
-    for await (const chunk of streamTensorBytes(loc, CHUNK_BYTES, dtypeSize(part.dtype))) yield convertBytes(chunk, part.dtype, outDtype as FloatDtype);
-    return;
-  }
   // float64 sources are noised and scaled in float32 (as before: the transforms work on float32 values).
-  const dt: FloatDtype = part.dtype === 'BF16' || part.dtype === 'F16' ? part.dtype : 'F32';
-  const noise = noiseApplier(dt === part.dtype ? part : { ...part, dtype: dt }, seeker);
+  const dt: FloatDtype = !transform ? out : part.dtype === 'BF16' || part.dtype === 'F16' ? part.dtype : 'F32';
+  // Read as many values as fit a chunk in the widest form they take, so casts stay inside pool buffers.
+  const size = dtypeSize(part.dtype);
+  const values = Math.floor(CHUNK_BYTES / Math.max(size, dtypeSize(dt), dtypeSize(out)));
+  const noise = transform ? noiseApplier(dt === part.dtype ? part : { ...part, dtype: dt }, seeker) : null;
   const scale = part.scale !== undefined ? Math.fround(part.scale) : 1;
-  for await (const raw of streamTensorBytes(loc, CHUNK_BYTES, dtypeSize(part.dtype))) {
-    const src = convertBytes(raw, part.dtype, dt);
-    // As the reference: noise in the source dtype, then residual_scale, then the output cast.
-    // src is this loop's own buffer (the reader allocates one per chunk): noise it in place.
-    const chunk = noise ? noise.applyBytes(src, true) : src;
-    yield convertBytes(part.scale === undefined ? chunk : scaleBytes(chunk, dt, scale), dt, outDtype as FloatDtype);
+  const step = (from: Buffer, fromDtype: string, to: FloatDtype): Buffer => {
+    const next = convertBytes(from, fromDtype, to, pool);
+    if (next !== from) pool.give(from);
+    return next;
+  };
+  for await (const raw of streamTensorBytes(loc, values * size, size, pool)) {
+    if (!transform) {
+      yield step(raw, part.dtype, out);
+      continue;
+    }
+    // As the reference: noise in the source dtype, then residual_scale, then the output cast; in place.
+    const src = step(raw, part.dtype, dt);
+    if (noise) noise.applyBytes(src, true);
+    if (part.scale !== undefined) scaleBytes(src, dt, scale, true);
+    yield step(src, dt, out);
   }
 }
 
@@ -86,13 +99,13 @@ function noiseDraws(p: SourcePart): string {
   return p.noise?.torch ? 'torch' : STREAM_NOISE_DRAWS;
 }
 
-function tensorProducer(gates: GateTensor | null) {
+function tensorProducer(gates: GateTensor | null, pool: ChunkPool) {
   // One seeker per write, so tensors written out of the reference's draw order seek from saved states.
   const seekers = new Map<number, TorchDrawSeeker>();
   const seeker = (seed: number) => () => seekers.get(seed) ?? seekers.set(seed, new TorchDrawSeeker(seed)).get(seed)!;
   return async function* (t: PlanTensor): AsyncGenerator<Buffer> {
     for (const part of t.parts) {
-      if (part.kind === 'source') yield* sourceBytes(part, t.dtype, seeker(part.noise?.seed ?? 0));
+      if (part.kind === 'source') yield* sourceBytes(part, t.dtype, seeker(part.noise?.seed ?? 0), pool);
       else if (part.kind === 'gates') {
         for (const r of part.rows) yield encodeFloats(gateRow(gates!, part.layer, r), t.dtype as FloatDtype);
       } else {
@@ -246,6 +259,7 @@ export async function writeOutput(early: MergePlan, late: Promise<LateInputs>, o
   let forget: (() => void) | null = null;
   let needed = 0;
   const written = new Map<string, string>(); // shard file -> content hash, written ahead
+  const pool = new ChunkPool(CHUNK_BYTES);
   try {
     if (ahead.length > 0) {
       // Names this build will write, known now: a file the user added under one of them stops the build before any work.
@@ -255,7 +269,7 @@ export async function writeOutput(early: MergePlan, late: Promise<LateInputs>, o
       checkFreeSpace(disk, needed);
       await mkdir(tmp);
       forget = removeOnExit(tmp);
-      const produce = tensorProducer(null);
+      const produce = tensorProducer(null, pool);
       for (const { s, tensors, hash } of ahead) {
         const byName = new Map(tensors.map((t) => [t.name, t]));
         opts.log?.(`writing ${s.file} (${s.tensors.length} tensors, ${s.bytes} bytes) while the routers are computed`);
@@ -266,7 +280,7 @@ export async function writeOutput(early: MergePlan, late: Promise<LateInputs>, o
             yield c;
           }
         };
-        await writeShard(join(tmp, s.file), s.tensors, (t) => unlessFailed(produce(byName.get(t.name)!)));
+        await writeShard(join(tmp, s.file), s.tensors, (t) => unlessFailed(produce(byName.get(t.name)!)), { pool });
         written.set(s.file, hash);
       }
     }
@@ -312,7 +326,7 @@ export async function writeOutput(early: MergePlan, late: Promise<LateInputs>, o
       await mkdir(tmp);
       forget = removeOnExit(tmp);
     }
-    const produce = tensorProducer(gates);
+    const produce = tensorProducer(gates, pool);
     const total = shards.reduce((a, x) => a + x.bytes, 0);
     const started = Date.now();
     let done = 0;
@@ -340,7 +354,7 @@ export async function writeOutput(early: MergePlan, late: Promise<LateInputs>, o
         continue;
       }
       opts.log?.(`writing ${s.file} (${i + 1}/${shards.length}, ${s.tensors.length} tensors, ${s.bytes} bytes)`);
-      await writeShard(join(tmp, s.file), s.tensors, (t) => counted(produce(byName.get(t.name)!)));
+      await writeShard(join(tmp, s.file), s.tensors, (t) => counted(produce(byName.get(t.name)!)), { pool });
     }
     opts.progress?.end();
     if (shards.length > 1) await writeFile(join(tmp, 'model.safetensors.index.json'), indexJson(shards));

@@ -2,7 +2,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { bf16BitsToF32, convertBytes, decodeFloats, encodeFloats, f16BitsToF32, f32ToBf16Bits, f32ToF16Bits, type FloatDtype } from '../../libs/safetensors/dtype';
-import { floatKernels, FLOAT_CAP, useFloatWasm } from '../../libs/safetensors/float-wasm';
+import { floatKernels, FLOAT_CAP, useFloatWasm, WasmFloatBuffer } from '../../libs/safetensors/float-wasm';
 import { useWasmNormals, wasmNormals } from '../../libs/gates/torch-normal-wasm';
 import { noiseApplier, scaleBytes, streamNormals, TorchDrawSeeker } from '../../libs/stages/noise';
 import type { SourcePart } from '../../libs/plan/types';
@@ -95,6 +95,54 @@ test('the WebAssembly casts between 16-bit types and to float32 match the JavaSc
   assert.ok(FLOAT_CAP < 3 * 65536 / 2, 'the float32 case spans several kernel calls');
   const wide = Buffer.from(edgeFloats().buffer).subarray(0, 3 * 65536 * 2);
   assert.ok(convertBytes(wide, 'F32', 'BF16').equals(withoutWasm(() => convertBytes(wide, 'F32', 'BF16'))));
+});
+
+/** n 16-bit patterns covering every value (all 65536 when n allows), then a pseudo-random rest. */
+function patterns16(n: number, salt: number): Buffer {
+  const b = Buffer.alloc(2 * n);
+  for (let i = 0; i < n; i++) b.writeUInt16LE(i < 65536 ? (i * 40503 + salt) & 0xffff : Math.imul(i, 2654435761) >>> 16, 2 * i);
+  return b;
+}
+
+test('a WebAssembly float buffer widens 16-bit values in place to convertBytes\'s float32 bits, at any length (kernel rounds and tails)', () => {
+  const buf = WasmFloatBuffer.create();
+  assert.ok(buf, 'WebAssembly SIMD is available on Node 20');
+  // Lengths around the kernels' 16- and 4-value rounds, and every 16-bit value (NaNs, infinities, subnormals, -0).
+  const lengths = [...Array.from({ length: 40 }, (_, i) => i + 1), 255, 256, 257, 65536, 65536 + 13];
+  for (const dtype of ['BF16', 'F16'] as const) {
+    for (const n of lengths) {
+      const src = patterns16(n, n);
+      // convertBytes's kernels (checked against the JavaScript path above; they also keep NaN payloads)
+      const want = convertBytes(src, dtype, 'F32');
+      const view = buf.floats(n);
+      assert.equal(view.length, n);
+      Buffer.from(view.buffer, view.byteOffset + 2 * n, 2 * n).set(src); // where the weight reader puts them
+      const after = new Uint8Array(view.buffer, 4 * n, Math.min(256, 4 * buf.capacity - 4 * n)).fill(0xa5);
+      buf.widen(n, dtype);
+      assert.ok(after.every((b) => b === 0xa5), `${dtype} n=${n}: bytes past the n values untouched`);
+      const got = Buffer.from(view.buffer, view.byteOffset, 4 * n);
+      if (!got.equals(want)) {
+        const i = new Uint32Array(got.buffer, got.byteOffset, n).findIndex((v, j) => v !== want.readUInt32LE(4 * j));
+        assert.fail(`${dtype} n=${n}: value ${i} (0x${src.readUInt16LE(2 * i).toString(16)}) widened to 0x${got.readUInt32LE(4 * i).toString(16)}, want 0x${want.readUInt32LE(4 * i).toString(16)}`);
+      }
+    }
+  }
+});
+
+test('a reused WebAssembly float buffer: smaller and larger tensors after one another get only their own values', () => {
+  const buf = WasmFloatBuffer.create()!;
+  let cap = 0;
+  for (const [n, dtype] of [[100_000, 'BF16'], [37, 'BF16'], [20_000, 'F16'], [300_000, 'BF16'], [5, 'F16'], [300_000, 'F16']] as const) {
+    const src = patterns16(n, 7 * n);
+    const view = buf.floats(n);
+    assert.ok(buf.capacity >= n && buf.capacity >= cap, 'grows, never shrinks');
+    cap = buf.capacity;
+    Buffer.from(view.buffer, view.byteOffset + 2 * n, 2 * n).set(src);
+    buf.widen(n, dtype);
+    assert.ok(Buffer.from(view.buffer, view.byteOffset, 4 * n).equals(convertBytes(src, dtype, 'F32')), `${dtype} n=${n}`);
+  }
+  assert.throws(() => buf.widen(cap + 1, 'BF16'), /past the buffer/);
+  assert.throws(() => buf.floats(2 ** 30 + 1), /exceed a WebAssembly memory/);
 });
 
 function part(dtype: FloatDtype, n: number, torch: boolean, stream = 'noise/expert/1/0/w1', seed = 42, scale = 0.02): SourcePart {
