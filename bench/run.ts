@@ -197,6 +197,14 @@ async function benchNx(tmp: string): Promise<void> {
   // nothing, see tools/executors/output-state.js); the no-op build comes after it.
   const confirm = await nxProfiled(ws, ['run', 'm:build']);
   log(`confirming build after the edit: ${confirm.seconds.toFixed(2)} s; tasks: ${taskSummary(confirm.tasks)}`);
+  // The same edit again (one more prompt), with Nx's batch mode: the stages run in one process.
+  const added2 = prompt(TOPICS[0]!, 98);
+  writeFileSync(recipeFile, hiddenRecipe('../../models', [[...experts[0]!, added, added2], experts[1]!, experts[2]!]));
+  const plusBatch = await nxProfiled(ws, ['run', 'm:build'], { NX_BATCH_MODE: 'true' });
+  const plusBatchStats = JSON.parse(readFileSync(join(ws, 'dist', 'stages', 'm', 'embed-prompts', 'stats.json'), 'utf8'));
+  log(`one more prompt added, batch mode: ${plusBatch.seconds.toFixed(2)} s (${plusBatchStats.computed} computed); tasks: ${taskSummary(plusBatch.tasks)}`);
+  const confirmBatch = await nxProfiled(ws, ['run', 'm:build']);
+  log(`confirming build after it: ${confirmBatch.seconds.toFixed(2)} s; tasks: ${taskSummary(confirmBatch.tasks)}`);
   // The no-op build and its baseline alternate (best of 3 each), so that a machine whose load changes from one
   // second to the next weighs on both alike.
   const noops: Awaited<ReturnType<typeof nxProfiled>>[] = [];
@@ -241,6 +249,7 @@ async function benchNx(tmp: string): Promise<void> {
   row({ section: 'nx', measure: 'nx cold build (hidden, 3 experts × 4 prompts), s', value: cold.seconds, unit: 's', baseline: null, baselineLabel: '', goal: 'info' });
   row({ section: 'nx', measure: 'nx build after adding 1 prompt, s', value: plus.seconds, unit: 's', baseline: expected, baselineLabel: `forward 1 prompt ${fwd.toFixed(2)} s + write ${write.seconds.toFixed(2)} s`, goal: `≈ 1 (+ Nx ${show.toFixed(1)} s)`, met: plus.seconds <= expected + show + 1 });
   row({ section: 'nx', measure: '  of which inside the stage tasks (NX_PROFILE), s', value: taskSeconds(plus.tasks), unit: 's', baseline: expected, baselineLabel: 'forward 1 prompt + write', goal: 'info' });
+  row({ section: 'nx', measure: 'nx build after adding 1 prompt, batch mode (NX_BATCH_MODE=true), s', value: plusBatch.seconds, unit: 's', baseline: plus.seconds, baselineLabel: 'the same edit without batch mode, s', goal: 'info' });
   row({ section: 'nx', measure: 'nx no-op build, s', value: noop.seconds, unit: 's', baseline: show, baselineLabel: 'bare `nx show projects`, s', goal: 'within 0.5 s of the baseline', met: noop.seconds - show < 0.5 });
   row({ section: 'nx', measure: '  of which inside the stage tasks (NX_PROFILE), s', value: taskSeconds(noop.tasks), unit: 's', baseline: show, baselineLabel: 'bare `nx show projects`, s', goal: 'info' });
   row({ section: 'nx', measure: 'nx no-op build, Nx daemon on (default outside CI), s', value: noopDaemon.seconds, unit: 's', baseline: showDaemon, baselineLabel: '`nx show projects` with the daemon, s', goal: 'within 0.5 s of the baseline', met: noopDaemon.seconds - showDaemon < 0.5 });
@@ -262,6 +271,9 @@ async function benchNx(tmp: string): Promise<void> {
     showProjectsDaemonSeconds: showsDaemon,
     noopTasksRun: noop.tasks.filter((t) => !/cache/.test(t.status)).map((t) => t.target),
     confirmTasks: confirm.tasks,
+    plusOnePromptBatchSeconds: plusBatch.seconds,
+    plusOnePromptBatchTasks: plusBatch.tasks,
+    plusOnePromptBatchComputed: plusBatchStats.computed,
     loadAverage: loadavg(),
     showProjectsSeconds: shows,
     showProjectsFirstSeconds: showCold.seconds,

@@ -64,10 +64,10 @@ export interface TaskTiming {
  * `nx` with NX_PROFILE: also each task's own duration and status (Nx's task-profiling trace), so a build's
  * wall time splits into the stages' work and what Nx spends around them.
  */
-export async function nxProfiled(ws: string, args: string[]): Promise<Ran & { tasks: TaskTiming[] }> {
+export async function nxProfiled(ws: string, args: string[], env: Record<string, string> = {}): Promise<Ran & { tasks: TaskTiming[] }> {
   const file = join(ws, '..', `nx-profile-${process.pid}-${Date.now()}.json`);
   // Nx joins the variable to its working directory, so it is given relative to the workspace.
-  const r = await nx(ws, args, { NX_PROFILE: relative(ws, file) });
+  const r = await nx(ws, args, { ...env, NX_PROFILE: relative(ws, file) });
   const events = JSON.parse(readFileSync(file, 'utf8')) as { name: string; ph: string; dur: number; args: { target?: { target: string }; status?: string } }[];
   rmSync(file, { force: true });
   const tasks = events.filter((e) => e.ph === 'X').map((e) => ({ task: e.name, target: e.args.target?.target ?? '', seconds: e.dur / 1e6, status: e.args.status ?? '' }));

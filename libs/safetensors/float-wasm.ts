@@ -541,3 +541,51 @@ export class WasmFloatBuffer {
     widenScalar(this.memory.buffer, n, m, dtype);
   }
 }
+
+let chunkModule: object | null | undefined;
+
+/**
+ * A chunk of bytes in a WebAssembly memory of its own, with the cast kernels bound to it, so that values read
+ * into it are cast where they lie (no copy into or out of the kernels' buffers). Its size is fixed: views of
+ * it stay valid while it lives.
+ */
+export class WasmChunk {
+  private constructor(
+    readonly buffer: ArrayBuffer,
+    private readonly kernels: Record<string, (n: number, src: number, dst: number) => void>,
+  ) {}
+
+  /** A chunk of at least `bytes` bytes, or null where WebAssembly SIMD is unavailable or the kernels are off. */
+  static create(bytes: number): WasmChunk | null {
+    if (!enabled || chunkModule === null) return null;
+    const wa = wasmApi();
+    try {
+      const fns: Fn[] = [];
+      for (const a of DTS) for (const b of DTS) if (a !== b) fns.push(castFn(a, b));
+      chunkModule ??= new wa.Module(moduleBytes(fns, 0));
+    } catch (e) {
+      if (process.env.MOE_FORGE_DEBUG_WASM) console.error(e);
+      chunkModule = null;
+      return null;
+    }
+    try {
+      // The kernels move eight values a round and may run up to seven past n: 64 bytes of slack.
+      const memory = new wa.Memory({ initial: Math.ceil((bytes + 64) / PAGE) });
+      const ex = new wa.Instance(chunkModule, { env: { memory } }).exports as Record<string, (n: number, src: number, dst: number) => void>;
+      return new WasmChunk(memory.buffer, ex);
+    } catch (e) {
+      if (process.env.MOE_FORGE_DEBUG_WASM) console.error(e);
+      return null;
+    }
+  }
+
+  /**
+   * The n values of `from` at the start of the chunk become n values of `to` there, when `to` is no wider:
+   * each round loads its values before it stores, and its stores end below the next round's loads.
+   */
+  castInPlace(n: number, from: Dt, to: Dt): void {
+    if (bytesOf(to) > bytesOf(from)) throw new RangeError(`an in-place cast cannot widen ${from} to ${to}`);
+    if (n * bytesOf(from) + 64 > this.buffer.byteLength) throw new RangeError(`${n} values of ${from} exceed the chunk (${this.buffer.byteLength} bytes)`);
+    if (from !== to && n > 0) this.kernels[`cast_${from}_${to}`]!(n, 0, 0);
+  }
+}

@@ -84,27 +84,36 @@ export async function readRows(loc: TensorLocation, ids: Iterable<number>): Prom
 }
 
 /**
- * Streams a tensor in chunks of at most `chunk` bytes (a multiple of `align`). With a pool, each chunk is a
- * buffer taken from it and handed to the consumer, who gives it back once done with it.
+ * Streams a tensor in chunks of at most `chunk` bytes (a multiple of `align`), reading the next chunk while
+ * the consumer works on this one. With a pool, each chunk is a buffer taken from it and handed to the
+ * consumer, who gives it back once done with it.
  */
 export async function* streamTensorBytes(loc: TensorLocation, chunk = 16 << 20, align = 8, pool?: ChunkPool): AsyncGenerator<Buffer> {
   const size = Math.max(align, chunk - (chunk % align));
   const fh = await open(loc.file, 'r');
+  const readAt = async (pos: number): Promise<Buffer> => {
+    const n = Math.min(size, loc.byteLength - pos);
+    const buf = pool ? pool.take(n) : Buffer.allocUnsafe(n);
+    let done = 0;
+    while (done < n) {
+      const { bytesRead } = await fh.read(buf, done, n - done, loc.offset + pos + done);
+      if (bytesRead === 0) throw new SafetensorsError('truncated', 'file ended while streaming tensor', { file: loc.file, tensor: loc.name });
+      done += bytesRead;
+    }
+    return buf;
+  };
+  let next: Promise<Buffer> | null = loc.byteLength > 0 ? readAt(0) : null;
   try {
     let pos = 0;
-    while (pos < loc.byteLength) {
-      const n = Math.min(size, loc.byteLength - pos);
-      const buf = pool ? pool.take(n) : Buffer.allocUnsafe(n);
-      let done = 0;
-      while (done < n) {
-        const { bytesRead } = await fh.read(buf, done, n - done, loc.offset + pos + done);
-        if (bytesRead === 0) throw new SafetensorsError('truncated', 'file ended while streaming tensor', { file: loc.file, tensor: loc.name });
-        done += bytesRead;
-      }
-      pos += n;
+    while (next) {
+      const buf = await next;
+      pos += buf.length;
+      next = pos < loc.byteLength ? readAt(pos) : null;
+      next?.catch(() => undefined); // awaited next round, or dropped if the consumer stops early
       yield buf;
     }
   } finally {
+    await next?.catch(() => undefined);
     await fh.close();
   }
 }

@@ -73,8 +73,11 @@ async function* sourceBytes(part: SourcePart, outDtype: string, seeker: () => To
   const noise = transform ? noiseApplier(dt === part.dtype ? part : { ...part, dtype: dt }, seeker) : null;
   const scale = part.scale !== undefined ? Math.fround(part.scale) : 1;
   const step = (from: Buffer, fromDtype: string, to: FloatDtype): Buffer => {
+    if (fromDtype === to) return from;
+    const inPlace = pool.castInPlace(from, fromDtype, to);
+    if (inPlace) return inPlace;
     const next = convertBytes(from, fromDtype, to, pool);
-    if (next !== from) pool.give(from);
+    pool.give(from);
     return next;
   };
   for await (const raw of streamTensorBytes(loc, values * size, size, pool)) {

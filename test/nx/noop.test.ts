@@ -4,6 +4,8 @@ import { cpSync, existsSync, readFileSync, readdirSync, rmSync, statSync, writeF
 import { join } from 'node:path';
 import { FIXTURES } from '../helpers/tmp';
 import { addRecipe, nx, throwawayWorkspace, TINY_BF16_RECIPE } from '../helpers/workspace';
+import { spawnSync } from 'node:child_process';
+import { runtimeCommand, scriptPath } from '../../tools/executors/fast-input';
 
 const ws = throwawayWorkspace('moe-forge-ws-noop-');
 cpSync(join(FIXTURES, 'tiny-llama'), join(ws, 'models'), { recursive: true });
@@ -40,6 +42,10 @@ test('an untouched workspace builds from the cache alone; a deleted, edited or r
   // (b) Right after the first build: every task a cache hit, no stage runs, the folder as it was.
   assert.deepEqual((await build()).ran, []);
   assert.deepEqual(snapshot(), written);
+  // ... and the next one starts no node for the runtime inputs: both shell scripts answer.
+  const fast = readdirSync(join(ws, '.nx', 'moe-forge', 'fast'));
+  assert.deepEqual(fast.map((f) => f.replace(/-[0-9a-f]{16}\.sh$/, '')).sort(), ['model-ids', 'output-state']);
+  for (const f of fast) assert.equal(spawnSync('sh', [join('.nx', 'moe-forge', 'fast', f)], { cwd: ws }).status, 0, f);
 
   // (c) The folder deleted: write runs and writes it again, byte for byte; the next build is a cache hit.
   rmSync(out, { recursive: true });
@@ -98,6 +104,10 @@ test('an untouched workspace builds from the cache alone; a deleted, edited or r
 test("fetch's runtime input answers from its memo without loading the stages' code, and recomputes when a model file changes", async () => {
   const { run } = await import('../helpers/cli');
   const ids = () => run(process.execPath, ['tools/executors/model-ids.js', 'workspace-models/n/moe.yml'], ws);
+  // The command Nx runs: the shell script while it answers, else node.
+  const command = runtimeCommand('model-ids', ['workspace-models/n/moe.yml']);
+  const viaNx = () => spawnSync('sh', ['-c', command], { cwd: ws, encoding: 'utf8' });
+  const script = join(ws, scriptPath('model-ids', ['workspace-models/n/moe.yml']));
   const bundles = join(ws, '.nx', 'moe-forge', 'executors');
   const first = await ids();
   assert.match(first.stdout, /^\.\.\/\.\.\/models\/tiny-a [0-9a-f]{64}$/m);
@@ -105,12 +115,17 @@ test("fetch's runtime input answers from its memo without loading the stages' co
   const memo = await ids();
   assert.equal(memo.stdout, first.stdout);
   assert.ok(!existsSync(bundles), 'no bundle built: the memo answered');
+  // (execa drops the last newline of node's answer.)
+  assert.deepEqual({ stdout: viaNx().stdout, stderr: viaNx().stderr }, { stdout: `${first.stdout}\n`, stderr: '' });
+  assert.equal(spawnSync('sh', [script], { cwd: ws, encoding: 'utf8' }).stdout, `${first.stdout}\n`, 'the script answered');
   // A tokenizer file edited in place (size kept): the memo misses and the content id changes.
   const file = join(ws, 'models', 'tiny-b', 'tokenizer_config.json');
   const text = readFileSync(file, 'utf8');
   writeFileSync(file, text.slice(0, -1) + (text.endsWith(' ') ? '\n' : ' '));
+  assert.equal(spawnSync('sh', [script], { cwd: ws }).status, 1, 'the script no longer answers');
   const changed = await ids();
   assert.ok(existsSync(bundles), 'the ids were computed again');
+  assert.equal(viaNx().stdout, `${changed.stdout}\n`);
   assert.notEqual(changed.stdout, first.stdout);
   assert.equal(changed.stdout.split('\n')[0], first.stdout.split('\n')[0], 'tiny-a keeps its id');
   writeFileSync(file, text);

@@ -2,6 +2,7 @@ import { existsSync, readFileSync, statSync } from 'node:fs';
 import { basename, dirname, isAbsolute, join, relative, resolve, sep } from 'node:path';
 import type { CreateNodesV2, TargetConfiguration } from '@nx/devkit';
 import { parse } from 'yaml';
+import { runtimeCommand } from './fast-input';
 
 /**
  * Every workspace-models/<name>/moe.yml is a project <name> with the stage targets chained by dependsOn.
@@ -129,19 +130,20 @@ export function recipeTargets(projectRoot: string, projectName: string, options:
     if (stage === 'fetch') {
       // The models' content ids (memoised by path, size, mtime and inode: milliseconds), so a model edited in place,
       // inside or outside the workspace, re-runs fetch; a Hub model pinned to a commit is its own content.
-      inputs.push({ runtime: `node tools/executors/model-ids.js ${join(projectRoot, 'moe.yml').split(sep).join('/')}` });
+      inputs.push({ runtime: runtimeCommand('model-ids', [join(projectRoot, 'moe.yml').split(sep).join('/')]) });
     } else if (stage === 'write') {
       // Everything write reads from the stages before it (the plan, the gates, the report), and a token standing
       // for "the model folders this workspace wrote are as written" plus the base's chat template (see
       // output-state.js): an untouched workspace's build is a cache hit, a deleted or edited folder is written again.
       inputs.push({ dependentTasksOutputFiles: '**/{models.json,prompt-states.json,gates.json,gates.safetensors,plan.json,routing.json,routing.html}', transitive: true });
-      inputs.push({ runtime: `node tools/executors/output-state.js ${projectName} ${stagesDir}` });
+      inputs.push({ runtime: runtimeCommand('output-state', [projectName, stagesDir]) });
     } else {
       // Upstream results, not their run statistics (stats.json), so a cache hit upstream keeps this stage cached.
       inputs.push({ dependentTasksOutputFiles: '**/{models,prompt-states,gates,plan}.json', transitive: true });
     }
     targets[name(stage)] = {
-      executor: `./tools/executors:${stage}`,
+      // One executor for every stage (tools/executors/stage): Nx's batch mode runs a chain in one process.
+      executor: './tools/executors:stage',
       options: stage === 'write' ? { stagesDir, outputPath } : { stagesDir },
       // Command-line options reach write and assemble-experts, the stages they change (random gates are
       // drawn there); the earlier stages ignore them so that, e.g., a new seed or shard size keeps their cache.
@@ -153,6 +155,7 @@ export function recipeTargets(projectRoot: string, projectName: string, options:
       metadata: {
         description: DESCRIPTIONS[stage] + (stage === 'fetch' && models.floatingHubRefs.length ? ` ${models.floatingHubRefs.join(', ')} name a branch: each build asks the hub for its commit (offline: the cached one).` : ''),
         technologies: ['moe-forge'],
+        moeForgeStage: stage,
         help: { command: `npx nx run ${projectName}:${name(stage)} --help`, example: { options: stage === 'write' ? { outputPath: `out/${projectName}` } : stage === 'assemble-experts' ? { randomSeed: 1 } : {} } },
       },
     };
@@ -160,7 +163,7 @@ export function recipeTargets(projectRoot: string, projectName: string, options:
   // After build-gates, beside the chain: write puts its summary in the model card. Command-line options reach it
   // (a new seed draws new random gates); held-out prompt files in the recipe's folder are among its inputs.
   targets[name('report')] = {
-    executor: './tools/executors:report',
+    executor: './tools/executors:stage',
     options: { stagesDir },
     dependsOn: [check, { target: name('build-gates'), params: 'ignore' }],
     cache: true,
@@ -177,6 +180,7 @@ export function recipeTargets(projectRoot: string, projectName: string, options:
     metadata: {
       description: 'Routing report (routing.json, routing.html): which expert each prompt reaches in each layer, accuracy, load, starving experts and why.',
       technologies: ['moe-forge'],
+      moeForgeStage: 'report',
       help: { command: `npx nx run ${projectName}:${name('report')} --help`, example: { options: { evalPrompts: 'held-out.yml' } } },
     },
   };

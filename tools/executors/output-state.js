@@ -14,13 +14,17 @@
 //   (it finds the folder complete and writes nothing) before no-op builds are cache hits again.
 // The record lives in the workspace's .nx folder, never in a cache: a random token per workspace means another
 // machine never skips its own write on a remote-cache hit. The output folders are never Nx outputs.
+// The answer is also left as a shell script (fast-input.js) that the next builds run instead of node while the
+// record, the live folders' files, models.json and the companion files are as they were.
 'use strict';
 const { createHash, randomBytes } = require('node:crypto');
 const { mkdirSync, readFileSync, renameSync, statSync, writeFileSync } = require('node:fs');
 const { homedir } = require('node:os');
 const { isAbsolute, join, resolve } = require('node:path');
+const { recordAnswer, snapshot } = require('./fast-input');
 
 const COMPANIONS = ['chat_template.jinja', 'chat_template.json', 'generation_config.json'];
+const KIND = 'output-state';
 
 function stateFile(root, project) {
   return join(root, '.nx', 'moe-forge', 'outputs', `${project.replace(/[^\w.-]/g, '_')}.json`);
@@ -109,19 +113,28 @@ function recordWrite(root, project, dir, names, replaced) {
   saveState(root, project, state);
 }
 
-/** Chat template and generation settings of the local models fetch resolved: write copies them, and the models' content ids leave them out. */
-function companionLines(root, stagesDir) {
+const modelsJson = (root, stagesDir) => resolve(root, stagesDir, 'fetch', 'models.json');
+
+/** Local model folders fetch resolved (Hub snapshots are fixed by their commit, in models.json). */
+function localModelDirs(root, stagesDir) {
   let models;
   try {
-    models = JSON.parse(readFileSync(resolve(root, stagesDir, 'fetch', 'models.json'), 'utf8')).models;
+    models = JSON.parse(readFileSync(modelsJson(root, stagesDir), 'utf8')).models;
   } catch {
     return [];
   }
-  const lines = [];
+  const dirs = [];
   for (const m of Array.isArray(models) ? models : []) {
-    // Hub snapshots are fixed by their commit (in models.json).
     if (!m || m.source !== 'local' || typeof m.dir !== 'string') continue;
-    const dir = m.dir.startsWith('~/') ? join(homedir(), m.dir.slice(2)) : isAbsolute(m.dir) ? m.dir : resolve(root, m.dir);
+    dirs.push({ ref: m.dir, dir: m.dir.startsWith('~/') ? join(homedir(), m.dir.slice(2)) : isAbsolute(m.dir) ? m.dir : resolve(root, m.dir) });
+  }
+  return dirs;
+}
+
+/** Chat template and generation settings of the local models fetch resolved: write copies them, and the models' content ids leave them out. */
+function companionLines(root, stagesDir) {
+  const lines = [];
+  for (const { ref, dir } of localModelDirs(root, stagesDir)) {
     for (const f of COMPANIONS) {
       let bytes;
       try {
@@ -129,17 +142,38 @@ function companionLines(root, stagesDir) {
       } catch {
         continue;
       }
-      lines.push(`companion ${m.dir} ${f} ${createHash('sha256').update(bytes).digest('hex')}`);
+      lines.push(`companion ${ref} ${f} ${createHash('sha256').update(bytes).digest('hex')}`);
     }
   }
   return [...new Set(lines)];
 }
 
+/**
+ * What the answer stands on, seen before it is computed: the record and models.json first (the other files are
+ * read from them), then the live folders' recorded files and the companion files (present or not).
+ */
+function answerSnapshot(root, project, stagesDir) {
+  const first = snapshot([stateFile(root, project), modelsJson(root, stagesDir)]);
+  const state = readState(root, project);
+  const rest = [];
+  if (state.token !== null) {
+    for (const rec of Object.values(state.outputs)) if (rec.token === state.token) for (const name of Object.keys(rec.files)) rest.push(join(rec.dir, name));
+  }
+  for (const { dir } of localModelDirs(root, stagesDir)) for (const f of COMPANIONS) rest.push(join(dir, f));
+  const then = snapshot(rest);
+  return { paths: [...first.paths, ...then.paths], lines: [...first.lines, ...then.lines] };
+}
+
 module.exports = { currentToken, suspectFiles, recordWrite, stateFile };
 
 if (require.main === module) {
-  const [project, stagesDir] = process.argv.slice(2);
+  const args = process.argv.slice(2);
+  const [project, stagesDir] = args;
   const root = process.cwd();
+  const snap = answerSnapshot(root, project, stagesDir);
   const lines = [`write-token ${currentToken(root, project)}`, ...companionLines(root, stagesDir)];
-  process.stdout.write(lines.join('\n') + '\n');
+  const text = lines.join('\n') + '\n';
+  process.stdout.write(text);
+  // A rotated token rewrote the record: stat no longer matches the snapshot, so no script (node answers once more).
+  recordAnswer(root, KIND, args, snap, text);
 }

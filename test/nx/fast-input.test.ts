@@ -1,0 +1,105 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { chmodSync, existsSync, mkdirSync, rmSync, utimesSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { tempDir } from '../helpers/tmp';
+// Plain JavaScript module of the plugin (the runtime inputs load it without a transpiler).
+import { recordAnswer, runtimeCommand, scriptPath, snapshot } from '../../tools/executors/fast-input';
+
+const root = tempDir('moe-forge-fast-input-');
+const dir = join(root, "models with space/it's");
+mkdirSync(dir, { recursive: true });
+const a = join(dir, 'config.json');
+const b = join(dir, 'model.safetensors');
+const absent = join(dir, 'chat_template.jinja');
+const answer = "ids ../../models/a 5557c1\nit's $HOME `id` \\n 'quoted'\n";
+const args = ['workspace-models/x y/moe.yml'];
+const script = join(root, scriptPath('model-ids', args));
+
+// Recorded with an old mtime on every file, so that any write after it is seen (a filesystem's clock ticks coarsely).
+const PAST = new Date('2020-01-01T00:00:00Z');
+function record(): boolean {
+  for (const p of [a, b, dir]) if (existsSync(p)) utimesSync(p, PAST, PAST);
+  return recordAnswer(root, 'model-ids', args, snapshot([dir, a, b, absent]), answer);
+}
+function answered() {
+  const r = spawnSync('sh', [script], { cwd: root, encoding: 'utf8' });
+  return { code: r.status, stdout: r.stdout };
+}
+
+test('the recorded script prints node\'s answer byte for byte while the files are as they were, and nothing once one changes', () => {
+  writeFileSync(a, '{"hidden_size": 8}');
+  writeFileSync(b, 'weights');
+  assert.equal(record(), true);
+  assert.deepEqual(answered(), { code: 0, stdout: answer });
+  assert.deepEqual(answered(), { code: 0, stdout: answer }, 'answers again: the script changes nothing');
+
+  // Same bytes written again (a new mtime): the script refuses, node computes.
+  writeFileSync(a, '{"hidden_size": 8}');
+  assert.deepEqual(answered(), { code: 1, stdout: '' });
+  assert.equal(record(), true);
+  // Same size, other bytes.
+  writeFileSync(b, 'WEIGHTS');
+  assert.deepEqual(answered(), { code: 1, stdout: '' });
+  assert.equal(record(), true);
+  // A file that was absent appears; a file is removed; a file is added to the folder; a file is replaced (new inode).
+  writeFileSync(absent, '{{ x }}');
+  assert.deepEqual(answered(), { code: 1, stdout: '' });
+  rmSync(absent);
+  assert.equal(record(), true);
+  rmSync(b);
+  assert.deepEqual(answered(), { code: 1, stdout: '' });
+  writeFileSync(b, 'WEIGHTS');
+  assert.equal(record(), true);
+  writeFileSync(join(dir, 'extra.bin'), 'x');
+  assert.deepEqual(answered(), { code: 1, stdout: '' });
+  assert.equal(record(), true);
+  chmodSync(a, 0o600);
+  assert.deepEqual(answered(), { code: 1, stdout: '' });
+  assert.equal(record(), true);
+  assert.deepEqual(answered(), { code: 0, stdout: answer });
+});
+
+test('no script when stat does not print exactly what node saw: a file changed after the snapshot, or a stat without nanoseconds', () => {
+  writeFileSync(a, '{"hidden_size": 8}');
+  writeFileSync(b, 'weights');
+  assert.equal(record(), true);
+  const snap = snapshot([dir, a, b]);
+  writeFileSync(a, '{"hidden_size": 16}');
+  assert.equal(recordAnswer(root, 'model-ids', args, snap, answer), false);
+  assert.ok(!existsSync(script), 'the old script is removed too');
+
+  // A stat that prints whole seconds (as some do): never trusted.
+  const bin = join(root, 'bin');
+  mkdirSync(bin, { recursive: true });
+  const real = spawnSync('sh', ['-c', 'command -v stat'], { encoding: 'utf8' }).stdout.trim();
+  writeFileSync(join(bin, 'stat'), `#!/bin/sh\nfor x in "$@"; do shift; set -- "$@" "$(printf '%s' "$x" | sed 's/%\\.9Y/%Y/')"; done\nexec ${real} "$@"\n`);
+  chmodSync(join(bin, 'stat'), 0o755);
+  const path = process.env.PATH;
+  process.env.PATH = `${bin}:${path}`;
+  try {
+    assert.equal(record(), false);
+  } finally {
+    process.env.PATH = path;
+  }
+  assert.ok(!existsSync(script));
+  assert.equal(record(), true);
+});
+
+test('the runtime command runs the script and falls back to node; Windows runs node alone', () => {
+  const posix = runtimeCommand('model-ids', args, 'linux');
+  assert.equal(posix, `sh ${scriptPath('model-ids', args)} 2>/dev/null || node tools/executors/model-ids.js 'workspace-models/x y/moe.yml'`);
+  assert.equal(runtimeCommand('model-ids', args, 'win32'), "node tools/executors/model-ids.js 'workspace-models/x y/moe.yml'");
+  assert.notEqual(scriptPath('output-state', ['a', 'dist/stages/a']), scriptPath('output-state', ['b', 'dist/stages/a']));
+  // No script yet for these arguments: node's answer (here a stand-in) is the command's whole output, stderr included.
+  mkdirSync(join(root, 'tools', 'executors'), { recursive: true });
+  writeFileSync(join(root, 'tools', 'executors', 'model-ids.js'), "process.stdout.write('from node ' + process.argv[2] + '\\n');");
+  const other = ['workspace-models/z/moe.yml'];
+  const r = spawnSync('sh', ['-c', runtimeCommand('model-ids', other, 'linux')], { cwd: root, encoding: 'utf8' });
+  assert.deepEqual({ stdout: r.stdout, stderr: r.stderr }, { stdout: 'from node workspace-models/z/moe.yml\n', stderr: '' });
+  // With a script that answers, node is not started.
+  assert.equal(recordAnswer(root, 'model-ids', other, snapshot([a]), 'from the script\n'), true);
+  const s = spawnSync('sh', ['-c', runtimeCommand('model-ids', other, 'linux')], { cwd: root, encoding: 'utf8' });
+  assert.deepEqual({ stdout: s.stdout, stderr: s.stderr }, { stdout: 'from the script\n', stderr: '' });
+});

@@ -1,0 +1,92 @@
+// A shell fast path for the plugin's runtime inputs (model-ids.js, output-state.js). Nx runs each runtime input
+// on every build; starting node costs ~0.1 s, most of a no-op build's own time. So when node computes an answer,
+// it also writes a small sh script that prints that answer again while every file the answer stands on has the
+// stats it had (name, size, mtime to the nanosecond, inode, mode, through GNU stat), and exits 1 otherwise; the
+// runtime command runs that script and falls back to node. A script is written only when `stat` printed exactly
+// what node saw, so a platform whose stat prints less (BSD, BusyBox without nanoseconds) never answers from it.
+'use strict';
+const { createHash } = require('node:crypto');
+const { spawnSync } = require('node:child_process');
+const { mkdirSync, renameSync, rmSync, statSync, writeFileSync } = require('node:fs');
+const { join } = require('node:path');
+
+const FORMAT = '%n:%s:%.9Y:%i:%f\\n';
+
+/** Workspace-relative path of the script answering `node tools/executors/<kind>.js <args>`. */
+function scriptPath(kind, args) {
+  const key = createHash('sha256').update([kind, ...args].join('\0')).digest('hex').slice(0, 16);
+  return `.nx/moe-forge/fast/${kind}-${key}.sh`;
+}
+
+const shellWord = (s) => (/^[\w./@%+=:,-]+$/.test(s) ? s : `'${s.replace(/'/g, `'\\''`)}'`);
+
+/** The runtime input's command: the fast script, else node (which writes a new one); plain node on Windows. */
+function runtimeCommand(kind, args, platform = process.platform) {
+  const node = ['node', `tools/executors/${kind}.js`, ...args].map(shellWord).join(' ');
+  // The script's stderr (a missing script) must not reach the hash; node's keeps doing so, as before.
+  return platform === 'win32' ? node : `sh ${scriptPath(kind, args)} 2>/dev/null || ${node}`;
+}
+
+/** The line GNU stat prints for a path with FORMAT, from node's own stat; null when absent (stat prints nothing). */
+function statLine(p) {
+  let st;
+  try {
+    st = statSync(p, { bigint: true });
+  } catch {
+    return null;
+  }
+  const ns = st.mtimeNs;
+  if (ns < 0n) return `${p}:negative-mtime`; // never what stat prints: no fast answer
+  return `${p}:${st.size}:${ns / 1000000000n}.${String(ns % 1000000000n).padStart(9, '0')}:${st.ino}:${st.mode.toString(16)}`;
+}
+
+/** What node sees of `paths` now: take it before reading anything the answer is computed from. */
+function snapshot(paths) {
+  const uniq = [...new Set(paths)];
+  return { paths: uniq, lines: uniq.map(statLine) };
+}
+
+const quote = (s) => `'${s.replace(/'/g, `'\\''`)}'`;
+
+/**
+ * Writes the script for (kind, args) printing `answer` while `snap`'s files are as node saw them; removes it
+ * instead when stat does not print exactly that now (a file changed meanwhile, or a stat without nanoseconds).
+ */
+function recordAnswer(root, kind, args, snap, answer) {
+  const file = join(root, scriptPath(kind, args));
+  const expected = snap.lines.filter((l) => l !== null).join('\n');
+  let ok = snap.paths.length > 0 && !snap.paths.some((p) => /[\n\0]/.test(p) || p.startsWith('-'));
+  if (ok) {
+    const r = spawnSync('stat', ['-L', `--printf=${FORMAT}`, '--', ...snap.paths], { encoding: 'utf8', timeout: 10_000 });
+    ok = !r.error && typeof r.stdout === 'string' && r.stdout.replace(/\n+$/, '') === expected;
+  }
+  try {
+    if (!ok) {
+      rmSync(file, { force: true });
+      return false;
+    }
+    mkdirSync(join(file, '..'), { recursive: true });
+    const tmp = `${file}.${process.pid}.tmp`;
+    writeFileSync(
+      tmp,
+      `# moe-forge: the answer of node tools/executors/${kind}.js while these files are unchanged (tools/executors/fast-input.js)\n` +
+        `[ "$(stat -L --printf=${quote(FORMAT)} -- ${snap.paths.map(quote).join(' ')} 2>/dev/null)" = ${quote(expected)} ] || exit 1\n` +
+        `printf '%s' ${quote(answer)}\n`,
+    );
+    renameSync(tmp, file);
+    return true;
+  } catch {
+    return false; // no script: node answers next time
+  }
+}
+
+/** Removes the script for (kind, args): its answer must not be given again (e.g. a Hub branch, resolved each build). */
+function dropAnswer(root, kind, args) {
+  try {
+    rmSync(join(root, scriptPath(kind, args)), { force: true });
+  } catch {
+    // nothing to remove
+  }
+}
+
+module.exports = { runtimeCommand, scriptPath, snapshot, recordAnswer, dropAnswer, statLine };
