@@ -287,32 +287,30 @@ async function runLayers(m: Model, seqs: Sequence[], upTo: number, opts: Forward
   states.forEach((h, i) => visit(i, 0, h));
   if (upTo === 0) return;
   // Then the first layer's reads, alone, so that it is ready soonest; the first session is made and the kernels
-  // are compiled while they run. Layer l + 1's reads start once layer l's are done and its pool is free (the
-  // layer before l has run), so the disk never waits for widening or a run.
+  // are compiled while they run, and the second layer's reads start once they are done.
   const pools: BufferPool[] = [new Map(), new Map()];
   const feeds: (LayerFeeds | undefined)[] = [];
   const startFeeds = (l: number) => {
     if (l < upTo && !feeds[l]) feeds[l] = layerFeeds(layers[l]!, pools[l % 2]!);
   };
-  const startAfterReads = (l: number) => {
-    void feeds[l - 1]!.read.then(() => startFeeds(l), () => undefined); // a failed read surfaces through feeds
-  };
   startFeeds(0);
-  startAfterReads(1);
+  void feeds[0]!.read.then(() => startFeeds(1), () => undefined); // a failed read surfaces through feeds[0]
   const settings: SessionSettings = { device: opts.device ?? 'cpu', threads: opts.threads ?? 2 };
   const groups = packs(seqs, Math.max(1, opts.packTokens ?? 2048));
   const fixed = groups.map((g) => packInputs(cfg, g.map((i) => seqs[i]!)));
   const sessions = new Map<string, Session>();
   try {
     for (let layer = 0; layer < upTo; layer++) {
-      if (layer > 0) startAfterReads(layer + 1); // its pool is free: the layer before this one has run
+      // The other pool is free once the layer before this one has run: the next layer's reads start now,
+      // queued behind this layer's, so the disk never waits for this layer's widening or run.
+      if (layer > 0) startFeeds(layer + 1);
       const key = layerSignature(layers[layer]!);
       let session = sessions.get(key);
       if (!session) {
         session = await sessionFromBytes(encodeModel(buildLayerModel(cfg, layers[layer]!)), settings);
         sessions.set(key, session);
       }
-      startFeeds(layer); // already started unless its predecessor's reads were done a moment ago
+      startFeeds(layer); // layer 1's are started already unless layer 0's reads were done a moment ago
       const weights = await feeds[layer]!.feeds;
       const out: Float32Array[] = new Array(seqs.length);
       let done = 0;
