@@ -3,8 +3,11 @@ import { mkdir, readFile, rename, rm, utimes, writeFile } from 'node:fs/promises
 import { hostname } from 'node:os';
 import { join, resolve } from 'node:path';
 import { randomBytes } from 'node:crypto';
-import cacache from 'cacache';
+import type Cacache from 'cacache';
 import { processAlive } from '../util/process';
+
+// Loaded at first use: most stages never open the cache, and loading cacache is ~90 ms of a stage's start.
+const cacache = (): typeof Cacache => require('cacache');
 
 /**
  * The one door to cacache: content-addressed entries with integrity checks. Corrupt or truncated
@@ -46,15 +49,15 @@ export class ContentCache {
 
   async getBuffer(key: string): Promise<Buffer | null> {
     try {
-      const { data } = await cacache.get(this.dir, key);
+      const { data } = await cacache().get(this.dir, key);
       return data;
     } catch (e) {
       const code = (e as NodeJS.ErrnoException).code;
       if (code === 'ENOENT') return null;
       if (code === 'EINTEGRITY' || code === 'EBADSIZE') {
         // Drop the bad content too: a later put of the same bytes would otherwise keep the corrupt file.
-        const info = await cacache.get.info(this.dir, key).catch(() => null);
-        if (info) await cacache.rm.content(this.dir, info.integrity).catch(() => undefined);
+        const info = await cacache().get.info(this.dir, key).catch(() => null);
+        if (info) await cacache().rm.content(this.dir, info.integrity).catch(() => undefined);
         await this.remove(key);
         return null;
       }
@@ -65,7 +68,7 @@ export class ContentCache {
 
   async putBuffer(key: string, data: Buffer, metadata?: unknown): Promise<void> {
     try {
-      await cacache.put(this.dir, key, data, { metadata });
+      await cacache().put(this.dir, key, data, { metadata });
     } catch (e) {
       if (!this.unusable(e)) throw e;
     }
@@ -87,7 +90,7 @@ export class ContentCache {
   }
 
   async remove(key: string): Promise<void> {
-    await cacache.rm.entry(this.dir, key).catch(() => undefined);
+    await cacache().rm.entry(this.dir, key).catch(() => undefined);
   }
 }
 

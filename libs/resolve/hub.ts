@@ -2,13 +2,16 @@ import { createHash, randomBytes } from 'node:crypto';
 import { createReadStream, existsSync } from 'node:fs';
 import { mkdir, open, readdir, rename, rm, stat, statfs, truncate } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
-import { HubApiError, listFiles, modelInfo } from '@huggingface/hub';
+import type { HubApiError } from '@huggingface/hub';
 import { ModelError } from '../errors';
 import { headerLengthFrom, parseHeader, type SafetensorsHeader } from '../safetensors';
 import type { RangeSource } from '../pickle';
 import { linkSnapshotFile, pathInside, repoStorage, snapshotDir, unsafePathReason } from './hf-cache';
 import { backoff, gaveUp, hubFetch, hubStats, isTransient, NetworkGaveUp, oneLine, readCapped, requestWithRetries, ShortBody, timedRequest, hubHeaders, isTransientStatus, retryAfterMs, TransientStatus, urlPlace } from './http';
 import type { HubSettings } from './settings';
+
+// Loaded at first use: only fetch talks to the Hub, and loading the client is ~40 ms of every stage's start.
+const hub = (): typeof import('@huggingface/hub') => require('@huggingface/hub');
 
 /** One file of a hub revision, with the hashes the hub reports for it. */
 export interface RemoteFile {
@@ -36,7 +39,7 @@ export function hubFailure(e: unknown, refText: string, s: HubSettings, what: st
   if (e instanceof ModelError) return e;
   const fsError = cacheWriteFailure(e, s, refText);
   if (fsError) return fsError;
-  if (e instanceof HubApiError) {
+  if (e instanceof hub().HubApiError) {
     const detail = oneLine(e.message.replace(/\. URL: .*$/s, '')) || `HTTP ${e.statusCode}`;
     if (e.statusCode === 401 || e.statusCode === 403) {
       const why = s.token
@@ -72,11 +75,11 @@ export async function remoteSnapshot(repo: string, revision: string | null, s: H
   // The token travels in hubFetch's header, not through the client, which refuses tokens without the hf_ prefix.
   const base = { hubUrl: s.hubUrl, fetch: hubFetch(s) };
   try {
-    const info = await modelInfo({ ...base, name: repo, revision: revision ?? 'main', additionalFields: ['sha'] });
+    const info = await hub().modelInfo({ ...base, name: repo, revision: revision ?? 'main', additionalFields: ['sha'] });
     const sha = (info as { sha?: string }).sha;
     if (!sha || !SHA1.test(sha)) throw new ModelError('hub_error', `the hub at ${s.hubUrl} gave no commit sha for ${refText} (got ${oneLine(JSON.stringify(sha ?? null), 60)})`);
     const files = new Map<string, RemoteFile>();
-    for await (const e of listFiles({ ...base, repo, revision: sha, recursive: false })) {
+    for await (const e of hub().listFiles({ ...base, repo, revision: sha, recursive: false })) {
       if (e.type !== 'file') continue;
       const name = String(e.path);
       const why = unsafePathReason(name);
@@ -108,7 +111,7 @@ function fileUrl(s: HubSettings, snap: RemoteSnapshot, path: string): string {
 
 async function apiError(res: Response, url: string): Promise<HubApiError> {
   await res.body?.cancel().catch(() => undefined);
-  return new HubApiError(url, res.status, undefined, oneLine(res.headers.get('x-error-message') ?? `HTTP ${res.status}`));
+  return new (hub().HubApiError)(url, res.status, undefined, oneLine(res.headers.get('x-error-message') ?? `HTTP ${res.status}`));
 }
 
 /** A content problem (wrong size or hash): retrying cannot help and the partial file is discarded. */

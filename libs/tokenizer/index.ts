@@ -2,7 +2,7 @@ import { readFile } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { createHash } from 'node:crypto';
-import { Tokenizer } from '@huggingface/tokenizers';
+import type { Tokenizer } from '@huggingface/tokenizers';
 import { ModelError } from '../errors';
 
 /** Files that make up a Hugging Face tokenizer, copied to the output when present. */
@@ -148,7 +148,7 @@ export async function loadTokenizer(dir: string): Promise<PromptTokenizer> {
   const eosToken = specialToken('eos_token', config, stm, pipeline.defaults.eos);
   let tok: Tokenizer;
   try {
-    tok = new Tokenizer(pipeline.json, config);
+    tok = new (require('@huggingface/tokenizers') as typeof import('@huggingface/tokenizers')).Tokenizer(pipeline.json, config);
   } catch (e) {
     throw new ModelError('bad_tokenizer', `cannot load tokenizer (${(e as Error).message})`, { file: tjFile });
   }
