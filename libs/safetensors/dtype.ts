@@ -172,8 +172,9 @@ function table16(from: 'BF16' | 'F16', to: 'BF16' | 'F16'): Uint16Array {
 export function convertBytes(buf: Buffer, from: string, to: FloatDtype, pool?: ChunkPool): Buffer {
   if (from === to) return buf;
   const n = buf.length / dtypeSize(from);
+  if (from !== 'F32' && from !== 'BF16' && from !== 'F16') return encodeFloats(decodeFloats(buf, from), to);
   const out = pool ? pool.take(n * dtypeSize(to)) : Buffer.allocUnsafeSlow(n * dtypeSize(to));
-  const k = from === 'F32' || from === 'BF16' || from === 'F16' ? floatKernels() : null;
+  const k = floatKernels();
   if (k) {
     castThrough(k, buf, from as FloatDtype, to, out);
     return out;
@@ -195,12 +196,9 @@ export function convertBytes(buf: Buffer, from: string, to: FloatDtype, pool?: C
     else lookupLoop(src, dst, f16Table(), n);
     return out;
   }
-  if ((from === 'BF16' || from === 'F16') && (to === 'BF16' || to === 'F16')) {
-    lookupLoop(u16View(buf), u16View(out), table16(from, to), n);
-    return out;
-  }
-  pool?.give(out);
-  return encodeFloats(decodeFloats(buf, from), to);
+  // What is left: bfloat16 <-> float16.
+  lookupLoop(u16View(buf), u16View(out), table16(from as 'BF16' | 'F16', to as 'BF16' | 'F16'), n);
+  return out;
 }
 
 function lookupLoop(src: Uint16Array, dst: Uint16Array | Uint32Array, table: Uint16Array | Uint32Array, n: number): void {

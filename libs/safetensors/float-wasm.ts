@@ -560,9 +560,8 @@ export class WasmChunk {
     if (!enabled || chunkModule === null) return null;
     const wa = wasmApi();
     try {
-      const fns: Fn[] = [];
-      for (const a of DTS) for (const b of DTS) if (a !== b) fns.push(castFn(a, b));
-      chunkModule ??= new wa.Module(moduleBytes(fns, 0));
+      // Compiled once per process; each chunk instantiates it on its own memory.
+      chunkModule ??= new wa.Module(moduleBytes(DTS.flatMap((a) => DTS.filter((b) => b !== a).map((b) => castFn(a, b))), 0));
     } catch (e) {
       if (process.env.MOE_FORGE_DEBUG_WASM) console.error(e);
       chunkModule = null;
