@@ -1,10 +1,8 @@
-import { readFileSync, statSync } from 'node:fs';
-import { mkdir, readFile, rename, rm, utimes, writeFile } from 'node:fs/promises';
-import { hostname } from 'node:os';
+import { mkdir } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
-import { randomBytes } from 'node:crypto';
 import type Cacache from 'cacache';
-import { processAlive } from '../util/process';
+import { processStartTime, withLockAt, type LockOptions } from '../util/lock';
+export type { LockOptions };
 
 // Loaded at first use: most stages never open the cache, and loading cacache is ~90 ms of a stage's start.
 const cacache = (): typeof Cacache => require('cacache');
@@ -94,135 +92,20 @@ export class ContentCache {
   }
 }
 
-/** Who holds a lock: enough to tell, on this machine, whether that very process still runs. */
-interface LockOwner {
-  pid: number;
-  host: string;
-  /** Linux boot id: a pid from before a reboot means nothing. */
-  boot: string | null;
-  /** The process's start time (clock ticks since boot): a reused pid has another. */
-  start: string | null;
-  since: number;
-}
-
-function bootId(): string | null {
-  try {
-    return readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim();
-  } catch {
-    return null;
-  }
-}
-
-/** Field 22 of /proc/PID/stat (after the command name, which may hold spaces and parentheses). */
-export function processStartTime(pid: number): string | null {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    return stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19] ?? null;
-  } catch {
-    return null;
-  }
-}
-
-function ownerOf(pid: number): LockOwner {
-  return { pid, host: hostname(), boot: bootId(), start: processStartTime(pid), since: Date.now() };
-}
-
-export interface LockOptions {
-  pollMs?: number;
-  /** A lock whose owner cannot be checked (another machine) is stale when not refreshed for this long. */
-  staleMs?: number;
-  /** Said when a stale lock is reclaimed. */
-  log?: (line: string) => void;
-  /** Said once when the lock is held by a live merge (so a wait is never silent), and when the cache is unusable. */
-  warn?: (line: string) => void;
-}
-
-/** Why a held lock is not held by a live process any more, or null while it is. */
-function staleReason(dir: string, staleMs: number): string | null {
-  const file = join(dir, 'owner.json');
-  let owner: LockOwner | null = null;
-  let age: number;
-  try {
-    owner = JSON.parse(readFileSync(file, 'utf8')) as LockOwner;
-    age = Date.now() - statSync(file).mtimeMs;
-  } catch {
-    // No owner: left by a version that wrote it after creating the folder, or by a crash in between.
-    try {
-      age = Date.now() - statSync(dir).mtimeMs;
-    } catch {
-      return 'gone';
-    }
-    return age > 2000 ? 'it names no owner' : null;
-  }
-  if (!Number.isInteger(owner.pid)) return 'it names no owner';
-  if (owner.host === hostname() && owner.boot === bootId()) {
-    if (!processAlive(owner.pid)) return `process ${owner.pid} is gone`;
-    if (owner.start !== null && processStartTime(owner.pid) !== owner.start) return `pid ${owner.pid} now belongs to another process`;
-    return null;
-  }
-  return age > staleMs ? `its owner on ${owner.host} has not refreshed it for ${Math.round(age / 1000)} s` : null;
-}
+export { processStartTime };
 
 /**
  * A cross-process lock so that concurrent merges sharing a base compute each prompt state once: the second
- * waits (saying for what), then finds the states cached. The lock folder appears complete with its owner
- * (renamed into place), is refreshed while held, and is reclaimed as soon as its owner is known dead, its pid
- * reused, or (owner on another machine) it goes unrefreshed. A cache folder that cannot hold locks
- * (a file, a full or read-only disk) means running unlocked, with a warning.
+ * waits (saying for what), then finds the states cached. A cache folder that cannot hold locks (a file, a full
+ * or read-only disk) means running unlocked, with a warning.
  */
 export async function withLock<T>(cacheDir: string, name: string, body: () => Promise<T>, opts: LockOptions = {}): Promise<T> {
-  const pollMs = opts.pollMs ?? 100;
-  const staleMs = opts.staleMs ?? 30_000;
   const locks = join(cacheDir, 'locks');
-  const dir = join(locks, name);
   try {
     await mkdir(locks, { recursive: true });
   } catch (e) {
     if (!cacheUnusable(cacheDir, e, opts.warn ?? opts.log)) throw e;
     return body();
   }
-  let told = false;
-  for (;;) {
-    const staging = join(locks, `.${name}.${process.pid}-${randomBytes(4).toString('hex')}`);
-    try {
-      await mkdir(staging);
-      await writeFile(join(staging, 'owner.json'), JSON.stringify(ownerOf(process.pid)));
-      await rename(staging, dir);
-      break;
-    } catch (e) {
-      await rm(staging, { recursive: true, force: true });
-      const code = (e as NodeJS.ErrnoException).code ?? '';
-      if (code !== 'ENOTEMPTY' && code !== 'EEXIST') {
-        if (!cacheUnusable(cacheDir, e, opts.warn ?? opts.log)) throw e;
-        return body();
-      }
-    }
-    const reason = staleReason(dir, staleMs);
-    if (reason) {
-      // Renamed away first, so two waiters cannot both remove it (and one a fresh lock).
-      const aside = join(locks, `.${name}.stale-${randomBytes(4).toString('hex')}`);
-      if (await rename(dir, aside).then(() => true, () => false)) {
-        await rm(aside, { recursive: true, force: true });
-        if (reason !== 'gone') opts.log?.(`reclaimed the stale lock ${dir}: ${reason}`);
-      }
-      continue;
-    }
-    if (!told) {
-      const owner = await readFile(join(dir, 'owner.json'), 'utf8').then((t) => JSON.parse(t) as LockOwner, () => null);
-      (opts.warn ?? opts.log)?.(`waiting for ${dir}, held by ${owner ? `pid ${owner.pid} on ${owner.host} since ${new Date(owner.since).toISOString()}` : 'another merge'} (computing prompt states of the same base)`);
-      told = true;
-    }
-    await new Promise((r) => setTimeout(r, pollMs));
-  }
-  const beat = setInterval(() => {
-    const now = new Date();
-    utimes(join(dir, 'owner.json'), now, now).catch(() => undefined);
-  }, Math.max(1000, staleMs / 4));
-  beat.unref();
-  try {
-    return await body();
-  } finally {
-    clearInterval(beat);
-    await rm(dir, { recursive: true, force: true });
-  }
+  return withLockAt(join(locks, name), body, { purpose: 'computing prompt states of the same base', ...opts, onUnusable: (e) => cacheUnusable(cacheDir, e, opts.warn ?? opts.log) });
 }

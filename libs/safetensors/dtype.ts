@@ -34,6 +34,49 @@ export function dtypeToTorchName(d: FloatDtype): string {
   return d === 'F32' ? 'float32' : d === 'F16' ? 'float16' : 'bfloat16';
 }
 
+/** The largest finite value of each float dtype. */
+export const FLOAT_MAX: Readonly<Record<string, number>> = { F64: Number.MAX_VALUE, F32: 3.4028234663852886e38, BF16: 3.3895313892515355e38, F16: 65504 };
+
+/**
+ * Whether a cast from `from` to `to` can turn real weights into inf: to float16 (max 65504) from a wider
+ * exponent, or from float64. float32 to bfloat16 shares the exponent (only |x| > 3.39e38 would overflow).
+ */
+export function narrowsRange(from: string, to: string): boolean {
+  return from !== to && (to === 'F16' || from === 'F64');
+}
+
+/**
+ * The index of the first inf or NaN among a buffer's values, or -1: an all-ones exponent. Two 16-bit values are
+ * checked per 32-bit word (a zero half of `(w & M) ^ M` is an all-ones field; the halves stay below 0x8000).
+ */
+export function firstNonFinite(buf: Uint8Array, dtype: FloatDtype): number {
+  const size = dtype === 'F32' ? 4 : 2;
+  const n = Math.floor(buf.byteLength / size);
+  const aligned = buf.byteOffset % 4 === 0;
+  const words = aligned ? Math.floor(buf.byteLength / 4) : 0;
+  const w32 = aligned ? new Uint32Array(buf.buffer, buf.byteOffset, words) : new Uint32Array(0);
+  if (dtype === 'F32') {
+    for (let i = 0; i < words; i++) if ((w32[i]! & 0x7f800000) === 0x7f800000) return i;
+  } else {
+    const m = dtype === 'F16' ? 0x7c007c00 : 0x7f807f80;
+    let i = 0;
+    for (; i < words; i++) {
+      const v = (w32[i]! & m) ^ m;
+      if (((v - 0x00010001) & 0x80008000) !== 0) break;
+    }
+    // The word that hit (or the unaligned rest) is looked at value by value.
+    const from = i * 2;
+    const h = m & 0xffff;
+    for (let j = from; j < n; j++) if (((buf[j * 2]! | (buf[j * 2 + 1]! << 8)) & h) === h) return j;
+    return -1;
+  }
+  for (let j = words; j < n; j++) {
+    const o = j * 4;
+    if (((buf[o]! | (buf[o + 1]! << 8) | (buf[o + 2]! << 16) | (buf[o + 3]! << 24)) & 0x7f800000) === 0x7f800000) return j;
+  }
+  return -1;
+}
+
 const f32 = new Float32Array(1);
 const u32 = new Uint32Array(f32.buffer);
 

@@ -6,7 +6,7 @@ import type { ParsedRecipe } from '../recipe/parse';
 import { formatReference, parseModelReference, type ModelReference, type ModelReferenceInput } from '../resolve/reference';
 import { locateReference } from '../resolve/resolve';
 import { checkRecipe } from '../recipe/validate';
-import { dtypeFromName } from '../safetensors/dtype';
+import { dtypeFromName, dtypeToTorchName, FLOAT_MAX, type FloatDtype } from '../safetensors/dtype';
 import { selectArchitecture } from '../architectures/registry';
 import type { ArchContext, ExpertSource, ModelSource, OutputArchitecture, RngKind } from '../architectures/types';
 import { checkModelsAgree, openModel } from './models';
@@ -105,6 +105,23 @@ export function recipeModelRefs(parsed: ParsedRecipe, modelBaseDir: string): Rec
   return [...seen.values()];
 }
 
+/**
+ * noise_scale and residual_scale are applied in float32 and written in the output dtype: a scale past either's
+ * largest value writes inf weights. Refused with its place before any work (the written chunks are checked too).
+ */
+function checkScales(parsed: ParsedRecipe, experts: ExpertSource[], outDtype: string | null): void {
+  const limit = Math.min(FLOAT_MAX.F32!, FLOAT_MAX[outDtype ?? 'F32'] ?? Infinity);
+  const what = outDtype && FLOAT_MAX[outDtype]! < FLOAT_MAX.F32! ? `the output dtype ${dtypeToTorchName(outDtype as FloatDtype)}` : 'float32, in which it is applied';
+  for (const e of experts) {
+    for (const key of ['noise_scale', 'residual_scale'] as const) {
+      const v = e.spec[key];
+      if (v === null || v === undefined || Math.abs(v) <= limit) continue;
+      const path = [e.shared ? 'shared_experts' : 'experts', e.index, key];
+      throw new RecipeError('bad_scale', `${v} is beyond the largest value of ${what} (${limit.toPrecision(5)}): every weight it touches would be written as inf`, { file: parsed.file, field: `${path[0]}[${e.index}].${key}`, ...parsed.position(path) });
+    }
+  }
+}
+
 export function outputDtype(parsed: ParsedRecipe, base: ModelSource): string | null {
   if (parsed.recipe.dtype) {
     try {
@@ -170,6 +187,7 @@ export function buildMergeContext(parsed: ParsedRecipe, byKey: Map<string, Model
     seed: opts.seed ?? 0,
     rng: opts.rng ?? 'stream',
   };
+  checkScales(parsed, [...experts, ...shared], ctx.outDtype);
   const { arch, warnings, why: archWhy } = selectArchitecture(ctx, parsed.file);
   if (ctx.layout === 'fused' && !arch.fusedLayout) {
     warnings.push(`${arch.name} has no fused expert layout; writing its classic per-expert layout (as mergekit-moe does).`);

@@ -12,7 +12,7 @@ import type { HubEnv } from '../resolve/settings';
 import { locate } from '../safetensors/reader';
 import { ModelError } from '../errors';
 import type { ModelSource } from '../architectures/types';
-import { checkOutputPath } from './output-folder';
+import { checkOutputPath, checkOwner, readStampSync } from './output-folder';
 import { hubSettings } from '../resolve/settings';
 import { portablePath } from './portable';
 import { buildMergeContext, modelsFileOnDisk, openSources, recipeModelRefs, type LoadOptions, type MergeContext, type ModelsFile, type ResolvedModel } from './context';
@@ -27,8 +27,11 @@ export interface FetchOptions extends LoadOptions {
   log?: (line: string) => void;
   /** Problems the merge goes on from (an unusable cache); default: stderr. */
   warn?: (line: string) => void;
-  /** The output folder the write stage will fill, checked here (before any download or forward pass). */
-  output?: { path: string; recipeFile: string };
+  /**
+   * The output folder the write stage will fill and the other paths the run writes (the routing report), checked
+   * here against every input and the cache, before any download or forward pass.
+   */
+  output?: { path: string; recipeFile: string; evalPrompts?: string; reports?: { path: string; label: string }[]; overwrite?: boolean; stagesDir?: string };
   /** Refuse the recipe generator's placeholder prompts (default true). */
   refusePlaceholders?: boolean;
   /** What this run did (downloaded or found in the cache, and where); default: log. Nx replays a cached
@@ -74,10 +77,18 @@ export async function runFetch(parsed: ParsedRecipe, outDir: string, opts: Fetch
   const resolveOpts = { baseDir: opts.modelBaseDir, cache, env: opts.env, fetch: opts.fetch };
   const inspections = await inspectModels(refs.map((r) => r.reference), resolveOpts);
   if (opts.output) {
-    checkOutputPath(opts.output.path, [
-      ...inspections.map((ins) => ({ label: `model folder of ${ins.ref}`, path: ins.dir })),
-      { label: 'recipe', path: opts.output.recipeFile },
-    ]);
+    const o = opts.output;
+    const real = checkOutputPath(
+      o.path,
+      [
+        ...inspections.map((ins) => ({ label: `model folder of ${ins.ref}`, path: ins.dir })),
+        { label: 'recipe', path: o.recipeFile },
+        ...(o.evalPrompts ? [{ label: 'eval prompts', path: o.evalPrompts }] : []),
+      ],
+      { files: o.reports, caches: [{ path: opts.cacheDir, label: 'prompt-state cache' }, ...(o.stagesDir ? [{ path: o.stagesDir, label: 'stage outputs folder' }] : [])], overwrite: o.overwrite },
+    );
+    // Another recipe's folder is refused now, not after the forward pass (the write checks again, under its lock).
+    if (existsSync(real)) checkOwner(o.path, readStampSync(real), o.recipeFile, o.overwrite ?? false);
   }
   buildMergeContext(parsed, new Map(refs.map((r, i) => [r.key, inspectedSource(r.key, inspections[i]!)])), opts);
   const resolved = await resolveModels(refs.map((r) => r.reference), resolveOpts);

@@ -1,4 +1,5 @@
-import { mkdir, mkdtemp, readdir, rm } from 'node:fs/promises';
+import { mkdir, readdir, rm } from 'node:fs/promises';
+import { isOurWorkFolder, makeTempWorkFolder } from '../util/work-folder';
 import { inUse, removeOnExit } from '../util/cleanup';
 import { leftByDeadProcess } from '../util/process';
 import { tmpdir } from 'node:os';
@@ -14,10 +15,9 @@ import { CACHE_ENV } from '../cache';
 import type { ShardOrder } from '../plan/types';
 import { homedir } from 'node:os';
 import type { RngKind } from '../architectures/types';
-import { basename, dirname, isAbsolute, relative, resolve } from 'node:path';
+import { basename, dirname, isAbsolute, resolve } from 'node:path';
 import { readEvalPrompts, runReport, writeWhole } from './report';
 import { ForgeError } from '../errors';
-import type { MergeContext } from './context';
 
 /** The command line has no workspace: its cache lives with the user's other caches. */
 export function userCacheDir(): string {
@@ -63,14 +63,13 @@ export const DEFAULT_SHARD_BYTES = 5_000_000_000;
 export async function mergeRecipe(opts: MergeOptions): Promise<WriteResult> {
   const parsed = await readRecipe(opts.recipeFile);
   await removeDeadWorkFolders();
-  const work = await mkdtemp(join(tmpdir(), `moe-forge-${process.pid}-`));
+  const work = await makeTempWorkFolder(join(tmpdir(), `moe-forge-${process.pid}-`));
   const forget = removeOnExit(work);
   try {
     const cacheDir = opts.cacheDir ?? userCacheDir();
-    const { merge } = await runFetch(parsed, join(work, 'fetch'), { cacheDir, env: opts.env, modelBaseDir: opts.modelBaseDir, allowIdenticalModels: opts.allowIdenticalModels, layout: opts.layout, seed: opts.seed, rng: opts.rng, log: opts.log, warn: opts.warn, stats: opts.debug ?? opts.log, debug: opts.debug, output: { path: opts.outPath, recipeFile: opts.recipeFile } });
-    opts.debug?.(`architecture ${merge.arch.name}: ${merge.archWhy}`);
     const reportFiles = opts.report ? reportPaths(opts.report.file) : null;
-    if (reportFiles) refuseInsideModels(merge, reportFiles.html);
+    const { merge } = await runFetch(parsed, join(work, 'fetch'), { cacheDir, env: opts.env, modelBaseDir: opts.modelBaseDir, allowIdenticalModels: opts.allowIdenticalModels, layout: opts.layout, seed: opts.seed, rng: opts.rng, log: opts.log, warn: opts.warn, stats: opts.debug ?? opts.log, debug: opts.debug, output: { path: opts.outPath, recipeFile: opts.recipeFile, evalPrompts: opts.report?.evalPrompts, reports: reportFiles ? [{ path: reportFiles.html, label: '--report' }, { path: reportFiles.json, label: '--report' }] : undefined, overwrite: opts.overwrite } });
+    opts.debug?.(`architecture ${merge.arch.name}: ${merge.archWhy}`);
     // Held-out prompts are checked before the forward pass, not after it.
     if (opts.report?.evalPrompts) await readEvalPrompts(opts.report.evalPrompts, merge.ctx.experts.length);
     // The routers need the forward pass; the base's and experts' tensors do not: their shards are written
@@ -95,7 +94,10 @@ export async function mergeRecipe(opts: MergeOptions): Promise<WriteResult> {
         writeRecipe: opts.writeRecipe ?? true,
         overwrite: opts.overwrite ?? false,
         recipeFile: opts.recipeFile,
+        evalPrompts: opts.report?.evalPrompts,
+        cacheDir,
         log: opts.log,
+        warn: opts.warn,
         debug: opts.debug,
         progress: progressReporter('writing'),
       });
@@ -120,12 +122,16 @@ export async function mergeRecipe(opts: MergeOptions): Promise<WriteResult> {
   }
 }
 
-/** Work folders of runs killed by SIGKILL (their pid is gone); other signals and crashes remove their own. */
-async function removeDeadWorkFolders(): Promise<void> {
-  const entries = await readdir(tmpdir()).catch(() => [] as string[]);
+/**
+ * Work folders of runs killed by SIGKILL (their pid is gone); other signals and crashes remove their own. Only a
+ * folder holding our marker for that name and pid is removed: a user's folder named like ours is not.
+ */
+export async function removeDeadWorkFolders(dir = tmpdir()): Promise<void> {
+  const entries = await readdir(dir).catch(() => [] as string[]);
   for (const e of entries) {
     const m = /^moe-forge-(\d+)-[A-Za-z0-9]{6}$/.exec(e);
-    if (m && leftByDeadProcess(Number(m[1]), join(tmpdir(), e), inUse)) await rm(join(tmpdir(), e), { recursive: true, force: true }).catch(() => undefined);
+    const p = join(dir, e);
+    if (m && isOurWorkFolder(p, Number(m[1])) && leftByDeadProcess(Number(m[1]), p, inUse)) await rm(p, { recursive: true, force: true }).catch(() => undefined);
   }
 }
 
@@ -134,13 +140,4 @@ export function reportPaths(file: string): { html: string; json: string } {
   const m = /^(.*)\.(html?|json)$/i.exec(file);
   if (!m) throw new ForgeError('bad_flag', `--report needs a file name ending in .html or .json (the other is written beside it), got "${file}"`, { field: '--report' });
   return { html: /^html?$/i.test(m[2]!) ? file : `${m[1]}.html`, json: m[2]!.toLowerCase() === 'json' ? file : `${m[1]}.json` };
-}
-
-/** Input model folders are read-only to us. */
-function refuseInsideModels(merge: MergeContext, file: string): void {
-  const dirs = [merge.ctx.base.dir, ...merge.ctx.experts.map((e) => e.model.dir), ...merge.ctx.shared.map((e) => e.model.dir)];
-  for (const d of dirs) {
-    const rel = relative(resolve(d), resolve(file));
-    if (!rel.startsWith('..') && !isAbsolute(rel)) throw new ForgeError('report_in_model', `the routing report would be written inside the input model folder ${d}; input folders are never written to`, { file, field: '--report' });
-  }
 }

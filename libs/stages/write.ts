@@ -5,7 +5,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { ForgeError } from '../errors';
 import { gateRow, type GateTensor } from '../gates';
 import { noiseApplier, scaleBytes, TorchDrawSeeker } from './noise';
-import { encodeFloats, convertBytes, dtypeSize, type FloatDtype } from '../safetensors/dtype';
+import { encodeFloats, convertBytes, dtypeSize, firstNonFinite, narrowsRange, type FloatDtype } from '../safetensors/dtype';
 import { streamTensorBytes } from '../safetensors/reader';
 import { ChunkPool } from '../safetensors/chunk-pool';
 import { indexJson, planShards, writeShard, type OutputTensorSpec } from '../safetensors/writer';
@@ -18,8 +18,9 @@ import type { Progress } from './progress';
 import { modelCard } from '../model-card';
 import { parseRecipeText } from '../recipe/parse';
 import { removeOnExit } from '../util/cleanup';
+import { makeWorkFolder, WORK_MARKER } from '../util/work-folder';
 import type { RoutingReport } from '../report/types';
-import { checkFreeSpace, checkOutputPath, contentEntries, inPlaceTempName, isMountPoint, noSpaceError, readStampSync, recoverStaleTemporaries, replaceInPlace, STAMP_FILE, swapIntoPlace, tempName, userEntries, type OutputInput, type Stamp } from './output-folder';
+import { checkFreeSpace, checkOutputPath, checkOwner, lockOutput, ownerField, contentEntries, inPlaceTempName, isMountPoint, noSpaceError, readStampSync, recoverStaleTemporaries, replaceInPlace, STAMP_FILE, swapIntoPlace, tempName, userEntries, type OutputInput, type Stamp } from './output-folder';
 
 export { STAMP_FILE };
 const CHUNK_BYTES = 16 << 20;
@@ -36,7 +37,12 @@ export interface WriteOptions {
   overwrite: boolean;
   /** The recipe file, which the output path must not be or contain (the plan names the model folders). */
   recipeFile?: string;
+  /** Other inputs and the cache, which the output path must not be or contain either. */
+  evalPrompts?: string;
+  cacheDir?: string;
   log?: (line: string) => void;
+  /** Said when another run holds the output folder and this one waits. */
+  warn?: (line: string) => void;
   /** Per-shard decisions with their hashes. */
   debug?: (line: string) => void;
   progress?: Progress;
@@ -61,7 +67,7 @@ export interface WriteResult {
  * A source tensor's bytes, chunk by chunk: raw when nothing changes, else noise, scale and cast per element.
  * Every buffer is the pool's; each yielded chunk passes to the writer, the rest go back here.
  */
-async function* sourceBytes(part: SourcePart, outDtype: string, seeker: () => TorchDrawSeeker, pool: ChunkPool): AsyncGenerator<Buffer> {
+async function* sourceBytes(name: string, part: SourcePart, outDtype: string, seeker: () => TorchDrawSeeker, pool: ChunkPool): AsyncGenerator<Buffer> {
   const loc = { ...part, name: part.tensor, begin: 0, end: part.byteLength };
   const out = outDtype as FloatDtype;
   const transform = part.noise !== undefined || part.scale !== undefined;
@@ -80,16 +86,25 @@ async function* sourceBytes(part: SourcePart, outDtype: string, seeker: () => To
     pool.give(from);
     return next;
   };
+  // A scale, noise or a cast to a narrower range can make inf out of finite weights: such chunks are checked.
+  const check = transform || narrowsRange(part.dtype, out);
+  const checked = (chunk: Buffer): Buffer => {
+    if (check && firstNonFinite(chunk, out) >= 0) {
+      const why = [part.noise ? `noise_scale ${part.noise.scale}` : '', part.scale !== undefined ? `residual_scale ${part.scale}` : '', `the cast from ${part.dtype}`].filter(Boolean).join(', ');
+      throw new ForgeError('not_finite', `values beyond ${out}'s range (inf or NaN) after ${why}; the model would be broken: lower the scale, or write a wider dtype`, { tensor: name });
+    }
+    return chunk;
+  };
   for await (const raw of streamTensorBytes(loc, values * size, size, pool)) {
     if (!transform) {
-      yield step(raw, part.dtype, out);
+      yield checked(step(raw, part.dtype, out));
       continue;
     }
     // As the reference: noise in the source dtype, then residual_scale, then the output cast; in place.
     const src = step(raw, part.dtype, dt);
     if (noise) noise.applyBytes(src, true);
     if (part.scale !== undefined) scaleBytes(src, dt, scale, true);
-    yield step(src, dt, out);
+    yield checked(step(src, dt, out));
   }
 }
 
@@ -108,7 +123,7 @@ function tensorProducer(gates: GateTensor | null, pool: ChunkPool) {
   const seeker = (seed: number) => () => seekers.get(seed) ?? seekers.set(seed, new TorchDrawSeeker(seed)).get(seed)!;
   return async function* (t: PlanTensor): AsyncGenerator<Buffer> {
     for (const part of t.parts) {
-      if (part.kind === 'source') yield* sourceBytes(part, t.dtype, seeker(part.noise?.seed ?? 0), pool);
+      if (part.kind === 'source') yield* sourceBytes(t.name, part, t.dtype, seeker(part.noise?.seed ?? 0), pool);
       else if (part.kind === 'gates') {
         for (const r of part.rows) yield encodeFloats(gateRow(gates!, part.layer, r), t.dtype as FloatDtype);
       } else {
@@ -227,161 +242,173 @@ export async function writeOutput(early: MergePlan, late: Promise<LateInputs>, o
   const inputs: OutputInput[] = [
     ...early.models.map((m) => ({ label: `model folder of ${m.ref}`, path: m.dir })),
     ...(opts.recipeFile ? [{ label: 'recipe', path: opts.recipeFile }] : []),
+    ...(opts.evalPrompts ? [{ label: 'eval prompts', path: opts.evalPrompts }] : []),
   ];
   // Where the output really goes: a symlinked output path is written through and the link kept.
-  const out = checkOutputPath(opts.outPath, inputs);
+  const out = checkOutputPath(opts.outPath, inputs, { caches: opts.cacheDir ? [{ path: opts.cacheDir, label: 'prompt-state cache' }] : [] });
   await mkdir(dirname(out), { recursive: true });
-  recoverStaleTemporaries(out, opts.log);
-  let existing: Stamp | null = null;
-  let keep: string[] = [];
-  // A volume mounted at the output path cannot be renamed: its files are replaced inside it.
-  const inPlace = existsSync(out) && isMountPoint(out);
-  if (existsSync(out)) {
-    const entries = contentEntries(out);
-    existing = readStampSync(out);
-    if (entries.length > 0 && !existing && !opts.overwrite) {
-      throw new ForgeError('output_exists', `output folder exists, is not empty and was not written by moe-forge; pass --overwrite to replace it`, { file: opts.outPath });
-    }
-    // Files the user added to a folder we wrote (notes, checkpoints) move into the new folder.
-    if (existing) keep = userEntries(out, existing);
-  }
-  const shardsOf = (plan: MergePlan) => planShards(plan.tensors.map((t) => ({ name: t.name, dtype: t.dtype, shape: t.shape, group: t.group }) satisfies OutputTensorSpec), plan.maxShardBytes, plan.shardOrder ?? 'reference');
-  // Written ahead: shards without routers whose content the existing folder does not already hold. An existing
-  // stamp without shard hashes (an older build) may still be the same merge: then nothing is written ahead.
-  const earlyByName = new Map(early.tensors.map((t) => [t.name, t]));
-  const ahead = writeAhead && (!existing || existing.shards)
-    ? shardsOf(early).map((s) => ({ s, tensors: s.tensors.map((t) => earlyByName.get(t.name)!) }))
-      .filter(({ tensors }) => !holdsGates(tensors))
-      .map((x) => ({ ...x, hash: shardHash(early, x.tensors, null) }))
-      .filter(({ s, hash }) => existing?.shards?.[s.file] !== hash || opts.suspect?.includes(s.file))
-    : [];
-  const plannedFiles = (shardFiles: string[], routing: boolean) => [...shardFiles, ...(shardFiles.length > 1 ? ['model.safetensors.index.json'] : []), 'config.json', ...(opts.writeRecipe !== false ? ['mergekit_moe_config.yml', 'README.md', ...(routing ? ['routing.html'] : [])] : []), ...(opts.copyTokenizer ? [...TOKENIZER_FILES, ...CHAT_TEMPLATE_FILES].filter((f) => existsSync(join(opts.tokenizerDir, f))).concat('tokenizer_config.json', 'special_tokens_map.json') : []), ...(existsSync(join(opts.tokenizerDir, GENERATION_CONFIG)) ? [GENERATION_CONFIG] : [])];
-  const disk = inPlace ? out : dirname(out);
-  const tag = randomBytes(4).toString('hex');
-  const tmp = inPlace ? inPlaceTempName(out, tag) : tempName(out, 'tmp', tag);
-  let forget: (() => void) | null = null;
-  let needed = 0;
-  const written = new Map<string, string>(); // shard file -> content hash, written ahead
-  const pool = new ChunkPool(CHUNK_BYTES);
+  // One writer at a time per folder: a second run waits, then sees the first one's stamp (and its owner).
+  const unlock = await lockOutput(out, opts.warn ?? opts.log);
   try {
-    if (ahead.length > 0) {
-      // Names this build will write, known now: a file the user added under one of them stops the build before any work.
-      if (!opts.overwrite) inTheWay(keep.filter((e) => plannedFiles(shardsOf(early).map((s) => s.file), false).includes(e)), opts.outPath);
-      // The shards written now and the router shards (whose content is not known yet).
-      needed = shardsOf(early).filter((s) => ahead.some((x) => x.s.file === s.file) || holdsGates(s.tensors.map((t) => earlyByName.get(t.name)!))).reduce((a, s) => a + s.bytes, 0) + (1 << 20);
-      checkFreeSpace(disk, needed);
-      await mkdir(tmp);
-      forget = removeOnExit(tmp);
-      const produce = tensorProducer(null, pool);
-      for (const { s, tensors, hash } of ahead) {
-        const byName = new Map(tensors.map((t) => [t.name, t]));
-        opts.log?.(`writing ${s.file} (${s.tensors.length} tensors, ${s.bytes} bytes) while the routers are computed`);
-        // The forward pass failed: stop now rather than after gigabytes nobody will keep.
-        const unlessFailed = async function* (chunks: AsyncIterable<Buffer>): AsyncGenerator<Buffer> {
-          for await (const c of chunks) {
-            if (lateFailed) throw lateFailed.error;
-            yield c;
-          }
-        };
-        await writeShard(join(tmp, s.file), s.tensors, (t) => unlessFailed(produce(byName.get(t.name)!)), { pool });
-        written.set(s.file, hash);
-      }
-    }
-    const { plan, gates, routing } = await late;
-    const hash = planHash(plan, {
-      noiseDraws: STREAM_NOISE_DRAWS,
-      recipe: opts.recipeText,
-      copyTokenizer: opts.copyTokenizer,
-      writeRecipe: opts.writeRecipe,
-      gates: Buffer.from(gates.data.buffer, gates.data.byteOffset, gates.data.byteLength).toString('base64'),
-      companions: await companionHashes(opts.tokenizerDir),
-      ...(routing ? { routing: createHash('sha256').update(routing.html).digest('hex') } : {}),
-    });
-    if (existing && existing.hash === hash && (opts.suspect ?? []).length === 0 && (await intact(out, existing))) {
-      opts.log?.(`output unchanged: ${opts.outPath}`);
-      if (forget) {
-        forget();
-        await rm(tmp, { recursive: true, force: true });
-      }
-      const n = Object.keys(existing.files).filter((f) => f.endsWith('.safetensors')).length;
-      return { outPath: opts.outPath, files: Object.keys(existing.files), shards: n, written: 0, kept: n, skipped: true, hash };
-    }
-    return await writeRest(plan, gates, routing, hash);
-  } catch (e) {
-    forget?.();
-    await rm(tmp, { recursive: true, force: true });
-    throw noSpaceError(e, disk, needed) ?? e;
+    return await writeLocked();
+  } finally {
+    await unlock();
   }
 
-  async function writeRest(plan: MergePlan, gates: GateTensor, routing: LateInputs['routing'], hash: string): Promise<WriteResult> {
-    const shards = shardsOf(plan);
-    const byName = new Map(plan.tensors.map((t) => [t.name, t]));
-    const shardHashes: Record<string, string> = {};
-    const reusable = (file: string) => existing?.shards?.[file] === shardHashes[file] && !opts.suspect?.includes(file);
-    for (const s of shards) shardHashes[s.file] = shardHash(plan, s.tensors.map((t) => byName.get(t.name)!), gates);
-    // Names this build will write, known now: a file the user added under one of them stops the build before any work.
-    const planned = plannedFiles(shards.map((s) => s.file), routing !== undefined);
-    if (!opts.overwrite) inTheWay(keep.filter((e) => planned.includes(e)), opts.outPath);
-    // What is left to write (shards written ahead are on the disk already).
-    needed = shards.reduce((a, s) => a + (reusable(s.file) || written.get(s.file) === shardHashes[s.file] ? 0 : s.bytes), 0) + (1 << 20);
-    checkFreeSpace(disk, needed);
-    if (!forget) {
-      await mkdir(tmp);
-      forget = removeOnExit(tmp);
-    }
-    const produce = tensorProducer(gates, pool);
-    const total = shards.reduce((a, x) => a + x.bytes, 0);
-    const started = Date.now();
-    let done = 0;
-    const counted = async function* (chunks: AsyncIterable<Buffer>): AsyncGenerator<Buffer> {
-      for await (const c of chunks) {
-        done += c.length;
-        const secs = Math.max((Date.now() - started) / 1000, 1e-3);
-        opts.progress?.update(done, total, `${(done / 1e9).toFixed(2)}/${(total / 1e9).toFixed(2)} GB, ${(done / 1e6 / secs).toFixed(0)} MB/s`);
-        yield c;
+  async function writeLocked(): Promise<WriteResult> {
+    recoverStaleTemporaries(out, opts.log);
+    let existing: Stamp | null = null;
+    let keep: string[] = [];
+    // A volume mounted at the output path cannot be renamed: its files are replaced inside it.
+    const inPlace = existsSync(out) && isMountPoint(out);
+    if (existsSync(out)) {
+      const entries = contentEntries(out);
+      existing = readStampSync(out);
+      checkOwner(opts.outPath, existing, opts.recipeFile, opts.overwrite, opts.log);
+      if (entries.length > 0 && !existing && !opts.overwrite) {
+        throw new ForgeError('output_exists', `output folder exists, is not empty and was not written by moe-forge; pass --overwrite to replace it`, { file: opts.outPath });
       }
-    };
-    let kept = 0;
-    for (const [i, s] of shards.entries()) {
-      const sh = shardHashes[s.file]!;
-      const was = existing?.shards?.[s.file];
-      opts.debug?.(`${s.file}: ${s.tensors.length} tensors, ${s.bytes} bytes, content ${sh.slice(0, 12)}; ${was === undefined ? 'no shard of that name before' : was === sh ? 'the existing shard has the same content' : `the existing shard had ${was.slice(0, 12)}`}`);
-      if (written.get(s.file) === sh) continue; // written while the routers were computed
-      if (written.has(s.file)) await rm(join(tmp, s.file), { force: true }); // the final plan differs: rewrite it
-      const prior = reusable(s.file) ? join(out, s.file) : null;
-      if (prior && (await stat(prior).then((st) => st.size === existing!.files[s.file], () => false))) {
-        // Same planned content as the shard already there: hard-link it (the old folder stays whole until the swap).
-        await link(prior, join(tmp, s.file)).catch(() => copyFile(prior, join(tmp, s.file)));
-        kept++;
-        opts.log?.(`kept ${s.file} (unchanged)`);
-        continue;
+      // Files the user added to a folder we wrote (notes, checkpoints) move into the new folder.
+      if (existing) keep = userEntries(out, existing);
+    }
+    const shardsOf = (plan: MergePlan) => planShards(plan.tensors.map((t) => ({ name: t.name, dtype: t.dtype, shape: t.shape, group: t.group }) satisfies OutputTensorSpec), plan.maxShardBytes, plan.shardOrder ?? 'reference');
+    // Written ahead: shards without routers whose content the existing folder does not already hold. An existing
+    // stamp without shard hashes (an older build) may still be the same merge: then nothing is written ahead.
+    const earlyByName = new Map(early.tensors.map((t) => [t.name, t]));
+    const ahead = writeAhead && (!existing || existing.shards)
+      ? shardsOf(early).map((s) => ({ s, tensors: s.tensors.map((t) => earlyByName.get(t.name)!) }))
+        .filter(({ tensors }) => !holdsGates(tensors))
+        .map((x) => ({ ...x, hash: shardHash(early, x.tensors, null) }))
+        .filter(({ s, hash }) => existing?.shards?.[s.file] !== hash || opts.suspect?.includes(s.file))
+      : [];
+    const plannedFiles = (shardFiles: string[], routing: boolean) => [...shardFiles, ...(shardFiles.length > 1 ? ['model.safetensors.index.json'] : []), 'config.json', ...(opts.writeRecipe !== false ? ['mergekit_moe_config.yml', 'README.md', ...(routing ? ['routing.html'] : [])] : []), ...(opts.copyTokenizer ? [...TOKENIZER_FILES, ...CHAT_TEMPLATE_FILES].filter((f) => existsSync(join(opts.tokenizerDir, f))).concat('tokenizer_config.json', 'special_tokens_map.json') : []), ...(existsSync(join(opts.tokenizerDir, GENERATION_CONFIG)) ? [GENERATION_CONFIG] : [])];
+    const disk = inPlace ? out : dirname(out);
+    const tag = randomBytes(4).toString('hex');
+    const tmp = inPlace ? inPlaceTempName(out, tag) : tempName(out, 'tmp', tag);
+    let forget: (() => void) | null = null;
+    let needed = 0;
+    const written = new Map<string, string>(); // shard file -> content hash, written ahead
+    const pool = new ChunkPool(CHUNK_BYTES);
+    try {
+      if (ahead.length > 0) {
+        // Names this build will write, known now: a file the user added under one of them stops the build before any work.
+        if (!opts.overwrite) inTheWay(keep.filter((e) => plannedFiles(shardsOf(early).map((s) => s.file), false).includes(e)), opts.outPath);
+        // The shards written now and the router shards (whose content is not known yet).
+        needed = shardsOf(early).filter((s) => ahead.some((x) => x.s.file === s.file) || holdsGates(s.tensors.map((t) => earlyByName.get(t.name)!))).reduce((a, s) => a + s.bytes, 0) + (1 << 20);
+        checkFreeSpace(disk, needed);
+        await makeWorkFolder(tmp);
+        forget = removeOnExit(tmp);
+        const produce = tensorProducer(null, pool);
+        for (const { s, tensors, hash } of ahead) {
+          const byName = new Map(tensors.map((t) => [t.name, t]));
+          opts.log?.(`writing ${s.file} (${s.tensors.length} tensors, ${s.bytes} bytes) while the routers are computed`);
+          // The forward pass failed: stop now rather than after gigabytes nobody will keep.
+          const unlessFailed = async function* (chunks: AsyncIterable<Buffer>): AsyncGenerator<Buffer> {
+            for await (const c of chunks) {
+              if (lateFailed) throw lateFailed.error;
+              yield c;
+            }
+          };
+          await writeShard(join(tmp, s.file), s.tensors, (t) => unlessFailed(produce(byName.get(t.name)!)), { pool });
+          written.set(s.file, hash);
+        }
       }
-      opts.log?.(`writing ${s.file} (${i + 1}/${shards.length}, ${s.tensors.length} tensors, ${s.bytes} bytes)`);
-      await writeShard(join(tmp, s.file), s.tensors, (t) => counted(produce(byName.get(t.name)!)), { pool });
+      const { plan, gates, routing } = await late;
+      const hash = planHash(plan, {
+        noiseDraws: STREAM_NOISE_DRAWS,
+        recipe: opts.recipeText,
+        copyTokenizer: opts.copyTokenizer,
+        writeRecipe: opts.writeRecipe,
+        gates: Buffer.from(gates.data.buffer, gates.data.byteOffset, gates.data.byteLength).toString('base64'),
+        companions: await companionHashes(opts.tokenizerDir),
+        ...(routing ? { routing: createHash('sha256').update(routing.html).digest('hex') } : {}),
+      });
+      if (existing && existing.hash === hash && (opts.suspect ?? []).length === 0 && (await intact(out, existing))) {
+        opts.log?.(`output unchanged: ${opts.outPath}`);
+        if (forget) {
+          forget();
+          await rm(tmp, { recursive: true, force: true });
+        }
+        const n = Object.keys(existing.files).filter((f) => f.endsWith('.safetensors')).length;
+        return { outPath: opts.outPath, files: Object.keys(existing.files), shards: n, written: 0, kept: n, skipped: true, hash };
+      }
+      return await writeRest(plan, gates, routing, hash);
+    } catch (e) {
+      forget?.();
+      await rm(tmp, { recursive: true, force: true });
+      throw noSpaceError(e, disk, needed) ?? e;
     }
-    opts.progress?.end();
-    if (shards.length > 1) await writeFile(join(tmp, 'model.safetensors.index.json'), indexJson(shards));
-    await writeFile(join(tmp, 'config.json'), jsonText(plan.config, { literals: plan.configNumbers }));
-    // The model's generation settings (an eos list, sampling defaults), as save_pretrained keeps them.
-    if (existsSync(join(opts.tokenizerDir, GENERATION_CONFIG))) await copyFile(join(opts.tokenizerDir, GENERATION_CONFIG), join(tmp, GENERATION_CONFIG));
-    if (opts.copyTokenizer) await writeTokenizer(opts.tokenizerDir, tmp);
-    if (opts.writeRecipe !== false) await writeFile(join(tmp, 'mergekit_moe_config.yml'), opts.recipeText);
-    if (opts.writeRecipe !== false) {
-      // The reference writes no model card; a README with front matter makes the output findable on the Hub.
-      const { recipe } = parseRecipeText(opts.recipeText, 'mergekit_moe_config.yml');
-      await writeFile(join(tmp, 'README.md'), modelCard({ plan, recipe, recipeText: opts.recipeText, gateMode: recipe.gate_mode, routing: routing?.report }));
-      if (routing) await writeFile(join(tmp, 'routing.html'), routing.html);
+
+    async function writeRest(plan: MergePlan, gates: GateTensor, routing: LateInputs['routing'], hash: string): Promise<WriteResult> {
+      const shards = shardsOf(plan);
+      const byName = new Map(plan.tensors.map((t) => [t.name, t]));
+      const shardHashes: Record<string, string> = {};
+      const reusable = (file: string) => existing?.shards?.[file] === shardHashes[file] && !opts.suspect?.includes(file);
+      for (const s of shards) shardHashes[s.file] = shardHash(plan, s.tensors.map((t) => byName.get(t.name)!), gates);
+      // Names this build will write, known now: a file the user added under one of them stops the build before any work.
+      const planned = plannedFiles(shards.map((s) => s.file), routing !== undefined);
+      if (!opts.overwrite) inTheWay(keep.filter((e) => planned.includes(e)), opts.outPath);
+      // What is left to write (shards written ahead are on the disk already).
+      needed = shards.reduce((a, s) => a + (reusable(s.file) || written.get(s.file) === shardHashes[s.file] ? 0 : s.bytes), 0) + (1 << 20);
+      checkFreeSpace(disk, needed);
+      if (!forget) {
+        await makeWorkFolder(tmp);
+        forget = removeOnExit(tmp);
+      }
+      const produce = tensorProducer(gates, pool);
+      const total = shards.reduce((a, x) => a + x.bytes, 0);
+      const started = Date.now();
+      let done = 0;
+      const counted = async function* (chunks: AsyncIterable<Buffer>): AsyncGenerator<Buffer> {
+        for await (const c of chunks) {
+          done += c.length;
+          const secs = Math.max((Date.now() - started) / 1000, 1e-3);
+          opts.progress?.update(done, total, `${(done / 1e9).toFixed(2)}/${(total / 1e9).toFixed(2)} GB, ${(done / 1e6 / secs).toFixed(0)} MB/s`);
+          yield c;
+        }
+      };
+      let kept = 0;
+      for (const [i, s] of shards.entries()) {
+        const sh = shardHashes[s.file]!;
+        const was = existing?.shards?.[s.file];
+        opts.debug?.(`${s.file}: ${s.tensors.length} tensors, ${s.bytes} bytes, content ${sh.slice(0, 12)}; ${was === undefined ? 'no shard of that name before' : was === sh ? 'the existing shard has the same content' : `the existing shard had ${was.slice(0, 12)}`}`);
+        if (written.get(s.file) === sh) continue; // written while the routers were computed
+        if (written.has(s.file)) await rm(join(tmp, s.file), { force: true }); // the final plan differs: rewrite it
+        const prior = reusable(s.file) ? join(out, s.file) : null;
+        if (prior && (await stat(prior).then((st) => st.size === existing!.files[s.file], () => false))) {
+          // Same planned content as the shard already there: hard-link it (the old folder stays whole until the swap).
+          await link(prior, join(tmp, s.file)).catch(() => copyFile(prior, join(tmp, s.file)));
+          kept++;
+          opts.log?.(`kept ${s.file} (unchanged)`);
+          continue;
+        }
+        opts.log?.(`writing ${s.file} (${i + 1}/${shards.length}, ${s.tensors.length} tensors, ${s.bytes} bytes)`);
+        await writeShard(join(tmp, s.file), s.tensors, (t) => counted(produce(byName.get(t.name)!)), { pool });
+      }
+      opts.progress?.end();
+      if (shards.length > 1) await writeFile(join(tmp, 'model.safetensors.index.json'), indexJson(shards));
+      await writeFile(join(tmp, 'config.json'), jsonText(plan.config, { literals: plan.configNumbers }));
+      // The model's generation settings (an eos list, sampling defaults), as save_pretrained keeps them.
+      if (existsSync(join(opts.tokenizerDir, GENERATION_CONFIG))) await copyFile(join(opts.tokenizerDir, GENERATION_CONFIG), join(tmp, GENERATION_CONFIG));
+      if (opts.copyTokenizer) await writeTokenizer(opts.tokenizerDir, tmp);
+      if (opts.writeRecipe !== false) await writeFile(join(tmp, 'mergekit_moe_config.yml'), opts.recipeText);
+      if (opts.writeRecipe !== false) {
+        // The reference writes no model card; a README with front matter makes the output findable on the Hub.
+        const { recipe } = parseRecipeText(opts.recipeText, 'mergekit_moe_config.yml');
+        await writeFile(join(tmp, 'README.md'), modelCard({ plan, recipe, recipeText: opts.recipeText, gateMode: recipe.gate_mode, routing: routing?.report }));
+        if (routing) await writeFile(join(tmp, 'routing.html'), routing.html);
+      }
+      const files: Record<string, number> = {};
+      for (const f of (await readdir(tmp)).sort()) if (f !== WORK_MARKER) files[f] = (await stat(join(tmp, f))).size;
+      // A file the user added under a name we now write would be lost: stop and name it, unless --overwrite.
+      if (!opts.overwrite) inTheWay(keep.filter((e) => e in files), opts.outPath);
+      const stamp: Stamp = { tool: 'moe-forge', hash, files, shards: shardHashes, ...(opts.recipeFile ? { recipe: ownerField(out, opts.recipeFile) } : {}) };
+      await writeFile(join(tmp, STAMP_FILE), jsonText(stamp));
+      if (inPlace) replaceInPlace(tmp, out, existing, stamp);
+      forget!();
+      if (!inPlace) swapIntoPlace(tmp, out, tag, keep.filter((e) => !(e in files)));
+      if (keep.length > 0) opts.log?.(`kept files you added: ${keep.join(', ')}`);
+      return { outPath: opts.outPath, files: Object.keys(files), shards: shards.length, written: shards.length - kept, kept, skipped: false, hash };
     }
-    const files: Record<string, number> = {};
-    for (const f of (await readdir(tmp)).sort()) files[f] = (await stat(join(tmp, f))).size;
-    // A file the user added under a name we now write would be lost: stop and name it, unless --overwrite.
-    if (!opts.overwrite) inTheWay(keep.filter((e) => e in files), opts.outPath);
-    const stamp: Stamp = { tool: 'moe-forge', hash, files, shards: shardHashes };
-    await writeFile(join(tmp, STAMP_FILE), jsonText(stamp));
-    if (inPlace) replaceInPlace(tmp, out, existing, stamp);
-    forget!();
-    if (!inPlace) swapIntoPlace(tmp, out, tag, keep.filter((e) => !(e in files)));
-    if (keep.length > 0) opts.log?.(`kept files you added: ${keep.join(', ')}`);
-    return { outPath: opts.outPath, files: Object.keys(files), shards: shards.length, written: shards.length - kept, kept, skipped: false, hash };
   }
 }

@@ -1,6 +1,6 @@
-import { mkdtempSync, rmSync, cpSync, chmodSync, readdirSync, statSync } from 'node:fs';
+import { mkdtempSync, rmSync, cpSync, chmodSync, readdirSync, statSync, mkdirSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
+import { basename, join, resolve } from 'node:path';
 import { after } from 'node:test';
 
 export const ROOT = resolve(__dirname, '..', '..');
@@ -23,4 +23,15 @@ export function copyModel(src: string, dest: string): string {
   };
   walk(dest);
   return dest;
+}
+
+/**
+ * A folder as a run of process `pid` leaves it (its work-folder marker inside), named `name` in `parent`:
+ * what a SIGKILLed run leaves, for the start-up cleanup to find. `markedAs` names the folder in the marker
+ * (an `.old-` folder is marked before it is renamed).
+ */
+export function leftoverFolder(path: string, pid: number, markedAs = basename(path)): string {
+  mkdirSync(path);
+  writeFileSync(join(path, '.moe-forge-work'), JSON.stringify({ tool: 'moe-forge', name: markedAs, pid }));
+  return path;
 }

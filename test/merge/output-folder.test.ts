@@ -2,13 +2,13 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, realpathSync, renameSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { basename, join } from 'node:path';
 import { mergeRecipe } from '../../libs/stages/merge';
 import { runWrite } from '../../libs/stages/write';
 import { newGates } from '../../libs/gates';
 import type { MergePlan } from '../../libs/plan/types';
 import { mergekitMoe } from '../helpers/cli';
-import { copyModel, tempDir, TINY } from '../helpers/tmp';
+import { copyModel, leftoverFolder, tempDir, TINY } from '../helpers/tmp';
 
 // The output folder's promises: inputs are never replaced, files a user added survive, links are written through.
 const dir = tempDir();
@@ -131,8 +131,8 @@ test('a symlinked output path is written through: the link survives and the mode
 test("a killed write's leftovers are cleaned by the next run, even when the output is unchanged", async () => {
   const out = join(dir, 'again');
   await merge(out);
-  const stale = join(dir, `.again.tmp-${deadPid()}-abcd1234`);
-  mkdirSync(stale);
+  const dead = deadPid();
+  const stale = leftoverFolder(join(dir, `.again.tmp-${dead}-abcd1234`), dead);
   writeFileSync(join(stale, 'model.safetensors'), 'half');
   const logs: string[] = [];
   await merge(out, { log: (l) => logs.push(l) });
@@ -141,12 +141,15 @@ test("a killed write's leftovers are cleaned by the next run, even when the outp
 
   // Killed in the middle of the swap: the output is missing, the previous one (with a user's file) aside.
   writeFileSync(join(out, 'notes.md'), 'mine');
-  const aside = join(dir, `.again.old-${deadPid()}-abcd1234`);
+  const aside = join(dir, `.again.old-${dead}-abcd1234`);
+  // A swap marks the folder as its work before renaming it aside.
+  writeFileSync(join(out, '.moe-forge-work'), JSON.stringify({ tool: 'moe-forge', name: basename(aside), pid: dead }));
   renameSync(out, aside);
   await merge(out, { log: (l) => logs.push(l) });
   assert.ok(!existsSync(aside));
   assert.equal(readFileSync(join(out, 'notes.md'), 'utf8'), 'mine');
   assert.ok(existsSync(join(out, 'model.safetensors')));
+  assert.ok(!existsSync(join(out, '.moe-forge-work')), 'the marker does not stay in the restored folder');
 });
 
 test('a disk without room for the output is refused before writing, naming the disk and the size', async () => {
@@ -221,8 +224,8 @@ test('a stopped in-place swap is never taken as complete: the next run redoes it
     const stamp = JSON.parse(readFileSync(join(out, '.moe-forge.json'), 'utf8'));
     writeFileSync(join(out, '.moe-forge.json'), JSON.stringify({ ...stamp, hash: 'unfinished' }));
     writeFileSync(join(out, 'model.safetensors'), 'half');
-    const work = join(out, `.moe-forge.tmp-${deadPid()}-abcd1234`);
-    mkdirSync(work);
+    const dead = deadPid();
+    const work = leftoverFolder(join(out, `.moe-forge.tmp-${dead}-abcd1234`), dead);
     writeFileSync(join(work, 'config.json'), '{}');
     const logs: string[] = [];
     await merge(out, { log: (l) => logs.push(l) });

@@ -1,14 +1,15 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { existsSync, mkdirSync, readdirSync, utimesSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, symlinkSync, utimesSync, writeFileSync } from 'node:fs';
+import { removeDeadWorkFolders } from '../../libs/stages/merge';
 import { processStartedAt } from '../../libs/util/process';
 import { join } from 'node:path';
 import { runWrite } from '../../libs/stages/write';
 import { newGates } from '../../libs/gates';
 import { progressReporter } from '../../libs/stages/progress';
 import type { MergePlan } from '../../libs/plan/types';
-import { tempDir, TINY } from '../helpers/tmp';
+import { leftoverFolder, tempDir, TINY } from '../helpers/tmp';
 
 const plan = (file: string): MergePlan => ({
   version: 1,
@@ -45,11 +46,11 @@ test("a dead run's temporary folders are removed by the next write; a live one's
   const other = spawn(process.execPath, ['-e', 'setTimeout(() => {}, 60000)'], { stdio: 'ignore' });
   await new Promise((r) => setTimeout(r, 300));
   try {
-    mkdirSync(join(d, `.out.tmp-${other.pid}-abcd1234`));
-    mkdirSync(join(d, '.out.tmp-999999999-abcd1234'));
-    mkdirSync(join(d, `.out.tmp-${process.pid}-abcd1234`));
+    leftoverFolder(join(d, `.out.tmp-${other.pid}-abcd1234`), other.pid!);
+    leftoverFolder(join(d, '.out.tmp-999999999-abcd1234'), 999999999);
+    leftoverFolder(join(d, `.out.tmp-${process.pid}-abcd1234`), process.pid);
     if (processStartedAt(other.pid!) !== null) {
-      mkdirSync(join(d, `.out.tmp-${other.pid}-0123abcd`));
+      leftoverFolder(join(d, `.out.tmp-${other.pid}-0123abcd`), other.pid!);
       const old = new Date(Date.now() - 3_600_000);
       utimesSync(join(d, `.out.tmp-${other.pid}-0123abcd`), old, old);
     }
@@ -59,6 +60,42 @@ test("a dead run's temporary folders are removed by the next write; a live one's
   } finally {
     other.kill();
   }
+});
+
+test("start-up cleanup removes only folders that prove they are ours: a user's folder or a link named like ours stays", async () => {
+  const d = tempDir();
+  const src = join(d, 'src.bin');
+  writeFileSync(src, Buffer.alloc(16));
+  const dead = 999999999;
+  // A user's folder named like our work folders: no marker, a marker naming another folder or pid, a link.
+  const users = [`.out.tmp-${dead}-abcd1234`, `.out.old-${dead}-abcd1234`, `.out.tmp-${dead}-0000aaaa`, `.out.tmp-${dead}-1111bbbb`];
+  mkdirSync(join(d, users[0]!));
+  writeFileSync(join(d, users[0]!, 'thesis.tex'), 'mine');
+  mkdirSync(join(d, users[1]!));
+  writeFileSync(join(d, users[1]!, 'notes.md'), 'mine');
+  leftoverFolder(join(d, users[2]!), dead, '.out.tmp-1-ffffffff');
+  leftoverFolder(join(d, users[3]!), 12345);
+  // A link named like ours whose target holds a valid marker for the link's name: never followed.
+  const target = leftoverFolder(join(d, 'precious'), dead, `.out.tmp-${dead}-2222cccc`);
+  writeFileSync(join(target, 'data'), 'mine');
+  symlinkSync(target, join(d, `.out.tmp-${dead}-2222cccc`));
+  // One of ours, for contrast.
+  leftoverFolder(join(d, `.out.tmp-${dead}-3333dddd`), dead);
+  await runWrite(plan(src), { ...base, outPath: join(d, 'out') });
+  assert.deepEqual(readdirSync(d).sort(), [...users, `.out.tmp-${dead}-2222cccc`, 'out', 'precious', 'src.bin'].sort());
+  assert.equal(readFileSync(join(d, users[0]!, 'thesis.tex'), 'utf8'), 'mine');
+  assert.equal(readFileSync(join(target, 'data'), 'utf8'), 'mine');
+
+  // The merge's own work folders in $TMPDIR follow the same rule.
+  const tmp = tempDir();
+  mkdirSync(join(tmp, `moe-forge-${dead}-AbCdEf`));
+  writeFileSync(join(tmp, `moe-forge-${dead}-AbCdEf`, 'keep'), 'mine');
+  const linkTarget = leftoverFolder(join(tmp, 'elsewhere'), dead, `moe-forge-${dead}-LiNkEd`);
+  symlinkSync(linkTarget, join(tmp, `moe-forge-${dead}-LiNkEd`));
+  leftoverFolder(join(tmp, `moe-forge-${dead}-OuRsXx`), dead);
+  await removeDeadWorkFolders(tmp);
+  assert.deepEqual(readdirSync(tmp).sort(), ['elsewhere', `moe-forge-${dead}-AbCdEf`, `moe-forge-${dead}-LiNkEd`]);
+  assert.ok(existsSync(join(linkTarget, '.moe-forge-work')));
 });
 
 test('progress: a bar redrawn in place on a terminal, a line every few seconds elsewhere', () => {

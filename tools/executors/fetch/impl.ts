@@ -19,7 +19,7 @@ export default function fetchExecutor(options: unknown, context: ExecutorContext
       log: (l) => logger.info(l),
       stats: (l) => logger.debug(l),
       debug: (l) => logger.debug(l),
-      output: { path: paths.output, recipeFile: paths.recipe },
+      output: { path: paths.output, recipeFile: paths.recipe, overwrite: o.overwrite, stagesDir: paths.stage('') },
     });
   });
 }

@@ -5,7 +5,7 @@ import { logger } from '../log';
 import { readPlan } from '../../../libs/stages/assemble';
 import { readGates } from '../../../libs/stages/build-gates';
 import { runWrite } from '../../../libs/stages/write';
-import { runStage } from '../run-stage';
+import { cacheDirOf, runStage } from '../run-stage';
 import { progressReporter } from '../../../libs/stages/progress';
 import { readReport } from '../../../libs/stages/report';
 import { STAMP_FILE } from '../../../libs/stages/output-folder';
@@ -30,6 +30,8 @@ export default function writeExecutor(options: unknown, context: ExecutorContext
       copyTokenizer: o.copyTokenizer,
       overwrite: o.overwrite,
       recipeFile: paths.recipe,
+      cacheDir: cacheDirOf(o, paths),
+      warn: (l) => logger.warn(l),
       // Per-shard lines describe this run, not the result: debug, so a cache hit does not replay them as news.
       log: (l) => (/^(writing|kept) /.test(l) ? logger.debug(l) : logger.info(l)),
       debug: (l) => logger.debug(l),
