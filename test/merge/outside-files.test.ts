@@ -3,7 +3,8 @@ import assert from 'node:assert/strict';
 import { cpSync, mkdirSync, readFileSync, readdirSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { mergekitMoe, run } from '../helpers/cli';
-import { FIXTURES, ROOT, tempDir } from '../helpers/tmp';
+import { startHubServer } from '../helpers/hub-server';
+import { FIXTURES, ROOT, TINY, tempDir } from '../helpers/tmp';
 import { addRecipe, nx, throwawayWorkspace } from '../helpers/workspace';
 
 // A build writes nothing outside its output, its caches and its own work folders: a hidden-gate merge (the forward
@@ -42,6 +43,21 @@ test('mergekit-moe with a hidden gate mode writes nothing into TMPDIR, HOME or X
   const r = await mergekitMoe(['moe.yml', 'out'], d, env);
   assert.equal(r.exitCode, 0, r.stderr);
   assertUntouched(env, r.stderr);
+});
+
+test('mergekit-moe downloading its models from a hub writes nothing outside HF_HUB_CACHE either', async () => {
+  const files = (n: 'a' | 'b') => Object.fromEntries(readdirSync(TINY(n)).map((f) => [f, readFileSync(join(TINY(n), f))]));
+  const server = await startHubServer([{ id: 'org/a', files: files('a') }, { id: 'org/b', files: files('b') }]);
+  try {
+    const d = tempDir();
+    const env = { ...strangerEnv(d), HF_ENDPOINT: server.url, HF_TOKEN: '', HF_HUB_OFFLINE: '' };
+    writeFileSync(join(d, 'moe.yml'), 'base_model: org/a\ngate_mode: hidden\nexperts:\n  - source_model: org/a\n    positive_prompts: ["math"]\n  - source_model: org/b\n    positive_prompts: ["code"]\n');
+    const r = await mergekitMoe(['moe.yml', 'out'], d, env);
+    assert.equal(r.exitCode, 0, r.stderr);
+    assertUntouched(env, r.stderr);
+  } finally {
+    await server.close();
+  }
 });
 
 test('mergekit-moe run through tsx (no bundle can be written) writes nothing into TMPDIR either', async () => {
