@@ -6,6 +6,8 @@ let cli;
 try {
   cli = require('./bundle.js').loadCli();
 } catch {
+  // tsx keeps compiled files in $TMPDIR/tsx-<uid>, outside anything a run may write; the forward worker inherits this.
+  process.env.TSX_DISABLE_CACHE = '1';
   require('tsx/cjs');
   cli = require('../libs/cli/mergekit-moe.ts');
 }

@@ -1,4 +1,5 @@
 /** The one place in the project that imports onnxruntime-node. */
+import './no-telemetry'; // first: onnxruntime must never see telemetry on
 import * as ort from 'onnxruntime-node';
 import { existsSync } from 'node:fs';
 import { dirname, join } from 'node:path';

@@ -17,6 +17,8 @@ function runIsolated<T>(request: Record<string, unknown>, onProgress?: (p: Forwa
     const child = fork(WORKER, [], {
       // A bundled worker is plain JavaScript: the child then skips loading tsx.
       execArgv: WORKER.endsWith('.ts') ? ['--import', pathToFileURL(require.resolve('tsx')).href] : [],
+      // In the child's environment too, so it holds from the child's first line, whatever it loads first.
+      env: { ...process.env, ORT_DISABLE_TELEMETRY: '1' },
       serialization: 'advanced',
       stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
     });

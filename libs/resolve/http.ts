@@ -1,6 +1,6 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { ModelError } from '../errors';
-import { TIMEOUT_ENV, type HubSettings } from './settings';
+import { RETRIES_ENV, TIMEOUT_ENV, type HubSettings } from './settings';
 
 /** Network access counted per process, so tests and the CLI can report what a run fetched. */
 export const hubStats = { requests: 0, bytesDownloaded: 0, retries: 0 };
@@ -62,8 +62,8 @@ export function hubHeaders(s: HubSettings, url: string, extra?: ConstructorParam
 }
 
 /**
- * One request under the idle timeout: connecting and the answer's headers must come within it, and so must each
- * piece of the body after that. A timeout rejects with HttpTimeout (from fetch, or from reading the body).
+ * One request under two timeouts: connecting and the answer's headers must come within s.firstByteMs, each piece
+ * of the body after that within s.timeoutMs. A timeout rejects with HttpTimeout (from fetch, or from reading the body).
  */
 export async function timedRequest(s: HubSettings, url: string, init: RequestInit = {}): Promise<Response> {
   const ctrl = new AbortController();
@@ -71,7 +71,7 @@ export async function timedRequest(s: HubSettings, url: string, init: RequestIni
   const aborted = new Promise<never>((_, reject) => ctrl.signal.addEventListener('abort', () => reject(ctrl.signal.reason), { once: true }));
   aborted.catch(() => undefined);
   const timeoutError = (e: unknown) => (ctrl.signal.aborted && ctrl.signal.reason instanceof HttpTimeout ? ctrl.signal.reason : e);
-  let timer = setTimeout(() => ctrl.abort(new HttpTimeout(`no answer from ${place} within ${seconds(s.timeoutMs)}`)), s.timeoutMs);
+  let timer = setTimeout(() => ctrl.abort(new HttpTimeout(`no answer from ${place} within ${seconds(s.firstByteMs)}`)), s.firstByteMs);
   let res: Response;
   try {
     hubStats.requests++;
@@ -138,13 +138,36 @@ export function retryAfterMs(res: Response): number | null {
   return Number.isFinite(t) ? Math.max(0, t - Date.now()) : null;
 }
 
-/** Waits before retry number `n` (1-based): 1 s (or the timeout, if shorter), doubling, at most 30 s; Retry-After wins up to 60 s. */
+/** The wait before retry number `n` (1-based): 1 s (or the timeout, if shorter), doubling, at most 30 s; Retry-After wins up to 60 s. */
+function backoffMs(s: HubSettings, n: number, e: unknown): number {
+  const base = Math.min(1000, s.firstByteMs);
+  const ms = Math.min(base * 2 ** (n - 1), 30_000);
+  return e instanceof TransientStatus && e.retryAfterMs !== null ? Math.min(e.retryAfterMs, 60_000) : ms;
+}
+
 export async function backoff(s: HubSettings, n: number, e: unknown): Promise<void> {
   hubStats.retries++;
-  const base = Math.min(1000, s.timeoutMs);
-  let ms = Math.min(base * 2 ** (n - 1), 30_000);
-  if (e instanceof TransientStatus && e.retryAfterMs !== null) ms = Math.min(e.retryAfterMs, 60_000);
-  await sleep(ms);
+  await sleep(backoffMs(s, n, e));
+}
+
+/**
+ * After a request's first timeout, one line saying what is retried and how long the retries may take if the hub
+ * stays silent: without it a hung hub is minutes of nothing before the error. `failures`: failed attempts so far.
+ * True once a timeout was seen (said or not): the caller says it once per request.
+ */
+export function retryNotice(s: HubSettings, e: unknown, failures: number): boolean {
+  if (!(e instanceof HttpTimeout)) return false;
+  if (!s.warn) return true;
+  let worst = 0;
+  for (let n = failures; n <= s.retries; n++) worst += backoffMs(s, n, e) + s.firstByteMs;
+  const left = s.retries - failures + 1;
+  s.warn(`${e.message} (attempt ${failures} of ${s.retries + 1}); retrying ${left} more time${left === 1 ? '' : 's'}, up to ${seconds(worst)} more if it stays silent (${TIMEOUT_ENV}, ${RETRIES_ENV})`);
+  return true;
+}
+
+/** The settings for metadata requests (the API, ETags, headers read by range): their own first-byte timeout. */
+export function forMetadata(s: HubSettings): HubSettings {
+  return { ...s, firstByteMs: s.metadataFirstByteMs };
 }
 
 function describe(e: unknown, url: string): string {
@@ -166,6 +189,7 @@ export function gaveUp(e: unknown, url: string, attempts: number): NetworkGaveUp
  * answer are tried again (up to s.retries more times, with backoff). `use` gets every other answer.
  */
 export async function requestWithRetries<T>(s: HubSettings, url: string, init: RequestInit, use: (res: Response) => Promise<T>): Promise<T> {
+  let warned = false;
   for (let attempt = 1; ; attempt++) {
     try {
       const res = await timedRequest(s, url, { ...init, headers: hubHeaders(s, url, init.headers) });
@@ -177,6 +201,7 @@ export async function requestWithRetries<T>(s: HubSettings, url: string, init: R
     } catch (e) {
       if (!isTransient(e)) throw e;
       if (attempt > s.retries) throw gaveUp(e, url, attempt);
+      if (!warned) warned = retryNotice(s, e, attempt);
       await backoff(s, attempt, e);
     }
   }
@@ -210,7 +235,7 @@ export function hubFetch(s: HubSettings): typeof fetch {
     const url = typeof input === 'string' ? input : input instanceof URL ? input.href : input.url;
     const method = (init?.method ?? 'GET').toUpperCase();
     const retry = method === 'GET' || method === 'HEAD' || (method === 'POST' && /\/paths-info\//.test(url));
-    const once = { ...s, retries: retry ? s.retries : 0 };
+    const once = { ...forMetadata(s), retries: retry ? s.retries : 0 };
     try {
       return await requestWithRetries(once, url, init ?? {}, async (res) => {
         const buf = res.body ? await readCapped(res, MAX_API_ANSWER, urlPlace(url)) : null;

@@ -7,7 +7,7 @@ import { ModelError } from '../errors';
 import { headerLengthFrom, parseHeader, type SafetensorsHeader } from '../safetensors';
 import type { RangeSource } from '../pickle';
 import { linkSnapshotFile, pathInside, repoStorage, snapshotDir, unsafePathReason } from './hf-cache';
-import { backoff, gaveUp, hubFetch, hubStats, isTransient, NetworkGaveUp, oneLine, readCapped, requestWithRetries, ShortBody, timedRequest, hubHeaders, isTransientStatus, retryAfterMs, TransientStatus, urlPlace } from './http';
+import { backoff, forMetadata, gaveUp, hubFetch, hubStats, isTransient, NetworkGaveUp, oneLine, readCapped, requestWithRetries, retryNotice, ShortBody, timedRequest, hubHeaders, isTransientStatus, retryAfterMs, TransientStatus, urlPlace } from './http';
 import type { HubSettings } from './settings';
 
 // Loaded at first use: only fetch talks to the Hub, and loading the client is ~40 ms of every stage's start.
@@ -208,6 +208,7 @@ async function downloadResumable(s: HubSettings, url: string, part: string, tota
     progress.update(have, total, `${size(have)}/${size(total)}, ${(fetched / 1e6 / secs).toFixed(1)} MB/s`);
   };
   let failures = 0;
+  let warned = false;
   try {
     for (;;) {
       let have = (await stat(part).catch(() => null))?.size ?? 0;
@@ -269,6 +270,7 @@ async function downloadResumable(s: HubSettings, url: string, part: string, tota
         if (now > before) failures = 0;
         failures++;
         if (failures > s.retries) throw gaveUp(e, url, failures);
+        if (!warned) warned = retryNotice(s, e, failures);
         await backoff(s, failures, e);
       }
     }
@@ -348,7 +350,7 @@ async function fetchFile(snap: RemoteSnapshot, file: RemoteFile, s: HubSettings,
     // The tree gave no hash: the file's ETag, when it is a sha256 (as huggingface_hub reads X-Linked-Etag, else ETag).
     let etag = '';
     try {
-      etag = await requestWithRetries(s, url, { headers: { range: 'bytes=0-0' } }, async (res) => {
+      etag = await requestWithRetries(forMetadata(s), url, { headers: { range: 'bytes=0-0' } }, async (res) => {
         await res.body?.cancel().catch(() => undefined);
         if (!res.ok) throw await apiError(res, url);
         return stripEtag(res.headers.get('x-linked-etag') ?? res.headers.get('etag') ?? '');
@@ -406,7 +408,7 @@ export function remoteRangeSource(snap: RemoteSnapshot, file: RemoteFile, s: Hub
       if (length === 0) return Buffer.alloc(0);
       let buf: Buffer;
       try {
-        buf = await requestWithRetries(s, url, { headers: { range: `bytes=${offset}-${offset + length - 1}` } }, async (res) => {
+        buf = await requestWithRetries(forMetadata(s), url, { headers: { range: `bytes=${offset}-${offset + length - 1}` } }, async (res) => {
           if (res.status === 401 || res.status === 403 || res.status === 404) throw await apiError(res, url);
           if (res.status !== 206) {
             // A server that ignores Range would send the whole file: stop reading at once.

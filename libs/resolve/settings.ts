@@ -23,6 +23,8 @@ export interface ResolveOptions {
   cache?: ContentCache;
   /** Download progress, one reporter per file (default: a bar on stderr); false: none. */
   progress?: ((label: string) => Progress) | false;
+  /** A request about to be retried after a timeout, one line (default: a WARNING line on stderr); false: none. */
+  warn?: ((line: string) => void) | false;
 }
 
 export interface HubSettings {
@@ -31,19 +33,29 @@ export interface HubSettings {
   token: string | undefined;
   offline: boolean;
   fetch: typeof fetch;
-  /** No connection, answer or body bytes for this long fails the request (MOE_FORGE_HTTP_TIMEOUT, seconds). */
+  /** No connection and answer for this long fails a download's request (MOE_FORGE_HTTP_TIMEOUT, seconds). */
+  firstByteMs: number;
+  /** The same for the hub's API and other small answers (huggingface_hub's HF_HUB_ETAG_TIMEOUT). */
+  metadataFirstByteMs: number;
+  /** No body bytes for this long, once the answer has begun, fails the request. */
   timeoutMs: number;
   /** Transient failures (timeouts, resets, 429, 5xx) are retried this many times (MOE_FORGE_HTTP_RETRIES). */
   retries: number;
   progress: ((label: string) => Progress) | null;
+  warn: ((line: string) => void) | null;
 }
 
 export const TIMEOUT_ENV = 'MOE_FORGE_HTTP_TIMEOUT';
 export const RETRIES_ENV = 'MOE_FORGE_HTTP_RETRIES';
+// As huggingface_hub: a hub that accepted the connection and stays silent is known within 10 s. A body that
+// has begun may pause longer (a slow mirror, a CDN refilling) before it counts as stalled.
+const DEFAULT_FIRST_BYTE_S = 10;
 const DEFAULT_TIMEOUT_S = 30;
 const DEFAULT_RETRIES = 5;
 
-function envNumber(env: HubEnv, name: string, fallback: number, integer: boolean): number {
+function envNumber(env: HubEnv, name: string, fallback: number, integer: boolean): number;
+function envNumber(env: HubEnv, name: string, fallback: undefined, integer: boolean): number | undefined;
+function envNumber(env: HubEnv, name: string, fallback: number | undefined, integer: boolean): number | undefined {
   const raw = env[name]?.trim();
   if (!raw) return fallback;
   const v = Number(raw);
@@ -65,6 +77,11 @@ export function hubCacheDir(env: HubEnv = process.env): string {
 
 export function hubSettings(opts: ResolveOptions = {}): HubSettings {
   const env = opts.env ?? process.env;
+  // A timeout the user set is kept for every wait; HF_HUB_DOWNLOAD_TIMEOUT and HF_HUB_ETAG_TIMEOUT are
+  // huggingface_hub's names for the downloads' and the metadata's.
+  const mine = envNumber(env, TIMEOUT_ENV, undefined, false);
+  const download = mine ?? envNumber(env, 'HF_HUB_DOWNLOAD_TIMEOUT', undefined, false);
+  const metadata = mine ?? envNumber(env, 'HF_HUB_ETAG_TIMEOUT', undefined, false);
   const offlineVar = (env.HF_HUB_OFFLINE ?? env.TRANSFORMERS_OFFLINE ?? '').toLowerCase();
   return {
     cacheDir: opts.cacheDir ? resolve(opts.cacheDir) : hubCacheDir(env),
@@ -72,9 +89,11 @@ export function hubSettings(opts: ResolveOptions = {}): HubSettings {
     token: opts.token ?? (env.HF_TOKEN || env.HUGGING_FACE_HUB_TOKEN || undefined),
     offline: opts.offline ?? TRUE.has(offlineVar),
     fetch: opts.fetch ?? globalThis.fetch,
-    // HF_HUB_DOWNLOAD_TIMEOUT is huggingface_hub's name for the same thing.
-    timeoutMs: Math.round(envNumber(env, TIMEOUT_ENV, envNumber(env, 'HF_HUB_DOWNLOAD_TIMEOUT', DEFAULT_TIMEOUT_S, false), false) * 1000),
+    firstByteMs: Math.round((download ?? DEFAULT_FIRST_BYTE_S) * 1000),
+    metadataFirstByteMs: Math.round((metadata ?? DEFAULT_FIRST_BYTE_S) * 1000),
+    timeoutMs: Math.round((download ?? DEFAULT_TIMEOUT_S) * 1000),
     retries: envNumber(env, RETRIES_ENV, DEFAULT_RETRIES, true),
     progress: opts.progress === false ? null : (opts.progress ?? ((label) => progressReporter(label))),
+    warn: opts.warn === false ? null : (opts.warn ?? ((line) => process.stderr.write(`WARNING: ${line}\n`))),
   };
 }

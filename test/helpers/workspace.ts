@@ -20,7 +20,7 @@ export function addRecipe(ws: string, name: string, yaml: string, projectJson?: 
   if (projectJson) writeFileSync(join(dir, 'project.json'), JSON.stringify(projectJson, null, 2));
 }
 
-export function nx(ws: string, args: string[], env: Record<string, string> = {}) {
+export function nx(ws: string, args: string[], env: Record<string, string | undefined> = {}) {
   return run(process.execPath, [join(ws, 'node_modules', 'nx', 'dist', 'bin', 'nx.js'), ...args], ws, { NX_DAEMON: 'false', NX_NO_CLOUD: 'true', CI: 'true', NX_TUI: 'false', MOE_FORGE_CACHE: join(ws, '.moe-cache'), ...env });
 }
 

@@ -107,9 +107,50 @@ test('a hub that accepts connections and never answers fails within the timeout,
   server.faults.length = 0;
   const half = Math.floor(WEIGHTS.length / 2);
   server.faults.push({ match: /org\/stall\/resolve\/.*model\.safetensors$/, kind: 'stall', at: half, times: 1 });
-  const r = await resolveModel('org/stall', { env: envFor(cache, { MOE_FORGE_HTTP_TIMEOUT: '1.5' }) });
+  const warnings: string[] = [];
+  const r = await resolveModel('org/stall', { env: envFor(cache, { MOE_FORGE_HTTP_TIMEOUT: '1.5' }), warn: (l) => warnings.push(l) });
   assert.ok((await readFile(join(r.dir, 'model.safetensors'))).equals(WEIGHTS));
   assert.deepEqual(weightGets('org/stall').map((q) => q.range), [null, `bytes=${half}-`]);
+  assert.equal(warnings.length, 1, warnings.join('\n'));
+  assert.match(warnings[0]!, /^127\.0\.0\.1:\d+\/org\/stall\/resolve\/[0-9a-f]{40}\/model\.safetensors stopped sending for 1\.5 s \(attempt 1 of 3\); retrying 2 more times/);
+  server.faults.length = 0;
+});
+
+test('a silent hub: after the first timeout one warning says what is retried, the attempts and the longest wait left', async () => {
+  const cache = await temp();
+  server.faults.push({ match: /org\/stall\/revision/, kind: 'stall' });
+  const revisionAsks = () => server.requests.filter((q) => q.path.includes('org/stall/revision')).length;
+  const asked = revisionAsks();
+  const events: string[] = [];
+  const warn = (l: string) => events.push(`warning after ${revisionAsks() - asked} request(s): ${l}`);
+  await assert.rejects(resolveModel('org/stall', { env: envFor(cache, { MOE_FORGE_HTTP_TIMEOUT: '0.2' }), warn }), (e: Error) => {
+    events.push(`error: ${e.message}`);
+    return true;
+  });
+  server.faults.length = 0;
+  // Waits of 0.2 s and 0.4 s before the two retries, each retry up to 0.2 s: 1 s at most after the first timeout.
+  assert.equal(events.length, 2, events.join('\n'));
+  assert.match(events[0]!, /^warning after 1 request\(s\): no answer from 127\.0\.0\.1:\d+\/api\/models\/org\/stall\/revision\/main within 0\.2 s \(attempt 1 of 3\); retrying 2 more times, up to 1 s more if it stays silent \(MOE_FORGE_HTTP_TIMEOUT, MOE_FORGE_HTTP_RETRIES\)$/);
+  assert.match(events[1]!, /^error: cannot list the files for model org\/stall: no answer from 127\.0\.0\.1:\d+\/api\/models\/org\/stall\/revision\/main within 0\.2 s, 3 attempts; /);
+  assert.equal(revisionAsks() - asked, 3);
+});
+
+test('the first-byte timeout is 10 s as in huggingface_hub unless set; a timeout the user set is kept', async () => {
+  const { hubSettings } = await import('../../libs/resolve/settings');
+  const t = (env: HubEnv) => {
+    const s = hubSettings({ env });
+    return [s.metadataFirstByteMs, s.firstByteMs, s.timeoutMs];
+  };
+  assert.deepEqual(t({}), [10_000, 10_000, 30_000]);
+  assert.deepEqual(t({ MOE_FORGE_HTTP_TIMEOUT: '45' }), [45_000, 45_000, 45_000]);
+  assert.deepEqual(t({ HF_HUB_DOWNLOAD_TIMEOUT: '20' }), [10_000, 20_000, 20_000]);
+  assert.deepEqual(t({ HF_HUB_ETAG_TIMEOUT: '3', HF_HUB_DOWNLOAD_TIMEOUT: '20' }), [3_000, 20_000, 20_000]);
+  assert.deepEqual(t({ MOE_FORGE_HTTP_TIMEOUT: '45', HF_HUB_ETAG_TIMEOUT: '3' }), [45_000, 45_000, 45_000]);
+  // HF_HUB_ETAG_TIMEOUT reaches the hub's API requests.
+  server.faults.push({ match: /org\/stall\/revision/, kind: 'stall' });
+  const env = { ...envFor(await temp(), { MOE_FORGE_HTTP_RETRIES: '0' }) } as Record<string, string | undefined>;
+  delete env.MOE_FORGE_HTTP_TIMEOUT;
+  await assert.rejects(resolveModel('org/stall', { env: { ...env, HF_HUB_ETAG_TIMEOUT: '0.2' }, warn: false }), /no answer from 127\.0\.0\.1:\d+\/api\/models\/org\/stall\/revision\/main within 0\.2 s, 1 attempt;/);
   server.faults.length = 0;
 });
 
@@ -219,6 +260,20 @@ test('the command line reports a stalled hub in one line with exit code 1', { ti
   assert.match(r.stderr, /^error: cannot list the files for model org\/stall: no answer from 127\.0\.0\.1:\d+\/api\/models\/org\/stall\/revision\/main within 0\.2 s, 1 attempt; MOE_FORGE_HTTP_TIMEOUT sets the timeout/);
   assert.equal(r.stderr.trim().split('\n').length, 1, r.stderr);
   assert.ok(!existsSync(join(d, 'out')));
+});
+
+test('the command line warns after the first timeout, before the error', { timeout: 60_000 }, async () => {
+  const d = await temp();
+  server.faults.push({ match: /org\/stall\/revision/, kind: 'stall' });
+  writeFileSync(join(d, 'r.yml'), 'base_model: org/stall\ngate_mode: random\nexperts:\n  - source_model: org/stall\n  - source_model: org/stall\n');
+  const env = { HF_HUB_CACHE: join(d, 'hub'), HF_ENDPOINT: server.url, HF_TOKEN: '', HF_HUB_OFFLINE: '', MOE_FORGE_HTTP_TIMEOUT: '0.2', MOE_FORGE_HTTP_RETRIES: '1' };
+  const r = await mergekitMoe(['r.yml', 'out', '--i-understand-this-is-not-useful-without-training'], d, env);
+  server.faults.length = 0;
+  assert.equal(r.exitCode, 1, r.stderr);
+  const lines = r.stderr.trim().split('\n');
+  assert.equal(lines.length, 2, r.stderr);
+  assert.match(lines[0]!, /^WARNING: no answer from 127\.0\.0\.1:\d+\/api\/models\/org\/stall\/revision\/main within 0\.2 s \(attempt 1 of 2\); retrying 1 more time, up to 0\.4 s more if it stays silent/);
+  assert.match(lines[1]!, /^error: cannot list the files for model org\/stall: no answer from 127\.0\.0\.1:\d+\/api\/models\/org\/stall\/revision\/main within 0\.2 s, 2 attempts;/);
 });
 
 test('a cache that cannot be written gives one line naming the path, not a stack trace', async () => {

@@ -26,7 +26,7 @@ import { modelFiles } from '../../../libs/resolve/files';
  */
 async function branchCommit(repo: string, revision: string, refText: string): Promise<string> {
   const base = hubSettings({ progress: false });
-  const s = { ...base, timeoutMs: Math.min(base.timeoutMs, 10_000), retries: Math.min(base.retries, 1) };
+  const s = { ...base, metadataFirstByteMs: Math.min(base.metadataFirstByteMs, 10_000), timeoutMs: Math.min(base.timeoutMs, 10_000), retries: Math.min(base.retries, 1) };
   const cached = await cachedCommit(s.cacheDir, repo, revision);
   if (s.offline) {
     if (cached) return cached;
