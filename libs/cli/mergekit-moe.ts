@@ -5,6 +5,10 @@ import { mergeRecipe, reportPaths, DEFAULT_SHARD_BYTES } from '../stages/merge';
 import { parseArgs, parseKmb, type FlagSpec } from './args';
 import { SHARD_ORDERS, type ShardOrder } from '../plan/types';
 
+// Bundled with the command (esbuild inlines JSON), so the version is the one the code was built from.
+// eslint-disable-next-line @typescript-eslint/no-require-imports
+const VERSION: string = (require('../../package.json') as { version: string }).version;
+
 const FLAGS: FlagSpec[] = [
   { name: 'out-shard-size', kind: 'value', help: 'Maximum shard size in bytes; k/m/b suffixes (default 5B).' },
   { name: 'shard-order', kind: 'value', help: 'grouped (default: routers, base and each expert in shards of their own, so an edit rewrites only its shards) or reference (the reference\'s file split).' },
@@ -23,6 +27,7 @@ const FLAGS: FlagSpec[] = [
   { name: 'overwrite', kind: 'bool', help: 'Replace an existing non-empty output folder that moe-forge did not write.' },
   { name: 'verbose', kind: 'count', short: 'v', help: 'More output (-v info, -vv debug).' },
   { name: 'help', kind: 'bool', short: 'h', help: 'Show this help.' },
+  { name: 'version', kind: 'bool', help: 'Print the version of moe-forge and exit.' },
   { name: 'trust-remote-code', kind: 'negatable', help: 'Accepted and refused: model code is never run.' },
   { name: 'clone-tensors', kind: 'negatable', noEffect: true, help: 'No effect (output is identical).' },
   { name: 'lazy-unpickle', kind: 'negatable', noEffect: true, help: 'No effect (.bin files are always read lazily and safely).' },
@@ -64,6 +69,10 @@ export async function main(argv: string[], io: Io = defaultIo): Promise<number> 
     const v = args.values;
     if (v.help) {
       io.out(helpText());
+      return 0;
+    }
+    if (v.version) {
+      io.out(`mergekit-moe (moe-forge) ${VERSION}`);
       return 0;
     }
     if (args.positionals.length !== 2) {

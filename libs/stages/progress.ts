@@ -30,3 +30,9 @@ export function progressReporter(label: string, stream: NodeJS.WriteStream = pro
     },
   };
 }
+
+/** `done/total unit` in the unit that fits `total` (B, kB, MB or GB), so a small model's bar never reads 0.00/0.00 GB. */
+export function byteFraction(done: number, total: number): string {
+  const [div, unit, digits] = total >= 1e9 ? [1e9, 'GB', 2] : total >= 1e6 ? [1e6, 'MB', 1] : total >= 1e3 ? [1e3, 'kB', 1] : [1, 'B', 0];
+  return `${(done / div).toFixed(digits)}/${(total / div).toFixed(digits)} ${unit}`;
+}

@@ -14,7 +14,7 @@ import { CHAT_TEMPLATE_FILES, COMPANION_FILES, GENERATION_CONFIG, TOKENIZER_FILE
 import { jsonText, parseJsonLossless, type LosslessJson } from '../json';
 import type { MergePlan, PlanTensor, SourcePart } from '../plan/types';
 import { planHash } from './assemble';
-import type { Progress } from './progress';
+import { byteFraction, type Progress } from './progress';
 import { modelCard } from '../model-card';
 import { parseRecipeText } from '../recipe/parse';
 import { removeOnExit } from '../util/cleanup';
@@ -363,7 +363,7 @@ export async function writeOutput(early: MergePlan, late: Promise<LateInputs>, o
         for await (const c of chunks) {
           done += c.length;
           const secs = Math.max((Date.now() - started) / 1000, 1e-3);
-          opts.progress?.update(done, total, `${(done / 1e9).toFixed(2)}/${(total / 1e9).toFixed(2)} GB, ${(done / 1e6 / secs).toFixed(0)} MB/s`);
+          opts.progress?.update(done, total, `${byteFraction(done, total)}, ${(done / 1e6 / secs).toFixed(0)} MB/s`);
           yield c;
         }
       };

@@ -67,3 +67,12 @@ test('XDG_CACHE_HOME set but empty never puts the cache in the working directory
   assert.deepEqual(readdirSync(cwd), ['moe.yml']);
   assert.ok(existsSync(join(home, '.cache', 'moe-forge')), 'the cache is in ~/.cache/moe-forge');
 });
+
+test('--version prints the package version and exits 0; --help lists it', async () => {
+  const { version } = JSON.parse((await import('node:fs')).readFileSync(join(__dirname, '..', '..', 'package.json'), 'utf8')) as { version: string };
+  const r = await mergekitMoe(['--version'], dir);
+  assert.equal(r.exitCode, 0, r.stderr);
+  assert.equal(r.stdout.trim(), `mergekit-moe (moe-forge) ${version}`);
+  const h = await mergekitMoe(['--help'], dir);
+  assert.match(h.stdout, /--version +Print the version of moe-forge and exit\./);
+});

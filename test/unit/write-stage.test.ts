@@ -7,7 +7,7 @@ import { processStartedAt } from '../../libs/util/process';
 import { join } from 'node:path';
 import { runWrite } from '../../libs/stages/write';
 import { newGates } from '../../libs/gates';
-import { progressReporter } from '../../libs/stages/progress';
+import { byteFraction, progressReporter } from '../../libs/stages/progress';
 import type { MergePlan } from '../../libs/plan/types';
 import { leftoverFolder, tempDir, TINY } from '../helpers/tmp';
 
@@ -96,6 +96,27 @@ test("start-up cleanup removes only folders that prove they are ours: a user's f
   await removeDeadWorkFolders(tmp);
   assert.deepEqual(readdirSync(tmp).sort(), ['elsewhere', `moe-forge-${dead}-AbCdEf`, `moe-forge-${dead}-LiNkEd`]);
   assert.ok(existsSync(join(linkTarget, '.moe-forge-work')));
+});
+
+test("the write's bar counts in the unit that fits the model: kB and MB, never 0.00/0.00 GB", async () => {
+  assert.equal(byteFraction(16, 32), '16/32 B');
+  assert.equal(byteFraction(1234, 575_000), '1.2/575.0 kB');
+  assert.equal(byteFraction(3_000_000, 12_500_000), '3.0/12.5 MB');
+  assert.equal(byteFraction(2_070_000_000, 2_540_000_000), '2.07/2.54 GB');
+  const d = tempDir();
+  const src = join(d, 'src.bin');
+  writeFileSync(src, Buffer.alloc(16));
+  const writes: string[] = [];
+  const tty = { isTTY: true, write: (x: string) => writes.push(x) } as unknown as NodeJS.WriteStream;
+  const saved = process.env.CI;
+  delete process.env.CI;
+  try {
+    await runWrite(plan(src), { ...base, outPath: join(d, 'out'), progress: progressReporter('writing', tty) });
+  } finally {
+    if (saved !== undefined) process.env.CI = saved;
+  }
+  assert.ok(writes.length > 0);
+  for (const w of writes.filter((x) => x.startsWith('\r'))) assert.match(w, /\] \d+\/32 B, \d+ MB\/s$/);
 });
 
 test('progress: a bar redrawn in place on a terminal, a line every few seconds elsewhere', () => {
