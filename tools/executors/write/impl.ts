@@ -1,5 +1,6 @@
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join, relative } from 'node:path';
+import { existsSync } from 'node:fs';
 import type { ExecutorContext } from '@nx/devkit';
 import { logger } from '../log';
 import { readPlan } from '../../../libs/stages/assemble';
@@ -21,7 +22,8 @@ export default function writeExecutor(options: unknown, context: ExecutorContext
     // Files of the folder that changed since this workspace wrote them (an edit that kept the size included).
     const project = context.projectName!;
     const suspect = suspectFiles(paths.workspaceRoot, project, paths.output);
-    if (suspect.length) logger.info(`changed since written: ${suspect.join(', ')}`);
+    // A folder that is gone is said once, not as every file it held.
+    if (suspect.length) logger.info(existsSync(paths.output) ? `changed since written: ${suspect.join(', ')}` : `model folder ${relative(paths.workspaceRoot, paths.output) || '.'} is missing: writing it again`);
     const result = await runWrite(plan, {
       outPath: paths.output,
       gates,
