@@ -65,6 +65,12 @@ test('every stage target carries technologies and help; models in the workspace 
   assert.deepEqual(p.implicitDependencies.sort(), ['models-tiny-a', 'models-tiny-b']);
   const help = await nx(ws, ['run', 'uses-b:assemble-experts', '--help']);
   assert.match(help.stdout, /Seed \(an integer >= 0\)/);
+  // build is where users pass --random-seed: its help lists the options it forwards, not "does nothing".
+  const buildHelp = await nx(ws, ['run', 'uses-b:build', '--help']);
+  const flat = buildHelp.stdout.replace(/\s+/g, ' ');
+  assert.match(flat, /Executor: \.\/tools\/executors:build .*Build the model folder, or one stage of it\. Pass these options to `nx run <recipe>:build`/);
+  assert.match(flat, /--randomSeed Seed \(an integer >= 0\)/);
+  assert.doesNotMatch(buildHelp.stdout, /does nothing/);
 });
 
 test('editing a model in the workspace makes exactly the recipes that use it affected, and re-runs their fetch', async () => {

@@ -185,13 +185,17 @@ export function recipeTargets(projectRoot: string, projectName: string, options:
     },
   };
   targets[name('build')] = {
-    executor: 'nx:noop',
+    // Its own executor (which does nothing) so that `nx run x:build --help` lists the options it forwards; cached
+    // on its options alone, so a no-op build starts no process for it.
+    executor: './tools/executors:build',
     dependsOn: [check, { target: name('write'), params: 'forward' }],
-    cache: false,
+    cache: true,
+    inputs: [],
+    outputs: [],
     metadata: {
       description: `Build the MoE model folder ${outputPath} (runs every stage).`,
       technologies: ['moe-forge'],
-      help: { command: `npx nx run ${projectName}:${name('write')} --help`, example: { options: { randomSeed: 1, outShardSize: '2b' } } },
+      help: { command: `npx nx run ${projectName}:${name('build')} --help`, example: { options: { randomSeed: 1, outShardSize: '2b' } } },
     },
   };
   return targets;

@@ -10,7 +10,7 @@ import type { PathRoots } from '../../libs/stages/portable';
  * Options outside the mergekit YAML, shared by every stage so that `nx run x:build --random-seed=1`
  * forwards them down the chain. stage-options.json is the one schema Nx checks (types, ranges, enums, and no
  * unknown option); this zod schema gives the executors their types and defaults. To add an option, add it to
- * both (test/nx/schema.test.ts checks that they list the same options).
+ * both (test/nx/conventions.test.ts checks that they list the same options).
  */
 export const StageOptionsSchema = z.object({
   recipe: z.string().optional(),
