@@ -250,7 +250,7 @@ const IN_PLACE_TMP = /^\.moe-forge\.tmp-(\d+)-[0-9a-f]+$/;
 export const inPlaceTempName = (out: string, tag: string) => join(out, `.moe-forge.tmp-${process.pid}-${tag}`);
 
 /** Entries that are neither the user's nor a model's: our stamp and work folders, a file system's lost+found. */
-const notContent = (e: string) => e === STAMP_FILE || e === WORK_MARKER || e === OUTPUT_LOCK || IN_PLACE_TMP.test(e) || e === 'lost+found';
+const notContent = (e: string) => e === STAMP_FILE || e === WORK_MARKER || e === OUTPUT_LOCK || e.startsWith(`.${OUTPUT_LOCK}.`) || IN_PLACE_TMP.test(e) || e === 'lost+found';
 
 /** What a folder holds besides our bookkeeping (an empty volume's lost+found counts as empty). */
 export function contentEntries(dir: string): string[] {
