@@ -7,3 +7,5 @@ export function isRacy(st: BigIntStats | { mtimeNs: bigint; ctimeNs: bigint } | 
 export function readStable<T>(file: string, read: (file: string) => Promise<T>, tries?: number): Promise<{ value: T; key: string; racy: boolean } | null>;
 export function settledKey(p: string): string | null;
 export function sleepUntil(ns: bigint): void;
+export function recordKeys(dir: string, names: string[]): Record<string, string>;
+export function changedSince(dir: string, files: Record<string, string>): string[];

@@ -10,6 +10,7 @@
 'use strict';
 const { statSync } = require('node:fs');
 const { stat } = require('node:fs/promises');
+const { join } = require('node:path');
 
 // Coarse filesystems stamp whole seconds (ext3, HFS+); ext4, xfs and tmpfs stamp from a clock that ticks in ms.
 const RACY_NS = 1_000_000_000n;
@@ -78,4 +79,21 @@ function settledKey(p) {
   return fileKey(p) === statKey(st) ? statKey(st) : 'changed';
 }
 
-module.exports = { RACY_NS, nowNs, statKey, fileKey, isRacy, readStable, settledKey, sleepUntil };
+/** { name: key } of files of a folder just written, to tell later whether each is as written (settledKey). */
+function recordKeys(dir, names) {
+  const files = {};
+  for (const n of names) {
+    const key = settledKey(join(dir, n));
+    if (key) files[n] = key;
+  }
+  return files;
+}
+
+/** Names of recorded files (recordKeys) that are missing or whose key changed since: never to be kept as written. */
+function changedSince(dir, files) {
+  return Object.entries(files)
+    .filter(([name, was]) => fileKey(join(dir, name)) !== was)
+    .map(([name]) => name);
+}
+
+module.exports = { RACY_NS, nowNs, statKey, fileKey, isRacy, readStable, settledKey, sleepUntil, recordKeys, changedSince };

@@ -130,3 +130,40 @@ test("fetch's runtime input answers from its memo without loading the stages' co
   assert.equal(changed.stdout.split('\n')[0], first.stdout.split('\n')[0], 'tiny-a keeps its id');
   writeFileSync(file, text);
 });
+
+test('stats set back are seen: a shard damaged in place and re-dated (touch -r) is written again, not kept', async () => {
+  await build();
+  assert.deepEqual((await build()).ran, []);
+  const written = snapshot();
+  // `touch -r`: a file's atime and mtime set to another's, to the nanosecond (what cp -p and touch -d do).
+  const ref = join(ws, 'timestamps');
+  const shard = readdirSync(out).find((f) => f.endsWith('.safetensors'))!;
+  spawnSync('touch', ['-r', join(out, shard), ref]);
+  const bytes = readFileSync(join(out, shard));
+  bytes[bytes.length - 1] ^= 0xff;
+  writeFileSync(join(out, shard), bytes);
+  spawnSync('touch', ['-r', ref, join(out, shard)]);
+  assert.equal(statSync(join(out, shard)).mtimeMs, statSync(ref).mtimeMs);
+  const repaired = await build();
+  assert.deepEqual(repaired.ran, ['write']);
+  assert.deepEqual(snapshot(), written, 'the damaged shard was written again, not kept');
+  assert.deepEqual((await build()).ran, []);
+});
+
+test('stats set back are seen: a model file replaced in place with cp -p (same size, same mtime) re-runs fetch and the stages after it', async () => {
+  await build();
+  assert.deepEqual((await build()).ran, []);
+  const written = snapshot();
+  // A model's weights replaced by a file of the same size and mtime, in place (cp -p).
+  const weights = join(ws, 'models', 'tiny-a', 'model.safetensors');
+  const copy = join(ws, 'model.safetensors');
+  const w = readFileSync(weights);
+  w[w.length - 2] ^= 0x01;
+  writeFileSync(copy, w);
+  spawnSync('touch', ['-r', weights, copy]);
+  assert.equal(spawnSync('cp', ['-p', copy, weights]).status, 0);
+  const refetched = await build();
+  assert.ok(refetched.ran.includes('fetch'), `fetch runs again: ${refetched.ran}`);
+  assert.equal(refetched.write, 'wrote');
+  assert.notDeepEqual(snapshot(), written);
+});
