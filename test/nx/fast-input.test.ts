@@ -3,7 +3,8 @@ import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { chmodSync, existsSync, mkdirSync, rmSync, statSync, utimesSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { tempDir } from '../helpers/tmp';
+import { ROOT, tempDir } from '../helpers/tmp';
+import { recordWrite } from '../../tools/executors/output-state';
 // Plain JavaScript module of the plugin (the runtime inputs load it without a transpiler).
 import { recordAnswer, runtimeCommand, scriptPath, snapshot } from '../../tools/executors/fast-input';
 import { nowNs, RACY_NS, sleepUntil } from '../../libs/util/stat-key';
@@ -135,4 +136,22 @@ test('racy: a snapshot of a file changed within a second of it gets no script (a
   assert.equal(later.racy, false);
   assert.equal(recordAnswer(root, 'model-ids', args, later, answer), true);
   assert.deepEqual(answered(), { code: 0, stdout: answer });
+});
+
+test("racy: write's runtime input gives no script while the record it stands on was written within a second; then it does", () => {
+  const ws = join(root, 'ws');
+  const folder = join(ws, 'dist', 'models', 'p');
+  mkdirSync(folder, { recursive: true });
+  writeFileSync(join(folder, 'model.safetensors'), 'weights');
+  utimesSync(join(folder, 'model.safetensors'), PAST, PAST);
+  recordWrite(ws, 'p', folder, ['model.safetensors'], false); // the record: .nx/moe-forge/outputs/p.json, just written
+  const stateArgs = ['p', 'dist/stages/p'];
+  const tool = join(ROOT, 'tools', 'executors', 'output-state.js');
+  const token = spawnSync(process.execPath, [tool, ...stateArgs], { cwd: ws, encoding: 'utf8' }).stdout;
+  assert.match(token, /^write-token [0-9a-f]{24}\n$/);
+  assert.ok(!existsSync(join(ws, scriptPath('output-state', stateArgs))), 'no script from a racy look');
+  settle();
+  assert.equal(spawnSync(process.execPath, [tool, ...stateArgs], { cwd: ws, encoding: 'utf8' }).stdout, token);
+  const r = spawnSync('sh', [join(ws, scriptPath('output-state', stateArgs))], { cwd: ws, encoding: 'utf8' });
+  assert.deepEqual({ code: r.status, stdout: r.stdout }, { code: 0, stdout: token });
 });

@@ -2,10 +2,10 @@
 // on every build; starting node costs ~0.1 s, most of a no-op build's own time. So when node computes an answer,
 // it also writes a small sh script that prints that answer again while every file the answer stands on has the
 // stats it had (name, size, mtime and ctime to the nanosecond, inode, device, mode, through GNU stat, in one call),
-// and exits 1 otherwise; the
-// runtime command runs that script and falls back to node. A script is written only when `stat` printed exactly
-// what node saw, so a platform whose stat prints less (BSD, BusyBox without nanoseconds) never answers from it,
-// and only when no file was racy when node looked (libs/util/stat-key.js): a same-tick edit would keep its stats.
+// and exits 1 otherwise; the runtime command runs that script and falls back to node. A script is written only
+// when `stat` printed exactly what node saw, so a platform whose stat prints less (BSD, BusyBox without
+// nanoseconds) never answers from it, and only when no file was racy when node looked (libs/util/stat-key.js):
+// a same-tick edit would keep its stats.
 'use strict';
 const { createHash } = require('node:crypto');
 const { spawnSync } = require('node:child_process');

@@ -19,7 +19,7 @@
 // record, the live folders' files, models.json and the companion files are as they were.
 'use strict';
 const { createHash, randomBytes } = require('node:crypto');
-const { mkdirSync, readFileSync, renameSync, statSync, writeFileSync } = require('node:fs');
+const { mkdirSync, readFileSync, renameSync, writeFileSync } = require('node:fs');
 const { homedir } = require('node:os');
 const { isAbsolute, join, resolve } = require('node:path');
 const { recordAnswer, snapshot } = require('./fast-input');
@@ -141,7 +141,7 @@ function answerSnapshot(root, project, stagesDir) {
   }
   for (const { dir } of localModelDirs(root, stagesDir)) for (const f of COMPANIONS) rest.push(join(dir, f));
   const then = snapshot(rest);
-  return { paths: [...first.paths, ...then.paths], lines: [...first.lines, ...then.lines] };
+  return { paths: [...first.paths, ...then.paths], lines: [...first.lines, ...then.lines], racy: first.racy || then.racy };
 }
 
 module.exports = { currentToken, suspectFiles, recordWrite, stateFile };
