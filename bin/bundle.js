@@ -8,7 +8,8 @@ const sourceFingerprint = require('../libs/util/source-fingerprint');
 
 const ROOT = resolve(__dirname, '..');
 
-const fingerprint = () => sourceFingerprint([join(ROOT, 'libs')], ['.ts', '.json']);
+// .js too: libs/util/stat-key.js is bundled (plain JavaScript, for the Nx runtime inputs).
+const fingerprint = () => sourceFingerprint([join(ROOT, 'libs')], ['.ts', '.js', '.json']);
 
 /** The CLI module from its bundle; throws when no bundle can be built or written (the caller falls back to tsx). */
 function loadCli() {

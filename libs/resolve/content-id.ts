@@ -3,35 +3,46 @@ import { createReadStream } from 'node:fs';
 import { realpath, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { ContentCache } from '../cache';
+import { ForgeError } from '../errors';
+import { readStable, statKey } from '../util/stat-key';
 import { modelFiles } from './files';
 
 /** Work done by content hashing in this process; a memo hit adds nothing (tests read this). */
 export const contentIdStats = { filesHashed: 0, bytesHashed: 0 };
 
-export async function sha256File(file: string): Promise<string> {
+/** sha256 of a file's bytes as read now; `onChunk` runs after each chunk is hashed (tests edit the file there). */
+export async function sha256File(file: string, onChunk?: (bytesSoFar: number) => void | Promise<void>): Promise<string> {
   const h = createHash('sha256');
   let n = 0;
   for await (const chunk of createReadStream(file, { highWaterMark: 4 << 20 })) {
     h.update(chunk as Buffer);
     n += (chunk as Buffer).length;
+    await onChunk?.(n);
   }
   contentIdStats.filesHashed++;
   contentIdStats.bytesHashed += n;
   return h.digest('hex');
 }
 
-/** sha256 of a file, memoised by (real path, size, mtime, inode): a changed or replaced file misses the memo. */
-export async function memoSha256(file: string, cache?: ContentCache): Promise<{ sha256: string; size: number }> {
+const memoKey = (real: string, key: string) => `content-id-v2:${createHash('sha256').update(JSON.stringify([real, key])).digest('hex')}`;
+
+/**
+ * sha256 of a file, memoised by its real path and stat key (size, mtime, ctime, inode, device: stat-key.js): a
+ * changed, replaced or re-dated file misses the memo. A file that changed while it was hashed is hashed again;
+ * a hash taken within the racy window of the file's last change is not memoised (the next call hashes again).
+ */
+export async function memoSha256(file: string, cache?: ContentCache, onChunk?: (bytesSoFar: number) => void | Promise<void>): Promise<{ sha256: string; size: number }> {
   const real = await realpath(file);
-  const st = await stat(real, { bigint: true });
-  const size = Number(st.size);
-  if (!cache) return { sha256: await sha256File(real), size };
-  const key = `content-id:${createHash('sha256').update(JSON.stringify([real, st.size.toString(), st.mtimeNs.toString(), st.ino.toString()])).digest('hex')}`;
-  const hit = await cache.getJson<{ sha256: string }>(key);
-  if (hit && typeof hit.sha256 === 'string') return { sha256: hit.sha256, size };
-  const sha256 = await sha256File(real);
-  await cache.putJson(key, { sha256 });
-  return { sha256, size };
+  if (cache) {
+    const st = await stat(real, { bigint: true });
+    const hit = await cache.getJson<{ sha256?: unknown; path?: unknown; stat?: unknown }>(memoKey(real, statKey(st)));
+    // The entry names what it was computed for: one written for another file or stats is not taken.
+    if (hit && typeof hit.sha256 === 'string' && hit.path === real && hit.stat === statKey(st)) return { sha256: hit.sha256, size: Number(st.size) };
+  }
+  const read = await readStable(real, (f) => sha256File(f, onChunk));
+  if (!read) throw new ForgeError('changed_while_hashed', 'changed on every one of 3 reads while its content id was computed; wait until nothing writes it and run again', { file: real });
+  if (cache && !read.racy) await cache.putJson(memoKey(real, read.key), { sha256: read.value, path: real, stat: read.key });
+  return { sha256: read.value, size: Number(read.key.split(':')[0]) };
 }
 
 export interface ContentIdResult {

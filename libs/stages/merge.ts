@@ -9,7 +9,8 @@ import { runFetch } from './fetch';
 import { runEmbedPrompts } from './embed-prompts';
 import { gatesForAssembly, runBuildGates } from './build-gates';
 import { runAssemble } from './assemble';
-import { writeOutput, type LateInputs, type WriteResult } from './write';
+import { STAMP_FILE, writeOutput, type LateInputs, type WriteResult } from './write';
+import { changedOutputFiles, recordOutputFiles } from './output-record';
 import { progressReporter } from './progress';
 import { CACHE_ENV } from '../cache';
 import type { ShardOrder } from '../plan/types';
@@ -85,6 +86,9 @@ export async function mergeRecipe(opts: MergeOptions): Promise<WriteResult> {
       return { plan, gates, routing: routing ?? undefined, routingReport: routing };
     })();
     let result: WriteResult;
+    // Files of the folder changed since a merge with this cache wrote them (re-dated edits included).
+    const suspect = changedOutputFiles(cacheDir, opts.outPath);
+    if (suspect.length) opts.log?.(`changed since written: ${suspect.join(', ')}`);
     try {
       result = await writeOutput(early, late, {
         outPath: opts.outPath,
@@ -100,6 +104,7 @@ export async function mergeRecipe(opts: MergeOptions): Promise<WriteResult> {
         warn: opts.warn,
         debug: opts.debug,
         progress: progressReporter('writing'),
+        suspect,
       });
     } catch (e) {
       // The write failed on its own: the forward pass finishes (its work folder is removed below) and, as
@@ -107,6 +112,7 @@ export async function mergeRecipe(opts: MergeOptions): Promise<WriteResult> {
       const settled = await late.then(() => null, (le: unknown) => ({ le }));
       throw settled ? settled.le : e;
     }
+    recordOutputFiles(cacheDir, opts.outPath, [...result.files, STAMP_FILE]);
     const routing = (await late).routingReport;
     // After the model: a failed merge leaves no report that looks like the merge's.
     if (routing && reportFiles) {

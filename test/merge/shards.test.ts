@@ -1,6 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';
 import { mergeRecipe } from '../../libs/stages/merge';
 import { assertMatchesManifest, isWeightFile, manifest, weightSplit } from '../helpers/manifest';
@@ -78,6 +79,42 @@ test('a prompt edit rewrites only the router shard; a noise_scale edit or an exp
   assert.deepEqual(changed(s2, s3), [shardOfExpert('1')]);
   assert.equal(r3.written, 1);
   assert.deepEqual(Object.keys(s3.split), Object.keys(s0.split), 'same file names throughout');
+});
+
+test('a shard damaged in place and re-dated (touch -r: same size, same mtime) is written again, never kept or hard-linked as unchanged', async () => {
+  const d = tempDir();
+  const out = join(d, 'out');
+  await merge(d, recipeText, out);
+  const s0 = snapshot(out);
+  const good = new Map(Object.keys(s0.split).map((f) => [f, readFileSync(join(out, f))]));
+  const expertShard = s0.holder.get('model.layers.0.block_sparse_moe.experts.1.w1.weight')!;
+  const damage = (f: string) => {
+    const ref = join(d, 'timestamps');
+    spawnSync('touch', ['-r', join(out, f), ref]);
+    const bytes = readFileSync(join(out, f));
+    bytes[bytes.length - 2] ^= 0x01;
+    writeFileSync(join(out, f), bytes);
+    spawnSync('touch', ['-r', ref, join(out, f)]);
+    assert.equal(statSync(join(out, f)).mtimeMs, statSync(ref).mtimeMs);
+    assert.equal(statSync(join(out, f)).size, good.get(f)!.length);
+  };
+  const same = () => {
+    for (const [f, bytes] of good) assert.ok(readFileSync(join(out, f)).equals(bytes), `${f} holds the merge's bytes`);
+  };
+
+  // The same recipe: not "output unchanged", the damaged shard alone is written.
+  damage(expertShard);
+  const r1 = await merge(d, recipeText, out);
+  assert.deepEqual({ skipped: r1.skipped, written: r1.written, kept: r1.kept }, { skipped: false, written: 1, kept: 4 });
+  same();
+  assert.equal((await merge(d, recipeText, out)).skipped, true, 'and then the folder is as written');
+
+  // A prompt edit rewrites the router shard; the damaged expert shard is written too, not hard-linked.
+  damage(expertShard);
+  const promptEdit = recipeText.replace('Once upon a time there was a model', 'Once upon a time there was a merge');
+  const r2 = await merge(d, promptEdit, out);
+  assert.deepEqual({ written: r2.written, kept: r2.kept }, { written: 2, kept: 3 });
+  assert.ok(readFileSync(join(out, expertShard)).equals(good.get(expertShard)!));
 });
 
 test('--shard-order reference reproduces the reference\'s file split', async () => {

@@ -1,11 +1,13 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { chmodSync, existsSync, mkdirSync, rmSync, utimesSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, rmSync, statSync, utimesSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { tempDir } from '../helpers/tmp';
+import { ROOT, tempDir } from '../helpers/tmp';
+import { recordWrite } from '../../tools/executors/output-state';
 // Plain JavaScript module of the plugin (the runtime inputs load it without a transpiler).
 import { recordAnswer, runtimeCommand, scriptPath, snapshot } from '../../tools/executors/fast-input';
+import { nowNs, RACY_NS, sleepUntil } from '../../libs/util/stat-key';
 
 const root = tempDir('moe-forge-fast-input-');
 const dir = join(root, "models with space/it's");
@@ -17,10 +19,13 @@ const answer = "ids ../../models/a 5557c1\nit's $HOME `id` \\n 'quoted'\n";
 const args = ['workspace-models/x y/moe.yml'];
 const script = join(root, scriptPath('model-ids', args));
 
-// Recorded with an old mtime on every file, so that any write after it is seen (a filesystem's clock ticks coarsely).
+// Recorded with an old mtime on every file, so that any write after it is seen (a filesystem's clock ticks coarsely),
+// and once the racy window has passed (ctime cannot be set back): a racy snapshot gets no script.
 const PAST = new Date('2020-01-01T00:00:00Z');
+const settle = () => sleepUntil(nowNs() + RACY_NS);
 function record(): boolean {
   for (const p of [a, b, dir]) if (existsSync(p)) utimesSync(p, PAST, PAST);
+  settle();
   return recordAnswer(root, 'model-ids', args, snapshot([dir, a, b, absent]), answer);
 }
 function answered() {
@@ -102,4 +107,51 @@ test('the runtime command runs the script and falls back to node; Windows runs n
   assert.equal(recordAnswer(root, 'model-ids', other, snapshot([a]), 'from the script\n'), true);
   const s = spawnSync('sh', ['-c', runtimeCommand('model-ids', other, 'linux')], { cwd: root, encoding: 'utf8' });
   assert.deepEqual({ stdout: s.stdout, stderr: s.stderr }, { stdout: 'from the script\n', stderr: '' });
+});
+
+test('a file edited in place and re-dated (touch -d, cp -p: same size, same mtime) stops the script: the line carries ctime (and the device)', () => {
+  writeFileSync(a, '{"hidden_size": 8}');
+  writeFileSync(b, 'weights');
+  assert.equal(record(), true);
+  assert.deepEqual(answered(), { code: 0, stdout: answer });
+  // Damaged in place, same size, mtime set back to what it was: only ctime tells.
+  writeFileSync(b, 'WEIGHTS');
+  utimesSync(b, PAST, PAST);
+  assert.deepEqual(answered(), { code: 1, stdout: '' });
+  // The line GNU stat prints carries mtime and ctime to the nanosecond, inode and device.
+  assert.equal(record(), true);
+  const line = snapshot([b]).lines[0]!;
+  const st = statSync(b, { bigint: true });
+  assert.equal(line, `${b}:7:${PAST.getTime() / 1000}.000000000:${st.ctimeNs / 1_000_000_000n}.${String(st.ctimeNs % 1_000_000_000n).padStart(9, '0')}:${st.ino}:${st.dev}:${st.mode.toString(16)}`);
+});
+
+test('racy: a snapshot of a file changed within a second of it gets no script (a same-tick edit would keep its stats); once settled, it does', () => {
+  writeFileSync(a, '{"hidden_size": 8}');
+  const snap = snapshot([dir, a, b]);
+  assert.equal(snap.racy, true);
+  assert.equal(recordAnswer(root, 'model-ids', args, snap, answer), false);
+  assert.ok(!existsSync(script));
+  settle();
+  const later = snapshot([dir, a, b]);
+  assert.equal(later.racy, false);
+  assert.equal(recordAnswer(root, 'model-ids', args, later, answer), true);
+  assert.deepEqual(answered(), { code: 0, stdout: answer });
+});
+
+test("racy: write's runtime input gives no script while the record it stands on was written within a second; then it does", () => {
+  const ws = join(root, 'ws');
+  const folder = join(ws, 'dist', 'models', 'p');
+  mkdirSync(folder, { recursive: true });
+  writeFileSync(join(folder, 'model.safetensors'), 'weights');
+  utimesSync(join(folder, 'model.safetensors'), PAST, PAST);
+  recordWrite(ws, 'p', folder, ['model.safetensors'], false); // the record: .nx/moe-forge/outputs/p.json, just written
+  const stateArgs = ['p', 'dist/stages/p'];
+  const tool = join(ROOT, 'tools', 'executors', 'output-state.js');
+  const token = spawnSync(process.execPath, [tool, ...stateArgs], { cwd: ws, encoding: 'utf8' }).stdout;
+  assert.match(token, /^write-token [0-9a-f]{24}\n$/);
+  assert.ok(!existsSync(join(ws, scriptPath('output-state', stateArgs))), 'no script from a racy look');
+  settle();
+  assert.equal(spawnSync(process.execPath, [tool, ...stateArgs], { cwd: ws, encoding: 'utf8' }).stdout, token);
+  const r = spawnSync('sh', [join(ws, scriptPath('output-state', stateArgs))], { cwd: ws, encoding: 'utf8' });
+  assert.deepEqual({ code: r.status, stdout: r.stdout }, { code: 0, stdout: token });
 });

@@ -42,10 +42,12 @@ test('an untouched workspace builds from the cache alone; a deleted, edited or r
   // (b) Right after the first build: every task a cache hit, no stage runs, the folder as it was.
   assert.deepEqual((await build()).ran, []);
   assert.deepEqual(snapshot(), written);
-  // ... and the next one starts no node for the runtime inputs: both shell scripts answer.
-  const fast = readdirSync(join(ws, '.nx', 'moe-forge', 'fast'));
-  assert.deepEqual(fast.map((f) => f.replace(/-[0-9a-f]{16}\.sh$/, '')).sort(), ['model-ids', 'output-state']);
-  for (const f of fast) assert.equal(spawnSync('sh', [join('.nx', 'moe-forge', 'fast', f)], { cwd: ws }).status, 0, f);
+  // ... and fetch's runtime input starts no node: its shell script answers. (write's does not here: without the
+  // daemon, Nx rewrites fetch's models.json on every cache hit, mtime kept, and its ctime change is seen.)
+  assert.deepEqual((await build()).ran, []);
+  const fast = readdirSync(join(ws, '.nx', 'moe-forge', 'fast')).filter((f) => f.startsWith('model-ids-'));
+  assert.equal(fast.length, 1);
+  assert.equal(spawnSync('sh', [join('.nx', 'moe-forge', 'fast', fast[0]!)], { cwd: ws }).status, 0);
 
   // (c) The folder deleted: write runs and writes it again, byte for byte; the next build is a cache hit.
   rmSync(out, { recursive: true });
@@ -129,4 +131,41 @@ test("fetch's runtime input answers from its memo without loading the stages' co
   assert.notEqual(changed.stdout, first.stdout);
   assert.equal(changed.stdout.split('\n')[0], first.stdout.split('\n')[0], 'tiny-a keeps its id');
   writeFileSync(file, text);
+});
+
+test('stats set back are seen: a shard damaged in place and re-dated (touch -r) is written again, not kept', async () => {
+  await build();
+  assert.deepEqual((await build()).ran, []);
+  const written = snapshot();
+  // `touch -r`: a file's atime and mtime set to another's, to the nanosecond (what cp -p and touch -d do).
+  const ref = join(ws, 'timestamps');
+  const shard = readdirSync(out).find((f) => f.endsWith('.safetensors'))!;
+  spawnSync('touch', ['-r', join(out, shard), ref]);
+  const bytes = readFileSync(join(out, shard));
+  bytes[bytes.length - 1] ^= 0xff;
+  writeFileSync(join(out, shard), bytes);
+  spawnSync('touch', ['-r', ref, join(out, shard)]);
+  assert.equal(statSync(join(out, shard)).mtimeMs, statSync(ref).mtimeMs);
+  const repaired = await build();
+  assert.deepEqual(repaired.ran, ['write']);
+  assert.deepEqual(snapshot(), written, 'the damaged shard was written again, not kept');
+  assert.deepEqual((await build()).ran, []);
+});
+
+test('stats set back are seen: a model file replaced in place with cp -p (same size, same mtime) re-runs fetch and the stages after it', async () => {
+  await build();
+  assert.deepEqual((await build()).ran, []);
+  const written = snapshot();
+  // A model's weights replaced by a file of the same size and mtime, in place (cp -p).
+  const weights = join(ws, 'models', 'tiny-a', 'model.safetensors');
+  const copy = join(ws, 'model.safetensors');
+  const w = readFileSync(weights);
+  w[w.length - 2] ^= 0x01;
+  writeFileSync(copy, w);
+  spawnSync('touch', ['-r', weights, copy]);
+  assert.equal(spawnSync('cp', ['-p', copy, weights]).status, 0);
+  const refetched = await build();
+  assert.ok(refetched.ran.includes('fetch'), `fetch runs again: ${refetched.ran}`);
+  assert.equal(refetched.write, 'wrote');
+  assert.notDeepEqual(snapshot(), written);
 });

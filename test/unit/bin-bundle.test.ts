@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { cpSync, readdirSync, symlinkSync, utimesSync, writeFileSync } from 'node:fs';
+import { cpSync, readdirSync, readFileSync, symlinkSync, utimesSync, writeFileSync } from 'node:fs';
 import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';
 import { ROOT, tempDir } from '../helpers/tmp';
@@ -31,6 +31,24 @@ test('mergekit-moe runs from an esbuild bundle of its sources and the forward wo
   const now = readdirSync(cli);
   assert.equal(now.length, 1);
   assert.notEqual(now[0], first, 'rebuilt for the changed source');
+});
+
+test('a source replaced in place with cp -p (same size, same mtime) gets a new bundle: the fingerprint has ctime', () => {
+  const d = checkout();
+  assert.equal(help(d).status, 0);
+  const cli = join(d, '.nx', 'moe-forge', 'cli');
+  const [first] = readdirSync(cli);
+  // Same length, other text, the old file's times: only ctime tells.
+  const src = join(d, 'libs', 'cli', 'mergekit-moe.ts');
+  const copy = join(d, 'mergekit-moe.ts');
+  const text = readFileSync(src, 'utf8');
+  writeFileSync(copy, text.replace('Usage: mergekit-moe', 'USAGE: mergekit-moe'));
+  assert.equal(spawnSync('touch', ['-r', src, copy]).status, 0);
+  assert.equal(spawnSync('cp', ['-p', copy, src]).status, 0);
+  const r = help(d);
+  assert.equal(r.status, 0, r.stderr);
+  assert.match(r.stdout, /USAGE: mergekit-moe/, 'the bundle was built from the new source');
+  assert.notEqual(readdirSync(cli)[0], first);
 });
 
 test('where no bundle can be written, mergekit-moe still runs, compiling its sources with tsx', () => {

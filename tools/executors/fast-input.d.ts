@@ -1,6 +1,8 @@
 export interface Snapshot {
   paths: string[];
   lines: (string | null)[];
+  /** A file changed within the racy window of the snapshot: no answer may stand on it. */
+  racy?: boolean;
 }
 export function runtimeCommand(kind: string, args: string[], platform?: NodeJS.Platform): string;
 export function scriptPath(kind: string, args: string[]): string;

@@ -1,16 +1,19 @@
 // A shell fast path for the plugin's runtime inputs (model-ids.js, output-state.js). Nx runs each runtime input
 // on every build; starting node costs ~0.1 s, most of a no-op build's own time. So when node computes an answer,
 // it also writes a small sh script that prints that answer again while every file the answer stands on has the
-// stats it had (name, size, mtime to the nanosecond, inode, mode, through GNU stat), and exits 1 otherwise; the
-// runtime command runs that script and falls back to node. A script is written only when `stat` printed exactly
-// what node saw, so a platform whose stat prints less (BSD, BusyBox without nanoseconds) never answers from it.
+// stats it had (name, size, mtime and ctime to the nanosecond, inode, device, mode, through GNU stat, in one call),
+// and exits 1 otherwise; the runtime command runs that script and falls back to node. A script is written only
+// when `stat` printed exactly what node saw, so a platform whose stat prints less (BSD, BusyBox without
+// nanoseconds) never answers from it, and only when no file was racy when node looked (libs/util/stat-key.js):
+// a same-tick edit would keep its stats.
 'use strict';
 const { createHash } = require('node:crypto');
 const { spawnSync } = require('node:child_process');
 const { mkdirSync, renameSync, rmSync, statSync, writeFileSync } = require('node:fs');
 const { join } = require('node:path');
+const { isRacy, nowNs } = require('../../libs/util/stat-key');
 
-const FORMAT = '%n:%s:%.9Y:%i:%f\\n';
+const FORMAT = '%n:%s:%.9Y:%.9Z:%i:%d:%f\\n';
 
 /** Workspace-relative path of the script answering `node tools/executors/<kind>.js <args>`. */
 function scriptPath(kind, args) {
@@ -27,35 +30,52 @@ function runtimeCommand(kind, args, platform = process.platform) {
   return platform === 'win32' ? node : `sh ${scriptPath(kind, args)} 2>/dev/null || ${node}`;
 }
 
+const seconds = (ns) => `${ns / 1000000000n}.${String(ns % 1000000000n).padStart(9, '0')}`;
+
+/** The line GNU stat prints for bigint stats of `p` with FORMAT. */
+function lineOf(p, st) {
+  // Never what stat prints: no fast answer.
+  if (st.mtimeNs < 0n || st.ctimeNs < 0n) return `${p}:negative-time`;
+  return `${p}:${st.size}:${seconds(st.mtimeNs)}:${seconds(st.ctimeNs)}:${st.ino}:${st.dev}:${st.mode.toString(16)}`;
+}
+
 /** The line GNU stat prints for a path with FORMAT, from node's own stat; null when absent (stat prints nothing). */
 function statLine(p) {
-  let st;
   try {
-    st = statSync(p, { bigint: true });
+    return lineOf(p, statSync(p, { bigint: true }));
   } catch {
     return null;
   }
-  const ns = st.mtimeNs;
-  if (ns < 0n) return `${p}:negative-mtime`; // never what stat prints: no fast answer
-  return `${p}:${st.size}:${ns / 1000000000n}.${String(ns % 1000000000n).padStart(9, '0')}:${st.ino}:${st.mode.toString(16)}`;
 }
 
-/** What node sees of `paths` now: take it before reading anything the answer is computed from. */
+/** What node sees of `paths` now: take it before reading anything the answer is computed from. `racy`: not to be trusted later. */
 function snapshot(paths) {
   const uniq = [...new Set(paths)];
-  return { paths: uniq, lines: uniq.map(statLine) };
+  const at = nowNs();
+  let racy = false;
+  const lines = uniq.map((p) => {
+    try {
+      const st = statSync(p, { bigint: true });
+      racy ||= isRacy(st, at);
+      return lineOf(p, st);
+    } catch {
+      return null;
+    }
+  });
+  return { paths: uniq, lines, racy };
 }
 
 const quote = (s) => `'${s.replace(/'/g, `'\\''`)}'`;
 
 /**
  * Writes the script for (kind, args) printing `answer` while `snap`'s files are as node saw them; removes it
- * instead when stat does not print exactly that now (a file changed meanwhile, or a stat without nanoseconds).
+ * instead when stat does not print exactly that now (a file changed meanwhile, or a stat without nanoseconds),
+ * or when a file was racy in the snapshot (node answers next time, and records then).
  */
 function recordAnswer(root, kind, args, snap, answer) {
   const file = join(root, scriptPath(kind, args));
   const expected = snap.lines.filter((l) => l !== null).join('\n');
-  let ok = snap.paths.length > 0 && !snap.paths.some((p) => /[\n\0]/.test(p) || p.startsWith('-'));
+  let ok = !snap.racy && snap.paths.length > 0 && !snap.paths.some((p) => /[\n\0]/.test(p) || p.startsWith('-'));
   if (ok) {
     const r = spawnSync('stat', ['-L', `--printf=${FORMAT}`, '--', ...snap.paths], { encoding: 'utf8', timeout: 10_000 });
     ok = !r.error && typeof r.stdout === 'string' && r.stdout.replace(/\n+$/, '') === expected;

@@ -128,7 +128,7 @@ export function recipeTargets(projectRoot: string, projectName: string, options:
     const prev = i > 0 ? STAGES[i - 1] : undefined;
     const inputs: TargetConfiguration['inputs'] = ['recipe', 'forgeCode', { externalDependencies: STAGE_PACKAGES[stage] }];
     if (stage === 'fetch') {
-      // The models' content ids (memoised by path, size, mtime and inode: milliseconds), so a model edited in place,
+      // The models' content ids (memoised by path and stat key, libs/util/stat-key.js: milliseconds), so a model edited in place,
       // inside or outside the workspace, re-runs fetch; a Hub model pinned to a commit is its own content.
       inputs.push({ runtime: runtimeCommand('model-ids', [join(projectRoot, 'moe.yml').split(sep).join('/')]) });
     } else if (stage === 'write') {

@@ -1,8 +1,8 @@
 #!/usr/bin/env node
 // Nx runtime input of each recipe's fetch target: prints the content ids of the recipe's models.
 // Nx runs it on every build, so the answer is memoised: when the recipe, every file the ids were computed from
-// (and the code that computes them) has the size, mtime and inode it had, the last answer is printed without
-// loading the TypeScript bundle, and a shell script (fast-input.js) answers the next builds without node.
+// (and the code that computes them) has the stat key it had (libs/util/stat-key.js), the last answer is printed
+// without loading the TypeScript bundle, and a shell script (fast-input.js) answers the next builds without node.
 'use strict';
 const { mkdirSync, readFileSync, renameSync, writeFileSync } = require('node:fs');
 const { join, resolve } = require('node:path');
@@ -16,19 +16,22 @@ const CODE = [
   'libs/resolve/resolve.ts',
   'libs/resolve/reference.ts',
   'libs/resolve/hf-cache.ts',
+  'libs/util/stat-key.js',
 ].map((f) => join(ROOT, f));
 
-const args = process.argv.slice(2);
-const recipe = resolve(args[0] ?? 'moe.yml');
-const memoFile = join(process.cwd(), '.nx', 'moe-forge', 'model-ids', `${recipe.replace(/[^\w.-]/g, '_')}.json`);
-
 const KIND = 'model-ids';
-const root = process.cwd();
+
+/** Where the memo of `node tools/executors/model-ids.js <args>` run in `root` lives, and the recipe it is for. */
+function memoOf(root, args) {
+  const recipe = resolve(root, args[0] ?? 'moe.yml');
+  return { recipe, file: join(root, '.nx', 'moe-forge', 'model-ids', `${recipe.replace(/[^\w.-]/g, '_')}.json`) };
+}
 
 /** The memo's answer and what it stands on, when every file it was computed from is as it was. */
-function fromMemo() {
+function fromMemo(root, args) {
+  const { recipe, file } = memoOf(root, args);
   try {
-    const memo = JSON.parse(readFileSync(memoFile, 'utf8'));
+    const memo = JSON.parse(readFileSync(file, 'utf8'));
     if (memo.recipe !== recipe || !Array.isArray(memo.deps) || typeof memo.text !== 'string') return null;
     // One stat per file, for the check and for the shell script alike.
     const snap = snapshot(memo.deps.map(([p]) => p));
@@ -39,33 +42,62 @@ function fromMemo() {
   }
 }
 
-const hit = fromMemo();
-if (hit !== null) {
-  process.stdout.write(hit.text);
-  recordAnswer(root, KIND, args, hit.snap, hit.text);
-} else {
-  require('./load')('model-ids')(args).then(
-    ({ text, deps }) => {
-      if (deps) {
-        // Taken after the ids, as the content-id cache takes its own: an edit while they were computed is seen next time.
-        const snap = snapshot([...CODE, ...deps]);
-        try {
-          mkdirSync(join(memoFile, '..'), { recursive: true });
-          const tmp = `${memoFile}.${process.pid}.tmp`;
-          writeFileSync(tmp, JSON.stringify({ recipe, text, deps: snap.paths.map((p, i) => [p, snap.lines[i] ?? 'absent']) }) + '\n');
-          renameSync(tmp, memoFile);
-          recordAnswer(root, KIND, args, snap, text);
-        } catch {
-          // no memo: the next build computes the ids again (from the content-id cache)
-          dropAnswer(root, KIND, args);
-        }
-      } else dropAnswer(root, KIND, args);
-      process.stdout.write(text);
-    },
-    (e) => {
-      dropAnswer(root, KIND, args);
-      // Hashing must not fail on a bad recipe: the fetch stage reports it properly.
-      process.stdout.write(`unresolved: ${e && e.message}\n`);
-    },
-  );
+const same = (a, b) => a.paths.length === b.paths.length && a.paths.every((p, i) => p === b.paths[i] && a.lines[i] === b.lines[i]);
+
+/**
+ * `compute(args)` (model-ids/impl.ts) run in `root`, memoised only where the answer is known to stand on the stats
+ * recorded: the files are looked at, the ids computed again (content-id memo hits: a stat per file) and the files
+ * looked at once more; equal looks mean nothing changed around the second computation (ctime never goes back).
+ * Stats taken after a single computation would record an edit made during it as the new stats with the old ids,
+ * and fetch would stay a cache hit for good.
+ */
+async function answer(root, args, compute) {
+  const { recipe, file: memoFile } = memoOf(root, args);
+  let r = await compute(args);
+  for (let i = 0; i < 3 && r.deps; i++) {
+    const seen = snapshot([...CODE, ...r.deps]);
+    const again = await compute(args);
+    if (again.deps && same(seen, snapshot([...CODE, ...again.deps]))) {
+      // Racy files (changed within a tick of the look) are not memoised: their stats may not show a same-tick edit.
+      if (seen.racy) {
+        r = { text: again.text, deps: null };
+        break;
+      }
+      try {
+        mkdirSync(join(memoFile, '..'), { recursive: true });
+        const tmp = `${memoFile}.${process.pid}.tmp`;
+        writeFileSync(tmp, JSON.stringify({ recipe, text: again.text, deps: seen.paths.map((p, j) => [p, seen.lines[j] ?? 'absent']) }) + '\n');
+        renameSync(tmp, memoFile);
+        recordAnswer(root, KIND, args, seen, again.text);
+        return again.text;
+      } catch {
+        r = { text: again.text, deps: null }; // no memo: the next build computes the ids again (from the content-id cache)
+        break;
+      }
+    }
+    r = again;
+  }
+  dropAnswer(root, KIND, args);
+  return r.text;
+}
+
+module.exports = { answer, fromMemo };
+
+if (require.main === module) {
+  const root = process.cwd();
+  const args = process.argv.slice(2);
+  const hit = fromMemo(root, args);
+  if (hit !== null) {
+    process.stdout.write(hit.text);
+    recordAnswer(root, KIND, args, hit.snap, hit.text);
+  } else {
+    answer(root, args, require('./load')('model-ids')).then(
+      (text) => process.stdout.write(text),
+      (e) => {
+        dropAnswer(root, KIND, args);
+        // Hashing must not fail on a bad recipe: the fetch stage reports it properly.
+        process.stdout.write(`unresolved: ${e && e.message}\n`);
+      },
+    );
+  }
 }

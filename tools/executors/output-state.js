@@ -7,7 +7,8 @@
 // stands for "every model folder this workspace recorded is as it was written":
 // - a write into a folder with no live record (first build, a folder deleted or edited) keeps the token, so
 //   the cache entry it stores is hit by the next, untouched build;
-// - a folder found deleted or edited (size, mtime or inode of a file it was written with) rotates the token:
+// - a folder found deleted or edited (the stat key of a file it was written with, libs/util/stat-key.js: size,
+//   mtime, ctime, inode, device; a re-dated edit changes ctime) rotates the token:
 //   every entry stored under the old one is dead, so the next build writes again;
 // - a write that replaces a live folder's content (an edited recipe) rotates it too, or going back to the old
 //   recipe would hit the old entry over the new content; the build after such a write runs write once more
@@ -18,10 +19,11 @@
 // record, the live folders' files, models.json and the companion files are as they were.
 'use strict';
 const { createHash, randomBytes } = require('node:crypto');
-const { mkdirSync, readFileSync, renameSync, statSync, writeFileSync } = require('node:fs');
+const { mkdirSync, readFileSync, renameSync, writeFileSync } = require('node:fs');
 const { homedir } = require('node:os');
 const { isAbsolute, join, resolve } = require('node:path');
 const { recordAnswer, snapshot } = require('./fast-input');
+const { changedSince, recordKeys } = require('../../libs/util/stat-key');
 
 const COMPANIONS = ['chat_template.jinja', 'chat_template.json', 'generation_config.json'];
 const KIND = 'output-state';
@@ -33,7 +35,8 @@ function stateFile(root, project) {
 function readState(root, project) {
   try {
     const s = JSON.parse(readFileSync(stateFile(root, project), 'utf8'));
-    if (s && typeof s.token === 'string' && s.outputs && typeof s.outputs === 'object') return s;
+    // v2: files recorded by stat key. An older record (size, mtime, inode) is no record: write runs once.
+    if (s && s.v === 2 && typeof s.token === 'string' && s.outputs && typeof s.outputs === 'object') return s;
   } catch {
     // absent or unreadable: a new token (every cache entry of write misses once)
   }
@@ -44,38 +47,18 @@ function saveState(root, project, state) {
   const file = stateFile(root, project);
   mkdirSync(join(file, '..'), { recursive: true });
   const tmp = `${file}.${process.pid}.tmp`;
-  writeFileSync(tmp, JSON.stringify(state, null, 1) + '\n');
+  writeFileSync(tmp, JSON.stringify({ v: 2, ...state }, null, 1) + '\n');
   renameSync(tmp, file);
 }
 
 const newToken = () => randomBytes(12).toString('hex');
-
-/** [size, mtimeMs, ino] of a file through the output path (a symlinked output is followed), or null. */
-function fileStat(p) {
-  try {
-    const st = statSync(p);
-    return st.isFile() ? [st.size, st.mtimeMs, st.ino] : null;
-  } catch {
-    return null;
-  }
-}
-
-/** Names of recorded files that are missing or whose size, mtime or inode changed since they were written. */
-function changedFiles(dir, files) {
-  const out = [];
-  for (const [name, was] of Object.entries(files)) {
-    const now = fileStat(join(dir, name));
-    if (!now || now[0] !== was[0] || now[1] !== was[1] || now[2] !== was[2]) out.push(name);
-  }
-  return out;
-}
 
 /** The token for the write target's hash (rotated when a live folder is found changed). */
 function currentToken(root, project) {
   const state = readState(root, project);
   let rotate = state.token === null;
   for (const rec of Object.values(state.outputs)) {
-    if (rec.token === state.token && changedFiles(rec.dir, rec.files).length > 0) {
+    if (rec.token === state.token && changedSince(rec.dir, rec.files).length > 0) {
       rec.token = null;
       rotate = true;
     }
@@ -92,7 +75,7 @@ function currentToken(root, project) {
 /** Files of the folder at `dir` that changed since this workspace wrote it ([] when it has no record). */
 function suspectFiles(root, project, dir) {
   const rec = readState(root, project).outputs[dir];
-  return rec ? changedFiles(dir, rec.files) : [];
+  return rec ? changedSince(dir, rec.files) : [];
 }
 
 /** After a successful write: record the folder's files; rotate the token when live content was replaced. */
@@ -104,12 +87,9 @@ function recordWrite(root, project, dir, names, replaced) {
     for (const rec of Object.values(state.outputs)) if (rec.token === state.token && rec.token !== null) rec.token = t;
     state.token = t;
   }
-  const files = {};
-  for (const n of names) {
-    const st = fileStat(join(dir, n));
-    if (st) files[n] = st;
-  }
-  state.outputs[dir] = { dir, token: state.token, files };
+  // Just written, so most files are racy: the window is waited out once (about a second), so that the next
+  // build can trust the record; a file that changes meanwhile is recorded as changed.
+  state.outputs[dir] = { dir, token: state.token, files: recordKeys(dir, names) };
   saveState(root, project, state);
 }
 
@@ -161,7 +141,7 @@ function answerSnapshot(root, project, stagesDir) {
   }
   for (const { dir } of localModelDirs(root, stagesDir)) for (const f of COMPANIONS) rest.push(join(dir, f));
   const then = snapshot(rest);
-  return { paths: [...first.paths, ...then.paths], lines: [...first.lines, ...then.lines] };
+  return { paths: [...first.paths, ...then.paths], lines: [...first.lines, ...then.lines], racy: first.racy || then.racy };
 }
 
 module.exports = { currentToken, suspectFiles, recordWrite, stateFile };

@@ -14,8 +14,8 @@ import { ModelError } from '../../../libs/errors';
 import { modelFiles } from '../../../libs/resolve/files';
 
 /**
- * One line per model of a recipe: `<reference> <content id>` for local folders (memoised by path, size, mtime and
- * inode, so an unchanged model costs a stat per file), `<repo>@<commit>` for Hub models pinned to a commit (their
+ * One line per model of a recipe: `<reference> <content id>` for local folders (memoised by path and stat key,
+ * libs/util/stat-key.js, so an unchanged model costs a stat per file), `<repo>@<commit>` for Hub models pinned to a commit (their
  * content), `<repo>@<branch> <commit>` for a branch or tag, resolved now (see branchCommit). Nothing here depends on where
  * the workspace lies, so the hash is the same in every clone.
  */

@@ -1,0 +1,99 @@
+// The one rule for "is this file as it was?", shared by every memo keyed on file stats (content ids, the Nx
+// runtime inputs' memos and shell scripts, the record of written output folders). Plain JavaScript: the runtime
+// inputs load it without a transpiler.
+//
+// - The key is size, mtime and ctime to the nanosecond, inode and device. mtime can be set back (`cp -p`,
+//   `touch -d`); ctime cannot, so a file replaced or edited in place and re-dated still changes the key.
+// - Racy: a timestamp within RACY_NS of the moment the stats were taken may be shared by a later write in the
+//   same clock tick (same size, same stamp): such a record is never trusted later (as git's index does).
+// - Changed while read: stats taken before and after reading must be equal, or the read is not of one file.
+'use strict';
+const { statSync } = require('node:fs');
+const { stat } = require('node:fs/promises');
+const { join } = require('node:path');
+
+// Coarse filesystems stamp whole seconds (ext3, HFS+); ext4, xfs and tmpfs stamp from a clock that ticks in ms.
+const RACY_NS = 1_000_000_000n;
+
+/** Wall-clock time in ns, the clock file timestamps come from. */
+const nowNs = () => BigInt(Date.now()) * 1_000_000n;
+
+/** `size:mtimeNs:ctimeNs:ino:dev` of bigint stats. */
+const statKey = (st) => `${st.size}:${st.mtimeNs}:${st.ctimeNs}:${st.ino}:${st.dev}`;
+
+/** The key of a file (symlinks followed), or null when it is absent or not a file. */
+function fileKey(p) {
+  try {
+    const st = statSync(p, { bigint: true });
+    return st.isFile() ? statKey(st) : null;
+  } catch {
+    return null;
+  }
+}
+
+/** Whether stats taken at `atNs` (or a key holding them) must not be trusted later: mtime or ctime within RACY_NS of then, or after. */
+function isRacy(st, atNs) {
+  let m = st.mtimeNs;
+  let c = st.ctimeNs;
+  if (typeof st === 'string') [m, c] = st.split(':').slice(1, 3).map(BigInt);
+  return m >= atNs - RACY_NS || c >= atNs - RACY_NS;
+}
+
+/**
+ * `read(file)` of a file that did not change while it was read: stats before and after must be the same key,
+ * else it is read again (at most `tries` times). Returns { value, key, racy } or null when it kept changing.
+ */
+async function readStable(file, read, tries = 3) {
+  for (let i = 0; i < tries; i++) {
+    const at = nowNs();
+    const before = await stat(file, { bigint: true });
+    const value = await read(file);
+    const after = await stat(file, { bigint: true });
+    if (statKey(before) === statKey(after)) return { value, key: statKey(before), racy: isRacy(before, at) };
+  }
+  return null;
+}
+
+/** Blocks until `ns` (wall clock); for the few synchronous callers that must wait out the racy window. */
+function sleepUntil(ns) {
+  const ms = Number((ns - nowNs()) / 1_000_000n) + 1;
+  if (ms > 0) Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
+}
+
+/**
+ * The key of a file to record now and trust later: a racy file is given the racy window to pass and stat again;
+ * if it changed meanwhile, something else is writing it, and 'changed' is returned (never equal to a key).
+ */
+function settledKey(p) {
+  const at = nowNs();
+  let st;
+  try {
+    st = statSync(p, { bigint: true });
+  } catch {
+    return null;
+  }
+  if (!st.isFile()) return null;
+  if (!isRacy(st, at)) return statKey(st);
+  const latest = st.mtimeNs > st.ctimeNs ? st.mtimeNs : st.ctimeNs;
+  sleepUntil((latest > at ? latest : at) + RACY_NS);
+  return fileKey(p) === statKey(st) ? statKey(st) : 'changed';
+}
+
+/** { name: key } of files of a folder just written, to tell later whether each is as written (settledKey). */
+function recordKeys(dir, names) {
+  const files = {};
+  for (const n of names) {
+    const key = settledKey(join(dir, n));
+    if (key) files[n] = key;
+  }
+  return files;
+}
+
+/** Names of recorded files (recordKeys) that are missing or whose key changed since: never to be kept as written. */
+function changedSince(dir, files) {
+  return Object.entries(files)
+    .filter(([name, was]) => fileKey(join(dir, name)) !== was)
+    .map(([name]) => name);
+}
+
+module.exports = { RACY_NS, nowNs, statKey, fileKey, isRacy, readStable, settledKey, sleepUntil, recordKeys, changedSince };
