@@ -75,7 +75,12 @@ function settledKey(p) {
   if (!st.isFile()) return null;
   if (!isRacy(st, at)) return statKey(st);
   const latest = st.mtimeNs > st.ctimeNs ? st.mtimeNs : st.ctimeNs;
-  sleepUntil((latest > at ? latest : at) + RACY_NS);
+  // Past one tick of the file system's clock, a later write cannot keep these stats. Timestamps with sub-second
+  // digits come from a clock that ticks in at most ~10 ms (ext4, xfs, tmpfs): 50 ms is enough, where whole
+  // seconds (ext3, HFS+) need the full window. A write then waits ~50 ms to record, not a second.
+  const sec = 1_000_000_000n;
+  const tick = st.mtimeNs % sec === 0n && st.ctimeNs % sec === 0n ? RACY_NS : 50_000_000n;
+  sleepUntil((latest > at ? latest : at) + tick);
   return fileKey(p) === statKey(st) ? statKey(st) : 'changed';
 }
 
