@@ -51,7 +51,7 @@ test('a UTF-8 byte order mark is accepted before a YAML list, a JSON Lines line 
   assert.ok(parsed.text.startsWith('\ufeff'), 'the text as read (copied to the output unchanged)');
 });
 
-test('a FIFO, /dev/null or a folder in place of a recipe, held-out prompts or config.json: "is not a regular file", no hang', async () => {
+test('a FIFO, /dev/null or a folder in place of a recipe, held-out prompts or config.json: "is not a regular file", no hang', { timeout: 20_000 }, async () => {
   const fifo = join(dir, 'fifo.yml');
   execFileSync('mkfifo', [fifo]);
   const folder = join(dir, 'folder.jsonl');
@@ -66,4 +66,4 @@ test('a FIFO, /dev/null or a folder in place of a recipe, held-out prompts or co
   mkdirSync(model);
   execFileSync('mkfifo', [join(model, 'config.json')]);
   assert.match(await refusal(readModelConfig(model)), /config\.json: the config\.json is not a regular file \(a FIFO\)$/);
-}, { timeout: 20_000 });
+});
