@@ -2,7 +2,7 @@ import { existsSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { describeError, ForgeError } from '../errors';
 import { mergeRecipe, reportPaths, DEFAULT_SHARD_BYTES } from '../stages/merge';
-import { parseArgs, parseKmb, type FlagSpec } from './args';
+import { checkSeed, checkShardSize, parseArgs, type FlagSpec } from './args';
 import { checkInputFile, EVAL_PROMPTS, RECIPE } from '../input';
 import { SHARD_ORDERS, type ShardOrder } from '../plan/types';
 
@@ -91,11 +91,8 @@ export async function main(argv: string[], io: Io = defaultIo): Promise<number> 
     if (rng !== 'stream' && rng !== 'torch') throw new ForgeError('bad_flag', `--rng must be stream or torch, got "${rng}"`, { field: '--rng' });
     const shardOrder = (v['shard-order'] as string | undefined) ?? 'grouped';
     if (!(SHARD_ORDERS as readonly string[]).includes(shardOrder)) throw new ForgeError('bad_flag', `--shard-order must be grouped or reference, got "${shardOrder}"`, { field: '--shard-order' });
-    let seed = 0;
-    if (v['random-seed'] !== undefined) {
-      seed = Number(v['random-seed']);
-      if (!Number.isSafeInteger(seed) || seed < 0) throw new ForgeError('bad_flag', `--random-seed must be a non-negative integer, got "${v['random-seed']}"`, { field: '--random-seed' });
-    }
+    const seed = v['random-seed'] !== undefined ? checkSeed(v['random-seed']) : 0;
+    const maxShardBytes = v['out-shard-size'] !== undefined ? checkShardSize(v['out-shard-size']) : DEFAULT_SHARD_BYTES;
     const reportFile = v.report as string | undefined;
     const evalPrompts = v['eval-prompts'] as string | undefined;
     if (evalPrompts !== undefined && reportFile === undefined) throw new ForgeError('bad_flag', '--eval-prompts needs --report FILE: held-out prompts are reported, not used to build the gates', { field: '--eval-prompts' });
@@ -110,7 +107,7 @@ export async function main(argv: string[], io: Io = defaultIo): Promise<number> 
       seed,
       rng,
       layout,
-      maxShardBytes: v['out-shard-size'] !== undefined ? parseKmb(String(v['out-shard-size'])) : DEFAULT_SHARD_BYTES,
+      maxShardBytes,
       shardOrder: shardOrder as ShardOrder,
       allowIdenticalModels: v['i-understand-this-is-not-useful-without-training'] === true,
       copyTokenizer: v['copy-tokenizer'] !== false,

@@ -1,7 +1,8 @@
 import { join, resolve } from 'node:path';
 import type { ExecutorContext } from '@nx/devkit';
 import { z } from 'zod';
-import { parseKmb } from '../../libs/cli/args';
+import { checkSeed, checkShardSize } from '../../libs/cli/args';
+import { ForgeError } from '../../libs/errors';
 import { DEFAULT_SHARD_BYTES } from '../../libs/stages/merge';
 import { hubCacheDir } from '../../libs/resolve/settings';
 import type { PathRoots } from '../../libs/stages/portable';
@@ -41,13 +42,24 @@ export interface StagePaths {
   roots: PathRoots;
 }
 
-export function stagePaths(raw: unknown, context: ExecutorContext): { options: StageOptions; paths: StagePaths } {
+/**
+ * The options as the stages use them. Nx's schema check lets through what JSON Schema cannot say (a seed of
+ * 1e20 is a "multiple of 1"): those get the CLI's own checks and messages, and anything else a one-line error.
+ */
+export function checkStageOptions(raw: unknown): StageOptions {
+  const given = (raw ?? {}) as Record<string, unknown>;
+  if (given.randomSeed !== undefined) checkSeed(given.randomSeed);
+  if (given.outShardSize !== undefined) checkShardSize(given.outShardSize);
   const parsed = StageOptionsSchema.safeParse(raw);
   if (!parsed.success) {
     const i = parsed.error.issues[0]!;
-    throw new Error(`invalid executor option ${i.path.join('.')}: ${i.message}`);
+    throw new ForgeError('bad_option', `invalid option: ${i.message}`, { field: i.path.join('.') });
   }
-  const options = parsed.data;
+  return parsed.data;
+}
+
+export function stagePaths(raw: unknown, context: ExecutorContext): { options: StageOptions; paths: StagePaths } {
+  const options = checkStageOptions(raw);
   const name = context.projectName!;
   const projectRoot = resolve(context.root, context.projectsConfigurations!.projects[name]!.root);
   const stagesDir = resolve(context.root, options.stagesDir ?? join('dist', 'stages', name));
@@ -59,7 +71,7 @@ export function stagePaths(raw: unknown, context: ExecutorContext): { options: S
       recipe: resolve(projectRoot, options.recipe ?? 'moe.yml'),
       stage: (s) => join(stagesDir, s),
       output: resolve(context.root, options.outputPath ?? join('dist', 'models', name)),
-      maxShardBytes: typeof options.outShardSize === 'number' ? options.outShardSize : parseKmb(options.outShardSize),
+      maxShardBytes: checkShardSize(options.outShardSize),
       roots: { workspace: context.root, hubCache: hubCacheDir() },
     },
   };
