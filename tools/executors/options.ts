@@ -6,6 +6,7 @@ import { ForgeError } from '../../libs/errors';
 import { DEFAULT_SHARD_BYTES } from '../../libs/stages/merge';
 import { hubCacheDir } from '../../libs/resolve/settings';
 import type { PathRoots } from '../../libs/stages/portable';
+import { checkHashedInput } from './hashed-input';
 
 /**
  * Options outside the mergekit YAML, shared by every stage so that `nx run x:build --random-seed=1`
@@ -63,12 +64,15 @@ export function stagePaths(raw: unknown, context: ExecutorContext): { options: S
   const name = context.projectName!;
   const projectRoot = resolve(context.root, context.projectsConfigurations!.projects[name]!.root);
   const stagesDir = resolve(context.root, options.stagesDir ?? join('dist', 'stages', name));
+  const recipe = resolve(projectRoot, options.recipe ?? 'moe.yml');
+  // Every stage reads the recipe; the file Nx hashes as the recipe is the folder's moe.yml (nx.json's "recipe").
+  if (options.recipe !== undefined) checkHashedInput(recipe, { reruns: 'every stage', option: 'recipe', projectRoot, workspaceRoot: context.root, accepts: (rel) => rel === 'moe.yml', accepted: "the folder's moe.yml (the file Nx hashes as the recipe)" });
   return {
     options,
     paths: {
       workspaceRoot: context.root,
       projectRoot,
-      recipe: resolve(projectRoot, options.recipe ?? 'moe.yml'),
+      recipe,
       stage: (s) => join(stagesDir, s),
       output: resolve(context.root, options.outputPath ?? join('dist', 'models', name)),
       maxShardBytes: checkShardSize(options.outShardSize),
