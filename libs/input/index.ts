@@ -19,12 +19,17 @@ export interface InputKind {
   /** Error code prefix, and the class to throw (RecipeError for recipes). */
   code: string;
   error?: new (code: string, message: string, place?: ErrorPlace) => ForgeError;
+  /** The bound, when not MAX_INPUT_BYTES. */
+  maxBytes?: number;
 }
 
 /** The kinds of file read here (one place, so the Nx plugin can name them without loading the recipe schema). */
 export const RECIPE: InputKind = { what: 'recipe', code: 'recipe', error: RecipeError };
 export const EVAL_PROMPTS: InputKind = { what: 'held-out prompts file', code: 'bad_eval_prompts' };
 export const MODEL_CONFIG: InputKind = { what: 'config.json', code: 'config', error: ModelError };
+/** A model folder's other JSON files (weight index, tokenizer files, generation_config.json). */
+// A large vocabulary's tokenizer.json runs to tens of megabytes: a looser bound, still a bound.
+export const modelJson = (name: string): InputKind => ({ what: name, code: 'model_json', error: ModelError, maxBytes: 256 * 1024 * 1024 });
 
 const fail = (kind: InputKind, code: string, message: string, place: ErrorPlace) => new (kind.error ?? ForgeError)(`${kind.code}_${code}`, message, place);
 
@@ -51,7 +56,7 @@ function checkStats(st: Stats, file: string, kind: InputKind, maxBytes: number):
 }
 
 /** The check without the read, for a command line's early checks: exists, is a regular file, within the size bound. */
-export function checkInputFile(file: string, kind: InputKind, maxBytes = MAX_INPUT_BYTES): void {
+export function checkInputFile(file: string, kind: InputKind, maxBytes = kind.maxBytes ?? MAX_INPUT_BYTES): void {
   let st: Stats;
   try {
     st = statSync(file);
@@ -67,7 +72,7 @@ const decode = (buf: Buffer, n: number, file: string, kind: InputKind, maxBytes:
 };
 
 /** A regular file's text (UTF-8, any BOM kept: callers parse with `stripBom`), read to at most maxBytes. */
-export async function readInputText(file: string, kind: InputKind, maxBytes = MAX_INPUT_BYTES): Promise<string> {
+export async function readInputText(file: string, kind: InputKind, maxBytes = kind.maxBytes ?? MAX_INPUT_BYTES): Promise<string> {
   let fh;
   try {
     fh = await open(file, FLAGS);
@@ -94,7 +99,7 @@ export async function readInputText(file: string, kind: InputKind, maxBytes = MA
 }
 
 /** readInputText for synchronous callers (the Nx plugin builds its project graph synchronously). */
-export function readInputTextSync(file: string, kind: InputKind, maxBytes = MAX_INPUT_BYTES): string {
+export function readInputTextSync(file: string, kind: InputKind, maxBytes = kind.maxBytes ?? MAX_INPUT_BYTES): string {
   let fd: number;
   try {
     fd = openSync(file, FLAGS);

@@ -8,6 +8,7 @@ import { readRecipe } from '../../libs/recipe/parse';
 import { readEvalPrompts } from '../../libs/stages/report';
 import { readModelConfig } from '../../libs/model-folder/config';
 import { isForgeError } from '../../libs/errors';
+import { SafetensorsWeights } from '../../libs/safetensors/reader';
 import { tempDir } from '../helpers/tmp';
 
 const dir = tempDir();
@@ -66,4 +67,8 @@ test('a FIFO, /dev/null or a folder in place of a recipe, held-out prompts or co
   mkdirSync(model);
   execFileSync('mkfifo', [join(model, 'config.json')]);
   assert.match(await refusal(readModelConfig(model)), /config\.json: the config\.json is not a regular file \(a FIFO\)$/);
+  // A model folder's other JSON files go through the same reader.
+  const index = join(model, 'model.safetensors.index.json');
+  execFileSync('mkfifo', [index]);
+  assert.match(await refusal(SafetensorsWeights.openIndex(model, index)), /index\.json: the model\.safetensors\.index\.json is not a regular file \(a FIFO\)$/);
 });

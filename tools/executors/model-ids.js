@@ -16,6 +16,7 @@ const CODE = [
   'libs/resolve/resolve.ts',
   'libs/resolve/reference.ts',
   'libs/resolve/hf-cache.ts',
+  'libs/input/index.ts',
 ].map((f) => join(ROOT, f));
 
 const args = process.argv.slice(2);
