@@ -27,8 +27,8 @@ export interface InputKind {
 export const RECIPE: InputKind = { what: 'recipe', code: 'recipe', error: RecipeError };
 export const EVAL_PROMPTS: InputKind = { what: 'held-out prompts file', code: 'bad_eval_prompts' };
 export const MODEL_CONFIG: InputKind = { what: 'config.json', code: 'config', error: ModelError };
-/** A model folder's other JSON files (weight index, tokenizer files, generation_config.json). */
-// A large vocabulary's tokenizer.json runs to tens of megabytes: a looser bound, still a bound.
+/** A model folder's other JSON files (weight index, tokenizer files, generation_config.json): a large vocabulary's
+ * tokenizer.json runs to tens of megabytes, so a looser bound, still a bound. */
 export const modelJson = (name: string): InputKind => ({ what: name, code: 'model_json', error: ModelError, maxBytes: 256 * 1024 * 1024 });
 
 const fail = (kind: InputKind, code: string, message: string, place: ErrorPlace) => new (kind.error ?? ForgeError)(`${kind.code}_${code}`, message, place);

@@ -28,12 +28,13 @@ export function checkHashedInput(file: string, o: HashedInput): void {
   const root = exists ? realpathSync(o.projectRoot) : o.projectRoot;
   const via = real !== file ? ` (it is a link to ${real})` : '';
   const rel = relative(root, real);
-  const refuse = (why: string) => new ForgeError('bad_option', `${why}${via}: Nx would not see its edits and would replay a stale result; put the file itself in the recipe's folder`, { file, field: o.option });
-  if (rel === '' || rel.startsWith('..') || isAbsolute(rel)) throw refuse(`${o.option} must be a file inside the recipe's folder ${o.projectRoot}, so that editing it re-runs ${o.reruns}`);
+  const refuse = (why: string, fix: string) => new ForgeError('bad_option', `${why}${via}: Nx would not see its edits and would replay a stale result; ${fix}`, { file, field: o.option });
+  const outside = rel === '' || rel === '..' || rel.startsWith(`..${sep}`) || isAbsolute(rel);
+  if (outside) throw refuse(`${o.option} must be a file inside the recipe's folder ${o.projectRoot}, so that editing it re-runs ${o.reruns}`, "put the file itself (not a link to it) in the recipe's folder");
   if (!exists) return;
-  if (!o.accepts(rel.split(sep).join('/'))) throw refuse(`${o.option} must be ${o.accepted} in the recipe's folder`);
+  if (!o.accepts(rel.split(sep).join('/'))) throw refuse(`${o.option} must be ${o.accepted} in the recipe's folder`, 'name that file');
   const ignoredBy = ignoreFileExcluding(real, realpathSync(o.workspaceRoot));
-  if (ignoredBy) throw refuse(`${o.option} must not be git-ignored, and ${ignoredBy} excludes it`);
+  if (ignoredBy) throw refuse(`${o.option} must not be git-ignored, and ${ignoredBy} excludes it`, `move it out of what ${ignoredBy} excludes`);
 }
 
 /** The .gitignore or .nxignore (between the workspace root and the file) that excludes it, as Nx reads them; else null. */
