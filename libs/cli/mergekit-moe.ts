@@ -1,8 +1,9 @@
-import { existsSync, statSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { describeError, ForgeError } from '../errors';
 import { mergeRecipe, reportPaths, DEFAULT_SHARD_BYTES } from '../stages/merge';
-import { parseArgs, parseKmb, type FlagSpec } from './args';
+import { checkSeed, checkShardSize, parseArgs, type FlagSpec } from './args';
+import { checkInputFile, EVAL_PROMPTS, RECIPE } from '../input';
 import { SHARD_ORDERS, type ShardOrder } from '../plan/types';
 
 // Bundled with the command (esbuild inlines JSON), so the version is the one the code was built from.
@@ -79,7 +80,8 @@ export async function main(argv: string[], io: Io = defaultIo): Promise<number> 
       throw new ForgeError('usage', `expected CONFIG_PATH and OUT_PATH, got ${args.positionals.length} argument(s)\n\n${helpText()}`);
     }
     const [config, out] = args.positionals as [string, string];
-    if (!existsSync(config) || !statSync(config).isFile()) throw new ForgeError('usage', 'CONFIG_PATH does not exist or is not a file', { file: config });
+    if (!existsSync(config)) throw new ForgeError('usage', 'CONFIG_PATH does not exist', { file: config });
+    checkInputFile(config, RECIPE);
     const info = ((v.verbose as number) ?? 0) > 0 ? io.err : () => undefined;
     for (const name of new Set(args.given)) {
       const spec = FLAGS.find((f) => f.name === name)!;
@@ -98,16 +100,14 @@ export async function main(argv: string[], io: Io = defaultIo): Promise<number> 
     if (rng !== 'stream' && rng !== 'torch') throw new ForgeError('bad_flag', `--rng must be stream or torch, got "${rng}"`, { field: '--rng' });
     const shardOrder = (v['shard-order'] as string | undefined) ?? 'grouped';
     if (!(SHARD_ORDERS as readonly string[]).includes(shardOrder)) throw new ForgeError('bad_flag', `--shard-order must be grouped or reference, got "${shardOrder}"`, { field: '--shard-order' });
-    let seed = 0;
-    if (v['random-seed'] !== undefined) {
-      seed = Number(v['random-seed']);
-      if (!Number.isSafeInteger(seed) || seed < 0) throw new ForgeError('bad_flag', `--random-seed must be a non-negative integer, got "${v['random-seed']}"`, { field: '--random-seed' });
-    }
+    const seed = v['random-seed'] !== undefined ? checkSeed(v['random-seed']) : 0;
+    const maxShardBytes = v['out-shard-size'] !== undefined ? checkShardSize(v['out-shard-size']) : DEFAULT_SHARD_BYTES;
     const reportFile = v.report as string | undefined;
     const evalPrompts = v['eval-prompts'] as string | undefined;
     if (evalPrompts !== undefined && reportFile === undefined) throw new ForgeError('bad_flag', '--eval-prompts needs --report FILE: held-out prompts are reported, not used to build the gates', { field: '--eval-prompts' });
     if (reportFile !== undefined) reportPaths(reportFile);
-    if (evalPrompts !== undefined && (!existsSync(evalPrompts) || !statSync(evalPrompts).isFile())) throw new ForgeError('bad_flag', '--eval-prompts: the file does not exist', { file: evalPrompts, field: '--eval-prompts' });
+    if (evalPrompts !== undefined && !existsSync(evalPrompts)) throw new ForgeError('bad_flag', '--eval-prompts: the file does not exist', { file: evalPrompts, field: '--eval-prompts' });
+    if (evalPrompts !== undefined) checkInputFile(evalPrompts, EVAL_PROMPTS);
     const device = (v.device as string | undefined) ?? (v.cuda || v['gpu-rich'] ? 'cuda' : 'cpu');
     const result = await mergeRecipe({
       recipeFile: resolve(config),
@@ -116,7 +116,7 @@ export async function main(argv: string[], io: Io = defaultIo): Promise<number> 
       seed,
       rng,
       layout,
-      maxShardBytes: v['out-shard-size'] !== undefined ? parseKmb(String(v['out-shard-size'])) : DEFAULT_SHARD_BYTES,
+      maxShardBytes,
       shardOrder: shardOrder as ShardOrder,
       allowIdenticalModels: v['i-understand-this-is-not-useful-without-training'] === true,
       copyTokenizer: v['copy-tokenizer'] !== false,

@@ -2,6 +2,7 @@ import { stringify } from 'yaml';
 import type { MergePlan, PlanModel, PlanTensor } from '../plan/types';
 import type { Expert, ModelReferenceInput, Recipe } from '../recipe/schema';
 import type { RoutingReport } from '../report/types';
+import { markdownCode, markdownText } from '../util/escape';
 import { routingSection } from './routing';
 
 export interface ModelCardInput {
@@ -91,8 +92,8 @@ function refText(r: ModelReferenceInput): string {
   return r.model.revision ? `${r.model.path}@${r.model.revision}` : r.model.path;
 }
 
-/** A table cell: pipes escaped, line breaks flattened. */
-const cell = (s: string) => s.replace(/\\/g, '\\\\').replace(/\|/g, '\\|').replace(/\r?\n/g, ' ');
+/** User text (prompts, model names, config values) in a table cell or list item: shown as written, never markup. */
+const cell = markdownText;
 const prompts = (list: string[] | null | undefined) => (list && list.length > 0 ? list.map((p) => `"${cell(p)}"`).join('<br>') : '—');
 
 function human(n: number): string {
@@ -131,12 +132,12 @@ export function modelCard(input: ModelCardInput): string {
     '',
     `A Mixture-of-Experts model built with moe-forge (a TypeScript mergekit-moe) from ${refs.length} source model${refs.length === 1 ? '' : 's'}.`,
     '',
-    `- Architecture: ${plan.architecture} (${String((plan.config.architectures as string[] | undefined)?.[0] ?? '')}), ${plan.layout} layout`,
-    `- Base model: ${refText(recipe.base_model)}`,
+    `- Architecture: ${plan.architecture} (${cell(String((plan.config.architectures as string[] | undefined)?.[0] ?? ''))}), ${plan.layout} layout`,
+    `- Base model: ${cell(refText(recipe.base_model))}`,
     `- Experts: ${recipe.experts.length} routed, ${topK} per token${shared.length > 0 ? `, ${shared.length} shared` : ''}`,
     `- Gate mode: ${gateMode}`,
     `- Output dtype: ${plan.outDtype === null ? 'as the sources' : (DTYPE_NAME[plan.outDtype] ?? plan.outDtype)}`,
-    ...(localDirs.length > 0 ? [`- Local source models (not on the Hub): ${localDirs.map((d) => `\`${cell(d)}\``).join(', ')}`] : []),
+    ...(localDirs.length > 0 ? [`- Local source models (not on the Hub): ${localDirs.map(markdownCode).join(', ')}`] : []),
     '',
     '## Experts',
     '',

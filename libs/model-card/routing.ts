@@ -1,8 +1,10 @@
 import type { RoutingReport } from '../report/types';
 import { layerRanges } from '../report/routing';
+import { markdownText } from '../util/escape';
 
 const pct = (x: number | null) => (x === null ? '—' : `${(100 * x).toFixed(0)}%`);
-const cell = (s: string) => s.replace(/\\/g, '\\\\').replace(/\|/g, '\\|').replace(/\r?\n/g, ' ');
+/** Labels, model names and reasons quoting prompts: user text, never markup. */
+const cell = markdownText;
 
 /**
  * The card's routing section: accuracy per layer range and the starving experts, from the routing report

@@ -1,6 +1,6 @@
-import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { ModelError } from '../errors';
+import { MODEL_CONFIG, readInputText } from '../input';
+import { ModelError, type ForgeError } from '../errors';
 import { parseJsonLossless } from '../json';
 
 export const SUPPORTED_MODEL_TYPES = ['llama', 'mistral', 'qwen2', 'qwen3'] as const;
@@ -108,9 +108,11 @@ export async function readModelConfig(dir: string): Promise<ModelConfig> {
   const file = join(dir, 'config.json');
   let text: string;
   try {
-    text = await readFile(file, 'utf8');
-  } catch {
-    throw new ModelError('missing_config', 'model folder has no config.json', { file });
+    text = await readInputText(file, MODEL_CONFIG);
+  } catch (e) {
+    // A FIFO, a folder or a huge file in its place is said as such; only a missing file is "has no".
+    if ((e as ForgeError).code === 'config_missing') throw new ModelError('missing_config', 'model folder has no config.json', { file });
+    throw e;
   }
   let raw: unknown;
   let literals: Record<string, string>;

@@ -1,5 +1,6 @@
 import { existsSync } from 'node:fs';
-import { readFile, stat } from 'node:fs/promises';
+import { modelJson, readInputText, stripBom } from '../input';
+import { stat } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import type { TensorLocation } from '../safetensors';
 import { ModelError } from '../errors';
@@ -131,8 +132,9 @@ export class BinCheckpoint {
     let weightMap: Record<string, string> | null = null;
     if (existsSync(index)) {
       let idx: { weight_map?: Record<string, string> };
+      const text = await readInputText(index, modelJson(basename(index)));
       try {
-        idx = JSON.parse(await readFile(index, 'utf8'));
+        idx = JSON.parse(stripBom(text));
       } catch (e) {
         throw new ModelError('bad_index', `not valid JSON (${(e as Error).message})`, { file: index });
       }

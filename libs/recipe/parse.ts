@@ -1,7 +1,7 @@
-import { readFile } from 'node:fs/promises';
-import { isMap, isSeq, LineCounter, parseDocument, visit, type Document } from 'yaml';
+import { isMap, isSeq, type Document, type LineCounter } from 'yaml';
 import type { z } from 'zod';
 import { RecipeError } from '../errors';
+import { parseYamlInput, readInputText, RECIPE } from '../input';
 import { EXPERT_KEYS, GATE_MODES, RecipeSchema, TOP_LEVEL_KEYS, type Recipe } from './schema';
 import { suggest } from './suggest';
 
@@ -65,29 +65,8 @@ function describeIssue(issue: z.core.$ZodIssue): { message: string; key?: string
 
 /** Parses and validates recipe text; every error names the file, line, column and field path. */
 export function parseRecipeText(text: string, file: string): ParsedRecipe {
-  const lc = new LineCounter();
-  const doc = parseDocument(text, { lineCounter: lc, prettyErrors: false, uniqueKeys: true });
-  if (doc.errors.length > 0) {
-    const e = doc.errors[0]!;
-    const { line, col } = lc.linePos(e.pos[0]);
-    throw new RecipeError('yaml_syntax', `invalid YAML: ${e.message.split('\n')[0]}`, { file, line, column: col });
-  }
+  const { doc, lc, data } = parseYamlInput(text, file, RECIPE);
   const at = locator(doc, lc);
-  let data: unknown;
-  try {
-    data = doc.toJS({ maxAliasCount: 100 });
-  } catch (e) {
-    // An alias bomb ("billion laughs"): each alias expands to a node full of aliases.
-    let line: number | undefined;
-    let column: number | undefined;
-    visit(doc, {
-      Alias(_, node) {
-        if (node.range) ({ line, col: column } = lc.linePos(node.range[0]));
-        return visit.BREAK;
-      },
-    });
-    throw new RecipeError('yaml_aliases', `too many aliases: the YAML's anchors and aliases expand beyond what a recipe needs (${(e as Error).message.split('\n')[0]})`, { file, line, column });
-  }
   if (data === null || typeof data !== 'object' || Array.isArray(data) || !isMap(doc.contents)) {
     throw new RecipeError('recipe_shape', 'a recipe must be a YAML mapping with at least base_model and experts', { file, line: 1 });
   }
@@ -113,11 +92,5 @@ export function parseRecipeText(text: string, file: string): ParsedRecipe {
 }
 
 export async function readRecipe(file: string): Promise<ParsedRecipe> {
-  let text: string;
-  try {
-    text = await readFile(file, 'utf8');
-  } catch (e) {
-    throw new RecipeError('recipe_missing', `cannot read recipe (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`, { file });
-  }
-  return parseRecipeText(text, file);
+  return parseRecipeText(await readInputText(file, RECIPE), file);
 }

@@ -1,5 +1,5 @@
-import { LineCounter, parseDocument } from 'yaml';
 import { ForgeError } from '../errors';
+import { EVAL_PROMPTS, parseJsonInput, parseYamlInput, stripBom } from '../input';
 
 /** One held-out prompt: text a user expects to reach a routed expert (0-based, as in the recipe's experts list). */
 export interface EvalPrompt {
@@ -7,8 +7,8 @@ export interface EvalPrompt {
   prompt: string;
 }
 
-const fail = (file: string, message: string, line?: number, field?: string) =>
-  new ForgeError('bad_eval_prompts', `${message}. Expected ${file.endsWith('.jsonl') ? 'one {"expert": N, "prompt": "..."} object per line' : 'a YAML list of {expert: N, prompts: ["..."]} entries'}`, { file, line, field });
+const expected = (file: string) => `. Expected ${file.endsWith('.jsonl') ? 'one {"expert": N, "prompt": "..."} object per line' : 'a YAML list of {expert: N, prompts: ["..."]} entries'}`;
+const fail = (file: string, message: string, line?: number, field?: string) => new ForgeError('bad_eval_prompts', `${message}${expected(file)}`, { file, line, field });
 
 function checkExpert(v: unknown, experts: number, file: string, line: number | undefined, field: string): number {
   if (!Number.isInteger(v)) throw fail(file, `"expert" must be an integer index into the recipe's experts, got ${JSON.stringify(v)}`, line, field);
@@ -28,14 +28,9 @@ function checkPrompt(v: unknown, file: string, line: number | undefined, field: 
 export function parseEvalPrompts(text: string, file: string, experts: number): EvalPrompt[] {
   const out: EvalPrompt[] = [];
   if (file.endsWith('.jsonl')) {
-    text.split('\n').forEach((raw, i) => {
+    stripBom(text).split('\n').forEach((raw, i) => {
       if (raw.trim() === '') return;
-      let v: unknown;
-      try {
-        v = JSON.parse(raw);
-      } catch (e) {
-        throw fail(file, `invalid JSON (${(e as Error).message})`, i + 1);
-      }
+      const v = parseJsonInput(raw, file, EVAL_PROMPTS, i + 1, expected(file));
       if (v === null || typeof v !== 'object' || Array.isArray(v)) throw fail(file, 'each line must be a JSON object', i + 1);
       const o = v as Record<string, unknown>;
       const extra = Object.keys(o).filter((k) => k !== 'expert' && k !== 'prompt');
@@ -45,14 +40,11 @@ export function parseEvalPrompts(text: string, file: string, experts: number): E
     return out;
   }
   if (!/\.ya?ml$/.test(file)) throw new ForgeError('bad_eval_prompts', 'held-out prompts must be a .yml/.yaml or .jsonl file', { file });
-  const lc = new LineCounter();
-  const doc = parseDocument(text, { lineCounter: lc, prettyErrors: false, uniqueKeys: true });
-  if (doc.errors.length > 0) throw fail(file, `invalid YAML: ${doc.errors[0]!.message.split('\n')[0]}`, lc.linePos(doc.errors[0]!.pos[0]).line);
+  const { doc, lc, data } = parseYamlInput(text, file, EVAL_PROMPTS, expected(file));
   const lineOf = (path: (string | number)[]) => {
     const range = (doc.getIn(path, true) as { range?: [number, number, number] } | undefined)?.range;
     return range ? lc.linePos(range[0]).line : undefined;
   };
-  const data = doc.toJS({ maxAliasCount: 100 }) as unknown;
   if (data === null || data === undefined) return out;
   if (!Array.isArray(data)) throw fail(file, 'the file must be a list', 1);
   data.forEach((entry: unknown, i) => {

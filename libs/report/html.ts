@@ -1,10 +1,9 @@
+import { escapeHtml } from '../util/escape';
 import { layerRanges } from './routing';
 import type { LayerReport, RoutingReport } from './types';
 
 /** Text and attribute values: prompts are user text and must never become markup. */
-export function esc(s: string): string {
-  return s.replace(/[&<>"']/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' })[c]!);
-}
+export const esc = escapeHtml;
 
 const pct = (x: number | null) => (x === null ? '—' : `${(100 * x).toFixed(0)}%`);
 const num = (x: number | null, digits = 3) => (x === null ? '∞' : x >= 1e4 ? x.toExponential(2) : x.toFixed(digits));

@@ -1,4 +1,5 @@
 import { existsSync, statSync } from 'node:fs';
+import { MODEL_CONFIG, readInputText } from '../input';
 import { readFile } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import { isAbsolute, join, resolve } from 'node:path';
@@ -95,8 +96,10 @@ async function readConfig(dir: string, refText: string): Promise<Record<string, 
   const file = join(dir, CONFIG_FILE);
   let text: string;
   try {
-    text = await readFile(file, 'utf8');
-  } catch {
+    text = await readInputText(file, MODEL_CONFIG);
+  } catch (e) {
+    // A FIFO, a folder or a huge file in its place is said as such; only a missing file is "has no".
+    if ((e as ModelError).code !== 'config_missing') throw e;
     throw new ModelError('missing_config', `model ${refText} has no config.json in ${dir}`, { file });
   }
   try {

@@ -1,4 +1,5 @@
-import { open, stat, readFile } from 'node:fs/promises';
+import { open, stat } from 'node:fs/promises';
+import { modelJson, readInputText, stripBom } from '../input';
 import { existsSync } from 'node:fs';
 import { join, basename } from 'node:path';
 import { SafetensorsError } from '../errors';
@@ -139,8 +140,9 @@ export class SafetensorsWeights {
 
   static async openIndex(dir: string, indexFile: string): Promise<SafetensorsWeights> {
     let idx: { weight_map?: Record<string, string> };
+    const text = await readInputText(indexFile, modelJson(basename(indexFile)));
     try {
-      idx = JSON.parse(await readFile(indexFile, 'utf8'));
+      idx = JSON.parse(stripBom(text));
     } catch (e) {
       throw new SafetensorsError('bad_index', `not valid JSON (${(e as Error).message})`, { file: indexFile });
     }

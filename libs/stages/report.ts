@@ -2,6 +2,7 @@ import { mkdir, readFile, rename, writeFile } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { ForgeError } from '../errors';
+import { EVAL_PROMPTS, readInputText } from '../input';
 import { buildReport, parseEvalPrompts, renderHtml, type EvalPrompt, type ReportExpert, type ReportPrompt, type RoutingReport } from '../report';
 import type { MergeContext } from './context';
 import { cachedHiddenStates, embeddingSums, readPromptStates } from './embed-prompts';
@@ -40,13 +41,7 @@ export function routedState(gateMode: string): string {
 }
 
 export async function readEvalPrompts(file: string, experts: number): Promise<EvalPrompt[]> {
-  let text: string;
-  try {
-    text = await readFile(file, 'utf8');
-  } catch (e) {
-    throw new ForgeError('bad_eval_prompts', `cannot read the held-out prompts file (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`, { file });
-  }
-  return parseEvalPrompts(text, file, experts);
+  return parseEvalPrompts(await readInputText(file, EVAL_PROMPTS), file, experts);
 }
 
 /**

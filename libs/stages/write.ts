@@ -1,6 +1,7 @@
 import { link, mkdir, readdir, readFile, rm, stat, writeFile, copyFile } from 'node:fs/promises';
+import { modelJson, readInputText } from '../input';
 import { existsSync } from 'node:fs';
-import { dirname, join } from 'node:path';
+import { basename, dirname, join } from 'node:path';
 import { createHash, randomBytes } from 'node:crypto';
 import { ForgeError } from '../errors';
 import { gateRow, type GateTensor } from '../gates';
@@ -136,7 +137,7 @@ function tensorProducer(gates: GateTensor | null, pool: ChunkPool) {
 /** A JSON object file read keeping its numbers' literals (an absent file is an empty object). */
 async function readJsonObject(file: string): Promise<LosslessJson & { value: Record<string, unknown> }> {
   if (!existsSync(file)) return { value: {}, literals: {} };
-  const doc = parseJsonLossless(await readFile(file, 'utf8'));
+  const doc = parseJsonLossless(await readInputText(file, modelJson(basename(file))));
   if (!doc.value || typeof doc.value !== 'object' || Array.isArray(doc.value)) throw new ForgeError('bad_json', 'must hold a JSON object', { file });
   return doc as LosslessJson & { value: Record<string, unknown> };
 }

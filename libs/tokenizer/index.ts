@@ -1,6 +1,7 @@
 import { readFile } from 'node:fs/promises';
+import { modelJson, readInputText, stripBom } from '../input';
 import { existsSync } from 'node:fs';
-import { join } from 'node:path';
+import { basename, join } from 'node:path';
 import { createHash } from 'node:crypto';
 import type { Tokenizer } from '@huggingface/tokenizers';
 import { ModelError } from '../errors';
@@ -31,8 +32,9 @@ function tokenText(v: unknown): string | null {
 }
 
 async function readJson(file: string): Promise<Record<string, unknown>> {
+  const text = await readInputText(file, modelJson(basename(file)));
   try {
-    return JSON.parse(await readFile(file, 'utf8'));
+    return JSON.parse(stripBom(text));
   } catch (e) {
     throw new ModelError('bad_tokenizer', `not valid JSON (${(e as Error).message})`, { file });
   }

@@ -5,6 +5,8 @@ import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parse } from 'yaml';
 import { hubRepoId, modelCard, parameterCounts } from '../../libs/model-card';
+import { routingSection } from '../../libs/model-card/routing';
+import type { RoutingReport } from '../../libs/report/types';
 import { readRecipe } from '../../libs/recipe/parse';
 import { loadMergeContext, recipeModelRefs } from '../../libs/stages/context';
 import { runAssemble } from '../../libs/stages/assemble';
@@ -103,4 +105,54 @@ test('a recipe holding backticks gets a longer fence', async () => {
   const { plan, parsed } = await planOf('bt', 'llama', [{ model: a, prompts: ['```code```'] }, { model: b, prompts: ['text'] }], undefined, 1);
   const card = modelCard({ plan, recipe: parsed.recipe, recipeText: parsed.text, gateMode: 'cheap_embed' });
   assert.ok(card.includes('````yaml\n' + parsed.text.replace(/\n$/, '') + '\n````\n'));
+});
+
+test('prompts, model names and config values reach the card as text, never as HTML, Markdown links or table structure', async () => {
+  const a = await tinyFamilyModel(join(dir, 'x-<b>bold</b>'), 'llama', 2);
+  const b = await tinyFamilyModel(join(dir, 'x-tick`a`|pipe'), 'llama', 3);
+  const bad = ['<img src=https://example.com/p.png>', 'a | b', 'run `rm -rf` now', 'two\nlines\n\n# heading', '![t](https://example.com/t.png) & &lt;'];
+  const { plan, parsed } = await planOf('inj', 'llama', [{ model: a, prompts: bad }, { model: b, prompts: ['text'], negative: ['<script>alert(1)</script>'] }], undefined, 1);
+  plan.config.architectures = ['<iframe src=https://example.com>'];
+  const card = modelCard({ plan, recipe: parsed.recipe, recipeText: parsed.text, gateMode: 'cheap_embed' });
+  // Code spans show their text as is (a folder named <b> stays "<b>"): checked apart, below.
+  const local = card.split('\n').find((l) => l.startsWith('- Local source models'))!;
+  const body = card.slice(0, card.indexOf('## Recipe')).replace(local, '');
+  // No tag but the card's own <br>, no image or link, no entity of the user's.
+  assert.deepEqual(body.match(/<[a-z/!][^>]*>?/gi)?.filter((t) => t !== '<br>') ?? [], [], body);
+  assert.ok(!/!\[|(?<!\\)\]\(/.test(body), 'no Markdown image or link');
+  assert.ok(body.includes('"&lt;img src=https://example.com/p.png&gt;"'));
+  assert.ok(body.includes('"a \\| b"') && body.includes('"run \\`rm -rf\\` now"') && body.includes('"two lines  # heading"'));
+  assert.ok(body.includes('"!\\[t\\](https://example.com/t.png) &amp; &amp;lt;"'));
+  assert.ok(body.includes('(&lt;iframe src=https://example.com&gt;)'));
+  // Each experts row is one line of exactly five cell borders: nothing split a cell or the row.
+  const rows = body.split('\n').filter((l) => l.startsWith('| routed '));
+  assert.equal(rows.length, 2);
+  for (const r of rows) assert.equal(r.replace(/\\\|/g, '').split('|').length, 6, r);
+  // Local folders in code spans that their backticks cannot close early.
+  assert.equal(local, `- Local source models (not on the Hub): \`${join(dir, 'inj-base')}\`, \`${a}\`, \`\`${b}\`\``);
+  assert.ok(body.includes(`- Base model: ${join(dir, 'inj-base')}`));
+});
+
+test('the routing section quotes prompts and model names as text too', () => {
+  const report = {
+    topK: 1,
+    routed: 2,
+    layers: 2,
+    experts: [
+      { index: 0, label: 'expert 0', model: 'models/<b>a</b>', shared: false },
+      { index: 1, label: 'expert 1', model: 'models/b|c', shared: false },
+    ],
+    summary: {
+      accuracy: 0.5,
+      heldOutAccuracy: null,
+      byRange: [{ from: 0, to: 1, accuracy: 0.5, heldOutAccuracy: null }],
+      starving: [{ expert: 0, layers: [0, 1], reasons: ['negative prompt "<img src=https://example.com/p.png>" cancels positive prompt "a | b" (every layer)'] }],
+      pairs: [],
+      degenerateLayers: [],
+      notes: ['note with `tick` and\nnew line'],
+    },
+  } as unknown as RoutingReport;
+  const section = routingSection(report);
+  assert.ok(section.includes('- Starving: expert 0 (models/&lt;b&gt;a&lt;/b&gt;) in every layer: negative prompt "&lt;img src=https://example.com/p.png&gt;" cancels positive prompt "a \\| b" (every layer)'), section);
+  assert.ok(section.includes('- note with \\`tick\\` and new line'), section);
 });

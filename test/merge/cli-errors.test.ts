@@ -1,5 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { mergekitMoe } from '../helpers/cli';
@@ -75,4 +76,12 @@ test('--version prints the package version and exits 0; --help lists it', async 
   assert.equal(r.stdout.trim(), `mergekit-moe (moe-forge) ${version}`);
   const h = await mergekitMoe(['--help'], dir);
   assert.match(h.stdout, /--version +Print the version of moe-forge and exit\./);
+});
+
+test('a FIFO or /dev/null given as the recipe or the held-out prompts: one line saying it is not a regular file, no hang', async () => {
+  writeFileSync(join(dir, 'plain.yml'), recipe('random'));
+  execFileSync('mkfifo', [join(dir, 'held-out.yml')]);
+  oneLine(await mergekitMoe(['plain.yml', 'out-fifo', '--report', 'r.html', '--eval-prompts', 'held-out.yml'], dir), /^error: held-out\.yml: the held-out prompts file is not a regular file \(a FIFO\)$/);
+  oneLine(await mergekitMoe(['/dev/null', 'out-fifo'], dir), /^error: \/dev\/null: the recipe is not a regular file \(a character device\)$/);
+  assert.ok(!existsSync(join(dir, 'out-fifo')));
 });

@@ -2,7 +2,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { cpSync, existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { run } from '../helpers/cli';
+import { mergekitMoe, run } from '../helpers/cli';
 import { FIXTURES, ROOT } from '../helpers/tmp';
 import { addRecipe, nx, throwawayWorkspace } from '../helpers/workspace';
 import { StageOptionsSchema } from '../../tools/executors/options';
@@ -48,6 +48,22 @@ test('an unknown or out-of-range option fails with Nx\'s schema message before a
     assert.doesNotMatch(out, /\n\s+at .+:\d+:\d+/, `no stack trace for ${arg}`);
     assert.doesNotMatch(out, /nx run uses-b:fetch/, `no stage ran for ${arg}`);
     assert.ok(!existsSync(join(ws, 'dist', 'stages', 'uses-b', 'fetch')));
+  }
+});
+
+test('an option Nx\'s schema lets through but no stage can use (a seed or shard size beyond 2^53) gets the CLI\'s one-line message before any stage runs', async () => {
+  const recipeFile = join(ws, 'workspace-models', 'uses-b', 'moe.yml');
+  for (const [flag, value] of [['--random-seed', '1e20'], ['--out-shard-size', '99999999999999999999'], ['--random-seed', '9007199254740993']] as const) {
+    const cli = await mergekitMoe([recipeFile, join(ws, 'cli-out'), flag, value], ws);
+    assert.equal(cli.exitCode, 1, cli.stderr);
+    const line = cli.stderr.trim();
+    assert.match(line, new RegExp(`^error: field ${flag}: must be .* from 0 to 9007199254740991.*, got \\d+$`));
+    const r = await nx(ws, ['run', 'uses-b:build', `${flag}=${value}`]);
+    const out = r.stdout + r.stderr;
+    assert.notEqual(r.exitCode, 0, `${flag}=${value}`);
+    assert.ok(out.includes(line), `Nx says what the CLI says (${line}):\n${out}`);
+    assert.doesNotMatch(out, /internal error|\n\s+at .+:\d+:\d+/);
+    assert.doesNotMatch(out, /nx run uses-b:fetch/, `no stage ran for ${flag}=${value}`);
   }
 });
 

@@ -1,9 +1,9 @@
 /** The report target in a real Nx workspace: cached on what it reads, held-out prompts recomputed one by one. */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { cpSync, mkdirSync, readFileSync, writeFileSync, existsSync } from 'node:fs';
+import { cpSync, mkdirSync, readFileSync, symlinkSync, writeFileSync, existsSync } from 'node:fs';
 import { join } from 'node:path';
-import { FIXTURES } from '../helpers/tmp';
+import { FIXTURES, tempDir } from '../helpers/tmp';
 import { addRecipe, nx, throwawayWorkspace } from '../helpers/workspace';
 import type { RoutingReport } from '../../libs/report';
 
@@ -81,4 +81,31 @@ test('build runs the report before write; it is a cache hit when nothing it read
   const targets = JSON.parse(show.stdout).targets;
   assert.match(targets.report.metadata.description, /Routing report/);
   assert.deepEqual(targets.write.dependsOn.map((d: { target: string }) => d.target), ['check-options', 'assemble-experts', 'report']);
+});
+
+test('a file a stage reads but Nx would not hash is refused in one line saying why: a link out of the folder, a git-ignored file, a recipe other than moe.yml', async () => {
+  const refused = async (args: string[], message: RegExp) => {
+    const r = await nx(ws, ['run', 'm:report', ...args, '--exclude-task-dependencies']);
+    assert.notEqual(r.exitCode, 0, args.join(' '));
+    // One line (the pattern spans the message, and . matches no line break), never a stack.
+    assert.match(r.stdout + r.stderr, message);
+    assert.doesNotMatch(r.stdout + r.stderr, /internal error|\n\s+at .+:\d+:\d+/);
+  };
+  // A link in the recipe's folder to a file elsewhere: Nx hashes neither the link's target nor its edits.
+  const outside = tempDir();
+  writeFileSync(join(outside, 'held.yml'), '- expert: 1\n  prompts: ["A dragon tale"]\n');
+  symlinkSync(join(outside, 'held.yml'), join(project, 'eval', 'link.yml'));
+  await refused(['--evalPrompts=eval/link.yml'], /field evalPrompts: evalPrompts must be a file inside the recipe's folder .* \(it is a link to .*held\.yml\): Nx would not see its edits/);
+  // A folder the recipe's .gitignore excludes: Nx does not hash it.
+  writeFileSync(join(project, '.gitignore'), 'private/\n');
+  mkdirSync(join(project, 'private'));
+  writeFileSync(join(project, 'private', 'held.yml'), '- expert: 1\n  prompts: ["A dragon tale"]\n');
+  await refused(['--evalPrompts=private/held.yml'], /field evalPrompts: evalPrompts must not be git-ignored, and workspace-models\/m\/\.gitignore excludes it: Nx would not see its edits/);
+  // The recipe option names a file Nx does not hash as the recipe.
+  cpSync(join(project, 'moe.yml'), join(project, 'variant.yml'));
+  await refused(['--recipe=variant.yml'], /field recipe: recipe must be the folder's moe\.yml .*: Nx would not see its edits/);
+  // A link that stays in the folder is read: its target is a file Nx hashes.
+  symlinkSync('held-out.yml', join(project, 'eval', 'alias.yml'));
+  const ok = await nx(ws, ['run', 'm:report', '--evalPrompts=eval/alias.yml', '--exclude-task-dependencies']);
+  assert.equal(ok.exitCode, 0, ok.stdout + ok.stderr);
 });

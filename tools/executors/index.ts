@@ -1,7 +1,7 @@
-import { existsSync, readFileSync, statSync } from 'node:fs';
+import { existsSync, statSync } from 'node:fs';
 import { basename, dirname, isAbsolute, join, relative, resolve, sep } from 'node:path';
 import type { CreateNodesV2, TargetConfiguration } from '@nx/devkit';
-import { parse } from 'yaml';
+import { parseYamlInput, readInputTextSync, RECIPE } from '../../libs/input';
 import { runtimeCommand } from './fast-input';
 
 /**
@@ -79,7 +79,9 @@ export function recipeModels(workspaceRoot: string, recipeFile: string): RecipeM
   const out: RecipeModels = { workspaceModels: [], floatingHubRefs: [] };
   let doc: Record<string, unknown>;
   try {
-    doc = parse(readFileSync(join(workspaceRoot, recipeFile), 'utf8')) as Record<string, unknown>;
+    // The recipe reader's limits: a FIFO in place of moe.yml must not hang the project graph.
+    const file = join(workspaceRoot, recipeFile);
+    doc = parseYamlInput(readInputTextSync(file, RECIPE), file, RECIPE).data as Record<string, unknown>;
   } catch {
     return out;
   }
@@ -117,7 +119,8 @@ export function recipeTargets(projectRoot: string, projectName: string, options:
     executor: './tools/executors:check-options',
     options: {},
     cache: true,
-    inputs: ['{workspaceRoot}/tools/executors/stage-options.json'],
+    // The schema, and the code of the checks a JSON schema cannot make (shared with the CLI).
+    inputs: ['{workspaceRoot}/tools/executors/stage-options.json', '{workspaceRoot}/tools/executors/options.ts', '{workspaceRoot}/tools/executors/check-options/*', '{workspaceRoot}/libs/cli/args.ts', '{workspaceRoot}/libs/errors/*.ts'],
     outputs: [],
     metadata: {
       description: 'Check the options given on the command line against the stages\' schema, before any stage runs.',

@@ -17,6 +17,7 @@ const CODE = [
   'libs/resolve/reference.ts',
   'libs/resolve/hf-cache.ts',
   'libs/util/stat-key.js',
+  'libs/input/index.ts',
 ].map((f) => join(ROOT, f));
 
 const KIND = 'model-ids';

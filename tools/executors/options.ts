@@ -1,10 +1,12 @@
 import { join, resolve } from 'node:path';
 import type { ExecutorContext } from '@nx/devkit';
 import { z } from 'zod';
-import { parseKmb } from '../../libs/cli/args';
+import { checkSeed, checkShardSize } from '../../libs/cli/args';
+import { ForgeError } from '../../libs/errors';
 import { DEFAULT_SHARD_BYTES } from '../../libs/stages/merge';
 import { hubCacheDir } from '../../libs/resolve/settings';
 import type { PathRoots } from '../../libs/stages/portable';
+import { checkHashedInput } from './hashed-input';
 
 /**
  * Options outside the mergekit YAML, shared by every stage so that `nx run x:build --random-seed=1`
@@ -41,25 +43,39 @@ export interface StagePaths {
   roots: PathRoots;
 }
 
-export function stagePaths(raw: unknown, context: ExecutorContext): { options: StageOptions; paths: StagePaths } {
+/**
+ * The options as the stages use them. Nx's schema check lets through what JSON Schema cannot say (a seed of
+ * 1e20 is a "multiple of 1"): those get the CLI's own checks and messages, and anything else a one-line error.
+ */
+export function checkStageOptions(raw: unknown): StageOptions {
+  const given = (raw ?? {}) as Record<string, unknown>;
+  if (given.randomSeed !== undefined) checkSeed(given.randomSeed);
+  if (given.outShardSize !== undefined) checkShardSize(given.outShardSize);
   const parsed = StageOptionsSchema.safeParse(raw);
   if (!parsed.success) {
     const i = parsed.error.issues[0]!;
-    throw new Error(`invalid executor option ${i.path.join('.')}: ${i.message}`);
+    throw new ForgeError('bad_option', `invalid option: ${i.message}`, { field: i.path.join('.') });
   }
-  const options = parsed.data;
+  return parsed.data;
+}
+
+export function stagePaths(raw: unknown, context: ExecutorContext): { options: StageOptions; paths: StagePaths } {
+  const options = checkStageOptions(raw);
   const name = context.projectName!;
   const projectRoot = resolve(context.root, context.projectsConfigurations!.projects[name]!.root);
   const stagesDir = resolve(context.root, options.stagesDir ?? join('dist', 'stages', name));
+  const recipe = resolve(projectRoot, options.recipe ?? 'moe.yml');
+  // Every stage reads the recipe; the file Nx hashes as the recipe is the folder's moe.yml (nx.json's "recipe").
+  if (options.recipe !== undefined) checkHashedInput(recipe, { reruns: 'every stage', option: 'recipe', projectRoot, workspaceRoot: context.root, accepts: (rel) => rel === 'moe.yml', accepted: "the folder's moe.yml (the file Nx hashes as the recipe)" });
   return {
     options,
     paths: {
       workspaceRoot: context.root,
       projectRoot,
-      recipe: resolve(projectRoot, options.recipe ?? 'moe.yml'),
+      recipe,
       stage: (s) => join(stagesDir, s),
       output: resolve(context.root, options.outputPath ?? join('dist', 'models', name)),
-      maxShardBytes: typeof options.outShardSize === 'number' ? options.outShardSize : parseKmb(options.outShardSize),
+      maxShardBytes: checkShardSize(options.outShardSize),
       roots: { workspace: context.root, hubCache: hubCacheDir() },
     },
   };

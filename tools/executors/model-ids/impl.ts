@@ -1,6 +1,5 @@
-import { readFile } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
-import { parse } from 'yaml';
+import { parseYamlInput, readInputText, RECIPE } from '../../../libs/input';
 import { ContentCache, defaultCacheDir } from '../../../libs/cache';
 import { contentId } from '../../../libs/resolve/content-id';
 import { parseModelReference, type ModelReferenceInput } from '../../../libs/resolve/reference';
@@ -50,7 +49,8 @@ async function branchCommit(repo: string, revision: string, refText: string): Pr
 
 export default async function modelIds(args: string[]): Promise<{ text: string; deps: string[] | null }> {
   const recipeFile = resolve(args[0] ?? 'moe.yml');
-  const doc = parse(await readFile(recipeFile, 'utf8')) as Record<string, unknown> | null;
+  // The recipe reader's limits: a FIFO or an alias bomb in place of the recipe must not hang or exhaust Nx.
+  const doc = parseYamlInput(await readInputText(recipeFile, RECIPE), recipeFile, RECIPE).data as Record<string, unknown> | null;
   const list = (v: unknown) => (Array.isArray(v) ? v : []).map((e) => (e && typeof e === 'object' ? (e as { source_model?: unknown }).source_model : undefined));
   const inputs = [doc?.base_model, ...list(doc?.experts), ...list(doc?.shared_experts)];
   const cache = new ContentCache(defaultCacheDir(process.cwd()));

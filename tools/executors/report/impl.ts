@@ -1,7 +1,7 @@
-import { isAbsolute, relative, resolve } from 'node:path';
+import { resolve } from 'node:path';
 import type { ExecutorContext } from '@nx/devkit';
 import { logger } from '../log';
-import { ForgeError } from '../../../libs/errors';
+import { checkHashedInput } from '../hashed-input';
 import { runReport } from '../../../libs/stages/report';
 import { progressReporter } from '../../../libs/stages/progress';
 import { cacheDirOf, runStage } from '../run-stage';
@@ -11,11 +11,8 @@ export default function reportExecutor(options: unknown, context: ExecutorContex
     let evalPrompts: string | undefined;
     if (env.options.evalPrompts) {
       evalPrompts = resolve(env.paths.projectRoot, env.options.evalPrompts);
-      // Nx hashes the files of the project folder, not a path named in an option: a file elsewhere would be edited unseen.
-      const rel = relative(env.paths.projectRoot, evalPrompts);
-      if (rel.startsWith('..') || isAbsolute(rel)) {
-        throw new ForgeError('bad_option', `evalPrompts must be a file inside the recipe's folder ${env.paths.projectRoot}, so that editing it re-runs the report`, { file: evalPrompts, field: 'evalPrompts' });
-      }
+      // What the report reads must be what Nx hashes for it: the report target's {projectRoot}/**/*.{yml,yaml,jsonl}.
+      checkHashedInput(evalPrompts, { reruns: 'the report', option: 'evalPrompts', projectRoot: env.paths.projectRoot, workspaceRoot: env.paths.workspaceRoot, accepts: (rel) => /\.(ya?ml|jsonl)$/.test(rel), accepted: 'a .yml, .yaml or .jsonl file' });
     }
     const { report } = await runReport(await env.merge(), env.paths.stage('embed-prompts'), env.paths.stage('build-gates'), env.paths.stage('report'), {
       name: context.projectName!,
