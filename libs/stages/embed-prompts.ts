@@ -11,7 +11,7 @@ import { ContentCache, withLock } from '../cache';
 import { contentId } from '../resolve/content-id';
 import { availableBackends, computePadStatesIsolated as computePadStates, computePromptStatesIsolated as computePromptStates, type Device } from '../forward';
 import { decodeLayers, encodeLayers, encodeState, getPromptState, padStateKey, promptStateKey, type CachedPromptState } from '../prompt-cache';
-import type { Progress } from './progress';
+import type { Progress } from '../util/progress';
 
 /** One distinct prompt text with its token ids and reduced states per layer input. */
 export interface PromptStateEntry {

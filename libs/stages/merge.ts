@@ -11,7 +11,7 @@ import { gatesForAssembly, runBuildGates } from './build-gates';
 import { runAssemble } from './assemble';
 import { STAMP_FILE, writeOutput, type LateInputs, type WriteResult } from './write';
 import { changedOutputFiles, recordOutputFiles } from './output-record';
-import { progressReporter } from './progress';
+import { progressReporter } from '../util/progress';
 import { CACHE_ENV } from '../cache';
 import type { ShardOrder } from '../plan/types';
 import { homedir } from 'node:os';

@@ -7,7 +7,7 @@ import { buildReport, parseEvalPrompts, renderHtml, type EvalPrompt, type Report
 import type { MergeContext } from './context';
 import { cachedHiddenStates, embeddingSums, readPromptStates } from './embed-prompts';
 import { gatesForAssembly, isRandomMode } from './build-gates';
-import type { Progress } from './progress';
+import type { Progress } from '../util/progress';
 
 export interface ReportOptions {
   /** Shown in the report's title (the Nx project, or the recipe's file name). */

@@ -15,7 +15,7 @@ import { CHAT_TEMPLATE_FILES, COMPANION_FILES, GENERATION_CONFIG, TOKENIZER_FILE
 import { jsonText, parseJsonLossless, type LosslessJson } from '../json';
 import type { MergePlan, PlanTensor, SourcePart } from '../plan/types';
 import { planHash } from './assemble';
-import { byteFraction, type Progress } from './progress';
+import { byteFraction, type Progress } from '../util/progress';
 import { modelCard } from '../model-card';
 import { parseRecipeText } from '../recipe/parse';
 import { removeOnExit } from '../util/cleanup';

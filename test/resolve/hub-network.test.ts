@@ -6,7 +6,7 @@ import { createHash } from 'node:crypto';
 import { mkdtemp, mkdir, readFile, readdir, rm, writeFile } from 'node:fs/promises';
 import { readFileSync, existsSync, writeFileSync } from 'node:fs';
 import { resolveModel, repoFolderName, type HubEnv } from '../../libs/resolve';
-import { progressReporter } from '../../libs/stages/progress';
+import { progressReporter } from '../../libs/util/progress';
 import { startHubServer, commitFor, type HubServer, type HubRepoSpec } from '../helpers/hub-server';
 import { mergekitMoe } from '../helpers/cli';
 

@@ -7,7 +7,7 @@ import { processStartedAt } from '../../libs/util/process';
 import { join } from 'node:path';
 import { runWrite } from '../../libs/stages/write';
 import { newGates } from '../../libs/gates';
-import { byteFraction, progressReporter } from '../../libs/stages/progress';
+import { byteFraction, progressReporter } from '../../libs/util/progress';
 import type { MergePlan } from '../../libs/plan/types';
 import { leftoverFolder, tempDir, TINY } from '../helpers/tmp';
 

@@ -2,7 +2,7 @@ import type { ExecutorContext } from '@nx/devkit';
 import { logger } from '../log';
 import { runEmbedPrompts } from '../../../libs/stages/embed-prompts';
 import { cacheDirOf, runStage } from '../run-stage';
-import { progressReporter } from '../../../libs/stages/progress';
+import { progressReporter } from '../../../libs/util/progress';
 
 export default function embedPromptsExecutor(options: unknown, context: ExecutorContext) {
   return runStage(options, context, async (env) => {

@@ -3,7 +3,7 @@ import type { ExecutorContext } from '@nx/devkit';
 import { logger } from '../log';
 import { checkHashedInput } from '../hashed-input';
 import { runReport } from '../../../libs/stages/report';
-import { progressReporter } from '../../../libs/stages/progress';
+import { progressReporter } from '../../../libs/util/progress';
 import { cacheDirOf, runStage } from '../run-stage';
 
 export default function reportExecutor(options: unknown, context: ExecutorContext) {

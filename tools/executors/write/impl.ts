@@ -7,7 +7,7 @@ import { readPlan } from '../../../libs/stages/assemble';
 import { readGates } from '../../../libs/stages/build-gates';
 import { runWrite } from '../../../libs/stages/write';
 import { cacheDirOf, runStage } from '../run-stage';
-import { progressReporter } from '../../../libs/stages/progress';
+import { progressReporter } from '../../../libs/util/progress';
 import { readReport } from '../../../libs/stages/report';
 import { STAMP_FILE } from '../../../libs/stages/output-folder';
 import { recordWrite, suspectFiles } from '../output-state';
