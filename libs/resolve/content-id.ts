@@ -26,11 +26,13 @@ export async function memoSha256(file: string, cache?: ContentCache): Promise<{ 
   const st = await stat(real, { bigint: true });
   const size = Number(st.size);
   if (!cache) return { sha256: await sha256File(real), size };
-  const key = `content-id:${createHash('sha256').update(JSON.stringify([real, st.size.toString(), st.mtimeNs.toString(), st.ino.toString()])).digest('hex')}`;
-  const hit = await cache.getJson<{ sha256: string }>(key);
-  if (hit && typeof hit.sha256 === 'string') return { sha256: hit.sha256, size };
+  const material = ['content-id', real, st.size.toString(), st.mtimeNs.toString(), st.ino.toString()];
+  const key = `content-id:${createHash('sha256').update(JSON.stringify(material.slice(1))).digest('hex')}`;
+  // Bound to the file it names (an entry moved under another key is a miss); {"sha256": 64 hex} is ~80 bytes.
+  const hit = await cache.getBoundJson<{ sha256: string }>(key, material, 256);
+  if (hit && typeof hit.sha256 === 'string' && /^[0-9a-f]{64}$/.test(hit.sha256)) return { sha256: hit.sha256, size };
   const sha256 = await sha256File(real);
-  await cache.putJson(key, { sha256 });
+  await cache.putBoundJson(key, material, { sha256 });
   return { sha256, size };
 }
 

@@ -10,7 +10,7 @@ import type { MergeContext } from './context';
 import { ContentCache, withLock } from '../cache';
 import { contentId } from '../resolve/content-id';
 import { availableBackends, computePadStatesIsolated as computePadStates, computePromptStatesIsolated as computePromptStates, type Device } from '../forward';
-import { decodeLayers, encodeLayers, encodeState, getPromptState, padStateKey, promptStateKey, type CachedPromptState } from '../prompt-cache';
+import { getPadState, getPromptState, putPadState, putPromptState, type CachedPromptState } from '../prompt-cache';
 import type { Progress } from './progress';
 
 /** One distinct prompt text with its token ids and reduced states per layer input. */
@@ -118,12 +118,11 @@ async function hiddenStates(merge: MergeContext, index: PromptStatesIndex, tenso
     const L = base.config.numLayers;
     const H = base.config.hiddenSize;
     // The reference's padded mean needs the state of a pad position (spec 10); it depends only on the base.
-    const key = padStateKey(baseId, padTokenId);
-    const hit = await cache.getBuffer(key);
-    let pad = hit ? decodeLayers(hit, L, H) : null;
+    const material = { base: baseId, padTokenId, layers: L, hidden: H };
+    let pad = await getPadState(cache, material);
     if (!pad) {
       pad = await computePadStates(base.dir, padTokenId, { device });
-      await cache.putBuffer(key, encodeLayers(pad));
+      await putPadState(cache, material, pad);
     }
     tensors.push({ name: 'pad', data: flat(pad) });
   }
@@ -150,16 +149,19 @@ export async function cachedHiddenStates(base: ModelSource, texts: string[], opt
   const H = base.config.hiddenSize;
   const warn = opts.warn ?? opts.log;
   const cache = new ContentCache(opts.cacheDir, warn);
-  const baseId = base.contentId ?? (await contentId(base.dir, { cache }));
+  // The key's content id from the base's files (memoised), not from models.json, a stage file a cache restored.
+  const baseId = await contentId(base.dir, { cache });
   const tok = await loadTokenizer(base.dir);
-  opts.checkIds?.(texts.map((t) => tok.encodePrompt(t)));
+  const allIds = texts.map((t) => tok.encodePrompt(t));
+  opts.checkIds?.(allIds);
+  const material = (i: number) => ({ base: baseId, tokenizer: tok.contentId, text: texts[i]!, ids: allIds[i]!, layers: L, hidden: H });
   const states: (CachedPromptState | null)[] = [];
   const missing = await withLock(opts.cacheDir, `base-${baseId.slice(0, 32)}`, async () => {
-    for (const text of texts) states.push(await getPromptState(cache, promptStateKey(baseId, tok.contentId, text)));
+    for (const i of texts.keys()) states.push(await getPromptState(cache, material(i)));
     const missing = texts.map((t, i) => i).filter((i) => states[i] === null);
     for (const [i, t] of texts.entries()) opts.debug?.(`prompt-state cache ${states[i] ? 'hit' : 'miss'}: ${JSON.stringify(t.length > 60 ? `${t.slice(0, 57)}...` : t)}`);
     if (missing.length > 0) {
-      const ids = missing.map((i) => tok.encodePrompt(texts[i]!));
+      const ids = missing.map((i) => allIds[i]!);
       const started = Date.now();
       const tokens = ids.reduce((a, x) => a + x.length, 0);
       const computed = await computePromptStates(base.dir, ids, {
@@ -176,7 +178,7 @@ export async function cachedHiddenStates(base: ModelSource, texts: string[], opt
         const per = computed[j]!;
         const s: CachedPromptState = { ids: ids[j]!, count: per[0]!.count, layers: L, hidden: H, last: per.map((x) => x.last), sum: per.map((x) => x.sum) };
         states[i] = s;
-        await cache.putBuffer(promptStateKey(baseId, tok.contentId, texts[i]!), encodeState(s));
+        await putPromptState(cache, material(i), s);
       }
     }
     return missing;
