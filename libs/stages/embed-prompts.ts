@@ -1,4 +1,5 @@
-import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import { mkdir, writeFile } from 'node:fs/promises';
+import { PROMPT_STATES_SCHEMA, readStageJson, refuseStageFile } from './stage-files';
 import { join } from 'node:path';
 import { decodeFloats } from '../safetensors/dtype';
 import { readRows, readTensorBytes, SafetensorsWeights, type TensorLocation } from '../safetensors/reader';
@@ -223,8 +224,40 @@ async function writeStates(file: string, tensors: { name: string; data: Float32A
   await writeFile(file, Buffer.concat([header, ...body]));
 }
 
-export async function readPromptStates(dir: string): Promise<{ index: PromptStatesIndex; tensor(name: string): Promise<Float32Array> }> {
-  const index = JSON.parse(await readFile(join(dir, 'prompt-states.json'), 'utf8')) as PromptStatesIndex;
-  const weights = await SafetensorsWeights.openFiles(dir, [join(dir, 'prompt-states.safetensors')]);
-  return { index, tensor: async (name) => decodeFloats(await readTensorBytes(weights.get(name)), 'F32') };
+/**
+ * The embed-prompts stage's output, checked as a stage file: prompt-states.json of the mode and sizes the merge
+ * needs, holding every prompt asked for, and each tensor of prompt-states.safetensors F32 [layers, hidden].
+ */
+export async function readPromptStates(dir: string, expect: { mode: PromptStatesIndex['mode']; layers: number; hidden: number; prompts: string[] }): Promise<{ index: PromptStatesIndex; tensor(name: string): Promise<Float32Array> }> {
+  const file = join(dir, 'prompt-states.json');
+  const index = await readStageJson<PromptStatesIndex>(file, PROMPT_STATES_SCHEMA, 1, 'embed-prompts');
+  if (index.mode !== expect.mode || index.layers !== expect.layers || index.hidden !== expect.hidden) {
+    throw refuseStageFile(file, `it holds ${index.mode} states of ${index.layers} layers x ${index.hidden}, but the merge needs ${expect.mode} states of ${expect.layers} x ${expect.hidden}`);
+  }
+  const have = new Set(index.prompts.map((p) => p.text));
+  const lacking = expect.prompts.find((t) => !have.has(t));
+  if (lacking !== undefined) throw refuseStageFile(file, `it lacks the prompt ${JSON.stringify(lacking.length > 60 ? `${lacking.slice(0, 57)}...` : lacking)}`);
+  const states = join(dir, 'prompt-states.safetensors');
+  let weights: SafetensorsWeights;
+  try {
+    weights = await SafetensorsWeights.openFiles(dir, [states]);
+  } catch (e) {
+    throw refuseStageFile(states, (e as Error).message.replace(`${states}: `, ''));
+  }
+  return {
+    index,
+    tensor: async (name) => {
+      if (!weights.has(name)) throw refuseStageFile(states, 'the tensor is missing', { tensor: name });
+      const loc = weights.get(name);
+      if (loc.dtype !== 'F32' || loc.shape.join() !== [index.layers, index.hidden].join()) throw refuseStageFile(states, `${loc.dtype} [${loc.shape.join(', ')}], expected F32 [${index.layers}, ${index.hidden}]`, { tensor: name });
+      return decodeFloats(await readTensorBytes(loc), 'F32');
+    },
+  };
+}
+
+/** What readPromptStates must find for this merge: the mode, sizes and prompts runEmbedPrompts writes for it. */
+export function expectedPromptStates(merge: MergeContext): { mode: PromptStatesIndex['mode']; layers: number; hidden: number; prompts: string[] } {
+  const { ctx } = merge;
+  const mode = ctx.gateMode === 'cheap_embed' ? 'cheap_embed' : ctx.gateMode.startsWith('hidden') ? 'hidden' : 'none';
+  return { mode, layers: mode === 'cheap_embed' ? 1 : mode === 'hidden' ? ctx.base.config.numLayers : 0, hidden: ctx.base.config.hiddenSize, prompts: mode === 'none' ? [] : distinctPrompts(merge) };
 }
