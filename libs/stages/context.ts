@@ -204,6 +204,8 @@ export function checkResolvedModels(file: string, models: ResolvedModel[], parse
   if (keys(refs) !== keys(models)) throw refuseStageFile(file, `it lists the models ${keys(models)}, but the recipe's are ${keys(refs)}`);
   for (const [i, r] of refs.entries()) {
     const m = models[i]!;
+    // The reference is what a missing hub model is downloaded by: it must be the recipe's.
+    if (m.ref !== r.ref) throw refuseStageFile(file, `model ${r.key} is named ${JSON.stringify(m.ref)}, but the recipe names it ${JSON.stringify(r.ref)}`);
     let want: string;
     if (r.localDir !== null) want = r.localDir;
     else {

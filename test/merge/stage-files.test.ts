@@ -11,11 +11,12 @@ import { checkResolvedModels, readModelsFile } from '../../libs/stages/context';
 import { hubCacheDir } from '../../libs/resolve/settings';
 import { ForgeError } from '../../libs/errors';
 import type { MergePlan, SourcePart } from '../../libs/plan/types';
-import { TINY, tempDir } from '../helpers/tmp';
+import { FIXTURES, TINY, tempDir } from '../helpers/tmp';
 
 // Stage files come back from Nx caches (a remote one may be written by someone else): each stage reads them
 // through a checked reader. These tests alter the files as a cache entry could be altered.
 
+const BIN = join(FIXTURES, 'tiny-llama-bin', 'tiny-a');
 const RECIPE = `base_model: ${TINY('a')}
 gate_mode: cheap_embed
 experts:
@@ -23,6 +24,8 @@ experts:
     positive_prompts: ["How do I merge two models with mergekit?"]
   - source_model: ${TINY('b')}
     positive_prompts: ["Once upon a time there was a model"]
+  - source_model: ${BIN}
+    positive_prompts: ["Write a python function that adds numbers"]
 `;
 
 /** Every stage up to assemble-experts, as the Nx executors run them, in a throwaway workspace. */
@@ -98,6 +101,12 @@ test('plan.json: offsets, lengths, dtypes and shapes other than the header\'s, a
     await refused(readPlan(join(s.ws, 'assemble'), s.models), s.planFile, re, name);
     assert.ok(part, what);
   }
+  // A PyTorch .bin source: its offsets come from the checked zip and pickle parse, and are held to them too.
+  writeFileSync(s.planFile, clean);
+  const bin = (p: MergePlan) => p.tensors.flatMap((t) => t.parts.map((part) => ({ name: t.name, part }))).find((x) => x.part.kind === 'source' && x.part.file === 'pytorch_model.bin')!;
+  const binName = bin(JSON.parse(clean)).name;
+  s.alterPlan((p) => ((bin(p).part as SourcePart).offset += 2));
+  await refused(readPlan(join(s.ws, 'assemble'), s.models), s.planFile, /of .*tiny-llama-bin\/tiny-a as .*, but its header gives/, binName);
   // The clean plan reads each tensor where the header puts it.
   writeFileSync(s.planFile, clean);
   const plan = await readPlan(join(s.ws, 'assemble'), s.models);
@@ -142,6 +151,10 @@ test('models.json: another version, or a folder other than the one the recipe re
   const extra = (await readModelsFile(file, s.roots)).models;
   assert.throws(() => checkResolvedModels(file, extra, s.parsed, s.ws, s.roots), /it lists the models .*local:\/etc, but the recipe's are/);
   writeFileSync(file, clean);
+  s.alterJson(file, (v) => ((v.models as { ref: string }[])[1]!.ref = 'evil/model'));
+  const renamed = (await readModelsFile(file, s.roots)).models;
+  assert.throws(() => checkResolvedModels(file, renamed, s.parsed, s.ws, s.roots), /is named "evil\/model", but the recipe names it/);
+  writeFileSync(file, clean);
   s.alterJson(file, (v) => (v.version = 3));
   await refused(readModelsFile(file, s.roots), file, /version 3, expected 2/);
 });
@@ -157,8 +170,8 @@ test('prompt states, gates.json and gates.safetensors of other sizes, modes or p
   await refused(runBuildGates(s.merge, join(s.ws, 'embed-prompts'), join(s.ws, 'gates2')), statesFile, /cheap_embed states of 1 layers x 8, but the merge needs cheap_embed states of 1 x 64/);
   writeFileSync(statesFile, clean);
   const gatesInfo = join(s.ws, 'build-gates', 'gates.json');
-  s.alterJson(gatesInfo, (v) => (v.experts = 3));
-  await refused(gatesForAssembly(s.merge, join(s.ws, 'build-gates')), gatesInfo, /gates of 2 layers x 3 experts/);
+  s.alterJson(gatesInfo, (v) => (v.experts = 4));
+  await refused(gatesForAssembly(s.merge, join(s.ws, 'build-gates')), gatesInfo, /gates of 2 layers x 4 experts/);
   s.alterJson(gatesInfo, (v) => delete v.version);
   await refused(gatesForAssembly(s.merge, join(s.ws, 'build-gates')), gatesInfo, /version undefined, expected 1/);
   // gates.safetensors whose tensor is another size than the recipe's routers.
@@ -168,5 +181,5 @@ test('prompt states, gates.json and gates.safetensors of other sizes, modes or p
   const len = Buffer.alloc(8);
   len.writeBigUInt64LE(BigInt(header.length));
   writeFileSync(gatesFile, Buffer.concat([len, header, Buffer.alloc(g.experts * g.hidden * 4)]));
-  await refused(readGates(join(s.ws, 'build-gates'), { layers: g.layers, experts: g.experts, hidden: g.hidden }), gatesFile, /gates is F32 \[1, 2, 64\], expected F32 \[2, 2, 64\]/, 'gates');
+  await refused(readGates(join(s.ws, 'build-gates'), { layers: g.layers, experts: g.experts, hidden: g.hidden }), gatesFile, /gates is F32 \[1, 3, 64\], expected F32 \[2, 3, 64\]/, 'gates');
 });
