@@ -1,6 +1,7 @@
 import { RANDOM_MODES } from '../recipe/schema';
 import { mkdir, writeFile } from 'node:fs/promises';
-import { GATES_INFO_SCHEMA, readStageJson, refuseStageFile } from './stage-files';
+import { GATES_INFO_SCHEMA, missingStageFile, readStageJson, refuseStageFile } from './stage-files';
+import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { degenerateLayers, hiddenVector, newGates, normalize, randomGates, torchRandomGates, uniformRandomGates, type GateTensor, type PromptStates } from '../gates';
 import { TorchGenerator } from '../gates/torch-rng';
@@ -52,6 +53,7 @@ const GATES_VERSION = 1;
 /** gates.safetensors, checked as a stage file: one F32 tensor `gates` of rank 3, of the expected size when given. */
 export async function readGates(dir: string, expect?: { layers: number; experts: number; hidden: number }): Promise<GateTensor> {
   const file = join(dir, 'gates.safetensors');
+  if (!existsSync(file)) throw missingStageFile(file, 'build-gates');
   let w: SafetensorsWeights;
   try {
     w = await SafetensorsWeights.openFiles(dir, [file]);

@@ -1,5 +1,6 @@
 import { mkdir, writeFile } from 'node:fs/promises';
-import { PROMPT_STATES_SCHEMA, readStageJson, refuseStageFile } from './stage-files';
+import { missingStageFile, PROMPT_STATES_SCHEMA, readStageJson, refuseStageFile } from './stage-files';
+import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { decodeFloats } from '../safetensors/dtype';
 import { readRows, readTensorBytes, SafetensorsWeights, type TensorLocation } from '../safetensors/reader';
@@ -238,6 +239,7 @@ export async function readPromptStates(dir: string, expect: { mode: PromptStates
   const lacking = expect.prompts.find((t) => !have.has(t));
   if (lacking !== undefined) throw refuseStageFile(file, `it lacks the prompt ${JSON.stringify(lacking.length > 60 ? `${lacking.slice(0, 57)}...` : lacking)}`);
   const states = join(dir, 'prompt-states.safetensors');
+  if (!existsSync(states)) throw missingStageFile(states, 'embed-prompts');
   let weights: SafetensorsWeights;
   try {
     weights = await SafetensorsWeights.openFiles(dir, [states]);

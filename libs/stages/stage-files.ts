@@ -16,6 +16,11 @@ export function refuseStageFile(file: string, message: string, place: Omit<Error
 
 const path = (p: PropertyKey[]) => p.map((k, i) => (typeof k === 'number' ? `[${k}]` : `${i ? '.' : ''}${String(k)}`)).join('');
 
+/** A stage file that is not there: its stage has not run (not a refusal). */
+export function missingStageFile(file: string, stage: string, why = 'ENOENT'): ForgeError {
+  return new ForgeError('missing_stage_output', `cannot read the ${stage} stage's output (${why}); run the ${stage} stage first`, { file });
+}
+
 /**
  * A stage's JSON file checked against its schema and version. The object returned is the file's own (the schema
  * only checks it), so hashes over it stay what they were.
@@ -25,7 +30,7 @@ export async function readStageJson<T>(file: string, schema: z.ZodType, version:
   try {
     text = await readFile(file, 'utf8');
   } catch (e) {
-    throw new ForgeError('missing_stage_output', `cannot read the ${stage} stage's output (${(e as NodeJS.ErrnoException).code ?? (e as Error).message}); run the ${stage} stage first`, { file });
+    throw missingStageFile(file, stage, (e as NodeJS.ErrnoException).code ?? (e as Error).message);
   }
   let raw: unknown;
   try {
