@@ -94,7 +94,8 @@ export const PROMPT_STATES_SCHEMA = z.object({
   device: z.string().nullable(),
   layers: int,
   hidden: int,
-  prompts: z.array(z.object({ text: z.string(), ids: z.array(int), count: int })),
+  // count divides the sums (hidden_avg): it is the number of token ids, nothing else.
+  prompts: z.array(z.object({ text: z.string(), ids: z.array(int), count: int }).refine((p) => p.count === p.ids.length && p.count > 0, { message: 'count must be the number of token ids', path: ['count'] })),
   computed: int,
   fromCache: int,
 });

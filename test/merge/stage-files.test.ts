@@ -169,6 +169,9 @@ test('prompt states, gates.json and gates.safetensors of other sizes, modes or p
   s.alterJson(statesFile, (v) => (v.hidden = 8));
   await refused(runBuildGates(s.merge, join(s.ws, 'embed-prompts'), join(s.ws, 'gates2')), statesFile, /cheap_embed states of 1 layers x 8, but the merge needs cheap_embed states of 1 x 64/);
   writeFileSync(statesFile, clean);
+  s.alterJson(statesFile, (v) => ((v.prompts as { count: number }[])[0]!.count = 1000));
+  await refused(runBuildGates(s.merge, join(s.ws, 'embed-prompts'), join(s.ws, 'gates2')), statesFile, /prompts\[0\]\.count: count must be the number of token ids/);
+  writeFileSync(statesFile, clean);
   const gatesInfo = join(s.ws, 'build-gates', 'gates.json');
   s.alterJson(gatesInfo, (v) => (v.experts = 4));
   await refused(gatesForAssembly(s.merge, join(s.ws, 'build-gates')), gatesInfo, /gates of 2 layers x 4 experts/);
