@@ -125,14 +125,14 @@ ${dtype ? `dtype: ${dtype}\n` : ''}experts:
   const writes: Record<string, ChildResult[]> = { bf16: [], fp16: [], fp32: [] };
   // The first large write after generating the model runs slow whatever it is (fresh disk blocks, writeback):
   // an untimed warm-up copy takes that hit, then baseline and write alternate; best time of the rounds.
-  const warmup = await child(['copy', plans.bf16!.assembleDir, copyOut]);
+  const warmup = await child(['copy', plans.bf16!.assembleDir, copyOut, plans.bf16!.recipeFile]);
   rmSync(copyOut, { force: true });
   log(`warm-up copy (not counted): ${warmup.seconds.toFixed(2)} s = ${mbps(warmup).toFixed(0)} MB/s`);
   const schedule: ('copy' | 'bf16' | 'fp16' | 'fp32')[] = ['copy', 'bf16', 'copy', 'bf16', 'fp16', 'fp32', 'copy', 'bf16', 'fp16', 'fp32'];
   for (const what of schedule) {
     let c: ChildResult;
     if (what === 'copy') {
-      c = await child(['copy', plans.bf16!.assembleDir, copyOut]);
+      c = await child(['copy', plans.bf16!.assembleDir, copyOut, plans.bf16!.recipeFile]);
       copies.push(c);
       rmSync(copyOut, { force: true });
     } else {

@@ -12,10 +12,11 @@
  */
 import { createReadStream, createWriteStream, readFileSync } from 'node:fs';
 import { open, readdir, readFile, stat } from 'node:fs/promises';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { readPlan } from '../libs/stages/assemble';
+import { readModelsFile } from '../libs/stages/context';
 import { hubCacheDir } from '../libs/resolve/settings';
 import { readGates } from '../libs/stages/build-gates';
 import { runWrite } from '../libs/stages/write';
@@ -42,9 +43,14 @@ function memory(): { peakRssKiB: number; maxRssKiB: number } {
   return { peakRssKiB, maxRssKiB };
 }
 
+/** The plan checked against the models its fetch stage resolved (models.json's paths are relative to the workspace, or the recipe's folder). */
+async function planOf(assembleDir: string, recipeFile: string, workspace?: string) {
+  const roots = { workspace: workspace ?? dirname(recipeFile), hubCache: hubCacheDir() };
+  return readPlan(assembleDir, (await readModelsFile(join(assembleDir, '..', 'fetch', 'models.json'), roots)).models);
+}
+
 async function writeStage(assembleDir: string, recipeFile: string, out: string, workspace?: string): Promise<ChildResult> {
-  // plan.json's paths are relative to the workspace that planned it (an Nx workspace, or this process's folder).
-  const plan = await readPlan(assembleDir, workspace ? { workspace, hubCache: hubCacheDir() } : undefined);
+  const plan = await planOf(assembleDir, recipeFile, workspace);
   const gates = await readGates(assembleDir);
   const recipeText = await readFile(recipeFile, 'utf8');
   const t0 = performance.now();
@@ -55,8 +61,8 @@ async function writeStage(assembleDir: string, recipeFile: string, out: string, 
   return { seconds, bytes, ...memory() };
 }
 
-async function streamCopy(assembleDir: string, outFile: string): Promise<ChildResult> {
-  const plan = await readPlan(assembleDir);
+async function streamCopy(assembleDir: string, outFile: string, recipeFile: string): Promise<ChildResult> {
+  const plan = await planOf(assembleDir, recipeFile);
   const ranges = plan.tensors.flatMap((t) => t.parts.filter((p): p is SourcePart => p.kind === 'source'));
   const bytes = ranges.reduce((a, p) => a + p.byteLength, 0);
   const t0 = performance.now();
@@ -75,8 +81,8 @@ async function main(): Promise<void> {
   const [mode, ...args] = process.argv.slice(2);
   let r: ChildResult;
   if (mode === 'write' && (args.length === 3 || args.length === 4)) r = await writeStage(args[0]!, args[1]!, args[2]!, args[3]);
-  else if (mode === 'copy' && args.length === 2) r = await streamCopy(args[0]!, args[1]!);
-  else throw new Error('usage: write-child.ts write <assemble dir> <recipe> <out> [<workspace>] | copy <assemble dir> <out file>');
+  else if (mode === 'copy' && args.length === 3) r = await streamCopy(args[0]!, args[1]!, args[2]!);
+  else throw new Error('usage: write-child.ts write <assemble dir> <recipe> <out> [<workspace>] | copy <assemble dir> <out file> <recipe>');
   process.stdout.write(JSON.stringify(r) + '\n');
 }
 

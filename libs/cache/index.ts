@@ -1,4 +1,4 @@
-import { mkdir } from 'node:fs/promises';
+import { mkdir, stat } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import type Cacache from 'cacache';
 import { processStartTime, withLockAt, type LockOptions } from '../util/lock';
@@ -34,6 +34,14 @@ function cacheUnusable(dir: string, e: unknown, warn?: (line: string) => void): 
   return true;
 }
 
+/** What a bound entry starts with: its key material, length-prefixed, then the data. */
+function boundHead(material: unknown): Buffer {
+  const json = Buffer.from(JSON.stringify(material), 'utf8');
+  const len = Buffer.alloc(4);
+  len.writeUInt32LE(json.length);
+  return Buffer.concat([len, json]);
+}
+
 export class ContentCache {
   constructor(
     readonly dir: string,
@@ -45,10 +53,39 @@ export class ContentCache {
     return cacheUnusable(this.dir, e, this.warn);
   }
 
-  async getBuffer(key: string): Promise<Buffer | null> {
+  /**
+   * An entry bound to what it claims to be: `material` (everything its key was derived from) is stored inside the
+   * content, which cacache's integrity covers, and compared on read, so an index line pointing at another entry's
+   * content reads as a miss. The entry's size is checked (index and file) against `maxDataBytes` before a byte is
+   * read: a cache is an input another process may have written. Every read from the cache goes through here.
+   */
+  async getBound(key: string, material: unknown, maxDataBytes: number): Promise<Buffer | null> {
+    const head = boundHead(material);
+    const max = head.length + maxDataBytes;
     try {
-      const { data } = await cacache().get(this.dir, key);
-      return data;
+      const info = await cacache().get.info(this.dir, key);
+      if (!info) return null;
+      const onDisk = await stat(info.path).then((s) => s.size, () => null);
+      if (onDisk === null) {
+        await this.remove(key);
+        return null;
+      }
+      if (onDisk !== info.size) {
+        // The content file is not what its integrity names: damaged for every key that points at it.
+        await cacache().rm.content(this.dir, info.integrity).catch(() => undefined);
+        await this.remove(key);
+        return null;
+      }
+      if (info.size > max) {
+        await this.remove(key);
+        return null;
+      }
+      const data = await cacache().get.byDigest(this.dir, info.integrity, { size: info.size });
+      if (data.length > max || data.length < head.length || !data.subarray(0, head.length).equals(head)) {
+        await this.remove(key);
+        return null;
+      }
+      return data.subarray(head.length);
     } catch (e) {
       const code = (e as NodeJS.ErrnoException).code;
       if (code === 'ENOENT') return null;
@@ -64,16 +101,16 @@ export class ContentCache {
     }
   }
 
-  async putBuffer(key: string, data: Buffer, metadata?: unknown): Promise<void> {
+  async putBound(key: string, material: unknown, data: Buffer): Promise<void> {
     try {
-      await cacache().put(this.dir, key, data, { metadata });
+      await cacache().put(this.dir, key, Buffer.concat([boundHead(material), data]));
     } catch (e) {
       if (!this.unusable(e)) throw e;
     }
   }
 
-  async getJson<T>(key: string): Promise<T | null> {
-    const b = await this.getBuffer(key);
+  async getBoundJson<T>(key: string, material: unknown, maxBytes: number): Promise<T | null> {
+    const b = await this.getBound(key, material, maxBytes);
     if (!b) return null;
     try {
       return JSON.parse(b.toString('utf8')) as T;
@@ -83,8 +120,8 @@ export class ContentCache {
     }
   }
 
-  async putJson(key: string, value: unknown): Promise<void> {
-    await this.putBuffer(key, Buffer.from(JSON.stringify(value), 'utf8'));
+  async putBoundJson(key: string, material: unknown, value: unknown): Promise<void> {
+    await this.putBound(key, material, Buffer.from(JSON.stringify(value), 'utf8'));
   }
 
   async remove(key: string): Promise<void> {

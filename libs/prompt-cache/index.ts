@@ -14,6 +14,17 @@ export interface CachedPromptState {
   sum: Float32Array[];
 }
 
+/** Everything a prompt's states are computed from: stored in the entry and compared on read (ContentCache.getBound). */
+export interface PromptStateMaterial {
+  /** The base's content id and the tokenizer's. */
+  base: string;
+  tokenizer: string;
+  text: string;
+  ids: number[];
+  layers: number;
+  hidden: number;
+}
+
 function digest(parts: unknown[]): string {
   return createHash('sha256').update(JSON.stringify(parts)).digest('hex');
 }
@@ -27,53 +38,63 @@ export function padStateKey(baseContentId: string, padTokenId: number): string {
   return `pad-state:${digest([FORWARD_VERSION, baseContentId, padTokenId])}`;
 }
 
-export function encodeState(s: CachedPromptState): Buffer {
-  const meta = Buffer.from(JSON.stringify({ ids: s.ids, count: s.count, layers: s.layers, hidden: s.hidden }));
-  const len = Buffer.alloc(4);
-  len.writeUInt32LE(meta.length);
-  const floats = new Float32Array(2 * s.layers * s.hidden);
-  for (let l = 0; l < s.layers; l++) {
-    floats.set(s.last[l]!, l * s.hidden);
-    floats.set(s.sum[l]!, (s.layers + l) * s.hidden);
+/** The key material as stored: the text by its hash (an entry need not hold the prompt). */
+function promptMaterial(m: PromptStateMaterial): unknown {
+  return { mode: 'prompt-state', forward: FORWARD_VERSION, base: m.base, tokenizer: m.tokenizer, text: createHash('sha256').update(m.text).digest('hex'), ids: m.ids, layers: m.layers, hidden: m.hidden };
+}
+
+const floatBytes = (layers: number, hidden: number) => 2 * layers * hidden * 4;
+
+function toFloats(b: Buffer): Float32Array {
+  // A copy: cacache's buffer is not 4-byte aligned after the stored key material.
+  const f = new Float32Array(b.length / 4);
+  Buffer.from(f.buffer).set(b);
+  return f;
+}
+
+export async function getPromptState(cache: ContentCache, m: PromptStateMaterial): Promise<CachedPromptState | null> {
+  const want = floatBytes(m.layers, m.hidden);
+  const b = await cache.getBound(promptStateKey(m.base, m.tokenizer, m.text), promptMaterial(m), want);
+  if (!b || b.length !== want) return null;
+  const floats = toFloats(b);
+  const slice = (i: number) => floats.subarray(i * m.hidden, (i + 1) * m.hidden);
+  return {
+    ids: m.ids,
+    count: m.ids.length,
+    layers: m.layers,
+    hidden: m.hidden,
+    last: Array.from({ length: m.layers }, (_, l) => slice(l)),
+    sum: Array.from({ length: m.layers }, (_, l) => slice(m.layers + l)),
+  };
+}
+
+export async function putPromptState(cache: ContentCache, m: PromptStateMaterial, s: CachedPromptState): Promise<void> {
+  const floats = new Float32Array(2 * m.layers * m.hidden);
+  for (let l = 0; l < m.layers; l++) {
+    floats.set(s.last[l]!, l * m.hidden);
+    floats.set(s.sum[l]!, (m.layers + l) * m.hidden);
   }
-  const pad = Buffer.alloc((4 - ((4 + meta.length) % 4)) % 4);
-  return Buffer.concat([len, meta, pad, Buffer.from(floats.buffer)]);
+  await cache.putBound(promptStateKey(m.base, m.tokenizer, m.text), promptMaterial(m), Buffer.from(floats.buffer));
 }
 
-/** Null when the bytes do not have the expected shape (an entry from an incompatible version). */
-export function decodeState(b: Buffer): CachedPromptState | null {
-  try {
-    const n = b.readUInt32LE(0);
-    const meta = JSON.parse(b.subarray(4, 4 + n).toString('utf8')) as Omit<CachedPromptState, 'last' | 'sum'>;
-    const start = 4 + n + ((4 - ((4 + n) % 4)) % 4);
-    const want = 2 * meta.layers * meta.hidden * 4;
-    if (b.length - start !== want) return null;
-    const floats = new Float32Array(b.buffer.slice(b.byteOffset + start, b.byteOffset + start + want));
-    const slice = (i: number) => floats.subarray(i * meta.hidden, (i + 1) * meta.hidden);
-    return {
-      ...meta,
-      last: Array.from({ length: meta.layers }, (_, l) => slice(l)),
-      sum: Array.from({ length: meta.layers }, (_, l) => slice(meta.layers + l)),
-    };
-  } catch {
-    return null;
-  }
+/** The state of a pad position per layer input, bound to the base, its pad token and the sizes. */
+export interface PadStateMaterial {
+  base: string;
+  padTokenId: number;
+  layers: number;
+  hidden: number;
 }
 
-export function encodeLayers(layers: Float32Array[]): Buffer {
-  return Buffer.concat(layers.map((l) => Buffer.from(l.buffer, l.byteOffset, l.byteLength)));
+const padMaterial = (m: PadStateMaterial) => ({ mode: 'pad-state', forward: FORWARD_VERSION, ...m });
+
+export async function getPadState(cache: ContentCache, m: PadStateMaterial): Promise<Float32Array[] | null> {
+  const want = m.layers * m.hidden * 4;
+  const b = await cache.getBound(padStateKey(m.base, m.padTokenId), padMaterial(m), want);
+  if (!b || b.length !== want) return null;
+  const f = toFloats(b);
+  return Array.from({ length: m.layers }, (_, l) => f.subarray(l * m.hidden, (l + 1) * m.hidden));
 }
 
-export function decodeLayers(b: Buffer, layers: number, hidden: number): Float32Array[] | null {
-  if (b.length !== layers * hidden * 4) return null;
-  const f = new Float32Array(b.buffer.slice(b.byteOffset, b.byteOffset + b.length));
-  return Array.from({ length: layers }, (_, l) => f.subarray(l * hidden, (l + 1) * hidden));
-}
-
-export async function getPromptState(cache: ContentCache, key: string): Promise<CachedPromptState | null> {
-  const b = await cache.getBuffer(key);
-  if (!b) return null;
-  const s = decodeState(b);
-  if (!s) await cache.remove(key);
-  return s;
+export async function putPadState(cache: ContentCache, m: PadStateMaterial, layers: Float32Array[]): Promise<void> {
+  await cache.putBound(padStateKey(m.base, m.padTokenId), padMaterial(m), Buffer.concat(layers.map((l) => Buffer.from(l.buffer, l.byteOffset, l.byteLength))));
 }

@@ -35,13 +35,13 @@ export async function memoSha256(file: string, cache?: ContentCache, onChunk?: (
   const real = await realpath(file);
   if (cache) {
     const st = await stat(real, { bigint: true });
-    const hit = await cache.getJson<{ sha256?: unknown; path?: unknown; stat?: unknown }>(memoKey(real, statKey(st)));
-    // The entry names what it was computed for: one written for another file or stats is not taken.
-    if (hit && typeof hit.sha256 === 'string' && hit.path === real && hit.stat === statKey(st)) return { sha256: hit.sha256, size: Number(st.size) };
+    // Bound to the file and stats it names (an entry moved under another key is a miss); {"sha256": 64 hex} is ~80 bytes.
+    const hit = await cache.getBoundJson<{ sha256: string }>(memoKey(real, statKey(st)), ['content-id', real, statKey(st)], 256);
+    if (hit && typeof hit.sha256 === 'string' && /^[0-9a-f]{64}$/.test(hit.sha256)) return { sha256: hit.sha256, size: Number(st.size) };
   }
   const read = await readStable(real, (f) => sha256File(f, onChunk));
   if (!read) throw new ForgeError('changed_while_hashed', 'changed on every one of 3 reads while its content id was computed; wait until nothing writes it and run again', { file: real });
-  if (cache && !read.racy) await cache.putJson(memoKey(real, read.key), { sha256: read.value, path: real, stat: read.key });
+  if (cache && !read.racy) await cache.putBoundJson(memoKey(real, read.key), ['content-id', real, read.key], { sha256: read.value });
   return { sha256: read.value, size: Number(read.key.split(':')[0]) };
 }
 

@@ -1,5 +1,7 @@
 import { RANDOM_MODES } from '../recipe/schema';
-import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import { mkdir, writeFile } from 'node:fs/promises';
+import { GATES_INFO_SCHEMA, missingStageFile, readStageJson, refuseStageFile } from './stage-files';
+import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { degenerateLayers, hiddenVector, newGates, normalize, randomGates, torchRandomGates, uniformRandomGates, type GateTensor, type PromptStates } from '../gates';
 import { TorchGenerator } from '../gates/torch-rng';
@@ -7,7 +9,7 @@ import { encodeHeader } from '../safetensors/writer';
 import { decodeFloats } from '../safetensors/dtype';
 import { readTensorBytes, SafetensorsWeights } from '../safetensors/reader';
 import type { MergeContext } from './context';
-import { readPromptStates } from './embed-prompts';
+import { expectedPromptStates, readPromptStates } from './embed-prompts';
 import { ModelError } from '../errors';
 
 export interface GatesInfo {
@@ -32,7 +34,7 @@ export async function runBuildGates(merge: MergeContext, statesDir: string, outD
     // Drawn from the seed where the seed is known (assemble-experts), so a new seed leaves this stage cached.
     const info: GatesInfo = { layers: L, experts: N, hidden: H, gateMode: ctx.gateMode, conditionNumbers: [], warnings: [], deferred: true };
     await mkdir(outDir, { recursive: true });
-    await writeFile(join(outDir, 'gates.json'), JSON.stringify(info, null, 2) + '\n');
+    await writeFile(join(outDir, 'gates.json'), JSON.stringify({ version: GATES_VERSION, ...info }, null, 2) + '\n');
     return { gates: null, info };
   }
   if (ctx.gateMode === 'cheap_embed') g = await cheapEmbedGates(merge, statesDir);
@@ -42,13 +44,28 @@ export async function runBuildGates(merge: MergeContext, statesDir: string, outD
   const info: GatesInfo = { layers: L, experts: N, hidden: H, gateMode: ctx.gateMode, conditionNumbers, warnings: warning ? [warning] : [] };
   await mkdir(outDir, { recursive: true });
   await writeGates(join(outDir, 'gates.safetensors'), g);
-  await writeFile(join(outDir, 'gates.json'), JSON.stringify(info, (_, v) => (v === Infinity ? 'Infinity' : v), 2) + '\n');
+  await writeFile(join(outDir, 'gates.json'), JSON.stringify({ version: GATES_VERSION, ...info }, (_, v) => (v === Infinity ? 'Infinity' : v), 2) + '\n');
   return { gates: g, info };
 }
 
-export async function readGates(dir: string): Promise<GateTensor> {
-  const w = await SafetensorsWeights.openFiles(dir, [join(dir, 'gates.safetensors')]);
+const GATES_VERSION = 1;
+
+/** gates.safetensors, checked as a stage file: one F32 tensor `gates` of rank 3, of the expected size when given. */
+export async function readGates(dir: string, expect?: { layers: number; experts: number; hidden: number }): Promise<GateTensor> {
+  const file = join(dir, 'gates.safetensors');
+  if (!existsSync(file)) throw missingStageFile(file, 'build-gates');
+  let w: SafetensorsWeights;
+  try {
+    w = await SafetensorsWeights.openFiles(dir, [file]);
+  } catch (e) {
+    throw refuseStageFile(file, (e as Error).message.replace(`${file}: `, ''));
+  }
+  if (!w.has('gates')) throw refuseStageFile(file, 'it holds no tensor "gates"');
   const loc = w.get('gates');
+  const want = expect ? [expect.layers, expect.experts, expect.hidden] : null;
+  if (loc.dtype !== 'F32' || loc.shape.length !== 3 || (want && loc.shape.join() !== want.join())) {
+    throw refuseStageFile(file, `gates is ${loc.dtype} [${loc.shape.join(', ')}], expected F32 [${want ? want.join(', ') : 'layers, experts, hidden'}]`, { tensor: 'gates' });
+  }
   const [layers, experts, hidden] = loc.shape as [number, number, number];
   return { layers, experts, hidden, data: decodeFloats(await readTensorBytes(loc), 'F32') };
 }
@@ -57,7 +74,7 @@ async function cheapEmbedGates(merge: MergeContext, statesDir: string): Promise<
   const L = merge.ctx.base.config.numLayers;
   const H = merge.ctx.base.config.hiddenSize;
   const N = merge.gatedExperts.length;
-  const states = await readPromptStates(statesDir);
+  const states = await readPromptStates(statesDir, expectedPromptStates(merge));
   const byText = new Map(states.index.prompts.map((p, i) => [p.text, i]));
   const sumOf = async (prompts: string[]) => {
     const acc = new Float64Array(H);
@@ -89,7 +106,7 @@ async function hiddenGates(merge: MergeContext, statesDir: string): Promise<Gate
   const L = merge.ctx.base.config.numLayers;
   const H = merge.ctx.base.config.hiddenSize;
   const N = merge.gatedExperts.length;
-  const states = await readPromptStates(statesDir);
+  const states = await readPromptStates(statesDir, expectedPromptStates(merge));
   const reduction = merge.ctx.gateMode === 'hidden_avg' ? 'avg' : 'last';
   const split = (x: Float32Array) => Array.from({ length: L }, (_, l) => x.subarray(l * H, (l + 1) * H));
   const byText = new Map<string, PromptStates>();
@@ -131,8 +148,13 @@ export async function gatesForAssembly(merge: MergeContext, buildGatesDir: strin
     const { warning } = degenerateLayers(gates);
     return { gates, warnings: warning ? [warning] : [] };
   }
-  const info = JSON.parse(await readFile(join(buildGatesDir, 'gates.json'), 'utf8')) as GatesInfo;
-  return { gates: await readGates(buildGatesDir), warnings: info.warnings };
+  const file = join(buildGatesDir, 'gates.json');
+  const info = await readStageJson<GatesInfo>(file, GATES_INFO_SCHEMA, GATES_VERSION, 'build-gates');
+  const want = { layers: ctx.base.config.numLayers, experts: merge.gatedExperts.length, hidden: ctx.base.config.hiddenSize };
+  if (info.gateMode !== ctx.gateMode || info.layers !== want.layers || info.experts !== want.experts || info.hidden !== want.hidden) {
+    throw refuseStageFile(file, `it describes ${info.gateMode} gates of ${info.layers} layers x ${info.experts} experts x ${info.hidden}, but the recipe needs ${ctx.gateMode} gates of ${want.layers} x ${want.experts} x ${want.hidden}`);
+  }
+  return { gates: await readGates(buildGatesDir, want), warnings: info.warnings };
 }
 
 export async function writeGates(file: string, g: GateTensor): Promise<void> {

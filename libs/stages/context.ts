@@ -1,6 +1,7 @@
-import { readFile } from 'node:fs/promises';
 import { homedir } from 'node:os';
-import { isAbsolute, relative, sep } from 'node:path';
+import { isAbsolute, relative, resolve, sep } from 'node:path';
+import { MODELS_SCHEMA, readStageJson, refuseStageFile } from './stage-files';
+import { COMMIT_SHA, snapshotDir } from '../resolve/hf-cache';
 import { ModelError, RecipeError } from '../errors';
 import type { ParsedRecipe } from '../recipe/parse';
 import { formatReference, parseModelReference, type ModelReference, type ModelReferenceInput } from '../resolve/reference';
@@ -204,16 +205,35 @@ export function buildMergeContext(parsed: ParsedRecipe, byKey: Map<string, Model
   return { parsed, ctx, arch, warnings, archWhy, gatedExperts };
 }
 
-/** models.json with its paths made local to this machine (`roots`: see portable.ts). */
+/** models.json with its paths made local to this machine (`roots`: see portable.ts), checked as a stage file. */
 export async function readModelsFile(file: string, roots: PathRoots): Promise<ModelsFile> {
-  let disk: ModelsFileOnDisk | ModelsFile;
-  try {
-    disk = JSON.parse(await readFile(file, 'utf8')) as ModelsFileOnDisk | ModelsFile;
-  } catch (e) {
-    throw new ModelError('missing_stage_output', `cannot read the fetch stage's output (${(e as Error).message}); run the fetch stage first`, { file });
-  }
-  if (disk.version !== 2) throw new ModelError('stale_stage_output', `${file} was written by an older moe-forge; run the fetch stage again`, { file });
+  const disk = await readStageJson<ModelsFileOnDisk>(file, MODELS_SCHEMA, 2, 'fetch');
   return { version: 1, models: disk.models.map((m) => ({ ...m, dir: localPath(m.dir, roots), source: m.source === 'hub' ? 'cache' : 'local' })) };
+}
+
+/**
+ * models.json comes back from a cache: its models must be the recipe's, each in the folder the recipe resolves to
+ * here (a local folder as the recipe names it; a hub model's snapshot of the recorded commit in this machine's
+ * Hugging Face cache), so that no stage reads a folder the recipe does not name.
+ */
+export function checkResolvedModels(file: string, models: ResolvedModel[], parsed: ParsedRecipe, modelBaseDir: string, roots: PathRoots): void {
+  const refs = recipeModelRefs(parsed, modelBaseDir);
+  const keys = (xs: { key: string }[]) => xs.map((x) => x.key).join(', ');
+  if (keys(refs) !== keys(models)) throw refuseStageFile(file, `it lists the models ${keys(models)}, but the recipe's are ${keys(refs)}`);
+  for (const [i, r] of refs.entries()) {
+    const m = models[i]!;
+    // The reference is what a missing hub model is downloaded by: it must be the recipe's.
+    if (m.ref !== r.ref) throw refuseStageFile(file, `model ${r.key} is named ${JSON.stringify(m.ref)}, but the recipe names it ${JSON.stringify(r.ref)}`);
+    let want: string;
+    if (r.localDir !== null) want = r.localDir;
+    else {
+      const loc = locateReference(r.reference, modelBaseDir);
+      const pinned = r.reference.revision !== null && COMMIT_SHA.test(r.reference.revision) ? r.reference.revision : null;
+      if (m.revision === null || !COMMIT_SHA.test(m.revision) || (pinned !== null && m.revision !== pinned)) throw refuseStageFile(file, `model ${r.ref} has revision ${JSON.stringify(m.revision)}, expected ${pinned ?? 'a commit sha'}`);
+      want = snapshotDir(roots.hubCache, loc.kind === 'hub' ? loc.repo : r.ref, m.revision);
+    }
+    if (resolve(m.dir) !== resolve(want)) throw refuseStageFile(file, `model ${r.ref} names the folder ${m.dir}, but the recipe resolves it to ${want}`);
+  }
 }
 
 export function modelsFileOnDisk(models: ResolvedModel[], roots: PathRoots): ModelsFileOnDisk {

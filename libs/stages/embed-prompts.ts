@@ -1,4 +1,6 @@
-import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import { mkdir, writeFile } from 'node:fs/promises';
+import { missingStageFile, PROMPT_STATES_SCHEMA, readStageJson, refuseStageFile } from './stage-files';
+import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { decodeFloats } from '../safetensors/dtype';
 import { readRows, readTensorBytes, SafetensorsWeights, type TensorLocation } from '../safetensors/reader';
@@ -10,7 +12,7 @@ import type { MergeContext } from './context';
 import { ContentCache, withLock } from '../cache';
 import { contentId } from '../resolve/content-id';
 import { availableBackends, computePadStatesIsolated as computePadStates, computePromptStatesIsolated as computePromptStates, type Device } from '../forward';
-import { decodeLayers, encodeLayers, encodeState, getPromptState, padStateKey, promptStateKey, type CachedPromptState } from '../prompt-cache';
+import { getPadState, getPromptState, putPadState, putPromptState, type CachedPromptState } from '../prompt-cache';
 import type { Progress } from '../util/progress';
 
 /** One distinct prompt text with its token ids and reduced states per layer input. */
@@ -118,12 +120,11 @@ async function hiddenStates(merge: MergeContext, index: PromptStatesIndex, tenso
     const L = base.config.numLayers;
     const H = base.config.hiddenSize;
     // The reference's padded mean needs the state of a pad position (spec 10); it depends only on the base.
-    const key = padStateKey(baseId, padTokenId);
-    const hit = await cache.getBuffer(key);
-    let pad = hit ? decodeLayers(hit, L, H) : null;
+    const material = { base: baseId, padTokenId, layers: L, hidden: H };
+    let pad = await getPadState(cache, material);
     if (!pad) {
       pad = await computePadStates(base.dir, padTokenId, { device });
-      await cache.putBuffer(key, encodeLayers(pad));
+      await putPadState(cache, material, pad);
     }
     tensors.push({ name: 'pad', data: flat(pad) });
   }
@@ -150,16 +151,19 @@ export async function cachedHiddenStates(base: ModelSource, texts: string[], opt
   const H = base.config.hiddenSize;
   const warn = opts.warn ?? opts.log;
   const cache = new ContentCache(opts.cacheDir, warn);
-  const baseId = base.contentId ?? (await contentId(base.dir, { cache }));
+  // The key's content id from the base's files (memoised), not from models.json, a stage file a cache restored.
+  const baseId = await contentId(base.dir, { cache });
   const tok = await loadTokenizer(base.dir);
-  opts.checkIds?.(texts.map((t) => tok.encodePrompt(t)));
+  const allIds = texts.map((t) => tok.encodePrompt(t));
+  opts.checkIds?.(allIds);
+  const material = (i: number) => ({ base: baseId, tokenizer: tok.contentId, text: texts[i]!, ids: allIds[i]!, layers: L, hidden: H });
   const states: (CachedPromptState | null)[] = [];
   const missing = await withLock(opts.cacheDir, `base-${baseId.slice(0, 32)}`, async () => {
-    for (const text of texts) states.push(await getPromptState(cache, promptStateKey(baseId, tok.contentId, text)));
+    for (const i of texts.keys()) states.push(await getPromptState(cache, material(i)));
     const missing = texts.map((t, i) => i).filter((i) => states[i] === null);
     for (const [i, t] of texts.entries()) opts.debug?.(`prompt-state cache ${states[i] ? 'hit' : 'miss'}: ${JSON.stringify(t.length > 60 ? `${t.slice(0, 57)}...` : t)}`);
     if (missing.length > 0) {
-      const ids = missing.map((i) => tok.encodePrompt(texts[i]!));
+      const ids = missing.map((i) => allIds[i]!);
       const started = Date.now();
       const tokens = ids.reduce((a, x) => a + x.length, 0);
       const computed = await computePromptStates(base.dir, ids, {
@@ -176,7 +180,7 @@ export async function cachedHiddenStates(base: ModelSource, texts: string[], opt
         const per = computed[j]!;
         const s: CachedPromptState = { ids: ids[j]!, count: per[0]!.count, layers: L, hidden: H, last: per.map((x) => x.last), sum: per.map((x) => x.sum) };
         states[i] = s;
-        await cache.putBuffer(promptStateKey(baseId, tok.contentId, texts[i]!), encodeState(s));
+        await putPromptState(cache, material(i), s);
       }
     }
     return missing;
@@ -221,8 +225,41 @@ async function writeStates(file: string, tensors: { name: string; data: Float32A
   await writeFile(file, Buffer.concat([header, ...body]));
 }
 
-export async function readPromptStates(dir: string): Promise<{ index: PromptStatesIndex; tensor(name: string): Promise<Float32Array> }> {
-  const index = JSON.parse(await readFile(join(dir, 'prompt-states.json'), 'utf8')) as PromptStatesIndex;
-  const weights = await SafetensorsWeights.openFiles(dir, [join(dir, 'prompt-states.safetensors')]);
-  return { index, tensor: async (name) => decodeFloats(await readTensorBytes(weights.get(name)), 'F32') };
+/**
+ * The embed-prompts stage's output, checked as a stage file: prompt-states.json of the mode and sizes the merge
+ * needs, holding every prompt asked for, and each tensor of prompt-states.safetensors F32 [layers, hidden].
+ */
+export async function readPromptStates(dir: string, expect: { mode: PromptStatesIndex['mode']; layers: number; hidden: number; prompts: string[] }): Promise<{ index: PromptStatesIndex; tensor(name: string): Promise<Float32Array> }> {
+  const file = join(dir, 'prompt-states.json');
+  const index = await readStageJson<PromptStatesIndex>(file, PROMPT_STATES_SCHEMA, 1, 'embed-prompts');
+  if (index.mode !== expect.mode || index.layers !== expect.layers || index.hidden !== expect.hidden) {
+    throw refuseStageFile(file, `it holds ${index.mode} states of ${index.layers} layers x ${index.hidden}, but the merge needs ${expect.mode} states of ${expect.layers} x ${expect.hidden}`);
+  }
+  const have = new Set(index.prompts.map((p) => p.text));
+  const lacking = expect.prompts.find((t) => !have.has(t));
+  if (lacking !== undefined) throw refuseStageFile(file, `it lacks the prompt ${JSON.stringify(lacking.length > 60 ? `${lacking.slice(0, 57)}...` : lacking)}`);
+  const states = join(dir, 'prompt-states.safetensors');
+  if (!existsSync(states)) throw missingStageFile(states, 'embed-prompts');
+  let weights: SafetensorsWeights;
+  try {
+    weights = await SafetensorsWeights.openFiles(dir, [states]);
+  } catch (e) {
+    throw refuseStageFile(states, (e as Error).message.replace(`${states}: `, ''));
+  }
+  return {
+    index,
+    tensor: async (name) => {
+      if (!weights.has(name)) throw refuseStageFile(states, 'the tensor is missing', { tensor: name });
+      const loc = weights.get(name);
+      if (loc.dtype !== 'F32' || loc.shape.join() !== [index.layers, index.hidden].join()) throw refuseStageFile(states, `${loc.dtype} [${loc.shape.join(', ')}], expected F32 [${index.layers}, ${index.hidden}]`, { tensor: name });
+      return decodeFloats(await readTensorBytes(loc), 'F32');
+    },
+  };
+}
+
+/** What readPromptStates must find for this merge: the mode, sizes and prompts runEmbedPrompts writes for it. */
+export function expectedPromptStates(merge: MergeContext): { mode: PromptStatesIndex['mode']; layers: number; hidden: number; prompts: string[] } {
+  const { ctx } = merge;
+  const mode = ctx.gateMode === 'cheap_embed' ? 'cheap_embed' : ctx.gateMode.startsWith('hidden') ? 'hidden' : 'none';
+  return { mode, layers: mode === 'cheap_embed' ? 1 : mode === 'hidden' ? ctx.base.config.numLayers : 0, hidden: ctx.base.config.hiddenSize, prompts: mode === 'none' ? [] : distinctPrompts(merge) };
 }

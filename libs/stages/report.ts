@@ -1,11 +1,13 @@
 import { mkdir, readFile, rename, writeFile } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
+import { existsSync } from 'node:fs';
+import { ROUTING_SCHEMA, readStageJson } from './stage-files';
 import { ForgeError } from '../errors';
 import { EVAL_PROMPTS, readInputText } from '../input';
 import { buildReport, parseEvalPrompts, renderHtml, type EvalPrompt, type ReportExpert, type ReportPrompt, type RoutingReport } from '../report';
 import type { MergeContext } from './context';
-import { cachedHiddenStates, embeddingSums, readPromptStates } from './embed-prompts';
+import { cachedHiddenStates, embeddingSums, expectedPromptStates, readPromptStates } from './embed-prompts';
 import { gatesForAssembly, isRandomMode } from './build-gates';
 import type { Progress } from '../util/progress';
 
@@ -69,7 +71,7 @@ export async function runReport(merge: MergeContext, statesDir: string, gatesDir
   const split = (x: Float32Array, n: number) => Array.from({ length: n }, (_, l) => x.subarray(l * H, (l + 1) * H));
   if (!random) {
     // The states build-gates read, as it read them.
-    const stored = await readPromptStates(statesDir);
+    const stored = await readPromptStates(statesDir, expectedPromptStates(merge));
     for (const [i, p] of stored.index.prompts.entries()) {
       if (mode === 'cheap_embed') states.set(p.text, [await stored.tensor(`p${i}.sum`)]);
       else if (mode === 'hidden_avg') states.set(p.text, split((await stored.tensor(`p${i}.sum`)).map((x) => x / p.count), L));
@@ -113,10 +115,12 @@ export async function writeWhole(file: string, text: string): Promise<void> {
 
 /** The report stage's output, or null when it was not run (its summary and page then stay out of the card). */
 export async function readReport(dir: string): Promise<{ report: RoutingReport; html: string } | null> {
-  try {
-    return { report: JSON.parse(await readFile(join(dir, 'routing.json'), 'utf8')) as RoutingReport, html: await readFile(join(dir, 'routing.html'), 'utf8') };
-  } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return null;
+  const file = join(dir, 'routing.json');
+  if (!existsSync(file)) return null;
+  const report = await readStageJson<RoutingReport>(file, ROUTING_SCHEMA, 1, 'report');
+  const html = await readFile(join(dir, 'routing.html'), 'utf8').catch((e: NodeJS.ErrnoException) => {
+    if (e.code === 'ENOENT') return null;
     throw e;
-  }
+  });
+  return html === null ? null : { report, html };
 }

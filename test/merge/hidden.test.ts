@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { readFileSync, writeFileSync, readdirSync, statSync, existsSync } from 'node:fs';
+import { readFileSync, writeFileSync, readdirSync, statSync, existsSync, truncateSync } from 'node:fs';
 import { join } from 'node:path';
 import { mergeRecipe } from '../../libs/stages/merge';
 import { SafetensorsWeights, readTensorBytes, decodeFloats } from '../../libs/safetensors';
@@ -125,4 +125,54 @@ test('the forward pass runs in a child process and its errors reach the merge wi
     return true;
   });
   assert.ok(!existsSync(out));
+});
+
+/** The cache's prompt-state entries as cacache lists them (a test may rewrite the index as someone else could). */
+async function promptEntries(cache: string): Promise<{ key: string; integrity: string; size: number; path: string }[]> {
+  const cacache = require('cacache');
+  return (Object.values(await cacache.ls(cache)) as { key: string; integrity: string; size: number; path: string }[]).filter((e) => e.key.startsWith('prompt-state:'));
+}
+
+test('prompt-state entries are bound to their prompt: entries moved under other prompts\' keys are misses, and the routers are a clean build\'s', async () => {
+  const recipe = join(PARITY, 'mixtral-hidden.yml');
+  const cleanOut = join(tempDir(), 'o');
+  await merge(recipe, cleanOut, tempDir());
+  const clean = await routers(cleanOut, 2);
+  const cache = tempDir();
+  await merge(recipe, join(tempDir(), 'o'), cache);
+  // Every prompt's key now points at the next prompt's content (same size, intact integrity).
+  const entries = await promptEntries(cache);
+  assert.equal(entries.length, 6);
+  const cacache = require('cacache');
+  for (const [i, e] of entries.entries()) {
+    const other = entries[(i + 1) % entries.length]!;
+    await cacache.index.insert(cache, e.key, other.integrity, { size: other.size });
+  }
+  const out = join(tempDir(), 'o');
+  const swapped = await merge(recipe, out, cache);
+  assert.deepEqual([swapped.computed, swapped.cached], [6, 0]);
+  assert.deepEqual(await routers(out, 2), clean);
+  // The entries were overwritten: the next build finds them.
+  const again = await merge(recipe, join(tempDir(), 'o'), cache);
+  assert.deepEqual([again.computed, again.cached], [0, 6]);
+});
+
+test('a prompt-state entry larger than it can be (a 3 GB sparse file) is a miss, refused by its size before it is read', async () => {
+  const recipe = join(PARITY, 'mixtral-hidden.yml');
+  const cleanOut = join(tempDir(), 'o');
+  const cache = tempDir();
+  await merge(recipe, cleanOut, cache);
+  const clean = await routers(cleanOut, 2);
+  const [victim] = await promptEntries(cache);
+  truncateSync(victim!.path, 3 * 2 ** 30);
+  const out = join(tempDir(), 'o');
+  // Bytes this process reads (Linux): refused by its size, the entry is never read (reading it took 3 GB of memory).
+  const readBytes = () => Number(/rchar: (\d+)/.exec(readFileSync('/proc/self/io', 'utf8'))?.[1] ?? 0);
+  const before = readBytes();
+  const grown = await merge(recipe, out, cache);
+  if (existsSync('/proc/self/io')) assert.ok(readBytes() - before < 2 ** 30, `read ${readBytes() - before} bytes`);
+  assert.deepEqual([grown.computed, grown.cached], [1, 5]);
+  assert.deepEqual(await routers(out, 2), clean);
+  const again = await merge(recipe, join(tempDir(), 'o'), cache);
+  assert.deepEqual([again.computed, again.cached], [0, 6]);
 });

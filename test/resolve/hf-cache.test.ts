@@ -79,6 +79,30 @@ test('local folders resolve against the base dir and report where they came from
   assert.ok(r!.bytes > 500_000);
 });
 
+test('a content-id memo entry moved under another file\'s key is a miss: the id stays the content\'s', async () => {
+  const dir = await temp('model-');
+  for (const f of FILES) await copyFile(join(tinyDir, f), join(dir, f));
+  sleepUntil(nowNs() + RACY_NS); // past the racy window, so the ids are memoised
+  const cacheDir = await temp('memo-');
+  const id = await contentId(dir, { cache: new ContentCache(cacheDir) });
+  // Someone with write access to the cache points every memo key at the next one's content (index lines only).
+  const cacache = require('cacache');
+  const entries = Object.values(await cacache.ls(cacheDir)) as { key: string; integrity: string; size: number }[];
+  const memos = entries.filter((e) => e.key.startsWith('content-id-v2:'));
+  assert.equal(memos.length, FILES.length);
+  for (const [i, e] of memos.entries()) {
+    const other = memos[(i + 1) % memos.length]!;
+    await cacache.index.insert(cacheDir, e.key, other.integrity, { size: other.size });
+  }
+  const h0 = contentIdStats.filesHashed;
+  assert.equal(await contentId(dir, { cache: new ContentCache(cacheDir) }), id);
+  assert.equal(contentIdStats.filesHashed - h0, FILES.length, 'every moved entry is a miss: the files are hashed again');
+  // Overwritten: the next call hits again.
+  const h1 = contentIdStats.filesHashed;
+  assert.equal(await contentId(dir, { cache: new ContentCache(cacheDir) }), id);
+  assert.equal(contentIdStats.filesHashed, h1);
+});
+
 test('content ids are memoised by path and stat key: a second call reads nothing', async () => {
   const dir = await temp('model-');
   for (const f of FILES) await copyFile(join(tinyDir, f), join(dir, f));

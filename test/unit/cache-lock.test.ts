@@ -91,8 +91,8 @@ test('a cache that cannot be used (a file where the folder should be) means a wa
   const warnings: string[] = [];
   assert.equal(await withLock(file, 'base-z', async () => 'ran', { warn: (w) => warnings.push(w) }), 'ran');
   const cache = new ContentCache(file, (w) => warnings.push(w));
-  await cache.putBuffer('k', Buffer.from('v'));
-  assert.equal(await cache.getBuffer('k'), null);
+  await cache.putBound('k', 'm', Buffer.from('v'));
+  assert.equal(await cache.getBound('k', 'm', 1), null);
   assert.match(warnings.join('\n'), /the cache .*cache cannot be used \((EEXIST|ENOTDIR): [^,]*\); going on without it/);
   assert.equal(warnings.length, 1, `warned once: ${warnings.join('\n')}`);
   assert.ok(existsSync(file));

@@ -4,7 +4,7 @@ import type { ExecutorContext } from '@nx/devkit';
 import { logger } from './log';
 import { describeError } from '../../libs/errors';
 import { readRecipe } from '../../libs/recipe/parse';
-import { loadMergeContext, readModelsFile, type MergeContext, type ResolvedModel } from '../../libs/stages/context';
+import { checkResolvedModels, loadMergeContext, readModelsFile, type MergeContext, type ResolvedModel } from '../../libs/stages/context';
 import { ensureModelsPresent } from '../../libs/stages/fetch';
 import { stagePaths, type StageOptions, type StagePaths } from './options';
 
@@ -29,7 +29,9 @@ export async function runStage(raw: unknown, context: ExecutorContext, body: (en
       paths,
       async models() {
         if (!models) {
-          models = (await readModelsFile(join(paths.stage('fetch'), 'models.json'), paths.roots)).models;
+          const file = join(paths.stage('fetch'), 'models.json');
+          models = (await readModelsFile(file, paths.roots)).models;
+          checkResolvedModels(file, models, await readRecipe(paths.recipe), paths.projectRoot, paths.roots);
           await ensureModelsPresent(models, { cacheDir: cacheDirOf(options, paths), log: (l) => logger.info(l) });
           for (const m of models) logger.debug(`input model ${m.ref}: content ${m.contentId}, ${m.source === 'local' ? rel(m.dir) : `hub commit ${m.revision}`}`);
         }

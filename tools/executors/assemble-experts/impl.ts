@@ -3,7 +3,8 @@ import { logger } from '../log';
 import { runAssemble } from '../../../libs/stages/assemble';
 import { gatesForAssembly, isRandomMode } from '../../../libs/stages/build-gates';
 import { runStage } from '../run-stage';
-import { readFile } from 'node:fs/promises';
+import { PROMPT_STATES_SCHEMA, readStageJson } from '../../../libs/stages/stage-files';
+import type { PromptStatesIndex } from '../../../libs/stages/embed-prompts';
 import { join } from 'node:path';
 
 export default function assembleExpertsExecutor(options: unknown, context: ExecutorContext) {
@@ -11,7 +12,7 @@ export default function assembleExpertsExecutor(options: unknown, context: Execu
     const merge = await env.merge();
     // Command-line options stop at this stage (earlier stages stay cached); a device meant for the forward
     // pass would be lost silently, so say where it belongs.
-    const states = JSON.parse(await readFile(join(env.paths.stage('embed-prompts'), 'prompt-states.json'), 'utf8')) as { device: string | null };
+    const states = await readStageJson<PromptStatesIndex>(join(env.paths.stage('embed-prompts'), 'prompt-states.json'), PROMPT_STATES_SCHEMA, 1, 'embed-prompts');
     if (states.device !== null && states.device !== env.options.device) {
       logger.warn(`WARNING: --device ${env.options.device} does not reach embed-prompts, which ran on ${states.device}: set it there (nx run <recipe>:embed-prompts --device=${env.options.device}, or "device" in its options in nx.json or project.json).`);
     }

@@ -3,7 +3,7 @@ import { join, relative } from 'node:path';
 import { existsSync } from 'node:fs';
 import type { ExecutorContext } from '@nx/devkit';
 import { logger } from '../log';
-import { readPlan } from '../../../libs/stages/assemble';
+import { checkPlanGates, readPlan } from '../../../libs/stages/assemble';
 import { readGates } from '../../../libs/stages/build-gates';
 import { runWrite } from '../../../libs/stages/write';
 import { cacheDirOf, runStage } from '../run-stage';
@@ -15,8 +15,9 @@ import { recordWrite, suspectFiles } from '../output-state';
 export default function writeExecutor(options: unknown, context: ExecutorContext) {
   return runStage(options, context, async (env) => {
     const { options: o, paths } = env;
-    const plan = await readPlan(paths.stage('assemble-experts'), paths.roots, await env.models());
+    const plan = await readPlan(paths.stage('assemble-experts'), await env.models());
     const gates = await readGates(paths.stage('assemble-experts'));
+    checkPlanGates(plan, gates, join(paths.stage('assemble-experts'), 'plan.json'));
     const base = plan.models[0]!;
     const routing = await readReport(paths.stage('report'));
     // Files of the folder that changed since this workspace wrote them (an edit that kept the size included).

@@ -1,0 +1,131 @@
+import { readFile } from 'node:fs/promises';
+import { basename } from 'node:path';
+import { z } from 'zod';
+import { ForgeError, type ErrorPlace } from '../errors';
+
+/**
+ * Stage files are read back from Nx caches (local or remote, which someone else may write): each is read
+ * through a typed reader that checks its version and shape and refuses it in one line naming the file.
+ */
+export const REFUSED = 'a cache entry may have been altered; run the stage again with --skip-nx-cache';
+
+/** A stage file that is not what its stage writes. */
+export function refuseStageFile(file: string, message: string, place: Omit<ErrorPlace, 'file'> = {}): ForgeError {
+  return new ForgeError('bad_stage_output', `${message}; ${basename(file)} is refused (${REFUSED})`, { file, ...place });
+}
+
+const path = (p: PropertyKey[]) => p.map((k, i) => (typeof k === 'number' ? `[${k}]` : `${i ? '.' : ''}${String(k)}`)).join('');
+
+/** A stage file that is not there: its stage has not run (not a refusal). */
+export function missingStageFile(file: string, stage: string, why = 'ENOENT'): ForgeError {
+  return new ForgeError('missing_stage_output', `cannot read the ${stage} stage's output (${why}); run the ${stage} stage first`, { file });
+}
+
+/**
+ * A stage's JSON file checked against its schema and version. The object returned is the file's own (the schema
+ * only checks it), so hashes over it stay what they were.
+ */
+export async function readStageJson<T>(file: string, schema: z.ZodType, version: number, stage: string): Promise<T> {
+  let text: string;
+  try {
+    text = await readFile(file, 'utf8');
+  } catch (e) {
+    throw missingStageFile(file, stage, (e as NodeJS.ErrnoException).code ?? (e as Error).message);
+  }
+  let raw: unknown;
+  try {
+    raw = JSON.parse(text);
+  } catch (e) {
+    throw refuseStageFile(file, `not valid JSON (${(e as Error).message})`);
+  }
+  const v = raw && typeof raw === 'object' ? (raw as { version?: unknown }).version : undefined;
+  if (v !== version) throw refuseStageFile(file, `version ${JSON.stringify(v)}, expected ${version} (written by another moe-forge, or altered)`);
+  const r = schema.safeParse(raw);
+  if (!r.success) {
+    const issue = r.error.issues[0]!;
+    throw refuseStageFile(file, `${path(issue.path) || 'the file'}: ${issue.message}`);
+  }
+  return raw as T;
+}
+
+const int = z.number().int().nonnegative();
+const shape = z.array(int);
+
+const noise = z.object({ scale: z.number(), stream: z.string(), seed: z.number(), torch: z.object({ offset: int, cachedNormal: z.number().nullable() }).optional() });
+const sourcePart = z.object({ kind: z.literal('source'), model: z.string(), tensor: z.string(), file: z.string(), offset: int, byteLength: int, dtype: z.string(), shape, noise: noise.optional(), scale: z.number().optional() });
+const gatePart = z.object({ kind: z.literal('gates'), layer: int, rows: z.array(int) });
+const zerosPart = z.object({ kind: z.literal('zeros'), elements: int });
+
+export const PLAN_SCHEMA = z.object({
+  version: z.literal(1),
+  architecture: z.string(),
+  layout: z.enum(['classic', 'fused']),
+  outDtype: z.string().nullable(),
+  config: z.record(z.string(), z.unknown()),
+  configNumbers: z.record(z.string(), z.string()).optional(),
+  models: z.array(z.object({ key: z.string(), ref: z.string(), dir: z.string().optional(), contentId: z.string().optional() })).min(1),
+  tensors: z.array(z.object({ name: z.string(), dtype: z.string(), shape, parts: z.array(z.discriminatedUnion('kind', [sourcePart, gatePart, zerosPart])), group: z.string() })),
+  maxShardBytes: z.number().nonnegative(),
+  shardOrder: z.enum(['grouped', 'reference']),
+  warnings: z.array(z.string()),
+});
+
+export const MODELS_SCHEMA = z.object({
+  version: z.literal(2),
+  models: z
+    .array(z.object({ key: z.string(), ref: z.string(), dir: z.string().min(1), source: z.enum(['local', 'hub']), revision: z.string().nullable(), contentId: z.string().optional(), bytes: int.optional() }))
+    .min(1),
+});
+
+export const GATES_INFO_SCHEMA = z.object({
+  version: z.literal(1),
+  layers: int,
+  experts: int,
+  hidden: int,
+  gateMode: z.string(),
+  conditionNumbers: z.array(z.union([z.number(), z.literal('Infinity')])),
+  warnings: z.array(z.string()),
+  deferred: z.boolean().optional(),
+});
+
+export const PROMPT_STATES_SCHEMA = z.object({
+  version: z.literal(1),
+  mode: z.enum(['cheap_embed', 'hidden', 'none']),
+  device: z.string().nullable(),
+  layers: int,
+  hidden: int,
+  // count divides the sums (hidden_avg): it is the number of token ids, nothing else.
+  prompts: z.array(z.object({ text: z.string(), ids: z.array(int), count: int }).refine((p) => p.count === p.ids.length && p.count > 0, { message: 'count must be the number of token ids', path: ['count'] })),
+  computed: int,
+  fromCache: int,
+});
+
+const nullableNumber = z.number().nullable();
+const ints = z.array(int);
+
+/** routing.json as the write stage uses it (the model card's Routing section): the fields it reads, typed. */
+export const ROUTING_SCHEMA = z
+  .object({
+    version: z.literal(1),
+    name: z.string(),
+    gateMode: z.string(),
+    topK: int,
+    state: z.string(),
+    layers: int,
+    hidden: int,
+    experts: z.array(z.object({ index: int, label: z.string(), model: z.string(), shared: z.boolean() })),
+    routed: int,
+    prompts: z.array(z.object({ text: z.string(), set: z.enum(['train', 'heldout']), role: z.enum(['positive', 'negative']), expert: int })),
+    summary: z.object({
+      accuracy: nullableNumber,
+      heldOutAccuracy: nullableNumber,
+      byRange: z.array(z.object({ from: int, to: int, accuracy: nullableNumber, heldOutAccuracy: nullableNumber })),
+      starving: z.array(z.object({ expert: int, layers: ints, reasons: z.array(z.string()) })),
+      pairs: z.array(z.object({ experts: z.tuple([int, int]), layers: ints, minCosine: z.number() })),
+      degenerateLayers: ints,
+      notes: z.array(z.string()),
+    }),
+    perLayer: z.array(z.object({ layer: int })),
+    warnings: z.array(z.string()),
+  })
+  .refine((r) => [...r.summary.starving.map((s) => s.expert), ...r.summary.pairs.flatMap((p) => p.experts)].every((e) => e < r.experts.length), { message: 'names an expert it does not list', path: ['summary'] });
