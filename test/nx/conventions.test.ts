@@ -109,7 +109,7 @@ test('editing a model in the workspace makes exactly the recipes that use it aff
 
 test('plugin options in nx.json rename targets and move stage outputs', async () => {
   const nxJson = JSON.parse(readFileSync(join(ws, 'nx.json'), 'utf8'));
-  nxJson.plugins = [{ plugin: './tools/executors', options: { targetNames: { build: 'merge', fetch: 'resolve-models' }, stagesDir: 'out/stages' } }];
+  nxJson.plugins = [{ plugin: './tools/executors', options: { buildTargetName: 'merge', fetchTargetName: 'resolve-models', stagesDir: 'out/stages' } }];
   writeFileSync(join(ws, 'nx.json'), JSON.stringify(nxJson, null, 2));
   const r = await nx(ws, ['show', 'project', 'uses-b', '--json']);
   assert.equal(r.exitCode, 0, r.stderr);

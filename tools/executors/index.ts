@@ -13,10 +13,32 @@ import { runtimeCommand } from './fast-input';
 export const STAGES = ['fetch', 'embed-prompts', 'build-gates', 'assemble-experts', 'write'] as const;
 type Stage = (typeof STAGES)[number];
 
-/** Plugin options, in nx.json: `{ "plugin": "./tools/executors", "options": { ... } }` (as @nx/vite takes them). */
+type TargetKind = Stage | 'build' | 'check-options' | 'report';
+
+/** Each target's option name, as Nx's own plugins name theirs (`buildTargetName`, `serveTargetName`, ...). */
+export const TARGET_NAME_OPTIONS: Record<TargetKind, string> = {
+  build: 'buildTargetName',
+  'check-options': 'checkOptionsTargetName',
+  fetch: 'fetchTargetName',
+  'embed-prompts': 'embedPromptsTargetName',
+  'build-gates': 'buildGatesTargetName',
+  'assemble-experts': 'assembleExpertsTargetName',
+  report: 'reportTargetName',
+  write: 'writeTargetName',
+};
+
+/** Plugin options, in nx.json: `{ "plugin": "./tools/executors/plugin.js", "options": { ... } }` (as @nx/vite takes them). */
 export interface MoeForgePluginOptions {
-  /** Target names, by stage: e.g. `{ "build": "merge" }`. */
-  targetNames?: Partial<Record<Stage | 'build' | 'check-options' | 'report', string>>;
+  buildTargetName?: string;
+  checkOptionsTargetName?: string;
+  fetchTargetName?: string;
+  embedPromptsTargetName?: string;
+  buildGatesTargetName?: string;
+  assembleExpertsTargetName?: string;
+  reportTargetName?: string;
+  writeTargetName?: string;
+  /** Deprecated: target names by stage (`{ "build": "merge" }`); still honoured, with a warning. */
+  targetNames?: Partial<Record<TargetKind, string>>;
   /** Stage outputs go to <stagesDir>/<project>/<stage> (default dist/stages). */
   stagesDir?: string;
   /** Model folders go to <modelsDir>/<project> (default dist/models). */
@@ -107,7 +129,7 @@ export function recipeModels(workspaceRoot: string, recipeFile: string): RecipeM
 export const modelProjectName = (folder: string) => folder.replace(/[/\\]/g, '-');
 
 export function recipeTargets(projectRoot: string, projectName: string, options: MoeForgePluginOptions = {}, models: RecipeModels = { workspaceModels: [], floatingHubRefs: [] }): Record<string, TargetConfiguration> {
-  const name = (t: Stage | 'build' | 'check-options' | 'report') => options.targetNames?.[t] ?? t;
+  const name = (t: TargetKind) => (options as Record<string, string | undefined>)[TARGET_NAME_OPTIONS[t]] ?? options.targetNames?.[t] ?? t;
   const stagesDir = `${options.stagesDir ?? 'dist/stages'}/${projectName}`;
   const outputPath = `${options.modelsDir ?? 'dist/models'}/${projectName}`;
   const check = { target: name('check-options'), params: 'forward' as const };
@@ -206,8 +228,9 @@ export function recipeTargets(projectRoot: string, projectName: string, options:
 
 export const createNodesV2: CreateNodesV2<MoeForgePluginOptions> = [
   'workspace-models/*/moe.yml',
-  (files, options, context) =>
-    files.map((file) => {
+  (files, options, context) => {
+    warnDeprecated(options);
+    return files.map((file) => {
       const root = dirname(file);
       const name = basename(root);
       const models = recipeModels(context.workspaceRoot, file);
@@ -216,7 +239,18 @@ export const createNodesV2: CreateNodesV2<MoeForgePluginOptions> = [
       };
       for (const m of models.workspaceModels) if (m !== root) projects[m] = { root: m, name: modelProjectName(m), projectType: 'library', tags: ['moe-model'], targets: {} };
       return [file, { projects }] as const;
-    }),
+    });
+  },
 ];
 
 export const createNodes = createNodesV2;
+
+let warned = false;
+
+/** The old `targetNames` map still works; once per process, Nx's output says what replaces it. */
+export function warnDeprecated(options: MoeForgePluginOptions | undefined, warn: (line: string) => void = (l) => console.warn(l)): void {
+  if (!options?.targetNames || warned) return;
+  warned = true;
+  const instead = Object.entries(options.targetNames).map(([t, n]) => `"${TARGET_NAME_OPTIONS[t as TargetKind] ?? t}": "${n}"`);
+  warn(`moe-forge plugin: the option "targetNames" is deprecated; name each target as Nx's plugins do: ${instead.join(', ')}`);
+}
