@@ -3,6 +3,9 @@ import { parseRecipeText } from '../../../libs/recipe/parse';
 import { checkRecipe } from '../../../libs/recipe/validate';
 import { PLACEHOLDER_PROMPT } from '../../../libs/recipe/placeholders';
 import { RANDOM_MODES } from '../../../libs/recipe/schema';
+import { looksLikeRepoId } from '../../../libs/resolve/reference';
+import { existsSync, statSync } from 'node:fs';
+import { posix } from 'node:path';
 
 export interface RecipeGeneratorOptions {
   name: string;
@@ -62,9 +65,26 @@ export function recipeText(o: RecipeGeneratorOptions): string {
   return lines.join('\n');
 }
 
+/**
+ * A model the recipe names is a folder relative to the recipe's folder (it must exist now: a typo would only fail
+ * the build later) or a Hugging Face id. Paths are looked up in Nx's tree, which sees the workspace's files.
+ */
+function checkModel(tree: Tree, recipeDir: string, option: string, ref: string): void {
+  const at = ref.lastIndexOf('@');
+  const path = at > 0 ? ref.slice(0, at) : ref;
+  const local = posix.normalize(posix.join(recipeDir, path));
+  if (!posix.isAbsolute(path) && !local.startsWith('..') && tree.exists(local) && !tree.isFile(local)) return;
+  if (posix.isAbsolute(path) && existsSync(path) && statSync(path).isDirectory()) return;
+  if (looksLikeRepoId(path) && !path.startsWith('.')) return;
+  throw new Error(`--${option}: "${ref}" is neither a folder (relative to ${recipeDir}/, the recipe's folder) nor a Hugging Face id org/name[@revision]`);
+}
+
 export default async function recipeGenerator(tree: Tree, options: RecipeGeneratorOptions): Promise<void> {
   const file = `workspace-models/${options.name}/moe.yml`;
   if (tree.exists(file)) throw new Error(`${file} already exists`);
+  const dir = posix.dirname(file);
+  checkModel(tree, dir, 'base', options.base);
+  for (const e of options.experts.split(',').map((x) => x.trim()).filter(Boolean)) checkModel(tree, dir, 'experts', e);
   const groups = options.prompts ? options.prompts.split(';').length : 0;
   const experts = options.experts.split(',').map((e) => e.trim()).filter(Boolean).length;
   if (options.prompts && groups !== experts) throw new Error(`--prompts has ${groups} group(s) (separated by ';') for ${experts} expert(s)`);
