@@ -137,6 +137,12 @@ export async function withLockAt<T>(dir: string, body: () => Promise<T>, opts: L
   } finally {
     clearInterval(beat);
     forget();
-    await rm(dir, { recursive: true, force: true });
+    // Renamed away whole, then removed: emptied in place, the folder would for a moment be an empty directory,
+    // which a waiter's rename() replaces (rename onto an empty directory succeeds), failing our rmdir.
+    const gone = join(parent, `.${name}.released-${randomBytes(4).toString('hex')}`);
+    await rename(dir, gone).then(
+      () => rm(gone, { recursive: true, force: true }),
+      () => rm(dir, { recursive: true, force: true }),
+    );
   }
 }
