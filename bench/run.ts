@@ -26,7 +26,7 @@ import { runAssemble } from '../libs/stages/assemble';
 import { DEFAULT_SHARD_BYTES } from '../libs/stages/merge';
 import { computePromptStates } from '../libs/forward';
 import { loadTokenizer } from '../libs/tokenizer';
-import { benchForward } from './forward';
+import { benchForward, benchIdleCpu } from './forward';
 import { benchRng } from './rng';
 import { writeFastModel, type TinyModelSpec } from './models';
 import { SIZES, benchIncremental, type StepResult } from './incremental';
@@ -327,7 +327,10 @@ async function benchForwardSection(): Promise<void> {
   const f = (await benchForward()) as Record<string, number>;
   forwardRows('forward', f);
   notes.push('forward: benchForward() (bench/forward.ts): computePromptStates over 24 × 64 tokens, best of 2, against the same projections as plain ORT Gemms on all tokens at once, as many runs as the forward runs layers (weights as prepacked initializers, best of 2), same process; fixed cost: a 1-token prompt\'s time per layer.');
-  details.forward = f;
+  const idle = await benchIdleCpu();
+  row({ section: 'forward', measure: `CPU ms of this process idling ${idle.idleMs} ms after Gemm runs (library session, no spinning)`, value: idle.libraryMs, unit: 'ms', baseline: idle.spinningMs, baselineLabel: "same Gemm, onnxruntime's default spinning", goal: 'info' });
+  notes.push(`forward idle CPU: benchIdleCpu() (bench/forward.ts): process CPU time during 3 × 100 ms waits after Gemm runs (threads ${f.threads}), best of ${idle.rounds} rounds per session kind; the runner test checks the worker sleeps, this is the figure.`);
+  details.forward = { ...f, idle };
 }
 
 function forwardRows(section: string, f: Record<string, number>): void {
