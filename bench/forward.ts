@@ -9,6 +9,7 @@ import { join } from 'node:path';
 import * as ort from 'onnxruntime-node';
 import { computePromptStates, encodeModel } from '../libs/forward';
 import { OnnxDtype, type OnnxNode, type OnnxTensor } from '../libs/forward/onnx-proto';
+import { sessionFromBytes } from '../libs/forward/backend';
 import { writeTinyModel, type TinyModelSpec } from './models';
 
 const SPEC: TinyModelSpec = { modelType: 'llama', hidden: 1024, layers: 8, heads: 16, kvHeads: 4, intermediate: 2816, vocab: 2000, dtype: 'BF16', seed: 7 };
@@ -139,6 +140,48 @@ export async function benchForward(o: ForwardBenchOptions = {}): Promise<Record<
   } finally {
     if (!o.modelDir) await rm(dir, { recursive: true, force: true });
   }
+}
+
+/**
+ * CPU ms of this process while it idles 3 × 100 ms after Gemm runs: a session as the library makes it (workers
+ * told not to spin) against one with onnxruntime's default spinning; best of 3 rounds each. The runner test
+ * checks the behaviour (worker asleep after a run); the figure lives here.
+ */
+export async function benchIdleCpu(): Promise<{ libraryMs: number; spinningMs: number; idleMs: number; rounds: number }> {
+  const K = 512, N = 4096, ROUNDS = 3;
+  const bytes = encodeModel({
+    opset: 17,
+    graph: {
+      name: 'gemm', nodes: [{ op: 'Gemm', inputs: ['x', 'w'], outputs: ['y'], attrs: { transB: 1 } }], initializers: [],
+      inputs: [{ name: 'x', dtype: OnnxDtype.FLOAT, shape: ['T', K] }, { name: 'w', dtype: OnnxDtype.FLOAT, shape: [N, K] }],
+      outputs: [{ name: 'y', dtype: OnnxDtype.FLOAT, shape: ['T', N] }],
+    },
+  });
+  const feeds = {
+    x: new ort.Tensor('float32', new Float32Array(64 * K).fill(1), [64, K]),
+    w: new ort.Tensor('float32', new Float32Array(N * K).fill(0.5), [N, K]),
+  };
+  const idleCpuMs = async (session: ort.InferenceSession) => {
+    let ms = 0;
+    try {
+      for (let i = 0; i < 3; i++) {
+        await session.run(feeds);
+        const c0 = process.cpuUsage();
+        await new Promise((r) => setTimeout(r, 100));
+        const c = process.cpuUsage(c0);
+        ms += (c.user + c.system) / 1000;
+      }
+    } finally {
+      await session.release();
+    }
+    return ms;
+  };
+  const lib: number[] = [], spin: number[] = [];
+  for (let r = 0; r < ROUNDS; r++) {
+    lib.push(await idleCpuMs(await sessionFromBytes(bytes, { device: 'cpu', threads: THREADS })));
+    spin.push(await idleCpuMs(await ort.InferenceSession.create(bytes, { intraOpNumThreads: THREADS, interOpNumThreads: 1 })));
+  }
+  return { libraryMs: +Math.min(...lib).toFixed(1), spinningMs: +Math.min(...spin).toFixed(1), idleMs: 300, rounds: ROUNDS };
 }
 
 if (require.main === module) {

@@ -9,11 +9,14 @@
  *   rng       normals per second of --rng torch's generator against the default stream generator (bench/rng.ts)
  *   incremental  `mergekit-moe` cold / +1 prompt / noise_scale / expert swap / no-op at a size (bench/incremental.ts)
  *
+ * Every run first states the machine (bench/machine.ts): CPU model and flags, cores, memory, load average before
+ * the first section and after the last, the disk's copy rate in the temp folder (best of 3, ~512 MiB each).
+ *
  * `npm run bench -- write nx` runs only the named sections; `npm run bench -- --size medium` runs the incremental
- * section on TinyLlama's shape (6.77 GB output) and the write section.
+ * section on TinyLlama's shape (6.77 GB output) and the write section; `npm run bench -- machine` only the machine.
  */
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { cpus, freemem, loadavg, totalmem, tmpdir } from 'node:os';
+import { loadavg, tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { readRecipe } from '../libs/recipe/parse';
 import { runFetch } from '../libs/stages/fetch';
@@ -23,12 +26,13 @@ import { runAssemble } from '../libs/stages/assemble';
 import { DEFAULT_SHARD_BYTES } from '../libs/stages/merge';
 import { computePromptStates } from '../libs/forward';
 import { loadTokenizer } from '../libs/tokenizer';
-import { benchForward } from './forward';
+import { benchForward, benchIdleCpu } from './forward';
 import { benchRng } from './rng';
 import { writeFastModel, type TinyModelSpec } from './models';
 import { SIZES, benchIncremental, type StepResult } from './incremental';
 import { ROOT, addRecipe, nx, nxProfiled, throwawayWorkspace, timed, type TaskTiming } from './workspace';
 import type { ChildResult } from './write-child';
+import { diskCopyRate, formatMachine, machineFacts } from './machine';
 
 type Spec = Omit<TinyModelSpec, 'dtype' | 'seed'>;
 
@@ -323,7 +327,10 @@ async function benchForwardSection(): Promise<void> {
   const f = (await benchForward()) as Record<string, number>;
   forwardRows('forward', f);
   notes.push('forward: benchForward() (bench/forward.ts): computePromptStates over 24 × 64 tokens, best of 2, against the same projections as plain ORT Gemms on all tokens at once, as many runs as the forward runs layers (weights as prepacked initializers, best of 2), same process; fixed cost: a 1-token prompt\'s time per layer.');
-  details.forward = f;
+  const idle = await benchIdleCpu();
+  row({ section: 'forward', measure: `CPU ms of this process idling ${idle.idleMs} ms after Gemm runs (library session, no spinning)`, value: idle.libraryMs, unit: 'ms', baseline: idle.spinningMs, baselineLabel: "same Gemm, onnxruntime's default spinning", goal: 'info' });
+  notes.push(`forward idle CPU: benchIdleCpu() (bench/forward.ts): process CPU time during 3 × 100 ms waits after Gemm runs (threads ${f.threads}), best of ${idle.rounds} rounds per session kind; the runner test checks the worker sleeps, this is the figure.`);
+  details.forward = { ...f, idle };
 }
 
 function forwardRows(section: string, f: Record<string, number>): void {
@@ -397,7 +404,7 @@ async function main(): Promise<void> {
   if (size !== null && !SIZES[size]) throw new Error(`--size must be one of ${Object.keys(SIZES).join(', ')}`);
   const chosen = argv.filter((a) => all.includes(a));
   // --size runs the incremental section at that size, plus the write section (the casts' rates).
-  const sections = chosen.length ? chosen : size ? ['incremental', 'write'] : ['rng', 'forward', 'write', 'nx', 'many'];
+  const sections = chosen.length ? chosen : size ? ['incremental', 'write'] : argv.includes('machine') ? [] : ['rng', 'forward', 'write', 'nx', 'many'];
   const t0 = performance.now();
   const tmp = mkdtempSync(join(tmpdir(), 'moe-forge-bench-'));
   const cleanup = () => rmSync(tmp, { recursive: true, force: true });
@@ -405,7 +412,11 @@ async function main(): Promise<void> {
     cleanup();
     process.exit(130);
   });
+  // Load read before anything of ours runs (the disk copy included): what else keeps this machine busy.
+  const machine = machineFacts(tmp);
   try {
+    machine.disk = diskCopyRate(tmp);
+    log(formatMachine(machine));
     for (const s of sections) {
       const ts = performance.now();
       details[`${s}LoadAverage`] = loadavg().map((x) => r2(x));
@@ -419,6 +430,7 @@ async function main(): Promise<void> {
       details[`${s}SectionSeconds`] = r2((performance.now() - ts) / 1000);
       log(`section ${s} done in ${((performance.now() - ts) / 1000).toFixed(1)} s`);
     }
+    machine.loadAverageAfter = loadavg().map((x) => r2(x));
   } finally {
     cleanup();
   }
@@ -426,11 +438,11 @@ async function main(): Promise<void> {
   const outDir = join(__dirname, 'out');
   mkdirSync(outDir, { recursive: true });
   const file = join(outDir, 'results.json');
-  const machine = { cpus: cpus().length, cpuModel: cpus()[0]?.model, memGiB: r2(totalmem() / 2 ** 30, 1), freeGiB: r2(freemem() / 2 ** 30, 1), node: process.version, platform: process.platform };
   writeFileSync(file, JSON.stringify({ date: new Date().toISOString(), seconds: r2(seconds, 1), sections, machine, rows, notes, details }, null, 2) + '\n');
-  console.log(table());
-  console.log('\n' + notes.map((n) => `- ${n}`).join('\n'));
-  console.log(`\n${sections.join(', ')} in ${seconds.toFixed(1)} s; results: ${file}`);
+  console.log(formatMachine(machine) + '\n');
+  if (rows.length) console.log(table());
+  if (notes.length) console.log('\n' + notes.map((n) => `- ${n}`).join('\n'));
+  console.log(`\n${sections.join(', ') || 'machine only'} in ${seconds.toFixed(1)} s; results: ${file}`);
 }
 
 main().catch((e) => {
