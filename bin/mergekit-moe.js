@@ -1,14 +1,11 @@
 #!/usr/bin/env node
 'use strict';
-// The sources are TypeScript: run them from an esbuild bundle (bin/bundle.js); where none can be built or
-// written (a read-only install), tsx compiles them on load, so the command still runs from a plain checkout.
+// Runs the command from build/cli.js, built at install (scripts/build.mjs); nothing is compiled here.
 let cli;
 try {
-  cli = require('./bundle.js').loadCli();
-} catch {
-  // tsx keeps compiled files in $TMPDIR/tsx-<uid>, outside anything a run may write; the forward worker inherits this.
-  process.env.TSX_DISABLE_CACHE = '1';
-  require('tsx/cjs');
-  cli = require('../libs/cli/mergekit-moe.ts');
+  cli = require('./built').built('cli.js');
+} catch (e) {
+  process.stderr.write(`error: ${e.message.split('\n')[0]}\n`);
+  process.exit(1);
 }
 cli.main(process.argv.slice(2)).then((code) => { process.exitCode = code; });

@@ -8,14 +8,14 @@ import type { ForwardOptions, ForwardProgress, LayerState } from './run';
  * The forward pass in a child process: onnxruntime's native memory goes back to the OS when it exits, and
  * a native crash becomes an error for this merge instead of killing the build.
  */
-// Set when the code runs from an executor bundle, whose own folder holds no worker source.
+// Set by scripts/build.mjs: the built worker, relative to the bundle that forks it; unset when run from sources.
 declare const __FORWARD_WORKER__: string | undefined;
-const WORKER = typeof __FORWARD_WORKER__ === 'string' ? __FORWARD_WORKER__ : join(__dirname, 'worker-main.ts');
+const WORKER = join(__dirname, typeof __FORWARD_WORKER__ === 'string' ? __FORWARD_WORKER__ : 'worker-main.ts');
 
 function runIsolated<T>(request: Record<string, unknown>, onProgress?: (p: ForwardProgress) => void): Promise<T> {
   return new Promise((resolve, reject) => {
     const child = fork(WORKER, [], {
-      // A bundled worker is plain JavaScript: the child then skips loading tsx.
+      // The built worker is plain JavaScript; from sources (tests) the child loads tsx.
       execArgv: WORKER.endsWith('.ts') ? ['--import', pathToFileURL(require.resolve('tsx')).href] : [],
       // In the child's environment too, so it holds from the child's first line, whatever it loads first.
       env: { ...process.env, ORT_DISABLE_TELEMETRY: '1' },

@@ -7,8 +7,10 @@ import { ROOT, tempDir } from './tmp';
 export function throwawayWorkspace(prefix = 'moe-forge-ws-'): string {
   const ws = tempDir(prefix);
   for (const f of ['nx.json', 'package.json', 'package-lock.json', 'tsconfig.base.json']) cpSync(join(ROOT, f), join(ws, f));
-  for (const d of ['libs', 'tools']) cpSync(join(ROOT, d), join(ws, d), { recursive: true });
+  for (const d of ['libs', 'tools', 'bin', 'scripts']) cpSync(join(ROOT, d), join(ws, d), { recursive: true });
   symlinkSync(join(ROOT, 'node_modules'), join(ws, 'node_modules'), 'dir');
+  // What runs: the checkout's build (scripts/test.mjs builds it first), checked against the copied sources.
+  symlinkSync(join(ROOT, 'build'), join(ws, 'build'), 'dir');
   mkdirSync(join(ws, 'workspace-models'));
   return ws;
 }

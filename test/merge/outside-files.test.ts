@@ -60,19 +60,21 @@ test('mergekit-moe downloading its models from a hub writes nothing outside HF_H
   }
 });
 
-test('mergekit-moe run through tsx (no bundle can be written) writes nothing into TMPDIR either', async () => {
-  // A read-only install: a file stands where the bundle's folder would be made, so the command falls back to tsx.
+test('mergekit-moe as installed (build/ and bin/, no sources) writes nothing into TMPDIR, nor into its own folder', async () => {
   const d = tempDir();
   const app = join(d, 'app');
-  for (const f of ['bin', 'libs']) cpSync(join(ROOT, f), join(app, f), { recursive: true });
+  for (const f of ['bin', 'build']) cpSync(join(ROOT, f), join(app, f), { recursive: true });
   cpSync(join(ROOT, 'package.json'), join(app, 'package.json'));
   symlinkSync(join(ROOT, 'node_modules'), join(app, 'node_modules'), 'dir');
-  writeFileSync(join(app, '.nx'), '');
+  // (node_modules is the checkout's, linked: not walked.)
+  const mine = () => [readdirSync(app), everything(join(app, 'bin')), everything(join(app, 'build'))];
+  const before = mine();
   const env = strangerEnv(d);
   writeFileSync(join(d, 'moe.yml'), hiddenRecipe(join(FIXTURES, 'tiny-llama')));
   const r = await run(process.execPath, [join(app, 'bin', 'mergekit-moe.js'), 'moe.yml', 'out'], d, env);
   assert.equal(r.exitCode, 0, r.stderr);
   assertUntouched(env, r.stderr);
+  assert.deepEqual(mine(), before, 'nothing built or cached beside the command');
 });
 
 test('an Nx build of a hidden-gate recipe writes nothing into TMPDIR, HOME or XDG_CACHE_HOME', async () => {

@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { cpSync, existsSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { cpSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { FIXTURES } from '../helpers/tmp';
 import { addRecipe, nx, throwawayWorkspace, TINY_BF16_RECIPE } from '../helpers/workspace';
@@ -105,18 +105,18 @@ test('an untouched workspace builds from the cache alone; a deleted, edited or r
 
 test("fetch's runtime input answers from its memo without loading the stages' code, and recomputes when a model file changes", async () => {
   const { run } = await import('../helpers/cli');
-  const ids = () => run(process.execPath, ['tools/executors/model-ids.js', 'workspace-models/n/moe.yml'], ws);
+  // NODE_DEBUG=module names each module node loads: whether the stages' code (build/executors/model-ids.js) was.
+  const ids = () => run(process.execPath, ['tools/executors/model-ids.js', 'workspace-models/n/moe.yml'], ws, { NODE_DEBUG: 'module' });
+  const loadedCode = (r: { stderr: string }) => /load "[^"]*build\/executors\/model-ids\.js"/.test(r.stderr);
   // The command Nx runs: the shell script while it answers, else node.
   const command = runtimeCommand('model-ids', ['workspace-models/n/moe.yml']);
   const viaNx = () => spawnSync('sh', ['-c', command], { cwd: ws, encoding: 'utf8' });
   const script = join(ws, scriptPath('model-ids', ['workspace-models/n/moe.yml']));
-  const bundles = join(ws, '.nx', 'moe-forge', 'executors');
   const first = await ids();
   assert.match(first.stdout, /^\.\.\/\.\.\/models\/tiny-a [0-9a-f]{64}$/m);
-  rmSync(bundles, { recursive: true, force: true });
   const memo = await ids();
   assert.equal(memo.stdout, first.stdout);
-  assert.ok(!existsSync(bundles), 'no bundle built: the memo answered');
+  assert.ok(!loadedCode(memo), 'the memo answered, without loading the code');
   // (execa drops the last newline of node's answer.)
   assert.deepEqual({ stdout: viaNx().stdout, stderr: viaNx().stderr }, { stdout: `${first.stdout}\n`, stderr: '' });
   assert.equal(spawnSync('sh', [script], { cwd: ws, encoding: 'utf8' }).stdout, `${first.stdout}\n`, 'the script answered');
@@ -126,7 +126,7 @@ test("fetch's runtime input answers from its memo without loading the stages' co
   writeFileSync(file, text.slice(0, -1) + (text.endsWith(' ') ? '\n' : ' '));
   assert.equal(spawnSync('sh', [script], { cwd: ws }).status, 1, 'the script no longer answers');
   const changed = await ids();
-  assert.ok(existsSync(bundles), 'the ids were computed again');
+  assert.ok(loadedCode(changed), 'the ids were computed again');
   assert.equal(viaNx().stdout, `${changed.stdout}\n`);
   assert.notEqual(changed.stdout, first.stdout);
   assert.equal(changed.stdout.split('\n')[0], first.stdout.split('\n')[0], 'tiny-a keeps its id');

@@ -2,7 +2,7 @@
 // Nx runtime input of each recipe's fetch target: prints the content ids of the recipe's models.
 // Nx runs it on every build, so the answer is memoised: when the recipe, every file the ids were computed from
 // (and the code that computes them) has the stat key it had (libs/util/stat-key.js), the last answer is printed
-// without loading the TypeScript bundle, and a shell script (fast-input.js) answers the next builds without node.
+// without loading the built code (build/executors/model-ids.js), and a shell script (fast-input.js) answers the next builds without node.
 'use strict';
 const { mkdirSync, readFileSync, renameSync, writeFileSync } = require('node:fs');
 const { join, resolve } = require('node:path');

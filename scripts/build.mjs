@@ -1,0 +1,94 @@
+// Builds what runs into build/ (git-ignored): the mergekit-moe command, the library entry and its types, the Nx
+// plugin, generator and executors, and the forward worker. Run by `npm ci` (prepare), `npm pack`, `npm test` and
+// `npm run build`; nothing is bundled at run time. build/manifest.json holds the sha256 of every source each
+// bundle was built from: bin/built.js refuses a build that no longer matches the checkout's sources.
+import { createHash } from 'node:crypto';
+import { existsSync, mkdirSync, readFileSync, readdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { dirname, join, relative } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { createRequire } from 'node:module';
+
+const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..');
+const require = createRequire(import.meta.url);
+const OUT = join(ROOT, 'build');
+const EXECUTORS = ['fetch', 'embed-prompts', 'build-gates', 'assemble-experts', 'write', 'check-options', 'report', 'model-ids'];
+
+let esbuild;
+try {
+  esbuild = require('esbuild');
+} catch {
+  console.error('moe-forge build: esbuild is not installed (a devDependency): run npm ci without --omit=dev');
+  process.exit(1);
+}
+
+const tmp = `${OUT}.${process.pid}.tmp`;
+rmSync(tmp, { recursive: true, force: true });
+
+const common = {
+  bundle: true,
+  platform: 'node',
+  format: 'cjs',
+  target: 'node20',
+  packages: 'external',
+  // Maps name the checkout's sources (not copied in: the sources sit beside them, or are not shipped).
+  sourcemap: true,
+  sourcesContent: false,
+  logLevel: 'error',
+  metafile: true,
+  absWorkingDir: ROOT,
+};
+
+try {
+  // The forward pass forks forward-worker.js, named relative to the bundle that forks it (libs/forward/isolated.ts).
+  const top = await esbuild.build({
+    ...common,
+    entryPoints: {
+      cli: join(ROOT, 'libs', 'cli', 'mergekit-moe.ts'),
+      index: join(ROOT, 'libs', 'index.ts'),
+      'forward-worker': join(ROOT, 'libs', 'forward', 'worker-main.ts'),
+      plugin: join(ROOT, 'tools', 'executors', 'index.ts'),
+      'recipe-generator': join(ROOT, 'tools', 'executors', 'recipe', 'generator.ts'),
+    },
+    outdir: tmp,
+    define: { __FORWARD_WORKER__: JSON.stringify('forward-worker.js') },
+  });
+  const executors = await esbuild.build({
+    ...common,
+    entryPoints: Object.fromEntries(EXECUTORS.map((e) => [e, join(ROOT, 'tools', 'executors', e, 'impl.ts')])),
+    outdir: join(tmp, 'executors'),
+    define: { __FORWARD_WORKER__: JSON.stringify('../forward-worker.js') },
+  });
+
+  // The library's types: libs/index.ts declares them itself, so its declaration is emitted alone, in milliseconds.
+  const ts = require('typescript');
+  const dts = ts.transpileDeclaration(readFileSync(join(ROOT, 'libs', 'index.ts'), 'utf8'), { fileName: 'index.ts', compilerOptions: { strict: true } });
+  const problems = (dts.diagnostics ?? []).map((d) => ts.flattenDiagnosticMessageText(d.messageText, ' '));
+  if (problems.length) throw new Error(`libs/index.ts: ${problems.join('; ')}`);
+  writeFileSync(join(tmp, 'index.d.ts'), dts.outputText);
+
+  // Every source file a bundle was built from (packages are external: none from node_modules), by content.
+  const inputs = new Set([...Object.keys(top.metafile.inputs), ...Object.keys(executors.metafile.inputs)]);
+  const sources = {};
+  for (const rel of [...inputs].sort()) {
+    const file = join(ROOT, rel);
+    sources[relative(ROOT, file).split('\\').join('/')] = createHash('sha256').update(readFileSync(file)).digest('hex');
+  }
+  writeFileSync(join(tmp, 'manifest.json'), JSON.stringify({ sources }, null, 1) + '\n');
+
+  // Into place file by file, each by a rename, and only where it changed: processes running from build/ (Nx
+  // tasks, tests) never see a missing or half-written file, and a build of unchanged sources changes nothing.
+  const files = (dir, rel = '') => readdirSync(join(dir, rel), { withFileTypes: true }).flatMap((e) => (e.isDirectory() ? files(dir, join(rel, e.name)) : [join(rel, e.name)]));
+  const fresh = new Set(files(tmp));
+  for (const rel of fresh) {
+    const to = join(OUT, rel);
+    if (existsSync(to) && readFileSync(to).equals(readFileSync(join(tmp, rel)))) continue;
+    mkdirSync(dirname(to), { recursive: true });
+    renameSync(join(tmp, rel), to);
+  }
+  for (const rel of files(OUT)) if (!fresh.has(rel)) rmSync(join(OUT, rel));
+  rmSync(tmp, { recursive: true, force: true });
+} catch (e) {
+  rmSync(tmp, { recursive: true, force: true });
+  console.error(`moe-forge build: ${String(e && e.message).split('\n')[0]}`);
+  process.exit(1);
+}

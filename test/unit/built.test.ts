@@ -1,0 +1,57 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { cpSync, existsSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { join } from 'node:path';
+import { ROOT, tempDir } from '../helpers/tmp';
+
+/** A checkout of its own (sources copied, node_modules linked), built as `npm ci` builds it. */
+function checkout(): string {
+  const d = tempDir();
+  for (const f of ['bin', 'libs', 'tools', 'scripts']) cpSync(join(ROOT, f), join(d, f), { recursive: true });
+  cpSync(join(ROOT, 'package.json'), join(d, 'package.json'));
+  symlinkSync(join(ROOT, 'node_modules'), join(d, 'node_modules'));
+  const b = build(d);
+  assert.equal(b.status, 0, b.stderr);
+  return d;
+}
+
+const build = (d: string) => spawnSync(process.execPath, [join(d, 'scripts', 'build.mjs')], { encoding: 'utf8' });
+const help = (d: string) => spawnSync(process.execPath, [join(d, 'bin', 'mergekit-moe.js'), '--help'], { encoding: 'utf8', cwd: d });
+
+test('mergekit-moe runs from build/, made at install: nothing is bundled or compiled on first use', () => {
+  const d = checkout();
+  const r = help(d);
+  assert.equal(r.status, 0, r.stderr);
+  assert.match(r.stdout, /Usage: mergekit-moe CONFIG_PATH OUT_PATH/);
+  assert.ok(!existsSync(join(d, '.nx')), 'no bundle folder made at run time');
+  for (const f of ['cli.js', 'forward-worker.js', 'index.js', 'index.d.ts', 'plugin.js', 'recipe-generator.js', 'executors/fetch.js', 'executors/write.js']) assert.ok(existsSync(join(d, 'build', f)), f);
+  // Nothing built needs tsx (a devDependency) or esbuild at run time.
+  for (const f of ['cli.js', 'forward-worker.js', 'index.js', 'executors/embed-prompts.js']) assert.doesNotMatch(readFileSync(join(d, 'build', f), 'utf8'), /require\("(tsx|esbuild)/, f);
+});
+
+test('a source replaced with cp -p (same size, same mtime) makes the build stale: refused in one line until npm run build', () => {
+  const d = checkout();
+  // Same length, other text, the old file's times: only the content tells.
+  const src = join(d, 'libs', 'cli', 'mergekit-moe.ts');
+  const copy = join(d, 'mergekit-moe.ts');
+  writeFileSync(copy, readFileSync(src, 'utf8').replace('Usage: mergekit-moe', 'USAGE: mergekit-moe'));
+  assert.equal(spawnSync('touch', ['-r', src, copy]).status, 0);
+  assert.equal(spawnSync('cp', ['-p', copy, src]).status, 0);
+  const stale = help(d);
+  assert.equal(stale.status, 1);
+  assert.equal(stale.stderr, 'error: moe-forge: build/ is out of date (libs/cli/mergekit-moe.ts changed): run npm run build\n');
+  assert.equal(build(d).status, 0);
+  const r = help(d);
+  assert.equal(r.status, 0, r.stderr);
+  assert.match(r.stdout, /USAGE: mergekit-moe/, 'built from the new source');
+});
+
+test('an Nx executor refuses a stale build the same way', () => {
+  const d = checkout();
+  const src = join(d, 'libs', 'recipe', 'schema.ts');
+  writeFileSync(src, readFileSync(src, 'utf8') + '\n');
+  const r = spawnSync(process.execPath, ['-e', "require('./tools/executors/fetch/impl.js')"], { encoding: 'utf8', cwd: d });
+  assert.notEqual(r.status, 0);
+  assert.match(r.stderr, /moe-forge: build\/ is out of date \(libs\/recipe\/schema\.ts changed\): run npm run build/);
+});
