@@ -46,6 +46,8 @@ export class ContentCache {
   constructor(
     readonly dir: string,
     private readonly warn: (line: string) => void = (line) => process.stderr.write(`WARNING: ${line}\n`),
+    /** `recompute`: every read is a miss (what is computed is still stored, refreshing the entries). */
+    private readonly opts: { recompute?: boolean } = {},
   ) {}
 
   /** Warns once and reports whether the error was the cache being unusable (then the caller treats it as a miss). */
@@ -60,6 +62,7 @@ export class ContentCache {
    * read: a cache is an input another process may have written. Every read from the cache goes through here.
    */
   async getBound(key: string, material: unknown, maxDataBytes: number): Promise<Buffer | null> {
+    if (this.opts.recompute) return null;
     const head = boundHead(material);
     const max = head.length + maxDataBytes;
     try {

@@ -67,6 +67,8 @@ export interface EmbedOptions {
   progress?: Progress;
   /** Called with the token ids of every text before any forward pass: throws for a prompt the base cannot take. */
   checkIds?: (ids: number[][]) => void;
+  /** Read nothing from the cache: every prompt state (and the base's content id) is computed again. */
+  recompute?: boolean;
 }
 
 /**
@@ -116,7 +118,7 @@ async function hiddenStates(merge: MergeContext, index: PromptStatesIndex, tenso
     tensors.push({ name: `p${i}.last`, data: flat(s.last) }, { name: `p${i}.sum`, data: flat(s.sum) });
   });
   if (merge.ctx.gateMode === 'hidden_avg') {
-    const cache = new ContentCache(opts.cacheDir, opts.warn ?? opts.log);
+    const cache = new ContentCache(opts.cacheDir, opts.warn ?? opts.log, { recompute: opts.recompute });
     const L = base.config.numLayers;
     const H = base.config.hiddenSize;
     // The reference's padded mean needs the state of a pad position (spec 10); it depends only on the base.
@@ -150,7 +152,7 @@ export async function cachedHiddenStates(base: ModelSource, texts: string[], opt
   const L = base.config.numLayers;
   const H = base.config.hiddenSize;
   const warn = opts.warn ?? opts.log;
-  const cache = new ContentCache(opts.cacheDir, warn);
+  const cache = new ContentCache(opts.cacheDir, warn, { recompute: opts.recompute });
   // The key's content id from the base's files (memoised), not from models.json, a stage file a cache restored.
   const baseId = await contentId(base.dir, { cache });
   const tok = await loadTokenizer(base.dir);

@@ -32,6 +32,8 @@ export interface FetchOptions extends LoadOptions {
    * here against every input and the cache, before any download or forward pass.
    */
   output?: { path: string; recipeFile: string; evalPrompts?: string; reports?: { path: string; label: string }[]; overwrite?: boolean; stagesDir?: string };
+  /** Hash every model file again (the content-id memo is not read). */
+  recompute?: boolean;
   /** Refuse the recipe generator's placeholder prompts (default true). */
   refusePlaceholders?: boolean;
   /** What this run did (downloaded or found in the cache, and where); default: log. Nx replays a cached
@@ -73,7 +75,7 @@ export async function runFetch(parsed: ParsedRecipe, outDir: string, opts: Fetch
   checkRecipe(parsed, { allowIdenticalModels: opts.allowIdenticalModels });
   if (opts.refusePlaceholders !== false) refusePlaceholders(parsed);
   const refs = recipeModelRefs(parsed, opts.modelBaseDir);
-  const cache = new ContentCache(opts.cacheDir, opts.warn);
+  const cache = new ContentCache(opts.cacheDir, opts.warn, { recompute: opts.recompute });
   const resolveOpts = { baseDir: opts.modelBaseDir, cache, env: opts.env, fetch: opts.fetch };
   const inspections = await inspectModels(refs.map((r) => r.reference), resolveOpts);
   if (opts.output) {

@@ -45,6 +45,8 @@ export interface MergeOptions {
   /** Write mergekit_moe_config.yml (the reference's --write-model-card). */
   writeRecipe?: boolean;
   overwrite?: boolean;
+  /** Reuse nothing: prompt states and content ids computed again, every output file written again. */
+  recompute?: boolean;
   device?: string;
   /** Prompt-state cache (default $MOE_FORGE_CACHE, else ~/.cache/moe-forge). */
   cacheDir?: string;
@@ -69,7 +71,7 @@ export async function mergeRecipe(opts: MergeOptions): Promise<WriteResult> {
   try {
     const cacheDir = opts.cacheDir ?? userCacheDir();
     const reportFiles = opts.report ? reportPaths(opts.report.file) : null;
-    const { merge } = await runFetch(parsed, join(work, 'fetch'), { cacheDir, env: opts.env, modelBaseDir: opts.modelBaseDir, allowIdenticalModels: opts.allowIdenticalModels, layout: opts.layout, seed: opts.seed, rng: opts.rng, log: opts.log, warn: opts.warn, stats: opts.debug ?? opts.log, debug: opts.debug, output: { path: opts.outPath, recipeFile: opts.recipeFile, evalPrompts: opts.report?.evalPrompts, reports: reportFiles ? [{ path: reportFiles.html, label: '--report' }, { path: reportFiles.json, label: '--report' }] : undefined, overwrite: opts.overwrite } });
+    const { merge } = await runFetch(parsed, join(work, 'fetch'), { cacheDir, recompute: opts.recompute, env: opts.env, modelBaseDir: opts.modelBaseDir, allowIdenticalModels: opts.allowIdenticalModels, layout: opts.layout, seed: opts.seed, rng: opts.rng, log: opts.log, warn: opts.warn, stats: opts.debug ?? opts.log, debug: opts.debug, output: { path: opts.outPath, recipeFile: opts.recipeFile, evalPrompts: opts.report?.evalPrompts, reports: reportFiles ? [{ path: reportFiles.html, label: '--report' }, { path: reportFiles.json, label: '--report' }] : undefined, overwrite: opts.overwrite } });
     opts.debug?.(`architecture ${merge.arch.name}: ${merge.archWhy}`);
     // Held-out prompts are checked before the forward pass, not after it.
     if (opts.report?.evalPrompts) await readEvalPrompts(opts.report.evalPrompts, merge.ctx.experts.length);
@@ -77,9 +79,9 @@ export async function mergeRecipe(opts: MergeOptions): Promise<WriteResult> {
     // meanwhile from a plan made now (the final plan differs only in the routers' warnings).
     const early = await runAssemble(merge, join(work, 'assemble-early'), { maxShardBytes: opts.maxShardBytes ?? DEFAULT_SHARD_BYTES, shardOrder: opts.shardOrder });
     const late = (async (): Promise<LateInputs & { routingReport: Awaited<ReturnType<typeof runReport>> | null }> => {
-      await runEmbedPrompts(merge, join(work, 'embed-prompts'), { cacheDir, device: opts.device, log: opts.log, warn: opts.warn, debug: opts.debug, progress: progressReporter('prompt states') });
+      await runEmbedPrompts(merge, join(work, 'embed-prompts'), { cacheDir, recompute: opts.recompute, device: opts.device, log: opts.log, warn: opts.warn, debug: opts.debug, progress: progressReporter('prompt states') });
       await runBuildGates(merge, join(work, 'embed-prompts'), join(work, 'build-gates'));
-      const routing = opts.report ? await runReport(merge, join(work, 'embed-prompts'), join(work, 'build-gates'), join(work, 'report'), { name: basename(opts.recipeFile).replace(/\.ya?ml$/, ''), cacheDir, device: opts.device, evalPrompts: opts.report.evalPrompts, log: opts.log, warn: opts.warn, progress: progressReporter('report prompt states') }) : null;
+      const routing = opts.report ? await runReport(merge, join(work, 'embed-prompts'), join(work, 'build-gates'), join(work, 'report'), { name: basename(opts.recipeFile).replace(/\.ya?ml$/, ''), cacheDir, recompute: opts.recompute, device: opts.device, evalPrompts: opts.report.evalPrompts, log: opts.log, warn: opts.warn, progress: progressReporter('report prompt states') }) : null;
       const { gates, warnings } = await gatesForAssembly(merge, join(work, 'build-gates'));
       const plan = await runAssemble(merge, join(work, 'assemble-experts'), { maxShardBytes: opts.maxShardBytes ?? DEFAULT_SHARD_BYTES, shardOrder: opts.shardOrder, extraWarnings: warnings, gates });
       for (const w of plan.warnings) opts.warn?.(w);
@@ -97,6 +99,7 @@ export async function mergeRecipe(opts: MergeOptions): Promise<WriteResult> {
         copyTokenizer: opts.copyTokenizer ?? true,
         writeRecipe: opts.writeRecipe ?? true,
         overwrite: opts.overwrite ?? false,
+        recompute: opts.recompute,
         recipeFile: opts.recipeFile,
         evalPrompts: opts.report?.evalPrompts,
         cacheDir,

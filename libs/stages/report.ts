@@ -24,6 +24,8 @@ export interface ReportOptions {
   /** Counts of this run's work (default: the log); Nx replays a cached log, so executors send them to debug. */
   stats?: (line: string) => void;
   progress?: Progress;
+  /** Read nothing from the prompt-state cache. */
+  recompute?: boolean;
 }
 
 export interface ReportStats {
@@ -90,7 +92,7 @@ export async function runReport(merge: MergeContext, statesDir: string, gatesDir
         const i = typeof limit === 'number' ? ids.findIndex((t) => t.length > limit) : -1;
         if (i >= 0) throw new ForgeError('prompt_too_long', `prompt ${JSON.stringify(missing[i]!.slice(0, 60))} is ${ids[i]!.length} tokens long, more than the ${limit} of the base model ${ctx.base.ref} (max_position_embeddings): shorten it`, { file: prompts.some((p) => p.set === 'train' && p.text === missing[i]) ? merge.parsed.file : opts.evalPrompts });
       };
-      const r = await cachedHiddenStates(ctx.base, missing, { cacheDir: opts.cacheDir, device: opts.device, log: opts.log, warn: opts.warn, progress: opts.progress, checkIds });
+      const r = await cachedHiddenStates(ctx.base, missing, { cacheDir: opts.cacheDir, device: opts.device, log: opts.log, warn: opts.warn, progress: opts.progress, checkIds, recompute: opts.recompute });
       r.states.forEach((s, i) => states.set(missing[i]!, mode === 'hidden_avg' ? s.sum.map((v) => v.map((x) => x / s.count)) : s.last));
       stats.computed = r.computed;
       stats.fromCache = r.fromCache;

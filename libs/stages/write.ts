@@ -51,6 +51,8 @@ export interface WriteOptions {
   routing?: { report: RoutingReport; html: string };
   /** Files of the existing output known to have changed since they were written (rewritten, never kept). */
   suspect?: string[];
+  /** Keep nothing of the existing output: every shard and file is written again. */
+  recompute?: boolean;
 }
 
 export interface WriteResult {
@@ -280,7 +282,7 @@ export async function writeOutput(early: MergePlan, late: Promise<LateInputs>, o
       ? shardsOf(early).map((s) => ({ s, tensors: s.tensors.map((t) => earlyByName.get(t.name)!) }))
         .filter(({ tensors }) => !holdsGates(tensors))
         .map((x) => ({ ...x, hash: shardHash(early, x.tensors, null) }))
-        .filter(({ s, hash }) => existing?.shards?.[s.file] !== hash || opts.suspect?.includes(s.file))
+        .filter(({ s, hash }) => opts.recompute || existing?.shards?.[s.file] !== hash || opts.suspect?.includes(s.file))
       : [];
     const plannedFiles = (shardFiles: string[], routing: boolean) => [...shardFiles, ...(shardFiles.length > 1 ? ['model.safetensors.index.json'] : []), 'config.json', ...(opts.writeRecipe !== false ? ['mergekit_moe_config.yml', 'README.md', ...(routing ? ['routing.html'] : [])] : []), ...(opts.copyTokenizer ? [...TOKENIZER_FILES, ...CHAT_TEMPLATE_FILES].filter((f) => existsSync(join(opts.tokenizerDir, f))).concat('tokenizer_config.json', 'special_tokens_map.json') : []), ...(existsSync(join(opts.tokenizerDir, GENERATION_CONFIG)) ? [GENERATION_CONFIG] : [])];
     const disk = inPlace ? out : dirname(out);
@@ -324,7 +326,7 @@ export async function writeOutput(early: MergePlan, late: Promise<LateInputs>, o
         companions: await companionHashes(opts.tokenizerDir),
         ...(routing ? { routing: createHash('sha256').update(routing.html).digest('hex') } : {}),
       });
-      if (existing && existing.hash === hash && (opts.suspect ?? []).length === 0 && (await intact(out, existing))) {
+      if (!opts.recompute && existing && existing.hash === hash && (opts.suspect ?? []).length === 0 && (await intact(out, existing))) {
         opts.log?.(`output unchanged: ${opts.outPath}`);
         if (forget) {
           forget();
@@ -344,7 +346,7 @@ export async function writeOutput(early: MergePlan, late: Promise<LateInputs>, o
       const shards = shardsOf(plan);
       const byName = new Map(plan.tensors.map((t) => [t.name, t]));
       const shardHashes: Record<string, string> = {};
-      const reusable = (file: string) => existing?.shards?.[file] === shardHashes[file] && !opts.suspect?.includes(file);
+      const reusable = (file: string) => !opts.recompute && existing?.shards?.[file] === shardHashes[file] && !opts.suspect?.includes(file);
       for (const s of shards) shardHashes[s.file] = shardHash(plan, s.tensors.map((t) => byName.get(t.name)!), gates);
       // Names this build will write, known now: a file the user added under one of them stops the build before any work.
       const planned = plannedFiles(shards.map((s) => s.file), routing !== undefined);

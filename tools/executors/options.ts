@@ -25,6 +25,7 @@ export const StageOptionsSchema = z.object({
   shardOrder: z.enum(['grouped', 'reference']).default('grouped'),
   device: z.enum(['cpu', 'cuda', 'webgpu', 'auto']).default('cpu'),
   overwrite: z.boolean().default(false),
+  recompute: z.boolean().default(false),
   allowIdenticalModels: z.boolean().default(false),
   copyTokenizer: z.boolean().default(true),
   cacheDir: z.string().optional(),

@@ -8,6 +8,7 @@ export default function embedPromptsExecutor(options: unknown, context: Executor
   return runStage(options, context, async (env) => {
     const index = await runEmbedPrompts(await env.merge(), env.paths.stage('embed-prompts'), {
       cacheDir: cacheDirOf(env.options, env.paths),
+      recompute: env.options.recompute,
       device: env.options.device,
       log: (l) => logger.info(l),
       // Replayed by Nx on a cache hit, counts of this run would read as if computed again: debug only.

@@ -9,6 +9,7 @@ export default function fetchExecutor(options: unknown, context: ExecutorContext
     const parsed = await readRecipe(paths.recipe);
     await runFetch(parsed, paths.stage('fetch'), {
       cacheDir: cacheDirOf(o, paths),
+      recompute: o.recompute,
       modelBaseDir: paths.projectRoot,
       root: paths.workspaceRoot,
       allowIdenticalModels: o.allowIdenticalModels,

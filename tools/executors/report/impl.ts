@@ -17,6 +17,7 @@ export default function reportExecutor(options: unknown, context: ExecutorContex
     const { report } = await runReport(await env.merge(), env.paths.stage('embed-prompts'), env.paths.stage('build-gates'), env.paths.stage('report'), {
       name: context.projectName!,
       cacheDir: cacheDirOf(env.options, env.paths),
+      recompute: env.options.recompute,
       device: env.options.device,
       evalPrompts,
       log: (l) => logger.info(l),

@@ -34,6 +34,7 @@ export default function writeExecutor(options: unknown, context: ExecutorContext
       overwrite: o.overwrite,
       recipeFile: paths.recipe,
       cacheDir: cacheDirOf(o, paths),
+      recompute: o.recompute,
       warn: (l) => logger.warn(l),
       // Per-shard lines describe this run, not the result: debug, so a cache hit does not replay them as news.
       log: (l) => (/^(writing|kept) /.test(l) ? logger.debug(l) : logger.info(l)),
