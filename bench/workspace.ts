@@ -1,18 +1,14 @@
-/** Throwaway Nx workspaces and timed subprocesses for the benchmark (its own copy, not the test helpers). */
+/** Throwaway Nx workspaces (filled as the tests' are) and timed subprocesses for the benchmark. */
 import { spawn } from 'node:child_process';
-import { cpSync, mkdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { populateWorkspace } from '../tools/testing/workspace';
 import { join, relative, resolve } from 'node:path';
 
 export const ROOT = resolve(__dirname, '..');
 
 /** A workspace with this repository's plugin, libraries and installed packages (node_modules linked). */
 export function throwawayWorkspace(dir: string): string {
-  mkdirSync(dir, { recursive: true });
-  for (const f of ['nx.json', 'package.json', 'package-lock.json', 'tsconfig.base.json']) cpSync(join(ROOT, f), join(dir, f));
-  for (const d of ['libs', 'tools']) cpSync(join(ROOT, d), join(dir, d), { recursive: true });
-  symlinkSync(join(ROOT, 'node_modules'), join(dir, 'node_modules'), 'dir');
-  mkdirSync(join(dir, 'workspace-models'));
-  return dir;
+  return populateWorkspace(dir);
 }
 
 export function addRecipe(ws: string, name: string, yaml: string): string {

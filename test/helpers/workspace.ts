@@ -1,18 +1,13 @@
-import { cpSync, mkdirSync, symlinkSync, writeFileSync } from 'node:fs';
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { populateWorkspace } from '../../tools/testing/workspace';
 import { join } from 'node:path';
 import { run } from './cli';
-import { ROOT, tempDir } from './tmp';
+import { tempDir } from './tmp';
 
 /** A throwaway Nx workspace with this repository's plugin, libraries and installed packages. */
 export function throwawayWorkspace(prefix = 'moe-forge-ws-'): string {
-  const ws = tempDir(prefix);
-  for (const f of ['nx.json', 'package.json', 'package-lock.json', 'tsconfig.base.json']) cpSync(join(ROOT, f), join(ws, f));
-  for (const d of ['libs', 'tools', 'bin', 'scripts']) cpSync(join(ROOT, d), join(ws, d), { recursive: true });
-  symlinkSync(join(ROOT, 'node_modules'), join(ws, 'node_modules'), 'dir');
-  // What runs: the checkout's build (scripts/test.mjs builds it first), checked against the copied sources.
-  symlinkSync(join(ROOT, 'build'), join(ws, 'build'), 'dir');
-  mkdirSync(join(ws, 'workspace-models'));
-  return ws;
+  // scripts/test.mjs builds first: the linked build/ matches the copied sources.
+  return populateWorkspace(tempDir(prefix));
 }
 
 export function addRecipe(ws: string, name: string, yaml: string, projectJson?: object): void {
