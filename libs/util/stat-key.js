@@ -80,7 +80,8 @@ function settledKey(p) {
   // seconds (ext3, HFS+) need the full window. A write then waits ~50 ms to record, not a second.
   const sec = 1_000_000_000n;
   const tick = st.mtimeNs % sec === 0n && st.ctimeNs % sec === 0n ? RACY_NS : 50_000_000n;
-  sleepUntil((latest > at ? latest : at) + tick);
+  // Past the file's own last tick, not this look's: files recorded one after another then wait once, not each.
+  sleepUntil(latest + tick);
   return fileKey(p) === statKey(st) ? statKey(st) : 'changed';
 }
 
