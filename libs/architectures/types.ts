@@ -1,6 +1,7 @@
 import type { ModelConfig } from '../model-folder/config';
 import type { TensorIndex } from '../safetensors/reader';
-import type { Expert, GateMode, Recipe } from '../recipe/schema';
+import type { Expert, Recipe } from '../recipe/schema';
+import type { GateMode } from '../gates/modes';
 import type { PlanTensor } from '../plan/types';
 
 export interface ModelSource {

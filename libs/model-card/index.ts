@@ -1,6 +1,6 @@
 import { stringify } from 'yaml';
 import type { MergePlan, PlanModel, PlanTensor } from '../plan/types';
-import type { Expert, ModelReferenceInput, Recipe } from '../recipe/schema';
+import type { Expert, GateMode, ModelReferenceInput, Recipe } from '../recipe/schema';
 import type { RoutingReport } from '../report/types';
 import { markdownCode, markdownText } from '../util/escape';
 import { routingSection } from './routing';
@@ -10,7 +10,7 @@ export interface ModelCardInput {
   recipe: Recipe;
   /** The recipe exactly as written. */
   recipeText: string;
-  gateMode: string;
+  gateMode: GateMode;
   /** Routing report written beside the card (routing.html): adds a Routing section. */
   routing?: RoutingReport;
 }

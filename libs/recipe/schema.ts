@@ -1,10 +1,8 @@
 import { z } from 'zod';
 
-/** The six gate modes of the reference (spec 1.1). */
-export const GATE_MODES = ['hidden', 'hidden_avg', 'hidden_last', 'cheap_embed', 'random', 'uniform_random'] as const;
-export type GateMode = (typeof GATE_MODES)[number];
+import { DEFAULT_GATE_MODE, GATE_MODE_NAMES } from '../gates/modes';
 
-export const RANDOM_MODES: readonly GateMode[] = ['random', 'uniform_random'];
+export type { GateMode } from '../gates/modes';
 
 /** dtype names the reference accepts (dtype_from_name), with or without a `torch.` prefix. */
 export const DTYPE_NAMES = ['bfloat16', 'float16', 'float32', 'int64'] as const;
@@ -36,7 +34,7 @@ export type Expert = z.infer<typeof ExpertSchema>;
 export const RecipeSchema = z.strictObject({
   base_model: ModelReferenceSchema,
   experts: z.array(ExpertSchema),
-  gate_mode: z.enum(GATE_MODES).default('hidden'),
+  gate_mode: z.enum(GATE_MODE_NAMES).default(DEFAULT_GATE_MODE),
   dtype: z
     .string()
     .refine((s) => (DTYPE_NAMES as readonly string[]).includes(s.replace(/^torch\./, '')), {

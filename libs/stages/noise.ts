@@ -4,6 +4,7 @@ import { bf16BitsToF32, decodeFloats, dtypeSize, encodeFloats, f16BitsToF32, f32
 import { floatKernels, FLOAT_CAP, scaleThrough } from '../safetensors/float-wasm';
 import type { ArchContext, OutputArchitecture } from '../architectures/types';
 import type { PlanTensor, SourcePart } from '../plan/types';
+import { GATE_MODES, type GateMode } from '../gates/modes';
 
 /**
  * Expert noise (spec 3.6) behind one interface, chosen by the `rng` option: our per-tensor streams, or
@@ -30,11 +31,10 @@ export function advanceTorchState(seed: number, state: TorchRngState, fn: 'randn
 }
 
 /** The state after the reference's router draw (spec 6: the first draw), or the seed's state without one. */
-export function torchStateAfterGates(seed: number, gateMode: string, gateValues: number): TorchRngState {
+export function torchStateAfterGates(seed: number, gateMode: GateMode, gateValues: number): TorchRngState {
   const start: TorchRngState = { offset: 0, cachedNormal: null };
-  if (gateMode === 'random') return advanceTorchState(seed, start, 'randn', gateValues, 'F32');
-  if (gateMode === 'uniform_random') return advanceTorchState(seed, start, 'rand', gateValues, 'F32');
-  return start;
+  const draw = GATE_MODES[gateMode].random;
+  return draw ? advanceTorchState(seed, start, draw, gateValues, 'F32') : start;
 }
 
 /**

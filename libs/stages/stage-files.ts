@@ -2,6 +2,7 @@ import { readFile } from 'node:fs/promises';
 import { basename } from 'node:path';
 import { z } from 'zod';
 import { ForgeError, type ErrorPlace } from '../errors';
+import { GATE_MODE_NAMES, PROMPT_STATE_KINDS } from '../gates/modes';
 
 /**
  * Stage files are read back from Nx caches (local or remote, which someone else may write): each is read
@@ -82,7 +83,7 @@ export const GATES_INFO_SCHEMA = z.object({
   layers: int,
   experts: int,
   hidden: int,
-  gateMode: z.string(),
+  gateMode: z.enum(GATE_MODE_NAMES),
   conditionNumbers: z.array(z.union([z.number(), z.literal('Infinity')])),
   warnings: z.array(z.string()),
   deferred: z.boolean().optional(),
@@ -90,7 +91,7 @@ export const GATES_INFO_SCHEMA = z.object({
 
 export const PROMPT_STATES_SCHEMA = z.object({
   version: z.literal(1),
-  mode: z.enum(['cheap_embed', 'hidden', 'none']),
+  mode: z.enum(PROMPT_STATE_KINDS),
   device: z.string().nullable(),
   layers: int,
   hidden: int,
@@ -108,7 +109,7 @@ export const ROUTING_SCHEMA = z
   .object({
     version: z.literal(1),
     name: z.string(),
-    gateMode: z.string(),
+    gateMode: z.enum(GATE_MODE_NAMES),
     topK: int,
     state: z.string(),
     layers: int,
