@@ -1,5 +1,5 @@
 import { GATE_MODES } from '../gates/modes';
-import { dtypeToTorchName, type FloatDtype } from '../safetensors/dtype';
+import { dtypeToTorchName } from '../safetensors/dtype';
 import { ATTN_PROJS, CONFIG_FLOATS, copied, copiedIfPresent, expertTensor, hasPrompts, modelTypeProblem, router, type MlpProj } from './common';
 import type { PlanTensor } from '../plan/types';
 import type { OutputArchitecture } from './types';
@@ -52,7 +52,7 @@ export const deepseek: OutputArchitecture = {
       AutoModelForCausalLM: `${DEEPSEEK_REPO}--modeling_deepseek.DeepseekForCausalLM`,
     };
     if (ctx.outDtype !== null) {
-      out.torch_dtype = dtypeToTorchName(ctx.outDtype as FloatDtype);
+      out.torch_dtype = dtypeToTorchName(ctx.outDtype);
       // Our addition: a transformers-5 base's `dtype` key would otherwise contradict torch_dtype.
       if ('dtype' in out) out.dtype = out.torch_dtype;
     }

@@ -5,6 +5,8 @@
  * fails when a consumer's list drifts from this table.
  */
 
+import { orList } from '../util/prose';
+
 /** What embed-prompts stores for a mode: per-layer hidden states, token-embedding sums, or nothing. */
 export const PROMPT_STATE_KINDS = ['cheap_embed', 'hidden', 'none'] as const;
 export type PromptStateKind = (typeof PROMPT_STATE_KINDS)[number];
@@ -60,11 +62,6 @@ export const DEFAULT_GATE_MODE: GateMode = 'hidden';
 
 export function gateModeSpec(mode: GateMode): GateModeSpec {
   return GATE_MODES[mode];
-}
-
-/** `a`, `a or b`, `a, b or c`. */
-function orList(items: readonly string[]): string {
-  return items.length <= 1 ? items.join('') : `${items.slice(0, -1).join(', ')} or ${items[items.length - 1]}`;
 }
 
 /** The modes that need no prompts, as prose ("random"). */

@@ -1,11 +1,15 @@
 import { z } from 'zod';
 
 import { DEFAULT_GATE_MODE, GATE_MODE_NAMES } from '../gates/modes';
+import { OUTPUT_DTYPE_NAMES } from '../safetensors/dtype-table';
 
 export type { GateMode } from '../gates/modes';
 
-/** dtype names the reference accepts (dtype_from_name), with or without a `torch.` prefix. */
-export const DTYPE_NAMES = ['bfloat16', 'float16', 'float32', 'int64'] as const;
+/**
+ * dtype names the reference accepts (dtype_from_name), with or without a `torch.` prefix. int64 passes here as
+ * there, and is refused with its line when the merge is loaded (no output dtype).
+ */
+export const DTYPE_NAMES = [...OUTPUT_DTYPE_NAMES, 'int64'];
 
 const modelPath = z.string().min(1, 'must be a non-empty model path or Hub id');
 
@@ -37,7 +41,7 @@ export const RecipeSchema = z.strictObject({
   gate_mode: z.enum(GATE_MODE_NAMES).default(DEFAULT_GATE_MODE),
   dtype: z
     .string()
-    .refine((s) => (DTYPE_NAMES as readonly string[]).includes(s.replace(/^torch\./, '')), {
+    .refine((s) => DTYPE_NAMES.includes(s.replace(/^torch\./, '')), {
       message: `expected one of ${DTYPE_NAMES.join(', ')} (optionally prefixed with "torch.")`,
     })
     .nullish(),

@@ -61,7 +61,8 @@ export function assignTorchNoise(ctx: ArchContext, arch: OutputArchitecture, ten
     byStream.delete(stream);
     p.noise.torch = { ...state };
     const n = p.shape.reduce((a, b) => a * b, 1);
-    state = advanceTorchState(ctx.seed, state, 'randn', n, p.dtype as FloatDtype);
+    // A float64 source's draw is counted as a 16-bit dtype's (as it always was; write noises it in float32).
+    state = advanceTorchState(ctx.seed, state, 'randn', n, p.dtype === 'F64' ? 'BF16' : p.dtype);
   }
   if (byStream.size > 0) throw new Error(`internal: noised tensors outside the reference's draw order: ${[...byStream.keys()].join(', ')}`);
 }
@@ -133,8 +134,8 @@ export interface NoiseApplier {
 export function noiseApplier(part: SourcePart, seeker: () => TorchDrawSeeker): NoiseApplier | null {
   const noise = part.noise;
   if (!noise) return null;
-  const dtype = part.dtype as FloatDtype;
-  if (dtype !== 'F32' && dtype !== 'BF16' && dtype !== 'F16') throw new Error(`internal: noise on a ${part.dtype} tensor`);
+  const dtype = part.dtype;
+  if (dtype === 'F64') throw new Error(`internal: noise on a ${part.dtype} tensor`);
   const scale = Math.fround(noise.scale);
   const n = part.shape.reduce((a, b) => a * b, 1);
   let normals: NormalSource;

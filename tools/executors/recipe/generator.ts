@@ -4,6 +4,8 @@ import { checkRecipe } from '../../../libs/recipe/validate';
 import { PLACEHOLDER_PROMPT } from '../../../libs/recipe/placeholders';
 import { DEFAULT_GATE_MODE, GATE_MODES, gateModesHelp, type GateMode } from '../../../libs/gates/modes';
 import { looksLikeRepoId } from '../../../libs/resolve/reference';
+import { OUTPUT_DTYPE_NAMES } from '../../../libs/safetensors/dtype-table';
+import { orList } from '../../../libs/util/prose';
 import { existsSync, statSync } from 'node:fs';
 import { posix } from 'node:path';
 
@@ -46,7 +48,7 @@ export function recipeText(o: RecipeGeneratorOptions): string {
     `base_model: ${q(o.base)}`,
     ...comment(`Routers: ${gateModesHelp()}.`),
     `gate_mode: ${mode}`,
-    '# Output dtype: bfloat16, float16 or float32 (default: the base model\'s).',
+    `# Output dtype: ${orList(OUTPUT_DTYPE_NAMES)} (default: the base model's).`,
     `dtype: ${o.dtype ?? 'bfloat16'}`,
     '# Experts active per token (top-k).',
     `experts_per_token: ${o.expertsPerToken ?? 2}`,
