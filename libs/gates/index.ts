@@ -78,6 +78,11 @@ export interface PromptStates {
   count: number;
 }
 
+/** One prompt's own state per layer under a reduction (the routing report's): its last token's, or its tokens' mean. */
+export function promptState(s: PromptStates, reduction: HiddenReduction): Float32Array[] {
+  return reduction === 'avg' ? s.sum.map((v) => v.map((x) => x / s.count)) : s.last;
+}
+
 /**
  * The per-layer vector of a prompt batch (spec 2.2): the plain mean over prompts of each prompt's last
  * token, or (avg) of the reference's padded mean (sum + (T − n)·pad) / T, T being the batch's longest prompt.

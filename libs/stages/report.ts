@@ -10,6 +10,7 @@ import type { MergeContext } from './context';
 import { cachedHiddenStates, embeddingSums, expectedPromptStates, readPromptStates } from './embed-prompts';
 import { gatesForAssembly } from './build-gates';
 import { GATE_MODES } from '../gates/modes';
+import { promptState } from '../gates';
 import type { Progress } from '../util/progress';
 
 export interface ReportOptions {
@@ -47,9 +48,9 @@ export async function readEvalPrompts(file: string, experts: number): Promise<Ev
 export async function runReport(merge: MergeContext, statesDir: string, gatesDir: string, outDir: string, opts: ReportOptions): Promise<{ report: RoutingReport; html: string; stats: ReportStats }> {
   const { ctx } = merge;
   const mode = GATE_MODES[ctx.gateMode];
-  // Random gates have no states of their own: prompts meet them as last-token hidden states.
   const embeddings = mode.states === 'cheap_embed';
-  const avg = mode.reduction === 'avg';
+  // Random gates have no states of their own: prompts meet them as last-token hidden states.
+  const reduction = mode.reduction ?? 'last';
   const { gates, warnings } = await gatesForAssembly(merge, gatesDir);
   const R = ctx.experts.length;
   const experts: ReportExpert[] = merge.gatedExperts.map((e, i) => ({ index: i, label: e.shared ? `shared ${e.index}` : `expert ${e.index}`, model: e.model.ref, shared: e.shared }));
@@ -69,8 +70,7 @@ export async function runReport(merge: MergeContext, statesDir: string, gatesDir
     const stored = await readPromptStates(statesDir, expectedPromptStates(merge));
     for (const [i, p] of stored.index.prompts.entries()) {
       if (embeddings) states.set(p.text, [await stored.tensor(`p${i}.sum`)]);
-      else if (avg) states.set(p.text, split((await stored.tensor(`p${i}.sum`)).map((x) => x / p.count), L));
-      else states.set(p.text, split(await stored.tensor(`p${i}.last`), L));
+      else states.set(p.text, promptState({ last: split(await stored.tensor(`p${i}.last`), L), sum: split(await stored.tensor(`p${i}.sum`), L), count: p.count }, reduction));
     }
   }
   const missing = [...new Set(prompts.map((p) => p.text))].filter((t) => !states.has(t));
@@ -86,7 +86,7 @@ export async function runReport(merge: MergeContext, statesDir: string, gatesDir
         if (i >= 0) throw new ForgeError('prompt_too_long', `prompt ${JSON.stringify(missing[i]!.slice(0, 60))} is ${ids[i]!.length} tokens long, more than the ${limit} of the base model ${ctx.base.ref} (max_position_embeddings): shorten it`, { file: prompts.some((p) => p.set === 'train' && p.text === missing[i]) ? merge.parsed.file : opts.evalPrompts });
       };
       const r = await cachedHiddenStates(ctx.base, missing, { cacheDir: opts.cacheDir, device: opts.device, log: opts.log, warn: opts.warn, progress: opts.progress, checkIds });
-      r.states.forEach((s, i) => states.set(missing[i]!, avg ? s.sum.map((v) => v.map((x) => x / s.count)) : s.last));
+      r.states.forEach((s, i) => states.set(missing[i]!, promptState(s, reduction)));
       stats.computed = r.computed;
       stats.fromCache = r.fromCache;
     }
