@@ -73,12 +73,15 @@ test('the recipe checks skip the prompt checks exactly for the modes that need n
   }
 });
 
-/** Sources outside the table that compare a gate mode with a name, or list two mode names: none. */
+/** Sources outside the table that compare a gate mode with a name, or list two mode names: none (libs, tools, bench). */
 test('no source outside the gate-mode table names gate modes', () => {
   const allowed = new Set(['libs/gates/modes.ts', 'tools/executors/recipe/schema.json']);
   const names = GATE_MODE_NAMES.join('|');
   const compare = new RegExp(`(gateMode|gate_mode)\\s*[!=]==?\\s*['"](${names})['"]|(gateMode|gate_mode)\\.startsWith`);
   const literal = new RegExp(`['"](${names})['"]`, 'g');
+  // Names that are modes only (not also prompt-state kinds), compared with anything.
+  const modeOnly = GATE_MODE_NAMES.filter((m) => !(PROMPT_STATE_KINDS as readonly string[]).includes(m)).join('|');
+  const compareAny = new RegExp(`[!=]==?\\s*['"](${modeOnly})['"]|['"](${modeOnly})['"]\\s*[!=]==?`);
   const offenders: string[] = [];
   const walk = (dir: string) => {
     for (const e of readdirSync(dir, { withFileTypes: true })) {
@@ -88,7 +91,7 @@ test('no source outside the gate-mode table names gate modes', () => {
       } else if (/\.(ts|js|json)$/.test(e.name) && !allowed.has(relative(ROOT, p))) {
         readFileSync(p, 'utf8').split('\n').forEach((line, i) => {
           const listed = new Set([...line.matchAll(literal)].map((x) => x[1]));
-          if (compare.test(line) || listed.size >= 2) offenders.push(`${relative(ROOT, p)}:${i + 1}: ${line.trim()}`);
+          if (compare.test(line) || compareAny.test(line) || listed.size >= 2) offenders.push(`${relative(ROOT, p)}:${i + 1}: ${line.trim()}`);
         });
       }
     }
