@@ -1,5 +1,6 @@
-import { dtypeToTorchName, type FloatDtype } from '../safetensors/dtype';
+import { dtypeToTorchName, type WeightDtype } from '../safetensors/dtype';
 import type { ModelConfig } from '../model-folder/config';
+import { weightDtype } from '../model-folder/shapes';
 import { ModelError } from '../errors';
 import type { PlanPart, PlanTensor, SourcePart } from '../plan/types';
 import type { ArchContext, ExpertSource, ModelSource } from './types';
@@ -20,10 +21,11 @@ export function sourcePart(model: ModelSource, tensor: string): SourcePart {
     throw loc instanceof Error ? loc : new ModelError('missing_tensor', `tensor missing from model ${model.ref}`, { file: model.dir, tensor });
   }
   const loc = model.weights.get(tensor);
-  return { kind: 'source', model: model.key, tensor, file: loc.file, offset: loc.offset, byteLength: loc.byteLength, dtype: loc.dtype, shape: loc.shape };
+  // checkModelTensors refused other dtypes already; this narrows the header's name to the type.
+  return { kind: 'source', model: model.key, tensor, file: loc.file, offset: loc.offset, byteLength: loc.byteLength, dtype: weightDtype(model.ref, tensor, loc), shape: loc.shape };
 }
 
-export function outDtypeFor(ctx: ArchContext, srcDtype: string): string {
+export function outDtypeFor(ctx: ArchContext, srcDtype: WeightDtype): WeightDtype {
   return ctx.outDtype ?? srcDtype;
 }
 
@@ -97,7 +99,7 @@ export function modelTypeProblem(ctx: ArchContext, allowed: readonly string[]): 
 }
 
 export function configDtype(ctx: ArchContext, out: Record<string, unknown>): void {
-  const name = ctx.outDtype === null ? null : dtypeToTorchName(ctx.outDtype as FloatDtype);
+  const name = ctx.outDtype === null ? null : dtypeToTorchName(ctx.outDtype);
   const key = 'dtype' in ctx.base.config.raw && !('torch_dtype' in ctx.base.config.raw) ? 'dtype' : 'torch_dtype';
   out[key] = name;
 }
@@ -107,7 +109,7 @@ export function sortedKeys(o: Record<string, unknown>): Record<string, unknown> 
 }
 
 /** A tensor of zeros (Qwen2-MoE's attention biases for bases that have none). */
-export function zerosTensor(name: string, dtype: string, elements: number): PlanTensor {
+export function zerosTensor(name: string, dtype: WeightDtype, elements: number): PlanTensor {
   return { name, dtype, shape: [elements], parts: [{ kind: 'zeros', elements }], group: 'base' };
 }
 

@@ -1,4 +1,5 @@
-import { dtypeToTorchName, type FloatDtype } from '../safetensors/dtype';
+import { GATE_MODES } from '../gates/modes';
+import { dtypeToTorchName } from '../safetensors/dtype';
 import { ATTN_PROJS, CONFIG_FLOATS, copied, copiedIfPresent, expertTensor, hasPrompts, modelTypeProblem, router, type MlpProj } from './common';
 import type { PlanTensor } from '../plan/types';
 import type { OutputArchitecture } from './types';
@@ -29,7 +30,7 @@ export const deepseek: OutputArchitecture = {
   },
   // The shared expert is never gated, but in the random modes the reference still draws its row (spec 0 step 6),
   // which the degenerate-gate check then sees; non-random modes have no prompts to build one from.
-  gatedSharedExperts: (ctx) => (ctx.gateMode === 'random' || ctx.gateMode === 'uniform_random' ? ctx.shared.length : 0),
+  gatedSharedExperts: (ctx) => (GATE_MODES[ctx.gateMode].random ? ctx.shared.length : 0),
   // DeepseekConfig of deepseek-ai/deepseek-moe-16b-base (its remote code): aux_loss_alpha is a float too.
   floatKeys: [...CONFIG_FLOATS, 'aux_loss_alpha'],
   config(ctx) {
@@ -51,7 +52,7 @@ export const deepseek: OutputArchitecture = {
       AutoModelForCausalLM: `${DEEPSEEK_REPO}--modeling_deepseek.DeepseekForCausalLM`,
     };
     if (ctx.outDtype !== null) {
-      out.torch_dtype = dtypeToTorchName(ctx.outDtype as FloatDtype);
+      out.torch_dtype = dtypeToTorchName(ctx.outDtype);
       // Our addition: a transformers-5 base's `dtype` key would otherwise contradict torch_dtype.
       if ('dtype' in out) out.dtype = out.torch_dtype;
     }

@@ -1,3 +1,4 @@
+import { GATE_MODES, promptFreeModes } from '../gates/modes';
 import { CONFIG_FLOATS, configDtype, copied, expertTensor, fillDefaults, baseConfigCopy, hasPrompts, modelTypeProblem, router, sortedKeys, zerosTensor, type MlpProj, qwenMoeDefaults } from './common';
 import type { PlanTensor } from '../plan/types';
 import type { ArchContext, OutputArchitecture } from './types';
@@ -26,9 +27,9 @@ export const qwen2Moe: OutputArchitecture = {
   noiseDrawOrder: { perExpert: false, projs: QWEN2_MLP },
   rejects(ctx) {
     if (ctx.shared.length !== 1) return `Qwen MoE needs exactly one shared expert (got ${ctx.shared.length})`;
-    // uniform_random is not exempt here (unlike "random"), as in the reference.
-    if (ctx.gateMode !== 'random' && !hasPrompts(ctx.shared[0]!.spec.positive_prompts)) {
-      return `Qwen MoE needs positive prompts on its shared expert unless gate_mode is random (gate_mode is ${ctx.gateMode})`;
+    // The modes that skip is_bad_config's prompt checks are exempt here too (uniform_random is not), as in the reference.
+    if (GATE_MODES[ctx.gateMode].needsPrompts && !hasPrompts(ctx.shared[0]!.spec.positive_prompts)) {
+      return `Qwen MoE needs positive prompts on its shared expert unless gate_mode is ${promptFreeModes()} (gate_mode is ${ctx.gateMode})`;
     }
     return modelTypeProblem(ctx, ['llama', 'mistral', 'qwen2']);
   },

@@ -1,6 +1,8 @@
 import type { ModelConfig } from '../model-folder/config';
 import type { TensorIndex } from '../safetensors/reader';
-import type { Expert, GateMode, Recipe } from '../recipe/schema';
+import type { Expert, Recipe } from '../recipe/schema';
+import type { GateMode } from '../gates/modes';
+import type { FloatDtype } from '../safetensors/dtype';
 import type { PlanTensor } from '../plan/types';
 
 export interface ModelSource {
@@ -29,7 +31,7 @@ export interface ArchContext {
   experts: ExpertSource[];
   shared: ExpertSource[];
   /** Output dtype (safetensors name) or null to keep each source's dtype. */
-  outDtype: string | null;
+  outDtype: FloatDtype | null;
   layout: 'classic' | 'fused';
   seed: number;
   /** Random draws: our per-tensor streams (default), or PyTorch's generator in the reference's order. */

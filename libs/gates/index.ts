@@ -1,9 +1,11 @@
 import { Rng } from './rng';
 import { TorchGenerator } from './torch-rng';
 import { conditionNumber } from './linalg';
+import type { HiddenReduction, RandomDraw } from './modes';
 
 export { Rng } from './rng';
 export { conditionNumber, singularValues } from './linalg';
+export type { HiddenReduction, RandomDraw } from './modes';
 
 /** Gate vectors G of shape [layers, experts, hidden] (spec 2), row-major float32. */
 export interface GateTensor {
@@ -44,13 +46,19 @@ export function uniformRandomGates(layers: number, experts: number, hidden: numb
  * (spec 2.5, 2.6): `randn(L, N, H)`, or `rand(L, N, H) * 2 * s - s` with s = sqrt(1/H), each operation in
  * float32 as torch does it (the Python scalar cast to float32).
  */
-export function torchRandomGates(mode: 'random' | 'uniform_random', layers: number, experts: number, hidden: number, gen: TorchGenerator): GateTensor {
+export function torchRandomGates(draw: RandomDraw, layers: number, experts: number, hidden: number, gen: TorchGenerator): GateTensor {
   const n = layers * experts * hidden;
-  if (mode === 'random') return { layers, experts, hidden, data: gen.randn(n, 'F32') };
+  if (draw === 'randn') return { layers, experts, hidden, data: gen.randn(n, 'F32') };
   const u = gen.rand(n, 'F32');
   const s = Math.fround(Math.sqrt(1 / hidden));
   for (let i = 0; i < n; i++) u[i] = Math.fround(Math.fround(u[i]! * 2 * s) - s);
   return { layers, experts, hidden, data: u };
+}
+
+/** A random mode's gates from the seed: our own streams, or PyTorch's generator (`rng: torch`). */
+export function drawnGates(draw: RandomDraw, layers: number, experts: number, hidden: number, seed: number, rng: 'stream' | 'torch'): GateTensor {
+  if (rng === 'torch') return torchRandomGates(draw, layers, experts, hidden, new TorchGenerator(seed));
+  return draw === 'randn' ? randomGates(layers, experts, hidden, seed) : uniformRandomGates(layers, experts, hidden, seed);
 }
 
 /** v / max(|v|, 1e-8), in float64. */
@@ -70,7 +78,10 @@ export interface PromptStates {
   count: number;
 }
 
-export type HiddenReduction = 'last' | 'avg';
+/** One prompt's own state per layer under a reduction (the routing report's): its last token's, or its tokens' mean. */
+export function promptState(s: PromptStates, reduction: HiddenReduction): Float32Array[] {
+  return reduction === 'avg' ? s.sum.map((v) => v.map((x) => x / s.count)) : s.last;
+}
 
 /**
  * The per-layer vector of a prompt batch (spec 2.2): the plain mean over prompts of each prompt's last

@@ -1,7 +1,8 @@
 import { stringify } from 'yaml';
 import type { MergePlan, PlanModel, PlanTensor } from '../plan/types';
-import type { Expert, ModelReferenceInput, Recipe } from '../recipe/schema';
+import type { Expert, GateMode, ModelReferenceInput, Recipe } from '../recipe/schema';
 import type { RoutingReport } from '../report/types';
+import { dtypeToTorchName } from '../safetensors/dtype-table';
 import { markdownCode, markdownText } from '../util/escape';
 import { routingSection } from './routing';
 
@@ -10,7 +11,7 @@ export interface ModelCardInput {
   recipe: Recipe;
   /** The recipe exactly as written. */
   recipeText: string;
-  gateMode: string;
+  gateMode: GateMode;
   /** Routing report written beside the card (routing.html): adds a Routing section. */
   routing?: RoutingReport;
 }
@@ -24,7 +25,6 @@ export interface ParameterCounts {
   routers: number;
 }
 
-const DTYPE_NAME: Record<string, string> = { F32: 'float32', F16: 'float16', BF16: 'bfloat16' };
 
 const elements = (t: PlanTensor) => t.shape.reduce((a, b) => a * b, 1);
 
@@ -136,7 +136,7 @@ export function modelCard(input: ModelCardInput): string {
     `- Base model: ${cell(refText(recipe.base_model))}`,
     `- Experts: ${recipe.experts.length} routed, ${topK} per token${shared.length > 0 ? `, ${shared.length} shared` : ''}`,
     `- Gate mode: ${gateMode}`,
-    `- Output dtype: ${plan.outDtype === null ? 'as the sources' : (DTYPE_NAME[plan.outDtype] ?? plan.outDtype)}`,
+    `- Output dtype: ${plan.outDtype === null ? 'as the sources' : dtypeToTorchName(plan.outDtype)}`,
     ...(localDirs.length > 0 ? [`- Local source models (not on the Hub): ${localDirs.map(markdownCode).join(', ')}`] : []),
     '',
     '## Experts',

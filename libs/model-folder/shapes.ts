@@ -1,9 +1,13 @@
 import { ModelError } from '../errors';
 import type { ModelConfig } from './config';
 import type { TensorIndex } from '../safetensors/reader';
+import { isWeightDtype, WEIGHT_DTYPES, type WeightDtype } from '../safetensors/dtype-table';
 
-/** Dtypes a merge can read as numbers (FP8 needs its scale tensors, integers are quantised: neither is a plain weight). */
-export const READABLE_DTYPES = ['F32', 'F16', 'BF16', 'F64'] as const;
+/** A tensor's dtype, when a merge can read it as numbers; else the error naming the tensor. */
+export function weightDtype(ref: string, name: string, t: { dtype: string; file: string }): WeightDtype {
+  if (isWeightDtype(t.dtype)) return t.dtype;
+  throw new ModelError('unsupported_dtype', `model ${ref} stores this tensor as ${t.dtype}; only ${WEIGHT_DTYPES.join(', ')} weights can be merged (dequantise the model first)`, { file: t.file, tensor: name });
+}
 
 /** Every tensor name a dense decoder of this config may hold, with the shape its config.json implies. */
 export function expectedShapes(cfg: ModelConfig): Map<string, number[]> {
@@ -47,9 +51,7 @@ export function checkModelTensors(ref: string, config: ModelConfig, weights: Pic
   for (const [name, want] of expectedShapes(config)) {
     if (!weights.has(name)) continue;
     const t = weights.get(name);
-    if (!(READABLE_DTYPES as readonly string[]).includes(t.dtype)) {
-      throw new ModelError('unsupported_dtype', `model ${ref} stores this tensor as ${t.dtype}; only ${READABLE_DTYPES.join(', ')} weights can be merged (dequantise the model first)`, { file: t.file, tensor: name });
-    }
+    weightDtype(ref, name, t);
     if (t.shape.length !== want.length || t.shape.some((d, i) => d !== want[i])) {
       throw new ModelError('shape_mismatch', `model ${ref} has shape [${t.shape.join(', ')}] but ${config.file} implies [${want.join(', ')}]`, { file: t.file, tensor: name });
     }

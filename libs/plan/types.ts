@@ -1,5 +1,7 @@
 /** plan.json: every output tensor in write order, with where its bytes come from. */
 
+import type { FloatDtype, WeightDtype } from '../safetensors/dtype-table';
+
 export interface NoiseTransform {
   scale: number;
   /** Named stream of our seeded generator, so each tensor's noise is independent of write order. */
@@ -21,7 +23,7 @@ export interface SourcePart {
   file: string;
   offset: number;
   byteLength: number;
-  dtype: string;
+  dtype: WeightDtype;
   shape: number[];
   noise?: NoiseTransform;
   /** Multiply by this after noise (residual_scale on down_proj). */
@@ -44,7 +46,7 @@ export type PlanPart = SourcePart | GatePart | ZerosPart;
 
 export interface PlanTensor {
   name: string;
-  dtype: string;
+  dtype: WeightDtype;
   shape: number[];
   parts: PlanPart[];
   /**
@@ -69,7 +71,7 @@ export interface MergePlan {
   version: 1;
   architecture: string;
   layout: 'classic' | 'fused';
-  outDtype: string | null;
+  outDtype: FloatDtype | null;
   config: Record<string, unknown>;
   /**
    * How each number of `config` is written, by JSON path (libs/json pathKey): the base's literal when copied

@@ -2,7 +2,8 @@ import { isMap, isSeq, type Document, type LineCounter } from 'yaml';
 import type { z } from 'zod';
 import { RecipeError } from '../errors';
 import { parseYamlInput, readInputText, RECIPE } from '../input';
-import { EXPERT_KEYS, GATE_MODES, RecipeSchema, TOP_LEVEL_KEYS, type Recipe } from './schema';
+import { GATE_MODE_NAMES } from '../gates/modes';
+import { EXPERT_KEYS, RecipeSchema, TOP_LEVEL_KEYS, type Recipe } from './schema';
 import { suggest } from './suggest';
 
 export interface ParsedRecipe {
@@ -51,8 +52,8 @@ function describeIssue(issue: z.core.$ZodIssue): { message: string; key?: string
   }
   if (issue.code === 'invalid_value' && path[path.length - 1] === 'gate_mode') {
     const got = (issue as { input?: unknown }).input;
-    const s = typeof got === 'string' ? suggest(got, GATE_MODES) : null;
-    return { message: `unknown gate_mode ${JSON.stringify(got)}${s ? ` (did you mean "${s}"?)` : ''}; expected one of ${GATE_MODES.join(', ')}` };
+    const s = typeof got === 'string' ? suggest(got, GATE_MODE_NAMES) : null;
+    return { message: `unknown gate_mode ${JSON.stringify(got)}${s ? ` (did you mean "${s}"?)` : ''}; expected one of ${GATE_MODE_NAMES.join(', ')}` };
   }
   if ((issue as { input?: unknown }).input === undefined) {
     return { message: `is required${issue.code === 'invalid_type' ? ` (${issue.expected})` : ''}` };

@@ -1,13 +1,15 @@
 import { z } from 'zod';
 
-/** The six gate modes of the reference (spec 1.1). */
-export const GATE_MODES = ['hidden', 'hidden_avg', 'hidden_last', 'cheap_embed', 'random', 'uniform_random'] as const;
-export type GateMode = (typeof GATE_MODES)[number];
+import { DEFAULT_GATE_MODE, GATE_MODE_NAMES } from '../gates/modes';
+import { OUTPUT_DTYPE_NAMES } from '../safetensors/dtype-table';
 
-export const RANDOM_MODES: readonly GateMode[] = ['random', 'uniform_random'];
+export type { GateMode } from '../gates/modes';
 
-/** dtype names the reference accepts (dtype_from_name), with or without a `torch.` prefix. */
-export const DTYPE_NAMES = ['bfloat16', 'float16', 'float32', 'int64'] as const;
+/**
+ * dtype names the reference accepts (dtype_from_name), with or without a `torch.` prefix. int64 passes here as
+ * there, and is refused with its line when the merge is loaded (no output dtype).
+ */
+export const DTYPE_NAMES = [...OUTPUT_DTYPE_NAMES, 'int64'];
 
 const modelPath = z.string().min(1, 'must be a non-empty model path or Hub id');
 
@@ -36,10 +38,10 @@ export type Expert = z.infer<typeof ExpertSchema>;
 export const RecipeSchema = z.strictObject({
   base_model: ModelReferenceSchema,
   experts: z.array(ExpertSchema),
-  gate_mode: z.enum(GATE_MODES).default('hidden'),
+  gate_mode: z.enum(GATE_MODE_NAMES).default(DEFAULT_GATE_MODE),
   dtype: z
     .string()
-    .refine((s) => (DTYPE_NAMES as readonly string[]).includes(s.replace(/^torch\./, '')), {
+    .refine((s) => DTYPE_NAMES.includes(s.replace(/^torch\./, '')), {
       message: `expected one of ${DTYPE_NAMES.join(', ')} (optionally prefixed with "torch.")`,
     })
     .nullish(),

@@ -1,6 +1,7 @@
 import { RecipeError } from '../errors';
 import type { ParsedRecipe } from './parse';
 import { formatReference, parseModelReference } from '../resolve/reference';
+import { GATE_MODES, promptFreeModes } from '../gates/modes';
 
 export interface ValidateOptions {
   /** --i-understand-this-is-not-useful-without-training */
@@ -18,10 +19,10 @@ export function checkRecipe(parsed: ParsedRecipe, opts: ValidateOptions = {}): v
   else if (recipe.experts.length < recipe.experts_per_token) {
     fail(`Must include at least as many experts as experts_per_token (${recipe.experts.length} experts, experts_per_token ${recipe.experts_per_token}).`, ['experts']);
   }
-  if (problems.length === 0 && recipe.gate_mode !== 'random') {
+  if (problems.length === 0 && GATE_MODES[recipe.gate_mode].needsPrompts) {
     recipe.experts.forEach((e, i) => {
       if (!e.positive_prompts || e.positive_prompts.length === 0) {
-        fail(`Expert ${i} has no positive prompts (gate_mode ${recipe.gate_mode} needs them; only "random" does without).`, ['experts', i]);
+        fail(`Expert ${i} has no positive prompts (gate_mode ${recipe.gate_mode} needs them; only "${promptFreeModes()}" does without).`, ['experts', i]);
       }
     });
     const sig = (e: (typeof recipe.experts)[number]) => JSON.stringify([e.positive_prompts ?? [], e.negative_prompts ?? []]);

@@ -1,4 +1,5 @@
 import { conditionNumber, singularValues, gateRow, type GateTensor } from '../gates';
+import type { GateMode } from '../gates/modes';
 import type { LayerReport, Reason, ReportExpert, ReportPrompt, ReportSummary, Route, RoutingReport } from './types';
 
 /** Gate rows with a cosine at least this are "nearly parallel": the router cannot tell the two experts apart. */
@@ -14,7 +15,7 @@ export const DEGENERATE_CONDITION = 5;
 
 export interface ReportInput {
   name: string;
-  gateMode: string;
+  gateMode: GateMode;
   topK: number;
   state: string;
   gates: GateTensor;

@@ -1,5 +1,7 @@
 /** routing.json: what the routers do with the prompts, layer by layer, before anyone loads the model. */
 
+import type { GateMode } from '../gates/modes';
+
 export interface ReportExpert {
   /** Row of the gate tensor: routed experts first, then gated shared experts. */
   index: number;
@@ -94,7 +96,7 @@ export interface ReportSummary {
 export interface RoutingReport {
   version: 1;
   name: string;
-  gateMode: string;
+  gateMode: GateMode;
   topK: number;
   /** Which state of a prompt the report routes: what the gates were built from. */
   state: string;

@@ -1,6 +1,5 @@
-import { WasmChunk, type Dt } from './float-wasm';
-
-const WIDTH: Record<string, number> = { F32: 4, BF16: 2, F16: 2 };
+import { WasmChunk } from './float-wasm';
+import { DTYPE_SIZES, isFloatDtype } from './dtype-table';
 
 /**
  * Chunk buffers for streaming writes, reused instead of allocated per chunk: a fresh 16 MB buffer per chunk
@@ -51,10 +50,11 @@ export class ChunkPool {
    */
   castInPlace(buf: Buffer, from: string, to: string): Buffer | null {
     const chunk = this.kernels.get(buf.buffer as ArrayBuffer);
-    const a = WIDTH[from], b = WIDTH[to];
-    if (!chunk || buf.byteOffset !== 0 || a === undefined || b === undefined || b > a) return null;
+    if (!chunk || buf.byteOffset !== 0 || !isFloatDtype(from) || !isFloatDtype(to)) return null;
+    const a = DTYPE_SIZES[from]!, b = DTYPE_SIZES[to]!;
+    if (b > a) return null;
     const n = buf.length / a;
-    chunk.castInPlace(n, from as Dt, to as Dt);
+    chunk.castInPlace(n, from, to);
     return Buffer.from(buf.buffer, 0, n * b);
   }
 

@@ -1,16 +1,10 @@
 import { SafetensorsError } from '../errors';
 import type { ChunkPool } from './chunk-pool';
 import { castThrough, floatKernels } from './float-wasm';
+import { DTYPE_SIZES, FLOAT_DTYPES, isFloatDtype, OUTPUT_DTYPE_NAMES, OUTPUT_DTYPES, type FloatDtype } from './dtype-table';
+import { orList } from '../util/prose';
 
-/** Element sizes of every dtype name the safetensors format defines. */
-export const DTYPE_SIZES: Readonly<Record<string, number>> = {
-  BOOL: 1, U8: 1, I8: 1, F8_E4M3: 1, F8_E5M2: 1, F8_E8M0: 1,
-  I16: 2, U16: 2, F16: 2, BF16: 2,
-  I32: 4, U32: 4, F32: 4,
-  I64: 8, U64: 8, F64: 8,
-};
-
-export type FloatDtype = 'F32' | 'F16' | 'BF16';
+export * from './dtype-table';
 
 export function dtypeSize(dtype: string): number {
   const s = DTYPE_SIZES[dtype];
@@ -18,24 +12,13 @@ export function dtypeSize(dtype: string): number {
   return s;
 }
 
-/** Recipe/config dtype names (torch style) to safetensors names. */
+/** Recipe/config dtype names (torch style, with or without `torch.`) to safetensors names: output dtypes only. */
 export function dtypeFromName(name: string): FloatDtype {
   const n = name.replace(/^torch\./, '');
-  switch (n) {
-    case 'float32': case 'float': return 'F32';
-    case 'float16': case 'half': return 'F16';
-    case 'bfloat16': return 'BF16';
-    default:
-      throw new SafetensorsError('unknown_dtype', `unknown dtype "${name}": expected bfloat16, float16 or float32`);
-  }
+  const d = OUTPUT_DTYPES.find((x) => FLOAT_DTYPES[x].torch === n || (FLOAT_DTYPES[x].aliases as readonly string[]).includes(n));
+  if (d === undefined) throw new SafetensorsError('unknown_dtype', `unknown dtype "${name}": expected ${orList(OUTPUT_DTYPE_NAMES)}`);
+  return d;
 }
-
-export function dtypeToTorchName(d: FloatDtype): string {
-  return d === 'F32' ? 'float32' : d === 'F16' ? 'float16' : 'bfloat16';
-}
-
-/** The largest finite value of each float dtype. */
-export const FLOAT_MAX: Readonly<Record<string, number>> = { F64: Number.MAX_VALUE, F32: 3.4028234663852886e38, BF16: 3.3895313892515355e38, F16: 65504 };
 
 /**
  * Whether a cast from `from` to `to` can turn real weights into inf: to float16 (max 65504) from a wider
@@ -215,11 +198,11 @@ function table16(from: 'BF16' | 'F16', to: 'BF16' | 'F16'): Uint16Array {
 export function convertBytes(buf: Buffer, from: string, to: FloatDtype, pool?: ChunkPool): Buffer {
   if (from === to) return buf;
   const n = buf.length / dtypeSize(from);
-  if (from !== 'F32' && from !== 'BF16' && from !== 'F16') return encodeFloats(decodeFloats(buf, from), to);
+  if (!isFloatDtype(from)) return encodeFloats(decodeFloats(buf, from), to);
   const out = pool ? pool.take(n * dtypeSize(to)) : Buffer.allocUnsafeSlow(n * dtypeSize(to));
   const k = floatKernels();
   if (k) {
-    castThrough(k, buf, from as FloatDtype, to, out);
+    castThrough(k, buf, from, to, out);
     return out;
   }
   if (from === 'F32' && to === 'BF16') {

@@ -6,8 +6,11 @@
  * quiet with its sign); the tests compare them value by value, the edge cases included.
  */
 
+import { DTYPE_SIZES, type FloatDtype } from './dtype-table';
+
 export type Code = number[];
-export type Dt = 'F32' | 'BF16' | 'F16';
+/** The kernels' dtypes: the output float dtypes. */
+export type Dt = FloatDtype;
 
 export const uleb = (n: number): number[] => {
   const out: number[] = [];
@@ -168,7 +171,7 @@ function roundBits(dt: Dt, s: Scratch, finite = false): Code {
   ];
 }
 
-const size = (dt: Dt) => (dt === 'F32' ? 4 : 2);
+const size = (dt: Dt) => DTYPE_SIZES[dt]!;
 
 /** A loop over n values `lanes` at a time; `ptrs` are i32 locals advanced by their element size each round. */
 function loop4(n: number, ptrs: [number, number][], body: Code, lanes = 4): Code {
@@ -392,11 +395,10 @@ export function floatKernels(): FloatKernels | null {
   return instance;
 }
 
-const bytesOf = (dt: Dt) => (dt === 'F32' ? 4 : 2);
 
 /** Casts raw bytes of `from` into `out` (bytes of `to`) through the kernels, FLOAT_CAP values at a time. */
 export function castThrough(k: FloatKernels, src: Uint8Array, from: Dt, to: Dt, out: Uint8Array): void {
-  const a = bytesOf(from), b = bytesOf(to);
+  const a = size(from), b = size(to);
   const n = src.length / a;
   for (let off = 0; off < n; off += FLOAT_CAP) {
     const m = Math.min(FLOAT_CAP, n - off);
@@ -408,7 +410,7 @@ export function castThrough(k: FloatKernels, src: Uint8Array, from: Dt, to: Dt, 
 
 /** Raw bytes of `dt` times s (a float32), rounded to `dt`, through the kernels; `out` may be `src` itself. */
 export function scaleThrough(k: FloatKernels, src: Uint8Array, dt: Dt, s: number, out: Buffer = Buffer.allocUnsafe(src.length)): Buffer {
-  const b = bytesOf(dt);
+  const b = size(dt);
   const n = src.length / b;
   for (let off = 0; off < n; off += FLOAT_CAP) {
     const m = Math.min(FLOAT_CAP, n - off);
@@ -583,8 +585,8 @@ export class WasmChunk {
    * each round loads its values before it stores, and its stores end below the next round's loads.
    */
   castInPlace(n: number, from: Dt, to: Dt): void {
-    if (bytesOf(to) > bytesOf(from)) throw new RangeError(`an in-place cast cannot widen ${from} to ${to}`);
-    if (n * bytesOf(from) + 64 > this.buffer.byteLength) throw new RangeError(`${n} values of ${from} exceed the chunk (${this.buffer.byteLength} bytes)`);
+    if (size(to) > size(from)) throw new RangeError(`an in-place cast cannot widen ${from} to ${to}`);
+    if (n * size(from) + 64 > this.buffer.byteLength) throw new RangeError(`${n} values of ${from} exceed the chunk (${this.buffer.byteLength} bytes)`);
     if (from !== to && n > 0) this.kernels[`cast_${from}_${to}`]!(n, 0, 0);
   }
 }

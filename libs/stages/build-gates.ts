@@ -1,10 +1,9 @@
-import { RANDOM_MODES } from '../recipe/schema';
 import { mkdir, writeFile } from 'node:fs/promises';
 import { GATES_INFO_SCHEMA, missingStageFile, readStageJson, refuseStageFile } from './stage-files';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
-import { degenerateLayers, hiddenVector, newGates, normalize, randomGates, torchRandomGates, uniformRandomGates, type GateTensor, type PromptStates } from '../gates';
-import { TorchGenerator } from '../gates/torch-rng';
+import { degenerateLayers, drawnGates, hiddenVector, newGates, normalize, type GateTensor, type HiddenReduction, type PromptStates } from '../gates';
+import { GATE_MODES, type GateMode } from '../gates/modes';
 import { encodeHeader } from '../safetensors/writer';
 import { decodeFloats } from '../safetensors/dtype';
 import { readTensorBytes, SafetensorsWeights } from '../safetensors/reader';
@@ -16,7 +15,7 @@ export interface GatesInfo {
   layers: number;
   experts: number;
   hidden: number;
-  gateMode: string;
+  gateMode: GateMode;
   conditionNumbers: number[];
   warnings: string[];
   /** Random modes: the gates are drawn by assemble-experts from its seed. */
@@ -29,16 +28,15 @@ export async function runBuildGates(merge: MergeContext, statesDir: string, outD
   const L = ctx.base.config.numLayers;
   const H = ctx.base.config.hiddenSize;
   const N = merge.gatedExperts.length;
-  let g: GateTensor;
-  if (isRandomMode(ctx.gateMode)) {
+  const mode = GATE_MODES[ctx.gateMode];
+  if (mode.random) {
     // Drawn from the seed where the seed is known (assemble-experts), so a new seed leaves this stage cached.
     const info: GatesInfo = { layers: L, experts: N, hidden: H, gateMode: ctx.gateMode, conditionNumbers: [], warnings: [], deferred: true };
     await mkdir(outDir, { recursive: true });
     await writeFile(join(outDir, 'gates.json'), JSON.stringify({ version: GATES_VERSION, ...info }, null, 2) + '\n');
     return { gates: null, info };
   }
-  if (ctx.gateMode === 'cheap_embed') g = await cheapEmbedGates(merge, statesDir);
-  else g = await hiddenGates(merge, statesDir);
+  const g = mode.states === 'hidden' ? await hiddenGates(merge, statesDir, mode.reduction) : await cheapEmbedGates(merge, statesDir);
   checkGatesFinite(merge, g);
   const { conditionNumbers, warning } = degenerateLayers(g);
   const info: GatesInfo = { layers: L, experts: N, hidden: H, gateMode: ctx.gateMode, conditionNumbers, warnings: warning ? [warning] : [] };
@@ -102,12 +100,11 @@ async function cheapEmbedGates(merge: MergeContext, statesDir: string): Promise<
 }
 
 /** hidden / hidden_last: mean of last-token states; hidden_avg: mean of the reference's padded means (spec 2.2-2.3). */
-async function hiddenGates(merge: MergeContext, statesDir: string): Promise<GateTensor> {
+async function hiddenGates(merge: MergeContext, statesDir: string, reduction: HiddenReduction): Promise<GateTensor> {
   const L = merge.ctx.base.config.numLayers;
   const H = merge.ctx.base.config.hiddenSize;
   const N = merge.gatedExperts.length;
   const states = await readPromptStates(statesDir, expectedPromptStates(merge));
-  const reduction = merge.ctx.gateMode === 'hidden_avg' ? 'avg' : 'last';
   const split = (x: Float32Array) => Array.from({ length: L }, (_, l) => x.subarray(l * H, (l + 1) * H));
   const byText = new Map<string, PromptStates>();
   for (const [i, p] of states.index.prompts.entries()) {
@@ -130,21 +127,12 @@ async function hiddenGates(merge: MergeContext, statesDir: string): Promise<Gate
   return g;
 }
 
-export function isRandomMode(mode: string): boolean {
-  return (RANDOM_MODES as readonly string[]).includes(mode);
-}
-
 /** The gate tensor for assembly: drawn from the seed in random modes, else the build-gates output. */
 export async function gatesForAssembly(merge: MergeContext, buildGatesDir: string): Promise<{ gates: GateTensor; warnings: string[] }> {
   const { ctx } = merge;
-  if (isRandomMode(ctx.gateMode)) {
-    const [L, N, H] = [ctx.base.config.numLayers, merge.gatedExperts.length, ctx.base.config.hiddenSize];
-    const gates =
-      ctx.rng === 'torch'
-        ? torchRandomGates(ctx.gateMode as 'random' | 'uniform_random', L, N, H, new TorchGenerator(ctx.seed))
-        : ctx.gateMode === 'random'
-          ? randomGates(L, N, H, ctx.seed)
-          : uniformRandomGates(L, N, H, ctx.seed);
+  const draw = GATE_MODES[ctx.gateMode].random;
+  if (draw) {
+    const gates = drawnGates(draw, ctx.base.config.numLayers, merge.gatedExperts.length, ctx.base.config.hiddenSize, ctx.seed, ctx.rng ?? 'stream');
     const { warning } = degenerateLayers(gates);
     return { gates, warnings: warning ? [warning] : [] };
   }

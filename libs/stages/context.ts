@@ -7,7 +7,7 @@ import type { ParsedRecipe } from '../recipe/parse';
 import { formatReference, parseModelReference, type ModelReference, type ModelReferenceInput } from '../resolve/reference';
 import { locateReference } from '../resolve/resolve';
 import { checkRecipe } from '../recipe/validate';
-import { dtypeFromName, dtypeToTorchName, FLOAT_MAX, type FloatDtype } from '../safetensors/dtype';
+import { dtypeFromName, dtypeToTorchName, FLOAT_DTYPES, type FloatDtype } from '../safetensors/dtype';
 import { selectArchitecture } from '../architectures/registry';
 import type { ArchContext, ExpertSource, ModelSource, OutputArchitecture, RngKind } from '../architectures/types';
 import { checkModelsAgree, openModel } from './models';
@@ -110,9 +110,9 @@ export function recipeModelRefs(parsed: ParsedRecipe, modelBaseDir: string): Rec
  * noise_scale and residual_scale are applied in float32 and written in the output dtype: a scale past either's
  * largest value writes inf weights. Refused with its place before any work (the written chunks are checked too).
  */
-function checkScales(parsed: ParsedRecipe, experts: ExpertSource[], outDtype: string | null): void {
-  const limit = Math.min(FLOAT_MAX.F32!, FLOAT_MAX[outDtype ?? 'F32'] ?? Infinity);
-  const what = outDtype && FLOAT_MAX[outDtype]! < FLOAT_MAX.F32! ? `the output dtype ${dtypeToTorchName(outDtype as FloatDtype)}` : 'float32, in which it is applied';
+function checkScales(parsed: ParsedRecipe, experts: ExpertSource[], outDtype: FloatDtype | null): void {
+  const limit = Math.min(FLOAT_DTYPES.F32.max, FLOAT_DTYPES[outDtype ?? 'F32'].max);
+  const what = outDtype && FLOAT_DTYPES[outDtype].max < FLOAT_DTYPES.F32.max ? `the output dtype ${dtypeToTorchName(outDtype)}` : 'float32, in which it is applied';
   for (const e of experts) {
     for (const key of ['noise_scale', 'residual_scale'] as const) {
       const v = e.spec[key];
@@ -123,7 +123,7 @@ function checkScales(parsed: ParsedRecipe, experts: ExpertSource[], outDtype: st
   }
 }
 
-export function outputDtype(parsed: ParsedRecipe, base: ModelSource): string | null {
+export function outputDtype(parsed: ParsedRecipe, base: ModelSource): FloatDtype | null {
   if (parsed.recipe.dtype) {
     try {
       return dtypeFromName(parsed.recipe.dtype);

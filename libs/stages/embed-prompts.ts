@@ -14,6 +14,7 @@ import { contentId } from '../resolve/content-id';
 import { availableBackends, computePadStatesIsolated as computePadStates, computePromptStatesIsolated as computePromptStates, type Device } from '../forward';
 import { getPadState, getPromptState, putPadState, putPromptState, type CachedPromptState } from '../prompt-cache';
 import type { Progress } from '../util/progress';
+import { GATE_MODES, type PromptStateKind } from '../gates/modes';
 
 /** One distinct prompt text with its token ids and reduced states per layer input. */
 export interface PromptStateEntry {
@@ -24,7 +25,7 @@ export interface PromptStateEntry {
 
 export interface PromptStatesIndex {
   version: 1;
-  mode: 'cheap_embed' | 'hidden' | 'none';
+  mode: PromptStateKind;
   /** Execution provider asked for the forward pass (hidden modes), for provenance and option checks. */
   device: string | null;
   layers: number;
@@ -79,10 +80,8 @@ export interface EmbedOptions {
 export async function runEmbedPrompts(merge: MergeContext, outDir: string, opts: EmbedOptions): Promise<PromptStatesIndex> {
   const { ctx } = merge;
   await mkdir(outDir, { recursive: true });
-  const H = ctx.base.config.hiddenSize;
-  const L = ctx.base.config.numLayers;
-  const mode = ctx.gateMode === 'cheap_embed' ? 'cheap_embed' : ctx.gateMode.startsWith('hidden') ? 'hidden' : 'none';
-  const index: PromptStatesIndex = { version: 1, mode, device: mode === 'hidden' ? opts.device ?? 'cpu' : null, layers: mode === 'cheap_embed' ? 1 : mode === 'hidden' ? L : 0, hidden: H, prompts: [], computed: 0, fromCache: 0 };
+  const { mode, layers, hidden } = expectedPromptStates(merge);
+  const index: PromptStatesIndex = { version: 1, mode, device: mode === 'hidden' ? opts.device ?? 'cpu' : null, layers, hidden, prompts: [], computed: 0, fromCache: 0 };
   const tensors: { name: string; data: Float32Array }[] = [];
   if (mode === 'cheap_embed') {
     const texts = distinctPrompts(merge);
@@ -117,7 +116,7 @@ async function hiddenStates(merge: MergeContext, index: PromptStatesIndex, tenso
     index.prompts.push({ text: texts[i]!, ids: s.ids, count: s.count });
     tensors.push({ name: `p${i}.last`, data: flat(s.last) }, { name: `p${i}.sum`, data: flat(s.sum) });
   });
-  if (merge.ctx.gateMode === 'hidden_avg') {
+  if (GATE_MODES[merge.ctx.gateMode].reduction === 'avg') {
     const cache = new ContentCache(opts.cacheDir, opts.warn ?? opts.log, { recompute: opts.recompute });
     const L = base.config.numLayers;
     const H = base.config.hiddenSize;
@@ -262,6 +261,8 @@ export async function readPromptStates(dir: string, expect: { mode: PromptStates
 /** What readPromptStates must find for this merge: the mode, sizes and prompts runEmbedPrompts writes for it. */
 export function expectedPromptStates(merge: MergeContext): { mode: PromptStatesIndex['mode']; layers: number; hidden: number; prompts: string[] } {
   const { ctx } = merge;
-  const mode = ctx.gateMode === 'cheap_embed' ? 'cheap_embed' : ctx.gateMode.startsWith('hidden') ? 'hidden' : 'none';
-  return { mode, layers: mode === 'cheap_embed' ? 1 : mode === 'hidden' ? ctx.base.config.numLayers : 0, hidden: ctx.base.config.hiddenSize, prompts: mode === 'none' ? [] : distinctPrompts(merge) };
+  const mode = GATE_MODES[ctx.gateMode].states;
+  // Token-embedding sums are one "layer"; hidden states one per layer input.
+  const layers = { cheap_embed: 1, hidden: ctx.base.config.numLayers, none: 0 }[mode];
+  return { mode, layers, hidden: ctx.base.config.hiddenSize, prompts: mode === 'none' ? [] : distinctPrompts(merge) };
 }

@@ -4,6 +4,7 @@ import { bf16BitsToF32, decodeFloats, dtypeSize, encodeFloats, f16BitsToF32, f32
 import { floatKernels, FLOAT_CAP, scaleThrough } from '../safetensors/float-wasm';
 import type { ArchContext, OutputArchitecture } from '../architectures/types';
 import type { PlanTensor, SourcePart } from '../plan/types';
+import { GATE_MODES, type GateMode } from '../gates/modes';
 
 /**
  * Expert noise (spec 3.6) behind one interface, chosen by the `rng` option: our per-tensor streams, or
@@ -30,11 +31,10 @@ export function advanceTorchState(seed: number, state: TorchRngState, fn: 'randn
 }
 
 /** The state after the reference's router draw (spec 6: the first draw), or the seed's state without one. */
-export function torchStateAfterGates(seed: number, gateMode: string, gateValues: number): TorchRngState {
+export function torchStateAfterGates(seed: number, gateMode: GateMode, gateValues: number): TorchRngState {
   const start: TorchRngState = { offset: 0, cachedNormal: null };
-  if (gateMode === 'random') return advanceTorchState(seed, start, 'randn', gateValues, 'F32');
-  if (gateMode === 'uniform_random') return advanceTorchState(seed, start, 'rand', gateValues, 'F32');
-  return start;
+  const draw = GATE_MODES[gateMode].random;
+  return draw ? advanceTorchState(seed, start, draw, gateValues, 'F32') : start;
 }
 
 /**
@@ -61,7 +61,8 @@ export function assignTorchNoise(ctx: ArchContext, arch: OutputArchitecture, ten
     byStream.delete(stream);
     p.noise.torch = { ...state };
     const n = p.shape.reduce((a, b) => a * b, 1);
-    state = advanceTorchState(ctx.seed, state, 'randn', n, p.dtype as FloatDtype);
+    // A float64 source's draw is counted as a 16-bit dtype's (as it always was; write noises it in float32).
+    state = advanceTorchState(ctx.seed, state, 'randn', n, p.dtype === 'F64' ? 'BF16' : p.dtype);
   }
   if (byStream.size > 0) throw new Error(`internal: noised tensors outside the reference's draw order: ${[...byStream.keys()].join(', ')}`);
 }
@@ -133,8 +134,8 @@ export interface NoiseApplier {
 export function noiseApplier(part: SourcePart, seeker: () => TorchDrawSeeker): NoiseApplier | null {
   const noise = part.noise;
   if (!noise) return null;
-  const dtype = part.dtype as FloatDtype;
-  if (dtype !== 'F32' && dtype !== 'BF16' && dtype !== 'F16') throw new Error(`internal: noise on a ${part.dtype} tensor`);
+  const dtype = part.dtype;
+  if (dtype === 'F64') throw new Error(`internal: noise on a ${part.dtype} tensor`);
   const scale = Math.fround(noise.scale);
   const n = part.shape.reduce((a, b) => a * b, 1);
   let normals: NormalSource;

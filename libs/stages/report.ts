@@ -8,7 +8,9 @@ import { EVAL_PROMPTS, readInputText } from '../input';
 import { buildReport, parseEvalPrompts, renderHtml, type EvalPrompt, type ReportExpert, type ReportPrompt, type RoutingReport } from '../report';
 import type { MergeContext } from './context';
 import { cachedHiddenStates, embeddingSums, expectedPromptStates, readPromptStates } from './embed-prompts';
-import { gatesForAssembly, isRandomMode } from './build-gates';
+import { gatesForAssembly } from './build-gates';
+import { GATE_MODES } from '../gates/modes';
+import { promptState } from '../gates';
 import type { Progress } from '../util/progress';
 
 export interface ReportOptions {
@@ -36,14 +38,6 @@ export interface ReportStats {
 
 export const REPORT_FILES = ['routing.json', 'routing.html'] as const;
 
-/** What each gate mode routes: the state its gates were built from. */
-export function routedState(gateMode: string): string {
-  if (gateMode === 'cheap_embed') return 'sum of the token embeddings (cheap_embed)';
-  if (gateMode === 'hidden_avg') return "mean over the prompt's tokens of the hidden state entering each layer (hidden_avg)";
-  if (gateMode === 'random' || gateMode === 'uniform_random') return 'last token’s hidden state entering each layer (the gates are random)';
-  return 'last token’s hidden state entering each layer';
-}
-
 export async function readEvalPrompts(file: string, experts: number): Promise<EvalPrompt[]> {
   return parseEvalPrompts(await readInputText(file, EVAL_PROMPTS), file, experts);
 }
@@ -55,8 +49,10 @@ export async function readEvalPrompts(file: string, experts: number): Promise<Ev
  */
 export async function runReport(merge: MergeContext, statesDir: string, gatesDir: string, outDir: string, opts: ReportOptions): Promise<{ report: RoutingReport; html: string; stats: ReportStats }> {
   const { ctx } = merge;
-  const mode = ctx.gateMode;
-  const random = isRandomMode(mode);
+  const mode = GATE_MODES[ctx.gateMode];
+  const embeddings = mode.states === 'cheap_embed';
+  // Random gates have no states of their own: prompts meet them as last-token hidden states.
+  const reduction = mode.reduction ?? 'last';
   const { gates, warnings } = await gatesForAssembly(merge, gatesDir);
   const R = ctx.experts.length;
   const experts: ReportExpert[] = merge.gatedExperts.map((e, i) => ({ index: i, label: e.shared ? `shared ${e.index}` : `expert ${e.index}`, model: e.model.ref, shared: e.shared }));
@@ -71,19 +67,18 @@ export async function runReport(merge: MergeContext, statesDir: string, gatesDir
   const H = ctx.base.config.hiddenSize;
   const states = new Map<string, Float32Array[]>();
   const split = (x: Float32Array, n: number) => Array.from({ length: n }, (_, l) => x.subarray(l * H, (l + 1) * H));
-  if (!random) {
+  if (!mode.random) {
     // The states build-gates read, as it read them.
     const stored = await readPromptStates(statesDir, expectedPromptStates(merge));
     for (const [i, p] of stored.index.prompts.entries()) {
-      if (mode === 'cheap_embed') states.set(p.text, [await stored.tensor(`p${i}.sum`)]);
-      else if (mode === 'hidden_avg') states.set(p.text, split((await stored.tensor(`p${i}.sum`)).map((x) => x / p.count), L));
-      else states.set(p.text, split(await stored.tensor(`p${i}.last`), L));
+      if (embeddings) states.set(p.text, [await stored.tensor(`p${i}.sum`)]);
+      else states.set(p.text, promptState({ last: split(await stored.tensor(`p${i}.last`), L), sum: split(await stored.tensor(`p${i}.sum`), L), count: p.count }, reduction));
     }
   }
   const missing = [...new Set(prompts.map((p) => p.text))].filter((t) => !states.has(t));
   const stats: ReportStats = { computed: 0, fromCache: 0 };
   if (missing.length > 0) {
-    if (mode === 'cheap_embed') {
+    if (embeddings) {
       for (const [i, s] of (await embeddingSums(ctx.base, missing)).entries()) states.set(missing[i]!, [s.sum]);
       stats.computed = missing.length;
     } else {
@@ -93,12 +88,12 @@ export async function runReport(merge: MergeContext, statesDir: string, gatesDir
         if (i >= 0) throw new ForgeError('prompt_too_long', `prompt ${JSON.stringify(missing[i]!.slice(0, 60))} is ${ids[i]!.length} tokens long, more than the ${limit} of the base model ${ctx.base.ref} (max_position_embeddings): shorten it`, { file: prompts.some((p) => p.set === 'train' && p.text === missing[i]) ? merge.parsed.file : opts.evalPrompts });
       };
       const r = await cachedHiddenStates(ctx.base, missing, { cacheDir: opts.cacheDir, device: opts.device, log: opts.log, warn: opts.warn, progress: opts.progress, checkIds, recompute: opts.recompute });
-      r.states.forEach((s, i) => states.set(missing[i]!, mode === 'hidden_avg' ? s.sum.map((v) => v.map((x) => x / s.count)) : s.last));
+      r.states.forEach((s, i) => states.set(missing[i]!, promptState(s, reduction)));
       stats.computed = r.computed;
       stats.fromCache = r.fromCache;
     }
   }
-  const report = buildReport({ name: opts.name, gateMode: mode, topK: ctx.recipe.experts_per_token, state: routedState(mode), gates, experts, prompts, states, randomGates: random, warnings });
+  const report = buildReport({ name: opts.name, gateMode: ctx.gateMode, topK: ctx.recipe.experts_per_token, state: mode.routedState, gates, experts, prompts, states, randomGates: mode.random !== null, warnings });
   const html = renderHtml(report);
   await mkdir(outDir, { recursive: true });
   await writeWhole(join(outDir, 'routing.json'), JSON.stringify(report) + '\n');

@@ -2,6 +2,8 @@ import { readFile } from 'node:fs/promises';
 import { basename } from 'node:path';
 import { z } from 'zod';
 import { ForgeError, type ErrorPlace } from '../errors';
+import { GATE_MODE_NAMES, PROMPT_STATE_KINDS } from '../gates/modes';
+import { OUTPUT_DTYPES, WEIGHT_DTYPES } from '../safetensors/dtype-table';
 
 /**
  * Stage files are read back from Nx caches (local or remote, which someone else may write): each is read
@@ -52,7 +54,7 @@ const int = z.number().int().nonnegative();
 const shape = z.array(int);
 
 const noise = z.object({ scale: z.number(), stream: z.string(), seed: z.number(), torch: z.object({ offset: int, cachedNormal: z.number().nullable() }).optional() });
-const sourcePart = z.object({ kind: z.literal('source'), model: z.string(), tensor: z.string(), file: z.string(), offset: int, byteLength: int, dtype: z.string(), shape, noise: noise.optional(), scale: z.number().optional() });
+const sourcePart = z.object({ kind: z.literal('source'), model: z.string(), tensor: z.string(), file: z.string(), offset: int, byteLength: int, dtype: z.enum(WEIGHT_DTYPES), shape, noise: noise.optional(), scale: z.number().optional() });
 const gatePart = z.object({ kind: z.literal('gates'), layer: int, rows: z.array(int) });
 const zerosPart = z.object({ kind: z.literal('zeros'), elements: int });
 
@@ -60,11 +62,11 @@ export const PLAN_SCHEMA = z.object({
   version: z.literal(1),
   architecture: z.string(),
   layout: z.enum(['classic', 'fused']),
-  outDtype: z.string().nullable(),
+  outDtype: z.enum(OUTPUT_DTYPES).nullable(),
   config: z.record(z.string(), z.unknown()),
   configNumbers: z.record(z.string(), z.string()).optional(),
   models: z.array(z.object({ key: z.string(), ref: z.string(), dir: z.string().optional(), contentId: z.string().optional() })).min(1),
-  tensors: z.array(z.object({ name: z.string(), dtype: z.string(), shape, parts: z.array(z.discriminatedUnion('kind', [sourcePart, gatePart, zerosPart])), group: z.string() })),
+  tensors: z.array(z.object({ name: z.string(), dtype: z.enum(WEIGHT_DTYPES), shape, parts: z.array(z.discriminatedUnion('kind', [sourcePart, gatePart, zerosPart])), group: z.string() })),
   maxShardBytes: z.number().nonnegative(),
   shardOrder: z.enum(['grouped', 'reference']),
   warnings: z.array(z.string()),
@@ -82,7 +84,7 @@ export const GATES_INFO_SCHEMA = z.object({
   layers: int,
   experts: int,
   hidden: int,
-  gateMode: z.string(),
+  gateMode: z.enum(GATE_MODE_NAMES),
   conditionNumbers: z.array(z.union([z.number(), z.literal('Infinity')])),
   warnings: z.array(z.string()),
   deferred: z.boolean().optional(),
@@ -90,7 +92,7 @@ export const GATES_INFO_SCHEMA = z.object({
 
 export const PROMPT_STATES_SCHEMA = z.object({
   version: z.literal(1),
-  mode: z.enum(['cheap_embed', 'hidden', 'none']),
+  mode: z.enum(PROMPT_STATE_KINDS),
   device: z.string().nullable(),
   layers: int,
   hidden: int,
@@ -108,7 +110,7 @@ export const ROUTING_SCHEMA = z
   .object({
     version: z.literal(1),
     name: z.string(),
-    gateMode: z.string(),
+    gateMode: z.enum(GATE_MODE_NAMES),
     topK: int,
     state: z.string(),
     layers: int,

@@ -6,7 +6,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { ForgeError } from '../errors';
 import { gateRow, type GateTensor } from '../gates';
 import { noiseApplier, scaleBytes, TorchDrawSeeker } from './noise';
-import { encodeFloats, convertBytes, dtypeSize, firstNonFinite, narrowsRange, type FloatDtype } from '../safetensors/dtype';
+import { encodeFloats, convertBytes, dtypeSize, firstNonFinite, narrowsRange, type FloatDtype, type WeightDtype } from '../safetensors/dtype';
 import { streamTensorBytes } from '../safetensors/reader';
 import { ChunkPool } from '../safetensors/chunk-pool';
 import { indexJson, planShards, writeShard, type OutputTensorSpec } from '../safetensors/writer';
@@ -70,10 +70,17 @@ export interface WriteResult {
  * A source tensor's bytes, chunk by chunk: raw when nothing changes, else noise, scale and cast per element.
  * Every buffer is the pool's; each yielded chunk passes to the writer, the rest go back here.
  */
-async function* sourceBytes(name: string, part: SourcePart, outDtype: string, seeker: () => TorchDrawSeeker, pool: ChunkPool): AsyncGenerator<Buffer> {
+async function* sourceBytes(name: string, part: SourcePart, outDtype: WeightDtype, seeker: () => TorchDrawSeeker, pool: ChunkPool): AsyncGenerator<Buffer> {
   const loc = { ...part, name: part.tensor, begin: 0, end: part.byteLength };
-  const out = outDtype as FloatDtype;
   const transform = part.noise !== undefined || part.scale !== undefined;
+  if (outDtype === 'F64') {
+    // No output dtype keeps a float64 source as it is. Nothing casts to float64 (this crashed inside the cast before).
+    if (transform || part.dtype !== 'F64') throw new ForgeError('unsupported_dtype', `${transform ? 'noise_scale or residual_scale on' : 'a cast of'} a ${part.dtype} tensor to float64 is not supported: set the output dtype (dtype: in the recipe)`, { tensor: name });
+    const size = dtypeSize('F64');
+    yield* streamTensorBytes(loc, Math.floor(CHUNK_BYTES / size) * size, size, pool);
+    return;
+  }
+  const out = outDtype;
   // float64 sources are noised and scaled in float32 (as before: the transforms work on float32 values).
   const dt: FloatDtype = !transform ? out : part.dtype === 'BF16' || part.dtype === 'F16' ? part.dtype : 'F32';
   // Read as many values as fit a chunk in the widest form they take, so casts stay inside pool buffers.
@@ -128,7 +135,9 @@ function tensorProducer(gates: GateTensor | null, pool: ChunkPool) {
     for (const part of t.parts) {
       if (part.kind === 'source') yield* sourceBytes(t.name, part, t.dtype, seeker(part.noise?.seed ?? 0), pool);
       else if (part.kind === 'gates') {
-        for (const r of part.rows) yield encodeFloats(gateRow(gates!, part.layer, r), t.dtype as FloatDtype);
+        // Routers are planned in the output dtype or float32 (architectures/common.ts router()).
+        if (t.dtype === 'F64') throw new Error(`internal: ${t.name} planned as a float64 router`);
+        for (const r of part.rows) yield encodeFloats(gateRow(gates!, part.layer, r), t.dtype);
       } else {
         yield Buffer.alloc(part.elements * dtypeSize(t.dtype));
       }

@@ -4,8 +4,9 @@ import assert from 'node:assert/strict';
 import { deepseek, qwen2Moe, qwen3Moe } from '../../libs/architectures/registry';
 import type { ArchContext, ModelSource } from '../../libs/architectures/types';
 import { parseModelConfig } from '../../libs/model-folder/config';
+import type { FloatDtype } from '../../libs/safetensors/dtype';
 
-function ctxOf(raw: Record<string, unknown>, opts: { outDtype?: string | null; shared?: number; experts?: number } = {}): ArchContext {
+function ctxOf(raw: Record<string, unknown>, opts: { outDtype?: FloatDtype | null; shared?: number; experts?: number } = {}): ArchContext {
   const src: ModelSource = { key: 'k', ref: 'org/base', dir: '/nowhere', config: parseModelConfig(raw, '/nowhere/config.json'), weights: { has: () => false, get: () => { throw new Error('no weights'); } } };
   const experts = Array.from({ length: opts.experts ?? 2 }, (_, index) => ({ spec: { source_model: 'x', positive_prompts: [`p${index}`] }, model: src, index, shared: false }));
   const shared = Array.from({ length: opts.shared ?? 0 }, (_, index) => ({ spec: { source_model: 'x' }, model: src, index, shared: true }));

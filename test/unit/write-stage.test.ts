@@ -145,3 +145,19 @@ test('progress: a bar redrawn in place on a terminal, a line every few seconds e
     if (saved !== undefined) process.env.CI = saved;
   }
 });
+
+test('a float64 source with no output dtype is written as it is; a scale on one is refused, naming the tensor', async () => {
+  const d = tempDir();
+  const src = join(d, 'src.bin');
+  const values = Buffer.from(new Float64Array([1.5, -2.25, 1e300, Math.PI]).buffer);
+  writeFileSync(src, values);
+  const f64 = (scale?: number): MergePlan => ({
+    ...plan(src),
+    maxShardBytes: 0,
+    tensors: [{ name: 'w', dtype: 'F64', shape: [4], parts: [{ kind: 'source', model: 'k', tensor: 't', file: src, offset: 0, byteLength: 32, dtype: 'F64', shape: [4], ...(scale === undefined ? {} : { scale }) }], group: 'base' }],
+  });
+  await runWrite(f64(), { ...base, outPath: join(d, 'out') });
+  const shard = readFileSync(join(d, 'out', 'model.safetensors'));
+  assert.deepEqual(shard.subarray(shard.length - 32), values);
+  await assert.rejects(runWrite(f64(0.5), { ...base, outPath: join(d, 'scaled') }), /w.*residual_scale on a F64 tensor to float64 is not supported/);
+});

@@ -1,7 +1,8 @@
 import type { ExecutorContext } from '@nx/devkit';
 import { logger } from '../log';
 import { runAssemble } from '../../../libs/stages/assemble';
-import { gatesForAssembly, isRandomMode } from '../../../libs/stages/build-gates';
+import { gatesForAssembly } from '../../../libs/stages/build-gates';
+import { GATE_MODES } from '../../../libs/gates/modes';
 import { runStage } from '../run-stage';
 import { PROMPT_STATES_SCHEMA, readStageJson } from '../../../libs/stages/stage-files';
 import type { PromptStatesIndex } from '../../../libs/stages/embed-prompts';
@@ -19,7 +20,7 @@ export default function assembleExpertsExecutor(options: unknown, context: Execu
     const { gates, warnings: gateWarnings } = await gatesForAssembly(merge, env.paths.stage('build-gates'));
     const plan = await runAssemble(merge, env.paths.stage('assemble-experts'), { maxShardBytes: env.paths.maxShardBytes, shardOrder: env.options.shardOrder, extraWarnings: gateWarnings, gates, roots: env.paths.roots });
     // build-gates already printed its routing warnings; random gates are drawn here, so theirs are new.
-    const printed = isRandomMode(merge.ctx.gateMode) ? [] : gateWarnings;
+    const printed = GATE_MODES[merge.ctx.gateMode].random ? [] : gateWarnings;
     for (const w of plan.warnings) if (!printed.includes(w)) logger.warn(`WARNING: ${w}`);
     logger.info(`${plan.architecture} (${plan.layout} layout, ${plan.outDtype ?? 'base dtype'}): ${plan.tensors.length} tensors planned`);
     logger.debug(`architecture ${plan.architecture}: ${merge.archWhy}`);

@@ -2,8 +2,10 @@ import { formatFiles, type Tree } from '@nx/devkit';
 import { parseRecipeText } from '../../../libs/recipe/parse';
 import { checkRecipe } from '../../../libs/recipe/validate';
 import { PLACEHOLDER_PROMPT } from '../../../libs/recipe/placeholders';
-import { RANDOM_MODES } from '../../../libs/recipe/schema';
+import { DEFAULT_GATE_MODE, GATE_MODES, gateModesHelp, type GateMode } from '../../../libs/gates/modes';
 import { looksLikeRepoId } from '../../../libs/resolve/reference';
+import { OUTPUT_DTYPE_NAMES } from '../../../libs/safetensors/dtype-table';
+import { orList } from '../../../libs/util/prose';
 import { existsSync, statSync } from 'node:fs';
 import { posix } from 'node:path';
 
@@ -11,7 +13,7 @@ export interface RecipeGeneratorOptions {
   name: string;
   base: string;
   experts: string;
-  gateMode?: string;
+  gateMode?: GateMode;
   dtype?: string;
   expertsPerToken?: number;
   /** Per expert, `;`-separated groups of `|`-separated positive prompts. */
@@ -20,11 +22,23 @@ export interface RecipeGeneratorOptions {
 
 const q = (s: string) => JSON.stringify(s);
 
+/** `# ` comment lines of at most 90 columns. */
+function comment(text: string): string[] {
+  const lines: string[] = [];
+  for (const word of text.split(' ')) {
+    const last = lines.length - 1;
+    if (last >= 0 && lines[last]!.length + 1 + word.length <= 90) lines[last] += ` ${word}`;
+    else lines.push(`# ${word}`);
+  }
+  return lines;
+}
+
 /** Writes workspace-models/<name>/moe.yml: a valid mergekit-moe recipe with each field explained. */
 export function recipeText(o: RecipeGeneratorOptions): string {
   const experts = o.experts.split(',').map((e) => e.trim()).filter(Boolean);
-  const mode = o.gateMode ?? 'hidden';
-  const random = (RANDOM_MODES as readonly string[]).includes(mode);
+  const mode = o.gateMode ?? DEFAULT_GATE_MODE;
+  // As before the gate-mode table: every random mode leaves prompts out (uniform_random then fails checkRecipe).
+  const random = GATE_MODES[mode].random !== null;
   const given = (o.prompts ?? '').split(';').map((g) => g.split('|').map((p) => p.trim()).filter(Boolean));
   // Placeholders make the build fail (fetch refuses them) until real prompts replace them.
   const promptsOf = (i: number, e: string) => (given[i]?.length ? given[i]! : [`${PLACEHOLDER_PROMPT} a prompt typical of expert ${i} (${e})`]);
@@ -32,10 +46,9 @@ export function recipeText(o: RecipeGeneratorOptions): string {
     '# Model paths are relative to this folder, or Hugging Face ids (org/name, org/name@revision).',
     '# Base model: embeddings, attention, norms, lm_head and the tokenizer come from it.',
     `base_model: ${q(o.base)}`,
-    '# Routers: hidden (last-token hidden states, the default), hidden_avg, hidden_last,',
-    '# cheap_embed (token embeddings), random or uniform_random (no prompts needed for random).',
+    ...comment(`Routers: ${gateModesHelp()}.`),
     `gate_mode: ${mode}`,
-    '# Output dtype: bfloat16, float16 or float32 (default: the base model\'s).',
+    `# Output dtype: ${orList(OUTPUT_DTYPE_NAMES)} (default: the base model's).`,
     `dtype: ${o.dtype ?? 'bfloat16'}`,
     '# Experts active per token (top-k).',
     `experts_per_token: ${o.expertsPerToken ?? 2}`,
