@@ -21,6 +21,16 @@ test('the generator checks its models: a folder relative to the recipe that exis
   assert.ok(!tree.exists('workspace-models/typo/moe.yml'));
 });
 
+test('every gate mode gets a recipe that passes the checks: prompts left out only where the mode needs none', async () => {
+  const tree = createTreeWithEmptyWorkspace();
+  tree.write('models/a/config.json', '{}');
+  for (const gateMode of ['hidden', 'cheap_embed', 'random', 'uniform_random'] as const) {
+    await recipeGenerator(tree, { name: `m-${gateMode}`, base: '../../models/a', experts: 'org/x,org/y', gateMode });
+    const text = tree.read(`workspace-models/m-${gateMode}/moe.yml`, 'utf8')!;
+    assert.equal(/positive_prompts:/.test(text), gateMode !== 'random', gateMode);
+  }
+});
+
 test("the generator's schema has a description, so its --help says what it does", () => {
   const schema = JSON.parse(readFileSync(join(ROOT, 'tools', 'executors', 'recipe', 'schema.json'), 'utf8'));
   assert.match(schema.description, /^Create workspace-models\/<name>\/moe\.yml/);

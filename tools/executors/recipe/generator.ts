@@ -37,8 +37,8 @@ function comment(text: string): string[] {
 export function recipeText(o: RecipeGeneratorOptions): string {
   const experts = o.experts.split(',').map((e) => e.trim()).filter(Boolean);
   const mode = o.gateMode ?? DEFAULT_GATE_MODE;
-  // As before the gate-mode table: every random mode leaves prompts out (uniform_random then fails checkRecipe).
-  const random = GATE_MODES[mode].random !== null;
+  // Prompts are left out only where the mode needs none (random); uniform_random's are checked as the reference does.
+  const random = !GATE_MODES[mode].needsPrompts;
   const given = (o.prompts ?? '').split(';').map((g) => g.split('|').map((p) => p.trim()).filter(Boolean));
   // Placeholders make the build fail (fetch refuses them) until real prompts replace them.
   const promptsOf = (i: number, e: string) => (given[i]?.length ? given[i]! : [`${PLACEHOLDER_PROMPT} a prompt typical of expert ${i} (${e})`]);
