@@ -40,7 +40,7 @@ export function copiedIfPresent(ctx: ArchContext, name: string): PlanTensor[] {
   return ctx.base.weights.has(name) ? [copied(ctx, name)] : [];
 }
 
-/** One expert's MLP tensor with noise (every projection) and residual_scale (down_proj only), spec 3.6. */
+/** One expert's MLP tensor with noise (every projection) and residual_scale (down_proj only). */
 export function expertPart(ctx: ArchContext, ex: ExpertSource, layer: number, proj: MlpProj): SourcePart {
   const p = sourcePart(ex.model, `model.layers.${layer}.mlp.${proj}.weight`);
   if (ex.spec.noise_scale !== null && ex.spec.noise_scale !== undefined) {

@@ -11,7 +11,7 @@ const LLAMA_MLP: readonly MlpProj[] = ['up_proj', 'gate_proj', 'down_proj'];
 
 
 /**
- * DeepSeek MoE (spec 3.3): per-expert `mlp.experts.E.*` plus an optional ungated `mlp.shared_experts.*`.
+ * DeepSeek MoE: per-expert `mlp.experts.E.*` plus an optional ungated `mlp.shared_experts.*`.
  * Always the classic layout: DeepSeek's remote modeling code reads nothing else.
  */
 export const deepseek: OutputArchitecture = {
@@ -28,7 +28,7 @@ export const deepseek: OutputArchitecture = {
     }
     return modelTypeProblem(ctx, ['llama', 'mistral']);
   },
-  // The shared expert is never gated, but in the random modes the reference still draws its row (spec 0 step 6),
+  // The shared expert is never gated, but in the random modes the reference still draws its row (before any expert's noise),
   // which the degenerate-gate check then sees; non-random modes have no prompts to build one from.
   gatedSharedExperts: (ctx) => (GATE_MODES[ctx.gateMode].random ? ctx.shared.length : 0),
   // DeepseekConfig of deepseek-ai/deepseek-moe-16b-base (its remote code): aux_loss_alpha is a float too.

@@ -2,7 +2,7 @@ import { ATTN_PROJS, CONFIG_FLOATS, configDtype, copied, copiedIfPresent, expert
 import type { PlanTensor } from '../plan/types';
 import type { OutputArchitecture } from './types';
 
-/** Mixtral (spec 3.2): classic `block_sparse_moe.experts.E.w1/w2/w3` by default, fused on request. */
+/** Mixtral: classic `block_sparse_moe.experts.E.w1/w2/w3` by default, fused on request. */
 export const mixtral: OutputArchitecture = {
   name: 'Mixtral',
   fusedLayout: true,

@@ -19,7 +19,7 @@ function bias(ctx: ArchContext, layer: number, proj: 'q_proj' | 'k_proj' | 'v_pr
   return zerosTensor(name, ctx.outDtype ?? 'F32', heads * c.headDim);
 }
 
-/** Qwen MoE / Qwen2-MoE (spec 3.4): exactly one shared expert, gated by `mlp.shared_expert_gate` [1, H]. */
+/** Qwen MoE / Qwen2-MoE: exactly one shared expert, gated by `mlp.shared_expert_gate` [1, H]. */
 export const qwen2Moe: OutputArchitecture = {
   name: 'Qwen MoE',
   fusedLayout: false,

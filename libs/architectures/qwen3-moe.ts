@@ -6,7 +6,7 @@ import type { OutputArchitecture } from './types';
 const QWEN3_MLP: readonly MlpProj[] = ['down_proj', 'gate_proj', 'up_proj'];
 
 /**
- * Qwen3 MoE (spec 3.5): no shared experts. Classic per-expert `mlp.experts.E.*` (the layout of the published
+ * Qwen3 MoE: no shared experts. Classic per-expert `mlp.experts.E.*` (the layout of the published
  * Qwen3-MoE checkpoints) by default, transformers 5's fused `gate_up_proj`/`down_proj` with layout 'fused'.
  */
 export const qwen3Moe: OutputArchitecture = {

@@ -5,7 +5,7 @@ import { qwen2Moe } from './qwen2-moe';
 import { qwen3Moe } from './qwen3-moe';
 import type { ArchContext, OutputArchitecture } from './types';
 
-/** Candidates in the reference's order (spec 3.1). */
+/** Candidates in the reference's order. */
 export const ARCHITECTURES: OutputArchitecture[] = [mixtral, deepseek, qwen2Moe, qwen3Moe];
 
 /** The names `architecture:` is matched against, in candidate order. */

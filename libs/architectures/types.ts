@@ -41,7 +41,7 @@ export interface ArchContext {
 export type RngKind = 'stream' | 'torch';
 
 /**
- * The order in which the reference draws expert noise within a layer (spec 6, HEAD): per expert, its
+ * The order in which the reference draws expert noise within a layer (mergekit's main branch): per expert, its
  * projections in `projs` order; or per projection, every routed expert then the shared ones.
  */
 export interface NoiseDrawOrder {

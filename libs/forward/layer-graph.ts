@@ -9,7 +9,7 @@ export const LAYER_INPUTS = {
   cos: 'rope_cos', // [T, headDim], each token at its own position in its prompt
   sin: 'rope_sin', // [T, headDim]
   mask: 'attn_mask', // [B, C, C] additive causal mask of each attention block (one prompt, padded to C slots)
-  gate: 'attn_gate', // [T, 1]: 1 for tokens, 0 for the attention-free pad state (spec 10)
+  gate: 'attn_gate', // [T, 1]: 1 for tokens, 0 for the attention-free pad state
   slots: 'attn_slots', // int64 [B * C]: the token row each block slot reads (a padding slot reads any row)
   rows: 'attn_rows', // int64 [T]: the block slot each token's attention output comes from
 } as const;

@@ -40,7 +40,7 @@ export interface LayerState {
 
 interface Sequence {
   ids: number[];
-  /** 0 for the pad state: the layer runs without its attention term (spec 10). */
+  /** 0 for the pad state: the layer runs without its attention term. */
   attnGate: 0 | 1;
 }
 
@@ -351,7 +351,7 @@ function checkPrompts(prompts: number[][]): void {
 /**
  * Per prompt (token ids, each at positions 0..T-1, no padding; prompts are packed but never see each other) and per layer input
  * l = 0..L-1 (0 = embeddings, l = output of layer l-1): the last token's state, the sum over tokens,
- * and the token count. The last layer itself never runs: the reference drops its output (spec 2.2).
+ * and the token count. The last layer itself never runs: the reference drops its output.
  */
 export async function computePromptStates(modelDir: string, prompts: number[][], opts: ForwardOptions = {}): Promise<LayerState[][]> {
   checkPrompts(prompts);
@@ -369,7 +369,7 @@ export async function computePromptStates(modelDir: string, prompts: number[][],
 
 /**
  * The state of a left-pad position at each layer input 0..L-1, as the reference's sdpa attention
- * leaves it (spec 10): h(0) = embed(pad), h(l+1) = h(l) + mlp_l(post_attention_layernorm_l(h(l))).
+ * leaves it: h(0) = embed(pad), h(l+1) = h(l) + mlp_l(post_attention_layernorm_l(h(l))).
  */
 export async function computePadStates(modelDir: string, padTokenId: number, opts: ForwardOptions = {}): Promise<Float32Array[]> {
   const m = await openModel(modelDir);

@@ -7,7 +7,7 @@ export { Rng } from './rng';
 export { conditionNumber, singularValues } from './linalg';
 export type { HiddenReduction, RandomDraw } from './modes';
 
-/** Gate vectors G of shape [layers, experts, hidden] (spec 2), row-major float32. */
+/** Gate vectors G of shape [layers, experts, hidden], row-major float32. */
 export interface GateTensor {
   layers: number;
   experts: number;
@@ -24,7 +24,7 @@ export function gateRow(g: GateTensor, layer: number, expert: number): Float32Ar
   return g.data.subarray(o, o + g.hidden);
 }
 
-/** `random`: i.i.d. standard normal, not normalised (spec 2.5). Our own seeded stream. */
+/** `random`: i.i.d. standard normal, not normalised. Our own seeded stream. */
 export function randomGates(layers: number, experts: number, hidden: number, seed: number): GateTensor {
   const g = newGates(layers, experts, hidden);
   const rng = new Rng(seed, 'gates/random');
@@ -32,7 +32,7 @@ export function randomGates(layers: number, experts: number, hidden: number, see
   return g;
 }
 
-/** `uniform_random`: uniform on [-1/sqrt(H), 1/sqrt(H)) like nn.Linear's default init (spec 2.6). */
+/** `uniform_random`: uniform on [-1/sqrt(H), 1/sqrt(H)) like nn.Linear's default init. */
 export function uniformRandomGates(layers: number, experts: number, hidden: number, seed: number): GateTensor {
   const g = newGates(layers, experts, hidden);
   const rng = new Rng(seed, 'gates/uniform_random');
@@ -43,7 +43,7 @@ export function uniformRandomGates(layers: number, experts: number, hidden: numb
 
 /**
  * The reference's `random` / `uniform_random` routers with PyTorch's generator after `manual_seed(seed)`
- * (spec 2.5, 2.6): `randn(L, N, H)`, or `rand(L, N, H) * 2 * s - s` with s = sqrt(1/H), each operation in
+ * : `randn(L, N, H)`, or `rand(L, N, H) * 2 * s - s` with s = sqrt(1/H), each operation in
  * float32 as torch does it (the Python scalar cast to float32).
  */
 export function torchRandomGates(draw: RandomDraw, layers: number, experts: number, hidden: number, gen: TorchGenerator): GateTensor {
@@ -84,7 +84,7 @@ export function promptState(s: PromptStates, reduction: HiddenReduction): Float3
 }
 
 /**
- * The per-layer vector of a prompt batch (spec 2.2): the plain mean over prompts of each prompt's last
+ * The per-layer vector of a prompt batch: the plain mean over prompts of each prompt's last
  * token, or (avg) of the reference's padded mean (sum + (T − n)·pad) / T, T being the batch's longest prompt.
  */
 export function batchVector(states: PromptStates[], padStates: Float32Array[] | null, layer: number, reduction: HiddenReduction, hidden: number): Float64Array {
@@ -105,7 +105,7 @@ export function batchVector(states: PromptStates[], padStates: Float32Array[] | 
   return out;
 }
 
-/** Hidden-mode gate vector of one expert for one layer: normalize(f(pos) − f(neg)) (spec 2.3). */
+/** Hidden-mode gate vector of one expert for one layer: normalize(f(pos) − f(neg)). */
 export function hiddenVector(
   positive: PromptStates[],
   negative: PromptStates[],
@@ -122,7 +122,7 @@ export function hiddenVector(
   return normalize(v);
 }
 
-/** Layers whose gate matrix has a condition number over 5 (spec 2.7), and the reference's warning text. */
+/** Layers whose gate matrix has a condition number over 5, and the reference's warning text. */
 export function degenerateLayers(g: GateTensor, threshold = 5): { conditionNumbers: number[]; flagged: number[]; warning: string | null } {
   const conditionNumbers: number[] = [];
   const flagged: number[] = [];

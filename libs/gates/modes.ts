@@ -1,5 +1,5 @@
 /**
- * The gate modes (spec 1.1), one row each: every consumer (recipe schema, stages, architectures, report, model
+ * The gate modes, one row each: every consumer (recipe schema, stages, architectures, report, model
  * card, the Nx generator and its schema.json) reads these fields instead of naming modes. A new mode is a row
  * here, its implementation (the states it needs, or its draw), and a test; test/unit/gate-modes.test.ts
  * fails when a consumer's list drifts from this table.
@@ -11,14 +11,14 @@ import { orList } from '../util/prose';
 export const PROMPT_STATE_KINDS = ['cheap_embed', 'hidden', 'none'] as const;
 export type PromptStateKind = (typeof PROMPT_STATE_KINDS)[number];
 
-/** How a prompt's hidden states become one vector per layer (spec 2.2): its last token, or the padded mean. */
+/** How a prompt's hidden states become one vector per layer: its last token, or the padded mean. */
 export type HiddenReduction = 'last' | 'avg';
 
-/** The reference's one router draw from PyTorch's generator (spec 2.5, 2.6). */
+/** The reference's one router draw from PyTorch's generator. */
 export type RandomDraw = 'randn' | 'rand';
 
 interface ModeFacts {
-  /** is_bad_config's prompt checks apply (spec 1.3: only `random` skips them; `uniform_random` does not). */
+  /** is_bad_config's prompt checks apply (only `random` skips them; `uniform_random` does not). */
   needsPrompts: boolean;
   /** The state the routing report sends prompts through, in its words. */
   routedState: string;
@@ -45,7 +45,7 @@ const LAST_TOKEN = 'last token’s hidden state entering each layer';
 export const GATE_MODES = {
   hidden: { states: 'hidden', reduction: 'last', random: null, needsPrompts: true, routedState: LAST_TOKEN, help: 'last-token hidden states, the default', promptLabel: "last-token hidden states of each expert's prompts" },
   hidden_avg: { states: 'hidden', reduction: 'avg', random: null, needsPrompts: true, routedState: "mean over the prompt's tokens of the hidden state entering each layer (hidden_avg)", help: '' },
-  // The reference's hidden and hidden_last are the same mode (spec 1.1).
+  // The reference's hidden and hidden_last are the same mode.
   hidden_last: { states: 'hidden', reduction: 'last', random: null, needsPrompts: true, routedState: LAST_TOKEN, help: '' },
   cheap_embed: { states: 'cheap_embed', reduction: null, random: null, needsPrompts: true, routedState: 'sum of the token embeddings (cheap_embed)', help: 'token embeddings', promptLabel: 'token embeddings of the prompts (fast)' },
   // Random gates route nothing of their own: the report shows what the last token's state meets.

@@ -8,7 +8,7 @@ export interface ValidateOptions {
   allowIdenticalModels?: boolean;
 }
 
-/** The reference's is_bad_config checks (spec 1.3, rows 2-6 and 9), with the same conditions. */
+/** The reference's is_bad_config checks (those on prompts, expert counts and identical models), with the same conditions. */
 export function checkRecipe(parsed: ParsedRecipe, opts: ValidateOptions = {}): void {
   const { recipe, file } = parsed;
   const problems: { message: string; field: string; path: (string | number)[] }[] = [];

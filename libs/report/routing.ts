@@ -10,7 +10,7 @@ export const CANCEL_RATIO = 0.1;
 export const SAME_STATE_COSINE = 0.999;
 /** A first choice must lead the second by more than this probability to count as a win. */
 export const TIE = 1e-9;
-/** The reference's degenerate-routing threshold on the condition number (spec 2.7). */
+/** The reference's degenerate-routing threshold on the condition number. */
 export const DEGENERATE_CONDITION = 5;
 
 export interface ReportInput {

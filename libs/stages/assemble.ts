@@ -49,7 +49,7 @@ export async function runAssemble(merge: MergeContext, outDir: string, opts: Ass
   const config = arch.config(ctx);
   const tensors = arch.tensors(ctx);
   if (ctx.rng === 'torch') {
-    // Noise continues the reference's one generator after its router draw (spec 6).
+    // Noise continues the reference's one generator after its router draw.
     assignTorchNoise(ctx, arch, tensors, torchStateAfterGates(ctx.seed, ctx.gateMode, ctx.base.config.numLayers * merge.gatedExperts.length * ctx.base.config.hiddenSize));
   }
   const plan: MergePlan = {

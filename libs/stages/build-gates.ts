@@ -22,7 +22,7 @@ export interface GatesInfo {
   deferred?: boolean;
 }
 
-/** Stage 3: the gate tensor G [layers, gated experts, hidden] (spec 2) and the degenerate-router check. */
+/** Stage 3: the gate tensor G [layers, gated experts, hidden] and the degenerate-router check. */
 export async function runBuildGates(merge: MergeContext, statesDir: string, outDir: string): Promise<{ gates: GateTensor | null; info: GatesInfo }> {
   const { ctx } = merge;
   const L = ctx.base.config.numLayers;
@@ -86,7 +86,7 @@ async function cheapEmbedGates(merge: MergeContext, statesDir: string): Promise<
   const g = newGates(L, N, H);
   for (let e = 0; e < N; e++) {
     const spec = merge.gatedExperts[e]!.spec;
-    // normalize(normalize(Σpos) − normalize(Σneg)), the same row for every layer (spec 2.4).
+    // normalize(normalize(Σpos) − normalize(Σneg)), the same row for every layer.
     let v = normalize(await sumOf(spec.positive_prompts ?? []));
     const neg = spec.negative_prompts ?? [];
     if (neg.length > 0) {
@@ -99,7 +99,7 @@ async function cheapEmbedGates(merge: MergeContext, statesDir: string): Promise<
   return g;
 }
 
-/** hidden / hidden_last: mean of last-token states; hidden_avg: mean of the reference's padded means (spec 2.2-2.3). */
+/** hidden / hidden_last: mean of last-token states; hidden_avg: mean of the reference's padded means. */
 async function hiddenGates(merge: MergeContext, statesDir: string, reduction: HiddenReduction): Promise<GateTensor> {
   const L = merge.ctx.base.config.numLayers;
   const H = merge.ctx.base.config.hiddenSize;

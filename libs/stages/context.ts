@@ -142,7 +142,7 @@ export function outputDtype(parsed: ParsedRecipe, base: ModelSource): FloatDtype
 }
 
 /**
- * Opens every model of the recipe, checks the recipe (spec 1.3), the models' agreement and the output
+ * Opens every model of the recipe, checks the recipe, the models' agreement and the output
  * architecture: everything that can fail does so here, before any heavy work or output.
  */
 export async function loadMergeContext(parsed: ParsedRecipe, models: ResolvedModel[], opts: LoadOptions): Promise<MergeContext> {

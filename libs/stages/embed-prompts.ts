@@ -120,7 +120,7 @@ async function hiddenStates(merge: MergeContext, index: PromptStatesIndex, tenso
     const cache = new ContentCache(opts.cacheDir, opts.warn ?? opts.log, { recompute: opts.recompute });
     const L = base.config.numLayers;
     const H = base.config.hiddenSize;
-    // The reference's padded mean needs the state of a pad position (spec 10); it depends only on the base.
+    // The reference's padded mean needs the state of a pad position; it depends only on the base.
     const material = { base: baseId, padTokenId, layers: L, hidden: H };
     let pad = await getPadState(cache, material);
     if (!pad) {

@@ -7,7 +7,7 @@ import type { PlanTensor, SourcePart } from '../plan/types';
 import { GATE_MODES, type GateMode } from '../gates/modes';
 
 /**
- * Expert noise (spec 3.6) behind one interface, chosen by the `rng` option: our per-tensor streams, or
+ * Expert noise behind one interface, chosen by the `rng` option: our per-tensor streams, or
  * PyTorch's generator at the state the reference reaches when it draws that tensor.
  */
 
@@ -30,7 +30,7 @@ export function advanceTorchState(seed: number, state: TorchRngState, fn: 'randn
   return { offset: state.offset + wordsOf(fn, n, dtype, state.cachedNormal !== null).words, cachedNormal: state.cachedNormal };
 }
 
-/** The state after the reference's router draw (spec 6: the first draw), or the seed's state without one. */
+/** The state after the reference's router draw (its first draw), or the seed's state without one. */
 export function torchStateAfterGates(seed: number, gateMode: GateMode, gateValues: number): TorchRngState {
   const start: TorchRngState = { offset: 0, cachedNormal: null };
   const draw = GATE_MODES[gateMode].random;

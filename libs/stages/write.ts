@@ -155,7 +155,7 @@ async function readJsonObject(file: string): Promise<LosslessJson & { value: Rec
 
 /**
  * Copies the base tokenizer and its chat template, with pad = BOS (else EOS) and left padding, as the reference
- * saves it (spec 5.4). The two files we change keep every other key and number as the base wrote them.
+ * saves it. The two files we change keep every other key and number as the base wrote them.
  */
 async function writeTokenizer(srcDir: string, outDir: string): Promise<string[]> {
   const tok = await loadTokenizer(srcDir);
