@@ -42,8 +42,8 @@ export function uniformRandomGates(layers: number, experts: number, hidden: numb
 }
 
 /**
- * The reference's `random` / `uniform_random` routers with PyTorch's generator after `manual_seed(seed)`
- * : `randn(L, N, H)`, or `rand(L, N, H) * 2 * s - s` with s = sqrt(1/H), each operation in
+ * The reference's `random` / `uniform_random` routers with PyTorch's generator after `manual_seed(seed)`:
+ * `randn(L, N, H)`, or `rand(L, N, H) * 2 * s - s` with s = sqrt(1/H), each operation in
  * float32 as torch does it (the Python scalar cast to float32).
  */
 export function torchRandomGates(draw: RandomDraw, layers: number, experts: number, hidden: number, gen: TorchGenerator): GateTensor {
