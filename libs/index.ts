@@ -30,6 +30,8 @@ export interface MergeOptions {
   writeRecipe?: boolean;
   /** Replace an existing non-empty output folder that moe-forge did not write. */
   overwrite?: boolean;
+  /** Reuse nothing: prompt states and content ids computed again, every output file written again. */
+  recompute?: boolean;
   /** Execution provider for hidden-state gates: cpu (default), cuda, webgpu or auto. */
   device?: string;
   /** Prompt-state cache (default $MOE_FORGE_CACHE, else ~/.cache/moe-forge). */

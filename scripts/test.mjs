@@ -19,6 +19,11 @@ if (filter.length) files = files.filter((f) => filter.some((s) => f.includes(s))
 // The Nx tests and the command run build/: never a build older than the sources.
 const build = spawnSync(process.execPath, ['scripts/build.mjs'], { stdio: 'inherit' });
 if (build.status !== 0) process.exit(build.status ?? 1);
+// The whole suite (CI's run) type-checks every TypeScript source first: tests run through tsx, which checks nothing.
+if (!filter.length) {
+  const tsc = spawnSync(process.execPath, ['node_modules/typescript/bin/tsc', '-p', 'tsconfig.json', '--noEmit'], { stdio: 'inherit' });
+  if (tsc.status !== 0) process.exit(tsc.status ?? 1);
+}
 // Tests never write to the user's cache: one throwaway cache for the run (tests that count use their own).
 const cache = mkdtempSync(join(tmpdir(), 'moe-forge-test-cache-'));
 const r = spawnSync(process.execPath, ['--import', 'tsx', '--test', '--test-concurrency=2', ...files], { stdio: 'inherit', env: { ...process.env, MOE_FORGE_CACHE: cache } });
