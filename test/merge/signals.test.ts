@@ -105,7 +105,8 @@ for (const signal of ['SIGINT', 'SIGTERM'] as const) {
     assert.equal(r.code, signal === 'SIGINT' ? 130 : 143, r.output);
     // Not our work folder, nor tsx's cache or onnxruntime's telemetry files (test/merge/outside-files.test.ts).
     assert.deepEqual(readdirSync(tmp), [], 'nothing left in TMPDIR');
-    assert.deepEqual(readdirSync(d).sort(), ['cache', 'models', 'moe.yml', 'tmp'], 'no output or temporary output folder');
+    // The cache may or may not exist yet (models copied a moment ago are racy: their content ids are not memoised).
+    assert.deepEqual(readdirSync(d).filter((e) => e !== 'cache').sort(), ['models', 'moe.yml', 'tmp'], 'no output or temporary output folder');
     assert.deepEqual(listing(models), before, 'model folders unchanged');
     assert.deepEqual(r.kids.filter(alive), [], 'no forward-pass process survives');
     assert.doesNotMatch(r.output, /EPIPE|at .*\.ts:\d+/, 'no stack trace');
