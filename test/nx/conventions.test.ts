@@ -89,6 +89,17 @@ test('every stage target carries technologies and help; models in the workspace 
   assert.doesNotMatch(buildHelp.stdout, /does nothing/);
 });
 
+test('the plugin is a local package Nx lists, and its generator runs by the package name', async () => {
+  const list = await nx(ws, ['list']);
+  assert.equal(list.exitCode, 0, list.stderr);
+  assert.match(list.stdout, /Installed plugins:[\s\S]*@moe-forge\/executors \(executors,generators\)/);
+  const caps = await nx(ws, ['list', '@moe-forge/executors']);
+  assert.match(caps.stdout.replace(/\s+/g, ' '), /GENERATORS recipe : Create workspace-models\/<name>\/moe\.yml/);
+  const g = await nx(ws, ['g', '@moe-forge/executors:recipe', 'by-name', '--base=../../models/tiny-a', '--experts=../../models/tiny-b,../../models/tiny-c', '--gateMode=random', '--dry-run']);
+  assert.equal(g.exitCode, 0, g.stdout + g.stderr);
+  assert.match(g.stdout, /CREATE workspace-models\/by-name\/moe\.yml/);
+});
+
 test('editing a model in the workspace makes exactly the recipes that use it affected, and re-runs their fetch', async () => {
   writeFileSync(join(ws, '.gitignore'), 'node_modules\ndist\n.nx\n.moe-cache\n');
   const first = await nx(ws, ['run-many', '-t', 'build', '-p', 'uses-b', 'uses-c']);
