@@ -1,4 +1,5 @@
 import { existsSync } from 'node:fs';
+import { isPlainFileName } from '../util/names';
 import { modelJson, readInputText, stripBom } from '../input';
 import { stat } from 'node:fs/promises';
 import { basename, join } from 'node:path';
@@ -142,7 +143,7 @@ export class BinCheckpoint {
       weightMap = idx.weight_map;
       const shards = [...new Set(Object.values(weightMap))];
       for (const s of shards) {
-        if (typeof s !== 'string' || s.includes('/') || s.includes('\\') || s.startsWith('.')) {
+        if (!isPlainFileName(s)) {
           throw new ModelError('bad_index', `shard name ${JSON.stringify(s)} must be a plain file name in the model folder`, { file: index, field: 'weight_map' });
         }
       }

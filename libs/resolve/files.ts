@@ -1,4 +1,5 @@
 import { existsSync, readdirSync, statSync } from 'node:fs';
+import { isPlainFileName } from '../util/names';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { ModelError } from '../errors';
@@ -41,7 +42,7 @@ export function shardsFromIndex(json: string, file: string): string[] {
   }
   const shards = [...new Set(Object.values(idx.weight_map))];
   for (const s of shards) {
-    if (typeof s !== 'string' || !s || s.includes('/') || s.includes('\\') || s.startsWith('.')) {
+    if (!isPlainFileName(s)) {
       throw new ModelError('bad_index', `shard name ${JSON.stringify(s)} must be a plain file name in the model folder`, { file, field: 'weight_map' });
     }
   }

@@ -1,4 +1,5 @@
 import { open, stat } from 'node:fs/promises';
+import { isPlainFileName } from '../util/names';
 import { modelJson, readInputText, stripBom } from '../input';
 import { existsSync } from 'node:fs';
 import { join, basename } from 'node:path';
@@ -151,7 +152,7 @@ export class SafetensorsWeights {
     }
     const shardNames = [...new Set(Object.values(idx.weight_map))];
     for (const s of shardNames) {
-      if (typeof s !== 'string' || s.includes('/') || s.includes('\\') || s.startsWith('.')) {
+      if (!isPlainFileName(s)) {
         throw new SafetensorsError('bad_index', `shard name ${JSON.stringify(s)} must be a plain file name in the model folder`, { file: indexFile, field: 'weight_map' });
       }
     }

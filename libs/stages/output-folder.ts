@@ -1,9 +1,10 @@
 import { closeSync, existsSync, lstatSync, openSync, readSync, readdirSync, readFileSync, readlinkSync, realpathSync, renameSync, rmSync, statSync, statfsSync, writeFileSync } from 'node:fs';
+import { isPlainFileName } from '../util/names';
 import { basename, dirname, isAbsolute, join, relative, resolve, sep } from 'node:path';
 import { ForgeError } from '../errors';
 import { leftByDeadProcess } from '../util/process';
 import { inUse } from '../util/cleanup';
-import { withLockAt } from '../util/lock';
+import { acquireLockAt } from '../util/lock';
 import { isOurWorkFolder, markWorkFolder, WORK_MARKER } from '../util/work-folder';
 
 /**
@@ -173,7 +174,7 @@ export interface Stamp {
  * Anything else (`../x`, `a/b`, an absolute path) is refused, never followed.
  */
 export function plainFileName(name: unknown, file: string, field: string): string {
-  if (typeof name !== 'string' || name === '' || name === '.' || name === '..' || /[/\\\0]/.test(name)) {
+  if (!isPlainFileName(name)) {
     throw new ForgeError('bad_name', `${JSON.stringify(name)} is not a plain file name inside the folder; refused (the file may be damaged or written by someone else)`, { file, field });
   }
   return name;
@@ -415,21 +416,6 @@ export function noSpaceError(e: unknown, dir: string, needed: number): ForgeErro
  */
 export async function lockOutput(out: string, warn?: (line: string) => void): Promise<() => Promise<void>> {
   const path = existsSync(out) && isMountPoint(out) ? join(out, OUTPUT_LOCK) : join(dirname(out), `.${basename(out)}.lock`);
-  let release!: () => void;
-  const held = new Promise<void>((r) => (release = r));
-  let acquired!: () => void;
-  const got = new Promise<void>((r) => (acquired = r));
-  const done = withLockAt(
-    path,
-    async () => {
-      acquired();
-      await held;
-    },
-    { purpose: `writing the output folder ${out}`, warn, log: warn },
-  );
-  await Promise.race([got, done]);
-  return async () => {
-    release();
-    await done;
-  };
+  // No onUnusable: a folder where no lock can be made is no folder to write the model in either.
+  return (await acquireLockAt(path, { purpose: `writing the output folder ${out}`, warn, log: warn }))!;
 }

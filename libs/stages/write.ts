@@ -283,6 +283,8 @@ export async function writeOutput(early: MergePlan, late: Promise<LateInputs>, o
       // Files the user added to a folder we wrote (notes, checkpoints) move into the new folder.
       if (existing) keep = userEntries(out, existing);
     }
+    // Files never kept as written: those found changed, or every one of them with --recompute.
+    const suspect = opts.recompute && existing ? Object.keys(existing.files) : opts.suspect ?? [];
     const shardsOf = (plan: MergePlan) => planShards(plan.tensors.map((t) => ({ name: t.name, dtype: t.dtype, shape: t.shape, group: t.group }) satisfies OutputTensorSpec), plan.maxShardBytes, plan.shardOrder ?? 'reference');
     // Written ahead: shards without routers whose content the existing folder does not already hold. An existing
     // stamp without shard hashes (an older build) may still be the same merge: then nothing is written ahead.
@@ -291,7 +293,7 @@ export async function writeOutput(early: MergePlan, late: Promise<LateInputs>, o
       ? shardsOf(early).map((s) => ({ s, tensors: s.tensors.map((t) => earlyByName.get(t.name)!) }))
         .filter(({ tensors }) => !holdsGates(tensors))
         .map((x) => ({ ...x, hash: shardHash(early, x.tensors, null) }))
-        .filter(({ s, hash }) => opts.recompute || existing?.shards?.[s.file] !== hash || opts.suspect?.includes(s.file))
+        .filter(({ s, hash }) => existing?.shards?.[s.file] !== hash || suspect.includes(s.file))
       : [];
     const plannedFiles = (shardFiles: string[], routing: boolean) => [...shardFiles, ...(shardFiles.length > 1 ? ['model.safetensors.index.json'] : []), 'config.json', ...(opts.writeRecipe !== false ? ['mergekit_moe_config.yml', 'README.md', ...(routing ? ['routing.html'] : [])] : []), ...(opts.copyTokenizer ? [...TOKENIZER_FILES, ...CHAT_TEMPLATE_FILES].filter((f) => existsSync(join(opts.tokenizerDir, f))).concat('tokenizer_config.json', 'special_tokens_map.json') : []), ...(existsSync(join(opts.tokenizerDir, GENERATION_CONFIG)) ? [GENERATION_CONFIG] : [])];
     const disk = inPlace ? out : dirname(out);
@@ -335,7 +337,7 @@ export async function writeOutput(early: MergePlan, late: Promise<LateInputs>, o
         companions: await companionHashes(opts.tokenizerDir),
         ...(routing ? { routing: createHash('sha256').update(routing.html).digest('hex') } : {}),
       });
-      if (!opts.recompute && existing && existing.hash === hash && (opts.suspect ?? []).length === 0 && (await intact(out, existing))) {
+      if (existing && existing.hash === hash && suspect.length === 0 && (await intact(out, existing))) {
         opts.log?.(`output unchanged: ${opts.outPath}`);
         if (forget) {
           forget();
@@ -355,7 +357,7 @@ export async function writeOutput(early: MergePlan, late: Promise<LateInputs>, o
       const shards = shardsOf(plan);
       const byName = new Map(plan.tensors.map((t) => [t.name, t]));
       const shardHashes: Record<string, string> = {};
-      const reusable = (file: string) => !opts.recompute && existing?.shards?.[file] === shardHashes[file] && !opts.suspect?.includes(file);
+      const reusable = (file: string) => existing?.shards?.[file] === shardHashes[file] && !suspect.includes(file);
       for (const s of shards) shardHashes[s.file] = shardHash(plan, s.tensors.map((t) => byName.get(t.name)!), gates);
       // Names this build will write, known now: a file the user added under one of them stops the build before any work.
       const planned = plannedFiles(shards.map((s) => s.file), routing !== undefined);

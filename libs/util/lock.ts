@@ -83,11 +83,13 @@ function staleReason(dir: string, staleMs: number): string | null {
 }
 
 /**
- * A cross-process lock at the folder `dir` (its parent must exist). The lock folder appears complete with its
- * owner (renamed into place), is refreshed while held, and is reclaimed as soon as its owner is known dead, its
- * pid reused, or (owner on another machine) it goes unrefreshed. A waiter says once what it waits for.
+ * Takes a cross-process lock at the folder `dir` (its parent must exist) and resolves with the function that
+ * releases it, or with null when the lock cannot be made and `onUnusable` says to go on without it. The lock folder
+ * appears complete with its owner (renamed into place), is refreshed while held, and is reclaimed as soon as its
+ * owner is known dead, its pid reused, or (owner on another machine) it goes unrefreshed. A waiter says once what
+ * it waits for.
  */
-export async function withLockAt<T>(dir: string, body: () => Promise<T>, opts: LockAtOptions): Promise<T> {
+export async function acquireLockAt(dir: string, opts: LockAtOptions): Promise<(() => Promise<void>) | null> {
   const pollMs = opts.pollMs ?? 100;
   const staleMs = opts.staleMs ?? 30_000;
   const parent = dirname(dir);
@@ -104,7 +106,7 @@ export async function withLockAt<T>(dir: string, body: () => Promise<T>, opts: L
       await rm(staging, { recursive: true, force: true });
       const code = (e as NodeJS.ErrnoException).code ?? '';
       if (code !== 'ENOTEMPTY' && code !== 'EEXIST') {
-        if (opts.onUnusable?.(e)) return body();
+        if (opts.onUnusable?.(e)) return null;
         throw e;
       }
     }
@@ -132,9 +134,7 @@ export async function withLockAt<T>(dir: string, body: () => Promise<T>, opts: L
   beat.unref();
   // A signal exits without running `finally`: the lock goes with the process's other temporary paths.
   const forget = removeOnExit(dir);
-  try {
-    return await body();
-  } finally {
+  return async () => {
     clearInterval(beat);
     forget();
     // Renamed away whole, then removed: emptied in place, the folder would for a moment be an empty directory,
@@ -144,5 +144,15 @@ export async function withLockAt<T>(dir: string, body: () => Promise<T>, opts: L
       () => rm(gone, { recursive: true, force: true }),
       () => rm(dir, { recursive: true, force: true }),
     );
+  };
+}
+
+/** `body` run while holding the lock at `dir` (see acquireLockAt), released however it ends. */
+export async function withLockAt<T>(dir: string, body: () => Promise<T>, opts: LockAtOptions): Promise<T> {
+  const release = await acquireLockAt(dir, opts);
+  try {
+    return await body();
+  } finally {
+    await release?.();
   }
 }

@@ -1,4 +1,4 @@
-import { lstatSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { lstatSync, readFileSync, writeFileSync } from 'node:fs';
 import { mkdir, mkdtemp, writeFile } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 
@@ -27,11 +27,6 @@ export function markWorkFolder(dir: string, name = basename(dir)): void {
 export async function makeWorkFolder(dir: string): Promise<void> {
   await mkdir(dir);
   await writeFile(join(dir, WORK_MARKER), markerText(basename(dir)));
-}
-
-export function makeWorkFolderSync(dir: string): void {
-  mkdirSync(dir);
-  markWorkFolder(dir);
 }
 
 /** `mkdtemp` with the marker: `prefix` ends the name before mkdtemp's six random characters. */
