@@ -1,6 +1,6 @@
 import { mkdir, readdir, rm } from 'node:fs/promises';
 import { isOurWorkFolder, makeTempWorkFolder } from '../util/work-folder';
-import { inUse, removeOnExit } from '../util/cleanup';
+import { inUse } from '../util/cleanup';
 import { leftByDeadProcess } from '../util/process';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -66,8 +66,7 @@ export const DEFAULT_SHARD_BYTES = 5_000_000_000;
 export async function mergeRecipe(opts: MergeOptions): Promise<WriteResult> {
   const parsed = await readRecipe(opts.recipeFile);
   await removeDeadWorkFolders();
-  const work = await makeTempWorkFolder(join(tmpdir(), `moe-forge-${process.pid}-`));
-  const forget = removeOnExit(work);
+  const { dir: work, forget } = await makeTempWorkFolder(join(tmpdir(), `moe-forge-${process.pid}-`));
   try {
     const cacheDir = opts.cacheDir ?? userCacheDir();
     const reportFiles = opts.report ? reportPaths(opts.report.file) : null;

@@ -18,7 +18,6 @@ import { planHash } from './assemble';
 import { byteFraction, type Progress } from '../util/progress';
 import { modelCard } from '../model-card';
 import { parseRecipeText } from '../recipe/parse';
-import { removeOnExit } from '../util/cleanup';
 import { makeWorkFolder, WORK_MARKER } from '../util/work-folder';
 import type { RoutingReport } from '../report/types';
 import { checkFreeSpace, checkOutputPath, checkOwner, lockOutput, ownerField, contentEntries, inPlaceTempName, isMountPoint, noSpaceError, readStampSync, recoverStaleTemporaries, replaceInPlace, STAMP_FILE, swapIntoPlace, tempName, userEntries, type OutputInput, type Stamp } from './output-folder';
@@ -310,8 +309,7 @@ export async function writeOutput(early: MergePlan, late: Promise<LateInputs>, o
         // The shards written now and the router shards (whose content is not known yet).
         needed = shardsOf(early).filter((s) => ahead.some((x) => x.s.file === s.file) || holdsGates(s.tensors.map((t) => earlyByName.get(t.name)!))).reduce((a, s) => a + s.bytes, 0) + (1 << 20);
         checkFreeSpace(disk, needed);
-        await makeWorkFolder(tmp);
-        forget = removeOnExit(tmp);
+        forget = await makeWorkFolder(tmp);
         const produce = tensorProducer(null, pool);
         for (const { s, tensors, hash } of ahead) {
           const byName = new Map(tensors.map((t) => [t.name, t]));
@@ -366,8 +364,7 @@ export async function writeOutput(early: MergePlan, late: Promise<LateInputs>, o
       needed = shards.reduce((a, s) => a + (reusable(s.file) || written.get(s.file) === shardHashes[s.file] ? 0 : s.bytes), 0) + (1 << 20);
       checkFreeSpace(disk, needed);
       if (!forget) {
-        await makeWorkFolder(tmp);
-        forget = removeOnExit(tmp);
+        forget = await makeWorkFolder(tmp);
       }
       const produce = tensorProducer(gates, pool);
       const total = shards.reduce((a, x) => a + x.bytes, 0);

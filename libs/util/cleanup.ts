@@ -4,14 +4,16 @@ import { rmSync } from 'node:fs';
  * Temporary paths removed on any exit: normal, a crash, or SIGINT/SIGTERM/SIGHUP (whose default action
  * would skip every `finally`). SIGKILL cannot be caught; the next run cleans what it leaves.
  */
-const paths = new Set<string>();
+/** Each path, with the check that it is still ours to remove (a lock another process may hold by then). */
+const paths = new Map<string, (() => boolean) | undefined>();
 let installed = false;
 
 const SIGNALS = { SIGINT: 2, SIGTERM: 15, SIGHUP: 1 } as const;
 
 function removeAll(): void {
-  for (const p of paths) {
+  for (const [p, ours] of paths) {
     try {
+      if (ours && !ours()) continue;
       // An async write still in flight on libuv's thread pool can add a file while we remove: retry (ENOTEMPTY).
       rmSync(p, { recursive: true, force: true, maxRetries: 10, retryDelay: 20 });
     } catch {
@@ -36,10 +38,13 @@ function install(): void {
   }
 }
 
-/** Removes `path` when the process ends unless the returned function is called first (the path was kept). */
-export function removeOnExit(path: string): () => void {
+/**
+ * Removes `path` when the process ends unless the returned function is called first (the path was kept). `ours`,
+ * asked at exit, lets a path be registered before it is known to be ours (a lock whose rename may be in flight).
+ */
+export function removeOnExit(path: string, ours?: () => boolean): () => void {
   install();
-  paths.add(path);
+  paths.set(path, ours);
   return () => void paths.delete(path);
 }
 

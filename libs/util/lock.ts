@@ -35,6 +35,15 @@ export function processStartTime(pid: number): string | null {
   }
 }
 
+/** The owner a lock folder names, or null (absent, unreadable). */
+function lockOwner(dir: string): LockOwner | null {
+  try {
+    return JSON.parse(readFileSync(join(dir, 'owner.json'), 'utf8')) as LockOwner;
+  } catch {
+    return null;
+  }
+}
+
 function ownerOf(pid: number): LockOwner {
   return { pid, host: hostname(), boot: bootId(), start: processStartTime(pid), since: Date.now() };
 }
@@ -95,17 +104,25 @@ export async function acquireLockAt(dir: string, opts: LockAtOptions): Promise<(
   const parent = dirname(dir);
   const name = basename(dir);
   let told = false;
+  const me = ownerOf(process.pid);
+  // Registered before the rename: a signal while it is queued behind other file work must not leave the lock. At
+  // exit it is removed only if it names this process (the rename may not have run, and another may hold it).
+  const forget = removeOnExit(dir, () => lockOwner(dir)?.pid === me.pid && lockOwner(dir)?.since === me.since);
   for (;;) {
     const staging = join(parent, `.${name}.${process.pid}-${randomBytes(4).toString('hex')}`);
+    const forgetStaging = removeOnExit(staging);
     try {
       await mkdir(staging);
-      await writeFile(join(staging, 'owner.json'), JSON.stringify(ownerOf(process.pid)));
+      await writeFile(join(staging, 'owner.json'), JSON.stringify(me));
       await rename(staging, dir);
+      forgetStaging();
       break;
     } catch (e) {
       await rm(staging, { recursive: true, force: true });
+      forgetStaging();
       const code = (e as NodeJS.ErrnoException).code ?? '';
       if (code !== 'ENOTEMPTY' && code !== 'EEXIST') {
+        forget();
         if (opts.onUnusable?.(e)) return null;
         throw e;
       }
@@ -132,18 +149,18 @@ export async function acquireLockAt(dir: string, opts: LockAtOptions): Promise<(
     utimes(join(dir, 'owner.json'), now, now).catch(() => undefined);
   }, Math.max(1000, staleMs / 4));
   beat.unref();
-  // A signal exits without running `finally`: the lock goes with the process's other temporary paths.
-  const forget = removeOnExit(dir);
   return async () => {
     clearInterval(beat);
-    forget();
     // Renamed away whole, then removed: emptied in place, the folder would for a moment be an empty directory,
     // which a waiter's rename() replaces (rename onto an empty directory succeeds), failing our rmdir.
     const gone = join(parent, `.${name}.released-${randomBytes(4).toString('hex')}`);
+    const forgetGone = removeOnExit(gone);
     await rename(dir, gone).then(
       () => rm(gone, { recursive: true, force: true }),
       () => rm(dir, { recursive: true, force: true }),
     );
+    forgetGone();
+    forget();
   };
 }
 

@@ -1,6 +1,8 @@
 import { lstatSync, readFileSync, writeFileSync } from 'node:fs';
-import { mkdir, mkdtemp, writeFile } from 'node:fs/promises';
+import { mkdir, writeFile } from 'node:fs/promises';
+import { randomBytes } from 'node:crypto';
 import { basename, join } from 'node:path';
+import { removeOnExit } from './cleanup';
 
 /**
  * Proof that a temporary folder is ours. A start-up cleanup removes a leftover folder only when it holds this
@@ -23,17 +25,37 @@ export function markWorkFolder(dir: string, name = basename(dir)): void {
   writeFileSync(join(dir, WORK_MARKER), markerText(name));
 }
 
-/** Creates a new folder (it must not exist) holding the marker. */
-export async function makeWorkFolder(dir: string): Promise<void> {
-  await mkdir(dir);
-  await writeFile(join(dir, WORK_MARKER), markerText(basename(dir)));
+/**
+ * Creates a new folder (it must not exist) holding the marker, removed when the process ends (a signal included)
+ * unless the returned function is called. It is registered before it exists: a signal between the two would leave it.
+ */
+export async function makeWorkFolder(dir: string): Promise<() => void> {
+  const forget = removeOnExit(dir);
+  try {
+    await mkdir(dir);
+    await writeFile(join(dir, WORK_MARKER), markerText(basename(dir)));
+  } catch (e) {
+    forget();
+    throw e;
+  }
+  return forget;
 }
 
-/** `mkdtemp` with the marker: `prefix` ends the name before mkdtemp's six random characters. */
-export async function makeTempWorkFolder(prefix: string): Promise<string> {
-  const dir = await mkdtemp(prefix);
-  await writeFile(join(dir, WORK_MARKER), markerText(basename(dir)));
-  return dir;
+/**
+ * A new folder named `prefix` and six random letters or digits (as mkdtemp names them), made as makeWorkFolder
+ * makes one. The name is chosen here, not by mkdtemp, so that it is registered for removal before it exists: a
+ * signal handled before mkdtemp's result reached us would leave the folder behind.
+ */
+export async function makeTempWorkFolder(prefix: string): Promise<{ dir: string; forget: () => void }> {
+  const letters = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789';
+  for (;;) {
+    const dir = prefix + Array.from(randomBytes(6), (b) => letters[b % letters.length]).join('');
+    try {
+      return { dir, forget: await makeWorkFolder(dir) };
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
+    }
+  }
 }
 
 /**
