@@ -6,45 +6,64 @@ import { describeError } from '../../libs/errors';
 import { readRecipe } from '../../libs/recipe/parse';
 import { checkResolvedModels, loadMergeContext, readModelsFile, type MergeContext, type ResolvedModel } from '../../libs/stages/context';
 import { ensureModelsPresent } from '../../libs/stages/fetch';
+import { stageEntry, type StageEnv } from '../../libs/pipeline';
+import { checkHashedInput } from './hashed-input';
+import { recordWrite, suspectFiles } from './output-state';
 import { stagePaths, type StageOptions, type StagePaths } from './options';
 
-export interface StageEnv {
-  options: StageOptions;
-  paths: StagePaths;
-  /** The models as the fetch stage resolved them, present on this machine (not for fetch itself). */
-  models(): Promise<ResolvedModel[]>;
-  /** The recipe and models as the fetch stage resolved them (not for fetch itself). */
-  merge(): Promise<MergeContext>;
+/** The pipeline's environment for one Nx task: its options, its folders, Nx's log, the workspace's output record. */
+export function nxStageEnv(options: StageOptions, paths: StagePaths, context: ExecutorContext): StageEnv {
+  const rel = (p: string) => relative(paths.workspaceRoot, p) || '.';
+  const cacheDir = cacheDirOf(options, paths);
+  const project = context.projectName!;
+  let models: ResolvedModel[] | undefined;
+  const env: StageEnv = {
+    name: project,
+    options: { ...options, evalPrompts: options.evalPrompts ? resolve(paths.projectRoot, options.evalPrompts) : undefined },
+    paths: { ...paths, cacheDir },
+    log: {
+      info: (l) => logger.info(l),
+      warn: (l) => logger.warn(`WARNING: ${l}`),
+      debug: (l) => logger.debug(l),
+      // Replayed by Nx on a cache hit, counts of this run would read as if computed again: debug only.
+      stats: (l) => logger.debug(l),
+    },
+    async models() {
+      if (!models) {
+        const file = join(paths.stage('fetch'), 'models.json');
+        models = (await readModelsFile(file, paths.roots)).models;
+        checkResolvedModels(file, models, await readRecipe(paths.recipe), paths.projectRoot, paths.roots);
+        await ensureModelsPresent(models, { cacheDir, log: (l) => logger.info(l) });
+        for (const m of models) logger.debug(`input model ${m.ref}: content ${m.contentId}, ${m.source === 'local' ? rel(m.dir) : `hub commit ${m.revision}`}`);
+      }
+      return models;
+    },
+    async merge(): Promise<MergeContext> {
+      const parsed = await readRecipe(paths.recipe);
+      const merge = await loadMergeContext(parsed, await env.models(), { modelBaseDir: paths.projectRoot, allowIdenticalModels: options.allowIdenticalModels, layout: options.layout, seed: options.randomSeed, rng: options.rng });
+      logger.debug(`architecture ${merge.arch.name}: ${merge.archWhy}`);
+      return merge;
+    },
+    outputState: {
+      // Files of the folder that changed since this workspace wrote them (an edit that kept the size included).
+      suspect: () => suspectFiles(paths.workspaceRoot, project, paths.output),
+      // What the next build's hash stands on (see output-state.js): this folder as written now.
+      record: (files, replaced) => recordWrite(paths.workspaceRoot, project, paths.output, files, replaced),
+    },
+    // What the report reads must be what Nx hashes for it: the report target's {projectRoot}/**/*.{yml,yaml,jsonl}.
+    checkInput: (file) => checkHashedInput(file, { reruns: 'the report', option: 'evalPrompts', projectRoot: paths.projectRoot, workspaceRoot: paths.workspaceRoot, accepts: (r) => /\.(ya?ml|jsonl)$/.test(r), accepted: 'a .yml, .yaml or .jsonl file' }),
+  };
+  return env;
 }
 
-/** Runs one stage: shared option parsing, the merge context, and errors printed without stack traces. */
-export async function runStage(raw: unknown, context: ExecutorContext, body: (env: StageEnv) => Promise<void>): Promise<{ success: boolean }> {
+/** Runs one stage of the pipeline table as an Nx task: errors printed in one line, without stack traces. */
+export async function runStage(raw: unknown, context: ExecutorContext, stage: string): Promise<{ success: boolean }> {
   try {
+    const entry = stageEntry(stage);
     const { options, paths } = stagePaths(raw, context);
     const rel = (p: string) => relative(paths.workspaceRoot, p) || '.';
     logger.debug(`${context.targetName}: recipe ${rel(paths.recipe)}, stage outputs ${rel(paths.stage(''))}, options ${JSON.stringify(options)}`);
-    let models: ResolvedModel[] | undefined;
-    const env: StageEnv = {
-      options,
-      paths,
-      async models() {
-        if (!models) {
-          const file = join(paths.stage('fetch'), 'models.json');
-          models = (await readModelsFile(file, paths.roots)).models;
-          checkResolvedModels(file, models, await readRecipe(paths.recipe), paths.projectRoot, paths.roots);
-          await ensureModelsPresent(models, { cacheDir: cacheDirOf(options, paths), log: (l) => logger.info(l) });
-          for (const m of models) logger.debug(`input model ${m.ref}: content ${m.contentId}, ${m.source === 'local' ? rel(m.dir) : `hub commit ${m.revision}`}`);
-        }
-        return models;
-      },
-      async merge() {
-        const parsed = await readRecipe(paths.recipe);
-        const merge = await loadMergeContext(parsed, await env.models(), { modelBaseDir: paths.projectRoot, allowIdenticalModels: options.allowIdenticalModels, layout: options.layout, seed: options.randomSeed, rng: options.rng });
-        logger.debug(`architecture ${merge.arch.name}: ${merge.archWhy}`);
-        return merge;
-      },
-    };
-    await body(env);
+    await entry.run(nxStageEnv(options, paths, context));
     return { success: true };
   } catch (e) {
     logger.error(`error: ${describeError(e)}`);

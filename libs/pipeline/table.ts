@@ -1,0 +1,301 @@
+import { existsSync } from 'node:fs';
+import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import { join, relative } from 'node:path';
+import { GATE_MODES } from '../gates/modes';
+import { readRecipe } from '../recipe/parse';
+import { checkPlanGates, readPlan, runAssemble, type AssembleOptions } from '../stages/assemble';
+import { gatesForAssembly, readGates, runBuildGates } from '../stages/build-gates';
+import type { MergeContext } from '../stages/context';
+import { runEmbedPrompts, type EmbedOptions, type PromptStatesIndex } from '../stages/embed-prompts';
+import { runFetch, type FetchOptions } from '../stages/fetch';
+import { STAMP_FILE } from '../stages/output-folder';
+import { readReport, runReport, type ReportOptions } from '../stages/report';
+import { PROMPT_STATES_SCHEMA, readStageJson } from '../stages/stage-files';
+import { runWrite, type WriteOptions, type WriteResult } from '../stages/write';
+import type { MergePlan } from '../plan/types';
+import { progressReporter } from '../util/progress';
+import type { StageEnv } from './env';
+
+export const STAGE_NAMES = ['fetch', 'embed-prompts', 'build-gates', 'assemble-experts', 'report', 'write'] as const;
+export type StageName = (typeof STAGE_NAMES)[number];
+
+/** Files a stage reads from an earlier stage's folder; `key`: those that stand for all of them in its cache key. */
+export interface StageRead {
+  from: StageName;
+  files: string[];
+  /** Default: every file read. An index (prompt-states.json) stands for its tensors, which are a function of it. */
+  key?: string[];
+}
+
+export interface StageDecl {
+  name: StageName;
+  /** Nx's description of the target. */
+  description: string;
+  reads: StageRead[];
+  /** Files it writes into its own folder (its Nx output is the folder). */
+  writes: string[];
+  /**
+   * What its cache key holds besides the files it reads and the code: the recipe, project files an option names,
+   * the packages whose code it runs (their versions, from the lockfile), a runtime input.
+   */
+  hashes: { recipe: boolean; projectFiles?: string[]; packages: string[]; runtime?: 'model-ids' | 'output-state' };
+  /**
+   * Whether options given on the command line to a later target reach it. Those that are off stay cached when
+   * a seed or a shard size changes (Nx hashes a task's options).
+   */
+  takesForwardedOptions: boolean;
+  /** Example options for `nx run <recipe>:<stage> --help`. */
+  example: Record<string, unknown>;
+  run(env: StageEnv): Promise<void>;
+}
+
+// ----- each stage's options, put together once for both front ends -----
+
+export function fetchOptions(env: StageEnv): FetchOptions {
+  const o = env.options;
+  return {
+    cacheDir: env.paths.cacheDir,
+    recompute: o.recompute,
+    modelBaseDir: env.paths.projectRoot,
+    root: env.paths.roots.workspace,
+    allowIdenticalModels: o.allowIdenticalModels,
+    layout: o.layout,
+    seed: o.randomSeed,
+    rng: o.rng,
+    log: env.log.info,
+    warn: env.log.warn,
+    stats: env.log.stats,
+    debug: env.log.debug,
+  };
+}
+
+export function embedOptions(env: StageEnv): EmbedOptions {
+  return {
+    cacheDir: env.paths.cacheDir,
+    recompute: env.options.recompute,
+    device: env.options.device,
+    log: env.log.info,
+    warn: env.log.warn,
+    stats: env.log.stats,
+    debug: env.log.debug,
+    progress: progressReporter('prompt states'),
+  };
+}
+
+export function reportOptions(env: StageEnv): ReportOptions {
+  return {
+    name: env.name,
+    cacheDir: env.paths.cacheDir,
+    recompute: env.options.recompute,
+    device: env.options.device,
+    evalPrompts: env.options.evalPrompts,
+    log: env.log.info,
+    warn: env.log.warn,
+    stats: env.log.stats,
+    progress: progressReporter('report prompt states'),
+  };
+}
+
+export function assembleOptions(env: StageEnv): AssembleOptions {
+  return { maxShardBytes: env.paths.maxShardBytes, shardOrder: env.options.shardOrder, roots: env.paths.roots };
+}
+
+/** The write's options but for the plan's late inputs (gates, routing report). */
+export function writeOptions(env: StageEnv, recipeText: string, tokenizerDir: string, suspect: string[]): Omit<WriteOptions, 'gates' | 'routing'> {
+  const o = env.options;
+  return {
+    outPath: env.paths.output,
+    recipeText,
+    tokenizerDir,
+    copyTokenizer: o.copyTokenizer,
+    overwrite: o.overwrite,
+    recompute: o.recompute,
+    recipeFile: env.paths.recipe,
+    evalPrompts: o.evalPrompts,
+    cacheDir: env.paths.cacheDir,
+    warn: env.log.warn,
+    // Per-shard lines describe this run, not the result: stats, so a cache hit does not replay them as news.
+    log: (l) => (/^(writing|kept) /.test(l) ? env.log.stats(l) : env.log.info(l)),
+    debug: env.log.debug,
+    progress: progressReporter('writing'),
+    suspect,
+  };
+}
+
+// ----- what both front ends say about a stage's result -----
+
+/** Routing warnings: build-gates says its own; assemble-experts only those of gates it drew itself (random modes). */
+export function newPlanWarnings(merge: MergeContext, plan: MergePlan, gateWarnings: string[]): string[] {
+  const printed = GATE_MODES[merge.ctx.gateMode].random ? [] : gateWarnings;
+  return plan.warnings.filter((w) => !printed.includes(w));
+}
+
+/** The stamp and the written files, recorded for the next build's check of the folder. */
+export function finishWrite(env: StageEnv, result: WriteResult): void {
+  env.outputState.record([...result.files, STAMP_FILE], !result.skipped);
+}
+
+/** Says, once, which files of the output folder changed since written (or that it is gone). */
+export function outputSuspects(env: StageEnv, workspaceRoot: string): string[] {
+  const suspect = env.outputState.suspect();
+  if (suspect.length) env.log.info(existsSync(env.paths.output) ? `changed since written: ${suspect.join(', ')}` : `model folder ${relative(workspaceRoot, env.paths.output) || '.'} is missing: writing it again`);
+  return suspect;
+}
+
+// ----- the table -----
+
+const MODELS: StageRead = { from: 'fetch', files: ['models.json'] };
+const STATES: StageRead = { from: 'embed-prompts', files: ['prompt-states.json', 'prompt-states.safetensors'], key: ['prompt-states.json'] };
+const GATES: StageRead = { from: 'build-gates', files: ['gates.json', 'gates.safetensors'], key: ['gates.json'] };
+
+export const PIPELINE: readonly StageDecl[] = [
+  {
+    name: 'fetch',
+    description: 'Resolve the models, validate recipe and models, write models.json (cached on the models\' content ids and Hub commits).',
+    reads: [],
+    writes: ['models.json'],
+    // The models' content ids (memoised by path and stat key): a model edited in place re-runs fetch.
+    hashes: { recipe: true, packages: ['yaml', 'zod', 'cacache', '@huggingface/hub'], runtime: 'model-ids' },
+    takesForwardedOptions: false,
+    example: {},
+    async run(env) {
+      const parsed = await readRecipe(env.paths.recipe);
+      await runFetch(parsed, env.paths.stage('fetch'), {
+        ...fetchOptions(env),
+        refusePlaceholders: true,
+        output: { path: env.paths.output, recipeFile: env.paths.recipe, overwrite: env.options.overwrite, stagesDir: env.paths.stage('') },
+      });
+    },
+  },
+  {
+    name: 'embed-prompts',
+    description: 'Tokenize prompts and compute their states; per-prompt states are cached by content.',
+    reads: [MODELS],
+    writes: ['prompt-states.json', 'prompt-states.safetensors', 'stats.json'],
+    hashes: { recipe: true, packages: ['yaml', 'zod', 'cacache', '@huggingface/tokenizers', 'onnxruntime-node'] },
+    takesForwardedOptions: false,
+    example: {},
+    async run(env) {
+      const index = await runEmbedPrompts(await env.merge(), env.paths.stage('embed-prompts'), embedOptions(env));
+      env.log.info(index.mode === 'none' ? 'no prompt states needed (random gates)' : `prompt states of ${index.prompts.length} prompt${index.prompts.length === 1 ? '' : 's'} (${index.mode === 'hidden' ? `${index.layers} layers, ${index.device}` : 'token embeddings'})`);
+    },
+  },
+  {
+    name: 'build-gates',
+    description: 'Compute router weights from prompt states (gates.safetensors, gates.json).',
+    reads: [MODELS, STATES],
+    writes: ['gates.json', 'gates.safetensors'],
+    hashes: { recipe: true, packages: ['yaml', 'zod'] },
+    takesForwardedOptions: false,
+    example: {},
+    async run(env) {
+      const { info } = await runBuildGates(await env.merge(), env.paths.stage('embed-prompts'), env.paths.stage('build-gates'));
+      // Routing warnings are said here; assemble-experts records them in the plan without repeating them.
+      for (const w of info.warnings) env.log.warn(w);
+      if (info.deferred) env.log.info(`${info.gateMode} gates: drawn by assemble-experts from its seed`);
+      else {
+        env.log.info(`${info.gateMode} gates: ${info.layers} layers x ${info.experts} experts`);
+        info.conditionNumbers.forEach((c, l) => env.log.debug(`layer ${l}: gate condition number ${c === Infinity ? 'infinite' : c.toPrecision(4)}`));
+      }
+    },
+  },
+  {
+    name: 'assemble-experts',
+    description: 'Plan the output: architecture, config.json, every tensor with its sources (plan.json).',
+    // prompt-states.json: only its device, to say where --device belongs.
+    reads: [MODELS, { from: 'embed-prompts', files: ['prompt-states.json'] }, GATES],
+    writes: ['plan.json', 'gates.safetensors'],
+    hashes: { recipe: true, packages: ['yaml', 'zod'] },
+    // A new seed draws new random gates here, a new shard size makes a new plan.
+    takesForwardedOptions: true,
+    example: { randomSeed: 1 },
+    async run(env) {
+      const merge = await env.merge();
+      // Command-line options stop at this stage (earlier stages stay cached); a device meant for the forward
+      // pass would be lost silently, so say where it belongs.
+      const states = await readStageJson<PromptStatesIndex>(join(env.paths.stage('embed-prompts'), 'prompt-states.json'), PROMPT_STATES_SCHEMA, 1, 'embed-prompts');
+      if (states.device !== null && states.device !== env.options.device) {
+        env.log.warn(`--device ${env.options.device} does not reach embed-prompts, which ran on ${states.device}: set it there (nx run <recipe>:embed-prompts --device=${env.options.device}, or "device" in its options in nx.json or project.json).`);
+      }
+      const { gates, warnings } = await gatesForAssembly(merge, env.paths.stage('build-gates'));
+      const plan = await runAssemble(merge, env.paths.stage('assemble-experts'), { ...assembleOptions(env), extraWarnings: warnings, gates });
+      for (const w of newPlanWarnings(merge, plan, warnings)) env.log.warn(w);
+      env.log.info(`${plan.architecture} (${plan.layout} layout, ${plan.outDtype ?? 'base dtype'}): ${plan.tensors.length} tensors planned`);
+      env.log.debug(`architecture ${plan.architecture}: ${merge.archWhy}`);
+    },
+  },
+  {
+    name: 'report',
+    description: 'Routing report (routing.json, routing.html): which expert each prompt reaches in each layer, accuracy, load, starving experts and why.',
+    reads: [MODELS, STATES, GATES],
+    writes: ['routing.json', 'routing.html', 'stats.json'],
+    // Held-out prompt files (evalPrompts) in the recipe's folder.
+    hashes: { recipe: true, projectFiles: ['{projectRoot}/**/*.yml', '{projectRoot}/**/*.yaml', '{projectRoot}/**/*.jsonl'], packages: ['yaml', 'zod', 'cacache', '@huggingface/tokenizers', 'onnxruntime-node'] },
+    // A new seed draws new random gates, which the report routes through.
+    takesForwardedOptions: true,
+    example: { evalPrompts: 'held-out.yml' },
+    async run(env) {
+      if (env.options.evalPrompts) env.checkInput?.(env.options.evalPrompts, 'evalPrompts');
+      const { report } = await runReport(await env.merge(), env.paths.stage('embed-prompts'), env.paths.stage('build-gates'), env.paths.stage('report'), reportOptions(env));
+      const s = report.summary;
+      const pct = (x: number | null) => (x === null ? '—' : `${(100 * x).toFixed(0)}%`);
+      env.log.info(`routing accuracy ${pct(s.accuracy)}${s.heldOutAccuracy !== null ? `, held-out ${pct(s.heldOutAccuracy)}` : ''}; ${s.starving.length} starving expert${s.starving.length === 1 ? '' : 's'}: ${env.paths.stage('report')}/routing.html`);
+      // Random routers starve experts by design until trained: one line says so, not one per expert.
+      const random = s.starving.filter((x) => / gates are not built from prompts/.test(x.reasons[0] ?? ''));
+      if (random.length > 0) env.log.info(`${random.length} of ${report.routed} experts win no prompt in some layer, as expected of ${report.gateMode} gates (the router needs training): see the report`);
+      for (const x of s.starving) if (!random.includes(x)) env.log.warn(`${report.experts[x.expert]!.label} starves in ${x.layers.length} of ${report.layers} layers: ${x.reasons[0]}`);
+    },
+  },
+  {
+    name: 'write',
+    description: 'Stream the model folder from the plan; a cache hit when neither the inputs nor the folder changed (the folder itself is not an Nx output).',
+    // routing.html: a companion file of the model folder. Not prompt-states: the plan and gates stand for them.
+    reads: [MODELS, { from: 'assemble-experts', files: ['plan.json', 'gates.safetensors'] }, { from: 'report', files: ['routing.json', 'routing.html'] }],
+    writes: ['stats.json'],
+    // A token standing for "the model folders this workspace wrote are as written" plus the base's chat template
+    // (see output-state.js): an untouched workspace's build is a cache hit, a deleted or edited folder is written again.
+    hashes: { recipe: true, packages: ['yaml', 'zod', '@huggingface/tokenizers'], runtime: 'output-state' },
+    takesForwardedOptions: true,
+    example: { outputPath: 'out/<project>' },
+    async run(env) {
+      const dir = env.paths.stage('assemble-experts');
+      const plan = await readPlan(dir, await env.models());
+      const gates = await readGates(dir);
+      checkPlanGates(plan, gates, join(dir, 'plan.json'));
+      const routing = await readReport(env.paths.stage('report'));
+      const workspace = env.paths.roots.workspace;
+      const suspect = outputSuspects(env, workspace);
+      const result = await runWrite(plan, { ...writeOptions(env, await readFile(env.paths.recipe, 'utf8'), plan.models[0]!.dir!, suspect), gates, routing: routing ?? undefined });
+      finishWrite(env, result);
+      const out = relative(workspace, result.outPath) || '.';
+      env.log.info(`model folder ${out}: ${result.shards} shard${result.shards === 1 ? '' : 's'}`);
+      env.log.debug(`${result.skipped ? 'unchanged' : 'wrote'} ${out}: ${result.written} shards written, ${result.kept} kept`);
+      await mkdir(env.paths.stage('write'), { recursive: true });
+      await writeFile(join(env.paths.stage('write'), 'stats.json'), JSON.stringify({ skipped: result.skipped, shards: result.shards, written: result.written, kept: result.kept }, null, 2) + '\n');
+    },
+  },
+];
+
+/** A stage's entry by name; throws for a name the table does not hold. */
+export function stageEntry(name: string): StageDecl {
+  const s = PIPELINE.find((d) => d.name === name);
+  if (!s) throw new Error(`no stage "${name}" (stages: ${STAGE_NAMES.join(', ')})`);
+  return s;
+}
+
+/**
+ * The stages a stage runs directly after: those it reads from, less those already before one of them. Nx's
+ * dependsOn and the command's order both come from this, so a new read (the report reading the plan) moves
+ * the stage in both.
+ */
+export function upstream(name: StageName): StageName[] {
+  const direct = [...new Set(stageEntry(name).reads.map((r) => r.from))];
+  const before = (s: StageName): Set<StageName> => new Set(stageEntry(s).reads.flatMap((r) => [r.from, ...before(r.from)]));
+  return direct.filter((s) => !direct.some((o) => o !== s && before(o).has(s)));
+}
+
+/** The stage files that make a stage's cache key, by file name (unique across stages). */
+export function keyFiles(name: StageName): string[] {
+  return [...new Set(stageEntry(name).reads.flatMap((r) => r.key ?? r.files))];
+}
+
