@@ -16,6 +16,8 @@ export interface PipelineOptions {
   copyTokenizer: boolean;
   /** Held-out prompts, resolved against the recipe's folder. */
   evalPrompts?: string;
+  /** mergekit_moe_config.yml and the model card (default true). */
+  writeRecipe?: boolean;
 }
 
 /** Where a stage's lines go. `stats` is what this run did (counts, timings): Nx replays a cached log, so it sends them to debug. */
@@ -24,6 +26,8 @@ export interface StageLog {
   warn(line: string): void;
   debug(line: string): void;
   stats(line: string): void;
+  /** A stage's one-line summary: the task's output in Nx; the command prints its own summary, so these are debug there. */
+  result(line: string): void;
 }
 
 export interface StagePathsLike {
@@ -38,6 +42,10 @@ export interface StagePathsLike {
   maxShardBytes: number;
   /** Prompt-state and content-id cache. */
   cacheDir: string;
+  /** Nx's stage outputs folder, which the output path must not be or hold (the command's work folder is its own). */
+  stagesDir?: string;
+  /** Other files the run writes (the command's --report files), checked against the output path before any work. */
+  otherWrites?: { path: string; label: string }[];
 }
 
 /**
@@ -48,6 +56,8 @@ export interface StagePathsLike {
 export interface StageEnv {
   /** The report's title: the Nx project, or the recipe's file name. */
   name: string;
+  /** Hugging Face settings (HF_ENDPOINT, HF_TOKEN, HF_HUB_CACHE, HF_HUB_OFFLINE); default process.env. */
+  hubEnv?: Record<string, string | undefined>;
   options: PipelineOptions;
   paths: StagePathsLike;
   log: StageLog;

@@ -11,7 +11,7 @@ import { runFetch, type FetchOptions } from '../stages/fetch';
 import { STAMP_FILE } from '../stages/output-folder';
 import { readReport, runReport, type ReportOptions } from '../stages/report';
 import { PROMPT_STATES_SCHEMA, readStageJson } from '../stages/stage-files';
-import { runWrite, type WriteOptions, type WriteResult } from '../stages/write';
+import { runWrite, writeOutput, type LateInputs, type WriteOptions, type WriteResult } from '../stages/write';
 import type { MergePlan } from '../plan/types';
 import { progressReporter } from '../util/progress';
 import type { StageEnv } from './env';
@@ -46,7 +46,7 @@ export interface StageDecl {
   takesForwardedOptions: boolean;
   /** Example options for `nx run <recipe>:<stage> --help`. */
   example: Record<string, unknown>;
-  run(env: StageEnv): Promise<void>;
+  run(env: StageEnv): Promise<unknown>;
 }
 
 // ----- each stage's options, put together once for both front ends -----
@@ -66,6 +66,10 @@ export function fetchOptions(env: StageEnv): FetchOptions {
     warn: env.log.warn,
     stats: env.log.stats,
     debug: env.log.debug,
+    env: env.hubEnv,
+    refusePlaceholders: true,
+    // Every path the run writes, checked against every input and the caches before any download or forward pass.
+    output: { path: env.paths.output, recipeFile: env.paths.recipe, evalPrompts: env.options.evalPrompts, reports: env.paths.otherWrites, overwrite: env.options.overwrite, stagesDir: env.paths.stagesDir },
   };
 }
 
@@ -108,6 +112,7 @@ export function writeOptions(env: StageEnv, recipeText: string, tokenizerDir: st
     recipeText,
     tokenizerDir,
     copyTokenizer: o.copyTokenizer,
+    writeRecipe: o.writeRecipe ?? true,
     overwrite: o.overwrite,
     recompute: o.recompute,
     recipeFile: env.paths.recipe,
@@ -142,6 +147,40 @@ export function outputSuspects(env: StageEnv, workspaceRoot: string): string[] {
   return suspect;
 }
 
+/** What the write takes from the stages before it, read back from their folders as every stage reads them. */
+export async function writeInputs(env: StageEnv): Promise<LateInputs> {
+  const dir = env.paths.stage('assemble-experts');
+  const plan = await readPlan(dir, await env.models());
+  const gates = await readGates(dir);
+  checkPlanGates(plan, gates, join(dir, 'plan.json'));
+  const routing = await readReport(env.paths.stage('report'));
+  return { plan, gates, routing: routing ?? undefined };
+}
+
+/**
+ * The write stage. `ahead` is the command's scheduling: the shards that do not hold the routers are written from
+ * an early plan while `late` (the stages after fetch) runs; the rest once its files are there.
+ */
+export async function writeStage(env: StageEnv, ahead?: { early: MergePlan; late: Promise<void> }): Promise<WriteResult> {
+  const workspace = env.paths.roots.workspace;
+  const suspect = outputSuspects(env, workspace);
+  let result: WriteResult;
+  if (ahead) {
+    const opts = writeOptions(env, await readFile(env.paths.recipe, 'utf8'), ahead.early.models[0]!.dir!, suspect);
+    result = await writeOutput(ahead.early, ahead.late.then(() => writeInputs(env)), opts);
+  } else {
+    const { plan, gates, routing } = await writeInputs(env);
+    result = await runWrite(plan, { ...writeOptions(env, await readFile(env.paths.recipe, 'utf8'), plan.models[0]!.dir!, suspect), gates, routing });
+  }
+  finishWrite(env, result);
+  const out = relative(workspace, result.outPath) || '.';
+  env.log.result(`model folder ${out}: ${result.shards} shard${result.shards === 1 ? '' : 's'}`);
+  env.log.debug(`${result.skipped ? 'unchanged' : 'wrote'} ${out}: ${result.written} shards written, ${result.kept} kept`);
+  await mkdir(env.paths.stage('write'), { recursive: true });
+  await writeFile(join(env.paths.stage('write'), 'stats.json'), JSON.stringify({ skipped: result.skipped, shards: result.shards, written: result.written, kept: result.kept }, null, 2) + '\n');
+  return result;
+}
+
 // ----- the table -----
 
 const MODELS: StageRead = { from: 'fetch', files: ['models.json'] };
@@ -159,12 +198,7 @@ export const PIPELINE: readonly StageDecl[] = [
     takesForwardedOptions: false,
     example: {},
     async run(env) {
-      const parsed = await readRecipe(env.paths.recipe);
-      await runFetch(parsed, env.paths.stage('fetch'), {
-        ...fetchOptions(env),
-        refusePlaceholders: true,
-        output: { path: env.paths.output, recipeFile: env.paths.recipe, overwrite: env.options.overwrite, stagesDir: env.paths.stage('') },
-      });
+      await runFetch(await readRecipe(env.paths.recipe), env.paths.stage('fetch'), fetchOptions(env));
     },
   },
   {
@@ -177,7 +211,7 @@ export const PIPELINE: readonly StageDecl[] = [
     example: {},
     async run(env) {
       const index = await runEmbedPrompts(await env.merge(), env.paths.stage('embed-prompts'), embedOptions(env));
-      env.log.info(index.mode === 'none' ? 'no prompt states needed (random gates)' : `prompt states of ${index.prompts.length} prompt${index.prompts.length === 1 ? '' : 's'} (${index.mode === 'hidden' ? `${index.layers} layers, ${index.device}` : 'token embeddings'})`);
+      env.log.result(index.mode === 'none' ? 'no prompt states needed (random gates)' : `prompt states of ${index.prompts.length} prompt${index.prompts.length === 1 ? '' : 's'} (${index.mode === 'hidden' ? `${index.layers} layers, ${index.device}` : 'token embeddings'})`);
     },
   },
   {
@@ -192,9 +226,9 @@ export const PIPELINE: readonly StageDecl[] = [
       const { info } = await runBuildGates(await env.merge(), env.paths.stage('embed-prompts'), env.paths.stage('build-gates'));
       // Routing warnings are said here; assemble-experts records them in the plan without repeating them.
       for (const w of info.warnings) env.log.warn(w);
-      if (info.deferred) env.log.info(`${info.gateMode} gates: drawn by assemble-experts from its seed`);
+      if (info.deferred) env.log.result(`${info.gateMode} gates: drawn by assemble-experts from its seed`);
       else {
-        env.log.info(`${info.gateMode} gates: ${info.layers} layers x ${info.experts} experts`);
+        env.log.result(`${info.gateMode} gates: ${info.layers} layers x ${info.experts} experts`);
         info.conditionNumbers.forEach((c, l) => env.log.debug(`layer ${l}: gate condition number ${c === Infinity ? 'infinite' : c.toPrecision(4)}`));
       }
     },
@@ -220,7 +254,7 @@ export const PIPELINE: readonly StageDecl[] = [
       const { gates, warnings } = await gatesForAssembly(merge, env.paths.stage('build-gates'));
       const plan = await runAssemble(merge, env.paths.stage('assemble-experts'), { ...assembleOptions(env), extraWarnings: warnings, gates });
       for (const w of newPlanWarnings(merge, plan, warnings)) env.log.warn(w);
-      env.log.info(`${plan.architecture} (${plan.layout} layout, ${plan.outDtype ?? 'base dtype'}): ${plan.tensors.length} tensors planned`);
+      env.log.result(`${plan.architecture} (${plan.layout} layout, ${plan.outDtype ?? 'base dtype'}): ${plan.tensors.length} tensors planned`);
       env.log.debug(`architecture ${plan.architecture}: ${merge.archWhy}`);
     },
   },
@@ -239,7 +273,7 @@ export const PIPELINE: readonly StageDecl[] = [
       const { report } = await runReport(await env.merge(), env.paths.stage('embed-prompts'), env.paths.stage('build-gates'), env.paths.stage('report'), reportOptions(env));
       const s = report.summary;
       const pct = (x: number | null) => (x === null ? '—' : `${(100 * x).toFixed(0)}%`);
-      env.log.info(`routing accuracy ${pct(s.accuracy)}${s.heldOutAccuracy !== null ? `, held-out ${pct(s.heldOutAccuracy)}` : ''}; ${s.starving.length} starving expert${s.starving.length === 1 ? '' : 's'}: ${env.paths.stage('report')}/routing.html`);
+      env.log.result(`routing accuracy ${pct(s.accuracy)}${s.heldOutAccuracy !== null ? `, held-out ${pct(s.heldOutAccuracy)}` : ''}; ${s.starving.length} starving expert${s.starving.length === 1 ? '' : 's'}: ${env.paths.stage('report')}/routing.html`);
       // Random routers starve experts by design until trained: one line says so, not one per expert.
       const random = s.starving.filter((x) => / gates are not built from prompts/.test(x.reasons[0] ?? ''));
       if (random.length > 0) env.log.info(`${random.length} of ${report.routed} experts win no prompt in some layer, as expected of ${report.gateMode} gates (the router needs training): see the report`);
@@ -257,22 +291,7 @@ export const PIPELINE: readonly StageDecl[] = [
     hashes: { recipe: true, packages: ['yaml', 'zod', '@huggingface/tokenizers'], runtime: 'output-state' },
     takesForwardedOptions: true,
     example: { outputPath: 'out/<project>' },
-    async run(env) {
-      const dir = env.paths.stage('assemble-experts');
-      const plan = await readPlan(dir, await env.models());
-      const gates = await readGates(dir);
-      checkPlanGates(plan, gates, join(dir, 'plan.json'));
-      const routing = await readReport(env.paths.stage('report'));
-      const workspace = env.paths.roots.workspace;
-      const suspect = outputSuspects(env, workspace);
-      const result = await runWrite(plan, { ...writeOptions(env, await readFile(env.paths.recipe, 'utf8'), plan.models[0]!.dir!, suspect), gates, routing: routing ?? undefined });
-      finishWrite(env, result);
-      const out = relative(workspace, result.outPath) || '.';
-      env.log.info(`model folder ${out}: ${result.shards} shard${result.shards === 1 ? '' : 's'}`);
-      env.log.debug(`${result.skipped ? 'unchanged' : 'wrote'} ${out}: ${result.written} shards written, ${result.kept} kept`);
-      await mkdir(env.paths.stage('write'), { recursive: true });
-      await writeFile(join(env.paths.stage('write'), 'stats.json'), JSON.stringify({ skipped: result.skipped, shards: result.shards, written: result.written, kept: result.kept }, null, 2) + '\n');
-    },
+    run: (env) => writeStage(env),
   },
 ];
 
