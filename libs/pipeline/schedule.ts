@@ -21,10 +21,12 @@ export interface Schedule {
  */
 export async function runPipeline(env: StageEnv, schedule: Schedule): Promise<WriteResult> {
   const stages = PIPELINE.filter((s) => !schedule.skip?.includes(s.name));
-  const [first, ...rest] = stages;
-  if (first?.name !== 'fetch' || rest.at(-1)?.name !== 'write') throw new Error('the pipeline starts with fetch and ends with write');
-  const middle = rest.slice(0, -1);
-  await first.run(env);
+  // Up to fetch: what the early plan needs (the recipe and the resolved models).
+  const split = stages.findIndex((s) => s.name === 'fetch') + 1;
+  const head = stages.slice(0, split);
+  const middle = stages.slice(split, -1);
+  if (split === 0 || stages.at(-1)?.name !== 'write') throw new Error('the pipeline has a fetch stage and ends with write');
+  for (const s of head) await s.run(env);
   // Held-out prompts are checked before the forward pass, not after it.
   if (env.options.evalPrompts && middle.some((s) => s.name === 'report')) await readEvalPrompts(env.options.evalPrompts, (await env.merge()).ctx.experts.length);
   if (!schedule.writeAhead) {

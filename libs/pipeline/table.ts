@@ -2,7 +2,11 @@ import { existsSync } from 'node:fs';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join, relative } from 'node:path';
 import { GATE_MODES } from '../gates/modes';
-import { readRecipe } from '../recipe/parse';
+import { z } from 'zod';
+import { readRecipe, type ParsedRecipe } from '../recipe/parse';
+import type { Expert } from '../recipe/schema';
+import { checkRecipe } from '../recipe/validate';
+import { refusePlaceholders } from '../recipe/placeholders';
 import { checkPlanGates, readPlan, runAssemble, type AssembleOptions } from '../stages/assemble';
 import { gatesForAssembly, readGates, runBuildGates } from '../stages/build-gates';
 import type { MergeContext } from '../stages/context';
@@ -10,13 +14,13 @@ import { runEmbedPrompts, type EmbedOptions, type PromptStatesIndex } from '../s
 import { runFetch, type FetchOptions } from '../stages/fetch';
 import { STAMP_FILE } from '../stages/output-folder';
 import { readReport, runReport, type ReportOptions } from '../stages/report';
-import { PROMPT_STATES_SCHEMA, readStageJson } from '../stages/stage-files';
+import { PROMPT_STATES_SCHEMA, readStageJson, refuseStageFile } from '../stages/stage-files';
 import { runWrite, writeOutput, type LateInputs, type WriteOptions, type WriteResult } from '../stages/write';
 import type { MergePlan } from '../plan/types';
 import { progressReporter } from '../util/progress';
 import type { StageEnv } from './env';
 
-export const STAGE_NAMES = ['fetch', 'embed-prompts', 'build-gates', 'assemble-experts', 'report', 'write'] as const;
+export const STAGE_NAMES = ['recipe', 'fetch', 'embed-prompts', 'build-gates', 'assemble-experts', 'report', 'write'] as const;
 export type StageName = (typeof STAGE_NAMES)[number];
 
 /** Files a stage reads from an earlier stage's folder; `key`: those that stand for all of them in its cache key. */
@@ -26,6 +30,25 @@ export interface StageRead {
   /** Default: every file read. An index (prompt-states.json) stands for its tensors, which are a function of it. */
   key?: string[];
 }
+
+/** The options a command line may give a stage (tools/executors/stage-options.json), by name. */
+export type OptionName = 'recipe' | 'outputPath' | 'stagesDir' | 'randomSeed' | 'layout' | 'rng' | 'outShardSize' | 'shardOrder' | 'device' | 'overwrite' | 'recompute' | 'allowIdenticalModels' | 'copyTokenizer' | 'cacheDir' | 'evalPrompts';
+
+export const SLICE_VERSION = 1;
+export const sliceFile = (stage: StageName) => `${stage}.slice.json`;
+export const SLICE_SCHEMA = z.object({ version: z.literal(SLICE_VERSION), stage: z.enum(STAGE_NAMES), recipe: z.unknown(), options: z.record(z.string(), z.unknown()) });
+export type Slice = z.infer<typeof SLICE_SCHEMA>;
+
+/** A stage's slice as the recipe stage wrote it, checked (it may come back from a remote cache). */
+export async function readSlice(dir: string, stage: StageName): Promise<Slice> {
+  const slice = await readStageJson<Slice>(join(dir, sliceFile(stage)), SLICE_SCHEMA, SLICE_VERSION, 'recipe');
+  if (slice.stage !== stage) throw refuseStageFile(join(dir, sliceFile(stage)), `it is the slice of the ${slice.stage} stage`);
+  return slice;
+}
+
+const withoutPrompts = ({ positive_prompts: _p, negative_prompts: _n, ...rest }: Expert) => rest;
+const promptsOf = (e: Expert) => ({ positive_prompts: e.positive_prompts ?? [], negative_prompts: e.negative_prompts ?? [] });
+const wholeRecipe = (p: ParsedRecipe) => p.recipe;
 
 export interface StageDecl {
   name: StageName;
@@ -40,10 +63,15 @@ export interface StageDecl {
    */
   hashes: { recipe: boolean; projectFiles?: string[]; packages: string[]; runtime?: 'model-ids' | 'output-state' };
   /**
-   * Whether options given on the command line to a later target reach it. Those that are off stay cached when
-   * a seed or a shard size changes (Nx hashes a task's options).
+   * The part of the recipe its work depends on, written by the recipe stage as <stage>.slice.json and hashed in
+   * its place (the stage reads moe.yml itself: what it reads beyond the slice must not change its output).
    */
-  takesForwardedOptions: boolean;
+  slice(recipe: ParsedRecipe): unknown;
+  /**
+   * The options given on the command line that reach it, through its slice (every stage after the recipe stage
+   * ignores the options Nx would forward, so that a new shard size does not re-run the report).
+   */
+  options: readonly OptionName[];
   /** Example options for `nx run <recipe>:<stage> --help`. */
   example: Record<string, unknown>;
   run(env: StageEnv): Promise<unknown>;
@@ -187,27 +215,60 @@ const MODELS: StageRead = { from: 'fetch', files: ['models.json'] };
 const STATES: StageRead = { from: 'embed-prompts', files: ['prompt-states.json', 'prompt-states.safetensors'], key: ['prompt-states.json'] };
 const GATES: StageRead = { from: 'build-gates', files: ['gates.json', 'gates.safetensors'], key: ['gates.json'] };
 
+const slice = (stage: StageName): StageRead => ({ from: 'recipe', files: [sliceFile(stage)] });
+
 export const PIPELINE: readonly StageDecl[] = [
+  {
+    name: 'recipe',
+    description: 'Read and check the recipe and the options given, and split them per stage (<stage>.slice.json): each stage is cached on the part it uses.',
+    reads: [],
+    writes: STAGE_NAMES.map(sliceFile),
+    hashes: { recipe: true, packages: ['yaml', 'zod'] },
+    slice: wholeRecipe,
+    options: [],
+    example: {},
+    async run(env) {
+      const parsed = await readRecipe(env.paths.recipe);
+      // What needs the recipe alone is checked here, once: a prompt edit does not re-run fetch, which checks the rest.
+      checkRecipe(parsed, { allowIdenticalModels: env.options.allowIdenticalModels });
+      refusePlaceholders(parsed);
+      const dir = env.paths.stage('recipe');
+      await mkdir(dir, { recursive: true });
+      for (const s of PIPELINE) {
+        const options = Object.fromEntries(Object.entries(env.overrides ?? {}).filter(([k]) => (s.options as readonly string[]).includes(k)));
+        const body: Slice = { version: SLICE_VERSION, stage: s.name, recipe: s.slice(parsed), options };
+        await writeFile(join(dir, sliceFile(s.name)), JSON.stringify(body, null, 1) + '\n');
+      }
+    },
+  },
   {
     name: 'fetch',
     description: 'Resolve the models, validate recipe and models, write models.json (cached on the models\' content ids and Hub commits).',
-    reads: [],
-    writes: ['models.json'],
+    reads: [slice('fetch')],
+    writes: ['models.json', 'base-model.json'],
     // The models' content ids (memoised by path and stat key): a model edited in place re-runs fetch.
-    hashes: { recipe: true, packages: ['yaml', 'zod', 'cacache', '@huggingface/hub'], runtime: 'model-ids' },
-    takesForwardedOptions: false,
+    hashes: { recipe: false, packages: ['yaml', 'zod', 'cacache', '@huggingface/hub'], runtime: 'model-ids' },
+    // Not the prompts: they are checked by the recipe stage and used by the stages after.
+    slice: (p) => ({ ...p.recipe, experts: p.recipe.experts.map(withoutPrompts), shared_experts: p.recipe.shared_experts?.map(withoutPrompts) }),
+    options: ['outputPath', 'overwrite', 'recompute', 'cacheDir'],
     example: {},
     async run(env) {
-      await runFetch(await readRecipe(env.paths.recipe), env.paths.stage('fetch'), fetchOptions(env));
+      const { models, merge } = await runFetch(await readRecipe(env.paths.recipe), env.paths.stage('fetch'), fetchOptions(env));
+      // The base's content alone, for the stages whose work depends on no other model (embed-prompts).
+      const base = models.models.find((m) => m.key === merge.ctx.base.key)!;
+      await writeFile(join(env.paths.stage('fetch'), 'base-model.json'), JSON.stringify({ version: 1, ...(base.contentId ? { contentId: base.contentId } : { model: base }) }) + '\n');
     },
   },
   {
     name: 'embed-prompts',
     description: 'Tokenize prompts and compute their states; per-prompt states are cached by content.',
-    reads: [MODELS],
+    // Of the models, the base's content alone (base-model.json): an expert's weights do not change prompt states.
+    reads: [slice('embed-prompts'), { from: 'fetch', files: ['models.json'], key: ['base-model.json'] }],
     writes: ['prompt-states.json', 'prompt-states.safetensors', 'stats.json'],
-    hashes: { recipe: true, packages: ['yaml', 'zod', 'cacache', '@huggingface/tokenizers', 'onnxruntime-node'] },
-    takesForwardedOptions: false,
+    hashes: { recipe: false, packages: ['yaml', 'zod', 'cacache', '@huggingface/tokenizers', 'onnxruntime-node'] },
+    // The base (its reference: an override_architecture), the mode and the prompts, in the recipe's order.
+    slice: (p) => ({ base_model: p.recipe.base_model, gate_mode: p.recipe.gate_mode, experts: p.recipe.experts.map(promptsOf), shared_experts: p.recipe.shared_experts?.map(({ source_model: _m, ...rest }) => rest) }),
+    options: ['device', 'recompute', 'cacheDir'],
     example: {},
     async run(env) {
       const index = await runEmbedPrompts(await env.merge(), env.paths.stage('embed-prompts'), embedOptions(env));
@@ -217,10 +278,11 @@ export const PIPELINE: readonly StageDecl[] = [
   {
     name: 'build-gates',
     description: 'Compute router weights from prompt states (gates.safetensors, gates.json).',
-    reads: [MODELS, STATES],
+    reads: [slice('build-gates'), MODELS, STATES],
     writes: ['gates.json', 'gates.safetensors'],
-    hashes: { recipe: true, packages: ['yaml', 'zod'] },
-    takesForwardedOptions: false,
+    hashes: { recipe: false, packages: ['yaml', 'zod'] },
+    slice: wholeRecipe,
+    options: [],
     example: {},
     async run(env) {
       const { info } = await runBuildGates(await env.merge(), env.paths.stage('embed-prompts'), env.paths.stage('build-gates'));
@@ -237,11 +299,12 @@ export const PIPELINE: readonly StageDecl[] = [
     name: 'assemble-experts',
     description: 'Plan the output: architecture, config.json, every tensor with its sources (plan.json).',
     // prompt-states.json: only its device, to say where --device belongs.
-    reads: [MODELS, { from: 'embed-prompts', files: ['prompt-states.json'] }, GATES],
+    reads: [slice('assemble-experts'), MODELS, { from: 'embed-prompts', files: ['prompt-states.json'] }, GATES],
     writes: ['plan.json', 'gates.safetensors'],
-    hashes: { recipe: true, packages: ['yaml', 'zod'] },
+    hashes: { recipe: false, packages: ['yaml', 'zod'] },
     // A new seed draws new random gates here, a new shard size makes a new plan.
-    takesForwardedOptions: true,
+    slice: wholeRecipe,
+    options: ['randomSeed', 'layout', 'rng', 'allowIdenticalModels', 'outShardSize', 'shardOrder', 'device'],
     example: { randomSeed: 1 },
     async run(env) {
       const merge = await env.merge();
@@ -261,12 +324,13 @@ export const PIPELINE: readonly StageDecl[] = [
   {
     name: 'report',
     description: 'Routing report (routing.json, routing.html): which expert each prompt reaches in each layer, accuracy, load, starving experts and why.',
-    reads: [MODELS, STATES, GATES],
+    reads: [slice('report'), MODELS, STATES, GATES],
     writes: ['routing.json', 'routing.html', 'stats.json'],
-    // Held-out prompt files (evalPrompts) in the recipe's folder.
-    hashes: { recipe: true, projectFiles: ['{projectRoot}/**/*.yml', '{projectRoot}/**/*.yaml', '{projectRoot}/**/*.jsonl'], packages: ['yaml', 'zod', 'cacache', '@huggingface/tokenizers', 'onnxruntime-node'] },
+    // Held-out prompt files (evalPrompts) in the recipe's folder; not the recipe, which its slice stands for.
+    hashes: { recipe: false, projectFiles: ['{projectRoot}/**/*.yml', '{projectRoot}/**/*.yaml', '{projectRoot}/**/*.jsonl', '!{projectRoot}/moe.yml'], packages: ['yaml', 'zod', 'cacache', '@huggingface/tokenizers', 'onnxruntime-node'] },
     // A new seed draws new random gates, which the report routes through.
-    takesForwardedOptions: true,
+    slice: wholeRecipe,
+    options: ['randomSeed', 'layout', 'rng', 'allowIdenticalModels', 'device', 'recompute', 'cacheDir', 'evalPrompts'],
     example: { evalPrompts: 'held-out.yml' },
     async run(env) {
       if (env.options.evalPrompts) env.checkInput?.(env.options.evalPrompts, 'evalPrompts');
@@ -284,12 +348,14 @@ export const PIPELINE: readonly StageDecl[] = [
     name: 'write',
     description: 'Stream the model folder from the plan; a cache hit when neither the inputs nor the folder changed (the folder itself is not an Nx output).',
     // routing.html: a companion file of the model folder. Not prompt-states: the plan and gates stand for them.
-    reads: [MODELS, { from: 'assemble-experts', files: ['plan.json', 'gates.safetensors'] }, { from: 'report', files: ['routing.json', 'routing.html'] }],
+    reads: [slice('write'), MODELS, { from: 'assemble-experts', files: ['plan.json', 'gates.safetensors'] }, { from: 'report', files: ['routing.json', 'routing.html'] }],
     writes: ['stats.json'],
     // A token standing for "the model folders this workspace wrote are as written" plus the base's chat template
     // (see output-state.js): an untouched workspace's build is a cache hit, a deleted or edited folder is written again.
-    hashes: { recipe: true, packages: ['yaml', 'zod', '@huggingface/tokenizers'], runtime: 'output-state' },
-    takesForwardedOptions: true,
+    hashes: { recipe: false, packages: ['yaml', 'zod', '@huggingface/tokenizers'], runtime: 'output-state' },
+    // The recipe's text: it is copied into the model folder (mergekit_moe_config.yml).
+    slice: (p) => ({ text: p.text }),
+    options: ['outputPath', 'overwrite', 'recompute', 'copyTokenizer', 'cacheDir', 'evalPrompts'],
     example: { outputPath: 'out/<project>' },
     run: (env) => writeStage(env),
   },

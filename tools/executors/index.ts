@@ -3,7 +3,8 @@ import { basename, dirname, isAbsolute, join, relative, resolve, sep } from 'nod
 import type { CreateNodesV2, TargetConfiguration } from '@nx/devkit';
 import { parseYamlInput, readInputTextSync, RECIPE } from '../../libs/input';
 import { runtimeCommand } from './fast-input';
-import { keyFiles, PIPELINE, STAGE_NAMES, stageEntry, upstream, type StageName } from '../../libs/pipeline/table';
+import { keyFiles, PIPELINE, STAGE_NAMES, upstream, type StageName } from '../../libs/pipeline/table';
+import { ForgeError } from '../../libs/errors';
 
 /**
  * Every workspace-models/<name>/moe.yml is a project <name> with the stage targets chained by dependsOn.
@@ -20,6 +21,7 @@ type TargetKind = Stage | 'build' | 'check-options';
 export const TARGET_NAME_OPTIONS: Record<TargetKind, string> = {
   build: 'buildTargetName',
   'check-options': 'checkOptionsTargetName',
+  recipe: 'recipeTargetName',
   fetch: 'fetchTargetName',
   'embed-prompts': 'embedPromptsTargetName',
   'build-gates': 'buildGatesTargetName',
@@ -32,6 +34,7 @@ export const TARGET_NAME_OPTIONS: Record<TargetKind, string> = {
 export interface MoeForgePluginOptions {
   buildTargetName?: string;
   checkOptionsTargetName?: string;
+  recipeTargetName?: string;
   fetchTargetName?: string;
   embedPromptsTargetName?: string;
   buildGatesTargetName?: string;
@@ -111,6 +114,7 @@ export function recipeTargets(projectRoot: string, projectName: string, options:
   const stagesDir = `${options.stagesDir ?? 'dist/stages'}/${projectName}`;
   const outputPath = `${options.modelsDir ?? 'dist/models'}/${projectName}`;
   const check = { target: name('check-options'), params: 'forward' as const };
+  const split = { target: name('recipe'), params: 'forward' as const };
   const targets: Record<string, TargetConfiguration> = {};
   // Nx checks options against a schema in the process that runs the task; the first stage to run never gets the
   // command line's options (they stop at the stages they change), so this cheap cached target checks them first.
@@ -144,9 +148,10 @@ export function recipeTargets(projectRoot: string, projectName: string, options:
       // One executor for every stage (tools/executors/stage): Nx's batch mode runs a chain in one process.
       executor: './tools/executors:stage',
       options: stage === 'write' ? { stagesDir, outputPath } : { stagesDir },
-      // Command-line options reach the stages that take them (a new seed or shard size); the others ignore them
-      // and stay cached. check-options comes first: Nx creates a task once, with the options of the first path that reaches it.
-      dependsOn: [check, ...upstream(stage).map((u) => ({ target: name(u), params: stageEntry(u).takesForwardedOptions ? ('forward' as const) : ('ignore' as const) }))],
+      // Command-line options go to the recipe stage alone, which hands each stage those it uses (its slice): a new
+      // shard size re-runs the plan and the write, not the report. check-options and the recipe stage come first:
+      // Nx creates a task once, with the options of the first path that reaches it.
+      dependsOn: [check, ...(stage === 'recipe' ? [] : [split]), ...upstream(stage).filter((u) => u !== 'recipe').map((u) => ({ target: name(u), params: 'ignore' as const }))],
       // write's Nx output is its small stats file, never the model folder (tens of GB Nx would copy).
       cache: true,
       inputs,
@@ -164,7 +169,7 @@ export function recipeTargets(projectRoot: string, projectName: string, options:
     // on its options alone, so a no-op build starts no process for it.
     executor: './tools/executors:build',
     // The stages no other stage reads from: the model folder (write).
-    dependsOn: [check, ...PIPELINE.filter((d) => !PIPELINE.some((o) => o.reads.some((r) => r.from === d.name))).map((d) => ({ target: name(d.name), params: 'forward' as const }))],
+    dependsOn: [check, split, ...PIPELINE.filter((d) => !PIPELINE.some((o) => o.reads.some((r) => r.from === d.name))).map((d) => ({ target: name(d.name), params: 'ignore' as const }))],
     cache: true,
     inputs: [],
     outputs: [],
@@ -180,6 +185,7 @@ export function recipeTargets(projectRoot: string, projectName: string, options:
 export const createNodesV2: CreateNodesV2<MoeForgePluginOptions> = [
   'workspace-models/*/moe.yml',
   (files, options, context) => {
+    checkPluginOptions(options);
     warnDeprecated(options);
     return files.map((file) => {
       const root = dirname(file);
@@ -195,6 +201,27 @@ export const createNodesV2: CreateNodesV2<MoeForgePluginOptions> = [
 ];
 
 export const createNodes = createNodesV2;
+
+/** The plugin's options in nx.json, checked before any project is made: a typo would otherwise be ignored silently. */
+export function checkPluginOptions(options: MoeForgePluginOptions | undefined): void {
+  if (options === undefined || options === null) return;
+  const bad = (message: string, field: string) => new ForgeError('bad_option', message, { file: 'nx.json', field });
+  if (typeof options !== 'object' || Array.isArray(options)) throw bad(`moe-forge plugin options must be an object, got ${JSON.stringify(options)}`, 'plugins[].options');
+  const nameOptions = Object.values(TARGET_NAME_OPTIONS);
+  const known = [...nameOptions, 'stagesDir', 'modelsDir', 'targetNames'];
+  for (const [k, v] of Object.entries(options)) {
+    if (!known.includes(k)) throw bad(`moe-forge plugin option "${k}" is unknown (options: ${known.join(', ')})`, k);
+    if (k !== 'targetNames' && (typeof v !== 'string' || v.trim() === '')) throw bad(`moe-forge plugin option "${k}" must be a non-empty string, got ${JSON.stringify(v)}`, k);
+  }
+  // Two targets of one name: one would silently replace the other.
+  const seen = new Map<string, string>();
+  for (const [kind, option] of Object.entries(TARGET_NAME_OPTIONS)) {
+    const n = (options as Record<string, string | undefined>)[option] ?? options.targetNames?.[kind as TargetKind] ?? kind;
+    const other = seen.get(n);
+    if (other !== undefined) throw bad(`moe-forge plugin options: the ${other} and ${kind} targets are both named "${n}" (set ${TARGET_NAME_OPTIONS[other as TargetKind]} or ${option} to another name)`, option);
+    seen.set(n, kind);
+  }
+}
 
 let warned = false;
 

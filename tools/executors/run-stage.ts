@@ -6,7 +6,7 @@ import { describeError } from '../../libs/errors';
 import { readRecipe } from '../../libs/recipe/parse';
 import { checkResolvedModels, loadMergeContext, readModelsFile, type MergeContext, type ResolvedModel } from '../../libs/stages/context';
 import { ensureModelsPresent } from '../../libs/stages/fetch';
-import { stageEntry, type StageEnv } from '../../libs/pipeline';
+import { readSlice, stageEntry, type StageEnv } from '../../libs/pipeline';
 import { checkHashedInput } from './hashed-input';
 import { recordWrite, suspectFiles } from './output-state';
 import { stagePaths, type StageOptions, type StagePaths } from './options';
@@ -20,13 +20,14 @@ export function nxStageEnv(options: StageOptions, paths: StagePaths, context: Ex
   const env: StageEnv = {
     name: project,
     options: { ...options, evalPrompts: options.evalPrompts ? resolve(paths.projectRoot, options.evalPrompts) : undefined },
-    paths: { ...paths, cacheDir },
+    paths: { ...paths, cacheDir, stagesDir: paths.stage('') },
     log: {
       info: (l) => logger.info(l),
       warn: (l) => logger.warn(`WARNING: ${l}`),
       debug: (l) => logger.debug(l),
       // Replayed by Nx on a cache hit, counts of this run would read as if computed again: debug only.
       stats: (l) => logger.debug(l),
+      result: (l) => logger.info(l),
     },
     async models() {
       if (!models) {
@@ -60,16 +61,30 @@ export function nxStageEnv(options: StageOptions, paths: StagePaths, context: Ex
 export async function runStage(raw: unknown, context: ExecutorContext, stage: string): Promise<{ success: boolean }> {
   try {
     const entry = stageEntry(stage);
-    const { options, paths } = stagePaths(raw, context);
+    const given = (raw ?? {}) as Record<string, unknown>;
+    // The command line's options reach a stage through its slice (the recipe stage wrote it), never through Nx's
+    // forwarding, so that its cache key holds only the options it uses.
+    // Options given to this very task (it is the one run) win over those handed on.
+    const merged = stage === 'recipe' ? given : { ...given, ...(await readSlice(stagePaths(raw, context).paths.stage('recipe'), entry.name)).options, ...overrides(given, context) };
+    const { options, paths } = stagePaths(merged, context);
     const rel = (p: string) => relative(paths.workspaceRoot, p) || '.';
     logger.debug(`${context.targetName}: recipe ${rel(paths.recipe)}, stage outputs ${rel(paths.stage(''))}, options ${JSON.stringify(options)}`);
-    await entry.run(nxStageEnv(options, paths, context));
+    const env = nxStageEnv(options, paths, context);
+    if (stage === 'recipe') env.overrides = overrides(given, context);
+    await entry.run(env);
     return { success: true };
   } catch (e) {
     logger.error(`error: ${describeError(e)}`);
     if (process.env.NX_VERBOSE_LOGGING === 'true') logger.error((e as Error)?.stack ?? String(e));
     return { success: false };
   }
+}
+
+/** The options given on the command line: those other than the target's configuration (nx.json, project.json, the plugin). */
+function overrides(given: Record<string, unknown>, context: ExecutorContext): Record<string, unknown> {
+  const target = context.projectsConfigurations?.projects?.[context.projectName!]?.targets?.[context.targetName!];
+  const config = { ...(target?.options ?? {}), ...(context.configurationName ? target?.configurations?.[context.configurationName] : {}) } as Record<string, unknown>;
+  return Object.fromEntries(Object.entries(given).filter(([k, v]) => JSON.stringify(v) !== JSON.stringify(config[k])));
 }
 
 /** The prompt-state and content-id cache: executor option, else $MOE_FORGE_CACHE, else .moe-cache in the workspace. */
