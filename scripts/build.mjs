@@ -54,7 +54,7 @@ try {
   });
   const executors = await esbuild.build({
     ...common,
-    entryPoints: { ...Object.fromEntries(EXECUTORS.map((e) => [e, join(ROOT, 'tools', 'executors', e, 'impl.ts')])), 'stage-batch': join(ROOT, 'tools', 'executors', 'stage', 'batch.ts') },
+    entryPoints: { ...Object.fromEntries(EXECUTORS.map((e) => [e, join(ROOT, 'tools', 'executors', e, 'impl.ts')])), 'stage-batch': join(ROOT, 'tools', 'executors', 'stage', 'batch.ts'), 'recipe-stage': join(ROOT, 'tools', 'executors', 'stage', 'recipe.ts') },
     outdir: join(tmp, 'executors'),
     define: { __FORWARD_WORKER__: JSON.stringify('../forward-worker.js') },
   });

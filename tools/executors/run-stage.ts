@@ -10,6 +10,7 @@ import { readSlice, stageEntry, type StageEnv } from '../../libs/pipeline';
 import { checkHashedInput } from './hashed-input';
 import { recordWrite, suspectFiles } from './output-state';
 import { stagePaths, type StageOptions, type StagePaths } from './options';
+import stageOptionsSchema from './stage-options.json';
 
 /** The pipeline's environment for one Nx task: its options, its folders, Nx's log, the workspace's output record. */
 export function nxStageEnv(options: StageOptions, paths: StagePaths, context: ExecutorContext): StageEnv {
@@ -80,11 +81,16 @@ export async function runStage(raw: unknown, context: ExecutorContext, stage: st
   }
 }
 
-/** The options given on the command line: those other than the target's configuration (nx.json, project.json, the plugin). */
-function overrides(given: Record<string, unknown>, context: ExecutorContext): Record<string, unknown> {
+/**
+ * The options given on the command line: those other than the target's configuration (nx.json, project.json, the
+ * plugin), or than the schema's default where the configuration sets none (Nx fills defaults in).
+ */
+export function overrides(given: Record<string, unknown>, context: Pick<ExecutorContext, 'projectsConfigurations' | 'projectName' | 'targetName' | 'configurationName'>): Record<string, unknown> {
   const target = context.projectsConfigurations?.projects?.[context.projectName!]?.targets?.[context.targetName!];
   const config = { ...(target?.options ?? {}), ...(context.configurationName ? target?.configurations?.[context.configurationName] : {}) } as Record<string, unknown>;
-  return Object.fromEntries(Object.entries(given).filter(([k, v]) => JSON.stringify(v) !== JSON.stringify(config[k])));
+  const properties = (stageOptionsSchema as { properties: Record<string, { default?: unknown }> }).properties;
+  const expected = (k: string) => (k in config ? config[k] : properties[k]?.default);
+  return Object.fromEntries(Object.entries(given).filter(([k, v]) => JSON.stringify(v) !== JSON.stringify(expected(k))));
 }
 
 /** The prompt-state and content-id cache: executor option, else $MOE_FORGE_CACHE, else .moe-cache in the workspace. */
