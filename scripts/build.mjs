@@ -11,7 +11,7 @@ import { createRequire } from 'node:module';
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..');
 const require = createRequire(import.meta.url);
 const OUT = join(ROOT, 'build');
-const EXECUTORS = ['fetch', 'embed-prompts', 'build-gates', 'assemble-experts', 'write', 'check-options', 'report', 'model-ids'];
+const EXECUTORS = ['fetch', 'embed-prompts', 'build-gates', 'assemble-experts', 'write', 'check-options', 'report', 'model-ids', 'stage'];
 
 let esbuild;
 try {
@@ -54,7 +54,7 @@ try {
   });
   const executors = await esbuild.build({
     ...common,
-    entryPoints: Object.fromEntries(EXECUTORS.map((e) => [e, join(ROOT, 'tools', 'executors', e, 'impl.ts')])),
+    entryPoints: { ...Object.fromEntries(EXECUTORS.map((e) => [e, join(ROOT, 'tools', 'executors', e, 'impl.ts')])), 'stage-batch': join(ROOT, 'tools', 'executors', 'stage', 'batch.ts'), 'recipe-stage': join(ROOT, 'tools', 'executors', 'stage', 'recipe.ts') },
     outdir: join(tmp, 'executors'),
     define: { __FORWARD_WORKER__: JSON.stringify('../forward-worker.js') },
   });

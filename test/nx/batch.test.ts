@@ -5,7 +5,7 @@ import { join, relative } from 'node:path';
 import { FIXTURES } from '../helpers/tmp';
 import { addRecipe, nx, throwawayWorkspace, TINY_BF16_RECIPE } from '../helpers/workspace';
 
-const STAGES = ['fetch', 'embed-prompts', 'build-gates', 'assemble-experts', 'report', 'write'];
+const STAGES = ['recipe', 'fetch', 'embed-prompts', 'build-gates', 'assemble-experts', 'report', 'write'];
 
 function workspace(prefix: string): string {
   const ws = throwawayWorkspace(prefix);
@@ -47,8 +47,8 @@ test('batch mode runs the stages in one process with the same outputs, logs and 
   assert.doesNotMatch(normal.stdout, /Running \d+ tasks with/);
   const batch = await nx(batchWs, ['run', 'n:build'], { NX_BATCH_MODE: 'true' });
   assert.equal(batch.exitCode, 0, batch.stdout + batch.stderr);
-  // One batch for the six stages (check-options runs on its own, before them).
-  assert.match(batch.stdout, /Running 6 tasks with \.\/tools\/executors:stage/);
+  // One batch for the seven stages of the pipeline table (check-options runs on its own, before them).
+  assert.match(batch.stdout, /Running 7 tasks with \.\/tools\/executors:stage/);
 
   const a = files(normalWs);
   const b = files(batchWs);

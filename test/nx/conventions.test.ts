@@ -126,7 +126,7 @@ test('plugin options in nx.json rename targets and move stage outputs', async ()
   assert.equal(r.exitCode, 0, r.stderr);
   const p = JSON.parse(r.stdout);
   assert.ok(p.targets.merge && !p.targets.build && p.targets['resolve-models'] && !p.targets.fetch);
-  assert.deepEqual(p.targets['embed-prompts'].dependsOn[1], { target: 'resolve-models', params: 'ignore' });
+  assert.deepEqual(p.targets['embed-prompts'].dependsOn[2], { target: 'resolve-models', params: 'ignore' });
   assert.deepEqual(p.targets['resolve-models'].outputs, ['{workspaceRoot}/out/stages/uses-b/fetch']);
   const b = await nx(ws, ['run', 'uses-b:merge']);
   assert.equal(b.exitCode, 0, b.stdout + b.stderr);

@@ -6,7 +6,7 @@ import { recipeTargets, TARGET_NAME_OPTIONS, warnDeprecated } from '../../tools/
 test('every target is renamed by its <name>TargetName option, and dependsOn follows the new names', () => {
   const t = recipeTargets('workspace-models/x', 'x', { buildTargetName: 'merge', fetchTargetName: 'resolve-models', checkOptionsTargetName: 'options' });
   assert.ok(t.merge && !t.build && t['resolve-models'] && !t.fetch && t.options && !t['check-options']);
-  assert.deepEqual(t['embed-prompts']!.dependsOn, [{ target: 'options', params: 'forward' }, { target: 'resolve-models', params: 'ignore' }]);
+  assert.deepEqual(t['embed-prompts']!.dependsOn, [{ target: 'options', params: 'forward' }, { target: 'recipe', params: 'forward' }, { target: 'resolve-models', params: 'ignore' }]);
   const all = Object.fromEntries(Object.values(TARGET_NAME_OPTIONS).map((o, i) => [o, `t${i}`]));
   assert.deepEqual(Object.keys(recipeTargets('workspace-models/x', 'x', all)).sort(), Object.values(all).sort());
 });

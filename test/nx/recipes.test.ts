@@ -13,15 +13,17 @@ const recipe = readFileSync(join(FIXTURES, 'parity', 'mixtral-cheap_embed.yml'),
 addRecipe(ws, 'parity', recipe);
 addRecipe(ws, 'custom', recipe, { targets: { write: { options: { outputPath: 'out/custom-model', layout: 'fused' } }, 'assemble-experts': { options: { layout: 'fused' } } } });
 
-test('a recipe folder is an Nx project with the five stages, the report and build, each described', async () => {
+test('a recipe folder is an Nx project with the stages of the pipeline table and build, each described', async () => {
   const r = await nx(ws, ['show', 'project', 'parity', '--json']);
   assert.equal(r.exitCode, 0, r.stderr + r.stdout);
   const p = JSON.parse(r.stdout);
-  assert.deepEqual(Object.keys(p.targets).sort(), ['assemble-experts', 'build', 'build-gates', 'check-options', 'embed-prompts', 'fetch', 'report', 'write']);
+  assert.deepEqual(Object.keys(p.targets).sort(), ['assemble-experts', 'build', 'build-gates', 'check-options', 'embed-prompts', 'fetch', 'recipe', 'report', 'write']);
   const check = { target: 'check-options', params: 'forward' };
-  assert.deepEqual(p.targets.write.dependsOn, [check, { target: 'assemble-experts', params: 'forward' }, { target: 'report', params: 'forward' }]);
-  assert.deepEqual(p.targets.report.dependsOn, [check, { target: 'build-gates', params: 'ignore' }]);
-  assert.deepEqual(p.targets['assemble-experts'].dependsOn, [check, { target: 'build-gates', params: 'ignore' }]);
+  // Command-line options reach the recipe stage, which hands each stage its own (see test/nx/cache-keys.test.ts).
+  const recipe = { target: 'recipe', params: 'forward' };
+  assert.deepEqual(p.targets.write.dependsOn, [check, recipe, { target: 'assemble-experts', params: 'ignore' }, { target: 'report', params: 'ignore' }]);
+  assert.deepEqual(p.targets.report.dependsOn, [check, recipe, { target: 'build-gates', params: 'ignore' }]);
+  assert.deepEqual(p.targets['assemble-experts'].dependsOn, [check, recipe, { target: 'build-gates', params: 'ignore' }]);
   for (const t of Object.values<{ metadata?: { description?: string } }>(p.targets)) assert.ok(t.metadata?.description);
 });
 

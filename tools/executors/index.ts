@@ -3,6 +3,8 @@ import { basename, dirname, isAbsolute, join, relative, resolve, sep } from 'nod
 import type { CreateNodesV2, TargetConfiguration } from '@nx/devkit';
 import { parseYamlInput, readInputTextSync, RECIPE } from '../../libs/input';
 import { runtimeCommand } from './fast-input';
+import { keyFiles, PIPELINE, STAGE_NAMES, upstream, type StageName } from '../../libs/pipeline/table';
+import { ForgeError } from '../../libs/errors';
 
 /**
  * Every workspace-models/<name>/moe.yml is a project <name> with the stage targets chained by dependsOn.
@@ -10,15 +12,16 @@ import { runtimeCommand } from './fast-input';
  * Every local model folder inside the workspace that a recipe uses is a project too (tag moe-model), and the
  * recipe depends on it: `nx affected` then marks exactly the recipes whose models changed.
  */
-export const STAGES = ['fetch', 'embed-prompts', 'build-gates', 'assemble-experts', 'write'] as const;
-type Stage = (typeof STAGES)[number];
+export const STAGES = STAGE_NAMES;
+type Stage = StageName;
 
-type TargetKind = Stage | 'build' | 'check-options' | 'report';
+type TargetKind = Stage | 'build' | 'check-options';
 
 /** Each target's option name, as Nx's own plugins name theirs (`buildTargetName`, `serveTargetName`, ...). */
 export const TARGET_NAME_OPTIONS: Record<TargetKind, string> = {
   build: 'buildTargetName',
   'check-options': 'checkOptionsTargetName',
+  recipe: 'recipeTargetName',
   fetch: 'fetchTargetName',
   'embed-prompts': 'embedPromptsTargetName',
   'build-gates': 'buildGatesTargetName',
@@ -31,6 +34,7 @@ export const TARGET_NAME_OPTIONS: Record<TargetKind, string> = {
 export interface MoeForgePluginOptions {
   buildTargetName?: string;
   checkOptionsTargetName?: string;
+  recipeTargetName?: string;
   fetchTargetName?: string;
   embedPromptsTargetName?: string;
   buildGatesTargetName?: string;
@@ -44,29 +48,6 @@ export interface MoeForgePluginOptions {
   /** Model folders go to <modelsDir>/<project> (default dist/models). */
   modelsDir?: string;
 }
-
-const DESCRIPTIONS: Record<Stage, string> = {
-  fetch: 'Resolve the models, validate recipe and models, write models.json (cached on the models\' content ids and Hub commits).',
-  'embed-prompts': 'Tokenize prompts and compute their states; per-prompt states are cached by content.',
-  'build-gates': 'Compute router weights from prompt states (gates.safetensors, gates.json).',
-  'assemble-experts': 'Plan the output: architecture, config.json, every tensor with its sources (plan.json).',
-  write: 'Stream the model folder from the plan; a cache hit when neither the inputs nor the folder changed (the folder itself is not an Nx output).',
-};
-
-/**
- * The packages whose code each stage runs (their versions are hashed from the lockfile), instead of the whole
- * lockfile: a bump of an unrelated package keeps every recipe cached.
- */
-export const STAGE_PACKAGES: Record<Stage, string[]> = {
-  fetch: ['yaml', 'zod', 'cacache', '@huggingface/hub'],
-  'embed-prompts': ['yaml', 'zod', 'cacache', '@huggingface/tokenizers', 'onnxruntime-node'],
-  'build-gates': ['yaml', 'zod'],
-  'assemble-experts': ['yaml', 'zod'],
-  write: ['yaml', 'zod', '@huggingface/tokenizers'],
-};
-
-/** The report computes held-out prompts' states (tokenizer, forward pass, cache). */
-export const REPORT_PACKAGES = ['yaml', 'zod', 'cacache', '@huggingface/tokenizers', 'onnxruntime-node'];
 
 const COMMIT = /^[0-9a-f]{40}$/;
 const REPO_ID = /^[A-Za-z0-9][\w.-]*(\/[\w.-]+)?$/;
@@ -133,6 +114,7 @@ export function recipeTargets(projectRoot: string, projectName: string, options:
   const stagesDir = `${options.stagesDir ?? 'dist/stages'}/${projectName}`;
   const outputPath = `${options.modelsDir ?? 'dist/models'}/${projectName}`;
   const check = { target: name('check-options'), params: 'forward' as const };
+  const split = { target: name('recipe'), params: 'forward' as const };
   const targets: Record<string, TargetConfiguration> = {};
   // Nx checks options against a schema in the process that runs the task; the first stage to run never gets the
   // command line's options (they stop at the stages they change), so this cheap cached target checks them first.
@@ -149,71 +131,45 @@ export function recipeTargets(projectRoot: string, projectName: string, options:
       technologies: ['moe-forge'],
     },
   };
-  STAGES.forEach((stage, i) => {
-    const prev = i > 0 ? STAGES[i - 1] : undefined;
-    const inputs: TargetConfiguration['inputs'] = ['recipe', 'forgeCode', { externalDependencies: STAGE_PACKAGES[stage] }];
-    if (stage === 'fetch') {
-      // The models' content ids (memoised by path and stat key, libs/util/stat-key.js: milliseconds), so a model edited in place,
-      // inside or outside the workspace, re-runs fetch; a Hub model pinned to a commit is its own content.
-      inputs.push({ runtime: runtimeCommand('model-ids', [join(projectRoot, 'moe.yml').split(sep).join('/')]) });
-    } else if (stage === 'write') {
-      // Everything write reads from the stages before it (the plan, the gates, the report), and a token standing
-      // for "the model folders this workspace wrote are as written" plus the base's chat template (see
-      // output-state.js): an untouched workspace's build is a cache hit, a deleted or edited folder is written again.
-      inputs.push({ dependentTasksOutputFiles: '**/{models.json,prompt-states.json,gates.json,gates.safetensors,plan.json,routing.json,routing.html}', transitive: true });
-      inputs.push({ runtime: runtimeCommand('output-state', [projectName, stagesDir]) });
-    } else {
-      // Upstream results, not their run statistics (stats.json), so a cache hit upstream keeps this stage cached.
-      inputs.push({ dependentTasksOutputFiles: '**/{models,prompt-states,gates,plan}.json', transitive: true });
-    }
+  // Every stage target from the pipeline table (libs/pipeline): what it hashes, what it runs after, its outputs.
+  for (const decl of PIPELINE) {
+    const stage = decl.name;
+    const h = decl.hashes;
+    const inputs: TargetConfiguration['inputs'] = [...(h.recipe ? ['recipe'] : []), 'forgeCode', ...(h.projectFiles ?? []), { externalDependencies: h.packages }];
+    // The files it reads from the stages before it (their indexes, not run statistics: a cache hit upstream keeps it cached).
+    const keys = keyFiles(stage);
+    if (keys.length) inputs.push({ dependentTasksOutputFiles: keys.length === 1 ? `**/${keys[0]}` : `**/{${keys.join(',')}}`, transitive: true });
+    // fetch: the models' content ids (memoised by path and stat key), so a model edited in place, inside or outside the
+    // workspace, re-runs it; write: a token for "the model folders this workspace wrote are as written" (output-state.js).
+    if (h.runtime === 'model-ids') inputs.push({ runtime: runtimeCommand('model-ids', [join(projectRoot, 'moe.yml').split(sep).join('/')]) });
+    if (h.runtime === 'output-state') inputs.push({ runtime: runtimeCommand('output-state', [projectName, stagesDir]) });
+    const example = Object.fromEntries(Object.entries(decl.example).map(([k, v]) => [k, typeof v === 'string' ? v.replace('<project>', projectName) : v]));
     targets[name(stage)] = {
       // One executor for every stage (tools/executors/stage): Nx's batch mode runs a chain in one process.
       executor: './tools/executors:stage',
       options: stage === 'write' ? { stagesDir, outputPath } : { stagesDir },
-      // Command-line options reach write and assemble-experts, the stages they change (random gates are
-      // drawn there); the earlier stages ignore them so that, e.g., a new seed or shard size keeps their cache.
-      dependsOn: [check, ...(prev ? [{ target: name(prev), params: stage === 'write' ? ('forward' as const) : ('ignore' as const) }] : []), ...(stage === 'write' ? [{ target: name('report'), params: 'forward' as const }] : [])],
+      // Command-line options go to the recipe stage alone, which hands each stage those it uses (its slice): a new
+      // shard size re-runs the plan and the write, not the report. check-options and the recipe stage come first:
+      // Nx creates a task once, with the options of the first path that reaches it.
+      dependsOn: [check, ...(stage === 'recipe' ? [] : [split]), ...upstream(stage).filter((u) => u !== 'recipe').map((u) => ({ target: name(u), params: 'ignore' as const }))],
       // write's Nx output is its small stats file, never the model folder (tens of GB Nx would copy).
       cache: true,
       inputs,
       outputs: [`{workspaceRoot}/${stagesDir}/${stage}`],
       metadata: {
-        description: DESCRIPTIONS[stage] + (stage === 'fetch' && models.floatingHubRefs.length ? ` ${models.floatingHubRefs.join(', ')} name a branch: each build asks the hub for its commit (offline: the cached one).` : ''),
+        description: decl.description + (stage === 'fetch' && models.floatingHubRefs.length ? ` ${models.floatingHubRefs.join(', ')} name a branch: each build asks the hub for its commit (offline: the cached one).` : ''),
         technologies: ['moe-forge'],
         moeForgeStage: stage,
-        help: { command: `npx nx run ${projectName}:${name(stage)} --help`, example: { options: stage === 'write' ? { outputPath: `out/${projectName}` } : stage === 'assemble-experts' ? { randomSeed: 1 } : {} } },
+        help: { command: `npx nx run ${projectName}:${name(stage)} --help`, example: { options: example } },
       },
     };
-  });
-  // After build-gates, beside the chain: write puts its summary in the model card. Command-line options reach it
-  // (a new seed draws new random gates); held-out prompt files in the recipe's folder are among its inputs.
-  targets[name('report')] = {
-    executor: './tools/executors:stage',
-    options: { stagesDir },
-    dependsOn: [check, { target: name('build-gates'), params: 'ignore' }],
-    cache: true,
-    inputs: [
-      'recipe',
-      'forgeCode',
-      '{projectRoot}/**/*.yml',
-      '{projectRoot}/**/*.yaml',
-      '{projectRoot}/**/*.jsonl',
-      { externalDependencies: REPORT_PACKAGES },
-      { dependentTasksOutputFiles: '**/{models,prompt-states,gates}.json', transitive: true },
-    ],
-    outputs: [`{workspaceRoot}/${stagesDir}/report`],
-    metadata: {
-      description: 'Routing report (routing.json, routing.html): which expert each prompt reaches in each layer, accuracy, load, starving experts and why.',
-      technologies: ['moe-forge'],
-      moeForgeStage: 'report',
-      help: { command: `npx nx run ${projectName}:${name('report')} --help`, example: { options: { evalPrompts: 'held-out.yml' } } },
-    },
-  };
+  }
   targets[name('build')] = {
     // Its own executor (which does nothing) so that `nx run x:build --help` lists the options it forwards; cached
     // on its options alone, so a no-op build starts no process for it.
     executor: './tools/executors:build',
-    dependsOn: [check, { target: name('write'), params: 'forward' }],
+    // The stages no other stage reads from: the model folder (write).
+    dependsOn: [check, split, ...PIPELINE.filter((d) => !PIPELINE.some((o) => o.reads.some((r) => r.from === d.name))).map((d) => ({ target: name(d.name), params: 'ignore' as const }))],
     cache: true,
     inputs: [],
     outputs: [],
@@ -229,6 +185,7 @@ export function recipeTargets(projectRoot: string, projectName: string, options:
 export const createNodesV2: CreateNodesV2<MoeForgePluginOptions> = [
   'workspace-models/*/moe.yml',
   (files, options, context) => {
+    checkPluginOptions(options);
     warnDeprecated(options);
     return files.map((file) => {
       const root = dirname(file);
@@ -244,6 +201,27 @@ export const createNodesV2: CreateNodesV2<MoeForgePluginOptions> = [
 ];
 
 export const createNodes = createNodesV2;
+
+/** The plugin's options in nx.json, checked before any project is made: a typo would otherwise be ignored silently. */
+export function checkPluginOptions(options: MoeForgePluginOptions | undefined): void {
+  if (options === undefined || options === null) return;
+  const bad = (message: string, field: string) => new ForgeError('bad_option', message, { file: 'nx.json', field });
+  if (typeof options !== 'object' || Array.isArray(options)) throw bad(`moe-forge plugin options must be an object, got ${JSON.stringify(options)}`, 'plugins[].options');
+  const nameOptions = Object.values(TARGET_NAME_OPTIONS);
+  const known = [...nameOptions, 'stagesDir', 'modelsDir', 'targetNames'];
+  for (const [k, v] of Object.entries(options)) {
+    if (!known.includes(k)) throw bad(`moe-forge plugin option "${k}" is unknown (options: ${known.join(', ')})`, k);
+    if (k !== 'targetNames' && (typeof v !== 'string' || v.trim() === '')) throw bad(`moe-forge plugin option "${k}" must be a non-empty string, got ${JSON.stringify(v)}`, k);
+  }
+  // Two targets of one name: one would silently replace the other.
+  const seen = new Map<string, string>();
+  for (const [kind, option] of Object.entries(TARGET_NAME_OPTIONS)) {
+    const n = (options as Record<string, string | undefined>)[option] ?? options.targetNames?.[kind as TargetKind] ?? kind;
+    const other = seen.get(n);
+    if (other !== undefined) throw bad(`moe-forge plugin options: the ${other} and ${kind} targets are both named "${n}" (set ${TARGET_NAME_OPTIONS[other as TargetKind]} or ${option} to another name)`, option);
+    seen.set(n, kind);
+  }
+}
 
 let warned = false;
 

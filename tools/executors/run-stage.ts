@@ -6,51 +6,91 @@ import { describeError } from '../../libs/errors';
 import { readRecipe } from '../../libs/recipe/parse';
 import { checkResolvedModels, loadMergeContext, readModelsFile, type MergeContext, type ResolvedModel } from '../../libs/stages/context';
 import { ensureModelsPresent } from '../../libs/stages/fetch';
+import { readSlice, stageEntry, type StageEnv } from '../../libs/pipeline';
+import { checkHashedInput } from './hashed-input';
+import { recordWrite, suspectFiles } from './output-state';
 import { stagePaths, type StageOptions, type StagePaths } from './options';
+import stageOptionsSchema from './stage-options.json';
 
-export interface StageEnv {
-  options: StageOptions;
-  paths: StagePaths;
-  /** The models as the fetch stage resolved them, present on this machine (not for fetch itself). */
-  models(): Promise<ResolvedModel[]>;
-  /** The recipe and models as the fetch stage resolved them (not for fetch itself). */
-  merge(): Promise<MergeContext>;
+/** The pipeline's environment for one Nx task: its options, its folders, Nx's log, the workspace's output record. */
+export function nxStageEnv(options: StageOptions, paths: StagePaths, context: ExecutorContext): StageEnv {
+  const rel = (p: string) => relative(paths.workspaceRoot, p) || '.';
+  const cacheDir = cacheDirOf(options, paths);
+  const project = context.projectName!;
+  let models: ResolvedModel[] | undefined;
+  const env: StageEnv = {
+    name: project,
+    options: { ...options, evalPrompts: options.evalPrompts ? resolve(paths.projectRoot, options.evalPrompts) : undefined },
+    paths: { ...paths, cacheDir, stagesDir: paths.stage('') },
+    log: {
+      info: (l) => logger.info(l),
+      warn: (l) => logger.warn(`WARNING: ${l}`),
+      debug: (l) => logger.debug(l),
+      // Replayed by Nx on a cache hit, counts of this run would read as if computed again: debug only.
+      stats: (l) => logger.debug(l),
+      result: (l) => logger.info(l),
+    },
+    async models() {
+      if (!models) {
+        const file = join(paths.stage('fetch'), 'models.json');
+        models = (await readModelsFile(file, paths.roots)).models;
+        checkResolvedModels(file, models, await readRecipe(paths.recipe), paths.projectRoot, paths.roots);
+        await ensureModelsPresent(models, { cacheDir, log: (l) => logger.info(l) });
+        for (const m of models) logger.debug(`input model ${m.ref}: content ${m.contentId}, ${m.source === 'local' ? rel(m.dir) : `hub commit ${m.revision}`}`);
+      }
+      return models;
+    },
+    async merge(): Promise<MergeContext> {
+      const parsed = await readRecipe(paths.recipe);
+      const merge = await loadMergeContext(parsed, await env.models(), { modelBaseDir: paths.projectRoot, allowIdenticalModels: options.allowIdenticalModels, layout: options.layout, seed: options.randomSeed, rng: options.rng });
+      logger.debug(`architecture ${merge.arch.name}: ${merge.archWhy}`);
+      return merge;
+    },
+    outputState: {
+      // Files of the folder that changed since this workspace wrote them (an edit that kept the size included).
+      suspect: () => suspectFiles(paths.workspaceRoot, project, paths.output),
+      // What the next build's hash stands on (see output-state.js): this folder as written now.
+      record: (files, replaced) => recordWrite(paths.workspaceRoot, project, paths.output, files, replaced),
+    },
+    // What the report reads must be what Nx hashes for it: the report target's {projectRoot}/**/*.{yml,yaml,jsonl}.
+    checkInput: (file) => checkHashedInput(file, { reruns: 'the report', option: 'evalPrompts', projectRoot: paths.projectRoot, workspaceRoot: paths.workspaceRoot, accepts: (r) => /\.(ya?ml|jsonl)$/.test(r), accepted: 'a .yml, .yaml or .jsonl file' }),
+  };
+  return env;
 }
 
-/** Runs one stage: shared option parsing, the merge context, and errors printed without stack traces. */
-export async function runStage(raw: unknown, context: ExecutorContext, body: (env: StageEnv) => Promise<void>): Promise<{ success: boolean }> {
+/** Runs one stage of the pipeline table as an Nx task: errors printed in one line, without stack traces. */
+export async function runStage(raw: unknown, context: ExecutorContext, stage: string): Promise<{ success: boolean }> {
   try {
-    const { options, paths } = stagePaths(raw, context);
+    const entry = stageEntry(stage);
+    const given = (raw ?? {}) as Record<string, unknown>;
+    // The command line's options reach a stage through its slice (the recipe stage wrote it), never through Nx's
+    // forwarding, so that its cache key holds only the options it uses.
+    // Options given to this very task (it is the one run) win over those handed on.
+    const merged = stage === 'recipe' ? given : { ...given, ...(await readSlice(stagePaths(raw, context).paths.stage('recipe'), entry.name)).options, ...overrides(given, context) };
+    const { options, paths } = stagePaths(merged, context);
     const rel = (p: string) => relative(paths.workspaceRoot, p) || '.';
     logger.debug(`${context.targetName}: recipe ${rel(paths.recipe)}, stage outputs ${rel(paths.stage(''))}, options ${JSON.stringify(options)}`);
-    let models: ResolvedModel[] | undefined;
-    const env: StageEnv = {
-      options,
-      paths,
-      async models() {
-        if (!models) {
-          const file = join(paths.stage('fetch'), 'models.json');
-          models = (await readModelsFile(file, paths.roots)).models;
-          checkResolvedModels(file, models, await readRecipe(paths.recipe), paths.projectRoot, paths.roots);
-          await ensureModelsPresent(models, { cacheDir: cacheDirOf(options, paths), log: (l) => logger.info(l) });
-          for (const m of models) logger.debug(`input model ${m.ref}: content ${m.contentId}, ${m.source === 'local' ? rel(m.dir) : `hub commit ${m.revision}`}`);
-        }
-        return models;
-      },
-      async merge() {
-        const parsed = await readRecipe(paths.recipe);
-        const merge = await loadMergeContext(parsed, await env.models(), { modelBaseDir: paths.projectRoot, allowIdenticalModels: options.allowIdenticalModels, layout: options.layout, seed: options.randomSeed, rng: options.rng });
-        logger.debug(`architecture ${merge.arch.name}: ${merge.archWhy}`);
-        return merge;
-      },
-    };
-    await body(env);
+    const env = nxStageEnv(options, paths, context);
+    if (stage === 'recipe') env.overrides = overrides(given, context);
+    await entry.run(env);
     return { success: true };
   } catch (e) {
     logger.error(`error: ${describeError(e)}`);
     if (process.env.NX_VERBOSE_LOGGING === 'true') logger.error((e as Error)?.stack ?? String(e));
     return { success: false };
   }
+}
+
+/**
+ * The options given on the command line: those other than the target's configuration (nx.json, project.json, the
+ * plugin), or than the schema's default where the configuration sets none (Nx fills defaults in).
+ */
+export function overrides(given: Record<string, unknown>, context: Pick<ExecutorContext, 'projectsConfigurations' | 'projectName' | 'targetName' | 'configurationName'>): Record<string, unknown> {
+  const target = context.projectsConfigurations?.projects?.[context.projectName!]?.targets?.[context.targetName!];
+  const config = { ...(target?.options ?? {}), ...(context.configurationName ? target?.configurations?.[context.configurationName] : {}) } as Record<string, unknown>;
+  const properties = (stageOptionsSchema as { properties: Record<string, { default?: unknown }> }).properties;
+  const expected = (k: string) => (k in config ? config[k] : properties[k]?.default);
+  return Object.fromEntries(Object.entries(given).filter(([k, v]) => JSON.stringify(v) !== JSON.stringify(expected(k))));
 }
 
 /** The prompt-state and content-id cache: executor option, else $MOE_FORGE_CACHE, else .moe-cache in the workspace. */

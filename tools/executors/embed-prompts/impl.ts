@@ -1,21 +1,4 @@
-import type { ExecutorContext } from '@nx/devkit';
-import { logger } from '../log';
-import { runEmbedPrompts } from '../../../libs/stages/embed-prompts';
-import { cacheDirOf, runStage } from '../run-stage';
-import { progressReporter } from '../../../libs/util/progress';
+import { namedStage } from '../stage/impl';
 
-export default function embedPromptsExecutor(options: unknown, context: ExecutorContext) {
-  return runStage(options, context, async (env) => {
-    const index = await runEmbedPrompts(await env.merge(), env.paths.stage('embed-prompts'), {
-      cacheDir: cacheDirOf(env.options, env.paths),
-      recompute: env.options.recompute,
-      device: env.options.device,
-      log: (l) => logger.info(l),
-      // Replayed by Nx on a cache hit, counts of this run would read as if computed again: debug only.
-      stats: (l) => logger.debug(l),
-      debug: (l) => logger.debug(l),
-      progress: progressReporter('prompt states'),
-    });
-    logger.info(index.mode === 'none' ? 'no prompt states needed (random gates)' : `prompt states of ${index.prompts.length} prompt${index.prompts.length === 1 ? '' : 's'} (${index.mode === 'hidden' ? `${index.layers} layers, ${index.device}` : 'token embeddings'})`);
-  });
-}
+/** The embed-prompts stage of the pipeline table (libs/pipeline). */
+export default namedStage('embed-prompts');

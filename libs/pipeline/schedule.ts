@@ -1,0 +1,48 @@
+import { readEvalPrompts } from '../stages/report';
+import { runAssemble } from '../stages/assemble';
+import type { WriteResult } from '../stages/write';
+import type { StageEnv } from './env';
+import { assembleOptions, PIPELINE, writeStage, type StageName } from './table';
+
+export interface Schedule {
+  /** Stages left out (the report, when the command is given no --report). */
+  skip?: StageName[];
+  /**
+   * Write ahead: plan once right after fetch and write the shards that do not hold the routers while the forward
+   * pass runs (the final plan differs only in the routers' warnings); the router shards once the stages are done.
+   */
+  writeAhead: boolean;
+}
+
+/**
+ * The pipeline table in one process, each stage's folder at env.paths.stage(name), in the table's order (each
+ * stage after those it reads from). Stages hand each other files, as under Nx: nothing passes in memory but the
+ * early plan of writing ahead.
+ */
+export async function runPipeline(env: StageEnv, schedule: Schedule): Promise<WriteResult> {
+  const stages = PIPELINE.filter((s) => !schedule.skip?.includes(s.name));
+  // Up to fetch: what the early plan needs (the recipe and the resolved models).
+  const split = stages.findIndex((s) => s.name === 'fetch') + 1;
+  const head = stages.slice(0, split);
+  const middle = stages.slice(split, -1);
+  if (split === 0 || stages.at(-1)?.name !== 'write') throw new Error('the pipeline has a fetch stage and ends with write');
+  for (const s of head) await s.run(env);
+  // Held-out prompts are checked before the forward pass, not after it.
+  if (env.options.evalPrompts && middle.some((s) => s.name === 'report')) await readEvalPrompts(env.options.evalPrompts, (await env.merge()).ctx.experts.length);
+  if (!schedule.writeAhead) {
+    for (const s of middle) await s.run(env);
+    return writeStage(env);
+  }
+  const early = await runAssemble(await env.merge(), env.paths.stage('assemble-early'), assembleOptions(env));
+  const late = (async () => {
+    for (const s of middle) await s.run(env);
+  })();
+  try {
+    return await writeStage(env, { early, late });
+  } catch (e) {
+    // The write failed on its own: the stages still running finish (their folders are removed by the caller) and,
+    // as before the two ran together, their error is the one reported when both failed.
+    const settled = await late.then(() => null, (le: unknown) => ({ le }));
+    throw settled ? settled.le : e;
+  }
+}
