@@ -25,7 +25,7 @@ test('mergekit-moe runs from build/, made at install: nothing is bundled or comp
   assert.equal(r.status, 0, r.stderr);
   assert.match(r.stdout, /Usage: mergekit-moe CONFIG_PATH OUT_PATH/);
   assert.ok(!existsSync(join(d, '.nx')), 'no bundle folder made at run time');
-  for (const f of ['cli.js', 'forward-worker.js', 'index.js', 'index.d.ts', 'plugin.js', 'recipe-generator.js', 'executors/fetch.js', 'executors/write.js']) assert.ok(existsSync(join(d, 'build', f)), f);
+  for (const f of ['cli.js', 'forward-worker.js', 'index.js', 'index.d.ts', 'plugin.js', 'recipe-generator.js', 'executors/fetch.js', 'executors/write.js', 'runtime/model-ids.js', 'runtime/output-state.js']) assert.ok(existsSync(join(d, 'build', f)), f);
   // Nothing built needs tsx (a devDependency) or esbuild at run time.
   for (const f of ['cli.js', 'forward-worker.js', 'index.js', 'executors/embed-prompts.js']) assert.doesNotMatch(readFileSync(join(d, 'build', f), 'utf8'), /require\("(tsx|esbuild)/, f);
 });
@@ -54,4 +54,14 @@ test('an Nx executor refuses a stale build the same way', () => {
   const r = spawnSync(process.execPath, ['-e', "require('./tools/executors/fetch/impl.js')"], { encoding: 'utf8', cwd: d });
   assert.notEqual(r.status, 0);
   assert.match(r.stderr, /moe-forge: build\/ is out of date \(libs\/recipe\/schema\.ts changed\): run npm run build/);
+});
+
+test("fetch's runtime input (build/runtime/model-ids.js) says the build is stale instead of hashing old code's answer", () => {
+  const d = checkout();
+  const src = join(d, 'libs', 'recipe', 'schema.ts');
+  writeFileSync(src, readFileSync(src, 'utf8') + '\n');
+  writeFileSync(join(d, 'moe.yml'), 'base_model: ./nowhere\n');
+  const r = spawnSync(process.execPath, ['build/runtime/model-ids.js', 'moe.yml'], { encoding: 'utf8', cwd: d });
+  assert.equal(r.status, 0, r.stderr);
+  assert.equal(r.stdout, 'unresolved: moe-forge: build/ is out of date (libs/recipe/schema.ts changed): run npm run build\n');
 });
