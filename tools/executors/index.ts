@@ -141,8 +141,8 @@ export function recipeTargets(projectRoot: string, projectName: string, options:
     executor: './tools/executors:check-options',
     options: {},
     cache: true,
-    // The schema, and the code of the checks a JSON schema cannot make (shared with the CLI).
-    inputs: ['{workspaceRoot}/tools/executors/stage-options.json', '{workspaceRoot}/tools/executors/options.ts', '{workspaceRoot}/tools/executors/check-options/*', '{workspaceRoot}/libs/cli/args.ts', '{workspaceRoot}/libs/errors/*.ts'],
+    // The schema, and the options table with the checks a JSON schema cannot make (shared with the CLI).
+    inputs: ['{workspaceRoot}/tools/executors/stage-options.json', '{workspaceRoot}/tools/executors/options.ts', '{workspaceRoot}/tools/executors/check-options/*', '{workspaceRoot}/libs/options/*.ts', '{workspaceRoot}/libs/errors/*.ts'],
     outputs: [],
     metadata: {
       description: 'Check the options given on the command line against the stages\' schema, before any stage runs.',
