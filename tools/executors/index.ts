@@ -210,13 +210,11 @@ export function recipeTargets(projectRoot: string, projectName: string, options:
     },
   };
   targets[name('build')] = {
-    // Its own executor (which does nothing) so that `nx run x:build --help` lists the options it forwards; cached
-    // on its options alone, so a no-op build starts no process for it.
+    // Its own executor, so that `nx run x:build --help` lists the options it forwards. Never cached: it says
+    // what ran in this build and what Nx restored, with the notes of what ran (tools/executors/log.ts).
     executor: './tools/executors:build',
     dependsOn: [check, { target: name('write'), params: 'forward' }],
-    cache: true,
-    inputs: [],
-    outputs: [],
+    cache: false,
     metadata: {
       description: `Build the MoE model folder ${outputPath} (runs every stage).`,
       technologies: ['moe-forge'],

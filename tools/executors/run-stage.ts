@@ -1,7 +1,7 @@
 import { join, relative, resolve } from 'node:path';
 import { defaultCacheDir } from '../../libs/cache';
 import type { ExecutorContext } from '@nx/devkit';
-import { logger } from './log';
+import { beginTask, logger, saveNotes } from './log';
 import { describeError } from '../../libs/errors';
 import { readRecipe } from '../../libs/recipe/parse';
 import { checkResolvedModels, loadMergeContext, readModelsFile, type MergeContext, type ResolvedModel } from '../../libs/stages/context';
@@ -19,6 +19,15 @@ export interface StageEnv {
 
 /** Runs one stage: shared option parsing, the merge context, and errors printed without stack traces. */
 export async function runStage(raw: unknown, context: ExecutorContext, body: (env: StageEnv) => Promise<void>): Promise<{ success: boolean }> {
+  const target = context.targetName ?? 'stage';
+  beginTask(target);
+  const result = await runBody(raw, context, body);
+  // This run's notes (why it ran, timings, debug lines), for the build target: never in Nx's cached output.
+  if (context.projectName) saveNotes(context.root, context.projectName, target, target, result.success);
+  return result;
+}
+
+async function runBody(raw: unknown, context: ExecutorContext, body: (env: StageEnv) => Promise<void>): Promise<{ success: boolean }> {
   try {
     const { options, paths } = stagePaths(raw, context);
     const rel = (p: string) => relative(paths.workspaceRoot, p) || '.';
@@ -32,7 +41,7 @@ export async function runStage(raw: unknown, context: ExecutorContext, body: (en
           const file = join(paths.stage('fetch'), 'models.json');
           models = (await readModelsFile(file, paths.roots)).models;
           checkResolvedModels(file, models, await readRecipe(paths.recipe), paths.projectRoot, paths.roots);
-          await ensureModelsPresent(models, { cacheDir: cacheDirOf(options, paths), log: (l) => logger.info(l) });
+          await ensureModelsPresent(models, { cacheDir: cacheDirOf(options, paths), log: (l) => logger.run(l) });
           for (const m of models) logger.debug(`input model ${m.ref}: content ${m.contentId}, ${m.source === 'local' ? rel(m.dir) : `hub commit ${m.revision}`}`);
         }
         return models;

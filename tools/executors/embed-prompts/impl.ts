@@ -1,8 +1,7 @@
 import type { ExecutorContext } from '@nx/devkit';
-import { logger } from '../log';
+import { logger, taskProgress } from '../log';
 import { runEmbedPrompts } from '../../../libs/stages/embed-prompts';
 import { cacheDirOf, runStage } from '../run-stage';
-import { progressReporter } from '../../../libs/util/progress';
 
 export default function embedPromptsExecutor(options: unknown, context: ExecutorContext) {
   return runStage(options, context, async (env) => {
@@ -11,10 +10,10 @@ export default function embedPromptsExecutor(options: unknown, context: Executor
       recompute: env.options.recompute,
       device: env.options.device,
       log: (l) => logger.info(l),
-      // Replayed by Nx on a cache hit, counts of this run would read as if computed again: debug only.
-      stats: (l) => logger.debug(l),
+      // Counts and timings of this run: a note for the build target, never replayed from Nx's cache.
+      stats: (l) => logger.run(l),
       debug: (l) => logger.debug(l),
-      progress: progressReporter('prompt states'),
+      progress: taskProgress('prompt states'),
     });
     logger.info(index.mode === 'none' ? 'no prompt states needed (random gates)' : `prompt states of ${index.prompts.length} prompt${index.prompts.length === 1 ? '' : 's'} (${index.mode === 'hidden' ? `${index.layers} layers, ${index.device}` : 'token embeddings'})`);
   });

@@ -18,7 +18,7 @@ export default function fetchExecutor(options: unknown, context: ExecutorContext
       rng: o.rng,
       refusePlaceholders: true,
       log: (l) => logger.info(l),
-      stats: (l) => logger.debug(l),
+      stats: (l) => logger.run(l),
       debug: (l) => logger.debug(l),
       output: { path: paths.output, recipeFile: paths.recipe, overwrite: o.overwrite, stagesDir: paths.stage('') },
     });

@@ -1,9 +1,8 @@
-import { resolve } from 'node:path';
+import { relative, resolve } from 'node:path';
 import type { ExecutorContext } from '@nx/devkit';
-import { logger } from '../log';
+import { logger, taskProgress } from '../log';
 import { checkHashedInput } from '../hashed-input';
 import { runReport } from '../../../libs/stages/report';
-import { progressReporter } from '../../../libs/util/progress';
 import { cacheDirOf, runStage } from '../run-stage';
 
 export default function reportExecutor(options: unknown, context: ExecutorContext) {
@@ -21,12 +20,12 @@ export default function reportExecutor(options: unknown, context: ExecutorContex
       device: env.options.device,
       evalPrompts,
       log: (l) => logger.info(l),
-      stats: (l) => logger.debug(l),
-      progress: progressReporter('report prompt states'),
+      stats: (l) => logger.run(l),
+      progress: taskProgress('report prompt states'),
     });
     const s = report.summary;
     const pct = (x: number | null) => (x === null ? '—' : `${(100 * x).toFixed(0)}%`);
-    logger.info(`routing accuracy ${pct(s.accuracy)}${s.heldOutAccuracy !== null ? `, held-out ${pct(s.heldOutAccuracy)}` : ''}; ${s.starving.length} starving expert${s.starving.length === 1 ? '' : 's'}: ${env.paths.stage('report')}/routing.html`);
+    logger.info(`routing accuracy ${pct(s.accuracy)}${s.heldOutAccuracy !== null ? `, held-out ${pct(s.heldOutAccuracy)}` : ''}; ${s.starving.length} starving expert${s.starving.length === 1 ? '' : 's'}: ${relative(env.paths.workspaceRoot, env.paths.stage('report')) || '.'}/routing.html`);
     // Random routers starve experts by design until trained: one line says so, not one per expert.
     const random = s.starving.filter((x) => / gates are not built from prompts/.test(x.reasons[0] ?? ''));
     if (random.length > 0) logger.info(`${random.length} of ${report.routed} experts win no prompt in some layer, as expected of ${report.gateMode} gates (the router needs training): see the report`);

@@ -2,12 +2,11 @@ import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join, relative } from 'node:path';
 import { existsSync } from 'node:fs';
 import type { ExecutorContext } from '@nx/devkit';
-import { logger } from '../log';
+import { logger, taskProgress } from '../log';
 import { checkPlanGates, readPlan } from '../../../libs/stages/assemble';
 import { readGates } from '../../../libs/stages/build-gates';
 import { runWrite } from '../../../libs/stages/write';
 import { cacheDirOf, runStage } from '../run-stage';
-import { progressReporter } from '../../../libs/util/progress';
 import { readReport } from '../../../libs/stages/report';
 import { STAMP_FILE } from '../../../libs/stages/output-folder';
 import { recordWrite, suspectFiles } from '../output-state';
@@ -24,7 +23,7 @@ export default function writeExecutor(options: unknown, context: ExecutorContext
     const project = context.projectName!;
     const suspect = suspectFiles(paths.workspaceRoot, project, paths.output);
     // A folder that is gone is said once, not as every file it held.
-    if (suspect.length) logger.info(existsSync(paths.output) ? `changed since written: ${suspect.join(', ')}` : `model folder ${relative(paths.workspaceRoot, paths.output) || '.'} is missing: writing it again`);
+    if (suspect.length) logger.run(existsSync(paths.output) ? `changed since written: ${suspect.join(', ')}` : `model folder ${relative(paths.workspaceRoot, paths.output) || '.'} is missing: writing it again`);
     const result = await runWrite(plan, {
       outPath: paths.output,
       gates,
@@ -36,14 +35,14 @@ export default function writeExecutor(options: unknown, context: ExecutorContext
       cacheDir: cacheDirOf(o, paths),
       recompute: o.recompute,
       warn: (l) => logger.warn(l),
-      // Per-shard lines describe this run, not the result: debug, so a cache hit does not replay them as news.
-      log: (l) => (/^(writing|kept) /.test(l) ? logger.debug(l) : logger.info(l)),
+      // What this run did (per shard, or that nothing changed): notes, so a cache hit does not replay them as news.
+      log: (l) => (/^(writing|kept) /.test(l) ? logger.debug(l) : logger.run(l)),
       debug: (l) => logger.debug(l),
-      progress: progressReporter('writing'),
+      progress: taskProgress('writing'),
       routing: routing ?? undefined,
       suspect,
     });
-    // What the next build's hash stands on (see output-state.js): this folder as written now.
+    // What the next build's hash stands on (see output-state.ts): this folder as written now.
     recordWrite(paths.workspaceRoot, project, paths.output, [...result.files, STAMP_FILE], !result.skipped);
     const out = relative(paths.workspaceRoot, result.outPath) || '.';
     logger.info(`model folder ${out}: ${result.shards} shard${result.shards === 1 ? '' : 's'}`);
