@@ -159,7 +159,7 @@ export function recipeTargets(projectRoot: string, projectName: string, options:
     } else if (stage === 'write') {
       // Everything write reads from the stages before it (the plan, the gates, the report), and a token standing
       // for "the model folders this workspace wrote are as written" plus the base's chat template (see
-      // output-state.js): an untouched workspace's build is a cache hit, a deleted or edited folder is written again.
+      // output-state.ts): an untouched workspace's build is a cache hit, a deleted or edited folder is written again.
       inputs.push({ dependentTasksOutputFiles: '**/{models.json,prompt-states.json,gates.json,gates.safetensors,plan.json,routing.json,routing.html}', transitive: true });
       inputs.push({ runtime: runtimeCommand('output-state', [projectName, stagesDir]) });
     } else {

@@ -25,7 +25,7 @@ const CODE = [
 
 const KIND = 'model-ids';
 
-/** Where the memo of `node tools/executors/model-ids.js <args>` run in `root` lives, and the recipe it is for. */
+/** Where the memo of `node build/runtime/model-ids.js <args>` run in `root` lives, and the recipe it is for. */
 function memoOf(root: string, args: string[]): { recipe: string; file: string } {
   const recipe = resolve(root, args[0] ?? 'moe.yml');
   return { recipe, file: join(root, '.nx', 'moe-forge', 'model-ids', `${recipe.replace(/[^\w.-]/g, '_')}.json`) };
