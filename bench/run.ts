@@ -198,7 +198,7 @@ async function benchNx(tmp: string): Promise<void> {
   const plusStats = JSON.parse(readFileSync(join(ws, 'dist', 'stages', 'm', 'embed-prompts', 'stats.json'), 'utf8'));
   log(`one prompt added: ${plus.seconds.toFixed(2)} s (${plusStats.computed} computed); tasks: ${taskSummary(plus.tasks)}`);
   // A write that replaced the folder's content is confirmed once by the next build (write runs and writes
-  // nothing, see tools/executors/output-state.js); the no-op build comes after it.
+  // nothing, see tools/executors/output-state.ts); the no-op build comes after it.
   const confirm = await nxProfiled(ws, ['run', 'm:build']);
   log(`confirming build after the edit: ${confirm.seconds.toFixed(2)} s; tasks: ${taskSummary(confirm.tasks)}`);
   // The same edit again (one more prompt), with Nx's batch mode: the stages run in one process.

@@ -11,7 +11,9 @@ import { createRequire } from 'node:module';
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..');
 const require = createRequire(import.meta.url);
 const OUT = join(ROOT, 'build');
-const EXECUTORS = ['fetch', 'embed-prompts', 'build-gates', 'assemble-experts', 'write', 'check-options', 'report', 'model-ids', 'stage'];
+// Nx's runtime inputs (tools/executors/<name>.ts), run as `node build/runtime/<name>.js`.
+const RUNTIME_INPUTS = ['model-ids', 'output-state'];
+const EXECUTORS = ['fetch', 'embed-prompts', 'build-gates', 'assemble-experts', 'write', 'check-options', 'report', 'model-ids', 'stage', 'build-summary'];
 
 let esbuild;
 try {
@@ -58,6 +60,13 @@ try {
     outdir: join(tmp, 'executors'),
     define: { __FORWARD_WORKER__: JSON.stringify('../forward-worker.js') },
   });
+  // The plugin's runtime inputs, which Nx runs on every build: small bundles that load the stages' code only when
+  // their memo misses (tools/executors/runtime-root.ts).
+  const runtime = await esbuild.build({
+    ...common,
+    entryPoints: Object.fromEntries(RUNTIME_INPUTS.map((e) => [e, join(ROOT, 'tools', 'executors', `${e}.ts`)])),
+    outdir: join(tmp, 'runtime'),
+  });
 
   // The library's types: libs/index.ts declares them itself, so its declaration is emitted alone, in milliseconds.
   const ts = require('typescript');
@@ -67,7 +76,7 @@ try {
   writeFileSync(join(tmp, 'index.d.ts'), dts.outputText);
 
   // Every source file a bundle was built from (packages are external: none from node_modules), by content.
-  const inputs = new Set([...Object.keys(top.metafile.inputs), ...Object.keys(executors.metafile.inputs)]);
+  const inputs = new Set([top, executors, runtime].flatMap((b) => Object.keys(b.metafile.inputs)));
   const sources = {};
   for (const rel of [...inputs].sort()) {
     const file = join(ROOT, rel);
@@ -89,6 +98,6 @@ try {
   rmSync(tmp, { recursive: true, force: true });
 } catch (e) {
   rmSync(tmp, { recursive: true, force: true });
-  console.error(`moe-forge build: ${String(e && e.message).split('\n')[0]}`);
+  console.error(`moe-forge build: ${String(e instanceof Error ? e.message : e).split('\n')[0]}`);
   process.exit(1);
 }

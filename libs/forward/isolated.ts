@@ -20,8 +20,12 @@ function runIsolated<T>(request: Record<string, unknown>, onProgress?: (p: Forwa
       // In the child's environment too, so it holds from the child's first line, whatever it loads first.
       env: { ...process.env, ORT_DISABLE_TELEMETRY: '1' },
       serialization: 'advanced',
-      stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+      // Its output (onnxruntime's own warnings) through this process's streams, so that whoever captures them
+      // (Nx's batch mode, per task) gets it under the task that ran the pass.
+      stdio: ['ignore', 'pipe', 'pipe', 'ipc'],
     });
+    child.stdout!.on('data', (d: Buffer) => process.stdout.write(d));
+    child.stderr!.on('data', (d: Buffer) => process.stderr.write(d));
     let settled = false;
     const done = (fn: () => void) => {
       if (!settled) {
@@ -29,18 +33,20 @@ function runIsolated<T>(request: Record<string, unknown>, onProgress?: (p: Forwa
         fn();
       }
     };
+    // Settled once the child has exited and its output is read: none of it can land after the caller moved on.
+    let outcome: (() => void) | null = null;
     child.on('message', (m: { kind: string; progress?: ForwardProgress; result?: T; error?: { message: string; code?: string; place?: object; name: string } }) => {
       if (m.kind === 'progress') onProgress?.(m.progress!);
-      else if (m.kind === 'result') done(() => resolve(m.result as T));
+      else if (m.kind === 'result') outcome ??= () => resolve(m.result as T);
       else if (m.kind === 'error') {
         const e = m.error!;
         // Forge errors keep their message (which already names file and tensor); others stay internal errors.
-        done(() => reject(e.name === 'ForgeError' || e.code ? Object.assign(new ForgeError(e.code ?? 'forward_failed', ''), { message: e.message }) : new Error(e.message)));
+        outcome ??= () => reject(e.name === 'ForgeError' || e.code ? Object.assign(new ForgeError(e.code ?? 'forward_failed', ''), { message: e.message }) : new Error(e.message));
       }
     });
     child.on('error', (e) => done(() => reject(e)));
-    child.on('exit', (code, signal) => {
-      done(() => reject(new ModelError('forward_crashed', `the forward pass process ended without a result (${signal ? `signal ${signal}` : `exit code ${code}`}); this is a crash in onnxruntime or out of memory`)));
+    child.on('close', (code, signal) => {
+      done(outcome ?? (() => reject(new ModelError('forward_crashed', `the forward pass process ended without a result (${signal ? `signal ${signal}` : `exit code ${code}`}); this is a crash in onnxruntime or out of memory`))));
     });
     child.send(request);
   });

@@ -1,3 +1,4 @@
+import type { Progress } from '../util/progress';
 import type { RngKind } from '../architectures/types';
 import type { ShardOrder } from '../plan/types';
 import type { MergeContext, ResolvedModel } from '../stages/context';
@@ -61,6 +62,8 @@ export interface StageEnv {
   options: PipelineOptions;
   paths: StagePathsLike;
   log: StageLog;
+  /** Progress of long work (the command: a live line; Nx: a bar on a terminal, erased, its last state a note). */
+  progress(label: string): Progress;
   /** The models as the fetch stage resolved them (not for fetch itself). */
   models(): Promise<ResolvedModel[]>;
   /** The recipe and models as the fetch stage resolved them (not for fetch itself). */

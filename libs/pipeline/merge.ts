@@ -1,3 +1,4 @@
+import { progressReporter } from '../util/progress';
 import { mkdir, readdir, rm } from 'node:fs/promises';
 import { homedir, tmpdir } from 'node:os';
 import { basename, dirname, isAbsolute, join, resolve } from 'node:path';
@@ -124,6 +125,7 @@ function commandEnv(opts: MergeOptions, parsed: ParsedRecipe, work: string, cach
       stats,
       result: (l) => opts.debug?.(l),
     },
+    progress: (label) => progressReporter(label),
     async models() {
       models ??= (await readModelsFile(join(work, 'fetch', 'models.json'), roots)).models;
       return models;

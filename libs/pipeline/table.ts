@@ -17,7 +17,6 @@ import { readReport, runReport, type ReportOptions } from '../stages/report';
 import { PROMPT_STATES_SCHEMA, readStageJson, refuseStageFile } from '../stages/stage-files';
 import { runWrite, writeOutput, type LateInputs, type WriteOptions, type WriteResult } from '../stages/write';
 import type { MergePlan } from '../plan/types';
-import { progressReporter } from '../util/progress';
 import type { StageEnv } from './env';
 
 export const STAGE_NAMES = ['recipe', 'fetch', 'embed-prompts', 'build-gates', 'assemble-experts', 'report', 'write'] as const;
@@ -110,7 +109,7 @@ export function embedOptions(env: StageEnv): EmbedOptions {
     warn: env.log.warn,
     stats: env.log.stats,
     debug: env.log.debug,
-    progress: progressReporter('prompt states'),
+    progress: env.progress('prompt states'),
   };
 }
 
@@ -124,7 +123,7 @@ export function reportOptions(env: StageEnv): ReportOptions {
     log: env.log.info,
     warn: env.log.warn,
     stats: env.log.stats,
-    progress: progressReporter('report prompt states'),
+    progress: env.progress('report prompt states'),
   };
 }
 
@@ -147,10 +146,11 @@ export function writeOptions(env: StageEnv, recipeText: string, tokenizerDir: st
     evalPrompts: o.evalPrompts,
     cacheDir: env.paths.cacheDir,
     warn: env.log.warn,
-    // Per-shard lines describe this run, not the result: stats, so a cache hit does not replay them as news.
-    log: (l) => (/^(writing|kept) /.test(l) ? env.log.stats(l) : env.log.info(l)),
+    // What the write did (per shard, or that nothing changed) is true of this run only: stats, which a cache hit
+    // does not replay.
+    log: (l) => env.log.stats(l),
     debug: env.log.debug,
-    progress: progressReporter('writing'),
+    progress: env.progress('writing'),
     suspect,
   };
 }
@@ -171,7 +171,7 @@ export function finishWrite(env: StageEnv, result: WriteResult): void {
 /** Says, once, which files of the output folder changed since written (or that it is gone). */
 export function outputSuspects(env: StageEnv, workspaceRoot: string): string[] {
   const suspect = env.outputState.suspect();
-  if (suspect.length) env.log.info(existsSync(env.paths.output) ? `changed since written: ${suspect.join(', ')}` : `model folder ${relative(workspaceRoot, env.paths.output) || '.'} is missing: writing it again`);
+  if (suspect.length) env.log.stats(existsSync(env.paths.output) ? `changed since written: ${suspect.join(', ')}` : `model folder ${relative(workspaceRoot, env.paths.output) || '.'} is missing: writing it again`);
   return suspect;
 }
 

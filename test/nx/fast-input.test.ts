@@ -94,12 +94,12 @@ test('no script when stat does not print exactly what node saw: a file changed a
 
 test('the runtime command runs the script and falls back to node; Windows runs node alone', () => {
   const posix = runtimeCommand('model-ids', args, 'linux');
-  assert.equal(posix, `sh ${scriptPath('model-ids', args)} 2>/dev/null || node tools/executors/model-ids.js 'workspace-models/x y/moe.yml'`);
-  assert.equal(runtimeCommand('model-ids', args, 'win32'), "node tools/executors/model-ids.js 'workspace-models/x y/moe.yml'");
+  assert.equal(posix, `sh ${scriptPath('model-ids', args)} 2>/dev/null || node build/runtime/model-ids.js 'workspace-models/x y/moe.yml'`);
+  assert.equal(runtimeCommand('model-ids', args, 'win32'), "node build/runtime/model-ids.js 'workspace-models/x y/moe.yml'");
   assert.notEqual(scriptPath('output-state', ['a', 'dist/stages/a']), scriptPath('output-state', ['b', 'dist/stages/a']));
   // No script yet for these arguments: node's answer (here a stand-in) is the command's whole output, stderr included.
-  mkdirSync(join(root, 'tools', 'executors'), { recursive: true });
-  writeFileSync(join(root, 'tools', 'executors', 'model-ids.js'), "process.stdout.write('from node ' + process.argv[2] + '\\n');");
+  mkdirSync(join(root, 'build', 'runtime'), { recursive: true });
+  writeFileSync(join(root, 'build', 'runtime', 'model-ids.js'), "process.stdout.write('from node ' + process.argv[2] + '\\n');");
   const other = ['workspace-models/z/moe.yml'];
   const r = spawnSync('sh', ['-c', runtimeCommand('model-ids', other, 'linux')], { cwd: root, encoding: 'utf8' });
   assert.deepEqual({ stdout: r.stdout, stderr: r.stderr }, { stdout: 'from node workspace-models/z/moe.yml\n', stderr: '' });
@@ -146,7 +146,7 @@ test("racy: write's runtime input gives no script while the record it stands on 
   utimesSync(join(folder, 'model.safetensors'), PAST, PAST);
   recordWrite(ws, 'p', folder, ['model.safetensors'], false); // the record: .nx/moe-forge/outputs/p.json, just written
   const stateArgs = ['p', 'dist/stages/p'];
-  const tool = join(ROOT, 'tools', 'executors', 'output-state.js');
+  const tool = join(ROOT, 'build', 'runtime', 'output-state.js');
   const token = spawnSync(process.execPath, [tool, ...stateArgs], { cwd: ws, encoding: 'utf8' }).stdout;
   assert.match(token, /^write-token [0-9a-f]{24}\n$/);
   assert.ok(!existsSync(join(ws, scriptPath('output-state', stateArgs))), 'no script from a racy look');

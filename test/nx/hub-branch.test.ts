@@ -64,8 +64,8 @@ test('a Hub model named by a branch keeps fetch cached until the branch moves; o
 
   // A branch this machine never saw, the hub down: the runtime input's answer names the repo and the ref.
   addRecipe(ws, 'dev', 'base_model: org/tiny-a@dev\ngate_mode: random\nexperts:\n  - source_model: org/tiny-b\n');
-  const ids = await run(process.execPath, ['tools/executors/model-ids.js', 'workspace-models/dev/moe.yml'], ws, hubEnv(down));
+  const ids = await run(process.execPath, ['build/runtime/model-ids.js', 'workspace-models/dev/moe.yml'], ws, hubEnv(down));
   assert.match(ids.stdout, /org\/tiny-a@dev.*cannot resolve org\/tiny-a@dev to a commit.*could not be reached/);
-  const offline = await run(process.execPath, ['tools/executors/model-ids.js', 'workspace-models/dev/moe.yml'], ws, { ...hubEnv(down), HF_HUB_OFFLINE: '1' });
+  const offline = await run(process.execPath, ['build/runtime/model-ids.js', 'workspace-models/dev/moe.yml'], ws, { ...hubEnv(down), HF_HUB_OFFLINE: '1' });
   assert.match(offline.stdout, /HF_HUB_OFFLINE is set and the Hugging Face cache has no commit for org\/tiny-a@dev/);
 });

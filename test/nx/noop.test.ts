@@ -106,7 +106,7 @@ test('an untouched workspace builds from the cache alone; a deleted, edited or r
 test("fetch's runtime input answers from its memo without loading the stages' code, and recomputes when a model file changes", async () => {
   const { run } = await import('../helpers/cli');
   // NODE_DEBUG=module names each module node loads: whether the stages' code (build/executors/model-ids.js) was.
-  const ids = () => run(process.execPath, ['tools/executors/model-ids.js', 'workspace-models/n/moe.yml'], ws, { NODE_DEBUG: 'module' });
+  const ids = () => run(process.execPath, ['build/runtime/model-ids.js', 'workspace-models/n/moe.yml'], ws, { NODE_DEBUG: 'module' });
   const loadedCode = (r: { stderr: string }) => /load "[^"]*build\/executors\/model-ids\.js"/.test(r.stderr);
   // The command Nx runs: the shell script while it answers, else node.
   const command = runtimeCommand('model-ids', ['workspace-models/n/moe.yml']);

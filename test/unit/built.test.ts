@@ -25,22 +25,23 @@ test('mergekit-moe runs from build/, made at install: nothing is bundled or comp
   assert.equal(r.status, 0, r.stderr);
   assert.match(r.stdout, /Usage: mergekit-moe CONFIG_PATH OUT_PATH/);
   assert.ok(!existsSync(join(d, '.nx')), 'no bundle folder made at run time');
-  for (const f of ['cli.js', 'forward-worker.js', 'index.js', 'index.d.ts', 'plugin.js', 'recipe-generator.js', 'executors/fetch.js', 'executors/write.js']) assert.ok(existsSync(join(d, 'build', f)), f);
+  for (const f of ['cli.js', 'forward-worker.js', 'index.js', 'index.d.ts', 'plugin.js', 'recipe-generator.js', 'executors/fetch.js', 'executors/write.js', 'runtime/model-ids.js', 'runtime/output-state.js']) assert.ok(existsSync(join(d, 'build', f)), f);
   // Nothing built needs tsx (a devDependency) or esbuild at run time.
   for (const f of ['cli.js', 'forward-worker.js', 'index.js', 'executors/embed-prompts.js']) assert.doesNotMatch(readFileSync(join(d, 'build', f), 'utf8'), /require\("(tsx|esbuild)/, f);
 });
 
 test('a source replaced with cp -p (same size, same mtime) makes the build stale: refused in one line until npm run build', () => {
   const d = checkout();
-  // Same length, other text, the old file's times: only the content tells.
-  const src = join(d, 'libs', 'cli', 'mergekit-moe.ts');
-  const copy = join(d, 'mergekit-moe.ts');
+  // Same length, other text, the old file's times: only the content tells. (--help's text is made by the options table.)
+  const src = join(d, 'libs', 'options', 'schema.ts');
+  const copy = join(d, 'schema.ts');
+  assert.match(readFileSync(src, 'utf8'), /Usage: mergekit-moe/);
   writeFileSync(copy, readFileSync(src, 'utf8').replace('Usage: mergekit-moe', 'USAGE: mergekit-moe'));
   assert.equal(spawnSync('touch', ['-r', src, copy]).status, 0);
   assert.equal(spawnSync('cp', ['-p', copy, src]).status, 0);
   const stale = help(d);
   assert.equal(stale.status, 1);
-  assert.equal(stale.stderr, 'error: moe-forge: build/ is out of date (libs/cli/mergekit-moe.ts changed): run npm run build\n');
+  assert.equal(stale.stderr, 'error: moe-forge: build/ is out of date (libs/options/schema.ts changed): run npm run build\n');
   assert.equal(build(d).status, 0);
   const r = help(d);
   assert.equal(r.status, 0, r.stderr);
@@ -54,4 +55,14 @@ test('an Nx executor refuses a stale build the same way', () => {
   const r = spawnSync(process.execPath, ['-e', "require('./tools/executors/fetch/impl.js')"], { encoding: 'utf8', cwd: d });
   assert.notEqual(r.status, 0);
   assert.match(r.stderr, /moe-forge: build\/ is out of date \(libs\/recipe\/schema\.ts changed\): run npm run build/);
+});
+
+test("fetch's runtime input (build/runtime/model-ids.js) says the build is stale instead of hashing old code's answer", () => {
+  const d = checkout();
+  const src = join(d, 'libs', 'recipe', 'schema.ts');
+  writeFileSync(src, readFileSync(src, 'utf8') + '\n');
+  writeFileSync(join(d, 'moe.yml'), 'base_model: ./nowhere\n');
+  const r = spawnSync(process.execPath, ['build/runtime/model-ids.js', 'moe.yml'], { encoding: 'utf8', cwd: d });
+  assert.equal(r.status, 0, r.stderr);
+  assert.equal(r.stdout, 'unresolved: moe-forge: build/ is out of date (libs/recipe/schema.ts changed): run npm run build\n');
 });

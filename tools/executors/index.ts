@@ -123,8 +123,8 @@ export function recipeTargets(projectRoot: string, projectName: string, options:
     executor: './tools/executors:check-options',
     options: {},
     cache: true,
-    // The schema, and the code of the checks a JSON schema cannot make (shared with the CLI).
-    inputs: ['{workspaceRoot}/tools/executors/stage-options.json', '{workspaceRoot}/tools/executors/options.ts', '{workspaceRoot}/tools/executors/check-options/*', '{workspaceRoot}/libs/cli/args.ts', '{workspaceRoot}/libs/errors/*.ts'],
+    // The schema, and the options table with the checks a JSON schema cannot make (shared with the CLI).
+    inputs: ['{workspaceRoot}/tools/executors/stage-options.json', '{workspaceRoot}/tools/executors/options.ts', '{workspaceRoot}/tools/executors/check-options/*', '{workspaceRoot}/libs/options/*.ts', '{workspaceRoot}/libs/errors/*.ts'],
     outputs: [],
     metadata: {
       description: 'Check the options given on the command line against the stages\' schema, before any stage runs.',
@@ -165,14 +165,12 @@ export function recipeTargets(projectRoot: string, projectName: string, options:
     };
   }
   targets[name('build')] = {
-    // Its own executor (which does nothing) so that `nx run x:build --help` lists the options it forwards; cached
-    // on its options alone, so a no-op build starts no process for it.
+    // Its own executor, so that `nx run x:build --help` lists the options it forwards. Never cached: it says
+    // what ran in this build and what Nx restored, with the notes of what ran (tools/executors/log.ts).
     executor: './tools/executors:build',
     // The stages no other stage reads from: the model folder (write).
     dependsOn: [check, split, ...PIPELINE.filter((d) => !PIPELINE.some((o) => o.reads.some((r) => r.from === d.name))).map((d) => ({ target: name(d.name), params: 'ignore' as const }))],
-    cache: true,
-    inputs: [],
-    outputs: [],
+    cache: false,
     metadata: {
       description: `Build the MoE model folder ${outputPath} (runs every stage).`,
       technologies: ['moe-forge'],

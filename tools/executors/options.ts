@@ -1,37 +1,11 @@
 import { join, resolve } from 'node:path';
 import type { ExecutorContext } from '@nx/devkit';
-import { z } from 'zod';
-import { checkSeed, checkShardSize } from '../../libs/cli/args';
-import { ForgeError } from '../../libs/errors';
-import { DEFAULT_SHARD_BYTES } from '../../libs/stages/merge';
+import { parseStageOptions, type StageOptions } from '../../libs/options';
 import { hubCacheDir } from '../../libs/resolve/settings';
 import type { PathRoots } from '../../libs/stages/portable';
 import { checkHashedInput } from './hashed-input';
 
-/**
- * Options outside the mergekit YAML, shared by every stage so that `nx run x:build --random-seed=1`
- * forwards them down the chain. stage-options.json is the one schema Nx checks (types, ranges, enums, and no
- * unknown option); this zod schema gives the executors their types and defaults. To add an option, add it to
- * both (test/nx/conventions.test.ts checks that they list the same options).
- */
-export const StageOptionsSchema = z.object({
-  recipe: z.string().optional(),
-  outputPath: z.string().optional(),
-  stagesDir: z.string().optional(),
-  randomSeed: z.coerce.number().int().nonnegative().default(0),
-  layout: z.enum(['classic', 'fused']).default('classic'),
-  rng: z.enum(['stream', 'torch']).default('stream'),
-  outShardSize: z.union([z.string(), z.number()]).default(String(DEFAULT_SHARD_BYTES)),
-  shardOrder: z.enum(['grouped', 'reference']).default('grouped'),
-  device: z.enum(['cpu', 'cuda', 'webgpu', 'auto']).default('cpu'),
-  overwrite: z.boolean().default(false),
-  recompute: z.boolean().default(false),
-  allowIdenticalModels: z.boolean().default(false),
-  copyTokenizer: z.boolean().default(true),
-  cacheDir: z.string().optional(),
-  evalPrompts: z.string().optional(),
-});
-export type StageOptions = z.infer<typeof StageOptionsSchema>;
+export type { StageOptions };
 
 export interface StagePaths {
   workspaceRoot: string;
@@ -45,20 +19,11 @@ export interface StagePaths {
 }
 
 /**
- * The options as the stages use them. Nx's schema check lets through what JSON Schema cannot say (a seed of
- * 1e20 is a "multiple of 1"): those get the CLI's own checks and messages, and anything else a one-line error.
+ * The options as the stages use them, from the one options table (libs/options): Nx has checked them against
+ * stage-options.json (made from the same table); what JSON Schema cannot say (a seed of 1e20 is a "multiple of
+ * 1") gets the command's own check and message.
  */
-export function checkStageOptions(raw: unknown): StageOptions {
-  const given = (raw ?? {}) as Record<string, unknown>;
-  if (given.randomSeed !== undefined) checkSeed(given.randomSeed);
-  if (given.outShardSize !== undefined) checkShardSize(given.outShardSize);
-  const parsed = StageOptionsSchema.safeParse(raw);
-  if (!parsed.success) {
-    const i = parsed.error.issues[0]!;
-    throw new ForgeError('bad_option', `invalid option: ${i.message}`, { field: i.path.join('.') });
-  }
-  return parsed.data;
-}
+export const checkStageOptions = (raw: unknown): StageOptions => parseStageOptions(raw);
 
 export function stagePaths(raw: unknown, context: ExecutorContext): { options: StageOptions; paths: StagePaths } {
   const options = checkStageOptions(raw);
@@ -76,7 +41,7 @@ export function stagePaths(raw: unknown, context: ExecutorContext): { options: S
       recipe,
       stage: (s) => join(stagesDir, s),
       output: resolve(context.root, options.outputPath ?? join('dist', 'models', name)),
-      maxShardBytes: checkShardSize(options.outShardSize),
+      maxShardBytes: options.outShardSize,
       roots: { workspace: context.root, hubCache: hubCacheDir() },
     },
   };

@@ -1,7 +1,7 @@
 import { join, relative, resolve } from 'node:path';
 import { defaultCacheDir } from '../../libs/cache';
 import type { ExecutorContext } from '@nx/devkit';
-import { logger } from './log';
+import { beginTask, logger, saveNotes, taskProgress } from './log';
 import { describeError } from '../../libs/errors';
 import { readRecipe } from '../../libs/recipe/parse';
 import { checkResolvedModels, loadMergeContext, readModelsFile, type MergeContext, type ResolvedModel } from '../../libs/stages/context';
@@ -26,16 +26,18 @@ export function nxStageEnv(options: StageOptions, paths: StagePaths, context: Ex
       info: (l) => logger.info(l),
       warn: (l) => logger.warn(`WARNING: ${l}`),
       debug: (l) => logger.debug(l),
-      // Replayed by Nx on a cache hit, counts of this run would read as if computed again: debug only.
-      stats: (l) => logger.debug(l),
+      // Counts, timings and why a stage ran are true of this run only: notes for the build target, never in
+      // the task's cached output.
+      stats: (l) => logger.run(l),
       result: (l) => logger.info(l),
     },
+    progress: (label) => taskProgress(label),
     async models() {
       if (!models) {
         const file = join(paths.stage('fetch'), 'models.json');
         models = (await readModelsFile(file, paths.roots)).models;
         checkResolvedModels(file, models, await readRecipe(paths.recipe), paths.projectRoot, paths.roots);
-        await ensureModelsPresent(models, { cacheDir, log: (l) => logger.info(l) });
+        await ensureModelsPresent(models, { cacheDir, log: (l) => logger.run(l) });
         for (const m of models) logger.debug(`input model ${m.ref}: content ${m.contentId}, ${m.source === 'local' ? rel(m.dir) : `hub commit ${m.revision}`}`);
       }
       return models;
@@ -60,6 +62,15 @@ export function nxStageEnv(options: StageOptions, paths: StagePaths, context: Ex
 
 /** Runs one stage of the pipeline table as an Nx task: errors printed in one line, without stack traces. */
 export async function runStage(raw: unknown, context: ExecutorContext, stage: string): Promise<{ success: boolean }> {
+  const target = context.targetName ?? stage;
+  beginTask(stage);
+  const result = await runBody(raw, context, stage);
+  // This run's notes (why it ran, timings, debug lines), for the build target: never in Nx's cached output.
+  if (context.projectName) saveNotes(context.root, context.projectName, target, stage, result.success);
+  return result;
+}
+
+async function runBody(raw: unknown, context: ExecutorContext, stage: string): Promise<{ success: boolean }> {
   try {
     const entry = stageEntry(stage);
     const given = (raw ?? {}) as Record<string, unknown>;

@@ -1,1 +1,3 @@
-module.exports = require('../load')('build-gates');
+'use strict';
+// The executor built at install (build/executors/build-gates.js), through the one loader (bin/built.js).
+module.exports = require('../../../bin/built').built('executors/build-gates.js');

@@ -1,2 +1,3 @@
 'use strict';
-module.exports = require('../load')('check-options');
+// The executor built at install (build/executors/check-options.js), through the one loader (bin/built.js).
+module.exports = require('../../../bin/built').built('executors/check-options.js');

@@ -1,1 +1,3 @@
-module.exports = require('../load')('embed-prompts');
+'use strict';
+// The executor built at install (build/executors/embed-prompts.js), through the one loader (bin/built.js).
+module.exports = require('../../../bin/built').built('executors/embed-prompts.js');

@@ -56,7 +56,7 @@ export default async function modelIds(args: string[]): Promise<{ text: string; 
   const cache = new ContentCache(defaultCacheDir(process.cwd()));
   const lines: string[] = [];
   const seen = new Set<string>();
-  // What the lines depend on, for model-ids.js's memo: the recipe, each local model's folder (a file added or
+  // What the lines depend on, for model-ids.ts's memo: the recipe, each local model's folder (a file added or
   // removed) and files, and the path a Hub id would be found at locally. null: not memoised (an error).
   let deps: string[] | null = [recipeFile];
   for (const input of inputs) {

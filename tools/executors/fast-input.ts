@@ -1,4 +1,4 @@
-// A shell fast path for the plugin's runtime inputs (model-ids.js, output-state.js). Nx runs each runtime input
+// A shell fast path for the plugin's runtime inputs (model-ids.ts, output-state.ts, built into build/runtime/). Nx runs each runtime input
 // on every build; starting node costs ~0.1 s, most of a no-op build's own time. So when node computes an answer,
 // it also writes a small sh script that prints that answer again while every file the answer stands on has the
 // stats it had (name, size, mtime and ctime to the nanosecond, inode, device, mode, through GNU stat, in one call),
@@ -6,41 +6,50 @@
 // when `stat` printed exactly what node saw, so a platform whose stat prints less (BSD, BusyBox without
 // nanoseconds) never answers from it, and only when no file was racy when node looked (libs/util/stat-key.js):
 // a same-tick edit would keep its stats.
-'use strict';
-const { createHash } = require('node:crypto');
-const { spawnSync } = require('node:child_process');
-const { mkdirSync, renameSync, rmSync, statSync, writeFileSync } = require('node:fs');
-const { join } = require('node:path');
-const { isRacy, nowNs } = require('../../libs/util/stat-key');
+import { createHash } from 'node:crypto';
+import { spawnSync } from 'node:child_process';
+import { mkdirSync, renameSync, rmSync, statSync, writeFileSync, type BigIntStats } from 'node:fs';
+import { join } from 'node:path';
+import { isRacy, nowNs } from '../../libs/util/stat-key';
+
+export interface Snapshot {
+  paths: string[];
+  lines: (string | null)[];
+  /** A file changed within the racy window of the snapshot: no answer may stand on it. */
+  racy?: boolean;
+}
+
+/** The runtime inputs, each built from tools/executors/<kind>.ts into build/runtime/<kind>.js. */
+export type RuntimeKind = 'model-ids' | 'output-state';
 
 const FORMAT = '%n:%s:%.9Y:%.9Z:%i:%d:%f\\n';
 
-/** Workspace-relative path of the script answering `node tools/executors/<kind>.js <args>`. */
-function scriptPath(kind, args) {
+/** Workspace-relative path of the script answering `node build/runtime/<kind>.js <args>`. */
+export function scriptPath(kind: string, args: string[]): string {
   const key = createHash('sha256').update([kind, ...args].join('\0')).digest('hex').slice(0, 16);
   return `.nx/moe-forge/fast/${kind}-${key}.sh`;
 }
 
-const shellWord = (s) => (/^[\w./@%+=:,-]+$/.test(s) ? s : `'${s.replace(/'/g, `'\\''`)}'`);
+const shellWord = (s: string) => (/^[\w./@%+=:,-]+$/.test(s) ? s : `'${s.replace(/'/g, `'\\''`)}'`);
 
 /** The runtime input's command: the fast script, else node (which writes a new one); plain node on Windows. */
-function runtimeCommand(kind, args, platform = process.platform) {
-  const node = ['node', `tools/executors/${kind}.js`, ...args].map(shellWord).join(' ');
+export function runtimeCommand(kind: RuntimeKind, args: string[], platform: NodeJS.Platform = process.platform): string {
+  const node = ['node', `build/runtime/${kind}.js`, ...args].map(shellWord).join(' ');
   // The script's stderr (a missing script) must not reach the hash; node's keeps doing so, as before.
   return platform === 'win32' ? node : `sh ${scriptPath(kind, args)} 2>/dev/null || ${node}`;
 }
 
-const seconds = (ns) => `${ns / 1000000000n}.${String(ns % 1000000000n).padStart(9, '0')}`;
+const seconds = (ns: bigint) => `${ns / 1000000000n}.${String(ns % 1000000000n).padStart(9, '0')}`;
 
 /** The line GNU stat prints for bigint stats of `p` with FORMAT. */
-function lineOf(p, st) {
+function lineOf(p: string, st: BigIntStats): string {
   // Never what stat prints: no fast answer.
   if (st.mtimeNs < 0n || st.ctimeNs < 0n) return `${p}:negative-time`;
   return `${p}:${st.size}:${seconds(st.mtimeNs)}:${seconds(st.ctimeNs)}:${st.ino}:${st.dev}:${st.mode.toString(16)}`;
 }
 
 /** The line GNU stat prints for a path with FORMAT, from node's own stat; null when absent (stat prints nothing). */
-function statLine(p) {
+export function statLine(p: string): string | null {
   try {
     return lineOf(p, statSync(p, { bigint: true }));
   } catch {
@@ -49,7 +58,7 @@ function statLine(p) {
 }
 
 /** What node sees of `paths` now: take it before reading anything the answer is computed from. `racy`: not to be trusted later. */
-function snapshot(paths) {
+export function snapshot(paths: string[]): Snapshot {
   const uniq = [...new Set(paths)];
   const at = nowNs();
   let racy = false;
@@ -65,14 +74,14 @@ function snapshot(paths) {
   return { paths: uniq, lines, racy };
 }
 
-const quote = (s) => `'${s.replace(/'/g, `'\\''`)}'`;
+const quote = (s: string) => `'${s.replace(/'/g, `'\\''`)}'`;
 
 /**
  * Writes the script for (kind, args) printing `answer` while `snap`'s files are as node saw them; removes it
  * instead when stat does not print exactly that now (a file changed meanwhile, or a stat without nanoseconds),
  * or when a file was racy in the snapshot (node answers next time, and records then).
  */
-function recordAnswer(root, kind, args, snap, answer) {
+export function recordAnswer(root: string, kind: RuntimeKind, args: string[], snap: Snapshot, answer: string): boolean {
   const file = join(root, scriptPath(kind, args));
   const expected = snap.lines.filter((l) => l !== null).join('\n');
   let ok = !snap.racy && snap.paths.length > 0 && !snap.paths.some((p) => /[\n\0]/.test(p) || p.startsWith('-'));
@@ -89,7 +98,7 @@ function recordAnswer(root, kind, args, snap, answer) {
     const tmp = `${file}.${process.pid}.tmp`;
     writeFileSync(
       tmp,
-      `# moe-forge: the answer of node tools/executors/${kind}.js while these files are unchanged (tools/executors/fast-input.js)\n` +
+      `# moe-forge: the answer of node build/runtime/${kind}.js while these files are unchanged (tools/executors/fast-input.ts)\n` +
         `[ "$(stat -L --printf=${quote(FORMAT)} -- ${snap.paths.map(quote).join(' ')} 2>/dev/null)" = ${quote(expected)} ] || exit 1\n` +
         `printf '%s' ${quote(answer)}\n`,
     );
@@ -101,12 +110,10 @@ function recordAnswer(root, kind, args, snap, answer) {
 }
 
 /** Removes the script for (kind, args): its answer must not be given again (e.g. a Hub branch, resolved each build). */
-function dropAnswer(root, kind, args) {
+export function dropAnswer(root: string, kind: RuntimeKind, args: string[]): void {
   try {
     rmSync(join(root, scriptPath(kind, args)), { force: true });
   } catch {
     // nothing to remove
   }
 }
-
-module.exports = { runtimeCommand, scriptPath, snapshot, recordAnswer, dropAnswer, statLine };
