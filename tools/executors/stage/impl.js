@@ -1,2 +1,3 @@
 'use strict';
-module.exports = require('../load')('stage');
+// The executor built at install (build/executors/stage.js), through the one loader (bin/built.js).
+module.exports = require('../../../bin/built').built('executors/stage.js');
