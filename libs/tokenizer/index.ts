@@ -51,12 +51,12 @@ interface ClassDefaults {
 
 /**
  * The tokenizer class transformers 5.17's AutoTokenizer picks for a model folder (tokenization_auto.py), for
- * the model types we read: the class registered for config.json's model_type (none for llama, the generic
+ * the model types we read and write: the class registered for config.json's model_type (none for llama, the generic
  * backend for mistral, Qwen2Tokenizer for qwen2/qwen3) wins over tokenizer_config.json's `tokenizer_class`
  * when they differ, except that qwen3 trusts the file and a generic registered class means the generic backend.
  */
 export function transformers5Class(modelType: string | null, tokenizerClass: string | null): string {
-  const REGISTERED: Record<string, string> = { mistral: 'TokenizersBackend', qwen2: 'Qwen2Tokenizer', qwen3: 'Qwen2Tokenizer' };
+  const REGISTERED: Record<string, string> = { mistral: 'TokenizersBackend', mixtral: 'TokenizersBackend', qwen2: 'Qwen2Tokenizer', qwen3: 'Qwen2Tokenizer', qwen2_moe: 'Qwen2Tokenizer', qwen3_moe: 'Qwen2Tokenizer' };
   const named = tokenizerClass?.replace(/Fast$/, '') ?? null;
   const hub = named === 'PreTrainedTokenizer' || named === 'PythonBackend' ? 'TokenizersBackend' : named;
   const registered = modelType ? REGISTERED[modelType] : undefined;
