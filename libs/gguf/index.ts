@@ -1,0 +1,2 @@
+export type { GgufScalarType, GgufScalar, GgufValue, GgufKv } from './types';
+export { readGguf, readTensorData, type GgufFile, type GgufTensorInfo } from './reader';
