@@ -1,0 +1,103 @@
+/**
+ * vocabMetadata against what llama.cpp's converter wrote (test/fixtures/gguf, recorded by
+ * scripts/record-gguf-fixtures.py): for each architecture's tiny output built by our command, and for three real
+ * tokenizers, every tokenizer.* key and value; the pre-tokenizer choice for tokenizers the converter does not know.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { cpSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import { vocabMetadata } from '../../libs/gguf/vocab';
+import { choosePreTokenizer, CANDIDATES } from '../../libs/gguf/pre-tokenizer';
+import { loadTransformersTokenizer } from '../../libs/tokenizer';
+import { mergekitMoe } from '../helpers/cli';
+import { ROOT, tempDir, TINY } from '../helpers/tmp';
+import { metadataDifferences, readIndex, readManifest } from '../helpers/gguf-manifest';
+
+const dir = tempDir('moe-forge-gguf-vocab-');
+const index = readIndex();
+const isTokenizerKey = (k: string) => k.startsWith('tokenizer.');
+
+for (const [arch, entry] of Object.entries(index.outputs)) {
+  test(`${arch}: the tokenizer keys are the converter's, key by key`, async () => {
+    const recipe = structuredClone(entry.recipe) as { base_model: string; experts: { source_model: string }[]; shared_experts?: { source_model: string }[] };
+    recipe.base_model = resolve(ROOT, recipe.base_model);
+    for (const e of [...recipe.experts, ...(recipe.shared_experts ?? [])]) e.source_model = resolve(ROOT, e.source_model);
+    const yml = join(dir, `${arch}.yml`);
+    writeFileSync(yml, JSON.stringify(recipe));
+    const out = join(dir, arch);
+    const r = await mergekitMoe([yml, out], dir, { ORT_DISABLE_TELEMETRY: '1' });
+    assert.equal(r.exitCode, 0, `${r.stdout}\n${r.stderr}`);
+    const ours = await vocabMetadata(out);
+    // The tiny tokenizer is unknown to the converter: the fixture was recorded with the pre-tokenizer forced to
+    // the one our check chooses (README); every other key is the converter's own.
+    assert.equal(entry.refused_by_converter, true);
+    const manifest = readManifest(entry.types.f32!);
+    const diffs = metadataDifferences(ours.map((kv) => [kv.key, kv.value]), manifest.metadata, isTokenizerKey);
+    assert.deepEqual(diffs, []);
+    assert.deepEqual(ours.find((kv) => kv.key === 'tokenizer.ggml.pre')?.value, { type: 'string', value: index.forced_pre });
+    // Every outtype writes the same vocabulary.
+    for (const t of Object.values(entry.types)) assert.deepEqual(metadataDifferences(ours.map((kv) => [kv.key, kv.value]), readManifest(t).metadata, isTokenizerKey), [], t);
+  });
+}
+
+for (const [name, tok] of Object.entries(index.tokenizers)) {
+  test(`real tokenizer ${name} (${tok.package}) in a ${tok.architecture} folder: the converter's vocabulary keys`, async () => {
+    const model = join(dir, `tok-${name}`);
+    mkdirSync(model);
+    cpSync(join(ROOT, 'node_modules', tok.package, 'models'), model, { recursive: true });
+    const architectures = { mixtral: ['MixtralForCausalLM'], 'qwen3-moe': ['Qwen3MoeForCausalLM'] }[tok.architecture]!;
+    const modelType = { mixtral: 'mixtral', 'qwen3-moe': 'qwen3_moe' }[tok.architecture]!;
+    // The tiny outputs' token ids (BOS 0, EOS 1) stay in config.json, as in the recorded folder.
+    writeFileSync(join(model, 'config.json'), JSON.stringify({ architectures, model_type: modelType, vocab_size: tok.vocab_size, bos_token_id: 0, eos_token_id: 1 }));
+    const ours = await vocabMetadata(model);
+    assert.deepEqual(metadataDifferences(ours.map((kv) => [kv.key, kv.value]), readManifest(tok.manifest).metadata, isTokenizerKey), []);
+  });
+}
+
+test('a tokenizer the converter does not know and no llama.cpp pre-tokenizer reproduces is refused in one line', async () => {
+  const model = join(dir, 'prefix-space');
+  mkdirSync(model);
+  for (const f of ['tokenizer.json', 'tokenizer_config.json']) cpSync(join(TINY('a'), f), join(model, f));
+  // A byte-level BPE that prepends a space: llama.cpp's pre-tokenizers never do, so every candidate differs.
+  const tj = JSON.parse(readFileSync(join(model, 'tokenizer.json'), 'utf8'));
+  tj.pre_tokenizer.add_prefix_space = true;
+  writeFileSync(join(model, 'tokenizer.json'), JSON.stringify(tj));
+  writeFileSync(join(model, 'config.json'), JSON.stringify({ architectures: ['Qwen3MoeForCausalLM'], model_type: 'qwen3_moe', vocab_size: 512 }));
+  await assert.rejects(vocabMetadata(model), (e: Error) => {
+    assert.match(e.message, /tokenizer\.json: llama\.cpp's converter does not recognise this tokenizer \(check hash [0-9a-f]{12}…\) and none of llama\.cpp's pre-tokenizers gpt-2, llama-bpe, qwen2, starcoder tokenizes as transformers does \(gpt-2 differs on check text 1 at token 0;/);
+    assert.ok(!e.message.includes('\n'));
+    return true;
+  });
+});
+
+test('the pre-tokenizer check chooses by tokenization, not by name: a Qwen2-style split is matched to qwen2', async () => {
+  // The tiny tokenizer with Qwen2's regex and a ByteLevel step: unknown to the converter, so it is checked.
+  const model = join(dir, 'qwen-split');
+  mkdirSync(model);
+  for (const f of ['tokenizer.json', 'tokenizer_config.json']) cpSync(join(TINY('a'), f), join(model, f));
+  const tj = JSON.parse(readFileSync(join(model, 'tokenizer.json'), 'utf8'));
+  tj.pre_tokenizer = {
+    type: 'Sequence',
+    pretokenizers: [
+      { type: 'Split', pattern: { Regex: CANDIDATES.find((c) => c.name === 'qwen2')!.original }, behavior: 'Isolated', invert: false },
+      { type: 'ByteLevel', add_prefix_space: false, trim_offsets: false, use_regex: false },
+    ],
+  };
+  writeFileSync(join(model, 'tokenizer.json'), JSON.stringify(tj));
+  const t = await loadTransformersTokenizer(model);
+  const choice = choosePreTokenizer(t, model);
+  assert.equal(choice.how, 'checked');
+  assert.equal(choice.name, 'qwen2');
+  // The same vocabulary with GPT-2's own split is matched to gpt-2, not to the earlier choice.
+  tj.pre_tokenizer = { type: 'ByteLevel', add_prefix_space: false, trim_offsets: true, use_regex: true };
+  writeFileSync(join(model, 'tokenizer.json'), JSON.stringify(tj));
+  assert.equal(choosePreTokenizer(await loadTransformersTokenizer(model), model).name, 'gpt-2');
+});
+
+test('an architecture without a GGUF vocabulary reader is refused naming config.json', async () => {
+  const model = join(dir, 'llama-dense');
+  mkdirSync(model);
+  writeFileSync(join(model, 'config.json'), JSON.stringify({ architectures: ['LlamaForCausalLM'] }));
+  await assert.rejects(vocabMetadata(model), /config\.json, field architectures: architecture "LlamaForCausalLM" has no GGUF vocabulary reader/);
+});
