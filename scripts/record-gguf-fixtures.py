@@ -51,7 +51,7 @@ def recipes():
         'mixtral': {'base_model': tiny('a'), 'gate_mode': 'cheap_embed', 'architecture': 'mixtral', 'experts_per_token': 2,
                     'experts': [expert(tiny('a'), 'a'), expert(tiny('b'), 'b'), expert(tiny('c'), 'c')]},
         'deepseek': {'base_model': tiny('a'), 'gate_mode': 'cheap_embed', 'architecture': 'deepseek', 'experts_per_token': 2,
-                     'experts': [expert(tiny('b'), 'b'), expert(tiny('c'), 'c')], 'shared_experts': [expert(tiny('a'), 'a')]},
+                     'experts': [expert(tiny('b'), 'b'), expert(tiny('c'), 'c')], 'shared_experts': [{'source_model': tiny('a')}]},
         'qwen2-moe': {'base_model': fam('qwen2'), 'gate_mode': 'cheap_embed', 'architecture': 'qwen', 'experts_per_token': 2,
                       'experts': [expert(fam('qwen2'), 'b'), expert(fam('qwen2'), 'c')], 'shared_experts': [expert(fam('qwen2'), 'a')]},
         'qwen3-moe': {'base_model': fam('qwen3'), 'gate_mode': 'cheap_embed', 'architecture': 'qwen3', 'experts_per_token': 2,
@@ -64,7 +64,7 @@ def relative(recipe):
     fix = lambda p: os.path.relpath(p, ROOT)
     out = json.loads(json.dumps(recipe))
     out['base_model'] = fix(out['base_model'])
-    for e in out['experts'] + out.get('shared_experts', []):
+    for e in out['experts'] + (out.get('shared_experts') or []):
         e['source_model'] = fix(e['source_model'])
     return out
 
@@ -169,8 +169,9 @@ def greedy(model_dir):
     tok = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     ids = tok(PROMPT, return_tensors='pt').input_ids
-    out = model.generate(ids, max_new_tokens=NEW_TOKENS, do_sample=False, min_new_tokens=NEW_TOKENS)
-    return {'prompt': PROMPT, 'input_ids': ids[0].tolist(), 'new_tokens': out[0, ids.shape[1]:].tolist()}
+    # Greedy, stopping at EOS as llama.cpp's loop in the test does.
+    out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=NEW_TOKENS, do_sample=False)
+    return {'prompt': PROMPT, 'input_ids': ids[0].tolist(), 'new_tokens': out[0, ids.shape[1]:].tolist(), 'eos_token_id': model.generation_config.eos_token_id}
 
 
 def main():
@@ -200,7 +201,8 @@ def main():
                 name = f'{arch}.{outtype}.json'
                 (OUT / name).write_text(json.dumps(manifest(gguf, str(f)), indent=1, ensure_ascii=False) + '\n')
                 entry['types'][outtype] = name
-            entry['greedy'] = greedy(str(model))
+            # transformers has no DeepSeek-MoE (v1) class of its own: the model's code is remote, not run here.
+            entry['greedy'] = None if arch == 'deepseek' else greedy(str(model))
             index['outputs'][arch] = entry
             print(arch, 'done', file=sys.stderr)
         # Real tokenizers on a tiny model of the architecture that carries them (vocab only).

@@ -110,7 +110,6 @@ export async function specialVocabKeys(dir: string, opts: { loadMerges: boolean;
     }
     if (tokenizer.normalizer && typeof tokenizer.normalizer === 'object') parseNormalizer(tokenizer.normalizer as Json);
     added = addedTokensOf(tokenizer);
-    const content = (v: unknown) => (typeof v === 'string' ? v : v && typeof v === 'object' && typeof (v as Json).content === 'string' ? ((v as Json).content as string) : null);
     let bos: unknown = cfg.bos_token;
     let cls: unknown = cfg.cls_token;
     let eos: unknown = cfg.eos_token;
@@ -183,7 +182,6 @@ export async function specialVocabKeys(dir: string, opts: { loadMerges: boolean;
         }
       }
     }
-    void content;
     if (!tokenizerConfig) {
       // Without tokenizer_config.json the converter stops here: no ids from it, no flags, no template.
       return finish();
@@ -232,8 +230,9 @@ export async function specialVocabKeys(dir: string, opts: { loadMerges: boolean;
     }
     const kvs: GgufKv[] = [];
     if (merges.length) kvs.push({ key: 'tokenizer.ggml.merges', value: arr('string', merges) });
-    const GW_IDS = new Set(['bos', 'eos', 'unk', 'sep', 'pad', 'cls', 'mask', 'eot', 'eom']);
-    for (const [typ, id] of ids) if (GW_IDS.has(typ)) kvs.push({ key: `tokenizer.ggml.${typ}_token_id`, value: u32(id) });
+    // GGUFWriter's key per special type (llama.cpp's spelling); it has none for cls, which the converter skips.
+    const ID_KEYS: Record<string, string> = { bos: 'bos_token_id', eos: 'eos_token_id', unk: 'unknown_token_id', sep: 'seperator_token_id', pad: 'padding_token_id', mask: 'mask_token_id', eot: 'eot_token_id', eom: 'eom_token_id' };
+    for (const [typ, id] of ids) if (ID_KEYS[typ]) kvs.push({ key: `tokenizer.ggml.${ID_KEYS[typ]}`, value: u32(id) });
     // GGUFWriter has add_add_{bos,eos,sep}_token only; other flags are skipped with a warning by the converter.
     for (const [typ, v] of addFlags) if (typ === 'bos' || typ === 'eos' || typ === 'sep') kvs.push({ key: `tokenizer.ggml.add_${typ}_token`, value: bool(v) });
     if (typeof chatTemplate === 'string') kvs.push({ key: 'tokenizer.chat_template', value: str(chatTemplate) });
