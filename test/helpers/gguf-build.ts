@@ -24,6 +24,6 @@ export function writeRecipe(arch: string, dir: string): string {
 
 /** Runs mergekit-moe on the recorded recipe into `out`, with extra arguments; fails with its output. */
 export async function buildRecorded(arch: string, dir: string, out: string, extra: string[] = []): Promise<void> {
-  const r = await mergekitMoe([writeRecipe(arch, dir), out, ...extra], dir, { ORT_DISABLE_TELEMETRY: '1' });
+  const r = await mergekitMoe([writeRecipe(arch, dir), out, ...readIndex().outputs[arch]!.args, ...extra], dir, { ORT_DISABLE_TELEMETRY: '1' });
   if (r.exitCode !== 0) throw new Error(`mergekit-moe ${arch} ${extra.join(' ')} failed:\n${r.stdout}\n${r.stderr}`);
 }

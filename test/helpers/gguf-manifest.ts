@@ -40,8 +40,8 @@ export function readManifest(name: string): Manifest {
 export function readIndex(): {
   llama_cpp: string;
   forced_pre: string;
-  outputs: Record<string, { recipe: Record<string, unknown>; refused_by_converter: boolean; types: Record<string, string>; greedy: { prompt: string; input_ids: number[]; new_tokens: number[] } }>;
-  tokenizers: Record<string, { package: string; architecture: string; vocab_size: number; manifest: string }>;
+  outputs: Record<string, { recipe: Record<string, unknown>; args: string[]; refused_by_converter: boolean; types: Record<string, string>; greedy: { prompt: string; input_ids: number[]; new_tokens: number[] } }>;
+  tokenizers: Record<string, { package: string | null; model_file?: string; architecture: string; vocab_size: number; manifest: string }>;
 } {
   return JSON.parse(readFileSync(join(GGUF_FIXTURES, 'index.json'), 'utf8'));
 }
