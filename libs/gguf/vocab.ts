@@ -249,7 +249,8 @@ async function gpt2Vocab(dir: string, t: TransformersTokenizer, vocabSize: numbe
   for (const [tok, id] of baseVocab(t.tokenizerJson, tjFile)) reverse.set(id, tok);
   const added = addedTokensOf(t.tokenizerJson);
   for (const a of added) reverse.set(a.id, a.content);
-  const maxId = Math.max(...reverse.keys());
+  let maxId = -1;
+  for (const id of reverse.keys()) if (id > maxId) maxId = id; // no spread: vocabularies exceed the argument limit
   const n = vocabSize ?? reverse.size;
   if (maxId >= n) throw new ModelError('bad_tokenizer', `token id ${maxId} is not below config.json's vocab_size ${n}`, { file: tjFile });
   const pre = choosePreTokenizer(t, dir);

@@ -100,3 +100,12 @@ test('an architecture without a GGUF vocabulary reader is refused naming config.
   writeFileSync(join(model, 'config.json'), JSON.stringify({ architectures: ['LlamaForCausalLM'] }));
   await assert.rejects(vocabMetadata(model), /config\.json, field architectures: architecture "LlamaForCausalLM" has no GGUF vocabulary reader/);
 });
+
+test('a damaged tokenizer.model is refused in one line naming the file', async () => {
+  const model = join(dir, 'spm-damaged');
+  mkdirSync(model);
+  const good = readFileSync(join(GGUF_FIXTURES, 'spm', 'tokenizer.model'));
+  writeFileSync(join(model, 'tokenizer.model'), good.subarray(0, 1000));
+  writeFileSync(join(model, 'config.json'), JSON.stringify({ architectures: ['MixtralForCausalLM'], vocab_size: 512 }));
+  await assert.rejects(vocabMetadata(model), /spm-damaged\/tokenizer\.model: not a SentencePiece model \(piece runs past the end of the file at byte \d+\)$/);
+});
