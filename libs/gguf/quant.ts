@@ -101,11 +101,22 @@ export function encode(values: Float32Array, type: GgufTensorType, out: Buffer):
   }
   const bits = new Uint32Array(values.buffer, values.byteOffset, n);
   if (type === 'F16' || type === 'BF16') {
-    const conv = type === 'F16' ? f32BitsToF16Numpy : f32BitsToBf16Ggml;
+    // Little-endian machines only (as the rest of the project): a 16-bit view when the buffer allows one.
+    const o16 = out.byteOffset % 2 === 0 ? new Uint16Array(out.buffer, out.byteOffset, n) : null;
+    if (type === 'BF16') {
+      for (let i = 0; i < n; i++) {
+        const b = bits[i]!;
+        // ggml's rounding; a NaN is made quiet. No carry past 32 bits for any non-NaN value.
+        const h = (b & 0x7fffffff) >>> 0 > 0x7f800000 ? ((b >>> 16) | 64) & 0xffff : ((b + 0x7fff + ((b >>> 16) & 1)) >>> 16) & 0xffff;
+        if (o16) o16[i] = h;
+        else out.writeUInt16LE(h, i * 2);
+      }
+      return;
+    }
     for (let i = 0; i < n; i++) {
-      const h = conv(bits[i]!);
-      out[i * 2] = h & 0xff;
-      out[i * 2 + 1] = h >>> 8;
+      const h = f32BitsToF16Numpy(bits[i]!);
+      if (o16) o16[i] = h;
+      else out.writeUInt16LE(h, i * 2);
     }
     return;
   }
