@@ -68,16 +68,18 @@ export function decodeInto(src: Buffer, dtype: string, out: Float32Array, at: nu
     else for (let i = 0; i < n; i++) out[at + i] = dv.getFloat32(i * 4, true);
     return n;
   }
-  if (dtype === 'BF16') {
+  if (dtype === 'BF16' || dtype === 'F16') {
     const n = src.length >>> 1;
-    const bits = new Uint32Array(out.buffer, out.byteOffset + at * 4, n);
-    for (let i = 0; i < n; i++) bits[i] = dv.getUint16(i * 2, true) << 16;
-    return n;
-  }
-  if (dtype === 'F16') {
-    const n = src.length >>> 1;
-    const t = halfTable();
-    for (let i = 0; i < n; i++) out[at + i] = t[dv.getUint16(i * 2, true)]!;
+    const s16 = src.byteOffset % 2 === 0 ? new Uint16Array(src.buffer, src.byteOffset, n) : null;
+    const bits = new Int32Array(out.buffer, out.byteOffset + at * 4, n);
+    if (dtype === 'BF16') {
+      if (s16) for (let i = 0; i < n; i++) bits[i] = s16[i]! << 16;
+      else for (let i = 0; i < n; i++) bits[i] = dv.getUint16(i * 2, true) << 16;
+      return n;
+    }
+    const t = new Int32Array(halfTable().buffer);
+    if (s16) for (let i = 0; i < n; i++) bits[i] = t[s16[i]!]!;
+    else for (let i = 0; i < n; i++) bits[i] = t[dv.getUint16(i * 2, true)]!;
     return n;
   }
   if (dtype === 'F64') {
@@ -99,13 +101,24 @@ export function encode(values: Float32Array, type: GgufTensorType, out: Buffer):
     Buffer.from(values.buffer, values.byteOffset, n * 4).copy(out);
     return;
   }
-  const bits = new Uint32Array(values.buffer, values.byteOffset, n);
   if (type === 'F16' || type === 'BF16') {
-    const conv = type === 'F16' ? f32BitsToF16Numpy : f32BitsToBf16Ggml;
+    const bits = new Int32Array(values.buffer, values.byteOffset, n);
+    // Little-endian machines only (as the rest of the project): a 16-bit view when the buffer allows one.
+    const o16 = out.byteOffset % 2 === 0 ? new Uint16Array(out.buffer, out.byteOffset, n) : null;
+    if (type === 'BF16') {
+      for (let i = 0; i < n; i++) {
+        const b = bits[i]!;
+        // ggml's rounding; a NaN is made quiet. No carry past 32 bits for any non-NaN value.
+        const h = (b & 0x7fffffff) > 0x7f800000 ? ((b >>> 16) | 64) & 0xffff : ((b + 0x7fff + ((b >>> 16) & 1)) >>> 16) & 0xffff;
+        if (o16) o16[i] = h;
+        else out.writeUInt16LE(h, i * 2);
+      }
+      return;
+    }
     for (let i = 0; i < n; i++) {
-      const h = conv(bits[i]!);
-      out[i * 2] = h & 0xff;
-      out[i * 2 + 1] = h >>> 8;
+      const h = f32BitsToF16Numpy(bits[i]! >>> 0);
+      if (o16) o16[i] = h;
+      else out.writeUInt16LE(h, i * 2);
     }
     return;
   }
@@ -115,9 +128,12 @@ export function encode(values: Float32Array, type: GgufTensorType, out: Buffer):
 const f32Scratch = new Float32Array(1);
 const u32Scratch = new Uint32Array(f32Scratch.buffer);
 
+const scaled = new Float32Array(32);
+
 /** ggml's quantize_row_q8_0_ref over whole blocks. */
 export function quantizeQ8_0(values: Float32Array, out: Buffer): void {
   const blocks = values.length / Q8_0_BLOCK;
+  const q = new Int8Array(out.buffer, out.byteOffset, out.length);
   for (let b = 0; b < blocks; b++) {
     const base = b * Q8_0_BLOCK;
     let amax = 0;
@@ -133,14 +149,13 @@ export function quantizeQ8_0(values: Float32Array, out: Buffer): void {
     const o = b * Q8_0_BYTES;
     out[o] = h & 0xff;
     out[o + 1] = h >>> 8;
+    // The products rounded to float32 (a Float32Array store), as numpy computes blocks * id.
+    for (let j = 0; j < Q8_0_BLOCK; j++) scaled[j] = values[base + j]! * id;
     for (let j = 0; j < Q8_0_BLOCK; j++) {
-      const v = Math.fround(values[base + j]! * id);
-      const a = Math.abs(v);
+      const v = scaled[j]!;
       // floor(a) + floor(2 * (a - floor(a))) is round half away from zero, exact in doubles for float32 a.
-      let q = Math.floor(a + 0.5);
-      if (v < 0) q = -q;
-      // numpy's float -> int8 cast of NaN is platform-defined; ggml gives 0 on x86 in practice.
-      out[o + 2 + j] = (q !== q ? 0 : q) & 0xff;
+      // numpy's float -> int8 cast of NaN is platform-defined; 0 here.
+      q[o + 2 + j] = v >= 0 ? Math.floor(v + 0.5) : v < 0 ? -Math.floor(0.5 - v) : 0;
     }
   }
 }

@@ -28,6 +28,10 @@ export interface EncodeOptions {
  * unit (a Q8_0 block, or a head's rows when permuting) plus a chunk is held, never the whole tensor.
  */
 export async function* encodeTensor(chunks: AsyncIterable<SourceChunk>, opts: EncodeOptions): AsyncGenerator<Buffer> {
+  if (!opts.permuteGroupRows && opts.type !== 'Q8_0') {
+    yield* sameTypeOrEncode(chunks, opts);
+    return;
+  }
   const unit = opts.permuteGroupRows ? opts.permuteGroupRows * opts.rowLength : opts.type === 'Q8_0' ? Q8_0_BLOCK : 1;
   if (opts.type === 'Q8_0' && unit % Q8_0_BLOCK !== 0) throw new Error(`internal: Q8_0 unit of ${unit} values`);
   const cap = Math.max(unit, Math.floor(TARGET_VALUES / unit) * unit);
@@ -75,4 +79,36 @@ export async function* encodeTensor(chunks: AsyncIterable<SourceChunk>, opts: En
   if (filled % unit !== 0) throw new Error(`internal: ${filled} values left over (units of ${unit})`);
   if (filled > 0) yield flush(filled);
   acc = new Float32Array(0);
+}
+
+/**
+ * Unpermuted F32/F16/BF16 tensors: bytes already in the target type pass through (the converter's cast is the
+ * identity there, but for BF16's NaNs, made quiet as ggml does); others go through float32 chunk by chunk.
+ */
+async function* sameTypeOrEncode(chunks: AsyncIterable<SourceChunk>, opts: EncodeOptions): AsyncGenerator<Buffer> {
+  let acc: Float32Array | null = null;
+  for await (const { data, dtype } of chunks) {
+    if (dtype === opts.type) {
+      const out = Buffer.from(data);
+      if (dtype === 'BF16') {
+        const v = out.byteOffset % 2 === 0 ? new Uint16Array(out.buffer, out.byteOffset, out.length >>> 1) : null;
+        if (v) {
+          for (let i = 0; i < v.length; i++) if ((v[i]! & 0x7fff) > 0x7f80) v[i] = v[i]! | 0x40;
+        } else {
+          for (let i = 0; i < out.length; i += 2) if ((out.readUInt16LE(i) & 0x7fff) > 0x7f80) out.writeUInt16LE(out.readUInt16LE(i) | 0x40, i);
+        }
+      }
+      opts.release?.(data);
+      yield out;
+      continue;
+    }
+    const size = dtype === 'F64' ? 8 : dtype === 'F32' ? 4 : 2;
+    const n = data.length / size;
+    if (!acc || acc.length < n) acc = new Float32Array(n);
+    decodeInto(data, dtype, acc, 0);
+    opts.release?.(data);
+    const out = Buffer.allocUnsafe(elementBytes(opts.type, n));
+    encode(acc.subarray(0, n), opts.type, out);
+    yield out;
+  }
 }

@@ -3,7 +3,7 @@ import { ForgeError } from '../errors';
 import { DEFAULT_ALIGNMENT, GGUF_MAGIC, GGUF_VERSION, SCALAR_SIZES, TENSOR_TYPES, VALUE_CODES, alignUp, tensorBytes, type GgufTensorType } from './format';
 import type { GgufKv, GgufScalar, GgufScalarType } from './types';
 
-/** One tensor of a GGUF file: its bytes come in order, already in `type`'s encoding. */
+/** One tensor of a GGUF file: its bytes come in order, already in `type`'s encoding; a yielded chunk is the writer's (not reused). */
 export interface GgufTensorOut {
   name: string;
   /** GGUF order: ne0 first. */
@@ -121,27 +121,25 @@ export async function writeGguf(file: string, metadata: GgufKv[], tensors: GgufT
     let pos = 0;
     let batch: Buffer[] = [];
     let batched = 0;
+    // One write in flight while the next batch is encoded.
+    let inFlight: Promise<void> = Promise.resolve();
+    const writeAll = async (b: Buffer, at: number) => {
+      let off = 0;
+      while (off < b.length) off += (await fh.write(b, off, b.length - off, at + off)).bytesWritten;
+    };
     const flush = async () => {
       if (batched === 0) return;
       const b = batch.length === 1 ? batch[0]! : Buffer.concat(batch, batched);
       batch = [];
       batched = 0;
-      let off = 0;
-      while (off < b.length) {
-        const { bytesWritten } = await fh.write(b, off, b.length - off, pos);
-        off += bytesWritten;
-        pos += bytesWritten;
-      }
+      await inFlight;
+      inFlight = writeAll(b, pos);
+      inFlight.catch(() => undefined);
+      pos += b.length;
     };
+    // Chunks are the producer's own (fresh buffers from the encoder): kept as they are until written.
     const put = async (b: Buffer) => {
-      if (b.length >= WRITE_BATCH) {
-        await flush();
-        batch = [b];
-        batched = b.length;
-        await flush();
-        return;
-      }
-      batch.push(Buffer.from(b)); // the producer may reuse its buffer
+      batch.push(b);
       batched += b.length;
       if (batched >= WRITE_BATCH) await flush();
     };
@@ -159,6 +157,7 @@ export async function writeGguf(file: string, metadata: GgufKv[], tensors: GgufT
       if (pad > 0) await put(Buffer.alloc(pad));
     }
     await flush();
+    await inFlight;
     if (pos !== total) throw new Error(`internal: GGUF ${file} is ${pos} bytes, ${total} planned`);
     return pos;
   } finally {
