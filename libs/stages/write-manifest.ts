@@ -142,7 +142,9 @@ export async function ggufEntry(plan: MergePlan, shards: ShardPlan[], shardHashe
     write: async (dir) => {
       log?.(`writing ${file} (${layout.tensors.length} tensors, ${g.type})`);
       const source = g.only ? producerSource(produce()) : shardSource(await SafetensorsWeights.openFiles(dir, shards.map((s) => join(dir, s.file))), pool);
-      await writeModelGguf(join(dir, file), layout, await vocabKeys(g.tokenizerDir), source, { pool });
+      // The tokenizer keys from the folder being written (its config.json and tokenizer files, written before
+      // the GGUF), as the converter reads them: the written tokenizer_config.json carries our pad token.
+      await writeModelGguf(join(dir, file), layout, await vocabKeys(dir), source, { pool });
     },
   };
 }

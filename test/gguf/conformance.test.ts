@@ -15,8 +15,8 @@ const dir = tempDir('moe-forge-gguf-conformance-');
 const index = readIndex();
 const skip = cliHasGguf() ? false : 'mergekit-moe has no --gguf option on this branch yet (branch feat/gguf adds it)';
 
-// Keys that say who made the file and what it is called; the issue lets them differ.
-const CONTENT_GENERAL = new Set(['general.architecture', 'general.type', 'general.file_type', 'general.quantization_version', 'general.alignment', 'general.size_label']);
+// Keys that say who made the file and what it is called (name, tags, size label, …); the issue lets them differ.
+const CONTENT_GENERAL = new Set(['general.architecture', 'general.type', 'general.file_type', 'general.quantization_version', 'general.alignment']);
 const compared = (k: string) => !k.startsWith('general.') || CONTENT_GENERAL.has(k);
 
 for (const [arch, entry] of Object.entries(index.outputs)) {
