@@ -1,16 +1,9 @@
 /** Builds a recorded GGUF fixture's recipe with our command, `--gguf TYPE` (test/fixtures/gguf/index.json). */
-import { execFileSync } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { mergekitMoe } from './cli';
 import { readIndex } from './gguf-manifest';
 import { ROOT } from './tmp';
-
-/** Whether the command has the --gguf option yet (it is written on another branch; these tests wait for it). */
-export function cliHasGguf(): boolean {
-  const help = execFileSync(process.execPath, [join(ROOT, 'bin', 'mergekit-moe.js'), '--help'], { encoding: 'utf8' });
-  return /--gguf\b/.test(help);
-}
 
 /** The recipe of a recorded output with its model paths made absolute, written into `dir`. */
 export function writeRecipe(arch: string, dir: string): string {
