@@ -4,7 +4,9 @@
  * is installed (GGUF_CONVERTER=path/to/convert_hf_to_gguf.py, PYTHON=python with torch and numpy, PYTHONPATH
  * for its gguf-py), on the medium model's 2-expert Mixtral.
  */
-import { copyFileSync, readdirSync, rmSync, statSync, writeFileSync, existsSync } from 'node:fs';
+import { createReadStream, createWriteStream, readdirSync, rmSync, statSync, writeFileSync, existsSync } from 'node:fs';
+import { pipeline } from 'node:stream/promises';
+import { ChunkPool } from '../libs/safetensors/chunk-pool';
 import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';
 import { mergeRecipe } from '../libs/stages/merge';
@@ -48,14 +50,19 @@ export async function benchGguf(tmp: string, spec: Omit<TinyModelSpec, 'dtype' |
     const copies: number[] = [];
     let bytes = 0;
     for (let round = 0; round < 2; round++) {
-      // Baseline: the shards' bytes copied into the temp folder (what any converter at least reads and writes).
+      // Baseline: the shards' bytes streamed through this process into one file (what any converter at least
+      // reads and writes; as the write section's baseline, a userspace copy, not the kernel's copy_file_range).
       const c0 = performance.now();
-      for (const f of files) copyFileSync(join(out, f), join(tmp, `copy-${f}`));
+      const sink = createWriteStream(join(tmp, 'copy.bin'));
+      for (const f of files) await pipeline(createReadStream(join(out, f), { highWaterMark: 16 << 20 }), sink, { end: false });
+      await new Promise<void>((res, rej) => sink.end((e?: Error | null) => (e ? rej(e) : res())));
       copies.push((performance.now() - c0) / 1000);
-      for (const f of files) rmSync(join(tmp, `copy-${f}`));
+      rmSync(join(tmp, 'copy.bin'));
       rmSync(file, { force: true });
       const t0 = performance.now();
-      bytes = await writeModelGguf(file, layout, [], shardSource(await SafetensorsWeights.openFiles(out, files.map((f) => join(out, f)))));
+      // As the write stage does it: chunks from a pool.
+      const pool = new ChunkPool(16 << 20);
+      bytes = await writeModelGguf(file, layout, [], shardSource(await SafetensorsWeights.openFiles(out, files.map((f) => join(out, f))), pool), { pool });
       ours.push((performance.now() - t0) / 1000);
     }
     let conv: number | null = null;

@@ -58,8 +58,10 @@ export async function writeModelGguf(file: string, layout: GgufLayout, vocab: Gg
       async function* chunks(): AsyncGenerator<SourceChunk> {
         for (const seg of t.segments) for await (const data of source(seg)) yield { data, dtype: seg.tensor.dtype };
       }
-      return encodeTensor(chunks(), { type: t.type, rowLength: t.shape[0]!, permuteGroupRows: t.permuteGroupRows, release: opts.pool ? (b) => opts.pool!.give(b) : undefined });
+      const pool = opts.pool;
+      return encodeTensor(chunks(), { type: t.type, rowLength: t.shape[0]!, permuteGroupRows: t.permuteGroupRows, release: pool ? (b) => pool.give(b) : undefined, take: pool ? (n) => pool.take(n) : undefined });
     },
   }));
-  return writeGguf(file, [...layout.metadata, ...vocab], tensors, { onBytes: opts.onBytes });
+  const pool = opts.pool;
+  return writeGguf(file, [...layout.metadata, ...vocab], tensors, { onBytes: opts.onBytes, release: pool ? (b) => pool.give(b) : undefined });
 }

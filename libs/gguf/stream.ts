@@ -21,6 +21,8 @@ export interface EncodeOptions {
   permuteGroupRows?: number;
   /** Called with each source chunk once its bytes are decoded (to give a pooled buffer back). */
   release?: (b: Buffer) => void;
+  /** Where output buffers come from (a pool's take); they go to the consumer, who gives them back. */
+  take?: (n: number) => Buffer;
 }
 
 /**
@@ -52,7 +54,8 @@ export async function* encodeTensor(chunks: AsyncIterable<SourceChunk>, opts: En
       }
       vals = perm.subarray(0, n);
     }
-    const out = Buffer.allocUnsafe(elementBytes(opts.type, n));
+    const size = elementBytes(opts.type, n);
+    const out = opts.take ? opts.take(size) : Buffer.allocUnsafe(size);
     encode(vals, opts.type, out);
     return out;
   };
@@ -89,7 +92,8 @@ async function* sameTypeOrEncode(chunks: AsyncIterable<SourceChunk>, opts: Encod
   let acc: Float32Array | null = null;
   for await (const { data, dtype } of chunks) {
     if (dtype === opts.type) {
-      const out = Buffer.from(data);
+      // Handed on as it is: the consumer gives it back once written.
+      const out = data;
       if (dtype === 'BF16') {
         const v = out.byteOffset % 2 === 0 ? new Uint16Array(out.buffer, out.byteOffset, out.length >>> 1) : null;
         if (v) {
@@ -98,7 +102,6 @@ async function* sameTypeOrEncode(chunks: AsyncIterable<SourceChunk>, opts: Encod
           for (let i = 0; i < out.length; i += 2) if ((out.readUInt16LE(i) & 0x7fff) > 0x7f80) out.writeUInt16LE(out.readUInt16LE(i) | 0x40, i);
         }
       }
-      opts.release?.(data);
       yield out;
       continue;
     }
@@ -107,7 +110,8 @@ async function* sameTypeOrEncode(chunks: AsyncIterable<SourceChunk>, opts: Encod
     if (!acc || acc.length < n) acc = new Float32Array(n);
     decodeInto(data, dtype, acc, 0);
     opts.release?.(data);
-    const out = Buffer.allocUnsafe(elementBytes(opts.type, n));
+    const outSize = elementBytes(opts.type, n);
+    const out = opts.take ? opts.take(outSize) : Buffer.allocUnsafe(outSize);
     encode(acc.subarray(0, n), opts.type, out);
     yield out;
   }

@@ -108,40 +108,54 @@ export function encodeGgufHeader(metadata: GgufKv[], tensors: Pick<GgufTensorOut
 }
 
 const WRITE_BATCH = 8 << 20;
+const SMALL_CHUNK = 1 << 20;
 
 /**
  * Writes a GGUF file in one pass: the header first (every size is known from the shapes), then each tensor's
  * bytes as they come, each padded to the alignment. A tensor that yields more or fewer bytes than its shape
  * and type call for stops the write.
  */
-export async function writeGguf(file: string, metadata: GgufKv[], tensors: GgufTensorOut[], opts: { onBytes?: (n: number) => void } = {}): Promise<number> {
+export async function writeGguf(file: string, metadata: GgufKv[], tensors: GgufTensorOut[], opts: { onBytes?: (n: number) => void; release?: (b: Buffer) => void } = {}): Promise<number> {
   const { header, sizes, total } = encodeGgufHeader(metadata, tensors);
   const fh = await open(file, 'wx');
   try {
     let pos = 0;
-    let batch: Buffer[] = [];
+    // Small chunks are gathered into one of two batch buffers; large ones are written as they are. One write is
+    // in flight while the next chunks are encoded; a chunk goes back to its producer (release) once written.
+    const batches = [Buffer.allocUnsafeSlow(WRITE_BATCH), Buffer.allocUnsafeSlow(WRITE_BATCH)];
+    let which = 0;
     let batched = 0;
-    // One write in flight while the next batch is encoded.
     let inFlight: Promise<void> = Promise.resolve();
     const writeAll = async (b: Buffer, at: number) => {
       let off = 0;
       while (off < b.length) off += (await fh.write(b, off, b.length - off, at + off)).bytesWritten;
     };
+    const start = async (b: Buffer, after?: () => void) => {
+      await inFlight;
+      const at = pos;
+      pos += b.length;
+      inFlight = writeAll(b, at).then(after);
+      inFlight.catch(() => undefined);
+    };
     const flush = async () => {
       if (batched === 0) return;
-      const b = batch.length === 1 ? batch[0]! : Buffer.concat(batch, batched);
-      batch = [];
+      const b = batches[which]!.subarray(0, batched);
+      which ^= 1;
       batched = 0;
-      await inFlight;
-      inFlight = writeAll(b, pos);
-      inFlight.catch(() => undefined);
-      pos += b.length;
+      await start(b);
     };
-    // Chunks are the producer's own (fresh buffers from the encoder): kept as they are until written.
     const put = async (b: Buffer) => {
-      batch.push(b);
+      if (b.length >= SMALL_CHUNK) {
+        await flush();
+        await start(b, () => opts.release?.(b));
+        return;
+      }
+      if (batched + b.length > WRITE_BATCH) await flush();
+      // The buffer about to be filled may be the one the write before last still reads.
+      if (batched === 0) await inFlight;
+      b.copy(batches[which]!, batched);
       batched += b.length;
-      if (batched >= WRITE_BATCH) await flush();
+      opts.release?.(b);
     };
     await put(header);
     for (const [i, t] of tensors.entries()) {
@@ -149,8 +163,8 @@ export async function writeGguf(file: string, metadata: GgufKv[], tensors: GgufT
       for await (const chunk of t.bytes()) {
         n += chunk.length;
         if (n > sizes[i]!) break;
-        await put(chunk);
         opts.onBytes?.(chunk.length);
+        await put(chunk);
       }
       if (n !== sizes[i]) throw new ForgeError('internal', `GGUF tensor ${t.name}: ${n} bytes produced for ${sizes[i]} expected (${t.type} [${t.shape}])`, { tensor: t.name, file });
       const pad = alignUp(n, DEFAULT_ALIGNMENT) - n;
