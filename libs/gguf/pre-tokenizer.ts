@@ -1,6 +1,9 @@
 // The `tokenizer.ggml.pre` value of a byte-level BPE tokenizer: the name llama.cpp's converter gives it where it
 // recognises the tokenizer (a hash of the token ids of its check text), else the llama.cpp pre-tokenizer that is
 // shown, on a set of texts, to tokenize exactly as transformers does; refused in one line when none does.
+// The candidates' regexes run through our tokenizer library's Split (JavaScript Unicode property classes), which
+// for these patterns splits as llama.cpp's unicode code does; llama.cpp's own tokenization of a fixture prompt is
+// checked through node-llama-cpp in test/gguf/llama-cpp-generate.test.ts.
 import { createHash } from 'node:crypto';
 import { join } from 'node:path';
 import type { Tokenizer } from '@huggingface/tokenizers';

@@ -109,3 +109,18 @@ test('a damaged tokenizer.model is refused in one line naming the file', async (
   writeFileSync(join(model, 'config.json'), JSON.stringify({ architectures: ['MixtralForCausalLM'], vocab_size: 512 }));
   await assert.rejects(vocabMetadata(model), /spm-damaged\/tokenizer\.model: not a SentencePiece model \(piece runs past the end of the file at byte \d+\)$/);
 });
+
+test('what the converter writes but vocab.ts does not yet is refused in one line, never written differently', async () => {
+  const model = join(dir, 'unsupported');
+  mkdirSync(model);
+  for (const f of ['tokenizer.json', 'tokenizer_config.json']) cpSync(join(TINY('a'), f), join(model, f));
+  writeFileSync(join(model, 'config.json'), JSON.stringify({ architectures: ['MixtralForCausalLM'], vocab_size: 32016 }));
+  await assert.rejects(vocabMetadata(model), /config\.json, field vocab_size: CodeLlama vocabularies \(vocab_size 32016\) are not supported for GGUF output yet$/);
+  writeFileSync(join(model, 'config.json'), JSON.stringify({ architectures: ['Qwen3MoeForCausalLM'], vocab_size: 512 }));
+  const cfg = JSON.parse(readFileSync(join(model, 'tokenizer_config.json'), 'utf8'));
+  writeFileSync(join(model, 'tokenizer_config.json'), JSON.stringify({ ...cfg, chat_template: [{ name: 'default', template: 'x' }, { name: 'tool_use', template: 'y' }] }));
+  await assert.rejects(vocabMetadata(model), /tokenizer_config\.json: a chat_template that is a list of named templates is not supported for GGUF output yet$/);
+  // A plain template is written as the converter writes it.
+  writeFileSync(join(model, 'tokenizer_config.json'), JSON.stringify({ ...cfg, chat_template: '{{ messages }}' }));
+  assert.deepEqual((await vocabMetadata(model)).find((kv) => kv.key === 'tokenizer.chat_template')?.value, { type: 'string', value: '{{ messages }}' });
+});
