@@ -8,6 +8,7 @@
  *   forward   the forward pass against plain onnxruntime Gemms (bench/forward.ts)
  *   rng       normals per second of --rng torch's generator against the default stream generator (bench/rng.ts)
  *   incremental  `mergekit-moe` cold / +1 prompt / noise_scale / expert swap / no-op at a size (bench/incremental.ts)
+ *   gguf      a merged folder's GGUF (bf16, q8_0) against a copy of its bytes and llama.cpp's converter (bench/gguf.ts)
  *
  * Every run first states the machine (bench/machine.ts): CPU model and flags, cores, memory, load average before
  * the first section and after the last, the disk's copy rate in the temp folder (best of 3, ~512 MiB each).
@@ -33,6 +34,7 @@ import { SIZES, benchIncremental, type StepResult } from './incremental';
 import { ROOT, addRecipe, nx, nxProfiled, throwawayWorkspace, timed, type TaskTiming } from './workspace';
 import type { ChildResult } from './write-child';
 import { diskCopyRate, formatMachine, machineFacts } from './machine';
+import { benchGguf } from './gguf';
 
 type Spec = Omit<TinyModelSpec, 'dtype' | 'seed'>;
 
@@ -167,6 +169,20 @@ ${dtype ? `dtype: ${dtype}\n` : ''}experts:
     copies,
     writes,
   };
+  rmSync(dir, { recursive: true, force: true });
+}
+
+async function benchGgufSection(tmp: string): Promise<void> {
+  const dir = join(tmp, 'gguf');
+  mkdirSync(dir, { recursive: true });
+  const results = await benchGguf(dir, MEDIUM, log);
+  for (const r of results) {
+    const label = `GGUF ${r.type} from the medium 2-expert Mixtral's shards, ${(r.bytes / 1e6).toFixed(0)} MB written, MB/s`;
+    row({ section: 'gguf', measure: label, value: r.bytes / 1e6 / r.ours, unit: 'MB/s', baseline: r.bytes / 1e6 / r.copy, baselineLabel: 'stream copy of the shards, MB/s', goal: '≥ 0.9', met: r.copy / r.ours >= 0.9 });
+    if (r.converter !== null) row({ section: 'gguf', measure: `GGUF ${r.type}: llama.cpp's converter time / ours`, value: r.converter / r.ours, unit: 'x', baseline: null, baselineLabel: 'convert_hf_to_gguf.py, same folder', goal: '≥ 5', met: r.converter / r.ours >= 5 });
+  }
+  notes.push('gguf: writeModelGguf from the written shards (in process, best of 2), against a createReadStream → createWriteStream copy of the same shards scaled to the GGUF\'s size; the converter (GGUF_CONVERTER, PYTHON) once, Python start-up included.');
+  details.gguf = results;
   rmSync(dir, { recursive: true, force: true });
 }
 
@@ -397,7 +413,7 @@ function benchRngSection(): void {
 }
 
 async function main(): Promise<void> {
-  const all = ['rng', 'forward', 'write', 'nx', 'many', 'incremental'];
+  const all = ['rng', 'forward', 'write', 'nx', 'many', 'incremental', 'gguf'];
   const argv = process.argv.slice(2);
   const sizeAt = argv.indexOf('--size');
   const size = sizeAt >= 0 ? argv[sizeAt + 1]! : null;
@@ -427,6 +443,7 @@ async function main(): Promise<void> {
       if (s === 'nx') await benchNx(tmp);
       if (s === 'many') await benchMany(tmp);
       if (s === 'incremental') await benchIncrementalSection(tmp, size ?? 'small');
+      if (s === 'gguf') await benchGgufSection(tmp);
       details[`${s}SectionSeconds`] = r2((performance.now() - ts) / 1000);
       log(`section ${s} done in ${((performance.now() - ts) / 1000).toFixed(1)} s`);
     }

@@ -5,6 +5,7 @@ import { mergeRecipe, reportPaths, DEFAULT_SHARD_BYTES } from '../stages/merge';
 import { checkSeed, checkShardSize, parseArgs, type FlagSpec } from './args';
 import { checkInputFile, EVAL_PROMPTS, RECIPE } from '../input';
 import { SHARD_ORDERS, type ShardOrder } from '../plan/types';
+import { parseGgufType } from '../gguf';
 
 // Bundled with the command (esbuild inlines JSON), so the version is the one the code was built from.
 // eslint-disable-next-line @typescript-eslint/no-require-imports
@@ -25,6 +26,8 @@ const FLAGS: FlagSpec[] = [
   { name: 'layout', kind: 'value', help: 'Expert tensor layout: classic (per-expert, default) or fused (transformers 5).' },
   { name: 'report', kind: 'value', help: 'Write the routing report: FILE.html and FILE.json (which expert each prompt reaches, per layer).' },
   { name: 'eval-prompts', kind: 'value', help: 'Held-out prompts for the report: YAML list of {expert, prompts} or JSONL {"expert", "prompt"}.' },
+  { name: 'gguf', kind: 'value', help: 'Also write OUT/model-TYPE.gguf for llama.cpp: TYPE f32, f16, bf16 or q8_0 (as its convert_hf_to_gguf.py writes it).' },
+  { name: 'gguf-only', kind: 'bool', help: 'With --gguf: write the GGUF instead of the safetensors shards (config, tokenizer and card are still written).' },
   { name: 'overwrite', kind: 'bool', help: 'Replace an existing non-empty output folder that moe-forge did not write.' },
   { name: 'recompute', kind: 'bool', help: 'Reuse nothing: prompt states and content ids are computed again (the cache is refreshed) and every output file is written again.' },
   { name: 'verbose', kind: 'count', short: 'v', help: 'More output (-v info, -vv debug).' },
@@ -110,6 +113,8 @@ export async function main(argv: string[], io: Io = defaultIo): Promise<number> 
     if (evalPrompts !== undefined && !existsSync(evalPrompts)) throw new ForgeError('bad_flag', '--eval-prompts: the file does not exist', { file: evalPrompts, field: '--eval-prompts' });
     if (evalPrompts !== undefined) checkInputFile(evalPrompts, EVAL_PROMPTS);
     const device = (v.device as string | undefined) ?? (v.cuda || v['gpu-rich'] ? 'cuda' : 'cpu');
+    const gguf = v.gguf !== undefined ? parseGgufType(String(v.gguf), { field: '--gguf' }) : undefined;
+    if (v['gguf-only'] === true && gguf === undefined) throw new ForgeError('bad_flag', '--gguf-only needs --gguf TYPE (f32, f16, bf16 or q8_0)', { field: '--gguf-only' });
     const result = await mergeRecipe({
       recipeFile: resolve(config),
       outPath: resolve(out),
@@ -124,6 +129,8 @@ export async function main(argv: string[], io: Io = defaultIo): Promise<number> 
       writeRecipe: v['write-model-card'] !== false,
       overwrite: v.overwrite === true,
       recompute: v.recompute === true,
+      gguf,
+      ggufOnly: v['gguf-only'] === true,
       device,
       log: info,
       debug: ((v.verbose as number) ?? 0) > 1 ? (s) => io.err(`debug: ${s}`) : undefined,

@@ -9,6 +9,7 @@ import { runFetch } from './fetch';
 import { runEmbedPrompts } from './embed-prompts';
 import { gatesForAssembly, runBuildGates } from './build-gates';
 import { runAssemble } from './assemble';
+import type { GgufOutType } from '../gguf';
 import { STAMP_FILE, writeOutput, type LateInputs, type WriteResult } from './write';
 import { changedOutputFiles, recordOutputFiles } from './output-record';
 import { progressReporter } from '../util/progress';
@@ -47,6 +48,9 @@ export interface MergeOptions {
   overwrite?: boolean;
   /** Reuse nothing: prompt states and content ids computed again, every output file written again. */
   recompute?: boolean;
+  /** Also write OUT/model-TYPE.gguf; `ggufOnly`: instead of the safetensors shards. */
+  gguf?: GgufOutType;
+  ggufOnly?: boolean;
   device?: string;
   /** Prompt-state cache (default $MOE_FORGE_CACHE, else ~/.cache/moe-forge). */
   cacheDir?: string;
@@ -99,6 +103,8 @@ export async function mergeRecipe(opts: MergeOptions): Promise<WriteResult> {
         writeRecipe: opts.writeRecipe ?? true,
         overwrite: opts.overwrite ?? false,
         recompute: opts.recompute,
+        gguf: opts.gguf,
+        ggufOnly: opts.ggufOnly,
         recipeFile: opts.recipeFile,
         evalPrompts: opts.report?.evalPrompts,
         cacheDir,

@@ -28,6 +28,8 @@ export const StageOptionsSchema = z.object({
   recompute: z.boolean().default(false),
   allowIdenticalModels: z.boolean().default(false),
   copyTokenizer: z.boolean().default(true),
+  gguf: z.enum(['f32', 'f16', 'bf16', 'q8_0']).optional(),
+  ggufOnly: z.boolean().default(false),
   cacheDir: z.string().optional(),
   evalPrompts: z.string().optional(),
 });

@@ -31,6 +31,8 @@ export default function writeExecutor(options: unknown, context: ExecutorContext
       recipeText: await readFile(paths.recipe, 'utf8'),
       tokenizerDir: base.dir,
       copyTokenizer: o.copyTokenizer,
+      gguf: o.gguf,
+      ggufOnly: o.ggufOnly,
       overwrite: o.overwrite,
       recipeFile: paths.recipe,
       cacheDir: cacheDirOf(o, paths),
