@@ -5,4 +5,5 @@ export type { Device } from './backend';
 export { ropeInvFreq, ropeTables, attentionMask } from './rope';
 export { buildLayerModel, planLayerTensors } from './layer-graph';
 export { encodeModel } from './onnx-proto';
-export { computePromptStatesIsolated, computePadStatesIsolated } from './isolated';
+export { computePromptStatesIsolated, computePadStatesIsolated, computeRouterLogitsIsolated } from './isolated';
+export { computeRouterLogits, type MoeModel, type RouterLogits } from './moe';

@@ -3,6 +3,9 @@ import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { ForgeError, ModelError } from '../errors';
 import type { ForwardOptions, ForwardProgress, LayerState } from './run';
+import type { MergePlan } from '../plan/types';
+import type { GateTensor } from '../gates';
+import type { RouterLogits } from './moe';
 
 /**
  * The forward pass in a child process: onnxruntime's native memory goes back to the OS when it exits, and
@@ -56,4 +59,10 @@ export function computePromptStatesIsolated(modelDir: string, prompts: number[][
 export function computePadStatesIsolated(modelDir: string, padTokenId: number, opts: Opts = {}): Promise<Float32Array[]> {
   const { onProgress, ...options } = opts;
   return runIsolated({ kind: 'pad', modelDir, padTokenId, options }, onProgress);
+}
+
+/** Every token's router logits per layer of the merged model that `plan` and `gates` describe (libs/forward/moe.ts). */
+export function computeRouterLogitsIsolated(plan: MergePlan, gates: GateTensor, prompts: number[][], opts: Opts = {}): Promise<RouterLogits> {
+  const { onProgress, ...options } = opts;
+  return runIsolated({ kind: 'routing', plan, gates, prompts, options }, onProgress);
 }
