@@ -59,7 +59,9 @@ export function routingAdvice(input: AdviceInput): string[] {
     }
   }
   const load = m.overall.load;
-  for (const e of load.starving) {
+  // An expert without texts of its own in the measured set may rightly get none of them: only its own texts' fate is news.
+  const hasTexts = (e: number) => prompts.some((p) => p.set === m.headline && p.role === 'positive' && p.expert === e);
+  for (const e of load.starving.filter(hasTexts)) {
     const to = lostTo(e);
     out.push(`${name(e)} starves: ${pct(load.load[e]!)} of the top-k assignments against a fair ${pct(1 / load.load.length)}${to !== undefined ? `; its texts go mostly to ${name(to)}` : ''}. Give it prompts unlike the other experts'.`);
   }

@@ -72,7 +72,7 @@ export function loadFigures(load: ArrayLike<number>, k: number): LoadFigures {
   const share = Array.from(load, (x) => (total > 0 ? x / total : 0));
   const mean = 1 / E;
   const max = Math.max(...share);
-  const entropy = E > 1 ? -share.reduce((a, s) => a + (s > 0 ? s * Math.log(s) : 0), 0) / Math.log(E) : 1;
+  const entropy = total === 0 ? 0 : E > 1 ? -share.reduce((a, s) => a + (s > 0 ? s * Math.log(s) : 0), 0) / Math.log(E) : 1;
   // Dominating: twice its fair share, or in (nearly) every token's top k where twice the share cannot be reached.
   const dominant = Math.min(2 * mean, 0.95 / k);
   return {

@@ -6,7 +6,8 @@ import { join } from 'node:path';
 import { readRecipe } from '../../libs/recipe/parse';
 import { runFetch } from '../../libs/stages/fetch';
 import { runEmbedPrompts } from '../../libs/stages/embed-prompts';
-import { runBuildGates } from '../../libs/stages/build-gates';
+import { gatesForAssembly, runBuildGates } from '../../libs/stages/build-gates';
+import { runAssemble } from '../../libs/stages/assemble';
 import { runReport } from '../../libs/stages/report';
 import { SafetensorsWeights, readTensorBytes, decodeFloats } from '../../libs/safetensors';
 import type { RoutingReport } from '../../libs/report';
@@ -40,10 +41,14 @@ async function stages(name: string, text: string, evalPrompts?: string) {
   const { merge } = await runFetch(await readRecipe(file), join(work, 'fetch'), { cacheDir, modelBaseDir: dir });
   await runEmbedPrompts(merge, join(work, 'embed-prompts'), { cacheDir });
   await runBuildGates(merge, join(work, 'embed-prompts'), join(work, 'build-gates'));
-  const out = await runReport(merge, join(work, 'embed-prompts'), join(work, 'build-gates'), join(work, 'report'), { name, cacheDir, evalPrompts });
+  const { gates, warnings } = await gatesForAssembly(merge, join(work, 'build-gates'));
+  await runAssemble(merge, join(work, 'assemble-experts'), { maxShardBytes: 5e9, extraWarnings: warnings, gates });
+  const out = await runReport(merge, join(work, 'embed-prompts'), join(work, 'build-gates'), join(work, 'assemble-experts'), join(work, 'report'), { name, cacheDir, evalPrompts });
   const report = JSON.parse(readFileSync(join(work, 'report', 'routing.json'), 'utf8')) as RoutingReport;
   return { work, report, html: readFileSync(join(work, 'report', 'routing.html'), 'utf8'), stats: out.stats };
 }
+
+const cacheStats = (s: { computed: number; fromCache: number }) => ({ computed: s.computed, fromCache: s.fromCache });
 
 async function tensors(file: string): Promise<Map<string, Float32Array>> {
   const w = await SafetensorsWeights.openFiles(join(file, '..'), [file]);
@@ -167,7 +172,7 @@ test('held-out prompts: the same cached forward pass, reported as held-out; an e
   writeFileSync(evalFile, `- expert: 1\n  prompts: ["Write a rust function", "Explain the configuration file format"]\n- expert: 2\n  prompts: ["A fairy tale about a dragon"]\n`);
   const first = await stages('heldout', recipeText('hidden', FOUR), evalFile);
   // "Explain the configuration file format" is a recipe prompt: its state is reused; two are new.
-  assert.deepEqual(first.stats, { computed: 2, fromCache: 0 });
+  assert.deepEqual(cacheStats(first.stats), { computed: 2, fromCache: 0 });
   const held = first.report.prompts.map((p, i) => [p, i] as const).filter(([p]) => p.set === 'heldout');
   assert.deepEqual(held.map(([p]) => [p.expert, p.text]), [[1, 'Write a rust function'], [1, 'Explain the configuration file format'], [2, 'A fairy tale about a dragon']]);
   for (const lr of first.report.perLayer) {
@@ -181,10 +186,10 @@ test('held-out prompts: the same cached forward pass, reported as held-out; an e
   assert.match(first.html, /expert 1 · held-out/);
 
   const again = await stages('heldout', recipeText('hidden', FOUR), evalFile);
-  assert.deepEqual(again.stats, { computed: 0, fromCache: 2 });
+  assert.deepEqual(cacheStats(again.stats), { computed: 0, fromCache: 2 });
   writeFileSync(evalFile, readFileSync(evalFile, 'utf8').replace('A fairy tale about a dragon', 'A fairy tale about a knight'));
   const edited = await stages('heldout', recipeText('hidden', FOUR), evalFile);
-  assert.deepEqual(edited.stats, { computed: 1, fromCache: 1 });
+  assert.deepEqual(cacheStats(edited.stats), { computed: 1, fromCache: 1 });
 
   const jsonl = join(dir, 'eval.jsonl');
   writeFileSync(jsonl, '{"expert": 0, "prompt": "Write a rust function"}\n\n{"expert": 3, "prompt": "Integrate x squared"}\n');
