@@ -8,7 +8,7 @@ import { runFetch } from '../../libs/stages/fetch';
 import { runEmbedPrompts } from '../../libs/stages/embed-prompts';
 import { gatesForAssembly, runBuildGates } from '../../libs/stages/build-gates';
 import { runAssemble } from '../../libs/stages/assemble';
-import { runReport } from '../../libs/stages/report';
+import { mergedRouterLogits, runReport } from '../../libs/stages/report';
 import { SafetensorsWeights, readTensorBytes, decodeFloats } from '../../libs/safetensors';
 import type { RoutingReport } from '../../libs/report';
 import { checkHtml } from '../helpers/html-check';
@@ -45,7 +45,7 @@ async function stages(name: string, text: string, evalPrompts?: string) {
   await runAssemble(merge, join(work, 'assemble-experts'), { maxShardBytes: 5e9, extraWarnings: warnings, gates });
   const out = await runReport(merge, join(work, 'embed-prompts'), join(work, 'build-gates'), join(work, 'assemble-experts'), join(work, 'report'), { name, cacheDir, evalPrompts });
   const report = JSON.parse(readFileSync(join(work, 'report', 'routing.json'), 'utf8')) as RoutingReport;
-  return { work, report, html: readFileSync(join(work, 'report', 'routing.html'), 'utf8'), stats: out.stats };
+  return { work, merge, report, html: readFileSync(join(work, 'report', 'routing.html'), 'utf8'), stats: out.stats };
 }
 
 const cacheStats = (s: { computed: number; fromCache: number }) => ({ computed: s.computed, fromCache: s.fromCache });
@@ -162,6 +162,16 @@ test('routing.html parses strictly, is self-contained, escapes prompts, and list
     assert.ok(text.includes(e.label) && text.includes(e.model), e.label);
     assert.ok(elements.some((x) => x.name === 'svg' && x.attrs['aria-label'] === `${e.label} · positive`), `heatmap of ${e.label}`);
   }
+  // The merged model's section leads: chance beside each figure, a per-text view across layers, model names.
+  assert.ok(html.indexOf('What the merged model routes') < html.indexOf('Build check'), 'headline first');
+  assert.match(text, /of tokens go first to their intended expert · chance 25%/);
+  const perText = elements.filter((e) => e.name === 'td' && /\bpw\b/.test(e.attrs.class ?? ''));
+  assert.equal(perText.length, new Set(report.prompts.map((_, i) => i)).size * report.layers, 'one cell per text and layer');
+  // Every prompt here is a routed expert's positive one except the negative: its cells carry no verdict.
+  const verdicts = perText.filter((e) => /\b(ok|miss)\b/.test(e.attrs.class ?? '')).length;
+  assert.equal(verdicts, report.prompts.filter((p) => p.role === 'positive').length * report.layers);
+  for (const e of report.experts) assert.ok(text.includes(`E${e.index} · tiny-${'abcb'[e.index]}`), `expert ${e.index} named by its model`);
+  assert.ok(text.includes("training fit: no held-out texts"), 'no held-out texts: the figures say they are training fit');
   // The heatmap: one cell per layer and routed expert in each prompt group.
   const groups = elements.filter((x) => x.name === 'svg').length;
   assert.equal(elements.filter((x) => x.name === 'rect' && x.attrs.fill).length, groups * report.layers * report.routed);
@@ -184,6 +194,26 @@ test('held-out prompts: the same cached forward pass, reported as held-out; an e
   }
   assert.ok(first.report.summary.heldOutAccuracy !== null);
   assert.match(first.html, /expert 1 · held-out/);
+  // The headline: the held-out texts' every token through the merged model, recomputed here from its router logits.
+  const m = first.report.measured;
+  assert.equal(m.headline, 'heldout');
+  const { logits } = await mergedRouterLogits(first.merge, join(first.work, 'assemble-experts'), held.map(([p]) => p.text));
+  let tokens = 0, top1 = 0, inTop = 0;
+  held.forEach(([p], j) => {
+    for (const z of logits[j]!) {
+      for (let t = 0; t < z.length / 4; t++) {
+        const row = Array.from(z.subarray(t * 4, t * 4 + 4));
+        const order = [0, 1, 2, 3].sort((a, b) => row[b]! - row[a]! || a - b);
+        tokens++;
+        if (order[0] === p.expert) top1++;
+        if (order.slice(0, 2).includes(p.expert)) inTop++;
+      }
+    }
+  });
+  assert.equal(m.overall.heldout!.tokens, tokens);
+  assert.ok(tokens > held.length * first.report.layers, 'every token, not one per text');
+  assert.ok(Math.abs(m.overall.heldout!.top1 - top1 / tokens) < 1e-12 && Math.abs(m.overall.heldout!.topK - inTop / tokens) < 1e-12);
+  assert.ok(!first.report.advice.some((a) => /training fit/.test(a)), 'held-out texts given: not training fit');
 
   const again = await stages('heldout', recipeText('hidden', FOUR), evalFile);
   assert.deepEqual(cacheStats(again.stats), { computed: 0, fromCache: 2 });
