@@ -130,7 +130,25 @@ test('two experts with the same prompts: both starve in every layer, and the rep
     assert.match(report.summary.starving[1]!.reasons[0]!, /nearly parallel to expert 0's/);
     assert.deepEqual(report.summary.pairs.map((p) => [p.experts, p.layers]), [[[0, 1], [0, 1]]]);
     assert.match(html, /expert 0 <span class="n">[^<]*<\/span><\/td><td>all \(0–1\)<\/td>/);
+    // What to do about it, from the merged model's routers: the pair is named once, with the cause and the fix.
+    const pair = report.advice.filter((a) => /^expert 0 \([^)]*tiny-a\) and expert 1 \([^)]*tiny-b\): router rows nearly identical in every layer/.test(a));
+    assert.equal(pair.length, 1, report.advice.join('\n'));
+    assert.match(pair[0]!, /so the router cannot tell them apart; they have the same positive prompts: give each its own\.$/);
+    assert.deepEqual(report.measured.pairs.map((p) => [p.kind, p.experts, p.layers]), [['identical', [0, 1], [0, 1]]]);
   }
+});
+
+test('the report needs assemble-experts: without its plan it says so in one line', async () => {
+  const file = join(dir, 'noplan.yml');
+  writeFileSync(file, recipeText('cheap_embed', FOUR));
+  const work = join(dir, 'noplan');
+  const { merge } = await runFetch(await readRecipe(file), join(work, 'fetch'), { cacheDir, modelBaseDir: dir });
+  await runEmbedPrompts(merge, join(work, 'embed-prompts'), { cacheDir });
+  await runBuildGates(merge, join(work, 'embed-prompts'), join(work, 'build-gates'));
+  await assert.rejects(runReport(merge, join(work, 'embed-prompts'), join(work, 'build-gates'), join(work, 'assemble-experts'), join(work, 'report'), { name: 'noplan', cacheDir }), (e: Error) => {
+    assert.equal(e.message, `${join(work, 'assemble-experts', 'plan.json')}: cannot read the assemble-experts stage's output (ENOENT); run the assemble-experts stage first`);
+    return true;
+  });
 });
 
 test('a negative prompt that cancels a positive one is named as the reason', async () => {
