@@ -5,5 +5,6 @@ export type { Device } from './backend';
 export { ropeInvFreq, ropeTables, attentionMask } from './rope';
 export { buildLayerModel, planLayerTensors } from './layer-graph';
 export { encodeModel } from './onnx-proto';
-export { computePromptStatesIsolated, computePadStatesIsolated, computeRouterLogitsIsolated } from './isolated';
-export { computeRouterLogits, type MoeModel, type RouterLogits } from './moe';
+export { computePromptStatesIsolated, computePadStatesIsolated, runIsolatedWorker } from './isolated';
+export { computeRouterLogits, type Mlp, type MoeLayerWeights, type MoeModel, type RouterLogits, type Weight } from './moe';
+export { serveOneRequest } from './worker-protocol';

@@ -3,9 +3,6 @@ import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { ForgeError, ModelError } from '../errors';
 import type { ForwardOptions, ForwardProgress, LayerState } from './run';
-import type { MergePlan } from '../plan/types';
-import type { GateTensor } from '../gates';
-import type { RouterLogits } from './moe';
 
 /**
  * The forward pass in a child process: onnxruntime's native memory goes back to the OS when it exits, and
@@ -16,10 +13,15 @@ declare const __FORWARD_WORKER__: string | undefined;
 const WORKER = join(__dirname, typeof __FORWARD_WORKER__ === 'string' ? __FORWARD_WORKER__ : 'worker-main.ts');
 
 function runIsolated<T>(request: Record<string, unknown>, onProgress?: (p: ForwardProgress) => void): Promise<T> {
+  return runIsolatedWorker(WORKER, request, onProgress);
+}
+
+/** `request` served by the worker script `worker` (one that calls serveOneRequest) in a child process. */
+export function runIsolatedWorker<T>(worker: string, request: Record<string, unknown>, onProgress?: (p: ForwardProgress) => void): Promise<T> {
   return new Promise((resolve, reject) => {
-    const child = fork(WORKER, [], {
+    const child = fork(worker, [], {
       // The built worker is plain JavaScript; from sources (tests) the child loads tsx.
-      execArgv: WORKER.endsWith('.ts') ? ['--import', pathToFileURL(require.resolve('tsx')).href] : [],
+      execArgv: worker.endsWith('.ts') ? ['--import', pathToFileURL(require.resolve('tsx')).href] : [],
       // In the child's environment too, so it holds from the child's first line, whatever it loads first.
       env: { ...process.env, ORT_DISABLE_TELEMETRY: '1' },
       serialization: 'advanced',
@@ -61,8 +63,3 @@ export function computePadStatesIsolated(modelDir: string, padTokenId: number, o
   return runIsolated({ kind: 'pad', modelDir, padTokenId, options }, onProgress);
 }
 
-/** Every token's router logits per layer of the merged model that `plan` and `gates` describe (libs/forward/moe.ts). */
-export function computeRouterLogitsIsolated(plan: MergePlan, gates: GateTensor, prompts: number[][], opts: Opts = {}): Promise<RouterLogits> {
-  const { onProgress, ...options } = opts;
-  return runIsolated({ kind: 'routing', plan, gates, prompts, options }, onProgress);
-}

@@ -10,7 +10,7 @@ import type { MergePlan, PlanTensor } from '../plan/types';
 import { ChunkPool } from '../safetensors/chunk-pool';
 import { decodeFloats, dtypeSize, encodeFloats, type FloatDtype } from '../safetensors/dtype';
 import { readRows } from '../safetensors/reader';
-import type { Mlp, MoeLayerWeights, MoeModel, Weight } from '../forward/moe';
+import type { Mlp, MoeLayerWeights, MoeModel, Weight } from '../forward';
 import { tensorProducer } from './write';
 
 /** The dense model type whose attention each output architecture keeps. */

@@ -10,7 +10,8 @@ import type { MergeContext } from './context';
 import { cachedHiddenStates, embeddingSums, expectedPromptStates, readPromptStates } from './embed-prompts';
 import { gatesForAssembly, readGates } from './build-gates';
 import { checkPlanGates, readPlan } from './assemble';
-import { computeRouterLogitsIsolated, availableBackends, type Device } from '../forward';
+import { availableBackends, runIsolatedWorker, type Device, type RouterLogits } from '../forward';
+import type { RoutingRequest } from './routing-worker';
 import { loadTokenizer } from '../tokenizer';
 import { measureRouting } from '../report/measured';
 import { GATE_MODES } from '../gates/modes';
@@ -44,6 +45,10 @@ export interface ReportStats {
 }
 
 export const REPORT_FILES = ['routing.json', 'routing.html'] as const;
+
+// Set by scripts/build.mjs: the built routing worker, relative to the bundle that forks it; unset when run from sources.
+declare const __ROUTING_WORKER__: string | undefined;
+const ROUTING_WORKER = join(__dirname, typeof __ROUTING_WORKER__ === 'string' ? __ROUTING_WORKER__ : 'routing-worker.ts');
 
 export async function readEvalPrompts(file: string, experts: number): Promise<EvalPrompt[]> {
   return parseEvalPrompts(await readInputText(file, EVAL_PROMPTS), file, experts);
@@ -130,10 +135,8 @@ export async function mergedRouterLogits(merge: MergeContext, planDir: string, t
   const long = typeof limit === 'number' ? ids.findIndex((t) => t.length > limit) : -1;
   if (long >= 0) throw new ForgeError('prompt_too_long', `prompt ${JSON.stringify(texts[long]!.slice(0, 60))} is ${ids[long]!.length} tokens long, more than the merged model's ${limit} (max_position_embeddings): shorten it`, { file: opts.evalPrompts ?? merge.parsed.file });
   const device = (opts.device === 'auto' ? (availableBackends().includes('cuda') ? 'cuda' : 'cpu') : opts.device ?? 'cpu') as Device;
-  const logits = await computeRouterLogitsIsolated(plan, gates, ids, {
-    device,
-    onProgress: (p) => opts.progress?.update(p.layer * p.prompts + p.promptsDone, p.layers * p.prompts, `merged model, layer ${p.layer + 1}/${p.layers}`),
-  });
+  const request: RoutingRequest = { plan, gates, prompts: ids, options: { device } };
+  const logits = await runIsolatedWorker<RouterLogits>(ROUTING_WORKER, { ...request }, (p) => opts.progress?.update(p.layer * p.prompts + p.promptsDone, p.layers * p.prompts, `merged model, layer ${p.layer + 1}/${p.layers}`));
   return { ids, logits, gates, layers: plan.config.num_hidden_layers as number };
 }
 
