@@ -12,7 +12,7 @@ import { gatesForAssembly, runBuildGates } from '../../libs/stages/build-gates';
 import { runAssemble } from '../../libs/stages/assemble';
 import { runWrite } from '../../libs/stages/write';
 import { recipeYaml, tinyFamilyModel } from './arch-models';
-import { FIXTURES, TINY } from './tmp';
+import { FIXTURES } from './tmp';
 
 export interface RouterCase {
   name: string;
@@ -100,4 +100,3 @@ export async function writeCase(built: Awaited<ReturnType<typeof buildCase>>, ou
   return h.digest('hex');
 }
 
-export { TINY };
