@@ -9,6 +9,8 @@
  *   rng       normals per second of --rng torch's generator against the default stream generator (bench/rng.ts)
  *   incremental  `mergekit-moe` cold / +1 prompt / noise_scale / expert swap / no-op at a size (bench/incremental.ts)
  *   gguf      a merged folder's GGUF (bf16, q8_0) against a copy of its bytes and llama.cpp's converter (bench/gguf.ts)
+ *   report    the report stage (the merged model on every text) against the base forward of the held-out texts,
+ *             at --size (default small; bench/report.ts)
  *
  * Every run first states the machine (bench/machine.ts): CPU model and flags, cores, memory, load average before
  * the first section and after the last, the disk's copy rate in the temp folder (best of 3, ~512 MiB each).
@@ -35,6 +37,7 @@ import { ROOT, addRecipe, nx, nxProfiled, throwawayWorkspace, timed, type TaskTi
 import type { ChildResult } from './write-child';
 import { diskCopyRate, formatMachine, machineFacts } from './machine';
 import { benchGguf } from './gguf';
+import { benchReport } from './report';
 
 type Spec = Omit<TinyModelSpec, 'dtype' | 'seed'>;
 
@@ -380,6 +383,15 @@ async function benchIncrementalSection(tmp: string, size: string): Promise<void>
   details[s] = r;
 }
 
+async function benchReportSection(tmp: string, size: string): Promise<void> {
+  const r = await benchReport(tmp, size, log);
+  const s = `report-${size}`;
+  row({ section: s, measure: `report stage, ${r.texts} texts / ${r.tokens} tokens through the merged model, s`, value: r.reportSeconds, unit: 's', baseline: r.baseForwardSeconds, baselineLabel: `the report before: base forward of the ${r.heldOutTokens} held-out tokens`, goal: 'info' });
+  row({ section: s, measure: 'merged-model tokens per second in the report', value: r.tokens / Math.max(1e-9, r.reportSeconds - r.baseForwardSeconds), unit: 'tok/s', baseline: r.heldOutTokens / r.baseForwardSeconds, baselineLabel: 'base forward tok/s, held-out texts', goal: 'info' });
+  notes.push(`${s}: runReport in-process after the stages up to assemble-experts (bench/report.ts): bench/incremental.ts's recipe (4 experts, expert 1 noised) and 8 held-out texts; the report's time includes the base forward of the held-out texts (fresh cache), measured alone beforehand in the same worker as the baseline; the merged model holds one MoE layer's weights as float32 at a time (${r.layerWeightsF32MiB.toFixed(0)} MiB here). Held-out top-1 agreement ${r.top1 === null ? '—' : (100 * r.top1).toFixed(0)}% (chance ${(100 * r.chance).toFixed(0)}%) on random weights: not a quality figure.`);
+  details[s] = r;
+}
+
 // ---------------------------------------------------------------------------------------------- table
 
 function table(): string {
@@ -413,7 +425,7 @@ function benchRngSection(): void {
 }
 
 async function main(): Promise<void> {
-  const all = ['rng', 'forward', 'write', 'nx', 'many', 'incremental', 'gguf'];
+  const all = ['rng', 'forward', 'write', 'nx', 'many', 'incremental', 'gguf', 'report'];
   const argv = process.argv.slice(2);
   const sizeAt = argv.indexOf('--size');
   const size = sizeAt >= 0 ? argv[sizeAt + 1]! : null;
@@ -444,6 +456,7 @@ async function main(): Promise<void> {
       if (s === 'many') await benchMany(tmp);
       if (s === 'incremental') await benchIncrementalSection(tmp, size ?? 'small');
       if (s === 'gguf') await benchGgufSection(tmp);
+      if (s === 'report') await benchReportSection(tmp, size ?? 'small');
       details[`${s}SectionSeconds`] = r2((performance.now() - ts) / 1000);
       log(`section ${s} done in ${((performance.now() - ts) / 1000).toFixed(1)} s`);
     }

@@ -5,4 +5,6 @@ export type { Device } from './backend';
 export { ropeInvFreq, ropeTables, attentionMask } from './rope';
 export { buildLayerModel, planLayerTensors } from './layer-graph';
 export { encodeModel } from './onnx-proto';
-export { computePromptStatesIsolated, computePadStatesIsolated } from './isolated';
+export { computePromptStatesIsolated, computePadStatesIsolated, runIsolatedWorker } from './isolated';
+export { computeRouterLogits, type Mlp, type MoeLayerWeights, type MoeModel, type RouterLogits, type Weight } from './moe';
+export { serveOneRequest } from './worker-protocol';

@@ -16,6 +16,9 @@ export const LAYER_INPUTS = {
 /** The graph input that carries a weight (float32, the tensor's shape). */
 export const weightInput = (role: string) => `w_${role}`;
 export const LAYER_OUTPUT = 'hidden_out';
+/** attentionOnly graphs: the residual stream after attention, and the router's input (post-attention RMSNorm). */
+export const ATTN_OUTPUT = 'hidden_attn';
+export const ROUTER_INPUT = 'router_input';
 
 const STORED_DTYPES: Record<string, number> = { F32: OnnxDtype.FLOAT, F16: OnnxDtype.FLOAT16, BF16: OnnxDtype.BFLOAT16 };
 
@@ -109,7 +112,7 @@ export function layerSignature(tensors: Map<string, LayerTensor>): string {
  * file is needed to point onnxruntime at them. Projections are Gemm(transB=1) on the [out, in] weights,
  * which avoids a transposed copy.
  */
-export function buildLayerModel(cfg: ModelConfig, tensors: Map<string, LayerTensor>): OnnxModel {
+export function buildLayerModel(cfg: ModelConfig, tensors: Map<string, LayerTensor>, opts: { attentionOnly?: boolean } = {}): OnnxModel {
   const b = new Builder();
   const H = cfg.hiddenSize, D = cfg.headDim;
   const nH = cfg.numHeads, nKV = cfg.numKvHeads;
@@ -173,14 +176,22 @@ export function buildLayerModel(cfg: ModelConfig, tensors: Map<string, LayerTens
   const attn = b.op('Mul', [linear(ctx2, need('o'), w('o_bias')), LAYER_INPUTS.gate]);
   const h1 = b.op('Add', [x, attn]);
 
-  const hn = rmsNorm(h1, need('ln2'));
-  const gt = linear(hn, need('gate'), w('gate_bias'));
-  const up = linear(hn, need('up'), w('up_bias'));
-  const act = b.op('Mul', [b.op('Mul', [gt, b.op('Sigmoid', [gt])]), up]);
-  const down = linear(act, need('down'), w('down_bias'));
-  b.op('Add', [h1, down], undefined, LAYER_OUTPUT);
-
   const F = OnnxDtype.FLOAT;
+  const hn = rmsNorm(h1, need('ln2'));
+  let outputs: OnnxValueInfo[] = [{ name: LAYER_OUTPUT, dtype: F, shape: ['T', H] }];
+  if (opts.attentionOnly) {
+    // An MoE layer: its MLP runs per expert outside the graph, on the tokens the router sends it.
+    b.op('Identity', [h1], undefined, ATTN_OUTPUT);
+    b.op('Identity', [hn], undefined, ROUTER_INPUT);
+    outputs = [ATTN_OUTPUT, ROUTER_INPUT].map((name) => ({ name, dtype: F, shape: ['T', H] }));
+  } else {
+    const gt = linear(hn, need('gate'), w('gate_bias'));
+    const up = linear(hn, need('up'), w('up_bias'));
+    const act = b.op('Mul', [b.op('Mul', [gt, b.op('Sigmoid', [gt])]), up]);
+    const down = linear(act, need('down'), w('down_bias'));
+    b.op('Add', [h1, down], undefined, LAYER_OUTPUT);
+  }
+
   return {
     opset: 17,
     graph: {
@@ -197,7 +208,7 @@ export function buildLayerModel(cfg: ModelConfig, tensors: Map<string, LayerTens
         { name: LAYER_INPUTS.rows, dtype: OnnxDtype.INT64, shape: ['T'] },
         ...weightInputs,
       ],
-      outputs: [{ name: LAYER_OUTPUT, dtype: F, shape: ['T', H] }],
+      outputs,
     },
   };
 }

@@ -38,7 +38,7 @@ export interface LayerState {
   count: number;
 }
 
-interface Sequence {
+export interface Sequence {
   ids: number[];
   /** 0 for the pad state: the layer runs without its attention term. */
   attnGate: 0 | 1;
@@ -199,7 +199,7 @@ function f16Widen(): Uint32Array {
  * Prompts packed into runs of at most `budget` tokens (a longer prompt runs alone), shortest first, so that
  * the prompts of a run have similar lengths and their attention blocks little padding.
  */
-function packs(seqs: Sequence[], budget: number): number[][] {
+export function packs(seqs: Sequence[], budget: number): number[][] {
   const order = seqs.map((_, i) => i).sort((a, b) => seqs[a]!.ids.length - seqs[b]!.ids.length || a - b);
   const out: number[][] = [];
   let cur: number[] = [], tokens = 0;
@@ -223,7 +223,7 @@ type Feed = ReturnType<typeof floatTensor>;
  * RoPE tables, attention blocks and gate of a pack: each prompt at positions 0..T-1, its attention in a block
  * of its own (C slots, C the pack's longest prompt), so it sees only itself.
  */
-function packInputs(cfg: ModelConfig, seqs: Sequence[]): Record<string, Feed> {
+export function packInputs(cfg: ModelConfig, seqs: Sequence[]): Record<string, Feed> {
   const N = seqs.reduce((a, s) => a + s.ids.length, 0);
   const B = seqs.length, C = Math.max(...seqs.map((s) => s.ids.length));
   const D = cfg.headDim;

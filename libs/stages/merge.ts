@@ -84,9 +84,10 @@ export async function mergeRecipe(opts: MergeOptions): Promise<WriteResult> {
     const late = (async (): Promise<LateInputs & { routingReport: Awaited<ReturnType<typeof runReport>> | null }> => {
       await runEmbedPrompts(merge, join(work, 'embed-prompts'), { cacheDir, recompute: opts.recompute, device: opts.device, log: opts.log, warn: opts.warn, debug: opts.debug, progress: progressReporter('prompt states') });
       await runBuildGates(merge, join(work, 'embed-prompts'), join(work, 'build-gates'));
-      const routing = opts.report ? await runReport(merge, join(work, 'embed-prompts'), join(work, 'build-gates'), join(work, 'report'), { name: basename(opts.recipeFile).replace(/\.ya?ml$/, ''), cacheDir, recompute: opts.recompute, device: opts.device, evalPrompts: opts.report.evalPrompts, log: opts.log, warn: opts.warn, progress: progressReporter('report prompt states') }) : null;
       const { gates, warnings } = await gatesForAssembly(merge, join(work, 'build-gates'));
       const plan = await runAssemble(merge, join(work, 'assemble-experts'), { maxShardBytes: opts.maxShardBytes ?? DEFAULT_SHARD_BYTES, shardOrder: opts.shardOrder, extraWarnings: warnings, gates });
+      // After the plan: the report runs the merged model it describes.
+      const routing = opts.report ? await runReport(merge, join(work, 'embed-prompts'), join(work, 'build-gates'), join(work, 'assemble-experts'), join(work, 'report'), { name: basename(opts.recipeFile).replace(/\.ya?ml$/, ''), cacheDir, recompute: opts.recompute, device: opts.device, evalPrompts: opts.report.evalPrompts, log: opts.log, warn: opts.warn, progress: progressReporter('report') }) : null;
       for (const w of plan.warnings) opts.warn?.(w);
       return { plan, gates, routing: routing ?? undefined, routingReport: routing };
     })();

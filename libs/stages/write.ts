@@ -128,7 +128,7 @@ function noiseDraws(p: SourcePart): string {
   return p.noise?.torch ? 'torch' : STREAM_NOISE_DRAWS;
 }
 
-function tensorProducer(gates: GateTensor | null, pool: ChunkPool) {
+export function tensorProducer(gates: GateTensor | null, pool: ChunkPool) {
   // One seeker per write, so tensors written out of the reference's draw order seek from saved states.
   const seekers = new Map<number, TorchDrawSeeker>();
   const seeker = (seed: number) => () => seekers.get(seed) ?? seekers.set(seed, new TorchDrawSeeker(seed)).get(seed)!;

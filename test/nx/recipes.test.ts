@@ -20,7 +20,7 @@ test('a recipe folder is an Nx project with the five stages, the report and buil
   assert.deepEqual(Object.keys(p.targets).sort(), ['assemble-experts', 'build', 'build-gates', 'check-options', 'embed-prompts', 'fetch', 'report', 'write']);
   const check = { target: 'check-options', params: 'forward' };
   assert.deepEqual(p.targets.write.dependsOn, [check, { target: 'assemble-experts', params: 'forward' }, { target: 'report', params: 'forward' }]);
-  assert.deepEqual(p.targets.report.dependsOn, [check, { target: 'build-gates', params: 'ignore' }]);
+  assert.deepEqual(p.targets.report.dependsOn, [check, { target: 'assemble-experts', params: 'forward' }]);
   assert.deepEqual(p.targets['assemble-experts'].dependsOn, [check, { target: 'build-gates', params: 'ignore' }]);
   for (const t of Object.values<{ metadata?: { description?: string } }>(p.targets)) assert.ok(t.metadata?.description);
 });

@@ -185,12 +185,13 @@ export function recipeTargets(projectRoot: string, projectName: string, options:
       },
     };
   });
-  // After build-gates, beside the chain: write puts its summary in the model card. Command-line options reach it
-  // (a new seed draws new random gates); held-out prompt files in the recipe's folder are among its inputs.
+  // After assemble-experts, beside the chain (it runs the merged model that plan.json and the gates describe): write
+  // puts its summary in the model card. Command-line options reach it and its plan (a new seed draws new random
+  // gates); held-out prompt files in the recipe's folder are among its inputs.
   targets[name('report')] = {
     executor: './tools/executors:stage',
     options: { stagesDir },
-    dependsOn: [check, { target: name('build-gates'), params: 'ignore' }],
+    dependsOn: [check, { target: name('assemble-experts'), params: 'forward' }],
     cache: true,
     inputs: [
       'recipe',
@@ -199,7 +200,7 @@ export function recipeTargets(projectRoot: string, projectName: string, options:
       '{projectRoot}/**/*.yaml',
       '{projectRoot}/**/*.jsonl',
       { externalDependencies: REPORT_PACKAGES },
-      { dependentTasksOutputFiles: '**/{models,prompt-states,gates}.json', transitive: true },
+      { dependentTasksOutputFiles: '**/{models,prompt-states,gates,plan}.json', transitive: true },
     ],
     outputs: [`{workspaceRoot}/${stagesDir}/report`],
     metadata: {

@@ -14,7 +14,7 @@ export default function reportExecutor(options: unknown, context: ExecutorContex
       // What the report reads must be what Nx hashes for it: the report target's {projectRoot}/**/*.{yml,yaml,jsonl}.
       checkHashedInput(evalPrompts, { reruns: 'the report', option: 'evalPrompts', projectRoot: env.paths.projectRoot, workspaceRoot: env.paths.workspaceRoot, accepts: (rel) => /\.(ya?ml|jsonl)$/.test(rel), accepted: 'a .yml, .yaml or .jsonl file' });
     }
-    const { report } = await runReport(await env.merge(), env.paths.stage('embed-prompts'), env.paths.stage('build-gates'), env.paths.stage('report'), {
+    const { report } = await runReport(await env.merge(), env.paths.stage('embed-prompts'), env.paths.stage('build-gates'), env.paths.stage('assemble-experts'), env.paths.stage('report'), {
       name: context.projectName!,
       cacheDir: cacheDirOf(env.options, env.paths),
       recompute: env.options.recompute,
@@ -22,14 +22,13 @@ export default function reportExecutor(options: unknown, context: ExecutorContex
       evalPrompts,
       log: (l) => logger.info(l),
       stats: (l) => logger.debug(l),
-      progress: progressReporter('report prompt states'),
+      progress: progressReporter('report'),
     });
-    const s = report.summary;
-    const pct = (x: number | null) => (x === null ? '—' : `${(100 * x).toFixed(0)}%`);
-    logger.info(`routing accuracy ${pct(s.accuracy)}${s.heldOutAccuracy !== null ? `, held-out ${pct(s.heldOutAccuracy)}` : ''}; ${s.starving.length} starving expert${s.starving.length === 1 ? '' : 's'}: ${env.paths.stage('report')}/routing.html`);
-    // Random routers starve experts by design until trained: one line says so, not one per expert.
-    const random = s.starving.filter((x) => / gates are not built from prompts/.test(x.reasons[0] ?? ''));
-    if (random.length > 0) logger.info(`${random.length} of ${report.routed} experts win no prompt in some layer, as expected of ${report.gateMode} gates (the router needs training): see the report`);
-    for (const x of s.starving) if (!random.includes(x)) logger.warn(`WARNING: ${report.experts[x.expert]!.label} starves in ${x.layers.length} of ${report.layers} layers: ${x.reasons[0]}`);
+    const m = report.measured;
+    const a = m.overall[m.headline];
+    const pct = (x: number) => `${(100 * x).toFixed(0)}%`;
+    const on = m.headline === 'heldout' ? 'held-out texts' : "the recipe's own prompts (training fit)";
+    logger.info(a ? `merged model on ${on}: ${pct(a.top1)} of tokens first to their intended expert (chance ${pct(m.chance.top1)}), ${pct(a.topK)} within the top ${report.topK} (chance ${pct(m.chance.topK)}); MaxVio ${m.overall.load.maxVio.toFixed(2)}: ${env.paths.stage('report')}/routing.html` : `merged model: no positive prompts to measure agreement on: ${env.paths.stage('report')}/routing.html`);
+    for (const line of report.advice) logger.warn(`WARNING: ${line}`);
   });
 }
