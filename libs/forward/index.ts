@@ -1,8 +1,8 @@
-export { computePromptStates, computePadStates, computeAllHiddenStates } from './run';
+export { computePromptStates, computePadStates, computeAllHiddenStates, computeRouterInputs } from './run';
 export type { ForwardOptions, ForwardProgress, LayerState } from './run';
 export { availableBackends, executionProviders, DEVICES } from './backend';
 export type { Device } from './backend';
 export { ropeInvFreq, ropeTables, attentionMask } from './rope';
 export { buildLayerModel, planLayerTensors } from './layer-graph';
 export { encodeModel } from './onnx-proto';
-export { computePromptStatesIsolated, computePadStatesIsolated } from './isolated';
+export { computePromptStatesIsolated, computePadStatesIsolated, computeRouterInputsIsolated } from './isolated';

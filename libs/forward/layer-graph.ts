@@ -16,6 +16,8 @@ export const LAYER_INPUTS = {
 /** The graph input that carries a weight (float32, the tensor's shape). */
 export const weightInput = (role: string) => `w_${role}`;
 export const LAYER_OUTPUT = 'hidden_out';
+/** Optional output [T, H]: the post-attention RMSNorm output, the input a MoE layer's router sees. */
+export const ROUTER_INPUT_OUTPUT = 'router_in';
 
 const STORED_DTYPES: Record<string, number> = { F32: OnnxDtype.FLOAT, F16: OnnxDtype.FLOAT16, BF16: OnnxDtype.BFLOAT16 };
 
@@ -109,7 +111,7 @@ export function layerSignature(tensors: Map<string, LayerTensor>): string {
  * file is needed to point onnxruntime at them. Projections are Gemm(transB=1) on the [out, in] weights,
  * which avoids a transposed copy.
  */
-export function buildLayerModel(cfg: ModelConfig, tensors: Map<string, LayerTensor>): OnnxModel {
+export function buildLayerModel(cfg: ModelConfig, tensors: Map<string, LayerTensor>, opts: { routerInput?: boolean } = {}): OnnxModel {
   const b = new Builder();
   const H = cfg.hiddenSize, D = cfg.headDim;
   const nH = cfg.numHeads, nKV = cfg.numKvHeads;
@@ -174,6 +176,7 @@ export function buildLayerModel(cfg: ModelConfig, tensors: Map<string, LayerTens
   const h1 = b.op('Add', [x, attn]);
 
   const hn = rmsNorm(h1, need('ln2'));
+  if (opts.routerInput) b.op('Identity', [hn], undefined, ROUTER_INPUT_OUTPUT);
   const gt = linear(hn, need('gate'), w('gate_bias'));
   const up = linear(hn, need('up'), w('up_bias'));
   const act = b.op('Mul', [b.op('Mul', [gt, b.op('Sigmoid', [gt])]), up]);
@@ -197,7 +200,7 @@ export function buildLayerModel(cfg: ModelConfig, tensors: Map<string, LayerTens
         { name: LAYER_INPUTS.rows, dtype: OnnxDtype.INT64, shape: ['T'] },
         ...weightInputs,
       ],
-      outputs: [{ name: LAYER_OUTPUT, dtype: F, shape: ['T', H] }],
+      outputs: [{ name: LAYER_OUTPUT, dtype: F, shape: ['T', H] }, ...(opts.routerInput ? [{ name: ROUTER_INPUT_OUTPUT, dtype: F, shape: ['T', H] }] : [])],
     },
   };
 }

@@ -98,3 +98,25 @@ export async function getPadState(cache: ContentCache, m: PadStateMaterial): Pro
 export async function putPadState(cache: ContentCache, m: PadStateMaterial, layers: Float32Array[]): Promise<void> {
   await cache.putBound(padStateKey(m.base, m.padTokenId), padMaterial(m), Buffer.concat(layers.map((l) => Buffer.from(l.buffer, l.byteOffset, l.byteLength))));
 }
+
+/** gate_mode fit: every token's router input per layer, [layer][T * H], bound like a prompt state. */
+export function routerInputKey(baseContentId: string, tokenizerId: string, text: string): string {
+  return `router-input:${digest([FORWARD_VERSION, baseContentId, tokenizerId, text])}`;
+}
+
+function routerMaterial(m: PromptStateMaterial): unknown {
+  return { ...(promptMaterial(m) as object), mode: 'router-input' };
+}
+
+export async function getRouterInputs(cache: ContentCache, m: PromptStateMaterial): Promise<Float32Array[] | null> {
+  const per = m.ids.length * m.hidden;
+  const want = m.layers * per * 4;
+  const b = await cache.getBound(routerInputKey(m.base, m.tokenizer, m.text), routerMaterial(m), want);
+  if (!b || b.length !== want) return null;
+  const f = toFloats(b);
+  return Array.from({ length: m.layers }, (_, l) => f.subarray(l * per, (l + 1) * per));
+}
+
+export async function putRouterInputs(cache: ContentCache, m: PromptStateMaterial, layers: Float32Array[]): Promise<void> {
+  await cache.putBound(routerInputKey(m.base, m.tokenizer, m.text), routerMaterial(m), Buffer.concat(layers.map((l) => Buffer.from(l.buffer, l.byteOffset, l.byteLength))));
+}
