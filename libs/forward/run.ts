@@ -31,6 +31,8 @@ export interface ForwardOptions {
   packTokens?: number;
   /** Also hand each layer's router input (post-attention RMSNorm output) to the visitor. */
   routerInput?: boolean;
+  /** A model folder of the same shape whose MLP tensors (`.mlp.`) replace the model's: an expert's MLPs behind the base's attention. */
+  mlpFrom?: string;
 }
 
 /** One prompt's state at one layer input: last token, sum over tokens (float64-accumulated), token count. */
@@ -54,10 +56,14 @@ interface Model {
   weights: TensorIndex;
 }
 
-async function openModel(dir: string): Promise<Model> {
+async function openModel(dir: string, mlpFrom?: string): Promise<Model> {
   const cfg = await readModelConfig(dir);
   // A .bin checkpoint's stored tensors are read in place just like safetensors.
-  return { cfg, weights: await openWeights(dir) };
+  const weights = await openWeights(dir);
+  if (!mlpFrom) return { cfg, weights };
+  const mlp = await openWeights(mlpFrom);
+  const pick = (name: string) => (name.includes('.mlp.') ? mlp : weights);
+  return { cfg, weights: { dir, has: (n) => pick(n).has(n), get: (n) => pick(n).get(n) } };
 }
 
 /** Reads and decodes only the embedding rows that the sequences use. */
@@ -379,7 +385,7 @@ export async function computePromptStates(modelDir: string, prompts: number[][],
  */
 export async function computeRouterInputs(modelDir: string, prompts: number[][], opts: ForwardOptions = {}): Promise<Float32Array[][]> {
   checkPrompts(prompts);
-  const m = await openModel(modelDir);
+  const m = await openModel(modelDir, opts.mlpFrom);
   const L = m.cfg.numLayers;
   const out: Float32Array[][] = prompts.map(() => new Array<Float32Array>(L));
   await runLayers(m, prompts.map((ids) => ({ ids, attnGate: 1 })), L, { ...opts, routerInput: true }, (i, entry, _h, routerIn) => {

@@ -40,7 +40,7 @@ export function checkRecipe(parsed: ParsedRecipe, opts: ValidateOptions = {}): v
     fail('Must specify prompts for all shared experts or none, not a mix.', ['shared_experts']);
   }
   const fitMode = GATE_MODES[recipe.gate_mode].states === 'router_input';
-  for (const field of ['fit_lambda', 'fit_confidence'] as const) {
+  for (const field of ['fit_lambda', 'fit_states', 'fit_confidence'] as const) {
     if (recipe[field] != null && !fitMode) fail(`${field} is an option of gate_mode fit only (gate_mode is ${recipe.gate_mode})`, [field]);
   }
   const E = recipe.experts.length;

@@ -10,7 +10,7 @@ import { readTensorBytes, SafetensorsWeights } from '../safetensors/reader';
 import type { MergeContext } from './context';
 import { expectedPromptStates, readPromptStates } from './embed-prompts';
 import { ModelError } from '../errors';
-import { fitGates } from './fit-states';
+import { fitGates, unitTensor } from './fit-states';
 
 export interface GatesInfo {
   layers: number;
@@ -134,8 +134,9 @@ async function fittedGates(merge: MergeContext, statesDir: string): Promise<Gate
   const states = await readPromptStates(statesDir, expectedPromptStates(merge));
   const H = states.index.hidden;
   const prompts = states.index.prompts;
-  const { gates } = await fitGates(merge, prompts, async (i) => {
-    const x = await states.tokens(`p${i}.tokens`, prompts[i]!.count);
+  const { gates } = await fitGates(merge, prompts, async (u) => {
+    const i = u.prompt;
+    const x = await states.tokens(unitTensor(u), prompts[i]!.count);
     checkStatesFinite(merge, x, L, prompts[i]!.text, 'router inputs');
     const per = prompts[i]!.count * H;
     return Array.from({ length: L }, (_, l) => x.subarray(l * per, (l + 1) * per));

@@ -15,7 +15,7 @@ import { availableBackends, computePadStatesIsolated as computePadStates, comput
 import { getPadState, getPromptState, putPadState, putPromptState, type CachedPromptState } from '../prompt-cache';
 import type { Progress } from '../util/progress';
 import { GATE_MODES, type PromptStateKind } from '../gates/modes';
-import { cachedRouterInputs } from './fit-states';
+import { cachedRouterInputs, fitUnits, unitTensor, type FitUnit } from './fit-states';
 
 /** One distinct prompt text with its token ids and reduced states per layer input. */
 export interface PromptStateEntry {
@@ -135,26 +135,37 @@ async function hiddenStates(merge: MergeContext, index: PromptStatesIndex, tenso
 }
 
 /**
- * fit: per prompt, every token's router input per layer (`pN.tokens`, [L, T * H]), and its last token and sum
+ * fit: every token's router input per layer of each unit (fitUnits: a prompt through the base with the MLPs of an
+ * expert that lists it, or through the base), [L, T * H]; and per prompt its first unit's last token and sum
  * (`pN.last`, `pN.sum`), which the routing report reads as it reads hidden states.
  */
 async function routerInputStates(merge: MergeContext, index: PromptStatesIndex, tensors: { name: string; data: Float32Array }[], opts: EmbedOptions): Promise<void> {
   const texts = distinctPrompts(merge);
   const H = merge.ctx.base.config.hiddenSize;
-  const r = await cachedRouterInputs(merge.ctx.base, texts, { ...opts, checkIds: (ids) => checkPromptLengths(merge, ids, texts) });
-  index.computed = r.computed;
-  index.fromCache = r.fromCache;
-  r.states.forEach((s, i) => {
+  const units = fitUnits(merge, texts);
+  const got = new Map<FitUnit, { ids: number[]; tokens: Float32Array[] }>();
+  const sources = [...new Set(units.map((u) => u.source))];
+  for (const source of sources) {
+    const mine = units.filter((u) => u.source === source);
+    const mlp = source === null ? undefined : merge.gatedExperts[source]!.model;
+    const r = await cachedRouterInputs(merge.ctx.base, mine.map((u) => texts[u.prompt]!), { ...opts, checkIds: (ids) => checkPromptLengths(merge, ids, mine.map((u) => texts[u.prompt]!)) }, mlp);
+    index.computed += r.computed;
+    index.fromCache += r.fromCache;
+    mine.forEach((u, j) => got.set(u, r.states[j]!));
+  }
+  texts.forEach((text, i) => {
+    const s = got.get(units.find((u) => u.prompt === i)!)!;
     const T = s.ids.length;
-    index.prompts.push({ text: texts[i]!, ids: s.ids, count: T });
+    index.prompts.push({ text, ids: s.ids, count: T });
     const last = s.tokens.map((x) => x.slice((T - 1) * H));
     const sum = s.tokens.map((x) => {
       const acc = new Float64Array(H);
       for (let t = 0; t < T; t++) for (let k = 0; k < H; k++) acc[k]! += x[t * H + k]!;
       return Float32Array.from(acc);
     });
-    tensors.push({ name: `p${i}.tokens`, data: flat(s.tokens) }, { name: `p${i}.last`, data: flat(last) }, { name: `p${i}.sum`, data: flat(sum) });
+    tensors.push({ name: `p${i}.last`, data: flat(last) }, { name: `p${i}.sum`, data: flat(sum) });
   });
+  for (const u of units) tensors.push({ name: unitTensor(u), data: flat(got.get(u)!.tokens) });
 }
 
 export interface HiddenStatesResult {
