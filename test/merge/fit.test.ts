@@ -38,11 +38,18 @@ async function routers(out: string): Promise<Float32Array[]> {
   }).reduce(async (acc, loc) => [...(await acc), decodeFloats(await readTensorBytes(loc), loc.dtype)], Promise.resolve([] as Float32Array[]));
 }
 
-/** Over every token but the BOS of each prompt and every layer: share routed top-1 to its own expert, mean top-1 probability. */
+/**
+ * Over every token but the BOS of each prompt and every layer, on the states the fit is made on (the base's
+ * attention with the prompt's expert's MLPs): share routed top-1 to its own expert, mean top-1 probability.
+ */
 async function routeTraining(gates: Float32Array[], prompts = PROMPTS): Promise<{ own: number; confidence: number }> {
   const tok = await loadTokenizer(TINY('a'));
   const texts = prompts.flatMap((ps, e) => ps.map((t) => ({ ids: tok.encodePrompt(t), e })));
-  const states = await computeRouterInputs(TINY('a'), texts.map((t) => t.ids));
+  const states: Float32Array[][] = [];
+  for (const [e, model] of [TINY('b'), TINY('c')].entries()) {
+    const mine = texts.filter((t) => t.e === e);
+    states.push(...(await computeRouterInputs(TINY('a'), mine.map((t) => t.ids), { mlpFrom: model })));
+  }
   let own = 0, conf = 0, n = 0;
   texts.forEach((t, i) => {
     for (let l = 0; l < 2; l++) {
@@ -76,7 +83,7 @@ test('the command builds a fit recipe whose routers send the prompts\' tokens to
   assert.ok(fit.own > hidden.own, `fit ${fit.own} vs hidden ${hidden.own}`);
 });
 
-test('per-prompt router inputs are cached by content: unchanged → 0 computed, one prompt added → 1, and the routers follow it', async () => {
+test('per-prompt router inputs are cached by content: unchanged → 0 computed, one prompt added or edited → 1, and the routers follow it', async () => {
   const cacheDir = join(d, 'cache-inc');
   const f = join(d, 'inc.yml');
   const run = async (prompts: string[][], out: string) => {
@@ -96,6 +103,10 @@ test('per-prompt router inputs are cached by content: unchanged → 0 computed, 
   assert.deepEqual([plus.computed, plus.cached], [1, 6]);
   assert.notDeepEqual(plus.gates, cold.gates);
   assert.ok((await routeTraining(plus.gates, added)).own >= 0.95);
+  // An edited prompt is a new prompt: only it is computed.
+  const edited = [[...PROMPTS[0]!, 'face bed cafe'], PROMPTS[1]!];
+  const edit = await run(edited, 'inc-4');
+  assert.deepEqual([edit.computed, edit.cached], [1, 6]);
 });
 
 test('bad fit options are refused in one line naming the field', async () => {
@@ -103,6 +114,7 @@ test('bad fit options are refused in one line naming the field', async () => {
     ['fit_lambda: -1\n', 'fit', /field fit_lambda: must be a number > 0$/],
     ['fit_confidence: 1.5\n', 'fit', /field fit_confidence: must be a number in \(0, 1\)$/],
     ['fit_confidence: 0.5\n', 'fit', /field fit_confidence: fit_confidence 0.5 must be more than 1\/2, the top-1 probability of a uniform router over the 2 experts$/],
+    ['fit_states: merged\n', 'fit', /field fit_states: .*expert.*base/],
     ['fit_lambda: 0.5\n', 'hidden', /field fit_lambda: fit_lambda is an option of gate_mode fit only \(gate_mode is hidden\)$/],
   ];
   for (const [extra, mode, want] of cases) {
