@@ -9,8 +9,7 @@ import { availableBackends, computeRouterInputsIsolated, type Device } from '../
 import { contentId } from '../resolve/content-id';
 import { loadTokenizer } from '../tokenizer';
 import { getRouterInputs, putRouterInputs } from '../prompt-cache';
-import { fitLayer, FIT_DEFAULTS, targetsAndWeights, type FitOptions, type FitSample } from '../gates/fit';
-import { newGates, type GateTensor } from '../gates';
+import { fitLayer, FIT_DEFAULTS, newGates, targetsAndWeights, type FitOptions, type FitSample, type GateTensor } from '../gates';
 import type { MergeContext } from './context';
 import type { EmbedOptions } from './embed-prompts';
 
