@@ -11,6 +11,8 @@
  *   gguf      a merged folder's GGUF (bf16, q8_0) against a copy of its bytes and llama.cpp's converter (bench/gguf.ts)
  *   report    the report stage (the merged model on every text) against the base forward of the held-out texts,
  *             at --size (default small; bench/report.ts)
+ *   routing   every gate mode's routing of held-out text on three generated recipe sets, measured on the merged
+ *             models by transformers, and the cost of gate_mode fit at the medium shape (bench/routing.ts)
  *
  * Every run first states the machine (bench/machine.ts): CPU model and flags, cores, memory, load average before
  * the first section and after the last, the disk's copy rate in the temp folder (best of 3, ~512 MiB each).
@@ -38,6 +40,7 @@ import type { ChildResult } from './write-child';
 import { diskCopyRate, formatMachine, machineFacts } from './machine';
 import { benchGguf } from './gguf';
 import { benchReport } from './report';
+import { benchRoutingSets, fitCost } from './routing';
 
 type Spec = Omit<TinyModelSpec, 'dtype' | 'seed'>;
 
@@ -424,8 +427,35 @@ function benchRngSection(): void {
   details.rng = f;
 }
 
+async function benchRoutingSection(tmp: string): Promise<void> {
+  const sets = await benchRoutingSets(tmp, log);
+  for (const r of sets) {
+    const ours = Object.keys(r.figures).filter((m) => m.startsWith('fit'));
+    const theirs = Object.keys(r.figures).filter((m) => !m.startsWith('fit'));
+    const best = theirs.reduce((a, b) => (r.figures[b]!.top1 > r.figures[a]!.top1 ? b : a));
+    const chance = `chance ${(1 / r.experts).toFixed(3)}`;
+    for (const m of theirs) {
+      const f = r.figures[m]!;
+      row({ section: 'routing', measure: `${r.set}: ${m} top-1 agreement (top-${r.topK} ${f.topk.toFixed(2)}, MaxVio ${f.maxVioWorst.toFixed(2)})`, value: f.top1, unit: '', baseline: 1 / r.experts, baselineLabel: chance, goal: 'info' });
+    }
+    for (const m of ours) {
+      const f = r.figures[m]!;
+      const b = r.figures[best]!;
+      row({ section: 'routing', measure: `${r.set}: ${m} top-1 agreement (top-${r.topK} ${f.topk.toFixed(2)})`, value: f.top1, unit: '', baseline: b.top1, baselineLabel: `best mergekit mode (${best}) ${b.top1.toFixed(3)}`, goal: '≥ 1.25', met: f.top1 / b.top1 >= 1.25 });
+      row({ section: 'routing', measure: `${r.set}: ${m} MaxVio, worst layer`, value: f.maxVioWorst, unit: '', baseline: b.maxVioWorst, baselineLabel: `${best}`, ratio: null, goal: '≤ 1.0', met: f.maxVioWorst <= 1.0 });
+    }
+  }
+  notes.push('routing: figures over every token of every held-out text at every MoE layer of the merged model, run by transformers (bench/routing_eval.py, float32); top-1 agreement: the router\'s first expert is the text\'s intended one; MaxVio: max load / mean load − 1 per layer (load = share of top-k assignments), the worst layer. Sets, models and texts are generated (bench/routing.ts).');
+  details.routing = sets;
+  const shape = { hidden: 2048, intermediate: 5632, heads: 32, kvHeads: 4, vocab: 32000, tokens: 1155, prompts: 24, experts: 4 };
+  const c = await fitCost(tmp, shape);
+  row({ section: 'routing', measure: `gate_mode fit: one layer's fit, hidden 2048, 1,155 tokens, 4 experts (${c.form} form), s`, value: c.fitSeconds, unit: 's', baseline: c.forwardSeconds, baselineLabel: `one decoder layer's forward pass over the same tokens (bf16 weights), ${c.forwardSeconds.toFixed(2)} s`, goal: 'info' });
+  notes.push(`routing fit cost: one layer fitted on synthetic router inputs; a build fits every layer (22 at TinyLlama's shape: ${(22 * c.fitSeconds).toFixed(1)} s here) after the forward pass, which computes the states of new prompts only.`);
+  details.routingFitCost = { shape, ...c };
+}
+
 async function main(): Promise<void> {
-  const all = ['rng', 'forward', 'write', 'nx', 'many', 'incremental', 'gguf', 'report'];
+  const all = ['rng', 'forward', 'write', 'nx', 'many', 'incremental', 'gguf', 'report', 'routing'];
   const argv = process.argv.slice(2);
   const sizeAt = argv.indexOf('--size');
   const size = sizeAt >= 0 ? argv[sizeAt + 1]! : null;
@@ -457,6 +487,7 @@ async function main(): Promise<void> {
       if (s === 'incremental') await benchIncrementalSection(tmp, size ?? 'small');
       if (s === 'gguf') await benchGgufSection(tmp);
       if (s === 'report') await benchReportSection(tmp, size ?? 'small');
+      if (s === 'routing') await benchRoutingSection(tmp);
       details[`${s}SectionSeconds`] = r2((performance.now() - ts) / 1000);
       log(`section ${s} done in ${((performance.now() - ts) / 1000).toFixed(1)} s`);
     }

@@ -63,3 +63,7 @@ export function computePadStatesIsolated(modelDir: string, padTokenId: number, o
   return runIsolated({ kind: 'pad', modelDir, padTokenId, options }, onProgress);
 }
 
+export function computeRouterInputsIsolated(modelDir: string, prompts: number[][], opts: Opts = {}): Promise<Float32Array[][]> {
+  const { onProgress, ...options } = opts;
+  return runIsolated({ kind: 'router', modelDir, prompts, options }, onProgress);
+}

@@ -17,6 +17,7 @@ import { measureRouting } from '../report/measured';
 import { GATE_MODES } from '../gates/modes';
 import { promptState, type GateTensor } from '../gates';
 import type { Progress } from '../util/progress';
+import { cachedRouterInputs } from './fit-states';
 
 export interface ReportOptions {
   /** Shown in the report's title (the Nx project, or the recipe's file name). */
@@ -100,8 +101,10 @@ export async function runReport(merge: MergeContext, statesDir: string, gatesDir
         const i = typeof limit === 'number' ? ids.findIndex((t) => t.length > limit) : -1;
         if (i >= 0) throw new ForgeError('prompt_too_long', `prompt ${JSON.stringify(missing[i]!.slice(0, 60))} is ${ids[i]!.length} tokens long, more than the ${limit} of the base model ${ctx.base.ref} (max_position_embeddings): shorten it`, { file: prompts.some((p) => p.set === 'train' && p.text === missing[i]) ? merge.parsed.file : opts.evalPrompts });
       };
-      const r = await cachedHiddenStates(ctx.base, missing, { cacheDir: opts.cacheDir, device: opts.device, log: opts.log, warn: opts.warn, progress: opts.progress, checkIds, recompute: opts.recompute });
-      r.states.forEach((s, i) => states.set(missing[i]!, promptState(s, reduction)));
+      const embedOpts = { cacheDir: opts.cacheDir, device: opts.device, log: opts.log, warn: opts.warn, progress: opts.progress, checkIds, recompute: opts.recompute };
+      // fit's routers read router inputs: held-out prompts meet them as their last token's.
+      const r = mode.states === 'router_input' ? await cachedRouterInputs(ctx.base, missing, embedOpts) : await cachedHiddenStates(ctx.base, missing, embedOpts);
+      r.states.forEach((s, i) => states.set(missing[i]!, 'tokens' in s ? s.tokens.map((x) => x.slice(x.length - H)) : promptState(s, reduction)));
       stats.computed = r.computed;
       stats.fromCache = r.fromCache;
     }
