@@ -31,7 +31,7 @@ export interface MoeLayerWeights {
   sharedGate: Weight | null;
 }
 
-/** The merged model as the forward pass needs it, layer by layer (one layer's weights held at a time). */
+/** The merged model as the forward pass needs it, layer by layer (two layers' weights held at a time). */
 export interface MoeModel {
   /** The merged config as a dense decoder's (attention, RoPE, sliding window, norms). */
   config: ModelConfig;
@@ -40,6 +40,7 @@ export interface MoeModel {
   /** Top-k weights renormalised to sum to 1 (Mixtral always; the others by norm_topk_prob). */
   normTopK: boolean;
   embedRows(ids: Iterable<number>): Promise<Map<number, Float32Array>>;
+  /** Layer l's weights; called for layer l + 1 while layer l runs, so they must stay valid until layer l + 2 is asked for. */
   layer(l: number): Promise<MoeLayerWeights>;
 }
 
@@ -98,7 +99,7 @@ export function topIndices(v: ArrayLike<number>, k: number): number[] {
  * in the ONNX layer graph (which also gives the router input, the post-attention RMSNorm output); the MoE block
  * then routes each token (softmax, top-k, renormalised as the config says), runs each expert only on the tokens
  * sent to it, adds the shared expert, and the next layer sees the result: routing of a layer depends on every
- * routing before it. One layer's weights are held at a time; packs bound the activations.
+ * routing before it. Two layers' weights are held at a time (the next one is read ahead); packs bound the activations.
  */
 export async function computeRouterLogits(model: MoeModel, prompts: number[][], opts: ForwardOptions = {}): Promise<RouterLogits> {
   const cfg = model.config;
@@ -120,8 +121,13 @@ export async function computeRouterLogits(model: MoeModel, prompts: number[][], 
   const attnSessions = new Map<string, Session>();
   const mlpSessions = new Map<string, Session>();
   try {
+    // The next layer's weights are read while this one runs (its file reads go on during onnxruntime's runs);
+    // layer() keeps two layers' buffers, so no more than that is held.
+    let ahead: Promise<MoeLayerWeights> | null = model.layer(0);
     for (let l = 0; l < L; l++) {
-      const w = await model.layer(l);
+      const w = await ahead!;
+      ahead = l + 1 < L ? model.layer(l + 1) : null;
+      ahead?.catch(() => undefined); // awaited next round; a failure before then must not go unhandled
       if (w.router.shape[0] !== E || w.router.shape[1] !== H) throw new Error(`internal: layer ${l} router is [${w.router.shape.join(', ')}], expected [${E}, ${H}]`);
       const tensors = new Map<string, LayerTensor>([...w.attention].map(([role, t]) => [role, { role, loc: { name: role, file: '', offset: 0, byteLength: 0, begin: 0, end: 0, dtype: 'F32', shape: t.shape } }]));
       const key = [...tensors.values()].map((t) => `${t.role}:${t.loc.shape.join('x')}`).join(',');

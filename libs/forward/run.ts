@@ -145,7 +145,7 @@ function layerFeeds(tensors: Map<string, LayerTensor>, pool: BufferPool): LayerF
   return { read, feeds };
 }
 
-async function readTensorInto(loc: LayerTensor['loc'], into: Buffer): Promise<void> {
+export async function readTensorInto(loc: LayerTensor['loc'], into: Buffer): Promise<void> {
   const fh = await open(loc.file, 'r');
   try {
     let done = 0;
