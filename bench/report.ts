@@ -71,7 +71,7 @@ export async function benchReport(tmp: string, size: string, log: (s: string) =>
     texts: r.stats.mergedTexts,
     tokens: r.stats.mergedTokens,
     heldOutTokens: ids.reduce((a, x) => a + x.length, 0),
-    // What one MoE layer holds as float32 while it runs: every expert's three projections and the router.
+    // What one MoE layer holds as float32: every expert's three projections and the router (two layers are held).
     layerWeightsF32MiB: (E * 3 * H * I + E * H) * 4 / 2 ** 20,
     top1: m.overall.heldout?.top1 ?? null,
     chance: m.chance.top1,

@@ -168,16 +168,18 @@ export async function computeRouterLogits(model: MoeModel, prompts: number[][], 
           const xe = new Float32Array(tokens.length * H);
           tokens.forEach((t, j) => xe.set(x.subarray(t * H, (t + 1) * H), j * H));
           const y = await runMlp(mlpSessions, settings, w.experts[e]!, xe, tokens.length, H);
-          tokens.forEach((t, j) => {
-            const wt = weights[j]!;
-            for (let c = 0; c < H; c++) h1[t * H + c] = Math.fround(h1[t * H + c]! + Math.fround(y[j * H + c]! * wt));
-          });
+          for (let j = 0; j < tokens.length; j++) {
+            // The float32 product, then a float32 add: a sum of two float32 values rounds once when stored.
+            const wt = weights[j]!, row = h1.subarray(tokens[j]! * H, (tokens[j]! + 1) * H), yj = y.subarray(j * H, (j + 1) * H);
+            for (let c = 0; c < H; c++) row[c]! += Math.fround(yj[c]! * wt);
+          }
         }
         if (w.shared) {
           const y = await runMlp(mlpSessions, settings, w.shared, x, N, H);
           for (let t = 0; t < N; t++) {
             const s = w.sharedGate ? Math.fround(1 / (1 + Math.exp(-dotF(x, t * H, w.sharedGate.data, 0, H)))) : 1;
-            for (let c = 0; c < H; c++) h1[t * H + c] = Math.fround(h1[t * H + c]! + Math.fround(y[t * H + c]! * s));
+            const row = h1.subarray(t * H, (t + 1) * H), yt = y.subarray(t * H, (t + 1) * H);
+            for (let c = 0; c < H; c++) row[c]! += Math.fround(yt[c]! * s);
           }
         }
         at = 0;
