@@ -44,7 +44,7 @@ function expertPrompts(extra: boolean): string[][] {
   return experts;
 }
 
-function recipe(models: string, o: { extraPrompt: boolean; noise: number; swapLast: boolean }): string {
+export function recipe(models: string, o: { extraPrompt: boolean; noise: number; swapLast: boolean }): string {
   // Expert 1 carries noise; the last expert's model is swapped (b -> a).
   const experts = expertPrompts(o.extraPrompt);
   const model = (e: number) => (e === 3 && o.swapLast ? 'a' : e % 2 === 0 ? 'a' : 'b');

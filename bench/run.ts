@@ -8,6 +8,11 @@
  *   forward   the forward pass against plain onnxruntime Gemms (bench/forward.ts)
  *   rng       normals per second of --rng torch's generator against the default stream generator (bench/rng.ts)
  *   incremental  `mergekit-moe` cold / +1 prompt / noise_scale / expert swap / no-op at a size (bench/incremental.ts)
+ *   gguf      a merged folder's GGUF (bf16, q8_0) against a copy of its bytes and llama.cpp's converter (bench/gguf.ts)
+ *   report    the report stage (the merged model on every text) against the base forward of the held-out texts,
+ *             at --size (default small; bench/report.ts)
+ *   routing   every gate mode's routing of held-out text on three generated recipe sets, measured on the merged
+ *             models by transformers, and the cost of gate_mode fit at the medium shape (bench/routing.ts)
  *
  * Every run first states the machine (bench/machine.ts): CPU model and flags, cores, memory, load average before
  * the first section and after the last, the disk's copy rate in the temp folder (best of 3, ~512 MiB each).
@@ -33,6 +38,9 @@ import { SIZES, benchIncremental, type StepResult } from './incremental';
 import { ROOT, addRecipe, nx, nxProfiled, throwawayWorkspace, timed, type TaskTiming } from './workspace';
 import type { ChildResult } from './write-child';
 import { diskCopyRate, formatMachine, machineFacts } from './machine';
+import { benchGguf } from './gguf';
+import { benchReport } from './report';
+import { benchRoutingSets, fitCost } from './routing';
 
 type Spec = Omit<TinyModelSpec, 'dtype' | 'seed'>;
 
@@ -167,6 +175,20 @@ ${dtype ? `dtype: ${dtype}\n` : ''}experts:
     copies,
     writes,
   };
+  rmSync(dir, { recursive: true, force: true });
+}
+
+async function benchGgufSection(tmp: string): Promise<void> {
+  const dir = join(tmp, 'gguf');
+  mkdirSync(dir, { recursive: true });
+  const results = await benchGguf(dir, MEDIUM, log);
+  for (const r of results) {
+    const label = `GGUF ${r.type} from the medium 2-expert Mixtral's shards, ${(r.bytes / 1e6).toFixed(0)} MB written, MB/s`;
+    row({ section: 'gguf', measure: label, value: r.bytes / 1e6 / r.ours, unit: 'MB/s', baseline: r.bytes / 1e6 / r.copy, baselineLabel: 'stream copy of the shards, MB/s', goal: '≥ 0.9', met: r.copy / r.ours >= 0.9 });
+    if (r.converter !== null) row({ section: 'gguf', measure: `GGUF ${r.type}: llama.cpp's converter time / ours`, value: r.converter / r.ours, unit: 'x', baseline: null, baselineLabel: 'convert_hf_to_gguf.py, same folder', goal: '≥ 5', met: r.converter / r.ours >= 5 });
+  }
+  notes.push('gguf: writeModelGguf from the written shards (in process, best of 2), against a createReadStream → createWriteStream copy of the same shards scaled to the GGUF\'s size; the converter (GGUF_CONVERTER, PYTHON) once, Python start-up included.');
+  details.gguf = results;
   rmSync(dir, { recursive: true, force: true });
 }
 
@@ -364,6 +386,17 @@ async function benchIncrementalSection(tmp: string, size: string): Promise<void>
   details[s] = r;
 }
 
+async function benchReportSection(tmp: string, size: string): Promise<void> {
+  const r = await benchReport(tmp, size, log);
+  const s = `report-${size}`;
+  row({ section: s, measure: `report stage, ${r.texts} texts / ${r.tokens} tokens through the merged model, s`, value: r.reportSeconds, unit: 's', baseline: r.baseForwardSeconds, baselineLabel: `the report before: base forward of the ${r.heldOutTokens} held-out tokens`, goal: 'info' });
+  row({ section: s, measure: 'merged-model tokens per second in the report', value: r.tokens / Math.max(1e-9, r.reportSeconds - r.baseForwardSeconds), unit: 'tok/s', baseline: r.heldOutTokens / r.baseForwardSeconds, baselineLabel: 'base forward tok/s, held-out texts', goal: 'info' });
+  row({ section: s, measure: `merged-model forward alone, ${r.texts} texts / ${r.tokens} tokens, s`, value: r.merged.seconds, unit: 's', baseline: r.base.seconds, baselineLabel: 'base forward of the same token ids, all layers', goal: '≤ 2.5x', met: r.merged.seconds <= 2.5 * r.base.seconds });
+  row({ section: s, measure: 'merged-model forward peak RSS, MiB', value: r.merged.peakRssKiB / 1024, unit: 'MiB', baseline: r.base.peakRssKiB / 1024, baselineLabel: 'base forward peak RSS (it keeps every hidden state)', goal: 'info' });
+  notes.push(`${s}: runReport in-process after the stages up to assemble-experts (bench/report.ts): bench/incremental.ts's recipe (4 experts, expert 1 noised) and 8 held-out texts; the report's time includes the base forward of the held-out texts (fresh cache), measured alone beforehand in the same worker as the baseline; the merged model holds two MoE layers' weights as float32 (one runs while the next is read; ${r.layerWeightsF32MiB.toFixed(0)} MiB a layer here). The forward-alone rows run bench/report-child.ts in a process each (seconds: the forward only; RSS: VmHWM): computeRouterLogits over mergedModel(plan, gates) against computeAllHiddenStates of the base over the same ids (the report's texts); the merged model computes about 2x the base's MLP FLOPs (top-2 of 4 experts). Held-out top-1 agreement ${r.top1 === null ? '—' : (100 * r.top1).toFixed(0)}% (chance ${(100 * r.chance).toFixed(0)}%) on random weights: not a quality figure.`);
+  details[s] = r;
+}
+
 // ---------------------------------------------------------------------------------------------- table
 
 function table(): string {
@@ -396,8 +429,35 @@ function benchRngSection(): void {
   details.rng = f;
 }
 
+async function benchRoutingSection(tmp: string): Promise<void> {
+  const sets = await benchRoutingSets(tmp, log);
+  for (const r of sets) {
+    const ours = Object.keys(r.figures).filter((m) => m.startsWith('fit'));
+    const theirs = Object.keys(r.figures).filter((m) => !m.startsWith('fit'));
+    const best = theirs.reduce((a, b) => (r.figures[b]!.top1 > r.figures[a]!.top1 ? b : a));
+    const chance = `chance ${(1 / r.experts).toFixed(3)}`;
+    for (const m of theirs) {
+      const f = r.figures[m]!;
+      row({ section: 'routing', measure: `${r.set}: ${m} top-1 agreement (top-${r.topK} ${f.topk.toFixed(2)}, MaxVio ${f.maxVioWorst.toFixed(2)})`, value: f.top1, unit: '', baseline: 1 / r.experts, baselineLabel: chance, goal: 'info' });
+    }
+    for (const m of ours) {
+      const f = r.figures[m]!;
+      const b = r.figures[best]!;
+      row({ section: 'routing', measure: `${r.set}: ${m} top-1 agreement (top-${r.topK} ${f.topk.toFixed(2)})`, value: f.top1, unit: '', baseline: b.top1, baselineLabel: `best mergekit mode (${best}) ${b.top1.toFixed(3)}`, goal: '≥ 1.25', met: f.top1 / b.top1 >= 1.25 });
+      row({ section: 'routing', measure: `${r.set}: ${m} MaxVio, worst layer`, value: f.maxVioWorst, unit: '', baseline: b.maxVioWorst, baselineLabel: `${best}`, ratio: null, goal: '≤ 1.0', met: f.maxVioWorst <= 1.0 });
+    }
+  }
+  notes.push('routing: figures over every token of every held-out text at every MoE layer of the merged model, run by transformers (bench/routing_eval.py, float32); top-1 agreement: the router\'s first expert is the text\'s intended one; MaxVio: max load / mean load − 1 per layer (load = share of top-k assignments), the worst layer. Sets, models and texts are generated (bench/routing.ts).');
+  details.routing = sets;
+  const shape = { hidden: 2048, intermediate: 5632, heads: 32, kvHeads: 4, vocab: 32000, tokens: 1155, prompts: 24, experts: 4 };
+  const c = await fitCost(tmp, shape);
+  row({ section: 'routing', measure: `gate_mode fit: one layer's fit, hidden 2048, 1,155 tokens, 4 experts (${c.form} form), s`, value: c.fitSeconds, unit: 's', baseline: c.forwardSeconds, baselineLabel: `one decoder layer's forward pass over the same tokens (bf16 weights), ${c.forwardSeconds.toFixed(2)} s`, goal: 'info' });
+  notes.push(`routing fit cost: one layer fitted on synthetic router inputs; a build fits every layer (22 at TinyLlama's shape: ${(22 * c.fitSeconds).toFixed(1)} s here) after the forward pass, which computes the states of new prompts only.`);
+  details.routingFitCost = { shape, ...c };
+}
+
 async function main(): Promise<void> {
-  const all = ['rng', 'forward', 'write', 'nx', 'many', 'incremental'];
+  const all = ['rng', 'forward', 'write', 'nx', 'many', 'incremental', 'gguf', 'report', 'routing'];
   const argv = process.argv.slice(2);
   const sizeAt = argv.indexOf('--size');
   const size = sizeAt >= 0 ? argv[sizeAt + 1]! : null;
@@ -427,6 +487,9 @@ async function main(): Promise<void> {
       if (s === 'nx') await benchNx(tmp);
       if (s === 'many') await benchMany(tmp);
       if (s === 'incremental') await benchIncrementalSection(tmp, size ?? 'small');
+      if (s === 'gguf') await benchGgufSection(tmp);
+      if (s === 'report') await benchReportSection(tmp, size ?? 'small');
+      if (s === 'routing') await benchRoutingSection(tmp);
       details[`${s}SectionSeconds`] = r2((performance.now() - ts) / 1000);
       log(`section ${s} done in ${((performance.now() - ts) / 1000).toFixed(1)} s`);
     }

@@ -32,6 +32,9 @@ export interface MergeOptions {
   overwrite?: boolean;
   /** Reuse nothing: prompt states and content ids computed again, every output file written again. */
   recompute?: boolean;
+  /** Also write OUT/model-TYPE.gguf for llama.cpp; `ggufOnly`: instead of the safetensors shards. */
+  gguf?: 'f32' | 'f16' | 'bf16' | 'q8_0';
+  ggufOnly?: boolean;
   /** Execution provider for hidden-state gates: cpu (default), cuda, webgpu or auto. */
   device?: string;
   /** Prompt-state cache (default $MOE_FORGE_CACHE, else ~/.cache/moe-forge). */

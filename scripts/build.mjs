@@ -41,24 +41,26 @@ const common = {
 };
 
 try {
-  // The forward pass forks forward-worker.js, named relative to the bundle that forks it (libs/forward/isolated.ts).
+  // The forward pass forks forward-worker.js (and the report routing-worker.js), named relative to the bundle that
+  // forks it (libs/forward/isolated.ts, libs/stages/report.ts).
   const top = await esbuild.build({
     ...common,
     entryPoints: {
       cli: join(ROOT, 'libs', 'cli', 'mergekit-moe.ts'),
       index: join(ROOT, 'libs', 'index.ts'),
       'forward-worker': join(ROOT, 'libs', 'forward', 'worker-main.ts'),
+      'routing-worker': join(ROOT, 'libs', 'stages', 'routing-worker.ts'),
       plugin: join(ROOT, 'tools', 'executors', 'index.ts'),
       'recipe-generator': join(ROOT, 'tools', 'executors', 'recipe', 'generator.ts'),
     },
     outdir: tmp,
-    define: { __FORWARD_WORKER__: JSON.stringify('forward-worker.js') },
+    define: { __FORWARD_WORKER__: JSON.stringify('forward-worker.js'), __ROUTING_WORKER__: JSON.stringify('routing-worker.js') },
   });
   const executors = await esbuild.build({
     ...common,
     entryPoints: { ...Object.fromEntries(EXECUTORS.map((e) => [e, join(ROOT, 'tools', 'executors', e, 'impl.ts')])), 'stage-batch': join(ROOT, 'tools', 'executors', 'stage', 'batch.ts'), 'recipe-stage': join(ROOT, 'tools', 'executors', 'stage', 'recipe.ts') },
     outdir: join(tmp, 'executors'),
-    define: { __FORWARD_WORKER__: JSON.stringify('../forward-worker.js') },
+    define: { __FORWARD_WORKER__: JSON.stringify('../forward-worker.js'), __ROUTING_WORKER__: JSON.stringify('../routing-worker.js') },
   });
   // The plugin's runtime inputs, which Nx runs on every build: small bundles that load the stages' code only when
   // their memo misses (tools/executors/runtime-root.ts).

@@ -62,6 +62,7 @@ export async function main(argv: string[], io: Io = defaultIo): Promise<number> 
     if (reportFile !== undefined) reportPaths(reportFile);
     if (evalPrompts !== undefined && !existsSync(evalPrompts)) throw new ForgeError('bad_flag', '--eval-prompts: the file does not exist', { file: evalPrompts, field: '--eval-prompts' });
     if (evalPrompts !== undefined) checkInputFile(evalPrompts, EVAL_PROMPTS);
+    if (o.ggufOnly && o.gguf === undefined) throw new ForgeError('bad_flag', '--gguf-only needs --gguf TYPE (f32, f16, bf16 or q8_0)', { field: '--gguf-only' });
     const device = v.device !== undefined ? o.device : v.cuda || v['gpu-rich'] ? 'cuda' : 'cpu';
     const result = await mergeRecipe({
       recipeFile: resolve(config),
@@ -74,6 +75,8 @@ export async function main(argv: string[], io: Io = defaultIo): Promise<number> 
       shardOrder: o.shardOrder,
       allowIdenticalModels: o.allowIdenticalModels,
       copyTokenizer: o.copyTokenizer,
+      gguf: o.gguf,
+      ggufOnly: o.ggufOnly,
       writeRecipe: v['write-model-card'] !== false,
       overwrite: o.overwrite,
       recompute: o.recompute,

@@ -1,8 +1,10 @@
-export { computePromptStates, computePadStates, computeAllHiddenStates } from './run';
+export { computePromptStates, computePadStates, computeAllHiddenStates, computeRouterInputs } from './run';
 export type { ForwardOptions, ForwardProgress, LayerState } from './run';
 export { availableBackends, executionProviders, DEVICES } from './backend';
 export type { Device } from './backend';
 export { ropeInvFreq, ropeTables, attentionMask } from './rope';
 export { buildLayerModel, planLayerTensors } from './layer-graph';
 export { encodeModel } from './onnx-proto';
-export { computePromptStatesIsolated, computePadStatesIsolated } from './isolated';
+export { computePromptStatesIsolated, computePadStatesIsolated, computeRouterInputsIsolated, runIsolatedWorker } from './isolated';
+export { computeRouterLogits, type Mlp, type MoeLayerWeights, type MoeModel, type RouterLogits, type Weight } from './moe';
+export { serveOneRequest } from './worker-protocol';

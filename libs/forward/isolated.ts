@@ -13,10 +13,15 @@ declare const __FORWARD_WORKER__: string | undefined;
 const WORKER = join(__dirname, typeof __FORWARD_WORKER__ === 'string' ? __FORWARD_WORKER__ : 'worker-main.ts');
 
 function runIsolated<T>(request: Record<string, unknown>, onProgress?: (p: ForwardProgress) => void): Promise<T> {
+  return runIsolatedWorker(WORKER, request, onProgress);
+}
+
+/** `request` served by the worker script `worker` (one that calls serveOneRequest) in a child process. */
+export function runIsolatedWorker<T>(worker: string, request: Record<string, unknown>, onProgress?: (p: ForwardProgress) => void): Promise<T> {
   return new Promise((resolve, reject) => {
-    const child = fork(WORKER, [], {
+    const child = fork(worker, [], {
       // The built worker is plain JavaScript; from sources (tests) the child loads tsx.
-      execArgv: WORKER.endsWith('.ts') ? ['--import', pathToFileURL(require.resolve('tsx')).href] : [],
+      execArgv: worker.endsWith('.ts') ? ['--import', pathToFileURL(require.resolve('tsx')).href] : [],
       // In the child's environment too, so it holds from the child's first line, whatever it loads first.
       env: { ...process.env, ORT_DISABLE_TELEMETRY: '1' },
       serialization: 'advanced',
@@ -62,4 +67,9 @@ export function computePromptStatesIsolated(modelDir: string, prompts: number[][
 export function computePadStatesIsolated(modelDir: string, padTokenId: number, opts: Opts = {}): Promise<Float32Array[]> {
   const { onProgress, ...options } = opts;
   return runIsolated({ kind: 'pad', modelDir, padTokenId, options }, onProgress);
+}
+
+export function computeRouterInputsIsolated(modelDir: string, prompts: number[][], opts: Opts = {}): Promise<Float32Array[][]> {
+  const { onProgress, ...options } = opts;
+  return runIsolated({ kind: 'router', modelDir, prompts, options }, onProgress);
 }

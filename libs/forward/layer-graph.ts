@@ -16,6 +16,13 @@ export const LAYER_INPUTS = {
 /** The graph input that carries a weight (float32, the tensor's shape). */
 export const weightInput = (role: string) => `w_${role}`;
 export const LAYER_OUTPUT = 'hidden_out';
+/** attentionOnly graphs: the residual stream after attention, output instead of the layer's output. */
+export const ATTN_OUTPUT = 'hidden_attn';
+/**
+ * [T, H]: the post-attention RMSNorm output, the input a MoE layer's router sees. An output of attentionOnly
+ * graphs (the merged model's forward), and an extra output of full graphs built with routerInput (fit's states).
+ */
+export const ROUTER_INPUT = 'router_input';
 
 const STORED_DTYPES: Record<string, number> = { F32: OnnxDtype.FLOAT, F16: OnnxDtype.FLOAT16, BF16: OnnxDtype.BFLOAT16 };
 
@@ -109,7 +116,7 @@ export function layerSignature(tensors: Map<string, LayerTensor>): string {
  * file is needed to point onnxruntime at them. Projections are Gemm(transB=1) on the [out, in] weights,
  * which avoids a transposed copy.
  */
-export function buildLayerModel(cfg: ModelConfig, tensors: Map<string, LayerTensor>): OnnxModel {
+export function buildLayerModel(cfg: ModelConfig, tensors: Map<string, LayerTensor>, opts: { attentionOnly?: boolean; routerInput?: boolean } = {}): OnnxModel {
   const b = new Builder();
   const H = cfg.hiddenSize, D = cfg.headDim;
   const nH = cfg.numHeads, nKV = cfg.numKvHeads;
@@ -173,14 +180,25 @@ export function buildLayerModel(cfg: ModelConfig, tensors: Map<string, LayerTens
   const attn = b.op('Mul', [linear(ctx2, need('o'), w('o_bias')), LAYER_INPUTS.gate]);
   const h1 = b.op('Add', [x, attn]);
 
-  const hn = rmsNorm(h1, need('ln2'));
-  const gt = linear(hn, need('gate'), w('gate_bias'));
-  const up = linear(hn, need('up'), w('up_bias'));
-  const act = b.op('Mul', [b.op('Mul', [gt, b.op('Sigmoid', [gt])]), up]);
-  const down = linear(act, need('down'), w('down_bias'));
-  b.op('Add', [h1, down], undefined, LAYER_OUTPUT);
-
   const F = OnnxDtype.FLOAT;
+  const hn = rmsNorm(h1, need('ln2'));
+  const outputs = [opts.attentionOnly ? ATTN_OUTPUT : LAYER_OUTPUT];
+  if (opts.attentionOnly) {
+    // An MoE layer: its MLP runs per expert outside the graph, on the tokens the router sends it.
+    b.op('Identity', [h1], undefined, ATTN_OUTPUT);
+  } else {
+    const gt = linear(hn, need('gate'), w('gate_bias'));
+    const up = linear(hn, need('up'), w('up_bias'));
+    const act = b.op('Mul', [b.op('Mul', [gt, b.op('Sigmoid', [gt])]), up]);
+    const down = linear(act, need('down'), w('down_bias'));
+    b.op('Add', [h1, down], undefined, LAYER_OUTPUT);
+  }
+  // The router's input: the merged model's routing (attentionOnly) and fit's states (routerInput) both read it.
+  if (opts.attentionOnly || opts.routerInput) {
+    b.op('Identity', [hn], undefined, ROUTER_INPUT);
+    outputs.push(ROUTER_INPUT);
+  }
+
   return {
     opset: 17,
     graph: {
@@ -197,7 +215,7 @@ export function buildLayerModel(cfg: ModelConfig, tensors: Map<string, LayerTens
         { name: LAYER_INPUTS.rows, dtype: OnnxDtype.INT64, shape: ['T'] },
         ...weightInputs,
       ],
-      outputs: [{ name: LAYER_OUTPUT, dtype: F, shape: ['T', H] }],
+      outputs: outputs.map((name) => ({ name, dtype: F, shape: ['T', H] })),
     },
   };
 }

@@ -6,7 +6,7 @@ import { openWeights } from '../model-folder/weights';
 import { WasmFloatBuffer, castThrough, floatKernels } from '../safetensors/float-wasm';
 import { executionProviders, floatTensor, int64Tensor, sessionFromBytes, type Device, type Session, type SessionSettings } from './backend';
 import { encodeModel } from './onnx-proto';
-import { LAYER_INPUTS, LAYER_OUTPUT, buildLayerModel, checkTensor, layerSignature, planLayerTensors, weightInput, type LayerTensor } from './layer-graph';
+import { LAYER_INPUTS, LAYER_OUTPUT, ROUTER_INPUT, buildLayerModel, checkTensor, layerSignature, planLayerTensors, weightInput, type LayerTensor } from './layer-graph';
 import { attentionMask, ropeTables } from './rope';
 
 export interface ForwardProgress {
@@ -29,6 +29,10 @@ export interface ForwardOptions {
    * repacks every weight); activations grow with it (at hidden 2048 / intermediate 5632, about 0.2 GB).
    */
   packTokens?: number;
+  /** Also hand each layer's router input (post-attention RMSNorm output) to the visitor. */
+  routerInput?: boolean;
+  /** A model folder of the same shape whose MLP tensors (`.mlp.`) replace the model's: an expert's MLPs behind the base's attention. */
+  mlpFrom?: string;
 }
 
 /** One prompt's state at one layer input: last token, sum over tokens (float64-accumulated), token count. */
@@ -38,24 +42,28 @@ export interface LayerState {
   count: number;
 }
 
-interface Sequence {
+export interface Sequence {
   ids: number[];
   /** 0 for the pad state: the layer runs without its attention term. */
   attnGate: 0 | 1;
 }
 
 /** Per sequence, the [T, H] states at layer inputs 0..upTo (upTo = L is the last layer's output, before the final norm). */
-type Visit = (seq: number, entry: number, states: Float32Array) => void;
+type Visit = (seq: number, entry: number, states: Float32Array, routerIn?: Float32Array) => void;
 
 interface Model {
   cfg: ModelConfig;
   weights: TensorIndex;
 }
 
-async function openModel(dir: string): Promise<Model> {
+async function openModel(dir: string, mlpFrom?: string): Promise<Model> {
   const cfg = await readModelConfig(dir);
   // A .bin checkpoint's stored tensors are read in place just like safetensors.
-  return { cfg, weights: await openWeights(dir) };
+  const weights = await openWeights(dir);
+  if (!mlpFrom) return { cfg, weights };
+  const mlp = await openWeights(mlpFrom);
+  const pick = (name: string) => (name.includes('.mlp.') ? mlp : weights);
+  return { cfg, weights: { dir, has: (n) => pick(n).has(n), get: (n) => pick(n).get(n) } };
 }
 
 /** Reads and decodes only the embedding rows that the sequences use. */
@@ -137,7 +145,7 @@ function layerFeeds(tensors: Map<string, LayerTensor>, pool: BufferPool): LayerF
   return { read, feeds };
 }
 
-async function readTensorInto(loc: LayerTensor['loc'], into: Buffer): Promise<void> {
+export async function readTensorInto(loc: LayerTensor['loc'], into: Buffer): Promise<void> {
   const fh = await open(loc.file, 'r');
   try {
     let done = 0;
@@ -199,7 +207,7 @@ function f16Widen(): Uint32Array {
  * Prompts packed into runs of at most `budget` tokens (a longer prompt runs alone), shortest first, so that
  * the prompts of a run have similar lengths and their attention blocks little padding.
  */
-function packs(seqs: Sequence[], budget: number): number[][] {
+export function packs(seqs: Sequence[], budget: number): number[][] {
   const order = seqs.map((_, i) => i).sort((a, b) => seqs[a]!.ids.length - seqs[b]!.ids.length || a - b);
   const out: number[][] = [];
   let cur: number[] = [], tokens = 0;
@@ -223,7 +231,7 @@ type Feed = ReturnType<typeof floatTensor>;
  * RoPE tables, attention blocks and gate of a pack: each prompt at positions 0..T-1, its attention in a block
  * of its own (C slots, C the pack's longest prompt), so it sees only itself.
  */
-function packInputs(cfg: ModelConfig, seqs: Sequence[]): Record<string, Feed> {
+export function packInputs(cfg: ModelConfig, seqs: Sequence[]): Record<string, Feed> {
   const N = seqs.reduce((a, s) => a + s.ids.length, 0);
   const B = seqs.length, C = Math.max(...seqs.map((s) => s.ids.length));
   const D = cfg.headDim;
@@ -307,12 +315,13 @@ async function runLayers(m: Model, seqs: Sequence[], upTo: number, opts: Forward
       const key = layerSignature(layers[layer]!);
       let session = sessions.get(key);
       if (!session) {
-        session = await sessionFromBytes(encodeModel(buildLayerModel(cfg, layers[layer]!)), settings);
+        session = await sessionFromBytes(encodeModel(buildLayerModel(cfg, layers[layer]!, { routerInput: opts.routerInput })), settings);
         sessions.set(key, session);
       }
       startFeeds(layer); // layer 1's are started already unless layer 0's reads were done a moment ago
       const weights = await feeds[layer]!.feeds;
       const out: Float32Array[] = new Array(seqs.length);
+      const routerIn: Float32Array[] = new Array(seqs.length);
       let done = 0;
       for (const [g, members] of groups.entries()) {
         const N = members.reduce((a, i) => a + seqs[i]!.ids.length, 0);
@@ -325,15 +334,18 @@ async function runLayers(m: Model, seqs: Sequence[], upTo: number, opts: Forward
         const result = await session.run({ ...weights, ...fixed[g]!, [LAYER_INPUTS.hidden]: floatTensor(hidden, [N, H]) });
         const t = result[LAYER_OUTPUT]!;
         const data = t.data as Float32Array;
+        const rt = opts.routerInput ? result[ROUTER_INPUT]! : null;
         at = 0;
         for (const i of members) {
           const T = seqs[i]!.ids.length;
           // Copy out of ORT's buffer, then free the native tensor now rather than at GC.
           out[i] = data.slice(at * H, (at + T) * H);
+          if (rt) routerIn[i] = (rt.data as Float32Array).slice(at * H, (at + T) * H);
           at += T;
         }
         t.dispose();
-        for (const i of members) visit(i, layer + 1, out[i]!);
+        rt?.dispose();
+        for (const i of members) visit(i, layer + 1, out[i]!, routerIn[i]);
         done += members.length;
         opts.onProgress?.({ layer, layers: upTo, promptsDone: done, prompts: seqs.length });
       }
@@ -365,6 +377,21 @@ export async function computePromptStates(modelDir: string, prompts: number[][],
     result[i]![entry] = { last: h.slice((T - 1) * H), sum: Float32Array.from(sum), count: T };
   });
   return result;
+}
+
+/**
+ * Per prompt and per layer 0..L-1, every token's router input: the post-attention RMSNorm output of the dense
+ * layer, [prompt][layer] = Float32Array(T * H). Every layer runs (the last one's router needs its attention).
+ */
+export async function computeRouterInputs(modelDir: string, prompts: number[][], opts: ForwardOptions = {}): Promise<Float32Array[][]> {
+  checkPrompts(prompts);
+  const m = await openModel(modelDir, opts.mlpFrom);
+  const L = m.cfg.numLayers;
+  const out: Float32Array[][] = prompts.map(() => new Array<Float32Array>(L));
+  await runLayers(m, prompts.map((ids) => ({ ids, attnGate: 1 })), L, { ...opts, routerInput: true }, (i, entry, _h, routerIn) => {
+    if (entry > 0) out[i]![entry - 1] = routerIn!;
+  });
+  return out;
 }
 
 /**

@@ -5,6 +5,7 @@ import type { HiddenReduction, RandomDraw } from './modes';
 
 export { Rng } from './rng';
 export { conditionNumber, singularValues } from './linalg';
+export { calibrateScale, choleskySolve, fitLayer, FIT_DEFAULTS, ridge, targetsAndWeights, type FitOptions, type FitSample, type LayerFit } from './fit';
 export type { HiddenReduction, RandomDraw } from './modes';
 
 /** Gate vectors G of shape [layers, experts, hidden], row-major float32. */

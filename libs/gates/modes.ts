@@ -7,8 +7,11 @@
 
 import { orList } from '../util/prose';
 
-/** What embed-prompts stores for a mode: per-layer hidden states, token-embedding sums, or nothing. */
-export const PROMPT_STATE_KINDS = ['cheap_embed', 'hidden', 'none'] as const;
+/**
+ * What embed-prompts stores for a mode: per-layer hidden states, token-embedding sums, every token's router input
+ * (the post-attention RMSNorm output of each layer), or nothing.
+ */
+export const PROMPT_STATE_KINDS = ['cheap_embed', 'hidden', 'router_input', 'none'] as const;
 export type PromptStateKind = (typeof PROMPT_STATE_KINDS)[number];
 
 /** How a prompt's hidden states become one vector per layer: its last token, or the padded mean. */
@@ -37,6 +40,7 @@ export type GateModeSpec = ModeFacts &
   (
     | { states: 'hidden'; reduction: HiddenReduction; random: null }
     | { states: 'cheap_embed'; reduction: null; random: null }
+    | { states: 'router_input'; reduction: null; random: null }
     | { states: 'none'; reduction: null; random: RandomDraw }
   );
 
@@ -51,6 +55,8 @@ export const GATE_MODES = {
   // Random gates route nothing of their own: the report shows what the last token's state meets.
   random: { states: 'none', reduction: null, random: 'randn', needsPrompts: false, routedState: `${LAST_TOKEN} (the gates are random)`, help: '', promptLabel: 'no prompts' },
   uniform_random: { states: 'none', reduction: null, random: 'rand', needsPrompts: true, routedState: `${LAST_TOKEN} (the gates are random)`, help: '' },
+  // Ours, not the reference's: each layer's router fitted to every token of the prompts (libs/gates/fit.ts).
+  fit: { states: 'router_input', reduction: null, random: null, needsPrompts: true, routedState: "last token's router input (the post-attention RMSNorm output of each layer), the input the fit was made on", help: 'routers fitted to every token of the prompts, our extension', promptLabel: 'routers fitted to every prompt token (our extension)' },
 } as const satisfies Record<string, GateModeSpec>;
 
 export type GateMode = keyof typeof GATE_MODES;

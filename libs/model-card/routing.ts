@@ -1,37 +1,38 @@
-import type { RoutingReport } from '../report/types';
-import { layerRanges } from '../report/routing';
+import type { Agreement, RoutingReport } from '../report/types';
 import { markdownText } from '../util/escape';
 
-const pct = (x: number | null) => (x === null ? '—' : `${(100 * x).toFixed(0)}%`);
-/** Labels, model names and reasons quoting prompts: user text, never markup. */
+const pct = (x: number | null | undefined) => (x === null || x === undefined ? '—' : `${(100 * x).toFixed(0)}%`);
+const signed = (x: number | null | undefined) => (x === null || x === undefined ? '—' : `${x >= 0 ? '+' : ''}${x.toFixed(2)}`);
+/** Labels, model names and advice quoting prompts: user text, never markup. */
 const cell = markdownText;
 
 /**
- * The card's routing section: accuracy per layer range and the starving experts, from the routing report
- * written beside the card (`link`, relative to the card).
+ * The card's routing section: the figures of routing.json's `measured` (the merged model run on every token),
+ * beside chance, with the report's advice; the page is linked (`link`, relative to the card).
  */
 export function routingSection(report: RoutingReport, link = 'routing.html'): string {
-  const s = report.summary;
-  const held = s.heldOutAccuracy !== null;
+  const m = report.measured;
+  const k = report.topK;
+  const on = m.headline === 'heldout' ? 'held-out texts' : "the recipe's own prompts (training fit: no held-out texts were given)";
+  const row = (what: string, a: Agreement | null) => `| ${what} | ${pct(a?.top1)} | ${pct(a?.topK)} | ${pct(a?.textTop1)} | ${signed(a?.margin)} |`;
   const lines = [
     '## Routing',
     '',
-    `How the untrained routers send this card's prompts (top-${report.topK} of ${report.routed} experts), from moe-forge's routing report: [${link}](${link}).`,
+    `What this model's untrained routers do (top-${k} of ${report.routed} experts), measured by running the model on every token of ${on}; from moe-forge's routing report: [${link}](${link}). Chance: ${pct(m.chance.top1)} first, ${pct(m.chance.topK)} within the top ${k}.`,
     '',
-    `| layers | routing accuracy${held ? ' | held-out accuracy' : ''} |`,
-    `|---|---|${held ? '---|' : ''}`,
-    ...s.byRange.map((r) => `| ${r.from === r.to ? r.from : `${r.from}–${r.to}`} | ${pct(r.accuracy)}${held ? ` | ${pct(r.heldOutAccuracy)}` : ''} |`),
+    `| texts | tokens first to the intended expert | intended within top ${k} | texts won by the intended expert | margin |`,
+    '|---|---|---|---|---|',
+    ...(m.headline === 'heldout' ? [row('held-out', m.overall.heldout)] : []),
+    row('recipe prompts (training fit)', m.overall.train),
     '',
-    'Routing accuracy: the share of positive prompts whose own expert is among the experts chosen for them.',
+    `| layer | first to intended | within top ${k} | MaxVio | entropy |`,
+    '|---|---|---|---|---|',
+    ...m.perLayer.map((lr) => `| ${lr.layer} | ${pct(lr[m.headline]?.top1)} | ${pct(lr[m.headline]?.topK)} | ${lr.load.maxVio.toFixed(2)} | ${lr.load.entropy.toFixed(2)} |`),
+    '',
+    `Margin: the mean over tokens of p(intended) − p(best other expert). Load: share of top-${k} assignments; MaxVio = max load / mean load − 1 (0 is balanced); entropy of the load over log ${report.routed} (1 is balanced). Overall load: MaxVio ${m.overall.load.maxVio.toFixed(2)}, entropy ${m.overall.load.entropy.toFixed(2)}.`,
     '',
   ];
-  if (s.starving.length === 0) lines.push('- No expert starves: in every layer each expert is the first choice of at least one prompt.');
-  for (const x of s.starving) {
-    const e = report.experts[x.expert]!;
-    const where = x.layers.length === report.layers && report.layers > 1 ? 'every layer' : `layer${x.layers.length === 1 ? '' : 's'} ${layerRanges(x.layers)}`;
-    lines.push(`- Starving: ${cell(e.label)} (${cell(e.model)}) in ${where}: ${cell(x.reasons[0] ?? '')}`);
-  }
-  for (const n of s.notes) lines.push(`- ${cell(n)}`);
+  for (const a of report.advice) lines.push(`- ${cell(a)}`);
   lines.push('');
   return lines.join('\n');
 }

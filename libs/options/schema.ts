@@ -87,7 +87,7 @@ function jsonProperty(spec: OptionSpec): Record<string, unknown> {
         ...description,
       };
     case 'enum':
-      return { type: 'string', enum: [...spec.values], default: spec.default, ...description };
+      return { type: 'string', enum: [...spec.values], ...(spec.default !== undefined ? { default: spec.default } : {}), ...description };
     case 'boolean':
       return { type: 'boolean', default: spec.default, ...description };
     case 'count':

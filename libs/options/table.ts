@@ -1,6 +1,7 @@
 import type { RngKind } from '../architectures/types';
 import type { Device } from '../forward/backend';
 import type { MergePlan, ShardOrder } from '../plan/types';
+import { GGUF_TYPES } from '../gguf/architecture';
 
 /**
  * Every option of the two front ends, once: its Nx name, its type and default, its description, how the
@@ -48,7 +49,7 @@ interface Common {
 export type OptionSpec =
   | (Common & { type: 'string' })
   | (Common & { type: 'boolean'; default: boolean })
-  | (Common & { type: 'enum'; values: readonly [string, ...string[]]; default: string })
+  | (Common & { type: 'enum'; values: readonly [string, ...string[]]; default?: string })
   | (Common & { type: 'seed'; default: number })
   | (Common & { type: 'size'; default: number })
   | (Common & { type: 'count' });
@@ -152,6 +153,20 @@ export const OPTIONS = {
     stages: ['write'],
     description: "Copy the base model's tokenizer into the output.",
     cli: { flag: 'copy-tokenizer', kind: 'negatable', help: "Save the base model's tokenizer to the output (default on)." },
+  },
+  gguf: {
+    type: 'enum',
+    values: GGUF_TYPES,
+    stages: ['write'],
+    description: 'Also write model-TYPE.gguf into the model folder for llama.cpp (as its convert_hf_to_gguf.py writes it at that outtype).',
+    cli: { flag: 'gguf', kind: 'value', help: 'Also write OUT/model-TYPE.gguf for llama.cpp: TYPE f32, f16, bf16 or q8_0 (as its convert_hf_to_gguf.py writes it).' },
+  },
+  ggufOnly: {
+    type: 'boolean',
+    default: false,
+    stages: ['write'],
+    description: 'With gguf: write the GGUF instead of the safetensors shards (config, tokenizer and card are still written).',
+    cli: { flag: 'gguf-only', kind: 'bool', help: 'With --gguf: write the GGUF instead of the safetensors shards (config, tokenizer and card are still written).' },
   },
   cacheDir: {
     type: 'string',

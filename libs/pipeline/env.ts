@@ -1,3 +1,4 @@
+import type { GgufOutType } from '../gguf/architecture';
 import type { Progress } from '../util/progress';
 import type { RngKind } from '../architectures/types';
 import type { ShardOrder } from '../plan/types';
@@ -15,6 +16,9 @@ export interface PipelineOptions {
   recompute: boolean;
   allowIdenticalModels: boolean;
   copyTokenizer: boolean;
+  /** Also write OUT/model-TYPE.gguf; `ggufOnly`: instead of the safetensors shards. */
+  gguf?: GgufOutType;
+  ggufOnly?: boolean;
   /** Held-out prompts, resolved against the recipe's folder. */
   evalPrompts?: string;
   /** mergekit_moe_config.yml and the model card (default true). */

@@ -1,3 +1,4 @@
+import type { GgufOutType } from '../gguf/architecture';
 import { progressReporter } from '../util/progress';
 import { mkdir, readdir, rm } from 'node:fs/promises';
 import { homedir, tmpdir } from 'node:os';
@@ -41,6 +42,9 @@ export interface MergeOptions {
   shardOrder?: ShardOrder;
   allowIdenticalModels?: boolean;
   copyTokenizer?: boolean;
+  /** Also write OUT/model-TYPE.gguf; `ggufOnly`: instead of the safetensors shards. */
+  gguf?: GgufOutType;
+  ggufOnly?: boolean;
   /** Write mergekit_moe_config.yml (the reference's --write-model-card). */
   writeRecipe?: boolean;
   overwrite?: boolean;
@@ -105,6 +109,8 @@ function commandEnv(opts: MergeOptions, parsed: ParsedRecipe, work: string, cach
       recompute: opts.recompute ?? false,
       allowIdenticalModels: opts.allowIdenticalModels ?? false,
       copyTokenizer: opts.copyTokenizer ?? true,
+      gguf: opts.gguf,
+      ggufOnly: opts.ggufOnly ?? false,
       writeRecipe: opts.writeRecipe ?? true,
       evalPrompts: opts.report?.evalPrompts,
     },

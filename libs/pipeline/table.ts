@@ -31,7 +31,7 @@ export interface StageRead {
 }
 
 /** The options a command line may give a stage (tools/executors/stage-options.json), by name. */
-export type OptionName = 'recipe' | 'outputPath' | 'stagesDir' | 'randomSeed' | 'layout' | 'rng' | 'outShardSize' | 'shardOrder' | 'device' | 'overwrite' | 'recompute' | 'allowIdenticalModels' | 'copyTokenizer' | 'cacheDir' | 'evalPrompts';
+export type OptionName = 'recipe' | 'outputPath' | 'stagesDir' | 'randomSeed' | 'layout' | 'rng' | 'outShardSize' | 'shardOrder' | 'device' | 'overwrite' | 'recompute' | 'allowIdenticalModels' | 'copyTokenizer' | 'gguf' | 'ggufOnly' | 'cacheDir' | 'evalPrompts';
 
 export const SLICE_VERSION = 1;
 export const sliceFile = (stage: StageName) => `${stage}.slice.json`;
@@ -123,7 +123,7 @@ export function reportOptions(env: StageEnv): ReportOptions {
     log: env.log.info,
     warn: env.log.warn,
     stats: env.log.stats,
-    progress: env.progress('report prompt states'),
+    progress: env.progress('report'),
   };
 }
 
@@ -139,6 +139,8 @@ export function writeOptions(env: StageEnv, recipeText: string, tokenizerDir: st
     recipeText,
     tokenizerDir,
     copyTokenizer: o.copyTokenizer,
+    gguf: o.gguf,
+    ggufOnly: o.ggufOnly,
     writeRecipe: o.writeRecipe ?? true,
     overwrite: o.overwrite,
     recompute: o.recompute,
@@ -323,8 +325,9 @@ export const PIPELINE: readonly StageDecl[] = [
   },
   {
     name: 'report',
-    description: 'Routing report (routing.json, routing.html): which expert each prompt reaches in each layer, accuracy, load, starving experts and why.',
-    reads: [slice('report'), MODELS, STATES, GATES],
+    description: 'Routing report (routing.json, routing.html): the merged model (plan.json and its routers) run on every token of the held-out texts and the prompts: agreement with the intended expert beside chance, load, margins, advice.',
+    // The merged model that plan.json and the gates describe (it runs after assemble-experts).
+    reads: [slice('report'), MODELS, STATES, GATES, { from: 'assemble-experts', files: ['plan.json', 'gates.safetensors'], key: ['plan.json'] }],
     writes: ['routing.json', 'routing.html', 'stats.json'],
     // Held-out prompt files (evalPrompts) in the recipe's folder; not the recipe, which its slice stands for.
     hashes: { recipe: false, projectFiles: ['{projectRoot}/**/*.yml', '{projectRoot}/**/*.yaml', '{projectRoot}/**/*.jsonl', '!{projectRoot}/moe.yml'], packages: ['yaml', 'zod', 'cacache', '@huggingface/tokenizers', 'onnxruntime-node'] },
@@ -334,14 +337,14 @@ export const PIPELINE: readonly StageDecl[] = [
     example: { evalPrompts: 'held-out.yml' },
     async run(env) {
       if (env.options.evalPrompts) env.checkInput?.(env.options.evalPrompts, 'evalPrompts');
-      const { report } = await runReport(await env.merge(), env.paths.stage('embed-prompts'), env.paths.stage('build-gates'), env.paths.stage('report'), reportOptions(env));
-      const s = report.summary;
-      const pct = (x: number | null) => (x === null ? '—' : `${(100 * x).toFixed(0)}%`);
-      env.log.result(`routing accuracy ${pct(s.accuracy)}${s.heldOutAccuracy !== null ? `, held-out ${pct(s.heldOutAccuracy)}` : ''}; ${s.starving.length} starving expert${s.starving.length === 1 ? '' : 's'}: ${env.paths.stage('report')}/routing.html`);
-      // Random routers starve experts by design until trained: one line says so, not one per expert.
-      const random = s.starving.filter((x) => / gates are not built from prompts/.test(x.reasons[0] ?? ''));
-      if (random.length > 0) env.log.info(`${random.length} of ${report.routed} experts win no prompt in some layer, as expected of ${report.gateMode} gates (the router needs training): see the report`);
-      for (const x of s.starving) if (!random.includes(x)) env.log.warn(`${report.experts[x.expert]!.label} starves in ${x.layers.length} of ${report.layers} layers: ${x.reasons[0]}`);
+      const { report } = await runReport(await env.merge(), env.paths.stage('embed-prompts'), env.paths.stage('build-gates'), env.paths.stage('assemble-experts'), env.paths.stage('report'), reportOptions(env));
+      const m = report.measured;
+      const a = m.overall[m.headline];
+      const pct = (x: number) => `${(100 * x).toFixed(0)}%`;
+      const page = `${relative(env.paths.roots.workspace, env.paths.stage('report')) || '.'}/routing.html`;
+      const on = m.headline === 'heldout' ? 'held-out texts' : "the recipe's own prompts (training fit)";
+      env.log.result(a ? `merged model on ${on}: ${pct(a.top1)} of tokens first to their intended expert (chance ${pct(m.chance.top1)}), ${pct(a.topK)} within the top ${report.topK} (chance ${pct(m.chance.topK)}); MaxVio ${m.overall.load.maxVio.toFixed(2)}: ${page}` : `merged model: no positive prompts to measure agreement on: ${page}`);
+      for (const line of report.advice) env.log.warn(line);
     },
   },
   {
@@ -355,7 +358,7 @@ export const PIPELINE: readonly StageDecl[] = [
     hashes: { recipe: false, packages: ['yaml', 'zod', '@huggingface/tokenizers'], runtime: 'output-state' },
     // The recipe's text: it is copied into the model folder (mergekit_moe_config.yml).
     slice: (p) => ({ text: p.text }),
-    options: ['outputPath', 'overwrite', 'recompute', 'copyTokenizer', 'cacheDir', 'evalPrompts'],
+    options: ['outputPath', 'overwrite', 'recompute', 'copyTokenizer', 'gguf', 'ggufOnly', 'cacheDir', 'evalPrompts'],
     example: { outputPath: 'out/<project>' },
     run: (env) => writeStage(env),
   },

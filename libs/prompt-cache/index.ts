@@ -98,3 +98,32 @@ export async function getPadState(cache: ContentCache, m: PadStateMaterial): Pro
 export async function putPadState(cache: ContentCache, m: PadStateMaterial, layers: Float32Array[]): Promise<void> {
   await cache.putBound(padStateKey(m.base, m.padTokenId), padMaterial(m), Buffer.concat(layers.map((l) => Buffer.from(l.buffer, l.byteOffset, l.byteLength))));
 }
+
+/**
+ * gate_mode fit: every token's router input per layer, [layer][T * H], bound like a prompt state, and to the model
+ * whose MLPs ran behind the base's attention (`mlp`: its content id; null: the base's own).
+ */
+export interface RouterInputMaterial extends PromptStateMaterial {
+  mlp: string | null;
+}
+
+export function routerInputKey(baseContentId: string, tokenizerId: string, text: string, mlp: string | null): string {
+  return `router-input:${digest([FORWARD_VERSION, baseContentId, tokenizerId, text, mlp])}`;
+}
+
+function routerMaterial(m: RouterInputMaterial): unknown {
+  return { ...(promptMaterial(m) as object), mode: 'router-input', mlp: m.mlp };
+}
+
+export async function getRouterInputs(cache: ContentCache, m: RouterInputMaterial): Promise<Float32Array[] | null> {
+  const per = m.ids.length * m.hidden;
+  const want = m.layers * per * 4;
+  const b = await cache.getBound(routerInputKey(m.base, m.tokenizer, m.text, m.mlp), routerMaterial(m), want);
+  if (!b || b.length !== want) return null;
+  const f = toFloats(b);
+  return Array.from({ length: m.layers }, (_, l) => f.subarray(l * per, (l + 1) * per));
+}
+
+export async function putRouterInputs(cache: ContentCache, m: RouterInputMaterial, layers: Float32Array[]): Promise<void> {
+  await cache.putBound(routerInputKey(m.base, m.tokenizer, m.text, m.mlp), routerMaterial(m), Buffer.concat(layers.map((l) => Buffer.from(l.buffer, l.byteOffset, l.byteLength))));
+}

@@ -48,6 +48,11 @@ export const RecipeSchema = z.strictObject({
   experts_per_token: z.number().int('must be an integer').default(2),
   shared_experts: z.array(ExpertSchema).nullish(),
   architecture: z.string().nullish(),
+  // gate_mode fit only (our extension, libs/gates/fit.ts): ridge strength, whose MLPs the prompts' states come
+  // through (each positive expert's, or the base's), and the calibrated top-1 confidence.
+  fit_lambda: z.number().positive('must be a number > 0').finite('must be a finite number > 0').nullish(),
+  fit_states: z.enum(['expert', 'base']).nullish(),
+  fit_confidence: z.number().gt(0, 'must be a number in (0, 1)').lt(1, 'must be a number in (0, 1)').nullish(),
 });
 export type Recipe = z.infer<typeof RecipeSchema>;
 

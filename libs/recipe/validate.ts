@@ -39,6 +39,14 @@ export function checkRecipe(parsed: ParsedRecipe, opts: ValidateOptions = {}): v
   if (withPrompts > 0 && withPrompts < shared.length) {
     fail('Must specify prompts for all shared experts or none, not a mix.', ['shared_experts']);
   }
+  const fitMode = GATE_MODES[recipe.gate_mode].states === 'router_input';
+  for (const field of ['fit_lambda', 'fit_states', 'fit_confidence'] as const) {
+    if (recipe[field] != null && !fitMode) fail(`${field} is an option of gate_mode fit only (gate_mode is ${recipe.gate_mode})`, [field]);
+  }
+  const E = recipe.experts.length;
+  if (fitMode && recipe.fit_confidence != null && E > 0 && recipe.fit_confidence <= 1 / E) {
+    fail(`fit_confidence ${recipe.fit_confidence} must be more than 1/${E}, the top-1 probability of a uniform router over the ${E} experts`, ['fit_confidence']);
+  }
   if (problems.length > 0) {
     const first = problems[0]!;
     const pos = parsed.position(first.path);

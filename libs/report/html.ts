@@ -1,6 +1,7 @@
 import { escapeHtml } from '../util/escape';
 import { layerRanges } from './routing';
 import type { LayerReport, RoutingReport } from './types';
+import { MEASURED_STYLE, measuredSection } from './html-measured';
 
 /** Text and attribute values: prompts are user text and must never become markup. */
 export const esc = escapeHtml;
@@ -85,7 +86,7 @@ function layerRoutes(r: RoutingReport, lr: LayerReport, groups: Group[]): string
   const sharedHead = r.experts.length > r.routed ? '<th>shared gate</th>' : '';
   const head = `<tr><th>group</th><th>prompt</th><th>probabilities ${Array.from({ length: r.routed }, (_, e) => `E${e}`).join(' · ')}</th><th>top-${r.topK}</th><th>own</th>${sharedHead}</tr>`;
   const warn = lr.warnings.length ? `<ul class="warn">${lr.warnings.map((w) => `<li>${esc(w)}</li>`).join('')}</ul>` : '';
-  return `<details id="layer-${lr.layer}"${r.layers <= 4 ? ' open' : ''}><summary>Layer ${lr.layer} · accuracy ${pct(lr.accuracy)}${lr.starving.length ? ` · starving ${lr.starving.map((e) => `E${e}`).join(', ')}` : ''}</summary>${warn}<table class="routes">${head}${rows.join('')}</table></details>`;
+  return `<details id="layer-${lr.layer}"${r.layers <= 4 ? ' open' : ''}><summary>Layer ${lr.layer} · own expert in the top ${r.topK}: ${pct(lr.accuracy)}${lr.starving.length ? ` · starving ${lr.starving.map((e) => `E${e}`).join(', ')}` : ''}</summary>${warn}<table class="routes">${head}${rows.join('')}</table></details>`;
 }
 
 const STYLE = `
@@ -118,7 +119,7 @@ td.bars{white-space:nowrap}
 .bar.own{border-color:#cf222e}
 .bar b{position:relative;font-size:10px;font-weight:400;padding-left:3px}
 code{background:#f6f8fa;padding:0 3px;border-radius:3px}
-`;
+${MEASURED_STYLE}`;
 
 /** routing.html: one self-contained page (inline CSS and SVG, no script, nothing fetched). */
 export function renderHtml(r: RoutingReport): string {
@@ -135,13 +136,13 @@ export function renderHtml(r: RoutingReport): string {
     : '';
   const notes = [...s.notes, ...r.warnings].map((n) => `<li>${esc(n)}</li>`).join('');
   const cards = [
-    `<div class="card"><b>${pct(s.accuracy)}</b><span>routing accuracy (recipe prompts)</span></div>`,
-    `<div class="card"><b>${pct(s.heldOutAccuracy)}</b><span>held-out accuracy</span></div>`,
+    `<div class="card"><b>${pct(s.accuracy)}</b><span>recipe prompts' last token in the top ${r.topK} (chance ${pct(r.topK / r.routed)})</span></div>`,
+    `<div class="card"><b>${pct(s.heldOutAccuracy)}</b><span>held-out texts' last token in the top ${r.topK}</span></div>`,
     `<div class="card${s.starving.length ? ' alert' : ''}"><b>${s.starving.length} of ${r.routed}</b><span>experts starving somewhere</span></div>`,
     `<div class="card${s.degenerateLayers.length ? ' alert' : ''}"><b>${s.degenerateLayers.length} of ${r.layers}</b><span>layers with condition number &gt; 5</span></div>`,
   ].join('');
-  const ranges = `<table><tr><th>layers</th>${s.byRange.map((x) => `<th>${x.from === x.to ? x.from : `${x.from}–${x.to}`}</th>`).join('')}</tr><tr><th>accuracy</th>${s.byRange.map((x) => `<td class="num">${pct(x.accuracy)}</td>`).join('')}</tr>${s.heldOutAccuracy !== null ? `<tr><th>held-out</th>${s.byRange.map((x) => `<td class="num">${pct(x.heldOutAccuracy)}</td>`).join('')}</tr>` : ''}</table>`;
-  const perLayer = `<table><tr><th>layer</th><th>accuracy</th><th>held-out</th><th>load ${Array.from({ length: r.routed }, (_, e) => `E${e}`).join(' ')}</th><th>wins</th><th>condition number</th><th>σ min</th><th>min singular gap</th><th>warnings</th></tr>${r.perLayer
+  const ranges = `<table><tr><th>layers</th>${s.byRange.map((x) => `<th>${x.from === x.to ? x.from : `${x.from}–${x.to}`}</th>`).join('')}</tr><tr><th>own in top ${r.topK}</th>${s.byRange.map((x) => `<td class="num">${pct(x.accuracy)}</td>`).join('')}</tr>${s.heldOutAccuracy !== null ? `<tr><th>held-out</th>${s.byRange.map((x) => `<td class="num">${pct(x.heldOutAccuracy)}</td>`).join('')}</tr>` : ''}</table>`;
+  const perLayer = `<table><tr><th>layer</th><th>own in top ${r.topK}</th><th>held-out</th><th>load ${Array.from({ length: r.routed }, (_, e) => `E${e}`).join(' ')}</th><th>wins</th><th>condition number</th><th>σ min</th><th>min singular gap</th><th>warnings</th></tr>${r.perLayer
     .map((lr) => `<tr><td><a href="#layer-${lr.layer}">layer ${lr.layer}</a></td><td class="num">${pct(lr.accuracy)}</td><td class="num">${pct(lr.heldOutAccuracy)}</td><td>${lr.load.join(' ')}</td><td>${lr.wins.join(' ')}</td><td class="num">${num(lr.conditionNumber, 2)}</td><td class="num">${lr.singularValues.length ? num(lr.singularValues[lr.singularValues.length - 1]!) : '—'}</td><td class="num">${lr.minSingularGap === null ? '—' : num(lr.minSingularGap)}</td><td>${lr.warnings.map(esc).join('<br>')}</td></tr>`)
     .join('')}</table>`;
   const experts = `<table><tr><th>row</th><th>expert</th><th>source model</th><th>positive</th><th>negative</th><th>held-out</th></tr>${r.experts
@@ -160,22 +161,24 @@ export function renderHtml(r: RoutingReport): string {
 </head>
 <body>
 <h1>Routing report: ${esc(r.name)}</h1>
-<p class="meta">gate_mode <code>${esc(r.gateMode)}</code> · top-${r.topK} of ${r.routed} routed experts · ${r.layers} layers, hidden size ${r.hidden} · routed state: ${esc(r.state)} · probabilities are the router's softmax before any training</p>
-<h2 id="summary">Summary</h2>
+<p class="meta">gate_mode <code>${esc(r.gateMode)}</code> · top-${r.topK} of ${r.routed} routed experts · ${r.layers} layers, hidden size ${r.hidden} · the routers as built, before any training</p>
+${measuredSection(r)}
+<h2 id="summary">Build check: the prompts the gates were built from</h2>
+<p>How the gates were built, not what the model routes: each prompt's ${esc(r.state)} state in the <em>base</em> model, through the new gates (one state per prompt, not every token; a prompt counts when its own expert is anywhere in the top ${r.topK}).</p>
 <div class="cards">${cards}</div>
 ${starving}
 ${pairs}
 ${ranges}
 ${notes ? `<ul class="warn">${notes}</ul>` : ''}
-<h2 id="heatmaps">Heatmaps</h2>
-<p>Mean router probability of each prompt group: rows are layers, columns routed experts; the group's own expert is outlined. Blue: more than the uniform share, orange: less.</p>
+<h2 id="heatmaps">Heatmaps (build check)</h2>
+<p>Mean router probability of each prompt group's base-model state: rows are layers, columns routed experts; the group's own expert is outlined. Blue: more than the uniform share, orange: less.</p>
 <div class="legend">0 <i></i> uniform (1/${r.routed}) <i class="up"></i> 1</div>
 <div class="grid">${groups.map((g) => heatmap(r, g)).join('')}</div>
 <h2 id="layers">Layers</h2>
 ${perLayer}
 <h2 id="experts">Experts</h2>
 ${experts}
-<h2 id="routes">Routes per layer</h2>
+<h2 id="routes">Routes per layer (build check)</h2>
 ${r.perLayer.map((lr) => layerRoutes(r, lr, groups)).join('\n')}
 </body>
 </html>

@@ -1,6 +1,7 @@
 import { conditionNumber, singularValues, gateRow, type GateTensor } from '../gates';
 import type { GateMode } from '../gates/modes';
-import type { LayerReport, Reason, ReportExpert, ReportPrompt, ReportSummary, Route, RoutingReport } from './types';
+import type { LayerReport, Measured, Reason, ReportExpert, ReportPrompt, ReportSummary, Route, RoutingReport } from './types';
+import { routingAdvice } from './advice';
 
 /** Gate rows with a cosine at least this are "nearly parallel": the router cannot tell the two experts apart. */
 export const PARALLEL_COSINE = 0.99;
@@ -29,6 +30,8 @@ export interface ReportInput {
   /** random / uniform_random: the gates were not built from prompts. */
   randomGates: boolean;
   warnings: string[];
+  /** What the merged model routes (libs/report/measured.ts). */
+  measured: Measured;
 }
 
 export function dot(a: ArrayLike<number>, b: ArrayLike<number>): number {
@@ -184,8 +187,9 @@ export function buildReport(input: ReportInput): RoutingReport {
       routes,
     });
   }
+  const summary = summarize(perLayer, input, R, label, trainPositive.length);
   return {
-    version: 1,
+    version: 2,
     name: input.name,
     gateMode: input.gateMode,
     topK: k,
@@ -195,9 +199,11 @@ export function buildReport(input: ReportInput): RoutingReport {
     experts,
     routed: R,
     prompts,
-    summary: summarize(perLayer, input, R, label, trainPositive.length),
+    summary,
     perLayer,
     warnings: input.warnings,
+    measured: input.measured,
+    advice: routingAdvice({ gateMode: input.gateMode, randomGates: input.randomGates, experts, prompts, measured: input.measured, layers: L, degenerateLayers: summary.degenerateLayers }),
   };
 }
 

@@ -94,7 +94,7 @@ export interface ReportSummary {
 }
 
 export interface RoutingReport {
-  version: 1;
+  version: 2;
   name: string;
   gateMode: GateMode;
   topK: number;
@@ -110,4 +110,75 @@ export interface RoutingReport {
   perLayer: LayerReport[];
   /** Recipe-level warnings (the degenerate-routing warning as the build prints it). */
   warnings: string[];
+  /**
+   * The headline: what the merged model routes, every token through its own layers. `summary` and `perLayer`
+   * are the build check: the recipe prompts' states the gates were built from (base model), through the gates.
+   */
+  measured: Measured;
+  /** What the user can act on (libs/report/advice.ts). */
+  advice: string[];
+}
+
+/** Agreement of the merged model's routing with the intended expert, over the positive prompts of routed experts. */
+export interface Agreement {
+  tokens: number;
+  /** Share of tokens whose first choice is the intended expert (chance 1/E). */
+  top1: number;
+  /** Share of tokens with the intended expert within their top k (chance k/E). */
+  topK: number;
+  /** Mean over tokens of p(intended) − p(best other expert): above 0 the intended expert leads. */
+  margin: number;
+  texts: number;
+  /** Share of texts whose most-chosen first choice (over their tokens) is the intended expert. */
+  textTop1: number | null;
+  /** Share of texts with the intended expert among the k experts most often in their tokens' top k. */
+  textTopK: number | null;
+}
+
+export interface LoadFigures {
+  /** Per routed expert: its share of all top-k assignments (sums to 1). */
+  load: number[];
+  /** max(load) / mean(load) − 1: 0 is perfectly balanced. */
+  maxVio: number;
+  /** Entropy of the load over log(E): 1 is perfectly balanced. */
+  entropy: number;
+  /** Under a quarter of the mean load. */
+  starving: number[];
+  /** Twice the mean load, or in nearly every token's top k where twice cannot be reached. */
+  dominating: number[];
+}
+
+export interface MeasuredPair {
+  experts: [number, number];
+  cosine: number;
+  /** `identical`: cosine ≥ 0.99 (the router cannot tell them apart); `opposite`: ≤ −0.99 (the Gram matrix is singular). */
+  kind: 'identical' | 'opposite';
+}
+
+export interface MeasuredLayer {
+  layer: number;
+  heldout: Agreement | null;
+  train: Agreement | null;
+  /** Load of the headline set's tokens. */
+  load: LoadFigures;
+  pairs: MeasuredPair[];
+}
+
+/** One prompt across the layers: which expert wins most of its tokens, and how its intended expert fares. */
+export interface MeasuredPrompt {
+  /** Index into `prompts`. */
+  prompt: number;
+  tokens: number;
+  layers: { winner: number; winnerShare: number; ownShare: number | null; margin: number | null }[];
+}
+
+/** What the merged model routes: every token of every text through its own layers (libs/forward/moe.ts). */
+export interface Measured {
+  /** `heldout` when evaluation texts were given; else the figures are the recipe's own prompts (training fit). */
+  headline: 'heldout' | 'train';
+  chance: { top1: number; topK: number };
+  overall: { heldout: Agreement | null; train: Agreement | null; load: LoadFigures };
+  perLayer: MeasuredLayer[];
+  prompts: MeasuredPrompt[];
+  pairs: { experts: [number, number]; kind: 'identical' | 'opposite'; layers: number[]; cosine: number }[];
 }

@@ -10,6 +10,7 @@ import { readTensorBytes, SafetensorsWeights } from '../safetensors/reader';
 import type { MergeContext } from './context';
 import { expectedPromptStates, readPromptStates } from './embed-prompts';
 import { ModelError } from '../errors';
+import { fitGates, unitTensor } from './fit-states';
 
 export interface GatesInfo {
   layers: number;
@@ -36,7 +37,7 @@ export async function runBuildGates(merge: MergeContext, statesDir: string, outD
     await writeFile(join(outDir, 'gates.json'), JSON.stringify({ version: GATES_VERSION, ...info }, null, 2) + '\n');
     return { gates: null, info };
   }
-  const g = mode.states === 'hidden' ? await hiddenGates(merge, statesDir, mode.reduction) : await cheapEmbedGates(merge, statesDir);
+  const g = mode.states === 'hidden' ? await hiddenGates(merge, statesDir, mode.reduction) : mode.states === 'router_input' ? await fittedGates(merge, statesDir) : await cheapEmbedGates(merge, statesDir);
   checkGatesFinite(merge, g);
   const { conditionNumbers, warning } = degenerateLayers(g);
   const info: GatesInfo = { layers: L, experts: N, hidden: H, gateMode: ctx.gateMode, conditionNumbers, warnings: warning ? [warning] : [] };
@@ -127,6 +128,22 @@ async function hiddenGates(merge: MergeContext, statesDir: string, reduction: Hi
   return g;
 }
 
+/** fit: every layer's router fitted to the prompts' tokens (libs/gates/fit.ts), on their router inputs. */
+async function fittedGates(merge: MergeContext, statesDir: string): Promise<GateTensor> {
+  const L = merge.ctx.base.config.numLayers;
+  const states = await readPromptStates(statesDir, expectedPromptStates(merge));
+  const H = states.index.hidden;
+  const prompts = states.index.prompts;
+  const { gates } = await fitGates(merge, prompts, async (u) => {
+    const i = u.prompt;
+    const x = await states.tokens(unitTensor(u), prompts[i]!.count);
+    checkStatesFinite(merge, x, L, prompts[i]!.text, 'router inputs');
+    const per = prompts[i]!.count * H;
+    return Array.from({ length: L }, (_, l) => x.subarray(l * per, (l + 1) * per));
+  });
+  return gates;
+}
+
 /** The gate tensor for assembly: drawn from the seed in random modes, else the build-gates output. */
 export async function gatesForAssembly(merge: MergeContext, buildGatesDir: string): Promise<{ gates: GateTensor; warnings: string[] }> {
   const { ctx } = merge;
@@ -159,7 +176,7 @@ function checkStatesFinite(merge: MergeContext, v: Float32Array, layers: number,
   if (at < 0) return;
   const base = merge.ctx.base;
   const layer = Math.floor(at / (v.length / layers));
-  const where = what === 'token embeddings' ? 'the token embeddings (model.embed_tokens.weight)' : layer === 0 ? 'the input of layer 0 (the token embeddings)' : `the output of layer ${layer - 1} (input of layer ${layer})`;
+  const where = what === 'token embeddings' ? 'the token embeddings (model.embed_tokens.weight)' : what === 'router inputs' ? `the router input of layer ${layer}` : layer === 0 ? 'the input of layer 0 (the token embeddings)' : `the output of layer ${layer - 1} (input of layer ${layer})`;
   throw new ModelError('non_finite', `${what} of base model ${base.ref} for prompt ${JSON.stringify(prompt)} hold NaN or Inf at ${where}: its weights are not finite`, { file: base.dir });
 }
 

@@ -15,6 +15,7 @@ import { availableBackends, computePadStatesIsolated as computePadStates, comput
 import { getPadState, getPromptState, putPadState, putPromptState, type CachedPromptState } from '../prompt-cache';
 import type { Progress } from '../util/progress';
 import { GATE_MODES, type PromptStateKind } from '../gates/modes';
+import { cachedRouterInputs, fitUnits, unitTensor, type FitUnit } from './fit-states';
 
 /** One distinct prompt text with its token ids and reduced states per layer input. */
 export interface PromptStateEntry {
@@ -81,7 +82,7 @@ export async function runEmbedPrompts(merge: MergeContext, outDir: string, opts:
   const { ctx } = merge;
   await mkdir(outDir, { recursive: true });
   const { mode, layers, hidden } = expectedPromptStates(merge);
-  const index: PromptStatesIndex = { version: 1, mode, device: mode === 'hidden' ? opts.device ?? 'cpu' : null, layers, hidden, prompts: [], computed: 0, fromCache: 0 };
+  const index: PromptStatesIndex = { version: 1, mode, device: mode === 'hidden' || mode === 'router_input' ? opts.device ?? 'cpu' : null, layers, hidden, prompts: [], computed: 0, fromCache: 0 };
   const tensors: { name: string; data: Float32Array }[] = [];
   if (mode === 'cheap_embed') {
     const texts = distinctPrompts(merge);
@@ -92,6 +93,8 @@ export async function runEmbedPrompts(merge: MergeContext, outDir: string, opts:
     }
   } else if (mode === 'hidden') {
     await hiddenStates(merge, index, tensors, opts);
+  } else if (mode === 'router_input') {
+    await routerInputStates(merge, index, tensors, opts);
   }
   await writeStates(join(outDir, 'prompt-states.safetensors'), tensors, Math.max(index.layers, 1));
   await writeFile(join(outDir, 'prompt-states.json'), JSON.stringify(index, null, 2) + '\n');
@@ -129,6 +132,40 @@ async function hiddenStates(merge: MergeContext, index: PromptStatesIndex, tenso
     }
     tensors.push({ name: 'pad', data: flat(pad) });
   }
+}
+
+/**
+ * fit: every token's router input per layer of each unit (fitUnits: a prompt through the base with the MLPs of an
+ * expert that lists it, or through the base), [L, T * H]; and per prompt its first unit's last token and sum
+ * (`pN.last`, `pN.sum`), which the routing report reads as it reads hidden states.
+ */
+async function routerInputStates(merge: MergeContext, index: PromptStatesIndex, tensors: { name: string; data: Float32Array }[], opts: EmbedOptions): Promise<void> {
+  const texts = distinctPrompts(merge);
+  const H = merge.ctx.base.config.hiddenSize;
+  const units = fitUnits(merge, texts);
+  const got = new Map<FitUnit, { ids: number[]; tokens: Float32Array[] }>();
+  const sources = [...new Set(units.map((u) => u.source))];
+  for (const source of sources) {
+    const mine = units.filter((u) => u.source === source);
+    const mlp = source === null ? undefined : merge.gatedExperts[source]!.model;
+    const r = await cachedRouterInputs(merge.ctx.base, mine.map((u) => texts[u.prompt]!), { ...opts, checkIds: (ids) => checkPromptLengths(merge, ids, mine.map((u) => texts[u.prompt]!)) }, mlp);
+    index.computed += r.computed;
+    index.fromCache += r.fromCache;
+    mine.forEach((u, j) => got.set(u, r.states[j]!));
+  }
+  texts.forEach((text, i) => {
+    const s = got.get(units.find((u) => u.prompt === i)!)!;
+    const T = s.ids.length;
+    index.prompts.push({ text, ids: s.ids, count: T });
+    const last = s.tokens.map((x) => x.slice((T - 1) * H));
+    const sum = s.tokens.map((x) => {
+      const acc = new Float64Array(H);
+      for (let t = 0; t < T; t++) for (let k = 0; k < H; k++) acc[k]! += x[t * H + k]!;
+      return Float32Array.from(acc);
+    });
+    tensors.push({ name: `p${i}.last`, data: flat(last) }, { name: `p${i}.sum`, data: flat(sum) });
+  });
+  for (const u of units) tensors.push({ name: unitTensor(u), data: flat(got.get(u)!.tokens) });
 }
 
 export interface HiddenStatesResult {
@@ -230,7 +267,7 @@ async function writeStates(file: string, tensors: { name: string; data: Float32A
  * The embed-prompts stage's output, checked as a stage file: prompt-states.json of the mode and sizes the merge
  * needs, holding every prompt asked for, and each tensor of prompt-states.safetensors F32 [layers, hidden].
  */
-export async function readPromptStates(dir: string, expect: { mode: PromptStatesIndex['mode']; layers: number; hidden: number; prompts: string[] }): Promise<{ index: PromptStatesIndex; tensor(name: string): Promise<Float32Array> }> {
+export async function readPromptStates(dir: string, expect: { mode: PromptStatesIndex['mode']; layers: number; hidden: number; prompts: string[] }): Promise<{ index: PromptStatesIndex; tensor(name: string): Promise<Float32Array>; tokens(name: string, count: number): Promise<Float32Array> }> {
   const file = join(dir, 'prompt-states.json');
   const index = await readStageJson<PromptStatesIndex>(file, PROMPT_STATES_SCHEMA, 1, 'embed-prompts');
   if (index.mode !== expect.mode || index.layers !== expect.layers || index.hidden !== expect.hidden) {
@@ -247,14 +284,17 @@ export async function readPromptStates(dir: string, expect: { mode: PromptStates
   } catch (e) {
     throw refuseStageFile(states, (e as Error).message.replace(`${states}: `, ''));
   }
+  const read = async (name: string, width: number) => {
+    if (!weights.has(name)) throw refuseStageFile(states, 'the tensor is missing', { tensor: name });
+    const loc = weights.get(name);
+    if (loc.dtype !== 'F32' || loc.shape.join() !== [index.layers, width].join()) throw refuseStageFile(states, `${loc.dtype} [${loc.shape.join(', ')}], expected F32 [${index.layers}, ${width}]`, { tensor: name });
+    return decodeFloats(await readTensorBytes(loc), 'F32');
+  };
   return {
     index,
-    tensor: async (name) => {
-      if (!weights.has(name)) throw refuseStageFile(states, 'the tensor is missing', { tensor: name });
-      const loc = weights.get(name);
-      if (loc.dtype !== 'F32' || loc.shape.join() !== [index.layers, index.hidden].join()) throw refuseStageFile(states, `${loc.dtype} [${loc.shape.join(', ')}], expected F32 [${index.layers}, ${index.hidden}]`, { tensor: name });
-      return decodeFloats(await readTensorBytes(loc), 'F32');
-    },
+    tensor: (name) => read(name, index.hidden),
+    // Every token of a prompt per layer (fit): [layers, count * hidden].
+    tokens: (name, count) => read(name, count * index.hidden),
   };
 }
 
@@ -263,6 +303,6 @@ export function expectedPromptStates(merge: MergeContext): { mode: PromptStatesI
   const { ctx } = merge;
   const mode = GATE_MODES[ctx.gateMode].states;
   // Token-embedding sums are one "layer"; hidden states one per layer input.
-  const layers = { cheap_embed: 1, hidden: ctx.base.config.numLayers, none: 0 }[mode];
+  const layers = { cheap_embed: 1, hidden: ctx.base.config.numLayers, router_input: ctx.base.config.numLayers, none: 0 }[mode];
   return { mode, layers, hidden: ctx.base.config.hiddenSize, prompts: mode === 'none' ? [] : distinctPrompts(merge) };
 }

@@ -106,9 +106,20 @@ const nullableNumber = z.number().nullable();
 const ints = z.array(int);
 
 /** routing.json as the write stage uses it (the model card's Routing section): the fields it reads, typed. */
+const AGREEMENT = z.object({ tokens: int, top1: z.number(), topK: z.number(), margin: z.number(), texts: int, textTop1: nullableNumber, textTopK: nullableNumber }).nullable();
+const LOAD = z.object({ load: z.array(z.number()), maxVio: z.number(), entropy: z.number(), starving: ints, dominating: ints });
+const MEASURED_SCHEMA = z.object({
+  headline: z.enum(['heldout', 'train']),
+  chance: z.object({ top1: z.number(), topK: z.number() }),
+  overall: z.object({ heldout: AGREEMENT, train: AGREEMENT, load: LOAD }),
+  perLayer: z.array(z.object({ layer: int, heldout: AGREEMENT, train: AGREEMENT, load: LOAD, pairs: z.array(z.object({ experts: z.tuple([int, int]), cosine: z.number(), kind: z.enum(['identical', 'opposite']) })) })),
+  prompts: z.array(z.object({ prompt: int, tokens: int, layers: z.array(z.object({ winner: int, winnerShare: z.number(), ownShare: nullableNumber, margin: nullableNumber })) })),
+  pairs: z.array(z.object({ experts: z.tuple([int, int]), kind: z.enum(['identical', 'opposite']), layers: ints, cosine: z.number() })),
+});
+
 export const ROUTING_SCHEMA = z
   .object({
-    version: z.literal(1),
+    version: z.literal(2),
     name: z.string(),
     gateMode: z.enum(GATE_MODE_NAMES),
     topK: int,
@@ -129,5 +140,7 @@ export const ROUTING_SCHEMA = z
     }),
     perLayer: z.array(z.object({ layer: int })),
     warnings: z.array(z.string()),
+    measured: MEASURED_SCHEMA,
+    advice: z.array(z.string()),
   })
   .refine((r) => [...r.summary.starving.map((s) => s.expert), ...r.summary.pairs.flatMap((p) => p.experts)].every((e) => e < r.experts.length), { message: 'names an expert it does not list', path: ['summary'] });

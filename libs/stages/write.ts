@@ -1,7 +1,6 @@
 import { link, mkdir, readdir, readFile, rm, stat, writeFile, copyFile } from 'node:fs/promises';
-import { modelJson, readInputText } from '../input';
 import { existsSync } from 'node:fs';
-import { basename, dirname, join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { createHash, randomBytes } from 'node:crypto';
 import { ForgeError } from '../errors';
 import { gateRow, type GateTensor } from '../gates';
@@ -9,15 +8,14 @@ import { noiseApplier, scaleBytes, TorchDrawSeeker } from './noise';
 import { encodeFloats, convertBytes, dtypeSize, firstNonFinite, narrowsRange, type FloatDtype, type WeightDtype } from '../safetensors/dtype';
 import { streamTensorBytes } from '../safetensors/reader';
 import { ChunkPool } from '../safetensors/chunk-pool';
-import { indexJson, planShards, writeShard, type OutputTensorSpec } from '../safetensors/writer';
-import { loadTokenizer } from '../tokenizer';
-import { CHAT_TEMPLATE_FILES, COMPANION_FILES, GENERATION_CONFIG, TOKENIZER_FILES } from '../resolve/files';
-import { jsonText, parseJsonLossless, type LosslessJson } from '../json';
+import { planShards, writeShard, type OutputTensorSpec } from '../safetensors/writer';
+import { COMPANION_FILES } from '../resolve/files';
+import { jsonText } from '../json';
 import type { MergePlan, PlanTensor, SourcePart } from '../plan/types';
 import { planHash } from './assemble';
 import { byteFraction, type Progress } from '../util/progress';
-import { modelCard } from '../model-card';
-import { parseRecipeText } from '../recipe/parse';
+import { ggufFileName, type GgufOutType } from '../gguf';
+import { companionEntries, ggufEntry, ggufPlan, indexEntry, type ManifestEntry } from './write-manifest';
 import { makeWorkFolder, WORK_MARKER } from '../util/work-folder';
 import type { RoutingReport } from '../report/types';
 import { checkFreeSpace, checkOutputPath, checkOwner, lockOutput, ownerField, contentEntries, inPlaceTempName, isMountPoint, noSpaceError, readStampSync, recoverStaleTemporaries, replaceInPlace, STAMP_FILE, swapIntoPlace, tempName, userEntries, type OutputInput, type Stamp } from './output-folder';
@@ -52,6 +50,10 @@ export interface WriteOptions {
   suspect?: string[];
   /** Keep nothing of the existing output: every shard and file is written again. */
   recompute?: boolean;
+  /** Also write OUT/model-TYPE.gguf (llama.cpp's format). */
+  gguf?: GgufOutType;
+  /** Write the GGUF instead of the safetensors shards (and their index). */
+  ggufOnly?: boolean;
 }
 
 export interface WriteResult {
@@ -126,7 +128,7 @@ function noiseDraws(p: SourcePart): string {
   return p.noise?.torch ? 'torch' : STREAM_NOISE_DRAWS;
 }
 
-function tensorProducer(gates: GateTensor | null, pool: ChunkPool) {
+export function tensorProducer(gates: GateTensor | null, pool: ChunkPool) {
   // One seeker per write, so tensors written out of the reference's draw order seek from saved states.
   const seekers = new Map<number, TorchDrawSeeker>();
   const seeker = (seed: number) => () => seekers.get(seed) ?? seekers.set(seed, new TorchDrawSeeker(seed)).get(seed)!;
@@ -142,41 +144,6 @@ function tensorProducer(gates: GateTensor | null, pool: ChunkPool) {
       }
     }
   };
-}
-
-/** A JSON object file read keeping its numbers' literals (an absent file is an empty object). */
-async function readJsonObject(file: string): Promise<LosslessJson & { value: Record<string, unknown> }> {
-  if (!existsSync(file)) return { value: {}, literals: {} };
-  const doc = parseJsonLossless(await readInputText(file, modelJson(basename(file))));
-  if (!doc.value || typeof doc.value !== 'object' || Array.isArray(doc.value)) throw new ForgeError('bad_json', 'must hold a JSON object', { file });
-  return doc as LosslessJson & { value: Record<string, unknown> };
-}
-
-/**
- * Copies the base tokenizer and its chat template, with pad = BOS (else EOS) and left padding, as the reference
- * saves it. The two files we change keep every other key and number as the base wrote them.
- */
-async function writeTokenizer(srcDir: string, outDir: string): Promise<string[]> {
-  const tok = await loadTokenizer(srcDir);
-  const written: string[] = [];
-  for (const f of [...TOKENIZER_FILES, ...CHAT_TEMPLATE_FILES]) {
-    if (existsSync(join(srcDir, f))) {
-      await copyFile(join(srcDir, f), join(outDir, f));
-      written.push(f);
-    }
-  }
-  const cfgPath = join(outDir, 'tokenizer_config.json');
-  const cfg = await readJsonObject(cfgPath);
-  cfg.value.pad_token = tok.padToken;
-  cfg.value.padding_side = 'left';
-  await writeFile(cfgPath, jsonText(cfg.value, { literals: cfg.literals }));
-  const stmPath = join(outDir, 'special_tokens_map.json');
-  const stm = await readJsonObject(stmPath);
-  for (const k of ['bos_token', 'eos_token', 'unk_token'] as const) if (stm.value[k] === undefined && typeof cfg.value[k] === 'string') stm.value[k] = cfg.value[k];
-  stm.value.pad_token = tok.padToken;
-  await writeFile(stmPath, jsonText(stm.value, { literals: stm.literals }));
-  for (const f of ['tokenizer_config.json', 'special_tokens_map.json']) if (!written.includes(f)) written.push(f);
-  return written;
 }
 
 /** The base's chat template and generation settings, which the base's content id does not cover (small files). */
@@ -285,16 +252,24 @@ export async function writeOutput(early: MergePlan, late: Promise<LateInputs>, o
     // Files never kept as written: those found changed, or every one of them with --recompute.
     const suspect = opts.recompute && existing ? Object.keys(existing.files) : opts.suspect ?? [];
     const shardsOf = (plan: MergePlan) => planShards(plan.tensors.map((t) => ({ name: t.name, dtype: t.dtype, shape: t.shape, group: t.group }) satisfies OutputTensorSpec), plan.maxShardBytes, plan.shardOrder ?? 'reference');
+    const ggufOnly = opts.gguf !== undefined && opts.ggufOnly === true;
+    // A GGUF llama.cpp could not take is refused now, before any work (names and shapes do not change later).
+    if (opts.gguf) ggufPlan(early, shardsOf(early), opts.gguf);
     // Written ahead: shards without routers whose content the existing folder does not already hold. An existing
     // stamp without shard hashes (an older build) may still be the same merge: then nothing is written ahead.
     const earlyByName = new Map(early.tensors.map((t) => [t.name, t]));
-    const ahead = writeAhead && (!existing || existing.shards)
+    const ahead = writeAhead && !ggufOnly && (!existing || existing.shards)
       ? shardsOf(early).map((s) => ({ s, tensors: s.tensors.map((t) => earlyByName.get(t.name)!) }))
         .filter(({ tensors }) => !holdsGates(tensors))
         .map((x) => ({ ...x, hash: shardHash(early, x.tensors, null) }))
         .filter(({ s, hash }) => existing?.shards?.[s.file] !== hash || suspect.includes(s.file))
       : [];
-    const plannedFiles = (shardFiles: string[], routing: boolean) => [...shardFiles, ...(shardFiles.length > 1 ? ['model.safetensors.index.json'] : []), 'config.json', ...(opts.writeRecipe !== false ? ['mergekit_moe_config.yml', 'README.md', ...(routing ? ['routing.html'] : [])] : []), ...(opts.copyTokenizer ? [...TOKENIZER_FILES, ...CHAT_TEMPLATE_FILES].filter((f) => existsSync(join(opts.tokenizerDir, f))).concat('tokenizer_config.json', 'special_tokens_map.json') : []), ...(existsSync(join(opts.tokenizerDir, GENERATION_CONFIG)) ? [GENERATION_CONFIG] : [])];
+    // The manifest's files other than the shards (their producers need the final plan, their names do not).
+    const companions = (plan: MergePlan, routing: LateInputs['routing'] | undefined, withRouting: boolean) => companionEntries({ plan, recipeText: opts.recipeText, tokenizerDir: opts.tokenizerDir, copyTokenizer: opts.copyTokenizer, writeRecipe: opts.writeRecipe, routing, withRouting });
+    const plannedFiles = (plan: MergePlan, withRouting: boolean) => {
+      const shards = ggufOnly ? [] : shardsOf(plan);
+      return [...shards.map((s) => s.file), ...indexEntry(shards).flatMap((e) => e.files), ...companions(plan, undefined, withRouting).flatMap((e) => e.files), ...(opts.gguf ? [ggufFileName(opts.gguf)] : [])];
+    };
     const disk = inPlace ? out : dirname(out);
     const tag = randomBytes(4).toString('hex');
     const tmp = inPlace ? inPlaceTempName(out, tag) : tempName(out, 'tmp', tag);
@@ -305,7 +280,7 @@ export async function writeOutput(early: MergePlan, late: Promise<LateInputs>, o
     try {
       if (ahead.length > 0) {
         // Names this build will write, known now: a file the user added under one of them stops the build before any work.
-        if (!opts.overwrite) inTheWay(keep.filter((e) => plannedFiles(shardsOf(early).map((s) => s.file), false).includes(e)), opts.outPath);
+        if (!opts.overwrite) inTheWay(keep.filter((e) => plannedFiles(early, false).includes(e)), opts.outPath);
         // The shards written now and the router shards (whose content is not known yet).
         needed = shardsOf(early).filter((s) => ahead.some((x) => x.s.file === s.file) || holdsGates(s.tensors.map((t) => earlyByName.get(t.name)!))).reduce((a, s) => a + s.bytes, 0) + (1 << 20);
         checkFreeSpace(disk, needed);
@@ -334,6 +309,8 @@ export async function writeOutput(early: MergePlan, late: Promise<LateInputs>, o
         gates: Buffer.from(gates.data.buffer, gates.data.byteOffset, gates.data.byteLength).toString('base64'),
         companions: await companionHashes(opts.tokenizerDir),
         ...(routing ? { routing: createHash('sha256').update(routing.html).digest('hex') } : {}),
+        // Only when asked for, so the folders written without a GGUF keep their hash.
+        ...(opts.gguf ? { gguf: opts.gguf, ggufOnly } : {}),
       });
       if (existing && existing.hash === hash && suspect.length === 0 && (await intact(out, existing))) {
         opts.log?.(`output unchanged: ${opts.outPath}`);
@@ -351,23 +328,40 @@ export async function writeOutput(early: MergePlan, late: Promise<LateInputs>, o
       throw noSpaceError(e, disk, needed) ?? e;
     }
 
-    async function writeRest(plan: MergePlan, gates: GateTensor, routing: LateInputs['routing'], hash: string): Promise<WriteResult> {
+    /** The manifest: every file with its producer, and the content keys of the reusable ones. */
+    async function manifest(plan: MergePlan, gates: GateTensor, routing: LateInputs['routing']) {
       const shards = shardsOf(plan);
       const byName = new Map(plan.tensors.map((t) => [t.name, t]));
-      const shardHashes: Record<string, string> = {};
-      const reusable = (file: string) => existing?.shards?.[file] === shardHashes[file] && !suspect.includes(file);
-      for (const s of shards) shardHashes[s.file] = shardHash(plan, s.tensors.map((t) => byName.get(t.name)!), gates);
+      const keys: Record<string, string> = {};
+      for (const s of shards) keys[s.file] = shardHash(plan, s.tensors.map((t) => byName.get(t.name)!), gates);
+      const entries: ManifestEntry[] = ggufOnly ? [] : shards.map((s) => ({ files: [s.file], producer: 'shard', key: keys[s.file], bytes: s.bytes }));
+      entries.push(...(ggufOnly ? [] : indexEntry(shards)), ...companions(plan, routing, routing !== undefined));
+      if (opts.gguf) {
+        const g = await ggufEntry(plan, shards, keys, { type: opts.gguf, only: ggufOnly, tokenizerDir: opts.tokenizerDir }, () => tensorProducer(gates, pool), pool, opts.log);
+        for (const w of g.layout.warnings) (opts.warn ?? opts.log)?.(w);
+        entries.push(g);
+      }
+      return { shards, byName, entries };
+    }
+
+    async function writeRest(plan: MergePlan, gates: GateTensor, routing: LateInputs['routing'], hash: string): Promise<WriteResult> {
+      const { shards, byName, entries } = await manifest(plan, gates, routing);
+      // What the stamp records for reuse: each keyed file's content key.
+      const contentKeys: Record<string, string> = {};
+      for (const e of entries) if (e.key) contentKeys[e.files[0]!] = e.key;
+      const reusable = (file: string) => existing?.shards?.[file] === contentKeys[file] && !suspect.includes(file);
       // Names this build will write, known now: a file the user added under one of them stops the build before any work.
-      const planned = plannedFiles(shards.map((s) => s.file), routing !== undefined);
+      const planned = entries.flatMap((e) => e.files);
       if (!opts.overwrite) inTheWay(keep.filter((e) => planned.includes(e)), opts.outPath);
       // What is left to write (shards written ahead are on the disk already).
-      needed = shards.reduce((a, s) => a + (reusable(s.file) || written.get(s.file) === shardHashes[s.file] ? 0 : s.bytes), 0) + (1 << 20);
+      needed = entries.reduce((a, e) => a + (e.bytes === undefined || reusable(e.files[0]!) || written.get(e.files[0]!) === e.key ? 0 : e.bytes), 0) + (1 << 20);
       checkFreeSpace(disk, needed);
       if (!forget) {
         forget = await makeWorkFolder(tmp);
       }
       const produce = tensorProducer(gates, pool);
-      const total = shards.reduce((a, x) => a + x.bytes, 0);
+      const shardEntries = entries.filter((e) => e.producer === 'shard');
+      const total = shardEntries.reduce((a, e) => a + e.bytes!, 0);
       const started = Date.now();
       let done = 0;
       const counted = async function* (chunks: AsyncIterable<Buffer>): AsyncGenerator<Buffer> {
@@ -378,48 +372,48 @@ export async function writeOutput(early: MergePlan, late: Promise<LateInputs>, o
           yield c;
         }
       };
+      /** An unchanged keyed file of the old folder: hard-linked (the old folder stays whole until the swap). */
+      const keepPrior = async (file: string): Promise<boolean> => {
+        const prior = reusable(file) ? join(out, file) : null;
+        if (!prior || !(await stat(prior).then((st) => st.size === existing!.files[file], () => false))) return false;
+        await link(prior, join(tmp, file)).catch(() => copyFile(prior, join(tmp, file)));
+        opts.log?.(`kept ${file} (unchanged)`);
+        return true;
+      };
       let kept = 0;
       for (const [i, s] of shards.entries()) {
-        const sh = shardHashes[s.file]!;
+        const sh = contentKeys[s.file];
+        if (sh === undefined) continue; // no shards in this folder (GGUF only)
         const was = existing?.shards?.[s.file];
         opts.debug?.(`${s.file}: ${s.tensors.length} tensors, ${s.bytes} bytes, content ${sh.slice(0, 12)}; ${was === undefined ? 'no shard of that name before' : was === sh ? 'the existing shard has the same content' : `the existing shard had ${was.slice(0, 12)}`}`);
         if (written.get(s.file) === sh) continue; // written while the routers were computed
         if (written.has(s.file)) await rm(join(tmp, s.file), { force: true }); // the final plan differs: rewrite it
-        const prior = reusable(s.file) ? join(out, s.file) : null;
-        if (prior && (await stat(prior).then((st) => st.size === existing!.files[s.file], () => false))) {
-          // Same planned content as the shard already there: hard-link it (the old folder stays whole until the swap).
-          await link(prior, join(tmp, s.file)).catch(() => copyFile(prior, join(tmp, s.file)));
+        if (await keepPrior(s.file)) {
           kept++;
-          opts.log?.(`kept ${s.file} (unchanged)`);
           continue;
         }
         opts.log?.(`writing ${s.file} (${i + 1}/${shards.length}, ${s.tensors.length} tensors, ${s.bytes} bytes)`);
         await writeShard(join(tmp, s.file), s.tensors, (t) => counted(produce(byName.get(t.name)!)), { pool });
       }
       opts.progress?.end();
-      if (shards.length > 1) await writeFile(join(tmp, 'model.safetensors.index.json'), indexJson(shards));
-      await writeFile(join(tmp, 'config.json'), jsonText(plan.config, { literals: plan.configNumbers }));
-      // The model's generation settings (an eos list, sampling defaults), as save_pretrained keeps them.
-      if (existsSync(join(opts.tokenizerDir, GENERATION_CONFIG))) await copyFile(join(opts.tokenizerDir, GENERATION_CONFIG), join(tmp, GENERATION_CONFIG));
-      if (opts.copyTokenizer) await writeTokenizer(opts.tokenizerDir, tmp);
-      if (opts.writeRecipe !== false) await writeFile(join(tmp, 'mergekit_moe_config.yml'), opts.recipeText);
-      if (opts.writeRecipe !== false) {
-        // The reference writes no model card; a README with front matter makes the output findable on the Hub.
-        const { recipe } = parseRecipeText(opts.recipeText, 'mergekit_moe_config.yml');
-        await writeFile(join(tmp, 'README.md'), modelCard({ plan, recipe, recipeText: opts.recipeText, gateMode: recipe.gate_mode, routing: routing?.report }));
-        if (routing) await writeFile(join(tmp, 'routing.html'), routing.html);
+      // The other producers, in the manifest's order (the GGUF last: it reads the shards now in the folder).
+      for (const e of entries) {
+        if (e.producer === 'shard') continue;
+        if (e.key && (await keepPrior(e.files[0]!))) continue;
+        await e.write!(tmp);
       }
       const files: Record<string, number> = {};
       for (const f of (await readdir(tmp)).sort()) if (f !== WORK_MARKER) files[f] = (await stat(join(tmp, f))).size;
       // A file the user added under a name we now write would be lost: stop and name it, unless --overwrite.
       if (!opts.overwrite) inTheWay(keep.filter((e) => e in files), opts.outPath);
-      const stamp: Stamp = { tool: 'moe-forge', hash, files, shards: shardHashes, ...(opts.recipeFile ? { recipe: ownerField(out, opts.recipeFile) } : {}) };
+      const stamp: Stamp = { tool: 'moe-forge', hash, files, shards: contentKeys, ...(opts.recipeFile ? { recipe: ownerField(out, opts.recipeFile) } : {}) };
       await writeFile(join(tmp, STAMP_FILE), jsonText(stamp));
       if (inPlace) replaceInPlace(tmp, out, existing, stamp);
       forget!();
       if (!inPlace) swapIntoPlace(tmp, out, tag, keep.filter((e) => !(e in files)));
       if (keep.length > 0) opts.log?.(`kept files you added: ${keep.join(', ')}`);
-      return { outPath: opts.outPath, files: Object.keys(files), shards: shards.length, written: shards.length - kept, kept, skipped: false, hash };
+      const nShards = shardEntries.length;
+      return { outPath: opts.outPath, files: Object.keys(files), shards: nShards, written: nShards - kept, kept, skipped: false, hash };
     }
   }
 }

@@ -51,12 +51,12 @@ interface ClassDefaults {
 
 /**
  * The tokenizer class transformers 5.17's AutoTokenizer picks for a model folder (tokenization_auto.py), for
- * the model types we read: the class registered for config.json's model_type (none for llama, the generic
+ * the model types we read and write: the class registered for config.json's model_type (none for llama, the generic
  * backend for mistral, Qwen2Tokenizer for qwen2/qwen3) wins over tokenizer_config.json's `tokenizer_class`
  * when they differ, except that qwen3 trusts the file and a generic registered class means the generic backend.
  */
 export function transformers5Class(modelType: string | null, tokenizerClass: string | null): string {
-  const REGISTERED: Record<string, string> = { mistral: 'TokenizersBackend', qwen2: 'Qwen2Tokenizer', qwen3: 'Qwen2Tokenizer' };
+  const REGISTERED: Record<string, string> = { mistral: 'TokenizersBackend', mixtral: 'TokenizersBackend', qwen2: 'Qwen2Tokenizer', qwen3: 'Qwen2Tokenizer', qwen2_moe: 'Qwen2Tokenizer', qwen3_moe: 'Qwen2Tokenizer' };
   const named = tokenizerClass?.replace(/Fast$/, '') ?? null;
   const hub = named === 'PreTrainedTokenizer' || named === 'PythonBackend' ? 'TokenizersBackend' : named;
   const registered = modelType ? REGISTERED[modelType] : undefined;
@@ -132,7 +132,24 @@ async function readModelType(file: string): Promise<string | null> {
   return typeof cfg.model_type === 'string' ? cfg.model_type : null;
 }
 
-export async function loadTokenizer(dir: string): Promise<PromptTokenizer> {
+/** A folder's tokenizer as transformers 5's AutoTokenizer builds it, for callers that need more than prompts. */
+export interface TransformersTokenizer {
+  tokenizer: Tokenizer;
+  /** The Python class transformers 5 picks (see transformers5Class). */
+  cls: string;
+  /** tokenizer.json as read, and the pipeline transformers 5 runs (the class may replace its pre-tokenizer). */
+  tokenizerJson: Record<string, unknown>;
+  pipelineJson: Record<string, unknown>;
+  /** tokenizer_config.json and special_tokens_map.json ({} when absent). */
+  config: Record<string, unknown>;
+  specialTokensMap: Record<string, unknown>;
+  bosToken: string | null;
+  eosToken: string | null;
+  /** Another pipeline (a tokenizer.json object) built by the same library with the same config. */
+  withPipeline(json: Record<string, unknown>): Tokenizer;
+}
+
+export async function loadTransformersTokenizer(dir: string): Promise<TransformersTokenizer> {
   const tjFile = join(dir, 'tokenizer.json');
   if (!existsSync(tjFile)) {
     throw new ModelError('missing_tokenizer', 'the base model has no tokenizer.json (a fast tokenizer is needed to tokenize prompts)', { file: tjFile });
@@ -148,12 +165,20 @@ export async function loadTokenizer(dir: string): Promise<PromptTokenizer> {
   const pipeline = transformers5Pipeline(cls, tokenizerJson, config);
   const bosToken = specialToken('bos_token', config, stm, pipeline.defaults.bos);
   const eosToken = specialToken('eos_token', config, stm, pipeline.defaults.eos);
-  let tok: Tokenizer;
-  try {
-    tok = new (require('@huggingface/tokenizers') as typeof import('@huggingface/tokenizers')).Tokenizer(pipeline.json, config);
-  } catch (e) {
-    throw new ModelError('bad_tokenizer', `cannot load tokenizer (${(e as Error).message})`, { file: tjFile });
-  }
+  const withPipeline = (json: Record<string, unknown>): Tokenizer => {
+    try {
+      return new (require('@huggingface/tokenizers') as typeof import('@huggingface/tokenizers')).Tokenizer(json, config);
+    } catch (e) {
+      throw new ModelError('bad_tokenizer', `cannot load tokenizer (${(e as Error).message})`, { file: tjFile });
+    }
+  };
+  return { tokenizer: withPipeline(pipeline.json), cls, tokenizerJson, pipelineJson: pipeline.json, config, specialTokensMap: stm, bosToken, eosToken, withPipeline };
+}
+
+export async function loadTokenizer(dir: string): Promise<PromptTokenizer> {
+  const tjFile = join(dir, 'tokenizer.json');
+  const cfgFile = join(dir, 'tokenizer_config.json');
+  const { tokenizer: tok, cls, bosToken, eosToken } = await loadTransformersTokenizer(dir);
   const padToken = bosToken ?? eosToken;
   if (padToken === null) {
     throw new ModelError('no_pad_token', 'tokenizer has neither a BOS nor an EOS token, so prompts cannot be padded as the reference does', { file: cfgFile });

@@ -134,6 +134,8 @@ test('prompts, model names and config values reach the card as text, never as HT
 });
 
 test('the routing section quotes prompts and model names as text too', () => {
+  const agreement = { tokens: 4, top1: 0.5, topK: 1, margin: 0.1, texts: 2, textTop1: 0.5, textTopK: 1 };
+  const load = { load: [0.5, 0.5], maxVio: 0, entropy: 1, starving: [], dominating: [] };
   const report = {
     topK: 1,
     routed: 2,
@@ -142,17 +144,10 @@ test('the routing section quotes prompts and model names as text too', () => {
       { index: 0, label: 'expert 0', model: 'models/<b>a</b>', shared: false },
       { index: 1, label: 'expert 1', model: 'models/b|c', shared: false },
     ],
-    summary: {
-      accuracy: 0.5,
-      heldOutAccuracy: null,
-      byRange: [{ from: 0, to: 1, accuracy: 0.5, heldOutAccuracy: null }],
-      starving: [{ expert: 0, layers: [0, 1], reasons: ['negative prompt "<img src=https://example.com/p.png>" cancels positive prompt "a | b" (every layer)'] }],
-      pairs: [],
-      degenerateLayers: [],
-      notes: ['note with `tick` and\nnew line'],
-    },
+    measured: { headline: 'train', chance: { top1: 0.5, topK: 1 }, overall: { heldout: null, train: agreement, load }, perLayer: [0, 1].map((layer) => ({ layer, heldout: null, train: agreement, load, pairs: [] })), prompts: [], pairs: [] },
+    advice: ['expert 0 (models/<b>a</b>) starves: its texts go mostly to "<img src=https://example.com/p.png>" "a | b"', 'note with `tick` and\nnew line'],
   } as unknown as RoutingReport;
   const section = routingSection(report);
-  assert.ok(section.includes('- Starving: expert 0 (models/&lt;b&gt;a&lt;/b&gt;) in every layer: negative prompt "&lt;img src=https://example.com/p.png&gt;" cancels positive prompt "a \\| b" (every layer)'), section);
+  assert.ok(section.includes('- expert 0 (models/&lt;b&gt;a&lt;/b&gt;) starves: its texts go mostly to "&lt;img src=https://example.com/p.png&gt;" "a \\| b"'), section);
   assert.ok(section.includes('- note with \\`tick\\` and new line'), section);
 });

@@ -1,7 +1,8 @@
 /**
  * A plain float64 forward pass of a merged DeepSeek-MoE folder (Llama attention, default RoPE, full causal
  * attention), written for tests only: softmax router over the experts, top-k, weights renormalised over the top-k
- * (norm_topk_prob), plus the ungated shared expert. Returns the L+1 hidden states as transformers does.
+ * (norm_topk_prob), plus the ungated shared expert. Returns the L+1 hidden states as transformers does; each layer's
+ * router logits ([T, E]) are pushed onto `routerLogits` when given.
  */
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -28,7 +29,7 @@ function mlp(x: Vec, gate: Vec, up: Vec, down: Vec, H: number, I: number): Vec {
   return linear(g, 1, down, H, I);
 }
 
-export async function deepseekMoeHiddenStates(dir: string, ids: number[]): Promise<Float64Array[]> {
+export async function deepseekMoeHiddenStates(dir: string, ids: number[], routerLogits?: Float64Array[]): Promise<Float64Array[]> {
   const cfg = JSON.parse(readFileSync(join(dir, 'config.json'), 'utf8'));
   const w = await SafetensorsWeights.openFolder(dir);
   const load = async (name: string) => {
@@ -70,9 +71,12 @@ export async function deepseekMoeHiddenStates(dir: string, ids: number[]): Promi
     const router = await load(p + 'mlp.gate.weight');
     const experts = await Promise.all(Array.from({ length: E }, async (_, e) => [await load(`${p}mlp.experts.${e}.gate_proj.weight`), await load(`${p}mlp.experts.${e}.up_proj.weight`), await load(`${p}mlp.experts.${e}.down_proj.weight`)] as const));
     const shared = cfg.n_shared_experts ? [await load(`${p}mlp.shared_experts.gate_proj.weight`), await load(`${p}mlp.shared_experts.up_proj.weight`), await load(`${p}mlp.shared_experts.down_proj.weight`)] : null;
+    const layerLogits = new Float64Array(T * E);
+    routerLogits?.push(layerLogits);
     for (let t = 0; t < T; t++) {
       const xt = x2.subarray(t * H, (t + 1) * H);
       const logits = linear(xt, 1, router, E, H);
+      layerLogits.set(logits, t * E);
       const m = Math.max(...logits), ex = Array.from(logits, (z) => Math.exp(z - m)), z = ex.reduce((a, b) => a + b, 0);
       const probs = ex.map((e) => e / z);
       const top = probs.map((pr, e) => [pr, e] as const).sort((a, b) => b[0] - a[0]).slice(0, K);

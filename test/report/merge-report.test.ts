@@ -75,8 +75,12 @@ for (const mode of ['random', 'uniform_random'] as const) {
     }
     // The card carries the summary and links the page copied beside it.
     const card = readFileSync(join(out, 'README.md'), 'utf8');
-    assert.match(card, /## Routing\n\nHow the untrained routers send this card's prompts \(top-2 of 3 experts\), from moe-forge's routing report: \[routing\.html\]\(routing\.html\)/);
-    assert.match(card, /\| 0 \| \d+% \|\n\| 1 \| \d+% \|/);
+    assert.match(card, /## Routing\n\nWhat this model's untrained routers do \(top-2 of 3 experts\), measured by running the model on every token of the recipe's own prompts \(training fit: no held-out texts were given\); from moe-forge's routing report: \[routing\.html\]\(routing\.html\)\. Chance: 33% first, 67% within the top 2\./);
+    assert.match(card, /\| 0 \| \d+% \| \d+% \| \d+\.\d\d \| \d\.\d\d \|\n\| 1 \| \d+% \| \d+% \| \d+\.\d\d \| \d\.\d\d \|/);
+    // The card's figures are the report's: the merged model's, on the recipe's prompts.
+    const pct = (x: number) => `${(100 * x).toFixed(0)}%`;
+    assert.ok(card.includes(`| recipe prompts (training fit) | ${pct(report.measured.overall.train!.top1)} | ${pct(report.measured.overall.train!.topK)} |`), card);
+    assert.ok(!report.advice.some((a) => /barely routes/.test(a)), 'random gates: their figures are not blamed on the prompts');
     assert.equal(readFileSync(join(out, 'routing.html'), 'utf8'), readFileSync(reportFile, 'utf8'));
     assert.deepEqual(checkHtml(readFileSync(reportFile, 'utf8')).errors, []);
   });
@@ -102,8 +106,8 @@ experts:
   assert.ok(existsSync(join(dir, 'cli-report.html')));
   assert.deepEqual(report.prompts.filter((p) => p.set === 'heldout').map((p) => p.text), ['A fairy tale']);
   const card = readFileSync(join(dir, 'cli-out', 'README.md'), 'utf8');
-  assert.match(card, /- Starving: expert 0 \([^)]*tiny-b\) in every layer: gate rows nearly parallel to expert 1's \(they have the same positive prompts\)/);
-  assert.match(card, /\| layers \| routing accuracy \| held-out accuracy \|/);
+  assert.match(card, /- expert 0 \([^)]*tiny-b\) and expert 1 \([^)]*tiny-c\): router rows nearly identical in every layer \(cos up to 1\.0000\), so the router cannot tell them apart; they have the same positive prompts: give each its own\./);
+  assert.match(card, /\| texts \| tokens first to the intended expert \| intended within top 2 \| texts won by the intended expert \| margin \|\n\|---\|---\|---\|---\|---\|\n\| held-out \| \d+% \|/);
 
   const noReport = await mergekitMoe([file, join(dir, 'cli-out2'), '--eval-prompts', evalFile], dir);
   assert.equal(noReport.exitCode, 1);

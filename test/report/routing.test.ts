@@ -6,8 +6,9 @@ import { join } from 'node:path';
 import { readRecipe } from '../../libs/recipe/parse';
 import { runFetch } from '../../libs/stages/fetch';
 import { runEmbedPrompts } from '../../libs/stages/embed-prompts';
-import { runBuildGates } from '../../libs/stages/build-gates';
-import { runReport } from '../../libs/stages/report';
+import { gatesForAssembly, runBuildGates } from '../../libs/stages/build-gates';
+import { runAssemble } from '../../libs/stages/assemble';
+import { mergedRouterLogits, runReport } from '../../libs/stages/report';
 import { SafetensorsWeights, readTensorBytes, decodeFloats } from '../../libs/safetensors';
 import type { RoutingReport } from '../../libs/report';
 import { checkHtml } from '../helpers/html-check';
@@ -40,10 +41,14 @@ async function stages(name: string, text: string, evalPrompts?: string) {
   const { merge } = await runFetch(await readRecipe(file), join(work, 'fetch'), { cacheDir, modelBaseDir: dir });
   await runEmbedPrompts(merge, join(work, 'embed-prompts'), { cacheDir });
   await runBuildGates(merge, join(work, 'embed-prompts'), join(work, 'build-gates'));
-  const out = await runReport(merge, join(work, 'embed-prompts'), join(work, 'build-gates'), join(work, 'report'), { name, cacheDir, evalPrompts });
+  const { gates, warnings } = await gatesForAssembly(merge, join(work, 'build-gates'));
+  await runAssemble(merge, join(work, 'assemble-experts'), { maxShardBytes: 5e9, extraWarnings: warnings, gates });
+  const out = await runReport(merge, join(work, 'embed-prompts'), join(work, 'build-gates'), join(work, 'assemble-experts'), join(work, 'report'), { name, cacheDir, evalPrompts });
   const report = JSON.parse(readFileSync(join(work, 'report', 'routing.json'), 'utf8')) as RoutingReport;
-  return { work, report, html: readFileSync(join(work, 'report', 'routing.html'), 'utf8'), stats: out.stats };
+  return { work, merge, report, html: readFileSync(join(work, 'report', 'routing.html'), 'utf8'), stats: out.stats };
 }
+
+const cacheStats = (s: { computed: number; fromCache: number }) => ({ computed: s.computed, fromCache: s.fromCache });
 
 async function tensors(file: string): Promise<Map<string, Float32Array>> {
   const w = await SafetensorsWeights.openFiles(join(file, '..'), [file]);
@@ -125,7 +130,25 @@ test('two experts with the same prompts: both starve in every layer, and the rep
     assert.match(report.summary.starving[1]!.reasons[0]!, /nearly parallel to expert 0's/);
     assert.deepEqual(report.summary.pairs.map((p) => [p.experts, p.layers]), [[[0, 1], [0, 1]]]);
     assert.match(html, /expert 0 <span class="n">[^<]*<\/span><\/td><td>all \(0–1\)<\/td>/);
+    // What to do about it, from the merged model's routers: the pair is named once, with the cause and the fix.
+    const pair = report.advice.filter((a) => /^expert 0 \([^)]*tiny-a\) and expert 1 \([^)]*tiny-b\): router rows nearly identical in every layer/.test(a));
+    assert.equal(pair.length, 1, report.advice.join('\n'));
+    assert.match(pair[0]!, /so the router cannot tell them apart; they have the same positive prompts: give each its own\.$/);
+    assert.deepEqual(report.measured.pairs.map((p) => [p.kind, p.experts, p.layers]), [['identical', [0, 1], [0, 1]]]);
   }
+});
+
+test('the report needs assemble-experts: without its plan it says so in one line', async () => {
+  const file = join(dir, 'noplan.yml');
+  writeFileSync(file, recipeText('cheap_embed', FOUR));
+  const work = join(dir, 'noplan');
+  const { merge } = await runFetch(await readRecipe(file), join(work, 'fetch'), { cacheDir, modelBaseDir: dir });
+  await runEmbedPrompts(merge, join(work, 'embed-prompts'), { cacheDir });
+  await runBuildGates(merge, join(work, 'embed-prompts'), join(work, 'build-gates'));
+  await assert.rejects(runReport(merge, join(work, 'embed-prompts'), join(work, 'build-gates'), join(work, 'assemble-experts'), join(work, 'report'), { name: 'noplan', cacheDir }), (e: Error) => {
+    assert.equal(e.message, `${join(work, 'assemble-experts', 'plan.json')}: cannot read the assemble-experts stage's output (ENOENT); run the assemble-experts stage first`);
+    return true;
+  });
 });
 
 test('a negative prompt that cancels a positive one is named as the reason', async () => {
@@ -157,6 +180,16 @@ test('routing.html parses strictly, is self-contained, escapes prompts, and list
     assert.ok(text.includes(e.label) && text.includes(e.model), e.label);
     assert.ok(elements.some((x) => x.name === 'svg' && x.attrs['aria-label'] === `${e.label} · positive`), `heatmap of ${e.label}`);
   }
+  // The merged model's section leads: chance beside each figure, a per-text view across layers, model names.
+  assert.ok(html.indexOf('What the merged model routes') < html.indexOf('Build check'), 'headline first');
+  assert.match(text, /of tokens go first to their intended expert · chance 25%/);
+  const perText = elements.filter((e) => e.name === 'td' && /\bpw\b/.test(e.attrs.class ?? ''));
+  assert.equal(perText.length, new Set(report.prompts.map((_, i) => i)).size * report.layers, 'one cell per text and layer');
+  // Every prompt here is a routed expert's positive one except the negative: its cells carry no verdict.
+  const verdicts = perText.filter((e) => /\b(ok|miss)\b/.test(e.attrs.class ?? '')).length;
+  assert.equal(verdicts, report.prompts.filter((p) => p.role === 'positive').length * report.layers);
+  for (const e of report.experts) assert.ok(text.includes(`E${e.index} · tiny-${'abcb'[e.index]}`), `expert ${e.index} named by its model`);
+  assert.ok(text.includes("training fit: no held-out texts"), 'no held-out texts: the figures say they are training fit');
   // The heatmap: one cell per layer and routed expert in each prompt group.
   const groups = elements.filter((x) => x.name === 'svg').length;
   assert.equal(elements.filter((x) => x.name === 'rect' && x.attrs.fill).length, groups * report.layers * report.routed);
@@ -167,7 +200,7 @@ test('held-out prompts: the same cached forward pass, reported as held-out; an e
   writeFileSync(evalFile, `- expert: 1\n  prompts: ["Write a rust function", "Explain the configuration file format"]\n- expert: 2\n  prompts: ["A fairy tale about a dragon"]\n`);
   const first = await stages('heldout', recipeText('hidden', FOUR), evalFile);
   // "Explain the configuration file format" is a recipe prompt: its state is reused; two are new.
-  assert.deepEqual(first.stats, { computed: 2, fromCache: 0 });
+  assert.deepEqual(cacheStats(first.stats), { computed: 2, fromCache: 0 });
   const held = first.report.prompts.map((p, i) => [p, i] as const).filter(([p]) => p.set === 'heldout');
   assert.deepEqual(held.map(([p]) => [p.expert, p.text]), [[1, 'Write a rust function'], [1, 'Explain the configuration file format'], [2, 'A fairy tale about a dragon']]);
   for (const lr of first.report.perLayer) {
@@ -179,12 +212,32 @@ test('held-out prompts: the same cached forward pass, reported as held-out; an e
   }
   assert.ok(first.report.summary.heldOutAccuracy !== null);
   assert.match(first.html, /expert 1 · held-out/);
+  // The headline: the held-out texts' every token through the merged model, recomputed here from its router logits.
+  const m = first.report.measured;
+  assert.equal(m.headline, 'heldout');
+  const { logits } = await mergedRouterLogits(first.merge, join(first.work, 'assemble-experts'), held.map(([p]) => p.text));
+  let tokens = 0, top1 = 0, inTop = 0;
+  held.forEach(([p], j) => {
+    for (const z of logits[j]!) {
+      for (let t = 0; t < z.length / 4; t++) {
+        const row = Array.from(z.subarray(t * 4, t * 4 + 4));
+        const order = [0, 1, 2, 3].sort((a, b) => row[b]! - row[a]! || a - b);
+        tokens++;
+        if (order[0] === p.expert) top1++;
+        if (order.slice(0, 2).includes(p.expert)) inTop++;
+      }
+    }
+  });
+  assert.equal(m.overall.heldout!.tokens, tokens);
+  assert.ok(tokens > held.length * first.report.layers, 'every token, not one per text');
+  assert.ok(Math.abs(m.overall.heldout!.top1 - top1 / tokens) < 1e-12 && Math.abs(m.overall.heldout!.topK - inTop / tokens) < 1e-12);
+  assert.ok(!first.report.advice.some((a) => /training fit/.test(a)), 'held-out texts given: not training fit');
 
   const again = await stages('heldout', recipeText('hidden', FOUR), evalFile);
-  assert.deepEqual(again.stats, { computed: 0, fromCache: 2 });
+  assert.deepEqual(cacheStats(again.stats), { computed: 0, fromCache: 2 });
   writeFileSync(evalFile, readFileSync(evalFile, 'utf8').replace('A fairy tale about a dragon', 'A fairy tale about a knight'));
   const edited = await stages('heldout', recipeText('hidden', FOUR), evalFile);
-  assert.deepEqual(edited.stats, { computed: 1, fromCache: 1 });
+  assert.deepEqual(cacheStats(edited.stats), { computed: 1, fromCache: 1 });
 
   const jsonl = join(dir, 'eval.jsonl');
   writeFileSync(jsonl, '{"expert": 0, "prompt": "Write a rust function"}\n\n{"expert": 3, "prompt": "Integrate x squared"}\n');

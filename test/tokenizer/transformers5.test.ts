@@ -82,6 +82,10 @@ test("the class AutoTokenizer picks follows the model folder's config.json model
     llama: [1, 22557, 28705, 1526, 28705, 28740, 28750, 28770, 28781, 28782], // LlamaTokenizer
     qwen3: [1, 22557, 28705, 1526, 28705, 28740, 28750, 28770, 28781, 28782], // qwen3 trusts tokenizer_class
     qwen2: [1, 16230, 9471, 28740, 28750, 28770, 28781, 28782], // qwen2 always gets Qwen2Tokenizer's pipeline
+    // The MoE types we write (GGUF vocabularies are read from our outputs): transformers 5.18, by hand.
+    mixtral: [1, 28705, 22557, 28705, 1526, 28705, 28740, 28750, 28770, 28781, 28782], // generic backend, as mistral
+    qwen2_moe: [1, 22557, 28705, 1526, 28705, 28740, 28750, 28770, 28781, 28782], // trusts tokenizer_class
+    qwen3_moe: [1, 22557, 28705, 1526, 28705, 28740, 28750, 28770, 28781, 28782],
   };
   for (const [modelType, ids] of Object.entries(want)) {
     const d = llama2With(() => {});

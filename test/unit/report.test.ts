@@ -1,7 +1,7 @@
 /** The report's pure functions on hand-made gates and states: each cause of starvation, shared gates, ranges. */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { buildReport, layerRanges, rangesOf, type ReportExpert, type ReportInput, type ReportPrompt } from '../../libs/report';
+import { buildReport, layerRanges, measureRouting, rangesOf, type ReportExpert, type ReportInput, type ReportPrompt } from '../../libs/report';
 import { routingSection } from '../../libs/model-card/routing';
 
 const H = 4;
@@ -12,6 +12,9 @@ function input(rows: number[][][], prompts: ReportPrompt[], states: Record<strin
   const data = new Float32Array(L * N * H);
   rows.forEach((layer, l) => layer.forEach((r, e) => data.set(r, (l * N + e) * H)));
   const experts: ReportExpert[] = Array.from({ length: N }, (_, i) => ({ index: i, label: `expert ${i}`, model: `m${i}`, shared: false }));
+  const gates = { layers: L, experts: N, hidden: H, data };
+  // Each text as one token whose router input is its state: the merged model's logits are the rows times it.
+  const logits = new Map(Object.entries(states).map(([k, v]) => [k, rows.map((layer) => Float32Array.from(layer, (r) => r.reduce((a, x, j) => a + x * v[j]!, 0)))]));
   return {
     name: 't',
     gateMode: 'hidden',
@@ -23,6 +26,7 @@ function input(rows: number[][][], prompts: ReportPrompt[], states: Record<strin
     states: new Map(Object.entries(states).map(([k, v]) => [k, [Float32Array.from(v)]])),
     randomGates: false,
     warnings: [],
+    measured: measureRouting({ prompts, routed: N, topK: 1, gates, logits, layers: L }),
     ...extra,
   };
 }
@@ -36,7 +40,14 @@ test('an expert whose prompts another expert wins starves, and the winner is nam
   assert.equal(r.perLayer[0]!.accuracy, 2 / 3);
   assert.deepEqual(r.perLayer[0]!.wins, [2, 0, 1]);
   assert.match(r.summary.starving[0]!.reasons[0]!, /its positive prompts rank expert 0 first \(layer 0\)/);
-  assert.match(routingSection(r), /- Starving: expert 1 \(m1\) in layer 0: its positive prompts rank expert 0 first/);
+  // The merged model's figures (here each text is one token): expert 1 gets no assignment, expert 0 two of three.
+  assert.deepEqual(r.measured.overall.load.starving, [1]);
+  assert.deepEqual(r.measured.overall.load.dominating, [0]);
+  const card = routingSection(r);
+  assert.match(card, /- expert 1 \(m1\) starves: 0% of the top-k assignments against a fair 33%; its texts go mostly to expert 0 \(m0\)/);
+  assert.match(card, /- expert 0 \(m0\) dominates: 67% of the assignments/);
+  assert.match(card, /\| recipe prompts \(training fit\) \| 67% \| 67% \| 67% \|/);
+  assert.match(card, /training fit: no held-out texts were given/);
 });
 
 test('without prompts of its own an expert that wins nothing is reported so; random gates say they need training', () => {

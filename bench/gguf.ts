@@ -1,0 +1,83 @@
+/**
+ * `npm run bench -- gguf`: writing a merged folder's GGUF (libs/gguf, from the written shards, as the write
+ * stage does) against a plain copy of the same bytes, and against llama.cpp's convert_hf_to_gguf.py where one
+ * is installed (GGUF_CONVERTER=path/to/convert_hf_to_gguf.py, PYTHON=python with torch and numpy, PYTHONPATH
+ * for its gguf-py), on the medium model's 2-expert Mixtral.
+ */
+import { createReadStream, createWriteStream, readdirSync, rmSync, statSync, writeFileSync, existsSync } from 'node:fs';
+import { pipeline } from 'node:stream/promises';
+import { ChunkPool } from '../libs/safetensors/chunk-pool';
+import { spawnSync } from 'node:child_process';
+import { join } from 'node:path';
+import { mergeRecipe } from '../libs/stages/merge';
+import { SafetensorsWeights } from '../libs/safetensors';
+import { converterOrder, ggufLayout, shardSource, writeModelGguf, type GgufOutType } from '../libs/gguf';
+import { readSafetensorsHeader } from '../libs/safetensors/reader';
+import type { MergePlan, PlanTensor } from '../libs/plan/types';
+import { writeFastModel, type TinyModelSpec } from './models';
+
+export interface GgufBenchRow {
+  type: GgufOutType;
+  bytes: number;
+  ours: number;
+  copy: number;
+  converter: number | null;
+}
+
+/** The layout of a written folder (config.json and its shards, as the converter reads them). */
+async function folderLayout(dir: string, type: GgufOutType) {
+  const config = JSON.parse(await import('node:fs/promises').then((f) => f.readFile(join(dir, 'config.json'), 'utf8')));
+  const files = readdirSync(dir).filter((f) => f.endsWith('.safetensors')).sort();
+  const shards: PlanTensor[][] = [];
+  for (const f of files) shards.push([...(await readSafetensorsHeader(join(dir, f))).tensors.values()].map((t) => ({ name: t.name, dtype: t.dtype as never, shape: t.shape, parts: [], group: 'base' })));
+  return { layout: ggufLayout({ config } as unknown as MergePlan, converterOrder(shards), type), files };
+}
+
+export async function benchGguf(tmp: string, spec: Omit<TinyModelSpec, 'dtype' | 'seed'>, log: (s: string) => void): Promise<GgufBenchRow[]> {
+  const model = join(tmp, 'dense');
+  await writeFastModel(model, spec);
+  const recipe = join(tmp, 'moe.yml');
+  writeFileSync(recipe, `base_model: ${model}\ngate_mode: random\nexperts:\n  - source_model: ${model}\n  - source_model: ${model}\n`);
+  const out = join(tmp, 'out');
+  await mergeRecipe({ recipeFile: recipe, outPath: out, modelBaseDir: tmp, allowIdenticalModels: true, cacheDir: join(tmp, 'cache') });
+  const rows: GgufBenchRow[] = [];
+  const converter = process.env.GGUF_CONVERTER && existsSync(process.env.GGUF_CONVERTER) ? process.env.GGUF_CONVERTER : null;
+  for (const type of ['bf16', 'q8_0'] as const) {
+    const { layout, files } = await folderLayout(out, type);
+    const file = join(tmp, `ours-${type}.gguf`);
+    const best = (xs: number[]) => Math.min(...xs);
+    const ours: number[] = [];
+    const copies: number[] = [];
+    let bytes = 0;
+    for (let round = 0; round < 2; round++) {
+      // Baseline: the shards' bytes streamed through this process into one file (what any converter at least
+      // reads and writes; as the write section's baseline, a userspace copy, not the kernel's copy_file_range).
+      const c0 = performance.now();
+      const sink = createWriteStream(join(tmp, 'copy.bin'));
+      for (const f of files) await pipeline(createReadStream(join(out, f), { highWaterMark: 16 << 20 }), sink, { end: false });
+      await new Promise<void>((res, rej) => sink.end((e?: Error | null) => (e ? rej(e) : res())));
+      copies.push((performance.now() - c0) / 1000);
+      rmSync(join(tmp, 'copy.bin'));
+      rmSync(file, { force: true });
+      const t0 = performance.now();
+      // As the write stage does it: chunks from a pool.
+      const pool = new ChunkPool(16 << 20);
+      bytes = await writeModelGguf(file, layout, [], shardSource(await SafetensorsWeights.openFiles(out, files.map((f) => join(out, f))), pool), { pool });
+      ours.push((performance.now() - t0) / 1000);
+    }
+    let conv: number | null = null;
+    if (converter) {
+      const t0 = performance.now();
+      const r = spawnSync(process.env.PYTHON ?? 'python3', [converter, out, '--outtype', type, '--outfile', join(tmp, `conv-${type}.gguf`)], { encoding: 'utf8', timeout: 600_000 });
+      conv = (performance.now() - t0) / 1000;
+      if (r.status !== 0) {
+        log(`converter failed (${r.status}): ${(r.stderr ?? '').trim().split('\n').pop()}`);
+        conv = null;
+      }
+    }
+    const copyBytes = files.reduce((a, f) => a + statSync(join(out, f)).size, 0);
+    rows.push({ type, bytes, ours: best(ours), copy: best(copies) * (bytes / copyBytes), converter: conv });
+    log(`gguf ${type}: ${(bytes / 1e6).toFixed(0)} MB in ${best(ours).toFixed(2)} s; copy of the shards ${(copyBytes / 1e6).toFixed(0)} MB in ${best(copies).toFixed(2)} s${conv !== null ? `; converter ${conv.toFixed(2)} s` : ''}`);
+  }
+  return rows;
+}
