@@ -87,7 +87,7 @@ test('bad GGUF options and outputs llama.cpp cannot take are refused in one line
   const yml = join(dir, 'bad.yml');
   writeFileSync(yml, recipe('poems'));
   const cases: [string[], RegExp][] = [
-    [['--gguf', 'q4_k'], /^error: field --gguf: GGUF type "q4_k" is not one of f32, f16, bf16, q8_0$/],
+    [['--gguf', 'q4_k'], /^error: field --gguf: --gguf must be f32, f16, bf16 or q8_0, got "q4_k"$/],
     [['--gguf-only'], /^error: field --gguf-only: --gguf-only needs --gguf TYPE \(f32, f16, bf16 or q8_0\)$/],
   ];
   for (const [args, line] of cases) {
