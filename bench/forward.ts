@@ -8,8 +8,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as ort from 'onnxruntime-node';
 import { computePromptStates, encodeModel } from '../libs/forward';
-import { OnnxDtype, type OnnxNode, type OnnxTensor } from '../libs/forward/onnx-proto';
-import { sessionFromBytes } from '../libs/forward/backend';
+import { OnnxDtype, type OnnxNode, type OnnxTensor } from '../libs/forward';
+import { sessionFromBytes } from '../libs/forward';
 import { writeTinyModel, type TinyModelSpec } from './models';
 
 const SPEC: TinyModelSpec = { modelType: 'llama', hidden: 1024, layers: 8, heads: 16, kvHeads: 4, intermediate: 2816, vocab: 2000, dtype: 'BF16', seed: 7 };

@@ -6,14 +6,14 @@
  */
 import { createReadStream, createWriteStream, readdirSync, rmSync, statSync, writeFileSync, existsSync } from 'node:fs';
 import { pipeline } from 'node:stream/promises';
-import { ChunkPool } from '../libs/safetensors/chunk-pool';
+import { ChunkPool } from '../libs/safetensors';
 import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';
-import { mergeRecipe } from '../libs/stages/merge';
+import { mergeRecipe } from '../libs/pipeline';
 import { SafetensorsWeights } from '../libs/safetensors';
 import { converterOrder, ggufLayout, shardSource, writeModelGguf, type GgufOutType } from '../libs/gguf';
-import { readSafetensorsHeader } from '../libs/safetensors/reader';
-import type { MergePlan, PlanTensor } from '../libs/plan/types';
+import { readSafetensorsHeader } from '../libs/safetensors';
+import type { MergePlan, PlanTensor } from '../libs/plan';
 import { writeFastModel, type TinyModelSpec } from './models';
 
 export interface GgufBenchRow {

@@ -8,9 +8,9 @@
  */
 import { readFileSync } from 'node:fs';
 import { computeAllHiddenStates, computeRouterLogits } from '../libs/forward';
-import { readGates } from '../libs/stages/build-gates';
-import { mergedModel } from '../libs/stages/merged-model';
-import type { MergePlan } from '../libs/plan/types';
+import { readGates } from '../libs/stages';
+import { mergedModel } from '../libs/stages';
+import type { MergePlan } from '../libs/plan';
 
 export interface ReportChildResult {
   seconds: number;

@@ -6,12 +6,12 @@
  */
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { readRecipe } from '../libs/recipe/parse';
-import { runFetch } from '../libs/stages/fetch';
-import { runEmbedPrompts } from '../libs/stages/embed-prompts';
-import { gatesForAssembly, runBuildGates } from '../libs/stages/build-gates';
-import { readPlan, runAssemble } from '../libs/stages/assemble';
-import { runReport } from '../libs/stages/report';
+import { readRecipe } from '../libs/recipe';
+import { runFetch } from '../libs/stages';
+import { runEmbedPrompts } from '../libs/stages';
+import { gatesForAssembly, runBuildGates } from '../libs/stages';
+import { readPlan, runAssemble } from '../libs/stages';
+import { runReport } from '../libs/stages';
 import { computePromptStatesIsolated } from '../libs/forward';
 import { loadTokenizer } from '../libs/tokenizer';
 import { writeFastModel } from './models';

@@ -4,11 +4,11 @@
  * applied to a bfloat16 tensor (source bytes to output bytes) with either generator, against a plain copy of
  * the same bytes.
  */
-import { Rng } from '../libs/gates/rng';
-import { TorchGenerator } from '../libs/gates/torch-rng';
-import { useWasmNormals, wasmNormals } from '../libs/gates/torch-normal-wasm';
-import { noiseApplier, streamNormals, TorchDrawSeeker } from '../libs/stages/noise';
-import type { SourcePart } from '../libs/plan/types';
+import { Rng } from '../libs/gates';
+import { TorchGenerator } from '../libs/gates';
+import { useWasmNormals, wasmNormals } from '../libs/gates';
+import { noiseApplier, streamNormals, TorchDrawSeeker } from '../libs/stages';
+import type { SourcePart } from '../libs/plan';
 
 export interface Rate {
   /** Millions of values per wall-clock second, and per CPU second of this process. */

@@ -23,12 +23,12 @@
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { loadavg, tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
-import { readRecipe } from '../libs/recipe/parse';
-import { runFetch } from '../libs/stages/fetch';
-import { runEmbedPrompts } from '../libs/stages/embed-prompts';
-import { gatesForAssembly, runBuildGates } from '../libs/stages/build-gates';
-import { runAssemble } from '../libs/stages/assemble';
-import { DEFAULT_SHARD_BYTES } from '../libs/stages/merge';
+import { readRecipe } from '../libs/recipe';
+import { runFetch } from '../libs/stages';
+import { runEmbedPrompts } from '../libs/stages';
+import { gatesForAssembly, runBuildGates } from '../libs/stages';
+import { runAssemble } from '../libs/stages';
+import { DEFAULT_SHARD_BYTES } from '../libs/pipeline';
 import { computePromptStates } from '../libs/forward';
 import { loadTokenizer } from '../libs/tokenizer';
 import { benchForward, benchIdleCpu } from './forward';

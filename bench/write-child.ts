@@ -15,12 +15,12 @@ import { open, readdir, readFile, stat } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { readPlan } from '../libs/stages/assemble';
-import { readModelsFile } from '../libs/stages/context';
-import { hubCacheDir } from '../libs/resolve/settings';
-import { readGates } from '../libs/stages/build-gates';
-import { runWrite } from '../libs/stages/write';
-import type { SourcePart } from '../libs/plan/types';
+import { readPlan } from '../libs/stages';
+import { readModelsFile } from '../libs/stages';
+import { hubCacheDir } from '../libs/resolve';
+import { readGates } from '../libs/stages';
+import { runWrite } from '../libs/stages';
+import type { SourcePart } from '../libs/plan';
 
 export interface ChildResult {
   seconds: number;

@@ -2,7 +2,7 @@
 // here, not imported, so that the build can emit this file's .d.ts alone (scripts/build.mjs); `npm run typecheck`
 // checks that they still fit the pipeline's own options.
 import { resolve } from 'node:path';
-import { mergeRecipe } from './stages/merge';
+import { mergeRecipe } from './pipeline';
 
 /** Options of {@link merge}: the `mergekit-moe` command's flags, as values. */
 export interface MergeOptions {

@@ -21,6 +21,9 @@ const build = spawnSync(process.execPath, ['scripts/build.mjs'], { stdio: 'inher
 if (build.status !== 0) process.exit(build.status ?? 1);
 // The whole suite (CI's run) type-checks every TypeScript source first: tests run through tsx, which checks nothing.
 if (!filter.length) {
+  // The libraries' boundaries: cross-library imports through an index, no cycle (scripts/check-imports.mjs).
+  const imports = spawnSync(process.execPath, ['scripts/check-imports.mjs'], { stdio: 'inherit' });
+  if (imports.status !== 0) process.exit(imports.status ?? 1);
   // tsconfig.json: every TypeScript source; tsconfig.js-check.json: the JavaScript shims and scripts.
   for (const config of ['tsconfig.json', 'tsconfig.js-check.json']) {
     const tsc = spawnSync(process.execPath, ['node_modules/typescript/bin/tsc', '-p', config, '--noEmit'], { stdio: 'inherit' });

@@ -1,8 +1,8 @@
-import { dtypeToTorchName, type WeightDtype } from '../safetensors/dtype';
-import type { ModelConfig } from '../model-folder/config';
-import { weightDtype } from '../model-folder/shapes';
+import { dtypeToTorchName, type WeightDtype } from '../safetensors';
+import type { ModelConfig } from '../model-folder';
+import { weightDtype } from '../model-folder';
 import { ModelError } from '../errors';
-import type { PlanPart, PlanTensor, SourcePart } from '../plan/types';
+import type { PlanPart, PlanTensor, SourcePart } from '../plan';
 import type { ArchContext, ExpertSource, ModelSource } from './types';
 import type { JsonPath } from '../json';
 

@@ -1,7 +1,7 @@
-import { GATE_MODES } from '../gates/modes';
-import { dtypeToTorchName } from '../safetensors/dtype';
+import { GATE_MODES } from '../gates';
+import { dtypeToTorchName } from '../safetensors';
 import { ATTN_PROJS, CONFIG_FLOATS, copied, copiedIfPresent, expertTensor, hasPrompts, modelTypeProblem, router, type MlpProj } from './common';
-import type { PlanTensor } from '../plan/types';
+import type { PlanTensor } from '../plan';
 import type { OutputArchitecture } from './types';
 
 const DEEPSEEK_REPO = 'deepseek-ai/deepseek-moe-16b-base';

@@ -1,5 +1,5 @@
 import { ATTN_PROJS, CONFIG_FLOATS, configDtype, copied, copiedIfPresent, expertTensor, fusedExperts, modelTypeProblem, router, sortedKeys } from './common';
-import type { PlanTensor } from '../plan/types';
+import type { PlanTensor } from '../plan';
 import type { OutputArchitecture } from './types';
 
 /** Mixtral: classic `block_sparse_moe.experts.E.w1/w2/w3` by default, fused on request. */

@@ -1,6 +1,6 @@
-import { GATE_MODES, promptFreeModes } from '../gates/modes';
+import { GATE_MODES, promptFreeModes } from '../gates';
 import { CONFIG_FLOATS, configDtype, copied, expertTensor, fillDefaults, baseConfigCopy, hasPrompts, modelTypeProblem, router, sortedKeys, zerosTensor, type MlpProj, qwenMoeDefaults } from './common';
-import type { PlanTensor } from '../plan/types';
+import type { PlanTensor } from '../plan';
 import type { ArchContext, OutputArchitecture } from './types';
 
 /** The Qwen2 weight list's MLP order (used for every base, Llama and Mistral included). */

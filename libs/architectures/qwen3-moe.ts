@@ -1,5 +1,5 @@
 import { CONFIG_FLOATS, baseConfigCopy, configDtype, copied, copiedIfPresent, expertTensor, fillDefaults, fusedExperts, modelTypeProblem, router, sortedKeys, type MlpProj, qwenMoeDefaults } from './common';
-import type { PlanTensor } from '../plan/types';
+import type { PlanTensor } from '../plan';
 import type { OutputArchitecture } from './types';
 
 /** The Qwen3 weight list's MLP order. */

@@ -1,9 +1,9 @@
-import type { ModelConfig } from '../model-folder/config';
-import type { TensorIndex } from '../safetensors/reader';
-import type { Expert, Recipe } from '../recipe/schema';
-import type { GateMode } from '../gates/modes';
-import type { FloatDtype } from '../safetensors/dtype';
-import type { PlanTensor } from '../plan/types';
+import type { ModelConfig } from '../model-folder';
+import type { TensorIndex } from '../safetensors';
+import type { Expert, Recipe } from '../recipe';
+import type { GateMode } from '../gates';
+import type { FloatDtype } from '../safetensors';
+import type { PlanTensor } from '../plan';
 
 export interface ModelSource {
   key: string;

@@ -1,7 +1,7 @@
 import { mkdir, stat } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import type Cacache from 'cacache';
-import { processStartTime, withLockAt, type LockOptions } from '../util/lock';
+import { processStartTime, withLockAt, type LockOptions } from '../util';
 export type { LockOptions };
 
 // Loaded at first use: most stages never open the cache, and loading cacache is ~90 ms of a stage's start.

@@ -1,7 +1,7 @@
 import { existsSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { describeError, ForgeError } from '../errors';
-import { mergeRecipe, reportPaths } from '../stages/merge';
+import { mergeRecipe, reportPaths } from '../pipeline';
 import { parseArgs } from './args';
 import { checkInputFile, EVAL_PROMPTS, RECIPE } from '../input';
 import { cliFlags, cliStageOptions, helpText } from '../options';

@@ -1,5 +1,5 @@
 import { ModelError } from '../errors';
-import type { ModelConfig } from '../model-folder/config';
+import type { ModelConfig } from '../model-folder';
 import type { TensorIndex, TensorLocation } from '../safetensors';
 import { OnnxDtype, type OnnxModel, type OnnxNode, type OnnxTensor, type OnnxValueInfo } from './onnx-proto';
 

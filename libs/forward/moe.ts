@@ -1,5 +1,5 @@
 import { ForgeError } from '../errors';
-import type { ModelConfig } from '../model-folder/config';
+import type { ModelConfig } from '../model-folder';
 import { executionProviders, floatTensor, sessionFromBytes, type Session, type SessionSettings } from './backend';
 import { ATTN_OUTPUT, LAYER_INPUTS, ROUTER_INPUT, buildLayerModel, weightInput, type LayerTensor } from './layer-graph';
 import { OnnxDtype, encodeModel, type OnnxModel } from './onnx-proto';

@@ -1,5 +1,5 @@
 import { ModelError } from '../errors';
-import type { ModelConfig } from '../model-folder/config';
+import type { ModelConfig } from '../model-folder';
 
 const f = Math.fround;
 

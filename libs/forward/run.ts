@@ -1,9 +1,9 @@
 import { open } from 'node:fs/promises';
 import { ForgeError } from '../errors';
-import { readModelConfig, type ModelConfig } from '../model-folder/config';
+import { readModelConfig, type ModelConfig } from '../model-folder';
 import { convertBytes, decodeFloats, readRows, readTensorBytes, type TensorIndex } from '../safetensors';
-import { openWeights } from '../model-folder/weights';
-import { WasmFloatBuffer, castThrough, floatKernels } from '../safetensors/float-wasm';
+import { openWeights } from '../model-folder';
+import { WasmFloatBuffer, castThrough, floatKernels } from '../safetensors';
 import { executionProviders, floatTensor, int64Tensor, sessionFromBytes, type Device, type Session, type SessionSettings } from './backend';
 import { encodeModel } from './onnx-proto';
 import { LAYER_INPUTS, LAYER_OUTPUT, ROUTER_INPUT, buildLayerModel, checkTensor, layerSignature, planLayerTensors, weightInput, type LayerTensor } from './layer-graph';

@@ -146,3 +146,7 @@ export function degenerateLayers(g: GateTensor, threshold = 5): { conditionNumbe
     warning: `${which} ${verb} degenerate routing parameters - your prompts may be too similar. One or more experts will be underutilized in your model.`,
   };
 }
+export * from './modes';
+export * from './rng';
+export * from './torch-normal-wasm';
+export * from './torch-rng';

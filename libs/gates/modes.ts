@@ -5,7 +5,7 @@
  * fails when a consumer's list drifts from this table.
  */
 
-import { orList } from '../util/prose';
+import { orList } from '../util';
 
 /**
  * What embed-prompts stores for a mode: per-layer hidden states, token-embedding sums, every token's router input

@@ -1,4 +1,4 @@
-import { FLOAT_END, memoryImport, sharedMemory, simd, sleb, uleb, wasmApi, type Code } from '../safetensors/float-wasm';
+import { FLOAT_END, memoryImport, sharedMemory, simd, sleb, uleb, wasmApi, type Code } from '../safetensors';
 
 /**
  * The AVX2 Box-Muller kernel of torch-rng.ts as a WebAssembly SIMD function, four pairs per vector, built

@@ -1,6 +1,6 @@
 import { wasmNormals, wasmStats, WASM_BLOCKS, type WasmNormals } from './torch-normal-wasm';
-import { bf16BitsToF32, f16BitsToF32, f32ToBf16Bits, f32ToF16Bits, type FloatDtype } from '../safetensors/dtype';
-import { floatKernels, FLOAT_CAP } from '../safetensors/float-wasm';
+import { bf16BitsToF32, f16BitsToF32, f32ToBf16Bits, f32ToF16Bits, type FloatDtype } from '../safetensors';
+import { floatKernels, FLOAT_CAP } from '../safetensors';
 
 /**
  * PyTorch's CPU generator, reproduced bit for bit: what `torch.manual_seed(seed)` followed by `randn` /

@@ -4,7 +4,7 @@
  * (facts read from its llama, deepseek and qwen model classes and its TextModel base).
  */
 import { ForgeError } from '../errors';
-import type { PlanTensor, MergePlan } from '../plan/types';
+import type { PlanTensor, MergePlan } from '../plan';
 import type { GgufTensorType } from './format';
 import type { GgufKv, GgufValue } from './types';
 

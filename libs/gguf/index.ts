@@ -4,3 +4,4 @@ export { writeGguf, encodeGgufHeader, type GgufTensorOut } from './writer';
 export { ggufLayout, converterOrder, parseGgufType, ggufFileName, GGUF_TYPES, type GgufOutType, type GgufLayout, type GgufTensorSpec, type Segment } from './architecture';
 export { writeModelGguf, shardSource, producerSource, type SegmentSource } from './model';
 export { vocabKeys } from './vocab-seam';
+export * from './architecture';

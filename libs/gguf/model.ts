@@ -1,8 +1,8 @@
 /** A model's GGUF file from its layout and a source of each segment's bytes. */
-import { streamTensorBytes, type TensorIndex } from '../safetensors/reader';
-import { dtypeSize } from '../safetensors/dtype';
-import type { ChunkPool } from '../safetensors/chunk-pool';
-import type { PlanTensor } from '../plan/types';
+import { streamTensorBytes, type TensorIndex } from '../safetensors';
+import { dtypeSize } from '../safetensors';
+import type { ChunkPool } from '../safetensors';
+import type { PlanTensor } from '../plan';
 import { encodeTensor, type SourceChunk } from './stream';
 import { writeGguf } from './writer';
 import type { GgufLayout, Segment } from './architecture';

@@ -1,9 +1,9 @@
 import { stringify } from 'yaml';
-import type { MergePlan, PlanModel, PlanTensor } from '../plan/types';
-import type { Expert, GateMode, ModelReferenceInput, Recipe } from '../recipe/schema';
-import type { RoutingReport } from '../report/types';
-import { dtypeToTorchName } from '../safetensors/dtype-table';
-import { markdownCode, markdownText } from '../util/escape';
+import type { MergePlan, PlanModel, PlanTensor } from '../plan';
+import type { Expert, GateMode, ModelReferenceInput, Recipe } from '../recipe';
+import type { RoutingReport } from '../report';
+import { dtypeToTorchName } from '../safetensors';
+import { markdownCode, markdownText } from '../util';
 import { routingSection } from './routing';
 
 export interface ModelCardInput {

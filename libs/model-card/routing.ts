@@ -1,5 +1,5 @@
-import type { Agreement, RoutingReport } from '../report/types';
-import { markdownText } from '../util/escape';
+import type { Agreement, RoutingReport } from '../report';
+import { markdownText } from '../util';
 
 const pct = (x: number | null | undefined) => (x === null || x === undefined ? '—' : `${(100 * x).toFixed(0)}%`);
 const signed = (x: number | null | undefined) => (x === null || x === undefined ? '—' : `${x >= 0 ? '+' : ''}${x.toFixed(2)}`);

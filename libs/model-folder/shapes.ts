@@ -1,7 +1,7 @@
 import { ModelError } from '../errors';
 import type { ModelConfig } from './config';
-import type { TensorIndex } from '../safetensors/reader';
-import { isWeightDtype, WEIGHT_DTYPES, type WeightDtype } from '../safetensors/dtype-table';
+import type { TensorIndex } from '../safetensors';
+import { isWeightDtype, WEIGHT_DTYPES, type WeightDtype } from '../safetensors';
 
 /** A tensor's dtype, when a merge can read it as numbers; else the error naming the tensor. */
 export function weightDtype(ref: string, name: string, t: { dtype: string; file: string }): WeightDtype {

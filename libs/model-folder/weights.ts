@@ -1,7 +1,7 @@
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { ModelError } from '../errors';
-import { SafetensorsWeights, type TensorIndex } from '../safetensors/reader';
+import { SafetensorsWeights, type TensorIndex } from '../safetensors';
 import { openBinCheckpoint } from '../pickle';
 
 /** Weight discovery as the reference: safetensors (single or index) first, then PyTorch .bin. */

@@ -1,7 +1,7 @@
-import type { RngKind } from '../architectures/types';
-import type { Device } from '../forward/backend';
-import type { MergePlan, ShardOrder } from '../plan/types';
-import { GGUF_TYPES } from '../gguf/architecture';
+import type { RngKind } from '../architectures';
+import type { Device } from '../forward';
+import type { MergePlan, ShardOrder } from '../plan';
+import { GGUF_TYPES } from '../gguf';
 
 /**
  * Every option of the two front ends, once: its Nx name, its type and default, its description, how the

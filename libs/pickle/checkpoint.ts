@@ -1,5 +1,5 @@
 import { existsSync } from 'node:fs';
-import { isPlainFileName } from '../util/names';
+import { isPlainFileName } from '../util';
 import { modelJson, readInputText, stripBom } from '../input';
 import { stat } from 'node:fs/promises';
 import { basename, join } from 'node:path';

@@ -1,9 +1,9 @@
-import type { GgufOutType } from '../gguf/architecture';
-import type { Progress } from '../util/progress';
-import type { RngKind } from '../architectures/types';
-import type { ShardOrder } from '../plan/types';
-import type { MergeContext, ResolvedModel } from '../stages/context';
-import type { PathRoots } from '../stages/portable';
+import type { GgufOutType } from '../gguf';
+import type { Progress } from '../util';
+import type { RngKind } from '../architectures';
+import type { ShardOrder } from '../plan';
+import type { MergeContext, ResolvedModel } from '../stages';
+import type { PathRoots } from '../stages';
 
 /** The options a stage may use: the Nx executors' options once parsed, or the command's flags. */
 export interface PipelineOptions {

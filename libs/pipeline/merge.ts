@@ -1,22 +1,23 @@
-import type { GgufOutType } from '../gguf/architecture';
-import { progressReporter } from '../util/progress';
+import type { GgufOutType } from '../gguf';
+import { progressReporter } from '../util';
 import { mkdir, readdir, rm } from 'node:fs/promises';
 import { homedir, tmpdir } from 'node:os';
 import { basename, dirname, isAbsolute, join, resolve } from 'node:path';
-import { isOurWorkFolder, makeTempWorkFolder } from '../util/work-folder';
-import { inUse } from '../util/cleanup';
-import { leftByDeadProcess } from '../util/process';
-import { readRecipe, type ParsedRecipe } from '../recipe/parse';
-import type { WriteResult } from '../stages/write';
-import { changedOutputFiles, recordOutputFiles } from '../stages/output-record';
-import { loadMergeContext, readModelsFile, type MergeContext, type ResolvedModel } from '../stages/context';
-import type { PathRoots } from '../stages/portable';
+import { isOurWorkFolder, makeTempWorkFolder } from '../util';
+import { inUse } from '../util';
+import { leftByDeadProcess } from '../util';
+import { readRecipe, type ParsedRecipe } from '../recipe';
+import type { WriteResult } from '../stages';
+import { changedOutputFiles, recordOutputFiles } from '../stages';
+import { loadMergeContext, readModelsFile, type MergeContext, type ResolvedModel } from '../stages';
+import type { PathRoots } from '../stages';
 import { CACHE_ENV } from '../cache';
-import type { ShardOrder } from '../plan/types';
-import type { RngKind } from '../architectures/types';
-import { readReport, writeWhole } from '../stages/report';
-import { hubSettings } from '../resolve/settings';
+import type { ShardOrder } from '../plan';
+import type { RngKind } from '../architectures';
+import { readReport, writeWhole } from '../stages';
+import { hubSettings } from '../resolve';
 import { ForgeError } from '../errors';
+import { DEFAULT_SHARD_BYTES } from '../options';
 import type { StageEnv } from './env';
 import { runPipeline } from './schedule';
 
@@ -63,7 +64,7 @@ export interface MergeOptions {
   report?: { file: string; evalPrompts?: string };
 }
 
-export const DEFAULT_SHARD_BYTES = 5_000_000_000;
+export { DEFAULT_SHARD_BYTES };
 
 /** The whole pipeline in one process (runPipeline, writing ahead), the stages' folders in a temporary work folder. */
 export async function mergeRecipe(opts: MergeOptions): Promise<WriteResult> {

@@ -1,6 +1,6 @@
-import { readEvalPrompts } from '../stages/report';
-import { runAssemble } from '../stages/assemble';
-import type { WriteResult } from '../stages/write';
+import { readEvalPrompts } from '../stages';
+import { runAssemble } from '../stages';
+import type { WriteResult } from '../stages';
 import type { StageEnv } from './env';
 import { assembleOptions, PIPELINE, writeStage, type StageName } from './table';
 

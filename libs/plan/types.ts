@@ -1,6 +1,6 @@
 /** plan.json: every output tensor in write order, with where its bytes come from. */
 
-import type { FloatDtype, WeightDtype } from '../safetensors/dtype-table';
+import type { FloatDtype, WeightDtype } from '../safetensors';
 
 export interface NoiseTransform {
   scale: number;

@@ -2,3 +2,4 @@ export * from './schema';
 export * from './parse';
 export * from './validate';
 export { suggest } from './suggest';
+export * from './placeholders';

@@ -2,7 +2,7 @@ import { isMap, isSeq, type Document, type LineCounter } from 'yaml';
 import type { z } from 'zod';
 import { RecipeError } from '../errors';
 import { parseYamlInput, readInputText, RECIPE } from '../input';
-import { GATE_MODE_NAMES } from '../gates/modes';
+import { GATE_MODE_NAMES } from '../gates';
 import { EXPERT_KEYS, RecipeSchema, TOP_LEVEL_KEYS, type Recipe } from './schema';
 import { suggest } from './suggest';
 

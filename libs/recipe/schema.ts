@@ -1,9 +1,9 @@
 import { z } from 'zod';
 
-import { DEFAULT_GATE_MODE, GATE_MODE_NAMES } from '../gates/modes';
-import { OUTPUT_DTYPE_NAMES } from '../safetensors/dtype-table';
+import { DEFAULT_GATE_MODE, GATE_MODE_NAMES } from '../gates';
+import { OUTPUT_DTYPE_NAMES } from '../safetensors';
 
-export type { GateMode } from '../gates/modes';
+export type { GateMode } from '../gates';
 
 /**
  * dtype names the reference accepts (dtype_from_name), with or without a `torch.` prefix. int64 passes here as

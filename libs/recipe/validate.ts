@@ -1,7 +1,7 @@
 import { RecipeError } from '../errors';
 import type { ParsedRecipe } from './parse';
-import { formatReference, parseModelReference } from '../resolve/reference';
-import { GATE_MODES, promptFreeModes } from '../gates/modes';
+import { formatReference, parseModelReference } from '../resolve';
+import { GATE_MODES, promptFreeModes } from '../gates';
 
 export interface ValidateOptions {
   /** --i-understand-this-is-not-useful-without-training */

@@ -2,7 +2,7 @@
  * What a user can act on, from the merged model's figures: which experts the routers cannot tell apart and
  * what would separate them. Each line is said once, and none contradicts the figures beside it.
  */
-import type { GateMode } from '../gates/modes';
+import type { GateMode } from '../gates';
 import { layerRanges } from './routing';
 import type { Measured, ReportExpert, ReportPrompt } from './types';
 

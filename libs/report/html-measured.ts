@@ -1,5 +1,5 @@
 /** The page's headline: what the merged model routes (routing.json `measured`), drawn so the winner and margin show. */
-import { escapeHtml as esc } from '../util/escape';
+import { escapeHtml as esc } from '../util';
 import { layerRanges } from './routing';
 import type { Agreement, RoutingReport } from './types';
 

@@ -1,4 +1,4 @@
-import { escapeHtml } from '../util/escape';
+import { escapeHtml } from '../util';
 import { layerRanges } from './routing';
 import type { LayerReport, RoutingReport } from './types';
 import { MEASURED_STYLE, measuredSection } from './html-measured';

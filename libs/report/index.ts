@@ -4,3 +4,4 @@ export { renderHtml, esc } from './html';
 export { parseEvalPrompts, type EvalPrompt } from './eval-prompts';
 export { measureRouting, loadFigures, SAME_ROW_COSINE, STARVING_LOAD, type MeasureInput } from './measured';
 export { routingAdvice } from './advice';
+export * from './measured';

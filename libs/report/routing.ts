@@ -1,5 +1,5 @@
 import { conditionNumber, singularValues, gateRow, type GateTensor } from '../gates';
-import type { GateMode } from '../gates/modes';
+import type { GateMode } from '../gates';
 import type { LayerReport, Measured, Reason, ReportExpert, ReportPrompt, ReportSummary, Route, RoutingReport } from './types';
 import { routingAdvice } from './advice';
 

@@ -1,6 +1,6 @@
 /** routing.json: what the routers do with the prompts, layer by layer, before anyone loads the model. */
 
-import type { GateMode } from '../gates/modes';
+import type { GateMode } from '../gates';
 
 export interface ReportExpert {
   /** Row of the gate tensor: routed experts first, then gated shared experts. */

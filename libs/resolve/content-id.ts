@@ -4,7 +4,7 @@ import { realpath, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { ContentCache } from '../cache';
 import { ForgeError } from '../errors';
-import { readStable, statKey } from '../util/stat-key';
+import { readStable, statKey } from '../util';
 import { modelFiles } from './files';
 
 /** Work done by content hashing in this process; a memo hit adds nothing (tests read this). */

@@ -1,5 +1,5 @@
 import { existsSync, readdirSync, statSync } from 'node:fs';
-import { isPlainFileName } from '../util/names';
+import { isPlainFileName } from '../util';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { ModelError } from '../errors';

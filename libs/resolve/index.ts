@@ -5,3 +5,4 @@ export * from './hf-cache';
 export * from './hub';
 export * from './content-id';
 export * from './resolve';
+export * from './http';

@@ -2,7 +2,7 @@ import { homedir } from 'node:os';
 import { join, resolve } from 'node:path';
 import type { ContentCache } from '../cache';
 import { ModelError } from '../errors';
-import { progressReporter, type Progress } from '../util/progress';
+import { progressReporter, type Progress } from '../util';
 
 /** The Hugging Face environment variables we honour, read from an explicit env (tests pass their own). */
 export type HubEnv = Readonly<Record<string, string | undefined>>;

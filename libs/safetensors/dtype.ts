@@ -2,7 +2,7 @@ import { SafetensorsError } from '../errors';
 import type { ChunkPool } from './chunk-pool';
 import { castThrough, floatKernels } from './float-wasm';
 import { DTYPE_SIZES, FLOAT_DTYPES, isFloatDtype, OUTPUT_DTYPE_NAMES, OUTPUT_DTYPES, type FloatDtype } from './dtype-table';
-import { orList } from '../util/prose';
+import { orList } from '../util';
 
 export * from './dtype-table';
 

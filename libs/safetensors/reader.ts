@@ -1,5 +1,5 @@
 import { open, stat } from 'node:fs/promises';
-import { isPlainFileName } from '../util/names';
+import { isPlainFileName } from '../util';
 import { modelJson, readInputText, stripBom } from '../input';
 import { existsSync } from 'node:fs';
 import { join, basename } from 'node:path';

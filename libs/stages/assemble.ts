@@ -1,20 +1,20 @@
 import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { existsSync } from 'node:fs';
-import { hubCacheDir } from '../resolve/settings';
+import { hubCacheDir } from '../resolve';
 import { portablePath, relativeToModel, type PathRoots } from './portable';
 import { createHash } from 'node:crypto';
-import type { MergePlan, PlanModel, ShardOrder } from '../plan/types';
+import type { MergePlan, PlanModel, ShardOrder } from '../plan';
 import type { ResolvedModel } from './context';
 import { PLAN_SCHEMA, readStageJson, refuseStageFile } from './stage-files';
-import { unsafePathReason } from '../resolve/hf-cache';
-import { openWeights } from '../model-folder/weights';
-import type { TensorIndex } from '../safetensors/reader';
+import { unsafePathReason } from '../resolve';
+import { openWeights } from '../model-folder';
+import type { TensorIndex } from '../safetensors';
 import type { MergeContext } from './context';
 import type { GateTensor } from '../gates';
 import { writeGates } from './build-gates';
 import { numberForms } from '../json';
-import { configFloatTest } from '../architectures/common';
+import { configFloatTest } from '../architectures';
 import { assignTorchNoise, torchStateAfterGates } from './noise';
 
 export interface AssembleOptions {

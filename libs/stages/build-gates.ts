@@ -3,10 +3,10 @@ import { GATES_INFO_SCHEMA, missingStageFile, readStageJson, refuseStageFile } f
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { degenerateLayers, drawnGates, hiddenVector, newGates, normalize, type GateTensor, type HiddenReduction, type PromptStates } from '../gates';
-import { GATE_MODES, type GateMode } from '../gates/modes';
-import { encodeHeader } from '../safetensors/writer';
-import { decodeFloats } from '../safetensors/dtype';
-import { readTensorBytes, SafetensorsWeights } from '../safetensors/reader';
+import { GATE_MODES, type GateMode } from '../gates';
+import { encodeHeader } from '../safetensors';
+import { decodeFloats } from '../safetensors';
+import { readTensorBytes, SafetensorsWeights } from '../safetensors';
 import type { MergeContext } from './context';
 import { expectedPromptStates, readPromptStates } from './embed-prompts';
 import { ModelError } from '../errors';

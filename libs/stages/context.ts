@@ -1,17 +1,17 @@
 import { homedir } from 'node:os';
 import { isAbsolute, relative, resolve, sep } from 'node:path';
 import { MODELS_SCHEMA, readStageJson, refuseStageFile } from './stage-files';
-import { COMMIT_SHA, snapshotDir } from '../resolve/hf-cache';
+import { COMMIT_SHA, snapshotDir } from '../resolve';
 import { ModelError, RecipeError } from '../errors';
-import type { ParsedRecipe } from '../recipe/parse';
-import { formatReference, parseModelReference, type ModelReference, type ModelReferenceInput } from '../resolve/reference';
-import { locateReference } from '../resolve/resolve';
-import { checkRecipe } from '../recipe/validate';
-import { dtypeFromName, dtypeToTorchName, FLOAT_DTYPES, type FloatDtype } from '../safetensors/dtype';
-import { selectArchitecture } from '../architectures/registry';
-import type { ArchContext, ExpertSource, ModelSource, OutputArchitecture, RngKind } from '../architectures/types';
+import type { ParsedRecipe } from '../recipe';
+import { formatReference, parseModelReference, type ModelReference, type ModelReferenceInput } from '../resolve';
+import { locateReference } from '../resolve';
+import { checkRecipe } from '../recipe';
+import { dtypeFromName, dtypeToTorchName, FLOAT_DTYPES, type FloatDtype } from '../safetensors';
+import { selectArchitecture } from '../architectures';
+import type { ArchContext, ExpertSource, ModelSource, OutputArchitecture, RngKind } from '../architectures';
 import { checkModelsAgree, openModel } from './models';
-import { checkModelTensors } from '../model-folder/shapes';
+import { checkModelTensors } from '../model-folder';
 import { localPath, portablePath, type PathRoots } from './portable';
 
 export interface ResolvedModel {

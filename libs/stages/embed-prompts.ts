@@ -2,19 +2,19 @@ import { mkdir, writeFile } from 'node:fs/promises';
 import { missingStageFile, PROMPT_STATES_SCHEMA, readStageJson, refuseStageFile } from './stage-files';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
-import { decodeFloats } from '../safetensors/dtype';
-import { readRows, readTensorBytes, SafetensorsWeights, type TensorLocation } from '../safetensors/reader';
-import { encodeHeader } from '../safetensors/writer';
+import { decodeFloats } from '../safetensors';
+import { readRows, readTensorBytes, SafetensorsWeights, type TensorLocation } from '../safetensors';
+import { encodeHeader } from '../safetensors';
 import { loadTokenizer } from '../tokenizer';
 import { ModelError } from '../errors';
-import type { ModelSource } from '../architectures/types';
+import type { ModelSource } from '../architectures';
 import type { MergeContext } from './context';
 import { ContentCache, withLock } from '../cache';
-import { contentId } from '../resolve/content-id';
+import { contentId } from '../resolve';
 import { availableBackends, computePadStatesIsolated as computePadStates, computePromptStatesIsolated as computePromptStates, type Device } from '../forward';
 import { getPadState, getPromptState, putPadState, putPromptState, type CachedPromptState } from '../prompt-cache';
-import type { Progress } from '../util/progress';
-import { GATE_MODES, type PromptStateKind } from '../gates/modes';
+import type { Progress } from '../util';
+import { GATE_MODES, type PromptStateKind } from '../gates';
 import { cachedRouterInputs, fitUnits, unitTensor, type FitUnit } from './fit-states';
 
 /** One distinct prompt text with its token ids and reduced states per layer input. */

@@ -3,10 +3,10 @@
  * output of its dense layer), content-addressed per prompt in the prompt-state cache, so an added prompt costs
  * its own forward pass; and the fit itself (build-gates), from those states.
  */
-import type { ModelSource } from '../architectures/types';
+import type { ModelSource } from '../architectures';
 import { ContentCache, withLock } from '../cache';
 import { availableBackends, computeRouterInputsIsolated, type Device } from '../forward';
-import { contentId } from '../resolve/content-id';
+import { contentId } from '../resolve';
 import { loadTokenizer } from '../tokenizer';
 import { getRouterInputs, putRouterInputs } from '../prompt-cache';
 import { fitLayer, FIT_DEFAULTS, newGates, targetsAndWeights, type FitOptions, type FitSample, type GateTensor } from '../gates';

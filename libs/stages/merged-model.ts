@@ -8,14 +8,14 @@
  */
 import { ForgeError } from '../errors';
 import type { GateTensor } from '../gates';
-import { parseModelConfig } from '../model-folder/config';
-import type { MergePlan, PlanTensor } from '../plan/types';
-import { ChunkPool } from '../safetensors/chunk-pool';
-import { decodeFloats, dtypeSize, encodeFloats, type FloatDtype } from '../safetensors/dtype';
-import { readRows } from '../safetensors/reader';
+import { parseModelConfig } from '../model-folder';
+import type { MergePlan, PlanTensor } from '../plan';
+import { ChunkPool } from '../safetensors';
+import { decodeFloats, dtypeSize, encodeFloats, type FloatDtype } from '../safetensors';
+import { readRows } from '../safetensors';
 import type { Mlp, MoeLayerWeights, MoeModel, Weight } from '../forward';
-import { WeightBuffer, readTensorInto } from '../forward/run';
-import { WasmFloatBuffer } from '../safetensors/float-wasm';
+import { WeightBuffer, readTensorInto } from '../forward';
+import { WasmFloatBuffer } from '../safetensors';
 import { tensorProducer } from './write';
 
 /** The dense model type whose attention each output architecture keeps. */

@@ -1,8 +1,8 @@
 import { existsSync, statSync } from 'node:fs';
 import { ModelError } from '../errors';
-import { readModelConfig } from '../model-folder/config';
-import { openWeights } from '../model-folder/weights';
-import type { ModelSource } from '../architectures/types';
+import { readModelConfig } from '../model-folder';
+import { openWeights } from '../model-folder';
+import type { ModelSource } from '../architectures';
 
 export async function openModel(key: string, ref: string, dir: string): Promise<ModelSource> {
   if (!existsSync(dir) || !statSync(dir).isDirectory()) {

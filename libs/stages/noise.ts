@@ -1,10 +1,10 @@
 import { createHash } from 'node:crypto';
-import { LargeNormalStream, Mt19937, TorchGenerator, wordsOf, TORCH_SMALL_NORMAL, type TorchRngState } from '../gates/torch-rng';
-import { bf16BitsToF32, decodeFloats, dtypeSize, encodeFloats, f16BitsToF32, f32ToBf16Bits, f32ToF16Bits, type FloatDtype } from '../safetensors/dtype';
-import { floatKernels, FLOAT_CAP, scaleThrough } from '../safetensors/float-wasm';
-import type { ArchContext, OutputArchitecture } from '../architectures/types';
-import type { PlanTensor, SourcePart } from '../plan/types';
-import { GATE_MODES, type GateMode } from '../gates/modes';
+import { LargeNormalStream, Mt19937, TorchGenerator, wordsOf, TORCH_SMALL_NORMAL, type TorchRngState } from '../gates';
+import { bf16BitsToF32, decodeFloats, dtypeSize, encodeFloats, f16BitsToF32, f32ToBf16Bits, f32ToF16Bits, type FloatDtype } from '../safetensors';
+import { floatKernels, FLOAT_CAP, scaleThrough } from '../safetensors';
+import type { ArchContext, OutputArchitecture } from '../architectures';
+import type { PlanTensor, SourcePart } from '../plan';
+import { GATE_MODES, type GateMode } from '../gates';
 
 /**
  * Expert noise behind one interface, chosen by the `rng` option: our per-tensor streams, or

@@ -1,11 +1,11 @@
 import { closeSync, existsSync, lstatSync, openSync, readSync, readdirSync, readFileSync, readlinkSync, realpathSync, renameSync, rmSync, statSync, statfsSync, writeFileSync } from 'node:fs';
-import { isPlainFileName } from '../util/names';
+import { isPlainFileName } from '../util';
 import { basename, dirname, isAbsolute, join, relative, resolve, sep } from 'node:path';
 import { ForgeError } from '../errors';
-import { leftByDeadProcess } from '../util/process';
-import { inUse } from '../util/cleanup';
-import { acquireLockAt } from '../util/lock';
-import { isOurWorkFolder, markWorkFolder, WORK_MARKER } from '../util/work-folder';
+import { leftByDeadProcess } from '../util';
+import { inUse } from '../util';
+import { acquireLockAt } from '../util';
+import { isOurWorkFolder, markWorkFolder, WORK_MARKER } from '../util';
 
 /**
  * The output folder's lifecycle: where it really is (symlinks written through), what it must never be

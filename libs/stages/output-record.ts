@@ -4,7 +4,7 @@
 import { mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { createHash } from 'node:crypto';
 import { join, resolve } from 'node:path';
-import { changedSince, recordKeys } from '../util/stat-key';
+import { changedSince, recordKeys } from '../util';
 
 function recordFile(cacheDir: string, out: string): string {
   return join(cacheDir, 'outputs', `${createHash('sha256').update(resolve(out)).digest('hex').slice(0, 32)}.json`);

@@ -13,10 +13,10 @@ import { checkPlanGates, readPlan } from './assemble';
 import { availableBackends, runIsolatedWorker, type Device, type RouterLogits } from '../forward';
 import type { RoutingRequest } from './routing-worker';
 import { loadTokenizer } from '../tokenizer';
-import { measureRouting } from '../report/measured';
-import { GATE_MODES } from '../gates/modes';
+import { measureRouting } from '../report';
+import { GATE_MODES } from '../gates';
 import { promptState, type GateTensor } from '../gates';
-import type { Progress } from '../util/progress';
+import type { Progress } from '../util';
 import { cachedRouterInputs } from './fit-states';
 
 export interface ReportOptions {

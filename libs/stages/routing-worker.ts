@@ -3,7 +3,7 @@
 // worker must not import (stages imports forward).
 import { computeRouterLogits, serveOneRequest, type ForwardOptions } from '../forward';
 import type { GateTensor } from '../gates';
-import type { MergePlan } from '../plan/types';
+import type { MergePlan } from '../plan';
 import { mergedModel } from './merged-model';
 
 export interface RoutingRequest {

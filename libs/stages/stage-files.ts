@@ -2,8 +2,8 @@ import { readFile } from 'node:fs/promises';
 import { basename } from 'node:path';
 import { z } from 'zod';
 import { ForgeError, type ErrorPlace } from '../errors';
-import { GATE_MODE_NAMES, PROMPT_STATE_KINDS } from '../gates/modes';
-import { OUTPUT_DTYPES, WEIGHT_DTYPES } from '../safetensors/dtype-table';
+import { GATE_MODE_NAMES, PROMPT_STATE_KINDS } from '../gates';
+import { OUTPUT_DTYPES, WEIGHT_DTYPES } from '../safetensors';
 
 /**
  * Stage files are read back from Nx caches (local or remote, which someone else may write): each is read

@@ -11,14 +11,14 @@ import { ForgeError } from '../errors';
 import { modelJson, readInputText } from '../input';
 import { jsonText, parseJsonLossless, type LosslessJson } from '../json';
 import { loadTokenizer } from '../tokenizer';
-import { CHAT_TEMPLATE_FILES, GENERATION_CONFIG, TOKENIZER_FILES } from '../resolve/files';
+import { CHAT_TEMPLATE_FILES, GENERATION_CONFIG, TOKENIZER_FILES } from '../resolve';
 import { modelCard } from '../model-card';
-import { parseRecipeText } from '../recipe/parse';
-import { indexJson, type ShardPlan } from '../safetensors/writer';
-import { SafetensorsWeights } from '../safetensors/reader';
-import type { ChunkPool } from '../safetensors/chunk-pool';
-import type { MergePlan, PlanTensor } from '../plan/types';
-import type { RoutingReport } from '../report/types';
+import { parseRecipeText } from '../recipe';
+import { indexJson, type ShardPlan } from '../safetensors';
+import { SafetensorsWeights } from '../safetensors';
+import type { ChunkPool } from '../safetensors';
+import type { MergePlan, PlanTensor } from '../plan';
+import type { RoutingReport } from '../report';
 import { converterOrder, ggufFileName, ggufLayout, producerSource, shardSource, vocabKeys, writeModelGguf, type GgufLayout, type GgufOutType } from '../gguf';
 
 export interface ManifestEntry {

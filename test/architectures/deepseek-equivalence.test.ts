@@ -7,7 +7,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { mergeRecipe } from '../../libs/stages/merge';
+import { mergeRecipe } from '../../libs/pipeline';
 import { recipeYaml, tinyFamilyModel } from '../helpers/arch-models';
 import { deepseekMoeHiddenStates } from '../helpers/arch-moe-forward';
 import { maxAbsDiff, referenceHiddenStates } from '../helpers/forward-reference';

@@ -7,7 +7,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { mergeRecipe } from '../../libs/stages/merge';
+import { mergeRecipe } from '../../libs/pipeline';
 import { CACHE_ENV } from '../../libs/cache';
 import { readAll, recipeYaml, rowNorms, tinyFamilyModel, writeOrder, expectedBytes, TINY_SIZE, type ExpertYaml, type Family, type ReadTensor } from '../helpers/arch-models';
 import { tempDir } from '../helpers/tmp';

@@ -3,7 +3,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { mergeRecipe } from '../../libs/stages/merge';
+import { mergeRecipe } from '../../libs/pipeline';
 import { weightSplit } from '../helpers/manifest';
 import { loadTokenizer } from '../../libs/tokenizer';
 import { readAll, recipeYaml, tinyFamilyModel } from '../helpers/arch-models';

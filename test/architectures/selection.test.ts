@@ -3,7 +3,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { mergeRecipe } from '../../libs/stages/merge';
+import { mergeRecipe } from '../../libs/pipeline';
 import { ARCHITECTURES, ARCHITECTURE_NAMES, selectArchitecture } from '../../libs/architectures/registry';
 import type { ArchContext, ModelSource } from '../../libs/architectures/types';
 import type { ModelConfig } from '../../libs/model-folder/config';

@@ -8,7 +8,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { mergeRecipe } from '../../libs/stages/merge';
+import { mergeRecipe } from '../../libs/pipeline';
 import { GGUF_TYPES } from '../../libs/gguf';
 import { GGUF_CASES, ggufSummary, type GgufSummary } from '../../tools/testing/gguf-cases';
 import { FIXTURES, tempDir } from '../helpers/tmp';

@@ -7,7 +7,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { mergeRecipe } from '../../libs/stages/merge';
+import { mergeRecipe } from '../../libs/pipeline';
 import { SafetensorsWeights, readTensorBytes, decodeFloats } from '../../libs/safetensors';
 import { computeRouterInputs } from '../../libs/forward';
 import { loadTokenizer } from '../../libs/tokenizer';

@@ -2,7 +2,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync, writeFileSync, readdirSync, statSync, existsSync, truncateSync } from 'node:fs';
 import { join } from 'node:path';
-import { mergeRecipe } from '../../libs/stages/merge';
+import { mergeRecipe } from '../../libs/pipeline';
 import { SafetensorsWeights, readTensorBytes, decodeFloats } from '../../libs/safetensors';
 import { assertMatchesManifest, manifest } from '../helpers/manifest';
 import { FIXTURES, tempDir } from '../helpers/tmp';

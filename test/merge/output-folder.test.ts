@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, realpathSync, renameSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { basename, join } from 'node:path';
-import { mergeRecipe } from '../../libs/stages/merge';
+import { mergeRecipe } from '../../libs/pipeline';
 import { runWrite } from '../../libs/stages/write';
 import { newGates } from '../../libs/gates';
 import type { MergePlan } from '../../libs/plan/types';

@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { createHash } from 'node:crypto';
 import { join } from 'node:path';
-import { mergeRecipe } from '../../libs/stages/merge';
+import { mergeRecipe } from '../../libs/pipeline';
 import { SafetensorsWeights, readTensorBytes, decodeFloats } from '../../libs/safetensors';
 import { tempDir, TINY } from '../helpers/tmp';
 

@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { existsSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';
-import { mergeRecipe } from '../../libs/stages/merge';
+import { mergeRecipe } from '../../libs/pipeline';
 import { assertMatchesManifest, isWeightFile, manifest, weightSplit } from '../helpers/manifest';
 import { mergekitMoe } from '../helpers/cli';
 import { FIXTURES, tempDir } from '../helpers/tmp';

@@ -2,7 +2,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync, writeFileSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { mergeRecipe } from '../../libs/stages/merge';
+import { mergeRecipe } from '../../libs/pipeline';
 import { SafetensorsWeights, readTensorBytes, writeShard } from '../../libs/safetensors';
 import { copyModel, tempDir, TINY } from '../helpers/tmp';
 import { mergeRefused } from '../helpers/refused';

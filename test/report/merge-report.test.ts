@@ -3,7 +3,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { mergeRecipe } from '../../libs/stages/merge';
+import { mergeRecipe } from '../../libs/pipeline';
 import { readRecipe } from '../../libs/recipe/parse';
 import { runFetch } from '../../libs/stages/fetch';
 import { runEmbedPrompts } from '../../libs/stages/embed-prompts';

@@ -2,7 +2,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { existsSync, mkdirSync, readdirSync, readFileSync, symlinkSync, utimesSync, writeFileSync } from 'node:fs';
-import { removeDeadWorkFolders } from '../../libs/stages/merge';
+import { removeDeadWorkFolders } from '../../libs/pipeline';
 import { processStartedAt } from '../../libs/util/process';
 import { join } from 'node:path';
 import { runWrite } from '../../libs/stages/write';

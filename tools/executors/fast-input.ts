@@ -10,7 +10,7 @@ import { createHash } from 'node:crypto';
 import { spawnSync } from 'node:child_process';
 import { mkdirSync, renameSync, rmSync, statSync, writeFileSync, type BigIntStats } from 'node:fs';
 import { join } from 'node:path';
-import { isRacy, nowNs } from '../../libs/util/stat-key';
+import { isRacy, nowNs } from '../../libs/util';
 
 export interface Snapshot {
   paths: string[];

@@ -3,7 +3,7 @@ import { basename, dirname, isAbsolute, join, relative, resolve, sep } from 'nod
 import type { CreateNodesV2, TargetConfiguration } from '@nx/devkit';
 import { parseYamlInput, readInputTextSync, RECIPE } from '../../libs/input';
 import { runtimeCommand } from './fast-input';
-import { keyFiles, PIPELINE, STAGE_NAMES, upstream, type StageName } from '../../libs/pipeline/table';
+import { keyFiles, PIPELINE, STAGE_NAMES, upstream, type StageName } from '../../libs/pipeline';
 import { ForgeError } from '../../libs/errors';
 
 /**

@@ -1,6 +1,6 @@
 import { mkdirSync, renameSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import type { Progress } from '../../libs/util/progress';
+import type { Progress } from '../../libs/util';
 
 /**
  * What an executor prints, in two kinds. Nx stores a task's terminal output with its cache entry and prints it

@@ -1,8 +1,8 @@
 import { join, resolve } from 'node:path';
 import type { ExecutorContext } from '@nx/devkit';
 import { parseStageOptions, type StageOptions } from '../../libs/options';
-import { hubCacheDir } from '../../libs/resolve/settings';
-import type { PathRoots } from '../../libs/stages/portable';
+import { hubCacheDir } from '../../libs/resolve';
+import type { PathRoots } from '../../libs/stages';
 import { checkHashedInput } from './hashed-input';
 
 export type { StageOptions };

@@ -21,7 +21,7 @@ import { mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { isAbsolute, join, resolve } from 'node:path';
 import { recordAnswer, snapshot, type Snapshot } from './fast-input';
-import { changedSince, recordKeys } from '../../libs/util/stat-key';
+import { changedSince, recordKeys } from '../../libs/util';
 
 /** One model folder this workspace wrote: its files' stat keys, and the token its write stood under. */
 interface OutputRecord {

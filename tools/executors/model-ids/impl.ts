@@ -1,16 +1,16 @@
 import { dirname, join, resolve } from 'node:path';
 import { parseYamlInput, readInputText, RECIPE } from '../../../libs/input';
 import { ContentCache, defaultCacheDir } from '../../../libs/cache';
-import { contentId } from '../../../libs/resolve/content-id';
-import { parseModelReference, type ModelReferenceInput } from '../../../libs/resolve/reference';
-import { locateReference } from '../../../libs/resolve/resolve';
-import { COMMIT_SHA, cachedCommit, writeRef } from '../../../libs/resolve/hf-cache';
+import { contentId } from '../../../libs/resolve';
+import { parseModelReference, type ModelReferenceInput } from '../../../libs/resolve';
+import { locateReference } from '../../../libs/resolve';
+import { COMMIT_SHA, cachedCommit, writeRef } from '../../../libs/resolve';
 import { modelInfo } from '@huggingface/hub';
-import { hubFailure } from '../../../libs/resolve/hub';
-import { hubFetch } from '../../../libs/resolve/http';
-import { hubSettings } from '../../../libs/resolve/settings';
+import { hubFailure } from '../../../libs/resolve';
+import { hubFetch } from '../../../libs/resolve';
+import { hubSettings } from '../../../libs/resolve';
 import { ModelError } from '../../../libs/errors';
-import { modelFiles } from '../../../libs/resolve/files';
+import { modelFiles } from '../../../libs/resolve';
 
 /**
  * One line per model of a recipe: `<reference> <content id>` for local folders (memoised by path and stat key,

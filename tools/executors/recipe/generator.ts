@@ -1,11 +1,11 @@
 import { formatFiles, type Tree } from '@nx/devkit';
-import { parseRecipeText } from '../../../libs/recipe/parse';
-import { checkRecipe } from '../../../libs/recipe/validate';
-import { PLACEHOLDER_PROMPT } from '../../../libs/recipe/placeholders';
-import { DEFAULT_GATE_MODE, GATE_MODES, gateModesHelp, type GateMode } from '../../../libs/gates/modes';
-import { looksLikeRepoId } from '../../../libs/resolve/reference';
-import { OUTPUT_DTYPE_NAMES } from '../../../libs/safetensors/dtype-table';
-import { orList } from '../../../libs/util/prose';
+import { parseRecipeText } from '../../../libs/recipe';
+import { checkRecipe } from '../../../libs/recipe';
+import { PLACEHOLDER_PROMPT } from '../../../libs/recipe';
+import { DEFAULT_GATE_MODE, GATE_MODES, gateModesHelp, type GateMode } from '../../../libs/gates';
+import { looksLikeRepoId } from '../../../libs/resolve';
+import { OUTPUT_DTYPE_NAMES } from '../../../libs/safetensors';
+import { orList } from '../../../libs/util';
 import { existsSync, statSync } from 'node:fs';
 import { posix } from 'node:path';
 

@@ -1,5 +1,5 @@
 import type { ExecutorContext } from '@nx/devkit';
-import { STAGE_NAMES, type StageName } from '../../../libs/pipeline/table';
+import { STAGE_NAMES, type StageName } from '../../../libs/pipeline';
 import { runStage } from '../run-stage';
 
 /** The stage a target runs: its metadata (the plugin sets it; targets may be renamed), else its own name. */
