@@ -145,5 +145,6 @@ test('a second workspace at another path builds from the remote cache: every cac
   const skip = await nx(second, ['run', 'shared:build', '--random-seed=5'], { ...down, NX_SKIP_REMOTE_CACHE: 'true' });
   assert.equal(skip.exitCode, 0, skip.stdout + skip.stderr);
   assert.match(skip.stdout, /nx run shared:embed-prompts\s+\[local cache\]/);
-  assert.match(skip.stdout, /nx run shared:assemble-experts --random-seed=5\s*\n/, 'the stage a new seed changes runs');
+  // Options reach a stage through its slice (the recipe stage's), so its header names none; not a cache hit.
+  assert.match(skip.stdout, /nx run shared:assemble-experts\s*\n/, 'the stage a new seed changes runs');
 });
