@@ -1,3 +1,4 @@
+import { spawnSync } from 'node:child_process';
 /**
  * `npm run bench -- routing`: how well each gate mode's routers send held-out text to its intended expert, measured
  * on the merged model itself. Three generated recipe sets (tiny Llama and Mistral families, 3 to 8 experts, top-2):
@@ -7,7 +8,7 @@
  * the held-out texts with output_router_logits=True (bench/routing_eval.py), over every token and every layer.
  * Also the cost of the fit itself at the incremental bench's medium shape (hidden 2048, 22 layers, 1,155 tokens).
  */
-import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
+import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { execFileSync } from 'node:child_process';
 import { copyFile } from 'node:fs/promises';
@@ -20,7 +21,8 @@ import { configJson, writeTinyModel, type TinyModelSpec } from '../tools/testing
 import { writeByteTokenizer, writeFastModel } from './models';
 import { computeRouterInputs } from '../libs/forward';
 
-export const PYTHON = process.env.MOE_FORGE_PYTHON ?? '/work/tools/py/bin/python';
+// A Python with torch and transformers (the reference's runtime) measures the written models.
+export const PYTHON = process.env.MOE_FORGE_PYTHON ?? 'python3';
 
 export interface RoutingSet {
   name: string;
@@ -147,7 +149,7 @@ export interface SetResult {
 }
 
 export async function benchRoutingSets(tmp: string, log: (s: string) => void, sets = ROUTING_SETS): Promise<SetResult[]> {
-  if (!existsSync(PYTHON)) throw new Error(`the routing section runs transformers through ${PYTHON} (set MOE_FORGE_PYTHON)`);
+  if (spawnSync(PYTHON, ['-c', 'import torch, transformers'], { stdio: 'ignore' }).status !== 0) throw new Error(`the routing section runs transformers through ${PYTHON}, which cannot import torch and transformers (set MOE_FORGE_PYTHON)`);
   const results: SetResult[] = [];
   for (const set of sets) {
     const dir = join(tmp, `routing-${set.name}`);

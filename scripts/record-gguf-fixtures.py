@@ -3,8 +3,10 @@
 
 Run by hand (after `npm run build`), from the repository root:
 
-    PYTHONPATH=/work/tools/llama.cpp/gguf-py /work/tools/py/bin/python scripts/record-gguf-fixtures.py \
-        --llama-cpp /work/tools/llama.cpp
+    PYTHONPATH=LLAMA_CPP/gguf-py python3 scripts/record-gguf-fixtures.py --llama-cpp LLAMA_CPP
+
+where LLAMA_CPP is llama.cpp's source (node-llama-cpp ships it: package/llama/gitRelease.bundle, a git bundle)
+and python3 has torch and transformers.
 
 It builds four tiny MoE outputs with OUR command (mergekit-moe, cheap_embed gates over the tiny fixture models),
 runs the converter at each outtype, and writes compact manifests (every metadata key with its value, long arrays
