@@ -51,7 +51,7 @@ before(async () => {
 test('the tarball holds the built command, worker and library, and no sources, tests or fixtures', async () => {
   const r = await run('tar', ['-tzf', tgz], d);
   const files = r.stdout.trim().split('\n').sort();
-  assert.deepEqual(files, ['package/README.md', 'package/bin/built.js', 'package/bin/mergekit-moe.js', 'package/build/cli.js', 'package/build/forward-worker.js', 'package/build/index.d.ts', 'package/build/index.js', 'package/package.json']);
+  assert.deepEqual(files, ['package/README.md', 'package/bin/built.js', 'package/bin/mergekit-moe.js', 'package/build/cli.js', 'package/build/forward-worker.js', 'package/build/index.d.ts', 'package/build/index.js', 'package/build/routing-worker.js', 'package/package.json']);
 });
 
 test('mergekit-moe installed from the tarball prints its version and merges a cheap_embed recipe from another folder', async () => {
@@ -64,11 +64,13 @@ test('mergekit-moe installed from the tarball prints its version and merges a ch
   assertModelFolder(join(dir, 'out'));
 });
 
-test('the installed mergekit-moe runs a hidden-gate merge: the forward worker runs from the package', async () => {
+test('the installed mergekit-moe runs a hidden-gate merge with its report: both workers run from the package', async () => {
   const dir = mergeFolder('hidden', 'hidden');
-  const r = await run(bin, ['moe.yml', 'out'], dir, { ...env, HF_HUB_OFFLINE: '1' });
+  // --report runs the merged model in the routing worker, the gates' forward pass in the forward worker.
+  const r = await run(bin, ['moe.yml', 'out', '--report', 'routing.html'], dir, { ...env, HF_HUB_OFFLINE: '1' });
   assert.equal(r.exitCode, 0, r.stderr);
   assertModelFolder(join(dir, 'out'));
+  assert.match(readFileSync(join(dir, 'routing.json'), 'utf8'), /"measured"/);
   assert.ok(!existsSync(join(prefix, 'lib', 'node_modules', 'moe-forge', '.nx')), 'nothing built beside the package');
 });
 
