@@ -344,6 +344,9 @@ export const PIPELINE: readonly StageDecl[] = [
       const page = `${relative(env.paths.roots.workspace, env.paths.stage('report')) || '.'}/routing.html`;
       const on = m.headline === 'heldout' ? 'held-out texts' : "the recipe's own prompts (training fit)";
       env.log.result(a ? `merged model on ${on}: ${pct(a.top1)} of tokens first to their intended expert (chance ${pct(m.chance.top1)}), ${pct(a.topK)} within the top ${report.topK} (chance ${pct(m.chance.topK)}); MaxVio ${m.overall.load.maxVio.toFixed(2)}: ${page}` : `merged model: no positive prompts to measure agreement on: ${page}`);
+      // Random routers starve experts by design until trained: one line says so, not one per expert.
+      const random = report.summary.starving.filter((x) => / gates are not built from prompts/.test(x.reasons[0] ?? ''));
+      if (random.length > 0) env.log.info(`${random.length} of ${report.routed} experts win no prompt in some layer, as expected of ${report.gateMode} gates (the router needs training): see the report`);
       for (const line of report.advice) env.log.warn(line);
     },
   },

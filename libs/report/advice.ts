@@ -31,7 +31,9 @@ export function routingAdvice(input: AdviceInput): string[] {
   const name = (e: number) => `${experts[e]!.label} (${experts[e]!.model})`;
   const where = (ls: number[]) => (ls.length === input.layers && input.layers > 1 ? 'every layer' : `layer${ls.length === 1 ? '' : 's'} ${layerRanges(ls)}`);
   const out: string[] = [];
-  if (m.headline === 'train') {
+  const measured = m.overall[m.headline];
+  // Said only where there are figures: random gates with no prompts have none to qualify.
+  if (m.headline === 'train' && measured) {
     out.push('These figures are on the recipe\'s own prompts, the texts the routers were built from (training fit): they say how well the routers fit those prompts, not how the model routes new text. Give held-out texts of each expert (evalPrompts) to measure that.');
   }
   const a = m.overall[m.headline];

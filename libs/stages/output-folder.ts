@@ -101,7 +101,8 @@ const isFolder = (p: string) => {
 };
 
 /** Text that starts every file of a kind we write besides the model folder: proof that replacing it loses nothing. */
-const OUR_FILE_STARTS = [/^\{"version":1,"name":/, /^<!DOCTYPE html>\n(?:.*\n){0,6}<title>Routing report: /];
+// routing.json of any version we wrote (its first keys), or routing.html.
+const OUR_FILE_STARTS = [/^\{"version":\d+,"name":/, /^<!DOCTYPE html>\n(?:.*\n){0,6}<title>Routing report: /];
 
 function writtenByUs(p: string): boolean {
   try {

@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { FIXTURES } from '../helpers/tmp';
 import { addRecipe, nx, throwawayWorkspace } from '../helpers/workspace';
 
-const STAGES = ['check-options', 'fetch', 'embed-prompts', 'build-gates', 'assemble-experts', 'report', 'write'];
+const STAGES = ['check-options', 'recipe', 'fetch', 'embed-prompts', 'build-gates', 'assemble-experts', 'report', 'write'];
 
 /** Each task's part of Nx's output (the lines under `> nx run r:<target>`), by target; Nx's closing summary left out. */
 function sections(stdout: string): Record<string, string> {
@@ -115,10 +115,10 @@ test('each line names the task that printed it, in every output style: stream (p
     const text = r.stdout.replace(/\x1b\[[0-9;]*m/g, '');
     // The stages' results, each tagged with the stage that printed it, wherever Nx put the line.
     assert.match(text, /\[assemble-experts\] .*tensors planned/, style);
-    assert.match(text, /\[report\] routing accuracy/, style);
+    assert.match(text, /\[report\] merged model/, style);
     assert.match(text, /\[write\] model folder dist\/models\/r:/, style);
     for (const line of text.split('\n')) {
-      if (/tensors planned|routing accuracy|model folder dist|gates:|prompt states|experts win no prompt/.test(line)) assert.ok(/\[[\w-]+\] /.test(line), `${style}: untagged stage line ${JSON.stringify(line)}`);
+      if (/tensors planned|merged model|model folder dist|gates:|prompt states|experts win no prompt/.test(line)) assert.ok(/\[[\w-]+\] /.test(line), `${style}: untagged stage line ${JSON.stringify(line)}`);
     }
     assert.ok(tags(text).every((t) => STAGES.includes(t!) || t === 'build'), `${style}: tags name stages: ${tags(text).join(', ')}`);
     if (style !== 'stream') {

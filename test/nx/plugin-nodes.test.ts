@@ -57,8 +57,9 @@ test('a recipe is a project with one target per stage of the pipeline table, cha
   assert.deepEqual(t.recipe!.dependsOn, [check]);
   assert.deepEqual(t.fetch!.dependsOn, [check, recipe]);
   assert.deepEqual(t['embed-prompts']!.dependsOn, [check, recipe, { target: 'fetch', params: 'ignore' }]);
-  assert.deepEqual(t.report!.dependsOn, [check, recipe, { target: 'build-gates', params: 'ignore' }]);
-  assert.deepEqual(t.write!.dependsOn, [check, recipe, { target: 'assemble-experts', params: 'ignore' }, { target: 'report', params: 'ignore' }]);
+  // The report runs the merged model that assemble-experts planned.
+  assert.deepEqual(t.report!.dependsOn, [check, recipe, { target: 'assemble-experts', params: 'ignore' }]);
+  assert.deepEqual(t.write!.dependsOn, [check, recipe, { target: 'report', params: 'ignore' }]);
   assert.deepEqual(t.build!.dependsOn, [check, recipe, { target: 'write', params: 'ignore' }]);
   for (const s of PIPELINE) {
     assert.equal(t[s.name]!.executor, './tools/executors:stage');
@@ -75,7 +76,7 @@ test('a recipe is a project with one target per stage of the pipeline table, cha
   assert.deepEqual(dependentFiles(t.fetch!), ['**/fetch.slice.json']);
   // Not models.json: an expert's weights do not change prompt states; the base's content id (base-model.json) does.
   assert.deepEqual(dependentFiles(t['embed-prompts']!), ['**/{embed-prompts.slice.json,base-model.json}']);
-  assert.deepEqual(dependentFiles(t.report!), ['**/{report.slice.json,models.json,prompt-states.json,gates.json}']);
+  assert.deepEqual(dependentFiles(t.report!), ['**/{report.slice.json,models.json,prompt-states.json,gates.json,plan.json}']);
   assert.ok(t.fetch!.inputs!.some((i) => typeof i === 'object' && 'runtime' in i && /model-ids/.test(i.runtime)), 'fetch hashes the models\' content ids');
   assert.ok(t.write!.inputs!.some((i) => typeof i === 'object' && 'runtime' in i && /output-state/.test(i.runtime)), 'write hashes the output folder\'s state');
   assert.ok(t.report!.inputs!.includes('{projectRoot}/**/*.jsonl'), 'held-out prompt files');
