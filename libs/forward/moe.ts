@@ -3,7 +3,7 @@ import type { ModelConfig } from '../model-folder';
 import { executionProviders, floatTensor, sessionFromBytes, type Session, type SessionSettings } from './backend';
 import { ATTN_OUTPUT, LAYER_INPUTS, ROUTER_INPUT, buildLayerModel, weightInput, type LayerTensor } from './layer-graph';
 import { OnnxDtype, encodeModel, type OnnxModel } from './onnx-proto';
-import { packInputs, packs, type ForwardOptions, type Sequence } from './run';
+import { packInputs, packStates, packs, type ForwardOptions, type Sequence } from './run';
 
 /** A float32 weight and its shape. */
 export interface Weight {
@@ -137,13 +137,7 @@ export async function computeRouterLogits(model: MoeModel, prompts: number[][], 
       const next: Float32Array[] = new Array(seqs.length);
       let done = 0;
       for (const [g, members] of groups.entries()) {
-        const N = members.reduce((a, i) => a + seqs[i]!.ids.length, 0);
-        const hidden = new Float32Array(N * H);
-        let at = 0;
-        for (const i of members) {
-          hidden.set(states[i]!, at * H);
-          at += seqs[i]!.ids.length;
-        }
+        const { N, hidden } = packStates(seqs, members, states, H);
         const r = await attn.run({ ...feeds, ...fixed[g]!, [LAYER_INPUTS.hidden]: floatTensor(hidden, [N, H]) });
         const h1 = (r[ATTN_OUTPUT]!.data as Float32Array).slice();
         const x = (r[ROUTER_INPUT]!.data as Float32Array).slice();
@@ -182,7 +176,7 @@ export async function computeRouterLogits(model: MoeModel, prompts: number[][], 
             for (let c = 0; c < H; c++) row[c]! += Math.fround(yt[c]! * s);
           }
         }
-        at = 0;
+        let at = 0;
         for (const i of members) {
           const T = seqs[i]!.ids.length;
           next[i] = h1.slice(at * H, (at + T) * H);

@@ -48,6 +48,18 @@ export interface Sequence {
   attnGate: 0 | 1;
 }
 
+/** One pack's states, one sequence after another: [N, H] with N the pack's tokens. */
+export function packStates(seqs: Sequence[], members: number[], states: Float32Array[], H: number): { N: number; hidden: Float32Array } {
+  const N = members.reduce((a, i) => a + seqs[i]!.ids.length, 0);
+  const hidden = new Float32Array(N * H);
+  let at = 0;
+  for (const i of members) {
+    hidden.set(states[i]!, at * H);
+    at += seqs[i]!.ids.length;
+  }
+  return { N, hidden };
+}
+
 /** Per sequence, the [T, H] states at layer inputs 0..upTo (upTo = L is the last layer's output, before the final norm). */
 type Visit = (seq: number, entry: number, states: Float32Array, routerIn?: Float32Array) => void;
 
@@ -324,13 +336,8 @@ async function runLayers(m: Model, seqs: Sequence[], upTo: number, opts: Forward
       const routerIn: Float32Array[] = new Array(seqs.length);
       let done = 0;
       for (const [g, members] of groups.entries()) {
-        const N = members.reduce((a, i) => a + seqs[i]!.ids.length, 0);
-        const hidden = new Float32Array(N * H);
+        const { N, hidden } = packStates(seqs, members, states, H);
         let at = 0;
-        for (const i of members) {
-          hidden.set(states[i]!, at * H);
-          at += seqs[i]!.ids.length;
-        }
         const result = await session.run({ ...weights, ...fixed[g]!, [LAYER_INPUTS.hidden]: floatTensor(hidden, [N, H]) });
         const t = result[LAYER_OUTPUT]!;
         const data = t.data as Float32Array;

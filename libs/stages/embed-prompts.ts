@@ -178,13 +178,17 @@ export interface HiddenStatesResult {
   device: Device;
 }
 
+/** A device option as the forward pass takes it: auto, as the reference resolves it, is the GPU when there is one. */
+export function resolveDevice(device: string | undefined): Device {
+  return (device === 'auto' ? (availableBackends().includes('cuda') ? 'cuda' : 'cpu') : device ?? 'cpu') as Device;
+}
+
 /**
  * Per-layer states of prompts through the base, each read from the content-addressed cache or computed
  * (all misses in one forward pass) and stored there: the one path for gate prompts and report prompts alike.
  */
 export async function cachedHiddenStates(base: ModelSource, texts: string[], opts: EmbedOptions): Promise<HiddenStatesResult> {
-  // auto, as the reference resolves it: the GPU when there is one, else the CPU.
-  const device = (opts.device === 'auto' ? (availableBackends().includes('cuda') ? 'cuda' : 'cpu') : opts.device ?? 'cpu') as Device;
+  const device = resolveDevice(opts.device);
   const L = base.config.numLayers;
   const H = base.config.hiddenSize;
   const warn = opts.warn ?? opts.log;

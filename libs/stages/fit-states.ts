@@ -5,13 +5,13 @@
  */
 import type { ModelSource } from '../architectures';
 import { ContentCache, withLock } from '../cache';
-import { availableBackends, computeRouterInputsIsolated, type Device } from '../forward';
+import { computeRouterInputsIsolated, type Device } from '../forward';
 import { contentId } from '../resolve';
 import { loadTokenizer } from '../tokenizer';
 import { getRouterInputs, putRouterInputs } from '../prompt-cache';
 import { fitLayer, FIT_DEFAULTS, newGates, targetsAndWeights, type FitOptions, type FitSample, type GateTensor } from '../gates';
 import type { MergeContext } from './context';
-import type { EmbedOptions } from './embed-prompts';
+import { resolveDevice, type EmbedOptions } from './embed-prompts';
 
 export interface RouterInputsResult {
   /** Per text: its token ids and, per layer, its T x H router inputs. */
@@ -26,7 +26,7 @@ export interface RouterInputsResult {
  * the cache or computed (all misses in one pass) and stored.
  */
 export async function cachedRouterInputs(base: ModelSource, texts: string[], opts: EmbedOptions, mlpFrom?: ModelSource): Promise<RouterInputsResult> {
-  const device = (opts.device === 'auto' ? (availableBackends().includes('cuda') ? 'cuda' : 'cpu') : opts.device ?? 'cpu') as Device;
+  const device = resolveDevice(opts.device);
   const L = base.config.numLayers;
   const H = base.config.hiddenSize;
   const warn = opts.warn ?? opts.log;
