@@ -61,6 +61,15 @@ export function optionsForStage(stage: OptionStage): OptionName[] {
   return entries.filter(([, spec]) => spec.stages.includes(stage)).map(([name]) => name);
 }
 
+/**
+ * The options the command line hands a stage through its slice (the recipe stage writes them there): every option
+ * the stage reads, its result changing or not, but those a task reads before its slice. The pipeline table takes
+ * each stage's list from here, so the stage-option relation is stated once, in the options table.
+ */
+export function sliceOptions(stage: OptionStage): OptionName[] {
+  return entries.filter(([, spec]) => !spec.beforeSlice && (spec.stages.includes(stage) || (spec.reads ?? []).includes(stage))).map(([name]) => name);
+}
+
 /** Every stage an option is read by (changing its result or not). */
 export function stagesReading(name: OptionName): OptionStage[] {
   const spec: OptionSpec = OPTIONS[name];

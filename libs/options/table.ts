@@ -38,6 +38,11 @@ interface Common {
   stages: readonly OptionStage[];
   /** The stages that read it without their result depending on it (a location, a cache folder, a check). */
   reads?: readonly OptionStage[];
+  /**
+   * True: every task reads it before its slice (which recipe, where the stage folders are), so the recipe stage
+   * never hands it on through one.
+   */
+  beforeSlice?: true;
   /** The command's spelling; absent: Nx only. */
   cli?: CliSpelling;
   /** False: the command only (not in stage-options.json). */
@@ -62,6 +67,7 @@ export const OPTIONS = {
   recipe: {
     type: 'string',
     stages: ALL,
+    beforeSlice: true,
     description: 'Recipe file, relative to the project root: moe.yml, the file Nx hashes as the recipe (another file is refused, since Nx would not see its edits).',
   },
   outputPath: {
@@ -74,6 +80,7 @@ export const OPTIONS = {
     type: 'string',
     stages: [],
     reads: ALL,
+    beforeSlice: true,
     description: "Folder of this recipe's stage outputs, relative to the workspace (default dist/stages/<project>, or the plugin's stagesDir).",
   },
   randomSeed: {
@@ -143,7 +150,8 @@ export const OPTIONS = {
     type: 'boolean',
     default: false,
     stages: [],
-    reads: ['fetch'],
+    // Every stage that opens the merge context checks the recipe again with it.
+    reads: ['fetch', 'embed-prompts', 'build-gates', 'assemble-experts', 'report'],
     description: "Allow experts identical to each other (the reference's --i-understand-this-is-not-useful-without-training).",
     cli: { flag: 'i-understand-this-is-not-useful-without-training', kind: 'bool', help: 'Allow experts that are all the same model.' },
   },
@@ -171,12 +179,15 @@ export const OPTIONS = {
   cacheDir: {
     type: 'string',
     stages: [],
-    reads: ['fetch', 'embed-prompts', 'report'],
+    // Every stage after fetch downloads a Hub model missing from this machine through it.
+    reads: ALL,
     description: 'Prompt-state and content-id cache folder (default $MOE_FORGE_CACHE, else .moe-cache in the workspace).',
   },
   evalPrompts: {
     type: 'string',
     stages: ['report'],
+    // fetch and write check that the output folder does not hold it.
+    reads: ['fetch', 'write'],
     description:
       'Held-out prompts for the report target: a .yml/.yaml list of {expert, prompts} or a .jsonl file of {"expert", "prompt"} lines, relative to the recipe\'s folder and inside it by its real path, not git-ignored (so Nx sees its edits; otherwise it is refused).',
     cli: { flag: 'eval-prompts', kind: 'value', help: 'Held-out prompts for the report: YAML list of {expert, prompts} or JSONL {"expert", "prompt"}.' },

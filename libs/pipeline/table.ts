@@ -17,6 +17,7 @@ import { readReport, runReport, type ReportOptions } from '../stages';
 import { PROMPT_STATES_SCHEMA, readStageJson, refuseStageFile } from '../stages';
 import { runWrite, writeOutput, type LateInputs, type WriteOptions, type WriteResult } from '../stages';
 import type { MergePlan } from '../plan';
+import { sliceOptions, type OptionName, type OptionStage } from '../options';
 import type { StageEnv } from './env';
 
 export const STAGE_NAMES = ['recipe', 'fetch', 'embed-prompts', 'build-gates', 'assemble-experts', 'report', 'write'] as const;
@@ -30,8 +31,11 @@ export interface StageRead {
   key?: string[];
 }
 
-/** The options a command line may give a stage (tools/executors/stage-options.json), by name. */
-export type OptionName = 'recipe' | 'outputPath' | 'stagesDir' | 'randomSeed' | 'layout' | 'rng' | 'outShardSize' | 'shardOrder' | 'device' | 'overwrite' | 'recompute' | 'allowIdenticalModels' | 'copyTokenizer' | 'gguf' | 'ggufOnly' | 'cacheDir' | 'evalPrompts';
+// The options table names the same stages but the recipe stage (which takes every option given): a stage added
+// to one list and not the other fails the type-check here.
+type Same<A, B> = [A] extends [B] ? ([B] extends [A] ? true : false) : false;
+const STAGES_AGREE: Same<Exclude<StageName, 'recipe'>, OptionStage> = true;
+void STAGES_AGREE;
 
 export const SLICE_VERSION = 1;
 export const sliceFile = (stage: StageName) => `${stage}.slice.json`;
@@ -68,9 +72,10 @@ export interface StageDecl {
   slice(recipe: ParsedRecipe): unknown;
   /**
    * The options given on the command line that reach it, through its slice (every stage after the recipe stage
-   * ignores the options Nx would forward, so that a new shard size does not re-run the report).
+   * ignores the options Nx would forward, so that a new shard size does not re-run the report). Not declared here:
+   * read from the options table (`sliceOptions`), whose rows say which stages read each option.
    */
-  options: readonly OptionName[];
+  readonly options: readonly OptionName[];
   /** Example options for `nx run <recipe>:<stage> --help`. */
   example: Record<string, unknown>;
   run(env: StageEnv): Promise<unknown>;
@@ -219,7 +224,10 @@ const GATES: StageRead = { from: 'build-gates', files: ['gates.json', 'gates.saf
 
 const slice = (stage: StageName): StageRead => ({ from: 'recipe', files: [sliceFile(stage)] });
 
-export const PIPELINE: readonly StageDecl[] = [
+/** A stage as declared below; its options come from the options table. */
+type StageSpec = Omit<StageDecl, 'options'>;
+
+const SPECS: readonly StageSpec[] = [
   {
     name: 'recipe',
     description: 'Read and check the recipe and the options given, and split them per stage (<stage>.slice.json): each stage is cached on the part it uses.',
@@ -227,7 +235,6 @@ export const PIPELINE: readonly StageDecl[] = [
     writes: STAGE_NAMES.map(sliceFile),
     hashes: { recipe: true, packages: ['yaml', 'zod'] },
     slice: wholeRecipe,
-    options: [],
     example: {},
     async run(env) {
       const parsed = await readRecipe(env.paths.recipe);
@@ -252,7 +259,6 @@ export const PIPELINE: readonly StageDecl[] = [
     hashes: { recipe: false, packages: ['yaml', 'zod', 'cacache', '@huggingface/hub'], runtime: 'model-ids' },
     // Not the prompts: they are checked by the recipe stage and used by the stages after.
     slice: (p) => ({ ...p.recipe, experts: p.recipe.experts.map(withoutPrompts), shared_experts: p.recipe.shared_experts?.map(withoutPrompts) }),
-    options: ['outputPath', 'overwrite', 'recompute', 'cacheDir'],
     example: {},
     async run(env) {
       const { models, merge } = await runFetch(await readRecipe(env.paths.recipe), env.paths.stage('fetch'), fetchOptions(env));
@@ -270,7 +276,6 @@ export const PIPELINE: readonly StageDecl[] = [
     hashes: { recipe: false, packages: ['yaml', 'zod', 'cacache', '@huggingface/tokenizers', 'onnxruntime-node'] },
     // The base (its reference: an override_architecture), the mode and the prompts, in the recipe's order.
     slice: (p) => ({ base_model: p.recipe.base_model, gate_mode: p.recipe.gate_mode, experts: p.recipe.experts.map(promptsOf), shared_experts: p.recipe.shared_experts?.map(({ source_model: _m, ...rest }) => rest) }),
-    options: ['device', 'recompute', 'cacheDir'],
     example: {},
     async run(env) {
       const index = await runEmbedPrompts(await env.merge(), env.paths.stage('embed-prompts'), embedOptions(env));
@@ -284,7 +289,6 @@ export const PIPELINE: readonly StageDecl[] = [
     writes: ['gates.json', 'gates.safetensors'],
     hashes: { recipe: false, packages: ['yaml', 'zod'] },
     slice: wholeRecipe,
-    options: [],
     example: {},
     async run(env) {
       const { info } = await runBuildGates(await env.merge(), env.paths.stage('embed-prompts'), env.paths.stage('build-gates'));
@@ -306,7 +310,6 @@ export const PIPELINE: readonly StageDecl[] = [
     hashes: { recipe: false, packages: ['yaml', 'zod'] },
     // A new seed draws new random gates here, a new shard size makes a new plan.
     slice: wholeRecipe,
-    options: ['randomSeed', 'layout', 'rng', 'allowIdenticalModels', 'outShardSize', 'shardOrder', 'device'],
     example: { randomSeed: 1 },
     async run(env) {
       const merge = await env.merge();
@@ -333,7 +336,6 @@ export const PIPELINE: readonly StageDecl[] = [
     hashes: { recipe: false, projectFiles: ['{projectRoot}/**/*.yml', '{projectRoot}/**/*.yaml', '{projectRoot}/**/*.jsonl', '!{projectRoot}/moe.yml'], packages: ['yaml', 'zod', 'cacache', '@huggingface/tokenizers', 'onnxruntime-node'] },
     // A new seed draws new random gates, which the report routes through.
     slice: wholeRecipe,
-    options: ['randomSeed', 'layout', 'rng', 'allowIdenticalModels', 'device', 'recompute', 'cacheDir', 'evalPrompts'],
     example: { evalPrompts: 'held-out.yml' },
     async run(env) {
       if (env.options.evalPrompts) env.checkInput?.(env.options.evalPrompts, 'evalPrompts');
@@ -361,11 +363,13 @@ export const PIPELINE: readonly StageDecl[] = [
     hashes: { recipe: false, packages: ['yaml', 'zod', '@huggingface/tokenizers'], runtime: 'output-state' },
     // The recipe's text: it is copied into the model folder (mergekit_moe_config.yml).
     slice: (p) => ({ text: p.text }),
-    options: ['outputPath', 'overwrite', 'recompute', 'copyTokenizer', 'gguf', 'ggufOnly', 'cacheDir', 'evalPrompts'],
     example: { outputPath: 'out/<project>' },
     run: (env) => writeStage(env),
   },
 ];
+
+/** The recipe stage hands on nothing: it takes every option given, and writes each stage's into its slice. */
+export const PIPELINE: readonly StageDecl[] = SPECS.map((s) => ({ ...s, options: s.name === 'recipe' ? [] : sliceOptions(s.name) }));
 
 /** A stage's entry by name; throws for a name the table does not hold. */
 export function stageEntry(name: string): StageDecl {
