@@ -7,7 +7,7 @@
 import { Rng } from '../libs/gates';
 import { TorchGenerator } from '../libs/gates';
 import { useWasmNormals, wasmNormals } from '../libs/gates';
-import { noiseApplier, streamNormals, TorchDrawSeeker } from '../libs/stages';
+import { noiseApplier, streamNormals, TorchDrawSeeker } from '../libs/noise';
 import type { SourcePart } from '../libs/plan';
 
 export interface Rate {

@@ -3,7 +3,7 @@ import type { Progress } from '../util';
 import type { RngKind } from '../architectures';
 import type { ShardOrder } from '../plan';
 import type { MergeContext, ResolvedModel } from '../stages';
-import type { PathRoots } from '../stages';
+import type { PathRoots } from '../resolve';
 
 /** The options a stage may use: the Nx executors' options once parsed, or the command's flags. */
 export interface PipelineOptions {
@@ -36,7 +36,7 @@ export interface StageLog {
 }
 
 export interface StagePathsLike {
-  /** Where stage outputs' paths are relative to (see libs/stages/portable.ts). */
+  /** Where stage outputs' paths are relative to (see libs/resolve/portable.ts). */
   roots: PathRoots;
   /** Relative model paths resolve against this (Nx: the recipe's folder; the command: the working directory). */
   projectRoot: string;

@@ -6,3 +6,4 @@ export * from './hub';
 export * from './content-id';
 export * from './resolve';
 export * from './http';
+export * from './portable';

@@ -2,11 +2,11 @@ import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { existsSync } from 'node:fs';
 import { hubCacheDir } from '../resolve';
-import { portablePath, relativeToModel, type PathRoots } from './portable';
+import { portablePath, relativeToModel, type PathRoots } from '../resolve';
 import { createHash } from 'node:crypto';
 import type { MergePlan, PlanModel, ShardOrder } from '../plan';
 import type { ResolvedModel } from './context';
-import { PLAN_SCHEMA, readStageJson, refuseStageFile } from './stage-files';
+import { PLAN_SCHEMA, readStageJson, refuseStageFile } from '../stage-files';
 import { unsafePathReason } from '../resolve';
 import { openWeights } from '../model-folder';
 import type { TensorIndex } from '../safetensors';
@@ -15,7 +15,7 @@ import type { GateTensor } from '../gates';
 import { writeGates } from './build-gates';
 import { numberForms } from '../json';
 import { configFloatTest } from '../architectures';
-import { assignTorchNoise, torchStateAfterGates } from './noise';
+import { assignTorchNoise, torchStateAfterGates } from '../noise';
 
 export interface AssembleOptions {
   maxShardBytes: number;
@@ -24,7 +24,7 @@ export interface AssembleOptions {
   extraWarnings?: string[];
   /** Router weights; saved beside the plan so the write stage reads one stage's output. */
   gates?: GateTensor;
-  /** What plan.json's paths are relative to (see portable.ts); default: the working directory. */
+  /** What plan.json's paths are relative to (see libs/resolve/portable.ts); default: the working directory. */
   roots?: PathRoots;
 }
 

@@ -1,5 +1,5 @@
 import { mkdir, writeFile } from 'node:fs/promises';
-import { GATES_INFO_SCHEMA, missingStageFile, readStageJson, refuseStageFile } from './stage-files';
+import { GATES_INFO_SCHEMA, missingStageFile, readStageJson, refuseStageFile } from '../stage-files';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { degenerateLayers, drawnGates, hiddenVector, newGates, normalize, type GateTensor, type HiddenReduction, type PromptStates } from '../gates';

@@ -1,6 +1,6 @@
 import { homedir } from 'node:os';
 import { isAbsolute, relative, resolve, sep } from 'node:path';
-import { MODELS_SCHEMA, readStageJson, refuseStageFile } from './stage-files';
+import { MODELS_SCHEMA, readStageJson, refuseStageFile } from '../stage-files';
 import { COMMIT_SHA, snapshotDir } from '../resolve';
 import { ModelError, RecipeError } from '../errors';
 import type { ParsedRecipe } from '../recipe';
@@ -12,7 +12,7 @@ import { selectArchitecture } from '../architectures';
 import type { ArchContext, ExpertSource, ModelSource, OutputArchitecture, RngKind } from '../architectures';
 import { checkModelsAgree, openModel } from './models';
 import { checkModelTensors } from '../model-folder';
-import { localPath, portablePath, type PathRoots } from './portable';
+import { localPath, portablePath, type PathRoots } from '../resolve';
 
 export interface ResolvedModel {
   key: string;
@@ -30,7 +30,7 @@ export interface ModelsFile {
 }
 
 /**
- * models.json as written: every path portable (see portable.ts), and hub models' source 'hub' whether this run
+ * models.json as written: every path portable (see libs/resolve/portable.ts), and hub models' source 'hub' whether this run
  * downloaded them or found them cached, so the file (an input of every later stage) is the same on any machine.
  */
 export interface ModelsFileOnDisk {
@@ -205,7 +205,7 @@ export function buildMergeContext(parsed: ParsedRecipe, byKey: Map<string, Model
   return { parsed, ctx, arch, warnings, archWhy, gatedExperts };
 }
 
-/** models.json with its paths made local to this machine (`roots`: see portable.ts), checked as a stage file. */
+/** models.json with its paths made local to this machine (`roots`: see libs/resolve/portable.ts), checked as a stage file. */
 export async function readModelsFile(file: string, roots: PathRoots): Promise<ModelsFile> {
   const disk = await readStageJson<ModelsFileOnDisk>(file, MODELS_SCHEMA, 2, 'fetch');
   return { version: 1, models: disk.models.map((m) => ({ ...m, dir: localPath(m.dir, roots), source: m.source === 'hub' ? 'cache' : 'local' })) };

@@ -1,5 +1,5 @@
 import { mkdir, writeFile } from 'node:fs/promises';
-import { missingStageFile, PROMPT_STATES_SCHEMA, readStageJson, refuseStageFile } from './stage-files';
+import { missingStageFile, PROMPT_STATES_SCHEMA, readStageJson, refuseStageFile } from '../stage-files';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { decodeFloats } from '../safetensors';

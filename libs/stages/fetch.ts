@@ -12,13 +12,13 @@ import type { HubEnv } from '../resolve';
 import { locate } from '../safetensors';
 import { ModelError } from '../errors';
 import type { ModelSource } from '../architectures';
-import { checkOutputPath, checkOwner, readStampSync } from './output-folder';
+import { checkOutputPath, checkOwner, readStampSync } from '../output-folder';
 import { hubSettings } from '../resolve';
-import { portablePath } from './portable';
+import { portablePath } from '../resolve';
 import { buildMergeContext, modelsFileOnDisk, openSources, recipeModelRefs, type LoadOptions, type MergeContext, type ModelsFile, type ResolvedModel } from './context';
 
 export interface FetchOptions extends LoadOptions {
-  /** Where models.json's paths are relative to (default: modelBaseDir); see portable.ts. */
+  /** Where models.json's paths are relative to (default: modelBaseDir); see libs/resolve/portable.ts. */
   root?: string;
   /** Folder of the content-id memo (cacache). */
   cacheDir: string;

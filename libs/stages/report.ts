@@ -2,7 +2,7 @@ import { mkdir, readFile, rename, writeFile } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { existsSync } from 'node:fs';
-import { ROUTING_SCHEMA, readStageJson } from './stage-files';
+import { ROUTING_SCHEMA, readStageJson } from '../stage-files';
 import { ForgeError } from '../errors';
 import { EVAL_PROMPTS, readInputText } from '../input';
 import { buildReport, parseEvalPrompts, renderHtml, type EvalPrompt, type ReportExpert, type ReportPrompt, type RoutingReport } from '../report';

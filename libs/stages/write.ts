@@ -4,7 +4,7 @@ import { dirname, join } from 'node:path';
 import { createHash, randomBytes } from 'node:crypto';
 import { ForgeError } from '../errors';
 import { gateRow, type GateTensor } from '../gates';
-import { noiseApplier, scaleBytes, TorchDrawSeeker } from './noise';
+import { noiseApplier, scaleBytes, TorchDrawSeeker } from '../noise';
 import { encodeFloats, convertBytes, dtypeSize, firstNonFinite, narrowsRange, type FloatDtype, type WeightDtype } from '../safetensors';
 import { streamTensorBytes } from '../safetensors';
 import { ChunkPool } from '../safetensors';
@@ -18,7 +18,7 @@ import { ggufFileName, type GgufOutType } from '../gguf';
 import { companionEntries, ggufEntry, ggufPlan, indexEntry, type ManifestEntry } from './write-manifest';
 import { makeWorkFolder, WORK_MARKER } from '../util';
 import type { RoutingReport } from '../report';
-import { checkFreeSpace, checkOutputPath, checkOwner, lockOutput, ownerField, contentEntries, inPlaceTempName, isMountPoint, noSpaceError, readStampSync, recoverStaleTemporaries, replaceInPlace, STAMP_FILE, swapIntoPlace, tempName, userEntries, type OutputInput, type Stamp } from './output-folder';
+import { checkFreeSpace, checkOutputPath, checkOwner, lockOutput, ownerField, contentEntries, inPlaceTempName, isMountPoint, noSpaceError, readStampSync, recoverStaleTemporaries, replaceInPlace, STAMP_FILE, swapIntoPlace, tempName, userEntries, type OutputInput, type Stamp } from '../output-folder';
 
 export { STAMP_FILE };
 const CHUNK_BYTES = 16 << 20;

@@ -5,7 +5,7 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { bf16BitsToF32, dtypeFromName, DTYPE_SIZES, dtypeToTorchName, f16BitsToF32, FLOAT_DTYPES, OUTPUT_DTYPE_NAMES, OUTPUT_DTYPES, WEIGHT_DTYPES } from '../../libs/safetensors/dtype';
 import { DTYPE_NAMES, parseRecipeText } from '../../libs/recipe';
-import { PLAN_SCHEMA } from '../../libs/stages/stage-files';
+import { PLAN_SCHEMA } from '../../libs/stage-files/stage-files';
 import { ROOT } from '../helpers/tmp';
 
 test('each float dtype has its safetensors size and its largest finite value', () => {

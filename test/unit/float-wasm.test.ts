@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { bf16BitsToF32, convertBytes, decodeFloats, encodeFloats, f16BitsToF32, f32ToBf16Bits, f32ToF16Bits, type FloatDtype } from '../../libs/safetensors/dtype';
 import { floatKernels, FLOAT_CAP, useFloatWasm, WasmFloatBuffer } from '../../libs/safetensors/float-wasm';
 import { useWasmNormals, wasmNormals } from '../../libs/gates/torch-normal-wasm';
-import { noiseApplier, scaleBytes, streamNormals, TorchDrawSeeker } from '../../libs/stages/noise';
+import { noiseApplier, scaleBytes, streamNormals, TorchDrawSeeker } from '../../libs/noise/noise';
 import type { SourcePart } from '../../libs/plan/types';
 
 const sha = (b: Uint8Array) => createHash('sha256').update(b).digest('hex');

@@ -9,7 +9,7 @@ import { readdirSync, readFileSync } from 'node:fs';
 import { join, relative } from 'node:path';
 import { DEFAULT_GATE_MODE, GATE_MODE_NAMES, GATE_MODES, gateModeSpec, gateModesHelp, PROMPT_STATE_KINDS } from '../../libs/gates/modes';
 import { checkRecipe, parseRecipeText, RecipeSchema } from '../../libs/recipe';
-import { GATES_INFO_SCHEMA, PROMPT_STATES_SCHEMA, ROUTING_SCHEMA } from '../../libs/stages/stage-files';
+import { GATES_INFO_SCHEMA, PROMPT_STATES_SCHEMA, ROUTING_SCHEMA } from '../../libs/stage-files/stage-files';
 import { recipeText } from '../../tools/executors/recipe/generator';
 import { ROOT } from '../helpers/tmp';
 

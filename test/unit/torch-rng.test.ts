@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { TorchGenerator, fmaf, wordsOf, Mt19937 } from '../../libs/gates/torch-rng';
-import { advanceTorchState, noiseApplier, TorchDrawSeeker } from '../../libs/stages/noise';
+import { advanceTorchState, noiseApplier, TorchDrawSeeker } from '../../libs/noise/noise';
 import { bf16BitsToF32, f16BitsToF32, f32ToBf16Bits, f32ToF16Bits, type FloatDtype } from '../../libs/safetensors/dtype';
 import type { SourcePart } from '../../libs/plan/types';
 import { FIXTURES } from '../helpers/tmp';

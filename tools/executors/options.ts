@@ -2,7 +2,7 @@ import { join, resolve } from 'node:path';
 import type { ExecutorContext } from '@nx/devkit';
 import { parseStageOptions, type StageOptions } from '../../libs/options';
 import { hubCacheDir } from '../../libs/resolve';
-import type { PathRoots } from '../../libs/stages';
+import type { PathRoots } from '../../libs/resolve';
 import { checkHashedInput } from './hashed-input';
 
 export type { StageOptions };
@@ -14,7 +14,7 @@ export interface StagePaths {
   stage(name: string): string;
   output: string;
   maxShardBytes: number;
-  /** What stage outputs' paths are relative to (see libs/stages/portable.ts). */
+  /** What stage outputs' paths are relative to (see libs/resolve/portable.ts). */
   roots: PathRoots;
 }
 

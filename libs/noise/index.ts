@@ -1,0 +1,3 @@
+// Expert noise: the reference's torch draw order and generator positions, our per-tensor streams, and the
+// appliers that add it to a tensor's bytes through the float kernels.
+export * from './noise';
