@@ -29,6 +29,8 @@ interface ModeFacts {
   help: string;
   /** Offered in `nx g moe-forge:recipe`'s interactive list, with this label; absent: typed only. */
   promptLabel?: string;
+  /** The report's advice when its routers barely route by the recipe: another mode that uses more of what the router sees. */
+  tryInstead?: string;
 }
 
 /**
@@ -47,11 +49,11 @@ export type GateModeSpec = ModeFacts &
 const LAST_TOKEN = 'last token’s hidden state entering each layer';
 
 export const GATE_MODES = {
-  hidden: { states: 'hidden', reduction: 'last', random: null, needsPrompts: true, routedState: LAST_TOKEN, help: 'last-token hidden states, the default', promptLabel: "last-token hidden states of each expert's prompts" },
+  hidden: { states: 'hidden', reduction: 'last', random: null, needsPrompts: true, routedState: LAST_TOKEN, help: 'last-token hidden states, the default', promptLabel: "last-token hidden states of each expert's prompts", tryInstead: 'gate_mode hidden_avg builds each row from every token of the prompts (the router meets every token), not the last one' },
   hidden_avg: { states: 'hidden', reduction: 'avg', random: null, needsPrompts: true, routedState: "mean over the prompt's tokens of the hidden state entering each layer (hidden_avg)", help: '' },
   // The reference's hidden and hidden_last are the same mode.
   hidden_last: { states: 'hidden', reduction: 'last', random: null, needsPrompts: true, routedState: LAST_TOKEN, help: '' },
-  cheap_embed: { states: 'cheap_embed', reduction: null, random: null, needsPrompts: true, routedState: 'sum of the token embeddings (cheap_embed)', help: 'token embeddings', promptLabel: 'token embeddings of the prompts (fast)' },
+  cheap_embed: { states: 'cheap_embed', reduction: null, random: null, needsPrompts: true, routedState: 'sum of the token embeddings (cheap_embed)', help: 'token embeddings', promptLabel: 'token embeddings of the prompts (fast)', tryInstead: "gate_mode hidden builds each row from the base model's states of the prompts in context, not from their token embeddings alone" },
   // Random gates route nothing of their own: the report shows what the last token's state meets.
   random: { states: 'none', reduction: null, random: 'randn', needsPrompts: false, routedState: `${LAST_TOKEN} (the gates are random)`, help: '', promptLabel: 'no prompts' },
   uniform_random: { states: 'none', reduction: null, random: 'rand', needsPrompts: true, routedState: `${LAST_TOKEN} (the gates are random)`, help: '' },

@@ -1,7 +1,7 @@
 import { existsSync } from 'node:fs';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join, relative } from 'node:path';
-import { GATE_MODES } from '../gates';
+import { GATE_MODES, type PromptStateKind } from '../gates';
 import { z } from 'zod';
 import { readRecipe, type ParsedRecipe } from '../recipe';
 import type { Expert } from '../recipe';
@@ -279,7 +279,9 @@ const SPECS: readonly StageSpec[] = [
     example: {},
     async run(env) {
       const index = await runEmbedPrompts(await env.merge(), env.paths.stage('embed-prompts'), embedOptions(env));
-      env.log.result(index.mode === 'none' ? 'no prompt states needed (random gates)' : `prompt states of ${index.prompts.length} prompt${index.prompts.length === 1 ? '' : 's'} (${index.mode === 'hidden' ? `${index.layers} layers, ${index.device}` : 'token embeddings'})`);
+      // Each kind of prompt state says what it is (the type-checker asks a new kind for its words).
+      const what: Record<Exclude<PromptStateKind, 'none'>, string> = { hidden: `${index.layers} layers, ${index.device}`, router_input: `every token's router input, ${index.layers} layers, ${index.device}`, cheap_embed: 'token embeddings' };
+      env.log.result(index.mode === 'none' ? 'no prompt states needed (random gates)' : `prompt states of ${index.prompts.length} prompt${index.prompts.length === 1 ? '' : 's'} (${what[index.mode]})`);
     },
   },
   {

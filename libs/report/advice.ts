@@ -2,7 +2,7 @@
  * What a user can act on, from the merged model's figures: which experts the routers cannot tell apart and
  * what would separate them. Each line is said once, and none contradicts the figures beside it.
  */
-import type { GateMode } from '../gates';
+import { gateModeSpec, type GateMode } from '../gates';
 import { layerRanges } from './routing';
 import type { Measured, ReportExpert, ReportPrompt } from './types';
 
@@ -19,12 +19,8 @@ export interface AdviceInput {
   degenerateLayers: number[];
 }
 
-/** What a gate mode builds rows from, and the mode that would use more of what the router sees. */
-function otherMode(mode: GateMode): string | null {
-  if (mode === 'cheap_embed') return 'gate_mode hidden builds each row from the base model\'s states of the prompts in context, not from their token embeddings alone';
-  if (mode === 'hidden') return 'gate_mode hidden_avg builds each row from every token of the prompts (the router meets every token), not the last one';
-  return null;
-}
+/** What a gate mode builds rows from, and the mode that would use more of what the router sees (the mode's row). */
+const otherMode = (mode: GateMode): string | null => gateModeSpec(mode).tryInstead ?? null;
 
 export function routingAdvice(input: AdviceInput): string[] {
   const { experts, measured: m, prompts } = input;

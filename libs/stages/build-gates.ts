@@ -37,7 +37,19 @@ export async function runBuildGates(merge: MergeContext, statesDir: string, outD
     await writeFile(join(outDir, 'gates.json'), JSON.stringify({ version: GATES_VERSION, ...info }, null, 2) + '\n');
     return { gates: null, info };
   }
-  const g = mode.states === 'hidden' ? await hiddenGates(merge, statesDir, mode.reduction) : mode.states === 'router_input' ? await fittedGates(merge, statesDir) : await cheapEmbedGates(merge, statesDir);
+  // One builder per kind of prompt state: a new kind fails the type-check here until it has one.
+  let g: GateTensor;
+  switch (mode.states) {
+    case 'hidden':
+      g = await hiddenGates(merge, statesDir, mode.reduction);
+      break;
+    case 'router_input':
+      g = await fittedGates(merge, statesDir);
+      break;
+    case 'cheap_embed':
+      g = await cheapEmbedGates(merge, statesDir);
+      break;
+  }
   checkGatesFinite(merge, g);
   const { conditionNumbers, warning } = degenerateLayers(g);
   const info: GatesInfo = { layers: L, experts: N, hidden: H, gateMode: ctx.gateMode, conditionNumbers, warnings: warning ? [warning] : [] };

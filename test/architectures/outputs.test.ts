@@ -52,7 +52,7 @@ interface Case {
   topK: number;
   dtype?: string;
   layout?: 'fused';
-  /** Expected tensors in write order (spec 3.2-3.5). */
+  /** Expected tensors in the reference's write order. */
   want: (base: string, experts: ExpertYaml[], shared: ExpertYaml[]) => Want[];
   config: (raw: Record<string, unknown>, c: Case) => Record<string, unknown>;
   /** Keys whose order matters (DeepSeek writes the dict as is); otherwise keys are sorted. */

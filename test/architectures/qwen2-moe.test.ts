@@ -46,7 +46,7 @@ test('shared_expert_gate [1, H] is the shared expert\'s own gate row; noise and 
   const t = await readAll(out);
   const src = await readAll(a);
 
-  // cheap_embed: normalize(sum of the prompts' token embeddings), the same row for every layer (spec 2.4).
+  // cheap_embed: normalize(sum of the prompts' token embeddings), the same row for every layer (as the reference builds it).
   const tok = await loadTokenizer(base);
   const emb = (await readAll(base)).get('model.embed_tokens.weight')!.values;
   const H = 16;

@@ -1,4 +1,4 @@
-/** Choosing the output architecture (spec 3.1) and every refusal of it, with the messages users see. */
+/** Choosing the output architecture as the reference does, and every refusal of it, with the messages users see. */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';

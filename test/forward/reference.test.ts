@@ -51,7 +51,7 @@ for (const [name, spec] of cases) {
           assert.ok(maxAbsDiff(sum, s) < 1e-5);
         }
       }
-      // Pad state: the layers without their attention term (spec 10).
+      // Pad state: the layers without their attention term.
       const pad = await computePadStates(dir, 3);
       const padRef = await referenceHiddenStates(dir, [3], { noAttention: true });
       assert.equal(pad.length, spec.layers);

@@ -83,7 +83,7 @@ function rope(x: Mat, T: number, heads: number, d: number, inv: Float64Array): v
 }
 
 export interface ReferenceOptions {
-  /** Run without the attention term (the pad state of spec 10). */
+  /** Run without the attention term (the pad state). */
   noAttention?: boolean;
 }
 

@@ -26,6 +26,8 @@ test('a fit recipe builds through Nx; its report routes the fitted routers; one 
   const cold = await nx(ws, ['run', 'm:build']);
   assert.equal(cold.exitCode, 0, cold.stdout + cold.stderr);
   assert.deepEqual(stats(), { computed: 4, fromCache: 0 });
+  // The stage's summary says what fit's prompt states are (it once called them token embeddings).
+  assert.match(cold.stdout, /prompt states of 4 prompts \(every token's router input, \d+ layers, cpu\)/);
   const gates = JSON.parse(readFileSync(join(stage('build-gates'), 'gates.json'), 'utf8'));
   assert.equal(gates.gateMode, 'fit');
   const report = JSON.parse(readFileSync(join(stage('report'), 'routing.json'), 'utf8')) as RoutingReport;

@@ -76,7 +76,7 @@ test("the reference's is_bad_config checks, same conditions", () => {
   assert.match(errorOf(good.replace('["chat"]', '["code"]')).message, /prompts are identical for all experts/);
   assert.match(errorOf(good.replace('source_model: m/b', 'source_model: m/a')).message, /All of your expert models are the same\..*--i-understand-this-is-not-useful-without-training/);
   assert.doesNotThrow(() => checkRecipe(parseRecipeText(good.replace('source_model: m/b', 'source_model: m/a'), F), { allowIdenticalModels: true }));
-  // random skips every later check; uniform_random does not (spec 1.3).
+  // random skips every later check (the reference's is_bad_config); uniform_random does not.
   const noPrompts = 'base_model: m/base\ngate_mode: random\nexperts:\n  - source_model: m/a\n  - source_model: m/a\n';
   assert.doesNotThrow(() => checkRecipe(parseRecipeText(noPrompts, F)));
   assert.match(errorOf(noPrompts.replace('random', 'uniform_random')).message, /Expert 0 has no positive prompts/);
