@@ -24,6 +24,11 @@ export function availableBackends(): string[] {
   return out;
 }
 
+/** A device option as the forward pass takes it: auto, as the reference resolves it, is the GPU when there is one. */
+export function resolveDevice(device: string | undefined): Device {
+  return (device === 'auto' ? (availableBackends().includes('cuda') ? 'cuda' : 'cpu') : device ?? 'cpu') as Device;
+}
+
 /** The execution providers for a device, or a ForgeError naming what this install offers. */
 export function executionProviders(device: string): string[] {
   if (!(DEVICES as readonly string[]).includes(device)) {

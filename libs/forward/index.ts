@@ -1,6 +1,6 @@
 export { computePromptStates, computePadStates, computeAllHiddenStates, computeRouterInputs } from './run';
 export type { ForwardOptions, ForwardProgress, LayerState } from './run';
-export { availableBackends, executionProviders, DEVICES } from './backend';
+export { availableBackends, executionProviders, resolveDevice, DEVICES } from './backend';
 export type { Device } from './backend';
 export { ropeInvFreq, ropeTables, attentionMask } from './rope';
 export { buildLayerModel, planLayerTensors } from './layer-graph';

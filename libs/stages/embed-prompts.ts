@@ -11,7 +11,7 @@ import type { ModelSource } from '../architectures';
 import type { MergeContext } from './context';
 import { ContentCache, withLock } from '../cache';
 import { contentId } from '../resolve';
-import { availableBackends, computePadStatesIsolated as computePadStates, computePromptStatesIsolated as computePromptStates, type Device } from '../forward';
+import { resolveDevice, computePadStatesIsolated as computePadStates, computePromptStatesIsolated as computePromptStates, type Device } from '../forward';
 import { getPadState, getPromptState, putPadState, putPromptState, type CachedPromptState } from '../prompt-cache';
 import type { Progress } from '../util';
 import { GATE_MODES, type PromptStateKind } from '../gates';
@@ -176,11 +176,6 @@ export interface HiddenStatesResult {
   baseId: string;
   padTokenId: number;
   device: Device;
-}
-
-/** A device option as the forward pass takes it: auto, as the reference resolves it, is the GPU when there is one. */
-export function resolveDevice(device: string | undefined): Device {
-  return (device === 'auto' ? (availableBackends().includes('cuda') ? 'cuda' : 'cpu') : device ?? 'cpu') as Device;
 }
 
 /**

@@ -11,7 +11,8 @@ import { loadTokenizer } from '../tokenizer';
 import { getRouterInputs, putRouterInputs } from '../prompt-cache';
 import { fitLayer, FIT_DEFAULTS, newGates, targetsAndWeights, type FitOptions, type FitSample, type GateTensor } from '../gates';
 import type { MergeContext } from './context';
-import { resolveDevice, type EmbedOptions } from './embed-prompts';
+import type { EmbedOptions } from './embed-prompts';
+import { resolveDevice } from '../forward';
 
 export interface RouterInputsResult {
   /** Per text: its token ids and, per layer, its T x H router inputs. */
