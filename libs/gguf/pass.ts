@@ -4,7 +4,8 @@
  * produces them, encoded and written at their segment's place (GGUF order differs from shard order). What this
  * run does not produce (a shard kept from the previous folder) is filled from a segment source afterwards.
  */
-import { open, type FileHandle } from 'node:fs/promises';
+import { constants } from 'node:fs';
+import { copyFile, open, rm, type FileHandle } from 'node:fs/promises';
 import { dtypeSize, type ChunkPool } from '../safetensors';
 import type { PlanTensor } from '../plan';
 import { DEFAULT_ALIGNMENT, alignUp } from './format';
@@ -77,6 +78,33 @@ export class GgufPass {
       return new GgufPass(file, fh, layout, key, pool);
     } catch (e) {
       await fh.close();
+      throw e;
+    }
+  }
+
+  /**
+   * A copy of the previous GGUF (a reflink where the file system has them) whose header and places are this
+   * layout's: the `unchanged` plan tensors' bytes are in place already, the rest is written over. Null when the
+   * previous file is not of this layout.
+   */
+  static async fromPrevious(file: string, previous: string, layout: GgufLayout, vocab: GgufKv[], unchanged: string[], pool?: ChunkPool): Promise<GgufPass | null> {
+    const key = ggufPassKey(layout, vocab);
+    await copyFile(previous, file, constants.COPYFILE_EXCL | constants.COPYFILE_FICLONE);
+    const fh = await open(file, 'r+');
+    try {
+      const head = Buffer.alloc(key.header.length);
+      const { bytesRead } = await fh.read(head, 0, head.length, 0);
+      if ((await fh.stat()).size !== key.total || bytesRead !== head.length || !head.equals(key.header)) {
+        await fh.close();
+        await rm(file, { force: true });
+        return null;
+      }
+      const pass = new GgufPass(file, fh, layout, key, pool);
+      const keep = new Set(unchanged);
+      for (const p of pass.places) if (keep.has(p.seg.tensor.name)) p.done = p.bytes;
+      return pass;
+    } catch (e) {
+      await fh.close().catch(() => undefined);
       throw e;
     }
   }

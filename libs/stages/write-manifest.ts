@@ -48,7 +48,18 @@ export interface OutputManifest {
   shards: ShardPlan[];
   /** Every keyed file's content key, as the stamp records it. */
   keys: Record<string, string>;
-  gguf?: { file: string; type: GgufOutType; only: boolean; layout: GgufLayout };
+  gguf?: {
+    file: string;
+    type: GgufOutType;
+    only: boolean;
+    layout: GgufLayout;
+    /**
+     * When the previous folder's GGUF was made from the same shard files, config and tokenizer: the plan tensors
+     * whose bytes it already holds at the same places (those of the shards kept), so a copy of it needs only the
+     * other tensors written.
+     */
+    unchanged?: string[];
+  };
 }
 
 /** What the companion producers need. */
@@ -158,6 +169,20 @@ export async function ggufKey(plan: MergePlan, shards: ShardPlan[], shardKeys: R
   return h.digest('hex');
 }
 
+/**
+ * The plan tensors of `kept` shards, when the previous GGUF holds their bytes at the places this one has: its key
+ * is the one the previous shards' keys give with today's shard files, config, tokenizer and type (so the same
+ * header and places). Null when it is not so, or the previous GGUF is not to be trusted (found changed).
+ */
+export async function ggufUnchanged(plan: MergePlan, shards: ShardPlan[], previous: Previous | null, suspect: string[], type: GgufOutType, tokenizerDir: string, kept: string[]): Promise<string[] | null> {
+  const file = ggufFileName(type);
+  const was = previous?.shards?.[file];
+  if (!was || suspect.includes(file) || kept.length === 0) return null;
+  if (!shards.every((s) => previous!.shards![s.file] !== undefined)) return null;
+  if ((await ggufKey(plan, shards, previous!.shards!, type, tokenizerDir)) !== was) return null;
+  return shards.filter((s) => kept.includes(s.file)).flatMap((s) => s.tensors.map((t) => t.name));
+}
+
 /** Bytes a GGUF of this layout takes, about (the free-space check). */
 export function ggufBytes(layout: GgufLayout): number {
   const bytes = layout.tensors.reduce((a, t) => a + t.segments.reduce((b, s) => b + s.count, 0) * (t.type === 'F32' ? 4 : t.type === 'Q8_0' ? 34 / 32 : 2), 0);
@@ -259,7 +284,8 @@ export async function outputManifest(m: ManifestInputs): Promise<OutputManifest>
     keys[file] = key;
     // Never written ahead: it is keyed by the router shards too.
     entries.push({ files: [file], producer: 'gguf', key, bytes: ggufBytes(layout), action: action(file, key) === 'keep' ? 'keep' : 'write' });
-    gguf = { file, type: m.gguf, only, layout };
+    const unchanged = only ? null : await ggufUnchanged(plan, shards, m.previous, m.suspect, m.gguf, m.tokenizerDir, shards.filter((s) => action(s.file, shardKeys[s.file]!) === 'keep').map((s) => s.file));
+    gguf = { file, type: m.gguf, only, layout, ...(unchanged ? { unchanged } : {}) };
   }
   return { entries, shards, keys, gguf };
 }

@@ -15,7 +15,7 @@ import type { MergePlan, PlanTensor, SourcePart } from '../plan';
 import { planHash } from './assemble';
 import { byteFraction, type Progress } from '../util';
 import { GgufPass, ggufFileName, ggufPassKey, vocabKeys, type GgufKv, type GgufLayout, type GgufOutType } from '../gguf';
-import { aheadShards, companionEntries, ggufBytes, ggufPlan, ggufSource, holdsGates, indexEntry, outputManifest, shardsOf, STREAM_NOISE_DRAWS, writeCompanion, writeGgufFile, type CompanionInputs } from './write-manifest';
+import { aheadShards, companionEntries, ggufBytes, ggufUnchanged, ggufPlan, ggufSource, holdsGates, indexEntry, outputManifest, shardsOf, STREAM_NOISE_DRAWS, writeCompanion, writeGgufFile, type CompanionInputs } from './write-manifest';
 import { makeWorkFolder, WORK_MARKER } from '../util';
 import type { RoutingReport } from '../report';
 import { checkFreeSpace, checkOutputPath, checkOwner, lockOutput, ownerField, contentEntries, inPlaceTempName, isMountPoint, noSpaceError, readStampSync, recoverStaleTemporaries, replaceInPlace, STAMP_FILE, swapIntoPlace, tempName, userEntries, type OutputInput, type Stamp } from './output-folder';
@@ -251,15 +251,23 @@ export async function writeOutput(early: MergePlan, late: Promise<LateInputs>, o
       await rm(pass.gguf.file, { force: true });
       pass = null;
     };
-    /** The GGUF's tokenizer keys are read from config.json and the tokenizer files, written into the folder first. */
-    const openPass = async (plan: MergePlan, layout: GgufLayout, type: GgufOutType, companionsWritten: boolean) => {
+    /**
+     * The GGUF's tokenizer keys are read from config.json and the tokenizer files, written into the folder first.
+     * With `unchanged` (tensors the previous GGUF holds at the same places), it starts as a copy of that file.
+     */
+    const openPass = async (plan: MergePlan, layout: GgufLayout, type: GgufOutType, companionsWritten: boolean, unchanged?: string[]) => {
       if (!companionsWritten) {
         const c = companionInputs(plan, undefined, false);
         for (const e of companionEntries(c)) if (e.producer === 'config' || e.producer === 'tokenizer') await writeCompanion(e, tmp, c, []);
       }
       const vocab = await vocabKeys(tmp);
-      opts.log?.(`writing ${ggufFileName(type)} (${layout.tensors.length} tensors, ${type}) in the same pass as the shards`);
-      pass = { gguf: await GgufPass.open(join(tmp, ggufFileName(type)), layout, vocab, pool), vocab, config: configText(plan) };
+      const file = ggufFileName(type);
+      const prior = join(out, file);
+      const intactPrior = unchanged && existing && (await stat(prior).then((st) => st.size === existing!.files[file], () => false));
+      const copied = intactPrior ? await GgufPass.fromPrevious(join(tmp, file), prior, layout, vocab, unchanged, pool) : null;
+      if (copied) opts.log?.(`writing ${file} (${layout.tensors.length} tensors, ${type}): the previous one's bytes of ${unchanged!.length} unchanged tensors, the rest in the same pass as the shards`);
+      else opts.log?.(`writing ${file} (${layout.tensors.length} tensors, ${type}) in the same pass as the shards`);
+      pass = { gguf: copied ?? (await GgufPass.open(join(tmp, file), layout, vocab, pool)), vocab, config: configText(plan) };
       return pass;
     };
     try {
@@ -271,7 +279,10 @@ export async function writeOutput(early: MergePlan, late: Promise<LateInputs>, o
         needed = shardsOf(early).filter((s) => ahead.some((x) => x.shard.file === s.file) || holdsGates(s.tensors.map((t) => earlyByName.get(t.name)!))).reduce((a, s) => a + s.bytes, 0) + (earlyLayout ? ggufBytes(earlyLayout) : 0) + (1 << 20);
         checkFreeSpace(disk, needed);
         forget = await makeWorkFolder(tmp);
-        const gguf = earlyLayout ? (await openPass(early, earlyLayout, opts.gguf!, false)).gguf : null;
+        // The shards the previous folder holds already (no routers in them) keep their tensors' GGUF bytes too.
+        const keptEarly = shardsOf(early).filter((s) => !holdsGates(s.tensors.map((t) => earlyByName.get(t.name)!)) && !ahead.some((x) => x.shard.file === s.file)).map((s) => s.file);
+        const unchanged = earlyLayout ? await ggufUnchanged(early, shardsOf(early), existing, suspect, opts.gguf!, opts.tokenizerDir, keptEarly) : null;
+        const gguf = earlyLayout ? (await openPass(early, earlyLayout, opts.gguf!, false, unchanged ?? undefined)).gguf : null;
         const produce = tensorProducer(null, pool);
         for (const { shard: s, key } of ahead) {
           opts.log?.(`writing ${s.file} (${s.tensors.length} tensors, ${s.bytes} bytes) while the routers are computed`);
@@ -352,7 +363,7 @@ export async function writeOutput(early: MergePlan, late: Promise<LateInputs>, o
           opts.debug?.(`${g.file}: the final plan changed its layout: written again`);
           await dropPass();
         }
-        gguf = (pass ?? (await openPass(plan, g.layout, g.type, true))).gguf;
+        gguf = (pass ?? (await openPass(plan, g.layout, g.type, true, g.unchanged))).gguf;
       }
       const produce = tensorProducer(gates, pool);
       const shardEntries = entries.filter((e) => e.producer === 'shard');

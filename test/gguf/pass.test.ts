@@ -5,7 +5,7 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdirSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { ChunkPool, SafetensorsWeights, writeShard } from '../../libs/safetensors';
 import { GGUF_TYPES, GgufPass, producerSource, shardSource, writeModelGguf } from '../../libs/gguf';
@@ -65,4 +65,23 @@ test('a tensor producing more than its elements stops the pass', async () => {
     for await (const _ of pass.tee(norm, twice()));
   }, /model\.norm\.weight produced more than its 32 elements/);
   await pass.abort();
+});
+
+test('a copy of the previous GGUF with only the changed tensors written gives the new file; another header is refused', async () => {
+  const pool = new ChunkPool(1 << 20);
+  const shards = shardsOf(plan);
+  const layout = ggufPlan(plan, shards, 'q8_0');
+  const before = join(d, 'before.gguf');
+  const after = join(d, 'after.gguf');
+  await writeModelGguf(before, layout, vocab, producerSource(tensorProducer(gatesOf(5), pool)), { pool });
+  await writeModelGguf(after, layout, vocab, producerSource(tensorProducer(gatesOf(6), pool)), { pool });
+  const router = plan.tensors.find((t) => t.group === 'router')!;
+  const pass = (await GgufPass.fromPrevious(join(d, 'patched.gguf'), before, layout, vocab, plan.tensors.filter((t) => t !== router).map((t) => t.name), pool))!;
+  assert.deepEqual(pass.missing(), [router.name]);
+  for await (const _ of pass.tee(router, tensorProducer(gatesOf(6), pool)(router)));
+  await pass.finish();
+  assert.ok(readFileSync(join(d, 'patched.gguf')).equals(readFileSync(after)));
+  const other = [{ key: 'tokenizer.ggml.model', value: { type: 'string' as const, value: 'llama' } }];
+  assert.equal(await GgufPass.fromPrevious(join(d, 'refused.gguf'), before, layout, other, [], pool), null);
+  assert.ok(!existsSync(join(d, 'refused.gguf')));
 });

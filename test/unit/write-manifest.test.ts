@@ -46,6 +46,12 @@ test('a router-only edit: the router shard and the GGUF are written, the base an
     'model-bf16.gguf:write',
   ]);
   assert.equal(first.shards[0]!.tensors[0]!.name, 'model.layers.0.block_sparse_moe.gate.weight');
+  // The previous GGUF holds the kept shards' tensors at the same places: a copy of it needs only the router written.
+  assert.equal(first.gguf?.unchanged, undefined);
+  assert.deepEqual([...edited.gguf!.unchanged!].sort(), plan.tensors.filter((t) => t.group !== 'router').map((t) => t.name).sort());
+  // Not when the previous GGUF was made from other inputs (another config here) or is found changed.
+  assert.equal((await outputManifest(inputs({ gates: gatesOf(2), previous: { shards: first.keys }, plan: { ...plan, config: { ...plan.config, rms_norm_eps: 1e-6 } } }))).gguf?.unchanged, undefined);
+  assert.equal((await outputManifest(inputs({ gates: gatesOf(2), previous: { shards: first.keys }, suspect: ['model-bf16.gguf'] }))).gguf?.unchanged, undefined);
 
   // A kept file found changed on disk is written again; a shard written ahead under its key is left as it is.
   const suspect = await outputManifest(inputs({ gates: gatesOf(2), previous: { shards: first.keys }, suspect: ['model-00003-of-00004.safetensors'] }));
