@@ -5,3 +5,4 @@ export { ggufLayout, converterOrder, parseGgufType, ggufFileName, GGUF_TYPES, ty
 export { writeModelGguf, shardSource, producerSource, type SegmentSource } from './model';
 export { vocabKeys } from './vocab-seam';
 export * from './architecture';
+export { GgufPass, ggufPassKey } from './pass';

@@ -17,19 +17,49 @@ import { parseRecipeText } from '../recipe';
 import { indexJson, type ShardPlan } from '../safetensors';
 import { SafetensorsWeights } from '../safetensors';
 import type { ChunkPool } from '../safetensors';
-import type { MergePlan, PlanTensor } from '../plan';
+import { planShards, type OutputTensorSpec } from '../safetensors';
+import { gateRow, type GateTensor } from '../gates';
+import type { MergePlan, PlanTensor, SourcePart } from '../plan';
 import type { RoutingReport } from '../report';
-import { converterOrder, ggufFileName, ggufLayout, producerSource, shardSource, vocabKeys, writeModelGguf, type GgufLayout, type GgufOutType } from '../gguf';
+import { converterOrder, ggufFileName, ggufLayout, producerSource, shardSource, vocabKeys, writeModelGguf, type GgufLayout, type GgufOutType, type SegmentSource } from '../gguf';
+
+export type Producer = 'shard' | 'index' | 'config' | 'generation-config' | 'tokenizer' | 'recipe' | 'model-card' | 'routing' | 'gguf';
+
+/**
+ * What applying an entry does: `write` it into the temporary folder, `keep` the previous folder's file (its
+ * content key is unchanged: hard-linked, or written after all when that file is gone or changed), or nothing
+ * for a shard written `ahead` while the routers were computed.
+ */
+export type Action = 'write' | 'keep' | 'ahead';
 
 export interface ManifestEntry {
   /** Plain names in the output folder. */
   files: string[];
-  producer: 'shard' | 'index' | 'config' | 'generation-config' | 'tokenizer' | 'recipe' | 'model-card' | 'routing' | 'gguf';
+  producer: Producer;
   /** Content key of a reusable file: the stamp records it, and an intact file under the same key is kept. */
   key?: string;
   bytes?: number;
-  /** Writes the files into `dir` (the temporary folder, which holds the shards by then). */
-  write?: (dir: string) => Promise<void>;
+  action: Action;
+}
+
+/** The output folder as data: nothing here is written until the write stage applies it. */
+export interface OutputManifest {
+  entries: ManifestEntry[];
+  shards: ShardPlan[];
+  /** Every keyed file's content key, as the stamp records it. */
+  keys: Record<string, string>;
+  gguf?: {
+    file: string;
+    type: GgufOutType;
+    only: boolean;
+    layout: GgufLayout;
+    /**
+     * When the previous folder's GGUF was made from the same shard files, config and tokenizer: the plan tensors
+     * whose bytes it already holds at the same places (those of the shards kept), so a copy of it needs only the
+     * other tensors written.
+     */
+    unchanged?: string[];
+  };
 }
 
 /** What the companion producers need. */
@@ -75,43 +105,53 @@ async function writeTokenizer(srcDir: string, outDir: string): Promise<void> {
 
 /** The small files beside the weights, each with its producer, in the order they are written. */
 export function companionEntries(c: CompanionInputs): ManifestEntry[] {
-  const out: ManifestEntry[] = [{ files: ['config.json'], producer: 'config', write: (dir) => writeFile(join(dir, 'config.json'), jsonText(c.plan.config, { literals: c.plan.configNumbers })) }];
+  const out: ManifestEntry[] = [{ files: ['config.json'], producer: 'config', action: 'write' }];
   // The model's generation settings (an eos list, sampling defaults), as save_pretrained keeps them.
-  if (existsSync(join(c.tokenizerDir, GENERATION_CONFIG))) out.push({ files: [GENERATION_CONFIG], producer: 'generation-config', write: (dir) => copyFile(join(c.tokenizerDir, GENERATION_CONFIG), join(dir, GENERATION_CONFIG)) });
+  if (existsSync(join(c.tokenizerDir, GENERATION_CONFIG))) out.push({ files: [GENERATION_CONFIG], producer: 'generation-config', action: 'write' });
   if (c.copyTokenizer) {
     const files: string[] = [...TOKENIZER_FILES, ...CHAT_TEMPLATE_FILES].filter((f) => existsSync(join(c.tokenizerDir, f)));
     for (const f of ['tokenizer_config.json', 'special_tokens_map.json']) if (!files.includes(f)) files.push(f);
-    out.push({ files, producer: 'tokenizer', write: (dir) => writeTokenizer(c.tokenizerDir, dir) });
+    out.push({ files, producer: 'tokenizer', action: 'write' });
   }
   if (c.writeRecipe !== false) {
-    out.push({ files: ['mergekit_moe_config.yml'], producer: 'recipe', write: (dir) => writeFile(join(dir, 'mergekit_moe_config.yml'), c.recipeText) });
-    out.push({
-      files: ['README.md'],
-      producer: 'model-card',
-      // The reference writes no model card; a README with front matter makes the output findable on the Hub.
-      write: async (dir) => {
-        const { recipe } = parseRecipeText(c.recipeText, 'mergekit_moe_config.yml');
-        await writeFile(join(dir, 'README.md'), modelCard({ plan: c.plan, recipe, recipeText: c.recipeText, gateMode: recipe.gate_mode, routing: c.routing?.report }));
-      },
-    });
-    if (c.withRouting) out.push({ files: ['routing.html'], producer: 'routing', write: (dir) => writeFile(join(dir, 'routing.html'), c.routing!.html) });
+    out.push({ files: ['mergekit_moe_config.yml'], producer: 'recipe', action: 'write' });
+    out.push({ files: ['README.md'], producer: 'model-card', action: 'write' });
+    if (c.withRouting) out.push({ files: ['routing.html'], producer: 'routing', action: 'write' });
   }
   return out;
 }
 
+/** Writes a companion entry's files into `dir`. */
+export async function writeCompanion(e: ManifestEntry, dir: string, c: CompanionInputs, shards: ShardPlan[]): Promise<void> {
+  switch (e.producer) {
+    case 'config':
+      return writeFile(join(dir, 'config.json'), jsonText(c.plan.config, { literals: c.plan.configNumbers }));
+    case 'generation-config':
+      return copyFile(join(c.tokenizerDir, GENERATION_CONFIG), join(dir, GENERATION_CONFIG));
+    case 'tokenizer':
+      return writeTokenizer(c.tokenizerDir, dir);
+    case 'recipe':
+      return writeFile(join(dir, 'mergekit_moe_config.yml'), c.recipeText);
+    case 'model-card': {
+      // The reference writes no model card; a README with front matter makes the output findable on the Hub.
+      const { recipe } = parseRecipeText(c.recipeText, 'mergekit_moe_config.yml');
+      return writeFile(join(dir, 'README.md'), modelCard({ plan: c.plan, recipe, recipeText: c.recipeText, gateMode: recipe.gate_mode, routing: c.routing?.report }));
+    }
+    case 'routing':
+      return writeFile(join(dir, 'routing.html'), c.routing!.html);
+    case 'index':
+      return writeFile(join(dir, 'model.safetensors.index.json'), indexJson(shards));
+    default:
+      throw new Error(`internal: ${e.producer} is not a companion`);
+  }
+}
+
 export function indexEntry(shards: ShardPlan[]): ManifestEntry[] {
-  return shards.length > 1 ? [{ files: ['model.safetensors.index.json'], producer: 'index', write: (dir) => writeFile(join(dir, 'model.safetensors.index.json'), indexJson(shards)) }] : [];
+  return shards.length > 1 ? [{ files: ['model.safetensors.index.json'], producer: 'index', action: 'write' }] : [];
 }
 
 /** Bumped when the GGUF writer's output for the same inputs changes, so a stamped GGUF is not kept across it. */
 const GGUF_WRITER = 'moe-forge-gguf-1';
-
-export interface GgufInputs {
-  type: GgufOutType;
-  /** No safetensors shards: the GGUF's tensors come from the producer. */
-  only: boolean;
-  tokenizerDir: string;
-}
 
 /** The GGUF's layout (refused here, before any work, for what llama.cpp cannot take). */
 export function ggufPlan(plan: MergePlan, shards: ShardPlan[], type: GgufOutType): GgufLayout {
@@ -119,32 +159,146 @@ export function ggufPlan(plan: MergePlan, shards: ShardPlan[], type: GgufOutType
   return ggufLayout(plan, converterOrder(shards.map((s) => s.tensors.map((t) => byName.get(t.name)!))), type);
 }
 
-/**
- * The GGUF file: its key is what decides its bytes (every shard's content key, the config, the tokenizer
- * files, the type and the writer); it is made from the shards in the folder (as the converter reads them) or,
- * with no shards, from the tensor producer.
- */
-export async function ggufEntry(plan: MergePlan, shards: ShardPlan[], shardHashes: Record<string, string>, g: GgufInputs, produce: () => (t: PlanTensor) => AsyncIterable<Buffer>, pool: ChunkPool, log?: (l: string) => void): Promise<ManifestEntry & { layout: GgufLayout }> {
-  const layout = ggufPlan(plan, shards, g.type);
-  const h = createHash('sha256').update(JSON.stringify([GGUF_WRITER, g.type, shards.map((s) => [s.file, shardHashes[s.file]]), plan.config]));
+/** The GGUF file's key: what decides its bytes (every shard's content key, the config, the tokenizer files, the type and the writer). */
+export async function ggufKey(plan: MergePlan, shards: ShardPlan[], shardKeys: Record<string, string>, type: GgufOutType, tokenizerDir: string): Promise<string> {
+  const h = createHash('sha256').update(JSON.stringify([GGUF_WRITER, type, shards.map((s) => [s.file, shardKeys[s.file]]), plan.config]));
   for (const f of [...TOKENIZER_FILES, ...CHAT_TEMPLATE_FILES]) {
-    const p = join(g.tokenizerDir, f);
+    const p = join(tokenizerDir, f);
     if (existsSync(p)) h.update(f).update(createHash('sha256').update(await readFile(p)).digest('hex'));
   }
-  const file = ggufFileName(g.type);
+  return h.digest('hex');
+}
+
+/**
+ * The plan tensors of `kept` shards, when the previous GGUF holds their bytes at the places this one has: its key
+ * is the one the previous shards' keys give with today's shard files, config, tokenizer and type (so the same
+ * header and places). Null when it is not so, or the previous GGUF is not to be trusted (found changed).
+ */
+export async function ggufUnchanged(plan: MergePlan, shards: ShardPlan[], previous: Previous | null, suspect: string[], type: GgufOutType, tokenizerDir: string, kept: string[]): Promise<string[] | null> {
+  const file = ggufFileName(type);
+  const was = previous?.shards?.[file];
+  if (!was || suspect.includes(file) || kept.length === 0) return null;
+  if (!shards.every((s) => previous!.shards![s.file] !== undefined)) return null;
+  if ((await ggufKey(plan, shards, previous!.shards!, type, tokenizerDir)) !== was) return null;
+  return shards.filter((s) => kept.includes(s.file)).flatMap((s) => s.tensors.map((t) => t.name));
+}
+
+/** Bytes a GGUF of this layout takes, about (the free-space check). */
+export function ggufBytes(layout: GgufLayout): number {
   const bytes = layout.tensors.reduce((a, t) => a + t.segments.reduce((b, s) => b + s.count, 0) * (t.type === 'F32' ? 4 : t.type === 'Q8_0' ? 34 / 32 : 2), 0);
-  return {
-    files: [file],
-    producer: 'gguf',
-    key: h.digest('hex'),
-    bytes: Math.ceil(bytes) + (1 << 20),
-    layout,
-    write: async (dir) => {
-      log?.(`writing ${file} (${layout.tensors.length} tensors, ${g.type})`);
-      const source = g.only ? producerSource(produce()) : shardSource(await SafetensorsWeights.openFiles(dir, shards.map((s) => join(dir, s.file))), pool);
-      // The tokenizer keys from the folder being written (its config.json and tokenizer files, written before
-      // the GGUF), as the converter reads them: the written tokenizer_config.json carries our pad token.
-      await writeModelGguf(join(dir, file), layout, await vocabKeys(dir), source, { pool });
-    },
-  };
+  return Math.ceil(bytes) + (1 << 20);
+}
+
+/**
+ * Which algorithm drew a tensor's noise: shards and stamps written with the default noise of an earlier
+ * moe-forge (xoshiro128**, double Box-Muller) are not taken for ones written with today's draws.
+ */
+export const STREAM_NOISE_DRAWS = 'mt19937-boxmuller-f32';
+function noiseDraws(p: SourcePart): string {
+  return p.noise?.torch ? 'torch' : STREAM_NOISE_DRAWS;
+}
+
+/** What decides a shard's bytes: tensor specs, sources by content id, transforms and router rows. */
+export function shardHash(plan: MergePlan, tensors: PlanTensor[], gates: GateTensor | null): string {
+  const ids = new Map(plan.models.map((m) => [m.key, m.contentId ?? m.dir]));
+  const h = createHash('sha256');
+  for (const t of tensors) {
+    h.update(JSON.stringify([t.name, t.dtype, t.shape]));
+    for (const p of t.parts) {
+      if (p.kind === 'source') h.update(JSON.stringify([ids.get(p.model), p.tensor, p.dtype, p.shape, p.noise ? { ...p.noise, draws: noiseDraws(p) } : null, p.scale ?? null]));
+      else if (p.kind === 'zeros') h.update(JSON.stringify(['zeros', p.elements]));
+      else for (const r of p.rows) h.update(gateRow(gates!, p.layer, r));
+    }
+  }
+  return h.digest('hex');
+}
+
+/** The output's shards (the safetensors writer's split of the plan). */
+export function shardsOf(plan: MergePlan): ShardPlan[] {
+  return planShards(plan.tensors.map((t) => ({ name: t.name, dtype: t.dtype, shape: t.shape, group: t.group }) satisfies OutputTensorSpec), plan.maxShardBytes, plan.shardOrder ?? 'reference');
+}
+
+/** A shard whose bytes depend on the routers (the forward pass's result). */
+export const holdsGates = (tensors: PlanTensor[]) => tensors.some((t) => t.parts.some((p) => p.kind === 'gates'));
+
+/** What the previous folder's stamp says (null: no folder, or not ours) and which of its files are not to be trusted. */
+export interface Previous {
+  shards?: Record<string, string>;
+}
+
+/**
+ * The shards worth writing while the routers are still computed: those without routers whose content the
+ * previous folder does not already hold (or holds in a file found changed). A previous stamp without shard keys
+ * (an older build) may still be the same merge: then nothing is written ahead.
+ */
+export function aheadShards(early: MergePlan, previous: Previous | null, suspect: string[]): { shard: ShardPlan; key: string }[] {
+  if (previous && !previous.shards) return [];
+  const byName = new Map(early.tensors.map((t) => [t.name, t]));
+  return shardsOf(early)
+    .map((shard) => ({ shard, tensors: shard.tensors.map((t) => byName.get(t.name)!) }))
+    .filter(({ tensors }) => !holdsGates(tensors))
+    .map(({ shard, tensors }) => ({ shard, key: shardHash(early, tensors, null) }))
+    .filter(({ shard, key }) => previous?.shards?.[shard.file] !== key || suspect.includes(shard.file));
+}
+
+export interface ManifestInputs extends Omit<CompanionInputs, 'withRouting'> {
+  gates: GateTensor;
+  gguf?: GgufOutType;
+  ggufOnly?: boolean;
+  /** The previous folder's stamp, and its files not to be kept as written. */
+  previous: Previous | null;
+  suspect: string[];
+  /** Shards already in the temporary folder (written ahead), with the content key they were written under. */
+  ahead?: ReadonlyMap<string, string>;
+}
+
+/**
+ * The output folder as data: every file, its producer, the content key of the reusable ones and what applying
+ * it does (write, keep the previous file, or nothing: written ahead). Reads inputs (the tokenizer files for the
+ * GGUF's key), writes nothing.
+ */
+export async function outputManifest(m: ManifestInputs): Promise<OutputManifest> {
+  const { plan, gates } = m;
+  const only = m.gguf !== undefined && m.ggufOnly === true;
+  const shards = shardsOf(plan);
+  const byName = new Map(plan.tensors.map((t) => [t.name, t]));
+  const keys: Record<string, string> = {};
+  const shardKeys: Record<string, string> = {};
+  for (const s of shards) shardKeys[s.file] = shardHash(plan, s.tensors.map((t) => byName.get(t.name)!), gates);
+  const action = (file: string, key: string): Action =>
+    m.ahead?.get(file) === key ? 'ahead' : m.previous?.shards?.[file] === key && !m.suspect.includes(file) ? 'keep' : 'write';
+  const entries: ManifestEntry[] = [];
+  if (!only) {
+    for (const s of shards) {
+      keys[s.file] = shardKeys[s.file]!;
+      entries.push({ files: [s.file], producer: 'shard', key: shardKeys[s.file], bytes: s.bytes, action: action(s.file, shardKeys[s.file]!) });
+    }
+    entries.push(...indexEntry(shards));
+  }
+  entries.push(...companionEntries({ ...m, withRouting: m.routing !== undefined }));
+  let gguf: OutputManifest['gguf'];
+  if (m.gguf) {
+    const layout = ggufPlan(plan, shards, m.gguf);
+    const file = ggufFileName(m.gguf);
+    const key = await ggufKey(plan, shards, shardKeys, m.gguf, m.tokenizerDir);
+    keys[file] = key;
+    // Never written ahead: it is keyed by the router shards too.
+    entries.push({ files: [file], producer: 'gguf', key, bytes: ggufBytes(layout), action: action(file, key) === 'keep' ? 'keep' : 'write' });
+    const unchanged = only ? null : await ggufUnchanged(plan, shards, m.previous, m.suspect, m.gguf, m.tokenizerDir, shards.filter((s) => action(s.file, shardKeys[s.file]!) === 'keep').map((s) => s.file));
+    gguf = { file, type: m.gguf, only, layout, ...(unchanged ? { unchanged } : {}) };
+  }
+  return { entries, shards, keys, gguf };
+}
+
+/** The GGUF's tensors from the shards in `dir` (what the converter reads), or with no shards from the producer. */
+export async function ggufSource(dir: string, shards: ShardPlan[], only: boolean, produce: () => (t: PlanTensor) => AsyncIterable<Buffer>, pool: ChunkPool): Promise<SegmentSource> {
+  return only ? producerSource(produce()) : shardSource(await SafetensorsWeights.openFiles(dir, shards.map((s) => join(dir, s.file))), pool);
+}
+
+/** Writes the GGUF in one pass from `source` (the --gguf-only path, and a pass whose header no longer holds). */
+export async function writeGgufFile(dir: string, g: NonNullable<OutputManifest['gguf']>, source: SegmentSource, pool: ChunkPool, log?: (l: string) => void): Promise<void> {
+  log?.(`writing ${g.file} (${g.layout.tensors.length} tensors, ${g.type})`);
+  // The tokenizer keys from the folder being written (its config.json and tokenizer files, written before
+  // the GGUF), as the converter reads them: the written tokenizer_config.json carries our pad token.
+  await writeModelGguf(join(dir, g.file), g.layout, await vocabKeys(dir), source, { pool });
 }

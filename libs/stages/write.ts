@@ -8,14 +8,14 @@ import { noiseApplier, scaleBytes, TorchDrawSeeker } from '../noise';
 import { encodeFloats, convertBytes, dtypeSize, firstNonFinite, narrowsRange, type FloatDtype, type WeightDtype } from '../safetensors';
 import { streamTensorBytes } from '../safetensors';
 import { ChunkPool } from '../safetensors';
-import { planShards, writeShard, type OutputTensorSpec } from '../safetensors';
+import { writeShard } from '../safetensors';
 import { COMPANION_FILES } from '../resolve';
 import { jsonText } from '../json';
 import type { MergePlan, PlanTensor, SourcePart } from '../plan';
 import { planHash } from './assemble';
 import { byteFraction, type Progress } from '../util';
-import { ggufFileName, type GgufOutType } from '../gguf';
-import { companionEntries, ggufEntry, ggufPlan, indexEntry, type ManifestEntry } from './write-manifest';
+import { GgufPass, ggufFileName, ggufPassKey, vocabKeys, type GgufKv, type GgufLayout, type GgufOutType } from '../gguf';
+import { aheadShards, companionEntries, ggufBytes, ggufUnchanged, ggufPlan, ggufSource, holdsGates, indexEntry, outputManifest, shardsOf, STREAM_NOISE_DRAWS, writeCompanion, writeGgufFile, type CompanionInputs } from './write-manifest';
 import { makeWorkFolder, WORK_MARKER } from '../util';
 import type { RoutingReport } from '../report';
 import { checkFreeSpace, checkOutputPath, checkOwner, lockOutput, ownerField, contentEntries, inPlaceTempName, isMountPoint, noSpaceError, readStampSync, recoverStaleTemporaries, replaceInPlace, STAMP_FILE, swapIntoPlace, tempName, userEntries, type OutputInput, type Stamp } from '../output-folder';
@@ -119,15 +119,6 @@ async function* sourceBytes(name: string, part: SourcePart, outDtype: WeightDtyp
   }
 }
 
-/**
- * Which algorithm drew a tensor's noise: shards and stamps written with the default noise of an earlier
- * moe-forge (xoshiro128**, double Box-Muller) are not taken for ones written with today's draws.
- */
-const STREAM_NOISE_DRAWS = 'mt19937-boxmuller-f32';
-function noiseDraws(p: SourcePart): string {
-  return p.noise?.torch ? 'torch' : STREAM_NOISE_DRAWS;
-}
-
 export function tensorProducer(gates: GateTensor | null, pool: ChunkPool) {
   // One seeker per write, so tensors written out of the reference's draw order seek from saved states.
   const seekers = new Map<number, TorchDrawSeeker>();
@@ -153,21 +144,6 @@ async function companionHashes(dir: string): Promise<Record<string, string>> {
     if (existsSync(join(dir, f))) out[f] = createHash('sha256').update(await readFile(join(dir, f))).digest('hex');
   }
   return out;
-}
-
-/** What decides a shard's bytes: tensor specs, sources by content id, transforms and router rows. */
-function shardHash(plan: MergePlan, tensors: PlanTensor[], gates: GateTensor | null): string {
-  const ids = new Map(plan.models.map((m) => [m.key, m.contentId ?? m.dir]));
-  const h = createHash('sha256');
-  for (const t of tensors) {
-    h.update(JSON.stringify([t.name, t.dtype, t.shape]));
-    for (const p of t.parts) {
-      if (p.kind === 'source') h.update(JSON.stringify([ids.get(p.model), p.tensor, p.dtype, p.shape, p.noise ? { ...p.noise, draws: noiseDraws(p) } : null, p.scale ?? null]));
-      else if (p.kind === 'zeros') h.update(JSON.stringify(['zeros', p.elements]));
-      else for (const r of p.rows) h.update(gateRow(gates!, p.layer, r));
-    }
-  }
-  return h.digest('hex');
 }
 
 async function intact(dir: string, stamp: Stamp): Promise<boolean> {
@@ -205,14 +181,12 @@ export async function runWrite(plan: MergePlan, opts: WriteOptions): Promise<Wri
   return writeOutput(plan, Promise.resolve({ plan, gates, routing }), rest, false);
 }
 
-/** A shard whose bytes depend on the routers (the forward pass's result). */
-const holdsGates = (tensors: PlanTensor[]) => tensors.some((t) => t.parts.some((p) => p.kind === 'gates'));
-
 /**
  * runWrite while the routers are still being computed: the shards that do not hold them (base and experts,
  * most of the bytes) are written into the temporary folder now, from `early` (the plan without the gates'
  * warnings); the router shards, the stamp and the swap wait for `late`. If `late` fails, the temporary folder
- * goes and its error is thrown; nothing is moved into place before everything is written.
+ * goes and its error is thrown; nothing is moved into place before everything is written. A GGUF is written in
+ * the same pass: each tensor's bytes, as produced for its shard, also go to their place in the GGUF.
  */
 export async function writeOutput(early: MergePlan, late: Promise<LateInputs>, opts: Omit<WriteOptions, 'gates' | 'routing'>, writeAhead = true): Promise<WriteResult> {
   let lateFailed: { error: unknown } | null = null;
@@ -251,24 +225,16 @@ export async function writeOutput(early: MergePlan, late: Promise<LateInputs>, o
     }
     // Files never kept as written: those found changed, or every one of them with --recompute.
     const suspect = opts.recompute && existing ? Object.keys(existing.files) : opts.suspect ?? [];
-    const shardsOf = (plan: MergePlan) => planShards(plan.tensors.map((t) => ({ name: t.name, dtype: t.dtype, shape: t.shape, group: t.group }) satisfies OutputTensorSpec), plan.maxShardBytes, plan.shardOrder ?? 'reference');
     const ggufOnly = opts.gguf !== undefined && opts.ggufOnly === true;
     // A GGUF llama.cpp could not take is refused now, before any work (names and shapes do not change later).
-    if (opts.gguf) ggufPlan(early, shardsOf(early), opts.gguf);
-    // Written ahead: shards without routers whose content the existing folder does not already hold. An existing
-    // stamp without shard hashes (an older build) may still be the same merge: then nothing is written ahead.
-    const earlyByName = new Map(early.tensors.map((t) => [t.name, t]));
-    const ahead = writeAhead && !ggufOnly && (!existing || existing.shards)
-      ? shardsOf(early).map((s) => ({ s, tensors: s.tensors.map((t) => earlyByName.get(t.name)!) }))
-        .filter(({ tensors }) => !holdsGates(tensors))
-        .map((x) => ({ ...x, hash: shardHash(early, x.tensors, null) }))
-        .filter(({ s, hash }) => existing?.shards?.[s.file] !== hash || suspect.includes(s.file))
-      : [];
+    const earlyLayout = opts.gguf ? ggufPlan(early, shardsOf(early), opts.gguf) : null;
+    // Written ahead: shards without routers whose content the existing folder does not already hold.
+    const ahead = writeAhead && !ggufOnly ? aheadShards(early, existing, suspect) : [];
     // The manifest's files other than the shards (their producers need the final plan, their names do not).
-    const companions = (plan: MergePlan, routing: LateInputs['routing'] | undefined, withRouting: boolean) => companionEntries({ plan, recipeText: opts.recipeText, tokenizerDir: opts.tokenizerDir, copyTokenizer: opts.copyTokenizer, writeRecipe: opts.writeRecipe, routing, withRouting });
+    const companionInputs = (plan: MergePlan, routing: LateInputs['routing'] | undefined, withRouting: boolean): CompanionInputs => ({ plan, recipeText: opts.recipeText, tokenizerDir: opts.tokenizerDir, copyTokenizer: opts.copyTokenizer, writeRecipe: opts.writeRecipe, routing, withRouting });
     const plannedFiles = (plan: MergePlan, withRouting: boolean) => {
       const shards = ggufOnly ? [] : shardsOf(plan);
-      return [...shards.map((s) => s.file), ...indexEntry(shards).flatMap((e) => e.files), ...companions(plan, undefined, withRouting).flatMap((e) => e.files), ...(opts.gguf ? [ggufFileName(opts.gguf)] : [])];
+      return [...shards.map((s) => s.file), ...indexEntry(shards).flatMap((e) => e.files), ...companionEntries(companionInputs(plan, undefined, withRouting)).flatMap((e) => e.files), ...(opts.gguf ? [ggufFileName(opts.gguf)] : [])];
     };
     const disk = inPlace ? out : dirname(out);
     const tag = randomBytes(4).toString('hex');
@@ -277,17 +243,48 @@ export async function writeOutput(early: MergePlan, late: Promise<LateInputs>, o
     let needed = 0;
     const written = new Map<string, string>(); // shard file -> content hash, written ahead
     const pool = new ChunkPool(CHUNK_BYTES);
+    // The GGUF written in the same pass as the shards, and the config.json text its tokenizer keys were read with.
+    let pass: { gguf: GgufPass; vocab: GgufKv[]; config: string } | null = null;
+    const dropPass = async () => {
+      if (!pass) return;
+      await pass.gguf.abort();
+      await rm(pass.gguf.file, { force: true });
+      pass = null;
+    };
+    /**
+     * The GGUF's tokenizer keys are read from config.json and the tokenizer files, written into the folder first.
+     * With `unchanged` (tensors the previous GGUF holds at the same places), it starts as a copy of that file.
+     */
+    const openPass = async (plan: MergePlan, layout: GgufLayout, type: GgufOutType, companionsWritten: boolean, unchanged?: string[]) => {
+      if (!companionsWritten) {
+        const c = companionInputs(plan, undefined, false);
+        for (const e of companionEntries(c)) if (e.producer === 'config' || e.producer === 'tokenizer') await writeCompanion(e, tmp, c, []);
+      }
+      const vocab = await vocabKeys(tmp);
+      const file = ggufFileName(type);
+      const prior = join(out, file);
+      const intactPrior = unchanged && existing && (await stat(prior).then((st) => st.size === existing!.files[file], () => false));
+      const copied = intactPrior ? await GgufPass.fromPrevious(join(tmp, file), prior, layout, vocab, unchanged, pool) : null;
+      if (copied) opts.log?.(`writing ${file} (${layout.tensors.length} tensors, ${type}): the previous one's bytes of ${unchanged!.length} unchanged tensors, the rest in the same pass as the shards`);
+      else opts.log?.(`writing ${file} (${layout.tensors.length} tensors, ${type}) in the same pass as the shards`);
+      pass = { gguf: copied ?? (await GgufPass.open(join(tmp, file), layout, vocab, pool)), vocab, config: configText(plan) };
+      return pass;
+    };
     try {
       if (ahead.length > 0) {
         // Names this build will write, known now: a file the user added under one of them stops the build before any work.
         if (!opts.overwrite) inTheWay(keep.filter((e) => plannedFiles(early, false).includes(e)), opts.outPath);
-        // The shards written now and the router shards (whose content is not known yet).
-        needed = shardsOf(early).filter((s) => ahead.some((x) => x.s.file === s.file) || holdsGates(s.tensors.map((t) => earlyByName.get(t.name)!))).reduce((a, s) => a + s.bytes, 0) + (1 << 20);
+        const earlyByName = new Map(early.tensors.map((t) => [t.name, t]));
+        // The shards written now and the router shards (whose content is not known yet), and the GGUF.
+        needed = shardsOf(early).filter((s) => ahead.some((x) => x.shard.file === s.file) || holdsGates(s.tensors.map((t) => earlyByName.get(t.name)!))).reduce((a, s) => a + s.bytes, 0) + (earlyLayout ? ggufBytes(earlyLayout) : 0) + (1 << 20);
         checkFreeSpace(disk, needed);
         forget = await makeWorkFolder(tmp);
+        // The shards the previous folder holds already (no routers in them) keep their tensors' GGUF bytes too.
+        const keptEarly = shardsOf(early).filter((s) => !holdsGates(s.tensors.map((t) => earlyByName.get(t.name)!)) && !ahead.some((x) => x.shard.file === s.file)).map((s) => s.file);
+        const unchanged = earlyLayout ? await ggufUnchanged(early, shardsOf(early), existing, suspect, opts.gguf!, opts.tokenizerDir, keptEarly) : null;
+        const gguf = earlyLayout ? (await openPass(early, earlyLayout, opts.gguf!, false, unchanged ?? undefined)).gguf : null;
         const produce = tensorProducer(null, pool);
-        for (const { s, tensors, hash } of ahead) {
-          const byName = new Map(tensors.map((t) => [t.name, t]));
+        for (const { shard: s, key } of ahead) {
           opts.log?.(`writing ${s.file} (${s.tensors.length} tensors, ${s.bytes} bytes) while the routers are computed`);
           // The forward pass failed: stop now rather than after gigabytes nobody will keep.
           const unlessFailed = async function* (chunks: AsyncIterable<Buffer>): AsyncGenerator<Buffer> {
@@ -296,8 +293,9 @@ export async function writeOutput(early: MergePlan, late: Promise<LateInputs>, o
               yield c;
             }
           };
-          await writeShard(join(tmp, s.file), s.tensors, (t) => unlessFailed(produce(byName.get(t.name)!)), { pool });
-          written.set(s.file, hash);
+          const tensor = (name: string) => earlyByName.get(name)!;
+          await writeShard(join(tmp, s.file), s.tensors, (t) => unlessFailed(gguf ? gguf.tee(tensor(t.name), produce(tensor(t.name))) : produce(tensor(t.name))), { pool });
+          written.set(s.file, key);
         }
       }
       const { plan, gates, routing } = await late;
@@ -314,6 +312,7 @@ export async function writeOutput(early: MergePlan, late: Promise<LateInputs>, o
       });
       if (existing && existing.hash === hash && suspect.length === 0 && (await intact(out, existing))) {
         opts.log?.(`output unchanged: ${opts.outPath}`);
+        await dropPass();
         if (forget) {
           forget();
           await rm(tmp, { recursive: true, force: true });
@@ -323,41 +322,48 @@ export async function writeOutput(early: MergePlan, late: Promise<LateInputs>, o
       }
       return await writeRest(plan, gates, routing, hash);
     } catch (e) {
+      await dropPass().catch(() => undefined);
       forget?.();
       await rm(tmp, { recursive: true, force: true });
       throw noSpaceError(e, disk, needed) ?? e;
     }
 
-    /** The manifest: every file with its producer, and the content keys of the reusable ones. */
-    async function manifest(plan: MergePlan, gates: GateTensor, routing: LateInputs['routing']) {
-      const shards = shardsOf(plan);
-      const byName = new Map(plan.tensors.map((t) => [t.name, t]));
-      const keys: Record<string, string> = {};
-      for (const s of shards) keys[s.file] = shardHash(plan, s.tensors.map((t) => byName.get(t.name)!), gates);
-      const entries: ManifestEntry[] = ggufOnly ? [] : shards.map((s) => ({ files: [s.file], producer: 'shard', key: keys[s.file], bytes: s.bytes }));
-      entries.push(...(ggufOnly ? [] : indexEntry(shards)), ...companions(plan, routing, routing !== undefined));
-      if (opts.gguf) {
-        const g = await ggufEntry(plan, shards, keys, { type: opts.gguf, only: ggufOnly, tokenizerDir: opts.tokenizerDir }, () => tensorProducer(gates, pool), pool, opts.log);
-        for (const w of g.layout.warnings) (opts.warn ?? opts.log)?.(w);
-        entries.push(g);
-      }
-      return { shards, byName, entries };
-    }
-
     async function writeRest(plan: MergePlan, gates: GateTensor, routing: LateInputs['routing'], hash: string): Promise<WriteResult> {
-      const { shards, byName, entries } = await manifest(plan, gates, routing);
-      // What the stamp records for reuse: each keyed file's content key.
-      const contentKeys: Record<string, string> = {};
-      for (const e of entries) if (e.key) contentKeys[e.files[0]!] = e.key;
-      const reusable = (file: string) => existing?.shards?.[file] === contentKeys[file] && !suspect.includes(file);
+      const m = await outputManifest({ plan, gates, routing, recipeText: opts.recipeText, tokenizerDir: opts.tokenizerDir, copyTokenizer: opts.copyTokenizer, writeRecipe: opts.writeRecipe, gguf: opts.gguf, ggufOnly, previous: existing, suspect, ahead: written });
+      if (m.gguf) for (const w of m.gguf.layout.warnings) (opts.warn ?? opts.log)?.(w);
+      const { entries, shards } = m;
+      const byName = new Map(plan.tensors.map((t) => [t.name, t]));
       // Names this build will write, known now: a file the user added under one of them stops the build before any work.
       const planned = entries.flatMap((e) => e.files);
       if (!opts.overwrite) inTheWay(keep.filter((e) => planned.includes(e)), opts.outPath);
       // What is left to write (shards written ahead are on the disk already).
-      needed = entries.reduce((a, e) => a + (e.bytes === undefined || reusable(e.files[0]!) || written.get(e.files[0]!) === e.key ? 0 : e.bytes), 0) + (1 << 20);
+      needed = entries.reduce((a, e) => a + (e.bytes === undefined || e.action !== 'write' ? 0 : e.bytes), 0) + (1 << 20);
       checkFreeSpace(disk, needed);
       if (!forget) {
         forget = await makeWorkFolder(tmp);
+      }
+      // The small files first: the GGUF's header reads config.json and the tokenizer files.
+      const c = companionInputs(plan, routing, routing !== undefined);
+      for (const e of entries) if (e.producer !== 'shard' && e.producer !== 'gguf') await writeCompanion(e, tmp, c, shards);
+      /** An unchanged keyed file of the old folder: hard-linked (the old folder stays whole until the swap). */
+      const keepPrior = async (file: string): Promise<boolean> => {
+        const prior = existing && entries.some((e) => e.files[0] === file && e.action === 'keep') ? join(out, file) : null;
+        if (!prior || !(await stat(prior).then((st) => st.size === existing!.files[file], () => false))) return false;
+        await link(prior, join(tmp, file)).catch(() => copyFile(prior, join(tmp, file)));
+        opts.log?.(`kept ${file} (unchanged)`);
+        return true;
+      };
+      const g = m.gguf;
+      let gguf: GgufPass | null = null;
+      if (g && (ggufOnly || (g && entries.find((e) => e.producer === 'gguf')!.action === 'keep'))) await dropPass();
+      if (g && !ggufOnly && !(await keepPrior(g.file))) {
+        // A pass opened while the routers were computed holds if the final plan gives the same header and places.
+        const held = pass && pass.config === configText(plan) ? ggufPassKey(g.layout, pass.vocab) : null;
+        if (pass && !(held && held.header.equals(pass.gguf.key.header) && held.segments === pass.gguf.key.segments)) {
+          opts.debug?.(`${g.file}: the final plan changed its layout: written again`);
+          await dropPass();
+        }
+        gguf = (pass ?? (await openPass(plan, g.layout, g.type, true, g.unchanged))).gguf;
       }
       const produce = tensorProducer(gates, pool);
       const shardEntries = entries.filter((e) => e.producer === 'shard');
@@ -372,41 +378,38 @@ export async function writeOutput(early: MergePlan, late: Promise<LateInputs>, o
           yield c;
         }
       };
-      /** An unchanged keyed file of the old folder: hard-linked (the old folder stays whole until the swap). */
-      const keepPrior = async (file: string): Promise<boolean> => {
-        const prior = reusable(file) ? join(out, file) : null;
-        if (!prior || !(await stat(prior).then((st) => st.size === existing!.files[file], () => false))) return false;
-        await link(prior, join(tmp, file)).catch(() => copyFile(prior, join(tmp, file)));
-        opts.log?.(`kept ${file} (unchanged)`);
-        return true;
-      };
       let kept = 0;
-      for (const [i, s] of shards.entries()) {
-        const sh = contentKeys[s.file];
-        if (sh === undefined) continue; // no shards in this folder (GGUF only)
+      for (const [i, e] of shardEntries.entries()) {
+        const s = shards[i]!;
+        const sh = e.key!;
         const was = existing?.shards?.[s.file];
         opts.debug?.(`${s.file}: ${s.tensors.length} tensors, ${s.bytes} bytes, content ${sh.slice(0, 12)}; ${was === undefined ? 'no shard of that name before' : was === sh ? 'the existing shard has the same content' : `the existing shard had ${was.slice(0, 12)}`}`);
-        if (written.get(s.file) === sh) continue; // written while the routers were computed
+        if (e.action === 'ahead') continue; // written while the routers were computed
         if (written.has(s.file)) await rm(join(tmp, s.file), { force: true }); // the final plan differs: rewrite it
-        if (await keepPrior(s.file)) {
+        if (e.action === 'keep' && (await keepPrior(s.file))) {
           kept++;
           continue;
         }
         opts.log?.(`writing ${s.file} (${i + 1}/${shards.length}, ${s.tensors.length} tensors, ${s.bytes} bytes)`);
-        await writeShard(join(tmp, s.file), s.tensors, (t) => counted(produce(byName.get(t.name)!)), { pool });
+        const tensor = (name: string) => byName.get(name)!;
+        await writeShard(join(tmp, s.file), s.tensors, (t) => counted(gguf ? gguf.tee(tensor(t.name), produce(tensor(t.name))) : produce(tensor(t.name))), { pool });
       }
       opts.progress?.end();
-      // The other producers, in the manifest's order (the GGUF last: it reads the shards now in the folder).
-      for (const e of entries) {
-        if (e.producer === 'shard') continue;
-        if (e.key && (await keepPrior(e.files[0]!))) continue;
-        await e.write!(tmp);
+      if (gguf) {
+        // What this run did not produce (kept shards) is read back from them; the rest went in with the shards.
+        const missing = gguf.missing();
+        if (missing.length > 0) await gguf.fill(await ggufSource(tmp, shards, false, () => produce, pool));
+        await gguf.finish();
+        pass = null;
+        if (missing.length > 0) opts.log?.(`${g!.file}: ${missing.length} tensors read back from the kept shards`);
+      } else if (g && ggufOnly) {
+        await writeGgufFile(tmp, g, await ggufSource(tmp, shards, true, () => produce, pool), pool, opts.log);
       }
       const files: Record<string, number> = {};
       for (const f of (await readdir(tmp)).sort()) if (f !== WORK_MARKER) files[f] = (await stat(join(tmp, f))).size;
       // A file the user added under a name we now write would be lost: stop and name it, unless --overwrite.
       if (!opts.overwrite) inTheWay(keep.filter((e) => e in files), opts.outPath);
-      const stamp: Stamp = { tool: 'moe-forge', hash, files, shards: contentKeys, ...(opts.recipeFile ? { recipe: ownerField(out, opts.recipeFile) } : {}) };
+      const stamp: Stamp = { tool: 'moe-forge', hash, files, shards: m.keys, ...(opts.recipeFile ? { recipe: ownerField(out, opts.recipeFile) } : {}) };
       await writeFile(join(tmp, STAMP_FILE), jsonText(stamp));
       if (inPlace) replaceInPlace(tmp, out, existing, stamp);
       forget!();
@@ -417,3 +420,6 @@ export async function writeOutput(early: MergePlan, late: Promise<LateInputs>, o
     }
   }
 }
+
+/** config.json's text, which the GGUF's tokenizer keys were read with. */
+const configText = (plan: MergePlan) => jsonText(plan.config, { literals: plan.configNumbers });

@@ -45,6 +45,9 @@ test('--gguf is incremental: unchanged rebuild rewrites nothing; a prompt edit r
   const edited = await mergekitMoe([yml, out, '--gguf', 'q8_0', '-v'], dir);
   assert.equal(edited.exitCode, 0, edited.stderr);
   assert.match(edited.stderr, /writing model-q8_0\.gguf/);
+  // The GGUF starts as a copy of the previous one: only the routers' tensors are encoded, nothing is read back.
+  assert.match(edited.stderr, /the previous one's bytes of \d+ unchanged tensors/);
+  assert.doesNotMatch(edited.stderr, /read back/);
   // Only the routers changed: the expert and base shards were kept.
   assert.match(edited.stderr, /kept model-0000\d-of-0000\d\.safetensors/);
   const now = await tensors(gguf);

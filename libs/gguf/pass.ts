@@ -1,0 +1,198 @@
+/**
+ * A model's GGUF written in the same pass as its safetensors shards: the header first (every tensor's type,
+ * shape and offset follow from the layout and the metadata), then each plan tensor's bytes, as the shard writer
+ * produces them, encoded and written at their segment's place (GGUF order differs from shard order). What this
+ * run does not produce (a shard kept from the previous folder) is filled from a segment source afterwards.
+ */
+import { constants } from 'node:fs';
+import { copyFile, open, rm, type FileHandle } from 'node:fs/promises';
+import { dtypeSize, type ChunkPool } from '../safetensors';
+import type { PlanTensor } from '../plan';
+import { DEFAULT_ALIGNMENT, alignUp } from './format';
+import { elementBytes } from './quant';
+import { TensorEncoder } from './stream';
+import { encodeGgufHeader } from './writer';
+import type { GgufLayout, Segment } from './architecture';
+import type { GgufKv } from './types';
+import type { SegmentSource } from './model';
+
+interface Place {
+  seg: Segment;
+  /** GGUF tensor index, for its encoding. */
+  tensor: number;
+  /** Where the segment's encoded bytes start in the file, and how many there are. */
+  at: number;
+  bytes: number;
+  /** Encoded bytes written so far (a segment is complete at `bytes`). */
+  done: number;
+}
+
+/** What decides the file's header and every segment's place: equal keys, the same file. */
+export function ggufPassKey(layout: GgufLayout, vocab: GgufKv[]): { header: Buffer; total: number; segments: string } {
+  const { header, total } = encodeGgufHeader([...layout.metadata, ...vocab], layout.tensors);
+  return { header, total, segments: JSON.stringify(layout.tensors.map((t) => t.segments.map((s) => [s.tensor.name, s.begin, s.count]))) };
+}
+
+export class GgufPass {
+  private readonly places: Place[] = [];
+  /** Each plan tensor's segments, in element order. */
+  private readonly byTensor = new Map<string, Place[]>();
+  private inFlight: Promise<void> = Promise.resolve();
+  private failed: unknown = undefined;
+
+  private constructor(
+    readonly file: string,
+    private readonly fh: FileHandle,
+    private readonly layout: GgufLayout,
+    readonly key: { header: Buffer; total: number; segments: string },
+    private readonly pool?: ChunkPool,
+  ) {
+    const total = key.total;
+    let offset = key.header.length;
+    for (const [i, t] of layout.tensors.entries()) {
+      let at = offset;
+      for (const seg of t.segments) {
+        const p: Place = { seg, tensor: i, at, bytes: elementBytes(t.type, seg.count), done: 0 };
+        at += p.bytes;
+        this.places.push(p);
+        const list = this.byTensor.get(seg.tensor.name) ?? this.byTensor.set(seg.tensor.name, []).get(seg.tensor.name)!;
+        list.push(p);
+      }
+      offset += alignUp(at - offset, DEFAULT_ALIGNMENT);
+    }
+    for (const list of this.byTensor.values()) list.sort((a, b) => a.seg.begin - b.seg.begin);
+    if (offset !== total) throw new Error(`internal: GGUF ${file} places end at ${offset}, ${total} planned`);
+  }
+
+  get size(): number {
+    return this.key.total;
+  }
+
+  /** Creates the file at its full size (the alignment padding stays zero) with its header written. */
+  static async open(file: string, layout: GgufLayout, vocab: GgufKv[], pool?: ChunkPool): Promise<GgufPass> {
+    const key = ggufPassKey(layout, vocab);
+    const fh = await open(file, 'wx');
+    try {
+      await fh.truncate(key.total);
+      await fh.write(key.header, 0, key.header.length, 0);
+      return new GgufPass(file, fh, layout, key, pool);
+    } catch (e) {
+      await fh.close();
+      throw e;
+    }
+  }
+
+  /**
+   * A copy of the previous GGUF (a reflink where the file system has them) whose header and places are this
+   * layout's: the `unchanged` plan tensors' bytes are in place already, the rest is written over. Null when the
+   * previous file is not of this layout.
+   */
+  static async fromPrevious(file: string, previous: string, layout: GgufLayout, vocab: GgufKv[], unchanged: string[], pool?: ChunkPool): Promise<GgufPass | null> {
+    const key = ggufPassKey(layout, vocab);
+    await copyFile(previous, file, constants.COPYFILE_EXCL | constants.COPYFILE_FICLONE);
+    const fh = await open(file, 'r+');
+    try {
+      const head = Buffer.alloc(key.header.length);
+      const { bytesRead } = await fh.read(head, 0, head.length, 0);
+      if ((await fh.stat()).size !== key.total || bytesRead !== head.length || !head.equals(key.header)) {
+        await fh.close();
+        await rm(file, { force: true });
+        return null;
+      }
+      const pass = new GgufPass(file, fh, layout, key, pool);
+      const keep = new Set(unchanged);
+      for (const p of pass.places) if (keep.has(p.seg.tensor.name)) p.done = p.bytes;
+      return pass;
+    } catch (e) {
+      await fh.close().catch(() => undefined);
+      throw e;
+    }
+  }
+
+  private encoder(p: Place, borrowed: boolean): TensorEncoder {
+    const t = this.layout.tensors[p.tensor]!;
+    const pool = this.pool;
+    return new TensorEncoder({ type: t.type, rowLength: t.shape[0]!, permuteGroupRows: t.permuteGroupRows, borrowed, release: pool ? (b) => pool.give(b) : undefined, take: pool ? (n) => pool.take(n) : undefined });
+  }
+
+  /** One write in flight; `b` goes back to the pool once written. */
+  private async put(p: Place, b: Buffer): Promise<void> {
+    if (p.done + b.length > p.bytes) throw new Error(`internal: GGUF segment of ${p.seg.tensor.name} at ${p.seg.begin}: ${p.done + b.length} bytes for ${p.bytes}`);
+    await this.inFlight;
+    if (this.failed !== undefined) throw this.failed;
+    const at = p.at + p.done;
+    p.done += b.length;
+    this.inFlight = (async () => {
+      let off = 0;
+      while (off < b.length) off += (await this.fh.write(b, off, b.length - off, at + off)).bytesWritten;
+      this.pool?.give(b);
+    })().catch((e: unknown) => void (this.failed = e));
+  }
+
+  /**
+   * A plan tensor's chunks (in its dtype), passed on unchanged after each is encoded into the GGUF: the chunk
+   * stays the caller's. Producing a tensor again (a shard rewritten) writes its segments again.
+   */
+  async *tee(t: PlanTensor, chunks: AsyncIterable<Buffer>): AsyncGenerator<Buffer> {
+    const places = this.byTensor.get(t.name);
+    if (!places) throw new Error(`internal: ${t.name} is in no GGUF tensor`);
+    for (const p of places) p.done = 0;
+    const size = dtypeSize(t.dtype);
+    let i = 0;
+    let at = 0; // elements of t seen
+    let enc = this.encoder(places[0]!, true);
+    for await (const chunk of chunks) {
+      let off = 0;
+      const n = chunk.length / size;
+      while (off < n) {
+        const p = places[i];
+        if (!p) throw new Error(`internal: ${t.name} produced more than its ${at} elements`);
+        const take = Math.min(n - off, p.seg.begin + p.seg.count - at);
+        for (const b of enc.push(chunk.subarray(off * size, (off + take) * size), t.dtype)) await this.put(p, b);
+        off += take;
+        at += take;
+        if (at === p.seg.begin + p.seg.count) {
+          for (const b of enc.end()) await this.put(p, b);
+          if (++i < places.length) enc = this.encoder(places[i]!, true);
+        }
+      }
+      yield chunk;
+    }
+  }
+
+  /** Segments not (fully) written in this run, from `source` (e.g. the kept shards). Returns how many. */
+  async fill(source: SegmentSource): Promise<number> {
+    let n = 0;
+    for (const p of this.places) {
+      if (p.done === p.bytes) continue;
+      n++;
+      p.done = 0;
+      const enc = this.encoder(p, false);
+      for await (const data of source(p.seg)) for (const b of enc.push(data, p.seg.tensor.dtype)) await this.put(p, b);
+      for (const b of enc.end()) await this.put(p, b);
+    }
+    return n;
+  }
+
+  /** Plan tensors with a segment not complete yet. */
+  missing(): string[] {
+    return [...new Set(this.places.filter((p) => p.done !== p.bytes).map((p) => p.seg.tensor.name))];
+  }
+
+  /** Every segment complete: synced and closed. */
+  async finish(): Promise<number> {
+    await this.inFlight;
+    if (this.failed !== undefined) throw this.failed;
+    const left = this.missing();
+    if (left.length > 0) throw new Error(`internal: GGUF ${this.file}: no bytes yet for ${left.slice(0, 3).join(', ')}`);
+    await this.fh.sync();
+    await this.fh.close();
+    return this.key.total;
+  }
+
+  /** Stops: waits for the write in flight and closes the file (the caller removes it). */
+  async abort(): Promise<void> {
+    await this.inFlight;
+    await this.fh.close().catch(() => undefined);
+  }
+}

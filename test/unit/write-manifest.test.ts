@@ -1,0 +1,81 @@
+/**
+ * The write stage's output manifest as data (libs/stages/write-manifest.ts): every file, its producer, its
+ * content key and what applying it does, computed without writing anything.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { readdirSync } from 'node:fs';
+import { outputManifest, aheadShards, type ManifestInputs, type OutputManifest } from '../../libs/stages/write-manifest';
+import { gatesOf, mixtralPlan } from '../helpers/mixtral-plan';
+import { tempDir, TINY } from '../helpers/tmp';
+
+const d = tempDir();
+const plan = mixtralPlan(d, { maxShardBytes: 0 });
+const inputs = (over: Partial<ManifestInputs>): ManifestInputs => ({ plan, gates: gatesOf(1), recipeText: 'base_model: x\n', tokenizerDir: TINY('a'), copyTokenizer: true, writeRecipe: true, gguf: 'bf16', previous: null, suspect: [], ...over });
+const actions = (m: OutputManifest) => Object.fromEntries(m.entries.map((e) => [e.files[0], `${e.producer}:${e.action}`]));
+
+test('a router-only edit: the router shard and the GGUF are written, the base and expert shards kept', async () => {
+  const first = await outputManifest(inputs({}));
+  // One shard per group (routers first), the index, the companions, the GGUF; nothing kept in a new folder.
+  assert.deepEqual(actions(first), {
+    'model-00001-of-00004.safetensors': 'shard:write',
+    'model-00002-of-00004.safetensors': 'shard:write',
+    'model-00003-of-00004.safetensors': 'shard:write',
+    'model-00004-of-00004.safetensors': 'shard:write',
+    'model.safetensors.index.json': 'index:write',
+    'config.json': 'config:write',
+    'tokenizer.json': 'tokenizer:write',
+    'mergekit_moe_config.yml': 'recipe:write',
+    'README.md': 'model-card:write',
+    'model-bf16.gguf': 'gguf:write',
+  });
+  assert.deepEqual(Object.keys(first.keys).sort(), [...first.shards.map((s) => s.file), 'model-bf16.gguf'].sort());
+  assert.equal(first.gguf?.layout.tensors.find((t) => t.name === 'blk.0.ffn_up_exps.weight')?.segments.length, 2);
+
+  // Same inputs over the folder that manifest wrote: every keyed file kept.
+  const again = await outputManifest(inputs({ previous: { shards: first.keys } }));
+  assert.deepEqual(again.entries.filter((e) => e.key).map((e) => e.action), ['keep', 'keep', 'keep', 'keep', 'keep']);
+
+  // New router rows (a prompt edit): only the router shard changes, so the GGUF (keyed by every shard) too.
+  const edited = await outputManifest(inputs({ gates: gatesOf(2), previous: { shards: first.keys } }));
+  assert.deepEqual(edited.entries.filter((e) => e.key).map((e) => `${e.files[0]}:${e.action}`), [
+    'model-00001-of-00004.safetensors:write',
+    'model-00002-of-00004.safetensors:keep',
+    'model-00003-of-00004.safetensors:keep',
+    'model-00004-of-00004.safetensors:keep',
+    'model-bf16.gguf:write',
+  ]);
+  assert.equal(first.shards[0]!.tensors[0]!.name, 'model.layers.0.block_sparse_moe.gate.weight');
+  // The previous GGUF holds the kept shards' tensors at the same places: a copy of it needs only the router written.
+  assert.equal(first.gguf?.unchanged, undefined);
+  assert.deepEqual([...edited.gguf!.unchanged!].sort(), plan.tensors.filter((t) => t.group !== 'router').map((t) => t.name).sort());
+  // Not when the previous GGUF was made from other inputs (another config here) or is found changed.
+  assert.equal((await outputManifest(inputs({ gates: gatesOf(2), previous: { shards: first.keys }, plan: { ...plan, config: { ...plan.config, rms_norm_eps: 1e-6 } } }))).gguf?.unchanged, undefined);
+  assert.equal((await outputManifest(inputs({ gates: gatesOf(2), previous: { shards: first.keys }, suspect: ['model-bf16.gguf'] }))).gguf?.unchanged, undefined);
+
+  // A kept file found changed on disk is written again; a shard written ahead under its key is left as it is.
+  const suspect = await outputManifest(inputs({ gates: gatesOf(2), previous: { shards: first.keys }, suspect: ['model-00003-of-00004.safetensors'] }));
+  assert.equal(actions(suspect)['model-00003-of-00004.safetensors'], 'shard:write');
+  const ahead = await outputManifest(inputs({ ahead: new Map([['model-00002-of-00004.safetensors', first.keys['model-00002-of-00004.safetensors']!]]) }));
+  assert.equal(actions(ahead)['model-00002-of-00004.safetensors'], 'shard:ahead');
+  // Nothing was written: the folder holds the test's source file alone.
+  assert.deepEqual(readdirSync(d), ['source.bin']);
+});
+
+test('--gguf-only: no shards and no index in the manifest; the GGUF keyed as with them', async () => {
+  const both = await outputManifest(inputs({}));
+  const only = await outputManifest(inputs({ ggufOnly: true }));
+  assert.deepEqual(only.entries.filter((e) => e.producer === 'shard' || e.producer === 'index'), []);
+  assert.equal(only.keys['model-bf16.gguf'], both.keys['model-bf16.gguf']);
+  assert.deepEqual(Object.keys(only.keys), ['model-bf16.gguf']);
+});
+
+test('written ahead: the shards without routers that the previous folder does not hold', () => {
+  const all = aheadShards(plan, null, []);
+  assert.deepEqual(all.map((a) => a.shard.file), ['model-00002-of-00004.safetensors', 'model-00003-of-00004.safetensors', 'model-00004-of-00004.safetensors']);
+  const keys = Object.fromEntries(all.map((a) => [a.shard.file, a.key]));
+  assert.deepEqual(aheadShards(plan, { shards: keys }, []), []);
+  assert.deepEqual(aheadShards(plan, { shards: keys }, ['model-00004-of-00004.safetensors']).map((a) => a.shard.file), ['model-00004-of-00004.safetensors']);
+  // A stamp of an older build (no shard keys) may be the same merge: nothing ahead.
+  assert.deepEqual(aheadShards(plan, {}, []), []);
+});
