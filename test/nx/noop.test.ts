@@ -43,12 +43,14 @@ test('an untouched workspace builds from the cache alone; a deleted, edited or r
   // in Nx's worker process too (Nx's default; the other builds load it in-process: test/helpers/workspace.ts).
   assert.deepEqual((await build(ISOLATED)).ran, []);
   assert.deepEqual(snapshot(), written);
-  // ... and fetch's runtime input starts no node: its shell script answers. (write's does not here: without the
-  // daemon, Nx rewrites fetch's models.json on every cache hit, mtime kept, and its ctime change is seen.)
+  // ... and the runtime inputs start no node: their shell scripts answer, fetch's and write's (which checks fetch's
+  // models.json by content: without the daemon, Nx rewrites it, same bytes and a new ctime, on every cache hit).
   assert.deepEqual((await build()).ran, []);
-  const fast = readdirSync(join(ws, '.nx', 'moe-forge', 'fast')).filter((f) => f.startsWith('model-ids-'));
-  assert.equal(fast.length, 1);
-  assert.equal(spawnSync('sh', [join('.nx', 'moe-forge', 'fast', fast[0]!)], { cwd: ws }).status, 0);
+  for (const kind of ['model-ids-', 'output-state-']) {
+    const fast = readdirSync(join(ws, '.nx', 'moe-forge', 'fast')).filter((f) => f.startsWith(kind));
+    assert.equal(fast.length, 1, kind);
+    assert.equal(spawnSync('sh', [join('.nx', 'moe-forge', 'fast', fast[0]!)], { cwd: ws }).status, 0, `${kind} script answers`);
+  }
 
   // (c) The folder deleted: write runs and writes it again, byte for byte; the next build is a cache hit.
   rmSync(out, { recursive: true });
