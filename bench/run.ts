@@ -374,6 +374,7 @@ async function benchIncrementalSection(tmp: string, size: string): Promise<void>
   row({ section: s, measure: "after changing one expert's noise_scale, s", value: noise.seconds, unit: 's', baseline: copyS(noise.bytesWritten), baselineLabel: 'stream copy of the bytes written', goal: 'info' });
   row({ section: s, measure: 'after swapping one expert, s', value: swap.seconds, unit: 's', baseline: copyS(swap.bytesWritten), baselineLabel: 'stream copy of the bytes written', goal: 'info' });
   row({ section: s, measure: 'no-op, s', value: noop.seconds, unit: 's', baseline: r.noopFloorSeconds, baselineLabel: '`mergekit-moe --help`', goal: 'info' });
+  row({ section: s, measure: 'no-op (best of 3), s', value: r.noopBestSeconds, unit: 's', baseline: r.nodeStartSeconds, baselineLabel: '`node -e 0` (best of 3, alternating)', goal: 'within 0.3 s of the baseline', met: r.noopBestSeconds - r.nodeStartSeconds <= 0.3 });
   for (const st of r.steps) {
     const one = st === plus;
     row({ section: s, measure: `  bytes written: ${st.step}, MB`, value: st.bytesWritten / 1e6, unit: 'MB', baseline: st.outputBytes / 1e6, baselineLabel: 'output size', goal: one ? '≤ 0.01' : 'info', ...(one ? { met: st.bytesWritten <= 0.01 * st.outputBytes } : {}) });

@@ -16,6 +16,11 @@ function collect(dir, out) {
 const filter = process.argv.slice(2);
 let files = collect('test', []);
 if (filter.length) files = files.filter((f) => filter.some((s) => f.includes(s)));
+// Longest first (the Nx builds, the packed install): two at a time, a long file started last would run alone at
+// the end while the other core idles.
+const SLOW = [join('test', 'nx'), join('test', 'install')];
+const slow = (f) => SLOW.some((d) => f.startsWith(d));
+files = [...files.filter(slow), ...files.filter((f) => !slow(f))];
 // The Nx tests and the command run build/: never a build older than the sources.
 const build = spawnSync(process.execPath, ['scripts/build.mjs'], { stdio: 'inherit' });
 if (build.status !== 0) process.exit(build.status ?? 1);

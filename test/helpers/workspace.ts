@@ -17,8 +17,17 @@ export function addRecipe(ws: string, name: string, yaml: string, projectJson?: 
   if (projectJson) writeFileSync(join(dir, 'project.json'), JSON.stringify(projectJson, null, 2));
 }
 
+/**
+ * Plugins load in the nx process: Nx's default forks a worker per plugin (ours and its own defaults) on every
+ * command, about 2.5 s of CPU a call, and nothing the tests prove depends on where createNodes runs. Tests that
+ * build under Nx's default say so (`ISOLATED`); `NX_ISOLATE_PLUGINS=true npm test` runs them all that way.
+ */
+const PLUGINS_IN_PROCESS = process.env.NX_ISOLATE_PLUGINS ?? 'false';
+/** The environment for an nx call as users run it, plugins in worker processes. */
+export const ISOLATED = { NX_ISOLATE_PLUGINS: 'true' } as const;
+
 export function nx(ws: string, args: string[], env: Record<string, string | undefined> = {}) {
-  return run(process.execPath, [join(ws, 'node_modules', 'nx', 'dist', 'bin', 'nx.js'), ...args], ws, { NX_DAEMON: 'false', NX_NO_CLOUD: 'true', CI: 'true', NX_TUI: 'false', MOE_FORGE_CACHE: join(ws, '.moe-cache'), ...env });
+  return run(process.execPath, [join(ws, 'node_modules', 'nx', 'dist', 'bin', 'nx.js'), ...args], ws, { NX_DAEMON: 'false', NX_NO_CLOUD: 'true', CI: 'true', NX_TUI: 'false', NX_ISOLATE_PLUGINS: PLUGINS_IN_PROCESS, MOE_FORGE_CACHE: join(ws, '.moe-cache'), ...env });
 }
 
 /** A hidden-gate recipe over the workspace's tiny fixture models (under models/), written in bfloat16. */

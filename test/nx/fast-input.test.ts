@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { ROOT, tempDir } from '../helpers/tmp';
 import { recordWrite } from '../../tools/executors/output-state';
 // Plain JavaScript module of the plugin (the runtime inputs load it without a transpiler).
-import { recordAnswer, runtimeCommand, scriptPath, snapshot } from '../../tools/executors/fast-input';
+import { contentsUnchanged, recordAnswer, runtimeCommand, scriptPath, snapshot, withContent } from '../../tools/executors/fast-input';
 import { nowNs, RACY_NS, sleepUntil } from '../../libs/util/stat-key';
 
 const root = tempDir('moe-forge-fast-input-');
@@ -154,4 +154,40 @@ test("racy: write's runtime input gives no script while the record it stands on 
   assert.equal(spawnSync(process.execPath, [tool, ...stateArgs], { cwd: ws, encoding: 'utf8' }).stdout, token);
   const r = spawnSync('sh', [join(ws, scriptPath('output-state', stateArgs))], { cwd: ws, encoding: 'utf8' });
   assert.deepEqual({ code: r.status, stdout: r.stdout }, { code: 0, stdout: token });
+});
+
+test('a file checked by content (one Nx rewrites, same bytes, on every cache hit): the same bytes written again keep the script; other bytes, same size and re-dated, or the file gone, stop it', () => {
+  writeFileSync(a, '{"hidden_size": 8}');
+  writeFileSync(b, 'weights');
+  const restored = join(root, 'models.json');
+  writeFileSync(restored, '{"models": []}');
+  const recordWithContent = () => {
+    for (const p of [a, b, dir, restored]) utimesSync(p, PAST, PAST);
+    settle();
+    return recordAnswer(root, 'model-ids', args, withContent(snapshot([dir, a, b]), restored), answer);
+  };
+  assert.equal(recordWithContent(), true);
+  assert.deepEqual(answered(), { code: 0, stdout: answer });
+  // Rewritten with the same bytes (new mtime and ctime, as Nx restores an output): still answers.
+  writeFileSync(restored, '{"models": []}');
+  assert.deepEqual(answered(), { code: 0, stdout: answer });
+  // Other bytes, same size, mtime set back: stops.
+  writeFileSync(restored, '{"models": {}}');
+  utimesSync(restored, PAST, PAST);
+  assert.deepEqual(answered(), { code: 1, stdout: '' });
+  assert.equal(recordWithContent(), true);
+  rmSync(restored);
+  assert.deepEqual(answered(), { code: 1, stdout: '' });
+  // Recorded absent: answers while it stays absent, stops once it appears.
+  const snap = withContent(snapshot([dir, a, b]), restored);
+  assert.deepEqual(snap.contents, [{ path: restored, sha256: null }]);
+  settle();
+  assert.equal(recordAnswer(root, 'model-ids', args, snap, answer), true);
+  assert.deepEqual(answered(), { code: 0, stdout: answer });
+  writeFileSync(restored, '{"models": []}');
+  assert.deepEqual(answered(), { code: 1, stdout: '' });
+  // Bytes changed between the look and the answer: the caller sees it (output-state.ts then records no script).
+  assert.equal(contentsUnchanged(snap), false);
+  rmSync(restored);
+  assert.equal(contentsUnchanged(snap), true);
 });

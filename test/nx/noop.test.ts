@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { cpSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { FIXTURES } from '../helpers/tmp';
-import { addRecipe, nx, throwawayWorkspace, TINY_BF16_RECIPE } from '../helpers/workspace';
+import { addRecipe, ISOLATED, nx, throwawayWorkspace, TINY_BF16_RECIPE } from '../helpers/workspace';
 import { spawnSync } from 'node:child_process';
 import { runtimeCommand, scriptPath } from '../../tools/executors/fast-input';
 
@@ -16,8 +16,8 @@ const recipeFile = join(ws, 'workspace-models', 'n', 'moe.yml');
 const TARGETS = ['check-options', 'fetch', 'embed-prompts', 'build-gates', 'report', 'assemble-experts', 'write'];
 
 /** Which targets Nx ran (not restored from its cache), and what write did when it ran. */
-async function build(): Promise<{ ran: string[]; write: string }> {
-  const r = await nx(ws, ['run', 'n:build']);
+async function build(env: Record<string, string> = {}): Promise<{ ran: string[]; write: string }> {
+  const r = await nx(ws, ['run', 'n:build'], env);
   assert.equal(r.exitCode, 0, r.stdout + r.stderr);
   const ran: string[] = [];
   for (const t of TARGETS) {
@@ -39,15 +39,18 @@ test('an untouched workspace builds from the cache alone; a deleted, edited or r
   assert.ok(first.ran.includes('write'));
   const written = snapshot();
 
-  // (b) Right after the first build: every task a cache hit, no stage runs, the folder as it was.
-  assert.deepEqual((await build()).ran, []);
+  // (b) Right after the first build: every task a cache hit, no stage runs, the folder as it was; with the plugin
+  // in Nx's worker process too (Nx's default; the other builds load it in-process: test/helpers/workspace.ts).
+  assert.deepEqual((await build(ISOLATED)).ran, []);
   assert.deepEqual(snapshot(), written);
-  // ... and fetch's runtime input starts no node: its shell script answers. (write's does not here: without the
-  // daemon, Nx rewrites fetch's models.json on every cache hit, mtime kept, and its ctime change is seen.)
+  // ... and the runtime inputs start no node: their shell scripts answer, fetch's and write's (which checks fetch's
+  // models.json by content: without the daemon, Nx rewrites it, same bytes and a new ctime, on every cache hit).
   assert.deepEqual((await build()).ran, []);
-  const fast = readdirSync(join(ws, '.nx', 'moe-forge', 'fast')).filter((f) => f.startsWith('model-ids-'));
-  assert.equal(fast.length, 1);
-  assert.equal(spawnSync('sh', [join('.nx', 'moe-forge', 'fast', fast[0]!)], { cwd: ws }).status, 0);
+  for (const kind of ['model-ids-', 'output-state-']) {
+    const fast = readdirSync(join(ws, '.nx', 'moe-forge', 'fast')).filter((f) => f.startsWith(kind));
+    assert.equal(fast.length, 1, kind);
+    assert.equal(spawnSync('sh', [join('.nx', 'moe-forge', 'fast', fast[0]!)], { cwd: ws }).status, 0, `${kind} script answers`);
+  }
 
   // (c) The folder deleted: write runs and writes it again, byte for byte; the next build is a cache hit.
   rmSync(out, { recursive: true });

@@ -6,9 +6,11 @@
 // when `stat` printed exactly what node saw, so a platform whose stat prints less (BSD, BusyBox without
 // nanoseconds) never answers from it, and only when no file was racy when node looked (libs/util/stat-key.js):
 // a same-tick edit would keep its stats.
+// A file Nx rewrites with the same bytes on every build is checked by content instead (sha256sum), likewise
+// only where sha256sum prints what node computed.
 import { createHash } from 'node:crypto';
 import { spawnSync } from 'node:child_process';
-import { mkdirSync, renameSync, rmSync, statSync, writeFileSync, type BigIntStats } from 'node:fs';
+import { mkdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync, type BigIntStats } from 'node:fs';
 import { join } from 'node:path';
 import { isRacy, nowNs } from '../../libs/util';
 
@@ -17,6 +19,11 @@ export interface Snapshot {
   lines: (string | null)[];
   /** A file changed within the racy window of the snapshot: no answer may stand on it. */
   racy?: boolean;
+  /**
+   * Files the answer stands on by content (sha256), not by stat: files Nx itself rewrites, same bytes, on every
+   * cache hit (a restored output such as fetch's models.json), whose new ctime would otherwise stop the script.
+   */
+  contents?: { path: string; sha256: string | null }[];
 }
 
 /** The runtime inputs, each built from tools/executors/<kind>.ts into build/runtime/<kind>.js. */
@@ -76,6 +83,36 @@ export function snapshot(paths: string[]): Snapshot {
 
 const quote = (s: string) => `'${s.replace(/'/g, `'\\''`)}'`;
 
+/** sha256 of a file's bytes, as `sha256sum` prints it; null when it cannot be read. */
+export function contentHash(p: string): string | null {
+  try {
+    return createHash('sha256').update(readFileSync(p)).digest('hex');
+  } catch {
+    return null;
+  }
+}
+
+const absent = (p: string) => {
+  try {
+    statSync(p);
+    return false;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'ENOENT';
+  }
+};
+
+/** `snap` standing on `path` by content too (hashed now, before the answer reads it; null: absent); racy when unreadable. */
+export function withContent(snap: Snapshot, path: string): Snapshot {
+  const sha256 = contentHash(path);
+  if (sha256 === null && !absent(path)) return { ...snap, racy: true };
+  return { ...snap, contents: [...(snap.contents ?? []), { path, sha256 }] };
+}
+
+/** Whether the files `snap` stands on by content still hold those bytes (read again after the answer was computed). */
+export function contentsUnchanged(snap: Snapshot): boolean {
+  return (snap.contents ?? []).every((c) => contentHash(c.path) === c.sha256 && (c.sha256 !== null || absent(c.path)));
+}
+
 /**
  * Writes the script for (kind, args) printing `answer` while `snap`'s files are as node saw them; removes it
  * instead when stat does not print exactly that now (a file changed meanwhile, or a stat without nanoseconds),
@@ -84,10 +121,21 @@ const quote = (s: string) => `'${s.replace(/'/g, `'\\''`)}'`;
 export function recordAnswer(root: string, kind: RuntimeKind, args: string[], snap: Snapshot, answer: string): boolean {
   const file = join(root, scriptPath(kind, args));
   const expected = snap.lines.filter((l) => l !== null).join('\n');
-  let ok = !snap.racy && snap.paths.length > 0 && !snap.paths.some((p) => /[\n\0]/.test(p) || p.startsWith('-'));
+  const contents = snap.contents ?? [];
+  let ok = !snap.racy && snap.paths.length > 0 && ![...snap.paths, ...contents.map((c) => c.path)].some((p) => /[\n\0]/.test(p) || p.startsWith('-'));
   if (ok) {
     const r = spawnSync('stat', ['-L', `--printf=${FORMAT}`, '--', ...snap.paths], { encoding: 'utf8', timeout: 10_000 });
     ok = !r.error && typeof r.stdout === 'string' && r.stdout.replace(/\n+$/, '') === expected;
+  }
+  // As for stat: a script only where sha256sum prints what node computed.
+  for (const c of contents) {
+    if (!ok) break;
+    if (c.sha256 === null) {
+      ok = absent(c.path);
+      continue;
+    }
+    const r = spawnSync('sh', ['-c', 'sha256sum < "$1"', 'sh', c.path], { encoding: 'utf8', timeout: 10_000 });
+    ok = !r.error && r.stdout === `${c.sha256}  -\n`;
   }
   try {
     if (!ok) {
@@ -100,6 +148,7 @@ export function recordAnswer(root: string, kind: RuntimeKind, args: string[], sn
       tmp,
       `# moe-forge: the answer of node build/runtime/${kind}.js while these files are unchanged (tools/executors/fast-input.ts)\n` +
         `[ "$(stat -L --printf=${quote(FORMAT)} -- ${snap.paths.map(quote).join(' ')} 2>/dev/null)" = ${quote(expected)} ] || exit 1\n` +
+        contents.map((c) => (c.sha256 === null ? `[ -e ${quote(c.path)} ] || [ -L ${quote(c.path)} ] && exit 1\n` : `[ "$(sha256sum < ${quote(c.path)} 2>/dev/null)" = ${quote(`${c.sha256}  -`)} ] || exit 1\n`)).join('') +
         `printf '%s' ${quote(answer)}\n`,
     );
     renameSync(tmp, file);

@@ -15,12 +15,12 @@
 // The record lives in the workspace's .nx folder, never in a cache: a random token per workspace means another
 // machine never skips its own write on a remote-cache hit. The output folders are never Nx outputs.
 // The answer is also left as a shell script (fast-input.ts) that the next builds run instead of node while the
-// record, the live folders' files, models.json and the companion files are as they were.
+// record, the live folders' files, models.json (its bytes) and the companion files are as they were.
 import { createHash, randomBytes } from 'node:crypto';
 import { mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { isAbsolute, join, resolve } from 'node:path';
-import { recordAnswer, snapshot, type Snapshot } from './fast-input';
+import { contentsUnchanged, recordAnswer, snapshot, withContent, type Snapshot } from './fast-input';
 import { changedSince, recordKeys } from '../../libs/util';
 
 /** One model folder this workspace wrote: its files' stat keys, and the token its write stood under. */
@@ -148,10 +148,11 @@ function companionLines(root: string, stagesDir: string): string[] {
 
 /**
  * What the answer stands on, seen before it is computed: the record and models.json first (the other files are
- * read from them), then the live folders' recorded files and the companion files (present or not).
+ * read from them), then the live folders' recorded files and the companion files (present or not). models.json by
+ * content: Nx restores it, same bytes and a new ctime, on every cache hit of fetch, before write's input runs.
  */
 function answerSnapshot(root: string, project: string, stagesDir: string): Snapshot {
-  const first = snapshot([stateFile(root, project), modelsJson(root, stagesDir)]);
+  const first = withContent(snapshot([stateFile(root, project)]), modelsJson(root, stagesDir));
   const state = readState(root, project);
   const rest: string[] = [];
   if (state.token !== null) {
@@ -159,7 +160,7 @@ function answerSnapshot(root: string, project: string, stagesDir: string): Snaps
   }
   for (const { dir } of localModelDirs(root, stagesDir)) for (const f of COMPANIONS) rest.push(join(dir, f));
   const then = snapshot(rest);
-  return { paths: [...first.paths, ...then.paths], lines: [...first.lines, ...then.lines], racy: first.racy || then.racy };
+  return { paths: [...first.paths, ...then.paths], lines: [...first.lines, ...then.lines], racy: first.racy || then.racy, contents: first.contents };
 }
 
 if (require.main === module) {
@@ -171,5 +172,6 @@ if (require.main === module) {
   const text = lines.join('\n') + '\n';
   process.stdout.write(text);
   // A rotated token rewrote the record: stat no longer matches the snapshot, so no script (node answers once more).
-  recordAnswer(root, KIND, args, snap, text);
+  // models.json rewritten with other bytes while the answer was computed: no script either.
+  recordAnswer(root, KIND, args, contentsUnchanged(snap) ? snap : { ...snap, racy: true }, text);
 }
