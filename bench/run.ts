@@ -178,12 +178,14 @@ ${dtype ? `dtype: ${dtype}\n` : ''}experts:
   rmSync(dir, { recursive: true, force: true });
 }
 
-async function benchGgufSection(tmp: string): Promise<void> {
+async function benchGgufSection(tmp: string, size: string | null): Promise<void> {
   const dir = join(tmp, 'gguf');
   mkdirSync(dir, { recursive: true });
-  const results = await benchGguf(dir, MEDIUM, log);
+  // medium unless --size names another (small runs in seconds, for a quick check).
+  const name = size ?? 'medium';
+  const results = await benchGguf(dir, size ? SIZES[size]! : MEDIUM, log);
   for (const r of results) {
-    const label = `GGUF ${r.type} from the medium 2-expert Mixtral's shards, ${(r.bytes / 1e6).toFixed(0)} MB written, MB/s`;
+    const label = `GGUF ${r.type} from the ${name} 2-expert Mixtral's shards, ${(r.bytes / 1e6).toFixed(0)} MB written, MB/s`;
     row({ section: 'gguf', measure: label, value: r.bytes / 1e6 / r.ours, unit: 'MB/s', baseline: r.bytes / 1e6 / r.copy, baselineLabel: 'stream copy of the shards, MB/s', goal: '≥ 0.9', met: r.copy / r.ours >= 0.9 });
     if (r.converter !== null) row({ section: 'gguf', measure: `GGUF ${r.type}: llama.cpp's converter time / ours`, value: r.converter / r.ours, unit: 'x', baseline: null, baselineLabel: 'convert_hf_to_gguf.py, same folder', goal: '≥ 5', met: r.converter / r.ours >= 5 });
   }
@@ -487,7 +489,7 @@ async function main(): Promise<void> {
       if (s === 'nx') await benchNx(tmp);
       if (s === 'many') await benchMany(tmp);
       if (s === 'incremental') await benchIncrementalSection(tmp, size ?? 'small');
-      if (s === 'gguf') await benchGgufSection(tmp);
+      if (s === 'gguf') await benchGgufSection(tmp, size);
       if (s === 'report') await benchReportSection(tmp, size ?? 'small');
       if (s === 'routing') await benchRoutingSection(tmp);
       details[`${s}SectionSeconds`] = r2((performance.now() - ts) / 1000);
