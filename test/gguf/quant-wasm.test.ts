@@ -12,6 +12,9 @@ import { decodeInto, elementBytes, encode } from '../../libs/gguf/quant';
 import { QuantKernels, useQuantWasm, type DstType, type SrcDtype } from '../../libs/gguf/quant-wasm';
 import { encodeTensor, type EncodeOptions, type SourceChunk } from '../../libs/gguf/stream';
 import { f32BitsToBf16Ggml } from '../../libs/gguf/quant';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { FIXTURES } from '../helpers/tmp';
 
 const f32 = (bits: number) => new Float32Array(new Uint32Array([bits >>> 0]).buffer)[0]!;
 
@@ -120,6 +123,15 @@ for (const dt of ['F32', 'BF16', 'F16'] as const) {
     });
   }
 }
+
+test('the kernels equal gguf-py\'s recorded bytes (test/fixtures/gguf/kernels.json) directly', () => {
+  const fx = JSON.parse(readFileSync(join(FIXTURES, 'gguf', 'kernels.json'), 'utf8')) as Record<string, string>;
+  const x = Buffer.from(fx.x!, 'base64');
+  assert.ok(kernel(x, 'F32', 'Q8_0').equals(Buffer.from(fx.q8_0!, 'base64')), 'Q8_0');
+  const y = Buffer.from(fx.y!, 'base64');
+  assert.ok(kernel(y, 'F32', 'F16').equals(Buffer.from(fx.f16!, 'base64')), 'F16');
+  assert.ok(kernel(y, 'F32', 'BF16').equals(Buffer.from(fx.bf16!, 'base64')), 'BF16');
+});
 
 test('the edge cases are what they claim: NaN, infinite, zero and overflowing-inverse blocks quantise to zeros', () => {
   const one = (vals: number[]) => kernel(Buffer.from(new Float32Array(vals).buffer), 'F32', 'Q8_0');
