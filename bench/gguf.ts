@@ -2,7 +2,7 @@
  * `npm run bench -- gguf`: writing a merged folder's GGUF (libs/gguf, from the written shards, as the write
  * stage does) against a plain copy of the same bytes, and against llama.cpp's convert_hf_to_gguf.py where one
  * is installed (GGUF_CONVERTER=path/to/convert_hf_to_gguf.py, PYTHON=python with torch and numpy, PYTHONPATH
- * for its gguf-py), on the medium model's 2-expert Mixtral.
+ * for its gguf-py), on the medium model's 2-expert Mixtral (or --size NAME: bench/incremental.ts's sizes); bf16, f16 and q8_0.
  */
 import { createReadStream, createWriteStream, readdirSync, rmSync, statSync, writeFileSync, existsSync } from 'node:fs';
 import { pipeline } from 'node:stream/promises';
@@ -11,7 +11,7 @@ import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';
 import { mergeRecipe } from '../libs/pipeline';
 import { SafetensorsWeights } from '../libs/safetensors';
-import { converterOrder, ggufLayout, shardSource, writeModelGguf, type GgufOutType } from '../libs/gguf';
+import { converterOrder, ggufLayout, shardSource, useQuantWasm, writeModelGguf, type GgufOutType } from '../libs/gguf';
 import { readSafetensorsHeader } from '../libs/safetensors';
 import type { MergePlan, PlanTensor } from '../libs/plan';
 import { writeFastModel, type TinyModelSpec } from './models';
@@ -22,6 +22,8 @@ export interface GgufBenchRow {
   ours: number;
   copy: number;
   converter: number | null;
+  /** The same write through quant.ts's scalar JavaScript kernels (the WebAssembly ones turned off), where they differ. */
+  scalar: number | null;
 }
 
 /** The layout of a written folder (config.json and its shards, as the converter reads them). */
@@ -42,11 +44,12 @@ export async function benchGguf(tmp: string, spec: Omit<TinyModelSpec, 'dtype' |
   await mergeRecipe({ recipeFile: recipe, outPath: out, modelBaseDir: tmp, allowIdenticalModels: true, cacheDir: join(tmp, 'cache') });
   const rows: GgufBenchRow[] = [];
   const converter = process.env.GGUF_CONVERTER && existsSync(process.env.GGUF_CONVERTER) ? process.env.GGUF_CONVERTER : null;
-  for (const type of ['bf16', 'q8_0'] as const) {
+  for (const type of ['bf16', 'f16', 'q8_0'] as const) {
     const { layout, files } = await folderLayout(out, type);
     const file = join(tmp, `ours-${type}.gguf`);
     const best = (xs: number[]) => Math.min(...xs);
     const ours: number[] = [];
+    const scalar: number[] = [];
     const copies: number[] = [];
     let bytes = 0;
     for (let round = 0; round < 2; round++) {
@@ -64,6 +67,19 @@ export async function benchGguf(tmp: string, spec: Omit<TinyModelSpec, 'dtype' |
       const pool = new ChunkPool(16 << 20);
       bytes = await writeModelGguf(file, layout, [], shardSource(await SafetensorsWeights.openFiles(out, files.map((f) => join(out, f))), pool), { pool });
       ours.push((performance.now() - t0) / 1000);
+      if (type !== 'bf16') {
+        // bf16 from bf16 shards passes bytes through: no kernel to compare.
+        rmSync(file, { force: true });
+        useQuantWasm(false);
+        try {
+          const s0 = performance.now();
+          const p2 = new ChunkPool(16 << 20);
+          await writeModelGguf(file, layout, [], shardSource(await SafetensorsWeights.openFiles(out, files.map((f) => join(out, f))), p2), { pool: p2 });
+          scalar.push((performance.now() - s0) / 1000);
+        } finally {
+          useQuantWasm(true);
+        }
+      }
     }
     let conv: number | null = null;
     if (converter) {
@@ -76,8 +92,8 @@ export async function benchGguf(tmp: string, spec: Omit<TinyModelSpec, 'dtype' |
       }
     }
     const copyBytes = files.reduce((a, f) => a + statSync(join(out, f)).size, 0);
-    rows.push({ type, bytes, ours: best(ours), copy: best(copies) * (bytes / copyBytes), converter: conv });
-    log(`gguf ${type}: ${(bytes / 1e6).toFixed(0)} MB in ${best(ours).toFixed(2)} s; copy of the shards ${(copyBytes / 1e6).toFixed(0)} MB in ${best(copies).toFixed(2)} s${conv !== null ? `; converter ${conv.toFixed(2)} s` : ''}`);
+    rows.push({ type, bytes, ours: best(ours), copy: best(copies) * (bytes / copyBytes), converter: conv, scalar: scalar.length ? best(scalar) : null });
+    log(`gguf ${type}: ${(bytes / 1e6).toFixed(0)} MB in ${best(ours).toFixed(2)} s${scalar.length ? ` (scalar kernels ${best(scalar).toFixed(2)} s)` : ''}; copy of the shards ${(copyBytes / 1e6).toFixed(0)} MB in ${best(copies).toFixed(2)} s${conv !== null ? `; converter ${conv.toFixed(2)} s` : ''}`);
   }
   return rows;
 }

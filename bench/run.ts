@@ -8,7 +8,7 @@
  *   forward   the forward pass against plain onnxruntime Gemms (bench/forward.ts)
  *   rng       normals per second of --rng torch's generator against the default stream generator (bench/rng.ts)
  *   incremental  `mergekit-moe` cold / +1 prompt / noise_scale / expert swap / no-op at a size (bench/incremental.ts)
- *   gguf      a merged folder's GGUF (bf16, q8_0) against a copy of its bytes and llama.cpp's converter (bench/gguf.ts)
+ *   gguf      a merged folder's GGUF (bf16, f16, q8_0) against a copy of its bytes and llama.cpp's converter (bench/gguf.ts; --size small for a quick run)
  *   report    the report stage (the merged model on every text) against the base forward of the held-out texts,
  *             at --size (default small; bench/report.ts)
  *   routing   every gate mode's routing of held-out text on three generated recipe sets, measured on the merged
@@ -178,16 +178,19 @@ ${dtype ? `dtype: ${dtype}\n` : ''}experts:
   rmSync(dir, { recursive: true, force: true });
 }
 
-async function benchGgufSection(tmp: string): Promise<void> {
+async function benchGgufSection(tmp: string, size: string | null): Promise<void> {
   const dir = join(tmp, 'gguf');
   mkdirSync(dir, { recursive: true });
-  const results = await benchGguf(dir, MEDIUM, log);
+  // medium unless --size names another (small runs in seconds, for a quick check).
+  const name = size ?? 'medium';
+  const results = await benchGguf(dir, size ? SIZES[size]! : MEDIUM, log);
   for (const r of results) {
-    const label = `GGUF ${r.type} from the medium 2-expert Mixtral's shards, ${(r.bytes / 1e6).toFixed(0)} MB written, MB/s`;
+    const label = `GGUF ${r.type} from the ${name} 2-expert Mixtral's shards, ${(r.bytes / 1e6).toFixed(0)} MB written, MB/s`;
     row({ section: 'gguf', measure: label, value: r.bytes / 1e6 / r.ours, unit: 'MB/s', baseline: r.bytes / 1e6 / r.copy, baselineLabel: 'stream copy of the shards, MB/s', goal: '≥ 0.9', met: r.copy / r.ours >= 0.9 });
+    if (r.scalar !== null) row({ section: 'gguf', measure: `  GGUF ${r.type} through the scalar JavaScript kernels (WebAssembly off), MB/s`, value: r.bytes / 1e6 / r.scalar, unit: 'MB/s', baseline: r.bytes / 1e6 / r.copy, baselineLabel: 'stream copy of the shards, MB/s', goal: 'info' });
     if (r.converter !== null) row({ section: 'gguf', measure: `GGUF ${r.type}: llama.cpp's converter time / ours`, value: r.converter / r.ours, unit: 'x', baseline: null, baselineLabel: 'convert_hf_to_gguf.py, same folder', goal: '≥ 5', met: r.converter / r.ours >= 5 });
   }
-  notes.push('gguf: writeModelGguf from the written shards (in process, best of 2), against a createReadStream → createWriteStream copy of the same shards scaled to the GGUF\'s size; the converter (GGUF_CONVERTER, PYTHON) once, Python start-up included.');
+  notes.push('gguf: writeModelGguf from the written shards (in process, best of 2; f16 and q8_0 also with the WebAssembly kernels off), against a createReadStream → createWriteStream copy of the same shards scaled to the GGUF\'s size; the converter (GGUF_CONVERTER, PYTHON) once, Python start-up included.');
   details.gguf = results;
   rmSync(dir, { recursive: true, force: true });
 }
@@ -488,7 +491,7 @@ async function main(): Promise<void> {
       if (s === 'nx') await benchNx(tmp);
       if (s === 'many') await benchMany(tmp);
       if (s === 'incremental') await benchIncrementalSection(tmp, size ?? 'small');
-      if (s === 'gguf') await benchGgufSection(tmp);
+      if (s === 'gguf') await benchGgufSection(tmp, size);
       if (s === 'report') await benchReportSection(tmp, size ?? 'small');
       if (s === 'routing') await benchRoutingSection(tmp);
       details[`${s}SectionSeconds`] = r2((performance.now() - ts) / 1000);

@@ -61,6 +61,8 @@ export interface GgufTensorSpec {
   /** Concatenated in order: a 3-D expert stack is one segment per expert. */
   segments: Segment[];
   permuteGroupRows?: number;
+  /** A tensor the converter computes rather than reads (rope_freqs): its bytes as stored, no segments. */
+  data?: Buffer;
 }
 
 export interface GgufLayout {
@@ -197,6 +199,53 @@ function archMetadata(arch: string, gguf: string, config: Record<string, unknown
   return [...kv].map(([key, value]) => ({ key, value }));
 }
 
+const float32Number = (v: unknown, field: string, fallback: number): number => {
+  if (v === undefined || v === null) return fallback;
+  if (typeof v !== 'number' || !Number.isFinite(v)) throw new ForgeError('bad_config', `rope_scaling.${field} must be a finite number, got ${JSON.stringify(v)}`, { file: 'config.json', field: `rope_scaling.${field}` });
+  return v;
+};
+
+/**
+ * llama3 rope's per-frequency factors (llama.cpp's rope_freqs.weight), or null where the rope is not llama3:
+ * the converter's LlamaModel.generate_extra_tensors, each step in float32 as torch computes it there (a
+ * Python number meeting a float32 tensor is made float32 first; `x / tensor` is torch's reciprocal times x):
+ * freqs = 1 / base^(arange(0, dim, 2) / dim); wavelen = 2π / freq; factor 1 below the high-frequency
+ * wavelength, `factor` above the low-frequency one, and between them 1 / ((1 - smooth) / factor + smooth),
+ * smooth = (old_context_len / wavelen - low) / (high - low).
+ */
+export function llama3RopeFactors(config: Record<string, unknown>): Float32Array | null {
+  const params = (config.rope_parameters ?? config.rope_scaling ?? null) as Record<string, unknown> | null;
+  const rope = ((params?.full_attention as Record<string, unknown> | undefined) ?? params) as Record<string, unknown> | null;
+  const type = rope?.rope_type ?? rope?.type;
+  if (!rope || typeof type !== 'string' || type.toLowerCase() !== 'llama3') return null;
+  const fr = Math.fround;
+  const theta = num(config, ['global_rope_theta', 'rope_global_theta', 'rope_theta_global', 'rope_theta', 'rotary_emb_base']);
+  const base = float32Number(rope.rope_theta ?? theta, 'rope_theta', 10000);
+  const dim = typeof config.head_dim === 'number' ? config.head_dim : Math.floor((config.hidden_size as number) / (config.num_attention_heads as number));
+  const factor = float32Number(rope.factor, 'factor', 8);
+  const low = float32Number(rope.low_freq_factor, 'low_freq_factor', 1);
+  const high = float32Number(rope.high_freq_factor, 'high_freq_factor', 4);
+  const old = float32Number(rope.original_max_position_embeddings ?? config.original_max_position_embeddings, 'original_max_position_embeddings', 8192);
+  // Python floats, compared with float32 tensors as float32.
+  const lowWavelen = fr(old / low);
+  const highWavelen = fr(old / high);
+  const twoPi = fr(2 * Math.PI);
+  const out = new Float32Array(Math.ceil(dim / 2));
+  for (let i = 0; i < out.length; i++) {
+    // torch's float32 pow: the correctly rounded value (its vectorised powf is within an ulp of it).
+    const p = fr(fr(base) ** fr(fr(2 * i) / dim));
+    const freq = fr(1 / p);
+    const wavelen = fr(fr(1 / freq) * twoPi);
+    if (wavelen < highWavelen) out[i] = 1;
+    else if (wavelen > lowWavelen) out[i] = fr(factor);
+    else {
+      const smooth = fr(fr(fr(fr(1 / wavelen) * fr(old)) - fr(low)) / fr(high - low));
+      out[i] = fr(1 / fr(fr(fr(1 - smooth) / fr(factor)) + smooth));
+    }
+  }
+  return out;
+}
+
 /**
  * The order in which the converter meets the output's tensors: shard files by name, each shard's tensors
  * sorted by name.
@@ -218,10 +267,6 @@ export function ggufLayout(plan: MergePlan, fileOrder: PlanTensor[], type: GgufO
   if (arch === 'DeepseekForCausalLM' && !(typeof config.n_shared_experts === 'number' && config.n_shared_experts > 0)) {
     throw new ForgeError('unsupported', `GGUF output of a DeepSeek-MoE without shared experts is not supported: llama.cpp's deepseek graph needs one (its converter stops on n_shared_experts null)`, { file: 'config.json', field: 'n_shared_experts' });
   }
-  const rope = (config.rope_parameters ?? config.rope_scaling ?? null) as Record<string, unknown> | null;
-  if (typeof rope?.rope_type === 'string' && rope.rope_type.toLowerCase() === 'llama3' && rule.gguf === 'llama') {
-    throw new ForgeError('unsupported', 'GGUF output of a base with llama3 rope scaling is not supported yet (the converter adds a rope_freqs tensor computed in float32)', { file: 'config.json', field: 'rope_scaling' });
-  }
   const out = FILE_TYPES[type].tensor;
   const nHead = config.num_attention_heads as number;
   const nKv = (config.num_key_value_heads as number | undefined) ?? nHead;
@@ -234,6 +279,11 @@ export function ggufLayout(plan: MergePlan, fileOrder: PlanTensor[], type: GgufO
     tensors.push(t);
   };
   const whole = (t: PlanTensor): Segment => ({ tensor: t, begin: 0, count: numel(t.shape) });
+  // The converter's generated tensors come before the folder's (generate_extra_tensors, then get_tensors).
+  if (rule.gguf === 'llama') {
+    const factors = llama3RopeFactors(config);
+    if (factors) tensors.push({ name: 'rope_freqs.weight', shape: [factors.length], type: 'F32', segments: [], data: Buffer.from(factors.buffer, factors.byteOffset, factors.byteLength) });
+  }
   const pending = new Map<number, Map<string, PlanTensor>>();
   const stackName = (l: number, p: Proj) => `blk.${l}.ffn_${p}_exps.weight`;
   for (const t of fileOrder) {

@@ -55,6 +55,12 @@ export async function writeModelGguf(file: string, layout: GgufLayout, vocab: Gg
     shape: t.shape,
     type: t.type,
     bytes: () => {
+      if (t.data) {
+        const data = t.data;
+        return (async function* () {
+          yield Buffer.from(data);
+        })();
+      }
       async function* chunks(): AsyncGenerator<SourceChunk> {
         for (const seg of t.segments) for await (const data of source(seg)) yield { data, dtype: seg.tensor.dtype };
       }

@@ -35,6 +35,8 @@ export function ggufPassKey(layout: GgufLayout, vocab: GgufKv[]): { header: Buff
 
 export class GgufPass {
   private readonly places: Place[] = [];
+  /** Tensors whose bytes come with the layout (no segments). */
+  private readonly fixed: { at: number; data: Buffer }[] = [];
   /** Each plan tensor's segments, in element order. */
   private readonly byTensor = new Map<string, Place[]>();
   private inFlight: Promise<void> = Promise.resolve();
@@ -51,6 +53,11 @@ export class GgufPass {
     let offset = key.header.length;
     for (const [i, t] of layout.tensors.entries()) {
       let at = offset;
+      // A tensor the converter computes (rope_freqs): its bytes are known now, written once the file is open.
+      if (t.data) {
+        this.fixed.push({ at, data: t.data });
+        at += t.data.length;
+      }
       for (const seg of t.segments) {
         const p: Place = { seg, tensor: i, at, bytes: elementBytes(t.type, seg.count), done: 0 };
         at += p.bytes;
@@ -75,7 +82,9 @@ export class GgufPass {
     try {
       await fh.truncate(key.total);
       await fh.write(key.header, 0, key.header.length, 0);
-      return new GgufPass(file, fh, layout, key, pool);
+      const pass = new GgufPass(file, fh, layout, key, pool);
+      await pass.writeFixed();
+      return pass;
     } catch (e) {
       await fh.close();
       throw e;
@@ -100,12 +109,20 @@ export class GgufPass {
         return null;
       }
       const pass = new GgufPass(file, fh, layout, key, pool);
+      await pass.writeFixed();
       const keep = new Set(unchanged);
       for (const p of pass.places) if (keep.has(p.seg.tensor.name)) p.done = p.bytes;
       return pass;
     } catch (e) {
       await fh.close().catch(() => undefined);
       throw e;
+    }
+  }
+
+  private async writeFixed(): Promise<void> {
+    for (const { at, data } of this.fixed) {
+      let off = 0;
+      while (off < data.length) off += (await this.fh.write(data, off, data.length - off, at + off)).bytesWritten;
     }
   }
 

@@ -145,7 +145,9 @@ export function quantizeQ8_0(values: Float32Array, out: Buffer): void {
     const d = Math.fround(amax / 127);
     const id = d === 0 ? 0 : Math.fround(1 / d);
     f32Scratch[0] = d;
-    const h = f32BitsToF16Numpy(u32Scratch[0]!);
+    // A NaN block's scale: numpy's NaN bits here depend on where its SIMD max met the NaN (its payload kept
+    // or not); the plain quiet NaN, as the WebAssembly kernel writes it. The quants are 0 either way.
+    const h = d !== d ? 0x7e00 : f32BitsToF16Numpy(u32Scratch[0]!);
     const o = b * Q8_0_BYTES;
     out[o] = h & 0xff;
     out[o + 1] = h >>> 8;

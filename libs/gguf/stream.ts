@@ -1,4 +1,5 @@
 import { Q8_0_BLOCK, decodeInto, elementBytes, encode } from './quant';
+import { QuantKernels, isSrcDtype, type SrcDtype } from './quant-wasm';
 import type { GgufTensorType } from './format';
 
 /** Float values held between chunks: a whole number of units is encoded at a time. */
@@ -30,19 +31,38 @@ export interface EncodeOptions {
   borrowed?: boolean;
 }
 
+/** Kernels (and their memory) kept for the next tensor: one per tensor being encoded at a time. */
+const idle: QuantKernels[] = [];
+function takeKernels(cap: number): QuantKernels | null {
+  const i = idle.findIndex((k) => k.cap >= cap);
+  if (i >= 0) return idle.splice(i, 1)[0]!;
+  return QuantKernels.create(Math.max(cap, TARGET_VALUES));
+}
+function giveKernels(k: QuantKernels): void {
+  if (idle.length < 4) idle.push(k);
+}
+
+const SRC_SIZE: Record<SrcDtype, number> = { F32: 4, BF16: 2, F16: 2 };
+const sourceSize = (dtype: string) => (dtype === 'F64' ? 8 : dtype === 'F32' ? 4 : 2);
+
 /**
  * A tensor's (or a run of whole rows of it) GGUF encoding, fed chunk by chunk: at most one unit (a Q8_0 block,
  * or a head's rows when permuting) plus a chunk is held, never the whole tensor. Each push returns the encoded
- * bytes ready so far, in order.
+ * bytes ready so far, in order. Through the WebAssembly kernels (quant-wasm.ts) where they load, the scalar
+ * kernels of quant.ts (the same bytes) where not.
  */
 export class TensorEncoder {
   private readonly unit: number;
   private readonly cap: number;
-  private acc: Float32Array | null = null;
-  private perm: Float32Array | null = null;
-  private filled = 0;
   /** Unpermuted F32/F16/BF16: chunk by chunk, nothing held. */
   private readonly elementwise: boolean;
+  private filled = 0;
+  // Scalar path: values held as float32.
+  private acc: Float32Array | null = null;
+  private perm: Float32Array | null = null;
+  // Kernel path: values held in the kernels' memory in their own dtype (`held`), float32 after a change of dtype.
+  private k: QuantKernels | null | undefined = undefined;
+  private held: SrcDtype = 'F32';
 
   constructor(private readonly opts: EncodeOptions) {
     this.elementwise = !opts.permuteGroupRows && opts.type !== 'Q8_0';
@@ -55,9 +75,18 @@ export class TensorEncoder {
     return this.opts.take ? this.opts.take(size) : Buffer.allocUnsafe(size);
   }
 
+  private done(data: Buffer): void {
+    if (!this.opts.borrowed) this.opts.release?.(data);
+  }
+
   /** Lazily, so one output buffer is out at a time when the consumer writes each before asking for the next. */
   *push(data: Buffer, dtype: string): Generator<Buffer> {
-    if (this.elementwise) yield* this.pushElementwise(data, dtype);
+    if (this.elementwise) {
+      yield* this.pushElementwise(data, dtype);
+      return;
+    }
+    if (this.k === undefined) this.k = takeKernels(this.cap);
+    if (this.k) yield* this.pushUnitsWasm(this.k, data, dtype);
     else yield* this.pushUnits(data, dtype);
   }
 
@@ -65,14 +94,16 @@ export class TensorEncoder {
   *end(): Generator<Buffer> {
     if (this.elementwise) return;
     if (this.filled % this.unit !== 0) throw new Error(`internal: ${this.filled} values left over (units of ${this.unit})`);
-    if (this.filled > 0) yield this.flush(this.filled);
+    if (this.filled > 0) yield this.k ? this.flushWasm(this.k, this.filled) : this.flush(this.filled);
     this.filled = 0;
     this.acc = this.perm = null;
+    if (this.k) giveKernels(this.k);
+    this.k = undefined;
   }
 
   /**
    * Bytes already in the target type pass through (the converter's cast is the identity there, but for BF16's
-   * NaNs, made quiet as ggml does); others go through float32 chunk by chunk.
+   * NaNs, made quiet as ggml does); others are encoded chunk by chunk.
    */
   private *pushElementwise(data: Buffer, dtype: string): Generator<Buffer> {
     const { opts } = this;
@@ -94,15 +125,33 @@ export class TensorEncoder {
       yield out;
       return;
     }
-    const size = dtype === 'F64' ? 8 : dtype === 'F32' ? 4 : 2;
+    const size = sourceSize(dtype);
     const n = data.length / size;
-    if (!this.acc || this.acc.length < n) this.acc = new Float32Array(n);
-    decodeInto(data, dtype, this.acc, 0);
-    if (!opts.borrowed) opts.release?.(data);
     const out = this.out(elementBytes(opts.type, n));
-    encode(this.acc.subarray(0, n), opts.type, out);
+    const k = isSrcDtype(dtype) ? takeKernels(TARGET_VALUES) : null;
+    if (k) {
+      // Through the kernels, a piece at a time.
+      const ob = elementBytes(opts.type, 1);
+      try {
+        for (let at = 0; at < n; at += k.cap) {
+          const m = Math.min(k.cap, n - at);
+          k.mem.set(data.subarray(at * size, (at + m) * size), k.A);
+          k.run(dtype as SrcDtype, opts.type, m, k.A, k.OUT);
+          out.set(k.mem.subarray(k.OUT, k.OUT + m * ob), at * ob);
+        }
+      } finally {
+        giveKernels(k);
+      }
+    } else {
+      if (!this.acc || this.acc.length < n) this.acc = new Float32Array(n);
+      decodeInto(data, dtype, this.acc, 0);
+      encode(this.acc.subarray(0, n), opts.type, out);
+    }
+    this.done(data);
     yield out;
   }
+
+  // ----- the scalar path
 
   private flush(n: number): Buffer {
     let vals = this.acc!.subarray(0, n);
@@ -129,7 +178,7 @@ export class TensorEncoder {
       this.acc = new Float32Array(cap);
       if (this.opts.permuteGroupRows) this.perm = new Float32Array(cap);
     }
-    const size = dtype === 'F64' ? 8 : dtype === 'F32' ? 4 : 2;
+    const size = sourceSize(dtype);
     let off = 0;
     while (off < data.length) {
       const take = Math.min((data.length - off) / size, cap - this.filled);
@@ -141,7 +190,7 @@ export class TensorEncoder {
         yield out;
       }
     }
-    if (!this.opts.borrowed) this.opts.release?.(data);
+    this.done(data);
     const whole = Math.floor(this.filled / unit) * unit;
     if (whole > 0 && whole >= cap / 2) {
       const out = this.flush(whole);
@@ -149,6 +198,66 @@ export class TensorEncoder {
       this.filled -= whole;
       yield out;
     }
+  }
+
+  // ----- the kernel path: source bytes are copied into the kernels' memory as they are (the q/k permutation
+  // moves rows of those bytes), decoded and encoded there in one pass, and the output copied out. A tensor whose
+  // chunks change dtype mid-unit holds float32 from there (F64 always as float32, rounded as decodeInto rounds).
+
+  /** Encodes the first `n` held values and moves the rest to the front. */
+  private flushWasm(k: QuantKernels, n: number): Buffer {
+    const { opts } = this;
+    const mem = k.mem;
+    const es = SRC_SIZE[this.held];
+    let src = k.A;
+    if (opts.permuteGroupRows) {
+      const g = opts.permuteGroupRows;
+      const half = g / 2;
+      const row = opts.rowLength * es;
+      for (let base = 0; base < n * es; base += g * row) {
+        for (let j = 0; j < g; j++) {
+          const old = (j & 1) * half + (j >> 1);
+          mem.copyWithin(k.B + base + j * row, k.A + base + old * row, k.A + base + (old + 1) * row);
+        }
+      }
+      src = k.B;
+    }
+    k.run(this.held, opts.type as never, n, src, k.OUT);
+    const size = elementBytes(opts.type, n);
+    const out = this.out(size);
+    out.set(mem.subarray(k.OUT, k.OUT + size));
+    mem.copyWithin(k.A, k.A + n * es, k.A + this.filled * es);
+    this.filled -= n;
+    return out;
+  }
+
+  private *pushUnitsWasm(k: QuantKernels, data: Buffer, dtype: string): Generator<Buffer> {
+    const { cap, unit } = this;
+    const mem = k.mem;
+    const size = sourceSize(dtype);
+    let off = 0;
+    while (off < data.length) {
+      if (this.filled === 0) this.held = isSrcDtype(dtype) ? dtype : 'F32';
+      if (dtype !== this.held && this.held !== 'F32') {
+        // A change of dtype mid-unit: what is held becomes float32 (exact).
+        mem.copyWithin(k.B, k.A, k.A + this.filled * 2);
+        k.run(this.held, 'F32', this.filled, k.B, k.A);
+        this.held = 'F32';
+      }
+      const m = Math.min((data.length - off) / size, cap - this.filled);
+      const piece = data.subarray(off, off + m * size);
+      if (dtype === this.held) mem.set(piece, k.A + this.filled * size);
+      else if (isSrcDtype(dtype)) {
+        mem.set(piece, k.B);
+        k.run(dtype, 'F32', m, k.B, k.A + this.filled * 4);
+      } else decodeInto(piece, dtype, k.f32(k.A, cap), this.filled);
+      this.filled += m;
+      off += m * size;
+      if (this.filled === cap) yield this.flushWasm(k, cap);
+    }
+    this.done(data);
+    const whole = Math.floor(this.filled / unit) * unit;
+    if (whole > 0 && whole >= cap / 2) yield this.flushWasm(k, whole);
   }
 }
 
