@@ -4,7 +4,7 @@
  * is installed (GGUF_CONVERTER=path/to/convert_hf_to_gguf.py, PYTHON=python with torch and numpy, PYTHONPATH
  * for its gguf-py), on the medium model's 2-expert Mixtral (or --size NAME: bench/incremental.ts's sizes); bf16, f16 and q8_0.
  */
-import { createReadStream, createWriteStream, readdirSync, rmSync, statSync, writeFileSync, existsSync } from 'node:fs';
+import { createReadStream, createWriteStream, mkdirSync, readdirSync, rmSync, statSync, writeFileSync, existsSync } from 'node:fs';
 import { pipeline } from 'node:stream/promises';
 import { ChunkPool } from '../libs/safetensors';
 import { spawnSync } from 'node:child_process';
@@ -95,5 +95,53 @@ export async function benchGguf(tmp: string, spec: Omit<TinyModelSpec, 'dtype' |
     rows.push({ type, bytes, ours: best(ours), copy: best(copies) * (bytes / copyBytes), converter: conv, scalar: scalar.length ? best(scalar) : null });
     log(`gguf ${type}: ${(bytes / 1e6).toFixed(0)} MB in ${best(ours).toFixed(2)} s${scalar.length ? ` (scalar kernels ${best(scalar).toFixed(2)} s)` : ''}; copy of the shards ${(copyBytes / 1e6).toFixed(0)} MB in ${best(copies).toFixed(2)} s${conv !== null ? `; converter ${conv.toFixed(2)} s` : ''}`);
   }
+  return rows;
+}
+
+export interface GgufMergeRow {
+  step: 'cold' | 'prompt edit';
+  /** Best wall seconds of `mergekit-moe` with --gguf bf16, and without (the baseline), taken in turn. */
+  withGguf: number;
+  without: number;
+}
+
+/**
+ * The GGUF's extra cost inside a merge: `mergekit-moe` at a size (bench/incremental.ts's hidden-mode recipe, four
+ * experts) with `--gguf bf16` and without, in turn, best of `rounds`: a cold merge into a new folder, then prompt
+ * edits in place (the recipe toggles between two prompt sets, both cached after the first round).
+ */
+export async function benchGgufMerge(tmp: string, spec: Omit<TinyModelSpec, 'dtype' | 'seed'>, log: (s: string) => void, rounds = 3): Promise<GgufMergeRow[]> {
+  const { recipe } = await import('./incremental');
+  const models = join(tmp, 'models');
+  for (const m of ['a', 'b']) await writeFastModel(join(models, m), spec);
+  const texts = [recipe(models, { extraPrompt: false, noise: 0.01, swapLast: false }), recipe(models, { extraPrompt: true, noise: 0.01, swapLast: false })];
+  const bin = join(__dirname, '..', 'bin', 'mergekit-moe.js');
+  const env = { ...process.env, MOE_FORGE_CACHE: join(tmp, 'cache'), CI: 'true' };
+  const run = (variant: 'G' | 'N', text: string): number => {
+    const dir = join(tmp, `r${variant}`);
+    mkdirSync(dir, { recursive: true });
+    writeFileSync(join(dir, 'moe.yml'), text);
+    const t0 = performance.now();
+    const r = spawnSync(process.execPath, [bin, join(dir, 'moe.yml'), join(tmp, `out${variant}`), ...(variant === 'G' ? ['--gguf', 'bf16'] : []), '--i-understand-this-is-not-useful-without-training'], { env, encoding: 'utf8' });
+    if (r.status !== 0) throw new Error(`mergekit-moe failed (${r.status}): ${r.stderr}`);
+    return (performance.now() - t0) / 1000;
+  };
+  const cold = { G: [] as number[], N: [] as number[] };
+  const edit = { G: [] as number[], N: [] as number[] };
+  // A cold run first, untimed: the prompt states of both sets go into the cache.
+  for (const v of ['G', 'N'] as const) for (const t of texts) run(v, t);
+  for (let i = 0; i < rounds; i++) {
+    for (const v of ['G', 'N'] as const) {
+      rmSync(join(tmp, `out${v}`), { recursive: true, force: true });
+      cold[v].push(run(v, texts[0]!));
+      edit[v].push(run(v, texts[1]!));
+    }
+  }
+  const best = (xs: number[]) => Math.min(...xs);
+  const rows: GgufMergeRow[] = [
+    { step: 'cold', withGguf: best(cold.G), without: best(cold.N) },
+    { step: 'prompt edit', withGguf: best(edit.G), without: best(edit.N) },
+  ];
+  for (const r of rows) log(`gguf-merge ${r.step}: ${r.withGguf.toFixed(2)} s with --gguf bf16, ${r.without.toFixed(2)} s without`);
   return rows;
 }

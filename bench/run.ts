@@ -9,6 +9,7 @@
  *   rng       normals per second of --rng torch's generator against the default stream generator (bench/rng.ts)
  *   incremental  `mergekit-moe` cold / +1 prompt / noise_scale / expert swap / no-op at a size (bench/incremental.ts)
  *   gguf      a merged folder's GGUF (bf16, f16, q8_0) against a copy of its bytes and llama.cpp's converter (bench/gguf.ts; --size small for a quick run)
+ *   gguf-merge  `mergekit-moe` with --gguf bf16 against without, cold and after a prompt edit, at --size (default small)
  *   report    the report stage (the merged model on every text) against the base forward of the held-out texts,
  *             at --size (default small; bench/report.ts)
  *   routing   every gate mode's routing of held-out text on three generated recipe sets, measured on the merged
@@ -38,7 +39,7 @@ import { SIZES, benchIncremental, type StepResult } from './incremental';
 import { ROOT, addRecipe, nx, nxProfiled, throwawayWorkspace, timed, type TaskTiming } from './workspace';
 import type { ChildResult } from './write-child';
 import { diskCopyRate, formatMachine, machineFacts } from './machine';
-import { benchGguf } from './gguf';
+import { benchGguf, benchGgufMerge } from './gguf';
 import { benchReport } from './report';
 import { benchRoutingSets, fitCost } from './routing';
 
@@ -192,6 +193,18 @@ async function benchGgufSection(tmp: string, size: string | null): Promise<void>
   }
   notes.push('gguf: writeModelGguf from the written shards (in process, best of 2; f16 and q8_0 also with the WebAssembly kernels off), against a createReadStream → createWriteStream copy of the same shards scaled to the GGUF\'s size; the converter (GGUF_CONVERTER, PYTHON) once, Python start-up included.');
   details.gguf = results;
+  rmSync(dir, { recursive: true, force: true });
+}
+
+async function benchGgufMergeSection(tmp: string, size: string): Promise<void> {
+  const dir = join(tmp, 'gguf-merge');
+  mkdirSync(dir, { recursive: true });
+  const results = await benchGgufMerge(dir, SIZES[size]!, log);
+  for (const r of results) {
+    row({ section: `gguf-merge-${size}`, measure: `mergekit-moe ${r.step} with --gguf bf16, s`, value: r.withGguf, unit: 's', baseline: r.without, baselineLabel: 'the same merge without --gguf, s', goal: 'info' });
+  }
+  notes.push(`gguf-merge-${size}: the whole mergekit-moe command (bench/incremental.ts's hidden-mode recipe, 4 experts) with --gguf bf16 and without, in turn, best of 3; cold: into a new folder; prompt edit: in place, the recipe toggling between two prompt sets already in the prompt cache. The GGUF is written in the shards' pass; after an edit it starts as a copy of the previous one.`);
+  details.ggufMerge = results;
   rmSync(dir, { recursive: true, force: true });
 }
 
@@ -461,7 +474,7 @@ async function benchRoutingSection(tmp: string): Promise<void> {
 }
 
 async function main(): Promise<void> {
-  const all = ['rng', 'forward', 'write', 'nx', 'many', 'incremental', 'gguf', 'report', 'routing'];
+  const all = ['rng', 'forward', 'write', 'nx', 'many', 'incremental', 'gguf', 'gguf-merge', 'report', 'routing'];
   const argv = process.argv.slice(2);
   const sizeAt = argv.indexOf('--size');
   const size = sizeAt >= 0 ? argv[sizeAt + 1]! : null;
@@ -492,6 +505,7 @@ async function main(): Promise<void> {
       if (s === 'many') await benchMany(tmp);
       if (s === 'incremental') await benchIncrementalSection(tmp, size ?? 'small');
       if (s === 'gguf') await benchGgufSection(tmp, size);
+      if (s === 'gguf-merge') await benchGgufMergeSection(tmp, size ?? 'small');
       if (s === 'report') await benchReportSection(tmp, size ?? 'small');
       if (s === 'routing') await benchRoutingSection(tmp);
       details[`${s}SectionSeconds`] = r2((performance.now() - ts) / 1000);

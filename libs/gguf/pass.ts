@@ -196,13 +196,15 @@ export class GgufPass {
     return [...new Set(this.places.filter((p) => p.done !== p.bytes).map((p) => p.seg.tensor.name))];
   }
 
-  /** Every segment complete: synced and closed. */
+  /** Every segment complete: closed (not synced, as writeGguf's file: the shards' fsyncs are the write's cost). */
   async finish(): Promise<number> {
     await this.inFlight;
     if (this.failed !== undefined) throw this.failed;
     const left = this.missing();
     if (left.length > 0) throw new Error(`internal: GGUF ${this.file}: no bytes yet for ${left.slice(0, 3).join(', ')}`);
-    await this.fh.sync();
+    // On the disk before the stamp that vouches for it is written, as the shards are: a crash after the swap
+    // must not leave a GGUF of the right size full of zeros that the next run keeps.
+    await this.fh.datasync();
     await this.fh.close();
     return this.key.total;
   }

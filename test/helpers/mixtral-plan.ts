@@ -9,7 +9,7 @@ import type { MergePlan, PlanTensor } from '../../libs/plan/types';
 
 const H = 32;
 const I = 64;
-const V = 64;
+const V = 512; // the tiny-llama fixtures' tokenizer
 
 /** Normal-ish float32 values rounded to bf16, deterministic per seed. */
 function bf16Values(n: number, seed: number): Buffer {

@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { mergeRecipe } from '../../libs/pipeline';
 import { readRecipe } from '../../libs/recipe/parse';
@@ -11,7 +11,8 @@ import { runAssemble } from '../../libs/stages/assemble';
 import { runWrite, writeOutput } from '../../libs/stages/write';
 import { newGates } from '../../libs/gates';
 import type { MergePlan } from '../../libs/plan/types';
-import { FIXTURES, tempDir } from '../helpers/tmp';
+import { FIXTURES, tempDir, TINY } from '../helpers/tmp';
+import { gatesOf, mixtralPlan } from '../helpers/mixtral-plan';
 
 const recipeText = readFileSync(join(FIXTURES, 'parity', 'mixtral-hidden.yml'), 'utf8').replace(/\.\.\/tiny-llama/g, join(FIXTURES, 'tiny-llama'));
 
@@ -69,4 +70,27 @@ test('a forward pass that fails while shards are written ahead stops the write: 
   // And with the routers there, the same plan writes: the plain path still works.
   await runWrite(plan, { outPath: join(d, 'out'), gates: newGates(1, 1, 1), recipeText: '', tokenizerDir: '', copyTokenizer: false, overwrite: false, writeRecipe: false });
   assert.equal(readdirSync(join(d, 'out')).filter((f) => f.endsWith('.safetensors')).length, 6);
+});
+
+test('with --gguf, a forward pass that fails while shards and the GGUF are written ahead leaves nothing; with the routers the GGUF is written in the shards\' pass', async () => {
+  const d = tempDir();
+  const src = join(d, 'src');
+  mkdirSync(src);
+  const plan = mixtralPlan(src);
+  const out = join(d, 'out');
+  const opts = { outPath: out, recipeText: '', tokenizerDir: TINY('a'), copyTokenizer: true, overwrite: false, writeRecipe: false, gguf: 'bf16' as const };
+  const lines: string[] = [];
+  let fail!: (e: Error) => void;
+  const late = new Promise<never>((_, reject) => (fail = reject));
+  const log = (l: string) => {
+    lines.push(l);
+    if (/while the routers are computed/.test(l)) setImmediate(() => fail(new Error('the forward pass failed')));
+  };
+  await assert.rejects(writeOutput(plan, late, { ...opts, log }), /the forward pass failed/);
+  assert.ok(lines.some((l) => /writing model-bf16\.gguf .* in the same pass as the shards/.test(l)), lines.join('\n'));
+  assert.deepEqual(readdirSync(d), ['src'], 'neither the output nor its temporary sibling');
+  const ok: string[] = [];
+  await writeOutput(plan, Promise.resolve({ plan, gates: gatesOf(1) }), { ...opts, log: (l) => ok.push(l) });
+  assert.ok(readdirSync(out).includes('model-bf16.gguf'));
+  assert.ok(!ok.some((l) => /read back/.test(l)), ok.join('\n'));
 });
