@@ -59,8 +59,8 @@ function options(s: SessionSettings): ort.InferenceSession.SessionOptions {
 }
 
 /** A GPU provider that is installed but cannot start (no adapter, no driver) is the user's to fix: say so. */
-async function create(model: string | Uint8Array, s: SessionSettings): Promise<Session> {
-  const opts = options(s);
+async function create(model: string | Uint8Array, s: SessionSettings, externalData?: ExternalData): Promise<Session> {
+  const opts = { ...options(s), ...(externalData ? { externalData } : {}) };
   try {
     return typeof model === 'string' ? await ort.InferenceSession.create(model, opts) : await ort.InferenceSession.create(model, opts);
   } catch (e) {
@@ -70,9 +70,12 @@ async function create(model: string | Uint8Array, s: SessionSettings): Promise<S
   }
 }
 
-/** A session from model bytes whose weights are embedded. */
-export async function sessionFromBytes(bytes: Uint8Array, s: SessionSettings): Promise<Session> {
-  return create(bytes, s);
+/** Initializer bytes by the external-data location the model names; onnxruntime copies them while it makes the session. */
+export type ExternalData = { path: string; data: Uint8Array }[];
+
+/** A session from model bytes whose weights are embedded, or given from memory as external data. */
+export async function sessionFromBytes(bytes: Uint8Array, s: SessionSettings, externalData?: ExternalData): Promise<Session> {
+  return create(bytes, s, externalData);
 }
 
 export function floatTensor(data: Float32Array, dims: number[]): ort.Tensor {

@@ -31,7 +31,7 @@ export interface StageRead {
 }
 
 /** The options a command line may give a stage (tools/executors/stage-options.json), by name. */
-export type OptionName = 'recipe' | 'outputPath' | 'stagesDir' | 'randomSeed' | 'layout' | 'rng' | 'outShardSize' | 'shardOrder' | 'device' | 'overwrite' | 'recompute' | 'allowIdenticalModels' | 'copyTokenizer' | 'gguf' | 'ggufOnly' | 'cacheDir' | 'evalPrompts';
+export type OptionName = 'recipe' | 'outputPath' | 'stagesDir' | 'randomSeed' | 'layout' | 'rng' | 'outShardSize' | 'shardOrder' | 'device' | 'forwardPrecision' | 'overwrite' | 'recompute' | 'allowIdenticalModels' | 'copyTokenizer' | 'gguf' | 'ggufOnly' | 'cacheDir' | 'evalPrompts';
 
 export const SLICE_VERSION = 1;
 export const sliceFile = (stage: StageName) => `${stage}.slice.json`;
@@ -105,6 +105,7 @@ export function embedOptions(env: StageEnv): EmbedOptions {
     cacheDir: env.paths.cacheDir,
     recompute: env.options.recompute,
     device: env.options.device,
+    forwardPrecision: env.options.forwardPrecision,
     log: env.log.info,
     warn: env.log.warn,
     stats: env.log.stats,
@@ -270,7 +271,7 @@ export const PIPELINE: readonly StageDecl[] = [
     hashes: { recipe: false, packages: ['yaml', 'zod', 'cacache', '@huggingface/tokenizers', 'onnxruntime-node'] },
     // The base (its reference: an override_architecture), the mode and the prompts, in the recipe's order.
     slice: (p) => ({ base_model: p.recipe.base_model, gate_mode: p.recipe.gate_mode, experts: p.recipe.experts.map(promptsOf), shared_experts: p.recipe.shared_experts?.map(({ source_model: _m, ...rest }) => rest) }),
-    options: ['device', 'recompute', 'cacheDir'],
+    options: ['device', 'forwardPrecision', 'recompute', 'cacheDir'],
     example: {},
     async run(env) {
       const index = await runEmbedPrompts(await env.merge(), env.paths.stage('embed-prompts'), embedOptions(env));
