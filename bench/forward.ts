@@ -7,7 +7,8 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as ort from 'onnxruntime-node';
-import { computePromptStates, encodeModel } from '../libs/forward';
+import { computePromptStates, encodeModel, type ForwardPrecision, type LayerState } from '../libs/forward';
+import { normalize } from '../libs/gates';
 import { OnnxDtype, type OnnxNode, type OnnxTensor } from '../libs/forward';
 import { sessionFromBytes } from '../libs/forward';
 import { writeTinyModel, type TinyModelSpec } from './models';
@@ -98,13 +99,34 @@ export async function benchForward(o: ForwardBenchOptions = {}): Promise<Record<
     const layersRun = spec.layers - 1; // the last layer's output is not a layer input
 
     const rssBefore = process.memoryUsage().rss;
-    // Best of two runs, as the baseline's: other processes on the machine add noise.
-    let seconds = Infinity;
-    for (let round = 0; round < 2; round++) {
+    // Best of two runs each, fp32 and int8 alternated, as the baseline's: other processes on the machine add noise.
+    // A layer's time: from the end of the layer before (its last pack's progress) to the end of its own, so it
+    // holds everything the layer waits for (weights not yet widened included); the median over layers.
+    const per = layerFlops(spec, tokens);
+    const layerSeconds = (marks: number[]) => {
+      const d = marks.slice(1).map((t, i) => (t - marks[i]!) / 1000).sort((a, b) => a - b);
+      return d[Math.floor(d.length / 2)] ?? NaN;
+    };
+    const run = async (precision: ForwardPrecision) => {
+      const marks: number[] = [];
       const t0 = performance.now();
-      await computePromptStates(dir, prompts, { threads: THREADS });
-      seconds = Math.min(seconds, (performance.now() - t0) / 1000);
+      marks.push(t0);
+      const states = await computePromptStates(dir, prompts, { threads: THREADS, precision, onProgress: (p) => p.promptsDone === p.prompts && marks.push(performance.now()) });
+      return { seconds: (performance.now() - t0) / 1000, layer: layerSeconds(marks), states };
+    };
+    let seconds = Infinity, layerS = Infinity, int8Seconds = Infinity, int8LayerS = Infinity;
+    let exact: LayerState[][] = [], approx: LayerState[][] = [];
+    for (let round = 0; round < 2; round++) {
+      const a = await run('fp32');
+      seconds = Math.min(seconds, a.seconds);
+      layerS = Math.min(layerS, a.layer);
+      exact = a.states;
+      const b = await run('int8');
+      int8Seconds = Math.min(int8Seconds, b.seconds);
+      int8LayerS = Math.min(int8LayerS, b.layer);
+      approx = b.states;
     }
+    const gateError = normalisedRowError(exact, approx);
     let fixedSeconds = Infinity;
     for (let round = 0; round < 2; round++) {
       const t0 = performance.now();
@@ -113,13 +135,13 @@ export async function benchForward(o: ForwardBenchOptions = {}): Promise<Record<
     }
     const peakRss = process.resourceUsage().maxRSS * 1024;
 
-    const per = layerFlops(spec, tokens);
     const totalFlops = (per.gemm + per.attention) * nPrompts * layersRun;
     // As many Gemm runs as the forward runs layers: both sides last about as long, so a noisy neighbour
     // weighs on them alike (a short baseline's best-of-3 would pick a quiet moment the forward cannot).
     const baseline = await gemmBaseline(spec, tokens * nPrompts, layersRun);
     const baselineRate = baseline.flops / baseline.seconds;
 
+    const layerFlopsAll = (per.gemm + per.attention) * nPrompts;
     const layerParams = projShapes(spec).reduce((a, [, o2, i]) => a + o2 * i, 0) + 2 * spec.hidden;
     return {
       model: `${spec.modelType} hidden ${spec.hidden}, ${spec.layers} layers, ${spec.heads}/${spec.kvHeads} heads, intermediate ${spec.intermediate}, ${spec.dtype ?? 'F32'}`,
@@ -132,6 +154,13 @@ export async function benchForward(o: ForwardBenchOptions = {}): Promise<Record<
       gflopsGemmBaseline: +(baselineRate / 1e9).toFixed(2),
       gemmBaselineSeconds: +((totalFlops / baselineRate)).toFixed(3),
       fractionOfGemmOverall: +(totalFlops / seconds / baselineRate).toFixed(3),
+      gflopsPerLayer: +(layerFlopsAll / layerS / 1e9).toFixed(2),
+      fractionOfGemmPerLayer: +(layerFlopsAll / layerS / baselineRate).toFixed(3),
+      int8Seconds: +int8Seconds.toFixed(3),
+      int8GflopsPerLayer: +(layerFlopsAll / int8LayerS / 1e9).toFixed(2),
+      int8SpeedupPerLayer: +(layerS / int8LayerS).toFixed(3),
+      int8SpeedupOverall: +(seconds / int8Seconds).toFixed(3),
+      int8GateMaxAbsError: +gateError.toExponential(2),
       fixedSecondsPerLayer: +(fixedSeconds / layersRun).toFixed(3),
       rssBeforeMiB: Math.round(rssBefore / 2 ** 20),
       peakRssMiB: Math.round(peakRss / 2 ** 20),
@@ -140,6 +169,23 @@ export async function benchForward(o: ForwardBenchOptions = {}): Promise<Record<
   } finally {
     if (!o.modelDir) await rm(dir, { recursive: true, force: true });
   }
+}
+
+/**
+ * The largest difference between the normalised gate rows the two runs' states give (hidden mode: each prompt's
+ * last-token state and its mean, per layer input), as gates from hidden states are made: normalize(state).
+ */
+function normalisedRowError(a: LayerState[][], b: LayerState[][]): number {
+  let worst = 0;
+  for (let p = 0; p < a.length; p++) {
+    for (let l = 0; l < a[p]!.length; l++) {
+      for (const pick of ['last', 'sum'] as const) {
+        const x = normalize(Float64Array.from(a[p]![l]![pick])), y = normalize(Float64Array.from(b[p]![l]![pick]));
+        for (let i = 0; i < x.length; i++) worst = Math.max(worst, Math.abs(x[i]! - y[i]!));
+      }
+    }
+  }
+  return worst;
 }
 
 /**
