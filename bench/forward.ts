@@ -33,8 +33,14 @@ function layerFlops(s: TinyModelSpec, T: number): { gemm: number; attention: num
   return { gemm, attention: 2 * 2 * s.heads * D * T * T };
 }
 
+/** CPU seconds of this process (every thread: onnxruntime's, libuv's) since `c0`. */
+const cpuSince = (c0: NodeJS.CpuUsage) => {
+  const c = process.cpuUsage(c0);
+  return (c.user + c.system) / 1e6;
+};
+
 /** The same projections as independent Gemms on float32 weights: the ceiling for the layer's matmuls. */
-async function gemmBaseline(s: TinyModelSpec, T: number, runs: number): Promise<{ seconds: number; flops: number }> {
+async function gemmBaseline(s: TinyModelSpec, T: number, runs: number): Promise<{ seconds: number; cpuSeconds: number; flops: number }> {
   const nodes: OnnxNode[] = [];
   const inits: OnnxTensor[] = [];
   const outputs: { name: string; dtype: number; shape: (number | string)[] }[] = [];
@@ -63,14 +69,16 @@ async function gemmBaseline(s: TinyModelSpec, T: number, runs: number): Promise<
   };
   await session.run(feeds); // warm-up (prepacks the weights)
   // Best of two rounds, as the forward pass: the ceiling should not be lowered by a noisy neighbour.
-  let seconds = Infinity;
+  let seconds = Infinity, cpuSeconds = Infinity;
   for (let round = 0; round < 2; round++) {
+    const c0 = process.cpuUsage();
     const t0 = performance.now();
     for (let r = 0; r < runs; r++) await session.run(feeds);
     seconds = Math.min(seconds, (performance.now() - t0) / 1000);
+    cpuSeconds = Math.min(cpuSeconds, cpuSince(c0));
   }
   await session.release();
-  return { seconds, flops: layerFlops(s, T).gemm * runs };
+  return { seconds, cpuSeconds, flops: layerFlops(s, T).gemm * runs };
 }
 
 export interface ForwardBenchOptions {
@@ -109,20 +117,23 @@ export async function benchForward(o: ForwardBenchOptions = {}): Promise<Record<
     };
     const run = async (precision: ForwardPrecision) => {
       const marks: number[] = [];
+      const c0 = process.cpuUsage();
       const t0 = performance.now();
       marks.push(t0);
       const states = await computePromptStates(dir, prompts, { threads: THREADS, precision, onProgress: (p) => p.promptsDone === p.prompts && marks.push(performance.now()) });
-      return { seconds: (performance.now() - t0) / 1000, layer: layerSeconds(marks), states };
+      return { seconds: (performance.now() - t0) / 1000, cpu: cpuSince(c0), layer: layerSeconds(marks), states };
     };
-    let seconds = Infinity, layerS = Infinity, int8Seconds = Infinity, int8LayerS = Infinity;
+    let seconds = Infinity, layerS = Infinity, int8Seconds = Infinity, int8LayerS = Infinity, cpu = Infinity, int8Cpu = Infinity;
     let exact: LayerState[][] = [], approx: LayerState[][] = [];
     for (let round = 0; round < 2; round++) {
       const a = await run('fp32');
       seconds = Math.min(seconds, a.seconds);
+      cpu = Math.min(cpu, a.cpu);
       layerS = Math.min(layerS, a.layer);
       exact = a.states;
       const b = await run('int8');
       int8Seconds = Math.min(int8Seconds, b.seconds);
+      int8Cpu = Math.min(int8Cpu, b.cpu);
       int8LayerS = Math.min(int8LayerS, b.layer);
       approx = b.states;
     }
@@ -154,6 +165,14 @@ export async function benchForward(o: ForwardBenchOptions = {}): Promise<Record<
       gflopsGemmBaseline: +(baselineRate / 1e9).toFixed(2),
       gemmBaselineSeconds: +((totalFlops / baselineRate)).toFixed(3),
       fractionOfGemmOverall: +(totalFlops / seconds / baselineRate).toFixed(3),
+      // Per CPU-second of the whole call (times the threads): what the wall figures would be on an idle machine
+      // with as many cores as threads; on a loaded one, the wall figures mostly measure the neighbours.
+      cpuSeconds: +cpu.toFixed(3),
+      gflopsPerCpuOverall: +((totalFlops / cpu) * THREADS / 1e9).toFixed(2),
+      gflopsPerCpuGemmBaseline: +((baseline.flops / baseline.cpuSeconds) * THREADS / 1e9).toFixed(2),
+      fractionOfGemmCpu: +((totalFlops / cpu) / (baseline.flops / baseline.cpuSeconds)).toFixed(3),
+      int8CpuSeconds: +int8Cpu.toFixed(3),
+      int8SpeedupCpu: +(cpu / int8Cpu).toFixed(3),
       gflopsPerLayer: +(layerFlopsAll / layerS / 1e9).toFixed(2),
       fractionOfGemmPerLayer: +(layerFlopsAll / layerS / baselineRate).toFixed(3),
       int8Seconds: +int8Seconds.toFixed(3),

@@ -44,6 +44,8 @@ export function executionProviders(device: string): string[] {
 export interface SessionSettings {
   device: Device;
   threads: number;
+  /** Keep activation memory between runs (default true); a session that runs once gains nothing from it. */
+  arena?: boolean;
 }
 
 function options(s: SessionSettings): ort.InferenceSession.SessionOptions {
@@ -52,7 +54,10 @@ function options(s: SessionSettings): ort.InferenceSession.SessionOptions {
     intraOpNumThreads: s.threads,
     interOpNumThreads: 1,
     graphOptimizationLevel: 'all',
-    enableCpuMemArena: false, // memory goes back when the layer's session is released
+    // The arena keeps the activations' memory from run to run (a session serves every layer of its shape):
+    // without it each run's large buffers are fresh pages, and faulting them in cost about a third of a packed
+    // layer's CPU time (TinyLlama's shape, 1,156 tokens: 1.2-1.3 s against 0.8 s). It goes back with the session.
+    enableCpuMemArena: s.arena ?? true,
     // Spinning workers keep a core busy after each run, which the next layer's reading and widening need.
     extra: { session: { intra_op: { allow_spinning: '0' } } },
   };
