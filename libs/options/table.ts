@@ -129,8 +129,8 @@ export const OPTIONS = {
     values: FORWARD_PRECISIONS,
     default: 'fp32',
     stages: ['embed-prompts'],
-    description: "Arithmetic of the forward pass for hidden-state gates (embed-prompts): fp32 (default, exact) or int8 (8-bit weights and activations through onnxruntime's MatMulNBits: faster on CPUs with VNNI, gates within ~1e-3 of fp32's; cached apart).",
-    cli: { flag: 'forward-precision', kind: 'value', help: 'Forward-pass arithmetic for hidden-state gates: fp32 (default, exact) or int8 (faster on VNNI CPUs, approximate).' },
+    description: "Arithmetic of the forward pass for hidden-state gates (embed-prompts): fp32 (default, exact) or int8 (experimental: 8-bit weights and activations through onnxruntime's MatMulNBits; approximate, normalised gate rows within ~3e-3 of fp32's; cached apart).",
+    cli: { flag: 'forward-precision', kind: 'value', help: 'Forward-pass arithmetic for hidden-state gates: fp32 (default, exact) or int8 (experimental, approximate).' },
   },
   overwrite: {
     type: 'boolean',
