@@ -7,7 +7,8 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as ort from 'onnxruntime-node';
-import { computePromptStates, encodeModel } from '../libs/forward';
+import { computePromptStates, encodeModel, type ForwardPrecision, type LayerState } from '../libs/forward';
+import { normalize } from '../libs/gates';
 import { OnnxDtype, type OnnxNode, type OnnxTensor } from '../libs/forward';
 import { sessionFromBytes } from '../libs/forward';
 import { writeTinyModel, type TinyModelSpec } from './models';
@@ -32,8 +33,14 @@ function layerFlops(s: TinyModelSpec, T: number): { gemm: number; attention: num
   return { gemm, attention: 2 * 2 * s.heads * D * T * T };
 }
 
+/** CPU seconds of this process (every thread: onnxruntime's, libuv's) since `c0`. */
+const cpuSince = (c0: NodeJS.CpuUsage) => {
+  const c = process.cpuUsage(c0);
+  return (c.user + c.system) / 1e6;
+};
+
 /** The same projections as independent Gemms on float32 weights: the ceiling for the layer's matmuls. */
-async function gemmBaseline(s: TinyModelSpec, T: number, runs: number): Promise<{ seconds: number; flops: number }> {
+async function gemmBaseline(s: TinyModelSpec, T: number, runs: number): Promise<{ seconds: number; cpuSeconds: number; flops: number }> {
   const nodes: OnnxNode[] = [];
   const inits: OnnxTensor[] = [];
   const outputs: { name: string; dtype: number; shape: (number | string)[] }[] = [];
@@ -62,14 +69,16 @@ async function gemmBaseline(s: TinyModelSpec, T: number, runs: number): Promise<
   };
   await session.run(feeds); // warm-up (prepacks the weights)
   // Best of two rounds, as the forward pass: the ceiling should not be lowered by a noisy neighbour.
-  let seconds = Infinity;
+  let seconds = Infinity, cpuSeconds = Infinity;
   for (let round = 0; round < 2; round++) {
+    const c0 = process.cpuUsage();
     const t0 = performance.now();
     for (let r = 0; r < runs; r++) await session.run(feeds);
     seconds = Math.min(seconds, (performance.now() - t0) / 1000);
+    cpuSeconds = Math.min(cpuSeconds, cpuSince(c0));
   }
   await session.release();
-  return { seconds, flops: layerFlops(s, T).gemm * runs };
+  return { seconds, cpuSeconds, flops: layerFlops(s, T).gemm * runs };
 }
 
 export interface ForwardBenchOptions {
@@ -98,13 +107,37 @@ export async function benchForward(o: ForwardBenchOptions = {}): Promise<Record<
     const layersRun = spec.layers - 1; // the last layer's output is not a layer input
 
     const rssBefore = process.memoryUsage().rss;
-    // Best of two runs, as the baseline's: other processes on the machine add noise.
-    let seconds = Infinity;
-    for (let round = 0; round < 2; round++) {
+    // Best of two runs each, fp32 and int8 alternated, as the baseline's: other processes on the machine add noise.
+    // A layer's time: from the end of the layer before (its last pack's progress) to the end of its own, so it
+    // holds everything the layer waits for (weights not yet widened included); the median over layers.
+    const per = layerFlops(spec, tokens);
+    const layerSeconds = (marks: number[]) => {
+      const d = marks.slice(1).map((t, i) => (t - marks[i]!) / 1000).sort((a, b) => a - b);
+      return d[Math.floor(d.length / 2)] ?? NaN;
+    };
+    const run = async (precision: ForwardPrecision) => {
+      const marks: number[] = [];
+      const c0 = process.cpuUsage();
       const t0 = performance.now();
-      await computePromptStates(dir, prompts, { threads: THREADS });
-      seconds = Math.min(seconds, (performance.now() - t0) / 1000);
+      marks.push(t0);
+      const states = await computePromptStates(dir, prompts, { threads: THREADS, precision, onProgress: (p) => p.promptsDone === p.prompts && marks.push(performance.now()) });
+      return { seconds: (performance.now() - t0) / 1000, cpu: cpuSince(c0), layer: layerSeconds(marks), states };
+    };
+    let seconds = Infinity, layerS = Infinity, int8Seconds = Infinity, int8LayerS = Infinity, cpu = Infinity, int8Cpu = Infinity;
+    let exact: LayerState[][] = [], approx: LayerState[][] = [];
+    for (let round = 0; round < 2; round++) {
+      const a = await run('fp32');
+      seconds = Math.min(seconds, a.seconds);
+      cpu = Math.min(cpu, a.cpu);
+      layerS = Math.min(layerS, a.layer);
+      exact = a.states;
+      const b = await run('int8');
+      int8Seconds = Math.min(int8Seconds, b.seconds);
+      int8Cpu = Math.min(int8Cpu, b.cpu);
+      int8LayerS = Math.min(int8LayerS, b.layer);
+      approx = b.states;
     }
+    const gateError = normalisedRowError(exact, approx);
     let fixedSeconds = Infinity;
     for (let round = 0; round < 2; round++) {
       const t0 = performance.now();
@@ -113,13 +146,13 @@ export async function benchForward(o: ForwardBenchOptions = {}): Promise<Record<
     }
     const peakRss = process.resourceUsage().maxRSS * 1024;
 
-    const per = layerFlops(spec, tokens);
     const totalFlops = (per.gemm + per.attention) * nPrompts * layersRun;
     // As many Gemm runs as the forward runs layers: both sides last about as long, so a noisy neighbour
     // weighs on them alike (a short baseline's best-of-3 would pick a quiet moment the forward cannot).
     const baseline = await gemmBaseline(spec, tokens * nPrompts, layersRun);
     const baselineRate = baseline.flops / baseline.seconds;
 
+    const layerFlopsAll = (per.gemm + per.attention) * nPrompts;
     const layerParams = projShapes(spec).reduce((a, [, o2, i]) => a + o2 * i, 0) + 2 * spec.hidden;
     return {
       model: `${spec.modelType} hidden ${spec.hidden}, ${spec.layers} layers, ${spec.heads}/${spec.kvHeads} heads, intermediate ${spec.intermediate}, ${spec.dtype ?? 'F32'}`,
@@ -132,6 +165,21 @@ export async function benchForward(o: ForwardBenchOptions = {}): Promise<Record<
       gflopsGemmBaseline: +(baselineRate / 1e9).toFixed(2),
       gemmBaselineSeconds: +((totalFlops / baselineRate)).toFixed(3),
       fractionOfGemmOverall: +(totalFlops / seconds / baselineRate).toFixed(3),
+      // Per CPU-second of the whole call (times the threads): what the wall figures would be on an idle machine
+      // with as many cores as threads; on a loaded one, the wall figures mostly measure the neighbours.
+      cpuSeconds: +cpu.toFixed(3),
+      gflopsPerCpuOverall: +((totalFlops / cpu) * THREADS / 1e9).toFixed(2),
+      gflopsPerCpuGemmBaseline: +((baseline.flops / baseline.cpuSeconds) * THREADS / 1e9).toFixed(2),
+      fractionOfGemmCpu: +((totalFlops / cpu) / (baseline.flops / baseline.cpuSeconds)).toFixed(3),
+      int8CpuSeconds: +int8Cpu.toFixed(3),
+      int8SpeedupCpu: +(cpu / int8Cpu).toFixed(3),
+      gflopsPerLayer: +(layerFlopsAll / layerS / 1e9).toFixed(2),
+      fractionOfGemmPerLayer: +(layerFlopsAll / layerS / baselineRate).toFixed(3),
+      int8Seconds: +int8Seconds.toFixed(3),
+      int8GflopsPerLayer: +(layerFlopsAll / int8LayerS / 1e9).toFixed(2),
+      int8SpeedupPerLayer: +(layerS / int8LayerS).toFixed(3),
+      int8SpeedupOverall: +(seconds / int8Seconds).toFixed(3),
+      int8GateMaxAbsError: +gateError.toExponential(2),
       fixedSecondsPerLayer: +(fixedSeconds / layersRun).toFixed(3),
       rssBeforeMiB: Math.round(rssBefore / 2 ** 20),
       peakRssMiB: Math.round(peakRss / 2 ** 20),
@@ -140,6 +188,23 @@ export async function benchForward(o: ForwardBenchOptions = {}): Promise<Record<
   } finally {
     if (!o.modelDir) await rm(dir, { recursive: true, force: true });
   }
+}
+
+/**
+ * The largest difference between the normalised gate rows the two runs' states give (hidden mode: each prompt's
+ * last-token state and its mean, per layer input), as gates from hidden states are made: normalize(state).
+ */
+function normalisedRowError(a: LayerState[][], b: LayerState[][]): number {
+  let worst = 0;
+  for (let p = 0; p < a.length; p++) {
+    for (let l = 0; l < a[p]!.length; l++) {
+      for (const pick of ['last', 'sum'] as const) {
+        const x = normalize(Float64Array.from(a[p]![l]![pick])), y = normalize(Float64Array.from(b[p]![l]![pick]));
+        for (let i = 0; i < x.length; i++) worst = Math.max(worst, Math.abs(x[i]! - y[i]!));
+      }
+    }
+  }
+  return worst;
 }
 
 /**

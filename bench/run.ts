@@ -374,6 +374,12 @@ async function benchForwardSection(): Promise<void> {
 function forwardRows(section: string, f: Record<string, number>): void {
   row({ section, measure: `forward pass tokens/s (${f.prompts}, ${f.threads} threads)`, value: f.tokensPerSecond!, unit: 'tok/s', baseline: null, baselineLabel: `${f.gflopsOverall} GFLOP/s`, goal: 'info' });
   row({ section, measure: 'forward pass GFLOP/s vs plain ORT Gemm (cold, whole call)', value: f.gflopsOverall!, unit: 'GFLOP/s', baseline: f.gflopsGemmBaseline!, baselineLabel: 'ORT Gemm, same shapes, GFLOP/s', goal: '≥ 0.6', met: f.gflopsOverall! / f.gflopsGemmBaseline! >= 0.6 });
+  row({ section, measure: 'forward pass GFLOP/s per layer (median layer, packed batch) vs plain ORT Gemm', value: f.gflopsPerLayer!, unit: 'GFLOP/s', baseline: f.gflopsGemmBaseline!, baselineLabel: 'ORT Gemm, same shapes, GFLOP/s', goal: '≥ 0.8', met: f.gflopsPerLayer! / f.gflopsGemmBaseline! >= 0.8 });
+  row({ section, measure: 'forward pass GFLOP per CPU-second × threads (whole call) vs plain ORT Gemm', value: f.gflopsPerCpuOverall!, unit: 'GFLOP/s', baseline: f.gflopsPerCpuGemmBaseline!, baselineLabel: 'ORT Gemm, same shapes, per CPU-second × threads', goal: '≥ 0.8', met: f.gflopsPerCpuOverall! / f.gflopsPerCpuGemmBaseline! >= 0.8 });
+  row({ section, measure: 'forward pass int8, CPU seconds of the whole call', value: f.int8CpuSeconds!, unit: 's', baseline: f.cpuSeconds!, baselineLabel: 'fp32 forward, same run, CPU s', goal: 'info' });
+  row({ section, measure: 'forward pass int8 (forwardPrecision int8) GFLOP/s per layer', value: f.int8GflopsPerLayer!, unit: 'GFLOP/s', baseline: f.gflopsPerLayer!, baselineLabel: 'fp32 forward, same run, GFLOP/s per layer', goal: 'info' });
+  row({ section, measure: 'forward pass int8, whole call, s', value: f.int8Seconds!, unit: 's', baseline: f.seconds!, baselineLabel: 'fp32 forward, same run, s', goal: 'info' });
+  row({ section, measure: 'int8 gate error: max abs error of normalised gate rows vs fp32', value: f.int8GateMaxAbsError!, unit: '', baseline: 3e-3, baselineLabel: "the reference's tolerance for hidden gates", goal: '≤ 3e-3', met: f.int8GateMaxAbsError! <= 3e-3 });
   row({ section, measure: 'forward fixed cost per layer (1-token prompt), s', value: f.fixedSecondsPerLayer!, unit: 's', baseline: null, baselineLabel: `layer weights ${f.layerWeightsF32MiB} MiB as f32`, goal: '≤ 0.1 s', met: f.fixedSecondsPerLayer! <= 0.1 });
 }
 

@@ -37,6 +37,8 @@ export interface MergeOptions {
   ggufOnly?: boolean;
   /** Execution provider for hidden-state gates: cpu (default), cuda, webgpu or auto. */
   device?: string;
+  /** Forward-pass arithmetic for hidden-state gates: fp32 (default, exact) or int8 (faster on VNNI CPUs, approximate; cached apart). */
+  forwardPrecision?: 'fp32' | 'int8';
   /** Prompt-state cache (default $MOE_FORGE_CACHE, else ~/.cache/moe-forge). */
   cacheDir?: string;
   /** Hugging Face settings (HF_ENDPOINT, HF_TOKEN, HF_HUB_CACHE, HF_HUB_OFFLINE); default process.env. */

@@ -81,6 +81,7 @@ export async function main(argv: string[], io: Io = defaultIo): Promise<number> 
       overwrite: o.overwrite,
       recompute: o.recompute,
       device,
+      forwardPrecision: o.forwardPrecision,
       log: info,
       debug: ((v.verbose as number) ?? 0) > 1 ? (s) => io.err(`debug: ${s}`) : undefined,
       warn: (s) => io.err(`WARNING: ${s}`),

@@ -49,6 +49,8 @@ export function executionProviders(device: string): string[] {
 export interface SessionSettings {
   device: Device;
   threads: number;
+  /** Keep activation memory between runs (default true); a session that runs once gains nothing from it. */
+  arena?: boolean;
 }
 
 function options(s: SessionSettings): ort.InferenceSession.SessionOptions {
@@ -57,15 +59,18 @@ function options(s: SessionSettings): ort.InferenceSession.SessionOptions {
     intraOpNumThreads: s.threads,
     interOpNumThreads: 1,
     graphOptimizationLevel: 'all',
-    enableCpuMemArena: false, // memory goes back when the layer's session is released
+    // The arena keeps the activations' memory from run to run (a session serves every layer of its shape):
+    // without it each run's large buffers are fresh pages, and faulting them in cost about a third of a packed
+    // layer's CPU time (TinyLlama's shape, 1,156 tokens: 1.2-1.3 s against 0.8 s). It goes back with the session.
+    enableCpuMemArena: s.arena ?? true,
     // Spinning workers keep a core busy after each run, which the next layer's reading and widening need.
     extra: { session: { intra_op: { allow_spinning: '0' } } },
   };
 }
 
 /** A GPU provider that is installed but cannot start (no adapter, no driver) is the user's to fix: say so. */
-async function create(model: string | Uint8Array, s: SessionSettings): Promise<Session> {
-  const opts = options(s);
+async function create(model: string | Uint8Array, s: SessionSettings, externalData?: ExternalData): Promise<Session> {
+  const opts = { ...options(s), ...(externalData ? { externalData } : {}) };
   try {
     return typeof model === 'string' ? await ort.InferenceSession.create(model, opts) : await ort.InferenceSession.create(model, opts);
   } catch (e) {
@@ -75,9 +80,12 @@ async function create(model: string | Uint8Array, s: SessionSettings): Promise<S
   }
 }
 
-/** A session from model bytes whose weights are embedded. */
-export async function sessionFromBytes(bytes: Uint8Array, s: SessionSettings): Promise<Session> {
-  return create(bytes, s);
+/** Initializer bytes by the external-data location the model names; onnxruntime copies them while it makes the session. */
+export type ExternalData = { path: string; data: Uint8Array }[];
+
+/** A session from model bytes whose weights are embedded, or given from memory as external data. */
+export async function sessionFromBytes(bytes: Uint8Array, s: SessionSettings, externalData?: ExternalData): Promise<Session> {
+  return create(bytes, s, externalData);
 }
 
 export function floatTensor(data: Float32Array, dims: number[]): ort.Tensor {

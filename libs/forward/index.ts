@@ -1,5 +1,6 @@
 export { computePromptStates, computePadStates, computeAllHiddenStates, computeRouterInputs } from './run';
-export type { ForwardOptions, ForwardProgress, LayerState } from './run';
+export type { ForwardOptions, ForwardPrecision, ForwardProgress, LayerState } from './run';
+export { FORWARD_PRECISIONS } from './run';
 export { availableBackends, executionProviders, resolveDevice, DEVICES } from './backend';
 export type { Device } from './backend';
 export { ropeInvFreq, ropeTables, attentionMask } from './rope';

@@ -82,9 +82,9 @@ class Builder {
   readonly initializers: OnnxTensor[] = [];
   private n = 0;
 
-  op(op: string, inputs: string[], attrs?: OnnxNode['attrs'], outName?: string): string {
+  op(op: string, inputs: string[], attrs?: OnnxNode['attrs'], outName?: string, domain?: string): string {
     const out = outName ?? `${op.toLowerCase()}_${this.n++}`;
-    this.nodes.push({ op, inputs, outputs: [out], name: `${op}_${this.n++}`, attrs });
+    this.nodes.push({ op, inputs, outputs: [out], name: `${op}_${this.n++}`, attrs, ...(domain ? { domain } : {}) });
     return out;
   }
 
@@ -110,13 +110,30 @@ export function layerSignature(tensors: Map<string, LayerTensor>): string {
   return [...tensors.values()].map((t) => `${t.role}:${t.loc.shape.join('x')}`).join(',');
 }
 
+export interface LayerGraphOptions {
+  attentionOnly?: boolean;
+  routerInput?: boolean;
+  /**
+   * The projections as 8-bit blocks with a float32 scale each (`quantizeInt8`): initializers `w_<role>_q8` and
+   * `w_<role>_scale` whose bytes come from memory (externalData) when the session is made.
+   */
+  int8?: boolean;
+}
+
+const MS_DOMAIN = 'com.microsoft';
+
+/** The quantization block along K: 32 values, or 16 where K is not a multiple of 32 (onnxruntime's smallest). */
+export function int8BlockSize(K: number): number {
+  return K % 32 === 0 ? 32 : 16;
+}
+
 /**
  * One decoder layer (llama, mistral, qwen2, qwen3) as an ONNX graph over [T, H] activations. The weights
  * are float32 graph inputs, not initializers, so one session serves every layer of the same shape and no
  * file is needed to point onnxruntime at them. Projections are Gemm(transB=1) on the [out, in] weights,
  * which avoids a transposed copy.
  */
-export function buildLayerModel(cfg: ModelConfig, tensors: Map<string, LayerTensor>, opts: { attentionOnly?: boolean; routerInput?: boolean } = {}): OnnxModel {
+export function buildLayerModel(cfg: ModelConfig, tensors: Map<string, LayerTensor>, opts: LayerGraphOptions = {}): OnnxModel {
   const b = new Builder();
   const H = cfg.hiddenSize, D = cfg.headDim;
   const nH = cfg.numHeads, nKV = cfg.numKvHeads;
@@ -140,15 +157,29 @@ export function buildLayerModel(cfg: ModelConfig, tensors: Map<string, LayerTens
     const normed = b.op('Div', [x, b.op('Sqrt', [b.op('Add', [ms, eps])])]);
     return b.op('Mul', [normed, weight]);
   };
-  const linear = (x: string, weight: string, bias: string | null): string =>
-    b.op('Gemm', bias ? [x, weight, bias] : [x, weight], { transB: 1 });
+  const linear = (x: string, role: string): string => {
+    const bias = w(`${role}_bias`);
+    if (opts.int8) {
+      // com.microsoft MatMulNBits on 8-bit blocks (constant initializers, so onnxruntime packs them once);
+      // accuracy_level 4 quantizes the activations to int8 too, which VNNI CPUs multiply natively.
+      const [N, K] = tensors.get(role)!.loc.shape as [number, number];
+      const block = int8BlockSize(K);
+      const blocks = K / block;
+      const q = weightInput(role);
+      b.initializers.push({ name: `${q}_q8`, dtype: OnnxDtype.UINT8, dims: [N, blocks, block], data: { external: { location: `${q}_q8`, offset: 0, length: N * K } } });
+      b.initializers.push({ name: `${q}_scale`, dtype: OnnxDtype.FLOAT, dims: [N * blocks], data: { external: { location: `${q}_scale`, offset: 0, length: 4 * N * blocks } } });
+      const y = b.op('MatMulNBits', [x, `${q}_q8`, `${q}_scale`], { K, N, bits: 8, block_size: block, accuracy_level: 4 }, undefined, MS_DOMAIN);
+      return bias ? b.op('Add', [y, bias]) : y;
+    }
+    return b.op('Gemm', bias ? [x, need(role), bias] : [x, need(role)], { transB: 1 });
+  };
   const x = LAYER_INPUTS.hidden;
   const xn = rmsNorm(x, need('ln1'));
   // Queries as [T, nKV, g, D] and keys/values as [T, nKV, 1, D]: in attention, MatMul broadcasting does the
   // grouped-query repeat (query head h uses KV head floor(h / g), as transformers' repeat_kv).
-  let q = b.op('Reshape', [linear(xn, need('q'), w('q_bias')), b.constI64('q_shape', [-1, nKV, g, D])]);
-  let k = b.op('Reshape', [linear(xn, need('k'), w('k_bias')), b.constI64('kv_shape', [-1, nKV, 1, D])]);
-  const v0 = b.op('Reshape', [linear(xn, need('v'), w('v_bias')), 'kv_shape']);
+  let q = b.op('Reshape', [linear(xn, 'q'), b.constI64('q_shape', [-1, nKV, g, D])]);
+  let k = b.op('Reshape', [linear(xn, 'k'), b.constI64('kv_shape', [-1, nKV, 1, D])]);
+  const v0 = b.op('Reshape', [linear(xn, 'v'), 'kv_shape']);
   const qNorm = w('q_norm'), kNorm = w('k_norm');
   if (qNorm) q = rmsNorm(q, qNorm); // qwen3: per-head RMSNorm before RoPE
   if (kNorm) k = rmsNorm(k, kNorm);
@@ -177,7 +208,7 @@ export function buildLayerModel(cfg: ModelConfig, tensors: Map<string, LayerTens
   const ctx = b.op('MatMul', [b.op('Softmax', [scores], { axis: -1 }), vb]); // [B, nKV, g, C, D]
   const ctxSlots = b.op('Reshape', [b.op('Transpose', [ctx], { perm: [0, 3, 1, 2, 4] }), b.constI64('ctx_shape', [-1, nH * D])]);
   const ctx2 = b.op('Gather', [ctxSlots, LAYER_INPUTS.rows], { axis: 0 });
-  const attn = b.op('Mul', [linear(ctx2, need('o'), w('o_bias')), LAYER_INPUTS.gate]);
+  const attn = b.op('Mul', [linear(ctx2, 'o'), LAYER_INPUTS.gate]);
   const h1 = b.op('Add', [x, attn]);
 
   const F = OnnxDtype.FLOAT;
@@ -187,10 +218,10 @@ export function buildLayerModel(cfg: ModelConfig, tensors: Map<string, LayerTens
     // An MoE layer: its MLP runs per expert outside the graph, on the tokens the router sends it.
     b.op('Identity', [h1], undefined, ATTN_OUTPUT);
   } else {
-    const gt = linear(hn, need('gate'), w('gate_bias'));
-    const up = linear(hn, need('up'), w('up_bias'));
+    const gt = linear(hn, 'gate');
+    const up = linear(hn, 'up');
     const act = b.op('Mul', [b.op('Mul', [gt, b.op('Sigmoid', [gt])]), up]);
-    const down = linear(act, need('down'), w('down_bias'));
+    const down = linear(act, 'down');
     b.op('Add', [h1, down], undefined, LAYER_OUTPUT);
   }
   // The router's input: the merged model's routing (attentionOnly) and fit's states (routerInput) both read it.
@@ -201,6 +232,7 @@ export function buildLayerModel(cfg: ModelConfig, tensors: Map<string, LayerTens
 
   return {
     opset: 17,
+    ...(opts.int8 ? { domains: { [MS_DOMAIN]: 1 } } : {}),
     graph: {
       name: 'decoder_layer',
       nodes: b.nodes,

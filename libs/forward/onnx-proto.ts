@@ -5,7 +5,7 @@
  */
 
 /** ONNX TensorProto.DataType values used here. */
-export const OnnxDtype = { FLOAT: 1, INT64: 7, FLOAT16: 10, DOUBLE: 11, BFLOAT16: 16 } as const;
+export const OnnxDtype = { FLOAT: 1, UINT8: 2, INT64: 7, FLOAT16: 10, DOUBLE: 11, BFLOAT16: 16 } as const;
 
 /** A message under construction: its chunks and their total length. */
 class Msg {
@@ -73,6 +73,8 @@ export interface OnnxNode {
   outputs: string[];
   name?: string;
   attrs?: Record<string, AttrValue>;
+  /** An operator set other than the default one (e.g. com.microsoft); the model must import it. */
+  domain?: string;
 }
 
 /** Weight data either embedded (raw little-endian bytes) or external (a file beside the .onnx). */
@@ -107,6 +109,8 @@ export interface OnnxGraph {
 export interface OnnxModel {
   graph: OnnxGraph;
   opset: number;
+  /** Other operator sets the graph uses, with their versions. */
+  domains?: Record<string, number>;
   irVersion?: number;
   producer?: string;
 }
@@ -139,6 +143,7 @@ function node(n: OnnxNode): Msg {
   if (n.name) m.string(3, n.name);
   m.string(4, n.op);
   for (const [k, v] of Object.entries(n.attrs ?? {})) m.msg(5, attribute(k, v));
+  if (n.domain) m.string(7, n.domain);
   return m;
 }
 
@@ -184,6 +189,7 @@ export function encodeModel(model: OnnxModel): Uint8Array {
     .string(2, model.producer ?? 'moe-forge')
     .msg(7, graph(model.graph))
     .msg(8, new Msg().string(1, '').int(2, model.opset));
+  for (const [domain, version] of Object.entries(model.domains ?? {})) m.msg(8, new Msg().string(1, domain).int(2, version));
   if (m.length >= 2 ** 31) throw new RangeError(`ONNX model of ${m.length} bytes exceeds protobuf's 2 GiB limit`);
   const out = new Uint8Array(m.length);
   let pos = 0;

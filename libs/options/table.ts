@@ -1,5 +1,5 @@
 import type { RngKind } from '../architectures';
-import type { Device } from '../forward';
+import type { Device, ForwardPrecision } from '../forward';
 import type { MergePlan, ShardOrder } from '../plan';
 import { GGUF_TYPES } from '../gguf';
 
@@ -19,6 +19,7 @@ export const RNGS = ['stream', 'torch'] as const satisfies readonly RngKind[];
 export const SHARD_ORDER_NAMES = ['grouped', 'reference'] as const satisfies readonly ShardOrder[];
 export const DEVICE_NAMES = ['cpu', 'cuda', 'webgpu', 'auto'] as const satisfies readonly (Device | 'auto')[];
 export type DeviceChoice = (typeof DEVICE_NAMES)[number];
+export const FORWARD_PRECISIONS = ['fp32', 'int8'] as const satisfies readonly ForwardPrecision[];
 
 /** mergekit-moe's default --out-shard-size (5B), in bytes. */
 export const DEFAULT_SHARD_BYTES = 5_000_000_000;
@@ -129,6 +130,14 @@ export const OPTIONS = {
     reads: ['assemble-experts'],
     description: 'Execution provider of the forward pass for hidden-state gates (embed-prompts): cpu, cuda, webgpu or auto (the GPU when there is one).',
     cli: { flag: 'device', kind: 'value', help: 'Execution provider for hidden-state gates: cpu (default), cuda, webgpu or auto.' },
+  },
+  forwardPrecision: {
+    type: 'enum',
+    values: FORWARD_PRECISIONS,
+    default: 'fp32',
+    stages: ['embed-prompts'],
+    description: "Arithmetic of the forward pass for hidden-state gates (embed-prompts): fp32 (default, exact) or int8 (experimental: 8-bit weights and activations through onnxruntime's MatMulNBits; approximate, normalised gate rows within ~3e-3 of fp32's; cached apart).",
+    cli: { flag: 'forward-precision', kind: 'value', help: 'Forward-pass arithmetic for hidden-state gates: fp32 (default, exact) or int8 (experimental, approximate).' },
   },
   overwrite: {
     type: 'boolean',

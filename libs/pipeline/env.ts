@@ -2,6 +2,7 @@ import type { GgufOutType } from '../gguf';
 import type { Progress } from '../util';
 import type { RngKind } from '../architectures';
 import type { ShardOrder } from '../plan';
+import type { ForwardPrecision } from '../forward';
 import type { MergeContext, ResolvedModel } from '../stages';
 import type { PathRoots } from '../resolve';
 
@@ -12,6 +13,8 @@ export interface PipelineOptions {
   rng: RngKind;
   shardOrder: ShardOrder;
   device: string;
+  /** The forward pass's arithmetic for hidden-state gates (embed-prompts). */
+  forwardPrecision: ForwardPrecision;
   overwrite: boolean;
   recompute: boolean;
   allowIdenticalModels: boolean;

@@ -13,6 +13,7 @@ import { loadMergeContext, readModelsFile, type MergeContext, type ResolvedModel
 import type { PathRoots } from '../resolve';
 import { CACHE_ENV } from '../cache';
 import type { ShardOrder } from '../plan';
+import type { ForwardPrecision } from '../forward';
 import type { RngKind } from '../architectures';
 import { readReport, writeWhole } from '../stages';
 import { hubSettings } from '../resolve';
@@ -52,6 +53,8 @@ export interface MergeOptions {
   /** Reuse nothing: prompt states and content ids computed again, every output file written again. */
   recompute?: boolean;
   device?: string;
+  /** Forward-pass arithmetic for hidden-state gates: fp32 (default, exact) or int8. */
+  forwardPrecision?: ForwardPrecision;
   /** Prompt-state cache (default $MOE_FORGE_CACHE, else ~/.cache/moe-forge). */
   cacheDir?: string;
   /** Hugging Face settings (HF_ENDPOINT, HF_TOKEN, HF_HUB_CACHE, HF_HUB_OFFLINE); default process.env. */
@@ -106,6 +109,7 @@ function commandEnv(opts: MergeOptions, parsed: ParsedRecipe, work: string, cach
       rng: opts.rng ?? 'stream',
       shardOrder: opts.shardOrder ?? 'grouped',
       device: opts.device ?? 'cpu',
+      forwardPrecision: opts.forwardPrecision ?? 'fp32',
       overwrite: opts.overwrite ?? false,
       recompute: opts.recompute ?? false,
       allowIdenticalModels: opts.allowIdenticalModels ?? false,

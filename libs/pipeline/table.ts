@@ -110,6 +110,7 @@ export function embedOptions(env: StageEnv): EmbedOptions {
     cacheDir: env.paths.cacheDir,
     recompute: env.options.recompute,
     device: env.options.device,
+    forwardPrecision: env.options.forwardPrecision,
     log: env.log.info,
     warn: env.log.warn,
     stats: env.log.stats,

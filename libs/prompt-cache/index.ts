@@ -23,24 +23,31 @@ export interface PromptStateMaterial {
   ids: number[];
   layers: number;
   hidden: number;
+  /** The forward pass's arithmetic when not exact float32 (absent: fp32, whose keys stay as they were). */
+  precision?: 'int8';
 }
+
+/** What a non-exact forward adds to a key and to its material: nothing for fp32. */
+const precisionPart = (precision: string | undefined) => (precision && precision !== 'fp32' ? { precision } : {});
 
 function digest(parts: unknown[]): string {
   return createHash('sha256').update(JSON.stringify(parts)).digest('hex');
 }
 
 /** Keyed by content, never by path: the base's content id, the tokenizer's, the prompt text, the pass version. */
-export function promptStateKey(baseContentId: string, tokenizerId: string, text: string): string {
-  return `prompt-state:${digest([FORWARD_VERSION, baseContentId, tokenizerId, text])}`;
+export function promptStateKey(baseContentId: string, tokenizerId: string, text: string, precision?: string): string {
+  const p = precisionPart(precision);
+  return `prompt-state:${digest([FORWARD_VERSION, baseContentId, tokenizerId, text, ...Object.values(p)])}`;
 }
 
-export function padStateKey(baseContentId: string, padTokenId: number): string {
-  return `pad-state:${digest([FORWARD_VERSION, baseContentId, padTokenId])}`;
+export function padStateKey(baseContentId: string, padTokenId: number, precision?: string): string {
+  const p = precisionPart(precision);
+  return `pad-state:${digest([FORWARD_VERSION, baseContentId, padTokenId, ...Object.values(p)])}`;
 }
 
 /** The key material as stored: the text by its hash (an entry need not hold the prompt). */
 function promptMaterial(m: PromptStateMaterial): unknown {
-  return { mode: 'prompt-state', forward: FORWARD_VERSION, base: m.base, tokenizer: m.tokenizer, text: createHash('sha256').update(m.text).digest('hex'), ids: m.ids, layers: m.layers, hidden: m.hidden };
+  return { mode: 'prompt-state', forward: FORWARD_VERSION, base: m.base, tokenizer: m.tokenizer, text: createHash('sha256').update(m.text).digest('hex'), ids: m.ids, layers: m.layers, hidden: m.hidden, ...precisionPart(m.precision) };
 }
 
 const floatBytes = (layers: number, hidden: number) => 2 * layers * hidden * 4;
@@ -54,7 +61,7 @@ function toFloats(b: Buffer): Float32Array {
 
 export async function getPromptState(cache: ContentCache, m: PromptStateMaterial): Promise<CachedPromptState | null> {
   const want = floatBytes(m.layers, m.hidden);
-  const b = await cache.getBound(promptStateKey(m.base, m.tokenizer, m.text), promptMaterial(m), want);
+  const b = await cache.getBound(promptStateKey(m.base, m.tokenizer, m.text, m.precision), promptMaterial(m), want);
   if (!b || b.length !== want) return null;
   const floats = toFloats(b);
   const slice = (i: number) => floats.subarray(i * m.hidden, (i + 1) * m.hidden);
@@ -74,7 +81,7 @@ export async function putPromptState(cache: ContentCache, m: PromptStateMaterial
     floats.set(s.last[l]!, l * m.hidden);
     floats.set(s.sum[l]!, (m.layers + l) * m.hidden);
   }
-  await cache.putBound(promptStateKey(m.base, m.tokenizer, m.text), promptMaterial(m), Buffer.from(floats.buffer));
+  await cache.putBound(promptStateKey(m.base, m.tokenizer, m.text, m.precision), promptMaterial(m), Buffer.from(floats.buffer));
 }
 
 /** The state of a pad position per layer input, bound to the base, its pad token and the sizes. */
@@ -83,20 +90,21 @@ export interface PadStateMaterial {
   padTokenId: number;
   layers: number;
   hidden: number;
+  precision?: 'int8';
 }
 
 const padMaterial = (m: PadStateMaterial) => ({ mode: 'pad-state', forward: FORWARD_VERSION, ...m });
 
 export async function getPadState(cache: ContentCache, m: PadStateMaterial): Promise<Float32Array[] | null> {
   const want = m.layers * m.hidden * 4;
-  const b = await cache.getBound(padStateKey(m.base, m.padTokenId), padMaterial(m), want);
+  const b = await cache.getBound(padStateKey(m.base, m.padTokenId, m.precision), padMaterial(m), want);
   if (!b || b.length !== want) return null;
   const f = toFloats(b);
   return Array.from({ length: m.layers }, (_, l) => f.subarray(l * m.hidden, (l + 1) * m.hidden));
 }
 
 export async function putPadState(cache: ContentCache, m: PadStateMaterial, layers: Float32Array[]): Promise<void> {
-  await cache.putBound(padStateKey(m.base, m.padTokenId), padMaterial(m), Buffer.concat(layers.map((l) => Buffer.from(l.buffer, l.byteOffset, l.byteLength))));
+  await cache.putBound(padStateKey(m.base, m.padTokenId, m.precision), padMaterial(m), Buffer.concat(layers.map((l) => Buffer.from(l.buffer, l.byteOffset, l.byteLength))));
 }
 
 /**

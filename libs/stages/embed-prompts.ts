@@ -11,7 +11,7 @@ import type { ModelSource } from '../architectures';
 import type { MergeContext } from './context';
 import { ContentCache, withLock } from '../cache';
 import { contentId } from '../resolve';
-import { resolveDevice, computePadStatesIsolated as computePadStates, computePromptStatesIsolated as computePromptStates, type Device } from '../forward';
+import { resolveDevice, computePadStatesIsolated as computePadStates, computePromptStatesIsolated as computePromptStates, type Device, type ForwardPrecision } from '../forward';
 import { getPadState, getPromptState, putPadState, putPromptState, type CachedPromptState } from '../prompt-cache';
 import type { Progress } from '../util';
 import { GATE_MODES, type PromptStateKind } from '../gates';
@@ -58,6 +58,8 @@ export interface EmbedOptions {
   /** Prompt-state cache folder (cacache). */
   cacheDir: string;
   device?: string;
+  /** The forward pass's arithmetic (default fp32, exact); int8 states are cached apart from fp32 ones. */
+  forwardPrecision?: ForwardPrecision;
   log?: (line: string) => void;
   /** Problems the merge goes on from (an unusable cache); default: the log. */
   warn?: (line: string) => void;
@@ -112,7 +114,7 @@ const flat = (layers: Float32Array[]) => {
 async function hiddenStates(merge: MergeContext, index: PromptStatesIndex, tensors: { name: string; data: Float32Array }[], opts: EmbedOptions): Promise<void> {
   const { base } = merge.ctx;
   const texts = distinctPrompts(merge);
-  const { states, computed, fromCache, baseId, padTokenId, device } = await cachedHiddenStates(base, texts, { ...opts, checkIds: (ids) => checkPromptLengths(merge, ids, texts) });
+  const { states, computed, fromCache, baseId, padTokenId, device, precision } = await cachedHiddenStates(base, texts, { ...opts, checkIds: (ids) => checkPromptLengths(merge, ids, texts) });
   index.computed = computed;
   index.fromCache = fromCache;
   states.forEach((s, i) => {
@@ -124,10 +126,10 @@ async function hiddenStates(merge: MergeContext, index: PromptStatesIndex, tenso
     const L = base.config.numLayers;
     const H = base.config.hiddenSize;
     // The reference's padded mean needs the state of a pad position; it depends only on the base.
-    const material = { base: baseId, padTokenId, layers: L, hidden: H };
+    const material = { base: baseId, padTokenId, layers: L, hidden: H, ...int8Key(precision) };
     let pad = await getPadState(cache, material);
     if (!pad) {
-      pad = await computePadStates(base.dir, padTokenId, { device });
+      pad = await computePadStates(base.dir, padTokenId, { device, precision });
       await putPadState(cache, material, pad);
     }
     tensors.push({ name: 'pad', data: flat(pad) });
@@ -176,7 +178,11 @@ export interface HiddenStatesResult {
   baseId: string;
   padTokenId: number;
   device: Device;
+  precision: ForwardPrecision;
 }
+
+/** A cache entry's precision: absent for fp32, so exact entries keep the keys they always had. */
+export const int8Key = (p: ForwardPrecision): { precision?: 'int8' } => (p === 'int8' ? { precision: 'int8' } : {});
 
 /**
  * Per-layer states of prompts through the base, each read from the content-addressed cache or computed
@@ -193,7 +199,8 @@ export async function cachedHiddenStates(base: ModelSource, texts: string[], opt
   const tok = await loadTokenizer(base.dir);
   const allIds = texts.map((t) => tok.encodePrompt(t));
   opts.checkIds?.(allIds);
-  const material = (i: number) => ({ base: baseId, tokenizer: tok.contentId, text: texts[i]!, ids: allIds[i]!, layers: L, hidden: H });
+  const precision = opts.forwardPrecision ?? 'fp32';
+  const material = (i: number) => ({ base: baseId, tokenizer: tok.contentId, text: texts[i]!, ids: allIds[i]!, layers: L, hidden: H, ...int8Key(precision) });
   const states: (CachedPromptState | null)[] = [];
   const missing = await withLock(opts.cacheDir, `base-${baseId.slice(0, 32)}`, async () => {
     for (const i of texts.keys()) states.push(await getPromptState(cache, material(i)));
@@ -205,6 +212,7 @@ export async function cachedHiddenStates(base: ModelSource, texts: string[], opt
       const tokens = ids.reduce((a, x) => a + x.length, 0);
       const computed = await computePromptStates(base.dir, ids, {
         device,
+        precision,
         onProgress: (p) => {
           const secs = (Date.now() - started) / 1000;
           const done = p.layer * p.prompts + p.promptsDone;
@@ -222,7 +230,7 @@ export async function cachedHiddenStates(base: ModelSource, texts: string[], opt
     }
     return missing;
   }, { log: opts.log, warn });
-  return { states: states as CachedPromptState[], computed: missing.length, fromCache: texts.length - missing.length, baseId, padTokenId: tok.padTokenId, device };
+  return { states: states as CachedPromptState[], computed: missing.length, fromCache: texts.length - missing.length, baseId, padTokenId: tok.padTokenId, device, precision };
 }
 
 /** cheap_embed states: per text, its token ids and the sum of their embedding rows (float64 sum, stored float32). */

@@ -60,7 +60,7 @@ test('parsing: defaults filled in, values typed, the same one-line messages from
 test('each option says which stages it changes: optionsForStage is what a stage must hash', () => {
   assert.deepEqual(optionsForStage('assemble-experts'), ['recipe', 'randomSeed', 'rng', 'layout', 'outShardSize', 'shardOrder']);
   assert.deepEqual(optionsForStage('fetch'), ['recipe']);
-  assert.deepEqual(optionsForStage('embed-prompts'), ['recipe', 'device']);
+  assert.deepEqual(optionsForStage('embed-prompts'), ['recipe', 'device', 'forwardPrecision']);
   assert.deepEqual(optionsForStage('report'), ['recipe', 'randomSeed', 'rng', 'device', 'evalPrompts']);
   assert.deepEqual(optionsForStage('write'), ['recipe', 'outputPath', 'overwrite', 'copyTokenizer', 'gguf', 'ggufOnly']);
   // A location is read, never hashed.
