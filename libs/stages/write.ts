@@ -8,7 +8,7 @@ import { noiseApplier, scaleBytes, TorchDrawSeeker } from './noise';
 import { encodeFloats, convertBytes, dtypeSize, firstNonFinite, narrowsRange, type FloatDtype, type WeightDtype } from '../safetensors';
 import { streamTensorBytes } from '../safetensors';
 import { ChunkPool } from '../safetensors';
-import { planShards, writeShard, type OutputTensorSpec } from '../safetensors';
+import { FileRange, planShards, writeShard, type OutputTensorSpec, type TensorChunk } from '../safetensors';
 import { COMPANION_FILES } from '../resolve';
 import { jsonText } from '../json';
 import type { MergePlan, PlanTensor, SourcePart } from '../plan';
@@ -69,11 +69,16 @@ export interface WriteResult {
 
 /**
  * A source tensor's bytes, chunk by chunk: raw when nothing changes, else noise, scale and cast per element.
- * Every buffer is the pool's; each yielded chunk passes to the writer, the rest go back here.
+ * Every buffer is the pool's; each yielded chunk passes to the writer, the rest go back here. With `ranges`,
+ * bytes that go out unchanged come as FileRanges of at most a chunk, which writeShard copies itself.
  */
-async function* sourceBytes(name: string, part: SourcePart, outDtype: WeightDtype, seeker: () => TorchDrawSeeker, pool: ChunkPool): AsyncGenerator<Buffer> {
+async function* sourceBytes(name: string, part: SourcePart, outDtype: WeightDtype, seeker: () => TorchDrawSeeker, pool: ChunkPool, ranges = false): AsyncGenerator<TensorChunk> {
   const loc = { ...part, name: part.tensor, begin: 0, end: part.byteLength };
   const transform = part.noise !== undefined || part.scale !== undefined;
+  if (ranges && !transform && part.dtype === outDtype) {
+    for (let at = 0; at < part.byteLength; at += CHUNK_BYTES) yield new FileRange(part.file, part.offset + at, Math.min(CHUNK_BYTES, part.byteLength - at), name);
+    return;
+  }
   if (outDtype === 'F64') {
     // No output dtype keeps a float64 source as it is. Nothing casts to float64 (this crashed inside the cast before).
     if (transform || part.dtype !== 'F64') throw new ForgeError('unsupported_dtype', `${transform ? 'noise_scale or residual_scale on' : 'a cast of'} a ${part.dtype} tensor to float64 is not supported: set the output dtype (dtype: in the recipe)`, { tensor: name });
@@ -128,13 +133,19 @@ function noiseDraws(p: SourcePart): string {
   return p.noise?.torch ? 'torch' : STREAM_NOISE_DRAWS;
 }
 
-export function tensorProducer(gates: GateTensor | null, pool: ChunkPool) {
+/**
+ * Every planned tensor's bytes. With `{ ranges: true }` (for writeShard only) source bytes that go out unchanged
+ * come as FileRanges; without it every chunk is a Buffer.
+ */
+export function tensorProducer(gates: GateTensor | null, pool: ChunkPool): (t: PlanTensor) => AsyncGenerator<Buffer>;
+export function tensorProducer(gates: GateTensor | null, pool: ChunkPool, opts: { ranges: true }): (t: PlanTensor) => AsyncGenerator<TensorChunk>;
+export function tensorProducer(gates: GateTensor | null, pool: ChunkPool, opts: { ranges?: boolean } = {}) {
   // One seeker per write, so tensors written out of the reference's draw order seek from saved states.
   const seekers = new Map<number, TorchDrawSeeker>();
   const seeker = (seed: number) => () => seekers.get(seed) ?? seekers.set(seed, new TorchDrawSeeker(seed)).get(seed)!;
-  return async function* (t: PlanTensor): AsyncGenerator<Buffer> {
+  return async function* (t: PlanTensor): AsyncGenerator<TensorChunk> {
     for (const part of t.parts) {
-      if (part.kind === 'source') yield* sourceBytes(t.name, part, t.dtype, seeker(part.noise?.seed ?? 0), pool);
+      if (part.kind === 'source') yield* sourceBytes(t.name, part, t.dtype, seeker(part.noise?.seed ?? 0), pool, opts.ranges === true);
       else if (part.kind === 'gates') {
         // Routers are planned in the output dtype or float32 (architectures/common.ts router()).
         if (t.dtype === 'F64') throw new Error(`internal: ${t.name} planned as a float64 router`);
@@ -285,12 +296,12 @@ export async function writeOutput(early: MergePlan, late: Promise<LateInputs>, o
         needed = shardsOf(early).filter((s) => ahead.some((x) => x.s.file === s.file) || holdsGates(s.tensors.map((t) => earlyByName.get(t.name)!))).reduce((a, s) => a + s.bytes, 0) + (1 << 20);
         checkFreeSpace(disk, needed);
         forget = await makeWorkFolder(tmp);
-        const produce = tensorProducer(null, pool);
+        const produce = tensorProducer(null, pool, { ranges: true });
         for (const { s, tensors, hash } of ahead) {
           const byName = new Map(tensors.map((t) => [t.name, t]));
           opts.log?.(`writing ${s.file} (${s.tensors.length} tensors, ${s.bytes} bytes) while the routers are computed`);
           // The forward pass failed: stop now rather than after gigabytes nobody will keep.
-          const unlessFailed = async function* (chunks: AsyncIterable<Buffer>): AsyncGenerator<Buffer> {
+          const unlessFailed = async function* (chunks: AsyncIterable<TensorChunk>): AsyncGenerator<TensorChunk> {
             for await (const c of chunks) {
               if (lateFailed) throw lateFailed.error;
               yield c;
@@ -359,12 +370,12 @@ export async function writeOutput(early: MergePlan, late: Promise<LateInputs>, o
       if (!forget) {
         forget = await makeWorkFolder(tmp);
       }
-      const produce = tensorProducer(gates, pool);
+      const produce = tensorProducer(gates, pool, { ranges: true });
       const shardEntries = entries.filter((e) => e.producer === 'shard');
       const total = shardEntries.reduce((a, e) => a + e.bytes!, 0);
       const started = Date.now();
       let done = 0;
-      const counted = async function* (chunks: AsyncIterable<Buffer>): AsyncGenerator<Buffer> {
+      const counted = async function* (chunks: AsyncIterable<TensorChunk>): AsyncGenerator<TensorChunk> {
         for await (const c of chunks) {
           done += c.length;
           const secs = Math.max((Date.now() - started) / 1000, 1e-3);
