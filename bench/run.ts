@@ -19,7 +19,7 @@
  *
  * `npm run bench -- write nx` runs only the named sections; `npm run bench -- --size medium` runs the incremental
  * section on TinyLlama's shape (6.77 GB output) and the write section; `--size small,medium,large` runs the
- * incremental section at each size in turn (large: Mistral-7B's shape, 2 experts, ~85 GB of disk, checked first);
+ * incremental section at each size in turn (large: Mistral-7B's shape, 2 experts, 64 GB of disk or 82 GB with the reference, checked first);
  * `npm run bench -- machine` only the machine. Each size's incremental results also go to
  * bench/out/incremental-<size>.json, and the growth table from small to large is printed from every such file there.
  * The incremental section runs the reference (a Python mergekit-moe: MOE_FORGE_MERGEKIT, or one on PATH) beside ours
