@@ -1,15 +1,17 @@
 /**
- * Incremental merges at scale through `mergekit-moe` (hidden gates, Mixtral, 4 experts, 17 prompts): a cold build,
- * then one prompt added, one expert's noise_scale changed, one expert swapped, and a no-op, all into the same
- * output folder. Each figure sits beside its floor measured in the same run: the stream copy of the bytes the
- * step had to write, and the forward pass of the prompts it had to compute.
+ * Incremental merges at scale through `mergekit-moe` (hidden gates, Mixtral, 4 experts and 17 prompts; at the
+ * large size 2 experts and 8 prompts): a cold build, then one prompt added, one expert's noise_scale changed, one
+ * expert swapped, and a no-op, all into the same output folder. Each figure sits beside its floor measured in the
+ * same run: the stream copy of the bytes the step had to write, and the forward pass of the prompts it had to
+ * compute. Where a Python mergekit is installed (the reference; `findReference`), it runs the same recipe cold and
+ * with the prompt added, each right after ours, into a folder of its own.
  */
 import { execFileSync, spawn } from 'node:child_process';
-import { createReadStream, createWriteStream, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { closeSync, createReadStream, createWriteStream, existsSync, mkdirSync, openSync, readdirSync, readFileSync, readSync, rmSync, statSync, statfsSync, writeFileSync } from 'node:fs';
 import { open } from 'node:fs/promises';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { join } from 'node:path';
+import { delimiter, join } from 'node:path';
 import { computePromptStates } from '../libs/forward';
 import { loadTokenizer } from '../libs/tokenizer';
 import { benchForward } from './forward';
@@ -23,7 +25,12 @@ export const SIZES: Record<string, Spec> = {
   medium: { modelType: 'llama', hidden: 2048, layers: 22, heads: 32, kvHeads: 4, intermediate: 5632, vocab: 32000 },
   /** The same recipe at a size that runs in about a minute. */
   small: { modelType: 'llama', hidden: 512, layers: 6, heads: 8, kvHeads: 2, intermediate: 1408, vocab: 4000 },
+  /** Mistral-7B's shape (two 14.5 GB inputs, a 26 GB output): 2 experts, 8 prompts (SIZE_EXPERTS). */
+  large: { modelType: 'llama', hidden: 4096, layers: 32, heads: 32, kvHeads: 8, intermediate: 14336, vocab: 32000 },
 };
+
+/** Experts of the recipe at each size (4 unless named here): 4 prompts each, 17 in all with 4 experts. */
+export const SIZE_EXPERTS: Record<string, number> = { large: 2 };
 
 export interface StepResult {
   step: string;
@@ -37,17 +44,18 @@ export interface StepResult {
 const TOPICS = ['python', 'rust', 'sql', 'poetry', 'history', 'algebra', 'biology', 'cooking', 'travel', 'law', 'music', 'physics', 'chess', 'finance', 'medicine', 'geology', 'weather'];
 const prompt = (topic: string, i: number) => `Question ${i} about ${topic}: explain the main idea to a curious beginner.`;
 
-/** 17 prompts over 4 experts (plus one when `extra`). */
-function expertPrompts(extra: boolean): string[][] {
-  const experts = [0, 1, 2, 3].map((e) => TOPICS.slice(e * 4, e * 4 + 4 + (e === 3 ? 1 : 0)).map((t, i) => prompt(t, i)));
+/** 4 prompts per expert, the fourth expert's 5 (17 over 4 experts), plus one for the first when `extra`. */
+function expertPrompts(extra: boolean, n = 4): string[][] {
+  const experts = Array.from({ length: n }, (_, e) => TOPICS.slice(e * 4, e * 4 + 4 + (e === 3 ? 1 : 0)).map((t, i) => prompt(t, i)));
   if (extra) experts[0]!.push(prompt('extra', 99));
   return experts;
 }
 
-export function recipe(models: string, o: { extraPrompt: boolean; noise: number; swapLast: boolean }): string {
+export function recipe(models: string, o: { extraPrompt: boolean; noise: number; swapLast: boolean; experts?: number }): string {
   // Expert 1 carries noise; the last expert's model is swapped (b -> a).
-  const experts = expertPrompts(o.extraPrompt);
-  const model = (e: number) => (e === 3 && o.swapLast ? 'a' : e % 2 === 0 ? 'a' : 'b');
+  const experts = expertPrompts(o.extraPrompt, o.experts);
+  const last = experts.length - 1;
+  const model = (e: number) => (e === last && o.swapLast ? 'a' : e % 2 === 0 ? 'a' : 'b');
   return `base_model: ${models}/a
 gate_mode: hidden
 architecture: mixtral
@@ -88,9 +96,117 @@ function cli(recipeFile: string, out: string, cacheDir: string): Promise<{ secon
   });
 }
 
+/** A Python mergekit-moe to run beside ours, and how it was found. */
+export interface Reference {
+  command: string;
+  foundBy: 'MOE_FORGE_MERGEKIT' | 'PATH';
+}
+
+/** True when `file`'s first line is a Python shebang (a pip entry point); ours starts `#!/usr/bin/env node`. */
+function isPythonEntryPoint(file: string): boolean {
+  let fd: number | undefined;
+  try {
+    if (!statSync(file).isFile()) return false;
+    fd = openSync(file, 'r');
+    const head = Buffer.alloc(256);
+    const n = readSync(fd, head, 0, head.length, 0);
+    const first = head.subarray(0, n).toString('latin1').split('\n')[0]!;
+    return first.startsWith('#!') && /python/.test(first);
+  } catch {
+    return false;
+  } finally {
+    if (fd !== undefined) closeSync(fd);
+  }
+}
+
+/**
+ * The reference: MOE_FORGE_MERGEKIT (a path to its `mergekit-moe`, which must be a Python entry point), else the
+ * first `mergekit-moe` on PATH that is a Python entry point (not ours). `why` says in one line what was found.
+ */
+export function findReference(env: NodeJS.ProcessEnv = process.env): { ref: Reference | null; why: string } {
+  const given = env.MOE_FORGE_MERGEKIT;
+  if (given) {
+    if (!isPythonEntryPoint(given)) throw new Error(`MOE_FORGE_MERGEKIT=${given}: expected the path of a Python mergekit-moe entry point (a file starting #!...python)`);
+    return { ref: { command: given, foundBy: 'MOE_FORGE_MERGEKIT' }, why: `reference: ${given} (MOE_FORGE_MERGEKIT)` };
+  }
+  for (const d of (env.PATH ?? '').split(delimiter).filter(Boolean)) {
+    const f = join(d, 'mergekit-moe');
+    if (isPythonEntryPoint(f)) return { ref: { command: f, foundBy: 'PATH' }, why: `reference: ${f} (PATH)` };
+  }
+  return { ref: null, why: 'reference: no Python mergekit-moe found (set MOE_FORGE_MERGEKIT=/path/to/venv/bin/mergekit-moe, see bench/mergekit-shim): torch-free baselines only' };
+}
+
+/** The folder of the pydantic shim the reference starts with (bench/mergekit-shim/sitecustomize.py). */
+const SHIM = join(__dirname, 'mergekit-shim');
+
+/** The reference under GNU time into `out` (removed first): wall seconds and peak RSS. */
+function referenceRun(ref: Reference, recipeFile: string, out: string): Promise<{ seconds: number; peakRssKiB: number }> {
+  rmSync(out, { recursive: true, force: true });
+  return new Promise((resolve, reject) => {
+    const t0 = performance.now();
+    const p = spawn('/usr/bin/time', ['-f', 'PEAK_RSS_KIB %M', ref.command, recipeFile, out], {
+      env: { ...process.env, PYTHONPATH: [SHIM, process.env.PYTHONPATH].filter(Boolean).join(delimiter), HF_HUB_OFFLINE: '1', TRANSFORMERS_OFFLINE: '1' },
+      stdio: ['ignore', 'ignore', 'pipe'],
+    });
+    let stderr = '';
+    p.stderr.on('data', (d) => (stderr += d));
+    p.on('error', reject);
+    p.on('exit', (code) => {
+      const seconds = (performance.now() - t0) / 1000;
+      const m = /PEAK_RSS_KIB (\d+)/.exec(stderr);
+      if (code !== 0 || !m) reject(new Error(`the reference ${ref.command} failed (${code}):\n${stderr.slice(-4000)}`));
+      else resolve({ seconds, peakRssKiB: Number(m[1]) });
+    });
+  });
+}
+
+/** Bytes of one generated dense bf16 model and of the merged Mixtral with `experts` experts (routers in bf16). */
+export function sizeBytes(spec: Spec, experts: number): { input: number; output: number } {
+  const { hidden: H, layers: L, heads, kvHeads, intermediate: I, vocab: V } = spec;
+  const kv = (H / heads) * kvHeads;
+  const attention = 2 * H * H + 2 * H * kv + 2 * H;
+  const mlp = 3 * H * I;
+  const input = 2 * (2 * V * H + L * (attention + mlp) + H);
+  const output = 2 * (2 * V * H + L * (attention + experts * mlp + experts * H) + H);
+  return { input, output };
+}
+
+/** The copy floor copies at most this much of the output (a rate; the large output would need 26 GB more). */
+const COPY_CAP = 8e9;
+
+/**
+ * Disk needed in `tmp` for a size: two input models, our output, and the larger of the copy floor's file and the
+ * reference's output (removed after each of its runs). Throws, naming bytes needed and free, before any work.
+ */
+export function checkDisk(tmp: string, size: string, experts: number, withReference: boolean): { needed: number; free: number } {
+  const { input, output } = sizeBytes(SIZES[size]!, experts);
+  const copy = Math.min(output, COPY_CAP);
+  const needed = 2 * input + output + Math.max(copy, withReference ? output : 0) + 1e9;
+  mkdirSync(tmp, { recursive: true });
+  const fs = statfsSync(tmp);
+  const free = fs.bavail * fs.bsize;
+  const gb = (x: number) => (x / 1e9).toFixed(1);
+  if (free < needed) {
+    throw new Error(`incremental --size ${size} needs ${gb(needed)} GB free in ${tmp} and ${gb(free)} GB are: inputs 2 × ${gb(input)} GB, our output ${gb(output)} GB, ${withReference ? `the reference's output ${gb(output)} GB or ` : ''}the copy floor's ${gb(copy)} GB, 1 GB spare; free space there or set TMPDIR to a bigger disk`);
+  }
+  return { needed, free };
+}
+
+export interface ReferenceResult {
+  command: string;
+  foundBy: string;
+  cold: { seconds: number; peakRssKiB: number };
+  plus: { seconds: number; peakRssKiB: number };
+}
+
 export async function benchIncremental(tmp: string, size: string, log: (s: string) => void) {
   const spec = SIZES[size];
   if (!spec) throw new Error(`unknown size ${size} (known: ${Object.keys(SIZES).join(', ')})`);
+  const experts = SIZE_EXPERTS[size] ?? 4;
+  const { ref, why } = findReference();
+  log(why);
+  const disk = checkDisk(tmp, size, experts, ref !== null);
+  log(`disk: ${(disk.needed / 1e9).toFixed(1)} GB needed, ${(disk.free / 1e9).toFixed(1)} GB free in ${tmp}`);
   const dir = join(tmp, `incremental-${size}`);
   const models = join(dir, 'models');
   const tg = performance.now();
@@ -99,9 +215,10 @@ export async function benchIncremental(tmp: string, size: string, log: (s: strin
   const cacheDir = join(dir, 'cache');
   const recipeFile = join(dir, 'moe.yml');
   const out = join(dir, 'out');
+  const refOut = join(dir, 'out-reference');
   const steps: StepResult[] = [];
   const step = async (name: string, o: Parameters<typeof recipe>[1]) => {
-    writeFileSync(recipeFile, recipe(models, o));
+    writeFileSync(recipeFile, recipe(models, { ...o, experts }));
     const before = files(out);
     const r = await cli(recipeFile, out, cacheDir);
     const after = files(out);
@@ -113,8 +230,17 @@ export async function benchIncremental(tmp: string, size: string, log: (s: strin
     steps.push({ step: name, seconds: r.seconds, peakRssKiB: r.peakRssKiB, bytesWritten, outputBytes });
     log(`${name}: ${r.seconds.toFixed(2)} s, ${(bytesWritten / 1e9).toFixed(3)} of ${(outputBytes / 1e9).toFixed(2)} GB written, peak RSS ${(r.peakRssKiB / 1024).toFixed(0)} MiB`);
   };
+  // The reference on the recipe ours just built (its whole merge each time: it keeps nothing between runs).
+  const reference = async (name: string) => {
+    const r = await referenceRun(ref!, recipeFile, refOut);
+    rmSync(refOut, { recursive: true, force: true });
+    log(`reference, ${name}: ${r.seconds.toFixed(2)} s, peak RSS ${(r.peakRssKiB / 1024).toFixed(0)} MiB`);
+    return r;
+  };
   await step('cold build', { extraPrompt: false, noise: 0.01, swapLast: false });
+  const refCold = ref ? await reference('cold') : null;
   await step('after adding one prompt', { extraPrompt: true, noise: 0.01, swapLast: false });
+  const refPlus = ref ? await reference('one prompt added') : null;
   await step("after changing one expert's noise_scale", { extraPrompt: true, noise: 0.02, swapLast: false });
   await step('after swapping one expert', { extraPrompt: true, noise: 0.02, swapLast: true });
   await step('no-op', { extraPrompt: true, noise: 0.02, swapLast: true });
@@ -139,7 +265,7 @@ export async function benchIncremental(tmp: string, size: string, log: (s: strin
     await computePromptStates(join(models, 'a'), [ids]);
     onePrompt = Math.min(onePrompt, (performance.now() - t0) / 1000);
   }
-  const promptTokens = expertPrompts(false).flat().map((p) => tok.encodePrompt(p).length);
+  const promptTokens = expertPrompts(false, experts).flat().map((p) => tok.encodePrompt(p).length);
   const meanTokens = Math.round(promptTokens.reduce((a, b) => a + b, 0) / promptTokens.length);
   const forward = await benchForward({ spec: { ...spec, dtype: 'BF16' }, prompts: promptTokens.length, tokens: meanTokens, modelDir: join(models, 'a') });
   const noop = (() => {
@@ -147,18 +273,20 @@ export async function benchIncremental(tmp: string, size: string, log: (s: strin
     execFileSync(process.execPath, [join(ROOT, 'bin', 'mergekit-moe.js'), '--help'], { stdio: 'ignore' });
     return (performance.now() - t0) / 1000;
   })();
-  const copy = await streamCopy(out, join(dir, 'copy.bin'));
+  const copy = await streamCopy(out, join(dir, 'copy.bin'), COPY_CAP);
   rmSync(dir, { recursive: true, force: true });
-  return { spec, steps, onePromptSeconds: onePrompt, onePromptTokens: ids.length, forward, noopFloorSeconds: noop, noopBestSeconds: Math.min(...noopRuns), nodeStartSeconds: Math.min(...nodeRuns), copy };
+  const referenceResult: ReferenceResult | null = ref && refCold && refPlus ? { command: ref.command, foundBy: ref.foundBy, cold: refCold, plus: refPlus } : null;
+  return { spec, experts, prompts: promptTokens.length, steps, onePromptSeconds: onePrompt, onePromptTokens: ids.length, forward, noopFloorSeconds: noop, noopBestSeconds: Math.min(...noopRuns), nodeStartSeconds: Math.min(...nodeRuns), copy, reference: referenceResult, referenceNote: why };
 }
 
-/** The stream-copy floor: every shard of the output through createReadStream -> createWriteStream, then fsync. */
-async function streamCopy(from: string, to: string): Promise<{ bytes: number; seconds: number }> {
+/** The stream-copy floor: the output's shards (their first `cap` bytes) through createReadStream -> createWriteStream, then fsync. */
+async function streamCopy(from: string, to: string, cap = Infinity): Promise<{ bytes: number; seconds: number }> {
   const shards = readdirSync(from).filter((f) => f.endsWith('.safetensors')).sort().map((f) => join(from, f));
   const t0 = performance.now();
   let bytes = 0;
   async function* chunks() {
     for (const f of shards) for await (const c of createReadStream(f, { highWaterMark: 16 << 20 })) {
+      if (bytes >= cap) return;
       bytes += (c as Buffer).length;
       yield c;
     }
@@ -170,4 +298,43 @@ async function streamCopy(from: string, to: string): Promise<{ bytes: number; se
   const seconds = (performance.now() - t0) / 1000;
   rmSync(to, { force: true });
   return { bytes, seconds };
+}
+
+/**
+ * How each incremental figure grows from size to size: one column a size (from bench/out/incremental-<size>.json,
+ * whichever runs made them), each figure with its factor over the size before. Null when fewer than two sizes.
+ */
+export function growthTable(outDir: string): string | null {
+  const runs = Object.keys(SIZES).map((size) => {
+    const f = join(outDir, `incremental-${size}.json`);
+    return existsSync(f) ? { size, ...(JSON.parse(readFileSync(f, 'utf8')) as { date: string; result: Awaited<ReturnType<typeof benchIncremental>> }) } : null;
+  }).filter((x) => x !== null);
+  // Smallest output first.
+  runs.sort((a, b) => a.result.steps[0]!.outputBytes - b.result.steps[0]!.outputBytes);
+  if (runs.length < 2) return null;
+  type Run = (typeof runs)[number];
+  const figures: [string, (r: Run) => number | null][] = [
+    ['output, GB', (r) => r.result.steps[0]!.outputBytes / 1e9],
+    ['cold build, s', (r) => r.result.steps[0]!.seconds],
+    ['one prompt added, s', (r) => r.result.steps[1]!.seconds],
+    ['no-op, s', (r) => r.result.steps[4]!.seconds],
+    ['peak RSS, MiB', (r) => Math.max(...r.result.steps.map((x) => x.peakRssKiB)) / 1024],
+    ['forward pass at ORT Gemm rate, s', (r) => (r.result.forward as Record<string, number>).gemmBaselineSeconds ?? null],
+    ['stream copy, MB/s', (r) => r.result.copy.bytes / 1e6 / r.result.copy.seconds],
+    ['reference cold, s', (r) => r.result.reference?.cold.seconds ?? null],
+    ['reference one prompt added, s', (r) => r.result.reference?.plus.seconds ?? null],
+    ['reference peak RSS, MiB', (r) => (r.result.reference ? Math.max(r.result.reference.cold.peakRssKiB, r.result.reference.plus.peakRssKiB) / 1024 : null)],
+    ['cold: ours / reference', (r) => (r.result.reference ? r.result.steps[0]!.seconds / r.result.reference.cold.seconds : null)],
+  ];
+  const fmt = (x: number) => (x >= 100 ? x.toFixed(0) : x >= 10 ? x.toFixed(1) : x.toFixed(2));
+  const lines = figures.map(([label, get]) => [label, ...runs.map((r, i) => {
+    const v = get(r);
+    if (v === null) return '—';
+    const prev = i > 0 ? get(runs[i - 1]!) : null;
+    return prev ? `${fmt(v)} (×${(v / prev).toFixed(1)})` : fmt(v);
+  })]);
+  const head = ['figure', ...runs.map((r) => `${r.size} (${r.date.slice(0, 10)})`)];
+  const widths = head.map((h, i) => Math.max(h.length, ...lines.map((l) => l[i]!.length)));
+  const line = (cells: string[]) => cells.map((c, i) => c.padEnd(widths[i]!)).join(' | ').trimEnd();
+  return ['growth from size to size (×: over the size before; each size from its own run, see each file\'s machine):', line(head), widths.map((w) => '-'.repeat(w)).join('-|-'), ...lines.map(line)].join('\n');
 }

@@ -19,7 +19,12 @@
  * the first section and after the last, the disk's copy rate in the temp folder (best of 3, ~512 MiB each).
  *
  * `npm run bench -- write nx` runs only the named sections; `npm run bench -- --size medium` runs the incremental
- * section on TinyLlama's shape (6.77 GB output) and the write section; `npm run bench -- machine` only the machine.
+ * section on TinyLlama's shape (6.77 GB output) and the write section; `--size small,medium,large` runs the
+ * incremental section at each size in turn (large: Mistral-7B's shape, 2 experts, 64 GB of disk or 82 GB with the reference, checked first);
+ * `npm run bench -- machine` only the machine. Each size's incremental results also go to
+ * bench/out/incremental-<size>.json, and the growth table from small to large is printed from every such file there.
+ * The incremental section runs the reference (a Python mergekit-moe: MOE_FORGE_MERGEKIT, or one on PATH) beside ours
+ * when it finds one.
  */
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { loadavg, tmpdir } from 'node:os';
@@ -35,10 +40,10 @@ import { loadTokenizer } from '../libs/tokenizer';
 import { benchForward, benchIdleCpu } from './forward';
 import { benchRng } from './rng';
 import { writeFastModel, type TinyModelSpec } from './models';
-import { SIZES, benchIncremental, type StepResult } from './incremental';
+import { SIZES, benchIncremental, growthTable, type StepResult } from './incremental';
 import { ROOT, addRecipe, nx, nxProfiled, throwawayWorkspace, timed, type TaskTiming } from './workspace';
 import type { ChildResult } from './write-child';
-import { diskCopyRate, formatMachine, machineFacts } from './machine';
+import { diskCopyRate, formatMachine, machineFacts, type Machine } from './machine';
 import { benchGguf, benchGgufMerge } from './gguf';
 import { benchReport } from './report';
 import { benchRoutingSets, fitCost } from './routing';
@@ -67,6 +72,8 @@ interface Row {
 }
 
 const rows: Row[] = [];
+/** The machine this run measures on (for the per-size files). */
+let machineNow: Machine | null = null;
 /** What each figure times, printed under the table. */
 const notes: string[] = [];
 const details: Record<string, unknown> = {};
@@ -405,8 +412,19 @@ async function benchIncrementalSection(tmp: string, size: string): Promise<void>
   row({ section: s, measure: 'peak RSS over the five runs (largest process), MiB', value: peak, unit: 'MiB', baseline: f.layerWeightsF32MiB! * 2, baselineLabel: 'two layers of f32 weights', goal: '≤ 1536 MiB', met: peak <= 1536 });
   row({ section: s, measure: 'stream copy of the output, MB/s', value: r.copy.bytes / 1e6 / r.copy.seconds, unit: 'MB/s', baseline: null, baselineLabel: 'floor for the writes', goal: 'baseline' });
   forwardRows(s, f);
-  notes.push(`${s}: \`mergekit-moe\` under /usr/bin/time (wall, peak RSS of the largest process incl. the forward child), hidden gates, Mixtral, 4 experts (models a/b, expert 1 with noise_scale), ${r.forward.prompts} prompts, one output folder throughout; bytes written: files whose inode changed; floors from the same run: the forward pass at ORT Gemm rate on the same prompts (bench/forward.ts), a stream copy of the output's shards (+ fsync), the added prompt's forward alone.`);
+  const ref = r.reference;
+  if (ref) {
+    const refRss = Math.max(ref.cold.peakRssKiB, ref.plus.peakRssKiB) / 1024;
+    row({ section: s, measure: 'cold build: ours / the reference (Python mergekit-moe), s', value: cold.seconds, unit: 's', baseline: ref.cold.seconds, baselineLabel: 'the reference, same recipe, right after ours', goal: '≤ 0.5', met: cold.seconds <= 0.5 * ref.cold.seconds });
+    row({ section: s, measure: 'one prompt added: ours / the reference, s', value: plus.seconds, unit: 's', baseline: ref.plus.seconds, baselineLabel: 'the reference (a whole merge again), right after ours', goal: 'info' });
+    row({ section: s, measure: 'peak RSS: ours (largest process of the five runs) / the reference, MiB', value: peak, unit: 'MiB', baseline: refRss, baselineLabel: 'the reference, largest of its two runs', goal: 'info' });
+  }
+  notes.push(`${s}: \`mergekit-moe\` under /usr/bin/time (wall, peak RSS of the largest process incl. the forward child), hidden gates, Mixtral, ${r.experts} experts (models a/b, expert 1 with noise_scale), ${r.prompts} prompts, one output folder throughout; bytes written: files whose inode changed; floors from the same run: the forward pass at ORT Gemm rate on the same prompts (bench/forward.ts), a stream copy of the output's shards (+ fsync; at most 8 GB of them, as a rate), the added prompt's forward alone. ${ref ? `The reference (${ref.command}, found by ${ref.foundBy}; bench/mergekit-shim on PYTHONPATH) ran the same recipe cold and with the prompt added, each right after ours, into a folder of its own (removed after each run), under /usr/bin/time.` : r.referenceNote}`);
   details[s] = r;
+  // One file per size, so sizes run on separate calls still make one growth table.
+  const outDir = join(__dirname, 'out');
+  mkdirSync(outDir, { recursive: true });
+  writeFileSync(join(outDir, `${s}.json`), JSON.stringify({ date: new Date().toISOString(), size, machine: machineNow, result: r }, null, 2) + '\n');
 }
 
 async function benchReportSection(tmp: string, size: string): Promise<void> {
@@ -483,8 +501,9 @@ async function main(): Promise<void> {
   const all = ['rng', 'forward', 'write', 'nx', 'many', 'incremental', 'gguf', 'gguf-merge', 'report', 'routing'];
   const argv = process.argv.slice(2);
   const sizeAt = argv.indexOf('--size');
-  const size = sizeAt >= 0 ? argv[sizeAt + 1]! : null;
-  if (size !== null && !SIZES[size]) throw new Error(`--size must be one of ${Object.keys(SIZES).join(', ')}`);
+  const sizes = sizeAt >= 0 ? (argv[sizeAt + 1] ?? '').split(',').filter(Boolean) : [];
+  if (sizeAt >= 0 && (sizes.length === 0 || sizes.some((x) => !SIZES[x]))) throw new Error(`--size must be one or more of ${Object.keys(SIZES).join(', ')}, separated by commas`);
+  const size = sizes[0] ?? null;
   const chosen = argv.filter((a) => all.includes(a));
   // --size runs the incremental section at that size, plus the write section (the casts' rates).
   const sections = chosen.length ? chosen : size ? ['incremental', 'write'] : argv.includes('machine') ? [] : ['rng', 'forward', 'write', 'nx', 'many'];
@@ -499,6 +518,7 @@ async function main(): Promise<void> {
   const machine = machineFacts(tmp);
   try {
     machine.disk = diskCopyRate(tmp);
+    machineNow = machine;
     log(formatMachine(machine));
     for (const s of sections) {
       const ts = performance.now();
@@ -509,7 +529,7 @@ async function main(): Promise<void> {
       if (s === 'write') await benchWrite(tmp);
       if (s === 'nx') await benchNx(tmp);
       if (s === 'many') await benchMany(tmp);
-      if (s === 'incremental') await benchIncrementalSection(tmp, size ?? 'small');
+      if (s === 'incremental') for (const z of sizes.length ? sizes : ['small']) await benchIncrementalSection(tmp, z);
       if (s === 'gguf') await benchGgufSection(tmp, size);
       if (s === 'gguf-merge') await benchGgufMergeSection(tmp, size ?? 'small');
       if (s === 'report') await benchReportSection(tmp, size ?? 'small');
@@ -529,6 +549,8 @@ async function main(): Promise<void> {
   console.log(formatMachine(machine) + '\n');
   if (rows.length) console.log(table());
   if (notes.length) console.log('\n' + notes.map((n) => `- ${n}`).join('\n'));
+  const growth = sections.includes('incremental') ? growthTable(outDir) : null;
+  if (growth) console.log('\n' + growth);
   console.log(`\n${sections.join(', ') || 'machine only'} in ${seconds.toFixed(1)} s; results: ${file}`);
 }
 

@@ -8,7 +8,7 @@ import { noiseApplier, scaleBytes, TorchDrawSeeker } from '../noise';
 import { encodeFloats, convertBytes, dtypeSize, firstNonFinite, narrowsRange, type FloatDtype, type WeightDtype } from '../safetensors';
 import { streamTensorBytes } from '../safetensors';
 import { ChunkPool } from '../safetensors';
-import { writeShard } from '../safetensors';
+import { FileRange, writeShard, type TensorChunk } from '../safetensors';
 import { COMPANION_FILES } from '../resolve';
 import { jsonText } from '../json';
 import type { MergePlan, PlanTensor, SourcePart } from '../plan';
@@ -22,6 +22,12 @@ import { checkFreeSpace, checkOutputPath, checkOwner, lockOutput, ownerField, co
 
 export { STAMP_FILE };
 const CHUNK_BYTES = 16 << 20;
+/**
+ * A cast alone reads, casts and hands over chunks this small: a few of them in flight stay in the CPU's cache
+ * between the read, the cast and the write, where 16 MiB ones go through main memory each time. Noise and scale
+ * keep CHUNK_BYTES.
+ */
+const CAST_CHUNK_BYTES = 1 << 20;
 
 export interface WriteOptions {
   outPath: string;
@@ -69,11 +75,16 @@ export interface WriteResult {
 
 /**
  * A source tensor's bytes, chunk by chunk: raw when nothing changes, else noise, scale and cast per element.
- * Every buffer is the pool's; each yielded chunk passes to the writer, the rest go back here.
+ * Every buffer is the pool's; each yielded chunk passes to the writer, the rest go back here. With `ranges`,
+ * bytes that go out unchanged come as FileRanges of at most a chunk, which writeShard copies itself.
  */
-async function* sourceBytes(name: string, part: SourcePart, outDtype: WeightDtype, seeker: () => TorchDrawSeeker, pool: ChunkPool): AsyncGenerator<Buffer> {
+async function* sourceBytes(name: string, part: SourcePart, outDtype: WeightDtype, seeker: () => TorchDrawSeeker, pool: ChunkPool, ranges = false): AsyncGenerator<TensorChunk> {
   const loc = { ...part, name: part.tensor, begin: 0, end: part.byteLength };
   const transform = part.noise !== undefined || part.scale !== undefined;
+  if (ranges && !transform && part.dtype === outDtype) {
+    for (let at = 0; at < part.byteLength; at += CHUNK_BYTES) yield new FileRange(part.file, part.offset + at, Math.min(CHUNK_BYTES, part.byteLength - at), name);
+    return;
+  }
   if (outDtype === 'F64') {
     // No output dtype keeps a float64 source as it is. Nothing casts to float64 (this crashed inside the cast before).
     if (transform || part.dtype !== 'F64') throw new ForgeError('unsupported_dtype', `${transform ? 'noise_scale or residual_scale on' : 'a cast of'} a ${part.dtype} tensor to float64 is not supported: set the output dtype (dtype: in the recipe)`, { tensor: name });
@@ -86,7 +97,7 @@ async function* sourceBytes(name: string, part: SourcePart, outDtype: WeightDtyp
   const dt: FloatDtype = !transform ? out : part.dtype === 'BF16' || part.dtype === 'F16' ? part.dtype : 'F32';
   // Read as many values as fit a chunk in the widest form they take, so casts stay inside pool buffers.
   const size = dtypeSize(part.dtype);
-  const values = Math.floor(CHUNK_BYTES / Math.max(size, dtypeSize(dt), dtypeSize(out)));
+  const values = Math.floor((transform ? CHUNK_BYTES : CAST_CHUNK_BYTES) / Math.max(size, dtypeSize(dt), dtypeSize(out)));
   const noise = transform ? noiseApplier(dt === part.dtype ? part : { ...part, dtype: dt }, seeker) : null;
   const scale = part.scale !== undefined ? Math.fround(part.scale) : 1;
   const step = (from: Buffer, fromDtype: string, to: FloatDtype): Buffer => {
@@ -119,13 +130,19 @@ async function* sourceBytes(name: string, part: SourcePart, outDtype: WeightDtyp
   }
 }
 
-export function tensorProducer(gates: GateTensor | null, pool: ChunkPool) {
+/**
+ * Every planned tensor's bytes. With `{ ranges: true }` (for writeShard only) source bytes that go out unchanged
+ * come as FileRanges; without it every chunk is a Buffer.
+ */
+export function tensorProducer(gates: GateTensor | null, pool: ChunkPool): (t: PlanTensor) => AsyncGenerator<Buffer>;
+export function tensorProducer(gates: GateTensor | null, pool: ChunkPool, opts: { ranges: true }): (t: PlanTensor) => AsyncGenerator<TensorChunk>;
+export function tensorProducer(gates: GateTensor | null, pool: ChunkPool, opts: { ranges?: boolean } = {}) {
   // One seeker per write, so tensors written out of the reference's draw order seek from saved states.
   const seekers = new Map<number, TorchDrawSeeker>();
   const seeker = (seed: number) => () => seekers.get(seed) ?? seekers.set(seed, new TorchDrawSeeker(seed)).get(seed)!;
-  return async function* (t: PlanTensor): AsyncGenerator<Buffer> {
+  return async function* (t: PlanTensor): AsyncGenerator<TensorChunk> {
     for (const part of t.parts) {
-      if (part.kind === 'source') yield* sourceBytes(t.name, part, t.dtype, seeker(part.noise?.seed ?? 0), pool);
+      if (part.kind === 'source') yield* sourceBytes(t.name, part, t.dtype, seeker(part.noise?.seed ?? 0), pool, opts.ranges === true);
       else if (part.kind === 'gates') {
         // Routers are planned in the output dtype or float32 (architectures/common.ts router()).
         if (t.dtype === 'F64') throw new Error(`internal: ${t.name} planned as a float64 router`);
@@ -283,18 +300,21 @@ export async function writeOutput(early: MergePlan, late: Promise<LateInputs>, o
         const keptEarly = shardsOf(early).filter((s) => !holdsGates(s.tensors.map((t) => earlyByName.get(t.name)!)) && !ahead.some((x) => x.shard.file === s.file)).map((s) => s.file);
         const unchanged = earlyLayout ? await ggufUnchanged(early, shardsOf(early), existing, suspect, opts.gguf!, opts.tokenizerDir, keptEarly) : null;
         const gguf = earlyLayout ? (await openPass(early, earlyLayout, opts.gguf!, false, unchanged ?? undefined)).gguf : null;
+        // Unchanged source bytes go to the shard as file ranges (copied without a buffer), unless the GGUF
+        // pass needs them as bytes too.
         const produce = tensorProducer(null, pool);
+        const produceRanges = tensorProducer(null, pool, { ranges: true });
         for (const { shard: s, key } of ahead) {
           opts.log?.(`writing ${s.file} (${s.tensors.length} tensors, ${s.bytes} bytes) while the routers are computed`);
           // The forward pass failed: stop now rather than after gigabytes nobody will keep.
-          const unlessFailed = async function* (chunks: AsyncIterable<Buffer>): AsyncGenerator<Buffer> {
+          const unlessFailed = async function* (chunks: AsyncIterable<TensorChunk>): AsyncGenerator<TensorChunk> {
             for await (const c of chunks) {
               if (lateFailed) throw lateFailed.error;
               yield c;
             }
           };
           const tensor = (name: string) => earlyByName.get(name)!;
-          await writeShard(join(tmp, s.file), s.tensors, (t) => unlessFailed(gguf ? gguf.tee(tensor(t.name), produce(tensor(t.name))) : produce(tensor(t.name))), { pool });
+          await writeShard(join(tmp, s.file), s.tensors, (t) => unlessFailed(gguf ? gguf.tee(tensor(t.name), produce(tensor(t.name))) : produceRanges(tensor(t.name))), { pool });
           written.set(s.file, key);
         }
       }
@@ -366,11 +386,12 @@ export async function writeOutput(early: MergePlan, late: Promise<LateInputs>, o
         gguf = (pass ?? (await openPass(plan, g.layout, g.type, true, g.unchanged))).gguf;
       }
       const produce = tensorProducer(gates, pool);
+      const produceRanges = tensorProducer(gates, pool, { ranges: true });
       const shardEntries = entries.filter((e) => e.producer === 'shard');
       const total = shardEntries.reduce((a, e) => a + e.bytes!, 0);
       const started = Date.now();
       let done = 0;
-      const counted = async function* (chunks: AsyncIterable<Buffer>): AsyncGenerator<Buffer> {
+      const counted = async function* (chunks: AsyncIterable<TensorChunk>): AsyncGenerator<TensorChunk> {
         for await (const c of chunks) {
           done += c.length;
           const secs = Math.max((Date.now() - started) / 1000, 1e-3);
@@ -392,7 +413,7 @@ export async function writeOutput(early: MergePlan, late: Promise<LateInputs>, o
         }
         opts.log?.(`writing ${s.file} (${i + 1}/${shards.length}, ${s.tensors.length} tensors, ${s.bytes} bytes)`);
         const tensor = (name: string) => byName.get(name)!;
-        await writeShard(join(tmp, s.file), s.tensors, (t) => counted(gguf ? gguf.tee(tensor(t.name), produce(tensor(t.name))) : produce(tensor(t.name))), { pool });
+        await writeShard(join(tmp, s.file), s.tensors, (t) => counted(gguf ? gguf.tee(tensor(t.name), produce(tensor(t.name))) : produceRanges(tensor(t.name))), { pool });
       }
       opts.progress?.end();
       if (gguf) {
