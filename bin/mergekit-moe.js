@@ -1,11 +1,35 @@
 #!/usr/bin/env node
 'use strict';
 // Runs the command from build/cli.js, built at install (scripts/build.mjs); nothing is compiled here.
-let cli;
-try {
-  cli = require('./built').built('cli.js');
-} catch (e) {
-  process.stderr.write(`error: ${String(e instanceof Error ? e.message : e).split('\n')[0]}\n`);
-  process.exit(1);
+const argv = process.argv.slice(2);
+
+/**
+ * An unchanged re-run is answered from the memo of the last one (build/noop.js, libs/cli/noop-memo.ts) before the
+ * merge's code loads; verbose runs, help, version and reports always run the command.
+ * @returns {boolean} whether it answered
+ */
+function answeredFromMemo() {
+  if (argv.some((a) => a === '--verbose' || /^-v+$/.test(a) || a === '--help' || a === '-h' || a === '--version' || a.startsWith('--report'))) return false;
+  let hit = null;
+  try {
+    const noop = require('./built').built('noop.js');
+    hit = noop.checkNoop(noop.memoFile(argv));
+  } catch {
+    return false; // the command below says what is wrong
+  }
+  if (!hit) return false;
+  for (const w of hit.warnings) process.stderr.write(w + '\n');
+  process.stdout.write(hit.line + '\n');
+  return true;
 }
-cli.main(process.argv.slice(2)).then((code) => { process.exitCode = code; });
+
+if (!answeredFromMemo()) {
+  let cli;
+  try {
+    cli = require('./built').built('cli.js');
+  } catch (e) {
+    process.stderr.write(`error: ${String(e instanceof Error ? e.message : e).split('\n')[0]}\n`);
+    process.exit(1);
+  }
+  cli.main(argv).then((code) => { process.exitCode = code; });
+}

@@ -47,6 +47,7 @@ try {
     ...common,
     entryPoints: {
       cli: join(ROOT, 'libs', 'cli', 'mergekit-moe.ts'),
+      noop: join(ROOT, 'libs', 'cli', 'noop-memo.ts'),
       index: join(ROOT, 'libs', 'index.ts'),
       'forward-worker': join(ROOT, 'libs', 'forward', 'worker-main.ts'),
       'routing-worker': join(ROOT, 'libs', 'stages', 'routing-worker.ts'),

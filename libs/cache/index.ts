@@ -1,5 +1,6 @@
 import { mkdir, stat } from 'node:fs/promises';
-import { join, resolve } from 'node:path';
+import { homedir } from 'node:os';
+import { isAbsolute, join, resolve } from 'node:path';
 import type Cacache from 'cacache';
 import { processStartTime, withLockAt, type LockOptions } from '../util';
 export type { LockOptions };
@@ -12,6 +13,14 @@ const cacache = (): typeof Cacache => require('cacache');
  * entries read back as a miss (and are removed), so callers recompute instead of failing.
  */
 export const CACHE_ENV = 'MOE_FORGE_CACHE';
+
+/** The command's cache folder: $MOE_FORGE_CACHE, else moe-forge in the XDG cache folder. */
+export function userCacheDir(env: NodeJS.ProcessEnv = process.env): string {
+  if (env[CACHE_ENV]) return resolve(env[CACHE_ENV]!);
+  // As the XDG spec says: an empty or relative XDG_CACHE_HOME is ignored (never a cache in the working directory).
+  const xdg = env.XDG_CACHE_HOME;
+  return join(xdg && isAbsolute(xdg) ? xdg : join(homedir(), '.cache'), 'moe-forge');
+}
 
 export function defaultCacheDir(workspaceRoot: string = process.cwd()): string {
   return process.env[CACHE_ENV] ? resolve(process.env[CACHE_ENV]!) : resolve(workspaceRoot, '.moe-cache');

@@ -2,6 +2,7 @@ import { existsSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { describeError, ForgeError } from '../errors';
 import { mergeRecipe, reportPaths } from '../pipeline';
+import { memoFile, recordNoop } from './noop-memo';
 import { parseArgs } from './args';
 import { checkInputFile, EVAL_PROMPTS, RECIPE } from '../input';
 import { cliFlags, cliStageOptions, helpText } from '../options';
@@ -47,8 +48,14 @@ export async function main(argv: string[], io: Io = defaultIo): Promise<number> 
       const spec = FLAGS.find((f) => f.name === name)!;
       if (spec.noEffect) info(`--${name} has no effect in moe-forge: ${spec.help}`);
     }
+    // What this run says besides its result: the no-op memo replays it.
+    const warnings: string[] = [];
+    const warn = (line: string) => {
+      warnings.push(line);
+      io.err(line);
+    };
     if (v['trust-remote-code'] === true) {
-      io.err('WARNING: --trust-remote-code is refused: moe-forge never downloads or runs model code; it reads config.json and the weights only, which is all a merge needs.');
+      warn('WARNING: --trust-remote-code is refused: moe-forge never downloads or runs model code; it reads config.json and the weights only, which is all a merge needs.');
     }
     if (v['safe-serialization'] === false) throw new ForgeError('bad_flag', '--no-safe-serialization is not supported: moe-forge writes safetensors only (pickle files can run code when loaded)');
     if (v['load-in-4bit'] || v['load-in-8bit']) {
@@ -84,10 +91,17 @@ export async function main(argv: string[], io: Io = defaultIo): Promise<number> 
       forwardPrecision: o.forwardPrecision,
       log: info,
       debug: ((v.verbose as number) ?? 0) > 1 ? (s) => io.err(`debug: ${s}`) : undefined,
-      warn: (s) => io.err(`WARNING: ${s}`),
+      warn: (s) => warn(`WARNING: ${s}`),
       report: reportFile !== undefined ? { file: resolve(reportFile), evalPrompts: evalPrompts !== undefined ? resolve(evalPrompts) : undefined } : undefined,
     });
-    io.out(`${result.skipped ? 'unchanged' : 'wrote'} ${result.outPath} (${result.shards} shard${result.shards === 1 ? '' : 's'})`);
+    const shards = `(${result.shards} shard${result.shards === 1 ? '' : 's'})`;
+    io.out(`${result.skipped ? 'unchanged' : 'wrote'} ${result.outPath} ${shards}`);
+    // The next identical command answers before loading the merge (noop-memo.ts): only for local model folders
+    // (a Hub reference may resolve differently later) and without a report (its files are rewritten each run).
+    if (reportFile === undefined && result.models.every((m) => m.local)) {
+      const files = [resolve(config), __filename];
+      recordNoop(memoFile(argv), { files, dirs: [...new Set(result.models.map((m) => m.dir)), resolve(out)] }, warnings, `unchanged ${result.outPath} ${shards}`);
+    }
     return 0;
   } catch (e) {
     io.err(`error: ${describeError(e)}`);

@@ -1,8 +1,8 @@
 import type { GgufOutType } from '../gguf';
 import { progressReporter } from '../util';
 import { mkdir, readdir, rm } from 'node:fs/promises';
-import { homedir, tmpdir } from 'node:os';
-import { basename, dirname, isAbsolute, join, resolve } from 'node:path';
+import { tmpdir } from 'node:os';
+import { basename, dirname, join } from 'node:path';
 import { isOurWorkFolder, makeTempWorkFolder } from '../util';
 import { inUse } from '../util';
 import { leftByDeadProcess } from '../util';
@@ -11,7 +11,8 @@ import type { WriteResult } from '../stages';
 import { changedOutputFiles, recordOutputFiles } from '../output-folder';
 import { loadMergeContext, readModelsFile, type MergeContext, type ResolvedModel } from '../stages';
 import type { PathRoots } from '../resolve';
-import { CACHE_ENV } from '../cache';
+import { userCacheDir } from '../cache';
+export { userCacheDir };
 import type { ShardOrder } from '../plan';
 import type { ForwardPrecision } from '../forward';
 import type { RngKind } from '../architectures';
@@ -23,12 +24,6 @@ import type { StageEnv } from './env';
 import { runPipeline } from './schedule';
 
 /** The command line has no workspace: its cache lives with the user's other caches. */
-export function userCacheDir(): string {
-  if (process.env[CACHE_ENV]) return resolve(process.env[CACHE_ENV]!);
-  // As the XDG spec says: an empty or relative XDG_CACHE_HOME is ignored (never a cache in the working directory).
-  const xdg = process.env.XDG_CACHE_HOME;
-  return join(xdg && isAbsolute(xdg) ? xdg : join(homedir(), '.cache'), 'moe-forge');
-}
 
 export interface MergeOptions {
   recipeFile: string;
@@ -70,7 +65,10 @@ export interface MergeOptions {
 export { DEFAULT_SHARD_BYTES };
 
 /** The whole pipeline in one process (runPipeline, writing ahead), the stages' folders in a temporary work folder. */
-export async function mergeRecipe(opts: MergeOptions): Promise<WriteResult> {
+/** A merge's result, and the model folders it read (for the command's no-op memo). */
+export type MergeResult = WriteResult & { models: { dir: string; local: boolean }[] };
+
+export async function mergeRecipe(opts: MergeOptions): Promise<MergeResult> {
   const parsed = await readRecipe(opts.recipeFile);
   await removeDeadWorkFolders();
   const { dir: work, forget } = await makeTempWorkFolder(join(tmpdir(), `moe-forge-${process.pid}-`));
@@ -87,7 +85,8 @@ export async function mergeRecipe(opts: MergeOptions): Promise<WriteResult> {
       await writeWhole(reportFiles.html, routing.html);
       opts.log?.(`routing report: ${reportFiles.html}`);
     }
-    return result;
+    const models = (await env.models()).map((m) => ({ dir: m.dir, local: m.source === 'local' }));
+    return { ...result, models };
   } finally {
     forget();
     await rm(work, { recursive: true, force: true });
