@@ -36,7 +36,7 @@ export interface MergeOptions {
   gguf?: 'f32' | 'f16' | 'bf16' | 'q8_0';
   ggufOnly?: boolean;
   /** Execution provider for hidden-state gates: cpu (default), cuda, webgpu or auto. */
-  device?: string;
+  device?: 'cpu' | 'cuda' | 'webgpu' | 'auto';
   /** Forward-pass arithmetic for hidden-state gates: fp32 (default, exact) or int8 (faster on VNNI CPUs, approximate; cached apart). */
   forwardPrecision?: 'fp32' | 'int8';
   /** Prompt-state cache (default $MOE_FORGE_CACHE, else ~/.cache/moe-forge). */

@@ -1,7 +1,7 @@
 import { existsSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { describeError, ForgeError } from '../errors';
-import { mergeRecipe, reportPaths } from '../pipeline';
+import { mergeWithOptions, reportPaths } from '../pipeline';
 import { memoFile, recordNoop } from './noop-memo';
 import { parseArgs } from './args';
 import { checkInputFile, EVAL_PROMPTS, RECIPE } from '../input';
@@ -71,29 +71,20 @@ export async function main(argv: string[], io: Io = defaultIo): Promise<number> 
     if (evalPrompts !== undefined) checkInputFile(evalPrompts, EVAL_PROMPTS);
     if (o.ggufOnly && o.gguf === undefined) throw new ForgeError('bad_flag', '--gguf-only needs --gguf TYPE (f32, f16, bf16 or q8_0)', { field: '--gguf-only' });
     const device = v.device !== undefined ? o.device : v.cuda || v['gpu-rich'] ? 'cuda' : 'cpu';
-    const result = await mergeRecipe({
-      recipeFile: resolve(config),
-      outPath: resolve(out),
-      modelBaseDir: process.cwd(),
-      seed: o.randomSeed,
-      rng: o.rng,
-      layout: o.layout,
-      maxShardBytes: o.outShardSize,
-      shardOrder: o.shardOrder,
-      allowIdenticalModels: o.allowIdenticalModels,
-      copyTokenizer: o.copyTokenizer,
-      gguf: o.gguf,
-      ggufOnly: o.ggufOnly,
-      writeRecipe: v['write-model-card'] !== false,
-      overwrite: o.overwrite,
-      recompute: o.recompute,
-      device,
-      forwardPrecision: o.forwardPrecision,
-      log: info,
-      debug: ((v.verbose as number) ?? 0) > 1 ? (s) => io.err(`debug: ${s}`) : undefined,
-      warn: (s) => warn(`WARNING: ${s}`),
-      report: reportFile !== undefined ? { file: resolve(reportFile), evalPrompts: evalPrompts !== undefined ? resolve(evalPrompts) : undefined } : undefined,
-    });
+    // Every option of the table as cliStageOptions parsed it (the device also from --cuda/--gpu-rich).
+    const result = await mergeWithOptions(
+      {
+        recipeFile: resolve(config),
+        outPath: resolve(out),
+        modelBaseDir: process.cwd(),
+        writeRecipe: v['write-model-card'] !== false,
+        log: info,
+        debug: ((v.verbose as number) ?? 0) > 1 ? (s) => io.err(`debug: ${s}`) : undefined,
+        warn: (s) => warn(`WARNING: ${s}`),
+        report: reportFile !== undefined ? { file: resolve(reportFile), evalPrompts: evalPrompts !== undefined ? resolve(evalPrompts) : undefined } : undefined,
+      },
+      { ...o, device },
+    );
     const shards = `(${result.shards} shard${result.shards === 1 ? '' : 's'})`;
     io.out(`${result.skipped ? 'unchanged' : 'wrote'} ${result.outPath} ${shards}`);
     // The next identical command answers before loading the merge (noop-memo.ts): only for local model folders

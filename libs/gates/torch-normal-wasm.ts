@@ -1,8 +1,9 @@
-import { FLOAT_END, memoryImport, sharedMemory, simd, sleb, uleb, wasmApi, type Code } from '../safetensors';
+import { FLOAT_END, SHARED_PAGES, sharedMemory } from '../safetensors';
+import { funcType, I32, simd, sleb, uleb, V128, wasmApi, wasmModule, type Code } from '../wasm';
 
 /**
  * The AVX2 Box-Muller kernel of torch-rng.ts as a WebAssembly SIMD function, four pairs per vector, built
- * here from a small instruction list (no toolchain, no binary in the repository). float32 operations map
+ * here from a small instruction list and libs/wasm's assembler (no toolchain, no binary in the repository). float32 operations map
  * one to one; each fused multiply-add is computed in float64 (the product is exact) and rounded to float32,
  * and a lane whose float64 sum lands exactly halfway between two floats (the one case where that can round
  * differently from a true fused multiply-add) flags its block for the exact JavaScript path.
@@ -296,20 +297,15 @@ export function layout() {
 function moduleBytes(): Uint8Array {
   const { WORDS, OUT, FLAGS, STATE } = layout();
   const { locals, code } = kernelBody(WORDS, OUT, FLAGS);
-  const section = (id: number, body: number[]) => [id, ...uleb(body.length), ...body];
-  const vec = (items: number[][]) => [...uleb(items.length), ...items.flat()];
-  const name = (s: string) => [...uleb(s.length), ...Buffer.from(s)];
-  const localDecl = vec([[...uleb(2), 0x7f], [...uleb(locals), 0x7b]]); // 2 i32, n v128
-  const fn = [...localDecl, ...code, 0x0b];
-  const mtCode = [...vec([[...uleb(4), 0x7f], [1, 0x7b]]), ...mtFillBody(WORDS, STATE), 0x0b];
-  return new Uint8Array([
-    0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00,
-    ...section(1, vec([[0x60, 1, 0x7f, 0]])), // type: (i32) -> ()
-    ...section(2, vec([memoryImport()])),
-    ...section(3, vec([[0], [0]])),
-    ...section(7, vec([[...name('normals'), 0x00, 0], [...name('mtFill'), 0x00, 1]])),
-    ...section(10, vec([[...uleb(fn.length), ...fn], [...uleb(mtCode.length), ...mtCode]])),
-  ]);
+  // type 0: (i32) -> (); the memory shared with float-wasm.ts
+  return wasmModule(
+    [funcType([I32])],
+    [
+      { name: 'normals', type: 0, locals: [[2, I32], [locals, V128]], code },
+      { name: 'mtFill', type: 0, locals: [[4, I32], [1, V128]], code: mtFillBody(WORDS, STATE) },
+    ],
+    SHARED_PAGES,
+  );
 }
 
 export interface WasmNormals {

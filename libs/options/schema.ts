@@ -12,6 +12,12 @@ export type StageOptions = { -readonly [K in OptionName]: Table[K] extends { def
 
 const entries = Object.entries(OPTIONS) as [OptionName, OptionSpec][];
 
+/** The library's name for an option (`api` in its row; the Nx name where absent); never for one it does not take. */
+type ApiNameOf<K extends OptionName> = Table[K] extends { api: false } ? never : Table[K] extends { api: infer A extends string } ? A : K;
+
+/** The options as the library (`mergeRecipe`) takes them, by its names: every one optional, made from the table. */
+export type ApiOptions = { [K in OptionName as ApiNameOf<K>]?: ValueOf<Table[K]> };
+
 /** The command's spelling of an option, for messages: `--random-seed`; an option with none keeps its Nx name. */
 const shownName = (name: string, spec: OptionSpec) => (spec.cli ? `--${spec.cli.flag}` : name);
 
@@ -54,6 +60,27 @@ export function parseStageOptions(raw: unknown): StageOptions {
     else if ('default' in spec) out[name] = spec.default;
   }
   return out as StageOptions;
+}
+
+/**
+ * The library's options as the stages take them: each option by its library name (the table's `api`), defaults
+ * filled in; those the library takes otherwise (recipe, output, evalPrompts) left undefined for the caller to set.
+ * The one mapping between the two sets of names, so a new option reaches the pipeline with its row alone.
+ */
+export function stageOptionsFromApi(given: ApiOptions): StageOptions {
+  const from = given as Record<string, unknown>;
+  const out: Record<string, unknown> = {};
+  for (const [name, spec] of entries) {
+    const v = spec.api === false ? undefined : from[spec.api ?? name];
+    if (v !== undefined) out[name] = v;
+    else if ('default' in spec) out[name] = spec.default;
+  }
+  return out as StageOptions;
+}
+
+/** The library's name for each option it takes (`randomSeed` → `seed`), from the table. */
+export function apiNames(): Partial<Record<OptionName, string>> {
+  return Object.fromEntries(entries.filter(([, s]) => s.api !== false).map(([name, s]) => [name, s.api ?? name]));
 }
 
 /** The options whose value changes a stage's result: what its cache must hash (a location or a cache folder does not). */

@@ -50,6 +50,11 @@ interface Common {
   nx?: false;
   /** Accepted by the command for mergekit-moe's sake, with no effect here (said with -v). */
   noEffect?: true;
+  /**
+   * The library's (`mergeRecipe`'s) name for it where that differs from the Nx name; false: not one of its
+   * options (it takes the recipe, output and report otherwise). Absent: the same name.
+   */
+  api?: string | false;
 }
 
 export type OptionSpec =
@@ -69,12 +74,14 @@ export const OPTIONS = {
     type: 'string',
     stages: ALL,
     beforeSlice: true,
+    api: false,
     description: 'Recipe file, relative to the project root: moe.yml, the file Nx hashes as the recipe (another file is refused, since Nx would not see its edits).',
   },
   outputPath: {
     type: 'string',
     stages: ['write'],
     reads: ['fetch'],
+    api: false,
     description: "Model folder to write, relative to the workspace (default dist/models/<project>, or the plugin's modelsDir).",
   },
   stagesDir: {
@@ -82,12 +89,14 @@ export const OPTIONS = {
     stages: [],
     reads: ALL,
     beforeSlice: true,
+    api: false,
     description: "Folder of this recipe's stage outputs, relative to the workspace (default dist/stages/<project>, or the plugin's stagesDir).",
   },
   randomSeed: {
     type: 'seed',
     default: 0,
     stages: ['assemble-experts', 'report'],
+    api: 'seed',
     description: 'Seed (an integer >= 0) for random and uniform_random gates and for expert noise.',
     cli: { flag: 'random-seed', kind: 'value', help: 'Seed for random gates and expert noise (default 0: runs are reproducible).' },
   },
@@ -111,6 +120,7 @@ export const OPTIONS = {
     type: 'size',
     default: DEFAULT_SHARD_BYTES,
     stages: ['assemble-experts'],
+    api: 'maxShardBytes',
     description: 'Largest output shard in bytes: a positive integer, or a number with a k, m or b suffix (500m, 5B).',
     cli: { flag: 'out-shard-size', kind: 'value', help: 'Maximum shard size in bytes; k/m/b suffixes (default 5B).' },
   },
@@ -197,6 +207,8 @@ export const OPTIONS = {
     stages: ['report'],
     // fetch and write check that the output folder does not hold it.
     reads: ['fetch', 'write'],
+    // The library takes it with the report it is for (`report.evalPrompts`).
+    api: false,
     description:
       'Held-out prompts for the report target: a .yml/.yaml list of {expert, prompts} or a .jsonl file of {"expert", "prompt"} lines, relative to the recipe\'s folder and inside it by its real path, not git-ignored (so Nx sees its edits; otherwise it is refused).',
     cli: { flag: 'eval-prompts', kind: 'value', help: 'Held-out prompts for the report: YAML list of {expert, prompts} or JSONL {"expert", "prompt"}.' },

@@ -1,32 +1,14 @@
-import type { GgufOutType } from '../gguf';
-import type { Progress } from '../util';
-import type { RngKind } from '../architectures';
-import type { ShardOrder } from '../plan';
-import type { ForwardPrecision } from '../forward';
 import type { MergeContext, ResolvedModel } from '../stages';
 import type { PathRoots } from '../resolve';
+import type { Progress } from '../util';
+import type { StageOptions } from '../options';
 
-/** The options a stage may use: the Nx executors' options once parsed, or the command's flags. */
-export interface PipelineOptions {
-  randomSeed: number;
-  layout: 'classic' | 'fused';
-  rng: RngKind;
-  shardOrder: ShardOrder;
-  device: string;
-  /** The forward pass's arithmetic for hidden-state gates (embed-prompts). */
-  forwardPrecision: ForwardPrecision;
-  overwrite: boolean;
-  recompute: boolean;
-  allowIdenticalModels: boolean;
-  copyTokenizer: boolean;
-  /** Also write OUT/model-TYPE.gguf; `ggufOnly`: instead of the safetensors shards. */
-  gguf?: GgufOutType;
-  ggufOnly?: boolean;
-  /** Held-out prompts, resolved against the recipe's folder. */
-  evalPrompts?: string;
-  /** mergekit_moe_config.yml and the model card (default true). */
-  writeRecipe?: boolean;
-}
+/**
+ * The options a stage may use: the options table's (libs/options/table.ts), typed and defaulted by it, as the Nx
+ * executors parse them or the command and the library map them (`evalPrompts` resolved against the recipe's
+ * folder); and the command's own `writeRecipe` (mergekit_moe_config.yml and the model card, default true).
+ */
+export type PipelineOptions = StageOptions & { writeRecipe?: boolean };
 
 /** Where a stage's lines go. `stats` is what this run did (counts, timings): Nx replays a cached log, so it sends them to debug. */
 export interface StageLog {

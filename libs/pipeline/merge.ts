@@ -1,4 +1,3 @@
-import type { GgufOutType } from '../gguf';
 import { progressReporter } from '../util';
 import { mkdir, readdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -13,45 +12,21 @@ import { loadMergeContext, readModelsFile, type MergeContext, type ResolvedModel
 import type { PathRoots } from '../resolve';
 import { userCacheDir } from '../cache';
 export { userCacheDir };
-import type { ShardOrder } from '../plan';
-import type { ForwardPrecision } from '../forward';
-import type { RngKind } from '../architectures';
 import { readReport, writeWhole } from '../stages';
 import { hubSettings } from '../resolve';
 import { ForgeError } from '../errors';
-import { DEFAULT_SHARD_BYTES } from '../options';
-import type { StageEnv } from './env';
+import { DEFAULT_SHARD_BYTES, stageOptionsFromApi, type ApiOptions, type StageOptions } from '../options';
+import type { PipelineOptions, StageEnv } from './env';
 import { runPipeline } from './schedule';
 
-/** The command line has no workspace: its cache lives with the user's other caches. */
-
-export interface MergeOptions {
+/** What a run of the command takes besides the options table's options: the files, the log, the report. */
+export interface MergeRun {
   recipeFile: string;
   outPath: string;
   /** Relative model paths resolve against this (the CLI: the working directory; Nx: the recipe's folder). */
   modelBaseDir: string;
-  seed?: number;
-  layout?: 'classic' | 'fused';
-  /** `torch`: random routers and noise as the reference draws them (PyTorch's CPU generator). */
-  rng?: RngKind;
-  maxShardBytes?: number;
-  /** 'grouped' (default): routers, base and each expert in shards of their own; 'reference': the reference's split. */
-  shardOrder?: ShardOrder;
-  allowIdenticalModels?: boolean;
-  copyTokenizer?: boolean;
-  /** Also write OUT/model-TYPE.gguf; `ggufOnly`: instead of the safetensors shards. */
-  gguf?: GgufOutType;
-  ggufOnly?: boolean;
   /** Write mergekit_moe_config.yml (the reference's --write-model-card). */
   writeRecipe?: boolean;
-  overwrite?: boolean;
-  /** Reuse nothing: prompt states and content ids computed again, every output file written again. */
-  recompute?: boolean;
-  device?: string;
-  /** Forward-pass arithmetic for hidden-state gates: fp32 (default, exact) or int8. */
-  forwardPrecision?: ForwardPrecision;
-  /** Prompt-state cache (default $MOE_FORGE_CACHE, else ~/.cache/moe-forge). */
-  cacheDir?: string;
   /** Hugging Face settings (HF_ENDPOINT, HF_TOKEN, HF_HUB_CACHE, HF_HUB_OFFLINE); default process.env. */
   env?: Record<string, string | undefined>;
   log?: (line: string) => void;
@@ -62,28 +37,43 @@ export interface MergeOptions {
   report?: { file: string; evalPrompts?: string };
 }
 
+/**
+ * The library's options: the run, and the options table's options by the library's names (`seed`,
+ * `maxShardBytes`, the rest as in the table), each optional; made from the table (ApiOptions).
+ */
+export type MergeOptions = MergeRun & ApiOptions;
+
 export { DEFAULT_SHARD_BYTES };
 
-/** The whole pipeline in one process (runPipeline, writing ahead), the stages' folders in a temporary work folder. */
+/** The whole pipeline in one process: the library's options mapped onto the table's once, by stageOptionsFromApi. */
 /** A merge's result, and the model folders it read (for the command's no-op memo). */
 export type MergeResult = WriteResult & { models: { dir: string; local: boolean }[] };
 
 export async function mergeRecipe(opts: MergeOptions): Promise<MergeResult> {
-  const parsed = await readRecipe(opts.recipeFile);
+  return mergeWithOptions(opts, stageOptionsFromApi(opts));
+}
+
+/**
+ * The whole pipeline in one process (runPipeline, writing ahead), the stages' folders in a temporary work folder,
+ * with the options as the table types them (the command's, parsed by cliStageOptions). The report's held-out
+ * prompts come with the report.
+ */
+export async function mergeWithOptions(run: MergeRun, options: StageOptions): Promise<MergeResult> {
+  const parsed = await readRecipe(run.recipeFile);
   await removeDeadWorkFolders();
   const { dir: work, forget } = await makeTempWorkFolder(join(tmpdir(), `moe-forge-${process.pid}-`));
   try {
-    const cacheDir = opts.cacheDir ?? userCacheDir();
-    const reportFiles = opts.report ? reportPaths(opts.report.file) : null;
-    const env = commandEnv(opts, parsed, work, cacheDir, reportFiles);
-    const result = await runPipeline(env, { writeAhead: true, skip: opts.report ? [] : ['report'] });
+    const cacheDir = options.cacheDir ?? userCacheDir();
+    const reportFiles = run.report ? reportPaths(run.report.file) : null;
+    const env = commandEnv(run, { ...options, evalPrompts: run.report?.evalPrompts, writeRecipe: run.writeRecipe ?? true }, parsed, work, cacheDir, reportFiles);
+    const result = await runPipeline(env, { writeAhead: true, skip: run.report ? [] : ['report'] });
     const routing = await readReport(env.paths.stage('report'));
     // After the model: a failed merge leaves no report that looks like the merge's.
     if (routing && reportFiles) {
       await mkdir(dirname(reportFiles.html), { recursive: true });
       await writeWhole(reportFiles.json, JSON.stringify(routing.report) + '\n');
       await writeWhole(reportFiles.html, routing.html);
-      opts.log?.(`routing report: ${reportFiles.html}`);
+      run.log?.(`routing report: ${reportFiles.html}`);
     }
     const models = (await env.models()).map((m) => ({ dir: m.dir, local: m.source === 'local' }));
     return { ...result, models };
@@ -93,47 +83,35 @@ export async function mergeRecipe(opts: MergeOptions): Promise<MergeResult> {
   }
 }
 
-/** The command's environment for the pipeline: its flags, the work folder, its log, the cache's record of the output. */
-function commandEnv(opts: MergeOptions, parsed: ParsedRecipe, work: string, cacheDir: string, reportFiles: { html: string; json: string } | null): StageEnv {
-  const roots: PathRoots = { workspace: opts.modelBaseDir, hubCache: hubSettings({ env: opts.env }).cacheDir };
-  const stats = opts.debug ?? opts.log ?? (() => undefined);
+/**
+ * The command's environment for the pipeline: its options (every one of the table's, by its name), the work
+ * folder, its log, the cache's record of the output.
+ */
+export function commandEnv(run: MergeRun, options: PipelineOptions, parsed: ParsedRecipe, work: string, cacheDir: string, reportFiles: { html: string; json: string } | null): StageEnv {
+  const roots: PathRoots = { workspace: run.modelBaseDir, hubCache: hubSettings({ env: run.env }).cacheDir };
+  const stats = run.debug ?? run.log ?? (() => undefined);
   let models: ResolvedModel[] | undefined;
   let merge: MergeContext | undefined;
   const env: StageEnv = {
-    name: basename(opts.recipeFile).replace(/\.ya?ml$/, ''),
-    hubEnv: opts.env,
-    options: {
-      randomSeed: opts.seed ?? 0,
-      layout: opts.layout ?? 'classic',
-      rng: opts.rng ?? 'stream',
-      shardOrder: opts.shardOrder ?? 'grouped',
-      device: opts.device ?? 'cpu',
-      forwardPrecision: opts.forwardPrecision ?? 'fp32',
-      overwrite: opts.overwrite ?? false,
-      recompute: opts.recompute ?? false,
-      allowIdenticalModels: opts.allowIdenticalModels ?? false,
-      copyTokenizer: opts.copyTokenizer ?? true,
-      gguf: opts.gguf,
-      ggufOnly: opts.ggufOnly ?? false,
-      writeRecipe: opts.writeRecipe ?? true,
-      evalPrompts: opts.report?.evalPrompts,
-    },
+    name: basename(run.recipeFile).replace(/\.ya?ml$/, ''),
+    hubEnv: run.env,
+    options,
     paths: {
       roots,
-      projectRoot: opts.modelBaseDir,
-      recipe: opts.recipeFile,
+      projectRoot: run.modelBaseDir,
+      recipe: run.recipeFile,
       stage: (s) => join(work, s),
-      output: opts.outPath,
-      maxShardBytes: opts.maxShardBytes ?? DEFAULT_SHARD_BYTES,
+      output: run.outPath,
+      maxShardBytes: options.outShardSize,
       cacheDir,
       otherWrites: reportFiles ? [{ path: reportFiles.html, label: '--report' }, { path: reportFiles.json, label: '--report' }] : undefined,
     },
     log: {
-      info: (l) => opts.log?.(l),
-      warn: (l) => opts.warn?.(l),
-      debug: (l) => opts.debug?.(l),
+      info: (l) => run.log?.(l),
+      warn: (l) => run.warn?.(l),
+      debug: (l) => run.debug?.(l),
       stats,
-      result: (l) => opts.debug?.(l),
+      result: (l) => run.debug?.(l),
     },
     progress: (label) => progressReporter(label),
     async models() {
@@ -143,15 +121,15 @@ function commandEnv(opts: MergeOptions, parsed: ParsedRecipe, work: string, cach
     // One context for the run: the recipe and the models do not change under it.
     async merge() {
       if (!merge) {
-        merge = await loadMergeContext(parsed, await env.models(), { modelBaseDir: opts.modelBaseDir, allowIdenticalModels: opts.allowIdenticalModels, layout: opts.layout, seed: opts.seed, rng: opts.rng });
-        opts.debug?.(`architecture ${merge.arch.name}: ${merge.archWhy}`);
+        merge = await loadMergeContext(parsed, await env.models(), { modelBaseDir: run.modelBaseDir, allowIdenticalModels: options.allowIdenticalModels, layout: options.layout, seed: options.randomSeed, rng: options.rng });
+        run.debug?.(`architecture ${merge.arch.name}: ${merge.archWhy}`);
       }
       return merge;
     },
     outputState: {
       // Files of the folder changed since a merge with this cache wrote them (re-dated edits included).
-      suspect: () => changedOutputFiles(cacheDir, opts.outPath),
-      record: (files) => recordOutputFiles(cacheDir, opts.outPath, files),
+      suspect: () => changedOutputFiles(cacheDir, run.outPath),
+      record: (files) => recordOutputFiles(cacheDir, run.outPath, files),
     },
   };
   return env;

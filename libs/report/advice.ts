@@ -3,7 +3,7 @@
  * what would separate them. Each line is said once, and none contradicts the figures beside it.
  */
 import { gateModeSpec, type GateMode } from '../gates';
-import { layerRanges } from './routing';
+import { whereLayers } from './layers';
 import type { Measured, ReportExpert, ReportPrompt } from './types';
 
 const pct = (x: number) => `${(100 * x).toFixed(0)}%`;
@@ -25,7 +25,7 @@ const otherMode = (mode: GateMode): string | null => gateModeSpec(mode).tryInste
 export function routingAdvice(input: AdviceInput): string[] {
   const { experts, measured: m, prompts } = input;
   const name = (e: number) => `${experts[e]!.label} (${experts[e]!.model})`;
-  const where = (ls: number[]) => (ls.length === input.layers && input.layers > 1 ? 'every layer' : `layer${ls.length === 1 ? '' : 's'} ${layerRanges(ls)}`);
+  const where = (ls: number[]) => whereLayers(ls, input.layers);
   const out: string[] = [];
   const measured = m.overall[m.headline];
   // Said only where there are figures: random gates with no prompts have none to qualify.

@@ -1,6 +1,6 @@
 /** The page's headline: what the merged model routes (routing.json `measured`), drawn so the winner and margin show. */
 import { escapeHtml as esc } from '../util';
-import { layerRanges } from './routing';
+import { layerRanges } from './layers';
 import type { Agreement, RoutingReport } from './types';
 
 const pct = (x: number | null | undefined) => (x === null || x === undefined ? '—' : `${(100 * x).toFixed(0)}%`);

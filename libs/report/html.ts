@@ -1,5 +1,5 @@
 import { escapeHtml } from '../util';
-import { layerRanges } from './routing';
+import { layerRanges } from './layers';
 import type { LayerReport, RoutingReport } from './types';
 import { MEASURED_STYLE, measuredSection } from './html-measured';
 

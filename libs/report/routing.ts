@@ -2,6 +2,7 @@ import { conditionNumber, singularValues, gateRow, type GateTensor } from '../ga
 import type { GateMode } from '../gates';
 import type { LayerReport, Measured, Reason, ReportExpert, ReportPrompt, ReportSummary, Route, RoutingReport } from './types';
 import { routingAdvice } from './advice';
+import { whereLayers } from './layers';
 
 /** Gate rows with a cosine at least this are "nearly parallel": the router cannot tell the two experts apart. */
 export const PARALLEL_COSINE = 0.99;
@@ -83,19 +84,6 @@ function meanVector(vs: ArrayLike<number>[], H: number): Float64Array | null {
   const out = new Float64Array(H);
   for (const v of vs) for (let k = 0; k < H; k++) out[k] += v[k]! / vs.length;
   return out;
-}
-
-/** Consecutive layers as `3`, `0–5`, `0–1, 4`. */
-export function layerRanges(layers: number[]): string {
-  const out: string[] = [];
-  let i = 0;
-  while (i < layers.length) {
-    let j = i;
-    while (j + 1 < layers.length && layers[j + 1] === layers[j]! + 1) j++;
-    out.push(i === j ? `${layers[i]}` : `${layers[i]}–${layers[j]}`);
-    i = j + 1;
-  }
-  return out.join(', ');
 }
 
 /** At most four contiguous layer ranges of near-equal length (one per layer when there are four or fewer). */
@@ -290,7 +278,7 @@ function summarize(perLayer: LayerReport[], input: ReportInput, R: number, label
         byText.set(key, [...(byText.get(key) ?? []), lr.layer]);
       }
     }
-    const reasons = [...byText.entries()].map(([t, ls]) => `${t} (${ls.length === L && L > 1 ? 'every layer' : `layer${ls.length === 1 ? '' : 's'} ${layerRanges(ls)}`})`);
+    const reasons = [...byText.entries()].map(([t, ls]) => `${t} (${whereLayers(ls, L)})`);
     return { expert: e, layers, reasons };
   }).filter((s) => s.layers.length > 0);
   const pairMap = new Map<string, { experts: [number, number]; layers: number[]; minCosine: number }>();

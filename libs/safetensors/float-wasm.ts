@@ -1,5 +1,5 @@
 /**
- * Elementwise float kernels as WebAssembly SIMD, four values per step, built here from an instruction list (no
+ * Elementwise float kernels as WebAssembly SIMD, four values per step, built with the assembler of libs/wasm (no
  * toolchain, no binary in the repository): casts between float32, bfloat16 and float16, rounding float32 values
  * to a 16-bit type, and expert noise `w + round(round(n) * scale)` in a tensor's own dtype. Every result is
  * the bits the scalar functions of dtype.ts give (round to nearest even, infinities, subnormals, NaN kept
@@ -7,143 +7,16 @@
  */
 
 import { DTYPE_SIZES, type FloatDtype } from './dtype-table';
+import { f16ToF32, f32ToBf16, f32ToF16, funcType, get, F32, I32, i32c, loadBits, loop, set, simd, splat, V, V128, wasmApi, wasmModule, Scratch, type Code, type WasmFunction, type WasmMemory } from '../wasm';
 
-export type Code = number[];
 /** The kernels' dtypes: the output float dtypes. */
 export type Dt = FloatDtype;
 
-export const uleb = (n: number): number[] => {
-  const out: number[] = [];
-  do {
-    let b = n & 0x7f;
-    n >>>= 7;
-    if (n) b |= 0x80;
-    out.push(b);
-  } while (n);
-  return out;
-};
-export const sleb = (n: number): number[] => {
-  const out: number[] = [];
-  for (;;) {
-    const b = n & 0x7f;
-    n >>= 7;
-    if ((n === 0 && !(b & 0x40)) || (n === -1 && b & 0x40)) {
-      out.push(b);
-      return out;
-    }
-    out.push(b | 0x80);
-  }
-};
-export const simd = (op: number): Code => [0xfd, ...uleb(op)];
-
-const get = (i: number): Code => [0x20, ...uleb(i)];
-const set = (i: number): Code => [0x21, ...uleb(i)];
-const i32c = (v: number): Code => [0x41, ...sleb(v | 0)];
-const splat = (v: number): Code => [...simd(0x0c), ...new Uint8Array(new Int32Array([v, v, v, v]).buffer)];
-const V = {
-  load: [...simd(0x00), 0, 0],
-  loadAt: (off: number): Code => [...simd(0x00), 0, ...uleb(off)],
-  load16x4u: [...simd(0x04), 0, 0],
-  load16x4uAt: (off: number): Code => [...simd(0x04), 0, ...uleb(off)],
-  store: [...simd(0x0b), 0, 0],
-  storeAt: (off: number): Code => [...simd(0x0b), 0, ...uleb(off)],
-  /** The low 64 bits (four 16-bit values after a narrow). */
-  store64: [...simd(0x5b), 0, 0, 0],
-  narrowU: simd(0x86),
-  and: simd(0x4e),
-  andnot: simd(0x4f),
-  or: simd(0x50),
-  xor: simd(0x51),
-  bitselect: simd(0x52),
-  eq: simd(0x37),
-  gtS: simd(0x3b),
-  geS: simd(0x3f),
-  shl: simd(0xab),
-  shrU: simd(0xad),
-  add: simd(0xae),
-  sub: simd(0xb1),
-  fadd: simd(0xe4),
-  fsub: simd(0xe5),
-  fmul: simd(0xe6),
-  fsplat: simd(0x13),
-};
-
-/** Scratch v128 locals of one function body. */
-class Scratch {
-  next: number;
-  constructor(readonly first: number) {
-    this.next = first;
-  }
-  get(): number {
-    return this.next++;
-  }
-  get count(): number {
-    return this.next - this.first;
-  }
-}
-
-/** float32 bits of four values of `dt` loaded from the address on the stack (+ `at` values). */
-function loadBits(dt: Dt, s: Scratch, at = 0): Code {
-  if (dt === 'F32') return V.loadAt(at * 4);
-  if (dt === 'BF16') return [...V.load16x4uAt(at * 2), ...i32c(16), ...V.shl];
-  return [...V.load16x4uAt(at * 2), ...f16ToF32(s)];
-}
-
-/** half bits (i32 lanes) -> float32 bits, exact. */
-function f16ToF32(s: Scratch): Code {
-  const h = s.get(), a = s.get(), e = s.get(), o = s.get();
-  return [
-    ...set(h),
-    // magnitude moved to float32's place, exponent rebased by 127 - 15
-    ...get(h), ...splat(0x7fff), ...V.and, ...i32c(13), ...V.shl, ...set(a),
-    ...get(a), ...splat(0x0f800000), ...V.and, ...set(e),
-    ...get(a), ...splat(112 << 23), ...V.add, ...set(o),
-    // infinity / NaN: exponent all ones
-    ...get(o), ...get(e), ...splat(0x0f800000), ...V.eq, ...splat(112 << 23), ...V.and, ...V.add, ...set(o),
-    // zero / subnormal: renormalise through a float subtraction (exact)
-    ...get(o), ...splat(1 << 23), ...V.add, ...splat(113 << 23), ...V.fsub,
-    ...get(o),
-    ...get(e), ...splat(0), ...V.eq,
-    ...V.bitselect,
-    ...get(h), ...splat(0x8000), ...V.and, ...i32c(16), ...V.shl, ...V.or,
-  ];
-}
-
-/** float32 bits -> bfloat16 bits (i32 lanes), round to nearest even; NaN keeps its sign and becomes quiet. */
-function f32ToBf16(s: Scratch): Code {
-  const b = s.get();
-  return [
-    ...set(b),
-    ...get(b), ...i32c(16), ...V.shrU, ...splat(0x40), ...V.or,
-    ...get(b), ...splat(0x7fff), ...V.add, ...get(b), ...i32c(16), ...V.shrU, ...splat(1), ...V.and, ...V.add, ...i32c(16), ...V.shrU,
-    ...get(b), ...splat(0x7fffffff), ...V.and, ...splat(0x7f800000), ...V.gtS,
-    ...V.bitselect,
-  ];
-}
-
-/** float32 bits -> half bits (i32 lanes), round to nearest even, overflow to infinity, subnormals kept. */
-function f32ToF16(s: Scratch): Code {
-  const b = s.get(), a = s.get(), r = s.get();
-  return [
-    ...set(b),
-    ...get(b), ...splat(0x7fffffff), ...V.and, ...set(a),
-    // normal: rebase the exponent, round the 13 dropped bits to nearest even
-    ...get(a), ...splat(-(112 << 23) + 0xfff), ...V.add, ...get(a), ...i32c(13), ...V.shrU, ...splat(1), ...V.and, ...V.add, ...i32c(13), ...V.shrU,
-    // below half's normal range: adding 0.5 leaves the half subnormal's bits at the bottom, rounded by the FPU
-    ...get(a), ...splat(126 << 23), ...V.fadd, ...splat(126 << 23), ...V.sub,
-    ...get(a), ...splat(113 << 23), ...V.geS,
-    ...V.bitselect, ...set(r),
-    ...splat(0x7c00), ...get(r), ...get(a), ...splat(143 << 23), ...V.geS, ...V.bitselect, ...set(r),
-    ...get(a), ...i32c(13), ...V.shrU, ...splat(0x3ff), ...V.and, ...splat(0x7e00), ...V.or,
-    ...get(r),
-    ...get(a), ...splat(0x7f800000), ...V.gtS,
-    ...V.bitselect,
-    ...get(b), ...i32c(16), ...V.shrU, ...splat(0x8000), ...V.and, ...V.or,
-  ];
-}
+/** float32 bits -> half bits (i32 lanes), round to nearest even, overflow to infinity, subnormals kept; a NaN quiet, its top payload bits kept. */
+const f32ToF16Quiet = (s: Scratch): Code => f32ToF16(s, (a) => [...get(a), ...i32c(13), ...V.shrU, ...splat(0x3ff), ...V.and, ...splat(0x7e00), ...V.or]);
 
 function fromF32Bits(dt: Dt, s: Scratch): Code {
-  return dt === 'F32' ? [] : dt === 'BF16' ? f32ToBf16(s) : f32ToF16(s);
+  return dt === 'F32' ? [] : dt === 'BF16' ? f32ToBf16(s) : f32ToF16Quiet(s);
 }
 
 /** float32 bits rounded to `dt` and back; `finite`: the values are never NaN (no NaN case needed). */
@@ -154,7 +27,7 @@ function roundBits(dt: Dt, s: Scratch, finite = false): Code {
     const b = s.get();
     return [...set(b), ...get(b), ...splat(0x7fff), ...V.add, ...get(b), ...i32c(16), ...V.shrU, ...splat(1), ...V.and, ...V.add, ...splat(0xffff0000 | 0), ...V.and];
   }
-  if (!finite) return [...f32ToF16(s), ...f16ToF32(s)];
+  if (!finite) return [...f32ToF16Quiet(s), ...f16ToF32(s)];
   // Finite values rounded to half's precision without leaving float32: 13 bits dropped (to nearest even) in
   // half's normal range, a multiple of 2^-24 below it (adding and subtracting 0.5 rounds there), infinity
   // from 65520 up.
@@ -174,44 +47,30 @@ function roundBits(dt: Dt, s: Scratch, finite = false): Code {
 const size = (dt: Dt) => DTYPE_SIZES[dt]!;
 
 /** A loop over n values `lanes` at a time; `ptrs` are i32 locals advanced by their element size each round. */
-function loop4(n: number, ptrs: [number, number][], body: Code, lanes = 4): Code {
-  const adv = ptrs.flatMap(([p, step]) => [...get(p), ...i32c(step * lanes), 0x6a, ...set(p)]);
-  return [
-    0x02, 0x40, 0x03, 0x40,
-    ...get(n), ...i32c(0), 0x4c, 0x0d, 1, // n <= 0: done
-    ...body,
-    ...adv,
-    ...get(n), ...i32c(lanes), 0x6b, ...set(n),
-    0x0c, 0, 0x0b, 0x0b,
-  ];
-}
+const loop4 = (n: number, ptrs: [number, number][], body: Code, lanes = 4): Code => loop(n, ptrs.map(([p, step]) => [p, step * lanes]), body, lanes);
 
-interface Fn {
-  name: string;
-  type: number;
-  vLocals: number;
-  code: Code;
-}
+/** A kernel of `vLocals` scratch v128 locals. */
+const kernel = (name: string, type: number, vLocals: number, code: Code): WasmFunction => ({ name, type, locals: [[vLocals, V128]], code });
 
 /** cast(n, src, dst): n values of `from` at src to `to` at dst, eight a round (16-bit results fill one store). */
-function castFn(from: Dt, to: Dt): Fn {
+function castFn(from: Dt, to: Dt): WasmFunction {
   const s = new Scratch(3);
   const half = (h: number): Code => [...get(1), ...loadBits(from, s, h * 4), ...fromF32Bits(to, s)];
   const body = to === 'F32'
     ? [...get(2), ...half(0), ...V.storeAt(0), ...get(2), ...half(1), ...V.storeAt(16)]
-    : [...get(2), ...half(0), ...half(1), ...V.narrowU, ...V.store];
-  return { name: `cast_${from}_${to}`, type: 0, vLocals: s.count, code: loop4(0, [[1, size(from)], [2, size(to)]], body, 8) };
+    : [...get(2), ...half(0), ...half(1), ...V.narrowU16, ...V.store];
+  return kernel(`cast_${from}_${to}`, 0, s.count, loop4(0, [[1, size(from)], [2, size(to)]], body, 8));
 }
 
 /** round(n, src, dst): float32 values rounded to `dt` (still float32). */
-function roundFn(dt: Dt): Fn {
+function roundFn(dt: Dt): WasmFunction {
   const s = new Scratch(3);
   const body = [...get(2), ...get(1), ...V.load, ...roundBits(dt, s), ...V.store];
-  return { name: `round_${dt}`, type: 0, vLocals: s.count, code: loop4(0, [[1, 4], [2, 4]], body) };
+  return kernel(`round_${dt}`, 0, s.count, loop4(0, [[1, 4], [2, 4]], body));
 }
 
 /** noise(n, scale, src, norm, dst): w + round(round(n)·scale), each op in float32 rounded to `dt` (the reference's W + randn_like(W)·s in W's dtype). */
-function noiseFn(dt: Dt): Fn {
+function noiseFn(dt: Dt): WasmFunction {
   // params: 0 n, 1 scale (f32), 2 src, 3 norm, 4 dst
   // Eight values a round: two halves of four. Normals and their products are finite (no NaN case).
   const s = new Scratch(5);
@@ -223,26 +82,26 @@ function noiseFn(dt: Dt): Fn {
   ];
   const body = dt === 'F32'
     ? [...get(4), ...half(0), ...V.storeAt(0), ...get(4), ...half(1), ...V.storeAt(16)]
-    : [...get(4), ...half(0), ...half(1), ...V.narrowU, ...V.store];
-  return { name: `noise_${dt}`, type: 1, vLocals: s.count, code: loop4(0, [[2, size(dt)], [3, 4], [4, size(dt)]], body, 8) };
+    : [...get(4), ...half(0), ...half(1), ...V.narrowU16, ...V.store];
+  return kernel(`noise_${dt}`, 1, s.count, loop4(0, [[2, size(dt)], [3, 4], [4, size(dt)]], body, 8));
 }
 
 /** scale(n, s, src, dst): round(w·s) in `dt` (residual_scale), eight values a round. */
-function scaleFn(dt: Dt): Fn {
+function scaleFn(dt: Dt): WasmFunction {
   // params: 0 n, 1 s (f32), 2 src, 3 unused, 4 dst (the noise function's type)
   const sc = new Scratch(5);
   const half = (h: number): Code => [...get(2), ...loadBits(dt, sc, h * 4), ...get(1), ...V.fsplat, ...V.fmul, ...fromF32Bits(dt, sc)];
   const body = dt === 'F32'
     ? [...get(4), ...half(0), ...V.storeAt(0), ...get(4), ...half(1), ...V.storeAt(16)]
-    : [...get(4), ...half(0), ...half(1), ...V.narrowU, ...V.store];
-  return { name: `scale_${dt}`, type: 1, vLocals: sc.count, code: loop4(0, [[2, size(dt)], [4, size(dt)]], body, 8) };
+    : [...get(4), ...half(0), ...half(1), ...V.narrowU16, ...V.store];
+  return kernel(`scale_${dt}`, 1, sc.count, loop4(0, [[2, size(dt)], [4, size(dt)]], body, 8));
 }
 
 /**
  * widen_<dt>(n, src, dst): n 16-bit values (n a multiple of 16) to float32, sixteen a round. All of a round's
  * loads come before its stores, so it also runs in place with src = dst + 2n (see WasmFloatBuffer.widen).
  */
-function widenFn(dt: 'BF16' | 'F16'): Fn {
+function widenFn(dt: 'BF16' | 'F16'): WasmFunction {
   let body: Code;
   let vLocals: number;
   if (dt === 'BF16') {
@@ -266,7 +125,7 @@ function widenFn(dt: 'BF16' | 'F16'): Fn {
     ];
     vLocals = s.count;
   }
-  return { name: `widen_${dt}`, type: 0, vLocals, code: loop4(0, [[1, 2], [2, 4]], body, 16) };
+  return kernel(`widen_${dt}`, 0, vLocals, loop4(0, [[1, 2], [2, 4]], body, 16));
 }
 
 const DTS: Dt[] = ['F32', 'BF16', 'F16'];
@@ -278,51 +137,17 @@ export const FLOAT_CAP = 1 << 16;
 const REGION = FLOAT_CAP * 4 + 64;
 /** Where the torch generator's kernel (torch-normal-wasm.ts) puts its buffers in the shared memory. */
 export const FLOAT_END = 3 * REGION;
-/** Both modules share one memory, so the noise kernel reads the normals where the generator wrote them. */
-const SHARED_PAGES = Math.ceil(FLOAT_END / 65536) + 64;
-
-export interface WasmMemory {
-  buffer: ArrayBuffer;
-  grow(pages: number): number;
-}
-export interface WasmApi {
-  Module: new (bytes: Uint8Array) => object;
-  Instance: new (module: object, imports: object) => { exports: Record<string, unknown> };
-  Memory: new (desc: { initial: number; maximum?: number }) => WasmMemory;
-  compile(bytes: Uint8Array): Promise<object>;
-}
-export const wasmApi = (): WasmApi => (globalThis as unknown as { WebAssembly: WasmApi }).WebAssembly;
+/** Both modules share one memory (its pages), so the noise kernel reads the normals where the generator wrote them. */
+export const SHARED_PAGES = Math.ceil(FLOAT_END / 65536) + 64;
 
 let memory: WasmMemory | undefined;
 /** The memory both modules import as env.memory (SHARED_PAGES pages, never grown). */
 export function sharedMemory(): WasmMemory {
   return (memory ??= new (wasmApi().Memory)({ initial: SHARED_PAGES }));
 }
-/** The import section entry for the shared memory (or any memory of at least `pages` pages). */
-export function memoryImport(pages = SHARED_PAGES): number[] {
-  const name = (s: string) => [...uleb(s.length), ...Buffer.from(s)];
-  return [...name('env'), ...name('memory'), 0x02, 0x00, ...uleb(pages)];
-}
-
-function moduleBytes(fns: Fn[], pages = SHARED_PAGES): Uint8Array {
-  const section = (id: number, body: number[]) => [id, ...uleb(body.length), ...body];
-  const vec = (items: number[][]) => [...uleb(items.length), ...items.flat()];
-  const name = (s: string) => [...uleb(s.length), ...Buffer.from(s)];
-  const bodies = fns.map((f) => {
-    const decl = vec([[...uleb(f.vLocals), 0x7b]]);
-    const b = [...decl, ...f.code, 0x0b];
-    return [...uleb(b.length), ...b];
-  });
-  return new Uint8Array([
-    0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00,
-    // type 0: (i32 n, i32 src, i32 dst); type 1: (i32 n, f32 scale, i32 src, i32 norm, i32 dst)
-    ...section(1, vec([[0x60, 3, 0x7f, 0x7f, 0x7f, 0], [0x60, 5, 0x7f, 0x7d, 0x7f, 0x7f, 0x7f, 0]])),
-    ...section(2, vec([memoryImport(pages)])),
-    ...section(3, vec(fns.map((f) => [f.type]))),
-    ...section(7, vec(fns.map((f, i) => [...name(f.name), 0x00, ...uleb(i)]))),
-    ...section(10, vec(bodies)),
-  ]);
-}
+// type 0: (i32 n, i32 src, i32 dst); type 1: (i32 n, f32 scale, i32 src, i32 norm, i32 dst)
+const TYPES = [funcType([I32, I32, I32]), funcType([I32, F32, I32, I32, I32])];
+const moduleBytes = (fns: WasmFunction[], pages = SHARED_PAGES): Uint8Array => wasmModule(TYPES, fns, pages);
 
 export interface FloatKernels {
   /** Input values (raw little-endian bytes of the source dtype). */
@@ -364,7 +189,7 @@ export function floatKernels(): FloatKernels | null {
   if (!enabled) return null;
   if (instance !== undefined) return instance;
   try {
-    const fns: Fn[] = [];
+    const fns: WasmFunction[] = [];
     for (const a of DTS) for (const b of DTS) if (a !== b) fns.push(castFn(a, b));
     for (const d of DTS) fns.push(roundFn(d), noiseFn(d), scaleFn(d));
     const wa = wasmApi();
