@@ -8,6 +8,7 @@ import { executionProviders, floatTensor, int64Tensor, sessionFromBytes, type De
 import { encodeModel } from './onnx-proto';
 import { LAYER_INPUTS, LAYER_OUTPUT, ROUTER_INPUT, buildLayerModel, checkTensor, int8BlockSize, layerSignature, planLayerTensors, weightInput, type LayerTensor } from './layer-graph';
 import { attentionMask, ropeTables } from './rope';
+import { mallocHugePages } from './huge-pages';
 
 export interface ForwardProgress {
   /** The decoder layer being run (0-based). */
@@ -100,8 +101,13 @@ async function embedRows(m: Model, ids: Iterable<number>): Promise<Map<number, F
  * the floats from there), else a plain Float32Array widened in JavaScript.
  */
 export class WeightBuffer {
-  private wasm = WasmFloatBuffer.create();
+  private wasm: WasmFloatBuffer | null;
   private plain: Float32Array | null = null;
+
+  /** `wasm: false`: plain memory, widened through the kernels' memory (where malloc gives huge pages). */
+  constructor(wasm = !mallocHugePages()) {
+    this.wasm = wasm ? WasmFloatBuffer.create() : null;
+  }
 
   /** n float32 values; all n must be written before use (a reused buffer holds the last layer's values). */
   floats(n: number): Float32Array {
