@@ -98,7 +98,8 @@ async function embedRows(m: Model, ids: Iterable<number>): Promise<Map<number, F
 /**
  * Where one role's weights land, reused every other layer so that no layer pays for fresh memory: a WebAssembly
  * memory of its own where the SIMD kernels run (16-bit weights widen where they were read, and onnxruntime reads
- * the floats from there), else a plain Float32Array widened in JavaScript.
+ * the floats from there), or, where malloc gives huge pages (fewer faults than that memory's 4 KiB pages), a plain
+ * Float32Array widened through the kernels' memory a block at a time; in JavaScript where there are no kernels.
  */
 export class WeightBuffer {
   private wasm: WasmFloatBuffer | null;
