@@ -9,6 +9,7 @@ export { encodeModel } from './onnx-proto';
 export { computePromptStatesIsolated, computePadStatesIsolated, computeRouterInputsIsolated, runIsolatedWorker } from './isolated';
 export { computeRouterLogits, type Mlp, type MoeLayerWeights, type MoeModel, type RouterLogits, type Weight } from './moe';
 export { serveOneRequest } from './worker-protocol';
+export { mallocHugePages, withHugeMalloc } from './huge-pages';
 export * from './backend';
 export * from './onnx-proto';
 export * from './run';

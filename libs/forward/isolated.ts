@@ -3,6 +3,7 @@ import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { ForgeError, ModelError } from '../errors';
 import type { ForwardOptions, ForwardProgress, LayerState } from './run';
+import { withHugeMalloc } from './huge-pages';
 
 /**
  * The forward pass in a child process: onnxruntime's native memory goes back to the OS when it exits, and
@@ -23,7 +24,8 @@ export function runIsolatedWorker<T>(worker: string, request: Record<string, unk
       // The built worker is plain JavaScript; from sources (tests) the child loads tsx.
       execArgv: worker.endsWith('.ts') ? ['--import', pathToFileURL(require.resolve('tsx')).href] : [],
       // In the child's environment too, so it holds from the child's first line, whatever it loads first.
-      env: { ...process.env, ORT_DISABLE_TELEMETRY: '1' },
+      // Huge pages for malloc's large blocks: the weight buffers and onnxruntime's arena fault in 2 MiB at a time.
+      env: { ...process.env, ORT_DISABLE_TELEMETRY: '1', GLIBC_TUNABLES: withHugeMalloc(process.env.GLIBC_TUNABLES) },
       serialization: 'advanced',
       // Its output (onnxruntime's own warnings) through this process's streams, so that whoever captures them
       // (Nx's batch mode, per task) gets it under the task that ran the pass.

@@ -8,6 +8,7 @@ import { executionProviders, floatTensor, int64Tensor, sessionFromBytes, type De
 import { encodeModel } from './onnx-proto';
 import { LAYER_INPUTS, LAYER_OUTPUT, ROUTER_INPUT, buildLayerModel, checkTensor, int8BlockSize, layerSignature, planLayerTensors, weightInput, type LayerTensor } from './layer-graph';
 import { attentionMask, ropeTables } from './rope';
+import { mallocHugePages } from './huge-pages';
 
 export interface ForwardProgress {
   /** The decoder layer being run (0-based). */
@@ -97,11 +98,17 @@ async function embedRows(m: Model, ids: Iterable<number>): Promise<Map<number, F
 /**
  * Where one role's weights land, reused every other layer so that no layer pays for fresh memory: a WebAssembly
  * memory of its own where the SIMD kernels run (16-bit weights widen where they were read, and onnxruntime reads
- * the floats from there), else a plain Float32Array widened in JavaScript.
+ * the floats from there), or, where malloc gives huge pages (fewer faults than that memory's 4 KiB pages), a plain
+ * Float32Array widened through the kernels' memory a block at a time; in JavaScript where there are no kernels.
  */
 export class WeightBuffer {
-  private wasm = WasmFloatBuffer.create();
+  private wasm: WasmFloatBuffer | null;
   private plain: Float32Array | null = null;
+
+  /** `wasm: false`: plain memory, widened through the kernels' memory (where malloc gives huge pages). */
+  constructor(wasm = !mallocHugePages()) {
+    this.wasm = wasm ? WasmFloatBuffer.create() : null;
+  }
 
   /** n float32 values; all n must be written before use (a reused buffer holds the last layer's values). */
   floats(n: number): Float32Array {

@@ -9,6 +9,7 @@ import { tmpdir } from 'node:os';
 import { writeTinyModel } from '../../tools/testing/tiny-models';
 import { availableBackends, computeAllHiddenStates, computePromptStates, type ForwardProgress } from '../../libs/forward';
 import { WeightBuffer, widenInPlace } from '../../libs/forward/run';
+import { assumeHugeMalloc } from '../../libs/forward/huge-pages';
 import { floatTensor, sessionFromBytes } from '../../libs/forward/backend';
 import { encodeModel } from '../../libs/forward/onnx-proto';
 import { OnnxDtype } from '../../libs/forward/onnx-proto';
@@ -116,7 +117,7 @@ test('16-bit weights widen in place to their float32 values, odd and even length
   useFloatWasm(true);
 });
 
-test('weights widened in WebAssembly memory give exactly the states of the JavaScript path (sizes off the kernels\' rounds)', async () => {
+test('weights widened in WebAssembly memory give exactly the states of plain memory, through the kernels or in JavaScript (sizes off the kernels\' rounds)', async () => {
   const dir = mkdtempSync(join(tmpdir(), 'moe-forge-widen-'));
   try {
     for (const dtype of ['BF16', 'F16'] as const) {
@@ -124,15 +125,25 @@ test('weights widened in WebAssembly memory give exactly the states of the JavaS
       const model = join(dir, dtype);
       await writeTinyModel(model, { modelType: 'qwen2', hidden: 40, layers: 4, heads: 4, kvHeads: 2, intermediate: 50, vocab: 300, dtype, seed: 3 });
       const ids = [[0, 42, 206, 259, 81], [0, 9]];
-      const wasm = await computeAllHiddenStates(model, ids);
-      useFloatWasm(false);
-      let plain: Float32Array[][];
+      assumeHugeMalloc(false);
+      let wasm: Float32Array[][], kernels: Float32Array[][], plain: Float32Array[][];
       try {
+        wasm = await computeAllHiddenStates(model, ids);
+        // Plain memory (as where malloc gives huge pages), widened through the kernels' own memory.
+        assumeHugeMalloc(true);
+        kernels = await computeAllHiddenStates(model, ids);
+        useFloatWasm(false);
         plain = await computeAllHiddenStates(model, ids);
       } finally {
         useFloatWasm(true);
+        assumeHugeMalloc(undefined);
       }
-      for (let p = 0; p < ids.length; p++) for (let e = 0; e < wasm[p]!.length; e++) assert.equal(maxAbsDiff(wasm[p]![e]!, plain[p]![e]!), 0, `${dtype} prompt ${p} entry ${e}`);
+      for (let p = 0; p < ids.length; p++) {
+        for (let e = 0; e < wasm[p]!.length; e++) {
+          assert.equal(maxAbsDiff(wasm[p]![e]!, plain[p]![e]!), 0, `${dtype} prompt ${p} entry ${e}`);
+          assert.equal(maxAbsDiff(wasm[p]![e]!, kernels[p]![e]!), 0, `${dtype} prompt ${p} entry ${e} (plain memory, kernels)`);
+        }
+      }
     }
   } finally {
     rmSync(dir, { recursive: true, force: true });
@@ -140,10 +151,11 @@ test('weights widened in WebAssembly memory give exactly the states of the JavaS
 });
 
 test('a weight buffer reused for tensors of other sizes holds only the latest tensor\'s values, in WebAssembly memory or not', () => {
-  for (const wasm of [true, false]) {
+  // SIMD kernels on and a WebAssembly memory; kernels on and plain memory (huge-page malloc); all JavaScript.
+  for (const [wasm, memory] of [[true, true], [true, false], [false, true]] as const) {
     useFloatWasm(wasm);
     try {
-      const slot = new WeightBuffer();
+      const slot = new WeightBuffer(memory);
       for (const [n, dtype] of [[5000, 'BF16'], [33, 'F16'], [7, 'F32'], [12_345, 'BF16'], [100, 'F16']] as const) {
         const values = Float32Array.from({ length: n }, (_, i) => (i % 13) - 6 + i / 64);
         const stored = dtype === 'F32' ? Buffer.from(values.buffer) : convertBytes(Buffer.from(values.buffer), 'F32', dtype);
@@ -152,7 +164,7 @@ test('a weight buffer reused for tensors of other sizes holds only the latest te
         // As the weight reader leaves them: float32 bytes at the start, 16-bit ones in the upper half.
         Buffer.from(view.buffer, view.byteOffset, 4 * n).set(stored, dtype === 'F32' ? 0 : 2 * n);
         if (dtype !== 'F32') slot.widen(view, dtype);
-        assert.ok(Buffer.from(view.buffer, view.byteOffset, 4 * n).equals(dtype === 'F32' ? stored : convertBytes(stored, dtype, 'F32')), `wasm=${wasm} ${dtype} n=${n}`);
+        assert.ok(Buffer.from(view.buffer, view.byteOffset, 4 * n).equals(dtype === 'F32' ? stored : convertBytes(stored, dtype, 'F32')), `wasm=${wasm} memory=${memory} ${dtype} n=${n}`);
       }
     } finally {
       useFloatWasm(true);
