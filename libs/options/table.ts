@@ -146,7 +146,7 @@ export const OPTIONS = {
     values: FORWARD_PRECISIONS,
     default: 'fp32',
     stages: ['embed-prompts'],
-    description: "Arithmetic of the forward pass for hidden-state gates (embed-prompts): fp32 (default, exact) or int8 (experimental: 8-bit weights and activations through onnxruntime's MatMulNBits; approximate, normalised gate rows within ~3e-3 of fp32's; cached apart).",
+    description: "Arithmetic of the forward pass for hidden-state gates (embed-prompts): fp32 (default, exact) or int8 (experimental: 8-bit weights and activations through onnxruntime's MatMulNBits; approximate: normalised gate rows ~3e-3 off fp32's at hidden 1024, ~4e-2 at 2048, and not faster on the CPUs measured; cached apart).",
     cli: { flag: 'forward-precision', kind: 'value', help: 'Forward-pass arithmetic for hidden-state gates: fp32 (default, exact) or int8 (experimental, approximate).' },
   },
   overwrite: {
