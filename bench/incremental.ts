@@ -76,24 +76,27 @@ function files(dir: string): Map<string, [number, number]> {
   }
 }
 
-/** `mergekit-moe` under GNU time: wall seconds and the peak RSS of the largest process (the forward child included). */
-function cli(recipeFile: string, out: string, cacheDir: string): Promise<{ seconds: number; peakRssKiB: number; stderr: string }> {
+/** A command under GNU time: wall seconds, the peak RSS of its largest process, its stderr. */
+function underTime(command: string, args: string[], env: NodeJS.ProcessEnv, failed: (code: number | null, stderr: string) => string): Promise<{ seconds: number; peakRssKiB: number; stderr: string }> {
   return new Promise((resolve, reject) => {
     const t0 = performance.now();
-    const p = spawn('/usr/bin/time', ['-f', 'PEAK_RSS_KIB %M', process.execPath, join(ROOT, 'bin', 'mergekit-moe.js'), recipeFile, out, '--i-understand-this-is-not-useful-without-training'], {
-      env: { ...process.env, MOE_FORGE_CACHE: cacheDir, CI: 'true' },
-      stdio: ['ignore', 'ignore', 'pipe'],
-    });
+    const p = spawn('/usr/bin/time', ['-f', 'PEAK_RSS_KIB %M', command, ...args], { env, stdio: ['ignore', 'ignore', 'pipe'] });
     let stderr = '';
     p.stderr.on('data', (d) => (stderr += d));
     p.on('error', reject);
     p.on('exit', (code) => {
       const seconds = (performance.now() - t0) / 1000;
       const m = /PEAK_RSS_KIB (\d+)/.exec(stderr);
-      if (code !== 0 || !m) reject(new Error(`mergekit-moe failed (${code}):\n${stderr}`));
+      if (code !== 0 || !m) reject(new Error(failed(code, stderr)));
       else resolve({ seconds, peakRssKiB: Number(m[1]), stderr });
     });
   });
+}
+
+/** `mergekit-moe` under GNU time: wall seconds and the peak RSS of the largest process (the forward child included). */
+function cli(recipeFile: string, out: string, cacheDir: string): Promise<{ seconds: number; peakRssKiB: number; stderr: string }> {
+  const args = [join(ROOT, 'bin', 'mergekit-moe.js'), recipeFile, out, '--i-understand-this-is-not-useful-without-training'];
+  return underTime(process.execPath, args, { ...process.env, MOE_FORGE_CACHE: cacheDir, CI: 'true' }, (code, stderr) => `mergekit-moe failed (${code}):\n${stderr}`);
 }
 
 /** A Python mergekit-moe to run beside ours, and how it was found. */
@@ -140,24 +143,11 @@ export function findReference(env: NodeJS.ProcessEnv = process.env): { ref: Refe
 const SHIM = join(__dirname, 'mergekit-shim');
 
 /** The reference under GNU time into `out` (removed first): wall seconds and peak RSS. */
-function referenceRun(ref: Reference, recipeFile: string, out: string): Promise<{ seconds: number; peakRssKiB: number }> {
+async function referenceRun(ref: Reference, recipeFile: string, out: string): Promise<{ seconds: number; peakRssKiB: number }> {
   rmSync(out, { recursive: true, force: true });
-  return new Promise((resolve, reject) => {
-    const t0 = performance.now();
-    const p = spawn('/usr/bin/time', ['-f', 'PEAK_RSS_KIB %M', ref.command, recipeFile, out], {
-      env: { ...process.env, PYTHONPATH: [SHIM, process.env.PYTHONPATH].filter(Boolean).join(delimiter), HF_HUB_OFFLINE: '1', TRANSFORMERS_OFFLINE: '1' },
-      stdio: ['ignore', 'ignore', 'pipe'],
-    });
-    let stderr = '';
-    p.stderr.on('data', (d) => (stderr += d));
-    p.on('error', reject);
-    p.on('exit', (code) => {
-      const seconds = (performance.now() - t0) / 1000;
-      const m = /PEAK_RSS_KIB (\d+)/.exec(stderr);
-      if (code !== 0 || !m) reject(new Error(`the reference ${ref.command} failed (${code}):\n${stderr.slice(-4000)}`));
-      else resolve({ seconds, peakRssKiB: Number(m[1]) });
-    });
-  });
+  const env = { ...process.env, PYTHONPATH: [SHIM, process.env.PYTHONPATH].filter(Boolean).join(delimiter), HF_HUB_OFFLINE: '1', TRANSFORMERS_OFFLINE: '1' };
+  const { seconds, peakRssKiB } = await underTime(ref.command, [recipeFile, out], env, (code, stderr) => `the reference ${ref.command} failed (${code}):\n${stderr.slice(-4000)}`);
+  return { seconds, peakRssKiB };
 }
 
 /** Bytes of one generated dense bf16 model and of the merged Mixtral with `experts` experts (routers in bf16). */

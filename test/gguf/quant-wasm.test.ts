@@ -15,21 +15,12 @@ import { f32BitsToBf16Ggml } from '../../libs/gguf/quant';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { FIXTURES } from '../helpers/tmp';
+import { xorshift32 } from '../../tools/testing/tiny-models';
 
 const f32 = (bits: number) => new Float32Array(new Uint32Array([bits >>> 0]).buffer)[0]!;
 
 /** A seeded generator (xorshift32), so a failure reproduces. */
-function rng(seed: number) {
-  let s = seed >>> 0 || 1;
-  return () => {
-    s ^= s << 13;
-    s >>>= 0;
-    s ^= s >>> 17;
-    s ^= s << 5;
-    s >>>= 0;
-    return s;
-  };
-}
+const rng = (seed: number) => xorshift32(seed, 1);
 
 /** Blocks of 32 float32 values: random ones at several scales, and each edge case in a block of its own. */
 function float32Blocks(): Float32Array {

@@ -24,17 +24,23 @@ export interface TinyModelSpec {
   omit?: string[];
 }
 
-/** xorshift32 uniform in [-1, 1): deterministic and fast enough for hundreds of millions of values. */
-function rng(seed: number): () => number {
-  let s = seed >>> 0 || 0x9e3779b9;
+/** xorshift32's raw 32-bit outputs (a zero seed starts from `zeroSeed`): deterministic, so a failure reproduces. */
+export function xorshift32(seed: number, zeroSeed = 0x9e3779b9): () => number {
+  let s = seed >>> 0 || zeroSeed;
   return () => {
     s ^= s << 13;
     s >>>= 0;
     s ^= s >>> 17;
     s ^= s << 5;
     s >>>= 0;
-    return s / 2147483648 - 1;
+    return s;
   };
+}
+
+/** xorshift32 uniform in [-1, 1): deterministic and fast enough for hundreds of millions of values. */
+function rng(seed: number): () => number {
+  const next = xorshift32(seed);
+  return () => next() / 2147483648 - 1;
 }
 
 interface GenTensor extends OutputTensorSpec {
