@@ -172,4 +172,7 @@ export function useQuantWasm(on: boolean): void {
   enabled = on;
 }
 
+/** Whether the kernels are on (kernels kept for reuse must not run while they are off). */
+export const quantWasmEnabled = (): boolean => enabled;
+
 export const isSrcDtype = (d: string): d is SrcDtype => d === 'F32' || d === 'BF16' || d === 'F16';

@@ -1,5 +1,5 @@
 import { Q8_0_BLOCK, decodeInto, elementBytes, encode } from './quant';
-import { QuantKernels, isSrcDtype, type SrcDtype } from './quant-wasm';
+import { QuantKernels, isSrcDtype, quantWasmEnabled, type SrcDtype } from './quant-wasm';
 import type { GgufTensorType } from './format';
 
 /** Float values held between chunks: a whole number of units is encoded at a time. */
@@ -34,6 +34,7 @@ export interface EncodeOptions {
 /** Kernels (and their memory) kept for the next tensor: one per tensor being encoded at a time. */
 const idle: QuantKernels[] = [];
 function takeKernels(cap: number): QuantKernels | null {
+  if (!quantWasmEnabled()) return null;
   const i = idle.findIndex((k) => k.cap >= cap);
   if (i >= 0) return idle.splice(i, 1)[0]!;
   return QuantKernels.create(Math.max(cap, TARGET_VALUES));
