@@ -336,6 +336,11 @@ async function llamaHfVocab(dir: string, t: TransformersTokenizer): Promise<Gguf
     scores.push(-1000);
     types.push(specialNames.has(a.content) ? typeOf(a.id, '') : TokenType.USER_DEFINED);
   }
+  return llamaVocabKeys(dir, tokens, scores, types);
+}
+
+/** The keys of a SentencePiece-style ("llama") vocabulary: pieces, scores, types, then the special ids. */
+async function llamaVocabKeys(dir: string, tokens: string[], scores: number[], types: number[]): Promise<GgufKv[]> {
   return [
     { key: 'tokenizer.ggml.model', value: str('llama') },
     { key: 'tokenizer.ggml.pre', value: str('default') },
@@ -381,14 +386,7 @@ async function sentencePieceVocab(dir: string, vocabSize: number | null): Promis
     scores[id] = -1000;
     tokens[id] = token;
   }
-  return [
-    { key: 'tokenizer.ggml.model', value: str('llama') },
-    { key: 'tokenizer.ggml.pre', value: str('default') },
-    { key: 'tokenizer.ggml.tokens', value: arr('string', tokens) },
-    { key: 'tokenizer.ggml.scores', value: arr('f32', scores) },
-    { key: 'tokenizer.ggml.token_type', value: arr('i32', types) },
-    ...(await specialVocabKeys(dir, { loadMerges: false, nVocab: tokens.length })),
-  ];
+  return llamaVocabKeys(dir, tokens, scores, types);
 }
 
 /**

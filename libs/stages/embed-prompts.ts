@@ -9,13 +9,13 @@ import { loadTokenizer } from '../tokenizer';
 import { ModelError } from '../errors';
 import type { ModelSource } from '../architectures';
 import type { MergeContext } from './context';
-import { ContentCache, withLock } from '../cache';
-import { contentId } from '../resolve';
-import { resolveDevice, computePadStatesIsolated as computePadStates, computePromptStatesIsolated as computePromptStates, type Device, type ForwardPrecision } from '../forward';
+import { ContentCache } from '../cache';
+import { computePadStatesIsolated as computePadStates, computePromptStatesIsolated as computePromptStates, type Device, type ForwardPrecision } from '../forward';
 import { getPadState, getPromptState, putPadState, putPromptState, type CachedPromptState } from '../prompt-cache';
 import type { Progress } from '../util';
 import { GATE_MODES, type PromptStateKind } from '../gates';
 import { cachedRouterInputs, fitUnits, unitTensor, type FitUnit } from './fit-states';
+import { cachedPerPrompt } from './per-prompt-cache';
 
 /** One distinct prompt text with its token ids and reduced states per layer input. */
 export interface PromptStateEntry {
@@ -189,48 +189,20 @@ export const int8Key = (p: ForwardPrecision): { precision?: 'int8' } => (p === '
  * (all misses in one forward pass) and stored there: the one path for gate prompts and report prompts alike.
  */
 export async function cachedHiddenStates(base: ModelSource, texts: string[], opts: EmbedOptions): Promise<HiddenStatesResult> {
-  const device = resolveDevice(opts.device);
   const L = base.config.numLayers;
   const H = base.config.hiddenSize;
-  const warn = opts.warn ?? opts.log;
-  const cache = new ContentCache(opts.cacheDir, warn, { recompute: opts.recompute });
-  // The key's content id from the base's files (memoised), not from models.json, a stage file a cache restored.
-  const baseId = await contentId(base.dir, { cache });
-  const tok = await loadTokenizer(base.dir);
-  const allIds = texts.map((t) => tok.encodePrompt(t));
-  opts.checkIds?.(allIds);
   const precision = opts.forwardPrecision ?? 'fp32';
-  const material = (i: number) => ({ base: baseId, tokenizer: tok.contentId, text: texts[i]!, ids: allIds[i]!, layers: L, hidden: H, ...int8Key(precision) });
-  const states: (CachedPromptState | null)[] = [];
-  const missing = await withLock(opts.cacheDir, `base-${baseId.slice(0, 32)}`, async () => {
-    for (const i of texts.keys()) states.push(await getPromptState(cache, material(i)));
-    const missing = texts.map((t, i) => i).filter((i) => states[i] === null);
-    for (const [i, t] of texts.entries()) opts.debug?.(`prompt-state cache ${states[i] ? 'hit' : 'miss'}: ${JSON.stringify(t.length > 60 ? `${t.slice(0, 57)}...` : t)}`);
-    if (missing.length > 0) {
-      const ids = missing.map((i) => allIds[i]!);
-      const started = Date.now();
-      const tokens = ids.reduce((a, x) => a + x.length, 0);
-      const computed = await computePromptStates(base.dir, ids, {
-        device,
-        precision,
-        onProgress: (p) => {
-          const secs = (Date.now() - started) / 1000;
-          const done = p.layer * p.prompts + p.promptsDone;
-          opts.progress?.update(done, p.layers * p.prompts, `layer ${p.layer + 1}/${p.layers}, ${(done / Math.max(secs, 1e-3)).toFixed(1)} prompt-layers/s`);
-        },
-      });
-      opts.progress?.end();
-      (opts.stats ?? opts.log)?.(`forward pass: ${missing.length} prompts, ${tokens} tokens in ${((Date.now() - started) / 1000).toFixed(1)} s`);
-      for (const [j, i] of missing.entries()) {
-        const per = computed[j]!;
-        const s: CachedPromptState = { ids: ids[j]!, count: per[0]!.count, layers: L, hidden: H, last: per.map((x) => x.last), sum: per.map((x) => x.sum) };
-        states[i] = s;
-        await putPromptState(cache, material(i), s);
-      }
-    }
-    return missing;
-  }, { log: opts.log, warn });
-  return { states: states as CachedPromptState[], computed: missing.length, fromCache: texts.length - missing.length, baseId, padTokenId: tok.padTokenId, device, precision };
+  const r = await cachedPerPrompt(base, texts, opts, {
+    label: 'prompt-state',
+    material: int8Key(precision),
+    get: (c, m) => getPromptState(c, m),
+    put: (c, m, v) => putPromptState(c, m, v),
+    async compute(ids, device, onProgress) {
+      const computed = await computePromptStates(base.dir, ids, { device, precision, onProgress });
+      return computed.map((per, j) => ({ ids: ids[j]!, count: per[0]!.count, layers: L, hidden: H, last: per.map((x) => x.last), sum: per.map((x) => x.sum) }));
+    },
+  });
+  return { states: r.values, computed: r.computed, fromCache: r.fromCache, baseId: r.baseId, padTokenId: r.padTokenId, device: r.device, precision };
 }
 
 /** cheap_embed states: per text, its token ids and the sum of their embedding rows (float64 sum, stored float32). */

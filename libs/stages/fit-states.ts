@@ -4,15 +4,14 @@
  * its own forward pass; and the fit itself (build-gates), from those states.
  */
 import type { ModelSource } from '../architectures';
-import { ContentCache, withLock } from '../cache';
+import { ContentCache } from '../cache';
 import { computeRouterInputsIsolated, type Device } from '../forward';
 import { contentId } from '../resolve';
-import { loadTokenizer } from '../tokenizer';
 import { getRouterInputs, putRouterInputs } from '../prompt-cache';
 import { fitLayer, FIT_DEFAULTS, newGates, targetsAndWeights, type FitOptions, type FitSample, type GateTensor } from '../gates';
 import type { MergeContext } from './context';
 import type { EmbedOptions } from './embed-prompts';
-import { resolveDevice } from '../forward';
+import { cachedPerPrompt } from './per-prompt-cache';
 
 export interface RouterInputsResult {
   /** Per text: its token ids and, per layer, its T x H router inputs. */
@@ -27,44 +26,17 @@ export interface RouterInputsResult {
  * the cache or computed (all misses in one pass) and stored.
  */
 export async function cachedRouterInputs(base: ModelSource, texts: string[], opts: EmbedOptions, mlpFrom?: ModelSource): Promise<RouterInputsResult> {
-  const device = resolveDevice(opts.device);
-  const L = base.config.numLayers;
-  const H = base.config.hiddenSize;
-  const warn = opts.warn ?? opts.log;
-  const cache = new ContentCache(opts.cacheDir, warn, { recompute: opts.recompute });
-  const baseId = await contentId(base.dir, { cache });
+  const cache = new ContentCache(opts.cacheDir, opts.warn ?? opts.log, { recompute: opts.recompute });
   const mlp = mlpFrom ? await contentId(mlpFrom.dir, { cache }) : null;
-  const tok = await loadTokenizer(base.dir);
-  const allIds = texts.map((t) => tok.encodePrompt(t));
-  opts.checkIds?.(allIds);
-  const material = (i: number) => ({ base: baseId, tokenizer: tok.contentId, text: texts[i]!, ids: allIds[i]!, layers: L, hidden: H, mlp });
-  const states: ({ ids: number[]; tokens: Float32Array[] } | null)[] = [];
-  const missing = await withLock(opts.cacheDir, `base-${baseId.slice(0, 32)}`, async () => {
-    for (const i of texts.keys()) {
-      const got = await getRouterInputs(cache, material(i));
-      states.push(got ? { ids: allIds[i]!, tokens: got } : null);
-    }
-    const missing = texts.map((_, i) => i).filter((i) => states[i] === null);
-    for (const [i, t] of texts.entries()) opts.debug?.(`router-input cache ${states[i] ? 'hit' : 'miss'}${mlpFrom ? ` (MLPs of ${mlpFrom.ref})` : ''}: ${JSON.stringify(t.length > 60 ? `${t.slice(0, 57)}...` : t)}`);
-    if (missing.length > 0) {
-      const ids = missing.map((i) => allIds[i]!);
-      const started = Date.now();
-      const tokens = ids.reduce((a, x) => a + x.length, 0);
-      const computed = await computeRouterInputsIsolated(base.dir, ids, {
-        device,
-        mlpFrom: mlpFrom?.dir,
-        onProgress: (p) => opts.progress?.update(p.layer * p.prompts + p.promptsDone, p.layers * p.prompts, `layer ${p.layer + 1}/${p.layers}`),
-      });
-      opts.progress?.end();
-      (opts.stats ?? opts.log)?.(`forward pass: ${missing.length} prompts, ${tokens} tokens in ${((Date.now() - started) / 1000).toFixed(1)} s`);
-      for (const [j, i] of missing.entries()) {
-        states[i] = { ids: ids[j]!, tokens: computed[j]! };
-        await putRouterInputs(cache, material(i), computed[j]!);
-      }
-    }
-    return missing;
-  }, { log: opts.log, warn });
-  return { states: states as RouterInputsResult['states'], computed: missing.length, fromCache: texts.length - missing.length, device };
+  const r = await cachedPerPrompt(base, texts, opts, {
+    label: 'router-input',
+    note: mlpFrom ? ` (MLPs of ${mlpFrom.ref})` : '',
+    material: { mlp },
+    get: (c, m) => getRouterInputs(c, m),
+    put: (c, m, v) => putRouterInputs(c, m, v),
+    compute: (ids, device, onProgress) => computeRouterInputsIsolated(base.dir, ids, { device, mlpFrom: mlpFrom?.dir, onProgress }),
+  });
+  return { states: r.values.map((tokens, i) => ({ ids: r.ids[i]!, tokens })), computed: r.computed, fromCache: r.fromCache, device: r.device };
 }
 
 /** The recipe's fit options with their defaults. */
