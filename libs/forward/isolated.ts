@@ -1,4 +1,4 @@
-import { fork } from 'node:child_process';
+import { fork, type ChildProcess } from 'node:child_process';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { ForgeError, ModelError } from '../errors';
@@ -17,22 +17,80 @@ function runIsolated<T>(request: Record<string, unknown>, onProgress?: (p: Forwa
   return runIsolatedWorker(WORKER, request, onProgress);
 }
 
+function forkWorker(worker: string): ChildProcess {
+  const child = fork(worker, [], {
+    // The built worker is plain JavaScript; from sources (tests) the child loads tsx.
+    execArgv: worker.endsWith('.ts') ? ['--import', pathToFileURL(require.resolve('tsx')).href] : [],
+    // In the child's environment too, so it holds from the child's first line, whatever it loads first.
+    // Huge pages for malloc's large blocks: the weight buffers and onnxruntime's arena fault in 2 MiB at a time.
+    env: { ...process.env, ORT_DISABLE_TELEMETRY: '1', GLIBC_TUNABLES: withHugeMalloc(process.env.GLIBC_TUNABLES) },
+    serialization: 'advanced',
+    // Its output (onnxruntime's own warnings) through this process's streams, so that whoever captures them
+    // (Nx's batch mode, per task) gets it under the task that ran the pass.
+    stdio: ['ignore', 'pipe', 'pipe', 'ipc'],
+  });
+  child.stdout!.on('data', (d: Buffer) => process.stdout.write(d));
+  child.stderr!.on('data', (d: Buffer) => process.stderr.write(d));
+  return child;
+}
+
+/**
+ * A forward worker forked before its request (startForwardWorker): it boots and loads onnxruntime while this
+ * process reads the recipe and the prompts (a core that is idle then), and sets up the pass once told the model
+ * (prepareForwardWorker). The next isolated forward pass takes it; stopForwardWorker ends it unused.
+ */
+let spare: ChildProcess | null = null;
+let stopAtExit = false;
+
+const alive = (c: ChildProcess) => c.exitCode === null && c.signalCode === null && c.connected;
+
+/** Forks the forward worker now, for the next forward pass of this process (a no-op when one waits already). */
+export function startForwardWorker(): void {
+  if (spare && alive(spare)) return;
+  spare = forkWorker(WORKER);
+  spare.on('error', () => undefined); // a failed spare is passed over (alive() is false) and the pass forks anew
+  if (!stopAtExit) {
+    stopAtExit = true;
+    process.once('exit', stopForwardWorker);
+  }
+}
+
+export type ForwardJob = 'prompts' | 'router' | 'pad';
+
+/**
+ * Tells the waiting worker (if one was started) which pass comes: it opens and checks the model, reads the first
+ * layer and makes its session. A request for another model or other options runs as if unprepared.
+ */
+export function prepareForwardWorker(job: ForwardJob, modelDir: string, options: Omit<Opts, 'onProgress'>): void {
+  if (spare && alive(spare)) spare.send({ kind: 'prepare', job, modelDir, options }, () => undefined);
+}
+
+/** The waiting worker's process id (null when none waits). */
+export function waitingForwardWorker(): number | null {
+  return spare && alive(spare) ? spare.pid ?? null : null;
+}
+
+/** Ends the waiting worker, if any (nothing to compute after all). */
+export function stopForwardWorker(): void {
+  const s = spare;
+  spare = null;
+  if (s && s.exitCode === null && s.signalCode === null) s.kill();
+}
+
+/** The waiting worker when it serves `worker` and still lives, once. */
+function takeSpare(worker: string): ChildProcess | null {
+  const s = spare;
+  if (worker !== WORKER || !s) return null;
+  spare = null;
+  if (alive(s)) return s;
+  s.kill();
+  return null;
+}
+
 /** `request` served by the worker script `worker` (one that calls serveOneRequest) in a child process. */
 export function runIsolatedWorker<T>(worker: string, request: Record<string, unknown>, onProgress?: (p: ForwardProgress) => void): Promise<T> {
   return new Promise((resolve, reject) => {
-    const child = fork(worker, [], {
-      // The built worker is plain JavaScript; from sources (tests) the child loads tsx.
-      execArgv: worker.endsWith('.ts') ? ['--import', pathToFileURL(require.resolve('tsx')).href] : [],
-      // In the child's environment too, so it holds from the child's first line, whatever it loads first.
-      // Huge pages for malloc's large blocks: the weight buffers and onnxruntime's arena fault in 2 MiB at a time.
-      env: { ...process.env, ORT_DISABLE_TELEMETRY: '1', GLIBC_TUNABLES: withHugeMalloc(process.env.GLIBC_TUNABLES) },
-      serialization: 'advanced',
-      // Its output (onnxruntime's own warnings) through this process's streams, so that whoever captures them
-      // (Nx's batch mode, per task) gets it under the task that ran the pass.
-      stdio: ['ignore', 'pipe', 'pipe', 'ipc'],
-    });
-    child.stdout!.on('data', (d: Buffer) => process.stdout.write(d));
-    child.stderr!.on('data', (d: Buffer) => process.stderr.write(d));
+    const child = takeSpare(worker) ?? forkWorker(worker);
     let settled = false;
     const done = (fn: () => void) => {
       if (!settled) {

@@ -124,6 +124,20 @@ export class WeightBuffer {
     return this.plain.subarray(0, n);
   }
 
+  /** Float32 values of `src` (stored bytes of `dtype`: F32, BF16 or F16), in this buffer. */
+  load(src: Uint8Array, dtype: string): Float32Array {
+    const n = src.length / (dtype === 'F32' ? 4 : 2);
+    const view = this.floats(n);
+    const bytes = new Uint8Array(view.buffer, view.byteOffset, 4 * n);
+    if (dtype === 'F32') bytes.set(src);
+    else if (this.wasm || !(dtype === 'BF16' || dtype === 'F16')) {
+      // Into the upper half, widened in place where the kernels run on this memory (or in JavaScript).
+      bytes.set(src, 2 * n);
+      this.widen(view, dtype);
+    } else widenFrom(src, dtype, bytes);
+    return view;
+  }
+
   /** `view` (from floats()) holds 16-bit values in its upper half: they become its float32 values. */
   widen(view: Float32Array, dtype: string): void {
     if (this.wasm && (dtype === 'BF16' || dtype === 'F16')) this.wasm.widen(view.length, dtype);
@@ -131,46 +145,37 @@ export class WeightBuffer {
   }
 }
 
-/** Weight buffers by role. */
-type BufferPool = Map<string, WeightBuffer>;
-
-/** One layer's weight feeds, and when its reads (not the widening) are done. */
-interface LayerFeeds {
-  read: Promise<void>;
-  feeds: Promise<Record<string, Feed>>;
-}
-
 /**
- * One layer's weights as float32 feeds, read from the weight files (never written anywhere) straight into
- * `pool`'s buffers: 16-bit weights land in the upper half of their float32 buffer and widen in place.
+ * One layer's weights at a time: each tensor's stored bytes are read into a staging buffer of its role while the
+ * layer before runs, and widened into the role's float32 buffer once that layer is done (onnxruntime runs on
+ * this thread, so the widening could not overlap the run anyway). One float32 set and one set of stored bytes
+ * are held: at Mistral-7B's shape 1.3 GB where two float32 sets took 1.75 GB.
  */
-function layerFeeds(tensors: Map<string, LayerTensor>, pool: BufferPool): LayerFeeds {
-  // Every read is started at once (libuv's pool reads them side by side) and each tensor is widened as soon as
-  // its bytes are in, so the widening of one overlaps the reading of the others.
-  const jobs = [...tensors.values()].map((t) => {
-    const n = t.loc.shape.reduce((a, b) => a * b, 1);
-    let slot = pool.get(t.role);
-    if (!slot) pool.set(t.role, (slot = new WeightBuffer()));
-    const buf = slot.floats(n);
-    const bytes = Buffer.from(buf.buffer, buf.byteOffset, buf.byteLength);
-    const read = readTensorInto(t.loc, t.loc.dtype === 'F32' ? bytes : bytes.subarray(2 * n));
-    read.catch(() => undefined); // awaited below in turn; an earlier failure must not leave this one unhandled
-    return { t, slot, buf, read };
-  });
-  const read = Promise.all(jobs.map((j) => j.read)).then(() => undefined);
-  read.catch(() => undefined); // the same failure reaches the caller through `feeds`
-  const feeds = (async () => {
+export class LayerWeights {
+  private readonly f32 = new Map<string, WeightBuffer>();
+  private readonly staged = new Map<string, Buffer>();
+
+  /** Reads the tensors' bytes into the staging buffers, all at once (libuv's pool reads them side by side). */
+  read(tensors: Map<string, LayerTensor>): Promise<void> {
+    const reads = [...tensors.values()].map((t) => {
+      let b = this.staged.get(t.role);
+      if (!b || b.length < t.loc.byteLength) this.staged.set(t.role, (b = Buffer.allocUnsafeSlow(t.loc.byteLength)));
+      return readTensorInto(t.loc, b.subarray(0, t.loc.byteLength));
+    });
+    return Promise.all(reads).then(() => undefined);
+  }
+
+  /** The layer read last as float32 feeds (once read() has resolved); the staging buffers are free again. */
+  feeds(tensors: Map<string, LayerTensor>): Record<string, Feed> {
     const out: Record<string, Feed> = {};
-    await WasmFloatBuffer.prepare(); // compiled off this thread while the reads run (once per process)
-    for (const { t, slot, buf, read } of jobs) {
-      await read;
-      if (t.loc.dtype !== 'F32') slot.widen(buf, t.loc.dtype);
-      out[weightInput(t.role)] = floatTensor(buf, t.loc.shape);
+    for (const t of tensors.values()) {
+      let slot = this.f32.get(t.role);
+      if (!slot) this.f32.set(t.role, (slot = new WeightBuffer()));
+      const src = this.staged.get(t.role)!.subarray(0, t.loc.byteLength);
+      out[weightInput(t.role)] = floatTensor(slot.load(src, t.loc.dtype), t.loc.shape);
     }
     return out;
-  })();
-  feeds.catch(() => undefined); // awaited in its turn; a failure before then must not go unhandled
-  return { read, feeds };
+  }
 }
 
 export async function readTensorInto(loc: LayerTensor['loc'], into: Buffer): Promise<void> {
@@ -185,6 +190,15 @@ export async function readTensorInto(loc: LayerTensor['loc'], into: Buffer): Pro
   } finally {
     await fh.close();
   }
+}
+
+/** 16-bit values `src` as float32 bytes into `out` (4 bytes per value): through the kernels where they run. */
+function widenFrom(src: Uint8Array, dtype: 'BF16' | 'F16', out: Uint8Array): void {
+  const k = floatKernels();
+  if (k) return castThrough(k, src, dtype, 'F32', out);
+  const n = src.length / 2;
+  out.set(src, 2 * n);
+  widenInPlace(new Float32Array(out.buffer, out.byteOffset, n), dtype);
 }
 
 /**
@@ -351,103 +365,179 @@ export function packInputs(cfg: ModelConfig, seqs: Sequence[]): Record<string, F
 }
 
 /**
- * Runs the sequences layer by layer: one session per distinct layer shape (the weights are inputs), every
- * pack of prompts through it in one run each, while the next layer's weights are read. Only two layers'
- * weights are held, and nothing is written beside the model. Calls `visit` for entries 0..upTo.
+ * What a pass sets up before its first layer runs: every layer's tensors checked, the first layer's reads
+ * started, the widening kernels compiling, the sessions made once per layer shape. Made by prepareForward
+ * ahead of the prompts (in a worker started early), or by runLayers itself.
  */
-async function runLayers(m: Model, seqs: Sequence[], upTo: number, opts: ForwardOptions, visit: Visit): Promise<void> {
+interface Setup {
+  layers: Map<string, LayerTensor>[];
+  weights: LayerWeights;
+  /** The reads of the layer the loop takes next (null once there is none). */
+  reading: Promise<void> | null;
+  kernels: Promise<void>;
+  sessions: Map<string, Promise<Session>>;
+}
+
+function setUp(m: Model): Setup {
+  // Names, dtypes and shapes of every layer are checked before any layer runs.
+  const layers = Array.from({ length: m.cfg.numLayers }, (_, l) => planLayerTensors(m.cfg, m.weights, l));
+  const weights = new LayerWeights();
+  const reading = m.cfg.numLayers > 0 ? weights.read(layers[0]!) : null;
+  reading?.catch(() => undefined); // awaited in the loop; a failure before then must not go unhandled
+  // Compiled off this thread while the reads run (once per process).
+  return { layers, weights, reading, kernels: WasmFloatBuffer.prepare(), sessions: new Map() };
+}
+
+/** The float32 session for layer `l`'s shape, made once per setup. */
+function layerSession(setup: Setup, cfg: ModelConfig, l: number, opts: ForwardOptions): Promise<Session> {
+  const layer = setup.layers[l]!;
+  const key = layerSignature(layer);
+  let s = setup.sessions.get(key);
+  if (!s) {
+    s = sessionFromBytes(encodeModel(buildLayerModel(cfg, layer, { routerInput: opts.routerInput })), { device: opts.device ?? 'cpu', threads: opts.threads ?? 2 });
+    s.catch(() => undefined); // awaited by the layer that needs it
+    setup.sessions.set(key, s);
+  }
+  return s;
+}
+
+async function releaseSetup(setup: Setup): Promise<void> {
+  for (const s of setup.sessions.values()) await s.then((x) => x.release(), () => undefined);
+}
+
+/** A pass set up ahead of its prompts, and what it was set up for. */
+let ahead: { key: string; m: Model; setup: Setup } | null = null;
+
+const aheadKey = (modelDir: string, opts: ForwardOptions) =>
+  JSON.stringify([modelDir, opts.mlpFrom ?? null, opts.routerInput === true, opts.device ?? 'cpu', opts.threads ?? 2, opts.precision ?? 'fp32']);
+
+/**
+ * Sets up the next pass over `modelDir` before its prompts are known (the model opened and checked, the first
+ * layer read, its session made): a later computePromptStates / computeRouterInputs / computePadStates with the
+ * same model and options starts from it. Whatever fails here is left for that call to meet and report.
+ */
+export async function prepareForward(modelDir: string, opts: ForwardOptions = {}): Promise<void> {
+  const old = ahead;
+  ahead = null;
+  if (old) await releaseSetup(old.setup);
+  try {
+    executionProviders(opts.device ?? 'cpu');
+    const m = await openModel(modelDir, opts.mlpFrom);
+    const setup = setUp(m);
+    if ((opts.precision ?? 'fp32') === 'fp32' && setup.layers.length > 0) void layerSession(setup, m.cfg, 0, opts);
+    ahead = { key: aheadKey(modelDir, opts), m, setup };
+  } catch {
+    // the call that needs the pass meets the same error and reports it
+  }
+}
+
+/** The pass set up ahead for these options, once (null when there is none or it was for others). */
+function takeAhead(modelDir: string, opts: ForwardOptions): { m: Model; setup: Setup } | null {
+  const a = ahead;
+  ahead = null;
+  if (!a) return null;
+  if (a.key === aheadKey(modelDir, opts)) return a;
+  void releaseSetup(a.setup);
+  return null;
+}
+
+/** The model at `modelDir`, and its pass's setup when one was made ahead for these options. */
+async function modelFor(modelDir: string, opts: ForwardOptions): Promise<{ m: Model; setup?: Setup }> {
+  const a = takeAhead(modelDir, opts);
+  return a ?? { m: await openModel(modelDir, opts.mlpFrom) };
+}
+
+/**
+ * Runs the sequences layer by layer: one session per distinct layer shape (the weights are inputs), every
+ * pack of prompts through it in one run each, while the next layer's weights are read (LayerWeights: one
+ * layer's float32 weights and the next one's stored bytes are held), and nothing is written beside the model.
+ * Calls `visit` for entries 0..upTo.
+ */
+async function runLayers(m: Model, seqs: Sequence[], upTo: number, opts: ForwardOptions, visit: Visit, ready?: Setup): Promise<void> {
   const { cfg } = m;
   const H = cfg.hiddenSize;
-  executionProviders(opts.device ?? 'cpu'); // an unavailable device fails before any weight is read
-  if (upTo < 0 || upTo > cfg.numLayers) throw new RangeError(`upTo ${upTo} outside 0..${cfg.numLayers}`);
-  for (const [i, s] of seqs.entries()) {
-    if (s.ids.length === 0) throw new ForgeError('empty_prompt', `prompt ${i} has no tokens`, { field: `prompts[${i}]` });
-  }
-  if (seqs.length === 0) return;
-  // Names, dtypes and shapes of every layer are checked before any layer runs.
-  const layers = Array.from({ length: cfg.numLayers }, (_, l) => planLayerTensors(cfg, m.weights, l));
-  // The embedding rows are read first: queued behind a layer's reads in libuv's pool, they would wait for them.
-  const rows = await embedRows(m, seqs.flatMap((s) => s.ids));
-  let states: Float32Array[] = seqs.map((s) => {
-    const h = new Float32Array(s.ids.length * H);
-    s.ids.forEach((id, t) => h.set(rows.get(id)!, t * H));
-    return h;
-  });
-  states.forEach((h, i) => visit(i, 0, h));
-  if (upTo === 0) return;
-  // Then the first layer's reads, alone, so that it is ready soonest; the first session is made and the kernels
-  // are compiled while they run, and the second layer's reads start once they are done.
-  const pools: BufferPool[] = [new Map(), new Map()];
-  const feeds: (LayerFeeds | undefined)[] = [];
-  const startFeeds = (l: number) => {
-    if (l < upTo && !feeds[l]) feeds[l] = layerFeeds(layers[l]!, pools[l % 2]!);
-  };
-  startFeeds(0);
-  void feeds[0]!.read.then(() => startFeeds(1), () => undefined); // a failed read surfaces through feeds[0]
-  const settings: SessionSettings = { device: opts.device ?? 'cpu', threads: opts.threads ?? 2 };
-  const groups = packs(seqs, Math.max(1, opts.packTokens ?? 2048));
-  const fixed = groups.map((g) => packInputs(cfg, g.map((i) => seqs[i]!)));
-  const sessions = new Map<string, Session>();
-  const int8 = (opts.precision ?? 'fp32') === 'int8';
-  const int8Pool: Int8Pool = new Map();
-  let layerSession: Session | null = null;
+  let setup = ready;
   try {
+    executionProviders(opts.device ?? 'cpu'); // an unavailable device fails before any weight is read
+    if (upTo < 0 || upTo > cfg.numLayers) throw new RangeError(`upTo ${upTo} outside 0..${cfg.numLayers}`);
+    for (const [i, s] of seqs.entries()) {
+      if (s.ids.length === 0) throw new ForgeError('empty_prompt', `prompt ${i} has no tokens`, { field: `prompts[${i}]` });
+    }
+    if (seqs.length === 0) return;
+    if (!setup) Array.from({ length: cfg.numLayers }, (_, l) => planLayerTensors(cfg, m.weights, l)); // checked before any read
+    // The embedding rows are read first: queued behind a layer's reads in libuv's pool, they would wait for them.
+    const rows = await embedRows(m, seqs.flatMap((s) => s.ids));
+    let states: Float32Array[] = seqs.map((s) => {
+      const h = new Float32Array(s.ids.length * H);
+      s.ids.forEach((id, t) => h.set(rows.get(id)!, t * H));
+      return h;
+    });
+    states.forEach((h, i) => visit(i, 0, h));
+    if (upTo === 0) return;
+    // Then the first layer's reads; the first session is made and the kernels are compiled while they run.
+    setup ??= setUp(m);
+    const su = setup;
+    const { layers } = su;
+    const settings: SessionSettings = { device: opts.device ?? 'cpu', threads: opts.threads ?? 2 };
+    const groups = packs(seqs, Math.max(1, opts.packTokens ?? 2048));
+    const fixed = groups.map((g) => packInputs(cfg, g.map((i) => seqs[i]!)));
+    const int8 = (opts.precision ?? 'fp32') === 'int8';
+    const int8Pool: Int8Pool = new Map();
+    /** Layer `layer`'s weights as feeds; the next layer's reads start once its staging buffers are free. */
+    const layerFeeds = async (layer: number): Promise<Record<string, Feed>> => {
+      await su.reading;
+      await su.kernels;
+      const f = su.weights.feeds(layers[layer]!);
+      su.reading = layer + 1 < upTo ? su.weights.read(layers[layer + 1]!) : null;
+      su.reading?.catch(() => undefined);
+      return f;
+    };
     for (let layer = 0; layer < upTo; layer++) {
-      // The other pool is free once the layer before this one has run: the next layer's reads start now,
-      // queued behind this layer's, so the disk never waits for this layer's widening or run.
-      if (layer > 0) startFeeds(layer + 1);
       let session: Session;
       let weights: Record<string, Feed>;
+      let perLayer: Session | null = null;
       if (int8) {
         // A session per layer: MatMulNBits packs its constant blocks when the session is made.
-        startFeeds(layer);
-        const q = int8Layer(layers[layer]!, await feeds[layer]!.feeds, int8Pool);
+        const q = int8Layer(layers[layer]!, await layerFeeds(layer), int8Pool);
         // No arena: a session that serves one layer would fault in a fresh one each time (measured slower).
-        session = await sessionFromBytes(encodeModel(buildLayerModel(cfg, layers[layer]!, { routerInput: opts.routerInput, int8: true })), { ...settings, arena: false }, q.external);
-        layerSession = session;
+        session = perLayer = await sessionFromBytes(encodeModel(buildLayerModel(cfg, layers[layer]!, { routerInput: opts.routerInput, int8: true })), { ...settings, arena: false }, q.external);
         weights = q.feeds;
       } else {
-        const key = layerSignature(layers[layer]!);
-        let s = sessions.get(key);
-        if (!s) {
-          s = await sessionFromBytes(encodeModel(buildLayerModel(cfg, layers[layer]!, { routerInput: opts.routerInput })), settings);
-          sessions.set(key, s);
-        }
-        session = s;
-        startFeeds(layer); // layer 1's are started already unless layer 0's reads were done a moment ago
-        weights = await feeds[layer]!.feeds;
+        session = await layerSession(su, cfg, layer, opts);
+        weights = await layerFeeds(layer);
       }
-      const out: Float32Array[] = new Array(seqs.length);
-      const routerIn: Float32Array[] = new Array(seqs.length);
-      let done = 0;
-      for (const [g, members] of groups.entries()) {
-        const { N, hidden } = packStates(seqs, members, states, H);
-        let at = 0;
-        const result = await session.run({ ...weights, ...fixed[g]!, [LAYER_INPUTS.hidden]: floatTensor(hidden, [N, H]) });
-        const t = result[LAYER_OUTPUT]!;
-        const data = t.data as Float32Array;
-        const rt = opts.routerInput ? result[ROUTER_INPUT]! : null;
-        at = 0;
-        for (const i of members) {
-          const T = seqs[i]!.ids.length;
-          // Copy out of ORT's buffer, then free the native tensor now rather than at GC.
-          out[i] = data.slice(at * H, (at + T) * H);
-          if (rt) routerIn[i] = (rt.data as Float32Array).slice(at * H, (at + T) * H);
-          at += T;
+      try {
+        const out: Float32Array[] = new Array(seqs.length);
+        const routerIn: Float32Array[] = new Array(seqs.length);
+        let done = 0;
+        for (const [g, members] of groups.entries()) {
+          const { N, hidden } = packStates(seqs, members, states, H);
+          let at = 0;
+          const result = await session.run({ ...weights, ...fixed[g]!, [LAYER_INPUTS.hidden]: floatTensor(hidden, [N, H]) });
+          const t = result[LAYER_OUTPUT]!;
+          const data = t.data as Float32Array;
+          const rt = opts.routerInput ? result[ROUTER_INPUT]! : null;
+          at = 0;
+          for (const i of members) {
+            const T = seqs[i]!.ids.length;
+            // Copy out of ORT's buffer, then free the native tensor now rather than at GC.
+            out[i] = data.slice(at * H, (at + T) * H);
+            if (rt) routerIn[i] = (rt.data as Float32Array).slice(at * H, (at + T) * H);
+            at += T;
+          }
+          t.dispose();
+          rt?.dispose();
+          for (const i of members) visit(i, layer + 1, out[i]!, routerIn[i]);
+          done += members.length;
+          opts.onProgress?.({ layer, layers: upTo, promptsDone: done, prompts: seqs.length });
         }
-        t.dispose();
-        rt?.dispose();
-        for (const i of members) visit(i, layer + 1, out[i]!, routerIn[i]);
-        done += members.length;
-        opts.onProgress?.({ layer, layers: upTo, promptsDone: done, prompts: seqs.length });
+        states = out;
+      } finally {
+        if (perLayer) await perLayer.release();
       }
-      states = out;
-      if (layerSession) await layerSession.release();
-      layerSession = null;
     }
   } finally {
-    if (layerSession) await layerSession.release();
-    for (const s of sessions.values()) await s.release();
+    if (setup) await releaseSetup(setup);
   }
 }
 
@@ -462,7 +552,7 @@ function checkPrompts(prompts: number[][]): void {
  */
 export async function computePromptStates(modelDir: string, prompts: number[][], opts: ForwardOptions = {}): Promise<LayerState[][]> {
   checkPrompts(prompts);
-  const m = await openModel(modelDir);
+  const { m, setup } = await modelFor(modelDir, opts);
   const L = m.cfg.numLayers, H = m.cfg.hiddenSize;
   const result: LayerState[][] = prompts.map(() => new Array<LayerState>(L));
   await runLayers(m, prompts.map((ids) => ({ ids, attnGate: 1 })), L - 1, opts, (i, entry, h) => {
@@ -470,7 +560,7 @@ export async function computePromptStates(modelDir: string, prompts: number[][],
     const sum = new Float64Array(H);
     for (let t = 0; t < T; t++) for (let j = 0; j < H; j++) sum[j]! += h[t * H + j]!;
     result[i]![entry] = { last: h.slice((T - 1) * H), sum: Float32Array.from(sum), count: T };
-  });
+  }, setup);
   return result;
 }
 
@@ -480,12 +570,13 @@ export async function computePromptStates(modelDir: string, prompts: number[][],
  */
 export async function computeRouterInputs(modelDir: string, prompts: number[][], opts: ForwardOptions = {}): Promise<Float32Array[][]> {
   checkPrompts(prompts);
-  const m = await openModel(modelDir, opts.mlpFrom);
+  const o = { ...opts, routerInput: true };
+  const { m, setup } = await modelFor(modelDir, o);
   const L = m.cfg.numLayers;
   const out: Float32Array[][] = prompts.map(() => new Array<Float32Array>(L));
-  await runLayers(m, prompts.map((ids) => ({ ids, attnGate: 1 })), L, { ...opts, routerInput: true }, (i, entry, _h, routerIn) => {
+  await runLayers(m, prompts.map((ids) => ({ ids, attnGate: 1 })), L, o, (i, entry, _h, routerIn) => {
     if (entry > 0) out[i]![entry - 1] = routerIn!;
-  });
+  }, setup);
   return out;
 }
 
@@ -494,11 +585,11 @@ export async function computeRouterInputs(modelDir: string, prompts: number[][],
  * leaves it: h(0) = embed(pad), h(l+1) = h(l) + mlp_l(post_attention_layernorm_l(h(l))).
  */
 export async function computePadStates(modelDir: string, padTokenId: number, opts: ForwardOptions = {}): Promise<Float32Array[]> {
-  const m = await openModel(modelDir);
+  const { m, setup } = await modelFor(modelDir, opts);
   const out: Float32Array[] = new Array(m.cfg.numLayers);
   await runLayers(m, [{ ids: [padTokenId], attnGate: 0 }], m.cfg.numLayers - 1, opts, (_i, entry, h) => {
     out[entry] = h;
-  });
+  }, setup);
   return out;
 }
 

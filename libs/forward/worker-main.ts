@@ -1,10 +1,13 @@
-// Child process side of the isolated forward pass: one request in, progress and the result out.
-import { computePadStates, computePromptStates, computeRouterInputs, type ForwardOptions } from './run';
+// Child process side of the isolated forward pass: perhaps a 'prepare' first (isolated.ts's spare worker, told
+// the model before the prompts are known), then one request in, progress and the result out.
+import { computePadStates, computePromptStates, computeRouterInputs, prepareForward, type ForwardOptions } from './run';
 
+type Options = Omit<ForwardOptions, 'onProgress'>;
 type Request =
-  | { kind: 'prompts'; modelDir: string; prompts: number[][]; options: Omit<ForwardOptions, 'onProgress'> }
-  | { kind: 'pad'; modelDir: string; padTokenId: number; options: Omit<ForwardOptions, 'onProgress'> }
-  | { kind: 'router'; modelDir: string; prompts: number[][]; options: Omit<ForwardOptions, 'onProgress'> };
+  | { kind: 'prepare'; job: 'prompts' | 'router' | 'pad'; modelDir: string; options: Options }
+  | { kind: 'prompts'; modelDir: string; prompts: number[][]; options: Options }
+  | { kind: 'pad'; modelDir: string; padTokenId: number; options: Options }
+  | { kind: 'router'; modelDir: string; prompts: number[][]; options: Options };
 
 // When the parent dies (killed, or it stopped waiting) nobody wants the result: exit quietly, no EPIPE stack.
 process.on('disconnect', () => process.exit(0));
@@ -13,8 +16,18 @@ const send = (m: unknown, then?: () => void) => {
   process.send!(m, undefined, {}, (e) => (e ? process.exit(0) : then?.()));
 };
 
-process.once('message', async (req: Request) => {
+let preparing: Promise<void> = Promise.resolve();
+let served = false;
+process.on('message', async (req: Request) => {
+  if (req.kind === 'prepare') {
+    // computeRouterInputs runs its layers with the router's input as an output: set up the same graph.
+    preparing = prepareForward(req.modelDir, req.job === 'router' ? { ...req.options, routerInput: true } : req.options);
+    return;
+  }
+  if (served) return;
+  served = true;
   try {
+    await preparing; // never rejects; the request then starts from what it set up
     const options: ForwardOptions = { ...req.options, onProgress: (p) => send({ kind: 'progress', progress: p }) };
     const result =
       req.kind === 'prompts' ? await computePromptStates(req.modelDir, req.prompts, options) : req.kind === 'router' ? await computeRouterInputs(req.modelDir, req.prompts, options) : await computePadStates(req.modelDir, req.padTokenId, options);

@@ -18,6 +18,8 @@ import { ForgeError } from '../errors';
 import { DEFAULT_SHARD_BYTES, stageOptionsFromApi, type ApiOptions, type StageOptions } from '../options';
 import type { PipelineOptions, StageEnv } from './env';
 import { runPipeline } from './schedule';
+import { GATE_MODES } from '../gates';
+import { startForwardWorker, stopForwardWorker } from '../forward';
 
 /** What a run of the command takes besides the options table's options: the files, the log, the report. */
 export interface MergeRun {
@@ -60,6 +62,10 @@ export async function mergeRecipe(opts: MergeOptions): Promise<MergeResult> {
  */
 export async function mergeWithOptions(run: MergeRun, options: StageOptions): Promise<MergeResult> {
   const parsed = await readRecipe(run.recipeFile);
+  // Gates from the prompts' states: the forward worker boots on the idle core while the recipe is checked, the
+  // models resolved and the prompts tokenized (it is ended unused when every state is cached).
+  const states = GATE_MODES[parsed.recipe.gate_mode].states;
+  if (states === 'hidden' || states === 'router_input') startForwardWorker();
   await removeDeadWorkFolders();
   const { dir: work, forget } = await makeTempWorkFolder(join(tmpdir(), `moe-forge-${process.pid}-`));
   try {
@@ -78,6 +84,7 @@ export async function mergeWithOptions(run: MergeRun, options: StageOptions): Pr
     const models = (await env.models()).map((m) => ({ dir: m.dir, local: m.source === 'local' }));
     return { ...result, models };
   } finally {
+    stopForwardWorker();
     forget();
     await rm(work, { recursive: true, force: true });
   }

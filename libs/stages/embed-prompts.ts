@@ -10,7 +10,7 @@ import { ModelError } from '../errors';
 import type { ModelSource } from '../architectures';
 import type { MergeContext } from './context';
 import { ContentCache } from '../cache';
-import { computePadStatesIsolated as computePadStates, computePromptStatesIsolated as computePromptStates, type Device, type ForwardPrecision } from '../forward';
+import { computePadStatesIsolated as computePadStates, computePromptStatesIsolated as computePromptStates, prepareForwardWorker, type Device, type ForwardPrecision } from '../forward';
 import { getPadState, getPromptState, putPadState, putPromptState, type CachedPromptState } from '../prompt-cache';
 import type { Progress } from '../util';
 import { GATE_MODES, type PromptStateKind } from '../gates';
@@ -197,6 +197,7 @@ export async function cachedHiddenStates(base: ModelSource, texts: string[], opt
     material: int8Key(precision),
     get: (c, m) => getPromptState(c, m),
     put: (c, m, v) => putPromptState(c, m, v),
+    prepare: (device) => prepareForwardWorker('prompts', base.dir, { device, precision }),
     async compute(ids, device, onProgress) {
       const computed = await computePromptStates(base.dir, ids, { device, precision, onProgress });
       return computed.map((per, j) => ({ ids: ids[j]!, count: per[0]!.count, layers: L, hidden: H, last: per.map((x) => x.last), sum: per.map((x) => x.sum) }));

@@ -5,7 +5,7 @@
  */
 import type { ModelSource } from '../architectures';
 import { ContentCache } from '../cache';
-import { computeRouterInputsIsolated, type Device } from '../forward';
+import { computeRouterInputsIsolated, prepareForwardWorker, type Device } from '../forward';
 import { contentId } from '../resolve';
 import { getRouterInputs, putRouterInputs } from '../prompt-cache';
 import { fitLayer, FIT_DEFAULTS, newGates, targetsAndWeights, type FitOptions, type FitSample, type GateTensor } from '../gates';
@@ -34,6 +34,7 @@ export async function cachedRouterInputs(base: ModelSource, texts: string[], opt
     material: { mlp },
     get: (c, m) => getRouterInputs(c, m),
     put: (c, m, v) => putRouterInputs(c, m, v),
+    prepare: (device) => prepareForwardWorker('router', base.dir, { device, mlpFrom: mlpFrom?.dir }),
     compute: (ids, device, onProgress) => computeRouterInputsIsolated(base.dir, ids, { device, mlpFrom: mlpFrom?.dir, onProgress }),
   });
   return { states: r.values.map((tokens, i) => ({ ids: r.ids[i]!, tokens })), computed: r.computed, fromCache: r.fromCache, device: r.device };

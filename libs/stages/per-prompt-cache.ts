@@ -7,7 +7,7 @@
 import type { ModelSource } from '../architectures';
 import { ContentCache, withLock } from '../cache';
 import type { Device } from '../forward';
-import { resolveDevice } from '../forward';
+import { resolveDevice, stopForwardWorker } from '../forward';
 import { contentId } from '../resolve';
 import { loadTokenizer } from '../tokenizer';
 import type { ForwardProgress } from '../forward';
@@ -25,6 +25,8 @@ export interface PerPromptKind<T, X extends object> {
   material: X;
   get(cache: ContentCache, m: PromptMaterial & X): Promise<T | null>;
   put(cache: ContentCache, m: PromptMaterial & X, value: T): Promise<void>;
+  /** Tells a forward worker started ahead (startForwardWorker) which pass may come, before the cache is read. */
+  prepare?(device: Device): void;
   /** The forward pass over the misses' ids, one result per prompt. */
   compute(ids: number[][], device: Device, onProgress: (p: ForwardProgress) => void): Promise<T[]>;
 }
@@ -41,6 +43,7 @@ export interface PerPromptResult<T> {
 
 export async function cachedPerPrompt<T, X extends object>(base: ModelSource, texts: string[], opts: EmbedOptions, kind: PerPromptKind<T, X>): Promise<PerPromptResult<T>> {
   const device = resolveDevice(opts.device);
+  kind.prepare?.(device);
   const warn = opts.warn ?? opts.log;
   const cache = new ContentCache(opts.cacheDir, warn, { recompute: opts.recompute });
   // The key's content id from the base's files (memoised), not from models.json, a stage file a cache restored.
@@ -70,6 +73,8 @@ export async function cachedPerPrompt<T, X extends object>(base: ModelSource, te
         await kind.put(cache, material(i), computed[j]!);
       }
     }
+    // Nothing to compute: a worker started ahead would only hold a core.
+    if (missing.length === 0) stopForwardWorker();
     return missing;
   }, { log: opts.log, warn });
   return { values: values as T[], ids, computed: missing.length, fromCache: texts.length - missing.length, baseId, padTokenId: tok.padTokenId, device };

@@ -172,6 +172,24 @@ test('a weight buffer reused for tensors of other sizes holds only the latest te
   }
 });
 
+test('a weight buffer loads stored bytes of another buffer (the staging of the next layer) as their float32 values, reused across sizes', () => {
+  for (const [wasm, memory] of [[true, true], [true, false], [false, true], [false, false]] as const) {
+    useFloatWasm(wasm);
+    try {
+      const slot = new WeightBuffer(memory);
+      for (const [n, dtype] of [[5000, 'BF16'], [33, 'F16'], [7, 'F32'], [2 * FLOAT_CAP + 5, 'BF16'], [100, 'F16'], [12_345, 'F32']] as const) {
+        const values = Float32Array.from({ length: n }, (_, i) => (i % 13) - 6 + i / 64);
+        const stored = dtype === 'F32' ? Buffer.from(values.buffer) : convertBytes(Buffer.from(values.buffer), 'F32', dtype);
+        const view = slot.load(stored, dtype);
+        assert.equal(view.length, n);
+        assert.ok(Buffer.from(view.buffer, view.byteOffset, 4 * n).equals(dtype === 'F32' ? stored : convertBytes(stored, dtype, 'F32')), `wasm=${wasm} memory=${memory} ${dtype} n=${n}`);
+      }
+    } finally {
+      useFloatWasm(true);
+    }
+  }
+});
+
 /** Scheduler state of each of this process's threads ('R' running or runnable, 'S' asleep...), by thread id. */
 function threadStates(): Map<string, string> {
   const out = new Map<string, string>();

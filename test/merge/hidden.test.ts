@@ -176,3 +176,21 @@ test('a prompt-state entry larger than it can be (a 3 GB sparse file) is a miss,
   const again = await merge(recipe, join(tempDir(), 'o'), cache);
   assert.deepEqual([again.computed, again.cached], [0, 6]);
 });
+
+test('a hidden merge forks its forward worker ahead, while the models are resolved; a rerun with every state cached stops it unused, and none is left', async () => {
+  const { waitingForwardWorker } = await import('../../libs/forward');
+  const d = tempDir();
+  const file = join(d, 'moe.yml');
+  writeFileSync(file, readFileSync(join(PARITY, 'mixtral-hidden.yml'), 'utf8').replace(/\.\.\/tiny-llama/g, join(FIXTURES, 'tiny-llama')));
+  const cacheDir = tempDir();
+  for (const round of ['cold', 'cached'] as const) {
+    const seen: { line: string; waiting: number | null }[] = [];
+    await mergeRecipe({ recipeFile: file, outPath: join(d, 'out'), modelBaseDir: d, cacheDir, overwrite: true, log: (line) => seen.push({ line, waiting: waitingForwardWorker() }) });
+    const first = seen.find((s) => s.line.startsWith('model '));
+    assert.ok(first?.waiting, `${round}: a worker waits while the models are resolved (${JSON.stringify(seen.slice(0, 3))})`);
+    const states = seen.find((s) => s.line.startsWith('prompt states:'))!;
+    assert.match(states.line, round === 'cold' ? /[1-9]\d* computed/ : / 0 computed/);
+    assert.equal(states.waiting, null, `${round}: by the prompt states' line the worker served the pass or was stopped`);
+    assert.equal(waitingForwardWorker(), null);
+  }
+});
