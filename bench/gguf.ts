@@ -19,8 +19,12 @@ import { writeFastModel, type TinyModelSpec } from './models';
 export interface GgufBenchRow {
   type: GgufOutType;
   bytes: number;
+  /** Median seconds of our write. */
   ours: number;
+  /** Median of the copy's seconds, scaled to the GGUF's bytes. */
   copy: number;
+  /** Median over the pairs (taken in turn) of the copy's scaled seconds / ours: the figure against the goal. */
+  pairRatio: number;
   converter: number | null;
   /** The same write through quant.ts's scalar JavaScript kernels (the WebAssembly ones turned off), where they differ. */
   scalar: number | null;
@@ -35,7 +39,7 @@ async function folderLayout(dir: string, type: GgufOutType) {
   return { layout: ggufLayout({ config } as unknown as MergePlan, converterOrder(shards), type), files };
 }
 
-export async function benchGguf(tmp: string, spec: Omit<TinyModelSpec, 'dtype' | 'seed'>, log: (s: string) => void): Promise<GgufBenchRow[]> {
+export async function benchGguf(tmp: string, spec: Omit<TinyModelSpec, 'dtype' | 'seed'>, log: (s: string) => void, rounds = 7): Promise<GgufBenchRow[]> {
   const model = join(tmp, 'dense');
   await writeFastModel(model, spec);
   const recipe = join(tmp, 'moe.yml');
@@ -47,27 +51,40 @@ export async function benchGguf(tmp: string, spec: Omit<TinyModelSpec, 'dtype' |
   for (const type of ['bf16', 'f16', 'q8_0'] as const) {
     const { layout, files } = await folderLayout(out, type);
     const file = join(tmp, `ours-${type}.gguf`);
-    const best = (xs: number[]) => Math.min(...xs);
+    const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[xs.length >> 1]!;
     const ours: number[] = [];
     const scalar: number[] = [];
     const copies: number[] = [];
     let bytes = 0;
-    for (let round = 0; round < 2; round++) {
-      // Baseline: the shards' bytes streamed through this process into one file (what any converter at least
-      // reads and writes; as the write section's baseline, a userspace copy, not the kernel's copy_file_range).
+    // Baseline: the shards' bytes streamed through this process into one file (what any converter at least
+    // reads and writes; as the write section's baseline, a userspace copy, not the kernel's copy_file_range).
+    const copy = async () => {
       const c0 = performance.now();
       const sink = createWriteStream(join(tmp, 'copy.bin'));
       for (const f of files) await pipeline(createReadStream(join(out, f), { highWaterMark: 16 << 20 }), sink, { end: false });
       await new Promise<void>((res, rej) => sink.end((e?: Error | null) => (e ? rej(e) : res())));
       copies.push((performance.now() - c0) / 1000);
       rmSync(join(tmp, 'copy.bin'));
+    };
+    const write = async () => {
       rmSync(file, { force: true });
       const t0 = performance.now();
       // As the write stage does it: chunks from a pool.
       const pool = new ChunkPool(16 << 20);
       bytes = await writeModelGguf(file, layout, [], shardSource(await SafetensorsWeights.openFiles(out, files.map((f) => join(out, f))), pool), { pool });
       ours.push((performance.now() - t0) / 1000);
-      if (type !== 'bf16') {
+    };
+    // Pairs taken in turn, the order alternating (the disk's rate drifts minute to minute): each pair's ratio,
+    // and the median of them, is the figure.
+    for (let round = 0; round < rounds; round++) {
+      if (round % 2 === 0) {
+        await copy();
+        await write();
+      } else {
+        await write();
+        await copy();
+      }
+      if (type !== 'bf16' && round < 2) {
         // bf16 from bf16 shards passes bytes through: no kernel to compare.
         rmSync(file, { force: true });
         useQuantWasm(false);
@@ -92,8 +109,10 @@ export async function benchGguf(tmp: string, spec: Omit<TinyModelSpec, 'dtype' |
       }
     }
     const copyBytes = files.reduce((a, f) => a + statSync(join(out, f)).size, 0);
-    rows.push({ type, bytes, ours: best(ours), copy: best(copies) * (bytes / copyBytes), converter: conv, scalar: scalar.length ? best(scalar) : null });
-    log(`gguf ${type}: ${(bytes / 1e6).toFixed(0)} MB in ${best(ours).toFixed(2)} s${scalar.length ? ` (scalar kernels ${best(scalar).toFixed(2)} s)` : ''}; copy of the shards ${(copyBytes / 1e6).toFixed(0)} MB in ${best(copies).toFixed(2)} s${conv !== null ? `; converter ${conv.toFixed(2)} s` : ''}`);
+    const scale = bytes / copyBytes;
+    const pairs = ours.map((o, i) => (copies[i]! * scale) / o);
+    rows.push({ type, bytes, ours: median(ours), copy: median(copies) * scale, pairRatio: median(pairs), converter: conv, scalar: scalar.length ? median(scalar) : null });
+    log(`gguf ${type}: ${(bytes / 1e6).toFixed(0)} MB in ${ours.map((x) => x.toFixed(2)).join(' / ')} s${scalar.length ? ` (scalar kernels ${median(scalar).toFixed(2)} s)` : ''}; copy of the shards ${(copyBytes / 1e6).toFixed(0)} MB in ${copies.map((x) => x.toFixed(2)).join(' / ')} s; pair ratios (copy scaled / ours) ${pairs.map((x) => x.toFixed(2)).join(' ')}${conv !== null ? `; converter ${conv.toFixed(2)} s` : ''}`);
   }
   return rows;
 }

@@ -376,6 +376,8 @@ interface Setup {
   reading: Promise<void> | null;
   kernels: Promise<void>;
   sessions: Map<string, Promise<Session>>;
+  /** A layer's feeds made ahead (prepareForward widens the first layer before the prompts are known). */
+  early: { layer: number; feeds: Promise<Record<string, Feed>> } | null;
 }
 
 function setUp(m: Model): Setup {
@@ -385,7 +387,22 @@ function setUp(m: Model): Setup {
   const reading = m.cfg.numLayers > 0 ? weights.read(layers[0]!) : null;
   reading?.catch(() => undefined); // awaited in the loop; a failure before then must not go unhandled
   // Compiled off this thread while the reads run (once per process).
-  return { layers, weights, reading, kernels: WasmFloatBuffer.prepare(), sessions: new Map() };
+  return { layers, weights, reading, kernels: WasmFloatBuffer.prepare(), sessions: new Map(), early: null };
+}
+
+/** Layer `layer`'s weights as feeds; the next layer's reads (below `upTo`) start once the staging buffers are free. */
+async function nextFeeds(su: Setup, layer: number, upTo: number): Promise<Record<string, Feed>> {
+  if (su.early?.layer === layer) {
+    const f = su.early.feeds;
+    su.early = null;
+    return f;
+  }
+  await su.reading;
+  await su.kernels;
+  const f = su.weights.feeds(su.layers[layer]!);
+  su.reading = layer + 1 < upTo ? su.weights.read(su.layers[layer + 1]!) : null;
+  su.reading?.catch(() => undefined);
+  return f;
 }
 
 /** The float32 session for layer `l`'s shape, made once per setup. */
@@ -424,7 +441,14 @@ export async function prepareForward(modelDir: string, opts: ForwardOptions = {}
     executionProviders(opts.device ?? 'cpu');
     const m = await openModel(modelDir, opts.mlpFrom);
     const setup = setUp(m);
-    if ((opts.precision ?? 'fp32') === 'fp32' && setup.layers.length > 0) void layerSession(setup, m.cfg, 0, opts);
+    if (setup.layers.length > 0) {
+      if ((opts.precision ?? 'fp32') === 'fp32') void layerSession(setup, m.cfg, 0, opts);
+      // The first layer widened now (its buffers' pages faulted in while the prompts are still being read),
+      // and the second one's reads started.
+      const feeds = nextFeeds(setup, 0, setup.layers.length);
+      feeds.catch(() => undefined); // the pass that takes it awaits it
+      setup.early = { layer: 0, feeds };
+    }
     ahead = { key: aheadKey(modelDir, opts), m, setup };
   } catch {
     // the call that needs the pass meets the same error and reports it
@@ -483,28 +507,19 @@ async function runLayers(m: Model, seqs: Sequence[], upTo: number, opts: Forward
     const fixed = groups.map((g) => packInputs(cfg, g.map((i) => seqs[i]!)));
     const int8 = (opts.precision ?? 'fp32') === 'int8';
     const int8Pool: Int8Pool = new Map();
-    /** Layer `layer`'s weights as feeds; the next layer's reads start once its staging buffers are free. */
-    const layerFeeds = async (layer: number): Promise<Record<string, Feed>> => {
-      await su.reading;
-      await su.kernels;
-      const f = su.weights.feeds(layers[layer]!);
-      su.reading = layer + 1 < upTo ? su.weights.read(layers[layer + 1]!) : null;
-      su.reading?.catch(() => undefined);
-      return f;
-    };
     for (let layer = 0; layer < upTo; layer++) {
       let session: Session;
       let weights: Record<string, Feed>;
       let perLayer: Session | null = null;
       if (int8) {
         // A session per layer: MatMulNBits packs its constant blocks when the session is made.
-        const q = int8Layer(layers[layer]!, await layerFeeds(layer), int8Pool);
+        const q = int8Layer(layers[layer]!, await nextFeeds(su, layer, upTo), int8Pool);
         // No arena: a session that serves one layer would fault in a fresh one each time (measured slower).
         session = perLayer = await sessionFromBytes(encodeModel(buildLayerModel(cfg, layers[layer]!, { routerInput: opts.routerInput, int8: true })), { ...settings, arena: false }, q.external);
         weights = q.feeds;
       } else {
         session = await layerSession(su, cfg, layer, opts);
-        weights = await layerFeeds(layer);
+        weights = await nextFeeds(su, layer, upTo);
       }
       try {
         const out: Float32Array[] = new Array(seqs.length);
