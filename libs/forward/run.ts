@@ -380,9 +380,10 @@ interface Setup {
   early: { layer: number; feeds: Promise<Record<string, Feed>> } | null;
 }
 
-function setUp(m: Model): Setup {
-  // Names, dtypes and shapes of every layer are checked before any layer runs.
-  const layers = Array.from({ length: m.cfg.numLayers }, (_, l) => planLayerTensors(m.cfg, m.weights, l));
+/** Names, dtypes and shapes of every layer, checked before any layer runs. */
+const planLayers = (m: Model) => Array.from({ length: m.cfg.numLayers }, (_, l) => planLayerTensors(m.cfg, m.weights, l));
+
+function setUp(m: Model, layers = planLayers(m)): Setup {
   const weights = new LayerWeights();
   const reading = m.cfg.numLayers > 0 ? weights.read(layers[0]!) : null;
   reading?.catch(() => undefined); // awaited in the loop; a failure before then must not go unhandled
@@ -488,7 +489,7 @@ async function runLayers(m: Model, seqs: Sequence[], upTo: number, opts: Forward
       if (s.ids.length === 0) throw new ForgeError('empty_prompt', `prompt ${i} has no tokens`, { field: `prompts[${i}]` });
     }
     if (seqs.length === 0) return;
-    if (!setup) Array.from({ length: cfg.numLayers }, (_, l) => planLayerTensors(cfg, m.weights, l)); // checked before any read
+    const planned = setup?.layers ?? planLayers(m); // before any read
     // The embedding rows are read first: queued behind a layer's reads in libuv's pool, they would wait for them.
     const rows = await embedRows(m, seqs.flatMap((s) => s.ids));
     let states: Float32Array[] = seqs.map((s) => {
@@ -499,7 +500,7 @@ async function runLayers(m: Model, seqs: Sequence[], upTo: number, opts: Forward
     states.forEach((h, i) => visit(i, 0, h));
     if (upTo === 0) return;
     // Then the first layer's reads; the first session is made and the kernels are compiled while they run.
-    setup ??= setUp(m);
+    setup ??= setUp(m, planned);
     const su = setup;
     const { layers } = su;
     const settings: SessionSettings = { device: opts.device ?? 'cpu', threads: opts.threads ?? 2 };
