@@ -372,8 +372,8 @@ export function packInputs(cfg: ModelConfig, seqs: Sequence[]): Record<string, F
 interface Setup {
   layers: Map<string, LayerTensor>[];
   weights: LayerWeights;
-  /** The reads of the layer the loop takes next (null once there is none). */
-  reading: Promise<void> | null;
+  /** The reads into the staging buffers in flight or done: which layer (null when none was started). */
+  reading: { layer: number; done: Promise<void> } | null;
   kernels: Promise<void>;
   sessions: Map<string, Promise<Session>>;
   /** A layer's feeds made ahead (prepareForward widens the first layer before the prompts are known). */
@@ -383,12 +383,20 @@ interface Setup {
 /** Names, dtypes and shapes of every layer, checked before any layer runs. */
 const planLayers = (m: Model) => Array.from({ length: m.cfg.numLayers }, (_, l) => planLayerTensors(m.cfg, m.weights, l));
 
-function setUp(m: Model, layers = planLayers(m)): Setup {
-  const weights = new LayerWeights();
-  const reading = m.cfg.numLayers > 0 ? weights.read(layers[0]!) : null;
-  reading?.catch(() => undefined); // awaited in the loop; a failure before then must not go unhandled
-  // Compiled off this thread while the reads run (once per process).
-  return { layers, weights, reading, kernels: WasmFloatBuffer.prepare(), sessions: new Map(), early: null };
+/** The staging buffers' reads of `layer`, started now (after any reads still in flight into them). */
+function startReading(su: Setup, layer: number): void {
+  const before = su.reading?.done ?? Promise.resolve();
+  const done = before.catch(() => undefined).then(() => su.weights.read(su.layers[layer]!));
+  done.catch(() => undefined); // awaited by the layer that needs it; a failure before then must not go unhandled
+  su.reading = { layer, done };
+}
+
+/** `read`: the first layer's reads started now. */
+function setUp(m: Model, layers = planLayers(m), read = true): Setup {
+  // The kernels compile off this thread while the reads run (once per process).
+  const su: Setup = { layers, weights: new LayerWeights(), reading: null, kernels: WasmFloatBuffer.prepare(), sessions: new Map(), early: null };
+  if (read && layers.length > 0) startReading(su, 0);
+  return su;
 }
 
 /** Layer `layer`'s weights as feeds; the next layer's reads (below `upTo`) start once the staging buffers are free. */
@@ -398,11 +406,12 @@ async function nextFeeds(su: Setup, layer: number, upTo: number): Promise<Record
     su.early = null;
     return f;
   }
-  await su.reading;
+  if (su.reading?.layer !== layer) startReading(su, layer);
+  await su.reading!.done;
   await su.kernels;
   const f = su.weights.feeds(su.layers[layer]!);
-  su.reading = layer + 1 < upTo ? su.weights.read(su.layers[layer + 1]!) : null;
-  su.reading?.catch(() => undefined);
+  su.reading = null;
+  if (layer + 1 < upTo) startReading(su, layer + 1);
   return f;
 }
 
@@ -423,6 +432,12 @@ async function releaseSetup(setup: Setup): Promise<void> {
   for (const s of setup.sessions.values()) await s.then((x) => x.release(), () => undefined);
 }
 
+/** Float32 bytes of a layer's weights. */
+export const layerFloatBytes = (layer: Map<string, LayerTensor>) => [...layer.values()].reduce((a, t) => a + 4 * t.loc.shape.reduce((x, y) => x * y, 1), 0);
+
+/** Largest layer (float32 bytes) whose memory a pass set up ahead takes before it knows it will run. */
+export const EAGER_LAYER_BYTES = 512 << 20;
+
 /** A pass set up ahead of its prompts, and what it was set up for. */
 let ahead: { key: string; m: Model; setup: Setup } | null = null;
 
@@ -433,20 +448,26 @@ const aheadKey = (modelDir: string, opts: ForwardOptions) =>
  * Sets up the next pass over `modelDir` before its prompts are known (the model opened and checked, the first
  * layer read, its session made): a later computePromptStates / computeRouterInputs / computePadStates with the
  * same model and options starts from it. Whatever fails here is left for that call to meet and report.
+ * `eagerLayerBytes`: the largest first layer (float32 bytes) read and widened now.
  */
-export async function prepareForward(modelDir: string, opts: ForwardOptions = {}): Promise<void> {
+export async function prepareForward(modelDir: string, opts: ForwardOptions = {}, eagerLayerBytes = EAGER_LAYER_BYTES): Promise<void> {
   const old = ahead;
   ahead = null;
   if (old) await releaseSetup(old.setup);
   try {
     executionProviders(opts.device ?? 'cpu');
     const m = await openModel(modelDir, opts.mlpFrom);
-    const setup = setUp(m);
-    if (setup.layers.length > 0) {
-      if ((opts.precision ?? 'fp32') === 'fp32') void layerSession(setup, m.cfg, 0, opts);
+    const layers = planLayers(m);
+    // The pass may not come (every state cached): its first layer's memory is taken ahead only where that is
+    // small (fresh pages are slow on a VM, and a 7B layer holds 1.3 GB); otherwise the model is checked and the
+    // session made.
+    const eager = layers.length > 0 && layerFloatBytes(layers[0]!) <= eagerLayerBytes;
+    const setup = setUp(m, layers, eager);
+    if (layers.length > 0 && (opts.precision ?? 'fp32') === 'fp32') void layerSession(setup, m.cfg, 0, opts);
+    if (eager) {
       // The first layer widened now (its buffers' pages faulted in while the prompts are still being read),
       // and the second one's reads started.
-      const feeds = nextFeeds(setup, 0, setup.layers.length);
+      const feeds = nextFeeds(setup, 0, layers.length);
       feeds.catch(() => undefined); // the pass that takes it awaits it
       setup.early = { layer: 0, feeds };
     }

@@ -34,7 +34,7 @@ async function until(what: string, cond: () => boolean): Promise<void> {
   assert.ok(cond(), what);
 }
 
-test('a pass prepared ahead gives exactly the states of one that is not, and a preparation for other options is passed over', async () => {
+test('a pass prepared ahead (its first layer widened, or above the eager limit only checked) gives exactly the states of one that is not, and a preparation for other options is passed over', async () => {
   const plain = await computePromptStates(TINY('a'), IDS);
   await prepareForward(TINY('a'));
   const ahead = await computePromptStates(TINY('a'), IDS);
@@ -44,6 +44,10 @@ test('a pass prepared ahead gives exactly the states of one that is not, and a p
       assert.equal(maxAbsDiff(s.sum, ahead[p]![l]!.sum), 0, `prompt ${p} layer ${l} (sum)`);
     }
   }
+  // A layer above the eager limit: the model checked and the session made, nothing read until the pass comes.
+  await prepareForward(TINY('a'), {}, 0);
+  const light = await computePromptStates(TINY('a'), IDS);
+  for (const [p, per] of plain.entries()) for (const [l, s] of per.entries()) assert.equal(maxAbsDiff(s.last, light[p]![l]!.last), 0, `prompt ${p} layer ${l} (light)`);
   // Prepared for the prompt states' graph and another model's MLPs: router inputs with tiny-b's MLPs ignore it.
   const want = await computeRouterInputs(TINY('a'), IDS, { mlpFrom: TINY('b') });
   await prepareForward(TINY('a'));
