@@ -35,14 +35,35 @@ export async function memoSha256(file: string, cache?: ContentCache, onChunk?: (
   const real = await realpath(file);
   if (cache) {
     const st = await stat(real, { bigint: true });
+    // This process's memo first: a merge asks for the base's id at several stages, each a cache read otherwise.
+    const seen = settled.get(`${cache.dir}\0${real}`);
+    if (seen && seen.key === statKey(st)) return { sha256: seen.sha256, size: Number(st.size) };
     // Bound to the file and stats it names (an entry moved under another key is a miss); {"sha256": 64 hex} is ~80 bytes.
     const hit = await cache.getBoundJson<{ sha256: string }>(memoKey(real, statKey(st)), ['content-id', real, statKey(st)], 256);
-    if (hit && typeof hit.sha256 === 'string' && /^[0-9a-f]{64}$/.test(hit.sha256)) return { sha256: hit.sha256, size: Number(st.size) };
+    if (hit && typeof hit.sha256 === 'string' && /^[0-9a-f]{64}$/.test(hit.sha256)) {
+      settled.set(`${cache.dir}\0${real}`, { key: statKey(st), sha256: hit.sha256 });
+      return { sha256: hit.sha256, size: Number(st.size) };
+    }
   }
   const read = await readStable(real, (f) => sha256File(f, onChunk));
   if (!read) throw new ForgeError('changed_while_hashed', 'changed on every one of 3 reads while its content id was computed; wait until nothing writes it and run again', { file: real });
-  if (cache && !read.racy) await cache.putBoundJson(memoKey(real, read.key), ['content-id', real, read.key], { sha256: read.value });
+  if (cache && !read.racy) {
+    await cache.putBoundJson(memoKey(real, read.key), ['content-id', real, read.key], { sha256: read.value });
+    settled.set(`${cache.dir}\0${real}`, { key: read.key, sha256: read.value });
+  }
   return { sha256: read.value, size: Number(read.key.split(':')[0]) };
+}
+
+/**
+ * Hashes this process took or read from a cache's memo, by cache folder and real path, with the stat key they were
+ * taken under (checked on every use, as the cache memo's is). Only settled (non-racy) ones: a racy file is hashed
+ * again.
+ */
+const settled = new Map<string, { key: string; sha256: string }>();
+
+/** Tests: this process's memo of content hashes forgotten (the next lookups go to the cache). */
+export function forgetContentHashes(): void {
+  settled.clear();
 }
 
 export interface ContentIdResult {

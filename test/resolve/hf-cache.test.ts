@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os';
 import { createHash } from 'node:crypto';
 import { mkdtemp, mkdir, copyFile, symlink, writeFile, rm, utimes, cp } from 'node:fs/promises';
 import { readFileSync } from 'node:fs';
-import { resolveModel, resolveModels, contentId, contentIdStats, hubCacheDir } from '../../libs/resolve';
+import { resolveModel, resolveModels, contentId, contentIdStats, forgetContentHashes, hubCacheDir } from '../../libs/resolve';
 import { ContentCache } from '../../libs/cache';
 import { nowNs, RACY_NS, sleepUntil } from '../../libs/util/stat-key';
 
@@ -95,12 +95,33 @@ test('a content-id memo entry moved under another file\'s key is a miss: the id 
     await cacache.index.insert(cacheDir, e.key, other.integrity, { size: other.size });
   }
   const h0 = contentIdStats.filesHashed;
+  forgetContentHashes(); // as a new process would: to the cache
   assert.equal(await contentId(dir, { cache: new ContentCache(cacheDir) }), id);
   assert.equal(contentIdStats.filesHashed - h0, FILES.length, 'every moved entry is a miss: the files are hashed again');
   // Overwritten: the next call hits again.
   const h1 = contentIdStats.filesHashed;
   assert.equal(await contentId(dir, { cache: new ContentCache(cacheDir) }), id);
   assert.equal(contentIdStats.filesHashed, h1);
+});
+
+test('within one process a content id asked again comes from its own memo (the cache emptied meanwhile is not read), until a file\'s stats change', async () => {
+  const dir = await temp('model-');
+  for (const f of FILES) await copyFile(join(tinyDir, f), join(dir, f));
+  sleepUntil(nowNs() + RACY_NS);
+  const cacheDir = await temp('memo-');
+  const id = await contentId(dir, { cache: new ContentCache(cacheDir) });
+  await rm(cacheDir, { recursive: true, force: true }); // a second cache instance would miss everything now
+  const h0 = contentIdStats.filesHashed;
+  assert.equal(await contentId(dir, { cache: new ContentCache(cacheDir) }), id);
+  assert.equal(contentIdStats.filesHashed, h0, 'answered from the process memo');
+  // Another cache folder is its own scope: everything is hashed for it.
+  assert.equal(await contentId(dir, { cache: new ContentCache(await temp('memo-')) }), id);
+  assert.equal(contentIdStats.filesHashed - h0, FILES.length);
+  // A changed file (new stats) is looked at again: its new content, a new id.
+  const h1 = contentIdStats.filesHashed;
+  await writeFile(join(dir, 'config.json'), readFileSync(join(tinyDir, 'config.json'), 'utf8').replace('"llama"', '"llama" '));
+  assert.notEqual(await contentId(dir, { cache: new ContentCache(cacheDir) }), id);
+  assert.equal(contentIdStats.filesHashed - h1, 1);
 });
 
 test('content ids are memoised by path and stat key: a second call reads nothing', async () => {
