@@ -5,7 +5,7 @@ import { basename, dirname, join } from 'node:path';
 import { isOurWorkFolder, makeTempWorkFolder } from '../util';
 import { inUse } from '../util';
 import { leftByDeadProcess } from '../util';
-import { readRecipe, type ParsedRecipe } from '../recipe';
+import { readRecipe, type ParsedRecipe, type Recipe } from '../recipe';
 import type { WriteResult } from '../stages';
 import { changedOutputFiles, recordOutputFiles } from '../output-folder';
 import { loadMergeContext, readModelsFile, type MergeContext, type ResolvedModel } from '../stages';
@@ -65,7 +65,7 @@ export async function mergeWithOptions(run: MergeRun, options: StageOptions): Pr
   // Gates from the prompts' states: the forward worker boots on the idle core while the recipe is checked, the
   // models resolved and the prompts tokenized (it is ended unused when every state is cached).
   const states = GATE_MODES[parsed.recipe.gate_mode].states;
-  if (states === 'hidden' || states === 'router_input') startForwardWorker();
+  if ((states === 'hidden' || states === 'router_input') && (await mayComputeStates(parsed.recipe, run.outPath))) startForwardWorker();
   await removeDeadWorkFolders();
   const { dir: work, forget } = await makeTempWorkFolder(join(tmpdir(), `moe-forge-${process.pid}-`));
   try {
@@ -88,6 +88,26 @@ export async function mergeWithOptions(run: MergeRun, options: StageOptions): Pr
     forget();
     await rm(work, { recursive: true, force: true });
   }
+}
+
+/**
+ * Whether this run may compute prompt states, judged cheaply before anything is resolved: not when the output's
+ * copy of the recipe it was last built from (mergekit_moe_config.yml) has the same base and gate mode and every
+ * prompt of this one, with its expert's model (their states are in the cache unless it was emptied). A guess that
+ * only decides whether the forward worker boots ahead: a wrong one costs that boot, or its head start.
+ */
+export async function mayComputeStates(recipe: Recipe, outPath: string): Promise<boolean> {
+  let before: Recipe;
+  try {
+    before = (await readRecipe(join(outPath, 'mergekit_moe_config.yml'))).recipe;
+  } catch {
+    return true; // no previous build here, or not one we can read
+  }
+  const same = (a: unknown, b: unknown) => JSON.stringify(a) === JSON.stringify(b);
+  if (!same(before.base_model, recipe.base_model) || before.gate_mode !== recipe.gate_mode) return true;
+  const pairs = (r: Recipe) => new Set(r.experts.flatMap((e) => [...(e.positive_prompts ?? []), ...(e.negative_prompts ?? [])].map((p) => JSON.stringify([e.source_model, p]))));
+  const had = pairs(before);
+  return [...pairs(recipe)].some((p) => !had.has(p));
 }
 
 /**

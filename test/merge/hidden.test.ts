@@ -177,20 +177,34 @@ test('a prompt-state entry larger than it can be (a 3 GB sparse file) is a miss,
   assert.deepEqual([again.computed, again.cached], [0, 6]);
 });
 
-test('a hidden merge forks its forward worker ahead, while the models are resolved; a rerun with every state cached stops it unused, and none is left', async () => {
+test('a hidden merge forks its forward worker ahead when its prompts may need states; a rerun whose prompts were all built into the folder does not; one stopped unused when all are cached; none left', async () => {
   const { waitingForwardWorker } = await import('../../libs/forward');
   const d = tempDir();
   const file = join(d, 'moe.yml');
-  writeFileSync(file, readFileSync(join(PARITY, 'mixtral-hidden.yml'), 'utf8').replace(/\.\.\/tiny-llama/g, join(FIXTURES, 'tiny-llama')));
+  const text = readFileSync(join(PARITY, 'mixtral-hidden.yml'), 'utf8').replace(/\.\.\/tiny-llama/g, join(FIXTURES, 'tiny-llama'));
+  writeFileSync(file, text);
   const cacheDir = tempDir();
-  for (const round of ['cold', 'cached'] as const) {
+  const run = async (out: string) => {
     const seen: { line: string; waiting: number | null }[] = [];
-    await mergeRecipe({ recipeFile: file, outPath: join(d, 'out'), modelBaseDir: d, cacheDir, overwrite: true, log: (line) => seen.push({ line, waiting: waitingForwardWorker() }) });
-    const first = seen.find((s) => s.line.startsWith('model '));
-    assert.ok(first?.waiting, `${round}: a worker waits while the models are resolved (${JSON.stringify(seen.slice(0, 3))})`);
+    await mergeRecipe({ recipeFile: file, outPath: join(d, out), modelBaseDir: d, cacheDir, overwrite: true, log: (line) => seen.push({ line, waiting: waitingForwardWorker() }) });
+    assert.equal(waitingForwardWorker(), null, 'none is left');
     const states = seen.find((s) => s.line.startsWith('prompt states:'))!;
-    assert.match(states.line, round === 'cold' ? /[1-9]\d* computed/ : / 0 computed/);
-    assert.equal(states.waiting, null, `${round}: by the prompt states' line the worker served the pass or was stopped`);
-    assert.equal(waitingForwardWorker(), null);
-  }
+    assert.equal(states.waiting, null, 'by the prompt states\' line the worker served the pass or was stopped');
+    return { early: seen.find((s) => s.line.startsWith('model '))?.waiting ?? null, states: states.line };
+  };
+  let r = await run('out');
+  assert.ok(r.early, 'cold: a worker waits while the models are resolved');
+  assert.match(r.states, /[1-9]\d* computed/);
+  r = await run('out');
+  assert.equal(r.early, null, 'the same prompts as the folder was built from: no worker ahead');
+  assert.match(r.states, / 0 computed/);
+  r = await run('other');
+  assert.ok(r.early, 'a folder built from nothing: a worker waits');
+  assert.match(r.states, / 0 computed/, 'every state cached: it was stopped unused');
+  // A prompt the folder was not built from: ahead again, and it serves the pass.
+  const first = /positive_prompts:\n(\s+)- /.exec(text)!;
+  writeFileSync(file, text.replace(first[0], `${first[0]}"a prompt never seen"\n${first[1]}- `));
+  r = await run('out');
+  assert.ok(r.early, 'a new prompt: a worker waits');
+  assert.match(r.states, /1 computed/);
 });
