@@ -10,7 +10,7 @@ let installed = false;
 
 const SIGNALS = { SIGINT: 2, SIGTERM: 15, SIGHUP: 1 } as const;
 
-function removeAll(): void {
+function removeAll(keep = false): void {
   for (const [p, ours] of paths) {
     try {
       if (ours && !ours()) continue;
@@ -20,7 +20,7 @@ function removeAll(): void {
       // Never a stack trace on the way out; the next run removes work folders whose process is gone.
     }
   }
-  paths.clear();
+  if (!keep) paths.clear();
 }
 
 function install(): void {
@@ -29,6 +29,10 @@ function install(): void {
   process.on('exit', removeAll);
   for (const [sig, n] of Object.entries(SIGNALS)) {
     process.on(sig, () => {
+      // An operation already on libuv's thread pool (a stage's mkdir, a file's open) can create a path again just
+      // after it is removed: remove, let what is in flight land, remove again. Queued ones never run: we exit.
+      removeAll(true);
+      Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 30);
       removeAll();
       // Another handler (Nx's) may want to finish its own shutdown first; when we are the only one, exit as the
       // signal would. Either way the process does not carry on working for long after a signal.
