@@ -66,9 +66,11 @@ export async function mergeWithOptions(run: MergeRun, options: StageOptions): Pr
   // models resolved and the prompts tokenized (it is ended unused when every state is cached).
   const states = GATE_MODES[parsed.recipe.gate_mode].states;
   if ((states === 'hidden' || states === 'router_input') && (await mayComputeStates(parsed.recipe, run.outPath))) startForwardWorker();
-  await removeDeadWorkFolders();
-  const { dir: work, forget } = await makeTempWorkFolder(join(tmpdir(), `moe-forge-${process.pid}-`));
+  let work: string | null = null;
+  let forget: () => void = () => undefined;
   try {
+    await removeDeadWorkFolders();
+    ({ dir: work, forget } = await makeTempWorkFolder(join(tmpdir(), `moe-forge-${process.pid}-`)));
     const cacheDir = options.cacheDir ?? userCacheDir();
     const reportFiles = run.report ? reportPaths(run.report.file) : null;
     const env = commandEnv(run, { ...options, evalPrompts: run.report?.evalPrompts, writeRecipe: run.writeRecipe ?? true }, parsed, work, cacheDir, reportFiles);
@@ -86,7 +88,7 @@ export async function mergeWithOptions(run: MergeRun, options: StageOptions): Pr
   } finally {
     stopForwardWorker();
     forget();
-    await rm(work, { recursive: true, force: true });
+    if (work) await rm(work, { recursive: true, force: true });
   }
 }
 

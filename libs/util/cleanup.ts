@@ -1,4 +1,5 @@
 import { rmSync } from 'node:fs';
+import { nowNs, sleepUntil } from './stat-key';
 
 /**
  * Temporary paths removed on any exit: normal, a crash, or SIGINT/SIGTERM/SIGHUP (whose default action
@@ -26,13 +27,13 @@ function removeAll(keep = false): void {
 function install(): void {
   if (installed) return;
   installed = true;
-  process.on('exit', removeAll);
+  process.on('exit', () => removeAll());
   for (const [sig, n] of Object.entries(SIGNALS)) {
     process.on(sig, () => {
       // An operation already on libuv's thread pool (a stage's mkdir, a file's open) can create a path again just
       // after it is removed: remove, let what is in flight land, remove again. Queued ones never run: we exit.
       removeAll(true);
-      Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 30);
+      sleepUntil(nowNs() + 30_000_000n);
       removeAll();
       // Another handler (Nx's) may want to finish its own shutdown first; when we are the only one, exit as the
       // signal would. Either way the process does not carry on working for long after a signal.
