@@ -43,7 +43,8 @@ export function timed(cmd: string, args: string[], opts: { cwd?: string; env?: R
 export async function nx(ws: string, args: string[], env: Record<string, string> = {}): Promise<Ran> {
   const r = await timed(process.execPath, [join(ws, 'node_modules', 'nx', 'dist', 'bin', 'nx.js'), ...args], {
     cwd: ws,
-    env: { NX_DAEMON: 'false', NX_NO_CLOUD: 'true', CI: 'true', NX_TUI: 'false', MOE_FORGE_CACHE: join(ws, '.moe-cache'), ...env },
+    // Plugin workers' sockets in the workspace (Nx's default root, /tmp/.nx, keeps a folder per workspace).
+    env: { NX_DAEMON: 'false', NX_NO_CLOUD: 'true', CI: 'true', NX_TUI: 'false', MOE_FORGE_CACHE: join(ws, '.moe-cache'), NX_SOCKET_DIR: join(ws, '.nx-sockets'), ...env },
   });
   if (r.code !== 0) throw new Error(`nx ${args.join(' ')} failed (${r.code}):\n${r.stdout}\n${r.stderr}`);
   return r;

@@ -26,8 +26,10 @@ const PLUGINS_IN_PROCESS = process.env.NX_ISOLATE_PLUGINS ?? 'false';
 /** The environment for an nx call as users run it, plugins in worker processes. */
 export const ISOLATED = { NX_ISOLATE_PLUGINS: 'true' } as const;
 
+// Plugin workers' sockets in the workspace, which the test removes: Nx's default root is a literal /tmp/.nx, where
+// each workspace left a folder behind.
 export function nx(ws: string, args: string[], env: Record<string, string | undefined> = {}) {
-  return run(process.execPath, [join(ws, 'node_modules', 'nx', 'dist', 'bin', 'nx.js'), ...args], ws, { NX_DAEMON: 'false', NX_NO_CLOUD: 'true', CI: 'true', NX_TUI: 'false', NX_ISOLATE_PLUGINS: PLUGINS_IN_PROCESS, MOE_FORGE_CACHE: join(ws, '.moe-cache'), ...env });
+  return run(process.execPath, [join(ws, 'node_modules', 'nx', 'dist', 'bin', 'nx.js'), ...args], ws, { NX_DAEMON: 'false', NX_NO_CLOUD: 'true', CI: 'true', NX_TUI: 'false', NX_ISOLATE_PLUGINS: PLUGINS_IN_PROCESS, MOE_FORGE_CACHE: join(ws, '.moe-cache'), NX_SOCKET_DIR: join(ws, '.nx-sockets'), ...env });
 }
 
 /** A hidden-gate recipe over the workspace's tiny fixture models (under models/), written in bfloat16. */

@@ -121,7 +121,7 @@ test('SIGTERM of an Nx build leaves no temporary folder and no output', async ()
   const tmp = join(ws, 'tmp');
   mkdirSync(tmp);
   const nxBin = join(ws, 'node_modules', 'nx', 'dist', 'bin', 'nx.js');
-  const r = await interrupt([nxBin, 'run', 'moe:build', '--verbose'], ws, { TMPDIR: tmp, NX_DAEMON: 'false', NX_NO_CLOUD: 'true', CI: 'true', NX_TUI: 'false', MOE_FORGE_CACHE: join(ws, '.moe-cache') }, /embed-prompts/, 'SIGTERM');
+  const r = await interrupt([nxBin, 'run', 'moe:build', '--verbose'], ws, { TMPDIR: tmp, NX_DAEMON: 'false', NX_NO_CLOUD: 'true', CI: 'true', NX_TUI: 'false', MOE_FORGE_CACHE: join(ws, '.moe-cache'), NX_SOCKET_DIR: join(ws, '.nx-sockets') }, /embed-prompts/, 'SIGTERM');
   assert.notEqual(r.code, 0, r.output);
   // Nx's own files under TMPDIR are Nx's; ours start with moe-forge.
   assert.deepEqual(readdirSync(tmp).filter((e) => e.startsWith('moe-forge')), [], 'no work folder of ours left in TMPDIR');
