@@ -1,4 +1,4 @@
-import { open } from 'node:fs/promises';
+import { open, type FileHandle } from 'node:fs/promises';
 import { ForgeError, ModelError } from '../errors';
 import { readModelConfig, type ModelConfig } from '../model-folder';
 import { convertBytes, decodeFloats, readRows, readTensorBytes, type TensorIndex } from '../safetensors';
@@ -127,78 +127,125 @@ export class WeightBuffer {
   /** Float32 values of `src` (stored bytes of `dtype`: F32, BF16 or F16), in this buffer. */
   load(src: Uint8Array, dtype: string): Float32Array {
     const n = src.length / (dtype === 'F32' ? 4 : 2);
-    const view = this.floats(n);
-    const bytes = new Uint8Array(view.buffer, view.byteOffset, 4 * n);
-    if (dtype === 'F32') bytes.set(src);
-    else if (this.wasm || !(dtype === 'BF16' || dtype === 'F16')) {
-      // Into the upper half, widened in place where the kernels run on this memory (or in JavaScript).
-      bytes.set(src, 2 * n);
-      this.widen(view, dtype);
-    } else widenFrom(src, dtype, bytes);
-    return view;
+    const { floats, stored } = this.stage(n, dtype);
+    stored.set(src);
+    this.widenRange(floats, 0, n, dtype);
+    return floats;
+  }
+
+  /**
+   * n float32 values (`floats`) and where the n stored values of `dtype` go (`stored`): for 16-bit values the
+   * upper half, widened in place by widenRange, for F32 the values themselves.
+   */
+  stage(n: number, dtype: string): { floats: Float32Array; stored: Uint8Array } {
+    const floats = this.floats(n);
+    const bytes = new Uint8Array(floats.buffer, floats.byteOffset, 4 * n);
+    return { floats, stored: dtype === 'F32' ? bytes : bytes.subarray(2 * n) };
   }
 
   /** `view` (from floats()) holds 16-bit values in its upper half: they become its float32 values. */
   widen(view: Float32Array, dtype: string): void {
-    if (this.wasm && (dtype === 'BF16' || dtype === 'F16')) this.wasm.widen(view.length, dtype);
-    else widenInPlace(view, dtype);
+    this.widenRange(view, 0, view.length, dtype);
+  }
+
+  /**
+   * Values [from, to) of `view`'s 16-bit values (held in its upper half) become float32, in place; ranges in
+   * order, as their stored bytes arrive. A no-op for F32.
+   */
+  widenRange(view: Float32Array, from: number, to: number, dtype: string): void {
+    if (dtype === 'F32') return;
+    if (this.wasm && (dtype === 'BF16' || dtype === 'F16')) this.wasm.widenRange(view.length, from, to, dtype);
+    else widenRangeInPlace(view, from, to, dtype);
   }
 }
 
+/** Stored bytes read per chunk of a layer's weights (a multiple of 64: whole rounds of the widening kernels). */
+export const LOAD_CHUNK_BYTES = 4 << 20;
+
+interface LoadChunk {
+  loc: LayerTensor['loc'];
+  /** Bytes [begin, begin + into.length) of the tensor's stored bytes. */
+  begin: number;
+  into: Uint8Array;
+  widen: () => void;
+}
+
 /**
- * One layer's weights at a time: each tensor's stored bytes are read into a staging buffer of its role while the
- * layer before runs, and widened into the role's float32 buffer once that layer is done (onnxruntime runs on
- * this thread, so the widening could not overlap the run anyway). One float32 set and one set of stored bytes
- * are held: at Mistral-7B's shape 1.3 GB where two float32 sets took 1.75 GB.
+ * One layer's weights at a time, as float32 in buffers by role, reused from layer to layer so that no layer pays
+ * for fresh memory. Each tensor's stored bytes are read straight into its buffer (16-bit values into the upper
+ * half) a chunk at a time, and each chunk is widened in place on this thread while libuv's pool reads the next:
+ * the two overlap on two cores, where reading the next layer during a run took a core from onnxruntime's
+ * threads. No staging copy is held (at Mistral-7B's shape 0.87 GB where one float32 set and staged bytes took
+ * 1.3 GB), and the first layer's fresh pages fault in on both threads.
  */
 export class LayerWeights {
   private readonly f32 = new Map<string, WeightBuffer>();
-  private readonly staged = new Map<string, Buffer>();
 
-  /** Reads the tensors' bytes into the staging buffers, all at once (libuv's pool reads them side by side). */
-  read(tensors: Map<string, LayerTensor>): Promise<void> {
-    const reads = [...tensors.values()].map((t) => {
-      let b = this.staged.get(t.role);
-      if (!b || b.length < t.loc.byteLength) this.staged.set(t.role, (b = Buffer.allocUnsafeSlow(t.loc.byteLength)));
-      return readTensorInto(t.loc, b.subarray(0, t.loc.byteLength));
-    });
-    return Promise.all(reads).then(() => undefined);
+  /** `chunkBytes`: stored bytes per read, a multiple of 64 (tests make it small, to split small tensors). */
+  constructor(private readonly chunkBytes = LOAD_CHUNK_BYTES) {
+    if (chunkBytes <= 0 || chunkBytes % 64 !== 0) throw new RangeError(`chunk of ${chunkBytes} bytes: a positive multiple of 64 is needed`);
   }
 
-  /** The layer read last as float32 feeds (once read() has resolved); the staging buffers are free again. */
-  feeds(tensors: Map<string, LayerTensor>): Record<string, Feed> {
+  /** The layer's float32 feeds; `kernels` resolves once the widening kernels are compiled (awaited before the first widening). */
+  async load(tensors: Map<string, LayerTensor>, kernels: Promise<void>): Promise<Record<string, Feed>> {
     const out: Record<string, Feed> = {};
+    const chunks: LoadChunk[] = [];
     for (const t of tensors.values()) {
       let slot = this.f32.get(t.role);
       if (!slot) this.f32.set(t.role, (slot = new WeightBuffer()));
-      const src = this.staged.get(t.role)!.subarray(0, t.loc.byteLength);
-      out[weightInput(t.role)] = floatTensor(slot.load(src, t.loc.dtype), t.loc.shape);
+      const { dtype, byteLength } = t.loc;
+      const width = dtype === 'F32' ? 4 : 2;
+      const n = byteLength / width;
+      const { floats, stored } = slot.stage(n, dtype);
+      const s = slot;
+      for (let begin = 0; begin < byteLength; begin += this.chunkBytes) {
+        const end = Math.min(byteLength, begin + this.chunkBytes);
+        chunks.push({ loc: t.loc, begin, into: stored.subarray(begin, end), widen: () => s.widenRange(floats, begin / width, end / width, dtype) });
+      }
+      out[weightInput(t.role)] = floatTensor(floats, t.loc.shape);
+    }
+    const files = new Map<string, FileHandle>();
+    // Opened first: a read must reach libuv's pool before the widening that follows it blocks this thread.
+    const read = (c: LoadChunk) => readFully(files.get(c.loc.file)!, c.into, c.loc.offset + c.begin, c.loc);
+    let next: Promise<void> | null = null;
+    try {
+      for (const c of chunks) if (!files.has(c.loc.file)) files.set(c.loc.file, await open(c.loc.file, 'r'));
+      let compiled = false;
+      next = chunks.length > 0 ? read(chunks[0]!) : null;
+      for (let i = 0; i < chunks.length; i++) {
+        await next;
+        next = i + 1 < chunks.length ? read(chunks[i + 1]!) : null;
+        if (!compiled) {
+          await kernels;
+          compiled = true;
+        }
+        chunks[i]!.widen();
+      }
+    } finally {
+      await next?.catch(() => undefined); // no read may land in a buffer after it is handed on
+      for (const fh of files.values()) await fh.close().catch(() => undefined);
     }
     return out;
+  }
+}
+
+/** `into.length` bytes of `loc`'s file from `position`. */
+async function readFully(fh: FileHandle, into: Uint8Array, position: number, loc: LayerTensor['loc']): Promise<void> {
+  let done = 0;
+  while (done < into.length) {
+    const { bytesRead } = await fh.read(into, done, into.length - done, position + done);
+    if (bytesRead === 0) throw new ForgeError('truncated', `file ended while reading ${loc.byteLength} bytes`, { file: loc.file, tensor: loc.name });
+    done += bytesRead;
   }
 }
 
 export async function readTensorInto(loc: LayerTensor['loc'], into: Buffer): Promise<void> {
   const fh = await open(loc.file, 'r');
   try {
-    let done = 0;
-    while (done < loc.byteLength) {
-      const { bytesRead } = await fh.read(into, done, loc.byteLength - done, loc.offset + done);
-      if (bytesRead === 0) throw new ForgeError('truncated', `file ended while reading ${loc.byteLength} bytes`, { file: loc.file, tensor: loc.name });
-      done += bytesRead;
-    }
+    await readFully(fh, into.subarray(0, loc.byteLength), loc.offset, loc);
   } finally {
     await fh.close();
   }
-}
-
-/** 16-bit values `src` as float32 bytes into `out` (4 bytes per value): through the kernels where they run. */
-function widenFrom(src: Uint8Array, dtype: 'BF16' | 'F16', out: Uint8Array): void {
-  const k = floatKernels();
-  if (k) return castThrough(k, src, dtype, 'F32', out);
-  const n = src.length / 2;
-  out.set(src, 2 * n);
-  widenInPlace(new Float32Array(out.buffer, out.byteOffset, n), dtype);
 }
 
 /**
@@ -206,13 +253,18 @@ function widenFrom(src: Uint8Array, dtype: 'BF16' | 'F16', out: Uint8Array): voi
  * read (bytes 2n+2i) before its float lands at bytes 4i..4i+3, which lie below every value still to be read.
  */
 export function widenInPlace(buf: Float32Array, dtype: string): void {
+  widenRangeInPlace(buf, 0, buf.length, dtype);
+}
+
+/** Values [from, to) of widenInPlace, the ranges of a buffer in order (see WasmFloatBuffer.widenRange). */
+function widenRangeInPlace(buf: Float32Array, from: number, to: number, dtype: string): void {
   const n = buf.length;
   const k = dtype === 'BF16' || dtype === 'F16' ? floatKernels() : null;
   if (k) {
     // The SIMD kernels (several times the loop below): each block's 16-bit source is copied out before its
     // floats land, and block [i, i+m) writes bytes below 4(i+m) <= 2n + 2(i+m), where unread values start.
     const bytes = new Uint8Array(buf.buffer, buf.byteOffset, 4 * n);
-    castThrough(k, bytes.subarray(2 * n), dtype as 'BF16' | 'F16', 'F32', bytes);
+    castThrough(k, bytes.subarray(2 * n + 2 * from, 2 * n + 2 * to), dtype as 'BF16' | 'F16', 'F32', bytes.subarray(4 * from, 4 * to));
     return;
   }
   const src = new Uint16Array(buf.buffer, buf.byteOffset, 2 * n);
@@ -220,18 +272,23 @@ export function widenInPlace(buf: Float32Array, dtype: string): void {
   if (dtype === 'BF16') {
     // Two values per 32-bit read (about 2.5x faster than one at a time): the low half is the earlier value.
     // Still safe in place: pair k is read (bytes 2n+4k..) before its floats land at bytes 8k..8k+7.
-    let i = 0;
-    if (n % 2 === 1) dst[i++] = src[n]! << 16; // then the pairs start 4-byte aligned
-    const pairs = new Uint32Array(buf.buffer, buf.byteOffset + 2 * (n + i), (n - i) / 2);
-    for (let k = 0; k < pairs.length; k++) {
+    let i = from;
+    if ((n + i) % 2 === 1 && i < to) {
+      dst[i] = src[n + i]! << 16; // then the pairs start 4-byte aligned
+      i++;
+    }
+    const count = (to - i) >> 1;
+    const pairs = new Uint32Array(buf.buffer, buf.byteOffset + 2 * (n + i), count);
+    for (let k = 0; k < count; k++) {
       const w = pairs[k]!;
       dst[i + 2 * k] = w << 16;
       dst[i + 2 * k + 1] = w & 0xffff0000;
     }
-  } else {
+    for (let j = i + 2 * count; j < to; j++) dst[j] = src[n + j]! << 16;
+  } else if (dtype === 'F16') {
     const table = f16Widen();
-    for (let i = 0; i < n; i++) dst[i] = table[src[n + i]!]!;
-  }
+    for (let i = from; i < to; i++) dst[i] = table[src[n + i]!]!;
+  } else throw new Error(`internal: no widening for ${dtype}`);
 }
 
 let f16Table: Uint32Array | null = null;
@@ -365,54 +422,41 @@ export function packInputs(cfg: ModelConfig, seqs: Sequence[]): Record<string, F
 }
 
 /**
- * What a pass sets up before its first layer runs: every layer's tensors checked, the first layer's reads
+ * What a pass sets up before its first layer runs: every layer's tensors checked, the first layer's load
  * started, the widening kernels compiling, the sessions made once per layer shape. Made by prepareForward
  * ahead of the prompts (in a worker started early), or by runLayers itself.
  */
 interface Setup {
   layers: Map<string, LayerTensor>[];
   weights: LayerWeights;
-  /** The reads into the staging buffers in flight or done: which layer (null when none was started). */
-  reading: { layer: number; done: Promise<void> } | null;
+  /** A layer's load into the weight buffers, started ahead (the first layer's; null once taken). */
+  loading: { layer: number; feeds: Promise<Record<string, Feed>> } | null;
   kernels: Promise<void>;
   sessions: Map<string, Promise<Session>>;
-  /** A layer's feeds made ahead (prepareForward widens the first layer before the prompts are known). */
-  early: { layer: number; feeds: Promise<Record<string, Feed>> } | null;
 }
 
 /** Names, dtypes and shapes of every layer, checked before any layer runs. */
 const planLayers = (m: Model) => Array.from({ length: m.cfg.numLayers }, (_, l) => planLayerTensors(m.cfg, m.weights, l));
 
-/** The staging buffers' reads of `layer`, started now (after any reads still in flight into them). */
-function startReading(su: Setup, layer: number): void {
-  const before = su.reading?.done ?? Promise.resolve();
-  const done = before.catch(() => undefined).then(() => su.weights.read(su.layers[layer]!));
-  done.catch(() => undefined); // awaited by the layer that needs it; a failure before then must not go unhandled
-  su.reading = { layer, done };
-}
-
-/** `read`: the first layer's reads started now. */
-function setUp(m: Model, layers = planLayers(m), read = true): Setup {
+/** `load`: the first layer's load started now. */
+function setUp(m: Model, layers = planLayers(m), load = true): Setup {
   // The kernels compile off this thread while the reads run (once per process).
-  const su: Setup = { layers, weights: new LayerWeights(), reading: null, kernels: WasmFloatBuffer.prepare(), sessions: new Map(), early: null };
-  if (read && layers.length > 0) startReading(su, 0);
+  const su: Setup = { layers, weights: new LayerWeights(), loading: null, kernels: WasmFloatBuffer.prepare(), sessions: new Map() };
+  if (load && layers.length > 0) {
+    const feeds = su.weights.load(layers[0]!, su.kernels);
+    feeds.catch(() => undefined); // awaited by the layer that needs it; a failure before then must not go unhandled
+    su.loading = { layer: 0, feeds };
+  }
   return su;
 }
 
-/** Layer `layer`'s weights as feeds; the next layer's reads (below `upTo`) start once the staging buffers are free. */
-async function nextFeeds(su: Setup, layer: number, upTo: number): Promise<Record<string, Feed>> {
-  if (su.early?.layer === layer) {
-    const f = su.early.feeds;
-    su.early = null;
-    return f;
-  }
-  if (su.reading?.layer !== layer) startReading(su, layer);
-  await su.reading!.done;
-  await su.kernels;
-  const f = su.weights.feeds(su.layers[layer]!);
-  su.reading = null;
-  if (layer + 1 < upTo) startReading(su, layer + 1);
-  return f;
+/** Layer `layer`'s weights as feeds (the buffers hold one layer: the feeds of the layer before are spent). */
+async function nextFeeds(su: Setup, layer: number): Promise<Record<string, Feed>> {
+  const ahead = su.loading;
+  su.loading = null;
+  if (ahead?.layer === layer) return ahead.feeds;
+  await ahead?.feeds.catch(() => undefined); // its reads land in the same buffers
+  return su.weights.load(su.layers[layer]!, su.kernels);
 }
 
 /** The float32 session for layer `l`'s shape, made once per setup. */
@@ -459,18 +503,12 @@ export async function prepareForward(modelDir: string, opts: ForwardOptions = {}
     const m = await openModel(modelDir, opts.mlpFrom);
     const layers = planLayers(m);
     // The pass may not come (every state cached): its first layer's memory is taken ahead only where that is
-    // small (fresh pages are slow on a VM, and a 7B layer holds 1.3 GB); otherwise the model is checked and the
+    // small (fresh pages are slow on a VM, and a 7B layer holds 0.87 GB); otherwise the model is checked and the
     // session made.
     const eager = layers.length > 0 && layerFloatBytes(layers[0]!) <= eagerLayerBytes;
+    // Eager: the first layer read and widened now, its buffers' pages faulted in while the prompts are read.
     const setup = setUp(m, layers, eager);
     if (layers.length > 0 && (opts.precision ?? 'fp32') === 'fp32') void layerSession(setup, m.cfg, 0, opts);
-    if (eager) {
-      // The first layer widened now (its buffers' pages faulted in while the prompts are still being read),
-      // and the second one's reads started.
-      const feeds = nextFeeds(setup, 0, layers.length);
-      feeds.catch(() => undefined); // the pass that takes it awaits it
-      setup.early = { layer: 0, feeds };
-    }
     ahead = { key: aheadKey(modelDir, opts), m, setup };
   } catch {
     // the call that needs the pass meets the same error and reports it
@@ -495,8 +533,8 @@ async function modelFor(modelDir: string, opts: ForwardOptions): Promise<{ m: Mo
 
 /**
  * Runs the sequences layer by layer: one session per distinct layer shape (the weights are inputs), every
- * pack of prompts through it in one run each, while the next layer's weights are read (LayerWeights: one
- * layer's float32 weights and the next one's stored bytes are held), and nothing is written beside the model.
+ * pack of prompts through it in one run each, each layer's weights loaded into the same buffers before it runs
+ * (LayerWeights: one layer's float32 weights are held), and nothing is written beside the model.
  * Calls `visit` for entries 0..upTo.
  */
 async function runLayers(m: Model, seqs: Sequence[], upTo: number, opts: ForwardOptions, visit: Visit, ready?: Setup): Promise<void> {
@@ -520,7 +558,7 @@ async function runLayers(m: Model, seqs: Sequence[], upTo: number, opts: Forward
     });
     states.forEach((h, i) => visit(i, 0, h));
     if (upTo === 0) return;
-    // Then the first layer's reads; the first session is made and the kernels are compiled while they run.
+    // Then the first layer's load; the first session is made and the kernels are compiled while it runs.
     setup ??= setUp(m, planned);
     const su = setup;
     const { layers } = su;
@@ -535,13 +573,13 @@ async function runLayers(m: Model, seqs: Sequence[], upTo: number, opts: Forward
       let perLayer: Session | null = null;
       if (int8) {
         // A session per layer: MatMulNBits packs its constant blocks when the session is made.
-        const q = int8Layer(layers[layer]!, await nextFeeds(su, layer, upTo), int8Pool);
+        const q = int8Layer(layers[layer]!, await nextFeeds(su, layer), int8Pool);
         // No arena: a session that serves one layer would fault in a fresh one each time (measured slower).
         session = perLayer = await sessionFromBytes(encodeModel(buildLayerModel(cfg, layers[layer]!, { routerInput: opts.routerInput, int8: true })), { ...settings, arena: false }, q.external);
         weights = q.feeds;
       } else {
         session = await layerSession(su, cfg, layer, opts);
-        weights = await nextFeeds(su, layer, upTo);
+        weights = await nextFeeds(su, layer);
       }
       try {
         const out: Float32Array[] = new Array(seqs.length);

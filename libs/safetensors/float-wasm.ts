@@ -271,12 +271,12 @@ function halfBits(h: number): number {
 }
 
 /** Values [from, n) of the in-place layout widened one at a time (kernel tails; no SIMD at all). */
-function widenScalar(mem: ArrayBuffer, n: number, from: number, dtype: 'BF16' | 'F16'): void {
+function widenScalar(mem: ArrayBuffer, n: number, from: number, to: number, dtype: 'BF16' | 'F16'): void {
   // Going forward in place is safe here too: value i is read at bytes 2n + 2i before bytes 4i.. are written.
   const src = new Uint16Array(mem, 2 * n, n);
   const dst = new Uint32Array(mem, 0, n);
-  if (dtype === 'BF16') for (let i = from; i < n; i++) dst[i] = src[i]! << 16;
-  else for (let i = from; i < n; i++) dst[i] = halfBits(src[i]!);
+  if (dtype === 'BF16') for (let i = from; i < to; i++) dst[i] = src[i]! << 16;
+  else for (let i = from; i < to; i++) dst[i] = halfBits(src[i]!);
 }
 
 /**
@@ -357,15 +357,25 @@ export class WasmFloatBuffer {
 
   /** The n 16-bit values in bytes [2n, 4n) become float32 values [0, n), in place. */
   widen(n: number, dtype: 'BF16' | 'F16'): void {
+    this.widenRange(n, 0, n, dtype);
+  }
+
+  /**
+   * Values [from, to) of the n 16-bit values in bytes [2n, 4n) become float32 values [from, to), in place. The
+   * ranges of a buffer go in order (values above `to` may still be arriving while this one runs: none of its
+   * writes reach them).
+   */
+  widenRange(n: number, from: number, to: number, dtype: 'BF16' | 'F16'): void {
     if (4 * n > this.memory.buffer.byteLength) throw new RangeError(`widen of ${n} values past the buffer (${this.capacity})`);
+    if (!(0 <= from && from <= to && to <= n)) throw new RangeError(`widen of values ${from}..${to} outside 0..${n}`);
     const k = this.widenKernels();
-    // The kernels move 16 values a round and must not run past n: the last few are widened after them, in
+    // The kernels move 16 values a round and must not run past `to`: the last few are widened after them, in
     // JavaScript (their source lies above every byte the kernels write: 4m <= 2n + 2m).
-    const m = k ? n - (n % 16) : 0;
+    const m = k ? to - from - ((to - from) % 16) : 0;
     // In place going forward: a round of k values at i reads bytes 2n + 2i .. 2n + 2(i + k) before it writes
     // 4i .. 4(i + k), which lies below the next round's bytes (4(i + k) <= 2n + 2(i + k) while i + k <= n).
-    if (m > 0) k![dtype](m, 2 * n, 0);
-    widenScalar(this.memory.buffer, n, m, dtype);
+    if (m > 0) k![dtype](m, 2 * n + 2 * from, 4 * from);
+    widenScalar(this.memory.buffer, n, from + m, to, dtype);
   }
 }
 

@@ -3,17 +3,19 @@ import '../../libs/forward/no-telemetry'; // before onnxruntime-node, as libs/fo
 import * as ort from 'onnxruntime-node';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
-import { cpSync, existsSync, mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
-import { SafetensorsWeights, convertBytes, readTensorBytes, writeShard } from '../../libs/safetensors';
+import { cpSync, existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, truncateSync } from 'node:fs';
+import { SafetensorsWeights, convertBytes, decodeFloats, readTensorBytes, writeShard } from '../../libs/safetensors';
 import { tmpdir } from 'node:os';
 import { writeTinyModel } from '../../tools/testing/tiny-models';
 import { availableBackends, computeAllHiddenStates, computePromptStates, type ForwardProgress } from '../../libs/forward';
-import { WeightBuffer, widenInPlace } from '../../libs/forward/run';
+import { LOAD_CHUNK_BYTES, LayerWeights, WeightBuffer, widenInPlace } from '../../libs/forward/run';
+import { planLayerTensors, weightInput } from '../../libs/forward/layer-graph';
+import { openWeights, readModelConfig } from '../../libs/model-folder';
 import { assumeHugeMalloc } from '../../libs/forward/huge-pages';
 import { floatTensor, sessionFromBytes } from '../../libs/forward/backend';
 import { encodeModel } from '../../libs/forward/onnx-proto';
 import { OnnxDtype } from '../../libs/forward/onnx-proto';
-import { FLOAT_CAP, useFloatWasm } from '../../libs/safetensors/float-wasm';
+import { FLOAT_CAP, WasmFloatBuffer, useFloatWasm } from '../../libs/safetensors/float-wasm';
 import { ForgeError } from '../../libs/errors';
 import { FIXTURES } from '../helpers/forward-fixtures';
 import { maxAbsDiff } from '../helpers/forward-reference';
@@ -172,7 +174,7 @@ test('a weight buffer reused for tensors of other sizes holds only the latest te
   }
 });
 
-test('a weight buffer loads stored bytes of another buffer (the staging of the next layer) as their float32 values, reused across sizes', () => {
+test('a weight buffer loads stored bytes from another buffer as their float32 values, reused across sizes', () => {
   for (const [wasm, memory] of [[true, true], [true, false], [false, true], [false, false]] as const) {
     useFloatWasm(wasm);
     try {
@@ -244,5 +246,65 @@ test('onnxruntime\'s worker threads do not spin after a run (the next layer\'s r
     assert.ok(seen.every((run) => run.slice(1).every((s) => !s.includes('R'))), `worker states sampled after each run: ${seen.map((r) => r.join(',')).join(' | ')}`);
   } finally {
     await session.release();
+  }
+});
+
+test('a layer loads a chunk at a time into its float32 values: chunks that split tensors, tails off the kernels\' rounds, every memory path', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'moe-forge-load-'));
+  try {
+    for (const dtype of ['BF16', 'F16', 'F32'] as const) {
+      // hidden 40, intermediate 50: no tensor is a multiple of 16 values or of a chunk.
+      const model = join(dir, dtype);
+      await writeTinyModel(model, { modelType: 'qwen2', hidden: 40, layers: 2, heads: 4, kvHeads: 2, intermediate: 50, vocab: 300, dtype, seed: 5 });
+      const cfg = await readModelConfig(model);
+      const weights = await openWeights(model);
+      const want = new Map<string, Float32Array>();
+      for (const l of [0, 1]) for (const t of planLayerTensors(cfg, weights, l).values()) want.set(`${l}.${t.role}`, decodeFloats(await readTensorBytes(t.loc), t.loc.dtype));
+      for (const [wasm, memory] of [[true, true], [true, false], [false, true]] as const) {
+        useFloatWasm(wasm);
+        assumeHugeMalloc(!memory);
+        try {
+          for (const chunk of [64, 192, LOAD_CHUNK_BYTES]) {
+            const lw = new LayerWeights(chunk);
+            // Two layers through the same buffers: the second must not keep any of the first's values.
+            for (const l of [0, 1]) {
+              const layer = planLayerTensors(cfg, weights, l);
+              const feeds = await lw.load(layer, WasmFloatBuffer.prepare());
+              for (const t of layer.values()) {
+                const got = feeds[weightInput(t.role)]!.data as Float32Array;
+                assert.deepEqual(got, want.get(`${l}.${t.role}`), `${dtype} layer ${l} ${t.role} chunk ${chunk} wasm=${wasm} memory=${memory}`);
+              }
+            }
+          }
+        } finally {
+          useFloatWasm(true);
+          assumeHugeMalloc(undefined);
+        }
+      }
+    }
+    assert.throws(() => new LayerWeights(100), /chunk of 100 bytes: a positive multiple of 64 is needed/);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('a layer whose file ends before a tensor does is refused, naming the file and tensor', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'moe-forge-load-'));
+  try {
+    const model = join(dir, 'm');
+    await writeTinyModel(model, { modelType: 'llama', hidden: 32, layers: 1, heads: 4, kvHeads: 2, intermediate: 48, vocab: 100, dtype: 'BF16', seed: 1 });
+    const layer = planLayerTensors(await readModelConfig(model), await openWeights(model), 0);
+    const q = layer.get('q')!;
+    const file = q.loc.file;
+    // The header was read when the model was opened; the file is cut short after that.
+    truncateSync(file, q.loc.offset + 10);
+    await assert.rejects(new LayerWeights(64).load(layer, WasmFloatBuffer.prepare()), (e: Error) => {
+      assert.ok(e instanceof ForgeError);
+      assert.match(e.message, /file ended while reading \d+ bytes/);
+      assert.match(e.message, new RegExp(file.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')));
+      return true;
+    });
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
   }
 });

@@ -131,6 +131,21 @@ test('a WebAssembly float buffer widens 16-bit values in place to convertBytes\'
   }
 });
 
+test('a WebAssembly float buffer widens in ranges, in order (as a layer\'s chunks arrive), to what one widening gives', () => {
+  const buf = WasmFloatBuffer.create()!;
+  for (const dtype of ['BF16', 'F16'] as const) {
+    for (const [n, cuts] of [[1000, [0, 16, 17, 500, 999, 1000]], [65536 + 13, [0, 32768, 65536 + 13]], [37, [0, 37]]] as const) {
+      const src = patterns16(n, 3 * n);
+      const view = buf.floats(n);
+      Buffer.from(view.buffer, view.byteOffset + 2 * n, 2 * n).set(src);
+      for (let i = 0; i + 1 < cuts.length; i++) buf.widenRange(n, cuts[i]!, cuts[i + 1]!, dtype);
+      assert.ok(Buffer.from(view.buffer, view.byteOffset, 4 * n).equals(convertBytes(src, dtype, 'F32')), `${dtype} n=${n} cut at ${cuts.join(',')}`);
+    }
+  }
+  assert.throws(() => buf.widenRange(10, 5, 11, 'BF16'), /widen of values 5\.\.11 outside 0\.\.10/);
+  assert.throws(() => buf.widenRange(10, 6, 5, 'BF16'), /widen of values 6\.\.5 outside 0\.\.10/);
+});
+
 test('a reused WebAssembly float buffer: smaller and larger tensors after one another get only their own values', () => {
   const buf = WasmFloatBuffer.create()!;
   let cap = 0;
