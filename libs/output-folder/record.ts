@@ -22,13 +22,16 @@ export function changedOutputFiles(cacheDir: string, out: string): string[] {
   }
 }
 
-/** After a write: the folder's files as they are now (a cache that cannot be written is no record). */
-export function recordOutputFiles(cacheDir: string, out: string, names: string[]): void {
+/**
+ * After a write: the folder's files as they are now (a cache that cannot be written is no record). `probe`,
+ * one of them that this merge wrote, tells whether the file system needs the racy window waited out (recordKeys).
+ */
+export function recordOutputFiles(cacheDir: string, out: string, names: string[], probe?: string): void {
   try {
     const file = recordFile(cacheDir, out);
     mkdirSync(join(file, '..'), { recursive: true });
     const tmp = `${file}.${process.pid}.tmp`;
-    writeFileSync(tmp, JSON.stringify({ dir: resolve(out), files: recordKeys(resolve(out), names) }) + '\n');
+    writeFileSync(tmp, JSON.stringify({ dir: resolve(out), files: recordKeys(resolve(out), names, probe) }) + '\n');
     renameSync(tmp, file);
   } catch {
     // no record: the next merge trusts the stamp's sizes, as without one

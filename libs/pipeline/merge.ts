@@ -158,7 +158,7 @@ export function commandEnv(run: MergeRun, options: PipelineOptions, parsed: Pars
     outputState: {
       // Files of the folder changed since a merge with this cache wrote them (re-dated edits included).
       suspect: () => changedOutputFiles(cacheDir, run.outPath),
-      record: (files) => recordOutputFiles(cacheDir, run.outPath, files),
+      record: (files, _replaced, probe) => recordOutputFiles(cacheDir, run.outPath, files, probe),
     },
   };
   return env;

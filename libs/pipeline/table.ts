@@ -173,7 +173,8 @@ export function newPlanWarnings(merge: MergeContext, plan: MergePlan, gateWarnin
 
 /** The stamp and the written files, recorded for the next build's check of the folder. */
 export function finishWrite(env: StageEnv, result: WriteResult): void {
-  env.outputState.record([...result.files, STAMP_FILE], !result.skipped);
+  // The stamp, ours, probes the file system's clock (recordKeys).
+  env.outputState.record([...result.files, STAMP_FILE], !result.skipped, STAMP_FILE);
 }
 
 /** Says, once, which files of the output folder changed since written (or that it is gone). */

@@ -8,7 +8,7 @@
 //   same clock tick (same size, same stamp): such a record is never trusted later (as git's index does).
 // - Changed while read: stats taken before and after reading must be equal, or the read is not of one file.
 'use strict';
-const { statSync } = require('node:fs');
+const { chmodSync, statSync } = require('node:fs');
 const { stat } = require('node:fs/promises');
 const { join } = require('node:path');
 
@@ -63,8 +63,11 @@ function sleepUntil(ns) {
 /**
  * The key of a file to record now and trust later: a racy file is given the racy window to pass and stat again;
  * if it changed meanwhile, something else is writing it, and 'changed' is returned (never equal to a key).
+ * `fineDev()`: the device of a file system whose ctime moves with every change made after a stat (fineCtime):
+ * there the stat taken now is enough, and nothing waits. Asked before the stat, since it may probe this file.
  */
-function settledKey(p) {
+function settledKey(p, fineDev) {
+  const dev = fineDev?.();
   const at = nowNs();
   let st;
   try {
@@ -74,6 +77,7 @@ function settledKey(p) {
   }
   if (!st.isFile()) return null;
   if (!isRacy(st, at)) return statKey(st);
+  if (dev !== undefined && dev === st.dev) return statKey(st);
   const latest = st.mtimeNs > st.ctimeNs ? st.mtimeNs : st.ctimeNs;
   // Past one tick of the file system's clock, a later write cannot keep these stats. Timestamps with sub-second
   // digits come from a clock that ticks in at most ~10 ms (ext4, xfs, tmpfs): 50 ms is enough, where whole
@@ -81,15 +85,62 @@ function settledKey(p) {
   const sec = 1_000_000_000n;
   const tick = st.mtimeNs % sec === 0n && st.ctimeNs % sec === 0n ? RACY_NS : 50_000_000n;
   // Past the file's own last tick, not this look's: files recorded one after another then wait once, not each.
-  sleepUntil(latest + tick);
+  // (Through the exports, so that a test can count the waits.)
+  module.exports.sleepUntil(latest + tick);
   return fileKey(p) === statKey(st) ? statKey(st) : 'changed';
 }
 
-/** { name: key } of files of a folder just written, to tell later whether each is as written (settledKey). */
-function recordKeys(dir, names) {
+/**
+ * Whether the file system holding `file` gives every change made after a stat a ctime of its own, newer than
+ * the one that stat saw: Linux 6.13+ multigrain timestamps (ext4, xfs, btrfs, tmpfs) stamp the first change
+ * after a ctime was read from a fine clock. Then a record taken right after a write cannot be matched by a later
+ * write in the same tick, and needs no wait. Probed on `file`, which must be ours (its ctime is touched: chmod
+ * to its own mode) in changes made one right after another, each after a stat: a fine clock moves ctime by
+ * more than 0 and well under a millisecond, a coarse one by 0 or by a whole tick (at least 1 ms). Three such
+ * moves are needed (a change delayed past 0.5 ms is tried again, up to six changes; one that does not move
+ * ends the probe). Returns the file system's device, or undefined.
+ */
+function fineCtime(file) {
+  try {
+    let last = statSync(file, { bigint: true });
+    if (!last.isFile()) return undefined;
+    const mode = Number(last.mode & 0o7777n);
+    chmodSync(file, mode); // the first change: its ctime is the one the next moves are measured from
+    last = statSync(file, { bigint: true });
+    let fine = 0;
+    for (let i = 0; i < 6 && fine < 3; i++) {
+      chmodSync(file, mode);
+      const now = statSync(file, { bigint: true });
+      const moved = now.ctimeNs - last.ctimeNs;
+      if (moved <= 0n || now.ino !== last.ino) return undefined;
+      if (moved < 500_000n) fine++;
+      last = now;
+    }
+    return fine === 3 ? last.dev : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * { name: key } of files of a folder just written, to tell later whether each is as written (settledKey).
+ * `probe`: one of them that this process wrote, to learn whether the folder's file system needs the wait; it is
+ * probed only when a file is racy and only while itself racy (just written), so a folder left as it was keeps
+ * its stats.
+ */
+function recordKeys(dir, names, probe) {
+  let fine = null;
+  const fineDev = () => {
+    if (fine === null) {
+      const p = probe === undefined ? null : join(dir, probe);
+      const st = p === null ? null : (() => { try { return statSync(p, { bigint: true }); } catch { return null; } })();
+      fine = { dev: st && isRacy(st, nowNs()) ? fineCtime(p) : undefined };
+    }
+    return fine.dev;
+  };
   const files = {};
   for (const n of names) {
-    const key = settledKey(join(dir, n));
+    const key = settledKey(join(dir, n), fineDev);
     if (key) files[n] = key;
   }
   return files;
@@ -102,4 +153,4 @@ function changedSince(dir, files) {
     .map(([name]) => name);
 }
 
-module.exports = { RACY_NS, nowNs, statKey, fileKey, isRacy, readStable, settledKey, sleepUntil, recordKeys, changedSince };
+module.exports = { RACY_NS, nowNs, statKey, fileKey, isRacy, readStable, settledKey, fineCtime, sleepUntil, recordKeys, changedSince };

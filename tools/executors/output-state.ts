@@ -96,8 +96,11 @@ export function suspectFiles(root: string, project: string, dir: string): string
   return rec ? changedSince(dir, rec.files) : [];
 }
 
-/** After a successful write: record the folder's files; rotate the token when live content was replaced. */
-export function recordWrite(root: string, project: string, dir: string, names: string[], replaced: boolean): void {
+/**
+ * After a successful write: record the folder's files; rotate the token when live content was replaced. `probe`:
+ * one of them that the write made (recordKeys).
+ */
+export function recordWrite(root: string, project: string, dir: string, names: string[], replaced: boolean, probe?: string): void {
   const state = readState(root, project);
   const prev = state.outputs[dir];
   if (state.token === null || (replaced && prev && prev.token === state.token)) {
@@ -105,9 +108,10 @@ export function recordWrite(root: string, project: string, dir: string, names: s
     for (const rec of Object.values(state.outputs)) if (rec.token === state.token && rec.token !== null) rec.token = t;
     state.token = t;
   }
-  // Just written, so most files are racy: the window is waited out once (about a second), so that the next
-  // build can trust the record; a file that changes meanwhile is recorded as changed.
-  state.outputs[dir] = { dir, token: state.token, files: recordKeys(dir, names) };
+  // Just written, so most files are racy: unless the file system stamps every later change apart (probed on
+  // `probe`), the window is waited out once, so that the next build can trust the record; a file that changes
+  // meanwhile is recorded as changed.
+  state.outputs[dir] = { dir, token: state.token, files: recordKeys(dir, names, probe) };
   saveState(root, project, state);
 }
 

@@ -52,7 +52,7 @@ export function nxStageEnv(options: StageOptions, paths: StagePaths, context: Ex
       // Files of the folder that changed since this workspace wrote them (an edit that kept the size included).
       suspect: () => suspectFiles(paths.workspaceRoot, project, paths.output),
       // What the next build's hash stands on (see output-state.js): this folder as written now.
-      record: (files, replaced) => recordWrite(paths.workspaceRoot, project, paths.output, files, replaced),
+      record: (files, replaced, probe) => recordWrite(paths.workspaceRoot, project, paths.output, files, replaced, probe),
     },
     // What the report reads must be what Nx hashes for it: the report target's {projectRoot}/**/*.{yml,yaml,jsonl}.
     checkInput: (file) => checkHashedInput(file, { reruns: 'the report', option: 'evalPrompts', projectRoot: paths.projectRoot, workspaceRoot: paths.workspaceRoot, accepts: (r) => /\.(ya?ml|jsonl)$/.test(r), accepted: 'a .yml, .yaml or .jsonl file' }),
