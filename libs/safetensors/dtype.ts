@@ -89,11 +89,18 @@ export function f16BitsToF32(h: number): number {
   return sign * (1 + mant / 1024) * 2 ** (exp - 15);
 }
 
+const LITTLE_ENDIAN = new Uint8Array(new Uint32Array([1]).buffer)[0] === 1;
+
 /** Decode little-endian float bytes of `dtype` into float32 values. */
 export function decodeFloats(buf: Uint8Array, dtype: FloatDtype | string): Float32Array {
   const dv = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
   if (dtype === 'F32') {
     const out = new Float32Array(buf.byteLength / 4);
+    // The stored bytes are the values on a little-endian host: one copy (bits and all), not a loop.
+    if (LITTLE_ENDIAN) {
+      new Uint8Array(out.buffer).set(buf.subarray(0, out.length * 4));
+      return out;
+    }
     for (let i = 0; i < out.length; i++) out[i] = dv.getFloat32(i * 4, true);
     return out;
   }

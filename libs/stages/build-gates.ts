@@ -184,7 +184,7 @@ export async function writeGates(file: string, g: GateTensor): Promise<void> {
  * be blamed on prompts that are too similar): name the model and the first layer where it appears.
  */
 function checkStatesFinite(merge: MergeContext, v: Float32Array, layers: number, prompt: string, what: string): void {
-  const at = v.findIndex((x) => !Number.isFinite(x));
+  const at = firstNonFinite(v);
   if (at < 0) return;
   const base = merge.ctx.base;
   const layer = Math.floor(at / (v.length / layers));
@@ -192,8 +192,17 @@ function checkStatesFinite(merge: MergeContext, v: Float32Array, layers: number,
   throw new ModelError('non_finite', `${what} of base model ${base.ref} for prompt ${JSON.stringify(prompt)} hold NaN or Inf at ${where}: its weights are not finite`, { file: base.dir });
 }
 
+/** Index of the first NaN or infinity in `v`, or -1 (x - x is NaN exactly for those; a plain loop, several times findIndex). */
+function firstNonFinite(v: Float32Array): number {
+  for (let i = 0; i < v.length; i++) {
+    const x = v[i]!;
+    if (x - x !== 0) return i;
+  }
+  return -1;
+}
+
 function checkGatesFinite(merge: MergeContext, g: GateTensor): void {
-  const at = g.data.findIndex((x) => !Number.isFinite(x));
+  const at = firstNonFinite(g.data);
   if (at < 0) return;
   const layer = Math.floor(at / (g.experts * g.hidden));
   const e = Math.floor((at % (g.experts * g.hidden)) / g.hidden);

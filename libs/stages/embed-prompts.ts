@@ -1,4 +1,4 @@
-import { mkdir, writeFile } from 'node:fs/promises';
+import { mkdir, open, readFile, stat, writeFile } from 'node:fs/promises';
 import { missingStageFile, PROMPT_STATES_SCHEMA, readStageJson, refuseStageFile } from '../stage-files';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
@@ -85,11 +85,11 @@ export async function runEmbedPrompts(merge: MergeContext, outDir: string, opts:
   await mkdir(outDir, { recursive: true });
   const { mode, layers, hidden } = expectedPromptStates(merge);
   const index: PromptStatesIndex = { version: 1, mode, device: mode === 'hidden' || mode === 'router_input' ? opts.device ?? 'cpu' : null, layers, hidden, prompts: [], computed: 0, fromCache: 0 };
-  const tensors: { name: string; data: Float32Array }[] = [];
+  const tensors: StateTensor[] = [];
   if (mode === 'cheap_embed') {
     const texts = distinctPrompts(merge);
     for (const [i, { ids, sum }] of (await embeddingSums(ctx.base, texts)).entries()) {
-      tensors.push({ name: `p${index.prompts.length}.sum`, data: sum });
+      tensors.push({ name: `p${index.prompts.length}.sum`, rows: [sum] });
       index.prompts.push({ text: texts[i]!, ids, count: ids.length });
       index.computed++;
     }
@@ -105,13 +105,7 @@ export async function runEmbedPrompts(merge: MergeContext, outDir: string, opts:
   return index;
 }
 
-const flat = (layers: Float32Array[]) => {
-  const out = new Float32Array(layers.length * (layers[0]?.length ?? 0));
-  layers.forEach((l, i) => out.set(l, i * l.length));
-  return out;
-};
-
-async function hiddenStates(merge: MergeContext, index: PromptStatesIndex, tensors: { name: string; data: Float32Array }[], opts: EmbedOptions): Promise<void> {
+async function hiddenStates(merge: MergeContext, index: PromptStatesIndex, tensors: StateTensor[], opts: EmbedOptions): Promise<void> {
   const { base } = merge.ctx;
   const texts = distinctPrompts(merge);
   const { states, computed, fromCache, baseId, padTokenId, device, precision } = await cachedHiddenStates(base, texts, { ...opts, checkIds: (ids) => checkPromptLengths(merge, ids, texts) });
@@ -119,7 +113,7 @@ async function hiddenStates(merge: MergeContext, index: PromptStatesIndex, tenso
   index.fromCache = fromCache;
   states.forEach((s, i) => {
     index.prompts.push({ text: texts[i]!, ids: s.ids, count: s.count });
-    tensors.push({ name: `p${i}.last`, data: flat(s.last) }, { name: `p${i}.sum`, data: flat(s.sum) });
+    tensors.push({ name: `p${i}.last`, rows: s.last }, { name: `p${i}.sum`, rows: s.sum });
   });
   if (GATE_MODES[merge.ctx.gateMode].reduction === 'avg') {
     const cache = new ContentCache(opts.cacheDir, opts.warn ?? opts.log, { recompute: opts.recompute });
@@ -132,7 +126,7 @@ async function hiddenStates(merge: MergeContext, index: PromptStatesIndex, tenso
       pad = await computePadStates(base.dir, padTokenId, { device, precision });
       await putPadState(cache, material, pad);
     }
-    tensors.push({ name: 'pad', data: flat(pad) });
+    tensors.push({ name: 'pad', rows: pad });
   }
 }
 
@@ -141,7 +135,7 @@ async function hiddenStates(merge: MergeContext, index: PromptStatesIndex, tenso
  * expert that lists it, or through the base), [L, T * H]; and per prompt its first unit's last token and sum
  * (`pN.last`, `pN.sum`), which the routing report reads as it reads hidden states.
  */
-async function routerInputStates(merge: MergeContext, index: PromptStatesIndex, tensors: { name: string; data: Float32Array }[], opts: EmbedOptions): Promise<void> {
+async function routerInputStates(merge: MergeContext, index: PromptStatesIndex, tensors: StateTensor[], opts: EmbedOptions): Promise<void> {
   const texts = distinctPrompts(merge);
   const H = merge.ctx.base.config.hiddenSize;
   const units = fitUnits(merge, texts);
@@ -165,9 +159,9 @@ async function routerInputStates(merge: MergeContext, index: PromptStatesIndex, 
       for (let t = 0; t < T; t++) for (let k = 0; k < H; k++) acc[k]! += x[t * H + k]!;
       return Float32Array.from(acc);
     });
-    tensors.push({ name: `p${i}.last`, data: flat(last) }, { name: `p${i}.sum`, data: flat(sum) });
+    tensors.push({ name: `p${i}.last`, rows: last }, { name: `p${i}.sum`, rows: sum });
   });
-  for (const u of units) tensors.push({ name: unitTensor(u), data: flat(got.get(u)!.tokens) });
+  for (const u of units) tensors.push({ name: unitTensor(u), rows: got.get(u)!.tokens });
 }
 
 export interface HiddenStatesResult {
@@ -236,12 +230,37 @@ function checkPromptLengths(merge: MergeContext, ids: number[][], texts: string[
   }
 }
 
-async function writeStates(file: string, tensors: { name: string; data: Float32Array }[], layers: number): Promise<void> {
-  const specs = tensors.map((t) => ({ name: t.name, dtype: 'F32', shape: [layers, t.data.length / layers] }));
-  const header = encodeHeader(specs);
-  const body = tensors.map((t) => Buffer.from(t.data.buffer, t.data.byteOffset, t.data.byteLength));
-  await writeFile(file, Buffer.concat([header, ...body]));
+/** A tensor of the states file: [layers, width], one row per layer, each as computed (written without a copy). */
+interface StateTensor {
+  name: string;
+  rows: Float32Array[];
 }
+
+async function writeStates(file: string, tensors: StateTensor[], layers: number): Promise<void> {
+  for (const t of tensors) {
+    if (t.rows.length !== layers || t.rows.some((r) => r.length !== t.rows[0]!.length)) throw new Error(`internal: ${t.name} is not ${layers} rows of one width`);
+  }
+  const specs = tensors.map((t) => ({ name: t.name, dtype: 'F32', shape: [layers, t.rows[0]!.length] }));
+  const body = tensors.flatMap((t) => t.rows.map((r) => new Uint8Array(r.buffer, r.byteOffset, r.byteLength)));
+  const fh = await open(file, 'w');
+  try {
+    // writev takes at most IOV_MAX (1024) buffers a call.
+    const parts = [encodeHeader(specs), ...body];
+    for (let i = 0; i < parts.length; i += 1024) {
+      const batch = parts.slice(i, i + 1024);
+      const want = batch.reduce((a, b) => a + b.byteLength, 0);
+      const { bytesWritten } = await fh.writev(batch);
+      if (bytesWritten !== want) await fh.write(Buffer.concat(batch).subarray(bytesWritten)); // a short write: the rest
+    }
+  } finally {
+    await fh.close();
+  }
+}
+
+const LITTLE_ENDIAN = new Uint8Array(new Uint32Array([1]).buffer)[0] === 1;
+
+/** Prompt-state files read whole up to this size (the tensors within it); beyond, tensor by tensor. */
+const WHOLE_STATES_BYTES = 64 << 20;
 
 /**
  * The embed-prompts stage's output, checked as a stage file: prompt-states.json of the mode and sizes the merge
@@ -264,11 +283,21 @@ export async function readPromptStates(dir: string, expect: { mode: PromptStates
   } catch (e) {
     throw refuseStageFile(states, (e as Error).message.replace(`${states}: `, ''));
   }
+  // A file of reduced states (a few MB) is read once; every token's states (fit) may be large: tensor by tensor.
+  let whole: Promise<Buffer> | null = null;
+  const small = (await stat(states)).size <= WHOLE_STATES_BYTES;
   const read = async (name: string, width: number) => {
     if (!weights.has(name)) throw refuseStageFile(states, 'the tensor is missing', { tensor: name });
     const loc = weights.get(name);
     if (loc.dtype !== 'F32' || loc.shape.join() !== [index.layers, width].join()) throw refuseStageFile(states, `${loc.dtype} [${loc.shape.join(', ')}], expected F32 [${index.layers}, ${width}]`, { tensor: name });
-    return decodeFloats(await readTensorBytes(loc), 'F32');
+    if (!small) return decodeFloats(await readTensorBytes(loc), 'F32');
+    whole ??= readFile(states);
+    const bytes = await whole;
+    if (loc.offset + loc.byteLength > bytes.length) throw refuseStageFile(states, `file ended while reading ${loc.byteLength} bytes`, { tensor: name });
+    const at = bytes.byteOffset + loc.offset;
+    // A view of the file's bytes where they are aligned floats (safetensors pads its header to 8 bytes): no copy.
+    if (LITTLE_ENDIAN && at % 4 === 0) return new Float32Array(bytes.buffer, at, loc.byteLength / 4);
+    return decodeFloats(bytes.subarray(loc.offset, loc.offset + loc.byteLength), 'F32');
   };
   return {
     index,

@@ -144,3 +144,11 @@ test('sharded folders are read through model.safetensors.index.json', async () =
   writeFileSync(join(d, 'model.safetensors.index.json'), JSON.stringify(idx));
   await assert.rejects(SafetensorsWeights.openFolder(d), /tensor y: index maps this tensor to model-00001-of-00002.safetensors but that shard does not hold it/);
 });
+
+test('decodeFloats of F32 bytes gives each stored value bit for bit, from any byte offset (NaN payloads, -0 and infinities kept)', () => {
+  const bits = new Uint32Array([0x3f800000, 0x80000000, 0x7f800000, 0xff800000, 0x7fc00001, 0x00000001, 0xc0490fdb]);
+  const backing = Buffer.alloc(bits.byteLength + 3);
+  Buffer.from(bits.buffer).copy(backing, 3); // an unaligned view, as a tensor inside a file read whole can be
+  const got = decodeFloats(backing.subarray(3), 'F32');
+  assert.deepEqual([...new Uint32Array(got.buffer)], [...bits]);
+});
