@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { degenerateLayers, drawnGates, hiddenVector, newGates, normalize, type GateTensor, type HiddenReduction, type PromptStates } from '../gates';
 import { GATE_MODES, type GateMode } from '../gates';
 import { encodeHeader } from '../safetensors';
-import { decodeFloats } from '../safetensors';
+import { decodeFloats, firstNonFinite as firstNonFiniteBits } from '../safetensors';
 import { readTensorBytes, SafetensorsWeights } from '../safetensors';
 import type { MergeContext } from './context';
 import { expectedPromptStates, readPromptStates } from './embed-prompts';
@@ -192,14 +192,8 @@ function checkStatesFinite(merge: MergeContext, v: Float32Array, layers: number,
   throw new ModelError('non_finite', `${what} of base model ${base.ref} for prompt ${JSON.stringify(prompt)} hold NaN or Inf at ${where}: its weights are not finite`, { file: base.dir });
 }
 
-/** Index of the first NaN or infinity in `v`, or -1 (x - x is NaN exactly for those; a plain loop, several times findIndex). */
-function firstNonFinite(v: Float32Array): number {
-  for (let i = 0; i < v.length; i++) {
-    const x = v[i]!;
-    if (x - x !== 0) return i;
-  }
-  return -1;
-}
+/** Index of the first NaN or infinity in `v`, or -1 (checked on its bits). */
+const firstNonFinite = (v: Float32Array) => firstNonFiniteBits(new Uint8Array(v.buffer, v.byteOffset, v.byteLength), 'F32');
 
 function checkGatesFinite(merge: MergeContext, g: GateTensor): void {
   const at = firstNonFinite(g.data);
