@@ -1,4 +1,4 @@
-import { link, mkdir, readdir, readFile, rm, stat, writeFile, copyFile } from 'node:fs/promises';
+import { link, mkdir, readdir, readFile, rename, rm, stat, writeFile, copyFile } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { createHash, randomBytes } from 'node:crypto';
@@ -332,6 +332,9 @@ export async function writeOutput(early: MergePlan, late: Promise<LateInputs>, o
       });
       if (existing && existing.hash === hash && suspect.length === 0 && (await intact(out, existing))) {
         opts.log?.(`output unchanged: ${opts.outPath}`);
+        // Handed over (--overwrite, or its recipe gone) with nothing to write: the stamp alone names the new owner.
+        const owner = opts.recipeFile ? ownerField(out, opts.recipeFile) : undefined;
+        if (owner !== undefined && existing.recipe !== owner) await replaceFile(join(out, STAMP_FILE), jsonText({ ...existing, recipe: owner }));
         await dropPass();
         if (forget) {
           forget();
@@ -439,6 +442,18 @@ export async function writeOutput(early: MergePlan, late: Promise<LateInputs>, o
       const nShards = shardEntries.length;
       return { outPath: opts.outPath, files: Object.keys(files), shards: nShards, written: nShards - kept, kept, skipped: false, hash };
     }
+  }
+}
+
+/** `file` (ours) replaced whole by `text`: written beside it, then renamed over it. */
+async function replaceFile(file: string, text: string): Promise<void> {
+  const tmp = `${file}.${process.pid}-${randomBytes(4).toString('hex')}.tmp`;
+  try {
+    await writeFile(tmp, text);
+    await rename(tmp, file);
+  } catch (e) {
+    await rm(tmp, { force: true });
+    throw e;
   }
 }
 

@@ -101,6 +101,27 @@ test("a stamp naming a file outside its folder is refused, and the outside file 
   }
 });
 
+test('--overwrite hands a folder over even when nothing in it changes: a copy of the owning recipe owns it afterwards', async () => {
+  // The same text under another name: the model is the same, so the merge writes nothing but the stamp.
+  writeFileSync(join(dir, 'first.yml'), recipe());
+  writeFileSync(join(dir, 'second.yml'), recipe());
+  const out = join(dir, 'handed-out');
+  let r = await cli(['first.yml', out]);
+  assert.equal(r.exitCode, 0, r.stderr);
+  r = await cli(['second.yml', out]);
+  assert.equal(r.exitCode, 1);
+  assert.match(r.stderr, /was written by recipe .*first\.yml, and recipe .*second\.yml would replace it/);
+  r = await cli(['second.yml', out, '--overwrite']);
+  assert.equal(r.exitCode, 0, r.stderr);
+  assert.match(r.stdout, /^unchanged /);
+  assert.equal(JSON.parse(readFileSync(join(out, '.moe-forge.json'), 'utf8')).recipe, '../second.yml');
+  r = await cli(['second.yml', out]);
+  assert.equal(r.exitCode, 0, r.stderr);
+  r = await cli(['first.yml', out]);
+  assert.equal(r.exitCode, 1);
+  assert.match(r.stderr, /was written by recipe .*second\.yml, and recipe .*first\.yml would replace it/);
+});
+
 test('two recipes with one output folder: the second is refused naming both; --overwrite hands it over; concurrent runs take turns', async () => {
   writeFileSync(join(dir, 'a.yml'), recipe());
   writeFileSync(join(dir, 'b.yml'), recipe('\n    noise_scale: 0.01'));
