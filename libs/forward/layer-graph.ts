@@ -251,3 +251,106 @@ export function buildLayerModel(cfg: ModelConfig, tensors: Map<string, LayerTens
     },
   };
 }
+
+/** Graph inputs and outputs of the MLP pieces a large layer runs in (mlpUpModel, mlpDownModel). */
+export const MLP_IO = {
+  normed: 'mlp_in', // [T, H]: the post-attention RMSNorm output (the attention graph's ROUTER_INPUT)
+  act: 'mlp_act', // [T, I]: silu(gate) * up over every intermediate channel, the pieces put together
+  actOut: 'mlp_act_out', // [T, Ic]: one piece's channels
+  downOut: 'mlp_down_out', // [T, Hr]: one piece's rows of down_proj, before the residual add
+} as const;
+
+/** The weight inputs of a graph: float32, each of its tensor's shape. */
+function weightInfos(tensors: Map<string, LayerTensor>, roles: string[]): OnnxValueInfo[] {
+  return roles.filter((r) => tensors.has(r)).map((r) => ({ name: weightInput(r), dtype: OnnxDtype.FLOAT, shape: tensors.get(r)!.loc.shape }));
+}
+
+/**
+ * One piece of a layer's MLP, channels [c0, c1) of the intermediate: silu(x gate^T + gate_bias) * (x up^T +
+ * up_bias) on the normed input, with `gate`, `up` (and their biases) the rows of those channels.
+ */
+export function mlpUpModel(tensors: Map<string, LayerTensor>): OnnxModel {
+  const b = new Builder();
+  const lin = (role: string) => b.op('Gemm', tensors.has(`${role}_bias`) ? [MLP_IO.normed, weightInput(role), weightInput(`${role}_bias`)] : [MLP_IO.normed, weightInput(role)], { transB: 1 });
+  const gt = lin('gate');
+  b.op('Mul', [b.op('Mul', [gt, b.op('Sigmoid', [gt])]), lin('up')], undefined, MLP_IO.actOut);
+  const [Ic, H] = tensors.get('gate')!.loc.shape as [number, number];
+  return {
+    opset: 17,
+    graph: {
+      name: 'mlp_up',
+      nodes: b.nodes,
+      initializers: b.initializers,
+      inputs: [{ name: MLP_IO.normed, dtype: OnnxDtype.FLOAT, shape: ['T', H] }, ...weightInfos(tensors, ['gate', 'up', 'gate_bias', 'up_bias'])],
+      outputs: [{ name: MLP_IO.actOut, dtype: OnnxDtype.FLOAT, shape: ['T', Ic] }],
+    },
+  };
+}
+
+/** Rows [r0, r1) of down_proj (and its bias) on the whole activation: that slice of the MLP's output. */
+export function mlpDownModel(tensors: Map<string, LayerTensor>): OnnxModel {
+  const b = new Builder();
+  b.op('Gemm', tensors.has('down_bias') ? [MLP_IO.act, weightInput('down'), weightInput('down_bias')] : [MLP_IO.act, weightInput('down')], { transB: 1 }, MLP_IO.downOut);
+  const [Hr, I] = tensors.get('down')!.loc.shape as [number, number];
+  return {
+    opset: 17,
+    graph: {
+      name: 'mlp_down',
+      nodes: b.nodes,
+      initializers: b.initializers,
+      inputs: [{ name: MLP_IO.act, dtype: OnnxDtype.FLOAT, shape: ['T', I] }, ...weightInfos(tensors, ['down', 'down_bias'])],
+      outputs: [{ name: MLP_IO.downOut, dtype: OnnxDtype.FLOAT, shape: ['T', Hr] }],
+    },
+  };
+}
+
+/** Rows [r0, r1) of a row-major tensor (its first axis), as a tensor of its own: contiguous bytes of its file. */
+export function rowSlice(t: LayerTensor, r0: number, r1: number): LayerTensor {
+  const rows = t.loc.shape[0]!;
+  if (!(0 <= r0 && r0 < r1 && r1 <= rows)) throw new RangeError(`rows ${r0}..${r1} outside 0..${rows} of ${t.loc.name}`);
+  const rowBytes = t.loc.byteLength / rows;
+  return { role: t.role, loc: { ...t.loc, offset: t.loc.offset + r0 * rowBytes, byteLength: (r1 - r0) * rowBytes, shape: [r1 - r0, ...t.loc.shape.slice(1)] } };
+}
+
+/** What one run of a layer computes: the whole layer, its attention, channels of its MLP, or rows of down_proj. */
+export type LayerPhase =
+  | { kind: 'whole'; tensors: Map<string, LayerTensor> }
+  | { kind: 'attention'; tensors: Map<string, LayerTensor> }
+  | { kind: 'up'; c0: number; c1: number; tensors: Map<string, LayerTensor> }
+  | { kind: 'down'; r0: number; r1: number; tensors: Map<string, LayerTensor> };
+
+const MLP_UP_ROLES = ['gate', 'up', 'gate_bias', 'up_bias'];
+const MLP_DOWN_ROLES = ['down', 'down_bias'];
+
+/** n rows in pieces of at most `per` rows: as few as can be, of equal size where a count up to twice that divides n. */
+export function pieces(n: number, per: number): [number, number][] {
+  const least = Math.ceil(n / Math.max(1, per));
+  let count = least;
+  for (let c = least; c <= 2 * least; c++) {
+    if (n % c === 0) {
+      count = c;
+      break;
+    }
+  }
+  const size = Math.ceil(n / count);
+  return Array.from({ length: count }, (_, i) => [i * size, Math.min(n, (i + 1) * size)] as [number, number]).filter(([a, b]) => a < b);
+}
+
+/**
+ * The runs of a layer given `pieceBytes`: the whole layer in one where its MLP holds at most twice that in float32,
+ * else its attention (which also gives the router input), then its MLP's channels in pieces (gate and up rows) and
+ * down_proj's rows in pieces, each piece's float32 weights at most `pieceBytes`. A piece's bytes are contiguous in
+ * its file; one piece of each kind is held at a time, and the outputs are the whole layer's bit for bit (each
+ * piece splits output channels, never a sum).
+ */
+export function layerPhases(tensors: Map<string, LayerTensor>, pieceBytes: number): LayerPhase[] {
+  const [I, H] = tensors.get('gate')!.loc.shape as [number, number];
+  if (3 * 4 * I * H <= 2 * pieceBytes) return [{ kind: 'whole', tensors }];
+  const pick = (roles: string[], f: (t: LayerTensor) => LayerTensor) => new Map(roles.filter((r) => tensors.has(r)).map((r) => [r, f(tensors.get(r)!)]));
+  const attention = new Map([...tensors].filter(([r]) => !MLP_UP_ROLES.includes(r) && !MLP_DOWN_ROLES.includes(r)));
+  const phases: LayerPhase[] = [{ kind: 'attention', tensors: attention }];
+  for (const [c0, c1] of pieces(I, Math.floor(pieceBytes / (2 * 4 * H)))) phases.push({ kind: 'up', c0, c1, tensors: pick(MLP_UP_ROLES, (t) => rowSlice(t, c0, c1)) });
+  for (const [r0, r1] of pieces(H, Math.floor(pieceBytes / (4 * I)))) phases.push({ kind: 'down', r0, r1, tensors: pick(MLP_DOWN_ROLES, (t) => rowSlice(t, r0, r1)) });
+  return phases;
+}
+

@@ -6,7 +6,7 @@ import { openWeights } from '../model-folder';
 import { WasmFloatBuffer, castThrough, floatKernels } from '../safetensors';
 import { executionProviders, floatTensor, int64Tensor, sessionFromBytes, type Device, type ExternalData, type Session, type SessionSettings } from './backend';
 import { encodeModel } from './onnx-proto';
-import { LAYER_INPUTS, LAYER_OUTPUT, ROUTER_INPUT, buildLayerModel, checkTensor, int8BlockSize, layerSignature, planLayerTensors, weightInput, type LayerTensor } from './layer-graph';
+import { ATTN_OUTPUT, LAYER_INPUTS, LAYER_OUTPUT, MLP_IO, ROUTER_INPUT, buildLayerModel, checkTensor, int8BlockSize, layerPhases, layerSignature, mlpDownModel, mlpUpModel, planLayerTensors, weightInput, type LayerPhase, type LayerTensor } from './layer-graph';
 import { attentionMask, ropeTables } from './rope';
 import { mallocHugePages } from './huge-pages';
 
@@ -40,7 +40,20 @@ export interface ForwardOptions {
    * CPUs with VNNI, not exact (its states differ from fp32 ones and are cached apart).
    */
   precision?: ForwardPrecision;
+  /**
+   * Float32 bytes of MLP weights per piece (default MLP_PIECE_BYTES): a layer whose MLP holds more than twice
+   * that runs its attention, then its MLP in pieces of channels and of down_proj's rows (fp32 only), so a pass
+   * holds its attention's weights and a piece of each kind, not the whole layer (layerPhases).
+   */
+  mlpBytes?: number;
 }
+
+/**
+ * Default ForwardOptions.mlpBytes. TinyLlama's MLP (138 MB of float32) runs whole: in pieces its edits were
+ * slower (more sessions and runs than the fresh pages they spare). Mistral-7B's (705 MB) runs in 4 pieces of
+ * gate/up channels and 2 of down_proj rows (117 MB each), so a pass holds 0.4 GB of weights, not 0.87 GB.
+ */
+export const MLP_PIECE_BYTES = 128 << 20;
 
 export const FORWARD_PRECISIONS = ['fp32', 'int8'] as const;
 export type ForwardPrecision = (typeof FORWARD_PRECISIONS)[number];
@@ -428,9 +441,11 @@ export function packInputs(cfg: ModelConfig, seqs: Sequence[]): Record<string, F
  */
 interface Setup {
   layers: Map<string, LayerTensor>[];
+  /** Each layer's runs (layerPhases): the whole layer, or its attention and its MLP's pieces. */
+  phases: LayerPhase[][];
   weights: LayerWeights;
-  /** A layer's load into the weight buffers, started ahead (the first layer's; null once taken). */
-  loading: { layer: number; feeds: Promise<Record<string, Feed>> } | null;
+  /** A phase's load into the weight buffers, started ahead (the first layer's first; null once taken). */
+  loading: { layer: number; phase: number; feeds: Promise<Record<string, Feed>> } | null;
   kernels: Promise<void>;
   sessions: Map<string, Promise<Session>>;
 }
@@ -438,34 +453,42 @@ interface Setup {
 /** Names, dtypes and shapes of every layer, checked before any layer runs. */
 const planLayers = (m: Model) => Array.from({ length: m.cfg.numLayers }, (_, l) => planLayerTensors(m.cfg, m.weights, l));
 
-/** `load`: the first layer's load started now. */
-function setUp(m: Model, layers = planLayers(m), load = true): Setup {
+/** The MLP bytes a pass holds at a time: the int8 path quantizes whole layers. */
+const mlpBytesOf = (opts: ForwardOptions) => ((opts.precision ?? 'fp32') === 'int8' ? Infinity : opts.mlpBytes ?? MLP_PIECE_BYTES);
+
+/** `load`: the first layer's first load started now. */
+function setUp(m: Model, layers: Map<string, LayerTensor>[], opts: ForwardOptions, load = true): Setup {
+  const mlp = mlpBytesOf(opts);
   // The kernels compile off this thread while the reads run (once per process).
-  const su: Setup = { layers, weights: new LayerWeights(), loading: null, kernels: WasmFloatBuffer.prepare(), sessions: new Map() };
+  const su: Setup = { layers, phases: layers.map((l) => layerPhases(l, mlp)), weights: new LayerWeights(), loading: null, kernels: WasmFloatBuffer.prepare(), sessions: new Map() };
   if (load && layers.length > 0) {
-    const feeds = su.weights.load(layers[0]!, su.kernels);
+    const feeds = su.weights.load(su.phases[0]![0]!.tensors, su.kernels);
     feeds.catch(() => undefined); // awaited by the layer that needs it; a failure before then must not go unhandled
-    su.loading = { layer: 0, feeds };
+    su.loading = { layer: 0, phase: 0, feeds };
   }
   return su;
 }
 
-/** Layer `layer`'s weights as feeds (the buffers hold one layer: the feeds of the layer before are spent). */
-async function nextFeeds(su: Setup, layer: number): Promise<Record<string, Feed>> {
+/** Phase `phase` of layer `layer`'s weights as feeds (the buffers hold one phase's roles: earlier feeds of those roles are spent). */
+async function nextFeeds(su: Setup, layer: number, phase: number): Promise<Record<string, Feed>> {
   const ahead = su.loading;
   su.loading = null;
-  if (ahead?.layer === layer) return ahead.feeds;
+  if (ahead?.layer === layer && ahead.phase === phase) return ahead.feeds;
   await ahead?.feeds.catch(() => undefined); // its reads land in the same buffers
-  return su.weights.load(su.layers[layer]!, su.kernels);
+  return su.weights.load(su.phases[layer]![phase]!.tensors, su.kernels);
 }
 
-/** The float32 session for layer `l`'s shape, made once per setup. */
-function layerSession(setup: Setup, cfg: ModelConfig, l: number, opts: ForwardOptions): Promise<Session> {
-  const layer = setup.layers[l]!;
-  const key = layerSignature(layer);
+/** The float32 session for a phase's kind and shapes, made once per setup. */
+function phaseSession(setup: Setup, cfg: ModelConfig, phase: LayerPhase, opts: ForwardOptions): Promise<Session> {
+  const key = `${phase.kind}:${layerSignature(phase.tensors)}`;
   let s = setup.sessions.get(key);
   if (!s) {
-    s = sessionFromBytes(encodeModel(buildLayerModel(cfg, layer, { routerInput: opts.routerInput })), { device: opts.device ?? 'cpu', threads: opts.threads ?? 2 });
+    const model =
+      phase.kind === 'whole' ? buildLayerModel(cfg, phase.tensors, { routerInput: opts.routerInput })
+      : phase.kind === 'attention' ? buildLayerModel(cfg, phase.tensors, { attentionOnly: true })
+      : phase.kind === 'up' ? mlpUpModel(phase.tensors)
+      : mlpDownModel(phase.tensors);
+    s = sessionFromBytes(encodeModel(model), { device: opts.device ?? 'cpu', threads: opts.threads ?? 2 });
     s.catch(() => undefined); // awaited by the layer that needs it
     setup.sessions.set(key, s);
   }
@@ -486,7 +509,7 @@ export const EAGER_LAYER_BYTES = 512 << 20;
 let ahead: { key: string; m: Model; setup: Setup } | null = null;
 
 const aheadKey = (modelDir: string, opts: ForwardOptions) =>
-  JSON.stringify([modelDir, opts.mlpFrom ?? null, opts.routerInput === true, opts.device ?? 'cpu', opts.threads ?? 2, opts.precision ?? 'fp32']);
+  JSON.stringify([modelDir, opts.mlpFrom ?? null, opts.routerInput === true, opts.device ?? 'cpu', opts.threads ?? 2, opts.precision ?? 'fp32', mlpBytesOf(opts)]);
 
 /**
  * Sets up the next pass over `modelDir` before its prompts are known (the model opened and checked, the first
@@ -505,10 +528,10 @@ export async function prepareForward(modelDir: string, opts: ForwardOptions = {}
     // The pass may not come (every state cached): its first layer's memory is taken ahead only where that is
     // small (fresh pages are slow on a VM, and a 7B layer holds 0.87 GB); otherwise the model is checked and the
     // session made.
-    const eager = layers.length > 0 && layerFloatBytes(layers[0]!) <= eagerLayerBytes;
+    const eager = layers.length > 0 && layerFloatBytes(layerPhases(layers[0]!, mlpBytesOf(opts))[0]!.tensors) <= eagerLayerBytes;
     // Eager: the first layer read and widened now, its buffers' pages faulted in while the prompts are read.
-    const setup = setUp(m, layers, eager);
-    if (layers.length > 0 && (opts.precision ?? 'fp32') === 'fp32') void layerSession(setup, m.cfg, 0, opts);
+    const setup = setUp(m, layers, opts, eager);
+    if (layers.length > 0 && (opts.precision ?? 'fp32') === 'fp32') void phaseSession(setup, m.cfg, setup.phases[0]![0]!, opts);
     ahead = { key: aheadKey(modelDir, opts), m, setup };
   } catch {
     // the call that needs the pass meets the same error and reports it
@@ -529,6 +552,19 @@ function takeAhead(modelDir: string, opts: ForwardOptions): { m: Model; setup: S
 async function modelFor(modelDir: string, opts: ForwardOptions): Promise<{ m: Model; setup?: Setup }> {
   const a = takeAhead(modelDir, opts);
   return a ?? { m: await openModel(modelDir, opts.mlpFrom) };
+}
+
+/** A result tensor's values copied out of onnxruntime's buffer, the native tensor freed now rather than at GC. */
+function takeData(t: { data: unknown; dispose(): void }): Float32Array {
+  const d = (t.data as Float32Array).slice();
+  t.dispose();
+  return d;
+}
+
+/** One run of a whole-layer graph: its output, and its router input where asked. */
+async function runWhole(session: Session, feeds: Record<string, Feed>, routerInput: boolean): Promise<[Float32Array, Float32Array | null]> {
+  const r = await session.run(feeds);
+  return [takeData(r[LAYER_OUTPUT]!), routerInput ? takeData(r[ROUTER_INPUT]!) : null];
 }
 
 /**
@@ -559,7 +595,7 @@ async function runLayers(m: Model, seqs: Sequence[], upTo: number, opts: Forward
     states.forEach((h, i) => visit(i, 0, h));
     if (upTo === 0) return;
     // Then the first layer's load; the first session is made and the kernels are compiled while it runs.
-    setup ??= setUp(m, planned);
+    setup ??= setUp(m, planned, opts);
     const su = setup;
     const { layers } = su;
     const settings: SessionSettings = { device: opts.device ?? 'cpu', threads: opts.threads ?? 2 };
@@ -568,48 +604,81 @@ async function runLayers(m: Model, seqs: Sequence[], upTo: number, opts: Forward
     const int8 = (opts.precision ?? 'fp32') === 'int8';
     const int8Pool: Int8Pool = new Map();
     for (let layer = 0; layer < upTo; layer++) {
-      let session: Session;
-      let weights: Record<string, Feed>;
-      let perLayer: Session | null = null;
+      const out: Float32Array[] = new Array(seqs.length);
+      const routerIn: Float32Array[] = new Array(seqs.length);
+      // Per pack: its [N, H] output and router input, split per prompt once the layer is done.
+      const packOut: Float32Array[] = new Array(groups.length);
+      const packRouter: (Float32Array | null)[] = new Array(groups.length).fill(null);
+      const inputs = (g: number) => {
+        const { N, hidden } = packStates(seqs, groups[g]!, states, H);
+        return { N, feeds: { ...fixed[g]!, [LAYER_INPUTS.hidden]: floatTensor(hidden, [N, H]) } };
+      };
+      const phases = su.phases[layer]!;
       if (int8) {
         // A session per layer: MatMulNBits packs its constant blocks when the session is made.
-        const q = int8Layer(layers[layer]!, await nextFeeds(su, layer), int8Pool);
+        const q = int8Layer(layers[layer]!, await nextFeeds(su, layer, 0), int8Pool);
         // No arena: a session that serves one layer would fault in a fresh one each time (measured slower).
-        session = perLayer = await sessionFromBytes(encodeModel(buildLayerModel(cfg, layers[layer]!, { routerInput: opts.routerInput, int8: true })), { ...settings, arena: false }, q.external);
-        weights = q.feeds;
-      } else {
-        session = await layerSession(su, cfg, layer, opts);
-        weights = await nextFeeds(su, layer);
-      }
-      try {
-        const out: Float32Array[] = new Array(seqs.length);
-        const routerIn: Float32Array[] = new Array(seqs.length);
-        let done = 0;
-        for (const [g, members] of groups.entries()) {
-          const { N, hidden } = packStates(seqs, members, states, H);
-          let at = 0;
-          const result = await session.run({ ...weights, ...fixed[g]!, [LAYER_INPUTS.hidden]: floatTensor(hidden, [N, H]) });
-          const t = result[LAYER_OUTPUT]!;
-          const data = t.data as Float32Array;
-          const rt = opts.routerInput ? result[ROUTER_INPUT]! : null;
-          at = 0;
-          for (const i of members) {
-            const T = seqs[i]!.ids.length;
-            // Copy out of ORT's buffer, then free the native tensor now rather than at GC.
-            out[i] = data.slice(at * H, (at + T) * H);
-            if (rt) routerIn[i] = (rt.data as Float32Array).slice(at * H, (at + T) * H);
-            at += T;
-          }
-          t.dispose();
-          rt?.dispose();
-          for (const i of members) visit(i, layer + 1, out[i]!, routerIn[i]);
-          done += members.length;
-          opts.onProgress?.({ layer, layers: upTo, promptsDone: done, prompts: seqs.length });
+        const session = await sessionFromBytes(encodeModel(buildLayerModel(cfg, layers[layer]!, { routerInput: opts.routerInput, int8: true })), { ...settings, arena: false }, q.external);
+        try {
+          for (const g of groups.keys()) [packOut[g], packRouter[g]] = await runWhole(session, { ...q.feeds, ...inputs(g).feeds }, opts.routerInput === true);
+        } finally {
+          await session.release();
         }
-        states = out;
-      } finally {
-        if (perLayer) await perLayer.release();
+      } else if (phases[0]!.kind === 'whole') {
+        const session = await phaseSession(su, cfg, phases[0]!, opts);
+        const weights = await nextFeeds(su, layer, 0);
+        for (const g of groups.keys()) [packOut[g], packRouter[g]] = await runWhole(session, { ...weights, ...inputs(g).feeds }, opts.routerInput === true);
+      } else {
+        // Attention (the residual stream after it, and the router input), then the MLP a piece at a time.
+        const attention = await phaseSession(su, cfg, phases[0]!, opts);
+        const weights = await nextFeeds(su, layer, 0);
+        const mid: Float32Array[] = [];
+        const normed: Float32Array[] = [];
+        for (const g of groups.keys()) {
+          const r = await attention.run({ ...weights, ...inputs(g).feeds });
+          mid[g] = takeData(r[ATTN_OUTPUT]!);
+          normed[g] = takeData(r[ROUTER_INPUT]!);
+          if (opts.routerInput) packRouter[g] = normed[g]!;
+        }
+        const I = cfg.intermediateSize;
+        const act = groups.map((_, g) => new Float32Array((normed[g]!.length / H) * I));
+        for (let p = 1; p < phases.length; p++) {
+          const phase = phases[p]!;
+          const session = await phaseSession(su, cfg, phase, opts);
+          const w = await nextFeeds(su, layer, p);
+          for (const g of groups.keys()) {
+            const N = normed[g]!.length / H;
+            if (phase.kind === 'up') {
+              // Channels [c0, c1) of the activation, into their columns of the whole one.
+              const piece = takeData((await session.run({ ...w, [MLP_IO.normed]: floatTensor(normed[g]!, [N, H]) }))[MLP_IO.actOut]!);
+              const C = phase.c1 - phase.c0;
+              for (let t = 0; t < N; t++) act[g]!.set(piece.subarray(t * C, (t + 1) * C), t * I + phase.c0);
+            } else if (phase.kind === 'down') {
+              // Rows [r0, r1) of down_proj give those columns of the MLP's output: the residual added there.
+              const piece = takeData((await session.run({ ...w, [MLP_IO.act]: floatTensor(act[g]!, [N, I]) }))[MLP_IO.downOut]!);
+              const R = phase.r1 - phase.r0;
+              const h = mid[g]!;
+              for (let t = 0; t < N; t++) for (let j = 0; j < R; j++) h[t * H + phase.r0 + j] = h[t * H + phase.r0 + j]! + piece[t * R + j]!;
+            }
+          }
+        }
+        for (const g of groups.keys()) packOut[g] = mid[g]!;
       }
+      let done = 0;
+      for (const [g, members] of groups.entries()) {
+        let at = 0;
+        for (const i of members) {
+          const T = seqs[i]!.ids.length;
+          // Views of the pack's own copy (takeData): each prompt's rows, no second copy.
+          out[i] = packOut[g]!.subarray(at * H, (at + T) * H);
+          if (opts.routerInput) routerIn[i] = packRouter[g]!.subarray(at * H, (at + T) * H);
+          at += T;
+        }
+        for (const i of members) visit(i, layer + 1, out[i]!, routerIn[i]);
+        done += members.length;
+        opts.onProgress?.({ layer, layers: upTo, promptsDone: done, prompts: seqs.length });
+      }
+      states = out;
     }
   } finally {
     if (setup) await releaseSetup(setup);

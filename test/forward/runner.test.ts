@@ -7,7 +7,7 @@ import { cpSync, existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, tru
 import { SafetensorsWeights, convertBytes, decodeFloats, readTensorBytes, writeShard } from '../../libs/safetensors';
 import { tmpdir } from 'node:os';
 import { writeTinyModel } from '../../tools/testing/tiny-models';
-import { availableBackends, computeAllHiddenStates, computePromptStates, type ForwardProgress } from '../../libs/forward';
+import { availableBackends, computeAllHiddenStates, computePadStates, computePromptStates, computeRouterInputs, type ForwardProgress } from '../../libs/forward';
 import { LOAD_CHUNK_BYTES, LayerWeights, WeightBuffer, widenInPlace } from '../../libs/forward/run';
 import { planLayerTensors, weightInput } from '../../libs/forward/layer-graph';
 import { openWeights, readModelConfig } from '../../libs/model-folder';
@@ -304,6 +304,29 @@ test('a layer whose file ends before a tensor does is refused, naming the file a
       assert.match(e.message, new RegExp(file.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')));
       return true;
     });
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('a layer whose MLP is over twice the piece size runs its attention, then its MLP in pieces: the same states bit for bit', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'moe-forge-pieces-'));
+  try {
+    // intermediate 80 x hidden 48: 46 KB of MLP floats; pieces of 4 KB split gate/up into 11 channel pieces and
+    // down_proj into 3 row pieces (uneven: 80 and 48 rows in pieces of ~8 and ~21).
+    const model = join(dir, 'm');
+    await writeTinyModel(model, { modelType: 'qwen2', hidden: 48, layers: 3, heads: 4, kvHeads: 2, intermediate: 80, vocab: 300, dtype: 'BF16', seed: 3 });
+    const ids = [[0, 42, 206, 259, 81], [0, 9], [5, 6, 7, 8, 9, 10, 11]];
+    const whole = await computeAllHiddenStates(model, ids);
+    const pieced = await computeAllHiddenStates(model, ids, { mlpBytes: 4000, packTokens: 6 });
+    for (let p = 0; p < ids.length; p++) for (let e = 0; e < whole[p]!.length; e++) assert.deepEqual(pieced[p]![e], whole[p]![e], `prompt ${p} entry ${e}`);
+    const router = await computeRouterInputs(model, ids);
+    const routerPieced = await computeRouterInputs(model, ids, { mlpBytes: 4000 });
+    assert.deepEqual(routerPieced, router);
+    // The pad state (no attention term) runs a single token: within float rounding of the whole layer.
+    const pad = await computePadStates(model, 0);
+    const padPieced = await computePadStates(model, 0, { mlpBytes: 4000 });
+    for (let l = 0; l < pad.length; l++) assert.ok(maxAbsDiff(pad[l]!, padPieced[l]!) < 1e-5, `pad layer ${l}`);
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
