@@ -260,6 +260,9 @@ export const MLP_IO = {
   downOut: 'mlp_down_out', // [T, Hr]: one piece's rows of down_proj, before the residual add
 } as const;
 
+const MLP_UP_ROLES = ['gate', 'up', 'gate_bias', 'up_bias'];
+const MLP_DOWN_ROLES = ['down', 'down_bias'];
+
 /** The weight inputs of a graph: float32, each of its tensor's shape. */
 function weightInfos(tensors: Map<string, LayerTensor>, roles: string[]): OnnxValueInfo[] {
   return roles.filter((r) => tensors.has(r)).map((r) => ({ name: weightInput(r), dtype: OnnxDtype.FLOAT, shape: tensors.get(r)!.loc.shape }));
@@ -275,16 +278,7 @@ export function mlpUpModel(tensors: Map<string, LayerTensor>): OnnxModel {
   const gt = lin('gate');
   b.op('Mul', [b.op('Mul', [gt, b.op('Sigmoid', [gt])]), lin('up')], undefined, MLP_IO.actOut);
   const [Ic, H] = tensors.get('gate')!.loc.shape as [number, number];
-  return {
-    opset: 17,
-    graph: {
-      name: 'mlp_up',
-      nodes: b.nodes,
-      initializers: b.initializers,
-      inputs: [{ name: MLP_IO.normed, dtype: OnnxDtype.FLOAT, shape: ['T', H] }, ...weightInfos(tensors, ['gate', 'up', 'gate_bias', 'up_bias'])],
-      outputs: [{ name: MLP_IO.actOut, dtype: OnnxDtype.FLOAT, shape: ['T', Ic] }],
-    },
-  };
+  return pieceModel('mlp_up', b, tensors, [MLP_IO.normed, H], MLP_UP_ROLES, [MLP_IO.actOut, Ic]);
 }
 
 /** Rows [r0, r1) of down_proj (and its bias) on the whole activation: that slice of the MLP's output. */
@@ -292,15 +286,15 @@ export function mlpDownModel(tensors: Map<string, LayerTensor>): OnnxModel {
   const b = new Builder();
   b.op('Gemm', tensors.has('down_bias') ? [MLP_IO.act, weightInput('down'), weightInput('down_bias')] : [MLP_IO.act, weightInput('down')], { transB: 1 }, MLP_IO.downOut);
   const [Hr, I] = tensors.get('down')!.loc.shape as [number, number];
+  return pieceModel('mlp_down', b, tensors, [MLP_IO.act, I], MLP_DOWN_ROLES, [MLP_IO.downOut, Hr]);
+}
+
+/** A piece's graph: `input` [T, width] and the roles' weights in, `output` [T, width] out. */
+function pieceModel(name: string, b: Builder, tensors: Map<string, LayerTensor>, input: [string, number], roles: string[], output: [string, number]): OnnxModel {
+  const F = OnnxDtype.FLOAT;
   return {
     opset: 17,
-    graph: {
-      name: 'mlp_down',
-      nodes: b.nodes,
-      initializers: b.initializers,
-      inputs: [{ name: MLP_IO.act, dtype: OnnxDtype.FLOAT, shape: ['T', I] }, ...weightInfos(tensors, ['down', 'down_bias'])],
-      outputs: [{ name: MLP_IO.downOut, dtype: OnnxDtype.FLOAT, shape: ['T', Hr] }],
-    },
+    graph: { name, nodes: b.nodes, initializers: b.initializers, inputs: [{ name: input[0], dtype: F, shape: ['T', input[1]] }, ...weightInfos(tensors, roles)], outputs: [{ name: output[0], dtype: F, shape: ['T', output[1]] }] },
   };
 }
 
@@ -309,7 +303,8 @@ export function rowSlice(t: LayerTensor, r0: number, r1: number): LayerTensor {
   const rows = t.loc.shape[0]!;
   if (!(0 <= r0 && r0 < r1 && r1 <= rows)) throw new RangeError(`rows ${r0}..${r1} outside 0..${rows} of ${t.loc.name}`);
   const rowBytes = t.loc.byteLength / rows;
-  return { role: t.role, loc: { ...t.loc, offset: t.loc.offset + r0 * rowBytes, byteLength: (r1 - r0) * rowBytes, shape: [r1 - r0, ...t.loc.shape.slice(1)] } };
+  const skip = r0 * rowBytes, bytes = (r1 - r0) * rowBytes;
+  return { role: t.role, loc: { ...t.loc, offset: t.loc.offset + skip, byteLength: bytes, begin: t.loc.begin + skip, end: t.loc.begin + skip + bytes, shape: [r1 - r0, ...t.loc.shape.slice(1)] } };
 }
 
 /** What one run of a layer computes: the whole layer, its attention, channels of its MLP, or rows of down_proj. */
@@ -318,9 +313,6 @@ export type LayerPhase =
   | { kind: 'attention'; tensors: Map<string, LayerTensor> }
   | { kind: 'up'; c0: number; c1: number; tensors: Map<string, LayerTensor> }
   | { kind: 'down'; r0: number; r1: number; tensors: Map<string, LayerTensor> };
-
-const MLP_UP_ROLES = ['gate', 'up', 'gate_bias', 'up_bias'];
-const MLP_DOWN_ROLES = ['down', 'down_bias'];
 
 /** n rows in pieces of at most `per` rows: as few as can be, of equal size where a count up to twice that divides n. */
 export function pieces(n: number, per: number): [number, number][] {

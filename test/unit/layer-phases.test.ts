@@ -2,10 +2,11 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { layerPhases, pieces, rowSlice, type LayerTensor } from '../../libs/forward/layer-graph';
 
-const tensor = (role: string, shape: number[], offset: number): LayerTensor => ({
-  role,
-  loc: { name: `model.layers.0.${role}`, file: '/m/model.safetensors', dtype: 'BF16', shape, offset, byteLength: shape.reduce((a, b) => a * b, 2) },
-});
+const tensor = (role: string, shape: number[], offset: number): LayerTensor => {
+  const byteLength = shape.reduce((a, b) => a * b, 2);
+  // A header of 1000 bytes before the data section: begin/end are offsets within it.
+  return { role, loc: { name: `model.layers.0.${role}`, file: '/m/model.safetensors', dtype: 'BF16', shape, offset, byteLength, begin: offset - 1000, end: offset - 1000 + byteLength } };
+};
 
 /** Mistral-7B's layer 0 as stored (bf16): offsets one after another. */
 function mistralLayer(): Map<string, LayerTensor> {
@@ -41,13 +42,14 @@ test('layerPhases: a 7B layer runs its attention, 4 pieces of gate/up channels a
   assert.deepEqual(gate.shape, [3584, 4096]);
   assert.equal(gate.offset, layer.get('gate')!.loc.offset + 3584 * 4096 * 2);
   assert.equal(gate.byteLength, 3584 * 4096 * 2);
+  assert.deepEqual([gate.begin, gate.end], [gate.offset - 1000, gate.offset - 1000 + gate.byteLength]);
   const down = phases[6]!.tensors.get('down')!.loc;
   assert.deepEqual(down.shape, [2048, 14336]);
   assert.equal(down.offset, layer.get('down')!.loc.offset + 2048 * 14336 * 2);
   // Every piece's float32 weights within the budget.
   for (const p of phases.slice(1)) assert.ok([...p.tensors.values()].reduce((a, t) => a + 2 * t.loc.byteLength, 0) <= 128 << 20, p.kind);
   // TinyLlama's MLP (138 MB of float32) is under twice the default piece: whole.
-  const tiny = new Map([...layer].map(([r, t]) => [r, tensor(r, t.loc.shape.map((d) => (d === 14336 ? 5632 : d === 4096 ? 2048 : d === 1024 ? 256 : d)), 0)]));
+  const tiny = new Map([...layer].map(([r, t]) => [r, tensor(r, t.loc.shape.map((d) => (d === 14336 ? 5632 : d === 4096 ? 2048 : d === 1024 ? 256 : d)), 1000)]));
   assert.deepEqual(layerPhases(tiny, 128 << 20).map((p) => p.kind), ['whole']);
 });
 
