@@ -456,17 +456,22 @@ const planLayers = (m: Model) => Array.from({ length: m.cfg.numLayers }, (_, l) 
 /** The MLP bytes a pass holds at a time: the int8 path quantizes whole layers. */
 const mlpBytesOf = (opts: ForwardOptions) => ((opts.precision ?? 'fp32') === 'int8' ? Infinity : opts.mlpBytes ?? MLP_PIECE_BYTES);
 
-/** `load`: the first layer's first load started now. */
+/** `load`: the first layer's first load started now (loadFirst). */
 function setUp(m: Model, layers: Map<string, LayerTensor>[], opts: ForwardOptions, load = true): Setup {
   const mlp = mlpBytesOf(opts);
   // The kernels compile off this thread while the reads run (once per process).
   const su: Setup = { layers, phases: layers.map((l) => layerPhases(l, mlp)), weights: new LayerWeights(), loading: null, kernels: WasmFloatBuffer.prepare(), sessions: new Map() };
-  if (load && layers.length > 0) {
-    const feeds = su.weights.load(su.phases[0]![0]!.tensors, su.kernels);
-    feeds.catch(() => undefined); // awaited by the layer that needs it; a failure before then must not go unhandled
-    su.loading = { layer: 0, phase: 0, feeds };
-  }
+  if (load) loadFirst(su);
   return su;
+}
+
+/** The first layer's first run's weights, loading from now on (none where the model has no layers). */
+function loadFirst(su: Setup): void {
+  const first = su.phases[0]?.[0];
+  if (!first) return;
+  const feeds = su.weights.load(first.tensors, su.kernels);
+  feeds.catch(() => undefined); // awaited by the layer that needs it; a failure before then must not go unhandled
+  su.loading = { layer: 0, phase: 0, feeds };
 }
 
 /** Phase `phase` of layer `layer`'s weights as feeds (the buffers hold one phase's roles: earlier feeds of those roles are spent). */
@@ -528,10 +533,11 @@ export async function prepareForward(modelDir: string, opts: ForwardOptions = {}
     // The pass may not come (every state cached): its first layer's memory is taken ahead only where that is
     // small (fresh pages are slow on a VM, and a 7B layer holds 0.87 GB); otherwise the model is checked and the
     // session made.
-    const eager = layers.length > 0 && layerFloatBytes(layerPhases(layers[0]!, mlpBytesOf(opts))[0]!.tensors) <= eagerLayerBytes;
-    // Eager: the first layer read and widened now, its buffers' pages faulted in while the prompts are read.
-    const setup = setUp(m, layers, opts, eager);
-    if (layers.length > 0 && (opts.precision ?? 'fp32') === 'fp32') void phaseSession(setup, m.cfg, setup.phases[0]![0]!, opts);
+    const setup = setUp(m, layers, opts, false);
+    const first = setup.phases[0]?.[0];
+    // Eager: the first run's weights read and widened now, their pages faulted in while the prompts are read.
+    if (first && layerFloatBytes(first.tensors) <= eagerLayerBytes) loadFirst(setup);
+    if (first && (opts.precision ?? 'fp32') === 'fp32') void phaseSession(setup, m.cfg, first, opts);
     ahead = { key: aheadKey(modelDir, opts), m, setup };
   } catch {
     // the call that needs the pass meets the same error and reports it
@@ -609,9 +615,10 @@ async function runLayers(m: Model, seqs: Sequence[], upTo: number, opts: Forward
       // Per pack: its [N, H] output and router input, split per prompt once the layer is done.
       const packOut: Float32Array[] = new Array(groups.length);
       const packRouter: (Float32Array | null)[] = new Array(groups.length).fill(null);
+      // A pack's inputs to the layer's first run.
       const inputs = (g: number) => {
         const { N, hidden } = packStates(seqs, groups[g]!, states, H);
-        return { N, feeds: { ...fixed[g]!, [LAYER_INPUTS.hidden]: floatTensor(hidden, [N, H]) } };
+        return { ...fixed[g]!, [LAYER_INPUTS.hidden]: floatTensor(hidden, [N, H]) };
       };
       const phases = su.phases[layer]!;
       if (int8) {
@@ -620,14 +627,14 @@ async function runLayers(m: Model, seqs: Sequence[], upTo: number, opts: Forward
         // No arena: a session that serves one layer would fault in a fresh one each time (measured slower).
         const session = await sessionFromBytes(encodeModel(buildLayerModel(cfg, layers[layer]!, { routerInput: opts.routerInput, int8: true })), { ...settings, arena: false }, q.external);
         try {
-          for (const g of groups.keys()) [packOut[g], packRouter[g]] = await runWhole(session, { ...q.feeds, ...inputs(g).feeds }, opts.routerInput === true);
+          for (const g of groups.keys()) [packOut[g], packRouter[g]] = await runWhole(session, { ...q.feeds, ...inputs(g) }, opts.routerInput === true);
         } finally {
           await session.release();
         }
       } else if (phases[0]!.kind === 'whole') {
         const session = await phaseSession(su, cfg, phases[0]!, opts);
         const weights = await nextFeeds(su, layer, 0);
-        for (const g of groups.keys()) [packOut[g], packRouter[g]] = await runWhole(session, { ...weights, ...inputs(g).feeds }, opts.routerInput === true);
+        for (const g of groups.keys()) [packOut[g], packRouter[g]] = await runWhole(session, { ...weights, ...inputs(g) }, opts.routerInput === true);
       } else {
         // Attention (the residual stream after it, and the router input), then the MLP a piece at a time.
         const attention = await phaseSession(su, cfg, phases[0]!, opts);
@@ -635,7 +642,7 @@ async function runLayers(m: Model, seqs: Sequence[], upTo: number, opts: Forward
         const mid: Float32Array[] = [];
         const normed: Float32Array[] = [];
         for (const g of groups.keys()) {
-          const r = await attention.run({ ...weights, ...inputs(g).feeds });
+          const r = await attention.run({ ...weights, ...inputs(g) });
           mid[g] = takeData(r[ATTN_OUTPUT]!);
           normed[g] = takeData(r[ROUTER_INPUT]!);
           if (opts.routerInput) packRouter[g] = normed[g]!;

@@ -12,7 +12,8 @@ import { loadMergeContext, readModelsFile, type MergeContext, type ResolvedModel
 import type { PathRoots } from '../resolve';
 import { userCacheDir } from '../cache';
 export { userCacheDir };
-import { readReport, writeWhole } from '../stages';
+import { readReport } from '../stages';
+import { writeWhole } from '../util';
 import { hubSettings } from '../resolve';
 import { ForgeError } from '../errors';
 import { DEFAULT_SHARD_BYTES, stageOptionsFromApi, type ApiOptions, type StageOptions } from '../options';

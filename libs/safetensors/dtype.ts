@@ -91,6 +91,12 @@ export function f16BitsToF32(h: number): number {
 
 const LITTLE_ENDIAN = new Uint8Array(new Uint32Array([1]).buffer)[0] === 1;
 
+/** F32 bytes as float32 values: a view of them where the host is little-endian and they lie 4-byte aligned (no copy), else a decoded copy. */
+export function f32Values(buf: Uint8Array): Float32Array {
+  if (LITTLE_ENDIAN && buf.byteOffset % 4 === 0 && buf.byteLength % 4 === 0) return new Float32Array(buf.buffer, buf.byteOffset, buf.byteLength / 4);
+  return decodeFloats(buf, 'F32');
+}
+
 /** Decode little-endian float bytes of `dtype` into float32 values. */
 export function decodeFloats(buf: Uint8Array, dtype: FloatDtype | string): Float32Array {
   const dv = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);

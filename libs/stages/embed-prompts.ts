@@ -2,7 +2,7 @@ import { mkdir, open, readFile, stat, writeFile } from 'node:fs/promises';
 import { missingStageFile, PROMPT_STATES_SCHEMA, readStageJson, refuseStageFile } from '../stage-files';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
-import { decodeFloats } from '../safetensors';
+import { decodeFloats, f32Values } from '../safetensors';
 import { readRows, readTensorBytes, SafetensorsWeights, type TensorLocation } from '../safetensors';
 import { encodeHeader } from '../safetensors';
 import { loadTokenizer } from '../tokenizer';
@@ -257,8 +257,6 @@ async function writeStates(file: string, tensors: StateTensor[], layers: number)
   }
 }
 
-const LITTLE_ENDIAN = new Uint8Array(new Uint32Array([1]).buffer)[0] === 1;
-
 /** Prompt-state files read whole up to this size (the tensors within it); beyond, tensor by tensor. */
 const WHOLE_STATES_BYTES = 64 << 20;
 
@@ -294,10 +292,8 @@ export async function readPromptStates(dir: string, expect: { mode: PromptStates
     whole ??= readFile(states);
     const bytes = await whole;
     if (loc.offset + loc.byteLength > bytes.length) throw refuseStageFile(states, `file ended while reading ${loc.byteLength} bytes`, { tensor: name });
-    const at = bytes.byteOffset + loc.offset;
-    // A view of the file's bytes where they are aligned floats (safetensors pads its header to 8 bytes): no copy.
-    if (LITTLE_ENDIAN && at % 4 === 0) return new Float32Array(bytes.buffer, at, loc.byteLength / 4);
-    return decodeFloats(bytes.subarray(loc.offset, loc.offset + loc.byteLength), 'F32');
+    // A view of the file's bytes (safetensors pads its header to 8 bytes, so F32 tensors lie aligned): no copy.
+    return f32Values(bytes.subarray(loc.offset, loc.offset + loc.byteLength));
   };
   return {
     index,

@@ -1,5 +1,4 @@
-import { mkdir, readFile, rename, writeFile } from 'node:fs/promises';
-import { randomBytes } from 'node:crypto';
+import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { existsSync } from 'node:fs';
 import { ROUTING_SCHEMA, readStageJson } from '../stage-files';
@@ -17,7 +16,7 @@ import { loadTokenizer } from '../tokenizer';
 import { measureRouting } from '../report';
 import { GATE_MODES } from '../gates';
 import { promptState, type GateTensor } from '../gates';
-import type { Progress } from '../util';
+import { writeWhole, type Progress } from '../util';
 import { cachedRouterInputs } from './fit-states';
 
 export interface ReportOptions {
@@ -161,13 +160,6 @@ async function measureMerged(merge: MergeContext, planDir: string, prompts: Repo
     logits: new Map(texts.map((t, i) => [t, logits[i]!])),
     layers,
   });
-}
-
-/** A temporary sibling renamed into place: a reader never sees half a report. */
-export async function writeWhole(file: string, text: string): Promise<void> {
-  const tmp = `${file}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`;
-  await writeFile(tmp, text);
-  await rename(tmp, file);
 }
 
 /** The report stage's output, or null when it was not run (its summary and page then stay out of the card). */

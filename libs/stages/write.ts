@@ -1,4 +1,4 @@
-import { link, mkdir, readdir, readFile, rename, rm, stat, writeFile, copyFile } from 'node:fs/promises';
+import { link, mkdir, readdir, readFile, rm, stat, writeFile, copyFile } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { createHash, randomBytes } from 'node:crypto';
@@ -16,7 +16,7 @@ import { planHash } from './assemble';
 import { byteFraction, type Progress } from '../util';
 import { GgufPass, ggufFileName, ggufPassKey, vocabKeys, type GgufKv, type GgufLayout, type GgufOutType } from '../gguf';
 import { aheadShards, companionEntries, ggufBytes, ggufUnchanged, ggufPlan, ggufSource, holdsGates, indexEntry, outputManifest, shardsOf, STREAM_NOISE_DRAWS, writeCompanion, writeGgufFile, type CompanionInputs } from './write-manifest';
-import { makeWorkFolder, WORK_MARKER } from '../util';
+import { makeWorkFolder, WORK_MARKER, writeWhole } from '../util';
 import type { RoutingReport } from '../report';
 import { checkFreeSpace, checkOutputPath, checkOwner, lockOutput, ownerField, contentEntries, inPlaceTempName, isMountPoint, noSpaceError, readStampSync, recoverStaleTemporaries, replaceInPlace, STAMP_FILE, swapIntoPlace, tempName, userEntries, type OutputInput, type Stamp } from '../output-folder';
 
@@ -334,7 +334,7 @@ export async function writeOutput(early: MergePlan, late: Promise<LateInputs>, o
         opts.log?.(`output unchanged: ${opts.outPath}`);
         // Handed over (--overwrite, or its recipe gone) with nothing to write: the stamp alone names the new owner.
         const owner = opts.recipeFile ? ownerField(out, opts.recipeFile) : undefined;
-        if (owner !== undefined && existing.recipe !== owner) await replaceFile(join(out, STAMP_FILE), jsonText({ ...existing, recipe: owner }));
+        if (owner !== undefined && existing.recipe !== owner) await writeWhole(join(out, STAMP_FILE), jsonText({ ...existing, recipe: owner }));
         await dropPass();
         if (forget) {
           forget();
@@ -442,18 +442,6 @@ export async function writeOutput(early: MergePlan, late: Promise<LateInputs>, o
       const nShards = shardEntries.length;
       return { outPath: opts.outPath, files: Object.keys(files), shards: nShards, written: nShards - kept, kept, skipped: false, hash };
     }
-  }
-}
-
-/** `file` (ours) replaced whole by `text`: written beside it, then renamed over it. */
-async function replaceFile(file: string, text: string): Promise<void> {
-  const tmp = `${file}.${process.pid}-${randomBytes(4).toString('hex')}.tmp`;
-  try {
-    await writeFile(tmp, text);
-    await rename(tmp, file);
-  } catch (e) {
-    await rm(tmp, { force: true });
-    throw e;
   }
 }
 

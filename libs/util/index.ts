@@ -8,3 +8,4 @@ export * from './progress';
 export * from './prose';
 export * from './stat-key';
 export * from './work-folder';
+export * from './write-whole';

@@ -132,9 +132,8 @@ function recordKeys(dir, names, probe) {
   let fine = null;
   const fineDev = () => {
     if (fine === null) {
-      const p = probe === undefined ? null : join(dir, probe);
-      const st = p === null ? null : (() => { try { return statSync(p, { bigint: true }); } catch { return null; } })();
-      fine = { dev: st && isRacy(st, nowNs()) ? fineCtime(p) : undefined };
+      const key = probe === undefined ? null : fileKey(join(dir, probe));
+      fine = { dev: key !== null && isRacy(key, nowNs()) ? fineCtime(join(dir, probe)) : undefined };
     }
     return fine.dev;
   };
