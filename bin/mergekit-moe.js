@@ -24,6 +24,15 @@ function answeredFromMemo() {
 }
 
 if (!answeredFromMemo()) {
+  // The forward worker forked before the merge's code loads, when the recipe may need it (build/early.js,
+  // libs/cli/early-worker.ts): the merge adopts it or ends it, and it is ended here if the command stopped first.
+  let early = null;
+  try {
+    early = require('./built').built('early.js');
+    early.startEarly(argv);
+  } catch {
+    early = null; // only a head start: the merge forks its own
+  }
   let cli;
   try {
     cli = require('./built').built('cli.js');
@@ -31,5 +40,8 @@ if (!answeredFromMemo()) {
     process.stderr.write(`error: ${String(e instanceof Error ? e.message : e).split('\n')[0]}\n`);
     process.exit(1);
   }
-  cli.main(argv).then((code) => { process.exitCode = code; });
+  cli.main(argv).then((code) => {
+    process.exitCode = code;
+    early?.stopEarly();
+  });
 }

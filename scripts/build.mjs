@@ -48,6 +48,7 @@ try {
     entryPoints: {
       cli: join(ROOT, 'libs', 'cli', 'mergekit-moe.ts'),
       noop: join(ROOT, 'libs', 'cli', 'noop-memo.ts'),
+      early: join(ROOT, 'libs', 'cli', 'early-worker.ts'),
       index: join(ROOT, 'libs', 'index.ts'),
       'forward-worker': join(ROOT, 'libs', 'forward', 'worker-main.ts'),
       'routing-worker': join(ROOT, 'libs', 'stages', 'routing-worker.ts'),

@@ -1,9 +1,8 @@
-import { fork, type ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { join } from 'node:path';
-import { pathToFileURL } from 'node:url';
 import { ForgeError, ModelError } from '../errors';
 import type { ForwardOptions, ForwardProgress, LayerState } from './run';
-import { withHugeMalloc } from './huge-pages';
+import { adoptEarlyWorker, dropEarlyWorker, forkWorker } from './fork-worker';
 
 /**
  * The forward pass in a child process: onnxruntime's native memory goes back to the OS when it exits, and
@@ -15,23 +14,6 @@ const WORKER = join(__dirname, typeof __FORWARD_WORKER__ === 'string' ? __FORWAR
 
 function runIsolated<T>(request: Record<string, unknown>, onProgress?: (p: ForwardProgress) => void): Promise<T> {
   return runIsolatedWorker(WORKER, request, onProgress);
-}
-
-function forkWorker(worker: string): ChildProcess {
-  const child = fork(worker, [], {
-    // The built worker is plain JavaScript; from sources (tests) the child loads tsx.
-    execArgv: worker.endsWith('.ts') ? ['--import', pathToFileURL(require.resolve('tsx')).href] : [],
-    // In the child's environment too, so it holds from the child's first line, whatever it loads first.
-    // Huge pages for malloc's large blocks: the weight buffers and onnxruntime's arena fault in 2 MiB at a time.
-    env: { ...process.env, ORT_DISABLE_TELEMETRY: '1', GLIBC_TUNABLES: withHugeMalloc(process.env.GLIBC_TUNABLES) },
-    serialization: 'advanced',
-    // Its output (onnxruntime's own warnings) through this process's streams, so that whoever captures them
-    // (Nx's batch mode, per task) gets it under the task that ran the pass.
-    stdio: ['ignore', 'pipe', 'pipe', 'ipc'],
-  });
-  child.stdout!.on('data', (d: Buffer) => process.stdout.write(d));
-  child.stderr!.on('data', (d: Buffer) => process.stderr.write(d));
-  return child;
 }
 
 /**
@@ -47,7 +29,8 @@ const alive = (c: ChildProcess) => c.exitCode === null && c.signalCode === null 
 /** Forks the forward worker now, for the next forward pass of this process (a no-op when one waits already). */
 export function startForwardWorker(): void {
   if (spare && alive(spare)) return;
-  spare = forkWorker(WORKER);
+  // The one the command forked at its start (fork-worker.ts), else a new one.
+  spare = adoptEarlyWorker(WORKER) ?? forkWorker(WORKER);
   spare.on('error', () => undefined); // a failed spare is passed over (alive() is false) and the pass forks anew
   if (!stopAtExit) {
     stopAtExit = true;
@@ -70,8 +53,9 @@ export function waitingForwardWorker(): number | null {
   return spare && alive(spare) ? spare.pid ?? null : null;
 }
 
-/** Ends the waiting worker, if any (nothing to compute after all). */
+/** Ends the waiting worker, if any (nothing to compute after all), and one forked at the command's start. */
 export function stopForwardWorker(): void {
+  dropEarlyWorker();
   const s = spare;
   spare = null;
   if (s && s.exitCode === null && s.signalCode === null) s.kill();

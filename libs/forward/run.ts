@@ -510,8 +510,8 @@ export const layerFloatBytes = (layer: Map<string, LayerTensor>) => [...layer.va
 /** Largest layer (float32 bytes) whose memory a pass set up ahead takes before it knows it will run. */
 export const EAGER_LAYER_BYTES = 512 << 20;
 
-/** A pass set up ahead of its prompts, and what it was set up for. */
-let ahead: { key: string; m: Model; setup: Setup } | null = null;
+/** A pass set up ahead of its prompts (or being set up), and what it was set up for. */
+let ahead: { key: string; ready: Promise<{ m: Model; setup: Setup } | null> } | null = null;
 
 const aheadKey = (modelDir: string, opts: ForwardOptions) =>
   JSON.stringify([modelDir, opts.mlpFrom ?? null, opts.routerInput === true, opts.device ?? 'cpu', opts.threads ?? 2, opts.precision ?? 'fp32', mlpBytesOf(opts)]);
@@ -520,12 +520,20 @@ const aheadKey = (modelDir: string, opts: ForwardOptions) =>
  * Sets up the next pass over `modelDir` before its prompts are known (the model opened and checked, the first
  * layer read, its session made): a later computePromptStates / computeRouterInputs / computePadStates with the
  * same model and options starts from it. Whatever fails here is left for that call to meet and report.
- * `eagerLayerBytes`: the largest first layer (float32 bytes) read and widened now.
+ * `eagerLayerBytes`: the largest first layer (float32 bytes) read and widened now. Asked again for the pass that
+ * is set up (or being set up) already, it joins that one: false; true when it started a setup.
  */
-export async function prepareForward(modelDir: string, opts: ForwardOptions = {}, eagerLayerBytes = EAGER_LAYER_BYTES): Promise<void> {
+export function prepareForward(modelDir: string, opts: ForwardOptions = {}, eagerLayerBytes = EAGER_LAYER_BYTES): Promise<boolean> {
+  const key = aheadKey(modelDir, opts);
+  if (ahead?.key === key) return ahead.ready.then(() => false);
   const old = ahead;
-  ahead = null;
-  if (old) await releaseSetup(old.setup);
+  ahead = { key, ready: setUpAhead(old, modelDir, opts, eagerLayerBytes) };
+  return ahead.ready.then(() => true);
+}
+
+async function setUpAhead(old: typeof ahead, modelDir: string, opts: ForwardOptions, eagerLayerBytes: number): Promise<{ m: Model; setup: Setup } | null> {
+  const was = await old?.ready;
+  if (was) await releaseSetup(was.setup);
   try {
     executionProviders(opts.device ?? 'cpu');
     const m = await openModel(modelDir, opts.mlpFrom);
@@ -538,25 +546,26 @@ export async function prepareForward(modelDir: string, opts: ForwardOptions = {}
     // Eager: the first run's weights read and widened now, their pages faulted in while the prompts are read.
     if (first && layerFloatBytes(first.tensors) <= eagerLayerBytes) loadFirst(setup);
     if (first && (opts.precision ?? 'fp32') === 'fp32') void phaseSession(setup, m.cfg, first, opts);
-    ahead = { key: aheadKey(modelDir, opts), m, setup };
+    return { m, setup };
   } catch {
-    // the call that needs the pass meets the same error and reports it
+    return null; // the call that needs the pass meets the same error and reports it
   }
 }
 
 /** The pass set up ahead for these options, once (null when there is none or it was for others). */
-function takeAhead(modelDir: string, opts: ForwardOptions): { m: Model; setup: Setup } | null {
+async function takeAhead(modelDir: string, opts: ForwardOptions): Promise<{ m: Model; setup: Setup } | null> {
   const a = ahead;
   ahead = null;
-  if (!a) return null;
-  if (a.key === aheadKey(modelDir, opts)) return a;
-  void releaseSetup(a.setup);
+  const got = await a?.ready;
+  if (!a || !got) return null;
+  if (a.key === aheadKey(modelDir, opts)) return got;
+  void releaseSetup(got.setup);
   return null;
 }
 
 /** The model at `modelDir`, and its pass's setup when one was made ahead for these options. */
 async function modelFor(modelDir: string, opts: ForwardOptions): Promise<{ m: Model; setup?: Setup }> {
-  const a = takeAhead(modelDir, opts);
+  const a = await takeAhead(modelDir, opts);
   return a ?? { m: await openModel(modelDir, opts.mlpFrom) };
 }
 

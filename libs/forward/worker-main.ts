@@ -16,7 +16,7 @@ const send = (m: unknown, then?: () => void) => {
   process.send!(m, undefined, {}, (e) => (e ? process.exit(0) : then?.()));
 };
 
-let preparing: Promise<void> = Promise.resolve();
+let preparing: Promise<unknown> = Promise.resolve();
 let served = false;
 process.on('message', async (req: Request) => {
   if (req.kind === 'prepare') {

@@ -67,6 +67,7 @@ export async function mergeWithOptions(run: MergeRun, options: StageOptions): Pr
   // models resolved and the prompts tokenized (it is ended unused when every state is cached).
   const states = GATE_MODES[parsed.recipe.gate_mode].states;
   if ((states === 'hidden' || states === 'router_input') && (await mayComputeStates(parsed.recipe, run.outPath))) startForwardWorker();
+  else stopForwardWorker(); // one forked at the command's start has nothing to do
   let work: string | null = null;
   let forget: () => void = () => undefined;
   try {

@@ -60,6 +60,20 @@ test('a pass prepared ahead (its first layer widened, or above the eager limit o
   for (const [l, x] of pad.entries()) assert.equal(maxAbsDiff(x, pad2[l]!), 0, `pad ${l}`);
 });
 
+test('asked again for the pass it is setting up (the command\'s start, then the stage), the worker sets it up once; taken or for other options, anew', async () => {
+  const plain = await computePromptStates(TINY('a'), IDS);
+  const first = prepareForward(TINY('a'));
+  const again = prepareForward(TINY('a'), { device: 'cpu', precision: 'fp32' }); // the defaults, spelt out
+  assert.equal(await first, true);
+  assert.equal(await again, false, 'joined the setup in progress');
+  assert.equal(await prepareForward(TINY('a')), false, 'joined the finished setup');
+  const got = await computePromptStates(TINY('a'), IDS);
+  for (const [p, per] of plain.entries()) for (const [l, s] of per.entries()) assert.equal(maxAbsDiff(s.last, got[p]![l]!.last), 0, `prompt ${p} layer ${l}`);
+  assert.equal(await prepareForward(TINY('a')), true, 'the pass took the last one');
+  assert.equal(await prepareForward(TINY('a'), { routerInput: true }), true, 'other options');
+  await computeRouterInputs(TINY('a'), IDS); // takes it: nothing left set up for the next test
+});
+
 test('preparing a pass over a broken model throws nothing there: the pass that needs it reports the error', async () => {
   const dir = mkdtempSync(join(tmpdir(), 'moe-forge-ahead-'));
   try {

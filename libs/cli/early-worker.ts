@@ -1,0 +1,74 @@
+/**
+ * The command's first step after a missed no-op memo, before the merge's bundle loads (build/early.js): fork the
+ * forward worker now when the run may need prompt states, so that it boots (node, onnxruntime) on the idle core
+ * while this process loads the merge's code and reads the recipe. The merge adopts it (libs/forward/isolated.ts)
+ * or ends it. The guess is cheap and only decides speed: a recipe it cannot read, or a mode it does not know,
+ * forks (the merge ends the worker when it finds no pass to run).
+ */
+import { closeSync, existsSync, openSync, readSync, statSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import { dropEarlyWorker, earlyWorker, forkEarlyWorker } from '../forward/fork-worker';
+
+// Set by scripts/build.mjs: the built worker, relative to this bundle.
+declare const __FORWARD_WORKER__: string | undefined;
+const WORKER = join(__dirname, typeof __FORWARD_WORKER__ === 'string' ? __FORWARD_WORKER__ : '../forward/worker-main.ts');
+
+/** Gate modes whose gates need no forward pass (libs/gates/modes.ts: states cheap_embed or none). */
+const NO_PASS = new Set(['cheap_embed', 'random', 'uniform_random']);
+
+/** The most of a recipe read to guess: gate_mode sits near the top of any real one. */
+const HEAD_BYTES = 256 << 10;
+
+/** A top-level `key: value` of a YAML recipe, plain or quoted on one line (null when not written so). */
+function topLevel(text: string, key: string): string | null {
+  const m = new RegExp(String.raw`^${key}[ \t]*:[ \t]*(?:"([^"\\\n]*)"|'([^'\n]*)'|([^\s#"'][^\n#]*?))[ \t]*(?:#.*)?$`, 'm').exec(text);
+  return m ? (m[1] ?? m[2] ?? m[3] ?? null) : null;
+}
+
+/** Flags that change the pass's options (device, arithmetic): the stage's own preparation is then the one that counts. */
+const PASS_FLAGS = /^--(device|cuda|gpu-rich|forward-precision)(=|$)/;
+
+/**
+ * What `argv` says of a merge that may need prompt states, read cheaply: null for help, version, fewer than two
+ * arguments that are not flags, a first one that is not a readable file, or a gate mode without states. Else
+ * the recipe's text and, where the recipe's `base_model` names a local model folder (resolved as the merge
+ * resolves it, against the working folder) and no flag changes the pass, that folder: the pass over it can be set
+ * up at once.
+ */
+export function earlyGuess(argv: string[], cwd = process.cwd()): { base: string | null } | null {
+  if (argv.some((a) => a === '--help' || a === '-h' || a === '--version')) return null;
+  const bare = argv.filter((a) => !a.startsWith('-'));
+  if (bare.length < 2) return null;
+  let text: string;
+  let fd: number | undefined;
+  try {
+    if (!statSync(bare[0]!).isFile()) return null;
+    fd = openSync(bare[0]!, 'r');
+    const head = Buffer.alloc(HEAD_BYTES);
+    text = head.subarray(0, readSync(fd, head, 0, HEAD_BYTES, 0)).toString('utf8');
+  } catch {
+    return null; // the command says what is wrong with it
+  } finally {
+    if (fd !== undefined) closeSync(fd);
+  }
+  const mode = topLevel(text, 'gate_mode');
+  if (mode !== null && NO_PASS.has(mode)) return null;
+  // The fitted routers' pass reads the experts' MLPs too: set up by its stage, once those are known.
+  const ref = topLevel(text, 'base_model');
+  if (mode === 'fit' || ref === null || ref.startsWith('~') || argv.some((a) => PASS_FLAGS.test(a))) return { base: null };
+  const dir = resolve(cwd, ref);
+  return { base: existsSync(join(dir, 'config.json')) ? dir : null };
+}
+
+/** Forks the forward worker when `argv` may need it, and tells it the base model when that is a local folder; returns whether it forked. */
+export function startEarly(argv: string[], worker = WORKER): boolean {
+  const guess = earlyGuess(argv);
+  if (!guess) return false;
+  forkEarlyWorker(worker);
+  // The same message the embed-prompts stage sends (prepareForwardWorker): the worker sets up one pass for both.
+  if (guess.base) earlyWorker()?.send({ kind: 'prepare', job: 'prompts', modelDir: guess.base, options: {} }, () => undefined);
+  return true;
+}
+
+/** Ends the early worker if the command did not take it (called once the command is done). */
+export const stopEarly = dropEarlyWorker;
