@@ -1,6 +1,6 @@
 /** The one place in the project that imports onnxruntime-node. */
 import './no-telemetry'; // first: onnxruntime must never see telemetry on
-import * as ort from 'onnxruntime-node';
+import type * as Ort from 'onnxruntime-node';
 import { existsSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { ForgeError } from '../errors';
@@ -8,7 +8,16 @@ import { ForgeError } from '../errors';
 export type Device = 'cpu' | 'cuda' | 'webgpu';
 export const DEVICES: readonly Device[] = ['cpu', 'cuda', 'webgpu'];
 
-export type Session = ort.InferenceSession;
+export type Session = Ort.InferenceSession;
+
+// Loaded at first use: the command's own process only forks the pass (its native library is ~25 ms to load).
+let loaded: typeof Ort | undefined;
+const ort = (): typeof Ort => (loaded ??= require('onnxruntime-node') as typeof Ort);
+
+/** Loads onnxruntime now (a forward worker, at boot: before its first request, on a core that idles then). */
+export function loadBackend(): void {
+  ort();
+}
 
 function nativeFolder(): string {
   return join(dirname(require.resolve('onnxruntime-node/package.json')), 'bin', 'napi-v6', process.platform, process.arch);
@@ -17,7 +26,7 @@ function nativeFolder(): string {
 /** Backends this install can run: bundled ones, plus CUDA when its provider library was installed. */
 export function availableBackends(): string[] {
   const out: string[] = [];
-  for (const b of ort.listSupportedBackends()) {
+  for (const b of ort().listSupportedBackends()) {
     if (b.bundled) out.push(b.name);
     else if (b.name === 'cuda' && existsSync(join(nativeFolder(), 'libonnxruntime_providers_cuda.so'))) out.push(b.name);
   }
@@ -53,7 +62,7 @@ export interface SessionSettings {
   arena?: boolean;
 }
 
-function options(s: SessionSettings): ort.InferenceSession.SessionOptions {
+function options(s: SessionSettings): Ort.InferenceSession.SessionOptions {
   return {
     executionProviders: executionProviders(s.device),
     intraOpNumThreads: s.threads,
@@ -72,7 +81,7 @@ function options(s: SessionSettings): ort.InferenceSession.SessionOptions {
 async function create(model: string | Uint8Array, s: SessionSettings, externalData?: ExternalData): Promise<Session> {
   const opts = { ...options(s), ...(externalData ? { externalData } : {}) };
   try {
-    return typeof model === 'string' ? await ort.InferenceSession.create(model, opts) : await ort.InferenceSession.create(model, opts);
+    return typeof model === 'string' ? await ort().InferenceSession.create(model, opts) : await ort().InferenceSession.create(model, opts);
   } catch (e) {
     if (s.device === 'cpu') throw e;
     const first = String((e as Error).message ?? e).split('\n')[0];
@@ -88,10 +97,10 @@ export async function sessionFromBytes(bytes: Uint8Array, s: SessionSettings, ex
   return create(bytes, s, externalData);
 }
 
-export function floatTensor(data: Float32Array, dims: number[]): ort.Tensor {
-  return new ort.Tensor('float32', data, dims);
+export function floatTensor(data: Float32Array, dims: number[]): Ort.Tensor {
+  return new (ort().Tensor)('float32', data, dims);
 }
 
-export function int64Tensor(data: BigInt64Array, dims: number[]): ort.Tensor {
-  return new ort.Tensor('int64', data, dims);
+export function int64Tensor(data: BigInt64Array, dims: number[]): Ort.Tensor {
+  return new (ort().Tensor)('int64', data, dims);
 }

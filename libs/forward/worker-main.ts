@@ -1,6 +1,7 @@
 // Child process side of the isolated forward pass: perhaps a 'prepare' first (isolated.ts's spare worker, told
 // the model before the prompts are known), then one request in, progress and the result out.
 import { computePadStates, computePromptStates, computeRouterInputs, prepareForward, type ForwardOptions } from './run';
+import { loadBackend } from './backend';
 
 type Options = Omit<ForwardOptions, 'onProgress'>;
 type Request =
@@ -8,6 +9,8 @@ type Request =
   | { kind: 'prompts'; modelDir: string; prompts: number[][]; options: Options }
   | { kind: 'pad'; modelDir: string; padTokenId: number; options: Options }
   | { kind: 'router'; modelDir: string; prompts: number[][]; options: Options };
+
+loadBackend(); // booted ahead of its request: onnxruntime is ready when the pass comes
 
 // When the parent dies (killed, or it stopped waiting) nobody wants the result: exit quietly, no EPIPE stack.
 process.on('disconnect', () => process.exit(0));

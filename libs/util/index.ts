@@ -9,3 +9,4 @@ export * from './prose';
 export * from './stat-key';
 export * from './work-folder';
 export * from './write-whole';
+export * from './map-limit';

@@ -66,3 +66,11 @@ test("fetch's runtime input (build/runtime/model-ids.js) says the build is stale
   assert.equal(r.status, 0, r.stderr);
   assert.equal(r.stdout, 'unresolved: moe-forge: build/ is out of date (libs/recipe/schema.ts changed): run npm run build\n');
 });
+
+test("the command's own process loads no onnxruntime (only its forward worker does): loading the command's bundles leaves it out", () => {
+  const script = `for (const f of ['noop.js', 'early.js', 'cli.js']) require(${JSON.stringify(join(ROOT, 'build'))} + '/' + f);
+    console.log(JSON.stringify(Object.keys(require.cache).filter((k) => k.includes('onnxruntime'))));`;
+  const r = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8' });
+  assert.equal(r.status, 0, r.stderr);
+  assert.deepEqual(JSON.parse(r.stdout), []);
+});
