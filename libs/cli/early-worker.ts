@@ -7,7 +7,7 @@
  */
 import { closeSync, existsSync, openSync, readSync, statSync } from 'node:fs';
 import { join, resolve } from 'node:path';
-import { dropEarlyWorker, earlyWorker, forkEarlyWorker } from '../forward/fork-worker';
+import { dropEarlyWorker, earlyWorker, forkEarlyWorker } from '../fork';
 
 // Set by scripts/build.mjs: the built worker, relative to this bundle.
 declare const __FORWARD_WORKER__: string | undefined;

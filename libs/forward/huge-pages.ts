@@ -1,14 +1,5 @@
 import { readFileSync } from 'node:fs';
 
-/** The glibc tunable that has malloc ask for transparent huge pages (madvise) on the memory it maps. */
-export const HUGE_MALLOC_TUNABLE = 'glibc.malloc.hugetlb=1';
-
-/** `GLIBC_TUNABLES` with huge-page malloc added, unless it already says what malloc should do about huge pages. */
-export function withHugeMalloc(tunables: string | undefined): string {
-  if (!tunables) return HUGE_MALLOC_TUNABLE;
-  return /(^|:)glibc\.malloc\.hugetlb=/.test(tunables) ? tunables : `${tunables}:${HUGE_MALLOC_TUNABLE}`;
-}
-
 let hugeMalloc: boolean | undefined;
 
 /** Tests: the weight buffers' memory as if malloc did (true) or did not (false) give huge pages; undefined: as it does. */

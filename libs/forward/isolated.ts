@@ -2,7 +2,7 @@ import type { ChildProcess } from 'node:child_process';
 import { join } from 'node:path';
 import { ForgeError, ModelError } from '../errors';
 import type { ForwardOptions, ForwardProgress, LayerState } from './run';
-import { adoptEarlyWorker, dropEarlyWorker, forkWorker } from './fork-worker';
+import { adoptEarlyWorker, dropEarlyWorker, forkWorker } from '../fork';
 
 /**
  * The forward pass in a child process: onnxruntime's native memory goes back to the OS when it exits, and

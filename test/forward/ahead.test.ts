@@ -17,22 +17,12 @@ import {
 } from '../../libs/forward';
 import { FIXTURES } from '../helpers/forward-fixtures';
 import { maxAbsDiff } from '../helpers/forward-reference';
+import { alive, until } from '../helpers/processes';
 
 const TINY = (n: string) => join(FIXTURES, 'tiny-llama', `tiny-${n}`);
 const IDS = [[0, 17, 88, 301, 5, 9, 44], [0, 3, 3]];
 
-const exited = (pid: number) => {
-  try {
-    process.kill(pid, 0);
-    return false;
-  } catch {
-    return true;
-  }
-};
-async function until(what: string, cond: () => boolean): Promise<void> {
-  for (let i = 0; i < 200 && !cond(); i++) await new Promise((r) => setTimeout(r, 25));
-  assert.ok(cond(), what);
-}
+const exited = (pid: number) => !alive(pid);
 
 test('a pass prepared ahead (its first layer widened, or above the eager limit only checked) gives exactly the states of one that is not, and a preparation for other options is passed over', async () => {
   const plain = await computePromptStates(TINY('a'), IDS);

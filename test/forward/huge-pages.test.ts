@@ -3,7 +3,8 @@ import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { HUGE_MALLOC_TUNABLE, mallocHugePages, withHugeMalloc } from '../../libs/forward/huge-pages';
+import { mallocHugePages } from '../../libs/forward/huge-pages';
+import { HUGE_MALLOC_TUNABLE, withHugeMalloc } from '../../libs/fork';
 import { runIsolatedWorker } from '../../libs/forward';
 import { tempDir } from '../helpers/tmp';
 

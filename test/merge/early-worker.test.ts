@@ -5,9 +5,10 @@ import { randomUUID } from 'node:crypto';
 import { mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { earlyGuess } from '../../libs/cli/early-worker';
-import { earlyWorkerPid, forkEarlyWorker } from '../../libs/forward/fork-worker';
+import { earlyWorkerPid, forkEarlyWorker } from '../../libs/fork';
 import { computePromptStates, computePromptStatesIsolated, startForwardWorker, stopForwardWorker, waitingForwardWorker } from '../../libs/forward';
 import { maxAbsDiff } from '../helpers/forward-reference';
+import { alive, until } from '../helpers/processes';
 import { ROOT, tempDir, TINY } from '../helpers/tmp';
 
 // The forward worker forked by the command's first lines (bin/ -> build/early.js), before the merge's code loads.
@@ -48,18 +49,7 @@ test('the early guess forks for recipes that may need prompt states, and names t
   assert.equal(earlyGuess([d, 'out']), null, 'a folder is not a recipe');
 });
 
-const exited = (pid: number) => {
-  try {
-    process.kill(pid, 0);
-    return false;
-  } catch {
-    return true;
-  }
-};
-async function until(what: string, cond: () => boolean): Promise<void> {
-  for (let i = 0; i < 200 && !cond(); i++) await new Promise((r) => setTimeout(r, 25));
-  assert.ok(cond(), what);
-}
+const exited = (pid: number) => !alive(pid);
 
 test('a worker forked early is the one the next pass takes (no second fork), with the same states; one nobody takes is ended', async () => {
   const ids = [[0, 17, 88, 301, 5, 9, 44]];

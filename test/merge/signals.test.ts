@@ -5,6 +5,7 @@ import { cpSync, mkdirSync, readdirSync, readFileSync, statSync } from 'node:fs'
 import { join } from 'node:path';
 import { ROOT, tempDir, TINY } from '../helpers/tmp';
 import { addRecipe, throwawayWorkspace } from '../helpers/workspace';
+import { alive } from '../helpers/processes';
 
 // Nothing may be left behind when a run is stopped by SIGINT or SIGTERM: not its work folders in TMPDIR,
 // not a half-written output beside the output path, not a forward-pass process; model folders unchanged.
@@ -33,14 +34,6 @@ function listing(d: string): string[] {
   return out;
 }
 
-const alive = (pid: number) => {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-};
 
 /** Child pids of a process (Linux /proc), to check that no forward-pass worker outlives its parent. */
 function descendants(pid: number): number[] {

@@ -1,6 +1,6 @@
 import { fork, type ChildProcess } from 'node:child_process';
 import { pathToFileURL } from 'node:url';
-import { withHugeMalloc } from './huge-pages';
+import { withHugeMalloc } from './huge-malloc';
 
 /** A worker script (one that serves the isolated forward pass's protocol) forked with its output through ours. */
 export function forkWorker(worker: string): ChildProcess {
