@@ -8,13 +8,12 @@
 import { closeSync, existsSync, openSync, readSync, statSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { dropEarlyWorker, earlyWorker, forkEarlyWorker } from '../fork';
+import { DEFAULT_GATE_MODE, GATE_MODES, type GateMode } from '../gates';
 
 // Set by scripts/build.mjs: the built worker, relative to this bundle.
 declare const __FORWARD_WORKER__: string | undefined;
 const WORKER = join(__dirname, typeof __FORWARD_WORKER__ === 'string' ? __FORWARD_WORKER__ : '../forward/worker-main.ts');
 
-/** Gate modes whose gates need no forward pass (libs/gates/modes.ts: states cheap_embed or none). */
-const NO_PASS = new Set(['cheap_embed', 'random', 'uniform_random']);
 
 /** The most of a recipe read to guess: gate_mode sits near the top of any real one. */
 const HEAD_BYTES = 256 << 10;
@@ -52,10 +51,13 @@ export function earlyGuess(argv: string[], cwd = process.cwd()): { base: string 
     if (fd !== undefined) closeSync(fd);
   }
   const mode = topLevel(text, 'gate_mode');
-  if (mode !== null && NO_PASS.has(mode)) return null;
-  // The fitted routers' pass reads the experts' MLPs too: set up by its stage, once those are known.
+  // The mode's prompt states (libs/gates/modes.ts); no gate_mode line: the default mode's. A mode this
+  // table does not know forks anyway (the merge says what is wrong).
+  const states = mode !== null && Object.hasOwn(GATE_MODES, mode) ? GATE_MODES[mode as GateMode].states : GATE_MODES[DEFAULT_GATE_MODE].states;
+  if (states !== 'hidden' && states !== 'router_input') return null;
+  // Router inputs (fitted routers) read the experts' MLPs too: that pass is set up by its stage, once those are known.
   const ref = topLevel(text, 'base_model');
-  if (mode === 'fit' || ref === null || ref.startsWith('~') || argv.some((a) => PASS_FLAGS.test(a))) return { base: null };
+  if (states !== 'hidden' || ref === null || ref.startsWith('~') || argv.some((a) => PASS_FLAGS.test(a))) return { base: null };
   const dir = resolve(cwd, ref);
   return { base: existsSync(join(dir, 'config.json')) ? dir : null };
 }

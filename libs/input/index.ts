@@ -1,7 +1,11 @@
 import { closeSync, constants, fstatSync, openSync, readSync, statSync, type Stats } from 'node:fs';
 import { open } from 'node:fs/promises';
-import { LineCounter, parseDocument, visit, type Document } from 'yaml';
+import type { Document, LineCounter } from 'yaml';
+import type * as Yaml from 'yaml';
 import { ForgeError, ModelError, RecipeError, type ErrorPlace } from '../errors';
+
+// Loaded at first parse: code that reaches this library only for its file checks (the command's first lines) skips it.
+const yaml = (): typeof Yaml => require('yaml');
 
 /**
  * The one reader of the YAML, JSON and JSON Lines files a user hands us (recipes, held-out prompts, model
@@ -139,6 +143,7 @@ export interface YamlInput {
  * `expected` ends the message ("Expected a YAML list of ...").
  */
 export function parseYamlInput(text: string, file: string, kind: InputKind, expected = ''): YamlInput {
+  const { LineCounter, parseDocument, visit } = yaml();
   const lc = new LineCounter();
   const doc = parseDocument(stripBom(text), { lineCounter: lc, prettyErrors: false, uniqueKeys: true });
   if (doc.errors.length > 0) {
