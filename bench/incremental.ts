@@ -44,16 +44,18 @@ export interface StepResult {
 const TOPICS = ['python', 'rust', 'sql', 'poetry', 'history', 'algebra', 'biology', 'cooking', 'travel', 'law', 'music', 'physics', 'chess', 'finance', 'medicine', 'geology', 'weather'];
 const prompt = (topic: string, i: number) => `Question ${i} about ${topic}: explain the main idea to a curious beginner.`;
 
-/** 4 prompts per expert, the fourth expert's 5 (17 over 4 experts), plus one for the first when `extra`. */
-function expertPrompts(extra: boolean, n = 4): string[][] {
+/** 4 prompts per expert, the fourth expert's 5 (17 over 4 experts), plus one for the first when `extra`, and `more`. */
+function expertPrompts(extra: boolean, n = 4, more?: string): string[][] {
   const experts = Array.from({ length: n }, (_, e) => TOPICS.slice(e * 4, e * 4 + 4 + (e === 3 ? 1 : 0)).map((t, i) => prompt(t, i)));
   if (extra) experts[0]!.push(prompt('extra', 99));
+  if (more !== undefined) experts[0]!.push(more);
   return experts;
 }
 
-export function recipe(models: string, o: { extraPrompt: boolean; noise: number; swapLast: boolean; experts?: number }): string {
+/** `more`: one prompt more for the first expert (the edits of the one-prompt-edit rows, a new one each run). */
+export function recipe(models: string, o: { extraPrompt: boolean; noise: number; swapLast: boolean; experts?: number; more?: string }): string {
   // Expert 1 carries noise; the last expert's model is swapped (b -> a).
-  const experts = expertPrompts(o.extraPrompt, o.experts);
+  const experts = expertPrompts(o.extraPrompt, o.experts, o.more);
   const last = experts.length - 1;
   const model = (e: number) => (e === last && o.swapLast ? 'a' : e % 2 === 0 ? 'a' : 'b');
   return `base_model: ${models}/a
@@ -189,6 +191,10 @@ export interface ReferenceResult {
   plus: { seconds: number; peakRssKiB: number };
 }
 
+/** One-prompt edits timed each way (back to back, and EDIT_PAUSE_MS apart). */
+const EDITS = 5;
+const EDIT_PAUSE_MS = 3000;
+
 export async function benchIncremental(tmp: string, size: string, log: (s: string) => void) {
   const spec = SIZES[size];
   if (!spec) throw new Error(`unknown size ${size} (known: ${Object.keys(SIZES).join(', ')})`);
@@ -245,6 +251,22 @@ export async function benchIncremental(tmp: string, size: string, log: (s: strin
     nodeRuns.push((performance.now() - t0) / 1000);
   }
   log(`no-op again: ${noopRuns.map((x) => x.toFixed(2)).join(' / ')} s; node -e 0: ${nodeRuns.map((x) => x.toFixed(2)).join(' / ')} s`);
+  // One-prompt edits as a user makes them (issue #22, goal 4): each run's recipe has one prompt the runs before
+  // never had (in place of the last run's), EDITS runs back to back, then EDITS with EDIT_PAUSE_MS before each
+  // (the pause lets the VM take back freed memory, as between a user's edits).
+  let edit = 0;
+  const edits = async (pauseMs: number): Promise<number[]> => {
+    const seconds: number[] = [];
+    for (let i = 0; i < EDITS; i++) {
+      if (pauseMs > 0) await new Promise((r) => setTimeout(r, pauseMs));
+      writeFileSync(recipeFile, recipe(models, { extraPrompt: true, noise: 0.02, swapLast: true, experts, more: prompt(`edit${edit++}`, 98) }));
+      seconds.push((await cli(recipeFile, out, cacheDir)).seconds);
+    }
+    return seconds;
+  };
+  const editBackToBack = await edits(0);
+  const editSpaced = await edits(EDIT_PAUSE_MS);
+  log(`one-prompt edits, back to back: ${editBackToBack.map((x) => x.toFixed(2)).join(' / ')} s; ${EDIT_PAUSE_MS / 1000} s apart: ${editSpaced.map((x) => x.toFixed(2)).join(' / ')} s`);
 
   // Floors, same run: the forward pass of the added prompt alone; the forward pass at ORT Gemm speed; the stream copy.
   const tok = await loadTokenizer(join(models, 'a'));
@@ -266,7 +288,7 @@ export async function benchIncremental(tmp: string, size: string, log: (s: strin
   const copy = await streamCopy(out, join(dir, 'copy.bin'), COPY_CAP);
   rmSync(dir, { recursive: true, force: true });
   const referenceResult: ReferenceResult | null = ref && refCold && refPlus ? { command: ref.command, foundBy: ref.foundBy, cold: refCold, plus: refPlus } : null;
-  return { spec, experts, prompts: promptTokens.length, steps, onePromptSeconds: onePrompt, onePromptTokens: ids.length, forward, noopFloorSeconds: noop, noopBestSeconds: Math.min(...noopRuns), nodeStartSeconds: Math.min(...nodeRuns), copy, reference: referenceResult, referenceNote: why };
+  return { spec, experts, prompts: promptTokens.length, steps, editBackToBack, editSpaced, onePromptSeconds: onePrompt, onePromptTokens: ids.length, forward, noopFloorSeconds: noop, noopBestSeconds: Math.min(...noopRuns), nodeStartSeconds: Math.min(...nodeRuns), copy, reference: referenceResult, referenceNote: why };
 }
 
 /** The stream-copy floor: the output's shards (their first `cap` bytes) through createReadStream -> createWriteStream, then fsync. */

@@ -23,10 +23,10 @@ export function changedOutputFiles(cacheDir: string, out: string): string[] {
 }
 
 /**
- * After a write: the folder's files as they are now (a cache that cannot be written is no record). `probe`,
- * one of them that this merge wrote, tells whether the file system needs the racy window waited out (recordKeys).
+ * After a write: the folder's files as they are now (a cache that cannot be written is no record). `probe`: the
+ * file system may be probed for whether it needs the racy window waited out (recordKeys).
  */
-export function recordOutputFiles(cacheDir: string, out: string, names: string[], probe?: string): void {
+export function recordOutputFiles(cacheDir: string, out: string, names: string[], probe?: boolean): void {
   try {
     const file = recordFile(cacheDir, out);
     mkdirSync(join(file, '..'), { recursive: true });

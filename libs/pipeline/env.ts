@@ -58,7 +58,7 @@ export interface StageEnv {
   /** The recipe and models as the fetch stage resolved them (not for fetch itself). */
   merge(): Promise<MergeContext>;
   /** The output folder's files changed since this front end wrote them, and the record of a write. */
-  outputState: { suspect(): string[]; record(files: string[], replaced: boolean, probe?: string): void };
+  outputState: { suspect(): string[]; record(files: string[], replaced: boolean, probe?: boolean): void };
   /** The options given on the command line (Nx: those other than the target's configuration), for the recipe stage to hand on. */
   overrides?: Record<string, unknown>;
   /** A file an option names must be one the front end's cache key covers (Nx: checkHashedInput); default: nothing to check. */

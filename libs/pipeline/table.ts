@@ -173,8 +173,8 @@ export function newPlanWarnings(merge: MergeContext, plan: MergePlan, gateWarnin
 
 /** The stamp and the written files, recorded for the next build's check of the folder. */
 export function finishWrite(env: StageEnv, result: WriteResult): void {
-  // The stamp, ours, probes the file system's clock (recordKeys).
-  env.outputState.record([...result.files, STAMP_FILE], !result.skipped, STAMP_FILE);
+  // Just written: the file system's clock may be probed (recordKeys), so that the record need not wait.
+  env.outputState.record([...result.files, STAMP_FILE], !result.skipped, true);
 }
 
 /** Says, once, which files of the output folder changed since written (or that it is gone). */

@@ -7,6 +7,7 @@ export function isRacy(st: BigIntStats | { mtimeNs: bigint; ctimeNs: bigint } | 
 export function readStable<T>(file: string, read: (file: string) => Promise<T>, tries?: number): Promise<{ value: T; key: string; racy: boolean } | null>;
 export function settledKey(p: string, fineDev?: () => bigint | undefined): string | null;
 export function fineCtime(file: string): bigint | undefined;
+export function fineCtimeIn(dir: string): bigint | undefined;
 export function sleepUntil(ns: bigint): void;
-export function recordKeys(dir: string, names: string[], probe?: string): Record<string, string>;
+export function recordKeys(dir: string, names: string[], probe?: boolean): Record<string, string>;
 export function changedSince(dir: string, files: Record<string, string>): string[];

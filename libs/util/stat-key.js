@@ -8,9 +8,10 @@
 //   same clock tick (same size, same stamp): such a record is never trusted later (as git's index does).
 // - Changed while read: stats taken before and after reading must be equal, or the read is not of one file.
 'use strict';
-const { chmodSync, statSync } = require('node:fs');
+const { chmodSync, closeSync, openSync, statSync, unlinkSync } = require('node:fs');
 const { stat } = require('node:fs/promises');
-const { join } = require('node:path');
+const { randomBytes } = require('node:crypto');
+const { dirname, join } = require('node:path');
 
 // Coarse filesystems stamp whole seconds (ext3, HFS+); ext4, xfs and tmpfs stamp from a clock that ticks in ms.
 const RACY_NS = 1_000_000_000n;
@@ -64,10 +65,9 @@ function sleepUntil(ns) {
  * The key of a file to record now and trust later: a racy file is given the racy window to pass and stat again;
  * if it changed meanwhile, something else is writing it, and 'changed' is returned (never equal to a key).
  * `fineDev()`: the device of a file system whose ctime moves with every change made after a stat (fineCtime):
- * there the stat taken now is enough, and nothing waits. Asked before the stat, since it may probe this file.
+ * there the stat taken now is enough, and nothing waits. Asked only for a racy file.
  */
 function settledKey(p, fineDev) {
-  const dev = fineDev?.();
   const at = nowNs();
   let st;
   try {
@@ -77,6 +77,7 @@ function settledKey(p, fineDev) {
   }
   if (!st.isFile()) return null;
   if (!isRacy(st, at)) return statKey(st);
+  const dev = fineDev?.();
   if (dev !== undefined && dev === st.dev) return statKey(st);
   const latest = st.mtimeNs > st.ctimeNs ? st.mtimeNs : st.ctimeNs;
   // Past one tick of the file system's clock, a later write cannot keep these stats. Timestamps with sub-second
@@ -123,18 +124,37 @@ function fineCtime(file) {
 }
 
 /**
+ * fineCtime of the file system holding folder `dir`, probed on a scratch file made there (exclusively, under a
+ * name of its own) and removed after, so that no file of the folder is touched: a recorded file whose ctime the
+ * probe moved would be racy again for the next record, and the no-op memo would never vouch for it.
+ */
+function fineCtimeIn(dir) {
+  const scratch = join(dir, `.moe-forge-clock-${process.pid}-${randomBytes(6).toString('hex')}`);
+  try {
+    closeSync(openSync(scratch, 'wx', 0o600));
+  } catch {
+    return undefined; // a folder we cannot write in: the window is waited out
+  }
+  try {
+    return fineCtime(scratch);
+  } finally {
+    try {
+      unlinkSync(scratch);
+    } catch {
+      // gone already
+    }
+  }
+}
+
+/**
  * { name: key } of files of a folder just written, to tell later whether each is as written (settledKey).
- * `probe`: one of them that this process wrote, to learn whether the folder's file system needs the wait; it is
- * probed only when a file is racy and only while itself racy (just written), so a folder left as it was keeps
- * its stats.
+ * `probe`: whether the file system may be probed (fineCtimeIn, a scratch file beside the folder: where we write
+ * the folder's temporaries anyway), once and only when a file is racy, to learn whether it needs the wait.
  */
 function recordKeys(dir, names, probe) {
   let fine = null;
   const fineDev = () => {
-    if (fine === null) {
-      const key = probe === undefined ? null : fileKey(join(dir, probe));
-      fine = { dev: key !== null && isRacy(key, nowNs()) ? fineCtime(join(dir, probe)) : undefined };
-    }
+    if (fine === null) fine = { dev: probe ? fineCtimeIn(dirname(dir)) : undefined };
     return fine.dev;
   };
   const files = {};
@@ -152,4 +172,4 @@ function changedSince(dir, files) {
     .map(([name]) => name);
 }
 
-module.exports = { RACY_NS, nowNs, statKey, fileKey, isRacy, readStable, settledKey, fineCtime, sleepUntil, recordKeys, changedSince };
+module.exports = { RACY_NS, nowNs, statKey, fileKey, isRacy, readStable, settledKey, fineCtime, fineCtimeIn, sleepUntil, recordKeys, changedSince };

@@ -84,6 +84,25 @@ test('an unchanged re-run is answered from the memo, with the same lines; a chan
   assert.doesNotMatch(damaged.out, /FAKE/);
 });
 
+test('runs back to back, each well within the racy window of the one before, still reach the memo: recording the output folder touches none of its files', async () => {
+  const d = tempDir();
+  const models = join(d, 'models');
+  cpSync(join(FIXTURES, 'tiny-llama'), models, { recursive: true });
+  writeFileSync(join(d, 'moe.yml'), recipe(models));
+  const args = ['moe.yml', 'out'];
+  assert.equal((await command(d, args)).code, 0);
+  // The output written just now is racy for about a second; no-op runs follow at once. (A probe of the file
+  // system's clock that chmod-ed the stamp kept it racy for each next run: no run ever recorded the memo.)
+  const runs: boolean[] = [];
+  for (let i = 0; i < 5 && !runs.includes(false); i++) {
+    const r = await command(d, args);
+    assert.equal(r.code, 0, r.err);
+    assert.match(r.out, /^unchanged /);
+    runs.push(r.loaded);
+  }
+  assert.ok(runs.includes(false), `a run answered from the memo (merge loaded per run: ${runs.join(', ')})`);
+});
+
 test('a run with --report or --verbose always runs the merge', async () => {
   const d = tempDir();
   writeFileSync(join(d, 'moe.yml'), recipe(join(FIXTURES, 'tiny-llama')));

@@ -1,8 +1,8 @@
 import { mock, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { chmodSync, mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdirSync, mkdtempSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 
 // The CommonJS module itself (its exports object), so that its waits can be counted.
 // eslint-disable-next-line @typescript-eslint/no-require-imports
@@ -47,9 +47,9 @@ test('recordKeys: files just written are recorded as they are; the racy window i
   const waits = mock.method(sk, 'sleepUntil', () => undefined);
   try {
     for (const n of ['a', 'b', 'stamp']) writeFileSync(join(dir, n), n);
-    const fine = sk.fineCtime(join(dir, 'stamp')) !== undefined;
+    const fine = sk.fineCtimeIn(dirname(dir)) !== undefined;
     waits.mock.resetCalls();
-    const keys = sk.recordKeys(dir, ['a', 'b', 'missing', 'stamp'], 'stamp');
+    const keys = sk.recordKeys(dir, ['a', 'b', 'missing', 'stamp'], true);
     assert.deepEqual(Object.keys(keys), ['a', 'b', 'stamp']);
     for (const n of ['a', 'b', 'stamp']) assert.equal(keys[n], sk.fileKey(join(dir, n)), n);
     // Fine-grained stamps: none of the three racy files waits; coarse ones: each waits (the stubbed wait returns at once).
@@ -64,16 +64,23 @@ test('recordKeys: files just written are recorded as they are; the racy window i
   }
 });
 
-test('recordKeys: a folder whose files all settled long ago is recorded without touching the probe (an unchanged folder keeps its stats)', async () => {
-  const dir = mkdtempSync(join(tmpdir(), 'moe-forge-record-'));
+test('recordKeys: a folder just written, recorded twice within the racy window, keeps every file\'s key (the probe touches none of them) and gets no scratch file', () => {
+  const parent = mkdtempSync(join(tmpdir(), 'moe-forge-record-'));
+  const dir = join(parent, 'out');
+  const waits = mock.method(sk, 'sleepUntil', () => undefined);
   try {
+    mkdirSync(dir);
     for (const n of ['a', 'stamp']) writeFileSync(join(dir, n), n);
-    await new Promise((r) => setTimeout(r, Number(sk.RACY_NS / 1_000_000n) + 100)); // past the racy window
-    const before = sk.fileKey(join(dir, 'stamp'));
-    const keys = sk.recordKeys(dir, ['a', 'stamp'], 'stamp');
-    assert.equal(sk.fileKey(join(dir, 'stamp')), before, 'the probe was left alone');
-    assert.equal(keys.stamp, before);
+    const before = { a: sk.fileKey(join(dir, 'a')), stamp: sk.fileKey(join(dir, 'stamp')) };
+    const first = sk.recordKeys(dir, ['a', 'stamp'], true);
+    const second = sk.recordKeys(dir, ['a', 'stamp'], true);
+    // A probe on the stamp itself moved its ctime each time: the next record (or the no-op memo) found it racy again.
+    assert.deepEqual(first, before);
+    assert.deepEqual(second, before);
+    assert.deepEqual(readdirSync(parent), ['out'], 'the scratch file is gone');
+    assert.deepEqual(readdirSync(dir).sort(), ['a', 'stamp']);
   } finally {
-    rmSync(dir, { recursive: true, force: true });
+    waits.mock.restore();
+    rmSync(parent, { recursive: true, force: true });
   }
 });

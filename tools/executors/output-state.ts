@@ -98,9 +98,9 @@ export function suspectFiles(root: string, project: string, dir: string): string
 
 /**
  * After a successful write: record the folder's files; rotate the token when live content was replaced. `probe`:
- * one of them that the write made (recordKeys).
+ * the file system may be probed for its clock (recordKeys).
  */
-export function recordWrite(root: string, project: string, dir: string, names: string[], replaced: boolean, probe?: string): void {
+export function recordWrite(root: string, project: string, dir: string, names: string[], replaced: boolean, probe?: boolean): void {
   const state = readState(root, project);
   const prev = state.outputs[dir];
   if (state.token === null || (replaced && prev && prev.token === state.token)) {
@@ -108,8 +108,8 @@ export function recordWrite(root: string, project: string, dir: string, names: s
     for (const rec of Object.values(state.outputs)) if (rec.token === state.token && rec.token !== null) rec.token = t;
     state.token = t;
   }
-  // Just written, so most files are racy: unless the file system stamps every later change apart (probed on
-  // `probe`), the window is waited out once, so that the next build can trust the record; a file that changes
+  // Just written, so most files are racy: unless the file system stamps every later change apart (probed with a
+  // scratch file beside the folder), the window is waited out once, so that the next build can trust the record; a file that changes
   // meanwhile is recorded as changed.
   state.outputs[dir] = { dir, token: state.token, files: recordKeys(dir, names, probe) };
   saveState(root, project, state);
