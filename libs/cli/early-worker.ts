@@ -14,7 +14,6 @@ import { DEFAULT_GATE_MODE, GATE_MODES, type GateMode } from '../gates';
 declare const __FORWARD_WORKER__: string | undefined;
 const WORKER = join(__dirname, typeof __FORWARD_WORKER__ === 'string' ? __FORWARD_WORKER__ : '../forward/worker-main.ts');
 
-
 /** The most of a recipe read to guess: gate_mode sits near the top of any real one. */
 const HEAD_BYTES = 256 << 10;
 
@@ -30,9 +29,9 @@ const PASS_FLAGS = /^--(device|cuda|gpu-rich|forward-precision)(=|$)/;
 /**
  * What `argv` says of a merge that may need prompt states, read cheaply: null for help, version, fewer than two
  * arguments that are not flags, a first one that is not a readable file, or a gate mode without states. Else
- * the recipe's text and, where the recipe's `base_model` names a local model folder (resolved as the merge
- * resolves it, against the working folder) and no flag changes the pass, that folder: the pass over it can be set
- * up at once.
+ * `base`: the local model folder the recipe's `base_model` names (resolved as the merge resolves it, against the
+ * working folder) when the pass over it can be set up at once (hidden states, no flag that changes the pass),
+ * else null.
  */
 export function earlyGuess(argv: string[], cwd = process.cwd()): { base: string | null } | null {
   if (argv.some((a) => a === '--help' || a === '-h' || a === '--version')) return null;

@@ -30,6 +30,7 @@ type Slot = { [SLOT]?: { worker: string; child: ChildProcess } };
 const slot = globalThis as Slot;
 
 const alive = (c: ChildProcess) => c.exitCode === null && c.signalCode === null && c.connected;
+let dropAtExit = false;
 
 /** Forks `worker` now into the slot (a no-op when one waits there already). */
 export function forkEarlyWorker(worker: string): void {
@@ -37,7 +38,10 @@ export function forkEarlyWorker(worker: string): void {
   const child = forkWorker(worker);
   child.on('error', () => undefined); // a failed early worker is passed over (alive() is false)
   slot[SLOT] = { worker, child };
-  process.once('exit', dropEarlyWorker);
+  if (!dropAtExit) {
+    dropAtExit = true;
+    process.once('exit', dropEarlyWorker);
+  }
 }
 
 /** The early worker when it runs `worker` and still lives, taken out of the slot; any other is ended. */
