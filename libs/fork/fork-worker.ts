@@ -29,14 +29,15 @@ const SLOT = Symbol.for('moe-forge.early-forward-worker');
 type Slot = { [SLOT]?: { worker: string; child: ChildProcess } };
 const slot = globalThis as Slot;
 
-const alive = (c: ChildProcess) => c.exitCode === null && c.signalCode === null && c.connected;
+/** Whether a forked worker can still take a request (running, its channel open). */
+export const workerAlive = (c: ChildProcess) => c.exitCode === null && c.signalCode === null && c.connected;
 let dropAtExit = false;
 
 /** Forks `worker` now into the slot (a no-op when one waits there already). */
 export function forkEarlyWorker(worker: string): void {
-  if (slot[SLOT] && alive(slot[SLOT].child)) return;
+  if (slot[SLOT] && workerAlive(slot[SLOT].child)) return;
   const child = forkWorker(worker);
-  child.on('error', () => undefined); // a failed early worker is passed over (alive() is false)
+  child.on('error', () => undefined); // a failed early worker is passed over (workerAlive() is false)
   slot[SLOT] = { worker, child };
   if (!dropAtExit) {
     dropAtExit = true;
@@ -49,7 +50,7 @@ export function adoptEarlyWorker(worker: string): ChildProcess | null {
   const early = slot[SLOT];
   delete slot[SLOT];
   if (!early) return null;
-  if (early.worker === worker && alive(early.child)) return early.child;
+  if (early.worker === worker && workerAlive(early.child)) return early.child;
   if (early.child.exitCode === null && early.child.signalCode === null) early.child.kill();
   return null;
 }
@@ -63,12 +64,11 @@ export function dropEarlyWorker(): void {
 
 /** The early worker's process id while it waits in the slot (null when none). */
 export function earlyWorkerPid(): number | null {
-  const early = slot[SLOT];
-  return early && alive(early.child) ? early.child.pid ?? null : null;
+  return earlyWorker()?.pid ?? null;
 }
 
 /** The early worker while it waits in the slot (null when none): to tell it what comes. */
 export function earlyWorker(): ChildProcess | null {
   const early = slot[SLOT];
-  return early && alive(early.child) ? early.child : null;
+  return early && workerAlive(early.child) ? early.child : null;
 }

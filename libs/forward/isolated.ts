@@ -2,7 +2,7 @@ import type { ChildProcess } from 'node:child_process';
 import { join } from 'node:path';
 import { ForgeError, ModelError } from '../errors';
 import type { ForwardOptions, ForwardProgress, LayerState } from './run';
-import { adoptEarlyWorker, dropEarlyWorker, forkWorker } from '../fork';
+import { adoptEarlyWorker, dropEarlyWorker, forkWorker, workerAlive as alive } from '../fork';
 
 /**
  * The forward pass in a child process: onnxruntime's native memory goes back to the OS when it exits, and
@@ -24,7 +24,6 @@ function runIsolated<T>(request: Record<string, unknown>, onProgress?: (p: Forwa
 let spare: ChildProcess | null = null;
 let stopAtExit = false;
 
-const alive = (c: ChildProcess) => c.exitCode === null && c.signalCode === null && c.connected;
 
 /** Forks the forward worker now, for the next forward pass of this process (a no-op when one waits already). */
 export function startForwardWorker(): void {

@@ -19,18 +19,17 @@ const send = (m: unknown, then?: () => void) => {
   process.send!(m, undefined, {}, (e) => (e ? process.exit(0) : then?.()));
 };
 
-let preparing: Promise<unknown> = Promise.resolve();
 let served = false;
 process.on('message', async (req: Request) => {
   if (req.kind === 'prepare') {
-    // computeRouterInputs runs its layers with the router's input as an output: set up the same graph.
-    preparing = prepareForward(req.modelDir, req.job === 'router' ? { ...req.options, routerInput: true } : req.options);
+    // computeRouterInputs runs its layers with the router's input as an output: set up the same graph. The request
+    // that follows takes the setup, waiting for it if it is still under way (run.ts, takeAhead).
+    void prepareForward(req.modelDir, req.job === 'router' ? { ...req.options, routerInput: true } : req.options);
     return;
   }
   if (served) return;
   served = true;
   try {
-    await preparing; // never rejects; the request then starts from what it set up
     const options: ForwardOptions = { ...req.options, onProgress: (p) => send({ kind: 'progress', progress: p }) };
     const result =
       req.kind === 'prompts' ? await computePromptStates(req.modelDir, req.prompts, options) : req.kind === 'router' ? await computeRouterInputs(req.modelDir, req.prompts, options) : await computePadStates(req.modelDir, req.padTokenId, options);

@@ -79,8 +79,9 @@ export interface ContentIdResult {
  */
 export async function contentIdDetails(dir: string, opts: { cache?: ContentCache; ref?: string } = {}): Promise<ContentIdResult> {
   const names = await modelFiles(dir, opts.ref);
-  // Together: on a warm run each is a memo lookup (a few small reads), and their waits overlap.
-  const files: ContentIdResult['files'] = await Promise.all(names.map(async (name) => ({ name, ...(await memoSha256(join(dir, name), opts.cache)) })));
+  const files: ContentIdResult['files'] = [];
+  // One at a time: a miss hashes the whole file, and weight files read side by side would make a disk seek.
+  for (const name of names) files.push({ name, ...(await memoSha256(join(dir, name), opts.cache)) });
   files.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
   const h = createHash('sha256').update('moe-forge content id v1\n');
   for (const f of files) h.update(`${f.name}\0${f.sha256}\n`);
