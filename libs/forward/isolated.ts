@@ -52,9 +52,10 @@ export function waitingForwardWorker(): number | null {
   return spare && alive(spare) ? spare.pid ?? null : null;
 }
 
-/** Ends the waiting worker, if any (nothing to compute after all), and one forked at the command's start. */
+/** Ends the waiting worker, if any (nothing to compute after all), a speculated pass nobody took, and one forked at the command's start. */
 export function stopForwardWorker(): void {
   dropEarlyWorker();
+  cancelSpeculation();
   const s = spare;
   spare = null;
   if (s && s.exitCode === null && s.signalCode === null) s.kill();
@@ -72,8 +73,13 @@ function takeSpare(worker: string): ChildProcess | null {
 
 /** `request` served by the worker script `worker` (one that calls serveOneRequest) in a child process. */
 export function runIsolatedWorker<T>(worker: string, request: Record<string, unknown>, onProgress?: (p: ForwardProgress) => void): Promise<T> {
-  return new Promise((resolve, reject) => {
-    const child = takeSpare(worker) ?? forkWorker(worker);
+  return launch<T>(worker, request, onProgress).result;
+}
+
+/** The request sent to a child (the waiting worker when it serves `worker`), and the child, which ending cancels it. */
+function launch<T>(worker: string, request: Record<string, unknown>, onProgress?: (p: ForwardProgress) => void): { child: ChildProcess; result: Promise<T> } {
+  const child = takeSpare(worker) ?? forkWorker(worker);
+  const result = new Promise<T>((resolve, reject) => {
     let settled = false;
     const done = (fn: () => void) => {
       if (!settled) {
@@ -98,13 +104,102 @@ export function runIsolatedWorker<T>(worker: string, request: Record<string, unk
     });
     child.send(request);
   });
+  return { child, result };
+}
+
+/**
+ * A prompt-state pass sent to the waiting worker before its stage asks for it (speculatePromptStates): the
+ * prompts a run is expected to miss in the cache, computed while this process still hashes the models and reads
+ * the cache. The stage's pass takes it when it covers the stage's prompts (computePromptStatesIsolated).
+ */
+interface Speculation {
+  modelDir: string;
+  key: string;
+  /** Index of each speculated prompt by its ids. */
+  index: Map<string, number>;
+  tokens: number;
+  child: ChildProcess;
+  result: Promise<LayerState[][]>;
+  /** The last progress seen, and where later ones go once a pass takes it. */
+  last: ForwardProgress | null;
+  listener: ((p: ForwardProgress) => void) | null;
+}
+let speculation: Speculation | null = null;
+
+/** Speculated passes in this process: sent, taken by a stage's pass, ended unused (tests read this). */
+export const speculationStats = { sent: 0, taken: 0, ended: 0 };
+
+/** The options a pass is keyed by (their order and the callbacks aside). */
+const optionsKey = (o: Record<string, unknown>) => JSON.stringify(Object.keys(o).filter((k) => o[k] !== undefined && typeof o[k] !== 'function').sort().map((k) => [k, o[k]]));
+const idsKey = (ids: number[]) => ids.join(',');
+
+/**
+ * Sends `prompts` to the waiting worker now (none waiting: nothing happens, false). A later
+ * computePromptStatesIsolated for the same model and options whose prompts are among these takes its result;
+ * one that is not ends it, as stopForwardWorker does.
+ */
+export function speculatePromptStates(modelDir: string, prompts: number[][], options: Omit<Opts, 'onProgress'>): boolean {
+  if (!spare || !alive(spare) || prompts.length === 0) return false;
+  cancelSpeculation();
+  const s: Speculation = { modelDir, key: optionsKey(options), index: new Map(prompts.map((p, i) => [idsKey(p), i])), tokens: prompts.reduce((a, p) => a + p.length, 0), child: spare, result: Promise.resolve([]), last: null, listener: null };
+  const { result } = launch<LayerState[][]>(WORKER, { kind: 'prompts', modelDir, prompts, options }, (p) => {
+    s.last = p;
+    s.listener?.(p);
+  });
+  s.result = result;
+  result.catch(() => undefined); // a pass that takes it sees its error; one ended unused has none to report
+  speculation = s;
+  speculationStats.sent++;
+  return true;
+}
+
+/** The speculated pass, for a pass over `prompts` it covers and is worth waiting for (else it is ended): its row of each prompt. */
+function takeSpeculation(modelDir: string, prompts: number[][], options: Record<string, unknown>): { s: Speculation; rows: number[] } | null {
+  const s = speculation;
+  if (!s) return null;
+  speculation = null;
+  const rows = prompts.map((p) => s.index.get(idsKey(p)) ?? -1);
+  const covered = s.modelDir === modelDir && s.key === optionsKey(options) && rows.every((r) => r >= 0);
+  // Waiting for prompts nobody needs costs more than a fresh pass over the few that are needed once less than half
+  // of its tokens count and less than half of it is done.
+  const needed = prompts.reduce((a, p) => a + p.length, 0);
+  const half = s.last !== null && (s.last.layer + 1) * 2 >= s.last.layers;
+  if (covered && (needed * 2 >= s.tokens || half)) {
+    speculationStats.taken++;
+    return { s, rows };
+  }
+  end(s);
+  return null;
+}
+
+/** Ends a speculated pass nobody took. */
+function cancelSpeculation(): void {
+  const s = speculation;
+  speculation = null;
+  if (s) end(s);
+}
+
+function end(s: Speculation): void {
+  speculationStats.ended++;
+  if (s.child.exitCode === null && s.child.signalCode === null) s.child.kill();
+}
+
+/** The speculated pass in flight (tests): its process id, or null. */
+export function speculatedForwardWorker(): number | null {
+  return speculation && speculation.child.exitCode === null ? speculation.child.pid ?? null : null;
 }
 
 type Opts = Omit<ForwardOptions, 'onProgress'> & { onProgress?: (p: ForwardProgress) => void };
 
-export function computePromptStatesIsolated(modelDir: string, prompts: number[][], opts: Opts = {}): Promise<LayerState[][]> {
+export async function computePromptStatesIsolated(modelDir: string, prompts: number[][], opts: Opts = {}): Promise<LayerState[][]> {
   const { onProgress, ...options } = opts;
-  return runIsolated({ kind: 'prompts', modelDir, prompts, options }, onProgress);
+  const taken = takeSpeculation(modelDir, prompts, options);
+  if (!taken) return runIsolated({ kind: 'prompts', modelDir, prompts, options }, onProgress);
+  const { s, rows } = taken;
+  s.listener = onProgress ?? null;
+  if (s.last) onProgress?.(s.last);
+  const all = await s.result;
+  return rows.map((r) => all[r]!);
 }
 
 export function computePadStatesIsolated(modelDir: string, padTokenId: number, opts: Opts = {}): Promise<Float32Array[]> {

@@ -5,6 +5,7 @@ import { floatKernels, FLOAT_CAP, scaleThrough } from '../safetensors';
 import type { ArchContext, OutputArchitecture } from '../architectures';
 import type { PlanTensor, SourcePart } from '../plan';
 import { GATE_MODES, type GateMode } from '../gates';
+import { normalsAhead, NORMALS_AHEAD_BATCH, type NormalsAhead } from './normals-ahead';
 
 /**
  * Expert noise behind one interface, chosen by the `rng` option: our per-tensor streams, or
@@ -124,6 +125,14 @@ export interface NoiseApplier {
   applyBytes(src: Uint8Array, inPlace?: boolean): Buffer;
   /** The same on float32 values that hold values of the dtype. */
   apply(values: Float32Array): void;
+  /** Done with the tensor (every value noised, or abandoned): frees the generator thread it may hold. */
+  close(): void;
+  /**
+   * Resolves once the next `values` values' noise is generated (by the generator thread, when it has the tensor):
+   * applyBytes on them then does not block. At most `batch` values at a time.
+   */
+  ready(values: number): Promise<void>;
+  readonly batch: number;
 }
 
 /**
@@ -139,7 +148,8 @@ export function noiseApplier(part: SourcePart, seeker: () => TorchDrawSeeker): N
   const scale = Math.fround(noise.scale);
   const n = part.shape.reduce((a, b) => a * b, 1);
   let normals: NormalSource;
-  if (!noise.torch) normals = streamNormals(noise.seed, noise.stream, n);
+  let ahead: NormalsAhead | null = null;
+  if (!noise.torch) normals = (ahead = normalsAhead(noise.seed, noise.stream, n)) ?? streamNormals(noise.seed, noise.stream, n);
   else {
     const gen = seeker().at(noise.torch);
     if (n >= TORCH_SMALL_NORMAL) {
@@ -198,6 +208,9 @@ export function noiseApplier(part: SourcePart, seeker: () => TorchDrawSeeker): N
       const noised = decodeFloats(applyBytes(encodeFloats(values, dtype)), dtype);
       values.set(noised);
     },
+    close: () => ahead?.close(),
+    ready: (values) => ahead?.ready(values) ?? Promise.resolve(),
+    batch: ahead ? NORMALS_AHEAD_BATCH : Infinity,
   };
 }
 

@@ -19,6 +19,7 @@ import { ForgeError } from '../errors';
 import { DEFAULT_SHARD_BYTES, stageOptionsFromApi, type ApiOptions, type StageOptions } from '../options';
 import type { PipelineOptions, StageEnv } from './env';
 import { runPipeline } from './schedule';
+import { previousRecipe, speculateHiddenStates } from './speculate';
 import { GATE_MODES } from '../gates';
 import { startForwardWorker, stopForwardWorker } from '../forward';
 
@@ -66,8 +67,12 @@ export async function mergeWithOptions(run: MergeRun, options: StageOptions): Pr
   // Gates from the prompts' states: the forward worker boots on the idle core while the recipe is checked, the
   // models resolved and the prompts tokenized (it is ended unused when every state is cached).
   const states = GATE_MODES[parsed.recipe.gate_mode].states;
-  if ((states === 'hidden' || states === 'router_input') && (await mayComputeStates(parsed.recipe, run.outPath))) startForwardWorker();
-  else stopForwardWorker(); // one forked at the command's start has nothing to do
+  const before = states === 'hidden' || states === 'router_input' ? await previousRecipe(run.outPath) : null;
+  if ((states === 'hidden' || states === 'router_input') && mayComputeStates(parsed.recipe, before)) {
+    startForwardWorker();
+    // The prompts it will likely compute go to it now, before the models are hashed and the cache is read.
+    if (states === 'hidden') await speculateHiddenStates(parsed.recipe, before, run.modelBaseDir, options);
+  } else stopForwardWorker(); // one forked at the command's start has nothing to do
   let work: string | null = null;
   let forget: () => void = () => undefined;
   try {
@@ -98,15 +103,11 @@ export async function mergeWithOptions(run: MergeRun, options: StageOptions): Pr
  * Whether this run may compute prompt states, judged cheaply before anything is resolved: not when the output's
  * copy of the recipe it was last built from (mergekit_moe_config.yml) has the same base and gate mode and every
  * prompt of this one, with its expert's model (their states are in the cache unless it was emptied). A guess that
- * only decides whether the forward worker boots ahead: a wrong one costs that boot, or its head start.
+ * only decides whether the forward worker boots ahead: a wrong one costs that boot, or its head start. `before`:
+ * the output's recipe (previousRecipe), null when there is none.
  */
-export async function mayComputeStates(recipe: Recipe, outPath: string): Promise<boolean> {
-  let before: Recipe;
-  try {
-    before = (await readRecipe(join(outPath, 'mergekit_moe_config.yml'))).recipe;
-  } catch {
-    return true; // no previous build here, or not one we can read
-  }
+export function mayComputeStates(recipe: Recipe, before: Recipe | null): boolean {
+  if (!before) return true; // no previous build here, or not one we can read
   const same = (a: unknown, b: unknown) => JSON.stringify(a) === JSON.stringify(b);
   if (!same(before.base_model, recipe.base_model) || before.gate_mode !== recipe.gate_mode) return true;
   const pairs = (r: Recipe) => new Set(r.experts.flatMap((e) => [...(e.positive_prompts ?? []), ...(e.negative_prompts ?? [])].map((p) => JSON.stringify([e.source_model, p]))));

@@ -7,7 +7,7 @@ import { gateRow, type GateTensor } from '../gates';
 import { noiseApplier, scaleBytes, TorchDrawSeeker } from '../noise';
 import { encodeFloats, convertBytes, dtypeSize, firstNonFinite, narrowsRange, type FloatDtype, type WeightDtype } from '../safetensors';
 import { streamTensorBytes } from '../safetensors';
-import { ChunkPool } from '../safetensors';
+import { ChunkPool, type ShardPlan } from '../safetensors';
 import { FileRange, writeShard, type TensorChunk } from '../safetensors';
 import { COMPANION_FILES } from '../resolve';
 import { jsonText } from '../json';
@@ -16,7 +16,7 @@ import { planHash } from './assemble';
 import { byteFraction, type Progress } from '../util';
 import { GgufPass, ggufFileName, ggufPassKey, vocabKeys, type GgufKv, type GgufLayout, type GgufOutType } from '../gguf';
 import { aheadShards, companionEntries, ggufBytes, ggufUnchanged, ggufPlan, ggufSource, holdsGates, indexEntry, outputManifest, shardsOf, STREAM_NOISE_DRAWS, writeCompanion, writeGgufFile, type CompanionInputs } from './write-manifest';
-import { makeWorkFolder, WORK_MARKER, writeWhole } from '../util';
+import { makeWorkFolder, mapLimit, WORK_MARKER, writeWhole } from '../util';
 import type { RoutingReport } from '../report';
 import { checkFreeSpace, checkOutputPath, checkOwner, lockOutput, ownerField, contentEntries, inPlaceTempName, isMountPoint, noSpaceError, readStampSync, recoverStaleTemporaries, replaceInPlace, STAMP_FILE, swapIntoPlace, tempName, userEntries, type OutputInput, type Stamp } from '../output-folder';
 
@@ -97,8 +97,9 @@ async function* sourceBytes(name: string, part: SourcePart, outDtype: WeightDtyp
   const dt: FloatDtype = !transform ? out : part.dtype === 'BF16' || part.dtype === 'F16' ? part.dtype : 'F32';
   // Read as many values as fit a chunk in the widest form they take, so casts stay inside pool buffers.
   const size = dtypeSize(part.dtype);
-  const values = Math.floor((transform ? CHUNK_BYTES : CAST_CHUNK_BYTES) / Math.max(size, dtypeSize(dt), dtypeSize(out)));
   const noise = transform ? noiseApplier(dt === part.dtype ? part : { ...part, dtype: dt }, seeker) : null;
+  // Noise from the generator thread comes in batches: a chunk waits for its batch without blocking this thread.
+  const values = Math.min(noise?.batch ?? Infinity, Math.floor((transform ? CHUNK_BYTES : CAST_CHUNK_BYTES) / Math.max(size, dtypeSize(dt), dtypeSize(out))));
   const scale = part.scale !== undefined ? Math.fround(part.scale) : 1;
   const step = (from: Buffer, fromDtype: string, to: FloatDtype): Buffer => {
     if (fromDtype === to) return from;
@@ -117,16 +118,23 @@ async function* sourceBytes(name: string, part: SourcePart, outDtype: WeightDtyp
     }
     return chunk;
   };
-  for await (const raw of streamTensorBytes(loc, values * size, size, pool)) {
-    if (!transform) {
-      yield checked(step(raw, part.dtype, out));
-      continue;
+  try {
+    for await (const raw of streamTensorBytes(loc, values * size, size, pool)) {
+      if (!transform) {
+        yield checked(step(raw, part.dtype, out));
+        continue;
+      }
+      // As the reference: noise in the source dtype, then residual_scale, then the output cast; in place.
+      const src = step(raw, part.dtype, dt);
+      if (noise) {
+        await noise.ready(src.length / dtypeSize(dt));
+        noise.applyBytes(src, true);
+      }
+      if (part.scale !== undefined) scaleBytes(src, dt, scale, true);
+      yield checked(step(src, dt, out));
     }
-    // As the reference: noise in the source dtype, then residual_scale, then the output cast; in place.
-    const src = step(raw, part.dtype, dt);
-    if (noise) noise.applyBytes(src, true);
-    if (part.scale !== undefined) scaleBytes(src, dt, scale, true);
-    yield checked(step(src, dt, out));
+  } finally {
+    noise?.close(); // the generator thread is free for the next tensor, also when this one is abandoned
   }
 }
 
@@ -304,19 +312,30 @@ export async function writeOutput(early: MergePlan, late: Promise<LateInputs>, o
         // pass needs them as bytes too.
         const produce = tensorProducer(null, pool);
         const produceRanges = tensorProducer(null, pool, { ranges: true });
-        for (const { shard: s, key } of ahead) {
+        // Two shards at a time where no GGUF pass takes the tensors in order, a noised one beside one that is
+        // copied: the noise is generated on another thread while this one copies, and the disk has two streams.
+        let besideFailed: { error: unknown } | undefined;
+        const noised = (s: ShardPlan) => s.tensors.some((t) => earlyByName.get(t.name)!.parts.some((p) => p.kind === 'source' && p.noise !== undefined));
+        await mapLimit(gguf ? ahead : interleave(ahead.filter((x) => noised(x.shard)), ahead.filter((x) => !noised(x.shard))), gguf ? 1 : 2, async ({ shard: s, key }) => {
           opts.log?.(`writing ${s.file} (${s.tensors.length} tensors, ${s.bytes} bytes) while the routers are computed`);
           // The forward pass failed: stop now rather than after gigabytes nobody will keep.
+          // Nor after the shard written beside this one failed.
           const unlessFailed = async function* (chunks: AsyncIterable<TensorChunk>): AsyncGenerator<TensorChunk> {
             for await (const c of chunks) {
               if (lateFailed) throw lateFailed.error;
+              if (besideFailed) throw besideFailed.error;
               yield c;
             }
           };
           const tensor = (name: string) => earlyByName.get(name)!;
-          await writeShard(join(tmp, s.file), s.tensors, (t) => unlessFailed(gguf ? gguf.tee(tensor(t.name), produce(tensor(t.name))) : produceRanges(tensor(t.name))), { pool });
+          try {
+            await writeShard(join(tmp, s.file), s.tensors, (t) => unlessFailed(gguf ? gguf.tee(tensor(t.name), produce(tensor(t.name))) : produceRanges(tensor(t.name))), { pool });
+          } catch (error) {
+            besideFailed ??= { error };
+            throw error;
+          }
           written.set(s.file, key);
-        }
+        });
       }
       const { plan, gates, routing } = await late;
       const hash = planHash(plan, {
@@ -447,3 +466,13 @@ export async function writeOutput(early: MergePlan, late: Promise<LateInputs>, o
 
 /** config.json's text, which the GGUF's tokenizer keys were read with. */
 const configText = (plan: MergePlan) => jsonText(plan.config, { literals: plan.configNumbers });
+
+/** a[0], b[0], a[1], b[1], ... then the rest of the longer list. */
+function interleave<T>(a: T[], b: T[]): T[] {
+  const out: T[] = [];
+  for (let i = 0; i < Math.max(a.length, b.length); i++) {
+    if (i < a.length) out.push(a[i]!);
+    if (i < b.length) out.push(b[i]!);
+  }
+  return out;
+}

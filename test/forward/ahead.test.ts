@@ -11,6 +11,9 @@ import {
   computeRouterInputsIsolated,
   prepareForward,
   prepareForwardWorker,
+  speculatedForwardWorker,
+  speculatePromptStates,
+  speculationStats,
   startForwardWorker,
   stopForwardWorker,
   waitingForwardWorker,
@@ -100,4 +103,63 @@ test('a forward worker started ahead serves the next isolated pass (prepared or 
   stopForwardWorker();
   assert.equal(waitingForwardWorker(), null);
   await until('the stopped worker exits', () => exited(unused));
+});
+
+test('prompts sent to the waiting worker ahead (speculated) serve a later pass over some of them with the states of its own pass; a pass they do not cover, or for other options, or a stop ends them', async () => {
+  const CPU = { device: 'cpu' as const, precision: 'fp32' as const };
+  const extra = [0, 9, 8, 7, 6, 5, 4, 3];
+  const want = await computePromptStates(TINY('a'), [IDS[1]!, IDS[0]!]);
+  const stats = () => ({ ...speculationStats });
+  const s0 = stats();
+  assert.equal(speculatePromptStates(TINY('a'), IDS, CPU), false, 'no worker waits: nothing is sent');
+
+  startForwardWorker();
+  assert.equal(speculatePromptStates(TINY('a'), [...IDS, extra], CPU), true);
+  const pid = speculatedForwardWorker();
+  assert.ok(pid, 'the pass runs');
+  assert.equal(waitingForwardWorker(), null, 'in the worker that waited');
+  const progress: number[] = [];
+  // Another order, a subset (10 of the 18 tokens sent): taken, each prompt's row picked.
+  const got = await computePromptStatesIsolated(TINY('a'), [IDS[1]!, IDS[0]!], { ...CPU, onProgress: (p) => progress.push(p.layer) });
+  assert.deepEqual(stats(), { sent: s0.sent + 1, taken: s0.taken + 1, ended: s0.ended });
+  assert.ok(progress.length > 0, 'its progress reaches the pass that took it');
+  for (const [p, per] of want.entries()) {
+    for (const [l, s] of per.entries()) {
+      assert.equal(s.count, got[p]![l]!.count);
+      assert.ok(maxAbsDiff(s.last, got[p]![l]!.last) <= 1e-5, `prompt ${p} layer ${l}`);
+      assert.ok(maxAbsDiff(s.sum, got[p]![l]!.sum) <= 1e-4, `prompt ${p} layer ${l} (sum)`);
+    }
+  }
+  await until('the worker exits', () => exited(pid));
+
+  // A prompt it was not sent: ended, and the pass runs on its own.
+  startForwardWorker();
+  speculatePromptStates(TINY('a'), [IDS[0]!], CPU);
+  let ended = speculatedForwardWorker()!;
+  const fresh = await computePromptStatesIsolated(TINY('a'), IDS, CPU);
+  assert.deepEqual(stats(), { sent: s0.sent + 2, taken: s0.taken + 1, ended: s0.ended + 1 });
+  await until('the speculated pass is ended', () => exited(ended));
+  assert.equal(fresh.length, 2);
+  // Other options (the int8 path): ended.
+  startForwardWorker();
+  speculatePromptStates(TINY('a'), IDS, CPU);
+  ended = speculatedForwardWorker()!;
+  await computePromptStatesIsolated(TINY('a'), IDS, { device: 'cpu', precision: 'int8' });
+  assert.equal(speculationStats.ended, s0.ended + 2);
+  await until('ended for other options', () => exited(ended));
+  // Far more than the pass needs (2 of 34 tokens), nothing computed yet: ended rather than waited for.
+  startForwardWorker();
+  speculatePromptStates(TINY('a'), [...IDS, extra, [...extra, ...extra]], CPU);
+  ended = speculatedForwardWorker()!;
+  await computePromptStatesIsolated(TINY('a'), [[0, 3]], CPU);
+  assert.equal(speculationStats.ended, s0.ended + 3, 'not worth waiting for');
+  await until('ended, not waited for', () => exited(ended));
+  // Nobody takes it: a stop ends it.
+  startForwardWorker();
+  speculatePromptStates(TINY('a'), IDS, CPU);
+  ended = speculatedForwardWorker()!;
+  stopForwardWorker();
+  assert.equal(speculatedForwardWorker(), null);
+  assert.equal(speculationStats.ended, s0.ended + 4);
+  await until('stopped', () => exited(ended));
 });

@@ -177,34 +177,41 @@ test('a prompt-state entry larger than it can be (a 3 GB sparse file) is a miss,
   assert.deepEqual([again.computed, again.cached], [0, 6]);
 });
 
-test('a hidden merge forks its forward worker ahead when its prompts may need states; a rerun whose prompts were all built into the folder does not; one stopped unused when all are cached; none left', async () => {
-  const { waitingForwardWorker } = await import('../../libs/forward');
+test('a hidden merge forks its forward worker ahead when its prompts may need states and sends it the prompts the folder was not built from before the models are resolved; a rerun whose prompts were all built into the folder does not; one stopped unused when all are cached; none left', async () => {
+  const { waitingForwardWorker, speculatedForwardWorker, speculationStats } = await import('../../libs/forward');
   const d = tempDir();
   const file = join(d, 'moe.yml');
   const text = readFileSync(join(PARITY, 'mixtral-hidden.yml'), 'utf8').replace(/\.\.\/tiny-llama/g, join(FIXTURES, 'tiny-llama'));
   writeFileSync(file, text);
   const cacheDir = tempDir();
   const run = async (out: string) => {
-    const seen: { line: string; waiting: number | null }[] = [];
-    await mergeRecipe({ recipeFile: file, outPath: join(d, out), modelBaseDir: d, cacheDir, overwrite: true, log: (line) => seen.push({ line, waiting: waitingForwardWorker() }) });
+    const seen: { line: string; waiting: number | null; speculated: number | null }[] = [];
+    const taken = speculationStats.taken;
+    await mergeRecipe({ recipeFile: file, outPath: join(d, out), modelBaseDir: d, cacheDir, overwrite: true, log: (line) => seen.push({ line, waiting: waitingForwardWorker(), speculated: speculatedForwardWorker() }) });
     assert.equal(waitingForwardWorker(), null, 'none is left');
+    assert.equal(speculatedForwardWorker(), null, 'no speculated pass is left');
     const states = seen.find((s) => s.line.startsWith('prompt states:'))!;
     assert.equal(states.waiting, null, 'by the prompt states\' line the worker served the pass or was stopped');
-    return { early: seen.find((s) => s.line.startsWith('model '))?.waiting ?? null, states: states.line };
+    assert.equal(states.speculated, null, 'by then the speculated pass was taken or ended');
+    const model = seen.find((s) => s.line.startsWith('model '));
+    return { waiting: model?.waiting ?? null, speculated: model?.speculated ?? null, states: states.line, taken: speculationStats.taken - taken };
   };
   let r = await run('out');
-  assert.ok(r.early, 'cold: a worker waits while the models are resolved');
+  assert.equal(r.waiting, null, 'cold: the worker is not waiting while the models are resolved...');
+  assert.ok(r.speculated, '...it already runs the prompts');
   assert.match(r.states, /[1-9]\d* computed/);
+  assert.equal(r.taken, 1, 'the stage took that pass');
   r = await run('out');
-  assert.equal(r.early, null, 'the same prompts as the folder was built from: no worker ahead');
+  assert.deepEqual([r.waiting, r.speculated], [null, null], 'the same prompts as the folder was built from: no worker ahead');
   assert.match(r.states, / 0 computed/);
   r = await run('other');
-  assert.ok(r.early, 'a folder built from nothing: a worker waits');
+  assert.ok(r.speculated, 'a folder built from nothing: every prompt is sent');
   assert.match(r.states, / 0 computed/, 'every state cached: it was stopped unused');
-  // A prompt the folder was not built from: ahead again, and it serves the pass.
+  // A prompt the folder was not built from: sent ahead, and that pass serves the stage.
   const first = /positive_prompts:\n(\s+)- /.exec(text)!;
   writeFileSync(file, text.replace(first[0], `${first[0]}"a prompt never seen"\n${first[1]}- `));
   r = await run('out');
-  assert.ok(r.early, 'a new prompt: a worker waits');
+  assert.ok(r.speculated, 'a new prompt: sent ahead');
   assert.match(r.states, /1 computed/);
+  assert.equal(r.taken, 1, 'the stage took it');
 });

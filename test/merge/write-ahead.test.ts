@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { mergeRecipe } from '../../libs/pipeline';
 import { readRecipe } from '../../libs/recipe/parse';
@@ -93,4 +93,41 @@ test('with --gguf, a forward pass that fails while shards and the GGUF are writt
   await writeOutput(plan, Promise.resolve({ plan, gates: gatesOf(1) }), { ...opts, log: (l) => ok.push(l) });
   assert.ok(readdirSync(out).includes('model-bf16.gguf'));
   assert.ok(!ok.some((l) => /read back/.test(l)), ok.join('\n'));
+});
+
+test('shards written ahead go two at a time, a noised one beside one that is copied, and come out as written one at a time', async () => {
+  const d = tempDir();
+  const src = join(d, 'src');
+  mkdirSync(src);
+  const plan = mixtralPlan(src);
+  // The second expert noised (one shard per tensor: maxShardBytes 1).
+  for (const t of plan.tensors) if (t.group === 'expert/1') for (const p of t.parts) if (p.kind === 'source') p.noise = { scale: 0.01, seed: 3, stream: `noise/${t.name}` };
+  const out = join(d, 'out');
+  const opts = { outPath: out, recipeText: '', tokenizerDir: TINY('a'), copyTokenizer: true, overwrite: false, writeRecipe: false };
+  const started: string[] = [];
+  const at: { second: Map<string, number> | null } = { second: null };
+  const log = (l: string) => {
+    const m = /^writing (\S+) .*while the routers are computed/.exec(l);
+    if (!m) return;
+    started.push(m[1]!);
+    if (started.length === 2) {
+      // The shards in the write's temporary folder (a sibling of out) as they are now.
+      const sizes = (at.second = new Map<string, number>());
+      for (const e of readdirSync(d).filter((x) => x !== 'src')) {
+        for (const f of readdirSync(join(d, e)).filter((x) => x.endsWith('.safetensors'))) sizes.set(f, statSync(join(d, e, f)).size);
+      }
+    }
+  };
+  await writeOutput(plan, Promise.resolve({ plan, gates: gatesOf(1) }), { ...opts, log });
+  const noised = new Set(plan.tensors.filter((t) => t.group === 'expert/1').map((t) => t.name));
+  const shardOf = (dir: string) => JSON.parse(readFileSync(join(dir, "model.safetensors.index.json"), "utf8")).weight_map as Record<string, string>;
+  const map = shardOf(out);
+  const isNoised = (file: string) => Object.entries(map).some(([t, f]) => f === file && noised.has(t));
+  assert.deepEqual(started.slice(0, 2).map(isNoised), [true, false], `a noised shard first, a copied one beside it: ${started.join(', ')}`);
+  assert.ok(at.second, 'a second shard started');
+  const first = at.second.get(started[0]!) ?? 0;
+  assert.ok(first < statSync(join(out, started[0]!)).size, 'the second shard started before the first was written');
+  // The same plan written one shard at a time (no writing ahead): the same bytes.
+  await runWrite(plan, { ...opts, outPath: join(d, 'seq'), gates: gatesOf(1) });
+  for (const f of readdirSync(out).filter((x) => x.endsWith('.safetensors'))) assert.ok(readFileSync(join(out, f)).equals(readFileSync(join(d, 'seq', f))), `${f} differs`);
 });

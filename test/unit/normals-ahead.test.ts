@@ -1,0 +1,85 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { noiseApplier, TorchDrawSeeker } from '../../libs/noise/noise';
+import { normalsAhead, normalsAheadStats, NORMALS_AHEAD_BATCH, setNormalsAheadMin, SLOT_VALUES, SLOTS } from '../../libs/noise/normals-ahead';
+import { streamNormals } from '../../libs/noise/noise';
+import { encodeFloats } from '../../libs/safetensors/dtype';
+import type { SourcePart } from '../../libs/plan/types';
+
+// Past the ring's end (it wraps), with a last slot that is not full.
+const N = SLOT_VALUES * (SLOTS + 2) + 12_345;
+
+const part = (n: number, stream: string): SourcePart => ({
+  kind: 'source', model: 'm', tensor: 't', file: 'f', offset: 0, byteLength: n * 2, dtype: 'BF16', shape: [n],
+  noise: { scale: 0.02, seed: 7, stream },
+});
+
+function weights(n: number): Buffer {
+  const v = new Float32Array(n);
+  for (let i = 0; i < n; i++) v[i] = Math.sin(i * 0.37) * (1 + (i % 7));
+  return encodeFloats(v, 'BF16');
+}
+
+/** The tensor noised in chunks of `values` values; `ahead`: through the generator thread, else on this one. */
+function noised(src: Buffer, stream: string, values: number, ahead: boolean): Buffer {
+  const was = setNormalsAheadMin(ahead ? 1 : Number.MAX_SAFE_INTEGER);
+  try {
+    const a = noiseApplier(part(src.length / 2, stream), () => new TorchDrawSeeker(7))!;
+    const out: Buffer[] = [];
+    try {
+      for (let at = 0; at < src.length; at += values * 2) out.push(a.applyBytes(src.subarray(at, Math.min(src.length, at + values * 2))));
+    } finally {
+      a.close();
+    }
+    return Buffer.concat(out);
+  } finally {
+    setNormalsAheadMin(was);
+  }
+}
+
+test('normals generated ahead in the worker thread are the stream\'s own, in any chunking, across the ring\'s wrap', async () => {
+  const src = weights(N);
+  const served = normalsAheadStats.streams;
+  const here = noised(src, 'noise/expert/1/0/w1', 1 << 20, false);
+  assert.equal(normalsAheadStats.streams, served, 'generated here');
+  assert.ok(noised(src, 'noise/expert/1/0/w1', 1 << 20, true).equals(here), 'chunks of 1 Mi values');
+  assert.ok(noised(src, 'noise/expert/1/0/w1', 77_777, true).equals(here), 'chunks that straddle slots');
+  assert.equal(normalsAheadStats.streams, served + 2, 'both through the generator thread');
+  const was = setNormalsAheadMin(1);
+  // The raw stream too, read through the reader directly in odd pieces.
+  const want = new Float32Array(N);
+  streamNormals(7, 'noise/expert/2/0/w2', N).read(want);
+  const r = normalsAhead(7, 'noise/expert/2/0/w2', N)!;
+  assert.ok(r, 'the generator thread serves it');
+  const got = new Float32Array(N);
+  for (let at = 0, k = 1; at < N; k = (k * 7) % 1_000_003) {
+    const len = Math.min(N - at, k, NORMALS_AHEAD_BATCH);
+    await r.ready(len);
+    r.read(got.subarray(at, at + len));
+    at += len;
+  }
+  r.close();
+  setNormalsAheadMin(was);
+  assert.deepEqual(Buffer.from(got.buffer), Buffer.from(want.buffer));
+});
+
+test('a stream abandoned part way frees the generator thread for the next; a second stream while one is open is generated here', () => {
+  const was = setNormalsAheadMin(1);
+  try {
+    const first = normalsAhead(7, 'noise/expert/1/0/w1', N)!;
+    first.read(new Float32Array(SLOT_VALUES + 5));
+    assert.equal(normalsAhead(7, 'noise/expert/1/0/w3', N), null, 'the thread is busy: the caller generates them itself');
+    first.close(); // abandoned (a failed write): the thread stops producing it
+    const next = normalsAhead(3, 'noise/expert/1/0/w3', 1000)!;
+    assert.ok(next, 'the thread serves the next stream');
+    const got = new Float32Array(1000);
+    next.read(got);
+    next.close();
+    const want = new Float32Array(1000);
+    streamNormals(3, 'noise/expert/1/0/w3', 1000).read(want);
+    assert.deepEqual(got, want);
+  } finally {
+    setNormalsAheadMin(was);
+  }
+  assert.equal(normalsAhead(7, 'small', 1000), null, 'below the threshold: generated here');
+});
