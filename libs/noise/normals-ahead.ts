@@ -93,6 +93,9 @@ export function normalsAhead(seed: number | bigint | string, stream: string, n: 
   if (!waitFor(() => Atomics.load(ctrl, STATE) !== RUNNING && Atomics.load(ctrl, STATE) !== CANCELLED, ctrl, STATE)) return null;
   if (Atomics.load(ctrl, STATE) === FAILED) return null;
   r.open = true;
+  // Referenced while a stream is open: a wait in ready() (Atomics.waitAsync) does not keep the event loop alive, and
+  // a process with nothing else to do would end there, its write unfinished, with exit code 0.
+  r.worker.ref();
   Atomics.store(ctrl, PRODUCED, 0);
   Atomics.store(ctrl, CONSUMED, 0);
   Atomics.store(ctrl, STATE, RUNNING);
@@ -110,6 +113,7 @@ export function normalsAhead(seed: number | bigint | string, stream: string, n: 
     Atomics.compareExchange(ctrl, STATE, RUNNING, CANCELLED);
     Atomics.notify(ctrl, CONSUMED);
     r.open = false;
+    r.worker.unref();
   };
   let pos = 0;
   return {

@@ -1,5 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { join } from 'node:path';
 import { noiseApplier, TorchDrawSeeker } from '../../libs/noise/noise';
 import { normalsAhead, normalsAheadStats, NORMALS_AHEAD_BATCH, setNormalsAheadMin, SLOT_VALUES, SLOTS } from '../../libs/noise/normals-ahead';
 import { streamNormals } from '../../libs/noise/noise';
@@ -82,4 +84,10 @@ test('a stream abandoned part way frees the generator thread for the next; a sec
     setNormalsAheadMin(was);
   }
   assert.equal(normalsAhead(7, 'small', 1000), null, 'below the threshold: generated here');
+});
+
+test('a process whose only work is waiting for normals from the generator thread stays alive until it has them (it ended silently, exit code 0, its write unfinished)', () => {
+  const r = spawnSync(process.execPath, ['--import', 'tsx', join(__dirname, '..', 'helpers', 'lonely-normals.ts')], { encoding: 'utf8', timeout: 60_000 });
+  assert.equal(r.status, 0, r.stderr);
+  assert.equal(r.stdout, 'done\n');
 });
