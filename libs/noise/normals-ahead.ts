@@ -119,10 +119,15 @@ export function normalsAhead(seed: number | bigint | string, stream: string, n: 
   return {
     async ready(values) {
       const need = Math.min(Math.ceil((pos + values) / SLOT_VALUES), Math.ceil(n / SLOT_VALUES));
+      let seen = -1;
+      let until = 0;
       for (;;) {
         const produced = Atomics.load(ctrl, PRODUCED);
+        // A failure, or a thread that stopped producing, is left to read() to report.
         if (produced >= need || Atomics.load(ctrl, STATE) === FAILED || closed) return;
-        // Woken by the worker's notify without blocking this thread (read() reports a failure).
+        if (produced !== seen) [seen, until] = [produced, Date.now() + STALL_MS];
+        else if (Date.now() > until) return;
+        // Woken by the worker's notify without blocking this thread.
         const w = waitAsync(ctrl, PRODUCED, produced, 1000);
         if (w.async) await w.value;
       }
