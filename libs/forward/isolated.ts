@@ -1,7 +1,7 @@
 import type { ChildProcess } from 'node:child_process';
 import { join } from 'node:path';
 import { ForgeError, ModelError } from '../errors';
-import type { ForwardOptions, ForwardProgress, LayerState } from './run';
+import { passKey, type ForwardOptions, type ForwardProgress, type LayerState } from './run';
 import { adoptEarlyWorker, dropEarlyWorker, forkWorker, workerAlive as alive } from '../fork';
 
 /**
@@ -113,7 +113,7 @@ function launch<T>(worker: string, request: Record<string, unknown>, onProgress?
  * the cache. The stage's pass takes it when it covers the stage's prompts (computePromptStatesIsolated).
  */
 interface Speculation {
-  modelDir: string;
+  /** The pass (passKey): model and options. */
   key: string;
   /** Index of each speculated prompt by its ids. */
   index: Map<string, number>;
@@ -129,8 +129,6 @@ let speculation: Speculation | null = null;
 /** Speculated passes in this process: sent, taken by a stage's pass, ended unused (tests read this). */
 export const speculationStats = { sent: 0, taken: 0, ended: 0 };
 
-/** The options a pass is keyed by (their order and the callbacks aside). */
-const optionsKey = (o: Record<string, unknown>) => JSON.stringify(Object.keys(o).filter((k) => o[k] !== undefined && typeof o[k] !== 'function').sort().map((k) => [k, o[k]]));
 const idsKey = (ids: number[]) => ids.join(',');
 
 /**
@@ -141,7 +139,7 @@ const idsKey = (ids: number[]) => ids.join(',');
 export function speculatePromptStates(modelDir: string, prompts: number[][], options: Omit<Opts, 'onProgress'>): boolean {
   if (!spare || !alive(spare) || prompts.length === 0) return false;
   cancelSpeculation();
-  const s: Speculation = { modelDir, key: optionsKey(options), index: new Map(prompts.map((p, i) => [idsKey(p), i])), tokens: prompts.reduce((a, p) => a + p.length, 0), child: spare, result: Promise.resolve([]), last: null, listener: null };
+  const s: Speculation = { key: passKey(modelDir, options), index: new Map(prompts.map((p, i) => [idsKey(p), i])), tokens: prompts.reduce((a, p) => a + p.length, 0), child: spare, result: Promise.resolve([]), last: null, listener: null };
   const { result } = launch<LayerState[][]>(WORKER, { kind: 'prompts', modelDir, prompts, options }, (p) => {
     s.last = p;
     s.listener?.(p);
@@ -154,12 +152,12 @@ export function speculatePromptStates(modelDir: string, prompts: number[][], opt
 }
 
 /** The speculated pass, for a pass over `prompts` it covers and is worth waiting for (else it is ended): its row of each prompt. */
-function takeSpeculation(modelDir: string, prompts: number[][], options: Record<string, unknown>): { s: Speculation; rows: number[] } | null {
+function takeSpeculation(modelDir: string, prompts: number[][], options: Omit<Opts, 'onProgress'>): { s: Speculation; rows: number[] } | null {
   const s = speculation;
   if (!s) return null;
   speculation = null;
   const rows = prompts.map((p) => s.index.get(idsKey(p)) ?? -1);
-  const covered = s.modelDir === modelDir && s.key === optionsKey(options) && rows.every((r) => r >= 0);
+  const covered = s.key === passKey(modelDir, options) && rows.every((r) => r >= 0);
   // Waiting for prompts nobody needs costs more than a fresh pass over the few that are needed once less than half
   // of its tokens count and less than half of it is done.
   const needed = prompts.reduce((a, p) => a + p.length, 0);

@@ -513,7 +513,8 @@ export const EAGER_LAYER_BYTES = 512 << 20;
 /** A pass set up ahead of its prompts (or being set up), and what it was set up for. */
 let ahead: { key: string; ready: Promise<{ m: Model; setup: Setup } | null> } | null = null;
 
-const aheadKey = (modelDir: string, opts: ForwardOptions) =>
+/** Which pass: the model and the options that change its states, defaults spelt out (a pass set up ahead, a speculated one). */
+export const passKey = (modelDir: string, opts: ForwardOptions) =>
   JSON.stringify([modelDir, opts.mlpFrom ?? null, opts.routerInput === true, opts.device ?? 'cpu', opts.threads ?? 2, opts.precision ?? 'fp32', mlpBytesOf(opts)]);
 
 /**
@@ -524,7 +525,7 @@ const aheadKey = (modelDir: string, opts: ForwardOptions) =>
  * is set up (or being set up) already, it joins that one: false; true when it started a setup.
  */
 export function prepareForward(modelDir: string, opts: ForwardOptions = {}, eagerLayerBytes = EAGER_LAYER_BYTES): Promise<boolean> {
-  const key = aheadKey(modelDir, opts);
+  const key = passKey(modelDir, opts);
   if (ahead?.key === key) return ahead.ready.then(() => false);
   const old = ahead;
   ahead = { key, ready: setUpAhead(old, modelDir, opts, eagerLayerBytes) };
@@ -558,7 +559,7 @@ async function takeAhead(modelDir: string, opts: ForwardOptions): Promise<{ m: M
   ahead = null;
   const got = await a?.ready;
   if (!a || !got) return null;
-  if (a.key === aheadKey(modelDir, opts)) return got;
+  if (a.key === passKey(modelDir, opts)) return got;
   void releaseSetup(got.setup);
   return null;
 }

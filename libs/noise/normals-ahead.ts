@@ -59,7 +59,7 @@ function startRing(): Ring | null {
     const worker = WORKER.endsWith('.ts')
       ? new Worker(`require(${JSON.stringify(require.resolve('tsx/cjs'))}); require(${JSON.stringify(WORKER)});`, { eval: true, workerData: { ctrl, data } })
       : new Worker(WORKER, { workerData: { ctrl, data } });
-    worker.unref(); // never keeps the process alive
+    worker.unref(); // keeps the process alive only while a stream is open (normalsAhead)
     worker.on('error', () => {
       Atomics.store(ctrl, STATE, FAILED);
       ring = null;
@@ -115,10 +115,10 @@ export function normalsAhead(seed: number | bigint | string, stream: string, n: 
     r.open = false;
     r.worker.unref();
   };
-  let pos = 0;
   return {
     async ready(values) {
-      const need = Math.min(Math.ceil((pos + values) / SLOT_VALUES), Math.ceil(n / SLOT_VALUES));
+      // Slots holding the values read so far and the next `values`.
+      const need = Math.min(Math.ceil((slot * SLOT_VALUES + at + values) / SLOT_VALUES), Math.ceil(n / SLOT_VALUES));
       let seen = -1;
       let until = 0;
       for (;;) {
@@ -133,7 +133,6 @@ export function normalsAhead(seed: number | bigint | string, stream: string, n: 
       }
     },
     read(out) {
-      pos += out.length;
       for (let o = 0; o < out.length; ) {
         if (at === held) {
           // This slot is read: hand it back.

@@ -5,7 +5,7 @@ import { basename, dirname, join } from 'node:path';
 import { isOurWorkFolder, makeTempWorkFolder } from '../util';
 import { inUse } from '../util';
 import { leftByDeadProcess } from '../util';
-import { readRecipe, type ParsedRecipe, type Recipe } from '../recipe';
+import { readRecipe, type ParsedRecipe } from '../recipe';
 import type { WriteResult } from '../stages';
 import { changedOutputFiles, recordOutputFiles } from '../output-folder';
 import { loadMergeContext, readModelsFile, type MergeContext, type ResolvedModel } from '../stages';
@@ -19,7 +19,7 @@ import { ForgeError } from '../errors';
 import { DEFAULT_SHARD_BYTES, stageOptionsFromApi, type ApiOptions, type StageOptions } from '../options';
 import type { PipelineOptions, StageEnv } from './env';
 import { runPipeline } from './schedule';
-import { previousRecipe, speculateHiddenStates } from './speculate';
+import { mayComputeStates, previousRecipe, speculateHiddenStates } from './speculate';
 import { GATE_MODES } from '../gates';
 import { startForwardWorker, stopForwardWorker } from '../forward';
 
@@ -97,22 +97,6 @@ export async function mergeWithOptions(run: MergeRun, options: StageOptions): Pr
     forget();
     if (work) await rm(work, { recursive: true, force: true });
   }
-}
-
-/**
- * Whether this run may compute prompt states, judged cheaply before anything is resolved: not when the output's
- * copy of the recipe it was last built from (mergekit_moe_config.yml) has the same base and gate mode and every
- * prompt of this one, with its expert's model (their states are in the cache unless it was emptied). A guess that
- * only decides whether the forward worker boots ahead: a wrong one costs that boot, or its head start. `before`:
- * the output's recipe (previousRecipe), null when there is none.
- */
-export function mayComputeStates(recipe: Recipe, before: Recipe | null): boolean {
-  if (!before) return true; // no previous build here, or not one we can read
-  const same = (a: unknown, b: unknown) => JSON.stringify(a) === JSON.stringify(b);
-  if (!same(before.base_model, recipe.base_model) || before.gate_mode !== recipe.gate_mode) return true;
-  const pairs = (r: Recipe) => new Set(r.experts.flatMap((e) => [...(e.positive_prompts ?? []), ...(e.negative_prompts ?? [])].map((p) => JSON.stringify([e.source_model, p]))));
-  const had = pairs(before);
-  return [...pairs(recipe)].some((p) => !had.has(p));
 }
 
 /**

@@ -1,5 +1,6 @@
 /**
- * The command's speculated prompt-state pass: before fetch hashes the models (a cold 7B base is ~14 GB to read)
+ * What a run of the command is expected to compute, judged from the recipe the output was last built from, and
+ * the speculated prompt-state pass: before fetch hashes the models (a cold 7B base is ~14 GB to read)
  * and the embed-prompts stage reads the cache, the forward worker is sent the prompts this run is expected to
  * miss, so the pass runs while this process hashes and reads. The stage's pass takes it when it covers the
  * stage's misses (libs/forward/isolated.ts); a wrong guess costs the work done before it is ended, never a state.
@@ -12,21 +13,40 @@ import { loadTokenizer } from '../tokenizer';
 import { speculatePromptStates } from '../forward';
 import type { StageOptions } from '../options';
 
+/** Every expert of the recipe, routed and shared: those whose prompts may need states. */
+const gatedSpecs = (recipe: Recipe) => [...recipe.experts, ...(recipe.shared_experts ?? [])];
+const promptsOf = (e: Recipe['experts'][number]) => [...(e.positive_prompts ?? []), ...(e.negative_prompts ?? [])];
+
 /** Every prompt of the recipe's experts and shared experts, each once, in order. */
 export function recipePrompts(recipe: Recipe): string[] {
-  const seen = new Set<string>();
-  for (const e of [...recipe.experts, ...(recipe.shared_experts ?? [])]) for (const p of [...(e.positive_prompts ?? []), ...(e.negative_prompts ?? [])]) seen.add(p);
-  return [...seen];
+  return [...new Set(gatedSpecs(recipe).flatMap(promptsOf))];
+}
+
+/** Whether the output was last built (`before`, its recipe) from the same base and gate mode: its states went into the cache. */
+function sameBase(recipe: Recipe, before: Recipe | null): before is Recipe {
+  return before !== null && JSON.stringify(before.base_model) === JSON.stringify(recipe.base_model) && before.gate_mode === recipe.gate_mode;
+}
+
+/**
+ * Whether this run may compute prompt states, judged cheaply before anything is resolved: not when the output was
+ * last built from the same base and gate mode and every prompt of this recipe, with its expert's model (fitted
+ * routers' states depend on it; the states are in the cache unless it was emptied). A guess that only decides
+ * whether the forward worker boots ahead: a wrong one costs that boot, or its head start.
+ */
+export function mayComputeStates(recipe: Recipe, before: Recipe | null): boolean {
+  if (!sameBase(recipe, before)) return true;
+  const pairs = (r: Recipe) => new Set(gatedSpecs(r).flatMap((e) => promptsOf(e).map((p) => JSON.stringify([e.source_model, p]))));
+  const had = pairs(before);
+  return [...pairs(recipe)].some((p) => !had.has(p));
 }
 
 /**
  * The prompts a hidden-state run is expected to compute: all of them, less those of the recipe the output was
- * last built from (its mergekit_moe_config.yml) when that had the same base and gate mode (their states went
- * into the cache then). `before` null: no previous build, or not one we can read.
+ * last built from when that had the same base and gate mode (hidden states depend on the base and the text alone).
  */
 export function expectedMisses(recipe: Recipe, before: Recipe | null, recompute: boolean): string[] {
   const all = recipePrompts(recipe);
-  if (!before || recompute || JSON.stringify(before.base_model) !== JSON.stringify(recipe.base_model) || before.gate_mode !== recipe.gate_mode) return all;
+  if (recompute || !sameBase(recipe, before)) return all;
   const had = new Set(recipePrompts(before));
   return all.filter((p) => !had.has(p));
 }
@@ -63,6 +83,6 @@ export async function speculateHiddenStates(recipe: Recipe, before: Recipe | nul
   } catch {
     return 0;
   }
-  // The options exactly as the stage's pass spells them (cachedHiddenStates): device resolved, precision named.
+  // The CPU's exact pass, as the stage asks for it (cachedHiddenStates).
   return speculatePromptStates(dir, ids, { device: 'cpu', precision: 'fp32' }) ? ids.length : 0;
 }

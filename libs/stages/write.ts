@@ -314,26 +314,20 @@ export async function writeOutput(early: MergePlan, late: Promise<LateInputs>, o
         const produceRanges = tensorProducer(null, pool, { ranges: true });
         // Two shards at a time where no GGUF pass takes the tensors in order, a noised one beside one that is
         // copied: the noise is generated on another thread while this one copies, and the disk has two streams.
-        let besideFailed: { error: unknown } | undefined;
         const noised = (s: ShardPlan) => s.tensors.some((t) => earlyByName.get(t.name)!.parts.some((p) => p.kind === 'source' && p.noise !== undefined));
-        await mapLimit(gguf ? ahead : interleave(ahead.filter((x) => noised(x.shard)), ahead.filter((x) => !noised(x.shard))), gguf ? 1 : 2, async ({ shard: s, key }) => {
+        await mapLimit(gguf ? ahead : interleave(ahead.filter((x) => noised(x.shard)), ahead.filter((x) => !noised(x.shard))), gguf ? 1 : 2, async ({ shard: s, key }, _, besideFailed) => {
           opts.log?.(`writing ${s.file} (${s.tensors.length} tensors, ${s.bytes} bytes) while the routers are computed`);
           // The forward pass failed: stop now rather than after gigabytes nobody will keep.
           // Nor after the shard written beside this one failed.
           const unlessFailed = async function* (chunks: AsyncIterable<TensorChunk>): AsyncGenerator<TensorChunk> {
             for await (const c of chunks) {
               if (lateFailed) throw lateFailed.error;
-              if (besideFailed) throw besideFailed.error;
+              if (besideFailed.aborted) throw besideFailed.reason;
               yield c;
             }
           };
           const tensor = (name: string) => earlyByName.get(name)!;
-          try {
-            await writeShard(join(tmp, s.file), s.tensors, (t) => unlessFailed(gguf ? gguf.tee(tensor(t.name), produce(tensor(t.name))) : produceRanges(tensor(t.name))), { pool });
-          } catch (error) {
-            besideFailed ??= { error };
-            throw error;
-          }
+          await writeShard(join(tmp, s.file), s.tensors, (t) => unlessFailed(gguf ? gguf.tee(tensor(t.name), produce(tensor(t.name))) : produceRanges(tensor(t.name))), { pool });
           written.set(s.file, key);
         });
       }

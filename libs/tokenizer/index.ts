@@ -5,6 +5,7 @@ import { basename, join } from 'node:path';
 import { createHash } from 'node:crypto';
 import type { Tokenizer } from '@huggingface/tokenizers';
 import { ModelError } from '../errors';
+import { fileKey, isRacy, nowNs } from '../util';
 
 /** Files that make up a Hugging Face tokenizer, copied to the output when present. */
 export const TOKENIZER_FILES = ['tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json', 'tokenizer.model', 'added_tokens.json', 'vocab.json', 'merges.txt'];
@@ -175,7 +176,33 @@ export async function loadTransformersTokenizer(dir: string): Promise<Transforme
   return { tokenizer: withPipeline(pipeline.json), cls, tokenizerJson, pipelineJson: pipeline.json, config, specialTokensMap: stm, bosToken, eosToken, withPipeline };
 }
 
+/**
+ * Tokenizers this process loaded, by folder, with the stat keys of its tokenizer files then (null: absent): a
+ * merge asks for the base's at several stages (the command's early pass, embed-prompts, the report), and a real
+ * tokenizer.json takes ~0.2 s to load. Only files outside the racy window are vouched for (as the content-id memo).
+ */
+const loaded = new Map<string, { keys: (string | null)[]; tokenizer: PromptTokenizer }>();
+
+/** The stat keys of a folder's tokenizer files, or null when one is racy (just written: not to be vouched for). */
+function tokenizerKeys(dir: string): (string | null)[] | null {
+  const at = nowNs();
+  const keys = TOKENIZER_FILES.map((f) => fileKey(join(dir, f)));
+  return keys.some((k) => k !== null && isRacy(k, at)) ? null : keys;
+}
+
 export async function loadTokenizer(dir: string): Promise<PromptTokenizer> {
+  const keys = tokenizerKeys(dir);
+  const seen = loaded.get(dir);
+  if (keys && seen && seen.keys.every((k, i) => k === keys[i])) return seen.tokenizer;
+  const tokenizer = await readTokenizer(dir);
+  // Kept only when no file changed while it was read.
+  const after = tokenizerKeys(dir);
+  if (keys && after && after.every((k, i) => k === keys[i])) loaded.set(dir, { keys, tokenizer });
+  else loaded.delete(dir);
+  return tokenizer;
+}
+
+async function readTokenizer(dir: string): Promise<PromptTokenizer> {
   const tjFile = join(dir, 'tokenizer.json');
   const cfgFile = join(dir, 'tokenizer_config.json');
   const { tokenizer: tok, cls, bosToken, eosToken } = await loadTransformersTokenizer(dir);

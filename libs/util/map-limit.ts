@@ -1,19 +1,20 @@
 /**
  * `fn` over `items` with at most `limit` calls in flight, results in the items' order; the first rejection
- * rejects the whole (calls already started still finish, none starts after it).
+ * rejects the whole (calls already started still finish, none starts after it). `failed` is aborted with that
+ * first error, for calls in flight that can stop early.
  */
-export async function mapLimit<T, R>(items: readonly T[], limit: number, fn: (item: T, index: number) => Promise<R>): Promise<R[]> {
+export async function mapLimit<T, R>(items: readonly T[], limit: number, fn: (item: T, index: number, failed: AbortSignal) => Promise<R>): Promise<R[]> {
   if (!(limit >= 1)) throw new RangeError(`mapLimit: limit ${limit} must be at least 1`);
   const out: R[] = new Array(items.length);
   let next = 0;
-  let failed = false;
+  const failed = new AbortController();
   const lane = async () => {
-    while (!failed && next < items.length) {
+    while (!failed.signal.aborted && next < items.length) {
       const i = next++;
       try {
-        out[i] = await fn(items[i]!, i);
+        out[i] = await fn(items[i]!, i, failed.signal);
       } catch (e) {
-        failed = true;
+        if (!failed.signal.aborted) failed.abort(e);
         throw e;
       }
     }

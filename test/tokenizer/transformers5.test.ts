@@ -97,3 +97,17 @@ test("the class AutoTokenizer picks follows the model folder's config.json model
   assert.equal(transformers5Class('mistral', 'LlamaTokenizerFast'), 'TokenizersBackend');
   assert.equal(transformers5Class(null, 'LlamaTokenizerFast'), 'LlamaTokenizer');
 });
+
+test('a tokenizer is loaded once per process while its files stay as they were: a file changed (or just written) loads it again', async () => {
+  const d = tempDir();
+  for (const f of ['tokenizer.json', 'tokenizer_config.json']) writeFileSync(join(d, f), readFileSync(join(FIXTURES, 'tiny-llama', 'tiny-a', f)));
+  assert.notEqual(await loadTokenizer(d), await loadTokenizer(d), 'just written: not vouched for');
+  await new Promise((r) => setTimeout(r, 1100)); // past the racy window
+  const first = await loadTokenizer(d);
+  assert.equal(await loadTokenizer(d), first, 'settled and unchanged: the same tokenizer');
+  const cfg = JSON.parse(readFileSync(join(d, 'tokenizer_config.json'), 'utf8')) as Record<string, unknown>;
+  writeFileSync(join(d, 'tokenizer_config.json'), JSON.stringify({ ...cfg, bos_token: null }));
+  const again = await loadTokenizer(d);
+  assert.notEqual(again, first, 'a changed file loads it again');
+  assert.notEqual(again.contentId, first.contentId);
+});
