@@ -73,20 +73,20 @@ export function assignTorchNoise(ctx: ArchContext, arch: OutputArchitecture, ten
  * (the classic layout, kept shards) seeks back to the nearest saved state and skips forward.
  */
 export class TorchDrawSeeker {
-  private current: Mt19937 | null = null;
+  /** Generators handed out, newest last: each draws from its own copy (shards are written two at a time). */
+  private readonly lent: Mt19937[] = [];
   private readonly saved: Mt19937[] = [];
 
   constructor(private readonly seed: number) {}
 
   at(state: TorchRngState): TorchGenerator {
-    let mt = this.current;
-    if (!mt || mt.offset > state.offset) {
-      const from = this.saved.filter((s) => s.offset <= state.offset).reduce<Mt19937 | null>((a, s) => (!a || s.offset > a.offset ? s : a), null);
-      mt = from ? from.clone() : new Mt19937(this.seed);
-    }
+    // Start from the nearest position at or before the state: one saved, or where a generator handed out has got to.
+    const from = [...this.saved, ...this.lent].filter((s) => s.offset <= state.offset).reduce<Mt19937 | null>((a, s) => (!a || s.offset > a.offset ? s : a), null);
+    const mt = from ? from.clone() : new Mt19937(this.seed);
     mt.skip(state.offset - mt.offset);
-    if (!this.saved.some((s) => s.offset === mt!.offset)) this.saved.push(mt.clone());
-    this.current = mt;
+    if (!this.saved.some((s) => s.offset === mt.offset)) this.saved.push(mt.clone());
+    this.lent.push(mt);
+    if (this.lent.length > 4) this.lent.shift();
     const g = new TorchGenerator(this.seed);
     g.mt = mt;
     g.cachedNormal = state.cachedNormal;

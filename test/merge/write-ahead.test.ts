@@ -10,6 +10,7 @@ import { gatesForAssembly, runBuildGates } from '../../libs/stages/build-gates';
 import { runAssemble } from '../../libs/stages/assemble';
 import { runWrite, writeOutput } from '../../libs/stages/write';
 import { newGates } from '../../libs/gates';
+import { advanceTorchState } from '../../libs/noise/noise';
 import type { MergePlan } from '../../libs/plan/types';
 import { FIXTURES, tempDir, TINY } from '../helpers/tmp';
 import { gatesOf, mixtralPlan } from '../helpers/mixtral-plan';
@@ -130,4 +131,27 @@ test('shards written ahead go two at a time, a noised one beside one that is cop
   // The same plan written one shard at a time (no writing ahead): the same bytes.
   await runWrite(plan, { ...opts, outPath: join(d, 'seq'), gates: gatesOf(1) });
   for (const f of readdirSync(out).filter((x) => x.endsWith('.safetensors'))) assert.ok(readFileSync(join(out, f)).equals(readFileSync(join(d, 'seq', f))), `${f} differs`);
+});
+
+test('under --rng torch, noised shards written two at a time draw what one at a time draws', async () => {
+  const d = tempDir();
+  const src = join(d, 'src');
+  mkdirSync(src);
+  const plan = mixtralPlan(src);
+  // Every tensor noised from one torch generator, in plan order (one tensor a shard): two noised shards side by side.
+  let state = { offset: 0, cachedNormal: null as number | null };
+  for (const t of plan.tensors) {
+    for (const p of t.parts) {
+      if (p.kind !== 'source') continue;
+      p.noise = { scale: 0.01, seed: 42, stream: `noise/${t.name}`, torch: { ...state } };
+      state = advanceTorchState(42, state, 'randn', p.shape.reduce((a, b) => a * b, 1), 'BF16');
+    }
+  }
+  const opts = { recipeText: '', tokenizerDir: TINY('a'), copyTokenizer: true, overwrite: false, writeRecipe: false };
+  const started: string[] = [];
+  const log = (l: string) => void (/^writing \S+ .*while the routers are computed/.test(l) && started.push(l));
+  await writeOutput(plan, Promise.resolve({ plan, gates: gatesOf(1) }), { ...opts, outPath: join(d, 'out'), log });
+  assert.ok(started.length >= 2, started.join('\n'));
+  await runWrite(plan, { ...opts, outPath: join(d, 'seq'), gates: gatesOf(1) });
+  for (const f of readdirSync(join(d, 'out')).filter((x) => x.endsWith('.safetensors'))) assert.ok(readFileSync(join(d, 'out', f)).equals(readFileSync(join(d, 'seq', f))), `${f} differs`);
 });

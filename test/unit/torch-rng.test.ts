@@ -210,3 +210,24 @@ test('the kernel multiply-adds run unflagged are exact in float64 (log polynomia
   }
   assert.deepEqual(inexact.slice(0, 5), []);
 });
+
+test('draws from one seeker read side by side (two shards written at once) are each their own', () => {
+  const states = [0, 3000].map((offset) => ({ offset, cachedNormal: null }));
+  const fresh = states.map((s) => {
+    const g = new TorchGenerator(5);
+    g.mt.skip(s.offset);
+    return Array.from(g.randn(3000));
+  });
+  const seeker = new TorchDrawSeeker(5);
+  const [a, b] = states.map((s) => seeker.at(s).randnStream(3000, 'F32'));
+  const got = [new Float32Array(3000), new Float32Array(3000)];
+  // Interleaved reads: a generator handed out later must not move one still being read.
+  for (let at = 0; at < 3000; at += 500) {
+    a!.read(got[0]!.subarray(at, at + 500));
+    b!.read(got[1]!.subarray(at, at + 500));
+  }
+  assert.deepEqual(Array.from(got[0]!), fresh[0]);
+  assert.deepEqual(Array.from(got[1]!), fresh[1]);
+  // A third, after both: still the draws of a fresh generator.
+  assert.deepEqual(Array.from(seeker.at({ offset: 6000, cachedNormal: null }).randn(64)), (() => { const g = new TorchGenerator(5); g.mt.skip(6000); return Array.from(g.randn(64)); })());
+});
