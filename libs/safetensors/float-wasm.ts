@@ -98,6 +98,18 @@ function scaleFn(dt: Dt): WasmFunction {
 }
 
 /**
+ * nonfinite_<dt>(n, src, dst): an i32 at dst, non-zero when one of n values at src (a whole number of vectors
+ * read: the caller zeroes the bytes past its values) has an all-ones exponent (infinity or NaN).
+ */
+function nonFiniteFn(dt: Dt): WasmFunction {
+  const sixteen = dt !== 'F32';
+  const m = dt === 'F32' ? 0x7f800000 : dt === 'BF16' ? 0x7f807f80 : 0x7c007c00;
+  // Lanes of the value's width: i16x8.eq or i32x4.eq of (bits & exponent) with the exponent; or-ed into local 3.
+  const body = [...get(3), ...get(1), ...V.load, ...splat(m), ...V.and, ...splat(m), ...(sixteen ? simd(0x2d) : V.eq), ...V.or, ...set(3)];
+  return { name: `nonfinite_${dt}`, type: 0, locals: [[1, V128]], code: [...loop(0, [[1, 16]], body, sixteen ? 8 : 4), ...get(2), ...get(3), ...simd(0x53), 0x36, 2, 0] };
+}
+
+/**
  * widen_<dt>(n, src, dst): n 16-bit values (n a multiple of 16) to float32, sixteen a round. All of a round's
  * loads come before its stores, so it also runs in place with src = dst + 2n (see WasmFloatBuffer.widen).
  */
@@ -170,6 +182,8 @@ export interface FloatKernels {
   noiseAt(dt: Dt, n: number, scale: number, src: number, norm: number, dst: number): void;
   /** dst = round(src·s) in dt. */
   scale(dt: Dt, n: number, s: number): void;
+  /** Whether one of n values of dt in src is infinite or NaN (n ≤ FLOAT_CAP). */
+  anyNonFinite(dt: Dt, n: number): boolean;
   /** Byte addresses of src, norm and dst. */
   SRC: number;
   NORM: number;
@@ -191,13 +205,14 @@ export function floatKernels(): FloatKernels | null {
   try {
     const fns: WasmFunction[] = [];
     for (const a of DTS) for (const b of DTS) if (a !== b) fns.push(castFn(a, b));
-    for (const d of DTS) fns.push(roundFn(d), noiseFn(d), scaleFn(d));
+    for (const d of DTS) fns.push(roundFn(d), noiseFn(d), scaleFn(d), nonFiniteFn(d));
     const wa = wasmApi();
     const inst = new wa.Instance(new wa.Module(moduleBytes(fns)), { env: { memory: sharedMemory() } });
     const mem = sharedMemory().buffer;
     const region = REGION;
     const SRC = 0, NORM = region, DST = 2 * region;
     const ex = inst.exports as Record<string, (...a: number[]) => void>;
+    const flags = Buffer.from(mem);
     instance = {
       src: new Uint8Array(mem, SRC, region),
       norm: new Float32Array(mem, NORM, region / 4),
@@ -209,6 +224,13 @@ export function floatKernels(): FloatKernels | null {
       noise: (dt, n, scale) => ex[`noise_${dt}`]!(n, scale, SRC, NORM, DST),
       noiseAt: (dt, n, scale, src, norm, dst) => ex[`noise_${dt}`]!(n, scale, src, norm, dst),
       scale: (dt, n, s) => ex[`scale_${dt}`]!(n, s, SRC, 0, DST),
+      anyNonFinite(dt, n) {
+        // The last vector may pass the values: zeros there are finite.
+        const end = SRC + n * size(dt);
+        flags.fill(0, end, end + 16);
+        ex[`nonfinite_${dt}`]!(n, SRC, DST);
+        return flags.readInt32LE(DST) !== 0;
+      },
       SRC,
       NORM,
       DST,

@@ -9,6 +9,7 @@ import { join } from 'node:path';
 import { mergekitMoe } from '../helpers/cli';
 import { tempDir, TINY } from '../helpers/tmp';
 import { firstNonFinite, encodeFloats } from '../../libs/safetensors/dtype';
+import { floatKernels, useFloatWasm } from '../../libs/safetensors/float-wasm';
 
 const dir = tempDir('moe-forge-written-paths-');
 const recipe = (extra = '') => `base_model: ${TINY('a')}
@@ -179,8 +180,10 @@ test('scales that overflow are refused before any work with their place; noise t
 });
 
 test('firstNonFinite finds inf and NaN in every float dtype, at any position and alignment', () => {
+  assert.ok(floatKernels(), 'the SIMD kernels are there');
   for (const dtype of ['F32', 'BF16', 'F16'] as const) {
-    for (const n of [1, 2, 3, 7, 64, 65]) {
+    // Past 4 kB the SIMD kernel looks first, FLOAT_CAP (65536) values at a time.
+    for (const n of [1, 2, 3, 7, 64, 65, 2047, 2048, 2053, 65536, 70_001, 131_075]) {
       for (const bad of [Infinity, -Infinity, NaN]) {
         for (let at = 0; at < n; at += Math.max(1, Math.floor(n / 5))) {
           const values = Array.from({ length: n }, (_, i) => (i === at ? bad : (i % 7) - 3.5));
@@ -192,7 +195,19 @@ test('firstNonFinite finds inf and NaN in every float dtype, at any position and
           assert.equal(firstNonFinite(shifted.subarray(1), dtype), at, `${dtype} unaligned n=${n} at ${at}`);
         }
       }
-      assert.equal(firstNonFinite(encodeFloats(Array.from({ length: n }, (_, i) => i * 1000 - 3), dtype), dtype), -1);
+      assert.equal(firstNonFinite(encodeFloats(Array.from({ length: n }, (_, i) => (i % 60) * 1000 - 3), dtype), dtype), -1);
+    }
+  }
+  // A chunk with inf in its last value, then a shorter finite one: what lies past its end is not looked at.
+  for (const dtype of ['F32', 'BF16', 'F16'] as const) {
+    assert.equal(firstNonFinite(encodeFloats(Array.from({ length: 65_536 }, (_, i) => (i === 65_535 ? Infinity : 1)), dtype), dtype), 65_535);
+    assert.equal(firstNonFinite(encodeFloats(Array.from({ length: 65_531 }, () => 1), dtype), dtype), -1, `${dtype}: nothing past the values`);
+    assert.equal(firstNonFinite(encodeFloats(Array.from({ length: 65_536 + 65_531 }, () => 1), dtype), dtype), -1, `${dtype}: nor in a second chunk`);
+    useFloatWasm(false);
+    try {
+      assert.equal(firstNonFinite(encodeFloats(Array.from({ length: 9000 }, (_, i) => (i === 8999 ? NaN : 1)), dtype), dtype), 8999, 'without the kernels');
+    } finally {
+      useFloatWasm(true);
     }
   }
   // The largest finite float16 is finite; the next is not.
