@@ -214,7 +214,7 @@ function kernelBody(WORDS: number, OUT: number, FLAGS: number): { locals: number
  * (624 words, then the next index) at STATE. The engine's twist and tempering run four words at a time; the
  * tempered block at TEMPERED is recomputed on entry, so the caller may move the state between calls.
  */
-function mtFillBody(WORDS: number, STATE: number): Code {
+function mtFillBody(WORDS: number, STATE: number, twistOnly = false): Code {
   const TEMPERED = STATE + 625 * 4;
   const POS = STATE + 624 * 4;
   const [n, i, pos, y, k] = [0, 1, 2, 3, 4];
@@ -264,6 +264,8 @@ function mtFillBody(WORDS: number, STATE: number): Code {
       ...step(16),
     ]),
   ];
+  // mtTwist: the twist alone, n times (a skip of whole blocks: the words are never tempered).
+  if (twistOnly) return loop([...get(n), ...c(0), ...EQ], [...twist, ...get(n), ...c(1), ...SUB, ...set(n)]);
   // words to copy now: min(624 - pos, n - i)
   const take: Code = [...c(624), ...get(pos), ...SUB, ...get(n), ...get(i), ...SUB, ...c(624), ...get(pos), ...SUB, ...get(n), ...get(i), ...SUB, ...LTU, 0x1b];
   return [
@@ -303,6 +305,7 @@ function moduleBytes(): Uint8Array {
     [
       { name: 'normals', type: 0, locals: [[2, I32], [locals, V128]], code },
       { name: 'mtFill', type: 0, locals: [[4, I32], [1, V128]], code: mtFillBody(WORDS, STATE) },
+      { name: 'mtTwist', type: 0, locals: [[4, I32], [1, V128]], code: mtFillBody(WORDS, STATE, true) },
     ],
     SHARED_PAGES,
   );
@@ -324,6 +327,8 @@ export interface WasmNormals {
   mtState: Int32Array;
   /** Writes the next n words of the engine in `mtState` to `words`. */
   mtFill(n: number): void;
+  /** Twists the state in `mtState` n times (its index is left alone). */
+  mtTwist(n: number): void;
 }
 
 
@@ -358,6 +363,7 @@ export function wasmNormals(): WasmNormals | null {
       run: fn,
       mtState: new Int32Array(mem.buffer, STATE, 625),
       mtFill: inst.exports.mtFill as (n: number) => void,
+      mtTwist: inst.exports.mtTwist as (n: number) => void,
     };
   } catch {
     instance = null;

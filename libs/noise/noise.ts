@@ -107,13 +107,21 @@ interface NormalSource {
  * and the kernel's exactly rounded float32 steps give the same values on every machine, WebAssembly or not.
  */
 export function streamNormals(seed: number | bigint | string, stream: string, n: number): NormalSource {
+  // A whole number of blocks (no torch-style tail): chunks of any size read the same values.
+  const draws = new LargeNormalStream(streamEngine(seed, stream), Math.max(16, Math.ceil(n / 16) * 16), 'F32');
+  return { read: (out) => draws.readRaw(out), span: (max, spare, at) => draws.span(max, spare, at) };
+}
+
+/**
+ * The engine streamNormals draws from, at its start: value v of the stream is computed from words 16⌊v/16⌋ to
+ * 16⌊v/16⌋ + 15 alone, so a thread that skips to a block's words draws the values from there on.
+ */
+export function streamEngine(seed: number | bigint | string, stream: string): Mt19937 {
   const h = createHash('sha256').update(`moe-forge-noise\0${String(seed)}\0${stream}`).digest();
   const words = Array.from({ length: 8 }, (_, i) => h.readUInt32LE(i * 4));
   const mt = new Mt19937(words[0]!);
   mt.mix(words.slice(1));
-  // A whole number of blocks (no torch-style tail): chunks of any size read the same values.
-  const draws = new LargeNormalStream(mt, Math.max(16, Math.ceil(n / 16) * 16), 'F32');
-  return { read: (out) => draws.readRaw(out), span: (max, spare, at) => draws.span(max, spare, at) };
+  return mt;
 }
 
 /** Adds a tensor's noise to its values chunk by chunk (front to back). */
@@ -136,11 +144,12 @@ export interface NoiseApplier {
 }
 
 /**
- * One noise applier per source part; `seeker` is shared by the parts of one write. Both generators add
+ * One noise applier per source part; `seeker` is shared by the parts of one write; `threads`: the most generator
+ * threads for the default noise (fewer while a forward pass needs the cores). Both generators add
  * noise as the reference does, W + randn_like(W) * noise_scale with each op in W's dtype: the normal cast to
  * the dtype, times the scale in float32 rounded to the dtype, plus W rounded to the dtype.
  */
-export function noiseApplier(part: SourcePart, seeker: () => TorchDrawSeeker): NoiseApplier | null {
+export function noiseApplier(part: SourcePart, seeker: () => TorchDrawSeeker, threads?: number): NoiseApplier | null {
   const noise = part.noise;
   if (!noise) return null;
   const dtype = part.dtype;
@@ -149,7 +158,7 @@ export function noiseApplier(part: SourcePart, seeker: () => TorchDrawSeeker): N
   const n = part.shape.reduce((a, b) => a * b, 1);
   let normals: NormalSource;
   let ahead: NormalsAhead | null = null;
-  if (!noise.torch) normals = (ahead = normalsAhead(noise.seed, noise.stream, n)) ?? streamNormals(noise.seed, noise.stream, n);
+  if (!noise.torch) normals = (ahead = normalsAhead(noise.seed, noise.stream, n, threads)) ?? streamNormals(noise.seed, noise.stream, n);
   else {
     const gen = seeker().at(noise.torch);
     if (n >= TORCH_SMALL_NORMAL) {

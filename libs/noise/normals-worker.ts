@@ -1,24 +1,38 @@
-// The worker thread of normals-ahead.ts: fills the ring with a stream's normals, a slot at a time, up to SLOTS
-// slots ahead of the reader; stops at the stream's end or when the reader cancels.
+// A worker thread of normals-ahead.ts: fills its share of the ring with a stream's normals (slots w, w + W,
+// w + 2W, ... of W threads), up to SLOTS slots ahead of the reader; stops at the stream's end or a cancel.
 import { workerData, parentPort } from 'node:worker_threads';
-import { streamNormals } from './noise';
-import { CONSUMED, FAILED, IDLE, PRODUCED, RUNNING, SLOTS, SLOT_VALUES, STATE } from './normals-ahead';
+import { LargeNormalStream } from '../gates';
+import { streamEngine } from './noise';
+import { CONSUMED, FAILED, IDLE, producedAt, RUNNING, SLOTS, SLOT_VALUES, stateAt } from './normals-ahead';
 
-const { ctrl, data } = workerData as { ctrl: Int32Array; data: Float32Array };
+const { ctrl, data, index } = workerData as { ctrl: Int32Array; data: Float32Array; index: number };
+const PRODUCED = producedAt(index);
+const STATE = stateAt(index);
 
-parentPort!.on('message', (m: { seed: string; stream: string; n: number }) => {
+parentPort!.on('message', (m: Stream) => {
   Atomics.store(ctrl, STATE, fill(m) ? IDLE : FAILED);
   Atomics.notify(ctrl, STATE);
   Atomics.notify(ctrl, PRODUCED);
 });
 
-/** Produces the stream's slots until its end or a cancel; false when generating failed. */
-function fill(m: { seed: string; stream: string; n: number }): boolean {
+/** A stream's normals, shared by `threads` threads. */
+interface Stream {
+  seed: string;
+  stream: string;
+  n: number;
+  threads: number;
+}
+
+/** Produces this thread's slots of the stream until its end or a cancel; false when generating failed. */
+function fill(m: Stream): boolean {
+  const threads = m.threads;
   try {
     // The seed as text: streamNormals hashes String(seed), so a number and its text give one stream.
-    const normals = streamNormals(m.seed, m.stream, m.n);
+    const mt = streamEngine(m.seed, m.stream);
+    // A slot is a whole number of 16-word blocks: this thread skips the words of the other threads' slots.
+    mt.skip(index * SLOT_VALUES);
     const slots = Math.ceil(m.n / SLOT_VALUES);
-    for (let s = 0; s < slots; s++) {
+    for (let s = index, mine = 0; s < slots; s += threads, mine++) {
       // Wait for room: at most SLOTS slots ahead of the reader.
       for (;;) {
         if (Atomics.load(ctrl, STATE) !== RUNNING) return true; // cancelled
@@ -28,9 +42,10 @@ function fill(m: { seed: string; stream: string; n: number }): boolean {
       }
       const len = Math.min(SLOT_VALUES, m.n - s * SLOT_VALUES);
       const at = (s % SLOTS) * SLOT_VALUES;
-      normals.read(data.subarray(at, at + len));
-      Atomics.store(ctrl, PRODUCED, s + 1);
+      new LargeNormalStream(mt, Math.max(16, Math.ceil(len / 16) * 16), 'F32').readRaw(data.subarray(at, at + len));
+      Atomics.store(ctrl, PRODUCED, mine + 1);
       Atomics.notify(ctrl, PRODUCED);
+      if (s + threads < slots) mt.skip((threads - 1) * SLOT_VALUES);
     }
     return true;
   } catch {

@@ -78,7 +78,7 @@ export interface WriteResult {
  * Every buffer is the pool's; each yielded chunk passes to the writer, the rest go back here. With `ranges`,
  * bytes that go out unchanged come as FileRanges of at most a chunk, which writeShard copies itself.
  */
-async function* sourceBytes(name: string, part: SourcePart, outDtype: WeightDtype, seeker: () => TorchDrawSeeker, pool: ChunkPool, ranges = false): AsyncGenerator<TensorChunk> {
+async function* sourceBytes(name: string, part: SourcePart, outDtype: WeightDtype, seeker: () => TorchDrawSeeker, pool: ChunkPool, ranges = false, noiseThreads?: number): AsyncGenerator<TensorChunk> {
   const loc = { ...part, name: part.tensor, begin: 0, end: part.byteLength };
   const transform = part.noise !== undefined || part.scale !== undefined;
   if (ranges && !transform && part.dtype === outDtype) {
@@ -97,7 +97,7 @@ async function* sourceBytes(name: string, part: SourcePart, outDtype: WeightDtyp
   const dt: FloatDtype = !transform ? out : part.dtype === 'BF16' || part.dtype === 'F16' ? part.dtype : 'F32';
   // Read as many values as fit a chunk in the widest form they take, so casts stay inside pool buffers.
   const size = dtypeSize(part.dtype);
-  const noise = transform ? noiseApplier(dt === part.dtype ? part : { ...part, dtype: dt }, seeker) : null;
+  const noise = transform ? noiseApplier(dt === part.dtype ? part : { ...part, dtype: dt }, seeker, noiseThreads) : null;
   // Noise from the generator thread comes in batches: a chunk waits for its batch without blocking this thread.
   const values = Math.min(noise?.batch ?? Infinity, Math.floor((transform ? CHUNK_BYTES : CAST_CHUNK_BYTES) / Math.max(size, dtypeSize(dt), dtypeSize(out))));
   const scale = part.scale !== undefined ? Math.fround(part.scale) : 1;
@@ -138,19 +138,25 @@ async function* sourceBytes(name: string, part: SourcePart, outDtype: WeightDtyp
   }
 }
 
+/** How a producer works: `ranges` (for writeShard only), `noiseThreads` (asked at each tensor) for noiseApplier. */
+interface ProducerOptions {
+  ranges?: boolean;
+  noiseThreads?: () => number;
+}
+
 /**
  * Every planned tensor's bytes. With `{ ranges: true }` (for writeShard only) source bytes that go out unchanged
  * come as FileRanges; without it every chunk is a Buffer.
  */
-export function tensorProducer(gates: GateTensor | null, pool: ChunkPool): (t: PlanTensor) => AsyncGenerator<Buffer>;
-export function tensorProducer(gates: GateTensor | null, pool: ChunkPool, opts: { ranges: true }): (t: PlanTensor) => AsyncGenerator<TensorChunk>;
-export function tensorProducer(gates: GateTensor | null, pool: ChunkPool, opts: { ranges?: boolean } = {}) {
+export function tensorProducer(gates: GateTensor | null, pool: ChunkPool, opts?: ProducerOptions & { ranges?: false }): (t: PlanTensor) => AsyncGenerator<Buffer>;
+export function tensorProducer(gates: GateTensor | null, pool: ChunkPool, opts: ProducerOptions & { ranges: true }): (t: PlanTensor) => AsyncGenerator<TensorChunk>;
+export function tensorProducer(gates: GateTensor | null, pool: ChunkPool, opts: ProducerOptions = {}) {
   // One seeker per write, so tensors written out of the reference's draw order seek from saved states.
   const seekers = new Map<number, TorchDrawSeeker>();
   const seeker = (seed: number) => () => seekers.get(seed) ?? seekers.set(seed, new TorchDrawSeeker(seed)).get(seed)!;
   return async function* (t: PlanTensor): AsyncGenerator<TensorChunk> {
     for (const part of t.parts) {
-      if (part.kind === 'source') yield* sourceBytes(t.name, part, t.dtype, seeker(part.noise?.seed ?? 0), pool, opts.ranges === true);
+      if (part.kind === 'source') yield* sourceBytes(t.name, part, t.dtype, seeker(part.noise?.seed ?? 0), pool, opts.ranges === true, opts.noiseThreads?.());
       else if (part.kind === 'gates') {
         // Routers are planned in the output dtype or float32 (architectures/common.ts router()).
         if (t.dtype === 'F64') throw new Error(`internal: ${t.name} planned as a float64 router`);
@@ -310,8 +316,12 @@ export async function writeOutput(early: MergePlan, late: Promise<LateInputs>, o
         const gguf = earlyLayout ? (await openPass(early, earlyLayout, opts.gguf!, false, unchanged ?? undefined)).gguf : null;
         // Unchanged source bytes go to the shard as file ranges (copied without a buffer), unless the GGUF
         // pass needs them as bytes too.
-        const produce = tensorProducer(null, pool);
-        const produceRanges = tensorProducer(null, pool, { ranges: true });
+        // While the routers are computed the forward pass has the cores: one noise generator thread until it ends.
+        let lateSettled = false;
+        void late.then(() => (lateSettled = true), () => (lateSettled = true));
+        const noiseThreads = () => (lateSettled ? Infinity : 1);
+        const produce = tensorProducer(null, pool, { noiseThreads });
+        const produceRanges = tensorProducer(null, pool, { ranges: true, noiseThreads });
         // Two shards at a time where no GGUF pass takes the tensors in order, a noised one beside one that is
         // copied: the noise is generated on another thread while this one copies, and the disk has two streams.
         const noised = (s: ShardPlan) => s.tensors.some((t) => earlyByName.get(t.name)!.parts.some((p) => p.kind === 'source' && p.noise !== undefined));

@@ -8,9 +8,11 @@ import { runFetch } from '../../libs/stages/fetch';
 import { runEmbedPrompts } from '../../libs/stages/embed-prompts';
 import { gatesForAssembly, runBuildGates } from '../../libs/stages/build-gates';
 import { runAssemble } from '../../libs/stages/assemble';
-import { runWrite, writeOutput } from '../../libs/stages/write';
+import { runWrite, writeOutput, type LateInputs } from '../../libs/stages/write';
+import { normalsAheadStats, setNormalsAheadMin, setNormalsAheadThreads } from '../../libs/noise/normals-ahead';
 import { newGates } from '../../libs/gates';
 import { advanceTorchState } from '../../libs/noise/noise';
+import { shardsOf } from '../../libs/stages/write-manifest';
 import type { MergePlan } from '../../libs/plan/types';
 import { FIXTURES, tempDir, TINY } from '../helpers/tmp';
 import { gatesOf, mixtralPlan } from '../helpers/mixtral-plan';
@@ -154,4 +156,37 @@ test('under --rng torch, noised shards written two at a time draw what one at a 
   assert.ok(started.length >= 2, started.join('\n'));
   await runWrite(plan, { ...opts, outPath: join(d, 'seq'), gates: gatesOf(1) });
   for (const f of readdirSync(join(d, 'out')).filter((x) => x.endsWith('.safetensors'))) assert.ok(readFileSync(join(d, 'out', f)).equals(readFileSync(join(d, 'seq', f))), `${f} differs`);
+});
+
+test('the default noise has one generator thread while the routers are computed (the forward pass has the cores), all of them after', async () => {
+  const d = tempDir();
+  const src = join(d, 'src');
+  mkdirSync(src);
+  const plan = mixtralPlan(src);
+  for (const t of plan.tensors) for (const p of t.parts) if (p.kind === 'source') p.noise = { scale: 0.01, seed: 5, stream: `noise/${t.name}` };
+  const min = setNormalsAheadMin(1); // the tiny tensors through the generator threads too
+  const threads = await setNormalsAheadThreads(2);
+  try {
+    const opts = { recipeText: '', tokenizerDir: TINY('a'), copyTokenizer: true, overwrite: false, writeRecipe: false };
+    const before = [...normalsAheadStats.byThreads];
+    // The routers arrive once the last shard written ahead has started: the ones before it ran beside the forward pass.
+    let resolve!: (v: LateInputs) => void;
+    const late = new Promise<LateInputs>((r) => (resolve = r));
+    const ahead = shardsOf(plan).filter((s) => !s.tensors.some((t) => t.name.endsWith('gate.weight'))).length;
+    let started = 0;
+    const log = (l: string) => {
+      if (/while the routers are computed/.test(l) && ++started === ahead) resolve({ plan, gates: gatesOf(1) });
+    };
+    await writeOutput(plan, late, { ...opts, outPath: join(d, 'out'), log });
+    assert.ok(ahead >= 3 && started === ahead, `${started} of ${ahead}`);
+    assert.ok(normalsAheadStats.byThreads[1]! > before[1]!, 'streams with one thread while the forward pass ran');
+    const mid = [...normalsAheadStats.byThreads];
+    await runWrite(plan, { ...opts, outPath: join(d, 'seq'), gates: gatesOf(1) });
+    assert.equal(normalsAheadStats.byThreads[1], mid[1], 'no forward pass: never one thread');
+    assert.equal(normalsAheadStats.byThreads[2]! - mid[2]!, plan.tensors.filter((t) => t.parts.some((p) => p.kind === 'source')).length);
+    for (const f of readdirSync(join(d, 'out')).filter((x) => x.endsWith('.safetensors'))) assert.ok(readFileSync(join(d, 'out', f)).equals(readFileSync(join(d, 'seq', f))), `${f} differs`);
+  } finally {
+    setNormalsAheadMin(min);
+    await setNormalsAheadThreads(threads);
+  }
 });

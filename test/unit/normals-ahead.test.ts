@@ -3,7 +3,8 @@ import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';
 import { noiseApplier, TorchDrawSeeker } from '../../libs/noise/noise';
-import { normalsAhead, normalsAheadStats, NORMALS_AHEAD_BATCH, setNormalsAheadMin, SLOT_VALUES, SLOTS } from '../../libs/noise/normals-ahead';
+import { normalsAhead, normalsAheadStats, NORMALS_AHEAD_BATCH, setNormalsAheadMin, setNormalsAheadThreads, SLOT_VALUES, SLOTS } from '../../libs/noise/normals-ahead';
+import { availableParallelism } from 'node:os';
 import { streamNormals } from '../../libs/noise/noise';
 import { encodeFloats } from '../../libs/safetensors/dtype';
 import type { SourcePart } from '../../libs/plan/types';
@@ -90,4 +91,34 @@ test('a process whose only work is waiting for normals from the generator thread
   const r = spawnSync(process.execPath, ['--import', 'tsx', join(__dirname, '..', 'helpers', 'lonely-normals.ts')], { encoding: 'utf8', timeout: 60_000 });
   assert.equal(r.status, 0, r.stderr);
   assert.equal(r.stdout, 'done\n');
+});
+
+test('one, two or three generator threads taking turns at the slots give the stream\'s values bit for bit; two by default where there are two cores', async () => {
+  const was = setNormalsAheadMin(1);
+  const n = SLOT_VALUES * (SLOTS + 3) + 4_321; // past the ring's wrap, a short last slot
+  const want = new Float32Array(n);
+  streamNormals(11, 'noise/expert/3/1/w2', n).read(want);
+  const threadsBefore = await setNormalsAheadThreads(1);
+  try {
+    assert.equal(threadsBefore, Math.min(2, availableParallelism()));
+    for (const threads of [1, 2, 3]) {
+      await setNormalsAheadThreads(threads);
+      const r = normalsAhead(11, 'noise/expert/3/1/w2', n)!;
+      assert.ok(r, `${threads} threads serve it`);
+      assert.equal(normalsAheadStats.threads, threads);
+      const got = new Float32Array(n);
+      for (let at = 0, k = 3; at < n; k = (k * 13) % 900_001) {
+        const len = Math.min(n - at, k + 1, NORMALS_AHEAD_BATCH);
+        await r.ready(len);
+        r.read(got.subarray(at, at + len));
+        at += len;
+      }
+      r.close();
+      const bad = got.findIndex((v, i) => !Object.is(v, want[i]));
+      assert.equal(bad, -1, `${threads} threads: value ${bad} (slot ${Math.floor(bad / SLOT_VALUES)}) differs`);
+    }
+  } finally {
+    await setNormalsAheadThreads(threadsBefore);
+    setNormalsAheadMin(was);
+  }
 });

@@ -231,3 +231,27 @@ test('draws from one seeker read side by side (two shards written at once) are e
   // A third, after both: still the draws of a fresh generator.
   assert.deepEqual(Array.from(seeker.at({ offset: 6000, cachedNormal: null }).randn(64)), (() => { const g = new TorchGenerator(5); g.mt.skip(6000); return Array.from(g.randn(64)); })());
 });
+
+test('a skip of any length lands where drawing the words does, with the WebAssembly twist and without', () => {
+  for (const n of [0, 1, 623, 624, 625, 1247, 1248, 5000, 262_144, 1_000_003]) {
+    const drawn = new Mt19937(9);
+    drawn.fill(new Int32Array(n), 0, n);
+    const want = new Int32Array(32);
+    drawn.fill(want, 0, 32);
+    for (const wasm of [true, false]) {
+      useWasmNormals(wasm);
+      try {
+        const mt = new Mt19937(9);
+        mt.fill(new Int32Array(7), 0, 7); // from inside a block
+        mt.skip(n - 7 > 0 ? n - 7 : 0);
+        if (n < 7) continue;
+        const got = new Int32Array(32);
+        mt.fill(got, 0, 32);
+        assert.deepEqual(got, want, `skip ${n}, WebAssembly ${wasm}`);
+        assert.equal(mt.offset, n + 32);
+      } finally {
+        useWasmNormals(true);
+      }
+    }
+  }
+});
