@@ -271,6 +271,40 @@ export function wordsOf(fn: 'randn' | 'rand', n: number, dtype: FloatDtype, cach
 }
 
 /**
+ * out.length / 16 whole blocks of float32 normals from the next words of `mt` (16 a block, as LargeNormalStream's
+ * regular blocks): for a caller that draws many blocks into its own memory (the noise generator threads), with
+ * no stream object and no copy kept.
+ */
+export function drawBlocks(mt: Mt19937, out: Float32Array): void {
+  if (out.length % 16 !== 0) throw new Error(`drawBlocks needs whole blocks of 16 values, got ${out.length}`);
+  const wasm = wasmNormals();
+  if (!wasm) {
+    const words = new Int32Array(16);
+    for (let o = 0; o < out.length; o += 16) {
+      mt.fill(words, 0, 16);
+      block16(words, 0, out, o);
+    }
+    return;
+  }
+  // The kernel's output is about to be refilled: a stream holding values there keeps them.
+  if (wasm.owner) wasm.owner.evict();
+  for (let o = 0; o < out.length; ) {
+    const k = Math.min(WASM_BLOCKS, (out.length - o) >> 4);
+    mt.fillWasm(wasm, k * 16);
+    wasm.run(k);
+    wasmStats.blocks += k;
+    for (let b = 0; b < k; b++) {
+      if (wasm.flags[b]) {
+        block16(wasm.words, b * 16, wasm.out, b * 16);
+        wasmStats.redone++;
+      }
+    }
+    out.set(wasm.out.subarray(0, k * 16), o);
+    o += k * 16;
+  }
+}
+
+/**
  * A stream of `randn` values of one call of n ≥ 16 values, read front to back in chunks, so a tensor of
  * billions of values needs no buffer of its size. Reads words from `mt` as the kernel does; blocks are
  * computed many at a time by the WebAssembly kernel where there is one.

@@ -1,12 +1,13 @@
 // A worker thread of normals-ahead.ts: fills its share of the ring with a stream's normals (slots w, w + W,
 // w + 2W, ... of W threads), up to SLOTS slots ahead of the reader; stops at the stream's end or a cancel.
 import { workerData, parentPort } from 'node:worker_threads';
-import { LargeNormalStream } from '../gates';
+import { drawBlocks } from '../gates';
 import { streamEngine } from './noise';
 import { CONSUMED, FAILED, IDLE, producedAt, RUNNING, SLOTS, SLOT_VALUES, stateAt } from './normals-ahead';
 
 const { ctrl, data, index } = workerData as { ctrl: Int32Array; data: Float32Array; index: number };
 const PRODUCED = producedAt(index);
+const tail = new Float32Array(16);
 const STATE = stateAt(index);
 
 parentPort!.on('message', (m: Stream) => {
@@ -42,7 +43,13 @@ function fill(m: Stream): boolean {
       }
       const len = Math.min(SLOT_VALUES, m.n - s * SLOT_VALUES);
       const at = (s % SLOTS) * SLOT_VALUES;
-      new LargeNormalStream(mt, Math.max(16, Math.ceil(len / 16) * 16), 'F32').readRaw(data.subarray(at, at + len));
+      // Whole blocks into the ring; the last slot's partial block through `tail` (past it lies another slot).
+      const whole = len & ~15;
+      drawBlocks(mt, data.subarray(at, at + whole));
+      if (whole < len) {
+        drawBlocks(mt, tail);
+        data.set(tail.subarray(0, len - whole), at + whole);
+      }
       Atomics.store(ctrl, PRODUCED, mine + 1);
       Atomics.notify(ctrl, PRODUCED);
       if (s + threads < slots) mt.skip((threads - 1) * SLOT_VALUES);

@@ -2,7 +2,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { TorchGenerator, fmaf, wordsOf, Mt19937 } from '../../libs/gates/torch-rng';
+import { TorchGenerator, fmaf, wordsOf, Mt19937, LargeNormalStream, drawBlocks } from '../../libs/gates/torch-rng';
 import { advanceTorchState, noiseApplier, TorchDrawSeeker } from '../../libs/noise/noise';
 import { bf16BitsToF32, f16BitsToF32, f32ToBf16Bits, f32ToF16Bits, type FloatDtype } from '../../libs/safetensors/dtype';
 import type { SourcePart } from '../../libs/plan/types';
@@ -254,4 +254,24 @@ test('a skip of any length lands where drawing the words does, with the WebAssem
       }
     }
   }
+});
+
+test('drawBlocks gives a stream\'s regular blocks, with the WebAssembly kernel and without; whole blocks only', () => {
+  const n = 2048 * 16 * 2 + 48; // past one kernel call
+  const want = new Float32Array(n);
+  new LargeNormalStream(new Mt19937(21), n, 'F32').readRaw(want);
+  for (const wasm of [true, false]) {
+    useWasmNormals(wasm);
+    try {
+      const mt = new Mt19937(21);
+      const got = new Float32Array(n);
+      drawBlocks(mt, got.subarray(0, 1024));
+      drawBlocks(mt, got.subarray(1024));
+      assert.deepEqual(Buffer.from(got.buffer), Buffer.from(want.buffer), `WebAssembly ${wasm}`);
+      assert.equal(mt.offset, n);
+    } finally {
+      useWasmNormals(true);
+    }
+  }
+  assert.throws(() => drawBlocks(new Mt19937(1), new Float32Array(20)), /whole blocks of 16 values, got 20/);
 });
