@@ -55,7 +55,7 @@ interface Ring {
   open: boolean;
 }
 let ring: Ring | null | undefined;
-/** Generator threads a stream may have: one per core, at most two (more measured no faster on two cores). */
+/** Generator threads a stream may have: one per core, at most two (the machines this runs on have two). */
 let maxThreads = Math.max(1, Math.min(2, availableParallelism()));
 
 /** Tests: the most generator threads from now on (the current ring's end); returns the previous number. */
@@ -130,9 +130,11 @@ export function normalsAhead(seed: number | bigint | string, stream: string, n: 
   const ids = workers.map((_, w) => w);
   const state = (w: number) => Atomics.load(ctrl, stateAt(w));
   const failed = () => ids.some((w) => state(w) === FAILED);
-  // The threads are done with the last stream (each marks IDLE once it stops producing).
-  for (const w of ids) if (!waitFor(() => state(w) !== RUNNING && state(w) !== CANCELLED, ctrl, stateAt(w))) return null;
-  if (failed()) return null;
+  // Every thread is done with the last stream (each marks IDLE once it stops producing), also one this stream
+  // leaves out: a cancelled thread finishes the slot it is drawing, into the ring this stream is about to use.
+  const all = r.workers.map((_, w) => w);
+  for (const w of all) if (!waitFor(() => state(w) !== RUNNING && state(w) !== CANCELLED, ctrl, stateAt(w))) return null;
+  if (all.some((w) => state(w) === FAILED)) return null;
   r.open = true;
   // Referenced while a stream is open: a wait in ready() (Atomics.waitAsync) does not keep the event loop alive, and
   // a process with nothing else to do would end there, its write unfinished, with exit code 0.

@@ -122,3 +122,34 @@ test('one, two or three generator threads taking turns at the slots give the str
     setNormalsAheadMin(was);
   }
 });
+
+test('a stream on one thread right after an abandoned one on two gets the stream\'s values', async () => {
+  const was = setNormalsAheadMin(1);
+  const threadsBefore = await setNormalsAheadThreads(2);
+  const n = SLOT_VALUES * 6 + 100;
+  const want = new Float32Array(n);
+  streamNormals(5, 'noise/after', n).read(want);
+  try {
+    for (let i = 0; i < 4; i++) {
+      const first = normalsAhead(5, `noise/abandoned/${i}`, SLOT_VALUES * 40)!;
+      assert.equal(normalsAheadStats.threads, 2);
+      first.read(new Float32Array(SLOT_VALUES + 1 + i * 1000));
+      first.close(); // both threads may be mid-slot
+      const next = normalsAhead(5, 'noise/after', n, 1)!;
+      assert.ok(next, 'served');
+      assert.equal(normalsAheadStats.threads, 1);
+      const got = new Float32Array(n);
+      for (let at = 0; at < n; at += 100_000) {
+        const len = Math.min(100_000, n - at);
+        await next.ready(len);
+        next.read(got.subarray(at, at + len));
+      }
+      next.close();
+      const bad = got.findIndex((v, j) => !Object.is(v, want[j]));
+      assert.equal(bad, -1, `round ${i}: value ${bad} differs`);
+    }
+  } finally {
+    await setNormalsAheadThreads(threadsBefore);
+    setNormalsAheadMin(was);
+  }
+});
