@@ -75,9 +75,14 @@ function noise(chunks: Buffer[], torchRng: boolean): Rate {
     noise: { scale: 0.01, seed: 42, stream: 'noise/expert/0/0/w1', ...(torchRng ? { torch: { offset: 0, cachedNormal: null } } : {}) },
   };
   const a = noiseApplier(part, () => new TorchDrawSeeker(42))!;
-  return timed(n, () => {
-    for (const c of chunks) a.applyBytes(c, true);
-  });
+  try {
+    return timed(n, () => {
+      for (const c of chunks) a.applyBytes(c, true);
+    });
+  } finally {
+    // Frees the generator threads: an applier left open made every later default-rng figure generate here.
+    a.close();
+  }
 }
 
 function oneRound(): RngFigures {
