@@ -271,6 +271,28 @@ export function wordsOf(fn: 'randn' | 'rand', n: number, dtype: FloatDtype, cach
 }
 
 /**
+ * k blocks (k ≤ WASM_BLOCKS) from the next words of `mt` into `wasm.out` by the kernel; a flagged block has a
+ * float64 sum halfway between two floats and is redone with exact fused multiply-adds.
+ */
+function kernelBlocks(wasm: WasmNormals, mt: Mt19937, k: number): void {
+  mt.fillWasm(wasm, k * 16);
+  wasm.run(k);
+  wasmStats.blocks += k;
+  for (let b = 0; b < k; b++) {
+    if (wasm.flags[b]) {
+      block16(wasm.words, b * 16, wasm.out, b * 16);
+      wasmStats.redone++;
+    }
+  }
+}
+
+/** k blocks from the next words of `mt` into out[at..], without the kernel; `words` holds k·16 words. */
+function scalarBlocks(mt: Mt19937, k: number, words: Int32Array, out: Float32Array, at: number): void {
+  mt.fill(words, 0, k * 16);
+  for (let b = 0; b < k; b++) block16(words, b * 16, out, at + b * 16);
+}
+
+/**
  * out.length / 16 whole blocks of float32 normals from the next words of `mt` (16 a block, as LargeNormalStream's
  * regular blocks): for a caller that draws many blocks into its own memory (the noise generator threads), with
  * no stream object and no copy kept.
@@ -278,28 +300,15 @@ export function wordsOf(fn: 'randn' | 'rand', n: number, dtype: FloatDtype, cach
 export function drawBlocks(mt: Mt19937, out: Float32Array): void {
   if (out.length % 16 !== 0) throw new Error(`drawBlocks needs whole blocks of 16 values, got ${out.length}`);
   const wasm = wasmNormals();
-  if (!wasm) {
-    const words = new Int32Array(16);
-    for (let o = 0; o < out.length; o += 16) {
-      mt.fill(words, 0, 16);
-      block16(words, 0, out, o);
-    }
-    return;
-  }
   // The kernel's output is about to be refilled: a stream holding values there keeps them.
-  if (wasm.owner) wasm.owner.evict();
+  wasm?.owner?.evict();
+  const words = wasm ? null : new Int32Array(Math.min(out.length, WASM_BLOCKS * 16));
   for (let o = 0; o < out.length; ) {
     const k = Math.min(WASM_BLOCKS, (out.length - o) >> 4);
-    mt.fillWasm(wasm, k * 16);
-    wasm.run(k);
-    wasmStats.blocks += k;
-    for (let b = 0; b < k; b++) {
-      if (wasm.flags[b]) {
-        block16(wasm.words, b * 16, wasm.out, b * 16);
-        wasmStats.redone++;
-      }
-    }
-    out.set(wasm.out.subarray(0, k * 16), o);
+    if (wasm) {
+      kernelBlocks(wasm, mt, k);
+      out.set(wasm.out.subarray(0, k * 16), o);
+    } else scalarBlocks(mt, k, words!, out, o);
     o += k * 16;
   }
 }
@@ -361,24 +370,14 @@ export class LargeNormalStream {
     const wasm = wasmNormals();
     if (wasm) {
       if (wasm.owner && wasm.owner !== this) wasm.owner.evict();
-      this.mt.fillWasm(wasm, k * 16);
-      wasm.run(k);
+      kernelBlocks(wasm, this.mt, k);
       // The values stay in WebAssembly memory, where the noise kernel reads them.
       wasm.owner = this;
       this.held = wasm.out;
       this.heldIn = wasm;
-      // A flagged block has a float64 sum halfway between two floats: redo it with exact fused multiply-adds.
-      wasmStats.blocks += k;
-      for (let b = 0; b < k; b++) {
-        if (wasm.flags[b]) {
-          block16(wasm.words, b * 16, wasm.out, b * 16);
-          wasmStats.redone++;
-        }
-      }
     } else {
       this.release();
-      this.mt.fill(this.words, 0, k * 16);
-      for (let b = 0; b < k; b++) block16(this.words, b * 16, this.buf, b * 16);
+      scalarBlocks(this.mt, k, this.words, this.buf, 0);
     }
     this.bufFrom = first * 16;
     this.bufTo = (first + k) * 16;

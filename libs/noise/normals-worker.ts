@@ -7,8 +7,9 @@ import { CONSUMED, FAILED, IDLE, producedAt, RUNNING, SLOTS, SLOT_VALUES, stateA
 
 const { ctrl, data, index } = workerData as { ctrl: Int32Array; data: Float32Array; index: number };
 const PRODUCED = producedAt(index);
-const tail = new Float32Array(16);
 const STATE = stateAt(index);
+/** A last slot's partial block. */
+const tail = new Float32Array(16);
 
 parentPort!.on('message', (m: Stream) => {
   Atomics.store(ctrl, STATE, fill(m) ? IDLE : FAILED);

@@ -212,7 +212,7 @@ export function floatKernels(): FloatKernels | null {
     const region = REGION;
     const SRC = 0, NORM = region, DST = 2 * region;
     const ex = inst.exports as Record<string, (...a: number[]) => void>;
-    const flags = Buffer.from(mem);
+    const bytes = Buffer.from(mem);
     instance = {
       src: new Uint8Array(mem, SRC, region),
       norm: new Float32Array(mem, NORM, region / 4),
@@ -227,9 +227,9 @@ export function floatKernels(): FloatKernels | null {
       anyNonFinite(dt, n) {
         // The last vector may pass the values: zeros there are finite.
         const end = SRC + n * size(dt);
-        flags.fill(0, end, end + 16);
+        bytes.fill(0, end, end + 16);
         ex[`nonfinite_${dt}`]!(n, SRC, DST);
-        return flags.readInt32LE(DST) !== 0;
+        return bytes.readInt32LE(DST) !== 0;
       },
       SRC,
       NORM,

@@ -221,7 +221,15 @@ export async function runWrite(plan: MergePlan, opts: WriteOptions): Promise<Wri
  */
 export async function writeOutput(early: MergePlan, late: Promise<LateInputs>, opts: Omit<WriteOptions, 'gates' | 'routing'>, writeAhead = true): Promise<WriteResult> {
   let lateFailed: { error: unknown } | null = null;
-  late.catch((error: unknown) => (lateFailed = { error }));
+  // Settled: the forward pass is over (the noise generator may take both cores).
+  let lateSettled = false;
+  late.then(
+    () => (lateSettled = true),
+    (error: unknown) => {
+      lateFailed = { error };
+      lateSettled = true;
+    },
+  );
   const inputs: OutputInput[] = [
     ...early.models.map((m) => ({ label: `model folder of ${m.ref}`, path: m.dir })),
     ...(opts.recipeFile ? [{ label: 'recipe', path: opts.recipeFile }] : []),
@@ -317,8 +325,6 @@ export async function writeOutput(early: MergePlan, late: Promise<LateInputs>, o
         // Unchanged source bytes go to the shard as file ranges (copied without a buffer), unless the GGUF
         // pass needs them as bytes too.
         // While the routers are computed the forward pass has the cores: one noise generator thread until it ends.
-        let lateSettled = false;
-        void late.then(() => (lateSettled = true), () => (lateSettled = true));
         const noiseThreads = () => (lateSettled ? Infinity : 1);
         const produce = tensorProducer(null, pool, { noiseThreads });
         const produceRanges = tensorProducer(null, pool, { ranges: true, noiseThreads });
