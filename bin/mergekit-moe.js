@@ -5,11 +5,11 @@ const argv = process.argv.slice(2);
 
 /**
  * An unchanged re-run is answered from the memo of the last one (build/noop.js, libs/cli/noop-memo.ts) before the
- * merge's code loads; verbose runs, help, version and reports always run the command.
+ * merge's code loads; verbose runs, help, version, reports and --watch always run the command.
  * @returns {boolean} whether it answered
  */
 function answeredFromMemo() {
-  if (argv.some((a) => a === '--verbose' || /^-v+$/.test(a) || a === '--help' || a === '-h' || a === '--version' || a.startsWith('--report'))) return false;
+  if (argv.some((a) => a === '--verbose' || /^-v+$/.test(a) || a === '--help' || a === '-h' || a === '--version' || a.startsWith('--report') || a === '--watch')) return false;
   let hit = null;
   try {
     const noop = require('./built').built('noop.js');

@@ -6,6 +6,8 @@ import { memoFile, recordNoop } from './noop-memo';
 import { parseArgs } from './args';
 import { checkInputFile, EVAL_PROMPTS, RECIPE } from '../input';
 import { cliFlags, cliStageOptions, helpText } from '../options';
+import { startEarly } from './early-worker';
+import { watchBuilds } from './watch';
 
 // Bundled with the command (esbuild inlines JSON), so the version is the one the code was built from.
 // eslint-disable-next-line @typescript-eslint/no-require-imports
@@ -23,9 +25,28 @@ interface Io {
 
 const defaultIo: Io = { out: (s) => process.stdout.write(s + '\n'), err: (s) => process.stderr.write(s + '\n') };
 
-export async function main(argv: string[], io: Io = defaultIo): Promise<number> {
+/**
+ * A watching command ends on SIGINT, SIGTERM or SIGHUP, as it would without a handler (128 + the signal), through
+ * the temporary-path cleanup's handler when a build registered one (it removes a build's work in flight first):
+ * this one steps aside so that that one, now alone, exits at once.
+ */
+function exitOnSignals(): void {
+  const signals = { SIGINT: 2, SIGTERM: 15, SIGHUP: 1 } as const;
+  const handler = (sig: NodeJS.Signals) => {
+    for (const s of Object.keys(signals)) process.off(s, handler);
+    if (process.listenerCount(sig) === 0) process.exit(128 + signals[sig as keyof typeof signals]);
+  };
+  for (const s of Object.keys(signals)) process.on(s, handler);
+}
+
+/** `stop` ends a watching command (--watch) once no build runs; without it, a signal ends the process. */
+export async function main(argv: string[], io: Io = defaultIo, stop?: AbortSignal): Promise<number> {
   // Known before parsing, so even a parse error can show its stack.
   const verbose = argv.some((a) => a === '--verbose' || /^-v+$/.test(a));
+  const said = (e: unknown) => {
+    io.err(`error: ${describeError(e)}`);
+    if (verbose) io.err((e as Error).stack ?? String(e));
+  };
   try {
     const args = parseArgs(argv, FLAGS);
     const v = args.values;
@@ -71,32 +92,44 @@ export async function main(argv: string[], io: Io = defaultIo): Promise<number> 
     if (evalPrompts !== undefined) checkInputFile(evalPrompts, EVAL_PROMPTS);
     if (o.ggufOnly && o.gguf === undefined) throw new ForgeError('bad_flag', '--gguf-only needs --gguf TYPE (f32, f16, bf16 or q8_0)', { field: '--gguf-only' });
     const device = v.device !== undefined ? o.device : v.cuda || v['gpu-rich'] ? 'cuda' : 'cpu';
-    // Every option of the table as cliStageOptions parsed it (the device also from --cuda/--gpu-rich).
-    const result = await mergeWithOptions(
-      {
-        recipeFile: resolve(config),
-        outPath: resolve(out),
-        modelBaseDir: process.cwd(),
-        writeRecipe: v['write-model-card'] !== false,
-        log: info,
-        debug: ((v.verbose as number) ?? 0) > 1 ? (s) => io.err(`debug: ${s}`) : undefined,
-        warn: (s) => warn(`WARNING: ${s}`),
-        report: reportFile !== undefined ? { file: resolve(reportFile), evalPrompts: evalPrompts !== undefined ? resolve(evalPrompts) : undefined } : undefined,
-      },
-      { ...o, device },
-    );
-    const shards = `(${result.shards} shard${result.shards === 1 ? '' : 's'})`;
-    io.out(`${result.skipped ? 'unchanged' : 'wrote'} ${result.outPath} ${shards}`);
-    // The next identical command answers before loading the merge (noop-memo.ts): only for local model folders
-    // (a Hub reference may resolve differently later) and without a report (its files are rewritten each run).
-    if (reportFile === undefined && result.models.every((m) => m.local)) {
-      const files = [resolve(config), __filename];
-      recordNoop(memoFile(argv), { files, dirs: [...new Set(result.models.map((m) => m.dir)), resolve(out)] }, warnings, `unchanged ${result.outPath} ${shards}`);
+    const watching = v.watch === true;
+    // One build: the whole merge, and its result line (with its time when watching: each edit's build says it).
+    const build = async () => {
+      const t0 = performance.now();
+      // Every option of the table as cliStageOptions parsed it (the device also from --cuda/--gpu-rich).
+      const result = await mergeWithOptions(
+        {
+          recipeFile: resolve(config),
+          outPath: resolve(out),
+          modelBaseDir: process.cwd(),
+          writeRecipe: v['write-model-card'] !== false,
+          log: info,
+          debug: ((v.verbose as number) ?? 0) > 1 ? (s) => io.err(`debug: ${s}`) : undefined,
+          warn: (s) => warn(`WARNING: ${s}`),
+          report: reportFile !== undefined ? { file: resolve(reportFile), evalPrompts: evalPrompts !== undefined ? resolve(evalPrompts) : undefined } : undefined,
+        },
+        { ...o, device },
+      );
+      const shards = `(${result.shards} shard${result.shards === 1 ? '' : 's'})`;
+      io.out(`${result.skipped ? 'unchanged' : 'wrote'} ${result.outPath} ${shards}${watching ? ` in ${((performance.now() - t0) / 1000).toFixed(2)} s` : ''}`);
+      // The next identical command answers before loading the merge (noop-memo.ts): only for local model folders
+      // (a Hub reference may resolve differently later) and without a report (its files are rewritten each run).
+      if (!watching && reportFile === undefined && result.models.every((m) => m.local)) {
+        const files = [resolve(config), __filename];
+        recordNoop(memoFile(argv), { files, dirs: [...new Set(result.models.map((m) => m.dir)), resolve(out)] }, warnings, `unchanged ${result.outPath} ${shards}`);
+      }
+    };
+    if (!watching) {
+      await build();
+      return 0;
     }
+    // A failed build is said and the watch goes on: the next save may fix it.
+    const files = [resolve(config), ...(evalPrompts !== undefined ? [resolve(evalPrompts)] : [])];
+    if (!stop) exitOnSignals();
+    await watchBuilds(files, () => build().catch(said), { say: io.err, prepare: () => void startEarly(argv), signal: stop });
     return 0;
   } catch (e) {
-    io.err(`error: ${describeError(e)}`);
-    if (verbose) io.err((e as Error).stack ?? String(e));
+    said(e);
     return 1;
   }
 }

@@ -231,6 +231,7 @@ export const CLI_ONLY: Record<string, OptionSpec> = {
   loadIn8bit: noEffect('load-in-8bit', 'bool', 'Accepted; unnecessary: the forward pass holds one layer at a time.'),
   report: { type: 'string', nx: false, stages: ['report'], description: 'Write the routing report: FILE.html and FILE.json (which expert each prompt reaches, per layer).', cli: { flag: 'report', kind: 'value' } },
   verbose: { type: 'count', nx: false, stages: [], description: 'More output (-v info, -vv debug).', cli: { flag: 'verbose', kind: 'count', short: 'v' } },
+  watch: { type: 'boolean', default: false, nx: false, stages: [], description: 'Build, then build again each time CONFIG (or the --eval-prompts file) is saved, until Ctrl-C; between builds a forward worker waits with the base model set up.', cli: { flag: 'watch', kind: 'bool' } },
   help: { type: 'boolean', default: false, nx: false, stages: [], description: 'Show this help.', cli: { flag: 'help', kind: 'bool', short: 'h' } },
   version: { type: 'boolean', default: false, nx: false, stages: [], description: 'Print the version of moe-forge and exit.', cli: { flag: 'version', kind: 'bool' } },
   trustRemoteCode: { type: 'boolean', default: false, nx: false, stages: [], description: 'Accepted and refused: model code is never run.', cli: { flag: 'trust-remote-code', kind: 'negatable' } },

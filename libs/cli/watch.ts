@@ -1,0 +1,112 @@
+/**
+ * `mergekit-moe CONFIG OUT --watch`: build, then build again each time one of the command's input files is saved,
+ * until stopped. What makes a watched edit quicker than a new command is what the process keeps: its code loaded,
+ * and, between builds, a forward worker booted with the base model's pass set up (`prepare`), so a new prompt's
+ * states start at once.
+ */
+import { statSync, watch, type FSWatcher } from 'node:fs';
+import { basename, dirname, resolve } from 'node:path';
+
+export interface WatchOptions {
+  /** Called once no build runs, after each build: set up what the next one needs (the forward worker). */
+  prepare?: () => void;
+  /** A line for the user (stderr). */
+  say: (line: string) => void;
+  /** Ends the watch once no build runs (the command's Ctrl-C ends the process instead). */
+  signal?: AbortSignal;
+  /** Quiet time after a change event before building: an editor's save is often several writes. */
+  settleMs?: number;
+  /** The backstop poll, for file systems that report no events (network mounts). */
+  pollMs?: number;
+}
+
+/** What changes when a file is saved, in place (size, mtime) or by rename (another inode); 'missing' if absent. */
+function fileState(file: string): string {
+  try {
+    const s = statSync(file);
+    return `${s.ino}:${s.size}:${s.mtimeMs}`;
+  } catch {
+    return 'missing';
+  }
+}
+
+/**
+ * Runs `build`, then again each time one of `files` changes (one build at a time: changes seen during a build make
+ * one more after it). Resolves when `signal` aborts. `build` reports its own result and errors; one that throws
+ * is reported here and the watch goes on.
+ */
+export async function watchBuilds(files: string[], build: () => Promise<void>, o: WatchOptions): Promise<void> {
+  const paths = files.map((f) => resolve(f));
+  const names = new Set(paths.map((p) => basename(p)));
+  let states = paths.map(fileState);
+  let building = false;
+  let again = false;
+  let timer: NodeJS.Timeout | undefined;
+  let finish: () => void = () => undefined;
+  const ended = new Promise<void>((r) => (finish = r));
+
+  const runBuild = async () => {
+    building = true;
+    try {
+      await build();
+    } catch (e) {
+      o.say(`error: ${String((e as Error)?.message ?? e).split('\n')[0]}`);
+    } finally {
+      building = false;
+    }
+    if (o.signal?.aborted) return finish();
+    // Saved again while it built: build again now (the file may also be back as it was: then nothing to do).
+    if (again) {
+      again = false;
+      if (await check()) return;
+    }
+    o.prepare?.();
+  };
+  // A build when a file's state differs from the one the last build started with; whether one started.
+  const check = async (): Promise<boolean> => {
+    const now = paths.map(fileState);
+    const changed = paths.filter((_, i) => now[i] !== states[i]).map((p) => basename(p));
+    if (changed.length === 0) return false;
+    if (building) {
+      again = true;
+      return false;
+    }
+    states = now;
+    o.say(`changed: ${changed.join(', ')}; building`);
+    await runBuild();
+    return true;
+  };
+  const soon = () => {
+    clearTimeout(timer);
+    timer = setTimeout(() => void check(), o.settleMs ?? 30);
+  };
+
+  // The folders are watched, not the files: an editor that saves by writing a new file and renaming it over the
+  // old one replaces the inode a file watch would follow.
+  const watchers: FSWatcher[] = [];
+  for (const dir of new Set(paths.map((p) => dirname(p)))) {
+    try {
+      const w = watch(dir, { persistent: true }, (_event, name) => {
+        if (name === null || names.has(String(name))) soon();
+      });
+      w.on('error', () => undefined); // the poll below still sees changes
+      watchers.push(w);
+    } catch {
+      // no file events here (inotify watches used up, an unsupported file system): the poll alone
+    }
+  }
+  const poll = setInterval(() => void check(), o.pollMs ?? 1000);
+
+  const stop = () => {
+    for (const w of watchers) w.close();
+    clearInterval(poll);
+    clearTimeout(timer);
+    if (!building) finish();
+  };
+  if (o.signal?.aborted) stop();
+  else o.signal?.addEventListener('abort', stop, { once: true });
+
+  await runBuild();
+  if (!o.signal?.aborted) o.say(`watching ${paths.map((p) => basename(p)).join(', ')} for changes (Ctrl-C to stop)`);
+  await ended;
+}

@@ -1,0 +1,108 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { cpSync, mkdirSync, readdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { ROOT, tempDir, TINY } from '../helpers/tmp';
+import { alive } from '../helpers/processes';
+
+const recipe = (prompts: string[], mode = 'hidden') => `base_model: models/a
+gate_mode: ${mode}
+experts:
+  - source_model: models/a
+    positive_prompts: ${JSON.stringify(prompts)}
+  - source_model: models/b
+    positive_prompts: ["code"]
+`;
+
+/** Children of `pid` running the forward worker (Linux /proc). */
+function forwardWorkers(pid: number): number[] {
+  const out: number[] = [];
+  for (const e of readdirSync('/proc').filter((x) => /^\d+$/.test(x))) {
+    try {
+      const stat = readFileSync(`/proc/${e}/stat`, 'utf8');
+      const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
+      if (ppid === pid && readFileSync(`/proc/${e}/cmdline`, 'utf8').includes('forward-worker')) out.push(Number(e));
+    } catch {
+      // gone meanwhile
+    }
+  }
+  return out;
+}
+
+test('mergekit-moe --watch rebuilds on each save, says a bad recipe and goes on, keeps a forward worker ready between builds, and ends clean on Ctrl-C', { skip: process.platform !== 'linux' && 'reads /proc' }, async () => {
+  const d = tempDir();
+  mkdirSync(join(d, 'models'));
+  for (const n of ['a', 'b'] as const) cpSync(TINY(n), join(d, 'models', n), { recursive: true });
+  const tmp = join(d, 'tmp');
+  mkdirSync(tmp);
+  writeFileSync(join(d, 'moe.yml'), recipe(['math']));
+  const child = spawn(process.execPath, [join(ROOT, 'bin', 'mergekit-moe.js'), 'moe.yml', 'out', '--watch'], {
+    cwd: d,
+    env: { ...process.env, FORCE_COLOR: '0', TMPDIR: tmp, MOE_FORGE_CACHE: join(d, 'cache') },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let out = '', err = '';
+  child.stdout!.on('data', (b) => (out += b));
+  child.stderr!.on('data', (b) => (err += b));
+  const exited = new Promise<number | null>((r) => child.on('exit', (c, s) => r(c ?? (s ? -1 : null))));
+  const lines = (re: RegExp, s: string) => s.split('\n').filter((l) => re.test(l)).length;
+  const wait = async (what: string, cond: () => boolean) => {
+    for (let i = 0; i < 1200 && !cond() && child.exitCode === null; i++) await new Promise((r) => setTimeout(r, 25));
+    assert.ok(cond(), `${what}\nstdout:\n${out}\nstderr:\n${err}`);
+  };
+  const config = () => readFileSync(join(d, 'out', 'mergekit_moe_config.yml'), 'utf8');
+  try {
+    await wait('the first build', () => lines(/^wrote .*out \(\d+ shards?\) in \d+\.\d\d s$/, out) === 1 && /watching moe\.yml for changes/.test(err));
+    assert.match(config(), /math/);
+    await wait('a forward worker waits, set up for the next build', () => forwardWorkers(child.pid!).length === 1);
+    const ready = forwardWorkers(child.pid!)[0]!;
+
+    // A new prompt, saved as editors do (a new file renamed over the recipe).
+    writeFileSync(join(d, '.moe.yml.new'), recipe(['math', 'algebra']));
+    renameSync(join(d, '.moe.yml.new'), join(d, 'moe.yml'));
+    await wait('a build after the save', () => lines(/^wrote /, out) === 2);
+    assert.match(config(), /algebra/);
+    // The waiting worker did the pass (it exits once its result is sent); another waits for the next edit.
+    await wait('the waiting worker was used, and a new one waits', () => !alive(ready) && forwardWorkers(child.pid!).length === 1);
+
+    // A bad recipe: said in one line, the output kept, the watch goes on.
+    writeFileSync(join(d, 'moe.yml'), recipe(['math']).replace('gate_mode: hidden', 'gate_mode: hiden'));
+    await wait('the error', () => /^error: .*gate_mode/m.test(err));
+    assert.equal(child.exitCode, null, 'still watching');
+    assert.match(config(), /algebra/, 'the last good output stays');
+    writeFileSync(join(d, 'moe.yml'), recipe(['math', 'geometry']));
+    await wait('a build after the fix', () => lines(/^wrote /, out) === 3);
+    assert.match(config(), /geometry/);
+    await wait('a forward worker waits again', () => forwardWorkers(child.pid!).length === 1);
+    const last = forwardWorkers(child.pid!);
+
+    child.kill('SIGINT');
+    assert.equal(await exited, 130, err);
+    for (let i = 0; i < 50 && last.some(alive); i++) await new Promise((r) => setTimeout(r, 100));
+    assert.deepEqual(last.filter(alive), [], 'the waiting worker ends with the command');
+    assert.deepEqual(readdirSync(tmp).filter((e) => e.startsWith('moe-forge')), [], 'no work folder left');
+    assert.doesNotMatch(err, /\n\s+at |EPIPE/, 'no stack trace');
+  } finally {
+    child.kill('SIGKILL');
+  }
+});
+
+test('mergekit-moe --watch on a recipe without prompt states keeps no forward worker', { skip: process.platform !== 'linux' && 'reads /proc' }, async () => {
+  const d = tempDir();
+  mkdirSync(join(d, 'models'));
+  for (const n of ['a', 'b'] as const) cpSync(TINY(n), join(d, 'models', n), { recursive: true });
+  writeFileSync(join(d, 'moe.yml'), recipe(['math'], 'cheap_embed'));
+  const child = spawn(process.execPath, [join(ROOT, 'bin', 'mergekit-moe.js'), 'moe.yml', 'out', '--watch'], { cwd: d, env: { ...process.env, MOE_FORGE_CACHE: join(d, 'cache') }, stdio: ['ignore', 'pipe', 'pipe'] });
+  let err = '';
+  child.stderr!.on('data', (b) => (err += b));
+  try {
+    for (let i = 0; i < 1200 && !/watching/.test(err); i++) await new Promise((r) => setTimeout(r, 25));
+    assert.match(err, /watching moe\.yml/);
+    await new Promise((r) => setTimeout(r, 500));
+    assert.deepEqual(forwardWorkers(child.pid!), []);
+  } finally {
+    child.kill('SIGTERM');
+  }
+  assert.equal(await new Promise((r) => child.on('exit', (c) => r(c))), 143);
+});
