@@ -267,6 +267,12 @@ export async function benchIncremental(tmp: string, size: string, log: (s: strin
   const editBackToBack = await edits(0);
   const editSpaced = await edits(EDIT_PAUSE_MS);
   log(`one-prompt edits, back to back: ${editBackToBack.map((x) => x.toFixed(2)).join(' / ')} s; ${EDIT_PAUSE_MS / 1000} s apart: ${editSpaced.map((x) => x.toFixed(2)).join(' / ')} s`);
+  // The same edits saved into a recipe that `mergekit-moe --watch` follows: from the save to its result line.
+  const watched = await watchedEdits(recipeFile, out, cacheDir, async (i) => {
+    if (i > 0) await new Promise((r) => setTimeout(r, EDIT_PAUSE_MS));
+    writeFileSync(recipeFile, recipe(models, { extraPrompt: true, noise: 0.02, swapLast: true, experts, more: prompt(`edit${edit++}`, 98) }));
+  });
+  log(`one-prompt edits under --watch, ${EDIT_PAUSE_MS / 1000} s apart: ${watched.seconds.map((x) => x.toFixed(2)).join(' / ')} s; the watching process's peak RSS ${(watched.peakRssKiB / 1024).toFixed(0)} MiB`);
 
   // Floors, same run: the forward pass of the added prompt alone; the forward pass at ORT Gemm speed; the stream copy.
   const tok = await loadTokenizer(join(models, 'a'));
@@ -288,7 +294,44 @@ export async function benchIncremental(tmp: string, size: string, log: (s: strin
   const copy = await streamCopy(out, join(dir, 'copy.bin'), COPY_CAP);
   rmSync(dir, { recursive: true, force: true });
   const referenceResult: ReferenceResult | null = ref && refCold && refPlus ? { command: ref.command, foundBy: ref.foundBy, cold: refCold, plus: refPlus } : null;
-  return { spec, experts, prompts: promptTokens.length, steps, editBackToBack, editSpaced, onePromptSeconds: onePrompt, onePromptTokens: ids.length, forward, noopFloorSeconds: noop, noopBestSeconds: Math.min(...noopRuns), nodeStartSeconds: Math.min(...nodeRuns), copy, reference: referenceResult, referenceNote: why };
+  return { spec, experts, prompts: promptTokens.length, steps, editBackToBack, editSpaced, editWatched: watched.seconds, watchPeakRssKiB: watched.peakRssKiB, onePromptSeconds: onePrompt, onePromptTokens: ids.length, forward, noopFloorSeconds: noop, noopBestSeconds: Math.min(...noopRuns), nodeStartSeconds: Math.min(...nodeRuns), copy, reference: referenceResult, referenceNote: why };
+}
+
+/**
+ * `mergekit-moe --watch` on `recipeFile`: after its first build, EDITS saves (`save(i)` writes the i-th), each
+ * timed from the save to the build's result line; the watching process's peak RSS (VmHWM) after the last.
+ */
+async function watchedEdits(recipeFile: string, out: string, cacheDir: string, save: (i: number) => Promise<void>): Promise<{ seconds: number[]; peakRssKiB: number }> {
+  const args = [join(ROOT, 'bin', 'mergekit-moe.js'), recipeFile, out, '--watch', '--i-understand-this-is-not-useful-without-training'];
+  const child = spawn(process.execPath, args, { env: { ...process.env, MOE_FORGE_CACHE: cacheDir, CI: 'true' }, stdio: ['ignore', 'pipe', 'pipe'] });
+  let stderr = '';
+  child.stderr!.on('data', (b) => (stderr = (stderr + b).slice(-20000)));
+  const results: ((line: string) => void)[] = [];
+  let pending = '';
+  child.stdout!.on('data', (b) => {
+    pending += b;
+    const lines = pending.split('\n');
+    pending = lines.pop()!;
+    for (const l of lines) if (/^(wrote|unchanged) /.test(l)) results.shift()?.(l);
+  });
+  const failed = new Promise<never>((_, reject) => child.on('exit', (code) => reject(new Error(`mergekit-moe --watch ended (${code}):\n${stderr}`))));
+  const next = () => Promise.race([new Promise<string>((r) => results.push(r)), failed]);
+  try {
+    await next();
+    const seconds: number[] = [];
+    for (let i = 0; i < EDITS; i++) {
+      const result = next();
+      await save(i);
+      const t0 = performance.now();
+      await result;
+      seconds.push((performance.now() - t0) / 1000);
+    }
+    const hwm = /VmHWM:\s+(\d+) kB/.exec(readFileSync(`/proc/${child.pid}/status`, 'utf8'));
+    return { seconds, peakRssKiB: hwm ? Number(hwm[1]) : NaN };
+  } finally {
+    failed.catch(() => undefined);
+    child.kill('SIGINT');
+  }
 }
 
 /** The stream-copy floor: the output's shards (their first `cap` bytes) through createReadStream -> createWriteStream, then fsync. */
