@@ -1,11 +1,11 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { cpSync, mkdirSync, readdirSync, readFileSync, statSync } from 'node:fs';
+import { cpSync, mkdirSync, readdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { ROOT, tempDir, TINY } from '../helpers/tmp';
 import { addRecipe, throwawayWorkspace } from '../helpers/workspace';
-import { alive } from '../helpers/processes';
+import { alive, descendants } from '../helpers/processes';
 
 // Nothing may be left behind when a run is stopped by SIGINT or SIGTERM: not its work folders in TMPDIR,
 // not a half-written output beside the output path, not a forward-pass process; model folders unchanged.
@@ -34,21 +34,6 @@ function listing(d: string): string[] {
   return out;
 }
 
-
-/** Child pids of a process (Linux /proc), to check that no forward-pass worker outlives its parent. */
-function descendants(pid: number): number[] {
-  const out: number[] = [];
-  for (const e of readdirSync('/proc').filter((x) => /^\d+$/.test(x))) {
-    try {
-      const stat = readFileSync(`/proc/${e}/stat`, 'utf8');
-      const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
-      if (ppid === pid) out.push(Number(e), ...descendants(Number(e)));
-    } catch {
-      // gone meanwhile
-    }
-  }
-  return out;
-}
 
 /** Starts a command with its own TMPDIR, sends `signal` once `ready` matches its output, waits for it to end. */
 async function interrupt(cmd: string[], cwd: string, env: Record<string, string>, ready: RegExp, signal: NodeJS.Signals) {

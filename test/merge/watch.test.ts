@@ -4,7 +4,7 @@ import { spawn } from 'node:child_process';
 import { cpSync, mkdirSync, readdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { ROOT, tempDir, TINY } from '../helpers/tmp';
-import { alive } from '../helpers/processes';
+import { alive, descendants } from '../helpers/processes';
 
 const recipe = (prompts: string[], mode = 'hidden') => `base_model: models/a
 gate_mode: ${mode}
@@ -15,19 +15,15 @@ experts:
     positive_prompts: ["code"]
 `;
 
-/** Children of `pid` running the forward worker (Linux /proc). */
+/** Processes under `pid` running the forward worker (Linux /proc). */
 function forwardWorkers(pid: number): number[] {
-  const out: number[] = [];
-  for (const e of readdirSync('/proc').filter((x) => /^\d+$/.test(x))) {
+  return descendants(pid).filter((p) => {
     try {
-      const stat = readFileSync(`/proc/${e}/stat`, 'utf8');
-      const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
-      if (ppid === pid && readFileSync(`/proc/${e}/cmdline`, 'utf8').includes('forward-worker')) out.push(Number(e));
+      return readFileSync(`/proc/${p}/cmdline`, 'utf8').includes('forward-worker');
     } catch {
-      // gone meanwhile
+      return false; // gone meanwhile
     }
-  }
-  return out;
+  });
 }
 
 test('mergekit-moe --watch rebuilds on each save, says a bad recipe and goes on, keeps a forward worker ready between builds, and ends clean on Ctrl-C', { skip: process.platform !== 'linux' && 'reads /proc' }, async () => {
@@ -88,21 +84,26 @@ test('mergekit-moe --watch rebuilds on each save, says a bad recipe and goes on,
   }
 });
 
-test('mergekit-moe --watch on a recipe without prompt states keeps no forward worker', { skip: process.platform !== 'linux' && 'reads /proc' }, async () => {
+test('mergekit-moe --watch run again watches again (no answer from the no-op memo); without prompt states it keeps no forward worker', { skip: process.platform !== 'linux' && 'reads /proc' }, async () => {
   const d = tempDir();
   mkdirSync(join(d, 'models'));
   for (const n of ['a', 'b'] as const) cpSync(TINY(n), join(d, 'models', n), { recursive: true });
   writeFileSync(join(d, 'moe.yml'), recipe(['math'], 'cheap_embed'));
-  const child = spawn(process.execPath, [join(ROOT, 'bin', 'mergekit-moe.js'), 'moe.yml', 'out', '--watch'], { cwd: d, env: { ...process.env, MOE_FORGE_CACHE: join(d, 'cache') }, stdio: ['ignore', 'pipe', 'pipe'] });
-  let err = '';
-  child.stderr!.on('data', (b) => (err += b));
-  try {
-    for (let i = 0; i < 1200 && !/watching/.test(err); i++) await new Promise((r) => setTimeout(r, 25));
-    assert.match(err, /watching moe\.yml/);
-    await new Promise((r) => setTimeout(r, 500));
-    assert.deepEqual(forwardWorkers(child.pid!), []);
-  } finally {
-    child.kill('SIGTERM');
+  for (let round = 0; round < 2; round++) {
+    const child = spawn(process.execPath, [join(ROOT, 'bin', 'mergekit-moe.js'), 'moe.yml', 'out', '--watch'], { cwd: d, env: { ...process.env, MOE_FORGE_CACHE: join(d, 'cache') }, stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '', err = '';
+    child.stdout!.on('data', (b) => (out += b));
+    child.stderr!.on('data', (b) => (err += b));
+    const exited = new Promise<number | null>((r) => child.on('exit', (c) => r(c)));
+    try {
+      for (let i = 0; i < 1200 && !/watching/.test(err) && child.exitCode === null; i++) await new Promise((r) => setTimeout(r, 25));
+      assert.match(err, /watching moe\.yml/, `round ${round}: ${out}${err}`);
+      assert.match(out, round === 0 ? /^wrote / : /^unchanged .* in \d+\.\d\d s$/m);
+      await new Promise((r) => setTimeout(r, 500));
+      assert.deepEqual(forwardWorkers(child.pid!), []);
+    } finally {
+      child.kill('SIGTERM');
+    }
+    assert.equal(await exited, 143);
   }
-  assert.equal(await new Promise((r) => child.on('exit', (c) => r(c))), 143);
 });
