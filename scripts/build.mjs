@@ -13,7 +13,7 @@ const require = createRequire(import.meta.url);
 const OUT = join(ROOT, 'build');
 // Nx's runtime inputs (tools/executors/<name>.ts), run as `node build/runtime/<name>.js`.
 const RUNTIME_INPUTS = ['model-ids', 'output-state'];
-const EXECUTORS = ['fetch', 'embed-prompts', 'build-gates', 'assemble-experts', 'write', 'check-options', 'report', 'model-ids', 'stage', 'build-summary'];
+const EXECUTORS = ['fetch', 'embed-prompts', 'build-gates', 'assemble-experts', 'write', 'check-options', 'report', 'model-ids', 'stage', 'build-summary', 'watch'];
 
 let esbuild;
 try {

@@ -1,13 +1,11 @@
 import { existsSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { describeError, ForgeError } from '../errors';
-import { mergeWithOptions, reportPaths } from '../pipeline';
+import { mergeWithOptions, prepareNextMerge, reportPaths, watchBuilds } from '../pipeline';
 import { memoFile, recordNoop } from './noop-memo';
 import { parseArgs } from './args';
 import { checkInputFile, EVAL_PROMPTS, RECIPE } from '../input';
 import { cliFlags, cliStageOptions, helpText } from '../options';
-import { startEarly } from './early-worker';
-import { watchBuilds } from './watch';
 
 // Bundled with the command (esbuild inlines JSON), so the version is the one the code was built from.
 // eslint-disable-next-line @typescript-eslint/no-require-imports
@@ -126,7 +124,7 @@ export async function main(argv: string[], io: Io = defaultIo, stop?: AbortSigna
     // A failed build is said and the watch goes on: the next save may fix it.
     const files = [resolve(config), ...(evalPrompts !== undefined ? [resolve(evalPrompts)] : [])];
     if (!stop) exitOnSignals();
-    await watchBuilds(files, () => build().catch(said), { say: io.err, prepare: () => void startEarly(argv), signal: stop });
+    await watchBuilds(files, () => build().catch(said), { say: io.err, prepare: () => void prepareNextMerge(resolve(config), process.cwd(), { device, forwardPrecision: o.forwardPrecision }), signal: stop });
     return 0;
   } catch (e) {
     said(e);

@@ -2,3 +2,4 @@ export * from './env';
 export * from './table';
 export * from './merge';
 export * from './speculate';
+export * from './watch';

@@ -46,7 +46,7 @@ test('a recipe is a project with one target per stage of the pipeline table, cha
   const p = projects['workspace-models/x']!;
   assert.equal(p.name, 'x');
   assert.deepEqual(p.tags, ['moe-recipe']);
-  assert.deepEqual(Object.keys(p.targets).sort(), ['build', 'check-options', ...PIPELINE.map((s) => s.name)].sort());
+  assert.deepEqual(Object.keys(p.targets).sort(), ['build', 'check-options', 'watch', ...PIPELINE.map((s) => s.name)].sort());
   // Local models inside the workspace are projects the recipe depends on (nx affected follows model edits).
   assert.deepEqual(p.implicitDependencies, ['models-tiny-a', 'models-tiny-b']);
   assert.deepEqual(projects['models/tiny-b']?.tags, ['moe-model']);

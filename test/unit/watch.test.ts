@@ -2,7 +2,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { renameSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { watchBuilds } from '../../libs/cli/watch';
+import { watchBuilds } from '../../libs/pipeline/watch';
 import { tempDir } from '../helpers/tmp';
 import { until } from '../helpers/processes';
 

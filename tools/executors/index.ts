@@ -15,11 +15,12 @@ import { ForgeError } from '../../libs/errors';
 export const STAGES = STAGE_NAMES;
 type Stage = StageName;
 
-type TargetKind = Stage | 'build' | 'check-options';
+type TargetKind = Stage | 'build' | 'check-options' | 'watch';
 
 /** Each target's option name, as Nx's own plugins name theirs (`buildTargetName`, `serveTargetName`, ...). */
 export const TARGET_NAME_OPTIONS: Record<TargetKind, string> = {
   build: 'buildTargetName',
+  watch: 'watchTargetName',
   'check-options': 'checkOptionsTargetName',
   recipe: 'recipeTargetName',
   fetch: 'fetchTargetName',
@@ -33,6 +34,7 @@ export const TARGET_NAME_OPTIONS: Record<TargetKind, string> = {
 /** Plugin options, in nx.json: `{ "plugin": "./tools/executors/plugin.js", "options": { ... } }` (as @nx/vite takes them). */
 export interface MoeForgePluginOptions {
   buildTargetName?: string;
+  watchTargetName?: string;
   checkOptionsTargetName?: string;
   recipeTargetName?: string;
   fetchTargetName?: string;
@@ -175,6 +177,19 @@ export function recipeTargets(projectRoot: string, projectName: string, options:
       description: `Build the MoE model folder ${outputPath} (runs every stage).`,
       technologies: ['moe-forge'],
       help: { command: `npx nx run ${projectName}:${name('build')} --help`, example: { options: { randomSeed: 1, outShardSize: '2b' } } },
+    },
+  };
+  targets[name('watch')] = {
+    // The whole build in one process, again on each save of moe.yml (libs/pipeline/watch.ts): a long-running task,
+    // never cached, run by hand (nothing depends on it).
+    executor: './tools/executors:watch',
+    options: { stagesDir, outputPath },
+    continuous: true,
+    cache: false,
+    metadata: {
+      description: `Build ${outputPath}, then again each time moe.yml is saved, until Ctrl-C (one process; a forward worker waits between builds; Nx's cache is not used, the prompt-state cache is).`,
+      technologies: ['moe-forge'],
+      help: { command: `npx nx run ${projectName}:${name('watch')} --help`, example: { options: { randomSeed: 1 } } },
     },
   };
   return targets;

@@ -1,11 +1,35 @@
 /**
- * `mergekit-moe CONFIG OUT --watch`: build, then build again each time one of the command's input files is saved,
- * until stopped. What makes a watched edit quicker than a new command is what the process keeps: its code loaded,
- * and, between builds, a forward worker booted with the base model's pass set up (`prepare`), so a new prompt's
- * states start at once.
+ * Watching a recipe (`mergekit-moe CONFIG OUT --watch`, Nx's `watch` target): build, then build again each time one
+ * of the input files is saved, until stopped. What makes a watched edit quicker than a new command is what the
+ * process keeps: its code loaded, and, between builds, a forward worker booted with the base model's pass set up
+ * (`prepareNextMerge`), so a new prompt's states start at once.
  */
 import { statSync, watch, type FSWatcher } from 'node:fs';
 import { basename, dirname, resolve } from 'node:path';
+import { GATE_MODES } from '../gates';
+import { readRecipe } from '../recipe';
+import { modelKey } from '../stages';
+import { prepareForwardWorker, startForwardWorker } from '../forward';
+import type { StageOptions } from '../options';
+
+/**
+ * Between builds: fork the forward worker when the recipe's gate mode needs prompt states, and set it up for the
+ * base model's pass (the one the embed-prompts stage asks for) where the base is a local folder and the pass the
+ * CPU's exact one. A recipe that does not read prepares nothing: the next build says what is wrong.
+ */
+export async function prepareNextMerge(recipeFile: string, modelBaseDir: string, options: Pick<StageOptions, 'device' | 'forwardPrecision'>): Promise<void> {
+  try {
+    const { recipe } = await readRecipe(recipeFile);
+    const states = GATE_MODES[recipe.gate_mode].states;
+    if (states !== 'hidden' && states !== 'router_input') return;
+    startForwardWorker();
+    if (states !== 'hidden' || (options.device ?? 'cpu') !== 'cpu' || (options.forwardPrecision ?? 'fp32') !== 'fp32') return;
+    const dir = modelKey(recipe.base_model, modelBaseDir).localDir;
+    if (dir !== null) prepareForwardWorker('prompts', dir, { device: 'cpu', precision: 'fp32' });
+  } catch {
+    // only a head start
+  }
+}
 
 export interface WatchOptions {
   /** Called once no build runs, after each build: set up what the next one needs (the forward worker). */
