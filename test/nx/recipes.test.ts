@@ -13,11 +13,11 @@ const recipe = readFileSync(join(FIXTURES, 'parity', 'mixtral-cheap_embed.yml'),
 addRecipe(ws, 'parity', recipe);
 addRecipe(ws, 'custom', recipe, { targets: { write: { options: { outputPath: 'out/custom-model', layout: 'fused' } }, 'assemble-experts': { options: { layout: 'fused' } } } });
 
-test('a recipe folder is an Nx project with the stages of the pipeline table and build, each described', async () => {
+test('a recipe folder is an Nx project with the stages of the pipeline table, build and watch, each described', async () => {
   const r = await nx(ws, ['show', 'project', 'parity', '--json']);
   assert.equal(r.exitCode, 0, r.stderr + r.stdout);
   const p = JSON.parse(r.stdout);
-  assert.deepEqual(Object.keys(p.targets).sort(), ['assemble-experts', 'build', 'build-gates', 'check-options', 'embed-prompts', 'fetch', 'recipe', 'report', 'write']);
+  assert.deepEqual(Object.keys(p.targets).sort(), ['assemble-experts', 'build', 'build-gates', 'check-options', 'embed-prompts', 'fetch', 'recipe', 'report', 'watch', 'write']);
   const check = { target: 'check-options', params: 'forward' };
   // Command-line options reach the recipe stage, which hands each stage its own (see test/nx/cache-keys.test.ts).
   const recipe = { target: 'recipe', params: 'forward' };

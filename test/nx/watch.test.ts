@@ -5,6 +5,7 @@ import { cpSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node
 import { join } from 'node:path';
 import { ROOT } from '../helpers/tmp';
 import { addRecipe, nx, throwawayWorkspace, TINY_BF16_RECIPE } from '../helpers/workspace';
+import { alive, descendants } from '../helpers/processes';
 
 /** File -> inode of a folder: which files a later build replaced. */
 const inodes = (dir: string) => Object.fromEntries(readdirSync(dir).map((f) => [f, statSync(join(dir, f)).ino]));
@@ -21,6 +22,7 @@ test('nx run x:watch builds the model folder, again on each save of moe.yml, and
   child.stdout!.on('data', (b) => (output += b));
   child.stderr!.on('data', (b) => (output += b));
   const exited = new Promise<void>((r) => child.on('exit', () => r()));
+  let kids: number[] = [];
   const builds = () => output.match(/wrote dist\/models\/moe \(\d+ shards?\) in \d+\.\d\d s/g)?.length ?? 0;
   const wait = async (what: string, cond: () => boolean) => {
     for (let i = 0; i < 2400 && !cond() && child.exitCode === null; i++) await new Promise((r) => setTimeout(r, 25));
@@ -32,9 +34,13 @@ test('nx run x:watch builds the model folder, again on each save of moe.yml, and
     await wait('a build after the save', () => builds() === 2);
     assert.match(readFileSync(join(out, 'mergekit_moe_config.yml'), 'utf8'), /Fix this failing test/);
   } finally {
+    kids = descendants(child.pid!);
     child.kill('SIGINT');
     await exited;
   }
+  assert.ok(kids.length > 0, 'nx runs the watch in a process of its own');
+  for (let i = 0; i < 50 && kids.some(alive); i++) await new Promise((r) => setTimeout(r, 100));
+  assert.deepEqual(kids.filter(alive), [], 'no process of the watch (its forward worker included) outlives Ctrl-C');
   // The build of the same recipe: its stages run (Nx's cache never saw the watch), its states come from the
   // prompt-state cache, and its write keeps every file the watch wrote.
   const before = inodes(out);
