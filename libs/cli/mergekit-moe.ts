@@ -1,7 +1,7 @@
 import { existsSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { describeError, ForgeError } from '../errors';
-import { mergeWithOptions, prepareNextMerge, reportPaths, watchBuilds } from '../pipeline';
+import { mergeWithOptions, reportPaths, watchRecipe } from '../pipeline';
 import { memoFile, recordNoop } from './noop-memo';
 import { parseArgs } from './args';
 import { checkInputFile, EVAL_PROMPTS, RECIPE } from '../input';
@@ -122,9 +122,9 @@ export async function main(argv: string[], io: Io = defaultIo, stop?: AbortSigna
       return 0;
     }
     // A failed build is said and the watch goes on: the next save may fix it.
-    const files = [resolve(config), ...(evalPrompts !== undefined ? [resolve(evalPrompts)] : [])];
     if (!stop) exitOnSignals();
-    await watchBuilds(files, () => build().catch(said), { say: io.err, prepare: () => void prepareNextMerge(resolve(config), process.cwd(), { device, forwardPrecision: o.forwardPrecision }), signal: stop });
+    const also = evalPrompts !== undefined ? [resolve(evalPrompts)] : [];
+    await watchRecipe(resolve(config), process.cwd(), { device, forwardPrecision: o.forwardPrecision }, () => build().catch(said), { say: io.err, signal: stop, also });
     return 0;
   } catch (e) {
     said(e);

@@ -9,15 +9,27 @@ import { basename, dirname, resolve } from 'node:path';
 import { GATE_MODES } from '../gates';
 import { readRecipe } from '../recipe';
 import { modelKey } from '../stages';
-import { prepareForwardWorker, startForwardWorker } from '../forward';
+import { prepareForwardWorker, startForwardWorker, stopForwardWorker } from '../forward';
 import type { StageOptions } from '../options';
+
+/**
+ * A recipe's watch (both front ends): `build` on each save of the recipe and `also` (watchBuilds), the forward
+ * worker prepared for the recipe's base between builds (prepareNextMerge) and ended with the watch.
+ */
+export async function watchRecipe(recipeFile: string, modelBaseDir: string, options: Pick<StageOptions, 'device' | 'forwardPrecision'>, build: () => Promise<void>, o: Omit<WatchOptions, 'prepare'> & { also?: string[] }): Promise<void> {
+  try {
+    await watchBuilds([recipeFile, ...(o.also ?? [])], build, { ...o, prepare: () => void prepareNextMerge(recipeFile, modelBaseDir, options) });
+  } finally {
+    stopForwardWorker();
+  }
+}
 
 /**
  * Between builds: fork the forward worker when the recipe's gate mode needs prompt states, and set it up for the
  * base model's pass (the one the embed-prompts stage asks for) where the base is a local folder and the pass the
  * CPU's exact one. A recipe that does not read prepares nothing: the next build says what is wrong.
  */
-export async function prepareNextMerge(recipeFile: string, modelBaseDir: string, options: Pick<StageOptions, 'device' | 'forwardPrecision'>): Promise<void> {
+async function prepareNextMerge(recipeFile: string, modelBaseDir: string, options: Pick<StageOptions, 'device' | 'forwardPrecision'>): Promise<void> {
   try {
     const { recipe } = await readRecipe(recipeFile);
     const states = GATE_MODES[recipe.gate_mode].states;

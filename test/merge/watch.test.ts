@@ -107,3 +107,30 @@ test('mergekit-moe --watch run again watches again (no answer from the no-op mem
     assert.equal(await exited, 143);
   }
 });
+
+test('main with --watch and a stop signal (in-process callers): builds on each save, then returns 0 once stopped, its waiting forward worker ended', async () => {
+  const { main } = await import('../../libs/cli/mergekit-moe');
+  const { waitingForwardWorker } = await import('../../libs/forward');
+  const d = tempDir();
+  mkdirSync(join(d, 'models'));
+  for (const n of ['a', 'b'] as const) cpSync(TINY(n), join(d, 'models', n), { recursive: true });
+  const file = join(d, 'moe.yml');
+  writeFileSync(file, recipe(['math']).replaceAll('models/', `${join(d, 'models')}/`));
+  const out: string[] = [], err: string[] = [];
+  const stop = new AbortController();
+  const done = main([file, join(d, 'out'), '--watch'], { out: (l) => out.push(l), err: (l) => err.push(l) }, stop.signal);
+  const wait = async (what: string, cond: () => boolean) => {
+    for (let i = 0; i < 1200 && !cond(); i++) await new Promise((r) => setTimeout(r, 25));
+    assert.ok(cond(), `${what}\n${out.join('\n')}\n${err.join('\n')}`);
+  };
+  await wait('the first build, then a worker set up for the next', () => out.length === 1 && waitingForwardWorker() !== null);
+  writeFileSync(file, recipe(['math', 'algebra']).replaceAll('models/', `${join(d, 'models')}/`));
+  await wait('a build after the save', () => out.length === 2 && waitingForwardWorker() !== null);
+  const worker = waitingForwardWorker()!;
+  stop.abort();
+  assert.equal(await done, 0);
+  assert.equal(waitingForwardWorker(), null);
+  for (let i = 0; i < 50 && alive(worker); i++) await new Promise((r) => setTimeout(r, 100));
+  assert.ok(!alive(worker), 'the waiting worker ended with the watch');
+  assert.match(out.join('\n'), /^wrote .* in \d+\.\d\d s\nwrote .* in \d+\.\d\d s$/);
+});

@@ -1,7 +1,7 @@
 import { relative } from 'node:path';
 import type { ExecutorContext } from '@nx/devkit';
 import { describeError } from '../../../libs/errors';
-import { mergeWithOptions, prepareNextMerge, watchBuilds } from '../../../libs/pipeline';
+import { mergeWithOptions, watchRecipe } from '../../../libs/pipeline';
 import { verbose } from '../log';
 import { stagePaths } from '../options';
 import { cacheDirOf, overrides } from '../run-stage';
@@ -48,7 +48,7 @@ export default async function* watchTarget(raw: unknown, context: ExecutorContex
         started();
       }
     };
-    watching = watchBuilds([paths.recipe], build, { say, prepare: () => void prepareNextMerge(paths.recipe, paths.projectRoot, options) });
+    watching = watchRecipe(paths.recipe, paths.projectRoot, options, build, { say });
   } catch (e) {
     process.stderr.write(`error: ${describeError(e)}\n`);
     yield { success: false };
