@@ -48,4 +48,6 @@ test('nx run x:watch builds the model folder, again on each save of moe.yml, and
   assert.equal(r.exitCode, 0, r.stdout + r.stderr);
   const after = inodes(out);
   for (const f of Object.keys(before).filter((f) => f.endsWith('.safetensors'))) assert.equal(after[f], before[f], `${f} kept`);
+  // The watch runs no report stage; the build puts the report's page back.
+  assert.ok(!('routing.html' in before) && 'routing.html' in after, JSON.stringify({ before: Object.keys(before), after: Object.keys(after) }));
 });
