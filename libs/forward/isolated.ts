@@ -41,10 +41,12 @@ export type ForwardJob = 'prompts' | 'router' | 'pad';
 
 /**
  * Tells the waiting worker (if one was started) which pass comes: it opens and checks the model, reads the first
- * layer and makes its session. A request for another model or other options runs as if unprepared.
+ * layer and makes its session. A request for another model or other options runs as if unprepared. `warm`: then,
+ * until the request comes, it reads the other layers' files into the OS's page cache (for a worker that may wait
+ * long: a watched recipe's, between builds).
  */
-export function prepareForwardWorker(job: ForwardJob, modelDir: string, options: Omit<Opts, 'onProgress'>): void {
-  if (spare && alive(spare)) spare.send({ kind: 'prepare', job, modelDir, options }, () => undefined);
+export function prepareForwardWorker(job: ForwardJob, modelDir: string, options: Omit<Opts, 'onProgress'>, warm = false): void {
+  if (spare && alive(spare)) spare.send({ kind: 'prepare', job, modelDir, options, ...(warm ? { warm } : {}) }, () => undefined);
 }
 
 /** The waiting worker's process id (null when none waits). */

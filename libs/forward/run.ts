@@ -553,6 +553,49 @@ async function setUpAhead(old: typeof ahead, modelDir: string, opts: ForwardOpti
   }
 }
 
+/** A byte range of a file, as a tensor's location gives it. */
+export type FileRange = { file: string; offset: number; byteLength: number };
+
+/**
+ * Reads `ranges` a chunk at a time into one scratch buffer and drops what it read: the files' pages are then in
+ * the OS's cache for a pass to come (Node has no fadvise). Stops before the next chunk once `stop()` is true;
+ * a file that cannot be read ends it too (warming is only a head start). Returns the bytes read.
+ */
+export async function warmRanges(ranges: FileRange[], stop: () => boolean, chunkBytes = LOAD_CHUNK_BYTES): Promise<number> {
+  const buf = Buffer.allocUnsafe(chunkBytes);
+  const handles = new Map<string, FileHandle>();
+  let bytes = 0;
+  try {
+    for (const r of ranges) {
+      for (let at = 0; at < r.byteLength; at += chunkBytes) {
+        if (stop()) return bytes;
+        let fh = handles.get(r.file);
+        if (!fh) handles.set(r.file, (fh = await open(r.file, 'r')));
+        const n = Math.min(chunkBytes, r.byteLength - at);
+        const { bytesRead } = await fh.read(buf, 0, n, r.offset + at);
+        bytes += bytesRead;
+        if (bytesRead < n) break;
+      }
+    }
+  } catch {
+    // a file gone or unreadable: the pass meets it and reports it
+  } finally {
+    for (const fh of handles.values()) await fh.close().catch(() => undefined);
+  }
+  return bytes;
+}
+
+/**
+ * The layers after the first of the pass set up ahead (prepareForward), read into the OS's page cache while no
+ * pass runs (a watched recipe's worker, between builds: another program's reads or a large write may have pushed
+ * the model out, and a pass would then wait on the disk). Stops once `stop()` is true. Returns the bytes read.
+ */
+export async function warmAhead(stop: () => boolean): Promise<number> {
+  const got = await ahead?.ready;
+  if (!got || stop()) return 0;
+  return warmRanges(got.setup.layers.slice(1).flatMap((l) => [...l.values()].map((t) => t.loc)), stop);
+}
+
 /** The pass set up ahead for these options, once (null when there is none or it was for others). */
 async function takeAhead(modelDir: string, opts: ForwardOptions): Promise<{ m: Model; setup: Setup } | null> {
   const a = ahead;

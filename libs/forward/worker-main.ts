@@ -1,11 +1,11 @@
 // Child process side of the isolated forward pass: perhaps a 'prepare' first (isolated.ts's spare worker, told
 // the model before the prompts are known), then one request in, progress and the result out.
-import { computePadStates, computePromptStates, computeRouterInputs, prepareForward, type ForwardOptions } from './run';
+import { computePadStates, computePromptStates, computeRouterInputs, prepareForward, warmAhead, type ForwardOptions } from './run';
 import { loadBackend } from './backend';
 
 type Options = Omit<ForwardOptions, 'onProgress'>;
 type Request =
-  | { kind: 'prepare'; job: 'prompts' | 'router' | 'pad'; modelDir: string; options: Options }
+  | { kind: 'prepare'; job: 'prompts' | 'router' | 'pad'; modelDir: string; options: Options; warm?: boolean }
   | { kind: 'prompts'; modelDir: string; prompts: number[][]; options: Options }
   | { kind: 'pad'; modelDir: string; padTokenId: number; options: Options }
   | { kind: 'router'; modelDir: string; prompts: number[][]; options: Options };
@@ -24,7 +24,9 @@ process.on('message', async (req: Request) => {
   if (req.kind === 'prepare') {
     // computeRouterInputs runs its layers with the router's input as an output: set up the same graph. The request
     // that follows takes the setup, waiting for it if it is still under way (run.ts, takeAhead).
-    void prepareForward(req.modelDir, req.job === 'router' ? { ...req.options, routerInput: true } : req.options);
+    const ready = prepareForward(req.modelDir, req.job === 'router' ? { ...req.options, routerInput: true } : req.options);
+    // Then, until the request comes, the other layers' file pages into the OS's cache (warmAhead).
+    if (req.warm) void ready.then(() => warmAhead(() => served));
     return;
   }
   if (served) return;

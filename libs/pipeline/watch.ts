@@ -27,7 +27,7 @@ export async function watchRecipe(recipeFile: string, modelBaseDir: string, opti
 /**
  * Between builds: fork the forward worker when the recipe's gate mode needs prompt states, and set it up for the
  * base model's pass (the one the embed-prompts stage asks for) where the base is a local folder and the pass the
- * CPU's exact one. A recipe that does not read prepares nothing: the next build says what is wrong.
+ * CPU's exact one, its other layers read into the OS's page cache until the next build asks for it. A recipe that does not read prepares nothing: the next build says what is wrong.
  */
 async function prepareNextMerge(recipeFile: string, modelBaseDir: string, options: Pick<StageOptions, 'device' | 'forwardPrecision'>): Promise<void> {
   try {
@@ -37,7 +37,8 @@ async function prepareNextMerge(recipeFile: string, modelBaseDir: string, option
     startForwardWorker();
     if (states !== 'hidden' || (options.device ?? 'cpu') !== 'cpu' || (options.forwardPrecision ?? 'fp32') !== 'fp32') return;
     const dir = modelKey(recipe.base_model, modelBaseDir).localDir;
-    if (dir !== null) prepareForwardWorker('prompts', dir, { device: 'cpu', precision: 'fp32' });
+    // Warmed: between builds other programs' reads, or a large write of the output, may push the base out of the OS's cache.
+    if (dir !== null) prepareForwardWorker('prompts', dir, { device: 'cpu', precision: 'fp32' }, true);
   } catch {
     // only a head start
   }
