@@ -1,7 +1,8 @@
 import { existsSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { describeError, ForgeError } from '../errors';
-import { mergeWithOptions, reportPaths, watchRecipe } from '../pipeline';
+import { mergeWithOptions, reportPaths, resultLine, watchRecipe } from '../pipeline';
+import { exitOnSignals } from '../util';
 import { memoFile, recordNoop } from './noop-memo';
 import { parseArgs } from './args';
 import { checkInputFile, EVAL_PROMPTS, RECIPE } from '../input';
@@ -22,20 +23,6 @@ interface Io {
 }
 
 const defaultIo: Io = { out: (s) => process.stdout.write(s + '\n'), err: (s) => process.stderr.write(s + '\n') };
-
-/**
- * A watching command ends on SIGINT, SIGTERM or SIGHUP, as it would without a handler (128 + the signal), through
- * the temporary-path cleanup's handler when a build registered one (it removes a build's work in flight first):
- * this one steps aside so that that one, now alone, exits at once.
- */
-function exitOnSignals(): void {
-  const signals = { SIGINT: 2, SIGTERM: 15, SIGHUP: 1 } as const;
-  const handler = (sig: NodeJS.Signals) => {
-    for (const s of Object.keys(signals)) process.off(s, handler);
-    if (process.listenerCount(sig) === 0) process.exit(128 + signals[sig as keyof typeof signals]);
-  };
-  for (const s of Object.keys(signals)) process.on(s, handler);
-}
 
 /** `stop` ends a watching command (--watch) once no build runs; without it, a signal ends the process. */
 export async function main(argv: string[], io: Io = defaultIo, stop?: AbortSignal): Promise<number> {
@@ -108,13 +95,12 @@ export async function main(argv: string[], io: Io = defaultIo, stop?: AbortSigna
         },
         { ...o, device },
       );
-      const shards = `(${result.shards} shard${result.shards === 1 ? '' : 's'})`;
-      io.out(`${result.skipped ? 'unchanged' : 'wrote'} ${result.outPath} ${shards}${watching ? ` in ${((performance.now() - t0) / 1000).toFixed(2)} s` : ''}`);
+      io.out(resultLine(result, result.outPath, watching ? (performance.now() - t0) / 1000 : undefined));
       // The next identical command answers before loading the merge (noop-memo.ts): only for local model folders
       // (a Hub reference may resolve differently later) and without a report (its files are rewritten each run).
       if (!watching && reportFile === undefined && result.models.every((m) => m.local)) {
         const files = [resolve(config), __filename];
-        recordNoop(memoFile(argv), { files, dirs: [...new Set(result.models.map((m) => m.dir)), resolve(out)] }, warnings, `unchanged ${result.outPath} ${shards}`);
+        recordNoop(memoFile(argv), { files, dirs: [...new Set(result.models.map((m) => m.dir)), resolve(out)] }, warnings, resultLine({ ...result, skipped: true }, result.outPath));
       }
     };
     if (!watching) {

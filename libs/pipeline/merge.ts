@@ -53,6 +53,12 @@ export { DEFAULT_SHARD_BYTES };
 /** A merge's result, and the model folders it read (for the command's no-op memo). */
 export type MergeResult = WriteResult & { models: { dir: string; local: boolean }[] };
 
+/** A merge's one line of result, as both front ends print it: `wrote OUT (N shards)`, with its time when given. */
+export function resultLine(result: Pick<WriteResult, 'skipped' | 'shards'>, shownPath: string, seconds?: number): string {
+  const time = seconds !== undefined ? ` in ${seconds.toFixed(2)} s` : '';
+  return `${result.skipped ? 'unchanged' : 'wrote'} ${shownPath} (${result.shards} shard${result.shards === 1 ? '' : 's'})${time}`;
+}
+
 export async function mergeRecipe(opts: MergeOptions): Promise<MergeResult> {
   return mergeWithOptions(opts, stageOptionsFromApi(opts));
 }

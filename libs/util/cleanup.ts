@@ -44,6 +44,14 @@ function install(): void {
 }
 
 /**
+ * Ends the process on SIGINT, SIGTERM or SIGHUP as their default would (128 + the signal), removing the temporary
+ * paths registered by then: for a process that runs on until stopped (a watch), whether or not a path is registered.
+ */
+export function exitOnSignals(): void {
+  install();
+}
+
+/**
  * Removes `path` when the process ends unless the returned function is called first (the path was kept). `ours`,
  * asked at exit, lets a path be registered before it is known to be ours (a lock whose rename may be in flight).
  */

@@ -1,7 +1,7 @@
 import { relative } from 'node:path';
 import type { ExecutorContext } from '@nx/devkit';
 import { describeError } from '../../../libs/errors';
-import { mergeWithOptions, watchRecipe } from '../../../libs/pipeline';
+import { mergeWithOptions, resultLine, watchRecipe } from '../../../libs/pipeline';
 import { verbose } from '../log';
 import { stagePaths } from '../options';
 import { cacheDirOf, overrides } from '../run-stage';
@@ -41,7 +41,7 @@ export default async function* watchTarget(raw: unknown, context: ExecutorContex
           { recipeFile: paths.recipe, outPath: paths.output, modelBaseDir: paths.projectRoot, log: verbose() ? say : undefined, warn: (l) => say(`WARNING: ${l}`) },
           { ...options, cacheDir: cacheDirOf(options, paths) },
         );
-        process.stdout.write(`${r.skipped ? 'unchanged' : 'wrote'} ${rel(r.outPath)} (${r.shards} shard${r.shards === 1 ? '' : 's'}) in ${((performance.now() - t0) / 1000).toFixed(2)} s\n`);
+        process.stdout.write(resultLine(r, rel(r.outPath), (performance.now() - t0) / 1000) + '\n');
       } catch (e) {
         say(`error: ${describeError(e)}`);
       } finally {
