@@ -1,4 +1,6 @@
+import { readdirSync } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
+import { join } from 'node:path';
 import { ForgeError, ModelError } from '../errors';
 import { readModelConfig, type ModelConfig } from '../model-folder';
 import { convertBytes, decodeFloats, readRows, readTensorBytes, type TensorIndex } from '../safetensors';
@@ -9,6 +11,7 @@ import { encodeModel } from './onnx-proto';
 import { ATTN_OUTPUT, LAYER_INPUTS, LAYER_OUTPUT, MLP_IO, ROUTER_INPUT, buildLayerModel, checkTensor, int8BlockSize, layerPhases, layerSignature, mlpDownModel, mlpUpModel, planLayerTensors, weightInput, type LayerPhase, type LayerTensor } from './layer-graph';
 import { attentionMask, ropeTables } from './rope';
 import { mallocHugePages } from './huge-pages';
+import { fileKey, isRacy, nowNs } from '../util';
 
 export interface ForwardProgress {
   /** The decoder layer being run (0-based). */
@@ -510,8 +513,32 @@ export const layerFloatBytes = (layer: Map<string, LayerTensor>) => [...layer.va
 /** Largest layer (float32 bytes) whose memory a pass set up ahead takes before it knows it will run. */
 export const EAGER_LAYER_BYTES = 512 << 20;
 
+/**
+ * The files of the folders a pass reads, as they are now (the stat rule of util/stat-key), and whether one was
+ * written too recently for its stats to vouch for it later. Throws when a folder cannot be listed.
+ */
+function folderState(dirs: string[]): { keys: string; racy: boolean } {
+  const at = nowNs();
+  const keys: string[] = [];
+  let racy = false;
+  for (const dir of dirs) {
+    for (const name of readdirSync(dir).sort()) {
+      const key = fileKey(join(dir, name));
+      keys.push(`${dir}\0${name}\0${key}`);
+      if (key !== null && isRacy(key, at)) racy = true;
+    }
+  }
+  return { keys: keys.join('\n'), racy };
+}
+
+/** The folders a pass over `modelDir` with `opts` reads. */
+const passDirs = (modelDir: string, opts: ForwardOptions) => (opts.mlpFrom ? [modelDir, opts.mlpFrom] : [modelDir]);
+
+/** A pass set up ahead, with its model's folders as they were when the setup began. */
+type Ahead = { m: Model; setup: Setup; files: { keys: string; racy: boolean } };
+
 /** A pass set up ahead of its prompts (or being set up), and what it was set up for. */
-let ahead: { key: string; ready: Promise<{ m: Model; setup: Setup } | null> } | null = null;
+let ahead: { key: string; ready: Promise<Ahead | null> } | null = null;
 
 /** Which pass: the model and the options that change its states, defaults spelt out (a pass set up ahead, a speculated one). */
 export const passKey = (modelDir: string, opts: ForwardOptions) =>
@@ -532,11 +559,13 @@ export function prepareForward(modelDir: string, opts: ForwardOptions = {}, eage
   return ahead.ready.then(() => true);
 }
 
-async function setUpAhead(old: typeof ahead, modelDir: string, opts: ForwardOptions, eagerLayerBytes: number): Promise<{ m: Model; setup: Setup } | null> {
+async function setUpAhead(old: typeof ahead, modelDir: string, opts: ForwardOptions, eagerLayerBytes: number): Promise<Ahead | null> {
   const was = await old?.ready;
   if (was) await releaseSetup(was.setup);
   try {
     executionProviders(opts.device ?? 'cpu');
+    // Before anything is read: a file replaced or rewritten from here on is caught when the pass comes (takeAhead).
+    const files = folderState(passDirs(modelDir, opts));
     const m = await openModel(modelDir, opts.mlpFrom);
     const layers = planLayers(m);
     // The pass may not come (every state cached): its first layer's memory is taken ahead only where that is
@@ -547,7 +576,7 @@ async function setUpAhead(old: typeof ahead, modelDir: string, opts: ForwardOpti
     // Eager: the first run's weights read and widened now, their pages faulted in while the prompts are read.
     if (first && layerFloatBytes(first.tensors) <= eagerLayerBytes) loadFirst(setup);
     if (first && (opts.precision ?? 'fp32') === 'fp32') void phaseSession(setup, m.cfg, first, opts);
-    return { m, setup };
+    return { m, setup, files };
   } catch {
     return null; // the call that needs the pass meets the same error and reports it
   }
@@ -596,15 +625,34 @@ export async function warmAhead(stop: () => boolean): Promise<number> {
   return warmRanges(got.setup.layers.slice(1).flatMap((l) => [...l.values()].map((t) => t.loc)), stop);
 }
 
-/** The pass set up ahead for these options, once (null when there is none or it was for others). */
+/**
+ * The pass set up ahead for these options, once (null when there is none, it was for others, or a file of its
+ * model's folders changed since it began: its tensor index and first layer would be the old files'; a watched
+ * recipe's worker may wait for hours while the model is downloaded again or saved over).
+ */
 async function takeAhead(modelDir: string, opts: ForwardOptions): Promise<{ m: Model; setup: Setup } | null> {
   const a = ahead;
   ahead = null;
   const got = await a?.ready;
   if (!a || !got) return null;
-  if (a.key === passKey(modelDir, opts)) return got;
+  if (a.key === passKey(modelDir, opts) && !got.files.racy && sameFiles(got.files.keys, passDirs(modelDir, opts))) {
+    aheadStats.taken++;
+    return got;
+  }
+  aheadStats.passedOver++;
   void releaseSetup(got.setup);
   return null;
+}
+
+/** Passes set up ahead in this process: taken by a pass, or passed over (other options, files changed; tests read this). */
+export const aheadStats = { taken: 0, passedOver: 0 };
+
+function sameFiles(keys: string, dirs: string[]): boolean {
+  try {
+    return folderState(dirs).keys === keys;
+  } catch {
+    return false; // a folder gone: the pass opens it anew and reports it
+  }
 }
 
 /** The model at `modelDir`, and its pass's setup when one was made ahead for these options. */

@@ -1,9 +1,10 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { copyFileSync, cpSync, mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import {
+  aheadStats,
   computePadStates,
   computePromptStates,
   computePromptStatesIsolated,
@@ -65,6 +66,48 @@ test('asked again for the pass it is setting up (the command\'s start, then the 
   assert.equal(await prepareForward(TINY('a')), true, 'the pass took the last one');
   assert.equal(await prepareForward(TINY('a'), { routerInput: true }), true, 'other options');
   await computeRouterInputs(TINY('a'), IDS); // takes it: nothing left set up for the next test
+});
+
+test('a pass set up ahead is taken only while its model\'s files are as they were: replaced or rewritten in place since (a watch\'s worker may wait for hours), or written too recently to vouch for, it is set up anew from the files as they are', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'moe-forge-ahead-'));
+  // Past the racy window (util/stat-key): stats of files older than that vouch for them later.
+  const settle = () => new Promise((r) => setTimeout(r, 1100));
+  try {
+    const [wantA, wantB] = [await computePromptStates(TINY('a'), IDS), await computePromptStates(TINY('b'), IDS)];
+    const same = (want: typeof wantA, got: typeof wantA, what: string) => {
+      for (const [p, per] of want.entries()) for (const [l, s] of per.entries()) assert.equal(maxAbsDiff(s.last, got[p]![l]!.last), 0, `${what}: prompt ${p} layer ${l}`);
+    };
+    const stats = () => ({ ...aheadStats });
+    cpSync(TINY('a'), dir, { recursive: true });
+    // Just written: not vouched for, set up anew.
+    let s0 = stats();
+    await prepareForward(dir);
+    same(wantA, await computePromptStates(dir, IDS), 'just written');
+    assert.deepEqual(stats(), { taken: s0.taken, passedOver: s0.passedOver + 1 });
+    await settle();
+    // Unchanged: taken.
+    s0 = stats();
+    await prepareForward(dir);
+    same(wantA, await computePromptStates(dir, IDS), 'unchanged');
+    assert.deepEqual(stats(), { taken: s0.taken + 1, passedOver: s0.passedOver });
+    // Replaced by rename (a download tool's way): another file under the same name.
+    s0 = stats();
+    await prepareForward(dir);
+    copyFileSync(join(TINY('b'), 'model.safetensors'), join(dir, 'model.safetensors.part'));
+    renameSync(join(dir, 'model.safetensors.part'), join(dir, 'model.safetensors'));
+    same(wantB, await computePromptStates(dir, IDS), 'replaced');
+    assert.deepEqual(stats(), { taken: s0.taken, passedOver: s0.passedOver + 1 });
+    // Rewritten in place, the same size: the first layer widened ahead came from the old bytes.
+    cpSync(TINY('a'), dir, { recursive: true });
+    await settle();
+    s0 = stats();
+    await prepareForward(dir);
+    writeFileSync(join(dir, 'model.safetensors'), readFileSync(join(TINY('b'), 'model.safetensors')));
+    same(wantB, await computePromptStates(dir, IDS), 'rewritten in place');
+    assert.deepEqual(stats(), { taken: s0.taken, passedOver: s0.passedOver + 1 });
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 });
 
 test('preparing a pass over a broken model throws nothing there: the pass that needs it reports the error', async () => {
