@@ -198,6 +198,9 @@ export function useFloatWasm(on: boolean): void {
   enabled = on;
 }
 
+/** Whether this process has compiled the kernels (or found it cannot): the next floatKernels() costs nothing. */
+export const floatKernelsSettled = (): boolean => instance !== undefined;
+
 /** The kernels, or null where WebAssembly SIMD is unavailable or turned off. */
 export function floatKernels(): FloatKernels | null {
   if (!enabled) return null;

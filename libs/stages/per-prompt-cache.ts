@@ -10,6 +10,7 @@ import type { Device } from '../forward';
 import { resolveDevice, stopForwardWorker } from '../forward';
 import { contentId } from '../resolve';
 import { loadTokenizer } from '../tokenizer';
+import { floatKernels } from '../safetensors';
 import { mapLimit } from '../util';
 import type { ForwardProgress } from '../forward';
 import type { EmbedOptions } from './embed-prompts';
@@ -66,11 +67,15 @@ export async function cachedPerPrompt<T, X extends object>(base: ModelSource, te
       const missIds = missing.map((i) => ids[i]!);
       const started = Date.now();
       const tokens = missIds.reduce((a, x) => a + x.length, 0);
-      const computed = await kind.compute(missIds, device, (p) => {
+      const pass = kind.compute(missIds, device, (p) => {
         const secs = (Date.now() - started) / 1000;
         const done = p.layer * p.prompts + p.promptsDone;
         opts.progress?.update(done, p.layers * p.prompts, `layer ${p.layer + 1}/${p.layers}, ${(done / Math.max(secs, 1e-3)).toFixed(1)} prompt-layers/s`);
       });
+      // The float kernels the next stages check and write the states with compile while the pass runs in its
+      // worker (~50 ms that a one-prompt edit otherwise waits for after it).
+      setImmediate(() => floatKernels());
+      const computed = await pass;
       opts.progress?.end();
       (opts.stats ?? opts.log)?.(`forward pass: ${missing.length} prompts, ${tokens} tokens in ${((Date.now() - started) / 1000).toFixed(1)} s`);
       for (const [j, i] of missing.entries()) {
