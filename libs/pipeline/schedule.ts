@@ -2,7 +2,9 @@ import { readEvalPrompts } from '../stages';
 import { runAssemble } from '../stages';
 import type { WriteResult } from '../stages';
 import type { StageEnv } from './env';
-import { assembleOptions, PIPELINE, writeStage, type StageName } from './table';
+import { localMergeContext } from '../stages';
+import { readRecipe } from '../recipe';
+import { assembleOptions, fetchOptions, PIPELINE, writeStage, type StageName } from './table';
 
 export interface Schedule {
   /** Stages left out (the report, when the command is given no --report). */
@@ -26,19 +28,33 @@ export async function runPipeline(env: StageEnv, schedule: Schedule): Promise<Wr
   const head = stages.slice(0, split);
   const middle = stages.slice(split, -1);
   if (split === 0 || stages.at(-1)?.name !== 'write') throw new Error('the pipeline has a fetch stage and ends with write');
-  for (const s of head) await s.run(env);
   // Held-out prompts are checked before the forward pass, not after it.
-  if (env.options.evalPrompts && middle.some((s) => s.name === 'report')) await readEvalPrompts(env.options.evalPrompts, (await env.merge()).ctx.experts.length);
+  const checkEvalPrompts = async (experts: number) => {
+    if (env.options.evalPrompts && middle.some((s) => s.name === 'report')) await readEvalPrompts(env.options.evalPrompts, experts);
+  };
+  const fetch = head.at(-1)!;
+  for (const s of head.slice(0, -1)) await s.run(env);
+  // Local models: the early plan from their headers, and the shards that do not hold the routers written while
+  // fetch hashes the models (a first build over a 7B pair reads ~29 GB to hash them before anything else).
+  const headers = schedule.writeAhead ? await localMergeContext(await readRecipe(env.paths.recipe), fetchOptions(env)) : null;
+  if (!headers) {
+    await fetch.run(env);
+    await checkEvalPrompts((await env.merge()).ctx.experts.length);
+  } else await checkEvalPrompts(headers.ctx.experts.length);
   if (!schedule.writeAhead) {
     for (const s of middle) await s.run(env);
     return writeStage(env);
   }
-  const early = await runAssemble(await env.merge(), env.paths.stage('assemble-early'), assembleOptions(env));
+  const early = await runAssemble(headers ?? (await env.merge()), env.paths.stage('assemble-early'), assembleOptions(env));
+  const fetched = headers ? fetch.run(env) : Promise.resolve();
+  const ids = headers ? fetched.then(async () => new Map((await env.models()).flatMap((m) => (m.contentId ? [[m.key, m.contentId] as const] : [])))) : undefined;
+  ids?.catch(() => undefined); // fetch's error is late's
   const late = (async () => {
+    await fetched;
     for (const s of middle) await s.run(env);
   })();
   try {
-    return await writeStage(env, { early, late });
+    return await writeStage(env, { early, late, ids });
   } catch (e) {
     // The write failed on its own: the stages still running finish (their folders are removed by the caller) and,
     // as before the two ran together, their error is the one reported when both failed.

@@ -196,15 +196,16 @@ export async function writeInputs(env: StageEnv): Promise<LateInputs> {
 
 /**
  * The write stage. `ahead` is the command's scheduling: the shards that do not hold the routers are written from
- * an early plan while `late` (the stages after fetch) runs; the rest once its files are there.
+ * an early plan while `late` (the stages after fetch) runs; the rest once its files are there. `ids`: the early
+ * plan was made from the models' headers before fetch hashed them; their content ids by model key, once known.
  */
-export async function writeStage(env: StageEnv, ahead?: { early: MergePlan; late: Promise<void> }): Promise<WriteResult> {
+export async function writeStage(env: StageEnv, ahead?: { early: MergePlan; late: Promise<void>; ids?: Promise<ReadonlyMap<string, string>> }): Promise<WriteResult> {
   const workspace = env.paths.roots.workspace;
   const suspect = outputSuspects(env, workspace);
   let result: WriteResult;
   if (ahead) {
     const opts = writeOptions(env, await readFile(env.paths.recipe, 'utf8'), ahead.early.models[0]!.dir!, suspect);
-    result = await writeOutput(ahead.early, ahead.late.then(() => writeInputs(env)), opts);
+    result = await writeOutput(ahead.early, ahead.late.then(() => writeInputs(env)), opts, true, ahead.ids);
   } else {
     const { plan, gates, routing } = await writeInputs(env);
     result = await runWrite(plan, { ...writeOptions(env, await readFile(env.paths.recipe, 'utf8'), plan.models[0]!.dir!, suspect), gates, routing });

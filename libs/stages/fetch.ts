@@ -72,6 +72,37 @@ const size = (bytes: number) => (bytes >= 1e9 ? `${(bytes / 1e9).toFixed(2)} GB`
  * check of the recipe against them, and only then the weights; writes models.json with content ids.
  */
 export async function runFetch(parsed: ParsedRecipe, outDir: string, opts: FetchOptions): Promise<{ models: ModelsFile; merge: MergeContext }> {
+  const { refs, resolveOpts } = await inspectRecipeModels(parsed, opts);
+  const resolved = await resolveModels(refs.map((r) => r.reference), resolveOpts);
+  const models: ResolvedModel[] = resolved.map((m, i) => ({ key: refs[i]!.key, ref: refs[i]!.ref, dir: m.dir, source: m.source, revision: m.revision, contentId: m.contentId, bytes: m.bytes }));
+  const roots = { workspace: opts.root ?? opts.modelBaseDir, hubCache: hubSettings({ env: opts.env }).cacheDir };
+  // Nx replays this output on a cache hit, on any machine: it says what the models are, not what this run did.
+  for (const [i, m] of resolved.entries()) {
+    opts.log?.(`model ${refs[i]!.ref}: ${m.source === 'local' ? portablePath(m.dir, roots) : `hub commit ${m.revision}`}, ${size(m.bytes)}, content ${m.contentId.slice(0, 12)}`);
+    (opts.stats ?? opts.log)?.(`model ${refs[i]!.ref}: ${m.source === 'download' ? `downloaded ${size(m.downloadedBytes)} into` : m.source === 'cache' ? 'cache,' : 'local,'} ${m.dir}`);
+    for (const w of m.warnings) opts.log?.(`WARNING: ${w}`);
+  }
+  const merge = buildMergeContext(parsed, await openSources(models), opts);
+  const file: ModelsFile = { version: 1, models };
+  await mkdir(outDir, { recursive: true });
+  await writeFile(join(outDir, 'models.json'), JSON.stringify(modelsFileOnDisk(models, roots), null, 2) + '\n');
+  return { models: file, merge };
+}
+
+/**
+ * The merge context from the models' headers, after every check fetch makes before it hashes or downloads
+ * anything, when every model is a local folder of safetensors files (null otherwise): the command writes the shards that do not hold
+ * the routers from it while fetch hashes the models (a first build over a 7B pair reads ~29 GB to hash them).
+ * Its sources have no content ids yet.
+ */
+export async function localMergeContext(parsed: ParsedRecipe, opts: FetchOptions): Promise<MergeContext | null> {
+  const { inspections, inspected } = await inspectRecipeModels(parsed, opts);
+  // A .bin checkpoint's tensors are located only once it is opened (its header is pickled).
+  return inspections.every((ins) => ins.source === 'local' && ins.weightFiles.every((f) => f.header !== null)) ? inspected : null;
+}
+
+/** What fetch checks from the recipe and the models' headers (nothing hashed, no weights downloaded), and the models' references. */
+async function inspectRecipeModels(parsed: ParsedRecipe, opts: FetchOptions) {
   checkRecipe(parsed, { allowIdenticalModels: opts.allowIdenticalModels });
   if (opts.refusePlaceholders !== false) refusePlaceholders(parsed);
   const refs = recipeModelRefs(parsed, opts.modelBaseDir);
@@ -92,21 +123,8 @@ export async function runFetch(parsed: ParsedRecipe, outDir: string, opts: Fetch
     // Another recipe's folder is refused now, not after the forward pass (the write checks again, under its lock).
     if (existsSync(real)) checkOwner(o.path, readStampSync(real), o.recipeFile, o.overwrite ?? false);
   }
-  buildMergeContext(parsed, new Map(refs.map((r, i) => [r.key, inspectedSource(r.key, inspections[i]!)])), opts);
-  const resolved = await resolveModels(refs.map((r) => r.reference), resolveOpts);
-  const models: ResolvedModel[] = resolved.map((m, i) => ({ key: refs[i]!.key, ref: refs[i]!.ref, dir: m.dir, source: m.source, revision: m.revision, contentId: m.contentId, bytes: m.bytes }));
-  const roots = { workspace: opts.root ?? opts.modelBaseDir, hubCache: hubSettings({ env: opts.env }).cacheDir };
-  // Nx replays this output on a cache hit, on any machine: it says what the models are, not what this run did.
-  for (const [i, m] of resolved.entries()) {
-    opts.log?.(`model ${refs[i]!.ref}: ${m.source === 'local' ? portablePath(m.dir, roots) : `hub commit ${m.revision}`}, ${size(m.bytes)}, content ${m.contentId.slice(0, 12)}`);
-    (opts.stats ?? opts.log)?.(`model ${refs[i]!.ref}: ${m.source === 'download' ? `downloaded ${size(m.downloadedBytes)} into` : m.source === 'cache' ? 'cache,' : 'local,'} ${m.dir}`);
-    for (const w of m.warnings) opts.log?.(`WARNING: ${w}`);
-  }
-  const merge = buildMergeContext(parsed, await openSources(models), opts);
-  const file: ModelsFile = { version: 1, models };
-  await mkdir(outDir, { recursive: true });
-  await writeFile(join(outDir, 'models.json'), JSON.stringify(modelsFileOnDisk(models, roots), null, 2) + '\n');
-  return { models: file, merge };
+  const inspected = buildMergeContext(parsed, new Map(refs.map((r, i) => [r.key, inspectedSource(r.key, inspections[i]!)])), opts);
+  return { refs, resolveOpts, inspections, inspected };
 }
 
 /**

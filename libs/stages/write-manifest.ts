@@ -213,6 +213,11 @@ export function shardHash(plan: MergePlan, tensors: PlanTensor[], gates: GateTen
   return h.digest('hex');
 }
 
+/** `plan` with its models' content ids (by model key): an early plan made before fetch had hashed them. */
+export function withContentIds(plan: MergePlan, ids: ReadonlyMap<string, string>): MergePlan {
+  return { ...plan, models: plan.models.map((m) => (ids.has(m.key) ? { ...m, contentId: ids.get(m.key)! } : m)) };
+}
+
 /** The output's shards (the safetensors writer's split of the plan). */
 export function shardsOf(plan: MergePlan): ShardPlan[] {
   return planShards(plan.tensors.map((t) => ({ name: t.name, dtype: t.dtype, shape: t.shape, group: t.group }) satisfies OutputTensorSpec), plan.maxShardBytes, plan.shardOrder ?? 'reference');

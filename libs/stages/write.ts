@@ -15,7 +15,7 @@ import type { MergePlan, PlanTensor, SourcePart } from '../plan';
 import { planHash } from './assemble';
 import { byteFraction, type Progress } from '../util';
 import { GgufPass, ggufFileName, ggufPassKey, vocabKeys, type GgufKv, type GgufLayout, type GgufOutType } from '../gguf';
-import { aheadShards, companionEntries, ggufBytes, ggufUnchanged, ggufPlan, ggufSource, holdsGates, indexEntry, outputManifest, shardsOf, STREAM_NOISE_DRAWS, writeCompanion, writeGgufFile, type CompanionInputs } from './write-manifest';
+import { aheadShards, shardHash, withContentIds, companionEntries, ggufBytes, ggufUnchanged, ggufPlan, ggufSource, holdsGates, indexEntry, outputManifest, shardsOf, STREAM_NOISE_DRAWS, writeCompanion, writeGgufFile, type CompanionInputs } from './write-manifest';
 import { makeWorkFolder, mapLimit, WORK_MARKER, writeWhole } from '../util';
 import type { RoutingReport } from '../report';
 import { checkFreeSpace, checkOutputPath, checkOwner, lockOutput, ownerField, contentEntries, inPlaceTempName, isMountPoint, noSpaceError, readStampSync, recoverStaleTemporaries, replaceInPlace, STAMP_FILE, swapIntoPlace, tempName, userEntries, type OutputInput, type Stamp } from '../output-folder';
@@ -219,7 +219,9 @@ export async function runWrite(plan: MergePlan, opts: WriteOptions): Promise<Wri
  * goes and its error is thrown; nothing is moved into place before everything is written. A GGUF is written in
  * the same pass: each tensor's bytes, as produced for its shard, also go to their place in the GGUF.
  */
-export async function writeOutput(early: MergePlan, late: Promise<LateInputs>, opts: Omit<WriteOptions, 'gates' | 'routing'>, writeAhead = true): Promise<WriteResult> {
+export async function writeOutput(early: MergePlan, late: Promise<LateInputs>, opts: Omit<WriteOptions, 'gates' | 'routing'>, writeAhead = true, ids?: Promise<ReadonlyMap<string, string>>): Promise<WriteResult> {
+  // Fails with the stage that hashes the models, which `late` reports.
+  ids?.catch(() => undefined);
   let lateFailed: { error: unknown } | null = null;
   // Settled: the forward pass is over (the noise generator may take both cores).
   let lateSettled = false;
@@ -265,6 +267,11 @@ export async function writeOutput(early: MergePlan, late: Promise<LateInputs>, o
     // Files never kept as written: those found changed, or every one of them with --recompute.
     const suspect = opts.recompute && existing ? Object.keys(existing.files) : opts.suspect ?? [];
     const ggufOnly = opts.gguf !== undefined && opts.ggufOnly === true;
+    // An early plan whose models are still being hashed (`ids`) writes ahead only where no shard of a previous
+    // folder could be kept (their keys need the content ids) and no GGUF is written; its shards' keys are taken
+    // once the ids are known. Otherwise the ids are waited for here.
+    const idsLater = ids && !existing?.shards && !opts.gguf ? ids : null;
+    if (ids && !idsLater) early = withContentIds(early, await ids);
     // A GGUF llama.cpp could not take is refused now, before any work (names and shapes do not change later).
     const earlyLayout = opts.gguf ? ggufPlan(early, shardsOf(early), opts.gguf) : null;
     // Written ahead: shards without routers whose content the existing folder does not already hold.
@@ -346,6 +353,11 @@ export async function writeOutput(early: MergePlan, late: Promise<LateInputs>, o
           await writeShard(join(tmp, s.file), s.tensors, (t) => unlessFailed(gguf ? gguf.tee(tensor(t.name), produce(tensor(t.name))) : produceRanges(tensor(t.name))), { pool });
           written.set(s.file, key);
         });
+        if (idsLater) {
+          // The same bytes under the keys of their sources' content: what the final plan's shards are compared with.
+          const known = withContentIds(early, await idsLater);
+          for (const { shard: s } of ahead) written.set(s.file, shardHash(known, s.tensors.map((t) => earlyByName.get(t.name)!), null));
+        }
       }
       const { plan, gates, routing } = await late;
       const hash = planHash(plan, {

@@ -30,6 +30,8 @@ test('mergekit-moe writes the base and expert shards while the forward pass runs
   assert.equal(ahead.length, shards.length - 1, `every shard but the routers' written ahead:\n${lines.join('\n')}`);
   assert.ok(!ahead.some((l) => l.includes(shards[0]!)), 'the router shard (first in the grouped order) waits for the routers');
   assert.ok(lines.some((l) => l.startsWith(`writing ${shards[0]}`)), 'the router shard is written after');
+  // Each shard once: those written ahead (from the models' headers, while fetch hashed them) are kept under their content keys.
+  for (const f of shards) assert.equal(lines.filter((l) => l.startsWith(`writing ${f} `)).length, 1, `${f} written once:\n${lines.join('\n')}`);
 
   // The same recipe through the stage functions, one after another (as the Nx targets run them).
   const work = join(d, 'work');
@@ -53,6 +55,46 @@ test('mergekit-moe writes the base and expert shards while the forward pass runs
       assert.deepEqual(stamp(join(d, 'out')), stamp(join(d, 'seq')));
     } else assert.ok(readFileSync(join(d, 'out', f)).equals(readFileSync(join(d, 'seq', f))), `${f} differs`);
   }
+});
+
+test('an early plan made before the models were hashed writes its shards ahead, takes their content keys once the ids come, and gives the bytes and stamp of a plan that had them; ids that fail stop the write with no output', async () => {
+  const d = tempDir();
+  const file = join(d, 'moe.yml');
+  writeFileSync(file, recipeText);
+  const parsed = await readRecipe(file);
+  const { merge } = await runFetch(parsed, join(d, 'work', 'fetch'), { cacheDir: join(d, 'cache'), modelBaseDir: d, seed: 0 });
+  await runEmbedPrompts(merge, join(d, 'work', 'embed'), { cacheDir: join(d, 'cache') });
+  await runBuildGates(merge, join(d, 'work', 'embed'), join(d, 'work', 'gates'));
+  const { gates, warnings } = await gatesForAssembly(merge, join(d, 'work', 'gates'));
+  const plan = await runAssemble(merge, join(d, 'work', 'plan'), { maxShardBytes: 100_000, extraWarnings: warnings, gates });
+  const ids = new Map(plan.models.map((m) => [m.key, m.contentId!]));
+  assert.ok([...ids.values()].every((id) => /^[0-9a-f]{64}$/.test(id)));
+  const early: MergePlan = { ...plan, models: plan.models.map(({ contentId: _id, ...m }) => m) };
+  const opts = { recipeText: parsed.text, tokenizerDir: merge.ctx.base.dir, copyTokenizer: true, overwrite: false, recipeFile: file };
+  await runWrite(plan, { ...opts, outPath: join(d, 'seq'), gates });
+
+  const lines: string[] = [];
+  let give!: (m: ReadonlyMap<string, string>) => void;
+  const later = new Promise<ReadonlyMap<string, string>>((r) => (give = r));
+  let aheadBeforeIds = 0;
+  const log = (l: string) => {
+    lines.push(l);
+    // The ids come once every shard without routers has been written ahead.
+    if (l.includes('while the routers are computed') && ++aheadBeforeIds === shardsOf(plan).length - 1) setTimeout(() => give(ids), 20);
+  };
+  await writeOutput(early, later.then(() => ({ plan, gates })), { ...opts, outPath: join(d, 'out'), log }, true, later);
+  assert.equal(aheadBeforeIds, shardsOf(plan).length - 1, lines.join('\n'));
+  for (const f of readdirSync(join(d, 'out'))) {
+    if (f !== '.moe-forge.json') assert.ok(readFileSync(join(d, 'out', f)).equals(readFileSync(join(d, 'seq', f))), `${f} differs`);
+  }
+  const stamp = (dir: string) => JSON.parse(readFileSync(join(dir, '.moe-forge.json'), 'utf8')) as { shards: Record<string, string> };
+  assert.deepEqual(stamp(join(d, 'out')).shards, stamp(join(d, 'seq')).shards, 'the shards\' keys are their content keys');
+  for (const f of Object.keys(stamp(join(d, 'out')).shards)) assert.equal(lines.filter((l) => l.startsWith(`writing ${f} `)).length, 1, `${f} written once`);
+
+  // The models could not be hashed: that error, and nothing left behind.
+  const failing = Promise.reject(new Error('model a could not be read'));
+  await assert.rejects(writeOutput(early, failing, { ...opts, outPath: join(d, 'out2') }, true, failing), /model a could not be read/);
+  assert.ok(!readdirSync(d).some((f) => f.startsWith('out2')), 'neither the output nor its temporary sibling');
 });
 
 test('a forward pass that fails while shards are written ahead stops the write: its error, no output, no temporary folder', async () => {
