@@ -40,14 +40,15 @@ export async function runPipeline(env: StageEnv, schedule: Schedule): Promise<Wr
   if (!headers) {
     await fetch.run(env);
     await checkEvalPrompts((await env.merge()).ctx.experts.length);
-  } else await checkEvalPrompts(headers.ctx.experts.length);
+  } else await checkEvalPrompts(headers.merge.ctx.experts.length);
   if (!schedule.writeAhead) {
     for (const s of middle) await s.run(env);
     return writeStage(env);
   }
-  const early = await runAssemble(headers ?? (await env.merge()), env.paths.stage('assemble-early'), assembleOptions(env));
+  const early = await runAssemble(headers?.merge ?? (await env.merge()), env.paths.stage('assemble-early'), assembleOptions(env));
   const fetched = headers ? fetch.run(env) : Promise.resolve();
-  const ids = headers ? fetched.then(async () => new Map((await env.models()).flatMap((m) => (m.contentId ? [[m.key, m.contentId] as const] : [])))) : undefined;
+  // The content ids, or null when a weight file changed since its header was read (nothing written ahead is kept).
+  const ids = headers ? fetched.then(async () => (headers.unchanged() ? new Map((await env.models()).flatMap((m) => (m.contentId ? [[m.key, m.contentId] as const] : []))) : null)) : undefined;
   ids?.catch(() => undefined); // fetch's error is late's
   const late = (async () => {
     await fetched;

@@ -197,9 +197,10 @@ export async function writeInputs(env: StageEnv): Promise<LateInputs> {
 /**
  * The write stage. `ahead` is the command's scheduling: the shards that do not hold the routers are written from
  * an early plan while `late` (the stages after fetch) runs; the rest once its files are there. `ids`: the early
- * plan was made from the models' headers before fetch hashed them; their content ids by model key, once known.
+ * plan was made from the models' headers before fetch hashed them; their content ids by model key, once known
+ * (null: a model's weight file changed since its header was read).
  */
-export async function writeStage(env: StageEnv, ahead?: { early: MergePlan; late: Promise<void>; ids?: Promise<ReadonlyMap<string, string>> }): Promise<WriteResult> {
+export async function writeStage(env: StageEnv, ahead?: { early: MergePlan; late: Promise<void>; ids?: Promise<ReadonlyMap<string, string> | null> }): Promise<WriteResult> {
   const workspace = env.paths.roots.workspace;
   const suspect = outputSuspects(env, workspace);
   let result: WriteResult;

@@ -8,6 +8,7 @@ import type { ParsedRecipe } from '../recipe';
 import { inspectModels, resolveModel, resolveModels, type ModelInspection } from '../resolve';
 import { parseModelReference } from '../resolve';
 import { existsSync } from 'node:fs';
+import { fileKey } from '../util';
 import type { HubEnv } from '../resolve';
 import { locate } from '../safetensors';
 import { ModelError } from '../errors';
@@ -95,10 +96,15 @@ export async function runFetch(parsed: ParsedRecipe, outDir: string, opts: Fetch
  * the routers from it while fetch hashes the models (a first build over a 7B pair reads ~29 GB to hash them).
  * Its sources have no content ids yet.
  */
-export async function localMergeContext(parsed: ParsedRecipe, opts: FetchOptions): Promise<MergeContext | null> {
+export async function localMergeContext(parsed: ParsedRecipe, opts: FetchOptions): Promise<{ merge: MergeContext; unchanged: () => boolean } | null> {
   const { inspections, inspected } = await inspectRecipeModels(parsed, opts);
   // A .bin checkpoint's tensors are located only once it is opened (its header is pickled).
-  return inspections.every((ins) => ins.source === 'local' && ins.weightFiles.every((f) => f.header !== null)) ? inspected : null;
+  if (!inspections.every((ins) => ins.source === 'local' && ins.weightFiles.every((f) => f.header !== null))) return null;
+  // The weight files the headers came from, as they were: shards written from them are kept only if every one
+  // still is once fetch has hashed them (a model saved over meanwhile would leave bytes read at old offsets).
+  const files = inspections.flatMap((ins) => ins.weightFiles.map((f) => join(ins.dir, f.name)));
+  const keys = files.map(fileKey);
+  return { merge: inspected, unchanged: () => files.every((f, i) => keys[i] !== null && fileKey(f) === keys[i]) };
 }
 
 /** What fetch checks from the recipe and the models' headers (nothing hashed, no weights downloaded), and the models' references. */

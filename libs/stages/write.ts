@@ -219,7 +219,7 @@ export async function runWrite(plan: MergePlan, opts: WriteOptions): Promise<Wri
  * goes and its error is thrown; nothing is moved into place before everything is written. A GGUF is written in
  * the same pass: each tensor's bytes, as produced for its shard, also go to their place in the GGUF.
  */
-export async function writeOutput(early: MergePlan, late: Promise<LateInputs>, opts: Omit<WriteOptions, 'gates' | 'routing'>, writeAhead = true, ids?: Promise<ReadonlyMap<string, string>>): Promise<WriteResult> {
+export async function writeOutput(early: MergePlan, late: Promise<LateInputs>, opts: Omit<WriteOptions, 'gates' | 'routing'>, writeAhead = true, ids?: Promise<ReadonlyMap<string, string> | null>): Promise<WriteResult> {
   // Fails with the stage that hashes the models, which `late` reports.
   ids?.catch(() => undefined);
   let lateFailed: { error: unknown } | null = null;
@@ -271,7 +271,12 @@ export async function writeOutput(early: MergePlan, late: Promise<LateInputs>, o
     // folder could be kept (their keys need the content ids) and no GGUF is written; its shards' keys are taken
     // once the ids are known. Otherwise the ids are waited for here.
     const idsLater = ids && !existing?.shards && !opts.gguf ? ids : null;
-    if (ids && !idsLater) early = withContentIds(early, await ids);
+    if (ids && !idsLater) {
+      const known = await ids;
+      // Models changed since the early plan's headers were read: nothing is written from it.
+      if (!known) writeAhead = false;
+      else early = withContentIds(early, known);
+    }
     // A GGUF llama.cpp could not take is refused now, before any work (names and shapes do not change later).
     const earlyLayout = opts.gguf ? ggufPlan(early, shardsOf(early), opts.gguf) : null;
     // Written ahead: shards without routers whose content the existing folder does not already hold.
@@ -355,8 +360,10 @@ export async function writeOutput(early: MergePlan, late: Promise<LateInputs>, o
         });
         if (idsLater) {
           // The same bytes under the keys of their sources' content: what the final plan's shards are compared with.
-          const known = withContentIds(early, await idsLater);
-          for (const { shard: s } of ahead) written.set(s.file, shardHash(known, s.tensors.map((t) => earlyByName.get(t.name)!), null));
+          const known = await idsLater;
+          // A model saved over since its header was read: the shards written from it match no final key, and are written again.
+          const plan = known ? withContentIds(early, known) : null;
+          for (const { shard: s } of ahead) written.set(s.file, plan ? shardHash(plan, s.tensors.map((t) => earlyByName.get(t.name)!), null) : 'stale');
         }
       }
       const { plan, gates, routing } = await late;

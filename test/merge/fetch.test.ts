@@ -1,11 +1,13 @@
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { copyFileSync, readdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { createHash } from 'node:crypto';
 import { join } from 'node:path';
 import { mergeRecipe } from '../../libs/pipeline';
 import { startHubServer } from '../helpers/hub-server';
-import { FIXTURES, TINY, tempDir } from '../helpers/tmp';
+import { copyModel, FIXTURES, TINY, tempDir } from '../helpers/tmp';
+import { localMergeContext } from '../../libs/stages/fetch';
+import { readRecipe } from '../../libs/recipe/parse';
 
 const files = (dir: string, patch?: (cfg: Record<string, unknown>) => void) => {
   const cfg = JSON.parse(readFileSync(join(dir, 'config.json'), 'utf8'));
@@ -93,4 +95,22 @@ test('a PyTorch .bin model merges to the same output as its safetensors twin; an
   const evil = join(FIXTURES, 'tiny-llama-bin', 'unknown-global');
   writeFileSync(join(d, 'evil.yml'), recipe(TINY('a'), evil, TINY('b')));
   await assert.rejects(mergeRecipe({ recipeFile: join(d, 'evil.yml'), outPath: join(d, 'evil-out'), modelBaseDir: d, cacheDir: join(d, 'c') }), /__main__\.NotATensor/);
+});
+
+test('the early merge context (local safetensors models, from their headers, before fetch hashes them) says whether their weight files are as they were; none for a .bin model', async () => {
+  const d = tempDir();
+  const a = copyModel(TINY('a'), join(d, 'a'));
+  writeFileSync(join(d, 'moe.yml'), recipe(a, a, TINY('b')));
+  const opts = { cacheDir: join(d, 'c'), modelBaseDir: d };
+  const early = await localMergeContext(await readRecipe(join(d, 'moe.yml')), opts);
+  assert.ok(early, 'local safetensors models');
+  assert.deepEqual(early.merge.ctx.experts.map((e) => e.model.dir), [a, TINY('b')]);
+  assert.equal(early.unchanged(), true);
+  // Saved over (a new file under the same name): the shards written from the old headers are not kept.
+  copyFileSync(join(TINY('c'), 'model.safetensors'), join(a, 'model.safetensors.part'));
+  renameSync(join(a, 'model.safetensors.part'), join(a, 'model.safetensors'));
+  assert.equal(early.unchanged(), false);
+  const bin = join(FIXTURES, 'tiny-llama-bin', 'tiny-a');
+  writeFileSync(join(d, 'bin.yml'), recipe(bin, bin, TINY('b')));
+  assert.equal(await localMergeContext(await readRecipe(join(d, 'bin.yml')), opts), null, 'a pickled checkpoint is located only once opened');
 });

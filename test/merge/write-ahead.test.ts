@@ -57,7 +57,7 @@ test('mergekit-moe writes the base and expert shards while the forward pass runs
   }
 });
 
-test('an early plan made before the models were hashed writes its shards ahead, takes their content keys once the ids come, and gives the bytes and stamp of a plan that had them; ids that fail stop the write with no output', async () => {
+test('an early plan made before the models were hashed writes its shards ahead, takes their content keys once the ids come, and gives the bytes and stamp of a plan that had them; ids that fail stop the write with no output; ids that say a model changed since (null) have every shard written again from the final plan', async () => {
   const d = tempDir();
   const file = join(d, 'moe.yml');
   writeFileSync(file, recipeText);
@@ -90,6 +90,17 @@ test('an early plan made before the models were hashed writes its shards ahead, 
   const stamp = (dir: string) => JSON.parse(readFileSync(join(dir, '.moe-forge.json'), 'utf8')) as { shards: Record<string, string> };
   assert.deepEqual(stamp(join(d, 'out')).shards, stamp(join(d, 'seq')).shards, 'the shards\' keys are their content keys');
   for (const f of Object.keys(stamp(join(d, 'out')).shards)) assert.equal(lines.filter((l) => l.startsWith(`writing ${f} `)).length, 1, `${f} written once`);
+
+  // A model saved over since its header was read (null ids): every shard written ahead is written again.
+  lines.length = 0;
+  aheadBeforeIds = -Infinity;
+  await writeOutput(early, Promise.resolve({ plan, gates }), { ...opts, outPath: join(d, 'out3'), log }, true, Promise.resolve(null));
+  for (const f of Object.keys(stamp(join(d, 'seq')).shards)) {
+    const times = lines.filter((l) => l.startsWith(`writing ${f} `)).length;
+    assert.equal(times, lines.some((l) => l.startsWith(`writing ${f} `) && l.includes('while the routers are computed')) ? 2 : 1, `${f}:\n${lines.join('\n')}`);
+    assert.ok(readFileSync(join(d, 'out3', f)).equals(readFileSync(join(d, 'seq', f))), `${f} differs`);
+  }
+  assert.deepEqual(stamp(join(d, 'out3')).shards, stamp(join(d, 'seq')).shards);
 
   // The models could not be hashed: that error, and nothing left behind.
   const failing = Promise.reject(new Error('model a could not be read'));
