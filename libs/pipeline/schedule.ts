@@ -1,8 +1,6 @@
-import { readEvalPrompts } from '../stages';
-import { runAssemble } from '../stages';
+import { localMergeContext, readEvalPrompts, runAssemble } from '../stages';
 import type { WriteResult } from '../stages';
 import type { StageEnv } from './env';
-import { localMergeContext } from '../stages';
 import { readRecipe } from '../recipe';
 import { assembleOptions, fetchOptions, PIPELINE, writeStage, type StageName } from './table';
 

@@ -92,9 +92,9 @@ export async function runFetch(parsed: ParsedRecipe, outDir: string, opts: Fetch
 
 /**
  * The merge context from the models' headers, after every check fetch makes before it hashes or downloads
- * anything, when every model is a local folder of safetensors files (null otherwise): the command writes the shards that do not hold
- * the routers from it while fetch hashes the models (a first build over a 7B pair reads ~29 GB to hash them).
- * Its sources have no content ids yet.
+ * anything, when every model is a local folder of safetensors files (null otherwise): the command writes the
+ * shards that do not hold the routers from it while fetch hashes the models (a first build over a 7B pair reads
+ * ~29 GB to hash them). Its sources have no content ids yet.
  */
 export async function localMergeContext(parsed: ParsedRecipe, opts: FetchOptions): Promise<{ merge: MergeContext; unchanged: () => boolean } | null> {
   const { inspections, inspected } = await inspectRecipeModels(parsed, opts);
