@@ -10,7 +10,7 @@
 import { createHash } from 'node:crypto';
 import { mkdirSync, readdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
-import { fileKey, isRacy, nowNs } from '../util';
+import { fileKey, folderKeys, isRacy, nowNs } from '../util';
 import { userCacheDir } from '../cache';
 
 const VERSION = 1;
@@ -66,11 +66,11 @@ export function recordNoop(file: string, watched: Watched, warnings: string[], l
     };
     for (const f of watched.files) if (!take(resolve(f))) return;
     for (const d of watched.dirs.map((x) => resolve(x))) {
-      const list = names(d);
-      if (list === null) return;
-      memo.dirs[d] = list;
       // Plain files (symlinks followed); a sub-folder's name is in the list, its contents are not read by a merge.
-      for (const n of list) if (fileKey(join(d, n)) !== null && !take(join(d, n))) return;
+      const seen = folderKeys(d, at);
+      if (seen === null || seen.racy) return;
+      memo.dirs[d] = seen.names;
+      for (const [n, k] of Object.entries(seen.files)) memo.files[join(d, n)] = k;
     }
     mkdirSync(join(file, '..'), { recursive: true });
     const tmp = `${file}.${process.pid}.tmp`;

@@ -1,6 +1,4 @@
-import { readdirSync } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
-import { join } from 'node:path';
 import { ForgeError, ModelError } from '../errors';
 import { readModelConfig, type ModelConfig } from '../model-folder';
 import { convertBytes, decodeFloats, readRows, readTensorBytes, type TensorIndex } from '../safetensors';
@@ -11,7 +9,7 @@ import { encodeModel } from './onnx-proto';
 import { ATTN_OUTPUT, LAYER_INPUTS, LAYER_OUTPUT, MLP_IO, ROUTER_INPUT, buildLayerModel, checkTensor, int8BlockSize, layerPhases, layerSignature, mlpDownModel, mlpUpModel, planLayerTensors, weightInput, type LayerPhase, type LayerTensor } from './layer-graph';
 import { attentionMask, ropeTables } from './rope';
 import { mallocHugePages } from './huge-pages';
-import { fileKey, isRacy, nowNs } from '../util';
+import { folderKeys, nowNs } from '../util';
 
 export interface ForwardProgress {
   /** The decoder layer being run (0-based). */
@@ -514,21 +512,13 @@ export const layerFloatBytes = (layer: Map<string, LayerTensor>) => [...layer.va
 export const EAGER_LAYER_BYTES = 512 << 20;
 
 /**
- * The files of the folders a pass reads, as they are now (the stat rule of util/stat-key), and whether one was
- * written too recently for its stats to vouch for it later. Throws when a folder cannot be listed.
+ * The folders a pass reads, as they are now (util/stat-key's folderKeys), and whether one cannot be vouched for
+ * later: a file written too recently, or a folder that cannot be listed.
  */
 function folderState(dirs: string[]): { keys: string; racy: boolean } {
   const at = nowNs();
-  const keys: string[] = [];
-  let racy = false;
-  for (const dir of dirs) {
-    for (const name of readdirSync(dir).sort()) {
-      const key = fileKey(join(dir, name));
-      keys.push(`${dir}\0${name}\0${key}`);
-      if (key !== null && isRacy(key, at)) racy = true;
-    }
-  }
-  return { keys: keys.join('\n'), racy };
+  const seen = dirs.map((d) => folderKeys(d, at));
+  return { keys: JSON.stringify(seen.map((f) => f && [f.names, f.files])), racy: seen.some((f) => f === null || f.racy) };
 }
 
 /** The folders a pass over `modelDir` with `opts` reads. */
@@ -647,13 +637,7 @@ async function takeAhead(modelDir: string, opts: ForwardOptions): Promise<{ m: M
 /** Passes set up ahead in this process: taken by a pass, or passed over (other options, files changed; tests read this). */
 export const aheadStats = { taken: 0, passedOver: 0 };
 
-function sameFiles(keys: string, dirs: string[]): boolean {
-  try {
-    return folderState(dirs).keys === keys;
-  } catch {
-    return false; // a folder gone: the pass opens it anew and reports it
-  }
-}
+const sameFiles = (keys: string, dirs: string[]) => folderState(dirs).keys === keys;
 
 /** The model at `modelDir`, and its pass's setup when one was made ahead for these options. */
 async function modelFor(modelDir: string, opts: ForwardOptions): Promise<{ m: Model; setup?: Setup }> {

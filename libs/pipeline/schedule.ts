@@ -2,6 +2,7 @@ import { localMergeContext, readEvalPrompts, runAssemble } from '../stages';
 import type { WriteResult } from '../stages';
 import type { StageEnv } from './env';
 import { readRecipe } from '../recipe';
+import { readStampSync } from '../output-folder';
 import { assembleOptions, fetchOptions, PIPELINE, writeStage, type StageName } from './table';
 
 export interface Schedule {
@@ -33,8 +34,10 @@ export async function runPipeline(env: StageEnv, schedule: Schedule): Promise<Wr
   const fetch = head.at(-1)!;
   for (const s of head.slice(0, -1)) await s.run(env);
   // Local models: the early plan from their headers, and the shards that do not hold the routers written while
-  // fetch hashes the models (a first build over a 7B pair reads ~29 GB to hash them before anything else).
-  const headers = schedule.writeAhead ? await localMergeContext(await readRecipe(env.paths.recipe), fetchOptions(env)) : null;
+  // fetch hashes the models (a first build over a 7B pair reads ~29 GB to hash them before anything else). Only
+  // where the write could use it (writeOutput): not over a folder with shards to keep, nor with a GGUF.
+  const fresh = schedule.writeAhead && !env.options.gguf && !readStampSync(env.paths.output)?.shards;
+  const headers = fresh ? await localMergeContext(await readRecipe(env.paths.recipe), fetchOptions(env)) : null;
   if (!headers) {
     await fetch.run(env);
     await checkEvalPrompts((await env.merge()).ctx.experts.length);

@@ -27,7 +27,8 @@ export async function watchRecipe(recipeFile: string, modelBaseDir: string, opti
 /**
  * Between builds: fork the forward worker when the recipe's gate mode needs prompt states, and set it up for the
  * base model's pass (the one the embed-prompts stage asks for) where the base is a local folder and the pass the
- * CPU's exact one, its other layers read into the OS's page cache until the next build asks for it. A recipe that does not read prepares nothing: the next build says what is wrong.
+ * CPU's exact one, its other layers read into the OS's page cache until the next build asks for it. A recipe that
+ * does not read prepares nothing: the next build says what is wrong.
  */
 async function prepareNextMerge(recipeFile: string, modelBaseDir: string, options: Pick<StageOptions, 'device' | 'forwardPrecision'>): Promise<void> {
   try {

@@ -11,3 +11,4 @@ export function fineCtimeIn(dir: string): bigint | undefined;
 export function sleepUntil(ns: bigint): void;
 export function recordKeys(dir: string, names: string[], probe?: boolean): Record<string, string>;
 export function changedSince(dir: string, files: Record<string, string>): string[];
+export function folderKeys(dir: string, atNs: bigint): { names: string[]; files: Record<string, string>; racy: boolean } | null;

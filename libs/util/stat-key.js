@@ -8,7 +8,7 @@
 //   same clock tick (same size, same stamp): such a record is never trusted later (as git's index does).
 // - Changed while read: stats taken before and after reading must be equal, or the read is not of one file.
 'use strict';
-const { chmodSync, closeSync, openSync, statSync, unlinkSync } = require('node:fs');
+const { chmodSync, closeSync, openSync, readdirSync, statSync, unlinkSync } = require('node:fs');
 const { stat } = require('node:fs/promises');
 const { randomBytes } = require('node:crypto');
 const { dirname, join } = require('node:path');
@@ -165,6 +165,28 @@ function recordKeys(dir, names, probe) {
   return files;
 }
 
+/**
+ * A folder as this rule sees it at `atNs`: its names, sorted, the key of each plain file (symlinks followed; a
+ * sub-folder's contents are not looked at) and whether one of them is racy. Null when it cannot be listed.
+ */
+function folderKeys(dir, atNs) {
+  let names;
+  try {
+    names = readdirSync(dir).sort();
+  } catch {
+    return null;
+  }
+  const files = {};
+  let racy = false;
+  for (const n of names) {
+    const key = fileKey(join(dir, n));
+    if (key === null) continue;
+    files[n] = key;
+    if (isRacy(key, atNs)) racy = true;
+  }
+  return { names, files, racy };
+}
+
 /** Names of recorded files (recordKeys) that are missing or whose key changed since: never to be kept as written. */
 function changedSince(dir, files) {
   return Object.entries(files)
@@ -172,4 +194,4 @@ function changedSince(dir, files) {
     .map(([name]) => name);
 }
 
-module.exports = { RACY_NS, nowNs, statKey, fileKey, isRacy, readStable, settledKey, fineCtime, fineCtimeIn, sleepUntil, recordKeys, changedSince };
+module.exports = { RACY_NS, nowNs, statKey, fileKey, isRacy, readStable, settledKey, fineCtime, fineCtimeIn, sleepUntil, recordKeys, changedSince, folderKeys };
