@@ -53,17 +53,18 @@ try {
       'forward-worker': join(ROOT, 'libs', 'forward', 'worker-main.ts'),
       'routing-worker': join(ROOT, 'libs', 'stages', 'routing-worker.ts'),
       'noise-worker': join(ROOT, 'libs', 'noise', 'normals-worker.ts'),
+      'hash-worker': join(ROOT, 'libs', 'resolve', 'hash-worker.ts'),
       plugin: join(ROOT, 'tools', 'executors', 'index.ts'),
       'recipe-generator': join(ROOT, 'tools', 'executors', 'recipe', 'generator.ts'),
     },
     outdir: tmp,
-    define: { __FORWARD_WORKER__: JSON.stringify('forward-worker.js'), __ROUTING_WORKER__: JSON.stringify('routing-worker.js'), __NOISE_WORKER__: JSON.stringify('noise-worker.js') },
+    define: { __FORWARD_WORKER__: JSON.stringify('forward-worker.js'), __ROUTING_WORKER__: JSON.stringify('routing-worker.js'), __NOISE_WORKER__: JSON.stringify('noise-worker.js'), __HASH_WORKER__: JSON.stringify('hash-worker.js') },
   });
   const executors = await esbuild.build({
     ...common,
     entryPoints: { ...Object.fromEntries(EXECUTORS.map((e) => [e, join(ROOT, 'tools', 'executors', e, 'impl.ts')])), 'stage-batch': join(ROOT, 'tools', 'executors', 'stage', 'batch.ts'), 'recipe-stage': join(ROOT, 'tools', 'executors', 'stage', 'recipe.ts') },
     outdir: join(tmp, 'executors'),
-    define: { __FORWARD_WORKER__: JSON.stringify('../forward-worker.js'), __ROUTING_WORKER__: JSON.stringify('../routing-worker.js'), __NOISE_WORKER__: JSON.stringify('../noise-worker.js') },
+    define: { __FORWARD_WORKER__: JSON.stringify('../forward-worker.js'), __ROUTING_WORKER__: JSON.stringify('../routing-worker.js'), __NOISE_WORKER__: JSON.stringify('../noise-worker.js'), __HASH_WORKER__: JSON.stringify('../hash-worker.js') },
   });
   // The plugin's runtime inputs, which Nx runs on every build: small bundles that load the stages' code only when
   // their memo misses (tools/executors/runtime-root.ts).

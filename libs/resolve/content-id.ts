@@ -1,49 +1,25 @@
 import { createHash } from 'node:crypto';
-import { open, realpath, stat } from 'node:fs/promises';
+import { realpath, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { ContentCache } from '../cache';
 import { ForgeError } from '../errors';
 import { readStable, statKey } from '../util';
 import { modelFiles } from './files';
+import { sha256Threaded } from './hash-thread';
+import { sha256Of } from './sha256-file';
 
 /** Work done by content hashing in this process; a memo hit adds nothing (tests read this). */
 export const contentIdStats = { filesHashed: 0, bytesHashed: 0 };
 
-/** Bytes read per step of a content hash (two buffers: the next read runs while this one is hashed). */
-const HASH_CHUNK = 4 << 20;
-
 /**
- * sha256 of a file's bytes as read now; `onChunk` runs after each chunk is hashed (tests edit the file there).
- * Two buffers reused for the whole file: a stream's fresh 4 MiB buffer per chunk cost twice the time and 2.7x
- * the CPU (page faults and collection), which a cold build of large models pays on every byte.
+ * sha256 of a file's bytes as read now; `onChunk` runs after each chunk is hashed (tests edit the file there, on
+ * this thread). Weight files go to the hashing thread (hash-thread.ts).
  */
 export async function sha256File(file: string, onChunk?: (bytesSoFar: number) => void | Promise<void>): Promise<string> {
-  const h = createHash('sha256');
-  const fh = await open(file, 'r');
-  let n = 0;
-  try {
-    const bufs = [Buffer.allocUnsafe(HASH_CHUNK), Buffer.allocUnsafe(HASH_CHUNK)];
-    let i = 0;
-    let next = fh.read(bufs[0]!, 0, HASH_CHUNK, 0);
-    for (;;) {
-      const { bytesRead } = await next;
-      if (bytesRead === 0) break;
-      const cur = bufs[i]!;
-      n += bytesRead;
-      // With an onChunk (tests), reads wait for it: it may change the file between two chunks.
-      if (!onChunk) next = fh.read(bufs[(i ^= 1)]!, 0, HASH_CHUNK, n);
-      h.update(cur.subarray(0, bytesRead));
-      if (onChunk) {
-        await onChunk(n);
-        next = fh.read(bufs[(i ^= 1)]!, 0, HASH_CHUNK, n);
-      }
-    }
-  } finally {
-    await fh.close();
-  }
+  const r = onChunk ? await sha256Of(file, onChunk) : await sha256Threaded(file, (await stat(file)).size);
   contentIdStats.filesHashed++;
-  contentIdStats.bytesHashed += n;
-  return h.digest('hex');
+  contentIdStats.bytesHashed += r.bytes;
+  return r.sha256;
 }
 
 const memoKey = (real: string, key: string) => `content-id-v2:${createHash('sha256').update(JSON.stringify([real, key])).digest('hex')}`;

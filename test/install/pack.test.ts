@@ -51,7 +51,7 @@ before(async () => {
 test('the tarball holds the built command, worker and library, and no sources, tests or fixtures', async () => {
   const r = await run('tar', ['-tzf', tgz], d);
   const files = r.stdout.trim().split('\n').sort();
-  assert.deepEqual(files, ['package/README.md', 'package/bin/built.js', 'package/bin/mergekit-moe.js', 'package/build/cli.js', 'package/build/early.js', 'package/build/forward-worker.js', 'package/build/index.d.ts', 'package/build/index.js', 'package/build/noise-worker.js', 'package/build/noop.js', 'package/build/routing-worker.js', 'package/package.json']);
+  assert.deepEqual(files, ['package/README.md', 'package/bin/built.js', 'package/bin/mergekit-moe.js', 'package/build/cli.js', 'package/build/early.js', 'package/build/forward-worker.js', 'package/build/hash-worker.js', 'package/build/index.d.ts', 'package/build/index.js', 'package/build/noise-worker.js', 'package/build/noop.js', 'package/build/routing-worker.js', 'package/package.json']);
 });
 
 test('mergekit-moe installed from the tarball prints its version and merges a cheap_embed recipe from another folder', async () => {

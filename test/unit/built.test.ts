@@ -25,9 +25,9 @@ test('mergekit-moe runs from build/, made at install: nothing is bundled or comp
   assert.equal(r.status, 0, r.stderr);
   assert.match(r.stdout, /Usage: mergekit-moe CONFIG_PATH OUT_PATH/);
   assert.ok(!existsSync(join(d, '.nx')), 'no bundle folder made at run time');
-  for (const f of ['cli.js', 'forward-worker.js', 'noise-worker.js', 'index.js', 'index.d.ts', 'plugin.js', 'recipe-generator.js', 'executors/fetch.js', 'executors/write.js', 'runtime/model-ids.js', 'runtime/output-state.js']) assert.ok(existsSync(join(d, 'build', f)), f);
+  for (const f of ['cli.js', 'forward-worker.js', 'noise-worker.js', 'hash-worker.js', 'index.js', 'index.d.ts', 'plugin.js', 'recipe-generator.js', 'executors/fetch.js', 'executors/write.js', 'runtime/model-ids.js', 'runtime/output-state.js']) assert.ok(existsSync(join(d, 'build', f)), f);
   // Nothing built needs tsx (a devDependency) or esbuild at run time.
-  for (const f of ['cli.js', 'forward-worker.js', 'noise-worker.js', 'index.js', 'executors/embed-prompts.js']) assert.doesNotMatch(readFileSync(join(d, 'build', f), 'utf8'), /require\("(tsx|esbuild)/, f);
+  for (const f of ['cli.js', 'forward-worker.js', 'noise-worker.js', 'hash-worker.js', 'index.js', 'executors/embed-prompts.js']) assert.doesNotMatch(readFileSync(join(d, 'build', f), 'utf8'), /require\("(tsx|esbuild)/, f);
 });
 
 test('a source replaced with cp -p (same size, same mtime) makes the build stale: refused in one line until npm run build', () => {
