@@ -6,7 +6,7 @@ export type { Device } from './backend';
 export { ropeInvFreq, ropeTables, attentionMask } from './rope';
 export { buildLayerModel, planLayerTensors } from './layer-graph';
 export { encodeModel } from './onnx-proto';
-export { computePromptStatesIsolated, computePadStatesIsolated, computeRouterInputsIsolated, runIsolatedWorker, startForwardWorker, prepareForwardWorker, stopForwardWorker, waitingForwardWorker, speculatePromptStates, speculatedForwardWorker, speculationStats, type ForwardJob } from './isolated';
+export { computePromptStatesIsolated, computePadStatesIsolated, computeRouterInputsIsolated, runIsolatedWorker, startForwardWorker, prepareForwardWorker, stopForwardWorker, waitingForwardWorker, speculatePromptStates, speculatedForwardWorker, speculationStats, prepareStats, type ForwardJob } from './isolated';
 export { computeRouterLogits, type Mlp, type MoeLayerWeights, type MoeModel, type RouterLogits, type Weight } from './moe';
 export { serveOneRequest } from './worker-protocol';
 export { mallocHugePages } from './huge-pages';

@@ -46,8 +46,14 @@ export type ForwardJob = 'prompts' | 'router' | 'pad';
  * long: a watched recipe's, between builds).
  */
 export function prepareForwardWorker(job: ForwardJob, modelDir: string, options: Omit<Opts, 'onProgress'>, warm = false): void {
-  if (spare && alive(spare)) spare.send({ kind: 'prepare', job, modelDir, options, ...(warm ? { warm } : {}) }, () => undefined);
+  if (!spare || !alive(spare)) return;
+  spare.send({ kind: 'prepare', job, modelDir, options, ...(warm ? { warm } : {}) }, () => undefined);
+  prepareStats.sent++;
+  prepareStats.lastModel = modelDir;
 }
+
+/** Preparations sent to a waiting worker, and the model folder of the last (tests read this). */
+export const prepareStats: { sent: number; lastModel: string | null } = { sent: 0, lastModel: null };
 
 /** The waiting worker's process id (null when none waits). */
 export function waitingForwardWorker(): number | null {

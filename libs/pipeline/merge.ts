@@ -77,7 +77,7 @@ export async function mergeWithOptions(run: MergeRun, options: StageOptions): Pr
   if ((states === 'hidden' || states === 'router_input') && mayComputeStates(parsed.recipe, before)) {
     startForwardWorker();
     // The prompts it will likely compute go to it now, before the models are hashed and the cache is read.
-    if (states === 'hidden') await speculateHiddenStates(parsed.recipe, before, run.modelBaseDir, options);
+    if (states === 'hidden') await speculateHiddenStates(parsed.recipe, before, run.modelBaseDir, options, run.env);
   } else stopForwardWorker(); // one forked at the command's start has nothing to do
   let work: string | null = null;
   let forget: () => void = () => undefined;

@@ -1,4 +1,4 @@
-import { localMergeContext, readEvalPrompts, runAssemble } from '../stages';
+import { earlyMergeContext, readEvalPrompts, runAssemble } from '../stages';
 import type { WriteResult } from '../stages';
 import type { StageEnv } from './env';
 import { readRecipe } from '../recipe';
@@ -14,6 +14,9 @@ export interface Schedule {
    */
   writeAhead: boolean;
 }
+
+/** Runs whose early plan came from the models' headers, before fetch (tests read this). */
+export const scheduleStats = { early: 0 };
 
 /**
  * The pipeline table in one process, each stage's folder at env.paths.stage(name), in the table's order (each
@@ -33,11 +36,13 @@ export async function runPipeline(env: StageEnv, schedule: Schedule): Promise<Wr
   };
   const fetch = head.at(-1)!;
   for (const s of head.slice(0, -1)) await s.run(env);
-  // Local models: the early plan from their headers, and the shards that do not hold the routers written while
-  // fetch hashes the models (a first build over a 7B pair reads ~29 GB to hash them before anything else). Only
-  // where the write could use it (writeOutput): not over a folder with shards to keep, nor with a GGUF.
+  // Models on this machine (local, or complete in the Hugging Face cache): the early plan from their headers, and
+  // the shards that do not hold the routers written while fetch hashes the models (a first build over a 7B pair
+  // reads ~29 GB to hash them before anything else). Only where the write could use it (writeOutput): not over a
+  // folder with shards to keep, nor with a GGUF.
   const fresh = schedule.writeAhead && !env.options.gguf && !readStampSync(env.paths.output)?.shards;
-  const headers = fresh ? await localMergeContext(await readRecipe(env.paths.recipe), fetchOptions(env)) : null;
+  const headers = fresh ? await earlyMergeContext(await readRecipe(env.paths.recipe), fetchOptions(env)) : null;
+  if (headers) scheduleStats.early++;
   if (!headers) {
     await fetch.run(env);
     await checkEvalPrompts((await env.merge()).ctx.experts.length);
@@ -49,7 +54,12 @@ export async function runPipeline(env: StageEnv, schedule: Schedule): Promise<Wr
   const early = await runAssemble(headers?.merge ?? (await env.merge()), env.paths.stage('assemble-early'), assembleOptions(env));
   const fetched = headers ? fetch.run(env) : Promise.resolve();
   // The content ids, or null when a weight file changed since its header was read (nothing written ahead is kept).
-  const ids = headers ? fetched.then(async () => (headers.unchanged() ? new Map((await env.models()).flatMap((m) => (m.contentId ? [[m.key, m.contentId] as const] : []))) : null)) : undefined;
+  const ids = headers
+    ? fetched.then(async () => {
+        const models = await env.models();
+        return headers.unchanged(models) ? new Map(models.flatMap((m) => (m.contentId ? [[m.key, m.contentId] as const] : []))) : null;
+      })
+    : undefined;
   ids?.catch(() => undefined); // fetch's error is late's
   const late = (async () => {
     await fetched;

@@ -8,7 +8,7 @@
 import { join } from 'node:path';
 import type { Recipe } from '../recipe';
 import { readRecipe } from '../recipe';
-import { modelKey } from '../stages';
+import { cachedModelDir, type HubEnv } from '../resolve';
 import { loadTokenizer } from '../tokenizer';
 import { speculatePromptStates } from '../forward';
 import type { StageOptions } from '../options';
@@ -61,21 +61,17 @@ export async function previousRecipe(outPath: string): Promise<Recipe | null> {
 }
 
 /**
- * Sends the expected misses of a hidden-state run to the waiting forward worker when the base is a local folder
- * and the pass is the CPU's exact one (the options the embed-prompts stage passes); returns how many prompts went.
+ * Sends the expected misses of a hidden-state run to the waiting forward worker when the base is a local folder or
+ * complete in the Hugging Face cache (`env`: the Hub's settings) and the pass is the CPU's exact one (the options the embed-prompts stage passes); returns how many prompts went.
  * Anything it cannot judge cheaply sends nothing: the stage computes as it would have.
  */
-export async function speculateHiddenStates(recipe: Recipe, before: Recipe | null, modelBaseDir: string, options: Pick<StageOptions, 'device' | 'forwardPrecision' | 'recompute'>): Promise<number> {
+export async function speculateHiddenStates(recipe: Recipe, before: Recipe | null, modelBaseDir: string, options: Pick<StageOptions, 'device' | 'forwardPrecision' | 'recompute'>, env?: HubEnv): Promise<number> {
   if ((options.device !== undefined && options.device !== 'cpu') || (options.forwardPrecision !== undefined && options.forwardPrecision !== 'fp32')) return 0;
   const texts = expectedMisses(recipe, before, options.recompute === true);
   if (texts.length === 0) return 0;
-  let dir: string | null;
-  try {
-    dir = modelKey(recipe.base_model, modelBaseDir).localDir;
-  } catch {
-    return 0; // fetch says what is wrong with it
-  }
-  if (dir === null) return 0;
+  // A local folder, or a complete snapshot in the Hugging Face cache (the folder fetch takes then, offline).
+  const dir = await cachedModelDir(recipe.base_model, { baseDir: modelBaseDir, env });
+  if (dir === null) return 0; // fetch downloads it, or says what is wrong with it
   let ids: number[][];
   try {
     const tok = await loadTokenizer(dir);

@@ -8,7 +8,7 @@ import { statSync, watch, type FSWatcher } from 'node:fs';
 import { basename, dirname, resolve } from 'node:path';
 import { GATE_MODES } from '../gates';
 import { readRecipe } from '../recipe';
-import { modelKey } from '../stages';
+import { cachedModelDir } from '../resolve';
 import { prepareForwardWorker, startForwardWorker, stopForwardWorker } from '../forward';
 import type { StageOptions } from '../options';
 
@@ -26,18 +26,19 @@ export async function watchRecipe(recipeFile: string, modelBaseDir: string, opti
 
 /**
  * Between builds: fork the forward worker when the recipe's gate mode needs prompt states, and set it up for the
- * base model's pass (the one the embed-prompts stage asks for) where the base is a local folder and the pass the
- * CPU's exact one, its other layers read into the OS's page cache until the next build asks for it. A recipe that
- * does not read prepares nothing: the next build says what is wrong.
+ * base model's pass (the one the embed-prompts stage asks for) where the base is a local folder or complete in the
+ * Hugging Face cache and the pass the CPU's exact one, its other layers read into the OS's page cache until the
+ * next build asks for it. A recipe that does not read prepares nothing: the next build says what is wrong.
  */
-async function prepareNextMerge(recipeFile: string, modelBaseDir: string, options: Pick<StageOptions, 'device' | 'forwardPrecision'>): Promise<void> {
+export async function prepareNextMerge(recipeFile: string, modelBaseDir: string, options: Pick<StageOptions, 'device' | 'forwardPrecision'>): Promise<void> {
   try {
     const { recipe } = await readRecipe(recipeFile);
     const states = GATE_MODES[recipe.gate_mode].states;
     if (states !== 'hidden' && states !== 'router_input') return;
     startForwardWorker();
     if (states !== 'hidden' || (options.device ?? 'cpu') !== 'cpu' || (options.forwardPrecision ?? 'fp32') !== 'fp32') return;
-    const dir = modelKey(recipe.base_model, modelBaseDir).localDir;
+    // A local folder, or a complete snapshot in the Hugging Face cache (this process's environment names it).
+    const dir = await cachedModelDir(recipe.base_model, { baseDir: modelBaseDir });
     // Warmed: between builds other programs' reads, or a large write of the output, may push the base out of the OS's cache.
     if (dir !== null) prepareForwardWorker('prompts', dir, { device: 'cpu', precision: 'fp32' }, true);
   } catch {

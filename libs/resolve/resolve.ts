@@ -126,6 +126,32 @@ interface HubFetch {
   layout: WeightLayout;
 }
 
+/** The snapshot the cache holds for a revision, and the model files it lacks (none: fetch uses it offline). */
+async function cachedSnapshot(repo: string, revision: string | null, s: HubSettings): Promise<{ dir: string; sha: string; missing: string[] } | null> {
+  const sha = await cachedCommit(s.cacheDir, repo, revision);
+  if (!sha) return null;
+  const dir = snapshotDir(s.cacheDir, repo, sha);
+  return { dir, sha, missing: await missingModelFiles(dir) };
+}
+
+/**
+ * The folder a reference's fetch would use without the network: a local folder, or the complete snapshot the
+ * Hugging Face cache holds at the commit its revision points to there. Null when fetch would have to download, or
+ * cannot take the reference (fetch says why). For work done ahead of fetch (a speculated forward pass).
+ */
+export async function cachedModelDir(input: ModelReferenceInput | ModelReference, opts: ResolveOptions = {}): Promise<string | null> {
+  try {
+    const ref = toReference(input);
+    const loc = locateReference(ref, opts.baseDir);
+    if (loc.kind === 'local') return loc.dir;
+    if (ref.revision !== null && unsafePathReason(ref.revision)) return null;
+    const cached = await cachedSnapshot(loc.repo, ref.revision, hubSettings(opts));
+    return cached && cached.missing.length === 0 ? cached.dir : null;
+  } catch {
+    return null;
+  }
+}
+
 /**
  * Brings a hub model into the cache: 'full' = config, tokenizer and weights; 'meta' = everything but the weights.
  * A complete cached snapshot is used without touching the network.
@@ -135,13 +161,9 @@ async function fetchHubModel(repo: string, ref: ModelReference, s: HubSettings, 
   const unsafe = ref.revision === null ? null : unsafePathReason(ref.revision);
   // The revision names a file under refs/ in the cache: it must stay a plain relative name.
   if (unsafe) throw new ModelError('bad_revision', `model reference "${ref.raw}": revision ${JSON.stringify(ref.revision)} is not a branch, tag or commit name (${unsafe})`, { field: 'revision' });
-  const cachedSha = await cachedCommit(s.cacheDir, repo, ref.revision);
-  let missing: string[] | null = null;
-  if (cachedSha) {
-    const dir = snapshotDir(s.cacheDir, repo, cachedSha);
-    missing = await missingModelFiles(dir);
-    if (missing.length === 0) return { dir, sha: cachedSha, source: 'cache', downloaded: 0, snap: null, layout: (await weightsOnDisk(dir))! };
-  }
+  const cached = await cachedSnapshot(repo, ref.revision, s);
+  const missing = cached?.missing ?? null;
+  if (cached && cached.missing.length === 0) return { dir: cached.dir, sha: cached.sha, source: 'cache', downloaded: 0, snap: null, layout: (await weightsOnDisk(cached.dir))! };
   if (s.offline) throw offlineError(refText, repo, ref.revision, s, missing);
 
   const snap = await remoteSnapshot(repo, ref.revision, s, refText);

@@ -92,19 +92,24 @@ export async function runFetch(parsed: ParsedRecipe, outDir: string, opts: Fetch
 
 /**
  * The merge context from the models' headers, after every check fetch makes before it hashes or downloads
- * anything, when every model is a local folder of safetensors files (null otherwise): the command writes the
- * shards that do not hold the routers from it while fetch hashes the models (a first build over a 7B pair reads
- * ~29 GB to hash them). Its sources have no content ids yet.
+ * anything, when every model's safetensors files are on this machine: a local folder, or a complete snapshot in
+ * the Hugging Face cache (which fetch then takes offline); null otherwise. The command writes the shards that do
+ * not hold the routers from it while fetch hashes the models (a first build over a 7B pair reads ~29 GB to hash
+ * them). Its sources have no content ids yet. `unchanged(models)`, given fetch's models: whether each is the
+ * folder the headers came from (a cache whose ref moved meanwhile gives another snapshot) and its weight files
+ * are as they were (a model saved over meanwhile would leave bytes read at old offsets).
  */
-export async function localMergeContext(parsed: ParsedRecipe, opts: FetchOptions): Promise<{ merge: MergeContext; unchanged: () => boolean } | null> {
-  const { inspections, inspected } = await inspectRecipeModels(parsed, opts);
+export async function earlyMergeContext(parsed: ParsedRecipe, opts: FetchOptions): Promise<{ merge: MergeContext; unchanged: (models: readonly { key: string; dir: string }[]) => boolean } | null> {
+  const { refs, inspections, inspected } = await inspectRecipeModels(parsed, opts);
   // A .bin checkpoint's tensors are located only once it is opened (its header is pickled).
-  if (!inspections.every((ins) => ins.source === 'local' && ins.weightFiles.every((f) => f.header !== null))) return null;
-  // The weight files the headers came from, as they were: shards written from them are kept only if every one
-  // still is once fetch has hashed them (a model saved over meanwhile would leave bytes read at old offsets).
+  if (!inspections.every((ins) => (ins.source === 'local' || ins.source === 'cache') && ins.weightFiles.every((f) => f.header !== null))) return null;
+  const dirs = new Map(refs.map((r, i) => [r.key, inspections[i]!.dir]));
   const files = inspections.flatMap((ins) => ins.weightFiles.map((f) => join(ins.dir, f.name)));
   const keys = files.map(fileKey);
-  return { merge: inspected, unchanged: () => files.every((f, i) => keys[i] !== null && fileKey(f) === keys[i]) };
+  return {
+    merge: inspected,
+    unchanged: (models) => models.every((m) => dirs.get(m.key) === m.dir) && files.every((f, i) => keys[i] !== null && fileKey(f) === keys[i]),
+  };
 }
 
 /** What fetch checks from the recipe and the models' headers (nothing hashed, no weights downloaded), and the models' references. */

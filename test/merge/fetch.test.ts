@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { mergeRecipe } from '../../libs/pipeline';
 import { startHubServer } from '../helpers/hub-server';
 import { copyModel, FIXTURES, TINY, tempDir } from '../helpers/tmp';
-import { localMergeContext } from '../../libs/stages/fetch';
+import { earlyMergeContext } from '../../libs/stages/fetch';
 import { readRecipe } from '../../libs/recipe/parse';
 
 const files = (dir: string, patch?: (cfg: Record<string, unknown>) => void) => {
@@ -102,15 +102,62 @@ test('the early merge context (local safetensors models, from their headers, bef
   const a = copyModel(TINY('a'), join(d, 'a'));
   writeFileSync(join(d, 'moe.yml'), recipe(a, a, TINY('b')));
   const opts = { cacheDir: join(d, 'c'), modelBaseDir: d };
-  const early = await localMergeContext(await readRecipe(join(d, 'moe.yml')), opts);
+  const early = await earlyMergeContext(await readRecipe(join(d, 'moe.yml')), opts);
   assert.ok(early, 'local safetensors models');
   assert.deepEqual(early.merge.ctx.experts.map((e) => e.model.dir), [a, TINY('b')]);
-  assert.equal(early.unchanged(), true);
+  const fetched = [{ key: `local:${a}`, dir: a }, { key: `local:${TINY('b')}`, dir: TINY('b') }];
+  assert.equal(early.unchanged(fetched), true);
+  assert.equal(early.unchanged([{ key: `local:${a}`, dir: join(d, 'elsewhere') }]), false, 'fetch took another folder for a model');
   // Saved over (a new file under the same name): the shards written from the old headers are not kept.
   copyFileSync(join(TINY('c'), 'model.safetensors'), join(a, 'model.safetensors.part'));
   renameSync(join(a, 'model.safetensors.part'), join(a, 'model.safetensors'));
-  assert.equal(early.unchanged(), false);
+  assert.equal(early.unchanged(fetched), false);
   const bin = join(FIXTURES, 'tiny-llama-bin', 'tiny-a');
   writeFileSync(join(d, 'bin.yml'), recipe(bin, bin, TINY('b')));
-  assert.equal(await localMergeContext(await readRecipe(join(d, 'bin.yml')), opts), null, 'a pickled checkpoint is located only once opened');
+  assert.equal(await earlyMergeContext(await readRecipe(join(d, 'bin.yml')), opts), null, 'a pickled checkpoint is located only once opened');
+});
+
+test('Hub models complete in the Hugging Face cache are taken ahead of fetch as local folders are: the early plan from their snapshots\' headers, the base\'s pass speculated there; a snapshot other than the one fetch takes is not unchanged', async () => {
+  const { speculationStats } = await import('../../libs/forward');
+  const { scheduleStats } = await import('../../libs/pipeline/schedule');
+  const server = await startHubServer([
+    { id: 'org/tiny-a', files: files(TINY('a')) },
+    { id: 'org/tiny-b', files: files(TINY('b')) },
+  ]);
+  let closed = false;
+  after(() => (closed ? undefined : server.close()));
+  const d = tempDir();
+  const env = { HF_HUB_CACHE: join(d, 'hub'), HF_ENDPOINT: server.url, HF_HUB_OFFLINE: undefined, HF_TOKEN: undefined };
+  writeFileSync(join(d, 'moe.yml'), recipe('org/tiny-a', 'org/tiny-a', 'org/tiny-b').replace('cheap_embed', 'hidden'));
+  const opts = { cacheDir: join(d, 'c'), modelBaseDir: d, env };
+  assert.equal(await earlyMergeContext(await readRecipe(join(d, 'moe.yml')), opts), null, 'weights not in the cache: fetch downloads them first');
+  const early0 = scheduleStats.early;
+  await mergeRecipe({ recipeFile: join(d, 'moe.yml'), outPath: join(d, 'first'), modelBaseDir: d, cacheDir: join(d, 'c0'), env });
+  assert.equal(scheduleStats.early, early0, 'the downloading run planned after fetch');
+  await server.close();
+  closed = true;
+
+  const offline = { ...env, HF_HUB_OFFLINE: '1' };
+  const early = await earlyMergeContext(await readRecipe(join(d, 'moe.yml')), { ...opts, env: offline });
+  assert.ok(early, 'complete snapshots in the cache');
+  const [a, b] = early.merge.ctx.experts.map((e) => e.model.dir);
+  assert.match(a!, /models--org--tiny-a\/snapshots\/[0-9a-f]{40}$/);
+  assert.match(b!, /models--org--tiny-b\/snapshots\/[0-9a-f]{40}$/);
+  const fetched = [{ key: 'hub:org/tiny-a@main', dir: a! }, { key: 'hub:org/tiny-b@main', dir: b! }];
+  assert.equal(early.unchanged(fetched), true);
+  // The cache's ref moved to another commit meanwhile (another download): fetch takes that snapshot.
+  assert.equal(early.unchanged([{ key: 'hub:org/tiny-a@main', dir: a!.replace(/[0-9a-f]{40}$/, '0'.repeat(40)) }, fetched[1]!]), false);
+
+  // The command, offline, into a new folder with a new prompt cache: written ahead from the snapshots' headers,
+  // the base's prompts sent to the forward worker before fetch hashed anything, and the bytes of the local merge.
+  const taken = speculationStats.taken;
+  const logs: string[] = [];
+  await mergeRecipe({ recipeFile: join(d, 'moe.yml'), outPath: join(d, 'out'), modelBaseDir: d, cacheDir: join(d, 'c1'), env: offline, log: (l) => logs.push(l) });
+  assert.equal(scheduleStats.early, early0 + 1, 'the early plan came from the cached snapshots');
+  assert.equal(speculationStats.taken, taken + 1, `the stage took the pass speculated on the cached base:\n${logs.join('\n')}`);
+  assert.ok(logs.some((l) => /while the routers are computed/.test(l)), logs.join('\n'));
+  writeFileSync(join(d, 'local.yml'), recipe(TINY('a'), TINY('a'), TINY('b')).replace('cheap_embed', 'hidden'));
+  await mergeRecipe({ recipeFile: join(d, 'local.yml'), outPath: join(d, 'local-out'), modelBaseDir: d, cacheDir: join(d, 'c2') });
+  assert.deepEqual(weights(join(d, 'out')), weights(join(d, 'local-out')));
+  assert.deepEqual(weights(join(d, 'out')), weights(join(d, 'first')));
 });

@@ -134,3 +134,33 @@ test('main with --watch and a stop signal (in-process callers): builds on each s
   assert.ok(!alive(worker), 'the waiting worker ended with the watch');
   assert.match(out.join('\n'), /^wrote .* in \d+\.\d\d s\nwrote .* in \d+\.\d\d s$/);
 });
+
+test('between builds the forward worker is set up for a base complete in the Hugging Face cache, as for a local folder; not for one the cache lacks', async () => {
+  const { prepareStats, stopForwardWorker } = await import('../../libs/forward');
+  const { prepareNextMerge } = await import('../../libs/pipeline/watch');
+  const d = tempDir();
+  const hub = join(d, 'hub');
+  const sha = 'b'.repeat(40);
+  const repo = join(hub, 'models--org--tiny');
+  mkdirSync(join(repo, 'refs'), { recursive: true });
+  writeFileSync(join(repo, 'refs', 'main'), sha);
+  const snap = join(repo, 'snapshots', sha);
+  cpSync(TINY('a'), snap, { recursive: true });
+  const file = join(d, 'moe.yml');
+  const was = process.env.HF_HUB_CACHE;
+  process.env.HF_HUB_CACHE = hub; // the command's environment names the cache
+  try {
+    writeFileSync(file, recipe(['hello']).replace('base_model: models/a', 'base_model: org/tiny'));
+    const sent = prepareStats.sent;
+    await prepareNextMerge(file, d, { device: 'cpu', forwardPrecision: 'fp32' });
+    assert.equal(prepareStats.sent, sent + 1);
+    assert.equal(prepareStats.lastModel, snap, 'the snapshot fetch will take');
+    writeFileSync(file, recipe(['hello']).replace('base_model: models/a', 'base_model: org/absent'));
+    await prepareNextMerge(file, d, { device: 'cpu', forwardPrecision: 'fp32' });
+    assert.equal(prepareStats.sent, sent + 1, 'a base the cache lacks: nothing to set up ahead');
+  } finally {
+    if (was === undefined) delete process.env.HF_HUB_CACHE;
+    else process.env.HF_HUB_CACHE = was;
+    stopForwardWorker();
+  }
+});
