@@ -7,7 +7,7 @@
  * with the prompt added, each right after ours, into a folder of its own.
  */
 import { execFileSync, spawn } from 'node:child_process';
-import { closeSync, createReadStream, createWriteStream, existsSync, mkdirSync, openSync, readdirSync, readFileSync, readSync, rmSync, statSync, statfsSync, writeFileSync } from 'node:fs';
+import { closeSync, createReadStream, createWriteStream, existsSync, mkdirSync, openSync, readdirSync, readFileSync, readSync, rmSync, statSync, statfsSync, symlinkSync, writeFileSync } from 'node:fs';
 import { open } from 'node:fs/promises';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
@@ -96,9 +96,25 @@ function underTime(command: string, args: string[], env: NodeJS.ProcessEnv, fail
 }
 
 /** `mergekit-moe` under GNU time: wall seconds and the peak RSS of the largest process (the forward child included). */
-function cli(recipeFile: string, out: string, cacheDir: string): Promise<{ seconds: number; peakRssKiB: number; stderr: string }> {
+function cli(recipeFile: string, out: string, cacheDir: string, env: NodeJS.ProcessEnv = {}): Promise<{ seconds: number; peakRssKiB: number; stderr: string }> {
   const args = [join(ROOT, 'bin', 'mergekit-moe.js'), recipeFile, out, '--i-understand-this-is-not-useful-without-training'];
-  return underTime(process.execPath, args, { ...process.env, MOE_FORGE_CACHE: cacheDir, CI: 'true' }, (code, stderr) => `mergekit-moe failed (${code}):\n${stderr}`);
+  return underTime(process.execPath, args, { ...process.env, MOE_FORGE_CACHE: cacheDir, CI: 'true', ...env }, (code, stderr) => `mergekit-moe failed (${code}):\n${stderr}`);
+}
+
+/**
+ * Models a and b as a Hugging Face cache holds them after a download (`org/a`, `org/b`: refs/main naming a
+ * snapshot whose files link to the generated ones), for the cold build of a recipe that names them by Hub id.
+ */
+function hubCacheOf(models: string, hub: string): void {
+  for (const [m, digit] of [['a', '1'], ['b', '2']] as const) {
+    const repo = join(hub, `models--org--${m}`);
+    const sha = digit.repeat(40);
+    mkdirSync(join(repo, 'refs'), { recursive: true });
+    writeFileSync(join(repo, 'refs', 'main'), sha);
+    const snap = join(repo, 'snapshots', sha);
+    mkdirSync(snap, { recursive: true });
+    for (const f of readdirSync(join(models, m))) symlinkSync(join(models, m, f), join(snap, f));
+  }
 }
 
 /** A Python mergekit-moe to run beside ours, and how it was found. */
@@ -292,9 +308,25 @@ export async function benchIncremental(tmp: string, size: string, log: (s: strin
     return (performance.now() - t0) / 1000;
   })();
   const copy = await streamCopy(out, join(dir, 'copy.bin'), COPY_CAP);
+  rmSync(out, { recursive: true, force: true });
+  // A first build of the recipe with its models named by Hub id, complete in the Hugging Face cache (offline),
+  // right after one from the local folders: each into a new folder with a new cache (one output on disk at a time).
+  const hub = join(dir, 'hub');
+  hubCacheOf(models, hub);
+  const coldPair = async (recipeText: string, env: NodeJS.ProcessEnv) => {
+    writeFileSync(recipeFile, recipeText);
+    const cold = join(dir, 'cold-out');
+    const r = await cli(recipeFile, cold, join(dir, `cache-${Math.random().toString(36).slice(2)}`), env);
+    rmSync(cold, { recursive: true, force: true });
+    return { seconds: r.seconds, peakRssKiB: r.peakRssKiB };
+  };
+  const coldRecipe = recipe(models, { extraPrompt: false, noise: 0.01, swapLast: false, experts });
+  const localCold = await coldPair(coldRecipe, {});
+  const hubCold = await coldPair(coldRecipe.replaceAll(`${models}/`, 'org/'), { HF_HUB_CACHE: hub, HF_HUB_OFFLINE: '1' });
+  log(`cold build again, local folders: ${localCold.seconds.toFixed(2)} s; by Hub id from the Hugging Face cache: ${hubCold.seconds.toFixed(2)} s`);
   rmSync(dir, { recursive: true, force: true });
   const referenceResult: ReferenceResult | null = ref && refCold && refPlus ? { command: ref.command, foundBy: ref.foundBy, cold: refCold, plus: refPlus } : null;
-  return { spec, experts, prompts: promptTokens.length, steps, editBackToBack, editSpaced, editWatched: watched.seconds, watchPeakRssKiB: watched.peakRssKiB, onePromptSeconds: onePrompt, onePromptTokens: ids.length, forward, noopFloorSeconds: noop, noopBestSeconds: Math.min(...noopRuns), nodeStartSeconds: Math.min(...nodeRuns), copy, reference: referenceResult, referenceNote: why };
+  return { spec, experts, prompts: promptTokens.length, steps, editBackToBack, editSpaced, editWatched: watched.seconds, watchPeakRssKiB: watched.peakRssKiB, onePromptSeconds: onePrompt, onePromptTokens: ids.length, forward, noopFloorSeconds: noop, noopBestSeconds: Math.min(...noopRuns), nodeStartSeconds: Math.min(...nodeRuns), copy, localCold, hubCold, reference: referenceResult, referenceNote: why };
 }
 
 /**
