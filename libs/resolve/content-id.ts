@@ -3,7 +3,7 @@ import { realpath, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { ContentCache } from '../cache';
 import { ForgeError } from '../errors';
-import { readStable, statKey } from '../util';
+import { readStable, settledKey, statKey } from '../util';
 import { modelFiles } from './files';
 import { sha256Threaded } from './hash-thread';
 import { sha256Of } from './sha256-file';
@@ -50,6 +50,22 @@ export async function memoSha256(file: string, cache?: ContentCache, onChunk?: (
     settled.set(`${cache.dir}\0${real}`, { key: read.key, sha256: read.value });
   }
   return { sha256: read.value, size: Number(read.key.split(':')[0]) };
+}
+
+/**
+ * Records a file's sha256 known without reading it back (a download hashed as it was written, and checked against
+ * the Hub's) in the memo, under the stat key the file has once settled (stat-key's settledKey: a file written
+ * just now waits out its racy window): the next content id takes it instead of reading the whole file again.
+ * Nothing is recorded for a file that changes meanwhile.
+ */
+export async function recordContentHash(file: string, sha256: string, cache: ContentCache): Promise<boolean> {
+  if (!/^[0-9a-f]{64}$/.test(sha256)) return false;
+  const real = await realpath(file);
+  const key = settledKey(real);
+  if (key === null || key === 'changed') return false;
+  await cache.putBoundJson(memoKey(real, key), ['content-id', real, key], { sha256 });
+  settled.set(`${cache.dir}\0${real}`, { key, sha256 });
+  return true;
 }
 
 /**

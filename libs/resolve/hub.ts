@@ -9,6 +9,7 @@ import type { RangeSource } from '../pickle';
 import { linkSnapshotFile, pathInside, repoStorage, snapshotDir, unsafePathReason } from './hf-cache';
 import { backoff, forMetadata, gaveUp, hubFetch, hubStats, isTransient, NetworkGaveUp, oneLine, readCapped, requestWithRetries, retryNotice, ShortBody, timedRequest, hubHeaders, isTransientStatus, retryAfterMs, TransientStatus, urlPlace } from './http';
 import type { HubSettings } from './settings';
+import { recordContentHash } from './content-id';
 
 // Loaded at first use: only fetch talks to the Hub, and loading the client is ~40 ms of every stage's start.
 const hub = (): typeof import('@huggingface/hub') => require('@huggingface/hub');
@@ -394,6 +395,9 @@ async function fetchFile(snap: RemoteSnapshot, file: RemoteFile, s: HubSettings,
   } finally {
     activePartials.delete(part);
   }
+  // Its bytes were hashed as they were written and matched the Hub's sha256: the content-id memo takes that hash,
+  // so the build that downloaded a model does not read its weights again to hash them.
+  if (expected.algo === 'sha256' && s.contentCache) await recordContentHash(blob, expected.hex, s.contentCache).catch(() => false);
   await linkSnapshotFile(blob, pointer);
   return got;
 }

@@ -43,6 +43,8 @@ export interface HubSettings {
   retries: number;
   progress: ((label: string) => Progress) | null;
   warn: ((line: string) => void) | null;
+  /** The content-id memo, told the sha256 of each weight file downloaded (verified as it was written). */
+  contentCache?: ContentCache;
 }
 
 export const TIMEOUT_ENV = 'MOE_FORGE_HTTP_TIMEOUT';
@@ -95,5 +97,6 @@ export function hubSettings(opts: ResolveOptions = {}): HubSettings {
     retries: envNumber(env, RETRIES_ENV, DEFAULT_RETRIES, true),
     progress: opts.progress === false ? null : (opts.progress ?? ((label) => progressReporter(label))),
     warn: opts.warn === false ? null : (opts.warn ?? ((line) => process.stderr.write(`WARNING: ${line}\n`))),
+    ...(opts.cache ? { contentCache: opts.cache } : {}),
   };
 }

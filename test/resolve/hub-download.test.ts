@@ -208,3 +208,26 @@ test('a cache disk without room for the weights is refused before their download
     spawnSync('umount', ['-l', cache]);
   }
 });
+
+test('weights downloaded (hashed as they were written and checked against the hub) are not read again for the content id; a blob changed since is hashed again', async () => {
+  const { ContentCache } = await import('../../libs/cache');
+  const { contentIdStats } = await import('../../libs/resolve/content-id');
+  const { chmodSync, writeFileSync } = await import('node:fs');
+  const cache = await freshCache();
+  const memo = new ContentCache(await freshCache());
+  const before = contentIdStats.bytesHashed;
+  const r = await resolveModel('org/tiny-a', { env: envFor(cache), cache: memo });
+  assert.equal(r.source, 'download');
+  const weights = tiny['model.safetensors'].length;
+  assert.equal(contentIdStats.bytesHashed - before, r.bytes - weights, 'the small files hashed, the downloaded weights not read again');
+  assert.equal(r.contentId, await contentId(tinyDir), 'the id the bytes give');
+  // The blob damaged in place since (same size): its stat key changed, so the memo misses and the bytes are hashed.
+  const blob = join(cache, repoFolderName('org/tiny-a'), 'blobs', sha256(tiny['model.safetensors']));
+  const bytes = Buffer.from(tiny['model.safetensors']);
+  bytes[bytes.length - 1] ^= 0xff;
+  chmodSync(blob, 0o644);
+  writeFileSync(blob, bytes);
+  const again = contentIdStats.bytesHashed;
+  assert.notEqual(await contentId(r.dir, { cache: memo }), r.contentId);
+  assert.ok(contentIdStats.bytesHashed - again >= weights, 'the changed blob was hashed');
+});
