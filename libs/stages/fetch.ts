@@ -16,6 +16,7 @@ import type { ModelSource } from '../architectures';
 import { checkOutputPath, checkOwner, readStampSync } from '../output-folder';
 import { hubSettings } from '../resolve';
 import { portablePath } from '../resolve';
+import { cachedModelDir } from '../resolve';
 import { buildMergeContext, modelsFileOnDisk, openSources, recipeModelRefs, type LoadOptions, type MergeContext, type ModelsFile, type ResolvedModel } from './context';
 
 export interface FetchOptions extends LoadOptions {
@@ -100,6 +101,8 @@ export async function runFetch(parsed: ParsedRecipe, outDir: string, opts: Fetch
  * are as they were (a model saved over meanwhile would leave bytes read at old offsets).
  */
 export async function earlyMergeContext(parsed: ParsedRecipe, opts: FetchOptions): Promise<{ merge: MergeContext; unchanged: (models: readonly { key: string; dir: string }[]) => boolean } | null> {
+  // A model fetch would download gives no early plan: nothing asked of the Hub here (fetch inspects it itself).
+  if (!(await allOnThisMachine(parsed, opts))) return null;
   const { refs, inspections, inspected } = await inspectRecipeModels(parsed, opts);
   // A .bin checkpoint's tensors are located only once it is opened (its header is pickled).
   if (!inspections.every((ins) => (ins.source === 'local' || ins.source === 'cache') && ins.weightFiles.every((f) => f.header !== null))) return null;
@@ -110,6 +113,18 @@ export async function earlyMergeContext(parsed: ParsedRecipe, opts: FetchOptions
     merge: inspected,
     unchanged: (models) => models.every((m) => dirs.get(m.key) === m.dir) && files.every((f, i) => keys[i] !== null && fileKey(f) === keys[i]),
   };
+}
+
+/** Whether every model of the recipe is a local folder or complete in the Hugging Face cache (a recipe whose models cannot be named: yes, and inspectRecipeModels says what is wrong). */
+async function allOnThisMachine(parsed: ParsedRecipe, opts: FetchOptions): Promise<boolean> {
+  let refs: ReturnType<typeof recipeModelRefs>;
+  try {
+    refs = recipeModelRefs(parsed, opts.modelBaseDir);
+  } catch {
+    return true;
+  }
+  for (const r of refs) if ((await cachedModelDir(r.reference, { baseDir: opts.modelBaseDir, env: opts.env })) === null) return false;
+  return true;
 }
 
 /** What fetch checks from the recipe and the models' headers (nothing hashed, no weights downloaded), and the models' references. */

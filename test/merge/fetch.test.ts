@@ -130,7 +130,9 @@ test('Hub models complete in the Hugging Face cache are taken ahead of fetch as 
   const env = { HF_HUB_CACHE: join(d, 'hub'), HF_ENDPOINT: server.url, HF_HUB_OFFLINE: undefined, HF_TOKEN: undefined };
   writeFileSync(join(d, 'moe.yml'), recipe('org/tiny-a', 'org/tiny-a', 'org/tiny-b').replace('cheap_embed', 'hidden'));
   const opts = { cacheDir: join(d, 'c'), modelBaseDir: d, env };
+  const asked = server.requests.length;
   assert.equal(await earlyMergeContext(await readRecipe(join(d, 'moe.yml')), opts), null, 'weights not in the cache: fetch downloads them first');
+  assert.equal(server.requests.length, asked, 'and the Hub is not asked twice (fetch inspects the models itself)');
   const early0 = scheduleStats.early;
   await mergeRecipe({ recipeFile: join(d, 'moe.yml'), outPath: join(d, 'first'), modelBaseDir: d, cacheDir: join(d, 'c0'), env });
   assert.equal(scheduleStats.early, early0, 'the downloading run planned after fetch');
