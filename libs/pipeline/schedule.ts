@@ -42,11 +42,13 @@ export async function runPipeline(env: StageEnv, schedule: Schedule): Promise<Wr
   // folder with shards to keep, nor with a GGUF.
   const fresh = schedule.writeAhead && !env.options.gguf && !readStampSync(env.paths.output)?.shards;
   const headers = fresh ? await earlyMergeContext(await readRecipe(env.paths.recipe), fetchOptions(env)) : null;
-  if (headers) scheduleStats.early++;
-  if (!headers) {
+  if (headers) {
+    scheduleStats.early++;
+    await checkEvalPrompts(headers.merge.ctx.experts.length);
+  } else {
     await fetch.run(env);
     await checkEvalPrompts((await env.merge()).ctx.experts.length);
-  } else await checkEvalPrompts(headers.merge.ctx.experts.length);
+  }
   if (!schedule.writeAhead) {
     for (const s of middle) await s.run(env);
     return writeStage(env);

@@ -62,8 +62,9 @@ export async function previousRecipe(outPath: string): Promise<Recipe | null> {
 
 /**
  * Sends the expected misses of a hidden-state run to the waiting forward worker when the base is a local folder or
- * complete in the Hugging Face cache (`env`: the Hub's settings) and the pass is the CPU's exact one (the options the embed-prompts stage passes); returns how many prompts went.
- * Anything it cannot judge cheaply sends nothing: the stage computes as it would have.
+ * complete in the Hugging Face cache (`env`: the Hub's settings) and the pass is the CPU's exact one (the options
+ * the embed-prompts stage passes); returns how many prompts went. Anything it cannot judge cheaply sends nothing:
+ * the stage computes as it would have.
  */
 export async function speculateHiddenStates(recipe: Recipe, before: Recipe | null, modelBaseDir: string, options: Pick<StageOptions, 'device' | 'forwardPrecision' | 'recompute'>, env?: HubEnv): Promise<number> {
   if ((options.device !== undefined && options.device !== 'cpu') || (options.forwardPrecision !== undefined && options.forwardPrecision !== 'fp32')) return 0;

@@ -45,11 +45,14 @@ export async function memoSha256(file: string, cache?: ContentCache, onChunk?: (
   }
   const read = await readStable(real, (f) => sha256File(f, onChunk));
   if (!read) throw new ForgeError('changed_while_hashed', 'changed on every one of 3 reads while its content id was computed; wait until nothing writes it and run again', { file: real });
-  if (cache && !read.racy) {
-    await cache.putBoundJson(memoKey(real, read.key), ['content-id', real, read.key], { sha256: read.value });
-    settled.set(`${cache.dir}\0${real}`, { key: read.key, sha256: read.value });
-  }
+  if (cache && !read.racy) await remember(cache, real, read.key, read.value);
   return { sha256: read.value, size: Number(read.key.split(':')[0]) };
+}
+
+/** A settled file's hash into the cache's memo and this process's, under its real path and stat key. */
+async function remember(cache: ContentCache, real: string, key: string, sha256: string): Promise<void> {
+  await cache.putBoundJson(memoKey(real, key), ['content-id', real, key], { sha256 });
+  settled.set(`${cache.dir}\0${real}`, { key, sha256 });
 }
 
 /**
@@ -63,8 +66,7 @@ export async function recordContentHash(file: string, sha256: string, cache: Con
   const real = await realpath(file);
   const key = settledKey(real);
   if (key === null || key === 'changed') return false;
-  await cache.putBoundJson(memoKey(real, key), ['content-id', real, key], { sha256 });
-  settled.set(`${cache.dir}\0${real}`, { key, sha256 });
+  await remember(cache, real, key, sha256);
   return true;
 }
 

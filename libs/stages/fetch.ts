@@ -115,7 +115,10 @@ export async function earlyMergeContext(parsed: ParsedRecipe, opts: FetchOptions
   };
 }
 
-/** Whether every model of the recipe is a local folder or complete in the Hugging Face cache (a recipe whose models cannot be named: yes, and inspectRecipeModels says what is wrong). */
+/**
+ * Whether every model of the recipe is a local folder or complete in the Hugging Face cache (offline). A recipe
+ * whose models cannot be named gives yes: inspectRecipeModels then says what is wrong.
+ */
 async function allOnThisMachine(parsed: ParsedRecipe, opts: FetchOptions): Promise<boolean> {
   let refs: ReturnType<typeof recipeModelRefs>;
   try {
