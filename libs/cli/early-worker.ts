@@ -6,9 +6,10 @@
  * forks (the merge ends the worker when it finds no pass to run).
  */
 import { closeSync, existsSync, openSync, readSync, statSync } from 'node:fs';
-import { join, resolve } from 'node:path';
+import { join } from 'node:path';
 import { dropEarlyWorker, earlyWorker, forkEarlyWorker } from '../fork';
 import { DEFAULT_GATE_MODE, GATE_MODES, type GateMode } from '../gates';
+import { modelDirOnDisk } from '../resolve';
 
 // Set by scripts/build.mjs: the built worker, relative to this bundle.
 declare const __FORWARD_WORKER__: string | undefined;
@@ -29,11 +30,12 @@ const PASS_FLAGS = /^--(device|cuda|gpu-rich|forward-precision)(=|$)/;
 /**
  * What `argv` says of a merge that may need prompt states, read cheaply: null for help, version, fewer than two
  * arguments that are not flags, a first one that is not a readable file, or a gate mode without states. Else
- * `base`: the local model folder the recipe's `base_model` names (resolved as the merge resolves it, against the
- * working folder) when the pass over it can be set up at once (hidden states, no flag that changes the pass),
- * else null.
+ * `base`: the folder the recipe's `base_model` names on this machine (resolved as fetch resolves it offline: a
+ * local folder against the working folder, else the Hugging Face cache's snapshot of the Hub id, `env` giving
+ * the cache) when it has a config.json and the pass over it can be set up at once (hidden states, no flag that
+ * changes the pass), else null.
  */
-export function earlyGuess(argv: string[], cwd = process.cwd()): { base: string | null } | null {
+export function earlyGuess(argv: string[], cwd = process.cwd(), env: NodeJS.ProcessEnv = process.env): { base: string | null } | null {
   if (argv.some((a) => a === '--help' || a === '-h' || a === '--version')) return null;
   const bare = argv.filter((a) => !a.startsWith('-'));
   if (bare.length < 2) return null;
@@ -56,9 +58,10 @@ export function earlyGuess(argv: string[], cwd = process.cwd()): { base: string 
   if (states !== 'hidden' && states !== 'router_input') return null;
   // Router inputs (fitted routers) read the experts' MLPs too: that pass is set up by its stage, once those are known.
   const ref = topLevel(text, 'base_model');
-  if (states !== 'hidden' || ref === null || ref.startsWith('~') || argv.some((a) => PASS_FLAGS.test(a))) return { base: null };
-  const dir = resolve(cwd, ref);
-  return { base: existsSync(join(dir, 'config.json')) ? dir : null };
+  if (states !== 'hidden' || ref === null || argv.some((a) => PASS_FLAGS.test(a))) return { base: null };
+  // As fetch will find it offline: a local folder, else the Hugging Face cache's snapshot of the Hub id.
+  const on = modelDirOnDisk(ref, { baseDir: cwd, env });
+  return { base: on && existsSync(join(on.dir, 'config.json')) ? on.dir : null };
 }
 
 /** Forks the forward worker when `argv` may need it, and tells it the base model when that is a local folder; returns whether it forked. */

@@ -1,5 +1,5 @@
-import { existsSync } from 'node:fs';
-import { mkdir, readFile, rename, rm, symlink, copyFile, writeFile } from 'node:fs/promises';
+import { existsSync, readFileSync } from 'node:fs';
+import { mkdir, rename, rm, symlink, copyFile, writeFile } from 'node:fs/promises';
 import { dirname, isAbsolute, join, relative, resolve, sep } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { ModelError } from '../errors';
@@ -59,13 +59,16 @@ export function refPath(cacheDir: string, repoId: string, revision: string): str
   return pathInside(join(repoStorage(cacheDir, repoId), 'refs'), revision);
 }
 
-/** The commit a revision points to in the cache (a sha is its own commit), or null when the cache does not know it. */
-export async function cachedCommit(cacheDir: string, repoId: string, revision: string | null): Promise<string | null> {
+/**
+ * The commit a revision points to in the cache (a sha is its own commit), or null when the cache does not know it.
+ * Synchronous (one small file): the command's first lines use it too, before the merge's code loads.
+ */
+export function cachedCommit(cacheDir: string, repoId: string, revision: string | null): string | null {
   const rev = revision ?? 'main';
   if (COMMIT_SHA.test(rev)) return existsSync(snapshotDir(cacheDir, repoId, rev)) ? rev : null;
   const ref = refPath(cacheDir, repoId, rev);
   try {
-    const sha = (await readFile(ref, 'utf8')).trim();
+    const sha = readFileSync(ref, 'utf8').trim();
     return COMMIT_SHA.test(sha) ? sha : null;
   } catch {
     return null;

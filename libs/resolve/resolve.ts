@@ -11,7 +11,7 @@ import { COMPANION_FILES, CONFIG_FILE, TOKENIZER_FILES, chooseWeights, missingMo
 import { cachedCommit, snapshotDir, unsafePathReason, writeRef } from './hf-cache';
 import { cacheWriteFailure, checkCacheSpace, fetchIntoCache, fetchRemoteSafetensorsHeader, remoteRangeSource, remoteSnapshot, type RemoteSnapshot } from './hub';
 import { formatReference, looksLikeRepoId, parseModelReference, type ModelReference, type ModelReferenceInput } from './reference';
-import { hubSettings, type HubSettings, type ResolveOptions } from './settings';
+import { hubCacheDir, hubSettings, type HubSettings, type ResolveOptions } from './settings';
 
 export type ModelSource = 'local' | 'cache' | 'download';
 
@@ -128,10 +128,29 @@ interface HubFetch {
 
 /** The snapshot the cache holds for a revision, and the model files it lacks (none: fetch uses it offline). */
 async function cachedSnapshot(repo: string, revision: string | null, s: HubSettings): Promise<{ dir: string; sha: string; missing: string[] } | null> {
-  const sha = await cachedCommit(s.cacheDir, repo, revision);
+  const sha = cachedCommit(s.cacheDir, repo, revision);
   if (!sha) return null;
   const dir = snapshotDir(s.cacheDir, repo, sha);
   return { dir, sha, missing: await missingModelFiles(dir) };
+}
+
+/**
+ * Where a reference's files lie on this machine, read synchronously from the folders alone: its local folder
+ * (`cached` false), or the snapshot the Hugging Face cache holds at the commit its revision points to there
+ * (`cached` true; complete or not). Null when the cache has no such snapshot, or fetch cannot take the reference.
+ */
+export function modelDirOnDisk(input: ModelReferenceInput | ModelReference, opts: Pick<ResolveOptions, 'baseDir' | 'cacheDir' | 'env'> = {}): { dir: string; cached: boolean } | null {
+  try {
+    const ref = toReference(input);
+    const loc = locateReference(ref, opts.baseDir);
+    if (loc.kind === 'local') return { dir: loc.dir, cached: false };
+    if (ref.revision !== null && unsafePathReason(ref.revision)) return null;
+    const cacheDir = opts.cacheDir ? resolve(opts.cacheDir) : hubCacheDir(opts.env ?? process.env);
+    const sha = cachedCommit(cacheDir, loc.repo, ref.revision);
+    return sha ? { dir: snapshotDir(cacheDir, loc.repo, sha), cached: true } : null;
+  } catch {
+    return null;
+  }
 }
 
 /**
@@ -140,16 +159,9 @@ async function cachedSnapshot(repo: string, revision: string | null, s: HubSetti
  * cannot take the reference (fetch says why). For work done ahead of fetch (a speculated forward pass).
  */
 export async function cachedModelDir(input: ModelReferenceInput | ModelReference, opts: ResolveOptions = {}): Promise<string | null> {
-  try {
-    const ref = toReference(input);
-    const loc = locateReference(ref, opts.baseDir);
-    if (loc.kind === 'local') return loc.dir;
-    if (ref.revision !== null && unsafePathReason(ref.revision)) return null;
-    const cached = await cachedSnapshot(loc.repo, ref.revision, hubSettings(opts));
-    return cached && cached.missing.length === 0 ? cached.dir : null;
-  } catch {
-    return null;
-  }
+  const on = modelDirOnDisk(input, opts);
+  if (!on?.cached) return on?.dir ?? null;
+  return (await missingModelFiles(on.dir)).length === 0 ? on.dir : null;
 }
 
 /**

@@ -21,7 +21,7 @@ experts:
     positive_prompts: ["code"]
 `;
 
-test('the early guess forks for recipes that may need prompt states, and names the base only where it is a local model folder and no flag changes the pass', () => {
+test('the early guess forks for recipes that may need prompt states, and names the base only where it is a model folder on this machine (local, or a Hub id in the cache) and no flag changes the pass', () => {
   const d = tempDir();
   const write = (name: string, text: string) => {
     writeFileSync(join(d, name), text);
@@ -33,9 +33,25 @@ test('the early guess forks for recipes that may need prompt states, and names t
   // Quoted, with a comment, relative to the working folder (as the merge resolves it).
   const rel = write('rel.yml', `gate_mode: "hidden_avg"  # mean over tokens\nbase_model: 'tiny-llama/tiny-a' # the base\nexperts: []\n`);
   assert.deepEqual(earlyGuess([rel, 'out'], join(ROOT, 'test', 'fixtures')), { base: TINY('a') });
-  // A worker, but nothing to set up yet: a Hub id, a folder without config.json, a flag that changes the pass,
+  // A Hub id the Hugging Face cache holds: the snapshot its ref names, as fetch takes it offline; a revision the
+  // cache has no ref for, or a snapshot without config.json, sets up nothing.
+  const hub = join(d, 'hf');
+  const sha = 'c'.repeat(40);
+  const snap = join(hub, 'models--org--model', 'snapshots', sha);
+  mkdirSync(snap, { recursive: true });
+  mkdirSync(join(hub, 'models--org--model', 'refs'));
+  writeFileSync(join(hub, 'models--org--model', 'refs', 'main'), sha);
+  writeFileSync(join(snap, 'config.json'), readFileSync(join(TINY('a'), 'config.json')));
+  const hubRecipe = write('hub.yml', recipe('org/model'));
+  assert.deepEqual(earlyGuess([hubRecipe, 'out'], d, { HF_HUB_CACHE: hub }), { base: snap });
+  assert.deepEqual(earlyGuess([hubRecipe, 'out'], d, { HF_HOME: d }), { base: null }, 'another cache: nothing there');
+  assert.deepEqual(earlyGuess([write('rev.yml', recipe('org/model@v2')), 'out'], d, { HF_HUB_CACHE: hub }), { base: null });
+  mkdirSync(join(hub, 'models--org--bare', 'snapshots', sha), { recursive: true });
+  mkdirSync(join(hub, 'models--org--bare', 'refs'));
+  writeFileSync(join(hub, 'models--org--bare', 'refs', 'main'), sha);
+  assert.deepEqual(earlyGuess([write('bare-hub.yml', recipe('org/bare')), 'out'], d, { HF_HUB_CACHE: hub }), { base: null });
+  // A worker, but nothing to set up yet: a folder without config.json, a flag that changes the pass,
   // the fitted routers' pass (it reads the experts' MLPs too).
-  assert.deepEqual(earlyGuess([write('hub.yml', recipe('org/model')), 'out']), { base: null });
   assert.deepEqual(earlyGuess([write('bare.yml', recipe(d)), 'out']), { base: null });
   assert.deepEqual(earlyGuess([hidden, 'out', '--device', 'cuda']), { base: null });
   assert.deepEqual(earlyGuess([hidden, 'out', '--forward-precision=int8']), { base: null });
