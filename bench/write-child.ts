@@ -3,8 +3,9 @@
  *   write <assemble-experts dir> <recipe file> <output folder>   the write stage (runWrite), as the Nx write executor runs it
  *   copy  <assemble-experts dir> <output file>                   baseline: a plain stream copy of the plan's source byte
  *                                                                ranges, in plan order, into one file, then fsync
- * Prints one JSON line: { seconds, bytes, peakRssKiB, maxRssKiB } (seconds: the write or copy only, not process
- * start or imports).
+ * Prints one JSON line: { seconds, cpuSeconds, bytes, peakRssKiB, maxRssKiB } (seconds: the write or copy only, not
+ * process start or imports; cpuSeconds: this process's user + system CPU over the same span, the kernel's copies into
+ * the page cache included, its background writeback not).
  *
  * peakRssKiB is this process image's high-water mark (VmHWM in /proc/self/status). process.resourceUsage().maxRSS
  * is kept beside it but is not the child's own figure on Linux: the fork that spawns a child copies the parent's
@@ -24,6 +25,7 @@ import type { SourcePart } from '../libs/plan';
 
 export interface ChildResult {
   seconds: number;
+  cpuSeconds: number;
   bytes: number;
   /** VmHWM of this process image (maxRSS where /proc is missing). */
   peakRssKiB: number;
@@ -43,6 +45,11 @@ function memory(): { peakRssKiB: number; maxRssKiB: number } {
   return { peakRssKiB, maxRssKiB };
 }
 
+const cpuSince = (c0: NodeJS.CpuUsage) => {
+  const c = process.cpuUsage(c0);
+  return (c.user + c.system) / 1e6;
+};
+
 /** The plan checked against the models its fetch stage resolved (models.json's paths are relative to the workspace, or the recipe's folder). */
 async function planOf(assembleDir: string, recipeFile: string, workspace?: string) {
   const roots = { workspace: workspace ?? dirname(recipeFile), hubCache: hubCacheDir() };
@@ -54,11 +61,13 @@ async function writeStage(assembleDir: string, recipeFile: string, out: string, 
   const gates = await readGates(assembleDir);
   const recipeText = await readFile(recipeFile, 'utf8');
   const t0 = performance.now();
+  const c0 = process.cpuUsage();
   await runWrite(plan, { outPath: out, gates, recipeText, tokenizerDir: plan.models[0]!.dir, copyTokenizer: true, overwrite: false });
   const seconds = (performance.now() - t0) / 1000;
+  const cpuSeconds = cpuSince(c0);
   let bytes = 0;
   for (const f of await readdir(out)) bytes += (await stat(join(out, f))).size;
-  return { seconds, bytes, ...memory() };
+  return { seconds, cpuSeconds, bytes, ...memory() };
 }
 
 async function streamCopy(assembleDir: string, outFile: string, recipeFile: string): Promise<ChildResult> {
@@ -66,6 +75,7 @@ async function streamCopy(assembleDir: string, outFile: string, recipeFile: stri
   const ranges = plan.tensors.flatMap((t) => t.parts.filter((p): p is SourcePart => p.kind === 'source'));
   const bytes = ranges.reduce((a, p) => a + p.byteLength, 0);
   const t0 = performance.now();
+  const c0 = process.cpuUsage();
   async function* chunks() {
     for (const p of ranges) if (p.byteLength > 0) yield* createReadStream(p.file, { start: p.offset, end: p.offset + p.byteLength - 1 });
   }
@@ -74,7 +84,7 @@ async function streamCopy(assembleDir: string, outFile: string, recipeFile: stri
   const fh = await open(outFile, 'r+');
   await fh.sync();
   await fh.close();
-  return { seconds: (performance.now() - t0) / 1000, bytes, ...memory() };
+  return { seconds: (performance.now() - t0) / 1000, cpuSeconds: cpuSince(c0), bytes, ...memory() };
 }
 
 async function main(): Promise<void> {

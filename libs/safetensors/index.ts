@@ -5,3 +5,4 @@ export * from './writer';
 export * from './chunk-pool';
 export * from './dtype-table';
 export * from './float-wasm';
+export * from './output-file';

@@ -1,9 +1,9 @@
-import { closeSync, openSync, readSync, writeSync } from 'node:fs';
-import { open } from 'node:fs/promises';
+import { closeSync, openSync } from 'node:fs';
 import { SafetensorsError } from '../errors';
 import { jsonText } from '../json';
 import type { ChunkPool } from './chunk-pool';
 import { dtypeSize } from './dtype';
+import { openOutputFile, type OutputFileOptions } from './output-file';
 
 export interface OutputTensorSpec {
   name: string;
@@ -83,13 +83,8 @@ export function encodeHeader(tensors: OutputTensorSpec[], metadata: Record<strin
   return Buffer.concat([prefix, json]);
 }
 
-/** Bytes written between two background flushes of a shard. */
-const FLUSH_BYTES = 64 << 20;
-/** Chunks produced ahead of the one being written: two ride out a write that waits on a flush. */
+/** Chunks produced ahead of the one being written: two ride out a write that waits on the disk. */
 const AHEAD = 2;
-
-/** Bytes copied through a buffer this small stay in the CPU's cache between the read and the write. */
-const COPY_SLICE = 128 << 10;
 
 /**
  * Bytes of a file that go into the output as they are. The writer copies them itself, a small slice read and
@@ -116,37 +111,25 @@ export type TensorChunk = Buffer | FileRange;
  */
 export type TensorProducer = (t: OutputTensorSpec) => AsyncIterable<TensorChunk> | Iterable<TensorChunk>;
 
-export interface WriteShardOptions {
+export interface WriteShardOptions extends OutputFileOptions {
   /** Where the producer's chunks come from: each is given back once written. */
   pool?: ChunkPool;
-  /** Bytes written between two background flushes (default 64 MiB). */
-  flushBytes?: number;
-  /** Filled in as the write goes (for tests and debug output). */
-  stats?: { flushes: number };
 }
 
 /**
  * Writes one shard, a tensor at a time: the header is known up front from the plan, then each tensor's
  * bytes are pulled from `produce` in chunks and appended. The next two chunks are produced (read, cast) while the
  * current one is written, across tensor boundaries too; memory is bounded by a few of the producer's chunks.
- * Written data is flushed to the disk in the background as the write goes, and fsynced at the end.
+ * The file is written directly to the disk where it can be, else flushed in the background as the write goes
+ * (`openOutputFile`), and fsynced at the end.
  */
 export async function writeShard(path: string, tensors: OutputTensorSpec[], produce: TensorProducer, opts: WriteShardOptions = {}): Promise<number> {
-  const flushBytes = opts.flushBytes ?? FLUSH_BYTES;
-  const fh = await open(path, 'w');
-  // Left to itself the kernel starts writeback only past its dirty threshold (10% of RAM), so a shard of a
-  // few GB would reach the disk only in the final fsync, after all the reading and casting: flushing as we go
-  // keeps the disk busy meanwhile. One flush at a time; its error is kept, as the next fsync may not see it.
-  let flushing: Promise<void> | undefined;
-  let flushError: unknown;
-  let flushedAt = 0;
+  const header = encodeHeader(tensors);
+  const out = await openOutputFile(path, { ...opts, size: opts.size ?? header.length + tensors.reduce((a, t) => a + tensorBytes(t), 0) });
   // Source files of FileRange chunks, open for the whole shard (a tensor's ranges come from one file).
   const sources = new Map<string, number>();
-  const bounce = Buffer.allocUnsafeSlow(COPY_SLICE);
   try {
-    const header = encodeHeader(tensors);
-    await fh.write(header, 0, header.length, 0);
-    let pos = header.length;
+    await out.put(header);
     const it = checkedChunks(path, tensors, produce)[Symbol.asyncIterator]();
     const pending: Promise<IteratorResult<TensorChunk>>[] = [];
     const ask = () => {
@@ -163,50 +146,18 @@ export async function writeShard(path: string, tensors: OutputTensorSpec[], prod
       if (chunk instanceof FileRange) {
         let fd = sources.get(chunk.file);
         if (fd === undefined) sources.set(chunk.file, (fd = openSync(chunk.file, 'r')));
-        copyRange(fd, fh.fd, chunk, pos, bounce);
-        pos += chunk.length;
-        // The copy above blocked this thread for one chunk; let the rest of the process run between chunks.
+        await out.putRange(fd, chunk);
+        // The copy above read synchronously; let the rest of the process run between chunks.
         await new Promise((res) => setImmediate(res));
       } else {
-        let done = 0;
-        while (done < chunk.length) {
-          const { bytesWritten } = await fh.write(chunk, done, chunk.length - done, pos);
-          done += bytesWritten;
-          pos += bytesWritten;
-        }
+        await out.put(chunk);
         opts.pool?.give(chunk);
       }
-      if (flushError !== undefined) throw flushError;
-      if (!flushing && pos - flushedAt >= flushBytes) {
-        flushedAt = pos;
-        if (opts.stats) opts.stats.flushes++;
-        flushing = fh.datasync().then(
-          () => void (flushing = undefined),
-          (e: unknown) => void ((flushError = e), (flushing = undefined)),
-        );
-      }
     }
-    await flushing;
-    if (flushError !== undefined) throw flushError;
-    await fh.sync();
-    return pos;
+    return await out.finish();
   } finally {
-    await flushing;
     for (const fd of sources.values()) closeSync(fd);
-    await fh.close();
-  }
-}
-
-/**
- * `range` copied to `out` at `at`, a slice at a time through `bounce`, with synchronous calls: through the
- * thread pool each 128 KiB slice would cost more in round trips than its copy (the caller keeps ranges to a chunk).
- */
-function copyRange(src: number, out: number, range: FileRange, at: number, bounce: Buffer): void {
-  for (let done = 0; done < range.length;) {
-    const n = readSync(src, bounce, 0, Math.min(bounce.length, range.length - done), range.offset + done);
-    if (n === 0) throw new SafetensorsError('truncated', `file ended while copying ${range.length} bytes`, { file: range.file, tensor: range.tensor });
-    for (let w = 0; w < n;) w += writeSync(out, bounce, w, n - w, at + done + w);
-    done += n;
+    await out.close();
   }
 }
 

@@ -29,7 +29,7 @@ test('a chunk pool hands a given-back buffer out again, ignores buffers it did n
   assert.notEqual(c.buffer, d.buffer);
 });
 
-test('writeShard gives each pooled chunk back only once it is written: a producer refilling them writes every byte right, and flushes as it goes', async () => {
+test('writeShard gives each pooled chunk back only once it is written: a producer refilling them writes every byte right, and a buffered write flushes as it goes', async () => {
   const d = tempDir();
   const chunk = 64 << 10;
   const pool = new ChunkPool(chunk, 4);
@@ -47,7 +47,7 @@ test('writeShard gives each pooled chunk back only once it is written: a produce
   }
   const stats = { flushes: 0 };
   const f = join(d, 'model.safetensors');
-  await writeShard(f, specs, produce, { pool, flushBytes: 256 << 10, stats });
+  await writeShard(f, specs, produce, { pool, flushBytes: 256 << 10, stats, direct: false });
   const h = await readSafetensorsHeader(f);
   const data = readFileSync(f).subarray(h.dataStart);
   assert.equal(data.length, chunks * chunk);

@@ -1,0 +1,98 @@
+/**
+ * Output files written straight to the disk (O_DIRECT) where the file system takes it: bytes gathered into aligned
+ * staging blocks, the last one padded and the file truncated to its size; the same bytes as buffered writes, a
+ * file system that refuses direct writes after the open gets plain ones, and a source that ends early is named.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { closeSync, constants, openSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { DIRECT_ALIGN, DIRECT_MIN_BYTES, FileRange, openOutputFile, readSafetensorsHeader, refusedDirectWrites, STAGE_BYTES, writeShard } from '../../libs/safetensors';
+import { tempDir } from '../helpers/tmp';
+
+const d = tempDir('moe-forge-output-file-');
+
+/** Whether this temp folder's file system opens files with O_DIRECT (Linux disks do; tmpfs before 6.6 does not). */
+function directHere(): boolean {
+  if (process.platform !== 'linux' || constants.O_DIRECT === undefined) return false;
+  try {
+    closeSync(openSync(join(d, 'probe'), constants.O_WRONLY | constants.O_CREAT | constants.O_DIRECT));
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** n bytes of a pattern that differs at every offset mod 251 (misplaced bytes show). */
+const pattern = (n: number, seed: number) => Buffer.from(Array.from({ length: n }, (_, i) => (i * 7 + seed * 13 + (i >> 12)) % 251));
+
+test('a file appended through openOutputFile holds exactly the bytes put, across staging blocks, with an unaligned length; direct where the file system takes it', async () => {
+  const src = join(d, 'src.bin');
+  const srcBytes = pattern(STAGE_BYTES + 12345, 3);
+  writeFileSync(src, srcBytes);
+  // Pieces that straddle the staging blocks: small, unaligned, larger than a block, and ranges of a file.
+  const a = pattern(1001, 1);
+  const b = pattern(STAGE_BYTES + 777, 2);
+  const expected = Buffer.concat([a, srcBytes.subarray(5, 5 + STAGE_BYTES + 100), b, srcBytes.subarray(17, 4113)]);
+  // A file known to be small is written buffered (a router shard: staging would cost more than the page cache).
+  const small = await openOutputFile(join(d, 'small.bin'), { size: DIRECT_MIN_BYTES - 1 });
+  assert.equal(small.direct, false);
+  await small.close();
+  for (const direct of [true, false]) {
+    const f = join(d, `out-${direct}.bin`);
+    writeFileSync(f, 'old contents that are longer than nothing');
+    const out = await openOutputFile(f, { direct });
+    assert.equal(out.direct, direct && directHere(), 'direct only where asked and possible');
+    const fd = openSync(src, 'r');
+    try {
+      await out.put(a);
+      await out.putRange(fd, { file: src, offset: 5, length: STAGE_BYTES + 100, tensor: 't' });
+      await out.put(b);
+      await out.putRange(fd, { file: src, offset: 17, length: 4096, tensor: 't' });
+      assert.equal(await out.finish(), expected.length);
+    } finally {
+      closeSync(fd);
+      await out.close();
+    }
+    assert.equal(expected.length % DIRECT_ALIGN === 0, false, 'the test needs a length the last block pads');
+    assert.equal(statSync(f).size, expected.length, 'truncated to the bytes put, no padding left');
+    assert.ok(readFileSync(f).equals(expected), `same bytes (${direct ? 'direct' : 'buffered'})`);
+  }
+});
+
+test('writeShard writes the same shard direct and buffered, and a file system that refuses direct writes after the open gets plain ones', async () => {
+  const src = join(d, 'weights.bin');
+  writeFileSync(src, pattern(3 * STAGE_BYTES, 5));
+  const specs = [
+    { name: 'a', dtype: 'U8', shape: [3, 1000] },
+    { name: 'b', dtype: 'U8', shape: [2 * STAGE_BYTES + 3] },
+    { name: 'c', dtype: 'BF16', shape: [7] },
+  ];
+  const produce = (t: { name: string }) =>
+    t.name === 'a' ? [pattern(3000, 9)] : t.name === 'b' ? [new FileRange(src, 1, STAGE_BYTES, 'b'), new FileRange(src, 1 + STAGE_BYTES, STAGE_BYTES + 3, 'b')] : [pattern(14, 4)];
+  const write = async (name: string, direct: boolean) => {
+    const f = join(d, name);
+    assert.equal(await writeShard(f, specs, produce, { direct, directMinBytes: 0 }), statSync(f).size);
+    return readFileSync(f);
+  };
+  const buffered = await write('buffered.safetensors', false);
+  assert.ok((await write('direct.safetensors', true)).equals(buffered));
+  refusedDirectWrites.left = 1;
+  try {
+    assert.ok((await write('refused.safetensors', true)).equals(buffered), 'the refused block and the rest written plainly');
+    if (directHere()) assert.equal(refusedDirectWrites.left, 0, 'the direct write was tried and refused');
+  } finally {
+    refusedDirectWrites.left = 0;
+  }
+  const h = await readSafetensorsHeader(join(d, 'direct.safetensors'));
+  assert.deepEqual([...h.tensors.keys()].sort(), ['a', 'b', 'c']);
+});
+
+test('a direct write whose source file ends early names the file and tensor', async () => {
+  const src = join(d, 'short.bin');
+  writeFileSync(src, pattern(STAGE_BYTES + 10, 1));
+  await assert.rejects(
+    writeShard(join(d, 'short.safetensors'), [{ name: 'w', dtype: 'U8', shape: [STAGE_BYTES + 100] }], () => [new FileRange(src, 0, STAGE_BYTES + 100, 'w')], { direct: true, directMinBytes: 0 }),
+    (e: Error) => e.message === `${src}, tensor w: file ended while copying ${STAGE_BYTES + 100} bytes`,
+  );
+});
