@@ -64,7 +64,7 @@ export function earlyGuess(argv: string[], cwd = process.cwd(), env: NodeJS.Proc
   return { base: on && existsSync(join(on.dir, 'config.json')) ? on.dir : null };
 }
 
-/** Forks the forward worker when `argv` may need it, and tells it the base model when that is a local folder; returns whether it forked. */
+/** Forks the forward worker when `argv` may need it, and tells it the base model when that is on this machine (earlyGuess); returns whether it forked. */
 export function startEarly(argv: string[], worker = WORKER): boolean {
   const guess = earlyGuess(argv);
   if (!guess) return false;

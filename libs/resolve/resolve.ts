@@ -126,12 +126,16 @@ interface HubFetch {
   layout: WeightLayout;
 }
 
+/** The snapshot folder the cache holds at the commit a revision points to there (complete or not), or null. */
+function snapshotAt(cacheDir: string, repo: string, revision: string | null): { dir: string; sha: string } | null {
+  const sha = cachedCommit(cacheDir, repo, revision);
+  return sha ? { dir: snapshotDir(cacheDir, repo, sha), sha } : null;
+}
+
 /** The snapshot the cache holds for a revision, and the model files it lacks (none: fetch uses it offline). */
 async function cachedSnapshot(repo: string, revision: string | null, s: HubSettings): Promise<{ dir: string; sha: string; missing: string[] } | null> {
-  const sha = cachedCommit(s.cacheDir, repo, revision);
-  if (!sha) return null;
-  const dir = snapshotDir(s.cacheDir, repo, sha);
-  return { dir, sha, missing: await missingModelFiles(dir) };
+  const snap = snapshotAt(s.cacheDir, repo, revision);
+  return snap && { ...snap, missing: await missingModelFiles(snap.dir) };
 }
 
 /**
@@ -145,9 +149,8 @@ export function modelDirOnDisk(input: ModelReferenceInput | ModelReference, opts
     const loc = locateReference(ref, opts.baseDir);
     if (loc.kind === 'local') return { dir: loc.dir, cached: false };
     if (ref.revision !== null && unsafePathReason(ref.revision)) return null;
-    const cacheDir = opts.cacheDir ? resolve(opts.cacheDir) : hubCacheDir(opts.env ?? process.env);
-    const sha = cachedCommit(cacheDir, loc.repo, ref.revision);
-    return sha ? { dir: snapshotDir(cacheDir, loc.repo, sha), cached: true } : null;
+    const snap = snapshotAt(opts.cacheDir ? resolve(opts.cacheDir) : hubCacheDir(opts.env ?? process.env), loc.repo, ref.revision);
+    return snap && { dir: snap.dir, cached: true };
   } catch {
     return null;
   }

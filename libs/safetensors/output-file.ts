@@ -68,11 +68,14 @@ export async function openOutputFile(path: string, opts: OutputFileOptions = {})
   return new BufferedFile(await open(path, 'w'), opts);
 }
 
+/** A range's source file ended before the range did. */
+const rangeEnded = (r: { file: string; length: number; tensor: string }) => new SafetensorsError('truncated', `file ended while copying ${r.length} bytes`, { file: r.file, tensor: r.tensor });
+
 /** Tests: how many of the coming direct writes fail with EINVAL, as where a file system takes O_DIRECT at open but not the writes. */
 export const refusedDirectWrites = { left: 0 };
 
 /** Staging blocks per file: one fills while the others' writes are in flight (the disk wants a few at once). */
-export const STAGES = 4;
+const STAGES = 4;
 
 /** Staging memory: WebAssembly memories start page-aligned, as direct writes need; STAGES blocks each, reused. */
 const spareStages: Buffer[] = [];
@@ -116,7 +119,7 @@ class DirectFile implements OutputFile {
     for (let done = 0; done < r.length;) {
       const want = Math.min(STAGE_BYTES - this.fill, r.length - done);
       const n = readSync(fd, this.stages[this.cur], this.fill, want, r.offset + done);
-      if (n === 0) throw new SafetensorsError('truncated', `file ended while copying ${r.length} bytes`, { file: r.file, tensor: r.tensor });
+      if (n === 0) throw rangeEnded(r);
       this.fill += n;
       done += n;
       if (this.fill === STAGE_BYTES) await this.submit();
@@ -218,7 +221,7 @@ class BufferedFile implements OutputFile {
     const bounce = (this.bounce ??= Buffer.allocUnsafeSlow(COPY_SLICE));
     for (let done = 0; done < r.length;) {
       const n = readSync(fd, bounce, 0, Math.min(bounce.length, r.length - done), r.offset + done);
-      if (n === 0) throw new SafetensorsError('truncated', `file ended while copying ${r.length} bytes`, { file: r.file, tensor: r.tensor });
+      if (n === 0) throw rangeEnded(r);
       for (let w = 0; w < n;) w += writeSync(this.fh.fd, bounce, w, n - w, this.pos + done + w);
       done += n;
     }
