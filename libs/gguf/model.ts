@@ -47,6 +47,9 @@ export function producerSource(produce: (t: PlanTensor) => AsyncIterable<Buffer>
 export interface WriteModelGgufOptions {
   pool?: ChunkPool;
   onBytes?: (n: number) => void;
+  /** As safetensors' openOutputFile takes them (tests: force or refuse direct writes). */
+  direct?: boolean;
+  directMinBytes?: number;
 }
 
 export async function writeModelGguf(file: string, layout: GgufLayout, vocab: GgufKv[], source: SegmentSource, opts: WriteModelGgufOptions = {}): Promise<number> {
@@ -69,5 +72,5 @@ export async function writeModelGguf(file: string, layout: GgufLayout, vocab: Gg
     },
   }));
   const pool = opts.pool;
-  return writeGguf(file, [...layout.metadata, ...vocab], tensors, { onBytes: opts.onBytes, release: pool ? (b) => pool.give(b) : undefined });
+  return writeGguf(file, [...layout.metadata, ...vocab], tensors, { onBytes: opts.onBytes, release: pool ? (b) => pool.give(b) : undefined, direct: opts.direct, directMinBytes: opts.directMinBytes });
 }

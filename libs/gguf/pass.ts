@@ -5,8 +5,8 @@
  * run does not produce (a shard kept from the previous folder) is filled from a segment source afterwards.
  */
 import { constants } from 'node:fs';
-import { copyFile, open, rm, type FileHandle } from 'node:fs/promises';
-import { dtypeSize, type ChunkPool } from '../safetensors';
+import { copyFile, open, rm } from 'node:fs/promises';
+import { dtypeSize, openOutputFile, type ChunkPool, type OutputFile } from '../safetensors';
 import type { PlanTensor } from '../plan';
 import { DEFAULT_ALIGNMENT, alignUp } from './format';
 import { elementBytes } from './quant';
@@ -33,6 +33,9 @@ export function ggufPassKey(layout: GgufLayout, vocab: GgufKv[]): { header: Buff
   return { header, total, segments: JSON.stringify(layout.tensors.map((t) => t.segments.map((s) => [s.tensor.name, s.begin, s.count]))) };
 }
 
+/** How the file is written: direct where possible (safetensors' openOutputFile), or as asked (tests). */
+export type GgufPassOptions = { direct?: boolean; directMinBytes?: number };
+
 export class GgufPass {
   private readonly places: Place[] = [];
   /** Tensors whose bytes come with the layout (no segments). */
@@ -44,7 +47,7 @@ export class GgufPass {
 
   private constructor(
     readonly file: string,
-    private readonly fh: FileHandle,
+    private readonly out: OutputFile,
     private readonly layout: GgufLayout,
     readonly key: { header: Buffer; total: number; segments: string },
     private readonly pool?: ChunkPool,
@@ -75,18 +78,25 @@ export class GgufPass {
     return this.key.total;
   }
 
-  /** Creates the file at its full size (the alignment padding stays zero) with its header written. */
-  static async open(file: string, layout: GgufLayout, vocab: GgufKv[], pool?: ChunkPool): Promise<GgufPass> {
+  /** Whether the file goes to the disk around the page cache (O_DIRECT). */
+  get direct(): boolean {
+    return this.out.direct;
+  }
+
+  /**
+   * Creates the file at its full size (the alignment padding stays zero) with its header written. Its bytes go
+   * around the page cache where the file system allows (openOutputFile): a GGUF is as large as the shards.
+   */
+  static async open(file: string, layout: GgufLayout, vocab: GgufKv[], pool?: ChunkPool, opts: GgufPassOptions = {}): Promise<GgufPass> {
     const key = ggufPassKey(layout, vocab);
-    const fh = await open(file, 'wx');
+    const out = await openOutputFile(file, { ...opts, create: 'exclusive', size: key.total, length: key.total });
     try {
-      await fh.truncate(key.total);
-      await fh.write(key.header, 0, key.header.length, 0);
-      const pass = new GgufPass(file, fh, layout, key, pool);
+      await out.putAt(0, key.header);
+      const pass = new GgufPass(file, out, layout, key, pool);
       await pass.writeFixed();
       return pass;
     } catch (e) {
-      await fh.close();
+      await out.close();
       throw e;
     }
   }
@@ -96,34 +106,37 @@ export class GgufPass {
    * layout's: the `unchanged` plan tensors' bytes are in place already, the rest is written over. Null when the
    * previous file is not of this layout.
    */
-  static async fromPrevious(file: string, previous: string, layout: GgufLayout, vocab: GgufKv[], unchanged: string[], pool?: ChunkPool): Promise<GgufPass | null> {
+  static async fromPrevious(file: string, previous: string, layout: GgufLayout, vocab: GgufKv[], unchanged: string[], pool?: ChunkPool, opts: GgufPassOptions = {}): Promise<GgufPass | null> {
     const key = ggufPassKey(layout, vocab);
     await copyFile(previous, file, constants.COPYFILE_EXCL | constants.COPYFILE_FICLONE);
-    const fh = await open(file, 'r+');
+    const fh = await open(file, 'r');
+    let same: boolean;
     try {
       const head = Buffer.alloc(key.header.length);
       const { bytesRead } = await fh.read(head, 0, head.length, 0);
-      if ((await fh.stat()).size !== key.total || bytesRead !== head.length || !head.equals(key.header)) {
-        await fh.close();
-        await rm(file, { force: true });
-        return null;
-      }
-      const pass = new GgufPass(file, fh, layout, key, pool);
+      same = (await fh.stat()).size === key.total && bytesRead === head.length && head.equals(key.header);
+    } finally {
+      await fh.close();
+    }
+    if (!same) {
+      await rm(file, { force: true });
+      return null;
+    }
+    const out = await openOutputFile(file, { ...opts, create: 'existing', size: key.total });
+    try {
+      const pass = new GgufPass(file, out, layout, key, pool);
       await pass.writeFixed();
       const keep = new Set(unchanged);
       for (const p of pass.places) if (keep.has(p.seg.tensor.name)) p.done = p.bytes;
       return pass;
     } catch (e) {
-      await fh.close().catch(() => undefined);
+      await out.close().catch(() => undefined);
       throw e;
     }
   }
 
   private async writeFixed(): Promise<void> {
-    for (const { at, data } of this.fixed) {
-      let off = 0;
-      while (off < data.length) off += (await this.fh.write(data, off, data.length - off, at + off)).bytesWritten;
-    }
+    for (const { at, data } of this.fixed) await this.out.putAt(at, data);
   }
 
   private encoder(p: Place, borrowed: boolean): TensorEncoder {
@@ -140,8 +153,7 @@ export class GgufPass {
     const at = p.at + p.done;
     p.done += b.length;
     this.inFlight = (async () => {
-      let off = 0;
-      while (off < b.length) off += (await this.fh.write(b, off, b.length - off, at + off)).bytesWritten;
+      await this.out.putAt(at, b);
       this.pool?.give(b);
     })().catch((e: unknown) => void (this.failed = e));
   }
@@ -196,7 +208,7 @@ export class GgufPass {
     return [...new Set(this.places.filter((p) => p.done !== p.bytes).map((p) => p.seg.tensor.name))];
   }
 
-  /** Every segment complete: closed (not synced, as writeGguf's file: the shards' fsyncs are the write's cost). */
+  /** Every segment complete: on the disk, and closed. */
   async finish(): Promise<number> {
     await this.inFlight;
     if (this.failed !== undefined) throw this.failed;
@@ -204,14 +216,14 @@ export class GgufPass {
     if (left.length > 0) throw new Error(`internal: GGUF ${this.file}: no bytes yet for ${left.slice(0, 3).join(', ')}`);
     // On the disk before the stamp that vouches for it is written, as the shards are: a crash after the swap
     // must not leave a GGUF of the right size full of zeros that the next run keeps.
-    await this.fh.datasync();
-    await this.fh.close();
+    await this.out.finish();
+    await this.out.close();
     return this.key.total;
   }
 
   /** Stops: waits for the write in flight and closes the file (the caller removes it). */
   async abort(): Promise<void> {
     await this.inFlight;
-    await this.fh.close().catch(() => undefined);
+    await this.out.close().catch(() => undefined);
   }
 }

@@ -1,5 +1,5 @@
-import { open } from 'node:fs/promises';
 import { ForgeError } from '../errors';
+import { openOutputFile } from '../safetensors';
 import { DEFAULT_ALIGNMENT, GGUF_MAGIC, GGUF_VERSION, SCALAR_SIZES, TENSOR_TYPES, VALUE_CODES, alignUp, tensorBytes, type GgufTensorType } from './format';
 import type { GgufKv, GgufScalar, GgufScalarType } from './types';
 
@@ -107,74 +107,35 @@ export function encodeGgufHeader(metadata: GgufKv[], tensors: Pick<GgufTensorOut
   return { header: h.bytes(), sizes, total: h.length + offset };
 }
 
-const WRITE_BATCH = 8 << 20;
-const SMALL_CHUNK = 1 << 20;
-
 /**
  * Writes a GGUF file in one pass: the header first (every size is known from the shapes), then each tensor's
- * bytes as they come, each padded to the alignment. A tensor that yields more or fewer bytes than its shape
- * and type call for stops the write.
+ * bytes as they come, each padded to the alignment, then fsync (the stamp that vouches for the file follows).
+ * The bytes go around the page cache where the file system allows (safetensors' openOutputFile: a GGUF is as
+ * large as the shards). A tensor that yields more or fewer bytes than its shape and type call for stops the write.
  */
-export async function writeGguf(file: string, metadata: GgufKv[], tensors: GgufTensorOut[], opts: { onBytes?: (n: number) => void; release?: (b: Buffer) => void } = {}): Promise<number> {
+export async function writeGguf(file: string, metadata: GgufKv[], tensors: GgufTensorOut[], opts: { onBytes?: (n: number) => void; release?: (b: Buffer) => void; direct?: boolean; directMinBytes?: number } = {}): Promise<number> {
   const { header, sizes, total } = encodeGgufHeader(metadata, tensors);
-  const fh = await open(file, 'wx');
+  const out = await openOutputFile(file, { create: 'exclusive', size: total, direct: opts.direct, directMinBytes: opts.directMinBytes });
   try {
-    let pos = 0;
-    // Small chunks are gathered into one of two batch buffers; large ones are written as they are. One write is
-    // in flight while the next chunks are encoded; a chunk goes back to its producer (release) once written.
-    const batches = [Buffer.allocUnsafeSlow(WRITE_BATCH), Buffer.allocUnsafeSlow(WRITE_BATCH)];
-    let which = 0;
-    let batched = 0;
-    let inFlight: Promise<void> = Promise.resolve();
-    const writeAll = async (b: Buffer, at: number) => {
-      let off = 0;
-      while (off < b.length) off += (await fh.write(b, off, b.length - off, at + off)).bytesWritten;
-    };
-    const start = async (b: Buffer, after?: () => void) => {
-      await inFlight;
-      const at = pos;
-      pos += b.length;
-      inFlight = writeAll(b, at).then(after);
-      inFlight.catch(() => undefined);
-    };
-    const flush = async () => {
-      if (batched === 0) return;
-      const b = batches[which]!.subarray(0, batched);
-      which ^= 1;
-      batched = 0;
-      await start(b);
-    };
-    const put = async (b: Buffer) => {
-      if (b.length >= SMALL_CHUNK) {
-        await flush();
-        await start(b, () => opts.release?.(b));
-        return;
-      }
-      if (batched + b.length > WRITE_BATCH) await flush();
-      // The buffer about to be filled may be the one the write before last still reads.
-      if (batched === 0) await inFlight;
-      b.copy(batches[which]!, batched);
-      batched += b.length;
-      opts.release?.(b);
-    };
-    await put(header);
+    await out.put(header);
     for (const [i, t] of tensors.entries()) {
       let n = 0;
       for await (const chunk of t.bytes()) {
         n += chunk.length;
         if (n > sizes[i]!) break;
         opts.onBytes?.(chunk.length);
-        await put(chunk);
+        // Taken once put resolves: the chunk goes back to its producer.
+        await out.put(chunk);
+        opts.release?.(chunk);
       }
       if (n !== sizes[i]) throw new ForgeError('internal', `GGUF tensor ${t.name}: ${n} bytes produced for ${sizes[i]} expected (${t.type} [${t.shape}])`, { tensor: t.name, file });
       const pad = alignUp(n, DEFAULT_ALIGNMENT) - n;
-      if (pad > 0) await put(Buffer.alloc(pad));
+      if (pad > 0) await out.put(Buffer.alloc(pad));
     }
-    await flush();
-    await inFlight;
+    const pos = await out.finish();
     if (pos !== total) throw new Error(`internal: GGUF ${file} is ${pos} bytes, ${total} planned`);
     return pos;
   } finally {
-    await fh.close();
+    await out.close();
   }
 }

@@ -4,7 +4,8 @@ import { SafetensorsError } from '../errors';
 import { wasmApi } from '../wasm';
 
 /**
- * Where a large output file's bytes go: appended in order, then `finish` puts them on the disk.
+ * Where a large output file's bytes go: appended in order (a shard), or put at their places in any order (a GGUF
+ * written in the shards' order), then `finish` puts them on the disk.
  *
  * Direct (`O_DIRECT`, where the platform and file system take it): bytes are gathered into aligned staging
  * blocks, and each full block goes to the disk in one write straight from memory while the next fills. The kernel
@@ -12,24 +13,35 @@ import { wasmApi } from '../wasm';
  * most of a write's CPU (a 2.17 GB bf16 shard alone: 0.53 CPU-s direct against 1.3-2.0 buffered, in the same wall
  * time), which a first build pays while its forward pass wants both cores; and the output takes no room from the
  * source models in the page cache.
- * The last block is padded to the alignment and the file truncated to its size.
+ * Pages a run of bytes covers only in part (its ends, unless aligned: a GGUF segment shares its first and last
+ * pages with its neighbours and the padding) are kept in memory and written at finish through a plain handle,
+ * over what the file holds there (the neighbours' bytes, or a previous file's bytes where the run is a change).
  *
  * Buffered (elsewhere: tmpfs, macOS, a file system that refuses direct writes): plain writes at their offsets,
  * flushed to the disk in the background every `flushBytes` so that the final fsync does not wait for all of them.
  */
 export interface OutputFile {
   readonly direct: boolean;
-  /** Appends `b` (taken before this resolves: the caller may reuse it after). */
+  /** Appends `b` where the last put ended (taken before this resolves: the caller may reuse it after). */
   put(b: Uint8Array): Promise<void>;
+  /**
+   * Writes `b` at offset `at` (taken before this resolves). Calls that carry on where the last ended form one
+   * run and are written as it fills; a later call over the same bytes wins. One call at a time.
+   */
+  putAt(at: number, b: Uint8Array): Promise<void>;
   /** Appends `length` bytes of the open file `fd` from `offset` (`file` and `tensor` name them in errors). */
   putRange(fd: number, range: { file: string; offset: number; length: number; tensor: string }): Promise<void>;
-  /** Every byte on the disk (fsync) and the file exactly as long as what was appended; returns that length. */
+  /** Every byte on the disk (fsync), the file as long as what was put (or `length`); returns the end of the last byte put. */
   finish(): Promise<number>;
   /** Closes the file (after finish, or to give up): waits for a write in flight. */
   close(): Promise<void>;
 }
 
 export interface OutputFileOptions {
+  /** `truncate` (default): a new or emptied file; `exclusive`: a new file, failing where one exists; `existing`: the file as it is. */
+  create?: 'truncate' | 'exclusive' | 'existing';
+  /** The file's length from the open on (bytes no put covers read as zero, or keep an existing file's). */
+  length?: number;
   /** false: buffered writes even where direct ones are possible (default: direct where possible, for large files). */
   direct?: boolean;
   /** The file's expected length: one under `directMinBytes` is written buffered (its staging would cost more). */
@@ -53,19 +65,31 @@ const FLUSH_BYTES = 64 << 20;
 /** Bytes copied through a buffer this small stay in the CPU's cache between the read and the write. */
 const COPY_SLICE = 128 << 10;
 
-/** Creates (or truncates) `path` for writing, direct where the platform and its file system allow. */
+/** Opens `path` for writing (`create` says how), direct where the platform and its file system allow. */
 export async function openOutputFile(path: string, opts: OutputFileOptions = {}): Promise<OutputFile> {
   const O_DIRECT = constants.O_DIRECT;
+  const create = opts.create ?? 'truncate';
+  const flags = create === 'existing' ? constants.O_WRONLY : constants.O_WRONLY | constants.O_CREAT | (create === 'exclusive' ? constants.O_EXCL : constants.O_TRUNC);
+  let out: OutputFile | null = null;
+  let fh: FileHandle | null = null;
   if (opts.direct !== false && O_DIRECT !== undefined && process.platform === 'linux' && (opts.size ?? Infinity) >= (opts.directMinBytes ?? DIRECT_MIN_BYTES)) {
-    let fh: FileHandle | null = null;
     try {
-      fh = await open(path, constants.O_WRONLY | constants.O_CREAT | constants.O_TRUNC | O_DIRECT, 0o666);
+      fh = await open(path, flags | O_DIRECT, 0o666);
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code !== 'EINVAL') throw e; // the file system has no direct I/O
     }
-    if (fh) return new DirectFile(path, fh);
+    if (fh) out = new DirectFile(path, fh);
   }
-  return new BufferedFile(await open(path, 'w'), opts);
+  if (!out) out = new BufferedFile((fh = await open(path, flags, 0o666)), opts);
+  if (opts.length !== undefined) {
+    try {
+      await fh!.truncate(opts.length);
+    } catch (e) {
+      await out.close();
+      throw e;
+    }
+  }
+  return out;
 }
 
 /** A range's source file ended before the range did. */
@@ -84,19 +108,35 @@ function takeStages(): Buffer {
   return spareStages.pop() ?? Buffer.from(new (wasmApi().Memory)({ initial: (STAGES * STAGE_BYTES) / 65536 }).buffer);
 }
 
+const alignDown = (n: number) => n - (n % DIRECT_ALIGN);
+const alignUp = (n: number) => alignDown(n + DIRECT_ALIGN - 1);
+
+function checkPlace(at: number): void {
+  if (!Number.isSafeInteger(at) || at < 0) throw new RangeError(`output offset ${at}: a non-negative integer is needed`);
+}
+
+/** Part of a page that a run covered: `off` bytes into the page. */
+type Piece = { off: number; data: Buffer };
+
 class DirectFile implements OutputFile {
   direct = true;
   private readonly memory = takeStages();
   private readonly stages = Array.from({ length: STAGES }, (_, i) => this.memory.subarray(i * STAGE_BYTES, (i + 1) * STAGE_BYTES));
-  /** Each stage's write in flight, if any. */
-  private readonly inflight: (Promise<void> | null)[] = new Array(STAGES).fill(null);
+  /** Each stage's write in flight, if any, and the file range it writes. */
+  private readonly inflight: ({ w: Promise<void>; from: number; to: number } | null)[] = new Array(STAGES).fill(null);
   private cur = 0;
-  /** Bytes in the current stage. */
-  private fill = 0;
-  /** File offset of the current stage's first byte. */
-  private at = 0;
-  /** Set when the file system refused a direct write after taking the open: the rest goes through this plain fd. */
+  /** The current stage holds the file's bytes [lo, hi) of the current run; its first byte is the file's byte `base` (aligned). */
+  private base = 0;
+  private lo = 0;
+  private hi = 0;
+  /** The end of the last byte put. */
+  private end = 0;
+  /** Pages that runs covered in part, by file offset: written at finish over what the file holds. */
+  private readonly edges = new Map<number, Piece[]>();
+  /** Set when the file system refused a direct write after taking the open, or for the edges: a plain handle. */
   private plain: Promise<FileHandle> | null = null;
+  /** Direct writes refused: the rest goes through `plain`. */
+  private refused = false;
   private closed = false;
 
   constructor(
@@ -104,77 +144,136 @@ class DirectFile implements OutputFile {
     private readonly fh: FileHandle,
   ) {}
 
-  async put(b: Uint8Array): Promise<void> {
+  put(b: Uint8Array): Promise<void> {
+    return this.putAt(this.hi, b);
+  }
+
+  async putAt(at: number, b: Uint8Array): Promise<void> {
+    if (at !== this.hi) await this.restart(at);
     for (let off = 0; off < b.length;) {
-      const n = Math.min(STAGE_BYTES - this.fill, b.length - off);
-      this.stages[this.cur].set(b.subarray(off, off + n), this.fill);
-      this.fill += n;
+      const n = Math.min(this.base + STAGE_BYTES - this.hi, b.length - off);
+      this.stages[this.cur]!.set(b.subarray(off, off + n), this.hi - this.base);
+      this.hi += n;
       off += n;
-      if (this.fill === STAGE_BYTES) await this.submit();
+      if (this.hi - this.base === STAGE_BYTES) await this.submit();
     }
   }
 
   async putRange(fd: number, r: { file: string; offset: number; length: number; tensor: string }): Promise<void> {
     // Read straight into the stage: the page cache's copy is the only one the CPU makes.
     for (let done = 0; done < r.length;) {
-      const want = Math.min(STAGE_BYTES - this.fill, r.length - done);
-      const n = readSync(fd, this.stages[this.cur], this.fill, want, r.offset + done);
+      const want = Math.min(this.base + STAGE_BYTES - this.hi, r.length - done);
+      const n = readSync(fd, this.stages[this.cur]!, this.hi - this.base, want, r.offset + done);
       if (n === 0) throw rangeEnded(r);
-      this.fill += n;
+      this.hi += n;
       done += n;
-      if (this.fill === STAGE_BYTES) await this.submit();
+      if (this.hi - this.base === STAGE_BYTES) await this.submit();
     }
   }
 
-  /** The current stage to the disk, then the next stage once its own write is done (its memory is filled next). */
-  private async submit(padTo = this.fill): Promise<void> {
-    const w = this.writeAt(this.stages[this.cur]!.subarray(0, padTo), this.at);
-    w.catch(() => undefined); // awaited before the stage is filled again, or by finish or close: never unhandled meanwhile
-    this.inflight[this.cur] = w;
-    this.at += this.fill;
+  /** A new run at `at`: the current one goes first. */
+  private async restart(at: number): Promise<void> {
+    checkPlace(at);
+    if (this.hi > this.lo) await this.submit();
+    this.base = alignDown(at);
+    this.lo = this.hi = at;
+  }
+
+  /**
+   * The current run's bytes in this stage: its whole pages to the disk from the stage, its partial pages kept
+   * (edges); then the next stage, once its own write is done (its memory is filled next).
+   */
+  private async submit(): Promise<void> {
+    const { base, lo, hi } = this;
+    const stage = this.stages[this.cur]!;
+    const from = alignUp(lo);
+    const to = alignDown(hi);
+    if (to > from) {
+      // An earlier write of these pages still in flight (bytes put again) must land first.
+      for (const f of this.inflight) if (f && f.from < to && from < f.to) await f.w;
+      // Whole pages written now are newer than any part of them kept before.
+      if (this.edges.size > 0) for (let p = from; p < to; p += DIRECT_ALIGN) this.edges.delete(p);
+      const w = this.writeAt(stage.subarray(from - base, to - base), from);
+      w.catch(() => undefined); // awaited before the stage is filled again, or by finish or close: never unhandled meanwhile
+      this.inflight[this.cur] = { w, from, to };
+      this.keep(lo, stage.subarray(lo - base, from - base));
+      this.keep(to, stage.subarray(to - base, hi - base));
+    } else this.keep(lo, stage.subarray(lo - base, hi - base));
+    this.end = Math.max(this.end, hi);
     this.cur = (this.cur + 1) % STAGES;
-    this.fill = 0;
+    this.base = this.lo = this.hi = hi;
     const next = this.inflight[this.cur];
     this.inflight[this.cur] = null;
-    await next;
+    await next?.w;
+  }
+
+  /** Bytes at file offset `at` that cover their pages only in part, copied out, by page. */
+  private keep(at: number, bytes: Uint8Array): void {
+    for (let off = 0; off < bytes.length;) {
+      const page = alignDown(at + off);
+      const n = Math.min(page + DIRECT_ALIGN - (at + off), bytes.length - off);
+      const pieces = this.edges.get(page) ?? this.edges.set(page, []).get(page)!;
+      pieces.push({ off: at + off - page, data: Buffer.from(bytes.subarray(off, off + n)) });
+      off += n;
+    }
   }
 
   private async writeAt(b: Buffer, at: number): Promise<void> {
     for (let done = 0; done < b.length;) {
-      const fh = this.plain ? await this.plain : this.fh;
+      const fh = this.refused ? await this.plain! : this.fh;
       try {
-        if (!this.plain && refusedDirectWrites.left > 0 && refusedDirectWrites.left--) throw Object.assign(new Error('EINVAL (refusedDirectWrites)'), { code: 'EINVAL' });
+        if (!this.refused && refusedDirectWrites.left > 0 && refusedDirectWrites.left--) throw Object.assign(new Error('EINVAL (refusedDirectWrites)'), { code: 'EINVAL' });
         done += (await fh.write(b, done, b.length - done, at + done)).bytesWritten;
       } catch (e) {
         // Open took O_DIRECT but the write did not (an alignment this file system wants larger): plain from here
         // (one plain handle, whichever write in flight is refused first).
         if ((e as NodeJS.ErrnoException).code !== 'EINVAL' || fh !== this.fh) throw e;
-        this.plain ??= open(this.path, 'r+');
+        this.refused = true;
+        this.plainHandle();
       }
     }
   }
 
+  private plainHandle(): Promise<FileHandle> {
+    return (this.plain ??= open(this.path, 'r+'));
+  }
+
   /** Every write in flight done (the first failure thrown after all have settled). */
   private async drain(): Promise<void> {
-    const all = this.inflight.filter((w) => w !== null);
+    const all = this.inflight.filter((f) => f !== null).map((f) => f.w);
     this.inflight.fill(null);
     const settled = await Promise.allSettled(all);
     const failed = settled.find((r) => r.status === 'rejected');
     if (failed) throw (failed as PromiseRejectedResult).reason;
   }
 
-  async finish(): Promise<number> {
-    const size = this.at + this.fill;
-    if (this.fill > 0) {
-      const padded = Math.ceil(this.fill / DIRECT_ALIGN) * DIRECT_ALIGN;
-      this.stages[this.cur]!.fill(0, this.fill, padded);
-      await this.submit(padded);
+  /**
+   * The pages runs covered in part, through the plain handle (a few KiB each: the page cache is cheaper for them
+   * than staging): each read as the file holds it (a neighbour's bytes, a previous file's, zeros past the end),
+   * its pieces put over it in the order they came.
+   */
+  private async writeEdges(): Promise<void> {
+    const fh = await this.plainHandle();
+    const page = Buffer.alloc(DIRECT_ALIGN);
+    for (const at of [...this.edges.keys()].sort((a, b) => a - b)) {
+      page.fill(0);
+      let len = (await fh.read(page, 0, DIRECT_ALIGN, at)).bytesRead;
+      for (const { off, data } of this.edges.get(at)!) {
+        data.copy(page, off);
+        len = Math.max(len, off + data.length);
+      }
+      for (let done = 0; done < len;) done += (await fh.write(page, done, len - done, at + done)).bytesWritten;
     }
+    this.edges.clear();
+  }
+
+  async finish(): Promise<number> {
+    if (this.hi > this.lo) await this.submit();
     await this.drain();
-    const fh = this.plain ? await this.plain : this.fh;
-    if (size % DIRECT_ALIGN !== 0) await fh.truncate(size);
-    await fh.sync();
-    return size;
+    if (this.edges.size > 0) await this.writeEdges();
+    // fsync is per file: it covers the plain handle's writes too.
+    await this.fh.sync();
+    return this.end;
   }
 
   async close(): Promise<void> {
@@ -190,12 +289,14 @@ class DirectFile implements OutputFile {
 class BufferedFile implements OutputFile {
   direct = false;
   private pos = 0;
+  private end = 0;
   // Left to itself the kernel starts writeback only past its dirty threshold (10% of RAM), so a shard of a
   // few GB would reach the disk only in the final fsync, after all the reading and casting: flushing as we go
   // keeps the disk busy meanwhile. One flush at a time; its error is kept, as the next fsync may not see it.
   private flushing: Promise<void> | undefined;
   private flushError: unknown;
-  private flushedAt = 0;
+  /** Bytes written since the last flush began. */
+  private unflushed = 0;
   private bounce: Buffer | null = null;
 
   constructor(
@@ -203,13 +304,14 @@ class BufferedFile implements OutputFile {
     private readonly opts: OutputFileOptions,
   ) {}
 
-  async put(b: Uint8Array): Promise<void> {
-    for (let done = 0; done < b.length;) {
-      const { bytesWritten } = await this.fh.write(b, done, b.length - done, this.pos);
-      done += bytesWritten;
-      this.pos += bytesWritten;
-    }
-    this.flushIfDue();
+  put(b: Uint8Array): Promise<void> {
+    return this.putAt(this.pos, b);
+  }
+
+  async putAt(at: number, b: Uint8Array): Promise<void> {
+    checkPlace(at);
+    for (let done = 0; done < b.length;) done += (await this.fh.write(b, done, b.length - done, at + done)).bytesWritten;
+    this.wrote(at + b.length, b.length);
   }
 
   /**
@@ -225,14 +327,16 @@ class BufferedFile implements OutputFile {
       for (let w = 0; w < n;) w += writeSync(this.fh.fd, bounce, w, n - w, this.pos + done + w);
       done += n;
     }
-    this.pos += r.length;
-    this.flushIfDue();
+    this.wrote(this.pos + r.length, r.length);
   }
 
-  private flushIfDue(): void {
+  private wrote(to: number, n: number): void {
+    this.pos = to;
+    this.end = Math.max(this.end, to);
+    this.unflushed += n;
     if (this.flushError !== undefined) throw this.flushError;
-    if (this.flushing || this.pos - this.flushedAt < (this.opts.flushBytes ?? FLUSH_BYTES)) return;
-    this.flushedAt = this.pos;
+    if (this.flushing || this.unflushed < (this.opts.flushBytes ?? FLUSH_BYTES)) return;
+    this.unflushed = 0;
     if (this.opts.stats) this.opts.stats.flushes++;
     this.flushing = this.fh.datasync().then(
       () => void (this.flushing = undefined),
@@ -244,7 +348,7 @@ class BufferedFile implements OutputFile {
     await this.flushing;
     if (this.flushError !== undefined) throw this.flushError;
     await this.fh.sync();
-    return this.pos;
+    return this.end;
   }
 
   async close(): Promise<void> {

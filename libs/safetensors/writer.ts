@@ -110,7 +110,7 @@ export type TensorChunk = Buffer | FileRange;
  */
 export type TensorProducer = (t: OutputTensorSpec) => AsyncIterable<TensorChunk> | Iterable<TensorChunk>;
 
-export interface WriteShardOptions extends Omit<OutputFileOptions, 'size'> {
+export interface WriteShardOptions extends Omit<OutputFileOptions, 'size' | 'create' | 'length'> {
   /** Where the producer's chunks come from: each is given back once written. */
   pool?: ChunkPool;
 }

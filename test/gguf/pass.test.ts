@@ -5,7 +5,7 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
+import { closeSync, constants, existsSync, mkdirSync, openSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { ChunkPool, SafetensorsWeights, writeShard } from '../../libs/safetensors';
 import { GGUF_TYPES, GgufPass, producerSource, shardSource, writeModelGguf } from '../../libs/gguf';
@@ -15,22 +15,38 @@ import { gatesOf, mixtralPlan } from '../helpers/mixtral-plan';
 import { tempDir } from '../helpers/tmp';
 
 const d = tempDir();
+const dirOf = d;
 const plan = mixtralPlan(d);
 const vocab = [{ key: 'tokenizer.ggml.model', value: { type: 'string' as const, value: 'gpt2' } }];
 
-for (const type of GGUF_TYPES) {
-  test(`${type}: shards in their order, one kept, give the one-pass writer's file`, async () => {
+/** Whether this temp folder's file system opens files with O_DIRECT (Linux disks do; tmpfs before 6.6 does not). */
+function directHere(): boolean {
+  if (process.platform !== 'linux' || constants.O_DIRECT === undefined) return false;
+  try {
+    closeSync(openSync(join(d, 'probe'), constants.O_WRONLY | constants.O_CREAT | constants.O_DIRECT));
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+// These files are far under the size written direct by default: direct here is asked for (directMinBytes 0).
+const MODES = [{ name: 'buffered', opts: { direct: false } }, { name: 'direct', opts: { direct: true, directMinBytes: 0 } }];
+
+for (const type of GGUF_TYPES) for (const mode of MODES) {
+  test(`${type}, ${mode.name}: shards in their order, one kept, give the one-pass writer's file`, async () => {
     const pool = new ChunkPool(1 << 20);
     const shards = shardsOf(plan);
     assert.ok(shards.length > 10, 'a shard per tensor');
     const layout = ggufPlan(plan, shards, type);
-    const want = join(d, `want-${type}.gguf`);
-    await writeModelGguf(want, layout, vocab, producerSource(tensorProducer(gatesOf(3), pool)), { pool });
+    const want = join(d, `want-${type}-${mode.name}.gguf`);
+    await writeModelGguf(want, layout, vocab, producerSource(tensorProducer(gatesOf(3), pool)), { pool, ...mode.opts });
 
-    const out = join(d, type);
+    const out = join(d, `${type}-${mode.name}`);
     rmSync(out, { recursive: true, force: true });
     mkdirSync(out);
-    const pass = await GgufPass.open(join(out, 'model.gguf'), layout, vocab, pool);
+    const pass = await GgufPass.open(join(out, 'model.gguf'), layout, vocab, pool, mode.opts);
+    assert.equal(pass.direct, mode.opts.direct && directHere(), 'direct only where asked and possible');
     const produce = tensorProducer(gatesOf(3), pool);
     const byName = new Map(plan.tensors.map((t) => [t.name, t]));
     // Shard 3 (an expert's tensor) is "kept": written without the pass, its tensors read back afterwards. The
@@ -45,6 +61,7 @@ for (const type of GGUF_TYPES) {
     assert.deepEqual(pass.missing(), []);
     await pass.finish();
     assert.ok(readFileSync(join(out, 'model.gguf')).equals(readFileSync(want)), `${type}: same bytes`);
+    if (mode.opts.direct) assert.ok(readFileSync(want).equals(readFileSync(join(d, `want-${type}-buffered.gguf`))), 'the one-pass writer: direct = buffered');
     // The shards the pass saw are as the producer makes them (the pass does not touch the chunks it is lent).
     const direct = join(d, `direct-${type}.safetensors`);
     await writeShard(direct, shards[2]!.tensors, (t) => produce(byName.get(t.name)!), { pool });
@@ -67,8 +84,10 @@ test('a tensor producing more than its elements stops the pass', async () => {
   await pass.abort();
 });
 
-test('a copy of the previous GGUF with only the changed tensors written gives the new file; another header is refused', async () => {
+for (const mode of MODES) test(`${mode.name}: a copy of the previous GGUF with only the changed tensors written gives the new file; another header is refused`, async () => {
   const pool = new ChunkPool(1 << 20);
+  const d = join(dirOf, mode.name);
+  mkdirSync(d);
   const shards = shardsOf(plan);
   const layout = ggufPlan(plan, shards, 'q8_0');
   const before = join(d, 'before.gguf');
@@ -76,7 +95,8 @@ test('a copy of the previous GGUF with only the changed tensors written gives th
   await writeModelGguf(before, layout, vocab, producerSource(tensorProducer(gatesOf(5), pool)), { pool });
   await writeModelGguf(after, layout, vocab, producerSource(tensorProducer(gatesOf(6), pool)), { pool });
   const router = plan.tensors.find((t) => t.group === 'router')!;
-  const pass = (await GgufPass.fromPrevious(join(d, 'patched.gguf'), before, layout, vocab, plan.tensors.filter((t) => t !== router).map((t) => t.name), pool))!;
+  const pass = (await GgufPass.fromPrevious(join(d, 'patched.gguf'), before, layout, vocab, plan.tensors.filter((t) => t !== router).map((t) => t.name), pool, mode.opts))!;
+  assert.equal(pass.direct, mode.opts.direct && directHere());
   assert.deepEqual(pass.missing(), [router.name]);
   for await (const _ of pass.tee(router, tensorProducer(gatesOf(6), pool)(router)));
   await pass.finish();

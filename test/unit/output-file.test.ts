@@ -96,3 +96,84 @@ test('a direct write whose source file ends early names the file and tensor', as
     (e: Error) => e.message === `${src}, tensor w: file ended while copying ${STAGE_BYTES + 100} bytes`,
   );
 });
+
+/** `writes` applied in order to `length` zero bytes (or to `base`): what the file must hold. */
+function applied(length: number, writes: [number, Buffer][], base?: Buffer): Buffer {
+  const want = base ? Buffer.from(base) : Buffer.alloc(length);
+  for (const [at, b] of writes) b.copy(want, at);
+  return want;
+}
+
+// Runs as a GGUF pass makes them: a header, segments at unaligned places with padding between, a run put in
+// several calls that crosses staging blocks, one inside a single page, pieces on both sides of a page edge, and
+// bytes put again later (over pages written whole, over a page's edge, and whole pages over an edge).
+const L = 2 * STAGE_BYTES + 50_000;
+const placed: [number, Buffer][] = [
+  [0, pattern(1234, 1)],
+  [STAGE_BYTES + 4000, pattern(9000, 2)],
+  [1280, pattern(STAGE_BYTES - 7, 3)],
+  [1280 + STAGE_BYTES - 7, pattern(STAGE_BYTES + 33, 4)],
+  [2 * STAGE_BYTES + 40_000, pattern(100, 5)],
+  [2 * STAGE_BYTES + 40_100, pattern(32, 6)],
+  [2 * STAGE_BYTES + 8190, pattern(5, 7)],
+  [300, pattern(20_000, 8)],
+  [2 * STAGE_BYTES + 49_990, pattern(10, 9)],
+  // Whole pages over the page that the 100 bytes at 40_000 covered in part: the later bytes win.
+  [2 * STAGE_BYTES + 36_000, pattern(9000, 10)],
+];
+
+test('bytes put at their places in any order give the file those writes make, direct, buffered and after a refused direct write', async () => {
+  const want = applied(L, placed);
+  for (const [name, opts, refuse] of [['buffered', { direct: false }, 0], ['direct', { direct: true, directMinBytes: 0 }, 0], ['refused', { direct: true, directMinBytes: 0 }, 1]] as const) {
+    const f = join(d, `placed-${name}.bin`);
+    refusedDirectWrites.left = refuse;
+    try {
+      const out = await openOutputFile(f, { ...opts, create: 'exclusive', length: L });
+      assert.equal(out.direct, opts.direct && directHere());
+      try {
+        for (const [at, b] of placed) await out.putAt(at, b);
+        assert.equal(await out.finish(), L, 'the end of the last byte put');
+      } finally {
+        await out.close();
+      }
+      if (refuse && directHere()) assert.equal(refusedDirectWrites.left, 0, 'the direct write was tried and refused');
+    } finally {
+      refusedDirectWrites.left = 0;
+    }
+    assert.equal(statSync(f).size, L);
+    assert.ok(readFileSync(f).equals(want), `same bytes (${name})`);
+  }
+});
+
+test('an existing file keeps the bytes no put covers, beside those put on the same pages', async () => {
+  const before = pattern(L, 11);
+  const writes = placed.slice(1, 5);
+  for (const direct of [true, false]) {
+    const f = join(d, `existing-${direct}.bin`);
+    writeFileSync(f, before);
+    const out = await openOutputFile(f, { direct, directMinBytes: 0, create: 'existing' });
+    try {
+      for (const [at, b] of writes) await out.putAt(at, b);
+      await out.finish();
+    } finally {
+      await out.close();
+    }
+    assert.ok(readFileSync(f).equals(applied(L, writes, before)), `previous bytes kept around the writes (${direct ? 'direct' : 'buffered'})`);
+  }
+});
+
+test('an exclusive output file refuses one that exists, and a place that is not an offset is refused', async () => {
+  const f = join(d, 'taken.bin');
+  writeFileSync(f, 'a file we did not write');
+  for (const direct of [true, false]) await assert.rejects(openOutputFile(f, { direct, directMinBytes: 0, create: 'exclusive' }), (e: NodeJS.ErrnoException) => e.code === 'EEXIST');
+  assert.equal(readFileSync(f, 'utf8'), 'a file we did not write');
+  for (const direct of [true, false]) {
+    const out = await openOutputFile(join(d, `bad-place-${direct}.bin`), { direct, directMinBytes: 0 });
+    try {
+      await assert.rejects(out.putAt(-1, Buffer.alloc(1)), (e: Error) => e.message === 'output offset -1: a non-negative integer is needed');
+      await assert.rejects(out.putAt(1.5, Buffer.alloc(1)), (e: Error) => e.message === 'output offset 1.5: a non-negative integer is needed');
+    } finally {
+      await out.close();
+    }
+  }
+});
