@@ -5,7 +5,7 @@
  * run does not produce (a shard kept from the previous folder) is filled from a segment source afterwards.
  */
 import { constants } from 'node:fs';
-import { copyFile, open, rm } from 'node:fs/promises';
+import { copyFile, open } from 'node:fs/promises';
 import { dtypeSize, openOutputFile, type ChunkPool, type OutputFile } from '../safetensors';
 import type { PlanTensor } from '../plan';
 import { DEFAULT_ALIGNMENT, alignUp } from './format';
@@ -102,32 +102,47 @@ export class GgufPass {
   }
 
   /**
-   * A copy of the previous GGUF (a reflink where the file system has them) whose header and places are this
-   * layout's: the `unchanged` plan tensors' bytes are in place already, the rest is written over. Null when the
+   * The previous GGUF's bytes where this layout's header and places are the same: the `unchanged` plan tensors'
+   * bytes are in place already, the rest is written over. A reflink of the whole file where the file system has
+   * them (no bytes move); else a new file with only the unchanged tensors' bytes copied over, direct where
+   * possible (a 6.8 GB copy through the page cache took 20 s of a prompt edit). Null (and no file made) when the
    * previous file is not of this layout.
    */
   static async fromPrevious(file: string, previous: string, layout: GgufLayout, vocab: GgufKv[], unchanged: string[], pool?: ChunkPool, opts: GgufPassOptions = {}): Promise<GgufPass | null> {
     const key = ggufPassKey(layout, vocab);
-    await copyFile(previous, file, constants.COPYFILE_EXCL | constants.COPYFILE_FICLONE);
-    const fh = await open(file, 'r');
-    let same: boolean;
+    const fh = await open(previous, 'r');
     try {
       const head = Buffer.alloc(key.header.length);
       const { bytesRead } = await fh.read(head, 0, head.length, 0);
-      same = (await fh.stat()).size === key.total && bytesRead === head.length && head.equals(key.header);
+      if ((await fh.stat()).size !== key.total || bytesRead !== head.length || !head.equals(key.header)) return null;
     } finally {
       await fh.close();
     }
-    if (!same) {
-      await rm(file, { force: true });
-      return null;
+    let cloned = true;
+    try {
+      await copyFile(previous, file, constants.COPYFILE_EXCL | constants.COPYFILE_FICLONE_FORCE);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'EEXIST') throw e;
+      cloned = false; // no reflinks here (libuv removes the file it made)
     }
-    const out = await openOutputFile(file, { ...opts, create: 'existing', size: key.total });
+    const out = cloned ? await openOutputFile(file, { ...opts, create: 'existing', size: key.total }) : await openOutputFile(file, { ...opts, create: 'exclusive', size: key.total, length: key.total });
     try {
       const pass = new GgufPass(file, out, layout, key, pool);
-      await pass.writeFixed();
       const keep = new Set(unchanged);
-      for (const p of pass.places) if (keep.has(p.seg.tensor.name)) p.done = p.bytes;
+      const kept = pass.places.filter((p) => keep.has(p.seg.tensor.name));
+      if (!cloned) {
+        // Places in file order; neighbours (a tensor's segments, tensors with only padding between) go as one range.
+        const ranges: { offset: number; length: number }[] = [];
+        for (const p of kept) {
+          const last = ranges[ranges.length - 1];
+          if (last && p.at - (last.offset + last.length) < DEFAULT_ALIGNMENT) last.length = p.at + p.bytes - last.offset;
+          else ranges.push({ offset: p.at, length: p.bytes });
+        }
+        await out.copyFrom(previous, ranges);
+        await out.putAt(0, key.header);
+      }
+      await pass.writeFixed();
+      for (const p of kept) p.done = p.bytes;
       return pass;
     } catch (e) {
       await out.close().catch(() => undefined);

@@ -1,4 +1,4 @@
-import { constants, readSync, writeSync } from 'node:fs';
+import { closeSync, constants, openSync, readSync, writeSync } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
 import { SafetensorsError } from '../errors';
 import { wasmApi } from '../wasm';
@@ -29,6 +29,12 @@ export interface OutputFile {
    * run and are written as it fills; a later call over the same bytes wins. One call at a time.
    */
   putAt(at: number, b: Uint8Array): Promise<void>;
+  /**
+   * The bytes of file `path` in `ranges` (sorted, apart) at the same offsets of this file. Direct, whole pages move
+   * (read around the page cache too): bytes beside a range on its first and last pages may come along, so put
+   * the bytes that differ after the copy. A range past the end of `path` is an error naming it.
+   */
+  copyFrom(path: string, ranges: { offset: number; length: number }[]): Promise<void>;
   /** Appends `length` bytes of the open file `fd` from `offset` (`file` and `tensor` name them in errors). */
   putRange(fd: number, range: { file: string; offset: number; length: number; tensor: string }): Promise<void>;
   /** Every byte on the disk (fsync), the file as long as what was put (or `length`); returns the end of the last byte put. */
@@ -90,6 +96,20 @@ export async function openOutputFile(path: string, opts: OutputFileOptions = {})
     }
   }
   return out;
+}
+
+/** A copied range's source file ended before the range did. */
+const copyEnded = (path: string, end: number) => new SafetensorsError('truncated', `file ended before byte ${end} while copying it`, { file: path });
+
+/** Checks `ranges` (sorted, apart, within safe integers). */
+function checkRanges(ranges: { offset: number; length: number }[]): void {
+  let end = 0;
+  for (const r of ranges) {
+    checkPlace(r.offset);
+    checkPlace(r.length);
+    if (r.offset < end) throw new RangeError(`copied range at ${r.offset}: ranges must be sorted and apart`);
+    end = r.offset + r.length;
+  }
 }
 
 /** A range's source file ended before the range did. */
@@ -168,6 +188,50 @@ class DirectFile implements OutputFile {
       this.hi += n;
       done += n;
       if (this.hi - this.base === STAGE_BYTES) await this.submit();
+    }
+  }
+
+  async copyFrom(path: string, ranges: { offset: number; length: number }[]): Promise<void> {
+    checkRanges(ranges);
+    // Read direct as well: the source's pages come from the disk into the stage, with no copy by the CPU and
+    // nothing added to the page cache. Whole pages, so ranges whose pages touch are one run.
+    let fd: number;
+    let direct = true;
+    try {
+      fd = openSync(path, constants.O_RDONLY | constants.O_DIRECT!);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'EINVAL') throw e;
+      fd = openSync(path, 'r');
+      direct = false;
+    }
+    try {
+      const runs: { from: number; to: number; end: number }[] = [];
+      for (const r of ranges) {
+        if (r.length === 0) continue;
+        const end = r.offset + r.length;
+        const from = direct ? alignDown(r.offset) : r.offset;
+        const to = direct ? alignUp(end) : end;
+        const last = runs[runs.length - 1];
+        if (last && from <= last.to) (last.to = Math.max(last.to, to)), (last.end = end);
+        else runs.push({ from, to, end });
+      }
+      for (const run of runs) {
+        await this.restart(run.from);
+        for (let pos = run.from; pos < run.to;) {
+          const want = Math.min(this.base + STAGE_BYTES - this.hi, run.to - pos);
+          const n = readSync(fd, this.stages[this.cur]!, this.hi - this.base, want, pos);
+          this.hi += n;
+          pos += n;
+          if (n < want) {
+            // The file's end: past the range's last byte (on its last page), or before it.
+            if (pos < run.end) throw copyEnded(path, run.end);
+            break;
+          }
+          if (this.hi - this.base === STAGE_BYTES) await this.submit();
+        }
+      }
+    } finally {
+      closeSync(fd);
     }
   }
 
@@ -314,20 +378,38 @@ class BufferedFile implements OutputFile {
     this.wrote(at + b.length, b.length);
   }
 
+  async copyFrom(path: string, ranges: { offset: number; length: number }[]): Promise<void> {
+    checkRanges(ranges);
+    const fd = openSync(path, 'r');
+    try {
+      for (const r of ranges) {
+        this.pos = r.offset;
+        this.copySlices(fd, r.offset, r.length, () => copyEnded(path, r.offset + r.length));
+      }
+    } finally {
+      closeSync(fd);
+    }
+  }
+
   /**
    * A slice at a time through a small buffer, with synchronous calls: through the thread pool each 128 KiB slice
    * would cost more in round trips than its copy (the caller keeps ranges to a chunk). Reading a whole 16 MiB
    * chunk first and writing it after takes the bytes through main memory twice more (a bf16 → bf16 write 3x slower).
    */
   async putRange(fd: number, r: { file: string; offset: number; length: number; tensor: string }): Promise<void> {
+    this.copySlices(fd, r.offset, r.length, () => rangeEnded(r));
+  }
+
+  /** `length` bytes of `fd` from `offset`, at the current position. */
+  private copySlices(fd: number, offset: number, length: number, ended: () => Error): void {
     const bounce = (this.bounce ??= Buffer.allocUnsafeSlow(COPY_SLICE));
-    for (let done = 0; done < r.length;) {
-      const n = readSync(fd, bounce, 0, Math.min(bounce.length, r.length - done), r.offset + done);
-      if (n === 0) throw rangeEnded(r);
+    for (let done = 0; done < length;) {
+      const n = readSync(fd, bounce, 0, Math.min(bounce.length, length - done), offset + done);
+      if (n === 0) throw ended();
       for (let w = 0; w < n;) w += writeSync(this.fh.fd, bounce, w, n - w, this.pos + done + w);
       done += n;
     }
-    this.wrote(this.pos + r.length, r.length);
+    this.wrote(this.pos + length, length);
   }
 
   private wrote(to: number, n: number): void {

@@ -177,3 +177,50 @@ test('an exclusive output file refuses one that exists, and a place that is not 
     }
   }
 });
+
+test('ranges copied from another file land at their offsets, bytes put after them win, and a range past its end is named', async () => {
+  const src = join(d, 'previous.bin');
+  const before = pattern(L, 12);
+  writeFileSync(src, before);
+  // Two ranges on touching pages, one across staging blocks, one to the file's unaligned end.
+  const ranges = [
+    { offset: 100, length: 5000 },
+    { offset: 5200, length: 30 },
+    { offset: STAGE_BYTES + 10, length: STAGE_BYTES + 5 },
+    { offset: L - 777, length: 777 },
+  ];
+  const after: [number, Buffer][] = [[STAGE_BYTES + 4000, pattern(9000, 13)]];
+  for (const direct of [true, false]) {
+    const f = join(d, `copied-${direct}.bin`);
+    const out = await openOutputFile(f, { direct, directMinBytes: 0, create: 'exclusive', length: L });
+    try {
+      await out.copyFrom(src, ranges);
+      for (const [at, b] of after) await out.putAt(at, b);
+      await out.finish();
+    } finally {
+      await out.close();
+    }
+    const got = readFileSync(f);
+    assert.equal(got.length, L);
+    const want = applied(L, [...ranges.map((r) => [r.offset, before.subarray(r.offset, r.offset + r.length)] as [number, Buffer]), ...after]);
+    const pageOf = (i: number) => Math.floor(i / DIRECT_ALIGN);
+    const touched = new Set<number>();
+    for (const [at, len] of [...ranges.map((r) => [r.offset, r.length]), ...after.map(([at, b]) => [at, b.length])]) for (let p = pageOf(at); p <= pageOf(at + len - 1); p++) touched.add(p);
+    const inRange = (i: number) => ranges.some((r) => i >= r.offset && i < r.offset + r.length) || after.some(([at, b]) => i >= at && i < at + b.length);
+    let diffs = 0;
+    for (let i = 0; i < L; i++) {
+      // Direct, bytes beside a range on its pages may come along; every other byte is as the writes make it.
+      if (got[i] !== want[i] && !(direct && touched.has(pageOf(i)) && !inRange(i) && got[i] === before[i])) diffs++;
+    }
+    assert.equal(diffs, 0, `copied and put bytes in place (${direct ? 'direct' : 'buffered'})`);
+  }
+  for (const direct of [true, false]) {
+    const out = await openOutputFile(join(d, `copy-short-${direct}.bin`), { direct, directMinBytes: 0 });
+    try {
+      await assert.rejects(out.copyFrom(src, [{ offset: L - 10, length: 20 }]), (e: Error) => e.message === `${src}: file ended before byte ${L + 10} while copying it`);
+      await assert.rejects(out.copyFrom(src, [{ offset: 5000, length: 10 }, { offset: 10, length: 10 }]), (e: Error) => e.message === 'copied range at 10: ranges must be sorted and apart');
+    } finally {
+      await out.close();
+    }
+  }
+});
