@@ -214,7 +214,7 @@ async function benchGgufMergeSection(tmp: string, size: string): Promise<void> {
   for (const r of results) {
     row({ section: `gguf-merge-${size}`, measure: `mergekit-moe ${r.step} with --gguf bf16, s`, value: r.withGguf, unit: 's', baseline: r.without, baselineLabel: 'the same merge without --gguf, s', goal: 'info' });
   }
-  notes.push(`gguf-merge-${size}: the whole mergekit-moe command (bench/incremental.ts's hidden-mode recipe, 4 experts) with --gguf bf16 and without, in turn, best of 3; cold: into a new folder; prompt edit: in place, the recipe toggling between two prompt sets already in the prompt cache. The GGUF is written in the shards' pass; after an edit it starts as a copy of the previous one.`);
+  notes.push(`gguf-merge-${size}: the whole mergekit-moe command (bench/incremental.ts's hidden-mode recipe, 4 experts) with --gguf bf16 and without, in turn, best of 3; cold: into a new folder; prompt edit: in place, the recipe toggling between two prompt sets already in the prompt cache. The GGUF is written in the shards' pass; after an edit it starts from the previous one (a reflink, else its unchanged tensors' bytes copied).`);
   details.ggufMerge = results;
   rmSync(dir, { recursive: true, force: true });
 }

@@ -1,7 +1,8 @@
 /**
  * Output files written straight to the disk (O_DIRECT) where the file system takes it: bytes gathered into aligned
- * staging blocks, the last one padded and the file truncated to its size; the same bytes as buffered writes, a
- * file system that refuses direct writes after the open gets plain ones, and a source that ends early is named.
+ * staging blocks, appended or put at their places in any order or copied from another file, the pages a run covers
+ * in part written at the end over what the file holds; the same bytes as buffered writes, a file system that
+ * refuses direct writes after the open gets plain ones, and a source that ends early is named.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
