@@ -117,6 +117,8 @@ const rangeEnded = (r: { file: string; length: number; tensor: string }) => new 
 
 /** Tests: how many of the coming direct writes fail with EINVAL, as where a file system takes O_DIRECT at open but not the writes. */
 export const refusedDirectWrites = { left: 0 };
+/** Tests: how many of the coming direct reads of a copied file fail with EINVAL. */
+export const refusedDirectReads = { left: 0 };
 
 /** Staging blocks per file: one fills while the others' writes are in flight (the disk wants a few at once). */
 const STAGES = 4;
@@ -195,15 +197,28 @@ class DirectFile implements OutputFile {
     checkRanges(ranges);
     // Read direct as well: the source's pages come from the disk into the stage, with no copy by the CPU and
     // nothing added to the page cache. Whole pages, so ranges whose pages touch are one run.
-    let fd: number;
-    let direct = true;
+    let fd = -1;
+    let direct = constants.O_DIRECT !== undefined;
     try {
-      fd = openSync(path, constants.O_RDONLY | constants.O_DIRECT!);
+      if (direct) fd = openSync(path, constants.O_RDONLY | constants.O_DIRECT!);
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code !== 'EINVAL') throw e;
-      fd = openSync(path, 'r');
       direct = false;
     }
+    if (!direct) fd = openSync(path, 'r');
+    /** A read into the stage; a file system that took O_DIRECT at the open but refuses the read gets plain ones. */
+    const read = (at: number, want: number, pos: number): number => {
+      try {
+        if (direct && refusedDirectReads.left > 0 && refusedDirectReads.left--) throw Object.assign(new Error('EINVAL (refusedDirectReads)'), { code: 'EINVAL' });
+        return readSync(fd, this.stages[this.cur]!, at, want, pos);
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code !== 'EINVAL' || !direct) throw e;
+        closeSync(fd);
+        fd = openSync(path, 'r');
+        direct = false; // the runs stay whole pages: plain reads take any offsets
+        return readSync(fd, this.stages[this.cur]!, at, want, pos);
+      }
+    };
     try {
       const runs: { from: number; to: number; end: number }[] = [];
       for (const r of ranges) {
@@ -219,7 +234,7 @@ class DirectFile implements OutputFile {
         await this.restart(run.from);
         for (let pos = run.from; pos < run.to;) {
           const want = Math.min(this.base + STAGE_BYTES - this.hi, run.to - pos);
-          const n = readSync(fd, this.stages[this.cur]!, this.hi - this.base, want, pos);
+          const n = read(this.hi - this.base, want, pos);
           this.hi += n;
           pos += n;
           if (n < want) {

@@ -8,7 +8,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { closeSync, constants, openSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { DIRECT_ALIGN, DIRECT_MIN_BYTES, FileRange, openOutputFile, readSafetensorsHeader, refusedDirectWrites, STAGE_BYTES, writeShard } from '../../libs/safetensors';
+import { DIRECT_ALIGN, DIRECT_MIN_BYTES, FileRange, openOutputFile, readSafetensorsHeader, refusedDirectReads, refusedDirectWrites, STAGE_BYTES, writeShard } from '../../libs/safetensors';
 import { tempDir } from '../helpers/tmp';
 
 const d = tempDir('moe-forge-output-file-');
@@ -191,14 +191,18 @@ test('ranges copied from another file land at their offsets, bytes put after the
     { offset: L - 777, length: 777 },
   ];
   const after: [number, Buffer][] = [[STAGE_BYTES + 4000, pattern(9000, 13)]];
-  for (const direct of [true, false]) {
-    const f = join(d, `copied-${direct}.bin`);
+  // Direct, buffered, and direct where the source's file system refuses a direct read after the open.
+  for (const [direct, refuse] of [[true, 0], [false, 0], [true, 2]] as const) {
+    const f = join(d, `copied-${direct}-${refuse}.bin`);
     const out = await openOutputFile(f, { direct, directMinBytes: 0, create: 'exclusive', length: L });
+    refusedDirectReads.left = refuse;
     try {
       await out.copyFrom(src, ranges);
       for (const [at, b] of after) await out.putAt(at, b);
       await out.finish();
+      if (refuse && directHere()) assert.equal(refusedDirectReads.left, refuse - 1, 'one direct read refused, the rest plain');
     } finally {
+      refusedDirectReads.left = 0;
       await out.close();
     }
     const got = readFileSync(f);
