@@ -75,11 +75,18 @@ const COPY_SLICE = 128 << 10;
 export async function openOutputFile(path: string, opts: OutputFileOptions = {}): Promise<OutputFile> {
   const O_DIRECT = constants.O_DIRECT;
   const create = opts.create ?? 'truncate';
-  const flags = create === 'existing' ? constants.O_WRONLY : constants.O_WRONLY | constants.O_CREAT | (create === 'exclusive' ? constants.O_EXCL : constants.O_TRUNC);
+  // Made before any O_DIRECT open: Linux creates the file before it refuses O_DIRECT, and an exclusive open
+  // tried again without it would then find the file.
+  if (create === 'exclusive') await (await open(path, 'wx', 0o666)).close();
+  const flags = create === 'truncate' ? constants.O_WRONLY | constants.O_CREAT | constants.O_TRUNC : constants.O_WRONLY;
   let out: OutputFile | null = null;
   let fh: FileHandle | null = null;
   if (opts.direct !== false && O_DIRECT !== undefined && process.platform === 'linux' && (opts.size ?? Infinity) >= (opts.directMinBytes ?? DIRECT_MIN_BYTES)) {
     try {
+      if (refusedDirectOpens.left > 0 && refusedDirectOpens.left--) {
+        await (await open(path, flags, 0o666)).close(); // as Linux does: the file made, then O_DIRECT refused
+        throw Object.assign(new Error('EINVAL (refusedDirectOpens)'), { code: 'EINVAL' });
+      }
       fh = await open(path, flags | O_DIRECT, 0o666);
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code !== 'EINVAL') throw e; // the file system has no direct I/O
@@ -115,6 +122,8 @@ function checkRanges(ranges: { offset: number; length: number }[]): void {
 /** A range's source file ended before the range did. */
 const rangeEnded = (r: { file: string; length: number; tensor: string }) => new SafetensorsError('truncated', `file ended while copying ${r.length} bytes`, { file: r.file, tensor: r.tensor });
 
+/** Tests: how many of the coming direct opens fail with EINVAL, as on a file system without direct I/O. */
+export const refusedDirectOpens = { left: 0 };
 /** Tests: how many of the coming direct writes fail with EINVAL, as where a file system takes O_DIRECT at open but not the writes. */
 export const refusedDirectWrites = { left: 0 };
 /** Tests: how many of the coming direct reads of a copied file fail with EINVAL. */

@@ -8,7 +8,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { closeSync, constants, openSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { DIRECT_ALIGN, DIRECT_MIN_BYTES, FileRange, openOutputFile, readSafetensorsHeader, refusedDirectReads, refusedDirectWrites, STAGE_BYTES, writeShard } from '../../libs/safetensors';
+import { DIRECT_ALIGN, DIRECT_MIN_BYTES, FileRange, openOutputFile, readSafetensorsHeader, refusedDirectOpens, refusedDirectReads, refusedDirectWrites, STAGE_BYTES, writeShard } from '../../libs/safetensors';
 import { tempDir } from '../helpers/tmp';
 
 const d = tempDir('moe-forge-output-file-');
@@ -227,5 +227,27 @@ test('ranges copied from another file land at their offsets, bytes put after the
     } finally {
       await out.close();
     }
+  }
+});
+
+test('a file system that refuses O_DIRECT at the open gets plain writes, for a new file made exclusively too', async () => {
+  const want = applied(L, placed);
+  for (const create of ['exclusive', 'truncate'] as const) {
+    const f = join(d, `open-refused-${create}.bin`);
+    refusedDirectOpens.left = 1;
+    let out;
+    try {
+      out = await openOutputFile(f, { direct: true, directMinBytes: 0, create, length: L });
+    } finally {
+      refusedDirectOpens.left = 0;
+    }
+    assert.equal(out.direct, false);
+    try {
+      for (const [at, b] of placed) await out.putAt(at, b);
+      await out.finish();
+    } finally {
+      await out.close();
+    }
+    assert.ok(readFileSync(f).equals(want), `same bytes (${create})`);
   }
 });
