@@ -5,7 +5,7 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { closeSync, constants, existsSync, mkdirSync, openSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { ChunkPool, SafetensorsWeights, writeShard } from '../../libs/safetensors';
 import { GGUF_TYPES, GgufPass, producerSource, shardSource, writeModelGguf } from '../../libs/gguf';
@@ -13,22 +13,14 @@ import { ggufPlan, shardsOf } from '../../libs/stages/write-manifest';
 import { tensorProducer } from '../../libs/stages/write';
 import { gatesOf, mixtralPlan } from '../helpers/mixtral-plan';
 import { tempDir } from '../helpers/tmp';
+import { directIn } from '../helpers/direct-io';
 
 const d = tempDir();
 const dirOf = d;
 const plan = mixtralPlan(d);
 const vocab = [{ key: 'tokenizer.ggml.model', value: { type: 'string' as const, value: 'gpt2' } }];
 
-/** Whether this temp folder's file system opens files with O_DIRECT (Linux disks do; tmpfs before 6.6 does not). */
-function directHere(): boolean {
-  if (process.platform !== 'linux' || constants.O_DIRECT === undefined) return false;
-  try {
-    closeSync(openSync(join(d, 'probe'), constants.O_WRONLY | constants.O_CREAT | constants.O_DIRECT));
-    return true;
-  } catch {
-    return false;
-  }
-}
+const directHere = () => directIn(d);
 
 // These files are far under the size written direct by default: direct here is asked for (directMinBytes 0).
 const MODES = [{ name: 'buffered', opts: { direct: false } }, { name: 'direct', opts: { direct: true, directMinBytes: 0 } }];

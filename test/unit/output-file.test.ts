@@ -6,23 +6,15 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { closeSync, constants, openSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { closeSync, openSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { DIRECT_ALIGN, DIRECT_MIN_BYTES, FileRange, openOutputFile, readSafetensorsHeader, refusedDirectOpens, refusedDirectReads, refusedDirectWrites, STAGE_BYTES, writeShard } from '../../libs/safetensors';
 import { tempDir } from '../helpers/tmp';
+import { directIn } from '../helpers/direct-io';
 
 const d = tempDir('moe-forge-output-file-');
 
-/** Whether this temp folder's file system opens files with O_DIRECT (Linux disks do; tmpfs before 6.6 does not). */
-function directHere(): boolean {
-  if (process.platform !== 'linux' || constants.O_DIRECT === undefined) return false;
-  try {
-    closeSync(openSync(join(d, 'probe'), constants.O_WRONLY | constants.O_CREAT | constants.O_DIRECT));
-    return true;
-  } catch {
-    return false;
-  }
-}
+const directHere = () => directIn(d);
 
 /** n bytes of a pattern that differs at every offset mod 251 (misplaced bytes show). */
 const pattern = (n: number, seed: number) => Buffer.from(Array.from({ length: n }, (_, i) => (i * 7 + seed * 13 + (i >> 12)) % 251));
