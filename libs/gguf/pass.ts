@@ -160,17 +160,24 @@ export class GgufPass {
     return new TensorEncoder({ type: t.type, rowLength: t.shape[0]!, permuteGroupRows: t.permuteGroupRows, borrowed, release: pool ? (b) => pool.give(b) : undefined, take: pool ? (n) => pool.take(n) : undefined });
   }
 
-  /** One write in flight; `b` goes back to the pool once written. */
+  /**
+   * One write in flight; `b` goes back to the pool once written. Writes are chained, so the file's puts stay one
+   * at a time (its staging is not shared between calls) whoever calls.
+   */
   private async put(p: Place, b: Buffer): Promise<void> {
     if (p.done + b.length > p.bytes) throw new Error(`internal: GGUF segment of ${p.seg.tensor.name} at ${p.seg.begin}: ${p.done + b.length} bytes for ${p.bytes}`);
-    await this.inFlight;
     if (this.failed !== undefined) throw this.failed;
     const at = p.at + p.done;
     p.done += b.length;
-    this.inFlight = (async () => {
-      await this.out.putAt(at, b);
-      this.pool?.give(b);
-    })().catch((e: unknown) => void (this.failed = e));
+    const before = this.inFlight;
+    this.inFlight = before
+      .then(async () => {
+        if (this.failed === undefined) await this.out.putAt(at, b);
+        this.pool?.give(b);
+      })
+      .catch((e: unknown) => void (this.failed = e));
+    await before;
+    if (this.failed !== undefined) throw this.failed;
   }
 
   /**

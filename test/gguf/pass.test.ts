@@ -97,3 +97,19 @@ for (const mode of MODES) test(`${mode.name}: a copy of the previous GGUF with o
   assert.equal(await GgufPass.fromPrevious(join(d, 'refused.gguf'), before, layout, other, [], pool), null);
   assert.ok(!existsSync(join(d, 'refused.gguf')));
 });
+
+test('shards written at once, each teeing into the pass, give the one-pass writer\'s file (the pass puts one write at a time)', async () => {
+  const pool = new ChunkPool(1 << 20);
+  const shards = shardsOf(plan);
+  const layout = ggufPlan(plan, shards, 'bf16');
+  const want = join(d, 'concurrent-want.gguf');
+  await writeModelGguf(want, layout, vocab, producerSource(tensorProducer(gatesOf(4), pool)), { pool, direct: false });
+  const out = join(d, 'concurrent');
+  mkdirSync(out);
+  const pass = await GgufPass.open(join(out, 'model.gguf'), layout, vocab, pool, { direct: true, directMinBytes: 0 });
+  const produce = tensorProducer(gatesOf(4), pool);
+  const byName = new Map(plan.tensors.map((t) => [t.name, t]));
+  await Promise.all(shards.map((s) => writeShard(join(out, s.file), s.tensors, (t) => pass.tee(byName.get(t.name)!, produce(byName.get(t.name)!)), { pool })));
+  await pass.finish();
+  assert.ok(readFileSync(join(out, 'model.gguf')).equals(readFileSync(want)));
+});
