@@ -6,4 +6,4 @@ export { writeModelGguf, shardSource, producerSource, type SegmentSource } from 
 export { vocabKeys } from './vocab-seam';
 export { useQuantWasm } from './quant-wasm';
 export * from './architecture';
-export { GgufPass, ggufPassKey } from './pass';
+export { GgufPass, ggufPassKey, reflinkAsCopy } from './pass';

@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import { existsSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { ChunkPool, SafetensorsWeights, writeShard } from '../../libs/safetensors';
-import { GGUF_TYPES, GgufPass, producerSource, shardSource, writeModelGguf } from '../../libs/gguf';
+import { GGUF_TYPES, GgufPass, producerSource, reflinkAsCopy, shardSource, writeModelGguf } from '../../libs/gguf';
 import { ggufPlan, shardsOf } from '../../libs/stages/write-manifest';
 import { tensorProducer } from '../../libs/stages/write';
 import { gatesOf, mixtralPlan } from '../helpers/mixtral-plan';
@@ -76,7 +76,8 @@ test('a tensor producing more than its elements stops the pass', async () => {
   await pass.abort();
 });
 
-for (const mode of MODES) test(`${mode.name}: a copy of the previous GGUF with only the changed tensors written gives the new file; another header is refused`, async () => {
+// The previous file's bytes copied (direct or not), or the whole file taken as a reflink would give it.
+for (const mode of [...MODES.map((m) => ({ ...m, reflink: false })), { ...MODES[1]!, name: 'reflink', reflink: true }]) test(`${mode.name}: the previous GGUF with only the changed tensors written gives the new file; another header is refused`, async () => {
   const pool = new ChunkPool(1 << 20);
   const d = join(dirOf, mode.name);
   mkdirSync(d);
@@ -87,7 +88,13 @@ for (const mode of MODES) test(`${mode.name}: a copy of the previous GGUF with o
   await writeModelGguf(before, layout, vocab, producerSource(tensorProducer(gatesOf(5), pool)), { pool });
   await writeModelGguf(after, layout, vocab, producerSource(tensorProducer(gatesOf(6), pool)), { pool });
   const router = plan.tensors.find((t) => t.group === 'router')!;
-  const pass = (await GgufPass.fromPrevious(join(d, 'patched.gguf'), before, layout, vocab, plan.tensors.filter((t) => t !== router).map((t) => t.name), pool, mode.opts))!;
+  reflinkAsCopy.on = mode.reflink;
+  let pass: GgufPass;
+  try {
+    pass = (await GgufPass.fromPrevious(join(d, 'patched.gguf'), before, layout, vocab, plan.tensors.filter((t) => t !== router).map((t) => t.name), pool, mode.opts))!;
+  } finally {
+    reflinkAsCopy.on = false;
+  }
   assert.equal(pass.direct, mode.opts.direct && directHere());
   assert.deepEqual(pass.missing(), [router.name]);
   for await (const _ of pass.tee(router, tensorProducer(gatesOf(6), pool)(router)));
