@@ -113,6 +113,19 @@ export class ContentCache {
     }
   }
 
+  /**
+   * Whether the index names an entry for `key`, its content neither read nor checked: for guesses only (a bad
+   * entry reads as a miss later, through getBound). False under `recompute` and where the cache cannot be used.
+   */
+  async mayHave(key: string): Promise<boolean> {
+    if (this.opts.recompute) return false;
+    try {
+      return (await cacache().get.info(this.dir, key)) !== null;
+    } catch {
+      return false;
+    }
+  }
+
   async putBound(key: string, material: unknown, data: Buffer): Promise<void> {
     try {
       await cacache().put(this.dir, key, Buffer.concat([boundHead(material), data]));

@@ -135,7 +135,7 @@ interface Speculation {
 let speculation: Speculation | null = null;
 
 /** Speculated passes in this process: sent, taken by a stage's pass, ended unused (tests read this). */
-export const speculationStats = { sent: 0, taken: 0, ended: 0 };
+export const speculationStats = { sent: 0, taken: 0, ended: 0, lastPrompts: 0 };
 
 const idsKey = (ids: number[]) => ids.join(',');
 
@@ -156,6 +156,7 @@ export function speculatePromptStates(modelDir: string, prompts: number[][], opt
   result.catch(() => undefined); // a pass that takes it sees its error; one ended unused has none to report
   speculation = s;
   speculationStats.sent++;
+  speculationStats.lastPrompts = prompts.length;
   return true;
 }
 

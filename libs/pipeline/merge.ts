@@ -74,17 +74,17 @@ export async function mergeWithOptions(run: MergeRun, options: StageOptions): Pr
   // models resolved and the prompts tokenized (it is ended unused when every state is cached).
   const states = GATE_MODES[parsed.recipe.gate_mode].states;
   const before = states === 'hidden' || states === 'router_input' ? await previousRecipe(run.outPath) : null;
+  const cacheDir = options.cacheDir ?? userCacheDir();
   if ((states === 'hidden' || states === 'router_input') && mayComputeStates(parsed.recipe, before)) {
     startForwardWorker();
     // The prompts it will likely compute go to it now, before the models are hashed and the cache is read.
-    if (states === 'hidden') await speculateHiddenStates(parsed.recipe, before, run.modelBaseDir, options, run.env);
+    if (states === 'hidden') await speculateHiddenStates(parsed.recipe, before, run.modelBaseDir, options, cacheDir, run.env);
   } else stopForwardWorker(); // one forked at the command's start has nothing to do
   let work: string | null = null;
   let forget: () => void = () => undefined;
   try {
     await removeDeadWorkFolders();
     ({ dir: work, forget } = await makeTempWorkFolder(join(tmpdir(), `moe-forge-${process.pid}-`)));
-    const cacheDir = options.cacheDir ?? userCacheDir();
     const reportFiles = run.report ? reportPaths(run.report.file) : null;
     const env = commandEnv(run, { ...options, evalPrompts: run.report?.evalPrompts, writeRecipe: run.writeRecipe ?? true }, parsed, work, cacheDir, reportFiles);
     const result = await runPipeline(env, { writeAhead: true, skip: run.report ? [] : ['report'] });

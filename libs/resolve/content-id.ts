@@ -32,21 +32,26 @@ const memoKey = (real: string, key: string) => `content-id-v2:${createHash('sha2
 export async function memoSha256(file: string, cache?: ContentCache, onChunk?: (bytesSoFar: number) => void | Promise<void>): Promise<{ sha256: string; size: number }> {
   const real = await realpath(file);
   if (cache) {
-    const st = await stat(real, { bigint: true });
-    // This process's memo first: a merge asks for the base's id at several stages, each a cache read otherwise.
-    const seen = settled.get(`${cache.dir}\0${real}`);
-    if (seen && seen.key === statKey(st)) return { sha256: seen.sha256, size: Number(st.size) };
-    // Bound to the file and stats it names (an entry moved under another key is a miss); {"sha256": 64 hex} is ~80 bytes.
-    const hit = await cache.getBoundJson<{ sha256: string }>(memoKey(real, statKey(st)), ['content-id', real, statKey(st)], 256);
-    if (hit && typeof hit.sha256 === 'string' && /^[0-9a-f]{64}$/.test(hit.sha256)) {
-      settled.set(`${cache.dir}\0${real}`, { key: statKey(st), sha256: hit.sha256 });
-      return { sha256: hit.sha256, size: Number(st.size) };
-    }
+    const hit = await memoHit(real, cache);
+    if (hit) return hit;
   }
   const read = await readStable(real, (f) => sha256File(f, onChunk));
   if (!read) throw new ForgeError('changed_while_hashed', 'changed on every one of 3 reads while its content id was computed; wait until nothing writes it and run again', { file: real });
   if (cache && !read.racy) await remember(cache, real, read.key, read.value);
   return { sha256: read.value, size: Number(read.key.split(':')[0]) };
+}
+
+/** The memoised sha256 of the file at real path `real` as it is now (this process's memo, then the cache's), or null. */
+async function memoHit(real: string, cache: ContentCache): Promise<{ sha256: string; size: number } | null> {
+  const st = await stat(real, { bigint: true });
+  // This process's memo first: a merge asks for the base's id at several stages, each a cache read otherwise.
+  const seen = settled.get(`${cache.dir}\0${real}`);
+  if (seen && seen.key === statKey(st)) return { sha256: seen.sha256, size: Number(st.size) };
+  // Bound to the file and stats it names (an entry moved under another key is a miss); {"sha256": 64 hex} is ~80 bytes.
+  const hit = await cache.getBoundJson<{ sha256: string }>(memoKey(real, statKey(st)), ['content-id', real, statKey(st)], 256);
+  if (!hit || typeof hit.sha256 !== 'string' || !/^[0-9a-f]{64}$/.test(hit.sha256)) return null;
+  settled.set(`${cache.dir}\0${real}`, { key: statKey(st), sha256: hit.sha256 });
+  return { sha256: hit.sha256, size: Number(st.size) };
 }
 
 /** A settled file's hash into the cache's memo and this process's, under its real path and stat key. */
@@ -98,10 +103,32 @@ export async function contentIdDetails(dir: string, opts: { cache?: ContentCache
   const files: ContentIdResult['files'] = [];
   // One at a time: a miss hashes the whole file, and weight files read side by side would make a disk seek.
   for (const name of names) files.push({ name, ...(await memoSha256(join(dir, name), opts.cache)) });
+  return idOf(files);
+}
+
+function idOf(files: ContentIdResult['files']): ContentIdResult {
   files.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
   const h = createHash('sha256').update('moe-forge content id v1\n');
   for (const f of files) h.update(`${f.name}\0${f.sha256}\n`);
   return { contentId: h.digest('hex'), bytes: files.reduce((a, f) => a + f.size, 0), files };
+}
+
+/**
+ * The content id of `dir` where every file's hash is memoised for the file as it is now (nothing is read or
+ * hashed), else null: for guesses made before the models are hashed.
+ */
+export async function memoisedContentId(dir: string, cache: ContentCache): Promise<string | null> {
+  try {
+    const files: ContentIdResult['files'] = [];
+    for (const name of await modelFiles(dir)) {
+      const hit = await memoHit(await realpath(join(dir, name)), cache);
+      if (!hit) return null;
+      files.push({ name, ...hit });
+    }
+    return idOf(files).contentId;
+  } catch {
+    return null; // the stage that hashes it says what is wrong
+  }
 }
 
 export async function contentId(dir: string, opts: { cache?: ContentCache } = {}): Promise<string> {

@@ -177,7 +177,7 @@ test('a prompt-state entry larger than it can be (a 3 GB sparse file) is a miss,
   assert.deepEqual([again.computed, again.cached], [0, 6]);
 });
 
-test('a hidden merge forks its forward worker ahead when its prompts may need states and sends it the prompts the folder was not built from before the models are resolved; a rerun whose prompts were all built into the folder does not; one stopped unused when all are cached; none left', async () => {
+test('a hidden merge forks its forward worker ahead when its prompts may need states and sends it the prompts the folder was not built from before the models are resolved; a rerun whose prompts were all built into the folder does not; nothing is sent for prompts the cache holds (the worker stopped when it holds all); none left', async () => {
   const { waitingForwardWorker, speculatedForwardWorker, speculationStats } = await import('../../libs/forward');
   const d = tempDir();
   const file = join(d, 'moe.yml');
@@ -204,14 +204,23 @@ test('a hidden merge forks its forward worker ahead when its prompts may need st
   r = await run('out');
   assert.deepEqual([r.waiting, r.speculated], [null, null], 'the same prompts as the folder was built from: no worker ahead');
   assert.match(r.states, / 0 computed/);
+  const sent = speculationStats.sent;
   r = await run('other');
-  assert.ok(r.speculated, 'a folder built from nothing: every prompt is sent');
-  assert.match(r.states, / 0 computed/, 'every state cached: it was stopped unused');
+  assert.deepEqual([r.waiting, r.speculated], [null, null], 'a folder built from nothing, but every state in the cache (the base\'s id memoised): nothing sent, the worker stopped at once');
+  assert.equal(speculationStats.sent, sent);
+  assert.match(r.states, / 0 computed/);
   // A prompt the folder was not built from: sent ahead, and that pass serves the stage.
   const first = /positive_prompts:\n(\s+)- /.exec(text)!;
   writeFileSync(file, text.replace(first[0], `${first[0]}"a prompt never seen"\n${first[1]}- `));
   r = await run('out');
   assert.ok(r.speculated, 'a new prompt: sent ahead');
   assert.match(r.states, /1 computed/);
+  assert.equal(r.taken, 1, 'the stage took it');
+  // A new folder (every prompt expected to miss) with one more new prompt: only the one the cache lacks is sent.
+  writeFileSync(file, text.replace(first[0], `${first[0]}"a prompt never seen"\n${first[1]}- "another one"\n${first[1]}- `));
+  r = await run('third');
+  assert.ok(r.speculated);
+  assert.equal(speculationStats.lastPrompts, 1, 'only the uncached prompt went');
+  assert.match(r.states, / 1 computed/);
   assert.equal(r.taken, 1, 'the stage took it');
 });

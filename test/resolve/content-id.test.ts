@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { copyFileSync, readdirSync, readFileSync, renameSync, statSync, utimesSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { contentId, contentIdStats, memoSha256 } from '../../libs/resolve/content-id';
+import { contentId, contentIdStats, forgetContentHashes, memoisedContentId, memoSha256 } from '../../libs/resolve/content-id';
 import { ContentCache } from '../../libs/cache';
 import { ForgeError } from '../../libs/errors';
 import { nowNs, RACY_NS, sleepUntil } from '../../libs/util/stat-key';
@@ -105,4 +105,26 @@ test('racy: a file hashed within a second of its last change is hashed again on 
   await memoSha256(file, cache);
   await memoSha256(file, cache);
   assert.equal(contentIdStats.filesHashed - h0, 3, 'hashed once more, then a memo hit');
+});
+
+test('the memoised content id is known only where every file\'s hash is memoised for the file as it is, and reads no weights', async () => {
+  const dir = copyModel(TINY('a'), join(tempDir(), 'm'));
+  const cache = new ContentCache(tempDir());
+  for (const f of readdirSync(dir)) redate(join(dir, f));
+  settle();
+  assert.equal(await memoisedContentId(dir, cache), null, 'nothing memoised yet');
+  const id = await contentId(dir, { cache });
+  forgetContentHashes(); // from the cache's memo, as a new process reads it
+  const hashed = contentIdStats.bytesHashed;
+  assert.equal(await memoisedContentId(dir, cache), id);
+  assert.equal(contentIdStats.bytesHashed, hashed, 'no file hashed');
+  // A file re-dated (its stat key changes): not known any more.
+  utimesSync(join(dir, 'config.json'), new Date('2024-02-01T00:00:00Z'), new Date('2024-02-01T00:00:00Z'));
+  assert.equal(await memoisedContentId(dir, cache), null);
+  assert.equal(await memoisedContentId(join(dir, 'missing'), cache), null, 'a folder that is not there: no guess, no error');
+  // mayHave: the index alone, false for an absent key and under recompute.
+  await cache.putBound('k', ['m'], Buffer.from('x'));
+  assert.equal(await cache.mayHave('k'), true);
+  assert.equal(await cache.mayHave('other'), false);
+  assert.equal(await new ContentCache(cache.dir, () => undefined, { recompute: true }).mayHave('k'), false);
 });
