@@ -55,12 +55,16 @@ export class ContentCache {
   constructor(
     readonly dir: string,
     private readonly warn: (line: string) => void = (line) => process.stderr.write(`WARNING: ${line}\n`),
-    /** `recompute`: every read is a miss (what is computed is still stored, refreshing the entries). */
-    private readonly opts: { recompute?: boolean } = {},
+    /**
+     * `recompute`: every read is a miss (what is computed is still stored, refreshing the entries). `quiet`: for
+     * guesses, an unusable cache reads as a miss without the warning, left to the stage that uses it (it is said once).
+     */
+    private readonly opts: { recompute?: boolean; quiet?: boolean } = {},
   ) {}
 
   /** Warns once and reports whether the error was the cache being unusable (then the caller treats it as a miss). */
   private unusable(e: unknown): boolean {
+    if (this.opts.quiet) return UNUSABLE.has((e as NodeJS.ErrnoException).code ?? '');
     return cacheUnusable(this.dir, e, this.warn);
   }
 

@@ -82,7 +82,7 @@ export async function speculateHiddenStates(recipe: Recipe, before: Recipe | nul
     // Where the base's content id is known without hashing (its files' hashes memoised), the prompts whose
     // states the cache already holds are not sent; none left: the worker is stopped now rather than once the
     // stage has read them all (a fully cached edit took 0.2 s longer beside a worker loading its first layer).
-    const cache = new ContentCache(cacheDir, () => undefined, { recompute: options.recompute });
+    const cache = new ContentCache(cacheDir, undefined, { recompute: options.recompute, quiet: true });
     const baseId = await memoisedContentId(dir, cache);
     if (baseId !== null) {
       const held = await Promise.all(texts.map((t) => cache.mayHave(promptStateKey(baseId, tok.contentId, t))));
