@@ -135,14 +135,8 @@ export class GgufPass {
       const keep = new Set(unchanged);
       const kept = pass.places.filter((p) => keep.has(p.seg.tensor.name));
       if (!cloned) {
-        // Places in file order; neighbours (a tensor's segments, tensors with only padding between) go as one range.
-        const ranges: { offset: number; length: number }[] = [];
-        for (const p of kept) {
-          const last = ranges[ranges.length - 1];
-          if (last && p.at - (last.offset + last.length) < DEFAULT_ALIGNMENT) last.length = p.at + p.bytes - last.offset;
-          else ranges.push({ offset: p.at, length: p.bytes });
-        }
-        await out.copyFrom(previous, ranges);
+        // Places in file order (copyFrom makes neighbours on touching pages one run).
+        await out.copyFrom(previous, kept.map((p) => ({ offset: p.at, length: p.bytes })));
         await out.putAt(0, key.header);
       }
       await pass.writeFixed();

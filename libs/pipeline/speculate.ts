@@ -8,12 +8,11 @@
 import { join } from 'node:path';
 import type { Recipe } from '../recipe';
 import { readRecipe } from '../recipe';
-import { cachedModelDir, type HubEnv } from '../resolve';
+import { cachedModelDir, memoisedContentId, type HubEnv } from '../resolve';
 import { loadTokenizer } from '../tokenizer';
 import { speculatePromptStates, stopForwardWorker } from '../forward';
 import { ContentCache } from '../cache';
 import { promptStateKey } from '../prompt-cache';
-import { memoisedContentId } from '../resolve';
 import type { StageOptions } from '../options';
 
 /** Every expert of the recipe, routed and shared: those whose prompts may need states. */

@@ -192,14 +192,23 @@ class DirectFile implements OutputFile {
 
   async putRange(fd: number, r: { file: string; offset: number; length: number; tensor: string }): Promise<void> {
     // Read straight into the stage: the page cache's copy is the only one the CPU makes.
-    for (let done = 0; done < r.length;) {
-      const want = Math.min(this.base + STAGE_BYTES - this.hi, r.length - done);
-      const n = readSync(fd, this.stages[this.cur]!, this.hi - this.base, want, r.offset + done);
-      if (n === 0) throw rangeEnded(r);
+    if ((await this.readIn((into, at, want, pos) => readSync(fd, into, at, want, pos), r.offset, r.length)) < r.length) throw rangeEnded(r);
+  }
+
+  /**
+   * `length` bytes from position `from` of a file, read by `read` (up to `want` bytes at `pos`, into `into` at `at`)
+   * straight into the current run's stages; returns how many came (fewer: the file ended).
+   */
+  private async readIn(read: (into: Buffer, at: number, want: number, pos: number) => number, from: number, length: number): Promise<number> {
+    for (let done = 0; done < length;) {
+      const want = Math.min(this.base + STAGE_BYTES - this.hi, length - done);
+      const n = read(this.stages[this.cur]!, this.hi - this.base, want, from + done);
       this.hi += n;
       done += n;
+      if (n < want) return done;
       if (this.hi - this.base === STAGE_BYTES) await this.submit();
     }
+    return length;
   }
 
   async copyFrom(path: string, ranges: { offset: number; length: number }[]): Promise<void> {
@@ -215,17 +224,17 @@ class DirectFile implements OutputFile {
       direct = false;
     }
     if (!direct) fd = openSync(path, 'r');
-    /** A read into the stage; a file system that took O_DIRECT at the open but refuses the read gets plain ones. */
-    const read = (at: number, want: number, pos: number): number => {
+    /** A file system that took O_DIRECT at the open but refuses the read gets plain reads from then on. */
+    const read = (into: Buffer, at: number, want: number, pos: number): number => {
       try {
         if (direct && refusedDirectReads.left > 0 && refusedDirectReads.left--) throw Object.assign(new Error('EINVAL (refusedDirectReads)'), { code: 'EINVAL' });
-        return readSync(fd, this.stages[this.cur]!, at, want, pos);
+        return readSync(fd, into, at, want, pos);
       } catch (e) {
         if ((e as NodeJS.ErrnoException).code !== 'EINVAL' || !direct) throw e;
         closeSync(fd);
         fd = openSync(path, 'r');
         direct = false; // the runs stay whole pages: plain reads take any offsets
-        return readSync(fd, this.stages[this.cur]!, at, want, pos);
+        return readSync(fd, into, at, want, pos);
       }
     };
     try {
@@ -241,18 +250,8 @@ class DirectFile implements OutputFile {
       }
       for (const run of runs) {
         await this.restart(run.from);
-        for (let pos = run.from; pos < run.to;) {
-          const want = Math.min(this.base + STAGE_BYTES - this.hi, run.to - pos);
-          const n = read(this.hi - this.base, want, pos);
-          this.hi += n;
-          pos += n;
-          if (n < want) {
-            // The file's end: past the range's last byte (on its last page), or before it.
-            if (pos < run.end) throw copyEnded(path, run.end);
-            break;
-          }
-          if (this.hi - this.base === STAGE_BYTES) await this.submit();
-        }
+        // Short of the run's last page is fine past the range's last byte (the file ends on that page).
+        if (run.from + (await this.readIn(read, run.from, run.to - run.from)) < run.end) throw copyEnded(path, run.end);
       }
     } finally {
       closeSync(fd);
