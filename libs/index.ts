@@ -35,6 +35,8 @@ export interface MergeOptions {
   /** Also write OUT/model-TYPE.gguf for llama.cpp; `ggufOnly`: instead of the safetensors shards. */
   gguf?: 'f32' | 'f16' | 'bf16' | 'q8_0';
   ggufOnly?: boolean;
+  /** With `gguf`: split it into files of at most this many bytes, the routers and metadata in the first (llama.cpp's gguf-split names and keys). */
+  ggufSplitBytes?: number;
   /** Execution provider for hidden-state gates: cpu (default), cuda, webgpu or auto. */
   device?: 'cpu' | 'cuda' | 'webgpu' | 'auto';
   /** Forward-pass arithmetic for hidden-state gates: fp32 (default, exact) or int8 (faster on VNNI CPUs, approximate; cached apart). */

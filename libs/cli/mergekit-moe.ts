@@ -76,6 +76,7 @@ export async function main(argv: string[], io: Io = defaultIo, stop?: AbortSigna
     if (evalPrompts !== undefined && !existsSync(evalPrompts)) throw new ForgeError('bad_flag', '--eval-prompts: the file does not exist', { file: evalPrompts, field: '--eval-prompts' });
     if (evalPrompts !== undefined) checkInputFile(evalPrompts, EVAL_PROMPTS);
     if (o.ggufOnly && o.gguf === undefined) throw new ForgeError('bad_flag', '--gguf-only needs --gguf TYPE (f32, f16, bf16 or q8_0)', { field: '--gguf-only' });
+    if (o.ggufSplitMaxSize !== undefined && o.gguf === undefined) throw new ForgeError('bad_flag', '--gguf-split-max-size needs --gguf TYPE (f32, f16, bf16 or q8_0)', { field: '--gguf-split-max-size' });
     const device = v.device !== undefined ? o.device : v.cuda || v['gpu-rich'] ? 'cuda' : 'cpu';
     const watching = v.watch === true;
     // One build: the whole merge, and its result line (with its time when watching: each edit's build says it).

@@ -6,4 +6,5 @@ export { writeModelGguf, shardSource, producerSource, type SegmentSource } from 
 export { vocabKeys } from './vocab-seam';
 export { useQuantWasm } from './quant-wasm';
 export * from './architecture';
-export { GgufPass, ggufPassKey, reflinkAsCopy } from './pass';
+export { GgufPass, GgufPassSet, ggufPassKey, reflinkAsCopy } from './pass';
+export { ggufParts, ggufSplitName, type GgufPart } from './split';

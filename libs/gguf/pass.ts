@@ -223,6 +223,11 @@ export class GgufPass {
     return n;
   }
 
+  /** Whether a segment of plan tensor `name` is in this file. */
+  has(name: string): boolean {
+    return this.byTensor.has(name);
+  }
+
   /** Plan tensors with a segment not complete yet. */
   missing(): string[] {
     return [...new Set(this.places.filter((p) => p.done !== p.bytes).map((p) => p.seg.tensor.name))];
@@ -245,5 +250,33 @@ export class GgufPass {
   async abort(): Promise<void> {
     await this.inFlight;
     await this.out.close().catch(() => undefined);
+  }
+}
+
+/**
+ * The passes of a GGUF's files written now (a split GGUF keeps its unchanged files): a plan tensor's chunks go
+ * through each file that holds a segment of it, in turn.
+ */
+export class GgufPassSet {
+  constructor(readonly passes: GgufPass[]) {}
+
+  tee(t: PlanTensor, chunks: AsyncIterable<Buffer>): AsyncIterable<Buffer> {
+    let out = chunks;
+    for (const p of this.passes) if (p.has(t.name)) out = p.tee(t, out);
+    return out;
+  }
+
+  missing(): string[] {
+    return [...new Set(this.passes.flatMap((p) => p.missing()))];
+  }
+
+  async fill(source: SegmentSource): Promise<number> {
+    let n = 0;
+    for (const p of this.passes) n += await p.fill(source);
+    return n;
+  }
+
+  async finish(): Promise<void> {
+    for (const p of this.passes) await p.finish();
   }
 }

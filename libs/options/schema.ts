@@ -31,7 +31,7 @@ export function checkOptionValue(name: string, spec: OptionSpec, value: unknown)
     case 'seed':
       return checkSeed(value, shown);
     case 'size':
-      return checkShardSize(value, shown);
+      return checkShardSize(value, shown, spec.min);
     case 'enum':
       if (typeof value !== 'string' || !spec.values.includes(value)) throw new ForgeError('bad_flag', `${shown} must be ${choices(spec.values)}, got ${JSON.stringify(typeof value === 'string' ? value : String(value))}`, { field: shown });
       return value;
@@ -117,9 +117,9 @@ function jsonProperty(spec: OptionSpec): Record<string, unknown> {
       return {
         oneOf: [
           { type: 'number', minimum: 1, multipleOf: 1 },
-          { type: 'string', pattern: '^\\s*[0-9]+(\\.[0-9]+)?\\s*[kKmMbB]?\\s*$' },
+          { type: 'string', pattern: '^\\s*[0-9]+(\\.[0-9]+)?\\s*[kKmMbBgG]?\\s*$' },
         ],
-        default: String(spec.default),
+        ...(spec.default !== undefined ? { default: String(spec.default) } : {}),
         ...description,
       };
     case 'enum':

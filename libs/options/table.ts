@@ -62,7 +62,7 @@ export type OptionSpec =
   | (Common & { type: 'boolean'; default: boolean })
   | (Common & { type: 'enum'; values: readonly [string, ...string[]]; default?: string })
   | (Common & { type: 'seed'; default: number })
-  | (Common & { type: 'size'; default: number })
+  | (Common & { type: 'size'; default?: number; min?: number })
   | (Common & { type: 'count' });
 
 const ALL = OPTION_STAGES;
@@ -194,6 +194,14 @@ export const OPTIONS = {
     stages: ['write'],
     description: 'With gguf: write the GGUF instead of the safetensors shards (config, tokenizer and card are still written).',
     cli: { flag: 'gguf-only', kind: 'bool', help: 'With --gguf: write the GGUF instead of the safetensors shards (config, tokenizer and card are still written).' },
+  },
+  ggufSplitMaxSize: {
+    type: 'size',
+    min: 1,
+    stages: ['write'],
+    api: 'ggufSplitBytes',
+    description: "With gguf: split it as llama.cpp's gguf-split does, into model-TYPE-00001-of-0000N.gguf files: the metadata and the routers in the first (a prompt edit rewrites it alone), the other tensors in files of at most this many bytes (k, m, b or g suffixes: 20g; the Hub takes no file over 50 GB). llama.cpp loads the first file; Ollama does not load split GGUFs.",
+    cli: { flag: 'gguf-split-max-size', kind: 'value', help: 'With --gguf: split it into files of at most this size (k/m/b/g suffixes), the routers and metadata in the first (llama.cpp loads splits; Ollama does not).' },
   },
   cacheDir: {
     type: 'string',

@@ -147,6 +147,7 @@ export function writeOptions(env: StageEnv, recipeText: string, tokenizerDir: st
     copyTokenizer: o.copyTokenizer,
     gguf: o.gguf,
     ggufOnly: o.ggufOnly,
+    ggufSplitBytes: o.gguf !== undefined ? o.ggufSplitMaxSize : undefined,
     writeRecipe: o.writeRecipe ?? true,
     overwrite: o.overwrite,
     recompute: o.recompute,

@@ -21,7 +21,7 @@ import { planShards, type OutputTensorSpec } from '../safetensors';
 import { gateRow, type GateTensor } from '../gates';
 import type { MergePlan, PlanTensor, SourcePart } from '../plan';
 import type { RoutingReport } from '../report';
-import { converterOrder, ggufFileName, ggufLayout, producerSource, shardSource, vocabKeys, writeModelGguf, type GgufLayout, type GgufOutType, type SegmentSource } from '../gguf';
+import { converterOrder, ggufLayout, ggufParts, producerSource, shardSource, vocabKeys, writeModelGguf, type GgufLayout, type GgufOutType, type GgufPart, type SegmentSource } from '../gguf';
 
 export type Producer = 'shard' | 'index' | 'config' | 'generation-config' | 'tokenizer' | 'recipe' | 'model-card' | 'routing' | 'gguf';
 
@@ -49,17 +49,25 @@ export interface OutputManifest {
   /** Every keyed file's content key, as the stamp records it. */
   keys: Record<string, string>;
   gguf?: {
-    file: string;
     type: GgufOutType;
     only: boolean;
+    /** The whole model's layout. */
     layout: GgufLayout;
-    /**
-     * When the previous folder's GGUF was made from the same shard files, config and tokenizer: the plan tensors
-     * whose bytes it already holds at the same places (those of the shards kept), so a copy of it needs only the
-     * other tensors written.
-     */
-    unchanged?: string[];
+    /** Its files (one, or a split's), each with its content key. */
+    parts: GgufPartPlan[];
   };
+}
+
+/** One file of the GGUF, as the write stage applies it. */
+export interface GgufPartPlan {
+  part: GgufPart;
+  key: string;
+  /**
+   * When the previous folder's file of this name was made from the same shard files, config and tokenizer: the
+   * plan tensors whose bytes it already holds at the same places (those of the shards kept), so a copy of it
+   * needs only the other tensors written.
+   */
+  unchanged?: string[];
 }
 
 /** What the companion producers need. */
@@ -159,9 +167,27 @@ export function ggufPlan(plan: MergePlan, shards: ShardPlan[], type: GgufOutType
   return ggufLayout(plan, converterOrder(shards.map((s) => s.tensors.map((t) => byName.get(t.name)!))), type);
 }
 
-/** The GGUF file's key: what decides its bytes (every shard's content key, the config, the tokenizer files, the type and the writer). */
-export async function ggufKey(plan: MergePlan, shards: ShardPlan[], shardKeys: Record<string, string>, type: GgufOutType, tokenizerDir: string): Promise<string> {
-  const h = createHash('sha256').update(JSON.stringify([GGUF_WRITER, type, shards.map((s) => [s.file, shardKeys[s.file]]), plan.config]));
+/** The plan tensors whose bytes a GGUF file holds. */
+const partTensors = (part: GgufPart) => new Set(part.layout.tensors.flatMap((t) => t.segments.map((s) => s.tensor.name)));
+
+/** The shards a GGUF file's tensors come from (every shard for the one file of an unsplit GGUF). */
+function partShards(part: GgufPart, shards: ShardPlan[]): ShardPlan[] {
+  if (part.count === 1) return shards;
+  const names = partTensors(part);
+  return shards.filter((s) => s.tensors.some((t) => names.has(t.name)));
+}
+
+/**
+ * A GGUF file's key: what decides its bytes (the content keys of the shards its tensors come from, the config,
+ * the tokenizer files, the type and the writer; for a split's file also its tensors and places).
+ */
+export async function ggufKey(plan: MergePlan, shards: ShardPlan[], shardKeys: Record<string, string>, type: GgufOutType, tokenizerDir: string, part?: GgufPart): Promise<string> {
+  const from = part ? partShards(part, shards) : shards;
+  // An unsplit GGUF keeps the key it always had (its stamped files stay kept).
+  const split = part && part.count > 1
+    ? [part.file, part.count, part.layout.metadata.find((k) => k.key === 'split.tensors.count')?.value.value ?? null, part.layout.tensors.map((t) => [t.name, t.shape, t.type, t.permuteGroupRows ?? null, t.data ? createHash('sha256').update(t.data).digest('hex') : null, t.segments.map((s) => [s.tensor.name, s.begin, s.count])])]
+    : [];
+  const h = createHash('sha256').update(JSON.stringify([GGUF_WRITER, type, from.map((s) => [s.file, shardKeys[s.file]]), plan.config, ...split]));
   for (const f of [...TOKENIZER_FILES, ...CHAT_TEMPLATE_FILES]) {
     const p = join(tokenizerDir, f);
     if (existsSync(p)) h.update(f).update(createHash('sha256').update(await readFile(p)).digest('hex'));
@@ -170,17 +196,19 @@ export async function ggufKey(plan: MergePlan, shards: ShardPlan[], shardKeys: R
 }
 
 /**
- * The plan tensors of `kept` shards, when the previous GGUF holds their bytes at the places this one has: its key
- * is the one the previous shards' keys give with today's shard files, config, tokenizer and type (so the same
- * header and places). Null when it is not so, or the previous GGUF is not to be trusted (found changed).
+ * The plan tensors of `kept` shards in GGUF file `part`, when the previous folder's file of that name holds their
+ * bytes at the places this one has: its key is the one the previous shards' keys give with today's shard files,
+ * config, tokenizer and type (so the same header and places). Null when it is not so, or the previous file is not
+ * to be trusted (found changed).
  */
-export async function ggufUnchanged(plan: MergePlan, shards: ShardPlan[], previous: Previous | null, suspect: string[], type: GgufOutType, tokenizerDir: string, kept: string[]): Promise<string[] | null> {
-  const file = ggufFileName(type);
-  const was = previous?.shards?.[file];
-  if (!was || suspect.includes(file) || kept.length === 0) return null;
-  if (!shards.every((s) => previous!.shards![s.file] !== undefined)) return null;
-  if ((await ggufKey(plan, shards, previous!.shards!, type, tokenizerDir)) !== was) return null;
-  return shards.filter((s) => kept.includes(s.file)).flatMap((s) => s.tensors.map((t) => t.name));
+export async function ggufUnchanged(plan: MergePlan, shards: ShardPlan[], previous: Previous | null, suspect: string[], type: GgufOutType, tokenizerDir: string, kept: string[], part: GgufPart): Promise<string[] | null> {
+  const was = previous?.shards?.[part.file];
+  if (!was || suspect.includes(part.file) || kept.length === 0) return null;
+  if (!partShards(part, shards).every((s) => previous!.shards![s.file] !== undefined)) return null;
+  if ((await ggufKey(plan, shards, previous!.shards!, type, tokenizerDir, part)) !== was) return null;
+  const names = partTensors(part);
+  const unchanged = shards.filter((s) => kept.includes(s.file)).flatMap((s) => s.tensors.map((t) => t.name)).filter((n) => names.has(n));
+  return unchanged.length > 0 ? unchanged : null;
 }
 
 /** Bytes a GGUF of this layout takes, about (the free-space check). */
@@ -250,6 +278,8 @@ export interface ManifestInputs extends Omit<CompanionInputs, 'withRouting'> {
   gates: GateTensor;
   gguf?: GgufOutType;
   ggufOnly?: boolean;
+  /** Split the GGUF into files of at most this many bytes, the routers in the first (ggufParts). */
+  ggufSplitBytes?: number;
   /** The previous folder's stamp, and its files not to be kept as written. */
   previous: Previous | null;
   suspect: string[];
@@ -284,13 +314,17 @@ export async function outputManifest(m: ManifestInputs): Promise<OutputManifest>
   let gguf: OutputManifest['gguf'];
   if (m.gguf) {
     const layout = ggufPlan(plan, shards, m.gguf);
-    const file = ggufFileName(m.gguf);
-    const key = await ggufKey(plan, shards, shardKeys, m.gguf, m.tokenizerDir);
-    keys[file] = key;
-    // Never written ahead: it is keyed by the router shards too.
-    entries.push({ files: [file], producer: 'gguf', key, bytes: ggufBytes(layout), action: action(file, key) === 'keep' ? 'keep' : 'write' });
-    const unchanged = only ? null : await ggufUnchanged(plan, shards, m.previous, m.suspect, m.gguf, m.tokenizerDir, shards.filter((s) => action(s.file, shardKeys[s.file]!) === 'keep').map((s) => s.file));
-    gguf = { file, type: m.gguf, only, layout, ...(unchanged ? { unchanged } : {}) };
+    const parts: GgufPartPlan[] = [];
+    const kept = shards.filter((s) => action(s.file, shardKeys[s.file]!) === 'keep').map((s) => s.file);
+    for (const part of ggufParts(layout, m.gguf, m.ggufSplitBytes)) {
+      const key = await ggufKey(plan, shards, shardKeys, m.gguf, m.tokenizerDir, part);
+      keys[part.file] = key;
+      // Never written ahead: a file with routers is keyed by the router shards, and the others are written beside them.
+      entries.push({ files: [part.file], producer: 'gguf', key, bytes: ggufBytes(part.layout), action: action(part.file, key) === 'keep' ? 'keep' : 'write' });
+      const unchanged = only ? null : await ggufUnchanged(plan, shards, m.previous, m.suspect, m.gguf, m.tokenizerDir, kept, part);
+      parts.push({ part, key, ...(unchanged ? { unchanged } : {}) });
+    }
+    gguf = { type: m.gguf, only, layout, parts };
   }
   return { entries, shards, keys, gguf };
 }
@@ -300,10 +334,10 @@ export async function ggufSource(dir: string, shards: ShardPlan[], only: boolean
   return only ? producerSource(produce()) : shardSource(await SafetensorsWeights.openFiles(dir, shards.map((s) => join(dir, s.file))), pool);
 }
 
-/** Writes the GGUF in one pass from `source` (the --gguf-only path, and a pass whose header no longer holds). */
-export async function writeGgufFile(dir: string, g: NonNullable<OutputManifest['gguf']>, source: SegmentSource, pool: ChunkPool, log?: (l: string) => void): Promise<void> {
-  log?.(`writing ${g.file} (${g.layout.tensors.length} tensors, ${g.type})`);
-  // The tokenizer keys from the folder being written (its config.json and tokenizer files, written before
-  // the GGUF), as the converter reads them: the written tokenizer_config.json carries our pad token.
-  await writeModelGguf(join(dir, g.file), g.layout, await vocabKeys(dir), source, { pool });
+/** Writes a GGUF file in one pass from `source` (the --gguf-only path). */
+export async function writeGgufFile(dir: string, part: GgufPart, type: GgufOutType, source: SegmentSource, pool: ChunkPool, log?: (l: string) => void): Promise<void> {
+  log?.(`writing ${part.file} (${part.layout.tensors.length} tensors, ${type})`);
+  // The tokenizer keys (first file) from the folder being written (its config.json and tokenizer files, written
+  // before the GGUF), as the converter reads them: the written tokenizer_config.json carries our pad token.
+  await writeModelGguf(join(dir, part.file), part.layout, part.index === 0 ? await vocabKeys(dir) : [], source, { pool });
 }

@@ -14,8 +14,8 @@ import { jsonText } from '../json';
 import type { MergePlan, PlanTensor, SourcePart } from '../plan';
 import { planHash } from './assemble';
 import { byteFraction, type Progress } from '../util';
-import { GgufPass, ggufFileName, ggufPassKey, vocabKeys, type GgufKv, type GgufLayout, type GgufOutType } from '../gguf';
-import { aheadShards, shardHash, withContentIds, companionEntries, ggufBytes, ggufUnchanged, ggufPlan, ggufSource, holdsGates, indexEntry, outputManifest, shardsOf, STREAM_NOISE_DRAWS, writeCompanion, writeGgufFile, type CompanionInputs } from './write-manifest';
+import { GgufPass, GgufPassSet, ggufParts, ggufPassKey, vocabKeys, type GgufKv, type GgufOutType, type GgufPart } from '../gguf';
+import { aheadShards, shardHash, withContentIds, companionEntries, ggufBytes, ggufKey, ggufUnchanged, ggufPlan, ggufSource, holdsGates, indexEntry, outputManifest, shardsOf, STREAM_NOISE_DRAWS, writeCompanion, writeGgufFile, type CompanionInputs } from './write-manifest';
 import { makeWorkFolder, mapLimit, WORK_MARKER, writeWhole } from '../util';
 import type { RoutingReport } from '../report';
 import { checkFreeSpace, checkOutputPath, checkOwner, lockOutput, ownerField, contentEntries, inPlaceTempName, isMountPoint, noSpaceError, readStampSync, recoverStaleTemporaries, replaceInPlace, STAMP_FILE, swapIntoPlace, tempName, userEntries, type OutputInput, type Stamp } from '../output-folder';
@@ -60,6 +60,8 @@ export interface WriteOptions {
   gguf?: GgufOutType;
   /** Write the GGUF instead of the safetensors shards (and their index). */
   ggufOnly?: boolean;
+  /** Split the GGUF into files of at most this many bytes, the routers and metadata in the first (ggufParts). */
+  ggufSplitBytes?: number;
 }
 
 export interface WriteResult {
@@ -279,13 +281,14 @@ export async function writeOutput(early: MergePlan, late: Promise<LateInputs>, o
     }
     // A GGUF llama.cpp could not take is refused now, before any work (names and shapes do not change later).
     const earlyLayout = opts.gguf ? ggufPlan(early, shardsOf(early), opts.gguf) : null;
+    const earlyParts = earlyLayout ? ggufParts(earlyLayout, opts.gguf!, opts.ggufSplitBytes) : [];
     // Written ahead: shards without routers whose content the existing folder does not already hold.
     const ahead = writeAhead && !ggufOnly ? aheadShards(early, existing, suspect) : [];
     // The manifest's files other than the shards (their producers need the final plan, their names do not).
     const companionInputs = (plan: MergePlan, routing: LateInputs['routing'] | undefined, withRouting: boolean): CompanionInputs => ({ plan, recipeText: opts.recipeText, tokenizerDir: opts.tokenizerDir, copyTokenizer: opts.copyTokenizer, writeRecipe: opts.writeRecipe, routing, withRouting });
     const plannedFiles = (plan: MergePlan, withRouting: boolean) => {
       const shards = ggufOnly ? [] : shardsOf(plan);
-      return [...shards.map((s) => s.file), ...indexEntry(shards).flatMap((e) => e.files), ...companionEntries(companionInputs(plan, undefined, withRouting)).flatMap((e) => e.files), ...(opts.gguf ? [ggufFileName(opts.gguf)] : [])];
+      return [...shards.map((s) => s.file), ...indexEntry(shards).flatMap((e) => e.files), ...companionEntries(companionInputs(plan, undefined, withRouting)).flatMap((e) => e.files), ...(opts.gguf ? ggufParts(ggufPlan(plan, shardsOf(plan), opts.gguf), opts.gguf, opts.ggufSplitBytes).map((p) => p.file) : [])];
     };
     const disk = inPlace ? out : dirname(out);
     const tag = randomBytes(4).toString('hex');
@@ -294,31 +297,36 @@ export async function writeOutput(early: MergePlan, late: Promise<LateInputs>, o
     let needed = 0;
     const written = new Map<string, string>(); // shard file -> content hash, written ahead
     const pool = new ChunkPool(CHUNK_BYTES);
-    // The GGUF written in the same pass as the shards, and the config.json text its tokenizer keys were read with.
-    let pass: { gguf: GgufPass; vocab: GgufKv[]; config: string } | null = null;
-    const dropPass = async () => {
-      if (!pass) return;
-      await pass.gguf.abort();
-      await rm(pass.gguf.file, { force: true });
-      pass = null;
+    // The GGUF files written in the same pass as the shards (by file name), and the config.json text their
+    // tokenizer keys were read with.
+    const passes = new Map<string, { gguf: GgufPass; vocab: GgufKv[]; config: string }>();
+    const dropPass = async (file?: string) => {
+      for (const [f, p] of [...passes]) {
+        if (file !== undefined && f !== file) continue;
+        passes.delete(f);
+        await p.gguf.abort();
+        await rm(p.gguf.file, { force: true });
+      }
     };
     /**
-     * The GGUF's tokenizer keys are read from config.json and the tokenizer files, written into the folder first.
-     * With `unchanged` (tensors the previous GGUF holds at the same places), it starts as a copy of that file.
+     * A GGUF file's tokenizer keys (the first file's) are read from config.json and the tokenizer files, written
+     * into the folder first. With `unchanged` (tensors the previous file of its name holds at the same places),
+     * it starts as a copy of that file.
      */
-    const openPass = async (plan: MergePlan, layout: GgufLayout, type: GgufOutType, companionsWritten: boolean, unchanged?: string[]) => {
+    const openPass = async (plan: MergePlan, part: GgufPart, type: GgufOutType, companionsWritten: boolean, unchanged?: string[]) => {
       if (!companionsWritten) {
         const c = companionInputs(plan, undefined, false);
         for (const e of companionEntries(c)) if (e.producer === 'config' || e.producer === 'tokenizer') await writeCompanion(e, tmp, c, []);
       }
-      const vocab = await vocabKeys(tmp);
-      const file = ggufFileName(type);
+      const { file, layout } = part;
+      const vocab = part.index === 0 ? await vocabKeys(tmp) : [];
       const prior = join(out, file);
       const intactPrior = unchanged && existing && (await stat(prior).then((st) => st.size === existing!.files[file], () => false));
       const copied = intactPrior ? await GgufPass.fromPrevious(join(tmp, file), prior, layout, vocab, unchanged, pool) : null;
       if (copied) opts.log?.(`writing ${file} (${layout.tensors.length} tensors, ${type}): the previous one's bytes of ${unchanged!.length} unchanged tensors, the rest in the same pass as the shards`);
       else opts.log?.(`writing ${file} (${layout.tensors.length} tensors, ${type}) in the same pass as the shards`);
-      pass = { gguf: copied ?? (await GgufPass.open(join(tmp, file), layout, vocab, pool)), vocab, config: configText(plan) };
+      const pass = { gguf: copied ?? (await GgufPass.open(join(tmp, file), layout, vocab, pool)), vocab, config: configText(plan) };
+      passes.set(file, pass);
       return pass;
     };
     try {
@@ -332,8 +340,17 @@ export async function writeOutput(early: MergePlan, late: Promise<LateInputs>, o
         forget = await makeWorkFolder(tmp);
         // The shards the previous folder holds already (no routers in them) keep their tensors' GGUF bytes too.
         const keptEarly = shardsOf(early).filter((s) => !holdsGates(s.tensors.map((t) => earlyByName.get(t.name)!)) && !ahead.some((x) => x.shard.file === s.file)).map((s) => s.file);
-        const unchanged = earlyLayout ? await ggufUnchanged(early, shardsOf(early), existing, suspect, opts.gguf!, opts.tokenizerDir, keptEarly) : null;
-        const gguf = earlyLayout ? (await openPass(early, earlyLayout, opts.gguf!, false, unchanged ?? undefined)).gguf : null;
+        // Each GGUF file opened now but a split's file that the previous folder holds already: one whose tensors
+        // come from kept shards without routers, under the same key (kept later, with the shards).
+        const earlyKeys: Record<string, string> = { ...existing?.shards };
+        for (const a of ahead) earlyKeys[a.shard.file] = a.key;
+        for (const part of earlyParts) {
+          const routed = part.layout.tensors.some((t) => t.segments.some((sg) => holdsGates([sg.tensor])));
+          if (part.count > 1 && !routed && !suspect.includes(part.file) && existing?.shards?.[part.file] === (await ggufKey(early, shardsOf(early), earlyKeys, opts.gguf!, opts.tokenizerDir, part))) continue;
+          const unchanged = await ggufUnchanged(early, shardsOf(early), existing, suspect, opts.gguf!, opts.tokenizerDir, keptEarly, part);
+          await openPass(early, part, opts.gguf!, passes.size > 0, unchanged ?? undefined);
+        }
+        const gguf = passes.size > 0 ? new GgufPassSet([...passes.values()].map((p) => p.gguf)) : null;
         // Unchanged source bytes go to the shard as file ranges (copied without a buffer), unless the GGUF
         // pass needs them as bytes too.
         // While the routers are computed the forward pass has the cores: one noise generator thread until it ends.
@@ -375,8 +392,9 @@ export async function writeOutput(early: MergePlan, late: Promise<LateInputs>, o
         gates: Buffer.from(gates.data.buffer, gates.data.byteOffset, gates.data.byteLength).toString('base64'),
         companions: await companionHashes(opts.tokenizerDir),
         ...(routing ? { routing: createHash('sha256').update(routing.html).digest('hex') } : {}),
-        // Only when asked for, so the folders written without a GGUF keep their hash.
+        // Only when asked for, so the folders written without a GGUF (or an unsplit one) keep their hash.
         ...(opts.gguf ? { gguf: opts.gguf, ggufOnly } : {}),
+        ...(opts.gguf && opts.ggufSplitBytes !== undefined ? { ggufSplitBytes: opts.ggufSplitBytes } : {}),
       });
       if (existing && existing.hash === hash && suspect.length === 0 && (await intact(out, existing))) {
         opts.log?.(`output unchanged: ${opts.outPath}`);
@@ -400,7 +418,7 @@ export async function writeOutput(early: MergePlan, late: Promise<LateInputs>, o
     }
 
     async function writeRest(plan: MergePlan, gates: GateTensor, routing: LateInputs['routing'], hash: string): Promise<WriteResult> {
-      const m = await outputManifest({ plan, gates, routing, recipeText: opts.recipeText, tokenizerDir: opts.tokenizerDir, copyTokenizer: opts.copyTokenizer, writeRecipe: opts.writeRecipe, gguf: opts.gguf, ggufOnly, previous: existing, suspect, ahead: written });
+      const m = await outputManifest({ plan, gates, routing, recipeText: opts.recipeText, tokenizerDir: opts.tokenizerDir, copyTokenizer: opts.copyTokenizer, writeRecipe: opts.writeRecipe, gguf: opts.gguf, ggufOnly, ggufSplitBytes: opts.ggufSplitBytes, previous: existing, suspect, ahead: written });
       if (m.gguf) for (const w of m.gguf.layout.warnings) (opts.warn ?? opts.log)?.(w);
       const { entries, shards } = m;
       const byName = new Map(plan.tensors.map((t) => [t.name, t]));
@@ -425,17 +443,26 @@ export async function writeOutput(early: MergePlan, late: Promise<LateInputs>, o
         return true;
       };
       const g = m.gguf;
-      let gguf: GgufPass | null = null;
-      if (g && (ggufOnly || (g && entries.find((e) => e.producer === 'gguf')!.action === 'keep'))) await dropPass();
-      if (g && !ggufOnly && !(await keepPrior(g.file))) {
-        // A pass opened while the routers were computed holds if the final plan gives the same header and places.
-        const held = pass && pass.config === configText(plan) ? ggufPassKey(g.layout, pass.vocab) : null;
-        if (pass && !(held && held.header.equals(pass.gguf.key.header) && held.segments === pass.gguf.key.segments)) {
-          opts.debug?.(`${g.file}: the final plan changed its layout: written again`);
-          await dropPass();
+      const writing: GgufPass[] = [];
+      if (g && ggufOnly) await dropPass();
+      // Passes opened for files the final plan does not have (another split) go.
+      for (const f of [...passes.keys()]) if (!g?.parts.some((p) => p.part.file === f)) await dropPass(f);
+      for (const { part, unchanged } of g && !ggufOnly ? g.parts : []) {
+        if (entries.find((e) => e.files[0] === part.file)!.action === 'keep') {
+          await dropPass(part.file);
+          if (await keepPrior(part.file)) continue;
         }
-        gguf = (pass ?? (await openPass(plan, g.layout, g.type, true, g.unchanged))).gguf;
+        // A pass opened while the routers were computed holds if the final plan gives the same header and places.
+        let pass = passes.get(part.file);
+        const held = pass && pass.config === configText(plan) ? ggufPassKey(part.layout, pass.vocab) : null;
+        if (pass && !(held && held.header.equals(pass.gguf.key.header) && held.segments === pass.gguf.key.segments)) {
+          opts.debug?.(`${part.file}: the final plan changed its layout: written again`);
+          await dropPass(part.file);
+          pass = undefined;
+        }
+        writing.push((pass ?? (await openPass(plan, part, g!.type, true, unchanged))).gguf);
       }
+      const gguf = writing.length > 0 ? new GgufPassSet(writing) : null;
       const produce = tensorProducer(gates, pool);
       const produceRanges = tensorProducer(gates, pool, { ranges: true });
       const shardEntries = entries.filter((e) => e.producer === 'shard');
@@ -472,10 +499,11 @@ export async function writeOutput(early: MergePlan, late: Promise<LateInputs>, o
         const missing = gguf.missing();
         if (missing.length > 0) await gguf.fill(await ggufSource(tmp, shards, false, () => produce, pool));
         await gguf.finish();
-        pass = null;
-        if (missing.length > 0) opts.log?.(`${g!.file}: ${missing.length} tensors read back from the kept shards`);
+        passes.clear();
+        if (missing.length > 0) opts.log?.(`${gguf.passes.map((p) => p.file.slice(tmp.length + 1)).join(', ')}: ${missing.length} tensors read back from the kept shards`);
       } else if (g && ggufOnly) {
-        await writeGgufFile(tmp, g, await ggufSource(tmp, shards, true, () => produce, pool), pool, opts.log);
+        const source = await ggufSource(tmp, shards, true, () => produce, pool);
+        for (const { part } of g.parts) await writeGgufFile(tmp, part, g.type, source, pool, opts.log);
       }
       const files: Record<string, number> = {};
       for (const f of (await readdir(tmp)).sort()) if (f !== WORK_MARKER) files[f] = (await stat(join(tmp, f))).size;

@@ -86,12 +86,62 @@ test('--gguf-only writes the same GGUF and no safetensors shards', async () => {
   assert.match(again.stdout, /^unchanged /);
 });
 
+test('--gguf-split-max-size: the same tensors in llama.cpp split files; a prompt edit rewrites the first (routers) and keeps the rest', async () => {
+  const yml = join(dir, 'split.yml');
+  writeFileSync(yml, recipe('poems and stories'));
+  const one = join(dir, 'one');
+  const out = join(dir, 'split');
+  const r1 = await mergekitMoe([yml, one, '--gguf', 'q8_0'], dir);
+  assert.equal(r1.exitCode, 0, r1.stderr);
+  const first = await mergekitMoe([yml, out, '--gguf', 'q8_0', '--gguf-split-max-size', '40k'], dir);
+  assert.equal(first.exitCode, 0, first.stderr);
+  const files = readdirSync(out).filter((f) => f.endsWith('.gguf')).sort();
+  const n = files.length;
+  assert.ok(n >= 3, files.join(', '));
+  assert.deepEqual(files, Array.from({ length: n }, (_, i) => `model-q8_0-${String(i + 1).padStart(5, '0')}-of-${String(n).padStart(5, '0')}.gguf`));
+  // Every tensor of the unsplit GGUF once, with its bytes; the routers (and the metadata) in the first file.
+  const whole = await tensors(join(one, 'model-q8_0.gguf'));
+  const parts = await Promise.all(files.map((f) => tensors(join(out, f))));
+  assert.deepEqual(parts.flatMap((p) => [...p.keys()]).sort(), [...whole.keys()].sort());
+  for (const p of parts) for (const [name, bytes] of p) assert.ok(bytes.equals(whole.get(name)!), name);
+  assert.ok([...parts[0]!.keys()].every((name) => name.includes('ffn_gate_inp')));
+  const meta = (await readGguf(join(out, files[0]!))).metadata;
+  assert.equal(meta.get('general.architecture')?.value, 'llama');
+  assert.deepEqual([meta.get('split.no')?.value, meta.get('split.count')?.value, meta.get('split.tensors.count')?.value], [0, n, whole.size]);
+  for (const f of files.slice(1)) assert.equal((await readGguf(join(out, f))).metadata.get('general.architecture'), undefined, f);
+  for (const f of files.slice(1)) assert.ok((await readGguf(join(out, f))).tensors.reduce((a, t) => a + t.bytes, 0) <= 40_000 || (await readGguf(join(out, f))).tensors.length === 1, f);
+
+  const inodes = () => files.map((f) => statSync(join(out, f)).ino);
+  const before = inodes();
+  const again = await mergekitMoe([yml, out, '--gguf', 'q8_0', '--gguf-split-max-size', '40k'], dir);
+  assert.match(again.stdout, /^unchanged /);
+  assert.deepEqual(inodes(), before);
+
+  writeFileSync(yml, recipe('cooking recipes and kitchens'));
+  const edited = await mergekitMoe([yml, out, '--gguf', 'q8_0', '--gguf-split-max-size', '40k', '-v'], dir);
+  assert.equal(edited.exitCode, 0, edited.stderr);
+  const after = inodes();
+  assert.notEqual(after[0], before[0]);
+  assert.deepEqual(after.slice(1), before.slice(1));
+  for (const f of files.slice(1)) assert.match(edited.stderr, new RegExp(`kept ${f.replace(/\./g, '\\.')} \\(unchanged\\)`));
+  const routers = await tensors(join(out, files[0]!));
+  for (const [name, bytes] of routers) assert.ok(!bytes.equals(parts[0]!.get(name)!), `${name} changed with the prompt`);
+
+  // Unsplit again: one file, and the split files gone.
+  const back = await mergekitMoe([yml, out, '--gguf', 'q8_0'], dir);
+  assert.equal(back.exitCode, 0, back.stderr);
+  assert.deepEqual(readdirSync(out).filter((f) => f.endsWith('.gguf')), ['model-q8_0.gguf']);
+});
+
 test('bad GGUF options and outputs llama.cpp cannot take are refused in one line, before anything is written', async () => {
   const yml = join(dir, 'bad.yml');
   writeFileSync(yml, recipe('poems'));
   const cases: [string[], RegExp][] = [
     [['--gguf', 'q4_k'], /^error: field --gguf: --gguf must be f32, f16, bf16 or q8_0, got "q4_k"$/],
     [['--gguf-only'], /^error: field --gguf-only: --gguf-only needs --gguf TYPE \(f32, f16, bf16 or q8_0\)$/],
+    [['--gguf-split-max-size', '5g'], /^error: field --gguf-split-max-size: --gguf-split-max-size needs --gguf TYPE \(f32, f16, bf16 or q8_0\)$/],
+    [['--gguf', 'bf16', '--gguf-split-max-size', '0'], /^error: field --gguf-split-max-size: must be a number of bytes from 1 to \d+ \(k, m, b or g suffixes allowed\), got 0$/],
+    [['--gguf', 'bf16', '--gguf-split-max-size', '20x'], /^error: field --gguf-split-max-size: --gguf-split-max-size expects a number with an optional k, m, b or g suffix \(e\.g\. 500m, 5B, 20g\), got "20x"$/],
   ];
   for (const [args, line] of cases) {
     const r = await mergekitMoe([yml, join(dir, 'bad-out'), ...args], dir);

@@ -5,6 +5,7 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { buildRecorded } from '../helpers/gguf-build';
 import { readIndex } from '../helpers/gguf-manifest';
@@ -30,3 +31,14 @@ for (const [arch, entry] of Object.entries(index.outputs)) {
     assert.deepEqual(run.newTokens, g.new_tokens, 'generated tokens');
   });
 }
+
+test("mixtral: llama.cpp loads our split GGUF (routers and metadata in the first file) and generates transformers' greedy tokens", async () => {
+  const g = index.outputs.mixtral!.greedy!;
+  const out = join(dir, 'mixtral-split');
+  await buildRecorded('mixtral', dir, out, ['--gguf', 'f32', '--gguf-split-max-size', '300k']);
+  const files = readdirSync(out).filter((f) => f.endsWith('.gguf')).sort();
+  assert.ok(files.length >= 3, files.join(', '));
+  const run = await llamaCppGreedy(join(out, files[0]!), g.prompt, g.input_ids, g.new_tokens.length);
+  assert.deepEqual(run.promptTokens, g.input_ids, 'prompt tokens');
+  assert.deepEqual(run.newTokens, g.new_tokens, 'generated tokens');
+});

@@ -107,7 +107,7 @@ test('command-line errors', async () => {
   assert.match((await mergekitMoe([], d)).stderr, /expected CONFIG_PATH and OUT_PATH/);
   assert.match((await mergekitMoe(['nope.yml', 'out'], d)).stderr, /nope\.yml: CONFIG_PATH does not exist/);
   writeFileSync(join(d, 'moe.yml'), recipe());
-  assert.match((await mergekitMoe(['moe.yml', 'out', '--out-shard-size', '5q'], d)).stderr, /--out-shard-size expects a number with an optional k, m or b suffix/);
+  assert.match((await mergekitMoe(['moe.yml', 'out', '--out-shard-size', '5q'], d)).stderr, /--out-shard-size expects a number with an optional k, m, b or g suffix/);
   assert.match((await mergekitMoe(['moe.yml', 'out', '--layout', 'packed'], d)).stderr, /--layout must be classic or fused/);
   assert.match((await mergekitMoe(['moe.yml', 'out', '--bogus'], d)).stderr, /unknown option --bogus/);
   assert.match((await mergekitMoe(['moe.yml', 'out', '--no-safe-serialization'], d)).stderr, /writes safetensors only/);

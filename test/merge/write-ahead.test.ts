@@ -16,6 +16,7 @@ import { shardsOf } from '../../libs/stages/write-manifest';
 import type { MergePlan } from '../../libs/plan/types';
 import { FIXTURES, tempDir, TINY } from '../helpers/tmp';
 import { gatesOf, mixtralPlan } from '../helpers/mixtral-plan';
+import { readGguf, readTensorData } from '../../libs/gguf';
 
 const recipeText = readFileSync(join(FIXTURES, 'parity', 'mixtral-hidden.yml'), 'utf8').replace(/\.\.\/tiny-llama/g, join(FIXTURES, 'tiny-llama'));
 
@@ -242,4 +243,49 @@ test('the default noise has one generator thread while the routers are computed 
     setNormalsAheadMin(min);
     await setNormalsAheadThreads(threads);
   }
+});
+
+test('a split GGUF: its files written in the shards\' pass, ahead of the routers; after one expert changes, the files without its tensors are kept and the others hold a fresh build\'s bytes', async () => {
+  const d = tempDir();
+  const src = join(d, 'src');
+  mkdirSync(src);
+  const plan = mixtralPlan(src);
+  const out = join(d, 'out');
+  // One tensor a file (1 byte each): the routers' file, then each other tensor alone.
+  const opts = { outPath: out, recipeText: '', tokenizerDir: TINY('a'), copyTokenizer: true, overwrite: false, writeRecipe: false, gguf: 'bf16' as const, ggufSplitBytes: 1 };
+  const lines: string[] = [];
+  await writeOutput(plan, Promise.resolve({ plan, gates: gatesOf(1) }), { ...opts, log: (l) => lines.push(l) });
+  const files = readdirSync(out).filter((f) => f.endsWith('.gguf')).sort();
+  assert.ok(files.length > 3, files.join(', '));
+  assert.ok(lines.some((l) => l.includes('while the routers are computed')), lines.join('\n'));
+  for (const f of files) assert.equal(lines.filter((l) => l.startsWith(`writing ${f} `) && l.includes('in the same pass as the shards')).length, 1, `${f}:\n${lines.join('\n')}`);
+  assert.ok(!lines.some((l) => /read back/.test(l)), lines.join('\n'));
+
+  // The second expert noised: its shard is written ahead again, and the files of tensors it has no part in kept.
+  const noised: MergePlan = structuredClone(plan);
+  for (const t of noised.tensors) if (t.group === 'expert/1') for (const p of t.parts) if (p.kind === 'source') p.noise = { scale: 0.01, seed: 3, stream: `noise/${t.name}` };
+  const inodes = () => new Map(files.map((f) => [f, statSync(join(out, f)).ino]));
+  const before = inodes();
+  const again: string[] = [];
+  await writeOutput(noised, Promise.resolve({ plan: noised, gates: gatesOf(1) }), { ...opts, log: (l) => again.push(l) });
+  assert.deepEqual(readdirSync(out).filter((f) => f.endsWith('.gguf')).sort(), files);
+  const after = inodes();
+  const expertFiles = new Set<string>();
+  for (const f of files) {
+    const g = await readGguf(join(out, f));
+    if (g.tensors.some((t) => t.name.includes('_exps'))) expertFiles.add(f);
+  }
+  assert.ok(expertFiles.size > 0 && expertFiles.size < files.length - 1);
+  for (const f of files.slice(1)) assert.equal(after.get(f) === before.get(f), !expertFiles.has(f), `${f}: kept only without the noised expert's tensors\n${again.join('\n')}`);
+  // Every tensor as a fresh unsplit build of the noised plan has it.
+  const fresh = join(d, 'fresh');
+  await writeOutput(noised, Promise.resolve({ plan: noised, gates: gatesOf(1) }), { ...opts, outPath: fresh, ggufSplitBytes: undefined });
+  const want = await readGguf(join(fresh, 'model-bf16.gguf'));
+  const got = new Map<string, Buffer>();
+  for (const f of files) {
+    const g = await readGguf(join(out, f));
+    for (const t of g.tensors) got.set(t.name, await readTensorData(join(out, f), t));
+  }
+  assert.equal(got.size, want.tensors.length);
+  for (const t of want.tensors) assert.ok((await readTensorData(join(fresh, 'model-bf16.gguf'), t)).equals(got.get(t.name)!), t.name);
 });

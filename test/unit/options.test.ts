@@ -62,7 +62,7 @@ test('each option says which stages it changes: optionsForStage is what a stage 
   assert.deepEqual(optionsForStage('fetch'), ['recipe']);
   assert.deepEqual(optionsForStage('embed-prompts'), ['recipe', 'device', 'forwardPrecision']);
   assert.deepEqual(optionsForStage('report'), ['recipe', 'randomSeed', 'rng', 'device', 'evalPrompts']);
-  assert.deepEqual(optionsForStage('write'), ['recipe', 'outputPath', 'overwrite', 'copyTokenizer', 'gguf', 'ggufOnly']);
+  assert.deepEqual(optionsForStage('write'), ['recipe', 'outputPath', 'overwrite', 'copyTokenizer', 'gguf', 'ggufOnly', 'ggufSplitMaxSize']);
   // A location is read, never hashed.
   assert.ok(!optionsForStage('write').includes('stagesDir'));
   assert.deepEqual(stagesReading('stagesDir'), ['fetch', 'embed-prompts', 'build-gates', 'assemble-experts', 'report', 'write']);

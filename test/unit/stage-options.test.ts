@@ -13,7 +13,7 @@ import { PIPELINE, sliceFile, stageEntry, type StageEnv } from '../../libs/pipel
 test("the pipeline table's options of a stage are the options table's rows that name it", () => {
   assert.deepEqual(stageEntry('fetch').options, ['outputPath', 'overwrite', 'recompute', 'allowIdenticalModels', 'cacheDir', 'evalPrompts']);
   assert.deepEqual(stageEntry('assemble-experts').options, ['randomSeed', 'rng', 'layout', 'outShardSize', 'shardOrder', 'device', 'allowIdenticalModels', 'cacheDir']);
-  assert.deepEqual(stageEntry('write').options, ['outputPath', 'overwrite', 'recompute', 'copyTokenizer', 'gguf', 'ggufOnly', 'cacheDir', 'evalPrompts']);
+  assert.deepEqual(stageEntry('write').options, ['outputPath', 'overwrite', 'recompute', 'copyTokenizer', 'gguf', 'ggufOnly', 'ggufSplitMaxSize', 'cacheDir', 'evalPrompts']);
   // The recipe stage takes every option given; the others take theirs through their slice.
   assert.deepEqual(stageEntry('recipe').options, []);
   for (const s of OPTION_STAGES) assert.deepEqual(stageEntry(s).options, sliceOptions(s));

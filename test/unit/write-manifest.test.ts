@@ -47,11 +47,11 @@ test('a router-only edit: the router shard and the GGUF are written, the base an
   ]);
   assert.equal(first.shards[0]!.tensors[0]!.name, 'model.layers.0.block_sparse_moe.gate.weight');
   // The previous GGUF holds the kept shards' tensors at the same places: a copy of it needs only the router written.
-  assert.equal(first.gguf?.unchanged, undefined);
-  assert.deepEqual([...edited.gguf!.unchanged!].sort(), plan.tensors.filter((t) => t.group !== 'router').map((t) => t.name).sort());
+  assert.equal(first.gguf?.parts[0]?.unchanged, undefined);
+  assert.deepEqual([...edited.gguf!.parts[0]!.unchanged!].sort(), plan.tensors.filter((t) => t.group !== 'router').map((t) => t.name).sort());
   // Not when the previous GGUF was made from other inputs (another config here) or is found changed.
-  assert.equal((await outputManifest(inputs({ gates: gatesOf(2), previous: { shards: first.keys }, plan: { ...plan, config: { ...plan.config, rms_norm_eps: 1e-6 } } }))).gguf?.unchanged, undefined);
-  assert.equal((await outputManifest(inputs({ gates: gatesOf(2), previous: { shards: first.keys }, suspect: ['model-bf16.gguf'] }))).gguf?.unchanged, undefined);
+  assert.equal((await outputManifest(inputs({ gates: gatesOf(2), previous: { shards: first.keys }, plan: { ...plan, config: { ...plan.config, rms_norm_eps: 1e-6 } } }))).gguf?.parts[0]?.unchanged, undefined);
+  assert.equal((await outputManifest(inputs({ gates: gatesOf(2), previous: { shards: first.keys }, suspect: ['model-bf16.gguf'] }))).gguf?.parts[0]?.unchanged, undefined);
 
   // A kept file found changed on disk is written again; a shard written ahead under its key is left as it is.
   const suspect = await outputManifest(inputs({ gates: gatesOf(2), previous: { shards: first.keys }, suspect: ['model-00003-of-00004.safetensors'] }));
@@ -78,4 +78,27 @@ test('written ahead: the shards without routers that the previous folder does no
   assert.deepEqual(aheadShards(plan, { shards: keys }, ['model-00004-of-00004.safetensors']).map((a) => a.shard.file), ['model-00004-of-00004.safetensors']);
   // A stamp of an older build (no shard keys) may be the same merge: nothing ahead.
   assert.deepEqual(aheadShards(plan, {}, []), []);
+});
+
+test('a split GGUF: the routers and metadata in the first file, the rest in files of the size asked; a prompt edit rewrites the first alone', async () => {
+  const one = await outputManifest(inputs({}));
+  const split = await outputManifest(inputs({ ggufSplitBytes: 1 }));
+  const files = split.gguf!.parts.map((p) => p.part.file);
+  // 1 byte a file: every tensor but the routers in a file of its own.
+  const routers = one.gguf!.layout.tensors.filter((t) => t.name.includes('ffn_gate_inp')).map((t) => t.name);
+  assert.equal(files.length, one.gguf!.layout.tensors.length - routers.length + 1);
+  assert.deepEqual(files.slice(0, 2), [`model-bf16-00001-of-${String(files.length).padStart(5, '0')}.gguf`, `model-bf16-00002-of-${String(files.length).padStart(5, '0')}.gguf`]);
+  assert.deepEqual(split.gguf!.parts[0]!.part.layout.tensors.map((t) => t.name), routers);
+  assert.equal(actions(split)['model-bf16.gguf'], undefined);
+  for (const f of files) assert.equal(actions(split)[f], 'gguf:write');
+  // A size that holds all the rest: two files.
+  const two = await outputManifest(inputs({ ggufSplitBytes: 5e9 }));
+  assert.deepEqual(two.gguf!.parts.map((p) => p.part.file), ['model-bf16-00001-of-00002.gguf', 'model-bf16-00002-of-00002.gguf']);
+  // The same inputs: all kept; new router rows: the first file written, the second kept (its shards unchanged).
+  assert.deepEqual((await outputManifest(inputs({ ggufSplitBytes: 5e9, previous: { shards: two.keys } }))).entries.filter((e) => e.producer === 'gguf').map((e) => e.action), ['keep', 'keep']);
+  const edited = await outputManifest(inputs({ ggufSplitBytes: 5e9, gates: gatesOf(2), previous: { shards: two.keys } }));
+  assert.deepEqual(edited.entries.filter((e) => e.producer === 'gguf').map((e) => `${e.files[0]}:${e.action}`), ['model-bf16-00001-of-00002.gguf:write', 'model-bf16-00002-of-00002.gguf:keep']);
+  // Another config (rms_norm_eps is in the first file's metadata): both written.
+  const other = await outputManifest(inputs({ ggufSplitBytes: 5e9, previous: { shards: two.keys }, plan: { ...plan, config: { ...plan.config, rms_norm_eps: 1e-6 } } }));
+  assert.deepEqual(other.entries.filter((e) => e.producer === 'gguf').map((e) => e.action), ['write', 'write']);
 });
