@@ -121,6 +121,8 @@ export interface GgufMergeRow {
   step: 'cold' | 'prompt edit';
   /** Best wall seconds of `mergekit-moe` with --gguf bf16, and without (the baseline), taken in turn. */
   withGguf: number;
+  /** The same with the GGUF split (--gguf-split-max-size 50g: the routers' file and one of the rest). */
+  withSplit: number;
   without: number;
 }
 
@@ -136,21 +138,22 @@ export async function benchGgufMerge(tmp: string, spec: Omit<TinyModelSpec, 'dty
   const texts = [recipe(models, { extraPrompt: false, noise: 0.01, swapLast: false }), recipe(models, { extraPrompt: true, noise: 0.01, swapLast: false })];
   const bin = join(__dirname, '..', 'bin', 'mergekit-moe.js');
   const env = { ...process.env, MOE_FORGE_CACHE: join(tmp, 'cache'), CI: 'true' };
-  const run = (variant: 'G' | 'N', text: string): number => {
+  const flags = { G: ['--gguf', 'bf16'], S: ['--gguf', 'bf16', '--gguf-split-max-size', '50g'], N: [] };
+  const run = (variant: 'G' | 'S' | 'N', text: string): number => {
     const dir = join(tmp, `r${variant}`);
     mkdirSync(dir, { recursive: true });
     writeFileSync(join(dir, 'moe.yml'), text);
     const t0 = performance.now();
-    const r = spawnSync(process.execPath, [bin, join(dir, 'moe.yml'), join(tmp, `out${variant}`), ...(variant === 'G' ? ['--gguf', 'bf16'] : []), '--i-understand-this-is-not-useful-without-training'], { env, encoding: 'utf8' });
+    const r = spawnSync(process.execPath, [bin, join(dir, 'moe.yml'), join(tmp, `out${variant}`), ...flags[variant], '--i-understand-this-is-not-useful-without-training'], { env, encoding: 'utf8' });
     if (r.status !== 0) throw new Error(`mergekit-moe failed (${r.status}): ${r.stderr}`);
     return (performance.now() - t0) / 1000;
   };
-  const cold = { G: [] as number[], N: [] as number[] };
-  const edit = { G: [] as number[], N: [] as number[] };
+  const cold = { G: [] as number[], S: [] as number[], N: [] as number[] };
+  const edit = { G: [] as number[], S: [] as number[], N: [] as number[] };
   // A cold run first, untimed: the prompt states of both sets go into the cache.
-  for (const v of ['G', 'N'] as const) for (const t of texts) run(v, t);
+  for (const v of ['G', 'S', 'N'] as const) for (const t of texts) run(v, t);
   for (let i = 0; i < rounds; i++) {
-    for (const v of ['G', 'N'] as const) {
+    for (const v of ['G', 'S', 'N'] as const) {
       rmSync(join(tmp, `out${v}`), { recursive: true, force: true });
       cold[v].push(run(v, texts[0]!));
       edit[v].push(run(v, texts[1]!));
@@ -158,9 +161,9 @@ export async function benchGgufMerge(tmp: string, spec: Omit<TinyModelSpec, 'dty
   }
   const best = (xs: number[]) => Math.min(...xs);
   const rows: GgufMergeRow[] = [
-    { step: 'cold', withGguf: best(cold.G), without: best(cold.N) },
-    { step: 'prompt edit', withGguf: best(edit.G), without: best(edit.N) },
+    { step: 'cold', withGguf: best(cold.G), withSplit: best(cold.S), without: best(cold.N) },
+    { step: 'prompt edit', withGguf: best(edit.G), withSplit: best(edit.S), without: best(edit.N) },
   ];
-  for (const r of rows) log(`gguf-merge ${r.step}: ${r.withGguf.toFixed(2)} s with --gguf bf16, ${r.without.toFixed(2)} s without`);
+  for (const r of rows) log(`gguf-merge ${r.step}: ${r.withGguf.toFixed(2)} s with --gguf bf16, ${r.withSplit.toFixed(2)} s with it split, ${r.without.toFixed(2)} s without`);
   return rows;
 }

@@ -213,8 +213,9 @@ async function benchGgufMergeSection(tmp: string, size: string): Promise<void> {
   const results = await benchGgufMerge(dir, SIZES[size]!, log);
   for (const r of results) {
     row({ section: `gguf-merge-${size}`, measure: `mergekit-moe ${r.step} with --gguf bf16, s`, value: r.withGguf, unit: 's', baseline: r.without, baselineLabel: 'the same merge without --gguf, s', goal: 'info' });
+    row({ section: `gguf-merge-${size}`, measure: `mergekit-moe ${r.step} with --gguf bf16 --gguf-split-max-size 50g, s`, value: r.withSplit, unit: 's', baseline: r.without, baselineLabel: 'the same merge without --gguf, s', goal: 'info' });
   }
-  notes.push(`gguf-merge-${size}: the whole mergekit-moe command (bench/incremental.ts's hidden-mode recipe, 4 experts) with --gguf bf16 and without, in turn, best of 3; cold: into a new folder; prompt edit: in place, the recipe toggling between two prompt sets already in the prompt cache. The GGUF is written in the shards' pass; after an edit it starts from the previous one (a reflink, else its unchanged tensors' bytes copied).`);
+  notes.push(`gguf-merge-${size}: the whole mergekit-moe command (bench/incremental.ts's hidden-mode recipe, 4 experts) with --gguf bf16, with it split (--gguf-split-max-size 50g: the routers and metadata in one file, the rest in another) and without, in turn, best of 3; cold: into a new folder; prompt edit: in place, the recipe toggling between two prompt sets already in the prompt cache. The GGUF is written in the shards' pass; after an edit it starts from the previous one (a reflink, else its unchanged tensors' bytes copied); split, an edit rewrites the routers' file and keeps the other.`);
   details.ggufMerge = results;
   rmSync(dir, { recursive: true, force: true });
 }
