@@ -7,4 +7,4 @@ export { vocabKeys } from './vocab-seam';
 export { useQuantWasm } from './quant-wasm';
 export * from './architecture';
 export { GgufPass, GgufPassSet, ggufPassKey, reflinkAsCopy } from './pass';
-export { ggufParts, ggufSplitName, type GgufPart } from './split';
+export { ggufParts, ggufSplitName, hubSizeWarning, HUB_MAX_FILE_BYTES, type GgufPart } from './split';

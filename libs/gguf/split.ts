@@ -21,6 +21,18 @@ export interface GgufPart {
 
 const five = (n: number) => String(n).padStart(5, '0');
 
+/** The largest file the Hugging Face Hub takes. */
+export const HUB_MAX_FILE_BYTES = 50e9;
+
+/** Said of a GGUF file larger than the Hub takes (null when it is not). */
+export function hubSizeWarning(part: GgufPart, bytes: number): string | null {
+  if (bytes <= HUB_MAX_FILE_BYTES) return null;
+  const gb = (bytes / 1e9).toFixed(1);
+  return part.count === 1
+    ? `${part.file} is ${gb} GB: the Hugging Face Hub takes no file over 50 GB; --gguf-split-max-size 50g (Nx: ggufSplitMaxSize) splits it into files llama.cpp loads`
+    : `${part.file} is ${gb} GB, one tensor larger than the split size: the Hugging Face Hub takes no file over 50 GB`;
+}
+
 /** llama.cpp's split file names (llama_split_path): `model-bf16-00001-of-00003.gguf`. */
 export const ggufSplitName = (type: GgufOutType, index: number, count: number) => `model-${type}-${five(index + 1)}-of-${five(count)}.gguf`;
 

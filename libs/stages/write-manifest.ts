@@ -21,7 +21,7 @@ import { planShards, type OutputTensorSpec } from '../safetensors';
 import { gateRow, type GateTensor } from '../gates';
 import type { MergePlan, PlanTensor, SourcePart } from '../plan';
 import type { RoutingReport } from '../report';
-import { converterOrder, ggufLayout, ggufParts, producerSource, shardSource, vocabKeys, writeModelGguf, type GgufLayout, type GgufOutType, type GgufPart, type SegmentSource } from '../gguf';
+import { converterOrder, ggufLayout, ggufParts, hubSizeWarning, producerSource, shardSource, vocabKeys, writeModelGguf, type GgufLayout, type GgufOutType, type GgufPart, type SegmentSource } from '../gguf';
 
 export type Producer = 'shard' | 'index' | 'config' | 'generation-config' | 'tokenizer' | 'recipe' | 'model-card' | 'routing' | 'gguf';
 
@@ -324,7 +324,9 @@ export async function outputManifest(m: ManifestInputs): Promise<OutputManifest>
       const unchanged = only ? null : await ggufUnchanged(plan, shards, m.previous, m.suspect, m.gguf, m.tokenizerDir, kept, part);
       parts.push({ part, key, ...(unchanged ? { unchanged } : {}) });
     }
-    gguf = { type: m.gguf, only, layout, parts };
+    // Said with the layout's other warnings: a file the Hub would refuse.
+    const big = parts.map((p) => hubSizeWarning(p.part, ggufBytes(p.part.layout))).filter((w): w is string => w !== null);
+    gguf = { type: m.gguf, only, layout: big.length > 0 ? { ...layout, warnings: [...layout.warnings, ...big] } : layout, parts };
   }
   return { entries, shards, keys, gguf };
 }

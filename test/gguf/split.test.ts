@@ -4,7 +4,7 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { ggufParts, ggufSplitName, ggufLayout, converterOrder, type GgufPart } from '../../libs/gguf';
+import { ggufParts, ggufSplitName, ggufLayout, converterOrder, hubSizeWarning, HUB_MAX_FILE_BYTES, type GgufPart } from '../../libs/gguf';
 import { alignUp, tensorBytes } from '../../libs/gguf/format';
 import { shardsOf } from '../../libs/stages/write-manifest';
 import { mixtralPlan } from '../helpers/mixtral-plan';
@@ -51,4 +51,12 @@ test('split: llama.cpp names and keys, routers and metadata first, every tensor 
 
 test('a split size that is not a positive number of bytes is refused', () => {
   for (const bad of [0, -1, 1.5, NaN]) assert.throws(() => ggufParts(layout, 'f32', bad), /GGUF split size .*: a positive number of bytes is needed/);
+});
+
+test('a GGUF file larger than the Hub takes is said, with the option that splits it', () => {
+  const [one] = ggufParts(layout, 'bf16');
+  assert.equal(hubSizeWarning(one!, HUB_MAX_FILE_BYTES), null);
+  assert.equal(hubSizeWarning(one!, 93.4e9), 'model-bf16.gguf is 93.4 GB: the Hugging Face Hub takes no file over 50 GB; --gguf-split-max-size 50g (Nx: ggufSplitMaxSize) splits it into files llama.cpp loads');
+  const parts = ggufParts(layout, 'bf16', 50e9);
+  assert.equal(hubSizeWarning(parts[1]!, 51e9), 'model-bf16-00002-of-00002.gguf is 51.0 GB, one tensor larger than the split size: the Hugging Face Hub takes no file over 50 GB');
 });

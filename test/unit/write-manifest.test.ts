@@ -102,3 +102,18 @@ test('a split GGUF: the routers and metadata in the first file, the rest in file
   const other = await outputManifest(inputs({ ggufSplitBytes: 5e9, previous: { shards: two.keys }, plan: { ...plan, config: { ...plan.config, rms_norm_eps: 1e-6 } } }));
   assert.deepEqual(other.entries.filter((e) => e.producer === 'gguf').map((e) => e.action), ['write', 'write']);
 });
+
+test('an unsplit GGUF over 50 GB is said with the layout\'s warnings (the Hub would refuse it); split, it is not', async () => {
+  const big = structuredClone(plan);
+  // Shapes only (nothing is read or written): the embeddings and the output head 30 GB each in bf16.
+  for (const name of ['model.embed_tokens.weight', 'lm_head.weight']) big.tensors.find((t) => t.name === name)!.shape = [468_750_000, 32];
+  const one = await outputManifest(inputs({ plan: big }));
+  assert.ok(one.gguf!.layout.warnings.some((w) => /^model-bf16\.gguf is \d+\.\d GB: the Hugging Face Hub takes no file over 50 GB; --gguf-split-max-size 50g/.test(w)), one.gguf!.layout.warnings.join('\n'));
+  const split = await outputManifest(inputs({ plan: big, ggufSplitBytes: 50e9 }));
+  assert.ok(split.gguf!.parts.length > 2);
+  assert.ok(!split.gguf!.layout.warnings.some((w) => /Hub/.test(w)), split.gguf!.layout.warnings.join('\n'));
+  // One tensor over 50 GB: its file is said.
+  big.tensors.find((t) => t.name === 'lm_head.weight')!.shape = [1e9, 32];
+  const huge = await outputManifest(inputs({ plan: big, ggufSplitBytes: 50e9 }));
+  assert.deepEqual(huge.gguf!.layout.warnings.filter((w) => /Hub/.test(w)), ['model-bf16-00002-of-00003.gguf is 64.0 GB, one tensor larger than the split size: the Hugging Face Hub takes no file over 50 GB']);
+});
