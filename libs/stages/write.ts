@@ -503,7 +503,11 @@ export async function writeOutput(early: MergePlan, late: Promise<LateInputs>, o
         if (missing.length > 0) opts.log?.(`${gguf.passes.map((p) => p.file.slice(tmp.length + 1)).join(', ')}: ${missing.length} tensors read back from the kept shards`);
       } else if (g && ggufOnly) {
         const source = await ggufSource(tmp, shards, true, () => produce, pool);
-        for (const { part } of g.parts) await writeGgufFile(tmp, part, g.type, source, pool, opts.log);
+        // A split's unchanged files are kept here too: a prompt edit writes the routers' file alone.
+        for (const { part } of g.parts) {
+          if (entries.find((e) => e.files[0] === part.file)!.action === 'keep' && (await keepPrior(part.file))) continue;
+          await writeGgufFile(tmp, part, g.type, source, pool, opts.log);
+        }
       }
       const files: Record<string, number> = {};
       for (const f of (await readdir(tmp)).sort()) if (f !== WORK_MARKER) files[f] = (await stat(join(tmp, f))).size;

@@ -66,7 +66,7 @@ test('--gguf is incremental: unchanged rebuild rewrites nothing; a prompt edit r
   }
 });
 
-test('--gguf-only writes the same GGUF and no safetensors shards', async () => {
+test('--gguf-only writes the same GGUF and no safetensors shards; split, a prompt edit writes the routers\' file alone', async () => {
   const yml = join(dir, 'only.yml');
   writeFileSync(yml, recipe('poems and stories'));
   const full = join(dir, 'full');
@@ -84,6 +84,21 @@ test('--gguf-only writes the same GGUF and no safetensors shards', async () => {
   // Unchanged: nothing rewritten.
   const again = await mergekitMoe([yml, only, '--gguf', 'f16', '--gguf-only'], dir);
   assert.match(again.stdout, /^unchanged /);
+  // Split: a prompt edit writes the routers' file and keeps the others.
+  const split = join(dir, 'only-split');
+  const s1 = await mergekitMoe([yml, split, '--gguf', 'f16', '--gguf-only', '--gguf-split-max-size', '40k'], dir);
+  assert.equal(s1.exitCode, 0, s1.stderr);
+  const files = readdirSync(split).filter((f) => f.endsWith('.gguf')).sort();
+  assert.ok(files.length >= 3, files.join(', '));
+  const ino = () => files.map((f) => statSync(join(split, f)).ino);
+  const before = ino();
+  writeFileSync(yml, recipe('cooking recipes and kitchens'));
+  const s2 = await mergekitMoe([yml, split, '--gguf', 'f16', '--gguf-only', '--gguf-split-max-size', '40k', '-v'], dir);
+  assert.equal(s2.exitCode, 0, s2.stderr);
+  assert.match(s2.stderr, new RegExp(`writing ${files[0]!.replace(/\./g, '\\.')} `));
+  const after = ino();
+  assert.notEqual(after[0], before[0]);
+  assert.deepEqual(after.slice(1), before.slice(1));
 });
 
 test('--gguf-split-max-size: the same tensors in llama.cpp split files; a prompt edit rewrites the first (routers) and keeps the rest', async () => {
