@@ -177,21 +177,30 @@ function partShards(part: GgufPart, shards: ShardPlan[]): ShardPlan[] {
   return shards.filter((s) => s.tensors.some((t) => names.has(t.name)));
 }
 
+/** The tokenizer and chat-template files a GGUF's keys depend on, each with its sha256 (read once per build). */
+export type TokenizerHashes = [string, string][];
+
+export async function tokenizerHashes(tokenizerDir: string): Promise<TokenizerHashes> {
+  const out: TokenizerHashes = [];
+  for (const f of [...TOKENIZER_FILES, ...CHAT_TEMPLATE_FILES]) {
+    const p = join(tokenizerDir, f);
+    if (existsSync(p)) out.push([f, createHash('sha256').update(await readFile(p)).digest('hex')]);
+  }
+  return out;
+}
+
 /**
  * A GGUF file's key: what decides its bytes (the content keys of the shards its tensors come from, the config,
  * the tokenizer files, the type and the writer; for a split's file also its tensors and places).
  */
-export async function ggufKey(plan: MergePlan, shards: ShardPlan[], shardKeys: Record<string, string>, type: GgufOutType, tokenizerDir: string, part?: GgufPart): Promise<string> {
+export function ggufKey(plan: MergePlan, shards: ShardPlan[], shardKeys: Record<string, string>, type: GgufOutType, tokenizer: TokenizerHashes, part?: GgufPart): string {
   const from = part ? partShards(part, shards) : shards;
   // An unsplit GGUF keeps the key it always had (its stamped files stay kept).
   const split = part && part.count > 1
     ? [part.file, part.count, part.layout.metadata.find((k) => k.key === 'split.tensors.count')?.value.value ?? null, part.layout.tensors.map((t) => [t.name, t.shape, t.type, t.permuteGroupRows ?? null, t.data ? createHash('sha256').update(t.data).digest('hex') : null, t.segments.map((s) => [s.tensor.name, s.begin, s.count])])]
     : [];
   const h = createHash('sha256').update(JSON.stringify([GGUF_WRITER, type, from.map((s) => [s.file, shardKeys[s.file]]), plan.config, ...split]));
-  for (const f of [...TOKENIZER_FILES, ...CHAT_TEMPLATE_FILES]) {
-    const p = join(tokenizerDir, f);
-    if (existsSync(p)) h.update(f).update(createHash('sha256').update(await readFile(p)).digest('hex'));
-  }
+  for (const [f, digest] of tokenizer) h.update(f).update(digest);
   return h.digest('hex');
 }
 
@@ -201,11 +210,11 @@ export async function ggufKey(plan: MergePlan, shards: ShardPlan[], shardKeys: R
  * config, tokenizer and type (so the same header and places). Null when it is not so, or the previous file is not
  * to be trusted (found changed).
  */
-export async function ggufUnchanged(plan: MergePlan, shards: ShardPlan[], previous: Previous | null, suspect: string[], type: GgufOutType, tokenizerDir: string, kept: string[], part: GgufPart): Promise<string[] | null> {
+export function ggufUnchanged(plan: MergePlan, shards: ShardPlan[], previous: Previous | null, suspect: string[], type: GgufOutType, tokenizer: TokenizerHashes, kept: string[], part: GgufPart): string[] | null {
   const was = previous?.shards?.[part.file];
   if (!was || suspect.includes(part.file) || kept.length === 0) return null;
   if (!partShards(part, shards).every((s) => previous!.shards![s.file] !== undefined)) return null;
-  if ((await ggufKey(plan, shards, previous!.shards!, type, tokenizerDir, part)) !== was) return null;
+  if (ggufKey(plan, shards, previous!.shards!, type, tokenizer, part) !== was) return null;
   const names = partTensors(part);
   const unchanged = shards.filter((s) => kept.includes(s.file)).flatMap((s) => s.tensors.map((t) => t.name)).filter((n) => names.has(n));
   return unchanged.length > 0 ? unchanged : null;
@@ -316,12 +325,13 @@ export async function outputManifest(m: ManifestInputs): Promise<OutputManifest>
     const layout = ggufPlan(plan, shards, m.gguf);
     const parts: GgufPartPlan[] = [];
     const kept = shards.filter((s) => action(s.file, shardKeys[s.file]!) === 'keep').map((s) => s.file);
+    const tokenizer = await tokenizerHashes(m.tokenizerDir);
     for (const part of ggufParts(layout, m.gguf, m.ggufSplitBytes)) {
-      const key = await ggufKey(plan, shards, shardKeys, m.gguf, m.tokenizerDir, part);
+      const key = ggufKey(plan, shards, shardKeys, m.gguf, tokenizer, part);
       keys[part.file] = key;
       // Never written ahead: a file with routers is keyed by the router shards, and the others are written beside them.
       entries.push({ files: [part.file], producer: 'gguf', key, bytes: ggufBytes(part.layout), action: action(part.file, key) === 'keep' ? 'keep' : 'write' });
-      const unchanged = only ? null : await ggufUnchanged(plan, shards, m.previous, m.suspect, m.gguf, m.tokenizerDir, kept, part);
+      const unchanged = only ? null : ggufUnchanged(plan, shards, m.previous, m.suspect, m.gguf, tokenizer, kept, part);
       parts.push({ part, key, ...(unchanged ? { unchanged } : {}) });
     }
     // Said with the layout's other warnings: a file the Hub would refuse.

@@ -15,7 +15,7 @@ import type { MergePlan, PlanTensor, SourcePart } from '../plan';
 import { planHash } from './assemble';
 import { byteFraction, type Progress } from '../util';
 import { GgufPass, GgufPassSet, ggufParts, ggufPassKey, vocabKeys, type GgufKv, type GgufOutType, type GgufPart } from '../gguf';
-import { aheadShards, shardHash, withContentIds, companionEntries, ggufBytes, ggufKey, ggufUnchanged, ggufPlan, ggufSource, holdsGates, indexEntry, outputManifest, shardsOf, STREAM_NOISE_DRAWS, writeCompanion, writeGgufFile, type CompanionInputs } from './write-manifest';
+import { aheadShards, shardHash, withContentIds, companionEntries, ggufBytes, ggufKey, ggufUnchanged, ggufPlan, ggufSource, holdsGates, indexEntry, outputManifest, shardsOf, STREAM_NOISE_DRAWS, tokenizerHashes, writeCompanion, writeGgufFile, type CompanionInputs } from './write-manifest';
 import { makeWorkFolder, mapLimit, WORK_MARKER, writeWhole } from '../util';
 import type { RoutingReport } from '../report';
 import { checkFreeSpace, checkOutputPath, checkOwner, lockOutput, ownerField, contentEntries, inPlaceTempName, isMountPoint, noSpaceError, readStampSync, recoverStaleTemporaries, replaceInPlace, STAMP_FILE, swapIntoPlace, tempName, userEntries, type OutputInput, type Stamp } from '../output-folder';
@@ -344,10 +344,11 @@ export async function writeOutput(early: MergePlan, late: Promise<LateInputs>, o
         // come from kept shards without routers, under the same key (kept later, with the shards).
         const earlyKeys: Record<string, string> = { ...existing?.shards };
         for (const a of ahead) earlyKeys[a.shard.file] = a.key;
+        const tokenizer = earlyParts.length > 0 ? await tokenizerHashes(opts.tokenizerDir) : [];
         for (const part of earlyParts) {
           const routed = part.layout.tensors.some((t) => t.segments.some((sg) => holdsGates([sg.tensor])));
-          if (part.count > 1 && !routed && !suspect.includes(part.file) && existing?.shards?.[part.file] === (await ggufKey(early, shardsOf(early), earlyKeys, opts.gguf!, opts.tokenizerDir, part))) continue;
-          const unchanged = await ggufUnchanged(early, shardsOf(early), existing, suspect, opts.gguf!, opts.tokenizerDir, keptEarly, part);
+          if (part.count > 1 && !routed && !suspect.includes(part.file) && existing?.shards?.[part.file] === ggufKey(early, shardsOf(early), earlyKeys, opts.gguf!, tokenizer, part)) continue;
+          const unchanged = ggufUnchanged(early, shardsOf(early), existing, suspect, opts.gguf!, tokenizer, keptEarly, part);
           await openPass(early, part, opts.gguf!, passes.size > 0, unchanged ?? undefined);
         }
         const gguf = passes.size > 0 ? new GgufPassSet([...passes.values()].map((p) => p.gguf)) : null;
