@@ -1,6 +1,6 @@
 import { link, mkdir, readdir, readFile, rm, stat, writeFile, copyFile } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
-import { dirname, join } from 'node:path';
+import { basename, dirname, join } from 'node:path';
 import { createHash, randomBytes } from 'node:crypto';
 import { ForgeError } from '../errors';
 import { gateRow, type GateTensor } from '../gates';
@@ -286,9 +286,10 @@ export async function writeOutput(early: MergePlan, late: Promise<LateInputs>, o
     const ahead = writeAhead && !ggufOnly ? aheadShards(early, existing, suspect) : [];
     // The manifest's files other than the shards (their producers need the final plan, their names do not).
     const companionInputs = (plan: MergePlan, routing: LateInputs['routing'] | undefined, withRouting: boolean): CompanionInputs => ({ plan, recipeText: opts.recipeText, tokenizerDir: opts.tokenizerDir, copyTokenizer: opts.copyTokenizer, writeRecipe: opts.writeRecipe, routing, withRouting });
-    const plannedFiles = (plan: MergePlan, withRouting: boolean) => {
-      const shards = ggufOnly ? [] : shardsOf(plan);
-      return [...shards.map((s) => s.file), ...indexEntry(shards).flatMap((e) => e.files), ...companionEntries(companionInputs(plan, undefined, withRouting)).flatMap((e) => e.files), ...(opts.gguf ? ggufParts(ggufPlan(plan, shardsOf(plan), opts.gguf), opts.gguf, opts.ggufSplitBytes).map((p) => p.file) : [])];
+    /** The files the early plan names (no routing page: that needs the report). */
+    const earlyFiles = () => {
+      const shards = ggufOnly ? [] : shardsOf(early);
+      return [...shards.map((s) => s.file), ...indexEntry(shards).flatMap((e) => e.files), ...companionEntries(companionInputs(early, undefined, false)).flatMap((e) => e.files), ...earlyParts.map((p) => p.file)];
     };
     const disk = inPlace ? out : dirname(out);
     const tag = randomBytes(4).toString('hex');
@@ -332,7 +333,10 @@ export async function writeOutput(early: MergePlan, late: Promise<LateInputs>, o
     try {
       if (ahead.length > 0) {
         // Names this build will write, known now: a file the user added under one of them stops the build before any work.
-        if (!opts.overwrite) inTheWay(keep.filter((e) => plannedFiles(early, false).includes(e)), opts.outPath);
+        if (!opts.overwrite) {
+          const planned = earlyFiles();
+          inTheWay(keep.filter((e) => planned.includes(e)), opts.outPath);
+        }
         const earlyByName = new Map(early.tensors.map((t) => [t.name, t]));
         // The shards written now and the router shards (whose content is not known yet), and the GGUF.
         needed = shardsOf(early).filter((s) => ahead.some((x) => x.shard.file === s.file) || holdsGates(s.tensors.map((t) => earlyByName.get(t.name)!))).reduce((a, s) => a + s.bytes, 0) + (earlyLayout ? ggufBytes(earlyLayout) : 0) + (1 << 20);
@@ -340,14 +344,13 @@ export async function writeOutput(early: MergePlan, late: Promise<LateInputs>, o
         forget = await makeWorkFolder(tmp);
         // The shards the previous folder holds already (no routers in them) keep their tensors' GGUF bytes too.
         const keptEarly = shardsOf(early).filter((s) => !holdsGates(s.tensors.map((t) => earlyByName.get(t.name)!)) && !ahead.some((x) => x.shard.file === s.file)).map((s) => s.file);
-        // Each GGUF file opened now but a split's file that the previous folder holds already: one whose tensors
-        // come from kept shards without routers, under the same key (kept later, with the shards).
+        // Each GGUF file opened now but a split's file without the routers (ggufParts puts them in the first) that
+        // the previous folder holds under the key it has now (kept later, with the shards).
         const earlyKeys: Record<string, string> = { ...existing?.shards };
         for (const a of ahead) earlyKeys[a.shard.file] = a.key;
         const tokenizer = earlyParts.length > 0 ? await tokenizerHashes(opts.tokenizerDir) : [];
         for (const part of earlyParts) {
-          const routed = part.layout.tensors.some((t) => t.segments.some((sg) => holdsGates([sg.tensor])));
-          if (part.count > 1 && !routed && !suspect.includes(part.file) && existing?.shards?.[part.file] === ggufKey(early, shardsOf(early), earlyKeys, opts.gguf!, tokenizer, part)) continue;
+          if (part.index > 0 && !suspect.includes(part.file) && existing?.shards?.[part.file] === ggufKey(early, shardsOf(early), earlyKeys, opts.gguf!, tokenizer, part)) continue;
           const unchanged = ggufUnchanged(early, shardsOf(early), existing, suspect, opts.gguf!, tokenizer, keptEarly, part);
           await openPass(early, part, opts.gguf!, passes.size > 0, unchanged ?? undefined);
         }
@@ -501,12 +504,12 @@ export async function writeOutput(early: MergePlan, late: Promise<LateInputs>, o
         if (missing.length > 0) await gguf.fill(await ggufSource(tmp, shards, false, () => produce, pool));
         await gguf.finish();
         passes.clear();
-        if (missing.length > 0) opts.log?.(`${gguf.passes.map((p) => p.file.slice(tmp.length + 1)).join(', ')}: ${missing.length} tensors read back from the kept shards`);
+        if (missing.length > 0) opts.log?.(`${gguf.passes.map((p) => basename(p.file)).join(', ')}: ${missing.length} tensors read back from the kept shards`);
       } else if (g && ggufOnly) {
         const source = await ggufSource(tmp, shards, true, () => produce, pool);
         // A split's unchanged files are kept here too: a prompt edit writes the routers' file alone.
         for (const { part } of g.parts) {
-          if (entries.find((e) => e.files[0] === part.file)!.action === 'keep' && (await keepPrior(part.file))) continue;
+          if (await keepPrior(part.file)) continue;
           await writeGgufFile(tmp, part, g.type, source, pool, opts.log);
         }
       }
