@@ -664,33 +664,37 @@ async function runWhole(session: Session, feeds: Record<string, Feed>, routerInp
  * (LayerWeights: one layer's float32 weights are held), and nothing is written beside the model.
  * Calls `visit` for entries 0..upTo.
  */
-async function runLayers(m: Model, seqs: Sequence[], upTo: number, opts: ForwardOptions, visit: Visit, ready?: Setup): Promise<void> {
+async function runLayers(m: Model, given: Sequence[], upTo: number, opts: ForwardOptions, visit: Visit, ready?: Setup): Promise<void> {
   const { cfg } = m;
   const H = cfg.hiddenSize;
   let setup = ready;
   try {
     executionProviders(opts.device ?? 'cpu'); // an unavailable device fails before any weight is read
     if (upTo < 0 || upTo > cfg.numLayers) throw new RangeError(`upTo ${upTo} outside 0..${cfg.numLayers}`);
-    for (const [i, s] of seqs.entries()) {
+    for (const [i, s] of given.entries()) {
       if (s.ids.length === 0) throw new ForgeError('empty_prompt', `prompt ${i} has no tokens`, { field: `prompts[${i}]` });
     }
-    if (seqs.length === 0) return;
+    if (given.length === 0) return;
+    const groups = packs(given, Math.max(1, opts.packTokens ?? 2048));
+    // A run of one token takes onnxruntime's one-row matmul, whose sums round apart from every other run's: such a
+    // run gets a twin of its token (its output dropped), so a prompt's states are the same alone or packed.
+    const seqs = [...given];
+    for (const g of groups) if (g.length === 1 && seqs[g[0]!]!.ids.length === 1) g.push(seqs.push(seqs[g[0]!]!) - 1);
     const planned = setup?.layers ?? planLayers(m); // before any read
     // The embedding rows are read first: queued behind a layer's reads in libuv's pool, they would wait for them.
-    const rows = await embedRows(m, seqs.flatMap((s) => s.ids));
+    const rows = await embedRows(m, given.flatMap((s) => s.ids));
     let states: Float32Array[] = seqs.map((s) => {
       const h = new Float32Array(s.ids.length * H);
       s.ids.forEach((id, t) => h.set(rows.get(id)!, t * H));
       return h;
     });
-    states.forEach((h, i) => visit(i, 0, h));
+    for (let i = 0; i < given.length; i++) visit(i, 0, states[i]!);
     if (upTo === 0) return;
     // Then the first layer's load; the first session is made and the kernels are compiled while it runs.
     setup ??= setUp(m, planned, opts);
     const su = setup;
     const { layers } = su;
     const settings: SessionSettings = { device: opts.device ?? 'cpu', threads: opts.threads ?? 2 };
-    const groups = packs(seqs, Math.max(1, opts.packTokens ?? 2048));
     const fixed = groups.map((g) => packInputs(cfg, g.map((i) => seqs[i]!)));
     const int8 = (opts.precision ?? 'fp32') === 'int8';
     const int8Pool: Int8Pool = new Map();
@@ -766,9 +770,10 @@ async function runLayers(m: Model, seqs: Sequence[], upTo: number, opts: Forward
           if (opts.routerInput) routerIn[i] = packRouter[g]!.subarray(at * H, (at + T) * H);
           at += T;
         }
-        for (const i of members) visit(i, layer + 1, out[i]!, routerIn[i]);
-        done += members.length;
-        opts.onProgress?.({ layer, layers: upTo, promptsDone: done, prompts: seqs.length });
+        const own = members.filter((i) => i < given.length);
+        for (const i of own) visit(i, layer + 1, out[i]!, routerIn[i]);
+        done += own.length;
+        opts.onProgress?.({ layer, layers: upTo, promptsDone: done, prompts: given.length });
       }
       states = out;
     }

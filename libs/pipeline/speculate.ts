@@ -70,7 +70,7 @@ export async function previousRecipe(outPath: string): Promise<Recipe | null> {
  */
 export async function speculateHiddenStates(recipe: Recipe, before: Recipe | null, modelBaseDir: string, options: Pick<StageOptions, 'device' | 'forwardPrecision' | 'recompute'>, cacheDir: string, env?: HubEnv): Promise<number> {
   if ((options.device !== undefined && options.device !== 'cpu') || (options.forwardPrecision !== undefined && options.forwardPrecision !== 'fp32')) return 0;
-  let texts = expectedMisses(recipe, before, options.recompute === true);
+  const texts = expectedMisses(recipe, before, options.recompute === true);
   if (texts.length === 0) return 0;
   // A local folder, or a complete snapshot in the Hugging Face cache (the folder fetch takes then, offline).
   const dir = await cachedModelDir(recipe.base_model, { baseDir: modelBaseDir, env });
@@ -83,15 +83,15 @@ export async function speculateHiddenStates(recipe: Recipe, before: Recipe | nul
     // stage has read them all (a fully cached edit took 0.2 s longer beside a worker loading its first layer).
     const cache = new ContentCache(cacheDir, undefined, { recompute: options.recompute, quiet: true });
     const baseId = await memoisedContentId(dir, cache);
+    ids = texts.map((t) => tok.encodePrompt(t));
     if (baseId !== null) {
-      const held = await Promise.all(texts.map((t) => cache.mayHave(promptStateKey(baseId, tok.contentId, t))));
-      texts = texts.filter((_, i) => !held[i]);
-      if (texts.length === 0) {
+      const held = await Promise.all(texts.map((t, i) => cache.mayHave(promptStateKey(baseId, tok.contentId, t, ids[i]!.length))));
+      ids = ids.filter((_, i) => !held[i]);
+      if (ids.length === 0) {
         stopForwardWorker();
         return 0;
       }
     }
-    ids = texts.map((t) => tok.encodePrompt(t));
   } catch {
     return 0;
   }

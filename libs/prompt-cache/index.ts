@@ -1,8 +1,15 @@
 import { createHash } from 'node:crypto';
 import type { ContentCache } from '../cache';
 
-/** Bump when the forward pass changes numerically: old entries then miss instead of being reused. */
-export const FORWARD_VERSION = 'forward-f32-v1';
+/**
+ * The forward pass's version for a run of `tokens` tokens: bump when its numbers change, so old entries miss instead
+ * of being reused. v2 for one token: before it a lone one-token run (every pad state) took onnxruntime's one-row
+ * matmul and rounded apart from packed runs; it now runs with a twin, as a packed one. Longer prompts' states did
+ * not change (the same sums in the same order), so they stay v1 and their entries stay good.
+ */
+export function forwardVersion(tokens: number): string {
+  return tokens === 1 ? 'forward-f32-v2' : 'forward-f32-v1';
+}
 
 /** What is kept per prompt: per layer input, the last token's state and the sum over tokens. */
 export interface CachedPromptState {
@@ -34,20 +41,23 @@ function digest(parts: unknown[]): string {
   return createHash('sha256').update(JSON.stringify(parts)).digest('hex');
 }
 
-/** Keyed by content, never by path: the base's content id, the tokenizer's, the prompt text, the pass version. */
-export function promptStateKey(baseContentId: string, tokenizerId: string, text: string, precision?: string): string {
+/**
+ * Keyed by content, never by path: the base's content id, the tokenizer's, the prompt text, the pass version (of the
+ * prompt's token count, which the tokenizer and text decide).
+ */
+export function promptStateKey(baseContentId: string, tokenizerId: string, text: string, tokens: number, precision?: string): string {
   const p = precisionPart(precision);
-  return `prompt-state:${digest([FORWARD_VERSION, baseContentId, tokenizerId, text, ...Object.values(p)])}`;
+  return `prompt-state:${digest([forwardVersion(tokens), baseContentId, tokenizerId, text, ...Object.values(p)])}`;
 }
 
 export function padStateKey(baseContentId: string, padTokenId: number, precision?: string): string {
   const p = precisionPart(precision);
-  return `pad-state:${digest([FORWARD_VERSION, baseContentId, padTokenId, ...Object.values(p)])}`;
+  return `pad-state:${digest([forwardVersion(1), baseContentId, padTokenId, ...Object.values(p)])}`;
 }
 
 /** The key material as stored: the text by its hash (an entry need not hold the prompt). */
 function promptMaterial(m: PromptStateMaterial): unknown {
-  return { mode: 'prompt-state', forward: FORWARD_VERSION, base: m.base, tokenizer: m.tokenizer, text: createHash('sha256').update(m.text).digest('hex'), ids: m.ids, layers: m.layers, hidden: m.hidden, ...precisionPart(m.precision) };
+  return { mode: 'prompt-state', forward: forwardVersion(m.ids.length), base: m.base, tokenizer: m.tokenizer, text: createHash('sha256').update(m.text).digest('hex'), ids: m.ids, layers: m.layers, hidden: m.hidden, ...precisionPart(m.precision) };
 }
 
 const floatBytes = (layers: number, hidden: number) => 2 * layers * hidden * 4;
@@ -61,7 +71,7 @@ function toFloats(b: Buffer): Float32Array {
 
 export async function getPromptState(cache: ContentCache, m: PromptStateMaterial): Promise<CachedPromptState | null> {
   const want = floatBytes(m.layers, m.hidden);
-  const b = await cache.getBound(promptStateKey(m.base, m.tokenizer, m.text, m.precision), promptMaterial(m), want);
+  const b = await cache.getBound(promptStateKey(m.base, m.tokenizer, m.text, m.ids.length, m.precision), promptMaterial(m), want);
   if (!b || b.length !== want) return null;
   const floats = toFloats(b);
   const slice = (i: number) => floats.subarray(i * m.hidden, (i + 1) * m.hidden);
@@ -81,7 +91,7 @@ export async function putPromptState(cache: ContentCache, m: PromptStateMaterial
     floats.set(s.last[l]!, l * m.hidden);
     floats.set(s.sum[l]!, (m.layers + l) * m.hidden);
   }
-  await cache.putBound(promptStateKey(m.base, m.tokenizer, m.text, m.precision), promptMaterial(m), Buffer.from(floats.buffer));
+  await cache.putBound(promptStateKey(m.base, m.tokenizer, m.text, m.ids.length, m.precision), promptMaterial(m), Buffer.from(floats.buffer));
 }
 
 /** The state of a pad position per layer input, bound to the base, its pad token and the sizes. */
@@ -93,7 +103,7 @@ export interface PadStateMaterial {
   precision?: 'int8';
 }
 
-const padMaterial = (m: PadStateMaterial) => ({ mode: 'pad-state', forward: FORWARD_VERSION, ...m });
+const padMaterial = (m: PadStateMaterial) => ({ mode: 'pad-state', forward: forwardVersion(1), ...m });
 
 export async function getPadState(cache: ContentCache, m: PadStateMaterial): Promise<Float32Array[] | null> {
   const want = m.layers * m.hidden * 4;
@@ -115,8 +125,8 @@ export interface RouterInputMaterial extends PromptStateMaterial {
   mlp: string | null;
 }
 
-export function routerInputKey(baseContentId: string, tokenizerId: string, text: string, mlp: string | null): string {
-  return `router-input:${digest([FORWARD_VERSION, baseContentId, tokenizerId, text, mlp])}`;
+export function routerInputKey(baseContentId: string, tokenizerId: string, text: string, tokens: number, mlp: string | null): string {
+  return `router-input:${digest([forwardVersion(tokens), baseContentId, tokenizerId, text, mlp])}`;
 }
 
 function routerMaterial(m: RouterInputMaterial): unknown {
@@ -126,12 +136,12 @@ function routerMaterial(m: RouterInputMaterial): unknown {
 export async function getRouterInputs(cache: ContentCache, m: RouterInputMaterial): Promise<Float32Array[] | null> {
   const per = m.ids.length * m.hidden;
   const want = m.layers * per * 4;
-  const b = await cache.getBound(routerInputKey(m.base, m.tokenizer, m.text, m.mlp), routerMaterial(m), want);
+  const b = await cache.getBound(routerInputKey(m.base, m.tokenizer, m.text, m.ids.length, m.mlp), routerMaterial(m), want);
   if (!b || b.length !== want) return null;
   const f = toFloats(b);
   return Array.from({ length: m.layers }, (_, l) => f.subarray(l * per, (l + 1) * per));
 }
 
 export async function putRouterInputs(cache: ContentCache, m: RouterInputMaterial, layers: Float32Array[]): Promise<void> {
-  await cache.putBound(routerInputKey(m.base, m.tokenizer, m.text, m.mlp), routerMaterial(m), Buffer.concat(layers.map((l) => Buffer.from(l.buffer, l.byteOffset, l.byteLength))));
+  await cache.putBound(routerInputKey(m.base, m.tokenizer, m.text, m.ids.length, m.mlp), routerMaterial(m), Buffer.concat(layers.map((l) => Buffer.from(l.buffer, l.byteOffset, l.byteLength))));
 }

@@ -54,8 +54,8 @@ test('int8 states are within 2% of the largest fp32 state per layer, and normali
 });
 
 test('forwardPrecision: int8 prompt states never satisfy an fp32 request (own cache keys); fp32 keys are unchanged', async () => {
-  assert.equal(promptStateKey('b', 't', 'x', 'fp32'), promptStateKey('b', 't', 'x'));
-  assert.notEqual(promptStateKey('b', 't', 'x', 'int8'), promptStateKey('b', 't', 'x'));
+  assert.equal(promptStateKey('b', 't', 'x', 3, 'fp32'), promptStateKey('b', 't', 'x', 3));
+  assert.notEqual(promptStateKey('b', 't', 'x', 3, 'int8'), promptStateKey('b', 't', 'x', 3));
   assert.notEqual(padStateKey('b', 2, 'int8'), padStateKey('b', 2));
   const ws = tempDir();
   const recipeFile = join(ws, 'moe.yml');

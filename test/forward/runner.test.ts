@@ -61,6 +61,24 @@ test('packed prompts give the states of prompts run one at a time (within 1e-5),
   }
 });
 
+test('a prompt gives the same bits alone as packed, a one-token prompt too (a lone token runs with a twin), so a cold build and an edit agree', async () => {
+  const prompts = [[0, 42, 506, 359, 81], [7], [0, 9], [300]];
+  for (const model of [TINY_A, join(FIXTURES, 'families', 'mistral', 'model')]) {
+    const packed = await computeAllHiddenStates(model, prompts, { packTokens: 1024 });
+    const alone = await computeAllHiddenStates(model, prompts, { packTokens: 1 });
+    const seen: ForwardProgress[] = [];
+    const single = await computeAllHiddenStates(model, [[7]], { onProgress: (p) => seen.push(p) });
+    assert.ok(seen.every((p) => p.prompts === 1 && p.promptsDone === 1), 'the twin is not a prompt of its own');
+    assert.equal(single.length, 1);
+    for (let p = 0; p < prompts.length; p++) {
+      for (let e = 0; e < packed[p]!.length; e++) {
+        assert.deepEqual(Buffer.from(alone[p]![e]!.buffer, alone[p]![e]!.byteOffset, alone[p]![e]!.byteLength), Buffer.from(packed[p]![e]!.buffer, packed[p]![e]!.byteOffset, packed[p]![e]!.byteLength), `${model} prompt ${p} entry ${e}`);
+      }
+    }
+    for (let e = 0; e < packed[1]!.length; e++) assert.deepEqual([...single[0]![e]!], [...packed[1]![e]!], `${model} [7] alone in its call, entry ${e}`);
+  }
+});
+
 test('bf16 and f16 weights give exactly the states of their float32 values', async () => {
   const dir = mkdtempSync(join(tmpdir(), 'moe-forge-dtypes-'));
   try {
