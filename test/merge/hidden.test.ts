@@ -113,6 +113,29 @@ test('prompt states are cached by content: unchanged → 0 computed, one prompt 
   await assertMatchesManifest(out, manifest('mixtral-hidden.classic.manifest.json'), 3e-3);
 });
 
+test('an edit that adds a one-token prompt (the empty prompt: BOS alone) gives a cold build\'s routers bit for bit', async () => {
+  const withEmpty = (text: string) => text.replace('      - "Once upon a time there was a model"', '      - "Once upon a time there was a model"\n      - ""');
+  const d = tempDir();
+  const base = readFileSync(join(PARITY, 'mixtral-hidden.yml'), 'utf8').replace(/\.\.\/tiny-llama/g, join(FIXTURES, 'tiny-llama'));
+  assert.notEqual(withEmpty(base), base);
+  const build = async (text: string, out: string, cacheDir: string) => {
+    writeFileSync(join(d, 'moe.yml'), text);
+    const lines: string[] = [];
+    await mergeRecipe({ recipeFile: join(d, 'moe.yml'), outPath: out, modelBaseDir: d, cacheDir, overwrite: true, log: (l) => lines.push(l) });
+    return lines.find((l) => l.startsWith('prompt states:'))!;
+  };
+  // Cold: the empty prompt's one token packed with the other prompts.
+  const cold = join(d, 'cold');
+  await build(withEmpty(base), cold, join(d, 'cache-cold'));
+  // Built without it, then edited: the empty prompt computed alone.
+  const edited = join(d, 'edited');
+  const cache = join(d, 'cache-edit');
+  await build(base, edited, cache);
+  assert.match(await build(withEmpty(base), edited, cache), /1 computed, 6 from cache/);
+  const [a, b] = [await routers(cold, 2), await routers(edited, 2)];
+  for (let l = 0; l < 2; l++) assert.deepEqual([...b[l]!], [...a[l]!], `layer ${l}`);
+});
+
 test('the forward pass runs in a child process and its errors reach the merge with their message', async () => {
   const d = tempDir();
   const file = join(d, 'moe.yml');
