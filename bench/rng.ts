@@ -6,7 +6,7 @@
  */
 import { Rng } from '../libs/gates';
 import { TorchGenerator } from '../libs/gates';
-import { useWasmNormals, wasmNormals } from '../libs/gates';
+import { useFusedNormals, useWasmNormals, wasmNormals } from '../libs/gates';
 import { noiseApplier, streamNormals, TorchDrawSeeker } from '../libs/noise';
 import type { SourcePart } from '../libs/plan';
 
@@ -30,6 +30,10 @@ export interface RngFigures {
   noiseTorchBf16: Rate;
   copyBf16: Rate;
   wasm: boolean;
+  /** Whether the kernel multiply-adds with the engine's fused instruction; the same figures with the emulating kernel. */
+  fused: boolean;
+  torchEmulated: Rate;
+  streamEmulated: Rate;
 }
 
 const cpuSeconds = () => {
@@ -102,6 +106,18 @@ function oneRound(): RngFigures {
   const sn = 1 << 25;
   const s = streamNormals(42, 'bench', sn);
   const stream = measure(sn, (out) => s.read(out));
+  const fused = wasmNormals()?.fused === true;
+  // The same kernel with each fused multiply-add emulated in float64 (as where the engine has no fused one).
+  useFusedNormals(false);
+  let torchEmulated, streamEmulated;
+  try {
+    torch(1 << 22, 'F32');
+    torchEmulated = torch(1 << 25, 'F32');
+    const e = streamNormals(42, 'bench', sn);
+    streamEmulated = measure(sn, (out) => e.read(out));
+  } finally {
+    useFusedNormals(true);
+  }
   const rng = new Rng(42, 'bench');
   const gateRng = measure(1 << 22, (out) => {
     for (let i = 0; i < out.length; i++) out[i] = rng.normal();
@@ -114,7 +130,7 @@ function oneRound(): RngFigures {
   });
   const noiseStreamBf16 = noise(chunks, false);
   const noiseTorchBf16 = noise(chunks, true);
-  return { torchWasm, torchWasmBf16, torchJs, stream, gateRng, noiseStreamBf16, noiseTorchBf16, copyBf16, wasm };
+  return { torchWasm, torchWasmBf16, torchJs, stream, gateRng, noiseStreamBf16, noiseTorchBf16, copyBf16, wasm, fused, torchEmulated, streamEmulated };
 }
 
 /**

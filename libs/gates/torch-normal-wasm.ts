@@ -45,6 +45,8 @@ const I = {
   f64x2Mul: simd(0xf2),
   truncSat: simd(0xf8),
   convert: simd(0xfa),
+  /** Relaxed SIMD's f32x4 multiply-add: a true fused multiply-add where the engine has one (checked: fusedMaddWorks). */
+  madd: simd(0x105),
 };
 
 function splatF32(x: number): Code {
@@ -210,6 +212,89 @@ function kernelBody(WORDS: number, OUT: number, FLAGS: number): { locals: number
 }
 
 /**
+ * The same kernel on a WebAssembly engine whose relaxed multiply-add is a true fused one (V8 on an x86 CPU with FMA):
+ * the chains run in float32 lanes, each of the AVX2 kernel's fused multiply-adds one instruction, so no float64
+ * halves and no halfway flags (the flags are written 0). Its values are the emulating kernel's bit for bit.
+ */
+function fusedKernelBody(WORDS: number, OUT: number, FLAGS: number): { locals: number; code: Code } {
+  let next = 3;
+  const v = () => next++;
+  const code: Code = [];
+  let stmts: Code[] | null = null;
+  const emit = (...parts: Code[]) => {
+    const c = parts.flat();
+    if (stmts) stmts.push(c);
+    else code.push(...c);
+  };
+  const set = (dst: number, ...expr: Code[]) => emit(...expr, I.localSet(dst));
+  const get = I.localGet;
+  type Operand = number | { c: number };
+  const op = (o: Operand): Code => (typeof o === 'number' ? get(o) : splatF32(o.c));
+  const k = (c: number) => ({ c });
+  /** dst = fma(a, b, c), rounded once. */
+  const fma = (dst: number, a: Operand, b: Operand, c: Operand) => set(dst, op(a), op(b), op(c), I.madd);
+  const one = splatF32(1);
+  const groups: Code[][] = [];
+  emit([0x02, 0x40], [0x03, 0x40]); // block, loop
+  emit(get(1), get(0), I.i32LtU, [0x45], [0x0d, 1]); // if !(b < n) break
+  emit(get(1), I.i32Const(6), I.i32Shl, I.localSet(2));
+  for (const g of [0, 16]) {
+    stmts = [];
+    groups.push(stmts);
+    const [k1, k2, x, e, m, y, z, t, radius, th, j, jf, r, zz, c, s, ps, pc, n1, n2] = Array.from({ length: 20 }, v);
+    set(k1, get(2), I.v128Load(WORDS + g), splatI32(0xffffff), I.and);
+    set(k2, get(2), I.v128Load(WORDS + g + 32), splatI32(0xffffff), I.and);
+    // log(1 - u1), as kernelBody
+    set(x, one, get(k1), I.convert, splatF32(2 ** -24), I.f32x4Mul, I.f32x4Sub);
+    set(e, get(x), I.i32Const(23), I.i32x4ShrU, splatI32(127), I.i32x4Sub, I.convert, one, I.f32x4Add);
+    set(x, get(x), splatI32(~0x7f800000), I.and, splatF32(0.5), I.or);
+    set(m, get(x), splatF32(C.sqrthf), I.f32x4Lt);
+    set(e, get(e), one, get(m), I.and, I.f32x4Sub);
+    set(x, get(x), one, I.f32x4Sub, get(x), get(m), I.and, I.f32x4Add);
+    set(z, get(x), get(x), I.f32x4Mul);
+    fma(y, k(C.logP[0]!), x, k(C.logP[1]!));
+    for (let i = 2; i < 9; i++) fma(y, y, x, k(C.logP[i]!));
+    set(y, get(y), get(x), I.f32x4Mul);
+    set(t, get(e), splatF32(C.q1), I.f32x4Mul);
+    fma(y, y, z, t);
+    set(y, get(y), get(z), splatF32(0.5), I.f32x4Mul, I.f32x4Sub);
+    set(radius, get(x), get(y), I.f32x4Add, get(e), splatF32(C.q2), I.f32x4Mul, I.f32x4Add, splatF32(-2), I.f32x4Mul, I.f32x4Sqrt);
+    // sincos of theta = 2π·u2
+    set(th, splatF32(C.twoPi), get(k2), I.convert, splatF32(2 ** -24), I.f32x4Mul, I.f32x4Mul);
+    set(j, get(th), splatF32(C.fopi), I.f32x4Mul, I.truncSat, splatI32(1), I.i32x4Add, splatI32(~1), I.and);
+    set(jf, get(j), I.convert);
+    set(r, get(th), get(jf), splatF32(C.dp1), I.f32x4Mul, I.f32x4Add);
+    set(r, get(r), get(jf), splatF32(C.dp2), I.f32x4Mul, I.f32x4Add);
+    fma(r, jf, k(C.dp3), r);
+    set(zz, get(r), get(r), I.f32x4Mul);
+    fma(c, k(C.cosP[0]!), zz, k(C.cosP[1]!));
+    fma(c, c, zz, k(C.cosP[2]!));
+    set(c, get(c), get(zz), I.f32x4Mul);
+    set(t, get(zz), splatF32(-0.5), I.f32x4Mul);
+    fma(c, c, zz, t);
+    set(c, get(c), one, I.f32x4Add);
+    fma(s, k(C.sinP[0]!), zz, k(C.sinP[1]!));
+    fma(s, s, zz, k(C.sinP[2]!));
+    set(s, get(s), get(zz), I.f32x4Mul);
+    fma(s, s, r, r);
+    set(m, get(j), splatI32(2), I.and, splatI32(0), I.i32x4Eq);
+    set(ps, get(m), get(s), I.and);
+    set(pc, get(c), get(m), I.andnot);
+    set(n2, get(pc), get(ps), I.f32x4Add, get(j), splatI32(4), I.and, I.i32Const(29), I.i32x4Shl, I.xor);
+    set(n1, get(c), get(pc), I.f32x4Sub, get(s), get(ps), I.f32x4Sub, I.f32x4Add, splatI32(4), get(j), splatI32(2), I.i32x4Sub, I.andnot, I.i32Const(29), I.i32x4Shl, I.xor);
+    emit(get(2), get(radius), get(n1), I.f32x4Mul, splatF32(0), I.f32x4Add, I.v128Store(OUT + g));
+    emit(get(2), get(radius), get(n2), I.f32x4Mul, splatF32(0), I.f32x4Add, I.v128Store(OUT + g + 32));
+  }
+  stmts = null;
+  const longest = Math.max(...groups.map((l) => l.length));
+  for (let i = 0; i < longest; i++) for (const l of groups) if (l[i]) code.push(...l[i]!);
+  emit(get(1), I.i32Const(2), I.i32Shl, I.i32Const(0), I.i32Store(FLAGS));
+  emit(get(1), I.i32Const(1), I.i32Add, I.localSet(1), [0x0c, 0]); // b++, continue
+  emit([0x0b, 0x0b]); // end loop, end block
+  return { locals: next - 3, code };
+}
+
+/**
  * Function body: (param n i32): the next n tempered mt19937 words into the words area, from the state
  * (624 words, then the next index) at STATE. The engine's twist and tempering run four words at a time; the
  * tempered block at TEMPERED is recomputed on entry, so the caller may move the state between calls.
@@ -296,9 +381,9 @@ export function layout() {
   return { WORDS, OUT, FLAGS, STATE, END };
 }
 
-function moduleBytes(): Uint8Array {
+function moduleBytes(fused: boolean): Uint8Array {
   const { WORDS, OUT, FLAGS, STATE } = layout();
-  const { locals, code } = kernelBody(WORDS, OUT, FLAGS);
+  const { locals, code } = (fused ? fusedKernelBody : kernelBody)(WORDS, OUT, FLAGS);
   // type 0: (i32) -> (); the memory shared with float-wasm.ts
   return wasmModule(
     [funcType([I32])],
@@ -329,15 +414,59 @@ export interface WasmNormals {
   mtFill(n: number): void;
   /** Twists the state in `mtState` n times (its index is left alone). */
   mtTwist(n: number): void;
+  /** Whether the kernel multiplies and adds with the engine's fused multiply-add (no block is flagged). */
+  fused: boolean;
 }
 
 
 let instance: WasmNormals | null | undefined;
 let enabled = true;
+let fusedWanted = true;
 
 /** Turns the WebAssembly kernel off or on (tests and the benchmark compare it with the JavaScript path). */
 export function useWasmNormals(on: boolean): void {
   enabled = on;
+}
+
+/** Lets the kernel use the engine's fused multiply-add where it has one (true), or never (tests and the benchmark). */
+export function useFusedNormals(on: boolean): void {
+  if (on !== fusedWanted) instance = undefined;
+  fusedWanted = on;
+}
+
+let fusedMadd: boolean | undefined;
+
+/**
+ * Whether this engine's f32x4.relaxed_madd is a true fused multiply-add, on cases where one rounding and two give
+ * different floats. Relaxed SIMD lets an engine do either; V8 fuses on x86 CPUs with FMA. Node 20's V8 compiles it
+ * only behind a flag, which is set here, before the first module that uses it (Node 22's has it by default).
+ */
+export function fusedMaddWorks(): boolean {
+  if (fusedMadd !== undefined) return fusedMadd;
+  fusedMadd = false;
+  // (func (param f32 f32 f32) (result f32): lane 0 of relaxed_madd(splat a, splat b, splat c))
+  const body = [0, 0x20, 0, ...simd(0x13), 0x20, 1, ...simd(0x13), 0x20, 2, ...simd(0x13), ...I.madd, ...simd(0x1f), 0, 0x0b];
+  const section = (id: number, payload: number[]) => [id, ...uleb(payload.length), ...payload];
+  const F32 = 0x7d;
+  const bytes = new Uint8Array([0, 0x61, 0x73, 0x6d, 1, 0, 0, 0, ...section(1, [1, 0x60, 3, F32, F32, F32, 1, F32]), ...section(3, [1, 0]), ...section(7, [1, 1, 0x66, 0, 0]), ...section(10, [1, ...uleb(body.length), ...body])]);
+  const wa = wasmApi();
+  let module: object;
+  try {
+    module = new wa.Module(bytes);
+  } catch {
+    try {
+      (require('node:v8') as typeof import('node:v8')).setFlagsFromString('--experimental-wasm-relaxed-simd');
+      module = new wa.Module(bytes);
+    } catch {
+      return false;
+    }
+  }
+  const madd = new wa.Instance(module, {}).exports.f as (a: number, b: number, c: number) => number;
+  const f = Math.fround;
+  // (1 + 2^-23)(1 - 2^-23) = 1 - 2^-46: fused, minus one leaves -2^-46; rounded first, 0. And a sum whose
+  // product's low bits decide the rounding: fused gives the exactly rounded float.
+  fusedMadd = madd(f(1 + 2 ** -23), f(1 - 2 ** -23), -1) === -(2 ** -46) && madd(f(1 + 2 ** -12), f(1 + 2 ** -12), f(-1 - 2 ** -11)) === 2 ** -24 && madd(3, 5, 7) === 22;
+  return fusedMadd;
 }
 
 /** Blocks redone on the exact JavaScript path since the start (the kernel's halfway float64 sums). */
@@ -352,7 +481,8 @@ export function wasmNormals(): WasmNormals | null {
     const mem = sharedMemory();
     const { WORDS, OUT, FLAGS, STATE, END } = layout();
     if (END > mem.buffer.byteLength) throw new Error('internal: shared WebAssembly memory too small');
-    const inst = new wa.Instance(new wa.Module(moduleBytes()), { env: { memory: mem } });
+    const fused = fusedWanted && fusedMaddWorks();
+    const inst = new wa.Instance(new wa.Module(moduleBytes(fused)), { env: { memory: mem } });
     const fn = inst.exports.normals as (n: number) => void;
     instance = {
       words: new Int32Array(mem.buffer, WORDS, WASM_BLOCKS * 16),
@@ -364,6 +494,7 @@ export function wasmNormals(): WasmNormals | null {
       mtState: new Int32Array(mem.buffer, STATE, 625),
       mtFill: inst.exports.mtFill as (n: number) => void,
       mtTwist: inst.exports.mtTwist as (n: number) => void,
+      fused,
     };
   } catch {
     instance = null;

@@ -8,7 +8,7 @@ import { bf16BitsToF32, f16BitsToF32, f32ToBf16Bits, f32ToF16Bits, type FloatDty
 import type { SourcePart } from '../../libs/plan/types';
 import { FIXTURES } from '../helpers/tmp';
 import { createHash } from 'node:crypto';
-import { useWasmNormals, wasmNormals, wasmStats } from '../../libs/gates/torch-normal-wasm';
+import { fusedMaddWorks, useFusedNormals, useWasmNormals, wasmNormals, wasmStats } from '../../libs/gates/torch-normal-wasm';
 
 interface Draw {
   fn: 'randn' | 'rand';
@@ -151,23 +151,58 @@ test('the seeker gives the same draws in any order of requests', () => {
   for (const i of [0, 2, 1, 3, 0, 2]) assert.deepEqual(Array.from(seeker.at(states[i]!).randn(64)), fresh[i]);
 });
 
+const cpuInfo = () => {
+  try {
+    return readFileSync('/proc/cpuinfo', 'utf8');
+  } catch {
+    return '';
+  }
+};
+
 const large = JSON.parse(readFileSync(join(FIXTURES, 'torch-rng', 'large.json'), 'utf8')) as {
   cases: { seed: number; fn: 'randn' | 'rand'; n: number; dtype: string; sha256: string; after_bits: number[] }[];
 };
 
-test('large draws match PyTorch in every value (sha256), halfway cases and the cached small normal included', () => {
-  assert.ok(wasmNormals(), 'WebAssembly SIMD kernel available');
-  const before = wasmStats.redone;
-  for (const c of large.cases) {
-    const dtype = DT[c.dtype]!;
-    const g = new TorchGenerator(c.seed);
-    g.randn(5);
-    const v = c.fn === 'randn' ? g.randn(c.n, dtype) : g.rand(c.n, dtype);
-    const bits = dtype === 'F32' ? new Int32Array(v.buffer) : Int16Array.from(bitsOf(v, dtype));
-    assert.equal(createHash('sha256').update(new Uint8Array(bits.buffer)).digest('hex'), c.sha256, `${c.fn} ${c.n} ${c.dtype} seed ${c.seed}`);
-    assert.deepEqual(bitsOf(g.randn(3), 'F32'), c.after_bits);
+test('large draws match PyTorch in every value (sha256), halfway cases and the cached small normal included: the fused kernel and the emulating one', () => {
+  for (const fused of [true, false]) {
+    useFusedNormals(fused);
+    try {
+      assert.ok(wasmNormals(), 'WebAssembly SIMD kernel available');
+      assert.equal(wasmNormals()!.fused, fused && fusedMaddWorks());
+      const before = wasmStats.redone;
+      for (const c of large.cases) {
+        const dtype = DT[c.dtype]!;
+        const g = new TorchGenerator(c.seed);
+        g.randn(5);
+        const v = c.fn === 'randn' ? g.randn(c.n, dtype) : g.rand(c.n, dtype);
+        const bits = dtype === 'F32' ? new Int32Array(v.buffer) : Int16Array.from(bitsOf(v, dtype));
+        assert.equal(createHash('sha256').update(new Uint8Array(bits.buffer)).digest('hex'), c.sha256, `${c.fn} ${c.n} ${c.dtype} seed ${c.seed} (fused ${fused})`);
+        assert.deepEqual(bitsOf(g.randn(3), 'F32'), c.after_bits);
+      }
+      if (wasmNormals()!.fused) assert.equal(wasmStats.redone, before, 'no block is flagged with a true fused multiply-add');
+      else assert.ok(wasmStats.redone > before, 'some blocks took the exact path');
+    } finally {
+      useFusedNormals(true);
+    }
   }
-  assert.ok(wasmStats.redone > before, 'some blocks took the exact path');
+});
+
+test('on an x86-64 CPU with FMA the kernel multiply-adds with the engine\'s fused instruction (relaxed SIMD, checked on cases one rounding decides)', { skip: !(process.arch === 'x64' && /^flags\s*:.*\bfma\b/m.test(cpuInfo())) && 'no FMA on this CPU' }, () => {
+  assert.equal(fusedMaddWorks(), true);
+  assert.equal(wasmNormals()!.fused, true);
+});
+
+test('the fused kernel gives the emulating kernel\'s values (and so the exact JavaScript path\'s), streams of every offset', () => {
+  for (const seed of [1, 99, 12345]) {
+    const a = new TorchGenerator(seed).randn(200_003);
+    useFusedNormals(false);
+    try {
+      const b = new TorchGenerator(seed).randn(200_003);
+      assert.deepEqual(new Int32Array(a.buffer), new Int32Array(b.buffer), `seed ${seed}`);
+    } finally {
+      useFusedNormals(true);
+    }
+  }
 });
 
 test('the JavaScript path gives the WebAssembly kernel\'s values', () => {
