@@ -77,8 +77,19 @@ const C = {
   twoPi: f(2 * Math.PI),
 };
 
-/** Function body: (param nBlocks i32); words at WORDS, normals at OUT, per-block flags at FLAGS. */
-function kernelBody(WORDS: number, OUT: number, FLAGS: number): { locals: number; code: Code } {
+/**
+ * How the kernel's multiply-add chains are computed. `emulated`: values held as two float64x2 halves of float32
+ * values (a product of two floats is exact in float64, and demote + promote rounds a lane to float32), a float64 sum
+ * that lands halfway between two floats flagging its block for the exact JavaScript path. `fused`: float32 lanes,
+ * each fused multiply-add the engine's relaxed one, a true fused multiply-add where fusedMaddWorks says so (no flags).
+ */
+type Chains = 'emulated' | 'fused';
+
+/**
+ * Function body: (param nBlocks i32); words at WORDS, normals at OUT, per-block flags at FLAGS (non-zero: redo the
+ * block exactly; the fused chains write 0).
+ */
+function kernelBody(WORDS: number, OUT: number, FLAGS: number, chains: Chains): { locals: number; code: Code } {
   // Locals: 0 = nBlocks (param), 1 = block index b, 2 = byte offset p, then v128 scratch.
   let next = 3;
   const v = () => next++;
@@ -93,35 +104,46 @@ function kernelBody(WORDS: number, OUT: number, FLAGS: number): { locals: number
   };
   const set = (dst: number, ...expr: Code[]) => emit(...expr, I.localSet(dst));
   const get = I.localGet;
+  const fused = chains === 'fused';
   const flag = v();
   let sL = v();
+  let tmp = v();
   const MASK29 = splatI64(0x1fffffff, 0);
   const HALF29 = splatI64(0x10000000, 0);
 
-  // Values of the multiply-add chains are kept as two float64x2 halves holding float32 values: a product of
-  // two floats is exact in float64, and demote + promote rounds a lane to float32.
-  type Pair = readonly [number, number];
-  const pair = (): Pair => [v(), v()];
-  let tmp = v();
-  const halves = (dst: Pair, f32: Code) => {
-    set(tmp, f32);
-    set(dst[0], get(tmp), I.promote);
-    set(dst[1], get(tmp), get(tmp), I.shuffle(HIGH_TO_LOW), I.promote);
-  };
-  const joined = (d: Pair): Code => [...get(d[0]), ...I.demote, ...get(d[1]), ...I.demote, ...I.shuffle(LOW_TO_LOW)];
-  type Operand = Pair | number;
+  // A chain value: two float64x2 locals (emulated) or one float32x4 local (fused).
+  type Val = readonly number[];
+  type Operand = Val | number;
+  const val = (): Val => (fused ? [v()] : [v(), v()]);
   const half = (o: Operand, h: number): Code => (typeof o === 'number' ? I.v128Const(new Uint8Array(new Float64Array([o, o]).buffer)) : get(o[h]!));
+  const lanes = (o: Operand): Code => (typeof o === 'number' ? splatF32(o) : get(o[0]!));
   const ROUND = [...I.demote, ...I.promote];
+  /** dst = the float32 values `f32` computes. */
+  const from = (dst: Val, f32: Code) => {
+    if (fused) return set(dst[0]!, f32);
+    set(tmp, f32);
+    set(dst[0]!, get(tmp), I.promote);
+    set(dst[1]!, get(tmp), get(tmp), I.shuffle(HIGH_TO_LOW), I.promote);
+  };
+  /** The float32 values of a chain value. */
+  const f32 = (d: Val): Code => (fused ? get(d[0]!) : [...get(d[0]!), ...I.demote, ...get(d[1]!), ...I.demote, ...I.shuffle(LOW_TO_LOW)]);
   /** dst = a·b rounded to float32. */
-  const mul = (dst: Pair, a: Operand, b: Operand) => {
+  const mul = (dst: Val, a: Operand, b: Operand) => {
+    if (fused) return set(dst[0]!, lanes(a), lanes(b), I.f32x4Mul);
     for (const h of [0, 1]) set(dst[h]!, half(a, h), half(b, h), I.f64x2Mul, ROUND);
   };
+  /** dst = a·k where the product is exact in float32 (k a power of two). */
+  const scaled = (dst: Val, a: Val, k: number) => {
+    if (fused) return set(dst[0]!, get(a[0]!), splatF32(k), I.f32x4Mul);
+    for (const h of [0, 1]) set(dst[h]!, get(a[h]!), I.v128Const(new Uint8Array(new Float64Array([k, k]).buffer)), I.f64x2Mul);
+  };
   /**
-   * dst = fma(a, b, c) rounded once to float32; a float64 sum halfway between two floats flags the block.
+   * dst = fma(a, b, c) rounded once to float32. Emulated, a float64 sum halfway between two floats flags the block;
    * `exact`: the float64 sum is exact for every input (checked over all 2^24 inputs of the chain, see
    * test/unit/torch-rng.test.ts), so it needs no flag.
    */
-  const fma = (dst: Pair, a: Operand, b: Operand, c: Operand, exact = false) => {
+  const fma = (dst: Val, a: Operand, b: Operand, c: Operand, exact = false) => {
+    if (fused) return set(dst[0]!, lanes(a), lanes(b), lanes(c), I.madd);
     for (const h of [0, 1]) {
       set(sL, half(a, h), half(b, h), I.f64x2Mul, half(c, h), I.f64x2Add);
       if (!exact) set(flag, get(flag), get(sL), MASK29, I.and, HALF29, I.i64x2Eq, I.or);
@@ -130,23 +152,20 @@ function kernelBody(WORDS: number, OUT: number, FLAGS: number): { locals: number
   };
 
   const one = splatF32(1);
-  let k1 = 0, k2 = 0, x = 0, e = 0, m = 0, y = 0, radius = 0;
-  let th = 0, j = 0, jf = 0, r = 0, c = 0, s = 0, ps = 0, pc = 0, n1 = 0, n2 = 0;
-  let xD = pair(), zD = pair(), yD = pair(), tD = pair(), rD = pair(), zzD = pair(), cD = pair(), sD = pair();
   const groups: Code[][] = [];
 
   // loop over blocks: p = b * 64
   emit([0x02, 0x40], [0x03, 0x40]); // block, loop
   emit(get(1), get(0), I.i32LtU, [0x45], [0x0d, 1]); // if !(b < n) break
   emit(get(1), I.i32Const(6), I.i32Shl, I.localSet(2));
-  set(flag, splatI32(0));
+  if (!fused) set(flag, splatI32(0));
   for (const g of [0, 16]) {
     stmts = [];
     groups.push(stmts);
     // Fresh locals per group.
-    [sL, tmp, k1, k2, x, e, m, y, radius] = [v(), v(), v(), v(), v(), v(), v(), v(), v()];
-    [th, j, jf, r, c, s, ps, pc, n1, n2] = [v(), v(), v(), v(), v(), v(), v(), v(), v(), v()];
-    [xD, zD, yD, tD, rD, zzD, cD, sD] = [pair(), pair(), pair(), pair(), pair(), pair(), pair(), pair()];
+    [sL, tmp] = [v(), v()];
+    const [k1, k2, x, e, m, y, radius, th, j, jf, r, c, s, ps, pc, n1, n2] = Array.from({ length: 17 }, v);
+    const [xD, zD, yD, tD, rD, zzD, cD, sD] = Array.from({ length: 8 }, val);
     // k1 = words[j], k2 = words[j + 8] for the four pairs j = g/4 .. g/4 + 3
     set(k1, get(2), I.v128Load(WORDS + g), splatI32(0xffffff), I.and);
     set(k2, get(2), I.v128Load(WORDS + g + 32), splatI32(0xffffff), I.and);
@@ -157,16 +176,16 @@ function kernelBody(WORDS: number, OUT: number, FLAGS: number): { locals: number
     set(m, get(x), splatF32(C.sqrthf), I.f32x4Lt);
     set(e, get(e), one, get(m), I.and, I.f32x4Sub);
     set(x, get(x), one, I.f32x4Sub, get(x), get(m), I.and, I.f32x4Add);
-    halves(xD, get(x));
+    from(xD, get(x));
     mul(zD, xD, xD);
     fma(yD, C.logP[0]!, xD, C.logP[1]!, true);
     for (let k = 2; k < 9; k++) fma(yD, yD, xD, C.logP[k]!, true);
     mul(yD, yD, xD);
-    halves(tD, [...get(e), ...splatF32(C.q1), ...I.f32x4Mul]);
+    from(tD, [...get(e), ...splatF32(C.q1), ...I.f32x4Mul]);
     fma(yD, yD, zD, tD);
-    set(y, joined(yD));
+    set(y, f32(yD));
     // y - z·0.5 (exact product, one rounding)
-    set(y, get(y), joined(zD), splatF32(0.5), I.f32x4Mul, I.f32x4Sub);
+    set(y, get(y), f32(zD), splatF32(0.5), I.f32x4Mul, I.f32x4Sub);
     // e·Q2 is exact, so the kernel's fused add rounds once.
     set(radius, get(x), get(y), I.f32x4Add, get(e), splatF32(C.q2), I.f32x4Mul, I.f32x4Add, splatF32(-2), I.f32x4Mul, I.f32x4Sqrt);
     // sincos256_ps of theta = 2π·u2 (theta >= 0)
@@ -175,21 +194,21 @@ function kernelBody(WORDS: number, OUT: number, FLAGS: number): { locals: number
     set(jf, get(j), I.convert);
     set(r, get(th), get(jf), splatF32(C.dp1), I.f32x4Mul, I.f32x4Add);
     set(r, get(r), get(jf), splatF32(C.dp2), I.f32x4Mul, I.f32x4Add);
-    halves(rD, get(r));
-    halves(tD, get(jf));
+    from(rD, get(r));
+    from(tD, get(jf));
     fma(rD, tD, C.dp3, rD, true);
     mul(zzD, rD, rD);
     fma(cD, C.cosP[0]!, zzD, C.cosP[1]!);
     fma(cD, cD, zzD, C.cosP[2]!);
     mul(cD, cD, zzD);
-    for (const h of [0, 1]) set(tD[h]!, get(zzD[h]!), I.v128Const(new Uint8Array(new Float64Array([-0.5, -0.5]).buffer)), I.f64x2Mul);
+    scaled(tD, zzD, -0.5);
     fma(cD, cD, zzD, tD);
-    set(c, joined(cD), one, I.f32x4Add);
+    set(c, f32(cD), one, I.f32x4Add);
     fma(sD, C.sinP[0]!, zzD, C.sinP[1]!);
     fma(sD, sD, zzD, C.sinP[2]!);
     mul(sD, sD, zzD);
     fma(sD, sD, rD, rD);
-    set(s, joined(sD));
+    set(s, f32(sD));
     // polynomial choice: m = (j & 2) == 0 selects the sine polynomial for the sine
     set(m, get(j), splatI32(2), I.and, splatI32(0), I.i32x4Eq);
     set(ps, get(m), get(s), I.and); // ysin2
@@ -205,90 +224,7 @@ function kernelBody(WORDS: number, OUT: number, FLAGS: number): { locals: number
   stmts = null;
   const longest = Math.max(...groups.map((l) => l.length));
   for (let i = 0; i < longest; i++) for (const l of groups) if (l[i]) code.push(...l[i]!);
-  emit(get(1), I.i32Const(2), I.i32Shl, get(flag), I.anyTrue, I.i32Store(FLAGS));
-  emit(get(1), I.i32Const(1), I.i32Add, I.localSet(1), [0x0c, 0]); // b++, continue
-  emit([0x0b, 0x0b]); // end loop, end block
-  return { locals: next - 3, code };
-}
-
-/**
- * The same kernel on a WebAssembly engine whose relaxed multiply-add is a true fused one (V8 on an x86 CPU with FMA):
- * the chains run in float32 lanes, each of the AVX2 kernel's fused multiply-adds one instruction, so no float64
- * halves and no halfway flags (the flags are written 0). Its values are the emulating kernel's bit for bit.
- */
-function fusedKernelBody(WORDS: number, OUT: number, FLAGS: number): { locals: number; code: Code } {
-  let next = 3;
-  const v = () => next++;
-  const code: Code = [];
-  let stmts: Code[] | null = null;
-  const emit = (...parts: Code[]) => {
-    const c = parts.flat();
-    if (stmts) stmts.push(c);
-    else code.push(...c);
-  };
-  const set = (dst: number, ...expr: Code[]) => emit(...expr, I.localSet(dst));
-  const get = I.localGet;
-  type Operand = number | { c: number };
-  const op = (o: Operand): Code => (typeof o === 'number' ? get(o) : splatF32(o.c));
-  const k = (c: number) => ({ c });
-  /** dst = fma(a, b, c), rounded once. */
-  const fma = (dst: number, a: Operand, b: Operand, c: Operand) => set(dst, op(a), op(b), op(c), I.madd);
-  const one = splatF32(1);
-  const groups: Code[][] = [];
-  emit([0x02, 0x40], [0x03, 0x40]); // block, loop
-  emit(get(1), get(0), I.i32LtU, [0x45], [0x0d, 1]); // if !(b < n) break
-  emit(get(1), I.i32Const(6), I.i32Shl, I.localSet(2));
-  for (const g of [0, 16]) {
-    stmts = [];
-    groups.push(stmts);
-    const [k1, k2, x, e, m, y, z, t, radius, th, j, jf, r, zz, c, s, ps, pc, n1, n2] = Array.from({ length: 20 }, v);
-    set(k1, get(2), I.v128Load(WORDS + g), splatI32(0xffffff), I.and);
-    set(k2, get(2), I.v128Load(WORDS + g + 32), splatI32(0xffffff), I.and);
-    // log(1 - u1), as kernelBody
-    set(x, one, get(k1), I.convert, splatF32(2 ** -24), I.f32x4Mul, I.f32x4Sub);
-    set(e, get(x), I.i32Const(23), I.i32x4ShrU, splatI32(127), I.i32x4Sub, I.convert, one, I.f32x4Add);
-    set(x, get(x), splatI32(~0x7f800000), I.and, splatF32(0.5), I.or);
-    set(m, get(x), splatF32(C.sqrthf), I.f32x4Lt);
-    set(e, get(e), one, get(m), I.and, I.f32x4Sub);
-    set(x, get(x), one, I.f32x4Sub, get(x), get(m), I.and, I.f32x4Add);
-    set(z, get(x), get(x), I.f32x4Mul);
-    fma(y, k(C.logP[0]!), x, k(C.logP[1]!));
-    for (let i = 2; i < 9; i++) fma(y, y, x, k(C.logP[i]!));
-    set(y, get(y), get(x), I.f32x4Mul);
-    set(t, get(e), splatF32(C.q1), I.f32x4Mul);
-    fma(y, y, z, t);
-    set(y, get(y), get(z), splatF32(0.5), I.f32x4Mul, I.f32x4Sub);
-    set(radius, get(x), get(y), I.f32x4Add, get(e), splatF32(C.q2), I.f32x4Mul, I.f32x4Add, splatF32(-2), I.f32x4Mul, I.f32x4Sqrt);
-    // sincos of theta = 2π·u2
-    set(th, splatF32(C.twoPi), get(k2), I.convert, splatF32(2 ** -24), I.f32x4Mul, I.f32x4Mul);
-    set(j, get(th), splatF32(C.fopi), I.f32x4Mul, I.truncSat, splatI32(1), I.i32x4Add, splatI32(~1), I.and);
-    set(jf, get(j), I.convert);
-    set(r, get(th), get(jf), splatF32(C.dp1), I.f32x4Mul, I.f32x4Add);
-    set(r, get(r), get(jf), splatF32(C.dp2), I.f32x4Mul, I.f32x4Add);
-    fma(r, jf, k(C.dp3), r);
-    set(zz, get(r), get(r), I.f32x4Mul);
-    fma(c, k(C.cosP[0]!), zz, k(C.cosP[1]!));
-    fma(c, c, zz, k(C.cosP[2]!));
-    set(c, get(c), get(zz), I.f32x4Mul);
-    set(t, get(zz), splatF32(-0.5), I.f32x4Mul);
-    fma(c, c, zz, t);
-    set(c, get(c), one, I.f32x4Add);
-    fma(s, k(C.sinP[0]!), zz, k(C.sinP[1]!));
-    fma(s, s, zz, k(C.sinP[2]!));
-    set(s, get(s), get(zz), I.f32x4Mul);
-    fma(s, s, r, r);
-    set(m, get(j), splatI32(2), I.and, splatI32(0), I.i32x4Eq);
-    set(ps, get(m), get(s), I.and);
-    set(pc, get(c), get(m), I.andnot);
-    set(n2, get(pc), get(ps), I.f32x4Add, get(j), splatI32(4), I.and, I.i32Const(29), I.i32x4Shl, I.xor);
-    set(n1, get(c), get(pc), I.f32x4Sub, get(s), get(ps), I.f32x4Sub, I.f32x4Add, splatI32(4), get(j), splatI32(2), I.i32x4Sub, I.andnot, I.i32Const(29), I.i32x4Shl, I.xor);
-    emit(get(2), get(radius), get(n1), I.f32x4Mul, splatF32(0), I.f32x4Add, I.v128Store(OUT + g));
-    emit(get(2), get(radius), get(n2), I.f32x4Mul, splatF32(0), I.f32x4Add, I.v128Store(OUT + g + 32));
-  }
-  stmts = null;
-  const longest = Math.max(...groups.map((l) => l.length));
-  for (let i = 0; i < longest; i++) for (const l of groups) if (l[i]) code.push(...l[i]!);
-  emit(get(1), I.i32Const(2), I.i32Shl, I.i32Const(0), I.i32Store(FLAGS));
+  emit(get(1), I.i32Const(2), I.i32Shl, fused ? I.i32Const(0) : [...get(flag), ...I.anyTrue], I.i32Store(FLAGS));
   emit(get(1), I.i32Const(1), I.i32Add, I.localSet(1), [0x0c, 0]); // b++, continue
   emit([0x0b, 0x0b]); // end loop, end block
   return { locals: next - 3, code };
@@ -383,7 +319,7 @@ export function layout() {
 
 function moduleBytes(fused: boolean): Uint8Array {
   const { WORDS, OUT, FLAGS, STATE } = layout();
-  const { locals, code } = (fused ? fusedKernelBody : kernelBody)(WORDS, OUT, FLAGS);
+  const { locals, code } = kernelBody(WORDS, OUT, FLAGS, fused ? 'fused' : 'emulated');
   // type 0: (i32) -> (); the memory shared with float-wasm.ts
   return wasmModule(
     [funcType([I32])],
