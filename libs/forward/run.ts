@@ -176,6 +176,9 @@ export class WeightBuffer {
 /** Stored bytes read per chunk of a layer's weights (a multiple of 64: whole rounds of the widening kernels). */
 export const LOAD_CHUNK_BYTES = 4 << 20;
 
+/** Chunks of a layer read at once (libuv's pool has 4 threads). */
+export const READS_AHEAD = 4;
+
 interface LoadChunk {
   loc: LayerTensor['loc'];
   /** Bytes [begin, begin + into.length) of the tensor's stored bytes. */
@@ -195,8 +198,12 @@ interface LoadChunk {
 export class LayerWeights {
   private readonly f32 = new Map<string, WeightBuffer>();
 
-  /** `chunkBytes`: stored bytes per read, a multiple of 64 (tests make it small, to split small tensors). */
-  constructor(private readonly chunkBytes = LOAD_CHUNK_BYTES) {
+  /**
+   * `chunkBytes`: stored bytes per read, a multiple of 64 (tests make it small, to split small tensors);
+   * `readsAhead`: chunks being read at once, ahead of the one being widened.
+   */
+  constructor(private readonly chunkBytes = LOAD_CHUNK_BYTES, private readonly readsAhead = READS_AHEAD) {
+    if (!(Number.isInteger(readsAhead) && readsAhead >= 1)) throw new RangeError(`${readsAhead} reads ahead: a whole number from 1 is needed`);
     if (chunkBytes <= 0 || chunkBytes % 64 !== 0) throw new RangeError(`chunk of ${chunkBytes} bytes: a positive multiple of 64 is needed`);
   }
 
@@ -220,15 +227,22 @@ export class LayerWeights {
     }
     const files = new Map<string, FileHandle>();
     // Opened first: a read must reach libuv's pool before the widening that follows it blocks this thread.
-    const read = (c: LoadChunk) => readFully(files.get(c.loc.file)!, c.into, c.loc.offset + c.begin, c.loc);
-    let next: Promise<void> | null = null;
+    const read = (c: LoadChunk) => {
+      const p = readFully(files.get(c.loc.file)!, c.into, c.loc.offset + c.begin, c.loc);
+      p.catch(() => undefined); // a read ahead may fail before it is awaited: its error is taken when it is
+      return p;
+    };
+    // Chunks read ahead of the widening, each into its own place (no memory more): from the page cache one would
+    // do, but from the disk one read at a time left it mostly idle. Safe in place: a chunk's stored bytes lie above
+    // every float widened before it (see widenInPlace).
+    const pending: Promise<void>[] = [];
     try {
       for (const c of chunks) if (!files.has(c.loc.file)) files.set(c.loc.file, await open(c.loc.file, 'r'));
       let compiled = false;
-      next = chunks.length > 0 ? read(chunks[0]!) : null;
+      for (let i = 0; i < Math.min(this.readsAhead, chunks.length); i++) pending.push(read(chunks[i]!));
       for (let i = 0; i < chunks.length; i++) {
-        await next;
-        next = i + 1 < chunks.length ? read(chunks[i + 1]!) : null;
+        await pending[i];
+        if (i + this.readsAhead < chunks.length) pending.push(read(chunks[i + this.readsAhead]!));
         if (!compiled) {
           await kernels;
           compiled = true;
@@ -236,7 +250,8 @@ export class LayerWeights {
         chunks[i]!.widen();
       }
     } finally {
-      await next?.catch(() => undefined); // no read may land in a buffer after it is handed on
+      // No read may land in a buffer after it is handed on.
+      await Promise.all(pending.map((p) => p.catch(() => undefined)));
       for (const fh of files.values()) await fh.close().catch(() => undefined);
     }
     return out;

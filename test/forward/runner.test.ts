@@ -8,7 +8,7 @@ import { SafetensorsWeights, convertBytes, decodeFloats, readTensorBytes, writeS
 import { tmpdir } from 'node:os';
 import { writeTinyModel } from '../../tools/testing/tiny-models';
 import { availableBackends, computeAllHiddenStates, computePadStates, computePromptStates, computeRouterInputs, type ForwardProgress } from '../../libs/forward';
-import { LOAD_CHUNK_BYTES, LayerWeights, WeightBuffer, widenInPlace } from '../../libs/forward/run';
+import { LOAD_CHUNK_BYTES, LayerWeights, READS_AHEAD, WeightBuffer, widenInPlace } from '../../libs/forward/run';
 import { planLayerTensors, weightInput } from '../../libs/forward/layer-graph';
 import { openWeights, readModelConfig } from '../../libs/model-folder';
 import { assumeHugeMalloc } from '../../libs/forward/huge-pages';
@@ -282,15 +282,16 @@ test('a layer loads a chunk at a time into its float32 values: chunks that split
         useFloatWasm(wasm);
         assumeHugeMalloc(!memory);
         try {
-          for (const chunk of [64, 192, LOAD_CHUNK_BYTES]) {
-            const lw = new LayerWeights(chunk);
+          // Chunks read one at a time, or several ahead of the widening (each into its own place in the buffers).
+          for (const [chunk, ahead] of [[64, 1], [64, READS_AHEAD], [64, 7], [192, 1], [192, 3], [LOAD_CHUNK_BYTES, READS_AHEAD]] as const) {
+            const lw = new LayerWeights(chunk, ahead);
             // Two layers through the same buffers: the second must not keep any of the first's values.
             for (const l of [0, 1]) {
               const layer = planLayerTensors(cfg, weights, l);
               const feeds = await lw.load(layer, WasmFloatBuffer.prepare());
               for (const t of layer.values()) {
                 const got = feeds[weightInput(t.role)]!.data as Float32Array;
-                assert.deepEqual(got, want.get(`${l}.${t.role}`), `${dtype} layer ${l} ${t.role} chunk ${chunk} wasm=${wasm} memory=${memory}`);
+                assert.deepEqual(got, want.get(`${l}.${t.role}`), `${dtype} layer ${l} ${t.role} chunk ${chunk} ahead ${ahead} wasm=${wasm} memory=${memory}`);
               }
             }
           }
@@ -301,6 +302,8 @@ test('a layer loads a chunk at a time into its float32 values: chunks that split
       }
     }
     assert.throws(() => new LayerWeights(100), /chunk of 100 bytes: a positive multiple of 64 is needed/);
+    assert.throws(() => new LayerWeights(64, 0), /0 reads ahead: a whole number from 1 is needed/);
+    assert.ok(READS_AHEAD > 1, 'a layer is read several chunks at a time');
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
