@@ -190,9 +190,9 @@ interface LoadChunk {
 /**
  * One layer's weights at a time, as float32 in buffers by role, reused from layer to layer so that no layer pays
  * for fresh memory. Each tensor's stored bytes are read straight into its buffer (16-bit values into the upper
- * half) a chunk at a time, and each chunk is widened in place on this thread while libuv's pool reads the next:
- * the two overlap on two cores, where reading the next layer during a run took a core from onnxruntime's
- * threads. No staging copy is held (at Mistral-7B's shape 0.87 GB where one float32 set and staged bytes took
+ * half) a chunk at a time, and each chunk is widened in place on this thread while libuv's pool reads the next ones
+ * (`readsAhead` at once): the two overlap on two cores, where reading the next layer during a run took a core from
+ * onnxruntime's threads. No staging copy is held (at Mistral-7B's shape 0.87 GB where one float32 set and staged bytes took
  * 1.3 GB), and the first layer's fresh pages fault in on both threads.
  */
 export class LayerWeights {
