@@ -1,5 +1,5 @@
 import { FLOAT_END, SHARED_PAGES, sharedMemory } from '../safetensors';
-import { funcType, I32, simd, sleb, uleb, V128, wasmApi, wasmModule, type Code } from '../wasm';
+import { F32, funcType, I32, simd, sleb, uleb, V128, wasmApi, wasmModule, type Code } from '../wasm';
 
 /**
  * The AVX2 Box-Muller kernel of torch-rng.ts as a WebAssembly SIMD function, four pairs per vector, built
@@ -380,11 +380,9 @@ let fusedMadd: boolean | undefined;
 export function fusedMaddWorks(): boolean {
   if (fusedMadd !== undefined) return fusedMadd;
   fusedMadd = false;
-  // (func (param f32 f32 f32) (result f32): lane 0 of relaxed_madd(splat a, splat b, splat c))
-  const body = [0, 0x20, 0, ...simd(0x13), 0x20, 1, ...simd(0x13), 0x20, 2, ...simd(0x13), ...I.madd, ...simd(0x1f), 0, 0x0b];
-  const section = (id: number, payload: number[]) => [id, ...uleb(payload.length), ...payload];
-  const F32 = 0x7d;
-  const bytes = new Uint8Array([0, 0x61, 0x73, 0x6d, 1, 0, 0, 0, ...section(1, [1, 0x60, 3, F32, F32, F32, 1, F32]), ...section(3, [1, 0]), ...section(7, [1, 1, 0x66, 0, 0]), ...section(10, [1, ...uleb(body.length), ...body])]);
+  // madd(a, b, c): lane 0 of relaxed_madd(splat a, splat b, splat c), stored at address 0 of its own memory.
+  const code = [...I.i32Const(0), ...I.localGet(0), ...simd(0x13), ...I.localGet(1), ...simd(0x13), ...I.localGet(2), ...simd(0x13), ...I.madd, ...simd(0x1f), 0, 0x38, 2, 0];
+  const bytes = wasmModule([funcType([F32, F32, F32])], [{ name: 'madd', type: 0, locals: [], code }], 1);
   const wa = wasmApi();
   let module: object;
   try {
@@ -397,7 +395,12 @@ export function fusedMaddWorks(): boolean {
       return false;
     }
   }
-  const madd = new wa.Instance(module, {}).exports.f as (a: number, b: number, c: number) => number;
+  const memory = new wa.Memory({ initial: 1 });
+  const run = new wa.Instance(module, { env: { memory } }).exports.madd as (a: number, b: number, c: number) => void;
+  const madd = (a: number, b: number, c: number) => {
+    run(a, b, c);
+    return new Float32Array(memory.buffer, 0, 1)[0]!;
+  };
   const f = Math.fround;
   // (1 + 2^-23)(1 - 2^-23) = 1 - 2^-46: fused, minus one leaves -2^-46; rounded first, 0. And a sum whose
   // product's low bits decide the rounding: fused gives the exactly rounded float.

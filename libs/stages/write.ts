@@ -280,7 +280,8 @@ export async function writeOutput(early: MergePlan, late: Promise<LateInputs>, o
       else early = withContentIds(early, known);
     }
     // A GGUF llama.cpp could not take is refused now, before any work (names and shapes do not change later).
-    const earlyLayout = opts.gguf ? ggufPlan(early, shardsOf(early), opts.gguf) : null;
+    const earlyShards = shardsOf(early);
+    const earlyLayout = opts.gguf ? ggufPlan(early, earlyShards, opts.gguf) : null;
     const earlyParts = earlyLayout ? ggufParts(earlyLayout, opts.gguf!, opts.ggufSplitBytes) : [];
     // Written ahead: shards without routers whose content the existing folder does not already hold.
     const ahead = writeAhead && !ggufOnly ? aheadShards(early, existing, suspect) : [];
@@ -288,7 +289,7 @@ export async function writeOutput(early: MergePlan, late: Promise<LateInputs>, o
     const companionInputs = (plan: MergePlan, routing: LateInputs['routing'] | undefined, withRouting: boolean): CompanionInputs => ({ plan, recipeText: opts.recipeText, tokenizerDir: opts.tokenizerDir, copyTokenizer: opts.copyTokenizer, writeRecipe: opts.writeRecipe, routing, withRouting });
     /** The files the early plan names (no routing page: that needs the report). */
     const earlyFiles = () => {
-      const shards = ggufOnly ? [] : shardsOf(early);
+      const shards = ggufOnly ? [] : earlyShards;
       return [...shards.map((s) => s.file), ...indexEntry(shards).flatMap((e) => e.files), ...companionEntries(companionInputs(early, undefined, false)).flatMap((e) => e.files), ...earlyParts.map((p) => p.file)];
     };
     const disk = inPlace ? out : dirname(out);
@@ -339,19 +340,19 @@ export async function writeOutput(early: MergePlan, late: Promise<LateInputs>, o
         }
         const earlyByName = new Map(early.tensors.map((t) => [t.name, t]));
         // The shards written now and the router shards (whose content is not known yet), and the GGUF.
-        needed = shardsOf(early).filter((s) => ahead.some((x) => x.shard.file === s.file) || holdsGates(s.tensors.map((t) => earlyByName.get(t.name)!))).reduce((a, s) => a + s.bytes, 0) + (earlyLayout ? ggufBytes(earlyLayout) : 0) + (1 << 20);
+        needed = earlyShards.filter((s) => ahead.some((x) => x.shard.file === s.file) || holdsGates(s.tensors.map((t) => earlyByName.get(t.name)!))).reduce((a, s) => a + s.bytes, 0) + (earlyLayout ? ggufBytes(earlyLayout) : 0) + (1 << 20);
         checkFreeSpace(disk, needed);
         forget = await makeWorkFolder(tmp);
         // The shards the previous folder holds already (no routers in them) keep their tensors' GGUF bytes too.
-        const keptEarly = shardsOf(early).filter((s) => !holdsGates(s.tensors.map((t) => earlyByName.get(t.name)!)) && !ahead.some((x) => x.shard.file === s.file)).map((s) => s.file);
+        const keptEarly = earlyShards.filter((s) => !holdsGates(s.tensors.map((t) => earlyByName.get(t.name)!)) && !ahead.some((x) => x.shard.file === s.file)).map((s) => s.file);
         // Each GGUF file opened now but a split's file without the routers (ggufParts puts them in the first) that
         // the previous folder holds under the key it has now (kept later, with the shards).
         const earlyKeys: Record<string, string> = { ...existing?.shards };
         for (const a of ahead) earlyKeys[a.shard.file] = a.key;
         const tokenizer = earlyParts.length > 0 ? await tokenizerHashes(opts.tokenizerDir) : [];
         for (const part of earlyParts) {
-          if (part.index > 0 && !suspect.includes(part.file) && existing?.shards?.[part.file] === ggufKey(early, shardsOf(early), earlyKeys, opts.gguf!, tokenizer, part)) continue;
-          const unchanged = ggufUnchanged(early, shardsOf(early), existing, suspect, opts.gguf!, tokenizer, keptEarly, part);
+          if (part.index > 0 && !suspect.includes(part.file) && existing?.shards?.[part.file] === ggufKey(early, earlyShards, earlyKeys, opts.gguf!, tokenizer, part)) continue;
+          const unchanged = ggufUnchanged(early, earlyShards, existing, suspect, opts.gguf!, tokenizer, keptEarly, part);
           await openPass(early, part, opts.gguf!, passes.size > 0, unchanged ?? undefined);
         }
         const gguf = passes.size > 0 ? new GgufPassSet([...passes.values()].map((p) => p.gguf)) : null;
