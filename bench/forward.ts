@@ -10,7 +10,7 @@ import * as ort from 'onnxruntime-node';
 import { computePromptStates, encodeModel, type ForwardPrecision, type LayerState } from '../libs/forward';
 import { normalize } from '../libs/gates';
 import { OnnxDtype, type OnnxNode, type OnnxTensor } from '../libs/forward';
-import { sessionFromBytes } from '../libs/forward';
+import { bf16Unavailable, sessionFromBytes } from '../libs/forward';
 import { writeTinyModel, type TinyModelSpec } from './models';
 
 const SPEC: TinyModelSpec = { modelType: 'llama', hidden: 1024, layers: 8, heads: 16, kvHeads: 4, intermediate: 2816, vocab: 2000, dtype: 'BF16', seed: 7 };
@@ -124,7 +124,9 @@ export async function benchForward(o: ForwardBenchOptions = {}): Promise<Record<
       return { seconds: (performance.now() - t0) / 1000, cpu: cpuSince(c0), layer: layerSeconds(marks), states };
     };
     let seconds = Infinity, layerS = Infinity, int8Seconds = Infinity, int8LayerS = Infinity, cpu = Infinity, int8Cpu = Infinity;
-    let exact: LayerState[][] = [], approx: LayerState[][] = [];
+    let bf16Seconds = Infinity, bf16LayerS = Infinity, bf16Cpu = Infinity;
+    let exact: LayerState[][] = [], approx: LayerState[][] = [], bf16States: LayerState[][] = [];
+    const bf16 = bf16Unavailable() === null;
     for (let round = 0; round < 2; round++) {
       const a = await run('fp32');
       seconds = Math.min(seconds, a.seconds);
@@ -136,6 +138,13 @@ export async function benchForward(o: ForwardBenchOptions = {}): Promise<Record<
       int8Cpu = Math.min(int8Cpu, b.cpu);
       int8LayerS = Math.min(int8LayerS, b.layer);
       approx = b.states;
+      if (bf16) {
+        const c = await run('bf16');
+        bf16Seconds = Math.min(bf16Seconds, c.seconds);
+        bf16Cpu = Math.min(bf16Cpu, c.cpu);
+        bf16LayerS = Math.min(bf16LayerS, c.layer);
+        bf16States = c.states;
+      }
     }
     const gateError = normalisedRowError(exact, approx);
     let fixedSeconds = Infinity;
@@ -180,6 +189,17 @@ export async function benchForward(o: ForwardBenchOptions = {}): Promise<Record<
       int8SpeedupPerLayer: +(layerS / int8LayerS).toFixed(3),
       int8SpeedupOverall: +(seconds / int8Seconds).toFixed(3),
       int8GateMaxAbsError: +gateError.toExponential(2),
+      // bf16 (where this CPU has AVX512-BF16): the projections in the native kernels, the rest in onnxruntime.
+      ...(bf16
+        ? {
+            bf16Seconds: +bf16Seconds.toFixed(3),
+            bf16CpuSeconds: +bf16Cpu.toFixed(3),
+            bf16GflopsPerLayer: +(layerFlopsAll / bf16LayerS / 1e9).toFixed(2),
+            bf16SpeedupPerLayer: +(layerS / bf16LayerS).toFixed(3),
+            bf16SpeedupOverall: +(seconds / bf16Seconds).toFixed(3),
+            bf16GateMaxAbsError: +normalisedRowError(exact, bf16States).toExponential(2),
+          }
+        : { bf16: bf16Unavailable() }),
       fixedSecondsPerLayer: +(fixedSeconds / layersRun).toFixed(3),
       rssBeforeMiB: Math.round(rssBefore / 2 ** 20),
       peakRssMiB: Math.round(peakRss / 2 ** 20),

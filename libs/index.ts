@@ -39,8 +39,8 @@ export interface MergeOptions {
   ggufSplitBytes?: number;
   /** Execution provider for hidden-state gates: cpu (default), cuda, webgpu or auto. */
   device?: 'cpu' | 'cuda' | 'webgpu' | 'auto';
-  /** Forward-pass arithmetic for hidden-state gates: fp32 (default, exact) or int8 (faster on VNNI CPUs, approximate; cached apart). */
-  forwardPrecision?: 'fp32' | 'int8';
+  /** Forward-pass arithmetic for hidden-state gates: fp32 (default, exact), bf16 (AVX512-BF16 CPUs, faster, approximate) or int8 (experimental, approximate); cached apart. */
+  forwardPrecision?: 'fp32' | 'int8' | 'bf16';
   /** Prompt-state cache (default $MOE_FORGE_CACHE, else ~/.cache/moe-forge). */
   cacheDir?: string;
   /** Hugging Face settings (HF_ENDPOINT, HF_TOKEN, HF_HUB_CACHE, HF_HUB_OFFLINE); default process.env. */

@@ -5,6 +5,7 @@
 import { createHash } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, readdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { dirname, join, relative } from 'node:path';
+import { spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { createRequire } from 'node:module';
 
@@ -81,6 +82,31 @@ try {
   if (problems.length) throw new Error(`libs/index.ts: ${problems.join('; ')}`);
   writeFileSync(join(tmp, 'index.d.ts'), dts.outputText);
 
+  // The bf16 forward pass's kernels (native/bf16-matmul.c), a Node addon: compiled where a C compiler and Node's
+  // headers are, else left out (the bf16 precision then says so; fp32 needs nothing native). Built again only
+  // when its source changed since the last build.
+  const NATIVE = join('native', 'bf16-matmul.c');
+  const nativeHash = createHash('sha256').update(readFileSync(join(ROOT, NATIVE))).digest('hex');
+  let nativeBuilt = false;
+  try {
+    const last = JSON.parse(readFileSync(join(OUT, 'manifest.json'), 'utf8'));
+    if (last.native === nativeHash && existsSync(join(OUT, 'bf16-matmul.node'))) {
+      writeFileSync(join(tmp, 'bf16-matmul.node'), readFileSync(join(OUT, 'bf16-matmul.node')));
+      nativeBuilt = true;
+    }
+  } catch {
+    // no earlier build
+  }
+  if (!nativeBuilt) {
+    const headers = join(dirname(process.execPath), '..', 'include', 'node');
+    const cc = process.env.CC || 'cc';
+    const r = existsSync(join(headers, 'node_api.h'))
+      ? spawnSync(cc, ['-O3', '-fPIC', '-shared', '-std=gnu11', `-I${headers}`, join(ROOT, NATIVE), '-o', join(tmp, 'bf16-matmul.node'), '-lpthread', '-lm'], { encoding: 'utf8' })
+      : null;
+    nativeBuilt = r?.status === 0;
+    if (!nativeBuilt) console.error(`moe-forge build: ${NATIVE} not compiled (${r ? (r.error?.message ?? r.stderr.split('\n')[0]) : `no node_api.h in ${headers}`}): forward precision bf16 is unavailable`);
+  }
+
   // Every source file a bundle was built from (packages are external: none from node_modules), by content.
   const inputs = new Set([top, executors, runtime].flatMap((b) => Object.keys(b.metafile.inputs)));
   const sources = {};
@@ -88,7 +114,8 @@ try {
     const file = join(ROOT, rel);
     sources[relative(ROOT, file).split('\\').join('/')] = createHash('sha256').update(readFileSync(file)).digest('hex');
   }
-  writeFileSync(join(tmp, 'manifest.json'), JSON.stringify({ sources }, null, 1) + '\n');
+  if (nativeBuilt) sources[NATIVE.split('\\').join('/')] = nativeHash;
+  writeFileSync(join(tmp, 'manifest.json'), JSON.stringify({ sources, ...(nativeBuilt ? { native: nativeHash } : {}) }, null, 1) + '\n');
 
   // Into place file by file, each by a rename, and only where it changed: processes running from build/ (Nx
   // tasks, tests) never see a missing or half-written file, and a build of unchanged sources changes nothing.

@@ -94,7 +94,9 @@ class Builder {
     return outs;
   }
 
+  /** A named float constant, added once (a graph may ask for it from several places). */
   constF(name: string, v: number): string {
+    if (this.initializers.some((t) => t.name === name)) return name;
     this.initializers.push({ name, dtype: OnnxDtype.FLOAT, dims: [], data: { float: [v] } });
     return name;
   }
@@ -127,59 +129,31 @@ export function int8BlockSize(K: number): number {
   return K % 32 === 0 ? 32 : 16;
 }
 
+/** RMSNorm over the last axis, as transformers computes it in float32. */
+function rmsNormOp(b: Builder, cfg: ModelConfig, x: string, weight: string): string {
+  const ms = b.op('ReduceMean', [b.op('Mul', [x, x])], { axes: [-1], keepdims: 1 });
+  const normed = b.op('Div', [x, b.op('Sqrt', [b.op('Add', [ms, b.constF('eps', cfg.rmsNormEps)])])]);
+  return b.op('Mul', [normed, weight]);
+}
+
 /**
- * One decoder layer (llama, mistral, qwen2, qwen3) as an ONNX graph over [T, H] activations. The weights
- * are float32 graph inputs, not initializers, so one session serves every layer of the same shape and no
- * file is needed to point onnxruntime at them. Projections are Gemm(transB=1) on the [out, in] weights,
- * which avoids a transposed copy.
+ * Attention from the projected queries [T, nH * D], keys and values [T, nKV * D] to the context [T, nH * D] that
+ * o_proj takes: qwen3's per-head norms, RoPE, then each prompt's causal attention in its own block.
  */
-export function buildLayerModel(cfg: ModelConfig, tensors: Map<string, LayerTensor>, opts: LayerGraphOptions = {}): OnnxModel {
-  const b = new Builder();
-  const H = cfg.hiddenSize, D = cfg.headDim;
+function attentionContext(b: Builder, cfg: ModelConfig, q0: string, k0: string, v0: string, w: (role: string) => string | null): string {
+  const D = cfg.headDim;
   const nH = cfg.numHeads, nKV = cfg.numKvHeads;
   if (nH % nKV !== 0) {
     throw new ModelError('bad_config', `num_attention_heads ${nH} is not a multiple of num_key_value_heads ${nKV}`, { file: cfg.file, field: 'num_key_value_heads' });
   }
   if (D % 2 !== 0) throw new ModelError('bad_config', `head_dim ${D} must be even for RoPE`, { file: cfg.file, field: 'head_dim' });
   const g = nH / nKV;
-
-  const weightInputs: OnnxValueInfo[] = [];
-  const w = (role: string): string | null => {
-    const t = tensors.get(role);
-    if (!t) return null;
-    weightInputs.push({ name: weightInput(role), dtype: OnnxDtype.FLOAT, shape: t.loc.shape });
-    return weightInput(role);
-  };
-  const need = (role: string): string => w(role)!;
-  const eps = b.constF('eps', cfg.rmsNormEps);
-  const rmsNorm = (x: string, weight: string): string => {
-    const ms = b.op('ReduceMean', [b.op('Mul', [x, x])], { axes: [-1], keepdims: 1 });
-    const normed = b.op('Div', [x, b.op('Sqrt', [b.op('Add', [ms, eps])])]);
-    return b.op('Mul', [normed, weight]);
-  };
-  const linear = (x: string, role: string): string => {
-    const bias = w(`${role}_bias`);
-    if (opts.int8) {
-      // com.microsoft MatMulNBits on 8-bit blocks (constant initializers, so onnxruntime packs them once);
-      // accuracy_level 4 quantizes the activations to int8 too, which VNNI CPUs multiply natively.
-      const [N, K] = tensors.get(role)!.loc.shape as [number, number];
-      const block = int8BlockSize(K);
-      const blocks = K / block;
-      const q = weightInput(role);
-      b.initializers.push({ name: `${q}_q8`, dtype: OnnxDtype.UINT8, dims: [N, blocks, block], data: { external: { location: `${q}_q8`, offset: 0, length: N * K } } });
-      b.initializers.push({ name: `${q}_scale`, dtype: OnnxDtype.FLOAT, dims: [N * blocks], data: { external: { location: `${q}_scale`, offset: 0, length: 4 * N * blocks } } });
-      const y = b.op('MatMulNBits', [x, `${q}_q8`, `${q}_scale`], { K, N, bits: 8, block_size: block, accuracy_level: 4 }, undefined, MS_DOMAIN);
-      return bias ? b.op('Add', [y, bias]) : y;
-    }
-    return b.op('Gemm', bias ? [x, need(role), bias] : [x, need(role)], { transB: 1 });
-  };
-  const x = LAYER_INPUTS.hidden;
-  const xn = rmsNorm(x, need('ln1'));
+  const rmsNorm = (x: string, weight: string): string => rmsNormOp(b, cfg, x, weight);
   // Queries as [T, nKV, g, D] and keys/values as [T, nKV, 1, D]: in attention, MatMul broadcasting does the
   // grouped-query repeat (query head h uses KV head floor(h / g), as transformers' repeat_kv).
-  let q = b.op('Reshape', [linear(xn, 'q'), b.constI64('q_shape', [-1, nKV, g, D])]);
-  let k = b.op('Reshape', [linear(xn, 'k'), b.constI64('kv_shape', [-1, nKV, 1, D])]);
-  const v0 = b.op('Reshape', [linear(xn, 'v'), 'kv_shape']);
+  let q = b.op('Reshape', [q0, b.constI64('q_shape', [-1, nKV, g, D])]);
+  let k = b.op('Reshape', [k0, b.constI64('kv_shape', [-1, nKV, 1, D])]);
+  const v = b.op('Reshape', [v0, 'kv_shape']);
   const qNorm = w('q_norm'), kNorm = w('k_norm');
   if (qNorm) q = rmsNorm(q, qNorm); // qwen3: per-head RMSNorm before RoPE
   if (kNorm) k = rmsNorm(k, kNorm);
@@ -201,13 +175,52 @@ export function buildLayerModel(cfg: ModelConfig, tensors: Map<string, LayerTens
     b.op('Transpose', [b.op('Reshape', [b.op('Gather', [x, LAYER_INPUTS.slots], { axis: 0 }), shape])], { perm });
   const qb = toBlocks(q, qBlocks, [0, 2, 3, 1, 4]); // [B, nKV, g, C, D]
   const kT = toBlocks(k, kvBlocks, [0, 2, 3, 4, 1]); // [B, nKV, 1, D, C]
-  const vb = toBlocks(v0, kvBlocks, [0, 2, 3, 1, 4]); // [B, nKV, 1, C, D]
+  const vb = toBlocks(v, kvBlocks, [0, 2, 3, 1, 4]); // [B, nKV, 1, C, D]
   const scale = b.constF('attn_scale', 1 / Math.sqrt(D));
   const mask = b.op('Unsqueeze', [LAYER_INPUTS.mask, 'axes_12']); // [B, 1, 1, C, C]
   const scores = b.op('Add', [b.op('Mul', [b.op('MatMul', [qb, kT]), scale]), mask]);
   const ctx = b.op('MatMul', [b.op('Softmax', [scores], { axis: -1 }), vb]); // [B, nKV, g, C, D]
   const ctxSlots = b.op('Reshape', [b.op('Transpose', [ctx], { perm: [0, 3, 1, 2, 4] }), b.constI64('ctx_shape', [-1, nH * D])]);
-  const ctx2 = b.op('Gather', [ctxSlots, LAYER_INPUTS.rows], { axis: 0 });
+  return b.op('Gather', [ctxSlots, LAYER_INPUTS.rows], { axis: 0 });
+}
+
+/**
+ * One decoder layer (llama, mistral, qwen2, qwen3) as an ONNX graph over [T, H] activations. The weights
+ * are float32 graph inputs, not initializers, so one session serves every layer of the same shape and no
+ * file is needed to point onnxruntime at them. Projections are Gemm(transB=1) on the [out, in] weights,
+ * which avoids a transposed copy.
+ */
+export function buildLayerModel(cfg: ModelConfig, tensors: Map<string, LayerTensor>, opts: LayerGraphOptions = {}): OnnxModel {
+  const b = new Builder();
+  const H = cfg.hiddenSize, D = cfg.headDim;
+  const weightInputs: OnnxValueInfo[] = [];
+  const w = (role: string): string | null => {
+    const t = tensors.get(role);
+    if (!t) return null;
+    weightInputs.push({ name: weightInput(role), dtype: OnnxDtype.FLOAT, shape: t.loc.shape });
+    return weightInput(role);
+  };
+  const need = (role: string): string => w(role)!;
+  const rmsNorm = (x: string, weight: string): string => rmsNormOp(b, cfg, x, weight);
+  const linear = (x: string, role: string): string => {
+    const bias = w(`${role}_bias`);
+    if (opts.int8) {
+      // com.microsoft MatMulNBits on 8-bit blocks (constant initializers, so onnxruntime packs them once);
+      // accuracy_level 4 quantizes the activations to int8 too, which VNNI CPUs multiply natively.
+      const [N, K] = tensors.get(role)!.loc.shape as [number, number];
+      const block = int8BlockSize(K);
+      const blocks = K / block;
+      const q = weightInput(role);
+      b.initializers.push({ name: `${q}_q8`, dtype: OnnxDtype.UINT8, dims: [N, blocks, block], data: { external: { location: `${q}_q8`, offset: 0, length: N * K } } });
+      b.initializers.push({ name: `${q}_scale`, dtype: OnnxDtype.FLOAT, dims: [N * blocks], data: { external: { location: `${q}_scale`, offset: 0, length: 4 * N * blocks } } });
+      const y = b.op('MatMulNBits', [x, `${q}_q8`, `${q}_scale`], { K, N, bits: 8, block_size: block, accuracy_level: 4 }, undefined, MS_DOMAIN);
+      return bias ? b.op('Add', [y, bias]) : y;
+    }
+    return b.op('Gemm', bias ? [x, need(role), bias] : [x, need(role)], { transB: 1 });
+  };
+  const x = LAYER_INPUTS.hidden;
+  const xn = rmsNorm(x, need('ln1'));
+  const ctx2 = attentionContext(b, cfg, linear(xn, 'q'), linear(xn, 'k'), linear(xn, 'v'), w);
   const attn = b.op('Mul', [linear(ctx2, 'o'), LAYER_INPUTS.gate]);
   const h1 = b.op('Add', [x, attn]);
 
@@ -248,6 +261,48 @@ export function buildLayerModel(cfg: ModelConfig, tensors: Map<string, LayerTens
         ...weightInputs,
       ],
       outputs: outputs.map((name) => ({ name, dtype: F, shape: ['T', H] })),
+    },
+  };
+}
+
+/** Inputs and output of the attention core (buildAttentionCoreModel), beside LAYER_INPUTS' rope, mask and rows. */
+export const CORE_IO = { q: 'q_proj_out', k: 'k_proj_out', v: 'v_proj_out', ctx: 'attn_ctx' } as const;
+
+/**
+ * The attention between a layer's projections, for a forward pass that runs the projections itself (bf16): the
+ * q, k and v projections' outputs in, the context o_proj takes out ([T, nH * D]). qwen3's q_norm and k_norm are
+ * float32 weight inputs as in buildLayerModel.
+ */
+export function buildAttentionCoreModel(cfg: ModelConfig, tensors: Map<string, LayerTensor>): OnnxModel {
+  const b = new Builder();
+  const D = cfg.headDim, F = OnnxDtype.FLOAT;
+  const weightInputs: OnnxValueInfo[] = [];
+  const w = (role: string): string | null => {
+    const t = tensors.get(role);
+    if (!t) return null;
+    weightInputs.push({ name: weightInput(role), dtype: F, shape: t.loc.shape });
+    return weightInput(role);
+  };
+  const qDim = cfg.numHeads * D, kvDim = cfg.numKvHeads * D;
+  b.op('Identity', [attentionContext(b, cfg, CORE_IO.q, CORE_IO.k, CORE_IO.v, w)], undefined, CORE_IO.ctx);
+  return {
+    opset: 17,
+    graph: {
+      name: 'attention_core',
+      nodes: b.nodes,
+      initializers: b.initializers,
+      inputs: [
+        { name: CORE_IO.q, dtype: F, shape: ['T', qDim] },
+        { name: CORE_IO.k, dtype: F, shape: ['T', kvDim] },
+        { name: CORE_IO.v, dtype: F, shape: ['T', kvDim] },
+        { name: LAYER_INPUTS.cos, dtype: F, shape: ['T', D] },
+        { name: LAYER_INPUTS.sin, dtype: F, shape: ['T', D] },
+        { name: LAYER_INPUTS.mask, dtype: F, shape: ['B', 'C', 'C'] },
+        { name: LAYER_INPUTS.slots, dtype: OnnxDtype.INT64, shape: ['S'] },
+        { name: LAYER_INPUTS.rows, dtype: OnnxDtype.INT64, shape: ['T'] },
+        ...weightInputs,
+      ],
+      outputs: [{ name: CORE_IO.ctx, dtype: F, shape: ['T', qDim] }],
     },
   };
 }

@@ -6,9 +6,10 @@ import { openWeights } from '../model-folder';
 import { WasmFloatBuffer, castThrough, floatKernels } from '../safetensors';
 import { executionProviders, floatTensor, int64Tensor, sessionFromBytes, type Device, type ExternalData, type Session, type SessionSettings } from './backend';
 import { encodeModel } from './onnx-proto';
-import { ATTN_OUTPUT, LAYER_INPUTS, LAYER_OUTPUT, MLP_IO, ROUTER_INPUT, buildLayerModel, checkTensor, int8BlockSize, layerPhases, layerSignature, mlpDownModel, mlpUpModel, planLayerTensors, weightInput, type LayerPhase, type LayerTensor } from './layer-graph';
+import { ATTN_OUTPUT, LAYER_INPUTS, LAYER_OUTPUT, MLP_IO, ROUTER_INPUT, buildAttentionCoreModel, buildLayerModel, checkTensor, int8BlockSize, layerPhases, layerSignature, mlpDownModel, mlpUpModel, planLayerTensors, weightInput, type LayerPhase, type LayerTensor } from './layer-graph';
 import { attentionMask, ropeTables } from './rope';
 import { mallocHugePages } from './huge-pages';
+import { bf16Unavailable, loadBf16Layer, rmsNormRows, runBf16Layer, type Bf16Buffers, type Bf16Layer } from './bf16';
 import { folderKeys, nowNs } from '../util';
 
 export interface ForwardProgress {
@@ -38,7 +39,9 @@ export interface ForwardOptions {
   /**
    * 'fp32' (default): exact float32 arithmetic on the stored weights. 'int8': the projections as 8-bit blocks
    * (symmetric, a float32 scale per 32 values) through onnxruntime's MatMulNBits with int8 activations: faster on
-   * CPUs with VNNI, not exact (its states differ from fp32 ones and are cached apart).
+   * CPUs with VNNI, not exact (its states differ from fp32 ones and are cached apart). 'bf16': the projections
+   * in native/bf16-matmul.c (the stored bf16 weights times activations rounded to bf16, summed in float32; on CPUs
+   * with AVX512-BF16), norms, RoPE and attention in float32; not exact, cached apart, about twice as fast.
    */
   precision?: ForwardPrecision;
   /**
@@ -56,7 +59,7 @@ export interface ForwardOptions {
  */
 export const MLP_PIECE_BYTES = 128 << 20;
 
-export const FORWARD_PRECISIONS = ['fp32', 'int8'] as const;
+export const FORWARD_PRECISIONS = ['fp32', 'int8', 'bf16'] as const;
 export type ForwardPrecision = (typeof FORWARD_PRECISIONS)[number];
 
 /** One prompt's state at one layer input: last token, sum over tokens (float64-accumulated), token count. */
@@ -477,7 +480,7 @@ function setUp(m: Model, layers: Map<string, LayerTensor>[], opts: ForwardOption
   const mlp = mlpBytesOf(opts);
   // The kernels compile off this thread while the reads run (once per process).
   const su: Setup = { layers, phases: layers.map((l) => layerPhases(l, mlp)), weights: new LayerWeights(), loading: null, kernels: WasmFloatBuffer.prepare(), sessions: new Map() };
-  if (load) loadFirst(su);
+  if (load && (opts.precision ?? 'fp32') !== 'bf16') loadFirst(su);
   return su;
 }
 
@@ -511,6 +514,18 @@ function phaseSession(setup: Setup, cfg: ModelConfig, phase: LayerPhase, opts: F
       : mlpDownModel(phase.tensors);
     s = sessionFromBytes(encodeModel(model), { device: opts.device ?? 'cpu', threads: opts.threads ?? 2 });
     s.catch(() => undefined); // awaited by the layer that needs it
+    setup.sessions.set(key, s);
+  }
+  return s;
+}
+
+/** The bf16 pass's attention core session (its projections run outside onnxruntime), made once per layer shape. */
+function coreSession(setup: Setup, cfg: ModelConfig, tensors: Map<string, LayerTensor>, opts: ForwardOptions): Promise<Session> {
+  const key = `core:${layerSignature(tensors)}`;
+  let s = setup.sessions.get(key);
+  if (!s) {
+    s = sessionFromBytes(encodeModel(buildAttentionCoreModel(cfg, tensors)), { device: opts.device ?? 'cpu', threads: opts.threads ?? 2 });
+    s.catch(() => undefined);
     setup.sessions.set(key, s);
   }
   return s;
@@ -579,7 +594,7 @@ async function setUpAhead(old: typeof ahead, modelDir: string, opts: ForwardOpti
     const setup = setUp(m, layers, opts, false);
     const first = setup.phases[0]?.[0];
     // Eager: the first run's weights read and widened now, their pages faulted in while the prompts are read.
-    if (first && layerFloatBytes(first.tensors) <= eagerLayerBytes) loadFirst(setup);
+    if (first && layerFloatBytes(first.tensors) <= eagerLayerBytes && (opts.precision ?? 'fp32') !== 'bf16') loadFirst(setup);
     if (first && (opts.precision ?? 'fp32') === 'fp32') void phaseSession(setup, m.cfg, first, opts);
     return { m, setup, files };
   } catch {
@@ -685,6 +700,9 @@ async function runLayers(m: Model, given: Sequence[], upTo: number, opts: Forwar
   let setup = ready;
   try {
     executionProviders(opts.device ?? 'cpu'); // an unavailable device fails before any weight is read
+    const bf16 = (opts.precision ?? 'fp32') === 'bf16';
+    const noBf16 = bf16 ? bf16Unavailable() : null;
+    if (noBf16) throw new ForgeError('bf16_unavailable', `forward precision bf16: ${noBf16}`, { field: 'forward_precision' });
     if (upTo < 0 || upTo > cfg.numLayers) throw new RangeError(`upTo ${upTo} outside 0..${cfg.numLayers}`);
     for (const [i, s] of given.entries()) {
       if (s.ids.length === 0) throw new ForgeError('empty_prompt', `prompt ${i} has no tokens`, { field: `prompts[${i}]` });
@@ -713,6 +731,15 @@ async function runLayers(m: Model, given: Sequence[], upTo: number, opts: Forwar
     const fixed = groups.map((g) => packInputs(cfg, g.map((i) => seqs[i]!)));
     const int8 = (opts.precision ?? 'fp32') === 'int8';
     const int8Pool: Int8Pool = new Map();
+    // bf16: a layer's weights are read while the layer before runs.
+    const bf16Buffers: Bf16Buffers[] = [new Map(), new Map()]; // layer l reads into l % 2 while l - 1 runs
+    const bf16Load = (l: number): Promise<Bf16Layer> | null => {
+      if (!bf16 || l >= upTo) return null;
+      const p = loadBf16Layer(layers[l]!, bf16Buffers[l % 2]);
+      p.catch(() => undefined); // awaited by the layer that needs it
+      return p;
+    };
+    let bf16Next = bf16Load(0);
     for (let layer = 0; layer < upTo; layer++) {
       const out: Float32Array[] = new Array(seqs.length);
       const routerIn: Float32Array[] = new Array(seqs.length);
@@ -734,6 +761,15 @@ async function runLayers(m: Model, given: Sequence[], upTo: number, opts: Forwar
           for (const g of groups.keys()) [packOut[g], packRouter[g]] = await runWhole(session, { ...q.feeds, ...inputs(g) }, opts.routerInput === true);
         } finally {
           await session.release();
+        }
+      } else if (bf16) {
+        const core = await coreSession(su, cfg, layers[layer]!, opts);
+        const weights = await bf16Next!;
+        bf16Next = bf16Load(layer + 1);
+        for (const g of groups.keys()) {
+          const r = await runBf16Layer(cfg, core, weights, packStates(seqs, groups[g]!, states, H).hidden, fixed[g]!, settings.threads);
+          packOut[g] = r.out;
+          if (opts.routerInput) packRouter[g] = r.routerInput;
         }
       } else if (phases[0]!.kind === 'whole') {
         const session = await phaseSession(su, cfg, phases[0]!, opts);
@@ -867,13 +903,3 @@ export async function computeAllHiddenStates(modelDir: string, prompts: number[]
   return out;
 }
 
-function rmsNormRows(h: Float32Array, w: Float32Array, eps: number): Float32Array {
-  const H = w.length, out = new Float32Array(h.length);
-  for (let r = 0; r < h.length / H; r++) {
-    let ss = 0;
-    for (let j = 0; j < H; j++) ss += h[r * H + j]! ** 2;
-    const inv = 1 / Math.sqrt(ss / H + eps);
-    for (let j = 0; j < H; j++) out[r * H + j] = h[r * H + j]! * inv * w[j]!;
-  }
-  return out;
-}

@@ -19,7 +19,7 @@ export const RNGS = ['stream', 'torch'] as const satisfies readonly RngKind[];
 export const SHARD_ORDER_NAMES = ['grouped', 'reference'] as const satisfies readonly ShardOrder[];
 export const DEVICE_NAMES = ['cpu', 'cuda', 'webgpu', 'auto'] as const satisfies readonly (Device | 'auto')[];
 export type DeviceChoice = (typeof DEVICE_NAMES)[number];
-export const FORWARD_PRECISIONS = ['fp32', 'int8'] as const satisfies readonly ForwardPrecision[];
+export const FORWARD_PRECISIONS = ['fp32', 'int8', 'bf16'] as const satisfies readonly ForwardPrecision[];
 
 /** mergekit-moe's default --out-shard-size (5B), in bytes. */
 export const DEFAULT_SHARD_BYTES = 5_000_000_000;
@@ -146,8 +146,8 @@ export const OPTIONS = {
     values: FORWARD_PRECISIONS,
     default: 'fp32',
     stages: ['embed-prompts'],
-    description: "Arithmetic of the forward pass for hidden-state gates (embed-prompts): fp32 (default, exact) or int8 (experimental: 8-bit weights and activations through onnxruntime's MatMulNBits; approximate: normalised gate rows ~3e-3 off fp32's at hidden 1024, ~4e-2 at 2048, and not faster on the CPUs measured; cached apart).",
-    cli: { flag: 'forward-precision', kind: 'value', help: 'Forward-pass arithmetic for hidden-state gates: fp32 (default, exact) or int8 (experimental, approximate).' },
+    description: "Arithmetic of the forward pass for hidden-state gates (embed-prompts): fp32 (default, exact), bf16 (on CPUs with AVX512-BF16: the projections multiply the stored bf16 weights by activations rounded to bf16 and sum in float32, about twice float32's rate; approximate: normalised gate rows ~7e-4 off fp32's at hidden 1024, within the reference tool's 3e-3; cached apart) or int8 (experimental: 8-bit weights and activations through onnxruntime's MatMulNBits; approximate: normalised gate rows ~3e-3 off fp32's at hidden 1024, ~4e-2 at 2048, and not faster on the CPUs measured; cached apart).",
+    cli: { flag: 'forward-precision', kind: 'value', help: 'Forward-pass arithmetic for hidden-state gates: fp32 (default, exact), bf16 (AVX512-BF16 CPUs, faster, approximate) or int8 (experimental, approximate).' },
   },
   overwrite: {
     type: 'boolean',

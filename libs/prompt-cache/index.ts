@@ -31,7 +31,7 @@ export interface PromptStateMaterial {
   layers: number;
   hidden: number;
   /** The forward pass's arithmetic when not exact float32 (absent: fp32, whose keys stay as they were). */
-  precision?: 'int8';
+  precision?: 'int8' | 'bf16';
 }
 
 /** What a non-exact forward adds to a key and to its material: nothing for fp32. */
@@ -100,7 +100,7 @@ export interface PadStateMaterial {
   padTokenId: number;
   layers: number;
   hidden: number;
-  precision?: 'int8';
+  precision?: 'int8' | 'bf16';
 }
 
 const padMaterial = (m: PadStateMaterial) => ({ mode: 'pad-state', forward: forwardVersion(1), ...m });

@@ -120,7 +120,7 @@ async function hiddenStates(merge: MergeContext, index: PromptStatesIndex, tenso
     const L = base.config.numLayers;
     const H = base.config.hiddenSize;
     // The reference's padded mean needs the state of a pad position; it depends only on the base.
-    const material = { base: baseId, padTokenId, layers: L, hidden: H, ...int8Key(precision) };
+    const material = { base: baseId, padTokenId, layers: L, hidden: H, ...precisionKey(precision) };
     let pad = await getPadState(cache, material);
     if (!pad) {
       pad = await computePadStates(base.dir, padTokenId, { device, precision });
@@ -176,7 +176,7 @@ export interface HiddenStatesResult {
 }
 
 /** A cache entry's precision: absent for fp32, so exact entries keep the keys they always had. */
-export const int8Key = (p: ForwardPrecision): { precision?: 'int8' } => (p === 'int8' ? { precision: 'int8' } : {});
+export const precisionKey = (p: ForwardPrecision): { precision?: 'int8' | 'bf16' } => (p === 'fp32' ? {} : { precision: p });
 
 /**
  * Per-layer states of prompts through the base, each read from the content-addressed cache or computed
@@ -188,7 +188,7 @@ export async function cachedHiddenStates(base: ModelSource, texts: string[], opt
   const precision = opts.forwardPrecision ?? 'fp32';
   const r = await cachedPerPrompt(base, texts, opts, {
     label: 'prompt-state',
-    material: int8Key(precision),
+    material: precisionKey(precision),
     get: (c, m) => getPromptState(c, m),
     put: (c, m, v) => putPromptState(c, m, v),
     prepare: (device) => prepareForwardWorker('prompts', base.dir, { device, precision }),

@@ -73,7 +73,7 @@ test('forwardPrecision: int8 prompt states never satisfy an fp32 request (own ca
 test('forwardPrecision: a bad value is refused by name on both front ends; fp32 is the default', () => {
   assert.equal(parseStageOptions({}).forwardPrecision, 'fp32');
   assert.equal(cliStageOptions(parseArgs(['--forward-precision', 'int8'], cliFlags()).values).forwardPrecision, 'int8');
-  const line = 'field --forward-precision: --forward-precision must be fp32 or int8, got "int4"';
+  const line = 'field --forward-precision: --forward-precision must be fp32, int8 or bf16, got "int4"';
   assert.throws(() => parseStageOptions({ forwardPrecision: 'int4' }), (e) => describeError(e) === line);
   assert.throws(() => cliStageOptions(parseArgs(['--forward-precision', 'int4'], cliFlags()).values), (e) => describeError(e) === line);
 });

@@ -1,0 +1,417 @@
+// The forward pass's bf16 projections: y = x W^T (+ b) with W the model's bf16 [N, K] rows as stored, x float32
+// rounded to bf16 (round to nearest even) and every product summed in float32. On CPUs with AVX512-BF16 the sums
+// are vdpbf16ps (two products per lane per instruction, twice fp32 FMA's rate); elsewhere, and when asked (tests),
+// a portable loop computes the same products in float32 (its sums round apart in the last bits).
+//
+// One call: matmul(a, w, bias, out, M, N, K, mode, rowScale, w2, bias2, threads, portable) -> Promise<void>
+//   mode 0: out = y;  mode 1: out += rowScale[m] * y (rowScale null: 1);  mode 2: out = silu(y) * y2, y2 from w2.
+// The work runs off the JavaScript thread on `threads` threads of its own, each a share of W's rows.
+#include <node_api.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <math.h>
+#include <immintrin.h>
+
+#define MR 6     // rows of x per tile
+#define NR 4     // rows of W per tile
+#define KC 2048  // bf16 values of a row per pass (4 KiB): a tile's x rows stay in L1
+#define NB 64    // rows of W per block (NB * KC * 2 = 256 KiB): the block stays in L2
+
+typedef struct {
+  const float *a;
+  const uint16_t *w, *w2;
+  const float *bias, *bias2, *rowScale;
+  float *out;
+  int M, N, K, Kp, mode, threads, portable;
+  uint16_t *abf;  // x as bf16 in tiles: [M/MR][Kp/32][MR][32], zero past M and K (a tile's loads run in order)
+  pthread_barrier_t barrier;
+  napi_deferred deferred;
+  napi_threadsafe_function done;  // resolves the promise on the JavaScript thread
+  napi_ref refs[7];
+  int nrefs;
+  int failed;
+} Job;
+
+static inline uint16_t to_bf16(float f) {
+  uint32_t u;
+  memcpy(&u, &f, 4);
+  if ((u & 0x7fffffff) > 0x7f800000) return (uint16_t)((u >> 16) | 0x40);  // NaN stays NaN
+  u += 0x7fff + ((u >> 16) & 1);
+  return (uint16_t)(u >> 16);
+}
+
+static inline float from_bf16(uint16_t h) {
+  uint32_t u = (uint32_t)h << 16;
+  float f;
+  memcpy(&f, &u, 4);
+  return f;
+}
+
+// ------------------------------------------------------------------------------------------------ AVX512-BF16
+
+// acc[i][j] = sum over k in [k0, k1) of x_i[k] * w_j[k]; x rows padded (zeros) to a multiple of 32, w rows masked.
+__attribute__((target("avx512f,avx512bw,avx512bf16"))) static void tile_bf16(const uint16_t *x, int mr, const uint16_t *w, int ws, int nr, int k0, int k1, int kEnd, float *acc /* [MR][NR] */) {
+  __m512 c[MR][NR];
+  for (int i = 0; i < MR; i++)
+    for (int j = 0; j < NR; j++) c[i][j] = _mm512_setzero_ps();
+  if (mr == MR && nr == NR) {
+    int k = k0;
+    for (; k + 32 <= k1 && k + 32 <= kEnd; k += 32) {
+      __m512bh b0 = (__m512bh)_mm512_loadu_si512(w + k), b1 = (__m512bh)_mm512_loadu_si512(w + ws + k);
+      __m512bh b2 = (__m512bh)_mm512_loadu_si512(w + 2 * ws + k), b3 = (__m512bh)_mm512_loadu_si512(w + 3 * ws + k);
+#pragma GCC unroll 6
+      for (int i = 0; i < MR; i++) {
+        __m512bh ai = (__m512bh)_mm512_loadu_si512(x + k * MR + i * 32);
+        c[i][0] = _mm512_dpbf16_ps(c[i][0], ai, b0);
+        c[i][1] = _mm512_dpbf16_ps(c[i][1], ai, b1);
+        c[i][2] = _mm512_dpbf16_ps(c[i][2], ai, b2);
+        c[i][3] = _mm512_dpbf16_ps(c[i][3], ai, b3);
+      }
+    }
+    if (k < k1) {  // W's row ends inside this step: its tail is masked (x is zero there)
+      __mmask32 m = (__mmask32)((1ull << (kEnd - k)) - 1);
+      __m512bh b[NR];
+      for (int j = 0; j < NR; j++) b[j] = (__m512bh)_mm512_maskz_loadu_epi16(m, w + j * ws + k);
+      for (int i = 0; i < MR; i++) {
+        __m512bh ai = (__m512bh)_mm512_loadu_si512(x + k * MR + i * 32);
+        for (int j = 0; j < NR; j++) c[i][j] = _mm512_dpbf16_ps(c[i][j], ai, b[j]);
+      }
+    }
+  } else {
+    for (int k = k0; k < k1; k += 32) {
+      __mmask32 m = kEnd - k >= 32 ? (__mmask32)0xffffffffu : (__mmask32)((1ull << (kEnd - k)) - 1);
+      for (int j = 0; j < nr; j++) {
+        __m512bh bj = (__m512bh)_mm512_maskz_loadu_epi16(m, w + j * ws + k);
+        for (int i = 0; i < mr; i++) c[i][j] = _mm512_dpbf16_ps(c[i][j], (__m512bh)_mm512_loadu_si512(x + k * MR + i * 32), bj);
+      }
+    }
+  }
+  for (int i = 0; i < mr; i++)
+    for (int j = 0; j < nr; j++) acc[i * NR + j] = _mm512_reduce_add_ps(c[i][j]);
+}
+
+// The same sums, portably: each product of two bf16 values is exact in float32, summed in float32.
+static void tile_portable(const uint16_t *x, int mr, const uint16_t *w, int ws, int nr, int k0, int k1, int kEnd, float *acc) {
+  if (k1 > kEnd) k1 = kEnd;
+  for (int i = 0; i < mr; i++)
+    for (int j = 0; j < nr; j++) {
+      const uint16_t *wj = w + j * ws;
+      float lanes[16] = {0};
+      for (int k = k0; k < k1; k += 16)
+        for (int l = 0; l < 16 && k + l < k1; l++) {
+          const int kk = k + l;
+          lanes[l] += from_bf16(x[(size_t)(kk / 32) * 32 * MR + i * 32 + kk % 32]) * from_bf16(wj[kk]);
+        }
+      float s = 0;
+      for (int l = 0; l < 16; l++) s += lanes[l];
+      acc[i * NR + j] = s;
+    }
+}
+
+// One row of x into its tile's slots (every MR * 32 values a chunk of 32), zero past K.
+__attribute__((target("avx512f,avx512bw,avx512bf16"))) static void to_bf16_row_avx(const float *src, int K, int Kp, uint16_t *dst) {
+  for (int k = 0; k < Kp; k += 32) {
+    const int n = K - k < 0 ? 0 : K - k;
+    const __mmask16 lo = n >= 16 ? 0xffff : (__mmask16)((1u << n) - 1), hi = n >= 32 ? 0xffff : n <= 16 ? 0 : (__mmask16)((1u << (n - 16)) - 1);
+    __m512 a = _mm512_maskz_loadu_ps(lo, src + k), b = _mm512_maskz_loadu_ps(hi, src + k + 16);
+    _mm512_storeu_si512(dst + (size_t)k * MR, (__m512i)_mm512_cvtne2ps_pbh(b, a));
+  }
+}
+
+static void to_bf16_row(const float *src, int K, int Kp, uint16_t *dst, int portable) {
+  if (!portable) {
+    to_bf16_row_avx(src, K, Kp, dst);
+    return;
+  }
+  for (int k = 0; k < Kp; k++) dst[(size_t)(k / 32) * 32 * MR + k % 32] = k < K ? to_bf16(src[k]) : 0;
+}
+
+static int has_bf16(void) {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512bf16");
+}
+
+static inline float silu(float g) { return g / (1.0f + expf(-g)); }
+
+// exp(x) for x in float32's range: 2^n * e^f with |f| <= ln2/2, e^f by a degree-6 polynomial (relative error about
+// 2e-7; silu's output is rounded to bf16 before down_proj takes it).
+__attribute__((target("avx512f"))) static inline __m512 exp512(__m512 x) {
+  x = _mm512_max_ps(_mm512_min_ps(x, _mm512_set1_ps(88.0f)), _mm512_set1_ps(-103.0f));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 f = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+  f = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), f);
+  __m512 p = _mm512_set1_ps(1.0f / 720);
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f / 120));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f / 24));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f / 6));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(0.5f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
+  return _mm512_scalef_ps(p, n);
+}
+
+// o[c] = silu(s[c] + b[c]) * (s2[c] + b2[c]) for c < n (b, b2 may be null).
+__attribute__((target("avx512f"))) static void silu_gate_avx(float *o, const float *s, const float *b, const float *s2, const float *b2, int n) {
+  for (int c = 0; c < n; c += 16) {
+    const __mmask16 m = n - c >= 16 ? 0xffff : (__mmask16)((1u << (n - c)) - 1);
+    __m512 y = _mm512_maskz_loadu_ps(m, s + c), y2 = _mm512_maskz_loadu_ps(m, s2 + c);
+    if (b) y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(m, b + c));
+    if (b2) y2 = _mm512_add_ps(y2, _mm512_maskz_loadu_ps(m, b2 + c));
+    const __m512 e = exp512(_mm512_sub_ps(_mm512_setzero_ps(), y));
+    _mm512_mask_storeu_ps(o + c, m, _mm512_mul_ps(_mm512_div_ps(y, _mm512_add_ps(_mm512_set1_ps(1.0f), e)), y2));
+  }
+}
+
+// One thread's share: W rows [n0, n1) in blocks of NB, K in passes of KC, x in tiles of MR rows.
+static void run_share(Job *j, int n0, int n1, float *scratch, float *scratch2) {
+  const int M = j->M, K = j->K, Kp = j->Kp;
+  void (*tile)(const uint16_t *, int, const uint16_t *, int, int, int, int, int, float *) = j->portable ? tile_portable : tile_bf16;
+  float acc[MR * NR];
+  for (int nb = n0; nb < n1; nb += NB) {
+    const int nbEnd = nb + NB < n1 ? nb + NB : n1, width = nbEnd - nb;
+    for (int pass = 0; pass < (j->w2 ? 2 : 1); pass++) {
+      const uint16_t *w = pass ? j->w2 : j->w;
+      float *s = pass ? scratch2 : scratch;  // [M, width]
+      for (int k0 = 0; k0 < Kp; k0 += KC) {
+        const int k1 = k0 + KC < Kp ? k0 + KC : Kp;
+        for (int m = 0; m < M; m += MR) {
+          const int mr = M - m < MR ? M - m : MR;
+          for (int n = nb; n < nbEnd; n += NR) {
+            const int nr = nbEnd - n < NR ? nbEnd - n : NR;
+            tile(j->abf + (size_t)m * Kp, mr, w + (size_t)n * K, K, nr, k0, k1, K, acc);
+            for (int i = 0; i < mr; i++)
+              for (int c = 0; c < nr; c++) {
+                float *d = s + (size_t)(m + i) * width + (n - nb) + c;
+                *d = k0 == 0 ? acc[i * NR + c] : *d + acc[i * NR + c];
+              }
+          }
+        }
+      }
+    }
+    for (int m = 0; m < M; m++) {
+      float *o = j->out + (size_t)m * j->N + nb;
+      const float *s = scratch + (size_t)m * width, *s2 = scratch2 ? scratch2 + (size_t)m * width : NULL;
+      const float rs = j->rowScale ? j->rowScale[m] : 1.0f;
+      if (j->mode == 2 && !j->portable) {
+        silu_gate_avx(o, s, j->bias ? j->bias + nb : NULL, s2, j->bias2 ? j->bias2 + nb : NULL, width);
+        continue;
+      }
+      for (int c = 0; c < width; c++) {
+        float y = s[c] + (j->bias ? j->bias[nb + c] : 0.0f);
+        if (j->mode == 0) o[c] = y;
+        else if (j->mode == 1) o[c] += rs * y;
+        else o[c] = silu(y) * (s2[c] + (j->bias2 ? j->bias2[nb + c] : 0.0f));
+      }
+    }
+  }
+}
+
+typedef struct {
+  Job *job;
+  int t;
+} Arg;
+
+static void *thread_main(void *p) {
+  Arg *arg = (Arg *)p;
+  Job *j = arg->job;
+  const int T = j->threads, t = arg->t;
+  // x to bf16 in tiles, the tiles shared out, then every thread waits for the whole of it.
+  const int tiles = (j->M + MR - 1) / MR;
+  for (int tt = t; tt < tiles; tt += T) {
+    uint16_t *dst = j->abf + (size_t)tt * MR * j->Kp;
+    for (int i = 0; i < MR; i++) {
+      const int m = tt * MR + i;
+      if (m >= j->M) {
+        for (int k = 0; k < j->Kp; k += 32) memset(dst + (size_t)k * MR + i * 32, 0, 64);
+        continue;
+      }
+      to_bf16_row(j->a + (size_t)m * j->K, j->K, j->Kp, dst + i * 32, j->portable);
+    }
+  }
+  pthread_barrier_wait(&j->barrier);
+  // W's rows in T shares, each a multiple of NR rows.
+  const int per = ((j->N + T - 1) / T + NR - 1) / NR * NR;
+  const int n0 = t * per, n1 = n0 + per < j->N ? n0 + per : j->N;
+  if (n0 < n1) {
+    float *scratch = malloc(sizeof(float) * (size_t)j->M * NB * (j->w2 ? 2 : 1));
+    if (!scratch) {
+      j->failed = 1;
+      return NULL;
+    }
+    run_share(j, n0, n1, scratch, j->w2 ? scratch + (size_t)j->M * NB : NULL);
+    free(scratch);
+  }
+  return NULL;
+}
+
+// The whole product, on a thread of its own plus threads - 1 helpers (never libuv's pool, whose threads the
+// next layer's reads hold), then the promise settled on the JavaScript thread.
+static void *driver(void *data) {
+  Job *j = (Job *)data;
+  const int T = j->threads;
+  j->abf = malloc(sizeof(uint16_t) * (size_t)((j->M + MR - 1) / MR * MR) * j->Kp);
+  if (j->abf) {
+    pthread_barrier_init(&j->barrier, NULL, (unsigned)T);
+    pthread_t ids[64];
+    Arg args[64];
+    for (int t = 1; t < T; t++) {
+      args[t] = (Arg){j, t};
+      // A helper that did not start would leave the others at the barrier.
+      if (pthread_create(&ids[t], NULL, thread_main, &args[t]) != 0) abort();
+    }
+    args[0] = (Arg){j, 0};
+    thread_main(&args[0]);
+    for (int t = 1; t < T; t++) pthread_join(ids[t], NULL);
+    pthread_barrier_destroy(&j->barrier);
+    free(j->abf);
+    j->abf = NULL;
+  } else {
+    j->failed = 1;
+  }
+  napi_threadsafe_function done = j->done;  // settle frees the job, maybe before the release
+  napi_call_threadsafe_function(done, j, napi_tsfn_blocking);
+  napi_release_threadsafe_function(done, napi_tsfn_release);
+  return NULL;
+}
+
+static void settle(napi_env env, napi_value js_cb, void *context, void *data) {
+  (void)js_cb;
+  (void)context;
+  Job *j = (Job *)data;
+  if (env) {
+    napi_value undef;
+    napi_get_undefined(env, &undef);
+    if (!j->failed) {
+      napi_resolve_deferred(env, j->deferred, undef);
+    } else {
+      napi_value msg, err;
+      napi_create_string_utf8(env, "bf16 matmul: out of memory", NAPI_AUTO_LENGTH, &msg);
+      napi_create_error(env, NULL, msg, &err);
+      napi_reject_deferred(env, j->deferred, err);
+    }
+    for (int i = 0; i < j->nrefs; i++) napi_delete_reference(env, j->refs[i]);
+  }
+  free(j);
+}
+
+static napi_value fail(napi_env env, const char *msg) {
+  napi_throw_type_error(env, NULL, msg);
+  return NULL;
+}
+
+// A typed array's data and element count, null for JavaScript null/undefined (when allowed); a reference keeps it.
+static int view(napi_env env, Job *j, napi_value v, napi_typedarray_type want, void **data, size_t *length, int optional) {
+  napi_valuetype t;
+  napi_typeof(env, v, &t);
+  if (t == napi_null || t == napi_undefined) {
+    *data = NULL;
+    *length = 0;
+    return optional;
+  }
+  bool is;
+  napi_is_typedarray(env, v, &is);
+  if (!is) return 0;
+  napi_typedarray_type type;
+  napi_value ab;
+  size_t offset;
+  if (napi_get_typedarray_info(env, v, &type, length, data, &ab, &offset) != napi_ok || type != want) return 0;
+  napi_create_reference(env, v, 1, &j->refs[j->nrefs++]);
+  return 1;
+}
+
+static napi_value matmul(napi_env env, napi_callback_info info) {
+  size_t argc = 13;
+  napi_value argv[13];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  if (argc != 13) return fail(env, "matmul: 13 arguments expected");
+  int32_t dims[4], threads, portable;
+  for (int i = 0; i < 4; i++)
+    if (napi_get_value_int32(env, argv[4 + i], &dims[i]) != napi_ok) return fail(env, "matmul: M, N, K and mode must be integers");
+  if (napi_get_value_int32(env, argv[11], &threads) != napi_ok || napi_get_value_int32(env, argv[12], &portable) != napi_ok) return fail(env, "matmul: threads and portable must be integers");
+  const int M = dims[0], N = dims[1], K = dims[2], mode = dims[3];
+  if (M < 1 || N < 1 || K < 1 || mode < 0 || mode > 2) return fail(env, "matmul: M, N, K must be positive and mode 0, 1 or 2");
+  if (threads < 1 || threads > 64) return fail(env, "matmul: threads must be 1..64");
+  Job *j = calloc(1, sizeof(Job));
+  if (!j) return fail(env, "matmul: out of memory");
+  size_t na, nw, nb, no, nrs, nw2, nb2;
+  void *a, *w, *bias, *out, *rs, *w2, *bias2;
+  int ok = view(env, j, argv[0], napi_float32_array, &a, &na, 0) && view(env, j, argv[1], napi_uint16_array, &w, &nw, 0) &&
+           view(env, j, argv[2], napi_float32_array, &bias, &nb, 1) && view(env, j, argv[3], napi_float32_array, &out, &no, 0) &&
+           view(env, j, argv[8], napi_float32_array, &rs, &nrs, 1) && view(env, j, argv[9], napi_uint16_array, &w2, &nw2, 1) &&
+           view(env, j, argv[10], napi_float32_array, &bias2, &nb2, 1);
+  const char *bad = !ok ? "matmul: a, out: Float32Array; w, w2: Uint16Array; bias, bias2, rowScale: Float32Array or null"
+                    : na != (size_t)M * K ? "matmul: a must hold M*K values"
+                    : nw != (size_t)N * K ? "matmul: w must hold N*K values"
+                    : (bias && nb != (size_t)N) ? "matmul: bias must hold N values"
+                    : no != (size_t)M * N ? "matmul: out must hold M*N values"
+                    : (rs && nrs != (size_t)M) ? "matmul: rowScale must hold M values"
+                    : (mode == 2) != (w2 != NULL) ? "matmul: w2 is given exactly when mode is 2"
+                    : (w2 && nw2 != (size_t)N * K) ? "matmul: w2 must hold N*K values"
+                    : (bias2 && nb2 != (size_t)N) ? "matmul: bias2 must hold N values"
+                    : (!portable && !has_bf16()) ? "matmul: this CPU has no AVX512-BF16"
+                    : NULL;
+  if (bad) {
+    for (int i = 0; i < j->nrefs; i++) napi_delete_reference(env, j->refs[i]);
+    free(j);
+    return fail(env, bad);
+  }
+  j->a = a, j->w = w, j->w2 = w2, j->bias = bias, j->bias2 = bias2, j->rowScale = rs, j->out = out;
+  j->M = M, j->N = N, j->K = K, j->Kp = (K + 31) / 32 * 32, j->mode = mode, j->threads = threads, j->portable = portable;
+  napi_value promise, name;
+  napi_create_promise(env, &j->deferred, &promise);
+  napi_create_string_utf8(env, "bf16-matmul", NAPI_AUTO_LENGTH, &name);
+  if (napi_create_threadsafe_function(env, NULL, NULL, name, 0, 1, NULL, NULL, NULL, settle, &j->done) != napi_ok) abort();
+  pthread_t id;
+  pthread_attr_t attr;
+  pthread_attr_init(&attr);
+  pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+  if (pthread_create(&id, &attr, driver, j) != 0) abort();
+  pthread_attr_destroy(&attr);
+  return promise;
+}
+
+// rmsnorm(x, w, eps, out): each row of x [rows, H] over its root mean square (summed in float64), times w [H].
+// Synchronous: a few milliseconds for a pack.
+static napi_value rmsnorm(napi_env env, napi_callback_info info) {
+  size_t argc = 4;
+  napi_value argv[4];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  Job scratch = {0};  // view() keeps references: none are wanted for a synchronous call
+  void *x, *w, *out;
+  size_t nx, nw, no;
+  double eps;
+  int ok = argc == 4 && view(env, &scratch, argv[0], napi_float32_array, &x, &nx, 0) && view(env, &scratch, argv[1], napi_float32_array, &w, &nw, 0) &&
+           napi_get_value_double(env, argv[2], &eps) == napi_ok && view(env, &scratch, argv[3], napi_float32_array, &out, &no, 0);
+  for (int i = 0; i < scratch.nrefs; i++) napi_delete_reference(env, scratch.refs[i]);
+  if (!ok || nw == 0 || nx % nw != 0 || no != nx) return fail(env, "rmsnorm: x [rows, H], w [H], eps, out [rows, H] expected");
+  const float *xs = x, *ws = w;
+  float *os = out;
+  for (size_t r = 0; r < nx / nw; r++) {
+    const float *row = xs + r * nw;
+    double ss = 0;
+    for (size_t k = 0; k < nw; k++) ss += (double)row[k] * row[k];
+    const float inv = (float)(1.0 / sqrt(ss / (double)nw + eps));
+    for (size_t k = 0; k < nw; k++) os[r * nw + k] = row[k] * inv * ws[k];
+  }
+  return NULL;
+}
+
+static napi_value supported(napi_env env, napi_callback_info info) {
+  (void)info;
+  napi_value v;
+  napi_get_boolean(env, has_bf16(), &v);
+  return v;
+}
+
+NAPI_MODULE_INIT(/* napi_env env, napi_value exports */) {
+  napi_value f;
+  napi_create_function(env, "matmul", NAPI_AUTO_LENGTH, matmul, NULL, &f);
+  napi_set_named_property(env, exports, "matmul", f);
+  napi_create_function(env, "rmsnorm", NAPI_AUTO_LENGTH, rmsnorm, NULL, &f);
+  napi_set_named_property(env, exports, "rmsnorm", f);
+  napi_create_function(env, "supported", NAPI_AUTO_LENGTH, supported, NULL, &f);
+  napi_set_named_property(env, exports, "supported", f);
+  return exports;
+}

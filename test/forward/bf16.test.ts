@@ -1,0 +1,175 @@
+/**
+ * forwardPrecision bf16: the projections in native/bf16-matmul.c (AVX512-BF16, or its portable twin), the
+ * attention in onnxruntime; opt-in, cached apart from the exact states.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { computeAllHiddenStates, computePromptStates, bf16Unavailable, usePortableBf16 } from '../../libs/forward';
+import { bf16Matmul, MATMUL_MODE, whyBf16Unavailable } from '../../libs/forward/bf16';
+import { normalize } from '../../libs/gates';
+import { readRecipe } from '../../libs/recipe/parse';
+import { runFetch } from '../../libs/stages/fetch';
+import { runEmbedPrompts } from '../../libs/stages/embed-prompts';
+import { promptStateKey } from '../../libs/prompt-cache';
+import { describeError } from '../../libs/errors';
+import { maxAbsDiff } from '../helpers/forward-reference';
+import { FIXTURES, openReference } from '../helpers/forward-fixtures';
+import { TINY, tempDir } from '../helpers/tmp';
+
+const PROMPTS = [[0, 42, 506, 359, 81, 393, 7, 7, 12], [0, 9], [0, 300, 301, 17, 18], [5]];
+const CPU_HAS_BF16 = bf16Unavailable() === null;
+/** Each kernel this machine can run: the portable one always, the AVX512-BF16 one where the CPU has it. */
+const KERNELS: { name: string; portable: boolean }[] = [{ name: 'portable', portable: true }, ...(CPU_HAS_BF16 ? [{ name: 'AVX512-BF16', portable: false }] : [])];
+
+async function withKernel<T>(portable: boolean, f: () => Promise<T>): Promise<T> {
+  usePortableBf16(portable);
+  try {
+    return await f();
+  } finally {
+    usePortableBf16(false);
+  }
+}
+
+/** Round to nearest even at bf16, as the kernel rounds x. */
+function bf16(v: number): number {
+  const u = new Uint32Array(new Float32Array([v]).buffer)[0]!;
+  const r = ((u + 0x7fff + ((u >>> 16) & 1)) >>> 16) << 16;
+  return new Float32Array(new Uint32Array([r]).buffer)[0]!;
+}
+const bits = (v: number) => new Uint32Array(new Float32Array([v]).buffer)[0]! >>> 16;
+
+let seed = 99;
+const rand = () => ((seed = (seed * 1103515245 + 12345) % 2147483648) / 2147483648) - 0.5;
+
+test('bf16Matmul: every mode against float64 sums of the bf16-rounded products, on shapes off every tile and block edge', async () => {
+  for (const { name, portable } of KERNELS) {
+    // M off the 6-row tile, N off the 4-row tile and the 64-row block, K off 32 and past one 2048 pass.
+    for (const [M, N, K] of [[1, 3, 5], [7, 70, 33], [13, 130, 2100], [6, 4, 64]] as const) {
+      for (const mode of [MATMUL_MODE.store, MATMUL_MODE.addScaled, MATMUL_MODE.siluGate]) {
+        const a = Float32Array.from({ length: M * K }, rand);
+        const wf = Array.from({ length: N * K }, () => bf16(rand()));
+        const w2f = Array.from({ length: N * K }, () => bf16(rand()));
+        const w = Uint16Array.from(wf, bits), w2 = Uint16Array.from(w2f, bits);
+        const bias = Float32Array.from({ length: N }, rand), rowScale = Float32Array.from({ length: M }, rand);
+        const out = Float32Array.from({ length: M * N }, rand);
+        const before = out.slice();
+        await withKernel(portable, () =>
+          bf16Matmul(a, w, bias, out, M, N, K, mode === MATMUL_MODE.siluGate ? { mode, w2, bias2: bias } : mode === MATMUL_MODE.addScaled ? { mode, rowScale } : { mode }),
+        );
+        let worst = 0;
+        for (let m = 0; m < M; m++) {
+          for (let n = 0; n < N; n++) {
+            let y = bias[n]!, y2 = bias[n]!;
+            for (let k = 0; k < K; k++) {
+              const x = bf16(a[m * K + k]!);
+              y += x * wf[n * K + k]!;
+              y2 += x * w2f[n * K + k]!;
+            }
+            const want = mode === MATMUL_MODE.store ? y : mode === MATMUL_MODE.addScaled ? before[m * N + n]! + rowScale[m]! * y : (y / (1 + Math.exp(-y))) * y2;
+            worst = Math.max(worst, Math.abs(out[m * N + n]! - want) / (1 + Math.abs(want)));
+          }
+        }
+        assert.ok(worst < 2e-5, `${name} ${M}x${N}x${K} mode ${mode}: ${worst}`);
+      }
+    }
+  }
+});
+
+test('bf16Matmul: arrays of the wrong length or type are refused naming the argument', async () => {
+  const a = new Float32Array(6), w = new Uint16Array(6), out = new Float32Array(4);
+  await withKernel(true, async () => {
+    assert.throws(() => bf16Matmul(a, new Uint16Array(5), null, out, 2, 2, 3), /^TypeError: matmul: w must hold N\*K values$/);
+    assert.throws(() => bf16Matmul(a, w, new Float32Array(3), out, 2, 2, 3), /^TypeError: matmul: bias must hold N values$/);
+    assert.throws(() => bf16Matmul(a, w, null, new Float32Array(3), 2, 2, 3), /^TypeError: matmul: out must hold M\*N values$/);
+    assert.throws(() => bf16Matmul(a, w, null, out, 2, 2, 3, { mode: MATMUL_MODE.siluGate }), /^TypeError: matmul: w2 is given exactly when mode is 2$/);
+    assert.throws(() => bf16Matmul(a, new Float32Array(6) as unknown as Uint16Array, null, out, 2, 2, 3), /^TypeError: matmul: a, out: Float32Array; w, w2: Uint16Array/);
+  });
+});
+
+test('bf16 unavailable: the reason names what is missing (no module built, no AVX512-BF16)', () => {
+  assert.match(whyBf16Unavailable(null, false) ?? '', /^the bf16 kernels were not built \(build\/bf16-matmul\.node is missing/);
+  assert.match(whyBf16Unavailable({ supported: () => false }, false) ?? '', /^this CPU has no AVX512-BF16 instructions/);
+  assert.equal(whyBf16Unavailable({ supported: () => false }, true), null, 'the portable kernel runs anywhere');
+});
+
+test('bf16 states: within 2% of the largest fp32 state per layer and normalised gate rows within 3e-3 (the reference tool\'s own tolerance), with each kernel', async () => {
+  const exact = await computeAllHiddenStates(TINY('a'), PROMPTS);
+  const gatesExact = await computePromptStates(TINY('a'), PROMPTS);
+  for (const { name, portable } of KERNELS) {
+    const b = await withKernel(portable, () => computeAllHiddenStates(TINY('a'), PROMPTS, { precision: 'bf16' }));
+    let changed = 0;
+    for (let p = 0; p < PROMPTS.length; p++) {
+      for (let e = 0; e < exact[p]!.length; e++) {
+        const d = maxAbsDiff(exact[p]![e]!, b[p]![e]!);
+        changed += d;
+        const scale = exact[p]![e]!.reduce((m, x) => Math.max(m, Math.abs(x)), 0);
+        assert.ok(d <= 0.02 * scale, `${name} prompt ${p} entry ${e}: ${d} against largest ${scale}`);
+      }
+    }
+    assert.ok(changed > 0, `${name}: bf16 ran (its states are not the exact ones)`);
+    const gates = await withKernel(portable, () => computePromptStates(TINY('a'), PROMPTS, { precision: 'bf16' }));
+    for (let p = 0; p < PROMPTS.length; p++) {
+      for (let l = 0; l < gates[p]!.length; l++) {
+        for (const pick of ['last', 'sum'] as const) {
+          const d = maxAbsDiff(normalize(Float64Array.from(gatesExact[p]![l]![pick])), normalize(Float64Array.from(gates[p]![l]![pick])));
+          assert.ok(d <= 3e-3, `${name} prompt ${p} layer ${l} ${pick}: ${d}`);
+        }
+      }
+    }
+  }
+});
+
+test('bf16 states: a prompt gives the same states alone as packed with others (the kernel splits rows, never sums)', async () => {
+  for (const { name, portable } of KERNELS) {
+    const packed = await withKernel(portable, () => computeAllHiddenStates(TINY('a'), PROMPTS, { precision: 'bf16' }));
+    for (const i of [0, 3]) {
+      const alone = await withKernel(portable, () => computeAllHiddenStates(TINY('a'), [PROMPTS[i]!], { precision: 'bf16' }));
+      for (let e = 0; e < alone[0]!.length; e++) assert.deepEqual(alone[0]![e], packed[i]![e], `${name} prompt ${i} entry ${e}`);
+    }
+  }
+});
+
+test('forwardPrecision bf16: its prompt states are cached apart from fp32 and int8 ones', async () => {
+  assert.notEqual(promptStateKey('b', 't', 'x', 3, 'bf16'), promptStateKey('b', 't', 'x', 3));
+  assert.notEqual(promptStateKey('b', 't', 'x', 3, 'bf16'), promptStateKey('b', 't', 'x', 3, 'int8'));
+  const ws = tempDir();
+  const recipeFile = join(ws, 'moe.yml');
+  writeFileSync(recipeFile, `base_model: ${TINY('a')}\ngate_mode: hidden\nexperts:\n  - source_model: ${TINY('a')}\n    positive_prompts: ["How do I merge two models?"]\n  - source_model: ${TINY('b')}\n    positive_prompts: ["Once upon a time"]\n`);
+  const cacheDir = join(ws, '.moe-cache');
+  const { merge } = await runFetch(await readRecipe(recipeFile), join(ws, 'fetch'), { cacheDir, modelBaseDir: ws, root: ws });
+  const run = (forwardPrecision: 'fp32' | 'bf16') => withKernel(true, () => runEmbedPrompts(merge, join(ws, `embed-${forwardPrecision}`), { cacheDir, forwardPrecision }));
+  assert.equal((await run('fp32')).computed, 2);
+  const first = await run('bf16');
+  assert.deepEqual([first.computed, first.fromCache], [2, 0], 'the fp32 entries do not answer bf16');
+  assert.equal((await run('bf16')).fromCache, 2);
+});
+
+test('forwardPrecision bf16 where this machine cannot run it: refused naming the option and the reason', { skip: CPU_HAS_BF16 ? 'this CPU has AVX512-BF16' : false }, async () => {
+  await assert.rejects(computePromptStates(TINY('a'), PROMPTS, { precision: 'bf16' }), (e) => /^field forward_precision: forward precision bf16: this CPU has no AVX512-BF16/.test(describeError(e)));
+});
+
+for (const family of ['mistral', 'qwen2', 'qwen3', 'llama3-rope', 'llama-fp16']) {
+  test(`bf16 states, ${family}: every layer within 2% of the largest of transformers' float32 states (biases, q/k norms, RoPE scaling, fp16 weights)`, async () => {
+    const dir = join(FIXTURES, 'families', family);
+    const model = join(dir, 'model');
+    const ref = await openReference(join(dir, 'reference.safetensors'));
+    const json = JSON.parse(readFileSync(join(dir, 'reference.json'), 'utf8')) as { token_ids: number[][] };
+    const ids = json.token_ids.slice(0, 3);
+    for (const { name, portable } of KERNELS) {
+      const states = await withKernel(portable, () => computeAllHiddenStates(model, ids, { precision: 'bf16' }));
+      const H = 64;
+      for (let i = 0; i < ids.length; i++) {
+        const want = await ref.f32(`p${i}.hidden_states`);
+        const [E, T] = ref.shape(`p${i}.hidden_states`) as [number, number, number];
+        for (let e = 0; e < E; e++) {
+          const w = want.subarray(e * T * H, (e + 1) * T * H);
+          const scale = w.reduce((m, x) => Math.max(m, Math.abs(x)), 0);
+          const d = maxAbsDiff(states[i]![e]!, w);
+          assert.ok(d <= 0.02 * scale, `${name} prompt ${i} entry ${e}: ${d} against largest ${scale}`);
+        }
+      }
+    }
+  });
+}
