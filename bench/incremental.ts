@@ -97,7 +97,7 @@ function underTime(command: string, args: string[], env: NodeJS.ProcessEnv, fail
 
 /** `mergekit-moe` under GNU time: wall seconds and the peak RSS of the largest process (the forward child included). */
 function cli(recipeFile: string, out: string, cacheDir: string, env: NodeJS.ProcessEnv = {}): Promise<{ seconds: number; peakRssKiB: number; stderr: string }> {
-  const args = [join(ROOT, 'bin', 'mergekit-moe.js'), recipeFile, out, '--i-understand-this-is-not-useful-without-training'];
+  const args = [join(ROOT, 'bin', 'mergekit-moe.js'), recipeFile, out, '--i-understand-this-is-not-useful-without-training', ...cliArgs];
   return underTime(process.execPath, args, { ...process.env, MOE_FORGE_CACHE: cacheDir, CI: 'true', ...env }, (code, stderr) => `mergekit-moe failed (${code}):\n${stderr}`);
 }
 
@@ -211,7 +211,11 @@ export interface ReferenceResult {
 const EDITS = 5;
 const EDIT_PAUSE_MS = 3000;
 
-export async function benchIncremental(tmp: string, size: string, log: (s: string) => void) {
+/** Options every `mergekit-moe` command of the section gets (the bench's --forward-precision). */
+let cliArgs: string[] = [];
+
+export async function benchIncremental(tmp: string, size: string, log: (s: string) => void, extraArgs: string[] = []) {
+  cliArgs = extraArgs;
   const spec = SIZES[size];
   if (!spec) throw new Error(`unknown size ${size} (known: ${Object.keys(SIZES).join(', ')})`);
   const experts = SIZE_EXPERTS[size] ?? 4;
@@ -334,7 +338,7 @@ export async function benchIncremental(tmp: string, size: string, log: (s: strin
  * timed from the save to the build's result line; the watching process's peak RSS (VmHWM) after the last.
  */
 async function watchedEdits(recipeFile: string, out: string, cacheDir: string, save: (i: number) => Promise<void>): Promise<{ seconds: number[]; peakRssKiB: number }> {
-  const args = [join(ROOT, 'bin', 'mergekit-moe.js'), recipeFile, out, '--watch', '--i-understand-this-is-not-useful-without-training'];
+  const args = [join(ROOT, 'bin', 'mergekit-moe.js'), recipeFile, out, '--watch', '--i-understand-this-is-not-useful-without-training', ...cliArgs];
   const child = spawn(process.execPath, args, { env: { ...process.env, MOE_FORGE_CACHE: cacheDir, CI: 'true' }, stdio: ['ignore', 'pipe', 'pipe'] });
   let stderr = '';
   child.stderr!.on('data', (b) => (stderr = (stderr + b).slice(-20000)));

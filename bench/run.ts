@@ -395,12 +395,12 @@ function forwardRows(section: string, f: Record<string, number>): void {
   row({ section, measure: 'forward fixed cost per layer (1-token prompt), s', value: f.fixedSecondsPerLayer!, unit: 's', baseline: null, baselineLabel: `layer weights ${f.layerWeightsF32MiB} MiB as f32`, goal: '≤ 0.1 s', met: f.fixedSecondsPerLayer! <= 0.1 });
 }
 
-async function benchIncrementalSection(tmp: string, size: string): Promise<void> {
-  const r = await benchIncremental(tmp, size, log);
+async function benchIncrementalSection(tmp: string, size: string, precision: string | null): Promise<void> {
+  const r = await benchIncremental(tmp, size, log, precision ? ['--forward-precision', precision] : []);
   const [cold, plus, noise, swap, noop] = r.steps as [StepResult, StepResult, StepResult, StepResult, StepResult];
   const copyS = (bytes: number) => (bytes * r.copy.seconds) / r.copy.bytes;
   const f = r.forward as Record<string, number>;
-  const s = `incremental-${size}`;
+  const s = `incremental-${size}${precision ? `-${precision}` : ''}`;
   const coldFloor = f.gemmBaselineSeconds! + copyS(cold.outputBytes);
   row({ section: s, measure: `cold build (${(cold.outputBytes / 1e9).toFixed(2)} GB), s`, value: cold.seconds, unit: 's', baseline: coldFloor, baselineLabel: `forward at Gemm rate ${f.gemmBaselineSeconds!.toFixed(1)} s + stream copy ${copyS(cold.outputBytes).toFixed(1)} s`, goal: '≤ 1.3', met: cold.seconds <= 1.3 * coldFloor });
   // Recipes name models by Hub id more often than by folder: once downloaded, a first build is as quick.
@@ -519,6 +519,10 @@ async function main(): Promise<void> {
   const sizes = sizeAt >= 0 ? (argv[sizeAt + 1] ?? '').split(',').filter(Boolean) : [];
   if (sizeAt >= 0 && (sizes.length === 0 || sizes.some((x) => !SIZES[x]))) throw new Error(`--size must be one or more of ${Object.keys(SIZES).join(', ')}, separated by commas`);
   const size = sizes[0] ?? null;
+  // --forward-precision P: the incremental section's commands run with it (its own section name and file).
+  const precisionAt = argv.indexOf('--forward-precision');
+  const precision = precisionAt >= 0 ? argv[precisionAt + 1] ?? null : null;
+  if (precisionAt >= 0 && !['fp32', 'int8', 'bf16'].includes(precision ?? '')) throw new Error('--forward-precision must be fp32, int8 or bf16');
   const chosen = argv.filter((a) => all.includes(a));
   // --size runs the incremental section at that size, plus the write section (the casts' rates).
   const sections = chosen.length ? chosen : size ? ['incremental', 'write'] : argv.includes('machine') ? [] : ['rng', 'forward', 'write', 'nx', 'many'];
@@ -544,7 +548,7 @@ async function main(): Promise<void> {
       if (s === 'write') await benchWrite(tmp);
       if (s === 'nx') await benchNx(tmp);
       if (s === 'many') await benchMany(tmp);
-      if (s === 'incremental') for (const z of sizes.length ? sizes : ['small']) await benchIncrementalSection(tmp, z);
+      if (s === 'incremental') for (const z of sizes.length ? sizes : ['small']) await benchIncrementalSection(tmp, z, precision);
       if (s === 'gguf') await benchGgufSection(tmp, size);
       if (s === 'gguf-merge') await benchGgufMergeSection(tmp, size ?? 'small');
       if (s === 'report') await benchReportSection(tmp, size ?? 'small');
