@@ -5,7 +5,7 @@
 //
 // One call: matmul(a, w, bias, out, M, N, K, mode, rowScale, w2, bias2, threads, portable) -> Promise<void>
 //   mode 0: out = y;  mode 1: out += rowScale[m] * y (rowScale null: 1);  mode 2: out = silu(y) * y2, y2 from w2.
-// The work runs off the JavaScript thread on `threads` threads of its own, each a share of W's rows.
+// The work runs off the JavaScript thread on `threads` threads of a pool kept for the process, each a share of W's rows.
 #include <node_api.h>
 #include <pthread.h>
 #include <stdint.h>
@@ -13,13 +13,17 @@
 #include <string.h>
 #include <math.h>
 #include <immintrin.h>
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #define MR 6     // rows of x per tile
 #define NR 4     // rows of W per tile
 #define KC 2048  // bf16 values of a row per pass (4 KiB): a tile's x rows stay in L1
 #define NB 64    // rows of W per block (NB * KC * 2 = 256 KiB): the block stays in L2
 
-typedef struct {
+typedef struct Job {
   const float *a;
   const uint16_t *w, *w2;
   const float *bias, *bias2, *rowScale;
@@ -29,6 +33,7 @@ typedef struct {
   pthread_barrier_t barrier;
   napi_deferred deferred;
   napi_threadsafe_function done;  // resolves the promise on the JavaScript thread
+  struct Job *next;  // the pool's queue
   napi_ref refs[7];
   int nrefs;
   int failed;
@@ -56,7 +61,8 @@ __attribute__((target("avx512f,avx512bw,avx512bf16"))) static void tile_bf16(con
   __m512 c[MR][NR];
   for (int i = 0; i < MR; i++)
     for (int j = 0; j < NR; j++) c[i][j] = _mm512_setzero_ps();
-  if (mr == MR && nr == NR) {
+  (void)mr;  // rows past M are zeros in x's tiles: the full kernel runs, its extra sums unused
+  if (nr == NR) {
     int k = k0;
     for (; k + 32 <= k1 && k + 32 <= kEnd; k += 32) {
       __m512bh b0 = (__m512bh)_mm512_loadu_si512(w + k), b1 = (__m512bh)_mm512_loadu_si512(w + ws + k);
@@ -84,11 +90,11 @@ __attribute__((target("avx512f,avx512bw,avx512bf16"))) static void tile_bf16(con
       __mmask32 m = kEnd - k >= 32 ? (__mmask32)0xffffffffu : (__mmask32)((1ull << (kEnd - k)) - 1);
       for (int j = 0; j < nr; j++) {
         __m512bh bj = (__m512bh)_mm512_maskz_loadu_epi16(m, w + j * ws + k);
-        for (int i = 0; i < mr; i++) c[i][j] = _mm512_dpbf16_ps(c[i][j], (__m512bh)_mm512_loadu_si512(x + k * MR + i * 32), bj);
+        for (int i = 0; i < MR; i++) c[i][j] = _mm512_dpbf16_ps(c[i][j], (__m512bh)_mm512_loadu_si512(x + k * MR + i * 32), bj);
       }
     }
   }
-  for (int i = 0; i < mr; i++)
+  for (int i = 0; i < MR; i++)
     for (int j = 0; j < nr; j++) acc[i * NR + j] = _mm512_reduce_add_ps(c[i][j]);
 }
 
@@ -208,15 +214,9 @@ static void run_share(Job *j, int n0, int n1, float *scratch, float *scratch2) {
   }
 }
 
-typedef struct {
-  Job *job;
-  int t;
-} Arg;
-
-static void *thread_main(void *p) {
-  Arg *arg = (Arg *)p;
-  Job *j = arg->job;
-  const int T = j->threads, t = arg->t;
+// Thread t's part of a job: its tiles of x to bf16, then (once every thread has converted) its share of W's rows.
+static void thread_part(Job *j, int t) {
+  const int T = j->threads;
   // x to bf16 in tiles, the tiles shared out, then every thread waits for the whole of it.
   const int tiles = (j->M + MR - 1) / MR;
   for (int tt = t; tt < tiles; tt += T) {
@@ -238,42 +238,93 @@ static void *thread_main(void *p) {
     float *scratch = malloc(sizeof(float) * (size_t)j->M * NB * (j->w2 ? 2 : 1));
     if (!scratch) {
       j->failed = 1;
-      return NULL;
+      return;
     }
     run_share(j, n0, n1, scratch, j->w2 ? scratch + (size_t)j->M * NB : NULL);
     free(scratch);
   }
+}
+
+// A pool of threads made once (per process) and kept: threads made for each product start beside their maker and
+// the scheduler took milliseconds to spread them over the cores, halving small products. Jobs queue and run one at
+// a time, each on its `threads` first pool threads (the pool grows to the most asked); the thread that finishes a
+// job's last part settles its promise on the JavaScript thread.
+#define POOL_MAX 64
+static struct {
+  pthread_mutex_t mu;
+  pthread_cond_t wake;
+  int size;
+  Job *head, *tail;  // queued jobs; head runs
+  unsigned long seq;  // head's number: a thread runs each job once
+  int parts_done;
+} pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, NULL, NULL, 1, 0};  // seq from 1: a new thread has run job 0
+
+static void job_done(Job *j);
+
+static void *pool_thread(void *arg) {
+  const int t = (int)(intptr_t)arg;
+  unsigned long ran = 0;
+  pthread_mutex_lock(&pool.mu);
+  for (;;) {
+    while (!pool.head || pool.seq == ran) pthread_cond_wait(&pool.wake, &pool.mu);
+    Job *j = pool.head;
+    ran = pool.seq;
+    pthread_mutex_unlock(&pool.mu);
+    if (t < j->threads && j->abf) thread_part(j, t);
+    pthread_mutex_lock(&pool.mu);
+    if (++pool.parts_done == pool.size) {
+      // Every pool thread has seen this job: the next one starts.
+      pool.head = j->next;
+      if (!pool.head) pool.tail = NULL;
+      pool.parts_done = 0;
+      pool.seq++;
+      pthread_cond_broadcast(&pool.wake);
+      pthread_mutex_unlock(&pool.mu);
+      job_done(j);
+      pthread_mutex_lock(&pool.mu);
+    }
+  }
   return NULL;
 }
 
-// The whole product, on a thread of its own plus threads - 1 helpers (never libuv's pool, whose threads the
-// next layer's reads hold), then the promise settled on the JavaScript thread.
-static void *driver(void *data) {
-  Job *j = (Job *)data;
-  const int T = j->threads;
+// Queues a job (its x buffer allocated here; the pool made or grown first).
+static int pool_submit(Job *j) {
   j->abf = malloc(sizeof(uint16_t) * (size_t)((j->M + MR - 1) / MR * MR) * j->Kp);
-  if (j->abf) {
-    pthread_barrier_init(&j->barrier, NULL, (unsigned)T);
-    pthread_t ids[64];
-    Arg args[64];
-    for (int t = 1; t < T; t++) {
-      args[t] = (Arg){j, t};
-      // A helper that did not start would leave the others at the barrier.
-      if (pthread_create(&ids[t], NULL, thread_main, &args[t]) != 0) abort();
+  if (!j->abf) j->failed = 1;
+  else pthread_barrier_init(&j->barrier, NULL, (unsigned)j->threads);
+  pthread_mutex_lock(&pool.mu);
+  while (pool.size < j->threads) {
+    pthread_t id;
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    // A new thread must not run the job at the head that the others already counted: it waits for the next one.
+    int ok = pthread_create(&id, &attr, pool_thread, (void *)(intptr_t)pool.size) == 0;
+    pthread_attr_destroy(&attr);
+    if (!ok) {
+      pthread_mutex_unlock(&pool.mu);
+      return 0;
     }
-    args[0] = (Arg){j, 0};
-    thread_main(&args[0]);
-    for (int t = 1; t < T; t++) pthread_join(ids[t], NULL);
+    pool.size++;
+  }
+  j->next = NULL;
+  if (pool.tail) pool.tail->next = j;
+  else pool.head = j;
+  pool.tail = j;
+  pthread_cond_broadcast(&pool.wake);
+  pthread_mutex_unlock(&pool.mu);
+  return 1;
+}
+
+static void job_done(Job *j) {
+  if (j->abf) {
     pthread_barrier_destroy(&j->barrier);
     free(j->abf);
     j->abf = NULL;
-  } else {
-    j->failed = 1;
   }
   napi_threadsafe_function done = j->done;  // settle frees the job, maybe before the release
   napi_call_threadsafe_function(done, j, napi_tsfn_blocking);
   napi_release_threadsafe_function(done, napi_tsfn_release);
-  return NULL;
 }
 
 static void settle(napi_env env, napi_value js_cb, void *context, void *data) {
@@ -363,12 +414,7 @@ static napi_value matmul(napi_env env, napi_callback_info info) {
   napi_create_promise(env, &j->deferred, &promise);
   napi_create_string_utf8(env, "bf16-matmul", NAPI_AUTO_LENGTH, &name);
   if (napi_create_threadsafe_function(env, NULL, NULL, name, 0, 1, NULL, NULL, NULL, settle, &j->done) != napi_ok) abort();
-  pthread_t id;
-  pthread_attr_t attr;
-  pthread_attr_init(&attr);
-  pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-  if (pthread_create(&id, &attr, driver, j) != 0) abort();
-  pthread_attr_destroy(&attr);
+  if (!pool_submit(j)) abort();  // no thread could be made: nothing would settle the promise
   return promise;
 }
 
@@ -398,6 +444,61 @@ static napi_value rmsnorm(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+// map(path) -> ArrayBuffer: the whole file mapped read-only and shared, so the bf16 pass multiplies the weights
+// where the page cache holds them (no copy into fresh memory, which a VM faults in at about 1 GB/s). Unmapped
+// when the ArrayBuffer is collected. A file cut short while mapped would fault (SIGBUS), as with safetensors'
+// own mmap; the pass checks every tensor's range against the size mapped.
+static void unmap(napi_env env, void *data, void *hint) {
+  (void)env;
+  munmap(data, (size_t)hint);
+}
+
+static napi_value map_file(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  char path[4096];
+  size_t len;
+  if (argc != 1 || napi_get_value_string_utf8(env, argv[0], path, sizeof path, &len) != napi_ok || len >= sizeof path - 1) return fail(env, "map: a file path expected");
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return fail(env, "map: cannot open the file");
+  struct stat st;
+  if (fstat(fd, &st) != 0 || st.st_size <= 0) {
+    close(fd);
+    return fail(env, "map: the file is empty or cannot be read");
+  }
+  void *p = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_SHARED, fd, 0);
+  close(fd);
+  if (p == MAP_FAILED) return fail(env, "map: mmap failed");
+  napi_value ab;
+  if (napi_create_external_arraybuffer(env, p, (size_t)st.st_size, unmap, (void *)(size_t)st.st_size, &ab) != napi_ok) {
+    munmap(p, (size_t)st.st_size);
+    return fail(env, "map: external ArrayBuffers are not supported here");
+  }
+  return ab;
+}
+
+// advise(buffer, offset, length, willNeed): madvise WILLNEED (read ahead now, in the background) or DONTNEED (drop
+// this process's pages of the range; the page cache keeps them) on a mapped range.
+static napi_value advise(napi_env env, napi_callback_info info) {
+  size_t argc = 4;
+  napi_value argv[4];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  void *data;
+  size_t size;
+  double off, n;
+  bool will;
+  if (argc != 4 || napi_get_arraybuffer_info(env, argv[0], &data, &size) != napi_ok || napi_get_value_double(env, argv[1], &off) != napi_ok ||
+      napi_get_value_double(env, argv[2], &n) != napi_ok || napi_get_value_bool(env, argv[3], &will) != napi_ok || off < 0 || n < 0 || off + n > (double)size)
+    return fail(env, "advise: a mapped ArrayBuffer, an offset and length inside it, and a boolean expected");
+  const size_t page = (size_t)sysconf(_SC_PAGESIZE);
+  uintptr_t from = (uintptr_t)data + (size_t)off, to = from + (size_t)n;
+  // DONTNEED only on whole pages inside the range (a page shared with a neighbour stays); WILLNEED on every page.
+  uintptr_t a = will ? from / page * page : (from + page - 1) / page * page, b = will ? to : to / page * page;
+  if (b > a) madvise((void *)a, b - a, will ? MADV_WILLNEED : MADV_DONTNEED);
+  return NULL;
+}
+
 static napi_value supported(napi_env env, napi_callback_info info) {
   (void)info;
   napi_value v;
@@ -411,6 +512,10 @@ NAPI_MODULE_INIT(/* napi_env env, napi_value exports */) {
   napi_set_named_property(env, exports, "matmul", f);
   napi_create_function(env, "rmsnorm", NAPI_AUTO_LENGTH, rmsnorm, NULL, &f);
   napi_set_named_property(env, exports, "rmsnorm", f);
+  napi_create_function(env, "map", NAPI_AUTO_LENGTH, map_file, NULL, &f);
+  napi_set_named_property(env, exports, "map", f);
+  napi_create_function(env, "advise", NAPI_AUTO_LENGTH, advise, NULL, &f);
+  napi_set_named_property(env, exports, "advise", f);
   napi_create_function(env, "supported", NAPI_AUTO_LENGTH, supported, NULL, &f);
   napi_set_named_property(env, exports, "supported", f);
   return exports;

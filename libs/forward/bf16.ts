@@ -18,6 +18,8 @@ interface Native {
     mode: number, rowScale: Float32Array | null, w2: Uint16Array | null, bias2: Float32Array | null, threads: number, portable: number,
   ): Promise<void>;
   rmsnorm(x: Float32Array, w: Float32Array, eps: number, out: Float32Array): void;
+  map(path: string): ArrayBuffer;
+  advise(buffer: ArrayBuffer, offset: number, length: number, willNeed: boolean): void;
   supported(): boolean;
 }
 
@@ -83,34 +85,80 @@ export interface Bf16Layer {
 const PROJECTIONS = new Set(['q', 'k', 'v', 'o', 'gate', 'up', 'down']);
 
 /**
- * Buffers a pass reads layers into, one per role, reused from layer to layer: fresh memory for each layer (0.4 GB
- * at 7B) is faulted in page by page while the layer before runs, which slowed its products by half.
+ * Where a bf16 pass takes its layers' weights from: each model file mapped (read-only, shared), so the projections
+ * are multiplied where the page cache holds them, with no copy into fresh memory (which a VM faults in at about
+ * 1 GB/s: the first two layers' buffers cost 0.2 s each at TinyLlama's shape). The next layer is read ahead by the
+ * kernel (WILLNEED) while one runs, and a layer's pages leave this process once it ran (DONTNEED; they stay in the
+ * page cache), so a pass holds about two layers. A file that cannot be mapped is read into buffers instead.
  */
-export type Bf16Buffers = Map<string, Buffer>;
+export class Bf16Weights {
+  private readonly maps = new Map<string, ArrayBuffer | null>();
+  /** Read fallback: buffers per role, two sets (layer l reads into l % 2 while l - 1 runs). */
+  private readonly buffers: Map<string, Buffer>[] = [new Map(), new Map()];
 
-/** Reads a layer's tensors: bf16 projections as stored (F32 and F16 ones rounded to bf16), the rest widened. */
-export async function loadBf16Layer(tensors: Map<string, LayerTensor>, buffers: Bf16Buffers = new Map()): Promise<Bf16Layer> {
-  const proj = new Map<string, Uint16Array>(), floats = new Map<string, Float32Array>();
-  await Promise.all(
-    [...tensors.values()].map(async (t) => {
-      const reuse = PROJECTIONS.has(t.role) && t.loc.dtype === 'BF16';
-      let into = reuse ? buffers.get(t.role) : undefined;
-      // Its own ArrayBuffer, 2-aligned (a pooled Buffer may start at an odd offset).
-      if (!into || into.length < t.loc.byteLength) {
-        into = Buffer.from(new ArrayBuffer(t.loc.byteLength));
-        if (reuse) buffers.set(t.role, into);
+  /** `map: false` reads every file (tests: the fallback gives the mapping's values). */
+  constructor(private readonly map = true) {}
+
+  private mapped(file: string): ArrayBuffer | null {
+    let m = this.maps.get(file);
+    if (m === undefined) {
+      if (!this.map) return null;
+      try {
+        m = loadNative()!.map(file);
+      } catch {
+        m = null;
       }
-      const bytes = into.subarray(0, t.loc.byteLength);
-      await readInto(t.loc, bytes);
-      if (PROJECTIONS.has(t.role)) {
-        const b = t.loc.dtype === 'BF16' ? bytes : convertBytes(bytes, t.loc.dtype, 'BF16');
-        proj.set(t.role, new Uint16Array(b.buffer, b.byteOffset, b.byteLength / 2));
-      } else {
-        floats.set(t.role, decodeFloats(bytes, t.loc.dtype));
-      }
-    }),
-  );
-  return { proj, floats };
+      this.maps.set(file, m);
+    }
+    return m;
+  }
+
+  /** A tensor's bytes: a view of its file's mapping (checked against the size mapped), or read. */
+  private async bytes(loc: LayerTensor['loc'], role: string, slot: number, copy: boolean): Promise<Uint8Array> {
+    const m = this.mapped(loc.file);
+    if (m) {
+      if (loc.offset + loc.byteLength > m.byteLength) throw new ForgeError('truncated', `file ended while reading ${loc.byteLength} bytes`, { file: loc.file, tensor: loc.name });
+      return new Uint8Array(m, loc.offset, loc.byteLength);
+    }
+    let into = copy ? undefined : this.buffers[slot % 2]!.get(role);
+    if (!into || into.length < loc.byteLength) {
+      into = Buffer.from(new ArrayBuffer(loc.byteLength)); // 2-aligned, unlike a pooled Buffer
+      if (!copy) this.buffers[slot % 2]!.set(role, into);
+    }
+    const b = into.subarray(0, loc.byteLength);
+    await readInto(loc, b);
+    return b;
+  }
+
+  /** Layer `slot`'s weights: bf16 projections as stored (F32 and F16 ones rounded to bf16), the rest widened. */
+  async load(tensors: Map<string, LayerTensor>, slot: number): Promise<Bf16Layer> {
+    const proj = new Map<string, Uint16Array>(), floats = new Map<string, Float32Array>();
+    await Promise.all(
+      [...tensors.values()].map(async (t) => {
+        const direct = PROJECTIONS.has(t.role) && t.loc.dtype === 'BF16';
+        const bytes = await this.bytes(t.loc, t.role, slot, !direct);
+        if (direct && bytes.byteOffset % 2 === 0) {
+          proj.set(t.role, new Uint16Array(bytes.buffer, bytes.byteOffset, bytes.byteLength / 2));
+        } else if (PROJECTIONS.has(t.role)) {
+          // An odd offset in its file (no alignment is promised) or another dtype: a copy, as bf16.
+          const b = convertBytes(Buffer.from(bytes), t.loc.dtype, 'BF16');
+          const own = b.byteOffset % 2 === 0 ? b : Buffer.from(new Uint8Array(b));
+          proj.set(t.role, new Uint16Array(own.buffer, own.byteOffset, own.byteLength / 2));
+        } else {
+          floats.set(t.role, decodeFloats(bytes, t.loc.dtype));
+        }
+      }),
+    );
+    return { proj, floats };
+  }
+
+  /** WILLNEED (the layer to come: read ahead by the kernel) or DONTNEED (a layer done) on a layer's mapped ranges. */
+  advise(tensors: Map<string, LayerTensor>, willNeed: boolean): void {
+    for (const t of tensors.values()) {
+      const m = this.mapped(t.loc.file);
+      if (m && t.loc.offset + t.loc.byteLength <= m.byteLength) loadNative()!.advise(m, t.loc.offset, t.loc.byteLength, willNeed);
+    }
+  }
 }
 
 async function readInto(loc: LayerTensor['loc'], buf: Buffer): Promise<void> {

@@ -9,7 +9,7 @@ import { encodeModel } from './onnx-proto';
 import { ATTN_OUTPUT, LAYER_INPUTS, LAYER_OUTPUT, MLP_IO, ROUTER_INPUT, buildAttentionCoreModel, buildLayerModel, checkTensor, int8BlockSize, layerPhases, layerSignature, mlpDownModel, mlpUpModel, planLayerTensors, weightInput, type LayerPhase, type LayerTensor } from './layer-graph';
 import { attentionMask, ropeTables } from './rope';
 import { mallocHugePages } from './huge-pages';
-import { bf16Unavailable, loadBf16Layer, rmsNormRows, runBf16Layer, type Bf16Buffers, type Bf16Layer } from './bf16';
+import { Bf16Weights, bf16Unavailable, rmsNormRows, runBf16Layer, type Bf16Layer } from './bf16';
 import { folderKeys, nowNs } from '../util';
 
 export interface ForwardProgress {
@@ -732,10 +732,11 @@ async function runLayers(m: Model, given: Sequence[], upTo: number, opts: Forwar
     const int8 = (opts.precision ?? 'fp32') === 'int8';
     const int8Pool: Int8Pool = new Map();
     // bf16: a layer's weights are read while the layer before runs.
-    const bf16Buffers: Bf16Buffers[] = [new Map(), new Map()]; // layer l reads into l % 2 while l - 1 runs
+    const bf16Weights = bf16 ? new Bf16Weights() : null;
     const bf16Load = (l: number): Promise<Bf16Layer> | null => {
-      if (!bf16 || l >= upTo) return null;
-      const p = loadBf16Layer(layers[l]!, bf16Buffers[l % 2]);
+      if (!bf16Weights || l >= upTo) return null;
+      bf16Weights.advise(layers[l]!, true);
+      const p = bf16Weights.load(layers[l]!, l);
       p.catch(() => undefined); // awaited by the layer that needs it
       return p;
     };
@@ -771,6 +772,7 @@ async function runLayers(m: Model, given: Sequence[], upTo: number, opts: Forwar
           packOut[g] = r.out;
           if (opts.routerInput) packRouter[g] = r.routerInput;
         }
+        bf16Weights!.advise(layers[layer]!, false);
       } else if (phases[0]!.kind === 'whole') {
         const session = await phaseSession(su, cfg, phases[0]!, opts);
         const weights = await nextFeeds(su, layer, 0);

@@ -7,7 +7,9 @@ import assert from 'node:assert/strict';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { computeAllHiddenStates, computePromptStates, bf16Unavailable, usePortableBf16 } from '../../libs/forward';
-import { bf16Matmul, MATMUL_MODE, whyBf16Unavailable } from '../../libs/forward/bf16';
+import { Bf16Weights, bf16Matmul, MATMUL_MODE, whyBf16Unavailable } from '../../libs/forward/bf16';
+import { planLayerTensors } from '../../libs/forward/layer-graph';
+import { openWeights, readModelConfig } from '../../libs/model-folder';
 import { normalize } from '../../libs/gates';
 import { readRecipe } from '../../libs/recipe/parse';
 import { runFetch } from '../../libs/stages/fetch';
@@ -173,3 +175,32 @@ for (const family of ['mistral', 'qwen2', 'qwen3', 'llama3-rope', 'llama-fp16'])
     }
   });
 }
+
+test('Bf16Weights: a layer taken from its files\' mappings equals the same layer read into buffers, and a tensor at an odd offset is copied, same values', async () => {
+  const cfg = await readModelConfig(TINY('a'));
+  const weights = await openWeights(TINY('a'));
+  const layer = planLayerTensors(cfg, weights, 1);
+  const mapped = await new Bf16Weights().load(layer, 1);
+  const read = await new Bf16Weights(false).load(layer, 1);
+  assert.deepEqual([...mapped.proj.keys()].sort(), ['down', 'gate', 'k', 'o', 'q', 'up', 'v']);
+  for (const [role, v] of mapped.proj) assert.deepEqual(v, read.proj.get(role), role);
+  for (const [role, v] of mapped.floats) assert.deepEqual(v, read.floats.get(role), role);
+  // A bf16 tensor one byte into its file (safetensors promises no alignment): a copy the kernels can read as 16-bit values.
+  const dir = tempDir();
+  const values = Uint16Array.from([0x3f80, 0xc000, 0x4040, 0x0001]);
+  writeFileSync(join(dir, 'odd.bin'), Buffer.concat([Buffer.from([7]), Buffer.from(values.buffer)]));
+  const loc = { name: 'model.layers.0.self_attn.q_proj.weight', dtype: 'BF16', shape: [2, 2], file: join(dir, 'odd.bin'), offset: 1, byteLength: 8, begin: 1, end: 9 };
+  for (const w of [new Bf16Weights(), new Bf16Weights(false)]) {
+    const got = (await w.load(new Map([['q', { role: 'q', loc }]]), 0)).proj.get('q')!;
+    assert.deepEqual([...got], [...values]);
+  }
+});
+
+test('Bf16Weights: a tensor past the end of its file is refused naming the file and the tensor, mapped or read', async () => {
+  const dir = tempDir();
+  writeFileSync(join(dir, 'short.bin'), Buffer.alloc(100));
+  const loc = { name: 'model.layers.0.mlp.up_proj.weight', dtype: 'BF16', shape: [8, 8], file: join(dir, 'short.bin'), offset: 8, byteLength: 128, begin: 8, end: 136 };
+  for (const w of [new Bf16Weights(), new Bf16Weights(false)]) {
+    await assert.rejects(w.load(new Map([['up', { role: 'up', loc }]]), 0), (e) => describeError(e) === `${join(dir, 'short.bin')}, tensor model.layers.0.mlp.up_proj.weight: file ended while reading 128 bytes`);
+  }
+});
