@@ -84,7 +84,8 @@ try {
 
   // The bf16 forward pass's kernels (native/bf16-matmul.c), a Node addon: compiled where a C compiler and Node's
   // headers are, else left out (the bf16 precision then says so; fp32 needs nothing native). Built again only
-  // when its source changed since the last build.
+  // when its source changed since the last build (`native` in the manifest; not among `sources`, which copies of
+  // build/ without the C source are checked against).
   const NATIVE = join('native', 'bf16-matmul.c');
   const nativeHash = createHash('sha256').update(readFileSync(join(ROOT, NATIVE))).digest('hex');
   let nativeBuilt = false;
@@ -114,7 +115,6 @@ try {
     const file = join(ROOT, rel);
     sources[relative(ROOT, file).split('\\').join('/')] = createHash('sha256').update(readFileSync(file)).digest('hex');
   }
-  if (nativeBuilt) sources[NATIVE.split('\\').join('/')] = nativeHash;
   writeFileSync(join(tmp, 'manifest.json'), JSON.stringify({ sources, ...(nativeBuilt ? { native: nativeHash } : {}) }, null, 1) + '\n');
 
   // Into place file by file, each by a rename, and only where it changed: processes running from build/ (Nx

@@ -596,6 +596,8 @@ async function setUpAhead(old: typeof ahead, modelDir: string, opts: ForwardOpti
     // Eager: the first run's weights read and widened now, their pages faulted in while the prompts are read.
     if (first && layerFloatBytes(first.tensors) <= eagerLayerBytes && (opts.precision ?? 'fp32') !== 'bf16') loadFirst(setup);
     if (first && (opts.precision ?? 'fp32') === 'fp32') void phaseSession(setup, m.cfg, first, opts);
+    // bf16: its attention session made now (its weights are mapped when the pass comes, nothing to read ahead).
+    if (layers[0] && opts.precision === 'bf16' && bf16Unavailable() === null) void coreSession(setup, m.cfg, layers[0], opts);
     return { m, setup, files };
   } catch {
     return null; // the call that needs the pass meets the same error and reports it

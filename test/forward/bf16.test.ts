@@ -9,6 +9,7 @@ import { join } from 'node:path';
 import { computeAllHiddenStates, computePromptStates, bf16Unavailable, usePortableBf16 } from '../../libs/forward';
 import { Bf16Weights, bf16Matmul, MATMUL_MODE, whyBf16Unavailable } from '../../libs/forward/bf16';
 import { planLayerTensors } from '../../libs/forward/layer-graph';
+import { aheadStats, prepareForward } from '../../libs/forward/run';
 import { openWeights, readModelConfig } from '../../libs/model-folder';
 import { normalize } from '../../libs/gates';
 import { readRecipe } from '../../libs/recipe/parse';
@@ -203,4 +204,15 @@ test('Bf16Weights: a tensor past the end of its file is refused naming the file 
   for (const w of [new Bf16Weights(), new Bf16Weights(false)]) {
     await assert.rejects(w.load(new Map([['up', { role: 'up', loc }]]), 0), (e) => describeError(e) === `${join(dir, 'short.bin')}, tensor model.layers.0.mlp.up_proj.weight: file ended while reading 128 bytes`);
   }
+});
+
+test('bf16: a pass prepared ahead (its attention session made) is taken and gives the states of one that is not', async () => {
+  await withKernel(!CPU_HAS_BF16, async () => {
+    const plain = await computePromptStates(TINY('a'), PROMPTS, { precision: 'bf16' });
+    const taken = aheadStats.taken;
+    await prepareForward(TINY('a'), { precision: 'bf16' });
+    const ahead = await computePromptStates(TINY('a'), PROMPTS, { precision: 'bf16' });
+    assert.equal(aheadStats.taken, taken + 1, 'the prepared pass was taken');
+    assert.deepEqual(ahead, plain);
+  });
 });
