@@ -87,18 +87,19 @@ try {
   // when its source changed since the last build (`native` in the manifest; not among `sources`, which copies of
   // build/ without the C source are checked against).
   const NATIVE = join('native', 'bf16-matmul.c');
-  const nativeHash = createHash('sha256').update(readFileSync(join(ROOT, NATIVE))).digest('hex');
+  const nativeHash = existsSync(join(ROOT, NATIVE)) ? createHash('sha256').update(readFileSync(join(ROOT, NATIVE))).digest('hex') : null;
   let nativeBuilt = false;
   try {
     const last = JSON.parse(readFileSync(join(OUT, 'manifest.json'), 'utf8'));
-    if (last.native === nativeHash && existsSync(join(OUT, 'bf16-matmul.node'))) {
+    if (nativeHash && last.native === nativeHash && existsSync(join(OUT, 'bf16-matmul.node'))) {
       writeFileSync(join(tmp, 'bf16-matmul.node'), readFileSync(join(OUT, 'bf16-matmul.node')));
       nativeBuilt = true;
     }
   } catch {
     // no earlier build
   }
-  if (!nativeBuilt) {
+  if (!nativeBuilt && !nativeHash) console.error(`moe-forge build: no ${NATIVE}: forward precision bf16 is unavailable`);
+  else if (!nativeBuilt) {
     const headers = join(dirname(process.execPath), '..', 'include', 'node');
     const cc = process.env.CC || 'cc';
     const r = existsSync(join(headers, 'node_api.h'))

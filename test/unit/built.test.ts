@@ -8,7 +8,7 @@ import { ROOT, tempDir } from '../helpers/tmp';
 /** A checkout of its own (sources copied, node_modules linked), built as `npm ci` builds it. */
 function checkout(): string {
   const d = tempDir();
-  for (const f of ['bin', 'libs', 'tools', 'scripts']) cpSync(join(ROOT, f), join(d, f), { recursive: true });
+  for (const f of ['bin', 'libs', 'tools', 'scripts', 'native']) cpSync(join(ROOT, f), join(d, f), { recursive: true });
   cpSync(join(ROOT, 'package.json'), join(d, 'package.json'));
   symlinkSync(join(ROOT, 'node_modules'), join(d, 'node_modules'));
   const b = build(d);
