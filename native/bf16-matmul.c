@@ -13,10 +13,6 @@
 #include <string.h>
 #include <math.h>
 #include <immintrin.h>
-#include <fcntl.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 #define MR 6     // rows of x per tile
 #define NR 4     // rows of W per tile
@@ -56,6 +52,16 @@ static inline float from_bf16(uint16_t h) {
 
 // ------------------------------------------------------------------------------------------------ AVX512-BF16
 
+// The lane sums of a, b, c, d (one each): halves, then 128-bit blocks, then lanes, added across the four at once.
+__attribute__((target("avx512f"))) static inline __m128 reduce4(__m512 a, __m512 b, __m512 c, __m512 d) {
+  const __m512 ab = _mm512_add_ps(_mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(1, 0, 1, 0)), _mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(3, 2, 3, 2)));
+  const __m512 cd = _mm512_add_ps(_mm512_shuffle_f32x4(c, d, _MM_SHUFFLE(1, 0, 1, 0)), _mm512_shuffle_f32x4(c, d, _MM_SHUFFLE(3, 2, 3, 2)));
+  __m512 t = _mm512_add_ps(_mm512_shuffle_f32x4(ab, cd, _MM_SHUFFLE(2, 0, 2, 0)), _mm512_shuffle_f32x4(ab, cd, _MM_SHUFFLE(3, 1, 3, 1)));
+  t = _mm512_add_ps(t, _mm512_permute_ps(t, _MM_SHUFFLE(2, 3, 0, 1)));
+  t = _mm512_add_ps(t, _mm512_permute_ps(t, _MM_SHUFFLE(1, 0, 3, 2)));
+  return _mm512_castps512_ps128(_mm512_permutexvar_ps(_mm512_set_epi32(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 12, 8, 4, 0), t));
+}
+
 // acc[i][j] = sum over k in [k0, k1) of x_i[k] * w_j[k]; x rows padded (zeros) to a multiple of 32, w rows masked.
 __attribute__((target("avx512f,avx512bw,avx512bf16"))) static void tile_bf16(const uint16_t *x, int mr, const uint16_t *w, int ws, int nr, int k0, int k1, int kEnd, float *acc /* [MR][NR] */) {
   __m512 c[MR][NR];
@@ -94,8 +100,12 @@ __attribute__((target("avx512f,avx512bw,avx512bf16"))) static void tile_bf16(con
       }
     }
   }
-  for (int i = 0; i < MR; i++)
-    for (int j = 0; j < nr; j++) acc[i * NR + j] = _mm512_reduce_add_ps(c[i][j]);
+  if (nr == NR) {
+    for (int i = 0; i < MR; i++) _mm_storeu_ps(acc + i * NR, reduce4(c[i][0], c[i][1], c[i][2], c[i][3]));
+  } else {
+    for (int i = 0; i < MR; i++)
+      for (int j = 0; j < nr; j++) acc[i * NR + j] = _mm512_reduce_add_ps(c[i][j]);
+  }
 }
 
 // The same sums, portably: each product of two bf16 values is exact in float32, summed in float32.
@@ -444,61 +454,6 @@ static napi_value rmsnorm(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
-// map(path) -> ArrayBuffer: the whole file mapped read-only and shared, so the bf16 pass multiplies the weights
-// where the page cache holds them (no copy into fresh memory, which a VM faults in at about 1 GB/s). Unmapped
-// when the ArrayBuffer is collected. A file cut short while mapped would fault (SIGBUS), as with safetensors'
-// own mmap; the pass checks every tensor's range against the size mapped.
-static void unmap(napi_env env, void *data, void *hint) {
-  (void)env;
-  munmap(data, (size_t)hint);
-}
-
-static napi_value map_file(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
-  napi_value argv[1];
-  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
-  char path[4096];
-  size_t len;
-  if (argc != 1 || napi_get_value_string_utf8(env, argv[0], path, sizeof path, &len) != napi_ok || len >= sizeof path - 1) return fail(env, "map: a file path expected");
-  int fd = open(path, O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return fail(env, "map: cannot open the file");
-  struct stat st;
-  if (fstat(fd, &st) != 0 || st.st_size <= 0) {
-    close(fd);
-    return fail(env, "map: the file is empty or cannot be read");
-  }
-  void *p = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_SHARED, fd, 0);
-  close(fd);
-  if (p == MAP_FAILED) return fail(env, "map: mmap failed");
-  napi_value ab;
-  if (napi_create_external_arraybuffer(env, p, (size_t)st.st_size, unmap, (void *)(size_t)st.st_size, &ab) != napi_ok) {
-    munmap(p, (size_t)st.st_size);
-    return fail(env, "map: external ArrayBuffers are not supported here");
-  }
-  return ab;
-}
-
-// advise(buffer, offset, length, willNeed): madvise WILLNEED (read ahead now, in the background) or DONTNEED (drop
-// this process's pages of the range; the page cache keeps them) on a mapped range.
-static napi_value advise(napi_env env, napi_callback_info info) {
-  size_t argc = 4;
-  napi_value argv[4];
-  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
-  void *data;
-  size_t size;
-  double off, n;
-  bool will;
-  if (argc != 4 || napi_get_arraybuffer_info(env, argv[0], &data, &size) != napi_ok || napi_get_value_double(env, argv[1], &off) != napi_ok ||
-      napi_get_value_double(env, argv[2], &n) != napi_ok || napi_get_value_bool(env, argv[3], &will) != napi_ok || off < 0 || n < 0 || off + n > (double)size)
-    return fail(env, "advise: a mapped ArrayBuffer, an offset and length inside it, and a boolean expected");
-  const size_t page = (size_t)sysconf(_SC_PAGESIZE);
-  uintptr_t from = (uintptr_t)data + (size_t)off, to = from + (size_t)n;
-  // DONTNEED only on whole pages inside the range (a page shared with a neighbour stays); WILLNEED on every page.
-  uintptr_t a = will ? from / page * page : (from + page - 1) / page * page, b = will ? to : to / page * page;
-  if (b > a) madvise((void *)a, b - a, will ? MADV_WILLNEED : MADV_DONTNEED);
-  return NULL;
-}
-
 static napi_value supported(napi_env env, napi_callback_info info) {
   (void)info;
   napi_value v;
@@ -512,10 +467,6 @@ NAPI_MODULE_INIT(/* napi_env env, napi_value exports */) {
   napi_set_named_property(env, exports, "matmul", f);
   napi_create_function(env, "rmsnorm", NAPI_AUTO_LENGTH, rmsnorm, NULL, &f);
   napi_set_named_property(env, exports, "rmsnorm", f);
-  napi_create_function(env, "map", NAPI_AUTO_LENGTH, map_file, NULL, &f);
-  napi_set_named_property(env, exports, "map", f);
-  napi_create_function(env, "advise", NAPI_AUTO_LENGTH, advise, NULL, &f);
-  napi_set_named_property(env, exports, "advise", f);
   napi_create_function(env, "supported", NAPI_AUTO_LENGTH, supported, NULL, &f);
   napi_set_named_property(env, exports, "supported", f);
   return exports;

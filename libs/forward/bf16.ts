@@ -18,8 +18,6 @@ interface Native {
     mode: number, rowScale: Float32Array | null, w2: Uint16Array | null, bias2: Float32Array | null, threads: number, portable: number,
   ): Promise<void>;
   rmsnorm(x: Float32Array, w: Float32Array, eps: number, out: Float32Array): void;
-  map(path: string): ArrayBuffer;
-  advise(buffer: ArrayBuffer, offset: number, length: number, willNeed: boolean): void;
   supported(): boolean;
 }
 
@@ -76,90 +74,81 @@ export function bf16Matmul(
   return nativeOrThrow().matmul(a, w, bias, out, M, N, K, opts.mode ?? 0, opts.rowScale ?? null, opts.w2 ?? null, opts.bias2 ?? null, opts.threads ?? 2, portableKernel() ? 1 : 0);
 }
 
-/** One layer's weights for the bf16 pass: projections as bf16 values, norms and biases as float32. */
-export interface Bf16Layer {
-  proj: Map<string, Uint16Array>;
-  floats: Map<string, Float32Array>;
-}
-
-const PROJECTIONS = new Set(['q', 'k', 'v', 'o', 'gate', 'up', 'down']);
+const PROJECTIONS = ['q', 'k', 'v', 'o', 'gate', 'up', 'down'] as const;
+type Projection = (typeof PROJECTIONS)[number];
 
 /**
- * Where a bf16 pass takes its layers' weights from: each model file mapped (read-only, shared), so the projections
- * are multiplied where the page cache holds them, with no copy into fresh memory (which a VM faults in at about
- * 1 GB/s: the first two layers' buffers cost 0.2 s each at TinyLlama's shape). The next layer is read ahead by the
- * kernel (WILLNEED) while one runs, and a layer's pages leave this process once it ran (DONTNEED; they stay in the
- * page cache), so a pass holds about two layers. A file that cannot be mapped is read into buffers instead.
+ * A bf16 pass's weights: one buffer per projection, reused from layer to layer, each refilled with the next layer's
+ * tensor as soon as this layer's last product with it is done (so the reads run beside the products, and a pass
+ * holds one layer's projections: fresh memory, which a VM faults in at about 1 GB/s, is taken once). Read, not
+ * mapped: on the VMs measured a first touch of a mapped file's page cost more than copying it (12 ms against 2.4
+ * for 23 MB). Norms and biases are read per layer as float32.
  */
 export class Bf16Weights {
-  private readonly maps = new Map<string, ArrayBuffer | null>();
-  /** Read fallback: buffers per role, two sets (layer l reads into l % 2 while l - 1 runs). */
-  private readonly buffers: Map<string, Buffer>[] = [new Map(), new Map()];
+  private readonly buffers = new Map<Projection, Buffer>();
+  /** Per projection, the read under way: which layer, and its values once read. */
+  private readonly reads = new Map<Projection, { layer: number; values: Promise<Uint16Array> }>();
 
-  /** `map: false` reads every file (tests: the fallback gives the mapping's values). */
-  constructor(private readonly map = true) {}
+  constructor(private readonly layers: Map<string, LayerTensor>[], private readonly upTo = layers.length) {}
 
-  private mapped(file: string): ArrayBuffer | null {
-    let m = this.maps.get(file);
-    if (m === undefined) {
-      if (!this.map) return null;
-      try {
-        m = loadNative()!.map(file);
-      } catch {
-        m = null;
+  /** Starts the first layer's reads. */
+  begin(): void {
+    for (const role of PROJECTIONS) this.read(0, role);
+  }
+
+  private read(layer: number, role: Projection): void {
+    if (layer >= this.upTo) return;
+    const t = this.layers[layer]!.get(role)!;
+    const bytes = t.loc.dtype === 'BF16' ? t.loc.byteLength : t.loc.byteLength / dtypeBytes(t.loc.dtype) * 2;
+    let buf = this.buffers.get(role);
+    if (!buf || buf.length < bytes) {
+      buf = Buffer.from(new ArrayBuffer(bytes)); // its own ArrayBuffer: 2-aligned, unlike a pooled Buffer
+      this.buffers.set(role, buf);
+    }
+    const into = buf;
+    const values = (async () => {
+      if (t.loc.dtype === 'BF16') {
+        await readInto(t.loc, into.subarray(0, bytes));
+      } else {
+        const raw = Buffer.allocUnsafe(t.loc.byteLength);
+        await readInto(t.loc, raw);
+        into.set(convertBytes(raw, t.loc.dtype, 'BF16'));
       }
-      this.maps.set(file, m);
-    }
-    return m;
+      return new Uint16Array(into.buffer, into.byteOffset, bytes / 2);
+    })();
+    values.catch(() => undefined); // awaited by the product that needs it
+    this.reads.set(role, { layer, values });
   }
 
-  /** A tensor's bytes: a view of its file's mapping (checked against the size mapped), or read. */
-  private async bytes(loc: LayerTensor['loc'], role: string, slot: number, copy: boolean): Promise<Uint8Array> {
-    const m = this.mapped(loc.file);
-    if (m) {
-      if (loc.offset + loc.byteLength > m.byteLength) throw new ForgeError('truncated', `file ended while reading ${loc.byteLength} bytes`, { file: loc.file, tensor: loc.name });
-      return new Uint8Array(m, loc.offset, loc.byteLength);
-    }
-    let into = copy ? undefined : this.buffers[slot % 2]!.get(role);
-    if (!into || into.length < loc.byteLength) {
-      into = Buffer.from(new ArrayBuffer(loc.byteLength)); // 2-aligned, unlike a pooled Buffer
-      if (!copy) this.buffers[slot % 2]!.set(role, into);
-    }
-    const b = into.subarray(0, loc.byteLength);
-    await readInto(loc, b);
-    return b;
+  /** Layer `layer`'s `role` projection (its read started: by begin, or by the layer before's release). */
+  proj(layer: number, role: Projection): Promise<Uint16Array> {
+    const r = this.reads.get(role);
+    if (r?.layer !== layer) throw new Error(`bf16 weights: ${role} of layer ${layer} was not read ahead (have ${r?.layer})`);
+    return r.values;
   }
 
-  /** Layer `slot`'s weights: bf16 projections as stored (F32 and F16 ones rounded to bf16), the rest widened. */
-  async load(tensors: Map<string, LayerTensor>, slot: number): Promise<Bf16Layer> {
-    const proj = new Map<string, Uint16Array>(), floats = new Map<string, Float32Array>();
+  /** Layer `layer` is done with `role`: the next layer's tensor goes into its buffer. */
+  release(layer: number, role: Projection): void {
+    this.read(layer + 1, role);
+  }
+
+  /** Layer `layer`'s norms and biases, float32. */
+  async floats(layer: number): Promise<Map<string, Float32Array>> {
+    const out = new Map<string, Float32Array>();
     await Promise.all(
-      [...tensors.values()].map(async (t) => {
-        const direct = PROJECTIONS.has(t.role) && t.loc.dtype === 'BF16';
-        const bytes = await this.bytes(t.loc, t.role, slot, !direct);
-        if (direct && bytes.byteOffset % 2 === 0) {
-          proj.set(t.role, new Uint16Array(bytes.buffer, bytes.byteOffset, bytes.byteLength / 2));
-        } else if (PROJECTIONS.has(t.role)) {
-          // An odd offset in its file (no alignment is promised) or another dtype: a copy, as bf16.
-          const b = convertBytes(Buffer.from(bytes), t.loc.dtype, 'BF16');
-          const own = b.byteOffset % 2 === 0 ? b : Buffer.from(new Uint8Array(b));
-          proj.set(t.role, new Uint16Array(own.buffer, own.byteOffset, own.byteLength / 2));
-        } else {
-          floats.set(t.role, decodeFloats(bytes, t.loc.dtype));
-        }
-      }),
+      [...this.layers[layer]!.values()]
+        .filter((t) => !(PROJECTIONS as readonly string[]).includes(t.role))
+        .map(async (t) => {
+          const b = Buffer.allocUnsafe(t.loc.byteLength);
+          await readInto(t.loc, b);
+          out.set(t.role, decodeFloats(b, t.loc.dtype));
+        }),
     );
-    return { proj, floats };
-  }
-
-  /** WILLNEED (the layer to come: read ahead by the kernel) or DONTNEED (a layer done) on a layer's mapped ranges. */
-  advise(tensors: Map<string, LayerTensor>, willNeed: boolean): void {
-    for (const t of tensors.values()) {
-      const m = this.mapped(t.loc.file);
-      if (m && t.loc.offset + t.loc.byteLength <= m.byteLength) loadNative()!.advise(m, t.loc.offset, t.loc.byteLength, willNeed);
-    }
+    return out;
   }
 }
+
+const dtypeBytes = (dtype: string) => (dtype === 'F32' ? 4 : 2);
 
 async function readInto(loc: LayerTensor['loc'], buf: Buffer): Promise<void> {
   const fh = await open(loc.file, 'r');
@@ -194,41 +183,68 @@ function rmsNormNative(h: Float32Array, w: Float32Array, eps: number): Float32Ar
   return out;
 }
 
+/** A pack's part of a layer: its hidden states [N, H] and its RoPE, attention and gate inputs (packInputs). */
+export interface Bf16Pack {
+  x: Float32Array;
+  inputs: Record<string, ReturnType<typeof floatTensor>>;
+}
+
 /**
- * One decoder layer on a pack of N tokens, its projections bf16 (bf16Matmul) and its attention through
- * `core` (buildAttentionCoreModel): the layer's output [N, H] and its router input (the post-attention norm).
+ * One decoder layer on every pack, its projections bf16 (bf16Matmul) and its attention through `core`
+ * (buildAttentionCoreModel), one projection at a time over all packs so each buffer is released for the next
+ * layer's read as soon as it can be: per pack, the layer's output [N, H] and its router input (post-attention norm).
  */
 export async function runBf16Layer(
-  cfg: ModelConfig, core: Session, layer: Bf16Layer, x: Float32Array, pack: Record<string, ReturnType<typeof floatTensor>>, threads: number,
-): Promise<{ out: Float32Array; routerInput: Float32Array }> {
-  const H = cfg.hiddenSize, I = cfg.intermediateSize, N = x.length / H;
+  cfg: ModelConfig, core: Session, weights: Bf16Weights, layer: number, packs: Bf16Pack[], threads: number,
+): Promise<{ out: Float32Array; routerInput: Float32Array }[]> {
+  const H = cfg.hiddenSize, I = cfg.intermediateSize;
   const qDim = cfg.numHeads * cfg.headDim, kvDim = cfg.numKvHeads * cfg.headDim;
-  const P = (r: string) => layer.proj.get(r)!;
-  const F = (r: string) => layer.floats.get(r) ?? null;
-  const xn = rmsNormNative(x, F('ln1')!, cfg.rmsNormEps);
-  const q = new Float32Array(N * qDim), k = new Float32Array(N * kvDim), v = new Float32Array(N * kvDim);
-  await bf16Matmul(xn, P('q'), F('q_bias'), q, N, qDim, H, { threads });
-  await bf16Matmul(xn, P('k'), F('k_bias'), k, N, kvDim, H, { threads });
-  await bf16Matmul(xn, P('v'), F('v_bias'), v, N, kvDim, H, { threads });
-  const feeds: Record<string, ReturnType<typeof floatTensor>> = {
-    [CORE_IO.q]: floatTensor(q, [N, qDim]), [CORE_IO.k]: floatTensor(k, [N, kvDim]), [CORE_IO.v]: floatTensor(v, [N, kvDim]),
+  const floats = await weights.floats(layer);
+  const F = (r: string) => floats.get(r) ?? null;
+  const rows = (p: Bf16Pack) => p.x.length / H;
+  const xn = packs.map((p) => rmsNormNative(p.x, F('ln1')!, cfg.rmsNormEps));
+  const project = async (role: 'q' | 'k' | 'v', dim: number) => {
+    const w = await weights.proj(layer, role);
+    const outs: Float32Array[] = [];
+    for (const [i, p] of packs.entries()) {
+      outs.push(new Float32Array(rows(p) * dim));
+      await bf16Matmul(xn[i]!, w, F(`${role}_bias`), outs[i]!, rows(p), dim, H, { threads });
+    }
+    weights.release(layer, role);
+    return outs;
   };
-  for (const key of [LAYER_INPUTS.cos, LAYER_INPUTS.sin, LAYER_INPUTS.mask, LAYER_INPUTS.slots, LAYER_INPUTS.rows]) feeds[key] = pack[key]!;
-  for (const r of ['q_norm', 'k_norm']) {
-    const wr = F(r);
-    if (wr) feeds[weightInput(r)] = floatTensor(wr, [wr.length]);
+  const q = await project('q', qDim), k = await project('k', kvDim), v = await project('v', kvDim);
+  const ctx: Float32Array[] = [];
+  for (const [i, p] of packs.entries()) {
+    const N = rows(p);
+    const feeds: Record<string, ReturnType<typeof floatTensor>> = { [CORE_IO.q]: floatTensor(q[i]!, [N, qDim]), [CORE_IO.k]: floatTensor(k[i]!, [N, kvDim]), [CORE_IO.v]: floatTensor(v[i]!, [N, kvDim]) };
+    for (const key of [LAYER_INPUTS.cos, LAYER_INPUTS.sin, LAYER_INPUTS.mask, LAYER_INPUTS.slots, LAYER_INPUTS.rows]) feeds[key] = p.inputs[key]!;
+    for (const r of ['q_norm', 'k_norm']) {
+      const wr = F(r);
+      if (wr) feeds[weightInput(r)] = floatTensor(wr, [wr.length]);
+    }
+    const t = (await core.run(feeds))[CORE_IO.ctx]!;
+    ctx.push((t.data as Float32Array).slice());
+    t.dispose();
   }
-  const r = await core.run(feeds);
-  const ctxT = r[CORE_IO.ctx]!;
-  const ctx = (ctxT.data as Float32Array).slice();
-  ctxT.dispose();
   // The residual stream after attention: x + gate * o(ctx) (the pad state's gate is 0).
-  const h = x.slice();
-  const gate = pack[LAYER_INPUTS.gate]!.data as Float32Array;
-  await bf16Matmul(ctx, P('o'), F('o_bias'), h, N, H, qDim, { mode: MATMUL_MODE.addScaled, rowScale: gate, threads });
-  const hn = rmsNormNative(h, F('ln2')!, cfg.rmsNormEps);
-  const act = new Float32Array(N * I);
-  await bf16Matmul(hn, P('gate'), F('gate_bias'), act, N, I, H, { mode: MATMUL_MODE.siluGate, w2: P('up'), bias2: F('up_bias'), threads });
-  await bf16Matmul(act, P('down'), F('down_bias'), h, N, H, I, { mode: MATMUL_MODE.addScaled, threads });
-  return { out: h, routerInput: hn };
+  const h = packs.map((p) => p.x.slice());
+  const wo = await weights.proj(layer, 'o');
+  for (const [i, p] of packs.entries()) {
+    await bf16Matmul(ctx[i]!, wo, F('o_bias'), h[i]!, rows(p), H, qDim, { mode: MATMUL_MODE.addScaled, rowScale: p.inputs[LAYER_INPUTS.gate]!.data as Float32Array, threads });
+  }
+  weights.release(layer, 'o');
+  const hn = h.map((x) => rmsNormNative(x, F('ln2')!, cfg.rmsNormEps));
+  const [wg, wu] = [await weights.proj(layer, 'gate'), await weights.proj(layer, 'up')];
+  const act: Float32Array[] = [];
+  for (const [i, p] of packs.entries()) {
+    act.push(new Float32Array(rows(p) * I));
+    await bf16Matmul(hn[i]!, wg, F('gate_bias'), act[i]!, rows(p), I, H, { mode: MATMUL_MODE.siluGate, w2: wu, bias2: F('up_bias'), threads });
+  }
+  weights.release(layer, 'gate');
+  weights.release(layer, 'up');
+  const wd = await weights.proj(layer, 'down');
+  for (const [i, p] of packs.entries()) await bf16Matmul(act[i]!, wd, F('down_bias'), h[i]!, rows(p), H, I, { mode: MATMUL_MODE.addScaled, threads });
+  weights.release(layer, 'down');
+  return packs.map((_, i) => ({ out: h[i]!, routerInput: hn[i]! }));
 }

@@ -9,7 +9,7 @@ import { encodeModel } from './onnx-proto';
 import { ATTN_OUTPUT, LAYER_INPUTS, LAYER_OUTPUT, MLP_IO, ROUTER_INPUT, buildAttentionCoreModel, buildLayerModel, checkTensor, int8BlockSize, layerPhases, layerSignature, mlpDownModel, mlpUpModel, planLayerTensors, weightInput, type LayerPhase, type LayerTensor } from './layer-graph';
 import { attentionMask, ropeTables } from './rope';
 import { mallocHugePages } from './huge-pages';
-import { Bf16Weights, bf16Unavailable, rmsNormRows, runBf16Layer, type Bf16Layer } from './bf16';
+import { Bf16Weights, bf16Unavailable, rmsNormRows, runBf16Layer } from './bf16';
 import { folderKeys, nowNs } from '../util';
 
 export interface ForwardProgress {
@@ -734,15 +734,8 @@ async function runLayers(m: Model, given: Sequence[], upTo: number, opts: Forwar
     const int8 = (opts.precision ?? 'fp32') === 'int8';
     const int8Pool: Int8Pool = new Map();
     // bf16: a layer's weights are read while the layer before runs.
-    const bf16Weights = bf16 ? new Bf16Weights() : null;
-    const bf16Load = (l: number): Promise<Bf16Layer> | null => {
-      if (!bf16Weights || l >= upTo) return null;
-      bf16Weights.advise(layers[l]!, true);
-      const p = bf16Weights.load(layers[l]!, l);
-      p.catch(() => undefined); // awaited by the layer that needs it
-      return p;
-    };
-    let bf16Next = bf16Load(0);
+    const bf16Weights = bf16 ? new Bf16Weights(layers, upTo) : null;
+    bf16Weights?.begin();
     for (let layer = 0; layer < upTo; layer++) {
       const out: Float32Array[] = new Array(seqs.length);
       const routerIn: Float32Array[] = new Array(seqs.length);
@@ -767,14 +760,12 @@ async function runLayers(m: Model, given: Sequence[], upTo: number, opts: Forwar
         }
       } else if (bf16) {
         const core = await coreSession(su, cfg, layers[layer]!, opts);
-        const weights = await bf16Next!;
-        bf16Next = bf16Load(layer + 1);
+        const packs = groups.map((g, i) => ({ x: packStates(seqs, g, states, H).hidden, inputs: fixed[i]! }));
+        const r = await runBf16Layer(cfg, core, bf16Weights!, layer, packs, settings.threads);
         for (const g of groups.keys()) {
-          const r = await runBf16Layer(cfg, core, weights, packStates(seqs, groups[g]!, states, H).hidden, fixed[g]!, settings.threads);
-          packOut[g] = r.out;
-          if (opts.routerInput) packRouter[g] = r.routerInput;
+          packOut[g] = r[g]!.out;
+          if (opts.routerInput) packRouter[g] = r[g]!.routerInput;
         }
-        bf16Weights!.advise(layers[layer]!, false);
       } else if (phases[0]!.kind === 'whole') {
         const session = await phaseSession(su, cfg, phases[0]!, opts);
         const weights = await nextFeeds(su, layer, 0);

@@ -8,6 +8,7 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { computeAllHiddenStates, computePromptStates, bf16Unavailable, usePortableBf16 } from '../../libs/forward';
 import { Bf16Weights, bf16Matmul, MATMUL_MODE, whyBf16Unavailable } from '../../libs/forward/bf16';
+import { convertBytes, decodeFloats, readTensorBytes } from '../../libs/safetensors';
 import { planLayerTensors } from '../../libs/forward/layer-graph';
 import { aheadStats, prepareForward } from '../../libs/forward/run';
 import { openWeights, readModelConfig } from '../../libs/model-folder';
@@ -22,6 +23,7 @@ import { FIXTURES, openReference } from '../helpers/forward-fixtures';
 import { TINY, tempDir } from '../helpers/tmp';
 
 const PROMPTS = [[0, 42, 506, 359, 81, 393, 7, 7, 12], [0, 9], [0, 300, 301, 17, 18], [5]];
+const PROJ = ['q', 'k', 'v', 'o', 'gate', 'up', 'down'];
 const CPU_HAS_BF16 = bf16Unavailable() === null;
 /** Each kernel this machine can run: the portable one always, the AVX512-BF16 one where the CPU has it. */
 const KERNELS: { name: string; portable: boolean }[] = [{ name: 'portable', portable: true }, ...(CPU_HAS_BF16 ? [{ name: 'AVX512-BF16', portable: false }] : [])];
@@ -177,33 +179,39 @@ for (const family of ['mistral', 'qwen2', 'qwen3', 'llama3-rope', 'llama-fp16'])
   });
 }
 
-test('Bf16Weights: a layer taken from its files\' mappings equals the same layer read into buffers, and a tensor at an odd offset is copied, same values', async () => {
+test('Bf16Weights: each projection is read into one buffer per role, refilled with the next layer\'s once released; float32 weights are rounded to bf16 (nearest even)', async () => {
   const cfg = await readModelConfig(TINY('a'));
-  const weights = await openWeights(TINY('a'));
-  const layer = planLayerTensors(cfg, weights, 1);
-  const mapped = await new Bf16Weights().load(layer, 1);
-  const read = await new Bf16Weights(false).load(layer, 1);
-  assert.deepEqual([...mapped.proj.keys()].sort(), ['down', 'gate', 'k', 'o', 'q', 'up', 'v']);
-  for (const [role, v] of mapped.proj) assert.deepEqual(v, read.proj.get(role), role);
-  for (const [role, v] of mapped.floats) assert.deepEqual(v, read.floats.get(role), role);
-  // A bf16 tensor one byte into its file (safetensors promises no alignment): a copy the kernels can read as 16-bit values.
+  const index = await openWeights(TINY('a'));
+  const layers = [0, 1].map((l) => planLayerTensors(cfg, index, l));
+  const w = new Bf16Weights(layers);
+  w.begin();
+  const first = await w.proj(0, 'up');
+  const loc = layers[0]!.get('up')!.loc;
+  assert.equal(loc.dtype, 'F32', 'tiny-a stores float32');
+  const want = new Uint16Array(convertBytes(await readTensorBytes(loc), 'F32', 'BF16').buffer.slice(0));
+  assert.deepEqual([...first], [...want.subarray(0, first.length)]);
+  assert.throws(() => w.proj(1, 'up'), /^Error: bf16 weights: up of layer 1 was not read ahead \(have 0\)$/);
+  w.release(0, 'up');
+  const second = await w.proj(1, 'up');
+  assert.equal(second.buffer, first.buffer, 'the same buffer, refilled');
+  const want1 = new Uint16Array(convertBytes(await readTensorBytes(layers[1]!.get('up')!.loc), 'F32', 'BF16').buffer.slice(0));
+  assert.deepEqual([...second], [...want1.subarray(0, second.length)]);
+  assert.deepEqual((await w.floats(1)).get('ln2'), decodeFloats(await readTensorBytes(layers[1]!.get('ln2')!.loc), 'F32'));
+});
+
+test('Bf16Weights: a tensor at an odd offset in its file reads as its values; one past the end of its file is refused naming the file and the tensor', async () => {
   const dir = tempDir();
   const values = Uint16Array.from([0x3f80, 0xc000, 0x4040, 0x0001]);
   writeFileSync(join(dir, 'odd.bin'), Buffer.concat([Buffer.from([7]), Buffer.from(values.buffer)]));
-  const loc = { name: 'model.layers.0.self_attn.q_proj.weight', dtype: 'BF16', shape: [2, 2], file: join(dir, 'odd.bin'), offset: 1, byteLength: 8, begin: 1, end: 9 };
-  for (const w of [new Bf16Weights(), new Bf16Weights(false)]) {
-    const got = (await w.load(new Map([['q', { role: 'q', loc }]]), 0)).proj.get('q')!;
-    assert.deepEqual([...got], [...values]);
-  }
-});
-
-test('Bf16Weights: a tensor past the end of its file is refused naming the file and the tensor, mapped or read', async () => {
-  const dir = tempDir();
+  const at = (file: string, offset: number, byteLength: number) => ({ name: 'model.layers.0.self_attn.q_proj.weight', dtype: 'BF16', shape: [2, byteLength / 4], file: join(dir, file), offset, byteLength, begin: offset, end: offset + byteLength });
+  const layer = (loc: ReturnType<typeof at>) => new Map(PROJ.map((r) => [r, { role: r, loc }]));
+  const w = new Bf16Weights([layer(at('odd.bin', 1, 8))]);
+  w.begin();
+  assert.deepEqual([...(await w.proj(0, 'q'))], [...values]);
   writeFileSync(join(dir, 'short.bin'), Buffer.alloc(100));
-  const loc = { name: 'model.layers.0.mlp.up_proj.weight', dtype: 'BF16', shape: [8, 8], file: join(dir, 'short.bin'), offset: 8, byteLength: 128, begin: 8, end: 136 };
-  for (const w of [new Bf16Weights(), new Bf16Weights(false)]) {
-    await assert.rejects(w.load(new Map([['up', { role: 'up', loc }]]), 0), (e) => describeError(e) === `${join(dir, 'short.bin')}, tensor model.layers.0.mlp.up_proj.weight: file ended while reading 128 bytes`);
-  }
+  const cut = new Bf16Weights([layer(at('short.bin', 8, 128))]);
+  cut.begin();
+  await assert.rejects(cut.proj(0, 'q'), (e) => describeError(e) === `${join(dir, 'short.bin')}, tensor model.layers.0.self_attn.q_proj.weight: file ended while reading 128 bytes`);
 });
 
 test('bf16: a pass prepared ahead (its attention session made) is taken and gives the states of one that is not', async () => {
