@@ -146,7 +146,7 @@ export const OPTIONS = {
     values: FORWARD_PRECISIONS,
     default: 'fp32',
     stages: ['embed-prompts'],
-    description: "Arithmetic of the forward pass for hidden-state gates (embed-prompts): fp32 (default, exact), bf16 (on CPUs with AVX512-BF16: the projections multiply the stored bf16 weights by activations rounded to bf16 and sum in float32, about twice float32's rate; approximate: normalised gate rows ~7e-4 off fp32's at hidden 1024, within the reference tool's 3e-3; cached apart) or int8 (experimental: 8-bit weights and activations through onnxruntime's MatMulNBits; approximate: normalised gate rows ~3e-3 off fp32's at hidden 1024, ~4e-2 at 2048, and not faster on the CPUs measured; cached apart).",
+    description: "Arithmetic of the forward pass for hidden-state gates (embed-prompts): fp32 (default, exact), bf16 (on CPUs with AVX512-BF16: the projections multiply the stored bf16 weights by activations rounded to bf16 and sum in float32, about twice onnxruntime's float32 rate; approximate: normalised gate rows ~7e-4 off fp32's at hidden 1024 and ~1e-2 at 2048, half the reference tool's own bf16 deviation there; cached apart) or int8 (experimental: 8-bit weights and activations through onnxruntime's MatMulNBits; approximate: normalised gate rows ~3e-3 off fp32's at hidden 1024, ~4e-2 at 2048, and not faster on the CPUs measured; cached apart).",
     cli: { flag: 'forward-precision', kind: 'value', help: 'Forward-pass arithmetic for hidden-state gates: fp32 (default, exact), bf16 (AVX512-BF16 CPUs, faster, approximate) or int8 (experimental, approximate).' },
   },
   overwrite: {
