@@ -392,6 +392,11 @@ function forwardRows(section: string, f: Record<string, number>): void {
   row({ section, measure: 'forward pass int8 (forwardPrecision int8) GFLOP/s per layer', value: f.int8GflopsPerLayer!, unit: 'GFLOP/s', baseline: f.gflopsPerLayer!, baselineLabel: 'fp32 forward, same run, GFLOP/s per layer', goal: 'info' });
   row({ section, measure: 'forward pass int8, whole call, s', value: f.int8Seconds!, unit: 's', baseline: f.seconds!, baselineLabel: 'fp32 forward, same run, s', goal: 'info' });
   row({ section, measure: 'int8 gate error: max abs error of normalised gate rows vs fp32', value: f.int8GateMaxAbsError!, unit: '', baseline: 3e-3, baselineLabel: "the reference's tolerance for hidden gates", goal: '≤ 3e-3', met: f.int8GateMaxAbsError! <= 3e-3 });
+  if (f.bf16Seconds !== undefined) {
+    row({ section, measure: 'forward pass bf16 (forwardPrecision bf16) GFLOP/s per layer', value: f.bf16GflopsPerLayer!, unit: 'GFLOP/s', baseline: f.gflopsPerLayer!, baselineLabel: 'fp32 forward, same run, GFLOP/s per layer', goal: 'info' });
+    row({ section, measure: 'forward pass bf16, whole call, s', value: f.bf16Seconds!, unit: 's', baseline: f.seconds!, baselineLabel: 'fp32 forward, same run, s', goal: 'info' });
+    row({ section, measure: 'bf16 gate error: max abs error of normalised gate rows vs fp32', value: f.bf16GateMaxAbsError!, unit: '', baseline: 3e-3, baselineLabel: "the reference's tolerance for hidden gates (its own bf16 is ~2e-2 off at hidden 2048)", goal: 'info' });
+  }
   row({ section, measure: 'forward fixed cost per layer (1-token prompt), s', value: f.fixedSecondsPerLayer!, unit: 's', baseline: null, baselineLabel: `layer weights ${f.layerWeightsF32MiB} MiB as f32`, goal: '≤ 0.1 s', met: f.fixedSecondsPerLayer! <= 0.1 });
 }
 
