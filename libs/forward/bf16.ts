@@ -164,19 +164,7 @@ async function readInto(loc: LayerTensor['loc'], buf: Buffer): Promise<void> {
   }
 }
 
-/** RMSNorm of each row of h [rows, H] (sums in float64). */
-export function rmsNormRows(h: Float32Array, w: Float32Array, eps: number): Float32Array {
-  const H = w.length, out = new Float32Array(h.length);
-  for (let r = 0; r < h.length / H; r++) {
-    let ss = 0;
-    for (let j = 0; j < H; j++) ss += h[r * H + j]! ** 2;
-    const inv = 1 / Math.sqrt(ss / H + eps);
-    for (let j = 0; j < H; j++) out[r * H + j] = h[r * H + j]! * inv * w[j]!;
-  }
-  return out;
-}
-
-/** rmsNormRows in the native module (the bf16 pass's norms). */
+/** RMSNorm of each row of h [rows, H] in the native module (sums in float64; the bf16 pass's norms). */
 function rmsNormNative(h: Float32Array, w: Float32Array, eps: number): Float32Array {
   const out = new Float32Array(h.length);
   loadNative()!.rmsnorm(h, w, eps, out);

@@ -129,6 +129,30 @@ export function int8BlockSize(K: number): number {
   return K % 32 === 0 ? 32 : 16;
 }
 
+/** A graph's float32 weight inputs, each added the first time a role present in `tensors` is asked for. */
+function weightInputsOf(tensors: Map<string, LayerTensor>): { w: (role: string) => string | null; weightInputs: OnnxValueInfo[] } {
+  const weightInputs: OnnxValueInfo[] = [];
+  const w = (role: string): string | null => {
+    const t = tensors.get(role);
+    if (!t) return null;
+    weightInputs.push({ name: weightInput(role), dtype: OnnxDtype.FLOAT, shape: t.loc.shape });
+    return weightInput(role);
+  };
+  return { w, weightInputs };
+}
+
+/** The per-pack inputs attention reads (packInputs): RoPE tables, the blocks' masks, slots and rows. */
+function packInputInfos(D: number): OnnxValueInfo[] {
+  const F = OnnxDtype.FLOAT;
+  return [
+    { name: LAYER_INPUTS.cos, dtype: F, shape: ['T', D] },
+    { name: LAYER_INPUTS.sin, dtype: F, shape: ['T', D] },
+    { name: LAYER_INPUTS.mask, dtype: F, shape: ['B', 'C', 'C'] },
+    { name: LAYER_INPUTS.slots, dtype: OnnxDtype.INT64, shape: ['S'] },
+    { name: LAYER_INPUTS.rows, dtype: OnnxDtype.INT64, shape: ['T'] },
+  ];
+}
+
 /** RMSNorm over the last axis, as transformers computes it in float32. */
 function rmsNormOp(b: Builder, cfg: ModelConfig, x: string, weight: string): string {
   const ms = b.op('ReduceMean', [b.op('Mul', [x, x])], { axes: [-1], keepdims: 1 });
@@ -193,13 +217,7 @@ function attentionContext(b: Builder, cfg: ModelConfig, q0: string, k0: string, 
 export function buildLayerModel(cfg: ModelConfig, tensors: Map<string, LayerTensor>, opts: LayerGraphOptions = {}): OnnxModel {
   const b = new Builder();
   const H = cfg.hiddenSize, D = cfg.headDim;
-  const weightInputs: OnnxValueInfo[] = [];
-  const w = (role: string): string | null => {
-    const t = tensors.get(role);
-    if (!t) return null;
-    weightInputs.push({ name: weightInput(role), dtype: OnnxDtype.FLOAT, shape: t.loc.shape });
-    return weightInput(role);
-  };
+  const { w, weightInputs } = weightInputsOf(tensors);
   const need = (role: string): string => w(role)!;
   const rmsNorm = (x: string, weight: string): string => rmsNormOp(b, cfg, x, weight);
   const linear = (x: string, role: string): string => {
@@ -252,12 +270,8 @@ export function buildLayerModel(cfg: ModelConfig, tensors: Map<string, LayerTens
       initializers: b.initializers,
       inputs: [
         { name: LAYER_INPUTS.hidden, dtype: F, shape: ['T', H] },
-        { name: LAYER_INPUTS.cos, dtype: F, shape: ['T', D] },
-        { name: LAYER_INPUTS.sin, dtype: F, shape: ['T', D] },
-        { name: LAYER_INPUTS.mask, dtype: F, shape: ['B', 'C', 'C'] },
+        ...packInputInfos(D),
         { name: LAYER_INPUTS.gate, dtype: F, shape: ['T', 1] },
-        { name: LAYER_INPUTS.slots, dtype: OnnxDtype.INT64, shape: ['S'] },
-        { name: LAYER_INPUTS.rows, dtype: OnnxDtype.INT64, shape: ['T'] },
         ...weightInputs,
       ],
       outputs: outputs.map((name) => ({ name, dtype: F, shape: ['T', H] })),
@@ -276,13 +290,7 @@ export const CORE_IO = { q: 'q_proj_out', k: 'k_proj_out', v: 'v_proj_out', ctx:
 export function buildAttentionCoreModel(cfg: ModelConfig, tensors: Map<string, LayerTensor>): OnnxModel {
   const b = new Builder();
   const D = cfg.headDim, F = OnnxDtype.FLOAT;
-  const weightInputs: OnnxValueInfo[] = [];
-  const w = (role: string): string | null => {
-    const t = tensors.get(role);
-    if (!t) return null;
-    weightInputs.push({ name: weightInput(role), dtype: F, shape: t.loc.shape });
-    return weightInput(role);
-  };
+  const { w, weightInputs } = weightInputsOf(tensors);
   const qDim = cfg.numHeads * D, kvDim = cfg.numKvHeads * D;
   b.op('Identity', [attentionContext(b, cfg, CORE_IO.q, CORE_IO.k, CORE_IO.v, w)], undefined, CORE_IO.ctx);
   return {
@@ -295,11 +303,7 @@ export function buildAttentionCoreModel(cfg: ModelConfig, tensors: Map<string, L
         { name: CORE_IO.q, dtype: F, shape: ['T', qDim] },
         { name: CORE_IO.k, dtype: F, shape: ['T', kvDim] },
         { name: CORE_IO.v, dtype: F, shape: ['T', kvDim] },
-        { name: LAYER_INPUTS.cos, dtype: F, shape: ['T', D] },
-        { name: LAYER_INPUTS.sin, dtype: F, shape: ['T', D] },
-        { name: LAYER_INPUTS.mask, dtype: F, shape: ['B', 'C', 'C'] },
-        { name: LAYER_INPUTS.slots, dtype: OnnxDtype.INT64, shape: ['S'] },
-        { name: LAYER_INPUTS.rows, dtype: OnnxDtype.INT64, shape: ['T'] },
+        ...packInputInfos(D),
         ...weightInputs,
       ],
       outputs: [{ name: CORE_IO.ctx, dtype: F, shape: ['T', qDim] }],

@@ -9,7 +9,7 @@ import { encodeModel } from './onnx-proto';
 import { ATTN_OUTPUT, LAYER_INPUTS, LAYER_OUTPUT, MLP_IO, ROUTER_INPUT, buildAttentionCoreModel, buildLayerModel, checkTensor, int8BlockSize, layerPhases, layerSignature, mlpDownModel, mlpUpModel, planLayerTensors, weightInput, type LayerPhase, type LayerTensor } from './layer-graph';
 import { attentionMask, ropeTables } from './rope';
 import { mallocHugePages } from './huge-pages';
-import { Bf16Weights, bf16Unavailable, rmsNormRows, runBf16Layer } from './bf16';
+import { Bf16Weights, bf16Unavailable, runBf16Layer } from './bf16';
 import { folderKeys, nowNs } from '../util';
 
 export interface ForwardProgress {
@@ -898,3 +898,14 @@ export async function computeAllHiddenStates(modelDir: string, prompts: number[]
   return out;
 }
 
+/** RMSNorm of each row of h [rows, H] (sums in float64). */
+function rmsNormRows(h: Float32Array, w: Float32Array, eps: number): Float32Array {
+  const H = w.length, out = new Float32Array(h.length);
+  for (let r = 0; r < h.length / H; r++) {
+    let ss = 0;
+    for (let j = 0; j < H; j++) ss += h[r * H + j]! ** 2;
+    const inv = 1 / Math.sqrt(ss / H + eps);
+    for (let j = 0; j < H; j++) out[r * H + j] = h[r * H + j]! * inv * w[j]!;
+  }
+  return out;
+}
