@@ -308,7 +308,7 @@ static int pool_submit(Job *j) {
     pthread_attr_t attr;
     pthread_attr_init(&attr);
     pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-    // A new thread must not run the job at the head that the others already counted: it waits for the next one.
+    // A new thread counts towards every job from the one at the head on (beyond its threads, it only counts).
     int ok = pthread_create(&id, &attr, pool_thread, (void *)(intptr_t)pool.size) == 0;
     pthread_attr_destroy(&attr);
     if (!ok) {
@@ -348,7 +348,7 @@ static void settle(napi_env env, napi_value js_cb, void *context, void *data) {
       napi_resolve_deferred(env, j->deferred, undef);
     } else {
       napi_value msg, err;
-      napi_create_string_utf8(env, "bf16 matmul: out of memory", NAPI_AUTO_LENGTH, &msg);
+      napi_create_string_utf8(env, "bf16 matmul: out of memory, or no thread could be made", NAPI_AUTO_LENGTH, &msg);
       napi_create_error(env, NULL, msg, &err);
       napi_reject_deferred(env, j->deferred, err);
     }
@@ -424,7 +424,10 @@ static napi_value matmul(napi_env env, napi_callback_info info) {
   napi_create_promise(env, &j->deferred, &promise);
   napi_create_string_utf8(env, "bf16-matmul", NAPI_AUTO_LENGTH, &name);
   if (napi_create_threadsafe_function(env, NULL, NULL, name, 0, 1, NULL, NULL, NULL, settle, &j->done) != napi_ok) abort();
-  if (!pool_submit(j)) abort();  // no thread could be made: nothing would settle the promise
+  if (!pool_submit(j)) {
+    j->failed = 1;  // no pool thread could be made: settled here, rejected
+    job_done(j);
+  }
   return promise;
 }
 

@@ -41,7 +41,7 @@ export interface ForwardOptions {
    * (symmetric, a float32 scale per 32 values) through onnxruntime's MatMulNBits with int8 activations: faster on
    * CPUs with VNNI, not exact (its states differ from fp32 ones and are cached apart). 'bf16': the projections
    * in native/bf16-matmul.c (the stored bf16 weights times activations rounded to bf16, summed in float32; on CPUs
-   * with AVX512-BF16), norms, RoPE and attention in float32; not exact, cached apart, about twice as fast.
+   * with AVX512-BF16), norms, RoPE and attention in float32; not exact, cached apart; 1.5-2x fp32's speed.
    */
   precision?: ForwardPrecision;
   /**
@@ -596,7 +596,7 @@ async function setUpAhead(old: typeof ahead, modelDir: string, opts: ForwardOpti
     // Eager: the first run's weights read and widened now, their pages faulted in while the prompts are read.
     if (first && layerFloatBytes(first.tensors) <= eagerLayerBytes && (opts.precision ?? 'fp32') !== 'bf16') loadFirst(setup);
     if (first && (opts.precision ?? 'fp32') === 'fp32') void phaseSession(setup, m.cfg, first, opts);
-    // bf16: its attention session made now (its weights are mapped when the pass comes, nothing to read ahead).
+    // bf16: its attention session made now (its weights are read when the pass comes).
     if (layers[0] && opts.precision === 'bf16' && bf16Unavailable() === null) void coreSession(setup, m.cfg, layers[0], opts);
     return { m, setup, files };
   } catch {
@@ -733,7 +733,7 @@ async function runLayers(m: Model, given: Sequence[], upTo: number, opts: Forwar
     const fixed = groups.map((g) => packInputs(cfg, g.map((i) => seqs[i]!)));
     const int8 = (opts.precision ?? 'fp32') === 'int8';
     const int8Pool: Int8Pool = new Map();
-    // bf16: a layer's weights are read while the layer before runs.
+    // bf16: each projection's buffer takes the next layer's tensor once a layer is done with it (Bf16Weights).
     const bf16Weights = bf16 ? new Bf16Weights(layers, upTo) : null;
     bf16Weights?.begin();
     for (let layer = 0; layer < upTo; layer++) {

@@ -82,6 +82,20 @@ test('bf16Matmul: every mode against float64 sums of the bf16-rounded products, 
   }
 });
 
+test('bf16Matmul: the same bytes on 1, 2 or 3 threads (each thread a share of W\'s rows, the pool growing to 3), with each kernel', async () => {
+  const M = 9, N = 137, K = 300;
+  const a = Float32Array.from({ length: M * K }, rand), w = Uint16Array.from({ length: N * K }, () => bits(bf16(rand())));
+  for (const { name, portable } of KERNELS) {
+    const outs = [];
+    for (const threads of [1, 2, 3, 2]) {
+      const out = new Float32Array(M * N);
+      await withKernel(portable, () => bf16Matmul(a, w, null, out, M, N, K, { threads }));
+      outs.push(out);
+    }
+    for (const o of outs.slice(1)) assert.deepEqual(o, outs[0], name);
+  }
+});
+
 test('bf16Matmul: arrays of the wrong length or type are refused naming the argument', async () => {
   const a = new Float32Array(6), w = new Uint16Array(6), out = new Float32Array(4);
   await withKernel(true, async () => {
