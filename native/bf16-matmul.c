@@ -362,7 +362,8 @@ static napi_value fail(napi_env env, const char *msg) {
   return NULL;
 }
 
-// A typed array's data and element count, null for JavaScript null/undefined (when allowed); a reference keeps it.
+// A typed array's data and element count, null for JavaScript null/undefined (when allowed); with a job, a reference
+// keeps it alive until the job is settled.
 static int view(napi_env env, Job *j, napi_value v, napi_typedarray_type want, void **data, size_t *length, int optional) {
   napi_valuetype t;
   napi_typeof(env, v, &t);
@@ -378,7 +379,7 @@ static int view(napi_env env, Job *j, napi_value v, napi_typedarray_type want, v
   napi_value ab;
   size_t offset;
   if (napi_get_typedarray_info(env, v, &type, length, data, &ab, &offset) != napi_ok || type != want) return 0;
-  napi_create_reference(env, v, 1, &j->refs[j->nrefs++]);
+  if (j) napi_create_reference(env, v, 1, &j->refs[j->nrefs++]);
   return 1;
 }
 
@@ -437,13 +438,11 @@ static napi_value rmsnorm(napi_env env, napi_callback_info info) {
   size_t argc = 4;
   napi_value argv[4];
   napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
-  Job scratch = {0};  // view() keeps references: none are wanted for a synchronous call
   void *x, *w, *out;
   size_t nx, nw, no;
   double eps;
-  int ok = argc == 4 && view(env, &scratch, argv[0], napi_float32_array, &x, &nx, 0) && view(env, &scratch, argv[1], napi_float32_array, &w, &nw, 0) &&
-           napi_get_value_double(env, argv[2], &eps) == napi_ok && view(env, &scratch, argv[3], napi_float32_array, &out, &no, 0);
-  for (int i = 0; i < scratch.nrefs; i++) napi_delete_reference(env, scratch.refs[i]);
+  int ok = argc == 4 && view(env, NULL, argv[0], napi_float32_array, &x, &nx, 0) && view(env, NULL, argv[1], napi_float32_array, &w, &nw, 0) &&
+           napi_get_value_double(env, argv[2], &eps) == napi_ok && view(env, NULL, argv[3], napi_float32_array, &out, &no, 0);
   if (!ok || nw == 0 || nx % nw != 0 || no != nx) return fail(env, "rmsnorm: x [rows, H], w [H], eps, out [rows, H] expected");
   const float *xs = x, *ws = w;
   float *os = out;

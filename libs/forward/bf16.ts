@@ -1,9 +1,8 @@
 import { existsSync } from 'node:fs';
-import { open } from 'node:fs/promises';
 import { join } from 'node:path';
 import { ForgeError } from '../errors';
 import type { ModelConfig } from '../model-folder';
-import { convertBytes, decodeFloats } from '../safetensors';
+import { convertBytes, decodeFloats, dtypeSize, readTensorBytes, readTensorInto } from '../safetensors';
 import { floatTensor, type Session } from './backend';
 import { CORE_IO, LAYER_INPUTS, weightInput, type LayerTensor } from './layer-graph';
 
@@ -55,7 +54,8 @@ export function bf16Unavailable(): string | null {
   return whyBf16Unavailable(loadNative(), portableKernel());
 }
 
-function nativeOrThrow(): Native {
+/** Throws, naming the option and the reason, where this machine cannot run the bf16 forward pass. */
+export function requireBf16(): Native {
   const why = bf16Unavailable();
   if (why) throw new ForgeError('bf16_unavailable', `forward precision bf16: ${why}`, { field: 'forward_precision' });
   return loadNative()!;
@@ -71,7 +71,7 @@ export function bf16Matmul(
   a: Float32Array, w: Uint16Array, bias: Float32Array | null, out: Float32Array, M: number, N: number, K: number,
   opts: { mode?: number; rowScale?: Float32Array | null; w2?: Uint16Array | null; bias2?: Float32Array | null; threads?: number } = {},
 ): Promise<void> {
-  return nativeOrThrow().matmul(a, w, bias, out, M, N, K, opts.mode ?? 0, opts.rowScale ?? null, opts.w2 ?? null, opts.bias2 ?? null, opts.threads ?? 2, portableKernel() ? 1 : 0);
+  return requireBf16().matmul(a, w, bias, out, M, N, K, opts.mode ?? 0, opts.rowScale ?? null, opts.w2 ?? null, opts.bias2 ?? null, opts.threads ?? 2, portableKernel() ? 1 : 0);
 }
 
 const PROJECTIONS = ['q', 'k', 'v', 'o', 'gate', 'up', 'down'] as const;
@@ -99,7 +99,7 @@ export class Bf16Weights {
   private read(layer: number, role: Projection): void {
     if (layer >= this.upTo) return;
     const t = this.layers[layer]!.get(role)!;
-    const bytes = t.loc.dtype === 'BF16' ? t.loc.byteLength : t.loc.byteLength / dtypeBytes(t.loc.dtype) * 2;
+    const bytes = (t.loc.byteLength / dtypeSize(t.loc.dtype)) * 2;
     let buf = this.buffers.get(role);
     if (!buf || buf.length < bytes) {
       buf = Buffer.from(new ArrayBuffer(bytes)); // its own ArrayBuffer: 2-aligned, unlike a pooled Buffer
@@ -107,13 +107,8 @@ export class Bf16Weights {
     }
     const into = buf;
     const values = (async () => {
-      if (t.loc.dtype === 'BF16') {
-        await readInto(t.loc, into.subarray(0, bytes));
-      } else {
-        const raw = Buffer.allocUnsafe(t.loc.byteLength);
-        await readInto(t.loc, raw);
-        into.set(convertBytes(raw, t.loc.dtype, 'BF16'));
-      }
+      if (t.loc.dtype === 'BF16') await readTensorInto(t.loc, into);
+      else into.set(convertBytes(await readTensorBytes(t.loc), t.loc.dtype, 'BF16'));
       return new Uint16Array(into.buffer, into.byteOffset, bytes / 2);
     })();
     values.catch(() => undefined); // awaited by the product that needs it
@@ -138,29 +133,9 @@ export class Bf16Weights {
     await Promise.all(
       [...this.layers[layer]!.values()]
         .filter((t) => !(PROJECTIONS as readonly string[]).includes(t.role))
-        .map(async (t) => {
-          const b = Buffer.allocUnsafe(t.loc.byteLength);
-          await readInto(t.loc, b);
-          out.set(t.role, decodeFloats(b, t.loc.dtype));
-        }),
+        .map(async (t) => out.set(t.role, decodeFloats(await readTensorBytes(t.loc), t.loc.dtype))),
     );
     return out;
-  }
-}
-
-const dtypeBytes = (dtype: string) => (dtype === 'F32' ? 4 : 2);
-
-async function readInto(loc: LayerTensor['loc'], buf: Buffer): Promise<void> {
-  const fh = await open(loc.file, 'r');
-  try {
-    let done = 0;
-    while (done < buf.length) {
-      const { bytesRead } = await fh.read(buf, done, buf.length - done, loc.offset + done);
-      if (bytesRead === 0) throw new ForgeError('truncated', `file ended while reading ${loc.byteLength} bytes`, { file: loc.file, tensor: loc.name });
-      done += bytesRead;
-    }
-  } finally {
-    await fh.close();
   }
 }
 

@@ -9,7 +9,7 @@ import { encodeModel } from './onnx-proto';
 import { ATTN_OUTPUT, LAYER_INPUTS, LAYER_OUTPUT, MLP_IO, ROUTER_INPUT, buildAttentionCoreModel, buildLayerModel, checkTensor, int8BlockSize, layerPhases, layerSignature, mlpDownModel, mlpUpModel, planLayerTensors, weightInput, type LayerPhase, type LayerTensor } from './layer-graph';
 import { attentionMask, ropeTables } from './rope';
 import { mallocHugePages } from './huge-pages';
-import { Bf16Weights, bf16Unavailable, runBf16Layer } from './bf16';
+import { Bf16Weights, bf16Unavailable, requireBf16, runBf16Layer } from './bf16';
 import { folderKeys, nowNs } from '../util';
 
 export interface ForwardProgress {
@@ -271,14 +271,6 @@ async function readFully(fh: FileHandle, into: Uint8Array, position: number, loc
   }
 }
 
-export async function readTensorInto(loc: LayerTensor['loc'], into: Buffer): Promise<void> {
-  const fh = await open(loc.file, 'r');
-  try {
-    await readFully(fh, into.subarray(0, loc.byteLength), loc.offset, loc);
-  } finally {
-    await fh.close();
-  }
-}
 
 /**
  * 16-bit values held in the upper half of `buf` become float32 in place. Going forward is safe: element i is
@@ -480,7 +472,7 @@ function setUp(m: Model, layers: Map<string, LayerTensor>[], opts: ForwardOption
   const mlp = mlpBytesOf(opts);
   // The kernels compile off this thread while the reads run (once per process).
   const su: Setup = { layers, phases: layers.map((l) => layerPhases(l, mlp)), weights: new LayerWeights(), loading: null, kernels: WasmFloatBuffer.prepare(), sessions: new Map() };
-  if (load && (opts.precision ?? 'fp32') !== 'bf16') loadFirst(su);
+  if (load) loadFirst(su);
   return su;
 }
 
@@ -594,10 +586,11 @@ async function setUpAhead(old: typeof ahead, modelDir: string, opts: ForwardOpti
     const setup = setUp(m, layers, opts, false);
     const first = setup.phases[0]?.[0];
     // Eager: the first run's weights read and widened now, their pages faulted in while the prompts are read.
-    if (first && layerFloatBytes(first.tensors) <= eagerLayerBytes && (opts.precision ?? 'fp32') !== 'bf16') loadFirst(setup);
-    if (first && (opts.precision ?? 'fp32') === 'fp32') void phaseSession(setup, m.cfg, first, opts);
+    const precision = opts.precision ?? 'fp32';
+    if (first && precision !== 'bf16' && layerFloatBytes(first.tensors) <= eagerLayerBytes) loadFirst(setup);
+    if (first && precision === 'fp32') void phaseSession(setup, m.cfg, first, opts);
     // bf16: its attention session made now (its weights are read when the pass comes).
-    if (layers[0] && opts.precision === 'bf16' && bf16Unavailable() === null) void coreSession(setup, m.cfg, layers[0], opts);
+    if (layers[0] && precision === 'bf16' && bf16Unavailable() === null) void coreSession(setup, m.cfg, layers[0], opts);
     return { m, setup, files };
   } catch {
     return null; // the call that needs the pass meets the same error and reports it
@@ -703,8 +696,7 @@ async function runLayers(m: Model, given: Sequence[], upTo: number, opts: Forwar
   try {
     executionProviders(opts.device ?? 'cpu'); // an unavailable device fails before any weight is read
     const bf16 = (opts.precision ?? 'fp32') === 'bf16';
-    const noBf16 = bf16 ? bf16Unavailable() : null;
-    if (noBf16) throw new ForgeError('bf16_unavailable', `forward precision bf16: ${noBf16}`, { field: 'forward_precision' });
+    if (bf16) requireBf16(); // before any weight is read, as the device
     if (upTo < 0 || upTo > cfg.numLayers) throw new RangeError(`upTo ${upTo} outside 0..${cfg.numLayers}`);
     for (const [i, s] of given.entries()) {
       if (s.ids.length === 0) throw new ForgeError('empty_prompt', `prompt ${i} has no tokens`, { field: `prompts[${i}]` });
@@ -726,7 +718,7 @@ async function runLayers(m: Model, given: Sequence[], upTo: number, opts: Forwar
     for (let i = 0; i < given.length; i++) visit(i, 0, states[i]!);
     if (upTo === 0) return;
     // Then the first layer's load; the first session is made and the kernels are compiled while it runs.
-    setup ??= setUp(m, planned, opts);
+    setup ??= setUp(m, planned, opts, !bf16); // bf16 reads its own way (Bf16Weights)
     const su = setup;
     const { layers } = su;
     const settings: SessionSettings = { device: opts.device ?? 'cpu', threads: opts.threads ?? 2 };

@@ -42,21 +42,26 @@ export interface TensorIndex {
   get(name: string): TensorLocation;
 }
 
-/** Reads one tensor's bytes. */
-export async function readTensorBytes(loc: TensorLocation): Promise<Buffer> {
+/** Reads one tensor's bytes into the start of `into` (at least its byteLength long). */
+export async function readTensorInto(loc: TensorLocation, into: Uint8Array): Promise<void> {
   const fh = await open(loc.file, 'r');
   try {
-    const buf = Buffer.allocUnsafe(loc.byteLength);
     let done = 0;
     while (done < loc.byteLength) {
-      const { bytesRead } = await fh.read(buf, done, loc.byteLength - done, loc.offset + done);
+      const { bytesRead } = await fh.read(into, done, loc.byteLength - done, loc.offset + done);
       if (bytesRead === 0) throw new SafetensorsError('truncated', `file ended while reading ${loc.byteLength} bytes`, { file: loc.file, tensor: loc.name });
       done += bytesRead;
     }
-    return buf;
   } finally {
     await fh.close();
   }
+}
+
+/** Reads one tensor's bytes. */
+export async function readTensorBytes(loc: TensorLocation): Promise<Buffer> {
+  const buf = Buffer.allocUnsafe(loc.byteLength);
+  await readTensorInto(loc, buf);
+  return buf;
 }
 
 /**

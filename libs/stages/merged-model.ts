@@ -12,9 +12,9 @@ import { parseModelConfig } from '../model-folder';
 import type { MergePlan, PlanTensor } from '../plan';
 import { ChunkPool } from '../safetensors';
 import { decodeFloats, dtypeSize, encodeFloats, type FloatDtype } from '../safetensors';
-import { readRows } from '../safetensors';
+import { readRows, readTensorInto } from '../safetensors';
 import type { Mlp, MoeLayerWeights, MoeModel, Weight } from '../forward';
-import { WeightBuffer, readTensorInto } from '../forward';
+import { WeightBuffer } from '../forward';
 import { WasmFloatBuffer } from '../safetensors';
 import { tensorProducer } from './write';
 
