@@ -10,6 +10,7 @@ import { join } from 'node:path';
 import { dropEarlyWorker, earlyWorker, forkEarlyWorker } from '../fork';
 import { DEFAULT_GATE_MODE, GATE_MODES, type GateMode } from '../gates';
 import { modelDirOnDisk } from '../resolve';
+import { FORWARD_PRECISIONS } from '../options';
 
 // Set by scripts/build.mjs: the built worker, relative to this bundle.
 declare const __FORWARD_WORKER__: string | undefined;
@@ -24,18 +25,29 @@ function topLevel(text: string, key: string): string | null {
   return m ? (m[1] ?? m[2] ?? m[3] ?? null) : null;
 }
 
-/** Flags that change the pass's options (device, arithmetic): the stage's own preparation is then the one that counts. */
-const PASS_FLAGS = /^--(device|cuda|gpu-rich|forward-precision)(=|$)/;
+/** Flags that put the pass off the CPU: the stage's own preparation is then the one that counts. */
+const DEVICE_FLAGS = /^--(device|cuda|gpu-rich)(=|$)/;
+
+/**
+ * The arithmetic `--forward-precision` asks for (fp32 when not given), as the stage will ask for it; null when the
+ * flag's value is not one the command takes (it says what is wrong) or the flag is given twice.
+ */
+function precisionOf(argv: string[]): (typeof FORWARD_PRECISIONS)[number] | null {
+  const at = argv.flatMap((a, i) => (a === '--forward-precision' ? [argv[i + 1]] : a.startsWith('--forward-precision=') ? [a.slice('--forward-precision='.length)] : []));
+  if (at.length === 0) return 'fp32';
+  const v = at.length === 1 ? FORWARD_PRECISIONS.find((p) => p === at[0]) : undefined;
+  return v ?? null;
+}
 
 /**
  * What `argv` says of a merge that may need prompt states, read cheaply: null for help, version, fewer than two
  * arguments that are not flags, a first one that is not a readable file, or a gate mode without states. Else
  * `base`: the folder the recipe's `base_model` names on this machine (resolved as fetch resolves it offline: a
  * local folder against the working folder, else the Hugging Face cache's snapshot of the Hub id, `env` giving
- * the cache) when it has a config.json and the pass over it can be set up at once (hidden states, no flag that
- * changes the pass), else null.
+ * the cache) when it has a config.json and the pass over it can be set up at once (hidden states on the CPU),
+ * else null; `precision` when `--forward-precision` asks for other arithmetic than fp32.
  */
-export function earlyGuess(argv: string[], cwd = process.cwd(), env: NodeJS.ProcessEnv = process.env): { base: string | null } | null {
+export function earlyGuess(argv: string[], cwd = process.cwd(), env: NodeJS.ProcessEnv = process.env): { base: string | null; precision?: (typeof FORWARD_PRECISIONS)[number] } | null {
   if (argv.some((a) => a === '--help' || a === '-h' || a === '--version')) return null;
   const bare = argv.filter((a) => !a.startsWith('-'));
   if (bare.length < 2) return null;
@@ -58,10 +70,12 @@ export function earlyGuess(argv: string[], cwd = process.cwd(), env: NodeJS.Proc
   if (states !== 'hidden' && states !== 'router_input') return null;
   // Router inputs (fitted routers) read the experts' MLPs too: that pass is set up by its stage, once those are known.
   const ref = topLevel(text, 'base_model');
-  if (states !== 'hidden' || ref === null || argv.some((a) => PASS_FLAGS.test(a))) return { base: null };
+  const precision = precisionOf(argv);
+  if (states !== 'hidden' || ref === null || precision === null || argv.some((a) => DEVICE_FLAGS.test(a))) return { base: null };
   // As fetch will find it offline: a local folder, else the Hugging Face cache's snapshot of the Hub id.
   const on = modelDirOnDisk(ref, { baseDir: cwd, env });
-  return { base: on && existsSync(join(on.dir, 'config.json')) ? on.dir : null };
+  if (!on || !existsSync(join(on.dir, 'config.json'))) return { base: null };
+  return precision === 'fp32' ? { base: on.dir } : { base: on.dir, precision };
 }
 
 /** Forks the forward worker when `argv` may need it, and tells it the base model when that is on this machine (earlyGuess); returns whether it forked. */
@@ -70,7 +84,7 @@ export function startEarly(argv: string[], worker = WORKER): boolean {
   if (!guess) return false;
   forkEarlyWorker(worker);
   // The same message the embed-prompts stage sends (prepareForwardWorker): the worker sets up one pass for both.
-  if (guess.base) earlyWorker()?.send({ kind: 'prepare', job: 'prompts', modelDir: guess.base, options: {} }, () => undefined);
+  if (guess.base) earlyWorker()?.send({ kind: 'prepare', job: 'prompts', modelDir: guess.base, options: guess.precision ? { precision: guess.precision } : {} }, () => undefined);
   return true;
 }
 

@@ -50,10 +50,11 @@ export function prepareForwardWorker(job: ForwardJob, modelDir: string, options:
   spare.send({ kind: 'prepare', job, modelDir, options, ...(warm ? { warm } : {}) }, () => undefined);
   prepareStats.sent++;
   prepareStats.lastModel = modelDir;
+  prepareStats.lastPrecision = options.precision ?? 'fp32';
 }
 
-/** Preparations sent to a waiting worker, and the model folder of the last (tests read this). */
-export const prepareStats: { sent: number; lastModel: string | null } = { sent: 0, lastModel: null };
+/** Preparations sent to a waiting worker, and the model folder and arithmetic of the last (tests read this). */
+export const prepareStats: { sent: number; lastModel: string | null; lastPrecision: string | null } = { sent: 0, lastModel: null, lastPrecision: null };
 
 /** The waiting worker's process id (null when none waits). */
 export function waitingForwardWorker(): number | null {

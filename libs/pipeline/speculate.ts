@@ -64,12 +64,13 @@ export async function previousRecipe(outPath: string): Promise<Recipe | null> {
 
 /**
  * Sends the expected misses of a hidden-state run to the waiting forward worker when the base is a local folder or
- * complete in the Hugging Face cache (`env`: the Hub's settings) and the pass is the CPU's exact one (the options
- * the embed-prompts stage passes); returns how many prompts went. Anything it cannot judge cheaply sends nothing:
+ * complete in the Hugging Face cache (`env`: the Hub's settings) and the pass runs on the CPU (in the arithmetic
+ * the embed-prompts stage asks for); returns how many prompts went. Anything it cannot judge cheaply sends nothing:
  * the stage computes as it would have.
  */
 export async function speculateHiddenStates(recipe: Recipe, before: Recipe | null, modelBaseDir: string, options: Pick<StageOptions, 'device' | 'forwardPrecision' | 'recompute'>, cacheDir: string, env?: HubEnv): Promise<number> {
-  if ((options.device !== undefined && options.device !== 'cpu') || (options.forwardPrecision !== undefined && options.forwardPrecision !== 'fp32')) return 0;
+  if (options.device !== undefined && options.device !== 'cpu') return 0;
+  const precision = options.forwardPrecision ?? 'fp32';
   const texts = expectedMisses(recipe, before, options.recompute === true);
   if (texts.length === 0) return 0;
   // A local folder, or a complete snapshot in the Hugging Face cache (the folder fetch takes then, offline).
@@ -85,7 +86,7 @@ export async function speculateHiddenStates(recipe: Recipe, before: Recipe | nul
     const baseId = await memoisedContentId(dir, cache);
     ids = texts.map((t) => tok.encodePrompt(t));
     if (baseId !== null) {
-      const held = await Promise.all(texts.map((t, i) => cache.mayHave(promptStateKey(baseId, tok.contentId, t, ids[i]!.length))));
+      const held = await Promise.all(texts.map((t, i) => cache.mayHave(promptStateKey(baseId, tok.contentId, t, ids[i]!.length, precision))));
       ids = ids.filter((_, i) => !held[i]);
       if (ids.length === 0) {
         stopForwardWorker();
@@ -95,6 +96,6 @@ export async function speculateHiddenStates(recipe: Recipe, before: Recipe | nul
   } catch {
     return 0;
   }
-  // The CPU's exact pass, as the stage asks for it (cachedHiddenStates).
-  return speculatePromptStates(dir, ids, { device: 'cpu', precision: 'fp32' }) ? ids.length : 0;
+  // The CPU's pass in the arithmetic asked for, as the stage asks for it (cachedHiddenStates).
+  return speculatePromptStates(dir, ids, { device: 'cpu', precision }) ? ids.length : 0;
 }

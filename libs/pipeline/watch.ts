@@ -27,8 +27,8 @@ export async function watchRecipe(recipeFile: string, modelBaseDir: string, opti
 /**
  * Between builds: fork the forward worker when the recipe's gate mode needs prompt states, and set it up for the
  * base model's pass (the one the embed-prompts stage asks for) where the base is a local folder or complete in the
- * Hugging Face cache and the pass the CPU's exact one, its other layers read into the OS's page cache until the
- * next build asks for it. A recipe that does not read prepares nothing: the next build says what is wrong.
+ * Hugging Face cache and the pass runs on the CPU (in the arithmetic the build asks for), its other layers read
+ * into the OS's page cache until the next build asks for it. A recipe that does not read prepares nothing: the next build says what is wrong.
  */
 export async function prepareNextMerge(recipeFile: string, modelBaseDir: string, options: Pick<StageOptions, 'device' | 'forwardPrecision'>): Promise<void> {
   try {
@@ -36,11 +36,11 @@ export async function prepareNextMerge(recipeFile: string, modelBaseDir: string,
     const states = GATE_MODES[recipe.gate_mode].states;
     if (states !== 'hidden' && states !== 'router_input') return;
     startForwardWorker();
-    if (states !== 'hidden' || (options.device ?? 'cpu') !== 'cpu' || (options.forwardPrecision ?? 'fp32') !== 'fp32') return;
+    if (states !== 'hidden' || (options.device ?? 'cpu') !== 'cpu') return;
     // A local folder, or a complete snapshot in the Hugging Face cache (this process's environment names it).
     const dir = await cachedModelDir(recipe.base_model, { baseDir: modelBaseDir });
     // Warmed: between builds other programs' reads, or a large write of the output, may push the base out of the OS's cache.
-    if (dir !== null) prepareForwardWorker('prompts', dir, { device: 'cpu', precision: 'fp32' }, true);
+    if (dir !== null) prepareForwardWorker('prompts', dir, { device: 'cpu', precision: options.forwardPrecision ?? 'fp32' }, true);
   } catch {
     // only a head start
   }

@@ -21,7 +21,7 @@ experts:
     positive_prompts: ["code"]
 `;
 
-test('the early guess forks for recipes that may need prompt states, and names the base only where it is a model folder on this machine (local, or a Hub id in the cache) and no flag changes the pass', () => {
+test('the early guess forks for recipes that may need prompt states, and names the base only where it is a model folder on this machine (local, or a Hub id in the cache) and the pass runs on the CPU, with the arithmetic --forward-precision asks for', () => {
   const d = tempDir();
   const write = (name: string, text: string) => {
     writeFileSync(join(d, name), text);
@@ -54,7 +54,14 @@ test('the early guess forks for recipes that may need prompt states, and names t
   // the fitted routers' pass (it reads the experts' MLPs too).
   assert.deepEqual(earlyGuess([write('bare.yml', recipe(d)), 'out']), { base: null });
   assert.deepEqual(earlyGuess([hidden, 'out', '--device', 'cuda']), { base: null });
-  assert.deepEqual(earlyGuess([hidden, 'out', '--forward-precision=int8']), { base: null });
+  // The arithmetic the stage will ask for goes with the base (its pass set up in bf16 or int8); a value the
+  // command refuses, or the flag twice, sets up nothing (the command says what is wrong).
+  assert.deepEqual(earlyGuess([hidden, 'out', '--forward-precision=int8']), { base: TINY('a'), precision: 'int8' });
+  assert.deepEqual(earlyGuess([hidden, 'out', '--forward-precision', 'bf16']), { base: TINY('a'), precision: 'bf16' });
+  assert.deepEqual(earlyGuess([hidden, 'out', '--forward-precision', 'fp32']), { base: TINY('a') });
+  assert.deepEqual(earlyGuess([hidden, 'out', '--forward-precision=fp64']), { base: null });
+  assert.deepEqual(earlyGuess([hidden, 'out', '--forward-precision=bf16', '--forward-precision=int8']), { base: null });
+  assert.deepEqual(earlyGuess([hidden, 'out', '--forward-precision=bf16', '--device=cuda']), { base: null });
   assert.deepEqual(earlyGuess([write('fit.yml', recipe(TINY('a'), 'fit')), 'out']), { base: null });
   // No worker: modes without a forward pass, help, version, a missing recipe, too few arguments.
   for (const mode of ['cheap_embed', '"random"', "'uniform_random'"]) assert.equal(earlyGuess([write('m.yml', recipe(TINY('a'), mode)), 'out']), null, mode);

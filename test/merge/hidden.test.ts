@@ -6,6 +6,7 @@ import { mergeRecipe } from '../../libs/pipeline';
 import { SafetensorsWeights, readTensorBytes, decodeFloats } from '../../libs/safetensors';
 import { assertMatchesManifest, manifest } from '../helpers/manifest';
 import { FIXTURES, tempDir } from '../helpers/tmp';
+import { bf16Unavailable, usePortableBf16 } from '../../libs/forward';
 
 const PARITY = join(FIXTURES, 'parity');
 const refJson = JSON.parse(readFileSync(join(PARITY, 'mixtral-hidden.reference.json'), 'utf8'));
@@ -247,3 +248,60 @@ test('a hidden merge forks its forward worker ahead when its prompts may need st
   assert.match(r.states, / 1 computed/);
   assert.equal(r.taken, 1, 'the stage took it');
 });
+
+test('a bf16 merge sends its prompts ahead too, in bf16: the stage takes that pass; states the cache holds only in fp32 are sent, those it holds in bf16 are not', { skip: bf16Unavailable() !== null && bf16UnavailableEvenPortable() }, async () => {
+  const { speculatedForwardWorker, speculationStats } = await import('../../libs/forward');
+  // The AVX512-BF16 kernel where the CPU has it, else its portable twin (forked workers follow the environment).
+  const portable = bf16Unavailable() !== null;
+  usePortableBf16(portable);
+  try {
+    const d = tempDir();
+    const file = join(d, 'moe.yml');
+    writeFileSync(file, readFileSync(join(PARITY, 'mixtral-hidden.yml'), 'utf8').replace(/\.\.\/tiny-llama/g, join(FIXTURES, 'tiny-llama')));
+    const cacheDir = tempDir();
+    const run = async (out: string, forwardPrecision: 'fp32' | 'bf16') => {
+      const sent = speculationStats.sent;
+      const taken = speculationStats.taken;
+      let speculated: number | null = null;
+      const lines: string[] = [];
+      await mergeRecipe({ recipeFile: file, outPath: join(d, out), modelBaseDir: d, cacheDir, overwrite: true, forwardPrecision, log: (line) => {
+        lines.push(line);
+        if (line.startsWith('model ')) speculated ??= speculatedForwardWorker();
+      } });
+      return { sent: speculationStats.sent - sent, taken: speculationStats.taken - taken, prompts: speculationStats.lastPrompts, speculated, states: lines.find((l) => l.startsWith('prompt states:'))! };
+    };
+    const exact = await run('fp32', 'fp32');
+    assert.match(exact.states, /[1-9]\d* computed/);
+    const all = exact.prompts;
+    // A new folder: every state is in the cache, but as fp32 only; the bf16 pass needs them all.
+    const first = await run('bf16', 'bf16');
+    assert.equal(first.sent, 1, 'sent ahead in bf16');
+    assert.ok(first.speculated, 'running while the models are resolved');
+    assert.equal(first.prompts, all, 'fp32 entries do not stand for bf16 ones');
+    assert.equal(first.taken, 1, 'the stage took that pass');
+    assert.match(first.states, new RegExp(`${all} computed`));
+    // Another new folder: the bf16 states are cached now, so nothing is sent.
+    const again = await run('bf16-again', 'bf16');
+    assert.equal(again.sent, 0);
+    assert.match(again.states, / 0 computed/);
+    // The speculated pass ran in bf16: layer 1's routers (from layer 0's output; layer 0's come from the
+    // embeddings, the same in both) are not the fp32 ones, and within bf16's rounding of them.
+    const [b, f] = [await routers(join(d, 'bf16'), 2), await routers(join(d, 'fp32'), 2)];
+    assert.deepEqual(b[0], f[0], 'layer 0: the embeddings\' rows');
+    const scale = maxDiff(f[1]!, new Float32Array(f[1]!.length));
+    assert.ok(maxDiff(b[1]!, f[1]!) > 0, 'layer 1: bf16 routers differ from fp32 ones');
+    assert.ok(maxDiff(b[1]!, f[1]!) < 2e-2 * scale, `layer 1: ${maxDiff(b[1]!, f[1]!)} of ${scale}`);
+  } finally {
+    usePortableBf16(false);
+  }
+});
+
+/** True where not even the portable bf16 kernel can run (no module built: no C compiler at install). */
+function bf16UnavailableEvenPortable(): boolean {
+  usePortableBf16(true);
+  try {
+    return bf16Unavailable() !== null;
+  } finally {
+    usePortableBf16(false);
+  }
+}

@@ -155,9 +155,15 @@ test('between builds the forward worker is set up for a base complete in the Hug
     await prepareNextMerge(file, d, { device: 'cpu', forwardPrecision: 'fp32' });
     assert.equal(prepareStats.sent, sent + 1);
     assert.equal(prepareStats.lastModel, snap, 'the snapshot fetch will take');
+    assert.equal(prepareStats.lastPrecision, 'fp32');
+    // A watch of bf16 builds sets up the bf16 pass (the one its builds ask for), not the exact one.
+    await prepareNextMerge(file, d, { device: 'cpu', forwardPrecision: 'bf16' });
+    assert.deepEqual([prepareStats.sent, prepareStats.lastPrecision], [sent + 2, 'bf16']);
+    await prepareNextMerge(file, d, { device: 'cuda', forwardPrecision: 'bf16' });
+    assert.equal(prepareStats.sent, sent + 2, 'off the CPU: the stage sets up its own pass');
     writeFileSync(file, recipe(['hello']).replace('base_model: models/a', 'base_model: org/absent'));
     await prepareNextMerge(file, d, { device: 'cpu', forwardPrecision: 'fp32' });
-    assert.equal(prepareStats.sent, sent + 1, 'a base the cache lacks: nothing to set up ahead');
+    assert.equal(prepareStats.sent, sent + 2, 'a base the cache lacks: nothing to set up ahead');
   } finally {
     if (was === undefined) delete process.env.HF_HUB_CACHE;
     else process.env.HF_HUB_CACHE = was;
