@@ -89,10 +89,16 @@ export class Bf16Weights {
   /** Per projection, the read under way: which layer, and its values once read. */
   private readonly reads = new Map<Projection, { layer: number; values: Promise<Uint16Array> }>();
 
-  constructor(private readonly layers: Map<string, LayerTensor>[], private readonly upTo = layers.length) {}
+  constructor(private readonly layers: Map<string, LayerTensor>[], private upTo = layers.length) {}
 
-  /** Starts the first layer's reads. */
+  /** Layers from `upTo` on are not read (a pass set up ahead learns how many layers it runs when it comes). */
+  stopAt(upTo: number): void {
+    this.upTo = Math.min(this.upTo, upTo);
+  }
+
+  /** Starts the first layer's reads (once: a setup made ahead started them). */
   begin(): void {
+    if (this.reads.size > 0) return;
     for (const role of PROJECTIONS) this.read(0, role);
   }
 

@@ -459,6 +459,8 @@ interface Setup {
   loading: { layer: number; phase: number; feeds: Promise<Record<string, Feed>> } | null;
   kernels: Promise<void>;
   sessions: Map<string, Promise<Session>>;
+  /** bf16: the first layer's projections being read, started ahead (prepareForward). */
+  bf16?: Bf16Weights;
 }
 
 /** Names, dtypes and shapes of every layer, checked before any layer runs. */
@@ -589,8 +591,14 @@ async function setUpAhead(old: typeof ahead, modelDir: string, opts: ForwardOpti
     const precision = opts.precision ?? 'fp32';
     if (first && precision !== 'bf16' && layerFloatBytes(first.tensors) <= eagerLayerBytes) loadFirst(setup);
     if (first && precision === 'fp32') void phaseSession(setup, m.cfg, first, opts);
-    // bf16: its attention session made now (its weights are read when the pass comes).
-    if (layers[0] && precision === 'bf16' && bf16Unavailable() === null) void coreSession(setup, m.cfg, layers[0], opts);
+    // bf16: its attention session made now, and the first layer's projections read (into fresh memory: on a VM
+    // the first layer's reads took 150 ms of a one-prompt pass where the worker then waited for its prompts).
+    if (layers[0] && precision === 'bf16' && bf16Unavailable() === null) {
+      void coreSession(setup, m.cfg, layers[0], opts);
+      setup.bf16 = new Bf16Weights(layers);
+      setup.bf16.begin();
+      aheadStats.bf16Reads++;
+    }
     return { m, setup, files };
   } catch {
     return null; // the call that needs the pass meets the same error and reports it
@@ -659,8 +667,11 @@ async function takeAhead(modelDir: string, opts: ForwardOptions): Promise<{ m: M
   return null;
 }
 
-/** Passes set up ahead in this process: taken by a pass, or passed over (other options, files changed; tests read this). */
-export const aheadStats = { taken: 0, passedOver: 0 };
+/**
+ * Passes set up ahead in this process: taken by a pass, or passed over (other options, files changed), and bf16
+ * first layers whose reads a setup started (tests read this).
+ */
+export const aheadStats = { taken: 0, passedOver: 0, bf16Reads: 0 };
 
 const sameFiles = (keys: string, dirs: string[]) => folderState(dirs).keys === keys;
 
@@ -726,7 +737,8 @@ async function runLayers(m: Model, given: Sequence[], upTo: number, opts: Forwar
     const int8 = (opts.precision ?? 'fp32') === 'int8';
     const int8Pool: Int8Pool = new Map();
     // bf16: each projection's buffer takes the next layer's tensor once a layer is done with it (Bf16Weights).
-    const bf16Weights = bf16 ? new Bf16Weights(layers, upTo) : null;
+    const bf16Weights = bf16 ? (su.bf16 ?? new Bf16Weights(layers)) : null;
+    bf16Weights?.stopAt(upTo);
     bf16Weights?.begin();
     for (let layer = 0; layer < upTo; layer++) {
       const out: Float32Array[] = new Array(seqs.length);

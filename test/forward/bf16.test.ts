@@ -228,11 +228,12 @@ test('Bf16Weights: a tensor at an odd offset in its file reads as its values; on
   await assert.rejects(cut.proj(0, 'q'), (e) => describeError(e) === `${join(dir, 'short.bin')}, tensor model.layers.0.self_attn.q_proj.weight: file ended while reading 128 bytes`);
 });
 
-test('bf16: a pass prepared ahead (its attention session made) is taken and gives the states of one that is not', async () => {
+test('bf16: a pass prepared ahead (its attention session made, its first layer read) is taken and gives the states of one that is not', async () => {
   await withKernel(!CPU_HAS_BF16, async () => {
     const plain = await computePromptStates(TINY('a'), PROMPTS, { precision: 'bf16' });
-    const taken = aheadStats.taken;
+    const { taken, bf16Reads } = aheadStats;
     await prepareForward(TINY('a'), { precision: 'bf16' });
+    assert.equal(aheadStats.bf16Reads, bf16Reads + 1, 'the first layer\'s reads began with the setup');
     const ahead = await computePromptStates(TINY('a'), PROMPTS, { precision: 'bf16' });
     assert.equal(aheadStats.taken, taken + 1, 'the prepared pass was taken');
     assert.deepEqual(ahead, plain);
