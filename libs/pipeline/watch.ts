@@ -28,7 +28,8 @@ export async function watchRecipe(recipeFile: string, modelBaseDir: string, opti
  * Between builds: fork the forward worker when the recipe's gate mode needs prompt states, and set it up for the
  * base model's pass (the one the embed-prompts stage asks for) where the base is a local folder or complete in the
  * Hugging Face cache and the pass runs on the CPU (in the arithmetic the build asks for), its other layers read
- * into the OS's page cache until the next build asks for it. A recipe that does not read prepares nothing: the next build says what is wrong.
+ * into the OS's page cache until the next build asks for it. A recipe that does not read prepares nothing: the
+ * next build says what is wrong.
  */
 export async function prepareNextMerge(recipeFile: string, modelBaseDir: string, options: Pick<StageOptions, 'device' | 'forwardPrecision'>): Promise<void> {
   try {
