@@ -12,7 +12,7 @@ import { open } from 'node:fs/promises';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { delimiter, join } from 'node:path';
-import { computePromptStates } from '../libs/forward';
+import { computePromptStates, type ForwardPrecision } from '../libs/forward';
 import { loadTokenizer } from '../libs/tokenizer';
 import { benchForward } from './forward';
 import { writeFastModel, type TinyModelSpec } from './models';
@@ -298,9 +298,12 @@ export async function benchIncremental(tmp: string, size: string, log: (s: strin
   const tok = await loadTokenizer(join(models, 'a'));
   const ids = tok.encodePrompt(prompt('extra', 99));
   let onePrompt = Infinity;
+  // In the arithmetic the section's commands use (--forward-precision), so the floor is theirs.
+  const at = cliArgs.indexOf('--forward-precision');
+  const precision = at >= 0 ? (cliArgs[at + 1] as ForwardPrecision) : 'fp32';
   for (let i = 0; i < 2; i++) {
     const t0 = performance.now();
-    await computePromptStates(join(models, 'a'), [ids]);
+    await computePromptStates(join(models, 'a'), [ids], { precision });
     onePrompt = Math.min(onePrompt, (performance.now() - t0) / 1000);
   }
   const promptTokens = expertPrompts(false, experts).flat().map((p) => tok.encodePrompt(p).length);
@@ -330,7 +333,7 @@ export async function benchIncremental(tmp: string, size: string, log: (s: strin
   log(`cold build again, local folders: ${localCold.seconds.toFixed(2)} s; by Hub id from the Hugging Face cache: ${hubCold.seconds.toFixed(2)} s`);
   rmSync(dir, { recursive: true, force: true });
   const referenceResult: ReferenceResult | null = ref && refCold && refPlus ? { command: ref.command, foundBy: ref.foundBy, cold: refCold, plus: refPlus } : null;
-  return { spec, experts, prompts: promptTokens.length, steps, editBackToBack, editSpaced, editWatched: watched.seconds, watchPeakRssKiB: watched.peakRssKiB, onePromptSeconds: onePrompt, onePromptTokens: ids.length, forward, noopFloorSeconds: noop, noopBestSeconds: Math.min(...noopRuns), nodeStartSeconds: Math.min(...nodeRuns), copy, localCold, hubCold, reference: referenceResult, referenceNote: why };
+  return { spec, experts, prompts: promptTokens.length, steps, editBackToBack, editSpaced, editWatched: watched.seconds, watchPeakRssKiB: watched.peakRssKiB, onePromptSeconds: onePrompt, onePromptTokens: ids.length, onePromptPrecision: precision, forward, noopFloorSeconds: noop, noopBestSeconds: Math.min(...noopRuns), nodeStartSeconds: Math.min(...nodeRuns), copy, localCold, hubCold, reference: referenceResult, referenceNote: why };
 }
 
 /**
