@@ -214,8 +214,9 @@ const EDIT_PAUSE_MS = 3000;
 /** Options every `mergekit-moe` command of the section gets (the bench's --forward-precision). */
 let cliArgs: string[] = [];
 
-export async function benchIncremental(tmp: string, size: string, log: (s: string) => void, extraArgs: string[] = []) {
-  cliArgs = extraArgs;
+/** `precision`: every command runs with `--forward-precision` it (null: without the flag, fp32). */
+export async function benchIncremental(tmp: string, size: string, log: (s: string) => void, precision: ForwardPrecision | null = null) {
+  cliArgs = precision ? ['--forward-precision', precision] : [];
   const spec = SIZES[size];
   if (!spec) throw new Error(`unknown size ${size} (known: ${Object.keys(SIZES).join(', ')})`);
   const experts = SIZE_EXPERTS[size] ?? 4;
@@ -298,12 +299,11 @@ export async function benchIncremental(tmp: string, size: string, log: (s: strin
   const tok = await loadTokenizer(join(models, 'a'));
   const ids = tok.encodePrompt(prompt('extra', 99));
   let onePrompt = Infinity;
-  // In the arithmetic the section's commands use (--forward-precision), so the floor is theirs.
-  const at = cliArgs.indexOf('--forward-precision');
-  const precision = at >= 0 ? (cliArgs[at + 1] as ForwardPrecision) : 'fp32';
+  // In the arithmetic the section's commands use, so the floor is theirs.
+  const onePromptPrecision = precision ?? 'fp32';
   for (let i = 0; i < 2; i++) {
     const t0 = performance.now();
-    await computePromptStates(join(models, 'a'), [ids], { precision });
+    await computePromptStates(join(models, 'a'), [ids], { precision: onePromptPrecision });
     onePrompt = Math.min(onePrompt, (performance.now() - t0) / 1000);
   }
   const promptTokens = expertPrompts(false, experts).flat().map((p) => tok.encodePrompt(p).length);
@@ -333,7 +333,7 @@ export async function benchIncremental(tmp: string, size: string, log: (s: strin
   log(`cold build again, local folders: ${localCold.seconds.toFixed(2)} s; by Hub id from the Hugging Face cache: ${hubCold.seconds.toFixed(2)} s`);
   rmSync(dir, { recursive: true, force: true });
   const referenceResult: ReferenceResult | null = ref && refCold && refPlus ? { command: ref.command, foundBy: ref.foundBy, cold: refCold, plus: refPlus } : null;
-  return { spec, experts, prompts: promptTokens.length, steps, editBackToBack, editSpaced, editWatched: watched.seconds, watchPeakRssKiB: watched.peakRssKiB, onePromptSeconds: onePrompt, onePromptTokens: ids.length, onePromptPrecision: precision, forward, noopFloorSeconds: noop, noopBestSeconds: Math.min(...noopRuns), nodeStartSeconds: Math.min(...nodeRuns), copy, localCold, hubCold, reference: referenceResult, referenceNote: why };
+  return { spec, experts, prompts: promptTokens.length, steps, editBackToBack, editSpaced, editWatched: watched.seconds, watchPeakRssKiB: watched.peakRssKiB, onePromptSeconds: onePrompt, onePromptTokens: ids.length, onePromptPrecision, forward, noopFloorSeconds: noop, noopBestSeconds: Math.min(...noopRuns), nodeStartSeconds: Math.min(...nodeRuns), copy, localCold, hubCold, reference: referenceResult, referenceNote: why };
 }
 
 /**

@@ -35,7 +35,7 @@ import { runEmbedPrompts } from '../libs/stages';
 import { gatesForAssembly, runBuildGates } from '../libs/stages';
 import { runAssemble } from '../libs/stages';
 import { DEFAULT_SHARD_BYTES } from '../libs/pipeline';
-import { computePromptStates } from '../libs/forward';
+import { computePromptStates, FORWARD_PRECISIONS, type ForwardPrecision } from '../libs/forward';
 import { loadTokenizer } from '../libs/tokenizer';
 import { benchForward, benchIdleCpu } from './forward';
 import { benchRng } from './rng';
@@ -400,8 +400,8 @@ function forwardRows(section: string, f: Record<string, number>): void {
   row({ section, measure: 'forward fixed cost per layer (1-token prompt), s', value: f.fixedSecondsPerLayer!, unit: 's', baseline: null, baselineLabel: `layer weights ${f.layerWeightsF32MiB} MiB as f32`, goal: '≤ 0.1 s', met: f.fixedSecondsPerLayer! <= 0.1 });
 }
 
-async function benchIncrementalSection(tmp: string, size: string, precision: string | null): Promise<void> {
-  const r = await benchIncremental(tmp, size, log, precision ? ['--forward-precision', precision] : []);
+async function benchIncrementalSection(tmp: string, size: string, precision: ForwardPrecision | null): Promise<void> {
+  const r = await benchIncremental(tmp, size, log, precision);
   const [cold, plus, noise, swap, noop] = r.steps as [StepResult, StepResult, StepResult, StepResult, StepResult];
   const copyS = (bytes: number) => (bytes * r.copy.seconds) / r.copy.bytes;
   const f = r.forward as Record<string, number>;
@@ -526,8 +526,8 @@ async function main(): Promise<void> {
   const size = sizes[0] ?? null;
   // --forward-precision P: the incremental section's commands run with it (its own section name and file).
   const precisionAt = argv.indexOf('--forward-precision');
-  const precision = precisionAt >= 0 ? argv[precisionAt + 1] ?? null : null;
-  if (precisionAt >= 0 && !['fp32', 'int8', 'bf16'].includes(precision ?? '')) throw new Error('--forward-precision must be fp32, int8 or bf16');
+  const precision = precisionAt >= 0 ? FORWARD_PRECISIONS.find((p) => p === argv[precisionAt + 1]) ?? null : null;
+  if (precisionAt >= 0 && !precision) throw new Error(`--forward-precision must be one of ${FORWARD_PRECISIONS.join(', ')}`);
   const chosen = argv.filter((a) => all.includes(a));
   // --size runs the incremental section at that size, plus the write section (the casts' rates).
   const sections = chosen.length ? chosen : size ? ['incremental', 'write'] : argv.includes('machine') ? [] : ['rng', 'forward', 'write', 'nx', 'many'];

@@ -89,7 +89,12 @@ export class Bf16Weights {
   /** Per projection, the read under way: which layer, and its values once read. */
   private readonly reads = new Map<Projection, { layer: number; values: Promise<Uint16Array> }>();
 
-  constructor(private readonly layers: Map<string, LayerTensor>[], private upTo = layers.length) {}
+  /** Layers from here on are not read (stopAt). */
+  private upTo: number;
+
+  constructor(private readonly layers: Map<string, LayerTensor>[]) {
+    this.upTo = layers.length;
+  }
 
   /** Layers from `upTo` on are not read (a pass set up ahead learns how many layers it runs when it comes). */
   stopAt(upTo: number): void {

@@ -271,7 +271,6 @@ async function readFully(fh: FileHandle, into: Uint8Array, position: number, loc
   }
 }
 
-
 /**
  * 16-bit values held in the upper half of `buf` become float32 in place. Going forward is safe: element i is
  * read (bytes 2n+2i) before its float lands at bytes 4i..4i+3, which lie below every value still to be read.
