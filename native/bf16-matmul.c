@@ -3,7 +3,11 @@
 // are vdpbf16ps (two products per lane per instruction, twice fp32 FMA's rate); elsewhere, and when asked (tests),
 // a portable loop computes the same products in float32 (its sums round apart in the last bits).
 //
-// One call: matmul(a, w, bias, out, M, N, K, mode, rowScale, w2, bias2, threads, portable) -> Promise<void>
+// Wide (the fp32 pass on bf16 weights): x kept float32 and each bf16 weight widened to float32 (exact), so every
+// product is float32's and only the order of the sums differs from onnxruntime's Gemm; AVX-512F (vfmadd231ps, the
+// weights widened in registers: no float32 copy of a layer is made), or the portable loop.
+//
+// One call: matmul(a, w, bias, out, M, N, K, mode, rowScale, w2, bias2, threads, portable, wide) -> Promise<void>
 //   mode 0: out = y;  mode 1: out += rowScale[m] * y (rowScale null: 1);  mode 2: out = silu(y) * y2, y2 from w2.
 // The work runs off the JavaScript thread on `threads` threads of a pool kept for the process, each a share of W's rows.
 #include <node_api.h>
@@ -17,6 +21,7 @@
 #define MR 6     // rows of x per tile
 #define NR 4     // rows of W per tile
 #define KC 2048  // bf16 values of a row per pass (4 KiB): a tile's x rows stay in L1
+#define KC_WIDE 1024  // the same for float32 x (4 KiB a row)
 #define NB 64    // rows of W per block (NB * KC * 2 = 256 KiB): the block stays in L2
 
 typedef struct Job {
@@ -24,8 +29,10 @@ typedef struct Job {
   const uint16_t *w, *w2;
   const float *bias, *bias2, *rowScale;
   float *out;
-  int M, N, K, Kp, mode, threads, portable;
-  uint16_t *abf;  // x as bf16 in tiles: [M/MR][Kp/32][MR][32], zero past M and K (a tile's loads run in order)
+  int M, N, K, Kp, mode, threads, portable, wide;
+  // x in tiles, [M/MR][Kp/32][MR][32], zero past M and K (a tile's loads run in order): bf16, or (wide) float32
+  // with each chunk of 32 in the order the widened weights take (wide_pos).
+  void *ax;
   pthread_barrier_t barrier;
   napi_deferred deferred;
   napi_threadsafe_function done;  // resolves the promise on the JavaScript thread
@@ -108,6 +115,114 @@ __attribute__((target("avx512f,avx512bw,avx512bf16"))) static void tile_bf16(con
   }
 }
 
+// Where k % 32 of a chunk sits in a wide tile: unpacking 32 bf16 weights against zeros gives, per 128-bit block b,
+// lo = w[8b .. 8b+3] and hi = w[8b+4 .. 8b+7] as float32 (the low words zero), so x takes the same order: the
+// first 16 slots lo's, the next 16 hi's.
+static inline int wide_pos(int r) {
+  const int g = r / 8, w = r % 8;
+  return w < 4 ? g * 4 + w : 16 + g * 4 + (w - 4);
+}
+
+// acc[i][j] = sum over k in [k0, k1) of x_i[k] * w_j[k], x float32 (wide tiles), w bf16 widened exactly.
+// One 32-wide step of a full tile: W's 4 rows widened (lo halves, then hi halves reloaded: 24 sums, 4 weights and
+// the zero fit the 32 registers), each times the 6 rows of x.
+#define WIDE_STEP(LOAD)                                                                                      \
+  do {                                                                                                       \
+    __m512 b0 = _mm512_castsi512_ps(_mm512_unpacklo_epi16(zero, LOAD(w + k)));                               \
+    __m512 b1 = _mm512_castsi512_ps(_mm512_unpacklo_epi16(zero, LOAD(w + ws + k)));                          \
+    __m512 b2 = _mm512_castsi512_ps(_mm512_unpacklo_epi16(zero, LOAD(w + 2 * ws + k)));                      \
+    __m512 b3 = _mm512_castsi512_ps(_mm512_unpacklo_epi16(zero, LOAD(w + 3 * ws + k)));                      \
+    for (int i = 0; i < MR; i++) {                                                                           \
+      const __m512 ai = _mm512_loadu_ps(x + (size_t)k * MR + i * 32);                                        \
+      c[i][0] = _mm512_fmadd_ps(ai, b0, c[i][0]);                                                            \
+      c[i][1] = _mm512_fmadd_ps(ai, b1, c[i][1]);                                                            \
+      c[i][2] = _mm512_fmadd_ps(ai, b2, c[i][2]);                                                            \
+      c[i][3] = _mm512_fmadd_ps(ai, b3, c[i][3]);                                                            \
+    }                                                                                                        \
+    b0 = _mm512_castsi512_ps(_mm512_unpackhi_epi16(zero, LOAD(w + k)));                                      \
+    b1 = _mm512_castsi512_ps(_mm512_unpackhi_epi16(zero, LOAD(w + ws + k)));                                 \
+    b2 = _mm512_castsi512_ps(_mm512_unpackhi_epi16(zero, LOAD(w + 2 * ws + k)));                             \
+    b3 = _mm512_castsi512_ps(_mm512_unpackhi_epi16(zero, LOAD(w + 3 * ws + k)));                             \
+    for (int i = 0; i < MR; i++) {                                                                           \
+      const __m512 ai = _mm512_loadu_ps(x + (size_t)k * MR + i * 32 + 16);                                   \
+      c[i][0] = _mm512_fmadd_ps(ai, b0, c[i][0]);                                                            \
+      c[i][1] = _mm512_fmadd_ps(ai, b1, c[i][1]);                                                            \
+      c[i][2] = _mm512_fmadd_ps(ai, b2, c[i][2]);                                                            \
+      c[i][3] = _mm512_fmadd_ps(ai, b3, c[i][3]);                                                            \
+    }                                                                                                        \
+  } while (0)
+#define LOAD_FULL(p) _mm512_loadu_si512(p)
+#define LOAD_TAIL(p) _mm512_maskz_loadu_epi16(m, p)
+
+// acc[i][j] = sum over k in [k0, k1) of x_i[k] * w_j[k], x float32 (wide tiles), w bf16 widened exactly.
+__attribute__((target("avx512f,avx512bw"))) static void tile_wide(const float *x, int mr, const uint16_t *w, int ws, int nr, int k0, int k1, int kEnd, float *acc /* [MR][NR] */) {
+  __m512 c[MR][NR];
+  for (int i = 0; i < MR; i++)
+    for (int j = 0; j < NR; j++) c[i][j] = _mm512_setzero_ps();
+  (void)mr;  // rows past M are zeros in x's tiles
+  const __m512i zero = _mm512_setzero_si512();
+  if (nr == NR) {
+    int k = k0;
+    for (; k + 32 <= k1 && k + 32 <= kEnd; k += 32) WIDE_STEP(LOAD_FULL);
+    if (k < k1) {  // W's row ends inside this step: its tail is masked (x is zero there)
+      const __mmask32 m = (__mmask32)((1ull << (kEnd - k)) - 1);
+      WIDE_STEP(LOAD_TAIL);
+    }
+    for (int i = 0; i < MR; i++) _mm_storeu_ps(acc + i * NR, reduce4(c[i][0], c[i][1], c[i][2], c[i][3]));
+    return;
+  }
+  for (int k = k0; k < k1; k += 32) {
+    const __mmask32 m = kEnd - k >= 32 ? (__mmask32)0xffffffffu : (__mmask32)((1ull << (kEnd - k)) - 1);
+    for (int j = 0; j < nr; j++) {
+      const __m512i rj = _mm512_maskz_loadu_epi16(m, w + j * ws + k);
+      const __m512 lo = _mm512_castsi512_ps(_mm512_unpacklo_epi16(zero, rj)), hi = _mm512_castsi512_ps(_mm512_unpackhi_epi16(zero, rj));
+      for (int i = 0; i < MR; i++) {
+        c[i][j] = _mm512_fmadd_ps(_mm512_loadu_ps(x + (size_t)k * MR + i * 32), lo, c[i][j]);
+        c[i][j] = _mm512_fmadd_ps(_mm512_loadu_ps(x + (size_t)k * MR + i * 32 + 16), hi, c[i][j]);
+      }
+    }
+  }
+  for (int i = 0; i < MR; i++)
+    for (int j = 0; j < nr; j++) acc[i * NR + j] = _mm512_reduce_add_ps(c[i][j]);
+}
+
+// The wide sums, portably: float32 x times the widened weights, summed in float32.
+static void tile_wide_portable(const float *x, int mr, const uint16_t *w, int ws, int nr, int k0, int k1, int kEnd, float *acc) {
+  if (k1 > kEnd) k1 = kEnd;
+  for (int i = 0; i < mr; i++)
+    for (int j = 0; j < nr; j++) {
+      const uint16_t *wj = w + j * ws;
+      float lanes[16] = {0};
+      for (int k = k0; k < k1; k += 16)
+        for (int l = 0; l < 16 && k + l < k1; l++) {
+          const int kk = k + l;
+          lanes[l] += x[(size_t)(kk / 32) * 32 * MR + i * 32 + wide_pos(kk % 32)] * from_bf16(wj[kk]);
+        }
+      float s = 0;
+      for (int l = 0; l < 16; l++) s += lanes[l];
+      acc[i * NR + j] = s;
+    }
+}
+
+// One row of float32 x into its wide tile's slots (wide_pos order), zero past K.
+__attribute__((target("avx512f"))) static void to_wide_row_avx(const float *src, int K, int Kp, float *dst) {
+  for (int k = 0; k < Kp; k += 32) {
+    const int n = K - k < 0 ? 0 : K - k;
+    const __mmask16 lo = n >= 16 ? 0xffff : (__mmask16)((1u << n) - 1), hi = n >= 32 ? 0xffff : n <= 16 ? 0 : (__mmask16)((1u << (n - 16)) - 1);
+    const __m512 a = _mm512_maskz_loadu_ps(lo, src + k), b = _mm512_maskz_loadu_ps(hi, src + k + 16);
+    _mm512_storeu_ps(dst + (size_t)k * MR, _mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(2, 0, 2, 0)));
+    _mm512_storeu_ps(dst + (size_t)k * MR + 16, _mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(3, 1, 3, 1)));
+  }
+}
+
+static void to_wide_row(const float *src, int K, int Kp, float *dst, int portable) {
+  if (!portable) {
+    to_wide_row_avx(src, K, Kp, dst);
+    return;
+  }
+  for (int k = 0; k < Kp; k++) dst[(size_t)(k / 32) * 32 * MR + wide_pos(k % 32)] = k < K ? src[k] : 0.0f;
+}
+
 // The same sums, portably: each product of two bf16 values is exact in float32, summed in float32.
 static void tile_portable(const uint16_t *x, int mr, const uint16_t *w, int ws, int nr, int k0, int k1, int kEnd, float *acc) {
   if (k1 > kEnd) k1 = kEnd;
@@ -149,6 +264,11 @@ static int has_bf16(void) {
   return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512bf16");
 }
 
+static int has_wide(void) {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
+}
+
 static inline float silu(float g) { return g / (1.0f + expf(-g)); }
 
 // exp(x) for x in float32's range: 2^n * e^f with |f| <= ln2/2, e^f by a degree-6 polynomial (relative error about
@@ -182,21 +302,23 @@ __attribute__((target("avx512f"))) static void silu_gate_avx(float *o, const flo
 
 // One thread's share: W rows [n0, n1) in blocks of NB, K in passes of KC, x in tiles of MR rows.
 static void run_share(Job *j, int n0, int n1, float *scratch, float *scratch2) {
-  const int M = j->M, K = j->K, Kp = j->Kp;
+  const int M = j->M, K = j->K, Kp = j->Kp, kc = j->wide ? KC_WIDE : KC;
   void (*tile)(const uint16_t *, int, const uint16_t *, int, int, int, int, int, float *) = j->portable ? tile_portable : tile_bf16;
+  void (*tileWide)(const float *, int, const uint16_t *, int, int, int, int, int, float *) = j->portable ? tile_wide_portable : tile_wide;
   float acc[MR * NR];
   for (int nb = n0; nb < n1; nb += NB) {
     const int nbEnd = nb + NB < n1 ? nb + NB : n1, width = nbEnd - nb;
     for (int pass = 0; pass < (j->w2 ? 2 : 1); pass++) {
       const uint16_t *w = pass ? j->w2 : j->w;
       float *s = pass ? scratch2 : scratch;  // [M, width]
-      for (int k0 = 0; k0 < Kp; k0 += KC) {
-        const int k1 = k0 + KC < Kp ? k0 + KC : Kp;
+      for (int k0 = 0; k0 < Kp; k0 += kc) {
+        const int k1 = k0 + kc < Kp ? k0 + kc : Kp;
         for (int m = 0; m < M; m += MR) {
           const int mr = M - m < MR ? M - m : MR;
           for (int n = nb; n < nbEnd; n += NR) {
             const int nr = nbEnd - n < NR ? nbEnd - n : NR;
-            tile(j->abf + (size_t)m * Kp, mr, w + (size_t)n * K, K, nr, k0, k1, K, acc);
+            if (j->wide) tileWide((const float *)j->ax + (size_t)m * Kp, mr, w + (size_t)n * K, K, nr, k0, k1, K, acc);
+            else tile((const uint16_t *)j->ax + (size_t)m * Kp, mr, w + (size_t)n * K, K, nr, k0, k1, K, acc);
             for (int i = 0; i < mr; i++)
               for (int c = 0; c < nr; c++) {
                 float *d = s + (size_t)(m + i) * width + (n - nb) + c;
@@ -224,20 +346,24 @@ static void run_share(Job *j, int n0, int n1, float *scratch, float *scratch2) {
   }
 }
 
-// Thread t's part of a job: its tiles of x to bf16, then (once every thread has converted) its share of W's rows.
+// Thread t's part of a job: its tiles of x (to bf16, or wide), then (once every thread has converted) its share of
+// W's rows.
 static void thread_part(Job *j, int t) {
   const int T = j->threads;
-  // x to bf16 in tiles, the tiles shared out, then every thread waits for the whole of it.
+  // x into tiles, the tiles shared out, then every thread waits for the whole of it.
   const int tiles = (j->M + MR - 1) / MR;
+  const size_t size = j->wide ? sizeof(float) : sizeof(uint16_t);
   for (int tt = t; tt < tiles; tt += T) {
-    uint16_t *dst = j->abf + (size_t)tt * MR * j->Kp;
+    char *dst = (char *)j->ax + (size_t)tt * MR * j->Kp * size;
     for (int i = 0; i < MR; i++) {
       const int m = tt * MR + i;
+      char *row = dst + (size_t)i * 32 * size;
       if (m >= j->M) {
-        for (int k = 0; k < j->Kp; k += 32) memset(dst + (size_t)k * MR + i * 32, 0, 64);
+        for (int k = 0; k < j->Kp; k += 32) memset(row + (size_t)k * MR * size, 0, 32 * size);
         continue;
       }
-      to_bf16_row(j->a + (size_t)m * j->K, j->K, j->Kp, dst + i * 32, j->portable);
+      if (j->wide) to_wide_row(j->a + (size_t)m * j->K, j->K, j->Kp, (float *)row, j->portable);
+      else to_bf16_row(j->a + (size_t)m * j->K, j->K, j->Kp, (uint16_t *)row, j->portable);
     }
   }
   pthread_barrier_wait(&j->barrier);
@@ -280,7 +406,7 @@ static void *pool_thread(void *arg) {
     Job *j = pool.head;
     ran = pool.seq;
     pthread_mutex_unlock(&pool.mu);
-    if (t < j->threads && j->abf) thread_part(j, t);
+    if (t < j->threads && j->ax) thread_part(j, t);
     pthread_mutex_lock(&pool.mu);
     if (++pool.parts_done == pool.size) {
       // Every pool thread has seen this job: the next one starts.
@@ -299,8 +425,8 @@ static void *pool_thread(void *arg) {
 
 // Queues a job (its x buffer allocated here; the pool made or grown first).
 static int pool_submit(Job *j) {
-  j->abf = malloc(sizeof(uint16_t) * (size_t)((j->M + MR - 1) / MR * MR) * j->Kp);
-  if (!j->abf) j->failed = 1;
+  j->ax = malloc((j->wide ? sizeof(float) : sizeof(uint16_t)) * (size_t)((j->M + MR - 1) / MR * MR) * j->Kp);
+  if (!j->ax) j->failed = 1;
   else pthread_barrier_init(&j->barrier, NULL, (unsigned)j->threads);
   pthread_mutex_lock(&pool.mu);
   while (pool.size < j->threads) {
@@ -327,10 +453,10 @@ static int pool_submit(Job *j) {
 }
 
 static void job_done(Job *j) {
-  if (j->abf) {
+  if (j->ax) {
     pthread_barrier_destroy(&j->barrier);
-    free(j->abf);
-    j->abf = NULL;
+    free(j->ax);
+    j->ax = NULL;
   }
   napi_threadsafe_function done = j->done;  // settle frees the job, maybe before the release
   napi_call_threadsafe_function(done, j, napi_tsfn_blocking);
@@ -384,14 +510,15 @@ static int view(napi_env env, Job *j, napi_value v, napi_typedarray_type want, v
 }
 
 static napi_value matmul(napi_env env, napi_callback_info info) {
-  size_t argc = 13;
-  napi_value argv[13];
+  size_t argc = 14;
+  napi_value argv[14];
   napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
-  if (argc != 13) return fail(env, "matmul: 13 arguments expected");
-  int32_t dims[4], threads, portable;
+  if (argc != 14) return fail(env, "matmul: 14 arguments expected");
+  int32_t dims[4], threads, portable, wide;
   for (int i = 0; i < 4; i++)
     if (napi_get_value_int32(env, argv[4 + i], &dims[i]) != napi_ok) return fail(env, "matmul: M, N, K and mode must be integers");
-  if (napi_get_value_int32(env, argv[11], &threads) != napi_ok || napi_get_value_int32(env, argv[12], &portable) != napi_ok) return fail(env, "matmul: threads and portable must be integers");
+  if (napi_get_value_int32(env, argv[11], &threads) != napi_ok || napi_get_value_int32(env, argv[12], &portable) != napi_ok || napi_get_value_int32(env, argv[13], &wide) != napi_ok)
+    return fail(env, "matmul: threads, portable and wide must be integers");
   const int M = dims[0], N = dims[1], K = dims[2], mode = dims[3];
   if (M < 1 || N < 1 || K < 1 || mode < 0 || mode > 2) return fail(env, "matmul: M, N, K must be positive and mode 0, 1 or 2");
   if (threads < 1 || threads > 64) return fail(env, "matmul: threads must be 1..64");
@@ -412,7 +539,8 @@ static napi_value matmul(napi_env env, napi_callback_info info) {
                     : (mode == 2) != (w2 != NULL) ? "matmul: w2 is given exactly when mode is 2"
                     : (w2 && nw2 != (size_t)N * K) ? "matmul: w2 must hold N*K values"
                     : (bias2 && nb2 != (size_t)N) ? "matmul: bias2 must hold N values"
-                    : (!portable && !has_bf16()) ? "matmul: this CPU has no AVX512-BF16"
+                    : (!portable && !wide && !has_bf16()) ? "matmul: this CPU has no AVX512-BF16"
+                    : (!portable && wide && !has_wide()) ? "matmul: this CPU has no AVX-512 (wide needs AVX512F and AVX512BW)"
                     : NULL;
   if (bad) {
     for (int i = 0; i < j->nrefs; i++) napi_delete_reference(env, j->refs[i]);
@@ -420,7 +548,7 @@ static napi_value matmul(napi_env env, napi_callback_info info) {
     return fail(env, bad);
   }
   j->a = a, j->w = w, j->w2 = w2, j->bias = bias, j->bias2 = bias2, j->rowScale = rs, j->out = out;
-  j->M = M, j->N = N, j->K = K, j->Kp = (K + 31) / 32 * 32, j->mode = mode, j->threads = threads, j->portable = portable;
+  j->M = M, j->N = N, j->K = K, j->Kp = (K + 31) / 32 * 32, j->mode = mode, j->threads = threads, j->portable = portable, j->wide = wide != 0;
   napi_value promise, name;
   napi_create_promise(env, &j->deferred, &promise);
   napi_create_string_utf8(env, "bf16-matmul", NAPI_AUTO_LENGTH, &name);
@@ -463,6 +591,13 @@ static napi_value supported(napi_env env, napi_callback_info info) {
   return v;
 }
 
+static napi_value supportedWide(napi_env env, napi_callback_info info) {
+  (void)info;
+  napi_value v;
+  napi_get_boolean(env, has_wide(), &v);
+  return v;
+}
+
 NAPI_MODULE_INIT(/* napi_env env, napi_value exports */) {
   napi_value f;
   napi_create_function(env, "matmul", NAPI_AUTO_LENGTH, matmul, NULL, &f);
@@ -471,5 +606,7 @@ NAPI_MODULE_INIT(/* napi_env env, napi_value exports */) {
   napi_set_named_property(env, exports, "rmsnorm", f);
   napi_create_function(env, "supported", NAPI_AUTO_LENGTH, supported, NULL, &f);
   napi_set_named_property(env, exports, "supported", f);
+  napi_create_function(env, "supportedWide", NAPI_AUTO_LENGTH, supportedWide, NULL, &f);
+  napi_set_named_property(env, exports, "supportedWide", f);
   return exports;
 }

@@ -15,9 +15,11 @@ interface Native {
   matmul(
     a: Float32Array, w: Uint16Array, bias: Float32Array | null, out: Float32Array, M: number, N: number, K: number,
     mode: number, rowScale: Float32Array | null, w2: Uint16Array | null, bias2: Float32Array | null, threads: number, portable: number,
+    wide: number,
   ): Promise<void>;
   rmsnorm(x: Float32Array, w: Float32Array, eps: number, out: Float32Array): void;
   supported(): boolean;
+  supportedWide(): boolean;
 }
 
 const ADDON = 'bf16-matmul.node';
@@ -61,7 +63,32 @@ export function requireBf16(): Native {
   return loadNative()!;
 }
 
+/**
+ * Why this machine cannot run the fp32 pass's native projections (the same kernels with x kept float32 and the
+ * bf16 weights widened exactly: AVX-512F and BW, or the portable kernel in tests); null where it can.
+ */
+export function whyWideUnavailable(n: Pick<Native, 'supportedWide'> | null, portable: boolean): string | null {
+  if (!n) return `the native kernels were not built (build/${ADDON} is missing)`;
+  if (!portable && !n.supportedWide()) return 'this CPU has no AVX-512 (AVX512F and AVX512BW)';
+  return null;
+}
+
+/**
+ * The fp32 pass's projections run natively here (wide), unless the environment asks for onnxruntime's Gemm
+ * (MOE_FORGE_FP32_KERNEL=onnxruntime: the bench's baseline, and a way round should the kernel ever be in doubt).
+ */
+export const FP32_KERNEL_ENV = 'MOE_FORGE_FP32_KERNEL';
+export function wideAvailable(): boolean {
+  return process.env[FP32_KERNEL_ENV] !== 'onnxruntime' && wideUnavailable() === null;
+}
+
+/** Why this machine cannot run the wide kernel (null where it can). */
+export const wideUnavailable = () => whyWideUnavailable(loadNative(), portableKernel());
+
 export const MATMUL_MODE = { store: 0, addScaled: 1, siluGate: 2 } as const;
+
+/** The arithmetic of a native product: 'bf16' rounds x to bf16; 'wide' keeps x float32 (the fp32 pass). */
+export type NativeArithmetic = 'bf16' | 'wide';
 
 /**
  * out = a W^T + bias (store); out += rowScale[m] (a W^T + bias) (addScaled, rowScale null: 1); out = silu(a W^T +
@@ -69,13 +96,19 @@ export const MATMUL_MODE = { store: 0, addScaled: 1, siluGate: 2 } as const;
  */
 export function bf16Matmul(
   a: Float32Array, w: Uint16Array, bias: Float32Array | null, out: Float32Array, M: number, N: number, K: number,
-  opts: { mode?: number; rowScale?: Float32Array | null; w2?: Uint16Array | null; bias2?: Float32Array | null; threads?: number } = {},
+  opts: { mode?: number; rowScale?: Float32Array | null; w2?: Uint16Array | null; bias2?: Float32Array | null; threads?: number; arithmetic?: NativeArithmetic } = {},
 ): Promise<void> {
-  return requireBf16().matmul(a, w, bias, out, M, N, K, opts.mode ?? 0, opts.rowScale ?? null, opts.w2 ?? null, opts.bias2 ?? null, opts.threads ?? 2, portableKernel() ? 1 : 0);
+  const wide = opts.arithmetic === 'wide';
+  const n = wide ? loadNative() : requireBf16();
+  if (!n) throw new Error(`native matmul: build/${ADDON} is missing`);
+  return n.matmul(a, w, bias, out, M, N, K, opts.mode ?? 0, opts.rowScale ?? null, opts.w2 ?? null, opts.bias2 ?? null, opts.threads ?? 2, portableKernel() ? 1 : 0, wide ? 1 : 0);
 }
 
 const PROJECTIONS = ['q', 'k', 'v', 'o', 'gate', 'up', 'down'] as const;
 type Projection = (typeof PROJECTIONS)[number];
+
+/** Every layer's projections are stored bf16 (the wide products read them as they are; anything else converted would round). */
+export const projectionsBf16 = (layers: Map<string, LayerTensor>[]) => layers.every((l) => PROJECTIONS.every((r) => l.get(r)?.loc.dtype === 'BF16'));
 
 /**
  * A bf16 pass's weights: one buffer per projection, reused from layer to layer, each refilled with the next layer's
@@ -169,7 +202,7 @@ export interface Bf16Pack {
  * layer's read as soon as it can be: per pack, the layer's output [N, H] and its router input (post-attention norm).
  */
 export async function runBf16Layer(
-  cfg: ModelConfig, core: Session, weights: Bf16Weights, layer: number, packs: Bf16Pack[], threads: number,
+  cfg: ModelConfig, core: Session, weights: Bf16Weights, layer: number, packs: Bf16Pack[], threads: number, arithmetic: NativeArithmetic = 'bf16',
 ): Promise<{ out: Float32Array; routerInput: Float32Array }[]> {
   const H = cfg.hiddenSize, I = cfg.intermediateSize;
   const qDim = cfg.numHeads * cfg.headDim, kvDim = cfg.numKvHeads * cfg.headDim;
@@ -182,7 +215,7 @@ export async function runBf16Layer(
     const outs: Float32Array[] = [];
     for (const [i, p] of packs.entries()) {
       outs.push(new Float32Array(rows(p) * dim));
-      await bf16Matmul(xn[i]!, w, F(`${role}_bias`), outs[i]!, rows(p), dim, H, { threads });
+      await bf16Matmul(xn[i]!, w, F(`${role}_bias`), outs[i]!, rows(p), dim, H, { threads, arithmetic });
     }
     weights.release(layer, role);
     return outs;
@@ -205,7 +238,7 @@ export async function runBf16Layer(
   const h = packs.map((p) => p.x.slice());
   const wo = await weights.proj(layer, 'o');
   for (const [i, p] of packs.entries()) {
-    await bf16Matmul(ctx[i]!, wo, F('o_bias'), h[i]!, rows(p), H, qDim, { mode: MATMUL_MODE.addScaled, rowScale: p.inputs[LAYER_INPUTS.gate]!.data as Float32Array, threads });
+    await bf16Matmul(ctx[i]!, wo, F('o_bias'), h[i]!, rows(p), H, qDim, { mode: MATMUL_MODE.addScaled, rowScale: p.inputs[LAYER_INPUTS.gate]!.data as Float32Array, threads, arithmetic });
   }
   weights.release(layer, 'o');
   const hn = h.map((x) => rmsNormNative(x, F('ln2')!, cfg.rmsNormEps));
@@ -213,12 +246,12 @@ export async function runBf16Layer(
   const act: Float32Array[] = [];
   for (const [i, p] of packs.entries()) {
     act.push(new Float32Array(rows(p) * I));
-    await bf16Matmul(hn[i]!, wg, F('gate_bias'), act[i]!, rows(p), I, H, { mode: MATMUL_MODE.siluGate, w2: wu, bias2: F('up_bias'), threads });
+    await bf16Matmul(hn[i]!, wg, F('gate_bias'), act[i]!, rows(p), I, H, { mode: MATMUL_MODE.siluGate, w2: wu, bias2: F('up_bias'), threads, arithmetic });
   }
   weights.release(layer, 'gate');
   weights.release(layer, 'up');
   const wd = await weights.proj(layer, 'down');
-  for (const [i, p] of packs.entries()) await bf16Matmul(act[i]!, wd, F('down_bias'), h[i]!, rows(p), H, I, { mode: MATMUL_MODE.addScaled, threads });
+  for (const [i, p] of packs.entries()) await bf16Matmul(act[i]!, wd, F('down_bias'), h[i]!, rows(p), H, I, { mode: MATMUL_MODE.addScaled, threads, arithmetic });
   weights.release(layer, 'down');
   return packs.map((_, i) => ({ out: h[i]!, routerInput: hn[i]! }));
 }

@@ -9,7 +9,7 @@ import { encodeModel } from './onnx-proto';
 import { ATTN_OUTPUT, LAYER_INPUTS, LAYER_OUTPUT, MLP_IO, ROUTER_INPUT, buildAttentionCoreModel, buildLayerModel, checkTensor, int8BlockSize, layerPhases, layerSignature, mlpDownModel, mlpUpModel, planLayerTensors, weightInput, type LayerPhase, type LayerTensor } from './layer-graph';
 import { attentionMask, ropeTables } from './rope';
 import { mallocHugePages } from './huge-pages';
-import { Bf16Weights, bf16Unavailable, requireBf16, runBf16Layer } from './bf16';
+import { Bf16Weights, bf16Unavailable, projectionsBf16, requireBf16, runBf16Layer, wideAvailable, type NativeArithmetic } from './bf16';
 import { folderKeys, nowNs } from '../util';
 
 export interface ForwardProgress {
@@ -37,7 +37,9 @@ export interface ForwardOptions {
   /** A model folder of the same shape whose MLP tensors (`.mlp.`) replace the model's: an expert's MLPs behind the base's attention. */
   mlpFrom?: string;
   /**
-   * 'fp32' (default): exact float32 arithmetic on the stored weights. 'int8': the projections as 8-bit blocks
+   * 'fp32' (default): exact float32 arithmetic on the stored weights (where every projection is stored bf16 and the
+   * CPU has AVX-512, its projections run in native/bf16-matmul.c's wide kernel: float32 products of the widened
+   * weights, no float32 copy of a layer made; elsewhere onnxruntime's Gemm). 'int8': the projections as 8-bit blocks
    * (symmetric, a float32 scale per 32 values) through onnxruntime's MatMulNBits with int8 activations: faster on
    * CPUs with VNNI, not exact (its states differ from fp32 ones and are cached apart). 'bf16': the projections
    * in native/bf16-matmul.c (the stored bf16 weights times activations rounded to bf16, summed in float32; on CPUs
@@ -458,12 +460,24 @@ interface Setup {
   loading: { layer: number; phase: number; feeds: Promise<Record<string, Feed>> } | null;
   kernels: Promise<void>;
   sessions: Map<string, Promise<Session>>;
-  /** bf16: the first layer's projections being read, started ahead (prepareForward). */
+  /** Native projections (bf16, or fp32 wide): the first layer's read, started ahead (prepareForward). */
   bf16?: Bf16Weights;
 }
 
 /** Names, dtypes and shapes of every layer, checked before any layer runs. */
 const planLayers = (m: Model) => Array.from({ length: m.cfg.numLayers }, (_, l) => planLayerTensors(m.cfg, m.weights, l));
+
+/**
+ * Which pass runs its projections in the native kernels: bf16's always; fp32's (wide) where the CPU runs that
+ * kernel and every projection is stored bf16 (the measured edit: no fresh float32 copy of a layer to fault in, the
+ * weights read at half the bytes); null: onnxruntime runs the whole layer.
+ */
+function nativeArithmetic(layers: Map<string, LayerTensor>[], opts: ForwardOptions): NativeArithmetic | null {
+  const precision = opts.precision ?? 'fp32';
+  if (precision === 'bf16') return 'bf16';
+  if (precision !== 'fp32' || (opts.device ?? 'cpu') !== 'cpu' || !wideAvailable()) return null;
+  return projectionsBf16(layers) ? 'wide' : null;
+}
 
 /** The MLP bytes a pass holds at a time: the int8 path quantizes whole layers. */
 const mlpBytesOf = (opts: ForwardOptions) => ((opts.precision ?? 'fp32') === 'int8' ? Infinity : opts.mlpBytes ?? MLP_PIECE_BYTES);
@@ -588,11 +602,13 @@ async function setUpAhead(old: typeof ahead, modelDir: string, opts: ForwardOpti
     const first = setup.phases[0]?.[0];
     // Eager: the first run's weights read and widened now, their pages faulted in while the prompts are read.
     const precision = opts.precision ?? 'fp32';
-    if (first && precision !== 'bf16' && layerFloatBytes(first.tensors) <= eagerLayerBytes) loadFirst(setup);
-    if (first && precision === 'fp32') void phaseSession(setup, m.cfg, first, opts);
-    // bf16: its attention session made now, and the first layer's projections read (a watched edit's pass then
-    // starts with them: 0.88-1.03 s against 0.99-1.19 on the bench's medium model, its first layer 150 ms otherwise).
-    if (layers[0] && precision === 'bf16' && bf16Unavailable() === null) {
+    const native = nativeArithmetic(layers, opts);
+    if (first && !native && layerFloatBytes(first.tensors) <= eagerLayerBytes) loadFirst(setup);
+    if (first && !native && precision === 'fp32') void phaseSession(setup, m.cfg, first, opts);
+    // Native projections: the attention session made now, and the first layer's projections read (a watched bf16
+    // edit's pass then starts with them: 0.88-1.03 s against 0.99-1.19 on the bench's medium model, its first
+    // layer 150 ms otherwise).
+    if (layers[0] && native && (native === 'wide' || bf16Unavailable() === null)) {
       void coreSession(setup, m.cfg, layers[0], opts);
       setup.bf16 = new Bf16Weights(layers);
       setup.bf16.begin();
@@ -672,6 +688,9 @@ async function takeAhead(modelDir: string, opts: ForwardOptions): Promise<{ m: M
  */
 export const aheadStats = { taken: 0, passedOver: 0, bf16Reads: 0 };
 
+/** Passes run in this process, by what ran their projections (tests read this). */
+export const passStats = { onnxruntime: 0, wide: 0, bf16: 0 };
+
 const sameFiles = (keys: string, dirs: string[]) => folderState(dirs).keys === keys;
 
 /** The model at `modelDir`, and its pass's setup when one was made ahead for these options. */
@@ -728,15 +747,17 @@ async function runLayers(m: Model, given: Sequence[], upTo: number, opts: Forwar
     for (let i = 0; i < given.length; i++) visit(i, 0, states[i]!);
     if (upTo === 0) return;
     // Then the first layer's load; the first session is made and the kernels are compiled while it runs.
-    setup ??= setUp(m, planned, opts, !bf16); // bf16 reads its own way (Bf16Weights)
+    const native = nativeArithmetic(planned, opts);
+    passStats[native ?? 'onnxruntime']++;
+    setup ??= setUp(m, planned, opts, !native); // native projections read their own way (Bf16Weights)
     const su = setup;
     const { layers } = su;
     const settings: SessionSettings = { device: opts.device ?? 'cpu', threads: opts.threads ?? 2 };
     const fixed = groups.map((g) => packInputs(cfg, g.map((i) => seqs[i]!)));
     const int8 = (opts.precision ?? 'fp32') === 'int8';
     const int8Pool: Int8Pool = new Map();
-    // bf16: each projection's buffer takes the next layer's tensor once a layer is done with it (Bf16Weights).
-    const bf16Weights = bf16 ? (su.bf16 ?? new Bf16Weights(layers)) : null;
+    // Native: each projection's buffer takes the next layer's tensor once a layer is done with it (Bf16Weights).
+    const bf16Weights = native ? (su.bf16 ?? new Bf16Weights(layers)) : null;
     bf16Weights?.stopAt(upTo);
     bf16Weights?.begin();
     for (let layer = 0; layer < upTo; layer++) {
@@ -761,10 +782,10 @@ async function runLayers(m: Model, given: Sequence[], upTo: number, opts: Forwar
         } finally {
           await session.release();
         }
-      } else if (bf16) {
+      } else if (native) {
         const core = await coreSession(su, cfg, layers[layer]!, opts);
         const packs = groups.map((g, i) => ({ x: packStates(seqs, g, states, H).hidden, inputs: fixed[i]! }));
-        const r = await runBf16Layer(cfg, core, bf16Weights!, layer, packs, settings.threads);
+        const r = await runBf16Layer(cfg, core, bf16Weights!, layer, packs, settings.threads, native);
         for (const g of groups.keys()) {
           packOut[g] = r[g]!.out;
           if (opts.routerInput) packRouter[g] = r[g]!.routerInput;

@@ -1,0 +1,192 @@
+/**
+ * The fp32 pass on bf16 weights: its projections in native/bf16-matmul.c's wide kernel (x kept float32, each bf16
+ * weight widened exactly, products summed in float32), where the CPU has AVX-512 or (tests) with the portable
+ * kernel; onnxruntime's Gemm elsewhere, for weights stored otherwise, or when MOE_FORGE_FP32_KERNEL=onnxruntime.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { computeAllHiddenStates, computePromptStates, computeRouterInputs, usePortableBf16 } from '../../libs/forward';
+import { FP32_KERNEL_ENV, MATMUL_MODE, bf16Matmul, wideUnavailable, whyWideUnavailable } from '../../libs/forward/bf16';
+import { aheadStats, passStats, prepareForward } from '../../libs/forward/run';
+import { normalize } from '../../libs/gates';
+import { writeTinyModel } from '../../tools/testing/tiny-models';
+import { maxAbsDiff } from '../helpers/forward-reference';
+import { FIXTURES, openReference } from '../helpers/forward-fixtures';
+import { TINY, tempDir } from '../helpers/tmp';
+
+const CPU_HAS_WIDE = (() => {
+  usePortableBf16(false);
+  return wideUnavailable() === null;
+})();
+/** Each wide kernel this machine can run: the portable one always, the AVX-512 one where the CPU has it. */
+const KERNELS: { name: string; portable: boolean }[] = [{ name: 'portable', portable: true }, ...(CPU_HAS_WIDE ? [{ name: 'AVX-512', portable: false }] : [])];
+
+async function withKernel<T>(portable: boolean, f: () => Promise<T>): Promise<T> {
+  usePortableBf16(portable);
+  try {
+    return await f();
+  } finally {
+    usePortableBf16(false);
+  }
+}
+
+async function withOnnxruntime<T>(f: () => Promise<T>): Promise<T> {
+  process.env[FP32_KERNEL_ENV] = 'onnxruntime';
+  try {
+    return await f();
+  } finally {
+    delete process.env[FP32_KERNEL_ENV];
+  }
+}
+
+let seed = 7;
+const rand = () => ((seed = (seed * 1103515245 + 12345) % 2147483648) / 2147483648) - 0.5;
+const bits = (v: number) => new Uint32Array(new Float32Array([v]).buffer)[0]! >>> 16;
+const fromBits = (b: number) => new Float32Array(new Uint32Array([b << 16]).buffer)[0]!;
+
+const PROMPTS = [[0, 42, 506, 359, 81, 393, 7, 7, 12], [0, 9], [0, 300, 301, 17, 18], [5]];
+
+/** A llama-shaped model stored bf16 (the wide pass's input), in a fresh folder. */
+async function bf16Model(): Promise<string> {
+  const dir = join(tempDir(), 'bf16');
+  await writeTinyModel(dir, { modelType: 'llama', hidden: 64, layers: 3, heads: 4, kvHeads: 2, intermediate: 96, vocab: 512, dtype: 'BF16' });
+  return dir;
+}
+
+test('wide matmul: every mode against float64 sums of the float32 x times the widened weights, on shapes off every tile, block and pass edge', async () => {
+  for (const { name, portable } of KERNELS) {
+    // M off the 6-row tile, N off the 4-row tile and 64-row block, K off 32 and past one 1024-value pass.
+    for (const [M, N, K] of [[1, 3, 5], [7, 70, 33], [13, 130, 2100], [6, 4, 64]] as const) {
+      for (const mode of [MATMUL_MODE.store, MATMUL_MODE.addScaled, MATMUL_MODE.siluGate]) {
+        const a = Float32Array.from({ length: M * K }, rand);
+        const w = Uint16Array.from({ length: N * K }, () => bits(rand())), w2 = Uint16Array.from({ length: N * K }, () => bits(rand()));
+        const bias = Float32Array.from({ length: N }, rand), rowScale = Float32Array.from({ length: M }, rand);
+        const out = Float32Array.from({ length: M * N }, rand);
+        const before = out.slice();
+        const opts = mode === MATMUL_MODE.siluGate ? { mode, w2, bias2: bias } : mode === MATMUL_MODE.addScaled ? { mode, rowScale } : { mode };
+        await withKernel(portable, () => bf16Matmul(a, w, bias, out, M, N, K, { ...opts, arithmetic: 'wide' }));
+        let worst = 0;
+        for (let m = 0; m < M; m++) {
+          for (let n = 0; n < N; n++) {
+            let y = bias[n]!, y2 = bias[n]!;
+            for (let k = 0; k < K; k++) {
+              y += a[m * K + k]! * fromBits(w[n * K + k]!); // x not rounded: float32 as given
+              y2 += a[m * K + k]! * fromBits(w2[n * K + k]!);
+            }
+            const want = mode === MATMUL_MODE.store ? y : mode === MATMUL_MODE.addScaled ? before[m * N + n]! + rowScale[m]! * y : (y / (1 + Math.exp(-y))) * y2;
+            worst = Math.max(worst, Math.abs(out[m * N + n]! - want) / (1 + Math.abs(want)));
+          }
+        }
+        // bf16 rounding of x would be ~4e-3 here: this bound tells the wide sums from bf16's.
+        assert.ok(worst < 2e-5, `${name} ${M}x${N}x${K} mode ${mode}: ${worst}`);
+      }
+    }
+  }
+});
+
+test('wide matmul: the same bytes on 1, 2 or 3 threads, with each kernel', async () => {
+  const M = 9, N = 137, K = 1100;
+  const a = Float32Array.from({ length: M * K }, rand), w = Uint16Array.from({ length: N * K }, () => bits(rand()));
+  for (const { name, portable } of KERNELS) {
+    const outs = [];
+    for (const threads of [1, 2, 3, 2]) {
+      const out = new Float32Array(M * N);
+      await withKernel(portable, () => bf16Matmul(a, w, null, out, M, N, K, { threads, arithmetic: 'wide' }));
+      outs.push(out);
+    }
+    for (const o of outs.slice(1)) assert.deepEqual(o, outs[0], name);
+  }
+});
+
+test('wide unavailable: the reason names what is missing (no module built, no AVX-512); the portable kernel runs anywhere', () => {
+  assert.match(whyWideUnavailable(null, false) ?? '', /^the native kernels were not built \(build\/bf16-matmul\.node is missing\)$/);
+  assert.equal(whyWideUnavailable({ supportedWide: () => false }, false), 'this CPU has no AVX-512 (AVX512F and AVX512BW)');
+  assert.equal(whyWideUnavailable({ supportedWide: () => false }, true), null);
+});
+
+test('fp32 on a bf16-stored model: the wide kernel runs it, within float32 rounding of onnxruntime\'s pass (states, router inputs, normalised gate rows)', async () => {
+  const model = await bf16Model();
+  const before = passStats.onnxruntime;
+  const exact = await withOnnxruntime(() => computeAllHiddenStates(model, PROMPTS));
+  const gatesExact = await withOnnxruntime(() => computePromptStates(model, PROMPTS));
+  const routerExact = await withOnnxruntime(() => computeRouterInputs(model, PROMPTS));
+  assert.equal(passStats.onnxruntime, before + 3, 'MOE_FORGE_FP32_KERNEL=onnxruntime takes onnxruntime\'s Gemm');
+  for (const { name, portable } of KERNELS) {
+    const wide = passStats.wide;
+    const states = await withKernel(portable, () => computeAllHiddenStates(model, PROMPTS));
+    const gates = await withKernel(portable, () => computePromptStates(model, PROMPTS));
+    const router = await withKernel(portable, () => computeRouterInputs(model, PROMPTS));
+    assert.equal(passStats.wide, wide + 3, `${name}: the wide kernel ran each pass`);
+    for (let p = 0; p < PROMPTS.length; p++) {
+      for (let e = 0; e < exact[p]!.length; e++) {
+        const scale = exact[p]![e]!.reduce((m, x) => Math.max(m, Math.abs(x)), 0);
+        assert.ok(maxAbsDiff(exact[p]![e]!, states[p]![e]!) <= 1e-5 * scale, `${name} prompt ${p} entry ${e}`);
+      }
+      for (let l = 0; l < gates[p]!.length; l++) {
+        for (const pick of ['last', 'sum'] as const) {
+          const d = maxAbsDiff(normalize(Float64Array.from(gatesExact[p]![l]![pick])), normalize(Float64Array.from(gates[p]![l]![pick])));
+          assert.ok(d <= 1e-5, `${name} prompt ${p} layer ${l} ${pick}: ${d}`);
+        }
+      }
+      for (let l = 0; l < router[p]!.length; l++) {
+        const scale = routerExact[p]![l]!.reduce((m, x) => Math.max(m, Math.abs(x)), 0);
+        assert.ok(maxAbsDiff(routerExact[p]![l]!, router[p]![l]!) <= 1e-5 * scale, `${name} router input prompt ${p} layer ${l}`);
+      }
+    }
+  }
+});
+
+test('fp32 on a float32-stored model stays onnxruntime\'s (widening nothing, the kernel would gain nothing and round the weights)', async () => {
+  await withKernel(true, async () => {
+    const { onnxruntime, wide } = passStats;
+    await computePromptStates(TINY('a'), PROMPTS);
+    assert.deepEqual([passStats.onnxruntime - onnxruntime, passStats.wide - wide], [1, 0]);
+  });
+});
+
+test('wide: a prompt gives the same bits alone as packed with others', async () => {
+  const model = await bf16Model();
+  for (const { name, portable } of KERNELS) {
+    const packed = await withKernel(portable, () => computeAllHiddenStates(model, PROMPTS));
+    for (const i of [0, 3]) {
+      const alone = await withKernel(portable, () => computeAllHiddenStates(model, [PROMPTS[i]!]));
+      for (let e = 0; e < alone[0]!.length; e++) assert.deepEqual(alone[0]![e], packed[i]![e], `${name} prompt ${i} entry ${e}`);
+    }
+  }
+});
+
+test('wide: a pass prepared ahead reads its first layer\'s bf16 projections, is taken, and gives the states of one that is not', async () => {
+  const model = join(FIXTURES, 'families', 'llama3-rope', 'model'); // stored bf16, written long ago (a just-written folder is not vouched for)
+  await withKernel(!CPU_HAS_WIDE, async () => {
+    const plain = await computePromptStates(model, PROMPTS.slice(0, 3));
+    const { taken, bf16Reads, passedOver } = aheadStats;
+    await prepareForward(model, {});
+    assert.equal(aheadStats.bf16Reads, bf16Reads + 1, 'the first layer\'s reads began with the setup');
+    const ahead = await computePromptStates(model, PROMPTS.slice(0, 3));
+    assert.equal(aheadStats.passedOver, passedOver);
+    assert.equal(aheadStats.taken, taken + 1, 'the prepared pass was taken');
+    assert.deepEqual(ahead, plain);
+  });
+});
+
+test('wide, llama3-rope (stored bf16): every layer\'s states match transformers\' within 1e-4, as onnxruntime\'s do', async () => {
+  const dir = join(FIXTURES, 'families', 'llama3-rope');
+  const model = join(dir, 'model');
+  const ref = await openReference(join(dir, 'reference.safetensors'));
+  const ids = (JSON.parse(readFileSync(join(dir, 'reference.json'), 'utf8')) as { token_ids: number[][] }).token_ids.slice(0, 3);
+  for (const { name, portable } of KERNELS) {
+    const wide = passStats.wide;
+    const states = await withKernel(portable, () => computeAllHiddenStates(model, ids));
+    assert.equal(passStats.wide, wide + 1, `${name}: the wide kernel ran`);
+    for (let i = 0; i < ids.length; i++) {
+      const want = await ref.f32(`p${i}.hidden_states`);
+      const [E, T] = ref.shape(`p${i}.hidden_states`) as [number, number, number];
+      for (let e = 0; e < E; e++) {
+        const d = maxAbsDiff(states[i]![e]!, want.subarray(e * T * 64, (e + 1) * T * 64));
+        assert.ok(d < 1e-4, `${name} prompt ${i} entry ${e}: ${d}`);
+      }
+    }
+  }
+});
