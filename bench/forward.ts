@@ -11,6 +11,7 @@ import { computePromptStates, encodeModel, type ForwardPrecision, type LayerStat
 import { normalize } from '../libs/gates';
 import { OnnxDtype, type OnnxNode, type OnnxTensor } from '../libs/forward';
 import { bf16Unavailable, sessionFromBytes } from '../libs/forward';
+import { FP32_KERNEL_ENV, wideAvailable } from '../libs/forward/bf16';
 import { writeTinyModel, type TinyModelSpec } from './models';
 
 const SPEC: TinyModelSpec = { modelType: 'llama', hidden: 1024, layers: 8, heads: 16, kvHeads: 4, intermediate: 2816, vocab: 2000, dtype: 'BF16', seed: 7 };
@@ -115,7 +116,16 @@ export async function benchForward(o: ForwardBenchOptions = {}): Promise<Record<
       const d = marks.slice(1).map((t, i) => (t - marks[i]!) / 1000).sort((a, b) => a - b);
       return d[Math.floor(d.length / 2)] ?? NaN;
     };
-    const run = async (precision: ForwardPrecision) => {
+    const run = async (precision: ForwardPrecision, env: Record<string, string> = {}) => {
+      const saved = Object.fromEntries(Object.keys(env).map((k) => [k, process.env[k]]));
+      Object.assign(process.env, env);
+      try {
+        return await runOnce(precision);
+      } finally {
+        for (const [k, v] of Object.entries(saved)) if (v === undefined) delete process.env[k]; else process.env[k] = v;
+      }
+    };
+    const runOnce = async (precision: ForwardPrecision) => {
       const marks: number[] = [];
       const c0 = process.cpuUsage();
       const t0 = performance.now();
@@ -125,14 +135,23 @@ export async function benchForward(o: ForwardBenchOptions = {}): Promise<Record<
     };
     let seconds = Infinity, layerS = Infinity, int8Seconds = Infinity, int8LayerS = Infinity, cpu = Infinity, int8Cpu = Infinity;
     let bf16Seconds = Infinity, bf16LayerS = Infinity, bf16Cpu = Infinity;
-    let exact: LayerState[][] = [], approx: LayerState[][] = [], bf16States: LayerState[][] = [];
+    let ortSeconds = Infinity, ortLayerS = Infinity;
+    let exact: LayerState[][] = [], approx: LayerState[][] = [], bf16States: LayerState[][] = [], ortStates: LayerState[][] = [];
     const bf16 = bf16Unavailable() === null;
+    // fp32 where the wide kernel runs it (bf16 weights, AVX-512): onnxruntime's Gemm for the same pass beside it.
+    const wide = wideAvailable() && (spec.dtype ?? 'F32') === 'BF16';
     for (let round = 0; round < 2; round++) {
       const a = await run('fp32');
       seconds = Math.min(seconds, a.seconds);
       cpu = Math.min(cpu, a.cpu);
       layerS = Math.min(layerS, a.layer);
       exact = a.states;
+      if (wide) {
+        const o = await run('fp32', { [FP32_KERNEL_ENV]: 'onnxruntime' });
+        ortSeconds = Math.min(ortSeconds, o.seconds);
+        ortLayerS = Math.min(ortLayerS, o.layer);
+        ortStates = o.states;
+      }
       const b = await run('int8');
       int8Seconds = Math.min(int8Seconds, b.seconds);
       int8Cpu = Math.min(int8Cpu, b.cpu);
@@ -189,6 +208,16 @@ export async function benchForward(o: ForwardBenchOptions = {}): Promise<Record<
       int8SpeedupPerLayer: +(layerS / int8LayerS).toFixed(3),
       int8SpeedupOverall: +(seconds / int8Seconds).toFixed(3),
       int8GateMaxAbsError: +gateError.toExponential(2),
+      // fp32 through onnxruntime's Gemm (where the wide kernel ran the fp32 rows above).
+      ...(wide
+        ? {
+            fp32Kernel: 'wide',
+            onnxruntimeFp32Seconds: +ortSeconds.toFixed(3),
+            onnxruntimeFp32GflopsPerLayer: +(layerFlopsAll / ortLayerS / 1e9).toFixed(2),
+            wideSpeedupPerLayer: +(ortLayerS / layerS).toFixed(3),
+            wideGateMaxAbsDiff: +normalisedRowError(ortStates, exact).toExponential(2),
+          }
+        : { fp32Kernel: 'onnxruntime' }),
       // bf16 (where this CPU has AVX512-BF16): the projections in the native kernels, the rest in onnxruntime.
       ...(bf16
         ? {

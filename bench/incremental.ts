@@ -13,6 +13,7 @@ import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { delimiter, join } from 'node:path';
 import { computePromptStates, type ForwardPrecision } from '../libs/forward';
+import { FP32_KERNEL_ENV, wideAvailable } from '../libs/forward/bf16';
 import { loadTokenizer } from '../libs/tokenizer';
 import { benchForward } from './forward';
 import { writeFastModel, type TinyModelSpec } from './models';
@@ -287,6 +288,20 @@ export async function benchIncremental(tmp: string, size: string, log: (s: strin
   };
   const editBackToBack = await edits(0);
   const editSpaced = await edits(EDIT_PAUSE_MS);
+  // fp32 where the wide kernel runs the pass: the same spaced edits with onnxruntime's Gemm instead, alternating
+  // with the default, so the two see the same machine.
+  let editKernels: { wide: number[]; onnxruntime: number[] } | null = null;
+  if ((precision ?? 'fp32') === 'fp32' && wideAvailable()) {
+    editKernels = { wide: [], onnxruntime: [] };
+    for (let i = 0; i < EDITS; i++) {
+      for (const kernel of ['onnxruntime', 'wide'] as const) {
+        await new Promise((r) => setTimeout(r, EDIT_PAUSE_MS));
+        writeFileSync(recipeFile, recipe(models, { extraPrompt: true, noise: 0.02, swapLast: true, experts, more: prompt(`edit${edit++}`, 98) }));
+        editKernels[kernel].push((await cli(recipeFile, out, cacheDir, kernel === 'onnxruntime' ? { [FP32_KERNEL_ENV]: 'onnxruntime' } : {})).seconds);
+      }
+    }
+    log(`fp32 one-prompt edits, ${EDIT_PAUSE_MS / 1000} s apart, alternating: wide kernel ${editKernels.wide.map((x) => x.toFixed(2)).join(' / ')} s; onnxruntime's Gemm ${editKernels.onnxruntime.map((x) => x.toFixed(2)).join(' / ')} s`);
+  }
   log(`one-prompt edits, back to back: ${editBackToBack.map((x) => x.toFixed(2)).join(' / ')} s; ${EDIT_PAUSE_MS / 1000} s apart: ${editSpaced.map((x) => x.toFixed(2)).join(' / ')} s`);
   // The same edits saved into a recipe that `mergekit-moe --watch` follows: from the save to its result line.
   const watched = await watchedEdits(recipeFile, out, cacheDir, async (i) => {
@@ -333,7 +348,7 @@ export async function benchIncremental(tmp: string, size: string, log: (s: strin
   log(`cold build again, local folders: ${localCold.seconds.toFixed(2)} s; by Hub id from the Hugging Face cache: ${hubCold.seconds.toFixed(2)} s`);
   rmSync(dir, { recursive: true, force: true });
   const referenceResult: ReferenceResult | null = ref && refCold && refPlus ? { command: ref.command, foundBy: ref.foundBy, cold: refCold, plus: refPlus } : null;
-  return { spec, experts, prompts: promptTokens.length, steps, editBackToBack, editSpaced, editWatched: watched.seconds, watchPeakRssKiB: watched.peakRssKiB, onePromptSeconds: onePrompt, onePromptTokens: ids.length, onePromptPrecision, forward, noopFloorSeconds: noop, noopBestSeconds: Math.min(...noopRuns), nodeStartSeconds: Math.min(...nodeRuns), copy, localCold, hubCold, reference: referenceResult, referenceNote: why };
+  return { spec, experts, prompts: promptTokens.length, steps, editBackToBack, editSpaced, editKernels, editWatched: watched.seconds, watchPeakRssKiB: watched.peakRssKiB, onePromptSeconds: onePrompt, onePromptTokens: ids.length, onePromptPrecision, forward, noopFloorSeconds: noop, noopBestSeconds: Math.min(...noopRuns), nodeStartSeconds: Math.min(...nodeRuns), copy, localCold, hubCold, reference: referenceResult, referenceNote: why };
 }
 
 /**

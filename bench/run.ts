@@ -392,6 +392,11 @@ function forwardRows(section: string, f: Record<string, number>): void {
   row({ section, measure: 'forward pass int8 (forwardPrecision int8) GFLOP/s per layer', value: f.int8GflopsPerLayer!, unit: 'GFLOP/s', baseline: f.gflopsPerLayer!, baselineLabel: 'fp32 forward, same run, GFLOP/s per layer', goal: 'info' });
   row({ section, measure: 'forward pass int8, whole call, s', value: f.int8Seconds!, unit: 's', baseline: f.seconds!, baselineLabel: 'fp32 forward, same run, s', goal: 'info' });
   row({ section, measure: 'int8 gate error: max abs error of normalised gate rows vs fp32', value: f.int8GateMaxAbsError!, unit: '', baseline: 3e-3, baselineLabel: "the reference's tolerance for hidden gates", goal: '≤ 3e-3', met: f.int8GateMaxAbsError! <= 3e-3 });
+  if (f.onnxruntimeFp32Seconds !== undefined) {
+    row({ section, measure: 'forward pass fp32 (wide kernel) GFLOP/s per layer', value: f.gflopsPerLayer!, unit: 'GFLOP/s', baseline: f.onnxruntimeFp32GflopsPerLayer!, baselineLabel: "fp32 forward through onnxruntime's Gemm (MOE_FORGE_FP32_KERNEL=onnxruntime), same run", goal: 'info' });
+    row({ section, measure: 'forward pass fp32 (wide kernel), whole call, s', value: f.seconds!, unit: 's', baseline: f.onnxruntimeFp32Seconds!, baselineLabel: "the same through onnxruntime's Gemm, same run, s", goal: 'info' });
+    row({ section, measure: "wide kernel's gate difference: max abs difference of normalised gate rows vs onnxruntime's fp32", value: f.wideGateMaxAbsDiff!, unit: '', baseline: 3e-3, baselineLabel: "the reference's tolerance for hidden gates", goal: '≤ 3e-3', met: f.wideGateMaxAbsDiff! <= 3e-3 });
+  }
   if (f.bf16Seconds !== undefined) {
     row({ section, measure: 'forward pass bf16 (forwardPrecision bf16) GFLOP/s per layer', value: f.bf16GflopsPerLayer!, unit: 'GFLOP/s', baseline: f.gflopsPerLayer!, baselineLabel: 'fp32 forward, same run, GFLOP/s per layer', goal: 'info' });
     row({ section, measure: 'forward pass bf16, whole call, s', value: f.bf16Seconds!, unit: 's', baseline: f.seconds!, baselineLabel: 'fp32 forward, same run, s', goal: 'info' });
@@ -417,6 +422,10 @@ async function benchIncrementalSection(tmp: string, size: string, precision: For
   const editFloor = r.nodeStartSeconds + r.onePromptSeconds;
   for (const [how, xs] of [['back to back', r.editBackToBack], ['3 s apart', r.editSpaced], ['3 s apart under --watch', r.editWatched]] as const) {
     row({ section: s, measure: `one-prompt edit, median of ${xs.length} ${how} (${Math.min(...xs).toFixed(2)}–${Math.max(...xs).toFixed(2)}), s`, value: median(xs), unit: 's', baseline: editFloor, baselineLabel: `node start ${r.nodeStartSeconds.toFixed(2)} s + forward of one prompt alone${r.onePromptPrecision === 'fp32' ? '' : ` (${r.onePromptPrecision})`} ${r.onePromptSeconds.toFixed(2)} s`, goal: '≤ 1.5 s', met: median(xs) <= 1.5 });
+  }
+  if (r.editKernels) {
+    const [w, o] = [r.editKernels.wide, r.editKernels.onnxruntime];
+    row({ section: s, measure: `fp32 one-prompt edit with the wide kernel, median of ${w.length} 3 s apart (${Math.min(...w).toFixed(2)}–${Math.max(...w).toFixed(2)}), s`, value: median(w), unit: 's', baseline: median(o), baselineLabel: `the same with onnxruntime's Gemm, alternating (${Math.min(...o).toFixed(2)}–${Math.max(...o).toFixed(2)})`, goal: 'info' });
   }
   row({ section: s, measure: "after changing one expert's noise_scale, s", value: noise.seconds, unit: 's', baseline: copyS(noise.bytesWritten), baselineLabel: 'stream copy of the bytes written', goal: 'info' });
   row({ section: s, measure: 'after swapping one expert, s', value: swap.seconds, unit: 's', baseline: copyS(swap.bytesWritten), baselineLabel: 'stream copy of the bytes written', goal: 'info' });
