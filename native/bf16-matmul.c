@@ -21,7 +21,12 @@
 #define MR 6     // rows of x per tile
 #define NR 4     // rows of W per tile
 #define KC 2048  // bf16 values of a row per pass (4 KiB): a tile's x rows stay in L1
+#ifndef KC_WIDE
 #define KC_WIDE 1024  // the same for float32 x (4 KiB a row)
+#endif
+#ifndef NB_WIDE
+#define NB_WIDE 64
+#endif
 #define NB 64    // rows of W per block (NB * KC * 2 = 256 KiB): the block stays in L2
 
 typedef struct Job {
@@ -124,62 +129,56 @@ static inline int wide_pos(int r) {
 }
 
 // acc[i][j] = sum over k in [k0, k1) of x_i[k] * w_j[k], x float32 (wide tiles), w bf16 widened exactly.
-// One 32-wide step of a full tile: W's 4 rows widened (lo halves, then hi halves reloaded: 24 sums, 4 weights and
-// the zero fit the 32 registers), each times the 6 rows of x.
-#define WIDE_STEP(LOAD)                                                                                      \
-  do {                                                                                                       \
-    __m512 b0 = _mm512_castsi512_ps(_mm512_unpacklo_epi16(zero, LOAD(w + k)));                               \
-    __m512 b1 = _mm512_castsi512_ps(_mm512_unpacklo_epi16(zero, LOAD(w + ws + k)));                          \
-    __m512 b2 = _mm512_castsi512_ps(_mm512_unpacklo_epi16(zero, LOAD(w + 2 * ws + k)));                      \
-    __m512 b3 = _mm512_castsi512_ps(_mm512_unpacklo_epi16(zero, LOAD(w + 3 * ws + k)));                      \
-    for (int i = 0; i < MR; i++) {                                                                           \
-      const __m512 ai = _mm512_loadu_ps(x + (size_t)k * MR + i * 32);                                        \
-      c[i][0] = _mm512_fmadd_ps(ai, b0, c[i][0]);                                                            \
-      c[i][1] = _mm512_fmadd_ps(ai, b1, c[i][1]);                                                            \
-      c[i][2] = _mm512_fmadd_ps(ai, b2, c[i][2]);                                                            \
-      c[i][3] = _mm512_fmadd_ps(ai, b3, c[i][3]);                                                            \
-    }                                                                                                        \
-    b0 = _mm512_castsi512_ps(_mm512_unpackhi_epi16(zero, LOAD(w + k)));                                      \
-    b1 = _mm512_castsi512_ps(_mm512_unpackhi_epi16(zero, LOAD(w + ws + k)));                                 \
-    b2 = _mm512_castsi512_ps(_mm512_unpackhi_epi16(zero, LOAD(w + 2 * ws + k)));                             \
-    b3 = _mm512_castsi512_ps(_mm512_unpackhi_epi16(zero, LOAD(w + 3 * ws + k)));                             \
-    for (int i = 0; i < MR; i++) {                                                                           \
-      const __m512 ai = _mm512_loadu_ps(x + (size_t)k * MR + i * 32 + 16);                                   \
-      c[i][0] = _mm512_fmadd_ps(ai, b0, c[i][0]);                                                            \
-      c[i][1] = _mm512_fmadd_ps(ai, b1, c[i][1]);                                                            \
-      c[i][2] = _mm512_fmadd_ps(ai, b2, c[i][2]);                                                            \
-      c[i][3] = _mm512_fmadd_ps(ai, b3, c[i][3]);                                                            \
-    }                                                                                                        \
-  } while (0)
-#define LOAD_FULL(p) _mm512_loadu_si512(p)
-#define LOAD_TAIL(p) _mm512_maskz_loadu_epi16(m, p)
+// A block of W's rows [rows, k0..k1) widened to float32 once, each row's chunks of 32 in wide_pos order (zeros
+// past kEnd), so the tiles that read it (every tile of x's rows) load float32 and unpack nothing: widening in the
+// tile's loop took the shuffle unit from the FMAs (0.75x of onnxruntime's Gemm; this way the widening is paid once
+// per block instead of once per tile of x).
+__attribute__((target("avx512f,avx512bw"))) static void pack_wide(const uint16_t *w, int ws, int rows, int k0, int k1, int kEnd, float *dst) {
+  const __m512i zero = _mm512_setzero_si512();
+  const int kw = k1 - k0;
+  for (int r = 0; r < rows; r++) {
+    const uint16_t *row = w + (size_t)r * ws;
+    float *d = dst + (size_t)r * kw;
+    for (int k = k0; k < k1; k += 32) {
+      __m512i raw;
+      if (k + 32 <= kEnd) raw = _mm512_loadu_si512(row + k);
+      else if (k < kEnd) raw = _mm512_maskz_loadu_epi16((__mmask32)((1ull << (kEnd - k)) - 1), row + k);
+      else raw = zero;
+      _mm512_storeu_ps(d + (k - k0), _mm512_castsi512_ps(_mm512_unpacklo_epi16(zero, raw)));
+      _mm512_storeu_ps(d + (k - k0) + 16, _mm512_castsi512_ps(_mm512_unpackhi_epi16(zero, raw)));
+    }
+  }
+}
 
-// acc[i][j] = sum over k in [k0, k1) of x_i[k] * w_j[k], x float32 (wide tiles), w bf16 widened exactly.
-__attribute__((target("avx512f,avx512bw"))) static void tile_wide(const float *x, int mr, const uint16_t *w, int ws, int nr, int k0, int k1, int kEnd, float *acc /* [MR][NR] */) {
+// acc[i][j] = sum over k in [k0, k1) of x_i[k] * w_j[k]: x float32 in wide tiles, w the block pack_wide made
+// (row stride ws, k counted from k0).
+__attribute__((target("avx512f"))) static void tile_wide(const float *x, const float *w, int ws, int nr, int k0, int k1, float *acc /* [MR][NR] */) {
   __m512 c[MR][NR];
   for (int i = 0; i < MR; i++)
     for (int j = 0; j < NR; j++) c[i][j] = _mm512_setzero_ps();
-  (void)mr;  // rows past M are zeros in x's tiles
-  const __m512i zero = _mm512_setzero_si512();
   if (nr == NR) {
-    int k = k0;
-    for (; k + 32 <= k1 && k + 32 <= kEnd; k += 32) WIDE_STEP(LOAD_FULL);
-    if (k < k1) {  // W's row ends inside this step: its tail is masked (x is zero there)
-      const __mmask32 m = (__mmask32)((1ull << (kEnd - k)) - 1);
-      WIDE_STEP(LOAD_TAIL);
+    for (int k = k0; k < k1; k += 16) {
+      const float *wk = w + (k - k0);
+      const __m512 b0 = _mm512_loadu_ps(wk), b1 = _mm512_loadu_ps(wk + ws), b2 = _mm512_loadu_ps(wk + 2 * ws), b3 = _mm512_loadu_ps(wk + 3 * ws);
+      // k runs in steps of 16: the first half of a chunk of 32 is lo's slots, the second hi's, in x as in w.
+      const float *xk = x + (size_t)(k & ~31) * MR + (k & 16);
+#pragma GCC unroll 6
+      for (int i = 0; i < MR; i++) {
+        const __m512 ai = _mm512_loadu_ps(xk + i * 32);
+        c[i][0] = _mm512_fmadd_ps(ai, b0, c[i][0]);
+        c[i][1] = _mm512_fmadd_ps(ai, b1, c[i][1]);
+        c[i][2] = _mm512_fmadd_ps(ai, b2, c[i][2]);
+        c[i][3] = _mm512_fmadd_ps(ai, b3, c[i][3]);
+      }
     }
     for (int i = 0; i < MR; i++) _mm_storeu_ps(acc + i * NR, reduce4(c[i][0], c[i][1], c[i][2], c[i][3]));
     return;
   }
-  for (int k = k0; k < k1; k += 32) {
-    const __mmask32 m = kEnd - k >= 32 ? (__mmask32)0xffffffffu : (__mmask32)((1ull << (kEnd - k)) - 1);
+  for (int k = k0; k < k1; k += 16) {
+    const float *xk = x + (size_t)(k & ~31) * MR + (k & 16);
     for (int j = 0; j < nr; j++) {
-      const __m512i rj = _mm512_maskz_loadu_epi16(m, w + j * ws + k);
-      const __m512 lo = _mm512_castsi512_ps(_mm512_unpacklo_epi16(zero, rj)), hi = _mm512_castsi512_ps(_mm512_unpackhi_epi16(zero, rj));
-      for (int i = 0; i < MR; i++) {
-        c[i][j] = _mm512_fmadd_ps(_mm512_loadu_ps(x + (size_t)k * MR + i * 32), lo, c[i][j]);
-        c[i][j] = _mm512_fmadd_ps(_mm512_loadu_ps(x + (size_t)k * MR + i * 32 + 16), hi, c[i][j]);
-      }
+      const __m512 bj = _mm512_loadu_ps(w + (size_t)j * ws + (k - k0));
+      for (int i = 0; i < MR; i++) c[i][j] = _mm512_fmadd_ps(_mm512_loadu_ps(xk + i * 32), bj, c[i][j]);
     }
   }
   for (int i = 0; i < MR; i++)
@@ -301,23 +300,25 @@ __attribute__((target("avx512f"))) static void silu_gate_avx(float *o, const flo
 }
 
 // One thread's share: W rows [n0, n1) in blocks of NB, K in passes of KC, x in tiles of MR rows.
-static void run_share(Job *j, int n0, int n1, float *scratch, float *scratch2) {
-  const int M = j->M, K = j->K, Kp = j->Kp, kc = j->wide ? KC_WIDE : KC;
+static void run_share(Job *j, int n0, int n1, float *scratch, float *scratch2, float *packed) {
+  const int M = j->M, K = j->K, Kp = j->Kp, kc = j->wide ? KC_WIDE : KC, nbs = j->wide ? NB_WIDE : NB;
   void (*tile)(const uint16_t *, int, const uint16_t *, int, int, int, int, int, float *) = j->portable ? tile_portable : tile_bf16;
-  void (*tileWide)(const float *, int, const uint16_t *, int, int, int, int, int, float *) = j->portable ? tile_wide_portable : tile_wide;
   float acc[MR * NR];
-  for (int nb = n0; nb < n1; nb += NB) {
-    const int nbEnd = nb + NB < n1 ? nb + NB : n1, width = nbEnd - nb;
+  for (int nb = n0; nb < n1; nb += nbs) {
+    const int nbEnd = nb + nbs < n1 ? nb + nbs : n1, width = nbEnd - nb;
     for (int pass = 0; pass < (j->w2 ? 2 : 1); pass++) {
       const uint16_t *w = pass ? j->w2 : j->w;
       float *s = pass ? scratch2 : scratch;  // [M, width]
       for (int k0 = 0; k0 < Kp; k0 += kc) {
         const int k1 = k0 + kc < Kp ? k0 + kc : Kp;
+        if (j->wide && !j->portable) pack_wide(w + (size_t)nb * K, K, width, k0, k1, K, packed);
         for (int m = 0; m < M; m += MR) {
           const int mr = M - m < MR ? M - m : MR;
           for (int n = nb; n < nbEnd; n += NR) {
             const int nr = nbEnd - n < NR ? nbEnd - n : NR;
-            if (j->wide) tileWide((const float *)j->ax + (size_t)m * Kp, mr, w + (size_t)n * K, K, nr, k0, k1, K, acc);
+            const float *xt = (const float *)j->ax + (size_t)m * Kp;
+            if (j->wide && !j->portable) tile_wide(xt, packed + (size_t)(n - nb) * (k1 - k0), k1 - k0, nr, k0, k1, acc);
+            else if (j->wide) tile_wide_portable(xt, mr, w + (size_t)n * K, K, nr, k0, k1, K, acc);
             else tile((const uint16_t *)j->ax + (size_t)m * Kp, mr, w + (size_t)n * K, K, nr, k0, k1, K, acc);
             for (int i = 0; i < mr; i++)
               for (int c = 0; c < nr; c++) {
@@ -371,12 +372,16 @@ static void thread_part(Job *j, int t) {
   const int per = ((j->N + T - 1) / T + NR - 1) / NR * NR;
   const int n0 = t * per, n1 = n0 + per < j->N ? n0 + per : j->N;
   if (n0 < n1) {
-    float *scratch = malloc(sizeof(float) * (size_t)j->M * NB * (j->w2 ? 2 : 1));
+    // The products' sums [M, NB] (twice with w2), and for wide a block of W widened (NB rows of KC_WIDE).
+    const int nbs = j->wide ? NB_WIDE : NB;
+    const size_t sums = (size_t)j->M * nbs * (j->w2 ? 2 : 1), pack = j->wide ? (size_t)NB_WIDE * KC_WIDE : 0;
+    float *scratch = malloc(sizeof(float) * (sums + pack + 16));
     if (!scratch) {
       j->failed = 1;
       return;
     }
-    run_share(j, n0, n1, scratch, j->w2 ? scratch + (size_t)j->M * NB : NULL);
+    float *packed = (float *)(((uintptr_t)(scratch + sums) + 63) & ~(uintptr_t)63);  // 64-byte aligned: whole-line loads
+    run_share(j, n0, n1, scratch, j->w2 ? scratch + (size_t)j->M * nbs : NULL, packed);
     free(scratch);
   }
 }
