@@ -38,6 +38,7 @@ typedef struct Job {
   // x in tiles, [M/MR][Kp/32][MR][32], zero past M and K (a tile's loads run in order): bf16, or (wide) float32
   // with each chunk of 32 in the order the widened weights take (wide_pos).
   void *ax;
+  size_t axBytes;
   pthread_barrier_t barrier;
   napi_deferred deferred;
   napi_threadsafe_function done;  // resolves the promise on the JavaScript thread
@@ -129,60 +130,53 @@ static inline int wide_pos(int r) {
 }
 
 // acc[i][j] = sum over k in [k0, k1) of x_i[k] * w_j[k], x float32 (wide tiles), w bf16 widened exactly.
-// A block of W's rows [rows, k0..k1) widened to float32 once, each row's chunks of 32 in wide_pos order (zeros
-// past kEnd), so the tiles that read it (every tile of x's rows) load float32 and unpack nothing: widening in the
-// tile's loop took the shuffle unit from the FMAs (0.75x of onnxruntime's Gemm; this way the widening is paid once
-// per block instead of once per tile of x).
+// A block of W's rows [rows, k0..k1) widened to float32 once, so the tiles that read it (every tile of x's rows)
+// load float32 and unpack nothing (widening in the tile's loop took the shuffle unit from the FMAs: 0.75x of
+// onnxruntime's Gemm). Laid out as the tile reads it: per group of NR rows (the last padded with zero rows), per
+// 16 values of k, the NR rows' 16 floats side by side (one stream of loads, not NR rows 4 KiB apart), each chunk
+// of 32 in wide_pos order, zeros past kEnd.
 __attribute__((target("avx512f,avx512bw"))) static void pack_wide(const uint16_t *w, int ws, int rows, int k0, int k1, int kEnd, float *dst) {
   const __m512i zero = _mm512_setzero_si512();
-  const int kw = k1 - k0;
-  for (int r = 0; r < rows; r++) {
-    const uint16_t *row = w + (size_t)r * ws;
-    float *d = dst + (size_t)r * kw;
-    for (int k = k0; k < k1; k += 32) {
-      __m512i raw;
-      if (k + 32 <= kEnd) raw = _mm512_loadu_si512(row + k);
-      else if (k < kEnd) raw = _mm512_maskz_loadu_epi16((__mmask32)((1ull << (kEnd - k)) - 1), row + k);
-      else raw = zero;
-      _mm512_storeu_ps(d + (k - k0), _mm512_castsi512_ps(_mm512_unpacklo_epi16(zero, raw)));
-      _mm512_storeu_ps(d + (k - k0) + 16, _mm512_castsi512_ps(_mm512_unpackhi_epi16(zero, raw)));
+  const int kw = k1 - k0, groups = (rows + NR - 1) / NR;
+  for (int g = 0; g < groups; g++) {
+    float *d = dst + (size_t)g * NR * kw;
+    for (int r = 0; r < NR; r++) {
+      const int row = g * NR + r;
+      for (int k = k0; k < k1; k += 32) {
+        __m512i raw;
+        if (row >= rows) raw = zero;
+        else if (k + 32 <= kEnd) raw = _mm512_loadu_si512(w + (size_t)row * ws + k);
+        else if (k < kEnd) raw = _mm512_maskz_loadu_epi16((__mmask32)((1ull << (kEnd - k)) - 1), w + (size_t)row * ws + k);
+        else raw = zero;
+        float *at = d + (size_t)(k - k0) * NR + r * 16;
+        _mm512_store_ps(at, _mm512_castsi512_ps(_mm512_unpacklo_epi16(zero, raw)));
+        _mm512_store_ps(at + NR * 16, _mm512_castsi512_ps(_mm512_unpackhi_epi16(zero, raw)));
+      }
     }
   }
 }
 
-// acc[i][j] = sum over k in [k0, k1) of x_i[k] * w_j[k]: x float32 in wide tiles, w the block pack_wide made
-// (row stride ws, k counted from k0).
-__attribute__((target("avx512f"))) static void tile_wide(const float *x, const float *w, int ws, int nr, int k0, int k1, float *acc /* [MR][NR] */) {
+// acc[i][j] = sum over k in [k0, k1) of x_i[k] * w_j[k]: x float32 in wide tiles, w one group of the block
+// pack_wide made (k counted from k0). Every group has NR rows (zero rows past N: their sums unused).
+__attribute__((target("avx512f"))) static void tile_wide(const float *x, const float *w, int k0, int k1, float *acc /* [MR][NR] */) {
   __m512 c[MR][NR];
   for (int i = 0; i < MR; i++)
     for (int j = 0; j < NR; j++) c[i][j] = _mm512_setzero_ps();
-  if (nr == NR) {
-    for (int k = k0; k < k1; k += 16) {
-      const float *wk = w + (k - k0);
-      const __m512 b0 = _mm512_loadu_ps(wk), b1 = _mm512_loadu_ps(wk + ws), b2 = _mm512_loadu_ps(wk + 2 * ws), b3 = _mm512_loadu_ps(wk + 3 * ws);
-      // k runs in steps of 16: the first half of a chunk of 32 is lo's slots, the second hi's, in x as in w.
-      const float *xk = x + (size_t)(k & ~31) * MR + (k & 16);
-#pragma GCC unroll 6
-      for (int i = 0; i < MR; i++) {
-        const __m512 ai = _mm512_loadu_ps(xk + i * 32);
-        c[i][0] = _mm512_fmadd_ps(ai, b0, c[i][0]);
-        c[i][1] = _mm512_fmadd_ps(ai, b1, c[i][1]);
-        c[i][2] = _mm512_fmadd_ps(ai, b2, c[i][2]);
-        c[i][3] = _mm512_fmadd_ps(ai, b3, c[i][3]);
-      }
-    }
-    for (int i = 0; i < MR; i++) _mm_storeu_ps(acc + i * NR, reduce4(c[i][0], c[i][1], c[i][2], c[i][3]));
-    return;
-  }
   for (int k = k0; k < k1; k += 16) {
+    const float *wk = w + (size_t)(k - k0) * NR;
+    const __m512 b0 = _mm512_load_ps(wk), b1 = _mm512_load_ps(wk + 16), b2 = _mm512_load_ps(wk + 32), b3 = _mm512_load_ps(wk + 48);
+    // k runs in steps of 16: the first half of a chunk of 32 is lo's slots, the second hi's, in x as in w.
     const float *xk = x + (size_t)(k & ~31) * MR + (k & 16);
-    for (int j = 0; j < nr; j++) {
-      const __m512 bj = _mm512_loadu_ps(w + (size_t)j * ws + (k - k0));
-      for (int i = 0; i < MR; i++) c[i][j] = _mm512_fmadd_ps(_mm512_loadu_ps(xk + i * 32), bj, c[i][j]);
+#pragma GCC unroll 6
+    for (int i = 0; i < MR; i++) {
+      const __m512 ai = _mm512_loadu_ps(xk + i * 32);
+      c[i][0] = _mm512_fmadd_ps(ai, b0, c[i][0]);
+      c[i][1] = _mm512_fmadd_ps(ai, b1, c[i][1]);
+      c[i][2] = _mm512_fmadd_ps(ai, b2, c[i][2]);
+      c[i][3] = _mm512_fmadd_ps(ai, b3, c[i][3]);
     }
   }
-  for (int i = 0; i < MR; i++)
-    for (int j = 0; j < nr; j++) acc[i * NR + j] = _mm512_reduce_add_ps(c[i][j]);
+  for (int i = 0; i < MR; i++) _mm_storeu_ps(acc + i * NR, reduce4(c[i][0], c[i][1], c[i][2], c[i][3]));
 }
 
 // The wide sums, portably: float32 x times the widened weights, summed in float32.
@@ -317,7 +311,7 @@ static void run_share(Job *j, int n0, int n1, float *scratch, float *scratch2, f
           for (int n = nb; n < nbEnd; n += NR) {
             const int nr = nbEnd - n < NR ? nbEnd - n : NR;
             const float *xt = (const float *)j->ax + (size_t)m * Kp;
-            if (j->wide && !j->portable) tile_wide(xt, packed + (size_t)(n - nb) * (k1 - k0), k1 - k0, nr, k0, k1, acc);
+            if (j->wide && !j->portable) tile_wide(xt, packed + (size_t)(n - nb) * (k1 - k0), k0, k1, acc);
             else if (j->wide) tile_wide_portable(xt, mr, w + (size_t)n * K, K, nr, k0, k1, K, acc);
             else tile((const uint16_t *)j->ax + (size_t)m * Kp, mr, w + (size_t)n * K, K, nr, k0, k1, K, acc);
             for (int i = 0; i < mr; i++)
@@ -374,15 +368,24 @@ static void thread_part(Job *j, int t) {
   if (n0 < n1) {
     // The products' sums [M, NB] (twice with w2), and for wide a block of W widened (NB rows of KC_WIDE).
     const int nbs = j->wide ? NB_WIDE : NB;
-    const size_t sums = (size_t)j->M * nbs * (j->w2 ? 2 : 1), pack = j->wide ? (size_t)NB_WIDE * KC_WIDE : 0;
-    float *scratch = malloc(sizeof(float) * (sums + pack + 16));
+    const size_t sums = (size_t)j->M * nbs * (j->w2 ? 2 : 1), pack = j->wide ? (size_t)(NB_WIDE + NR) * KC_WIDE : 0;
+    // Kept by the pool thread from job to job (grown, never shrunk): a fresh buffer per product is fresh pages,
+    // which on the VMs measured cost about 2.5 ms per MB to fault in once the host has taken freed memory back.
+    static __thread float *kept;
+    static __thread size_t keptFloats;
+    const size_t want = sums + pack + 16;
+    if (keptFloats < want) {
+      free(kept);
+      kept = malloc(sizeof(float) * want);
+      keptFloats = kept ? want : 0;
+    }
+    float *scratch = kept;
     if (!scratch) {
       j->failed = 1;
       return;
     }
     float *packed = (float *)(((uintptr_t)(scratch + sums) + 63) & ~(uintptr_t)63);  // 64-byte aligned: whole-line loads
     run_share(j, n0, n1, scratch, j->w2 ? scratch + (size_t)j->M * nbs : NULL, packed);
-    free(scratch);
   }
 }
 
@@ -396,9 +399,11 @@ static struct {
   pthread_cond_t wake;
   int size;
   Job *head, *tail;  // queued jobs; head runs
+  void *spare;  // the last finished job's x buffer, for the next (as the threads' scratch: fresh pages are slow)
+  size_t spareBytes;
   unsigned long seq;  // head's number: a thread runs each job once
   int parts_done;
-} pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, NULL, NULL, 1, 0};  // seq from 1: a new thread has run job 0
+} pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, NULL, NULL, NULL, 0, 1, 0};  // seq from 1: a new thread has run job 0
 
 static void job_done(Job *j);
 
@@ -430,7 +435,14 @@ static void *pool_thread(void *arg) {
 
 // Queues a job (its x buffer allocated here; the pool made or grown first).
 static int pool_submit(Job *j) {
-  j->ax = malloc((j->wide ? sizeof(float) : sizeof(uint16_t)) * (size_t)((j->M + MR - 1) / MR * MR) * j->Kp);
+  const size_t axBytes = (j->wide ? sizeof(float) : sizeof(uint16_t)) * (size_t)((j->M + MR - 1) / MR * MR) * j->Kp;
+  pthread_mutex_lock(&pool.mu);
+  if (pool.spare && pool.spareBytes >= axBytes) {
+    j->ax = pool.spare, j->axBytes = pool.spareBytes;
+    pool.spare = NULL, pool.spareBytes = 0;
+  }
+  pthread_mutex_unlock(&pool.mu);
+  if (!j->ax) j->ax = malloc(axBytes), j->axBytes = axBytes;
   if (!j->ax) j->failed = 1;
   else pthread_barrier_init(&j->barrier, NULL, (unsigned)j->threads);
   pthread_mutex_lock(&pool.mu);
@@ -460,6 +472,14 @@ static int pool_submit(Job *j) {
 static void job_done(Job *j) {
   if (j->ax) {
     pthread_barrier_destroy(&j->barrier);
+    // Kept for the next job (the larger of it and the one kept).
+    pthread_mutex_lock(&pool.mu);
+    if (j->axBytes > pool.spareBytes) {
+      void *old = pool.spare;
+      pool.spare = j->ax, pool.spareBytes = j->axBytes;
+      j->ax = old;
+    }
+    pthread_mutex_unlock(&pool.mu);
     free(j->ax);
     j->ax = NULL;
   }
