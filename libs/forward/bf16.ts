@@ -183,11 +183,24 @@ export class Bf16Weights {
   }
 }
 
-/** RMSNorm of each row of h [rows, H] in the native module (sums in float64; the bf16 pass's norms). */
-function rmsNormNative(h: Float32Array, w: Float32Array, eps: number): Float32Array {
-  const out = new Float32Array(h.length);
+/** RMSNorm of each row of h [rows, H] in the native module (sums in float64; the native pass's norms), into `out`. */
+function rmsNormNative(h: Float32Array, w: Float32Array, eps: number, out: Float32Array = new Float32Array(h.length)): Float32Array {
   loadNative()!.rmsnorm(h, w, eps, out);
   return out;
+}
+
+/**
+ * A pass's working arrays, kept from layer to layer (by name and length): a layer of a 17-prompt pack allocated
+ * ~60 MB of them afresh, fresh pages that these VMs fault in at ~2.5 ms per MB once freed memory went back to the
+ * host. What a layer returns is never one of them.
+ */
+export class PassArrays {
+  private readonly kept = new Map<string, Float32Array>();
+  get(name: string, length: number): Float32Array {
+    let a = this.kept.get(name);
+    if (a?.length !== length) this.kept.set(name, (a = new Float32Array(length)));
+    return a;
+  }
 }
 
 /** A pack's part of a layer: its hidden states [N, H] and its RoPE, attention and gate inputs (packInputs). */
@@ -202,19 +215,21 @@ export interface Bf16Pack {
  * layer's read as soon as it can be: per pack, the layer's output [N, H] and its router input (post-attention norm).
  */
 export async function runBf16Layer(
-  cfg: ModelConfig, core: Session, weights: Bf16Weights, layer: number, packs: Bf16Pack[], threads: number, arithmetic: NativeArithmetic = 'bf16',
+  cfg: ModelConfig, core: Session, weights: Bf16Weights, layer: number, packs: Bf16Pack[],
+  opts: { threads: number; arithmetic?: NativeArithmetic; arrays?: PassArrays },
 ): Promise<{ out: Float32Array; routerInput: Float32Array }[]> {
+  const { threads, arithmetic = 'bf16', arrays = new PassArrays() } = opts;
   const H = cfg.hiddenSize, I = cfg.intermediateSize;
   const qDim = cfg.numHeads * cfg.headDim, kvDim = cfg.numKvHeads * cfg.headDim;
   const floats = await weights.floats(layer);
   const F = (r: string) => floats.get(r) ?? null;
   const rows = (p: Bf16Pack) => p.x.length / H;
-  const xn = packs.map((p) => rmsNormNative(p.x, F('ln1')!, cfg.rmsNormEps));
+  const xn = packs.map((p, i) => rmsNormNative(p.x, F('ln1')!, cfg.rmsNormEps, arrays.get(`xn${i}`, p.x.length)));
   const project = async (role: 'q' | 'k' | 'v', dim: number) => {
     const w = await weights.proj(layer, role);
     const outs: Float32Array[] = [];
     for (const [i, p] of packs.entries()) {
-      outs.push(new Float32Array(rows(p) * dim));
+      outs.push(arrays.get(`${role}${i}`, rows(p) * dim));
       await bf16Matmul(xn[i]!, w, F(`${role}_bias`), outs[i]!, rows(p), dim, H, { threads, arithmetic });
     }
     weights.release(layer, role);
@@ -231,7 +246,9 @@ export async function runBf16Layer(
       if (wr) feeds[weightInput(r)] = floatTensor(wr, [wr.length]);
     }
     const t = (await core.run(feeds))[CORE_IO.ctx]!;
-    ctx.push((t.data as Float32Array).slice());
+    const c = arrays.get(`ctx${i}`, (t.data as Float32Array).length);
+    c.set(t.data as Float32Array);
+    ctx.push(c);
     t.dispose();
   }
   // The residual stream after attention: x + gate * o(ctx) (the pad state's gate is 0).
@@ -245,7 +262,7 @@ export async function runBf16Layer(
   const [wg, wu] = [await weights.proj(layer, 'gate'), await weights.proj(layer, 'up')];
   const act: Float32Array[] = [];
   for (const [i, p] of packs.entries()) {
-    act.push(new Float32Array(rows(p) * I));
+    act.push(arrays.get(`act${i}`, rows(p) * I));
     await bf16Matmul(hn[i]!, wg, F('gate_bias'), act[i]!, rows(p), I, H, { mode: MATMUL_MODE.siluGate, w2: wu, bias2: F('up_bias'), threads, arithmetic });
   }
   weights.release(layer, 'gate');

@@ -9,7 +9,7 @@ import { encodeModel } from './onnx-proto';
 import { ATTN_OUTPUT, LAYER_INPUTS, LAYER_OUTPUT, MLP_IO, ROUTER_INPUT, buildAttentionCoreModel, buildLayerModel, checkTensor, int8BlockSize, layerPhases, layerSignature, mlpDownModel, mlpUpModel, planLayerTensors, weightInput, type LayerPhase, type LayerTensor } from './layer-graph';
 import { attentionMask, ropeTables } from './rope';
 import { mallocHugePages } from './huge-pages';
-import { Bf16Weights, bf16Unavailable, projectionsBf16, requireBf16, runBf16Layer, wideAvailable, type NativeArithmetic } from './bf16';
+import { Bf16Weights, PassArrays, bf16Unavailable, projectionsBf16, requireBf16, runBf16Layer, wideAvailable, type NativeArithmetic } from './bf16';
 import { folderKeys, nowNs } from '../util';
 
 export interface ForwardProgress {
@@ -760,6 +760,7 @@ async function runLayers(m: Model, given: Sequence[], upTo: number, opts: Forwar
     const bf16Weights = native ? (su.bf16 ?? new Bf16Weights(layers)) : null;
     bf16Weights?.stopAt(upTo);
     bf16Weights?.begin();
+    const arrays = new PassArrays();
     for (let layer = 0; layer < upTo; layer++) {
       const out: Float32Array[] = new Array(seqs.length);
       const routerIn: Float32Array[] = new Array(seqs.length);
@@ -785,7 +786,7 @@ async function runLayers(m: Model, given: Sequence[], upTo: number, opts: Forwar
       } else if (native) {
         const core = await coreSession(su, cfg, layers[layer]!, opts);
         const packs = groups.map((g, i) => ({ x: packStates(seqs, g, states, H).hidden, inputs: fixed[i]! }));
-        const r = await runBf16Layer(cfg, core, bf16Weights!, layer, packs, settings.threads, native);
+        const r = await runBf16Layer(cfg, core, bf16Weights!, layer, packs, { threads: settings.threads, arithmetic: native, arrays });
         for (const g of groups.keys()) {
           packOut[g] = r[g]!.out;
           if (opts.routerInput) packRouter[g] = r[g]!.routerInput;
