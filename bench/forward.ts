@@ -11,7 +11,7 @@ import { computePromptStates, encodeModel, type ForwardPrecision, type LayerStat
 import { normalize } from '../libs/gates';
 import { OnnxDtype, type OnnxNode, type OnnxTensor } from '../libs/forward';
 import { bf16Unavailable, sessionFromBytes } from '../libs/forward';
-import { FP32_KERNEL_ENV, wideAvailable } from '../libs/forward/bf16';
+import { FP32_KERNEL_ENV, wideAvailable } from '../libs/forward';
 import { writeTinyModel, type TinyModelSpec } from './models';
 
 const SPEC: TinyModelSpec = { modelType: 'llama', hidden: 1024, layers: 8, heads: 16, kvHeads: 4, intermediate: 2816, vocab: 2000, dtype: 'BF16', seed: 7 };

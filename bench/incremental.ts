@@ -13,7 +13,7 @@ import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { delimiter, join } from 'node:path';
 import { computePromptStates, type ForwardPrecision } from '../libs/forward';
-import { FP32_KERNEL_ENV, wideAvailable } from '../libs/forward/bf16';
+import { FP32_KERNEL_ENV, wideAvailable } from '../libs/forward';
 import { loadTokenizer } from '../libs/tokenizer';
 import { benchForward } from './forward';
 import { writeFastModel, type TinyModelSpec } from './models';

@@ -10,7 +10,7 @@ export { computePromptStatesIsolated, computePadStatesIsolated, computeRouterInp
 export { computeRouterLogits, type Mlp, type MoeLayerWeights, type MoeModel, type RouterLogits, type Weight } from './moe';
 export { serveOneRequest } from './worker-protocol';
 export { mallocHugePages } from './huge-pages';
-export { bf16Unavailable, usePortableBf16 } from './bf16';
+export { bf16Unavailable, usePortableBf16, FP32_KERNEL_ENV, wideAvailable } from './bf16';
 export { withHugeMalloc } from '../fork';
 export * from './backend';
 export * from './onnx-proto';
