@@ -5,7 +5,8 @@
 //
 // Wide (the fp32 pass on bf16 weights): x kept float32 and each bf16 weight widened to float32 (exact), so every
 // product is float32's and only the order of the sums differs from onnxruntime's Gemm; AVX-512F (vfmadd231ps, the
-// weights widened in registers: no float32 copy of a layer is made), or the portable loop.
+// weights widened a block of rows at a time into a buffer that stays in L2: no float32 copy of a layer is made), or
+// the portable loop.
 //
 // One call: matmul(a, w, bias, out, M, N, K, mode, rowScale, w2, bias2, threads, portable, wide) -> Promise<void>
 //   mode 0: out = y;  mode 1: out += rowScale[m] * y (rowScale null: 1);  mode 2: out = silu(y) * y2, y2 from w2.
@@ -21,12 +22,8 @@
 #define MR 6     // rows of x per tile
 #define NR 4     // rows of W per tile
 #define KC 2048  // bf16 values of a row per pass (4 KiB): a tile's x rows stay in L1
-#ifndef KC_WIDE
-#define KC_WIDE 1024  // the same for float32 x (4 KiB a row)
-#endif
-#ifndef NB_WIDE
-#define NB_WIDE 64
-#endif
+#define KC_WIDE 1024  // the same for float32 x (4 KiB a row; 512 measured no faster)
+#define NB_WIDE 64     // rows of W per widened block (256 KiB of float32; 128 measured no faster)
 #define NB 64    // rows of W per block (NB * KC * 2 = 256 KiB): the block stays in L2
 
 typedef struct Job {
@@ -129,7 +126,6 @@ static inline int wide_pos(int r) {
   return w < 4 ? g * 4 + w : 16 + g * 4 + (w - 4);
 }
 
-// acc[i][j] = sum over k in [k0, k1) of x_i[k] * w_j[k], x float32 (wide tiles), w bf16 widened exactly.
 // A block of W's rows [rows, k0..k1) widened to float32 once, so the tiles that read it (every tile of x's rows)
 // load float32 and unpack nothing (widening in the tile's loop took the shuffle unit from the FMAs: 0.75x of
 // onnxruntime's Gemm). Laid out as the tile reads it: per group of NR rows (the last padded with zero rows), per
