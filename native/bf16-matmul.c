@@ -175,24 +175,6 @@ __attribute__((target("avx512f"))) static void tile_wide(const float *x, const f
   for (int i = 0; i < MR; i++) _mm_storeu_ps(acc + i * NR, reduce4(c[i][0], c[i][1], c[i][2], c[i][3]));
 }
 
-// The wide sums, portably: float32 x times the widened weights, summed in float32.
-static void tile_wide_portable(const float *x, int mr, const uint16_t *w, int ws, int nr, int k0, int k1, int kEnd, float *acc) {
-  if (k1 > kEnd) k1 = kEnd;
-  for (int i = 0; i < mr; i++)
-    for (int j = 0; j < nr; j++) {
-      const uint16_t *wj = w + j * ws;
-      float lanes[16] = {0};
-      for (int k = k0; k < k1; k += 16)
-        for (int l = 0; l < 16 && k + l < k1; l++) {
-          const int kk = k + l;
-          lanes[l] += x[(size_t)(kk / 32) * 32 * MR + i * 32 + wide_pos(kk % 32)] * from_bf16(wj[kk]);
-        }
-      float s = 0;
-      for (int l = 0; l < 16; l++) s += lanes[l];
-      acc[i * NR + j] = s;
-    }
-}
-
 // One row of float32 x into its wide tile's slots (wide_pos order), zero past K.
 __attribute__((target("avx512f"))) static void to_wide_row_avx(const float *src, int K, int Kp, float *dst) {
   for (int k = 0; k < Kp; k += 32) {
@@ -212,8 +194,9 @@ static void to_wide_row(const float *src, int K, int Kp, float *dst, int portabl
   for (int k = 0; k < Kp; k++) dst[(size_t)(k / 32) * 32 * MR + wide_pos(k % 32)] = k < K ? src[k] : 0.0f;
 }
 
-// The same sums, portably: each product of two bf16 values is exact in float32, summed in float32.
-static void tile_portable(const uint16_t *x, int mr, const uint16_t *w, int ws, int nr, int k0, int k1, int kEnd, float *acc) {
+// The same sums, portably, for either kind of tile: each product of two bf16 values (or, wide, of a float32 x and a
+// widened weight) is exact in float32 (wide: rounded once), summed in float32.
+static void tile_portable(const void *x, int wide, int mr, const uint16_t *w, int ws, int nr, int k0, int k1, int kEnd, float *acc) {
   if (k1 > kEnd) k1 = kEnd;
   for (int i = 0; i < mr; i++)
     for (int j = 0; j < nr; j++) {
@@ -222,7 +205,9 @@ static void tile_portable(const uint16_t *x, int mr, const uint16_t *w, int ws, 
       for (int k = k0; k < k1; k += 16)
         for (int l = 0; l < 16 && k + l < k1; l++) {
           const int kk = k + l;
-          lanes[l] += from_bf16(x[(size_t)(kk / 32) * 32 * MR + i * 32 + kk % 32]) * from_bf16(wj[kk]);
+          const size_t at = (size_t)(kk / 32) * 32 * MR + i * 32;
+          const float xv = wide ? ((const float *)x)[at + wide_pos(kk % 32)] : from_bf16(((const uint16_t *)x)[at + kk % 32]);
+          lanes[l] += xv * from_bf16(wj[kk]);
         }
       float s = 0;
       for (int l = 0; l < 16; l++) s += lanes[l];
@@ -292,7 +277,6 @@ __attribute__((target("avx512f"))) static void silu_gate_avx(float *o, const flo
 // One thread's share: W rows [n0, n1) in blocks of NB, K in passes of KC, x in tiles of MR rows.
 static void run_share(Job *j, int n0, int n1, float *scratch, float *scratch2, float *packed) {
   const int M = j->M, K = j->K, Kp = j->Kp, kc = j->wide ? KC_WIDE : KC, nbs = j->wide ? NB_WIDE : NB;
-  void (*tile)(const uint16_t *, int, const uint16_t *, int, int, int, int, int, float *) = j->portable ? tile_portable : tile_bf16;
   float acc[MR * NR];
   for (int nb = n0; nb < n1; nb += nbs) {
     const int nbEnd = nb + nbs < n1 ? nb + nbs : n1, width = nbEnd - nb;
@@ -306,10 +290,10 @@ static void run_share(Job *j, int n0, int n1, float *scratch, float *scratch2, f
           const int mr = M - m < MR ? M - m : MR;
           for (int n = nb; n < nbEnd; n += NR) {
             const int nr = nbEnd - n < NR ? nbEnd - n : NR;
-            const float *xt = (const float *)j->ax + (size_t)m * Kp;
-            if (j->wide && !j->portable) tile_wide(xt, packed + (size_t)(n - nb) * (k1 - k0), k0, k1, acc);
-            else if (j->wide) tile_wide_portable(xt, mr, w + (size_t)n * K, K, nr, k0, k1, K, acc);
-            else tile((const uint16_t *)j->ax + (size_t)m * Kp, mr, w + (size_t)n * K, K, nr, k0, k1, K, acc);
+            const size_t xt = (size_t)m * Kp;  // the tile's first value in x
+            if (j->wide && !j->portable) tile_wide((const float *)j->ax + xt, packed + (size_t)(n - nb) * (k1 - k0), k0, k1, acc);
+            else if (j->portable) tile_portable(j->wide ? (const void *)((const float *)j->ax + xt) : (const void *)((const uint16_t *)j->ax + xt), j->wide, mr, w + (size_t)n * K, K, nr, k0, k1, K, acc);
+            else tile_bf16((const uint16_t *)j->ax + xt, mr, w + (size_t)n * K, K, nr, k0, k1, K, acc);
             for (int i = 0; i < mr; i++)
               for (int c = 0; c < nr; c++) {
                 float *d = s + (size_t)(m + i) * width + (n - nb) + c;

@@ -6,7 +6,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { computeAllHiddenStates, computePromptStates, bf16Unavailable, usePortableBf16 } from '../../libs/forward';
+import { computeAllHiddenStates, computePromptStates, bf16Unavailable } from '../../libs/forward';
 import { Bf16Weights, bf16Matmul, MATMUL_MODE, whyBf16Unavailable } from '../../libs/forward/bf16';
 import { convertBytes, decodeFloats, readTensorBytes } from '../../libs/safetensors';
 import { planLayerTensors } from '../../libs/forward/layer-graph';
@@ -21,6 +21,7 @@ import { describeError } from '../../libs/errors';
 import { maxAbsDiff } from '../helpers/forward-reference';
 import { FIXTURES, openReference } from '../helpers/forward-fixtures';
 import { TINY, tempDir } from '../helpers/tmp';
+import { withKernel } from '../helpers/kernels';
 
 const PROMPTS = [[0, 42, 506, 359, 81, 393, 7, 7, 12], [0, 9], [0, 300, 301, 17, 18], [5]];
 const PROJ = ['q', 'k', 'v', 'o', 'gate', 'up', 'down'];
@@ -28,14 +29,6 @@ const CPU_HAS_BF16 = bf16Unavailable() === null;
 /** Each kernel this machine can run: the portable one always, the AVX512-BF16 one where the CPU has it. */
 const KERNELS: { name: string; portable: boolean }[] = [{ name: 'portable', portable: true }, ...(CPU_HAS_BF16 ? [{ name: 'AVX512-BF16', portable: false }] : [])];
 
-async function withKernel<T>(portable: boolean, f: () => Promise<T>): Promise<T> {
-  usePortableBf16(portable);
-  try {
-    return await f();
-  } finally {
-    usePortableBf16(false);
-  }
-}
 
 /** Round to nearest even at bf16, as the kernel rounds x. */
 function bf16(v: number): number {

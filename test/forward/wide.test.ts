@@ -15,6 +15,7 @@ import { writeTinyModel } from '../../tools/testing/tiny-models';
 import { maxAbsDiff } from '../helpers/forward-reference';
 import { FIXTURES, openReference } from '../helpers/forward-fixtures';
 import { TINY, tempDir } from '../helpers/tmp';
+import { withKernel } from '../helpers/kernels';
 
 const CPU_HAS_WIDE = (() => {
   usePortableBf16(false);
@@ -23,14 +24,6 @@ const CPU_HAS_WIDE = (() => {
 /** Each wide kernel this machine can run: the portable one always, the AVX-512 one where the CPU has it. */
 const KERNELS: { name: string; portable: boolean }[] = [{ name: 'portable', portable: true }, ...(CPU_HAS_WIDE ? [{ name: 'AVX-512', portable: false }] : [])];
 
-async function withKernel<T>(portable: boolean, f: () => Promise<T>): Promise<T> {
-  usePortableBf16(portable);
-  try {
-    return await f();
-  } finally {
-    usePortableBf16(false);
-  }
-}
 
 async function withOnnxruntime<T>(f: () => Promise<T>): Promise<T> {
   process.env[FP32_KERNEL_ENV] = 'onnxruntime';
@@ -49,9 +42,9 @@ const fromBits = (b: number) => new Float32Array(new Uint32Array([b << 16]).buff
 const PROMPTS = [[0, 42, 506, 359, 81, 393, 7, 7, 12], [0, 9], [0, 300, 301, 17, 18], [5]];
 
 /** A llama-shaped model stored bf16 (the wide pass's input), in a fresh folder. */
-async function bf16Model(): Promise<string> {
+async function bf16Model(seed = 1): Promise<string> {
   const dir = join(tempDir(), 'bf16');
-  await writeTinyModel(dir, { modelType: 'llama', hidden: 64, layers: 3, heads: 4, kvHeads: 2, intermediate: 96, vocab: 512, dtype: 'BF16' });
+  await writeTinyModel(dir, { modelType: 'llama', hidden: 64, layers: 3, heads: 4, kvHeads: 2, intermediate: 96, vocab: 512, dtype: 'BF16', seed });
   return dir;
 }
 
@@ -134,6 +127,25 @@ test('fp32 on a bf16-stored model: the wide kernel runs it, within float32 round
         const scale = routerExact[p]![l]!.reduce((m, x) => Math.max(m, Math.abs(x)), 0);
         assert.ok(maxAbsDiff(routerExact[p]![l]!, router[p]![l]!) <= 1e-5 * scale, `${name} router input prompt ${p} layer ${l}`);
       }
+    }
+  }
+});
+
+test('wide with another model\'s MLPs behind the base\'s attention (gate_mode fit): the router inputs of onnxruntime\'s pass, within float32 rounding', async () => {
+  const [base, expert] = [await bf16Model(1), await bf16Model(2)];
+  const exact = await withOnnxruntime(() => computeRouterInputs(base, PROMPTS, { mlpFrom: expert }));
+  const plain = await withOnnxruntime(() => computeRouterInputs(base, PROMPTS));
+  for (const { name, portable } of KERNELS) {
+    const wide = passStats.wide;
+    const got = await withKernel(portable, () => computeRouterInputs(base, PROMPTS, { mlpFrom: expert }));
+    assert.equal(passStats.wide, wide + 1, `${name}: the wide kernel ran`);
+    for (let p = 0; p < PROMPTS.length; p++) {
+      for (let l = 0; l < got[p]!.length; l++) {
+        const scale = exact[p]![l]!.reduce((m, x) => Math.max(m, Math.abs(x)), 0);
+        assert.ok(maxAbsDiff(exact[p]![l]!, got[p]![l]!) <= 1e-5 * scale, `${name} prompt ${p} layer ${l}`);
+      }
+      // Past layer 0 the expert's MLPs changed the states: the hybrid is not the base alone.
+      assert.ok(maxAbsDiff(plain[p]![1]!, got[p]![1]!) > 1e-3, `${name} prompt ${p}: the expert's MLPs were used`);
     }
   }
 });
