@@ -8,7 +8,9 @@
 // weights widened a block of rows at a time into a buffer that stays in L2: no float32 copy of a layer is made), or
 // the portable loop.
 //
-// One call: matmul(a, w, bias, out, M, N, K, mode, rowScale, w2, bias2, threads, portable, wide) -> Promise<void>
+// Wide products also take float16 weights (f16: vcvtph2ps, exact).
+//
+// One call: matmul(a, w, bias, out, M, N, K, mode, rowScale, w2, bias2, threads, portable, wide, f16) -> Promise<void>
 //   mode 0: out = y;  mode 1: out += rowScale[m] * y (rowScale null: 1);  mode 2: out = silu(y) * y2, y2 from w2.
 // The work runs off the JavaScript thread on `threads` threads of a pool kept for the process, each a share of W's rows.
 #include <node_api.h>
@@ -31,7 +33,7 @@ typedef struct Job {
   const uint16_t *w, *w2;
   const float *bias, *bias2, *rowScale;
   float *out;
-  int M, N, K, Kp, mode, threads, portable, wide;
+  int M, N, K, Kp, mode, threads, portable, wide, f16;  // f16: w and w2 hold IEEE halves (wide only)
   // x in tiles, [M/MR][Kp/32][MR][32], zero past M and K (a tile's loads run in order): bf16, or (wide) float32
   // with each chunk of 32 in the order the widened weights take (wide_pos).
   void *ax;
@@ -51,6 +53,24 @@ static inline uint16_t to_bf16(float f) {
   if ((u & 0x7fffffff) > 0x7f800000) return (uint16_t)((u >> 16) | 0x40);  // NaN stays NaN
   u += 0x7fff + ((u >> 16) & 1);
   return (uint16_t)(u >> 16);
+}
+
+// IEEE half to float32 (exact: every half is a float32), subnormals, infinities and NaN included.
+static inline float from_f16(uint16_t h) {
+  const uint32_t sign = (uint32_t)(h & 0x8000) << 16, e = (h >> 10) & 0x1f, m = h & 0x3ff;
+  uint32_t u;
+  if (e == 0x1f) u = sign | 0x7f800000 | (m << 13);
+  else if (e) u = sign | ((e + 112) << 23) | (m << 13);
+  else if (!m) u = sign;
+  else {
+    int s = 0;  // subnormal: normalise
+    uint32_t mm = m;
+    while (!(mm & 0x400)) mm <<= 1, s++;
+    u = sign | ((uint32_t)(113 - s) << 23) | ((mm & 0x3ff) << 13);
+  }
+  float f;
+  memcpy(&f, &u, 4);
+  return f;
 }
 
 static inline float from_bf16(uint16_t h) {
@@ -130,8 +150,8 @@ static inline int wide_pos(int r) {
 // load float32 and unpack nothing (widening in the tile's loop took the shuffle unit from the FMAs: 0.75x of
 // onnxruntime's Gemm). Laid out as the tile reads it: per group of NR rows (the last padded with zero rows), per
 // 16 values of k, the NR rows' 16 floats side by side (one stream of loads, not NR rows 4 KiB apart), each chunk
-// of 32 in wide_pos order, zeros past kEnd.
-__attribute__((target("avx512f,avx512bw"))) static void pack_wide(const uint16_t *w, int ws, int rows, int k0, int k1, int kEnd, float *dst) {
+// of 32 in wide_pos order, zeros past kEnd. `f16`: the weights are IEEE halves (vcvtph2ps, exact), else bf16.
+__attribute__((target("avx512f,avx512bw"))) static void pack_wide(const uint16_t *w, int ws, int rows, int k0, int k1, int kEnd, int f16, float *dst) {
   const __m512i zero = _mm512_setzero_si512();
   const int kw = k1 - k0, groups = (rows + NR - 1) / NR;
   for (int g = 0; g < groups; g++) {
@@ -145,6 +165,12 @@ __attribute__((target("avx512f,avx512bw"))) static void pack_wide(const uint16_t
         else if (k < kEnd) raw = _mm512_maskz_loadu_epi16((__mmask32)((1ull << (kEnd - k)) - 1), w + (size_t)row * ws + k);
         else raw = zero;
         float *at = d + (size_t)(k - k0) * NR + r * 16;
+        if (f16) {  // k in order, then into wide_pos order as to_wide_row_avx puts x
+          const __m512 a = _mm512_cvtph_ps(_mm512_castsi512_si256(raw)), b = _mm512_cvtph_ps(_mm512_extracti64x4_epi64(raw, 1));
+          _mm512_store_ps(at, _mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(2, 0, 2, 0)));
+          _mm512_store_ps(at + NR * 16, _mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(3, 1, 3, 1)));
+          continue;
+        }
         _mm512_store_ps(at, _mm512_castsi512_ps(_mm512_unpacklo_epi16(zero, raw)));
         _mm512_store_ps(at + NR * 16, _mm512_castsi512_ps(_mm512_unpackhi_epi16(zero, raw)));
       }
@@ -196,7 +222,7 @@ static void to_wide_row(const float *src, int K, int Kp, float *dst, int portabl
 
 // The same sums, portably, for either kind of tile: each product of two bf16 values (or, wide, of a float32 x and a
 // widened weight) is exact in float32 (wide: rounded once), summed in float32.
-static void tile_portable(const void *x, int wide, int mr, const uint16_t *w, int ws, int nr, int k0, int k1, int kEnd, float *acc) {
+static void tile_portable(const void *x, int wide, int f16, int mr, const uint16_t *w, int ws, int nr, int k0, int k1, int kEnd, float *acc) {
   if (k1 > kEnd) k1 = kEnd;
   for (int i = 0; i < mr; i++)
     for (int j = 0; j < nr; j++) {
@@ -207,7 +233,7 @@ static void tile_portable(const void *x, int wide, int mr, const uint16_t *w, in
           const int kk = k + l;
           const size_t at = (size_t)(kk / 32) * 32 * MR + i * 32;
           const float xv = wide ? ((const float *)x)[at + wide_pos(kk % 32)] : from_bf16(((const uint16_t *)x)[at + kk % 32]);
-          lanes[l] += xv * from_bf16(wj[kk]);
+          lanes[l] += xv * (f16 ? from_f16(wj[kk]) : from_bf16(wj[kk]));
         }
       float s = 0;
       for (int l = 0; l < 16; l++) s += lanes[l];
@@ -285,14 +311,14 @@ static void run_share(Job *j, int n0, int n1, float *scratch, float *scratch2, f
       float *s = pass ? scratch2 : scratch;  // [M, width]
       for (int k0 = 0; k0 < Kp; k0 += kc) {
         const int k1 = k0 + kc < Kp ? k0 + kc : Kp;
-        if (j->wide && !j->portable) pack_wide(w + (size_t)nb * K, K, width, k0, k1, K, packed);
+        if (j->wide && !j->portable) pack_wide(w + (size_t)nb * K, K, width, k0, k1, K, j->f16, packed);
         for (int m = 0; m < M; m += MR) {
           const int mr = M - m < MR ? M - m : MR;
           for (int n = nb; n < nbEnd; n += NR) {
             const int nr = nbEnd - n < NR ? nbEnd - n : NR;
             const size_t xt = (size_t)m * Kp;  // the tile's first value in x
             if (j->wide && !j->portable) tile_wide((const float *)j->ax + xt, packed + (size_t)(n - nb) * (k1 - k0), k0, k1, acc);
-            else if (j->portable) tile_portable(j->wide ? (const void *)((const float *)j->ax + xt) : (const void *)((const uint16_t *)j->ax + xt), j->wide, mr, w + (size_t)n * K, K, nr, k0, k1, K, acc);
+            else if (j->portable) tile_portable(j->wide ? (const void *)((const float *)j->ax + xt) : (const void *)((const uint16_t *)j->ax + xt), j->wide, j->f16, mr, w + (size_t)n * K, K, nr, k0, k1, K, acc);
             else tile_bf16((const uint16_t *)j->ax + xt, mr, w + (size_t)n * K, K, nr, k0, k1, K, acc);
             for (int i = 0; i < mr; i++)
               for (int c = 0; c < nr; c++) {
@@ -515,15 +541,16 @@ static int view(napi_env env, Job *j, napi_value v, napi_typedarray_type want, v
 }
 
 static napi_value matmul(napi_env env, napi_callback_info info) {
-  size_t argc = 14;
-  napi_value argv[14];
+  size_t argc = 15;
+  napi_value argv[15];
   napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
-  if (argc != 14) return fail(env, "matmul: 14 arguments expected");
-  int32_t dims[4], threads, portable, wide;
+  if (argc != 15) return fail(env, "matmul: 15 arguments expected");
+  int32_t dims[4], threads, portable, wide, f16;
   for (int i = 0; i < 4; i++)
     if (napi_get_value_int32(env, argv[4 + i], &dims[i]) != napi_ok) return fail(env, "matmul: M, N, K and mode must be integers");
-  if (napi_get_value_int32(env, argv[11], &threads) != napi_ok || napi_get_value_int32(env, argv[12], &portable) != napi_ok || napi_get_value_int32(env, argv[13], &wide) != napi_ok)
-    return fail(env, "matmul: threads, portable and wide must be integers");
+  if (napi_get_value_int32(env, argv[11], &threads) != napi_ok || napi_get_value_int32(env, argv[12], &portable) != napi_ok || napi_get_value_int32(env, argv[13], &wide) != napi_ok ||
+      napi_get_value_int32(env, argv[14], &f16) != napi_ok)
+    return fail(env, "matmul: threads, portable, wide and f16 must be integers");
   const int M = dims[0], N = dims[1], K = dims[2], mode = dims[3];
   if (M < 1 || N < 1 || K < 1 || mode < 0 || mode > 2) return fail(env, "matmul: M, N, K must be positive and mode 0, 1 or 2");
   if (threads < 1 || threads > 64) return fail(env, "matmul: threads must be 1..64");
@@ -544,6 +571,7 @@ static napi_value matmul(napi_env env, napi_callback_info info) {
                     : (mode == 2) != (w2 != NULL) ? "matmul: w2 is given exactly when mode is 2"
                     : (w2 && nw2 != (size_t)N * K) ? "matmul: w2 must hold N*K values"
                     : (bias2 && nb2 != (size_t)N) ? "matmul: bias2 must hold N values"
+                    : (f16 && !wide) ? "matmul: float16 weights are for wide products only"
                     : (!portable && !wide && !has_bf16()) ? "matmul: this CPU has no AVX512-BF16"
                     : (!portable && wide && !has_wide()) ? "matmul: this CPU has no AVX-512 (wide needs AVX512F and AVX512BW)"
                     : NULL;
@@ -553,7 +581,7 @@ static napi_value matmul(napi_env env, napi_callback_info info) {
     return fail(env, bad);
   }
   j->a = a, j->w = w, j->w2 = w2, j->bias = bias, j->bias2 = bias2, j->rowScale = rs, j->out = out;
-  j->M = M, j->N = N, j->K = K, j->Kp = (K + 31) / 32 * 32, j->mode = mode, j->threads = threads, j->portable = portable, j->wide = wide != 0;
+  j->M = M, j->N = N, j->K = K, j->Kp = (K + 31) / 32 * 32, j->mode = mode, j->threads = threads, j->portable = portable, j->wide = wide != 0, j->f16 = f16 != 0;
   napi_value promise, name;
   napi_create_promise(env, &j->deferred, &promise);
   napi_create_string_utf8(env, "bf16-matmul", NAPI_AUTO_LENGTH, &name);

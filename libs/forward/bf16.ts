@@ -10,12 +10,14 @@ import { CORE_IO, LAYER_INPUTS, weightInput, type LayerTensor } from './layer-gr
  * The bf16 forward pass's projections (native/bf16-matmul.c, built by scripts/build.mjs into build/): x W^T with
  * the weights' bf16 values as stored and x rounded to bf16, products summed in float32. AVX512-BF16's vdpbf16ps
  * does two products per lane per instruction, about twice what onnxruntime's float32 Gemm reaches on the same CPU.
+ * The same kernels run the fp32 pass on bf16 weights ('wide': x kept float32, the weights widened exactly, float32
+ * products), where the CPU has AVX-512.
  */
 interface Native {
   matmul(
     a: Float32Array, w: Uint16Array, bias: Float32Array | null, out: Float32Array, M: number, N: number, K: number,
     mode: number, rowScale: Float32Array | null, w2: Uint16Array | null, bias2: Float32Array | null, threads: number, portable: number,
-    wide: number,
+    wide: number, f16: number,
   ): Promise<void>;
   rmsnorm(x: Float32Array, w: Float32Array, eps: number, out: Float32Array): void;
   supported(): boolean;
@@ -92,26 +94,35 @@ export type NativeArithmetic = 'bf16' | 'wide';
 
 /**
  * out = a W^T + bias (store); out += rowScale[m] (a W^T + bias) (addScaled, rowScale null: 1); out = silu(a W^T +
- * bias) * (a W2^T + bias2) (siluGate). a [M, K] float32, W and W2 [N, K] bf16, out [M, N].
+ * bias) * (a W2^T + bias2) (siluGate). a [M, K] float32, W and W2 [N, K] bf16, out [M, N]; `arithmetic` 'wide':
+ * x is not rounded to bf16 (the fp32 pass), and W and W2 may be IEEE halves (`f16`).
  */
 export function bf16Matmul(
   a: Float32Array, w: Uint16Array, bias: Float32Array | null, out: Float32Array, M: number, N: number, K: number,
-  opts: { mode?: number; rowScale?: Float32Array | null; w2?: Uint16Array | null; bias2?: Float32Array | null; threads?: number; arithmetic?: NativeArithmetic } = {},
+  opts: { mode?: number; rowScale?: Float32Array | null; w2?: Uint16Array | null; bias2?: Float32Array | null; threads?: number; arithmetic?: NativeArithmetic; f16?: boolean } = {},
 ): Promise<void> {
   const wide = opts.arithmetic === 'wide';
   const n = wide ? loadNative() : requireBf16();
   if (!n) throw new Error(`native matmul: build/${ADDON} is missing`);
-  return n.matmul(a, w, bias, out, M, N, K, opts.mode ?? 0, opts.rowScale ?? null, opts.w2 ?? null, opts.bias2 ?? null, opts.threads ?? 2, portableKernel() ? 1 : 0, wide ? 1 : 0);
+  return n.matmul(a, w, bias, out, M, N, K, opts.mode ?? 0, opts.rowScale ?? null, opts.w2 ?? null, opts.bias2 ?? null, opts.threads ?? 2, portableKernel() ? 1 : 0, wide ? 1 : 0, opts.f16 ? 1 : 0);
 }
 
 const PROJECTIONS = ['q', 'k', 'v', 'o', 'gate', 'up', 'down'] as const;
 type Projection = (typeof PROJECTIONS)[number];
 
-/** Every layer's projections are stored bf16 (the wide products read them as they are; anything else converted would round). */
-export const projectionsBf16 = (layers: Map<string, LayerTensor>[]) => layers.every((l) => PROJECTIONS.every((r) => l.get(r)?.loc.dtype === 'BF16'));
+/**
+ * The one dtype every layer's projections are stored in, where the wide products read it as stored ('BF16' or
+ * 'F16': each widens to float32 exactly); null otherwise (float32 weights gain nothing, a mix would need a dtype per
+ * product).
+ */
+export function wideDtype(layers: Map<string, LayerTensor>[]): 'BF16' | 'F16' | null {
+  const dtypes = new Set(layers.flatMap((l) => PROJECTIONS.map((r) => l.get(r)?.loc.dtype)));
+  const [only] = dtypes;
+  return dtypes.size === 1 && (only === 'BF16' || only === 'F16') ? only : null;
+}
 
 /**
- * A bf16 pass's weights: one buffer per projection, reused from layer to layer, each refilled with the next layer's
+ * A native pass's weights (bf16, or fp32 wide): one buffer per projection, reused from layer to layer, each refilled with the next layer's
  * tensor as soon as this layer's last product with it is done (so the reads run beside the products, and a pass
  * holds one layer's projections: fresh memory, which a VM faults in at about 1 GB/s, is taken once). Read, not
  * mapped: on the VMs measured a first touch of a mapped file's page cost more than copying it (12 ms against 2.4
@@ -125,7 +136,8 @@ export class Bf16Weights {
   /** Layers from here on are not read (stopAt). */
   private upTo: number;
 
-  constructor(private readonly layers: Map<string, LayerTensor>[]) {
+  /** `halves`: float16 tensors are kept as stored (a wide pass widens them itself), not rounded to bf16. */
+  constructor(private readonly layers: Map<string, LayerTensor>[], private readonly halves = false) {
     this.upTo = layers.length;
   }
 
@@ -151,7 +163,7 @@ export class Bf16Weights {
     }
     const into = buf;
     const values = (async () => {
-      if (t.loc.dtype === 'BF16') await readTensorInto(t.loc, into);
+      if (t.loc.dtype === 'BF16' || (this.halves && t.loc.dtype === 'F16')) await readTensorInto(t.loc, into);
       else into.set(convertBytes(await readTensorBytes(t.loc), t.loc.dtype, 'BF16'));
       return new Uint16Array(into.buffer, into.byteOffset, bytes / 2);
     })();
@@ -216,9 +228,9 @@ export interface Bf16Pack {
  */
 export async function runBf16Layer(
   cfg: ModelConfig, core: Session, weights: Bf16Weights, layer: number, packs: Bf16Pack[],
-  opts: { threads: number; arithmetic?: NativeArithmetic; arrays?: PassArrays },
+  opts: { threads: number; arithmetic?: NativeArithmetic; f16?: boolean; arrays?: PassArrays },
 ): Promise<{ out: Float32Array; routerInput: Float32Array }[]> {
-  const { threads, arithmetic = 'bf16', arrays = new PassArrays() } = opts;
+  const { threads, arithmetic = 'bf16', f16 = false, arrays = new PassArrays() } = opts;
   const H = cfg.hiddenSize, I = cfg.intermediateSize;
   const qDim = cfg.numHeads * cfg.headDim, kvDim = cfg.numKvHeads * cfg.headDim;
   const floats = await weights.floats(layer);
@@ -230,7 +242,7 @@ export async function runBf16Layer(
     const outs: Float32Array[] = [];
     for (const [i, p] of packs.entries()) {
       outs.push(arrays.get(`${role}${i}`, rows(p) * dim));
-      await bf16Matmul(xn[i]!, w, F(`${role}_bias`), outs[i]!, rows(p), dim, H, { threads, arithmetic });
+      await bf16Matmul(xn[i]!, w, F(`${role}_bias`), outs[i]!, rows(p), dim, H, { threads, arithmetic, f16 });
     }
     weights.release(layer, role);
     return outs;
@@ -255,7 +267,7 @@ export async function runBf16Layer(
   const h = packs.map((p) => p.x.slice());
   const wo = await weights.proj(layer, 'o');
   for (const [i, p] of packs.entries()) {
-    await bf16Matmul(ctx[i]!, wo, F('o_bias'), h[i]!, rows(p), H, qDim, { mode: MATMUL_MODE.addScaled, rowScale: p.inputs[LAYER_INPUTS.gate]!.data as Float32Array, threads, arithmetic });
+    await bf16Matmul(ctx[i]!, wo, F('o_bias'), h[i]!, rows(p), H, qDim, { mode: MATMUL_MODE.addScaled, rowScale: p.inputs[LAYER_INPUTS.gate]!.data as Float32Array, threads, arithmetic, f16 });
   }
   weights.release(layer, 'o');
   const hn = h.map((x) => rmsNormNative(x, F('ln2')!, cfg.rmsNormEps));
@@ -263,12 +275,12 @@ export async function runBf16Layer(
   const act: Float32Array[] = [];
   for (const [i, p] of packs.entries()) {
     act.push(arrays.get(`act${i}`, rows(p) * I));
-    await bf16Matmul(hn[i]!, wg, F('gate_bias'), act[i]!, rows(p), I, H, { mode: MATMUL_MODE.siluGate, w2: wu, bias2: F('up_bias'), threads, arithmetic });
+    await bf16Matmul(hn[i]!, wg, F('gate_bias'), act[i]!, rows(p), I, H, { mode: MATMUL_MODE.siluGate, w2: wu, bias2: F('up_bias'), threads, arithmetic, f16 });
   }
   weights.release(layer, 'gate');
   weights.release(layer, 'up');
   const wd = await weights.proj(layer, 'down');
-  for (const [i, p] of packs.entries()) await bf16Matmul(act[i]!, wd, F('down_bias'), h[i]!, rows(p), H, I, { mode: MATMUL_MODE.addScaled, threads, arithmetic });
+  for (const [i, p] of packs.entries()) await bf16Matmul(act[i]!, wd, F('down_bias'), h[i]!, rows(p), H, I, { mode: MATMUL_MODE.addScaled, threads, arithmetic, f16 });
   weights.release(layer, 'down');
   return packs.map((_, i) => ({ out: h[i]!, routerInput: hn[i]! }));
 }

@@ -9,7 +9,7 @@ import { encodeModel } from './onnx-proto';
 import { ATTN_OUTPUT, LAYER_INPUTS, LAYER_OUTPUT, MLP_IO, ROUTER_INPUT, buildAttentionCoreModel, buildLayerModel, checkTensor, int8BlockSize, layerPhases, layerSignature, mlpDownModel, mlpUpModel, planLayerTensors, weightInput, type LayerPhase, type LayerTensor } from './layer-graph';
 import { attentionMask, ropeTables } from './rope';
 import { mallocHugePages } from './huge-pages';
-import { Bf16Weights, PassArrays, bf16Unavailable, projectionsBf16, requireBf16, runBf16Layer, wideAvailable, type NativeArithmetic } from './bf16';
+import { Bf16Weights, PassArrays, bf16Unavailable, requireBf16, runBf16Layer, wideAvailable, wideDtype, type NativeArithmetic } from './bf16';
 import { folderKeys, nowNs } from '../util';
 
 export interface ForwardProgress {
@@ -37,8 +37,8 @@ export interface ForwardOptions {
   /** A model folder of the same shape whose MLP tensors (`.mlp.`) replace the model's: an expert's MLPs behind the base's attention. */
   mlpFrom?: string;
   /**
-   * 'fp32' (default): exact float32 arithmetic on the stored weights (where every projection is stored bf16 and the
-   * CPU has AVX-512, its projections run in native/bf16-matmul.c's wide kernel: float32 products of the widened
+   * 'fp32' (default): exact float32 arithmetic on the stored weights (where every projection is stored bf16, or every
+   * one float16, and the CPU has AVX-512, its projections run in native/bf16-matmul.c's wide kernel: float32 products of the widened
    * weights, no float32 copy of a layer made; elsewhere onnxruntime's Gemm). 'int8': the projections as 8-bit blocks
    * (symmetric, a float32 scale per 32 values) through onnxruntime's MatMulNBits with int8 activations: faster on
    * CPUs with VNNI, not exact (its states differ from fp32 ones and are cached apart). 'bf16': the projections
@@ -469,14 +469,14 @@ const planLayers = (m: Model) => Array.from({ length: m.cfg.numLayers }, (_, l) 
 
 /**
  * Which pass runs its projections in the native kernels: bf16's always; fp32's (wide) where the CPU runs that
- * kernel and every projection is stored bf16 (the measured edit: no fresh float32 copy of a layer to fault in, the
- * weights read at half the bytes); null: onnxruntime runs the whole layer.
+ * kernel and every projection is stored bf16, or every one float16 (wideDtype; the measured edit: no fresh float32
+ * copy of a layer to fault in, the weights read at half the bytes); null: onnxruntime runs the whole layer.
  */
 function nativeArithmetic(layers: Map<string, LayerTensor>[], opts: ForwardOptions): NativeArithmetic | null {
   const precision = opts.precision ?? 'fp32';
   if (precision === 'bf16') return 'bf16';
   if (precision !== 'fp32' || (opts.device ?? 'cpu') !== 'cpu' || !wideAvailable()) return null;
-  return projectionsBf16(layers) ? 'wide' : null;
+  return wideDtype(layers) ? 'wide' : null;
 }
 
 /** The MLP bytes a pass holds at a time: the int8 path quantizes whole layers. */
@@ -610,7 +610,7 @@ async function setUpAhead(old: typeof ahead, modelDir: string, opts: ForwardOpti
     // layer 150 ms otherwise).
     if (layers[0] && native && (native === 'wide' || bf16Unavailable() === null)) {
       void coreSession(setup, m.cfg, layers[0], opts);
-      setup.bf16 = new Bf16Weights(layers);
+      setup.bf16 = new Bf16Weights(layers, native === 'wide');
       setup.bf16.begin();
       aheadStats.bf16Reads++;
     }
@@ -757,7 +757,8 @@ async function runLayers(m: Model, given: Sequence[], upTo: number, opts: Forwar
     const int8 = (opts.precision ?? 'fp32') === 'int8';
     const int8Pool: Int8Pool = new Map();
     // Native: each projection's buffer takes the next layer's tensor once a layer is done with it (Bf16Weights).
-    const bf16Weights = native ? (su.bf16 ?? new Bf16Weights(layers)) : null;
+    const bf16Weights = native ? (su.bf16 ?? new Bf16Weights(layers, native === 'wide')) : null;
+    const f16 = native === 'wide' && wideDtype(layers) === 'F16';
     bf16Weights?.stopAt(upTo);
     bf16Weights?.begin();
     const arrays = new PassArrays();
@@ -786,7 +787,7 @@ async function runLayers(m: Model, given: Sequence[], upTo: number, opts: Forwar
       } else if (native) {
         const core = await coreSession(su, cfg, layers[layer]!, opts);
         const packs = groups.map((g, i) => ({ x: packStates(seqs, g, states, H).hidden, inputs: fixed[i]! }));
-        const r = await runBf16Layer(cfg, core, bf16Weights!, layer, packs, { threads: settings.threads, arithmetic: native, arrays });
+        const r = await runBf16Layer(cfg, core, bf16Weights!, layer, packs, { threads: settings.threads, arithmetic: native, f16, arrays });
         for (const g of groups.keys()) {
           packOut[g] = r[g]!.out;
           if (opts.routerInput) packRouter[g] = r[g]!.routerInput;

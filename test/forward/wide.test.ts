@@ -12,6 +12,7 @@ import { FP32_KERNEL_ENV, MATMUL_MODE, bf16Matmul, wideUnavailable, whyWideUnava
 import { aheadStats, passStats, prepareForward } from '../../libs/forward/run';
 import { normalize } from '../../libs/gates';
 import { writeTinyModel } from '../../tools/testing/tiny-models';
+import { convertBytes, decodeFloats } from '../../libs/safetensors';
 import { maxAbsDiff } from '../helpers/forward-reference';
 import { FIXTURES, openReference } from '../helpers/forward-fixtures';
 import { TINY, tempDir } from '../helpers/tmp';
@@ -60,13 +61,14 @@ test('wide matmul: every mode against float64 sums of the float32 x times the wi
         const before = out.slice();
         const opts = mode === MATMUL_MODE.siluGate ? { mode, w2, bias2: bias } : mode === MATMUL_MODE.addScaled ? { mode, rowScale } : { mode };
         await withKernel(portable, () => bf16Matmul(a, w, bias, out, M, N, K, { ...opts, arithmetic: 'wide' }));
+        const wf = Float32Array.from(w, fromBits), w2f = Float32Array.from(w2, fromBits);
         let worst = 0;
         for (let m = 0; m < M; m++) {
           for (let n = 0; n < N; n++) {
             let y = bias[n]!, y2 = bias[n]!;
             for (let k = 0; k < K; k++) {
-              y += a[m * K + k]! * fromBits(w[n * K + k]!); // x not rounded: float32 as given
-              y2 += a[m * K + k]! * fromBits(w2[n * K + k]!);
+              y += a[m * K + k]! * wf[n * K + k]!; // x not rounded: float32 as given
+              y2 += a[m * K + k]! * w2f[n * K + k]!;
             }
             const want = mode === MATMUL_MODE.store ? y : mode === MATMUL_MODE.addScaled ? before[m * N + n]! + rowScale[m]! * y : (y / (1 + Math.exp(-y))) * y2;
             worst = Math.max(worst, Math.abs(out[m * N + n]! - want) / (1 + Math.abs(want)));
@@ -77,6 +79,43 @@ test('wide matmul: every mode against float64 sums of the float32 x times the wi
       }
     }
   }
+});
+
+test('wide matmul on float16 weights: every mode against float64 sums of the halves\' exact values (subnormal halves included)', async () => {
+  for (const { name, portable } of KERNELS) {
+    // Off the tile edges, and K past one 1024-value pass (the float16 path differs only in how a block is widened).
+    for (const [M, N, K] of [[1, 3, 5], [7, 70, 33], [6, 9, 1100]] as const) {
+      for (const mode of [MATMUL_MODE.store, MATMUL_MODE.addScaled, MATMUL_MODE.siluGate]) {
+        // Every 7th weight is tiny: below float16's smallest normal (6.1e-5), a subnormal half.
+        const halves = (n: number) => {
+          const f = Float32Array.from({ length: n }, (_, i) => (i % 7 === 0 ? rand() * 1e-5 : rand()));
+          const bytes = convertBytes(Buffer.from(f.buffer), 'F32', 'F16');
+          return { w: new Uint16Array(bytes.buffer, bytes.byteOffset, n), values: decodeFloats(bytes, 'F16') };
+        };
+        const a = Float32Array.from({ length: M * K }, rand);
+        const { w, values: wf } = halves(N * K), { w: w2, values: w2f } = halves(N * K);
+        const bias = Float32Array.from({ length: N }, rand), rowScale = Float32Array.from({ length: M }, rand);
+        const out = Float32Array.from({ length: M * N }, rand);
+        const before = out.slice();
+        const opts = mode === MATMUL_MODE.siluGate ? { mode, w2, bias2: bias } : mode === MATMUL_MODE.addScaled ? { mode, rowScale } : { mode };
+        await withKernel(portable, () => bf16Matmul(a, w, bias, out, M, N, K, { ...opts, arithmetic: 'wide', f16: true }));
+        let worst = 0;
+        for (let m = 0; m < M; m++) {
+          for (let n = 0; n < N; n++) {
+            let y = bias[n]!, y2 = bias[n]!;
+            for (let k = 0; k < K; k++) {
+              y += a[m * K + k]! * wf[n * K + k]!;
+              y2 += a[m * K + k]! * w2f[n * K + k]!;
+            }
+            const want = mode === MATMUL_MODE.store ? y : mode === MATMUL_MODE.addScaled ? before[m * N + n]! + rowScale[m]! * y : (y / (1 + Math.exp(-y))) * y2;
+            worst = Math.max(worst, Math.abs(out[m * N + n]! - want) / (1 + Math.abs(want)));
+          }
+        }
+        assert.ok(worst < 2e-5, `${name} ${M}x${N}x${K} mode ${mode}: ${worst}`);
+      }
+    }
+  }
+  await assert.rejects(async () => bf16Matmul(new Float32Array(2), new Uint16Array(2), null, new Float32Array(1), 1, 1, 2, { f16: true }), /float16 weights are for wide products only/);
 });
 
 test('wide matmul: the same bytes on 1, 2 or 3 threads, with each kernel', async () => {
@@ -183,8 +222,8 @@ test('wide: a pass prepared ahead reads its first layer\'s bf16 projections, is 
   });
 });
 
-test('wide, llama3-rope (stored bf16): every layer\'s states match transformers\' within 1e-4, as onnxruntime\'s do', async () => {
-  const dir = join(FIXTURES, 'families', 'llama3-rope');
+for (const family of ['llama3-rope', 'llama-fp16']) test(`wide, ${family} (stored ${family === 'llama-fp16' ? 'float16' : 'bf16'}): every layer's states match transformers' within 1e-4, as onnxruntime's do`, async () => {
+  const dir = join(FIXTURES, 'families', family);
   const model = join(dir, 'model');
   const ref = await openReference(join(dir, 'reference.safetensors'));
   const ids = (JSON.parse(readFileSync(join(dir, 'reference.json'), 'utf8')) as { token_ids: number[][] }).token_ids.slice(0, 3);
