@@ -11,7 +11,7 @@ import { computePromptStates, encodeModel, type ForwardPrecision, type LayerStat
 import { normalize } from '../libs/gates';
 import { OnnxDtype, type OnnxNode, type OnnxTensor } from '../libs/forward';
 import { bf16Unavailable, sessionFromBytes } from '../libs/forward';
-import { FP32_KERNEL_ENV, wideAvailable } from '../libs/forward';
+import { FP32_KERNEL_ENV, passStats } from '../libs/forward';
 import { writeTinyModel, type TinyModelSpec } from './models';
 
 const SPEC: TinyModelSpec = { modelType: 'llama', hidden: 1024, layers: 8, heads: 16, kvHeads: 4, intermediate: 2816, vocab: 2000, dtype: 'BF16', seed: 7 };
@@ -116,38 +116,37 @@ export async function benchForward(o: ForwardBenchOptions = {}): Promise<Record<
       const d = marks.slice(1).map((t, i) => (t - marks[i]!) / 1000).sort((a, b) => a - b);
       return d[Math.floor(d.length / 2)] ?? NaN;
     };
-    const run = async (precision: ForwardPrecision, env: Record<string, string> = {}) => {
-      const saved = Object.fromEntries(Object.keys(env).map((k) => [k, process.env[k]]));
-      Object.assign(process.env, env);
-      try {
-        return await runOnce(precision);
-      } finally {
-        for (const [k, v] of Object.entries(saved)) if (v === undefined) delete process.env[k]; else process.env[k] = v;
-      }
-    };
-    const runOnce = async (precision: ForwardPrecision) => {
+    // `viaOnnxruntime`: an fp32 pass through onnxruntime's Gemm (MOE_FORGE_FP32_KERNEL), the wide kernel's baseline.
+    const run = async (precision: ForwardPrecision, viaOnnxruntime = false) => {
+      if (viaOnnxruntime) process.env[FP32_KERNEL_ENV] = 'onnxruntime';
       const marks: number[] = [];
       const c0 = process.cpuUsage();
       const t0 = performance.now();
       marks.push(t0);
-      const states = await computePromptStates(dir, prompts, { threads: THREADS, precision, onProgress: (p) => p.promptsDone === p.prompts && marks.push(performance.now()) });
-      return { seconds: (performance.now() - t0) / 1000, cpu: cpuSince(c0), layer: layerSeconds(marks), states };
+      try {
+        const states = await computePromptStates(dir, prompts, { threads: THREADS, precision, onProgress: (p) => p.promptsDone === p.prompts && marks.push(performance.now()) });
+        return { seconds: (performance.now() - t0) / 1000, cpu: cpuSince(c0), layer: layerSeconds(marks), states };
+      } finally {
+        if (viaOnnxruntime) delete process.env[FP32_KERNEL_ENV];
+      }
     };
     let seconds = Infinity, layerS = Infinity, int8Seconds = Infinity, int8LayerS = Infinity, cpu = Infinity, int8Cpu = Infinity;
     let bf16Seconds = Infinity, bf16LayerS = Infinity, bf16Cpu = Infinity;
     let ortSeconds = Infinity, ortLayerS = Infinity;
     let exact: LayerState[][] = [], approx: LayerState[][] = [], bf16States: LayerState[][] = [], ortStates: LayerState[][] = [];
     const bf16 = bf16Unavailable() === null;
-    // fp32 where the wide kernel runs it (bf16 weights, AVX-512): onnxruntime's Gemm for the same pass beside it.
-    const wide = wideAvailable() && (spec.dtype ?? 'F32') === 'BF16';
+    // Where the wide kernel ran the fp32 pass (the pass says: passStats), onnxruntime's Gemm for it beside it.
+    let wide = false;
     for (let round = 0; round < 2; round++) {
+      const widePasses = passStats.wide;
       const a = await run('fp32');
+      wide = passStats.wide > widePasses;
       seconds = Math.min(seconds, a.seconds);
       cpu = Math.min(cpu, a.cpu);
       layerS = Math.min(layerS, a.layer);
       exact = a.states;
       if (wide) {
-        const o = await run('fp32', { [FP32_KERNEL_ENV]: 'onnxruntime' });
+        const o = await run('fp32', true);
         ortSeconds = Math.min(ortSeconds, o.seconds);
         ortLayerS = Math.min(ortLayerS, o.layer);
         ortStates = o.states;
