@@ -45,6 +45,9 @@ typedef struct Job {
   napi_ref refs[7];
   int nrefs;
   int failed;
+  // The next x tile and the next block of W's rows to claim: parts are claimed, not dealt out, so a thread that
+  // another process (the weights' reads) holds off a core costs its share of the work, not the whole product's.
+  int nextTile, nextBlock;
 } Job;
 
 static inline uint16_t to_bf16(float f) {
@@ -347,14 +350,13 @@ static void run_share(Job *j, int n0, int n1, float *scratch, float *scratch2, f
   }
 }
 
-// Thread t's part of a job: its tiles of x (to bf16, or wide), then (once every thread has converted) its share of
-// W's rows.
+// Thread t's part of a job: the tiles of x it claims (to bf16, or wide), then (once every thread has converted) the
+// blocks of W's rows it claims.
 static void thread_part(Job *j, int t) {
-  const int T = j->threads;
-  // x into tiles, the tiles shared out, then every thread waits for the whole of it.
+  // x into tiles, each claimed by one thread, then every thread waits for the whole of it.
   const int tiles = (j->M + MR - 1) / MR;
   const size_t size = j->wide ? sizeof(float) : sizeof(uint16_t);
-  for (int tt = t; tt < tiles; tt += T) {
+  for (int tt; (tt = __atomic_fetch_add(&j->nextTile, 1, __ATOMIC_RELAXED)) < tiles;) {
     char *dst = (char *)j->ax + (size_t)tt * MR * j->Kp * size;
     for (int i = 0; i < MR; i++) {
       const int m = tt * MR + i;
@@ -368,12 +370,10 @@ static void thread_part(Job *j, int t) {
     }
   }
   pthread_barrier_wait(&j->barrier);
-  // W's rows in T shares, each a multiple of NR rows.
-  const int per = ((j->N + T - 1) / T + NR - 1) / NR * NR;
-  const int n0 = t * per, n1 = n0 + per < j->N ? n0 + per : j->N;
-  if (n0 < n1) {
+  // W's rows in blocks of NB (NB_WIDE), claimed one at a time; a block's sums do not depend on who claims it.
+  const int nbs = j->wide ? NB_WIDE : NB, blocks = (j->N + nbs - 1) / nbs;
+  if (t * nbs < j->N) {
     // The products' sums [M, NB] (twice with w2), and for wide a block of W widened (NB rows of KC_WIDE).
-    const int nbs = j->wide ? NB_WIDE : NB;
     const size_t sums = (size_t)j->M * nbs * (j->w2 ? 2 : 1), pack = j->wide ? (size_t)(NB_WIDE + NR) * KC_WIDE : 0;
     // Kept by the pool thread from job to job (grown, never shrunk): a fresh buffer per product is fresh pages,
     // which on the VMs measured cost about 2.5 ms per MB to fault in once the host has taken freed memory back.
@@ -391,7 +391,10 @@ static void thread_part(Job *j, int t) {
       return;
     }
     float *packed = (float *)(((uintptr_t)(scratch + sums) + 63) & ~(uintptr_t)63);  // 64-byte aligned: whole-line loads
-    run_share(j, n0, n1, scratch, j->w2 ? scratch + (size_t)j->M * nbs : NULL, packed);
+    for (int b; (b = __atomic_fetch_add(&j->nextBlock, 1, __ATOMIC_RELAXED)) < blocks;) {
+      const int n0 = b * nbs, n1 = n0 + nbs < j->N ? n0 + nbs : j->N;
+      run_share(j, n0, n1, scratch, j->w2 ? scratch + (size_t)j->M * nbs : NULL, packed);
+    }
   }
 }
 
