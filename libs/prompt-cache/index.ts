@@ -85,6 +85,11 @@ export async function getPromptState(cache: ContentCache, m: PromptStateMaterial
   };
 }
 
+/** Whether the index names an entry for `m` (not read, not checked: getPromptState is what trusts it). */
+export function promptStateListed(cache: ContentCache, m: PromptStateMaterial): Promise<boolean> {
+  return cache.mayHave(promptStateKey(m.base, m.tokenizer, m.text, m.ids.length, m.precision));
+}
+
 export async function putPromptState(cache: ContentCache, m: PromptStateMaterial, s: CachedPromptState): Promise<void> {
   const floats = new Float32Array(2 * m.layers * m.hidden);
   for (let l = 0; l < m.layers; l++) {
@@ -140,6 +145,11 @@ export async function getRouterInputs(cache: ContentCache, m: RouterInputMateria
   if (!b || b.length !== want) return null;
   const f = toFloats(b);
   return Array.from({ length: m.layers }, (_, l) => f.subarray(l * per, (l + 1) * per));
+}
+
+/** Whether the index names an entry for `m` (not read, not checked: getRouterInputs is what trusts it). */
+export function routerInputsListed(cache: ContentCache, m: RouterInputMaterial): Promise<boolean> {
+  return cache.mayHave(routerInputKey(m.base, m.tokenizer, m.text, m.ids.length, m.mlp));
 }
 
 export async function putRouterInputs(cache: ContentCache, m: RouterInputMaterial, layers: Float32Array[]): Promise<void> {

@@ -11,7 +11,7 @@ import type { ModelSource } from '../architectures';
 import type { MergeContext } from './context';
 import { ContentCache } from '../cache';
 import { computePadStatesIsolated as computePadStates, computePromptStatesIsolated as computePromptStates, prepareForwardWorker, type Device, type ForwardPrecision } from '../forward';
-import { getPadState, getPromptState, putPadState, putPromptState, type CachedPromptState } from '../prompt-cache';
+import { getPadState, getPromptState, promptStateListed, putPadState, putPromptState, type CachedPromptState } from '../prompt-cache';
 import type { Progress } from '../util';
 import { GATE_MODES, type PromptStateKind } from '../gates';
 import { cachedRouterInputs, fitUnits, unitTensor, type FitUnit } from './fit-states';
@@ -190,6 +190,7 @@ export async function cachedHiddenStates(base: ModelSource, texts: string[], opt
     label: 'prompt-state',
     material: precisionKey(precision),
     get: (c, m) => getPromptState(c, m),
+    listed: (c, m) => promptStateListed(c, m),
     put: (c, m, v) => putPromptState(c, m, v),
     prepare: (device) => prepareForwardWorker('prompts', base.dir, { device, precision }),
     async compute(ids, device, onProgress) {

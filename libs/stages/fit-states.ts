@@ -7,7 +7,7 @@ import type { ModelSource } from '../architectures';
 import { ContentCache } from '../cache';
 import { computeRouterInputsIsolated, prepareForwardWorker, type Device } from '../forward';
 import { contentId } from '../resolve';
-import { getRouterInputs, putRouterInputs } from '../prompt-cache';
+import { getRouterInputs, putRouterInputs, routerInputsListed } from '../prompt-cache';
 import { fitLayer, FIT_DEFAULTS, newGates, targetsAndWeights, type FitOptions, type FitSample, type GateTensor } from '../gates';
 import type { MergeContext } from './context';
 import type { EmbedOptions } from './embed-prompts';
@@ -33,6 +33,7 @@ export async function cachedRouterInputs(base: ModelSource, texts: string[], opt
     note: mlpFrom ? ` (MLPs of ${mlpFrom.ref})` : '',
     material: { mlp },
     get: (c, m) => getRouterInputs(c, m),
+    listed: (c, m) => routerInputsListed(c, m),
     put: (c, m, v) => putRouterInputs(c, m, v),
     prepare: (device) => prepareForwardWorker('router', base.dir, { device, mlpFrom: mlpFrom?.dir }),
     compute: (ids, device, onProgress) => computeRouterInputsIsolated(base.dir, ids, { device, mlpFrom: mlpFrom?.dir, onProgress }),

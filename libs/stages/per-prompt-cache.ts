@@ -26,6 +26,8 @@ export interface PerPromptKind<T, X extends object> {
   /** The kind's part of the key (precision, an expert's MLPs). */
   material: X;
   get(cache: ContentCache, m: PromptMaterial & X): Promise<T | null>;
+  /** Whether the cache's index names an entry (its content neither read nor checked: that is `get`'s). */
+  listed(cache: ContentCache, m: PromptMaterial & X): Promise<boolean>;
   put(cache: ContentCache, m: PromptMaterial & X, value: T): Promise<void>;
   /** Tells a forward worker started ahead (startForwardWorker) which pass may come, before the cache is read. */
   prepare?(device: Device): void;
@@ -57,35 +59,48 @@ export async function cachedPerPrompt<T, X extends object>(base: ModelSource, te
   const ids = texts.map((t) => tok.encodePrompt(t));
   opts.checkIds?.(ids);
   const material = (i: number): PromptMaterial & X => ({ base: baseId, tokenizer: tok.contentId, text: texts[i]!, ids: ids[i]!, layers: base.config.numLayers, hidden: base.config.hiddenSize, ...kind.material });
-  const values: (T | null)[] = [];
+  const values: (T | null)[] = texts.map(() => null);
   const missing = await withLock(opts.cacheDir, `base-${baseId.slice(0, 32)}`, async () => {
+    // The index first (a small read per key): the prompts it does not name go to the forward pass at once, and
+    // the entries it names are read and checked while the pass runs, not before it.
+    const listed = await mapLimit([...texts.keys()], CACHE_READS, (i) => kind.listed(cache, material(i)));
+    const unlisted = texts.map((_, i) => i).filter((i) => !listed[i]);
+    const first = unlisted.length > 0 ? computeMisses(unlisted) : null;
+    first?.catch(() => undefined); // awaited below, after the reads
+    // Nothing to compute (yet): a worker started ahead would only hold a core while the entries are read.
+    if (!first) stopForwardWorker();
     // A few at a time: each is a small index read and one entry's content, and their waits overlap.
-    for (const v of await mapLimit([...texts.keys()], CACHE_READS, (i) => kind.get(cache, material(i)))) values.push(v);
-    const missing = texts.map((_, i) => i).filter((i) => values[i] === null);
-    for (const [i, t] of texts.entries()) opts.debug?.(`${kind.label} cache ${values[i] !== null ? 'hit' : 'miss'}${kind.note ?? ''}: ${JSON.stringify(t.length > 60 ? `${t.slice(0, 57)}...` : t)}`);
-    if (missing.length > 0) {
-      const missIds = missing.map((i) => ids[i]!);
-      const started = Date.now();
-      const tokens = missIds.reduce((a, x) => a + x.length, 0);
-      const pass = kind.compute(missIds, device, (p) => {
-        const secs = (Date.now() - started) / 1000;
-        const done = p.layer * p.prompts + p.promptsDone;
-        opts.progress?.update(done, p.layers * p.prompts, `layer ${p.layer + 1}/${p.layers}, ${(done / Math.max(secs, 1e-3)).toFixed(1)} prompt-layers/s`);
-      });
-      // The float kernels the next stages check and write the states with compile while the pass runs in its
-      // worker (~50 ms that a one-prompt edit otherwise waits for after it).
-      setImmediate(() => floatKernels());
-      const computed = await pass;
-      opts.progress?.end();
-      (opts.stats ?? opts.log)?.(`forward pass: ${missing.length} prompts, ${tokens} tokens in ${((Date.now() - started) / 1000).toFixed(1)} s`);
-      for (const [j, i] of missing.entries()) {
-        values[i] = computed[j]!;
-        await kind.put(cache, material(i), computed[j]!);
-      }
-    }
-    // Nothing to compute: a worker started ahead would only hold a core.
-    if (missing.length === 0) stopForwardWorker();
+    const read = await mapLimit([...texts.keys()], CACHE_READS, (i) => (listed[i] ? kind.get(cache, material(i)) : Promise.resolve(null)));
+    // An entry the index named that did not read back whole and bound to its key is a miss after all.
+    const late = texts.map((_, i) => i).filter((i) => listed[i] && read[i] === null);
+    for (const [i, v] of read.entries()) if (listed[i]) values[i] = v;
+    const missing = texts.map((_, i) => i).filter((i) => !listed[i] || read[i] === null);
+    for (const [i, t] of texts.entries()) opts.debug?.(`${kind.label} cache ${missing.includes(i) ? 'miss' : 'hit'}${kind.note ?? ''}: ${JSON.stringify(t.length > 60 ? `${t.slice(0, 57)}...` : t)}`);
+    if (first) await first;
+    if (late.length > 0) await computeMisses(late);
     return missing;
   }, { log: opts.log, warn });
   return { values: values as T[], ids, computed: missing.length, fromCache: texts.length - missing.length, baseId, padTokenId: tok.padTokenId, device };
+
+  /** The forward pass over prompts `which` (one pass), each result stored. */
+  async function computeMisses(which: number[]): Promise<void> {
+    const missIds = which.map((i) => ids[i]!);
+    const started = Date.now();
+    const tokens = missIds.reduce((a, x) => a + x.length, 0);
+    const pass = kind.compute(missIds, device, (p) => {
+      const secs = (Date.now() - started) / 1000;
+      const done = p.layer * p.prompts + p.promptsDone;
+      opts.progress?.update(done, p.layers * p.prompts, `layer ${p.layer + 1}/${p.layers}, ${(done / Math.max(secs, 1e-3)).toFixed(1)} prompt-layers/s`);
+    });
+    // The float kernels the next stages check and write the states with compile while the pass runs in its
+    // worker (~50 ms that a one-prompt edit otherwise waits for after it).
+    setImmediate(() => floatKernels());
+    const computed = await pass;
+    opts.progress?.end();
+    (opts.stats ?? opts.log)?.(`forward pass: ${which.length} prompts, ${tokens} tokens in ${((Date.now() - started) / 1000).toFixed(1)} s`);
+    for (const [j, i] of which.entries()) {
+      values[i] = computed[j]!;
+      await kind.put(cache, material(i), computed[j]!);
+    }
+  }
 }
