@@ -5,7 +5,7 @@
 'use strict';
 const { createHash } = require('node:crypto');
 const { existsSync, readFileSync } = require('node:fs');
-const { join, resolve } = require('node:path');
+const { dirname, join, resolve } = require('node:path');
 
 const ROOT = resolve(__dirname, '..');
 let checked = false;
@@ -38,8 +38,51 @@ function built(rel) {
     if (why) throw new Error(`moe-forge: build/ is out of date (${why}): run npm run build`);
     checked = true;
   }
-  const mod = require(join(ROOT, 'build', rel));
+  const mod = loadBuilt(join(ROOT, 'build', rel));
   return mod.default ?? mod;
 }
 
-module.exports = { built, staleSource };
+/** How each file loadBuilt loaded was compiled: 'cache' (V8 took its code cache), 'rejected' (V8 refused it), 'none'. */
+const codeCache = new Map();
+
+/**
+ * `require(file)`, with V8's code cache of it where the build made one (`<file>.v8cache`, scripts/code-cache.mjs,
+ * headed by the sha256 of the file it was made from and that of its data: any other file, or damaged data, loads
+ * without it). V8 checks the rest (its version, its flags) and compiles afresh when it refuses it.
+ */
+function loadBuilt(file) {
+  if (require.cache[file]) return require.cache[file].exports;
+  let cache;
+  try {
+    cache = readFileSync(`${file}.v8cache`);
+  } catch {
+    codeCache.set(file, 'none');
+    return require(file);
+  }
+  const bytes = readFileSync(file);
+  const sha = (b) => createHash('sha256').update(b).digest();
+  const data = cache.subarray(64);
+  // Made from these bytes, and whole: V8 checks its version and flags, not its data (damaged data could crash it).
+  if (cache.length <= 64 || !cache.subarray(0, 32).equals(sha(bytes)) || !cache.subarray(32, 64).equals(sha(data))) {
+    codeCache.set(file, 'none');
+    return require(file);
+  }
+  const vm = require('node:vm');
+  const { Module, createRequire } = require('node:module');
+  const script = new vm.Script(Module.wrap(bytes.toString('utf8')), { filename: file, cachedData: data, importModuleDynamically: vm.constants?.USE_MAIN_CONTEXT_DEFAULT_LOADER });
+  // Registered as require would (a later require of it gets this instance); its own requires resolve from its folder.
+  const m = new Module(file);
+  m.filename = file;
+  require.cache[file] = m;
+  try {
+    script.runInThisContext()(m.exports, createRequire(file), m, file, dirname(file));
+  } catch (e) {
+    delete require.cache[file];
+    throw e;
+  }
+  m.loaded = true;
+  codeCache.set(file, script.cachedDataRejected ? 'rejected' : 'cache');
+  return m.exports;
+}
+
+module.exports = { built, staleSource, loadBuilt, codeCache };

@@ -2,14 +2,24 @@ import { fork, type ChildProcess } from 'node:child_process';
 import { pathToFileURL } from 'node:url';
 import { withHugeMalloc } from './huge-malloc';
 
+/**
+ * A forked worker's environment: ours, with onnxruntime's telemetry off and huge-page malloc, and without
+ * NODE_EXTRA_CA_CERTS: a worker reads local files and opens no connection, and Node parses that certificate file
+ * at every start (~40 ms of the worker's boot, on the path of every edit, where a proxy's certificates are set).
+ */
+export function workerEnv(env: NodeJS.ProcessEnv): NodeJS.ProcessEnv {
+  const { NODE_EXTRA_CA_CERTS: _certs, ...rest } = env;
+  return { ...rest, ORT_DISABLE_TELEMETRY: '1', GLIBC_TUNABLES: withHugeMalloc(env.GLIBC_TUNABLES) };
+}
+
 /** A worker script (one that serves the isolated forward pass's protocol) forked with its output through ours. */
 export function forkWorker(worker: string): ChildProcess {
   const child = fork(worker, [], {
     // The built worker is plain JavaScript; from sources (tests) the child loads tsx.
     execArgv: worker.endsWith('.ts') ? ['--import', pathToFileURL(require.resolve('tsx')).href] : [],
-    // In the child's environment too, so it holds from the child's first line, whatever it loads first.
-    // Huge pages for malloc's large blocks: the weight buffers and onnxruntime's arena fault in 2 MiB at a time.
-    env: { ...process.env, ORT_DISABLE_TELEMETRY: '1', GLIBC_TUNABLES: withHugeMalloc(process.env.GLIBC_TUNABLES) },
+    // Set in the child's environment, so they hold from its first line, whatever it loads first. Huge pages for
+    // malloc's large blocks: the weight buffers and onnxruntime's arena fault in 2 MiB at a time.
+    env: workerEnv(process.env),
     serialization: 'advanced',
     // Its output (onnxruntime's own warnings) through this process's streams, so that whoever captures them
     // (Nx's batch mode, per task) gets it under the task that ran the pass.

@@ -25,6 +25,22 @@ test('a forked forward worker starts with the huge-page tunable in its environme
   assert.equal(await runIsolatedWorker<string | null>(worker, {}), withHugeMalloc(process.env.GLIBC_TUNABLES));
 });
 
+test('a forked worker starts without NODE_EXTRA_CA_CERTS (it opens no connection; Node parses the file at every start) and keeps the rest of the environment', async () => {
+  const worker = join(tempDir('moe-forge-env-'), 'env-worker.cjs');
+  writeFileSync(worker, "process.once('message', () => process.send({ kind: 'result', result: [process.env.NODE_EXTRA_CA_CERTS ?? null, process.env.MOE_FORGE_ENV_PROBE ?? null] }, () => process.exit(0)));\n");
+  const saved = { certs: process.env.NODE_EXTRA_CA_CERTS, probe: process.env.MOE_FORGE_ENV_PROBE };
+  process.env.NODE_EXTRA_CA_CERTS = join(tempDir('moe-forge-certs-'), 'none.pem');
+  process.env.MOE_FORGE_ENV_PROBE = 'kept';
+  try {
+    assert.deepEqual(await runIsolatedWorker<[string | null, string | null]>(worker, {}), [null, 'kept']);
+  } finally {
+    for (const [k, v] of [['NODE_EXTRA_CA_CERTS', saved.certs], ['MOE_FORGE_ENV_PROBE', saved.probe]] as const) {
+      if (v === undefined) delete process.env[k];
+      else process.env[k] = v;
+    }
+  }
+});
+
 test('where mallocHugePages says so, a process started with the tunable gets huge pages for a plain Float32Array', (t) => {
   const env = { ...process.env, GLIBC_TUNABLES: withHugeMalloc(process.env.GLIBC_TUNABLES) };
   if (!mallocHugePages(env)) return t.skip('no transparent huge pages for malloc here (not Linux, glibc before 2.35, or THP off)');

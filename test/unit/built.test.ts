@@ -74,3 +74,44 @@ test("the command's own process loads no onnxruntime (only its forward worker do
   assert.equal(r.status, 0, r.stderr);
   assert.deepEqual(JSON.parse(r.stdout), []);
 });
+
+/** In a fresh node (with `flags`): loads `file` through bin/built.js's loadBuilt, prints how it was compiled and its exports. */
+const loadIn = (file: string, flags: string[] = []) => {
+  const r = spawnSync(process.execPath, [...flags, '-e', `const b = require(${JSON.stringify(join(ROOT, 'bin', 'built.js'))}); const m = b.loadBuilt(process.argv[1]); console.log(JSON.stringify([b.codeCache.get(process.argv[1]), typeof m.main === 'function' ? 'main' : m.answer]))`, file], { encoding: 'utf8', env: { ...process.env, NODE_OPTIONS: '' } });
+  assert.equal(r.status, 0, r.stderr);
+  return JSON.parse(r.stdout.trim().split('\n').pop()!) as [string, unknown];
+};
+
+test("the command's bundle carries its plain-JavaScript packages (zod, yaml, cacache) and loads with the code cache the build made for it", () => {
+  const cli = join(ROOT, 'build', 'cli.js');
+  assert.doesNotMatch(readFileSync(cli, 'utf8'), /require\("(zod|yaml|cacache)"\)/);
+  assert.deepEqual(loadIn(cli), ['cache', 'main']);
+  // Other V8 flags: V8 refuses the cache, and the bundle compiles afresh.
+  assert.deepEqual(loadIn(cli, ['--no-opt']), ['rejected', 'main']);
+});
+
+test('a code cache is used only for the bytes it was made from and only whole: another file of the same size, or damaged data, loads without it', async () => {
+  const { writeCodeCache } = (await import(join(ROOT, 'scripts', 'code-cache.mjs'))) as { writeCodeCache(file: string, at?: string): string | null };
+  const d = tempDir();
+  const made = (name: string, answer: number) => {
+    const file = join(d, name);
+    writeFileSync(file, `'use strict';\nconst table = Array.from({ length: 64 }, (_, i) => i * ${answer});\nmodule.exports = { answer: ${answer}, sum: () => table.reduce((a, b) => a + b, 0) };\n`);
+    assert.equal(writeCodeCache(file), null);
+    return file;
+  };
+  assert.deepEqual(loadIn(made('whole.js', 42)), ['cache', 42]);
+  // The same length, other bytes: the cache's first digest no longer matches.
+  const other = made('other.js', 42);
+  writeFileSync(other, readFileSync(other, 'utf8').replace(/42/g, '43'));
+  assert.deepEqual(loadIn(other), ['none', 43]);
+  // V8's data damaged (its header intact): the second digest catches it before V8 reads it.
+  const damaged = made('damaged.js', 7);
+  const cache = readFileSync(`${damaged}.v8cache`);
+  cache[cache.length - 9] ^= 0x5a;
+  writeFileSync(`${damaged}.v8cache`, cache);
+  assert.deepEqual(loadIn(damaged), ['none', 7]);
+  // No cache at all: a plain require.
+  const bare = join(d, 'bare.js');
+  writeFileSync(bare, 'module.exports = { answer: 1 };\n');
+  assert.deepEqual(loadIn(bare), ['none', 1]);
+});
