@@ -88,6 +88,10 @@ export interface ForwardBenchOptions {
   tokens?: number;
   /** An existing model folder of `spec`'s shape (else one is generated). */
   modelDir?: string;
+  /** The generated model's dtype when `spec` is not given (BF16; F16: the wide kernel's float16 route). */
+  dtype?: 'BF16' | 'F16';
+  /** Only the fp32 pass (and onnxruntime's beside it where the wide kernel ran): no int8, bf16 or fixed cost. */
+  fp32Only?: boolean;
 }
 
 /**
@@ -96,7 +100,7 @@ export interface ForwardBenchOptions {
  * which is nearly all weight reading, casting and session work.
  */
 export async function benchForward(o: ForwardBenchOptions = {}): Promise<Record<string, unknown>> {
-  const spec = o.spec ?? SPEC, nPrompts = o.prompts ?? PROMPTS, tokens = o.tokens ?? TOKENS;
+  const spec = o.spec ?? { ...SPEC, dtype: o.dtype ?? SPEC.dtype }, nPrompts = o.prompts ?? PROMPTS, tokens = o.tokens ?? TOKENS;
   const dir = o.modelDir ?? (await mkdtemp(join(tmpdir(), 'bench-forward-')));
   try {
     const tg = performance.now();
@@ -134,7 +138,7 @@ export async function benchForward(o: ForwardBenchOptions = {}): Promise<Record<
     let bf16Seconds = Infinity, bf16LayerS = Infinity, bf16Cpu = Infinity;
     let ortSeconds = Infinity, ortLayerS = Infinity;
     let exact: LayerState[][] = [], approx: LayerState[][] = [], bf16States: LayerState[][] = [], ortStates: LayerState[][] = [];
-    const bf16 = bf16Unavailable() === null;
+    const bf16 = !o.fp32Only && bf16Unavailable() === null;
     // Where the wide kernel ran the fp32 pass (the pass says: passStats), onnxruntime's Gemm for it beside it.
     let wide = false;
     for (let round = 0; round < 2; round++) {
@@ -151,11 +155,13 @@ export async function benchForward(o: ForwardBenchOptions = {}): Promise<Record<
         ortLayerS = Math.min(ortLayerS, o.layer);
         ortStates = o.states;
       }
-      const b = await run('int8');
-      int8Seconds = Math.min(int8Seconds, b.seconds);
-      int8Cpu = Math.min(int8Cpu, b.cpu);
-      int8LayerS = Math.min(int8LayerS, b.layer);
-      approx = b.states;
+      if (!o.fp32Only) {
+        const b = await run('int8');
+        int8Seconds = Math.min(int8Seconds, b.seconds);
+        int8Cpu = Math.min(int8Cpu, b.cpu);
+        int8LayerS = Math.min(int8LayerS, b.layer);
+        approx = b.states;
+      }
       if (bf16) {
         const c = await run('bf16');
         bf16Seconds = Math.min(bf16Seconds, c.seconds);
@@ -164,9 +170,9 @@ export async function benchForward(o: ForwardBenchOptions = {}): Promise<Record<
         bf16States = c.states;
       }
     }
-    const gateError = normalisedRowError(exact, approx);
+    const gateError = o.fp32Only ? NaN : normalisedRowError(exact, approx);
     let fixedSeconds = Infinity;
-    for (let round = 0; round < 2; round++) {
+    for (let round = 0; round < (o.fp32Only ? 0 : 2); round++) {
       const t0 = performance.now();
       await computePromptStates(dir, [[1]], { threads: THREADS });
       fixedSeconds = Math.min(fixedSeconds, (performance.now() - t0) / 1000);
@@ -198,15 +204,19 @@ export async function benchForward(o: ForwardBenchOptions = {}): Promise<Record<
       gflopsPerCpuOverall: +((totalFlops / cpu) * THREADS / 1e9).toFixed(2),
       gflopsPerCpuGemmBaseline: +((baseline.flops / baseline.cpuSeconds) * THREADS / 1e9).toFixed(2),
       fractionOfGemmCpu: +((totalFlops / cpu) / (baseline.flops / baseline.cpuSeconds)).toFixed(3),
-      int8CpuSeconds: +int8Cpu.toFixed(3),
-      int8SpeedupCpu: +(cpu / int8Cpu).toFixed(3),
       gflopsPerLayer: +(layerFlopsAll / layerS / 1e9).toFixed(2),
       fractionOfGemmPerLayer: +(layerFlopsAll / layerS / baselineRate).toFixed(3),
-      int8Seconds: +int8Seconds.toFixed(3),
-      int8GflopsPerLayer: +(layerFlopsAll / int8LayerS / 1e9).toFixed(2),
-      int8SpeedupPerLayer: +(layerS / int8LayerS).toFixed(3),
-      int8SpeedupOverall: +(seconds / int8Seconds).toFixed(3),
-      int8GateMaxAbsError: +gateError.toExponential(2),
+      ...(o.fp32Only
+        ? {}
+        : {
+            int8CpuSeconds: +int8Cpu.toFixed(3),
+            int8SpeedupCpu: +(cpu / int8Cpu).toFixed(3),
+            int8Seconds: +int8Seconds.toFixed(3),
+            int8GflopsPerLayer: +(layerFlopsAll / int8LayerS / 1e9).toFixed(2),
+            int8SpeedupPerLayer: +(layerS / int8LayerS).toFixed(3),
+            int8SpeedupOverall: +(seconds / int8Seconds).toFixed(3),
+            int8GateMaxAbsError: +gateError.toExponential(2),
+          }),
       // fp32 through onnxruntime's Gemm (where the wide kernel ran the fp32 rows above).
       ...(wide
         ? {
@@ -227,8 +237,8 @@ export async function benchForward(o: ForwardBenchOptions = {}): Promise<Record<
             bf16SpeedupOverall: +(seconds / bf16Seconds).toFixed(3),
             bf16GateMaxAbsError: +normalisedRowError(exact, bf16States).toExponential(2),
           }
-        : { bf16: bf16Unavailable() }),
-      fixedSecondsPerLayer: +(fixedSeconds / layersRun).toFixed(3),
+        : { bf16: o.fp32Only ? 'not run (fp32Only)' : bf16Unavailable() }),
+      ...(o.fp32Only ? {} : { fixedSecondsPerLayer: +(fixedSeconds / layersRun).toFixed(3) }),
       rssBeforeMiB: Math.round(rssBefore / 2 ** 20),
       peakRssMiB: Math.round(peakRss / 2 ** 20),
       layerWeightsF32MiB: Math.round((layerParams * 4) / 2 ** 20),

@@ -377,10 +377,18 @@ async function benchForwardSection(): Promise<void> {
   const f = (await benchForward()) as Record<string, number>;
   forwardRows('forward', f);
   notes.push('forward: benchForward() (bench/forward.ts): computePromptStates over 24 × 64 tokens, best of 2, against the same projections as plain ORT Gemms on all tokens at once, as many runs as the forward runs layers (weights as prepacked initializers, best of 2), same process; fixed cost: a 1-token prompt\'s time per layer.');
+  // The same model stored float16: where the wide kernel runs the fp32 pass, it widens the halves itself.
+  const h = (await benchForward({ dtype: 'F16', fp32Only: true })) as Record<string, number>;
+  if (h.onnxruntimeFp32Seconds !== undefined) {
+    row({ section: 'forward', measure: 'float16-stored model: fp32 pass (wide kernel, halves widened by vcvtph2ps) GFLOP/s per layer', value: h.gflopsPerLayer!, unit: 'GFLOP/s', baseline: h.onnxruntimeFp32GflopsPerLayer!, baselineLabel: "the same through onnxruntime's Gemm (MOE_FORGE_FP32_KERNEL=onnxruntime), same run", goal: 'info' });
+    row({ section: 'forward', measure: 'float16-stored model: fp32 pass (wide kernel), whole call, s', value: h.seconds!, unit: 's', baseline: h.onnxruntimeFp32Seconds!, baselineLabel: "the same through onnxruntime's Gemm, same run, s", goal: 'info' });
+    row({ section: 'forward', measure: "float16-stored model: wide kernel's gate difference vs onnxruntime's fp32", value: h.wideGateMaxAbsDiff!, unit: '', baseline: 3e-3, baselineLabel: "the reference's tolerance for hidden gates", goal: '≤ 3e-3', met: h.wideGateMaxAbsDiff! <= 3e-3 });
+  } else row({ section: 'forward', measure: 'float16-stored model: fp32 pass GFLOP/s per layer (onnxruntime: no wide kernel on this CPU)', value: h.gflopsPerLayer!, unit: 'GFLOP/s', baseline: h.gflopsGemmBaseline!, baselineLabel: 'ORT Gemm, same shapes, GFLOP/s', goal: 'info' });
+  notes.push('forward float16: benchForward({ dtype: F16, fp32Only }) — the same shape and prompts stored float16, the fp32 pass only, best of 2, with onnxruntime\'s Gemm alternating where the wide kernel ran.');
   const idle = await benchIdleCpu();
   row({ section: 'forward', measure: `CPU ms of this process idling ${idle.idleMs} ms after Gemm runs (library session, no spinning)`, value: idle.libraryMs, unit: 'ms', baseline: idle.spinningMs, baselineLabel: "same Gemm, onnxruntime's default spinning", goal: 'info' });
   notes.push(`forward idle CPU: benchIdleCpu() (bench/forward.ts): process CPU time during 3 × 100 ms waits after Gemm runs (threads ${f.threads}), best of ${idle.rounds} rounds per session kind; the runner test checks the worker sleeps, this is the figure.`);
-  details.forward = { ...f, idle };
+  details.forward = { ...f, idle, float16: h };
 }
 
 function forwardRows(section: string, f: Record<string, number>): void {
