@@ -159,23 +159,33 @@ __attribute__((target("avx512f,avx512bw"))) static void pack_wide(const uint16_t
   const int kw = k1 - k0, groups = (rows + NR - 1) / NR;
   for (int g = 0; g < groups; g++) {
     float *d = dst + (size_t)g * NR * kw;
-    for (int r = 0; r < NR; r++) {
-      const int row = g * NR + r;
-      for (int k = k0; k < k1; k += 32) {
-        __m512i raw;
-        if (row >= rows) raw = zero;
-        else if (k + 32 <= kEnd) raw = _mm512_loadu_si512(w + (size_t)row * ws + k);
-        else if (k < kEnd) raw = _mm512_maskz_loadu_epi16((__mmask32)((1ull << (kEnd - k)) - 1), w + (size_t)row * ws + k);
-        else raw = zero;
-        float *at = d + (size_t)(k - k0) * NR + r * 16;
+    // k outer, the group's rows inner: each step loads its NR rows' 32 values, then writes 2 * NR whole lines in
+    // order (row by row, the stores of one row interleaved with the next row's loads, stalled the loads: perf).
+    // Whole groups up to the row's last whole chunk of 32 load without conditions; the rest as the edges need.
+    const int kFast = (g + 1) * NR <= rows && kEnd > k0 ? k0 + (((kEnd < k1 ? kEnd : k1) - k0) & ~31) : k0;
+    const uint16_t *w0 = w + (size_t)g * NR * ws;
+    for (int k = k0; k < k1; k += 32) {
+      __m512i raw[NR];
+      if (k < kFast)
+        for (int r = 0; r < NR; r++) raw[r] = _mm512_loadu_si512(w0 + (size_t)r * ws + k);
+      else
+        for (int r = 0; r < NR; r++) {
+          const int row = g * NR + r;
+          if (row >= rows) raw[r] = zero;
+          else if (k + 32 <= kEnd) raw[r] = _mm512_loadu_si512(w + (size_t)row * ws + k);
+          else if (k < kEnd) raw[r] = _mm512_maskz_loadu_epi16((__mmask32)((1ull << (kEnd - k)) - 1), w + (size_t)row * ws + k);
+          else raw[r] = zero;
+        }
+      float *at = d + (size_t)(k - k0) * NR;
+      for (int r = 0; r < NR; r++) {
         if (f16) {  // k in order, then into wide_pos order as to_wide_row_avx puts x
-          const __m512 a = _mm512_cvtph_ps(_mm512_castsi512_si256(raw)), b = _mm512_cvtph_ps(_mm512_extracti64x4_epi64(raw, 1));
-          _mm512_store_ps(at, _mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(2, 0, 2, 0)));
-          _mm512_store_ps(at + NR * 16, _mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(3, 1, 3, 1)));
+          const __m512 a = _mm512_cvtph_ps(_mm512_castsi512_si256(raw[r])), b = _mm512_cvtph_ps(_mm512_extracti64x4_epi64(raw[r], 1));
+          _mm512_store_ps(at + r * 16, _mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(2, 0, 2, 0)));
+          _mm512_store_ps(at + NR * 16 + r * 16, _mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(3, 1, 3, 1)));
           continue;
         }
-        _mm512_store_ps(at, _mm512_castsi512_ps(_mm512_unpacklo_epi16(zero, raw)));
-        _mm512_store_ps(at + NR * 16, _mm512_castsi512_ps(_mm512_unpackhi_epi16(zero, raw)));
+        _mm512_store_ps(at + r * 16, _mm512_castsi512_ps(_mm512_unpacklo_epi16(zero, raw[r])));
+        _mm512_store_ps(at + NR * 16 + r * 16, _mm512_castsi512_ps(_mm512_unpackhi_epi16(zero, raw[r])));
       }
     }
   }
