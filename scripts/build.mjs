@@ -69,7 +69,13 @@ try {
     entryPoints: { cli: join(ROOT, 'libs', 'cli', 'mergekit-moe.ts') },
     outdir: tmp,
     define: WORKER_NAMES,
+    charset: 'ascii',
   });
+  // ASCII throughout: esbuild escapes every string, regex and name (charset ascii) but copies comments as written,
+  // and one non-ASCII character in a comment makes V8 hold the whole 2 MB source as a two-byte string, decoded and
+  // copied at every start. In comments a character for a character keeps the source map's columns.
+  const cliText = readFileSync(join(tmp, 'cli.js'), 'utf8');
+  if (/[^\x00-\x7f]/.test(cliText)) writeFileSync(join(tmp, 'cli.js'), cliText.replace(/[^\x00-\x7f]/g, '?'));
   const why = writeCodeCache(join(tmp, 'cli.js'), join(OUT, 'cli.js'));
   if (why) console.error(`moe-forge build: no code cache for cli.js (${why}): it loads without one`);
   // The forward pass forks forward-worker.js (and the report routing-worker.js), named relative to the bundle that

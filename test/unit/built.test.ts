@@ -85,6 +85,8 @@ const loadIn = (file: string, flags: string[] = []) => {
 test("the command's bundle carries its plain-JavaScript packages (zod, yaml, cacache) and loads with the code cache the build made for it", () => {
   const cli = join(ROOT, 'build', 'cli.js');
   assert.doesNotMatch(readFileSync(cli, 'utf8'), /require\("(zod|yaml|cacache)"\)/);
+  // ASCII only: one other character anywhere makes V8 hold the whole source as a two-byte string.
+  assert.doesNotMatch(readFileSync(cli, 'latin1'), /[^\x00-\x7f]/);
   assert.deepEqual(loadIn(cli), ['cache', 'main']);
   // Other V8 flags: V8 refuses the cache, and the bundle compiles afresh.
   assert.deepEqual(loadIn(cli, ['--no-opt']), ['rejected', 'main']);
