@@ -43,6 +43,8 @@ export function executionProviders(device: string): string[] {
   if (!(DEVICES as readonly string[]).includes(device)) {
     throw new ForgeError('unknown_device', `unknown device "${device}" (expected one of: ${DEVICES.join(', ')})`, { field: 'device' });
   }
+  // Every onnxruntime-node build has the CPU provider: no need to load onnxruntime (~25 ms) to say so.
+  if (device === 'cpu') return ['cpu'];
   const available = availableBackends();
   if (!available.includes(device)) {
     const hint = device === 'cuda'

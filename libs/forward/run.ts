@@ -609,10 +609,12 @@ async function setUpAhead(old: typeof ahead, modelDir: string, opts: ForwardOpti
     // edit's pass then starts with them: 0.88-1.03 s against 0.99-1.19 on the bench's medium model, its first
     // layer 150 ms otherwise).
     if (layers[0] && native && (native === 'wide' || bf16Unavailable() === null)) {
-      void coreSession(setup, m.cfg, layers[0], opts);
+      // The reads first (the first layer's fresh buffers are the longest wait of a one-prompt pass), then the
+      // session, whose first call loads onnxruntime on this thread.
       setup.bf16 = new Bf16Weights(layers, native === 'wide');
       setup.bf16.begin();
       aheadStats.bf16Reads++;
+      void coreSession(setup, m.cfg, layers[0], opts);
     }
     return { m, setup, files };
   } catch {

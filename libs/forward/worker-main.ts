@@ -10,7 +10,9 @@ type Request =
   | { kind: 'pad'; modelDir: string; padTokenId: number; options: Options }
   | { kind: 'router'; modelDir: string; prompts: number[][]; options: Options };
 
-loadBackend(); // booted ahead of its request: onnxruntime is ready when the pass comes
+// Booted ahead of its request (onnxruntime ready when the pass comes), once a 'prepare' already waiting has started
+// its reads: loading it takes this thread ~25 ms.
+setImmediate(loadBackend);
 
 // When the parent dies (killed, or it stopped waiting) nobody wants the result: exit quietly, no EPIPE stack.
 process.on('disconnect', () => process.exit(0));

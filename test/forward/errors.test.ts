@@ -2,6 +2,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { cp, mkdir, mkdtemp, readdir, rm, stat, symlink } from 'node:fs/promises';
 import { truncateSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
 import { tmpdir } from 'node:os';
 import { openWeights } from '../../libs/model-folder/weights';
 import { join } from 'node:path';
@@ -103,4 +104,14 @@ test('a weight file cut short while the forward pass runs: the later layer whose
       return true;
     });
   });
+});
+
+test('the CPU provider is known without loading onnxruntime (a worker set up ahead starts its reads first); other devices still ask it', () => {
+  const script = "const b = require('./libs/forward/backend'); const cpu = b.executionProviders('cpu'); const loaded = Object.keys(require.cache).some((f) => f.includes('onnxruntime-node')); " +
+    "let other = ''; try { b.executionProviders('cuda'); other = 'available'; } catch (e) { other = e.code; } console.log(JSON.stringify([cpu, loaded, other]));";
+  const out = execFileSync(process.execPath, ['--import', 'tsx', '-e', script], { cwd: join(__dirname, '..', '..'), encoding: 'utf8' });
+  const [cpu, loaded, other] = JSON.parse(out.trim().split('\n').pop()!) as [string[], boolean, string];
+  assert.deepEqual(cpu, ['cpu']);
+  assert.equal(loaded, false, 'onnxruntime-node was loaded to list the CPU provider');
+  assert.ok(other === 'device_unavailable' || other === 'available', other);
 });
