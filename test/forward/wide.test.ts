@@ -51,7 +51,7 @@ async function bf16Model(seed = 1): Promise<string> {
 
 test('wide matmul: every mode against float64 sums of the float32 x times the widened weights, on shapes off every tile, block and pass edge', async () => {
   for (const { name, portable } of KERNELS) {
-    // M off the 6-row tile, N off the 4-row tile and 64-row block, K off 32 and past one 1024-value pass.
+    // M off the 6-row tile, N off the 4-row tile and 64-row block, K off 32 and past one pass of KC_WIDE (2048) values.
     for (const [M, N, K] of [[1, 3, 5], [7, 70, 33], [13, 130, 2100], [6, 4, 64]] as const) {
       for (const mode of [MATMUL_MODE.store, MATMUL_MODE.addScaled, MATMUL_MODE.siluGate]) {
         const a = Float32Array.from({ length: M * K }, rand);
@@ -83,8 +83,8 @@ test('wide matmul: every mode against float64 sums of the float32 x times the wi
 
 test('wide matmul on float16 weights: every mode against float64 sums of the halves\' exact values (subnormal halves included)', async () => {
   for (const { name, portable } of KERNELS) {
-    // Off the tile edges, and K past one 1024-value pass (the float16 path differs only in how a block is widened).
-    for (const [M, N, K] of [[1, 3, 5], [7, 70, 33], [6, 9, 1100]] as const) {
+    // Off the tile edges, and K past one pass of 2048 values (the float16 path differs only in how a block is widened).
+    for (const [M, N, K] of [[1, 3, 5], [7, 70, 33], [6, 9, 2100]] as const) {
       for (const mode of [MATMUL_MODE.store, MATMUL_MODE.addScaled, MATMUL_MODE.siluGate]) {
         // Every 7th weight is tiny: below float16's smallest normal (6.1e-5), a subnormal half.
         const halves = (n: number) => {
