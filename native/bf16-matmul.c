@@ -12,7 +12,7 @@
 //
 // One call: matmul(a, w, bias, out, M, N, K, mode, rowScale, w2, bias2, threads, portable, wide, f16) -> Promise<void>
 //   mode 0: out = y;  mode 1: out += rowScale[m] * y (rowScale null: 1);  mode 2: out = silu(y) * y2, y2 from w2.
-// The work runs off the JavaScript thread on `threads` threads of a pool kept for the process, each a share of W's rows.
+// The work runs off the JavaScript thread on `threads` threads of a pool kept for the process, claiming blocks of W's rows.
 #include <node_api.h>
 #include <pthread.h>
 #include <stdint.h>
@@ -314,49 +314,46 @@ __attribute__((target("avx512f"))) static void silu_gate_avx(float *o, const flo
   }
 }
 
-// One thread's share: W rows [n0, n1) in blocks of NB, K in passes of KC, x in tiles of MR rows.
-static void run_share(Job *j, int n0, int n1, float *scratch, float *scratch2, float *packed) {
-  const int M = j->M, K = j->K, Kp = j->Kp, kc = j->wide ? KC_WIDE : KC, nbs = j->wide ? NB_WIDE : NB;
+// One block of W's rows [nb, nbEnd) (at most NB, NB_WIDE for wide): K in passes of KC, x in tiles of MR rows.
+static void run_block(Job *j, int nb, int nbEnd, float *scratch, float *scratch2, float *packed) {
+  const int M = j->M, K = j->K, Kp = j->Kp, kc = j->wide ? KC_WIDE : KC, width = nbEnd - nb;
   float acc[MR * NR];
-  for (int nb = n0; nb < n1; nb += nbs) {
-    const int nbEnd = nb + nbs < n1 ? nb + nbs : n1, width = nbEnd - nb;
-    for (int pass = 0; pass < (j->w2 ? 2 : 1); pass++) {
-      const uint16_t *w = pass ? j->w2 : j->w;
-      float *s = pass ? scratch2 : scratch;  // [M, width]
-      for (int k0 = 0; k0 < Kp; k0 += kc) {
-        const int k1 = k0 + kc < Kp ? k0 + kc : Kp;
-        if (j->wide && !j->portable) pack_wide(w + (size_t)nb * K, K, width, k0, k1, K, j->f16, packed);
-        for (int m = 0; m < M; m += MR) {
-          const int mr = M - m < MR ? M - m : MR;
-          for (int n = nb; n < nbEnd; n += NR) {
-            const int nr = nbEnd - n < NR ? nbEnd - n : NR;
-            const size_t xt = (size_t)m * Kp;  // the tile's first value in x
-            if (j->wide && !j->portable) tile_wide((const float *)j->ax + xt, packed + (size_t)(n - nb) * (k1 - k0), k0, k1, acc);
-            else if (j->portable) tile_portable(j->wide ? (const void *)((const float *)j->ax + xt) : (const void *)((const uint16_t *)j->ax + xt), j->wide, j->f16, mr, w + (size_t)n * K, K, nr, k0, k1, K, acc);
-            else tile_bf16((const uint16_t *)j->ax + xt, mr, w + (size_t)n * K, K, nr, k0, k1, K, acc);
-            for (int i = 0; i < mr; i++)
-              for (int c = 0; c < nr; c++) {
-                float *d = s + (size_t)(m + i) * width + (n - nb) + c;
-                *d = k0 == 0 ? acc[i * NR + c] : *d + acc[i * NR + c];
-              }
-          }
+  for (int pass = 0; pass < (j->w2 ? 2 : 1); pass++) {
+    const uint16_t *w = pass ? j->w2 : j->w;
+    float *s = pass ? scratch2 : scratch;  // [M, width]
+    for (int k0 = 0; k0 < Kp; k0 += kc) {
+      const int k1 = k0 + kc < Kp ? k0 + kc : Kp;
+      if (j->wide && !j->portable) pack_wide(w + (size_t)nb * K, K, width, k0, k1, K, j->f16, packed);
+      for (int m = 0; m < M; m += MR) {
+        const int mr = M - m < MR ? M - m : MR;
+        for (int n = nb; n < nbEnd; n += NR) {
+          const int nr = nbEnd - n < NR ? nbEnd - n : NR;
+          const size_t xt = (size_t)m * Kp;  // the tile's first value in x
+          if (j->wide && !j->portable) tile_wide((const float *)j->ax + xt, packed + (size_t)(n - nb) * (k1 - k0), k0, k1, acc);
+          else if (j->portable) tile_portable(j->wide ? (const void *)((const float *)j->ax + xt) : (const void *)((const uint16_t *)j->ax + xt), j->wide, j->f16, mr, w + (size_t)n * K, K, nr, k0, k1, K, acc);
+          else tile_bf16((const uint16_t *)j->ax + xt, mr, w + (size_t)n * K, K, nr, k0, k1, K, acc);
+          for (int i = 0; i < mr; i++)
+            for (int c = 0; c < nr; c++) {
+              float *d = s + (size_t)(m + i) * width + (n - nb) + c;
+              *d = k0 == 0 ? acc[i * NR + c] : *d + acc[i * NR + c];
+            }
         }
       }
     }
-    for (int m = 0; m < M; m++) {
-      float *o = j->out + (size_t)m * j->N + nb;
-      const float *s = scratch + (size_t)m * width, *s2 = scratch2 ? scratch2 + (size_t)m * width : NULL;
-      const float rs = j->rowScale ? j->rowScale[m] : 1.0f;
-      if (j->mode == 2 && !j->portable) {
-        silu_gate_avx(o, s, j->bias ? j->bias + nb : NULL, s2, j->bias2 ? j->bias2 + nb : NULL, width);
-        continue;
-      }
-      for (int c = 0; c < width; c++) {
-        float y = s[c] + (j->bias ? j->bias[nb + c] : 0.0f);
-        if (j->mode == 0) o[c] = y;
-        else if (j->mode == 1) o[c] += rs * y;
-        else o[c] = silu(y) * (s2[c] + (j->bias2 ? j->bias2[nb + c] : 0.0f));
-      }
+  }
+  for (int m = 0; m < M; m++) {
+    float *o = j->out + (size_t)m * j->N + nb;
+    const float *s = scratch + (size_t)m * width, *s2 = scratch2 ? scratch2 + (size_t)m * width : NULL;
+    const float rs = j->rowScale ? j->rowScale[m] : 1.0f;
+    if (j->mode == 2 && !j->portable) {
+      silu_gate_avx(o, s, j->bias ? j->bias + nb : NULL, s2, j->bias2 ? j->bias2 + nb : NULL, width);
+      continue;
+    }
+    for (int c = 0; c < width; c++) {
+      float y = s[c] + (j->bias ? j->bias[nb + c] : 0.0f);
+      if (j->mode == 0) o[c] = y;
+      else if (j->mode == 1) o[c] += rs * y;
+      else o[c] = silu(y) * (s2[c] + (j->bias2 ? j->bias2[nb + c] : 0.0f));
     }
   }
 }
@@ -383,7 +380,8 @@ static void thread_part(Job *j, int t) {
   pthread_barrier_wait(&j->barrier);
   // W's rows in blocks of NB (NB_WIDE), claimed one at a time; a block's sums do not depend on who claims it.
   const int nbs = j->wide ? NB_WIDE : NB, blocks = (j->N + nbs - 1) / nbs;
-  if (t * nbs < j->N) {
+  // Threads past the number of blocks take none (the others claim them all): no scratch for them.
+  if (t < blocks) {
     // The products' sums [M, NB] (twice with w2), and for wide a block of W widened (NB rows of KC_WIDE).
     const size_t sums = (size_t)j->M * nbs * (j->w2 ? 2 : 1), pack = j->wide ? (size_t)(NB_WIDE + NR) * KC_WIDE : 0;
     // Kept by the pool thread from job to job (grown, never shrunk): a fresh buffer per product is fresh pages,
@@ -404,7 +402,7 @@ static void thread_part(Job *j, int t) {
     float *packed = (float *)(((uintptr_t)(scratch + sums) + 63) & ~(uintptr_t)63);  // 64-byte aligned: whole-line loads
     for (int b; (b = __atomic_fetch_add(&j->nextBlock, 1, __ATOMIC_RELAXED)) < blocks;) {
       const int n0 = b * nbs, n1 = n0 + nbs < j->N ? n0 + nbs : j->N;
-      run_share(j, n0, n1, scratch, j->w2 ? scratch + (size_t)j->M * nbs : NULL, packed);
+      run_block(j, n0, n1, scratch, j->w2 ? scratch + (size_t)j->M * nbs : NULL, packed);
     }
   }
 }

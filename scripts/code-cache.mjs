@@ -1,6 +1,7 @@
 // V8's code cache of a built bundle (bin/built.js loads the bundle with it): `<file>.v8cache`, the sha256 of the
-// bundle it was made from, the sha256 of V8's data (V8 does not check its own data's integrity), then the data. Made in a child with Node's default flags (V8 refuses a cache made
-// under other flags), after the bundle's top level has run once, so that the functions that run at load are in it.
+// bundle it was made from, the sha256 of V8's data (V8 does not check its own data's integrity), then the data.
+// Made in a child with Node's default flags (V8 refuses a cache made under other flags), after the bundle's top
+// level has run once, so that the functions that run at load are in it.
 import { spawnSync } from 'node:child_process';
 
 const MAKE = `
