@@ -10,8 +10,12 @@
 //
 // Wide products also take float16 weights (f16: vcvtph2ps, exact).
 //
-// One call: matmul(a, w, bias, out, M, N, K, mode, rowScale, w2, bias2, threads, portable, wide, f16) -> Promise<void>
+// One call: matmul(a, w, bias, out, M, N, K, mode, rowScale, w2, bias2, threads, portable, wide, f16, outCols, outCol,
+//                   xTiles, xReady) -> Promise<void>
 //   mode 0: out = y;  mode 1: out += rowScale[m] * y (rowScale null: 1);  mode 2: out = silu(y) * y2, y2 from w2.
+//   y's N columns land at columns [outCol, outCol + N) of out's rows of outCols (a pass streams a projection's rows
+//   through a few reused buffers, one range of rows per call). x's tiles go into xTiles where given (the caller's,
+//   kept between calls), and with xReady they are already there: the calls over one x convert it once.
 // The work runs off the JavaScript thread on `threads` threads of a pool kept for the process, claiming blocks of W's rows.
 #include <node_api.h>
 #include <pthread.h>
@@ -35,6 +39,8 @@ typedef struct Job {
   const float *bias, *bias2, *rowScale;
   float *out;
   int M, N, K, Kp, mode, threads, portable, wide, f16;  // f16: w and w2 hold IEEE halves (wide only)
+  int outCols, outCol;  // out's row length, and where y's columns start in it
+  int xReady, xOwned;   // x's tiles already in ax (the caller's xTiles); ax is the pool's (not the caller's)
   // x in tiles, [M/MR][Kp/32][MR][32], zero past M and K (a tile's loads run in order): bf16, or (wide) float32
   // with each chunk of 32 in the order the widened weights take (wide_pos).
   void *ax;
@@ -342,7 +348,7 @@ static void run_block(Job *j, int nb, int nbEnd, float *scratch, float *scratch2
     }
   }
   for (int m = 0; m < M; m++) {
-    float *o = j->out + (size_t)m * j->N + nb;
+    float *o = j->out + (size_t)m * j->outCols + j->outCol + nb;
     const float *s = scratch + (size_t)m * width, *s2 = scratch2 ? scratch2 + (size_t)m * width : NULL;
     const float rs = j->rowScale ? j->rowScale[m] : 1.0f;
     if (j->mode == 2 && !j->portable) {
@@ -361,8 +367,8 @@ static void run_block(Job *j, int nb, int nbEnd, float *scratch, float *scratch2
 // Thread t's part of a job: the tiles of x it claims (to bf16, or wide), then (once every thread has converted) the
 // blocks of W's rows it claims.
 static void thread_part(Job *j, int t) {
-  // x into tiles, each claimed by one thread, then every thread waits for the whole of it.
-  const int tiles = (j->M + MR - 1) / MR;
+  // x into tiles, each claimed by one thread, then every thread waits for the whole of it (unless they are there).
+  const int tiles = j->xReady ? 0 : (j->M + MR - 1) / MR;
   const size_t size = j->wide ? sizeof(float) : sizeof(uint16_t);
   for (int tt; (tt = __atomic_fetch_add(&j->nextTile, 1, __ATOMIC_RELAXED)) < tiles;) {
     char *dst = (char *)j->ax + (size_t)tt * MR * j->Kp * size;
@@ -377,7 +383,7 @@ static void thread_part(Job *j, int t) {
       else to_bf16_row(j->a + (size_t)m * j->K, j->K, j->Kp, (uint16_t *)row, j->portable);
     }
   }
-  pthread_barrier_wait(&j->barrier);
+  if (!j->xReady) pthread_barrier_wait(&j->barrier);
   // W's rows in blocks of NB (NB_WIDE), claimed one at a time; a block's sums do not depend on who claims it.
   const int nbs = j->wide ? NB_WIDE : NB, blocks = (j->N + nbs - 1) / nbs;
   // Threads past the number of blocks take none (the others claim them all): no scratch for them.
@@ -451,16 +457,22 @@ static void *pool_thread(void *arg) {
   return NULL;
 }
 
-// Queues a job (its x buffer allocated here; the pool made or grown first).
+// The bytes of x's tiles: whole tiles of MR rows, K padded to Kp.
+static size_t tiles_bytes(int wide, int M, int Kp) { return (wide ? sizeof(float) : sizeof(uint16_t)) * (size_t)((M + MR - 1) / MR * MR) * Kp; }
+
+// Queues a job (its x buffer, unless the caller gave one, allocated here; the pool made or grown first).
 static int pool_submit(Job *j) {
-  const size_t axBytes = (j->wide ? sizeof(float) : sizeof(uint16_t)) * (size_t)((j->M + MR - 1) / MR * MR) * j->Kp;
-  pthread_mutex_lock(&pool.mu);
-  if (pool.spare && pool.spareBytes >= axBytes) {
-    j->ax = pool.spare, j->axBytes = pool.spareBytes;
-    pool.spare = NULL, pool.spareBytes = 0;
+  if (!j->ax) {
+    const size_t axBytes = tiles_bytes(j->wide, j->M, j->Kp);
+    j->xOwned = 1;
+    pthread_mutex_lock(&pool.mu);
+    if (pool.spare && pool.spareBytes >= axBytes) {
+      j->ax = pool.spare, j->axBytes = pool.spareBytes;
+      pool.spare = NULL, pool.spareBytes = 0;
+    }
+    pthread_mutex_unlock(&pool.mu);
+    if (!j->ax) j->ax = malloc(axBytes), j->axBytes = axBytes;
   }
-  pthread_mutex_unlock(&pool.mu);
-  if (!j->ax) j->ax = malloc(axBytes), j->axBytes = axBytes;
   if (!j->ax) j->failed = 1;
   else pthread_barrier_init(&j->barrier, NULL, (unsigned)j->threads);
   pthread_mutex_lock(&pool.mu);
@@ -488,7 +500,8 @@ static int pool_submit(Job *j) {
 }
 
 static void job_done(Job *j) {
-  if (j->ax) {
+  if (j->ax && !j->xOwned) pthread_barrier_destroy(&j->barrier);  // the caller's tiles: theirs to keep
+  else if (j->ax) {
     pthread_barrier_destroy(&j->barrier);
     // Kept for the next job (the larger of it and the one kept).
     pthread_mutex_lock(&pool.mu);
@@ -553,32 +566,39 @@ static int view(napi_env env, Job *j, napi_value v, napi_typedarray_type want, v
 }
 
 static napi_value matmul(napi_env env, napi_callback_info info) {
-  size_t argc = 15;
-  napi_value argv[15];
+  size_t argc = 19;
+  napi_value argv[19];
   napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
-  if (argc != 15) return fail(env, "matmul: 15 arguments expected");
-  int32_t dims[4], threads, portable, wide, f16;
+  if (argc != 19) return fail(env, "matmul: 19 arguments expected");
+  int32_t dims[4], threads, portable, wide, f16, outCols, outCol, xReady;
   for (int i = 0; i < 4; i++)
     if (napi_get_value_int32(env, argv[4 + i], &dims[i]) != napi_ok) return fail(env, "matmul: M, N, K and mode must be integers");
   if (napi_get_value_int32(env, argv[11], &threads) != napi_ok || napi_get_value_int32(env, argv[12], &portable) != napi_ok || napi_get_value_int32(env, argv[13], &wide) != napi_ok ||
       napi_get_value_int32(env, argv[14], &f16) != napi_ok)
     return fail(env, "matmul: threads, portable, wide and f16 must be integers");
+  if (napi_get_value_int32(env, argv[15], &outCols) != napi_ok || napi_get_value_int32(env, argv[16], &outCol) != napi_ok || napi_get_value_int32(env, argv[18], &xReady) != napi_ok)
+    return fail(env, "matmul: outCols, outCol and xReady must be integers");
   const int M = dims[0], N = dims[1], K = dims[2], mode = dims[3];
   if (M < 1 || N < 1 || K < 1 || mode < 0 || mode > 2) return fail(env, "matmul: M, N, K must be positive and mode 0, 1 or 2");
   if (threads < 1 || threads > 64) return fail(env, "matmul: threads must be 1..64");
   Job *j = calloc(1, sizeof(Job));
   if (!j) return fail(env, "matmul: out of memory");
-  size_t na, nw, nb, no, nrs, nw2, nb2;
-  void *a, *w, *bias, *out, *rs, *w2, *bias2;
+  size_t na, nw, nb, no, nrs, nw2, nb2, nxt;
+  void *a, *w, *bias, *out, *rs, *w2, *bias2, *xt;
   int ok = view(env, j, argv[0], napi_float32_array, &a, &na, 0) && view(env, j, argv[1], napi_uint16_array, &w, &nw, 0) &&
            view(env, j, argv[2], napi_float32_array, &bias, &nb, 1) && view(env, j, argv[3], napi_float32_array, &out, &no, 0) &&
            view(env, j, argv[8], napi_float32_array, &rs, &nrs, 1) && view(env, j, argv[9], napi_uint16_array, &w2, &nw2, 1) &&
-           view(env, j, argv[10], napi_float32_array, &bias2, &nb2, 1);
-  const char *bad = !ok ? "matmul: a, out: Float32Array; w, w2: Uint16Array; bias, bias2, rowScale: Float32Array or null"
+           view(env, j, argv[10], napi_float32_array, &bias2, &nb2, 1) &&
+           view(env, j, argv[17], wide ? napi_float32_array : napi_uint16_array, &xt, &nxt, 1);
+  const int Kp = (K + 31) / 32 * 32;
+  const char *bad = !ok ? "matmul: a, out: Float32Array; w, w2: Uint16Array; bias, bias2, rowScale: Float32Array or null; xTiles: Float32Array (wide) or Uint16Array, or null"
                     : na != (size_t)M * K ? "matmul: a must hold M*K values"
                     : nw != (size_t)N * K ? "matmul: w must hold N*K values"
                     : (bias && nb != (size_t)N) ? "matmul: bias must hold N values"
-                    : no != (size_t)M * N ? "matmul: out must hold M*N values"
+                    : outCols < N || outCol < 0 || outCol > outCols - N ? "matmul: out's columns [outCol, outCol + N) must lie in its outCols"
+                    : no != (size_t)M * outCols ? "matmul: out must hold M*outCols values"
+                    : (xt && nxt * (wide ? 4 : 2) < tiles_bytes(wide, M, Kp)) ? "matmul: xTiles must hold ceil(M/6)*6 rows of K rounded up to 32"
+                    : (xReady && !xt) ? "matmul: xReady needs xTiles"
                     : (rs && nrs != (size_t)M) ? "matmul: rowScale must hold M values"
                     : (mode == 2) != (w2 != NULL) ? "matmul: w2 is given exactly when mode is 2"
                     : (w2 && nw2 != (size_t)N * K) ? "matmul: w2 must hold N*K values"
@@ -593,7 +613,8 @@ static napi_value matmul(napi_env env, napi_callback_info info) {
     return fail(env, bad);
   }
   j->a = a, j->w = w, j->w2 = w2, j->bias = bias, j->bias2 = bias2, j->rowScale = rs, j->out = out;
-  j->M = M, j->N = N, j->K = K, j->Kp = (K + 31) / 32 * 32, j->mode = mode, j->threads = threads, j->portable = portable, j->wide = wide != 0, j->f16 = f16 != 0;
+  j->outCols = outCols, j->outCol = outCol, j->ax = xt, j->axBytes = nxt * (wide ? 4 : 2), j->xReady = xReady != 0;
+  j->M = M, j->N = N, j->K = K, j->Kp = Kp, j->mode = mode, j->threads = threads, j->portable = portable, j->wide = wide != 0, j->f16 = f16 != 0;
   napi_value promise, name;
   napi_create_promise(env, &j->deferred, &promise);
   napi_create_string_utf8(env, "bf16-matmul", NAPI_AUTO_LENGTH, &name);

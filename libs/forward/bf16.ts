@@ -17,7 +17,7 @@ interface Native {
   matmul(
     a: Float32Array, w: Uint16Array, bias: Float32Array | null, out: Float32Array, M: number, N: number, K: number,
     mode: number, rowScale: Float32Array | null, w2: Uint16Array | null, bias2: Float32Array | null, threads: number, portable: number,
-    wide: number, f16: number,
+    wide: number, f16: number, outCols: number, outCol: number, xTiles: Float32Array | Uint16Array | null, xReady: number,
   ): Promise<void>;
   rmsnorm(x: Float32Array, w: Float32Array, eps: number, out: Float32Array): void;
   supported(): boolean;
@@ -92,19 +92,30 @@ export const MATMUL_MODE = { store: 0, addScaled: 1, siluGate: 2 } as const;
 /** The arithmetic of a native product: 'bf16' rounds x to bf16; 'wide' keeps x float32 (the fp32 pass). */
 export type NativeArithmetic = 'bf16' | 'wide';
 
+/** Values of x's tiles for a product of M rows over K (xTiles: whole tiles of 6 rows, K rounded up to 32). */
+export const xTilesLength = (M: number, K: number) => Math.ceil(M / 6) * 6 * Math.ceil(K / 32) * 32;
+
 /**
  * out = a W^T + bias (store); out += rowScale[m] (a W^T + bias) (addScaled, rowScale null: 1); out = silu(a W^T +
- * bias) * (a W2^T + bias2) (siluGate). a [M, K] float32, W and W2 [N, K] bf16, out [M, N]; `arithmetic` 'wide':
- * x is not rounded to bf16 (the fp32 pass), and W and W2 may be IEEE halves (`f16`).
+ * bias) * (a W2^T + bias2) (siluGate). a [M, K] float32, W and W2 [N, K] bf16, out [M, N], or y's columns at
+ * [outCol, outCol + N) of rows of `outCols`; `arithmetic` 'wide': x is not rounded to bf16 (the fp32 pass), and W
+ * and W2 may be IEEE halves (`f16`). `xTiles` (xTilesLength values; Float32Array for wide, else Uint16Array): x
+ * converted into it, or with `xReady` taken from it as a call over the same x left it.
  */
 export function bf16Matmul(
   a: Float32Array, w: Uint16Array, bias: Float32Array | null, out: Float32Array, M: number, N: number, K: number,
-  opts: { mode?: number; rowScale?: Float32Array | null; w2?: Uint16Array | null; bias2?: Float32Array | null; threads?: number; arithmetic?: NativeArithmetic; f16?: boolean } = {},
+  opts: {
+    mode?: number; rowScale?: Float32Array | null; w2?: Uint16Array | null; bias2?: Float32Array | null; threads?: number; arithmetic?: NativeArithmetic; f16?: boolean;
+    outCols?: number; outCol?: number; xTiles?: Float32Array | Uint16Array | null; xReady?: boolean;
+  } = {},
 ): Promise<void> {
   const wide = opts.arithmetic === 'wide';
   const n = wide ? loadNative() : requireBf16();
   if (!n) throw new Error(`native matmul: build/${ADDON} is missing`);
-  return n.matmul(a, w, bias, out, M, N, K, opts.mode ?? 0, opts.rowScale ?? null, opts.w2 ?? null, opts.bias2 ?? null, opts.threads ?? 2, portableKernel() ? 1 : 0, wide ? 1 : 0, opts.f16 ? 1 : 0);
+  return n.matmul(
+    a, w, bias, out, M, N, K, opts.mode ?? 0, opts.rowScale ?? null, opts.w2 ?? null, opts.bias2 ?? null, opts.threads ?? 2, portableKernel() ? 1 : 0, wide ? 1 : 0, opts.f16 ? 1 : 0,
+    opts.outCols ?? N, opts.outCol ?? 0, opts.xTiles ?? null, opts.xReady ? 1 : 0,
+  );
 }
 
 const PROJECTIONS = ['q', 'k', 'v', 'o', 'gate', 'up', 'down'] as const;

@@ -95,7 +95,7 @@ test('bf16Matmul: arrays of the wrong length or type are refused naming the argu
   await withKernel(true, async () => {
     assert.throws(() => bf16Matmul(a, new Uint16Array(5), null, out, 2, 2, 3), /^TypeError: matmul: w must hold N\*K values$/);
     assert.throws(() => bf16Matmul(a, w, new Float32Array(3), out, 2, 2, 3), /^TypeError: matmul: bias must hold N values$/);
-    assert.throws(() => bf16Matmul(a, w, null, new Float32Array(3), 2, 2, 3), /^TypeError: matmul: out must hold M\*N values$/);
+    assert.throws(() => bf16Matmul(a, w, null, new Float32Array(3), 2, 2, 3), /^TypeError: matmul: out must hold M\*outCols values$/);
     assert.throws(() => bf16Matmul(a, w, null, out, 2, 2, 3, { mode: MATMUL_MODE.siluGate }), /^TypeError: matmul: w2 is given exactly when mode is 2$/);
     assert.throws(() => bf16Matmul(a, new Float32Array(6) as unknown as Uint16Array, null, out, 2, 2, 3), /^TypeError: matmul: a, out: Float32Array; w, w2: Uint16Array/);
   });

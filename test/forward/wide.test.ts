@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { computeAllHiddenStates, computePromptStates, computeRouterInputs, usePortableBf16 } from '../../libs/forward';
-import { FP32_KERNEL_ENV, MATMUL_MODE, bf16Matmul, wideUnavailable, whyWideUnavailable } from '../../libs/forward/bf16';
+import { FP32_KERNEL_ENV, MATMUL_MODE, bf16Matmul, wideUnavailable, whyWideUnavailable, xTilesLength } from '../../libs/forward/bf16';
 import { aheadStats, passStats, prepareForward } from '../../libs/forward/run';
 import { normalize } from '../../libs/gates';
 import { writeTinyModel } from '../../tools/testing/tiny-models';
@@ -130,6 +130,37 @@ test('wide matmul: the same bytes on 1, 2 or 3 threads, with each kernel', async
     }
     for (const o of outs.slice(1)) assert.deepEqual(o, outs[0], name);
   }
+});
+
+test('native matmul over ranges of W\'s rows: each range into its columns of out, x converted once into the caller\'s tiles, gives the whole product\'s bits (every mode, wide and bf16)', async () => {
+  const M = 9, N = 150, K = 2100, cuts = [0, 64, 70, 150];
+  const x0 = Float32Array.from({ length: M * K }, rand);
+  const w = Uint16Array.from({ length: N * K }, () => bits(rand())), w2 = Uint16Array.from({ length: N * K }, () => bits(rand()));
+  const bias = Float32Array.from({ length: N }, rand), rowScale = Float32Array.from({ length: M }, rand);
+  const start = Float32Array.from({ length: M * N }, rand);
+  const arithmetics = [...KERNELS.map((k) => ({ ...k, arithmetic: 'wide' as const })), { name: 'bf16 portable', portable: true, arithmetic: 'bf16' as const }];
+  for (const { name, portable, arithmetic } of arithmetics) {
+    for (const mode of [MATMUL_MODE.store, MATMUL_MODE.addScaled, MATMUL_MODE.siluGate]) {
+      const whole = start.slice(), pieces = start.slice(), a = x0.slice();
+      const opts = (r0: number, r1: number) => ({ mode, arithmetic, rowScale: mode === MATMUL_MODE.addScaled ? rowScale : null, w2: mode === MATMUL_MODE.siluGate ? w2.subarray(r0 * K, r1 * K) : null, bias2: mode === MATMUL_MODE.siluGate ? bias.subarray(r0, r1) : null });
+      await withKernel(portable, () => bf16Matmul(a, w, bias, whole, M, N, K, opts(0, N)));
+      const xTiles = arithmetic === 'wide' ? new Float32Array(xTilesLength(M, K)) : new Uint16Array(xTilesLength(M, K));
+      for (let c = 0; c + 1 < cuts.length; c++) {
+        const [r0, r1] = [cuts[c]!, cuts[c + 1]!];
+        if (c > 0) a.fill(Number.NaN, 0, K); // x's tiles are taken as the first call left them: a changed x is not read again
+        await withKernel(portable, () => bf16Matmul(a, w.subarray(r0 * K, r1 * K), bias.subarray(r0, r1), pieces, M, r1 - r0, K, { ...opts(r0, r1), outCols: N, outCol: r0, xTiles, xReady: c > 0 }));
+      }
+      assert.deepEqual(pieces, whole, `${name} mode ${mode}`);
+    }
+  }
+  const x = new Float32Array(6), w1 = new Uint16Array(6), out = new Float32Array(8);
+  await withKernel(true, async () => {
+    assert.throws(() => bf16Matmul(x, w1, null, out, 2, 2, 3, { outCols: 4, outCol: 3 }), /^TypeError: matmul: out's columns \[outCol, outCol \+ N\) must lie in its outCols$/);
+    assert.throws(() => bf16Matmul(x, w1, null, out, 2, 2, 3, { outCols: 3, outCol: 1 }), /^TypeError: matmul: out must hold M\*outCols values$/);
+    assert.throws(() => bf16Matmul(x, w1, null, out, 2, 2, 3, { outCols: 4, arithmetic: 'wide', xTiles: new Float32Array(32) }), /^TypeError: matmul: xTiles must hold ceil\(M\/6\)\*6 rows of K rounded up to 32$/);
+    assert.throws(() => bf16Matmul(x, w1, null, out, 2, 2, 3, { outCols: 4, arithmetic: 'wide', xReady: true }), /^TypeError: matmul: xReady needs xTiles$/);
+    assert.throws(() => bf16Matmul(x, w1, null, out, 2, 2, 3, { outCols: 4, arithmetic: 'wide', xTiles: new Uint16Array(192) }), /xTiles: Float32Array \(wide\) or Uint16Array/);
+  });
 });
 
 test('wide unavailable: the reason names what is missing (no module built, no AVX-512); the portable kernel runs anywhere', () => {
