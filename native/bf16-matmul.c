@@ -49,6 +49,8 @@ typedef struct Job {
   napi_deferred deferred;
   napi_threadsafe_function done;  // resolves the promise on the JavaScript thread
   struct Job *next;  // the pool's queue
+  unsigned long seq;  // its place in the queue (from 1)
+  int passed;         // pool threads done with it (their part run, or none to run)
   napi_ref refs[7];
   int nrefs;
   int failed;
@@ -414,41 +416,49 @@ static void thread_part(Job *j, int t) {
 }
 
 // A pool of threads made once (per process) and kept: threads made for each product start beside their maker and
-// the scheduler took milliseconds to spread them over the cores, halving small products. Jobs queue and run one at
-// a time, each on its `threads` first pool threads (the pool grows to the most asked); the thread that finishes a
-// job's last part settles its promise on the JavaScript thread.
+// the scheduler took milliseconds to spread them over the cores, halving small products. Jobs queue and each thread
+// runs them in order, each on its `threads` first pool threads (the pool grows to the most asked); a thread done with
+// its part of one goes on to the next without waiting for the others (a pass queues a projection's pieces one after
+// another: waiting at each one's end left a core idle for the other's last block), and the thread that finishes a
+// job's last part settles its promise on the JavaScript thread. Callers queue a job that reads another's output
+// only once that one has settled.
 #define POOL_MAX 64
 static struct {
   pthread_mutex_t mu;
   pthread_cond_t wake;
   int size;
-  Job *head, *tail;  // queued jobs; head runs
+  Job *head, *tail;  // queued jobs not yet passed by every thread, in order
   void *spare;  // the last finished job's x buffer, for the next (as the threads' scratch: fresh pages are slow)
   size_t spareBytes;
-  unsigned long seq;  // head's number: a thread runs each job once
-  int parts_done;
-} pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, NULL, NULL, NULL, 0, 1, 0};  // seq from 1: a new thread has run job 0
+  unsigned long queued;  // the last job's number
+} pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, NULL, NULL, NULL, 0, 0};
 
 static void job_done(Job *j);
 
+// The first queued job after number `ran` (NULL: none yet). Jobs leave the queue in order, so those a thread has
+// not passed are all still in it.
+static Job *next_job(unsigned long ran) {
+  Job *j = pool.head;
+  while (j && j->seq <= ran) j = j->next;
+  return j;
+}
+
 static void *pool_thread(void *arg) {
   const int t = (int)(intptr_t)arg;
-  unsigned long ran = 0;
   pthread_mutex_lock(&pool.mu);
+  // A new thread counts towards every job from the oldest queued on (beyond its threads, it only counts).
+  unsigned long ran = pool.head ? pool.head->seq - 1 : pool.queued;
   for (;;) {
-    while (!pool.head || pool.seq == ran) pthread_cond_wait(&pool.wake, &pool.mu);
-    Job *j = pool.head;
-    ran = pool.seq;
+    Job *j;
+    while (!(j = next_job(ran))) pthread_cond_wait(&pool.wake, &pool.mu);
     pthread_mutex_unlock(&pool.mu);
     if (t < j->threads && j->ax) thread_part(j, t);
     pthread_mutex_lock(&pool.mu);
-    if (++pool.parts_done == pool.size) {
-      // Every pool thread has seen this job: the next one starts.
+    ran = j->seq;
+    if (++j->passed == pool.size) {
+      // Every pool thread is done with it (so with every job before it): it leaves the queue, its head.
       pool.head = j->next;
       if (!pool.head) pool.tail = NULL;
-      pool.parts_done = 0;
-      pool.seq++;
-      pthread_cond_broadcast(&pool.wake);
       pthread_mutex_unlock(&pool.mu);
       job_done(j);
       pthread_mutex_lock(&pool.mu);
@@ -491,6 +501,7 @@ static int pool_submit(Job *j) {
     pool.size++;
   }
   j->next = NULL;
+  j->seq = ++pool.queued;
   if (pool.tail) pool.tail->next = j;
   else pool.head = j;
   pool.tail = j;

@@ -119,7 +119,6 @@ export function bf16Matmul(
 }
 
 const PROJECTIONS = ['q', 'k', 'v', 'o', 'gate', 'up', 'down'] as const;
-type Projection = (typeof PROJECTIONS)[number];
 
 /**
  * The one dtype every layer's projections are stored in, where the wide products read it as stored ('BF16' or
@@ -132,77 +131,211 @@ export function wideDtype(layers: Map<string, LayerTensor>[]): 'BF16' | 'F16' | 
   return dtypes.size === 1 && (only === 'BF16' || only === 'F16') ? only : null;
 }
 
-/**
- * A native pass's weights (bf16, or fp32 wide): one buffer per projection, reused from layer to layer, each refilled with the next layer's
- * tensor as soon as this layer's last product with it is done (so the reads run beside the products, and a pass
- * holds one layer's projections: fresh memory, which a VM faults in at about 1 GB/s, is taken once). Read, not
- * mapped: on the VMs measured a first touch of a mapped file's page cost more than copying it (12 ms against 2.4
- * for 23 MB). Norms and biases are read per layer as float32.
- */
-export class Bf16Weights {
-  private readonly buffers = new Map<Projection, Buffer>();
-  /** Per projection, the read under way: which layer, and its values once read. */
-  private readonly reads = new Map<Projection, { layer: number; values: Promise<Uint16Array> }>();
+/** A run of one projection's rows as a pass takes them: gate's carries up's same rows (the siluGate product). */
+type StreamRole = 'q' | 'k' | 'v' | 'o' | 'gate' | 'down';
+const STREAM_ROLES: readonly StreamRole[] = ['q', 'k', 'v', 'o', 'gate', 'down'];
 
-  /** Layers from here on are not read (stopAt). */
-  private upTo: number;
+/** Rows [r0, r1) of layer `layer`'s `role` projection (and up's, for gate), bf16 or (wide) as stored. */
+export interface WeightPiece {
+  layer: number;
+  role: StreamRole;
+  r0: number;
+  r1: number;
+  w: Uint16Array;
+  w2: Uint16Array | null;
+}
+
+interface PiecePlan {
+  layer: number;
+  role: StreamRole;
+  r0: number;
+  r1: number;
+}
+
+/**
+ * The stream's defaults: four buffers of 8 MB. Measured in one-prompt passes (medium and Mistral-7B shapes), 4 MB
+ * to 32 MB pieces and 3 to 6 buffers were within noise of each other once the pool ran queued pieces back to back.
+ */
+export const STREAM_SLOTS = 4;
+export const STREAM_SLOT_BYTES = 8 << 20;
+/** Rows of a piece are whole blocks of the kernel's (NB_WIDE, NB: 64 rows). */
+const PIECE_ROWS = 64;
+/**
+ * Tests and the bench: the stream's buffer size in bytes (1: every piece 64 rows). An environment variable, so
+ * forward workers started from here take it too.
+ */
+export const PIECE_BYTES_ENV = 'MOE_FORGE_WEIGHT_PIECE_BYTES';
+function pieceBytesFromEnv(): number | undefined {
+  const v = Number(process.env[PIECE_BYTES_ENV]);
+  return Number.isInteger(v) && v > 0 ? v : undefined;
+}
+
+/**
+ * A native pass's weights (bf16, or fp32 wide), streamed: every layer's projections, in the order the pass takes
+ * them, cut into pieces of whole 64-row blocks of a few MB, each read into one of a few buffers kept for the pass
+ * and refilled with the next piece once the products with it are done. A product over a range of W's rows is
+ * independent of the others (its columns of the output), so a pass holds a few pieces, not a layer: a 7B layer's
+ * projections were 436 MB of fresh memory per command, which these VMs fault in at 1.5-3.3 ms per MB once the host
+ * has taken freed memory back (now 4 x 8 MB), and the reads run beside the products piece by piece. Read, not
+ * mapped: on the VMs measured a first touch of a mapped file's page cost more than copying it (12 ms against 2.4
+ * for 23 MB; and still ~3x once MADV_POPULATE_READ had mapped the pages). Norms and biases are read per layer as
+ * float32.
+ */
+export class WeightStream {
+  private plan: PiecePlan[] = [];
+  private readonly slots: (Buffer | null)[];
+  private readonly free: number[];
+  /** Reads started, by the piece's place in the plan. */
+  private readonly reads = new Map<number, { slot: number; piece: Promise<WeightPiece> }>();
+  /** Pieces asked for before a buffer was free for their read. */
+  private readonly waiting = new Map<number, (piece: Promise<WeightPiece>) => void>();
+  private nextRead = 0;
+  private nextTake = 0;
+  private readonly slotBytes: number;
+  private began = false;
 
   /** `halves`: float16 tensors are kept as stored (a wide pass widens them itself), not rounded to bf16. */
-  constructor(private readonly layers: Map<string, LayerTensor>[], private readonly halves = false) {
-    this.upTo = layers.length;
+  constructor(private readonly layers: Map<string, LayerTensor>[], private readonly halves = false, opts: { slots?: number; slotBytes?: number } = {}) {
+    const slots = Math.max(1, opts.slots ?? STREAM_SLOTS);
+    const target = opts.slotBytes ?? pieceBytesFromEnv() ?? STREAM_SLOT_BYTES;
+    this.slots = Array.from({ length: slots }, () => null);
+    this.free = Array.from({ length: slots }, (_, i) => i);
+    for (const [layer, tensors] of layers.entries()) {
+      for (const role of STREAM_ROLES) {
+        const [N, K] = tensors.get(role)!.loc.shape as [number, number];
+        const rowBytes = K * 2 * (role === 'gate' ? 2 : 1);
+        // As few pieces as fit the target, their rows spread evenly in whole blocks.
+        const pieces = Math.max(1, Math.ceil(N / Math.max(PIECE_ROWS, Math.floor(target / rowBytes / PIECE_ROWS) * PIECE_ROWS)));
+        const rows = Math.ceil(N / pieces / PIECE_ROWS) * PIECE_ROWS;
+        for (let r0 = 0; r0 < N; r0 += rows) this.plan.push({ layer, role, r0, r1: Math.min(N, r0 + rows) });
+      }
+    }
+    this.slotBytes = Math.max(0, ...this.plan.map((p) => this.pieceBytes(p)));
+  }
+
+  /** A piece's bytes in its buffer (up's rows start at a 64-byte boundary after gate's). */
+  private pieceBytes(p: PiecePlan): number {
+    const K = this.layers[p.layer]!.get(p.role)!.loc.shape[1]!;
+    const one = Math.ceil(((p.r1 - p.r0) * K * 2) / 64) * 64;
+    return p.role === 'gate' ? 2 * one : one;
   }
 
   /** Layers from `upTo` on are not read (a pass set up ahead learns how many layers it runs when it comes). */
   stopAt(upTo: number): void {
-    this.upTo = Math.min(this.upTo, upTo);
+    const cut = this.plan.findIndex((p) => p.layer >= upTo);
+    if (cut >= 0) this.plan = this.plan.slice(0, Math.max(cut, this.nextRead));
   }
 
-  /** Starts the first layer's reads (once: a setup made ahead started them). */
+  /** Starts the first pieces' reads (once: a setup made ahead started them). */
   begin(): void {
-    if (this.reads.size > 0) return;
-    for (const role of PROJECTIONS) this.read(0, role);
+    if (this.began) return;
+    this.began = true;
+    if (this.layers.length > 0) this.readFloats(0);
+    this.pump();
   }
 
-  private read(layer: number, role: Projection): void {
-    if (layer >= this.upTo) return;
-    const t = this.layers[layer]!.get(role)!;
-    const bytes = (t.loc.byteLength / dtypeSize(t.loc.dtype)) * 2;
-    let buf = this.buffers.get(role);
-    if (!buf || buf.length < bytes) {
-      buf = Buffer.from(new ArrayBuffer(bytes)); // its own ArrayBuffer: 2-aligned, unlike a pooled Buffer
-      this.buffers.set(role, buf);
+  private pump(): void {
+    while (this.free.length > 0 && this.nextRead < this.plan.length) {
+      const at = this.nextRead++;
+      const slot = this.free.shift()!;
+      const piece = this.read(this.plan[at]!, slot);
+      piece.catch(() => undefined); // awaited by the product that needs it
+      this.reads.set(at, { slot, piece });
+      this.waiting.get(at)?.(piece);
+      this.waiting.delete(at);
     }
-    const into = buf;
-    const values = (async () => {
-      if (t.loc.dtype === 'BF16' || (this.halves && t.loc.dtype === 'F16')) await readTensorInto(t.loc, into);
-      else into.set(convertBytes(await readTensorBytes(t.loc), t.loc.dtype, 'BF16'));
-      return new Uint16Array(into.buffer, into.byteOffset, bytes / 2);
-    })();
-    values.catch(() => undefined); // awaited by the product that needs it
-    this.reads.set(role, { layer, values });
   }
 
-  /** Layer `layer`'s `role` projection (its read started: by begin, or by the layer before's release). */
-  proj(layer: number, role: Projection): Promise<Uint16Array> {
-    const r = this.reads.get(role);
-    if (r?.layer !== layer) throw new Error(`bf16 weights: ${role} of layer ${layer} was not read ahead (have ${r?.layer})`);
-    return r.values;
+  private async read(p: PiecePlan, slot: number): Promise<WeightPiece> {
+    const buf = (this.slots[slot] ??= Buffer.from(new ArrayBuffer(this.slotBytes))); // its own ArrayBuffer: aligned, unlike a pooled Buffer
+    const tensors = this.layers[p.layer]!;
+    const one = this.pieceBytes(p) / (p.role === 'gate' ? 2 : 1);
+    const rows = async (role: string, at: number) => {
+      const { loc } = tensors.get(role)!;
+      const K = loc.shape[1]!, size = dtypeSize(loc.dtype), values = (p.r1 - p.r0) * K;
+      const range = { ...loc, offset: loc.offset + p.r0 * K * size, byteLength: values * size };
+      const into = buf.subarray(at, at + values * 2);
+      if (loc.dtype === 'BF16' || (this.halves && loc.dtype === 'F16')) await readTensorInto(range, into);
+      else into.set(convertBytes(await readTensorBytes(range), loc.dtype, 'BF16'));
+      return new Uint16Array(buf.buffer, buf.byteOffset + at, values);
+    };
+    const [w, w2] = await Promise.all([rows(p.role, 0), p.role === 'gate' ? rows('up', one) : null]);
+    return { ...p, w, w2 };
   }
 
-  /** Layer `layer` is done with `role`: the next layer's tensor goes into its buffer. */
-  release(layer: number, role: Projection): void {
-    this.read(layer + 1, role);
+  /**
+   * Layer `layer`'s `role` projection, piece by piece (gate's with up's rows), in the plan's order: `product` is
+   * given each piece once it is read and returns its products, which are not awaited before the next piece is handed
+   * over (the kernel's pool runs them one after another, with no trip back to JavaScript between: 8 MB pieces
+   * awaited one by one made a 7B pass slower than whole projections). A piece's buffer takes the next read once its
+   * products are done. Resolves when every product is done; products are never left running on a buffer.
+   */
+  async each(layer: number, role: StreamRole, product: (piece: WeightPiece) => Promise<unknown>[]): Promise<void> {
+    const next = (at: number) => {
+      const p = this.plan[at];
+      return p !== undefined && p.layer === layer && p.role === role;
+    };
+    if (!next(this.nextTake)) {
+      const p = this.plan[this.nextTake];
+      throw new Error(`weight stream: ${role} of layer ${layer} is not next (${p ? `${p.role} of layer ${p.layer}` : 'nothing left'})`);
+    }
+    const pending: Promise<void>[] = [];
+    try {
+      for (let at = this.nextTake; next(at); at++) {
+        this.nextTake = at + 1;
+        const piece = await this.pieceAt(at);
+        pending.push(Promise.all(product(piece)).then(() => this.done(at)));
+      }
+    } finally {
+      await Promise.allSettled(pending);
+    }
+    await Promise.all(pending);
   }
 
-  /** Layer `layer`'s norms and biases, float32. */
-  async floats(layer: number): Promise<Map<string, Float32Array>> {
-    const out = new Map<string, Float32Array>();
-    await Promise.all(
-      [...this.layers[layer]!.values()]
-        .filter((t) => !(PROJECTIONS as readonly string[]).includes(t.role))
-        .map(async (t) => out.set(t.role, decodeFloats(await readTensorBytes(t.loc), t.loc.dtype))),
-    );
-    return out;
+  /** The piece at `at` in the plan, once its read (started when a buffer is free) is done. */
+  private pieceAt(at: number): Promise<WeightPiece> {
+    const r = this.reads.get(at);
+    if (r) return r.piece;
+    return new Promise((resolve, reject) => this.waiting.set(at, (piece) => piece.then(resolve, reject)));
+  }
+
+  private done(at: number): void {
+    const r = this.reads.get(at);
+    if (!r) return;
+    this.reads.delete(at);
+    this.free.push(r.slot);
+    this.pump();
+  }
+
+  private readonly floatReads = new Map<number, Promise<Map<string, Float32Array>>>();
+
+  /**
+   * Layer `layer`'s norms and biases, float32; the next layer's are read from here on (a few KB each, queued in
+   * libuv's pool behind the pieces' reads they waited 2-3 ms a layer when read as the layer began).
+   */
+  floats(layer: number): Promise<Map<string, Float32Array>> {
+    const got = this.readFloats(layer);
+    this.floatReads.delete(layer);
+    if (layer + 1 < this.layers.length) this.readFloats(layer + 1);
+    return got;
+  }
+
+  private readFloats(layer: number): Promise<Map<string, Float32Array>> {
+    let r = this.floatReads.get(layer);
+    if (!r) {
+      r = (async () => {
+        const out = new Map<string, Float32Array>();
+        await Promise.all(
+          [...this.layers[layer]!.values()]
+            .filter((t) => !(PROJECTIONS as readonly string[]).includes(t.role))
+            .map(async (t) => out.set(t.role, decodeFloats(await readTensorBytes(t.loc), t.loc.dtype))),
+        );
+        return out;
+      })();
+      r.catch(() => undefined); // awaited by the layer that needs it
+      this.floatReads.set(layer, r);
+    }
+    return r;
   }
 }
 
@@ -233,12 +366,29 @@ export interface Bf16Pack {
 }
 
 /**
- * One decoder layer on every pack, its projections bf16 (bf16Matmul) and its attention through `core`
- * (buildAttentionCoreModel), one projection at a time over all packs so each buffer is released for the next
- * layer's read as soon as it can be: per pack, the layer's output [N, H] and its router input (post-attention norm).
+ * x's tiles for the native products over one x (a pack's normed states, attention context, activation): the
+ * first product converts x into them, the rest (every piece of its projections) take them as they are.
+ */
+class XTiles {
+  private ready = false;
+  constructor(private readonly tiles: Float32Array | Uint16Array) {}
+  /** The product's options: the tiles, and whether x is in them already (from here on it is). */
+  take(): { xTiles: Float32Array | Uint16Array; xReady: boolean } {
+    const xReady = this.ready;
+    this.ready = true;
+    return { xTiles: this.tiles, xReady };
+  }
+}
+
+/**
+ * One decoder layer on every pack, its projections native (bf16Matmul) and its attention through `core`
+ * (buildAttentionCoreModel): each projection a piece of its rows at a time over all packs (WeightStream.each, the
+ * products queued as the pieces come), each piece's columns written into the whole output, x converted once per
+ * pack for all the pieces that take it (the pool runs a pass's products in the order given). Per
+ * pack: the layer's output [N, H] and its router input (post-attention norm).
  */
 export async function runBf16Layer(
-  cfg: ModelConfig, core: Session, weights: Bf16Weights, layer: number, packs: Bf16Pack[],
+  cfg: ModelConfig, core: Session, weights: WeightStream, layer: number, packs: Bf16Pack[],
   opts: { threads: number; arithmetic?: NativeArithmetic; f16?: boolean; arrays?: PassArrays },
 ): Promise<{ out: Float32Array; routerInput: Float32Array }[]> {
   const { threads, arithmetic = 'bf16', f16 = false, arrays = new PassArrays() } = opts;
@@ -246,16 +396,22 @@ export async function runBf16Layer(
   const qDim = cfg.numHeads * cfg.headDim, kvDim = cfg.numKvHeads * cfg.headDim;
   const floats = await weights.floats(layer);
   const F = (r: string) => floats.get(r) ?? null;
+  const piece = (b: Float32Array | null, p: WeightPiece) => b?.subarray(p.r0, p.r1) ?? null;
   const rows = (p: Bf16Pack) => p.x.length / H;
+  // Kept from layer to layer as the other arrays are (by name and length); bf16's are halves of float32 arrays.
+  const tiles = (name: string, M: number, K: number) => {
+    const n = xTilesLength(M, K);
+    if (arithmetic === 'wide') return new XTiles(arrays.get(name, n));
+    const f = arrays.get(name, n / 2);
+    return new XTiles(new Uint16Array(f.buffer, f.byteOffset, n));
+  };
   const xn = packs.map((p, i) => rmsNormNative(p.x, F('ln1')!, cfg.rmsNormEps, arrays.get(`xn${i}`, p.x.length)));
+  const xnTiles = packs.map((p, i) => tiles(`tilesH${i}`, rows(p), H));
   const project = async (role: 'q' | 'k' | 'v', dim: number) => {
-    const w = await weights.proj(layer, role);
-    const outs: Float32Array[] = [];
-    for (const [i, p] of packs.entries()) {
-      outs.push(arrays.get(`${role}${i}`, rows(p) * dim));
-      await bf16Matmul(xn[i]!, w, F(`${role}_bias`), outs[i]!, rows(p), dim, H, { threads, arithmetic, f16 });
-    }
-    weights.release(layer, role);
+    const outs = packs.map((p, i) => arrays.get(`${role}${i}`, rows(p) * dim));
+    await weights.each(layer, role, (w) =>
+      packs.map((p, i) => bf16Matmul(xn[i]!, w.w, piece(F(`${role}_bias`), w), outs[i]!, rows(p), w.r1 - w.r0, H, { threads, arithmetic, f16, outCols: dim, outCol: w.r0, ...xnTiles[i]!.take() })),
+    );
     return outs;
   };
   const q = await project('q', qDim), k = await project('k', kvDim), v = await project('v', kvDim);
@@ -276,22 +432,23 @@ export async function runBf16Layer(
   }
   // The residual stream after attention: x + gate * o(ctx) (the pad state's gate is 0).
   const h = packs.map((p) => p.x.slice());
-  const wo = await weights.proj(layer, 'o');
-  for (const [i, p] of packs.entries()) {
-    await bf16Matmul(ctx[i]!, wo, F('o_bias'), h[i]!, rows(p), H, qDim, { mode: MATMUL_MODE.addScaled, rowScale: p.inputs[LAYER_INPUTS.gate]!.data as Float32Array, threads, arithmetic, f16 });
-  }
-  weights.release(layer, 'o');
+  const ctxTiles = packs.map((p, i) => tiles(`tilesQ${i}`, rows(p), qDim));
+  await weights.each(layer, 'o', (w) =>
+    packs.map((p, i) => bf16Matmul(ctx[i]!, w.w, piece(F('o_bias'), w), h[i]!, rows(p), w.r1 - w.r0, qDim, {
+      mode: MATMUL_MODE.addScaled, rowScale: p.inputs[LAYER_INPUTS.gate]!.data as Float32Array, threads, arithmetic, f16, outCols: H, outCol: w.r0, ...ctxTiles[i]!.take(),
+    })),
+  );
   const hn = h.map((x) => rmsNormNative(x, F('ln2')!, cfg.rmsNormEps));
-  const [wg, wu] = [await weights.proj(layer, 'gate'), await weights.proj(layer, 'up')];
-  const act: Float32Array[] = [];
-  for (const [i, p] of packs.entries()) {
-    act.push(arrays.get(`act${i}`, rows(p) * I));
-    await bf16Matmul(hn[i]!, wg, F('gate_bias'), act[i]!, rows(p), I, H, { mode: MATMUL_MODE.siluGate, w2: wu, bias2: F('up_bias'), threads, arithmetic, f16 });
-  }
-  weights.release(layer, 'gate');
-  weights.release(layer, 'up');
-  const wd = await weights.proj(layer, 'down');
-  for (const [i, p] of packs.entries()) await bf16Matmul(act[i]!, wd, F('down_bias'), h[i]!, rows(p), H, I, { mode: MATMUL_MODE.addScaled, threads, arithmetic, f16 });
-  weights.release(layer, 'down');
+  const hnTiles = packs.map((p, i) => tiles(`tilesH${i}`, rows(p), H)); // xn's tiles are done with
+  const act = packs.map((p, i) => arrays.get(`act${i}`, rows(p) * I));
+  await weights.each(layer, 'gate', (w) =>
+    packs.map((p, i) => bf16Matmul(hn[i]!, w.w, piece(F('gate_bias'), w), act[i]!, rows(p), w.r1 - w.r0, H, {
+      mode: MATMUL_MODE.siluGate, w2: w.w2, bias2: piece(F('up_bias'), w), threads, arithmetic, f16, outCols: I, outCol: w.r0, ...hnTiles[i]!.take(),
+    })),
+  );
+  const actTiles = packs.map((p, i) => tiles(`tilesI${i}`, rows(p), I));
+  await weights.each(layer, 'down', (w) =>
+    packs.map((p, i) => bf16Matmul(act[i]!, w.w, piece(F('down_bias'), w), h[i]!, rows(p), w.r1 - w.r0, I, { mode: MATMUL_MODE.addScaled, threads, arithmetic, f16, outCols: H, outCol: w.r0, ...actTiles[i]!.take() })),
+  );
   return packs.map((_, i) => ({ out: h[i]!, routerInput: hn[i]! }));
 }

@@ -9,7 +9,7 @@ import { encodeModel } from './onnx-proto';
 import { ATTN_OUTPUT, LAYER_INPUTS, LAYER_OUTPUT, MLP_IO, ROUTER_INPUT, buildAttentionCoreModel, buildLayerModel, checkTensor, int8BlockSize, layerPhases, layerSignature, mlpDownModel, mlpUpModel, planLayerTensors, weightInput, type LayerPhase, type LayerTensor } from './layer-graph';
 import { attentionMask, ropeTables } from './rope';
 import { mallocHugePages } from './huge-pages';
-import { Bf16Weights, PassArrays, bf16Unavailable, requireBf16, runBf16Layer, wideAvailable, wideDtype, type NativeArithmetic } from './bf16';
+import { WeightStream, PassArrays, bf16Unavailable, requireBf16, runBf16Layer, wideAvailable, wideDtype, type NativeArithmetic } from './bf16';
 import { folderKeys, nowNs } from '../util';
 
 export interface ForwardProgress {
@@ -461,7 +461,7 @@ interface Setup {
   kernels: Promise<void>;
   sessions: Map<string, Promise<Session>>;
   /** Native projections (bf16, or fp32 wide): the first layer's read, started ahead (prepareForward). */
-  bf16?: Bf16Weights;
+  bf16?: WeightStream;
 }
 
 /** Names, dtypes and shapes of every layer, checked before any layer runs. */
@@ -611,7 +611,7 @@ async function setUpAhead(old: typeof ahead, modelDir: string, opts: ForwardOpti
     if (layers[0] && native && (native === 'wide' || bf16Unavailable() === null)) {
       // The reads first (the first layer's fresh buffers are the longest wait of a one-prompt pass), then the
       // session, whose first call loads onnxruntime on this thread.
-      setup.bf16 = new Bf16Weights(layers, native === 'wide');
+      setup.bf16 = new WeightStream(layers, native === 'wide');
       setup.bf16.begin();
       aheadStats.bf16Reads++;
       void coreSession(setup, m.cfg, layers[0], opts);
@@ -751,15 +751,15 @@ async function runLayers(m: Model, given: Sequence[], upTo: number, opts: Forwar
     // Then the first layer's load; the first session is made and the kernels are compiled while it runs.
     const native = nativeArithmetic(planned, opts);
     passStats[native ?? 'onnxruntime']++;
-    setup ??= setUp(m, planned, opts, !native); // native projections read their own way (Bf16Weights)
+    setup ??= setUp(m, planned, opts, !native); // native projections read their own way (WeightStream)
     const su = setup;
     const { layers } = su;
     const settings: SessionSettings = { device: opts.device ?? 'cpu', threads: opts.threads ?? 2 };
     const fixed = groups.map((g) => packInputs(cfg, g.map((i) => seqs[i]!)));
     const int8 = (opts.precision ?? 'fp32') === 'int8';
     const int8Pool: Int8Pool = new Map();
-    // Native: each projection's buffer takes the next layer's tensor once a layer is done with it (Bf16Weights).
-    const bf16Weights = native ? (su.bf16 ?? new Bf16Weights(layers, native === 'wide')) : null;
+    // Native: the projections stream through a few buffers, piece by piece, in the order the layers take them.
+    const bf16Weights = native ? (su.bf16 ?? new WeightStream(layers, native === 'wide')) : null;
     const f16 = native === 'wide' && wideDtype(layers) === 'F16';
     bf16Weights?.stopAt(upTo);
     bf16Weights?.begin();

@@ -7,8 +7,8 @@ import assert from 'node:assert/strict';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { computeAllHiddenStates, computePromptStates, bf16Unavailable } from '../../libs/forward';
-import { Bf16Weights, bf16Matmul, MATMUL_MODE, whyBf16Unavailable } from '../../libs/forward/bf16';
-import { convertBytes, decodeFloats, readTensorBytes } from '../../libs/safetensors';
+import { WeightStream, bf16Matmul, MATMUL_MODE, whyBf16Unavailable, type WeightPiece } from '../../libs/forward/bf16';
+import { convertBytes, decodeFloats, readTensorBytes, type TensorLocation } from '../../libs/safetensors';
 import { planLayerTensors } from '../../libs/forward/layer-graph';
 import { aheadStats, prepareForward } from '../../libs/forward/run';
 import { openWeights, readModelConfig } from '../../libs/model-folder';
@@ -187,39 +187,69 @@ for (const family of ['mistral', 'qwen2', 'qwen3', 'llama3-rope', 'llama-fp16'])
   });
 }
 
-test('Bf16Weights: each projection is read into one buffer per role, refilled with the next layer\'s once released; float32 weights are rounded to bf16 (nearest even)', async () => {
+test('WeightStream: projections in pieces of whole 64-row blocks, in the order a layer takes them (gate with up\'s rows), through a few buffers refilled once a piece\'s products are done; float32 weights rounded to bf16 (nearest even)', async () => {
   const cfg = await readModelConfig(TINY('a'));
   const index = await openWeights(TINY('a'));
   const layers = [0, 1].map((l) => planLayerTensors(cfg, index, l));
-  const w = new Bf16Weights(layers);
+  const bf16Of = async (loc: TensorLocation) => new Uint16Array(convertBytes(await readTensorBytes(loc), 'F32', 'BF16').buffer.slice(0));
+  const K = layers[0]!.get('up')!.loc.shape[1]!, N = layers[0]!.get('up')!.loc.shape[0]!;
+  assert.equal(layers[0]!.get('up')!.loc.dtype, 'F32', 'tiny-a stores float32');
+  // One buffer that holds 64 rows of gate and up: the MLP's projections come in pieces of 64 rows, one at a time.
+  const w = new WeightStream(layers, false, { slots: 1, slotBytes: 64 * K * 4 });
   w.begin();
-  const first = await w.proj(0, 'up');
-  const loc = layers[0]!.get('up')!.loc;
-  assert.equal(loc.dtype, 'F32', 'tiny-a stores float32');
-  const want = new Uint16Array(convertBytes(await readTensorBytes(loc), 'F32', 'BF16').buffer.slice(0));
-  assert.deepEqual([...first], [...want.subarray(0, first.length)]);
-  assert.throws(() => w.proj(1, 'up'), /^Error: bf16 weights: up of layer 1 was not read ahead \(have 0\)$/);
-  w.release(0, 'up');
-  const second = await w.proj(1, 'up');
-  assert.equal(second.buffer, first.buffer, 'the same buffer, refilled');
-  const want1 = new Uint16Array(convertBytes(await readTensorBytes(layers[1]!.get('up')!.loc), 'F32', 'BF16').buffer.slice(0));
-  assert.deepEqual([...second], [...want1.subarray(0, second.length)]);
+  await assert.rejects(w.each(0, 'k', () => []), /^Error: weight stream: k of layer 0 is not next \(q of layer 0\)$/);
+  const buffers = new Set<ArrayBufferLike>();
+  for (const layer of [0, 1]) {
+    for (const role of ['q', 'k', 'v', 'o'] as const) {
+      const got: WeightPiece[] = [];
+      await w.each(layer, role, (p) => (got.push({ ...p, w: p.w.slice() }), buffers.add(p.w.buffer), []));
+      const all = await bf16Of(layers[layer]!.get(role)!.loc);
+      assert.deepEqual(got.map((p) => [p.r0, p.r1]), [[0, layers[layer]!.get(role)!.loc.shape[0]!]], `${role}: one piece`);
+      assert.deepEqual([...got[0]!.w], [...all]);
+    }
+    const gate = await bf16Of(layers[layer]!.get('gate')!.loc), up = await bf16Of(layers[layer]!.get('up')!.loc);
+    const ranges: number[][] = [];
+    // The products of a piece are not awaited before the next is handed over: its buffer waits for them.
+    const products: { done: () => void; piece: WeightPiece; values: number[] }[] = [];
+    const each = w.each(layer, 'gate', (p) => {
+      ranges.push([p.r0, p.r1]);
+      assert.deepEqual([...p.w], [...gate.subarray(p.r0 * K, p.r1 * K)], `gate rows ${p.r0}..${p.r1}`);
+      assert.deepEqual([...p.w2!], [...up.subarray(p.r0 * K, p.r1 * K)], `up rows ${p.r0}..${p.r1}`);
+      buffers.add(p.w.buffer);
+      return [new Promise<void>((done) => products.push({ done, piece: p, values: [...p.w] }))];
+    });
+    // One buffer: the next piece is not read into it (nor handed over) until the first's products are done.
+    await new Promise((r) => setTimeout(r, 50));
+    assert.equal(products.length, 1);
+    assert.deepEqual([...products[0]!.piece.w], products[0]!.values, 'a piece whose products run is not overwritten');
+    products[0]!.done();
+    await new Promise((r) => setTimeout(r, 50));
+    assert.equal(products.length, 2);
+    products[1]!.done();
+    await each;
+    assert.deepEqual(ranges, Array.from({ length: Math.ceil(N / 64) }, (_, i) => [i * 64, Math.min(N, i * 64 + 64)]));
+    await w.each(layer, 'down', (p) => (buffers.add(p.w.buffer), [Promise.resolve()]));
+  }
+  assert.equal(buffers.size, 1, 'one buffer, refilled');
+  await assert.rejects(w.each(1, 'q', () => []), /^Error: weight stream: q of layer 1 is not next \(nothing left\)$/);
   assert.deepEqual((await w.floats(1)).get('ln2'), decodeFloats(await readTensorBytes(layers[1]!.get('ln2')!.loc), 'F32'));
 });
 
-test('Bf16Weights: a tensor at an odd offset in its file reads as its values; one past the end of its file is refused naming the file and the tensor', async () => {
+test('WeightStream: a tensor at an odd offset in its file reads as its values; one past the end of its file is refused naming the file and the tensor', async () => {
   const dir = tempDir();
   const values = Uint16Array.from([0x3f80, 0xc000, 0x4040, 0x0001]);
   writeFileSync(join(dir, 'odd.bin'), Buffer.concat([Buffer.from([7]), Buffer.from(values.buffer)]));
   const at = (file: string, offset: number, byteLength: number) => ({ name: 'model.layers.0.self_attn.q_proj.weight', dtype: 'BF16', shape: [2, byteLength / 4], file: join(dir, file), offset, byteLength, begin: offset, end: offset + byteLength });
   const layer = (loc: ReturnType<typeof at>) => new Map(PROJ.map((r) => [r, { role: r, loc }]));
-  const w = new Bf16Weights([layer(at('odd.bin', 1, 8))]);
+  const w = new WeightStream([layer(at('odd.bin', 1, 8))]);
   w.begin();
-  assert.deepEqual([...(await w.proj(0, 'q'))], [...values]);
+  const got: number[][] = [];
+  await w.each(0, 'q', (p) => (got.push([...p.w]), []));
+  assert.deepEqual(got, [[...values]]);
   writeFileSync(join(dir, 'short.bin'), Buffer.alloc(100));
-  const cut = new Bf16Weights([layer(at('short.bin', 8, 128))]);
+  const cut = new WeightStream([layer(at('short.bin', 8, 128))]);
   cut.begin();
-  await assert.rejects(cut.proj(0, 'q'), (e) => describeError(e) === `${join(dir, 'short.bin')}, tensor model.layers.0.self_attn.q_proj.weight: file ended while reading 128 bytes`);
+  await assert.rejects(cut.each(0, 'q', () => []), (e) => describeError(e) === `${join(dir, 'short.bin')}, tensor model.layers.0.self_attn.q_proj.weight: file ended while reading 128 bytes`);
 });
 
 test('bf16: a pass prepared ahead (its attention session made, its first layer read) is taken and gives the states of one that is not', async () => {

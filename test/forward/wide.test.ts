@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { computeAllHiddenStates, computePromptStates, computeRouterInputs, usePortableBf16 } from '../../libs/forward';
-import { FP32_KERNEL_ENV, MATMUL_MODE, bf16Matmul, wideUnavailable, whyWideUnavailable, xTilesLength } from '../../libs/forward/bf16';
+import { FP32_KERNEL_ENV, MATMUL_MODE, PIECE_BYTES_ENV, bf16Matmul, wideUnavailable, whyWideUnavailable, xTilesLength } from '../../libs/forward/bf16';
 import { aheadStats, passStats, prepareForward } from '../../libs/forward/run';
 import { normalize } from '../../libs/gates';
 import { writeTinyModel } from '../../tools/testing/tiny-models';
@@ -163,6 +163,22 @@ test('native matmul over ranges of W\'s rows: each range into its columns of out
   });
 });
 
+test('native matmul: products queued without waiting (the threads going from one to the next on their own, the pool growing mid-queue, x taken from tiles an earlier queued product filled) give the bits of products run one at a time', async () => {
+  const M = 13, N = 200, K = 300, cuts = [0, 64, 128, 192, 200];
+  const a = Float32Array.from({ length: M * K }, rand), w = Uint16Array.from({ length: N * K }, () => bits(rand()));
+  for (const { name, portable } of KERNELS) {
+    const one = new Float32Array(M * N), queued = new Float32Array(M * N);
+    for (let c = 0; c + 1 < cuts.length; c++) {
+      const [r0, r1] = [cuts[c]!, cuts[c + 1]!];
+      await withKernel(portable, () => bf16Matmul(a, w.subarray(r0 * K, r1 * K), null, one, M, r1 - r0, K, { arithmetic: 'wide', outCols: N, outCol: r0 }));
+    }
+    const xTiles = new Float32Array(xTilesLength(M, K));
+    const threads = [1, 2, 4, 3]; // the pool grows to 4 while products are queued
+    await withKernel(portable, () => Promise.all(cuts.slice(0, -1).map((r0, c) => bf16Matmul(a, w.subarray(r0 * K, cuts[c + 1]! * K), null, queued, M, cuts[c + 1]! - r0, K, { arithmetic: 'wide', outCols: N, outCol: r0, threads: threads[c], xTiles, xReady: c > 0 }))));
+    assert.deepEqual(queued, one, name);
+  }
+});
+
 test('wide unavailable: the reason names what is missing (no module built, no AVX-512); the portable kernel runs anywhere', () => {
   assert.match(whyWideUnavailable(null, false) ?? '', /^the native kernels were not built \(build\/bf16-matmul\.node is missing\)$/);
   assert.equal(whyWideUnavailable({ supportedWide: () => false }, false), 'this CPU has no AVX-512 (AVX512F and AVX512BW)');
@@ -235,6 +251,26 @@ test('wide: a prompt gives the same bits alone as packed with others', async () 
     for (const i of [0, 3]) {
       const alone = await withKernel(portable, () => computeAllHiddenStates(model, [PROMPTS[i]!]));
       for (let e = 0; e < alone[0]!.length; e++) assert.deepEqual(alone[0]![e], packed[i]![e], `${name} prompt ${i} entry ${e}`);
+    }
+  }
+});
+
+test('native passes with their weights streamed in pieces of 64 rows (several packs, several pieces per projection) give the bits of whole-projection pieces', async () => {
+  const dir = join(tempDir(), 'pieces');
+  // q, o and down 128 rows (2 pieces), gate and up 200 (4 pieces; the last of 8 rows).
+  await writeTinyModel(dir, { modelType: 'llama', hidden: 128, layers: 2, heads: 4, kvHeads: 2, intermediate: 200, vocab: 512, dtype: 'BF16', seed: 3 });
+  const runs = [...KERNELS.map((k) => ({ ...k, precision: 'fp32' as const })), { name: 'bf16 portable', portable: true, precision: 'bf16' as const }];
+  for (const { name, portable, precision } of runs) {
+    const pass = () => withKernel(portable, () => computeAllHiddenStates(dir, PROMPTS, { precision, packTokens: 8 }));
+    const whole = await pass();
+    process.env[PIECE_BYTES_ENV] = '1';
+    try {
+      const { wide, bf16 } = passStats;
+      const pieces = await pass();
+      assert.equal(passStats.wide + passStats.bf16, wide + bf16 + 1, `${name}: a native pass ran`);
+      assert.deepEqual(pieces, whole, name);
+    } finally {
+      delete process.env[PIECE_BYTES_ENV];
     }
   }
 });
