@@ -4,9 +4,11 @@
 // a portable loop computes the same products in float32 (its sums round apart in the last bits).
 //
 // Wide (the fp32 pass on bf16 weights): x kept float32 and each bf16 weight widened to float32 (exact), so every
-// product is float32's and only the order of the sums differs from onnxruntime's Gemm; AVX-512F (vfmadd231ps, the
-// weights widened a block of rows at a time into a buffer that stays in L2: no float32 copy of a layer is made), or
-// the portable loop.
+// product is float32's and only the order of the sums differs from onnxruntime's Gemm. Each output is one fused
+// multiply-add chain over k in order (acc = fma(x[m][k], w[n][k], acc) from 0), whatever M, the tiling or the
+// threads, so the AVX-512F kernel (each weight broadcast against 80 rows of x at once, the weights widened a block of rows at
+// a time into a buffer that stays in L2: no float32 copy of a layer is made) and the portable loop (fmaf) give the
+// same bits, and a prompt the same bits alone or packed.
 //
 // Wide products also take float16 weights (f16: vcvtph2ps, exact).
 //
@@ -28,9 +30,11 @@
 #define MR 6     // rows of x per tile
 #define NR 4     // rows of W per tile
 #define KC 2048  // bf16 values of a row per pass (4 KiB): a tile's x rows stay in L1
-#define KC_WIDE 2048  // the same for float32 x (8 KiB a row): fewer passes over K, fewer reductions and sums to
-                      // carry (down_proj at M = 70 +10% against 1024, large M even; 512 no faster)
-#define NB_WIDE 64     // rows of W per widened block (512 KiB of float32; 128 measured no faster)
+#define NB_WIDE 64   // rows of W per widened block
+#define MT 80        // rows of x per wide tile: five vectors of 16, each weight broadcast against all of them
+#define NRW 4        // rows of W per wide tile (20 sums in registers, 5 of x, 1 broadcast)
+#define KPW 2048     // values of k per widened pack (NB_WIDE rows: 512 KiB, in L2; each row read in one run)
+#define KCW 128      // values of k per wide tile pass (x's 80 rows: 40 KiB, in L1)
 #define NB 64    // rows of W per block (NB * KC * 2 = 256 KiB): the block stays in L2
 
 typedef struct Job {
@@ -41,8 +45,8 @@ typedef struct Job {
   int M, N, K, Kp, mode, threads, portable, wide, f16;  // f16: w and w2 hold IEEE halves (wide only)
   int outCols, outCol;  // out's row length, and where y's columns start in it
   int xReady, xOwned;   // x's tiles already in ax (the caller's xTiles); ax is the pool's (not the caller's)
-  // x in tiles, [M/MR][Kp/32][MR][32], zero past M and K (a tile's loads run in order): bf16, or (wide) float32
-  // with each chunk of 32 in the order the widened weights take (wide_pos).
+  // x in tiles, zero past M and K: bf16 [M/MR][Kp/32][MR][32] (a tile's loads run in order), or (wide) float32
+  // [M/MT][Kp][MT] (a value of k across 80 rows: five loads).
   void *ax;
   size_t axBytes;
   pthread_barrier_t barrier;
@@ -150,101 +154,9 @@ __attribute__((target("avx512f,avx512bw,avx512bf16"))) static void tile_bf16(con
   }
 }
 
-// Where k % 32 of a chunk sits in a wide tile: unpacking 32 bf16 weights against zeros gives, per 128-bit block b,
-// lo = w[8b .. 8b+3] and hi = w[8b+4 .. 8b+7] as float32 (the low words zero), so x takes the same order: the
-// first 16 slots lo's, the next 16 hi's.
-static inline int wide_pos(int r) {
-  const int g = r / 8, w = r % 8;
-  return w < 4 ? g * 4 + w : 16 + g * 4 + (w - 4);
-}
-
-// A block of W's rows [rows, k0..k1) widened to float32 once, so the tiles that read it (every tile of x's rows)
-// load float32 and unpack nothing (widening in the tile's loop took the shuffle unit from the FMAs: 0.75x of
-// onnxruntime's Gemm). Laid out as the tile reads it: per group of NR rows (the last padded with zero rows), per
-// 16 values of k, the NR rows' 16 floats side by side (one stream of loads, not NR rows 4 KiB apart), each chunk
-// of 32 in wide_pos order, zeros past kEnd. `f16`: the weights are IEEE halves (vcvtph2ps, exact), else bf16.
-__attribute__((target("avx512f,avx512bw"))) static void pack_wide(const uint16_t *w, int ws, int rows, int k0, int k1, int kEnd, int f16, float *dst) {
-  const __m512i zero = _mm512_setzero_si512();
-  const int kw = k1 - k0, groups = (rows + NR - 1) / NR;
-  for (int g = 0; g < groups; g++) {
-    float *d = dst + (size_t)g * NR * kw;
-    // k outer, the group's rows inner: each step loads its NR rows' 32 values, then writes 2 * NR whole lines in
-    // order (row by row, the stores of one row interleaved with the next row's loads, stalled the loads: perf).
-    // Whole groups up to the row's last whole chunk of 32 load without conditions; the rest as the edges need.
-    const int kFast = (g + 1) * NR <= rows && kEnd > k0 ? k0 + (((kEnd < k1 ? kEnd : k1) - k0) & ~31) : k0;
-    const uint16_t *w0 = w + (size_t)g * NR * ws;
-    for (int k = k0; k < k1; k += 32) {
-      __m512i raw[NR];
-      if (k < kFast)
-        for (int r = 0; r < NR; r++) raw[r] = _mm512_loadu_si512(w0 + (size_t)r * ws + k);
-      else
-        for (int r = 0; r < NR; r++) {
-          const int row = g * NR + r;
-          if (row >= rows) raw[r] = zero;
-          else if (k + 32 <= kEnd) raw[r] = _mm512_loadu_si512(w + (size_t)row * ws + k);
-          else if (k < kEnd) raw[r] = _mm512_maskz_loadu_epi16((__mmask32)((1ull << (kEnd - k)) - 1), w + (size_t)row * ws + k);
-          else raw[r] = zero;
-        }
-      float *at = d + (size_t)(k - k0) * NR;
-      for (int r = 0; r < NR; r++) {
-        if (f16) {  // k in order, then into wide_pos order as to_wide_row_avx puts x
-          const __m512 a = _mm512_cvtph_ps(_mm512_castsi512_si256(raw[r])), b = _mm512_cvtph_ps(_mm512_extracti64x4_epi64(raw[r], 1));
-          _mm512_store_ps(at + r * 16, _mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(2, 0, 2, 0)));
-          _mm512_store_ps(at + NR * 16 + r * 16, _mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(3, 1, 3, 1)));
-          continue;
-        }
-        _mm512_store_ps(at + r * 16, _mm512_castsi512_ps(_mm512_unpacklo_epi16(zero, raw[r])));
-        _mm512_store_ps(at + NR * 16 + r * 16, _mm512_castsi512_ps(_mm512_unpackhi_epi16(zero, raw[r])));
-      }
-    }
-  }
-}
-
-// acc[i][j] = sum over k in [k0, k1) of x_i[k] * w_j[k]: x float32 in wide tiles, w one group of the block
-// pack_wide made (k counted from k0). Every group has NR rows (zero rows past N: their sums unused).
-__attribute__((target("avx512f"))) static void tile_wide(const float *x, const float *w, int k0, int k1, float *acc /* [MR][NR] */) {
-  __m512 c[MR][NR];
-  for (int i = 0; i < MR; i++)
-    for (int j = 0; j < NR; j++) c[i][j] = _mm512_setzero_ps();
-  for (int k = k0; k < k1; k += 16) {
-    const float *wk = w + (size_t)(k - k0) * NR;
-    const __m512 b0 = _mm512_load_ps(wk), b1 = _mm512_load_ps(wk + 16), b2 = _mm512_load_ps(wk + 32), b3 = _mm512_load_ps(wk + 48);
-    // k runs in steps of 16: the first half of a chunk of 32 is lo's slots, the second hi's, in x as in w.
-    const float *xk = x + (size_t)(k & ~31) * MR + (k & 16);
-#pragma GCC unroll 6
-    for (int i = 0; i < MR; i++) {
-      const __m512 ai = _mm512_loadu_ps(xk + i * 32);
-      c[i][0] = _mm512_fmadd_ps(ai, b0, c[i][0]);
-      c[i][1] = _mm512_fmadd_ps(ai, b1, c[i][1]);
-      c[i][2] = _mm512_fmadd_ps(ai, b2, c[i][2]);
-      c[i][3] = _mm512_fmadd_ps(ai, b3, c[i][3]);
-    }
-  }
-  for (int i = 0; i < MR; i++) _mm_storeu_ps(acc + i * NR, reduce4(c[i][0], c[i][1], c[i][2], c[i][3]));
-}
-
-// One row of float32 x into its wide tile's slots (wide_pos order), zero past K.
-__attribute__((target("avx512f"))) static void to_wide_row_avx(const float *src, int K, int Kp, float *dst) {
-  for (int k = 0; k < Kp; k += 32) {
-    const int n = K - k < 0 ? 0 : K - k;
-    const __mmask16 lo = n >= 16 ? 0xffff : (__mmask16)((1u << n) - 1), hi = n >= 32 ? 0xffff : n <= 16 ? 0 : (__mmask16)((1u << (n - 16)) - 1);
-    const __m512 a = _mm512_maskz_loadu_ps(lo, src + k), b = _mm512_maskz_loadu_ps(hi, src + k + 16);
-    _mm512_storeu_ps(dst + (size_t)k * MR, _mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(2, 0, 2, 0)));
-    _mm512_storeu_ps(dst + (size_t)k * MR + 16, _mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(3, 1, 3, 1)));
-  }
-}
-
-static void to_wide_row(const float *src, int K, int Kp, float *dst, int portable) {
-  if (!portable) {
-    to_wide_row_avx(src, K, Kp, dst);
-    return;
-  }
-  for (int k = 0; k < Kp; k++) dst[(size_t)(k / 32) * 32 * MR + wide_pos(k % 32)] = k < K ? src[k] : 0.0f;
-}
-
-// The same sums, portably, for either kind of tile: each product of two bf16 values (or, wide, of a float32 x and a
-// widened weight) is exact in float32 (wide: rounded once), summed in float32.
-static void tile_portable(const void *x, int wide, int f16, int mr, const uint16_t *w, int ws, int nr, int k0, int k1, int kEnd, float *acc) {
+// The bf16 tile's sums, portably: each product of two bf16 values is exact in float32, summed in float32 (in 16
+// lanes, then across them: the AVX512-BF16 kernel's sums round apart in the last bits).
+static void tile_portable(const uint16_t *x, int mr, const uint16_t *w, int ws, int nr, int k0, int k1, int kEnd, float *acc) {
   if (k1 > kEnd) k1 = kEnd;
   for (int i = 0; i < mr; i++)
     for (int j = 0; j < nr; j++) {
@@ -253,14 +165,104 @@ static void tile_portable(const void *x, int wide, int f16, int mr, const uint16
       for (int k = k0; k < k1; k += 16)
         for (int l = 0; l < 16 && k + l < k1; l++) {
           const int kk = k + l;
-          const size_t at = (size_t)(kk / 32) * 32 * MR + i * 32;
-          const float xv = wide ? ((const float *)x)[at + wide_pos(kk % 32)] : from_bf16(((const uint16_t *)x)[at + kk % 32]);
-          lanes[l] += xv * (f16 ? from_f16(wj[kk]) : from_bf16(wj[kk]));
+          lanes[l] += from_bf16(x[(size_t)(kk / 32) * 32 * MR + i * 32 + kk % 32]) * from_bf16(wj[kk]);
         }
       float s = 0;
       for (int l = 0; l < 16; l++) s += lanes[l];
       acc[i * NR + j] = s;
     }
+}
+
+// ------------------------------------------------------------------------------------------------ wide
+
+// Rows [0, rows) of W, values [k0, k0 + kp), widened to float32 (bf16: shifted up, f16: vcvtph2ps; both exact) into
+// dst [ceil(rows / NRW) * NRW][kp], the rows past `rows` zero (their sums unused). Row by row: each row's values
+// are one run in memory, which the prefetcher follows (64 rows a few values at a time left it behind).
+__attribute__((target("avx512f"))) static void pack_rows(const uint16_t *w, int ws, int rows, int k0, int kp, int f16, float *dst) {
+  const int padded = (rows + NRW - 1) / NRW * NRW;
+  for (int r = 0; r < padded; r++) {
+    float *d = dst + (size_t)r * kp;
+    if (r >= rows) {
+      memset(d, 0, sizeof(float) * kp);
+      continue;
+    }
+    const uint16_t *src = w + (size_t)r * ws + k0;
+    int k = 0;
+    for (; k + 16 <= kp; k += 16) {
+      const __m256i h = _mm256_loadu_si256((const __m256i *)(src + k));
+      _mm512_storeu_ps(d + k, f16 ? _mm512_cvtph_ps(h) : _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)));
+    }
+    for (; k < kp; k++) d[k] = f16 ? from_f16(src[k]) : from_bf16(src[k]);
+  }
+}
+
+// st[j][v * 16 + l] (+)= sum over k < kc of x[k][v * 16 + l] * w[j][k], one FMA chain per sum in order of k: NRW
+// rows of W (widened, rows `ws` apart) against MV vectors of x's 80-row tile (x[k] 80 values apart). `first`: the
+// sums start from zero, else from st (a previous pass over k left them there: stored and loaded exactly).
+#define TILE_WIDE(MV)                                                                                                    \
+  __attribute__((target("avx512f"))) static void tile_wide##MV(const float *x, const float *w, int ws, int kc, float *st, int ss, int first) { \
+    __m512 c[NRW][MV];                                                                                                 \
+    for (int j = 0; j < NRW; j++)                                                                                      \
+      for (int v = 0; v < MV; v++) c[j][v] = first ? _mm512_setzero_ps() : _mm512_loadu_ps(st + (size_t)j * ss + v * 16); \
+    for (int k = 0; k < kc; k++) {                                                                                     \
+      __m512 a[MV];                                                                                                    \
+      for (int v = 0; v < MV; v++) {                                                                                   \
+        a[v] = _mm512_loadu_ps(x + (size_t)k * MT + v * 16);                                                           \
+        __asm__("" : "+v"(a[v])); /* in a register: folded into each FMA, x was loaded NRW times (load-bound) */       \
+      }                                                                                                                \
+      for (int j = 0; j < NRW; j++) {                                                                                  \
+        const __m512 b = _mm512_set1_ps(w[(size_t)j * ws + k]);                                                        \
+        for (int v = 0; v < MV; v++) c[j][v] = _mm512_fmadd_ps(a[v], b, c[j][v]);                                      \
+      }                                                                                                                \
+    }                                                                                                                  \
+    for (int j = 0; j < NRW; j++)                                                                                      \
+      for (int v = 0; v < MV; v++) _mm512_storeu_ps(st + (size_t)j * ss + v * 16, c[j][v]);                            \
+  }
+TILE_WIDE(1)
+TILE_WIDE(2)
+TILE_WIDE(3)
+TILE_WIDE(4)
+TILE_WIDE(5)
+
+static void tile_wide(int mv, const float *x, const float *w, int ws, int kc, float *st, int ss, int first) {
+  switch (mv) {
+    case 1: tile_wide1(x, w, ws, kc, st, ss, first); break;
+    case 2: tile_wide2(x, w, ws, kc, st, ss, first); break;
+    case 3: tile_wide3(x, w, ws, kc, st, ss, first); break;
+    case 4: tile_wide4(x, w, ws, kc, st, ss, first); break;
+    default: tile_wide5(x, w, ws, kc, st, ss, first); break;
+  }
+}
+
+// The same chains, portably: s[m][n - n0] = fmaf over k in order (fmaf rounds once, as vfmadd231ps does), so both
+// kernels give the same bits. x in its wide tiles.
+static void wide_portable(const float *xt, int M, int Kp, int K, const uint16_t *w, int f16, int n0, int n1, float *s) {
+  for (int m = 0; m < M; m++) {
+    const float *x = xt + (size_t)(m / MT) * Kp * MT + m % MT;
+    for (int n = n0; n < n1; n++) {
+      const uint16_t *wn = w + (size_t)n * K;
+      float acc = 0.0f;
+      for (int k = 0; k < K; k++) acc = fmaf(x[(size_t)k * MT], f16 ? from_f16(wn[k]) : from_bf16(wn[k]), acc);
+      s[(size_t)m * (n1 - n0) + (n - n0)] = acc;
+    }
+  }
+}
+
+// Rows [t * MT, t * MT + MT) of x into wide tile t ([Kp][MT]), zero past M and K; 64 values of k at a time, so the
+// tile's lines being written stay in L1.
+static void to_wide_tile(const float *a, int M, int K, int Kp, int t, float *dst) {
+  for (int k0 = 0; k0 < Kp; k0 += 64) {
+    const int k1 = k0 + 64 < Kp ? k0 + 64 : Kp;
+    for (int i = 0; i < MT; i++) {
+      const int m = t * MT + i;
+      if (m >= M) {
+        for (int k = k0; k < k1; k++) dst[(size_t)k * MT + i] = 0.0f;
+        continue;
+      }
+      const float *row = a + (size_t)m * K;
+      for (int k = k0; k < k1; k++) dst[(size_t)k * MT + i] = k < K ? row[k] : 0.0f;
+    }
+  }
 }
 
 // One row of x into its tile's slots (every MR * 32 values a chunk of 32), zero past K.
@@ -322,34 +324,9 @@ __attribute__((target("avx512f"))) static void silu_gate_avx(float *o, const flo
   }
 }
 
-// One block of W's rows [nb, nbEnd) (at most NB, NB_WIDE for wide): K in passes of KC, x in tiles of MR rows.
-static void run_block(Job *j, int nb, int nbEnd, float *scratch, float *scratch2, float *packed) {
-  const int M = j->M, K = j->K, Kp = j->Kp, kc = j->wide ? KC_WIDE : KC, width = nbEnd - nb;
-  float acc[MR * NR];
-  for (int pass = 0; pass < (j->w2 ? 2 : 1); pass++) {
-    const uint16_t *w = pass ? j->w2 : j->w;
-    float *s = pass ? scratch2 : scratch;  // [M, width]
-    for (int k0 = 0; k0 < Kp; k0 += kc) {
-      const int k1 = k0 + kc < Kp ? k0 + kc : Kp;
-      if (j->wide && !j->portable) pack_wide(w + (size_t)nb * K, K, width, k0, k1, K, j->f16, packed);
-      for (int m = 0; m < M; m += MR) {
-        const int mr = M - m < MR ? M - m : MR;
-        for (int n = nb; n < nbEnd; n += NR) {
-          const int nr = nbEnd - n < NR ? nbEnd - n : NR;
-          const size_t xt = (size_t)m * Kp;  // the tile's first value in x
-          if (j->wide && !j->portable) tile_wide((const float *)j->ax + xt, packed + (size_t)(n - nb) * (k1 - k0), k0, k1, acc);
-          else if (j->portable) tile_portable(j->wide ? (const void *)((const float *)j->ax + xt) : (const void *)((const uint16_t *)j->ax + xt), j->wide, j->f16, mr, w + (size_t)n * K, K, nr, k0, k1, K, acc);
-          else tile_bf16((const uint16_t *)j->ax + xt, mr, w + (size_t)n * K, K, nr, k0, k1, K, acc);
-          for (int i = 0; i < mr; i++)
-            for (int c = 0; c < nr; c++) {
-              float *d = s + (size_t)(m + i) * width + (n - nb) + c;
-              *d = k0 == 0 ? acc[i * NR + c] : *d + acc[i * NR + c];
-            }
-        }
-      }
-    }
-  }
-  for (int m = 0; m < M; m++) {
+// A block's outputs from its sums s [M, width] (and s2, mode 2): stored, added in scaled, or silu(y) * y2.
+static void finish_block(Job *j, int nb, int width, const float *scratch, const float *scratch2) {
+  for (int m = 0; m < j->M; m++) {
     float *o = j->out + (size_t)m * j->outCols + j->outCol + nb;
     const float *s = scratch + (size_t)m * width, *s2 = scratch2 ? scratch2 + (size_t)m * width : NULL;
     const float rs = j->rowScale ? j->rowScale[m] : 1.0f;
@@ -366,23 +343,83 @@ static void run_block(Job *j, int nb, int nbEnd, float *scratch, float *scratch2
   }
 }
 
+// One block of W's rows [nb, nbEnd) (at most NB), bf16: K in passes of KC, x in tiles of MR rows.
+static void run_block(Job *j, int nb, int nbEnd, float *scratch, float *scratch2) {
+  const int M = j->M, K = j->K, Kp = j->Kp, width = nbEnd - nb;
+  float acc[MR * NR];
+  for (int pass = 0; pass < (j->w2 ? 2 : 1); pass++) {
+    const uint16_t *w = pass ? j->w2 : j->w;
+    float *s = pass ? scratch2 : scratch;  // [M, width]
+    for (int k0 = 0; k0 < Kp; k0 += KC) {
+      const int k1 = k0 + KC < Kp ? k0 + KC : Kp;
+      for (int m = 0; m < M; m += MR) {
+        const int mr = M - m < MR ? M - m : MR;
+        for (int n = nb; n < nbEnd; n += NR) {
+          const int nr = nbEnd - n < NR ? nbEnd - n : NR;
+          const uint16_t *xt = (const uint16_t *)j->ax + (size_t)m * Kp;  // the tile's first value in x
+          if (j->portable) tile_portable(xt, mr, w + (size_t)n * K, K, nr, k0, k1, K, acc);
+          else tile_bf16(xt, mr, w + (size_t)n * K, K, nr, k0, k1, K, acc);
+          for (int i = 0; i < mr; i++)
+            for (int c = 0; c < nr; c++) {
+              float *d = s + (size_t)(m + i) * width + (n - nb) + c;
+              *d = k0 == 0 ? acc[i * NR + c] : *d + acc[i * NR + c];
+            }
+        }
+      }
+    }
+  }
+  finish_block(j, nb, width, scratch, scratch2);
+}
+
+// The same for wide products: per pack of KPW values of k, the block's rows widened (pack_rows), then per KCW
+// values, per tile of x's 80 rows, per NRW rows of W, one tile's sums carried in st [width, MTs] (transposed:
+// a sum's 16 rows of x side by side), put back as s [M, width] for finish_block. `packed`: NB_WIDE * KPW floats.
+static void run_block_wide(Job *j, int nb, int nbEnd, float *scratch, float *scratch2, float *st, float *packed) {
+  const int M = j->M, K = j->K, Kp = j->Kp, width = nbEnd - nb, tiles = (M + MT - 1) / MT, MTs = tiles * MT;
+  for (int pass = 0; pass < (j->w2 ? 2 : 1); pass++) {
+    const uint16_t *w = (pass ? j->w2 : j->w) + (size_t)nb * K;
+    float *s = pass ? scratch2 : scratch;  // [M, width]
+    if (j->portable) {
+      wide_portable((const float *)j->ax, M, Kp, K, w - (size_t)nb * K, j->f16, nb, nbEnd, s);
+      continue;
+    }
+    for (int p0 = 0; p0 < K; p0 += KPW) {
+      const int kp = K - p0 < KPW ? K - p0 : KPW;
+      pack_rows(w, K, width, p0, kp, j->f16, packed);
+      for (int k0 = p0; k0 < p0 + kp; k0 += KCW) {
+        const int kc = p0 + kp - k0 < KCW ? p0 + kp - k0 : KCW;
+        for (int t = 0; t < tiles; t++) {
+          const int rows = M - t * MT < MT ? M - t * MT : MT, mv = (rows + 15) / 16;
+          const float *x = (const float *)j->ax + ((size_t)t * Kp + k0) * MT;
+          for (int g = 0; g < width; g += NRW) tile_wide(mv, x, packed + (size_t)g * kp + (k0 - p0), kp, kc, st + (size_t)g * MTs + t * MT, MTs, k0 == 0);
+        }
+      }
+    }
+    for (int m = 0; m < M; m++)
+      for (int c = 0; c < width; c++) s[(size_t)m * width + c] = st[(size_t)c * MTs + m];
+  }
+  finish_block(j, nb, width, scratch, scratch2);
+}
+
 // Thread t's part of a job: the tiles of x it claims (to bf16, or wide), then (once every thread has converted) the
 // blocks of W's rows it claims.
 static void thread_part(Job *j, int t) {
   // x into tiles, each claimed by one thread, then every thread waits for the whole of it (unless they are there).
-  const int tiles = j->xReady ? 0 : (j->M + MR - 1) / MR;
-  const size_t size = j->wide ? sizeof(float) : sizeof(uint16_t);
+  const int rowsPerTile = j->wide ? MT : MR, tiles = j->xReady ? 0 : (j->M + rowsPerTile - 1) / rowsPerTile;
   for (int tt; (tt = __atomic_fetch_add(&j->nextTile, 1, __ATOMIC_RELAXED)) < tiles;) {
-    char *dst = (char *)j->ax + (size_t)tt * MR * j->Kp * size;
+    if (j->wide) {
+      to_wide_tile(j->a, j->M, j->K, j->Kp, tt, (float *)j->ax + (size_t)tt * j->Kp * MT);
+      continue;
+    }
+    uint16_t *dst = (uint16_t *)j->ax + (size_t)tt * MR * j->Kp;
     for (int i = 0; i < MR; i++) {
       const int m = tt * MR + i;
-      char *row = dst + (size_t)i * 32 * size;
+      uint16_t *row = dst + (size_t)i * 32;
       if (m >= j->M) {
-        for (int k = 0; k < j->Kp; k += 32) memset(row + (size_t)k * MR * size, 0, 32 * size);
+        for (int k = 0; k < j->Kp; k += 32) memset(row + (size_t)k * MR, 0, 32 * sizeof(uint16_t));
         continue;
       }
-      if (j->wide) to_wide_row(j->a + (size_t)m * j->K, j->K, j->Kp, (float *)row, j->portable);
-      else to_bf16_row(j->a + (size_t)m * j->K, j->K, j->Kp, (uint16_t *)row, j->portable);
+      to_bf16_row(j->a + (size_t)m * j->K, j->K, j->Kp, row, j->portable);
     }
   }
   if (!j->xReady) pthread_barrier_wait(&j->barrier);
@@ -390,13 +427,15 @@ static void thread_part(Job *j, int t) {
   const int nbs = j->wide ? NB_WIDE : NB, blocks = (j->N + nbs - 1) / nbs;
   // Threads past the number of blocks take none (the others claim them all): no scratch for them.
   if (t < blocks) {
-    // The products' sums [M, NB] (twice with w2), and for wide a block of W widened (NB rows of KC_WIDE).
-    const size_t sums = (size_t)j->M * nbs * (j->w2 ? 2 : 1), pack = j->wide ? (size_t)(NB_WIDE + NR) * KC_WIDE : 0;
+    // The products' sums [M, NB] (twice with w2); for wide also their transposed tiles [NB_WIDE, MTs] and a block
+    // of W widened (NB_WIDE rows of KPW).
+    const size_t MTs = (size_t)(j->M + MT - 1) / MT * MT;
+    const size_t sums = (size_t)j->M * nbs * (j->w2 ? 2 : 1), st = j->wide ? NB_WIDE * MTs : 0, pack = j->wide ? (size_t)NB_WIDE * KPW : 0;
     // Kept by the pool thread from job to job (grown, never shrunk): a fresh buffer per product is fresh pages,
     // which on the VMs measured cost about 2.5 ms per MB to fault in once the host has taken freed memory back.
     static __thread float *kept;
     static __thread size_t keptFloats;
-    const size_t want = sums + pack + 16;
+    const size_t want = sums + st + pack + 32;
     if (keptFloats < want) {
       free(kept);
       kept = malloc(sizeof(float) * want);
@@ -407,10 +446,13 @@ static void thread_part(Job *j, int t) {
       j->failed = 1;
       return;
     }
-    float *packed = (float *)(((uintptr_t)(scratch + sums) + 63) & ~(uintptr_t)63);  // 64-byte aligned: whole-line loads
+    float *sums2 = j->w2 ? scratch + (size_t)j->M * nbs : NULL;
+    // 64-byte aligned: whole-line loads and stores
+    float *tiled = (float *)(((uintptr_t)(scratch + sums) + 63) & ~(uintptr_t)63), *packed = (float *)(((uintptr_t)(tiled + st) + 63) & ~(uintptr_t)63);
     for (int b; (b = __atomic_fetch_add(&j->nextBlock, 1, __ATOMIC_RELAXED)) < blocks;) {
       const int n0 = b * nbs, n1 = n0 + nbs < j->N ? n0 + nbs : j->N;
-      run_block(j, n0, n1, scratch, j->w2 ? scratch + (size_t)j->M * nbs : NULL, packed);
+      if (j->wide) run_block_wide(j, n0, n1, scratch, sums2, tiled, packed);
+      else run_block(j, n0, n1, scratch, sums2);
     }
   }
 }
@@ -467,8 +509,8 @@ static void *pool_thread(void *arg) {
   return NULL;
 }
 
-// The bytes of x's tiles: whole tiles of MR rows, K padded to Kp.
-static size_t tiles_bytes(int wide, int M, int Kp) { return (wide ? sizeof(float) : sizeof(uint16_t)) * (size_t)((M + MR - 1) / MR * MR) * Kp; }
+// The bytes of x's tiles: whole tiles of MR rows (wide: MT), K padded to Kp.
+static size_t tiles_bytes(int wide, int M, int Kp) { return wide ? sizeof(float) * (size_t)((M + MT - 1) / MT * MT) * Kp : sizeof(uint16_t) * (size_t)((M + MR - 1) / MR * MR) * Kp; }
 
 // Queues a job (its x buffer, unless the caller gave one, allocated here; the pool made or grown first).
 static int pool_submit(Job *j) {
@@ -608,7 +650,7 @@ static napi_value matmul(napi_env env, napi_callback_info info) {
                     : (bias && nb != (size_t)N) ? "matmul: bias must hold N values"
                     : outCols < N || outCol < 0 || outCol > outCols - N ? "matmul: out's columns [outCol, outCol + N) must lie in its outCols"
                     : no != (size_t)M * outCols ? "matmul: out must hold M*outCols values"
-                    : (xt && nxt * (wide ? 4 : 2) < tiles_bytes(wide, M, Kp)) ? "matmul: xTiles must hold ceil(M/6)*6 rows of K rounded up to 32"
+                    : (xt && nxt * (wide ? 4 : 2) < tiles_bytes(wide, M, Kp)) ? "matmul: xTiles must hold ceil(M/6)*6 rows (wide: ceil(M/80)*80) of K rounded up to 32"
                     : (xReady && !xt) ? "matmul: xReady needs xTiles"
                     : (rs && nrs != (size_t)M) ? "matmul: rowScale must hold M values"
                     : (mode == 2) != (w2 != NULL) ? "matmul: w2 is given exactly when mode is 2"

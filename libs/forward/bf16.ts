@@ -92,8 +92,8 @@ export const MATMUL_MODE = { store: 0, addScaled: 1, siluGate: 2 } as const;
 /** The arithmetic of a native product: 'bf16' rounds x to bf16; 'wide' keeps x float32 (the fp32 pass). */
 export type NativeArithmetic = 'bf16' | 'wide';
 
-/** Values of x's tiles for a product of M rows over K (xTiles: whole tiles of 6 rows, K rounded up to 32). */
-export const xTilesLength = (M: number, K: number) => Math.ceil(M / 6) * 6 * Math.ceil(K / 32) * 32;
+/** Values of x's tiles for a product of M rows over K (xTiles: whole tiles of 6 rows, wide 80, K rounded up to 32). */
+export const xTilesLength = (M: number, K: number, arithmetic: NativeArithmetic = 'bf16') => Math.ceil(M / (arithmetic === 'wide' ? 80 : 6)) * (arithmetic === 'wide' ? 80 : 6) * Math.ceil(K / 32) * 32;
 
 /**
  * out = a W^T + bias (store); out += rowScale[m] (a W^T + bias) (addScaled, rowScale null: 1); out = silu(a W^T +
@@ -400,7 +400,7 @@ export async function runBf16Layer(
   const rows = (p: Bf16Pack) => p.x.length / H;
   // Kept from layer to layer as the other arrays are (by name and length); bf16's are halves of float32 arrays.
   const tiles = (name: string, M: number, K: number) => {
-    const n = xTilesLength(M, K);
+    const n = xTilesLength(M, K, arithmetic);
     if (arithmetic === 'wide') return new XTiles(arrays.get(name, n));
     const f = arrays.get(name, n / 2);
     return new XTiles(new Uint16Array(f.buffer, f.byteOffset, n));

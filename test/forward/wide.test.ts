@@ -118,18 +118,26 @@ test('wide matmul on float16 weights: every mode against float64 sums of the hal
   await assert.rejects(async () => bf16Matmul(new Float32Array(2), new Uint16Array(2), null, new Float32Array(1), 1, 1, 2, { f16: true }), /float16 weights are for wide products only/);
 });
 
-test('wide matmul: the same bytes on 1, 2 or 3 threads, with each kernel', async () => {
-  const M = 9, N = 137, K = 1100;
+test('wide matmul: the same bytes on 1, 2 or 3 threads, with each kernel, and from each kernel (one fused multiply-add chain per sum, in order of k), past one tile of 80 rows and one pack of 2048 values', async () => {
+  const M = 90, N = 137, K = 2100;
   const a = Float32Array.from({ length: M * K }, rand), w = Uint16Array.from({ length: N * K }, () => bits(rand()));
+  const rowScale = Float32Array.from({ length: M }, rand), start = Float32Array.from({ length: M * N }, rand);
+  const byKernel: Float32Array[] = [];
   for (const { name, portable } of KERNELS) {
     const outs = [];
     for (const threads of [1, 2, 3, 2]) {
-      const out = new Float32Array(M * N);
-      await withKernel(portable, () => bf16Matmul(a, w, null, out, M, N, K, { threads, arithmetic: 'wide' }));
+      const out = start.slice();
+      await withKernel(portable, () => bf16Matmul(a, w, null, out, M, N, K, { threads, arithmetic: 'wide', mode: MATMUL_MODE.addScaled, rowScale }));
       outs.push(out);
     }
     for (const o of outs.slice(1)) assert.deepEqual(o, outs[0], name);
+    byKernel.push(outs[0]!);
   }
+  for (const o of byKernel.slice(1)) assert.deepEqual(o, byKernel[0], 'the AVX-512 kernel\'s bits are the portable one\'s');
+  // And a row's sums do not depend on the other rows: row 85 alone (its own tile) as in the 90.
+  const alone = start.slice(85 * N, 86 * N);
+  await bf16Matmul(a.subarray(85 * K, 86 * K), w, null, alone, 1, N, K, { arithmetic: 'wide', mode: MATMUL_MODE.addScaled, rowScale: rowScale.subarray(85, 86) });
+  assert.deepEqual(alone, byKernel[0]!.subarray(85 * N, 86 * N));
 });
 
 test('native matmul over ranges of W\'s rows: each range into its columns of out, x converted once into the caller\'s tiles, gives the whole product\'s bits (every mode, wide and bf16)', async () => {
@@ -144,7 +152,7 @@ test('native matmul over ranges of W\'s rows: each range into its columns of out
       const whole = start.slice(), pieces = start.slice(), a = x0.slice();
       const opts = (r0: number, r1: number) => ({ mode, arithmetic, rowScale: mode === MATMUL_MODE.addScaled ? rowScale : null, w2: mode === MATMUL_MODE.siluGate ? w2.subarray(r0 * K, r1 * K) : null, bias2: mode === MATMUL_MODE.siluGate ? bias.subarray(r0, r1) : null });
       await withKernel(portable, () => bf16Matmul(a, w, bias, whole, M, N, K, opts(0, N)));
-      const xTiles = arithmetic === 'wide' ? new Float32Array(xTilesLength(M, K)) : new Uint16Array(xTilesLength(M, K));
+      const xTiles = arithmetic === 'wide' ? new Float32Array(xTilesLength(M, K, 'wide')) : new Uint16Array(xTilesLength(M, K));
       for (let c = 0; c + 1 < cuts.length; c++) {
         const [r0, r1] = [cuts[c]!, cuts[c + 1]!];
         if (c > 0) a.fill(Number.NaN, 0, K); // x's tiles are taken as the first call left them: a changed x is not read again
@@ -157,7 +165,7 @@ test('native matmul over ranges of W\'s rows: each range into its columns of out
   await withKernel(true, async () => {
     assert.throws(() => bf16Matmul(x, w1, null, out, 2, 2, 3, { outCols: 4, outCol: 3 }), /^TypeError: matmul: out's columns \[outCol, outCol \+ N\) must lie in its outCols$/);
     assert.throws(() => bf16Matmul(x, w1, null, out, 2, 2, 3, { outCols: 3, outCol: 1 }), /^TypeError: matmul: out must hold M\*outCols values$/);
-    assert.throws(() => bf16Matmul(x, w1, null, out, 2, 2, 3, { outCols: 4, arithmetic: 'wide', xTiles: new Float32Array(32) }), /^TypeError: matmul: xTiles must hold ceil\(M\/6\)\*6 rows of K rounded up to 32$/);
+    assert.throws(() => bf16Matmul(x, w1, null, out, 2, 2, 3, { outCols: 4, arithmetic: 'wide', xTiles: new Float32Array(32) }), /^TypeError: matmul: xTiles must hold ceil\(M\/6\)\*6 rows \(wide: ceil\(M\/80\)\*80\) of K rounded up to 32$/);
     assert.throws(() => bf16Matmul(x, w1, null, out, 2, 2, 3, { outCols: 4, arithmetic: 'wide', xReady: true }), /^TypeError: matmul: xReady needs xTiles$/);
     assert.throws(() => bf16Matmul(x, w1, null, out, 2, 2, 3, { outCols: 4, arithmetic: 'wide', xTiles: new Uint16Array(192) }), /xTiles: Float32Array \(wide\) or Uint16Array/);
   });
@@ -172,7 +180,7 @@ test('native matmul: products queued without waiting (the threads going from one
       const [r0, r1] = [cuts[c]!, cuts[c + 1]!];
       await withKernel(portable, () => bf16Matmul(a, w.subarray(r0 * K, r1 * K), null, one, M, r1 - r0, K, { arithmetic: 'wide', outCols: N, outCol: r0 }));
     }
-    const xTiles = new Float32Array(xTilesLength(M, K));
+    const xTiles = new Float32Array(xTilesLength(M, K, 'wide'));
     const threads = [1, 2, 4, 3]; // the pool grows to 4 while products are queued
     await withKernel(portable, () => Promise.all(cuts.slice(0, -1).map((r0, c) => bf16Matmul(a, w.subarray(r0 * K, cuts[c + 1]! * K), null, queued, M, cuts[c + 1]! - r0, K, { arithmetic: 'wide', outCols: N, outCol: r0, threads: threads[c], xTiles, xReady: c > 0 }))));
     assert.deepEqual(queued, one, name);
