@@ -51,8 +51,9 @@ async function bf16Model(seed = 1): Promise<string> {
 
 test('wide matmul: every mode against float64 sums of the float32 x times the widened weights, on shapes off every tile, block and pass edge', async () => {
   for (const { name, portable } of KERNELS) {
-    // M off the 6-row tile, N off the 4-row tile and 64-row block, K off 32 and past one pass of KC_WIDE (2048) values.
-    for (const [M, N, K] of [[1, 3, 5], [7, 70, 33], [13, 130, 2100], [6, 4, 64]] as const) {
+    // M off the 16-row vector and the 80-row tile, N off the 4-row tile and 64-row block, K off 32 and past one pack of
+    // 2048 values (KPW) and its passes of 128 (KCW).
+    for (const [M, N, K] of [[1, 3, 5], [7, 70, 33], [13, 130, 2100], [6, 4, 64], [85, 9, 300], [33, 5, 129]] as const) {
       for (const mode of [MATMUL_MODE.store, MATMUL_MODE.addScaled, MATMUL_MODE.siluGate]) {
         const a = Float32Array.from({ length: M * K }, rand);
         const w = Uint16Array.from({ length: N * K }, () => bits(rand())), w2 = Uint16Array.from({ length: N * K }, () => bits(rand()));
