@@ -388,7 +388,7 @@ class XTiles {
  * pack: the layer's output [N, H] and its router input (post-attention norm).
  */
 export async function runBf16Layer(
-  cfg: ModelConfig, core: Session, weights: WeightStream, layer: number, packs: Bf16Pack[],
+  cfg: ModelConfig, core: Session | Promise<Session>, weights: WeightStream, layer: number, packs: Bf16Pack[],
   opts: { threads: number; arithmetic?: NativeArithmetic; f16?: boolean; arrays?: PassArrays },
 ): Promise<{ out: Float32Array; routerInput: Float32Array }[]> {
   const { threads, arithmetic = 'bf16', f16 = false, arrays = new PassArrays() } = opts;
@@ -415,6 +415,7 @@ export async function runBf16Layer(
     return outs;
   };
   const q = await project('q', qDim), k = await project('k', kvDim), v = await project('v', kvDim);
+  const attention = await core;
   const ctx: Float32Array[] = [];
   for (const [i, p] of packs.entries()) {
     const N = rows(p);
@@ -424,7 +425,7 @@ export async function runBf16Layer(
       const wr = F(r);
       if (wr) feeds[weightInput(r)] = floatTensor(wr, [wr.length]);
     }
-    const t = (await core.run(feeds))[CORE_IO.ctx]!;
+    const t = (await attention.run(feeds))[CORE_IO.ctx]!;
     const c = arrays.get(`ctx${i}`, (t.data as Float32Array).length);
     c.set(t.data as Float32Array);
     ctx.push(c);

@@ -787,7 +787,9 @@ async function runLayers(m: Model, given: Sequence[], upTo: number, opts: Forwar
           await session.release();
         }
       } else if (native) {
-        const core = await coreSession(su, cfg, layers[layer]!, opts);
+        // Awaited at the attention: the first layer's q, k and v run while onnxruntime loads and makes the session.
+        const core = coreSession(su, cfg, layers[layer]!, opts);
+        core.catch(() => undefined); // awaited by the layer (a failed q/k/v product must not leave it unhandled)
         const packs = groups.map((g, i) => ({ x: packStates(seqs, g, states, H).hidden, inputs: fixed[i]! }));
         const r = await runBf16Layer(cfg, core, bf16Weights!, layer, packs, { threads: settings.threads, arithmetic: native, f16, arrays });
         for (const g of groups.keys()) {

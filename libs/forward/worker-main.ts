@@ -10,9 +10,13 @@ type Request =
   | { kind: 'pad'; modelDir: string; padTokenId: number; options: Options }
   | { kind: 'router'; modelDir: string; prompts: number[][]; options: Options };
 
-// Booted ahead of its request (onnxruntime ready when the pass comes), once a 'prepare' already waiting has started
-// its reads: loading it takes this thread ~25 ms.
-setImmediate(loadBackend);
+// Booted ahead of its request (onnxruntime ready when the pass comes): loading it takes this thread 25-60 ms. Not
+// while a 'prepare' is under way (it was read in the same turn when it waited): loaded then between the setup's
+// first file reads, it held up its weights' reads by as much; the setup loads it itself once they have started.
+let preparing = false;
+setImmediate(() => {
+  if (!preparing) loadBackend();
+});
 
 // When the parent dies (killed, or it stopped waiting) nobody wants the result: exit quietly, no EPIPE stack.
 process.on('disconnect', () => process.exit(0));
@@ -26,6 +30,7 @@ process.on('message', async (req: Request) => {
   if (req.kind === 'prepare') {
     // computeRouterInputs runs its layers with the router's input as an output: set up the same graph. The request
     // that follows takes the setup, waiting for it if it is still under way (run.ts, takeAhead).
+    preparing = true;
     const ready = prepareForward(req.modelDir, req.job === 'router' ? { ...req.options, routerInput: true } : req.options);
     // Then, until the request comes, the other layers' file pages into the OS's cache (warmAhead).
     if (req.warm) void ready.then(() => warmAhead(() => served));
