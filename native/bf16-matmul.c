@@ -6,9 +6,10 @@
 // Wide (the fp32 pass on bf16 weights): x kept float32 and each bf16 weight widened to float32 (exact), so every
 // product is float32's and only the order of the sums differs from onnxruntime's Gemm. Each output is one fused
 // multiply-add chain over k in order (acc = fma(x[m][k], w[n][k], acc) from 0), whatever M, the tiling or the
-// threads, so the AVX-512F kernel (each weight broadcast against 80 rows of x at once, the weights widened a block of rows at
-// a time into a buffer that stays in L2: no float32 copy of a layer is made) and the portable loop (fmaf) give the
-// same bits, and a prompt the same bits alone or packed.
+// threads, so the AVX-512F kernel (each weight broadcast against 80 rows of x at once, the weights widened a block of
+// rows at a time into a buffer that stays in L2: no float32 copy of a layer is made) and the portable loop (fmaf)
+// give the same sums (mode 2's silu differs: a polynomial exp in the AVX-512 kernel, expf in the portable one), and
+// a prompt the same bits alone or packed.
 //
 // Wide products also take float16 weights (f16: vcvtph2ps, exact).
 //
