@@ -235,16 +235,16 @@ static void tile_wide(int mv, const float *x, const float *w, int ws, int kc, fl
   }
 }
 
-// The same chains, portably: s[m][n - n0] = fmaf over k in order (fmaf rounds once, as vfmadd231ps does), so both
-// kernels give the same bits. x in its wide tiles.
-static void wide_portable(const float *xt, int M, int Kp, int K, const uint16_t *w, int f16, int n0, int n1, float *s) {
+// The same chains, portably: s[m][n] = fmaf over k in order (fmaf rounds once, as vfmadd231ps does), so both
+// kernels give the same sums. x in its wide tiles, w the block's `width` rows.
+static void wide_portable(const float *xt, int M, int Kp, int K, const uint16_t *w, int f16, int width, float *s) {
   for (int m = 0; m < M; m++) {
     const float *x = xt + (size_t)(m / MT) * Kp * MT + m % MT;
-    for (int n = n0; n < n1; n++) {
+    for (int n = 0; n < width; n++) {
       const uint16_t *wn = w + (size_t)n * K;
       float acc = 0.0f;
       for (int k = 0; k < K; k++) acc = fmaf(x[(size_t)k * MT], f16 ? from_f16(wn[k]) : from_bf16(wn[k]), acc);
-      s[(size_t)m * (n1 - n0) + (n - n0)] = acc;
+      s[(size_t)m * width + n] = acc;
     }
   }
 }
@@ -381,7 +381,7 @@ static void run_block_wide(Job *j, int nb, int nbEnd, float *scratch, float *scr
     const uint16_t *w = (pass ? j->w2 : j->w) + (size_t)nb * K;
     float *s = pass ? scratch2 : scratch;  // [M, width]
     if (j->portable) {
-      wide_portable((const float *)j->ax, M, Kp, K, w - (size_t)nb * K, j->f16, nb, nbEnd, s);
+      wide_portable((const float *)j->ax, M, Kp, K, w, j->f16, width, s);
       continue;
     }
     for (int p0 = 0; p0 < K; p0 += KPW) {

@@ -135,21 +135,18 @@ export function wideDtype(layers: Map<string, LayerTensor>[]): 'BF16' | 'F16' | 
 type StreamRole = 'q' | 'k' | 'v' | 'o' | 'gate' | 'down';
 const STREAM_ROLES: readonly StreamRole[] = ['q', 'k', 'v', 'o', 'gate', 'down'];
 
-/** Rows [r0, r1) of layer `layer`'s `role` projection (and up's, for gate), bf16 or (wide) as stored. */
-export interface WeightPiece {
-  layer: number;
-  role: StreamRole;
-  r0: number;
-  r1: number;
-  w: Uint16Array;
-  w2: Uint16Array | null;
-}
-
+/** Where a piece is: rows [r0, r1) of layer `layer`'s `role` projection (and up's, for gate). */
 interface PiecePlan {
   layer: number;
   role: StreamRole;
   r0: number;
   r1: number;
+}
+
+/** A piece as read: its rows' values, bf16 or (wide) as stored. */
+export interface WeightPiece extends PiecePlan {
+  w: Uint16Array;
+  w2: Uint16Array | null;
 }
 
 /**

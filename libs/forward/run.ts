@@ -460,8 +460,8 @@ interface Setup {
   loading: { layer: number; phase: number; feeds: Promise<Record<string, Feed>> } | null;
   kernels: Promise<void>;
   sessions: Map<string, Promise<Session>>;
-  /** Native projections (bf16, or fp32 wide): the first layer's read, started ahead (prepareForward). */
-  bf16?: WeightStream;
+  /** Native projections (bf16, or fp32 wide): their stream, its first pieces' reads started ahead (prepareForward). */
+  stream?: WeightStream;
 }
 
 /** Names, dtypes and shapes of every layer, checked before any layer runs. */
@@ -611,8 +611,8 @@ async function setUpAhead(old: typeof ahead, modelDir: string, opts: ForwardOpti
     if (layers[0] && native && (native === 'wide' || bf16Unavailable() === null)) {
       // The reads first (the first layer's fresh buffers are the longest wait of a one-prompt pass), then the
       // session, whose first call loads onnxruntime on this thread.
-      setup.bf16 = new WeightStream(layers, native === 'wide');
-      setup.bf16.begin();
+      setup.stream = new WeightStream(layers, native === 'wide');
+      setup.stream.begin();
       aheadStats.bf16Reads++;
       void coreSession(setup, m.cfg, layers[0], opts);
     }
@@ -759,10 +759,10 @@ async function runLayers(m: Model, given: Sequence[], upTo: number, opts: Forwar
     const int8 = (opts.precision ?? 'fp32') === 'int8';
     const int8Pool: Int8Pool = new Map();
     // Native: the projections stream through a few buffers, piece by piece, in the order the layers take them.
-    const bf16Weights = native ? (su.bf16 ?? new WeightStream(layers, native === 'wide')) : null;
+    const stream = native ? (su.stream ?? new WeightStream(layers, native === 'wide')) : null;
     const f16 = native === 'wide' && wideDtype(layers) === 'F16';
-    bf16Weights?.stopAt(upTo);
-    bf16Weights?.begin();
+    stream?.stopAt(upTo);
+    stream?.begin();
     const arrays = new PassArrays();
     for (let layer = 0; layer < upTo; layer++) {
       const out: Float32Array[] = new Array(seqs.length);
@@ -791,7 +791,7 @@ async function runLayers(m: Model, given: Sequence[], upTo: number, opts: Forwar
         const core = coreSession(su, cfg, layers[layer]!, opts);
         core.catch(() => undefined); // awaited by the layer (a failed q/k/v product must not leave it unhandled)
         const packs = groups.map((g, i) => ({ x: packStates(seqs, g, states, H).hidden, inputs: fixed[i]! }));
-        const r = await runBf16Layer(cfg, core, bf16Weights!, layer, packs, { threads: settings.threads, arithmetic: native, f16, arrays });
+        const r = await runBf16Layer(cfg, core, stream!, layer, packs, { threads: settings.threads, arithmetic: native, f16, arrays });
         for (const g of groups.keys()) {
           packOut[g] = r[g]!.out;
           if (opts.routerInput) packRouter[g] = r[g]!.routerInput;
