@@ -20,6 +20,14 @@
 //   through a few reused buffers, one range of rows per call). x's tiles go into xTiles where given (the caller's,
 //   kept between calls), and with xReady they are already there: the calls over one x convert it once.
 // The work runs off the JavaScript thread on `threads` threads of a pool kept for the process, claiming blocks of W's rows.
+//
+// attention(q, k, v, cos, sin, qNorm, kNorm, eps, segs, nH, nKV, D, window, ctx, threads, portable) -> Promise<void>:
+// the attention between a layer's projections (what onnxruntime's attention core graph computed for the native
+// pass): per prompt (segs: [start, length] rows of the pack) and key/value head, qwen3's per-head RMSNorm where
+// given, RoPE, causal softmax attention (a sliding window where window > 0) over the prompt's own rows, the
+// query heads of a group sharing their key/value head. Float32 throughout, every sum in a fixed order (16 lanes
+// of fused multiply-adds, then the lanes in order), so a prompt gets the same bits alone or packed and the AVX-512
+// build of the loop and the portable one agree.
 #include <node_api.h>
 #include <pthread.h>
 #include <stdint.h>
@@ -38,7 +46,20 @@
 #define KCW 128      // values of k per wide tile pass (x's 80 rows: 40 KiB, in L1)
 #define NB 64    // rows of W per block (NB * KC * 2 = 256 KiB): the block stays in L2
 
+// The attention's arguments (a job of kind JOB_ATTENTION).
+typedef struct Attn {
+  const float *q, *k, *v, *cos, *sin, *qn, *kn;
+  float *ctx;
+  const int32_t *segs;
+  int nseg, nH, nKV, D, window;
+  float eps;
+} Attn;
+
+enum { JOB_MATMUL, JOB_ATTENTION };
+
 typedef struct Job {
+  int kind;
+  Attn at;
   const float *a;
   const uint16_t *w, *w2;
   const float *bias, *bias2, *rowScale;
@@ -56,7 +77,7 @@ typedef struct Job {
   struct Job *next;  // the pool's queue
   unsigned long seq;  // its place in the queue (from 1)
   int passed;         // pool threads done with it (their part run, or none to run)
-  napi_ref refs[7];
+  napi_ref refs[10];
   int nrefs;
   int failed;
   // The next x tile and the next block of W's rows to claim: parts are claimed, not dealt out, so a thread that
@@ -402,9 +423,121 @@ static void run_block_wide(Job *j, int nb, int nbEnd, float *scratch, float *scr
   finish_block(j, nb, width, scratch, scratch2);
 }
 
+// The attention's loops below are compiled twice (AVX-512 and portable) from one body: fused multiply-adds only where
+// written (fmaf), never contracted by the compiler, so both builds round alike.
+#pragma GCC push_options
+#pragma GCC optimize("fp-contract=off")
+#define AI inline __attribute__((always_inline))
+
+// e^x in float32 (|error| ~1 ulp over the softmax's range, x <= 0): 2^n * p(r), r = x - n ln2, p degree 6.
+static AI float exp_lane(float x) {
+  x = x < -87.0f ? -87.0f : x > 88.0f ? 88.0f : x;
+  const float n = (x * 1.44269504f + 12582912.0f) - 12582912.0f;  // round to nearest
+  float r = fmaf(-n, 0.693145752f, x);
+  r = fmaf(-n, 1.42860677e-6f, r);
+  float p = 1.38888889e-3f;
+  p = fmaf(p, r, 8.33333333e-3f);
+  p = fmaf(p, r, 4.16666667e-2f);
+  p = fmaf(p, r, 1.66666667e-1f);
+  p = fmaf(p, r, 0.5f);
+  p = fmaf(p, r, 1.0f);
+  p = fmaf(p, r, 1.0f);
+  const uint32_t bits = (uint32_t)((int32_t)n + 127) << 23;
+  float s;
+  memcpy(&s, &bits, 4);
+  return p * s;
+}
+
+// One head's row through qwen3's RMSNorm (when w is given; sum in float64) and RoPE at one position's cos/sin.
+static AI void rope_row(const float *x, const float *w, float eps, const float *cos, const float *sin, int D, float *out) {
+  float tmp[512];
+  const float *src = x;
+  if (w) {
+    double ss = 0;
+    for (int d = 0; d < D; d++) ss += (double)x[d] * x[d];
+    const float rms = (float)sqrt(ss / D + eps);
+    for (int d = 0; d < D; d++) tmp[d] = x[d] / rms * w[d];
+    src = tmp;
+  }
+  const int h = D / 2;
+  // x * cos + rotate_half(x) * sin, rotate_half(x) = [-x2, x1]
+  for (int d = 0; d < h; d++) out[d] = fmaf(src[d], cos[d], -src[d + h] * sin[d]);
+  for (int d = h; d < D; d++) out[d] = fmaf(src[d], cos[d], src[d - h] * sin[d]);
+}
+
+// One prompt's attention through one key/value head (its group of query heads). kt: the prompt's keys through RoPE,
+// transposed [D][lp] (lp: its length rounded up to 16, zero past it); p: [lp] scores.
+static AI void attn_item_body(const Attn *a, int seg, int h, float *kt, float *p) {
+  const int start = a->segs[2 * seg], len = a->segs[2 * seg + 1], D = a->D, g = a->nH / a->nKV, lp = (len + 15) / 16 * 16;
+  const size_t qDim = (size_t)a->nH * D, kvDim = (size_t)a->nKV * D;
+  const float scale = 1.0f / sqrtf((float)D);
+  float qr[512], acc[512];
+  for (int t = 0; t < lp; t++) {
+    if (t < len) rope_row(a->k + (size_t)(start + t) * kvDim + (size_t)h * D, a->kn, a->eps, a->cos + (size_t)(start + t) * D, a->sin + (size_t)(start + t) * D, D, qr);
+    for (int d = 0; d < D; d++) kt[(size_t)d * lp + t] = t < len ? qr[d] : 0.0f;
+  }
+  for (int qh = h * g; qh < (h + 1) * g; qh++) {
+    for (int i = 0; i < len; i++) {
+      const size_t row = (size_t)(start + i);
+      rope_row(a->q + row * qDim + (size_t)qh * D, a->qn, a->eps, a->cos + row * D, a->sin + row * D, D, qr);
+      const int lo = a->window > 0 && i - a->window + 1 > 0 ? i - a->window + 1 : 0;
+      // Scores 16 keys at a time, each one chain of fused multiply-adds over d in order.
+      for (int jb = lo / 16 * 16; jb <= i; jb += 16) {
+        float s[16] = {0};
+        for (int d = 0; d < D; d++) {
+          const float qd = qr[d], *k = kt + (size_t)d * lp + jb;
+          for (int l = 0; l < 16; l++) s[l] = fmaf(qd, k[l], s[l]);
+        }
+        for (int l = 0; l < 16; l++) p[jb + l] = s[l] * scale;
+      }
+      float mx = -INFINITY;
+      for (int j = lo; j <= i; j++) mx = p[j] > mx ? p[j] : mx;
+      for (int j = lo; j <= i; j++) p[j] = exp_lane(p[j] - mx);
+      double sum = 0;
+      for (int j = lo; j <= i; j++) sum += p[j];
+      const float inv = (float)(1.0 / sum);
+      for (int d = 0; d < D; d++) acc[d] = 0;
+      for (int j = lo; j <= i; j++) {
+        const float pj = p[j] * inv;
+        const float *vj = a->v + (size_t)(start + j) * kvDim + (size_t)h * D;
+        for (int d = 0; d < D; d++) acc[d] = fmaf(pj, vj[d], acc[d]);
+      }
+      memcpy(a->ctx + row * qDim + (size_t)qh * D, acc, sizeof(float) * D);
+    }
+  }
+}
+
+__attribute__((target("avx512f,fma"))) static void attn_item_avx(const Attn *a, int seg, int h, float *kt, float *p) { attn_item_body(a, seg, h, kt, p); }
+static void attn_item_portable(const Attn *a, int seg, int h, float *kt, float *p) { attn_item_body(a, seg, h, kt, p); }
+#undef AI
+#pragma GCC pop_options
+
+// Thread t's part of an attention job: the (prompt, key/value head) pairs it claims.
+static void attention_part(Job *j) {
+  const Attn *a = &j->at;
+  int longest = 0;
+  for (int s = 0; s < a->nseg; s++) longest = a->segs[2 * s + 1] > longest ? a->segs[2 * s + 1] : longest;
+  const size_t lp = (size_t)(longest + 15) / 16 * 16;
+  float *kr = malloc(sizeof(float) * (lp * a->D + lp));
+  if (!kr) {
+    j->failed = 1;
+    return;
+  }
+  const int items = a->nseg * a->nKV;
+  for (int it; (it = __atomic_fetch_add(&j->nextBlock, 1, __ATOMIC_RELAXED)) < items;) {
+    if (j->portable) attn_item_portable(a, it / a->nKV, it % a->nKV, kr, kr + lp * a->D);
+    else attn_item_avx(a, it / a->nKV, it % a->nKV, kr, kr + lp * a->D);
+  }
+  free(kr);
+}
+
 // Thread t's part of a job: the tiles of x it claims (to bf16, or wide), then (once every thread has converted) the
 // blocks of W's rows it claims.
 static void thread_part(Job *j, int t) {
+  if (j->kind == JOB_ATTENTION) {
+    attention_part(j);
+    return;
+  }
   // x into tiles, each claimed by one thread, then every thread waits for the whole of it (unless they are there).
   const int rowsPerTile = j->wide ? MT : MR, tiles = j->xReady ? 0 : (j->M + rowsPerTile - 1) / rowsPerTile;
   for (int tt; (tt = __atomic_fetch_add(&j->nextTile, 1, __ATOMIC_RELAXED)) < tiles;) {
@@ -495,7 +628,7 @@ static void *pool_thread(void *arg) {
     Job *j;
     while (!(j = next_job(ran))) pthread_cond_wait(&pool.wake, &pool.mu);
     pthread_mutex_unlock(&pool.mu);
-    if (t < j->threads && j->ax) thread_part(j, t);
+    if (t < j->threads && (j->ax || j->kind == JOB_ATTENTION)) thread_part(j, t);
     pthread_mutex_lock(&pool.mu);
     ran = j->seq;
     if (++j->passed == pool.size) {
@@ -515,7 +648,7 @@ static size_t tiles_bytes(int wide, int M, int Kp) { return wide ? sizeof(float)
 
 // Queues a job (its x buffer, unless the caller gave one, allocated here; the pool made or grown first).
 static int pool_submit(Job *j) {
-  if (!j->ax) {
+  if (j->kind == JOB_MATMUL && !j->ax) {
     const size_t axBytes = tiles_bytes(j->wide, j->M, j->Kp);
     j->xOwned = 1;
     pthread_mutex_lock(&pool.mu);
@@ -526,7 +659,9 @@ static int pool_submit(Job *j) {
     pthread_mutex_unlock(&pool.mu);
     if (!j->ax) j->ax = malloc(axBytes), j->axBytes = axBytes;
   }
-  if (!j->ax) j->failed = 1;
+  if (j->kind == JOB_ATTENTION) {
+    // no x tiles, no barrier: each (prompt, head) pair is whole on its own
+  } else if (!j->ax) j->failed = 1;
   else pthread_barrier_init(&j->barrier, NULL, (unsigned)j->threads);
   pthread_mutex_lock(&pool.mu);
   while (pool.size < j->threads) {
@@ -584,7 +719,7 @@ static void settle(napi_env env, napi_value js_cb, void *context, void *data) {
       napi_resolve_deferred(env, j->deferred, undef);
     } else {
       napi_value msg, err;
-      napi_create_string_utf8(env, "bf16 matmul: out of memory, or no thread could be made", NAPI_AUTO_LENGTH, &msg);
+      napi_create_string_utf8(env, "native kernel: out of memory, or no thread could be made", NAPI_AUTO_LENGTH, &msg);
       napi_create_error(env, NULL, msg, &err);
       napi_reject_deferred(env, j->deferred, err);
     }
@@ -618,6 +753,8 @@ static int view(napi_env env, Job *j, napi_value v, napi_typedarray_type want, v
   if (j) napi_create_reference(env, v, 1, &j->refs[j->nrefs++]);
   return 1;
 }
+
+static napi_value submit(napi_env env, Job *j);
 
 static napi_value matmul(napi_env env, napi_callback_info info) {
   size_t argc = 19;
@@ -669,6 +806,11 @@ static napi_value matmul(napi_env env, napi_callback_info info) {
   j->a = a, j->w = w, j->w2 = w2, j->bias = bias, j->bias2 = bias2, j->rowScale = rs, j->out = out;
   j->outCols = outCols, j->outCol = outCol, j->ax = xt, j->axBytes = nxt * (wide ? 4 : 2), j->xReady = xReady != 0;
   j->M = M, j->N = N, j->K = K, j->Kp = Kp, j->mode = mode, j->threads = threads, j->portable = portable, j->wide = wide != 0, j->f16 = f16 != 0;
+  return submit(env, j);
+}
+
+// The promise of a job made by a call, once queued (settled by the pool: see settle).
+static napi_value submit(napi_env env, Job *j) {
   napi_value promise, name;
   napi_create_promise(env, &j->deferred, &promise);
   napi_create_string_utf8(env, "bf16-matmul", NAPI_AUTO_LENGTH, &name);
@@ -678,6 +820,52 @@ static napi_value matmul(napi_env env, napi_callback_info info) {
     job_done(j);
   }
   return promise;
+}
+
+static napi_value attention(napi_env env, napi_callback_info info) {
+  size_t argc = 16;
+  napi_value argv[16];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  if (argc != 16) return fail(env, "attention: 16 arguments expected");
+  int32_t nH, nKV, D, window, threads, portable;
+  double eps;
+  if (napi_get_value_double(env, argv[7], &eps) != napi_ok || napi_get_value_int32(env, argv[9], &nH) != napi_ok || napi_get_value_int32(env, argv[10], &nKV) != napi_ok ||
+      napi_get_value_int32(env, argv[11], &D) != napi_ok || napi_get_value_int32(env, argv[12], &window) != napi_ok || napi_get_value_int32(env, argv[14], &threads) != napi_ok ||
+      napi_get_value_int32(env, argv[15], &portable) != napi_ok)
+    return fail(env, "attention: eps, nH, nKV, D, window, threads and portable must be numbers");
+  if (nH < 1 || nKV < 1 || nH % nKV != 0 || D < 2 || D % 2 != 0 || D > 512 || window < 0) return fail(env, "attention: nH must be a multiple of nKV, D even and at most 512, window 0 or more");
+  if (threads < 1 || threads > 64) return fail(env, "attention: threads must be 1..64");
+  Job *j = calloc(1, sizeof(Job));
+  if (!j) return fail(env, "attention: out of memory");
+  j->kind = JOB_ATTENTION;
+  Attn *a = &j->at;
+  size_t nq, nk, nv, nc, ns, nqn, nkn, nseg, nctx;
+  void *q, *k, *v, *cs, *sn, *qn, *kn, *segs, *ctx;
+  int ok = view(env, j, argv[0], napi_float32_array, &q, &nq, 0) && view(env, j, argv[1], napi_float32_array, &k, &nk, 0) && view(env, j, argv[2], napi_float32_array, &v, &nv, 0) &&
+           view(env, j, argv[3], napi_float32_array, &cs, &nc, 0) && view(env, j, argv[4], napi_float32_array, &sn, &ns, 0) && view(env, j, argv[5], napi_float32_array, &qn, &nqn, 1) &&
+           view(env, j, argv[6], napi_float32_array, &kn, &nkn, 1) && view(env, j, argv[8], napi_int32_array, &segs, &nseg, 0) && view(env, j, argv[13], napi_float32_array, &ctx, &nctx, 0);
+  const size_t T = nc / (size_t)D;
+  const char *bad = !ok ? "attention: q, k, v, cos, sin, ctx: Float32Array; qNorm, kNorm: Float32Array or null; segs: Int32Array"
+                    : nc != T * D || ns != nc ? "attention: cos and sin must hold T*D values"
+                    : nq != T * nH * D || nctx != nq ? "attention: q and ctx must hold T*nH*D values"
+                    : nk != T * nKV * D || nv != nk ? "attention: k and v must hold T*nKV*D values"
+                    : (qn && nqn != (size_t)D) || (kn && nkn != (size_t)D) ? "attention: qNorm and kNorm must hold D values"
+                    : nseg % 2 != 0 ? "attention: segs holds [start, length] pairs"
+                    : (!portable && !has_wide()) ? "attention: this CPU has no AVX-512"
+                    : NULL;
+  for (size_t s = 0; !bad && s < nseg; s += 2) {
+    const int32_t st = ((int32_t *)segs)[s], len = ((int32_t *)segs)[s + 1];
+    if (st < 0 || len < 1 || (size_t)st + (size_t)len > T) bad = "attention: each segment [start, length] must lie in the T rows";
+  }
+  if (bad) {
+    for (int i = 0; i < j->nrefs; i++) napi_delete_reference(env, j->refs[i]);
+    free(j);
+    return fail(env, bad);
+  }
+  a->q = q, a->k = k, a->v = v, a->cos = cs, a->sin = sn, a->qn = qn, a->kn = kn, a->ctx = ctx, a->segs = segs;
+  a->nseg = (int)(nseg / 2), a->nH = nH, a->nKV = nKV, a->D = D, a->window = window, a->eps = (float)eps;
+  j->threads = threads, j->portable = portable;
+  return submit(env, j);
 }
 
 // rmsnorm(x, w, eps, out): each row of x [rows, H] over its root mean square (summed in float64), times w [H].
@@ -722,6 +910,8 @@ NAPI_MODULE_INIT(/* napi_env env, napi_value exports */) {
   napi_value f;
   napi_create_function(env, "matmul", NAPI_AUTO_LENGTH, matmul, NULL, &f);
   napi_set_named_property(env, exports, "matmul", f);
+  napi_create_function(env, "attention", NAPI_AUTO_LENGTH, attention, NULL, &f);
+  napi_set_named_property(env, exports, "attention", f);
   napi_create_function(env, "rmsnorm", NAPI_AUTO_LENGTH, rmsnorm, NULL, &f);
   napi_set_named_property(env, exports, "rmsnorm", f);
   napi_create_function(env, "supported", NAPI_AUTO_LENGTH, supported, NULL, &f);

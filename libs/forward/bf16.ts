@@ -3,8 +3,7 @@ import { join } from 'node:path';
 import { ForgeError } from '../errors';
 import type { ModelConfig } from '../model-folder';
 import { convertBytes, decodeFloats, dtypeSize, readTensorBytes, readTensorInto } from '../safetensors';
-import { floatTensor, type Session } from './backend';
-import { CORE_IO, LAYER_INPUTS, weightInput, type LayerTensor } from './layer-graph';
+import type { LayerTensor } from './layer-graph';
 
 /**
  * The bf16 forward pass's projections (native/bf16-matmul.c, built by scripts/build.mjs into build/): x W^T with
@@ -18,6 +17,10 @@ interface Native {
     a: Float32Array, w: Uint16Array, bias: Float32Array | null, out: Float32Array, M: number, N: number, K: number,
     mode: number, rowScale: Float32Array | null, w2: Uint16Array | null, bias2: Float32Array | null, threads: number, portable: number,
     wide: number, f16: number, outCols: number, outCol: number, xTiles: Float32Array | Uint16Array | null, xReady: number,
+  ): Promise<void>;
+  attention(
+    q: Float32Array, k: Float32Array, v: Float32Array, cos: Float32Array, sin: Float32Array, qNorm: Float32Array | null, kNorm: Float32Array | null, eps: number,
+    segs: Int32Array, nH: number, nKV: number, D: number, window: number, ctx: Float32Array, threads: number, portable: number,
   ): Promise<void>;
   rmsnorm(x: Float32Array, w: Float32Array, eps: number, out: Float32Array): void;
   supported(): boolean;
@@ -356,10 +359,33 @@ export class PassArrays {
   }
 }
 
-/** A pack's part of a layer: its hidden states [N, H] and its RoPE, attention and gate inputs (packInputs). */
+/** A pack's tables (run.ts, packTables): RoPE's cos and sin [N, D], the attention gate per row, each prompt's [start, length] rows. */
+export interface PackTables {
+  cos: Float32Array;
+  sin: Float32Array;
+  gate: Float32Array;
+  segs: Int32Array;
+}
+
+/** A pack's part of a layer: its hidden states [N, H] and its tables. */
 export interface Bf16Pack {
   x: Float32Array;
-  inputs: Record<string, ReturnType<typeof floatTensor>>;
+  tables: PackTables;
+}
+
+/**
+ * The attention between a layer's projections (native/bf16-matmul.c): per prompt of the pack and key/value head,
+ * qwen3's per-head norms where given, RoPE and causal softmax attention (within `cfg.slidingWindow` where set), the
+ * context [N, nH * D] into `ctx`. Float32, each sum in a fixed order: a prompt's context is the same bits alone or
+ * packed. Off the JavaScript thread, on the products' pool.
+ */
+export function nativeAttention(
+  cfg: Pick<ModelConfig, 'numHeads' | 'numKvHeads' | 'headDim' | 'rmsNormEps' | 'slidingWindow'>, q: Float32Array, k: Float32Array, v: Float32Array, tables: Pick<PackTables, 'cos' | 'sin' | 'segs'>,
+  norms: { q: Float32Array | null; k: Float32Array | null }, ctx: Float32Array, threads: number,
+): Promise<void> {
+  const n = loadNative();
+  if (!n) throw new ForgeError('bf16_unavailable', whyBf16Unavailable(null, false)!);
+  return n.attention(q, k, v, tables.cos, tables.sin, norms.q, norms.k, cfg.rmsNormEps, tables.segs, cfg.numHeads, cfg.numKvHeads, cfg.headDim, cfg.slidingWindow ?? 0, ctx, threads, portableKernel() ? 1 : 0);
 }
 
 /**
@@ -378,14 +404,13 @@ class XTiles {
 }
 
 /**
- * One decoder layer on every pack, its projections native (bf16Matmul) and its attention through `core`
- * (buildAttentionCoreModel): each projection a piece of its rows at a time over all packs (WeightStream.each, the
+ * One decoder layer on every pack, its projections (bf16Matmul) and its attention (nativeAttention) native: each projection a piece of its rows at a time over all packs (WeightStream.each, the
  * products queued as the pieces come), each piece's columns written into the whole output, x converted once per
  * pack for all the pieces that take it (the pool runs a pass's products in the order given). Per
  * pack: the layer's output [N, H] and its router input (post-attention norm).
  */
 export async function runBf16Layer(
-  cfg: ModelConfig, core: Session | Promise<Session>, weights: WeightStream, layer: number, packs: Bf16Pack[],
+  cfg: ModelConfig, weights: WeightStream, layer: number, packs: Bf16Pack[],
   opts: { threads: number; arithmetic?: NativeArithmetic; f16?: boolean; arrays?: PassArrays },
 ): Promise<{ out: Float32Array; routerInput: Float32Array }[]> {
   const { threads, arithmetic = 'bf16', f16 = false, arrays = new PassArrays() } = opts;
@@ -412,28 +437,15 @@ export async function runBf16Layer(
     return outs;
   };
   const q = await project('q', qDim), k = await project('k', kvDim), v = await project('v', kvDim);
-  const attention = await core;
-  const ctx: Float32Array[] = [];
-  for (const [i, p] of packs.entries()) {
-    const N = rows(p);
-    const feeds: Record<string, ReturnType<typeof floatTensor>> = { [CORE_IO.q]: floatTensor(q[i]!, [N, qDim]), [CORE_IO.k]: floatTensor(k[i]!, [N, kvDim]), [CORE_IO.v]: floatTensor(v[i]!, [N, kvDim]) };
-    for (const key of [LAYER_INPUTS.cos, LAYER_INPUTS.sin, LAYER_INPUTS.mask, LAYER_INPUTS.slots, LAYER_INPUTS.rows]) feeds[key] = p.inputs[key]!;
-    for (const r of ['q_norm', 'k_norm']) {
-      const wr = F(r);
-      if (wr) feeds[weightInput(r)] = floatTensor(wr, [wr.length]);
-    }
-    const t = (await attention.run(feeds))[CORE_IO.ctx]!;
-    const c = arrays.get(`ctx${i}`, (t.data as Float32Array).length);
-    c.set(t.data as Float32Array);
-    ctx.push(c);
-    t.dispose();
-  }
+  // Every pack's attention queued at once (the pool runs them back to back).
+  const ctx = packs.map((p, i) => arrays.get(`ctx${i}`, rows(p) * qDim));
+  await Promise.all(packs.map((p, i) => nativeAttention(cfg, q[i]!, k[i]!, v[i]!, p.tables, { q: F('q_norm'), k: F('k_norm') }, ctx[i]!, threads)));
   // The residual stream after attention: x + gate * o(ctx) (the pad state's gate is 0).
   const h = packs.map((p) => p.x.slice());
   const ctxTiles = packs.map((p, i) => tiles(`tilesQ${i}`, rows(p), qDim));
   await weights.each(layer, 'o', (w) =>
     packs.map((p, i) => bf16Matmul(ctx[i]!, w.w, piece(F('o_bias'), w), h[i]!, rows(p), w.r1 - w.r0, qDim, {
-      mode: MATMUL_MODE.addScaled, rowScale: p.inputs[LAYER_INPUTS.gate]!.data as Float32Array, threads, arithmetic, f16, outCols: H, outCol: w.r0, ...ctxTiles[i]!.take(),
+      mode: MATMUL_MODE.addScaled, rowScale: p.tables.gate, threads, arithmetic, f16, outCols: H, outCol: w.r0, ...ctxTiles[i]!.take(),
     })),
   );
   const hn = h.map((x) => rmsNormNative(x, F('ln2')!, cfg.rmsNormEps));

@@ -6,10 +6,10 @@ import { openWeights } from '../model-folder';
 import { WasmFloatBuffer, castThrough, floatKernels } from '../safetensors';
 import { executionProviders, floatTensor, int64Tensor, sessionFromBytes, type Device, type ExternalData, type Session, type SessionSettings } from './backend';
 import { encodeModel } from './onnx-proto';
-import { ATTN_OUTPUT, LAYER_INPUTS, LAYER_OUTPUT, MLP_IO, ROUTER_INPUT, buildAttentionCoreModel, buildLayerModel, checkTensor, int8BlockSize, layerPhases, layerSignature, mlpDownModel, mlpUpModel, planLayerTensors, weightInput, type LayerPhase, type LayerTensor } from './layer-graph';
+import { ATTN_OUTPUT, LAYER_INPUTS, LAYER_OUTPUT, MLP_IO, ROUTER_INPUT, buildLayerModel, checkTensor, int8BlockSize, layerPhases, layerSignature, mlpDownModel, mlpUpModel, planLayerTensors, weightInput, type LayerPhase, type LayerTensor } from './layer-graph';
 import { attentionMask, ropeTables } from './rope';
 import { mallocHugePages } from './huge-pages';
-import { WeightStream, PassArrays, bf16Unavailable, requireBf16, runBf16Layer, wideAvailable, wideDtype, type NativeArithmetic } from './bf16';
+import { WeightStream, PassArrays, bf16Unavailable, requireBf16, runBf16Layer, wideAvailable, wideDtype, type NativeArithmetic, type PackTables } from './bf16';
 import { folderKeys, nowNs } from '../util';
 
 export interface ForwardProgress {
@@ -412,17 +412,13 @@ export function packInputs(cfg: ModelConfig, seqs: Sequence[]): Record<string, F
   const N = seqs.reduce((a, s) => a + s.ids.length, 0);
   const B = seqs.length, C = Math.max(...seqs.map((s) => s.ids.length));
   const D = cfg.headDim;
-  const cos = new Float32Array(N * D), sin = new Float32Array(N * D);
+  const { cos, sin, gate } = packTables(cfg, seqs);
   const mask = new Float32Array(B * C * C).fill(-Infinity);
   const slots = new BigInt64Array(B * C); // padding slots read row 0; their outputs are never gathered back
   const rows = new BigInt64Array(N);
-  const gate = new Float32Array(N);
   let at = 0;
   for (const [b, s] of seqs.entries()) {
     const T = s.ids.length;
-    const r = ropeTables(cfg, T); // per prompt: dynamic NTK scaling depends on its length
-    cos.set(r.cos, at * D);
-    sin.set(r.sin, at * D);
     // The pad state has no attention term; any finite mask keeps its (discarded) softmax finite.
     const own = s.attnGate ? attentionMask(T, cfg.slidingWindow) : new Float32Array(T * T);
     const block = b * C * C;
@@ -433,7 +429,6 @@ export function packInputs(cfg: ModelConfig, seqs: Sequence[]): Record<string, F
       slots[b * C + t] = BigInt(at + t);
       rows[at + t] = BigInt(b * C + t);
     }
-    gate.fill(s.attnGate, at, at + T);
     at += T;
   }
   return {
@@ -444,6 +439,29 @@ export function packInputs(cfg: ModelConfig, seqs: Sequence[]): Record<string, F
     [LAYER_INPUTS.slots]: int64Tensor(slots, [B * C]),
     [LAYER_INPUTS.rows]: int64Tensor(rows, [N]),
   };
+}
+
+/**
+ * A pack's tables as plain arrays (the native pass's attention takes them without onnxruntime): RoPE's cos and sin
+ * [N, D] (per prompt: dynamic NTK scaling depends on its length), the attention gate per row (0 for the pad state)
+ * and each prompt's [start, length] rows.
+ */
+export function packTables(cfg: ModelConfig, seqs: Sequence[]): PackTables {
+  const N = seqs.reduce((a, s) => a + s.ids.length, 0);
+  const D = cfg.headDim;
+  const cos = new Float32Array(N * D), sin = new Float32Array(N * D), gate = new Float32Array(N), segs = new Int32Array(2 * seqs.length);
+  let at = 0;
+  for (const [b, s] of seqs.entries()) {
+    const T = s.ids.length;
+    const r = ropeTables(cfg, T);
+    cos.set(r.cos, at * D);
+    sin.set(r.sin, at * D);
+    gate.fill(s.attnGate, at, at + T);
+    segs[2 * b] = at;
+    segs[2 * b + 1] = T;
+    at += T;
+  }
+  return { cos, sin, gate, segs };
 }
 
 /**
@@ -526,18 +544,6 @@ function phaseSession(setup: Setup, cfg: ModelConfig, phase: LayerPhase, opts: F
   return s;
 }
 
-/** The bf16 pass's attention core session (its projections run outside onnxruntime), made once per layer shape. */
-function coreSession(setup: Setup, cfg: ModelConfig, tensors: Map<string, LayerTensor>, opts: ForwardOptions): Promise<Session> {
-  const key = `core:${layerSignature(tensors)}`;
-  let s = setup.sessions.get(key);
-  if (!s) {
-    s = sessionFromBytes(encodeModel(buildAttentionCoreModel(cfg, tensors)), { device: opts.device ?? 'cpu', threads: opts.threads ?? 2 });
-    s.catch(() => undefined);
-    setup.sessions.set(key, s);
-  }
-  return s;
-}
-
 async function releaseSetup(setup: Setup): Promise<void> {
   for (const s of setup.sessions.values()) await s.then((x) => x.release(), () => undefined);
 }
@@ -605,16 +611,13 @@ async function setUpAhead(old: typeof ahead, modelDir: string, opts: ForwardOpti
     const native = nativeArithmetic(layers, opts);
     if (first && !native && layerFloatBytes(first.tensors) <= eagerLayerBytes) loadFirst(setup);
     if (first && !native && precision === 'fp32') void phaseSession(setup, m.cfg, first, opts);
-    // Native projections: the attention session made now, and the first layer's projections read (a watched bf16
-    // edit's pass then starts with them: 0.88-1.03 s against 0.99-1.19 on the bench's medium model, its first
-    // layer 150 ms otherwise).
+    // Native projections: the first layer's projections read now (a watched bf16 edit's pass then starts with
+    // them: 0.88-1.03 s against 0.99-1.19 on the bench's medium model, its first layer 150 ms otherwise). Their
+    // attention is native too: nothing of onnxruntime is loaded.
     if (layers[0] && native && (native === 'wide' || bf16Unavailable() === null)) {
-      // The reads first (the first layer's fresh buffers are the longest wait of a one-prompt pass), then the
-      // session, whose first call loads onnxruntime on this thread.
       setup.stream = new WeightStream(layers, native === 'wide');
       setup.stream.begin();
       aheadStats.bf16Reads++;
-      void coreSession(setup, m.cfg, layers[0], opts);
     }
     return { m, setup, files };
   } catch {
@@ -755,7 +758,9 @@ async function runLayers(m: Model, given: Sequence[], upTo: number, opts: Forwar
     const su = setup;
     const { layers } = su;
     const settings: SessionSettings = { device: opts.device ?? 'cpu', threads: opts.threads ?? 2 };
-    const fixed = groups.map((g) => packInputs(cfg, g.map((i) => seqs[i]!)));
+    // The native pass's attention takes plain arrays: onnxruntime is not loaded for it.
+    const tables = native ? groups.map((g) => packTables(cfg, g.map((i) => seqs[i]!))) : [];
+    const fixed = native ? [] : groups.map((g) => packInputs(cfg, g.map((i) => seqs[i]!)));
     const int8 = (opts.precision ?? 'fp32') === 'int8';
     const int8Pool: Int8Pool = new Map();
     // Native: the projections stream through a few buffers, piece by piece, in the order the layers take them.
@@ -787,11 +792,8 @@ async function runLayers(m: Model, given: Sequence[], upTo: number, opts: Forwar
           await session.release();
         }
       } else if (native) {
-        // Awaited at the attention: the first layer's q, k and v run while onnxruntime loads and makes the session.
-        const core = coreSession(su, cfg, layers[layer]!, opts);
-        core.catch(() => undefined); // awaited by the layer (a failed q/k/v product must not leave it unhandled)
-        const packs = groups.map((g, i) => ({ x: packStates(seqs, g, states, H).hidden, inputs: fixed[i]! }));
-        const r = await runBf16Layer(cfg, core, stream!, layer, packs, { threads: settings.threads, arithmetic: native, f16, arrays });
+        const packs = groups.map((g, i) => ({ x: packStates(seqs, g, states, H).hidden, tables: tables[i]! }));
+        const r = await runBf16Layer(cfg, stream!, layer, packs, { threads: settings.threads, arithmetic: native, f16, arrays });
         for (const g of groups.keys()) {
           packOut[g] = r[g]!.out;
           if (opts.routerInput) packRouter[g] = r[g]!.routerInput;

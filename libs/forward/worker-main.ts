@@ -12,7 +12,8 @@ type Request =
 
 // Booted ahead of its request (onnxruntime ready when the pass comes): loading it takes this thread 25-60 ms. Not
 // while a 'prepare' is under way (it was read in the same turn when it waited): loaded then between the setup's
-// first file reads, it held up its weights' reads by as much; the setup loads it itself once they have started.
+// first file reads, it held up its weights' reads by as much; the setup loads it where its pass needs it (a native
+// pass does not: its attention is native too).
 let preparing = false;
 setImmediate(() => {
   if (!preparing) loadBackend();

@@ -252,7 +252,7 @@ test('WeightStream: a tensor at an odd offset in its file reads as its values; o
   await assert.rejects(cut.each(0, 'q', () => []), (e) => describeError(e) === `${join(dir, 'short.bin')}, tensor model.layers.0.self_attn.q_proj.weight: file ended while reading 128 bytes`);
 });
 
-test('bf16: a pass prepared ahead (its attention session made, its first layer read) is taken and gives the states of one that is not', async () => {
+test('bf16: a pass prepared ahead (its first layer read) is taken and gives the states of one that is not', async () => {
   await withKernel(!CPU_HAS_BF16, async () => {
     const plain = await computePromptStates(TINY('a'), PROMPTS, { precision: 'bf16' });
     const { taken, bf16Reads } = aheadStats;
