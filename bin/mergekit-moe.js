@@ -43,5 +43,6 @@ if (!answeredFromMemo()) {
   cli.main(argv).then((code) => {
     process.exitCode = code;
     early?.stopEarly();
+    require('./built').exitWhenIdle();
   });
 }

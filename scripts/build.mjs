@@ -3,7 +3,7 @@
 // `npm run build`; nothing is bundled at run time. build/manifest.json holds the sha256 of every source each
 // bundle was built from: bin/built.js refuses a build that no longer matches the checkout's sources.
 import { createHash } from 'node:crypto';
-import { existsSync, mkdirSync, readFileSync, readdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, readdirSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { dirname, join, relative } from 'node:path';
 import { spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
@@ -13,6 +13,8 @@ import { writeCodeCache } from './code-cache.mjs';
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..');
 const require = createRequire(import.meta.url);
 const OUT = join(ROOT, 'build');
+// Sources last changed a second before this (before the bundles read them) get their stat keys recorded.
+const SETTLED_NS = BigInt(Date.now() - 1000) * 1000000n;
 // Nx's runtime inputs (tools/executors/<name>.ts), run as `node build/runtime/<name>.js`.
 const RUNTIME_INPUTS = ['model-ids', 'output-state'];
 const EXECUTORS = ['fetch', 'embed-prompts', 'build-gates', 'assemble-experts', 'write', 'check-options', 'report', 'model-ids', 'stage', 'build-summary', 'watch'];
@@ -148,12 +150,19 @@ try {
   // (which names their versions) rather than their hundreds of files.
   const inputs = new Set([cli, top, executors, runtime].flatMap((b) => Object.keys(b.metafile.inputs)).filter((f) => !f.split('\\').join('/').includes('node_modules/')));
   if (existsSync(join(ROOT, 'package-lock.json'))) inputs.add('package-lock.json');
+  // With each source's stat key (bin/built.js compares it before hashing), where the file had settled a second before
+  // this build began: an edit after the build then changes its ctime, which no tool sets back.
   const sources = {};
+  const stats = {};
+  const settled = SETTLED_NS;
   for (const rel of [...inputs].sort()) {
     const file = join(ROOT, rel);
-    sources[relative(ROOT, file).split('\\').join('/')] = createHash('sha256').update(readFileSync(file)).digest('hex');
+    const key = relative(ROOT, file).split('\\').join('/');
+    const st = statSync(file, { bigint: true });
+    sources[key] = createHash('sha256').update(readFileSync(file)).digest('hex');
+    if (st.ctimeNs < settled && st.mtimeNs < settled) stats[key] = `${st.ino}:${st.size}:${st.mtimeNs}:${st.ctimeNs}`;
   }
-  writeFileSync(join(tmp, 'manifest.json'), JSON.stringify({ sources, ...(nativeBuilt ? { native: nativeHash } : {}) }, null, 1) + '\n');
+  writeFileSync(join(tmp, 'manifest.json'), JSON.stringify({ sources, stats, ...(nativeBuilt ? { native: nativeHash } : {}) }, null, 1) + '\n');
 
   // Into place file by file, each by a rename, and only where it changed: processes running from build/ (Nx
   // tasks, tests) never see a missing or half-written file, and a build of unchanged sources changes nothing.

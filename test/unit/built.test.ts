@@ -5,12 +5,16 @@ import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';
 import { ROOT, tempDir } from '../helpers/tmp';
 
-/** A checkout of its own (sources copied, node_modules linked), built as `npm ci` builds it. */
-function checkout(): string {
+/**
+ * A checkout of its own (sources copied, node_modules linked), built as `npm ci` builds it; `settled`: built a
+ * second after the copy, so the build records the sources' stat keys (bin/built.js then compares those first).
+ */
+function checkout(settled = false): string {
   const d = tempDir();
   for (const f of ['bin', 'libs', 'tools', 'scripts', 'native']) cpSync(join(ROOT, f), join(d, f), { recursive: true });
   cpSync(join(ROOT, 'package.json'), join(d, 'package.json'));
   symlinkSync(join(ROOT, 'node_modules'), join(d, 'node_modules'));
+  if (settled) spawnSync('sleep', ['1.2']);
   const b = build(d);
   assert.equal(b.status, 0, b.stderr);
   return d;
@@ -30,8 +34,11 @@ test('mergekit-moe runs from build/, made at install: nothing is bundled or comp
   for (const f of ['cli.js', 'forward-worker.js', 'noise-worker.js', 'hash-worker.js', 'index.js', 'executors/embed-prompts.js']) assert.doesNotMatch(readFileSync(join(d, 'build', f), 'utf8'), /require\("(tsx|esbuild)/, f);
 });
 
-test('a source replaced with cp -p (same size, same mtime) makes the build stale: refused in one line until npm run build', () => {
-  const d = checkout();
+for (const settled of [false, true]) test(`a source replaced with cp -p (same size, same mtime) makes the build stale: refused in one line until npm run build${settled ? ' (the stat keys recorded)' : ''}`, () => {
+  const d = checkout(settled);
+  const stats = JSON.parse(readFileSync(join(d, 'build', 'manifest.json'), 'utf8')).stats as Record<string, string>;
+  // Only sources settled before the build read them have their stat key recorded.
+  assert.equal('libs/options/schema.ts' in stats, settled);
   // Same length, other text, the old file's times: only the content tells. (--help's text is made by the options table.)
   const src = join(d, 'libs', 'options', 'schema.ts');
   const copy = join(d, 'schema.ts');
@@ -116,4 +123,25 @@ test('a code cache is used only for the bytes it was made from and only whole: a
   const bare = join(d, 'bare.js');
   writeFileSync(bare, 'module.exports = { answer: 1 };\n');
   assert.deepEqual(loadIn(bare), ['none', 1]);
+});
+
+test("a finished command's process exits at once only when nothing of its own is left: a timer, a child or unwritten output keeps the natural exit", () => {
+  const { idle } = require('../../bin/built.js') as { idle: (open: string[], stdio: number, unwritten: number) => boolean };
+  assert.equal(idle([], 0, 0), true);
+  assert.equal(idle(['PipeWrap', 'PipeWrap'], 2, 0), true, "stdout's and stderr's pipes");
+  assert.equal(idle(['PipeWrap', 'PipeWrap', 'PipeWrap'], 2, 0), false, "a pipe that is not stdout's or stderr's (a child's)");
+  assert.equal(idle(['Timeout'], 2, 0), false);
+  assert.equal(idle(['ProcessWrap', 'PipeWrap'], 2, 0), false);
+  assert.equal(idle(['FSReqCallback'], 2, 0), false);
+  assert.equal(idle(['TTYWrap'], 1, 12), false, 'output not yet written');
+  // In a process ('beforeExit' comes only with the natural exit): a pending timer's work is done and the exit is
+  // the natural one; with nothing pending the process exits at once, with the exit code set.
+  const built = JSON.stringify(join(ROOT, 'bin', 'built.js'));
+  const natural = "let said = false; process.on('beforeExit', () => { if (!said) process.stdout.write(' natural'); said = true; });";
+  const late = spawnSync(process.execPath, ['-e', `${natural} process.exitCode = 3; setTimeout(() => process.stdout.write('late'), 200); require(${built}).exitWhenIdle();`], { encoding: 'utf8' });
+  assert.equal(late.stdout, 'late natural');
+  assert.equal(late.status, 3);
+  const now = spawnSync(process.execPath, ['-e', `${natural} process.exitCode = 4; process.stdout.write('done'); require(${built}).exitWhenIdle();`], { encoding: 'utf8' });
+  assert.equal(now.stdout, 'done');
+  assert.equal(now.status, 4);
 });
