@@ -120,12 +120,12 @@ async function hiddenGates(merge: MergeContext, statesDir: string, reduction: Hi
   const states = await readPromptStates(statesDir, expectedPromptStates(merge));
   const split = (x: Float32Array) => Array.from({ length: L }, (_, l) => x.subarray(l * H, (l + 1) * H));
   const byText = new Map<string, PromptStates>();
+  // Only the states the reduction takes are read and checked (the last token's, or the sums): half the file, whose
+  // fresh memory and JIT-cold checks were most of a one-prompt edit's gates.
   for (const [i, p] of states.index.prompts.entries()) {
-    const last = await states.tensor(`p${i}.last`);
-    const sum = await states.tensor(`p${i}.sum`);
-    checkStatesFinite(merge, last, L, p.text, 'hidden states');
-    checkStatesFinite(merge, sum, L, p.text, 'hidden states');
-    byText.set(p.text, { last: split(last), sum: split(sum), count: p.count });
+    const v = await states.tensor(reduction === 'last' ? `p${i}.last` : `p${i}.sum`);
+    checkStatesFinite(merge, v, L, p.text, 'hidden states');
+    byText.set(p.text, reduction === 'last' ? { last: split(v), sum: [], count: p.count } : { last: [], sum: split(v), count: p.count });
   }
   const padStates = reduction === 'avg' ? await states.tensor('pad') : null;
   if (padStates) checkStatesFinite(merge, padStates, L, '(pad token)', 'hidden states');
