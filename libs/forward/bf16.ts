@@ -1,8 +1,9 @@
 import { existsSync } from 'node:fs';
+import { open, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { ForgeError } from '../errors';
 import type { ModelConfig } from '../model-folder';
-import { convertBytes, decodeFloats, dtypeSize, readTensorBytes, readTensorInto } from '../safetensors';
+import { convertBytes, decodeFloats, dtypeSize, readTensorBytes, readTensorFrom, type TensorLocation } from '../safetensors';
 import type { LayerTensor } from './layer-graph';
 
 /**
@@ -193,6 +194,13 @@ export class WeightStream {
   private nextTake = 0;
   private readonly slotBytes: number;
   private began = false;
+  /**
+   * The weight files, each opened once for the pass (a piece's read opened and closed its file: three trips through
+   * libuv's pool where one does), closed once the plan's last read is done (a norm read later opens its file again),
+   * and by close(), which the pass's end calls.
+   */
+  private readonly files = new Map<string, Promise<FileHandle>>();
+  private reading = 0;
 
   /** `halves`: float16 tensors are kept as stored (a wide pass widens them itself), not rounded to bf16. */
   constructor(private readonly layers: Map<string, LayerTensor>[], private readonly halves = false, opts: { slots?: number; slotBytes?: number } = {}) {
@@ -224,6 +232,41 @@ export class WeightStream {
   stopAt(upTo: number): void {
     const cut = this.plan.findIndex((p) => p.layer >= upTo);
     if (cut >= 0) this.plan = this.plan.slice(0, Math.max(cut, this.nextRead));
+    this.closeWhenRead();
+  }
+
+  /** Closes the weight files (reads still under way fail; nobody waits for them then). */
+  async close(): Promise<void> {
+    const files = [...this.files.values()];
+    this.files.clear();
+    await Promise.all(files.map((f) => f.then((fh) => fh.close(), () => undefined).catch(() => undefined)));
+  }
+
+  private closeWhenRead(): void {
+    if (this.reading === 0 && this.nextRead >= this.plan.length && this.files.size > 0) void this.close();
+  }
+
+  /** A small tensor's bytes (norms, biases) through the pass's handle of its file. */
+  private async bytes(loc: TensorLocation): Promise<Buffer> {
+    const buf = Buffer.allocUnsafe(loc.byteLength);
+    this.reading++;
+    try {
+      await readTensorFrom(await this.file(loc.file), loc, buf);
+      return buf;
+    } finally {
+      this.reading--;
+      this.closeWhenRead();
+    }
+  }
+
+  private file(path: string): Promise<FileHandle> {
+    let f = this.files.get(path);
+    if (!f) {
+      f = open(path, 'r');
+      f.catch(() => undefined); // the read that needs it meets the error
+      this.files.set(path, f);
+    }
+    return f;
   }
 
   /** Starts the first pieces' reads (once: a setup made ahead started them). */
@@ -255,12 +298,18 @@ export class WeightStream {
       const K = loc.shape[1]!, size = dtypeSize(loc.dtype), values = (p.r1 - p.r0) * K;
       const range = { ...loc, offset: loc.offset + p.r0 * K * size, byteLength: values * size };
       const into = buf.subarray(at, at + values * 2);
-      if (loc.dtype === 'BF16' || (this.halves && loc.dtype === 'F16')) await readTensorInto(range, into);
+      if (loc.dtype === 'BF16' || (this.halves && loc.dtype === 'F16')) await readTensorFrom(await this.file(loc.file), range, into);
       else into.set(convertBytes(await readTensorBytes(range), loc.dtype, 'BF16'));
       return new Uint16Array(buf.buffer, buf.byteOffset + at, values);
     };
-    const [w, w2] = await Promise.all([rows(p.role, 0), p.role === 'gate' ? rows('up', one) : null]);
-    return { ...p, w, w2 };
+    this.reading++;
+    try {
+      const [w, w2] = await Promise.all([rows(p.role, 0), p.role === 'gate' ? rows('up', one) : null]);
+      return { ...p, w, w2 };
+    } finally {
+      this.reading--;
+      this.closeWhenRead();
+    }
   }
 
   /**
@@ -328,7 +377,7 @@ export class WeightStream {
         await Promise.all(
           [...this.layers[layer]!.values()]
             .filter((t) => !(PROJECTIONS as readonly string[]).includes(t.role))
-            .map(async (t) => out.set(t.role, decodeFloats(await readTensorBytes(t.loc), t.loc.dtype))),
+            .map(async (t) => out.set(t.role, decodeFloats(await this.bytes(t.loc), t.loc.dtype))),
         );
         return out;
       })();

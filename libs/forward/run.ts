@@ -545,6 +545,7 @@ function phaseSession(setup: Setup, cfg: ModelConfig, phase: LayerPhase, opts: F
 }
 
 async function releaseSetup(setup: Setup): Promise<void> {
+  await setup.stream?.close();
   for (const s of setup.sessions.values()) await s.then((x) => x.release(), () => undefined);
 }
 
@@ -764,7 +765,7 @@ async function runLayers(m: Model, given: Sequence[], upTo: number, opts: Forwar
     const int8 = (opts.precision ?? 'fp32') === 'int8';
     const int8Pool: Int8Pool = new Map();
     // Native: the projections stream through a few buffers, piece by piece, in the order the layers take them.
-    const stream = native ? (su.stream ?? new WeightStream(layers, native === 'wide')) : null;
+    const stream = native ? (su.stream ??= new WeightStream(layers, native === 'wide')) : null;
     const f16 = native === 'wide' && wideDtype(layers) === 'F16';
     stream?.stopAt(upTo);
     stream?.begin();

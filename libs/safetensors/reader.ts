@@ -1,4 +1,4 @@
-import { open, stat } from 'node:fs/promises';
+import { open, stat, type FileHandle } from 'node:fs/promises';
 import { isPlainFileName } from '../util';
 import { modelJson, readInputText, stripBom } from '../input';
 import { closeSync, existsSync, openSync, readSync } from 'node:fs';
@@ -46,14 +46,19 @@ export interface TensorIndex {
 export async function readTensorInto(loc: TensorLocation, into: Uint8Array): Promise<void> {
   const fh = await open(loc.file, 'r');
   try {
-    let done = 0;
-    while (done < loc.byteLength) {
-      const { bytesRead } = await fh.read(into, done, loc.byteLength - done, loc.offset + done);
-      if (bytesRead === 0) throw new SafetensorsError('truncated', `file ended while reading ${loc.byteLength} bytes`, { file: loc.file, tensor: loc.name });
-      done += bytesRead;
-    }
+    await readTensorFrom(fh, loc, into);
   } finally {
     await fh.close();
+  }
+}
+
+/** readTensorInto through a handle of `loc.file` the caller holds open. */
+export async function readTensorFrom(fh: FileHandle, loc: TensorLocation, into: Uint8Array): Promise<void> {
+  let done = 0;
+  while (done < loc.byteLength) {
+    const { bytesRead } = await fh.read(into, done, loc.byteLength - done, loc.offset + done);
+    if (bytesRead === 0) throw new SafetensorsError('truncated', `file ended while reading ${loc.byteLength} bytes`, { file: loc.file, tensor: loc.name });
+    done += bytesRead;
   }
 }
 

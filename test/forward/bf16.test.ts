@@ -4,7 +4,7 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { readFileSync, readdirSync, readlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { computeAllHiddenStates, computePromptStates, bf16Unavailable } from '../../libs/forward';
 import { WeightStream, bf16Matmul, MATMUL_MODE, whyBf16Unavailable, type WeightPiece } from '../../libs/forward/bf16';
@@ -22,6 +22,7 @@ import { maxAbsDiff } from '../helpers/forward-reference';
 import { FIXTURES, openReference } from '../helpers/forward-fixtures';
 import { TINY, tempDir } from '../helpers/tmp';
 import { withKernel } from '../helpers/kernels';
+import { writeTinyModel } from '../../tools/testing/tiny-models';
 
 const PROMPTS = [[0, 42, 506, 359, 81, 393, 7, 7, 12], [0, 9], [0, 300, 301, 17, 18], [5]];
 const PROJ = ['q', 'k', 'v', 'o', 'gate', 'up', 'down'];
@@ -262,4 +263,47 @@ test('bf16: a pass prepared ahead (its first layer read) is taken and gives the 
     assert.equal(aheadStats.taken, taken + 1, 'the prepared pass was taken');
     assert.deepEqual(ahead, plain);
   });
+});
+
+test('WeightStream: each weight file is opened once for the pass (not once per piece) and closed once its last piece is read, or when the stream is closed', { skip: process.platform !== 'linux' && 'counts open files in /proc/self/fd' }, async () => {
+  const dir = tempDir();
+  await writeTinyModel(dir, { modelType: 'llama', hidden: 64, layers: 3, heads: 4, kvHeads: 2, intermediate: 192, vocab: 32, dtype: 'BF16', sharded: true });
+  const cfg = await readModelConfig(dir);
+  const index = await openWeights(dir);
+  const layers = [0, 1, 2].map((l) => planLayerTensors(cfg, index, l));
+  const files = new Set(layers.flatMap((l) => [...l.values()].map((t) => t.loc.file)));
+  assert.equal(files.size, 2, 'two shards');
+  // Open descriptors of this process on the weight files.
+  const open = () => readdirSync('/proc/self/fd').map((fd) => { try { return readlinkSync(`/proc/self/fd/${fd}`); } catch { return ''; } }).filter((f) => files.has(f));
+  const counts: number[] = [];
+  // Every open of a weight file through node:fs/promises (as the stream calls it).
+  const fsp = require('node:fs/promises') as { open: (...a: unknown[]) => unknown };
+  const realOpen = fsp.open;
+  const opened: string[] = [];
+  fsp.open = (...a: unknown[]) => (files.has(a[0] as string) && opened.push(a[0] as string), realOpen(...a));
+  try {
+    // Pieces of 64 rows, two buffers: many reads per file.
+    const w = new WeightStream(layers, false, { slots: 2, slotBytes: 64 * 64 * 4 });
+    w.begin();
+    for (const layer of [0, 1, 2]) {
+      for (const role of ['q', 'k', 'v', 'o', 'gate', 'down'] as const) {
+        await w.each(layer, role, () => (counts.push(open().length), [new Promise((r) => setTimeout(r, 1))]));
+      }
+    }
+  } finally {
+    fsp.open = realOpen;
+  }
+  assert.ok(counts.length > 18, `${counts.length} pieces`);
+  assert.equal(opened.length, files.size, `each file opened once: ${opened.length} opens`);
+  assert.ok(Math.max(...counts) <= files.size, `at most one descriptor per file while pieces are read: ${counts}`);
+  await new Promise((r) => setTimeout(r, 50));
+  assert.deepEqual(open(), [], 'closed after the last piece');
+  // A stream left part-way (a pass that failed) is closed by close().
+  const part = new WeightStream(layers, false, { slots: 2, slotBytes: 64 * 64 * 4 });
+  part.begin();
+  await part.each(0, 'q', () => []);
+  assert.ok(open().length > 0);
+  await part.close();
+  await new Promise((r) => setTimeout(r, 50));
+  assert.deepEqual(open(), []);
 });
