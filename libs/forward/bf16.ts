@@ -318,28 +318,42 @@ export class WeightStream {
    * over (the kernel's pool runs them one after another, with no trip back to JavaScript between: 8 MB pieces
    * awaited one by one made a 7B pass slower than whole projections). A piece's buffer takes the next read once its
    * products are done. Resolves when every product is done; products are never left running on a buffer.
+   *
+   * Calls are served in the order made: one made before the last has taken all its pieces waits for that, not for
+   * its products (q, k and v over the same x are asked for at once, and their products queue back to back: awaited
+   * one projection at a time, the pool ran dry between them); its role must then be next in the plan.
    */
-  async each(layer: number, role: StreamRole, product: (piece: WeightPiece) => Promise<unknown>[]): Promise<void> {
+  each(layer: number, role: StreamRole, product: (piece: WeightPiece) => Promise<unknown>[]): Promise<void> {
+    const before = this.turn;
+    let taken!: () => void;
+    this.turn = new Promise<void>((r) => (taken = r));
     const next = (at: number) => {
       const p = this.plan[at];
       return p !== undefined && p.layer === layer && p.role === role;
     };
-    if (!next(this.nextTake)) {
-      const p = this.plan[this.nextTake];
-      throw new Error(`weight stream: ${role} of layer ${layer} is not next (${p ? `${p.role} of layer ${p.layer}` : 'nothing left'})`);
-    }
-    const pending: Promise<void>[] = [];
-    try {
-      for (let at = this.nextTake; next(at); at++) {
-        this.nextTake = at + 1;
-        const piece = await this.pieceAt(at);
-        pending.push(Promise.all(product(piece)).then(() => this.done(at)));
+    return (async () => {
+      const pending: Promise<void>[] = [];
+      try {
+        await before;
+        if (!next(this.nextTake)) {
+          const p = this.plan[this.nextTake];
+          throw new Error(`weight stream: ${role} of layer ${layer} is not next (${p ? `${p.role} of layer ${p.layer}` : 'nothing left'})`);
+        }
+        for (let at = this.nextTake; next(at); at++) {
+          this.nextTake = at + 1;
+          const piece = await this.pieceAt(at);
+          pending.push(Promise.all(product(piece)).then(() => this.done(at)));
+        }
+      } finally {
+        taken();
+        await Promise.allSettled(pending);
       }
-    } finally {
-      await Promise.allSettled(pending);
-    }
-    await Promise.all(pending);
+      await Promise.all(pending);
+    })();
   }
+
+  /** Settled once the last each() call has taken all its pieces (the next call's turn). */
+  private turn: Promise<void> = Promise.resolve();
 
   /** The piece at `at` in the plan, once its read (started when a buffer is free) is done. */
   private pieceAt(at: number): Promise<WeightPiece> {
@@ -485,7 +499,8 @@ export async function runBf16Layer(
     );
     return outs;
   };
-  const q = await project('q', qDim), k = await project('k', kvDim), v = await project('v', kvDim);
+  // Asked for at once: their products queue back to back over xn's tiles (converted by q's first).
+  const [q, k, v] = await Promise.all([project('q', qDim), project('k', kvDim), project('v', kvDim)]);
   // Every pack's attention queued at once (the pool runs them back to back).
   const ctx = packs.map((p, i) => arrays.get(`ctx${i}`, rows(p) * qDim));
   await Promise.all(packs.map((p, i) => nativeAttention(cfg, q[i]!, k[i]!, v[i]!, p.tables, { q: F('q_norm'), k: F('k_norm') }, ctx[i]!, threads)));

@@ -307,3 +307,24 @@ test('WeightStream: each weight file is opened once for the pass (not once per p
   await new Promise((r) => setTimeout(r, 50));
   assert.deepEqual(open(), []);
 });
+
+test("WeightStream: each() calls made at once are served in the order made, the next taking its pieces once the last has taken its own (not once their products are done); one whose role is not next then is refused", async () => {
+  const dir = tempDir();
+  await writeTinyModel(dir, { modelType: 'llama', hidden: 64, layers: 2, heads: 4, kvHeads: 2, intermediate: 192, vocab: 32, dtype: 'BF16' });
+  const cfg = await readModelConfig(dir);
+  const index = await openWeights(dir);
+  const layers = [0, 1].map((l) => planLayerTensors(cfg, index, l));
+  const w = new WeightStream(layers);
+  w.begin();
+  const handed: string[] = [];
+  const products: (() => void)[] = [];
+  const each = (role: 'q' | 'k' | 'v') => w.each(0, role, (p) => (handed.push(`${role} ${p.r0}..${p.r1}`), [new Promise<void>((done) => products.push(done))]));
+  const all = Promise.all([each('q'), each('k'), each('v')]);
+  await new Promise((r) => setTimeout(r, 50));
+  // Every piece handed over while q's product still runs: k's and v's products are queued behind it.
+  assert.deepEqual(handed, ['q 0..64', 'k 0..32', 'v 0..32']);
+  for (const done of products) done();
+  await all;
+  await assert.rejects(Promise.all([w.each(0, 'gate', () => []), w.each(0, 'o', () => [])]), /^Error: weight stream: gate of layer 0 is not next \(o of layer 0\)$/);
+  await w.close();
+});
