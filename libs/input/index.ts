@@ -90,13 +90,14 @@ export async function readInputText(file: string, kind: InputKind, maxBytes = ki
     const chunks: Buffer[] = [];
     let n = 0;
     while (n <= maxBytes) {
-      const buf = Buffer.alloc(Math.min(maxBytes + 1 - n, Math.max(st.size + 1 - n, 65536)));
+      // Unfilled: only what was read is kept (a tokenizer.json is ~9 MB; zeroing it first touched it once more).
+      const buf = Buffer.allocUnsafe(Math.min(maxBytes + 1 - n, Math.max(st.size + 1 - n, 65536)));
       const { bytesRead } = await fh.read(buf, 0, buf.length, n);
       if (bytesRead === 0) break;
       chunks.push(buf.subarray(0, bytesRead));
       n += bytesRead;
     }
-    return decode(Buffer.concat(chunks), n, file, kind, maxBytes);
+    return decode(chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks), n, file, kind, maxBytes);
   } finally {
     await fh.close();
   }
@@ -116,13 +117,13 @@ export function readInputTextSync(file: string, kind: InputKind, maxBytes = kind
     const chunks: Buffer[] = [];
     let n = 0;
     while (n <= maxBytes) {
-      const buf = Buffer.alloc(Math.min(maxBytes + 1 - n, Math.max(st.size + 1 - n, 65536)));
+      const buf = Buffer.allocUnsafe(Math.min(maxBytes + 1 - n, Math.max(st.size + 1 - n, 65536)));
       const r = readSync(fd, buf, 0, buf.length, n);
       if (r === 0) break;
       chunks.push(buf.subarray(0, r));
       n += r;
     }
-    return decode(Buffer.concat(chunks), n, file, kind, maxBytes);
+    return decode(chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks), n, file, kind, maxBytes);
   } finally {
     closeSync(fd);
   }
