@@ -9,10 +9,10 @@ import { join } from 'node:path';
 import type { Recipe } from '../recipe';
 import { readRecipe } from '../recipe';
 import { cachedModelDir, memoisedContentId, type HubEnv } from '../resolve';
-import { loadTokenizer } from '../tokenizer';
+import { promptIds } from '../tokenizer';
 import { speculatePromptStates, stopForwardWorker } from '../forward';
 import { ContentCache } from '../cache';
-import { promptStateKey } from '../prompt-cache';
+import { promptIdsMemo, promptStateKey } from '../prompt-cache';
 import type { StageOptions } from '../options';
 
 /** Every expert of the recipe, routed and shared: those whose prompts may need states. */
@@ -78,13 +78,13 @@ export async function speculateHiddenStates(recipe: Recipe, before: Recipe | nul
   if (dir === null) return 0; // fetch downloads it, or says what is wrong with it
   let ids: number[][];
   try {
-    const tok = await loadTokenizer(dir);
     // Where the base's content id is known without hashing (its files' hashes memoised), the prompts whose
     // states the cache already holds are not sent; none left: the worker is stopped now rather than once the
     // stage has read them all (a fully cached edit took 0.2 s longer beside a worker loading its first layer).
     const cache = new ContentCache(cacheDir, undefined, { recompute: options.recompute, quiet: true });
+    const tok = await promptIds(dir, texts, promptIdsMemo(cache));
     const baseId = await memoisedContentId(dir, cache);
-    ids = texts.map((t) => tok.encodePrompt(t));
+    ids = tok.ids;
     if (baseId !== null) {
       const held = await Promise.all(texts.map((t, i) => cache.mayHave(promptStateKey(baseId, tok.contentId, t, ids[i]!.length, precision))));
       ids = ids.filter((_, i) => !held[i]);

@@ -1,5 +1,6 @@
 import { createHash } from 'node:crypto';
 import type { ContentCache } from '../cache';
+import type { IdsMemo } from '../tokenizer';
 
 /**
  * The forward pass's version for a run of `tokens` tokens: bump when its numbers change, so old entries miss instead
@@ -154,4 +155,9 @@ export function routerInputsListed(cache: ContentCache, m: RouterInputMaterial):
 
 export async function putRouterInputs(cache: ContentCache, m: RouterInputMaterial, layers: Float32Array[]): Promise<void> {
   await cache.putBound(routerInputKey(m.base, m.tokenizer, m.text, m.ids.length, m.mlp), routerMaterial(m), Buffer.concat(layers.map((l) => Buffer.from(l.buffer, l.byteOffset, l.byteLength))));
+}
+
+/** Prompt ids remembered in the prompt-state cache (libs/tokenizer's promptIds): a few hundred bytes an entry. */
+export function promptIdsMemo(cache: ContentCache): IdsMemo {
+  return { get: (key, material) => cache.getBoundJson(key, material, 1 << 20), put: (key, material, value) => cache.putBoundJson(key, material, value) };
 }
