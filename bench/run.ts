@@ -39,7 +39,7 @@ import { computePromptStates, FORWARD_PRECISIONS, type ForwardPrecision } from '
 import { loadTokenizer } from '../libs/tokenizer';
 import { benchForward, benchIdleCpu } from './forward';
 import { benchRng } from './rng';
-import { writeFastModel, type TinyModelSpec } from './models';
+import { REAL_TOKENIZERS, writeFastModel, type TinyModelSpec } from './models';
 import { SIZES, benchIncremental, growthTable, type StepResult } from './incremental';
 import { ROOT, addRecipe, nx, nxProfiled, throwawayWorkspace, timed, type TaskTiming } from './workspace';
 import type { ChildResult } from './write-child';
@@ -413,12 +413,12 @@ function forwardRows(section: string, f: Record<string, number>): void {
   row({ section, measure: 'forward fixed cost per layer (1-token prompt), s', value: f.fixedSecondsPerLayer!, unit: 's', baseline: null, baselineLabel: `layer weights ${f.layerWeightsF32MiB} MiB as f32`, goal: '≤ 0.1 s', met: f.fixedSecondsPerLayer! <= 0.1 });
 }
 
-async function benchIncrementalSection(tmp: string, size: string, precision: ForwardPrecision | null): Promise<void> {
-  const r = await benchIncremental(tmp, size, log, precision);
+async function benchIncrementalSection(tmp: string, size: string, precision: ForwardPrecision | null, tokenizer: string | null): Promise<void> {
+  const r = await benchIncremental(tmp, size, log, precision, tokenizer);
   const [cold, plus, noise, swap, noop] = r.steps as [StepResult, StepResult, StepResult, StepResult, StepResult];
   const copyS = (bytes: number) => (bytes * r.copy.seconds) / r.copy.bytes;
   const f = r.forward as Record<string, number>;
-  const s = `incremental-${size}${precision ? `-${precision}` : ''}`;
+  const s = `incremental-${size}${precision ? `-${precision}` : ''}${tokenizer ? `-${tokenizer}` : ''}`;
   const coldFloor = f.gemmBaselineSeconds! + copyS(cold.outputBytes);
   row({ section: s, measure: `cold build (${(cold.outputBytes / 1e9).toFixed(2)} GB), s`, value: cold.seconds, unit: 's', baseline: coldFloor, baselineLabel: `forward at Gemm rate ${f.gemmBaselineSeconds!.toFixed(1)} s + stream copy ${copyS(cold.outputBytes).toFixed(1)} s`, goal: '≤ 1.3', met: cold.seconds <= 1.3 * coldFloor });
   // Recipes name models by Hub id more often than by folder: once downloaded, a first build is as quick.
@@ -545,6 +545,10 @@ async function main(): Promise<void> {
   const precisionAt = argv.indexOf('--forward-precision');
   const precision = precisionAt >= 0 ? FORWARD_PRECISIONS.find((p) => p === argv[precisionAt + 1]) ?? null : null;
   if (precisionAt >= 0 && !precision) throw new Error(`--forward-precision must be one of ${FORWARD_PRECISIONS.join(', ')}`);
+  // --tokenizer NAME: the incremental section's models carry that real tokenizer (its own section name and file).
+  const tokenizerAt = argv.indexOf('--tokenizer');
+  const tokenizer = tokenizerAt >= 0 ? argv[tokenizerAt + 1] ?? '' : null;
+  if (tokenizer !== null && !REAL_TOKENIZERS[tokenizer]) throw new Error(`--tokenizer must be one of ${Object.keys(REAL_TOKENIZERS).join(', ')}, got "${tokenizer}"`);
   const chosen = argv.filter((a) => all.includes(a));
   // --size runs the incremental section at that size, plus the write section (the casts' rates).
   const sections = chosen.length ? chosen : size ? ['incremental', 'write'] : argv.includes('machine') ? [] : ['rng', 'forward', 'write', 'nx', 'many'];
@@ -570,7 +574,7 @@ async function main(): Promise<void> {
       if (s === 'write') await benchWrite(tmp);
       if (s === 'nx') await benchNx(tmp);
       if (s === 'many') await benchMany(tmp);
-      if (s === 'incremental') for (const z of sizes.length ? sizes : ['small']) await benchIncrementalSection(tmp, z, precision);
+      if (s === 'incremental') for (const z of sizes.length ? sizes : ['small']) await benchIncrementalSection(tmp, z, precision, tokenizer);
       if (s === 'gguf') await benchGgufSection(tmp, size);
       if (s === 'gguf-merge') await benchGgufMergeSection(tmp, size ?? 'small');
       if (s === 'report') await benchReportSection(tmp, size ?? 'small');

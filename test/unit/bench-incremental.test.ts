@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import { chmodSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { SIZES, checkDisk, findReference, growthTable, sizeBytes } from '../../bench/incremental';
-import { tempDir } from '../helpers/tmp';
+import { ROOT, tempDir } from '../helpers/tmp';
 
 const d = tempDir('moe-forge-bench-inc-');
 
@@ -75,4 +75,20 @@ test('the growth table: one column a size from the per-size files, smallest outp
   assert.match(t, /cold build, s\s+\| 4\.00\s+\| 20\.0 \(×5\.0\)/);
   assert.match(t, /reference cold, s\s+\| —\s+\| 40\.0/);
   assert.match(t, /cold: ours \/ reference\s+\| —\s+\| 0\.50/);
+});
+
+test("--tokenizer: a generated model takes a real tokenizer's files where its ids fit the embedding table, else one line says why", async () => {
+  const { REAL_TOKENIZERS, useRealTokenizer } = await import('../../bench/models');
+  const { loadTokenizer } = await import('../../libs/tokenizer');
+  const m = join(d, 'real-tok');
+  mkdirSync(m, { recursive: true });
+  writeFileSync(join(m, 'config.json'), JSON.stringify({ model_type: 'llama', vocab_size: 32000 }));
+  useRealTokenizer(m, 'llama2', SIZES.medium!.vocab, ROOT);
+  const tok = await loadTokenizer(m);
+  // Llama 2's ids (its <s> is 1, and "Hello" is one token there, five in the byte tokenizer).
+  assert.equal(tok.padTokenId, 1);
+  assert.equal(tok.encodePrompt('Hello').length, 2);
+  assert.equal(REAL_TOKENIZERS.llama2!.vocab, 32000);
+  assert.throws(() => useRealTokenizer(m, 'llama2', SIZES.small!.vocab, ROOT), /^Error: --tokenizer llama2: its 32000 token ids do not fit the model's 4000-row embedding table \(use --size medium or large\)$/);
+  assert.throws(() => useRealTokenizer(m, 'gpt9', 32000, ROOT), /^Error: --tokenizer must be one of llama2, got "gpt9"$/);
 });
