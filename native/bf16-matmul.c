@@ -25,9 +25,9 @@
 // the attention between a layer's projections (what onnxruntime's attention core graph computed for the native
 // pass): per prompt (segs: [start, length] rows of the pack) and key/value head, qwen3's per-head RMSNorm where
 // given, RoPE, causal softmax attention (a sliding window where window > 0) over the prompt's own rows, the
-// query heads of a group sharing their key/value head. Float32 throughout, every sum in a fixed order (16 lanes
-// of fused multiply-adds, then the lanes in order), so a prompt gets the same bits alone or packed and the AVX-512
-// build of the loop and the portable one agree.
+// query heads of a group sharing their key/value head. Float32 throughout, every sum in a fixed order (each score a
+// chain of fused multiply-adds over d, 16 keys at a time; the softmax's sum in float64), so a prompt gets the same
+// bits alone or packed and the AVX-512 build of the loop and the portable one agree.
 #include <node_api.h>
 #include <pthread.h>
 #include <stdint.h>

@@ -3,7 +3,7 @@ import { open, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { ForgeError } from '../errors';
 import type { ModelConfig } from '../model-folder';
-import { convertBytes, decodeFloats, dtypeSize, readTensorBytes, readTensorFrom, type TensorLocation } from '../safetensors';
+import { convertBytes, decodeFloats, dtypeSize, readTensorFrom, type TensorLocation } from '../safetensors';
 import type { LayerTensor } from './layer-graph';
 
 /**
@@ -246,7 +246,7 @@ export class WeightStream {
     if (this.reading === 0 && this.nextRead >= this.plan.length && this.files.size > 0) void this.close();
   }
 
-  /** A small tensor's bytes (norms, biases) through the pass's handle of its file. */
+  /** A tensor's bytes (norms, biases, pieces stored in another dtype) through the pass's handle of its file. */
   private async bytes(loc: TensorLocation): Promise<Buffer> {
     const buf = Buffer.allocUnsafe(loc.byteLength);
     this.reading++;
@@ -299,7 +299,7 @@ export class WeightStream {
       const range = { ...loc, offset: loc.offset + p.r0 * K * size, byteLength: values * size };
       const into = buf.subarray(at, at + values * 2);
       if (loc.dtype === 'BF16' || (this.halves && loc.dtype === 'F16')) await readTensorFrom(await this.file(loc.file), range, into);
-      else into.set(convertBytes(await readTensorBytes(range), loc.dtype, 'BF16'));
+      else into.set(convertBytes(await this.bytes(range), loc.dtype, 'BF16'));
       return new Uint16Array(buf.buffer, buf.byteOffset + at, values);
     };
     this.reading++;

@@ -150,19 +150,23 @@ export interface TransformersTokenizer {
   withPipeline(json: Record<string, unknown>): Tokenizer;
 }
 
+/** A folder's tokenizer_config.json and the class transformers 5 picks for it, which depends on the model folder's config.json too (a bare tokenizer folder has none). */
+async function tokenizerClass(dir: string): Promise<{ config: Record<string, unknown>; cls: string }> {
+  const cfgFile = join(dir, 'tokenizer_config.json');
+  const config = existsSync(cfgFile) ? await readJson(cfgFile) : {};
+  const modelType = await readModelType(join(dir, 'config.json'));
+  return { config, cls: transformers5Class(modelType, typeof config.tokenizer_class === 'string' ? config.tokenizer_class : null) };
+}
+
 export async function loadTransformersTokenizer(dir: string): Promise<TransformersTokenizer> {
   const tjFile = join(dir, 'tokenizer.json');
   if (!existsSync(tjFile)) {
     throw new ModelError('missing_tokenizer', 'the base model has no tokenizer.json (a fast tokenizer is needed to tokenize prompts)', { file: tjFile });
   }
   const tokenizerJson = await readJson(tjFile);
-  const cfgFile = join(dir, 'tokenizer_config.json');
-  const config = existsSync(cfgFile) ? await readJson(cfgFile) : {};
+  const { config, cls } = await tokenizerClass(dir);
   const stmFile = join(dir, 'special_tokens_map.json');
   const stm = existsSync(stmFile) ? await readJson(stmFile) : {};
-  // AutoTokenizer's choice of class depends on the model folder's config.json (a bare tokenizer folder has none).
-  const modelType = await readModelType(join(dir, 'config.json'));
-  const cls = transformers5Class(modelType, typeof config.tokenizer_class === 'string' ? config.tokenizer_class : null);
   const pipeline = transformers5Pipeline(cls, tokenizerJson, config);
   const bosToken = specialToken('bos_token', config, stm, pipeline.defaults.bos);
   const eosToken = specialToken('eos_token', config, stm, pipeline.defaults.eos);
@@ -272,10 +276,8 @@ const idsMaterial = (contentId: string, text: string) => ({ mode: 'prompt-ids', 
  * where it holds none, or nothing well-formed). Null for a tokenizer folder that cannot be read (the load says why).
  */
 async function fromMemo(dir: string, texts: string[], memo: IdsMemo): Promise<{ contentId: string; padTokenId: number | null; ids: (number[] | null)[] } | null> {
-  const cfg = await readJson(join(dir, 'tokenizer_config.json')).catch(() => ({}) as Record<string, unknown>);
-  const cls = transformers5Class(await readModelType(join(dir, 'config.json')), typeof cfg.tokenizer_class === 'string' ? cfg.tokenizer_class : null);
   if (!existsSync(join(dir, 'tokenizer.json'))) return null;
-  const contentId = await contentIdOf(dir, cls);
+  const contentId = await contentIdOf(dir, (await tokenizerClass(dir)).cls);
   const head = (await memo.get(`tokenizer:${contentId}`, { mode: 'tokenizer', tokenizer: contentId })) as { padTokenId?: unknown } | null;
   const entries = (await Promise.all(texts.map((t) => memo.get(idsKey(contentId, t), idsMaterial(contentId, t))))) as ({ ids?: unknown } | null)[];
   const ok = (e: { ids?: unknown } | null) => e !== null && typeof e === 'object' && Array.isArray(e.ids) && e.ids.length > 0 && e.ids.every(isId);
