@@ -7,9 +7,9 @@
 // product is float32's and only the order of the sums differs from onnxruntime's Gemm. Each output is one fused
 // multiply-add chain over k in order (acc = fma(x[m][k], w[n][k], acc) from 0), whatever M, the tiling or the
 // threads, so the AVX-512F kernel (each weight broadcast against 80 rows of x at once, the weights widened a block of
-// rows at a time into a buffer that stays in L2: no float32 copy of a layer is made) and the portable loop (fmaf)
-// give the same sums (mode 2's silu differs: a polynomial exp in the AVX-512 kernel, expf in the portable one), and
-// a prompt the same bits alone or packed.
+// rows at a time into a buffer that stays in L2, or in registers where x is one tile: no float32 copy of a layer is
+// made) and the portable loop (fmaf) give the same sums (mode 2's silu differs: a polynomial exp in the AVX-512
+// kernel, expf in the portable one), and a prompt the same bits alone or packed.
 //
 // Wide products also take float16 weights (f16: vcvtph2ps, exact).
 //
@@ -44,6 +44,7 @@
 #define NRW 4        // rows of W per wide tile (20 sums in registers, 5 of x, 1 broadcast)
 #define KPW 2048     // values of k per widened pack (NB_WIDE rows: 512 KiB, in L2; each row read in one run)
 #define KCW 128      // values of k per wide tile pass (x's 80 rows: 40 KiB, in L1)
+#define DIRECT_TILES 1  // x of at most this many wide tiles takes W's bf16 rows as stored (tile_wbf), more a widened pack
 #define NB 64    // rows of W per block (NB * KC * 2 = 256 KiB): the block stays in L2
 
 // The attention's arguments (a job of kind JOB_ATTENTION).
@@ -246,6 +247,64 @@ TILE_WIDE(3)
 TILE_WIDE(4)
 TILE_WIDE(5)
 
+// The same chains with W's bf16 rows read as stored (no widened pack): two values of a row broadcast at once and
+// widened in registers (shifted, masked; exact), the products and their order those of tile_wide. For x of one
+// tile (a one-prompt edit's pass), which a widened block would serve once: the pack's stores and loads were a sixth
+// of that pass's kernel time (2 tiles: even; more: the pack wins). `rows`: W's rows there (< NRW in a block's last
+// group: the last one read again, its sums unused).
+#define TILE_WIDE_BF16(MV)                                                                                               \
+  __attribute__((target("avx512f"))) static void tile_wbf##MV(const float *x, const uint16_t *w, int ws, int rows, int kc, float *st, int ss, int first) { \
+    __m512 c[NRW][MV];                                                                                                 \
+    const uint16_t *r[NRW];                                                                                            \
+    for (int j = 0; j < NRW; j++) r[j] = w + (size_t)(j < rows ? j : rows - 1) * ws;                                   \
+    for (int j = 0; j < NRW; j++)                                                                                      \
+      for (int v = 0; v < MV; v++) c[j][v] = first ? _mm512_setzero_ps() : _mm512_loadu_ps(st + (size_t)j * ss + v * 16); \
+    const __m512i hi = _mm512_set1_epi32((int)0xffff0000u);                                                            \
+    int k = 0;                                                                                                         \
+    for (; k + 2 <= kc; k += 2) {                                                                                      \
+      __m512i p[NRW];                                                                                                  \
+      for (int j = 0; j < NRW; j++) {                                                                                  \
+        uint32_t u;                                                                                                    \
+        memcpy(&u, r[j] + k, sizeof u); /* w[k] in the low half, w[k + 1] in the high one */                          \
+        p[j] = _mm512_set1_epi32((int)u);                                                                              \
+      }                                                                                                                \
+      for (int h = 0; h < 2; h++) {                                                                                    \
+        __m512 a[MV];                                                                                                  \
+        for (int v = 0; v < MV; v++) {                                                                                 \
+          a[v] = _mm512_loadu_ps(x + (size_t)(k + h) * MT + v * 16);                                                   \
+          __asm__("" : "+v"(a[v]));                                                                                    \
+        }                                                                                                              \
+        for (int j = 0; j < NRW; j++) {                                                                                \
+          const __m512 b = _mm512_castsi512_ps(h ? _mm512_and_si512(p[j], hi) : _mm512_slli_epi32(p[j], 16));          \
+          for (int v = 0; v < MV; v++) c[j][v] = _mm512_fmadd_ps(a[v], b, c[j][v]);                                    \
+        }                                                                                                              \
+      }                                                                                                                \
+    }                                                                                                                  \
+    for (; k < kc; k++) {                                                                                              \
+      for (int j = 0; j < NRW; j++) {                                                                                  \
+        const __m512 b = _mm512_set1_ps(from_bf16(r[j][k]));                                                           \
+        for (int v = 0; v < MV; v++) c[j][v] = _mm512_fmadd_ps(_mm512_loadu_ps(x + (size_t)k * MT + v * 16), b, c[j][v]); \
+      }                                                                                                                \
+    }                                                                                                                  \
+    for (int j = 0; j < NRW; j++)                                                                                      \
+      for (int v = 0; v < MV; v++) _mm512_storeu_ps(st + (size_t)j * ss + v * 16, c[j][v]);                            \
+  }
+TILE_WIDE_BF16(1)
+TILE_WIDE_BF16(2)
+TILE_WIDE_BF16(3)
+TILE_WIDE_BF16(4)
+TILE_WIDE_BF16(5)
+
+static void tile_wbf(int mv, const float *x, const uint16_t *w, int ws, int rows, int kc, float *st, int ss, int first) {
+  switch (mv) {
+    case 1: tile_wbf1(x, w, ws, rows, kc, st, ss, first); break;
+    case 2: tile_wbf2(x, w, ws, rows, kc, st, ss, first); break;
+    case 3: tile_wbf3(x, w, ws, rows, kc, st, ss, first); break;
+    case 4: tile_wbf4(x, w, ws, rows, kc, st, ss, first); break;
+    default: tile_wbf5(x, w, ws, rows, kc, st, ss, first); break;
+  }
+}
+
 static void tile_wide(int mv, const float *x, const float *w, int ws, int kc, float *st, int ss, int first) {
   switch (mv) {
     case 1: tile_wide1(x, w, ws, kc, st, ss, first); break;
@@ -405,7 +464,16 @@ static void run_block_wide(Job *j, int nb, int nbEnd, float *scratch, float *scr
       wide_portable((const float *)j->ax, M, Kp, K, w, j->f16, width, s);
       continue;
     }
-    for (int p0 = 0; p0 < K; p0 += KPW) {
+    if (!j->f16 && tiles <= DIRECT_TILES) {
+      for (int k0 = 0; k0 < K; k0 += KCW) {
+        const int kc = K - k0 < KCW ? K - k0 : KCW;
+        for (int t = 0; t < tiles; t++) {
+          const int rows = M - t * MT < MT ? M - t * MT : MT, mv = (rows + 15) / 16;
+          const float *x = (const float *)j->ax + ((size_t)t * Kp + k0) * MT;
+          for (int g = 0; g < width; g += NRW) tile_wbf(mv, x, w + (size_t)g * K + k0, K, width - g, kc, st + (size_t)g * MTs + t * MT, MTs, k0 == 0);
+        }
+      }
+    } else for (int p0 = 0; p0 < K; p0 += KPW) {
       const int kp = K - p0 < KPW ? K - p0 : KPW;
       pack_rows(w, K, width, p0, kp, j->f16, packed);
       for (int k0 = p0; k0 < p0 + kp; k0 += KCW) {
