@@ -1,4 +1,5 @@
-import { mkdir, stat } from 'node:fs/promises';
+import { createHash } from 'node:crypto';
+import { mkdir, readFile, stat } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import { isAbsolute, join, resolve } from 'node:path';
 import type Cacache from 'cacache';
@@ -43,6 +44,63 @@ function cacheUnusable(dir: string, e: unknown, warn?: (line: string) => void): 
   return true;
 }
 
+/** An index entry as cacache's get.info gives it; `sha512`: its content's digest (base64) where that is all its integrity names. */
+interface EntryInfo {
+  integrity: string;
+  size: number;
+  path: string;
+  sha512: string | null;
+}
+
+const ENTRY_CODE = (code: string, message: string) => Object.assign(new Error(message), { code });
+
+/**
+ * cacache's layout on disk (its cache-version: index 5, content 2), read here without loading cacache for the reads
+ * a command makes first: loading it took ~30 ms before the forward worker got its prompts. As cacache reads a
+ * bucket: each line `sha1(json)<TAB>json`, lines whose hash does not match skipped, the key's last entry wins and
+ * one without integrity is a deletion. An entry this does not know (another hash, no size) is cacache's to read.
+ */
+async function entryInfo(dir: string, key: string): Promise<EntryInfo | null> {
+  const hashed = createHash('sha256').update(key).digest('hex');
+  let text: string;
+  try {
+    text = await readFile(join(dir, 'index-v5', hashed.slice(0, 2), hashed.slice(2, 4), hashed.slice(4)), 'utf8');
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return null;
+    throw e;
+  }
+  let last: { integrity?: unknown; size?: unknown } | null = null;
+  for (const line of text.split('\n')) {
+    const tab = line.indexOf('\t');
+    if (tab < 0) continue;
+    const json = line.slice(tab + 1);
+    if (createHash('sha1').update(json).digest('hex') !== line.slice(0, tab)) continue;
+    try {
+      const e = JSON.parse(json) as { key?: unknown; integrity?: unknown; size?: unknown };
+      if (e && e.key === key) last = e;
+    } catch {
+      // as cacache: a line that is not JSON is skipped
+    }
+  }
+  if (!last?.integrity) return null;
+  const sri = typeof last.integrity === 'string' ? /^sha512-([A-Za-z0-9+/]{86}==)$/.exec(last.integrity) : null;
+  if (!sri || typeof last.size !== 'number') {
+    const info = await cacache().get.info(dir, key);
+    return info && { integrity: info.integrity, size: info.size ?? -1, path: info.path, sha512: null }; // no size: read as damaged
+  }
+  const hex = Buffer.from(sri[1]!, 'base64').toString('hex');
+  return { integrity: last.integrity as string, size: last.size, path: join(dir, 'content-v2', 'sha512', hex.slice(0, 2), hex.slice(2, 4), hex.slice(4)), sha512: sri[1]! };
+}
+
+/** An entry's content, checked as cacache checks it: its size, then its digest. */
+async function entryData(dir: string, info: EntryInfo): Promise<Buffer> {
+  if (info.sha512 === null) return cacache().get.byDigest(dir, info.integrity, { size: info.size });
+  const data = await readFile(info.path);
+  if (data.length !== info.size) throw ENTRY_CODE('EBADSIZE', `cache content ${info.path}: ${data.length} bytes, its entry says ${info.size}`);
+  if (createHash('sha512').update(data).digest('base64') !== info.sha512) throw ENTRY_CODE('EINTEGRITY', `cache content ${info.path} does not match its integrity`);
+  return data;
+}
+
 /** What a bound entry starts with: its key material, length-prefixed, then the data. */
 function boundHead(material: unknown): Buffer {
   const json = Buffer.from(JSON.stringify(material), 'utf8');
@@ -79,7 +137,7 @@ export class ContentCache {
     const head = boundHead(material);
     const max = head.length + maxDataBytes;
     try {
-      const info = await cacache().get.info(this.dir, key);
+      const info = await entryInfo(this.dir, key);
       if (!info) return null;
       const onDisk = await stat(info.path).then((s) => s.size, () => null);
       if (onDisk === null) {
@@ -96,7 +154,7 @@ export class ContentCache {
         await this.remove(key);
         return null;
       }
-      const data = await cacache().get.byDigest(this.dir, info.integrity, { size: info.size });
+      const data = await entryData(this.dir, info);
       if (data.length > max || data.length < head.length || !data.subarray(0, head.length).equals(head)) {
         await this.remove(key);
         return null;
@@ -124,7 +182,7 @@ export class ContentCache {
   async mayHave(key: string): Promise<boolean> {
     if (this.opts.recompute) return false;
     try {
-      return (await cacache().get.info(this.dir, key)) !== null;
+      return (await entryInfo(this.dir, key)) !== null;
     } catch {
       return false;
     }

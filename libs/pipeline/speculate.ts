@@ -77,12 +77,19 @@ export async function speculateHiddenStates(recipe: Recipe, before: Recipe | nul
   const dir = await cachedModelDir(recipe.base_model, { baseDir: modelBaseDir, env });
   if (dir === null) return 0; // fetch downloads it, or says what is wrong with it
   let ids: number[][];
+  // The ids the memo lacked are stored once the prompts are sent: a put loads cacache (~20 ms), which the worker
+  // waited for.
+  const puts: (() => Promise<void>)[] = [];
+  const store = () => {
+    for (const put of puts.splice(0)) put().catch(() => undefined); // only a head start for the next command
+  };
   try {
     // Where the base's content id is known without hashing (its files' hashes memoised), the prompts whose
     // states the cache already holds are not sent; none left: the worker is stopped now rather than once the
     // stage has read them all (a fully cached edit took 0.2 s longer beside a worker loading its first layer).
     const cache = new ContentCache(cacheDir, undefined, { recompute: options.recompute, quiet: true });
-    const tok = await promptIds(dir, texts, promptIdsMemo(cache));
+    const memo = promptIdsMemo(cache);
+    const tok = await promptIds(dir, texts, { get: memo.get, put: async (...a) => void puts.push(() => memo.put(...a)) });
     const baseId = await memoisedContentId(dir, cache);
     ids = tok.ids;
     if (baseId !== null) {
@@ -90,12 +97,16 @@ export async function speculateHiddenStates(recipe: Recipe, before: Recipe | nul
       ids = ids.filter((_, i) => !held[i]);
       if (ids.length === 0) {
         stopForwardWorker();
+        store();
         return 0;
       }
     }
   } catch {
+    store();
     return 0;
   }
   // The CPU's pass in the arithmetic asked for, as the stage asks for it (cachedHiddenStates).
-  return speculatePromptStates(dir, ids, { device: 'cpu', precision }) ? ids.length : 0;
+  const sent = speculatePromptStates(dir, ids, { device: 'cpu', precision }) ? ids.length : 0;
+  store();
+  return sent;
 }

@@ -7,6 +7,9 @@ import { SafetensorsWeights, readTensorBytes, decodeFloats } from '../../libs/sa
 import { assertMatchesManifest, manifest } from '../helpers/manifest';
 import { FIXTURES, tempDir } from '../helpers/tmp';
 import { bf16Unavailable, usePortableBf16 } from '../../libs/forward';
+import { forgetLoadedTokenizers, promptIds, tokenizerStats } from '../../libs/tokenizer';
+import { promptIdsMemo } from '../../libs/prompt-cache';
+import { ContentCache } from '../../libs/cache';
 
 const PARITY = join(FIXTURES, 'parity');
 const refJson = JSON.parse(readFileSync(join(PARITY, 'mixtral-hidden.reference.json'), 'utf8'));
@@ -236,10 +239,17 @@ test('a hidden merge forks its forward worker ahead when its prompts may need st
   // A prompt the folder was not built from: sent ahead, and that pass serves the stage.
   const first = /positive_prompts:\n(\s+)- /.exec(text)!;
   writeFileSync(file, text.replace(first[0], `${first[0]}"a prompt never seen"\n${first[1]}- `));
+  forgetLoadedTokenizers(); // as a new command's process: the tokenizer not built yet
   r = await run('out');
   assert.ok(r.speculated, 'a new prompt: sent ahead');
   assert.match(r.states, /1 computed/);
   assert.equal(r.taken, 1, 'the stage took it');
+  // Its ids went into the memo once it was sent (the look ahead stores them): the next command needs no tokenizer for it.
+  forgetLoadedTokenizers();
+  const built = tokenizerStats.built;
+  const ids = await promptIds(join(FIXTURES, 'tiny-llama', 'tiny-a'), ['a prompt never seen'], promptIdsMemo(new ContentCache(cacheDir)));
+  assert.equal(tokenizerStats.built, built, 'its ids were read from the memo');
+  assert.ok(ids.ids[0]!.length > 1);
   // A new folder (every prompt expected to miss) with one more new prompt: only the one the cache lacks is sent.
   writeFileSync(file, text.replace(first[0], `${first[0]}"a prompt never seen"\n${first[1]}- "another one"\n${first[1]}- `));
   r = await run('third');
