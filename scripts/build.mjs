@@ -60,9 +60,18 @@ const bundleOnly = {
     });
   },
 };
-const WORKER_NAMES = { __FORWARD_WORKER__: JSON.stringify('forward-worker.js'), __ROUTING_WORKER__: JSON.stringify('routing-worker.js'), __NOISE_WORKER__: JSON.stringify('noise-worker.js'), __HASH_WORKER__: JSON.stringify('hash-worker.js') };
-
 try {
+  // The float kernels' WebAssembly modules (libs/safetensors/float-wasm.ts, FLOAT_WASM_MODULES), assembled here once
+  // and put into every bundle as base64 (__FLOAT_WASM__): assembled at run time they took a command's main thread
+  // ~40 ms. Also written to build/float-wasm.json, which the tests hold against the sources' own assembly.
+  const wasmSource = await esbuild.build({ ...common, entryPoints: [join(ROOT, 'libs', 'safetensors', 'float-wasm.ts')], write: false, sourcemap: false, metafile: false, outdir: tmp });
+  const wasmModule = { exports: {} };
+  new Function('module', 'exports', 'require', wasmSource.outputFiles[0].text)(wasmModule, wasmModule.exports, require);
+  const FLOAT_WASM = Object.fromEntries(Object.entries(wasmModule.exports.FLOAT_WASM_MODULES).map(([name, make]) => [name, Buffer.from(make()).toString('base64')]));
+  mkdirSync(tmp, { recursive: true });
+  writeFileSync(join(tmp, 'float-wasm.json'), JSON.stringify(FLOAT_WASM) + '\n');
+  const BUILT = { __FLOAT_WASM__: JSON.stringify(JSON.stringify(FLOAT_WASM)) };
+  const WORKER_NAMES = { ...BUILT, __FORWARD_WORKER__: JSON.stringify('forward-worker.js'), __ROUTING_WORKER__: JSON.stringify('routing-worker.js'), __NOISE_WORKER__: JSON.stringify('noise-worker.js'), __HASH_WORKER__: JSON.stringify('hash-worker.js') };
   // The command: its own bundle (its plain-JavaScript packages inside, bundleOnly), and a code cache of it.
   const cli = await esbuild.build({
     ...common,
@@ -102,7 +111,7 @@ try {
     ...common,
     entryPoints: { ...Object.fromEntries(EXECUTORS.map((e) => [e, join(ROOT, 'tools', 'executors', e, 'impl.ts')])), 'stage-batch': join(ROOT, 'tools', 'executors', 'stage', 'batch.ts'), 'recipe-stage': join(ROOT, 'tools', 'executors', 'stage', 'recipe.ts') },
     outdir: join(tmp, 'executors'),
-    define: { __FORWARD_WORKER__: JSON.stringify('../forward-worker.js'), __ROUTING_WORKER__: JSON.stringify('../routing-worker.js'), __NOISE_WORKER__: JSON.stringify('../noise-worker.js'), __HASH_WORKER__: JSON.stringify('../hash-worker.js') },
+    define: { ...BUILT, __FORWARD_WORKER__: JSON.stringify('../forward-worker.js'), __ROUTING_WORKER__: JSON.stringify('../routing-worker.js'), __NOISE_WORKER__: JSON.stringify('../noise-worker.js'), __HASH_WORKER__: JSON.stringify('../hash-worker.js') },
   });
   // The plugin's runtime inputs, which Nx runs on every build: small bundles that load the stages' code only when
   // their memo misses (tools/executors/runtime-root.ts).
@@ -110,6 +119,7 @@ try {
     ...common,
     entryPoints: Object.fromEntries(RUNTIME_INPUTS.map((e) => [e, join(ROOT, 'tools', 'executors', `${e}.ts`)])),
     outdir: join(tmp, 'runtime'),
+    define: BUILT,
   });
 
   // The library's types: libs/index.ts declares them itself, so its declaration is emitted alone, in milliseconds.

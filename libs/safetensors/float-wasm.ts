@@ -161,6 +161,32 @@ export function sharedMemory(): WasmMemory {
 const TYPES = [funcType([I32, I32, I32]), funcType([I32, F32, I32, I32, I32])];
 const moduleBytes = (fns: WasmFunction[], pages = SHARED_PAGES): Uint8Array => wasmModule(TYPES, fns, pages);
 
+/**
+ * This file's modules, by name, as assembled from the code above. scripts/build.mjs assembles them once and puts
+ * their bytes into the bundles (__FLOAT_WASM__, base64 by name): a command assembling the kernels' module spent
+ * ~40 ms of its main thread on it, beside the forward pass. Run from source (tests), they are assembled here.
+ */
+export const FLOAT_WASM_MODULES = {
+  kernels: () => {
+    const fns: WasmFunction[] = [];
+    for (const a of DTS) for (const b of DTS) if (a !== b) fns.push(castFn(a, b));
+    for (const d of DTS) fns.push(roundFn(d), noiseFn(d), scaleFn(d), nonFiniteFn(d));
+    return moduleBytes(fns);
+  },
+  widen: () => moduleBytes([widenFn('BF16'), widenFn('F16')], 0),
+  casts: () => moduleBytes(DTS.flatMap((a) => DTS.filter((b) => b !== a).map((b) => castFn(a, b))), 0),
+} as const;
+
+declare const __FLOAT_WASM__: string | undefined;
+let built: Record<string, string> | undefined;
+
+/** A module's bytes: the build's where this runs from a bundle, else assembled now. */
+function wasmBytes(name: keyof typeof FLOAT_WASM_MODULES): Uint8Array {
+  built ??= typeof __FLOAT_WASM__ === 'string' ? (JSON.parse(__FLOAT_WASM__) as Record<string, string>) : {};
+  const b64 = built[name];
+  return b64 !== undefined ? Buffer.from(b64, 'base64') : FLOAT_WASM_MODULES[name]();
+}
+
 export interface FloatKernels {
   /** Input values (raw little-endian bytes of the source dtype). */
   src: Uint8Array;
@@ -206,11 +232,8 @@ export function floatKernels(): FloatKernels | null {
   if (!enabled) return null;
   if (instance !== undefined) return instance;
   try {
-    const fns: WasmFunction[] = [];
-    for (const a of DTS) for (const b of DTS) if (a !== b) fns.push(castFn(a, b));
-    for (const d of DTS) fns.push(roundFn(d), noiseFn(d), scaleFn(d), nonFiniteFn(d));
     const wa = wasmApi();
-    const inst = new wa.Instance(new wa.Module(moduleBytes(fns)), { env: { memory: sharedMemory() } });
+    const inst = new wa.Instance(new wa.Module(wasmBytes('kernels')), { env: { memory: sharedMemory() } });
     const mem = sharedMemory().buffer;
     const region = REGION;
     const SRC = 0, NORM = region, DST = 2 * region;
@@ -276,7 +299,7 @@ const PAGE = 65536;
 const MAX_PAGES = 65536;
 let widenModule: object | null | undefined;
 let widenCompile: Promise<void> | undefined;
-const widenBytes = () => moduleBytes([widenFn('BF16'), widenFn('F16')], 0);
+const widenBytes = () => wasmBytes('widen');
 type WidenKernels = Record<'BF16' | 'F16', (n: number, src: number, dst: number) => void>;
 
 /** float32 bits of a half, exact (NaN payloads kept, as the kernels keep them). */
@@ -423,7 +446,7 @@ export class WasmChunk {
     const wa = wasmApi();
     try {
       // Compiled once per process; each chunk instantiates it on its own memory.
-      chunkModule ??= new wa.Module(moduleBytes(DTS.flatMap((a) => DTS.filter((b) => b !== a).map((b) => castFn(a, b))), 0));
+      chunkModule ??= new wa.Module(wasmBytes('casts'));
     } catch (e) {
       if (process.env.MOE_FORGE_DEBUG_WASM) console.error(e);
       chunkModule = null;

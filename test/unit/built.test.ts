@@ -145,3 +145,11 @@ test("a finished command's process exits at once only when nothing of its own is
   assert.equal(now.stdout, 'done');
   assert.equal(now.status, 4);
 });
+
+test('the bundles carry the float kernels\' WebAssembly modules assembled at build, byte for byte what the sources assemble (a command does not assemble them)', async () => {
+  const built = JSON.parse(readFileSync(join(ROOT, 'build', 'float-wasm.json'), 'utf8')) as Record<string, string>;
+  const { FLOAT_WASM_MODULES } = await import('../../libs/safetensors/float-wasm');
+  assert.deepEqual(Object.keys(built).sort(), Object.keys(FLOAT_WASM_MODULES).sort());
+  for (const [name, make] of Object.entries(FLOAT_WASM_MODULES)) assert.equal(built[name], Buffer.from(make()).toString('base64'), name);
+  for (const f of ['cli.js', 'forward-worker.js']) assert.ok(readFileSync(join(ROOT, 'build', f), 'utf8').includes(built.kernels!), `${f} holds them`);
+});
