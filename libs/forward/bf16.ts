@@ -402,6 +402,11 @@ export class WeightStream {
   }
 }
 
+const copyInto = (to: Float32Array, from: Float32Array): Float32Array => {
+  to.set(from);
+  return to;
+};
+
 /** RMSNorm of each row of h [rows, H] in the native module (sums in float64; the native pass's norms), into `out`. */
 function rmsNormNative(h: Float32Array, w: Float32Array, eps: number, out: Float32Array = new Float32Array(h.length)): Float32Array {
   loadNative()!.rmsnorm(h, w, eps, out);
@@ -411,7 +416,7 @@ function rmsNormNative(h: Float32Array, w: Float32Array, eps: number, out: Float
 /**
  * A pass's working arrays, kept from layer to layer (by name and length): a layer of a 17-prompt pack allocated
  * ~60 MB of them afresh, fresh pages that these VMs fault in at ~2.5 ms per MB once freed memory went back to the
- * host. What a layer returns is never one of them.
+ * host. What a layer returns is one of them only where its caller said it copies what it keeps (runBf16Layer's `reuse`).
  */
 export class PassArrays {
   private readonly kept = new Map<string, Float32Array>();
@@ -474,9 +479,9 @@ class XTiles {
  */
 export async function runBf16Layer(
   cfg: ModelConfig, weights: WeightStream, layer: number, packs: Bf16Pack[],
-  opts: { threads: number; arithmetic?: NativeArithmetic; f16?: boolean; arrays?: PassArrays },
+  opts: { threads: number; arithmetic?: NativeArithmetic; f16?: boolean; arrays?: PassArrays; reuse?: boolean },
 ): Promise<{ out: Float32Array; routerInput: Float32Array }[]> {
-  const { threads, arithmetic = 'bf16', f16 = false, arrays = new PassArrays() } = opts;
+  const { threads, arithmetic = 'bf16', f16 = false, arrays = new PassArrays(), reuse = false } = opts;
   const H = cfg.hiddenSize, I = cfg.intermediateSize;
   const qDim = cfg.numHeads * cfg.headDim, kvDim = cfg.numKvHeads * cfg.headDim;
   const floats = await weights.floats(layer);
@@ -505,14 +510,16 @@ export async function runBf16Layer(
   const ctx = packs.map((p, i) => arrays.get(`ctx${i}`, rows(p) * qDim));
   await Promise.all(packs.map((p, i) => nativeAttention(cfg, q[i]!, k[i]!, v[i]!, p.tables, { q: F('q_norm'), k: F('k_norm') }, ctx[i]!, threads)));
   // The residual stream after attention: x + gate * o(ctx) (the pad state's gate is 0).
-  const h = packs.map((p) => p.x.slice());
+  // Fresh unless `reuse` (the caller copies what it keeps, and the pack's x is a copy of the last layer's output):
+  // then arrays of the pass, rewritten by the next layer.
+  const h = packs.map((p, i) => (reuse ? copyInto(arrays.get(`h${i}`, p.x.length), p.x) : p.x.slice()));
   const ctxTiles = packs.map((p, i) => tiles(`tilesQ${i}`, rows(p), qDim));
   await weights.each(layer, 'o', (w) =>
     packs.map((p, i) => bf16Matmul(ctx[i]!, w.w, piece(F('o_bias'), w), h[i]!, rows(p), w.r1 - w.r0, qDim, {
       mode: MATMUL_MODE.addScaled, rowScale: p.tables.gate, threads, arithmetic, f16, outCols: H, outCol: w.r0, ...ctxTiles[i]!.take(),
     })),
   );
-  const hn = h.map((x) => rmsNormNative(x, F('ln2')!, cfg.rmsNormEps));
+  const hn = h.map((x, i) => rmsNormNative(x, F('ln2')!, cfg.rmsNormEps, reuse ? arrays.get(`hn${i}`, x.length) : undefined));
   const hnTiles = packs.map((p, i) => tiles(`tilesH${i}`, rows(p), H)); // xn's tiles are done with
   const act = packs.map((p, i) => arrays.get(`act${i}`, rows(p) * I));
   await weights.each(layer, 'gate', (w) =>

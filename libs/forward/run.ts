@@ -78,9 +78,9 @@ export interface Sequence {
 }
 
 /** One pack's states, one sequence after another: [N, H] with N the pack's tokens. */
-export function packStates(seqs: Sequence[], members: number[], states: Float32Array[], H: number): { N: number; hidden: Float32Array } {
+export function packStates(seqs: Sequence[], members: number[], states: Float32Array[], H: number, into?: (n: number) => Float32Array): { N: number; hidden: Float32Array } {
   const N = members.reduce((a, i) => a + seqs[i]!.ids.length, 0);
-  const hidden = new Float32Array(N * H);
+  const hidden = into?.(N * H) ?? new Float32Array(N * H);
   let at = 0;
   for (const i of members) {
     hidden.set(states[i]!, at * H);
@@ -91,6 +91,13 @@ export function packStates(seqs: Sequence[], members: number[], states: Float32A
 
 /** Per sequence, the [T, H] states at layer inputs 0..upTo (upTo = L is the last layer's output, before the final norm). */
 type Visit = (seq: number, entry: number, states: Float32Array, routerIn?: Float32Array) => void;
+
+/**
+ * A visitor that copies what it keeps of the arrays it is given: a native pass then writes each layer's input pack
+ * and output into arrays kept for the pass (rewritten by the next layer) instead of fresh ones: a 7B pass's fresh
+ * 3.6 MB a layer cost its JavaScript thread ~0.2 s of page faults, the kernels' threads waiting on it between layers.
+ */
+const COPIES = true;
 
 interface Model {
   cfg: ModelConfig;
@@ -724,7 +731,7 @@ async function runWhole(session: Session, feeds: Record<string, Feed>, routerInp
  * (LayerWeights: one layer's float32 weights are held), and nothing is written beside the model.
  * Calls `visit` for entries 0..upTo.
  */
-async function runLayers(m: Model, given: Sequence[], upTo: number, opts: ForwardOptions, visit: Visit, ready?: Setup): Promise<void> {
+async function runLayers(m: Model, given: Sequence[], upTo: number, opts: ForwardOptions, visit: Visit, ready?: Setup, visitCopies = false): Promise<void> {
   const { cfg } = m;
   const H = cfg.hiddenSize;
   let setup = ready;
@@ -793,8 +800,8 @@ async function runLayers(m: Model, given: Sequence[], upTo: number, opts: Forwar
           await session.release();
         }
       } else if (native) {
-        const packs = groups.map((g, i) => ({ x: packStates(seqs, g, states, H).hidden, tables: tables[i]! }));
-        const r = await runBf16Layer(cfg, stream!, layer, packs, { threads: settings.threads, arithmetic: native, f16, arrays });
+        const packs = groups.map((g, i) => ({ x: packStates(seqs, g, states, H, visitCopies ? (n) => arrays.get(`x${i}`, n) : undefined).hidden, tables: tables[i]! }));
+        const r = await runBf16Layer(cfg, stream!, layer, packs, { threads: settings.threads, arithmetic: native, f16, arrays, reuse: visitCopies && !opts.routerInput });
         for (const g of groups.keys()) {
           packOut[g] = r[g]!.out;
           if (opts.routerInput) packRouter[g] = r[g]!.routerInput;
@@ -880,7 +887,7 @@ export async function computePromptStates(modelDir: string, prompts: number[][],
     const sum = new Float64Array(H);
     for (let t = 0; t < T; t++) for (let j = 0; j < H; j++) sum[j]! += h[t * H + j]!;
     result[i]![entry] = { last: h.slice((T - 1) * H), sum: Float32Array.from(sum), count: T };
-  }, setup);
+  }, setup, COPIES);
   return result;
 }
 

@@ -318,3 +318,21 @@ for (const family of ['llama3-rope', 'llama-fp16']) test(`wide, ${family} (store
     }
   }
 });
+
+test('wide: the prompt-state pass, whose layer inputs and outputs go into arrays kept for the pass (it copies what it keeps), gives the bits of a pass handing out fresh arrays, in one pack and in several', async () => {
+  const model = await bf16Model(5);
+  for (const packTokens of [2048, 6]) {
+    const states = await computePromptStates(model, PROMPTS, { packTokens });
+    const all = await computeAllHiddenStates(model, PROMPTS, { packTokens });
+    for (const [i, p] of PROMPTS.entries()) {
+      const T = p.length, H = all[i]![0]!.length / T;
+      for (let e = 0; e < states[i]!.length; e++) {
+        const h = all[i]![e]!;
+        assert.deepEqual(states[i]![e]!.last, h.slice((T - 1) * H), `packTokens ${packTokens} prompt ${i} entry ${e}: last`);
+        const sum = new Float64Array(H);
+        for (let t = 0; t < T; t++) for (let j = 0; j < H; j++) sum[j]! += h[t * H + j]!;
+        assert.deepEqual(states[i]![e]!.sum, Float32Array.from(sum), `packTokens ${packTokens} prompt ${i} entry ${e}: sum`);
+      }
+    }
+  }
+});
