@@ -64,7 +64,8 @@ function promptMaterial(m: PromptStateMaterial): unknown {
 const floatBytes = (layers: number, hidden: number) => 2 * layers * hidden * 4;
 
 function toFloats(b: Buffer): Float32Array {
-  // A copy: cacache's buffer is not 4-byte aligned after the stored key material.
+  // The cache reads an entry so that its data lies 4-byte aligned (a view of it then); else a copy.
+  if (b.byteOffset % 4 === 0) return new Float32Array(b.buffer, b.byteOffset, b.length / 4);
   const f = new Float32Array(b.length / 4);
   Buffer.from(f.buffer).set(b);
   return f;

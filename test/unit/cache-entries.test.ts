@@ -73,3 +73,18 @@ test('entries are read as cacache reads them, without loading it: a key\'s last 
   const out = JSON.parse(execFileSync(process.execPath, ['--import', 'tsx', '-e', script], { encoding: 'utf8' }));
   assert.deepEqual(out, { r: ['other content', 'true', 'null', 'false'], loaded: false });
 });
+
+test('a bound entry\'s data is read 4-byte aligned whatever the length of its key material (float data is then viewed, not copied); content grown past its entry\'s size is a miss', async () => {
+  const dir = tempDir();
+  const cache = new ContentCache(dir);
+  const data = Buffer.from(Float32Array.from([1.5, -2, 3.25]).buffer);
+  for (const material of ['m', 'mm', 'mmm', 'mmmm', { prompt: 'é', layers: 3 }]) {
+    await cache.putBound(`k${JSON.stringify(material)}`, material, data);
+    const got = await cache.getBound(`k${JSON.stringify(material)}`, material, 100);
+    assert.deepEqual(got, data);
+    assert.equal(got!.byteOffset % 4, 0, JSON.stringify(material));
+  }
+  const { path } = await cacache.get.info(dir, 'k"m"');
+  appendFileSync(path, 'more');
+  assert.equal(await cache.getBound('k"m"', 'm', 100), null);
+});
