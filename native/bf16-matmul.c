@@ -45,6 +45,7 @@
 #define KPW 2048     // values of k per widened pack (NB_WIDE rows: 512 KiB, in L2; each row read in one run)
 #define KCW 128      // values of k per wide tile pass (x's 80 rows: 40 KiB, in L1)
 #define DIRECT_TILES 1  // x of at most this many wide tiles takes W's bf16 rows as stored (tile_wbf), more a widened pack
+#define DIRECT_BLOCK 512  // most rows of W per block there (its sums [rows, 80] in L2: no pack beside them)
 #define NB 64    // rows of W per block (NB * KC * 2 = 256 KiB): the block stays in L2
 
 // The attention's arguments (a job of kind JOB_ATTENTION).
@@ -452,6 +453,19 @@ static void run_block(Job *j, int nb, int nbEnd, float *scratch, float *scratch2
   finish_block(j, nb, width, scratch, scratch2);
 }
 
+// Whether a wide job takes W's bf16 rows as stored (tile_wbf): one tile of x, bf16 weights, the AVX-512 kernel.
+static int direct(const Job *j) { return j->wide && !j->f16 && !j->portable && (j->M + MT - 1) / MT <= DIRECT_TILES; }
+
+// Rows of W per block of a wide job. Direct: as many as evenly splits the rows among the threads, up to DIRECT_BLOCK,
+// so each pass's 128 values of x's tile, in L1, serve more rows of W: with 64-row blocks x's whole tile was read
+// again every 64 rows, from L3 once past L2's size (a 7B down_proj's K of 14336: 4.6 MB; 257 against 311 GFLOP/s).
+static int wide_block_rows(const Job *j) {
+  if (!direct(j)) return NB_WIDE;
+  const int t = j->threads > 0 ? j->threads : 1, blocks = t * ((j->N + t * DIRECT_BLOCK - 1) / (t * DIRECT_BLOCK));
+  const int r = (j->N + blocks - 1) / blocks;
+  return (r + NB_WIDE - 1) / NB_WIDE * NB_WIDE;
+}
+
 // The same for wide products: per pack of KPW values of k, the block's rows widened (pack_rows), then per KCW
 // values, per tile of x's 80 rows, per NRW rows of W, one tile's sums carried in st [width, MTs] (transposed:
 // a sum's 16 rows of x side by side), put back as s [M, width] for finish_block. `packed`: NB_WIDE * KPW floats.
@@ -464,7 +478,7 @@ static void run_block_wide(Job *j, int nb, int nbEnd, float *scratch, float *scr
       wide_portable((const float *)j->ax, M, Kp, K, w, j->f16, width, s);
       continue;
     }
-    if (!j->f16 && tiles <= DIRECT_TILES) {
+    if (direct(j)) {
       for (int k0 = 0; k0 < K; k0 += KCW) {
         const int kc = K - k0 < KCW ? K - k0 : KCW;
         for (int t = 0; t < tiles; t++) {
@@ -626,13 +640,13 @@ static void thread_part(Job *j, int t) {
   }
   if (!j->xReady) pthread_barrier_wait(&j->barrier);
   // W's rows in blocks of NB (NB_WIDE), claimed one at a time; a block's sums do not depend on who claims it.
-  const int nbs = j->wide ? NB_WIDE : NB, blocks = (j->N + nbs - 1) / nbs;
+  const int nbs = j->wide ? wide_block_rows(j) : NB, blocks = (j->N + nbs - 1) / nbs;
   // Threads past the number of blocks take none (the others claim them all): no scratch for them.
   if (t < blocks) {
     // The products' sums [M, NB] (twice with w2); for wide also their transposed tiles [NB_WIDE, MTs] and a block
     // of W widened (NB_WIDE rows of KPW).
     const size_t MTs = (size_t)(j->M + MT - 1) / MT * MT;
-    const size_t sums = (size_t)j->M * nbs * (j->w2 ? 2 : 1), st = j->wide ? NB_WIDE * MTs : 0, pack = j->wide ? (size_t)NB_WIDE * KPW : 0;
+    const size_t sums = (size_t)j->M * nbs * (j->w2 ? 2 : 1), st = j->wide ? nbs * MTs : 0, pack = j->wide && !direct(j) ? (size_t)NB_WIDE * KPW : 0;
     // Kept by the pool thread from job to job (grown, never shrunk): a fresh buffer per product is fresh pages,
     // which on the VMs measured cost about 2.5 ms per MB to fault in once the host has taken freed memory back.
     static __thread float *kept;
