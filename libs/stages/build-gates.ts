@@ -118,18 +118,16 @@ async function hiddenGates(merge: MergeContext, statesDir: string, reduction: Hi
   const H = merge.ctx.base.config.hiddenSize;
   const N = merge.gatedExperts.length;
   const states = await readPromptStates(statesDir, expectedPromptStates(merge));
-  const split = (x: Float32Array) => Array.from({ length: L }, (_, l) => x.subarray(l * H, (l + 1) * H));
   const byText = new Map<string, PromptStates>();
   // Only the states the reduction takes are read and checked (the last token's, or the sums): half the file, whose
-  // fresh memory and JIT-cold checks were most of a one-prompt edit's gates.
+  // fresh memory and JIT-cold checks were most of a one-prompt edit's gates; rows the process wrote itself are not read.
   for (const [i, p] of states.index.prompts.entries()) {
-    const v = await states.tensor(reduction === 'last' ? `p${i}.last` : `p${i}.sum`);
-    checkStatesFinite(merge, v, L, p.text, 'hidden states');
-    byText.set(p.text, reduction === 'last' ? { last: split(v), sum: [], count: p.count } : { last: [], sum: split(v), count: p.count });
+    const rows = await states.rows(reduction === 'last' ? `p${i}.last` : `p${i}.sum`);
+    checkRowsFinite(merge, rows, p.text, 'hidden states');
+    byText.set(p.text, reduction === 'last' ? { last: rows, sum: [], count: p.count } : { last: [], sum: rows, count: p.count });
   }
-  const padStates = reduction === 'avg' ? await states.tensor('pad') : null;
-  if (padStates) checkStatesFinite(merge, padStates, L, '(pad token)', 'hidden states');
-  const pad = padStates ? split(padStates) : null;
+  const pad = reduction === 'avg' ? await states.rows('pad') : null;
+  if (pad) checkRowsFinite(merge, pad, '(pad token)', 'hidden states');
   const g = newGates(L, N, H);
   for (let e = 0; e < N; e++) {
     const spec = merge.gatedExperts[e]!.spec;
@@ -190,6 +188,15 @@ function checkStatesFinite(merge: MergeContext, v: Float32Array, layers: number,
   const layer = Math.floor(at / (v.length / layers));
   const where = what === 'token embeddings' ? 'the token embeddings (model.embed_tokens.weight)' : what === 'router inputs' ? `the router input of layer ${layer}` : layer === 0 ? 'the input of layer 0 (the token embeddings)' : `the output of layer ${layer - 1} (input of layer ${layer})`;
   throw new ModelError('non_finite', `${what} of base model ${base.ref} for prompt ${JSON.stringify(prompt)} hold NaN or Inf at ${where}: its weights are not finite`, { file: base.dir });
+}
+
+/** checkStatesFinite over one array per layer (the error names the layer of the first that holds NaN or Inf). */
+function checkRowsFinite(merge: MergeContext, rows: Float32Array[], prompt: string, what: string): void {
+  const l = rows.findIndex((r) => firstNonFinite(r) >= 0);
+  if (l < 0) return;
+  const v = new Float32Array(rows.length);
+  v[l] = NaN;
+  checkStatesFinite(merge, v, rows.length, prompt, what);
 }
 
 /** Index of the first NaN or infinity in `v`, or -1 (checked on its bits). */

@@ -4,7 +4,7 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { readRecipe } from '../../libs/recipe/parse';
 import { runFetch } from '../../libs/stages/fetch';
-import { runEmbedPrompts } from '../../libs/stages/embed-prompts';
+import { promptStatesStats, runEmbedPrompts } from '../../libs/stages/embed-prompts';
 import { gatesForAssembly, readGates, runBuildGates } from '../../libs/stages/build-gates';
 import { readPlan, runAssemble } from '../../libs/stages/assemble';
 import { checkResolvedModels, readModelsFile } from '../../libs/stages/context';
@@ -185,4 +185,36 @@ test('prompt states, gates.json and gates.safetensors of other sizes, modes or p
   len.writeBigUInt64LE(BigInt(header.length));
   writeFileSync(gatesFile, Buffer.concat([len, header, Buffer.alloc(g.experts * g.hidden * 4)]));
   await refused(readGates(join(s.ws, 'build-gates'), { layers: g.layers, experts: g.experts, hidden: g.hidden }), gatesFile, /gates is F32 \[1, 3, 64\], expected F32 \[2, 3, 64\]/, 'gates');
+});
+
+test('build-gates in the process that wrote the prompt states takes their rows from memory while the file is unchanged; rewritten, even with the same bytes, the file is read, and gates follow its values', async () => {
+  const ws = tempDir();
+  const recipeFile = join(ws, 'moe.yml');
+  writeFileSync(recipeFile, `base_model: ${TINY('a')}\ngate_mode: hidden\nexperts:\n  - source_model: ${TINY('a')}\n    positive_prompts: ["How do I merge two models?"]\n  - source_model: ${TINY('b')}\n    positive_prompts: ["Once upon a time"]\n`);
+  const cacheDir = join(ws, '.moe-cache');
+  const { merge } = await runFetch(await readRecipe(recipeFile), join(ws, 'fetch'), { cacheDir, modelBaseDir: ws, root: ws });
+  const states = join(ws, 'embed-prompts');
+  await runEmbedPrompts(merge, states, { cacheDir });
+  const gatesAt = async (name: string) => {
+    const before = promptStatesStats.fromMemory;
+    await runBuildGates(merge, states, join(ws, name));
+    return { data: (await readGates(join(ws, name))).data, fromMemory: promptStatesStats.fromMemory - before };
+  };
+  const inMemory = await gatesAt('g1');
+  assert.equal(inMemory.fromMemory, 2, 'both prompts\' rows from memory');
+  const file = join(states, 'prompt-states.safetensors');
+  const bytes = readFileSync(file);
+  writeFileSync(file, bytes);
+  const read = await gatesAt('g2');
+  assert.equal(read.fromMemory, 0, 'the file rewritten: read');
+  assert.deepEqual(read.data, inMemory.data, 'the same gates either way');
+  // A value of the first prompt's last-token state changed in the file: the gates follow the file.
+  const header = Number(bytes.readBigUInt64LE(0));
+  const meta = JSON.parse(bytes.subarray(8, 8 + header).toString('utf8')) as Record<string, { data_offsets: [number, number] }>;
+  const at = 8 + header + meta['p0.last']!.data_offsets[0] + 4 * 64; // layer 1's first value (hidden 64)
+  bytes.writeFloatLE(bytes.readFloatLE(at) + 1, at);
+  writeFileSync(file, bytes);
+  const changed = await gatesAt('g3');
+  assert.equal(changed.fromMemory, 0);
+  assert.notDeepEqual(changed.data, inMemory.data);
 });
