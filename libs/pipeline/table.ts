@@ -14,7 +14,7 @@ import { runEmbedPrompts, type EmbedOptions, type PromptStatesIndex } from '../s
 import { runFetch, type FetchOptions } from '../stages';
 import { STAMP_FILE } from '../output-folder';
 import { readReport, runReport, type ReportOptions } from '../stages';
-import { PROMPT_STATES_SCHEMA, readStageJson, refuseStageFile } from '../stage-files';
+import { PROMPT_STATES_SCHEMA, readStageJson, refuseStageFile, writeStageFile } from '../stage-files';
 import { runWrite, writeOutput, type LateInputs, type WriteOptions, type WriteResult } from '../stages';
 import type { MergePlan } from '../plan';
 import { sliceOptions, type OptionName, type OptionStage } from '../options';
@@ -251,7 +251,7 @@ const SPECS: readonly StageSpec[] = [
       for (const s of PIPELINE) {
         const options = Object.fromEntries(Object.entries(env.overrides ?? {}).filter(([k]) => (s.options as readonly string[]).includes(k)));
         const body: Slice = { version: SLICE_VERSION, stage: s.name, recipe: s.slice(parsed), options };
-        await writeFile(join(dir, sliceFile(s.name)), JSON.stringify(body, null, 1) + '\n');
+        await writeStageFile(join(dir, sliceFile(s.name)), JSON.stringify(body, null, 1) + '\n');
       }
     },
   },

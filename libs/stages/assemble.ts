@@ -1,4 +1,4 @@
-import { mkdir, writeFile } from 'node:fs/promises';
+import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { existsSync } from 'node:fs';
 import { hubCacheDir } from '../resolve';
@@ -6,7 +6,7 @@ import { portablePath, relativeToModel, type PathRoots } from '../resolve';
 import { createHash } from 'node:crypto';
 import type { MergePlan, PlanModel, ShardOrder } from '../plan';
 import type { ResolvedModel } from './context';
-import { PLAN_SCHEMA, readStageJson, refuseStageFile } from '../stage-files';
+import { PLAN_SCHEMA, readStageJson, refuseStageFile, writeStageFile } from '../stage-files';
 import { unsafePathReason } from '../resolve';
 import { openWeights } from '../model-folder';
 import type { TensorIndex } from '../safetensors';
@@ -69,7 +69,7 @@ export async function runAssemble(merge: MergeContext, outDir: string, opts: Ass
   };
   await mkdir(outDir, { recursive: true });
   const roots = opts.roots ?? defaultRoots();
-  await writeFile(join(outDir, 'plan.json'), JSON.stringify(portablePlan(plan, (d) => portablePath(d, roots))) + '\n');
+  await writeStageFile(join(outDir, 'plan.json'), JSON.stringify(portablePlan(plan, (d) => portablePath(d, roots))) + '\n');
   if (opts.gates) await writeGates(join(outDir, 'gates.safetensors'), opts.gates);
   return plan;
 }

@@ -1,5 +1,5 @@
 import { mkdir, writeFile } from 'node:fs/promises';
-import { GATES_INFO_SCHEMA, missingStageFile, readStageJson, refuseStageFile } from '../stage-files';
+import { GATES_INFO_SCHEMA, missingStageFile, readStageJson, refuseStageFile, writeStageFile } from '../stage-files';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { degenerateLayers, drawnGates, hiddenVector, newGates, normalize, type GateTensor, type HiddenReduction, type PromptStates } from '../gates';
@@ -34,7 +34,7 @@ export async function runBuildGates(merge: MergeContext, statesDir: string, outD
     // Drawn from the seed where the seed is known (assemble-experts), so a new seed leaves this stage cached.
     const info: GatesInfo = { layers: L, experts: N, hidden: H, gateMode: ctx.gateMode, conditionNumbers: [], warnings: [], deferred: true };
     await mkdir(outDir, { recursive: true });
-    await writeFile(join(outDir, 'gates.json'), JSON.stringify({ version: GATES_VERSION, ...info }, null, 2) + '\n');
+    await writeStageFile(join(outDir, 'gates.json'), JSON.stringify({ version: GATES_VERSION, ...info }, null, 2) + '\n');
     return { gates: null, info };
   }
   // One builder per kind of prompt state: a new kind fails the type-check here until it has one.
@@ -55,7 +55,7 @@ export async function runBuildGates(merge: MergeContext, statesDir: string, outD
   const info: GatesInfo = { layers: L, experts: N, hidden: H, gateMode: ctx.gateMode, conditionNumbers, warnings: warning ? [warning] : [] };
   await mkdir(outDir, { recursive: true });
   await writeGates(join(outDir, 'gates.safetensors'), g);
-  await writeFile(join(outDir, 'gates.json'), JSON.stringify({ version: GATES_VERSION, ...info }, (_, v) => (v === Infinity ? 'Infinity' : v), 2) + '\n');
+  await writeStageFile(join(outDir, 'gates.json'), JSON.stringify({ version: GATES_VERSION, ...info }, (_, v) => (v === Infinity ? 'Infinity' : v), 2) + '\n');
   return { gates: g, info };
 }
 

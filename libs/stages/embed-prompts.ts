@@ -1,5 +1,5 @@
 import { mkdir, open, readFile, stat, writeFile } from 'node:fs/promises';
-import { missingStageFile, PROMPT_STATES_SCHEMA, readStageJson, refuseStageFile } from '../stage-files';
+import { missingStageFile, PROMPT_STATES_SCHEMA, readStageJson, refuseStageFile, writeStageFile } from '../stage-files';
 import { existsSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { decodeFloats, f32Values } from '../safetensors';
@@ -99,7 +99,7 @@ export async function runEmbedPrompts(merge: MergeContext, outDir: string, opts:
     await routerInputStates(merge, index, tensors, opts);
   }
   await writeStates(join(outDir, 'prompt-states.safetensors'), tensors, Math.max(index.layers, 1));
-  await writeFile(join(outDir, 'prompt-states.json'), JSON.stringify(index, null, 2) + '\n');
+  await writeStageFile(join(outDir, 'prompt-states.json'), JSON.stringify(index, null, 2) + '\n');
   await writeFile(join(outDir, 'stats.json'), JSON.stringify({ computed: index.computed, fromCache: index.fromCache }, null, 2) + '\n');
   (opts.stats ?? opts.log)?.(`prompt states: ${index.computed} computed, ${index.fromCache} from cache`);
   return index;

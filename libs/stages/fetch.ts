@@ -1,4 +1,4 @@
-import { mkdir, writeFile } from 'node:fs/promises';
+import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { ContentCache } from '../cache';
 import { parseModelConfig } from '../model-folder';
@@ -9,6 +9,7 @@ import { inspectModels, resolveModel, resolveModels, type ModelInspection } from
 import { parseModelReference } from '../resolve';
 import { existsSync } from 'node:fs';
 import { fileKey } from '../util';
+import { writeStageFile } from '../stage-files';
 import type { HubEnv } from '../resolve';
 import { locate } from '../safetensors';
 import { ModelError } from '../errors';
@@ -87,7 +88,7 @@ export async function runFetch(parsed: ParsedRecipe, outDir: string, opts: Fetch
   const merge = buildMergeContext(parsed, await openSources(models), opts);
   const file: ModelsFile = { version: 1, models };
   await mkdir(outDir, { recursive: true });
-  await writeFile(join(outDir, 'models.json'), JSON.stringify(modelsFileOnDisk(models, roots), null, 2) + '\n');
+  await writeStageFile(join(outDir, 'models.json'), JSON.stringify(modelsFileOnDisk(models, roots), null, 2) + '\n');
   return { models: file, merge };
 }
 

@@ -10,6 +10,7 @@ import { readPlan, runAssemble } from '../../libs/stages/assemble';
 import { checkResolvedModels, readModelsFile } from '../../libs/stages/context';
 import { hubCacheDir } from '../../libs/resolve/settings';
 import { ForgeError } from '../../libs/errors';
+import { GATES_INFO_SCHEMA, readStageJson, stageFileStats, writeStageFile } from '../../libs/stage-files';
 import type { MergePlan, SourcePart } from '../../libs/plan/types';
 import { FIXTURES, TINY, tempDir } from '../helpers/tmp';
 
@@ -217,4 +218,20 @@ test('build-gates in the process that wrote the prompt states takes their rows f
   const changed = await gatesAt('g3');
   assert.equal(changed.fromMemory, 0);
   assert.notDeepEqual(changed.data, inMemory.data);
+});
+
+test('a stage file read back byte for byte as this process wrote it is not checked again against its schema; other bytes are, and refused where wrong', async () => {
+  const file = join(tempDir(), 'gates.json');
+  const info = { version: 1, layers: 2, experts: 2, hidden: 8, gateMode: 'hidden', conditionNumbers: [1, 1], warnings: [] };
+  await writeStageFile(file, JSON.stringify(info, null, 2) + '\n');
+  let own = stageFileStats.own;
+  assert.deepEqual(await readStageJson(file, GATES_INFO_SCHEMA, 1, 'build-gates'), info);
+  assert.equal(stageFileStats.own, own + 1, 'the text this process wrote');
+  // The same value in other bytes (another writer): checked.
+  writeFileSync(file, JSON.stringify(info));
+  own = stageFileStats.own;
+  assert.deepEqual(await readStageJson(file, GATES_INFO_SCHEMA, 1, 'build-gates'), info);
+  assert.equal(stageFileStats.own, own);
+  writeFileSync(file, JSON.stringify({ ...info, layers: -1 }));
+  await refused(readStageJson(file, GATES_INFO_SCHEMA, 1, 'build-gates'), file, /layers/);
 });
