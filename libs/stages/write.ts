@@ -394,7 +394,8 @@ export async function writeOutput(early: MergePlan, late: Promise<LateInputs>, o
         recipe: opts.recipeText,
         copyTokenizer: opts.copyTokenizer,
         writeRecipe: opts.writeRecipe,
-        gates: Buffer.from(gates.data.buffer, gates.data.byteOffset, gates.data.byteLength).toString('base64'),
+        // By their digest: as base64 a 7B merge's gates were 1.4 MB of text to stringify and hash.
+        gates: createHash('sha256').update(new Uint8Array(gates.data.buffer, gates.data.byteOffset, gates.data.byteLength)).digest('hex'),
         companions: await companionHashes(opts.tokenizerDir),
         ...(routing ? { routing: createHash('sha256').update(routing.html).digest('hex') } : {}),
         // Only when asked for, so the folders written without a GGUF (or an unsplit one) keep their hash.
