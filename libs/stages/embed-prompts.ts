@@ -277,7 +277,10 @@ async function writeStates(file: string, tensors: StateTensor[], layers: number)
   } finally {
     await fh.close();
   }
-  const key = await statKey(file);
+  // Kept only where the file is one a reader takes whole (reduced states): every token's states (fit) may be large,
+  // and holding them past the stage would raise the command's peak memory.
+  const bytes = tensors.reduce((a, t) => a + t.rows.reduce((b, r) => b + r.byteLength, 0), 0);
+  const key = bytes <= WHOLE_STATES_BYTES ? await statKey(file) : null;
   if (key) written = { file: resolve(file), key, rows: new Map(tensors.map((t) => [t.name, t.rows])) };
 }
 
