@@ -92,13 +92,6 @@ export function packStates(seqs: Sequence[], members: number[], states: Float32A
 /** Per sequence, the [T, H] states at layer inputs 0..upTo (upTo = L is the last layer's output, before the final norm). */
 type Visit = (seq: number, entry: number, states: Float32Array, routerIn?: Float32Array) => void;
 
-/**
- * A visitor that copies what it keeps of the arrays it is given: a native pass then writes each layer's input pack
- * and output into arrays kept for the pass (rewritten by the next layer) instead of fresh ones: a 7B pass's fresh
- * 3.6 MB a layer cost its JavaScript thread ~0.2 s of page faults, the kernels' threads waiting on it between layers.
- */
-const COPIES = true;
-
 interface Model {
   cfg: ModelConfig;
   weights: TensorIndex;
@@ -729,7 +722,10 @@ async function runWhole(session: Session, feeds: Record<string, Feed>, routerInp
  * Runs the sequences layer by layer: one session per distinct layer shape (the weights are inputs), every
  * pack of prompts through it in one run each, each layer's weights loaded into the same buffers before it runs
  * (LayerWeights: one layer's float32 weights are held), and nothing is written beside the model.
- * Calls `visit` for entries 0..upTo.
+ * Calls `visit` for entries 0..upTo. `visitCopies`: the visitor copies what it keeps of the arrays it is given,
+ * so a native pass writes each layer's input pack and output into arrays kept for the pass (rewritten by the next
+ * layer) instead of fresh ones: a 7B pass's fresh 3.6 MB a layer cost its JavaScript thread ~0.2 s of page faults,
+ * the kernels' threads waiting on it.
  */
 async function runLayers(m: Model, given: Sequence[], upTo: number, opts: ForwardOptions, visit: Visit, ready?: Setup, visitCopies = false): Promise<void> {
   const { cfg } = m;
@@ -887,7 +883,7 @@ export async function computePromptStates(modelDir: string, prompts: number[][],
     const sum = new Float64Array(H);
     for (let t = 0; t < T; t++) for (let j = 0; j < H; j++) sum[j]! += h[t * H + j]!;
     result[i]![entry] = { last: h.slice((T - 1) * H), sum: Float32Array.from(sum), count: T };
-  }, setup, COPIES);
+  }, setup, true); // its visitor copies (slice, from)
   return result;
 }
 

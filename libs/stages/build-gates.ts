@@ -91,7 +91,7 @@ async function cheapEmbedGates(merge: MergeContext, statesDir: string): Promise<
     const acc = new Float64Array(H);
     for (const p of prompts) {
       const v = await states.tensor(`p${byText.get(p)}.sum`);
-    checkStatesFinite(merge, v, 1, p, 'token embeddings');
+      checkStatesFinite(merge, [v], p, 'token embeddings');
       for (let k = 0; k < H; k++) acc[k] += v[k]!;
     }
     return acc;
@@ -123,11 +123,11 @@ async function hiddenGates(merge: MergeContext, statesDir: string, reduction: Hi
   // fresh memory and JIT-cold checks were most of a one-prompt edit's gates; rows the process wrote itself are not read.
   for (const [i, p] of states.index.prompts.entries()) {
     const rows = await states.rows(reduction === 'last' ? `p${i}.last` : `p${i}.sum`);
-    checkRowsFinite(merge, rows, p.text, 'hidden states');
+    checkStatesFinite(merge, rows, p.text, 'hidden states');
     byText.set(p.text, reduction === 'last' ? { last: rows, sum: [], count: p.count } : { last: [], sum: rows, count: p.count });
   }
   const pad = reduction === 'avg' ? await states.rows('pad') : null;
-  if (pad) checkRowsFinite(merge, pad, '(pad token)', 'hidden states');
+  if (pad) checkStatesFinite(merge, pad, '(pad token)', 'hidden states');
   const g = newGates(L, N, H);
   for (let e = 0; e < N; e++) {
     const spec = merge.gatedExperts[e]!.spec;
@@ -147,9 +147,10 @@ async function fittedGates(merge: MergeContext, statesDir: string): Promise<Gate
   const { gates } = await fitGates(merge, prompts, async (u) => {
     const i = u.prompt;
     const x = await states.tokens(unitTensor(u), prompts[i]!.count);
-    checkStatesFinite(merge, x, L, prompts[i]!.text, 'router inputs');
     const per = prompts[i]!.count * H;
-    return Array.from({ length: L }, (_, l) => x.subarray(l * per, (l + 1) * per));
+    const rows = Array.from({ length: L }, (_, l) => x.subarray(l * per, (l + 1) * per));
+    checkStatesFinite(merge, rows, prompts[i]!.text, 'router inputs');
+    return rows;
   });
   return gates;
 }
@@ -181,22 +182,12 @@ export async function writeGates(file: string, g: GateTensor): Promise<void> {
  * NaN or Inf in a prompt's states comes from the base's weights (a NaN would otherwise reach the routers and
  * be blamed on prompts that are too similar): name the model and the first layer where it appears.
  */
-function checkStatesFinite(merge: MergeContext, v: Float32Array, layers: number, prompt: string, what: string): void {
-  const at = firstNonFinite(v);
-  if (at < 0) return;
+function checkStatesFinite(merge: MergeContext, rows: Float32Array[], prompt: string, what: string): void {
+  const layer = rows.findIndex((r) => firstNonFinite(r) >= 0);
+  if (layer < 0) return;
   const base = merge.ctx.base;
-  const layer = Math.floor(at / (v.length / layers));
   const where = what === 'token embeddings' ? 'the token embeddings (model.embed_tokens.weight)' : what === 'router inputs' ? `the router input of layer ${layer}` : layer === 0 ? 'the input of layer 0 (the token embeddings)' : `the output of layer ${layer - 1} (input of layer ${layer})`;
   throw new ModelError('non_finite', `${what} of base model ${base.ref} for prompt ${JSON.stringify(prompt)} hold NaN or Inf at ${where}: its weights are not finite`, { file: base.dir });
-}
-
-/** checkStatesFinite over one array per layer (the error names the layer of the first that holds NaN or Inf). */
-function checkRowsFinite(merge: MergeContext, rows: Float32Array[], prompt: string, what: string): void {
-  const l = rows.findIndex((r) => firstNonFinite(r) >= 0);
-  if (l < 0) return;
-  const v = new Float32Array(rows.length);
-  v[l] = NaN;
-  checkStatesFinite(merge, v, rows.length, prompt, what);
 }
 
 /** Index of the first NaN or infinity in `v`, or -1 (checked on its bits). */

@@ -12,7 +12,7 @@ import type { MergeContext } from './context';
 import { ContentCache } from '../cache';
 import { computePadStatesIsolated as computePadStates, computePromptStatesIsolated as computePromptStates, prepareForwardWorker, type Device, type ForwardPrecision } from '../forward';
 import { getPadState, getPromptState, promptStateListed, putPadState, putPromptState, type CachedPromptState } from '../prompt-cache';
-import type { Progress } from '../util';
+import { fileKey, type Progress } from '../util';
 import { GATE_MODES, type PromptStateKind } from '../gates';
 import { cachedRouterInputs, fitUnits, unitTensor, type FitUnit } from './fit-states';
 import { cachedPerPrompt } from './per-prompt-cache';
@@ -238,24 +238,17 @@ interface StateTensor {
 }
 
 /**
- * The states file this process wrote last: its stat key right after the write and each tensor's rows as written.
- * The next stage of the same process (the command's pipeline) takes the rows from here while the file still has
- * that key, instead of reading it back into fresh memory (6.5 MB at TinyLlama's shape, 10 MB at Mistral-7B's: ~40 ms
- * of a one-prompt edit's end). A stage run by itself (Nx) reads the file.
+ * The states file this process wrote last: its stat key right after the write (`fileKey`) and each tensor's rows as
+ * written. The next stage of the same process (the command's pipeline) takes the rows from here while the file still
+ * has that key, instead of reading it back into fresh memory (6.5 MB at TinyLlama's shape, 10 MB at Mistral-7B's:
+ * ~40 ms of a one-prompt edit's end). The key is racy by then (taken as the file was written), which a memo kept
+ * between commands never trusts: this one lives for the process and its stage folder, and a stage run by itself
+ * (Nx) reads the file.
  */
 let written: { file: string; key: string; rows: Map<string, Float32Array[]> } | null = null;
 
 /** readPromptStates' reads served from `written` (tests read this). */
 export const promptStatesStats = { fromMemory: 0 };
-
-async function statKey(file: string): Promise<string | null> {
-  try {
-    const s = await stat(file, { bigint: true });
-    return `${s.dev}:${s.ino}:${s.size}:${s.mtimeNs}:${s.ctimeNs}`;
-  } catch {
-    return null;
-  }
-}
 
 async function writeStates(file: string, tensors: StateTensor[], layers: number): Promise<void> {
   written = null;
@@ -280,7 +273,7 @@ async function writeStates(file: string, tensors: StateTensor[], layers: number)
   // Kept only where the file is one a reader takes whole (reduced states): every token's states (fit) may be large,
   // and holding them past the stage would raise the command's peak memory.
   const bytes = tensors.reduce((a, t) => a + t.rows.reduce((b, r) => b + r.byteLength, 0), 0);
-  const key = bytes <= WHOLE_STATES_BYTES ? await statKey(file) : null;
+  const key = bytes <= WHOLE_STATES_BYTES ? fileKey(file) : null;
   if (key) written = { file: resolve(file), key, rows: new Map(tensors.map((t) => [t.name, t.rows])) };
 }
 
@@ -312,7 +305,7 @@ export async function readPromptStates(dir: string, expect: { mode: PromptStates
   let whole: Promise<Buffer> | null = null;
   const small = (await stat(states)).size <= WHOLE_STATES_BYTES;
   // Written by this process and unchanged since: its rows as written (checked against the header as a read is).
-  const mine = written !== null && written.file === resolve(states) && written.key === (await statKey(states)) ? written.rows : null;
+  const mine = written !== null && written.file === resolve(states) && written.key === fileKey(states) ? written.rows : null;
   const located = (name: string, width: number) => {
     if (!weights.has(name)) throw refuseStageFile(states, 'the tensor is missing', { tensor: name });
     const loc = weights.get(name);
