@@ -16,7 +16,7 @@ import { computePromptStates, type ForwardPrecision } from '../libs/forward';
 import { FP32_KERNEL_ENV, wideAvailable } from '../libs/forward';
 import { loadTokenizer } from '../libs/tokenizer';
 import { benchForward } from './forward';
-import { useRealTokenizer, writeFastModel, type TinyModelSpec } from './models';
+import { specWithTokenizer, useRealTokenizer, writeFastModel, type TinyModelSpec } from './models';
 import { ROOT } from './workspace';
 
 type Spec = Omit<TinyModelSpec, 'dtype' | 'seed'>;
@@ -218,8 +218,8 @@ let cliArgs: string[] = [];
 /** `precision`: every command runs with `--forward-precision` it (null: without the flag, fp32). */
 export async function benchIncremental(tmp: string, size: string, log: (s: string) => void, precision: ForwardPrecision | null = null, tokenizer: string | null = null) {
   cliArgs = precision ? ['--forward-precision', precision] : [];
-  const spec = SIZES[size];
-  if (!spec) throw new Error(`unknown size ${size} (known: ${Object.keys(SIZES).join(', ')})`);
+  if (!SIZES[size]) throw new Error(`unknown size ${size} (known: ${Object.keys(SIZES).join(', ')})`);
+  const spec = specWithTokenizer(SIZES[size], tokenizer);
   const experts = SIZE_EXPERTS[size] ?? 4;
   const { ref, why } = findReference();
   log(why);

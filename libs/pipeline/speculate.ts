@@ -89,7 +89,7 @@ export async function speculateHiddenStates(recipe: Recipe, before: Recipe | nul
     // stage has read them all (a fully cached edit took 0.2 s longer beside a worker loading its first layer).
     const cache = new ContentCache(cacheDir, undefined, { recompute: options.recompute, quiet: true });
     const memo = promptIdsMemo(cache);
-    const tok = await promptIds(dir, texts, { get: memo.get, put: async (...a) => void puts.push(() => memo.put(...a)) });
+    const tok = await promptIds(dir, texts, { ...memo, put: async (...a) => void puts.push(() => memo.put(...a)), putBytes: async (...a) => void puts.push(() => memo.putBytes!(...a)) });
     const baseId = await memoisedContentId(dir, cache);
     ids = tok.ids;
     if (baseId !== null) {

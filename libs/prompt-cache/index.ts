@@ -160,5 +160,14 @@ export async function putRouterInputs(cache: ContentCache, m: RouterInputMateria
 
 /** Prompt ids remembered in the prompt-state cache (libs/tokenizer's promptIds): a few hundred bytes an entry. */
 export function promptIdsMemo(cache: ContentCache): IdsMemo {
-  return { get: (key, material) => cache.getBoundJson(key, material, 1 << 20), put: (key, material, value) => cache.putBoundJson(key, material, value) };
+  return {
+    get: (key, material) => cache.getBoundJson(key, material, 1 << 20),
+    put: (key, material, value) => cache.putBoundJson(key, material, value),
+    // The compact tokenizer (libs/tokenizer/compact.ts): ~9 MB for Llama 3's.
+    getBytes: (key, material, maxBytes) => cache.getBound(key, material, maxBytes),
+    putBytes: async (key, material, data) => {
+      const bytes = data();
+      if (bytes) await cache.putBound(key, material, bytes);
+    },
+  };
 }

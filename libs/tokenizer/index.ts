@@ -1,11 +1,13 @@
 import { readFile } from 'node:fs/promises';
 import { modelJson, readInputText, stripBom } from '../input';
 import { existsSync } from 'node:fs';
-import { basename, join } from 'node:path';
+import { basename, dirname, join } from 'node:path';
 import { createHash } from 'node:crypto';
 import type { Tokenizer } from '@huggingface/tokenizers';
 import { ModelError } from '../errors';
 import { fileKey, isRacy, nowNs } from '../util';
+import { COMPACT_FORMAT, compactTokenizer, tokenizerFromCompact } from './compact';
+export { compactStats } from './compact';
 
 /** Files that make up a Hugging Face tokenizer, copied to the output when present. */
 export const TOKENIZER_FILES = ['tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json', 'tokenizer.model', 'added_tokens.json', 'vocab.json', 'merges.txt'];
@@ -158,6 +160,11 @@ async function tokenizerClass(dir: string): Promise<{ config: Record<string, unk
   return { config, cls: transformers5Class(modelType, typeof config.tokenizer_class === 'string' ? config.tokenizer_class : null) };
 }
 
+/** @huggingface/tokenizers' tokenizer for a tokenizer.json object and tokenizer_config.json. */
+function libraryTokenizer(json: Record<string, unknown>, config: Record<string, unknown>): Tokenizer {
+  return new (require('@huggingface/tokenizers') as typeof import('@huggingface/tokenizers')).Tokenizer(json, config);
+}
+
 export async function loadTransformersTokenizer(dir: string): Promise<TransformersTokenizer> {
   const tjFile = join(dir, 'tokenizer.json');
   if (!existsSync(tjFile)) {
@@ -172,7 +179,7 @@ export async function loadTransformersTokenizer(dir: string): Promise<Transforme
   const eosToken = specialToken('eos_token', config, stm, pipeline.defaults.eos);
   const withPipeline = (json: Record<string, unknown>): Tokenizer => {
     try {
-      return new (require('@huggingface/tokenizers') as typeof import('@huggingface/tokenizers')).Tokenizer(json, config);
+      return libraryTokenizer(json, config);
     } catch (e) {
       throw new ModelError('bad_tokenizer', `cannot load tokenizer (${(e as Error).message})`, { file: tjFile });
     }
@@ -194,11 +201,16 @@ function tokenizerKeys(dir: string): (string | null)[] | null {
   return keys.some((k) => k !== null && isRacy(k, at)) ? null : keys;
 }
 
-export async function loadTokenizer(dir: string): Promise<PromptTokenizer> {
+/**
+ * The folder's prompt tokenizer: the one this process loaded while its files are unchanged, else from the compact
+ * form `memo` keeps for its content (known: its content id, computed by the caller), else built from tokenizer.json
+ * (its compact form then kept in `memo`).
+ */
+export async function loadTokenizer(dir: string, memo?: IdsMemo, known?: TokenizerId): Promise<PromptTokenizer> {
   const keys = tokenizerKeys(dir);
   const seen = loaded.get(dir);
   if (keys && seen && seen.keys.every((k, i) => k === keys[i])) return seen.tokenizer;
-  const tokenizer = await readTokenizer(dir);
+  const tokenizer = await readTokenizer(dir, memo, known);
   // Kept only when no file changed while it was read.
   const after = tokenizerKeys(dir);
   if (keys && after && after.every((k, i) => k === keys[i])) loaded.set(dir, { keys, tokenizer });
@@ -231,6 +243,48 @@ export function forgetLoadedTokenizers(): void {
 export interface IdsMemo {
   get(key: string, material: unknown): Promise<unknown>;
   put(key: string, material: unknown, value: unknown): Promise<void>;
+  /** Bytes by key, bound to material (the compact tokenizer); at most `maxBytes`. */
+  getBytes?(key: string, material: unknown, maxBytes: number): Promise<Buffer | null>;
+  /** `data` is called when the entry is written (a caller may put it off: making it takes CPU); null writes nothing. */
+  putBytes?(key: string, material: unknown, data: () => Buffer | null): Promise<void>;
+}
+
+/** A tokenizer folder's content id and the class transformers 5 picks for it. */
+export interface TokenizerId {
+  contentId: string;
+  cls: string;
+}
+
+/** The largest compact tokenizer read back (Llama 3's is ~9 MB). */
+const COMPACT_MAX_BYTES = 256 << 20;
+
+/** @huggingface/tokenizers' version: a compact form holds its model's maps as that version builds them. */
+function libraryVersion(): string {
+  try {
+    const pkg = JSON.parse(require('node:fs').readFileSync(join(dirname(require.resolve('@huggingface/tokenizers')), '..', 'package.json'), 'utf8')) as { version?: unknown };
+    return typeof pkg.version === 'string' ? pkg.version : 'unknown';
+  } catch {
+    return 'unknown';
+  }
+}
+
+const compactKey = (contentId: string) => `tokenizer-compact:${contentId}`;
+const compactMaterial = (contentId: string) => ({ mode: 'tokenizer-compact', tokenizer: contentId, format: COMPACT_FORMAT, library: libraryVersion() });
+
+/** The prompt tokenizer from the compact form `memo` keeps for this content id, or null (none, or not usable). */
+async function compactFromMemo(dir: string, id: TokenizerId, memo: IdsMemo): Promise<PromptTokenizer | null> {
+  const data = await memo.getBytes!(compactKey(id.contentId), compactMaterial(id.contentId), COMPACT_MAX_BYTES);
+  if (!data) return null;
+  const got = tokenizerFromCompact(data, libraryTokenizer);
+  if (!got) return null;
+  const { bosToken, eosToken, cls } = got.head.extra;
+  const textOrNull = (x: unknown): x is string | null => x === null || typeof x === 'string';
+  if (!textOrNull(bosToken) || !textOrNull(eosToken) || cls !== id.cls) return null;
+  try {
+    return promptTokenizer(dir, got.tokenizer, bosToken, eosToken, id.contentId);
+  } catch {
+    return null; // not a pad token it has: built from the files, which say what is wrong
+  }
 }
 
 /** What the forward pass and the prompt-state cache need of a tokenizer for some texts. */
@@ -255,7 +309,7 @@ export async function promptIds(dir: string, texts: string[], memo?: IdsMemo): P
   // Built in this process already (the command's early look at the prompts): no memo to read or fill.
   const held = !inProcess && memo ? await fromMemo(dir, texts, memo).catch(() => null) : null;
   if (held && held.padTokenId !== null && held.ids.every((x) => x !== null)) return { ids: held.ids as number[][], contentId: held.contentId, padTokenId: held.padTokenId };
-  const tok = inProcess ?? (await loadTokenizer(dir));
+  const tok = inProcess ?? (await loadTokenizer(dir, memo, held ? { contentId: held.contentId, cls: held.cls } : undefined));
   const ids = texts.map((t) => tok.encodePrompt(t));
   // What the memo lacked, for this content (cacache appends an index line per put: what it holds is not put again).
   if (memo && held && held.contentId === tok.contentId) {
@@ -275,33 +329,53 @@ const idsMaterial = (contentId: string, text: string) => ({ mode: 'prompt-ids', 
  * The tokenizer's content id as it is now, and what the memo holds for it: the pad id and each text's ids (null
  * where it holds none, or nothing well-formed). Null for a tokenizer folder that cannot be read (the load says why).
  */
-async function fromMemo(dir: string, texts: string[], memo: IdsMemo): Promise<{ contentId: string; padTokenId: number | null; ids: (number[] | null)[] } | null> {
+async function fromMemo(dir: string, texts: string[], memo: IdsMemo): Promise<{ contentId: string; cls: string; padTokenId: number | null; ids: (number[] | null)[] } | null> {
   if (!existsSync(join(dir, 'tokenizer.json'))) return null;
-  const contentId = await contentIdOf(dir, (await tokenizerClass(dir)).cls);
+  const { cls } = await tokenizerClass(dir);
+  const contentId = await contentIdOf(dir, cls);
   const head = (await memo.get(`tokenizer:${contentId}`, { mode: 'tokenizer', tokenizer: contentId })) as { padTokenId?: unknown } | null;
   const entries = (await Promise.all(texts.map((t) => memo.get(idsKey(contentId, t), idsMaterial(contentId, t))))) as ({ ids?: unknown } | null)[];
   const ok = (e: { ids?: unknown } | null) => e !== null && typeof e === 'object' && Array.isArray(e.ids) && e.ids.length > 0 && e.ids.every(isId);
-  return { contentId, padTokenId: head && isId(head.padTokenId) ? head.padTokenId : null, ids: entries.map((e) => (ok(e) ? (e!.ids as number[]) : null)) };
+  return { contentId, cls, padTokenId: head && isId(head.padTokenId) ? head.padTokenId : null, ids: entries.map((e) => (ok(e) ? (e!.ids as number[]) : null)) };
 }
 
-async function readTokenizer(dir: string): Promise<PromptTokenizer> {
+async function readTokenizer(dir: string, memo?: IdsMemo, known?: TokenizerId): Promise<PromptTokenizer> {
+  if (known && memo?.getBytes) {
+    const fast = await compactFromMemo(dir, known, memo).catch(() => null);
+    if (fast) return fast;
+  }
+  const full = await loadTransformersTokenizer(dir);
+  const { tokenizer: tok, cls, bosToken, eosToken } = full;
+  const prompt = promptTokenizer(dir, tok, bosToken, eosToken, await contentIdOf(dir, cls));
+  tokenizerStats.built++;
+  if (memo?.putBytes) {
+    // Kept for the next command that meets a new prompt: the pipeline without its vocabulary and merges, which the
+    // compact form holds as arrays.
+    const model = full.pipelineJson.model as Record<string, unknown> | undefined;
+    const skeleton = { ...full.pipelineJson, model: { ...model, vocab: {}, merges: [] } };
+    const head = { skeleton, config: full.config, extra: { cls, bosToken, eosToken } };
+    await memo.putBytes(compactKey(prompt.contentId), compactMaterial(prompt.contentId), () => (model?.type === 'BPE' ? compactTokenizer(tok, head) : null)).catch(() => undefined);
+  }
+  return prompt;
+}
+
+/** What the prompts take of a built tokenizer: its pad token (BOS, else EOS) and the reference's encoding. */
+function promptTokenizer(dir: string, tok: Tokenizer, bosToken: string | null, eosToken: string | null, contentId: string): PromptTokenizer {
   const tjFile = join(dir, 'tokenizer.json');
   const cfgFile = join(dir, 'tokenizer_config.json');
-  const { tokenizer: tok, cls, bosToken, eosToken } = await loadTransformersTokenizer(dir);
   const padToken = bosToken ?? eosToken;
   if (padToken === null) {
     throw new ModelError('no_pad_token', 'tokenizer has neither a BOS nor an EOS token, so prompts cannot be padded as the reference does', { file: cfgFile });
   }
   const padTokenId = tok.token_to_id(padToken);
   if (padTokenId === undefined) throw new ModelError('bad_tokenizer', `special token ${JSON.stringify(padToken)} is not in the vocabulary`, { file: tjFile });
-  tokenizerStats.built++;
   return {
     dir,
     bosToken,
     eosToken,
     padToken,
     padTokenId,
-    contentId: await contentIdOf(dir, cls),
+    contentId,
     encodePrompt(prompt: string): number[] {
       return tok.encode((bosToken ?? '') + prompt, { add_special_tokens: false }).ids;
     },

@@ -7,7 +7,7 @@ import { SafetensorsWeights, readTensorBytes, decodeFloats } from '../../libs/sa
 import { assertMatchesManifest, manifest } from '../helpers/manifest';
 import { FIXTURES, tempDir } from '../helpers/tmp';
 import { bf16Unavailable, usePortableBf16 } from '../../libs/forward';
-import { forgetLoadedTokenizers, promptIds, tokenizerStats } from '../../libs/tokenizer';
+import { compactStats, forgetLoadedTokenizers, loadTokenizer, promptIds, tokenizerStats } from '../../libs/tokenizer';
 import { promptIdsMemo } from '../../libs/prompt-cache';
 import { ContentCache } from '../../libs/cache';
 
@@ -250,6 +250,15 @@ test('a hidden merge forks its forward worker ahead when its prompts may need st
   const ids = await promptIds(join(FIXTURES, 'tiny-llama', 'tiny-a'), ['a prompt never seen'], promptIdsMemo(new ContentCache(cacheDir)));
   assert.equal(tokenizerStats.built, built, 'its ids were read from the memo');
   assert.ok(ids.ids[0]!.length > 1);
+  // The tokenizer that command built was kept in its compact form (put once the prompts were sent): a text nobody
+  // tokenized before takes it instead of tokenizer.json.
+  forgetLoadedTokenizers();
+  const loaded = compactStats.loaded;
+  const fresh = await promptIds(join(FIXTURES, 'tiny-llama', 'tiny-a'), ['a text nobody tokenized'], promptIdsMemo(new ContentCache(cacheDir)));
+  assert.equal(tokenizerStats.built, built, 'not built from tokenizer.json');
+  assert.equal(compactStats.loaded, loaded + 1, 'from its compact form');
+  forgetLoadedTokenizers();
+  assert.deepEqual(fresh.ids, [(await loadTokenizer(join(FIXTURES, 'tiny-llama', 'tiny-a'))).encodePrompt('a text nobody tokenized')]);
   // A new folder (every prompt expected to miss) with one more new prompt: only the one the cache lacks is sent.
   writeFileSync(file, text.replace(first[0], `${first[0]}"a prompt never seen"\n${first[1]}- "another one"\n${first[1]}- `));
   r = await run('third');

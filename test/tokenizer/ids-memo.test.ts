@@ -9,7 +9,7 @@ import { cpSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { ContentCache } from '../../libs/cache';
 import { promptIdsMemo } from '../../libs/prompt-cache';
-import { forgetLoadedTokenizers, loadTokenizer, promptIds, tokenizerStats, type IdsMemo } from '../../libs/tokenizer';
+import { compactStats, forgetLoadedTokenizers, loadTokenizer, promptIds, tokenizerStats, type IdsMemo } from '../../libs/tokenizer';
 import { ROOT, tempDir } from '../helpers/tmp';
 
 /** A writable copy of Llama 2's tokenizer (the @lenml package's files) in a model folder of its own. */
@@ -35,13 +35,18 @@ test('promptIds: ids, content id and pad id from the memo where it holds them al
   forgetLoadedTokenizers();
   assert.deepEqual(await promptIds(dir, [TEXTS[1]!, TEXTS[0]!], memo), { ids: [first.ids[1], first.ids[0]], contentId: first.contentId, padTokenId: first.padTokenId });
   assert.equal(tokenizerStats.built, built + 1, 'not built again');
-  // One text it has not seen: built once, then remembered too.
+  // One text it has not seen: from the tokenizer's compact form the first build kept (compact.test.ts), then
+  // remembered too.
   forgetLoadedTokenizers();
+  const loaded = compactStats.loaded;
   const more = await promptIds(dir, [...TEXTS, 'A new prompt'], memo);
-  assert.equal(tokenizerStats.built, built + 2);
+  assert.equal(tokenizerStats.built, built + 1);
+  assert.equal(compactStats.loaded, loaded + 1);
+  assert.deepEqual(more.ids[3], tok.encodePrompt('A new prompt'));
   forgetLoadedTokenizers();
   assert.deepEqual(await promptIds(dir, ['A new prompt'], memo), { ids: [more.ids[3]], contentId: first.contentId, padTokenId: first.padTokenId });
-  assert.equal(tokenizerStats.built, built + 2);
+  assert.equal(tokenizerStats.built, built + 1);
+  assert.equal(compactStats.loaded, loaded + 1);
 });
 
 test('promptIds: a memo entry that is not well-formed ids, or the tokenizer changed since, reads as a miss and the tokenizer gives the ids', async () => {
@@ -60,9 +65,9 @@ test('promptIds: a memo entry that is not well-formed ids, or the tokenizer chan
   for (const bad of [{ ids: [-1, 3] }, { ids: [] }, { ids: 'x' }, { other: [1] }]) {
     await cache.putBoundJson(idsEntries[0]!.key, idsEntries[0]!.material, bad);
     forgetLoadedTokenizers();
-    const built = tokenizerStats.built;
+    const made = tokenizerStats.built + compactStats.loaded;
     assert.deepEqual(await promptIds(dir, TEXTS, real), want, JSON.stringify(bad));
-    assert.equal(tokenizerStats.built, built + 1, `${JSON.stringify(bad)}: built`);
+    assert.equal(tokenizerStats.built + compactStats.loaded, made + 1, `${JSON.stringify(bad)}: the tokenizer gave them`);
   }
   // The tokenizer's files changed: another content id, so nothing remembered for the old one answers.
   const cfg = join(dir, 'tokenizer_config.json');

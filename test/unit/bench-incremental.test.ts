@@ -90,5 +90,14 @@ test("--tokenizer: a generated model takes a real tokenizer's files where its id
   assert.equal(tok.encodePrompt('Hello').length, 2);
   assert.equal(REAL_TOKENIZERS.llama2!.vocab, 32000);
   assert.throws(() => useRealTokenizer(m, 'llama2', SIZES.small!.vocab, ROOT), /^Error: --tokenizer llama2: its 32000 token ids do not fit the model's 4000-row embedding table \(use --size medium or large\)$/);
-  assert.throws(() => useRealTokenizer(m, 'gpt9', 32000, ROOT), /^Error: --tokenizer must be one of llama2, got "gpt9"$/);
+  assert.throws(() => useRealTokenizer(m, 'gpt9', 32000, ROOT), /^Error: --tokenizer must be one of llama2, llama3, got "gpt9"$/);
+});
+
+test('--tokenizer llama3: the models take its 128256-row vocabulary (llama2 and the byte tokenizer keep the size\'s)', async () => {
+  const { specWithTokenizer } = await import('../../bench/models');
+  assert.equal(specWithTokenizer(SIZES.medium!, 'llama3').vocab, 128256);
+  assert.equal(specWithTokenizer(SIZES.medium!, 'llama3').hidden, SIZES.medium!.hidden);
+  assert.equal(specWithTokenizer(SIZES.medium!, 'llama2').vocab, 32000);
+  assert.equal(specWithTokenizer(SIZES.small!, null).vocab, 4000);
+  assert.throws(() => specWithTokenizer(SIZES.small!, 'gpt9'), /^Error: --tokenizer must be one of llama2, llama3, got "gpt9"$/);
 });
