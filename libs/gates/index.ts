@@ -1,6 +1,8 @@
 import { Rng } from './rng';
 import { TorchGenerator } from './torch-rng';
-import { conditionNumber } from './linalg';
+import { conditionFromGram, conditionNumber } from './linalg';
+import { hiddenRowsWasm, layerGramsWasm } from './gates-wasm';
+export { useGatesWasm } from './gates-wasm';
 import type { HiddenReduction, RandomDraw } from './modes';
 
 export { Rng } from './rng';
@@ -123,13 +125,30 @@ export function hiddenVector(
   return normalize(v);
 }
 
+/**
+ * hiddenVector for every layer of one expert, layer l's row written (rounded to float32) at
+ * `data[first + l * stride ..]`: in WebAssembly where it runs (gates-wasm.ts, the same operations in the same order,
+ * so the same bits). Run once per command, the per-layer JavaScript spent ~40 ms of a one-prompt edit's tail in code
+ * its optimising compiler had not reached yet.
+ */
+export function hiddenRows(positive: PromptStates[], negative: PromptStates[], padStates: Float32Array[] | null, reduction: HiddenReduction, hidden: number, layers: number, data: Float32Array, first: number, stride: number): void {
+  if (reduction === 'last' || padStates) {
+    const longest = (states: PromptStates[]) => Math.max(...states.map((s) => s.count));
+    const tPos = longest(positive), tNeg = longest(negative);
+    const of = (s: PromptStates) => (reduction === 'last' ? s.last : s.sum);
+    const padCounts = [...positive.map((s) => tPos - s.count), ...negative.map((s) => tNeg - s.count)];
+    if (hiddenRowsWasm(positive.map(of), negative.map(of), reduction === 'avg' ? padStates : null, padCounts, tPos, tNeg, hidden, layers, data, first, stride)) return;
+  }
+  for (let l = 0; l < layers; l++) data.set(hiddenVector(positive, negative, padStates, l, reduction, hidden), first + l * stride);
+}
+
 /** Layers whose gate matrix has a condition number over 5, and the reference's warning text. */
 export function degenerateLayers(g: GateTensor, threshold = 5): { conditionNumbers: number[]; flagged: number[]; warning: string | null } {
   const conditionNumbers: number[] = [];
   const flagged: number[] = [];
+  const grams = layerGramsWasm(g.data, g.layers, g.experts, g.hidden);
   for (let l = 0; l < g.layers; l++) {
-    const rows = Array.from({ length: g.experts }, (_, e) => gateRow(g, l, e));
-    const c = conditionNumber(rows);
+    const c = grams ? conditionFromGram(grams[l]!) : conditionNumber(Array.from({ length: g.experts }, (_, e) => gateRow(g, l, e)));
     conditionNumbers.push(c);
     if (c > threshold) flagged.push(l);
   }

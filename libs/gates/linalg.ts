@@ -51,7 +51,12 @@ function gramOf(rows: ArrayLike<number>[]): number[][] {
 
 /** 2-norm condition number σmax/σmin of an N×H matrix given as rows (N <= H), via the Gram matrix. */
 export function conditionNumber(rows: ArrayLike<number>[]): number {
-  const ev = symmetricEigenvalues(gramOf(rows));
+  return conditionFromGram(gramOf(rows));
+}
+
+/** conditionNumber from the rows' Gram matrix. */
+export function conditionFromGram(gram: number[][]): number {
+  const ev = symmetricEigenvalues(gram);
   const lo = ev[0]!;
   const hi = ev[ev.length - 1]!;
   if (!(hi > 0)) return Infinity;

@@ -2,7 +2,7 @@ import { mkdir, writeFile } from 'node:fs/promises';
 import { GATES_INFO_SCHEMA, missingStageFile, readStageJson, refuseStageFile, writeStageFile } from '../stage-files';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
-import { degenerateLayers, drawnGates, hiddenVector, newGates, normalize, type GateTensor, type HiddenReduction, type PromptStates } from '../gates';
+import { degenerateLayers, drawnGates, hiddenRows, newGates, normalize, type GateTensor, type HiddenReduction, type PromptStates } from '../gates';
 import { GATE_MODES, type GateMode } from '../gates';
 import { encodeHeader } from '../safetensors';
 import { decodeFloats, firstNonFinite as firstNonFiniteBits } from '../safetensors';
@@ -133,7 +133,7 @@ async function hiddenGates(merge: MergeContext, statesDir: string, reduction: Hi
     const spec = merge.gatedExperts[e]!.spec;
     const pos = (spec.positive_prompts ?? []).map((t) => byText.get(t)!);
     const neg = (spec.negative_prompts ?? []).map((t) => byText.get(t)!);
-    for (let l = 0; l < L; l++) g.data.set(hiddenVector(pos, neg, pad, l, reduction, H), (l * N + e) * H);
+    hiddenRows(pos, neg, pad, reduction, H, L, g.data, e * H, N * H);
   }
   return g;
 }

@@ -258,8 +258,17 @@ export interface TokenizerId {
 /** The largest compact tokenizer read back (Llama 3's is ~9 MB). */
 const COMPACT_MAX_BYTES = 256 << 20;
 
+// Set by scripts/build.mjs: the version bundled with the command (from sources, read from its package.json).
+declare const __TOKENIZERS_VERSION__: string | undefined;
+let version: string | undefined;
+
 /** @huggingface/tokenizers' version: a compact form holds its model's maps as that version builds them. */
 function libraryVersion(): string {
+  if (typeof __TOKENIZERS_VERSION__ === 'string') return __TOKENIZERS_VERSION__;
+  return (version ??= versionFromPackage());
+}
+
+function versionFromPackage(): string {
   try {
     const pkg = JSON.parse(require('node:fs').readFileSync(join(dirname(require.resolve('@huggingface/tokenizers')), '..', 'package.json'), 'utf8')) as { version?: unknown };
     return typeof pkg.version === 'string' ? pkg.version : 'unknown';

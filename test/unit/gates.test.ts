@@ -1,6 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { Rng, randomGates, uniformRandomGates, conditionNumber, degenerateLayers, newGates, gateRow, hiddenVector } from '../../libs/gates';
+import { Rng, randomGates, uniformRandomGates, conditionNumber, degenerateLayers, newGates, gateRow, hiddenVector, hiddenRows, useGatesWasm, type PromptStates } from '../../libs/gates';
+import { hiddenRowsWasm, layerGramsWasm } from '../../libs/gates/gates-wasm';
 
 test('the seeded generator is deterministic per (seed, stream) and streams differ', () => {
   const a = new Rng(7, 's');
@@ -59,4 +60,33 @@ test("hidden_avg reproduces the reference's padded mean from per-prompt sums and
   const last = hiddenVector([a, b], [b], null, 0, 'last', H);
   // mean of last tokens (1, 0) minus the negative's (1, -1) = (0, 1)
   assert.ok(Math.abs(last[0]!) < 1e-12 && Math.abs(last[1]! - 1) < 1e-12);
+});
+
+for (const wasm of [true, false]) test(`hiddenRows (${wasm ? 'WebAssembly' : 'JavaScript'}) gives every layer the bits hiddenVector gives it (last and avg, with and without negatives), and degenerateLayers the condition numbers of each layer's rows`, () => {
+  useGatesWasm(wasm);
+  // The WebAssembly loops run here (not a silent fallback), or are off.
+  assert.equal(hiddenRowsWasm([], [], null, [], 0, 0, 1, 0, new Float32Array(0), 0, 0), wasm);
+  assert.equal(layerGramsWasm(new Float32Array(2), 1, 1, 2) !== null, wasm);
+  const rng = new Rng(7, 'test/hidden-rows');
+  const L = 5, H = 37;
+  const floats = () => Float32Array.from({ length: H }, () => rng.normal() * 3);
+  const prompt = (count: number): PromptStates => ({ last: Array.from({ length: L }, floats), sum: Array.from({ length: L }, floats), count });
+  const pos = [prompt(4), prompt(9), prompt(1)];
+  const neg = [prompt(6), prompt(2)];
+  const pad = Array.from({ length: L }, floats);
+  for (const reduction of ['last', 'avg'] as const) {
+    for (const negative of [[], neg]) {
+      const g = newGates(L, 3, H);
+      hiddenRows(pos, negative, pad, reduction, H, L, g.data, H, 3 * H);
+      for (let l = 0; l < L; l++) {
+        const want = Float32Array.from(hiddenVector(pos, negative, pad, l, reduction, H));
+        assert.deepEqual(gateRow(g, l, 1), want, `${reduction}, ${negative.length} negatives, layer ${l}`);
+        assert.ok(gateRow(g, l, 0).every((x) => x === 0) && gateRow(g, l, 2).every((x) => x === 0), 'other rows untouched');
+      }
+    }
+  }
+  const g = randomGates(L, 3, H, 11);
+  const { conditionNumbers } = degenerateLayers(g);
+  assert.deepEqual(conditionNumbers, Array.from({ length: L }, (_, l) => conditionNumber([0, 1, 2].map((e) => gateRow(g, l, e)))));
+  useGatesWasm(true);
 });
