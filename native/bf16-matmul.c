@@ -45,6 +45,10 @@
 #define KPW 2048     // values of k per widened pack (NB_WIDE rows: 512 KiB, in L2; each row read in one run)
 #define KCW 128      // values of k per wide tile pass (x's 80 rows: 40 KiB, in L1)
 #define DIRECT_TILES 1  // x of at most this many wide tiles takes W's bf16 rows as stored (tile_wbf), more a widened pack
+// ...and of more than this many rows: with one or two vectors of x a row, widening W's values in registers for one or
+// two products each cost more than widening them once into the pack (a one-prompt pass of 16 rows 0.88x, of 32
+// rows 0.93x, TinyLlama's shape; equal from 64). The same sums either way.
+#define DIRECT_MIN_ROWS 32
 #define DIRECT_BLOCK 512  // most rows of W per block there (its sums [rows, 80] in L2: no pack beside them)
 #define NB 64    // rows of W per block (NB * KC * 2 = 256 KiB): the block stays in L2
 
@@ -454,7 +458,7 @@ static void run_block(Job *j, int nb, int nbEnd, float *scratch, float *scratch2
 }
 
 // Whether a wide job takes W's bf16 rows as stored (tile_wbf): one tile of x, bf16 weights, the AVX-512 kernel.
-static int direct(const Job *j) { return j->wide && !j->f16 && !j->portable && (j->M + MT - 1) / MT <= DIRECT_TILES; }
+static int direct(const Job *j) { return j->wide && !j->f16 && !j->portable && j->M > DIRECT_MIN_ROWS && (j->M + MT - 1) / MT <= DIRECT_TILES; }
 
 // Rows of W per block of a wide job. Direct: as many as evenly splits the rows among the threads, up to DIRECT_BLOCK,
 // so each pass's 128 values of x's tile, in L1, serve more rows of W: with 64-row blocks x's whole tile was read
