@@ -12,7 +12,7 @@ import { cachedModelDir, memoisedContentId, type HubEnv } from '../resolve';
 import { promptIds } from '../tokenizer';
 import { speculatePromptStates, stopForwardWorker } from '../forward';
 import { ContentCache } from '../cache';
-import { promptIdsMemo, promptStateKey } from '../prompt-cache';
+import { heldPuts, promptIdsMemo, promptStateKey } from '../prompt-cache';
 import type { StageOptions } from '../options';
 
 /** Every expert of the recipe, routed and shared: those whose prompts may need states. */
@@ -77,19 +77,17 @@ export async function speculateHiddenStates(recipe: Recipe, before: Recipe | nul
   const dir = await cachedModelDir(recipe.base_model, { baseDir: modelBaseDir, env });
   if (dir === null) return 0; // fetch downloads it, or says what is wrong with it
   let ids: number[][];
-  // The ids the memo lacked are stored once the prompts are sent: a put loads cacache (~20 ms), which the worker
-  // waited for.
-  const puts: (() => Promise<void>)[] = [];
-  const store = () => {
-    for (const put of puts.splice(0)) put().catch(() => undefined); // only a head start for the next command
-  };
+  // What the memo lacked (ids, the tokenizer's compact form) is stored once the prompts are sent: the worker
+  // waited for those writes.
+  let store = (): void => undefined;
   try {
     // Where the base's content id is known without hashing (its files' hashes memoised), the prompts whose
     // states the cache already holds are not sent; none left: the worker is stopped now rather than once the
     // stage has read them all (a fully cached edit took 0.2 s longer beside a worker loading its first layer).
     const cache = new ContentCache(cacheDir, undefined, { recompute: options.recompute, quiet: true });
-    const memo = promptIdsMemo(cache);
-    const tok = await promptIds(dir, texts, { ...memo, put: async (...a) => void puts.push(() => memo.put(...a)), putBytes: async (...a) => void puts.push(() => memo.putBytes!(...a)) });
+    const writes = heldPuts(promptIdsMemo(cache));
+    store = writes.flush;
+    const tok = await promptIds(dir, texts, writes.memo);
     const baseId = await memoisedContentId(dir, cache);
     ids = tok.ids;
     if (baseId !== null) {

@@ -14,7 +14,7 @@ import { floatKernels } from '../safetensors';
 import { mapLimit } from '../util';
 import type { ForwardProgress } from '../forward';
 import type { EmbedOptions } from './embed-prompts';
-import { promptIdsMemo, type PromptStateMaterial } from '../prompt-cache';
+import { heldPuts, promptIdsMemo, type PromptStateMaterial } from '../prompt-cache';
 
 /** A cache entry's key material: the shared part (PromptStateMaterial) and the kind's own. */
 type PromptMaterial = Omit<PromptStateMaterial, 'precision'>;
@@ -55,8 +55,10 @@ export async function cachedPerPrompt<T, X extends object>(base: ModelSource, te
   const cache = new ContentCache(opts.cacheDir, warn, { recompute: opts.recompute });
   // The key's content id from the base's files (memoised), not from models.json, a stage file a cache restored.
   const baseId = await contentId(base.dir, { cache });
-  // Ids from the cache's memo where it holds them all: the tokenizer is not built (0.3-1.2 s for real ones).
-  const tok = await promptIds(base.dir, texts, promptIdsMemo(cache));
+  // Ids from the cache's memo where it holds them all: the tokenizer is not built (0.3-1.2 s for real ones). What
+  // the memo lacked is written once the pass is under way, not before it starts.
+  const writes = heldPuts(promptIdsMemo(cache));
+  const tok = await promptIds(base.dir, texts, writes.memo);
   const ids = tok.ids;
   opts.checkIds?.(ids);
   const material = (i: number): PromptMaterial & X => ({ base: baseId, tokenizer: tok.contentId, text: texts[i]!, ids: ids[i]!, layers: base.config.numLayers, hidden: base.config.hiddenSize, ...kind.material });
@@ -68,6 +70,7 @@ export async function cachedPerPrompt<T, X extends object>(base: ModelSource, te
     const unlisted = texts.map((_, i) => i).filter((i) => !listed[i]);
     const first = unlisted.length > 0 ? computeMisses(unlisted) : null;
     first?.catch(() => undefined); // awaited below, after the reads
+    writes.flush();
     // Nothing to compute (yet): a worker started ahead would only hold a core while the entries are read.
     if (!first) stopForwardWorker();
     // A few at a time: each is a small index read and one entry's content, and their waits overlap.
