@@ -131,6 +131,11 @@ function readCpuInfo(): CpuInfo {
   }
 }
 
+/** The machine with its load average now as the load after (a copy: a per-size file's, after its section). */
+export function withLoadAfter(m: Machine, now: number[] = loadavg()): Machine {
+  return { ...m, loadAverageAfter: now.map(r2) };
+}
+
 /** Everything but the disk rate and the load after: cheap, taken before the first section. */
 export function machineFacts(tmp: string): Machine {
   const info = readCpuInfo();

@@ -43,7 +43,7 @@ import { realTokenizer, writeFastModel, type TinyModelSpec } from './models';
 import { SIZES, benchIncremental, growthTable, type StepResult } from './incremental';
 import { ROOT, addRecipe, nx, nxProfiled, throwawayWorkspace, timed, type TaskTiming } from './workspace';
 import type { ChildResult } from './write-child';
-import { diskCopyRate, formatMachine, machineFacts, type Machine } from './machine';
+import { diskCopyRate, formatMachine, machineFacts, withLoadAfter, type Machine } from './machine';
 import { benchGguf, benchGgufMerge } from './gguf';
 import { benchReport } from './report';
 import { benchRoutingSets, fitCost } from './routing';
@@ -459,7 +459,7 @@ async function benchIncrementalSection(tmp: string, size: string, precision: For
   // One file per size, so sizes run on separate calls still make one growth table.
   const outDir = join(__dirname, 'out');
   mkdirSync(outDir, { recursive: true });
-  writeFileSync(join(outDir, `${s}.json`), JSON.stringify({ date: new Date().toISOString(), size, machine: machineNow, result: r }, null, 2) + '\n');
+  writeFileSync(join(outDir, `${s}.json`), JSON.stringify({ date: new Date().toISOString(), size, machine: machineNow && withLoadAfter(machineNow), result: r }, null, 2) + '\n');
 }
 
 async function benchReportSection(tmp: string, size: string): Promise<void> {
@@ -582,7 +582,7 @@ async function main(): Promise<void> {
       details[`${s}SectionSeconds`] = r2((performance.now() - ts) / 1000);
       log(`section ${s} done in ${((performance.now() - ts) / 1000).toFixed(1)} s`);
     }
-    machine.loadAverageAfter = loadavg().map((x) => r2(x));
+    machine.loadAverageAfter = withLoadAfter(machine).loadAverageAfter;
   } finally {
     cleanup();
   }

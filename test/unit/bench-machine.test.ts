@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readdirSync } from 'node:fs';
-import { FLAGS, diskCopyRate, formatMachine, machineFacts, parseCpuInfo } from '../../bench/machine';
+import { FLAGS, diskCopyRate, formatMachine, machineFacts, parseCpuInfo, withLoadAfter } from '../../bench/machine';
 import { tempDir } from '../helpers/tmp';
 
 // Trimmed /proc/cpuinfo blocks as Linux prints them (tab before the colon, a blank line between processors).
@@ -52,4 +52,14 @@ test('the disk copy rate: the runs asked for, a rate from the best, nothing left
   assert.deepEqual(readdirSync(dir), []);
   const m = { ...machineFacts(dir), disk: d };
   assert.match(formatMachine(m), /disk copy rate: \d+ MB\/s \(3 MiB read\+write\+fsync in .*, best of 2: /);
+});
+
+test("a per-size file states the load average after its section, rounded, without changing the run's machine record", () => {
+  const m = machineFacts(tempDir());
+  const after = withLoadAfter(m, [1.234, 0.5, 2.999]);
+  assert.deepEqual(after.loadAverageAfter, [1.23, 0.5, 3]);
+  assert.equal(m.loadAverageAfter, null, 'the record the run goes on with keeps no load after yet');
+  assert.deepEqual({ ...after, loadAverageAfter: null }, m, 'every other fact as it was');
+  assert.match(formatMachine(after), /after the last section: 1\.23 0\.5 3/);
+  assert.equal(withLoadAfter(m).loadAverageAfter!.length, 3, 'the load now, where none is given');
 });
