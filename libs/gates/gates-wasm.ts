@@ -4,12 +4,8 @@
  * caught up; compiled WebAssembly runs them in a few ms from the first call. Scalar float64 arithmetic in the same
  * order as the JavaScript (WebAssembly's f64 operations are IEEE's, never fused), so the same bits.
  */
-import { funcType, I32, sleb, uleb, wasmApi, wasmModule, type Code, type WasmMemory } from '../wasm';
+import { F64, funcType, get, I32, i32c as i32, set, wasmApi, wasmModule, type Code, type WasmMemory } from '../wasm';
 
-const F64 = 0x7c;
-const get = (i: number): Code => [0x20, ...uleb(i)];
-const set = (i: number): Code => [0x21, ...uleb(i)];
-const i32 = (v: number): Code => [0x41, ...sleb(v | 0)];
 const f64 = (v: number): Code => [0x44, ...new Uint8Array(new Float64Array([v]).buffer)];
 const add = [0x6a], mul = [0x6c], shl = [0x74];
 const f64Load = [0x2b, 0, 0], f32Load = [0x2a, 0, 0], f64Store = [0x39, 0, 0], f32Store = [0x38, 0, 0];

@@ -117,6 +117,7 @@ export function loop(n: number, ptrs: [number, number][], body: Code, lanes: num
 
 export const I32 = 0x7f;
 export const F32 = 0x7d;
+export const F64 = 0x7c;
 export const V128 = 0x7b;
 
 /** One exported function: its type's index, its locals as [count, value type] runs, its body. */
