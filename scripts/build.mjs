@@ -132,31 +132,42 @@ try {
   if (problems.length) throw new Error(`libs/index.ts: ${problems.join('; ')}`);
   writeFileSync(join(tmp, 'index.d.ts'), dts.outputText);
 
-  // The bf16 forward pass's kernels (native/bf16-matmul.c), a Node addon: compiled where a C compiler and Node's
-  // headers are, else left out (the bf16 precision then says so; fp32 needs nothing native). Built again only
-  // when its source changed since the last build (`native` in the manifest; not among `sources`, which copies of
-  // build/ without the C source are checked against).
-  const NATIVE = join('native', 'bf16-matmul.c');
-  const nativeHash = existsSync(join(ROOT, NATIVE)) ? createHash('sha256').update(readFileSync(join(ROOT, NATIVE))).digest('hex') : null;
-  let nativeBuilt = false;
+  // Node addons, each compiled where a C compiler and Node's headers are, else left out: the forward pass's kernels
+  // (native/bf16-matmul.c; without it the bf16 precision says so, fp32 needs nothing native) and the noise's
+  // generator (native/normals.c; without it the noise runs in WebAssembly, the same values). Built again only when
+  // its source changed since the last build (`native` in the manifest; not among `sources`, which copies of build/
+  // without the C sources are checked against).
+  const ADDONS = [
+    { source: join('native', 'bf16-matmul.c'), file: 'bf16-matmul.node', without: 'forward precision bf16 is unavailable' },
+    { source: join('native', 'normals.c'), file: 'normals.node', without: 'the noise is generated in WebAssembly' },
+  ];
+  let lastNative = {};
   try {
-    const last = JSON.parse(readFileSync(join(OUT, 'manifest.json'), 'utf8'));
-    if (nativeHash && last.native === nativeHash && existsSync(join(OUT, 'bf16-matmul.node'))) {
-      writeFileSync(join(tmp, 'bf16-matmul.node'), readFileSync(join(OUT, 'bf16-matmul.node')));
-      nativeBuilt = true;
-    }
+    const last = JSON.parse(readFileSync(join(OUT, 'manifest.json'), 'utf8')).native;
+    // An earlier build's one addon hash was the forward kernels'.
+    lastNative = typeof last === 'string' ? { 'bf16-matmul.node': last } : last && typeof last === 'object' ? last : {};
   } catch {
     // no earlier build
   }
-  if (!nativeBuilt && !nativeHash) console.error(`moe-forge build: no ${NATIVE}: forward precision bf16 is unavailable`);
-  else if (!nativeBuilt) {
+  const native = {};
+  for (const { source, file, without } of ADDONS) {
+    const hash = existsSync(join(ROOT, source)) ? createHash('sha256').update(readFileSync(join(ROOT, source))).digest('hex') : null;
+    if (!hash) {
+      console.error(`moe-forge build: no ${source}: ${without}`);
+      continue;
+    }
+    if (lastNative[file] === hash && existsSync(join(OUT, file))) {
+      writeFileSync(join(tmp, file), readFileSync(join(OUT, file)));
+      native[file] = hash;
+      continue;
+    }
     const headers = join(dirname(process.execPath), '..', 'include', 'node');
     const cc = process.env.CC || 'cc';
     const r = existsSync(join(headers, 'node_api.h'))
-      ? spawnSync(cc, ['-O3', '-fPIC', '-shared', '-std=gnu11', `-I${headers}`, join(ROOT, NATIVE), '-o', join(tmp, 'bf16-matmul.node'), '-lpthread', '-lm'], { encoding: 'utf8' })
+      ? spawnSync(cc, ['-O3', '-fPIC', '-shared', '-std=gnu11', `-I${headers}`, join(ROOT, source), '-o', join(tmp, file), '-lpthread', '-lm'], { encoding: 'utf8' })
       : null;
-    nativeBuilt = r?.status === 0;
-    if (!nativeBuilt) console.error(`moe-forge build: ${NATIVE} not compiled (${r ? (r.error?.message ?? r.stderr.split('\n')[0]) : `no node_api.h in ${headers}`}): forward precision bf16 is unavailable`);
+    if (r?.status === 0) native[file] = hash;
+    else console.error(`moe-forge build: ${source} not compiled (${r ? (r.error?.message ?? r.stderr.split('\n')[0]) : `no node_api.h in ${headers}`}): ${without}`);
   }
 
   // Every source file a bundle was built from, by content; for the packages bundled into the command, the lockfile
@@ -175,7 +186,7 @@ try {
     sources[key] = createHash('sha256').update(readFileSync(file)).digest('hex');
     if (st.ctimeNs < settled && st.mtimeNs < settled) stats[key] = `${st.ino}:${st.size}:${st.mtimeNs}:${st.ctimeNs}`;
   }
-  writeFileSync(join(tmp, 'manifest.json'), JSON.stringify({ sources, stats, ...(nativeBuilt ? { native: nativeHash } : {}) }, null, 1) + '\n');
+  writeFileSync(join(tmp, 'manifest.json'), JSON.stringify({ sources, stats, ...(Object.keys(native).length ? { native } : {}) }, null, 1) + '\n');
 
   // Into place file by file, each by a rename, and only where it changed: processes running from build/ (Nx
   // tasks, tests) never see a missing or half-written file, and a build of unchanged sources changes nothing.

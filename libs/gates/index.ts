@@ -169,3 +169,4 @@ export * from './modes';
 export * from './rng';
 export * from './torch-normal-wasm';
 export * from './torch-rng';
+export { normalsNative, setNoiseKernel, NOISE_KERNEL_ENV, type NormalsNative } from './normals-native';

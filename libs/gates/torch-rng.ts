@@ -1,4 +1,5 @@
 import { wasmNormals, wasmStats, WASM_BLOCKS, type WasmNormals } from './torch-normal-wasm';
+import { normalsNative, type NormalsNative } from './normals-native';
 import { bf16BitsToF32, f16BitsToF32, f32ToBf16Bits, f32ToF16Bits, type FloatDtype } from '../safetensors';
 import { floatKernels, FLOAT_CAP } from '../safetensors';
 
@@ -113,6 +114,13 @@ export class Mt19937 {
     this.offset += n;
   }
 
+  /** out.length / 16 blocks of normals from the next words, by the native kernels (the state twisted there). */
+  drawNative(n: NormalsNative, out: Float32Array): void {
+    this.pos = n.addon.normals(this.state, this.pos, out, n.portable);
+    this.offset += out.length;
+    this.tempered = false;
+  }
+
   next(): number {
     if (this.pos === N) {
       this.twist();
@@ -133,8 +141,10 @@ export class Mt19937 {
     }
     n -= inBlock;
     const twists = Math.ceil(n / N);
-    const wasm = twists > 1 ? wasmNormals() : null;
-    if (wasm) {
+    const nat = twists > 1 ? normalsNative() : null;
+    const wasm = twists > 1 && !nat ? wasmNormals() : null;
+    if (nat) nat.addon.twist(this.state, twists, nat.portable);
+    else if (wasm) {
       // Long skips (another thread's share of a stream, a seek): the engine's twist, ~5x the JavaScript one.
       wasm.mtState.set(this.state);
       wasm.mtTwist(twists);
@@ -275,6 +285,11 @@ export function wordsOf(fn: 'randn' | 'rand', n: number, dtype: FloatDtype, cach
  * float64 sum halfway between two floats and is redone with exact fused multiply-adds.
  */
 function kernelBlocks(wasm: WasmNormals, mt: Mt19937, k: number): void {
+  const nat = normalsNative();
+  if (nat) {
+    mt.drawNative(nat, wasm.out.subarray(0, k * 16));
+    return;
+  }
   mt.fillWasm(wasm, k * 16);
   wasm.run(k);
   wasmStats.blocks += k;
@@ -288,6 +303,11 @@ function kernelBlocks(wasm: WasmNormals, mt: Mt19937, k: number): void {
 
 /** k blocks from the next words of `mt` into out[at..], without the kernel; `words` holds k·16 words. */
 function scalarBlocks(mt: Mt19937, k: number, words: Int32Array, out: Float32Array, at: number): void {
+  const nat = normalsNative();
+  if (nat) {
+    mt.drawNative(nat, out.subarray(at, at + k * 16));
+    return;
+  }
   mt.fill(words, 0, k * 16);
   for (let b = 0; b < k; b++) block16(words, b * 16, out, at + b * 16);
 }
@@ -299,6 +319,12 @@ function scalarBlocks(mt: Mt19937, k: number, words: Int32Array, out: Float32Arr
  */
 export function drawBlocks(mt: Mt19937, out: Float32Array): void {
   if (out.length % 16 !== 0) throw new Error(`drawBlocks needs whole blocks of 16 values, got ${out.length}`);
+  const nat = normalsNative();
+  if (nat) {
+    // Straight into out; no kernel memory involved.
+    mt.drawNative(nat, out);
+    return;
+  }
   const wasm = wasmNormals();
   // The kernel's output is about to be refilled: a stream holding values there keeps them.
   wasm?.owner?.evict();

@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { LargeNormalStream, Mt19937, TorchGenerator, wordsOf, TORCH_SMALL_NORMAL, type TorchRngState } from '../gates';
+import { LargeNormalStream, Mt19937, normalsNative, TorchGenerator, wordsOf, TORCH_SMALL_NORMAL, type TorchRngState } from '../gates';
 import { bf16BitsToF32, decodeFloats, dtypeSize, encodeFloats, f16BitsToF32, f32ToBf16Bits, f32ToF16Bits, type FloatDtype } from '../safetensors';
 import { floatKernels, FLOAT_CAP, scaleThrough } from '../safetensors';
 import type { ArchContext, OutputArchitecture } from '../architectures';
@@ -179,8 +179,27 @@ export function noiseApplier(part: SourcePart, seeker: () => TorchDrawSeeker, th
     }
   }
   const size = dtypeSize(dtype);
+  let scratch: Float32Array | null = null;
   const applyBytes = (src: Uint8Array, inPlace = false): Buffer => {
     const out = inPlace ? Buffer.from(src.buffer, src.byteOffset, src.byteLength) : Buffer.allocUnsafe(src.length);
+    const nat = dtype === 'F16' ? null : normalsNative();
+    if (nat) {
+      // The native kernel reads src where it lies and the normals where the generator thread left them.
+      const count = src.length / size;
+      for (let done = 0; done < count; ) {
+        let norm: Float32Array;
+        if (ahead) norm = ahead.view(count - done);
+        else {
+          scratch ??= new Float32Array(Math.min(FLOAT_CAP, count));
+          norm = scratch.subarray(0, Math.min(scratch.length, count - done));
+          normals.read(norm);
+        }
+        const from = done * size, to = (done + norm.length) * size;
+        nat.addon.apply(dtype === 'BF16' ? 0 : 1, src.subarray(from, to), norm, out.subarray(from, to), scale, nat.portable);
+        done += norm.length;
+      }
+      return out;
+    }
     const k = floatKernels();
     if (k) {
       const count = src.length / size;

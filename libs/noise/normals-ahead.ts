@@ -107,6 +107,11 @@ export interface NormalsAhead {
   /** Resolves once the next `values` values (at most NORMALS_AHEAD_BATCH) are generated: a read of them will not block. */
   ready(values: number): Promise<void>;
   read(out: Float32Array): void;
+  /**
+   * The next values (at least one, at most `max`) where they lie in the ring, read as read() reads them: valid until
+   * the next read(), view() or close().
+   */
+  view(max: number): Float32Array;
   /** Done with the stream (all read or abandoned): the worker stops and the ring is free for the next. */
   close(): void;
 }
@@ -165,6 +170,31 @@ export function normalsAhead(seed: number | bigint | string, stream: string, n: 
     r.open = false;
     for (const w of workers) w.unref();
   };
+  /** The next values of the current slot (at most max), the slot before handed back and this one waited for. */
+  function next(max: number): Float32Array {
+    if (at === held) {
+      // This slot is read: hand it back.
+      slot++;
+      at = 0;
+      held = Math.min(SLOT_VALUES, n - slot * SLOT_VALUES);
+      ready = false;
+      Atomics.store(ctrl, CONSUMED, slot);
+      Atomics.notify(ctrl, CONSUMED);
+    }
+    if (!ready) {
+      const index = producedAt(slot % W);
+      const ok = waitFor(() => produced(slot) || failed(), ctrl, index);
+      if (!ok || !produced(slot)) {
+        close();
+        throw new ForgeError('noise_worker', `the noise generator thread stopped before stream ${stream} was complete${ok ? '' : ` (no values for ${STALL_MS / 1000} s)`}`);
+      }
+      ready = true;
+    }
+    const take = Math.min(max, held - at);
+    const base = (slot % SLOTS) * SLOT_VALUES + at;
+    at += take;
+    return data.subarray(base, base + take);
+  }
   return {
     async ready(values) {
       // Slots holding the values read so far and the next `values`.
@@ -189,31 +219,12 @@ export function normalsAhead(seed: number | bigint | string, stream: string, n: 
     },
     read(out) {
       for (let o = 0; o < out.length; ) {
-        if (at === held) {
-          // This slot is read: hand it back.
-          slot++;
-          at = 0;
-          held = Math.min(SLOT_VALUES, n - slot * SLOT_VALUES);
-          ready = false;
-          Atomics.store(ctrl, CONSUMED, slot);
-          Atomics.notify(ctrl, CONSUMED);
-        }
-        if (!ready) {
-          const index = producedAt(slot % W);
-          const ok = waitFor(() => produced(slot) || failed(), ctrl, index);
-          if (!ok || !produced(slot)) {
-            close();
-            throw new ForgeError('noise_worker', `the noise generator thread stopped before stream ${stream} was complete${ok ? '' : ` (no values for ${STALL_MS / 1000} s)`}`);
-          }
-          ready = true;
-        }
-        const take = Math.min(out.length - o, held - at);
-        const base = (slot % SLOTS) * SLOT_VALUES + at;
-        out.set(data.subarray(base, base + take), o);
-        o += take;
-        at += take;
+        const v = next(out.length - o);
+        out.set(v, o);
+        o += v.length;
       }
     },
+    view: (max) => next(max),
     close,
   };
 }

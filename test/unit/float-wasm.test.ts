@@ -6,6 +6,7 @@ import { join } from 'node:path';
 import { bf16BitsToF32, convertBytes, decodeFloats, encodeFloats, f16BitsToF32, f32ToBf16Bits, f32ToF16Bits, type FloatDtype } from '../../libs/safetensors/dtype';
 import { floatKernels, FLOAT_CAP, useFloatWasm, WasmFloatBuffer } from '../../libs/safetensors/float-wasm';
 import { useWasmNormals, wasmNormals } from '../../libs/gates/torch-normal-wasm';
+import { normalsNative, setNoiseKernel } from '../../libs/gates/normals-native';
 import { noiseApplier, scaleBytes, streamNormals, TorchDrawSeeker } from '../../libs/noise/noise';
 import type { SourcePart } from '../../libs/plan/types';
 
@@ -15,6 +16,7 @@ const sha = (b: Uint8Array) => createHash('sha256').update(b).digest('hex');
 function withoutWasm<T>(fn: () => T): T {
   useFloatWasm(false);
   useWasmNormals(false);
+  setNoiseKernel('wasm');
   try {
     assert.equal(floatKernels(), null);
     assert.equal(wasmNormals(), null);
@@ -22,6 +24,17 @@ function withoutWasm<T>(fn: () => T): T {
   } finally {
     useFloatWasm(true);
     useWasmNormals(true);
+    setNoiseKernel(undefined);
+  }
+}
+
+/** Runs fn with the noise kernels given (native: the default where the CPU has AVX-512), then back to the default. */
+function withNoiseKernel<T>(mode: 'native' | 'portable' | 'wasm', fn: () => T): T {
+  setNoiseKernel(mode === 'native' ? undefined : mode);
+  try {
+    return fn();
+  } finally {
+    setNoiseKernel(undefined);
   }
 }
 
@@ -191,7 +204,7 @@ function noised(p: SourcePart, src: Buffer, chunks: number[]): Buffer {
   return Buffer.concat(out);
 }
 
-test('noise: the WebAssembly kernels and the JavaScript path give the same bytes, for both generators and every dtype, in any chunking', () => {
+test('noise: the default kernels (native or WebAssembly) and the JavaScript path give the same bytes, for both generators and every dtype, in any chunking', () => {
   // Odd length, past one generator call (WASM_BLOCKS·16 values) and past one kernel call (FLOAT_CAP values).
   const n = 100_003;
   for (const dtype of ['BF16', 'F16', 'F32'] as const) {
@@ -213,6 +226,30 @@ test('noise: the WebAssembly kernels and the JavaScript path give the same bytes
       const back = decodeFloats(whole, dtype);
       assert.equal(back[n >> 1], Infinity);
       assert.equal(back[n - 1], -Infinity);
+    }
+  }
+});
+
+test('noise: the native kernels (AVX-512 where the CPU has it, and their portable C path) give the WebAssembly kernels\' bytes, both generators, NaNs, infinities and subnormals among the weights', { skip: (() => { setNoiseKernel('portable'); try { return normalsNative() === null && 'build/normals.node not built'; } finally { setNoiseKernel(undefined); } })() }, () => {
+  const native = normalsNative() ? ['native', 'portable'] as const : ['portable'] as const;
+  const n = 100_003;
+  for (const dtype of ['BF16', 'F16', 'F32'] as const) {
+    const src = weights(dtype, n);
+    // Quiet and signalling NaNs of both signs, subnormals, both zeros.
+    const size = dtype === 'F32' ? 4 : 2;
+    const specials = dtype === 'F32' ? [0x7fc00001, 0xff800123, 0x7f800001, 0x00000005, 0x80000000, 0x807fffff] : dtype === 'BF16' ? [0x7fc1, 0xff81, 0x7f81, 0x0005, 0x8000, 0x807f] : [0x7e01, 0xfc01, 0x7c01, 0x0005, 0x8000, 0x83ff];
+    specials.forEach((b, i) => (size === 4 ? src.writeUInt32LE(b >>> 0, (1000 + i) * 4) : src.writeUInt16LE(b, (1000 + i) * 2)));
+    for (const torch of [false, true]) {
+      const wasm = withNoiseKernel('wasm', () => noised(part(dtype, n, torch), src, [n]));
+      for (const mode of native) {
+        assert.ok(withNoiseKernel(mode, () => noised(part(dtype, n, torch), src, [n])).equals(wasm), `${dtype} torch=${torch} ${mode}`);
+        assert.ok(withNoiseKernel(mode, () => noised(part(dtype, n, torch), src, [1, 4099, 17, 65536, 33333])).equals(wasm), `${dtype} torch=${torch} ${mode}, in chunks`);
+        for (const scale of [30000, 1e-6, 1e-30]) {
+          const p = part(dtype, 5000, torch, 'noise/expert/1/0/w1', 42, scale);
+          const w = src.subarray(0, 5000 * size);
+          assert.ok(withNoiseKernel(mode, () => noised(p, w, [5000])).equals(withNoiseKernel('wasm', () => noised(p, w, [5000]))), `${dtype} torch=${torch} ${mode} scale ${scale}`);
+        }
+      }
     }
   }
 });

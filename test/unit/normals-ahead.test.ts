@@ -7,6 +7,7 @@ import { normalsAhead, normalsAheadStats, NORMALS_AHEAD_BATCH, setNormalsAheadMi
 import { availableParallelism } from 'node:os';
 import { streamNormals } from '../../libs/noise/noise';
 import { encodeFloats } from '../../libs/safetensors/dtype';
+import { setNoiseKernel } from '../../libs/gates/normals-native';
 import type { SourcePart } from '../../libs/plan/types';
 
 // Past the ring's end (it wraps), with a last slot that is not full.
@@ -47,7 +48,14 @@ test('normals generated ahead in the worker thread are the stream\'s own, in any
   assert.equal(normalsAheadStats.streams, served, 'generated here');
   assert.ok(noised(src, 'noise/expert/1/0/w1', 1 << 20, true).equals(here), 'chunks of 1 Mi values');
   assert.ok(noised(src, 'noise/expert/1/0/w1', 77_777, true).equals(here), 'chunks that straddle slots');
-  assert.equal(normalsAheadStats.streams, served + 2, 'both through the generator thread');
+  // The WebAssembly noise kernel reads them by copies, the native one where they lie: the same bytes.
+  setNoiseKernel('wasm');
+  try {
+    assert.ok(noised(src, 'noise/expert/1/0/w1', 77_777, true).equals(here), 'WebAssembly kernels');
+  } finally {
+    setNoiseKernel(undefined);
+  }
+  assert.equal(normalsAheadStats.streams, served + 3, 'all three through the generator thread');
   const was = setNormalsAheadMin(1);
   // The raw stream too, read through the reader directly in odd pieces.
   const want = new Float32Array(N);
@@ -55,10 +63,17 @@ test('normals generated ahead in the worker thread are the stream\'s own, in any
   const r = normalsAhead(7, 'noise/expert/2/0/w2', N)!;
   assert.ok(r, 'the generator thread serves it');
   const got = new Float32Array(N);
-  for (let at = 0, k = 1; at < N; k = (k * 7) % 1_000_003) {
+  // By turns copied out (read) and looked at where they lie in the ring (view: at most a slot's rest at a time).
+  for (let at = 0, k = 1, turn = 0; at < N; k = (k * 7) % 1_000_003, turn++) {
     const len = Math.min(N - at, k, NORMALS_AHEAD_BATCH);
     await r.ready(len);
-    r.read(got.subarray(at, at + len));
+    if (turn % 2 === 0) r.read(got.subarray(at, at + len));
+    else for (let o = 0; o < len; ) {
+      const v = r.view(len - o);
+      assert.ok(v.length >= 1 && v.length <= Math.min(len - o, SLOT_VALUES));
+      got.set(v, at + o);
+      o += v.length;
+    }
     at += len;
   }
   r.close();

@@ -1,4 +1,4 @@
-import { test } from 'node:test';
+import { after, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -9,6 +9,23 @@ import type { SourcePart } from '../../libs/plan/types';
 import { FIXTURES } from '../helpers/tmp';
 import { createHash } from 'node:crypto';
 import { fusedMaddWorks, useFusedNormals, useWasmNormals, wasmNormals, wasmStats } from '../../libs/gates/torch-normal-wasm';
+import { normalsNative, setNoiseKernel } from '../../libs/gates/normals-native';
+
+/** The kernels a generator can run on this machine: the native ones (AVX-512, where the CPU has it; their portable C path where built), WebAssembly, JavaScript. */
+type Kernel = 'native' | 'portable' | 'wasm' | 'js';
+const nativeBuilt = (() => { setNoiseKernel('portable'); try { return normalsNative() !== null; } finally { setNoiseKernel(undefined); } })();
+const KERNELS: Kernel[] = [...(normalsNative() ? ['native' as const] : []), ...(nativeBuilt ? ['portable' as const] : []), 'wasm', 'js'];
+function withKernel<T>(k: Kernel, fn: () => T): T {
+  setNoiseKernel(k === 'native' ? undefined : k === 'portable' ? 'portable' : 'wasm');
+  useWasmNormals(k !== 'js');
+  try {
+    assert.equal(normalsNative()?.portable ?? null, k === 'native' ? false : k === 'portable' ? true : null, `kernel ${k}`);
+    return fn();
+  } finally {
+    setNoiseKernel(undefined);
+    useWasmNormals(true);
+  }
+}
 
 interface Draw {
   fn: 'randn' | 'rand';
@@ -163,22 +180,32 @@ const large = JSON.parse(readFileSync(join(FIXTURES, 'torch-rng', 'large.json'),
   cases: { seed: number; fn: 'randn' | 'rand'; n: number; dtype: string; sha256: string; after_bits: number[] }[];
 };
 
+function largeCasesMatch(label: string): void {
+  for (const c of large.cases) {
+    const dtype = DT[c.dtype]!;
+    const g = new TorchGenerator(c.seed);
+    g.randn(5);
+    const v = c.fn === 'randn' ? g.randn(c.n, dtype) : g.rand(c.n, dtype);
+    const bits = dtype === 'F32' ? new Int32Array(v.buffer) : Int16Array.from(bitsOf(v, dtype));
+    assert.equal(createHash('sha256').update(new Uint8Array(bits.buffer)).digest('hex'), c.sha256, `${c.fn} ${c.n} ${c.dtype} seed ${c.seed} (${label})`);
+    assert.deepEqual(bitsOf(g.randn(3), 'F32'), c.after_bits);
+  }
+}
+
+test('large draws match PyTorch in every value (sha256) with the native kernels: AVX-512 where the CPU has it, and their portable C path', { skip: !nativeBuilt && 'build/normals.node not built' }, () => {
+  for (const k of KERNELS.filter((k) => k === 'native' || k === 'portable')) withKernel(k, () => largeCasesMatch(k));
+});
+
 test('large draws match PyTorch in every value (sha256), halfway cases and the cached small normal included: the fused kernel and the emulating one', () => {
+  setNoiseKernel('wasm');
+  after(() => setNoiseKernel(undefined));
   for (const fused of [true, false]) {
     useFusedNormals(fused);
     try {
       assert.ok(wasmNormals(), 'WebAssembly SIMD kernel available');
       assert.equal(wasmNormals()!.fused, fused && fusedMaddWorks());
       const before = wasmStats.redone;
-      for (const c of large.cases) {
-        const dtype = DT[c.dtype]!;
-        const g = new TorchGenerator(c.seed);
-        g.randn(5);
-        const v = c.fn === 'randn' ? g.randn(c.n, dtype) : g.rand(c.n, dtype);
-        const bits = dtype === 'F32' ? new Int32Array(v.buffer) : Int16Array.from(bitsOf(v, dtype));
-        assert.equal(createHash('sha256').update(new Uint8Array(bits.buffer)).digest('hex'), c.sha256, `${c.fn} ${c.n} ${c.dtype} seed ${c.seed} (fused ${fused})`);
-        assert.deepEqual(bitsOf(g.randn(3), 'F32'), c.after_bits);
-      }
+      largeCasesMatch(`fused ${fused}`);
       if (wasmNormals()!.fused) assert.equal(wasmStats.redone, before, 'no block is flagged with a true fused multiply-add');
       else assert.ok(wasmStats.redone > before, 'some blocks took the exact path');
     } finally {
@@ -193,6 +220,8 @@ test('on an x86-64 CPU with FMA the kernel multiply-adds with the engine\'s fuse
 });
 
 test('the fused kernel gives the emulating kernel\'s values (and so the exact JavaScript path\'s), streams of every offset', () => {
+  setNoiseKernel('wasm');
+  after(() => setNoiseKernel(undefined));
   for (const seed of [1, 99, 12345]) {
     const a = new TorchGenerator(seed).randn(200_003);
     useFusedNormals(false);
@@ -206,6 +235,8 @@ test('the fused kernel gives the emulating kernel\'s values (and so the exact Ja
 });
 
 test('the JavaScript path gives the WebAssembly kernel\'s values', () => {
+  setNoiseKernel('wasm');
+  after(() => setNoiseKernel(undefined));
   const n = 300_001;
   const a = new TorchGenerator(3).randn(n);
   useWasmNormals(false);
@@ -267,46 +298,104 @@ test('draws from one seeker read side by side (two shards written at once) are e
   assert.deepEqual(Array.from(seeker.at({ offset: 6000, cachedNormal: null }).randn(64)), (() => { const g = new TorchGenerator(5); g.mt.skip(6000); return Array.from(g.randn(64)); })());
 });
 
-test('a skip of any length lands where drawing the words does, with the WebAssembly twist and without', () => {
+test('a skip of any length lands where drawing the words does, with every kernel\'s twist (native, portable C, WebAssembly, JavaScript)', () => {
   for (const n of [0, 1, 623, 624, 625, 1247, 1248, 5000, 262_144, 1_000_003]) {
     const drawn = new Mt19937(9);
     drawn.fill(new Int32Array(n), 0, n);
     const want = new Int32Array(32);
     drawn.fill(want, 0, 32);
-    for (const wasm of [true, false]) {
-      useWasmNormals(wasm);
-      try {
+    if (n < 7) continue;
+    for (const k of KERNELS) {
+      withKernel(k, () => {
         const mt = new Mt19937(9);
         mt.fill(new Int32Array(7), 0, 7); // from inside a block
-        mt.skip(n - 7 > 0 ? n - 7 : 0);
-        if (n < 7) continue;
+        mt.skip(n - 7);
         const got = new Int32Array(32);
         mt.fill(got, 0, 32);
-        assert.deepEqual(got, want, `skip ${n}, WebAssembly ${wasm}`);
+        assert.deepEqual(got, want, `skip ${n}, kernel ${k}`);
         assert.equal(mt.offset, n + 32);
-      } finally {
-        useWasmNormals(true);
-      }
+      });
     }
   }
 });
 
-test('drawBlocks gives a stream\'s regular blocks, with the WebAssembly kernel and without; whole blocks only', () => {
+test('drawBlocks gives a stream\'s regular blocks with every kernel (native, portable C, WebAssembly, JavaScript), from any position in a block; whole blocks only', () => {
   const n = 2048 * 16 * 2 + 48; // past one kernel call
-  const want = new Float32Array(n);
-  new LargeNormalStream(new Mt19937(21), n, 'F32').readRaw(want);
-  for (const wasm of [true, false]) {
-    useWasmNormals(wasm);
-    try {
+  const want = new Float32Array(n + 16);
+  const ref = new Mt19937(21);
+  ref.skip(5);
+  new LargeNormalStream(ref, n + 16, 'F32').readRaw(want);
+  for (const k of KERNELS) {
+    withKernel(k, () => {
       const mt = new Mt19937(21);
+      mt.skip(5);
       const got = new Float32Array(n);
       drawBlocks(mt, got.subarray(0, 1024));
-      drawBlocks(mt, got.subarray(1024));
-      assert.deepEqual(Buffer.from(got.buffer), Buffer.from(want.buffer), `WebAssembly ${wasm}`);
-      assert.equal(mt.offset, n);
-    } finally {
-      useWasmNormals(true);
-    }
+      drawBlocks(mt, got.subarray(1024, 1040)); // a lone block
+      drawBlocks(mt, got.subarray(1040));
+      assert.deepEqual(Buffer.from(got.buffer), Buffer.from(want.buffer, 0, n * 4), `kernel ${k}`);
+      assert.equal(mt.offset, n + 5);
+      // The generator goes on from there as the JavaScript one does.
+      const next = new Int32Array(3);
+      mt.fill(next, 0, 3);
+      const check = new Mt19937(21);
+      check.skip(n + 5);
+      const w = new Int32Array(3);
+      check.fill(w, 0, 3);
+      assert.deepEqual(next, w, `kernel ${k}: words after`);
+    });
   }
   assert.throws(() => drawBlocks(new Mt19937(1), new Float32Array(20)), /whole blocks of 16 values, got 20/);
+});
+
+/** The state word that tempering turns into w (tempering is a bijection). */
+function untemper(w: number): number {
+  let y = w >>> 0;
+  y = (y ^ (y >>> 18)) >>> 0;
+  let x = y;
+  for (let i = 0; i < 3; i++) x = (y ^ ((x << 15) & 0xefc60000)) >>> 0;
+  y = x;
+  for (let i = 0; i < 5; i++) x = (y ^ ((x << 7) & 0x9d2c5680)) >>> 0;
+  y = x;
+  for (let i = 0; i < 3; i++) x = (y ^ (x >>> 11)) >>> 0;
+  return x | 0;
+}
+
+test('the native kernels give the JavaScript path\'s normals for the words at the edges: 1 - u at 1, 2^-24 and either side of sqrt(1/2), every octant of the angle', { skip: !nativeBuilt && 'build/normals.node not built' }, () => {
+  // Pairs (k1, k2) of 24-bit integers; each word's top byte set too (the kernel keeps the low 24 bits).
+  const k1s = [0, 1, 2, 0xffffff, 0xfffffe, 0x800000, 0x7fffff, 0x4afb0d, 0x4afb0c, 0x4afb0e, 0x12345, 0xabcdef];
+  const k2s = [0, 1, 0xffffff, 0x200000, 0x1fffff, 0x400000, 0x3fffff, 0x600000, 0x800000, 0xa00000, 0xc00000, 0xe00000];
+  const words: number[] = [];
+  for (const a of k1s) for (const b of k2s) words.push(a | 0x5a000000, b | 0xa5000000);
+  // Stride through the whole range too.
+  for (let k = 0; k < 1 << 24; k += 7919) words.push(k, (k * 2654435761) >>> 8);
+  // Blocks of 16 words: 8 first integers, then their 8 partners.
+  const blocks = Math.floor(words.length / 16);
+  const ordered = new Int32Array(blocks * 16);
+  for (let b = 0; b < blocks; b++) for (let j = 0; j < 8; j++) {
+    ordered[b * 16 + j] = words[b * 16 + 2 * j]!;
+    ordered[b * 16 + 8 + j] = words[b * 16 + 2 * j + 1]!;
+  }
+  const draw = (k: Kernel) => withKernel(k, () => {
+    const out = new Float32Array(ordered.length);
+    // 624 words a block of the generator's state, tempered straight from a state set to give them.
+    for (let at = 0; at < ordered.length; at += 624) {
+      const mt = new Mt19937(1);
+      const n = Math.min(624, ordered.length - at);
+      Object.assign(mt, { pos: 0, tempered: false });
+      const st = (mt as unknown as { state: Int32Array }).state;
+      for (let i = 0; i < n; i++) st[i] = untemper(ordered[at + i]!);
+      const check = new Int32Array(n);
+      mt.clone().fill(check, 0, n);
+      assert.deepEqual(check, ordered.subarray(at, at + n), 'untemper inverts tempering');
+      drawBlocks(mt, out.subarray(at, at + n));
+    }
+    return out;
+  });
+  const js = draw('js');
+  for (const k of KERNELS.filter((k) => k === 'native' || k === 'portable')) {
+    const got = draw(k);
+    for (let i = 0; i < js.length; i++) if (!Object.is(got[i], js[i])) assert.fail(`kernel ${k}: value ${i} is ${got[i]}, JavaScript ${js[i]} (words ${ordered[(i & ~15) + (i & 7)]}, ${ordered[(i & ~15) + (i & 7) + 8]})`);
+  }
+  assert.ok(js.every((v) => Number.isFinite(v)) && js.some((v) => v > 3) && js.some((v) => v < -3), 'normals finite, tails reached');
 });

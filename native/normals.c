@@ -1,0 +1,433 @@
+// The noise's unit normals and their addition to expert weights, as a Node addon (built by scripts/build.mjs into
+// build/normals.node): the same values as libs/gates/torch-rng.ts (mt19937 words, torch's AVX2 Box-Muller kernel
+// of 16 words a block, every multiply-add fused as that kernel's is) and libs/safetensors/float-wasm.ts's noise
+// (w + round(round(n) * scale), each step in float32 rounded to the weight's dtype), bit for bit. AVX-512 runs two
+// blocks per step; the portable path (plain C with fmaf) runs everywhere and is what the tests hold the vector one to.
+#include <node_api.h>
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+#include <immintrin.h>
+
+// Every rounding below is written out: the compiler must not fuse a multiply and an add that the kernel keeps apart.
+#if defined(__clang__)
+#pragma clang fp contract(off)
+#elif defined(__GNUC__)
+#pragma GCC optimize("fp-contract=off")
+#endif
+
+#define MT_N 624
+#define MT_M 397
+#define MATRIX_A 0x9908b0dfu
+
+static void twist(uint32_t *st) {
+  int k = 0;
+  for (; k < MT_N - MT_M; k++) {
+    const uint32_t y = (st[k] & 0x80000000u) | (st[k + 1] & 0x7fffffffu);
+    st[k] = st[k + MT_M] ^ (y >> 1) ^ ((0u - (y & 1u)) & MATRIX_A);
+  }
+  for (; k < MT_N - 1; k++) {
+    const uint32_t y = (st[k] & 0x80000000u) | (st[k + 1] & 0x7fffffffu);
+    st[k] = st[k + MT_M - MT_N] ^ (y >> 1) ^ ((0u - (y & 1u)) & MATRIX_A);
+  }
+  const uint32_t y = (st[MT_N - 1] & 0x80000000u) | (st[0] & 0x7fffffffu);
+  st[MT_N - 1] = st[MT_M - 1] ^ (y >> 1) ^ ((0u - (y & 1u)) & MATRIX_A);
+}
+
+static inline uint32_t temper(uint32_t y) {
+  y ^= y >> 11;
+  y ^= (y << 7) & 0x9d2c5680u;
+  y ^= (y << 15) & 0xefc60000u;
+  y ^= y >> 18;
+  return y;
+}
+
+#define T512 __attribute__((target("avx512f")))
+
+T512 static void temper512(const uint32_t *st, uint32_t *w, size_t n) {
+  size_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    __m512i y = _mm512_loadu_si512(st + i);
+    y = _mm512_xor_si512(y, _mm512_srli_epi32(y, 11));
+    y = _mm512_xor_si512(y, _mm512_and_si512(_mm512_slli_epi32(y, 7), _mm512_set1_epi32((int)0x9d2c5680u)));
+    y = _mm512_xor_si512(y, _mm512_and_si512(_mm512_slli_epi32(y, 15), _mm512_set1_epi32((int)0xefc60000u)));
+    y = _mm512_xor_si512(y, _mm512_srli_epi32(y, 18));
+    _mm512_storeu_si512(w + i, y);
+  }
+  for (; i < n; i++) w[i] = temper(st[i]);
+}
+
+/** twist() sixteen words a step: each step reads its words' old neighbours before it stores (the same sums in order). */
+T512 static void twist512(uint32_t *st) {
+  const __m512i upper = _mm512_set1_epi32((int)0x80000000u), lower = _mm512_set1_epi32(0x7fffffff);
+  const __m512i one = _mm512_set1_epi32(1), matrix = _mm512_set1_epi32((int)MATRIX_A);
+#define TWIST16(k, from)                                                                                                  \
+  do {                                                                                                                    \
+    const __m512i y = _mm512_or_si512(_mm512_and_si512(_mm512_loadu_si512(st + (k)), upper),                             \
+                                      _mm512_and_si512(_mm512_loadu_si512(st + (k) + 1), lower));                         \
+    const __m512i v = _mm512_xor_si512(_mm512_loadu_si512(st + (from)), _mm512_srli_epi32(y, 1));                       \
+    _mm512_storeu_si512(st + (k), _mm512_mask_xor_epi32(v, _mm512_test_epi32_mask(y, one), v, matrix));                \
+  } while (0)
+  int k = 0;
+  // Words 0..226 from words 397..623 (not yet twisted): 14 steps, then 3 alone.
+  for (; k + 16 <= MT_N - MT_M; k += 16) TWIST16(k, k + MT_M);
+  for (; k < MT_N - MT_M; k++) {
+    const uint32_t y = (st[k] & 0x80000000u) | (st[k + 1] & 0x7fffffffu);
+    st[k] = st[k + MT_M] ^ (y >> 1) ^ ((0u - (y & 1u)) & MATRIX_A);
+  }
+  // Words 227..622 from words 0..395, twisted above (each step's sources lie at least 227 words back).
+  for (; k + 16 <= MT_N - 1; k += 16) TWIST16(k, k + MT_M - MT_N);
+#undef TWIST16
+  for (; k < MT_N - 1; k++) {
+    const uint32_t y = (st[k] & 0x80000000u) | (st[k + 1] & 0x7fffffffu);
+    st[k] = st[k + MT_M - MT_N] ^ (y >> 1) ^ ((0u - (y & 1u)) & MATRIX_A);
+  }
+  const uint32_t y = (st[MT_N - 1] & 0x80000000u) | (st[0] & 0x7fffffffu);
+  st[MT_N - 1] = st[MT_M - 1] ^ (y >> 1) ^ ((0u - (y & 1u)) & MATRIX_A);
+}
+
+/** The next n words of the generator at (st, *pos), tempered, into w. */
+static void words(uint32_t *st, int *pos, uint32_t *w, size_t n, int vector) {
+  int p = *pos;
+  while (n > 0) {
+    if (p == MT_N) {
+      if (vector) twist512(st);
+      else twist(st);
+      p = 0;
+    }
+    const size_t k = n < (size_t)(MT_N - p) ? n : (size_t)(MT_N - p);
+    if (vector) temper512(st + p, w, k);
+    else
+      for (size_t i = 0; i < k; i++) w[i] = temper(st[p + i]);
+    p += (int)k;
+    w += k;
+    n -= k;
+  }
+  *pos = p;
+}
+
+// Constants of the AVX2 kernel (avx_mathfun.h), float32.
+// Written as doubles rounded to float, as torch-rng.ts has them (a float literal rounds once, from the decimal).
+static const float LOG_P[9] = {(float)7.0376836292e-2, (float)-1.151461031e-1, (float)1.167699874e-1, (float)-1.2420140846e-1, (float)1.4249322787e-1,
+                               (float)-1.6668057665e-1, (float)2.0000714765e-1, (float)-2.4999993993e-1, (float)3.3333331174e-1};
+#define LOG_Q1 ((float)-2.1219444e-4)
+#define LOG_Q2 ((float)0.693359375)
+#define SQRTHF ((float)0.707106781186547524)
+#define DP1 ((float)-0.78515625)
+#define DP2 ((float)-2.4187564849853515625e-4)
+#define DP3 ((float)-3.77489497744594108e-8)
+#define SIN_P0 ((float)-1.9515295891e-4)
+#define SIN_P1 ((float)8.3321608736e-3)
+#define SIN_P2 ((float)-1.6666654611e-1)
+#define COS_P0 ((float)2.443315711809948e-5)
+#define COS_P1 ((float)-1.388731625493765e-3)
+#define COS_P2 ((float)4.166664568298827e-2)
+#define FOPI ((float)1.27323954473516)
+#define TWO_PI ((float)(2 * 3.14159265358979323846))
+#define TWO_M24 (1.0f / 16777216.0f)
+
+static inline float bits_f32(uint32_t b) {
+  float f;
+  memcpy(&f, &b, 4);
+  return f;
+}
+static inline uint32_t f32_bits(float f) {
+  uint32_t b;
+  memcpy(&b, &f, 4);
+  return b;
+}
+
+/** One pair of the kernel from two 24-bit integers: the cos normal to *c, the sin normal to *s. */
+static void pair(uint32_t k1, uint32_t k2, float *cOut, float *sOut) {
+  // log(1 - u1), 1 - u1 = m 2^-24 (exact in float32), as x 2^e with x in [0.5, 1).
+  const uint32_t mb = f32_bits((float)(int32_t)(0x1000000u - k1));
+  int e = (int)(mb >> 23) - 150;
+  float x = bits_f32((mb & 0x007fffffu) | 0x3f000000u);
+  if (x < SQRTHF) {
+    e -= 1;
+    x = (x - 1.0f) + x;
+  } else {
+    x = x - 1.0f;
+  }
+  const float ef = (float)e;
+  const float z = x * x;
+  float y = fmaf(LOG_P[0], x, LOG_P[1]);
+  for (int i = 2; i < 9; i++) y = fmaf(y, x, LOG_P[i]);
+  y = y * x;
+  y = fmaf(y, z, ef * LOG_Q1);
+  y = y - z * 0.5f;
+  const float lg = (x + y) + ef * LOG_Q2;
+  const float radius = sqrtf(lg * -2.0f);
+
+  const float theta = TWO_PI * ((float)k2 * TWO_M24);
+  const int32_t j = ((int32_t)(theta * FOPI) + 1) & ~1;
+  const float jf = (float)j;
+  float r = fmaf(jf, DP1, theta);
+  r = fmaf(jf, DP2, r);
+  r = fmaf(jf, DP3, r);
+  const float zz = r * r;
+  float c = fmaf(COS_P0, zz, COS_P1);
+  c = fmaf(c, zz, COS_P2);
+  c = c * zz;
+  c = fmaf(c, zz, -(zz * 0.5f));
+  c = c + 1.0f;
+  float s = fmaf(SIN_P0, zz, SIN_P1);
+  s = fmaf(s, zz, SIN_P2);
+  s = s * zz;
+  s = fmaf(s, r, r);
+  float sn = (j & 2) ? c : s;
+  float cs = (j & 2) ? s : c;
+  if (j & 4) sn = -sn;
+  if (!((j - 2) & 4)) cs = -cs;
+  // + 0: a -0 product becomes +0, as the kernel's fmadd(n, 1, 0) makes it.
+  *cOut = radius * cs + 0.0f;
+  *sOut = radius * sn + 0.0f;
+}
+
+static void blocks_portable(const uint32_t *w, float *out, size_t blocks) {
+  for (size_t b = 0; b < blocks; b++, w += 16, out += 16)
+    for (int i = 0; i < 8; i++) pair(w[i] & 0xffffffu, w[i + 8] & 0xffffffu, out + i, out + i + 8);
+}
+
+/** The kernel on 16 pairs: k1, k2 24-bit integers; cos and sin normals out. */
+T512 static inline void pairs512(__m512i k1, __m512i k2, __m512 *cOut, __m512 *sOut) {
+  const __m512 one = _mm512_set1_ps(1.0f);
+  const __m512i mb = _mm512_castps_si512(_mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_set1_epi32(0x1000000), k1)));
+  __m512i e = _mm512_sub_epi32(_mm512_srli_epi32(mb, 23), _mm512_set1_epi32(150));
+  __m512 x = _mm512_castsi512_ps(_mm512_or_si512(_mm512_and_si512(mb, _mm512_set1_epi32(0x007fffff)), _mm512_set1_epi32(0x3f000000)));
+  const __mmask16 small = _mm512_cmp_ps_mask(x, _mm512_set1_ps(SQRTHF), _CMP_LT_OQ);
+  e = _mm512_mask_sub_epi32(e, small, e, _mm512_set1_epi32(1));
+  x = _mm512_add_ps(_mm512_sub_ps(x, one), _mm512_maskz_mov_ps(small, x));
+  const __m512 ef = _mm512_cvtepi32_ps(e);
+  const __m512 z = _mm512_mul_ps(x, x);
+  __m512 y = _mm512_fmadd_ps(_mm512_set1_ps(LOG_P[0]), x, _mm512_set1_ps(LOG_P[1]));
+  for (int i = 2; i < 9; i++) y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(LOG_P[i]));
+  y = _mm512_mul_ps(y, x);
+  y = _mm512_fmadd_ps(y, z, _mm512_mul_ps(ef, _mm512_set1_ps(LOG_Q1)));
+  y = _mm512_sub_ps(y, _mm512_mul_ps(z, _mm512_set1_ps(0.5f)));
+  const __m512 lg = _mm512_add_ps(_mm512_add_ps(x, y), _mm512_mul_ps(ef, _mm512_set1_ps(LOG_Q2)));
+  const __m512 radius = _mm512_sqrt_ps(_mm512_mul_ps(lg, _mm512_set1_ps(-2.0f)));
+
+  const __m512 theta = _mm512_mul_ps(_mm512_set1_ps(TWO_PI), _mm512_mul_ps(_mm512_cvtepi32_ps(k2), _mm512_set1_ps(TWO_M24)));
+  const __m512i j = _mm512_and_si512(_mm512_add_epi32(_mm512_cvttps_epi32(_mm512_mul_ps(theta, _mm512_set1_ps(FOPI))), _mm512_set1_epi32(1)), _mm512_set1_epi32(~1));
+  const __m512 jf = _mm512_cvtepi32_ps(j);
+  __m512 r = _mm512_fmadd_ps(jf, _mm512_set1_ps(DP1), theta);
+  r = _mm512_fmadd_ps(jf, _mm512_set1_ps(DP2), r);
+  r = _mm512_fmadd_ps(jf, _mm512_set1_ps(DP3), r);
+  const __m512 zz = _mm512_mul_ps(r, r);
+  __m512 c = _mm512_fmadd_ps(_mm512_set1_ps(COS_P0), zz, _mm512_set1_ps(COS_P1));
+  c = _mm512_fmadd_ps(c, zz, _mm512_set1_ps(COS_P2));
+  c = _mm512_mul_ps(c, zz);
+  c = _mm512_fmsub_ps(c, zz, _mm512_mul_ps(zz, _mm512_set1_ps(0.5f)));
+  c = _mm512_add_ps(c, one);
+  __m512 s = _mm512_fmadd_ps(_mm512_set1_ps(SIN_P0), zz, _mm512_set1_ps(SIN_P1));
+  s = _mm512_fmadd_ps(s, zz, _mm512_set1_ps(SIN_P2));
+  s = _mm512_mul_ps(s, zz);
+  s = _mm512_fmadd_ps(s, r, r);
+  const __mmask16 swap = _mm512_test_epi32_mask(j, _mm512_set1_epi32(2));
+  __m512 sn = _mm512_mask_blend_ps(swap, s, c);
+  __m512 cs = _mm512_mask_blend_ps(swap, c, s);
+  const __m512i sign = _mm512_set1_epi32((int)0x80000000);
+  sn = _mm512_castsi512_ps(_mm512_mask_xor_epi32(_mm512_castps_si512(sn), _mm512_test_epi32_mask(j, _mm512_set1_epi32(4)), _mm512_castps_si512(sn), sign));
+  const __mmask16 keep = _mm512_test_epi32_mask(_mm512_sub_epi32(j, _mm512_set1_epi32(2)), _mm512_set1_epi32(4));
+  cs = _mm512_castsi512_ps(_mm512_mask_xor_epi32(_mm512_castps_si512(cs), (__mmask16)~keep, _mm512_castps_si512(cs), sign));
+  const __m512 zero = _mm512_setzero_ps();
+  *cOut = _mm512_add_ps(_mm512_mul_ps(radius, cs), zero);
+  *sOut = _mm512_add_ps(_mm512_mul_ps(radius, sn), zero);
+}
+
+/** Two blocks a vector (lanes 0-7 the first block's pairs, 8-15 the second's), two vectors a step (independent chains side by side). */
+T512 static void blocks512(const uint32_t *w, float *out, size_t blocks) {
+  const __m512i low = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23);
+  const __m512i high = _mm512_setr_epi32(8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31);
+  const __m512i m24 = _mm512_set1_epi32(0xffffff);
+  size_t b = 0;
+  for (; b + 4 <= blocks; b += 4) {
+    const __m512i a0 = _mm512_loadu_si512(w + b * 16), d0 = _mm512_loadu_si512(w + b * 16 + 16);
+    const __m512i a1 = _mm512_loadu_si512(w + b * 16 + 32), d1 = _mm512_loadu_si512(w + b * 16 + 48);
+    __m512 c0, s0, c1, s1;
+    pairs512(_mm512_and_si512(_mm512_permutex2var_epi32(a0, low, d0), m24), _mm512_and_si512(_mm512_permutex2var_epi32(a0, high, d0), m24), &c0, &s0);
+    pairs512(_mm512_and_si512(_mm512_permutex2var_epi32(a1, low, d1), m24), _mm512_and_si512(_mm512_permutex2var_epi32(a1, high, d1), m24), &c1, &s1);
+    _mm512_storeu_ps(out + b * 16, _mm512_permutex2var_ps(c0, low, s0));
+    _mm512_storeu_ps(out + b * 16 + 16, _mm512_permutex2var_ps(c0, high, s0));
+    _mm512_storeu_ps(out + b * 16 + 32, _mm512_permutex2var_ps(c1, low, s1));
+    _mm512_storeu_ps(out + b * 16 + 48, _mm512_permutex2var_ps(c1, high, s1));
+  }
+  for (; b < blocks; b += 2) {
+    const __m512i a = _mm512_loadu_si512(w + b * 16);
+    // A lone last block is paired with itself; only its half is stored.
+    const __m512i d = b + 1 < blocks ? _mm512_loadu_si512(w + b * 16 + 16) : a;
+    __m512 c, s;
+    pairs512(_mm512_and_si512(_mm512_permutex2var_epi32(a, low, d), m24), _mm512_and_si512(_mm512_permutex2var_epi32(a, high, d), m24), &c, &s);
+    _mm512_storeu_ps(out + b * 16, _mm512_permutex2var_ps(c, low, s));
+    if (b + 1 < blocks) _mm512_storeu_ps(out + b * 16 + 16, _mm512_permutex2var_ps(c, high, s));
+  }
+}
+
+static int has_avx512(void) {
+  return __builtin_cpu_supports("avx512f");
+}
+
+// ------------------------------------------------------------------------------------------ noise on weights
+
+static inline uint32_t round_bf16_finite(uint32_t b) {
+  return (b + 0x7fffu + ((b >> 16) & 1u)) & 0xffff0000u;
+}
+static inline uint16_t to_bf16(uint32_t b) {
+  if ((b & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((b >> 16) | 0x40u);
+  return (uint16_t)((b + 0x7fffu + ((b >> 16) & 1u)) >> 16);
+}
+
+/** dtype 0: bfloat16 weights, 1: float32; n values of src (raw little-endian) plus noise into dst. */
+static void apply_portable(int dtype, const uint8_t *src, const float *norm, uint8_t *dst, size_t n, float scale) {
+  for (size_t i = 0; i < n; i++) {
+    if (dtype == 0) {
+      uint16_t h;
+      memcpy(&h, src + 2 * i, 2);
+      const float w = bits_f32((uint32_t)h << 16);
+      const float p = bits_f32(round_bf16_finite(f32_bits(bits_f32(round_bf16_finite(f32_bits(norm[i]))) * scale)));
+      const uint16_t o = to_bf16(f32_bits(w + p));
+      memcpy(dst + 2 * i, &o, 2);
+    } else {
+      float w;
+      memcpy(&w, src + 4 * i, 4);
+      const float o = w + norm[i] * scale;
+      memcpy(dst + 4 * i, &o, 4);
+    }
+  }
+}
+
+T512 static inline __m512i round_bf16_512(__m512i b) {
+  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(b, 16), _mm512_set1_epi32(1));
+  return _mm512_add_epi32(_mm512_add_epi32(b, _mm512_set1_epi32(0x7fff)), lsb);
+}
+
+__attribute__((target("avx512f,avx512bw"))) static void apply512(int dtype, const uint8_t *src, const float *norm, uint8_t *dst, size_t n, float scale) {
+  const __m512 sc = _mm512_set1_ps(scale);
+  const __m512i top = _mm512_set1_epi32((int)0xffff0000);
+  size_t i = 0;
+  if (dtype == 0) {
+    for (; i + 16 <= n; i += 16) {
+      const __m512i w = _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(src + 2 * i))), 16);
+      const __m512 nb = _mm512_castsi512_ps(_mm512_and_si512(round_bf16_512(_mm512_castps_si512(_mm512_loadu_ps(norm + i))), top));
+      const __m512 p = _mm512_castsi512_ps(_mm512_and_si512(round_bf16_512(_mm512_castps_si512(_mm512_mul_ps(nb, sc))), top));
+      const __m512i sum = _mm512_castps_si512(_mm512_add_ps(_mm512_castsi512_ps(w), p));
+      __m512i o = _mm512_srli_epi32(round_bf16_512(sum), 16);
+      const __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(sum, _mm512_set1_epi32(0x7fffffff)), _mm512_set1_epi32(0x7f800000));
+      o = _mm512_mask_or_epi32(o, nan, _mm512_srli_epi32(sum, 16), _mm512_set1_epi32(0x40));
+      _mm256_storeu_si256((__m256i *)(dst + 2 * i), _mm512_cvtepi32_epi16(o));
+    }
+  } else {
+    for (; i + 16 <= n; i += 16) {
+      const __m512 w = _mm512_loadu_ps(src + 4 * i);
+      _mm512_storeu_ps(dst + 4 * i, _mm512_add_ps(w, _mm512_mul_ps(_mm512_loadu_ps(norm + i), sc)));
+    }
+  }
+  if (i < n) apply_portable(dtype, src + i * (dtype == 0 ? 2 : 4), norm + i, dst + i * (dtype == 0 ? 2 : 4), n - i, scale);
+}
+
+// ------------------------------------------------------------------------------------------ Node interface
+
+static napi_value fail(napi_env env, const char *message) {
+  napi_throw_type_error(env, NULL, message);
+  return NULL;
+}
+
+static int view(napi_env env, napi_value v, napi_typedarray_type want, void **data, size_t *length) {
+  napi_typedarray_type type;
+  napi_value ab;
+  size_t offset;
+  return napi_get_typedarray_info(env, v, &type, length, data, &ab, &offset) == napi_ok && type == want;
+}
+
+static int portable_arg(napi_env env, napi_value v) {
+  bool b = false;
+  return napi_get_value_bool(env, v, &b) == napi_ok && b;
+}
+
+#define WORDS_AT_ONCE 4096
+
+/**
+ * normals(state: Int32Array(624), pos, out: Float32Array, portable) -> pos: out.length / 16 blocks of normals from
+ * the generator's next words (state twisted in place as it goes); returns the new position in the state.
+ */
+static napi_value normals(napi_env env, napi_callback_info info) {
+  size_t argc = 4;
+  napi_value argv[4];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  void *st, *out;
+  size_t ns, no;
+  int32_t pos;
+  if (argc != 4 || !view(env, argv[0], napi_int32_array, &st, &ns) || ns != MT_N || napi_get_value_int32(env, argv[1], &pos) != napi_ok ||
+      pos < 0 || pos > MT_N || !view(env, argv[2], napi_float32_array, &out, &no) || no % 16 != 0)
+    return fail(env, "normals: state Int32Array(624), position 0..624, out Float32Array of whole 16-value blocks, portable expected");
+  const int portable = portable_arg(env, argv[3]) || !has_avx512();
+  uint32_t w[WORDS_AT_ONCE];
+  int p = pos;
+  for (size_t at = 0; at < no; at += WORDS_AT_ONCE) {
+    const size_t n = no - at < WORDS_AT_ONCE ? no - at : WORDS_AT_ONCE;
+    words(st, &p, w, n, !portable);
+    if (portable) blocks_portable(w, (float *)out + at, n / 16);
+    else blocks512(w, (float *)out + at, n / 16);
+  }
+  napi_value r;
+  napi_create_int32(env, p, &r);
+  return r;
+}
+
+/** twist(state: Int32Array(624), times, portable): the state twisted `times` times (a skip of whole blocks). */
+static napi_value twistTimes(napi_env env, napi_callback_info info) {
+  size_t argc = 3;
+  napi_value argv[3];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  void *st;
+  size_t ns;
+  double times;
+  if (argc != 3 || !view(env, argv[0], napi_int32_array, &st, &ns) || ns != MT_N || napi_get_value_double(env, argv[1], &times) != napi_ok || !(times >= 0))
+    return fail(env, "twist: state Int32Array(624), a count >= 0, portable expected");
+  const int vector = !portable_arg(env, argv[2]) && has_avx512();
+  for (double t = 0; t < times; t++) {
+    if (vector) twist512(st);
+    else twist(st);
+  }
+  return NULL;
+}
+
+/** apply(dtype 0 bf16 | 1 f32, src: Uint8Array, norm: Float32Array, dst: Uint8Array, scale, portable): dst = src + noise. */
+static napi_value apply(napi_env env, napi_callback_info info) {
+  size_t argc = 6;
+  napi_value argv[6];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  int32_t dtype;
+  void *src, *norm, *dst;
+  size_t ns, nn, nd;
+  double scale;
+  if (argc != 6 || napi_get_value_int32(env, argv[0], &dtype) != napi_ok || (dtype != 0 && dtype != 1) || !view(env, argv[1], napi_uint8_array, &src, &ns) ||
+      !view(env, argv[2], napi_float32_array, &norm, &nn) || !view(env, argv[3], napi_uint8_array, &dst, &nd) || napi_get_value_double(env, argv[4], &scale) != napi_ok)
+    return fail(env, "apply: dtype 0 or 1, src Uint8Array, normals Float32Array, dst Uint8Array, scale, portable expected");
+  const size_t size = dtype == 0 ? 2 : 4;
+  if (ns != nn * size || nd != ns) return fail(env, "apply: src and dst must hold one value per normal");
+  if (portable_arg(env, argv[5]) || !has_avx512()) apply_portable(dtype, src, norm, dst, nn, (float)scale);
+  else apply512(dtype, src, norm, dst, nn, (float)scale);
+  return NULL;
+}
+
+static napi_value supported(napi_env env, napi_callback_info info) {
+  (void)info;
+  napi_value v;
+  napi_get_boolean(env, has_avx512(), &v);
+  return v;
+}
+
+NAPI_MODULE_INIT(/* napi_env env, napi_value exports */) {
+  napi_value f;
+  napi_create_function(env, "normals", NAPI_AUTO_LENGTH, normals, NULL, &f);
+  napi_set_named_property(env, exports, "normals", f);
+  napi_create_function(env, "twist", NAPI_AUTO_LENGTH, twistTimes, NULL, &f);
+  napi_set_named_property(env, exports, "twist", f);
+  napi_create_function(env, "apply", NAPI_AUTO_LENGTH, apply, NULL, &f);
+  napi_set_named_property(env, exports, "apply", f);
+  napi_create_function(env, "supported", NAPI_AUTO_LENGTH, supported, NULL, &f);
+  napi_set_named_property(env, exports, "supported", f);
+  return exports;
+}
