@@ -1,13 +1,14 @@
 /**
- * Normal draws per second: PyTorch's generator as `--rng torch` reproduces it (WebAssembly kernel, and its
- * JavaScript path), against the default per-tensor noise streams, all in this process; and expert noise
- * applied to a bfloat16 tensor (source bytes to output bytes) with either generator, against a plain copy of
- * the same bytes.
+ * Normal draws per second: PyTorch's generator as `--rng torch` reproduces it (the native kernels where built and
+ * the CPU has AVX-512, the WebAssembly kernel, its JavaScript path), against the default per-tensor noise streams,
+ * all in this process; and expert noise applied to a bfloat16 tensor (source bytes to output bytes) with either
+ * generator, against a plain copy of the same bytes, and with the native kernels against the WebAssembly ones.
  */
 import { Rng } from '../libs/gates';
 import { TorchGenerator } from '../libs/gates';
-import { useFusedNormals, useWasmNormals, wasmNormals } from '../libs/gates';
+import { normalsNative, setNoiseKernel, useFusedNormals, useWasmNormals, wasmNormals } from '../libs/gates';
 import { noiseApplier, streamNormals, TorchDrawSeeker } from '../libs/noise';
+import { setNormalsAheadThreads } from '../libs/noise/normals-ahead';
 import type { SourcePart } from '../libs/plan';
 
 export interface Rate {
@@ -18,18 +19,26 @@ export interface Rate {
 }
 
 export interface RngFigures {
+  /** --rng torch with the kernels that run by default (native where `native`), float32 and bfloat16. */
+  torch: Rate;
+  torchBf16: Rate;
+  /** The same with the WebAssembly kernel, and its JavaScript path. */
   torchWasm: Rate;
-  torchWasmBf16: Rate;
   torchJs: Rate;
-  /** The default noise streams (per-tensor mt19937 through the same float32 kernel). */
+  /** The default noise streams (per-tensor mt19937 through the same float32 kernel), by default and in WebAssembly. */
   stream: Rate;
+  streamWasm: Rate;
   /** The `random` / `uniform_random` routers' generator (xoshiro128**, double Box-Muller in JavaScript). */
   gateRng: Rate;
   /** Noise applied to a bfloat16 tensor, bytes to bytes, per generator; the baseline copies the same chunks. */
   noiseStreamBf16: Rate;
   noiseTorchBf16: Rate;
+  /** Default-rng noise with the WebAssembly kernels (generator threads and noise kernel). */
+  noiseStreamBf16Wasm: Rate;
   copyBf16: Rate;
   wasm: boolean;
+  /** Whether the native kernels (build/normals.node, AVX-512) run by default here. */
+  native: boolean;
   /** Whether the kernel multiply-adds with the engine's fused instruction; the same figures with the emulating kernel. */
   fused: boolean;
   torchEmulated: Rate;
@@ -89,39 +98,34 @@ function noise(chunks: Buffer[], torchRng: boolean): Rate {
   }
 }
 
-function oneRound(): RngFigures {
+/** Runs fn with the WebAssembly noise kernels (the native ones off); the generator threads start again for it and after. */
+async function withWasmKernels<T>(fn: () => T): Promise<T> {
+  setNoiseKernel('wasm');
+  // The generator threads read the choice when they start.
+  const threads = await setNormalsAheadThreads(1);
+  await setNormalsAheadThreads(threads);
+  try {
+    return fn();
+  } finally {
+    setNoiseKernel(undefined);
+    await setNormalsAheadThreads(threads);
+  }
+}
+
+async function oneRound(): Promise<RngFigures> {
   const wasm = wasmNormals() !== null;
-  torch(1 << 22, 'F32'); // warm-up (compiles the kernel)
-  const torchWasm = torch(1 << 25, 'F32');
-  torch(1 << 20, 'BF16');
-  const torchWasmBf16 = torch(1 << 24, 'BF16');
-  useWasmNormals(false);
-  let torchJs;
-  try {
-    torch(1 << 18, 'F32');
-    torchJs = torch(1 << 22, 'F32');
-  } finally {
-    useWasmNormals(true);
-  }
+  const native = normalsNative() !== null;
   const sn = 1 << 25;
-  const s = streamNormals(42, 'bench', sn);
-  const stream = measure(sn, (out) => s.read(out));
-  const fused = wasmNormals()?.fused === true;
-  // The same kernel with each fused multiply-add emulated in float64 (as where the engine has no fused one).
-  useFusedNormals(false);
-  let torchEmulated, streamEmulated;
-  try {
-    torch(1 << 22, 'F32');
-    torchEmulated = torch(1 << 25, 'F32');
-    const e = streamNormals(42, 'bench', sn);
-    streamEmulated = measure(sn, (out) => e.read(out));
-  } finally {
-    useFusedNormals(true);
-  }
-  const rng = new Rng(42, 'bench');
-  const gateRng = measure(1 << 22, (out) => {
-    for (let i = 0; i < out.length; i++) out[i] = rng.normal();
-  });
+  const streamRate = () => {
+    const s = streamNormals(42, 'bench', sn);
+    return measure(sn, (out) => s.read(out));
+  };
+  // The kernels that run by default.
+  torch(1 << 22, 'F32'); // warm-up (compiles the kernel)
+  const torchDefault = torch(1 << 25, 'F32');
+  torch(1 << 20, 'BF16');
+  const torchBf16 = torch(1 << 24, 'BF16');
+  const stream = streamRate();
   const chunks = bf16Chunks(1 << 25);
   noise(chunks.slice(0, 2), false); // warm-up
   noise(chunks.slice(0, 2), true);
@@ -130,15 +134,45 @@ function oneRound(): RngFigures {
   });
   const noiseStreamBf16 = noise(chunks, false);
   const noiseTorchBf16 = noise(chunks, true);
-  return { torchWasm, torchWasmBf16, torchJs, stream, gateRng, noiseStreamBf16, noiseTorchBf16, copyBf16, wasm, fused, torchEmulated, streamEmulated };
+  // The WebAssembly kernels, their multiply-adds fused and emulated, and the JavaScript path.
+  const w = await withWasmKernels(() => {
+    torch(1 << 22, 'F32');
+    const torchWasm = torch(1 << 25, 'F32');
+    const streamWasm = streamRate();
+    noise(chunks.slice(0, 2), false);
+    const noiseStreamBf16Wasm = noise(chunks, false);
+    useWasmNormals(false);
+    let torchJs;
+    try {
+      torch(1 << 18, 'F32');
+      torchJs = torch(1 << 22, 'F32');
+    } finally {
+      useWasmNormals(true);
+    }
+    // The same kernel with each fused multiply-add emulated in float64 (as where the engine has no fused one).
+    useFusedNormals(false);
+    try {
+      torch(1 << 22, 'F32');
+      return { torchWasm, streamWasm, noiseStreamBf16Wasm, torchJs, torchEmulated: torch(1 << 25, 'F32'), streamEmulated: streamRate() };
+    } finally {
+      useFusedNormals(true);
+    }
+  });
+  const fused = wasmNormals()?.fused === true;
+  const rng = new Rng(42, 'bench');
+  const gateRng = measure(1 << 22, (out) => {
+    for (let i = 0; i < out.length; i++) out[i] = rng.normal();
+  });
+  return { torch: torchDefault, torchBf16, stream, gateRng, noiseStreamBf16, noiseTorchBf16, copyBf16, wasm, native, fused, ...w };
 }
 
 /**
  * Best of three rounds per figure (baselines too): this VM's speed swings by ±15% from one second to the next
  * (the same kernel measured 89 and 121 M/s a minute apart), so one round says more about the neighbours.
  */
-export function benchRng(rounds = 3): RngFigures {
-  const all = Array.from({ length: rounds }, oneRound);
+export async function benchRng(rounds = 3): Promise<RngFigures> {
+  const all: RngFigures[] = [];
+  for (let r = 0; r < rounds; r++) all.push(await oneRound());
   const best = { ...all[0]! };
   for (const r of all.slice(1)) {
     for (const k of Object.keys(best) as (keyof RngFigures)[]) {

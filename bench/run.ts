@@ -489,21 +489,27 @@ function table(): string {
   return [line(head), widths.map((w) => '-'.repeat(w)).join('-|-'), ...lines.map(line)].join('\n');
 }
 
-function benchRngSection(): void {
-  const f = benchRng();
+async function benchRngSection(): Promise<void> {
+  const f = await benchRng();
+  const kernels = f.native ? 'native (AVX-512)' : f.wasm ? 'WebAssembly' : 'JavaScript (no WebAssembly SIMD)';
   const base = `default noise streams, ${f.stream.wall.toFixed(1)} M/s`;
-  row({ section: 'rng', measure: `--rng torch normals/s, float32, ${f.wasm ? 'WebAssembly' : 'JavaScript (no WebAssembly SIMD)'}, M/s`, value: f.torchWasm.wall, unit: 'M/s', baseline: f.stream.wall, baselineLabel: base, goal: '≥ 100 M/s', met: f.torchWasm.wall >= 100 });
-  row({ section: 'rng', measure: '--rng torch normals/s, bfloat16, M/s', value: f.torchWasmBf16.wall, unit: 'M/s', baseline: f.stream.wall, baselineLabel: base, goal: '≥ 100 M/s', met: f.torchWasmBf16.wall >= 100 });
-  row({ section: 'rng', measure: `--rng torch normals/s, float32, kernel's multiply-adds ${f.fused ? 'fused (relaxed SIMD)' : 'emulated (no fused instruction here)'}, M/s`, value: f.torchWasm.wall, unit: 'M/s', baseline: f.torchEmulated.wall, baselineLabel: 'the same kernel, multiply-adds emulated in float64', goal: 'info' });
-  row({ section: 'rng', measure: `default noise streams, kernel's multiply-adds ${f.fused ? 'fused' : 'emulated'}, normals/s, M/s`, value: f.stream.wall, unit: 'M/s', baseline: f.streamEmulated.wall, baselineLabel: 'the same stream, multiply-adds emulated in float64', goal: 'info' });
+  row({ section: 'rng', measure: `--rng torch normals/s, float32, ${kernels}, M/s`, value: f.torch.wall, unit: 'M/s', baseline: f.stream.wall, baselineLabel: base, goal: '≥ 100 M/s', met: f.torch.wall >= 100 });
+  row({ section: 'rng', measure: `--rng torch normals/s, bfloat16, ${kernels}, M/s`, value: f.torchBf16.wall, unit: 'M/s', baseline: f.stream.wall, baselineLabel: base, goal: '≥ 100 M/s', met: f.torchBf16.wall >= 100 });
+  if (f.native) {
+    row({ section: 'rng', measure: 'default noise streams, native kernels (AVX-512), normals/s, M/s', value: f.stream.wall, unit: 'M/s', baseline: f.streamWasm.wall, baselineLabel: 'the same stream, WebAssembly kernel', goal: 'info' });
+    row({ section: 'rng', measure: '--rng torch normals/s, float32, native kernels (AVX-512), M/s', value: f.torch.wall, unit: 'M/s', baseline: f.torchWasm.wall, baselineLabel: 'the same draws, WebAssembly kernel', goal: 'info' });
+    row({ section: 'rng', measure: 'noise applied to a bf16 tensor, default rng, native kernels, M values/s', value: f.noiseStreamBf16.wall, unit: 'M/s', baseline: f.noiseStreamBf16Wasm.wall, baselineLabel: 'the same noise, WebAssembly kernels', goal: 'info' });
+  }
+  row({ section: 'rng', measure: `--rng torch normals/s, float32, WebAssembly kernel's multiply-adds ${f.fused ? 'fused (relaxed SIMD)' : 'emulated (no fused instruction here)'}, M/s`, value: f.torchWasm.wall, unit: 'M/s', baseline: f.torchEmulated.wall, baselineLabel: 'the same kernel, multiply-adds emulated in float64', goal: 'info' });
+  row({ section: 'rng', measure: `default noise streams, WebAssembly kernel's multiply-adds ${f.fused ? 'fused' : 'emulated'}, normals/s, M/s`, value: f.streamWasm.wall, unit: 'M/s', baseline: f.streamEmulated.wall, baselineLabel: 'the same stream, multiply-adds emulated in float64', goal: 'info' });
   row({ section: 'rng', measure: '--rng torch normals/s, float32, JavaScript path, M/s', value: f.torchJs.wall, unit: 'M/s', baseline: f.stream.wall, baselineLabel: base, goal: 'info' });
-  row({ section: 'rng', measure: '--rng torch normals per CPU second of this process, float32, M/s', value: f.torchWasm.cpu, unit: 'M/s', baseline: f.stream.cpu, baselineLabel: `default noise streams per CPU second, ${f.stream.cpu.toFixed(1)} M/s`, goal: 'info' });
+  row({ section: 'rng', measure: '--rng torch normals per CPU second of this process, float32, M/s', value: f.torch.cpu, unit: 'M/s', baseline: f.stream.cpu, baselineLabel: `default noise streams per CPU second, ${f.stream.cpu.toFixed(1)} M/s`, goal: 'info' });
   row({ section: 'rng', measure: 'default noise streams (per-tensor mt19937, float32 kernel), normals/s, M/s', value: f.stream.wall, unit: 'M/s', baseline: f.gateRng.wall, baselineLabel: `router generator (xoshiro128**, JavaScript), ${f.gateRng.wall.toFixed(1)} M/s`, goal: '≥ 100 M/s', met: f.stream.wall >= 100 });
   const copy = `plain copy of the same bf16 chunks, ${f.copyBf16.wall.toFixed(0)} M values/s`;
   row({ section: 'rng', measure: 'noise applied to a bf16 tensor, default rng, M values/s', value: f.noiseStreamBf16.wall, unit: 'M/s', baseline: f.copyBf16.wall, baselineLabel: copy, goal: '≥ 100 M/s', met: f.noiseStreamBf16.wall >= 100 });
   row({ section: 'rng', measure: 'noise applied to a bf16 tensor, --rng torch, M values/s', value: f.noiseTorchBf16.wall, unit: 'M/s', baseline: f.copyBf16.wall, baselineLabel: copy, goal: '≥ 100 M/s', met: f.noiseTorchBf16.wall >= 100 });
   row({ section: 'rng', measure: 'noise applied to a bf16 tensor per CPU second, --rng torch / default, M values/s', value: f.noiseTorchBf16.cpu, unit: 'M/s', baseline: f.noiseStreamBf16.cpu, baselineLabel: 'default rng per CPU second', goal: 'info' });
-  notes.push(`rng: ${f.torchWasm.n} float32 normals of one tensor read in 4 Mi chunks (the writer's way), one thread, best of 3 rounds per figure (baselines too); noise: ${f.noiseTorchBf16.n} bf16 values in the writer's 16 MiB chunks, source bytes to noised bytes (Buffer.from of each chunk is the copy baseline); per-CPU-second figures discount other processes on a busy machine.`);
+  notes.push(`rng: ${f.torch.n} float32 normals of one tensor read in 4 Mi chunks (the writer's way), one thread, best of 3 rounds per figure (baselines too); noise: ${f.noiseTorchBf16.n} bf16 values in the writer's 16 MiB chunks, source bytes to noised bytes (Buffer.from of each chunk is the copy baseline; the default rng's normals come from the generator threads); per-CPU-second figures discount other processes on a busy machine.`);
   details.rng = f;
 }
 
@@ -569,7 +575,7 @@ async function main(): Promise<void> {
       const ts = performance.now();
       details[`${s}LoadAverage`] = loadavg().map((x) => r2(x));
       log(`section ${s} (load average ${loadavg().map((x) => x.toFixed(2)).join(' ')}) ...`);
-      if (s === 'rng') benchRngSection();
+      if (s === 'rng') await benchRngSection();
       if (s === 'forward') await benchForwardSection();
       if (s === 'write') await benchWrite(tmp);
       if (s === 'nx') await benchNx(tmp);
