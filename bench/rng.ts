@@ -6,7 +6,7 @@
  */
 import { Rng } from '../libs/gates';
 import { TorchGenerator } from '../libs/gates';
-import { normalsNative, setNoiseKernel, useFusedNormals, useWasmNormals, wasmNormals } from '../libs/gates';
+import { NATIVE_KERNELS, normalsNative, setNoiseKernel, useFusedNormals, useWasmNormals, wasmNormals } from '../libs/gates';
 import { noiseApplier, streamNormals, TorchDrawSeeker } from '../libs/noise';
 import { setNormalsAheadThreads } from '../libs/noise/normals-ahead';
 import type { SourcePart } from '../libs/plan';
@@ -28,6 +28,8 @@ export interface RngFigures {
   /** The default noise streams (per-tensor mt19937 through the same float32 kernel), by default and in WebAssembly. */
   stream: Rate;
   streamWasm: Rate;
+  /** The same with the native AVX2 code, where the CPU has AVX2 and FMA and the best code is AVX-512's (else null). */
+  streamAvx2: Rate | null;
   /** The `random` / `uniform_random` routers' generator (xoshiro128**, double Box-Muller in JavaScript). */
   gateRng: Rate;
   /** Noise applied to a bfloat16 tensor, bytes to bytes, per generator; the baseline copies the same chunks. */
@@ -37,8 +39,9 @@ export interface RngFigures {
   noiseStreamBf16Wasm: Rate;
   copyBf16: Rate;
   wasm: boolean;
-  /** Whether the native kernels (build/normals.node, AVX-512) run by default here. */
+  /** Whether the native kernels (build/normals.node) run by default here, and which code: AVX-512 or AVX2. */
   native: boolean;
+  nativeKernel: 'AVX-512' | 'AVX2' | null;
   /** Whether the kernel multiply-adds with the engine's fused instruction; the same figures with the emulating kernel. */
   fused: boolean;
   torchEmulated: Rate;
@@ -59,8 +62,14 @@ function timed(n: number, run: () => void): Rate {
   return { wall: n / wall / 1e6, cpu: n / cpu / 1e6, n };
 }
 
+/**
+ * The chunk every measurement reads into, its pages touched once: a fresh 16 MiB array per measurement cost its
+ * page faults (~70 ms on the VMs measured) to whichever figure got one, a third of that figure's rate.
+ */
+const CHUNK = new Float32Array(1 << 22).fill(0);
+
 function measure(n: number, draw: (out: Float32Array) => void): Rate {
-  const chunk = new Float32Array(Math.min(n, 1 << 22));
+  const chunk = CHUNK.subarray(0, Math.min(n, CHUNK.length));
   return timed(n, () => {
     for (let done = 0; done < n; done += chunk.length) draw(chunk);
   });
@@ -134,6 +143,16 @@ async function oneRound(): Promise<RngFigures> {
   });
   const noiseStreamBf16 = noise(chunks, false);
   const noiseTorchBf16 = noise(chunks, true);
+  // The native AVX2 code, where the best is AVX-512's.
+  let streamAvx2: Rate | null = null;
+  if (native && normalsNative()!.kernel === NATIVE_KERNELS.avx512) {
+    setNoiseKernel('avx2');
+    try {
+      if (normalsNative()) streamAvx2 = streamRate();
+    } finally {
+      setNoiseKernel(undefined);
+    }
+  }
   // The WebAssembly kernels, their multiply-adds fused and emulated, and the JavaScript path.
   const w = await withWasmKernels(() => {
     torch(1 << 22, 'F32');
@@ -163,7 +182,8 @@ async function oneRound(): Promise<RngFigures> {
   const gateRng = measure(1 << 22, (out) => {
     for (let i = 0; i < out.length; i++) out[i] = rng.normal();
   });
-  return { torch: torchDefault, torchBf16, stream, gateRng, noiseStreamBf16, noiseTorchBf16, copyBf16, wasm, native, fused, ...w };
+  const nativeKernel = native ? (normalsNative()!.kernel === NATIVE_KERNELS.avx512 ? 'AVX-512' as const : 'AVX2' as const) : null;
+  return { nativeKernel, torch: torchDefault, torchBf16, stream, streamAvx2, gateRng, noiseStreamBf16, noiseTorchBf16, copyBf16, wasm, native, fused, ...w };
 }
 
 /**
@@ -177,7 +197,7 @@ export async function benchRng(rounds = 3): Promise<RngFigures> {
   for (const r of all.slice(1)) {
     for (const k of Object.keys(best) as (keyof RngFigures)[]) {
       const a = best[k], b = r[k];
-      if (typeof a === 'object' && typeof b === 'object' && b.wall > a.wall) (best as Record<string, unknown>)[k] = b;
+      if (a && b && typeof a === 'object' && typeof b === 'object' && b.wall > a.wall) (best as Record<string, unknown>)[k] = b;
     }
   }
   return best;

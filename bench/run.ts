@@ -491,13 +491,14 @@ function table(): string {
 
 async function benchRngSection(): Promise<void> {
   const f = await benchRng();
-  const kernels = f.native ? 'native (AVX-512)' : f.wasm ? 'WebAssembly' : 'JavaScript (no WebAssembly SIMD)';
+  const kernels = f.native ? `native (${f.nativeKernel})` : f.wasm ? 'WebAssembly' : 'JavaScript (no WebAssembly SIMD)';
   const base = `default noise streams, ${f.stream.wall.toFixed(1)} M/s`;
   row({ section: 'rng', measure: `--rng torch normals/s, float32, ${kernels}, M/s`, value: f.torch.wall, unit: 'M/s', baseline: f.stream.wall, baselineLabel: base, goal: '≥ 100 M/s', met: f.torch.wall >= 100 });
   row({ section: 'rng', measure: `--rng torch normals/s, bfloat16, ${kernels}, M/s`, value: f.torchBf16.wall, unit: 'M/s', baseline: f.stream.wall, baselineLabel: base, goal: '≥ 100 M/s', met: f.torchBf16.wall >= 100 });
   if (f.native) {
-    row({ section: 'rng', measure: 'default noise streams, native kernels (AVX-512), normals/s, M/s', value: f.stream.wall, unit: 'M/s', baseline: f.streamWasm.wall, baselineLabel: 'the same stream, WebAssembly kernel', goal: 'info' });
-    row({ section: 'rng', measure: '--rng torch normals/s, float32, native kernels (AVX-512), M/s', value: f.torch.wall, unit: 'M/s', baseline: f.torchWasm.wall, baselineLabel: 'the same draws, WebAssembly kernel', goal: 'info' });
+    row({ section: 'rng', measure: `default noise streams, native kernels (${f.nativeKernel}), normals/s, M/s`, value: f.stream.wall, unit: 'M/s', baseline: f.streamWasm.wall, baselineLabel: 'the same stream, WebAssembly kernel', goal: 'info' });
+    if (f.streamAvx2) row({ section: 'rng', measure: 'default noise streams, native AVX2 code (as on a CPU without AVX-512), normals/s, M/s', value: f.streamAvx2.wall, unit: 'M/s', baseline: f.streamWasm.wall, baselineLabel: 'the same stream, WebAssembly kernel', goal: 'info' });
+    row({ section: 'rng', measure: `--rng torch normals/s, float32, native kernels (${f.nativeKernel}), M/s`, value: f.torch.wall, unit: 'M/s', baseline: f.torchWasm.wall, baselineLabel: 'the same draws, WebAssembly kernel', goal: 'info' });
     row({ section: 'rng', measure: 'noise applied to a bf16 tensor, default rng, native kernels, M values/s', value: f.noiseStreamBf16.wall, unit: 'M/s', baseline: f.noiseStreamBf16Wasm.wall, baselineLabel: 'the same noise, WebAssembly kernels', goal: 'info' });
   }
   row({ section: 'rng', measure: `--rng torch normals/s, float32, WebAssembly kernel's multiply-adds ${f.fused ? 'fused (relaxed SIMD)' : 'emulated (no fused instruction here)'}, M/s`, value: f.torchWasm.wall, unit: 'M/s', baseline: f.torchEmulated.wall, baselineLabel: 'the same kernel, multiply-adds emulated in float64', goal: 'info' });

@@ -2,7 +2,8 @@
 // build/normals.node): the same values as libs/gates/torch-rng.ts (mt19937 words, torch's AVX2 Box-Muller kernel
 // of 16 words a block, every multiply-add fused as that kernel's is) and libs/safetensors/float-wasm.ts's noise
 // (w + round(round(n) * scale), each step in float32 rounded to the weight's dtype), bit for bit. AVX-512 runs two
-// blocks per step; the portable path (plain C with fmaf) runs everywhere and is what the tests hold the vector one to.
+// blocks a vector, AVX2 with FMA one (the layout of torch's own kernel); the portable path (plain C with fmaf) runs
+// everywhere and is what the tests hold the vector ones to.
 #include <node_api.h>
 #include <math.h>
 #include <stdint.h>
@@ -86,8 +87,27 @@ T512 static void twist512(uint32_t *st) {
   st[MT_N - 1] = st[MT_M - 1] ^ (y >> 1) ^ ((0u - (y & 1u)) & MATRIX_A);
 }
 
+/** Which code runs: the plain C, AVX2 with FMA, or AVX-512. */
+enum { PORTABLE = 1, AVX2 = 2, AVX512 = 3 };
+
+#define T256 __attribute__((target("avx2,fma")))
+
+T256 static void temper256(const uint32_t *st, uint32_t *w, size_t n) {
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    __m256i y = _mm256_loadu_si256((const __m256i *)(st + i));
+    y = _mm256_xor_si256(y, _mm256_srli_epi32(y, 11));
+    y = _mm256_xor_si256(y, _mm256_and_si256(_mm256_slli_epi32(y, 7), _mm256_set1_epi32((int)0x9d2c5680u)));
+    y = _mm256_xor_si256(y, _mm256_and_si256(_mm256_slli_epi32(y, 15), _mm256_set1_epi32((int)0xefc60000u)));
+    y = _mm256_xor_si256(y, _mm256_srli_epi32(y, 18));
+    _mm256_storeu_si256((__m256i *)(w + i), y);
+  }
+  for (; i < n; i++) w[i] = temper(st[i]);
+}
+
 /** The next n words of the generator at (st, *pos), tempered, into w. */
-static void words(uint32_t *st, int *pos, uint32_t *w, size_t n, int vector) {
+static void words(uint32_t *st, int *pos, uint32_t *w, size_t n, int level) {
+  const int vector = level == AVX512;
   int p = *pos;
   while (n > 0) {
     if (p == MT_N) {
@@ -97,6 +117,7 @@ static void words(uint32_t *st, int *pos, uint32_t *w, size_t n, int vector) {
     }
     const size_t k = n < (size_t)(MT_N - p) ? n : (size_t)(MT_N - p);
     if (vector) temper512(st + p, w, k);
+    else if (level == AVX2) temper256(st + p, w, k);
     else
       for (size_t i = 0; i < k; i++) w[i] = temper(st[p + i]);
     p += (int)k;
@@ -264,8 +285,81 @@ T512 static void blocks512(const uint32_t *w, float *out, size_t blocks) {
   }
 }
 
-static int has_avx512(void) {
-  return __builtin_cpu_supports("avx512f");
+/** The kernel on one block (8 pairs: k1 the first 8 words' 24 bits, k2 the last 8's), as torch's AVX2 kernel lays it out. */
+T256 static inline void pairs256(__m256i k1, __m256i k2, __m256 *cOut, __m256 *sOut) {
+  const __m256 one = _mm256_set1_ps(1.0f);
+  const __m256i mb = _mm256_castps_si256(_mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_set1_epi32(0x1000000), k1)));
+  __m256i e = _mm256_sub_epi32(_mm256_srli_epi32(mb, 23), _mm256_set1_epi32(150));
+  __m256 x = _mm256_castsi256_ps(_mm256_or_si256(_mm256_and_si256(mb, _mm256_set1_epi32(0x007fffff)), _mm256_set1_epi32(0x3f000000)));
+  const __m256 small = _mm256_cmp_ps(x, _mm256_set1_ps(SQRTHF), _CMP_LT_OQ);
+  e = _mm256_add_epi32(e, _mm256_castps_si256(small)); // all ones: -1
+  x = _mm256_add_ps(_mm256_sub_ps(x, one), _mm256_and_ps(small, x));
+  const __m256 ef = _mm256_cvtepi32_ps(e);
+  const __m256 z = _mm256_mul_ps(x, x);
+  __m256 y = _mm256_fmadd_ps(_mm256_set1_ps(LOG_P[0]), x, _mm256_set1_ps(LOG_P[1]));
+  for (int i = 2; i < 9; i++) y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(LOG_P[i]));
+  y = _mm256_mul_ps(y, x);
+  y = _mm256_fmadd_ps(y, z, _mm256_mul_ps(ef, _mm256_set1_ps(LOG_Q1)));
+  y = _mm256_sub_ps(y, _mm256_mul_ps(z, _mm256_set1_ps(0.5f)));
+  const __m256 lg = _mm256_add_ps(_mm256_add_ps(x, y), _mm256_mul_ps(ef, _mm256_set1_ps(LOG_Q2)));
+  const __m256 radius = _mm256_sqrt_ps(_mm256_mul_ps(lg, _mm256_set1_ps(-2.0f)));
+
+  const __m256 theta = _mm256_mul_ps(_mm256_set1_ps(TWO_PI), _mm256_mul_ps(_mm256_cvtepi32_ps(k2), _mm256_set1_ps(TWO_M24)));
+  const __m256i j = _mm256_and_si256(_mm256_add_epi32(_mm256_cvttps_epi32(_mm256_mul_ps(theta, _mm256_set1_ps(FOPI))), _mm256_set1_epi32(1)), _mm256_set1_epi32(~1));
+  const __m256 jf = _mm256_cvtepi32_ps(j);
+  __m256 r = _mm256_fmadd_ps(jf, _mm256_set1_ps(DP1), theta);
+  r = _mm256_fmadd_ps(jf, _mm256_set1_ps(DP2), r);
+  r = _mm256_fmadd_ps(jf, _mm256_set1_ps(DP3), r);
+  const __m256 zz = _mm256_mul_ps(r, r);
+  __m256 c = _mm256_fmadd_ps(_mm256_set1_ps(COS_P0), zz, _mm256_set1_ps(COS_P1));
+  c = _mm256_fmadd_ps(c, zz, _mm256_set1_ps(COS_P2));
+  c = _mm256_mul_ps(c, zz);
+  c = _mm256_fmsub_ps(c, zz, _mm256_mul_ps(zz, _mm256_set1_ps(0.5f)));
+  c = _mm256_add_ps(c, one);
+  __m256 s = _mm256_fmadd_ps(_mm256_set1_ps(SIN_P0), zz, _mm256_set1_ps(SIN_P1));
+  s = _mm256_fmadd_ps(s, zz, _mm256_set1_ps(SIN_P2));
+  s = _mm256_mul_ps(s, zz);
+  s = _mm256_fmadd_ps(s, r, r);
+  const __m256i two = _mm256_set1_epi32(2), four = _mm256_set1_epi32(4);
+  const __m256 swap = _mm256_castsi256_ps(_mm256_cmpeq_epi32(_mm256_and_si256(j, two), two));
+  __m256 sn = _mm256_blendv_ps(s, c, swap);
+  __m256 cs = _mm256_blendv_ps(c, s, swap);
+  const __m256 sign = _mm256_castsi256_ps(_mm256_set1_epi32((int)0x80000000));
+  sn = _mm256_xor_ps(sn, _mm256_and_ps(_mm256_castsi256_ps(_mm256_cmpeq_epi32(_mm256_and_si256(j, four), four)), sign));
+  const __m256 flip = _mm256_castsi256_ps(_mm256_cmpeq_epi32(_mm256_and_si256(_mm256_sub_epi32(j, two), four), _mm256_setzero_si256()));
+  cs = _mm256_xor_ps(cs, _mm256_and_ps(flip, sign));
+  const __m256 zero = _mm256_setzero_ps();
+  *cOut = _mm256_add_ps(_mm256_mul_ps(radius, cs), zero);
+  *sOut = _mm256_add_ps(_mm256_mul_ps(radius, sn), zero);
+}
+
+/** One block a vector, two a step (independent chains side by side). */
+T256 static void blocks256(const uint32_t *w, float *out, size_t blocks) {
+  const __m256i m24 = _mm256_set1_epi32(0xffffff);
+  size_t b = 0;
+  for (; b + 2 <= blocks; b += 2) {
+    __m256 c0, s0, c1, s1;
+    const uint32_t *w0 = w + b * 16, *w1 = w0 + 16;
+    pairs256(_mm256_and_si256(_mm256_loadu_si256((const __m256i *)w0), m24), _mm256_and_si256(_mm256_loadu_si256((const __m256i *)(w0 + 8)), m24), &c0, &s0);
+    pairs256(_mm256_and_si256(_mm256_loadu_si256((const __m256i *)w1), m24), _mm256_and_si256(_mm256_loadu_si256((const __m256i *)(w1 + 8)), m24), &c1, &s1);
+    _mm256_storeu_ps(out + b * 16, c0);
+    _mm256_storeu_ps(out + b * 16 + 8, s0);
+    _mm256_storeu_ps(out + b * 16 + 16, c1);
+    _mm256_storeu_ps(out + b * 16 + 24, s1);
+  }
+  if (b < blocks) {
+    __m256 c, s;
+    pairs256(_mm256_and_si256(_mm256_loadu_si256((const __m256i *)(w + b * 16)), m24), _mm256_and_si256(_mm256_loadu_si256((const __m256i *)(w + b * 16 + 8)), m24), &c, &s);
+    _mm256_storeu_ps(out + b * 16, c);
+    _mm256_storeu_ps(out + b * 16 + 8, s);
+  }
+}
+
+/** The best code this CPU runs: AVX-512, AVX2 with FMA, or the plain C. */
+static int best_level(void) {
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw")) return AVX512;
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return AVX2;
+  return PORTABLE;
 }
 
 // ------------------------------------------------------------------------------------------ noise on weights
@@ -326,6 +420,31 @@ __attribute__((target("avx512f,avx512bw"))) static void apply512(int dtype, cons
   if (i < n) apply_portable(dtype, src + i * (dtype == 0 ? 2 : 4), norm + i, dst + i * (dtype == 0 ? 2 : 4), n - i, scale);
 }
 
+T256 static void apply256(int dtype, const uint8_t *src, const float *norm, uint8_t *dst, size_t n, float scale) {
+  const __m256 sc = _mm256_set1_ps(scale);
+  size_t i = 0;
+  if (dtype == 0) {
+    const __m256i top = _mm256_set1_epi32((int)0xffff0000), bias = _mm256_set1_epi32(0x7fff), lsb = _mm256_set1_epi32(1);
+    const __m256i abs = _mm256_set1_epi32(0x7fffffff), inf = _mm256_set1_epi32(0x7f800000), quiet = _mm256_set1_epi32(0x40);
+#define ROUND_BF16(b) _mm256_add_epi32(_mm256_add_epi32((b), bias), _mm256_and_si256(_mm256_srli_epi32((b), 16), lsb))
+    for (; i + 8 <= n; i += 8) {
+      const __m256i w = _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(src + 2 * i))), 16);
+      const __m256i nb = _mm256_and_si256(ROUND_BF16(_mm256_castps_si256(_mm256_loadu_ps(norm + i))), top);
+      const __m256i p = _mm256_and_si256(ROUND_BF16(_mm256_castps_si256(_mm256_mul_ps(_mm256_castsi256_ps(nb), sc))), top);
+      const __m256i sum = _mm256_castps_si256(_mm256_add_ps(_mm256_castsi256_ps(w), _mm256_castsi256_ps(p)));
+      const __m256i nan = _mm256_cmpgt_epi32(_mm256_and_si256(sum, abs), inf);
+      const __m256i o = _mm256_blendv_epi8(_mm256_srli_epi32(ROUND_BF16(sum), 16), _mm256_or_si256(_mm256_srli_epi32(sum, 16), quiet), nan);
+      // 32-bit lanes to 16 bits: the values fit, packus keeps them, the lane order fixed by the permute.
+      const __m128i packed = _mm256_castsi256_si128(_mm256_permute4x64_epi64(_mm256_packus_epi32(o, o), 0x08));
+      _mm_storeu_si128((__m128i *)(dst + 2 * i), packed);
+    }
+#undef ROUND_BF16
+  } else {
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps((float *)(dst + 4 * i), _mm256_add_ps(_mm256_loadu_ps((const float *)(src + 4 * i)), _mm256_mul_ps(_mm256_loadu_ps(norm + i), sc)));
+  }
+  if (i < n) apply_portable(dtype, src + i * (dtype == 0 ? 2 : 4), norm + i, dst + i * (dtype == 0 ? 2 : 4), n - i, scale);
+}
+
 // ------------------------------------------------------------------------------------------ Node interface
 
 static napi_value fail(napi_env env, const char *message) {
@@ -340,15 +459,19 @@ static int view(napi_env env, napi_value v, napi_typedarray_type want, void **da
   return napi_get_typedarray_info(env, v, &type, length, data, &ab, &offset) == napi_ok && type == want;
 }
 
-static int portable_arg(napi_env env, napi_value v) {
-  bool b = false;
-  return napi_get_value_bool(env, v, &b) == napi_ok && b;
+/** The code to run: `kernel` 0 the best this CPU has, else that level (refused where the CPU lacks it); 0 on bad input. */
+static int level_arg(napi_env env, napi_value v) {
+  int32_t k = -1;
+  if (napi_get_value_int32(env, v, &k) != napi_ok || k < 0 || k > AVX512) return 0;
+  const int best = best_level();
+  if (k == 0) return best;
+  return k <= best ? k : 0;
 }
 
 #define WORDS_AT_ONCE 4096
 
 /**
- * normals(state: Int32Array(624), pos, out: Float32Array, portable) -> pos: out.length / 16 blocks of normals from
+ * normals(state: Int32Array(624), pos, out: Float32Array, kernel) -> pos: out.length / 16 blocks of normals from
  * the generator's next words (state twisted in place as it goes); returns the new position in the state.
  */
 static napi_value normals(napi_env env, napi_callback_info info) {
@@ -360,22 +483,24 @@ static napi_value normals(napi_env env, napi_callback_info info) {
   int32_t pos;
   if (argc != 4 || !view(env, argv[0], napi_int32_array, &st, &ns) || ns != MT_N || napi_get_value_int32(env, argv[1], &pos) != napi_ok ||
       pos < 0 || pos > MT_N || !view(env, argv[2], napi_float32_array, &out, &no) || no % 16 != 0)
-    return fail(env, "normals: state Int32Array(624), position 0..624, out Float32Array of whole 16-value blocks, portable expected");
-  const int portable = portable_arg(env, argv[3]) || !has_avx512();
+    return fail(env, "normals: state Int32Array(624), position 0..624, out Float32Array of whole 16-value blocks, kernel expected");
+  const int level = level_arg(env, argv[3]);
+  if (!level) return fail(env, "normals: kernel 0 (best), 1 (portable), 2 (AVX2) or 3 (AVX-512), one this CPU has");
   uint32_t w[WORDS_AT_ONCE];
   int p = pos;
   for (size_t at = 0; at < no; at += WORDS_AT_ONCE) {
     const size_t n = no - at < WORDS_AT_ONCE ? no - at : WORDS_AT_ONCE;
-    words(st, &p, w, n, !portable);
-    if (portable) blocks_portable(w, (float *)out + at, n / 16);
-    else blocks512(w, (float *)out + at, n / 16);
+    words(st, &p, w, n, level);
+    if (level == AVX512) blocks512(w, (float *)out + at, n / 16);
+    else if (level == AVX2) blocks256(w, (float *)out + at, n / 16);
+    else blocks_portable(w, (float *)out + at, n / 16);
   }
   napi_value r;
   napi_create_int32(env, p, &r);
   return r;
 }
 
-/** twist(state: Int32Array(624), times, portable): the state twisted `times` times (a skip of whole blocks). */
+/** twist(state: Int32Array(624), times, kernel): the state twisted `times` times (a skip of whole blocks). */
 static napi_value twistTimes(napi_env env, napi_callback_info info) {
   size_t argc = 3;
   napi_value argv[3];
@@ -384,8 +509,10 @@ static napi_value twistTimes(napi_env env, napi_callback_info info) {
   size_t ns;
   double times;
   if (argc != 3 || !view(env, argv[0], napi_int32_array, &st, &ns) || ns != MT_N || napi_get_value_double(env, argv[1], &times) != napi_ok || !(times >= 0))
-    return fail(env, "twist: state Int32Array(624), a count >= 0, portable expected");
-  const int vector = !portable_arg(env, argv[2]) && has_avx512();
+    return fail(env, "twist: state Int32Array(624), a count >= 0, kernel expected");
+  const int level = level_arg(env, argv[2]);
+  if (!level) return fail(env, "twist: kernel 0 (best), 1 (portable), 2 (AVX2) or 3 (AVX-512), one this CPU has");
+  const int vector = level == AVX512;
   for (double t = 0; t < times; t++) {
     if (vector) twist512(st);
     else twist(st);
@@ -393,7 +520,7 @@ static napi_value twistTimes(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
-/** apply(dtype 0 bf16 | 1 f32, src: Uint8Array, norm: Float32Array, dst: Uint8Array, scale, portable): dst = src + noise. */
+/** apply(dtype 0 bf16 | 1 f32, src: Uint8Array, norm: Float32Array, dst: Uint8Array, scale, kernel): dst = src + noise. */
 static napi_value apply(napi_env env, napi_callback_info info) {
   size_t argc = 6;
   napi_value argv[6];
@@ -404,18 +531,22 @@ static napi_value apply(napi_env env, napi_callback_info info) {
   double scale;
   if (argc != 6 || napi_get_value_int32(env, argv[0], &dtype) != napi_ok || (dtype != 0 && dtype != 1) || !view(env, argv[1], napi_uint8_array, &src, &ns) ||
       !view(env, argv[2], napi_float32_array, &norm, &nn) || !view(env, argv[3], napi_uint8_array, &dst, &nd) || napi_get_value_double(env, argv[4], &scale) != napi_ok)
-    return fail(env, "apply: dtype 0 or 1, src Uint8Array, normals Float32Array, dst Uint8Array, scale, portable expected");
+    return fail(env, "apply: dtype 0 or 1, src Uint8Array, normals Float32Array, dst Uint8Array, scale, kernel expected");
   const size_t size = dtype == 0 ? 2 : 4;
   if (ns != nn * size || nd != ns) return fail(env, "apply: src and dst must hold one value per normal");
-  if (portable_arg(env, argv[5]) || !has_avx512()) apply_portable(dtype, src, norm, dst, nn, (float)scale);
-  else apply512(dtype, src, norm, dst, nn, (float)scale);
+  const int level = level_arg(env, argv[5]);
+  if (!level) return fail(env, "apply: kernel 0 (best), 1 (portable), 2 (AVX2) or 3 (AVX-512), one this CPU has");
+  if (level == AVX512) apply512(dtype, src, norm, dst, nn, (float)scale);
+  else if (level == AVX2) apply256(dtype, src, norm, dst, nn, (float)scale);
+  else apply_portable(dtype, src, norm, dst, nn, (float)scale);
   return NULL;
 }
 
+/** supported() -> 3 (AVX-512), 2 (AVX2 with FMA) or 1 (the plain C only): the best kernel this CPU runs. */
 static napi_value supported(napi_env env, napi_callback_info info) {
   (void)info;
   napi_value v;
-  napi_get_boolean(env, has_avx512(), &v);
+  napi_create_int32(env, best_level(), &v);
   return v;
 }
 

@@ -116,7 +116,7 @@ export class Mt19937 {
 
   /** out.length / 16 blocks of normals from the next words, by the native kernels (the state twisted there). */
   drawNative(n: NormalsNative, out: Float32Array): void {
-    this.pos = n.addon.normals(this.state, this.pos, out, n.portable);
+    this.pos = n.addon.normals(this.state, this.pos, out, n.kernel);
     this.offset += out.length;
     this.tempered = false;
   }
@@ -143,7 +143,7 @@ export class Mt19937 {
     const twists = Math.ceil(n / N);
     const nat = twists > 1 ? normalsNative() : null;
     const wasm = twists > 1 && !nat ? wasmNormals() : null;
-    if (nat) nat.addon.twist(this.state, twists, nat.portable);
+    if (nat) nat.addon.twist(this.state, twists, nat.kernel);
     else if (wasm) {
       // Long skips (another thread's share of a stream, a seek): the engine's twist, ~5x the JavaScript one.
       wasm.mtState.set(this.state);

@@ -195,7 +195,7 @@ export function noiseApplier(part: SourcePart, seeker: () => TorchDrawSeeker, th
           normals.read(norm);
         }
         const from = done * size, to = (done + norm.length) * size;
-        nat.addon.apply(dtype === 'BF16' ? 0 : 1, src.subarray(from, to), norm, out.subarray(from, to), scale, nat.portable);
+        nat.addon.apply(dtype === 'BF16' ? 0 : 1, src.subarray(from, to), norm, out.subarray(from, to), scale, nat.kernel);
         done += norm.length;
       }
       return out;

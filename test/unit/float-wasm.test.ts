@@ -29,7 +29,7 @@ function withoutWasm<T>(fn: () => T): T {
 }
 
 /** Runs fn with the noise kernels given (native: the default where the CPU has AVX-512), then back to the default. */
-function withNoiseKernel<T>(mode: 'native' | 'portable' | 'wasm', fn: () => T): T {
+function withNoiseKernel<T>(mode: 'native' | 'avx2' | 'portable' | 'wasm', fn: () => T): T {
   setNoiseKernel(mode === 'native' ? undefined : mode);
   try {
     return fn();
@@ -230,8 +230,9 @@ test('noise: the default kernels (native or WebAssembly) and the JavaScript path
   }
 });
 
-test('noise: the native kernels (AVX-512 where the CPU has it, and their portable C path) give the WebAssembly kernels\' bytes, both generators, NaNs, infinities and subnormals among the weights', { skip: (() => { setNoiseKernel('portable'); try { return normalsNative() === null && 'build/normals.node not built'; } finally { setNoiseKernel(undefined); } })() }, () => {
-  const native = normalsNative() ? ['native', 'portable'] as const : ['portable'] as const;
+test('noise: the native kernels (AVX-512 and AVX2 where the CPU has them, and their portable C path) give the WebAssembly kernels\' bytes, both generators, NaNs, infinities and subnormals among the weights', { skip: (() => { setNoiseKernel('portable'); try { return normalsNative() === null && 'build/normals.node not built'; } finally { setNoiseKernel(undefined); } })() }, () => {
+  const avx2 = (() => { setNoiseKernel('avx2'); try { return normalsNative() !== null; } finally { setNoiseKernel(undefined); } })();
+  const native = [...(normalsNative() ? ['native' as const] : []), ...(avx2 ? ['avx2' as const] : []), 'portable' as const];
   const n = 100_003;
   for (const dtype of ['BF16', 'F16', 'F32'] as const) {
     const src = weights(dtype, n);

@@ -11,15 +11,29 @@ import { createHash } from 'node:crypto';
 import { fusedMaddWorks, useFusedNormals, useWasmNormals, wasmNormals, wasmStats } from '../../libs/gates/torch-normal-wasm';
 import { normalsNative, setNoiseKernel } from '../../libs/gates/normals-native';
 
-/** The kernels a generator can run on this machine: the native ones (AVX-512, where the CPU has it; their portable C path where built), WebAssembly, JavaScript. */
-type Kernel = 'native' | 'portable' | 'wasm' | 'js';
-const nativeBuilt = (() => { setNoiseKernel('portable'); try { return normalsNative() !== null; } finally { setNoiseKernel(undefined); } })();
-const KERNELS: Kernel[] = [...(normalsNative() ? ['native' as const] : []), ...(nativeBuilt ? ['portable' as const] : []), 'wasm', 'js'];
+/**
+ * The kernels a generator can run on this machine: the native ones (their best code where the CPU has AVX2 or
+ * AVX-512, their AVX2 code, their portable C, where built), WebAssembly, JavaScript.
+ */
+type Kernel = 'native' | 'avx2' | 'portable' | 'wasm' | 'js';
+const nativeKernel = (mode: 'avx2' | 'portable' | undefined) => {
+  setNoiseKernel(mode);
+  try {
+    return normalsNative()?.kernel ?? null;
+  } finally {
+    setNoiseKernel(undefined);
+  }
+};
+const nativeBuilt = nativeKernel('portable') !== null;
+const hasAvx2 = nativeKernel('avx2') !== null;
+const NATIVE: Kernel[] = [...(normalsNative() ? ['native' as const] : []), ...(hasAvx2 ? ['avx2' as const] : []), ...(nativeBuilt ? ['portable' as const] : [])];
+const KERNELS: Kernel[] = [...NATIVE, 'wasm', 'js'];
 function withKernel<T>(k: Kernel, fn: () => T): T {
-  setNoiseKernel(k === 'native' ? undefined : k === 'portable' ? 'portable' : 'wasm');
+  setNoiseKernel(k === 'native' ? undefined : k === 'js' ? 'wasm' : k);
   useWasmNormals(k !== 'js');
   try {
-    assert.equal(normalsNative()?.portable ?? null, k === 'native' ? false : k === 'portable' ? true : null, `kernel ${k}`);
+    const want = { native: normalsNative()?.kernel ?? null, avx2: 2, portable: 1, wasm: null, js: null }[k];
+    assert.equal(normalsNative()?.kernel ?? null, want, `kernel ${k}`);
     return fn();
   } finally {
     setNoiseKernel(undefined);
@@ -192,8 +206,8 @@ function largeCasesMatch(label: string): void {
   }
 }
 
-test('large draws match PyTorch in every value (sha256) with the native kernels: AVX-512 where the CPU has it, and their portable C path', { skip: !nativeBuilt && 'build/normals.node not built' }, () => {
-  for (const k of KERNELS.filter((k) => k === 'native' || k === 'portable')) withKernel(k, () => largeCasesMatch(k));
+test('large draws match PyTorch in every value (sha256) with the native kernels: AVX-512 and AVX2 where the CPU has them, and their portable C path', { skip: !nativeBuilt && 'build/normals.node not built' }, () => {
+  for (const k of NATIVE) withKernel(k, () => largeCasesMatch(k));
 });
 
 test('large draws match PyTorch in every value (sha256), halfway cases and the cached small normal included: the fused kernel and the emulating one', () => {
@@ -298,7 +312,7 @@ test('draws from one seeker read side by side (two shards written at once) are e
   assert.deepEqual(Array.from(seeker.at({ offset: 6000, cachedNormal: null }).randn(64)), (() => { const g = new TorchGenerator(5); g.mt.skip(6000); return Array.from(g.randn(64)); })());
 });
 
-test('a skip of any length lands where drawing the words does, with every kernel\'s twist (native, portable C, WebAssembly, JavaScript)', () => {
+test('a skip of any length lands where drawing the words does, with every kernel\'s twist (native AVX-512, AVX2, portable C, WebAssembly, JavaScript)', () => {
   for (const n of [0, 1, 623, 624, 625, 1247, 1248, 5000, 262_144, 1_000_003]) {
     const drawn = new Mt19937(9);
     drawn.fill(new Int32Array(n), 0, n);
@@ -319,7 +333,7 @@ test('a skip of any length lands where drawing the words does, with every kernel
   }
 });
 
-test('drawBlocks gives a stream\'s regular blocks with every kernel (native, portable C, WebAssembly, JavaScript), from any position in a block; whole blocks only', () => {
+test('drawBlocks gives a stream\'s regular blocks with every kernel (native AVX-512, AVX2, portable C, WebAssembly, JavaScript), from any position in a block; whole blocks only', () => {
   const n = 2048 * 16 * 2 + 48; // past one kernel call
   const want = new Float32Array(n + 16);
   const ref = new Mt19937(21);
@@ -393,7 +407,7 @@ test('the native kernels give the JavaScript path\'s normals for the words at th
     return out;
   });
   const js = draw('js');
-  for (const k of KERNELS.filter((k) => k === 'native' || k === 'portable')) {
+  for (const k of NATIVE) {
     const got = draw(k);
     for (let i = 0; i < js.length; i++) if (!Object.is(got[i], js[i])) assert.fail(`kernel ${k}: value ${i} is ${got[i]}, JavaScript ${js[i]} (words ${ordered[(i & ~15) + (i & 7)]}, ${ordered[(i & ~15) + (i & 7) + 8]})`);
   }
