@@ -7,8 +7,7 @@
 import { Rng } from '../libs/gates';
 import { TorchGenerator } from '../libs/gates';
 import { NATIVE_KERNELS, normalsNative, setNoiseKernel, useFusedNormals, useWasmNormals, wasmNormals } from '../libs/gates';
-import { noiseApplier, streamNormals, TorchDrawSeeker } from '../libs/noise';
-import { setNormalsAheadThreads } from '../libs/noise/normals-ahead';
+import { noiseApplier, setNormalsAheadThreads, streamNormals, TorchDrawSeeker } from '../libs/noise';
 import type { SourcePart } from '../libs/plan';
 
 export interface Rate {
