@@ -44,6 +44,7 @@ static inline uint32_t temper(uint32_t y) {
 }
 
 #define T512 __attribute__((target("avx512f")))
+#define T256 __attribute__((target("avx2,fma")))
 
 T512 static void temper512(const uint32_t *st, uint32_t *w, size_t n) {
   size_t i = 0;
@@ -90,8 +91,6 @@ T512 static void twist512(uint32_t *st) {
 /** Which code runs: the plain C, AVX2 with FMA, or AVX-512. */
 enum { PORTABLE = 1, AVX2 = 2, AVX512 = 3 };
 
-#define T256 __attribute__((target("avx2,fma")))
-
 T256 static void temper256(const uint32_t *st, uint32_t *w, size_t n) {
   size_t i = 0;
   for (; i + 8 <= n; i += 8) {
@@ -105,6 +104,34 @@ T256 static void temper256(const uint32_t *st, uint32_t *w, size_t n) {
   for (; i < n; i++) w[i] = temper(st[i]);
 }
 
+/** twist() eight words a step, as twist512 sixteen. */
+T256 static void twist256(uint32_t *st) {
+  const __m256i upper = _mm256_set1_epi32((int)0x80000000u), lower = _mm256_set1_epi32(0x7fffffff);
+  const __m256i one = _mm256_set1_epi32(1), matrix = _mm256_set1_epi32((int)MATRIX_A);
+#define TWIST8(k, from)                                                                                                   \
+  do {                                                                                                                    \
+    const __m256i y = _mm256_or_si256(_mm256_and_si256(_mm256_loadu_si256((const __m256i *)(st + (k))), upper),          \
+                                      _mm256_and_si256(_mm256_loadu_si256((const __m256i *)(st + (k) + 1)), lower));      \
+    const __m256i odd = _mm256_cmpeq_epi32(_mm256_and_si256(y, one), one);                                               \
+    const __m256i v = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(st + (from))), _mm256_srli_epi32(y, 1));    \
+    _mm256_storeu_si256((__m256i *)(st + (k)), _mm256_xor_si256(v, _mm256_and_si256(odd, matrix)));                     \
+  } while (0)
+  int k = 0;
+  for (; k + 8 <= MT_N - MT_M; k += 8) TWIST8(k, k + MT_M);
+  for (; k < MT_N - MT_M; k++) {
+    const uint32_t y = (st[k] & 0x80000000u) | (st[k + 1] & 0x7fffffffu);
+    st[k] = st[k + MT_M] ^ (y >> 1) ^ ((0u - (y & 1u)) & MATRIX_A);
+  }
+  for (; k + 8 <= MT_N - 1; k += 8) TWIST8(k, k + MT_M - MT_N);
+#undef TWIST8
+  for (; k < MT_N - 1; k++) {
+    const uint32_t y = (st[k] & 0x80000000u) | (st[k + 1] & 0x7fffffffu);
+    st[k] = st[k + MT_M - MT_N] ^ (y >> 1) ^ ((0u - (y & 1u)) & MATRIX_A);
+  }
+  const uint32_t y = (st[MT_N - 1] & 0x80000000u) | (st[0] & 0x7fffffffu);
+  st[MT_N - 1] = st[MT_M - 1] ^ (y >> 1) ^ ((0u - (y & 1u)) & MATRIX_A);
+}
+
 /** The next n words of the generator at (st, *pos), tempered, into w. */
 static void words(uint32_t *st, int *pos, uint32_t *w, size_t n, int level) {
   const int vector = level == AVX512;
@@ -112,6 +139,7 @@ static void words(uint32_t *st, int *pos, uint32_t *w, size_t n, int level) {
   while (n > 0) {
     if (p == MT_N) {
       if (vector) twist512(st);
+      else if (level == AVX2) twist256(st);
       else twist(st);
       p = 0;
     }
@@ -512,9 +540,9 @@ static napi_value twistTimes(napi_env env, napi_callback_info info) {
     return fail(env, "twist: state Int32Array(624), a count >= 0, kernel expected");
   const int level = level_arg(env, argv[2]);
   if (!level) return fail(env, "twist: kernel 0 (best), 1 (portable), 2 (AVX2) or 3 (AVX-512), one this CPU has");
-  const int vector = level == AVX512;
   for (double t = 0; t < times; t++) {
-    if (vector) twist512(st);
+    if (level == AVX512) twist512(st);
+    else if (level == AVX2) twist256(st);
     else twist(st);
   }
   return NULL;
