@@ -21,18 +21,16 @@
 #define MT_M 397
 #define MATRIX_A 0x9908b0dfu
 
+/** Words from .. to-1 of a twist one at a time (the vector twists do their ragged ends here); word 623 takes word 0's low bits. */
+static inline void twist_words(uint32_t *st, int from, int to) {
+  for (int k = from; k < to; k++) {
+    const uint32_t y = (st[k] & 0x80000000u) | (st[k + 1 < MT_N ? k + 1 : 0] & 0x7fffffffu);
+    st[k] = st[k < MT_N - MT_M ? k + MT_M : k + MT_M - MT_N] ^ (y >> 1) ^ ((0u - (y & 1u)) & MATRIX_A);
+  }
+}
+
 static void twist(uint32_t *st) {
-  int k = 0;
-  for (; k < MT_N - MT_M; k++) {
-    const uint32_t y = (st[k] & 0x80000000u) | (st[k + 1] & 0x7fffffffu);
-    st[k] = st[k + MT_M] ^ (y >> 1) ^ ((0u - (y & 1u)) & MATRIX_A);
-  }
-  for (; k < MT_N - 1; k++) {
-    const uint32_t y = (st[k] & 0x80000000u) | (st[k + 1] & 0x7fffffffu);
-    st[k] = st[k + MT_M - MT_N] ^ (y >> 1) ^ ((0u - (y & 1u)) & MATRIX_A);
-  }
-  const uint32_t y = (st[MT_N - 1] & 0x80000000u) | (st[0] & 0x7fffffffu);
-  st[MT_N - 1] = st[MT_M - 1] ^ (y >> 1) ^ ((0u - (y & 1u)) & MATRIX_A);
+  twist_words(st, 0, MT_N);
 }
 
 static inline uint32_t temper(uint32_t y) {
@@ -46,114 +44,8 @@ static inline uint32_t temper(uint32_t y) {
 #define T512 __attribute__((target("avx512f")))
 #define T256 __attribute__((target("avx2,fma")))
 
-T512 static void temper512(const uint32_t *st, uint32_t *w, size_t n) {
-  size_t i = 0;
-  for (; i + 16 <= n; i += 16) {
-    __m512i y = _mm512_loadu_si512(st + i);
-    y = _mm512_xor_si512(y, _mm512_srli_epi32(y, 11));
-    y = _mm512_xor_si512(y, _mm512_and_si512(_mm512_slli_epi32(y, 7), _mm512_set1_epi32((int)0x9d2c5680u)));
-    y = _mm512_xor_si512(y, _mm512_and_si512(_mm512_slli_epi32(y, 15), _mm512_set1_epi32((int)0xefc60000u)));
-    y = _mm512_xor_si512(y, _mm512_srli_epi32(y, 18));
-    _mm512_storeu_si512(w + i, y);
-  }
-  for (; i < n; i++) w[i] = temper(st[i]);
-}
-
-/** twist() sixteen words a step: each step reads its words' old neighbours before it stores (the same sums in order). */
-T512 static void twist512(uint32_t *st) {
-  const __m512i upper = _mm512_set1_epi32((int)0x80000000u), lower = _mm512_set1_epi32(0x7fffffff);
-  const __m512i one = _mm512_set1_epi32(1), matrix = _mm512_set1_epi32((int)MATRIX_A);
-#define TWIST16(k, from)                                                                                                  \
-  do {                                                                                                                    \
-    const __m512i y = _mm512_or_si512(_mm512_and_si512(_mm512_loadu_si512(st + (k)), upper),                             \
-                                      _mm512_and_si512(_mm512_loadu_si512(st + (k) + 1), lower));                         \
-    const __m512i v = _mm512_xor_si512(_mm512_loadu_si512(st + (from)), _mm512_srli_epi32(y, 1));                       \
-    _mm512_storeu_si512(st + (k), _mm512_mask_xor_epi32(v, _mm512_test_epi32_mask(y, one), v, matrix));                \
-  } while (0)
-  int k = 0;
-  // Words 0..226 from words 397..623 (not yet twisted): 14 steps, then 3 alone.
-  for (; k + 16 <= MT_N - MT_M; k += 16) TWIST16(k, k + MT_M);
-  for (; k < MT_N - MT_M; k++) {
-    const uint32_t y = (st[k] & 0x80000000u) | (st[k + 1] & 0x7fffffffu);
-    st[k] = st[k + MT_M] ^ (y >> 1) ^ ((0u - (y & 1u)) & MATRIX_A);
-  }
-  // Words 227..622 from words 0..395, twisted above (each step's sources lie at least 227 words back).
-  for (; k + 16 <= MT_N - 1; k += 16) TWIST16(k, k + MT_M - MT_N);
-#undef TWIST16
-  for (; k < MT_N - 1; k++) {
-    const uint32_t y = (st[k] & 0x80000000u) | (st[k + 1] & 0x7fffffffu);
-    st[k] = st[k + MT_M - MT_N] ^ (y >> 1) ^ ((0u - (y & 1u)) & MATRIX_A);
-  }
-  const uint32_t y = (st[MT_N - 1] & 0x80000000u) | (st[0] & 0x7fffffffu);
-  st[MT_N - 1] = st[MT_M - 1] ^ (y >> 1) ^ ((0u - (y & 1u)) & MATRIX_A);
-}
-
 /** Which code runs: the plain C, AVX2 with FMA, or AVX-512. */
 enum { PORTABLE = 1, AVX2 = 2, AVX512 = 3 };
-
-T256 static void temper256(const uint32_t *st, uint32_t *w, size_t n) {
-  size_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    __m256i y = _mm256_loadu_si256((const __m256i *)(st + i));
-    y = _mm256_xor_si256(y, _mm256_srli_epi32(y, 11));
-    y = _mm256_xor_si256(y, _mm256_and_si256(_mm256_slli_epi32(y, 7), _mm256_set1_epi32((int)0x9d2c5680u)));
-    y = _mm256_xor_si256(y, _mm256_and_si256(_mm256_slli_epi32(y, 15), _mm256_set1_epi32((int)0xefc60000u)));
-    y = _mm256_xor_si256(y, _mm256_srli_epi32(y, 18));
-    _mm256_storeu_si256((__m256i *)(w + i), y);
-  }
-  for (; i < n; i++) w[i] = temper(st[i]);
-}
-
-/** twist() eight words a step, as twist512 sixteen. */
-T256 static void twist256(uint32_t *st) {
-  const __m256i upper = _mm256_set1_epi32((int)0x80000000u), lower = _mm256_set1_epi32(0x7fffffff);
-  const __m256i one = _mm256_set1_epi32(1), matrix = _mm256_set1_epi32((int)MATRIX_A);
-#define TWIST8(k, from)                                                                                                   \
-  do {                                                                                                                    \
-    const __m256i y = _mm256_or_si256(_mm256_and_si256(_mm256_loadu_si256((const __m256i *)(st + (k))), upper),          \
-                                      _mm256_and_si256(_mm256_loadu_si256((const __m256i *)(st + (k) + 1)), lower));      \
-    const __m256i odd = _mm256_cmpeq_epi32(_mm256_and_si256(y, one), one);                                               \
-    const __m256i v = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(st + (from))), _mm256_srli_epi32(y, 1));    \
-    _mm256_storeu_si256((__m256i *)(st + (k)), _mm256_xor_si256(v, _mm256_and_si256(odd, matrix)));                     \
-  } while (0)
-  int k = 0;
-  for (; k + 8 <= MT_N - MT_M; k += 8) TWIST8(k, k + MT_M);
-  for (; k < MT_N - MT_M; k++) {
-    const uint32_t y = (st[k] & 0x80000000u) | (st[k + 1] & 0x7fffffffu);
-    st[k] = st[k + MT_M] ^ (y >> 1) ^ ((0u - (y & 1u)) & MATRIX_A);
-  }
-  for (; k + 8 <= MT_N - 1; k += 8) TWIST8(k, k + MT_M - MT_N);
-#undef TWIST8
-  for (; k < MT_N - 1; k++) {
-    const uint32_t y = (st[k] & 0x80000000u) | (st[k + 1] & 0x7fffffffu);
-    st[k] = st[k + MT_M - MT_N] ^ (y >> 1) ^ ((0u - (y & 1u)) & MATRIX_A);
-  }
-  const uint32_t y = (st[MT_N - 1] & 0x80000000u) | (st[0] & 0x7fffffffu);
-  st[MT_N - 1] = st[MT_M - 1] ^ (y >> 1) ^ ((0u - (y & 1u)) & MATRIX_A);
-}
-
-/** The next n words of the generator at (st, *pos), tempered, into w. */
-static void words(uint32_t *st, int *pos, uint32_t *w, size_t n, int level) {
-  const int vector = level == AVX512;
-  int p = *pos;
-  while (n > 0) {
-    if (p == MT_N) {
-      if (vector) twist512(st);
-      else if (level == AVX2) twist256(st);
-      else twist(st);
-      p = 0;
-    }
-    const size_t k = n < (size_t)(MT_N - p) ? n : (size_t)(MT_N - p);
-    if (vector) temper512(st + p, w, k);
-    else if (level == AVX2) temper256(st + p, w, k);
-    else
-      for (size_t i = 0; i < k; i++) w[i] = temper(st[p + i]);
-    p += (int)k;
-    w += k;
-    n -= k;
-  }
-  *pos = p;
-}
 
 // Constants of the AVX2 kernel (avx_mathfun.h), float32.
 // Written as doubles rounded to float, as torch-rng.ts has them (a float literal rounds once, from the decimal).
@@ -238,52 +130,43 @@ static void blocks_portable(const uint32_t *w, float *out, size_t blocks) {
     for (int i = 0; i < 8; i++) pair(w[i] & 0xffffffu, w[i + 8] & 0xffffffu, out + i, out + i + 8);
 }
 
-/** The kernel on 16 pairs: k1, k2 24-bit integers; cos and sin normals out. */
-T512 static inline void pairs512(__m512i k1, __m512i k2, __m512 *cOut, __m512 *sOut) {
-  const __m512 one = _mm512_set1_ps(1.0f);
-  const __m512i mb = _mm512_castps_si512(_mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_set1_epi32(0x1000000), k1)));
-  __m512i e = _mm512_sub_epi32(_mm512_srli_epi32(mb, 23), _mm512_set1_epi32(150));
-  __m512 x = _mm512_castsi512_ps(_mm512_or_si512(_mm512_and_si512(mb, _mm512_set1_epi32(0x007fffff)), _mm512_set1_epi32(0x3f000000)));
-  const __mmask16 small = _mm512_cmp_ps_mask(x, _mm512_set1_ps(SQRTHF), _CMP_LT_OQ);
-  e = _mm512_mask_sub_epi32(e, small, e, _mm512_set1_epi32(1));
-  x = _mm512_add_ps(_mm512_sub_ps(x, one), _mm512_maskz_mov_ps(small, x));
-  const __m512 ef = _mm512_cvtepi32_ps(e);
-  const __m512 z = _mm512_mul_ps(x, x);
-  __m512 y = _mm512_fmadd_ps(_mm512_set1_ps(LOG_P[0]), x, _mm512_set1_ps(LOG_P[1]));
-  for (int i = 2; i < 9; i++) y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(LOG_P[i]));
-  y = _mm512_mul_ps(y, x);
-  y = _mm512_fmadd_ps(y, z, _mm512_mul_ps(ef, _mm512_set1_ps(LOG_Q1)));
-  y = _mm512_sub_ps(y, _mm512_mul_ps(z, _mm512_set1_ps(0.5f)));
-  const __m512 lg = _mm512_add_ps(_mm512_add_ps(x, y), _mm512_mul_ps(ef, _mm512_set1_ps(LOG_Q2)));
-  const __m512 radius = _mm512_sqrt_ps(_mm512_mul_ps(lg, _mm512_set1_ps(-2.0f)));
-
-  const __m512 theta = _mm512_mul_ps(_mm512_set1_ps(TWO_PI), _mm512_mul_ps(_mm512_cvtepi32_ps(k2), _mm512_set1_ps(TWO_M24)));
-  const __m512i j = _mm512_and_si512(_mm512_add_epi32(_mm512_cvttps_epi32(_mm512_mul_ps(theta, _mm512_set1_ps(FOPI))), _mm512_set1_epi32(1)), _mm512_set1_epi32(~1));
-  const __m512 jf = _mm512_cvtepi32_ps(j);
-  __m512 r = _mm512_fmadd_ps(jf, _mm512_set1_ps(DP1), theta);
-  r = _mm512_fmadd_ps(jf, _mm512_set1_ps(DP2), r);
-  r = _mm512_fmadd_ps(jf, _mm512_set1_ps(DP3), r);
-  const __m512 zz = _mm512_mul_ps(r, r);
-  __m512 c = _mm512_fmadd_ps(_mm512_set1_ps(COS_P0), zz, _mm512_set1_ps(COS_P1));
-  c = _mm512_fmadd_ps(c, zz, _mm512_set1_ps(COS_P2));
-  c = _mm512_mul_ps(c, zz);
-  c = _mm512_fmsub_ps(c, zz, _mm512_mul_ps(zz, _mm512_set1_ps(0.5f)));
-  c = _mm512_add_ps(c, one);
-  __m512 s = _mm512_fmadd_ps(_mm512_set1_ps(SIN_P0), zz, _mm512_set1_ps(SIN_P1));
-  s = _mm512_fmadd_ps(s, zz, _mm512_set1_ps(SIN_P2));
-  s = _mm512_mul_ps(s, zz);
-  s = _mm512_fmadd_ps(s, r, r);
-  const __mmask16 swap = _mm512_test_epi32_mask(j, _mm512_set1_epi32(2));
-  __m512 sn = _mm512_mask_blend_ps(swap, s, c);
-  __m512 cs = _mm512_mask_blend_ps(swap, c, s);
-  const __m512i sign = _mm512_set1_epi32((int)0x80000000);
-  sn = _mm512_castsi512_ps(_mm512_mask_xor_epi32(_mm512_castps_si512(sn), _mm512_test_epi32_mask(j, _mm512_set1_epi32(4)), _mm512_castps_si512(sn), sign));
-  const __mmask16 keep = _mm512_test_epi32_mask(_mm512_sub_epi32(j, _mm512_set1_epi32(2)), _mm512_set1_epi32(4));
-  cs = _mm512_castsi512_ps(_mm512_mask_xor_epi32(_mm512_castps_si512(cs), (__mmask16)~keep, _mm512_castps_si512(cs), sign));
-  const __m512 zero = _mm512_setzero_ps();
-  *cOut = _mm512_add_ps(_mm512_mul_ps(radius, cs), zero);
-  *sOut = _mm512_add_ps(_mm512_mul_ps(radius, sn), zero);
-}
+// temper512, twist512, pairs512: sixteen lanes, a pairs512 vector two blocks (lanes 0-7 the first's pairs).
+#define WIDTH 512
+#define LANES 16
+#define TARGET T512
+#define V __m512
+#define VI __m512i
+#define M __mmask16
+#define LOADU(p) _mm512_loadu_si512(p)
+#define STOREU(p, v) _mm512_storeu_si512((p), (v))
+#define SET1 _mm512_set1_ps
+#define SET1I _mm512_set1_epi32
+#define ADD _mm512_add_ps
+#define SUB _mm512_sub_ps
+#define MUL _mm512_mul_ps
+#define FMADD _mm512_fmadd_ps
+#define FMSUB _mm512_fmsub_ps
+#define SQRT _mm512_sqrt_ps
+#define I2F _mm512_cvtepi32_ps
+#define F2I_TRUNC _mm512_cvttps_epi32
+#define AS_I _mm512_castps_si512
+#define AS_F _mm512_castsi512_ps
+#define ADDI _mm512_add_epi32
+#define SUBI _mm512_sub_epi32
+#define ANDI _mm512_and_si512
+#define ORI _mm512_or_si512
+#define XORI _mm512_xor_si512
+#define SRLI _mm512_srli_epi32
+#define SLLI _mm512_slli_epi32
+#define LT(a, b) _mm512_cmp_ps_mask((a), (b), _CMP_LT_OQ)
+#define KEEP(m, x) _mm512_maskz_mov_ps((m), (x))
+#define KEEPI(m, v) _mm512_maskz_mov_epi32((m), (v))
+#define DEC(e, m) _mm512_mask_sub_epi32((e), (m), (e), _mm512_set1_epi32(1))
+#define ANY_BIT(j, b) _mm512_test_epi32_mask((j), _mm512_set1_epi32(b))
+#define NO_BIT(j, b) _mm512_testn_epi32_mask((j), _mm512_set1_epi32(b))
+#define PICK(m, a, b) _mm512_mask_blend_ps((m), (a), (b))
+#define NEG(m, v) _mm512_castsi512_ps(_mm512_mask_xor_epi32(_mm512_castps_si512(v), (m), _mm512_castps_si512(v), _mm512_set1_epi32((int)0x80000000)))
+#include "normals-simd.h"
 
 /** Two blocks a vector (lanes 0-7 the first block's pairs, 8-15 the second's), two vectors a step (independent chains side by side). */
 T512 static void blocks512(const uint32_t *w, float *out, size_t blocks) {
@@ -313,53 +196,45 @@ T512 static void blocks512(const uint32_t *w, float *out, size_t blocks) {
   }
 }
 
-/** The kernel on one block (8 pairs: k1 the first 8 words' 24 bits, k2 the last 8's), as torch's AVX2 kernel lays it out. */
-T256 static inline void pairs256(__m256i k1, __m256i k2, __m256 *cOut, __m256 *sOut) {
-  const __m256 one = _mm256_set1_ps(1.0f);
-  const __m256i mb = _mm256_castps_si256(_mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_set1_epi32(0x1000000), k1)));
-  __m256i e = _mm256_sub_epi32(_mm256_srli_epi32(mb, 23), _mm256_set1_epi32(150));
-  __m256 x = _mm256_castsi256_ps(_mm256_or_si256(_mm256_and_si256(mb, _mm256_set1_epi32(0x007fffff)), _mm256_set1_epi32(0x3f000000)));
-  const __m256 small = _mm256_cmp_ps(x, _mm256_set1_ps(SQRTHF), _CMP_LT_OQ);
-  e = _mm256_add_epi32(e, _mm256_castps_si256(small)); // all ones: -1
-  x = _mm256_add_ps(_mm256_sub_ps(x, one), _mm256_and_ps(small, x));
-  const __m256 ef = _mm256_cvtepi32_ps(e);
-  const __m256 z = _mm256_mul_ps(x, x);
-  __m256 y = _mm256_fmadd_ps(_mm256_set1_ps(LOG_P[0]), x, _mm256_set1_ps(LOG_P[1]));
-  for (int i = 2; i < 9; i++) y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(LOG_P[i]));
-  y = _mm256_mul_ps(y, x);
-  y = _mm256_fmadd_ps(y, z, _mm256_mul_ps(ef, _mm256_set1_ps(LOG_Q1)));
-  y = _mm256_sub_ps(y, _mm256_mul_ps(z, _mm256_set1_ps(0.5f)));
-  const __m256 lg = _mm256_add_ps(_mm256_add_ps(x, y), _mm256_mul_ps(ef, _mm256_set1_ps(LOG_Q2)));
-  const __m256 radius = _mm256_sqrt_ps(_mm256_mul_ps(lg, _mm256_set1_ps(-2.0f)));
-
-  const __m256 theta = _mm256_mul_ps(_mm256_set1_ps(TWO_PI), _mm256_mul_ps(_mm256_cvtepi32_ps(k2), _mm256_set1_ps(TWO_M24)));
-  const __m256i j = _mm256_and_si256(_mm256_add_epi32(_mm256_cvttps_epi32(_mm256_mul_ps(theta, _mm256_set1_ps(FOPI))), _mm256_set1_epi32(1)), _mm256_set1_epi32(~1));
-  const __m256 jf = _mm256_cvtepi32_ps(j);
-  __m256 r = _mm256_fmadd_ps(jf, _mm256_set1_ps(DP1), theta);
-  r = _mm256_fmadd_ps(jf, _mm256_set1_ps(DP2), r);
-  r = _mm256_fmadd_ps(jf, _mm256_set1_ps(DP3), r);
-  const __m256 zz = _mm256_mul_ps(r, r);
-  __m256 c = _mm256_fmadd_ps(_mm256_set1_ps(COS_P0), zz, _mm256_set1_ps(COS_P1));
-  c = _mm256_fmadd_ps(c, zz, _mm256_set1_ps(COS_P2));
-  c = _mm256_mul_ps(c, zz);
-  c = _mm256_fmsub_ps(c, zz, _mm256_mul_ps(zz, _mm256_set1_ps(0.5f)));
-  c = _mm256_add_ps(c, one);
-  __m256 s = _mm256_fmadd_ps(_mm256_set1_ps(SIN_P0), zz, _mm256_set1_ps(SIN_P1));
-  s = _mm256_fmadd_ps(s, zz, _mm256_set1_ps(SIN_P2));
-  s = _mm256_mul_ps(s, zz);
-  s = _mm256_fmadd_ps(s, r, r);
-  const __m256i two = _mm256_set1_epi32(2), four = _mm256_set1_epi32(4);
-  const __m256 swap = _mm256_castsi256_ps(_mm256_cmpeq_epi32(_mm256_and_si256(j, two), two));
-  __m256 sn = _mm256_blendv_ps(s, c, swap);
-  __m256 cs = _mm256_blendv_ps(c, s, swap);
-  const __m256 sign = _mm256_castsi256_ps(_mm256_set1_epi32((int)0x80000000));
-  sn = _mm256_xor_ps(sn, _mm256_and_ps(_mm256_castsi256_ps(_mm256_cmpeq_epi32(_mm256_and_si256(j, four), four)), sign));
-  const __m256 flip = _mm256_castsi256_ps(_mm256_cmpeq_epi32(_mm256_and_si256(_mm256_sub_epi32(j, two), four), _mm256_setzero_si256()));
-  cs = _mm256_xor_ps(cs, _mm256_and_ps(flip, sign));
-  const __m256 zero = _mm256_setzero_ps();
-  *cOut = _mm256_add_ps(_mm256_mul_ps(radius, cs), zero);
-  *sOut = _mm256_add_ps(_mm256_mul_ps(radius, sn), zero);
-}
+// temper256, twist256, pairs256: eight lanes, a pairs256 vector one block (8 pairs: k1 the first 8 words' 24 bits,
+// k2 the last 8's), torch's own layout.
+#define WIDTH 256
+#define LANES 8
+#define TARGET T256
+#define V __m256
+#define VI __m256i
+#define M __m256i
+#define LOADU(p) _mm256_loadu_si256((const __m256i *)(p))
+#define STOREU(p, v) _mm256_storeu_si256((__m256i *)(p), (v))
+#define SET1 _mm256_set1_ps
+#define SET1I _mm256_set1_epi32
+#define ADD _mm256_add_ps
+#define SUB _mm256_sub_ps
+#define MUL _mm256_mul_ps
+#define FMADD _mm256_fmadd_ps
+#define FMSUB _mm256_fmsub_ps
+#define SQRT _mm256_sqrt_ps
+#define I2F _mm256_cvtepi32_ps
+#define F2I_TRUNC _mm256_cvttps_epi32
+#define AS_I _mm256_castps_si256
+#define AS_F _mm256_castsi256_ps
+#define ADDI _mm256_add_epi32
+#define SUBI _mm256_sub_epi32
+#define ANDI _mm256_and_si256
+#define ORI _mm256_or_si256
+#define XORI _mm256_xor_si256
+#define SRLI _mm256_srli_epi32
+#define SLLI _mm256_slli_epi32
+// Masks are all-ones lanes.
+#define LT(a, b) _mm256_castps_si256(_mm256_cmp_ps((a), (b), _CMP_LT_OQ))
+#define KEEP(m, x) _mm256_and_ps(_mm256_castsi256_ps(m), (x))
+#define KEEPI(m, v) _mm256_and_si256((m), (v))
+#define DEC(e, m) _mm256_add_epi32((e), (m))
+#define ANY_BIT(j, b) _mm256_cmpeq_epi32(_mm256_and_si256((j), _mm256_set1_epi32(b)), _mm256_set1_epi32(b))
+#define NO_BIT(j, b) _mm256_cmpeq_epi32(_mm256_and_si256((j), _mm256_set1_epi32(b)), _mm256_setzero_si256())
+#define PICK(m, a, b) _mm256_blendv_ps((a), (b), _mm256_castsi256_ps(m))
+#define NEG(m, v) _mm256_xor_ps((v), _mm256_and_ps(_mm256_castsi256_ps(m), _mm256_castsi256_ps(_mm256_set1_epi32((int)0x80000000))))
+#include "normals-simd.h"
 
 /** One block a vector, two a step (independent chains side by side). */
 T256 static void blocks256(const uint32_t *w, float *out, size_t blocks) {
@@ -381,6 +256,29 @@ T256 static void blocks256(const uint32_t *w, float *out, size_t blocks) {
     _mm256_storeu_ps(out + b * 16, c);
     _mm256_storeu_ps(out + b * 16 + 8, s);
   }
+}
+
+/** The next n words of the generator at (st, *pos), tempered, into w. */
+static void words(uint32_t *st, int *pos, uint32_t *w, size_t n, int level) {
+  const int vector = level == AVX512;
+  int p = *pos;
+  while (n > 0) {
+    if (p == MT_N) {
+      if (vector) twist512(st);
+      else if (level == AVX2) twist256(st);
+      else twist(st);
+      p = 0;
+    }
+    const size_t k = n < (size_t)(MT_N - p) ? n : (size_t)(MT_N - p);
+    if (vector) temper512(st + p, w, k);
+    else if (level == AVX2) temper256(st + p, w, k);
+    else
+      for (size_t i = 0; i < k; i++) w[i] = temper(st[p + i]);
+    p += (int)k;
+    w += k;
+    n -= k;
+  }
+  *pos = p;
 }
 
 /** The best code this CPU runs: AVX-512, AVX2 with FMA, or the plain C. */
@@ -579,14 +477,14 @@ static napi_value supported(napi_env env, napi_callback_info info) {
 }
 
 NAPI_MODULE_INIT(/* napi_env env, napi_value exports */) {
-  napi_value f;
-  napi_create_function(env, "normals", NAPI_AUTO_LENGTH, normals, NULL, &f);
-  napi_set_named_property(env, exports, "normals", f);
-  napi_create_function(env, "twist", NAPI_AUTO_LENGTH, twistTimes, NULL, &f);
-  napi_set_named_property(env, exports, "twist", f);
-  napi_create_function(env, "apply", NAPI_AUTO_LENGTH, apply, NULL, &f);
-  napi_set_named_property(env, exports, "apply", f);
-  napi_create_function(env, "supported", NAPI_AUTO_LENGTH, supported, NULL, &f);
-  napi_set_named_property(env, exports, "supported", f);
+  static const struct {
+    const char *name;
+    napi_callback fn;
+  } FUNCTIONS[] = {{"normals", normals}, {"twist", twistTimes}, {"apply", apply}, {"supported", supported}};
+  for (size_t i = 0; i < sizeof FUNCTIONS / sizeof FUNCTIONS[0]; i++) {
+    napi_value f;
+    napi_create_function(env, FUNCTIONS[i].name, NAPI_AUTO_LENGTH, FUNCTIONS[i].fn, NULL, &f);
+    napi_set_named_property(env, exports, FUNCTIONS[i].name, f);
+  }
   return exports;
 }

@@ -151,7 +151,15 @@ try {
   }
   const native = {};
   for (const { source, file, without } of ADDONS) {
-    const hash = existsSync(join(ROOT, source)) ? createHash('sha256').update(readFileSync(join(ROOT, source))).digest('hex') : null;
+    // The source and the local headers it includes ("name.h" beside it): an edit of either builds it again.
+    let hash = null;
+    if (existsSync(join(ROOT, source))) {
+      const h = createHash('sha256');
+      const text = readFileSync(join(ROOT, source), 'utf8');
+      h.update(text);
+      for (const [, header] of text.matchAll(/^#include "([^"]+)"/gm)) h.update(`\0${header}\0`).update(readFileSync(join(ROOT, dirname(source), header)));
+      hash = h.digest('hex');
+    }
     if (!hash) {
       console.error(`moe-forge build: no ${source}: ${without}`);
       continue;

@@ -153,3 +153,26 @@ test('the bundles carry the float kernels\' WebAssembly modules assembled at bui
   for (const [name, make] of Object.entries(FLOAT_WASM_MODULES)) assert.equal(built[name], Buffer.from(make()).toString('base64'), name);
   for (const f of ['cli.js', 'forward-worker.js']) assert.ok(readFileSync(join(ROOT, 'build', f), 'utf8').includes(built.kernels!), `${f} holds them`);
 });
+
+test('the native addons are compiled at install where a C compiler is, and again only when a source or a header it includes changes', { skip: spawnSync('cc', ['--version']).status !== 0 && 'no C compiler' }, () => {
+  const d = checkout();
+  const native = () => JSON.parse(readFileSync(join(d, 'build', 'manifest.json'), 'utf8')).native as Record<string, string>;
+  const first = native();
+  assert.deepEqual(Object.keys(first).sort(), ['bf16-matmul.node', 'normals.node']);
+  for (const f of Object.keys(first)) assert.ok(existsSync(join(d, 'build', f)), f);
+  // An edit of the header normals.c includes (the SIMD template) builds that addon again, and only that one.
+  const header = join(d, 'native', 'normals-simd.h');
+  writeFileSync(header, readFileSync(header, 'utf8') + '// edited\n');
+  const b = build(d);
+  assert.equal(b.status, 0, b.stderr);
+  const second = native();
+  assert.notEqual(second['normals.node'], first['normals.node']);
+  assert.equal(second['bf16-matmul.node'], first['bf16-matmul.node']);
+  // A header that does not compile: the build goes on without that addon and says why.
+  writeFileSync(header, readFileSync(header, 'utf8') + 'this is not C\n');
+  const broken = build(d);
+  assert.equal(broken.status, 0, broken.stderr);
+  assert.match(broken.stderr, /native\/normals\.c not compiled \(.*\): the noise is generated in WebAssembly/);
+  assert.deepEqual(Object.keys(native()), ['bf16-matmul.node']);
+  assert.ok(!existsSync(join(d, 'build', 'normals.node')), 'no stale addon left beside the build');
+});
