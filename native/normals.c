@@ -260,17 +260,16 @@ T256 static void blocks256(const uint32_t *w, float *out, size_t blocks) {
 
 /** The next n words of the generator at (st, *pos), tempered, into w. */
 static void words(uint32_t *st, int *pos, uint32_t *w, size_t n, int level) {
-  const int vector = level == AVX512;
   int p = *pos;
   while (n > 0) {
     if (p == MT_N) {
-      if (vector) twist512(st);
+      if (level == AVX512) twist512(st);
       else if (level == AVX2) twist256(st);
       else twist(st);
       p = 0;
     }
     const size_t k = n < (size_t)(MT_N - p) ? n : (size_t)(MT_N - p);
-    if (vector) temper512(st + p, w, k);
+    if (level == AVX512) temper512(st + p, w, k);
     else if (level == AVX2) temper256(st + p, w, k);
     else
       for (size_t i = 0; i < k; i++) w[i] = temper(st[p + i]);

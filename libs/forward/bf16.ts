@@ -1,7 +1,6 @@
-import { existsSync } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
-import { join } from 'node:path';
 import { ForgeError } from '../errors';
+import { builtAddonPath } from '../util';
 import type { ModelConfig } from '../model-folder';
 import { convertBytes, decodeFloats, dtypeSize, readTensorFrom, type TensorLocation } from '../safetensors';
 import type { LayerTensor } from './layer-graph';
@@ -34,7 +33,7 @@ let native: Native | null | undefined;
 /** The addon, from build/ beside the bundles or above the sources; null where it was not built (no C compiler). */
 function loadNative(): Native | null {
   if (native !== undefined) return native;
-  const at = [join(__dirname, ADDON), join(__dirname, '..', ADDON), join(__dirname, '..', '..', 'build', ADDON)].find((p) => existsSync(p));
+  const at = builtAddonPath(ADDON);
   native = at ? (require(at) as Native) : null;
   return native;
 }

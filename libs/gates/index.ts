@@ -169,4 +169,4 @@ export * from './modes';
 export * from './rng';
 export * from './torch-normal-wasm';
 export * from './torch-rng';
-export { normalsNative, setNoiseKernel, NATIVE_KERNELS, NOISE_KERNEL_ENV, type NativeKernel, type NoiseKernelMode, type NormalsNative } from './normals-native';
+export { normalsNative, setNoiseKernel, NATIVE_KERNELS, type NormalsNative } from './normals-native';

@@ -1,5 +1,4 @@
-import { existsSync } from 'node:fs';
-import { join } from 'node:path';
+import { builtAddonPath } from '../util';
 
 /**
  * The noise's native kernels (native/normals.c, built by scripts/build.mjs into build/normals.node): mt19937 words
@@ -31,7 +30,7 @@ let best: NativeKernel | undefined;
 
 function loadAddon(): NormalsAddon | null {
   if (addon !== undefined) return addon;
-  const at = [join(__dirname, ADDON), join(__dirname, '..', ADDON), join(__dirname, '..', '..', 'build', ADDON)].find((p) => existsSync(p));
+  const at = builtAddonPath(ADDON);
   try {
     addon = at ? (require(at) as NormalsAddon) : null;
   } catch {

@@ -10,3 +10,4 @@ export * from './stat-key';
 export * from './work-folder';
 export * from './write-whole';
 export * from './map-limit';
+export * from './addon';
